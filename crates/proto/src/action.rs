@@ -1,0 +1,210 @@
+//! Actions (server → device) and their events (device → server), and the
+//! lifecycle an action goes through in the controller.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// An action as delivered to a device on its `actions` topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionRequest {
+    pub correlation_id: String,
+    pub action: String,
+    #[serde(default)]
+    pub input: serde_json::Value,
+    /// After this instant the device must not start the action any more.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The answer of a device to an action, on its `events` topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ActionEvent {
+    pub correlation_id: String,
+    pub event: String,
+    /// HTTP-like: 200 done, 400 bad input, 401 not authorized, 404 unknown,
+    /// 409 conflict, 500 failed, 501 not implemented, 504 timed out.
+    pub status_code: u16,
+    pub status_message: String,
+    #[serde(default)]
+    pub response: serde_json::Value,
+}
+
+impl ActionEvent {
+    pub fn new(
+        request: &ActionRequest,
+        event: impl Into<String>,
+        status_code: u16,
+        status_message: impl Into<String>,
+        response: serde_json::Value,
+    ) -> Self {
+        Self {
+            correlation_id: request.correlation_id.clone(),
+            event: event.into(),
+            status_code,
+            status_message: status_message.into(),
+            response,
+        }
+    }
+}
+
+/// Where an action is in its life:
+/// `pending → delivered → succeeded | failed | timed-out | expired | rejected`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum ActionState {
+    /// Accepted and stored; waiting for the device to be online.
+    Pending,
+    /// Published to the device; waiting for its event.
+    Delivered,
+    /// The device answered with a 2xx status.
+    Succeeded,
+    /// The device ran the action and it failed (5xx), or the agent lost it.
+    Failed,
+    /// Delivered, but no answer came before the action's deadline.
+    TimedOut,
+    /// Never delivered: the device stayed offline past the action's TTL.
+    Expired,
+    /// The device refused to run it (4xx, or 501 not implemented).
+    Rejected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("action is already {from}; it cannot become {to}")]
+pub struct TransitionError {
+    pub from: ActionState,
+    pub to: ActionState,
+}
+
+impl ActionState {
+    pub const ALL: [ActionState; 7] = [
+        ActionState::Pending,
+        ActionState::Delivered,
+        ActionState::Succeeded,
+        ActionState::Failed,
+        ActionState::TimedOut,
+        ActionState::Expired,
+        ActionState::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionState::Pending => "pending",
+            ActionState::Delivered => "delivered",
+            ActionState::Succeeded => "succeeded",
+            ActionState::Failed => "failed",
+            ActionState::TimedOut => "timed-out",
+            ActionState::Expired => "expired",
+            ActionState::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, ActionState::Pending | ActionState::Delivered)
+    }
+
+    /// The terminal state a device's status code puts an action in.
+    pub fn from_status_code(code: u16) -> Self {
+        match code {
+            200..=299 => ActionState::Succeeded,
+            501 => ActionState::Rejected,
+            400..=499 => ActionState::Rejected,
+            504 => ActionState::TimedOut,
+            _ => ActionState::Failed,
+        }
+    }
+
+    /// Checks a transition. Delivering again is allowed (redelivery after a
+    /// reconnect); an event may overtake the `delivered` mark, so a pending
+    /// action may end directly; a terminal state never changes.
+    pub fn transition(self, to: ActionState) -> Result<ActionState, TransitionError> {
+        use ActionState::*;
+        let allowed = match (self, to) {
+            (Pending, Delivered | Expired) => true,
+            (Pending, Succeeded | Failed | Rejected) => true,
+            (Delivered, Delivered | Succeeded | Failed | Rejected | TimedOut) => true,
+            _ => false,
+        };
+        if allowed {
+            Ok(to)
+        } else {
+            Err(TransitionError { from: self, to })
+        }
+    }
+}
+
+impl std::fmt::Display for ActionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ActionState::*;
+    use super::*;
+
+    #[test]
+    fn lifecycle_moves_forward_only() {
+        assert_eq!(Pending.transition(Delivered), Ok(Delivered));
+        assert_eq!(Delivered.transition(Succeeded), Ok(Succeeded));
+        assert_eq!(Delivered.transition(Delivered), Ok(Delivered));
+        assert_eq!(Pending.transition(Expired), Ok(Expired));
+        assert_eq!(Delivered.transition(TimedOut), Ok(TimedOut));
+        assert!(Delivered.transition(Expired).is_err());
+        assert!(Pending.transition(TimedOut).is_err());
+        assert!(Delivered.transition(Pending).is_err());
+        for terminal in ActionState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for to in ActionState::ALL {
+                let err = terminal
+                    .transition(to)
+                    .expect_err("terminal states never change");
+                assert_eq!(err.from, terminal);
+            }
+        }
+    }
+
+    #[test]
+    fn status_codes_map_to_outcomes() {
+        assert_eq!(ActionState::from_status_code(200), Succeeded);
+        assert_eq!(ActionState::from_status_code(204), Succeeded);
+        assert_eq!(ActionState::from_status_code(400), Rejected);
+        assert_eq!(ActionState::from_status_code(401), Rejected);
+        assert_eq!(ActionState::from_status_code(501), Rejected);
+        assert_eq!(ActionState::from_status_code(500), Failed);
+        assert_eq!(ActionState::from_status_code(504), TimedOut);
+    }
+
+    #[test]
+    fn states_use_their_wire_names() {
+        for state in ActionState::ALL {
+            let json = serde_json::to_string(&state).expect("serializes");
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+            assert_eq!(ActionState::parse(state.as_str()), Some(state));
+        }
+    }
+
+    #[test]
+    fn wire_messages_use_camel_case() {
+        let event: ActionEvent = serde_json::from_str(
+            r#"{"correlationId":"c1","event":"get-node-ip","statusCode":200,"statusMessage":"OK","response":{"a":1}}"#,
+        )
+        .expect("parses");
+        assert_eq!(event.status_code, 200);
+        let request = ActionRequest {
+            correlation_id: "c1".into(),
+            action: "get-node-ip".into(),
+            input: serde_json::json!({}),
+            expires_at: DateTime::from_timestamp(0, 0).expect("epoch"),
+        };
+        let json = serde_json::to_value(&request).expect("serializes");
+        assert_eq!(json["correlationId"], "c1");
+        assert!(json.get("expiresAt").is_some());
+    }
+}

@@ -1,0 +1,182 @@
+//! Types of tetherd's HTTP API (`/api/v1`), shared by the server and the CLI.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::action::ActionState;
+use crate::device::Presence;
+
+pub type Labels = BTreeMap<String, String>;
+
+/// Every error the API returns: `{"error": {"code", "message", "details"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `invalid_input`, `not_found`.
+    pub code: String,
+    /// What failed and what to do about it.
+    pub message: String,
+    /// Structured detail, e.g. the offending fields of an input.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LoginResponse {
+    /// Bearer token for the `Authorization` header.
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Device {
+    pub name: String,
+    pub labels: Labels,
+    /// `online` while the agent holds an MQTT session.
+    pub presence: Presence,
+    /// Whether the device has enrolled and holds a client certificate.
+    pub enrolled: bool,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub agent_version: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateDevice {
+    pub name: String,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnrollmentToken {
+    /// One-time token the agent enrolls with.
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    /// SHA-256 of the server CA certificate (DER), hex; the agent pins it.
+    pub ca_sha256: String,
+    /// The command line that enrolls and starts an agent for this device.
+    pub agent_command: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceCreated {
+    pub device: Device,
+    pub enrollment: EnrollmentToken,
+}
+
+/// JSON merge patch of a device's labels: a `null` value removes the label.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PatchDevice {
+    #[serde(default)]
+    pub labels: BTreeMap<String, Option<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnrollRequest {
+    pub token: String,
+    /// PKCS#10 certificate signing request, PEM. Its key never leaves the device.
+    pub csr_pem: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnrollResponse {
+    pub device: String,
+    pub certificate_pem: String,
+    pub ca_certificate_pem: String,
+    /// Where the agent connects, e.g. `mqtts://127.0.0.1:8883`.
+    pub mqtt_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RequestAction {
+    pub action: String,
+    #[serde(default)]
+    pub input: serde_json::Value,
+    /// How long the action may wait for an offline device before it expires.
+    /// Default 3600.
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    /// How long the device has to answer once the action is delivered before
+    /// it is `timed-out`. Default 300.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Action {
+    pub correlation_id: String,
+    pub device: String,
+    pub action: String,
+    /// The input as stored: secret-looking fields are redacted.
+    pub input: serde_json::Value,
+    pub state: ActionState,
+    pub status_code: Option<u16>,
+    pub status_message: Option<String>,
+    pub response: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Undelivered after this instant, the action expires.
+    pub expires_at: DateTime<Utc>,
+    pub timeout_seconds: u64,
+}
+
+/// Something a device reported: an action's event or a change of presence.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Event {
+    pub id: String,
+    pub device: String,
+    pub correlation_id: Option<String>,
+    pub event: String,
+    pub status_code: u16,
+    pub status_message: String,
+    pub response: serde_json::Value,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CatalogueEntry {
+    pub name: String,
+    pub title: String,
+    pub description: String,
+    pub event: String,
+    pub input_schema: serde_json::Value,
+}

@@ -1,0 +1,359 @@
+//! The action catalogue: which actions exist, what input each takes, and
+//! which event answers it.
+//!
+//! The catalogue is seed 000's schema (`catalogue/management-service-schema.json`,
+//! committed unchanged) tightened by `catalogue/constraints.json`: required
+//! fields and bounds the seed leaves implicit. Unknown fields are refused, so
+//! a misspelt field is a 400 instead of a silently ignored setting.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+const SEED_SCHEMA: &str = include_str!("../catalogue/management-service-schema.json");
+const CONSTRAINTS: &str = include_str!("../catalogue/constraints.json");
+
+/// The most inputs' validation errors reported at once; more only add noise.
+const MAX_REPORTED_ERRORS: usize = 10;
+
+/// One action of the catalogue.
+#[derive(Debug)]
+pub struct ActionSpec {
+    pub name: String,
+    pub title: String,
+    pub description: String,
+    /// The event a device answers this action with.
+    pub event: String,
+    pub input_schema: Value,
+    validator: jsonschema::Validator,
+}
+
+/// A problem with one field of an action's input.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    /// JSONPath of the offending field, `$` being the input itself.
+    pub path: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("unknown action {action:?}; known actions: {known}")]
+    UnknownAction { action: String, known: String },
+    #[error("invalid input for action {action:?}: {}", describe(errors))]
+    Invalid {
+        action: String,
+        errors: Vec<FieldError>,
+    },
+}
+
+fn describe(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{}: {}", e.path, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogueError {
+    #[error("the action catalogue is not valid JSON")]
+    Json(#[from] serde_json::Error),
+    #[error("the action catalogue has no \"actions\" object")]
+    NoActions,
+    #[error("the input schema of action {action:?} does not compile: {message}")]
+    Schema { action: String, message: String },
+}
+
+#[derive(Debug)]
+pub struct Catalogue {
+    actions: BTreeMap<String, ActionSpec>,
+}
+
+impl Catalogue {
+    /// The built-in catalogue (seed 000 plus tether's constraints).
+    pub fn builtin() -> Self {
+        Self::from_json(SEED_SCHEMA, CONSTRAINTS)
+            .expect("the built-in catalogue is checked by this crate's tests")
+    }
+
+    pub fn from_json(seed: &str, constraints: &str) -> Result<Self, CatalogueError> {
+        let seed: Value = serde_json::from_str(seed)?;
+        let constraints: Value = serde_json::from_str(constraints)?;
+        let actions = seed
+            .get("actions")
+            .and_then(Value::as_object)
+            .ok_or(CatalogueError::NoActions)?;
+        let events = seed.get("events").and_then(Value::as_object);
+        let mut specs = BTreeMap::new();
+        for (name, definition) in actions {
+            let mut schema = normalize_input(definition.get("input"));
+            if let Some(extra) = constraints.get(name) {
+                merge(&mut schema, extra);
+            }
+            forbid_unknown_fields(&mut schema);
+            let validator =
+                jsonschema::validator_for(&schema).map_err(|e| CatalogueError::Schema {
+                    action: name.clone(),
+                    message: e.to_string(),
+                })?;
+            let event = event_name(name, events);
+            let text = |key: &str| {
+                definition
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            specs.insert(
+                name.clone(),
+                ActionSpec {
+                    name: name.clone(),
+                    title: text("title"),
+                    description: text("description"),
+                    event,
+                    input_schema: schema,
+                    validator,
+                },
+            );
+        }
+        Ok(Self { actions: specs })
+    }
+
+    pub fn get(&self, action: &str) -> Option<&ActionSpec> {
+        self.actions.get(action)
+    }
+
+    pub fn actions(&self) -> impl Iterator<Item = &ActionSpec> {
+        self.actions.values()
+    }
+
+    /// Validates `input` for `action`. A missing input (`null`) counts as `{}`.
+    pub fn validate(&self, action: &str, input: &Value) -> Result<(), InputError> {
+        let spec = self.get(action).ok_or_else(|| InputError::UnknownAction {
+            action: action.to_owned(),
+            known: self.actions.keys().cloned().collect::<Vec<_>>().join(", "),
+        })?;
+        let empty = json!({});
+        let input = if input.is_null() { &empty } else { input };
+        let errors: Vec<FieldError> = spec
+            .validator
+            .iter_errors(input)
+            .take(MAX_REPORTED_ERRORS)
+            .map(|e| FieldError {
+                path: json_path(&e.instance_path.to_string()),
+                message: e.to_string(),
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(InputError::Invalid {
+                action: action.to_owned(),
+                errors,
+            })
+        }
+    }
+}
+
+/// The event answering `action`: the seed names `send-kubectl`'s event
+/// `kubectl-logs`; every other event shares its action's name.
+fn event_name(action: &str, events: Option<&Map<String, Value>>) -> String {
+    if action == "send-kubectl" && events.is_some_and(|e| e.contains_key("kubectl-logs")) {
+        return "kubectl-logs".to_owned();
+    }
+    action.to_owned()
+}
+
+/// The seed writes "no input" as a missing `input` or as `{}`; both mean an
+/// object with no fields.
+fn normalize_input(input: Option<&Value>) -> Value {
+    let mut schema = json!({"type": "object", "properties": {}});
+    if let Some(Value::Object(given)) = input {
+        for (key, value) in given {
+            schema[key] = value.clone();
+        }
+    }
+    schema
+}
+
+/// Deep-merges `extra` into `base`; arrays and scalars in `extra` win.
+fn merge(base: &mut Value, extra: &Value) {
+    match (base, extra) {
+        (Value::Object(base), Value::Object(extra)) => {
+            for (key, value) in extra {
+                merge(base.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+        (base, extra) => *base = extra.clone(),
+    }
+}
+
+fn forbid_unknown_fields(schema: &mut Value) {
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    if let Some(Value::Object(properties)) = object.get_mut("properties") {
+        for property in properties.values_mut() {
+            forbid_unknown_fields(property);
+        }
+        object
+            .entry("additionalProperties")
+            .or_insert(Value::Bool(false));
+    }
+    if let Some(items) = object.get_mut("items") {
+        forbid_unknown_fields(items);
+    }
+}
+
+/// `/parameters/replicas` → `$.parameters.replicas`, `/arguments/0` → `$.arguments[0]`.
+fn json_path(pointer: &str) -> String {
+    let mut path = String::from("$");
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            path.push_str(&format!("[{segment}]"));
+        } else {
+            path.push('.');
+            path.push_str(&segment);
+        }
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(action: &str, input: Value) -> Vec<FieldError> {
+        match Catalogue::builtin().validate(action, &input) {
+            Err(InputError::Invalid { errors, .. }) => errors,
+            other => panic!("expected invalid input, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn builtin_catalogue_has_every_seed_action() {
+        let catalogue = Catalogue::builtin();
+        let names: Vec<_> = catalogue.actions().map(|a| a.name.as_str()).collect();
+        for expected in [
+            "send-kubectl",
+            "send-kubernetes-api",
+            "run-stats",
+            "stop-stats",
+            "send-api",
+            "configure-logger",
+            "retrieve-kubeconfig",
+            "manage-deployment",
+            "restore-command",
+            "copy-resource",
+            "get-node-ip",
+            "get-authorization-id",
+            "restart-k3s",
+        ] {
+            assert!(names.contains(&expected), "{expected} missing");
+        }
+        assert_eq!(
+            catalogue.get("send-kubectl").map(|a| a.event.as_str()),
+            Some("kubectl-logs")
+        );
+        assert_eq!(
+            catalogue.get("get-node-ip").map(|a| a.event.as_str()),
+            Some("get-node-ip")
+        );
+    }
+
+    #[test]
+    fn valid_inputs_pass() {
+        let catalogue = Catalogue::builtin();
+        for (action, input) in [
+            ("get-node-ip", Value::Null),
+            ("get-node-ip", json!({})),
+            ("stop-stats", json!({})),
+            ("run-stats", json!({"interval": 5})),
+            (
+                "configure-logger",
+                json!({"level": "debug", "pretty": true, "color": false}),
+            ),
+            (
+                "send-api",
+                json!({"href": "http://127.0.0.1/x", "requestMethod": "GET"}),
+            ),
+            (
+                "send-kubectl",
+                json!({"command": "kubectl", "arguments": ["get", "pods"]}),
+            ),
+            (
+                "manage-deployment",
+                json!({"command": "scale", "parameters": {"deployment": "d", "namespace": "n", "replicas": 2}}),
+            ),
+        ] {
+            assert_eq!(
+                catalogue.validate(action, &input),
+                Ok(()),
+                "{action} {input}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_name_the_json_path_of_the_field() {
+        let errors = invalid("run-stats", json!({"interval": "often"}));
+        assert_eq!(errors[0].path, "$.interval");
+        assert!(
+            errors[0].message.contains("integer"),
+            "{}",
+            errors[0].message
+        );
+
+        let errors = invalid(
+            "manage-deployment",
+            json!({"command": "scale", "parameters": {"replicas": "two"}}),
+        );
+        assert_eq!(errors[0].path, "$.parameters.replicas");
+
+        let errors = invalid(
+            "send-kubectl",
+            json!({"command": "kubectl", "arguments": ["get", 3]}),
+        );
+        assert_eq!(errors[0].path, "$.arguments[1]");
+
+        let errors = invalid("configure-logger", json!({"level": "loud"}));
+        assert_eq!(errors[0].path, "$.level");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_bounds_are_refused() {
+        let errors = invalid("run-stats", json!({"intervall": 5}));
+        assert_eq!(errors[0].path, "$");
+        assert!(
+            errors[0].message.contains("intervall"),
+            "{}",
+            errors[0].message
+        );
+
+        let errors = invalid("run-stats", json!({"interval": 0}));
+        assert_eq!(errors[0].path, "$.interval");
+
+        let errors = invalid("send-api", json!({"requestMethod": "GET"}));
+        assert!(errors[0].message.contains("href"), "{}", errors[0].message);
+
+        let errors = invalid("get-node-ip", json!([1, 2]));
+        assert_eq!(errors[0].path, "$");
+    }
+
+    #[test]
+    fn unknown_action_lists_the_known_ones() {
+        let err = Catalogue::builtin()
+            .validate("reboot-everything", &json!({}))
+            .expect_err("unknown");
+        let message = err.to_string();
+        assert!(message.contains("reboot-everything") && message.contains("get-node-ip"));
+    }
+
+    #[test]
+    fn json_pointer_becomes_json_path() {
+        assert_eq!(json_path(""), "$");
+        assert_eq!(json_path("/a/0/b~1c"), "$.a[0].b/c");
+    }
+}
