@@ -1,1 +1,4 @@
+//! tetherd, the tether controller.
 
+pub mod device_link;
+pub mod store;
