@@ -1,0 +1,509 @@
+//! The embedded MQTT endpoint: rmqtt (`=0.24.0`) as a library, on tetherd's
+//! tokio runtime, behind [`DeviceLink`]. Nothing outside this module sees an
+//! rmqtt type. See `docs/adr/0001-embedded-mqtt-server.md` for why rmqtt and
+//! which of its gaps this module closes.
+//!
+//! Connections are mutual TLS only. At CONNECT the auth hook takes the device
+//! from the client certificate (CN = device = client id), asks
+//! [`DeviceCredentials`] whether the certificate's serial is current, and
+//! checks the last will's topic against the publish ACL (rmqtt publishes
+//! wills without asking the ACL). Every SUBSCRIBE and PUBLISH is checked
+//! against `tether_proto::topics`; a refused publish from an MQTT 3.1.1
+//! client, which has no reason codes to tell it, ends its connection.
+
+mod identity;
+mod ingest;
+mod outbound;
+mod presence;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use ::rmqtt::codec::types::{MQTT_LEVEL_5, QoS};
+use ::rmqtt::codec::v5::{PublishProperties, SubscribeAckReason};
+use ::rmqtt::context::ServerContext;
+use ::rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
+use ::rmqtt::net::Builder;
+use ::rmqtt::server::MqttServer;
+use ::rmqtt::session::Session;
+use ::rmqtt::types::{
+    AuthResult, CodecPublish, ConnectInfo, From, FromType, Id, LastWill, Publish, PublishAclResult,
+    SubscribeAclResult,
+};
+use tether_proto::topics::{device_may_publish, device_may_subscribe};
+use tether_proto::{ActionRequest, DeviceId};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use self::identity::{PresentedCert, cert_identity};
+use self::outbound::ActionPublish;
+use self::presence::{Generation, Presence};
+use super::{BoxFuture, DeviceCredentials, DeviceLink, DeviceMessage, LinkError};
+
+/// The MQTT endpoint's own settings.
+#[derive(Debug, Clone)]
+pub struct RmqttConfig {
+    /// Where devices connect; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The server certificate chain, PEM, signed by the tether CA.
+    pub server_cert_pem: PathBuf,
+    /// The server certificate's private key, PEM.
+    pub server_key_pem: PathBuf,
+    /// The tether CA, PEM: clients must present a certificate it signed.
+    pub client_ca_pem: PathBuf,
+    /// Larger MQTT packets are refused (the connection is closed).
+    pub max_packet_size: u32,
+}
+
+impl RmqttConfig {
+    pub const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
+
+    pub fn new(
+        listen: SocketAddr,
+        server_cert_pem: PathBuf,
+        server_key_pem: PathBuf,
+        client_ca_pem: PathBuf,
+    ) -> Self {
+        Self {
+            listen,
+            server_cert_pem,
+            server_key_pem,
+            client_ca_pem,
+            max_packet_size: Self::DEFAULT_MAX_PACKET_SIZE,
+        }
+    }
+}
+
+/// The client id tetherd's own publishes carry inside rmqtt. Not a valid
+/// [`DeviceId`] (it has a `$`), so no device can collide with it.
+const CONTROLLER_CLIENT_ID: &str = "$tetherd";
+
+/// Where a session keeps the [`Generation`] it got when it connected.
+const GENERATION_ATTR: &str = "tether.generation";
+
+/// The embedded MQTT endpoint. Dropping it stops accepting connections.
+pub struct RmqttLink {
+    scx: ServerContext,
+    state: Arc<LinkState>,
+    /// Keeps concurrent `publish_action` calls in call order: tokio's mutex
+    /// is fair, and the enqueue into the session's queue happens under it.
+    publish_order: tokio::sync::Mutex<()>,
+    runtime: tokio::runtime::Handle,
+    accept_loop: JoinHandle<()>,
+}
+
+/// What the hooks share with the link.
+struct LinkState {
+    credentials: Arc<dyn DeviceCredentials>,
+    messages: mpsc::Sender<DeviceMessage>,
+    presence: Mutex<Presence>,
+    /// Held from a presence change until its message is in the channel, so a
+    /// new session's `Connected` can never overtake the old session's
+    /// `Disconnected`.
+    presence_order: tokio::sync::Mutex<()>,
+}
+
+impl RmqttLink {
+    /// Starts the listener; returns the link and the address actually bound.
+    pub async fn start(
+        config: RmqttConfig,
+        credentials: Arc<dyn DeviceCredentials>,
+        messages: mpsc::Sender<DeviceMessage>,
+    ) -> Result<(Arc<Self>, SocketAddr), LinkError> {
+        install_crypto_provider();
+        let start_error = |reason: String| LinkError::Start {
+            addr: config.listen.to_string(),
+            reason,
+        };
+
+        // The busy check refuses CONNECTs while the host's load average is
+        // high, which on a small edge controller (or a CI runner) is normal.
+        let scx = ServerContext::new().busy_check_enable(false).build().await;
+        let state = Arc::new(LinkState {
+            credentials,
+            messages,
+            presence: Mutex::new(Presence::default()),
+            presence_order: tokio::sync::Mutex::new(()),
+        });
+        register_hooks(&scx, &state).await;
+
+        let listener = Builder::new()
+            .name("tether/devices")
+            .laddr(config.listen)
+            .nodelay(true)
+            .allow_anonymous(false)
+            .max_packet_size(config.max_packet_size)
+            .tls_cross_certificate(true)
+            .tls_cert(Some(
+                utf8_path(&config.server_cert_pem).map_err(start_error)?,
+            ))
+            .tls_key(Some(
+                utf8_path(&config.server_key_pem).map_err(start_error)?,
+            ))
+            .tls_client_ca_certs(Some(utf8_path(&config.client_ca_pem).map_err(start_error)?))
+            .collect_cert_info(true)
+            .cert_cn_as_username(true)
+            .bind()
+            .map_err(|e| start_error(format!("{e:#}")))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| start_error(format!("{e:#}")))?;
+        let mut listener = listener
+            .tls()
+            .map_err(|e| start_error(format!("TLS setup: {e:#}")))?;
+        // rmqtt logs and keys sessions by the configured address; give it the
+        // bound one rather than port 0.
+        let mut cfg = (*listener.cfg).clone();
+        cfg.laddr = bound;
+        listener.cfg = Arc::new(cfg);
+
+        let server = MqttServer::new(scx.clone())
+            .listener_by_id(listener, bound.port())
+            .build();
+        let accept_loop = tokio::spawn(async move {
+            if let Err(e) = server.run().await {
+                tracing::error!(error = format!("{e:#}"), "MQTT endpoint stopped");
+            }
+        });
+        tracing::info!(%bound, "MQTT endpoint listening (mutual TLS)");
+
+        let link = Arc::new(Self {
+            scx,
+            state,
+            publish_order: tokio::sync::Mutex::new(()),
+            runtime: tokio::runtime::Handle::current(),
+            accept_loop,
+        });
+        Ok((link, bound))
+    }
+}
+
+impl Drop for RmqttLink {
+    fn drop(&mut self) {
+        self.accept_loop.abort();
+    }
+}
+
+impl DeviceLink for RmqttLink {
+    fn publish_action<'a>(
+        &'a self,
+        device: &'a DeviceId,
+        request: &'a ActionRequest,
+    ) -> BoxFuture<'a, Result<(), LinkError>> {
+        Box::pin(async move {
+            if !self.is_connected(device) {
+                return Err(LinkError::NotConnected(device.clone()));
+            }
+            let publish_error = |reason: String| LinkError::Publish {
+                device: device.clone(),
+                reason,
+            };
+            let action = ActionPublish::new(device, request, chrono::Utc::now())
+                .map_err(|e| publish_error(format!("could not encode the action: {e}")))?;
+            let publish = Publish::from(CodecPublish {
+                dup: false,
+                retain: false,
+                qos: QoS::AtLeastOnce,
+                topic: action.topic.into(),
+                packet_id: None,
+                payload: action.payload.into(),
+                properties: Some(PublishProperties {
+                    correlation_data: Some(action.correlation_data.into()),
+                    message_expiry_interval: Some(action.expiry),
+                    ..PublishProperties::default()
+                }),
+            })
+            .create_time(chrono::Utc::now().timestamp_millis());
+            let from = From::from_system(Id::from(self.scx.node.id(), CONTROLLER_CLIENT_ID.into()));
+
+            let _order = self.publish_order.lock().await;
+            // Straight to the router, not `SessionState::forwards`: that adds
+            // retain and message-store handling we do not use, and hides the
+            // recipient count we need to tell "sent" from "nobody listening".
+            let forwarded = self
+                .scx
+                .extends
+                .shared()
+                .await
+                .forwards(None, from, publish)
+                .await;
+            match forwarded {
+                Ok(0) => Err(publish_error(
+                    "the device has a session but no subscription to its actions topic".into(),
+                )),
+                Ok(_) => Ok(()),
+                Err((_, dropped)) => Err(publish_error(
+                    dropped
+                        .first()
+                        .map(|(_, _, _, reason)| format!("dropped by the broker: {reason}"))
+                        .unwrap_or_else(|| "dropped by the broker".into()),
+                )),
+            }
+        })
+    }
+
+    fn is_connected(&self, device: &DeviceId) -> bool {
+        self.state.presence().is_connected(device)
+    }
+
+    fn disconnect(&self, device: &DeviceId) {
+        let scx = self.scx.clone();
+        let device = device.clone();
+        self.runtime.spawn(async move {
+            let id = Id::from(scx.node.id(), device.as_str().to_owned().into());
+            let entry = scx.extends.shared().await.entry(id);
+            let kicked = match entry.try_lock().await {
+                // Admin kick with a clean start: the session and its
+                // subscriptions go; rmqtt then reports the disconnect through
+                // the same hook as any other, so `Disconnected` follows.
+                Ok(mut entry) => entry.kick(true, true, true).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match kicked {
+                Ok(()) => tracing::info!(%device, "disconnected the device's MQTT session"),
+                Err(e) => tracing::warn!(
+                    %device,
+                    error = format!("{e:#}"),
+                    "could not disconnect the device's MQTT session"
+                ),
+            }
+        });
+    }
+}
+
+impl LinkState {
+    fn presence(&self) -> std::sync::MutexGuard<'_, Presence> {
+        // The map is updated in single inserts and removes; a panic elsewhere
+        // cannot leave it half-changed.
+        self.presence.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn emit(&self, message: DeviceMessage) {
+        if self.messages.send(message).await.is_err() {
+            tracing::debug!("the controller stopped listening to device messages");
+        }
+    }
+
+    async fn authenticate(&self, info: &ConnectInfo) -> AuthResult {
+        let client_id: &str = info.client_id();
+        let cert = info.cert().map(|cert| PresentedCert {
+            common_name: cert.common_name.as_deref(),
+            serial_unsigned_hex: cert.serial.as_deref(),
+        });
+        let identity = match cert_identity(cert, client_id) {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::warn!(client_id, remote = ?info.ipaddress(), reason = %e, "refused MQTT connection");
+                return AuthResult::NotAuthorized;
+            }
+        };
+        let device = &identity.device;
+        if let Some(will) = info.last_will() {
+            let topic: &str = match will {
+                LastWill::V3(will) => &will.topic,
+                LastWill::V5(will) => &will.topic,
+            };
+            if !device_may_publish(device, topic) {
+                tracing::warn!(%device, will_topic = topic, "refused MQTT connection: last will on a topic the device may not publish to");
+                return AuthResult::NotAuthorized;
+            }
+        }
+        if !self
+            .credentials
+            .certificate_is_current(device, &identity.serial_hex)
+            .await
+        {
+            tracing::warn!(%device, serial = identity.serial_hex, "refused MQTT connection: certificate is not the device's current one");
+            return AuthResult::NotAuthorized;
+        }
+        tracing::debug!(%device, "MQTT connection authenticated");
+        AuthResult::Allow(false, None)
+    }
+
+    fn may_subscribe(session: &Session, filter: &str) -> bool {
+        let allowed = session_device(session).is_some_and(|d| device_may_subscribe(&d, filter));
+        if !allowed {
+            tracing::warn!(client_id = %session.id.client_id, filter, "refused MQTT subscribe");
+        }
+        allowed
+    }
+
+    async fn check_publish(session: &Session, topic: &str) -> PublishAclResult {
+        if session_device(session).is_some_and(|d| device_may_publish(&d, topic)) {
+            return PublishAclResult::allow();
+        }
+        // MQTT 3.1.1 has no PUBACK reason code: ending the connection is the
+        // only way to tell the client, and stops a misbehaving one.
+        let is_v5 = session
+            .connect_info()
+            .await
+            .is_ok_and(|info| info.proto_ver() == MQTT_LEVEL_5);
+        tracing::warn!(client_id = %session.id.client_id, topic, disconnect = !is_v5, "refused MQTT publish");
+        PublishAclResult::rejected(!is_v5, Some("not authorized".into()))
+    }
+
+    /// Ingests a device's publish. Called from rmqtt's generic publish hook,
+    /// which also sees publishes the ACL is about to refuse, so the same
+    /// predicate as the ACL gates it. Wills come through here too.
+    async fn ingest(&self, from: &From, publish: &Publish) {
+        if !matches!(from.typ(), FromType::Custom | FromType::LastWill) {
+            return;
+        }
+        let Ok(device) = DeviceId::new(from.id.client_id.to_string()) else {
+            return;
+        };
+        let topic: &str = &publish.topic;
+        if !device_may_publish(&device, topic) {
+            return;
+        }
+        match ingest::device_message(&device, topic, &publish.payload) {
+            Ok(Some(message)) => self.emit(message).await,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                %device,
+                topic,
+                error = %e,
+                cause = %e.source,
+                "dropped a malformed message from a device"
+            ),
+        }
+    }
+
+    async fn connected(&self, session: &Session) {
+        let Some(device) = session_device(session) else {
+            return;
+        };
+        let _order = self.presence_order.lock().await;
+        let generation = self.presence().connected(device.clone());
+        session
+            .extra_attrs
+            .write()
+            .await
+            .insert(GENERATION_ATTR.into(), generation);
+        tracing::info!(%device, ?generation, "device connected");
+        self.emit(DeviceMessage::Connected { device }).await;
+    }
+
+    async fn disconnected(&self, session: &Session) {
+        let Some(device) = session_device(session) else {
+            return;
+        };
+        // A session without a generation never reported `Connected`.
+        let Some(generation) = session
+            .extra_attrs
+            .read()
+            .await
+            .get::<Generation>(GENERATION_ATTR)
+            .copied()
+        else {
+            return;
+        };
+        let _order = self.presence_order.lock().await;
+        let current = self.presence().disconnected(&device, generation);
+        if current {
+            tracing::info!(%device, ?generation, "device disconnected");
+            self.emit(DeviceMessage::Disconnected { device }).await;
+        } else {
+            tracing::debug!(%device, ?generation, "a superseded session of the device ended");
+        }
+    }
+}
+
+/// The device a session belongs to. The auth hook has made sure the client
+/// id is the certificate's device, so the client id is the identity.
+fn session_device(session: &Session) -> Option<DeviceId> {
+    DeviceId::new(session.id.client_id.to_string()).ok()
+}
+
+/// rmqtt-net builds its TLS listener with aws-lc-rs while the rest of tetherd
+/// (and rustls' defaults) use ring; with both linked, rustls cannot pick a
+/// process default by itself, so `ServerConfig::builder()` anywhere would
+/// panic. Installing ring once settles it; another component may have done so
+/// already, which is just as good.
+fn install_crypto_provider() {
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        tracing::debug!("a rustls crypto provider was installed already");
+    }
+}
+
+fn utf8_path(path: &Path) -> Result<String, String> {
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("path {} is not UTF-8", path.display()))
+}
+
+async fn register_hooks(scx: &ServerContext, state: &Arc<LinkState>) {
+    let register = scx.extends.hook_mgr().register();
+    for typ in [
+        Type::ClientAuthenticate,
+        Type::ClientSubscribeCheckAcl,
+        Type::MessagePublishCheckAcl,
+        Type::MessagePublish,
+        Type::ClientConnected,
+        Type::ClientDisconnected,
+    ] {
+        register.add(typ, Box::new(Hooks(Arc::clone(state)))).await;
+    }
+    register.start().await;
+}
+
+/// rmqtt's hook handler: one value per hook type, all sharing [`LinkState`].
+struct Hooks(Arc<LinkState>);
+
+impl Hooks {
+    async fn handle(&self, param: &Parameter<'_>, acc: Option<HookResult>) -> ReturnType {
+        let state = &self.0;
+        match param {
+            Parameter::ClientAuthenticate(info) => {
+                let result = state.authenticate(info).await;
+                (false, Some(HookResult::AuthResult(result)))
+            }
+            Parameter::ClientSubscribeCheckAcl(session, subscribe) => {
+                let result = if LinkState::may_subscribe(session, &subscribe.topic_filter) {
+                    SubscribeAclResult::new_success(subscribe.opts.qos(), None)
+                } else {
+                    SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized)
+                };
+                (false, Some(HookResult::SubscribeAclResult(result)))
+            }
+            Parameter::MessagePublishCheckAcl(session, publish) => {
+                let result = LinkState::check_publish(session, &publish.topic).await;
+                (false, Some(HookResult::PublishAclResult(result)))
+            }
+            Parameter::MessagePublish(_, from, publish) => {
+                state.ingest(from, publish).await;
+                (true, acc)
+            }
+            Parameter::ClientConnected(session) => {
+                state.connected(session).await;
+                (true, acc)
+            }
+            Parameter::ClientDisconnected(session, _) => {
+                state.disconnected(session).await;
+                (true, acc)
+            }
+            _ => (true, acc),
+        }
+    }
+}
+
+// `Handler` is declared with `#[async_trait]`; this is that macro's expansion
+// written out, which saves a dependency for one impl.
+impl Handler for Hooks {
+    fn hook<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        param: &'life1 Parameter<'_>,
+        acc: Option<HookResult>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ReturnType> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(self.handle(param, acc))
+    }
+}
