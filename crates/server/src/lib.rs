@@ -1,4 +1,270 @@
 //! tetherd, the tether controller.
+//!
+//! [`run`] wires the pieces: the CA and TLS, the store, the MQTT endpoint
+//! behind [`device_link::DeviceLink`], the services, and the HTTPS API.
 
+pub mod actions;
+pub mod api;
+pub mod auth;
+pub mod config;
 pub mod device_link;
+pub mod ingest;
+pub mod pki;
+pub mod registry;
+pub mod sealing;
+pub mod secret_file;
 pub mod store;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tether_proto::{Catalogue, Presence};
+use tokio::sync::mpsc;
+
+use crate::actions::ActionService;
+use crate::api::AppState;
+use crate::auth::{ADMIN_CREDENTIALS_FILE, Auth};
+use crate::config::ServerConfig;
+use crate::device_link::rmqtt::{RmqttConfig, RmqttLink};
+use crate::device_link::{DeviceLink, LinkError};
+use crate::ingest::Ingest;
+use crate::pki::{CertificateAuthority, PkiError};
+use crate::registry::{Registry, StoreCredentials};
+use crate::sealing::{SealError, Sealer};
+use crate::store::{Store, StoreError};
+
+/// Name of the file tetherd writes once it listens, for scripts and tests.
+pub const ENDPOINTS_FILE: &str = "endpoints.json";
+/// Device messages waiting to be recorded; beyond this the MQTT side waits.
+const INGEST_QUEUE: usize = 4096;
+/// Largest MQTT packet a device may send.
+const MAX_MQTT_PACKET: u32 = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("could not create the data dir {path}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("could not create the admin user")]
+    Admin(#[source] auth::AuthError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(
+        "could not listen for HTTPS on {addr}: is another tetherd running? choose another address with --listen-api"
+    )]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not load the TLS certificate for HTTPS")]
+    Tls(#[source] std::io::Error),
+    #[error("could not write {path}")]
+    Endpoints {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTPS server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Runs tetherd until `shutdown` resolves.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
+    // rmqtt links both rustls crypto backends; choosing one up front keeps
+    // rustls from refusing to pick. An earlier install (tests) is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    create_private_dir(&config.data_dir)?;
+
+    let ca = Arc::new(CertificateAuthority::load_or_create(&config.data_dir)?);
+    let (server_cert, server_key) =
+        ca.issue_server_certificate(&config.data_dir, &config.public_hosts)?;
+    let store = Store::connect(&config.database_url).await?;
+    let auth = Auth::new(store.clone(), config.auth.clone());
+    if let Some(password) = auth
+        .bootstrap_admin(&config.data_dir)
+        .await
+        .map_err(StartError::Admin)?
+    {
+        println!(
+            "Created the admin user. Username: admin  Password: {password}\n\
+             (shown once; also saved in {} with mode 0600)",
+            config.data_dir.join(ADMIN_CREDENTIALS_FILE).display()
+        );
+    }
+    mark_all_offline(&store).await?;
+    let sealer = Arc::new(Sealer::load_or_create(&config.data_dir)?);
+
+    let (messages_tx, messages_rx) = mpsc::channel(INGEST_QUEUE);
+    let (link, mqtt_addr) = RmqttLink::start(
+        RmqttConfig {
+            listen: config.listen_mqtt,
+            server_cert_pem: server_cert.clone(),
+            server_key_pem: server_key.clone(),
+            client_ca_pem: ca.cert_path().to_owned(),
+            max_packet_size: MAX_MQTT_PACKET,
+        },
+        Arc::new(StoreCredentials {
+            store: store.clone(),
+        }),
+        messages_tx,
+    )
+    .await?;
+    let link: Arc<dyn DeviceLink> = link;
+
+    let registry = Registry::new(store.clone(), ca.clone(), link.clone(), config.auth.clone());
+    let actions = Arc::new(ActionService::new(
+        store.clone(),
+        link.clone(),
+        Arc::new(Catalogue::builtin()),
+        sealer,
+        config.actions.clone(),
+    ));
+    tokio::spawn(
+        Ingest {
+            store: store.clone(),
+            actions: actions.clone(),
+        }
+        .run(messages_rx),
+    );
+    tokio::spawn(sweep_forever(
+        actions.clone(),
+        config.actions.sweep_interval,
+    ));
+
+    let listener =
+        std::net::TcpListener::bind(config.listen_api).map_err(|source| StartError::Listen {
+            addr: config.listen_api,
+            source,
+        })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| StartError::Listen {
+            addr: config.listen_api,
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen_api,
+        source,
+    })?;
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&server_cert, &server_key)
+        .await
+        .map_err(StartError::Tls)?;
+    let state = Arc::new(AppState {
+        store,
+        auth,
+        registry,
+        actions,
+        ca,
+        mqtt_port: mqtt_addr.port(),
+    });
+    let handle = axum_server::Handle::new();
+    let server = tokio::spawn(api::serve(
+        listener,
+        tls,
+        api::router(state),
+        handle.clone(),
+    ));
+    write_endpoints(&config.data_dir, api_addr, mqtt_addr)?;
+    tracing::info!(api = %format!("https://{api_addr}"), mqtt = %format!("mqtts://{mqtt_addr}"), data_dir = %config.data_dir.display(), "tetherd is ready");
+
+    tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            handle.graceful_shutdown(Some(Duration::from_secs(5)));
+        }
+        result = server => {
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(StartError::Serve(error)),
+                Err(join) => Err(StartError::Serve(std::io::Error::other(join))),
+            };
+        }
+    }
+    let _ = std::fs::remove_file(config.data_dir.join(ENDPOINTS_FILE));
+    Ok(())
+}
+
+/// A controller that starts holds no device sessions yet; devices become
+/// online again when their agents reconnect and announce themselves.
+async fn mark_all_offline(store: &Store) -> Result<(), StoreError> {
+    let now = Utc::now();
+    for device in store.list_devices().await? {
+        if device.presence == Presence::Online {
+            store
+                .set_presence(&device.name, Presence::Offline, now)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn sweep_forever(actions: Arc<ActionService>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Err(error) = actions.sweep(Utc::now()).await {
+            tracing::error!(error = %error_chain(&error), "could not expire or time out actions");
+        }
+    }
+}
+
+fn create_private_dir(path: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| StartError::DataDir {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn write_endpoints(dir: &Path, api: SocketAddr, mqtt: SocketAddr) -> Result<(), StartError> {
+    let local = |addr: SocketAddr| {
+        if addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        }
+    };
+    let contents = serde_json::json!({
+        "api": format!("https://{}", local(api)),
+        "mqtt": format!("mqtts://{}", local(mqtt)),
+        "pid": std::process::id(),
+    });
+    let path = dir.join(ENDPOINTS_FILE);
+    let tmp = dir.join(format!("{ENDPOINTS_FILE}.tmp"));
+    std::fs::write(&tmp, contents.to_string())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|source| StartError::Endpoints { path, source })
+}
+
+/// An error and its causes on one line: `a: b: c`. Printed once, at the edge.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

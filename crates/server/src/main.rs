@@ -1,1 +1,30 @@
-fn main() {}
+use clap::Parser;
+use tether_server::config::{Flags, ServerConfig};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = ServerConfig::load(Flags::parse())?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_new(format!("{},rmqtt=warn,rmqtt_net=warn", config.log_level))
+                .unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    if let Err(error) = tether_server::run(config, shutdown_signal()).await {
+        anyhow::bail!("tetherd stopped: {}", tether_server::error_chain(&error));
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(terminate) => terminate,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,1 +1,17 @@
+//! The test harness: real `tetherd` and `tether-agent` processes on loopback,
+//! in temp dirs, on free ports, plus a throwaway PostgreSQL.
+//!
+//! Nothing here is a mock: tests drive the same binaries a user runs.
 
+pub mod agent;
+pub mod api;
+pub mod binaries;
+pub mod postgres;
+pub mod sim_agent;
+pub mod tetherd;
+pub mod wait;
+
+pub use agent::Agent;
+pub use api::ApiClient;
+pub use tetherd::{Database, Tetherd};
+pub use wait::wait_until;

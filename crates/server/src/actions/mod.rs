@@ -1,0 +1,504 @@
+//! The action service: accept an operator's request, deliver it to the device
+//! in order, record the device's answer, and expire or time out what gets no
+//! answer. The lifecycle rules live in `tether_proto::ActionState`; this
+//! module applies them to the store and the device link.
+
+mod waiters;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tether_proto::api::{Action, Event, RequestAction};
+use tether_proto::catalogue::FieldError;
+use tether_proto::redact::redacted;
+use tether_proto::{ActionEvent, ActionRequest, ActionState, Catalogue, DeviceId, InputError};
+
+use crate::config::ActionsConfig;
+use crate::device_link::{DeviceLink, LinkError};
+use crate::sealing::Sealer;
+use crate::store::{ActionRecord, EventRecord, NewAction, Outcome, Store, StoreError};
+use waiters::Waiters;
+
+/// Longest a caller-supplied correlation id may be.
+const MAX_CORRELATION_ID: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("device {0} not found")]
+    DeviceNotFound(DeviceId),
+    #[error("{0}")]
+    UnknownAction(String),
+    #[error("{message}")]
+    InvalidInput {
+        message: String,
+        errors: Vec<FieldError>,
+    },
+    #[error("an action with correlationId {0:?} already exists; use a new correlationId")]
+    DuplicateCorrelationId(String),
+    #[error("ttlSeconds must be between 1 and {max}; got {given}")]
+    BadTtl { given: u64, max: u64 },
+    #[error("timeoutSeconds must be between 1 and 86400; got {0}")]
+    BadTimeout(u64),
+    #[error("action {0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct ActionService {
+    store: Store,
+    link: Arc<dyn DeviceLink>,
+    catalogue: Arc<Catalogue>,
+    sealer: Arc<Sealer>,
+    config: ActionsConfig,
+    /// Devices whose agent announced itself (birth) on this controller's link:
+    /// only they have their `actions` subscription in place.
+    ready: Mutex<HashSet<DeviceId>>,
+    /// Serialises delivery per device, so actions reach it in `seq` order.
+    delivery_locks: Mutex<HashMap<DeviceId, Arc<tokio::sync::Mutex<()>>>>,
+    waiters: Waiters,
+}
+
+impl ActionService {
+    pub fn new(
+        store: Store,
+        link: Arc<dyn DeviceLink>,
+        catalogue: Arc<Catalogue>,
+        sealer: Arc<Sealer>,
+        config: ActionsConfig,
+    ) -> Self {
+        Self {
+            store,
+            link,
+            catalogue,
+            sealer,
+            config,
+            ready: Mutex::default(),
+            delivery_locks: Mutex::default(),
+            waiters: Waiters::default(),
+        }
+    }
+
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    /// Validates, stores and (if the device is online) delivers an action.
+    /// Nothing is stored or sent when the request is refused.
+    pub async fn request(
+        &self,
+        device: &DeviceId,
+        request: RequestAction,
+    ) -> Result<Action, ActionError> {
+        let input = if request.input.is_null() {
+            serde_json::json!({})
+        } else {
+            request.input
+        };
+        match self.catalogue.validate(&request.action, &input) {
+            Ok(()) => {}
+            Err(error @ InputError::UnknownAction { .. }) => {
+                return Err(ActionError::UnknownAction(error.to_string()));
+            }
+            Err(error @ InputError::Invalid { .. }) => {
+                let message = error.to_string();
+                let InputError::Invalid { errors, .. } = error else {
+                    unreachable!("matched Invalid above")
+                };
+                return Err(ActionError::InvalidInput { message, errors });
+            }
+        }
+        if self.store.get_device(device).await?.is_none() {
+            return Err(ActionError::DeviceNotFound(device.clone()));
+        }
+        let correlation_id = correlation_id(&input)?;
+        let ttl = self.ttl(request.ttl_seconds)?;
+        let timeout_seconds = match request.timeout_seconds {
+            None => self.config.default_timeout.as_secs(),
+            Some(t @ 1..=86_400) => t,
+            Some(t) => return Err(ActionError::BadTimeout(t)),
+        };
+        let now = Utc::now();
+        let new = NewAction {
+            correlation_id: correlation_id.clone(),
+            device: device.clone(),
+            action: request.action,
+            input: redacted(&input),
+            sealed_input: self.sealer.seal(input.to_string().as_bytes()),
+            created_at: now,
+            expires_at: now + ttl,
+            timeout_seconds,
+        };
+        let record = match self.store.insert_action(&new).await {
+            Err(StoreError::Conflict { .. }) => {
+                return Err(ActionError::DuplicateCorrelationId(correlation_id));
+            }
+            other => other?,
+        };
+        tracing::info!(%device, action = %record.action, correlation_id = %record.correlation_id, input = %record.input, "action accepted");
+        if self.is_ready(device) {
+            self.deliver(device, false).await;
+            if let Some(current) = self.store.get_action(&correlation_id).await? {
+                return Ok(to_api(current));
+            }
+        }
+        Ok(to_api(record))
+    }
+
+    pub async fn get(&self, correlation_id: &str) -> Result<Action, ActionError> {
+        self.store
+            .get_action(correlation_id)
+            .await?
+            .map(to_api)
+            .ok_or_else(|| ActionError::NotFound(correlation_id.to_owned()))
+    }
+
+    /// The action once it is terminal, or as it is after `timeout`.
+    pub async fn wait(
+        &self,
+        correlation_id: &str,
+        timeout: Duration,
+    ) -> Result<Action, ActionError> {
+        let mut receiver = self.waiters.subscribe(correlation_id);
+        let outcome = async {
+            let current = self.get(correlation_id).await?;
+            if current.state.is_terminal() {
+                return Ok(current);
+            }
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                match tokio::time::timeout_at(deadline, receiver.changed()).await {
+                    Ok(Ok(())) => {
+                        if let Some(record) = receiver.borrow_and_update().clone() {
+                            return Ok(to_api(record));
+                        }
+                    }
+                    // The sender is dropped when the action completed and was
+                    // removed before this waiter subscribed; read it again.
+                    Ok(Err(_)) | Err(_) => return self.get(correlation_id).await,
+                }
+            }
+        }
+        .await;
+        drop(receiver);
+        self.waiters.release(correlation_id);
+        outcome
+    }
+
+    pub async fn list(&self, device: &DeviceId, limit: u32) -> Result<Vec<Action>, ActionError> {
+        if self.store.get_device(device).await?.is_none() {
+            return Err(ActionError::DeviceNotFound(device.clone()));
+        }
+        Ok(self
+            .store
+            .list_actions(device, limit)
+            .await?
+            .into_iter()
+            .map(to_api)
+            .collect())
+    }
+
+    /// The device's agent announced itself: deliver everything still open,
+    /// including actions delivered to an earlier session that never answered
+    /// (the agent answers those from its record instead of running them twice).
+    pub async fn device_ready(&self, device: &DeviceId) {
+        self.lock_ready().insert(device.clone());
+        self.deliver(device, true).await;
+    }
+
+    pub fn device_gone(&self, device: &DeviceId) {
+        self.lock_ready().remove(device);
+    }
+
+    fn is_ready(&self, device: &DeviceId) -> bool {
+        self.lock_ready().contains(device)
+    }
+
+    async fn deliver(&self, device: &DeviceId, redeliver: bool) {
+        let lock = {
+            let mut locks = self
+                .delivery_locks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            locks.entry(device.clone()).or_default().clone()
+        };
+        let _serialised = lock.lock().await;
+        let open = match self.store.open_actions(device).await {
+            Ok(open) => open,
+            Err(error) => {
+                tracing::error!(%device, error = %crate::error_chain(&error), "could not read open actions; they will be delivered at the next reconnect");
+                return;
+            }
+        };
+        let now = Utc::now();
+        for action in open {
+            if action.state == ActionState::Delivered && !redeliver {
+                continue;
+            }
+            if action.state == ActionState::Pending && action.expires_at <= now {
+                self.expire(&action, now).await;
+                continue;
+            }
+            let Some(input) = self.unseal(&action) else {
+                self.finish(
+                    &action,
+                    ActionState::Failed,
+                    now,
+                    "the stored input could not be opened; request the action again",
+                )
+                .await;
+                continue;
+            };
+            let request = ActionRequest {
+                correlation_id: action.correlation_id.clone(),
+                action: action.action.clone(),
+                input,
+                expires_at: action.expires_at,
+            };
+            match self.link.publish_action(device, &request).await {
+                Ok(()) => {}
+                Err(LinkError::NotConnected(_)) => {
+                    self.device_gone(device);
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%device, error = %crate::error_chain(&error), "could not deliver an action; it stays open");
+                    return;
+                }
+            }
+            if action.state == ActionState::Pending {
+                let outcome = Outcome {
+                    at: Utc::now(),
+                    status_code: None,
+                    status_message: None,
+                    response: None,
+                };
+                if let Err(error) = self
+                    .store
+                    .transition_action(
+                        &action.correlation_id,
+                        &[ActionState::Pending],
+                        ActionState::Delivered,
+                        &outcome,
+                    )
+                    .await
+                {
+                    tracing::error!(correlation_id = %action.correlation_id, error = %crate::error_chain(&error), "could not mark an action delivered");
+                }
+            }
+            tracing::debug!(%device, correlation_id = %action.correlation_id, "action delivered");
+        }
+    }
+
+    fn unseal(&self, action: &ActionRecord) -> Option<serde_json::Value> {
+        let sealed = action.sealed_input.as_deref()?;
+        let plain = self.sealer.open(sealed).ok()?;
+        serde_json::from_slice(&plain).ok()
+    }
+
+    /// Records a device's answer. An answer for another device's action is
+    /// refused: a device can never act for another.
+    pub async fn handle_event(
+        &self,
+        device: &DeviceId,
+        event: ActionEvent,
+    ) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let record = self.store.get_action(&event.correlation_id).await?;
+        if let Some(record) = &record
+            && &record.device != device
+        {
+            tracing::warn!(%device, owner = %record.device, correlation_id = %event.correlation_id, "a device answered another device's action; ignored");
+            return Ok(());
+        }
+        self.store
+            .insert_event(&EventRecord {
+                id: uuid::Uuid::now_v7().to_string(),
+                device: device.clone(),
+                correlation_id: Some(event.correlation_id.clone()),
+                event: event.event.clone(),
+                status_code: event.status_code,
+                status_message: event.status_message.clone(),
+                response: event.response.clone(),
+                received_at: now,
+            })
+            .await?;
+        let Some(_) = record else {
+            tracing::warn!(%device, correlation_id = %event.correlation_id, "event for an unknown action; recorded as an event only");
+            return Ok(());
+        };
+        let to = ActionState::from_status_code(event.status_code);
+        let outcome = Outcome {
+            at: now,
+            status_code: Some(event.status_code),
+            status_message: Some(event.status_message),
+            response: Some(event.response),
+        };
+        match self
+            .store
+            .transition_action(
+                &event.correlation_id,
+                &[ActionState::Pending, ActionState::Delivered],
+                to,
+                &outcome,
+            )
+            .await?
+        {
+            Some(updated) => {
+                tracing::info!(%device, correlation_id = %updated.correlation_id, state = %updated.state, status_code = event.status_code, "action completed");
+                self.waiters.completed(&updated);
+            }
+            None => {
+                tracing::info!(%device, correlation_id = %event.correlation_id, "late or repeated answer for a finished action; kept as an event");
+            }
+        }
+        Ok(())
+    }
+
+    /// Expires undelivered actions past their TTL and times out delivered
+    /// ones past their deadline.
+    pub async fn sweep(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        for action in self.store.expired_pending_actions(now).await? {
+            self.expire(&action, now).await;
+        }
+        for action in self.store.overdue_delivered_actions(now).await? {
+            let message = format!(
+                "no answer from the device within {} s of delivery",
+                action.timeout_seconds
+            );
+            self.finish(&action, ActionState::TimedOut, now, &message)
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn expire(&self, action: &ActionRecord, now: DateTime<Utc>) {
+        let ttl = (action.expires_at - action.created_at).num_seconds();
+        let message = format!("not delivered within its TTL of {ttl} s: the device stayed offline");
+        self.finish(action, ActionState::Expired, now, &message)
+            .await;
+    }
+
+    async fn finish(
+        &self,
+        action: &ActionRecord,
+        to: ActionState,
+        now: DateTime<Utc>,
+        message: &str,
+    ) {
+        let outcome = Outcome {
+            at: now,
+            status_code: None,
+            status_message: Some(message.to_owned()),
+            response: None,
+        };
+        match self
+            .store
+            .transition_action(&action.correlation_id, &[action.state], to, &outcome)
+            .await
+        {
+            Ok(Some(updated)) => {
+                tracing::info!(device = %updated.device, correlation_id = %updated.correlation_id, state = %to, reason = message, "action ended without an answer");
+                self.waiters.completed(&updated);
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(correlation_id = %action.correlation_id, error = %crate::error_chain(&error), "could not end an action");
+            }
+        }
+    }
+
+    fn ttl(&self, requested: Option<u64>) -> Result<chrono::Duration, ActionError> {
+        let max = self.config.max_ttl.as_secs();
+        let seconds = match requested {
+            None => self.config.default_ttl.as_secs(),
+            Some(given) if given == 0 || given > max => {
+                return Err(ActionError::BadTtl { given, max });
+            }
+            Some(given) => given,
+        };
+        Ok(chrono::Duration::seconds(seconds as i64))
+    }
+
+    fn lock_ready(&self) -> std::sync::MutexGuard<'_, HashSet<DeviceId>> {
+        self.ready
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The caller may pick the correlation id (seed 000 puts it in the input);
+/// it then doubles as an idempotency key. Otherwise tetherd makes one.
+fn correlation_id(input: &serde_json::Value) -> Result<String, ActionError> {
+    match input.get("correlationId").and_then(|v| v.as_str()) {
+        Some(id)
+            if id.is_empty()
+                || id.len() > MAX_CORRELATION_ID
+                || id.chars().any(char::is_control) =>
+        {
+            Err(ActionError::InvalidInput {
+                message: format!(
+                    "invalid input: $.correlationId: must be 1 to {MAX_CORRELATION_ID} printable characters"
+                ),
+                errors: vec![FieldError {
+                    path: "$.correlationId".to_owned(),
+                    message: format!("must be 1 to {MAX_CORRELATION_ID} printable characters"),
+                }],
+            })
+        }
+        Some(id) => Ok(id.to_owned()),
+        None => Ok(uuid::Uuid::now_v7().to_string()),
+    }
+}
+
+pub fn to_api(record: ActionRecord) -> Action {
+    Action {
+        correlation_id: record.correlation_id,
+        device: record.device.to_string(),
+        action: record.action,
+        input: record.input,
+        state: record.state,
+        status_code: record.status_code,
+        status_message: record.status_message,
+        response: record.response,
+        created_at: record.created_at,
+        delivered_at: record.delivered_at,
+        completed_at: record.completed_at,
+        expires_at: record.expires_at,
+        timeout_seconds: record.timeout_seconds,
+    }
+}
+
+pub fn event_to_api(record: EventRecord) -> Event {
+    Event {
+        id: record.id,
+        device: record.device.to_string(),
+        correlation_id: record.correlation_id,
+        event: record.event,
+        status_code: record.status_code,
+        status_message: record.status_message,
+        response: record.response,
+        received_at: record.received_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn caller_correlation_ids_are_checked() {
+        assert_eq!(
+            correlation_id(&json!({"correlationId": "abc"})).expect("valid"),
+            "abc"
+        );
+        assert!(correlation_id(&json!({"correlationId": ""})).is_err());
+        assert!(correlation_id(&json!({"correlationId": "a\nb"})).is_err());
+        assert!(correlation_id(&json!({"correlationId": "x".repeat(129)})).is_err());
+        let generated = correlation_id(&json!({})).expect("generated");
+        assert_eq!(generated.len(), 36);
+    }
+}

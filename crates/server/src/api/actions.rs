@@ -1,0 +1,121 @@
+//! Actions: request one for a device, read it (optionally waiting for its
+//! end), list a device's actions, and the catalogue of actions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use tether_proto::api::{Action, CatalogueEntry, ErrorBody, RequestAction};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery, device_id};
+
+/// Longest a long-poll may hold a request.
+const MAX_WAIT_SECONDS: u64 = 300;
+const DEFAULT_LIST_LIMIT: u32 = 50;
+const MAX_LIST_LIMIT: u32 = 1000;
+
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(request_action, list_actions))
+        .routes(routes!(get_action))
+        .routes(routes!(catalogue))
+}
+
+/// Requests an action. The input is validated against the catalogue first:
+/// a bad input is a 400 naming the field, and nothing is stored or sent.
+#[utoipa::path(post, path = "/devices/{name}/actions", tag = "actions", request_body = RequestAction,
+    params(("name" = String, Path, description = "Device name")),
+    responses((status = 202, body = Action), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn request_action(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<RequestAction>,
+) -> Result<(StatusCode, axum::Json<Action>), ApiError> {
+    let action = state.actions.request(&device_id(&name)?, request).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(action)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct LimitQuery {
+    /// At most this many, newest first (default 50, at most 1000).
+    pub limit: Option<u32>,
+}
+
+impl LimitQuery {
+    pub fn limit(&self) -> u32 {
+        self.limit
+            .unwrap_or(DEFAULT_LIST_LIMIT)
+            .clamp(1, MAX_LIST_LIMIT)
+    }
+}
+
+/// The device's actions, newest first.
+#[utoipa::path(get, path = "/devices/{name}/actions", tag = "actions",
+    params(("name" = String, Path, description = "Device name"), LimitQuery),
+    responses((status = 200, body = [Action]), (status = 404, body = ErrorBody)))]
+async fn list_actions(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    ApiQuery(query): ApiQuery<LimitQuery>,
+) -> Result<axum::Json<Vec<Action>>, ApiError> {
+    Ok(axum::Json(
+        state
+            .actions
+            .list(&device_id(&name)?, query.limit())
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WaitQuery {
+    /// Long-poll: answer as soon as the action is terminal, or after this
+    /// many seconds (at most 300) with its current state.
+    wait_seconds: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/actions/{correlationId}", tag = "actions",
+    params(("correlationId" = String, Path, description = "The action's correlation id"), WaitQuery),
+    responses((status = 200, body = Action), (status = 404, body = ErrorBody)))]
+async fn get_action(
+    State(state): State<Arc<AppState>>,
+    Path(correlation_id): Path<String>,
+    ApiQuery(query): ApiQuery<WaitQuery>,
+) -> Result<axum::Json<Action>, ApiError> {
+    let action = match query.wait_seconds {
+        Some(seconds) if seconds > 0 => {
+            let wait = Duration::from_secs(seconds.min(MAX_WAIT_SECONDS));
+            state.actions.wait(&correlation_id, wait).await?
+        }
+        _ => state.actions.get(&correlation_id).await?,
+    };
+    Ok(axum::Json(action))
+}
+
+/// The actions devices understand, with their input schemas.
+#[utoipa::path(get, path = "/catalogue", tag = "actions",
+    responses((status = 200, body = [CatalogueEntry])))]
+async fn catalogue(State(state): State<Arc<AppState>>) -> axum::Json<Vec<CatalogueEntry>> {
+    axum::Json(
+        state
+            .actions
+            .catalogue()
+            .actions()
+            .map(|spec| CatalogueEntry {
+                name: spec.name.clone(),
+                title: spec.title.clone(),
+                description: spec.description.clone(),
+                event: spec.event.clone(),
+                input_schema: spec.input_schema.clone(),
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,116 @@
+//! Devices: create (with an enrollment token), list by label selector, get,
+//! patch labels, delete.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use tether_proto::api::{
+    CreateDevice, Device, DeviceCreated, EnrollmentToken, ErrorBody, PatchDevice,
+};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery, ClientHost, device_id};
+
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_devices, create_device))
+        .routes(routes!(get_device, patch_device, delete_device))
+        .routes(routes!(new_enrollment_token))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ListQuery {
+    /// `key=value,key!=value,key,!key`
+    label_selector: Option<String>,
+}
+
+/// Lists devices, optionally filtered by a label selector.
+#[utoipa::path(get, path = "/devices", tag = "devices", params(ListQuery),
+    responses((status = 200, body = [Device]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn list_devices(
+    State(state): State<Arc<AppState>>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<axum::Json<Vec<Device>>, ApiError> {
+    Ok(axum::Json(
+        state.registry.list(query.label_selector.as_deref()).await?,
+    ))
+}
+
+/// Registers a device and returns its one-time enrollment token.
+#[utoipa::path(post, path = "/devices", tag = "devices", request_body = CreateDevice,
+    responses((status = 201, body = DeviceCreated), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_device(
+    State(state): State<Arc<AppState>>,
+    ClientHost(host): ClientHost,
+    ApiJson(request): ApiJson<CreateDevice>,
+) -> Result<(StatusCode, axum::Json<DeviceCreated>), ApiError> {
+    let created = state
+        .registry
+        .create(&request.name, request.labels, &state.endpoints(&host))
+        .await?;
+    tracing::info!(device = %created.device.name, "device created");
+    Ok((StatusCode::CREATED, axum::Json(created)))
+}
+
+#[utoipa::path(get, path = "/devices/{name}", tag = "devices",
+    params(("name" = String, Path, description = "Device name")),
+    responses((status = 200, body = Device), (status = 404, body = ErrorBody)))]
+async fn get_device(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Device>, ApiError> {
+    Ok(axum::Json(state.registry.get(&device_id(&name)?).await?))
+}
+
+/// Merges labels: a `null` value removes the label.
+#[utoipa::path(patch, path = "/devices/{name}", tag = "devices", request_body = PatchDevice,
+    params(("name" = String, Path, description = "Device name")),
+    responses((status = 200, body = Device), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn patch_device(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    ApiJson(patch): ApiJson<PatchDevice>,
+) -> Result<axum::Json<Device>, ApiError> {
+    Ok(axum::Json(
+        state.registry.patch(&device_id(&name)?, patch).await?,
+    ))
+}
+
+/// Deletes the device, its history, and revokes its certificate.
+#[utoipa::path(delete, path = "/devices/{name}", tag = "devices",
+    params(("name" = String, Path, description = "Device name")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_device(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = device_id(&name)?;
+    state.registry.delete(&name).await?;
+    tracing::info!(device = %name, "device deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Issues a new one-time enrollment token (to re-enroll or replace hardware).
+#[utoipa::path(post, path = "/devices/{name}/enrollment-token", tag = "devices",
+    params(("name" = String, Path, description = "Device name")),
+    responses((status = 200, body = EnrollmentToken), (status = 404, body = ErrorBody)))]
+async fn new_enrollment_token(
+    State(state): State<Arc<AppState>>,
+    ClientHost(host): ClientHost,
+    Path(name): Path<String>,
+) -> Result<axum::Json<EnrollmentToken>, ApiError> {
+    let endpoints = state.endpoints(&host);
+    Ok(axum::Json(
+        state
+            .registry
+            .issue_enrollment_token(&device_id(&name)?, &endpoints)
+            .await?,
+    ))
+}

@@ -1,0 +1,162 @@
+//! The one HTTP error type: every failure becomes
+//! `{"error": {"code", "message", "details"}}` with the right status. The
+//! user sees what failed and what to do; internal detail goes to the log.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tether_proto::api::{ErrorBody, ErrorDetail};
+
+use crate::actions::ActionError;
+use crate::auth::AuthError;
+use crate::registry::RegistryError;
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: serde_json::Value,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: serde_json::Value::Null,
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// An error the caller cannot fix: log the whole chain, answer 500.
+    fn internal(error: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::error!(error = %crate::error_chain(error), "request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("internal error: {error}; see tetherd's log for details"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+                details: self.details,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict { what } => Self::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("{what} already exists"),
+            ),
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(error: RegistryError) -> Self {
+        let message = error.to_string();
+        match error {
+            RegistryError::NotFound(_) => Self::not_found(message),
+            RegistryError::InvalidName(_)
+            | RegistryError::InvalidSelector(_)
+            | RegistryError::InvalidLabel { .. }
+            | RegistryError::BadCsr(_) => Self::bad_request(message),
+            RegistryError::AlreadyExists(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            RegistryError::TokenRefused => {
+                Self::new(StatusCode::UNAUTHORIZED, "enrollment_refused", message)
+            }
+            RegistryError::Pki(source) => Self::internal(&source),
+            RegistryError::Store(source) => source.into(),
+        }
+    }
+}
+
+impl From<ActionError> for ApiError {
+    fn from(error: ActionError) -> Self {
+        let message = error.to_string();
+        match error {
+            ActionError::DeviceNotFound(_) | ActionError::NotFound(_) => Self::not_found(message),
+            ActionError::UnknownAction(_) => {
+                Self::new(StatusCode::NOT_FOUND, "unknown_action", message)
+            }
+            ActionError::InvalidInput { errors, .. } => Self {
+                status: StatusCode::BAD_REQUEST,
+                code: "invalid_input",
+                message,
+                details: serde_json::json!({ "fields": errors }),
+            },
+            ActionError::DuplicateCorrelationId(_) => {
+                Self::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            ActionError::BadTtl { .. } | ActionError::BadTimeout(_) => Self::bad_request(message),
+            ActionError::Store(source) => source.into(),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        let message = error.to_string();
+        match error {
+            AuthError::Missing | AuthError::InvalidToken | AuthError::Expired => {
+                Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+            }
+            AuthError::BadCredentials => {
+                Self::new(StatusCode::UNAUTHORIZED, "bad_credentials", message)
+            }
+            AuthError::Store(source) => source.into(),
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            _ => "invalid_json",
+        };
+        let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+            StatusCode::BAD_REQUEST
+        } else {
+            status
+        };
+        Self::new(
+            status,
+            code,
+            format!("invalid request body: {}", rejection.body_text()),
+        )
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::bad_request(format!("invalid query: {}", rejection.body_text()))
+    }
+}

@@ -1,0 +1,81 @@
+//! Extractors whose rejections are [`ApiError`]s, so a malformed body or
+//! query gets the same JSON error shape as everything else.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use tether_proto::DeviceId;
+
+use super::error::ApiError;
+
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::Json(value) = axum::Json::<T>::from_request(request, state).await?;
+        Ok(Self(value))
+    }
+}
+
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(value) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// A device name from the path; a name that cannot exist is a 404, like any
+/// other missing device.
+pub fn device_id(name: &str) -> Result<DeviceId, ApiError> {
+    DeviceId::new(name).map_err(|_| ApiError::not_found(format!("device {name} not found")))
+}
+
+/// The scheme-less `host[:port]` the client used, from the Host header.
+pub struct ClientHost(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientHost {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .headers
+            .get(axum::http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+            .map(|h| Self(h.to_owned()))
+            .ok_or_else(|| ApiError::bad_request("the request has no Host header"))
+    }
+}
+
+/// `host:port` → `host`, keeping IPv6 brackets: `[::1]:8443` → `[::1]`.
+pub fn host_without_port(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((host, port))
+            if port.bytes().all(|b| b.is_ascii_digit())
+                && (!host.contains(':') || host.ends_with(']')) =>
+        {
+            host
+        }
+        _ => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_stripped_from_hosts() {
+        assert_eq!(host_without_port("127.0.0.1:8443"), "127.0.0.1");
+        assert_eq!(host_without_port("edge.example"), "edge.example");
+        assert_eq!(host_without_port("[::1]:8443"), "[::1]");
+        assert_eq!(host_without_port("[::1]"), "[::1]");
+    }
+}

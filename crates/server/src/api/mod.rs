@@ -1,0 +1,137 @@
+//! The HTTP API under `/api/v1`: routes, authentication, and the OpenAPI
+//! document generated from the handlers' annotations.
+
+mod actions;
+mod devices;
+mod enroll;
+pub mod error;
+mod extract;
+mod session;
+mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::actions::ActionService;
+use crate::auth::{Auth, AuthError};
+use crate::pki::CertificateAuthority;
+use crate::registry::{Endpoints, Registry};
+use crate::store::Store;
+use error::ApiError;
+use extract::host_without_port;
+
+/// Largest request body accepted; action inputs are small.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+pub struct AppState {
+    pub store: Store,
+    pub auth: Auth,
+    pub registry: Registry,
+    pub actions: Arc<ActionService>,
+    pub ca: Arc<CertificateAuthority>,
+    /// The MQTT port devices connect to; the host is the one the client used.
+    pub mqtt_port: u16,
+}
+
+impl AppState {
+    fn endpoints(&self, client_host: &str) -> Endpoints {
+        Endpoints {
+            api_url: format!("https://{client_host}"),
+            mqtt_url: format!(
+                "mqtts://{}:{}",
+                host_without_port(client_host),
+                self.mqtt_port
+            ),
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tether API",
+        description = "Enroll devices, run actions on them and read what they report."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> axum::Router {
+    let protected = OpenApiRouter::new()
+        .merge(devices::routes())
+        .merge(actions::routes())
+        .merge(telemetry::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_bearer,
+        ));
+    let public = OpenApiRouter::new()
+        .merge(session::routes())
+        .merge(enroll::routes());
+    let (api, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", protected.merge(public))
+        .split_for_parts();
+    openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    let document = Arc::new(openapi);
+    api.route(
+        "/api/v1/openapi.json",
+        axum::routing::get(move || {
+            let document = document.clone();
+            async move { axum::Json(document.as_ref().clone()) }
+        }),
+    )
+    .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
+    .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+    .layer(tower_http::trace::TraceLayer::new_for_http())
+    .with_state(state)
+}
+
+async fn require_bearer(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let token = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or(AuthError::Missing)?;
+    let principal = state.auth.authenticate(token.trim()).await?;
+    tracing::debug!(user = %principal.username, method = %request.method(), path = %request.uri().path(), "authorized");
+    request.extensions_mut().insert(principal);
+    Ok(next.run(request).await)
+}
+
+/// Serves the API over TLS on an already bound listener until `shutdown`.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    tls: axum_server::tls_rustls::RustlsConfig,
+    app: axum::Router,
+    handle: axum_server::Handle,
+) -> std::io::Result<()> {
+    axum_server::from_tcp_rustls(listener, tls)
+        .handle(handle)
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+        .await
+}

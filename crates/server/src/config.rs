@@ -1,0 +1,304 @@
+//! tetherd's configuration: defaults, overridden by a TOML file, overridden by
+//! environment variables, overridden by flags. The one loader is [`ServerConfig::load`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tetherd",
+    version,
+    about = "tether controller: devices connect over MQTT with mutual TLS, operators over HTTPS",
+    long_about = "tether controller: devices connect over MQTT with mutual TLS, operators over HTTPS.\n\n\
+        Settings come from flags, then environment variables, then the config file (TOML, keys as \
+        below in snake_case), then defaults. On first start tetherd creates its CA, its TLS \
+        certificate and the admin credentials in the data dir and prints the password once."
+)]
+pub struct Flags {
+    /// Config file (TOML). Default: tetherd.toml in the data dir, if present.
+    #[arg(long, env = "TETHER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where tetherd keeps its CA, keys, credentials and SQLite database.
+    /// Default: $XDG_DATA_HOME/tether (else ~/.local/share/tether).
+    #[arg(long, env = "TETHER_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTPS API address. Default: 0.0.0.0:8443. Port 0 picks a free port.
+    #[arg(long, env = "TETHER_LISTEN_API", value_name = "ADDR")]
+    pub listen_api: Option<SocketAddr>,
+    /// MQTT (TLS, client certificates) address for devices. Default: 0.0.0.0:8883.
+    #[arg(long, env = "TETHER_LISTEN_MQTT", value_name = "ADDR")]
+    pub listen_mqtt: Option<SocketAddr>,
+    /// sqlite://PATH or postgres://USER@HOST:PORT/DB. Default: sqlite in the data dir.
+    #[arg(long, env = "TETHER_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Host names and addresses devices and operators reach tetherd by; they go
+    /// into the TLS certificate. Repeat or separate with commas.
+    /// Default: localhost, 127.0.0.1, ::1 and this host's name.
+    #[arg(
+        long = "public-host",
+        env = "TETHER_PUBLIC_HOST",
+        value_delimiter = ',',
+        value_name = "HOST"
+    )]
+    pub public_hosts: Vec<String>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive.
+    #[arg(long, env = "TETHER_LOG", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// The file's shape; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen_api: Option<SocketAddr>,
+    listen_mqtt: Option<SocketAddr>,
+    database_url: Option<String>,
+    public_hosts: Option<Vec<String>>,
+    log_level: Option<String>,
+    #[serde(default)]
+    actions: FileActions,
+    #[serde(default)]
+    auth: FileAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileActions {
+    default_ttl_seconds: Option<u64>,
+    max_ttl_seconds: Option<u64>,
+    default_timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    session_ttl_seconds: Option<u64>,
+    enrollment_token_ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen_api: SocketAddr,
+    pub listen_mqtt: SocketAddr,
+    pub database_url: String,
+    pub public_hosts: Vec<String>,
+    pub log_level: String,
+    pub actions: ActionsConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ActionsConfig {
+    /// How long an action waits for an offline device (seed: 1 h).
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    /// How long a delivered action may take before it is `timed-out`.
+    pub default_timeout: Duration,
+    /// How often expiry and time-outs are checked.
+    pub sweep_interval: Duration,
+}
+
+impl Default for ActionsConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl: Duration::from_secs(3600),
+            max_ttl: Duration::from_secs(7 * 24 * 3600),
+            default_timeout: Duration::from_secs(300),
+            sweep_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub session_ttl: Duration,
+    pub enrollment_token_ttl: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            session_ttl: Duration::from_secs(12 * 3600),
+            enrollment_token_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read the config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("no data dir given and neither XDG_DATA_HOME nor HOME is set: pass --data-dir")]
+    NoDataDir,
+}
+
+impl ServerConfig {
+    pub fn load(flags: Flags) -> Result<Self, ConfigError> {
+        let explicit_file = flags.config.clone();
+        let data_dir_hint = flags.data_dir.clone();
+        let file = match &explicit_file {
+            Some(path) => read_file(path)?,
+            None => {
+                let data_dir = match &data_dir_hint {
+                    Some(dir) => Some(dir.clone()),
+                    None => default_data_dir().ok(),
+                };
+                match data_dir.map(|dir| dir.join("tetherd.toml")) {
+                    Some(path) if path.exists() => read_file(&path)?,
+                    _ => FileConfig::default(),
+                }
+            }
+        };
+        Self::merge(flags, file)
+    }
+
+    fn merge(flags: Flags, file: FileConfig) -> Result<Self, ConfigError> {
+        let data_dir = match flags.data_dir.or(file.data_dir) {
+            Some(dir) => dir,
+            None => default_data_dir()?,
+        };
+        let database_url = flags
+            .database_url
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("tether.db").display()));
+        let public_hosts = if !flags.public_hosts.is_empty() {
+            flags.public_hosts
+        } else {
+            file.public_hosts.unwrap_or_else(default_public_hosts)
+        };
+        let defaults = ActionsConfig::default();
+        let actions = ActionsConfig {
+            default_ttl: secs(file.actions.default_ttl_seconds, defaults.default_ttl),
+            max_ttl: secs(file.actions.max_ttl_seconds, defaults.max_ttl),
+            default_timeout: secs(
+                file.actions.default_timeout_seconds,
+                defaults.default_timeout,
+            ),
+            sweep_interval: defaults.sweep_interval,
+        };
+        let auth_defaults = AuthConfig::default();
+        let auth = AuthConfig {
+            session_ttl: secs(file.auth.session_ttl_seconds, auth_defaults.session_ttl),
+            enrollment_token_ttl: secs(
+                file.auth.enrollment_token_ttl_seconds,
+                auth_defaults.enrollment_token_ttl,
+            ),
+        };
+        Ok(Self {
+            data_dir,
+            listen_api: flags
+                .listen_api
+                .or(file.listen_api)
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8443))),
+            listen_mqtt: flags
+                .listen_mqtt
+                .or(file.listen_mqtt)
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8883))),
+            database_url,
+            public_hosts,
+            log_level: flags
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".to_owned()),
+            actions,
+            auth,
+        })
+    }
+}
+
+fn secs(value: Option<u64>, default: Duration) -> Duration {
+    value.map(Duration::from_secs).unwrap_or(default)
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn default_data_dir() -> Result<PathBuf, ConfigError> {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("tether"));
+    }
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|home| PathBuf::from(home).join(".local/share/tether"))
+        .ok_or(ConfigError::NoDataDir)
+}
+
+fn default_public_hosts() -> Vec<String> {
+    let mut hosts = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if let Ok(name) = std::fs::read_to_string("/etc/hostname") {
+        let name = name.trim();
+        if !name.is_empty() && !hosts.iter().any(|h| h == name) {
+            hosts.push(name.to_owned());
+        }
+    }
+    hosts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        Flags::try_parse_from(std::iter::once("tetherd").chain(args.iter().copied()))
+            .expect("valid flags")
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let file: FileConfig = toml::from_str(
+            "listen_api = \"127.0.0.1:9000\"\nlisten_mqtt = \"127.0.0.1:9001\"\ndata_dir = \"/srv/tether\"\n[actions]\ndefault_ttl_seconds = 60\n",
+        )
+        .expect("valid toml");
+        let config =
+            ServerConfig::merge(flags(&["--listen-api", "127.0.0.1:7000"]), file).expect("config");
+        assert_eq!(config.listen_api, "127.0.0.1:7000".parse().expect("addr"));
+        assert_eq!(config.listen_mqtt, "127.0.0.1:9001".parse().expect("addr"));
+        assert_eq!(config.data_dir, PathBuf::from("/srv/tether"));
+        assert_eq!(config.database_url, "sqlite:///srv/tether/tether.db");
+        assert_eq!(config.actions.default_ttl, Duration::from_secs(60));
+        assert_eq!(config.actions.default_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tetherd.toml");
+        std::fs::write(&path, "listen_apii = \"127.0.0.1:1\"\n").expect("write");
+        let err = read_file(&path).expect_err("unknown key");
+        assert!(err.to_string().contains("listen_apii"), "{err}");
+    }
+
+    #[test]
+    fn public_hosts_split_on_commas() {
+        let config = ServerConfig::merge(
+            flags(&["--public-host", "edge.example,10.0.0.1", "--data-dir", "/d"]),
+            FileConfig::default(),
+        )
+        .expect("config");
+        assert_eq!(config.public_hosts, vec!["edge.example", "10.0.0.1"]);
+    }
+}

@@ -1,0 +1,106 @@
+//! Applies what devices report (through the `DeviceLink`) to the domain:
+//! presence, action answers, metrics.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tether_proto::{DeviceId, DeviceStatus, Presence};
+use tokio::sync::mpsc;
+
+use crate::actions::ActionService;
+use crate::device_link::DeviceMessage;
+use crate::store::{EventRecord, Store, StoreError};
+
+pub struct Ingest {
+    pub store: Store,
+    pub actions: Arc<ActionService>,
+}
+
+impl Ingest {
+    /// Handles messages until the link closes the channel.
+    pub async fn run(self, mut messages: mpsc::Receiver<DeviceMessage>) {
+        while let Some(message) = messages.recv().await {
+            if let Err(error) = self.handle(message).await {
+                tracing::error!(error = %crate::error_chain(&error), "could not record a device message");
+            }
+        }
+    }
+
+    async fn handle(&self, message: DeviceMessage) -> Result<(), StoreError> {
+        match message {
+            DeviceMessage::Connected { device } => {
+                tracing::debug!(%device, "device session established");
+                Ok(())
+            }
+            DeviceMessage::Disconnected { device } => {
+                self.actions.device_gone(&device);
+                self.presence(&device, Presence::Offline, "session closed")
+                    .await
+            }
+            DeviceMessage::Status { device, status } => self.status(&device, status).await,
+            DeviceMessage::Event { device, event } => {
+                self.actions.handle_event(&device, event).await
+            }
+            DeviceMessage::Metrics { device, metrics } => {
+                self.store.insert_metrics(&device, &metrics).await
+            }
+        }
+    }
+
+    async fn status(&self, device: &DeviceId, status: DeviceStatus) -> Result<(), StoreError> {
+        let Some(record) = self.store.get_device(device).await? else {
+            return Ok(());
+        };
+        match status.state {
+            Presence::Online => {
+                self.store
+                    .set_agent_status(device, &status.agent_version, &status.boot_id, status.seq)
+                    .await?;
+                let reason = format!("agent {} connected", status.agent_version);
+                self.presence(device, Presence::Online, &reason).await?;
+                self.actions.device_ready(device).await;
+                Ok(())
+            }
+            Presence::Offline => {
+                let current_boot = record.boot_id.as_deref().unwrap_or_default();
+                if !status.supersedes(current_boot, record.status_seq) {
+                    tracing::debug!(%device, "ignoring the death of an older session");
+                    return Ok(());
+                }
+                self.actions.device_gone(device);
+                self.presence(device, Presence::Offline, "agent went offline")
+                    .await
+            }
+        }
+    }
+
+    /// Records presence and, when it changed, an event the operator sees.
+    async fn presence(
+        &self,
+        device: &DeviceId,
+        presence: Presence,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let Some(record) = self.store.get_device(device).await? else {
+            return Ok(());
+        };
+        let now = Utc::now();
+        self.store.set_presence(device, presence, now).await?;
+        if record.presence != presence {
+            tracing::info!(%device, presence = presence.as_str(), reason, "device presence changed");
+            self.store
+                .insert_event(&EventRecord {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    device: device.clone(),
+                    correlation_id: None,
+                    event: format!("device-{}", presence.as_str()),
+                    status_code: 200,
+                    status_message: reason.to_owned(),
+                    response: serde_json::Value::Null,
+                    received_at: now,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+}

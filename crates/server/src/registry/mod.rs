@@ -1,0 +1,271 @@
+//! The device registry: devices, their labels, enrollment with one-time
+//! tokens, and the certificates that identify them.
+
+pub mod selector;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tether_proto::api::{
+    Device, DeviceCreated, EnrollRequest, EnrollResponse, EnrollmentToken, Labels, PatchDevice,
+};
+use tether_proto::{DeviceId, InvalidDeviceId};
+
+use crate::auth::{new_secret, secret_hash};
+use crate::config::AuthConfig;
+use crate::device_link::{BoxFuture, DeviceCredentials, DeviceLink};
+use crate::pki::{CertificateAuthority, PkiError};
+use crate::store::{DeviceRecord, Store, StoreError};
+use selector::{LabelSelector, SelectorError};
+
+const MAX_LABEL_VALUE: usize = 63;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("device {0} not found")]
+    NotFound(DeviceId),
+    #[error(transparent)]
+    InvalidName(#[from] InvalidDeviceId),
+    #[error("device {0} already exists; pick another name or delete it first")]
+    AlreadyExists(DeviceId),
+    #[error(transparent)]
+    InvalidSelector(#[from] SelectorError),
+    #[error(
+        "invalid label {key:?}={value:?}: keys and values use letters, digits, '-', '_', '.', '/' and at most 63 characters"
+    )]
+    InvalidLabel { key: String, value: String },
+    #[error(
+        "the enrollment token is invalid, expired or already used: create a new one with `tether devices enrollment-token NAME`"
+    )]
+    TokenRefused,
+    #[error("the certificate signing request was refused: {0}")]
+    BadCsr(#[source] PkiError),
+    #[error("could not issue the device certificate")]
+    Pki(#[source] PkiError),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for RegistryError {
+    fn from(error: StoreError) -> Self {
+        RegistryError::Store(error)
+    }
+}
+
+/// Where agents reach tetherd, as seen by the client making the request.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub api_url: String,
+    pub mqtt_url: String,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    store: Store,
+    ca: Arc<CertificateAuthority>,
+    link: Arc<dyn DeviceLink>,
+    config: AuthConfig,
+}
+
+impl Registry {
+    pub fn new(
+        store: Store,
+        ca: Arc<CertificateAuthority>,
+        link: Arc<dyn DeviceLink>,
+        config: AuthConfig,
+    ) -> Self {
+        Self {
+            store,
+            ca,
+            link,
+            config,
+        }
+    }
+
+    pub async fn create(
+        &self,
+        name: &str,
+        labels: Labels,
+        endpoints: &Endpoints,
+    ) -> Result<DeviceCreated, RegistryError> {
+        let name = DeviceId::new(name)?;
+        validate_labels(&labels)?;
+        let record = match self.store.create_device(&name, &labels, Utc::now()).await {
+            Err(StoreError::Conflict { .. }) => return Err(RegistryError::AlreadyExists(name)),
+            other => other?,
+        };
+        let enrollment = self.issue_enrollment_token(&name, endpoints).await?;
+        Ok(DeviceCreated {
+            device: to_api(record),
+            enrollment,
+        })
+    }
+
+    pub async fn list(&self, selector: Option<&str>) -> Result<Vec<Device>, RegistryError> {
+        let selector = LabelSelector::parse(selector.unwrap_or_default())?;
+        Ok(self
+            .store
+            .list_devices()
+            .await?
+            .into_iter()
+            .filter(|device| selector.matches(&device.labels))
+            .map(to_api)
+            .collect())
+    }
+
+    pub async fn get(&self, name: &DeviceId) -> Result<Device, RegistryError> {
+        self.record(name).await.map(to_api)
+    }
+
+    pub async fn record(&self, name: &DeviceId) -> Result<DeviceRecord, RegistryError> {
+        self.store
+            .get_device(name)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(name.clone()))
+    }
+
+    pub async fn patch(
+        &self,
+        name: &DeviceId,
+        patch: PatchDevice,
+    ) -> Result<Device, RegistryError> {
+        let mut labels = self.record(name).await?.labels;
+        for (key, value) in patch.labels {
+            match value {
+                Some(value) => labels.insert(key, value),
+                None => labels.remove(&key),
+            };
+        }
+        validate_labels(&labels)?;
+        self.store
+            .set_labels(name, &labels)
+            .await?
+            .map(to_api)
+            .ok_or_else(|| RegistryError::NotFound(name.clone()))
+    }
+
+    /// Deletes the device and closes its session: its certificate stops
+    /// working at once, since CONNECT checks the registry.
+    pub async fn delete(&self, name: &DeviceId) -> Result<(), RegistryError> {
+        if !self.store.delete_device(name).await? {
+            return Err(RegistryError::NotFound(name.clone()));
+        }
+        self.link.disconnect(name);
+        Ok(())
+    }
+
+    pub async fn issue_enrollment_token(
+        &self,
+        name: &DeviceId,
+        endpoints: &Endpoints,
+    ) -> Result<EnrollmentToken, RegistryError> {
+        self.record(name).await?;
+        let token = new_secret();
+        let expires_at = Utc::now()
+            + chrono::Duration::from_std(self.config.enrollment_token_ttl)
+                .unwrap_or(chrono::Duration::hours(24));
+        self.store
+            .insert_enrollment_token(name, &secret_hash(&token), expires_at)
+            .await?;
+        let ca_sha256 = self.ca.sha256_hex().to_owned();
+        let agent_command = format!(
+            "tether-agent --server {} --enroll-token {token} --ca-sha256 {ca_sha256}",
+            endpoints.api_url
+        );
+        Ok(EnrollmentToken {
+            token,
+            expires_at,
+            ca_sha256,
+            agent_command,
+        })
+    }
+
+    /// Exchanges a one-time token and a CSR for a client certificate. The CSR
+    /// is checked before the token is spent, so a malformed request does not
+    /// burn the token.
+    pub async fn enroll(
+        &self,
+        request: &EnrollRequest,
+        endpoints: &Endpoints,
+    ) -> Result<EnrollResponse, RegistryError> {
+        rcgen::CertificateSigningRequestParams::from_pem(&request.csr_pem)
+            .map_err(|e| RegistryError::BadCsr(PkiError::BadCsr(e)))?;
+        let device = self
+            .store
+            .consume_enrollment_token(&secret_hash(&request.token), Utc::now())
+            .await?
+            .ok_or(RegistryError::TokenRefused)?;
+        let issued = self
+            .ca
+            .sign_device_csr(&device, &request.csr_pem)
+            .map_err(RegistryError::Pki)?;
+        self.store
+            .set_certificate_serial(&device, &issued.serial_hex)
+            .await?;
+        // A re-enrolled device's old session holds the replaced certificate.
+        self.link.disconnect(&device);
+        tracing::info!(%device, serial = %issued.serial_hex, "device enrolled");
+        Ok(EnrollResponse {
+            device: device.to_string(),
+            certificate_pem: issued.pem,
+            ca_certificate_pem: self.ca.cert_pem().to_owned(),
+            mqtt_url: endpoints.mqtt_url.clone(),
+        })
+    }
+}
+
+/// CONNECT-time check for the MQTT endpoint: the certificate must be the
+/// device's current one (deleted or re-enrolled devices are refused).
+pub struct StoreCredentials {
+    pub store: Store,
+}
+
+impl DeviceCredentials for StoreCredentials {
+    fn certificate_is_current<'a>(
+        &'a self,
+        device: &'a DeviceId,
+        serial_hex: &'a str,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            match self.store.get_device(device).await {
+                Ok(Some(record)) => record.certificate_serial.as_deref() == Some(serial_hex),
+                Ok(None) => false,
+                Err(error) => {
+                    tracing::error!(%device, error = %crate::error_chain(&error), "could not check a device certificate; refusing the connection");
+                    false
+                }
+            }
+        })
+    }
+}
+
+pub fn to_api(record: DeviceRecord) -> Device {
+    Device {
+        name: record.name.to_string(),
+        labels: record.labels,
+        presence: record.presence,
+        enrolled: record.certificate_serial.is_some(),
+        last_seen: record.last_seen,
+        agent_version: record.agent_version,
+        created_at: record.created_at,
+    }
+}
+
+fn validate_labels(labels: &Labels) -> Result<(), RegistryError> {
+    let valid = |s: &str, allow_empty: bool| {
+        (allow_empty || !s.is_empty())
+            && s.len() <= MAX_LABEL_VALUE
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+    };
+    match labels
+        .iter()
+        .find(|(key, value)| !valid(key, false) || !valid(value, true))
+    {
+        Some((key, value)) => Err(RegistryError::InvalidLabel {
+            key: key.clone(),
+            value: value.clone(),
+        }),
+        None => Ok(()),
+    }
+}

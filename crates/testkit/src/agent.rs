@@ -1,0 +1,189 @@
+//! A real `tether-agent` process with its own state dir.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::api::ApiClient;
+use crate::binaries::binary;
+use crate::tetherd::Tetherd;
+use crate::wait::wait_until;
+
+pub struct Agent {
+    pub name: String,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl Agent {
+    /// Registers device `name` through the API and enrolls a new agent for
+    /// it, without waiting for it to come online.
+    pub async fn enroll(tetherd: &Tetherd, admin: &ApiClient, name: &str) -> anyhow::Result<Self> {
+        let created = admin
+            .post("/api/v1/devices", json!({"name": name}))
+            .await?
+            .expect_status(201)?;
+        let mut agent = Self::new(name)?;
+        agent.spawn(Some(&created["enrollment"]), &tetherd.api_url)?;
+        Ok(agent)
+    }
+
+    /// Enrolls and waits until the device is online.
+    pub async fn enroll_online(
+        tetherd: &Tetherd,
+        admin: &ApiClient,
+        name: &str,
+    ) -> anyhow::Result<Self> {
+        let agent = Self::enroll(tetherd, admin, name).await?;
+        agent.wait_presence(admin, "online").await?;
+        Ok(agent)
+    }
+
+    fn new(name: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("tether-agent-")
+            .tempdir()
+            .context("creating the agent dir")?;
+        Ok(Self {
+            name: name.to_owned(),
+            child: None,
+            dir,
+        })
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn spawn(&mut self, enrollment: Option<&Value>, api_url: &str) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("agent {} is already running", self.name);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .context("opening the agent log")?;
+        let mut command = Command::new(binary("tether-agent")?);
+        command
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(["--log-level", "debug"])
+            .env_remove("TETHER_SERVER")
+            .env_remove("TETHER_ENROLL_TOKEN")
+            .env_remove("TETHER_CA_SHA256")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("cloning the log handle")?)
+            .stderr(log);
+        if let Some(enrollment) = enrollment {
+            command
+                .args(["--server", api_url])
+                .arg("--enroll-token")
+                .arg(
+                    enrollment["token"]
+                        .as_str()
+                        .context("enrollment has a token")?,
+                )
+                .arg("--ca-sha256")
+                .arg(
+                    enrollment["caSha256"]
+                        .as_str()
+                        .context("enrollment has caSha256")?,
+                );
+        }
+        self.child = Some(command.spawn().context("spawning tether-agent")?);
+        Ok(())
+    }
+
+    /// Starts the agent again from its state dir (no enrollment).
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        self.spawn(None, "")
+    }
+
+    /// SIGKILL: no clean disconnect, no offline message but the MQTT will.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit.
+    pub async fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("agent not running")?;
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .context("sending SIGTERM")?;
+        wait_until(
+            "the agent to exit after SIGTERM",
+            Duration::from_secs(15),
+            || {
+                let status = child.try_wait();
+                async move { Ok(status?) }
+            },
+        )
+        .await
+    }
+
+    /// Whether the process has exited, and how.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub async fn wait_presence(&self, admin: &ApiClient, presence: &str) -> anyhow::Result<()> {
+        let path = format!("/api/v1/devices/{}", self.name);
+        wait_until(
+            &format!("device {} to be {presence}", self.name),
+            Duration::from_secs(30),
+            || {
+                let admin = admin.clone();
+                let path = path.clone();
+                async move {
+                    let device = admin.get(&path).await?.expect_status(200)?;
+                    Ok((device["presence"] == presence).then_some(()))
+                }
+            },
+        )
+        .await
+        .with_context(|| format!("agent log:\n{}", self.log()))
+    }
+
+    pub fn state_file(&self, name: &str) -> PathBuf {
+        self.state_dir().join(name)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Makes a fresh state dir for a device's certificate files, for tests that
+/// talk MQTT with third-party clients.
+pub fn copy_credentials(agent: &Agent, to: &Path) -> anyhow::Result<()> {
+    for file in ["cert.pem", "key.pem", "ca.pem"] {
+        std::fs::copy(agent.state_file(file), to.join(file))
+            .with_context(|| format!("copying {file} of {}", agent.name))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! A thin HTTPS client for tetherd's API that trusts only tetherd's CA.
+
+use anyhow::Context;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+#[derive(Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+/// A response: status and JSON body (`Value::Null` when empty or not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The body, after checking the status; the message shows the body otherwise.
+    pub fn expect_status(self, status: u16) -> anyhow::Result<Value> {
+        anyhow::ensure!(
+            self.status.as_u16() == status,
+            "expected HTTP {status}, got {}: {}",
+            self.status,
+            self.body
+        );
+        Ok(self.body)
+    }
+}
+
+impl ApiClient {
+    pub fn new(base: &str, ca_pem: &[u8], token: Option<String>) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = reqwest::Certificate::from_pem(ca_pem).context("the CA is not PEM")?;
+        let http = reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .tls_built_in_root_certs(false)
+            .build()
+            .context("building the HTTPS client")?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    pub fn with_token(&self, token: Option<String>) -> Self {
+        Self {
+            token,
+            ..self.clone()
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
+        self.send(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Reply> {
+        self.send(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> anyhow::Result<Reply> {
+        self.send(Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Reply> {
+        self.send(Method::DELETE, path, None).await
+    }
+
+    /// Sends raw bytes as a JSON body, for malformed-input tests.
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Reply> {
+        let request = self
+            .request(Method::POST, path)
+            .header("content-type", "application/json")
+            .body(body);
+        Self::reply(request).await
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Reply> {
+        let mut request = self.request(method, path);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        Self::reply(request).await
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        request
+    }
+
+    async fn reply(request: reqwest::RequestBuilder) -> anyhow::Result<Reply> {
+        let response = request
+            .send()
+            .await
+            .context("sending the request to tetherd")?;
+        let status = response.status();
+        let bytes = response.bytes().await.context("reading tetherd's answer")?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Reply { status, body })
+    }
+}

@@ -1,0 +1,241 @@
+//! A simulated agent: a real MQTT 5 session (rumqttc, mutual TLS) with a
+//! certificate enrolled through tetherd's API, speaking the device protocol
+//! without running actions. The benchmark connects thousands of them; tests
+//! use one to see exactly which messages reach a device.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
+use serde_json::json;
+use tether_proto::{
+    ActionEvent, ActionRequest, DeviceId, DeviceStatus, DeviceTopic, Presence, TopicKind,
+};
+use tokio::sync::mpsc;
+
+use crate::api::ApiClient;
+
+/// A device's credentials as issued by tetherd.
+#[derive(Clone)]
+pub struct DeviceCredentials {
+    pub device: DeviceId,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+    pub mqtt_url: String,
+}
+
+impl DeviceCredentials {
+    /// Creates device `name` and enrolls it with a fresh key and CSR.
+    pub async fn enroll(admin: &ApiClient, name: &str) -> anyhow::Result<Self> {
+        let created = admin
+            .post("/api/v1/devices", json!({"name": name}))
+            .await?
+            .expect_status(201)?;
+        let token = created["enrollment"]["token"]
+            .as_str()
+            .context("enrollment token")?;
+        Self::enroll_with_token(admin, token).await
+    }
+
+    pub async fn enroll_with_token(admin: &ApiClient, token: &str) -> anyhow::Result<Self> {
+        let key = rcgen::KeyPair::generate().context("generating a key")?;
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .context("building a CSR")?
+            .pem()
+            .context("encoding the CSR")?;
+        let enrolled = admin
+            .with_token(None)
+            .post("/api/v1/enroll", json!({"token": token, "csrPem": csr}))
+            .await?
+            .expect_status(200)?;
+        let text = |field: &str| -> anyhow::Result<String> {
+            Ok(enrolled[field]
+                .as_str()
+                .with_context(|| format!("enroll answer has {field}"))?
+                .to_owned())
+        };
+        Ok(Self {
+            device: DeviceId::new(text("device")?)?,
+            cert_pem: text("certificatePem")?,
+            key_pem: key.serialize_pem(),
+            ca_pem: text("caCertificatePem")?,
+            mqtt_url: text("mqttUrl")?,
+        })
+    }
+
+    /// Writes cert.pem, key.pem and ca.pem into `dir` for third-party clients.
+    pub fn write_to(&self, dir: &std::path::Path) -> anyhow::Result<()> {
+        std::fs::write(dir.join("cert.pem"), &self.cert_pem)?;
+        std::fs::write(dir.join("key.pem"), &self.key_pem)?;
+        std::fs::write(dir.join("ca.pem"), &self.ca_pem)?;
+        Ok(())
+    }
+
+    fn host_port(&self) -> anyhow::Result<(String, u16)> {
+        let rest = self
+            .mqtt_url
+            .strip_prefix("mqtts://")
+            .context("mqtt url is mqtts://")?;
+        let (host, port) = rest.rsplit_once(':').context("mqtt url has a port")?;
+        Ok((host.trim_matches(['[', ']']).to_owned(), port.parse()?))
+    }
+}
+
+/// How a simulated agent answers actions.
+#[derive(Debug, Clone, Copy)]
+pub enum Responder {
+    /// Answer every action at once with statusCode 200, echoing the input.
+    Echo,
+    /// Never answer; only record what arrives.
+    Silent,
+}
+
+pub struct SimAgent {
+    pub device: DeviceId,
+    client: AsyncClient,
+    received: mpsc::UnboundedReceiver<ActionRequest>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SimAgent {
+    /// Connects, subscribes to its actions, waits for the SUBACK and
+    /// publishes its birth, like tether-agent does.
+    pub async fn connect(
+        credentials: &DeviceCredentials,
+        responder: Responder,
+    ) -> anyhow::Result<Self> {
+        let (host, port) = credentials.host_port()?;
+        let device = credentials.device.clone();
+        let status_topic = DeviceTopic::new(device.clone(), TopicKind::Status).to_string();
+        let boot_id = uuid::Uuid::new_v4().to_string();
+        let status = |state| DeviceStatus {
+            state,
+            agent_version: "sim".to_owned(),
+            capabilities: vec![],
+            boot_id: boot_id.clone(),
+            seq: 1,
+        };
+        let mut options = MqttOptions::new(device.as_str(), host, port);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_transport(Transport::Tls(TlsConfiguration::Simple {
+            ca: credentials.ca_pem.clone().into_bytes(),
+            alpn: None,
+            client_auth: Some((
+                credentials.cert_pem.clone().into_bytes(),
+                credentials.key_pem.clone().into_bytes(),
+            )),
+        }));
+        options.set_last_will(LastWill::new(
+            &status_topic,
+            serde_json::to_vec(&status(Presence::Offline))?,
+            QoS::AtLeastOnce,
+            true,
+            None,
+        ));
+        let mut network = options.network_options();
+        network.set_tcp_nodelay(true);
+        options.set_network_options(network);
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let actions_topic = DeviceTopic::new(device.clone(), TopicKind::Actions).to_string();
+        client
+            .subscribe(&actions_topic, QoS::AtLeastOnce)
+            .await
+            .context("queueing the subscription")?;
+        wait_for_suback(&mut eventloop).await?;
+        client
+            .publish(
+                &status_topic,
+                QoS::AtLeastOnce,
+                true,
+                serde_json::to_vec(&status(Presence::Online))?,
+            )
+            .await
+            .context("queueing the birth")?;
+        let (sender, received) = mpsc::unbounded_channel();
+        let events_topic = DeviceTopic::new(device.clone(), TopicKind::Events).to_string();
+        let answer_client = client.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let Ok(request) = serde_json::from_slice::<ActionRequest>(&publish.payload)
+                        else {
+                            continue;
+                        };
+                        if let Responder::Echo = responder {
+                            let event = ActionEvent::new(
+                                &request,
+                                request.action.clone(),
+                                200,
+                                "OK",
+                                request.input.clone(),
+                            );
+                            if let Ok(payload) = serde_json::to_vec(&event) {
+                                let _ = answer_client
+                                    .publish(&events_topic, QoS::AtLeastOnce, false, payload)
+                                    .await;
+                            }
+                        }
+                        let _ = sender.send(request);
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        Ok(Self {
+            device,
+            client,
+            received,
+            task,
+        })
+    }
+
+    /// The next action delivered to this device, if one arrives within `within`.
+    pub async fn next_action(&mut self, within: Duration) -> Option<ActionRequest> {
+        tokio::time::timeout(within, self.received.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Publishes an answer as this device.
+    pub async fn answer(&self, event: &ActionEvent) -> anyhow::Result<()> {
+        let topic = DeviceTopic::new(self.device.clone(), TopicKind::Events).to_string();
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, serde_json::to_vec(event)?)
+            .await
+            .context("publishing an event")
+    }
+
+    pub async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        self.task.abort();
+    }
+}
+
+async fn wait_for_suback(eventloop: &mut EventLoop) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let event = tokio::time::timeout_at(deadline, eventloop.poll())
+            .await
+            .context("timed out waiting for the SUBACK")?
+            .context("MQTT connection failed")?;
+        if let Event::Incoming(Packet::SubAck(suback)) = event {
+            if suback.return_codes.iter().all(|code| {
+                matches!(
+                    code,
+                    rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                )
+            }) {
+                return Ok(());
+            }
+            bail!("subscription refused: {:?}", suback.return_codes);
+        }
+    }
+}

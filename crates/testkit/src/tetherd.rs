@@ -1,0 +1,210 @@
+//! A real `tetherd` in a temp data dir, listening on free loopback ports.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::api::ApiClient;
+use crate::binaries::binary;
+use crate::postgres::TempPostgres;
+use crate::wait::wait_until;
+
+/// Which store a test runs tetherd on; integration suites run on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    Sqlite,
+    Postgres,
+}
+
+pub struct Tetherd {
+    child: Option<Child>,
+    dir: TempDir,
+    database_url: Option<String>,
+    extra_args: Vec<String>,
+    pub api_url: String,
+    pub mqtt_url: String,
+    ca_pem: Vec<u8>,
+    admin_password: String,
+    // Dropped after the child is killed (fields drop in order).
+    _postgres: Option<TempPostgres>,
+}
+
+impl Tetherd {
+    pub async fn start(database: Database) -> anyhow::Result<Self> {
+        Self::start_with(database, &[]).await
+    }
+
+    /// Starts tetherd with extra flags, e.g. a config file.
+    pub async fn start_with(database: Database, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("tetherd-")
+            .tempdir()
+            .context("creating the data dir")?;
+        let postgres = match database {
+            Database::Sqlite => None,
+            Database::Postgres => Some(TempPostgres::start().context("starting PostgreSQL")?),
+        };
+        let mut tetherd = Self {
+            child: None,
+            database_url: postgres.as_ref().map(TempPostgres::url),
+            dir,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            api_url: String::new(),
+            mqtt_url: String::new(),
+            ca_pem: Vec::new(),
+            admin_password: String::new(),
+            _postgres: postgres,
+        };
+        tetherd.spawn().await?;
+        Ok(tetherd)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("server")
+    }
+
+    /// A scratch dir that lives as long as this tetherd.
+    pub fn scratch_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.data_dir().join("ca.pem")
+    }
+
+    pub fn ca_pem(&self) -> &[u8] {
+        &self.ca_pem
+    }
+
+    pub fn admin_password(&self) -> &str {
+        &self.admin_password
+    }
+
+    /// What tetherd printed and logged so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tetherd.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let data_dir = self.data_dir();
+        let endpoints_path = data_dir.join("endpoints.json");
+        let _ = std::fs::remove_file(&endpoints_path);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tetherd.log"))
+            .context("opening the tetherd log")?;
+        let mut command = Command::new(binary("tetherd")?);
+        command
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args([
+                "--listen-api",
+                "127.0.0.1:0",
+                "--listen-mqtt",
+                "127.0.0.1:0",
+            ])
+            .args(["--log-level", "info,tether_server=debug"])
+            .args(&self.extra_args)
+            .env_remove("TETHER_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("cloning the log handle")?)
+            .stderr(log);
+        if let Some(url) = &self.database_url {
+            command.arg("--database-url").arg(url);
+        }
+        self.child = Some(command.spawn().context("spawning tetherd")?);
+        let endpoints: Value = wait_until(
+            "tetherd to write endpoints.json",
+            Duration::from_secs(60),
+            || {
+                let path = endpoints_path.clone();
+                let exited = self.exited();
+                async move {
+                    if let Some(status) = exited {
+                        bail!("tetherd exited with {status}");
+                    }
+                    Ok(std::fs::read(&path)
+                        .ok()
+                        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+                }
+            },
+        )
+        .await
+        .with_context(|| format!("tetherd did not start; its log:\n{}", self.log()))?;
+        self.api_url = endpoints["api"]
+            .as_str()
+            .context("endpoints.json has no api")?
+            .to_owned();
+        self.mqtt_url = endpoints["mqtt"]
+            .as_str()
+            .context("endpoints.json has no mqtt")?
+            .to_owned();
+        self.ca_pem = std::fs::read(self.ca_path()).context("reading the CA")?;
+        let credentials = std::fs::read_to_string(data_dir.join("admin-credentials.toml"))
+            .context("reading the admin credentials")?;
+        let credentials: toml::Table = credentials.parse().context("admin credentials are TOML")?;
+        self.admin_password = credentials
+            .get("password")
+            .and_then(|p| p.as_str())
+            .context("admin credentials have a password")?
+            .to_owned();
+        Ok(())
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Kills tetherd (SIGKILL) and starts it again on the same data dir and
+    /// database; the ports change.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn().await
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A client without credentials.
+    pub fn anonymous(&self) -> anyhow::Result<ApiClient> {
+        ApiClient::new(&self.api_url, &self.ca_pem, None)
+    }
+
+    /// A client logged in as the admin created on first start.
+    pub async fn admin(&self) -> anyhow::Result<ApiClient> {
+        let anonymous = self.anonymous()?;
+        let login = anonymous
+            .post(
+                "/api/v1/login",
+                json!({"username": "admin", "password": self.admin_password}),
+            )
+            .await?
+            .expect_status(200)?;
+        let token = login["token"]
+            .as_str()
+            .context("login gives a token")?
+            .to_owned();
+        Ok(anonymous.with_token(Some(token)))
+    }
+}
+
+impl Drop for Tetherd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
