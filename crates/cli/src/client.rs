@@ -1,0 +1,552 @@
+//! The one HTTP client of the CLI: tetherd's API over HTTPS, trusting only
+//! tetherd's own CA, and the mapping of its answers to errors a person can act on.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tether_proto::api::{
+    Action, CatalogueEntry, CreateDevice, Device, DeviceCreated, EnrollmentToken, ErrorBody, Event,
+    LoginRequest, LoginResponse, PatchDevice, RequestAction,
+};
+use tether_proto::metrics::HostMetrics;
+
+/// How long to wait for the TCP and TLS handshake before naming the server unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an ordinary request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Headroom on top of a long-poll's `waitSeconds` before the client gives up on it.
+const LONG_POLL_MARGIN: Duration = Duration::from_secs(15);
+/// The most of an unexpected error body worth showing.
+const MAX_BODY_SHOWN: usize = 300;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid server URL {url:?}: {reason}")]
+    InvalidServerUrl { url: String, reason: String },
+    #[error("the CA certificate is not a valid PEM certificate")]
+    InvalidCa(#[source] reqwest::Error),
+    #[error("cannot set up the HTTPS client")]
+    Build(#[source] reqwest::Error),
+    #[error(
+        "cannot reach tetherd at {url}: check that tetherd runs, that the URL is right, and that its certificate is signed by the saved CA"
+    )]
+    Connect { url: String, source: reqwest::Error },
+    #[error("request to {url} failed")]
+    Request { url: String, source: reqwest::Error },
+    #[error("not logged in or the session expired: run `tether login {server}`")]
+    Unauthorized { server: String },
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("{url} answered {status}: {body}")]
+    UnexpectedStatus {
+        url: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("cannot understand the answer of {url}; are the CLI and tetherd the same version?")]
+    Decode { url: String, source: reqwest::Error },
+}
+
+impl ClientError {
+    /// The HTTP status tetherd answered with, if it answered at all.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Unauthorized { .. } => Some(StatusCode::UNAUTHORIZED),
+            ClientError::Api(err) => Some(err.status),
+            ClientError::UnexpectedStatus { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// An error tetherd reported in its `{"error": {…}}` body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}{}", describe_fields(fields))]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+    /// The offending fields of an invalid input, if tetherd named them.
+    pub fields: Vec<FieldProblem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldProblem {
+    pub path: String,
+    pub message: String,
+}
+
+fn describe_fields(fields: &[FieldProblem]) -> String {
+    fields
+        .iter()
+        .map(|f| format!("\n  {}: {}", f.path, f.message))
+        .collect()
+}
+
+impl ApiError {
+    pub fn from_body(status: StatusCode, body: ErrorBody) -> Self {
+        ApiError {
+            status,
+            fields: field_problems(&body.error.details),
+            code: body.error.code,
+            message: body.error.message,
+        }
+    }
+}
+
+/// Finds `{path, message}` entries in an error's details, whether they are
+/// the details themselves or under a key such as `errors` or `fields`.
+fn field_problems(details: &serde_json::Value) -> Vec<FieldProblem> {
+    let entries = match details {
+        serde_json::Value::Array(entries) => entries,
+        serde_json::Value::Object(map) => match map.values().find_map(|v| v.as_array()) {
+            Some(entries) => entries,
+            None => return Vec::new(),
+        },
+        _ => return Vec::new(),
+    };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            Some(FieldProblem {
+                path: entry.get("path")?.as_str()?.to_owned(),
+                message: entry.get("message")?.as_str()?.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// tetherd's API, as one signed-in (or not yet signed-in) user.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: Url,
+    token: Option<String>,
+}
+
+impl ApiClient {
+    /// A client that trusts only `ca_pem` (tetherd's own CA), never the
+    /// system's roots: a public CA has no say over a private controller.
+    pub fn new(server: &str, ca_pem: &[u8], token: Option<String>) -> Result<Self, ClientError> {
+        let ca = reqwest::Certificate::from_pem(ca_pem).map_err(ClientError::InvalidCa)?;
+        let http = builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .build()
+            .map_err(ClientError::Build)?;
+        Ok(ApiClient {
+            http,
+            base: parse_server_url(server)?,
+            token,
+        })
+    }
+
+    /// Fetches `/api/v1/ca.pem` without verifying the server: only for
+    /// trust on first use, where the caller pins the answer by its fingerprint.
+    pub async fn fetch_ca_unverified(server: &str) -> Result<Vec<u8>, ClientError> {
+        let http = builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .map_err(ClientError::Build)?;
+        let client = ApiClient {
+            http,
+            base: parse_server_url(server)?,
+            token: None,
+        };
+        let (url, response) = client
+            .send(Method::GET, &["ca.pem"], None::<&()>, REQUEST_TIMEOUT)
+            .await?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Request { url, source })?;
+        Ok(body.to_vec())
+    }
+
+    /// The server's base URL as the user should type it.
+    pub fn server(&self) -> &str {
+        self.base.as_str().trim_end_matches('/')
+    }
+
+    pub async fn login(&self, request: &LoginRequest) -> Result<LoginResponse, ClientError> {
+        self.call(Method::POST, &["login"], Some(request)).await
+    }
+
+    pub async fn list_devices(
+        &self,
+        label_selector: Option<&str>,
+    ) -> Result<Vec<Device>, ClientError> {
+        let query: Vec<(&str, String)> = label_selector
+            .map(|s| ("labelSelector", s.to_owned()))
+            .into_iter()
+            .collect();
+        self.call_with_query(Method::GET, &["devices"], &query)
+            .await
+    }
+
+    pub async fn create_device(
+        &self,
+        request: &CreateDevice,
+    ) -> Result<DeviceCreated, ClientError> {
+        self.call(Method::POST, &["devices"], Some(request)).await
+    }
+
+    pub async fn get_device(&self, name: &str) -> Result<Device, ClientError> {
+        self.call(Method::GET, &["devices", name], None::<&()>)
+            .await
+    }
+
+    pub async fn patch_device(
+        &self,
+        name: &str,
+        patch: &PatchDevice,
+    ) -> Result<Device, ClientError> {
+        self.call(Method::PATCH, &["devices", name], Some(patch))
+            .await
+    }
+
+    pub async fn delete_device(&self, name: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::DELETE,
+            &["devices", name],
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn new_enrollment_token(&self, name: &str) -> Result<EnrollmentToken, ClientError> {
+        self.call(
+            Method::POST,
+            &["devices", name, "enrollment-token"],
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn request_action(
+        &self,
+        device: &str,
+        request: &RequestAction,
+    ) -> Result<Action, ClientError> {
+        self.call(Method::POST, &["devices", device, "actions"], Some(request))
+            .await
+    }
+
+    pub async fn list_actions(&self, device: &str, limit: u32) -> Result<Vec<Action>, ClientError> {
+        self.call_with_query(
+            Method::GET,
+            &["devices", device, "actions"],
+            &[("limit", limit.to_string())],
+        )
+        .await
+    }
+
+    /// The action now, or with `wait`, as soon as it is terminal but after
+    /// `wait` at the latest (tetherd's long-poll).
+    pub async fn get_action(
+        &self,
+        id: &str,
+        wait: Option<Duration>,
+    ) -> Result<Action, ClientError> {
+        let path = ["actions", id];
+        let Some(wait) = wait else {
+            return self.call(Method::GET, &path, None::<&()>).await;
+        };
+        let (url, response) = self
+            .send_with_query(
+                Method::GET,
+                &path,
+                &[("waitSeconds", wait.as_secs().to_string())],
+                wait + LONG_POLL_MARGIN,
+            )
+            .await?;
+        decode(url, response).await
+    }
+
+    pub async fn events(&self, device: &str, limit: u32) -> Result<Vec<Event>, ClientError> {
+        self.call_with_query(
+            Method::GET,
+            &["devices", device, "events"],
+            &[("limit", limit.to_string())],
+        )
+        .await
+    }
+
+    pub async fn metrics(&self, device: &str, limit: u32) -> Result<Vec<HostMetrics>, ClientError> {
+        self.call_with_query(
+            Method::GET,
+            &["devices", device, "metrics"],
+            &[("limit", limit.to_string())],
+        )
+        .await
+    }
+
+    pub async fn catalogue(&self) -> Result<Vec<CatalogueEntry>, ClientError> {
+        self.call(Method::GET, &["catalogue"], None::<&()>).await
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &[&str],
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let (url, response) = self.send(method, path, body, REQUEST_TIMEOUT).await?;
+        decode(url, response).await
+    }
+
+    async fn call_with_query<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<T, ClientError> {
+        let (url, response) = self
+            .send_with_query(method, path, query, REQUEST_TIMEOUT)
+            .await?;
+        decode(url, response).await
+    }
+
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &[&str],
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<(String, reqwest::Response), ClientError> {
+        let url = self.url(path)?;
+        let mut request = self.http.request(method, url.clone()).timeout(timeout);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.execute(url, request).await
+    }
+
+    async fn send_with_query(
+        &self,
+        method: Method,
+        path: &[&str],
+        query: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<(String, reqwest::Response), ClientError> {
+        let mut url = self.url(path)?;
+        url.query_pairs_mut().extend_pairs(query);
+        let request = self.http.request(method, url.clone()).timeout(timeout);
+        self.execute(url, request).await
+    }
+
+    async fn execute(
+        &self,
+        url: Url,
+        mut request: reqwest::RequestBuilder,
+    ) -> Result<(String, reqwest::Response), ClientError> {
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let url = url.to_string();
+        tracing::debug!(%url, "request");
+        let response = request.send().await.map_err(|source| {
+            if source.is_connect() || source.is_timeout() {
+                ClientError::Connect {
+                    url: url.clone(),
+                    source,
+                }
+            } else {
+                ClientError::Request {
+                    url: url.clone(),
+                    source,
+                }
+            }
+        })?;
+        let status = response.status();
+        tracing::debug!(%url, %status, "response");
+        if status.is_success() {
+            return Ok((url, response));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(ClientError::Unauthorized {
+                server: self.server().to_owned(),
+            });
+        }
+        let body = response.text().await.unwrap_or_default();
+        Err(error_from_body(url, status, &body))
+    }
+
+    /// `base` + `/api/v1/` + the segments, each percent-encoded, so that a
+    /// name can never step into another route.
+    fn url(&self, segments: &[&str]) -> Result<Url, ClientError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| ClientError::InvalidServerUrl {
+                url: self.base.to_string(),
+                reason: "it cannot hold a path; use https://HOST:PORT".to_owned(),
+            })?
+            .pop_if_empty()
+            .extend(["api", "v1"])
+            .extend(segments);
+        Ok(url)
+    }
+}
+
+/// Installs ring as rustls' process-wide crypto provider unless one is set.
+/// reqwest is built without a provider of its own and panics without one.
+pub fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another thread installing one is fine: any will do.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+fn builder() -> reqwest::ClientBuilder {
+    ensure_crypto_provider();
+    reqwest::Client::builder()
+        .https_only(true)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("tether-cli/", env!("CARGO_PKG_VERSION")))
+}
+
+/// Checks a server URL: HTTPS only, no query or fragment.
+pub fn parse_server_url(server: &str) -> Result<Url, ClientError> {
+    let invalid = |reason: &str| ClientError::InvalidServerUrl {
+        url: server.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let url = Url::parse(server).map_err(|err| invalid(&err.to_string()))?;
+    if url.scheme() != "https" {
+        return Err(invalid(
+            "tetherd serves its API over HTTPS only; use https://HOST:PORT",
+        ));
+    }
+    if url.host_str().is_none() || url.cannot_be_a_base() {
+        return Err(invalid("it names no host; use https://HOST:PORT"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("leave out the query and fragment"));
+    }
+    Ok(url)
+}
+
+async fn decode<T: DeserializeOwned>(
+    url: String,
+    response: reqwest::Response,
+) -> Result<T, ClientError> {
+    response
+        .json()
+        .await
+        .map_err(|source| ClientError::Decode { url, source })
+}
+
+fn error_from_body(url: String, status: StatusCode, body: &str) -> ClientError {
+    match serde_json::from_str::<ErrorBody>(body) {
+        Ok(body) => ApiError::from_body(status, body).into(),
+        Err(_) => ClientError::UnexpectedStatus {
+            url,
+            status,
+            body: body.chars().take(MAX_BODY_SHOWN).collect(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(server: &str) -> ApiClient {
+        ensure_crypto_provider();
+        ApiClient {
+            http: reqwest::Client::new(),
+            base: parse_server_url(server).expect("valid URL"),
+            token: None,
+        }
+    }
+
+    #[test]
+    fn urls_are_built_under_api_v1_with_encoded_segments() {
+        let c = client("https://127.0.0.1:8443");
+        assert_eq!(
+            c.url(&["devices", "edge-1", "actions"])
+                .expect("valid")
+                .as_str(),
+            "https://127.0.0.1:8443/api/v1/devices/edge-1/actions"
+        );
+        assert_eq!(
+            c.url(&["actions", "../x?y"]).expect("valid").as_str(),
+            "https://127.0.0.1:8443/api/v1/actions/..%2Fx%3Fy"
+        );
+        let c = client("https://tether.example/prefix/");
+        assert_eq!(
+            c.url(&["login"]).expect("valid").as_str(),
+            "https://tether.example/prefix/api/v1/login"
+        );
+        assert_eq!(c.server(), "https://tether.example/prefix");
+    }
+
+    #[test]
+    fn only_https_server_urls_are_accepted() {
+        assert!(parse_server_url("https://localhost:8443").is_ok());
+        for bad in [
+            "http://localhost:8443",
+            "localhost:8443",
+            "https://h/?q=1",
+            "",
+        ] {
+            let err = parse_server_url(bad).expect_err(bad);
+            assert!(matches!(err, ClientError::InvalidServerUrl { .. }), "{bad}");
+        }
+    }
+
+    #[test]
+    fn api_errors_show_the_message_and_each_offending_field() {
+        let body = r#"{"error":{"code":"invalid_input","message":"invalid input for action \"run-stats\"",
+            "details":{"errors":[{"path":"$.interval","message":"must be at least 1"}]}}}"#;
+        let err = error_from_body("u".into(), StatusCode::BAD_REQUEST, body);
+        assert_eq!(
+            err.to_string(),
+            "invalid input for action \"run-stats\"\n  $.interval: must be at least 1"
+        );
+        assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
+
+        let body = r#"{"error":{"code":"invalid_input","message":"bad","details":[{"path":"$","message":"m"}]}}"#;
+        let ClientError::Api(api) = error_from_body("u".into(), StatusCode::BAD_REQUEST, body)
+        else {
+            panic!("an error body is an API error");
+        };
+        assert_eq!(api.code, "invalid_input");
+        assert_eq!(api.fields.len(), 1);
+    }
+
+    #[test]
+    fn api_errors_without_details_show_just_the_message() {
+        let body = r#"{"error":{"code":"not_found","message":"device \"x\" not found"}}"#;
+        let err = error_from_body("u".into(), StatusCode::NOT_FOUND, body);
+        assert_eq!(err.to_string(), "device \"x\" not found");
+    }
+
+    #[test]
+    fn other_error_bodies_are_shown_with_the_status() {
+        let err = error_from_body(
+            "https://h/api/v1/x".into(),
+            StatusCode::BAD_GATEWAY,
+            "<html>proxy error</html>",
+        );
+        assert_eq!(
+            err.to_string(),
+            "https://h/api/v1/x answered 502 Bad Gateway: <html>proxy error</html>"
+        );
+    }
+
+    #[test]
+    fn unauthorized_says_how_to_log_in_again() {
+        let err = ClientError::Unauthorized {
+            server: "https://h:8443".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "not logged in or the session expired: run `tether login https://h:8443`"
+        );
+    }
+}

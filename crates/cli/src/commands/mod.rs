@@ -1,0 +1,125 @@
+//! One module per verb (group). Each verb is a struct that clap fills in,
+//! with a description for "failed to <description>: <cause>" and a `run`.
+
+pub mod actions;
+pub mod devices;
+pub mod events;
+pub mod login;
+pub mod metrics;
+pub mod quickstart;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::client::{ApiClient, ClientError};
+use crate::config::{CliConfig, ConfigError};
+use crate::labels::LabelError;
+use crate::output::{OutputError, OutputFormat};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    Login(login::Login),
+    #[command(subcommand)]
+    Devices(devices::Devices),
+    #[command(subcommand)]
+    Actions(actions::Actions),
+    Events(events::Events),
+    Metrics(metrics::Metrics),
+    Quickstart(quickstart::Quickstart),
+}
+
+impl Command {
+    /// What the command does, as in "failed to <description>".
+    pub fn description(&self) -> String {
+        match self {
+            Command::Login(cmd) => cmd.description(),
+            Command::Devices(cmd) => cmd.description(),
+            Command::Actions(cmd) => cmd.description(),
+            Command::Events(cmd) => cmd.description(),
+            Command::Metrics(cmd) => cmd.description(),
+            Command::Quickstart(cmd) => cmd.description(),
+        }
+    }
+
+    pub async fn run(self, ctx: &Context) -> Result<Outcome, CommandError> {
+        match self {
+            Command::Login(cmd) => cmd.run(ctx).await,
+            Command::Devices(cmd) => cmd.run(ctx).await,
+            Command::Actions(cmd) => cmd.run(ctx).await,
+            Command::Events(cmd) => cmd.run(ctx).await,
+            Command::Metrics(cmd) => cmd.run(ctx).await,
+            Command::Quickstart(cmd) => cmd.run(ctx).await,
+        }
+    }
+}
+
+/// How a command that did its job ended, which decides the exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit 0.
+    Success,
+    /// Exit 1: the request went through, but what it asked for did not
+    /// happen (an action failed, or did not finish in time).
+    Failed { reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error(transparent)]
+    Labels(#[from] LabelError),
+    #[error(transparent)]
+    Login(#[from] login::LoginError),
+    #[error(transparent)]
+    Actions(#[from] actions::ActionsError),
+    #[error(transparent)]
+    Quickstart(#[from] quickstart::QuickstartError),
+}
+
+/// What every command gets from the global flags.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub output: OutputFormat,
+    pub config_path: PathBuf,
+    pub server_override: Option<String>,
+}
+
+impl Context {
+    /// A client for the logged-in session of the config file.
+    pub fn client(&self) -> Result<ApiClient, CommandError> {
+        let config = CliConfig::load(&self.config_path)?;
+        let ca_pem = config.read_ca()?;
+        let server = self.server_override.as_deref().unwrap_or(&config.server);
+        Ok(ApiClient::new(server, &ca_pem, Some(config.token))?)
+    }
+}
+
+/// Parses `30s`, `5m`, `1h 30m` (humantime); at least one second, because
+/// tetherd counts in whole seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(s)
+        .map_err(|err| format!("{err}; write a duration such as 30s, 5m or 1h"))?;
+    if duration < Duration::from_secs(1) {
+        return Err("must be at least 1s".to_owned());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_humantime_and_at_least_a_second() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("500ms").is_err());
+        let err = parse_duration("soon").expect_err("not a duration");
+        assert!(err.contains("30s"), "{err}");
+    }
+}
