@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod api;
 pub mod binaries;
+pub mod http_target;
 pub mod postgres;
 pub mod sim_agent;
 pub mod tetherd;

@@ -1,0 +1,424 @@
+//! The action loop end to end: tetherd, real agents (or simulated ones where
+//! a test must see exactly what reaches the device), real MQTT over TLS.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tether_testkit::http_target::{Behaviour, HttpTarget};
+use tether_testkit::sim_agent::{DeviceCredentials, Responder, SimAgent};
+use tether_testkit::{Agent, Database, Tetherd, wait_until};
+
+use crate::support::{id, on_both_databases, request, run, wait_terminal};
+
+on_both_databases!(
+    every_agent_action_round_trips,
+    invalid_input_is_refused_and_never_sent,
+    offline_actions_wait_and_arrive_in_order,
+    undelivered_actions_expire_after_their_ttl,
+    unanswered_actions_time_out,
+    agent_killed_mid_action_ends_it_without_running_it_twice,
+    a_device_cannot_answer_for_another,
+);
+
+async fn every_agent_action_round_trips(database: Database) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let _agent = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
+
+    let ips = run(&admin, "edge-1", "get-node-ip", json!({})).await?;
+    assert_eq!(ips["state"], "succeeded", "{ips}");
+    assert_eq!(ips["statusCode"], 200);
+    let addresses = ips["response"]["addresses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(addresses.iter().any(|a| a["ip"] == "127.0.0.1"), "{ips}");
+
+    let logger = run(
+        &admin,
+        "edge-1",
+        "configure-logger",
+        json!({"level": "warning", "pretty": true, "color": false}),
+    )
+    .await?;
+    assert_eq!(logger["state"], "succeeded", "{logger}");
+
+    let authorization = run(&admin, "edge-1", "get-authorization-id", json!({})).await?;
+    assert_eq!(authorization["state"], "succeeded", "{authorization}");
+    assert!(
+        authorization["response"]["authorizationId"]
+            .as_str()
+            .is_some_and(|a| !a.is_empty())
+    );
+
+    let target = HttpTarget::start(Behaviour::Respond(b"hello from the edge".to_vec())).await?;
+    let api = run(
+        &admin,
+        "edge-1",
+        "send-api",
+        json!({"href": format!("{}/status", target.url), "requestMethod": "GET"}),
+    )
+    .await?;
+    assert_eq!(api["state"], "succeeded", "{api}");
+    assert_eq!(api["response"]["body"], "hello from the edge");
+    assert_eq!(api["response"]["truncated"], false);
+    assert_eq!(target.requests(), 1);
+
+    let not_http = run(
+        &admin,
+        "edge-1",
+        "send-api",
+        json!({"href": "file:///etc/passwd"}),
+    )
+    .await?;
+    assert_eq!(not_http["state"], "rejected", "{not_http}");
+    assert_eq!(not_http["statusCode"], 400);
+
+    let stats = run(&admin, "edge-1", "run-stats", json!({"interval": 1})).await?;
+    assert_eq!(stats["state"], "succeeded", "{stats}");
+    let metrics = wait_until("metrics from run-stats", Duration::from_secs(20), || {
+        let admin = admin.clone();
+        async move {
+            let samples = admin
+                .get("/api/v1/devices/edge-1/metrics?limit=5")
+                .await?
+                .expect_status(200)?;
+            Ok(samples.as_array().filter(|s| !s.is_empty()).cloned())
+        }
+    })
+    .await?;
+    assert!(
+        metrics[0]["memoryTotalBytes"].as_u64().unwrap_or(0) > 0,
+        "{metrics:?}"
+    );
+    let stop = run(&admin, "edge-1", "stop-stats", json!({})).await?;
+    assert_eq!(stop["state"], "succeeded", "{stop}");
+
+    let unimplemented = run(
+        &admin,
+        "edge-1",
+        "retrieve-kubeconfig",
+        json!({"format": "yaml"}),
+    )
+    .await?;
+    assert_eq!(unimplemented["statusCode"], 501, "{unimplemented}");
+    assert_eq!(unimplemented["state"], "rejected");
+    assert!(
+        unimplemented["statusMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not implemented")
+    );
+
+    let events = admin
+        .get("/api/v1/devices/edge-1/events?limit=100")
+        .await?
+        .expect_status(200)?;
+    let names: Vec<_> = events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    for expected in [
+        "get-node-ip",
+        "send-api",
+        "retrieve-kubeconfig",
+        "device-online",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "no {expected} event in {names:?}"
+        );
+    }
+    let listed = admin
+        .get("/api/v1/devices/edge-1/actions")
+        .await?
+        .expect_status(200)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(9));
+    Ok(())
+}
+
+async fn invalid_input_is_refused_and_never_sent(database: Database) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let credentials = DeviceCredentials::enroll(&admin, "edge-1").await?;
+    let mut device = SimAgent::connect(&credentials, Responder::Silent).await?;
+    wait_until("edge-1 online", Duration::from_secs(20), || {
+        let admin = admin.clone();
+        async move {
+            let d = admin
+                .get("/api/v1/devices/edge-1")
+                .await?
+                .expect_status(200)?;
+            Ok((d["presence"] == "online").then_some(()))
+        }
+    })
+    .await?;
+
+    let bad = admin
+        .post(
+            "/api/v1/devices/edge-1/actions",
+            json!({"action": "run-stats", "input": {"interval": "often"}}),
+        )
+        .await?;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(bad.body["error"]["code"], "invalid_input");
+    assert_eq!(
+        bad.body["error"]["details"]["fields"][0]["path"],
+        "$.interval"
+    );
+    assert!(
+        bad.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("$.interval")
+    );
+
+    let unknown = admin
+        .post(
+            "/api/v1/devices/edge-1/actions",
+            json!({"action": "format-disk"}),
+        )
+        .await?;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    assert_eq!(unknown.body["error"]["code"], "unknown_action");
+
+    let bad_ttl = admin
+        .post(
+            "/api/v1/devices/edge-1/actions",
+            json!({"action": "get-node-ip", "ttlSeconds": 0}),
+        )
+        .await?;
+    assert_eq!(bad_ttl.status, 400);
+
+    // The first message the device receives is the valid action: the refused
+    // ones were never sent, and none was stored.
+    let good = request(&admin, "edge-1", json!({"action": "get-node-ip"})).await?;
+    let first = device.next_action(Duration::from_secs(20)).await;
+    assert_eq!(first.map(|r| r.correlation_id), Some(id(&good)?));
+    let listed = admin
+        .get("/api/v1/devices/edge-1/actions")
+        .await?
+        .expect_status(200)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    assert!(
+        device
+            .next_action(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    device.disconnect().await;
+    Ok(())
+}
+
+async fn offline_actions_wait_and_arrive_in_order(database: Database) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+
+    // Strict order, seen from the device's side.
+    let credentials = DeviceCredentials::enroll(&admin, "sim-1").await?;
+    let mut expected = Vec::new();
+    for level in ["debug", "info", "error"] {
+        let accepted = request(
+            &admin,
+            "sim-1",
+            json!({"action": "configure-logger", "input": {"level": level}}),
+        )
+        .await?;
+        assert_eq!(accepted["state"], "pending");
+        expected.push(id(&accepted)?);
+    }
+    let mut device = SimAgent::connect(&credentials, Responder::Echo).await?;
+    let mut received = Vec::new();
+    while received.len() < expected.len() {
+        let action = device.next_action(Duration::from_secs(20)).await;
+        received.push(action.map(|a| a.correlation_id).unwrap_or_default());
+    }
+    assert_eq!(received, expected);
+    for correlation_id in &expected {
+        assert_eq!(
+            wait_terminal(&admin, correlation_id).await?["state"],
+            "succeeded"
+        );
+    }
+    device.disconnect().await;
+
+    // And with a real agent that was stopped and starts again.
+    let mut agent = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
+    agent.stop().await?;
+    agent.wait_presence(&admin, "offline").await?;
+    let first = request(&admin, "edge-1", json!({"action": "get-authorization-id"})).await?;
+    let second = request(&admin, "edge-1", json!({"action": "get-node-ip"})).await?;
+    assert_eq!(
+        admin
+            .get(&format!("/api/v1/actions/{}", id(&first)?))
+            .await?
+            .expect_status(200)?["state"],
+        "pending"
+    );
+    agent.start()?;
+    let first = wait_terminal(&admin, &id(&first)?).await?;
+    let second = wait_terminal(&admin, &id(&second)?).await?;
+    assert_eq!(first["state"], "succeeded", "{first}");
+    assert_eq!(second["state"], "succeeded", "{second}");
+    assert!(first["completedAt"].as_str() <= second["completedAt"].as_str());
+    Ok(())
+}
+
+async fn undelivered_actions_expire_after_their_ttl(database: Database) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    admin
+        .post("/api/v1/devices", json!({"name": "edge-1"}))
+        .await?
+        .expect_status(201)?;
+    let accepted = request(
+        &admin,
+        "edge-1",
+        json!({"action": "get-node-ip", "ttlSeconds": 1}),
+    )
+    .await?;
+    let default_ttl = request(&admin, "edge-1", json!({"action": "get-node-ip"})).await?;
+    let expired = wait_terminal(&admin, &id(&accepted)?).await?;
+    assert_eq!(expired["state"], "expired", "{expired}");
+    assert!(
+        expired["statusMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("TTL"),
+        "{expired}"
+    );
+    let still = admin
+        .get(&format!("/api/v1/actions/{}", id(&default_ttl)?))
+        .await?
+        .expect_status(200)?;
+    assert_eq!(still["state"], "pending", "the default TTL is an hour");
+    Ok(())
+}
+
+async fn unanswered_actions_time_out(database: Database) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let credentials = DeviceCredentials::enroll(&admin, "edge-1").await?;
+    let mut device = SimAgent::connect(&credentials, Responder::Silent).await?;
+    wait_until("edge-1 online", Duration::from_secs(20), || {
+        let admin = admin.clone();
+        async move {
+            let d = admin
+                .get("/api/v1/devices/edge-1")
+                .await?
+                .expect_status(200)?;
+            Ok((d["presence"] == "online").then_some(()))
+        }
+    })
+    .await?;
+    let accepted = request(
+        &admin,
+        "edge-1",
+        json!({"action": "get-node-ip", "timeoutSeconds": 1}),
+    )
+    .await?;
+    assert!(device.next_action(Duration::from_secs(20)).await.is_some());
+    let ended = wait_terminal(&admin, &id(&accepted)?).await?;
+    assert_eq!(ended["state"], "timed-out", "{ended}");
+    assert!(ended["deliveredAt"].is_string());
+    device.disconnect().await;
+    Ok(())
+}
+
+async fn agent_killed_mid_action_ends_it_without_running_it_twice(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let mut agent = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
+    let target = HttpTarget::start(Behaviour::Hang).await?;
+    let accepted = request(
+        &admin,
+        "edge-1",
+        json!({"action": "send-api", "input": {"href": target.url}}),
+    )
+    .await?;
+    wait_until(
+        "the agent to be mid-request",
+        Duration::from_secs(20),
+        || {
+            let requests = target.requests();
+            async move { Ok((requests == 1).then_some(())) }
+        },
+    )
+    .await?;
+
+    agent.kill();
+    agent.start()?;
+    let ended = wait_terminal(&admin, &id(&accepted)?).await?;
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert_eq!(ended["statusCode"], 500);
+    assert!(
+        ended["statusMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("interrupted"),
+        "{ended}"
+    );
+    assert_eq!(
+        target.requests(),
+        1,
+        "the interrupted action must not run again"
+    );
+
+    // The agent works normally after the restart.
+    let after = run(&admin, "edge-1", "get-node-ip", json!({})).await?;
+    assert_eq!(after["state"], "succeeded");
+    Ok(())
+}
+
+async fn a_device_cannot_answer_for_another(database: Database) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let a = DeviceCredentials::enroll(&admin, "device-a").await?;
+    admin
+        .post("/api/v1/devices", json!({"name": "device-b"}))
+        .await?
+        .expect_status(201)?;
+    let for_b = request(&admin, "device-b", json!({"action": "get-node-ip"})).await?;
+    let device_a = SimAgent::connect(&a, Responder::Silent).await?;
+    let forged = tether_proto::ActionEvent {
+        correlation_id: id(&for_b)?,
+        event: "get-node-ip".into(),
+        status_code: 200,
+        status_message: "forged".into(),
+        response: json!({"addresses": []}),
+    };
+    device_a.answer(&forged).await?;
+    // A marker answer from A for its own (unknown) id shows A's traffic was processed.
+    let marker = tether_proto::ActionEvent {
+        correlation_id: "marker".into(),
+        ..forged.clone()
+    };
+    device_a.answer(&marker).await?;
+    wait_until("device-a's marker event", Duration::from_secs(20), || {
+        let admin = admin.clone();
+        async move {
+            let events = admin
+                .get("/api/v1/devices/device-a/events")
+                .await?
+                .expect_status(200)?;
+            Ok(events
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["correlationId"] == "marker")
+                .then_some(()))
+        }
+    })
+    .await?;
+    let b_action = admin
+        .get(&format!("/api/v1/actions/{}", id(&for_b)?))
+        .await?
+        .expect_status(200)?;
+    assert_eq!(b_action["state"], "pending", "{b_action}");
+    device_a.disconnect().await;
+    Ok(())
+}

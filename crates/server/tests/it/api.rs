@@ -1,0 +1,198 @@
+//! The HTTP API on its own: authentication, devices, errors, OpenAPI.
+
+use std::os::unix::fs::PermissionsExt;
+
+use serde_json::json;
+use tether_testkit::{Database, Tetherd};
+
+use crate::support::on_both_databases;
+
+on_both_databases!(
+    requests_without_valid_credentials_get_401,
+    devices_are_created_listed_labelled_and_deleted,
+    malformed_and_oversized_requests_get_clear_errors,
+);
+
+async fn requests_without_valid_credentials_get_401(database: Database) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let anonymous = tetherd.anonymous()?;
+    for path in [
+        "/api/v1/devices",
+        "/api/v1/devices/x/actions",
+        "/api/v1/actions/x",
+    ] {
+        let reply = anonymous.get(path).await?;
+        assert_eq!(reply.status, 401, "{path}: {}", reply.body);
+        assert_eq!(reply.body["error"]["code"], "unauthorized");
+        assert!(
+            reply.body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("tether login")
+        );
+    }
+    let forged = anonymous.with_token(Some("forged-token".into()));
+    assert_eq!(forged.get("/api/v1/devices").await?.status, 401);
+
+    let wrong = anonymous
+        .post(
+            "/api/v1/login",
+            json!({"username": "admin", "password": "wrong"}),
+        )
+        .await?;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.body["error"]["code"], "bad_credentials");
+
+    let admin = tetherd.admin().await?;
+    admin.get("/api/v1/devices").await?.expect_status(200)?;
+
+    let credentials = tetherd.data_dir().join("admin-credentials.toml");
+    let mode = std::fs::metadata(&credentials)?.permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "admin credentials must be private");
+    let key_mode = std::fs::metadata(tetherd.data_dir().join("ca-key.pem"))?
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(key_mode, 0o600, "the CA key must be private");
+
+    let openapi = anonymous
+        .get("/api/v1/openapi.json")
+        .await?
+        .expect_status(200)?;
+    assert!(
+        openapi["openapi"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("3.")
+    );
+    for path in [
+        "/api/v1/devices",
+        "/api/v1/devices/{name}/actions",
+        "/api/v1/actions/{correlationId}",
+        "/api/v1/enroll",
+    ] {
+        assert!(openapi["paths"].get(path).is_some(), "OpenAPI lacks {path}");
+    }
+    Ok(())
+}
+
+async fn devices_are_created_listed_labelled_and_deleted(database: Database) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let created = admin
+        .post(
+            "/api/v1/devices",
+            json!({"name": "edge-1", "labels": {"env": "prod", "site": "berlin"}}),
+        )
+        .await?
+        .expect_status(201)?;
+    assert_eq!(created["device"]["presence"], "offline");
+    assert_eq!(created["device"]["enrolled"], false);
+    let command = created["enrollment"]["agentCommand"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        command.starts_with(&format!("tether-agent --server {}", tetherd.api_url)),
+        "{command}"
+    );
+    assert!(command.contains("--ca-sha256"));
+
+    let duplicate = admin
+        .post("/api/v1/devices", json!({"name": "edge-1"}))
+        .await?;
+    assert_eq!(duplicate.status, 409);
+    let bad_name = admin
+        .post("/api/v1/devices", json!({"name": "Edge/1"}))
+        .await?;
+    assert_eq!(bad_name.status, 400);
+    assert!(
+        bad_name.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Edge/1")
+    );
+
+    admin
+        .post(
+            "/api/v1/devices",
+            json!({"name": "edge-2", "labels": {"env": "dev"}}),
+        )
+        .await?
+        .expect_status(201)?;
+    let prod = admin
+        .get("/api/v1/devices?labelSelector=env%3Dprod")
+        .await?
+        .expect_status(200)?;
+    let names: Vec<_> = prod
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| d["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("edge-1")]);
+    let bad_selector = admin.get("/api/v1/devices?labelSelector=%3Dx").await?;
+    assert_eq!(bad_selector.status, 400);
+
+    let patched = admin
+        .patch(
+            "/api/v1/devices/edge-1",
+            json!({"labels": {"site": null, "tier": "gold"}}),
+        )
+        .await?
+        .expect_status(200)?;
+    assert_eq!(patched["labels"], json!({"env": "prod", "tier": "gold"}));
+
+    assert_eq!(admin.delete("/api/v1/devices/edge-1").await?.status, 204);
+    assert_eq!(admin.get("/api/v1/devices/edge-1").await?.status, 404);
+    assert_eq!(admin.delete("/api/v1/devices/edge-1").await?.status, 404);
+    let all = admin.get("/api/v1/devices").await?.expect_status(200)?;
+    assert_eq!(all.as_array().map(Vec::len), Some(1));
+    Ok(())
+}
+
+async fn malformed_and_oversized_requests_get_clear_errors(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let garbage = admin
+        .post_raw("/api/v1/devices", b"{not json".to_vec())
+        .await?;
+    assert_eq!(garbage.status, 400, "{}", garbage.body);
+    assert_eq!(garbage.body["error"]["code"], "invalid_json");
+
+    let wrong_type = admin.post("/api/v1/devices", json!({"name": 42})).await?;
+    assert_eq!(wrong_type.status, 400, "{}", wrong_type.body);
+    assert!(
+        wrong_type.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("name")
+    );
+
+    // Just over the 1 MiB limit: the rest of the body still fits the socket
+    // buffers, so the client reads the answer instead of a reset.
+    let huge = format!("{{\"name\": \"{}\"}}", "a".repeat(1024 * 1024 + 16 * 1024));
+    let oversized = admin.post_raw("/api/v1/devices", huge.into_bytes()).await?;
+    assert_eq!(oversized.status, 413, "{}", oversized.body);
+
+    let unknown_device = admin
+        .post(
+            "/api/v1/devices/ghost/actions",
+            json!({"action": "get-node-ip"}),
+        )
+        .await?;
+    assert_eq!(unknown_device.status, 404);
+    assert!(
+        unknown_device.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ghost")
+    );
+
+    assert_eq!(admin.get("/api/v1/no-such-route").await?.status, 404);
+    // Nothing half-accepted: the failed requests created no device.
+    let all = admin.get("/api/v1/devices").await?.expect_status(200)?;
+    assert_eq!(all, json!([]));
+    Ok(())
+}

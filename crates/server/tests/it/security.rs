@@ -1,0 +1,386 @@
+//! Secure by default, shown with third-party clients: Debian's
+//! mosquitto_sub/mosquitto_pub holding real device credentials.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+use tether_testkit::sim_agent::DeviceCredentials;
+use tether_testkit::{Database, Tetherd, wait_until};
+
+use crate::support::{id, on_both_databases, request};
+
+on_both_databases!(
+    a_device_is_confined_to_its_own_topics,
+    connections_without_valid_credentials_are_refused,
+    an_enrollment_token_works_exactly_once,
+);
+
+fn mqtt_port(tetherd: &Tetherd) -> anyhow::Result<String> {
+    Ok(tetherd
+        .mqtt_url
+        .rsplit_once(':')
+        .context("mqtt url has a port")?
+        .1
+        .to_owned())
+}
+
+/// Runs a mosquitto client with the credentials in `dir` (if any), giving up after 10 s.
+async fn mosquitto(
+    tool: &str,
+    port: &str,
+    dir: Option<&Path>,
+    client_id: &str,
+    args: &[&str],
+) -> anyhow::Result<Output> {
+    let mut command = tokio::process::Command::new(tool);
+    command.args(["-h", "127.0.0.1", "-p", port, "-i", client_id]);
+    if let Some(dir) = dir {
+        command
+            .arg("--cafile")
+            .arg(dir.join("ca.pem"))
+            .arg("--cert")
+            .arg(dir.join("cert.pem"))
+            .arg("--key")
+            .arg(dir.join("key.pem"));
+    }
+    command.args(args).kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(10), command.output())
+        .await
+        .with_context(|| format!("{tool} did not finish within 10 s"))?
+        .with_context(|| format!("running {tool} (install mosquitto-clients)"))?;
+    Ok(output)
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+async fn a_device_is_confined_to_its_own_topics(database: Database) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let port = mqtt_port(&tetherd)?;
+    let a = DeviceCredentials::enroll(&admin, "device-a").await?;
+    DeviceCredentials::enroll(&admin, "device-b").await?;
+    let dir = tempfile::tempdir()?;
+    a.write_to(dir.path())?;
+    let for_b = request(&admin, "device-b", json!({"action": "get-node-ip"})).await?;
+
+    for version in ["mqttv5", "mqttv311"] {
+        // Subscribing to B's actions (or to everything) is refused.
+        for filter in [
+            "tether/v1/devices/device-b/actions",
+            "tether/v1/devices/+/actions",
+            "#",
+        ] {
+            let output = mosquitto(
+                "mosquitto_sub",
+                &port,
+                Some(dir.path()),
+                "device-a",
+                &["-V", version, "-t", filter, "-C", "1", "-W", "3"],
+            )
+            .await?;
+            // mosquitto_sub 2.0.11 exits 0 after printing that the SUBACK denied everything.
+            let denied = !output.status.success()
+                || String::from_utf8_lossy(&output.stderr).contains("denied");
+            assert!(
+                denied,
+                "{version} subscribe {filter} must be denied: {}",
+                text(&output)
+            );
+            assert!(
+                output.stdout.is_empty(),
+                "nothing of B may reach A: {}",
+                text(&output)
+            );
+        }
+        // Publishing as B is refused and changes nothing.
+        let forged = json!({"correlationId": id(&for_b)?, "event": "get-node-ip", "statusCode": 200, "statusMessage": "forged", "response": {}}).to_string();
+        let output = mosquitto(
+            "mosquitto_pub",
+            &port,
+            Some(dir.path()),
+            "device-a",
+            &[
+                "-V",
+                version,
+                "-q",
+                "1",
+                "-t",
+                "tether/v1/devices/device-b/events",
+                "-m",
+                &forged,
+            ],
+        )
+        .await?;
+        let refused = !output.status.success()
+            || String::from_utf8_lossy(&output.stderr)
+                .to_lowercase()
+                .contains("not authorized");
+        assert!(
+            refused,
+            "{version} publish as B must be refused: {}",
+            text(&output)
+        );
+        // Pretending to be B by client id does not work either.
+        let output = mosquitto(
+            "mosquitto_pub",
+            &port,
+            Some(dir.path()),
+            "device-b",
+            &[
+                "-V",
+                version,
+                "-q",
+                "1",
+                "-t",
+                "tether/v1/devices/device-b/events",
+                "-m",
+                &forged,
+            ],
+        )
+        .await?;
+        assert!(
+            !output.status.success(),
+            "{version} A's certificate with B's client id must be refused: {}",
+            text(&output)
+        );
+    }
+    let b_action = admin
+        .get(&format!("/api/v1/actions/{}", id(&for_b)?))
+        .await?
+        .expect_status(200)?;
+    assert_eq!(b_action["state"], "pending", "{b_action}");
+    let b_events = admin
+        .get("/api/v1/devices/device-b/events")
+        .await?
+        .expect_status(200)?;
+    assert_eq!(b_events, json!([]));
+
+    // A's own topics work with the same client: its event is recorded.
+    let own = json!({"correlationId": "own-1", "event": "get-node-ip", "statusCode": 200, "statusMessage": "OK", "response": {}}).to_string();
+    let output = mosquitto(
+        "mosquitto_pub",
+        &port,
+        Some(dir.path()),
+        "device-a",
+        &[
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            "tether/v1/devices/device-a/events",
+            "-m",
+            &own,
+        ],
+    )
+    .await?;
+    assert!(output.status.success(), "{}", text(&output));
+    wait_until("A's own event", Duration::from_secs(20), || {
+        let admin = admin.clone();
+        async move {
+            let events = admin
+                .get("/api/v1/devices/device-a/events")
+                .await?
+                .expect_status(200)?;
+            Ok(events
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["correlationId"] == "own-1")
+                .then_some(()))
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+async fn connections_without_valid_credentials_are_refused(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let port = mqtt_port(&tetherd)?;
+    let a = DeviceCredentials::enroll(&admin, "device-a").await?;
+    let dir = tempfile::tempdir()?;
+    a.write_to(dir.path())?;
+    let subscribe = [
+        "-V",
+        "mqttv5",
+        "-t",
+        "tether/v1/devices/device-a/actions",
+        "-C",
+        "1",
+        "-W",
+        "3",
+    ];
+
+    // Plain TCP, no TLS.
+    let output = mosquitto("mosquitto_sub", &port, None, "device-a", &subscribe).await?;
+    assert!(
+        !output.status.success(),
+        "plain MQTT must be refused: {}",
+        text(&output)
+    );
+
+    // TLS, but no client certificate.
+    let output = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-i", "device-a", "--cafile"])
+            .arg(dir.path().join("ca.pem"))
+            .args(subscribe)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    assert!(
+        !output.status.success(),
+        "TLS without a client certificate must be refused: {}",
+        text(&output)
+    );
+
+    // A certificate whose device was deleted is refused at once.
+    let output = mosquitto(
+        "mosquitto_pub",
+        &port,
+        Some(dir.path()),
+        "device-a",
+        &[
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            "tether/v1/devices/device-a/events",
+            "-m",
+            "{}",
+        ],
+    )
+    .await?;
+    assert!(
+        output.status.success(),
+        "the valid certificate connects: {}",
+        text(&output)
+    );
+    admin.delete("/api/v1/devices/device-a").await?;
+    let output = mosquitto(
+        "mosquitto_pub",
+        &port,
+        Some(dir.path()),
+        "device-a",
+        &[
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            "tether/v1/devices/device-a/events",
+            "-m",
+            "{}",
+        ],
+    )
+    .await?;
+    assert!(
+        !output.status.success(),
+        "a deleted device's certificate must be refused: {}",
+        text(&output)
+    );
+    Ok(())
+}
+
+async fn an_enrollment_token_works_exactly_once(database: Database) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let created = admin
+        .post("/api/v1/devices", json!({"name": "edge-1"}))
+        .await?
+        .expect_status(201)?;
+    let token = created["enrollment"]["token"].as_str().context("token")?;
+
+    let garbage = admin
+        .with_token(None)
+        .post(
+            "/api/v1/enroll",
+            json!({"token": token, "csrPem": "not a csr"}),
+        )
+        .await?;
+    assert_eq!(garbage.status, 400, "{}", garbage.body);
+
+    let first = DeviceCredentials::enroll_with_token(&admin, token).await?;
+    assert_eq!(first.device.as_str(), "edge-1");
+    let again = DeviceCredentials::enroll_with_token(&admin, token).await;
+    let message = format!(
+        "{:#}",
+        again
+            .err()
+            .context("a second enrollment with the same token must fail")?
+    );
+    assert!(message.contains("401"), "{message}");
+
+    let wrong = admin
+        .with_token(None)
+        .post("/api/v1/enroll", json!({"token": "made-up", "csrPem": "x"}))
+        .await?;
+    assert_eq!(
+        wrong.status, 400,
+        "a malformed CSR is named first: {}",
+        wrong.body
+    );
+
+    // A new token re-enrolls; the old certificate stops working.
+    let renewed = admin
+        .post("/api/v1/devices/edge-1/enrollment-token", json!({}))
+        .await?
+        .expect_status(200)?;
+    let second =
+        DeviceCredentials::enroll_with_token(&admin, renewed["token"].as_str().context("token")?)
+            .await?;
+    let port = mqtt_port(&tetherd)?;
+    let old_dir = tempfile::tempdir()?;
+    first.write_to(old_dir.path())?;
+    let new_dir = tempfile::tempdir()?;
+    second.write_to(new_dir.path())?;
+    let publish = [
+        "-V",
+        "mqttv5",
+        "-q",
+        "1",
+        "-t",
+        "tether/v1/devices/edge-1/events",
+        "-m",
+        "{}",
+    ];
+    let old = mosquitto(
+        "mosquitto_pub",
+        &port,
+        Some(old_dir.path()),
+        "edge-1",
+        &publish,
+    )
+    .await?;
+    assert!(
+        !old.status.success(),
+        "the replaced certificate must be refused: {}",
+        text(&old)
+    );
+    let new = mosquitto(
+        "mosquitto_pub",
+        &port,
+        Some(new_dir.path()),
+        "edge-1",
+        &publish,
+    )
+    .await?;
+    assert!(new.status.success(), "{}", text(&new));
+    Ok(())
+}

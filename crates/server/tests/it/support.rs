@@ -1,0 +1,73 @@
+//! Shared pieces of the integration tests.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use tether_testkit::ApiClient;
+
+/// Runs each named `async fn(Database) -> anyhow::Result<()>` once on SQLite
+/// and once on a throwaway PostgreSQL: the same suite on both stores.
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() -> anyhow::Result<()> {
+                super::$name(tether_testkit::Database::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() -> anyhow::Result<()> {
+                super::$name(tether_testkit::Database::Postgres).await
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_databases;
+
+/// Requests an action and returns the accepted record (expects 202).
+pub async fn request(admin: &ApiClient, device: &str, body: Value) -> anyhow::Result<Value> {
+    admin
+        .post(&format!("/api/v1/devices/{device}/actions"), body)
+        .await?
+        .expect_status(202)
+}
+
+/// Long-polls the action until it is terminal.
+pub async fn wait_terminal(admin: &ApiClient, correlation_id: &str) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let action = admin
+            .get(&format!("/api/v1/actions/{correlation_id}?waitSeconds=10"))
+            .await?
+            .expect_status(200)?;
+        let state = action["state"].as_str().context("action has a state")?;
+        if !matches!(state, "pending" | "delivered") {
+            return Ok(action);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "action {correlation_id} still {state} after 60 s"
+        );
+    }
+}
+
+/// Requests an action and waits for its end.
+pub async fn run(
+    admin: &ApiClient,
+    device: &str,
+    action: &str,
+    input: Value,
+) -> anyhow::Result<Value> {
+    let accepted = request(admin, device, json!({"action": action, "input": input})).await?;
+    let id = accepted["correlationId"]
+        .as_str()
+        .context("correlationId")?;
+    wait_terminal(admin, id).await
+}
+
+pub fn id(action: &Value) -> anyhow::Result<String> {
+    Ok(action["correlationId"]
+        .as_str()
+        .context("action has a correlationId")?
+        .to_owned())
+}
