@@ -1,1 +1,202 @@
-fn main() {}
+//! tether-bench: starts a real tetherd, connects N simulated agents (real MQTT
+//! 5 sessions with mutual TLS), measures action round trips through the API,
+//! and reports memory of the controller and of an idle real tether-agent.
+//!
+//! Build everything in release mode first: `cargo build --release --workspace`,
+//! then `target/release/tether-bench`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use futures::StreamExt;
+use serde_json::json;
+use tether_testkit::sim_agent::{DeviceCredentials, Responder, SimAgent};
+use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tether-bench",
+    about = "Measure tetherd with N simulated agents over real MQTT/TLS sessions"
+)]
+struct Args {
+    /// Simulated agents to connect.
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Actions to time.
+    #[arg(long, default_value_t = 2000)]
+    actions: usize,
+    /// Actions in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Store to run tetherd on.
+    #[arg(long, value_parser = ["sqlite", "postgres"], default_value = "sqlite")]
+    database: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let database = if args.database == "postgres" {
+        Database::Postgres
+    } else {
+        Database::Sqlite
+    };
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let pid = tetherd.pid().context("tetherd runs")?;
+    let idle_controller = rss_kib(pid)?;
+
+    let started = Instant::now();
+    let credentials: Vec<DeviceCredentials> = futures::stream::iter(0..args.agents)
+        .map(|i| {
+            let admin = admin.clone();
+            async move { DeviceCredentials::enroll(&admin, &format!("sim-{i}")).await }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let enrolled_in = started.elapsed();
+
+    let started = Instant::now();
+    let agents: Vec<SimAgent> = futures::stream::iter(credentials.iter())
+        .map(|c| SimAgent::connect(c, Responder::Echo))
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    wait_until(
+        "every simulated agent online",
+        Duration::from_secs(120),
+        || {
+            let admin = admin.clone();
+            let expected = args.agents;
+            async move {
+                let devices = admin.get("/api/v1/devices").await?.expect_status(200)?;
+                let online = devices
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|d| d["presence"] == "online")
+                    .count();
+                Ok((online == expected).then_some(()))
+            }
+        },
+    )
+    .await?;
+    let connected_in = started.elapsed();
+    let controller_connected = rss_kib(pid)?;
+
+    let started = Instant::now();
+    let mut round_trips: Vec<Duration> = futures::stream::iter(0..args.actions)
+        .map(|i| {
+            let admin = admin.clone();
+            let device = format!("sim-{}", i % args.agents);
+            async move { round_trip(&admin, &device).await }
+        })
+        .buffer_unordered(args.concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let elapsed = started.elapsed();
+    round_trips.sort();
+    let controller_loaded = rss_kib(pid)?;
+
+    let agent = Agent::enroll_online(&tetherd, &admin, "real-agent").await?;
+    // Let start-up allocations settle before reading the idle figure.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let agent_rss = rss_kib(agent.pid().context("agent runs")?)?;
+
+    println!(
+        "tether-bench: {} simulated agents, {} actions, concurrency {}, {}",
+        args.agents, args.actions, args.concurrency, args.database
+    );
+    println!(
+        "  enrollment           {:>8.1} s for {} devices",
+        enrolled_in.as_secs_f64(),
+        args.agents
+    );
+    println!(
+        "  connect + birth      {:>8.1} s for {} sessions",
+        connected_in.as_secs_f64(),
+        args.agents
+    );
+    println!(
+        "  action round trip    p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>6.2} ms",
+        ms(percentile(&round_trips, 50.0)),
+        ms(percentile(&round_trips, 99.0)),
+        ms(round_trips.last().copied().unwrap_or_default())
+    );
+    println!(
+        "  throughput           {:>8.0} actions/s",
+        args.actions as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  tetherd RSS          idle {:>7.1} MiB   {} sessions {:>7.1} MiB   after actions {:>7.1} MiB",
+        mib(idle_controller),
+        args.agents,
+        mib(controller_connected),
+        mib(controller_loaded)
+    );
+    println!("  tether-agent RSS     idle {:>7.1} MiB", mib(agent_rss));
+
+    for agent in agents {
+        agent.disconnect().await;
+    }
+    Ok(())
+}
+
+/// From the API request to the device's answer being visible in the API.
+async fn round_trip(admin: &ApiClient, device: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let accepted = admin
+        .post(
+            &format!("/api/v1/devices/{device}/actions"),
+            json!({"action": "get-node-ip"}),
+        )
+        .await?
+        .expect_status(202)?;
+    let id = accepted["correlationId"]
+        .as_str()
+        .context("correlationId")?;
+    let done = admin
+        .get(&format!("/api/v1/actions/{id}?waitSeconds=30"))
+        .await?
+        .expect_status(200)?;
+    anyhow::ensure!(
+        done["state"] == "succeeded",
+        "action did not succeed: {done}"
+    );
+    Ok(started.elapsed())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS in /proc status")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
