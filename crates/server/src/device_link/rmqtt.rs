@@ -19,6 +19,7 @@ mod presence;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use ::rmqtt::codec::types::{MQTT_LEVEL_5, QoS};
 use ::rmqtt::codec::v5::{PublishProperties, SubscribeAckReason};
@@ -251,16 +252,7 @@ impl DeviceLink for RmqttLink {
         let scx = self.scx.clone();
         let device = device.clone();
         self.runtime.spawn(async move {
-            let id = Id::from(scx.node.id(), device.as_str().to_owned().into());
-            let entry = scx.extends.shared().await.entry(id);
-            let kicked = match entry.try_lock().await {
-                // Admin kick with a clean start: the session and its
-                // subscriptions go; rmqtt then reports the disconnect through
-                // the same hook as any other, so `Disconnected` follows.
-                Ok(mut entry) => entry.kick(true, true, true).await.map(|_| ()),
-                Err(e) => Err(e),
-            };
-            match kicked {
+            match kick(&scx, &device).await {
                 Ok(()) => tracing::info!(%device, "disconnected the device's MQTT session"),
                 Err(e) => tracing::warn!(
                     %device,
@@ -270,6 +262,32 @@ impl DeviceLink for RmqttLink {
             }
         });
     }
+}
+
+/// How long `disconnect` waits for a handshake of the same client id to let
+/// go of rmqtt's per-client lock.
+const KICK_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+async fn kick(scx: &ServerContext, device: &DeviceId) -> Result<(), ::rmqtt::Error> {
+    let id = Id::from(scx.node.id(), device.as_str().to_owned().into());
+    let entry = scx.extends.shared().await.entry(id);
+    // rmqtt's per-client lock only has a non-blocking `try_lock`, and a
+    // handshake holds it until CONNACK, i.e. also while we report the
+    // device's `Connected`. Retry until the handshake is done.
+    let deadline = tokio::time::Instant::now() + KICK_LOCK_WAIT;
+    let mut locked = loop {
+        match entry.try_lock().await {
+            Ok(locked) => break locked,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    // Admin kick with a clean start: the session and its subscriptions go;
+    // rmqtt then reports the end through the same hook as any other, so
+    // `Disconnected` follows.
+    locked.kick(true, true, true).await.map(|_| ())
 }
 
 impl LinkState {
