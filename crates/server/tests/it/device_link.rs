@@ -905,3 +905,21 @@ async fn oversized_packets_are_refused() {
         other => panic!("expected only the small event, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_certificate_file_is_a_start_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = generate_pki(dir.path());
+    let config = RmqttConfig::new(
+        "127.0.0.1:0".parse().expect("socket address"),
+        dir.path().join("absent.pem"),
+        pki.server_key.clone(),
+        pki.ca.clone(),
+    );
+    let (tx, _rx) = mpsc::channel(1);
+    match RmqttLink::start(config, Arc::new(Current(pki.current.clone())), tx).await {
+        Err(LinkError::Start { reason, .. }) => assert!(reason.contains("TLS"), "{reason}"),
+        Err(e) => panic!("expected a start error, got {e}"),
+        Ok(_) => panic!("started without a server certificate"),
+    }
+}
