@@ -125,12 +125,11 @@ impl ActionState {
     /// action may end directly; a terminal state never changes.
     pub fn transition(self, to: ActionState) -> Result<ActionState, TransitionError> {
         use ActionState::*;
-        let allowed = match (self, to) {
-            (Pending, Delivered | Expired) => true,
-            (Pending, Succeeded | Failed | Rejected) => true,
-            (Delivered, Delivered | Succeeded | Failed | Rejected | TimedOut) => true,
-            _ => false,
-        };
+        let allowed = matches!(
+            (self, to),
+            (Pending, Delivered | Expired | Succeeded | Failed | Rejected)
+                | (Delivered, Delivered | Succeeded | Failed | Rejected | TimedOut)
+        );
         if allowed {
             Ok(to)
         } else {
