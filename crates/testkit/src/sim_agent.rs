@@ -134,7 +134,7 @@ impl SimAgent {
             &status_topic,
             serde_json::to_vec(&status(Presence::Offline))?,
             QoS::AtLeastOnce,
-            true,
+            false,
             None,
         ));
         let mut network = options.network_options();
@@ -151,7 +151,7 @@ impl SimAgent {
             .publish(
                 &status_topic,
                 QoS::AtLeastOnce,
-                true,
+                false,
                 serde_json::to_vec(&status(Presence::Online))?,
             )
             .await
