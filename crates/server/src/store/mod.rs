@@ -4,9 +4,20 @@
 //! Times are stored as milliseconds since the Unix epoch (`BIGINT`), JSON as
 //! `TEXT`, so the schema is portable between the two databases.
 
+mod actions;
+mod codec;
+mod devices;
+mod enrollment;
+mod telemetry;
+mod users;
+
+use std::str::FromStr;
+
 use chrono::{DateTime, Utc};
+use sqlx::Executor;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
 use tether_proto::api::Labels;
-use tether_proto::metrics::HostMetrics;
 use tether_proto::{ActionState, DeviceId, Presence};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +38,22 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("{what} does not exist")]
+    NotFound { what: String },
+    #[error("could not read column {column} of a stored row")]
+    Decode {
+        column: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("could not encode {what} as JSON")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{what} {value} is too large to store (at most {max})", max = i64::MAX)]
+    TooLarge { what: &'static str, value: u64 },
     #[error("the database holds a value this version cannot read: {0}")]
     Corrupt(String),
 }
@@ -119,214 +146,102 @@ pub struct EventRecord {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: sqlx::AnyPool,
+    postgres: bool,
 }
+
+/// The one set of migrations, for SQLite and PostgreSQL alike.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// SQLite has one writer at a time; in WAL mode readers run beside it. A few
+/// connections let reads proceed while a write is in flight, and every write
+/// is a single statement, so a waiting writer queues on the busy timeout
+/// instead of failing on a lock upgrade.
+const SQLITE_MAX_CONNECTIONS: u32 = 4;
+
+const POSTGRES_MAX_CONNECTIONS: u32 = 10;
 
 impl Store {
     /// Opens `url` (`sqlite://…` or `postgres://…`) and applies migrations.
     /// A SQLite file is created if missing and runs in WAL mode.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        todo!("{url}")
+        sqlx::any::install_default_drivers();
+        let mut options =
+            AnyConnectOptions::from_str(url).map_err(|source| StoreError::Connect {
+                url: without_password(url),
+                source,
+            })?;
+        let postgres = matches!(options.database_url.scheme(), "postgres" | "postgresql");
+        let pool_options = if postgres {
+            AnyPoolOptions::new().max_connections(POSTGRES_MAX_CONNECTIONS)
+        } else {
+            sqlite_pool_options(&mut options)
+        };
+        let pool =
+            pool_options
+                .connect_with(options)
+                .await
+                .map_err(|source| StoreError::Connect {
+                    url: without_password(url),
+                    source,
+                })?;
+        if !postgres {
+            // The journal mode is stored in the file, so once is enough; it
+            // is set before migrations, while the pool has one connection,
+            // because switching needs the database to itself.
+            pool.execute("PRAGMA journal_mode = WAL")
+                .await
+                .map_err(|source| StoreError::Query {
+                    context: "switch SQLite to WAL mode",
+                    source,
+                })?;
+        }
+        MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
+        Ok(Self { pool, postgres })
     }
 
     pub fn is_postgres(&self) -> bool {
-        todo!()
+        self.postgres
     }
+}
 
-    // Devices ---------------------------------------------------------------
-
-    /// `Conflict` if a device of that name exists.
-    pub async fn create_device(
-        &self,
-        name: &DeviceId,
-        labels: &Labels,
-        now: DateTime<Utc>,
-    ) -> Result<DeviceRecord, StoreError> {
-        todo!("{name}{labels:?}{now}")
+fn sqlite_pool_options(options: &mut AnyConnectOptions) -> AnyPoolOptions {
+    let pool_options = AnyPoolOptions::new().after_connect(|conn, _meta| {
+        Box::pin(async move {
+            // sqlx sets both by default today; delete_device relies on
+            // cascades and concurrent writers on the timeout, so they are
+            // stated here rather than inherited.
+            conn.execute("PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000")
+                .await
+                .map(drop)
+        })
+    });
+    let url = &mut options.database_url;
+    if url.as_str().contains(":memory:") {
+        // Through `Any`, every new connection to `sqlite::memory:` opens a
+        // fresh empty database, so there must be exactly one, kept forever.
+        return pool_options
+            .min_connections(1)
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None);
     }
-
-    pub async fn get_device(&self, name: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
-        todo!("{name}")
+    // Create the file on first start, unless the URL chose a mode itself.
+    if !url.query_pairs().any(|(key, _)| key == "mode") {
+        url.query_pairs_mut().append_pair("mode", "rwc");
     }
+    pool_options.max_connections(SQLITE_MAX_CONNECTIONS)
+}
 
-    /// All devices, ordered by name.
-    pub async fn list_devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        todo!()
-    }
-
-    /// Replaces the labels; `None` if the device does not exist.
-    pub async fn set_labels(
-        &self,
-        name: &DeviceId,
-        labels: &Labels,
-    ) -> Result<Option<DeviceRecord>, StoreError> {
-        todo!("{name}{labels:?}")
-    }
-
-    /// Deletes the device with its tokens, actions, events and metrics.
-    /// `false` if it did not exist.
-    pub async fn delete_device(&self, name: &DeviceId) -> Result<bool, StoreError> {
-        todo!("{name}")
-    }
-
-    pub async fn set_certificate_serial(
-        &self,
-        name: &DeviceId,
-        serial_hex: &str,
-    ) -> Result<(), StoreError> {
-        todo!("{name}{serial_hex}")
-    }
-
-    pub async fn set_presence(
-        &self,
-        name: &DeviceId,
-        presence: Presence,
-        last_seen: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        todo!("{name}{presence:?}{last_seen}")
-    }
-
-    pub async fn set_agent_status(
-        &self,
-        name: &DeviceId,
-        agent_version: &str,
-        boot_id: &str,
-        seq: u64,
-    ) -> Result<(), StoreError> {
-        todo!("{name}{agent_version}{boot_id}{seq}")
-    }
-
-    // Enrollment tokens -------------------------------------------------------
-
-    /// Stores a token's hash; earlier unused tokens of the device stay valid
-    /// until they expire.
-    pub async fn insert_enrollment_token(
-        &self,
-        device: &DeviceId,
-        token_hash: &str,
-        expires_at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        todo!("{device}{token_hash}{expires_at}")
-    }
-
-    /// Atomically marks the token used and returns its device, if the token
-    /// exists, is unused and has not expired at `now`. A second call with the
-    /// same token returns `None`, also when two race.
-    pub async fn consume_enrollment_token(
-        &self,
-        token_hash: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<DeviceId>, StoreError> {
-        todo!("{token_hash}{now}")
-    }
-
-    // Users and sessions ---------------------------------------------------------
-
-    /// Creates the user or replaces its password hash and role.
-    pub async fn upsert_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        todo!("{user:?}")
-    }
-
-    pub async fn get_user(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
-        todo!("{username}")
-    }
-
-    pub async fn insert_session(
-        &self,
-        token_hash: &str,
-        username: &str,
-        expires_at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        todo!("{token_hash}{username}{expires_at}")
-    }
-
-    pub async fn get_session(&self, token_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
-        todo!("{token_hash}")
-    }
-
-    // Actions -------------------------------------------------------------------
-
-    /// Stores a new `pending` action with the next per-device `seq`.
-    /// `Conflict` if the correlation id is taken.
-    pub async fn insert_action(&self, action: &NewAction) -> Result<ActionRecord, StoreError> {
-        todo!("{action:?}")
-    }
-
-    pub async fn get_action(&self, correlation_id: &str) -> Result<Option<ActionRecord>, StoreError> {
-        todo!("{correlation_id}")
-    }
-
-    /// The device's actions, newest first, at most `limit`.
-    pub async fn list_actions(
-        &self,
-        device: &DeviceId,
-        limit: u32,
-    ) -> Result<Vec<ActionRecord>, StoreError> {
-        todo!("{device}{limit}")
-    }
-
-    /// The device's `pending` and `delivered` actions in `seq` order.
-    pub async fn open_actions(&self, device: &DeviceId) -> Result<Vec<ActionRecord>, StoreError> {
-        todo!("{device}")
-    }
-
-    /// Moves the action to `to` only if its current state is one of `from`
-    /// (compare-and-set); returns the updated record, or `None` if the action
-    /// does not exist or was in another state.
-    pub async fn transition_action(
-        &self,
-        correlation_id: &str,
-        from: &[ActionState],
-        to: ActionState,
-        outcome: &Outcome,
-    ) -> Result<Option<ActionRecord>, StoreError> {
-        todo!("{correlation_id}{from:?}{to}{outcome:?}")
-    }
-
-    /// `pending` actions whose `expires_at` is at or before `now`.
-    pub async fn expired_pending_actions(
-        &self,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<ActionRecord>, StoreError> {
-        todo!("{now}")
-    }
-
-    /// `delivered` actions whose `delivered_at + timeout_seconds` is at or before `now`.
-    pub async fn overdue_delivered_actions(
-        &self,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<ActionRecord>, StoreError> {
-        todo!("{now}")
-    }
-
-    // Events and metrics ----------------------------------------------------------
-
-    pub async fn insert_event(&self, event: &EventRecord) -> Result<(), StoreError> {
-        todo!("{event:?}")
-    }
-
-    /// The device's events, newest first, at most `limit`.
-    pub async fn list_events(
-        &self,
-        device: &DeviceId,
-        limit: u32,
-    ) -> Result<Vec<EventRecord>, StoreError> {
-        todo!("{device}{limit}")
-    }
-
-    pub async fn insert_metrics(
-        &self,
-        device: &DeviceId,
-        metrics: &HostMetrics,
-    ) -> Result<(), StoreError> {
-        todo!("{device}{metrics:?}")
-    }
-
-    /// The device's metrics samples, newest first, at most `limit`.
-    pub async fn list_metrics(
-        &self,
-        device: &DeviceId,
-        limit: u32,
-    ) -> Result<Vec<HostMetrics>, StoreError> {
-        todo!("{device}{limit}")
+/// The URL for error messages, with any password masked.
+fn without_password(url: &str) -> String {
+    match AnyConnectOptions::from_str(url) {
+        Ok(mut options) if options.database_url.password().is_some() => {
+            // Fails only for URLs that cannot have a password, and this one has.
+            let _ = options.database_url.set_password(Some("***"));
+            options.database_url.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        // An unparsable URL may still contain a secret; show only its scheme.
+        Err(_) => format!("{}:…", url.split(':').next().unwrap_or_default()),
     }
 }

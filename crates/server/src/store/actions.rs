@@ -1,0 +1,281 @@
+//! The `actions` table: each action with its per-device `seq` and its state.
+
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use sqlx::error::ErrorKind;
+use tether_proto::{ActionState, DeviceId};
+
+use super::codec::{
+    device_id, from_json, get, limit, millis, optional_time, time, to_i64, to_json, to_u16, to_u64,
+    violates,
+};
+use super::{ActionRecord, NewAction, Outcome, Store, StoreError};
+
+const COLUMNS: &str = "correlation_id, device, seq, action, input, sealed_input, state, \
+                       status_code, status_message, response, created_at, delivered_at, \
+                       completed_at, expires_at, timeout_seconds";
+
+/// How often `insert_action` computes the next `seq` again after another
+/// replica took the same one. Each retry means a concurrent insert for the
+/// same device succeeded, so a handful covers any realistic burst.
+const SEQ_ATTEMPTS: usize = 8;
+
+impl Store {
+    /// Stores a new `pending` action with the next per-device `seq`.
+    /// `Conflict` if the correlation id is taken, `NotFound` if the device
+    /// does not exist.
+    pub async fn insert_action(&self, action: &NewAction) -> Result<ActionRecord, StoreError> {
+        // One statement computes the seq and inserts, so it is its own
+        // transaction: SQLite serialises writers, and on PostgreSQL two
+        // replicas racing for the same seq make one fail on the unique
+        // (device, seq) index, which then tries again.
+        let sql = format!(
+            "INSERT INTO actions (correlation_id, device, seq, action, input, sealed_input, \
+                                  state, created_at, expires_at, timeout_seconds) \
+             SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, $4, $5, $6, $7, $8, $9 \
+             FROM actions WHERE device = $2 \
+             RETURNING {COLUMNS}"
+        );
+        let input = to_json(&action.input, "action input")?;
+        let timeout_seconds = to_i64(action.timeout_seconds, "action timeout")?;
+        let mut attempt = 1;
+        loop {
+            let result = sqlx::query(&sql)
+                .bind(&action.correlation_id)
+                .bind(action.device.as_str())
+                .bind(&action.action)
+                .bind(&input)
+                .bind(&action.sealed_input)
+                .bind(ActionState::Pending.as_str())
+                .bind(millis(action.created_at))
+                .bind(millis(action.expires_at))
+                .bind(timeout_seconds)
+                .fetch_one(&self.pool)
+                .await;
+            let source = match result {
+                Ok(row) => return action_from_row(&row),
+                Err(source) => source,
+            };
+            if violates(&source, ErrorKind::ForeignKeyViolation) {
+                return Err(StoreError::NotFound {
+                    what: format!("device {}", action.device),
+                });
+            }
+            if violates(&source, ErrorKind::UniqueViolation) {
+                // Either the correlation id is taken, or another writer took
+                // the seq; only the first is final.
+                if self.get_action(&action.correlation_id).await?.is_some() {
+                    return Err(StoreError::Conflict {
+                        what: format!("action {}", action.correlation_id),
+                    });
+                }
+                if attempt < SEQ_ATTEMPTS {
+                    attempt += 1;
+                    continue;
+                }
+            }
+            return Err(StoreError::Query {
+                context: "store an action",
+                source,
+            });
+        }
+    }
+
+    pub async fn get_action(
+        &self,
+        correlation_id: &str,
+    ) -> Result<Option<ActionRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM actions WHERE correlation_id = $1");
+        let row = sqlx::query(&sql)
+            .bind(correlation_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "read an action",
+                source,
+            })?;
+        row.as_ref().map(action_from_row).transpose()
+    }
+
+    /// The device's actions, newest first, at most `limit`.
+    pub async fn list_actions(
+        &self,
+        device: &DeviceId,
+        limit: u32,
+    ) -> Result<Vec<ActionRecord>, StoreError> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM actions WHERE device = $1 ORDER BY seq DESC LIMIT $2");
+        let rows = sqlx::query(&sql)
+            .bind(device.as_str())
+            .bind(self::limit(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "list a device's actions",
+                source,
+            })?;
+        rows.iter().map(action_from_row).collect()
+    }
+
+    /// The device's `pending` and `delivered` actions in `seq` order.
+    pub async fn open_actions(&self, device: &DeviceId) -> Result<Vec<ActionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM actions WHERE device = $1 AND state IN ($2, $3) ORDER BY seq"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(device.as_str())
+            .bind(ActionState::Pending.as_str())
+            .bind(ActionState::Delivered.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "list a device's open actions",
+                source,
+            })?;
+        rows.iter().map(action_from_row).collect()
+    }
+
+    /// Moves the action to `to` only if its current state is one of `from`
+    /// (compare-and-set); returns the updated record, or `None` if the action
+    /// does not exist or was in another state.
+    ///
+    /// `Delivered` sets `delivered_at` to `outcome.at`; a terminal state sets
+    /// `completed_at`, the status and the response, and drops `sealed_input`.
+    pub async fn transition_action(
+        &self,
+        correlation_id: &str,
+        from: &[ActionState],
+        to: ActionState,
+        outcome: &Outcome,
+    ) -> Result<Option<ActionRecord>, StoreError> {
+        if from.is_empty() {
+            return Ok(None);
+        }
+        let response = outcome
+            .response
+            .as_ref()
+            .map(|response| to_json(response, "action response"))
+            .transpose()?;
+        // Placeholders are numbered in the order they appear in the text and
+        // bound in that order too.
+        let mut sql = String::from("UPDATE actions SET state = $1");
+        let mut next = 2;
+        if to == ActionState::Delivered {
+            sql.push_str(", delivered_at = $2");
+            next = 3;
+        } else if to.is_terminal() {
+            sql.push_str(
+                ", completed_at = $2, status_code = $3, status_message = $4, response = $5, \
+                 sealed_input = NULL",
+            );
+            next = 6;
+        }
+        sql.push_str(&format!(" WHERE correlation_id = ${next} AND state IN ("));
+        let states: Vec<String> = (0..from.len())
+            .map(|i| format!("${}", next + 1 + i))
+            .collect();
+        sql.push_str(&states.join(", "));
+        sql.push_str(&format!(") RETURNING {COLUMNS}"));
+
+        let mut query = sqlx::query(&sql).bind(to.as_str());
+        if to == ActionState::Delivered {
+            query = query.bind(millis(outcome.at));
+        } else if to.is_terminal() {
+            query = query
+                .bind(millis(outcome.at))
+                .bind(outcome.status_code.map(i64::from))
+                .bind(outcome.status_message.as_deref())
+                .bind(response);
+        }
+        query = query.bind(correlation_id);
+        for state in from {
+            query = query.bind(state.as_str());
+        }
+        let row = query
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "change an action's state",
+                source,
+            })?;
+        row.as_ref().map(action_from_row).transpose()
+    }
+
+    /// `pending` actions whose `expires_at` is at or before `now`, by device
+    /// and `seq`.
+    pub async fn expired_pending_actions(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ActionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM actions WHERE state = $1 AND expires_at <= $2 \
+             ORDER BY device, seq"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(ActionState::Pending.as_str())
+            .bind(millis(now))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "find expired actions",
+                source,
+            })?;
+        rows.iter().map(action_from_row).collect()
+    }
+
+    /// `delivered` actions whose `delivered_at + timeout_seconds` is at or
+    /// before `now`, by device and `seq`.
+    pub async fn overdue_delivered_actions(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ActionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM actions \
+             WHERE state = $1 AND delivered_at + timeout_seconds * 1000 <= $2 \
+             ORDER BY device, seq"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(ActionState::Delivered.as_str())
+            .bind(millis(now))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "find overdue actions",
+                source,
+            })?;
+        rows.iter().map(action_from_row).collect()
+    }
+}
+
+fn action_from_row(row: &AnyRow) -> Result<ActionRecord, StoreError> {
+    let correlation_id: String = get(row, "correlation_id")?;
+    let what = |column: &str| format!("{column} of action {correlation_id}");
+    let state: String = get(row, "state")?;
+    let state = ActionState::parse(&state).ok_or_else(|| {
+        StoreError::Corrupt(format!("{} is {state:?}, not a known state", what("state")))
+    })?;
+    let input: String = get(row, "input")?;
+    let response: Option<String> = get(row, "response")?;
+    let status_code: Option<i64> = get(row, "status_code")?;
+    Ok(ActionRecord {
+        device: device_id(get(row, "device")?)?,
+        seq: to_u64(get(row, "seq")?, &what("seq"))?,
+        action: get(row, "action")?,
+        input: from_json(&input, &what("input"))?,
+        sealed_input: get(row, "sealed_input")?,
+        state,
+        status_code: status_code
+            .map(|code| to_u16(code, &what("status_code")))
+            .transpose()?,
+        status_message: get(row, "status_message")?,
+        response: response
+            .map(|response| from_json(&response, &what("response")))
+            .transpose()?,
+        created_at: time(get(row, "created_at")?, &what("created_at"))?,
+        delivered_at: optional_time(get(row, "delivered_at")?, &what("delivered_at"))?,
+        completed_at: optional_time(get(row, "completed_at")?, &what("completed_at"))?,
+        expires_at: time(get(row, "expires_at")?, &what("expires_at"))?,
+        timeout_seconds: to_u64(get(row, "timeout_seconds")?, &what("timeout_seconds"))?,
+        correlation_id,
+    })
+}
