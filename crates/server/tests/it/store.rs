@@ -1,0 +1,959 @@
+//! The store's contract, written once and run on SQLite and on PostgreSQL.
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Duration, Utc};
+use futures::future::join_all;
+use serde_json::json;
+use sqlx::Executor;
+use tempfile::TempDir;
+use tether_proto::api::Labels;
+use tether_proto::metrics::HostMetrics;
+use tether_proto::{ActionState, DeviceId, Presence};
+use tether_server::store::{EventRecord, NewAction, Outcome, Store, StoreError, UserRecord};
+use tether_testkit::postgres::TempPostgres;
+
+/// One cluster per test process: `initdb` takes seconds, a database does not.
+/// It is never dropped; its reaper removes it when the process exits.
+static CLUSTER: LazyLock<TempPostgres> =
+    LazyLock::new(|| TempPostgres::start().expect("start a throwaway PostgreSQL 15"));
+
+/// An empty database for one test, and what keeps it alive.
+struct TestDb {
+    url: String,
+    _dir: Option<TempDir>,
+}
+
+impl TestDb {
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("create a temp dir for SQLite");
+        let url = format!("sqlite://{}", dir.path().join("tether.db").display());
+        Self {
+            url,
+            _dir: Some(dir),
+        }
+    }
+
+    fn postgres() -> Self {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let url = CLUSTER
+            .create_database(&name)
+            .expect("create a database for the test");
+        Self { url, _dir: None }
+    }
+
+    async fn connect(&self) -> Store {
+        Store::connect(&self.url).await.expect("connect the store")
+    }
+
+    /// A connection beside the store's, to see and spoil what it wrote.
+    async fn raw(&self) -> sqlx::AnyPool {
+        sqlx::AnyPool::connect(&self.url)
+            .await
+            .expect("open a raw connection")
+    }
+}
+
+/// Generates `sqlite::<test>` and `postgres::<test>` for every test; `store`
+/// tests get a connected store, `db` tests the database to connect to.
+macro_rules! on_both_databases {
+    (store: [$($store_test:ident),* $(,)?], db: [$($db_test:ident),* $(,)?] $(,)?) => {
+        on_both_databases!(@backend sqlite, sqlite, [$($store_test),*], [$($db_test),*]);
+        on_both_databases!(@backend postgres, postgres, [$($store_test),*], [$($db_test),*]);
+    };
+    (@backend $module:ident, $make:ident, [$($store_test:ident),*], [$($db_test:ident),*]) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $store_test() {
+                    let db = super::TestDb::$make();
+                    super::$store_test(db.connect().await).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $db_test() {
+                    let db = super::TestDb::$make();
+                    super::$db_test(&db).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_databases! {
+    store: [
+        devices_are_created_once_read_and_listed_by_name,
+        labels_are_replaced,
+        device_status_is_stored,
+        deleting_a_device_removes_everything_it_owns,
+        enrollment_token_works_exactly_once,
+        concurrent_consumers_of_a_token_have_one_winner,
+        expired_enrollment_token_is_refused,
+        users_are_upserted_and_sessions_stored,
+        actions_get_a_seq_per_device_in_order,
+        concurrent_inserts_get_distinct_seqs,
+        duplicate_correlation_id_is_a_conflict,
+        transitions_are_compare_and_set,
+        open_actions_are_pending_and_delivered_in_seq_order,
+        expired_pending_actions_are_selected_by_time,
+        overdue_delivered_actions_are_selected_by_time,
+        events_are_listed_newest_first,
+        metrics_are_listed_newest_first,
+    ],
+    db: [
+        migrations_are_idempotent,
+        corrupt_values_are_errors,
+    ],
+}
+
+// Helpers -----------------------------------------------------------------------
+
+/// A fixed instant plus `millis`: whole milliseconds, as the store keeps them.
+fn at(millis: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(1_700_000_000_000 + millis).expect("a valid instant")
+}
+
+fn id(name: &str) -> DeviceId {
+    DeviceId::new(name).expect("a valid device name")
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
+}
+
+async fn device(store: &Store, name: &str) -> DeviceId {
+    let name = id(name);
+    store
+        .create_device(&name, &Labels::new(), at(0))
+        .await
+        .expect("create a device");
+    name
+}
+
+fn new_action(correlation_id: &str, device: &DeviceId) -> NewAction {
+    NewAction {
+        correlation_id: correlation_id.to_owned(),
+        device: device.clone(),
+        action: "get-node-ip".to_owned(),
+        input: json!({"interface": "eth0", "password": "<redacted>"}),
+        sealed_input: format!("sealed:{correlation_id}"),
+        created_at: at(0),
+        expires_at: at(60_000),
+        timeout_seconds: 30,
+    }
+}
+
+fn outcome(millis: i64) -> Outcome {
+    Outcome {
+        at: at(millis),
+        status_code: Some(200),
+        status_message: Some("OK".to_owned()),
+        response: Some(json!({"ip": "10.0.0.7"})),
+    }
+}
+
+fn event(id: &str, device: &DeviceId, millis: i64) -> EventRecord {
+    EventRecord {
+        id: id.to_owned(),
+        device: device.clone(),
+        correlation_id: Some(format!("c-{id}")),
+        event: "get-node-ip".to_owned(),
+        status_code: 200,
+        status_message: "OK".to_owned(),
+        response: json!({"n": millis}),
+        received_at: at(millis),
+    }
+}
+
+fn sample(millis: i64) -> HostMetrics {
+    HostMetrics {
+        sampled_at: at(millis),
+        cpu_percent: 12.5,
+        memory_used_bytes: 1 << 30,
+        memory_total_bytes: 1 << 33,
+        disk_used_bytes: 5_000_000_000,
+        disk_total_bytes: 64_000_000_000,
+        network_rx_bytes: 1234,
+        network_tx_bytes: u64::try_from(millis).expect("a positive offset"),
+    }
+}
+
+fn correlation_ids(actions: &[tether_server::store::ActionRecord]) -> Vec<&str> {
+    actions
+        .iter()
+        .map(|action| action.correlation_id.as_str())
+        .collect()
+}
+
+// Devices -------------------------------------------------------------------------
+
+async fn devices_are_created_once_read_and_listed_by_name(store: Store) {
+    let name = id("edge-2");
+    let created = store
+        .create_device(&name, &labels(&[("site", "berlin")]), at(5))
+        .await
+        .expect("create edge-2");
+    assert_eq!(created.name, name);
+    assert_eq!(created.labels, labels(&[("site", "berlin")]));
+    assert_eq!(created.presence, Presence::Offline);
+    assert_eq!(created.certificate_serial, None);
+    assert_eq!(created.last_seen, None);
+    assert_eq!(created.status_seq, 0);
+    assert_eq!(created.created_at, at(5));
+
+    let again = store.create_device(&name, &Labels::new(), at(6)).await;
+    match again {
+        Err(StoreError::Conflict { what }) => assert_eq!(what, "device edge-2"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+
+    assert_eq!(
+        store.get_device(&name).await.expect("get edge-2"),
+        Some(created.clone())
+    );
+    assert_eq!(store.get_device(&id("nope")).await.expect("get nope"), None);
+
+    device(&store, "edge-1").await;
+    device(&store, "a-first").await;
+    let names: Vec<String> = store
+        .list_devices()
+        .await
+        .expect("list devices")
+        .into_iter()
+        .map(|device| device.name.to_string())
+        .collect();
+    assert_eq!(names, ["a-first", "edge-1", "edge-2"]);
+}
+
+async fn labels_are_replaced(store: Store) {
+    let name = id("edge-1");
+    store
+        .create_device(&name, &labels(&[("a", "1"), ("b", "2")]), at(0))
+        .await
+        .expect("create edge-1");
+    let updated = store
+        .set_labels(&name, &labels(&[("c", "3")]))
+        .await
+        .expect("set labels")
+        .expect("edge-1 exists");
+    assert_eq!(updated.labels, labels(&[("c", "3")]));
+    let read = store.get_device(&name).await.expect("get edge-1");
+    assert_eq!(
+        read.map(|device| device.labels),
+        Some(labels(&[("c", "3")]))
+    );
+    assert_eq!(
+        store
+            .set_labels(&id("nope"), &Labels::new())
+            .await
+            .expect("set labels of a missing device"),
+        None
+    );
+}
+
+async fn device_status_is_stored(store: Store) {
+    let name = device(&store, "edge-1").await;
+    store
+        .set_certificate_serial(&name, "0a1b2c")
+        .await
+        .expect("set serial");
+    store
+        .set_presence(&name, Presence::Online, at(1_000))
+        .await
+        .expect("set presence");
+    store
+        .set_agent_status(&name, "0.1.0", "boot-1", 7)
+        .await
+        .expect("set agent status");
+    let read = store
+        .get_device(&name)
+        .await
+        .expect("get edge-1")
+        .expect("edge-1 exists");
+    assert_eq!(read.certificate_serial.as_deref(), Some("0a1b2c"));
+    assert_eq!(read.presence, Presence::Online);
+    assert_eq!(read.last_seen, Some(at(1_000)));
+    assert_eq!(read.agent_version.as_deref(), Some("0.1.0"));
+    assert_eq!(read.boot_id.as_deref(), Some("boot-1"));
+    assert_eq!(read.status_seq, 7);
+
+    let missing = id("gone");
+    match store.set_certificate_serial(&missing, "ff").await {
+        Err(StoreError::NotFound { what }) => assert_eq!(what, "device gone"),
+        other => panic!("expected not found, got {other:?}"),
+    }
+    // Presence of a device deleted meanwhile is dropped quietly.
+    store
+        .set_presence(&missing, Presence::Offline, at(2_000))
+        .await
+        .expect("presence of a missing device");
+    match store
+        .set_agent_status(&name, "0.1.0", "boot-1", u64::MAX)
+        .await
+    {
+        Err(StoreError::TooLarge { value, .. }) => assert_eq!(value, u64::MAX),
+        other => panic!("expected too large, got {other:?}"),
+    }
+}
+
+async fn deleting_a_device_removes_everything_it_owns(store: Store) {
+    let doomed = device(&store, "doomed").await;
+    let kept = device(&store, "kept").await;
+    for name in [&doomed, &kept] {
+        store
+            .insert_enrollment_token(name, &format!("token-{name}"), at(60_000))
+            .await
+            .expect("insert a token");
+        store
+            .insert_action(&new_action(&format!("action-{name}"), name))
+            .await
+            .expect("insert an action");
+        store
+            .insert_event(&event(&format!("event-{name}"), name, 1))
+            .await
+            .expect("insert an event");
+        store
+            .insert_metrics(name, &sample(1))
+            .await
+            .expect("insert metrics");
+    }
+
+    assert!(store.delete_device(&doomed).await.expect("delete doomed"));
+    assert!(
+        !store
+            .delete_device(&doomed)
+            .await
+            .expect("delete doomed again")
+    );
+
+    assert_eq!(store.get_device(&doomed).await.expect("get doomed"), None);
+    assert_eq!(
+        store
+            .consume_enrollment_token("token-doomed", at(0))
+            .await
+            .expect("consume doomed's token"),
+        None
+    );
+    assert_eq!(
+        store
+            .get_action("action-doomed")
+            .await
+            .expect("get doomed's action"),
+        None
+    );
+    assert!(
+        store
+            .list_events(&doomed, 10)
+            .await
+            .expect("events")
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_metrics(&doomed, 10)
+            .await
+            .expect("metrics")
+            .is_empty()
+    );
+
+    // A device of the same name starts from nothing: no old actions, seq 1.
+    let reborn = device(&store, "doomed").await;
+    let first = store
+        .insert_action(&new_action("action-reborn", &reborn))
+        .await
+        .expect("insert into the re-created device");
+    assert_eq!(first.seq, 1);
+
+    assert_eq!(
+        store
+            .consume_enrollment_token("token-kept", at(0))
+            .await
+            .expect("consume kept's token"),
+        Some(kept.clone())
+    );
+    assert!(
+        store
+            .get_action("action-kept")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    assert_eq!(store.list_events(&kept, 10).await.expect("events").len(), 1);
+    assert_eq!(
+        store.list_metrics(&kept, 10).await.expect("metrics").len(),
+        1
+    );
+}
+
+// Enrollment tokens ---------------------------------------------------------------------
+
+async fn enrollment_token_works_exactly_once(store: Store) {
+    let name = device(&store, "edge-1").await;
+    store
+        .insert_enrollment_token(&name, "hash-1", at(60_000))
+        .await
+        .expect("insert hash-1");
+    store
+        .insert_enrollment_token(&name, "hash-2", at(60_000))
+        .await
+        .expect("insert hash-2");
+    assert_eq!(
+        store
+            .consume_enrollment_token("hash-1", at(1_000))
+            .await
+            .expect("first use"),
+        Some(name.clone())
+    );
+    assert_eq!(
+        store
+            .consume_enrollment_token("hash-1", at(1_001))
+            .await
+            .expect("second use"),
+        None
+    );
+    // An earlier token stays valid beside a newer one.
+    assert_eq!(
+        store
+            .consume_enrollment_token("hash-2", at(1_002))
+            .await
+            .expect("use hash-2"),
+        Some(name)
+    );
+    assert_eq!(
+        store
+            .consume_enrollment_token("unknown", at(0))
+            .await
+            .expect("use an unknown token"),
+        None
+    );
+    match store
+        .insert_enrollment_token(&id("gone"), "hash-3", at(60_000))
+        .await
+    {
+        Err(StoreError::NotFound { what }) => assert_eq!(what, "device gone"),
+        other => panic!("expected not found, got {other:?}"),
+    }
+}
+
+async fn concurrent_consumers_of_a_token_have_one_winner(store: Store) {
+    let name = device(&store, "edge-1").await;
+    store
+        .insert_enrollment_token(&name, "contested", at(60_000))
+        .await
+        .expect("insert the token");
+    let attempts = (0..8).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.consume_enrollment_token("contested", at(1)).await })
+    });
+    let winners: Vec<DeviceId> = join_all(attempts)
+        .await
+        .into_iter()
+        .filter_map(|joined| joined.expect("task finished").expect("consume"))
+        .collect();
+    assert_eq!(winners, [name]);
+}
+
+async fn expired_enrollment_token_is_refused(store: Store) {
+    let name = device(&store, "edge-1").await;
+    store
+        .insert_enrollment_token(&name, "old", at(1_000))
+        .await
+        .expect("insert the token");
+    // Valid strictly before `expires_at`.
+    assert_eq!(
+        store
+            .consume_enrollment_token("old", at(1_000))
+            .await
+            .expect("use at expiry"),
+        None
+    );
+    assert_eq!(
+        store
+            .consume_enrollment_token("old", at(999))
+            .await
+            .expect("use before expiry"),
+        Some(name)
+    );
+}
+
+// Users and sessions ------------------------------------------------------------------
+
+async fn users_are_upserted_and_sessions_stored(store: Store) {
+    let mut admin = UserRecord {
+        username: "admin".to_owned(),
+        password_hash: "sha256:00:11".to_owned(),
+        role: "admin".to_owned(),
+    };
+    store.upsert_user(&admin).await.expect("create admin");
+    assert_eq!(
+        store.get_user("admin").await.expect("get admin"),
+        Some(admin.clone())
+    );
+    admin.password_hash = "sha256:22:33".to_owned();
+    admin.role = "viewer".to_owned();
+    store.upsert_user(&admin).await.expect("update admin");
+    assert_eq!(
+        store.get_user("admin").await.expect("get admin"),
+        Some(admin)
+    );
+    assert_eq!(store.get_user("nobody").await.expect("get nobody"), None);
+
+    store
+        .insert_session("session-hash", "admin", at(3_600_000))
+        .await
+        .expect("insert a session");
+    let session = store
+        .get_session("session-hash")
+        .await
+        .expect("get the session")
+        .expect("the session exists");
+    assert_eq!(session.username, "admin");
+    assert_eq!(session.expires_at, at(3_600_000));
+    assert_eq!(store.get_session("other").await.expect("get other"), None);
+    match store.insert_session("s2", "nobody", at(1)).await {
+        Err(StoreError::NotFound { what }) => assert_eq!(what, "user nobody"),
+        other => panic!("expected not found, got {other:?}"),
+    }
+}
+
+// Actions ---------------------------------------------------------------------------------
+
+async fn actions_get_a_seq_per_device_in_order(store: Store) {
+    let one = device(&store, "one").await;
+    let two = device(&store, "two").await;
+    let mut seqs = Vec::new();
+    for (correlation_id, device) in [
+        ("a", &one),
+        ("b", &two),
+        ("c", &one),
+        ("d", &one),
+        ("e", &two),
+    ] {
+        let stored = store
+            .insert_action(&new_action(correlation_id, device))
+            .await
+            .expect("insert an action");
+        seqs.push(stored.seq);
+    }
+    assert_eq!(seqs, [1, 1, 2, 3, 2]);
+
+    let stored = store
+        .get_action("a")
+        .await
+        .expect("get a")
+        .expect("a exists");
+    assert_eq!(stored.device, one);
+    assert_eq!(stored.action, "get-node-ip");
+    assert_eq!(
+        stored.input,
+        json!({"interface": "eth0", "password": "<redacted>"})
+    );
+    assert_eq!(stored.sealed_input.as_deref(), Some("sealed:a"));
+    assert_eq!(stored.state, ActionState::Pending);
+    assert_eq!(stored.status_code, None);
+    assert_eq!(stored.response, None);
+    assert_eq!(stored.created_at, at(0));
+    assert_eq!(stored.expires_at, at(60_000));
+    assert_eq!(stored.delivered_at, None);
+    assert_eq!(stored.completed_at, None);
+    assert_eq!(stored.timeout_seconds, 30);
+    assert_eq!(store.get_action("zzz").await.expect("get zzz"), None);
+
+    let newest_first = store
+        .list_actions(&one, 2)
+        .await
+        .expect("list one's actions");
+    assert_eq!(correlation_ids(&newest_first), ["d", "c"]);
+    let all = store
+        .list_actions(&one, 10)
+        .await
+        .expect("list one's actions");
+    assert_eq!(correlation_ids(&all), ["d", "c", "a"]);
+}
+
+async fn concurrent_inserts_get_distinct_seqs(store: Store) {
+    let name = device(&store, "busy").await;
+    let inserts = (0..8).map(|i| {
+        let store = store.clone();
+        let action = new_action(&format!("concurrent-{i}"), &name);
+        tokio::spawn(async move { store.insert_action(&action).await })
+    });
+    let mut seqs: Vec<u64> = join_all(inserts)
+        .await
+        .into_iter()
+        .map(|joined| joined.expect("task finished").expect("insert").seq)
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=8).collect::<Vec<u64>>());
+}
+
+async fn duplicate_correlation_id_is_a_conflict(store: Store) {
+    let one = device(&store, "one").await;
+    let two = device(&store, "two").await;
+    store
+        .insert_action(&new_action("same", &one))
+        .await
+        .expect("insert the first");
+    // Also on another device: correlation ids are global.
+    for device in [&one, &two] {
+        match store.insert_action(&new_action("same", device)).await {
+            Err(StoreError::Conflict { what }) => assert_eq!(what, "action same"),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+    match store.insert_action(&new_action("lost", &id("gone"))).await {
+        Err(StoreError::NotFound { what }) => assert_eq!(what, "device gone"),
+        other => panic!("expected not found, got {other:?}"),
+    }
+    // The failed attempts did not use up a seq.
+    let next = store
+        .insert_action(&new_action("next", &one))
+        .await
+        .expect("insert the next");
+    assert_eq!(next.seq, 2);
+}
+
+async fn transitions_are_compare_and_set(store: Store) {
+    use ActionState::*;
+    let name = device(&store, "edge-1").await;
+    store
+        .insert_action(&new_action("c1", &name))
+        .await
+        .expect("insert c1");
+
+    // Wrong from-state: nothing changes.
+    assert_eq!(
+        store
+            .transition_action("c1", &[Delivered], Succeeded, &outcome(5))
+            .await
+            .expect("transition from the wrong state"),
+        None
+    );
+    assert_eq!(
+        store
+            .transition_action("c1", &[], Delivered, &outcome(5))
+            .await
+            .expect("transition from no state"),
+        None
+    );
+    assert_eq!(
+        store
+            .transition_action("missing", &[Pending], Delivered, &outcome(5))
+            .await
+            .expect("transition a missing action"),
+        None
+    );
+
+    let delivered = store
+        .transition_action("c1", &[Pending, Delivered], Delivered, &outcome(10))
+        .await
+        .expect("deliver")
+        .expect("c1 was pending");
+    assert_eq!(delivered.state, Delivered);
+    assert_eq!(delivered.delivered_at, Some(at(10)));
+    assert_eq!(delivered.sealed_input.as_deref(), Some("sealed:c1"));
+    assert_eq!(delivered.status_code, None);
+    assert_eq!(delivered.completed_at, None);
+
+    let done = store
+        .transition_action("c1", &[Pending, Delivered], Succeeded, &outcome(20))
+        .await
+        .expect("complete")
+        .expect("c1 was delivered");
+    assert_eq!(done.state, Succeeded);
+    assert_eq!(done.delivered_at, Some(at(10)));
+    assert_eq!(done.completed_at, Some(at(20)));
+    assert_eq!(done.status_code, Some(200));
+    assert_eq!(done.status_message.as_deref(), Some("OK"));
+    assert_eq!(done.response, Some(json!({"ip": "10.0.0.7"})));
+    assert_eq!(done.sealed_input, None);
+    assert_eq!(
+        store.get_action("c1").await.expect("get c1"),
+        Some(done.clone())
+    );
+
+    // Terminal: a late timeout does not overwrite the result.
+    assert_eq!(
+        store
+            .transition_action("c1", &[Pending, Delivered], TimedOut, &outcome(30))
+            .await
+            .expect("time out a finished action"),
+        None
+    );
+    assert_eq!(store.get_action("c1").await.expect("get c1"), Some(done));
+
+    // A terminal state without a status or response stores NULLs.
+    store
+        .insert_action(&new_action("c2", &name))
+        .await
+        .expect("insert c2");
+    let expired = store
+        .transition_action(
+            "c2",
+            &[Pending],
+            Expired,
+            &Outcome {
+                at: at(40),
+                status_code: None,
+                status_message: None,
+                response: None,
+            },
+        )
+        .await
+        .expect("expire")
+        .expect("c2 was pending");
+    assert_eq!(expired.state, Expired);
+    assert_eq!(expired.completed_at, Some(at(40)));
+    assert_eq!(expired.status_code, None);
+    assert_eq!(expired.response, None);
+    assert_eq!(expired.sealed_input, None);
+}
+
+async fn open_actions_are_pending_and_delivered_in_seq_order(store: Store) {
+    use ActionState::*;
+    let name = device(&store, "edge-1").await;
+    let other = device(&store, "edge-2").await;
+    for correlation_id in ["a1", "a2", "a3", "a4"] {
+        store
+            .insert_action(&new_action(correlation_id, &name))
+            .await
+            .expect("insert an action");
+    }
+    store
+        .insert_action(&new_action("elsewhere", &other))
+        .await
+        .expect("insert on edge-2");
+    store
+        .transition_action("a1", &[Pending], Delivered, &outcome(1))
+        .await
+        .expect("deliver a1")
+        .expect("a1 was pending");
+    store
+        .transition_action("a2", &[Pending], Failed, &outcome(1))
+        .await
+        .expect("fail a2")
+        .expect("a2 was pending");
+    let open = store.open_actions(&name).await.expect("open actions");
+    assert_eq!(correlation_ids(&open), ["a1", "a3", "a4"]);
+    assert_eq!(
+        open.iter().map(|action| action.state).collect::<Vec<_>>(),
+        [Delivered, Pending, Pending]
+    );
+}
+
+async fn expired_pending_actions_are_selected_by_time(store: Store) {
+    use ActionState::*;
+    let name = device(&store, "edge-1").await;
+    for (correlation_id, expires_at) in [("early", 1_000), ("on-time", 2_000), ("late", 3_000)] {
+        let mut action = new_action(correlation_id, &name);
+        action.expires_at = at(expires_at);
+        store
+            .insert_action(&action)
+            .await
+            .expect("insert an action");
+    }
+    let mut delivered = new_action("delivered", &name);
+    delivered.expires_at = at(0);
+    store.insert_action(&delivered).await.expect("insert");
+    store
+        .transition_action("delivered", &[Pending], Delivered, &outcome(0))
+        .await
+        .expect("deliver")
+        .expect("was pending");
+
+    let expired = store
+        .expired_pending_actions(at(2_000))
+        .await
+        .expect("expired actions");
+    assert_eq!(correlation_ids(&expired), ["early", "on-time"]);
+    assert!(
+        store
+            .expired_pending_actions(at(999))
+            .await
+            .expect("expired actions")
+            .is_empty()
+    );
+}
+
+async fn overdue_delivered_actions_are_selected_by_time(store: Store) {
+    use ActionState::*;
+    let name = device(&store, "edge-1").await;
+    // Deadlines: quick 1 s after 0 → 1_000; slow 5 s after 0 → 5_000;
+    // late-delivery 1 s after 4_000 → 5_000.
+    for (correlation_id, timeout_seconds, delivered_at) in
+        [("quick", 1, 0), ("slow", 5, 0), ("late-delivery", 1, 4_000)]
+    {
+        let mut action = new_action(correlation_id, &name);
+        action.timeout_seconds = timeout_seconds;
+        store.insert_action(&action).await.expect("insert");
+        store
+            .transition_action(
+                correlation_id,
+                &[Pending],
+                Delivered,
+                &outcome(delivered_at),
+            )
+            .await
+            .expect("deliver")
+            .expect("was pending");
+    }
+    // Pending actions never time out, however old.
+    let mut pending = new_action("pending", &name);
+    pending.timeout_seconds = 0;
+    store.insert_action(&pending).await.expect("insert");
+
+    let at_1s = store
+        .overdue_delivered_actions(at(1_000))
+        .await
+        .expect("overdue at 1 s");
+    assert_eq!(correlation_ids(&at_1s), ["quick"]);
+    let at_5s = store
+        .overdue_delivered_actions(at(5_000))
+        .await
+        .expect("overdue at 5 s");
+    assert_eq!(correlation_ids(&at_5s), ["quick", "slow", "late-delivery"]);
+    assert!(
+        store
+            .overdue_delivered_actions(at(999))
+            .await
+            .expect("overdue before any deadline")
+            .is_empty()
+    );
+}
+
+// Events and metrics ------------------------------------------------------------------
+
+async fn events_are_listed_newest_first(store: Store) {
+    let name = device(&store, "edge-1").await;
+    let other = device(&store, "edge-2").await;
+    for (id, millis) in [("e1", 10), ("e3", 30), ("e2", 20)] {
+        store
+            .insert_event(&event(id, &name, millis))
+            .await
+            .expect("insert an event");
+    }
+    store
+        .insert_event(&event("x", &other, 40))
+        .await
+        .expect("insert on edge-2");
+    match store.insert_event(&event("e1", &name, 50)).await {
+        Err(StoreError::Conflict { what }) => assert_eq!(what, "event e1"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+
+    let events = store.list_events(&name, 2).await.expect("list events");
+    assert_eq!(events, [event("e3", &name, 30), event("e2", &name, 20)]);
+    let uncorrelated = EventRecord {
+        correlation_id: None,
+        ..event("e4", &name, 40)
+    };
+    store
+        .insert_event(&uncorrelated)
+        .await
+        .expect("insert an uncorrelated event");
+    let events = store.list_events(&name, 10).await.expect("list events");
+    assert_eq!(events.len(), 4);
+    assert_eq!(events[0], uncorrelated);
+}
+
+async fn metrics_are_listed_newest_first(store: Store) {
+    let name = device(&store, "edge-1").await;
+    for millis in [1_000, 3_000, 2_000] {
+        store
+            .insert_metrics(&name, &sample(millis))
+            .await
+            .expect("insert a sample");
+    }
+    // A sample sent twice is stored once.
+    store
+        .insert_metrics(&name, &sample(3_000))
+        .await
+        .expect("insert a resent sample");
+    let samples = store.list_metrics(&name, 2).await.expect("list metrics");
+    assert_eq!(samples, [sample(3_000), sample(2_000)]);
+    assert_eq!(store.list_metrics(&name, 10).await.expect("list").len(), 3);
+    match store.insert_metrics(&id("gone"), &sample(1)).await {
+        Err(StoreError::NotFound { what }) => assert_eq!(what, "device gone"),
+        other => panic!("expected not found, got {other:?}"),
+    }
+}
+
+// Schema ------------------------------------------------------------------------------------
+
+async fn migrations_are_idempotent(db: &TestDb) {
+    let first = db.connect().await;
+    let name = device(&first, "edge-1").await;
+    // A second store on the same database, while the first is open, as a
+    // second replica (or a restarted tetherd) would.
+    let second = db.connect().await;
+    assert!(
+        second
+            .get_device(&name)
+            .await
+            .expect("get edge-1")
+            .is_some()
+    );
+    drop(first);
+    drop(second);
+    let third = db.connect().await;
+    assert!(third.get_device(&name).await.expect("get edge-1").is_some());
+    assert_eq!(third.is_postgres(), db.url.starts_with("postgres"));
+
+    if !third.is_postgres() {
+        let mode: (String,) = sqlx::query_as("PRAGMA journal_mode")
+            .fetch_one(&db.raw().await)
+            .await
+            .expect("read the journal mode");
+        assert_eq!(mode.0, "wal");
+    }
+}
+
+async fn corrupt_values_are_errors(db: &TestDb) {
+    let store = db.connect().await;
+    let name = device(&store, "edge-1").await;
+    store
+        .insert_action(&new_action("c1", &name))
+        .await
+        .expect("insert c1");
+    let raw = db.raw().await;
+    raw.execute("UPDATE actions SET state = 'bogus' WHERE correlation_id = 'c1'")
+        .await
+        .expect("spoil the state");
+    match store.get_action("c1").await {
+        Err(StoreError::Corrupt(what)) => {
+            assert!(
+                what.contains("state of action c1") && what.contains("bogus"),
+                "{what}"
+            )
+        }
+        other => panic!("expected corrupt, got {other:?}"),
+    }
+
+    raw.execute("UPDATE devices SET labels = '{not json' WHERE name = 'edge-1'")
+        .await
+        .expect("spoil the labels");
+    match store.get_device(&name).await {
+        Err(StoreError::Corrupt(what)) => {
+            assert!(what.contains("labels of device edge-1"), "{what}")
+        }
+        other => panic!("expected corrupt, got {other:?}"),
+    }
+
+    raw.execute("UPDATE devices SET labels = '{}' WHERE name = 'edge-1'")
+        .await
+        .expect("repair the labels");
+    raw.execute(
+        "INSERT INTO devices (name, labels, presence, status_seq, created_at) \
+         VALUES ('Not Valid', '{}', 'offline', 0, 0)",
+    )
+    .await
+    .expect("insert a bad name");
+    match store.list_devices().await {
+        Err(StoreError::Corrupt(what)) => assert!(what.contains("Not Valid"), "{what}"),
+        other => panic!("expected corrupt, got {other:?}"),
+    }
+}
