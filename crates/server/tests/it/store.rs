@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use serde_json::json;
 use sqlx::Executor;
@@ -955,5 +955,24 @@ async fn corrupt_values_are_errors(db: &TestDb) {
     match store.list_devices().await {
         Err(StoreError::Corrupt(what)) => assert!(what.contains("Not Valid"), "{what}"),
         other => panic!("expected corrupt, got {other:?}"),
+    }
+}
+
+/// Through sqlx `Any`, each connection to `sqlite::memory:` would be its own
+/// empty database; the store keeps one, so what one call writes the next sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_sqlite_is_one_database() {
+    let store = Store::connect("sqlite::memory:")
+        .await
+        .expect("connect in-memory SQLite");
+    let name = device(&store, "edge-1").await;
+    let reads = (0..8).map(|_| {
+        let store = store.clone();
+        let name = name.clone();
+        tokio::spawn(async move { store.get_device(&name).await })
+    });
+    for read in join_all(reads).await {
+        let found = read.expect("task finished").expect("get edge-1");
+        assert!(found.is_some());
     }
 }
