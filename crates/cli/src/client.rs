@@ -87,11 +87,17 @@ fn describe_fields(fields: &[FieldProblem]) -> String {
 
 impl ApiError {
     pub fn from_body(status: StatusCode, body: ErrorBody) -> Self {
+        let message = body.error.message;
+        // tetherd may already name the fields in its message; say it once.
+        let fields = field_problems(&body.error.details)
+            .into_iter()
+            .filter(|f| !message.contains(&format!("{}: {}", f.path, f.message)))
+            .collect();
         ApiError {
             status,
-            fields: field_problems(&body.error.details),
+            fields,
             code: body.error.code,
-            message: body.error.message,
+            message,
         }
     }
 }
@@ -334,7 +340,9 @@ impl ApiClient {
         timeout: Duration,
     ) -> Result<(String, reqwest::Response), ClientError> {
         let mut url = self.url(path)?;
-        url.query_pairs_mut().extend_pairs(query);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
         let request = self.http.request(method, url.clone()).timeout(timeout);
         self.execute(url, request).await
     }
@@ -517,6 +525,14 @@ mod tests {
         };
         assert_eq!(api.code, "invalid_input");
         assert_eq!(api.fields.len(), 1);
+    }
+
+    #[test]
+    fn fields_the_message_names_already_are_not_repeated() {
+        let body = r#"{"error":{"code":"invalid_input","message":"bad input: $.a: too big",
+            "details":{"fields":[{"path":"$.a","message":"too big"},{"path":"$.b","message":"missing"}]}}}"#;
+        let err = error_from_body("u".into(), StatusCode::BAD_REQUEST, body);
+        assert_eq!(err.to_string(), "bad input: $.a: too big\n  $.b: missing");
     }
 
     #[test]

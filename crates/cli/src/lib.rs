@@ -26,22 +26,25 @@ Examples:
   tether devices add edge-1 -l site=berlin
   tether actions run edge-1 get-node-ip --wait";
 
+/// Where the flags every command takes are listed in help.
+const GLOBAL: &str = "Global options";
+
 /// Manage a tether fleet: devices, actions, events and metrics.
 #[derive(Debug, Parser)]
 #[command(name = "tether", version, after_long_help = EXAMPLES)]
 pub struct Cli {
     /// Output format.
-    #[arg(short, long, global = true, value_enum, default_value_t)]
+    #[arg(short, long, global = true, value_enum, default_value_t, help_heading = GLOBAL)]
     pub output: OutputFormat,
 
     /// CLI config file [default: $XDG_CONFIG_HOME/tether/config.toml, else
     /// ~/.config/tether/config.toml].
-    #[arg(long, global = true, env = "TETHER_CLI_CONFIG", value_name = "PATH")]
+    #[arg(long, global = true, env = "TETHER_CLI_CONFIG", value_name = "PATH", help_heading = GLOBAL)]
     pub config: Option<PathBuf>,
 
     /// Talk to this tetherd instead of the one in the config file (the
     /// config's CA and token still apply).
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL", help_heading = GLOBAL)]
     pub server: Option<String>,
 
     /// Log filter for the CLI's own diagnostics on stderr, e.g. `debug`.
@@ -50,7 +53,8 @@ pub struct Cli {
         global = true,
         env = "TETHER_CLI_LOG",
         default_value = "warn",
-        value_name = "LEVEL"
+        value_name = "LEVEL",
+        help_heading = GLOBAL
     )]
     pub log_level: String,
 

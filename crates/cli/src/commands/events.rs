@@ -16,6 +16,7 @@ Examples:
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = EXAMPLES)]
 pub struct Events {
+    /// The device's name.
     device: DeviceId,
     /// At most this many events.
     #[arg(long, default_value_t = 20)]

@@ -18,6 +18,7 @@ Examples:
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = EXAMPLES)]
 pub struct Metrics {
+    /// The device's name.
     device: DeviceId,
     /// At most this many samples, newest first.
     #[arg(long, default_value_t = 10)]

@@ -99,7 +99,7 @@ pub enum QuickstartError {
         tail: String,
     },
     #[error(
-        "{what} did not happen within {}s; see the logs {} and {}",
+        "gave up after {}s waiting for {what}; see the logs {} and {}",
         START_DEADLINE.as_secs(),
         logs.0.display(),
         logs.1.display()
@@ -207,7 +207,7 @@ impl Quickstart {
         let tetherd_pid = tetherd.child.id();
         fleet.tetherd = Some(tetherd);
         let endpoints_file = layout.server_dir.join("endpoints.json");
-        let endpoints = wait_for("tetherd listening", layout, fleet, async || {
+        let endpoints = wait_for("tetherd to listen", layout, fleet, async || {
             Ok(read_endpoints(&endpoints_file, tetherd_pid))
         })
         .await?;
@@ -242,17 +242,22 @@ impl Quickstart {
             agent_args,
             &layout.agent_log,
         )?);
-        wait_for("device \"local\" online", layout, fleet, async || {
-            let device =
-                client
-                    .get_device(DEVICE)
-                    .await
-                    .map_err(|source| QuickstartError::Step {
-                        step: "check on device \"local\"",
-                        source,
-                    })?;
-            Ok((device.presence == Presence::Online).then_some(()))
-        })
+        wait_for(
+            "device \"local\" to come online",
+            layout,
+            fleet,
+            async || {
+                let device =
+                    client
+                        .get_device(DEVICE)
+                        .await
+                        .map_err(|source| QuickstartError::Step {
+                            step: "check on device \"local\"",
+                            source,
+                        })?;
+                Ok((device.presence == Presence::Online).then_some(()))
+            },
+        )
         .await?;
         Ok(Ready { api: endpoints.api })
     }
@@ -651,13 +656,18 @@ fn log_tail(path: &Path) -> String {
     let Ok(text) = std::fs::read_to_string(path) else {
         return "  (the log cannot be read)".to_owned();
     };
-    let lines: Vec<&str> = text.lines().collect();
+    let mut lines: Vec<&str> = text.lines().collect();
+    // With RUST_BACKTRACE set, an anyhow error ends in a backtrace that
+    // would push the error itself out of the tail; the log keeps it all.
+    if let Some(start) = lines.iter().rposition(|l| *l == "Stack backtrace:") {
+        lines.truncate(start);
+    }
     let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
     if tail.is_empty() {
         return "  (the log is empty)".to_owned();
     }
     tail.iter()
-        .map(|line| format!("  {line}"))
+        .map(|line| format!("  {line}").trim_end().to_owned())
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -706,6 +716,9 @@ mod tests {
         let tail = log_tail(&path);
         assert!(tail.starts_with("  line 11\n"), "{tail}");
         assert!(tail.ends_with("  line 30"), "{tail}");
+        std::fs::write(&path, "Error: port in use\n\nStack backtrace:\n  0: main\n")
+            .expect("writes");
+        assert_eq!(log_tail(&path), "  Error: port in use\n");
     }
 
     #[test]

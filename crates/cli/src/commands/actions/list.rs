@@ -13,6 +13,7 @@ Examples:
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = EXAMPLES)]
 pub struct List {
+    /// The device's name.
     device: DeviceId,
     /// At most this many actions.
     #[arg(long, default_value_t = 20)]

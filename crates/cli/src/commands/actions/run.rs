@@ -29,6 +29,7 @@ usage errors. `tether actions catalogue` lists the actions and their inputs.";
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = EXAMPLES)]
 pub struct Run {
+    /// The device's name.
     device: DeviceId,
     /// The action's name, e.g. get-node-ip (see `tether actions catalogue`).
     action: String,

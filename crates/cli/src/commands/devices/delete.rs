@@ -11,6 +11,7 @@ Examples:
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = EXAMPLES)]
 pub struct Delete {
+    /// The device's name.
     name: DeviceId,
 }
 

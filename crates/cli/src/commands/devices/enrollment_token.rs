@@ -13,6 +13,7 @@ Examples:
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = EXAMPLES)]
 pub struct EnrollmentTokenCmd {
+    /// The device's name.
     name: DeviceId,
 }
 

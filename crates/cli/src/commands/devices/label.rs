@@ -17,6 +17,7 @@ Examples:
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = EXAMPLES)]
 pub struct Label {
+    /// The device's name.
     name: DeviceId,
     /// KEY=VALUE to set a label, KEY- to remove it.
     #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
