@@ -1,0 +1,308 @@
+//! The `tether` binary against a real tetherd (testkit), with simulated
+//! devices where an action needs an answer.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use tether_proto::api::{Action, Device};
+use tether_testkit::sim_agent::{DeviceCredentials, Responder, SimAgent};
+use tether_testkit::{Database, Tetherd};
+use tokio::io::AsyncWriteExt;
+
+/// What one run of `tether` did.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// `tether` with its own config file.
+struct Tether {
+    dir: TempDir,
+}
+
+impl Tether {
+    fn new() -> Self {
+        Tether {
+            dir: tempfile::tempdir().expect("a temp dir for the CLI config"),
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    async fn run(&self, args: &[&str]) -> Run {
+        self.run_with_stdin(args, "").await
+    }
+
+    async fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(args)
+            .env("TETHER_CLI_CONFIG", self.config())
+            .env_remove("TETHER_PASSWORD")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("tether starts");
+        let mut input = child.stdin.take().expect("stdin is piped");
+        input
+            .write_all(stdin.as_bytes())
+            .await
+            .expect("writes stdin");
+        drop(input);
+        let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("tether finishes within a minute")
+            .expect("tether's output");
+        Run {
+            code: output.status.code().expect("exited, not killed"),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    async fn run_ok(&self, args: &[&str]) -> String {
+        let run = self.run(args).await;
+        assert_eq!(run.code, 0, "tether {args:?} failed: {}", run.stderr);
+        run.stdout
+    }
+
+    async fn login(&self, tetherd: &Tetherd) {
+        let fingerprint = hex::encode(Sha256::digest(ca_der(tetherd)));
+        let run = self
+            .run_with_stdin(
+                &[
+                    "login",
+                    &tetherd.api_url,
+                    "--password-stdin",
+                    "--ca-sha256",
+                    &fingerprint,
+                ],
+                &format!("{}\n", tetherd.admin_password()),
+            )
+            .await;
+        assert_eq!(run.code, 0, "login failed: {}", run.stderr);
+    }
+}
+
+fn ca_der(tetherd: &Tetherd) -> Vec<u8> {
+    rustls_pemfile::certs(&mut tetherd.ca_pem())
+        .next()
+        .expect("tetherd's CA file holds a certificate")
+        .expect("the CA certificate is valid base64")
+        .to_vec()
+}
+
+async fn tetherd() -> Tetherd {
+    Tetherd::start(Database::Sqlite)
+        .await
+        .expect("tetherd starts")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_pins_the_ca_and_saves_a_private_config() {
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+
+    let run = tether
+        .run_with_stdin(
+            &[
+                "login",
+                &tetherd.api_url,
+                "--password-stdin",
+                "--ca-sha256",
+                &"ab".repeat(32),
+            ],
+            "x\n",
+        )
+        .await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("has SHA-256"), "{}", run.stderr);
+
+    let run = tether.run(&["login", &tetherd.api_url]).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("--ca-file"), "{}", run.stderr);
+
+    tether.login(&tetherd).await;
+    let mode = std::fs::metadata(tether.config())
+        .expect("the config was written")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Logging in again reuses the saved CA; a wrong password is named as such.
+    let run = tether
+        .run_with_stdin(&["login", &tetherd.api_url, "--password-stdin"], "wrong\n")
+        .await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("wrong username or password"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devices_are_added_listed_labeled_and_deleted() {
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+
+    let added = tether
+        .run_ok(&["devices", "add", "edge-1", "-l", "site=berlin"])
+        .await;
+    assert!(added.contains("tether-agent"), "{added}");
+    assert!(added.contains("--enroll-token"), "{added}");
+    tether.run_ok(&["devices", "add", "edge-2"]).await;
+
+    let listed = tether
+        .run_ok(&["devices", "list", "-l", "site=berlin", "-o", "json"])
+        .await;
+    let devices: Vec<Device> = serde_json::from_str(&listed).expect("a JSON device list");
+    assert_eq!(
+        devices.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+        ["edge-1"]
+    );
+
+    let table = tether.run_ok(&["devices", "list"]).await;
+    assert!(table.starts_with("NAME"), "{table}");
+    assert_eq!(table.lines().count(), 3, "{table}");
+
+    tether
+        .run_ok(&["devices", "label", "edge-1", "role=gw", "site-"])
+        .await;
+    let got = tether
+        .run_ok(&["devices", "get", "edge-1", "-o", "json"])
+        .await;
+    let device: Device = serde_json::from_str(&got).expect("a JSON device");
+    assert_eq!(device.labels, [("role".to_owned(), "gw".to_owned())].into());
+
+    tether.run_ok(&["devices", "delete", "edge-2"]).await;
+    let run = tether.run(&["devices", "get", "edge-2"]).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("not found"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_say_what_failed_and_what_to_do() {
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+
+    let run = tether.run(&["devices", "list"]).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("tether login"), "{}", run.stderr);
+
+    tether.login(&tetherd).await;
+    tether.run_ok(&["devices", "add", "edge-1"]).await;
+    let run = tether
+        .run(&[
+            "actions",
+            "run",
+            "edge-1",
+            "run-stats",
+            "--input",
+            r#"{"interval":"soon"}"#,
+        ])
+        .await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("$.interval"), "{}", run.stderr);
+
+    let run = tether
+        .run(&["actions", "run", "edge-1", "x", "--timeout", "1s"])
+        .await;
+    assert_eq!(run.code, 2, "a usage error: {}", run.stderr);
+
+    let config = std::fs::read_to_string(tether.config()).expect("config");
+    let tampered: String = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("token") {
+                "token = \"stale\""
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(tether.config(), tampered).expect("writes the config");
+    let run = tether.run(&["devices", "list"]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("not logged in or the session expired: run `tether login"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_wait_exits_by_the_actions_outcome() {
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+    let admin = tetherd.admin().await.expect("admin client");
+
+    let echo = DeviceCredentials::enroll(&admin, "echo")
+        .await
+        .expect("enrolls echo");
+    let echo = SimAgent::connect(&echo, Responder::Echo)
+        .await
+        .expect("echo connects");
+    let out = tether
+        .run_ok(&[
+            "actions",
+            "run",
+            "echo",
+            "get-node-ip",
+            "--wait",
+            "--timeout",
+            "30s",
+            "-o",
+            "json",
+        ])
+        .await;
+    let action: Action = serde_json::from_str(&out).expect("a JSON action");
+    assert_eq!(action.state.as_str(), "succeeded");
+    assert_eq!(action.status_code, Some(200));
+    let table = tether
+        .run_ok(&["actions", "get", &action.correlation_id])
+        .await;
+    assert!(table.contains("STATE:     succeeded"), "{table}");
+    let events = tether.run_ok(&["events", "echo"]).await;
+    assert!(events.contains(&action.correlation_id), "{events}");
+
+    let silent = DeviceCredentials::enroll(&admin, "silent")
+        .await
+        .expect("enrolls silent");
+    let silent = SimAgent::connect(&silent, Responder::Silent)
+        .await
+        .expect("silent connects");
+    let run = tether
+        .run(&[
+            "actions",
+            "run",
+            "silent",
+            "get-node-ip",
+            "--wait",
+            "--timeout",
+            "2s",
+        ])
+        .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("after 2s"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("check later with `tether actions get"),
+        "{}",
+        run.stderr
+    );
+
+    echo.disconnect().await;
+    silent.disconnect().await;
+}
