@@ -132,6 +132,9 @@ impl RmqttLink {
         let listener = Builder::new()
             .name("tether/devices")
             .laddr(config.listen)
+            // A restarted tetherd must get its port back while the previous
+            // run's connections sit in TIME_WAIT.
+            .reuseaddr(Some(true))
             .nodelay(true)
             .allow_anonymous(false)
             .max_packet_size(config.max_packet_size)
