@@ -1,1 +1,81 @@
+//! tether-agent: enrolls a device with tetherd once, then keeps an MQTT
+//! session open and answers actions with events (docs/interfaces.md).
 
+pub mod actions;
+pub mod authorization;
+pub mod backoff;
+pub mod config;
+pub mod dedupe;
+pub mod enroll;
+pub mod logging;
+pub mod session;
+pub mod state;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use config::{Config, ConfigError};
+use enroll::EnrollError;
+use logging::LogControl;
+use session::SessionError;
+use state::{StateDir, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("enrollment failed")]
+    Enroll(#[from] EnrollError),
+    #[error("no credentials in {dir}")]
+    NotEnrolled {
+        dir: PathBuf,
+        #[source]
+        source: ConfigError,
+    },
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+/// rustls needs one process-wide crypto provider; the agent uses ring.
+/// Called at start and again before building HTTPS clients, since reqwest
+/// panics without one (a no-op once installed).
+pub fn install_crypto_provider() {
+    // Err only means a provider is installed already, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Enrolls if the state directory has no credentials, then serves actions
+/// until `shutdown` resolves.
+pub async fn run(
+    config: &Config,
+    logging: LogControl,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let state = StateDir::open(config.state_dir()?)?;
+    let credentials = match state.load()? {
+        Some(credentials) => {
+            if config.server.is_some() || config.enroll_token.is_some() {
+                tracing::info!(
+                    "already enrolled as {}; ignoring the enrollment flags",
+                    credentials.device
+                );
+            }
+            credentials
+        }
+        None => {
+            let options = config
+                .enroll_options()
+                .map_err(|source| AgentError::NotEnrolled {
+                    dir: state.path().to_owned(),
+                    source,
+                })?;
+            tracing::info!("enrolling with {}", options.server);
+            enroll::enroll(&state, &options).await?
+        }
+    };
+    session::run(credentials, &state, Arc::new(logging), shutdown).await?;
+    Ok(())
+}

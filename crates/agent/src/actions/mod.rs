@@ -1,0 +1,454 @@
+//! Action dispatch: parse, deduplicate, check expiry and input, run the
+//! handler, and build the event that answers it. One file per action.
+//!
+//! The dispatcher is driven by the session's worker task, one action at a
+//! time in arrival order; it returns events instead of publishing them, so
+//! everything here is tested without MQTT.
+
+pub mod configure_logger;
+pub mod get_authorization_id;
+pub mod get_node_ip;
+pub mod run_stats;
+pub mod send_api;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tether_proto::redact::redacted;
+use tether_proto::{ActionEvent, ActionRequest, Catalogue, InputError};
+
+use crate::authorization::AuthorizationGuard;
+use crate::dedupe::{Dedupe, Seen};
+use crate::logging::{LogControl, LoggingError};
+use run_stats::StatsRunner;
+
+/// The actions this agent runs; the birth message lists them as capabilities.
+pub const IMPLEMENTED: [&str; 6] = [
+    "configure-logger",
+    "get-authorization-id",
+    "get-node-ip",
+    "run-stats",
+    "send-api",
+    "stop-stats",
+];
+
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why a handler did not succeed; each maps to the event's status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("{path}: {message}")]
+    InvalidInput { path: String, message: String },
+    #[error("request to {url} failed")]
+    Request { url: String, source: reqwest::Error },
+    #[error("cannot change the logger")]
+    Logging(#[source] LoggingError),
+    #[error("action {0} is not implemented by tether-agent {AGENT_VERSION}")]
+    NotImplemented(String),
+}
+
+impl ActionError {
+    pub fn status_code(&self) -> u16 {
+        match self {
+            ActionError::InvalidInput { .. } => 400,
+            ActionError::Request { .. } => 502,
+            ActionError::Logging(_) => 500,
+            ActionError::NotImplemented(_) => 501,
+        }
+    }
+
+    pub fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ActionError::InvalidInput {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What the handlers share.
+pub struct Context {
+    pub logging: Arc<LogControl>,
+    pub authorization: Arc<AuthorizationGuard>,
+    pub stats: StatsRunner,
+    /// The controller's CA, trusted by `send-api` next to the system roots.
+    pub ca_pem: String,
+}
+
+pub struct Dispatcher {
+    catalogue: Catalogue,
+    dedupe: Dedupe,
+    context: Context,
+}
+
+impl Dispatcher {
+    pub fn new(dedupe: Dedupe, context: Context) -> Self {
+        Self {
+            catalogue: Catalogue::builtin(),
+            dedupe,
+            context,
+        }
+    }
+
+    /// Handles one message from the `actions` topic and returns the event
+    /// that answers it, if it can be answered at all.
+    pub async fn handle(&mut self, payload: &[u8], now: DateTime<Utc>) -> Option<ActionEvent> {
+        let request = match serde_json::from_slice::<ActionRequest>(payload) {
+            Ok(request) => request,
+            Err(e) => return self.malformed(payload, &e),
+        };
+        tracing::info!(
+            "action {} ({}) received, input {}",
+            request.action,
+            request.correlation_id,
+            redacted(&request.input)
+        );
+        let event = match self.dedupe.lookup(&request.correlation_id) {
+            Seen::Done(event) => {
+                tracing::info!(
+                    "action {} was already answered; sending the same answer again",
+                    request.correlation_id
+                );
+                return Some(*event);
+            }
+            Seen::Started => self.answer(
+                &request,
+                500,
+                "interrupted: tether-agent restarted while running this action; it was not run again",
+                Value::Null,
+            ),
+            Seen::New => self.run(&request, now).await,
+        };
+        if let Err(e) = self.dedupe.record_done(&event) {
+            tracing::error!("{}", chain(&e));
+        }
+        tracing::info!(
+            "action {} ({}) answered {}: {}",
+            request.action,
+            request.correlation_id,
+            event.status_code,
+            event.status_message
+        );
+        Some(event)
+    }
+
+    async fn run(&mut self, request: &ActionRequest, now: DateTime<Utc>) -> ActionEvent {
+        if request.expires_at <= now {
+            return self.answer(
+                request,
+                504,
+                "action expired before the agent could start it",
+                Value::Null,
+            );
+        }
+        match self.catalogue.validate(&request.action, &request.input) {
+            Ok(()) => {}
+            Err(e @ InputError::UnknownAction { .. }) => {
+                return self.answer(request, 404, e.to_string(), Value::Null);
+            }
+            Err(e) => return self.answer(request, 400, e.to_string(), Value::Null),
+        }
+        if let Err(e) = self.dedupe.record_started(&request.correlation_id) {
+            let message = format!("{}; the action was not run", chain(&e));
+            return self.answer(request, 500, message, Value::Null);
+        }
+        match self.execute(&request.action, &request.input).await {
+            Ok(response) => self.answer(request, 200, "OK", response),
+            Err(e) => self.answer(request, e.status_code(), chain(&e), Value::Null),
+        }
+    }
+
+    async fn execute(&mut self, action: &str, input: &Value) -> Result<Value, ActionError> {
+        let context = &mut self.context;
+        match action {
+            "configure-logger" => configure_logger::run(input, &context.logging),
+            "get-authorization-id" => Ok(get_authorization_id::run(&context.authorization)),
+            "get-node-ip" => Ok(get_node_ip::run()),
+            "run-stats" => run_stats::run(input, &mut context.stats),
+            "stop-stats" => Ok(run_stats::stop(&mut context.stats)),
+            "send-api" => send_api::run(input, &context.ca_pem).await,
+            other => Err(ActionError::NotImplemented(other.to_owned())),
+        }
+    }
+
+    fn answer(
+        &self,
+        request: &ActionRequest,
+        status_code: u16,
+        message: impl Into<String>,
+        response: Value,
+    ) -> ActionEvent {
+        ActionEvent::new(
+            request,
+            self.event_name(&request.action),
+            status_code,
+            message,
+            response,
+        )
+    }
+
+    fn event_name(&self, action: &str) -> String {
+        self.catalogue
+            .get(action)
+            .map_or_else(|| action.to_owned(), |spec| spec.event.clone())
+    }
+
+    /// A payload that is not an `ActionRequest` is answered with a 400 only if
+    /// it names a correlation id; otherwise nobody could match the answer.
+    fn malformed(&self, payload: &[u8], error: &serde_json::Error) -> Option<ActionEvent> {
+        let value: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+        let Some(correlation_id) = value.get("correlationId").and_then(Value::as_str) else {
+            tracing::warn!("ignoring a malformed action request without a correlationId: {error}");
+            return None;
+        };
+        let action = value.get("action").and_then(Value::as_str).unwrap_or("");
+        let message = format!("malformed action request: {error}");
+        tracing::warn!("action {correlation_id}: {message}");
+        Some(ActionEvent {
+            correlation_id: correlation_id.to_owned(),
+            event: if action.is_empty() {
+                "invalid-request".to_owned()
+            } else {
+                self.event_name(action)
+            },
+            status_code: 400,
+            status_message: message,
+            response: Value::Null,
+        })
+    }
+}
+
+/// An error and its causes on one line, for status messages and logs.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // reqwest and hyper sometimes repeat their inner message verbatim.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::dedupe::DEFAULT_CAPACITY;
+    use crate::logging::{self, LogSettings};
+    use run_stats::MetricsSink;
+    use serde_json::json;
+    use tether_proto::metrics::HostMetrics;
+
+    struct NoSink;
+    impl MetricsSink for NoSink {
+        fn publish_metrics(&self, _: &HostMetrics) {}
+    }
+
+    /// The logger's reload handles work only while its subscriber lives.
+    pub(crate) type LiveSubscriber = Box<dyn tracing::Subscriber + Send + Sync>;
+
+    pub(crate) fn context() -> (Context, LiveSubscriber) {
+        let (subscriber, logging) = logging::build(LogSettings {
+            level: "info".into(),
+            pretty: true,
+            color: false,
+        })
+        .expect("logger builds");
+        let context = Context {
+            logging: Arc::new(logging),
+            authorization: Arc::new(AuthorizationGuard::default()),
+            stats: StatsRunner::new(Arc::new(NoSink)),
+            ca_pem: String::new(),
+        };
+        (context, Box::new(subscriber))
+    }
+
+    fn dispatcher(dir: &std::path::Path) -> (Dispatcher, LiveSubscriber) {
+        let dedupe = Dedupe::open(dir, DEFAULT_CAPACITY).expect("dedupe opens");
+        let (context, subscriber) = context();
+        (Dispatcher::new(dedupe, context), subscriber)
+    }
+
+    fn request(id: &str, action: &str, input: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "correlationId": id,
+            "action": action,
+            "input": input,
+            "expiresAt": Utc::now() + chrono::Duration::minutes(5),
+        }))
+        .expect("serializes")
+    }
+
+    #[tokio::test]
+    async fn an_implemented_action_answers_200_with_its_event() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let (mut dispatcher, _subscriber) = dispatcher(temp.path());
+        let event = dispatcher
+            .handle(
+                &request("c1", "get-authorization-id", json!({})),
+                Utc::now(),
+            )
+            .await
+            .expect("answered");
+        assert_eq!(event.correlation_id, "c1");
+        assert_eq!(event.event, "get-authorization-id");
+        assert_eq!(event.status_code, 200, "{}", event.status_message);
+        assert!(event.response["authorizationId"].is_string());
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_action_gets_the_same_answer_without_running_again() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let (mut dispatcher, _subscriber) = dispatcher(temp.path());
+        let payload = request("c1", "get-authorization-id", json!({}));
+        let first = dispatcher
+            .handle(&payload, Utc::now())
+            .await
+            .expect("answered");
+        let again = dispatcher
+            .handle(&payload, Utc::now())
+            .await
+            .expect("answered");
+        // A second run would have issued a different id.
+        assert_eq!(first, again);
+    }
+
+    #[tokio::test]
+    async fn an_action_interrupted_by_a_restart_is_not_run_again() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        Dedupe::open(temp.path(), DEFAULT_CAPACITY)
+            .expect("opens")
+            .record_started("c1")
+            .expect("records");
+        let (mut dispatcher, _subscriber) = dispatcher(temp.path());
+        let event = dispatcher
+            .handle(&request("c1", "get-node-ip", json!({})), Utc::now())
+            .await
+            .expect("answered");
+        assert_eq!(event.status_code, 500);
+        assert_eq!(
+            event.status_message,
+            "interrupted: tether-agent restarted while running this action; it was not run again"
+        );
+        assert_eq!(event.event, "get-node-ip");
+    }
+
+    #[tokio::test]
+    async fn an_expired_action_is_not_started() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let (mut dispatcher, _subscriber) = dispatcher(temp.path());
+        let later = Utc::now() + chrono::Duration::minutes(10);
+        let event = dispatcher
+            .handle(&request("c1", "get-node-ip", json!({})), later)
+            .await
+            .expect("answered");
+        assert_eq!(event.status_code, 504);
+        assert_eq!(
+            event.status_message,
+            "action expired before the agent could start it"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_refused_naming_the_json_path() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let (mut dispatcher, _subscriber) = dispatcher(temp.path());
+        let event = dispatcher
+            .handle(
+                &request("c1", "run-stats", json!({"interval": "often"})),
+                Utc::now(),
+            )
+            .await
+            .expect("answered");
+        assert_eq!(event.status_code, 400);
+        assert!(
+            event.status_message.contains("$.interval"),
+            "{}",
+            event.status_message
+        );
+        assert_eq!(event.event, "run-stats");
+    }
+
+    #[tokio::test]
+    async fn known_but_unimplemented_and_unknown_actions_are_refused() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let (mut dispatcher, _subscriber) = dispatcher(temp.path());
+        let event = dispatcher
+            .handle(
+                &request(
+                    "c1",
+                    "send-kubectl",
+                    json!({"command": "kubectl", "arguments": ["version"]}),
+                ),
+                Utc::now(),
+            )
+            .await
+            .expect("answered");
+        assert_eq!(event.status_code, 501);
+        assert_eq!(
+            event.status_message,
+            format!("action send-kubectl is not implemented by tether-agent {AGENT_VERSION}")
+        );
+        assert_eq!(event.event, "kubectl-logs");
+
+        let event = dispatcher
+            .handle(&request("c2", "self-destruct", json!({})), Utc::now())
+            .await
+            .expect("answered");
+        assert_eq!(event.status_code, 404);
+        assert!(event.status_message.contains("self-destruct"));
+    }
+
+    #[tokio::test]
+    async fn malformed_requests_are_answered_only_when_they_can_be_matched() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let (mut dispatcher, _subscriber) = dispatcher(temp.path());
+        assert_eq!(dispatcher.handle(b"not json", Utc::now()).await, None);
+        assert_eq!(
+            dispatcher.handle(b"{\"action\":\"x\"}", Utc::now()).await,
+            None
+        );
+        let event = dispatcher
+            .handle(
+                br#"{"correlationId":"c1","action":"get-node-ip","expiresAt":"soon"}"#,
+                Utc::now(),
+            )
+            .await
+            .expect("answered");
+        assert_eq!(event.status_code, 400);
+        assert_eq!(event.event, "get-node-ip");
+        assert!(event.status_message.starts_with("malformed action request"));
+    }
+
+    #[tokio::test]
+    async fn every_implemented_action_is_in_the_catalogue_and_has_a_handler() {
+        let catalogue = Catalogue::builtin();
+        let temp = tempfile::tempdir().expect("temp dir");
+        let (mut dispatcher, _subscriber) = dispatcher(temp.path());
+        for action in IMPLEMENTED {
+            assert!(catalogue.get(action).is_some(), "{action}");
+            if action == "send-api" {
+                continue; // needs a server; covered in send_api's tests
+            }
+            let result = dispatcher.execute(action, &json!({})).await;
+            assert!(result.is_ok(), "{action}: {result:?}");
+        }
+        dispatcher.context.stats.stop();
+    }
+
+    #[test]
+    fn error_chains_read_as_one_line() {
+        let error = crate::dedupe::DedupeError::List {
+            path: "/x".into(),
+            source: std::io::Error::other("disk on fire"),
+        };
+        assert_eq!(
+            chain(&error),
+            "cannot list the action record directory /x: disk on fire"
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! Command-line flags and environment variables (docs/interfaces.md).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::enroll::EnrollOptions;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "tether-agent",
+    version,
+    about = "The on-device agent of tether: enrolls once, then serves actions from tetherd over MQTT"
+)]
+pub struct Config {
+    /// Where the agent keeps its key, certificates and recent actions
+    /// [default: $XDG_STATE_HOME/tether-agent, else ~/.local/state/tether-agent]
+    #[arg(long, env = "TETHER_AGENT_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// tetherd's API URL, e.g. https://tether.example:8443 (to enroll)
+    #[arg(long, env = "TETHER_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+
+    /// One-time enrollment token from `tether devices add` (to enroll)
+    #[arg(
+        long,
+        env = "TETHER_ENROLL_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub enroll_token: Option<String>,
+
+    /// SHA-256 of tetherd's CA certificate, hex (to enroll)
+    #[arg(long, env = "TETHER_CA_SHA256", value_name = "HEX")]
+    pub ca_sha256: Option<String>,
+
+    /// Log level: debug, info, warning, error, critical, or a tracing filter
+    #[arg(
+        long,
+        env = "TETHER_AGENT_LOG",
+        value_name = "LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "cannot choose a state directory: neither XDG_STATE_HOME nor HOME is set; pass --state-dir"
+    )]
+    NoStateDir,
+    #[error(
+        "not enrolled yet and {missing} missing: to enroll, pass --server, --enroll-token and --ca-sha256 (`tether devices add NAME` prints the command)"
+    )]
+    Enrollment { missing: String },
+}
+
+impl Config {
+    pub fn state_dir(&self) -> Result<PathBuf, ConfigError> {
+        match &self.state_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => default_state_dir(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"))
+                .ok_or(ConfigError::NoStateDir),
+        }
+    }
+
+    /// The enrollment flags, all three or an error naming the missing ones.
+    pub fn enroll_options(&self) -> Result<EnrollOptions, ConfigError> {
+        match (&self.server, &self.enroll_token, &self.ca_sha256) {
+            (Some(server), Some(token), Some(ca_sha256)) => Ok(EnrollOptions {
+                server: server.clone(),
+                token: token.clone(),
+                ca_sha256: ca_sha256.clone(),
+            }),
+            _ => {
+                let missing: Vec<&str> = [
+                    ("--server", self.server.is_none()),
+                    ("--enroll-token", self.enroll_token.is_none()),
+                    ("--ca-sha256", self.ca_sha256.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(flag, absent)| absent.then_some(flag))
+                .collect();
+                let verb = if missing.len() == 1 { "is" } else { "are" };
+                Err(ConfigError::Enrollment {
+                    missing: format!("{} {verb}", missing.join(", ")),
+                })
+            }
+        }
+    }
+}
+
+/// The XDG base directory spec: `$XDG_STATE_HOME` if absolute, else `~/.local/state`.
+fn default_state_dir(xdg_state_home: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
+    let base = xdg_state_home
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            home.map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|h| h.join(".local/state"))
+        })?;
+    Some(base.join("tether-agent"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_dir_follows_xdg() {
+        assert_eq!(
+            default_state_dir(Some("/xdg".into()), Some("/home/u".into())),
+            Some(PathBuf::from("/xdg/tether-agent"))
+        );
+        assert_eq!(
+            default_state_dir(Some("relative".into()), Some("/home/u".into())),
+            Some(PathBuf::from("/home/u/.local/state/tether-agent"))
+        );
+        assert_eq!(default_state_dir(None, None), None);
+    }
+
+    #[test]
+    fn flags_parse_and_missing_enrollment_flags_are_named() {
+        let config = Config::try_parse_from([
+            "tether-agent",
+            "--state-dir",
+            "/s",
+            "--server",
+            "https://h:8443",
+        ])
+        .expect("parses");
+        assert_eq!(config.log_level, "info");
+        assert_eq!(config.state_dir().expect("given"), PathBuf::from("/s"));
+        let err = config.enroll_options().expect_err("incomplete");
+        let message = err.to_string();
+        assert!(
+            message.contains("--enroll-token, --ca-sha256 are missing"),
+            "{message}"
+        );
+
+        let config = Config::try_parse_from([
+            "tether-agent",
+            "--server",
+            "https://h:8443",
+            "--enroll-token",
+            "t",
+            "--ca-sha256",
+            "ab",
+        ])
+        .expect("parses");
+        assert_eq!(config.enroll_options().expect("complete").token, "t");
+    }
+}

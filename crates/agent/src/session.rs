@@ -1,0 +1,522 @@
+//! The MQTT session with tetherd: mutual TLS, the retained birth and will on
+//! `status`, actions in and events out, reconnecting with backoff.
+//!
+//! The event loop only moves packets. Actions go over a channel to a worker
+//! task that runs them one at a time in arrival order, and everything is
+//! published through the `AsyncClient`, so a slow action never stalls pings
+//! or acks.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties, SubscribeReasonCode};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+use rumqttc::{NetworkOptions, Outgoing, TlsConfiguration, Transport};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tether_proto::metrics::HostMetrics;
+use tether_proto::{ActionEvent, DeviceId, DeviceStatus, DeviceTopic, Presence, TopicKind};
+use tokio::sync::mpsc;
+
+use crate::actions::run_stats::{MetricsSink, StatsRunner};
+use crate::actions::{self, AGENT_VERSION, Context, Dispatcher, IMPLEMENTED};
+use crate::authorization::AuthorizationGuard;
+use crate::backoff::Backoff;
+use crate::dedupe::{DEFAULT_CAPACITY, Dedupe, DedupeError};
+use crate::logging::LogControl;
+use crate::state::{ACTIONS_DIR, Credentials, StateDir};
+
+const DEFAULT_MQTT_PORT: u16 = 8883;
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT_SECS: u64 = 10;
+/// A connection that lasted this long was healthy: the next failure starts
+/// the backoff over.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// How long the goodbye (offline status, DISCONNECT) may take at shutdown.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_CAPACITY: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("MQTT URL {url:?} in agent.toml is not of the form mqtts://HOST:PORT")]
+    BadUrl { url: String },
+    #[error(
+        "MQTT URL {url:?} names an IPv6 address, which the MQTT client cannot verify: use a host name"
+    )]
+    Ipv6Host { url: String },
+    #[error(
+        "{file} in the state directory holds no usable {what}: remove the directory and enroll again"
+    )]
+    BadCredential {
+        file: &'static str,
+        what: &'static str,
+    },
+    #[error("cannot build the TLS client configuration from the stored credentials")]
+    Tls(#[source] rustls::Error),
+    #[error(transparent)]
+    Dedupe(#[from] DedupeError),
+}
+
+/// Host and port of an `mqtts://HOST:PORT` URL; the host is also the TLS name.
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), SessionError> {
+    let bad = || SessionError::BadUrl {
+        url: url.to_owned(),
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|_| bad())?;
+    if parsed.scheme() != "mqtts" {
+        return Err(bad());
+    }
+    let host = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(bad)?;
+    // rustls cannot take a bracketed IPv6 literal as a server name.
+    if host.starts_with('[') {
+        return Err(SessionError::Ipv6Host {
+            url: url.to_owned(),
+        });
+    }
+    let host = host.to_owned();
+    Ok((host, parsed.port().unwrap_or(DEFAULT_MQTT_PORT)))
+}
+
+/// Trusts only the controller's CA and presents the device's certificate.
+pub fn tls_config(credentials: &Credentials) -> Result<rustls::ClientConfig, SessionError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut credentials.ca_pem.as_bytes()).filter_map(Result::ok) {
+        roots.add(cert).map_err(SessionError::Tls)?;
+    }
+    if roots.is_empty() {
+        return Err(SessionError::BadCredential {
+            file: "ca.pem",
+            what: "CA certificate",
+        });
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut credentials.cert_pem.as_bytes())
+            .filter_map(Result::ok)
+            .collect();
+    if chain.is_empty() {
+        return Err(SessionError::BadCredential {
+            file: "cert.pem",
+            what: "certificate",
+        });
+    }
+    let key: PrivateKeyDer<'static> =
+        rustls_pemfile::private_key(&mut credentials.key_pem.as_bytes())
+            .ok()
+            .flatten()
+            .ok_or(SessionError::BadCredential {
+                file: "key.pem",
+                what: "private key",
+            })?;
+    rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(SessionError::Tls)
+}
+
+/// Topics and identity of this session, and the client that publishes.
+#[derive(Clone)]
+struct Publisher {
+    client: AsyncClient,
+    device: DeviceId,
+    boot_id: String,
+}
+
+impl Publisher {
+    fn topic(&self, kind: TopicKind) -> String {
+        DeviceTopic::new(self.device.clone(), kind).to_string()
+    }
+
+    fn status(&self, state: Presence, seq: u64) -> Vec<u8> {
+        let status = DeviceStatus {
+            state,
+            agent_version: AGENT_VERSION.to_owned(),
+            capabilities: IMPLEMENTED.iter().map(|s| (*s).to_owned()).collect(),
+            boot_id: self.boot_id.clone(),
+            seq,
+        };
+        serde_json::to_vec(&status).unwrap_or_default()
+    }
+
+    fn will(&self, seq: u64) -> LastWill {
+        LastWill::new(
+            self.topic(TopicKind::Status),
+            self.status(Presence::Offline, seq),
+            QoS::AtLeastOnce,
+            true,
+            None,
+        )
+    }
+
+    /// Queues a retained status without waiting: the event loop calls this.
+    fn try_publish_status(&self, state: Presence, seq: u64) -> Result<(), String> {
+        self.client
+            .try_publish(
+                self.topic(TopicKind::Status),
+                QoS::AtLeastOnce,
+                true,
+                self.status(state, seq),
+            )
+            .map_err(|e| e.to_string())
+    }
+
+    async fn publish_event(&self, event: &ActionEvent) {
+        let payload = serde_json::to_vec(event).unwrap_or_default();
+        let properties = PublishProperties {
+            correlation_data: Some(event.correlation_id.clone().into_bytes().into()),
+            content_type: Some("application/json".to_owned()),
+            ..PublishProperties::default()
+        };
+        let published = self
+            .client
+            .publish_with_properties(
+                self.topic(TopicKind::Events),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+                properties,
+            )
+            .await;
+        if let Err(e) = published {
+            tracing::error!(
+                "cannot publish the event for action {}: {e}",
+                event.correlation_id
+            );
+        }
+    }
+}
+
+impl MetricsSink for Publisher {
+    fn publish_metrics(&self, metrics: &HostMetrics) {
+        let payload = serde_json::to_vec(metrics).unwrap_or_default();
+        // Samples are worth nothing late: drop one rather than queue behind an outage.
+        if let Err(e) = self.client.try_publish(
+            self.topic(TopicKind::Metrics),
+            QoS::AtMostOnce,
+            false,
+            payload,
+        ) {
+            tracing::debug!("metrics sample dropped: {e}");
+        }
+    }
+}
+
+/// Connects and serves actions until `shutdown` resolves; then says goodbye.
+pub async fn run(
+    credentials: Credentials,
+    state: &StateDir,
+    logging: Arc<LogControl>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SessionError> {
+    let (host, port) = parse_mqtt_url(&credentials.mqtt_url)?;
+    let tls = tls_config(&credentials)?;
+    let dedupe = Dedupe::open(state.file(ACTIONS_DIR), DEFAULT_CAPACITY)?;
+
+    let mut options = MqttOptions::new(credentials.device.as_str(), host, port);
+    options
+        .set_keep_alive(KEEP_ALIVE)
+        .set_clean_start(true)
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls),
+        )));
+    let mut network = NetworkOptions::new();
+    // Off by default, Nagle added ~88 ms to every request/answer round trip.
+    network.set_tcp_nodelay(true);
+    network.set_connection_timeout(CONNECT_TIMEOUT_SECS);
+    options.set_network_options(network);
+
+    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+    let publisher = Publisher {
+        client,
+        device: credentials.device.clone(),
+        boot_id: uuid::Uuid::new_v4().to_string(),
+    };
+    let context = Context {
+        logging,
+        authorization: Arc::new(AuthorizationGuard::default()),
+        stats: StatsRunner::new(Arc::new(publisher.clone())),
+        ca_pem: credentials.ca_pem.clone(),
+    };
+    let (actions_tx, actions_rx) = mpsc::unbounded_channel();
+    let worker = tokio::spawn(work(
+        Dispatcher::new(dedupe, context),
+        actions_rx,
+        publisher.clone(),
+    ));
+
+    let mut session = Session {
+        eventloop,
+        publisher,
+        url: credentials.mqtt_url,
+        actions: actions_tx,
+        seq: 1,
+        connected_at: None,
+    };
+    session.serve(shutdown).await;
+    // Stop the worker before the goodbye: its abort drops the stats sampler,
+    // and an action cut short is answered after restart, never run twice.
+    worker.abort();
+    session.goodbye().await;
+    Ok(())
+}
+
+/// Runs actions one at a time, in arrival order, and publishes their events.
+async fn work(
+    mut dispatcher: Dispatcher,
+    mut actions: mpsc::UnboundedReceiver<Vec<u8>>,
+    publisher: Publisher,
+) {
+    while let Some(payload) = actions.recv().await {
+        if let Some(event) = dispatcher.handle(&payload, Utc::now()).await {
+            publisher.publish_event(&event).await;
+        }
+    }
+}
+
+struct Session {
+    eventloop: EventLoop,
+    publisher: Publisher,
+    url: String,
+    actions: mpsc::UnboundedSender<Vec<u8>>,
+    /// Connection number of this process; the birth and will carry it.
+    seq: u64,
+    /// Set from CONNACK until the connection fails.
+    connected_at: Option<Instant>,
+}
+
+impl Session {
+    async fn serve(&mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut backoff = Backoff::default();
+        self.eventloop
+            .options
+            .set_last_will(self.publisher.will(self.seq));
+        tracing::info!("connecting to {} as {}", self.url, self.publisher.device);
+        loop {
+            let polled = tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                polled = self.eventloop.poll() => polled,
+            };
+            let failure = match polled {
+                Ok(event) => self.on_event(event).err(),
+                Err(e) => Some(describe(&e)),
+            };
+            let Some(failure) = failure else { continue };
+
+            if self
+                .connected_at
+                .take()
+                .is_some_and(|since| since.elapsed() >= STABLE_AFTER)
+            {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay(rand::random());
+            tracing::warn!(
+                "MQTT connection to {}: {failure}; retrying in {:.1} s",
+                self.url,
+                delay.as_secs_f64()
+            );
+            // Whatever was half-sent is dropped; the next connection is new.
+            self.eventloop.clean();
+            self.seq += 1;
+            self.eventloop
+                .options
+                .set_last_will(self.publisher.will(self.seq));
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Reacts to one event; an error string means the connection is unusable.
+    fn on_event(&mut self, event: Event) -> Result<(), String> {
+        let Event::Incoming(packet) = event else {
+            return Ok(());
+        };
+        match packet {
+            Packet::ConnAck(_) => {
+                self.connected_at = Some(Instant::now());
+                tracing::info!("connected to {}", self.url);
+                // The birth waits for the SUBACK: once tetherd sees the device
+                // online, actions it sends must not be lost.
+                self.publisher
+                    .client
+                    .try_subscribe(self.publisher.topic(TopicKind::Actions), QoS::AtLeastOnce)
+                    .map_err(|e| format!("cannot subscribe to actions: {e}"))
+            }
+            Packet::SubAck(ack) => {
+                if let Some(refused) = ack
+                    .return_codes
+                    .iter()
+                    .find(|code| !matches!(code, SubscribeReasonCode::Success(_)))
+                {
+                    return Err(format!(
+                        "tetherd refused the subscription to {}: {refused:?}",
+                        self.publisher.topic(TopicKind::Actions)
+                    ));
+                }
+                self.publisher
+                    .try_publish_status(Presence::Online, self.seq)
+                    .map_err(|e| format!("cannot publish the online status: {e}"))?;
+                tracing::info!(
+                    "online as {} (boot {}, seq {})",
+                    self.publisher.device,
+                    self.publisher.boot_id,
+                    self.seq
+                );
+                Ok(())
+            }
+            Packet::Publish(publish) => {
+                if publish.topic == self.publisher.topic(TopicKind::Actions).as_bytes() {
+                    // The receiver lives as long as the session loop does.
+                    let _ = self.actions.send(publish.payload.to_vec());
+                } else {
+                    tracing::warn!(
+                        "ignoring a message on unexpected topic {}",
+                        String::from_utf8_lossy(&publish.topic)
+                    );
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Publishes `offline` and disconnects cleanly: an MQTT 5 server drops
+    /// the will on a normal DISCONNECT, so the death is sent explicitly.
+    async fn goodbye(&mut self) {
+        if self.connected_at.is_none() {
+            tracing::info!("stopped");
+            return;
+        }
+        let sent = self
+            .publisher
+            .try_publish_status(Presence::Offline, self.seq)
+            .and_then(|()| {
+                self.publisher
+                    .client
+                    .try_disconnect()
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = sent {
+            tracing::warn!("cannot say goodbye to tetherd: {e}");
+            return;
+        }
+        let flushed = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+            loop {
+                match self.eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(describe(&e)),
+                }
+            }
+        })
+        .await;
+        match flushed {
+            Ok(Ok(())) => tracing::info!("offline status published; disconnected"),
+            Ok(Err(e)) => tracing::warn!("disconnect from tetherd was not clean: {e}"),
+            Err(_) => tracing::warn!(
+                "tetherd did not take the goodbye within {} s",
+                GOODBYE_TIMEOUT.as_secs()
+            ),
+        }
+    }
+}
+
+/// Says what went wrong with the connection, with a hint where one helps.
+fn describe(error: &ConnectionError) -> String {
+    let text = actions::chain(error);
+    match error {
+        ConnectionError::ConnectionRefused(_) => format!(
+            "{text} (tetherd refused the device: was it deleted or its certificate revoked? then enroll again)"
+        ),
+        _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mqtt_urls_give_host_and_port() {
+        assert_eq!(
+            parse_mqtt_url("mqtts://127.0.0.1:18883").expect("valid"),
+            ("127.0.0.1".to_owned(), 18883)
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtts://tether.example").expect("valid"),
+            ("tether.example".to_owned(), 8883)
+        );
+        for bad in ["mqtt://h:1", "https://h:1", "h:1", "mqtts://"] {
+            assert!(
+                matches!(parse_mqtt_url(bad), Err(SessionError::BadUrl { .. })),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse_mqtt_url("mqtts://[::1]:8883"),
+            Err(SessionError::Ipv6Host { .. })
+        ));
+    }
+
+    fn credentials(ca_pem: String, cert_pem: String, key_pem: String) -> Credentials {
+        Credentials {
+            device: DeviceId::new("edge-1").expect("valid"),
+            mqtt_url: "mqtts://127.0.0.1:8883".into(),
+            api_url: "https://127.0.0.1:8443".into(),
+            ca_pem,
+            cert_pem,
+            key_pem,
+        }
+    }
+
+    #[test]
+    fn tls_config_needs_every_credential() {
+        crate::install_crypto_provider();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["edge-1".into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("signs");
+        let good = credentials(cert.pem(), cert.pem(), key.serialize_pem());
+        assert!(tls_config(&good).is_ok());
+
+        let no_key = credentials(cert.pem(), cert.pem(), "junk".into());
+        let err = tls_config(&no_key).expect_err("no key");
+        assert!(err.to_string().contains("key.pem"), "{err}");
+        let no_ca = credentials(String::new(), cert.pem(), key.serialize_pem());
+        assert!(
+            tls_config(&no_ca)
+                .expect_err("no CA")
+                .to_string()
+                .contains("ca.pem")
+        );
+    }
+
+    #[test]
+    fn birth_and_will_carry_identity_and_capabilities() {
+        let (client, _eventloop) = AsyncClient::new(MqttOptions::new("edge-1", "localhost", 1), 1);
+        let publisher = Publisher {
+            client,
+            device: DeviceId::new("edge-1").expect("valid"),
+            boot_id: "boot".into(),
+        };
+        let will = publisher.will(7);
+        assert_eq!(&will.topic[..], b"tether/v1/devices/edge-1/status");
+        assert!(will.retain);
+        let status: DeviceStatus = serde_json::from_slice(&will.message).expect("parses");
+        assert_eq!(status.state, Presence::Offline);
+        assert_eq!(status.seq, 7);
+        assert_eq!(status.boot_id, "boot");
+        assert!(status.capabilities.contains(&"get-node-ip".to_owned()));
+        assert_eq!(status.agent_version, AGENT_VERSION);
+    }
+}
