@@ -1,5 +1,7 @@
-//! The MQTT session with tetherd: mutual TLS, the retained birth and will on
-//! `status`, actions in and events out, reconnecting with backoff.
+//! The MQTT session with tetherd: mutual TLS, the birth and will on `status`
+//! (not retained: tetherd's endpoint refuses retained messages and serves
+//! presence through its API), actions in and events out, reconnecting with
+//! backoff.
 //!
 //! The event loop only moves packets. Actions go over a channel to a worker
 //! task that runs them one at a time in arrival order, and everything is
@@ -147,18 +149,18 @@ impl Publisher {
             self.topic(TopicKind::Status),
             self.status(Presence::Offline, seq),
             QoS::AtLeastOnce,
-            true,
+            false,
             None,
         )
     }
 
-    /// Queues a retained status without waiting: the event loop calls this.
+    /// Queues a status without waiting: the event loop calls this.
     fn try_publish_status(&self, state: Presence, seq: u64) -> Result<(), String> {
         self.client
             .try_publish(
                 self.topic(TopicKind::Status),
                 QoS::AtLeastOnce,
-                true,
+                false,
                 self.status(state, seq),
             )
             .map_err(|e| e.to_string())
@@ -511,7 +513,7 @@ mod tests {
         };
         let will = publisher.will(7);
         assert_eq!(&will.topic[..], b"tether/v1/devices/edge-1/status");
-        assert!(will.retain);
+        assert!(!will.retain, "tetherd refuses retained messages");
         let status: DeviceStatus = serde_json::from_slice(&will.message).expect("parses");
         assert_eq!(status.state, Presence::Offline);
         assert_eq!(status.seq, 7);
