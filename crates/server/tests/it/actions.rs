@@ -135,7 +135,7 @@ async fn every_agent_action_round_trips(database: Database) -> anyhow::Result<()
         .get("/api/v1/devices/edge-1/actions")
         .await?
         .expect_status(200)?;
-    assert_eq!(listed.as_array().map(Vec::len), Some(9));
+    assert_eq!(listed.as_array().map(Vec::len), Some(8));
     Ok(())
 }
 
