@@ -128,7 +128,10 @@ impl ActionState {
         let allowed = matches!(
             (self, to),
             (Pending, Delivered | Expired | Succeeded | Failed | Rejected)
-                | (Delivered, Delivered | Succeeded | Failed | Rejected | TimedOut)
+                | (
+                    Delivered,
+                    Delivered | Succeeded | Failed | Rejected | TimedOut
+                )
         );
         if allowed {
             Ok(to)
