@@ -1,20 +1,24 @@
 //! The action catalogue: which actions exist, what input each takes, and
 //! which event answers it.
 //!
-//! The catalogue is seed 000's schema (`catalogue/management-service-schema.json`,
+//! The catalogue is seed 000's schema (`crates/proto/catalogue/management-service-schema.json`,
 //! committed unchanged) tightened by `catalogue/constraints.json`: required
 //! fields and bounds the seed leaves implicit. Unknown fields are refused, so
 //! a misspelt field is a 400 instead of a silently ignored setting.
+
+mod schema;
 
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-const SEED_SCHEMA: &str = include_str!("../catalogue/management-service-schema.json");
-const CONSTRAINTS: &str = include_str!("../catalogue/constraints.json");
+const SEED_SCHEMA: &str = include_str!("../../catalogue/management-service-schema.json");
+const CONSTRAINTS: &str = include_str!("../../catalogue/constraints.json");
 
 /// The most inputs' validation errors reported at once; more only add noise.
 const MAX_REPORTED_ERRORS: usize = 10;
+
+pub use schema::unsupported_keywords;
 
 /// One action of the catalogue.
 #[derive(Debug)]
@@ -25,7 +29,6 @@ pub struct ActionSpec {
     /// The event a device answers this action with.
     pub event: String,
     pub input_schema: Value,
-    validator: jsonschema::Validator,
 }
 
 /// A problem with one field of an action's input.
@@ -61,8 +64,13 @@ pub enum CatalogueError {
     Json(#[from] serde_json::Error),
     #[error("the action catalogue has no \"actions\" object")]
     NoActions,
-    #[error("the input schema of action {action:?} does not compile: {message}")]
-    Schema { action: String, message: String },
+    #[error(
+        "the input schema of action {action:?} uses keywords tether does not check: {keywords:?}"
+    )]
+    Unsupported {
+        action: String,
+        keywords: Vec<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -92,11 +100,13 @@ impl Catalogue {
                 merge(&mut schema, extra);
             }
             forbid_unknown_fields(&mut schema);
-            let validator =
-                jsonschema::validator_for(&schema).map_err(|e| CatalogueError::Schema {
+            let keywords = unsupported_keywords(&schema);
+            if !keywords.is_empty() {
+                return Err(CatalogueError::Unsupported {
                     action: name.clone(),
-                    message: e.to_string(),
-                })?;
+                    keywords,
+                });
+            }
             let event = event_name(name, events);
             let text = |key: &str| {
                 definition
@@ -113,7 +123,6 @@ impl Catalogue {
                     description: text("description"),
                     event,
                     input_schema: schema,
-                    validator,
                 },
             );
         }
@@ -136,15 +145,9 @@ impl Catalogue {
         })?;
         let empty = json!({});
         let input = if input.is_null() { &empty } else { input };
-        let errors: Vec<FieldError> = spec
-            .validator
-            .iter_errors(input)
-            .take(MAX_REPORTED_ERRORS)
-            .map(|e| FieldError {
-                path: json_path(&e.instance_path.to_string()),
-                message: e.to_string(),
-            })
-            .collect();
+        let mut errors = Vec::new();
+        schema::validate(&spec.input_schema, input, "$", &mut errors);
+        errors.truncate(MAX_REPORTED_ERRORS);
         if errors.is_empty() {
             Ok(())
         } else {
@@ -204,21 +207,6 @@ fn forbid_unknown_fields(schema: &mut Value) {
     if let Some(items) = object.get_mut("items") {
         forbid_unknown_fields(items);
     }
-}
-
-/// `/parameters/replicas` → `$.parameters.replicas`, `/arguments/0` → `$.arguments[0]`.
-fn json_path(pointer: &str) -> String {
-    let mut path = String::from("$");
-    for segment in pointer.split('/').skip(1) {
-        let segment = segment.replace("~1", "/").replace("~0", "~");
-        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
-            path.push_str(&format!("[{segment}]"));
-        } else {
-            path.push('.');
-            path.push_str(&segment);
-        }
-    }
-    path
 }
 
 #[cfg(test)]
@@ -349,11 +337,5 @@ mod tests {
             .expect_err("unknown");
         let message = err.to_string();
         assert!(message.contains("reboot-everything") && message.contains("get-node-ip"));
-    }
-
-    #[test]
-    fn json_pointer_becomes_json_path() {
-        assert_eq!(json_path(""), "$");
-        assert_eq!(json_path("/a/0/b~1c"), "$.a[0].b/c");
     }
 }
