@@ -39,6 +39,12 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// How long the goodbye (offline status, DISCONNECT) may take at shutdown.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_CAPACITY: usize = 64;
+/// rumqttc sizes per-packet-id tables by this; its default (65,535) alone
+/// costs tens of MB of RSS. One action at a time needs only a few in flight.
+const MAX_INFLIGHT: u16 = 32;
+/// Largest action request accepted (rumqttc's default is 10 KiB, too small
+/// for a `send-api` with a request body).
+const MAX_INCOMING_PACKET: u32 = 2 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -222,6 +228,8 @@ pub async fn run(
     options
         .set_keep_alive(KEEP_ALIVE)
         .set_clean_start(true)
+        .set_outgoing_inflight_upper_limit(MAX_INFLIGHT)
+        .set_max_packet_size(Some(MAX_INCOMING_PACKET))
         .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             Arc::new(tls),
         )));
