@@ -40,8 +40,9 @@ use crate::store::{Store, StoreError};
 pub const ENDPOINTS_FILE: &str = "endpoints.json";
 /// Device messages waiting to be recorded; beyond this the MQTT side waits.
 const INGEST_QUEUE: usize = 4096;
-/// Largest MQTT packet a device may send.
-const MAX_MQTT_PACKET: u32 = 1024 * 1024;
+/// Largest MQTT packet a device may send: a `send-api` answer carries up to
+/// 1 MiB of body, which JSON escaping can grow.
+const MAX_MQTT_PACKET: u32 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

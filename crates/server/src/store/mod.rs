@@ -215,8 +215,8 @@ fn sqlite_pool_options(options: &mut AnyConnectOptions) -> AnyPoolOptions {
             conn.execute(
                 "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL",
             )
-                .await
-                .map(drop)
+            .await
+            .map(drop)
         })
     });
     let url = &mut options.database_url;

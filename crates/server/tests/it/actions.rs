@@ -64,6 +64,19 @@ async fn every_agent_action_round_trips(database: Database) -> anyhow::Result<()
     assert_eq!(api["response"]["truncated"], false);
     assert_eq!(target.requests(), 1);
 
+    let big = HttpTarget::start(Behaviour::Respond(vec![b'x'; 1536 * 1024])).await?;
+    let truncated = run(&admin, "edge-1", "send-api", json!({"href": big.url})).await?;
+    assert_eq!(
+        truncated["state"], "succeeded",
+        "{}",
+        truncated["statusMessage"]
+    );
+    assert_eq!(truncated["response"]["truncated"], true);
+    assert_eq!(
+        truncated["response"]["body"].as_str().map(str::len),
+        Some(1024 * 1024)
+    );
+
     let not_http = run(
         &admin,
         "edge-1",
@@ -135,7 +148,7 @@ async fn every_agent_action_round_trips(database: Database) -> anyhow::Result<()
         .get("/api/v1/devices/edge-1/actions")
         .await?
         .expect_status(200)?;
-    assert_eq!(listed.as_array().map(Vec::len), Some(8));
+    assert_eq!(listed.as_array().map(Vec::len), Some(9));
     Ok(())
 }
 
