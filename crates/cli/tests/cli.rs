@@ -306,3 +306,154 @@ async fn run_wait_exits_by_the_actions_outcome() {
     echo.disconnect().await;
     silent.disconnect().await;
 }
+
+/// A port that was free a moment ago; quickstart needs the same ports on
+/// both runs, because the agent keeps the MQTT address it enrolled with.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+struct Quickstart {
+    child: tokio::process::Child,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Quickstart {
+    async fn start(tether: &Tether, data_dir: &std::path::Path, api: u16, mqtt: u16) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+            .arg("quickstart")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--api-port",
+                &api.to_string(),
+                "--mqtt-port",
+                &mqtt.to_string(),
+            ])
+            .env("TETHER_CLI_CONFIG", tether.config())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("quickstart starts");
+        let stdout =
+            tokio::io::BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+        let mut quickstart = Self { child, stdout };
+        quickstart
+            .wait_for_line("tether quickstart is running")
+            .await;
+        quickstart
+    }
+
+    async fn wait_for_line(&mut self, wanted: &str) {
+        let found = tokio::time::timeout(Duration::from_secs(90), async {
+            while let Some(line) = self
+                .stdout
+                .next_line()
+                .await
+                .expect("reads quickstart's output")
+            {
+                if line.contains(wanted) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(found, Ok(true), "quickstart never printed {wanted:?}");
+    }
+
+    /// Ctrl-C, as a user would; quickstart must stop both children and exit 0.
+    async fn interrupt(mut self) {
+        let pid = self.child.id().expect("quickstart runs").to_string();
+        let sent = tokio::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .await
+            .expect("kill runs");
+        assert!(sent.success());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("quickstart stops within 30 s")
+            .expect("quickstart's exit status");
+        assert!(status.success(), "quickstart exited with {status}");
+    }
+}
+
+fn processes_using(data_dir: &std::path::Path) -> Vec<String> {
+    let needle = data_dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(&needle) && !cmdline.contains(" quickstart "))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quickstart_runs_tetherd_and_a_local_agent_and_stops_them_on_ctrl_c() {
+    let tether = Tether::new();
+    let data_dir = tempfile::tempdir().expect("a data dir");
+    let (api, mqtt) = (free_port(), free_port());
+
+    let quickstart = Quickstart::start(&tether, data_dir.path(), api, mqtt).await;
+    let devices = tether.run_ok(&["devices", "list", "-o", "json"]).await;
+    let devices: Vec<Device> = serde_json::from_str(&devices).expect("a JSON device list");
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].name, "local");
+    assert_eq!(devices[0].presence.as_str(), "online");
+
+    let out = tether
+        .run_ok(&["actions", "run", "local", "get-node-ip", "--wait"])
+        .await;
+    assert!(out.contains("STATUS:    200"), "{out}");
+    assert!(out.contains("127.0.0.1"), "{out}");
+
+    let stats = tether
+        .run_ok(&[
+            "actions",
+            "run",
+            "local",
+            "run-stats",
+            "--input",
+            r#"{"interval":1}"#,
+            "--wait",
+        ])
+        .await;
+    assert!(stats.contains("succeeded"), "{stats}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = tether.run_ok(&["metrics", "local", "-o", "json"]).await;
+        let samples: serde_json::Value = serde_json::from_str(&metrics).expect("JSON metrics");
+        if samples.as_array().is_some_and(|s| !s.is_empty()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no metrics after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    quickstart.interrupt().await;
+    assert_eq!(
+        processes_using(data_dir.path()),
+        Vec::<String>::new(),
+        "children left running"
+    );
+
+    // A second run reuses the data dir and the same device.
+    let quickstart = Quickstart::start(&tether, data_dir.path(), api, mqtt).await;
+    let devices = tether.run_ok(&["devices", "list", "-o", "json"]).await;
+    let devices: Vec<Device> = serde_json::from_str(&devices).expect("a JSON device list");
+    assert_eq!(devices.len(), 1, "still the one device");
+    assert_eq!(devices[0].presence.as_str(), "online");
+    quickstart.interrupt().await;
+}
