@@ -97,18 +97,12 @@ impl ActionService {
         } else {
             request.input
         };
-        match self.catalogue.validate(&request.action, &input) {
-            Ok(()) => {}
-            Err(error @ InputError::UnknownAction { .. }) => {
-                return Err(ActionError::UnknownAction(error.to_string()));
-            }
-            Err(error @ InputError::Invalid { .. }) => {
-                let message = error.to_string();
-                let InputError::Invalid { errors, .. } = error else {
-                    unreachable!("matched Invalid above")
-                };
-                return Err(ActionError::InvalidInput { message, errors });
-            }
+        if let Err(error) = self.catalogue.validate(&request.action, &input) {
+            let message = error.to_string();
+            return Err(match error {
+                InputError::UnknownAction { .. } => ActionError::UnknownAction(message),
+                InputError::Invalid { errors, .. } => ActionError::InvalidInput { message, errors },
+            });
         }
         if self.store.get_device(device).await?.is_none() {
             return Err(ActionError::DeviceNotFound(device.clone()));

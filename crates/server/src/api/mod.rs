@@ -92,12 +92,17 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .nest("/api/v1", protected.merge(public))
         .split_for_parts();
     openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    let document = Arc::new(openapi);
+    let document = openapi.to_json().unwrap_or_else(|error| {
+        tracing::error!(%error, "could not render the OpenAPI document");
+        String::from("{}")
+    });
     api.route(
         "/api/v1/openapi.json",
-        axum::routing::get(move || {
-            let document = document.clone();
-            async move { axum::Json(document.as_ref().clone()) }
+        axum::routing::get(move || async move {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                document,
+            )
         }),
     )
     .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })

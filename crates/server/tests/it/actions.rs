@@ -18,6 +18,7 @@ on_both_databases!(
     unanswered_actions_time_out,
     agent_killed_mid_action_ends_it_without_running_it_twice,
     a_device_cannot_answer_for_another,
+    secrets_are_redacted_in_records_and_logs_but_reach_the_device,
 );
 
 async fn every_agent_action_round_trips(database: Database) -> anyhow::Result<()> {
@@ -433,5 +434,44 @@ async fn a_device_cannot_answer_for_another(database: Database) -> anyhow::Resul
         .expect_status(200)?;
     assert_eq!(b_action["state"], "pending", "{b_action}");
     device_a.disconnect().await;
+    Ok(())
+}
+
+async fn secrets_are_redacted_in_records_and_logs_but_reach_the_device(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let credentials = DeviceCredentials::enroll(&admin, "edge-1").await?;
+    let secret = "hunter2-very-secret";
+    let input = json!({
+        "command": "backup-database",
+        "parameters": {"deployment": "db", "host": "127.0.0.1", "port": 22, "user": "backup", "password": secret, "remotePath": "/b"}
+    });
+    // Accepted while the device is offline, so the secret must survive in
+    // the store (sealed) until delivery.
+    let accepted = request(
+        &admin,
+        "edge-1",
+        json!({"action": "restore-command", "input": input}),
+    )
+    .await?;
+    assert_eq!(accepted["input"]["parameters"]["password"], "***");
+    assert_eq!(accepted["input"]["parameters"]["user"], "backup");
+
+    let mut device = SimAgent::connect(&credentials, Responder::Echo).await?;
+    let delivered = device
+        .next_action(Duration::from_secs(20))
+        .await
+        .expect("the action arrives");
+    assert_eq!(
+        delivered.input["parameters"]["password"], secret,
+        "the device gets the real input"
+    );
+    let done = wait_terminal(&admin, &id(&accepted)?).await?;
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["input"]["parameters"]["password"], "***");
+    assert!(!tetherd.log().contains(secret), "tetherd logged the secret");
+    device.disconnect().await;
     Ok(())
 }

@@ -2,8 +2,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+use std::time::Duration;
+
 use serde_json::json;
-use tether_testkit::{Database, Tetherd};
+use tether_testkit::{Database, Tetherd, wait_until};
 
 use crate::support::on_both_databases;
 
@@ -11,6 +13,7 @@ on_both_databases!(
     requests_without_valid_credentials_get_401,
     devices_are_created_listed_labelled_and_deleted,
     malformed_and_oversized_requests_get_clear_errors,
+    expired_sessions_get_401_and_a_new_login_works,
 );
 
 async fn requests_without_valid_credentials_get_401(database: Database) -> anyhow::Result<()> {
@@ -194,5 +197,35 @@ async fn malformed_and_oversized_requests_get_clear_errors(
     // Nothing half-accepted: the failed requests created no device.
     let all = admin.get("/api/v1/devices").await?.expect_status(200)?;
     assert_eq!(all, json!([]));
+    Ok(())
+}
+
+async fn expired_sessions_get_401_and_a_new_login_works(database: Database) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("tetherd.toml");
+    std::fs::write(&config, "[auth]\nsession_ttl_seconds = 1\n")?;
+    let config = config.to_string_lossy().into_owned();
+    let tetherd = Tetherd::start_with(database, &["--config", &config]).await?;
+    let admin = tetherd.admin().await?;
+    admin.get("/api/v1/devices").await?.expect_status(200)?;
+    let expired = wait_until(
+        "the one-second session to expire",
+        Duration::from_secs(10),
+        || {
+            let admin = admin.clone();
+            async move {
+                let reply = admin.get("/api/v1/devices").await?;
+                Ok((reply.status == 401).then_some(reply.body))
+            }
+        },
+    )
+    .await?;
+    let message = expired["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("expired") && message.contains("tether login"),
+        "{message}"
+    );
+    let again = tetherd.admin().await?;
+    again.get("/api/v1/devices").await?.expect_status(200)?;
     Ok(())
 }
