@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,10 +48,13 @@ pub struct Flags {
     /// Log filter: error, warn, info, debug, trace, or a tracing directive.
     #[arg(long, env = "TETHER_LOG", value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Print the effective configuration as a config file and exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 /// The file's shape; every key is optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
@@ -66,7 +69,7 @@ struct FileConfig {
     auth: FileAuth,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct FileActions {
     default_ttl_seconds: Option<u64>,
@@ -74,7 +77,7 @@ struct FileActions {
     default_timeout_seconds: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct FileAuth {
     session_ttl_seconds: Option<u64>,
@@ -218,6 +221,30 @@ impl ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// The configuration in the config file's format, every key filled in.
+    pub fn to_toml(&self) -> String {
+        let file = FileConfig {
+            data_dir: Some(self.data_dir.clone()),
+            listen_api: Some(self.listen_api),
+            listen_mqtt: Some(self.listen_mqtt),
+            database_url: Some(self.database_url.clone()),
+            public_hosts: Some(self.public_hosts.clone()),
+            log_level: Some(self.log_level.clone()),
+            actions: FileActions {
+                default_ttl_seconds: Some(self.actions.default_ttl.as_secs()),
+                max_ttl_seconds: Some(self.actions.max_ttl.as_secs()),
+                default_timeout_seconds: Some(self.actions.default_timeout.as_secs()),
+            },
+            auth: FileAuth {
+                session_ttl_seconds: Some(self.auth.session_ttl.as_secs()),
+                enrollment_token_ttl_seconds: Some(self.auth.enrollment_token_ttl.as_secs()),
+            },
+        };
+        toml::to_string(&file).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
+    }
+}
+
 fn secs(value: Option<u64>, default: Duration) -> Duration {
     value.map(Duration::from_secs).unwrap_or(default)
 }
@@ -281,6 +308,17 @@ mod tests {
         assert_eq!(config.database_url, "sqlite:///srv/tether/tether.db");
         assert_eq!(config.actions.default_ttl, Duration::from_secs(60));
         assert_eq!(config.actions.default_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn the_printed_config_reads_back_as_the_same_config() {
+        let config = ServerConfig::merge(flags(&["--data-dir", "/srv/t"]), FileConfig::default())
+            .expect("config");
+        let printed = config.to_toml();
+        let file: FileConfig = toml::from_str(&printed).expect("the printed config parses");
+        let again = ServerConfig::merge(flags(&[]), file).expect("config");
+        assert_eq!(again.to_toml(), printed);
+        assert!(printed.contains("[actions]") && printed.contains("default_ttl_seconds = 3600"));
     }
 
     #[test]

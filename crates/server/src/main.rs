@@ -4,7 +4,13 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = ServerConfig::load(Flags::parse())?;
+    let flags = Flags::parse();
+    let print_config = flags.print_config;
+    let config = ServerConfig::load(flags)?;
+    if print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_new(format!("{},rmqtt=warn,rmqtt_net=warn", config.log_level))

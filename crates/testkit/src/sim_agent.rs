@@ -141,12 +141,13 @@ impl SimAgent {
         network.set_tcp_nodelay(true);
         options.set_network_options(network);
         let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let t0 = std::time::Instant::now();
         let actions_topic = DeviceTopic::new(device.clone(), TopicKind::Actions).to_string();
         client
             .subscribe(&actions_topic, QoS::AtLeastOnce)
             .await
             .context("queueing the subscription")?;
-        wait_for_suback(&mut eventloop).await?;
+        wait_for_suback(&mut eventloop, t0).await?;
         client
             .publish(
                 &status_topic,
@@ -219,13 +220,19 @@ impl SimAgent {
     }
 }
 
-async fn wait_for_suback(eventloop: &mut EventLoop) -> anyhow::Result<()> {
+async fn wait_for_suback(eventloop: &mut EventLoop, t0: std::time::Instant) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let event = tokio::time::timeout_at(deadline, eventloop.poll())
             .await
             .context("timed out waiting for the SUBACK")?
             .context("MQTT connection failed")?;
+        if let Event::Incoming(Packet::ConnAck(_)) = event {
+            eprintln!("SIMT connack {:.1}", t0.elapsed().as_secs_f64() * 1000.0);
+        }
+        if let Event::Incoming(Packet::SubAck(_)) = event {
+            eprintln!("SIMT suback {:.1}", t0.elapsed().as_secs_f64() * 1000.0);
+        }
         if let Event::Incoming(Packet::SubAck(suback)) = event {
             if suback.return_codes.iter().all(|code| {
                 matches!(
