@@ -337,11 +337,22 @@ async fn an_enrollment_token_works_exactly_once(database: Database) -> anyhow::R
         wrong.body
     );
 
-    // A new token re-enrolls; the old certificate stops working.
+    // Issuing a token revokes the device's earlier unused one: a token left in
+    // a terminal or CI log stops working once a newer one exists.
+    let stale = admin
+        .post("/api/v1/devices/edge-1/enrollment-token", json!({}))
+        .await?
+        .expect_status(200)?;
     let renewed = admin
         .post("/api/v1/devices/edge-1/enrollment-token", json!({}))
         .await?
         .expect_status(200)?;
+    let refused =
+        DeviceCredentials::enroll_with_token(&admin, stale["token"].as_str().context("token")?)
+            .await;
+    assert!(refused.is_err(), "a superseded token must be refused");
+
+    // The new token re-enrolls; the old certificate stops working.
     let second =
         DeviceCredentials::enroll_with_token(&admin, renewed["token"].as_str().context("token")?)
             .await?;

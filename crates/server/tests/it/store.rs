@@ -401,26 +401,38 @@ async fn enrollment_token_works_exactly_once(store: Store) {
         .insert_enrollment_token(&name, "hash-2", at(60_000))
         .await
         .expect("insert hash-2");
+    // Issuing hash-2 revoked the unused hash-1.
     assert_eq!(
         store
             .consume_enrollment_token("hash-1", at(1_000))
+            .await
+            .expect("use the revoked token"),
+        None
+    );
+    assert_eq!(
+        store
+            .consume_enrollment_token("hash-2", at(1_001))
             .await
             .expect("first use"),
         Some(name.clone())
     );
     assert_eq!(
         store
-            .consume_enrollment_token("hash-1", at(1_001))
+            .consume_enrollment_token("hash-2", at(1_002))
             .await
             .expect("second use"),
         None
     );
-    // An earlier token stays valid beside a newer one.
+    // A token issued after enrollment (re-enrollment) works once again.
+    store
+        .insert_enrollment_token(&name, "hash-renewed", at(60_000))
+        .await
+        .expect("insert hash-renewed");
     assert_eq!(
         store
-            .consume_enrollment_token("hash-2", at(1_002))
+            .consume_enrollment_token("hash-renewed", at(1_003))
             .await
-            .expect("use hash-2"),
+            .expect("use hash-renewed"),
         Some(name)
     );
     assert_eq!(
