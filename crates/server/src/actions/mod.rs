@@ -293,19 +293,24 @@ impl ActionService {
     }
 
     /// Records a device's answer. An answer for another device's action is
-    /// refused: a device can never act for another.
+    /// refused: a device can never act for another. An answer for no known
+    /// action is dropped, so a device cannot fill the database with them.
     pub async fn handle_event(
         &self,
         device: &DeviceId,
         event: ActionEvent,
     ) -> Result<(), StoreError> {
         let now = Utc::now();
-        let record = self.store.get_action(&event.correlation_id).await?;
-        if let Some(record) = &record
-            && &record.device != device
-        {
-            tracing::warn!(%device, owner = %record.device, correlation_id = %event.correlation_id, "a device answered another device's action; ignored");
-            return Ok(());
+        match self.store.get_action(&event.correlation_id).await? {
+            None => {
+                tracing::warn!(%device, correlation_id = %event.correlation_id, "answer for an unknown action; dropped");
+                return Ok(());
+            }
+            Some(record) if &record.device != device => {
+                tracing::warn!(%device, owner = %record.device, correlation_id = %event.correlation_id, "a device answered another device's action; dropped");
+                return Ok(());
+            }
+            Some(_) => {}
         }
         self.store
             .insert_event(&EventRecord {
@@ -319,10 +324,6 @@ impl ActionService {
                 received_at: now,
             })
             .await?;
-        let Some(_) = record else {
-            tracing::warn!(%device, correlation_id = %event.correlation_id, "event for an unknown action; recorded as an event only");
-            return Ok(());
-        };
         let to = ActionState::from_status_code(event.status_code);
         let outcome = Outcome {
             at: now,
@@ -424,7 +425,8 @@ impl ActionService {
 }
 
 /// The caller may pick the correlation id (seed 000 puts it in the input);
-/// it then doubles as an idempotency key. Otherwise tetherd makes one.
+/// a repeated one is refused with 409, so a retried request never runs an
+/// action twice. Otherwise tetherd makes one.
 fn correlation_id(input: &serde_json::Value) -> Result<String, ActionError> {
     match input.get("correlationId").and_then(|v| v.as_str()) {
         Some(id)

@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::json;
 use tether_testkit::sim_agent::DeviceCredentials;
-use tether_testkit::{Database, Tetherd, wait_until};
+use tether_testkit::{Database, Tetherd};
 
-use crate::support::{id, on_both_databases, request};
+use crate::support::{id, on_both_databases, request, wait_terminal};
 
 on_both_databases!(
     a_device_is_confined_to_its_own_topics,
@@ -165,8 +165,9 @@ async fn a_device_is_confined_to_its_own_topics(database: Database) -> anyhow::R
         .expect_status(200)?;
     assert_eq!(b_events, json!([]));
 
-    // A's own topics work with the same client: its event is recorded.
-    let own = json!({"correlationId": "own-1", "event": "get-node-ip", "statusCode": 200, "statusMessage": "OK", "response": {}}).to_string();
+    // A's own topics work with the same client: its answer ends its action.
+    let for_a = request(&admin, "device-a", json!({"action": "get-node-ip"})).await?;
+    let own = json!({"correlationId": id(&for_a)?, "event": "get-node-ip", "statusCode": 200, "statusMessage": "OK", "response": {}}).to_string();
     let output = mosquitto(
         "mosquitto_pub",
         &port,
@@ -185,22 +186,8 @@ async fn a_device_is_confined_to_its_own_topics(database: Database) -> anyhow::R
     )
     .await?;
     assert!(output.status.success(), "{}", text(&output));
-    wait_until("A's own event", Duration::from_secs(20), || {
-        let admin = admin.clone();
-        async move {
-            let events = admin
-                .get("/api/v1/devices/device-a/events")
-                .await?
-                .expect_status(200)?;
-            Ok(events
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|e| e["correlationId"] == "own-1")
-                .then_some(()))
-        }
-    })
-    .await?;
+    let done = wait_terminal(&admin, &id(&for_a)?).await?;
+    assert_eq!(done["state"], "succeeded", "{done}");
     Ok(())
 }
 
