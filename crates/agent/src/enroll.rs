@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use sha2::{Digest, Sha256};
 use tether_proto::api::{EnrollRequest, EnrollResponse, ErrorBody};
+use tether_proto::ca::{self, CaPemError};
 use tether_proto::{DeviceId, InvalidDeviceId};
 
 use crate::state::{AgentConfig, Credentials, StateDir, StateError};
@@ -37,8 +37,14 @@ pub enum EnrollError {
     Connect { url: String, source: reqwest::Error },
     #[error("{url} answered HTTP {status}")]
     Status { url: String, status: StatusCode },
-    #[error("{url} returned {count} certificates; expected exactly one CA certificate in PEM")]
-    NotOneCertificate { url: String, count: usize },
+    #[error(
+        "refusing the CA certificate from {url}: tetherd serves its CA alone; check that --server points at your tetherd"
+    )]
+    NotOneCertificate {
+        url: String,
+        #[source]
+        source: CaPemError,
+    },
     #[error(
         "refusing to enroll: the server's CA certificate has SHA-256 {actual}, not {expected} as --ca-sha256 says; check the fingerprint (`tether devices enrollment-token NAME` prints it) and that --server points at your tetherd"
     )]
@@ -71,11 +77,7 @@ pub async fn enroll(state: &StateDir, options: &EnrollOptions) -> Result<Credent
 
     let ca_url = format!("{server}/api/v1/ca.pem");
     let ca_pem = fetch_unverified(&ca_url).await?;
-    let ca_der = single_certificate(&ca_url, &ca_pem)?;
-    let actual = hex::encode(Sha256::digest(&ca_der));
-    if actual != expected {
-        return Err(EnrollError::CaMismatch { expected, actual });
-    }
+    let ca_der = pinned_ca(&ca_url, &ca_pem, &expected)?;
     tracing::info!("server CA at {ca_url} matches --ca-sha256");
 
     let (key_pem, csr_pem) = generate_key_and_csr()?;
@@ -107,21 +109,26 @@ pub async fn enroll(state: &StateDir, options: &EnrollOptions) -> Result<Credent
 
 /// Lowercase hex without separators; accepts `AA:BB:…` and a `sha256:` prefix.
 fn normalize_fingerprint(given: &str) -> Result<String, EnrollError> {
-    let trimmed = given.trim();
-    let trimmed = trimmed
-        .strip_prefix("sha256:")
-        .or_else(|| trimmed.strip_prefix("SHA256:"))
-        .unwrap_or(trimmed);
-    let hex: String = trimmed
-        .chars()
-        .filter(|c| *c != ':')
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(hex)
+    ca::normalize_fingerprint(given).ok_or_else(|| EnrollError::BadFingerprint {
+        given: given.to_owned(),
+    })
+}
+
+/// The DER of the CA that `url` served, if it is one certificate with the
+/// `expected` fingerprint. One only: the client trusts every certificate in
+/// the stored `ca.pem`, and only one can be the pinned one.
+fn pinned_ca(url: &str, pem: &str, expected: &str) -> Result<Vec<u8>, EnrollError> {
+    let der = ca::single_certificate(pem).map_err(|source| EnrollError::NotOneCertificate {
+        url: url.to_owned(),
+        source,
+    })?;
+    let actual = ca::der_fingerprint(&der);
+    if ca::fingerprints_match(expected, &actual) {
+        Ok(der)
     } else {
-        Err(EnrollError::BadFingerprint {
-            given: given.to_owned(),
+        Err(EnrollError::CaMismatch {
+            expected: expected.to_owned(),
+            actual,
         })
     }
 }
@@ -173,19 +180,6 @@ async fn fetch_unverified(url: &str) -> Result<String, EnrollError> {
             url: url.to_owned(),
             source,
         })
-}
-
-fn single_certificate(url: &str, pem: &str) -> Result<Vec<u8>, EnrollError> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_bytes())
-        .filter_map(Result::ok)
-        .collect();
-    match certs.as_slice() {
-        [one] => Ok(one.to_vec()),
-        _ => Err(EnrollError::NotOneCertificate {
-            url: url.to_owned(),
-            count: certs.len(),
-        }),
-    }
 }
 
 /// An ECDSA P-256 key pair (PKCS#8 PEM) and a CSR for it (PEM).
@@ -348,17 +342,29 @@ mod tests {
             .self_signed(&key)
             .expect("self-signs");
         let pem = cert.pem();
+        let pinned = ca::der_fingerprint(cert.der());
         assert_eq!(
-            single_certificate("u", &pem).expect("one"),
+            pinned_ca("u", &pem, &pinned).expect("one"),
             cert.der().to_vec()
         );
+        // The pinned CA first, so a check of the first certificate passes.
         assert!(matches!(
-            single_certificate("u", &format!("{pem}{pem}")),
-            Err(EnrollError::NotOneCertificate { count: 2, .. })
+            pinned_ca("u", &format!("{pem}{pem}"), &pinned),
+            Err(EnrollError::NotOneCertificate {
+                source: CaPemError::SeveralCertificates { count: 2 },
+                ..
+            })
         ));
         assert!(matches!(
-            single_certificate("u", "not pem"),
-            Err(EnrollError::NotOneCertificate { count: 0, .. })
+            pinned_ca("u", "not pem", &pinned),
+            Err(EnrollError::NotOneCertificate {
+                source: CaPemError::NoCertificate,
+                ..
+            })
+        ));
+        assert!(matches!(
+            pinned_ca("u", &pem, &"ab".repeat(32)),
+            Err(EnrollError::CaMismatch { .. })
         ));
     }
 }

@@ -10,6 +10,7 @@ use tether_proto::api::{
     Action, CatalogueEntry, CreateDevice, Device, DeviceCreated, EnrollmentToken, ErrorBody, Event,
     LoginRequest, LoginResponse, PatchDevice, RequestAction,
 };
+use tether_proto::ca::CaPemError;
 use tether_proto::metrics::HostMetrics;
 
 /// How long to wait for the TCP and TLS handshake before naming the server unreachable.
@@ -27,6 +28,14 @@ pub enum ClientError {
     InvalidServerUrl { url: String, reason: String },
     #[error("the CA certificate is not a valid PEM certificate")]
     InvalidCa(#[source] reqwest::Error),
+    #[error(
+        "refusing the saved CA certificate: log in again with `tether login {server} --ca-file PATH` or `--ca-sha256 HEX`"
+    )]
+    NotOneCa {
+        server: String,
+        #[source]
+        source: CaPemError,
+    },
     #[error("cannot set up the HTTPS client")]
     Build(#[source] reqwest::Error),
     #[error(
@@ -135,8 +144,18 @@ pub struct ApiClient {
 impl ApiClient {
     /// A client that trusts only `ca_pem` (tetherd's own CA), never the
     /// system's roots: a public CA has no say over a private controller.
+    ///
+    /// `ca_pem` must hold exactly that one certificate: reqwest would trust
+    /// every certificate in a bundle, pinned or not.
     pub fn new(server: &str, ca_pem: &[u8], token: Option<String>) -> Result<Self, ClientError> {
-        let ca = reqwest::Certificate::from_pem(ca_pem).map_err(ClientError::InvalidCa)?;
+        let der = std::str::from_utf8(ca_pem)
+            .map_err(|_| CaPemError::NoCertificate)
+            .and_then(tether_proto::ca::single_certificate)
+            .map_err(|source| ClientError::NotOneCa {
+                server: server.trim_end_matches('/').to_owned(),
+                source,
+            })?;
+        let ca = reqwest::Certificate::from_der(&der).map_err(ClientError::InvalidCa)?;
         let http = builder()
             .tls_built_in_root_certs(false)
             .add_root_certificate(ca)
@@ -470,6 +489,26 @@ mod tests {
             base: parse_server_url(server).expect("valid URL"),
             token: None,
         }
+    }
+
+    #[test]
+    fn a_saved_ca_bundle_is_refused_rather_than_trusted_whole() {
+        ensure_crypto_provider();
+        let one = "-----BEGIN CERTIFICATE-----\nAQIDBA==\n-----END CERTIFICATE-----\n";
+        let two = format!("{one}{one}");
+        let err = ApiClient::new("https://h:8443/", two.as_bytes(), None).expect_err("two");
+        assert!(matches!(
+            err,
+            ClientError::NotOneCa {
+                source: CaPemError::SeveralCertificates { count: 2 },
+                ..
+            }
+        ));
+        assert!(
+            err.to_string()
+                .contains("tether login https://h:8443 --ca-file"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -130,6 +130,38 @@ async fn login_pins_the_ca_and_saves_a_private_config() {
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("--ca-file"), "{}", run.stderr);
 
+    // A CA file with more certificates after tetherd's CA (here server.pem:
+    // the server's own and the CA again) would make them trusted roots too.
+    let server_pem = std::fs::read_to_string(tetherd.data_dir().join("server.pem"))
+        .expect("tetherd wrote server.pem");
+    let bundle = tether.dir.path().join("bundle.pem");
+    std::fs::write(
+        &bundle,
+        format!("{}{server_pem}", String::from_utf8_lossy(tetherd.ca_pem())),
+    )
+    .expect("writes the bundle");
+    let bundle_arg = bundle.to_string_lossy();
+    let run = tether
+        .run_with_stdin(
+            &[
+                "login",
+                &tetherd.api_url,
+                "--password-stdin",
+                "--ca-file",
+                &bundle_arg,
+            ],
+            &format!("{}\n", tetherd.admin_password()),
+        )
+        .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("refusing the CA file")
+            && run.stderr.contains("it holds 3 certificates, not one"),
+        "{}",
+        run.stderr
+    );
+    assert!(!tether.config().exists(), "nothing was saved");
+
     tether.login(&tetherd).await;
     let mode = std::fs::metadata(tether.config())
         .expect("the config was written")

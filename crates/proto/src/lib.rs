@@ -6,6 +6,7 @@
 
 pub mod action;
 pub mod api;
+pub mod ca;
 pub mod catalogue;
 pub mod device;
 pub mod metrics;

@@ -8,8 +8,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
-use sha2::{Digest, Sha256};
 use tether_proto::DeviceId;
+use tether_proto::ca::{self, CaPemError};
 
 use crate::secret_file;
 
@@ -33,6 +33,14 @@ pub enum PkiError {
         what: &'static str,
         #[source]
         source: rcgen::Error,
+    },
+    /// Agents and the CLI pin the CA file tetherd serves, and accept it only
+    /// if it holds one certificate.
+    #[error("{path} is not a usable CA certificate; move it away to let tetherd create a new CA")]
+    BadCaPem {
+        path: PathBuf,
+        #[source]
+        source: CaPemError,
     },
     #[error("the certificate signing request is not valid PEM PKCS#10 with a valid signature")]
     BadCsr(#[source] rcgen::Error),
@@ -89,10 +97,9 @@ impl CertificateAuthority {
                 what: "CA certificate",
                 source,
             })?;
-        let sha256_hex = pem_der_sha256(&cert_pem).ok_or_else(|| PkiError::BadFile {
+        let sha256_hex = ca::ca_fingerprint(&cert_pem).map_err(|source| PkiError::BadCaPem {
             path: cert_path.clone(),
-            what: "CA certificate",
-            source: rcgen::Error::CouldNotParseCertificate,
+            source,
         })?;
         Ok(Self {
             issuer,
@@ -172,11 +179,10 @@ impl CertificateAuthority {
     }
 }
 
-/// SHA-256 of the DER inside a PEM certificate, lowercase hex.
+/// SHA-256 of the DER of the only certificate in a PEM, lowercase hex: the
+/// fingerprint agents and the CLI pin (see `tether_proto::ca`).
 pub fn pem_der_sha256(pem: &str) -> Option<String> {
-    let mut reader = std::io::BufReader::new(pem.as_bytes());
-    let der = rustls_pemfile::certs(&mut reader).next()?.ok()?;
-    Some(hex::encode(Sha256::digest(der.as_ref())))
+    ca::ca_fingerprint(pem).ok()
 }
 
 fn name(common_name: &str) -> DistinguishedName {

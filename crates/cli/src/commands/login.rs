@@ -3,8 +3,8 @@
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 
-use sha2::{Digest, Sha256};
 use tether_proto::api::LoginRequest;
+use tether_proto::ca::{self, CaPemError};
 
 use super::{CommandError, Context, Outcome};
 use crate::client::{self, ApiClient, ClientError};
@@ -60,8 +60,23 @@ pub enum LoginError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{what} holds no PEM certificate")]
-    NotPem { what: String },
+    #[error(
+        "refusing the CA file {}: it must hold tetherd's CA certificate alone, as DATA_DIR/ca.pem does",
+        path.display()
+    )]
+    CaFileNotOneCertificate {
+        path: PathBuf,
+        #[source]
+        source: CaPemError,
+    },
+    #[error(
+        "refusing the CA that {server} serves: tetherd serves its CA certificate alone, so you may not be talking to the tetherd you expect"
+    )]
+    ServedCaNotOneCertificate {
+        server: String,
+        #[source]
+        source: CaPemError,
+    },
     #[error(
         "the CA that {server} serves has SHA-256 {actual}, not {expected}: check the fingerprint, or you may not be talking to the tetherd you expect"
     )]
@@ -121,30 +136,23 @@ impl Login {
 
     /// The CA to trust: a given file, a fetched one that matches the given
     /// fingerprint, or the one saved by an earlier login to the same server.
+    /// A given or fetched PEM must hold exactly one certificate: TLS trusts
+    /// every certificate in it, and only one can be the checked one.
     async fn trusted_ca(&self, ctx: &Context, server: &str) -> Result<Vec<u8>, CommandError> {
         if let Some(path) = &self.ca_file {
             let pem = std::fs::read(path).map_err(|source| LoginError::ReadCaFile {
                 path: path.clone(),
                 source,
             })?;
-            fingerprint(&pem).ok_or_else(|| LoginError::NotPem {
-                what: format!("the CA file {}", path.display()),
+            single_ca(&pem).map_err(|source| LoginError::CaFileNotOneCertificate {
+                path: path.clone(),
+                source,
             })?;
             return Ok(pem);
         }
         if let Some(expected) = &self.ca_sha256 {
             let pem = ApiClient::fetch_ca_unverified(server).await?;
-            let actual = fingerprint(&pem).ok_or_else(|| LoginError::NotPem {
-                what: format!("the CA that {server} serves"),
-            })?;
-            if &actual != expected {
-                return Err(LoginError::FingerprintMismatch {
-                    server: server.to_owned(),
-                    expected: expected.clone(),
-                    actual,
-                }
-                .into());
-            }
+            check_pinned_ca(server, &pem, expected)?;
             return Ok(pem);
         }
         match CliConfig::load_if_present(&ctx.config_path)? {
@@ -204,24 +212,35 @@ fn read_line(mut input: impl BufRead) -> Result<String, LoginError> {
     Ok(trimmed.strip_suffix('\r').unwrap_or(trimmed).to_owned())
 }
 
-/// SHA-256 of the first certificate's DER in `pem`, lowercase hex.
-pub fn fingerprint(pem: &[u8]) -> Option<String> {
-    let der = rustls_pemfile::certs(&mut &pem[..]).next()?.ok()?;
-    Some(hex::encode(Sha256::digest(der.as_ref())))
+/// The fingerprint of `pem`, which must hold exactly one certificate.
+fn single_ca(pem: &[u8]) -> Result<String, CaPemError> {
+    // PEM is ASCII: bytes that are not UTF-8 hold no PEM certificate.
+    let text = std::str::from_utf8(pem).map_err(|_| CaPemError::NoCertificate)?;
+    ca::ca_fingerprint(text)
 }
 
-/// Accepts `ab12…` and `AB:12:…`; gives lowercase hex without colons.
-fn parse_fingerprint(s: &str) -> Result<String, String> {
-    let hex: String = s
-        .chars()
-        .filter(|c| *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase();
-    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        Ok(hex)
+/// Accepts the CA that `server` served only if it is one certificate with
+/// the `expected` fingerprint.
+fn check_pinned_ca(server: &str, pem: &[u8], expected: &str) -> Result<(), LoginError> {
+    let actual = single_ca(pem).map_err(|source| LoginError::ServedCaNotOneCertificate {
+        server: server.to_owned(),
+        source,
+    })?;
+    if ca::fingerprints_match(expected, &actual) {
+        Ok(())
     } else {
-        Err("expected a SHA-256 fingerprint: 64 hex digits, colons allowed".to_owned())
+        Err(LoginError::FingerprintMismatch {
+            server: server.to_owned(),
+            expected: expected.to_owned(),
+            actual,
+        })
     }
+}
+
+/// Accepts `ab12…`, `AB:12:…` and a `sha256:` prefix; gives lowercase hex without colons.
+fn parse_fingerprint(s: &str) -> Result<String, String> {
+    ca::normalize_fingerprint(s)
+        .ok_or_else(|| "expected a SHA-256 fingerprint: 64 hex digits, colons allowed".to_owned())
 }
 
 #[cfg(test)]
@@ -230,22 +249,47 @@ mod tests {
 
     // PEM framing around bytes that are no real certificate: the fingerprint
     // hashes whatever DER the block holds, without parsing it.
-    const PEM: &str = "-----BEGIN CERTIFICATE-----
-MIIBbjCCARWgAwIBAgIUXeLa3cH1g9d6R4bKTj2hMvM3kPwwCgYIKoZIzj0EAwIw
-DTELMAkGA1UEAwwCY2EwHhcNMjUwMTAxMDAwMDAwWhcNMzUwMTAxMDAwMDAwWjAN
-MQswCQYDVQQDDAJjYTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABHxWJ3W8l2Xr
------END CERTIFICATE-----
-";
+    const REAL: &str =
+        "-----BEGIN CERTIFICATE-----\nAQIDBAUGBwgJCgsMDQ4PEA==\n-----END CERTIFICATE-----\n";
+    const ATTACKER: &str =
+        "-----BEGIN CERTIFICATE-----\nERITFBUWFxgZGhscHR4fIA==\n-----END CERTIFICATE-----\n";
 
     #[test]
-    fn the_fingerprint_is_the_sha256_of_the_der() {
-        let der = rustls_pemfile::certs(&mut PEM.as_bytes())
-            .next()
-            .expect("one block")
-            .expect("base64");
-        let expected = hex::encode(Sha256::digest(der.as_ref()));
-        assert_eq!(fingerprint(PEM.as_bytes()), Some(expected));
-        assert_eq!(fingerprint(b"not a pem"), None);
+    fn a_served_ca_is_accepted_only_alone_and_with_the_pinned_fingerprint() {
+        let pinned = ca::ca_fingerprint(REAL).expect("one certificate");
+        let server = "https://tether.example:8443";
+        check_pinned_ca(server, REAL.as_bytes(), &pinned).expect("the pinned CA alone");
+
+        // The real CA first, so its fingerprint matches, and the attacker's
+        // after it: trusting this PEM would trust both.
+        let bundle = format!("{REAL}{ATTACKER}");
+        let err = check_pinned_ca(server, bundle.as_bytes(), &pinned).expect_err("two");
+        assert!(matches!(
+            err,
+            LoginError::ServedCaNotOneCertificate {
+                source: CaPemError::SeveralCertificates { count: 2 },
+                ..
+            }
+        ));
+        let message = format!("{:#}", anyhow::Error::from(err)); // as main prints it
+        assert!(
+            message.starts_with("refusing the CA that https://tether.example:8443 serves")
+                && message.ends_with(
+                    "it holds 2 certificates, not one, and a TLS client would trust all of them"
+                ),
+            "{message}"
+        );
+
+        let err = check_pinned_ca(server, ATTACKER.as_bytes(), &pinned).expect_err("other");
+        assert!(matches!(err, LoginError::FingerprintMismatch { .. }));
+        let err = check_pinned_ca(server, b"<html>", &pinned).expect_err("no PEM");
+        assert!(matches!(
+            err,
+            LoginError::ServedCaNotOneCertificate {
+                source: CaPemError::NoCertificate,
+                ..
+            }
+        ));
     }
 
     #[test]
