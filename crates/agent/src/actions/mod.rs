@@ -35,6 +35,13 @@ pub const IMPLEMENTED: [&str; 6] = [
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The largest event, serialized, that the agent sends. tetherd's MQTT
+/// endpoint takes packets up to 4 MiB; a larger one fails the whole
+/// connection (rumqttc: OutgoingPacketTooLarge), tetherd redelivers the
+/// action after the reconnect, and the same answer fails it again, forever.
+/// 3 MiB leaves room for the topic, the packet's header and properties.
+pub const MAX_EVENT_BYTES: usize = 3 * 1024 * 1024;
+
 /// Why a handler did not succeed; each maps to the event's status code.
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
@@ -79,6 +86,7 @@ pub struct Dispatcher {
     catalogue: Catalogue,
     dedupe: Dedupe,
     context: Context,
+    max_event_bytes: usize,
 }
 
 impl Dispatcher {
@@ -87,7 +95,15 @@ impl Dispatcher {
             catalogue: Catalogue::builtin(),
             dedupe,
             context,
+            max_event_bytes: MAX_EVENT_BYTES,
         }
+    }
+
+    /// Sets the largest event sent (default [`MAX_EVENT_BYTES`]); lets tests
+    /// reach the limit without megabytes of answer.
+    pub fn with_max_event_bytes(mut self, limit: usize) -> Self {
+        self.max_event_bytes = limit;
+        self
     }
 
     /// Handles one message from the `actions` topic and returns the event
@@ -109,7 +125,13 @@ impl Dispatcher {
                     "action {} was already answered; sending the same answer again",
                     request.correlation_id
                 );
-                return Some(*event);
+                // A record from before the size limit may hold an answer
+                // too large to send; it is replaced once, for good.
+                let (event, replaced) = self.within_size_limit(*event);
+                if replaced && let Err(e) = self.dedupe.record_done(&event) {
+                    tracing::error!("{}", chain(&e));
+                }
+                return Some(event);
             }
             Seen::Started => self.answer(
                 &request,
@@ -119,6 +141,9 @@ impl Dispatcher {
             ),
             Seen::New => self.run(&request, now).await,
         };
+        // Checked before it is recorded: a redelivery then gets the small
+        // replacement, never the answer that cannot be sent.
+        let (event, _) = self.within_size_limit(event);
         if let Err(e) = self.dedupe.record_done(&event) {
             tracing::error!("{}", chain(&e));
         }
@@ -187,6 +212,32 @@ impl Dispatcher {
         )
     }
 
+    /// `event`, or a 500 in its place if it is too large to send; and
+    /// whether it was replaced.
+    fn within_size_limit(&self, event: ActionEvent) -> (ActionEvent, bool) {
+        let size = serialized_len(&event);
+        if size <= self.max_event_bytes {
+            return (event, false);
+        }
+        let message = format!(
+            "the answer is {size} bytes, more than the {} the controller accepts",
+            self.max_event_bytes
+        );
+        tracing::warn!(
+            "action {} answered {} with {size} bytes; sending a 500 instead",
+            event.correlation_id,
+            event.status_code
+        );
+        let replacement = ActionEvent {
+            correlation_id: event.correlation_id,
+            event: event.event,
+            status_code: 500,
+            status_message: message,
+            response: Value::Null,
+        };
+        (replacement, true)
+    }
+
     fn event_name(&self, action: &str) -> String {
         self.catalogue
             .get(action)
@@ -215,6 +266,27 @@ impl Dispatcher {
             status_message: message,
             response: Value::Null,
         })
+    }
+}
+
+/// The length of `event` as JSON, counted without building it.
+fn serialized_len(event: &ActionEvent) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serializing plain data to a writer that never fails cannot fail; if it
+    // somehow did, the event is treated as too large to send.
+    match serde_json::to_writer(&mut count, event) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
     }
 }
 
@@ -315,6 +387,80 @@ pub(crate) mod tests {
             .expect("answered");
         // A second run would have issued a different id.
         assert_eq!(first, again);
+    }
+
+    #[tokio::test]
+    async fn an_answer_too_large_to_send_is_replaced_by_a_500_also_on_redelivery() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let limit = 64 * 1024;
+        let (dispatcher, _subscriber) = dispatcher(temp.path());
+        let mut dispatcher = dispatcher.with_max_event_bytes(limit);
+        let (url, server) =
+            send_api::tests::serve_once("HTTP/1.1 200 OK\r\n", vec![b'x'; 100 * 1024]).await;
+        let payload = request("c1", "send-api", json!({"href": url}));
+        let event = dispatcher
+            .handle(&payload, Utc::now())
+            .await
+            .expect("answered");
+        assert_eq!(event.correlation_id, "c1");
+        assert_eq!(event.event, "send-api");
+        assert_eq!(event.status_code, 500);
+        assert_eq!(event.response, Value::Null);
+        let message = &event.status_message;
+        assert!(
+            message.starts_with("the answer is 10")
+                && message.ends_with(" bytes, more than the 65536 the controller accepts"),
+            "{message}"
+        );
+        assert!(serialized_len(&event) <= limit);
+        server.await.expect("the request was made once");
+
+        // What is recorded, and so what a redelivery gets, is the 500.
+        let stored = Dedupe::open(temp.path(), DEFAULT_CAPACITY)
+            .expect("opens")
+            .lookup("c1");
+        assert_eq!(stored, Seen::Done(Box::new(event.clone())));
+        let again = dispatcher
+            .handle(&payload, Utc::now())
+            .await
+            .expect("answered");
+        assert_eq!(again, event);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_answer_recorded_before_the_limit_is_replaced_on_redelivery() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let payload = request("c1", "get-node-ip", json!({}));
+        let request: ActionRequest = serde_json::from_slice(&payload).expect("parses");
+        let huge = ActionEvent::new(&request, "get-node-ip", 200, "OK", json!("x".repeat(2000)));
+        Dedupe::open(temp.path(), DEFAULT_CAPACITY)
+            .expect("opens")
+            .record_done(&huge)
+            .expect("records");
+        let (dispatcher, _subscriber) = dispatcher(temp.path());
+        let mut dispatcher = dispatcher.with_max_event_bytes(1000);
+        let event = dispatcher
+            .handle(&payload, Utc::now())
+            .await
+            .expect("answered");
+        assert_eq!(event.status_code, 500, "{}", event.status_message);
+        let stored = Dedupe::open(temp.path(), DEFAULT_CAPACITY)
+            .expect("opens")
+            .lookup("c1");
+        assert_eq!(stored, Seen::Done(Box::new(event)));
+    }
+
+    #[test]
+    fn the_counted_length_is_the_serialized_length() {
+        let event = ActionEvent {
+            correlation_id: "c1".into(),
+            event: "send-api".into(),
+            status_code: 200,
+            status_message: "OK".into(),
+            response: json!({"body": "\u{0}é\"", "n": [1, 2]}),
+        };
+        let bytes = serde_json::to_vec(&event).expect("serializes");
+        assert_eq!(serialized_len(&event), bytes.len());
     }
 
     #[tokio::test]

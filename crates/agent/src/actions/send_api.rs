@@ -1,5 +1,5 @@
 //! `send-api`: an HTTP request made from the device, answered with the
-//! remote status, headers and (at most 1 MiB of) body.
+//! remote status, headers and (at most 1 MiB of JSON-encoded) body.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,6 +10,9 @@ use serde_json::{Value, json};
 
 use super::ActionError;
 
+/// The most body an answer carries, counted as it goes on the wire: the
+/// JSON-escaped text between the quotes. Raw bytes would not do: a NUL byte
+/// becomes `\u0000`, six bytes, so 1 MiB of raw body could be 6 MiB of event.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Debian's and Alpine's bundle; `SSL_CERT_FILE` names another.
@@ -116,6 +119,8 @@ pub async fn run(input: &Value, ca_pem: &str) -> Result<Value, ActionError> {
             })
             .or_insert_with(|| value.into_owned());
     }
+    // Every raw byte encodes to at least one byte (an invalid one to the
+    // three of U+FFFD), so more than BODY_LIMIT raw bytes are never needed.
     let mut body = Vec::new();
     let mut truncated = false;
     while let Some(chunk) = response.chunk().await.map_err(failed)? {
@@ -127,22 +132,48 @@ pub async fn run(input: &Value, ca_pem: &str) -> Result<Value, ActionError> {
         }
         body.extend_from_slice(&chunk);
     }
+    let (body, cut) = truncate_encoded(String::from_utf8_lossy(&body).into_owned(), BODY_LIMIT);
     Ok(json!({
         "status": status,
         "headers": headers,
-        "body": String::from_utf8_lossy(&body),
-        "truncated": truncated,
+        "body": body,
+        "truncated": truncated || cut,
     }))
 }
 
+/// `text` cut at a character boundary so that its JSON encoding, without
+/// the quotes, is at most `limit` bytes; and whether anything was cut.
+fn truncate_encoded(mut text: String, limit: usize) -> (String, bool) {
+    let mut encoded = 0;
+    for (at, c) in text.char_indices() {
+        encoded += json_escaped_len(c);
+        if encoded > limit {
+            text.truncate(at);
+            return (text, true);
+        }
+    }
+    (text, false)
+}
+
+/// How many bytes serde_json writes for `c` inside a string: `"` and `\`
+/// and the control characters with a short escape take two, the other
+/// control characters six (`\u001f`), anything else its UTF-8 length.
+fn json_escaped_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => 2,
+        '\0'..='\u{1f}' => 6,
+        c => c.len_utf8(),
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// Serves one canned HTTP response on 127.0.0.1 and hands back the request.
-    async fn serve_once(
+    pub(crate) async fn serve_once(
         response_head: &'static str,
         body: Vec<u8>,
     ) -> (String, tokio::task::JoinHandle<String>) {
@@ -246,6 +277,51 @@ mod tests {
         let (url, _server) = serve_once("HTTP/1.1 200 OK\r\n", vec![b'y'; BODY_LIMIT]).await;
         let response = run(&json!({"href": url}), "").await.expect("completes");
         assert_eq!(response["truncated"], false);
+    }
+
+    #[tokio::test]
+    async fn a_body_of_nul_bytes_stays_within_the_limit_once_encoded() {
+        // Each NUL is six bytes in JSON: the raw cap alone let 1 MiB of them
+        // become a 6 MiB event, more than the controller's MQTT endpoint takes.
+        let (url, _server) = serve_once("HTTP/1.1 200 OK\r\n", vec![0; BODY_LIMIT + 10]).await;
+        let response = run(&json!({"href": url}), "").await.expect("completes");
+        assert_eq!(response["truncated"], true);
+        let body = response["body"].as_str().expect("text");
+        assert_eq!(body.len(), BODY_LIMIT / 6, "as many NULs as fit");
+        let encoded = serde_json::to_string(&response["body"]).expect("encodes");
+        assert!(encoded.len() <= BODY_LIMIT + 2, "{}", encoded.len());
+        // Status and headers add little.
+        let whole = serde_json::to_vec(&response).expect("encodes").len();
+        assert!(whole <= BODY_LIMIT + 1024, "{whole}");
+
+        // A short body of them is kept whole.
+        let (url, _server) = serve_once("HTTP/1.1 200 OK\r\n", vec![0; 100]).await;
+        let response = run(&json!({"href": url}), "").await.expect("completes");
+        assert_eq!(response["truncated"], false);
+        assert_eq!(response["body"].as_str().map(str::len), Some(100));
+    }
+
+    #[test]
+    fn the_encoded_length_is_what_serde_json_writes() {
+        let samples = (0..=0x7f_u8)
+            .map(char::from)
+            .chain(['\u{7f}', 'é', '\u{2028}', '\u{fffd}', '🦀']);
+        for c in samples {
+            let quoted = serde_json::to_string(&c.to_string()).expect("encodes");
+            assert_eq!(json_escaped_len(c), quoted.len() - 2, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn text_is_cut_at_a_character_that_would_cross_the_limit() {
+        assert_eq!(truncate_encoded("abc".into(), 3), ("abc".into(), false));
+        assert_eq!(truncate_encoded("abcd".into(), 3), ("abc".into(), true));
+        // `\u0000` is six bytes: two fit in 13, not three.
+        assert_eq!(truncate_encoded("\0\0\0".into(), 13), ("\0\0".into(), true));
+        // A multi-byte character is never split.
+        assert_eq!(truncate_encoded("a🦀".into(), 4), ("a".into(), true));
+        assert_eq!(truncate_encoded("a🦀".into(), 5), ("a🦀".into(), false));
+        assert_eq!(truncate_encoded(String::new(), 0), (String::new(), false));
     }
 
     #[tokio::test]
