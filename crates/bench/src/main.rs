@@ -68,7 +68,6 @@ async fn main() -> anyhow::Result<()> {
         .await
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
-    eprintln!("SIMT connects done {:.2} s", started.elapsed().as_secs_f64());
     wait_until(
         "every simulated agent online",
         Duration::from_secs(120),
