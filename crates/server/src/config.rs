@@ -145,6 +145,29 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("no data dir given and neither XDG_DATA_HOME nor HOME is set: pass --data-dir")]
     NoDataDir,
+    #[error("{key} = {value} is out of range: {expected}")]
+    OutOfRange {
+        key: &'static str,
+        value: u64,
+        expected: String,
+    },
+}
+
+/// The longest TTL an operator may configure; beyond it time arithmetic and
+/// any sensible use end.
+const MAX_CONFIGURABLE_TTL: u64 = 366 * 24 * 3600;
+
+fn check_range(key: &'static str, value: Duration, min: u64, max: u64) -> Result<(), ConfigError> {
+    let seconds = value.as_secs();
+    if (min..=max).contains(&seconds) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            key,
+            value: seconds,
+            expected: format!("use {min} to {max} seconds"),
+        })
+    }
 }
 
 impl ServerConfig {
@@ -199,6 +222,36 @@ impl ServerConfig {
                 auth_defaults.enrollment_token_ttl,
             ),
         };
+        check_range(
+            "actions.max_ttl_seconds",
+            actions.max_ttl,
+            1,
+            MAX_CONFIGURABLE_TTL,
+        )?;
+        check_range(
+            "actions.default_ttl_seconds",
+            actions.default_ttl,
+            1,
+            actions.max_ttl.as_secs(),
+        )?;
+        check_range(
+            "actions.default_timeout_seconds",
+            actions.default_timeout,
+            1,
+            86_400,
+        )?;
+        check_range(
+            "auth.session_ttl_seconds",
+            auth.session_ttl,
+            1,
+            MAX_CONFIGURABLE_TTL,
+        )?;
+        check_range(
+            "auth.enrollment_token_ttl_seconds",
+            auth.enrollment_token_ttl,
+            1,
+            MAX_CONFIGURABLE_TTL,
+        )?;
         Ok(Self {
             data_dir,
             listen_api: flags
@@ -319,6 +372,32 @@ mod tests {
         let again = ServerConfig::merge(flags(&[]), file).expect("config");
         assert_eq!(again.to_toml(), printed);
         assert!(printed.contains("[actions]") && printed.contains("default_ttl_seconds = 3600"));
+    }
+
+    #[test]
+    fn durations_out_of_range_are_named() {
+        for (file, key) in [
+            (
+                "[actions]\ndefault_ttl_seconds = 0\n",
+                "actions.default_ttl_seconds",
+            ),
+            (
+                "[actions]\nmax_ttl_seconds = 99999999999\n",
+                "actions.max_ttl_seconds",
+            ),
+            (
+                "[actions]\nmax_ttl_seconds = 60\ndefault_ttl_seconds = 120\n",
+                "actions.default_ttl_seconds",
+            ),
+            (
+                "[auth]\nsession_ttl_seconds = 0\n",
+                "auth.session_ttl_seconds",
+            ),
+        ] {
+            let file: FileConfig = toml::from_str(file).expect("valid toml");
+            let err = ServerConfig::merge(flags(&["--data-dir", "/d"]), file).expect_err(key);
+            assert!(err.to_string().starts_with(key), "{err}");
+        }
     }
 
     #[test]

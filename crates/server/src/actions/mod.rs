@@ -155,30 +155,21 @@ impl ActionService {
         correlation_id: &str,
         timeout: Duration,
     ) -> Result<Action, ActionError> {
-        let mut receiver = self.waiters.subscribe(correlation_id);
-        let outcome = async {
-            let current = self.get(correlation_id).await?;
-            if current.state.is_terminal() {
-                return Ok(current);
-            }
-            let deadline = tokio::time::Instant::now() + timeout;
-            loop {
-                match tokio::time::timeout_at(deadline, receiver.changed()).await {
-                    Ok(Ok(())) => {
-                        if let Some(record) = receiver.borrow_and_update().clone() {
-                            return Ok(to_api(record));
-                        }
-                    }
-                    // The sender is dropped when the action completed and was
-                    // removed before this waiter subscribed; read it again.
-                    Ok(Err(_)) | Err(_) => return self.get(correlation_id).await,
-                }
+        let mut waiter = self.waiters.subscribe(correlation_id);
+        let current = self.get(correlation_id).await?;
+        if current.state.is_terminal() {
+            return Ok(current);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, waiter.changed()).await {
+                Ok(Some(record)) => return Ok(to_api(record)),
+                Ok(None) => {}
+                // Timed out, or the action completed and its entry was
+                // removed before this waiter subscribed: read it again.
+                Err(_) => return self.get(correlation_id).await,
             }
         }
-        .await;
-        drop(receiver);
-        self.waiters.release(correlation_id);
-        outcome
     }
 
     pub async fn list(&self, device: &DeviceId, limit: u32) -> Result<Vec<Action>, ActionError> {
