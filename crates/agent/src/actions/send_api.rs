@@ -7,6 +7,7 @@ use std::time::Duration;
 use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tether_proto::redact::redacted_url;
 
 use super::ActionError;
 
@@ -37,7 +38,9 @@ fn parse(input: &Value) -> Result<Target, ActionError> {
     let input: Input = serde_json::from_value(input.clone())
         .map_err(|e| ActionError::invalid("$", e.to_string()))?;
     let url = Url::parse(&input.href).map_err(|e| {
-        ActionError::invalid("$.href", format!("{:?} is not a URL: {e}", input.href))
+        // The status message is stored and shown: no credentials in it.
+        let href = redacted_url(&input.href);
+        ActionError::invalid("$.href", format!("{href:?} is not a URL: {e}"))
     })?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(ActionError::invalid(
@@ -92,10 +95,13 @@ fn client(ca_pem: &str) -> Result<reqwest::Client, reqwest::Error> {
 /// 200 event carrying that status. Only a request that failed is an error.
 pub async fn run(input: &Value, ca_pem: &str) -> Result<Value, ActionError> {
     let target = parse(input)?;
-    let url = target.url.to_string();
-    let failed = |source| ActionError::Request {
+    // The error becomes the event's status message, stored and shown by
+    // tetherd: it names the URL redacted, and reqwest's own copy of the URL
+    // (credentials, query and all) is stripped from the cause.
+    let url = redacted_url(target.url.as_str());
+    let failed = |source: reqwest::Error| ActionError::Request {
         url: url.clone(),
-        source,
+        source: source.without_url(),
     };
     let mut request = client(ca_pem)
         .map_err(failed)?
@@ -322,6 +328,31 @@ pub(crate) mod tests {
         assert_eq!(truncate_encoded("a🦀".into(), 4), ("a".into(), true));
         assert_eq!(truncate_encoded("a🦀".into(), 5), ("a🦀".into(), false));
         assert_eq!(truncate_encoded(String::new(), 0), (String::new(), false));
+    }
+
+    #[tokio::test]
+    async fn a_failed_request_names_the_url_without_its_secrets() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let addr = listener.local_addr().expect("address");
+        drop(listener);
+        let href = format!("http://admin:hunter2@{addr}/x?token=s3cret&limit=5");
+        let err = run(&json!({"href": href}), "").await.expect_err("refused");
+        assert_eq!(err.status_code(), 502);
+        let message = crate::actions::chain(&err);
+        assert!(
+            message.starts_with(&format!(
+                "request to http://***@{addr}/x?token=***&limit=*** failed"
+            )),
+            "{message}"
+        );
+        assert!(
+            !message.contains("hunter2") && !message.contains("s3cret"),
+            "{message}"
+        );
+
+        let err = parse(&json!({"href": "http://u:hunter2@h:99999/"})).expect_err("bad port");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(err.to_string().contains("http://***@h:99999/"), "{err}");
     }
 
     #[tokio::test]
