@@ -5,7 +5,6 @@
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 use tether_proto::api::LoginResponse;
@@ -121,10 +120,12 @@ impl Auth {
     }
 }
 
-/// 32 random bytes, base64url: tokens and generated passwords.
+/// 32 random bytes, hex: tokens and generated passwords. Hex, because a
+/// base64url secret may start with `-`, which command lines take for a flag
+/// (`tether-agent --enroll-token -Ab…` failed one enrollment in sixty-four).
 pub fn new_secret() -> String {
     let bytes: [u8; 32] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    hex::encode(bytes)
 }
 
 /// How tokens are stored: they are random and long, so a plain SHA-256 is enough.
@@ -205,7 +206,11 @@ mod tests {
     fn secrets_are_long_and_distinct() {
         let (a, b) = (new_secret(), new_secret());
         assert_ne!(a, b);
-        assert_eq!(a.len(), 43);
+        assert_eq!(a.len(), 64);
+        assert!(
+            a.bytes().all(|b| b.is_ascii_hexdigit()),
+            "safe on a command line: {a}"
+        );
         assert_eq!(secret_hash(&a).len(), 64);
     }
 }

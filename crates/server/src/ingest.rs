@@ -8,12 +8,13 @@ use tether_proto::{DeviceId, DeviceStatus, Presence};
 use tokio::sync::mpsc;
 
 use crate::actions::ActionService;
-use crate::device_link::DeviceMessage;
+use crate::device_link::{DeviceLink, DeviceMessage};
 use crate::store::{EventRecord, Store, StoreError};
 
 pub struct Ingest {
     pub store: Store,
     pub actions: Arc<ActionService>,
+    pub link: Arc<dyn DeviceLink>,
 }
 
 impl Ingest {
@@ -62,8 +63,15 @@ impl Ingest {
                 Ok(())
             }
             Presence::Offline => {
+                // A death can come from a session a newer one already took
+                // over (a restarted agent on a half-open connection); boot ids
+                // have no order, so the link's view of the current session
+                // decides. The current session's end also arrives as
+                // `Disconnected`, so nothing is lost by ignoring this one.
                 let current_boot = record.boot_id.as_deref().unwrap_or_default();
-                if !status.supersedes(current_boot, record.status_seq) {
+                if self.link.is_connected(device)
+                    || !status.supersedes(current_boot, record.status_seq)
+                {
                     tracing::debug!(%device, "ignoring the death of an older session");
                     return Ok(());
                 }

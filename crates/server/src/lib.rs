@@ -140,6 +140,7 @@ pub async fn run(
         Ingest {
             store: store.clone(),
             actions: actions.clone(),
+            link: link.clone(),
         }
         .run(messages_rx),
     );

@@ -19,6 +19,7 @@ on_both_databases!(
     agent_killed_mid_action_ends_it_without_running_it_twice,
     a_device_cannot_answer_for_another,
     secrets_are_redacted_in_records_and_logs_but_reach_the_device,
+    a_restarted_agent_taking_over_its_session_stays_online,
 );
 
 async fn every_agent_action_round_trips(database: Database) -> anyhow::Result<()> {
@@ -466,5 +467,43 @@ async fn secrets_are_redacted_in_records_and_logs_but_reach_the_device(
     assert_eq!(done["input"]["parameters"]["password"], "***");
     assert!(!tetherd.log().contains(secret), "tetherd logged the secret");
     device.disconnect().await;
+    Ok(())
+}
+
+/// An agent restarted while its old connection is still open (half-open TCP,
+/// a moved pod) takes the session over; the old session's will must not mark
+/// the device offline or stop deliveries to the new one.
+async fn a_restarted_agent_taking_over_its_session_stays_online(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let credentials = DeviceCredentials::enroll(&admin, "edge-1").await?;
+    let old = SimAgent::connect(&credentials, Responder::Silent).await?;
+    wait_until("edge-1 online", Duration::from_secs(20), || {
+        let admin = admin.clone();
+        async move {
+            let d = admin
+                .get("/api/v1/devices/edge-1")
+                .await?
+                .expect_status(200)?;
+            Ok((d["presence"] == "online").then_some(()))
+        }
+    })
+    .await?;
+    let new = SimAgent::connect(&credentials, Responder::Echo).await?;
+    // Let the takeover and the old session's will be ingested: an action
+    // requested after this answer is handled behind them.
+    let probe = run(&admin, "edge-1", "get-node-ip", json!({})).await?;
+    assert_eq!(probe["state"], "succeeded", "{probe}");
+    let after = run(&admin, "edge-1", "get-node-ip", json!({})).await?;
+    assert_eq!(after["state"], "succeeded", "{after}");
+    let device = admin
+        .get("/api/v1/devices/edge-1")
+        .await?
+        .expect_status(200)?;
+    assert_eq!(device["presence"], "online", "{device}");
+    drop(old);
+    new.disconnect().await;
     Ok(())
 }
