@@ -67,6 +67,15 @@ struct FileConfig {
     actions: FileActions,
     #[serde(default)]
     auth: FileAuth,
+    #[serde(default)]
+    retention: FileRetention,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileRetention {
+    events_days: Option<u64>,
+    metrics_days: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -94,6 +103,24 @@ pub struct ServerConfig {
     pub log_level: String,
     pub actions: ActionsConfig,
     pub auth: AuthConfig,
+    pub retention: RetentionConfig,
+}
+
+/// How long device telemetry is kept; older rows are deleted hourly.
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// Seed 004 keeps logs 90 days; events get the same.
+    pub events: Duration,
+    pub metrics: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            events: Duration::from_secs(90 * 24 * 3600),
+            metrics: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +179,8 @@ pub enum ConfigError {
         expected: String,
     },
 }
+
+const DAY: u64 = 24 * 3600;
 
 /// The longest TTL an operator may configure; beyond it time arithmetic and
 /// any sensible use end.
@@ -222,6 +251,14 @@ impl ServerConfig {
                 auth_defaults.enrollment_token_ttl,
             ),
         };
+        let retention_defaults = RetentionConfig::default();
+        let days = |value: Option<u64>| value.map(|d| Duration::from_secs(d.saturating_mul(DAY)));
+        let retention = RetentionConfig {
+            events: days(file.retention.events_days).unwrap_or(retention_defaults.events),
+            metrics: days(file.retention.metrics_days).unwrap_or(retention_defaults.metrics),
+        };
+        check_range("retention.events_days", retention.events, DAY, 3660 * DAY)?;
+        check_range("retention.metrics_days", retention.metrics, DAY, 3660 * DAY)?;
         check_range(
             "actions.max_ttl_seconds",
             actions.max_ttl,
@@ -270,6 +307,7 @@ impl ServerConfig {
                 .unwrap_or_else(|| "info".to_owned()),
             actions,
             auth,
+            retention,
         })
     }
 }
@@ -292,6 +330,10 @@ impl ServerConfig {
             auth: FileAuth {
                 session_ttl_seconds: Some(self.auth.session_ttl.as_secs()),
                 enrollment_token_ttl_seconds: Some(self.auth.enrollment_token_ttl.as_secs()),
+            },
+            retention: FileRetention {
+                events_days: Some(self.retention.events.as_secs() / (24 * 3600)),
+                metrics_days: Some(self.retention.metrics.as_secs() / (24 * 3600)),
             },
         };
         toml::to_string(&file).unwrap_or_else(|error| format!("# cannot render: {error}\n"))

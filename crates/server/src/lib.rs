@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use crate::actions::ActionService;
 use crate::api::AppState;
 use crate::auth::{ADMIN_CREDENTIALS_FILE, Auth};
-use crate::config::ServerConfig;
+use crate::config::{RetentionConfig, ServerConfig};
 use crate::device_link::rmqtt::{RmqttConfig, RmqttLink};
 use crate::device_link::{DeviceLink, LinkError};
 use crate::ingest::Ingest;
@@ -148,6 +148,10 @@ pub async fn run(
         actions.clone(),
         config.actions.sweep_interval,
     ));
+    tokio::spawn(prune_telemetry_forever(
+        store.clone(),
+        config.retention.clone(),
+    ));
 
     let listener =
         std::net::TcpListener::bind(config.listen_api).map_err(|source| StartError::Listen {
@@ -223,6 +227,33 @@ async fn sweep_forever(actions: Arc<ActionService>, every: Duration) {
         ticker.tick().await;
         if let Err(error) = actions.sweep(Utc::now()).await {
             tracing::error!(error = %error_chain(&error), "could not expire or time out actions");
+        }
+    }
+}
+
+/// How often old telemetry is deleted; retention is counted in days.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+async fn prune_telemetry_forever(store: Store, retention: RetentionConfig) {
+    let mut ticker = tokio::time::interval(PRUNE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let now = Utc::now();
+        let before = |keep: Duration| {
+            now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX)
+        };
+        match store
+            .delete_telemetry_before(before(retention.events), before(retention.metrics))
+            .await
+        {
+            Ok((0, 0)) => {}
+            Ok((events, metrics)) => {
+                tracing::info!(events, metrics, "deleted telemetry past its retention")
+            }
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "could not delete old telemetry")
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The `events` and `metrics` tables: what devices report.
 
+use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::error::ErrorKind;
 use tether_proto::DeviceId;
@@ -115,6 +116,34 @@ impl Store {
     }
 
     /// The device's metrics samples, newest first, at most `limit`.
+    /// Deletes events received before `events_before` and metrics sampled
+    /// before `metrics_before`, of every device. Returns how many of each.
+    pub async fn delete_telemetry_before(
+        &self,
+        events_before: DateTime<Utc>,
+        metrics_before: DateTime<Utc>,
+    ) -> Result<(u64, u64), StoreError> {
+        let events = sqlx::query("DELETE FROM events WHERE received_at < $1")
+            .bind(millis(events_before))
+            .execute(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "delete old events",
+                source,
+            })?
+            .rows_affected();
+        let metrics = sqlx::query("DELETE FROM metrics WHERE sampled_at < $1")
+            .bind(millis(metrics_before))
+            .execute(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "delete old metrics",
+                source,
+            })?
+            .rows_affected();
+        Ok((events, metrics))
+    }
+
     pub async fn list_metrics(
         &self,
         device: &DeviceId,

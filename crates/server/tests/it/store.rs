@@ -98,6 +98,7 @@ on_both_databases! {
         open_actions_are_pending_and_delivered_in_seq_order,
         expired_pending_actions_are_selected_by_time,
         overdue_delivered_actions_are_selected_by_time,
+        old_telemetry_is_deleted_by_time,
         events_are_listed_newest_first,
         metrics_are_listed_newest_first,
     ],
@@ -892,6 +893,32 @@ async fn metrics_are_listed_newest_first(store: Store) {
         Err(StoreError::NotFound { what }) => assert_eq!(what, "device gone"),
         other => panic!("expected not found, got {other:?}"),
     }
+}
+
+async fn old_telemetry_is_deleted_by_time(store: Store) {
+    let name = device(&store, "edge-1").await;
+    for (i, millis) in [1_000, 2_000, 3_000].into_iter().enumerate() {
+        store
+            .insert_event(&event(&format!("e{i}"), &name, millis))
+            .await
+            .expect("insert an event");
+        store
+            .insert_metrics(&name, &sample(millis))
+            .await
+            .expect("insert a sample");
+    }
+    let deleted = store
+        .delete_telemetry_before(at(2_000), at(3_000))
+        .await
+        .expect("delete old telemetry");
+    assert_eq!(deleted, (1, 2));
+    let events = store.list_events(&name, 10).await.expect("list events");
+    let kept: Vec<_> = events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(kept, ["e2", "e1"]);
+    assert_eq!(
+        store.list_metrics(&name, 10).await.expect("list metrics"),
+        [sample(3_000)]
+    );
 }
 
 // Schema ------------------------------------------------------------------------------------
