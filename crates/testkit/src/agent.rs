@@ -150,21 +150,10 @@ impl Agent {
     }
 
     pub async fn wait_presence(&self, admin: &ApiClient, presence: &str) -> anyhow::Result<()> {
-        let path = format!("/api/v1/devices/{}", self.name);
-        wait_until(
-            &format!("device {} to be {presence}", self.name),
-            Duration::from_secs(30),
-            || {
-                let admin = admin.clone();
-                let path = path.clone();
-                async move {
-                    let device = admin.get(&path).await?.expect_status(200)?;
-                    Ok((device["presence"] == presence).then_some(()))
-                }
-            },
-        )
-        .await
-        .with_context(|| format!("agent log:\n{}", self.log()))
+        admin
+            .wait_presence(&self.name, presence)
+            .await
+            .with_context(|| format!("agent log:\n{}", self.log()))
     }
 
     pub fn state_file(&self, name: &str) -> PathBuf {

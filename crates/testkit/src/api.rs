@@ -58,6 +58,23 @@ impl ApiClient {
         &self.base
     }
 
+    /// Waits until the API shows `device` with this presence (`online`/`offline`).
+    pub async fn wait_presence(&self, device: &str, presence: &str) -> anyhow::Result<()> {
+        let path = format!("/api/v1/devices/{device}");
+        crate::wait_until(
+            &format!("device {device} to be {presence}"),
+            std::time::Duration::from_secs(30),
+            || {
+                let path = path.clone();
+                async move {
+                    let device = self.get(&path).await?.expect_status(200)?;
+                    Ok((device["presence"] == presence).then_some(()))
+                }
+            },
+        )
+        .await
+    }
+
     pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
         self.send(Method::GET, path, None).await
     }

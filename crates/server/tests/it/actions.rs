@@ -159,17 +159,7 @@ async fn invalid_input_is_refused_and_never_sent(database: Database) -> anyhow::
     let admin = tetherd.admin().await?;
     let credentials = DeviceCredentials::enroll(&admin, "edge-1").await?;
     let mut device = SimAgent::connect(&credentials, Responder::Silent).await?;
-    wait_until("edge-1 online", Duration::from_secs(20), || {
-        let admin = admin.clone();
-        async move {
-            let d = admin
-                .get("/api/v1/devices/edge-1")
-                .await?
-                .expect_status(200)?;
-            Ok((d["presence"] == "online").then_some(()))
-        }
-    })
-    .await?;
+    admin.wait_presence("edge-1", "online").await?;
 
     let bad = admin
         .post(
@@ -317,17 +307,7 @@ async fn unanswered_actions_time_out(database: Database) -> anyhow::Result<()> {
     let admin = tetherd.admin().await?;
     let credentials = DeviceCredentials::enroll(&admin, "edge-1").await?;
     let mut device = SimAgent::connect(&credentials, Responder::Silent).await?;
-    wait_until("edge-1 online", Duration::from_secs(20), || {
-        let admin = admin.clone();
-        async move {
-            let d = admin
-                .get("/api/v1/devices/edge-1")
-                .await?
-                .expect_status(200)?;
-            Ok((d["presence"] == "online").then_some(()))
-        }
-    })
-    .await?;
+    admin.wait_presence("edge-1", "online").await?;
     let accepted = request(
         &admin,
         "edge-1",
@@ -480,17 +460,7 @@ async fn a_restarted_agent_taking_over_its_session_stays_online(
     let admin = tetherd.admin().await?;
     let credentials = DeviceCredentials::enroll(&admin, "edge-1").await?;
     let old = SimAgent::connect(&credentials, Responder::Silent).await?;
-    wait_until("edge-1 online", Duration::from_secs(20), || {
-        let admin = admin.clone();
-        async move {
-            let d = admin
-                .get("/api/v1/devices/edge-1")
-                .await?
-                .expect_status(200)?;
-            Ok((d["presence"] == "online").then_some(()))
-        }
-    })
-    .await?;
+    admin.wait_presence("edge-1", "online").await?;
     let new = SimAgent::connect(&credentials, Responder::Echo).await?;
     // Let the takeover and the old session's will be ingested: an action
     // requested after this answer is handled behind them.
