@@ -106,12 +106,8 @@ impl Tetherd {
         command
             .arg("--data-dir")
             .arg(&data_dir)
-            .args([
-                "--listen-api",
-                "127.0.0.1:0",
-                "--listen-mqtt",
-                "127.0.0.1:0",
-            ])
+            .args(["--listen-api", &listen(&self.api_url)])
+            .args(["--listen-mqtt", &listen(&self.mqtt_url)])
             .args(["--log-level", "info,tether_server=debug"])
             .args(&self.extra_args)
             .env_remove("TETHER_CONFIG")
@@ -166,8 +162,9 @@ impl Tetherd {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
-    /// Kills tetherd (SIGKILL) and starts it again on the same data dir and
-    /// database; the ports change.
+    /// Kills tetherd (SIGKILL) and starts it again on the same data dir,
+    /// database and ports, as a crashed controller restarted by its
+    /// supervisor: agents reconnect to the address they enrolled with.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         self.spawn().await
@@ -200,6 +197,15 @@ impl Tetherd {
             .context("login gives a token")?
             .to_owned();
         Ok(anonymous.with_token(Some(token)))
+    }
+}
+
+/// The address to listen on: a free port the first time, the same one
+/// after a restart (`url` is empty before the first start).
+fn listen(url: &str) -> String {
+    match url.rsplit_once("//") {
+        Some((_, authority)) => authority.to_owned(),
+        None => "127.0.0.1:0".to_owned(),
     }
 }
 

@@ -20,6 +20,7 @@ on_both_databases!(
     a_device_cannot_answer_for_another,
     secrets_are_redacted_in_records_and_logs_but_reach_the_device,
     a_restarted_agent_taking_over_its_session_stays_online,
+    a_controller_crash_loses_no_accepted_action,
 );
 
 async fn every_agent_action_round_trips(database: Database) -> anyhow::Result<()> {
@@ -475,5 +476,50 @@ async fn a_restarted_agent_taking_over_its_session_stays_online(
     assert_eq!(device["presence"], "online", "{device}");
     drop(old);
     new.disconnect().await;
+    Ok(())
+}
+
+/// tetherd killed with SIGKILL while holding accepted actions (one pending
+/// for an offline device, one delivered to a device that has not answered
+/// yet) and restarted: both end in a definite state, nothing is lost.
+async fn a_controller_crash_loses_no_accepted_action(database: Database) -> anyhow::Result<()> {
+    let mut tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let mut agent = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
+    let target = HttpTarget::start(Behaviour::Hang).await?;
+    let in_flight = request(
+        &admin,
+        "edge-1",
+        json!({"action": "send-api", "input": {"href": target.url}, "timeoutSeconds": 600}),
+    )
+    .await?;
+    wait_until(
+        "the agent to be mid-request",
+        Duration::from_secs(20),
+        || {
+            let requests = target.requests();
+            async move { Ok((requests == 1).then_some(())) }
+        },
+    )
+    .await?;
+    agent.kill();
+    agent.wait_presence(&admin, "offline").await?;
+    let pending = request(&admin, "edge-1", json!({"action": "get-node-ip"})).await?;
+
+    tetherd.restart().await?;
+    let admin = tetherd.admin().await?;
+    agent.start()?;
+    let pending = wait_terminal(&admin, &id(&pending)?).await?;
+    assert_eq!(pending["state"], "succeeded", "{pending}");
+    let in_flight = wait_terminal(&admin, &id(&in_flight)?).await?;
+    assert_eq!(in_flight["state"], "failed", "{in_flight}");
+    assert!(
+        in_flight["statusMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("interrupted"),
+        "{in_flight}"
+    );
+    assert_eq!(target.requests(), 1, "never run twice");
     Ok(())
 }
