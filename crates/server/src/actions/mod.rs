@@ -165,8 +165,7 @@ impl ActionService {
             match tokio::time::timeout_at(deadline, waiter.changed()).await {
                 Ok(Some(record)) => return Ok(to_api(record)),
                 Ok(None) => {}
-                // Timed out, or the action completed and its entry was
-                // removed before this waiter subscribed: read it again.
+                // Timed out: answer with the action as it is now.
                 Err(_) => return self.get(correlation_id).await,
             }
         }
