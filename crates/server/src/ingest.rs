@@ -1,7 +1,9 @@
 //! Applies what devices report (through the `DeviceLink`) to the domain:
 //! presence, action answers, metrics.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tether_proto::{DeviceId, DeviceStatus, Presence};
@@ -11,18 +13,70 @@ use crate::actions::ActionService;
 use crate::device_link::{DeviceLink, DeviceMessage};
 use crate::store::{EventRecord, Store, StoreError};
 
+/// `lastSeen` is refreshed at most this often per device: often enough for
+/// an operator, rare enough to cost nothing next to the messages themselves.
+const LAST_SEEN_RESOLUTION: Duration = Duration::from_secs(30);
+
 pub struct Ingest {
     pub store: Store,
     pub actions: Arc<ActionService>,
     pub link: Arc<dyn DeviceLink>,
 }
 
+/// When each device's `lastSeen` was last written.
+#[derive(Default)]
+struct LastSeen(HashMap<DeviceId, Instant>);
+
+impl LastSeen {
+    /// Whether `device` heard from now should be written, and notes it.
+    fn due(&mut self, device: &DeviceId, now: Instant) -> bool {
+        match self.0.get(device) {
+            Some(written) if now.duration_since(*written) < LAST_SEEN_RESOLUTION => false,
+            _ => {
+                self.0.insert(device.clone(), now);
+                true
+            }
+        }
+    }
+
+    fn forget(&mut self, device: &DeviceId) {
+        self.0.remove(device);
+    }
+}
+
 impl Ingest {
     /// Handles messages until the link closes the channel.
     pub async fn run(self, mut messages: mpsc::Receiver<DeviceMessage>) {
+        let mut last_seen = LastSeen::default();
         while let Some(message) = messages.recv().await {
+            if let Err(error) = self.last_seen(&mut last_seen, &message).await {
+                tracing::warn!(error = %crate::error_chain(&error), "could not record when a device was last seen");
+            }
             if let Err(error) = self.handle(message).await {
                 tracing::error!(error = %crate::error_chain(&error), "could not record a device message");
+            }
+        }
+    }
+
+    /// Presence changes write `lastSeen` themselves; every other message
+    /// refreshes it, throttled.
+    async fn last_seen(
+        &self,
+        last_seen: &mut LastSeen,
+        message: &DeviceMessage,
+    ) -> Result<(), StoreError> {
+        match message {
+            DeviceMessage::Connected { device }
+            | DeviceMessage::Disconnected { device }
+            | DeviceMessage::Status { device, .. } => {
+                last_seen.forget(device);
+                Ok(())
+            }
+            DeviceMessage::Event { device, .. } | DeviceMessage::Metrics { device, .. } => {
+                if last_seen.due(device, Instant::now()) {
+                    self.store.touch_last_seen(device, Utc::now()).await?;
+                }
+                Ok(())
             }
         }
     }
@@ -110,5 +164,25 @@ impl Ingest {
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_seen_is_written_at_most_every_resolution() {
+        let device = DeviceId::new("edge-1").expect("valid name");
+        let start = Instant::now();
+        let mut last_seen = LastSeen::default();
+        assert!(last_seen.due(&device, start));
+        assert!(!last_seen.due(&device, start + Duration::from_secs(1)));
+        assert!(last_seen.due(&device, start + LAST_SEEN_RESOLUTION));
+        last_seen.forget(&device);
+        assert!(last_seen.due(
+            &device,
+            start + LAST_SEEN_RESOLUTION + Duration::from_secs(1)
+        ));
     }
 }

@@ -151,6 +151,25 @@ impl Store {
         Ok(())
     }
 
+    /// Records that the device was heard from, leaving its presence alone.
+    /// Like `set_presence`, a device deleted meanwhile is not an error.
+    pub async fn touch_last_seen(
+        &self,
+        name: &DeviceId,
+        last_seen: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE devices SET last_seen = $1 WHERE name = $2")
+            .bind(millis(last_seen))
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "record when a device was last seen",
+                source,
+            })?;
+        Ok(())
+    }
+
     /// Like `set_presence`, a device deleted meanwhile is not an error.
     pub async fn set_agent_status(
         &self,

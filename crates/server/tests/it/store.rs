@@ -282,6 +282,19 @@ async fn device_status_is_stored(store: Store) {
     assert_eq!(read.boot_id.as_deref(), Some("boot-1"));
     assert_eq!(read.status_seq, 7);
 
+    // Hearing from the device moves lastSeen and leaves presence alone.
+    store
+        .touch_last_seen(&name, at(5_000))
+        .await
+        .expect("touch last seen");
+    let touched = store
+        .get_device(&name)
+        .await
+        .expect("get edge-1")
+        .expect("edge-1 exists");
+    assert_eq!(touched.last_seen, Some(at(5_000)));
+    assert_eq!(touched.presence, Presence::Online);
+
     let missing = id("gone");
     match store.set_certificate_serial(&missing, "ff").await {
         Err(StoreError::NotFound { what }) => assert_eq!(what, "device gone"),
