@@ -24,7 +24,8 @@ pub struct ActionEvent {
     pub correlation_id: String,
     pub event: String,
     /// HTTP-like: 200 done, 400 bad input, 401 not authorized, 404 unknown,
-    /// 409 conflict, 500 failed, 501 not implemented, 504 timed out.
+    /// 409 conflict, 410 expired before it started, 500 failed, 501 not
+    /// implemented, 504 timed out.
     pub status_code: u16,
     pub status_message: String,
     #[serde(default)]
@@ -65,9 +66,10 @@ pub enum ActionState {
     Failed,
     /// Delivered, but no answer came before the action's deadline.
     TimedOut,
-    /// Never delivered: the device stayed offline past the action's TTL.
+    /// Never run: the device stayed offline past the action's TTL, or got it
+    /// only after (410).
     Expired,
-    /// The device refused to run it (4xx, or 501 not implemented).
+    /// The device refused to run it (4xx but 410, or 501 not implemented).
     Rejected,
 }
 
@@ -113,26 +115,19 @@ impl ActionState {
     pub fn from_status_code(code: u16) -> Self {
         match code {
             200..=299 => ActionState::Succeeded,
-            501 => ActionState::Rejected,
-            400..=499 => ActionState::Rejected,
+            410 => ActionState::Expired,
+            400..=499 | 501 => ActionState::Rejected,
             504 => ActionState::TimedOut,
             _ => ActionState::Failed,
         }
     }
 
-    /// Checks a transition. Delivering again is allowed (redelivery after a
-    /// reconnect); an event may overtake the `delivered` mark, so a pending
-    /// action may end directly; a terminal state never changes.
+    /// Checks a transition: an open action may be delivered (again, after a
+    /// reconnect) or end in any outcome, even straight from `pending`,
+    /// because a device's answer may overtake the `delivered` mark; nothing
+    /// goes back to `pending`, and a terminal state never changes.
     pub fn transition(self, to: ActionState) -> Result<ActionState, TransitionError> {
-        use ActionState::*;
-        let allowed = matches!(
-            (self, to),
-            (Pending, Delivered | Expired | Succeeded | Failed | Rejected)
-                | (
-                    Delivered,
-                    Delivered | Succeeded | Failed | Rejected | TimedOut
-                )
-        );
+        let allowed = !self.is_terminal() && to != ActionState::Pending;
         if allowed {
             Ok(to)
         } else {
@@ -159,8 +154,9 @@ mod tests {
         assert_eq!(Delivered.transition(Delivered), Ok(Delivered));
         assert_eq!(Pending.transition(Expired), Ok(Expired));
         assert_eq!(Delivered.transition(TimedOut), Ok(TimedOut));
-        assert!(Delivered.transition(Expired).is_err());
-        assert!(Pending.transition(TimedOut).is_err());
+        // A delivered action the device found past its TTL when it got it.
+        assert_eq!(Delivered.transition(Expired), Ok(Expired));
+        assert_eq!(Pending.transition(TimedOut), Ok(TimedOut));
         assert!(Delivered.transition(Pending).is_err());
         for terminal in ActionState::ALL.into_iter().filter(|s| s.is_terminal()) {
             for to in ActionState::ALL {
@@ -181,6 +177,7 @@ mod tests {
         assert_eq!(ActionState::from_status_code(501), Rejected);
         assert_eq!(ActionState::from_status_code(500), Failed);
         assert_eq!(ActionState::from_status_code(504), TimedOut);
+        assert_eq!(ActionState::from_status_code(410), Expired);
     }
 
     #[test]

@@ -161,7 +161,7 @@ impl Dispatcher {
         if request.expires_at <= now {
             return self.answer(
                 request,
-                504,
+                410,
                 "action expired before the agent could start it",
                 Value::Null,
             );
@@ -492,7 +492,7 @@ pub(crate) mod tests {
             .handle(&request("c1", "get-node-ip", json!({})), later)
             .await
             .expect("answered");
-        assert_eq!(event.status_code, 504);
+        assert_eq!(event.status_code, 410);
         assert_eq!(
             event.status_message,
             "action expired before the agent could start it"
