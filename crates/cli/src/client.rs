@@ -7,8 +7,8 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tether_proto::api::{
-    Action, CatalogueEntry, CreateDevice, Device, DeviceCreated, EnrollmentToken, ErrorBody, Event,
-    LoginRequest, LoginResponse, PatchDevice, RequestAction,
+    Action, AuditEntry, CatalogueEntry, CreateDevice, Device, DeviceCreated, EnrollmentToken,
+    ErrorBody, Event, LoginRequest, LoginResponse, PatchDevice, RequestAction,
 };
 use tether_proto::ca::CaPemError;
 use tether_proto::metrics::HostMetrics;
@@ -299,6 +299,11 @@ impl ApiClient {
             &[("limit", limit.to_string())],
         )
         .await
+    }
+
+    pub async fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>, ClientError> {
+        self.call_with_query(Method::GET, &["audit"], &[("limit", limit.to_string())])
+            .await
     }
 
     pub async fn metrics(&self, device: &str, limit: u32) -> Result<Vec<HostMetrics>, ClientError> {

@@ -220,6 +220,27 @@ async fn devices_are_added_listed_labeled_and_deleted() {
     let run = tether.run(&["devices", "get", "edge-2"]).await;
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("not found"), "{}", run.stderr);
+
+    // Every change above is in the audit log, newest first.
+    let audit = tether.run_ok(&["audit", "-o", "json"]).await;
+    let audit: Vec<tether_proto::api::AuditEntry> =
+        serde_json::from_str(&audit).expect("a JSON audit log");
+    let changes: Vec<_> = audit
+        .iter()
+        .map(|e| format!("{} {}", e.method, e.path))
+        .collect();
+    assert_eq!(
+        changes[..4],
+        [
+            "DELETE /api/v1/devices/edge-2",
+            "PATCH /api/v1/devices/edge-1",
+            "POST /api/v1/devices",
+            "POST /api/v1/devices",
+        ],
+        "{changes:?}"
+    );
+    let table = tether.run_ok(&["audit"]).await;
+    assert!(table.starts_with("AGE"), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -180,3 +180,16 @@ pub struct CatalogueEntry {
     pub event: String,
     pub input_schema: serde_json::Value,
 }
+
+/// One change made through the API, or one login or enrollment attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    /// A username, or `device:<name>` for an enrollment.
+    pub actor: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+}

@@ -109,7 +109,7 @@ pub struct ServerConfig {
 /// How long device telemetry is kept; older rows are deleted hourly.
 #[derive(Debug, Clone)]
 pub struct RetentionConfig {
-    /// Seed 004 keeps logs 90 days; events get the same.
+    /// Seed 004 keeps logs 90 days; events and the audit log get the same.
     pub events: Duration,
     pub metrics: Duration,
 }

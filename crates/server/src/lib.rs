@@ -243,6 +243,9 @@ async fn prune_telemetry_forever(store: Store, retention: RetentionConfig) {
         let before = |keep: Duration| {
             now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX)
         };
+        if let Err(error) = store.delete_audit_before(before(retention.events)).await {
+            tracing::error!(error = %error_chain(&error), "could not delete old audit entries");
+        }
         match store
             .delete_telemetry_before(before(retention.events), before(retention.metrics))
             .await

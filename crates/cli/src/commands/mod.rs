@@ -2,6 +2,7 @@
 //! with a description for "failed to <description>: <cause>" and a `run`.
 
 pub mod actions;
+pub mod audit;
 pub mod devices;
 pub mod events;
 pub mod login;
@@ -25,6 +26,7 @@ pub enum Command {
     Actions(actions::Actions),
     Events(events::Events),
     Metrics(metrics::Metrics),
+    Audit(audit::Audit),
     Quickstart(quickstart::Quickstart),
 }
 
@@ -37,6 +39,7 @@ impl Command {
             Command::Actions(cmd) => cmd.description(),
             Command::Events(cmd) => cmd.description(),
             Command::Metrics(cmd) => cmd.description(),
+            Command::Audit(cmd) => cmd.description(),
             Command::Quickstart(cmd) => cmd.description(),
         }
     }
@@ -48,6 +51,7 @@ impl Command {
             Command::Actions(cmd) => cmd.run(ctx).await,
             Command::Events(cmd) => cmd.run(ctx).await,
             Command::Metrics(cmd) => cmd.run(ctx).await,
+            Command::Audit(cmd) => cmd.run(ctx).await,
             Command::Quickstart(cmd) => cmd.run(ctx).await,
         }
     }

@@ -26,7 +26,15 @@ async fn enroll(
     ApiJson(request): ApiJson<EnrollRequest>,
 ) -> Result<axum::Json<EnrollResponse>, ApiError> {
     let endpoints = state.endpoints(&host);
-    Ok(axum::Json(
-        state.registry.enroll(&request, &endpoints).await?,
-    ))
+    let enrolled = state
+        .registry
+        .enroll(&request, &endpoints)
+        .await
+        .map_err(ApiError::from);
+    let (actor, status) = match &enrolled {
+        Ok(response) => (format!("device:{}", response.device), 200),
+        Err(error) => ("device:?".to_owned(), error.status.as_u16()),
+    };
+    state.audit(&actor, "POST", "/api/v1/enroll", status).await;
+    Ok(axum::Json(enrolled?))
 }

@@ -2,6 +2,7 @@
 //! document generated from the handlers' annotations.
 
 mod actions;
+mod audit;
 mod devices;
 mod enroll;
 pub mod error;
@@ -13,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use utoipa::OpenApi;
@@ -41,6 +43,22 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Records who did what; a failure to record is logged, not fatal, so
+    /// the audit table cannot take the API down.
+    async fn audit(&self, actor: &str, method: &str, path: &str, status: u16) {
+        let record = crate::store::AuditRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            at: chrono::Utc::now(),
+            actor: actor.to_owned(),
+            method: method.to_owned(),
+            path: path.to_owned(),
+            status,
+        };
+        if let Err(error) = self.store.insert_audit(&record).await {
+            tracing::error!(error = %crate::error_chain(&error), actor, method, path, "could not record an audit entry");
+        }
+    }
+
     fn endpoints(&self, client_host: &str) -> Endpoints {
         Endpoints {
             api_url: format!("https://{client_host}"),
@@ -81,6 +99,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(devices::routes())
         .merge(actions::routes())
         .merge(telemetry::routes())
+        .merge(audit::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_bearer,
@@ -123,9 +142,28 @@ async fn require_bearer(
         .and_then(|value| value.strip_prefix("Bearer "))
         .ok_or(AuthError::Missing)?;
     let principal = state.auth.authenticate(token.trim()).await?;
-    tracing::debug!(user = %principal.username, method = %request.method(), path = %request.uri().path(), "authorized");
+    let method = request.method().clone();
+    // Inside the nested router the URI lost its `/api/v1` prefix.
+    let path = request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| request.uri().path(), |original| original.path())
+        .to_owned();
+    tracing::debug!(user = %principal.username, %method, path, "authorized");
+    let username = principal.username.clone();
     request.extensions_mut().insert(principal);
-    Ok(next.run(request).await)
+    let response = next.run(request).await;
+    if !matches!(method, Method::GET | Method::HEAD) {
+        state
+            .audit(
+                &username,
+                method.as_str(),
+                &path,
+                response.status().as_u16(),
+            )
+            .await;
+    }
+    Ok(response)
 }
 
 /// Serves the API over TLS on an already bound listener until `shutdown`.

@@ -31,6 +31,13 @@ async fn login(
     if response.is_err() {
         tracing::warn!(username = %request.username, "failed login");
     }
+    let response = response.map_err(ApiError::from);
+    let status = response
+        .as_ref()
+        .map_or_else(|e| e.status.as_u16(), |_| 200);
+    state
+        .audit(&request.username, "POST", "/api/v1/login", status)
+        .await;
     Ok(axum::Json(response?))
 }
 

@@ -5,6 +5,7 @@
 //! `TEXT`, so the schema is portable between the two databases.
 
 mod actions;
+mod audit;
 mod codec;
 mod devices;
 mod enrollment;
@@ -129,6 +130,18 @@ pub struct Outcome {
     pub status_code: Option<u16>,
     pub status_message: Option<String>,
     pub response: Option<serde_json::Value>,
+}
+
+/// One change made through the API, or one login or enrollment attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecord {
+    pub id: String,
+    pub at: DateTime<Utc>,
+    /// A username, or `device:<name>` for an enrollment.
+    pub actor: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -14,6 +14,7 @@ on_both_databases!(
     devices_are_created_listed_labelled_and_deleted,
     malformed_and_oversized_requests_get_clear_errors,
     expired_sessions_get_401_and_a_new_login_works,
+    changes_logins_and_enrollments_are_audited,
 );
 
 async fn requests_without_valid_credentials_get_401(database: Database) -> anyhow::Result<()> {
@@ -227,5 +228,57 @@ async fn expired_sessions_get_401_and_a_new_login_works(database: Database) -> a
     );
     let again = tetherd.admin().await?;
     again.get("/api/v1/devices").await?.expect_status(200)?;
+    Ok(())
+}
+
+async fn changes_logins_and_enrollments_are_audited(database: Database) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let anonymous = tetherd.anonymous()?;
+    let wrong = anonymous
+        .post(
+            "/api/v1/login",
+            json!({"username": "admin", "password": "guess"}),
+        )
+        .await?;
+    assert_eq!(wrong.status, 401);
+    let admin = tetherd.admin().await?;
+    admin
+        .post("/api/v1/devices", json!({"name": "edge-1"}))
+        .await?
+        .expect_status(201)?;
+    tether_testkit::sim_agent::DeviceCredentials::enroll(&admin, "edge-2").await?;
+    admin.get("/api/v1/devices").await?.expect_status(200)?;
+    assert_eq!(admin.delete("/api/v1/devices/ghost").await?.status, 404);
+    assert_eq!(admin.delete("/api/v1/devices/edge-1").await?.status, 204);
+
+    let audit = admin.get("/api/v1/audit").await?.expect_status(200)?;
+    let lines: Vec<String> = audit
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            format!(
+                "{} {} {} {}",
+                e["actor"].as_str().unwrap_or(""),
+                e["method"].as_str().unwrap_or(""),
+                e["path"].as_str().unwrap_or(""),
+                e["status"]
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "admin DELETE /api/v1/devices/edge-1 204",
+            "admin DELETE /api/v1/devices/ghost 404",
+            "device:edge-2 POST /api/v1/enroll 200",
+            "admin POST /api/v1/devices 201",
+            "admin POST /api/v1/devices 201",
+            "admin POST /api/v1/login 200",
+            "admin POST /api/v1/login 401",
+        ],
+        "reads are not audited; changes, logins and enrollments are, newest first"
+    );
+    assert_eq!(tetherd.anonymous()?.get("/api/v1/audit").await?.status, 401);
     Ok(())
 }
