@@ -99,6 +99,7 @@ on_both_databases! {
         expired_pending_actions_are_selected_by_time,
         overdue_delivered_actions_are_selected_by_time,
         old_telemetry_is_deleted_by_time,
+        audit_entries_are_listed_newest_first_and_pruned,
         events_are_listed_newest_first,
         metrics_are_listed_newest_first,
     ],
@@ -932,6 +933,34 @@ async fn old_telemetry_is_deleted_by_time(store: Store) {
         store.list_metrics(&name, 10).await.expect("list metrics"),
         [sample(3_000)]
     );
+}
+
+async fn audit_entries_are_listed_newest_first_and_pruned(store: Store) {
+    for (i, millis) in [1_000, 3_000, 2_000].into_iter().enumerate() {
+        store
+            .insert_audit(&tether_server::store::AuditRecord {
+                id: format!("a{i}"),
+                at: at(millis),
+                actor: "admin".to_owned(),
+                method: "DELETE".to_owned(),
+                path: format!("/api/v1/devices/d{i}"),
+                status: 204,
+            })
+            .await
+            .expect("insert an audit entry");
+    }
+    let listed = store.list_audit(2).await.expect("list the audit log");
+    let ids: Vec<_> = listed.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["a1", "a2"]);
+    assert_eq!(listed[0].status, 204);
+    assert_eq!(
+        store
+            .delete_audit_before(at(2_000))
+            .await
+            .expect("prune the audit log"),
+        1
+    );
+    assert_eq!(store.list_audit(10).await.expect("list").len(), 2);
 }
 
 // Schema ------------------------------------------------------------------------------------
