@@ -54,13 +54,15 @@ pub async fn run(
     logging: LogControl,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    tokio::pin!(shutdown);
     let state = StateDir::open(config.state_dir()?)?;
     let credentials = match state.load()? {
         Some(credentials) => {
             if config.server.is_some() || config.enroll_token.is_some() {
-                tracing::info!(
-                    "already enrolled as {}; ignoring the enrollment flags",
-                    credentials.device
+                tracing::warn!(
+                    "already enrolled as {}; ignoring the enrollment flags (to enroll again, remove {} first)",
+                    credentials.device,
+                    state.path().display()
                 );
             }
             credentials
@@ -73,7 +75,16 @@ pub async fn run(
                     source,
                 })?;
             tracing::info!("enrolling with {}", options.server);
-            enroll::enroll(&state, &options).await?
+            // A stop signal during enrollment (tetherd unreachable, requests
+            // waiting on their timeouts) ends it at once; the next start
+            // enrolls from scratch, since agent.toml is written last.
+            tokio::select! {
+                enrolled = enroll::enroll(&state, &options) => enrolled?,
+                () = &mut shutdown => {
+                    tracing::info!("stopped before enrollment finished");
+                    return Ok(());
+                }
+            }
         }
     };
     session::run(credentials, &state, Arc::new(logging), shutdown).await?;

@@ -262,6 +262,7 @@ pub async fn run(
         eventloop,
         publisher,
         url: credentials.mqtt_url,
+        state_dir: state.path().to_owned(),
         actions: actions_tx,
         seq: 1,
         connected_at: None,
@@ -291,6 +292,8 @@ struct Session {
     eventloop: EventLoop,
     publisher: Publisher,
     url: String,
+    /// Named in the hint when tetherd refuses the device.
+    state_dir: std::path::PathBuf,
     actions: mpsc::UnboundedSender<Vec<u8>>,
     /// Connection number of this process; the birth and will carry it.
     seq: u64,
@@ -314,7 +317,7 @@ impl Session {
             };
             let failure = match polled {
                 Ok(event) => self.on_event(event).err(),
-                Err(e) => Some(describe(&e)),
+                Err(e) => Some(describe(&e, &self.state_dir)),
             };
             let Some(failure) = failure else { continue };
 
@@ -424,7 +427,7 @@ impl Session {
                 match self.eventloop.poll().await {
                     Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
                     Ok(_) => {}
-                    Err(e) => return Err(describe(&e)),
+                    Err(e) => return Err(describe(&e, &self.state_dir)),
                 }
             }
         })
@@ -441,11 +444,14 @@ impl Session {
 }
 
 /// Says what went wrong with the connection, with a hint where one helps.
-fn describe(error: &ConnectionError) -> String {
+fn describe(error: &ConnectionError, state_dir: &std::path::Path) -> String {
     let text = actions::chain(error);
     match error {
         ConnectionError::ConnectionRefused(_) => format!(
-            "{text} (tetherd refused the device: was it deleted or its certificate revoked? then enroll again)"
+            "{text} (tetherd refused the device: was it deleted, or re-enrolled elsewhere? \
+             to enroll again, remove {} and run the agent with a new token from \
+             `tether devices enrollment-token NAME`)",
+            state_dir.display()
         ),
         _ => text,
     }

@@ -421,11 +421,12 @@ impl Quickstart {
         assert_eq!(found, Ok(true), "quickstart never printed {wanted:?}");
     }
 
-    /// Ctrl-C, as a user would; quickstart must stop both children and exit 0.
-    async fn interrupt(mut self) {
+    /// Ctrl-C (`-INT`) or a closed terminal (`-HUP`); quickstart must stop
+    /// both children and exit 0.
+    async fn stop_with(mut self, signal: &str) {
         let pid = self.child.id().expect("quickstart runs").to_string();
         let sent = tokio::process::Command::new("kill")
-            .args(["-INT", &pid])
+            .args([signal, &pid])
             .status()
             .await
             .expect("kill runs");
@@ -495,7 +496,7 @@ async fn quickstart_runs_tetherd_and_a_local_agent_and_stops_them_on_ctrl_c() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    quickstart.interrupt().await;
+    quickstart.stop_with("-INT").await;
     assert_eq!(
         processes_using(data_dir.path()),
         Vec::<String>::new(),
@@ -508,5 +509,11 @@ async fn quickstart_runs_tetherd_and_a_local_agent_and_stops_them_on_ctrl_c() {
     let devices: Vec<Device> = serde_json::from_str(&devices).expect("a JSON device list");
     assert_eq!(devices.len(), 1, "still the one device");
     assert_eq!(devices[0].presence.as_str(), "online");
-    quickstart.interrupt().await;
+    // Closing the terminal stops the children too.
+    quickstart.stop_with("-HUP").await;
+    assert_eq!(
+        processes_using(data_dir.path()),
+        Vec::<String>::new(),
+        "children left running"
+    );
 }

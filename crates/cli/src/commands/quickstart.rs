@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::fs::{DirBuilder, OpenOptions};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -202,6 +202,7 @@ impl Quickstart {
                 "--listen-mqtt".into(),
                 format!("127.0.0.1:{}", self.mqtt_port).into(),
             ],
+            Vec::new(),
             &layout.tetherd_log,
         )?;
         let tetherd_pid = tetherd.child.id();
@@ -227,19 +228,24 @@ impl Quickstart {
         let mut agent_args: Vec<OsString> =
             vec!["--state-dir".into(), layout.agent_dir.clone().into()];
         if let Some(enrollment) = &enrollment {
+            // The token goes by environment (TETHER_ENROLL_TOKEN), not argv,
+            // which every local user can read in `ps`.
             agent_args.extend([
                 "--server".into(),
                 endpoints.api.clone().into(),
-                "--enroll-token".into(),
-                enrollment.token.clone().into(),
                 "--ca-sha256".into(),
                 enrollment.ca_sha256.clone().into(),
             ]);
         }
+        let agent_env = enrollment
+            .iter()
+            .map(|e| ("TETHER_ENROLL_TOKEN", OsString::from(&e.token)))
+            .collect();
         fleet.agent = Some(Process::spawn(
             "tether-agent",
             &agent_bin,
             agent_args,
+            agent_env,
             &layout.agent_log,
         )?);
         wait_for(
@@ -296,7 +302,8 @@ impl Quickstart {
                 });
             }
         };
-        let has_credentials = layout.agent_dir.join("cert.pem").exists();
+        // The agent writes agent.toml last: its presence means enrolled.
+        let has_credentials = layout.agent_dir.join("agent.toml").exists();
         match (created, has_credentials) {
             (None, true) => Ok(None),
             (Some(enrollment), true) => {
@@ -500,11 +507,13 @@ impl Ready {
     }
 }
 
-/// Ctrl-C (SIGINT) or SIGTERM. Listening is set up before the children
-/// start, so that neither signal can leave them running.
+/// Ctrl-C (SIGINT), SIGTERM, or the terminal going away (SIGHUP). Listening
+/// is set up before the children start, so that none of them can leave the
+/// children running in their own process groups.
 struct Shutdown {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Shutdown {
@@ -512,6 +521,7 @@ impl Shutdown {
         Ok(Shutdown {
             interrupt: signal(SignalKind::interrupt()).map_err(QuickstartError::Signal)?,
             terminate: signal(SignalKind::terminate()).map_err(QuickstartError::Signal)?,
+            hangup: signal(SignalKind::hangup()).map_err(QuickstartError::Signal)?,
         })
     }
 
@@ -519,6 +529,7 @@ impl Shutdown {
         tokio::select! {
             _ = self.interrupt.recv() => {},
             _ = self.terminate.recv() => {},
+            _ = self.hangup.recv() => {},
         }
         eprintln!("\nStopping…");
     }
@@ -576,20 +587,25 @@ impl Process {
         name: &'static str,
         program: &Path,
         args: Vec<OsString>,
+        envs: Vec<(&'static str, OsString)>,
         log: &Path,
     ) -> Result<Self, QuickstartError> {
         let open_err = |source| QuickstartError::OpenLog {
             path: log.to_owned(),
             source,
         };
+        // tetherd prints the admin password at first start: the log is as
+        // private as the credentials file.
         let stdout = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(log)
             .map_err(open_err)?;
         let stderr = stdout.try_clone().map_err(open_err)?;
         let child = tokio::process::Command::new(program)
             .args(args)
+            .envs(envs)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
