@@ -8,6 +8,7 @@ pub mod config;
 pub mod dedupe;
 pub mod enroll;
 pub mod logging;
+pub mod queue;
 pub mod session;
 pub mod state;
 

@@ -28,6 +28,7 @@ use crate::authorization::AuthorizationGuard;
 use crate::backoff::Backoff;
 use crate::dedupe::{DEFAULT_CAPACITY, Dedupe, DedupeError};
 use crate::logging::LogControl;
+use crate::queue::Queued;
 use crate::state::{ACTIONS_DIR, Credentials, StateDir};
 
 const DEFAULT_MQTT_PORT: u16 = 8883;
@@ -252,9 +253,11 @@ pub async fn run(
         ca_pem: credentials.ca_pem.clone(),
     };
     let (actions_tx, actions_rx) = mpsc::unbounded_channel();
+    let queued = Queued::default();
     let worker = tokio::spawn(work(
         Dispatcher::new(dedupe, context),
         actions_rx,
+        queued.clone(),
         publisher.clone(),
     ));
 
@@ -264,6 +267,7 @@ pub async fn run(
         url: credentials.mqtt_url,
         state_dir: state.path().to_owned(),
         actions: actions_tx,
+        queued,
         seq: 1,
         connected_at: None,
     };
@@ -279,12 +283,14 @@ pub async fn run(
 async fn work(
     mut dispatcher: Dispatcher,
     mut actions: mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Queued,
     publisher: Publisher,
 ) {
     while let Some(payload) = actions.recv().await {
         if let Some(event) = dispatcher.handle(&payload, Utc::now()).await {
             publisher.publish_event(&event).await;
         }
+        queued.done(&payload);
     }
 }
 
@@ -295,6 +301,7 @@ struct Session {
     /// Named in the hint when tetherd refuses the device.
     state_dir: std::path::PathBuf,
     actions: mpsc::UnboundedSender<Vec<u8>>,
+    queued: Queued,
     /// Connection number of this process; the birth and will carry it.
     seq: u64,
     /// Set from CONNACK until the connection fails.
@@ -388,8 +395,12 @@ impl Session {
             }
             Packet::Publish(publish) => {
                 if publish.topic == self.publisher.topic(TopicKind::Actions).as_bytes() {
-                    // The receiver lives as long as the session loop does.
-                    let _ = self.actions.send(publish.payload.to_vec());
+                    if self.queued.admit(&publish.payload) {
+                        // The receiver lives as long as the session loop does.
+                        let _ = self.actions.send(publish.payload.to_vec());
+                    } else {
+                        tracing::debug!("dropping a redelivered copy of a queued action");
+                    }
                 } else {
                     tracing::warn!(
                         "ignoring a message on unexpected topic {}",
