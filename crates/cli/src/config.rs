@@ -137,7 +137,7 @@ impl CliConfig {
                 path: dir.to_owned(),
                 source,
             })?;
-        let ca_file = dir.join(CA_FILE_NAME);
+        let ca_file = ca_file_for(path);
         write_atomically(&ca_file, ca_pem, 0o644)?;
         let config = CliConfig {
             server: server.to_owned(),
@@ -148,6 +148,22 @@ impl CliConfig {
         write_atomically(path, text.as_bytes(), 0o600)?;
         Ok(config)
     }
+}
+
+/// Where the CA of the config at `path` is kept: `ca.pem` beside
+/// `config.toml`, `prod.ca.pem` beside `prod.toml`, so configs for several
+/// servers in one directory keep their own CAs.
+fn ca_file_for(path: &Path) -> std::path::PathBuf {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("config");
+    let name = if stem == "config" {
+        CA_FILE_NAME.to_owned()
+    } else {
+        format!("{stem}.{CA_FILE_NAME}")
+    };
+    parent_dir(path).join(name)
 }
 
 fn parent_dir(path: &Path) -> &Path {
@@ -194,6 +210,17 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), Confi
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn configs_in_one_directory_keep_their_own_ca() {
+        let dir = Path::new("/home/u/.config/tether");
+        assert_eq!(ca_file_for(&dir.join("config.toml")), dir.join("ca.pem"));
+        assert_eq!(ca_file_for(&dir.join("prod.toml")), dir.join("prod.ca.pem"));
+        assert_ne!(
+            ca_file_for(&dir.join("prod.toml")),
+            ca_file_for(&dir.join("staging.toml"))
+        );
+    }
+
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
