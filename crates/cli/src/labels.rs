@@ -1,8 +1,11 @@
-//! kubectl's label syntax: `k=v` to set, `k-` to remove, `k=v,k2=v2` to select.
+//! kubectl's label syntax: `k=v` to set, `k-` to remove, and selectors
+//! (`k=v,k2!=v2,k3,!k4`), checked by the same rules tetherd applies
+//! (`tether_proto::labels`), so what the CLI accepts the server accepts.
 
 use std::collections::BTreeMap;
 
 use tether_proto::api::Labels;
+use tether_proto::labels::{LabelSelector, SelectorError, is_valid_key, is_valid_value};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LabelError {
@@ -11,11 +14,13 @@ pub enum LabelError {
     #[error("invalid label change {0:?}: expected KEY=VALUE to set or KEY- to remove")]
     NotAChange(String),
     #[error(
-        "invalid label key {0:?}: use letters, digits, '-', '_', '.' and '/', starting with a letter or digit"
+        "invalid label key {0:?}: use at most 63 letters, digits, '-', '_', '.' and '/', starting with a letter or digit"
     )]
     Key(String),
-    #[error("invalid label value {0:?}: it may not contain ',', '=' or whitespace")]
+    #[error("invalid label value {0:?}: use at most 63 letters, digits, '-', '_', '.' and '/'")]
     Value(String),
+    #[error(transparent)]
+    Selector(#[from] SelectorError),
     #[error("label {0:?} is both set and removed; name it once")]
     Conflict(String),
 }
@@ -79,29 +84,35 @@ pub fn merge_patch(
     Ok(patch)
 }
 
-/// A label selector, `k=v,k2=v2`: devices that carry all of these labels.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Selector(Vec<Label>);
+/// A label selector, `k=v,k2!=v2,k3,!k4`: devices whose labels meet all terms.
+#[derive(Debug, Clone)]
+pub struct Selector {
+    text: String,
+    parsed: LabelSelector,
+}
+
+impl PartialEq for Selector {
+    fn eq(&self, other: &Self) -> bool {
+        self.parsed == other.parsed
+    }
+}
+
+impl Eq for Selector {}
 
 impl std::str::FromStr for Selector {
     type Err = LabelError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.split(',')
-            // kubectl also accepts `k==v`; it means the same.
-            .map(|term| term.trim().replacen("==", "=", 1).parse::<Label>())
-            .collect::<Result<Vec<_>, _>>()
-            .map(Selector)
+        Ok(Selector {
+            parsed: LabelSelector::parse(s)?,
+            text: s.to_owned(),
+        })
     }
 }
 
 impl Selector {
     /// The `labelSelector` query value tetherd takes.
     pub fn to_query(&self) -> String {
-        self.0
-            .iter()
-            .map(|l| format!("{}={}", l.key, l.value))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.text.clone()
     }
 }
 
@@ -114,14 +125,7 @@ pub fn to_map(labels: &[Label]) -> Labels {
 }
 
 fn check_key(key: &str) -> Result<String, LabelError> {
-    let valid = key
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric())
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-    if valid {
+    if is_valid_key(key) {
         Ok(key.to_owned())
     } else {
         Err(LabelError::Key(key.to_owned()))
@@ -129,10 +133,10 @@ fn check_key(key: &str) -> Result<String, LabelError> {
 }
 
 fn check_value(value: &str) -> Result<String, LabelError> {
-    if value.contains([',', '=']) || value.chars().any(char::is_whitespace) {
-        Err(LabelError::Value(value.to_owned()))
-    } else {
+    if is_valid_value(value) {
         Ok(value.to_owned())
+    } else {
+        Err(LabelError::Value(value.to_owned()))
     }
 }
 
@@ -210,12 +214,27 @@ mod tests {
     }
 
     #[test]
-    fn selectors_are_comma_separated_pairs() {
-        let selector: Selector = "site=berlin, env==prod".parse().expect("valid");
-        assert_eq!(selector.to_query(), "site=berlin,env=prod");
-        assert!("site".parse::<Selector>().is_err());
-        assert!("a=1,".parse::<Selector>().is_err());
-        assert!("".parse::<Selector>().is_err());
+    fn selectors_take_what_tetherd_takes() {
+        for accepted in ["site=berlin, env==prod", "env!=prod", "site", "!beta,gpu"] {
+            let selector: Selector = accepted.parse().expect(accepted);
+            assert_eq!(selector.to_query(), accepted, "sent as written");
+        }
+        for refused in ["=x", "a b=c", "-x=1"] {
+            let err = refused.parse::<Selector>().expect_err(refused);
+            assert!(err.to_string().contains("invalid label selector"), "{err}");
+        }
+    }
+
+    #[test]
+    fn values_tetherd_would_refuse_are_refused_here() {
+        assert!(matches!(
+            "site=a@b".parse::<Label>(),
+            Err(LabelError::Value(_))
+        ));
+        assert!(matches!(
+            format!("k={}", "v".repeat(64)).parse::<Label>(),
+            Err(LabelError::Value(_))
+        ));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod api;
 pub mod ca;
 pub mod catalogue;
 pub mod device;
+pub mod labels;
 pub mod metrics;
 pub mod redact;
 pub mod topics;

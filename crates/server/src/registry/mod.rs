@@ -1,8 +1,6 @@
 //! The device registry: devices, their labels, enrollment with one-time
 //! tokens, and the certificates that identify them.
 
-pub mod selector;
-
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -16,9 +14,7 @@ use crate::config::AuthConfig;
 use crate::device_link::{BoxFuture, DeviceCredentials, DeviceLink};
 use crate::pki::{CertificateAuthority, PkiError};
 use crate::store::{DeviceRecord, Store, StoreError};
-use selector::{LabelSelector, SelectorError};
-
-const MAX_LABEL_VALUE: usize = 63;
+use tether_proto::labels::{LabelSelector, SelectorError, is_valid_key, is_valid_value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -252,15 +248,9 @@ pub fn to_api(record: DeviceRecord) -> Device {
 }
 
 fn validate_labels(labels: &Labels) -> Result<(), RegistryError> {
-    let valid = |s: &str, allow_empty: bool| {
-        (allow_empty || !s.is_empty())
-            && s.len() <= MAX_LABEL_VALUE
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
-    };
     match labels
         .iter()
-        .find(|(key, value)| !valid(key, false) || !valid(value, true))
+        .find(|(key, value)| !is_valid_key(key) || !is_valid_value(value))
     {
         Some((key, value)) => Err(RegistryError::InvalidLabel {
             key: key.clone(),

@@ -1,6 +1,29 @@
-//! Label selectors in Kubernetes' equality form: `env=prod,tier!=edge,gpu,!beta`.
+//! Labels and label selectors, one set of rules for tetherd and the CLI.
+//!
+//! Keys and values use letters, digits, `-`, `_`, `.` and `/`, at most 63
+//! characters; a key starts with a letter or digit, a value may be empty.
+//! Selectors take Kubernetes' equality form: `env=prod,tier!=edge,gpu,!beta`.
 
-use tether_proto::api::Labels;
+use crate::api::Labels;
+
+pub const MAX_LABEL_LEN: usize = 63;
+
+fn label_chars(s: &str) -> bool {
+    s.len() <= MAX_LABEL_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+}
+
+pub fn is_valid_key(key: &str) -> bool {
+    key.bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
+        && label_chars(key)
+}
+
+pub fn is_valid_value(value: &str) -> bool {
+    label_chars(value)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Requirement {
@@ -58,11 +81,7 @@ impl LabelSelector {
 
 fn key_of(key: &str) -> Option<String> {
     let key = key.trim();
-    let valid = !key.is_empty()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
-    valid.then(|| key.to_owned())
+    is_valid_key(key).then(|| key.to_owned())
 }
 
 #[cfg(test)]
@@ -88,6 +107,15 @@ mod tests {
         assert!(case("!gpu").matches(&dev));
         assert!(!case("!gpu").matches(&prod_gpu));
         assert!(case("").matches(&dev));
+    }
+
+    #[test]
+    fn keys_and_values_follow_one_rule() {
+        assert!(is_valid_key("site") && is_valid_key("app.kubernetes.io/name"));
+        assert!(!is_valid_key("") && !is_valid_key("-x") && !is_valid_key("a b"));
+        assert!(!is_valid_key(&"k".repeat(64)));
+        assert!(is_valid_value("") && is_valid_value("eu-west_1.a"));
+        assert!(!is_valid_value("a@b") && !is_valid_value("a,b") && !is_valid_value("a=b"));
     }
 
     #[test]
