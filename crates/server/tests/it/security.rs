@@ -237,21 +237,22 @@ async fn connections_without_valid_credentials_are_refused(
     );
 
     // A certificate whose device was deleted is refused at once.
+    let publish = [
+        "-V",
+        "mqttv5",
+        "-q",
+        "1",
+        "-t",
+        "tether/v1/devices/device-a/events",
+        "-m",
+        "{}",
+    ];
     let output = mosquitto(
         "mosquitto_pub",
         &port,
         Some(dir.path()),
         "device-a",
-        &[
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-            "-t",
-            "tether/v1/devices/device-a/events",
-            "-m",
-            "{}",
-        ],
+        &publish,
     )
     .await?;
     assert!(
@@ -265,16 +266,7 @@ async fn connections_without_valid_credentials_are_refused(
         &port,
         Some(dir.path()),
         "device-a",
-        &[
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-            "-t",
-            "tether/v1/devices/device-a/events",
-            "-m",
-            "{}",
-        ],
+        &publish,
     )
     .await?;
     assert!(
