@@ -68,6 +68,19 @@ impl HttpTarget {
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+
+    /// Waits until `count` requests arrived, e.g. to catch an agent mid-action.
+    pub async fn wait_for_requests(&self, count: usize) -> anyhow::Result<()> {
+        crate::wait_until(
+            &format!("{count} request(s) at {}", self.url),
+            std::time::Duration::from_secs(20),
+            || {
+                let arrived = self.requests();
+                async move { Ok((arrived >= count).then_some(())) }
+            },
+        )
+        .await
+    }
 }
 
 impl Drop for HttpTarget {

@@ -43,15 +43,12 @@ impl Store {
 
     /// Deletes entries older than `before`; returns how many.
     pub async fn delete_audit_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        Ok(sqlx::query("DELETE FROM audit WHERE at < $1")
-            .bind(millis(before))
-            .execute(&self.pool)
-            .await
-            .map_err(|source| StoreError::Query {
-                context: "delete old audit entries",
-                source,
-            })?
-            .rows_affected())
+        self.delete_before(
+            "DELETE FROM audit WHERE at < $1",
+            before,
+            "delete old audit entries",
+        )
+        .await
     }
 }
 

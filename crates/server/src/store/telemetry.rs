@@ -123,25 +123,37 @@ impl Store {
         events_before: DateTime<Utc>,
         metrics_before: DateTime<Utc>,
     ) -> Result<(u64, u64), StoreError> {
-        let events = sqlx::query("DELETE FROM events WHERE received_at < $1")
-            .bind(millis(events_before))
-            .execute(&self.pool)
-            .await
-            .map_err(|source| StoreError::Query {
-                context: "delete old events",
-                source,
-            })?
-            .rows_affected();
-        let metrics = sqlx::query("DELETE FROM metrics WHERE sampled_at < $1")
-            .bind(millis(metrics_before))
-            .execute(&self.pool)
-            .await
-            .map_err(|source| StoreError::Query {
-                context: "delete old metrics",
-                source,
-            })?
-            .rows_affected();
+        let events = self
+            .delete_before(
+                "DELETE FROM events WHERE received_at < $1",
+                events_before,
+                "delete old events",
+            )
+            .await?;
+        let metrics = self
+            .delete_before(
+                "DELETE FROM metrics WHERE sampled_at < $1",
+                metrics_before,
+                "delete old metrics",
+            )
+            .await?;
         Ok((events, metrics))
+    }
+
+    /// Runs a retention `DELETE` whose one parameter is a time; returns how
+    /// many rows went.
+    pub(super) async fn delete_before(
+        &self,
+        sql: &'static str,
+        before: DateTime<Utc>,
+        context: &'static str,
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query(sql)
+            .bind(millis(before))
+            .execute(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query { context, source })?
+            .rows_affected())
     }
 
     pub async fn list_metrics(

@@ -336,15 +336,8 @@ async fn agent_killed_mid_action_ends_it_without_running_it_twice(
         json!({"action": "send-api", "input": {"href": target.url}}),
     )
     .await?;
-    wait_until(
-        "the agent to be mid-request",
-        Duration::from_secs(20),
-        || {
-            let requests = target.requests();
-            async move { Ok((requests == 1).then_some(())) }
-        },
-    )
-    .await?;
+    // The agent is mid-request.
+    target.wait_for_requests(1).await?;
 
     agent.kill();
     agent.start()?;
@@ -493,15 +486,8 @@ async fn a_controller_crash_loses_no_accepted_action(database: Database) -> anyh
         json!({"action": "send-api", "input": {"href": target.url}, "timeoutSeconds": 600}),
     )
     .await?;
-    wait_until(
-        "the agent to be mid-request",
-        Duration::from_secs(20),
-        || {
-            let requests = target.requests();
-            async move { Ok((requests == 1).then_some(())) }
-        },
-    )
-    .await?;
+    // The agent is mid-request.
+    target.wait_for_requests(1).await?;
     agent.kill();
     agent.wait_presence(&admin, "offline").await?;
     let pending = request(&admin, "edge-1", json!({"action": "get-node-ip"})).await?;
