@@ -115,6 +115,35 @@ pub struct EnrollResponse {
     pub ca_certificate_pem: String,
     /// Where the agent connects, e.g. `mqtts://127.0.0.1:8883`.
     pub mqtt_url: String,
+    /// tetherd's clock when it answered: the agent judges certificate times
+    /// by it, not by its own clock.
+    #[serde(default)]
+    pub server_time: Option<DateTime<Utc>>,
+}
+
+/// A device renews its client certificate: its current certificate, and a
+/// CSR for the same key signed with that key, which proves the device holds
+/// it. The key never leaves the device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RenewRequest {
+    /// The device's current client certificate, PEM.
+    pub certificate_pem: String,
+    /// PKCS#10 certificate signing request for the certificate's key, PEM.
+    pub csr_pem: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RenewResponse {
+    pub device: String,
+    pub certificate_pem: String,
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+    /// tetherd's clock when it answered.
+    pub server_time: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,6 +8,7 @@ pub mod action;
 pub mod api;
 pub mod ca;
 pub mod catalogue;
+pub mod certificate;
 pub mod device;
 pub mod labels;
 pub mod metrics;

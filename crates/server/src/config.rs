@@ -69,6 +69,16 @@ struct FileConfig {
     auth: FileAuth,
     #[serde(default)]
     retention: FileRetention,
+    #[serde(default)]
+    pki: FilePki,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FilePki {
+    server_certificate_lifetime_seconds: Option<u64>,
+    device_certificate_lifetime_seconds: Option<u64>,
+    renewal_grace_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -104,7 +114,30 @@ pub struct ServerConfig {
     pub actions: ActionsConfig,
     pub auth: AuthConfig,
     pub retention: RetentionConfig,
+    pub pki: PkiConfig,
 }
+
+/// Certificate lifetimes. Both kinds renew at about two thirds of their life;
+/// a device whose certificate expired may still renew within the grace.
+#[derive(Debug, Clone)]
+pub struct PkiConfig {
+    pub server_certificate_lifetime: Duration,
+    pub device_certificate_lifetime: Duration,
+    pub renewal_grace: Duration,
+}
+
+impl Default for PkiConfig {
+    fn default() -> Self {
+        Self {
+            server_certificate_lifetime: Duration::from_secs(90 * DAY),
+            device_certificate_lifetime: Duration::from_secs(365 * DAY),
+            renewal_grace: Duration::from_secs(90 * DAY),
+        }
+    }
+}
+
+/// Shorter lifetimes leave too little time to renew across a reconnect.
+const MIN_CERTIFICATE_LIFETIME: u64 = 20;
 
 /// How long device telemetry is kept; older rows are deleted hourly.
 #[derive(Debug, Clone)]
@@ -257,6 +290,38 @@ impl ServerConfig {
             events: days(file.retention.events_days).unwrap_or(retention_defaults.events),
             metrics: days(file.retention.metrics_days).unwrap_or(retention_defaults.metrics),
         };
+        let pki_defaults = PkiConfig::default();
+        let pki = PkiConfig {
+            server_certificate_lifetime: secs(
+                file.pki.server_certificate_lifetime_seconds,
+                pki_defaults.server_certificate_lifetime,
+            ),
+            device_certificate_lifetime: secs(
+                file.pki.device_certificate_lifetime_seconds,
+                pki_defaults.device_certificate_lifetime,
+            ),
+            renewal_grace: secs(file.pki.renewal_grace_seconds, pki_defaults.renewal_grace),
+        };
+        // The server certificate's limit is the public web's (398 days); a
+        // device certificate may not outlive the CA's ten years.
+        check_range(
+            "pki.server_certificate_lifetime_seconds",
+            pki.server_certificate_lifetime,
+            MIN_CERTIFICATE_LIFETIME,
+            398 * DAY,
+        )?;
+        check_range(
+            "pki.device_certificate_lifetime_seconds",
+            pki.device_certificate_lifetime,
+            MIN_CERTIFICATE_LIFETIME,
+            5 * 366 * DAY,
+        )?;
+        check_range(
+            "pki.renewal_grace_seconds",
+            pki.renewal_grace,
+            0,
+            5 * 366 * DAY,
+        )?;
         check_range("retention.events_days", retention.events, DAY, 3660 * DAY)?;
         check_range("retention.metrics_days", retention.metrics, DAY, 3660 * DAY)?;
         check_range(
@@ -308,6 +373,7 @@ impl ServerConfig {
             actions,
             auth,
             retention,
+            pki,
         })
     }
 }
@@ -334,6 +400,15 @@ impl ServerConfig {
             retention: FileRetention {
                 events_days: Some(self.retention.events.as_secs() / (24 * 3600)),
                 metrics_days: Some(self.retention.metrics.as_secs() / (24 * 3600)),
+            },
+            pki: FilePki {
+                server_certificate_lifetime_seconds: Some(
+                    self.pki.server_certificate_lifetime.as_secs(),
+                ),
+                device_certificate_lifetime_seconds: Some(
+                    self.pki.device_certificate_lifetime.as_secs(),
+                ),
+                renewal_grace_seconds: Some(self.pki.renewal_grace.as_secs()),
             },
         };
         toml::to_string(&file).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
@@ -414,6 +489,7 @@ mod tests {
         let again = ServerConfig::merge(flags(&[]), file).expect("config");
         assert_eq!(again.to_toml(), printed);
         assert!(printed.contains("[actions]") && printed.contains("default_ttl_seconds = 3600"));
+        assert!(printed.contains("[pki]") && printed.contains("renewal_grace_seconds = 7776000"));
     }
 
     #[test]
@@ -434,6 +510,18 @@ mod tests {
             (
                 "[auth]\nsession_ttl_seconds = 0\n",
                 "auth.session_ttl_seconds",
+            ),
+            (
+                "[pki]\nserver_certificate_lifetime_seconds = 5\n",
+                "pki.server_certificate_lifetime_seconds",
+            ),
+            (
+                "[pki]\ndevice_certificate_lifetime_seconds = 999999999\n",
+                "pki.device_certificate_lifetime_seconds",
+            ),
+            (
+                "[pki]\nrenewal_grace_seconds = 999999999\n",
+                "pki.renewal_grace_seconds",
             ),
         ] {
             let file: FileConfig = toml::from_str(file).expect("valid toml");

@@ -31,6 +31,7 @@ use crate::config::{RetentionConfig, ServerConfig};
 use crate::device_link::rmqtt::{RmqttConfig, RmqttLink};
 use crate::device_link::{DeviceLink, LinkError};
 use crate::ingest::Ingest;
+use crate::pki::server_cert::{ReloadCertificate, ServerCertificateRenewal};
 use crate::pki::{CertificateAuthority, PkiError};
 use crate::registry::{Registry, StoreCredentials};
 use crate::sealing::{SealError, Sealer};
@@ -46,12 +47,8 @@ const MAX_MQTT_PACKET: u32 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("could not create the data dir {path}")]
-    DataDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    DataDir(#[from] secret_file::PrivateDirError),
     #[error(transparent)]
     Pki(#[from] PkiError),
     #[error(transparent)]
@@ -90,11 +87,18 @@ pub async fn run(
     // rmqtt links both rustls crypto backends; choosing one up front keeps
     // rustls from refusing to pick. An earlier install (tests) is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    create_private_dir(&config.data_dir)?;
+    secret_file::restrict_new_files();
+    secret_file::make_private_dir(&config.data_dir)?;
 
     let ca = Arc::new(CertificateAuthority::load_or_create(&config.data_dir)?);
-    let (server_cert, server_key) =
-        ca.issue_server_certificate(&config.data_dir, &config.public_hosts)?;
+    let server_certificate = ServerCertificateRenewal {
+        ca: ca.clone(),
+        dir: config.data_dir.clone(),
+        hosts: config.public_hosts.clone(),
+        lifetime: config.pki.server_certificate_lifetime,
+    };
+    let issued = server_certificate.issue(Utc::now())?;
+    let (server_cert, server_key) = (issued.cert_path.clone(), issued.key_path.clone());
     let store = Store::connect(&config.database_url).await?;
     let auth = Auth::new(store.clone(), config.auth.clone());
     if let Some(password) = auth
@@ -126,9 +130,16 @@ pub async fn run(
         messages_tx,
     )
     .await?;
+    let mqtt_listener = link.clone();
     let link: Arc<dyn DeviceLink> = link;
 
-    let registry = Registry::new(store.clone(), ca.clone(), link.clone(), config.auth.clone());
+    let registry = Registry::new(
+        store.clone(),
+        ca.clone(),
+        link.clone(),
+        config.auth.clone(),
+        config.pki.clone(),
+    );
     let actions = Arc::new(ActionService::new(
         store.clone(),
         link.clone(),
@@ -171,6 +182,13 @@ pub async fn run(
     let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&server_cert, &server_key)
         .await
         .map_err(StartError::Tls)?;
+    tokio::spawn(server_certificate.run(
+        issued,
+        vec![
+            Arc::new(HttpsCertificate(tls.clone())),
+            Arc::new(MqttCertificate(mqtt_listener)),
+        ],
+    ));
     let state = Arc::new(AppState {
         store,
         auth,
@@ -204,6 +222,45 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(config.data_dir.join(ENDPOINTS_FILE));
     Ok(())
+}
+
+/// The HTTPS listener's certificate: axum-server swaps the rustls config for
+/// new handshakes and keeps established connections.
+struct HttpsCertificate(axum_server::tls_rustls::RustlsConfig);
+
+impl ReloadCertificate for HttpsCertificate {
+    fn name(&self) -> &'static str {
+        "https"
+    }
+
+    fn reload<'a>(
+        &'a self,
+        cert: &'a Path,
+        key: &'a Path,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .reload_from_pem_file(cert, key)
+                .await
+                .map_err(|error| error.to_string())
+        })
+    }
+}
+
+struct MqttCertificate(Arc<RmqttLink>);
+
+impl ReloadCertificate for MqttCertificate {
+    fn name(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn reload<'a>(
+        &'a self,
+        cert: &'a Path,
+        key: &'a Path,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { self.0.reload_server_certificate(cert, key) })
+    }
 }
 
 /// A controller that starts holds no device sessions yet; devices become
@@ -259,18 +316,6 @@ async fn prune_telemetry_forever(store: Store, retention: RetentionConfig) {
             }
         }
     }
-}
-
-fn create_private_dir(path: &Path) -> Result<(), StartError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|source| StartError::DataDir {
-            path: path.to_owned(),
-            source,
-        })
 }
 
 fn write_endpoints(dir: &Path, api: SocketAddr, mqtt: SocketAddr) -> Result<(), StartError> {

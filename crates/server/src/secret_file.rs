@@ -1,8 +1,9 @@
-//! Files only tetherd's user may read: keys, credentials.
+//! Files only tetherd's user may read: keys, credentials, the data dir and
+//! everything in it.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 /// Writes `contents` to `path` with mode 0600, replacing it atomically so a
 /// crash never leaves a half-written key behind. The temporary file is
@@ -34,10 +35,108 @@ pub fn write(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Why the data dir cannot be made private.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateDirError {
+    #[error("could not create the data dir {path}: check that its parent exists and is writable")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not inspect {path}")]
+    Inspect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} belongs to uid {owner} but tetherd runs as uid {uid}, so it cannot make it private: \
+         run `chown -R {uid} {data_dir}` or start tetherd as uid {owner}"
+    )]
+    NotOwner {
+        path: PathBuf,
+        data_dir: PathBuf,
+        owner: u32,
+        uid: u32,
+    },
+    #[error(
+        "could not restrict {path} to mode {mode:o}: run `chmod -R go-rwx {data_dir}` as its owner"
+    )]
+    Chmod {
+        path: PathBuf,
+        data_dir: PathBuf,
+        mode: u32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Makes `dir` private whatever existed before: creates it 0700 if missing,
+/// then sets it and every directory below it to 0700 and every file to 0600.
+/// A pre-created 0755 dir (systemd's `StateDirectory=` default) would
+/// otherwise leave the database and its `-wal`/`-shm` readable by everyone.
+/// Anything owned by another user is refused by name, since only its owner
+/// (or root) could change it and tetherd should not run as either by accident.
+/// Symlinks are left alone: chmod would follow them out of the dir.
+pub fn make_private_dir(dir: &Path) -> Result<(), PrivateDirError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| PrivateDirError::Create {
+            path: dir.to_owned(),
+            source,
+        })?;
+    let uid = nix::unistd::geteuid().as_raw();
+    restrict(dir, dir, uid)
+}
+
+fn restrict(path: &Path, data_dir: &Path, uid: u32) -> Result<(), PrivateDirError> {
+    let inspect = |source| PrivateDirError::Inspect {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(inspect)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    if meta.uid() != uid {
+        return Err(PrivateDirError::NotOwner {
+            path: path.to_owned(),
+            data_dir: data_dir.to_owned(),
+            owner: meta.uid(),
+            uid,
+        });
+    }
+    let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+    if meta.permissions().mode() & 0o777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(
+            |source| PrivateDirError::Chmod {
+                path: path.to_owned(),
+                data_dir: data_dir.to_owned(),
+                mode,
+                source,
+            },
+        )?;
+        tracing::info!(path = %path.display(), mode = format!("{mode:o}"), "restricted permissions");
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(inspect)? {
+            restrict(&entry.map_err(inspect)?.path(), data_dir, uid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Files tetherd creates from now on (SQLite's database, `-wal` and `-shm`
+/// among them, which SQLite opens with 0644) are private to its user.
+pub fn restrict_new_files() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}
+
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
     use super::*;
 
     #[test]
@@ -55,5 +154,39 @@ mod tests {
         assert_eq!(mode, 0o600);
         let leftovers = std::fs::read_dir(dir.path()).expect("lists").count();
         assert_eq!(leftovers, 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn a_pre_created_open_dir_becomes_private_all_the_way_down() {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let dir = temp.path().join("data");
+        std::fs::create_dir(&dir).expect("creates");
+        std::fs::create_dir(dir.join("sub")).expect("creates");
+        for file in ["tether.db", "tether.db-wal", "sub/x"] {
+            std::fs::write(dir.join(file), "x").expect("writes");
+            std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(0o644))
+                .expect("chmod");
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        make_private_dir(&dir).expect("makes it private");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("sub")), 0o700);
+        for file in ["tether.db", "tether.db-wal", "sub/x"] {
+            assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+        }
+    }
+
+    #[test]
+    fn a_missing_dir_is_created_private() {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let dir = temp.path().join("a/b");
+        make_private_dir(&dir).expect("creates");
+        let mode = std::fs::metadata(&dir)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
     }
 }

@@ -22,6 +22,7 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(list_devices, create_device))
         .routes(routes!(get_device, patch_device, delete_device))
         .routes(routes!(new_enrollment_token))
+        .routes(routes!(revoke_device))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -113,4 +114,18 @@ async fn new_enrollment_token(
             .issue_enrollment_token(&device_id(&name)?, &endpoints)
             .await?,
     ))
+}
+
+/// Revokes the device's certificates: its session closes, it can neither
+/// connect nor renew, and its history stays. Enroll it again with a new
+/// token to bring it back.
+#[utoipa::path(post, path = "/devices/{name}/revoke", tag = "devices",
+    params(("name" = String, Path, description = "Device name")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn revoke_device(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.registry.revoke(&device_id(&name)?).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -1,18 +1,25 @@
-//! Device enrollment: a one-time token and a CSR in, a client certificate out.
+//! Device enrollment: a one-time token and a CSR in, a client certificate
+//! out; and renewal: the current certificate and a CSR for its key in, a new
+//! certificate out.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use tether_proto::api::{EnrollRequest, EnrollResponse, ErrorBody};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use tether_proto::api::{EnrollRequest, EnrollResponse, ErrorBody, RenewRequest, RenewResponse};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ClientHost};
+use crate::registry::RegistryError;
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
-    OpenApiRouter::new().routes(routes!(enroll))
+    OpenApiRouter::new()
+        .routes(routes!(enroll))
+        .routes(routes!(renew))
 }
 
 /// Enrolls a device: the one-time token authenticates the request; the
@@ -37,4 +44,56 @@ async fn enroll(
     };
     state.audit(&actor, "POST", "/api/v1/enroll", status).await;
     Ok(axum::Json(enrolled?))
+}
+
+/// Renews a device's client certificate. No session: possession of the
+/// certificate's key is the proof, since the CSR is signed with it. A device
+/// whose certificate expired may renew within the configured grace; after
+/// it, or once revoked, it is refused (403) and must be enrolled again.
+#[utoipa::path(post, path = "/renew", tag = "devices", security(()),
+    request_body = RenewRequest,
+    responses((status = 200, body = RenewResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn renew(
+    State(state): State<Arc<AppState>>,
+    ApiJson(request): ApiJson<RenewRequest>,
+) -> Response {
+    let renewed = state.registry.renew(&request, Utc::now()).await;
+    let device = state
+        .ca
+        .verify_device_certificate(&request.certificate_pem)
+        .map_or_else(|_| "?".to_owned(), |presented| presented.device);
+    let response = match renewed {
+        Ok(renewed) => axum::Json(renewed).into_response(),
+        Err(RegistryError::RenewalLimited {
+            device,
+            retry_after,
+        }) => {
+            let seconds = retry_after.as_secs().max(1);
+            let error = ApiError::from(RegistryError::RenewalLimited {
+                device,
+                retry_after,
+            });
+            (
+                [(axum::http::header::RETRY_AFTER, seconds.to_string())],
+                error,
+            )
+                .into_response()
+        }
+        Err(error) => {
+            let error = ApiError::from(error);
+            tracing::info!(%device, status = error.status.as_u16(), reason = %error.message, "certificate renewal refused");
+            error.into_response()
+        }
+    };
+    state
+        .audit(
+            &format!("device:{device}"),
+            "POST",
+            "/api/v1/renew",
+            response.status().as_u16(),
+        )
+        .await;
+    response
 }

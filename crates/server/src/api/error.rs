@@ -10,6 +10,7 @@ use tether_proto::api::{ErrorBody, ErrorDetail};
 
 use crate::actions::ActionError;
 use crate::auth::AuthError;
+use crate::pki::renewal::Refusal;
 use crate::registry::RegistryError;
 use crate::store::StoreError;
 
@@ -90,6 +91,27 @@ impl From<RegistryError> for ApiError {
                 Self::new(StatusCode::UNAUTHORIZED, "enrollment_refused", message)
             }
             RegistryError::Pki(source) => Self::internal(&source),
+            RegistryError::BadCertificate(_) => {
+                Self::new(StatusCode::UNAUTHORIZED, "certificate_refused", message)
+            }
+            RegistryError::RenewalRefused(refusal) => match refusal {
+                Refusal::KeyMismatch => Self::bad_request(message),
+                Refusal::Revoked { .. } | Refusal::Replaced { .. } => {
+                    Self::new(StatusCode::FORBIDDEN, "certificate_revoked", message)
+                }
+                Refusal::PastGrace { .. } => {
+                    Self::new(StatusCode::FORBIDDEN, "reenrollment_required", message)
+                }
+            },
+            RegistryError::RenewalLimited { retry_after, .. } => Self {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: "too_many_renewals",
+                message,
+                details: serde_json::json!({ "retryAfterSeconds": retry_after.as_secs().max(1) }),
+            },
+            RegistryError::RenewalConflict(_) => {
+                Self::new(StatusCode::CONFLICT, "conflict", message)
+            }
             RegistryError::Store(source) => source.into(),
         }
     }

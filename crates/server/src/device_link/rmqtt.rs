@@ -91,7 +91,13 @@ pub struct RmqttLink {
     /// is fair, and the enqueue into the session's queue happens under it.
     publish_order: tokio::sync::Mutex<()>,
     runtime: tokio::runtime::Handle,
-    accept_loop: JoinHandle<()>,
+    /// The running accept loop; replaced when the server certificate is.
+    accept_loop: Mutex<JoinHandle<()>>,
+    /// The settings with the bound address, to start a replacement listener.
+    config: RmqttConfig,
+    /// rmqtt keys each listener's settings by a unique id; every
+    /// replacement listener takes the next one.
+    listener_ids: std::sync::atomic::AtomicU16,
 }
 
 /// What the hooks share with the link.
@@ -129,47 +135,13 @@ impl RmqttLink {
         });
         register_hooks(&scx, &state).await;
 
-        let listener = Builder::new()
-            .name("tether/devices")
-            .laddr(config.listen)
-            // A restarted tetherd must get its port back while the previous
-            // run's connections sit in TIME_WAIT.
-            .reuseaddr(Some(true))
-            .nodelay(true)
-            .allow_anonymous(false)
-            .max_packet_size(config.max_packet_size)
-            .tls_cross_certificate(true)
-            .tls_cert(Some(
-                utf8_path(&config.server_cert_pem).map_err(start_error)?,
-            ))
-            .tls_key(Some(
-                utf8_path(&config.server_key_pem).map_err(start_error)?,
-            ))
-            .tls_client_ca_certs(Some(utf8_path(&config.client_ca_pem).map_err(start_error)?))
-            .collect_cert_info(true)
-            .cert_cn_as_username(true)
-            .bind()
-            .map_err(|e| start_error(format!("{e:#}")))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| start_error(format!("{e:#}")))?;
-        let mut listener = listener
-            .tls()
-            .map_err(|e| start_error(format!("TLS setup: {e:#}")))?;
-        // rmqtt logs and keys sessions by the configured address; give it the
-        // bound one rather than port 0.
-        let mut cfg = (*listener.cfg).clone();
-        cfg.laddr = bound;
-        listener.cfg = Arc::new(cfg);
-
-        let server = MqttServer::new(scx.clone())
-            .listener_by_id(listener, bound.port())
-            .build();
-        let accept_loop = tokio::spawn(async move {
-            if let Err(e) = server.run().await {
-                tracing::error!(error = format!("{e:#}"), "MQTT endpoint stopped");
-            }
-        });
+        let listener = tls_listener(&config, config.listen).map_err(start_error)?;
+        let bound = listener.cfg.laddr;
+        let config = RmqttConfig {
+            listen: bound,
+            ..config
+        };
+        let accept_loop = spawn_accept_loop(&scx, listener, bound.port());
         tracing::info!(%bound, "MQTT endpoint listening (mutual TLS)");
 
         let link = Arc::new(Self {
@@ -177,7 +149,9 @@ impl RmqttLink {
             state,
             publish_order: tokio::sync::Mutex::new(()),
             runtime: tokio::runtime::Handle::current(),
-            accept_loop,
+            accept_loop: Mutex::new(accept_loop),
+            config,
+            listener_ids: std::sync::atomic::AtomicU16::new(bound.port()),
         });
         Ok((link, bound))
     }
@@ -185,7 +159,10 @@ impl RmqttLink {
 
 impl Drop for RmqttLink {
     fn drop(&mut self) {
-        self.accept_loop.abort();
+        self.accept_loop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .abort();
     }
 }
 
@@ -526,5 +503,91 @@ impl Handler for Hooks {
         Self: 'async_trait,
     {
         Box::pin(self.handle(param, acc))
+    }
+}
+
+/// Binds the mutual-TLS listener at `addr` with the certificate files of
+/// `config`. SO_REUSEPORT lets a replacement listener with a renewed
+/// certificate bind the same port while this one still accepts.
+fn tls_listener(config: &RmqttConfig, addr: SocketAddr) -> Result<::rmqtt::net::Listener, String> {
+    let listener = Builder::new()
+        .name("tether/devices")
+        .laddr(addr)
+        // A restarted tetherd must get its port back while the previous
+        // run's connections sit in TIME_WAIT.
+        .reuseaddr(Some(true))
+        .reuseport(Some(true))
+        .nodelay(true)
+        .allow_anonymous(false)
+        .max_packet_size(config.max_packet_size)
+        .tls_cross_certificate(true)
+        .tls_cert(Some(utf8_path(&config.server_cert_pem)?))
+        .tls_key(Some(utf8_path(&config.server_key_pem)?))
+        .tls_client_ca_certs(Some(utf8_path(&config.client_ca_pem)?))
+        .collect_cert_info(true)
+        .cert_cn_as_username(true)
+        .bind()
+        .map_err(|e| format!("{e:#}"))?;
+    let bound = listener.local_addr().map_err(|e| format!("{e:#}"))?;
+    let mut listener = listener.tls().map_err(|e| format!("TLS setup: {e:#}"))?;
+    // rmqtt logs and keys sessions by the configured address; give it the
+    // bound one rather than port 0.
+    let mut cfg = (*listener.cfg).clone();
+    cfg.laddr = bound;
+    listener.cfg = Arc::new(cfg);
+    Ok(listener)
+}
+
+/// Runs rmqtt's accept loop for `listener`. Each accepted connection runs in
+/// its own task, so aborting the loop stops accepting without touching
+/// established sessions.
+fn spawn_accept_loop(
+    scx: &ServerContext,
+    listener: ::rmqtt::net::Listener,
+    id: u16,
+) -> JoinHandle<()> {
+    let server = MqttServer::new(scx.clone())
+        .listener_by_id(listener, id)
+        .build();
+    tokio::spawn(async move {
+        if let Err(e) = server.run().await {
+            tracing::error!(error = format!("{e:#}"), "MQTT endpoint stopped");
+        }
+    })
+}
+
+impl RmqttLink {
+    /// Serves the certificate chain and key in `cert`/`key` from now on,
+    /// without dropping a session: a second listener with the new
+    /// certificate binds the same port (SO_REUSEPORT) and starts accepting
+    /// before the old accept loop stops. Connections stay with the task that
+    /// serves them.
+    pub fn reload_server_certificate(&self, cert: &Path, key: &Path) -> Result<(), String> {
+        let config = RmqttConfig {
+            server_cert_pem: cert.to_owned(),
+            server_key_pem: key.to_owned(),
+            ..self.config.clone()
+        };
+        let listener = tls_listener(&config, self.config.listen)?;
+        // Ids already taken are skipped: rmqtt refuses a duplicate.
+        let id = loop {
+            let id = self
+                .listener_ids
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .wrapping_add(1);
+            if !self.scx.listen_cfgs.contains_key(&id) {
+                break id;
+            }
+        };
+        let replacement = spawn_accept_loop(&self.scx, listener, id);
+        let previous = std::mem::replace(
+            &mut *self
+                .accept_loop
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+            replacement,
+        );
+        previous.abort();
+        Ok(())
     }
 }

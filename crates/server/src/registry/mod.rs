@@ -1,17 +1,20 @@
 //! The device registry: devices, their labels, enrollment with one-time
 //! tokens, and the certificates that identify them.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tether_proto::api::{
     Device, DeviceCreated, EnrollRequest, EnrollResponse, EnrollmentToken, Labels, PatchDevice,
+    RenewRequest, RenewResponse,
 };
 use tether_proto::{DeviceId, InvalidDeviceId};
 
 use crate::auth::{new_secret, secret_hash};
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, PkiConfig};
 use crate::device_link::{BoxFuture, DeviceCredentials, DeviceLink};
+use crate::pki::renewal::{self, Refusal, RenewalLimiter};
 use crate::pki::{CertificateAuthority, PkiError};
 use crate::store::{DeviceRecord, Store, StoreError};
 use tether_proto::labels::{LabelSelector, SelectorError, is_valid_key, is_valid_value};
@@ -38,6 +41,22 @@ pub enum RegistryError {
     BadCsr(#[source] PkiError),
     #[error("could not issue the device certificate")]
     Pki(#[source] PkiError),
+    #[error("the certificate presented for renewal was refused")]
+    BadCertificate(#[source] PkiError),
+    #[error(transparent)]
+    RenewalRefused(#[from] Refusal),
+    #[error(
+        "device {device} renewed its certificate too often; try again in {} s",
+        retry_after.as_secs().max(1)
+    )]
+    RenewalLimited {
+        device: DeviceId,
+        retry_after: Duration,
+    },
+    #[error(
+        "device {0}'s certificate changed while it was being renewed (renewed, re-enrolled or revoked meanwhile); renew again"
+    )]
+    RenewalConflict(DeviceId),
     #[error(transparent)]
     Store(StoreError),
 }
@@ -55,12 +74,20 @@ pub struct Endpoints {
     pub mqtt_url: String,
 }
 
+/// A device renews about every two thirds of a lifetime; a handful within
+/// one lifetime leaves room for lost answers and restarts.
+const RENEWALS_PER_LIFETIME: usize = 5;
+/// The window is never shorter than this, for the short lifetimes of tests.
+const MIN_RENEWAL_WINDOW: Duration = Duration::from_secs(60);
+
 #[derive(Clone)]
 pub struct Registry {
     store: Store,
     ca: Arc<CertificateAuthority>,
     link: Arc<dyn DeviceLink>,
     config: AuthConfig,
+    pki: PkiConfig,
+    renewals: Arc<Mutex<RenewalLimiter>>,
 }
 
 impl Registry {
@@ -69,12 +96,19 @@ impl Registry {
         ca: Arc<CertificateAuthority>,
         link: Arc<dyn DeviceLink>,
         config: AuthConfig,
+        pki: PkiConfig,
     ) -> Self {
+        let window = pki.device_certificate_lifetime.max(MIN_RENEWAL_WINDOW);
         Self {
             store,
             ca,
             link,
             config,
+            pki,
+            renewals: Arc::new(Mutex::new(RenewalLimiter::new(
+                RENEWALS_PER_LIFETIME,
+                window,
+            ))),
         }
     }
 
@@ -191,9 +225,15 @@ impl Registry {
             .consume_enrollment_token(&secret_hash(&request.token), Utc::now())
             .await?
             .ok_or(RegistryError::TokenRefused)?;
+        let now = Utc::now();
         let issued = self
             .ca
-            .sign_device_csr(&device, &request.csr_pem)
+            .sign_device_csr(
+                &device,
+                &request.csr_pem,
+                self.pki.device_certificate_lifetime,
+                now,
+            )
             .map_err(RegistryError::Pki)?;
         self.store
             .set_certificate_serial(&device, &issued.serial_hex)
@@ -206,12 +246,97 @@ impl Registry {
             certificate_pem: issued.pem,
             ca_certificate_pem: self.ca.cert_pem().to_owned(),
             mqtt_url: endpoints.mqtt_url.clone(),
+            server_time: Some(now),
         })
+    }
+
+    /// Exchanges a device's certificate and a CSR for the same key for a new
+    /// certificate. Possession of the key is the proof (the CSR is signed
+    /// with it); the certificate must be one this CA issued, with a serial
+    /// the registry still accepts, expired at most the grace period ago.
+    /// The device's session is left alone: the agent reconnects with the new
+    /// certificate when it has stored it.
+    pub async fn renew(
+        &self,
+        request: &RenewRequest,
+        now: DateTime<Utc>,
+    ) -> Result<RenewResponse, RegistryError> {
+        let presented = self
+            .ca
+            .verify_device_certificate(&request.certificate_pem)
+            .map_err(RegistryError::BadCertificate)?;
+        let csr_key =
+            crate::pki::csr_public_key(&request.csr_pem).map_err(RegistryError::BadCsr)?;
+        let device = DeviceId::new(presented.device.as_str())?;
+        // A deleted device is as revoked as one whose certificates were.
+        let serials = self
+            .store
+            .certificate_serials(&device)
+            .await?
+            .unwrap_or_default();
+        renewal::check(&presented, &csr_key, &serials, now, self.pki.renewal_grace)?;
+        self.renewals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(device.as_str(), now)
+            .map_err(|retry_after| RegistryError::RenewalLimited {
+                device: device.clone(),
+                retry_after,
+            })?;
+        let issued = self
+            .ca
+            .sign_device_csr(
+                &device,
+                &request.csr_pem,
+                self.pki.device_certificate_lifetime,
+                now,
+            )
+            .map_err(RegistryError::Pki)?;
+        let expected = serials.current.unwrap_or_default();
+        if !self
+            .store
+            .rotate_certificate_serial(
+                &device,
+                &expected,
+                &presented.serial_hex,
+                &issued.serial_hex,
+            )
+            .await?
+        {
+            return Err(RegistryError::RenewalConflict(device));
+        }
+        tracing::info!(
+            %device,
+            old_serial = %presented.serial_hex,
+            serial = %issued.serial_hex,
+            not_after = %issued.not_after,
+            "device certificate renewed"
+        );
+        Ok(RenewResponse {
+            device: device.to_string(),
+            certificate_pem: issued.pem,
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+            server_time: now,
+        })
+    }
+
+    /// Revokes the device's certificates and closes its session; the device
+    /// and its history stay, and it can be enrolled again with a new token.
+    pub async fn revoke(&self, name: &DeviceId) -> Result<(), RegistryError> {
+        if !self.store.revoke_certificates(name).await? {
+            return Err(RegistryError::NotFound(name.clone()));
+        }
+        self.link.disconnect(name);
+        tracing::info!(device = %name, "device certificates revoked");
+        Ok(())
     }
 }
 
 /// CONNECT-time check for the MQTT endpoint: the certificate must be the
-/// device's current one (deleted or re-enrolled devices are refused).
+/// device's current one, or the one before its last renewal until the
+/// current one has connected (deleted, revoked or re-enrolled devices are
+/// refused).
 pub struct StoreCredentials {
     pub store: Store,
 }
@@ -223,8 +348,19 @@ impl DeviceCredentials for StoreCredentials {
         serial_hex: &'a str,
     ) -> BoxFuture<'a, bool> {
         Box::pin(async move {
-            match self.store.get_device(device).await {
-                Ok(Some(record)) => record.certificate_serial.as_deref() == Some(serial_hex),
+            match self.store.certificate_serials(device).await {
+                Ok(Some(serials)) if serials.current.as_deref() == Some(serial_hex) => {
+                    if serials.previous.is_some()
+                        && let Err(error) = self
+                            .store
+                            .forget_previous_certificate_serial(device, serial_hex)
+                            .await
+                    {
+                        tracing::warn!(%device, error = %crate::error_chain(&error), "could not retire the certificate before the last renewal; it stays usable until the next connect");
+                    }
+                    true
+                }
+                Ok(Some(serials)) => serials.previous.as_deref() == Some(serial_hex),
                 Ok(None) => false,
                 Err(error) => {
                     tracing::error!(%device, error = %crate::error_chain(&error), "could not check a device certificate; refusing the connection");

@@ -108,20 +108,24 @@ impl Store {
     }
 
     /// `NotFound` if the device does not exist (deleted while enrolling).
+    /// The certificate before it, if any, stops working at once.
     pub async fn set_certificate_serial(
         &self,
         name: &DeviceId,
         serial_hex: &str,
     ) -> Result<(), StoreError> {
-        let result = sqlx::query("UPDATE devices SET certificate_serial = $1 WHERE name = $2")
-            .bind(serial_hex)
-            .bind(name.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(|source| StoreError::Query {
-                context: "store a device's certificate serial",
-                source,
-            })?;
+        let result = sqlx::query(
+            "UPDATE devices SET certificate_serial = $1, previous_certificate_serial = NULL \
+             WHERE name = $2",
+        )
+        .bind(serial_hex)
+        .bind(name.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(|source| StoreError::Query {
+            context: "store a device's certificate serial",
+            source,
+        })?;
         if result.rows_affected() == 0 {
             return Err(StoreError::NotFound {
                 what: format!("device {name}"),

@@ -1,4 +1,5 @@
-//! The `enrollment_tokens` table: one-time tokens, stored as hashes.
+//! The `enrollment_tokens` table: one-time tokens, stored as hashes; and
+//! the certificate serials of enrolled devices that renewal rotates.
 
 use chrono::{DateTime, Utc};
 use sqlx::error::ErrorKind;
@@ -6,6 +7,15 @@ use tether_proto::DeviceId;
 
 use super::codec::{device_id, get, millis, violates};
 use super::{Store, StoreError};
+
+/// The serials a device may connect and renew with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateSerials {
+    /// `None` before enrollment and after revocation.
+    pub current: Option<String>,
+    /// The certificate before the last renewal, until `current` connects.
+    pub previous: Option<String>,
+}
 
 impl Store {
     /// Stores a token's hash and revokes the device's earlier unused tokens:
@@ -92,6 +102,100 @@ impl Store {
             })?;
         revoke_unused(&mut conn, &device).await?;
         Ok(Some(device))
+    }
+}
+
+impl Store {
+    /// `None` if the device does not exist.
+    pub async fn certificate_serials(
+        &self,
+        device: &DeviceId,
+    ) -> Result<Option<CertificateSerials>, StoreError> {
+        let row = sqlx::query(
+            "SELECT certificate_serial, previous_certificate_serial FROM devices WHERE name = $1",
+        )
+        .bind(device.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|source| StoreError::Query {
+            context: "read a device's certificate serials",
+            source,
+        })?;
+        row.map(|row| {
+            Ok(CertificateSerials {
+                current: get(&row, "certificate_serial")?,
+                previous: get(&row, "previous_certificate_serial")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records a renewal: `new` becomes current and `presented` (the serial
+    /// the device renewed with, which it still holds) stays usable until
+    /// `new` connects. Only if the current serial is still `expected`:
+    /// `false` if a concurrent renewal, re-enrollment or revocation won.
+    pub async fn rotate_certificate_serial(
+        &self,
+        device: &DeviceId,
+        expected: &str,
+        presented: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE devices SET certificate_serial = $1, previous_certificate_serial = $2 \
+             WHERE name = $3 AND certificate_serial = $4",
+        )
+        .bind(new)
+        .bind(presented)
+        .bind(device.as_str())
+        .bind(expected)
+        .execute(&self.pool)
+        .await
+        .map_err(|source| StoreError::Query {
+            context: "store a renewed certificate serial",
+            source,
+        })?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// The current certificate has connected: the one before it is no
+    /// longer needed and stops working.
+    pub async fn forget_previous_certificate_serial(
+        &self,
+        device: &DeviceId,
+        current: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE devices SET previous_certificate_serial = NULL \
+             WHERE name = $1 AND certificate_serial = $2",
+        )
+        .bind(device.as_str())
+        .bind(current)
+        .execute(&self.pool)
+        .await
+        .map_err(|source| StoreError::Query {
+            context: "forget a device's previous certificate serial",
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Revokes the device's certificates (current and previous) and keeps
+    /// the device, so it can be enrolled again with a new token. `false` if
+    /// the device does not exist.
+    pub async fn revoke_certificates(&self, device: &DeviceId) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE devices SET certificate_serial = NULL, previous_certificate_serial = NULL \
+             WHERE name = $1",
+        )
+        .bind(device.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(|source| StoreError::Query {
+            context: "revoke a device's certificates",
+            source,
+        })?;
+        Ok(result.rows_affected() > 0)
     }
 }
 

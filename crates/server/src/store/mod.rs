@@ -12,6 +12,8 @@ mod enrollment;
 mod telemetry;
 mod users;
 
+pub use enrollment::CertificateSerials;
+
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};

@@ -1,9 +1,14 @@
 //! tetherd's own certificate authority: created on first start, it signs the
-//! server's TLS certificate and every device's client certificate.
+//! server's TLS certificate and every device's client certificate, and checks
+//! the certificates devices present to renew.
+
+pub mod renewal;
+pub mod server_cert;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -13,11 +18,9 @@ use tether_proto::ca::{self, CaPemError};
 
 use crate::secret_file;
 
-/// How long a device certificate is valid; re-enrollment issues a new one.
-const DEVICE_CERT_DAYS: i64 = 365;
-/// The server certificate is re-issued at every start, so a short life is enough.
-const SERVER_CERT_DAYS: i64 = 90;
-const CA_YEARS: i64 = 10;
+/// How long the CA is valid. Rotating it means re-enrolling every device
+/// (docs/operations/certificates.md), so it is long.
+pub const CA_YEARS: i64 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -46,6 +49,12 @@ pub enum PkiError {
     BadCsr(#[source] rcgen::Error),
     #[error("could not issue a certificate")]
     Sign(#[source] rcgen::Error),
+    #[error("the certificate is not one PEM certificate")]
+    NotACertificate,
+    #[error("the certificate was not issued by this tetherd's CA for a device")]
+    NotOurs(#[source] rustls::Error),
+    #[error("the certificate names no device")]
+    NoDevice,
 }
 
 /// A certificate the CA issued, with its serial as lowercase hex (the form
@@ -54,10 +63,33 @@ pub enum PkiError {
 pub struct IssuedCertificate {
     pub pem: String,
     pub serial_hex: String,
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+}
+
+/// The server's TLS certificate (chain) and key files, and when the
+/// certificate is valid.
+#[derive(Debug, Clone)]
+pub struct ServerCertificate {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+}
+
+/// A device certificate this CA issued, as presented back to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresentedDeviceCertificate {
+    pub device: String,
+    pub serial_hex: String,
+    pub not_after: DateTime<Utc>,
+    /// The subjectPublicKey bits, to compare with a CSR's key.
+    pub public_key: Vec<u8>,
 }
 
 pub struct CertificateAuthority {
     issuer: Issuer<'static, KeyPair>,
+    client_verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     cert_pem: String,
     cert_path: PathBuf,
     sha256_hex: String,
@@ -101,8 +133,13 @@ impl CertificateAuthority {
             path: cert_path.clone(),
             source,
         })?;
+        let client_verifier = client_verifier(&cert_pem).map_err(|source| PkiError::BadCaPem {
+            path: cert_path.clone(),
+            source,
+        })?;
         Ok(Self {
             issuer,
+            client_verifier,
             cert_pem,
             cert_path,
             sha256_hex,
@@ -123,13 +160,16 @@ impl CertificateAuthority {
     }
 
     /// Issues the server's TLS certificate for `hosts` (names or IP
-    /// addresses) and writes it with its key to `server.pem`/`server-key.pem`
-    /// in `dir`. Returns the two paths.
+    /// addresses), valid for `lifetime` from `now`, and writes it with its
+    /// key to `server.pem`/`server-key.pem` in `dir`, each replaced whole so
+    /// a listener reloading them never reads half a file.
     pub fn issue_server_certificate(
         &self,
         dir: &Path,
         hosts: &[String],
-    ) -> Result<(PathBuf, PathBuf), PkiError> {
+        lifetime: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<ServerCertificate, PkiError> {
         let key = KeyPair::generate().map_err(PkiError::Sign)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = name("tetherd");
@@ -138,26 +178,37 @@ impl CertificateAuthority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
-        set_validity(&mut params, SERVER_CERT_DAYS);
+        let (not_before, not_after) = set_validity(&mut params, lifetime, now);
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(PkiError::Sign)?;
         let cert_path = dir.join("server.pem");
         let key_path = dir.join("server-key.pem");
+        // Key first: a reload that sees the new chain must find its key.
+        // Listeners reload only after both are written.
         secret_file::write(&key_path, key.serialize_pem().as_bytes())
             .map_err(|source| io(&key_path, source))?;
         let chain = format!("{}{}", cert.pem(), self.cert_pem);
-        std::fs::write(&cert_path, chain).map_err(|source| io(&cert_path, source))?;
-        Ok((cert_path, key_path))
+        secret_file::write(&cert_path, chain.as_bytes())
+            .map_err(|source| io(&cert_path, source))?;
+        Ok(ServerCertificate {
+            cert_path,
+            key_path,
+            not_before,
+            not_after,
+        })
     }
 
-    /// Signs a device's CSR. Only the CSR's public key is used: the subject
-    /// is the device name and the certificate is for client authentication
-    /// only, whatever the request asked for.
+    /// Signs a device's CSR, valid for `lifetime` from `now`. Only the CSR's
+    /// public key is used: the subject is the device name and the
+    /// certificate is for client authentication only, whatever the request
+    /// asked for.
     pub fn sign_device_csr(
         &self,
         device: &DeviceId,
         csr_pem: &str,
+        lifetime: std::time::Duration,
+        now: DateTime<Utc>,
     ) -> Result<IssuedCertificate, PkiError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
         let mut params = CertificateParams::default();
@@ -168,15 +219,82 @@ impl CertificateAuthority {
         let serial = random_serial();
         let serial_hex = hex::encode(serial.to_bytes());
         params.serial_number = Some(serial);
-        set_validity(&mut params, DEVICE_CERT_DAYS);
+        let (not_before, not_after) = set_validity(&mut params, lifetime, now);
         let cert = params
             .signed_by(&csr.public_key, &self.issuer)
             .map_err(PkiError::Sign)?;
         Ok(IssuedCertificate {
             pem: cert.pem(),
             serial_hex,
+            not_before,
+            not_after,
         })
     }
+
+    /// Checks that `pem` is a device (client) certificate this CA signed and
+    /// reads what renewal needs from it. Its validity period is deliberately
+    /// not checked here: an expired certificate may still renew within the
+    /// grace, which [`renewal::check`] decides.
+    pub fn verify_device_certificate(
+        &self,
+        pem: &str,
+    ) -> Result<PresentedDeviceCertificate, PkiError> {
+        let der = ca::single_certificate(pem).map_err(|_| PkiError::NotACertificate)?;
+        let (_, x509) =
+            x509_parser::parse_x509_certificate(&der).map_err(|_| PkiError::NotACertificate)?;
+        let not_before = x509.validity().not_before.timestamp();
+        let not_after = x509.validity().not_after.timestamp();
+        // Verify the chain at a moment inside the certificate's own validity.
+        let inside = u64::try_from(not_before.max(0)).unwrap_or(0) + 1;
+        let inside = inside.min(u64::try_from(not_after.max(0)).unwrap_or(0));
+        self.client_verifier
+            .verify_client_cert(
+                &rustls::pki_types::CertificateDer::from(der.as_slice()),
+                &[],
+                rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+                    inside,
+                )),
+            )
+            .map_err(PkiError::NotOurs)?;
+        let device = x509
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .ok_or(PkiError::NoDevice)?
+            .to_owned();
+        Ok(PresentedDeviceCertificate {
+            device,
+            serial_hex: hex::encode(x509.raw_serial()),
+            not_after: DateTime::from_timestamp(not_after, 0).unwrap_or(DateTime::UNIX_EPOCH),
+            public_key: x509.public_key().subject_public_key.data.to_vec(),
+        })
+    }
+}
+
+/// The subjectPublicKey bits of a CSR's key, in the form
+/// [`PresentedDeviceCertificate::public_key`] has. Also checks the CSR's
+/// signature, which proves the sender holds the key.
+pub fn csr_public_key(csr_pem: &str) -> Result<Vec<u8>, PkiError> {
+    use rcgen::PublicKeyData;
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
+    Ok(csr.public_key.der_bytes().to_vec())
+}
+
+fn client_verifier(
+    ca_pem: &str,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, CaPemError> {
+    let der = ca::single_certificate(ca_pem)?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(der))
+        .map_err(|_| CaPemError::NoCertificate)?;
+    rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|_| CaPemError::NoCertificate)
 }
 
 /// SHA-256 of the DER of the only certificate in a PEM, lowercase hex: the
@@ -207,10 +325,19 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
-fn set_validity(params: &mut CertificateParams, days: i64) {
-    let now = Utc::now();
-    params.not_before = ymd(now - Duration::days(1));
-    params.not_after = ymd(now + Duration::days(days));
+/// Sets the validity from `now` for `lifetime` and returns it, truncated to
+/// whole seconds as the certificate holds it.
+fn set_validity(
+    params: &mut CertificateParams,
+    lifetime: std::time::Duration,
+    now: DateTime<Utc>,
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    let lifetime = Duration::from_std(lifetime).unwrap_or(Duration::days(365));
+    let (not_before, not_after) = tether_proto::certificate::validity(now, lifetime);
+    params.not_before = ymd(not_before);
+    params.not_after = ymd(not_after);
+    let whole = |at: DateTime<Utc>| DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at);
+    (whole(not_before), whole(not_after))
 }
 
 fn ymd(at: chrono::DateTime<Utc>) -> time::OffsetDateTime {
