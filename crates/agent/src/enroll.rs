@@ -2,14 +2,18 @@
 //! pair on the device, and trade a CSR plus a one-time token for a client
 //! certificate.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
 use reqwest::StatusCode;
 use tether_proto::api::{EnrollRequest, EnrollResponse, ErrorBody};
 use tether_proto::ca::{self, CaPemError};
 use tether_proto::{DeviceId, InvalidDeviceId};
 
+use crate::clock::ServerClock;
 use crate::state::{AgentConfig, Credentials, StateDir, StateError};
+use crate::tls::{self, TlsError};
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The CN is a placeholder: tetherd sets the certificate's CN to the device name.
@@ -49,6 +53,8 @@ pub enum EnrollError {
         "refusing to enroll: the server's CA certificate has SHA-256 {actual}, not {expected} as --ca-sha256 says; check the fingerprint (`tether devices enrollment-token NAME` prints it) and that --server points at your tetherd"
     )]
     CaMismatch { expected: String, actual: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot generate the device's key pair")]
     KeyGen(#[source] rcgen::Error),
     #[error(
@@ -69,22 +75,32 @@ pub enum EnrollError {
     State(#[from] StateError),
 }
 
-/// Enrolls the device and stores its credentials in `state`.
-pub async fn enroll(state: &StateDir, options: &EnrollOptions) -> Result<Credentials, EnrollError> {
+/// Enrolls the device and stores its credentials in `state`. tetherd's
+/// certificate is judged by tetherd's clock, learned into `clock`.
+pub async fn enroll(
+    state: &StateDir,
+    options: &EnrollOptions,
+    clock: &Arc<ServerClock>,
+) -> Result<Credentials, EnrollError> {
     crate::install_crypto_provider();
     let expected = normalize_fingerprint(&options.ca_sha256)?;
     let server = server_base(&options.server)?;
 
     let ca_url = format!("{server}/api/v1/ca.pem");
-    let ca_pem = fetch_unverified(&ca_url).await?;
-    let ca_der = pinned_ca(&ca_url, &ca_pem, &expected)?;
+    let ca_pem = fetch_unverified(&ca_url, clock).await?;
+    pinned_ca(&ca_url, &ca_pem, &expected)?;
     tracing::info!("server CA at {ca_url} matches --ca-sha256");
 
     let (key_pem, csr_pem) = generate_key_and_csr()?;
     state.store_key(&key_pem)?;
 
     let enroll_url = format!("{server}/api/v1/enroll");
-    let response = post_enroll(&enroll_url, &ca_der, &options.token, csr_pem).await?;
+    let client = tls::https_client(&ca_pem, clock.clone())?;
+    let sent = Utc::now();
+    let response = post_enroll(&client, &enroll_url, &options.token, csr_pem).await?;
+    if let Some(server_time) = response.server_time {
+        clock.learn(server_time, sent, Utc::now());
+    }
     let device = DeviceId::new(response.device).map_err(EnrollError::Device)?;
     let config = AgentConfig {
         device: device.to_string(),
@@ -151,14 +167,15 @@ fn server_base(given: &str) -> Result<String, EnrollError> {
 }
 
 /// The one request made without verifying the server: its answer is checked
-/// against the pinned fingerprint instead.
-async fn fetch_unverified(url: &str) -> Result<String, EnrollError> {
+/// against the pinned fingerprint instead. Its `Date` header sets `clock`.
+async fn fetch_unverified(url: &str, clock: &ServerClock) -> Result<String, EnrollError> {
     let client = reqwest::Client::builder()
         .tls_built_in_root_certs(false)
         .danger_accept_invalid_certs(true)
         .timeout(HTTP_TIMEOUT)
         .build()
         .map_err(EnrollError::Client)?;
+    let sent = Utc::now();
     let response = client
         .get(url)
         .send()
@@ -167,6 +184,7 @@ async fn fetch_unverified(url: &str) -> Result<String, EnrollError> {
             url: url.to_owned(),
             source,
         })?;
+    clock.learn_from_date_header(response.headers(), sent, Utc::now());
     if !response.status().is_success() {
         return Err(EnrollError::Status {
             url: url.to_owned(),
@@ -199,17 +217,11 @@ fn generate_key_and_csr() -> Result<(String, String), EnrollError> {
 }
 
 async fn post_enroll(
+    client: &reqwest::Client,
     url: &str,
-    ca_der: &[u8],
     token: &str,
     csr_pem: String,
 ) -> Result<EnrollResponse, EnrollError> {
-    let client = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_der(ca_der).map_err(EnrollError::Client)?)
-        .timeout(HTTP_TIMEOUT)
-        .build()
-        .map_err(EnrollError::Client)?;
     let request = EnrollRequest {
         token: token.to_owned(),
         csr_pem,

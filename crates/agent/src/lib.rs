@@ -4,21 +4,26 @@
 pub mod actions;
 pub mod authorization;
 pub mod backoff;
+pub mod clock;
 pub mod config;
 pub mod dedupe;
 pub mod enroll;
 pub mod logging;
 pub mod queue;
+pub mod renewal;
 pub mod session;
 pub mod state;
+pub mod tls;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use clock::ServerClock;
 use config::{Config, ConfigError};
 use enroll::EnrollError;
 use logging::LogControl;
+use renewal::Renewal;
 use session::SessionError;
 use state::{StateDir, StateError};
 
@@ -57,6 +62,7 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     tokio::pin!(shutdown);
     let state = StateDir::open(config.state_dir()?)?;
+    let clock = ServerClock::new();
     let credentials = match state.load()? {
         Some(credentials) => {
             if config.server.is_some() || config.enroll_token.is_some() {
@@ -80,7 +86,7 @@ pub async fn run(
             // waiting on their timeouts) ends it at once; the next start
             // enrolls from scratch, since agent.toml is written last.
             tokio::select! {
-                enrolled = enroll::enroll(&state, &options) => enrolled?,
+                enrolled = enroll::enroll(&state, &options, &clock) => enrolled?,
                 () = &mut shutdown => {
                     tracing::info!("stopped before enrollment finished");
                     return Ok(());
@@ -88,6 +94,29 @@ pub async fn run(
             }
         }
     };
-    session::run(credentials, &state, Arc::new(logging), shutdown).await?;
+    let renewal = Renewal {
+        state: state.clone(),
+        clock: clock.clone(),
+    };
+    let credentials = tokio::select! {
+        credentials = renewal.ensure_current(credentials) => credentials,
+        () = &mut shutdown => {
+            tracing::info!("stopped before the certificate was renewed");
+            return Ok(());
+        }
+    };
+    let (renewed_tx, renewed_rx) = tokio::sync::watch::channel(credentials.clone());
+    let session = session::run(
+        credentials.clone(),
+        &state,
+        Arc::new(logging),
+        clock,
+        renewed_rx,
+        shutdown,
+    );
+    tokio::select! {
+        ended = session => ended?,
+        () = renewal.run(credentials, renewed_tx) => {}
+    }
     Ok(())
 }

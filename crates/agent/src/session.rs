@@ -17,19 +17,20 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{NetworkOptions, Outgoing, TlsConfiguration, Transport};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tether_proto::metrics::HostMetrics;
 use tether_proto::{ActionEvent, DeviceId, DeviceStatus, DeviceTopic, Presence, TopicKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::actions::run_stats::{MetricsSink, StatsRunner};
 use crate::actions::{self, AGENT_VERSION, Context, Dispatcher, IMPLEMENTED};
 use crate::authorization::AuthorizationGuard;
 use crate::backoff::Backoff;
+use crate::clock::ServerClock;
 use crate::dedupe::{DEFAULT_CAPACITY, Dedupe, DedupeError};
 use crate::logging::LogControl;
 use crate::queue::Queued;
 use crate::state::{ACTIONS_DIR, Credentials, StateDir};
+use crate::tls::{self, TlsError};
 
 const DEFAULT_MQTT_PORT: u16 = 8883;
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
@@ -55,15 +56,8 @@ pub enum SessionError {
         "MQTT URL {url:?} names an IPv6 address, which the MQTT client cannot verify: use a host name"
     )]
     Ipv6Host { url: String },
-    #[error(
-        "{file} in the state directory holds no usable {what}: remove the directory and enroll again"
-    )]
-    BadCredential {
-        file: &'static str,
-        what: &'static str,
-    },
-    #[error("cannot build the TLS client configuration from the stored credentials")]
-    Tls(#[source] rustls::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error(transparent)]
     Dedupe(#[from] DedupeError),
 }
@@ -91,40 +85,18 @@ pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), SessionError> {
     Ok((host, parsed.port().unwrap_or(DEFAULT_MQTT_PORT)))
 }
 
-/// Trusts only the controller's CA and presents the device's certificate.
-pub fn tls_config(credentials: &Credentials) -> Result<rustls::ClientConfig, SessionError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut credentials.ca_pem.as_bytes()).filter_map(Result::ok) {
-        roots.add(cert).map_err(SessionError::Tls)?;
-    }
-    if roots.is_empty() {
-        return Err(SessionError::BadCredential {
-            file: "ca.pem",
-            what: "CA certificate",
-        });
-    }
-    let chain: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut credentials.cert_pem.as_bytes())
-            .filter_map(Result::ok)
-            .collect();
-    if chain.is_empty() {
-        return Err(SessionError::BadCredential {
-            file: "cert.pem",
-            what: "certificate",
-        });
-    }
-    let key: PrivateKeyDer<'static> =
-        rustls_pemfile::private_key(&mut credentials.key_pem.as_bytes())
-            .ok()
-            .flatten()
-            .ok_or(SessionError::BadCredential {
-                file: "key.pem",
-                what: "private key",
-            })?;
-    rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(SessionError::Tls)
+/// Trusts only the controller's CA, judged by tetherd's clock, and presents
+/// the device's certificate.
+pub fn tls_config(
+    credentials: &Credentials,
+    clock: Arc<ServerClock>,
+) -> Result<rustls::ClientConfig, SessionError> {
+    Ok(tls::mutual_tls_config(
+        &credentials.ca_pem,
+        &credentials.cert_pem,
+        &credentials.key_pem,
+        clock,
+    )?)
 }
 
 /// Topics and identity of this session, and the client that publishes.
@@ -215,14 +187,17 @@ impl MetricsSink for Publisher {
 }
 
 /// Connects and serves actions until `shutdown` resolves; then says goodbye.
+/// Credentials sent on `renewed` replace the connection's at once.
 pub async fn run(
     credentials: Credentials,
     state: &StateDir,
     logging: Arc<LogControl>,
+    clock: Arc<ServerClock>,
+    renewed: watch::Receiver<Credentials>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SessionError> {
     let (host, port) = parse_mqtt_url(&credentials.mqtt_url)?;
-    let tls = tls_config(&credentials)?;
+    let tls = tls_config(&credentials, clock.clone())?;
     let dedupe = Dedupe::open(state.file(ACTIONS_DIR), DEFAULT_CAPACITY)?;
 
     let mut options = MqttOptions::new(credentials.device.as_str(), host, port);
@@ -270,6 +245,8 @@ pub async fn run(
         queued,
         seq: 1,
         connected_at: None,
+        clock,
+        renewed,
     };
     session.serve(shutdown).await;
     // Stop the worker before the goodbye: its abort drops the stats sampler,
@@ -306,6 +283,9 @@ struct Session {
     seq: u64,
     /// Set from CONNACK until the connection fails.
     connected_at: Option<Instant>,
+    clock: Arc<ServerClock>,
+    /// Renewed credentials; the next connection uses them.
+    renewed: watch::Receiver<Credentials>,
 }
 
 impl Session {
@@ -320,6 +300,10 @@ impl Session {
             let polled = tokio::select! {
                 biased;
                 () = &mut shutdown => return,
+                Ok(()) = self.renewed.changed() => {
+                    self.reconnect_with_renewed_credentials();
+                    continue;
+                }
                 polled = self.eventloop.poll() => polled,
             };
             let failure = match polled {
@@ -353,6 +337,36 @@ impl Session {
                 () = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    /// Drops the connection and reconnects at once with the renewed
+    /// certificate. Unacknowledged answers are lost with the connection as on
+    /// any reconnect; tetherd redelivers open actions at the birth, and the
+    /// agent answers those from its record without running them again.
+    fn reconnect_with_renewed_credentials(&mut self) {
+        let credentials = self.renewed.borrow_and_update().clone();
+        let tls = match tls_config(&credentials, self.clock.clone()) {
+            Ok(tls) => tls,
+            Err(error) => {
+                tracing::error!(
+                    "cannot use the renewed certificate: {}; keeping the current connection",
+                    actions::chain(&error)
+                );
+                return;
+            }
+        };
+        self.eventloop
+            .options
+            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::new(tls),
+            )));
+        tracing::info!("reconnecting to {} with the renewed certificate", self.url);
+        self.connected_at = None;
+        self.eventloop.clean();
+        self.seq += 1;
+        self.eventloop
+            .options
+            .set_last_will(self.publisher.will(self.seq));
     }
 
     /// Reacts to one event; an error string means the connection is unusable.
@@ -514,14 +528,14 @@ mod tests {
             .self_signed(&key)
             .expect("signs");
         let good = credentials(cert.pem(), cert.pem(), key.serialize_pem());
-        assert!(tls_config(&good).is_ok());
+        assert!(tls_config(&good, ServerClock::new()).is_ok());
 
         let no_key = credentials(cert.pem(), cert.pem(), "junk".into());
-        let err = tls_config(&no_key).expect_err("no key");
+        let err = tls_config(&no_key, ServerClock::new()).expect_err("no key");
         assert!(err.to_string().contains("key.pem"), "{err}");
         let no_ca = credentials(String::new(), cert.pem(), key.serialize_pem());
         assert!(
-            tls_config(&no_ca)
+            tls_config(&no_ca, ServerClock::new())
                 .expect_err("no CA")
                 .to_string()
                 .contains("ca.pem")

@@ -163,6 +163,12 @@ impl StateDir {
         self.write(CONFIG_FILE, toml.as_bytes(), PUBLIC_MODE)
     }
 
+    /// Replaces the client certificate with a renewed one, atomically: a
+    /// power cut leaves the old certificate or the new, never half of one.
+    pub fn store_certificate(&self, cert_pem: &str) -> Result<(), StateError> {
+        self.write(CERT_FILE, cert_pem.as_bytes(), PUBLIC_MODE)
+    }
+
     fn write(&self, name: &str, bytes: &[u8], mode: u32) -> Result<(), StateError> {
         let path = self.file(name);
         write_atomic(&path, bytes, mode).map_err(|source| StateError::Write { path, source })
