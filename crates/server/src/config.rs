@@ -137,7 +137,7 @@ impl Default for PkiConfig {
 }
 
 /// Shorter lifetimes leave too little time to renew across a reconnect.
-const MIN_CERTIFICATE_LIFETIME: u64 = 20;
+const MIN_CERTIFICATE_LIFETIME: u64 = 10;
 
 /// How long device telemetry is kept; older rows are deleted hourly.
 #[derive(Debug, Clone)]

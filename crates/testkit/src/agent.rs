@@ -17,6 +17,8 @@ pub struct Agent {
     pub name: String,
     child: Option<Child>,
     dir: TempDir,
+    /// A command the agent runs under, e.g. `faketime -f +1d`.
+    wrapper: Vec<String>,
 }
 
 impl Agent {
@@ -28,6 +30,24 @@ impl Agent {
             .await?
             .expect_status(201)?;
         let mut agent = Self::new(name)?;
+        agent.spawn(Some(&created["enrollment"]), &tetherd.api_url)?;
+        Ok(agent)
+    }
+
+    /// Like [`Agent::enroll`], with the agent running under `wrapper` (for
+    /// every start), e.g. `["faketime", "-f", "+1d"]` for a skewed clock.
+    pub async fn enroll_wrapped(
+        tetherd: &Tetherd,
+        admin: &ApiClient,
+        name: &str,
+        wrapper: &[&str],
+    ) -> anyhow::Result<Self> {
+        let created = admin
+            .post("/api/v1/devices", json!({"name": name}))
+            .await?
+            .expect_status(201)?;
+        let mut agent = Self::new(name)?;
+        agent.wrapper = wrapper.iter().map(|a| (*a).to_owned()).collect();
         agent.spawn(Some(&created["enrollment"]), &tetherd.api_url)?;
         Ok(agent)
     }
@@ -52,6 +72,7 @@ impl Agent {
             name: name.to_owned(),
             child: None,
             dir,
+            wrapper: Vec::new(),
         })
     }
 
@@ -80,7 +101,15 @@ impl Agent {
             .append(true)
             .open(self.log_path())
             .context("opening the agent log")?;
-        let mut command = Command::new(binary("tether-agent")?);
+        let agent = binary("tether-agent")?;
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(agent);
+                command
+            }
+            None => Command::new(agent),
+        };
         command
             .arg("--state-dir")
             .arg(self.state_dir())

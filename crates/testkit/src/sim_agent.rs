@@ -220,6 +220,12 @@ impl SimAgent {
             .context("publishing an event")
     }
 
+    /// Whether the MQTT connection it opened is still up (it never
+    /// reconnects, so a dropped session shows here).
+    pub fn is_connected(&self) -> bool {
+        !self.task.is_finished()
+    }
+
     pub async fn disconnect(self) {
         let _ = self.client.disconnect().await;
         self.task.abort();

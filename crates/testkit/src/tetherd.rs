@@ -11,7 +11,6 @@ use tempfile::TempDir;
 use crate::api::ApiClient;
 use crate::binaries::binary;
 use crate::postgres::TempPostgres;
-use crate::wait::wait_until;
 
 /// Which store a test runs tetherd on; integration suites run on both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +39,16 @@ impl Tetherd {
 
     /// Starts tetherd with extra flags, e.g. a config file.
     pub async fn start_with(database: Database, extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_prepared(database, extra_args, |_| Ok(())).await
+    }
+
+    /// Starts tetherd after `prepare` has had the (not yet existing) data
+    /// dir path, e.g. to pre-create it as a packager would.
+    pub async fn start_prepared(
+        database: Database,
+        extra_args: &[&str],
+        prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("tetherd-")
             .tempdir()
@@ -59,6 +68,7 @@ impl Tetherd {
             admin_password: String::new(),
             _postgres: postgres,
         };
+        prepare(&tetherd.data_dir())?;
         tetherd.spawn().await?;
         Ok(tetherd)
     }
@@ -118,24 +128,27 @@ impl Tetherd {
             command.arg("--database-url").arg(url);
         }
         self.child = Some(command.spawn().context("spawning tetherd")?);
-        let endpoints: Value = wait_until(
-            "tetherd to write endpoints.json",
-            Duration::from_secs(60),
-            || {
-                let path = endpoints_path.clone();
-                let exited = self.exited();
-                async move {
-                    if let Some(status) = exited {
-                        bail!("tetherd exited with {status}");
-                    }
-                    Ok(std::fs::read(&path)
-                        .ok()
-                        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
-                }
-            },
-        )
-        .await
-        .with_context(|| format!("tetherd did not start; its log:\n{}", self.log()))?;
+        // Not `wait_until`: a tetherd that exited fails at once, not after
+        // the deadline.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let endpoints: Value = loop {
+            if let Some(status) = self.exited() {
+                bail!("tetherd exited with {status}; its log:\n{}", self.log());
+            }
+            if let Some(endpoints) = std::fs::read(&endpoints_path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            {
+                break endpoints;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "tetherd did not write endpoints.json within 60 s; its log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         self.api_url = endpoints["api"]
             .as_str()
             .context("endpoints.json has no api")?

@@ -2,6 +2,7 @@
 
 mod actions;
 mod api;
+mod certificates;
 mod device_link;
 mod security;
 mod store;
