@@ -243,6 +243,17 @@ impl ApiClient {
         .map(drop)
     }
 
+    pub async fn revoke_device(&self, name: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::POST,
+            &["devices", name, "revoke"],
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
     pub async fn new_enrollment_token(&self, name: &str) -> Result<EnrollmentToken, ClientError> {
         self.call(
             Method::POST,

@@ -216,6 +216,14 @@ async fn devices_are_added_listed_labeled_and_deleted() {
     let device: Device = serde_json::from_str(&got).expect("a JSON device");
     assert_eq!(device.labels, [("role".to_owned(), "gw".to_owned())].into());
 
+    let revoked = tether.run_ok(&["devices", "revoke", "edge-1"]).await;
+    assert!(revoked.contains("enrollment-token edge-1"), "{revoked}");
+    let got = tether
+        .run_ok(&["devices", "get", "edge-1", "-o", "json"])
+        .await;
+    let device: Device = serde_json::from_str(&got).expect("a JSON device");
+    assert!(!device.enrolled, "revoked, kept: {got}");
+
     tether.run_ok(&["devices", "delete", "edge-2"]).await;
     let run = tether.run(&["devices", "get", "edge-2"]).await;
     assert_eq!(run.code, 1);
@@ -230,9 +238,10 @@ async fn devices_are_added_listed_labeled_and_deleted() {
         .map(|e| format!("{} {}", e.method, e.path))
         .collect();
     assert_eq!(
-        changes[..4],
+        changes[..5],
         [
             "DELETE /api/v1/devices/edge-2",
+            "POST /api/v1/devices/edge-1/revoke",
             "PATCH /api/v1/devices/edge-1",
             "POST /api/v1/devices",
             "POST /api/v1/devices",

@@ -121,7 +121,8 @@ async fn new_enrollment_token(
 /// token to bring it back.
 #[utoipa::path(post, path = "/devices/{name}/revoke", tag = "devices",
     params(("name" = String, Path, description = "Device name")),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 async fn revoke_device(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,

@@ -93,7 +93,12 @@ pub struct CertificateAuthority {
     cert_pem: String,
     cert_path: PathBuf,
     sha256_hex: String,
+    /// No certificate it issues outlives it: the chain would not verify.
+    not_after: DateTime<Utc>,
 }
+
+/// From this long before the CA expires, every start warns.
+const CA_EXPIRY_WARNING: Duration = Duration::days(365);
 
 impl CertificateAuthority {
     /// Loads `ca.pem`/`ca-key.pem` from `dir`, creating both on first start.
@@ -137,9 +142,21 @@ impl CertificateAuthority {
             path: cert_path.clone(),
             source,
         })?;
+        let not_after = ca_not_after(&cert_pem).ok_or_else(|| PkiError::BadCaPem {
+            path: cert_path.clone(),
+            source: CaPemError::NoCertificate,
+        })?;
+        if not_after - Utc::now() < CA_EXPIRY_WARNING {
+            tracing::warn!(
+                path = %cert_path.display(),
+                %not_after,
+                "the CA expires within a year; certificates it issues end with it: rotate it (docs/operations/certificates.md)"
+            );
+        }
         Ok(Self {
             issuer,
             client_verifier,
+            not_after,
             cert_pem,
             cert_path,
             sha256_hex,
@@ -178,7 +195,7 @@ impl CertificateAuthority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
-        let (not_before, not_after) = set_validity(&mut params, lifetime, now);
+        let (not_before, not_after) = set_validity(&mut params, lifetime, now, self.not_after);
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(PkiError::Sign)?;
@@ -219,7 +236,7 @@ impl CertificateAuthority {
         let serial = random_serial();
         let serial_hex = hex::encode(serial.to_bytes());
         params.serial_number = Some(serial);
-        let (not_before, not_after) = set_validity(&mut params, lifetime, now);
+        let (not_before, not_after) = set_validity(&mut params, lifetime, now, self.not_after);
         let cert = params
             .signed_by(&csr.public_key, &self.issuer)
             .map_err(PkiError::Sign)?;
@@ -281,6 +298,12 @@ pub fn csr_public_key(csr_pem: &str) -> Result<Vec<u8>, PkiError> {
     Ok(csr.public_key.der_bytes().to_vec())
 }
 
+fn ca_not_after(ca_pem: &str) -> Option<DateTime<Utc>> {
+    let der = ca::single_certificate(ca_pem).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
+}
+
 fn client_verifier(
     ca_pem: &str,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, CaPemError> {
@@ -325,15 +348,18 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
-/// Sets the validity from `now` for `lifetime` and returns it, truncated to
-/// whole seconds as the certificate holds it.
+/// Sets the validity from `now` for `lifetime`, ending no later than
+/// `ca_not_after`, and returns it, truncated to whole seconds as the
+/// certificate holds it.
 fn set_validity(
     params: &mut CertificateParams,
     lifetime: std::time::Duration,
     now: DateTime<Utc>,
+    ca_not_after: DateTime<Utc>,
 ) -> (DateTime<Utc>, DateTime<Utc>) {
     let lifetime = Duration::from_std(lifetime).unwrap_or(Duration::days(365));
     let (not_before, not_after) = tether_proto::certificate::validity(now, lifetime);
+    let not_after = not_after.min(ca_not_after);
     params.not_before = ymd(not_before);
     params.not_after = ymd(not_after);
     let whole = |at: DateTime<Utc>| DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at);
@@ -349,5 +375,111 @@ fn io(path: &Path, source: std::io::Error) -> PkiError {
     PkiError::Io {
         path: path.to_owned(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csr() -> (KeyPair, String) {
+        let key = KeyPair::generate().expect("key");
+        let csr = CertificateParams::default()
+            .serialize_request(&key)
+            .and_then(|csr| csr.pem())
+            .expect("csr");
+        (key, csr)
+    }
+
+    #[test]
+    fn device_certificates_last_the_configured_lifetime_and_verify_even_when_expired() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = CertificateAuthority::load_or_create(dir.path()).expect("CA");
+        let device = DeviceId::new("edge-1").expect("valid");
+        let (key, csr) = csr();
+        // Issued a day ago for ten minutes: long expired now.
+        let issued_at = Utc::now() - Duration::days(1);
+        let issued = ca
+            .sign_device_csr(
+                &device,
+                &csr,
+                std::time::Duration::from_secs(600),
+                issued_at,
+            )
+            .expect("signs");
+        assert_eq!(
+            issued.not_after.timestamp(),
+            (issued_at + Duration::minutes(10)).timestamp()
+        );
+        assert_eq!(
+            issued.not_before.timestamp(),
+            (issued_at - Duration::minutes(1)).timestamp()
+        );
+
+        let presented = ca
+            .verify_device_certificate(&issued.pem)
+            .expect("ours, if expired");
+        assert_eq!(presented.device, "edge-1");
+        assert_eq!(presented.serial_hex, issued.serial_hex);
+        assert_eq!(presented.not_after, issued.not_after);
+        assert_eq!(presented.public_key, csr_public_key(&csr).expect("csr key"));
+        use rcgen::PublicKeyData;
+        assert_eq!(presented.public_key, key.der_bytes());
+    }
+
+    #[test]
+    fn certificates_of_another_ca_are_refused() {
+        let ours = tempfile::tempdir().expect("tempdir");
+        let theirs = tempfile::tempdir().expect("tempdir");
+        let ca = CertificateAuthority::load_or_create(ours.path()).expect("CA");
+        let other = CertificateAuthority::load_or_create(theirs.path()).expect("CA");
+        let (_, csr) = csr();
+        let foreign = other
+            .sign_device_csr(
+                &DeviceId::new("edge-1").expect("valid"),
+                &csr,
+                std::time::Duration::from_secs(600),
+                Utc::now(),
+            )
+            .expect("signs");
+        assert!(matches!(
+            ca.verify_device_certificate(&foreign.pem),
+            Err(PkiError::NotOurs(_))
+        ));
+        assert!(matches!(
+            ca.verify_device_certificate("junk"),
+            Err(PkiError::NotACertificate)
+        ));
+        // A server certificate is not a device's: wrong key usage.
+        let server = ca
+            .issue_server_certificate(
+                ours.path(),
+                &["localhost".to_owned()],
+                std::time::Duration::from_secs(600),
+                Utc::now(),
+            )
+            .expect("issues");
+        let chain = std::fs::read_to_string(server.cert_path).expect("reads");
+        let leaf = chain
+            .split_inclusive("-----END CERTIFICATE-----\n")
+            .next()
+            .expect("a leaf");
+        assert!(ca.verify_device_certificate(leaf).is_err());
+    }
+
+    #[test]
+    fn nothing_outlives_the_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = CertificateAuthority::load_or_create(dir.path()).expect("CA");
+        let (_, csr) = csr();
+        let issued = ca
+            .sign_device_csr(
+                &DeviceId::new("edge-1").expect("valid"),
+                &csr,
+                std::time::Duration::from_secs(3600),
+                ca.not_after - Duration::minutes(1),
+            )
+            .expect("signs");
+        assert_eq!(issued.not_after, ca.not_after);
     }
 }

@@ -6,6 +6,7 @@ mod enrollment_token;
 mod get;
 mod label;
 mod list;
+mod revoke;
 
 use chrono::{DateTime, Utc};
 use tether_proto::api::{Device, EnrollmentToken};
@@ -21,6 +22,7 @@ pub enum Devices {
     Get(get::Get),
     Label(label::Label),
     Delete(delete::Delete),
+    Revoke(revoke::Revoke),
     EnrollmentToken(enrollment_token::EnrollmentTokenCmd),
 }
 
@@ -32,6 +34,7 @@ impl Devices {
             Devices::Get(cmd) => cmd.description(),
             Devices::Label(cmd) => cmd.description(),
             Devices::Delete(cmd) => cmd.description(),
+            Devices::Revoke(cmd) => cmd.description(),
             Devices::EnrollmentToken(cmd) => cmd.description(),
         }
     }
@@ -43,6 +46,7 @@ impl Devices {
             Devices::Get(cmd) => cmd.run(ctx).await,
             Devices::Label(cmd) => cmd.run(ctx).await,
             Devices::Delete(cmd) => cmd.run(ctx).await,
+            Devices::Revoke(cmd) => cmd.run(ctx).await,
             Devices::EnrollmentToken(cmd) => cmd.run(ctx).await,
         }
     }
