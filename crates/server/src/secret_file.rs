@@ -78,7 +78,8 @@ pub enum PrivateDirError {
 /// otherwise leave the database and its `-wal`/`-shm` readable by everyone.
 /// Anything owned by another user is refused by name, since only its owner
 /// (or root) could change it and tetherd should not run as either by accident.
-/// Symlinks are left alone: chmod would follow them out of the dir.
+/// Symlinks inside are left alone: chmod would follow them out of the dir.
+/// The data dir itself may be one (e.g. onto a data volume).
 pub fn make_private_dir(dir: &Path) -> Result<(), PrivateDirError> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -97,7 +98,12 @@ fn restrict(path: &Path, data_dir: &Path, uid: u32) -> Result<(), PrivateDirErro
         path: path.to_owned(),
         source,
     };
-    let meta = std::fs::symlink_metadata(path).map_err(inspect)?;
+    let meta = if path == data_dir {
+        std::fs::metadata(path)
+    } else {
+        std::fs::symlink_metadata(path)
+    }
+    .map_err(inspect)?;
     if meta.file_type().is_symlink() {
         return Ok(());
     }
@@ -175,6 +181,28 @@ mod tests {
         for file in ["tether.db", "tether.db-wal", "sub/x"] {
             assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
         }
+    }
+
+    #[test]
+    fn a_data_dir_reached_through_a_symlink_is_made_private_but_links_inside_are_not_followed() {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let volume = temp.path().join("volume");
+        let outside = temp.path().join("outside.txt");
+        std::fs::create_dir(&volume).expect("creates");
+        std::fs::set_permissions(&volume, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::write(&outside, "x").expect("writes");
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::os::unix::fs::symlink(&outside, volume.join("link")).expect("links");
+        let dir = temp.path().join("data");
+        std::os::unix::fs::symlink(&volume, &dir).expect("links");
+        make_private_dir(&dir).expect("makes it private");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode(&volume), 0o700);
+        assert_eq!(
+            mode(&outside),
+            0o644,
+            "a file outside the dir is not touched"
+        );
     }
 
     #[test]
