@@ -135,7 +135,13 @@ impl RmqttLink {
         });
         register_hooks(&scx, &state).await;
 
-        let listener = tls_listener(&config, config.listen).map_err(start_error)?;
+        // The listener sets SO_REUSEPORT so a renewed certificate can take
+        // over the port; that would also let a second tetherd share it
+        // silently. A plain bind first finds one (and picks port 0's port).
+        let free = std::net::TcpListener::bind(config.listen)
+            .and_then(|probe| probe.local_addr())
+            .map_err(|e| start_error(format!("{e}: is another tetherd running?")))?;
+        let listener = tls_listener(&config, free).map_err(start_error)?;
         let bound = listener.cfg.laddr;
         let config = RmqttConfig {
             listen: bound,
