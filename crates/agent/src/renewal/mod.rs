@@ -145,8 +145,10 @@ impl Renewal {
             };
             match &error {
                 RenewError::Refused { .. } => tracing::error!(
-                    "{}; asking again in {} min",
+                    "{}; to re-enroll, stop the agent, remove {} and start it with the command `tether devices enrollment-token {}` prints; asking again in {} min",
                     crate::actions::chain(&error),
+                    self.state.path().display(),
+                    credentials.device,
                     delay.as_secs() / 60
                 ),
                 _ => tracing::warn!(

@@ -291,6 +291,10 @@ async fn a_device_stopped_past_expiry_renews_within_grace_and_must_re_enroll_aft
         .context("a refusal line")?;
     assert!(refusal.contains("expired on"), "{refusal}");
     assert!(refusal.contains("asking again in 60 min"), "{refusal}");
+    assert!(
+        refusal.contains(&agent.state_dir().display().to_string()),
+        "names what to remove: {refusal}"
+    );
     let device = admin
         .get("/api/v1/devices/edge-1")
         .await?
