@@ -134,7 +134,7 @@ async fn a_fleet_runs_through_three_certificate_lifetimes_without_losing_an_acti
     });
     let renewed = wait_until(
         "three server and three device certificate renewals each",
-        Duration::from_secs(150),
+        Duration::from_secs(100),
         || {
             let server = tetherd.log();
             let refused = server.contains("could not load the renewed server certificate");
