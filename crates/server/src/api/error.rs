@@ -19,6 +19,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: serde_json::Value,
+    /// Seconds for `Retry-After` on a 429.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -28,6 +30,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: serde_json::Value::Null,
+            retry_after: None,
         }
     }
 
@@ -59,7 +62,13 @@ impl IntoResponse for ApiError {
                 details: self.details,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -71,6 +80,7 @@ impl From<StoreError> for ApiError {
                 "conflict",
                 format!("{what} already exists"),
             ),
+            StoreError::NotFound { what } => Self::not_found(format!("{what} not found")),
             other => Self::internal(&other),
         }
     }
@@ -108,6 +118,7 @@ impl From<ActionError> for ApiError {
                 code: "invalid_input",
                 message,
                 details: serde_json::json!({ "fields": errors }),
+                retry_after: None,
             },
             ActionError::DuplicateCorrelationId(_) => {
                 Self::new(StatusCode::CONFLICT, "conflict", message)
@@ -128,6 +139,20 @@ impl From<AuthError> for ApiError {
             AuthError::BadCredentials => {
                 Self::new(StatusCode::UNAUTHORIZED, "bad_credentials", message)
             }
+            AuthError::TooLong { field, .. } => Self {
+                details: serde_json::json!({ "fields": [{ "path": field, "message": message }] }),
+                ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+            },
+            AuthError::ThrottledAddress { .. }
+            | AuthError::ThrottledUser { .. }
+            | AuthError::Busy => Self {
+                // Round up: retrying a moment early would only be refused again.
+                retry_after: error
+                    .retry_after()
+                    .map(|wait| wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
+            },
+            AuthError::Forbidden { .. } => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
             AuthError::Store(source) => source.into(),
             other => Self::internal(&other),
         }
