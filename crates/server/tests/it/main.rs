@@ -3,6 +3,7 @@
 mod actions;
 mod api;
 mod device_link;
+mod hostile;
 mod security;
 mod store;
 mod support;
