@@ -187,7 +187,7 @@ impl Auth {
         if !valid {
             return Err(AuthError::BadCredentials);
         }
-        self.throttle().succeeded(client, user_key);
+        self.throttle().succeeded(client, user_key, Instant::now());
         let token = new_secret();
         let now = Utc::now();
         let expires_at = now

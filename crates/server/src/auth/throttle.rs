@@ -89,10 +89,15 @@ impl<K: Hash + Eq + Copy> Table<K> {
         }
     }
 
-    /// Takes back one failure counted at the start of an attempt that succeeded.
-    fn undo(&mut self, key: &K) {
+    /// Takes back one failure counted at the start of an attempt that
+    /// succeeded, and the wait it started if the streak is back within
+    /// the free attempts; a wait earned by earlier failures stays.
+    fn undo(&mut self, config: &ThrottleConfig, key: &K, now: Instant) {
         if let Some(streak) = self.streaks.get_mut(key) {
             streak.failures = streak.failures.saturating_sub(1);
+            if streak.failures <= config.failures_before_backoff {
+                streak.blocked_until = now;
+            }
         }
     }
 
@@ -179,8 +184,8 @@ impl LoginThrottle {
 
     /// A correct password ends the username's streak and takes back the
     /// address's count for this attempt.
-    pub fn succeeded(&mut self, address: IpAddr, username: UsernameKey) {
-        self.by_address.undo(&address);
+    pub fn succeeded(&mut self, address: IpAddr, username: UsernameKey, now: Instant) {
+        self.by_address.undo(&self.config, &address, now);
         self.by_username.forget(&username);
     }
 }
@@ -260,13 +265,35 @@ mod tests {
             .expect("another user");
 
         let later = now + Duration::from_secs(1);
+        throttle.begin_from(ADDRESS, later).expect("address");
         throttle.begin_for(admin, later).expect("after the wait");
-        throttle.succeeded(ADDRESS, admin);
+        throttle.succeeded(ADDRESS, admin, later);
         for _ in 0..3 {
             throttle
                 .begin_for(admin, later)
                 .expect("reset by the success");
         }
+    }
+
+    #[test]
+    fn a_success_takes_back_only_its_own_count() {
+        let mut throttle = throttle();
+        let now = Instant::now();
+        let admin = username_key("admin");
+        // Three free failures, then a success: the success's reservation
+        // would have started a wait; it is taken back.
+        for _ in 0..3 {
+            throttle.begin_from(ADDRESS, now).expect("free");
+        }
+        throttle.begin_from(ADDRESS, now).expect("fourth");
+        throttle.succeeded(ADDRESS, admin, now);
+        throttle
+            .begin_from(ADDRESS, now)
+            .expect("no wait after a success");
+        // That was the fourth real failure: its wait stands.
+        throttle
+            .begin_from(ADDRESS, now)
+            .expect_err("an earned wait");
     }
 
     #[test]

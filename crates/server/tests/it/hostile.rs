@@ -314,7 +314,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn a_flood_of_huge_failed_logins_leaves_the_store_and_other_requests_alone()
 -> anyhow::Result<()> {
     const ATTEMPTS: usize = 10_000;
-    const CONCURRENCY: usize = 16;
+    const CONCURRENCY: usize = 4;
     let tetherd = Tetherd::start(Database::Sqlite).await?;
     let api = api_addr(&tetherd)?;
     let connector = tls_connector(&tetherd)?;
