@@ -139,10 +139,12 @@ pub struct RequestAction {
     /// How long the action may wait for an offline device before it expires.
     /// Default 3600.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub ttl_seconds: Option<u64>,
     /// How long the device has to answer once the action is delivered before
     /// it is `timed-out`. Default 300.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 86400))]
     pub timeout_seconds: Option<u64>,
 }
 

@@ -43,6 +43,7 @@ async fn request_action(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct LimitQuery {
     /// At most this many, newest first (default 50).
@@ -80,6 +81,7 @@ async fn list_actions(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct WaitQuery {
     /// Long-poll: answer as soon as the action is terminal, or after this

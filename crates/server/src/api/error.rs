@@ -118,8 +118,10 @@ impl From<ActionError> for ApiError {
         let message = error.to_string();
         match error {
             ActionError::DeviceNotFound(_) | ActionError::NotFound(_) => Self::not_found(message),
+            // The OpenAPI document lists the action names, so a name outside
+            // them is a malformed request, not a missing resource.
             ActionError::UnknownAction(_) => {
-                Self::new(StatusCode::NOT_FOUND, "unknown_action", message)
+                Self::new(StatusCode::BAD_REQUEST, "unknown_action", message)
             }
             ActionError::InvalidInput { errors, .. } => Self {
                 status: StatusCode::BAD_REQUEST,

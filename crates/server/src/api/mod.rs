@@ -114,7 +114,11 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .nest("/api/v1", protected.merge(public))
         .split_for_parts();
     openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    openapi::complete(&mut openapi, state.actions.catalogue());
+    openapi::complete(
+        &mut openapi,
+        state.actions.catalogue(),
+        state.actions.max_ttl().as_secs(),
+    );
     let document = openapi.to_json().unwrap_or_else(|error| {
         tracing::error!(%error, "could not render the OpenAPI document");
         String::from("{}")

@@ -4,11 +4,13 @@
 //! query parsing, 500), and the action names the catalogue knows.
 
 use tether_proto::Catalogue;
+use tether_proto::labels::MAX_LABEL_LEN;
 use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder, Schema};
 
 /// The answers every operation of the document can give besides its own.
-pub fn complete(openapi: &mut OpenApi, catalogue: &Catalogue) {
+pub fn complete(openapi: &mut OpenApi, catalogue: &Catalogue, max_ttl_seconds: u64) {
     for item in openapi.paths.paths.values_mut() {
         for operation in [
             &mut item.get,
@@ -23,7 +25,8 @@ pub fn complete(openapi: &mut OpenApi, catalogue: &Catalogue) {
             add_shared_responses(operation);
         }
     }
-    declare_action_names(openapi, catalogue);
+    declare_action_request_rules(openapi, catalogue, max_ttl_seconds);
+    declare_label_rules(openapi);
 }
 
 fn add_shared_responses(operation: &mut Operation) {
@@ -74,8 +77,9 @@ fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
     )
 }
 
-/// `RequestAction.action` may only name an action of the catalogue.
-fn declare_action_names(openapi: &mut OpenApi, catalogue: &Catalogue) {
+/// `RequestAction.action` may only name an action of the catalogue, and
+/// `ttlSeconds` is at most the configured maximum.
+fn declare_action_request_rules(openapi: &mut OpenApi, catalogue: &Catalogue, max_ttl: u64) {
     let Some(components) = openapi.components.as_mut() else {
         return;
     };
@@ -91,6 +95,57 @@ fn declare_action_names(openapi: &mut OpenApi, catalogue: &Catalogue) {
                 .collect(),
         );
     }
+    if let Some(RefOr::T(Schema::Object(ttl))) = request.properties.get_mut("ttlSeconds") {
+        ttl.maximum = Some(utoipa::Number::UInt(max_ttl as usize));
+    }
+}
+
+/// Label keys and values in the requests that set them follow
+/// `tether_proto::labels`: a key starts with a letter or digit; both use
+/// letters, digits, `-`, `_`, `.`, `/`, at most 63 characters.
+fn declare_label_rules(openapi: &mut OpenApi) {
+    let Some(components) = openapi.components.as_mut() else {
+        return;
+    };
+    let key = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(format!(
+            "^[A-Za-z0-9][-A-Za-z0-9_./]{{0,{}}}$",
+            MAX_LABEL_LEN - 1
+        )))
+        .build();
+    let value = |nullable: bool| {
+        let schema_type = if nullable {
+            utoipa::openapi::schema::SchemaType::from_iter([Type::String, Type::Null])
+        } else {
+            utoipa::openapi::schema::SchemaType::Type(Type::String)
+        };
+        ObjectBuilder::new()
+            .schema_type(schema_type)
+            .max_length(Some(MAX_LABEL_LEN))
+            .pattern(Some(format!("^[-A-Za-z0-9_./]{{0,{MAX_LABEL_LEN}}}$")))
+            .build()
+    };
+    for (schema, nullable) in [("CreateDevice", false), ("PatchDevice", true)] {
+        let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema) else {
+            continue;
+        };
+        let mut labels = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(if nullable {
+                "Labels to set; a `null` value removes the label."
+            } else {
+                "The device's labels."
+            }))
+            .build();
+        labels.property_names = Some(Box::new(Schema::Object(key.clone())));
+        labels.additional_properties = Some(Box::new(AdditionalProperties::RefOr(RefOr::T(
+            Schema::Object(value(nullable)),
+        ))));
+        object
+            .properties
+            .insert("labels".to_owned(), RefOr::T(Schema::Object(labels)));
+    }
 }
 
 #[cfg(test)]
@@ -105,7 +160,7 @@ mod tests {
         struct Doc;
         let mut doc = Doc::openapi();
         let catalogue = Catalogue::builtin();
-        complete(&mut doc, &catalogue);
+        complete(&mut doc, &catalogue, 3600);
         let json = serde_json::to_value(&doc).expect("serializes");
         let names = &json["components"]["schemas"]["RequestAction"]["properties"]["action"]["enum"];
         assert!(

@@ -2,6 +2,7 @@
 
 mod actions;
 mod api;
+mod contract;
 mod device_link;
 mod hostile;
 mod security;
