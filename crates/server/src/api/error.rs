@@ -102,6 +102,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::InvalidName(_)
             | RegistryError::InvalidSelector(_)
             | RegistryError::InvalidLabel { .. }
+            | RegistryError::TooManyLabels(_)
             | RegistryError::BadCsr(_) => Self::bad_request(message),
             RegistryError::AlreadyExists(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
             RegistryError::TokenRefused => {

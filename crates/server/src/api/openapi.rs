@@ -4,7 +4,7 @@
 //! query parsing, 500), and the action names the catalogue knows.
 
 use tether_proto::Catalogue;
-use tether_proto::labels::MAX_LABEL_LEN;
+use tether_proto::labels::{MAX_LABEL_LEN, MAX_LABELS};
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder, Schema};
@@ -102,7 +102,8 @@ fn declare_action_request_rules(openapi: &mut OpenApi, catalogue: &Catalogue, ma
 
 /// Label keys and values in the requests that set them follow
 /// `tether_proto::labels`: a key starts with a letter or digit; both use
-/// letters, digits, `-`, `_`, `.`, `/`, at most 63 characters.
+/// letters, digits, `-`, `_`, `.`, `/`, at most 63 characters; at most 64
+/// labels in a request (a patch may still add up to more, which is a 400).
 fn declare_label_rules(openapi: &mut OpenApi) {
     let Some(components) = openapi.components.as_mut() else {
         return;
@@ -137,6 +138,7 @@ fn declare_label_rules(openapi: &mut OpenApi) {
             } else {
                 "The device's labels."
             }))
+            .max_properties(Some(MAX_LABELS))
             .build();
         labels.property_names = Some(Box::new(Schema::Object(key.clone())));
         labels.additional_properties = Some(Box::new(AdditionalProperties::RefOr(RefOr::T(

@@ -17,6 +17,7 @@ on_both_databases!(
     changes_logins_and_enrollments_are_audited,
     failed_logins_are_throttled_and_login_fields_bounded,
     sessions_are_listed_revoked_and_ended_by_logout,
+    a_device_carries_a_bounded_number_of_labels,
 );
 
 async fn requests_without_valid_credentials_get_401(database: Database) -> anyhow::Result<()> {
@@ -476,6 +477,47 @@ async fn sessions_are_listed_revoked_and_ended_by_logout(database: Database) -> 
             .flatten()
             .any(|e| e["path"] == "/api/v1/logout" && e["status"] == 204),
         "logouts are audited: {audit}"
+    );
+    Ok(())
+}
+
+async fn a_device_carries_a_bounded_number_of_labels(database: Database) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let labels = |from: usize, count: usize| {
+        (from..from + count)
+            .map(|i| (format!("k{i}"), json!("v")))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let too_many = admin
+        .post(
+            "/api/v1/devices",
+            json!({"name": "edge-1", "labels": labels(0, 65)}),
+        )
+        .await?;
+    assert_eq!(too_many.status, 400, "{}", too_many.body);
+    assert!(
+        too_many.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("at most 64 labels"),
+        "{}",
+        too_many.body
+    );
+    admin
+        .post(
+            "/api/v1/devices",
+            json!({"name": "edge-1", "labels": labels(0, 64)}),
+        )
+        .await?
+        .expect_status(201)?;
+    let over = admin
+        .patch("/api/v1/devices/edge-1", json!({"labels": labels(64, 1)}))
+        .await?;
+    assert_eq!(
+        over.status, 400,
+        "a patch cannot take it over: {}",
+        over.body
     );
     Ok(())
 }
