@@ -12,14 +12,23 @@ Examples:
   tether sessions revoke 0193a1f2-…
 
 Admins only. Tokens are never shown; a session is named by its id.";
+const LIST_EXAMPLES: &str = "\
+Examples:
+  tether sessions list
+  tether sessions list -o json";
+const REVOKE_EXAMPLES: &str = "\
+Examples:
+  tether sessions revoke 0193a1f2-7c1e-7d3a-9f00-5b6c1d2e3f40";
 
 /// List and revoke login sessions (admins only).
 #[derive(Debug, clap::Subcommand)]
 #[command(after_long_help = EXAMPLES)]
 pub enum Sessions {
     /// List every session, newest first; `*` marks your own.
+    #[command(after_long_help = LIST_EXAMPLES)]
     List,
     /// Revoke a session: its token stops working at once.
+    #[command(after_long_help = REVOKE_EXAMPLES)]
     Revoke {
         /// The session's id, from `tether sessions list`.
         id: String,
