@@ -1,21 +1,25 @@
 //! The HTTPS listener's defences against slow and greedy clients (ADR 0008):
 //! a cap on connections in total and per client address, enforced as soon
 //! as a connection is accepted (excess ones are closed at once, so the
-//! kernel's backlog keeps moving and a new client still gets in), a TLS
-//! handshake timeout, and a timeout for a request's headers that also
-//! closes idle keep-alive connections.
+//! kernel's backlog keeps moving), a TLS handshake timeout, and a timeout
+//! for a request's headers that also closes idle keep-alive connections.
+//! When the total is reached, a new connection takes the place of the
+//! oldest one still in its TLS handshake, so clients that never finish one
+//! cannot keep a new client out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use axum_server::accept::Accept;
+use axum_server::accept::{Accept, DefaultAcceptor};
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use crate::config::ApiConfig;
 
@@ -25,6 +29,10 @@ use crate::config::ApiConfig;
 struct Counts {
     total: u32,
     per_address: HashMap<IpAddr, u32>,
+    /// Connections still in their TLS handshake, oldest first, each with
+    /// the signal that closes it to make room.
+    handshaking: BTreeMap<u64, Arc<Notify>>,
+    next_id: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +52,9 @@ pub struct ConnectionLimiter {
 pub struct ConnectionPermit {
     counts: Arc<Mutex<Counts>>,
     address: IpAddr,
+    id: u64,
+    /// Notified when a newer connection takes this one's place.
+    evicted: Arc<Notify>,
 }
 
 impl ConnectionLimiter {
@@ -58,25 +69,45 @@ impl ConnectionLimiter {
     pub fn admit(&self, address: IpAddr) -> Result<ConnectionPermit, Refused> {
         let address = address.to_canonical();
         let mut counts = lock(&self.counts);
-        if counts.total >= self.max_total {
-            return Err(Refused::Total);
-        }
-        let held = counts.per_address.entry(address).or_insert(0);
-        if *held >= self.max_per_address {
+        if counts.per_address.get(&address).copied().unwrap_or(0) >= self.max_per_address {
             return Err(Refused::PerAddress);
         }
-        *held += 1;
+        if counts.total >= self.max_total {
+            // The evicted connection gives its slot back when it closes,
+            // a moment later; until then the total is one over.
+            let (_, oldest) = counts.handshaking.pop_first().ok_or(Refused::Total)?;
+            oldest.notify_one();
+        }
+        *counts.per_address.entry(address).or_insert(0) += 1;
         counts.total += 1;
+        let id = counts.next_id;
+        counts.next_id += 1;
+        let evicted = Arc::new(Notify::new());
+        counts.handshaking.insert(id, evicted.clone());
         Ok(ConnectionPermit {
             counts: self.counts.clone(),
             address,
+            id,
+            evicted,
         })
+    }
+}
+
+impl ConnectionPermit {
+    /// The TLS handshake finished: from now on the connection keeps its slot.
+    pub fn established(&self) {
+        lock(&self.counts).handshaking.remove(&self.id);
+    }
+
+    async fn evicted(&self) {
+        self.evicted.notified().await;
     }
 }
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         let mut counts = lock(&self.counts);
+        counts.handshaking.remove(&self.id);
         counts.total = counts.total.saturating_sub(1);
         if let Some(held) = counts.per_address.get_mut(&self.address) {
             *held = held.saturating_sub(1);
@@ -94,16 +125,18 @@ fn lock(counts: &Mutex<Counts>) -> std::sync::MutexGuard<'_, Counts> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The first step of every connection, before TLS: take a slot or close.
+/// Every connection: take a slot (or close at once), then the TLS
+/// handshake, which a newer connection may cut short when tetherd is full.
 #[derive(Clone)]
-struct LimitAcceptor {
+struct GuardedTls {
     limiter: ConnectionLimiter,
+    tls: RustlsAcceptor<DefaultAcceptor>,
 }
 
-impl<S: Send + 'static> Accept<TcpStream, S> for LimitAcceptor {
-    type Stream = LimitedStream;
+impl<S: Send + 'static> Accept<TcpStream, S> for GuardedTls {
+    type Stream = LimitedStream<tokio_rustls::server::TlsStream<TcpStream>>;
     type Service = S;
-    type Future = std::future::Ready<io::Result<(LimitedStream, S)>>;
+    type Future = BoxFuture<'static, io::Result<(Self::Stream, S)>>;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
         let admitted = stream
@@ -115,26 +148,35 @@ impl<S: Send + 'static> Accept<TcpStream, S> for LimitAcceptor {
                     Err(io::Error::other("over the connection cap"))
                 }
             });
-        // An error drops `stream`, which closes the connection at once.
-        std::future::ready(admitted.map(|permit| {
-            (
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            // An error drops `stream`, which closes the connection at once.
+            let permit = admitted?;
+            let (stream, service) = tokio::select! {
+                accepted = tls.accept(stream, service) => accepted?,
+                () = permit.evicted() => {
+                    return Err(io::Error::other("closed to make room for a newer connection"));
+                }
+            };
+            permit.established();
+            Ok((
                 LimitedStream {
                     stream,
                     _permit: permit,
                 },
                 service,
-            )
-        }))
+            ))
+        })
     }
 }
 
 /// A connection that holds its slot for as long as it is open.
-pub struct LimitedStream {
-    stream: TcpStream,
+pub struct LimitedStream<S> {
+    stream: S,
     _permit: ConnectionPermit,
 }
 
-impl AsyncRead for LimitedStream {
+impl<S: AsyncRead + Unpin> AsyncRead for LimitedStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -144,7 +186,7 @@ impl AsyncRead for LimitedStream {
     }
 }
 
-impl AsyncWrite for LimitedStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for LimitedStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -211,10 +253,10 @@ pub async fn serve(
             "the HTTPS connection cap is lowered to half the file-handle limit (ulimit -n)"
         );
     }
-    let limiter = ConnectionLimiter::new(max_total, config.max_connections_per_ip);
-    let acceptor = RustlsAcceptor::new(tls)
-        .handshake_timeout(config.tls_handshake_timeout)
-        .acceptor(LimitAcceptor { limiter });
+    let acceptor = GuardedTls {
+        limiter: ConnectionLimiter::new(max_total, config.max_connections_per_ip),
+        tls: RustlsAcceptor::new(tls).handshake_timeout(config.tls_handshake_timeout),
+    };
     let mut server = axum_server::from_tcp(listener)
         .acceptor(acceptor)
         .handle(handle);
@@ -253,7 +295,11 @@ mod tests {
     fn the_total_is_capped_and_slots_come_back() {
         let limiter = ConnectionLimiter::new(3, 3);
         let held: Vec<_> = (1..=3)
-            .map(|i| limiter.admit(ip(i)).expect("under the cap"))
+            .map(|i| {
+                let permit = limiter.admit(ip(i)).expect("under the cap");
+                permit.established();
+                permit
+            })
             .collect();
         assert_eq!(limiter.admit(ip(9)).err(), Some(Refused::Total));
         drop(held);
@@ -263,6 +309,35 @@ mod tests {
             1,
             "no entry is kept for closed clients"
         );
+    }
+
+    #[tokio::test]
+    async fn when_full_a_new_client_displaces_the_oldest_unfinished_handshake() {
+        let limiter = ConnectionLimiter::new(3, 3);
+        let stale_one = limiter.admit(ip(2)).expect("first");
+        let stale_two = limiter.admit(ip(3)).expect("second");
+        let served = limiter.admit(ip(4)).expect("third");
+        served.established();
+        let newcomer = limiter
+            .admit(ip(1))
+            .expect("takes the oldest handshake's place");
+        // The oldest unfinished handshake is told to close; the next one is not.
+        tokio::time::timeout(std::time::Duration::from_secs(1), stale_one.evicted())
+            .await
+            .expect("the oldest is evicted");
+        drop(stale_one);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), stale_two.evicted())
+                .await
+                .is_err(),
+            "only one is evicted per newcomer"
+        );
+        newcomer.established();
+        let also = limiter.admit(ip(5)).expect("evicts the second");
+        also.established();
+        drop(stale_two);
+        // Only established connections left: a newcomer is refused.
+        assert_eq!(limiter.admit(ip(6)).err(), Some(Refused::Total));
     }
 
     #[test]

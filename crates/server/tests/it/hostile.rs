@@ -112,9 +112,9 @@ fn limit_open_files(tetherd: &Tetherd, limit: u32) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_connections_do_not_lock_out_the_api_or_devices() -> anyhow::Result<()> {
     // Timeouts far beyond the test: what keeps tetherd reachable here is the
-    // connection cap alone.
+    // connection caps alone. The total cap is what the attack fills.
     let tetherd = start_with_config(
-        "[api]\ntls_handshake_timeout_seconds = 120\nheader_read_timeout_seconds = 120\n",
+        "[api]\nmax_connections = 256\ntls_handshake_timeout_seconds = 120\nheader_read_timeout_seconds = 120\n",
     )
     .await?;
     let admin = tetherd.admin().await?;
@@ -125,8 +125,10 @@ async fn half_open_connections_do_not_lock_out_the_api_or_devices() -> anyhow::R
     let api = api_addr(&tetherd)?;
     let connector = tls_connector(&tetherd)?;
 
-    // 2,000 connections that never finish a request: some complete TLS and
-    // send half a request, some send half a ClientHello, most send nothing.
+    // 2,000 connections that never finish a request, from 40 addresses
+    // (each within its own share, together far over the total): some
+    // complete TLS and send half a request, some send half a ClientHello,
+    // most send nothing.
     let mut held = Vec::new();
     for _ in 0..40 {
         if let Ok(mut tls) = tls_from(&connector, ATTACKER, api).await {
@@ -136,7 +138,9 @@ async fn half_open_connections_do_not_lock_out_the_api_or_devices() -> anyhow::R
         }
     }
     for i in 0..(2000 - held.len()) {
-        let mut tcp = connect_from(ATTACKER, api).await?;
+        let [a, b, c, d] = ATTACKER;
+        let from = [a, b, c, d + (i % 40) as u8];
+        let mut tcp = connect_from(from, api).await?;
         if i % 4 == 0 {
             // The start of a TLS handshake record that never completes.
             let _ = tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await;
@@ -145,10 +149,13 @@ async fn half_open_connections_do_not_lock_out_the_api_or_devices() -> anyhow::R
     }
     assert_eq!(held.len(), 2000);
 
+    // A new client on a new connection: log in and list the devices.
     let started = Instant::now();
-    let devices = tokio::time::timeout(Duration::from_secs(5), admin.get("/api/v1/devices"))
-        .await
-        .context("a new API call did not get through within 5 s")??;
+    let devices = tokio::time::timeout(Duration::from_secs(5), async {
+        tetherd.admin().await?.get("/api/v1/devices").await
+    })
+    .await
+    .context("a new API call did not get through within 5 s")??;
     devices.expect_status(200)?;
     let api_call = started.elapsed();
 
