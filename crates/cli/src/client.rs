@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tether_proto::api::{
     Action, AuditEntry, CatalogueEntry, CreateDevice, Device, DeviceCreated, EnrollmentToken,
-    ErrorBody, Event, LoginRequest, LoginResponse, PatchDevice, RequestAction,
+    ErrorBody, Event, LoginRequest, LoginResponse, PatchDevice, RequestAction, Session,
 };
 use tether_proto::ca::CaPemError;
 use tether_proto::metrics::HostMetrics;
@@ -197,6 +197,28 @@ impl ApiClient {
 
     pub async fn login(&self, request: &LoginRequest) -> Result<LoginResponse, ClientError> {
         self.call(Method::POST, &["login"], Some(request)).await
+    }
+
+    /// Ends this client's session on tetherd.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        self.send(Method::POST, &["logout"], None::<&()>, REQUEST_TIMEOUT)
+            .await
+            .map(drop)
+    }
+
+    pub async fn list_sessions(&self) -> Result<Vec<Session>, ClientError> {
+        self.call(Method::GET, &["sessions"], None::<&()>).await
+    }
+
+    pub async fn revoke_session(&self, id: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::DELETE,
+            &["sessions", id],
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn list_devices(

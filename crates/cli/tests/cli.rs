@@ -526,3 +526,50 @@ async fn quickstart_runs_tetherd_and_a_local_agent_and_stops_them_on_ctrl_c() {
         "children left running"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_are_listed_and_revoked_and_logout_ends_the_session() {
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+    let other = tetherd.admin().await.expect("a second session");
+
+    let listed = tether.run_ok(&["sessions", "list", "-o", "json"]).await;
+    let sessions: Vec<serde_json::Value> = serde_json::from_str(&listed).expect("JSON");
+    assert_eq!(sessions.len(), 2, "{listed}");
+    assert!(
+        !listed.contains("token"),
+        "tokens are never shown: {listed}"
+    );
+    let other_id = sessions
+        .iter()
+        .find(|s| s["current"] == false)
+        .and_then(|s| s["id"].as_str())
+        .expect("the other session")
+        .to_owned();
+    let table = tether.run_ok(&["sessions", "list"]).await;
+    assert!(table.contains(" *"), "the caller's own is marked: {table}");
+
+    let revoked = tether.run_ok(&["sessions", "revoke", &other_id]).await;
+    assert!(revoked.contains(&other_id), "{revoked}");
+    assert_eq!(
+        other.get("/api/v1/devices").await.expect("request").status,
+        401,
+        "the revoked token stops working"
+    );
+
+    let out = tether.run_ok(&["logout"]).await;
+    assert!(out.contains("Logged out"), "{out}");
+    let after = tether.run(&["devices", "list"]).await;
+    assert_ne!(after.code, 0);
+    assert!(after.stderr.contains("tether login"), "{}", after.stderr);
+    // The server and CA stay saved: logging in again needs no CA flag.
+    let again = tether
+        .run_with_stdin(
+            &["login", &tetherd.api_url, "--password-stdin"],
+            &format!("{}\n", tetherd.admin_password()),
+        )
+        .await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    tether.run_ok(&["devices", "list"]).await;
+}

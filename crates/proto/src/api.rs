@@ -10,6 +10,11 @@ use crate::device::Presence;
 
 pub type Labels = BTreeMap<String, String>;
 
+/// Longest username tetherd accepts, in bytes; longer is a 400 naming the field.
+pub const MAX_USERNAME_LEN: usize = 128;
+/// Longest password tetherd accepts, in bytes.
+pub const MAX_PASSWORD_LEN: usize = 1024;
+
 /// Every error the API returns: `{"error": {"code", "message", "details"}}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -32,7 +37,9 @@ pub struct ErrorDetail {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginRequest {
+    #[cfg_attr(feature = "openapi", schema(max_length = 128))]
     pub username: String,
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
     pub password: String,
 }
 
@@ -63,6 +70,11 @@ pub struct Device {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateDevice {
+    /// 1 to 63 lowercase letters, digits or `-`, starting and ending with a letter or digit.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_length = 63, pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    )]
     pub name: String,
     #[serde(default)]
     pub labels: Labels,
@@ -156,10 +168,12 @@ pub struct RequestAction {
     /// How long the action may wait for an offline device before it expires.
     /// Default 3600.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub ttl_seconds: Option<u64>,
     /// How long the device has to answer once the action is delivered before
     /// it is `timed-out`. Default 300.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 86400))]
     pub timeout_seconds: Option<u64>,
 }
 
@@ -221,4 +235,20 @@ pub struct AuditEntry {
     pub method: String,
     pub path: String,
     pub status: u16,
+}
+
+/// A login session as an admin sees it; its token is never shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Session {
+    /// Revoke it with `DELETE /api/v1/sessions/{id}`.
+    pub id: String,
+    pub username: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// To the minute.
+    pub last_used_at: DateTime<Utc>,
+    /// Whether this is the session the listing was requested with.
+    pub current: bool,
 }

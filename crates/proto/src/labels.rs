@@ -7,6 +7,8 @@
 use crate::api::Labels;
 
 pub const MAX_LABEL_LEN: usize = 63;
+/// The most labels one device may carry: every device listing returns them all.
+pub const MAX_LABELS: usize = 64;
 
 fn label_chars(s: &str) -> bool {
     s.len() <= MAX_LABEL_LEN

@@ -66,6 +66,8 @@ struct FileConfig {
     #[serde(default)]
     actions: FileActions,
     #[serde(default)]
+    api: FileApi,
+    #[serde(default)]
     auth: FileAuth,
     #[serde(default)]
     retention: FileRetention,
@@ -85,6 +87,7 @@ struct FilePki {
 #[serde(deny_unknown_fields)]
 struct FileRetention {
     events_days: Option<u64>,
+    actions_days: Option<u64>,
     metrics_days: Option<u64>,
 }
 
@@ -101,6 +104,18 @@ struct FileActions {
 struct FileAuth {
     session_ttl_seconds: Option<u64>,
     enrollment_token_ttl_seconds: Option<u64>,
+    login_failures_before_backoff: Option<u32>,
+    login_backoff_max_seconds: Option<u64>,
+    max_concurrent_password_checks: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileApi {
+    max_connections: Option<u32>,
+    max_connections_per_ip: Option<u32>,
+    tls_handshake_timeout_seconds: Option<u64>,
+    header_read_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +127,7 @@ pub struct ServerConfig {
     pub public_hosts: Vec<String>,
     pub log_level: String,
     pub actions: ActionsConfig,
+    pub api: ApiConfig,
     pub auth: AuthConfig,
     pub retention: RetentionConfig,
     pub pki: PkiConfig,
@@ -136,6 +152,33 @@ impl Default for PkiConfig {
     }
 }
 
+/// How the HTTPS listener protects itself from slow and greedy clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Connections held at once; more are accepted and closed at once. Also
+    /// capped at half the process's file-handle limit, so the MQTT listener
+    /// and the store always have handles left.
+    pub max_connections: u32,
+    /// Connections one client address may hold at once.
+    pub max_connections_per_ip: u32,
+    /// A client that has not finished the TLS handshake by then is dropped.
+    pub tls_handshake_timeout: Duration,
+    /// Time to send a request's headers, counted from the connection's start
+    /// or the previous answer: also how long an idle keep-alive connection stays.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_connections_per_ip: 64,
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Shorter lifetimes leave too little time to renew across a reconnect.
 const MIN_CERTIFICATE_LIFETIME: u64 = 10;
 
@@ -144,6 +187,9 @@ const MIN_CERTIFICATE_LIFETIME: u64 = 10;
 pub struct RetentionConfig {
     /// Seed 004 keeps logs 90 days; events and the audit log get the same.
     pub events: Duration,
+    /// Finished actions (succeeded, failed, timed out, expired, rejected),
+    /// counted from their completion.
+    pub actions: Duration,
     pub metrics: Duration,
 }
 
@@ -151,6 +197,7 @@ impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
             events: Duration::from_secs(90 * 24 * 3600),
+            actions: Duration::from_secs(90 * 24 * 3600),
             metrics: Duration::from_secs(30 * 24 * 3600),
         }
     }
@@ -182,6 +229,14 @@ impl Default for ActionsConfig {
 pub struct AuthConfig {
     pub session_ttl: Duration,
     pub enrollment_token_ttl: Duration,
+    /// Failed logins a client address, or a username, may have in a row
+    /// before each further attempt waits (1 s, doubling).
+    pub login_failures_before_backoff: u32,
+    /// The longest such wait; a streak is forgotten after this long without failures.
+    pub login_backoff_max: Duration,
+    /// Password hashes computed at once, off the async workers; a login
+    /// storm waits for these and cannot starve other requests.
+    pub max_concurrent_password_checks: u32,
 }
 
 impl Default for AuthConfig {
@@ -189,6 +244,9 @@ impl Default for AuthConfig {
         Self {
             session_ttl: Duration::from_secs(12 * 3600),
             enrollment_token_ttl: Duration::from_secs(24 * 3600),
+            login_failures_before_backoff: 5,
+            login_backoff_max: Duration::from_secs(300),
+            max_concurrent_password_checks: 2,
         }
     }
 }
@@ -228,6 +286,18 @@ fn check_range(key: &'static str, value: Duration, min: u64, max: u64) -> Result
             key,
             value: seconds,
             expected: format!("use {min} to {max} seconds"),
+        })
+    }
+}
+
+fn check_count(key: &'static str, value: u32, min: u32, max: u32) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            key,
+            value: u64::from(value),
+            expected: format!("use {min} to {max}"),
         })
     }
 }
@@ -283,11 +353,80 @@ impl ServerConfig {
                 file.auth.enrollment_token_ttl_seconds,
                 auth_defaults.enrollment_token_ttl,
             ),
+            login_failures_before_backoff: file
+                .auth
+                .login_failures_before_backoff
+                .unwrap_or(auth_defaults.login_failures_before_backoff),
+            login_backoff_max: secs(
+                file.auth.login_backoff_max_seconds,
+                auth_defaults.login_backoff_max,
+            ),
+            max_concurrent_password_checks: file
+                .auth
+                .max_concurrent_password_checks
+                .unwrap_or(auth_defaults.max_concurrent_password_checks),
         };
+        let api_defaults = ApiConfig::default();
+        let api = ApiConfig {
+            max_connections: file
+                .api
+                .max_connections
+                .unwrap_or(api_defaults.max_connections),
+            max_connections_per_ip: file
+                .api
+                .max_connections_per_ip
+                .unwrap_or(api_defaults.max_connections_per_ip),
+            tls_handshake_timeout: secs(
+                file.api.tls_handshake_timeout_seconds,
+                api_defaults.tls_handshake_timeout,
+            ),
+            header_read_timeout: secs(
+                file.api.header_read_timeout_seconds,
+                api_defaults.header_read_timeout,
+            ),
+        };
+        check_count("api.max_connections", api.max_connections, 16, 1_000_000)?;
+        check_count(
+            "api.max_connections_per_ip",
+            api.max_connections_per_ip,
+            1,
+            api.max_connections,
+        )?;
+        check_range(
+            "api.tls_handshake_timeout_seconds",
+            api.tls_handshake_timeout,
+            1,
+            300,
+        )?;
+        check_range(
+            "api.header_read_timeout_seconds",
+            api.header_read_timeout,
+            1,
+            3600,
+        )?;
+        check_count(
+            "auth.login_failures_before_backoff",
+            auth.login_failures_before_backoff,
+            1,
+            1_000_000,
+        )?;
+        check_range(
+            "auth.login_backoff_max_seconds",
+            auth.login_backoff_max,
+            1,
+            86_400,
+        )?;
+        check_count(
+            "auth.max_concurrent_password_checks",
+            auth.max_concurrent_password_checks,
+            1,
+            256,
+        )?;
         let retention_defaults = RetentionConfig::default();
         let days = |value: Option<u64>| value.map(|d| Duration::from_secs(d.saturating_mul(DAY)));
         let retention = RetentionConfig {
             events: days(file.retention.events_days).unwrap_or(retention_defaults.events),
+            actions: days(file.retention.actions_days).unwrap_or(retention_defaults.actions),
             metrics: days(file.retention.metrics_days).unwrap_or(retention_defaults.metrics),
         };
         let pki_defaults = PkiConfig::default();
@@ -323,6 +462,7 @@ impl ServerConfig {
             5 * 366 * DAY,
         )?;
         check_range("retention.events_days", retention.events, DAY, 3660 * DAY)?;
+        check_range("retention.actions_days", retention.actions, DAY, 3660 * DAY)?;
         check_range("retention.metrics_days", retention.metrics, DAY, 3660 * DAY)?;
         check_range(
             "actions.max_ttl_seconds",
@@ -371,6 +511,7 @@ impl ServerConfig {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_owned()),
             actions,
+            api,
             auth,
             retention,
             pki,
@@ -393,12 +534,22 @@ impl ServerConfig {
                 max_ttl_seconds: Some(self.actions.max_ttl.as_secs()),
                 default_timeout_seconds: Some(self.actions.default_timeout.as_secs()),
             },
+            api: FileApi {
+                max_connections: Some(self.api.max_connections),
+                max_connections_per_ip: Some(self.api.max_connections_per_ip),
+                tls_handshake_timeout_seconds: Some(self.api.tls_handshake_timeout.as_secs()),
+                header_read_timeout_seconds: Some(self.api.header_read_timeout.as_secs()),
+            },
             auth: FileAuth {
                 session_ttl_seconds: Some(self.auth.session_ttl.as_secs()),
                 enrollment_token_ttl_seconds: Some(self.auth.enrollment_token_ttl.as_secs()),
+                login_failures_before_backoff: Some(self.auth.login_failures_before_backoff),
+                login_backoff_max_seconds: Some(self.auth.login_backoff_max.as_secs()),
+                max_concurrent_password_checks: Some(self.auth.max_concurrent_password_checks),
             },
             retention: FileRetention {
                 events_days: Some(self.retention.events.as_secs() / (24 * 3600)),
+                actions_days: Some(self.retention.actions.as_secs() / (24 * 3600)),
                 metrics_days: Some(self.retention.metrics.as_secs() / (24 * 3600)),
             },
             pki: FilePki {
@@ -522,6 +673,19 @@ mod tests {
             (
                 "[pki]\nrenewal_grace_seconds = 999999999\n",
                 "pki.renewal_grace_seconds",
+            ),
+            (
+                "[auth]\nmax_concurrent_password_checks = 0\n",
+                "auth.max_concurrent_password_checks",
+            ),
+            ("[api]\nmax_connections = 1\n", "api.max_connections"),
+            (
+                "[api]\nmax_connections = 100\nmax_connections_per_ip = 101\n",
+                "api.max_connections_per_ip",
+            ),
+            (
+                "[api]\nheader_read_timeout_seconds = 0\n",
+                "api.header_read_timeout_seconds",
             ),
         ] {
             let file: FileConfig = toml::from_str(file).expect("valid toml");

@@ -198,12 +198,13 @@ pub async fn run(
         mqtt_port: mqtt_addr.port(),
     });
     let handle = axum_server::Handle::new();
-    let server = tokio::spawn(api::serve(
-        listener,
-        tls,
-        api::router(state),
-        handle.clone(),
-    ));
+    let api_config = config.api.clone();
+    let app = api::router(state);
+    let serve_handle = handle.clone();
+    let server =
+        tokio::spawn(
+            async move { api::serve(listener, tls, app, serve_handle, &api_config).await },
+        );
     write_endpoints(&config.data_dir, api_addr, mqtt_addr)?;
     tracing::info!(api = %format!("https://{api_addr}"), mqtt = %format!("mqtts://{mqtt_addr}"), data_dir = %config.data_dir.display(), "tetherd is ready");
 
@@ -302,6 +303,23 @@ async fn prune_telemetry_forever(store: Store, retention: RetentionConfig) {
         };
         if let Err(error) = store.delete_audit_before(before(retention.events)).await {
             tracing::error!(error = %error_chain(&error), "could not delete old audit entries");
+        }
+        match store.delete_sessions_expired_before(now).await {
+            Ok(0) => {}
+            Ok(sessions) => tracing::info!(sessions, "deleted expired sessions"),
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "could not delete expired sessions")
+            }
+        }
+        match store
+            .delete_finished_actions_before(before(retention.actions))
+            .await
+        {
+            Ok(0) => {}
+            Ok(actions) => tracing::info!(actions, "deleted finished actions past their retention"),
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "could not delete old finished actions")
+            }
         }
         match store
             .delete_telemetry_before(before(retention.events), before(retention.metrics))

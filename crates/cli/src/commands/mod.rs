@@ -6,8 +6,10 @@ pub mod audit;
 pub mod devices;
 pub mod events;
 pub mod login;
+pub mod logout;
 pub mod metrics;
 pub mod quickstart;
+pub mod sessions;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,6 +22,9 @@ use crate::output::{OutputError, OutputFormat};
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     Login(login::Login),
+    Logout(logout::Logout),
+    #[command(subcommand)]
+    Sessions(sessions::Sessions),
     #[command(subcommand)]
     Devices(devices::Devices),
     #[command(subcommand)]
@@ -35,6 +40,8 @@ impl Command {
     pub fn description(&self) -> String {
         match self {
             Command::Login(cmd) => cmd.description(),
+            Command::Logout(cmd) => cmd.description(),
+            Command::Sessions(cmd) => cmd.description(),
             Command::Devices(cmd) => cmd.description(),
             Command::Actions(cmd) => cmd.description(),
             Command::Events(cmd) => cmd.description(),
@@ -47,6 +54,8 @@ impl Command {
     pub async fn run(self, ctx: &Context) -> Result<Outcome, CommandError> {
         match self {
             Command::Login(cmd) => cmd.run(ctx).await,
+            Command::Logout(cmd) => cmd.run(ctx).await,
+            Command::Sessions(cmd) => cmd.run(ctx).await,
             Command::Devices(cmd) => cmd.run(ctx).await,
             Command::Actions(cmd) => cmd.run(ctx).await,
             Command::Events(cmd) => cmd.run(ctx).await,

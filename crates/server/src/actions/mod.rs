@@ -85,6 +85,11 @@ impl ActionService {
         &self.catalogue
     }
 
+    /// The longest `ttlSeconds` a request may ask for.
+    pub fn max_ttl(&self) -> std::time::Duration {
+        self.config.max_ttl
+    }
+
     /// Validates, stores and (if the device is online) delivers an action.
     /// Nothing is stored or sent when the request is refused.
     pub async fn request(

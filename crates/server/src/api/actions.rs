@@ -43,17 +43,23 @@ async fn request_action(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct LimitQuery {
-    /// At most this many, newest first (default 50, at most 1000).
+    /// At most this many, newest first (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
 impl LimitQuery {
-    pub fn limit(&self) -> u32 {
-        self.limit
-            .unwrap_or(DEFAULT_LIST_LIMIT)
-            .clamp(1, MAX_LIST_LIMIT)
+    pub fn limit(&self) -> Result<u32, ApiError> {
+        match self.limit {
+            None => Ok(DEFAULT_LIST_LIMIT),
+            Some(limit @ 1..=MAX_LIST_LIMIT) => Ok(limit),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "limit must be between 1 and {MAX_LIST_LIMIT}; got {other}"
+            ))),
+        }
     }
 }
 
@@ -69,16 +75,18 @@ async fn list_actions(
     Ok(axum::Json(
         state
             .actions
-            .list(&device_id(&name)?, query.limit())
+            .list(&device_id(&name)?, query.limit()?)
             .await?,
     ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct WaitQuery {
     /// Long-poll: answer as soon as the action is terminal, or after this
-    /// many seconds (at most 300) with its current state.
+    /// many seconds with its current state.
+    #[param(minimum = 0, maximum = 300)]
     wait_seconds: Option<u64>,
 }
 
@@ -91,8 +99,13 @@ async fn get_action(
     ApiQuery(query): ApiQuery<WaitQuery>,
 ) -> Result<axum::Json<Action>, ApiError> {
     let action = match query.wait_seconds {
+        Some(seconds) if seconds > MAX_WAIT_SECONDS => {
+            return Err(ApiError::bad_request(format!(
+                "waitSeconds must be at most {MAX_WAIT_SECONDS}; got {seconds}"
+            )));
+        }
         Some(seconds) if seconds > 0 => {
-            let wait = Duration::from_secs(seconds.min(MAX_WAIT_SECONDS));
+            let wait = Duration::from_secs(seconds);
             state.actions.wait(&correlation_id, wait).await?
         }
         _ => state.actions.get(&correlation_id).await?,

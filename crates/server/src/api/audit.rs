@@ -24,7 +24,7 @@ async fn list_audit(
     State(state): State<Arc<AppState>>,
     ApiQuery(query): ApiQuery<LimitQuery>,
 ) -> Result<axum::Json<Vec<AuditEntry>>, ApiError> {
-    let entries = state.store.list_audit(query.limit()).await?;
+    let entries = state.store.list_audit(query.limit()?).await?;
     Ok(axum::Json(
         entries
             .into_iter()

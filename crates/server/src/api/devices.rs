@@ -26,6 +26,7 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ListQuery {
     /// `key=value,key!=value,key,!key`

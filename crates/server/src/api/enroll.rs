@@ -14,7 +14,6 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ClientHost};
-use crate::registry::RegistryError;
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
@@ -66,21 +65,6 @@ async fn renew(
         .map_or_else(|_| "?".to_owned(), |presented| presented.device);
     let response = match renewed {
         Ok(renewed) => axum::Json(renewed).into_response(),
-        Err(RegistryError::RenewalLimited {
-            device,
-            retry_after,
-        }) => {
-            let seconds = retry_after.as_secs().max(1);
-            let error = ApiError::from(RegistryError::RenewalLimited {
-                device,
-                retry_after,
-            });
-            (
-                [(axum::http::header::RETRY_AFTER, seconds.to_string())],
-                error,
-            )
-                .into_response()
-        }
         Err(error) => {
             let error = ApiError::from(error);
             tracing::info!(%device, status = error.status.as_u16(), reason = %error.message, "certificate renewal refused");

@@ -20,6 +20,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: serde_json::Value,
+    /// Seconds for `Retry-After` on a 429.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -29,6 +31,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: serde_json::Value::Null,
+            retry_after: None,
         }
     }
 
@@ -60,7 +63,21 @@ impl IntoResponse for ApiError {
                 details: self.details,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The body is left unread, so the connection cannot carry another
+            // request; saying so keeps clients from reusing it and failing.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -72,6 +89,7 @@ impl From<StoreError> for ApiError {
                 "conflict",
                 format!("{what} already exists"),
             ),
+            StoreError::NotFound { what } => Self::not_found(format!("{what} not found")),
             other => Self::internal(&other),
         }
     }
@@ -85,6 +103,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::InvalidName(_)
             | RegistryError::InvalidSelector(_)
             | RegistryError::InvalidLabel { .. }
+            | RegistryError::TooManyLabels(_)
             | RegistryError::BadCsr(_) => Self::bad_request(message),
             RegistryError::AlreadyExists(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
             RegistryError::TokenRefused => {
@@ -108,6 +127,7 @@ impl From<RegistryError> for ApiError {
                 code: "too_many_renewals",
                 message,
                 details: serde_json::json!({ "retryAfterSeconds": retry_after.as_secs().max(1) }),
+                retry_after: Some(retry_after.as_secs().max(1)),
             },
             RegistryError::RenewalConflict(_) => {
                 Self::new(StatusCode::CONFLICT, "conflict", message)
@@ -122,14 +142,17 @@ impl From<ActionError> for ApiError {
         let message = error.to_string();
         match error {
             ActionError::DeviceNotFound(_) | ActionError::NotFound(_) => Self::not_found(message),
+            // The OpenAPI document lists the action names, so a name outside
+            // them is a malformed request, not a missing resource.
             ActionError::UnknownAction(_) => {
-                Self::new(StatusCode::NOT_FOUND, "unknown_action", message)
+                Self::new(StatusCode::BAD_REQUEST, "unknown_action", message)
             }
             ActionError::InvalidInput { errors, .. } => Self {
                 status: StatusCode::BAD_REQUEST,
                 code: "invalid_input",
                 message,
                 details: serde_json::json!({ "fields": errors }),
+                retry_after: None,
             },
             ActionError::DuplicateCorrelationId(_) => {
                 Self::new(StatusCode::CONFLICT, "conflict", message)
@@ -150,6 +173,20 @@ impl From<AuthError> for ApiError {
             AuthError::BadCredentials => {
                 Self::new(StatusCode::UNAUTHORIZED, "bad_credentials", message)
             }
+            AuthError::TooLong { field, .. } => Self {
+                details: serde_json::json!({ "fields": [{ "path": field, "message": message }] }),
+                ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+            },
+            AuthError::ThrottledAddress { .. }
+            | AuthError::ThrottledUser { .. }
+            | AuthError::Busy => Self {
+                // Round up: retrying a moment early would only be refused again.
+                retry_after: error
+                    .retry_after()
+                    .map(|wait| wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
+            },
+            AuthError::Forbidden { .. } => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
             AuthError::Store(source) => source.into(),
             other => Self::internal(&other),
         }

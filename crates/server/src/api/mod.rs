@@ -7,10 +7,12 @@ mod devices;
 mod enroll;
 pub mod error;
 mod extract;
+pub mod listener;
+mod openapi;
 mod session;
+mod sessions;
 mod telemetry;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -100,6 +102,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(actions::routes())
         .merge(telemetry::routes())
         .merge(audit::routes())
+        .merge(sessions::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_bearer,
@@ -111,6 +114,11 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .nest("/api/v1", protected.merge(public))
         .split_for_parts();
     openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    openapi::complete(
+        &mut openapi,
+        state.actions.catalogue(),
+        state.actions.max_ttl().as_secs(),
+    );
     let document = openapi.to_json().unwrap_or_else(|error| {
         tracing::error!(%error, "could not render the OpenAPI document");
         String::from("{}")
@@ -166,15 +174,4 @@ async fn require_bearer(
     Ok(response)
 }
 
-/// Serves the API over TLS on an already bound listener until `shutdown`.
-pub async fn serve(
-    listener: std::net::TcpListener,
-    tls: axum_server::tls_rustls::RustlsConfig,
-    app: axum::Router,
-    handle: axum_server::Handle,
-) -> std::io::Result<()> {
-    axum_server::from_tcp_rustls(listener, tls)
-        .handle(handle)
-        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
-        .await
-}
+pub use listener::serve;

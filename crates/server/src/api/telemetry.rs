@@ -31,7 +31,7 @@ async fn list_events(
 ) -> Result<axum::Json<Vec<Event>>, ApiError> {
     let device = device_id(&name)?;
     state.registry.record(&device).await?;
-    let events = state.store.list_events(&device, query.limit()).await?;
+    let events = state.store.list_events(&device, query.limit()?).await?;
     Ok(axum::Json(events.into_iter().map(event_to_api).collect()))
 }
 
@@ -47,6 +47,6 @@ async fn list_metrics(
     let device = device_id(&name)?;
     state.registry.record(&device).await?;
     Ok(axum::Json(
-        state.store.list_metrics(&device, query.limit()).await?,
+        state.store.list_metrics(&device, query.limit()?).await?,
     ))
 }

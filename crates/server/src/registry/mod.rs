@@ -17,7 +17,9 @@ use crate::device_link::{BoxFuture, DeviceCredentials, DeviceLink};
 use crate::pki::renewal::{self, Refusal, RenewalLimiter};
 use crate::pki::{CertificateAuthority, PkiError};
 use crate::store::{DeviceRecord, Store, StoreError};
-use tether_proto::labels::{LabelSelector, SelectorError, is_valid_key, is_valid_value};
+use tether_proto::labels::{
+    LabelSelector, MAX_LABELS, SelectorError, is_valid_key, is_valid_value,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -33,6 +35,8 @@ pub enum RegistryError {
         "invalid label {key:?}={value:?}: keys and values use letters, digits, '-', '_', '.', '/' and at most 63 characters"
     )]
     InvalidLabel { key: String, value: String },
+    #[error("a device has at most {MAX_LABELS} labels; this one would have {0}")]
+    TooManyLabels(usize),
     #[error(
         "the enrollment token is invalid, expired or already used: create a new one with `tether devices enrollment-token NAME`"
     )]
@@ -384,6 +388,9 @@ pub fn to_api(record: DeviceRecord) -> Device {
 }
 
 fn validate_labels(labels: &Labels) -> Result<(), RegistryError> {
+    if labels.len() > MAX_LABELS {
+        return Err(RegistryError::TooManyLabels(labels.len()));
+    }
     match labels
         .iter()
         .find(|(key, value)| !is_valid_key(key) || !is_valid_value(value))

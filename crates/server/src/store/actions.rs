@@ -245,6 +245,20 @@ impl Store {
             })?;
         rows.iter().map(action_from_row).collect()
     }
+
+    /// Deletes finished actions completed before `before`; open ones stay
+    /// whatever their age. Returns how many.
+    pub async fn delete_finished_actions_before(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.delete_before(
+            "DELETE FROM actions WHERE completed_at IS NOT NULL AND completed_at < $1",
+            before,
+            "delete old finished actions",
+        )
+        .await
+    }
 }
 
 fn action_from_row(row: &AnyRow) -> Result<ActionRecord, StoreError> {

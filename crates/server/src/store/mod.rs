@@ -83,10 +83,15 @@ pub struct UserRecord {
     pub role: String,
 }
 
+/// A login session. Its token is stored only as a hash, kept apart from
+/// this record so a listing can never show it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionRecord {
+    pub id: String,
     pub username: String,
+    pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
 }
 
 /// An action to store. `input` is already redacted; `sealed_input` is the full

@@ -1,6 +1,7 @@
 //! The `users` and `sessions` tables.
 
 use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
 use sqlx::error::ErrorKind;
 
 use super::codec::{get, millis, time, violates};
@@ -50,55 +51,124 @@ impl Store {
     pub async fn insert_session(
         &self,
         token_hash: &str,
-        username: &str,
-        expires_at: DateTime<Utc>,
+        session: &SessionRecord,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO sessions (token_hash, username, expires_at) VALUES ($1, $2, $3)")
-            .bind(token_hash)
-            .bind(username)
-            .bind(millis(expires_at))
-            .execute(&self.pool)
-            .await
-            .map_err(|source| {
-                if violates(&source, ErrorKind::ForeignKeyViolation) {
-                    StoreError::NotFound {
-                        what: format!("user {username}"),
-                    }
-                } else if violates(&source, ErrorKind::UniqueViolation) {
-                    StoreError::Conflict {
-                        what: "session token".to_owned(),
-                    }
-                } else {
-                    StoreError::Query {
-                        context: "store a session",
-                        source,
-                    }
+        sqlx::query(
+            "INSERT INTO sessions (id, token_hash, username, created_at, expires_at, last_used_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&session.id)
+        .bind(token_hash)
+        .bind(&session.username)
+        .bind(millis(session.created_at))
+        .bind(millis(session.expires_at))
+        .bind(millis(session.last_used_at))
+        .execute(&self.pool)
+        .await
+        .map_err(|source| {
+            if violates(&source, ErrorKind::ForeignKeyViolation) {
+                StoreError::NotFound {
+                    what: format!("user {}", session.username),
                 }
-            })?;
+            } else if violates(&source, ErrorKind::UniqueViolation) {
+                StoreError::Conflict {
+                    what: "session token".to_owned(),
+                }
+            } else {
+                StoreError::Query {
+                    context: "store a session",
+                    source,
+                }
+            }
+        })?;
         Ok(())
     }
 
     /// The session, expired or not; the caller compares `expires_at`.
     pub async fn get_session(&self, token_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let row = sqlx::query("SELECT username, expires_at FROM sessions WHERE token_hash = $1")
-            .bind(token_hash)
-            .fetch_optional(&self.pool)
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = $1"
+        ))
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|source| StoreError::Query {
+            context: "read a session",
+            source,
+        })?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    /// Every session, expired ones included until they are pruned, newest first.
+    pub async fn list_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at DESC, id DESC"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| StoreError::Query {
+            context: "list sessions",
+            source,
+        })?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    pub async fn touch_session(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sessions SET last_used_at = $1 WHERE id = $2")
+            .bind(millis(at))
+            .bind(id)
+            .execute(&self.pool)
             .await
             .map_err(|source| StoreError::Query {
-                context: "read a session",
+                context: "record a session's use",
                 source,
             })?;
-        row.map(|row| {
-            let username: String = get(&row, "username")?;
-            let expires_at = time(
-                get(&row, "expires_at")?,
-                &format!("expires_at of a session of {username}"),
-            )?;
-            Ok(SessionRecord {
-                username,
-                expires_at,
-            })
-        })
-        .transpose()
+        Ok(())
     }
+
+    /// `NotFound` if there is no such session.
+    pub async fn delete_session(&self, id: &str) -> Result<(), StoreError> {
+        let deleted = sqlx::query("DELETE FROM sessions WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "delete a session",
+                source,
+            })?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound {
+                what: format!("session {id}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Deletes sessions that expired before `now`; returns how many.
+    pub async fn delete_sessions_expired_before(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.delete_before(
+            "DELETE FROM sessions WHERE expires_at < $1",
+            now,
+            "delete expired sessions",
+        )
+        .await
+    }
+}
+
+const SESSION_COLUMNS: &str = "id, username, created_at, expires_at, last_used_at";
+
+fn session_from_row(row: &AnyRow) -> Result<SessionRecord, StoreError> {
+    let username: String = get(row, "username")?;
+    let what = |column: &str| format!("{column} of a session of {username}");
+    Ok(SessionRecord {
+        id: get(row, "id")?,
+        created_at: time(get(row, "created_at")?, &what("created_at"))?,
+        expires_at: time(get(row, "expires_at")?, &what("expires_at"))?,
+        last_used_at: time(get(row, "last_used_at")?, &what("last_used_at"))?,
+        username,
+    })
 }

@@ -187,7 +187,7 @@ async fn invalid_input_is_refused_and_never_sent(database: Database) -> anyhow::
             json!({"action": "format-disk"}),
         )
         .await?;
-    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    assert_eq!(unknown.status, 400, "{}", unknown.body);
     assert_eq!(unknown.body["error"]["code"], "unknown_action");
 
     let bad_ttl = admin

@@ -15,6 +15,9 @@ on_both_databases!(
     malformed_and_oversized_requests_get_clear_errors,
     expired_sessions_get_401_and_a_new_login_works,
     changes_logins_and_enrollments_are_audited,
+    failed_logins_are_throttled_and_login_fields_bounded,
+    sessions_are_listed_revoked_and_ended_by_logout,
+    a_device_carries_a_bounded_number_of_labels,
 );
 
 async fn requests_without_valid_credentials_get_401(database: Database) -> anyhow::Result<()> {
@@ -280,5 +283,241 @@ async fn changes_logins_and_enrollments_are_audited(database: Database) -> anyho
         "reads are not audited; changes, logins and enrollments are, newest first"
     );
     assert_eq!(tetherd.anonymous()?.get("/api/v1/audit").await?.status, 401);
+    Ok(())
+}
+
+async fn failed_logins_are_throttled_and_login_fields_bounded(
+    database: Database,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("tetherd.toml");
+    std::fs::write(
+        &config,
+        "[auth]\nlogin_failures_before_backoff = 3\nlogin_backoff_max_seconds = 60\n",
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let tetherd = Tetherd::start_with(database, &["--config", &config]).await?;
+    let anonymous = tetherd.anonymous()?;
+    let login = |username: String, password: String| {
+        let anonymous = anonymous.clone();
+        async move {
+            anonymous
+                .post(
+                    "/api/v1/login",
+                    json!({"username": username, "password": password}),
+                )
+                .await
+        }
+    };
+
+    // Too long: refused naming the field, before any password check.
+    let long_name = login("u".repeat(129), "x".into()).await?;
+    assert_eq!(long_name.status, 400, "{}", long_name.body);
+    assert_eq!(long_name.body["error"]["code"], "invalid_field");
+    assert_eq!(
+        long_name.body["error"]["message"],
+        "username is longer than 128 bytes"
+    );
+    let long_password = login("admin".into(), "p".repeat(1025)).await?;
+    assert_eq!(long_password.status, 400, "{}", long_password.body);
+    assert_eq!(
+        long_password.body["error"]["message"],
+        "password is longer than 1024 bytes"
+    );
+    // A body far beyond any valid login is refused by its size, unread.
+    let huge = format!(
+        "{{\"username\": \"{}\", \"password\": \"x\"}}",
+        "u".repeat(64 * 1024)
+    );
+    let huge = anonymous
+        .post_raw("/api/v1/login", huge.into_bytes())
+        .await?;
+    assert_eq!(huge.status, 413, "{}", huge.body);
+
+    // Two refusals above count; the third and fourth failures go through,
+    // the fourth starts a wait.
+    for _ in 0..2 {
+        let wrong = login("admin".into(), "guess".into()).await?;
+        assert_eq!(wrong.status, 401, "{}", wrong.body);
+    }
+    let throttled = anonymous
+        .post(
+            "/api/v1/login",
+            json!({"username": "admin", "password": tetherd.admin_password()}),
+        )
+        .await?;
+    assert_eq!(
+        throttled.status, 429,
+        "even the right password waits: {}",
+        throttled.body
+    );
+    assert_eq!(throttled.body["error"]["code"], "too_many_requests");
+    assert!(
+        throttled.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("retry after"),
+        "{}",
+        throttled.body
+    );
+    let retry_after = reqwest_retry_after(&tetherd).await?;
+    assert!(
+        (1..=2).contains(&retry_after),
+        "Retry-After is the remaining wait: {retry_after}"
+    );
+    // After the wait the right password works and the streak ends.
+    let admin = wait_until("the login wait to pass", Duration::from_secs(10), || {
+        let anonymous = anonymous.clone();
+        let password = tetherd.admin_password().to_owned();
+        async move {
+            let reply = anonymous
+                .post(
+                    "/api/v1/login",
+                    json!({"username": "admin", "password": password}),
+                )
+                .await?;
+            Ok((reply.status == 200).then_some(reply.body))
+        }
+    })
+    .await?;
+    let token = admin["token"].as_str().map(str::to_owned);
+    let audit = anonymous
+        .with_token(token)
+        .get("/api/v1/audit")
+        .await?
+        .expect_status(200)?;
+    let statuses: Vec<_> = audit
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["path"] == "/api/v1/login")
+        .map(|e| e["status"].as_u64().unwrap_or_default())
+        .collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 401),
+        "refused logins (400, 413, 429) are not audited one by one: {statuses:?}"
+    );
+    Ok(())
+}
+
+/// The `Retry-After` of a login refused now (the address is still waiting).
+async fn reqwest_retry_after(tetherd: &Tetherd) -> anyhow::Result<u64> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(tetherd.ca_pem())?)
+        .build()?;
+    let response = client
+        .post(format!("{}/api/v1/login", tetherd.api_url))
+        .json(&json!({"username": "admin", "password": "guess"}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status() == 429,
+        "expected 429, got {}",
+        response.status()
+    );
+    let header = response
+        .headers()
+        .get("retry-after")
+        .ok_or_else(|| anyhow::anyhow!("a 429 carries Retry-After"))?;
+    Ok(header.to_str()?.parse()?)
+}
+
+async fn sessions_are_listed_revoked_and_ended_by_logout(database: Database) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let first = tetherd.admin().await?;
+    let second = tetherd.admin().await?;
+    let sessions = first.get("/api/v1/sessions").await?.expect_status(200)?;
+    let sessions = sessions.as_array().cloned().unwrap_or_default();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    for session in &sessions {
+        assert_eq!(session["username"], "admin");
+        for field in ["id", "createdAt", "expiresAt", "lastUsedAt"] {
+            assert!(session[field].is_string(), "{field} in {session}");
+        }
+        assert!(session.get("token").is_none() && session.get("tokenHash").is_none());
+    }
+    let own: Vec<_> = sessions.iter().filter(|s| s["current"] == true).collect();
+    assert_eq!(own.len(), 1, "exactly the caller's session is marked");
+    let other = sessions
+        .iter()
+        .find(|s| s["current"] == false)
+        .and_then(|s| s["id"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+
+    assert_eq!(
+        first
+            .delete(&format!("/api/v1/sessions/{other}"))
+            .await?
+            .status,
+        204
+    );
+    let revoked = second.get("/api/v1/devices").await?;
+    assert_eq!(revoked.status, 401, "a revoked token stops working at once");
+    let again = first.delete(&format!("/api/v1/sessions/{other}")).await?;
+    assert_eq!(again.status, 404, "{}", again.body);
+
+    assert_eq!(first.post("/api/v1/logout", json!({})).await?.status, 204);
+    assert_eq!(first.get("/api/v1/devices").await?.status, 401);
+    assert_eq!(
+        tetherd.anonymous()?.get("/api/v1/sessions").await?.status,
+        401
+    );
+    let audit = tetherd
+        .admin()
+        .await?
+        .get("/api/v1/audit")
+        .await?
+        .expect_status(200)?;
+    assert!(
+        audit
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["path"] == "/api/v1/logout" && e["status"] == 204),
+        "logouts are audited: {audit}"
+    );
+    Ok(())
+}
+
+async fn a_device_carries_a_bounded_number_of_labels(database: Database) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let labels = |from: usize, count: usize| {
+        (from..from + count)
+            .map(|i| (format!("k{i}"), json!("v")))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let too_many = admin
+        .post(
+            "/api/v1/devices",
+            json!({"name": "edge-1", "labels": labels(0, 65)}),
+        )
+        .await?;
+    assert_eq!(too_many.status, 400, "{}", too_many.body);
+    assert!(
+        too_many.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("at most 64 labels"),
+        "{}",
+        too_many.body
+    );
+    admin
+        .post(
+            "/api/v1/devices",
+            json!({"name": "edge-1", "labels": labels(0, 64)}),
+        )
+        .await?
+        .expect_status(201)?;
+    let over = admin
+        .patch("/api/v1/devices/edge-1", json!({"labels": labels(64, 1)}))
+        .await?;
+    assert_eq!(
+        over.status, 400,
+        "a patch cannot take it over: {}",
+        over.body
+    );
     Ok(())
 }

@@ -3,7 +3,9 @@
 mod actions;
 mod api;
 mod certificates;
+mod contract;
 mod device_link;
+mod hostile;
 mod security;
 mod store;
 mod support;

@@ -10,7 +10,9 @@ use tempfile::TempDir;
 use tether_proto::api::Labels;
 use tether_proto::metrics::HostMetrics;
 use tether_proto::{ActionState, DeviceId, Presence};
-use tether_server::store::{EventRecord, NewAction, Outcome, Store, StoreError, UserRecord};
+use tether_server::store::{
+    EventRecord, NewAction, Outcome, SessionRecord, Store, StoreError, UserRecord,
+};
 use tether_testkit::postgres::TempPostgres;
 
 /// One cluster per test process: `initdb` takes seconds, a database does not.
@@ -91,6 +93,7 @@ on_both_databases! {
         concurrent_consumers_of_a_token_have_one_winner,
         expired_enrollment_token_is_refused,
         users_are_upserted_and_sessions_stored,
+        finished_actions_are_deleted_after_retention_and_open_ones_kept,
         actions_get_a_seq_per_device_in_order,
         concurrent_inserts_get_distinct_seqs,
         duplicate_correlation_id_is_a_conflict,
@@ -529,22 +532,110 @@ async fn users_are_upserted_and_sessions_stored(store: Store) {
     );
     assert_eq!(store.get_user("nobody").await.expect("get nobody"), None);
 
+    let session = |id: &str, username: &str, expires: i64| SessionRecord {
+        id: id.to_owned(),
+        username: username.to_owned(),
+        created_at: at(0),
+        expires_at: at(expires),
+        last_used_at: at(0),
+    };
+    let first = session("s1", "admin", 3_600_000);
     store
-        .insert_session("session-hash", "admin", at(3_600_000))
+        .insert_session("session-hash", &first)
         .await
         .expect("insert a session");
-    let session = store
-        .get_session("session-hash")
-        .await
-        .expect("get the session")
-        .expect("the session exists");
-    assert_eq!(session.username, "admin");
-    assert_eq!(session.expires_at, at(3_600_000));
+    assert_eq!(
+        store
+            .get_session("session-hash")
+            .await
+            .expect("get the session"),
+        Some(first.clone())
+    );
     assert_eq!(store.get_session("other").await.expect("get other"), None);
-    match store.insert_session("s2", "nobody", at(1)).await {
+    match store
+        .insert_session("s2-hash", &session("s2", "nobody", 1))
+        .await
+    {
         Err(StoreError::NotFound { what }) => assert_eq!(what, "user nobody"),
         other => panic!("expected not found, got {other:?}"),
     }
+    store.touch_session("s1", at(90_000)).await.expect("touch");
+    let expired = session("s3", "admin", 1_000);
+    store
+        .insert_session("expired-hash", &expired)
+        .await
+        .expect("insert an expired session");
+    let listed: Vec<String> = store
+        .list_sessions()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s.id,
+                s.last_used_at.timestamp_millis() - at(0).timestamp_millis()
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        ["s3 0", "s1 90000"],
+        "newest first, with the last use"
+    );
+
+    assert_eq!(
+        store
+            .delete_sessions_expired_before(at(2_000))
+            .await
+            .expect("prune"),
+        1
+    );
+    assert_eq!(store.get_session("expired-hash").await.expect("get"), None);
+    store.delete_session("s1").await.expect("revoke");
+    assert_eq!(store.get_session("session-hash").await.expect("get"), None);
+    match store.delete_session("s1").await {
+        Err(StoreError::NotFound { what }) => assert_eq!(what, "session s1"),
+        other => panic!("expected not found, got {other:?}"),
+    }
+}
+
+async fn finished_actions_are_deleted_after_retention_and_open_ones_kept(store: Store) {
+    use ActionState::*;
+    let name = device(&store, "edge-1").await;
+    for id in ["old-done", "new-done", "old-open"] {
+        store
+            .insert_action(&new_action(id, &name))
+            .await
+            .expect("insert");
+    }
+    store
+        .transition_action("old-done", &[Pending], Failed, &outcome(1_000))
+        .await
+        .expect("finish old");
+    store
+        .transition_action("new-done", &[Pending], Succeeded, &outcome(9_000))
+        .await
+        .expect("finish new");
+    assert_eq!(
+        store
+            .delete_finished_actions_before(at(5_000))
+            .await
+            .expect("prune"),
+        1
+    );
+    let left: Vec<String> = store
+        .list_actions(&name, 10)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|a| a.correlation_id)
+        .collect();
+    assert_eq!(
+        left,
+        ["old-open", "new-done"],
+        "the open action stays whatever its age"
+    );
 }
 
 // Actions ---------------------------------------------------------------------------------

@@ -1,0 +1,88 @@
+//! Sessions: log out (end the caller's own), and for admins list and revoke any.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use tether_proto::api::{ErrorBody, Session};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::auth::Principal;
+
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(logout))
+        .routes(routes!(list_sessions))
+        .routes(routes!(revoke_session))
+}
+
+/// Ends the session this request was made with; its token stops working at once.
+#[utoipa::path(post, path = "/logout", tag = "session",
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 401, body = ErrorBody),
+        (status = 500, body = ErrorBody),
+    ))]
+async fn logout(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<StatusCode, ApiError> {
+    state.auth.revoke(&principal.session_id).await?;
+    tracing::info!(user = %principal.username, "logged out");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every session, newest first, without tokens (admins only). Expired
+/// sessions are listed until the hourly retention job deletes them.
+#[utoipa::path(get, path = "/sessions", tag = "session",
+    responses(
+        (status = 200, body = [Session]),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 500, body = ErrorBody),
+    ))]
+async fn list_sessions(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<axum::Json<Vec<Session>>, ApiError> {
+    principal.require_admin()?;
+    let sessions = state.auth.sessions().await?;
+    Ok(axum::Json(
+        sessions
+            .into_iter()
+            .map(|record| Session {
+                current: record.id == principal.session_id,
+                id: record.id,
+                username: record.username,
+                created_at: record.created_at,
+                expires_at: record.expires_at,
+                last_used_at: record.last_used_at,
+            })
+            .collect(),
+    ))
+}
+
+/// Revokes a session (admins only); its token stops working at once.
+#[utoipa::path(delete, path = "/sessions/{id}", tag = "session",
+    params(("id" = String, Path, description = "The session's id, from `GET /sessions`", max_length = 64)),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 500, body = ErrorBody),
+    ))]
+async fn revoke_session(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    principal.require_admin()?;
+    state.auth.revoke(&id).await?;
+    tracing::info!(user = %principal.username, session = %id, "session revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
