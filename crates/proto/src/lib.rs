@@ -10,6 +10,7 @@ pub mod ca;
 pub mod catalogue;
 pub mod device;
 pub mod labels;
+pub mod limits;
 pub mod metrics;
 pub mod redact;
 pub mod topics;

@@ -68,6 +68,8 @@ pub struct DeviceRecord {
     pub certificate_serial: Option<String>,
     pub last_seen: Option<DateTime<Utc>>,
     pub agent_version: Option<String>,
+    /// The actions the agent's last birth named.
+    pub capabilities: Vec<String>,
     pub boot_id: Option<String>,
     pub status_seq: u64,
     pub created_at: DateTime<Utc>,
