@@ -226,7 +226,10 @@ mod tests {
         assert!(ok.check_limits().is_ok());
         let long = "m".repeat(ActionEvent::MAX_STATUS_MESSAGE_BYTES + 1);
         let event = ActionEvent::new(&request, "send-ping", 500, long, serde_json::json!({}));
-        assert_eq!(event.check_limits().expect_err("too long").field, "statusMessage");
+        assert_eq!(
+            event.check_limits().expect_err("too long").field,
+            "statusMessage"
+        );
     }
 
     #[test]

@@ -133,11 +133,7 @@ impl DeviceStatus {
             Self::MAX_CAPABILITIES,
         )?;
         for capability in &self.capabilities {
-            limits::check(
-                "a capability",
-                capability.len(),
-                Self::MAX_CAPABILITY_BYTES,
-            )?;
+            limits::check("a capability", capability.len(), Self::MAX_CAPABILITY_BYTES)?;
         }
         Ok(())
     }
@@ -203,8 +199,7 @@ mod tests {
 
     #[test]
     fn a_status_needs_only_its_state() {
-        let status: DeviceStatus =
-            serde_json::from_str(r#"{"state":"online"}"#).expect("parses");
+        let status: DeviceStatus = serde_json::from_str(r#"{"state":"online"}"#).expect("parses");
         assert_eq!(status.state, Presence::Online);
         assert_eq!(status.agent_version, "");
         assert_eq!(status.seq, 0);
@@ -216,7 +211,10 @@ mod tests {
         let mut status: DeviceStatus =
             serde_json::from_str(r#"{"state":"online"}"#).expect("parses");
         status.agent_version = "v".repeat(DeviceStatus::MAX_AGENT_VERSION_BYTES + 1);
-        assert_eq!(status.check_limits().expect_err("too long").field, "agentVersion");
+        assert_eq!(
+            status.check_limits().expect_err("too long").field,
+            "agentVersion"
+        );
         status.agent_version = "1.0".into();
         status.capabilities = vec!["c".into(); DeviceStatus::MAX_CAPABILITIES + 1];
         assert!(status.check_limits().is_err());

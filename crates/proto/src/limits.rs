@@ -29,6 +29,9 @@ mod tests {
     fn the_limit_itself_is_allowed() {
         assert!(check("x", 3, 3).is_ok());
         let err = check("agentVersion", 4, 3).expect_err("over");
-        assert_eq!(err.to_string(), "agentVersion is 4 bytes, more than the 3 allowed");
+        assert_eq!(
+            err.to_string(),
+            "agentVersion is 4 bytes, more than the 3 allowed"
+        );
     }
 }

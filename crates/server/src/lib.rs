@@ -170,6 +170,7 @@ pub async fn run(
         auth,
         registry,
         actions,
+        ingest,
         ca,
         mqtt_port: mqtt_addr.port(),
     });

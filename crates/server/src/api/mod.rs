@@ -37,6 +37,8 @@ pub struct AppState {
     pub auth: Auth,
     pub registry: Registry,
     pub actions: Arc<ActionService>,
+    /// Per-device input counters for `GET /devices/{name}`.
+    pub ingest: Arc<crate::ingest::Ingest>,
     pub ca: Arc<CertificateAuthority>,
     /// The MQTT port devices connect to; the host is the one the client used.
     pub mqtt_port: u16,

@@ -198,7 +198,11 @@ impl RmqttLink {
     /// Starts accepting devices, handing what they send to `inbox`. Only
     /// the first call does anything.
     pub fn serve(&self, inbox: Arc<dyn DeviceInbox>) {
-        let Some(server) = self.server.lock().unwrap_or_else(PoisonError::into_inner).take()
+        let Some(server) = self
+            .server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
         else {
             return;
         };
@@ -209,7 +213,10 @@ impl RmqttLink {
                 tracing::error!(error = format!("{e:#}"), "MQTT endpoint stopped");
             }
         });
-        *self.accept_loop.lock().unwrap_or_else(PoisonError::into_inner) = Some(accept_loop);
+        *self
+            .accept_loop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(accept_loop);
         tracing::info!("MQTT endpoint accepting devices (mutual TLS)");
     }
 }
@@ -335,7 +342,10 @@ impl LinkState {
     fn inbox(&self) -> &dyn DeviceInbox {
         // `serve` sets it before the first connection is accepted, and only
         // connections run hooks.
-        self.inbox.get().map(Arc::as_ref).expect("the inbox is set before serving")
+        self.inbox
+            .get()
+            .map(Arc::as_ref)
+            .expect("the inbox is set before serving")
     }
 
     fn presence(&self) -> std::sync::MutexGuard<'_, Presence> {
@@ -405,7 +415,9 @@ impl LinkState {
         let inbound = inbound(device.clone(), topic, &publish.payload);
         let (code, reason, disconnect) = match self.inbox().publish(inbound).await {
             Ok(()) => return PublishAclResult::allow(),
-            Err(Refusal::Invalid(reason)) => (PublishAckReason::PayloadFormatInvalid, reason, !is_v5),
+            Err(Refusal::Invalid(reason)) => {
+                (PublishAckReason::PayloadFormatInvalid, reason, !is_v5)
+            }
             Err(Refusal::RateLimited(reason)) => (PublishAckReason::QuotaExceeded, reason, !is_v5),
             Err(Refusal::Disconnect(reason)) => {
                 (PublishAckReason::ImplementationSpecificError, reason, true)
@@ -431,7 +443,11 @@ impl LinkState {
         if !device_may_publish(&device, topic) {
             return;
         }
-        if let Err(refusal) = self.inbox().publish(inbound(device.clone(), topic, &publish.payload)).await {
+        if let Err(refusal) = self
+            .inbox()
+            .publish(inbound(device.clone(), topic, &publish.payload))
+            .await
+        {
             tracing::debug!(%device, topic, ?refusal, "the controller did not take a device's will");
         }
     }
@@ -443,7 +459,8 @@ impl LinkState {
         if DeviceTopic::parse(filter)
             .is_some_and(|t| t.device == device && t.kind == TopicKind::Actions)
         {
-            self.inbox().session(SessionChange::SubscribedToActions(device));
+            self.inbox()
+                .session(SessionChange::SubscribedToActions(device));
         }
     }
 
@@ -454,7 +471,8 @@ impl LinkState {
         let generation = {
             let mut presence = self.presence();
             let generation = presence.connected(device.clone());
-            self.inbox().session(SessionChange::Connected(device.clone()));
+            self.inbox()
+                .session(SessionChange::Connected(device.clone()));
             generation
         };
         session
@@ -483,7 +501,8 @@ impl LinkState {
             let mut presence = self.presence();
             let current = presence.disconnected(&device, generation);
             if current {
-                self.inbox().session(SessionChange::Disconnected(device.clone()));
+                self.inbox()
+                    .session(SessionChange::Disconnected(device.clone()));
             }
             current
         };

@@ -114,7 +114,15 @@ mod tests {
     fn samples_must_be_dated_within_the_window() {
         let now = Utc::now();
         assert!(check(&sample(now), 200, now, WINDOW).is_ok());
-        assert!(check(&sample(now + chrono::Duration::seconds(299)), 200, now, WINDOW).is_ok());
+        assert!(
+            check(
+                &sample(now + chrono::Duration::seconds(299)),
+                200,
+                now,
+                WINDOW
+            )
+            .is_ok()
+        );
         let future = "2999-01-01T00:00:00Z".parse().expect("time");
         let err = check(&sample(future), 200, now, WINDOW).expect_err("future");
         assert!(matches!(err, Invalid::Clock(_)), "{err}");
@@ -139,8 +147,13 @@ mod tests {
         let err = check(&status, 100, now, WINDOW).expect_err("too large");
         assert_eq!(err.status_code(), 413);
         assert!(err.to_string().contains("agentVersion"), "{err}");
-        let err = check(&sample(now), HostMetrics::MAX_PAYLOAD_BYTES + 1, now, WINDOW)
-            .expect_err("payload");
+        let err = check(
+            &sample(now),
+            HostMetrics::MAX_PAYLOAD_BYTES + 1,
+            now,
+            WINDOW,
+        )
+        .expect_err("payload");
         assert!(err.to_string().contains("payload"), "{err}");
     }
 }

@@ -40,8 +40,7 @@ impl Counters {
 
     pub fn snapshot(&self, suppressed_events: u64) -> IngestCounters {
         IngestCounters {
-            rejection_events_suppressed: suppressed_events
-                + self.0.rejection_events_suppressed,
+            rejection_events_suppressed: suppressed_events + self.0.rejection_events_suppressed,
             ..self.0.clone()
         }
     }

@@ -114,7 +114,11 @@ impl Ingest {
             .entry(device.clone())
             .or_insert_with(|| DeviceState {
                 rate: DeviceRate::new(self.config.rate, now),
-                rejection_events: TokenBucket::new(REJECTION_EVENTS_PER_SECOND, REJECTION_EVENT_BURST, now),
+                rejection_events: TokenBucket::new(
+                    REJECTION_EVENTS_PER_SECOND,
+                    REJECTION_EVENT_BURST,
+                    now,
+                ),
                 suppressed_events: 0,
                 last_seen_written: None,
                 counters: Counters::default(),
@@ -175,20 +179,24 @@ impl Ingest {
         Ok(())
     }
 
-    async fn apply(&self, device: &DeviceId, message: &DeviceMessage) -> Result<Outcome, StoreError> {
+    async fn apply(
+        &self,
+        device: &DeviceId,
+        message: &DeviceMessage,
+    ) -> Result<Outcome, StoreError> {
         match message {
             DeviceMessage::Status(status) => {
                 self.status(device, status).await?;
                 Ok(Outcome::Accepted)
             }
-            DeviceMessage::Event(event) => {
-                Ok(match self.actions.handle_event(device, event.clone()).await? {
+            DeviceMessage::Event(event) => Ok(
+                match self.actions.handle_event(device, event.clone()).await? {
                     Answer::Recorded => Outcome::Accepted,
                     Answer::AlreadyFinished | Answer::Unknown | Answer::NotYours => {
                         Outcome::Duplicate
                     }
-                })
-            }
+                },
+            ),
             DeviceMessage::Metrics(metrics) => {
                 self.store.insert_metrics(device, metrics).await?;
                 Ok(Outcome::Accepted)
@@ -266,9 +274,7 @@ impl Ingest {
         };
         let mut message = format!("refused a publish on {}: {reason}", inbound.topic);
         if suppressed > 0 {
-            message.push_str(&format!(
-                " ({suppressed} earlier refusals not recorded)"
-            ));
+            message.push_str(&format!(" ({suppressed} earlier refusals not recorded)"));
         }
         let record = EventRecord {
             id: uuid::Uuid::now_v7().to_string(),

@@ -87,7 +87,11 @@ pub struct DeviceRate {
 impl DeviceRate {
     pub fn new(limits: RateLimits, now: Instant) -> Self {
         Self {
-            messages: TokenBucket::new(limits.messages_per_second as f64, limits.message_burst, now),
+            messages: TokenBucket::new(
+                limits.messages_per_second as f64,
+                limits.message_burst,
+                now,
+            ),
             bytes: TokenBucket::new(limits.bytes_per_second as f64, limits.byte_burst, now),
             limits,
             strikes: 0,

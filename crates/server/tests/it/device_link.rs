@@ -191,12 +191,27 @@ fn ca_params_foreign() -> CertificateParams {
 /// What the endpoint handed the controller, in order.
 #[derive(Debug)]
 enum DeviceMessage {
-    Connected { device: DeviceId },
-    Disconnected { device: DeviceId },
-    SubscribedToActions { device: DeviceId },
-    Status { device: DeviceId, status: DeviceStatus },
-    Event { device: DeviceId, event: ActionEvent },
-    Metrics { device: DeviceId, metrics: HostMetrics },
+    Connected {
+        device: DeviceId,
+    },
+    Disconnected {
+        device: DeviceId,
+    },
+    SubscribedToActions {
+        device: DeviceId,
+    },
+    Status {
+        device: DeviceId,
+        status: DeviceStatus,
+    },
+    Event {
+        device: DeviceId,
+        event: ActionEvent,
+    },
+    Metrics {
+        device: DeviceId,
+        metrics: HostMetrics,
+    },
 }
 
 /// An inbox that records what it is handed, refuses malformed payloads as
@@ -1011,7 +1026,10 @@ async fn refusals_reach_the_device_as_reason_codes() {
     let events = topic("device-a", "events");
     let publish = |version| fx.publish("device-a", Some(&a), version, &events, "{}", &[]);
 
-    fx.refuse(&events, Refusal::Invalid("statusMessage is too long".into()));
+    fx.refuse(
+        &events,
+        Refusal::Invalid("statusMessage is too long".into()),
+    );
     let output = publish(Mqtt::V5).await;
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("Payload format invalid"),
@@ -1019,7 +1037,11 @@ async fn refusals_reach_the_device_as_reason_codes() {
         describe(&output)
     );
     let output = publish(Mqtt::V311).await;
-    assert!(!output.status.success(), "3.1.1 is disconnected: {}", describe(&output));
+    assert!(
+        !output.status.success(),
+        "3.1.1 is disconnected: {}",
+        describe(&output)
+    );
 
     fx.refuse(&events, Refusal::RateLimited("slow down".into()));
     let output = publish(Mqtt::V5).await;
@@ -1045,9 +1067,10 @@ async fn a_subscription_to_its_actions_is_reported() {
     let mut fx = Fixture::start().await;
     let a = fx.pki.device_a.clone();
     let mut sub = fx.subscribe("device-a", &a, Mqtt::V5, &topic("device-a", "actions"), &[]);
-    fx.wait_for("device-a connecting", |m| {
-        matches!(m, DeviceMessage::Connected { device } if device.as_str() == "device-a")
-    })
+    fx.wait_for(
+        "device-a connecting",
+        |m| matches!(m, DeviceMessage::Connected { device } if device.as_str() == "device-a"),
+    )
     .await;
     fx.wait_for("device-a's subscription", |m| {
         matches!(m, DeviceMessage::SubscribedToActions { device } if device.as_str() == "device-a")

@@ -3,6 +3,7 @@
 mod actions;
 mod api;
 mod device_link;
+mod ingest;
 mod security;
 mod store;
 mod support;

@@ -86,7 +86,10 @@ mod tests {
             match content(&a, topic, payload) {
                 Content::Malformed(reason) => {
                     let kind = topic.rsplit('/').next().expect("kind");
-                    assert!(reason.starts_with(&format!("malformed {kind} payload")), "{reason}");
+                    assert!(
+                        reason.starts_with(&format!("malformed {kind} payload")),
+                        "{reason}"
+                    );
                 }
                 other => panic!("{topic}: expected malformed, got {other:?}"),
             }
