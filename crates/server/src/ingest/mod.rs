@@ -175,7 +175,7 @@ impl Ingest {
             }
         };
         self.with_device(&inbound.device, |s| s.counters.count(outcome));
-        self.touch_last_seen(&inbound.device).await;
+        self.touch_last_seen(&inbound.device);
         Ok(())
     }
 
@@ -227,8 +227,9 @@ impl Ingest {
     }
 
     /// Presence changes write `lastSeen` themselves; other messages refresh
-    /// it, throttled. A failure here does not refuse the message.
-    async fn touch_last_seen(&self, device: &DeviceId) {
+    /// it, throttled, without holding up the acknowledgement: it is not what
+    /// the device asked to store, and a failure only leaves it older.
+    fn touch_last_seen(&self, device: &DeviceId) {
         let now = Instant::now();
         let due = self.with_device(device, |s| match s.last_seen_written {
             Some(at) if now.duration_since(at) < LAST_SEEN_RESOLUTION => false,
@@ -237,9 +238,16 @@ impl Ingest {
                 true
             }
         });
-        if due && let Err(error) = self.store.touch_last_seen(device, Utc::now()).await {
-            tracing::warn!(error = %crate::error_chain(&error), "could not record when a device was last seen");
+        if !due {
+            return;
         }
+        let store = self.store.clone();
+        let device = device.clone();
+        tokio::spawn(async move {
+            if let Err(error) = store.touch_last_seen(&device, Utc::now()).await {
+                tracing::warn!(%device, error = %crate::error_chain(&error), "could not record when a device was last seen");
+            }
+        });
     }
 
     fn invalid(&self, inbound: &Inbound, invalid: Invalid) -> Refusal {

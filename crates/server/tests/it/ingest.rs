@@ -90,6 +90,9 @@ async fn an_answer_is_not_lost_while_the_store_is_unavailable(
     let admin = tetherd.admin().await?;
     let agent = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
     let pid = agent.pid().context("the agent runs")?;
+    let bystander = DeviceCredentials::enroll(&admin, "bystander").await?;
+    let bystander_dir = tempfile::tempdir()?;
+    bystander.write_to(bystander_dir.path())?;
 
     // The agent holds its answer until the store is unavailable.
     signal(pid, "STOP")?;
@@ -116,6 +119,37 @@ async fn an_answer_is_not_lost_while_the_store_is_unavailable(
         }
     };
     signal(pid, "CONT")?;
+    if database == Database::Sqlite {
+        // While edge-1's answer waits for the store (up to the 5 s busy
+        // timeout), another device connects and is acknowledged at once:
+        // devices do not queue behind each other's writes.
+        let output = mosquitto(
+            "mosquitto_pub",
+            &mqtt_port(&tetherd)?,
+            Some(bystander_dir.path()),
+            "bystander",
+            &[
+                "-V",
+                "mqttv5",
+                "-q",
+                "1",
+                "-t",
+                "tether/v1/devices/bystander/logs",
+                "-m",
+                "hi",
+            ],
+        )
+        .await?;
+        assert!(
+            output.status.success() && output.stderr.is_empty(),
+            "{}",
+            text(&output)
+        );
+        assert!(
+            !tetherd.log().contains("not acknowledged"),
+            "the bystander was served before edge-1's write gave up"
+        );
+    }
     // Longer than SQLite's busy timeout (5 s): the write fails, it does not wait.
     wait_until(
         "tetherd to refuse the answer for want of a store",
