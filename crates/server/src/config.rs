@@ -521,6 +521,15 @@ mod tests {
                 "[auth]\nsession_ttl_seconds = 0\n",
                 "auth.session_ttl_seconds",
             ),
+            (
+                "[ingest]\nmessages_per_second = 0\n",
+                "ingest.messages_per_second",
+            ),
+            ("[ingest]\nbyte_burst = 1024\n", "ingest.byte_burst"),
+            (
+                "[ingest]\nmax_clock_ahead_seconds = 999999\n",
+                "ingest.max_clock_ahead_seconds",
+            ),
         ] {
             let file: FileConfig = toml::from_str(file).expect("valid toml");
             let err = ServerConfig::merge(flags(&["--data-dir", "/d"]), file).expect_err(key);

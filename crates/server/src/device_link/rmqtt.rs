@@ -481,6 +481,13 @@ impl LinkState {
             .await
             .insert(GENERATION_ATTR.into(), generation);
         tracing::info!(%device, ?generation, "device connected");
+        // A session resumed without a clean start keeps its subscriptions
+        // and need not subscribe again; its actions must still flow.
+        if let Ok(subscriptions) = session.subscriptions().await {
+            for filter in subscriptions.to_topic_filters().await {
+                self.subscribed(session, &filter);
+            }
+        }
     }
 
     async fn disconnected(&self, session: &Session) {
