@@ -1,10 +1,11 @@
 //! Writes each device's presence as its MQTT session comes and goes.
 //!
 //! The link reports session changes without waiting; each device gets a
-//! writer task that stores the latest one, retrying while the store is
-//! unavailable. A change that arrives meanwhile replaces the one being
-//! retried, so a device's presence ends as its last session change says and
-//! one device's slow write holds up no other device.
+//! writer task that stores them in order, retrying while the store is
+//! unavailable, so every session shows once as online and once as offline
+//! and one device's slow write holds up no other device. The queue stays
+//! short: a session cannot start while the store is down, because the
+//! certificate check reads it.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tether_proto::{DeviceId, Presence};
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 
 use crate::store::{EventRecord, Store, StoreError};
 
@@ -21,7 +22,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub(super) struct PresenceWriter {
     store: Store,
-    writers: Mutex<HashMap<DeviceId, watch::Sender<Presence>>>,
+    writers: Mutex<HashMap<DeviceId, mpsc::UnboundedSender<Presence>>>,
 }
 
 impl PresenceWriter {
@@ -32,46 +33,30 @@ impl PresenceWriter {
         }
     }
 
-    /// Records `presence` as the device's latest; returns at once.
+    /// Queues `presence` for the device; returns at once.
     pub fn set(&self, device: DeviceId, presence: Presence) {
         let mut writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(writer) = writers.get(&device) {
-            writer.send_replace(presence);
-            return;
-        }
-        let (tx, rx) = watch::channel(presence);
-        tokio::spawn(write_forever(self.store.clone(), device.clone(), rx));
-        writers.insert(device, tx);
+        let writer = writers.entry(device.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(write_in_order(self.store.clone(), device, rx));
+            tx
+        });
+        // The writer task lives as long as its sender, which the map holds.
+        let _ = writer.send(presence);
     }
 }
 
-async fn write_forever(store: Store, device: DeviceId, mut wanted: watch::Receiver<Presence>) {
-    loop {
-        let presence = *wanted.borrow_and_update();
+async fn write_in_order(
+    store: Store,
+    device: DeviceId,
+    mut changes: mpsc::UnboundedReceiver<Presence>,
+) {
+    while let Some(presence) = changes.recv().await {
         let mut delay = RETRY_FIRST;
-        loop {
-            match write(&store, &device, presence).await {
-                Ok(()) => break,
-                Err(error) => {
-                    tracing::warn!(%device, presence = presence.as_str(), error = %crate::error_chain(&error), retry_in_ms = delay.as_millis() as u64, "could not record a device's presence; retrying");
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                changed = wanted.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    break;
-                }
-            }
+        while let Err(error) = write(&store, &device, presence).await {
+            tracing::warn!(%device, presence = presence.as_str(), error = %crate::error_chain(&error), retry_in_ms = delay.as_millis() as u64, "could not record a device's presence; retrying");
+            tokio::time::sleep(delay).await;
             delay = (delay * 2).min(RETRY_MAX);
-        }
-        if wanted.has_changed().unwrap_or(false) {
-            continue;
-        }
-        if wanted.changed().await.is_err() {
-            return;
         }
     }
 }
