@@ -38,11 +38,13 @@ impl Counters {
         *counter += 1;
     }
 
-    pub fn snapshot(&self, suppressed_events: u64) -> IngestCounters {
-        IngestCounters {
-            rejection_events_suppressed: suppressed_events + self.0.rejection_events_suppressed,
-            ..self.0.clone()
-        }
+    /// A refusal was counted but not recorded as an event.
+    pub fn event_suppressed(&mut self) {
+        self.0.rejection_events_suppressed += 1;
+    }
+
+    pub fn snapshot(&self) -> IngestCounters {
+        self.0.clone()
     }
 }
 
@@ -66,7 +68,8 @@ mod tests {
         ] {
             counters.count(outcome);
         }
-        let snapshot = counters.snapshot(3);
+        counters.event_suppressed();
+        let snapshot = counters.snapshot();
         assert_eq!(snapshot.accepted, 2);
         assert_eq!(snapshot.duplicates_dropped, 1);
         assert_eq!(snapshot.rejected_malformed, 1);
@@ -75,6 +78,6 @@ mod tests {
         assert_eq!(snapshot.rate_limited, 1);
         assert_eq!(snapshot.disconnected_for_rate, 1);
         assert_eq!(snapshot.not_acknowledged_store_unavailable, 1);
-        assert_eq!(snapshot.rejection_events_suppressed, 3);
+        assert_eq!(snapshot.rejection_events_suppressed, 1);
     }
 }

@@ -73,7 +73,8 @@ pub struct Ingest {
 struct DeviceState {
     rate: DeviceRate,
     rejection_events: TokenBucket,
-    suppressed_events: u64,
+    /// Refusals not recorded since the last recorded one; that one says so.
+    unrecorded_refusals: u64,
     last_seen_written: Option<Instant>,
     counters: Counters,
 }
@@ -99,7 +100,7 @@ impl Ingest {
     pub fn counters(&self, device: &DeviceId) -> IngestCounters {
         self.lock()
             .get(device)
-            .map(|state| state.counters.snapshot(state.suppressed_events))
+            .map(|state| state.counters.snapshot())
             .unwrap_or_default()
     }
 
@@ -119,7 +120,7 @@ impl Ingest {
                     REJECTION_EVENT_BURST,
                     now,
                 ),
-                suppressed_events: 0,
+                unrecorded_refusals: 0,
                 last_seen_written: None,
                 counters: Counters::default(),
             });
@@ -271,9 +272,10 @@ impl Ingest {
         let suppressed = self.with_device(device, |s| {
             s.counters.count(outcome);
             if s.rejection_events.take(1, now) {
-                Some(std::mem::take(&mut s.suppressed_events))
+                Some(std::mem::take(&mut s.unrecorded_refusals))
             } else {
-                s.suppressed_events += 1;
+                s.unrecorded_refusals += 1;
+                s.counters.event_suppressed();
                 None
             }
         });
