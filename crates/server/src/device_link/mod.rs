@@ -50,8 +50,11 @@ pub enum Refusal {
     Invalid(String),
     /// Over the device's rate limit; may be sent again later (0x97).
     RateLimited(String),
-    /// End the session without acknowledging: the store is unavailable, so
-    /// the device must send it again, or the device keeps exceeding its limits.
+    /// Not stored now (the store is unavailable): a QoS 1 publish is not
+    /// acknowledged and its session ends, so the device sends it again; a
+    /// QoS 0 one is dropped.
+    Unavailable(String),
+    /// End the session: the device keeps exceeding its limits.
     Disconnect(String),
 }
 

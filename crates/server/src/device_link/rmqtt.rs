@@ -419,7 +419,11 @@ impl LinkState {
                 (PublishAckReason::PayloadFormatInvalid, reason, !is_v5)
             }
             Err(Refusal::RateLimited(reason)) => (PublishAckReason::QuotaExceeded, reason, !is_v5),
-            Err(Refusal::Disconnect(reason)) => {
+            Err(Refusal::Unavailable(reason)) if publish.qos == QoS::AtMostOnce => {
+                // Nothing to acknowledge and nothing the device would resend.
+                (PublishAckReason::ImplementationSpecificError, reason, false)
+            }
+            Err(Refusal::Unavailable(reason) | Refusal::Disconnect(reason)) => {
                 (PublishAckReason::ImplementationSpecificError, reason, true)
             }
         };

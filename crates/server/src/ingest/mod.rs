@@ -170,7 +170,7 @@ impl Ingest {
             Err(error) => {
                 tracing::warn!(device = %inbound.device, topic = inbound.topic, error = %crate::error_chain(&error), "could not store a device's message; not acknowledged, the device sends it again");
                 self.with_device(&inbound.device, |s| s.counters.count(Outcome::NotDurable));
-                return Err(Refusal::Disconnect(
+                return Err(Refusal::Unavailable(
                     "the controller cannot store messages right now; send it again".into(),
                 ));
             }

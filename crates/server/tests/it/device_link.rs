@@ -1052,7 +1052,7 @@ async fn refusals_reach_the_device_as_reason_codes() {
     );
 
     // No acknowledgement at all: the session ends, the client must resend.
-    fx.refuse(&events, Refusal::Disconnect("store unavailable".into()));
+    fx.refuse(&events, Refusal::Unavailable("store unavailable".into()));
     let output = publish(Mqtt::V5).await;
     assert!(!output.status.success(), "no PUBACK: {}", describe(&output));
     fx.wait_for(

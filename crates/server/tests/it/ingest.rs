@@ -444,6 +444,13 @@ async fn a_hostile_device_cannot_bloat_the_store_or_hurt_others() -> anyhow::Res
     assert_eq!(counters["rejectedTooLarge"], 6, "{counters}");
     assert_eq!(counters["rejectedClock"], 20, "{counters}");
 
+    let answers = events(&admin, "hostile")
+        .await?
+        .into_iter()
+        .filter(|e| e["correlationId"] == correlation_id.as_str())
+        .count();
+    assert_eq!(answers, 1, "the answer is stored once, its repeats never");
+
     // The operator sees why, and a hostile device cannot fill the events
     // table with rejections either: a burst is recorded, the rest counted.
     let rejected: Vec<Value> = events(&admin, "hostile")
