@@ -267,7 +267,6 @@ impl Ingest {
     /// recorded event says how many were left out.
     fn refused(&self, inbound: &Inbound, outcome: Outcome, status_code: u16, reason: &str) {
         let device = &inbound.device;
-        tracing::info!(%device, topic = inbound.topic, reason, "refused a device's message");
         let now = Instant::now();
         let suppressed = self.with_device(device, |s| {
             s.counters.count(outcome);
@@ -279,9 +278,13 @@ impl Ingest {
                 None
             }
         });
+        // The log is throttled like the events, so a hostile device cannot
+        // fill the disk through it either.
         let Some(suppressed) = suppressed else {
+            tracing::debug!(%device, topic = inbound.topic, reason, "refused a device's message");
             return;
         };
+        tracing::info!(%device, topic = inbound.topic, reason, suppressed, "refused a device's message");
         let mut message = format!("refused a publish on {}: {reason}", inbound.topic);
         if suppressed > 0 {
             message.push_str(&format!(" ({suppressed} earlier refusals not recorded)"));

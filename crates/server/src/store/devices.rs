@@ -170,8 +170,9 @@ impl Store {
         Ok(())
     }
 
-    /// What the device's birth says about its agent. Like `set_presence`, a
-    /// device deleted meanwhile is not an error.
+    /// What the device's birth says about its agent; an empty version or
+    /// boot id (a birth without them) is stored as unknown. Like
+    /// `set_presence`, a device deleted meanwhile is not an error.
     pub async fn set_agent_status(
         &self,
         name: &DeviceId,
@@ -184,9 +185,9 @@ impl Store {
             "UPDATE devices SET agent_version = $1, capabilities = $2, boot_id = $3, \
              status_seq = $4 WHERE name = $5",
         )
-        .bind(agent_version)
+        .bind((!agent_version.is_empty()).then_some(agent_version))
         .bind(to_json(&capabilities, "device capabilities")?)
-        .bind(boot_id)
+        .bind((!boot_id.is_empty()).then_some(boot_id))
         .bind(to_i64(seq, "status sequence number")?)
         .bind(name.as_str())
         .execute(&self.pool)

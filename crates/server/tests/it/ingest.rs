@@ -153,7 +153,7 @@ async fn an_answer_is_not_lost_while_the_store_is_unavailable(
     // Longer than SQLite's busy timeout (5 s): the write fails, it does not wait.
     wait_until(
         "tetherd to refuse the answer for want of a store",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || {
             let log = tetherd.log();
             async move { Ok(log.contains("not acknowledged").then_some(())) }
@@ -275,6 +275,9 @@ async fn a_third_party_device_is_online_from_connect_and_gets_actions_once_subsc
     }
     let done = wait_terminal(&admin, &correlation_id).await?;
     assert_eq!(done["state"], "succeeded", "{done}");
+    let shown = device(&admin, "paho-like").await?;
+    assert!(shown["agentVersion"].is_null(), "{shown}");
+    assert_eq!(shown["capabilities"], json!([]), "{shown}");
     // Three sessions (the subscriber and two publishers), each online from
     // its CONNECT without any birth, and offline once.
     let presence = wait_until("six presence events", Duration::from_secs(15), || {
@@ -423,9 +426,17 @@ async fn a_hostile_device_cannot_bloat_the_store_or_hurt_others() -> anyhow::Res
         text(&output)
     );
 
-    // Another device's actions keep working.
+    // Another device's actions keep working, and its birth shows.
     let other = run(&admin, "good", "get-node-ip", json!({})).await?;
     assert_eq!(other["state"], "succeeded", "{other}");
+    let good = device(&admin, "good").await?;
+    assert!(good["agentVersion"].is_string(), "{good}");
+    assert!(
+        good["capabilities"]
+            .as_array()
+            .is_some_and(|c| c.contains(&json!("get-node-ip"))),
+        "{good}"
+    );
 
     // The store holds the one accepted answer (as event and as the action's
     // response): at most 2 MiB plus 1 MiB of pages, where every message
