@@ -331,3 +331,170 @@ impl DeviceInbox for Ingest {
         Box::pin(async move { self.handle(&inbound).await })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ActionsConfig;
+    use crate::device_link::{DeviceLink, LinkError};
+    use crate::sealing::Sealer;
+    use crate::store::NewAction;
+    use tether_proto::{ActionEvent, ActionState, Catalogue};
+
+    /// A link with no device connected.
+    struct NoDevices;
+
+    impl DeviceLink for NoDevices {
+        fn publish_action<'a>(
+            &'a self,
+            device: &'a DeviceId,
+            _request: &'a tether_proto::ActionRequest,
+        ) -> BoxFuture<'a, Result<(), LinkError>> {
+            Box::pin(async move { Err(LinkError::NotConnected(device.clone())) })
+        }
+
+        fn is_connected(&self, _device: &DeviceId) -> bool {
+            false
+        }
+
+        fn disconnect(&self, _device: &DeviceId) {}
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        ingest: Ingest,
+        device: DeviceId,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        let device = DeviceId::new("edge-1").expect("valid name");
+        store
+            .create_device(&device, &Default::default(), Utc::now())
+            .await
+            .expect("device");
+        let actions = Arc::new(ActionService::new(
+            store.clone(),
+            Arc::new(NoDevices),
+            Arc::new(Catalogue::builtin()),
+            Arc::new(Sealer::load_or_create(dir.path()).expect("sealer")),
+            ActionsConfig::default(),
+        ));
+        let ingest = Ingest::new(
+            store.clone(),
+            actions,
+            IngestConfig::default(),
+            Duration::from_secs(30 * 86_400),
+        );
+        Fixture {
+            _dir: dir,
+            store,
+            ingest,
+            device,
+        }
+    }
+
+    fn inbound(device: &DeviceId, kind: &str, content: Content) -> Inbound {
+        Inbound {
+            device: device.clone(),
+            topic: format!("tether/v1/devices/{device}/{kind}"),
+            size: 100,
+            content,
+        }
+    }
+
+    async fn rejections(store: &Store, device: &DeviceId) -> usize {
+        let events = store.list_events(device, 1000).await.expect("events");
+        events
+            .iter()
+            .filter(|e| e.event == "message-rejected")
+            .count()
+    }
+
+    #[tokio::test]
+    async fn refusals_are_recorded_up_to_a_burst_and_the_rest_counted() {
+        let fx = fixture().await;
+        for _ in 0..25 {
+            let refused = fx
+                .ingest
+                .publish(inbound(
+                    &fx.device,
+                    "events",
+                    Content::Malformed("malformed events payload".into()),
+                ))
+                .await;
+            assert!(matches!(refused, Err(Refusal::Invalid(_))), "{refused:?}");
+        }
+        // The event writes do not hold up the refusals; wait for them.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rejections(&fx.store, &fx.device).await < REJECTION_EVENT_BURST as usize
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            rejections(&fx.store, &fx.device).await,
+            REJECTION_EVENT_BURST as usize
+        );
+        let counters = fx.ingest.counters(&fx.device);
+        assert_eq!(counters.rejected_malformed, 25);
+        assert_eq!(counters.rejection_events_suppressed, 15);
+    }
+
+    #[tokio::test]
+    async fn an_answer_for_a_finished_action_is_acknowledged_dropped_and_counted() {
+        let fx = fixture().await;
+        let now = Utc::now();
+        fx.store
+            .insert_action(&NewAction {
+                correlation_id: "c-1".into(),
+                device: fx.device.clone(),
+                action: "get-node-ip".into(),
+                input: serde_json::json!({}),
+                sealed_input: String::new(),
+                created_at: now,
+                expires_at: now + chrono::Duration::minutes(1),
+                timeout_seconds: 60,
+            })
+            .await
+            .expect("action");
+        let answer = |message: &str| {
+            inbound(
+                &fx.device,
+                "events",
+                Content::Message(DeviceMessage::Event(ActionEvent {
+                    correlation_id: "c-1".into(),
+                    event: "get-node-ip".into(),
+                    status_code: 200,
+                    status_message: message.into(),
+                    response: serde_json::json!({}),
+                })),
+            )
+        };
+        fx.ingest.publish(answer("first")).await.expect("stored");
+        fx.ingest
+            .publish(answer("again"))
+            .await
+            .expect("acknowledged");
+        let action = fx
+            .store
+            .get_action("c-1")
+            .await
+            .expect("read")
+            .expect("action");
+        assert_eq!(action.state, ActionState::Succeeded);
+        assert_eq!(action.status_message.as_deref(), Some("first"));
+        let answers = fx.store.list_events(&fx.device, 100).await.expect("events");
+        assert_eq!(
+            answers
+                .iter()
+                .filter(|e| e.correlation_id.is_some())
+                .count(),
+            1
+        );
+        let counters = fx.ingest.counters(&fx.device);
+        assert_eq!((counters.accepted, counters.duplicates_dropped), (1, 1));
+    }
+}
