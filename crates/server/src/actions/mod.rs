@@ -364,6 +364,23 @@ impl ActionService {
         }
     }
 
+    /// The device answered its open action, but tetherd refused the answer
+    /// (over a size limit): the action fails with the reason at once, rather
+    /// than waiting for its timeout with the operator none the wiser.
+    pub async fn answer_refused(&self, device: &DeviceId, correlation_id: &str, reason: &str) {
+        let action = match self.store.get_action(correlation_id).await {
+            Ok(Some(action)) if &action.device == device && !action.state.is_terminal() => action,
+            Ok(_) => return,
+            Err(error) => {
+                tracing::warn!(%device, correlation_id, error = %crate::error_chain(&error), "could not read the action of a refused answer");
+                return;
+            }
+        };
+        let message = format!("the device's answer was refused: {reason}");
+        self.finish(&action, ActionState::Failed, Utc::now(), &message)
+            .await;
+    }
+
     /// Expires undelivered actions past their TTL and times out delivered
     /// ones past their deadline.
     pub async fn sweep(&self, now: DateTime<Utc>) -> Result<(), StoreError> {

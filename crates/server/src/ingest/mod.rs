@@ -163,8 +163,14 @@ impl Ingest {
             max_ahead: self.config.max_clock_ahead,
             max_behind: self.metrics_retention,
         };
-        checks::check(message, inbound.size, Utc::now(), window)
-            .map_err(|invalid| self.invalid(inbound, invalid))?;
+        if let Err(invalid) = checks::check(message, inbound.size, Utc::now(), window) {
+            if let (DeviceMessage::Event(event), Invalid::TooLarge(reason)) = (message, &invalid) {
+                self.actions
+                    .answer_refused(&inbound.device, &event.correlation_id, reason)
+                    .await;
+            }
+            return Err(self.invalid(inbound, invalid));
+        }
         let outcome = match self.apply(&inbound.device, message).await {
             Ok(outcome) => outcome,
             Err(error) => {
@@ -496,5 +502,58 @@ mod tests {
         );
         let counters = fx.ingest.counters(&fx.device);
         assert_eq!((counters.accepted, counters.duplicates_dropped), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_answer_is_refused_and_fails_its_action_at_once() {
+        let fx = fixture().await;
+        let now = Utc::now();
+        fx.store
+            .insert_action(&NewAction {
+                correlation_id: "c-2".into(),
+                device: fx.device.clone(),
+                action: "get-node-ip".into(),
+                input: serde_json::json!({}),
+                sealed_input: String::new(),
+                created_at: now,
+                expires_at: now + chrono::Duration::minutes(1),
+                timeout_seconds: 60,
+            })
+            .await
+            .expect("action");
+        let long = "m".repeat(ActionEvent::MAX_STATUS_MESSAGE_BYTES + 1);
+        let refused = fx
+            .ingest
+            .publish(inbound(
+                &fx.device,
+                "events",
+                Content::Message(DeviceMessage::Event(ActionEvent {
+                    correlation_id: "c-2".into(),
+                    event: "get-node-ip".into(),
+                    status_code: 200,
+                    status_message: long,
+                    response: serde_json::json!({}),
+                })),
+            ))
+            .await;
+        assert!(
+            matches!(refused, Err(Refusal::Invalid(ref r)) if r.contains("statusMessage")),
+            "{refused:?}"
+        );
+        let action = fx
+            .store
+            .get_action("c-2")
+            .await
+            .expect("read")
+            .expect("action");
+        assert_eq!(action.state, ActionState::Failed);
+        assert!(
+            action
+                .status_message
+                .as_deref()
+                .is_some_and(|m| m.contains("answer was refused") && m.contains("statusMessage")),
+            "{action:?}"
+        );
+        assert_eq!(fx.ingest.counters(&fx.device).rejected_too_large, 1);
     }
 }
