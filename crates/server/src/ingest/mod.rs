@@ -327,6 +327,14 @@ impl DeviceInbox for Ingest {
                 self.presence.set(device, Presence::Offline);
             }
             SessionChange::SubscribedToActions(device) => {
+                // Each subscription re-sends the device's open actions; it
+                // counts against the device's rate like a publish, so
+                // subscribing in a loop cannot make tetherd work for nothing.
+                let now = Instant::now();
+                if self.with_device(&device, |s| s.rate.admit(0, now)) != Admission::Admit {
+                    tracing::debug!(%device, "not redelivering actions to a device over its rate");
+                    return;
+                }
                 let actions = self.actions.clone();
                 tokio::spawn(async move { actions.device_ready(&device).await });
             }
