@@ -4,6 +4,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::limits::{self, TooLarge};
+
 /// An action as delivered to a device on its `actions` topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -33,6 +35,29 @@ pub struct ActionEvent {
 }
 
 impl ActionEvent {
+    /// Largest `events` payload tetherd accepts, in bytes: a `send-api`
+    /// answer carries up to 1 MiB of body, which JSON escaping can grow.
+    pub const MAX_PAYLOAD_BYTES: usize = 3 * 1024 * 1024;
+    pub const MAX_CORRELATION_ID_BYTES: usize = 128;
+    pub const MAX_EVENT_BYTES: usize = 64;
+    pub const MAX_STATUS_MESSAGE_BYTES: usize = 8 * 1024;
+
+    /// Checks every field against its limit; `response` is bounded by the
+    /// payload limit.
+    pub fn check_limits(&self) -> Result<(), TooLarge> {
+        limits::check(
+            "correlationId",
+            self.correlation_id.len(),
+            Self::MAX_CORRELATION_ID_BYTES,
+        )?;
+        limits::check("event", self.event.len(), Self::MAX_EVENT_BYTES)?;
+        limits::check(
+            "statusMessage",
+            self.status_message.len(),
+            Self::MAX_STATUS_MESSAGE_BYTES,
+        )
+    }
+
     pub fn new(
         request: &ActionRequest,
         event: impl Into<String>,
@@ -187,6 +212,24 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", state.as_str()));
             assert_eq!(ActionState::parse(state.as_str()), Some(state));
         }
+    }
+
+    #[test]
+    fn oversized_event_fields_are_named() {
+        let request = ActionRequest {
+            correlation_id: "c1".into(),
+            action: "send-ping".into(),
+            input: serde_json::json!({}),
+            expires_at: DateTime::from_timestamp(0, 0).expect("epoch"),
+        };
+        let ok = ActionEvent::new(&request, "send-ping", 200, "ok", serde_json::json!({}));
+        assert!(ok.check_limits().is_ok());
+        let long = "m".repeat(ActionEvent::MAX_STATUS_MESSAGE_BYTES + 1);
+        let event = ActionEvent::new(&request, "send-ping", 500, long, serde_json::json!({}));
+        assert_eq!(
+            event.check_limits().expect_err("too long").field,
+            "statusMessage"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::action::ActionState;
-use crate::device::Presence;
+use crate::device::{IngestCounters, Presence};
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -64,7 +64,14 @@ pub struct Device {
     pub enrolled: bool,
     pub last_seen: Option<DateTime<Utc>>,
     pub agent_version: Option<String>,
+    /// The actions the agent's last birth named.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
     pub created_at: DateTime<Utc>,
+    /// What happened to the device's messages since tetherd started
+    /// (`GET /devices/{name}` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<IngestCounters>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::{self, TooLarge};
+
 /// A device's name, which is also its identity in topics, certificates and URLs.
 ///
 /// Like a Kubernetes object name: 1 to 63 characters of lowercase letters,
@@ -89,26 +91,78 @@ impl Presence {
 /// Birth (`online`) or death (`offline`) of an agent session, published
 /// retained on the `status` topic; the death is also the MQTT will.
 ///
-/// `bootId` changes every time the agent process starts and `seq` every time
-/// it (re)connects, so a late death from an old session can be told apart
-/// from the current one and ignored.
+/// Presence follows the device's MQTT session, not this message: a device is
+/// online from its CONNECT to the end of that session. A birth adds what the
+/// controller shows about the agent (version, capabilities); a death is
+/// informational. Only `state` is required. `bootId` (changes every time the
+/// agent process starts) and `seq` (every time it reconnects) help an
+/// operator read a device's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceStatus {
     pub state: Presence,
+    #[serde(default)]
     pub agent_version: String,
     #[serde(default)]
     pub capabilities: Vec<String>,
+    #[serde(default)]
     pub boot_id: String,
+    #[serde(default)]
     pub seq: u64,
 }
 
 impl DeviceStatus {
-    /// Whether this status message supersedes `current` (same session or newer).
-    /// A death for an older session must not mark a reconnected device offline.
-    pub fn supersedes(&self, current_boot_id: &str, current_seq: u64) -> bool {
-        self.boot_id != current_boot_id || self.seq >= current_seq
+    /// Largest `status` payload tetherd accepts, in bytes.
+    pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
+    pub const MAX_AGENT_VERSION_BYTES: usize = 64;
+    pub const MAX_BOOT_ID_BYTES: usize = 64;
+    pub const MAX_CAPABILITIES: usize = 64;
+    pub const MAX_CAPABILITY_BYTES: usize = 64;
+
+    /// Checks every field against its limit.
+    pub fn check_limits(&self) -> Result<(), TooLarge> {
+        limits::check(
+            "agentVersion",
+            self.agent_version.len(),
+            Self::MAX_AGENT_VERSION_BYTES,
+        )?;
+        limits::check("bootId", self.boot_id.len(), Self::MAX_BOOT_ID_BYTES)?;
+        limits::check(
+            "capabilities (entries)",
+            self.capabilities.len(),
+            Self::MAX_CAPABILITIES,
+        )?;
+        for capability in &self.capabilities {
+            limits::check("a capability", capability.len(), Self::MAX_CAPABILITY_BYTES)?;
+        }
+        Ok(())
     }
+}
+
+/// What happened to a device's messages since tetherd started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct IngestCounters {
+    /// Stored and acknowledged.
+    pub accepted: u64,
+    /// Answers for actions already finished: acknowledged and dropped.
+    pub duplicates_dropped: u64,
+    /// Not the JSON the device contract describes (PUBACK 0x99).
+    pub rejected_malformed: u64,
+    /// A payload or field over its limit (PUBACK 0x99).
+    pub rejected_too_large: u64,
+    /// Dated too far from the server's clock (PUBACK 0x99).
+    pub rejected_clock: u64,
+    /// Over the device's rate limit (PUBACK 0x97).
+    pub rate_limited: u64,
+    /// Sessions closed because the device kept exceeding its rate limit.
+    pub disconnected_for_rate: u64,
+    /// Not acknowledged because the store was unavailable; the device sends
+    /// them again.
+    pub not_acknowledged_store_unavailable: u64,
+    /// Refusals not recorded as events, so the events table stays bounded.
+    pub rejection_events_suppressed: u64,
 }
 
 #[cfg(test)]
@@ -144,16 +198,27 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_death_does_not_supersede_a_newer_session() {
-        let death = DeviceStatus {
-            state: Presence::Offline,
-            agent_version: "0.1.0".into(),
-            capabilities: vec![],
-            boot_id: "boot-1".into(),
-            seq: 3,
-        };
-        assert!(!death.supersedes("boot-1", 4));
-        assert!(death.supersedes("boot-1", 3));
-        assert!(death.supersedes("boot-2", 1));
+    fn a_status_needs_only_its_state() {
+        let status: DeviceStatus = serde_json::from_str(r#"{"state":"online"}"#).expect("parses");
+        assert_eq!(status.state, Presence::Online);
+        assert_eq!(status.agent_version, "");
+        assert_eq!(status.seq, 0);
+        assert!(status.check_limits().is_ok());
+    }
+
+    #[test]
+    fn oversized_status_fields_are_named() {
+        let mut status: DeviceStatus =
+            serde_json::from_str(r#"{"state":"online"}"#).expect("parses");
+        status.agent_version = "v".repeat(DeviceStatus::MAX_AGENT_VERSION_BYTES + 1);
+        assert_eq!(
+            status.check_limits().expect_err("too long").field,
+            "agentVersion"
+        );
+        status.agent_version = "1.0".into();
+        status.capabilities = vec!["c".into(); DeviceStatus::MAX_CAPABILITIES + 1];
+        assert!(status.check_limits().is_err());
+        status.capabilities = vec!["c".repeat(DeviceStatus::MAX_CAPABILITY_BYTES + 1)];
+        assert!(status.check_limits().is_err());
     }
 }

@@ -11,6 +11,7 @@ pub mod catalogue;
 pub mod certificate;
 pub mod device;
 pub mod labels;
+pub mod limits;
 pub mod metrics;
 pub mod redact;
 pub mod topics;

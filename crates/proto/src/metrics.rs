@@ -19,3 +19,9 @@ pub struct HostMetrics {
     /// Bytes sent on all interfaces since the previous sample.
     pub network_tx_bytes: u64,
 }
+
+impl HostMetrics {
+    /// Largest `metrics` payload tetherd accepts, in bytes: a sample is a
+    /// handful of numbers.
+    pub const MAX_PAYLOAD_BYTES: usize = 4 * 1024;
+}

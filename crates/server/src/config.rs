@@ -73,6 +73,8 @@ struct FileConfig {
     retention: FileRetention,
     #[serde(default)]
     pki: FilePki,
+    #[serde(default)]
+    ingest: FileIngest,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -81,6 +83,17 @@ struct FilePki {
     server_certificate_lifetime_seconds: Option<u64>,
     device_certificate_lifetime_seconds: Option<u64>,
     renewal_grace_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileIngest {
+    messages_per_second: Option<u64>,
+    message_burst: Option<u64>,
+    bytes_per_second: Option<u64>,
+    byte_burst: Option<u64>,
+    strikes_before_disconnect: Option<u32>,
+    max_clock_ahead_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -131,6 +144,7 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     pub retention: RetentionConfig,
     pub pki: PkiConfig,
+    pub ingest: crate::ingest::IngestConfig,
 }
 
 /// Certificate lifetimes. Both kinds renew at about two thirds of their life;
@@ -461,6 +475,7 @@ impl ServerConfig {
             0,
             5 * 366 * DAY,
         )?;
+        let ingest = ingest_config(&file.ingest)?;
         check_range("retention.events_days", retention.events, DAY, 3660 * DAY)?;
         check_range("retention.actions_days", retention.actions, DAY, 3660 * DAY)?;
         check_range("retention.metrics_days", retention.metrics, DAY, 3660 * DAY)?;
@@ -515,6 +530,7 @@ impl ServerConfig {
             auth,
             retention,
             pki,
+            ingest,
         })
     }
 }
@@ -561,9 +577,79 @@ impl ServerConfig {
                 ),
                 renewal_grace_seconds: Some(self.pki.renewal_grace.as_secs()),
             },
+            ingest: FileIngest {
+                messages_per_second: Some(self.ingest.rate.messages_per_second),
+                message_burst: Some(self.ingest.rate.message_burst),
+                bytes_per_second: Some(self.ingest.rate.bytes_per_second),
+                byte_burst: Some(self.ingest.rate.byte_burst),
+                strikes_before_disconnect: Some(self.ingest.rate.strikes_before_disconnect),
+                max_clock_ahead_seconds: Some(self.ingest.max_clock_ahead.as_secs()),
+            },
         };
         toml::to_string(&file).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
     }
+}
+
+/// `[ingest]`: per-device rate limits and the clock window for samples.
+fn ingest_config(file: &FileIngest) -> Result<crate::ingest::IngestConfig, ConfigError> {
+    let defaults = crate::ingest::IngestConfig::default();
+    let within = |key: &'static str, value: Option<u64>, default: u64, min: u64, max: u64| {
+        let value = value.unwrap_or(default);
+        if (min..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(ConfigError::OutOfRange {
+                key,
+                value,
+                expected: format!("use {min} to {max}"),
+            })
+        }
+    };
+    // A burst below the largest answer (3 MiB) would refuse it for ever.
+    let min_byte_burst = tether_proto::ActionEvent::MAX_PAYLOAD_BYTES as u64;
+    let rate = crate::ingest::rate::RateLimits {
+        messages_per_second: within(
+            "ingest.messages_per_second",
+            file.messages_per_second,
+            defaults.rate.messages_per_second,
+            1,
+            1_000_000,
+        )?,
+        message_burst: within(
+            "ingest.message_burst",
+            file.message_burst,
+            defaults.rate.message_burst,
+            1,
+            1_000_000,
+        )?,
+        bytes_per_second: within(
+            "ingest.bytes_per_second",
+            file.bytes_per_second,
+            defaults.rate.bytes_per_second,
+            1024,
+            1 << 40,
+        )?,
+        byte_burst: within(
+            "ingest.byte_burst",
+            file.byte_burst,
+            defaults.rate.byte_burst,
+            min_byte_burst,
+            1 << 40,
+        )?,
+        strikes_before_disconnect: within(
+            "ingest.strikes_before_disconnect",
+            file.strikes_before_disconnect.map(u64::from),
+            u64::from(defaults.rate.strikes_before_disconnect),
+            1,
+            1_000_000,
+        )? as u32,
+    };
+    let max_clock_ahead = secs(file.max_clock_ahead_seconds, defaults.max_clock_ahead);
+    check_range("ingest.max_clock_ahead_seconds", max_clock_ahead, 0, DAY)?;
+    Ok(crate::ingest::IngestConfig {
+        rate,
+        max_clock_ahead,
+    })
 }
 
 fn secs(value: Option<u64>, default: Duration) -> Duration {
@@ -686,6 +772,15 @@ mod tests {
             (
                 "[api]\nheader_read_timeout_seconds = 0\n",
                 "api.header_read_timeout_seconds",
+            ),
+            (
+                "[ingest]\nmessages_per_second = 0\n",
+                "ingest.messages_per_second",
+            ),
+            ("[ingest]\nbyte_burst = 1024\n", "ingest.byte_burst"),
+            (
+                "[ingest]\nmax_clock_ahead_seconds = 999999\n",
+                "ingest.max_clock_ahead_seconds",
             ),
         ] {
             let file: FileConfig = toml::from_str(file).expect("valid toml");

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tether_proto::{Catalogue, Presence};
-use tokio::sync::mpsc;
 
 use crate::actions::ActionService;
 use crate::api::AppState;
@@ -39,8 +38,6 @@ use crate::store::{Store, StoreError};
 
 /// Name of the file tetherd writes once it listens, for scripts and tests.
 pub const ENDPOINTS_FILE: &str = "endpoints.json";
-/// Device messages waiting to be recorded; beyond this the MQTT side waits.
-const INGEST_QUEUE: usize = 4096;
 /// Largest MQTT packet a device may send: a `send-api` answer carries up to
 /// 1 MiB of body, which JSON escaping can grow.
 const MAX_MQTT_PACKET: u32 = 4 * 1024 * 1024;
@@ -115,8 +112,7 @@ pub async fn run(
     mark_all_offline(&store).await?;
     let sealer = Arc::new(Sealer::load_or_create(&config.data_dir)?);
 
-    let (messages_tx, messages_rx) = mpsc::channel(INGEST_QUEUE);
-    let (link, mqtt_addr) = RmqttLink::start(
+    let (rmqtt, mqtt_addr) = RmqttLink::bind(
         RmqttConfig {
             listen: config.listen_mqtt,
             server_cert_pem: server_cert.clone(),
@@ -127,11 +123,9 @@ pub async fn run(
         Arc::new(StoreCredentials {
             store: store.clone(),
         }),
-        messages_tx,
     )
     .await?;
-    let mqtt_listener = link.clone();
-    let link: Arc<dyn DeviceLink> = link;
+    let link: Arc<dyn DeviceLink> = rmqtt.clone();
 
     let registry = Registry::new(
         store.clone(),
@@ -147,14 +141,13 @@ pub async fn run(
         sealer,
         config.actions.clone(),
     ));
-    tokio::spawn(
-        Ingest {
-            store: store.clone(),
-            actions: actions.clone(),
-            link: link.clone(),
-        }
-        .run(messages_rx),
-    );
+    let ingest = Arc::new(Ingest::new(
+        store.clone(),
+        actions.clone(),
+        config.ingest,
+        config.retention.metrics,
+    ));
+    rmqtt.serve(ingest.clone());
     tokio::spawn(sweep_forever(
         actions.clone(),
         config.actions.sweep_interval,
@@ -186,7 +179,7 @@ pub async fn run(
         issued,
         vec![
             Arc::new(HttpsCertificate(tls.clone())),
-            Arc::new(MqttCertificate(mqtt_listener)),
+            Arc::new(MqttCertificate(rmqtt.clone())),
         ],
     ));
     let state = Arc::new(AppState {
@@ -194,6 +187,7 @@ pub async fn run(
         auth,
         registry,
         actions,
+        ingest,
         ca,
         mqtt_port: mqtt_addr.port(),
     });
@@ -265,7 +259,7 @@ impl ReloadCertificate for MqttCertificate {
 }
 
 /// A controller that starts holds no device sessions yet; devices become
-/// online again when their agents reconnect and announce themselves.
+/// online again when they reconnect.
 async fn mark_all_offline(store: &Store) -> Result<(), StoreError> {
     let now = Utc::now();
     for device in store.list_devices().await? {

@@ -185,23 +185,52 @@ impl TempPostgres {
         check(&output).context("initdb failed")
     }
 
+    /// Stops the server (fast shutdown: clients are disconnected), as an
+    /// outage would. [`TempPostgres::start_again`] brings it back.
+    pub fn stop(&self) -> anyhow::Result<()> {
+        let output = self
+            .server_command("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["stop", "-m", "fast", "-w"])
+            .output()
+            .context("failed to run pg_ctl stop")?;
+        check(&output).context("PostgreSQL did not stop")
+    }
+
+    /// Starts the stopped server again on the same port and data.
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        let output = self.pg_ctl_start(self.port)?;
+        ensure!(
+            output.status.success(),
+            "PostgreSQL did not start again on port {}: {}\n{}",
+            self.port,
+            describe(&output),
+            fs::read_to_string(self.log_file()).unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    fn pg_ctl_start(&self, port: u16) -> anyhow::Result<Output> {
+        let options = format!(
+            "-p {port} -k '{}' -c listen_addresses=127.0.0.1 \
+             -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            self.dir.display()
+        );
+        self.server_command("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.log_file())
+            .args(["-w", "-t", START_TIMEOUT_SECONDS, "-o", &options, "start"])
+            .output()
+            .context("failed to run pg_ctl start")
+    }
+
     fn start_server(&mut self) -> anyhow::Result<()> {
         for _ in 0..START_ATTEMPTS {
             let port = free_port()?;
-            let options = format!(
-                "-p {port} -k '{}' -c listen_addresses=127.0.0.1 \
-                 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-                self.dir.display()
-            );
-            let output = self
-                .server_command("pg_ctl")
-                .arg("-D")
-                .arg(self.data_dir())
-                .arg("-l")
-                .arg(self.log_file())
-                .args(["-w", "-t", START_TIMEOUT_SECONDS, "-o", &options, "start"])
-                .output()
-                .context("failed to run pg_ctl start")?;
+            let output = self.pg_ctl_start(port)?;
             if output.status.success() {
                 self.port = port;
                 return Ok(());

@@ -29,7 +29,7 @@ pub struct Tetherd {
     ca_pem: Vec<u8>,
     admin_password: String,
     // Dropped after the child is killed (fields drop in order).
-    _postgres: Option<TempPostgres>,
+    postgres: Option<TempPostgres>,
 }
 
 impl Tetherd {
@@ -66,11 +66,16 @@ impl Tetherd {
             mqtt_url: String::new(),
             ca_pem: Vec::new(),
             admin_password: String::new(),
-            _postgres: postgres,
+            postgres,
         };
         prepare(&tetherd.data_dir())?;
         tetherd.spawn().await?;
         Ok(tetherd)
+    }
+
+    /// The throwaway PostgreSQL cluster, on `Database::Postgres`.
+    pub fn postgres(&self) -> Option<&TempPostgres> {
+        self.postgres.as_ref()
     }
 
     pub fn data_dir(&self) -> PathBuf {

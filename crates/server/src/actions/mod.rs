@@ -47,14 +47,26 @@ pub enum ActionError {
     Store(#[from] StoreError),
 }
 
+/// What became of a device's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The action is finished with this answer.
+    Recorded,
+    /// The action had finished already: the answer is dropped.
+    AlreadyFinished,
+    /// No such action: dropped.
+    Unknown,
+    /// Another device's action: dropped.
+    NotYours,
+}
+
 pub struct ActionService {
     store: Store,
     link: Arc<dyn DeviceLink>,
     catalogue: Arc<Catalogue>,
     sealer: Arc<Sealer>,
     config: ActionsConfig,
-    /// Devices whose agent announced itself (birth) on this controller's link:
-    /// only they have their `actions` subscription in place.
+    /// Devices subscribed to their `actions` topic on this controller's link.
     ready: Mutex<HashSet<DeviceId>>,
     /// Serialises delivery per device, so actions reach it in `seq` order.
     delivery_locks: Mutex<HashMap<DeviceId, Arc<tokio::sync::Mutex<()>>>>,
@@ -189,7 +201,7 @@ impl ActionService {
             .collect())
     }
 
-    /// The device's agent announced itself: deliver everything still open,
+    /// The device subscribed to its actions: deliver everything still open,
     /// including actions delivered to an earlier session that never answered
     /// (the agent answers those from its record instead of running them twice).
     pub async fn device_ready(&self, device: &DeviceId) {
@@ -289,21 +301,30 @@ impl ActionService {
 
     /// Records a device's answer. An answer for another device's action is
     /// refused: a device can never act for another. An answer for no known
-    /// action is dropped, so a device cannot fill the database with them.
+    /// action, or for one already finished (a repeat, or late), is dropped,
+    /// so a device cannot fill the database with them.
+    ///
+    /// The event is written before the action's state, so when the second
+    /// write fails the device's redelivery finds the action still open and
+    /// completes it (at worst the event is stored twice, never lost).
     pub async fn handle_event(
         &self,
         device: &DeviceId,
         event: ActionEvent,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Answer, StoreError> {
         let now = Utc::now();
         match self.store.get_action(&event.correlation_id).await? {
             None => {
                 tracing::warn!(%device, correlation_id = %event.correlation_id, "answer for an unknown action; dropped");
-                return Ok(());
+                return Ok(Answer::Unknown);
             }
             Some(record) if &record.device != device => {
                 tracing::warn!(%device, owner = %record.device, correlation_id = %event.correlation_id, "a device answered another device's action; dropped");
-                return Ok(());
+                return Ok(Answer::NotYours);
+            }
+            Some(record) if record.state.is_terminal() => {
+                tracing::info!(%device, correlation_id = %event.correlation_id, state = %record.state, "answer for a finished action; dropped");
+                return Ok(Answer::AlreadyFinished);
             }
             Some(_) => {}
         }
@@ -339,12 +360,30 @@ impl ActionService {
             Some(updated) => {
                 tracing::info!(%device, correlation_id = %updated.correlation_id, state = %updated.state, status_code = event.status_code, "action completed");
                 self.waiters.completed(&updated);
+                Ok(Answer::Recorded)
             }
             None => {
-                tracing::info!(%device, correlation_id = %event.correlation_id, "late or repeated answer for a finished action; kept as an event");
+                tracing::info!(%device, correlation_id = %event.correlation_id, "answer for an action that finished meanwhile; kept as an event");
+                Ok(Answer::AlreadyFinished)
             }
         }
-        Ok(())
+    }
+
+    /// The device answered its open action, but tetherd refused the answer
+    /// (over a size limit): the action fails with the reason at once, rather
+    /// than waiting for its timeout with the operator none the wiser.
+    pub async fn answer_refused(&self, device: &DeviceId, correlation_id: &str, reason: &str) {
+        let action = match self.store.get_action(correlation_id).await {
+            Ok(Some(action)) if &action.device == device && !action.state.is_terminal() => action,
+            Ok(_) => return,
+            Err(error) => {
+                tracing::warn!(%device, correlation_id, error = %crate::error_chain(&error), "could not read the action of a refused answer");
+                return;
+            }
+        };
+        let message = format!("the device's answer was refused: {reason}");
+        self.finish(&action, ActionState::Failed, Utc::now(), &message)
+            .await;
     }
 
     /// Expires undelivered actions past their TTL and times out delivered

@@ -68,7 +68,10 @@ async fn get_device(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Device>, ApiError> {
-    Ok(axum::Json(state.registry.get(&device_id(&name)?).await?))
+    let name = device_id(&name)?;
+    let mut device = state.registry.get(&name).await?;
+    device.ingest = Some(state.ingest.counters(&name));
+    Ok(axum::Json(device))
 }
 
 /// Merges labels: a `null` value removes the label.

@@ -64,14 +64,6 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The body is left unread, so the connection cannot carry another
-            // request; saying so keeps clients from reusing it and failing.
-            response.headers_mut().insert(
-                axum::http::header::CONNECTION,
-                axum::http::HeaderValue::from_static("close"),
-            );
-        }
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()

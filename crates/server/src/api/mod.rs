@@ -39,6 +39,8 @@ pub struct AppState {
     pub auth: Auth,
     pub registry: Registry,
     pub actions: Arc<ActionService>,
+    /// Per-device input counters for `GET /devices/{name}`.
+    pub ingest: Arc<crate::ingest::Ingest>,
     pub ca: Arc<CertificateAuthority>,
     /// The MQTT port devices connect to; the host is the one the client used.
     pub mqtt_port: u16,
@@ -134,8 +136,29 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
     )
     .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
     .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+    .layer(axum::middleware::from_fn(close_after_refused_body))
     .layer(tower_http::trace::TraceLayer::new_for_http())
     .with_state(state)
+}
+
+/// A request refused before its body was read (401, 413, 415, …) leaves the
+/// body on the connection, so hyper closes it after the answer; saying so in
+/// the answer keeps clients from sending the next request into a closing
+/// connection and failing with a reset.
+async fn close_after_refused_body(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let has_body = headers.contains_key(axum::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0");
+    let mut response = next.run(request).await;
+    if has_body && (response.status().is_client_error() || response.status().is_server_error()) {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 async fn require_bearer(

@@ -13,28 +13,72 @@ use std::pin::Pin;
 use tether_proto::metrics::HostMetrics;
 use tether_proto::{ActionEvent, ActionRequest, DeviceId, DeviceStatus};
 
-/// What devices tell the controller. Only traffic the ACL allowed arrives here.
+/// What a device's publish on a consumed topic carries.
 #[derive(Debug, Clone)]
 pub enum DeviceMessage {
-    /// The device's current session is established (TLS and identity checked).
-    Connected { device: DeviceId },
-    /// The device's current session ended (a superseded session's end is not reported).
-    Disconnected { device: DeviceId },
     /// Birth or death on the `status` topic.
-    Status {
-        device: DeviceId,
-        status: DeviceStatus,
-    },
+    Status(DeviceStatus),
     /// An action's answer on the `events` topic.
-    Event {
-        device: DeviceId,
-        event: ActionEvent,
-    },
+    Event(ActionEvent),
     /// A host metrics sample on the `metrics` topic.
-    Metrics {
-        device: DeviceId,
-        metrics: HostMetrics,
-    },
+    Metrics(HostMetrics),
+}
+
+/// A device's publish, after the link's topic check, as the link read it.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub device: DeviceId,
+    pub topic: String,
+    /// Payload size in bytes.
+    pub size: usize,
+    pub content: Content,
+}
+
+#[derive(Debug, Clone)]
+pub enum Content {
+    Message(DeviceMessage),
+    /// On a consumed topic but not the JSON the device contract describes.
+    Malformed(String),
+    /// On a device topic the controller does not consume (logs, reported).
+    NotConsumed,
+}
+
+/// Why the controller does not accept a publish; the link tells the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Can never be accepted as sent (MQTT 5 PUBACK 0x99).
+    Invalid(String),
+    /// Over the device's rate limit; may be sent again later (0x97).
+    RateLimited(String),
+    /// Not stored now (the store is unavailable): a QoS 1 publish is not
+    /// acknowledged and its session ends, so the device sends it again; a
+    /// QoS 0 one is dropped.
+    Unavailable(String),
+    /// End the session: the device keeps exceeding its limits.
+    Disconnect(String),
+}
+
+/// A change to a device's MQTT session, reported in the order it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionChange {
+    /// The device's current session is established (TLS and identity checked).
+    Connected(DeviceId),
+    /// The device's current session ended (a superseded session's end is not reported).
+    Disconnected(DeviceId),
+    /// The device subscribed to its `actions` topic: actions can reach it now.
+    SubscribedToActions(DeviceId),
+}
+
+/// Where the link hands what devices send. Only traffic the ACL allowed
+/// arrives here.
+pub trait DeviceInbox: Send + Sync + 'static {
+    /// Must return at once: a session change never waits for the store.
+    fn session(&self, change: SessionChange);
+
+    /// Handles a publish; the link acknowledges it only after `Ok`, i.e.
+    /// once it is durable. Publishes of one device arrive one at a time, in
+    /// order; different devices' run concurrently.
+    fn publish(&self, inbound: Inbound) -> BoxFuture<'_, Result<(), Refusal>>;
 }
 
 #[derive(Debug, thiserror::Error)]

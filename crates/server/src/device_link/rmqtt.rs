@@ -10,6 +10,12 @@
 //! wills without asking the ACL). Every SUBSCRIBE and PUBLISH is checked
 //! against `tether_proto::topics`; a refused publish from an MQTT 3.1.1
 //! client, which has no reason codes to tell it, ends its connection.
+//!
+//! A publish the ACL allows is handed to the [`DeviceInbox`] inside the same
+//! hook, on the session's own task: rmqtt sends the PUBACK only after the
+//! hook returns, so an answer is acknowledged once it is durable, one
+//! device's publishes stay in order, and devices do not wait for each other.
+//! See `docs/adr/0006-acknowledge-after-commit.md`.
 
 mod identity;
 mod ingest;
@@ -22,7 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ::rmqtt::codec::types::{MQTT_LEVEL_5, QoS};
-use ::rmqtt::codec::v5::{PublishProperties, SubscribeAckReason};
+use ::rmqtt::codec::v5::{PublishAckReason, PublishProperties, SubscribeAckReason};
 use ::rmqtt::context::ServerContext;
 use ::rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use ::rmqtt::net::Builder;
@@ -30,17 +36,19 @@ use ::rmqtt::server::MqttServer;
 use ::rmqtt::session::Session;
 use ::rmqtt::types::{
     AuthResult, CodecPublish, ConnectInfo, From, FromType, Id, LastWill, Publish, PublishAclResult,
-    SubscribeAclResult,
+    PublishResult, SubscribeAclResult,
 };
 use tether_proto::topics::{device_may_publish, device_may_subscribe};
-use tether_proto::{ActionRequest, DeviceId};
-use tokio::sync::mpsc;
+use tether_proto::{ActionRequest, DeviceId, DeviceTopic, TopicKind};
 use tokio::task::JoinHandle;
 
 use self::identity::{PresentedCert, cert_identity};
 use self::outbound::ActionPublish;
 use self::presence::{Generation, Presence};
-use super::{BoxFuture, DeviceCredentials, DeviceLink, DeviceMessage, LinkError};
+use super::{
+    BoxFuture, DeviceCredentials, DeviceInbox, DeviceLink, Inbound, LinkError, Refusal,
+    SessionChange,
+};
 
 /// The MQTT endpoint's own settings.
 #[derive(Debug, Clone)]
@@ -91,8 +99,10 @@ pub struct RmqttLink {
     /// is fair, and the enqueue into the session's queue happens under it.
     publish_order: tokio::sync::Mutex<()>,
     runtime: tokio::runtime::Handle,
+    /// The bound listener, not accepting until [`RmqttLink::serve`].
+    pending_listener: Mutex<Option<::rmqtt::net::Listener>>,
     /// The running accept loop; replaced when the server certificate is.
-    accept_loop: Mutex<JoinHandle<()>>,
+    accept_loop: Mutex<Option<JoinHandle<()>>>,
     /// The settings with the bound address, to start a replacement listener.
     config: RmqttConfig,
     /// rmqtt keys each listener's settings by a unique id; every
@@ -103,20 +113,30 @@ pub struct RmqttLink {
 /// What the hooks share with the link.
 struct LinkState {
     credentials: Arc<dyn DeviceCredentials>,
-    messages: mpsc::Sender<DeviceMessage>,
+    /// Told about session changes while `presence` is locked, so a new
+    /// session's `Connected` can never overtake the old one's `Disconnected`.
+    /// Set before the first connection is accepted.
+    inbox: std::sync::OnceLock<Arc<dyn DeviceInbox>>,
     presence: Mutex<Presence>,
-    /// Held from a presence change until its message is in the channel, so a
-    /// new session's `Connected` can never overtake the old session's
-    /// `Disconnected`.
-    presence_order: tokio::sync::Mutex<()>,
 }
 
 impl RmqttLink {
-    /// Starts the listener; returns the link and the address actually bound.
+    /// Binds and starts accepting; returns the link and the address bound.
     pub async fn start(
         config: RmqttConfig,
         credentials: Arc<dyn DeviceCredentials>,
-        messages: mpsc::Sender<DeviceMessage>,
+        inbox: Arc<dyn DeviceInbox>,
+    ) -> Result<(Arc<Self>, SocketAddr), LinkError> {
+        let (link, bound) = Self::bind(config, credentials).await?;
+        link.serve(inbox);
+        Ok((link, bound))
+    }
+
+    /// Binds the listener without accepting yet, so the services that take
+    /// the devices' messages can be built with the link first.
+    pub async fn bind(
+        config: RmqttConfig,
+        credentials: Arc<dyn DeviceCredentials>,
     ) -> Result<(Arc<Self>, SocketAddr), LinkError> {
         install_crypto_provider();
         let start_error = |reason: String| LinkError::Start {
@@ -129,9 +149,8 @@ impl RmqttLink {
         let scx = ServerContext::new().busy_check_enable(false).build().await;
         let state = Arc::new(LinkState {
             credentials,
-            messages,
+            inbox: std::sync::OnceLock::new(),
             presence: Mutex::new(Presence::default()),
-            presence_order: tokio::sync::Mutex::new(()),
         });
         register_hooks(&scx, &state).await;
 
@@ -147,28 +166,53 @@ impl RmqttLink {
             listen: bound,
             ..config
         };
-        let accept_loop = spawn_accept_loop(&scx, listener, bound.port());
-        tracing::info!(%bound, "MQTT endpoint listening (mutual TLS)");
+        tracing::info!(%bound, "MQTT endpoint bound (mutual TLS)");
 
         let link = Arc::new(Self {
             scx,
             state,
             publish_order: tokio::sync::Mutex::new(()),
             runtime: tokio::runtime::Handle::current(),
-            accept_loop: Mutex::new(accept_loop),
+            pending_listener: Mutex::new(Some(listener)),
+            accept_loop: Mutex::new(None),
             config,
             listener_ids: std::sync::atomic::AtomicU16::new(bound.port()),
         });
         Ok((link, bound))
     }
+
+    /// Starts accepting devices, handing what they send to `inbox`. Only
+    /// the first call does anything.
+    pub fn serve(&self, inbox: Arc<dyn DeviceInbox>) {
+        let Some(listener) = self
+            .pending_listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        // The listener was still pending, so this is the first call.
+        let _ = self.state.inbox.set(inbox);
+        let accept_loop = spawn_accept_loop(&self.scx, listener, self.config.listen.port());
+        *self
+            .accept_loop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(accept_loop);
+        tracing::info!("MQTT endpoint accepting devices (mutual TLS)");
+    }
 }
 
 impl Drop for RmqttLink {
     fn drop(&mut self) {
-        self.accept_loop
+        if let Some(accept_loop) = self
+            .accept_loop
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .abort();
+            .take()
+        {
+            accept_loop.abort();
+        }
     }
 }
 
@@ -277,16 +321,19 @@ async fn kick(scx: &ServerContext, device: &DeviceId) -> Result<(), ::rmqtt::Err
 }
 
 impl LinkState {
+    fn inbox(&self) -> &dyn DeviceInbox {
+        // `serve` sets it before the first connection is accepted, and only
+        // connections run hooks.
+        self.inbox
+            .get()
+            .map(Arc::as_ref)
+            .expect("the inbox is set before serving")
+    }
+
     fn presence(&self) -> std::sync::MutexGuard<'_, Presence> {
         // The map is updated in single inserts and removes; a panic elsewhere
         // cannot leave it half-changed.
         self.presence.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    async fn emit(&self, message: DeviceMessage) {
-        if self.messages.send(message).await.is_err() {
-            tracing::debug!("the controller stopped listening to device messages");
-        }
     }
 
     async fn authenticate(&self, info: &ConnectInfo) -> AuthResult {
@@ -333,25 +380,46 @@ impl LinkState {
         allowed
     }
 
-    async fn check_publish(session: &Session, topic: &str) -> PublishAclResult {
-        if session_device(session).is_some_and(|d| device_may_publish(&d, topic)) {
-            return PublishAclResult::allow();
-        }
+    /// The ACL, then the controller: a publish is acknowledged only if the
+    /// device may publish on its topic and the controller has made it durable.
+    async fn check_publish(&self, session: &Session, publish: &Publish) -> PublishAclResult {
+        let topic: &str = &publish.topic;
         // MQTT 3.1.1 has no PUBACK reason code: ending the connection is the
         // only way to tell the client, and stops a misbehaving one.
         let is_v5 = session
             .connect_info()
             .await
             .is_ok_and(|info| info.proto_ver() == MQTT_LEVEL_5);
-        tracing::warn!(client_id = %session.id.client_id, topic, disconnect = !is_v5, "refused MQTT publish");
-        PublishAclResult::rejected(!is_v5, Some("not authorized".into()))
+        let Some(device) = session_device(session).filter(|d| device_may_publish(d, topic)) else {
+            tracing::warn!(client_id = %session.id.client_id, topic, disconnect = !is_v5, "refused MQTT publish");
+            return PublishAclResult::rejected(!is_v5, Some("not authorized".into()));
+        };
+        let inbound = inbound(device.clone(), topic, &publish.payload);
+        let (code, reason, disconnect) = match self.inbox().publish(inbound).await {
+            Ok(()) => return PublishAclResult::allow(),
+            Err(Refusal::Invalid(reason)) => {
+                (PublishAckReason::PayloadFormatInvalid, reason, !is_v5)
+            }
+            Err(Refusal::RateLimited(reason)) => (PublishAckReason::QuotaExceeded, reason, !is_v5),
+            Err(Refusal::Unavailable(reason)) if publish.qos == QoS::AtMostOnce => {
+                // Nothing to acknowledge and nothing the device would resend.
+                (PublishAckReason::ImplementationSpecificError, reason, false)
+            }
+            Err(Refusal::Unavailable(reason) | Refusal::Disconnect(reason)) => {
+                (PublishAckReason::ImplementationSpecificError, reason, true)
+            }
+        };
+        tracing::debug!(%device, topic, reason, ?code, disconnect, "refused a device's publish");
+        PublishAclResult(PublishResult::reason_code(
+            code,
+            Some(reason.into()),
+            disconnect,
+        ))
     }
 
-    /// Ingests a device's publish. Called from rmqtt's generic publish hook,
-    /// which also sees publishes the ACL is about to refuse, so the same
-    /// predicate as the ACL gates it. Wills come through here too.
-    async fn ingest(&self, from: &From, publish: &Publish) {
-        if !matches!(from.typ(), FromType::Custom | FromType::LastWill) {
+    /// A will never passes the publish ACL; the controller still records it.
+    async fn will(&self, from: &From, publish: &Publish) {
+        if !matches!(from.typ(), FromType::LastWill) {
             return;
         }
         let Ok(device) = DeviceId::new(from.id.client_id.to_string()) else {
@@ -361,16 +429,24 @@ impl LinkState {
         if !device_may_publish(&device, topic) {
             return;
         }
-        match ingest::device_message(&device, topic, &publish.payload) {
-            Ok(Some(message)) => self.emit(message).await,
-            Ok(None) => {}
-            Err(e) => tracing::warn!(
-                %device,
-                topic,
-                error = %e,
-                cause = %e.source,
-                "dropped a malformed message from a device"
-            ),
+        if let Err(refusal) = self
+            .inbox()
+            .publish(inbound(device.clone(), topic, &publish.payload))
+            .await
+        {
+            tracing::debug!(%device, topic, ?refusal, "the controller did not take a device's will");
+        }
+    }
+
+    fn subscribed(&self, session: &Session, filter: &str) {
+        let Some(device) = session_device(session) else {
+            return;
+        };
+        if DeviceTopic::parse(filter)
+            .is_some_and(|t| t.device == device && t.kind == TopicKind::Actions)
+        {
+            self.inbox()
+                .session(SessionChange::SubscribedToActions(device));
         }
     }
 
@@ -378,15 +454,26 @@ impl LinkState {
         let Some(device) = session_device(session) else {
             return;
         };
-        let _order = self.presence_order.lock().await;
-        let generation = self.presence().connected(device.clone());
+        let generation = {
+            let mut presence = self.presence();
+            let generation = presence.connected(device.clone());
+            self.inbox()
+                .session(SessionChange::Connected(device.clone()));
+            generation
+        };
         session
             .extra_attrs
             .write()
             .await
             .insert(GENERATION_ATTR.into(), generation);
         tracing::info!(%device, ?generation, "device connected");
-        self.emit(DeviceMessage::Connected { device }).await;
+        // A session resumed without a clean start keeps its subscriptions
+        // and need not subscribe again; its actions must still flow.
+        if let Ok(subscriptions) = session.subscriptions().await {
+            for filter in subscriptions.to_topic_filters().await {
+                self.subscribed(session, &filter);
+            }
+        }
     }
 
     async fn disconnected(&self, session: &Session) {
@@ -403,14 +490,29 @@ impl LinkState {
         else {
             return;
         };
-        let _order = self.presence_order.lock().await;
-        let current = self.presence().disconnected(&device, generation);
+        let current = {
+            let mut presence = self.presence();
+            let current = presence.disconnected(&device, generation);
+            if current {
+                self.inbox()
+                    .session(SessionChange::Disconnected(device.clone()));
+            }
+            current
+        };
         if current {
             tracing::info!(%device, ?generation, "device disconnected");
-            self.emit(DeviceMessage::Disconnected { device }).await;
         } else {
             tracing::debug!(%device, ?generation, "a superseded session of the device ended");
         }
+    }
+}
+
+fn inbound(device: DeviceId, topic: &str, payload: &[u8]) -> Inbound {
+    Inbound {
+        content: ingest::content(&device, topic, payload),
+        device,
+        topic: topic.to_owned(),
+        size: payload.len(),
     }
 }
 
@@ -447,6 +549,7 @@ async fn register_hooks(scx: &ServerContext, state: &Arc<LinkState>) {
         Type::ClientSubscribeCheckAcl,
         Type::MessagePublishCheckAcl,
         Type::MessagePublish,
+        Type::SessionSubscribed,
         Type::ClientConnected,
         Type::ClientDisconnected,
     ] {
@@ -475,11 +578,15 @@ impl Hooks {
                 (false, Some(HookResult::SubscribeAclResult(result)))
             }
             Parameter::MessagePublishCheckAcl(session, publish) => {
-                let result = LinkState::check_publish(session, &publish.topic).await;
+                let result = state.check_publish(session, publish).await;
                 (false, Some(HookResult::PublishAclResult(result)))
             }
             Parameter::MessagePublish(_, from, publish) => {
-                state.ingest(from, publish).await;
+                state.will(from, publish).await;
+                (true, acc)
+            }
+            Parameter::SessionSubscribed(session, subscribe) => {
+                state.subscribed(session, &subscribe.topic_filter);
                 (true, acc)
             }
             Parameter::ClientConnected(session) => {
@@ -575,6 +682,17 @@ impl RmqttLink {
             ..self.config.clone()
         };
         let listener = tls_listener(&config, self.config.listen)?;
+        {
+            let mut pending = self
+                .pending_listener
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if pending.is_some() {
+                // Not serving yet: `serve` starts the renewed one instead.
+                *pending = Some(listener);
+                return Ok(());
+            }
+        }
         // Ids already taken are skipped: rmqtt refuses a duplicate.
         let id = loop {
             let id = self
@@ -586,14 +704,14 @@ impl RmqttLink {
             }
         };
         let replacement = spawn_accept_loop(&self.scx, listener, id);
-        let previous = std::mem::replace(
-            &mut *self
-                .accept_loop
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-            replacement,
-        );
-        previous.abort();
+        let previous = self
+            .accept_loop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(replacement);
+        if let Some(previous) = previous {
+            previous.abort();
+        }
         Ok(())
     }
 }

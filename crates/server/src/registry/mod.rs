@@ -383,7 +383,9 @@ pub fn to_api(record: DeviceRecord) -> Device {
         enrolled: record.certificate_serial.is_some(),
         last_seen: record.last_seen,
         agent_version: record.agent_version,
+        capabilities: record.capabilities,
         created_at: record.created_at,
+        ingest: None,
     }
 }
 

@@ -12,7 +12,7 @@ use super::codec::{
 use super::{DeviceRecord, Store, StoreError};
 
 const COLUMNS: &str = "name, labels, presence, certificate_serial, last_seen, agent_version, \
-                       boot_id, status_seq, created_at";
+                       capabilities, boot_id, status_seq, created_at";
 
 impl Store {
     /// `Conflict` if a device of that name exists.
@@ -174,19 +174,24 @@ impl Store {
         Ok(())
     }
 
-    /// Like `set_presence`, a device deleted meanwhile is not an error.
+    /// What the device's birth says about its agent; an empty version or
+    /// boot id (a birth without them) is stored as unknown. Like
+    /// `set_presence`, a device deleted meanwhile is not an error.
     pub async fn set_agent_status(
         &self,
         name: &DeviceId,
         agent_version: &str,
+        capabilities: &[String],
         boot_id: &str,
         seq: u64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE devices SET agent_version = $1, boot_id = $2, status_seq = $3 WHERE name = $4",
+            "UPDATE devices SET agent_version = $1, capabilities = $2, boot_id = $3, \
+             status_seq = $4 WHERE name = $5",
         )
-        .bind(agent_version)
-        .bind(boot_id)
+        .bind((!agent_version.is_empty()).then_some(agent_version))
+        .bind(to_json(&capabilities, "device capabilities")?)
+        .bind((!boot_id.is_empty()).then_some(boot_id))
         .bind(to_i64(seq, "status sequence number")?)
         .bind(name.as_str())
         .execute(&self.pool)
@@ -221,6 +226,10 @@ fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, StoreError> {
             &format!("last_seen of device {name}"),
         )?,
         agent_version: get(row, "agent_version")?,
+        capabilities: from_json(
+            &get::<String>(row, "capabilities")?,
+            &format!("capabilities of device {name}"),
+        )?,
         boot_id: get(row, "boot_id")?,
         status_seq: to_u64(
             get(row, "status_seq")?,

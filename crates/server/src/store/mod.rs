@@ -70,6 +70,8 @@ pub struct DeviceRecord {
     pub certificate_serial: Option<String>,
     pub last_seen: Option<DateTime<Utc>>,
     pub agent_version: Option<String>,
+    /// The actions the agent's last birth named.
+    pub capabilities: Vec<String>,
     pub boot_id: Option<String>,
     pub status_seq: u64,
     pub created_at: DateTime<Utc>,
@@ -180,6 +182,11 @@ const SQLITE_MAX_CONNECTIONS: u32 = 4;
 
 const POSTGRES_MAX_CONNECTIONS: u32 = 10;
 
+/// How long a query waits for a PostgreSQL connection, e.g. while the server
+/// is down, before it fails: as long as SQLite's busy timeout, so a device's
+/// unacknowledged publish fails over in seconds (ADR 0006), not sqlx's 30 s.
+const POSTGRES_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Store {
     /// Opens `url` (`sqlite://…` or `postgres://…`) and applies migrations.
     /// A SQLite file is created if missing and runs in WAL mode.
@@ -192,7 +199,9 @@ impl Store {
             })?;
         let postgres = matches!(options.database_url.scheme(), "postgres" | "postgresql");
         let pool_options = if postgres {
-            AnyPoolOptions::new().max_connections(POSTGRES_MAX_CONNECTIONS)
+            AnyPoolOptions::new()
+                .max_connections(POSTGRES_MAX_CONNECTIONS)
+                .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
         } else {
             sqlite_pool_options(&mut options)
         };

@@ -15,10 +15,12 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use tempfile::TempDir;
-use tether_proto::{ActionRequest, DeviceId, Presence};
+use tether_proto::metrics::HostMetrics;
+use tether_proto::{ActionEvent, ActionRequest, DeviceId, DeviceStatus, Presence};
 use tether_server::device_link::rmqtt::{RmqttConfig, RmqttLink};
 use tether_server::device_link::{
-    BoxFuture, DeviceCredentials, DeviceLink, DeviceMessage, LinkError,
+    self, BoxFuture, Content, DeviceCredentials, DeviceInbox, DeviceLink, Inbound, LinkError,
+    Refusal, SessionChange,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -186,6 +188,80 @@ fn ca_params_foreign() -> CertificateParams {
     ca_params("some other CA")
 }
 
+/// What the endpoint handed the controller, in order.
+#[derive(Debug)]
+enum DeviceMessage {
+    Connected {
+        device: DeviceId,
+    },
+    Disconnected {
+        device: DeviceId,
+    },
+    SubscribedToActions {
+        device: DeviceId,
+    },
+    Status {
+        device: DeviceId,
+        status: DeviceStatus,
+    },
+    Event {
+        device: DeviceId,
+        event: ActionEvent,
+    },
+    Metrics {
+        device: DeviceId,
+        metrics: HostMetrics,
+    },
+}
+
+/// An inbox that records what it is handed, refuses malformed payloads as
+/// the controller does, and refuses everything on `refuse_topic` with
+/// `refusal`.
+struct Recorder {
+    seen: mpsc::UnboundedSender<DeviceMessage>,
+    refusal: std::sync::Mutex<Option<(String, Refusal)>>,
+}
+
+impl DeviceInbox for Recorder {
+    fn session(&self, change: SessionChange) {
+        let message = match change {
+            SessionChange::Connected(device) => DeviceMessage::Connected { device },
+            SessionChange::Disconnected(device) => DeviceMessage::Disconnected { device },
+            SessionChange::SubscribedToActions(device) => {
+                DeviceMessage::SubscribedToActions { device }
+            }
+        };
+        let _ = self.seen.send(message);
+    }
+
+    fn publish(&self, inbound: Inbound) -> BoxFuture<'_, Result<(), Refusal>> {
+        let refusal = self.refusal.lock().expect("not poisoned").clone();
+        Box::pin(async move {
+            if let Some((topic, refusal)) = refusal
+                && topic == inbound.topic
+            {
+                return Err(refusal);
+            }
+            let device = inbound.device;
+            let message = match inbound.content {
+                Content::Message(device_link::DeviceMessage::Status(status)) => {
+                    DeviceMessage::Status { device, status }
+                }
+                Content::Message(device_link::DeviceMessage::Event(event)) => {
+                    DeviceMessage::Event { device, event }
+                }
+                Content::Message(device_link::DeviceMessage::Metrics(metrics)) => {
+                    DeviceMessage::Metrics { device, metrics }
+                }
+                Content::Malformed(reason) => return Err(Refusal::Invalid(reason)),
+                Content::NotConsumed => return Ok(()),
+            };
+            let _ = self.seen.send(message);
+            Ok(())
+        })
+    }
+}
+
 /// Accepts exactly the listed (device, serial) pairs.
 struct Current(HashSet<(DeviceId, String)>);
 
@@ -205,7 +281,8 @@ struct Fixture {
     pki: Pki,
     link: Arc<RmqttLink>,
     port: u16,
-    messages: mpsc::Receiver<DeviceMessage>,
+    messages: mpsc::UnboundedReceiver<DeviceMessage>,
+    recorder: Arc<Recorder>,
 }
 
 #[derive(Clone, Copy)]
@@ -238,9 +315,13 @@ impl Fixture {
             client_ca_pem: pki.ca.clone(),
             max_packet_size,
         };
-        let (tx, messages) = mpsc::channel(64);
+        let (seen, messages) = mpsc::unbounded_channel();
+        let recorder = Arc::new(Recorder {
+            seen,
+            refusal: std::sync::Mutex::new(None),
+        });
         let credentials = Arc::new(Current(pki.current.clone()));
-        let (link, bound) = RmqttLink::start(config, credentials, tx)
+        let (link, bound) = RmqttLink::start(config, credentials, recorder.clone())
             .await
             .expect("start the MQTT endpoint");
         assert_ne!(bound.port(), 0, "the real port is reported");
@@ -250,6 +331,7 @@ impl Fixture {
             link,
             port: bound.port(),
             messages,
+            recorder,
         }
     }
 
@@ -346,15 +428,22 @@ impl Fixture {
         }
     }
 
-    /// The next message that is not a `Connected`/`Disconnected`.
+    /// The next message that is not a session change.
     async fn next_traffic(&mut self) -> DeviceMessage {
         self.wait_for("device traffic", |m| {
             !matches!(
                 m,
-                DeviceMessage::Connected { .. } | DeviceMessage::Disconnected { .. }
+                DeviceMessage::Connected { .. }
+                    | DeviceMessage::Disconnected { .. }
+                    | DeviceMessage::SubscribedToActions { .. }
             )
         })
         .await
+    }
+
+    /// From now on the controller refuses every publish on `topic` so.
+    fn refuse(&self, topic: &str, refusal: Refusal) {
+        *self.recorder.refusal.lock().expect("not poisoned") = Some((topic.to_owned(), refusal));
     }
 
     /// Publishes actions to `device` until one is accepted: that proves its
@@ -598,7 +687,7 @@ async fn a_device_is_confined_to_its_own_topics() {
         }
     }
 
-    // A malformed message on its own topic is dropped, not ingested.
+    // A malformed message on its own topic is refused (0x99), not ingested.
     let output = fx
         .publish(
             "device-a",
@@ -609,7 +698,11 @@ async fn a_device_is_confined_to_its_own_topics() {
             &[],
         )
         .await;
-    assert!(output.status.success(), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Payload format invalid"),
+        "{}",
+        describe(&output)
+    );
 
     // The markers: device-a's own event is the first traffic the controller
     // sees, and the controller's action the next thing device-b receives.
@@ -730,7 +823,10 @@ async fn device_traffic_is_ingested_by_topic() {
         other => panic!("expected a status, got {other:?}"),
     }
     match fx.next_traffic().await {
-        DeviceMessage::Metrics { metrics, .. } => assert_eq!(metrics.network_rx_bytes, 5),
+        DeviceMessage::Metrics { device, metrics } => {
+            assert_eq!(device, id("device-a"));
+            assert_eq!(metrics.network_rx_bytes, 5);
+        }
         other => panic!("expected metrics, got {other:?}"),
     }
     match fx.next_traffic().await {
@@ -852,7 +948,7 @@ async fn a_lost_device_s_will_arrives_as_its_status() {
 
     // Gone without a DISCONNECT, as a device losing power.
     sub.kill().await.expect("kill mosquitto_sub");
-    match fx.next_message().await {
+    match fx.next_traffic().await {
         DeviceMessage::Status { device, status } => {
             assert_eq!(device, id("device-a"));
             assert_eq!(status.state, Presence::Offline);
@@ -916,10 +1012,69 @@ async fn a_missing_certificate_file_is_a_start_error() {
         pki.server_key.clone(),
         pki.ca.clone(),
     );
-    let (tx, _rx) = mpsc::channel(1);
-    match RmqttLink::start(config, Arc::new(Current(pki.current.clone())), tx).await {
+    match RmqttLink::bind(config, Arc::new(Current(pki.current.clone()))).await {
         Err(LinkError::Start { reason, .. }) => assert!(reason.contains("TLS"), "{reason}"),
         Err(e) => panic!("expected a start error, got {e}"),
         Ok(_) => panic!("started without a server certificate"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_reach_the_device_as_reason_codes() {
+    let mut fx = Fixture::start().await;
+    let a = fx.pki.device_a.clone();
+    let events = topic("device-a", "events");
+    let publish = |version| fx.publish("device-a", Some(&a), version, &events, "{}", &[]);
+
+    fx.refuse(
+        &events,
+        Refusal::Invalid("statusMessage is too long".into()),
+    );
+    let output = publish(Mqtt::V5).await;
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Payload format invalid"),
+        "0x99: {}",
+        describe(&output)
+    );
+    let output = publish(Mqtt::V311).await;
+    assert!(
+        !output.status.success(),
+        "3.1.1 is disconnected: {}",
+        describe(&output)
+    );
+
+    fx.refuse(&events, Refusal::RateLimited("slow down".into()));
+    let output = publish(Mqtt::V5).await;
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Quota exceeded"),
+        "0x97: {}",
+        describe(&output)
+    );
+
+    // No acknowledgement at all: the session ends, the client must resend.
+    fx.refuse(&events, Refusal::Unavailable("store unavailable".into()));
+    let output = publish(Mqtt::V5).await;
+    assert!(!output.status.success(), "no PUBACK: {}", describe(&output));
+    fx.wait_for(
+        "device-a's Disconnected",
+        |m| matches!(m, DeviceMessage::Disconnected { device } if device.as_str() == "device-a"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_to_its_actions_is_reported() {
+    let mut fx = Fixture::start().await;
+    let a = fx.pki.device_a.clone();
+    let mut sub = fx.subscribe("device-a", &a, Mqtt::V5, &topic("device-a", "actions"), &[]);
+    fx.wait_for(
+        "device-a connecting",
+        |m| matches!(m, DeviceMessage::Connected { device } if device.as_str() == "device-a"),
+    )
+    .await;
+    fx.wait_for("device-a's subscription", |m| {
+        matches!(m, DeviceMessage::SubscribedToActions { device } if device.as_str() == "device-a")
+    })
+    .await;
+    sub.kill().await.expect("stop mosquitto_sub");
 }

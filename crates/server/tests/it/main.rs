@@ -6,6 +6,7 @@ mod certificates;
 mod contract;
 mod device_link;
 mod hostile;
+mod ingest;
 mod security;
 mod store;
 mod support;

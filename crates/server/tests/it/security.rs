@@ -1,8 +1,6 @@
 //! Secure by default, shown with third-party clients: Debian's
 //! mosquitto_sub/mosquitto_pub holding real device credentials.
 
-use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,7 +8,7 @@ use serde_json::json;
 use tether_testkit::sim_agent::DeviceCredentials;
 use tether_testkit::{Database, Tetherd};
 
-use crate::support::{id, on_both_databases, request, wait_terminal};
+use crate::support::{id, mosquitto, on_both_databases, request, text, wait_terminal};
 
 on_both_databases!(
     a_device_is_confined_to_its_own_topics,
@@ -25,42 +23,6 @@ fn mqtt_port(tetherd: &Tetherd) -> anyhow::Result<String> {
         .context("mqtt url has a port")?
         .1
         .to_owned())
-}
-
-/// Runs a mosquitto client with the credentials in `dir` (if any), giving up after 10 s.
-async fn mosquitto(
-    tool: &str,
-    port: &str,
-    dir: Option<&Path>,
-    client_id: &str,
-    args: &[&str],
-) -> anyhow::Result<Output> {
-    let mut command = tokio::process::Command::new(tool);
-    command.args(["-h", "127.0.0.1", "-p", port, "-i", client_id]);
-    if let Some(dir) = dir {
-        command
-            .arg("--cafile")
-            .arg(dir.join("ca.pem"))
-            .arg("--cert")
-            .arg(dir.join("cert.pem"))
-            .arg("--key")
-            .arg(dir.join("key.pem"));
-    }
-    command.args(args).kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(10), command.output())
-        .await
-        .with_context(|| format!("{tool} did not finish within 10 s"))?
-        .with_context(|| format!("running {tool} (install mosquitto-clients)"))?;
-    Ok(output)
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 async fn a_device_is_confined_to_its_own_topics(database: Database) -> anyhow::Result<()> {

@@ -271,7 +271,7 @@ async fn device_status_is_stored(store: Store) {
         .await
         .expect("set presence");
     store
-        .set_agent_status(&name, "0.1.0", "boot-1", 7)
+        .set_agent_status(&name, "0.1.0", &["send-ping".to_owned()], "boot-1", 7)
         .await
         .expect("set agent status");
     let read = store
@@ -284,6 +284,7 @@ async fn device_status_is_stored(store: Store) {
     assert_eq!(read.last_seen, Some(at(1_000)));
     assert_eq!(read.agent_version.as_deref(), Some("0.1.0"));
     assert_eq!(read.boot_id.as_deref(), Some("boot-1"));
+    assert_eq!(read.capabilities, ["send-ping"]);
     assert_eq!(read.status_seq, 7);
 
     // Hearing from the device moves lastSeen and leaves presence alone.
@@ -310,7 +311,7 @@ async fn device_status_is_stored(store: Store) {
         .await
         .expect("presence of a missing device");
     match store
-        .set_agent_status(&name, "0.1.0", "boot-1", u64::MAX)
+        .set_agent_status(&name, "0.1.0", &[], "boot-1", u64::MAX)
         .await
     {
         Err(StoreError::TooLarge { value, .. }) => assert_eq!(value, u64::MAX),

@@ -1,5 +1,7 @@
 //! Shared pieces of the integration tests.
 
+use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -70,4 +72,40 @@ pub fn id(action: &Value) -> anyhow::Result<String> {
         .as_str()
         .context("action has a correlationId")?
         .to_owned())
+}
+
+/// Runs a mosquitto client with the credentials in `dir` (if any), giving up after 10 s.
+pub async fn mosquitto(
+    tool: &str,
+    port: &str,
+    dir: Option<&Path>,
+    client_id: &str,
+    args: &[&str],
+) -> anyhow::Result<Output> {
+    let mut command = tokio::process::Command::new(tool);
+    command.args(["-h", "127.0.0.1", "-p", port, "-i", client_id]);
+    if let Some(dir) = dir {
+        command
+            .arg("--cafile")
+            .arg(dir.join("ca.pem"))
+            .arg("--cert")
+            .arg(dir.join("cert.pem"))
+            .arg("--key")
+            .arg(dir.join("key.pem"));
+    }
+    command.args(args).kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(10), command.output())
+        .await
+        .with_context(|| format!("{tool} did not finish within 10 s"))?
+        .with_context(|| format!("running {tool} (install mosquitto-clients)"))?;
+    Ok(output)
+}
+
+pub fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }

@@ -109,7 +109,9 @@ mod tests {
             enrolled: presence == Presence::Online,
             last_seen: None,
             agent_version: None,
+            capabilities: vec![],
             created_at: DateTime::from_timestamp(1_000_000, 0).expect("valid"),
+            ingest: None,
         }
     }
 

@@ -1,55 +1,36 @@
 //! What a device's publish means to the controller: its topic picks the wire
 //! type, its payload is JSON of that type.
 
-use tether_proto::{DeviceTopic, TopicKind};
+use tether_proto::{DeviceId, DeviceTopic, TopicKind};
 
-use crate::device_link::DeviceMessage;
-use tether_proto::DeviceId;
+use crate::device_link::{Content, DeviceMessage};
 
-#[derive(Debug, thiserror::Error)]
-#[error("malformed {kind} payload")]
-pub(super) struct MalformedPayload {
-    pub kind: &'static str,
-    #[source]
-    pub source: serde_json::Error,
-}
-
-/// Turns a publish by `device` on `topic` into a message for the controller.
-/// `Ok(None)` for topics the controller does not consume (logs, reported
-/// state) and for anything outside the device's own prefix, which the ACL has
-/// refused already; this is a second line, not the check.
-pub(super) fn device_message(
-    device: &DeviceId,
-    topic: &str,
-    payload: &[u8],
-) -> Result<Option<DeviceMessage>, MalformedPayload> {
+/// Reads a publish by `device` on `topic`. Topics the controller does not
+/// consume (logs, reported state), and anything outside the device's own
+/// prefix, which the ACL has refused already, are `NotConsumed`.
+pub(super) fn content(device: &DeviceId, topic: &str, payload: &[u8]) -> Content {
     let Some(parsed) = DeviceTopic::parse(topic) else {
-        return Ok(None);
+        return Content::NotConsumed;
     };
     if &parsed.device != device {
-        return Ok(None);
+        return Content::NotConsumed;
     }
-    let kind = parsed.kind.as_str();
-    let malformed = |source| MalformedPayload { kind, source };
-    let device = device.clone();
-    let message = match parsed.kind {
-        TopicKind::Events => DeviceMessage::Event {
-            device,
-            event: serde_json::from_slice(payload).map_err(malformed)?,
-        },
-        TopicKind::Status => DeviceMessage::Status {
-            device,
-            status: serde_json::from_slice(payload).map_err(malformed)?,
-        },
-        TopicKind::Metrics => DeviceMessage::Metrics {
-            device,
-            metrics: serde_json::from_slice(payload).map_err(malformed)?,
-        },
+    let parsed = match parsed.kind {
+        TopicKind::Events => serde_json::from_slice(payload).map(DeviceMessage::Event),
+        TopicKind::Status => serde_json::from_slice(payload).map(DeviceMessage::Status),
+        TopicKind::Metrics => serde_json::from_slice(payload).map(DeviceMessage::Metrics),
         TopicKind::Logs | TopicKind::Reported | TopicKind::Actions | TopicKind::Desired => {
-            return Ok(None);
+            return Content::NotConsumed;
         }
     };
-    Ok(Some(message))
+    match parsed {
+        Ok(message) => Content::Message(message),
+        Err(e) => Content::Malformed(format!("malformed {} payload: {e}", parsed_kind(topic))),
+    }
+}
+
+fn parsed_kind(topic: &str) -> &str {
+    topic.rsplit('/').next().unwrap_or(topic)
 }
 
 #[cfg(test)]
@@ -65,9 +46,8 @@ mod tests {
     fn events_status_and_metrics_are_parsed() {
         let a = id("device-a");
         let event = br#"{"correlationId":"c-1","event":"send-ping","statusCode":200,"statusMessage":"ok","response":{"x":1}}"#;
-        match device_message(&a, "tether/v1/devices/device-a/events", event) {
-            Ok(Some(DeviceMessage::Event { device, event })) => {
-                assert_eq!(device, a);
+        match content(&a, "tether/v1/devices/device-a/events", event) {
+            Content::Message(DeviceMessage::Event(event)) => {
                 assert_eq!(event.correlation_id, "c-1");
                 assert_eq!(event.status_code, 200);
             }
@@ -75,8 +55,8 @@ mod tests {
         }
 
         let status = br#"{"state":"offline","agentVersion":"0.1.0","bootId":"b","seq":3}"#;
-        match device_message(&a, "tether/v1/devices/device-a/status", status) {
-            Ok(Some(DeviceMessage::Status { status, .. })) => {
+        match content(&a, "tether/v1/devices/device-a/status", status) {
+            Content::Message(DeviceMessage::Status(status)) => {
                 assert_eq!(status.state, Presence::Offline);
                 assert_eq!(status.seq, 3);
             }
@@ -84,8 +64,8 @@ mod tests {
         }
 
         let metrics = br#"{"sampledAt":"2026-11-25T10:00:00Z","cpuPercent":12.5,"memoryUsedBytes":1,"memoryTotalBytes":2,"diskUsedBytes":3,"diskTotalBytes":4,"networkRxBytes":5,"networkTxBytes":6}"#;
-        match device_message(&a, "tether/v1/devices/device-a/metrics", metrics) {
-            Ok(Some(DeviceMessage::Metrics { metrics, .. })) => {
+        match content(&a, "tether/v1/devices/device-a/metrics", metrics) {
+            Content::Message(DeviceMessage::Metrics(metrics)) => {
                 assert_eq!(metrics.network_tx_bytes, 6);
             }
             other => panic!("expected metrics, got {other:?}"),
@@ -93,7 +73,7 @@ mod tests {
     }
 
     #[test]
-    fn malformed_payloads_are_errors_naming_the_kind() {
+    fn malformed_payloads_are_named_by_kind() {
         let a = id("device-a");
         for (topic, payload) in [
             ("tether/v1/devices/device-a/events", &b"not json"[..]),
@@ -103,13 +83,21 @@ mod tests {
             ),
             ("tether/v1/devices/device-a/metrics", b""),
         ] {
-            let err = device_message(&a, topic, payload).expect_err(topic);
-            assert!(topic.ends_with(err.kind), "{topic}: {err}");
+            match content(&a, topic, payload) {
+                Content::Malformed(reason) => {
+                    let kind = topic.rsplit('/').next().expect("kind");
+                    assert!(
+                        reason.starts_with(&format!("malformed {kind} payload")),
+                        "{reason}"
+                    );
+                }
+                other => panic!("{topic}: expected malformed, got {other:?}"),
+            }
         }
     }
 
     #[test]
-    fn other_topics_and_other_devices_are_not_ingested() {
+    fn other_topics_and_other_devices_are_not_consumed() {
         let a = id("device-a");
         for topic in [
             "tether/v1/devices/device-a/logs",
@@ -119,7 +107,7 @@ mod tests {
             "elsewhere",
         ] {
             assert!(
-                matches!(device_message(&a, topic, b"{}"), Ok(None)),
+                matches!(content(&a, topic, b"{}"), Content::NotConsumed),
                 "{topic}"
             );
         }

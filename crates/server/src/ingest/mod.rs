@@ -1,0 +1,567 @@
+//! Applies what devices send (through the `DeviceLink`) to the domain:
+//! presence, agent status, action answers, metrics.
+//!
+//! A publish is handled on the device's own session task and acknowledged
+//! only once it is committed (`docs/adr/0006-acknowledge-after-commit.md`):
+//! one device's messages keep their order, devices never wait for each
+//! other, and session changes are queued per device so a connect or
+//! disconnect never waits behind a write.
+
+mod checks;
+mod counters;
+mod presence;
+pub mod rate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tether_proto::{DeviceId, DeviceStatus, Presence};
+
+use crate::actions::{ActionService, Answer};
+use crate::device_link::{
+    BoxFuture, Content, DeviceInbox, DeviceMessage, Inbound, Refusal, SessionChange,
+};
+use crate::store::{EventRecord, Store, StoreError};
+use checks::{ClockWindow, Invalid};
+pub use counters::IngestCounters;
+use counters::{Counters, Outcome};
+use presence::PresenceWriter;
+use rate::{Admission, DeviceRate, RateLimits, TokenBucket};
+
+/// `lastSeen` is refreshed at most this often per device: often enough for
+/// an operator, rare enough to cost nothing next to the messages themselves.
+const LAST_SEEN_RESOLUTION: Duration = Duration::from_secs(30);
+
+/// Rejection events a device can cause: a burst, then one a minute. The rest
+/// are counted, so a hostile device cannot fill the events table.
+const REJECTION_EVENT_BURST: u64 = 10;
+const REJECTION_EVENTS_PER_SECOND: f64 = 1.0 / 60.0;
+
+/// Largest payload on a topic tetherd does not parse (logs, reported state).
+const MAX_UNPARSED_PAYLOAD: usize = 256 * 1024;
+
+/// The device-input settings (`[ingest]` in the config file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestConfig {
+    pub rate: RateLimits,
+    /// How far ahead of the server's clock a sample may be dated.
+    pub max_clock_ahead: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            rate: RateLimits::default(),
+            max_clock_ahead: Duration::from_secs(300),
+        }
+    }
+}
+
+pub struct Ingest {
+    store: Store,
+    actions: Arc<ActionService>,
+    config: IngestConfig,
+    /// Samples older than this are refused: retention would delete them.
+    metrics_retention: Duration,
+    presence: PresenceWriter,
+    devices: Mutex<HashMap<DeviceId, DeviceState>>,
+}
+
+/// What tetherd tracks of each device's input, in memory.
+struct DeviceState {
+    rate: DeviceRate,
+    rejection_events: TokenBucket,
+    /// Refusals not recorded since the last recorded one; that one says so.
+    unrecorded_refusals: u64,
+    last_seen_written: Option<Instant>,
+    counters: Counters,
+}
+
+impl Ingest {
+    pub fn new(
+        store: Store,
+        actions: Arc<ActionService>,
+        config: IngestConfig,
+        metrics_retention: Duration,
+    ) -> Self {
+        Self {
+            presence: PresenceWriter::new(store.clone()),
+            store,
+            actions,
+            config,
+            metrics_retention,
+            devices: Mutex::default(),
+        }
+    }
+
+    /// The device's input counters since tetherd started.
+    pub fn counters(&self, device: &DeviceId) -> IngestCounters {
+        self.lock()
+            .get(device)
+            .map(|state| state.counters.snapshot())
+            .unwrap_or_default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, DeviceState>> {
+        self.devices.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn with_device<T>(&self, device: &DeviceId, f: impl FnOnce(&mut DeviceState) -> T) -> T {
+        let now = Instant::now();
+        let mut devices = self.lock();
+        let state = devices
+            .entry(device.clone())
+            .or_insert_with(|| DeviceState {
+                rate: DeviceRate::new(self.config.rate, now),
+                rejection_events: TokenBucket::new(
+                    REJECTION_EVENTS_PER_SECOND,
+                    REJECTION_EVENT_BURST,
+                    now,
+                ),
+                unrecorded_refusals: 0,
+                last_seen_written: None,
+                counters: Counters::default(),
+            });
+        f(state)
+    }
+
+    async fn handle(&self, inbound: &Inbound) -> Result<(), Refusal> {
+        let now = Instant::now();
+        match self.with_device(&inbound.device, |s| s.rate.admit(inbound.size, now)) {
+            Admission::Admit => {}
+            Admission::Slow => {
+                let reason = format!(
+                    "over the device's rate limit ({} messages/s, {} bytes/s); slow down",
+                    self.config.rate.messages_per_second, self.config.rate.bytes_per_second
+                );
+                self.refused(inbound, Outcome::RateLimited, 429, &reason);
+                return Err(Refusal::RateLimited(reason));
+            }
+            Admission::Disconnect => {
+                let reason = format!(
+                    "over the device's rate limit {} times in a row; disconnected",
+                    self.config.rate.strikes_before_disconnect
+                );
+                tracing::warn!(device = %inbound.device, "disconnecting a device that keeps exceeding its rate limit");
+                self.refused(inbound, Outcome::Disconnected, 429, &reason);
+                return Err(Refusal::Disconnect(reason));
+            }
+        }
+        let message = match &inbound.content {
+            Content::Message(message) => message,
+            Content::Malformed(reason) => {
+                return Err(self.invalid(inbound, Invalid::Malformed(reason.clone())));
+            }
+            Content::NotConsumed => {
+                return checks::payload(inbound.size, MAX_UNPARSED_PAYLOAD)
+                    .map_err(|invalid| self.invalid(inbound, invalid));
+            }
+        };
+        let window = ClockWindow {
+            max_ahead: self.config.max_clock_ahead,
+            max_behind: self.metrics_retention,
+        };
+        if let Err(invalid) = checks::check(message, inbound.size, Utc::now(), window) {
+            if let (DeviceMessage::Event(event), Invalid::TooLarge(reason)) = (message, &invalid) {
+                self.actions
+                    .answer_refused(&inbound.device, &event.correlation_id, reason)
+                    .await;
+            }
+            return Err(self.invalid(inbound, invalid));
+        }
+        let outcome = match self.apply(&inbound.device, message).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                tracing::warn!(device = %inbound.device, topic = inbound.topic, error = %crate::error_chain(&error), "could not store a device's message; not acknowledged, the device sends it again");
+                self.with_device(&inbound.device, |s| s.counters.count(Outcome::NotDurable));
+                return Err(Refusal::Unavailable(
+                    "the controller cannot store messages right now; send it again".into(),
+                ));
+            }
+        };
+        self.with_device(&inbound.device, |s| s.counters.count(outcome));
+        self.touch_last_seen(&inbound.device);
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        device: &DeviceId,
+        message: &DeviceMessage,
+    ) -> Result<Outcome, StoreError> {
+        match message {
+            DeviceMessage::Status(status) => {
+                self.status(device, status).await?;
+                Ok(Outcome::Accepted)
+            }
+            DeviceMessage::Event(event) => Ok(
+                match self.actions.handle_event(device, event.clone()).await? {
+                    Answer::Recorded => Outcome::Accepted,
+                    Answer::AlreadyFinished | Answer::Unknown | Answer::NotYours => {
+                        Outcome::Duplicate
+                    }
+                },
+            ),
+            DeviceMessage::Metrics(metrics) => {
+                self.store.insert_metrics(device, metrics).await?;
+                Ok(Outcome::Accepted)
+            }
+        }
+    }
+
+    /// A birth adds what the operator sees of the agent; presence itself
+    /// follows the MQTT session, so a death only goes to the log.
+    async fn status(&self, device: &DeviceId, status: &DeviceStatus) -> Result<(), StoreError> {
+        match status.state {
+            Presence::Online => {
+                self.store
+                    .set_agent_status(
+                        device,
+                        &status.agent_version,
+                        &status.capabilities,
+                        &status.boot_id,
+                        status.seq,
+                    )
+                    .await
+            }
+            Presence::Offline => {
+                tracing::debug!(%device, boot_id = status.boot_id, seq = status.seq, "device announced its end");
+                Ok(())
+            }
+        }
+    }
+
+    /// Presence changes write `lastSeen` themselves; other messages refresh
+    /// it, throttled, without holding up the acknowledgement: it is not what
+    /// the device asked to store, and a failure only leaves it older.
+    fn touch_last_seen(&self, device: &DeviceId) {
+        let now = Instant::now();
+        let due = self.with_device(device, |s| match s.last_seen_written {
+            Some(at) if now.duration_since(at) < LAST_SEEN_RESOLUTION => false,
+            _ => {
+                s.last_seen_written = Some(now);
+                true
+            }
+        });
+        if !due {
+            return;
+        }
+        let store = self.store.clone();
+        let device = device.clone();
+        tokio::spawn(async move {
+            if let Err(error) = store.touch_last_seen(&device, Utc::now()).await {
+                tracing::warn!(%device, error = %crate::error_chain(&error), "could not record when a device was last seen");
+            }
+        });
+    }
+
+    fn invalid(&self, inbound: &Inbound, invalid: Invalid) -> Refusal {
+        let outcome = match invalid {
+            Invalid::Malformed(_) => Outcome::Malformed,
+            Invalid::TooLarge(_) => Outcome::TooLarge,
+            Invalid::Clock(_) => Outcome::Clock,
+        };
+        let reason = invalid.to_string();
+        self.refused(inbound, outcome, invalid.status_code(), &reason);
+        Refusal::Invalid(reason)
+    }
+
+    /// Counts a refusal and records an event the operator sees, unless the
+    /// device has caused too many lately; those are counted and the next
+    /// recorded event says how many were left out.
+    fn refused(&self, inbound: &Inbound, outcome: Outcome, status_code: u16, reason: &str) {
+        let device = &inbound.device;
+        let now = Instant::now();
+        let suppressed = self.with_device(device, |s| {
+            s.counters.count(outcome);
+            if s.rejection_events.take(1, now) {
+                Some(std::mem::take(&mut s.unrecorded_refusals))
+            } else {
+                s.unrecorded_refusals += 1;
+                s.counters.event_suppressed();
+                None
+            }
+        });
+        // The log is throttled like the events, so a hostile device cannot
+        // fill the disk through it either.
+        let Some(suppressed) = suppressed else {
+            tracing::debug!(%device, topic = inbound.topic, reason, "refused a device's message");
+            return;
+        };
+        tracing::info!(%device, topic = inbound.topic, reason, suppressed, "refused a device's message");
+        let mut message = format!("refused a publish on {}: {reason}", inbound.topic);
+        if suppressed > 0 {
+            message.push_str(&format!(" ({suppressed} earlier refusals not recorded)"));
+        }
+        let record = EventRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            device: device.clone(),
+            correlation_id: None,
+            event: "message-rejected".into(),
+            status_code,
+            status_message: message,
+            response: serde_json::Value::Null,
+            received_at: Utc::now(),
+        };
+        // The device's refusal does not wait for this write.
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(error) = store.insert_event(&record).await {
+                tracing::warn!(device = %record.device, error = %crate::error_chain(&error), "could not record a rejection event");
+            }
+        });
+    }
+}
+
+impl DeviceInbox for Ingest {
+    fn session(&self, change: SessionChange) {
+        match change {
+            SessionChange::Connected(device) => {
+                self.with_device(&device, |s| s.last_seen_written = None);
+                self.presence.set(device, Presence::Online);
+            }
+            SessionChange::Disconnected(device) => {
+                self.actions.device_gone(&device);
+                self.presence.set(device, Presence::Offline);
+            }
+            SessionChange::SubscribedToActions(device) => {
+                // Each subscription re-sends the device's open actions; it
+                // counts against the device's rate like a publish, so
+                // subscribing in a loop cannot make tetherd work for nothing.
+                let now = Instant::now();
+                if self.with_device(&device, |s| s.rate.admit(0, now)) != Admission::Admit {
+                    tracing::debug!(%device, "not redelivering actions to a device over its rate");
+                    return;
+                }
+                let actions = self.actions.clone();
+                tokio::spawn(async move { actions.device_ready(&device).await });
+            }
+        }
+    }
+
+    fn publish(&self, inbound: Inbound) -> BoxFuture<'_, Result<(), Refusal>> {
+        Box::pin(async move { self.handle(&inbound).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ActionsConfig;
+    use crate::device_link::{DeviceLink, LinkError};
+    use crate::sealing::Sealer;
+    use crate::store::NewAction;
+    use tether_proto::{ActionEvent, ActionState, Catalogue};
+
+    /// A link with no device connected.
+    struct NoDevices;
+
+    impl DeviceLink for NoDevices {
+        fn publish_action<'a>(
+            &'a self,
+            device: &'a DeviceId,
+            _request: &'a tether_proto::ActionRequest,
+        ) -> BoxFuture<'a, Result<(), LinkError>> {
+            Box::pin(async move { Err(LinkError::NotConnected(device.clone())) })
+        }
+
+        fn is_connected(&self, _device: &DeviceId) -> bool {
+            false
+        }
+
+        fn disconnect(&self, _device: &DeviceId) {}
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        ingest: Ingest,
+        device: DeviceId,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        let device = DeviceId::new("edge-1").expect("valid name");
+        store
+            .create_device(&device, &Default::default(), Utc::now())
+            .await
+            .expect("device");
+        let actions = Arc::new(ActionService::new(
+            store.clone(),
+            Arc::new(NoDevices),
+            Arc::new(Catalogue::builtin()),
+            Arc::new(Sealer::load_or_create(dir.path()).expect("sealer")),
+            ActionsConfig::default(),
+        ));
+        let ingest = Ingest::new(
+            store.clone(),
+            actions,
+            IngestConfig::default(),
+            Duration::from_secs(30 * 86_400),
+        );
+        Fixture {
+            _dir: dir,
+            store,
+            ingest,
+            device,
+        }
+    }
+
+    fn inbound(device: &DeviceId, kind: &str, content: Content) -> Inbound {
+        Inbound {
+            device: device.clone(),
+            topic: format!("tether/v1/devices/{device}/{kind}"),
+            size: 100,
+            content,
+        }
+    }
+
+    async fn rejections(store: &Store, device: &DeviceId) -> usize {
+        let events = store.list_events(device, 1000).await.expect("events");
+        events
+            .iter()
+            .filter(|e| e.event == "message-rejected")
+            .count()
+    }
+
+    #[tokio::test]
+    async fn refusals_are_recorded_up_to_a_burst_and_the_rest_counted() {
+        let fx = fixture().await;
+        for _ in 0..25 {
+            let refused = fx
+                .ingest
+                .publish(inbound(
+                    &fx.device,
+                    "events",
+                    Content::Malformed("malformed events payload".into()),
+                ))
+                .await;
+            assert!(matches!(refused, Err(Refusal::Invalid(_))), "{refused:?}");
+        }
+        // The event writes do not hold up the refusals; wait for them.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rejections(&fx.store, &fx.device).await < REJECTION_EVENT_BURST as usize
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            rejections(&fx.store, &fx.device).await,
+            REJECTION_EVENT_BURST as usize
+        );
+        let counters = fx.ingest.counters(&fx.device);
+        assert_eq!(counters.rejected_malformed, 25);
+        assert_eq!(counters.rejection_events_suppressed, 15);
+    }
+
+    #[tokio::test]
+    async fn an_answer_for_a_finished_action_is_acknowledged_dropped_and_counted() {
+        let fx = fixture().await;
+        let now = Utc::now();
+        fx.store
+            .insert_action(&NewAction {
+                correlation_id: "c-1".into(),
+                device: fx.device.clone(),
+                action: "get-node-ip".into(),
+                input: serde_json::json!({}),
+                sealed_input: String::new(),
+                created_at: now,
+                expires_at: now + chrono::Duration::minutes(1),
+                timeout_seconds: 60,
+            })
+            .await
+            .expect("action");
+        let answer = |message: &str| {
+            inbound(
+                &fx.device,
+                "events",
+                Content::Message(DeviceMessage::Event(ActionEvent {
+                    correlation_id: "c-1".into(),
+                    event: "get-node-ip".into(),
+                    status_code: 200,
+                    status_message: message.into(),
+                    response: serde_json::json!({}),
+                })),
+            )
+        };
+        fx.ingest.publish(answer("first")).await.expect("stored");
+        fx.ingest
+            .publish(answer("again"))
+            .await
+            .expect("acknowledged");
+        let action = fx
+            .store
+            .get_action("c-1")
+            .await
+            .expect("read")
+            .expect("action");
+        assert_eq!(action.state, ActionState::Succeeded);
+        assert_eq!(action.status_message.as_deref(), Some("first"));
+        let answers = fx.store.list_events(&fx.device, 100).await.expect("events");
+        assert_eq!(
+            answers
+                .iter()
+                .filter(|e| e.correlation_id.is_some())
+                .count(),
+            1
+        );
+        let counters = fx.ingest.counters(&fx.device);
+        assert_eq!((counters.accepted, counters.duplicates_dropped), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_answer_is_refused_and_fails_its_action_at_once() {
+        let fx = fixture().await;
+        let now = Utc::now();
+        fx.store
+            .insert_action(&NewAction {
+                correlation_id: "c-2".into(),
+                device: fx.device.clone(),
+                action: "get-node-ip".into(),
+                input: serde_json::json!({}),
+                sealed_input: String::new(),
+                created_at: now,
+                expires_at: now + chrono::Duration::minutes(1),
+                timeout_seconds: 60,
+            })
+            .await
+            .expect("action");
+        let long = "m".repeat(ActionEvent::MAX_STATUS_MESSAGE_BYTES + 1);
+        let refused = fx
+            .ingest
+            .publish(inbound(
+                &fx.device,
+                "events",
+                Content::Message(DeviceMessage::Event(ActionEvent {
+                    correlation_id: "c-2".into(),
+                    event: "get-node-ip".into(),
+                    status_code: 200,
+                    status_message: long,
+                    response: serde_json::json!({}),
+                })),
+            ))
+            .await;
+        assert!(
+            matches!(refused, Err(Refusal::Invalid(ref r)) if r.contains("statusMessage")),
+            "{refused:?}"
+        );
+        let action = fx
+            .store
+            .get_action("c-2")
+            .await
+            .expect("read")
+            .expect("action");
+        assert_eq!(action.state, ActionState::Failed);
+        assert!(
+            action
+                .status_message
+                .as_deref()
+                .is_some_and(|m| m.contains("answer was refused") && m.contains("statusMessage")),
+            "{action:?}"
+        );
+        assert_eq!(fx.ingest.counters(&fx.device).rejected_too_large, 1);
+    }
+}
