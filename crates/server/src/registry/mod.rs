@@ -41,8 +41,11 @@ pub enum RegistryError {
     BadCsr(#[source] PkiError),
     #[error("could not issue the device certificate")]
     Pki(#[source] PkiError),
-    #[error("the certificate presented for renewal was refused")]
-    BadCertificate(#[source] PkiError),
+    /// The cause is in the message: the device sees only the message.
+    #[error(
+        "the certificate presented for renewal was refused ({0}): enroll the device again with a token from `tether devices enrollment-token NAME`"
+    )]
+    BadCertificate(PkiError),
     #[error(transparent)]
     RenewalRefused(#[from] Refusal),
     #[error(
@@ -393,5 +396,17 @@ fn validate_labels(labels: &Labels) -> Result<(), RegistryError> {
             value: value.clone(),
         }),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_renewal_certificate_says_why_and_what_to_do() {
+        let message = RegistryError::BadCertificate(PkiError::NotACertificate).to_string();
+        assert!(message.contains("not one PEM certificate"), "{message}");
+        assert!(message.contains("enrollment-token"), "{message}");
     }
 }
