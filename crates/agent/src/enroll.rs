@@ -90,7 +90,7 @@ pub async fn enroll(
     let ca_pem = fetch_unverified(&ca_url).await?;
     pinned_ca(&ca_url, &ca_pem, &expected)?;
     tracing::info!("server CA at {ca_url} matches --ca-sha256");
-    if let Err(error) = tls::learn_server_time(&server, &ca_pem, clock).await {
+    if let Err(error) = tls::learn_server_time(&server, &ca_pem, None, clock).await {
         tracing::warn!(
             "cannot ask tetherd at {server} for the time; judging its certificate by this device's clock: {}",
             crate::actions::chain(&error)

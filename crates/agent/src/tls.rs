@@ -27,6 +27,14 @@ pub enum TlsError {
     Client(#[source] reqwest::Error),
     #[error("the request failed")]
     Request(#[source] reqwest::Error),
+    #[error(
+        "its Date ({date}) is before this device's certificate was issued ({issued}), \
+         so it is not tetherd's clock now (a replayed or intercepted answer); not used"
+    )]
+    DateBeforeCertificate {
+        date: DateTime<Utc>,
+        issued: DateTime<Utc>,
+    },
 }
 
 fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, TlsError> {
@@ -100,10 +108,13 @@ pub fn https_client(ca_pem: &str, clock: Arc<ServerClock>) -> Result<reqwest::Cl
 /// with its certificate checked against the CA and the host name but not
 /// its lifetime, which is what the answer is needed for. Anyone else could
 /// set this device's idea of tetherd's time, and with it which certificates
-/// it accepts and when it renews its own.
+/// it accepts and when it renews its own. tetherd's clock cannot read
+/// earlier than `issued`, when it issued this device's certificate: an
+/// earlier Date comes from someone with an old, expired server key.
 pub async fn learn_server_time(
     api_url: &str,
     ca_pem: &str,
+    issued: Option<DateTime<Utc>>,
     clock: &ServerClock,
 ) -> Result<(), TlsError> {
     let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
@@ -131,7 +142,13 @@ pub async fn learn_server_time(
         .send()
         .await
         .map_err(TlsError::Request)?;
-    clock.learn_from_date_header(response.headers(), sent, Utc::now());
+    let received = Utc::now();
+    if let (Some(date), Some(issued)) = (crate::clock::date_header(response.headers()), issued)
+        && date < issued
+    {
+        return Err(TlsError::DateBeforeCertificate { date, issued });
+    }
+    clock.learn_from_date_header(response.headers(), sent, received);
     Ok(())
 }
 
@@ -260,7 +277,7 @@ mod tests {
         // not taken.
         let impostor = serve_dated_answer(&stranger_cert_pem, &stranger_key_pem).await;
         let clock = ServerClock::default();
-        learn_server_time(&impostor, &ca_pem, &clock)
+        learn_server_time(&impostor, &ca_pem, None, &clock)
             .await
             .expect_err("not our CA");
         assert_eq!(clock.offset(), chrono::Duration::zero());
@@ -268,7 +285,14 @@ mod tests {
         // tetherd's own certificate counts even when expired by this
         // device's clock: that is what the time is needed for.
         let tetherd = serve_dated_answer(&cert_pem, &key_pem).await;
-        learn_server_time(&tetherd, &ca_pem, &clock)
+        // An answer dated before this device's certificate was issued is
+        // an old server key's, not tetherd now.
+        let issued = DateTime::from_timestamp(1_600_000_000, 0).expect("2020-09");
+        learn_server_time(&tetherd, &ca_pem, Some(issued), &clock)
+            .await
+            .expect_err("dated before the device's certificate");
+        assert_eq!(clock.offset(), chrono::Duration::zero());
+        learn_server_time(&tetherd, &ca_pem, None, &clock)
             .await
             .expect("our CA, any time");
         assert!(
