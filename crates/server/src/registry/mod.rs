@@ -271,13 +271,14 @@ impl Registry {
         let csr_key =
             crate::pki::csr_public_key(&request.csr_pem).map_err(RegistryError::BadCsr)?;
         let device = DeviceId::new(presented.device.as_str())?;
-        // A deleted device is as revoked as one whose certificates were.
-        let serials = self
-            .store
-            .certificate_serials(&device)
-            .await?
-            .unwrap_or_default();
-        renewal::check(&presented, &csr_key, &serials, now, self.pki.renewal_grace)?;
+        let serials = self.store.certificate_serials(&device).await?;
+        renewal::check(
+            &presented,
+            &csr_key,
+            serials.as_ref(),
+            now,
+            self.pki.renewal_grace,
+        )?;
         self.renewals
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -295,7 +296,9 @@ impl Registry {
                 now,
             )
             .map_err(RegistryError::Pki)?;
-        let expected = serials.current.unwrap_or_default();
+        let expected = serials
+            .and_then(|serials| serials.current)
+            .unwrap_or_default();
         if !self
             .store
             .rotate_certificate_serial(
