@@ -79,6 +79,15 @@ pub fn check(
     Ok(())
 }
 
+/// The window a device's renewals are counted in: its certificate's
+/// lifetime, but never shorter than a minute (the short lifetimes of tests)
+/// nor longer than a day. A device limited is told to wait until its oldest
+/// renewal leaves the window, and the agent does: with a year-long window
+/// that wait could outlast its certificate and the grace, stranding it.
+pub fn renewal_window(lifetime: Duration) -> Duration {
+    lifetime.clamp(Duration::from_secs(60), Duration::from_secs(86_400))
+}
+
 /// At most `max` renewals per device within `window`: a device renews once
 /// per two thirds of its certificate's life, so more means a bug or abuse,
 /// and every renewal costs a signature and a database write.
@@ -238,6 +247,26 @@ mod tests {
             check(&presented("aa", 1000), &[9], None, at(500), GRACE),
             Err(Refusal::KeyMismatch)
         );
+    }
+
+    #[test]
+    fn a_limited_device_never_waits_longer_than_a_day() {
+        let year = Duration::from_secs(365 * 86_400);
+        assert_eq!(renewal_window(year), Duration::from_secs(86_400));
+        assert_eq!(
+            renewal_window(Duration::from_secs(3600)),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            renewal_window(Duration::from_secs(10)),
+            Duration::from_secs(60)
+        );
+        let mut limiter = RenewalLimiter::new(5, renewal_window(year));
+        for _ in 0..5 {
+            limiter.admit("a", at(0)).expect("admitted");
+        }
+        let wait = limiter.admit("a", at(0)).expect_err("limited");
+        assert!(wait <= Duration::from_secs(86_400), "{wait:?}");
     }
 
     #[test]

@@ -78,10 +78,8 @@ pub struct Endpoints {
 }
 
 /// A device renews about every two thirds of a lifetime; a handful within
-/// one lifetime leaves room for lost answers and restarts.
-const RENEWALS_PER_LIFETIME: usize = 5;
-/// The window is never shorter than this, for the short lifetimes of tests.
-const MIN_RENEWAL_WINDOW: Duration = Duration::from_secs(60);
+/// one window leaves room for lost answers and restarts.
+const RENEWALS_PER_WINDOW: usize = 5;
 
 #[derive(Clone)]
 pub struct Registry {
@@ -101,17 +99,14 @@ impl Registry {
         config: AuthConfig,
         pki: PkiConfig,
     ) -> Self {
-        let window = pki.device_certificate_lifetime.max(MIN_RENEWAL_WINDOW);
+        let window = renewal::renewal_window(pki.device_certificate_lifetime);
         Self {
             store,
             ca,
             link,
             config,
             pki,
-            renewals: Arc::new(Mutex::new(RenewalLimiter::new(
-                RENEWALS_PER_LIFETIME,
-                window,
-            ))),
+            renewals: Arc::new(Mutex::new(RenewalLimiter::new(RENEWALS_PER_WINDOW, window))),
         }
     }
 
