@@ -66,20 +66,23 @@ impl ServerClock {
         sent: DateTime<Utc>,
         received: DateTime<Utc>,
     ) {
-        let date = headers
-            .get(reqwest::header::DATE)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| DateTime::parse_from_rfc2822(value).ok());
-        if let Some(date) = date {
+        if let Some(date) = date_header(headers) {
             // The header drops the fraction: aim at the middle of its second.
-            self.learn(
-                date.with_timezone(&Utc) + Duration::milliseconds(500),
-                sent,
-                received,
-            );
+            self.learn(date + Duration::milliseconds(500), sent, received);
         }
     }
 }
+
+/// The time in an HTTP `Date` header, if there is a valid one.
+pub fn date_header(headers: &reqwest::header::HeaderMap) -> Option<DateTime<Utc>> {
+    headers
+        .get(reqwest::header::DATE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| DateTime::parse_from_rfc2822(value).ok())
+        .map(|date| date.with_timezone(&Utc))
+}
+
+impl ServerClock {}
 
 /// rustls asks this for the time when it checks tetherd's certificate.
 impl rustls::time_provider::TimeProvider for ServerClock {

@@ -87,9 +87,15 @@ pub async fn enroll(
     let server = server_base(&options.server)?;
 
     let ca_url = format!("{server}/api/v1/ca.pem");
-    let ca_pem = fetch_unverified(&ca_url, clock).await?;
+    let ca_pem = fetch_unverified(&ca_url).await?;
     pinned_ca(&ca_url, &ca_pem, &expected)?;
     tracing::info!("server CA at {ca_url} matches --ca-sha256");
+    if let Err(error) = tls::learn_server_time(&server, &ca_pem, None, clock).await {
+        tracing::warn!(
+            "cannot ask tetherd at {server} for the time; judging its certificate by this device's clock: {}",
+            crate::actions::chain(&error)
+        );
+    }
 
     let (key_pem, csr_pem) = generate_key_and_csr()?;
     state.store_key(&key_pem)?;
@@ -167,15 +173,15 @@ fn server_base(given: &str) -> Result<String, EnrollError> {
 }
 
 /// The one request made without verifying the server: its answer is checked
-/// against the pinned fingerprint instead. Its `Date` header sets `clock`.
-async fn fetch_unverified(url: &str, clock: &ServerClock) -> Result<String, EnrollError> {
+/// against the pinned fingerprint instead. Nothing else in it is trusted,
+/// not even its `Date` header.
+async fn fetch_unverified(url: &str) -> Result<String, EnrollError> {
     let client = reqwest::Client::builder()
         .tls_built_in_root_certs(false)
         .danger_accept_invalid_certs(true)
         .timeout(HTTP_TIMEOUT)
         .build()
         .map_err(EnrollError::Client)?;
-    let sent = Utc::now();
     let response = client
         .get(url)
         .send()
@@ -184,7 +190,6 @@ async fn fetch_unverified(url: &str, clock: &ServerClock) -> Result<String, Enro
             url: url.to_owned(),
             source,
         })?;
-    clock.learn_from_date_header(response.headers(), sent, Utc::now());
     if !response.status().is_success() {
         return Err(EnrollError::Status {
             url: url.to_owned(),

@@ -254,7 +254,7 @@ impl ReloadCertificate for MqttCertificate {
         cert: &'a Path,
         key: &'a Path,
     ) -> futures::future::BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move { self.0.reload_server_certificate(cert, key) })
+        Box::pin(self.0.reload_server_certificate(cert, key))
     }
 }
 

@@ -61,6 +61,16 @@ pub enum PrivateDirError {
         uid: u32,
     },
     #[error(
+        "{path} is a symbolic link to {target}, which is missing, not owned by uid {uid} or readable by others, \
+         so what tetherd writes there could be read or replaced by another user: remove the link, \
+         or make its target exist, belong to uid {uid} and be mode 600 (700 for a directory)"
+    )]
+    OpenLink {
+        path: PathBuf,
+        target: PathBuf,
+        uid: u32,
+    },
+    #[error(
         "could not restrict {path} to mode {mode:o}: run `chmod -R go-rwx {data_dir}` as its owner"
     )]
     Chmod {
@@ -78,8 +88,11 @@ pub enum PrivateDirError {
 /// otherwise leave the database and its `-wal`/`-shm` readable by everyone.
 /// Anything owned by another user is refused by name, since only its owner
 /// (or root) could change it and tetherd should not run as either by accident.
-/// Symlinks inside are left alone: chmod would follow them out of the dir.
-/// The data dir itself may be one (e.g. onto a data volume).
+/// Symlinks inside are not changed (chmod would follow them out of the dir)
+/// but must be ours and lead to something of ours that is already private:
+/// a link planted before the dir was private would otherwise have tetherd
+/// write its database or keys wherever it points, even to a file created
+/// later. The data dir itself may be one (e.g. onto a data volume).
 pub fn make_private_dir(dir: &Path) -> Result<(), PrivateDirError> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -105,7 +118,7 @@ fn restrict(path: &Path, data_dir: &Path, uid: u32) -> Result<(), PrivateDirErro
     }
     .map_err(inspect)?;
     if meta.file_type().is_symlink() {
-        return Ok(());
+        return check_link(path, meta.uid(), uid);
     }
     if meta.uid() != uid {
         return Err(PrivateDirError::NotOwner {
@@ -133,6 +146,22 @@ fn restrict(path: &Path, data_dir: &Path, uid: u32) -> Result<(), PrivateDirErro
         }
     }
     Ok(())
+}
+
+fn check_link(path: &Path, link_owner: u32, uid: u32) -> Result<(), PrivateDirError> {
+    let target = std::fs::read_link(path).unwrap_or_default();
+    let private = std::fs::metadata(path).is_ok_and(|target| {
+        let allowed = if target.is_dir() { 0o700 } else { 0o600 };
+        target.uid() == uid && target.permissions().mode() & 0o777 & !allowed == 0
+    });
+    if link_owner == uid && private {
+        return Ok(());
+    }
+    Err(PrivateDirError::OpenLink {
+        path: path.to_owned(),
+        target,
+        uid,
+    })
 }
 
 /// Files tetherd creates from now on (SQLite's database, `-wal` and `-shm`
@@ -184,25 +213,49 @@ mod tests {
     }
 
     #[test]
-    fn a_data_dir_reached_through_a_symlink_is_made_private_but_links_inside_are_not_followed() {
+    fn a_data_dir_reached_through_a_symlink_is_made_private() {
         let temp = tempfile::tempdir().expect("tempdir");
         let volume = temp.path().join("volume");
-        let outside = temp.path().join("outside.txt");
         std::fs::create_dir(&volume).expect("creates");
         std::fs::set_permissions(&volume, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        std::fs::write(&outside, "x").expect("writes");
-        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        std::os::unix::fs::symlink(&outside, volume.join("link")).expect("links");
         let dir = temp.path().join("data");
         std::os::unix::fs::symlink(&volume, &dir).expect("links");
         make_private_dir(&dir).expect("makes it private");
         let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
         assert_eq!(mode(&volume), 0o700);
+    }
+
+    #[test]
+    fn links_inside_to_anything_not_already_private_are_refused_and_not_followed() {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let dir = temp.path().join("data");
+        std::fs::create_dir(&dir).expect("creates");
+        let outside = temp.path().join("outside.txt");
+        std::fs::write(&outside, "x").expect("writes");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+
+        // Planted while the dir was open: SQLite would create its -wal
+        // wherever this points, with whatever mode that place gives it.
+        let dangling = dir.join("tether.db-wal");
+        std::os::unix::fs::symlink(temp.path().join("later"), &dangling).expect("links");
+        let error = make_private_dir(&dir).expect_err("a dangling link");
+        assert!(error.to_string().contains("tether.db-wal"), "{error}");
+        std::fs::remove_file(&dangling).expect("removes");
+
+        let open = dir.join("tether.db");
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::os::unix::fs::symlink(&outside, &open).expect("links");
+        let error = make_private_dir(&dir).expect_err("a link to a readable file");
+        assert!(error.to_string().contains("remove the link"), "{error}");
         assert_eq!(
             mode(&outside),
             0o644,
             "a file outside the dir is not touched"
         );
+
+        // The operator's own link to a private file is fine.
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        make_private_dir(&dir).expect("a link to a private file of ours");
     }
 
     #[test]

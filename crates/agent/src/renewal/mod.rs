@@ -80,7 +80,15 @@ impl Renewal {
     /// device was off, or its clock is wrong): connecting with it would
     /// fail. Returns once the credentials are usable, retrying meanwhile.
     pub async fn ensure_current(&self, credentials: Credentials) -> Credentials {
-        if let Err(error) = crate::tls::learn_server_time(&credentials.api_url, &self.clock).await {
+        let issued = Validity::of(&credentials.cert_pem).map(|validity| validity.not_before);
+        if let Err(error) = crate::tls::learn_server_time(
+            &credentials.api_url,
+            &credentials.ca_pem,
+            issued,
+            &self.clock,
+        )
+        .await
+        {
             tracing::warn!(
                 "cannot ask tetherd at {} for the time; judging certificates by this device's clock: {}",
                 credentials.api_url,

@@ -27,8 +27,8 @@ pub enum RenewError {
         #[source]
         source: reqwest::Error,
     },
-    /// Revoked, replaced, or expired beyond the grace: only a new
-    /// enrollment helps.
+    /// Revoked, replaced, expired beyond the grace, or not a certificate
+    /// tetherd issued: only a new enrollment helps.
     #[error("tetherd refused to renew the device certificate: {message}")]
     Refused { message: String },
     #[error("tetherd limits how often a device renews")]
@@ -125,7 +125,9 @@ fn refusal(
         .map(|e| e.error.message)
         .unwrap_or_else(|_| body.chars().take(200).collect());
     match status {
-        StatusCode::FORBIDDEN => RenewError::Refused { message },
+        // 401: the certificate itself was refused (not this CA's, not a
+        // device's); asking again with it cannot help either.
+        StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => RenewError::Refused { message },
         StatusCode::TOO_MANY_REQUESTS => RenewError::Limited {
             retry_after: retry_after.unwrap_or(Duration::from_secs(60)),
         },
@@ -151,6 +153,10 @@ mod tests {
         assert!(matches!(
             refusal("u".into(), StatusCode::TOO_MANY_REQUESTS, "", Some(Duration::from_secs(7))),
             RenewError::Limited { retry_after } if retry_after == Duration::from_secs(7)
+        ));
+        assert!(matches!(
+            refusal("u".into(), StatusCode::UNAUTHORIZED, "", None),
+            RenewError::Refused { .. }
         ));
         assert!(matches!(
             refusal("u".into(), StatusCode::BAD_GATEWAY, "oops", None),

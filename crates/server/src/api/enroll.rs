@@ -14,6 +14,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ClientHost};
+use crate::registry::RegistryError;
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
@@ -59,25 +60,41 @@ async fn renew(
     ApiJson(request): ApiJson<RenewRequest>,
 ) -> Response {
     let renewed = state.registry.renew(&request, Utc::now()).await;
-    let device = state
-        .ca
-        .verify_device_certificate(&request.certificate_pem)
-        .map_or_else(|_| "?".to_owned(), |presented| presented.device);
+    // Anyone may post; only requests with a certificate of this CA are
+    // audited, or anyone could grow the audit log one row per request.
+    let device = match &renewed {
+        Ok(renewed) => Some(renewed.device.clone()),
+        Err(RegistryError::BadCertificate(_)) => None,
+        Err(_) => state
+            .ca
+            .verify_device_certificate(&request.certificate_pem)
+            .ok()
+            .map(|presented| presented.device),
+    };
     let response = match renewed {
         Ok(renewed) => axum::Json(renewed).into_response(),
         Err(error) => {
             let error = ApiError::from(error);
-            tracing::info!(%device, status = error.status.as_u16(), reason = %error.message, "certificate renewal refused");
+            match &device {
+                Some(device) => {
+                    tracing::info!(%device, status = error.status.as_u16(), reason = %error.message, "certificate renewal refused")
+                }
+                None => {
+                    tracing::debug!(status = error.status.as_u16(), reason = %error.message, "certificate renewal refused")
+                }
+            }
             error.into_response()
         }
     };
-    state
-        .audit(
-            &format!("device:{device}"),
-            "POST",
-            "/api/v1/renew",
-            response.status().as_u16(),
-        )
-        .await;
+    if let Some(device) = device {
+        state
+            .audit(
+                &format!("device:{device}"),
+                "POST",
+                "/api/v1/renew",
+                response.status().as_u16(),
+            )
+            .await;
+    }
     response
 }

@@ -107,7 +107,7 @@ impl From<RegistryError> for ApiError {
             }
             RegistryError::RenewalRefused(refusal) => match refusal {
                 Refusal::KeyMismatch => Self::bad_request(message),
-                Refusal::Revoked { .. } | Refusal::Replaced { .. } => {
+                Refusal::Revoked { .. } | Refusal::Replaced { .. } | Refusal::Deleted { .. } => {
                     Self::new(StatusCode::FORBIDDEN, "certificate_revoked", message)
                 }
                 Refusal::PastGrace { .. } => {

@@ -454,6 +454,20 @@ impl LinkState {
         let Some(device) = session_device(session) else {
             return;
         };
+        if !self.still_current(session, &device).await {
+            // Revoked (or replaced) between the CONNECT check and the
+            // session's registration, when a kick finds nothing to end. The
+            // handshake holds the client's lock until it is done, so the kick
+            // runs in its own task and waits for it.
+            tracing::warn!(%device, "ended a session whose certificate was revoked while it connected");
+            let scx = session.scx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = kick(&scx, &device).await {
+                    tracing::warn!(%device, error = format!("{e:#}"), "could not end the revoked device's session");
+                }
+            });
+            return;
+        }
         let generation = {
             let mut presence = self.presence();
             let generation = presence.connected(device.clone());
@@ -513,6 +527,30 @@ fn inbound(device: DeviceId, topic: &str, payload: &[u8]) -> Inbound {
         device,
         topic: topic.to_owned(),
         size: payload.len(),
+    }
+}
+
+impl LinkState {
+    /// Asks again whether the session's certificate is current, now that the
+    /// session is registered: a revocation from here on finds it to kick.
+    async fn still_current(&self, session: &Session, device: &DeviceId) -> bool {
+        let Ok(info) = session.connect_info().await else {
+            return false;
+        };
+        let cert = info.cert().map(|cert| PresentedCert {
+            common_name: cert.common_name.as_deref(),
+            serial_unsigned_hex: cert.serial.as_deref(),
+        });
+        match cert_identity(cert, &session.id.client_id) {
+            Ok(identity) => {
+                identity.device == *device
+                    && self
+                        .credentials
+                        .certificate_is_current(device, &identity.serial_hex)
+                        .await
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -671,11 +709,14 @@ fn spawn_accept_loop(
 
 impl RmqttLink {
     /// Serves the certificate chain and key in `cert`/`key` from now on,
-    /// without dropping a session: a second listener with the new
-    /// certificate binds the same port (SO_REUSEPORT) and starts accepting
-    /// before the old accept loop stops. Connections stay with the task that
-    /// serves them.
-    pub fn reload_server_certificate(&self, cert: &Path, key: &Path) -> Result<(), String> {
+    /// without dropping a session or a connection: a second listener with
+    /// the new certificate binds the same port (SO_REUSEPORT), the kernel is
+    /// told to send every new connection to it, and the old listener keeps
+    /// accepting for [`RELOAD_DRAIN`] so the handshakes already queued on it
+    /// are served before it closes (closing it would reset them).
+    /// Connections stay with the task that serves them. Returns after the
+    /// drain; the renewal task calls it once per certificate.
+    pub async fn reload_server_certificate(&self, cert: &Path, key: &Path) -> Result<(), String> {
         let config = RmqttConfig {
             server_cert_pem: cert.to_owned(),
             server_key_pem: key.to_owned(),
@@ -709,9 +750,223 @@ impl RmqttLink {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .replace(replacement);
-        if let Some(previous) = previous {
-            previous.abort();
+        let Some(previous) = previous else {
+            return Ok(());
+        };
+        let mut previous = AbortOnDrop(previous);
+        if let Err(error) = steer_to_second_listener(self.config.listen) {
+            // Without the steering, connections queued on the old listener
+            // when it closes are reset; devices reconnect.
+            tracing::warn!(%error, "could not steer new MQTT connections to the renewed listener; a few connecting devices may be reset and reconnect");
         }
+        tokio::time::sleep(RELOAD_DRAIN).await;
+        // Wait until the old listener is closed: the next reload counts on
+        // the renewed one being alone in the group.
+        previous.0.abort();
+        let _ = (&mut previous.0).await;
         Ok(())
+    }
+}
+
+/// How long the replaced listener keeps accepting the connections the
+/// kernel queued on it before it was steered away: several round trips.
+const RELOAD_DRAIN: Duration = Duration::from_secs(1);
+
+/// Aborts the accept loop when dropped, also when a reload is cancelled.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Makes the kernel hand every new connection on `addr` to the second
+/// socket of its SO_REUSEPORT group, the renewed listener (the one being
+/// replaced is the first). A classic BPF program returning 1 does that; it
+/// stays with the group, and once the old listener has closed, the index is
+/// out of range and the kernel falls back to its hash over the one socket
+/// left. The program can only be attached through a listening member of the
+/// group, so a short-lived one joins (after the renewed listener, so it is
+/// third and gets nothing once the program is in place) and leaves.
+fn steer_to_second_listener(addr: SocketAddr) -> Result<(), nix::Error> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt,
+        socket, sockopt,
+    };
+    use std::os::fd::AsRawFd;
+
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let member = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&member, sockopt::ReuseAddr, &true)?;
+    setsockopt(&member, sockopt::ReusePort, &true)?;
+    bind(member.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    listen(&member, Backlog::new(1)?)?;
+    // BPF_RET | BPF_K: return the constant 1.
+    let mut program = [libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k: 1,
+    }];
+    let program = libc::sock_fprog {
+        len: 1,
+        filter: program.as_mut_ptr(),
+    };
+    setsockopt(&member, sockopt::AttachReusePortCbpf, &program)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NobodyIsCurrent;
+
+    /// Takes nothing: no device ever gets past authentication here.
+    struct NoInbox;
+
+    impl DeviceInbox for NoInbox {
+        fn session(&self, _change: SessionChange) {}
+
+        fn publish(&self, _inbound: Inbound) -> BoxFuture<'_, Result<(), Refusal>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    impl DeviceCredentials for NobodyIsCurrent {
+        fn certificate_is_current<'a>(
+            &'a self,
+            _device: &'a DeviceId,
+            _serial_hex: &'a str,
+        ) -> BoxFuture<'a, bool> {
+            Box::pin(async { false })
+        }
+    }
+
+    fn open_files() -> usize {
+        std::fs::read_dir("/proc/self/fd").expect("procfs").count()
+    }
+
+    /// Completes TLS handshakes with the endpoint as device `edge-1` until
+    /// `stop`, counting those that fail.
+    fn handshake_until(
+        addr: SocketAddr,
+        ca: &crate::pki::CertificateAuthority,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<(usize, usize)> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .and_then(|csr| csr.pem())
+            .expect("csr");
+        let cert = ca
+            .sign_device_csr(
+                &DeviceId::new("edge-1").expect("valid"),
+                &csr,
+                Duration::from_secs(600),
+                chrono::Utc::now(),
+            )
+            .expect("signs");
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(
+                tether_proto::ca::single_certificate(ca.cert_pem())
+                    .expect("one")
+                    .into(),
+            )
+            .expect("root");
+        let chain = rustls_pemfile::certs(&mut cert.pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("chain");
+        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key");
+        let config = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .expect("config"),
+        );
+        std::thread::spawn(move || {
+            let (mut done, mut failed) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+                let mut tls = rustls::ClientConnection::new(config.clone(), name).expect("client");
+                let handshake = std::net::TcpStream::connect(addr).and_then(|mut tcp| {
+                    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    while tls.is_handshaking() {
+                        tls.complete_io(&mut tcp)?;
+                    }
+                    Ok(())
+                });
+                done += 1;
+                if let Err(e) = handshake {
+                    eprintln!("handshake failed: {e}");
+                    failed += 1;
+                }
+            }
+            (done, failed)
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn certificate_reloads_drop_no_connection_and_leak_no_sockets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = crate::pki::CertificateAuthority::load_or_create(dir.path()).expect("CA");
+        let issued = ca
+            .issue_server_certificate(
+                dir.path(),
+                &["localhost".to_owned()],
+                Duration::from_secs(600),
+                chrono::Utc::now(),
+            )
+            .expect("issues");
+        let (link, addr) = RmqttLink::start(
+            RmqttConfig::new(
+                "127.0.0.1:0".parse().expect("addr"),
+                issued.cert_path.clone(),
+                issued.key_path.clone(),
+                ca.cert_path().to_owned(),
+            ),
+            Arc::new(NobodyIsCurrent),
+            Arc::new(NoInbox),
+        )
+        .await
+        .expect("starts");
+        let before = open_files();
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = handshake_until(addr, &ca, stop.clone());
+        for _ in 0..8 {
+            link.reload_server_certificate(&issued.cert_path, &issued.key_path)
+                .await
+                .expect("reloads");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (done, failed) = tokio::task::spawn_blocking(move || clients.join().expect("joins"))
+            .await
+            .expect("joins");
+        assert!(done > 8, "only {done} handshakes");
+        assert_eq!(
+            failed, 0,
+            "{failed} of {done} handshakes failed during reloads"
+        );
+
+        // Each replaced listener is closed; the served connections end with
+        // their clients.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while open_files() > before + 2 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            open_files() <= before + 2,
+            "{} open files after 8 reloads, {before} before",
+            open_files()
+        );
     }
 }

@@ -23,6 +23,10 @@ pub enum Refusal {
     )]
     Revoked { device: String },
     #[error(
+        "device {device} was deleted: add it again with `tether devices add {device}` and enroll it with the command that prints"
+    )]
+    Deleted { device: String },
+    #[error(
         "this certificate of device {device} was replaced (re-enrolled or renewed elsewhere): enroll it again with a token from `tether devices enrollment-token {device}`"
     )]
     Replaced { device: String },
@@ -37,11 +41,12 @@ pub enum Refusal {
 }
 
 /// Decides a renewal of `presented`, whose CSR carries `csr_key`, for a
-/// device whose registry entry holds `serials`, at `now`.
+/// device whose registry entry holds `serials` (`None`: no entry, deleted),
+/// at `now`.
 pub fn check(
     presented: &PresentedDeviceCertificate,
     csr_key: &[u8],
-    serials: &CertificateSerials,
+    serials: Option<&CertificateSerials>,
     now: DateTime<Utc>,
     grace: Duration,
 ) -> Result<(), Refusal> {
@@ -49,6 +54,9 @@ pub fn check(
         return Err(Refusal::KeyMismatch);
     }
     let device = presented.device.clone();
+    let Some(serials) = serials else {
+        return Err(Refusal::Deleted { device });
+    };
     if serials.current.is_none() {
         return Err(Refusal::Revoked { device });
     }
@@ -69,6 +77,15 @@ pub fn check(
         });
     }
     Ok(())
+}
+
+/// The window a device's renewals are counted in: its certificate's
+/// lifetime, but never shorter than a minute (the short lifetimes of tests)
+/// nor longer than a day. A device limited is told to wait until its oldest
+/// renewal leaves the window, and the agent does: with a year-long window
+/// that wait could outlast its certificate and the grace, stranding it.
+pub fn renewal_window(lifetime: Duration) -> Duration {
+    lifetime.clamp(Duration::from_secs(60), Duration::from_secs(86_400))
 }
 
 /// At most `max` renewals per device within `window`: a device renews once
@@ -141,9 +158,9 @@ mod tests {
     fn the_current_certificate_renews_before_and_within_the_grace_after_expiry() {
         let cert = presented("aa", 1000);
         let ok = serials(Some("aa"), None);
-        assert_eq!(check(&cert, &[1, 2, 3], &ok, at(500), GRACE), Ok(()));
-        assert_eq!(check(&cert, &[1, 2, 3], &ok, at(1100), GRACE), Ok(()));
-        let refused = check(&cert, &[1, 2, 3], &ok, at(1101), GRACE).expect_err("past grace");
+        assert_eq!(check(&cert, &[1, 2, 3], Some(&ok), at(500), GRACE), Ok(()));
+        assert_eq!(check(&cert, &[1, 2, 3], Some(&ok), at(1100), GRACE), Ok(()));
+        let refused = check(&cert, &[1, 2, 3], Some(&ok), at(1101), GRACE).expect_err("past grace");
         assert_eq!(
             refused,
             Refusal::PastGrace {
@@ -163,7 +180,7 @@ mod tests {
             check(
                 &cert,
                 &[1, 2, 3],
-                &serials(Some("bb"), Some("aa")),
+                Some(&serials(Some("bb"), Some("aa"))),
                 at(500),
                 GRACE
             ),
@@ -174,7 +191,7 @@ mod tests {
             check(
                 &cert,
                 &[1, 2, 3],
-                &serials(Some("bb"), None),
+                Some(&serials(Some("bb"), None)),
                 at(500),
                 GRACE
             ),
@@ -188,15 +205,68 @@ mod tests {
     fn revoked_devices_and_foreign_keys_are_refused() {
         let cert = presented("aa", 1000);
         assert_eq!(
-            check(&cert, &[1, 2, 3], &serials(None, None), at(500), GRACE),
+            check(
+                &cert,
+                &[1, 2, 3],
+                Some(&serials(None, None)),
+                at(500),
+                GRACE
+            ),
             Err(Refusal::Revoked {
                 device: "edge-1".into()
             })
         );
         assert_eq!(
-            check(&cert, &[9], &serials(Some("aa"), None), at(500), GRACE),
+            check(
+                &cert,
+                &[9],
+                Some(&serials(Some("aa"), None)),
+                at(500),
+                GRACE
+            ),
             Err(Refusal::KeyMismatch)
         );
+    }
+
+    #[test]
+    fn a_deleted_device_is_told_to_add_it_again() {
+        let refused =
+            check(&presented("aa", 1000), &[1, 2, 3], None, at(500), GRACE).expect_err("deleted");
+        assert_eq!(
+            refused,
+            Refusal::Deleted {
+                device: "edge-1".into()
+            }
+        );
+        assert!(
+            refused.to_string().contains("tether devices add edge-1"),
+            "{refused}"
+        );
+        // Without the key, nothing is told about the device.
+        assert_eq!(
+            check(&presented("aa", 1000), &[9], None, at(500), GRACE),
+            Err(Refusal::KeyMismatch)
+        );
+    }
+
+    #[test]
+    fn a_limited_device_never_waits_longer_than_a_day() {
+        let year = Duration::from_secs(365 * 86_400);
+        assert_eq!(renewal_window(year), Duration::from_secs(86_400));
+        assert_eq!(
+            renewal_window(Duration::from_secs(3600)),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            renewal_window(Duration::from_secs(10)),
+            Duration::from_secs(60)
+        );
+        let mut limiter = RenewalLimiter::new(5, renewal_window(year));
+        for _ in 0..5 {
+            limiter.admit("a", at(0)).expect("admitted");
+        }
+        let wait = limiter.admit("a", at(0)).expect_err("limited");
+        assert!(wait <= Duration::from_secs(86_400), "{wait:?}");
     }
 
     #[test]

@@ -45,8 +45,11 @@ pub enum RegistryError {
     BadCsr(#[source] PkiError),
     #[error("could not issue the device certificate")]
     Pki(#[source] PkiError),
-    #[error("the certificate presented for renewal was refused")]
-    BadCertificate(#[source] PkiError),
+    /// The cause is in the message: the device sees only the message.
+    #[error(
+        "the certificate presented for renewal was refused ({0}): enroll the device again with a token from `tether devices enrollment-token NAME`"
+    )]
+    BadCertificate(PkiError),
     #[error(transparent)]
     RenewalRefused(#[from] Refusal),
     #[error(
@@ -79,10 +82,8 @@ pub struct Endpoints {
 }
 
 /// A device renews about every two thirds of a lifetime; a handful within
-/// one lifetime leaves room for lost answers and restarts.
-const RENEWALS_PER_LIFETIME: usize = 5;
-/// The window is never shorter than this, for the short lifetimes of tests.
-const MIN_RENEWAL_WINDOW: Duration = Duration::from_secs(60);
+/// one window leaves room for lost answers and restarts.
+const RENEWALS_PER_WINDOW: usize = 5;
 
 #[derive(Clone)]
 pub struct Registry {
@@ -102,17 +103,14 @@ impl Registry {
         config: AuthConfig,
         pki: PkiConfig,
     ) -> Self {
-        let window = pki.device_certificate_lifetime.max(MIN_RENEWAL_WINDOW);
+        let window = renewal::renewal_window(pki.device_certificate_lifetime);
         Self {
             store,
             ca,
             link,
             config,
             pki,
-            renewals: Arc::new(Mutex::new(RenewalLimiter::new(
-                RENEWALS_PER_LIFETIME,
-                window,
-            ))),
+            renewals: Arc::new(Mutex::new(RenewalLimiter::new(RENEWALS_PER_WINDOW, window))),
         }
     }
 
@@ -272,13 +270,14 @@ impl Registry {
         let csr_key =
             crate::pki::csr_public_key(&request.csr_pem).map_err(RegistryError::BadCsr)?;
         let device = DeviceId::new(presented.device.as_str())?;
-        // A deleted device is as revoked as one whose certificates were.
-        let serials = self
-            .store
-            .certificate_serials(&device)
-            .await?
-            .unwrap_or_default();
-        renewal::check(&presented, &csr_key, &serials, now, self.pki.renewal_grace)?;
+        let serials = self.store.certificate_serials(&device).await?;
+        renewal::check(
+            &presented,
+            &csr_key,
+            serials.as_ref(),
+            now,
+            self.pki.renewal_grace,
+        )?;
         self.renewals
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -296,7 +295,9 @@ impl Registry {
                 now,
             )
             .map_err(RegistryError::Pki)?;
-        let expected = serials.current.unwrap_or_default();
+        let expected = serials
+            .and_then(|serials| serials.current)
+            .unwrap_or_default();
         if !self
             .store
             .rotate_certificate_serial(
@@ -402,5 +403,17 @@ fn validate_labels(labels: &Labels) -> Result<(), RegistryError> {
             value: value.clone(),
         }),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_renewal_certificate_says_why_and_what_to_do() {
+        let message = RegistryError::BadCertificate(PkiError::NotACertificate).to_string();
+        assert!(message.contains("not one PEM certificate"), "{message}");
+        assert!(message.contains("enrollment-token"), "{message}");
     }
 }

@@ -913,6 +913,61 @@ async fn disconnect_kicks_the_session() {
     sub.kill().await.expect("stop mosquitto_sub");
 }
 
+/// Says yes once, then no: a revocation that lands between the CONNECT
+/// check and the session's registration, when a kick finds no session.
+struct RevokedWhileConnecting(std::sync::atomic::AtomicBool);
+
+impl DeviceCredentials for RevokedWhileConnecting {
+    fn certificate_is_current<'a>(
+        &'a self,
+        _device: &'a DeviceId,
+        _serial_hex: &'a str,
+    ) -> BoxFuture<'a, bool> {
+        let first = !self.0.swap(true, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move { first })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_revoked_while_connecting_keeps_no_session() {
+    let mut fx = Fixture::start().await;
+    let config = RmqttConfig {
+        listen: "127.0.0.1:0".parse().expect("socket address"),
+        server_cert_pem: fx.pki.server_cert.clone(),
+        server_key_pem: fx.pki.server_key.clone(),
+        client_ca_pem: fx.pki.ca.clone(),
+        max_packet_size: RmqttConfig::DEFAULT_MAX_PACKET_SIZE,
+    };
+    let (seen, messages) = mpsc::unbounded_channel();
+    let recorder = Arc::new(Recorder {
+        seen,
+        refusal: std::sync::Mutex::new(None),
+    });
+    let credentials = Arc::new(RevokedWhileConnecting(Default::default()));
+    let (link, bound) = RmqttLink::start(config, credentials, recorder.clone())
+        .await
+        .expect("start the MQTT endpoint");
+    fx.link = link;
+    fx.port = bound.port();
+    fx.messages = messages;
+    fx.recorder = recorder;
+
+    let a = fx.pki.device_a.clone();
+    let mut sub = fx.subscribe("device-a", &a, Mqtt::V5, &topic("device-a", "actions"), &[]);
+    // Kicked, it reconnects, is refused, and gives up.
+    timeout(WAIT, sub.wait())
+        .await
+        .expect("the revoked device's session is ended")
+        .expect("mosquitto_sub ran");
+    assert!(!fx.link.is_connected(&id("device-a")));
+    while let Ok(message) = fx.messages.try_recv() {
+        assert!(
+            !matches!(message, DeviceMessage::Connected { .. }),
+            "a revoked device is never reported connected"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_device_s_will_arrives_as_its_status() {
     let mut fx = Fixture::start().await;
