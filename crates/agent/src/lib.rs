@@ -11,6 +11,7 @@ pub mod logging;
 pub mod queue;
 pub mod session;
 pub mod state;
+pub mod telemetry;
 
 use std::future::Future;
 use std::path::PathBuf;

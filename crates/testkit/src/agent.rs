@@ -17,17 +17,36 @@ pub struct Agent {
     pub name: String,
     child: Option<Child>,
     dir: TempDir,
+    /// Extra environment of the agent process, e.g. libfaketime's.
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
     /// Registers device `name` through the API and enrolls a new agent for
     /// it, without waiting for it to come online.
     pub async fn enroll(tetherd: &Tetherd, admin: &ApiClient, name: &str) -> anyhow::Result<Self> {
+        Self::enroll_with_env(tetherd, admin, name, &[]).await
+    }
+
+    /// Like [`Agent::enroll`], with extra environment variables for the
+    /// agent process (now and on every restart), e.g. libfaketime's
+    /// `LD_PRELOAD` and `FAKETIME`: set directly rather than through the
+    /// `faketime` command, which forks, so the agent's pid stays its own.
+    pub async fn enroll_with_env(
+        tetherd: &Tetherd,
+        admin: &ApiClient,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let created = admin
             .post("/api/v1/devices", json!({"name": name}))
             .await?
             .expect_status(201)?;
         let mut agent = Self::new(name)?;
+        agent.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         agent.spawn(Some(&created["enrollment"]), &tetherd.api_url)?;
         Ok(agent)
     }
@@ -52,6 +71,7 @@ impl Agent {
             name: name.to_owned(),
             child: None,
             dir,
+            env: Vec::new(),
         })
     }
 
@@ -82,6 +102,7 @@ impl Agent {
             .context("opening the agent log")?;
         let mut command = Command::new(binary("tether-agent")?);
         command
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("--state-dir")
             .arg(self.state_dir())
             .args(["--log-level", "debug"])

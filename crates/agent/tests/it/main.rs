@@ -1,0 +1,4 @@
+//! tether-agent's integration tests against a real tetherd, in one binary to
+//! keep link time down.
+
+mod clock;
