@@ -87,7 +87,15 @@ fn the_agents_birth_and_death_conform_to_the_status_schema() {
         "status",
         &json!({"state": "maybe", "agentVersion": "1"})
     ));
-    assert!(refused("status", &json!({"state": "online"})));
+    assert!(
+        !refused("status", &json!({"state": "offline"})),
+        "only state is required"
+    );
+    assert!(refused("status", &json!({"agentVersion": "1"})));
+    assert!(refused(
+        "status",
+        &json!({"state": "online", "agentVersion": "v".repeat(65)})
+    ));
     assert!(refused(
         "status",
         &json!({"state": "online", "agentVersion": "1", "seq": -1})
