@@ -2,3 +2,4 @@
 //! keep link time down.
 
 mod clock;
+mod third_party_device;
