@@ -2,4 +2,5 @@
 //! keep link time down.
 
 mod clock;
+mod offline;
 mod third_party_device;
