@@ -69,6 +69,8 @@ async fn wait_for_state(admin: &ApiClient, id: &str) -> anyhow::Result<Value> {
         .expect_status(200)
 }
 
+// Passes on this branch merged with the ingest branch (checked 2026-12-01):
+// drop the `ignore` once both are in main.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the ingest branch: a birth without bootId/seq, presence from the MQTT session"]
 async fn a_paho_device_built_from_the_contract_enrolls_answers_and_is_confined() {
