@@ -13,6 +13,7 @@ pub mod queue;
 pub mod renewal;
 pub mod session;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 
 use std::future::Future;

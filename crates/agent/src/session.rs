@@ -12,7 +12,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
@@ -21,6 +20,7 @@ use tether_proto::metrics::HostMetrics;
 use tether_proto::{ActionEvent, DeviceId, DeviceStatus, DeviceTopic, Presence, TopicKind};
 use tokio::sync::{mpsc, watch};
 
+use crate::actions::expiry::{Delivery, Moment};
 use crate::actions::run_stats::{MetricsSink, StatsRunner};
 use crate::actions::{self, AGENT_VERSION, Context, Dispatcher, IMPLEMENTED};
 use crate::authorization::AuthorizationGuard;
@@ -30,6 +30,7 @@ use crate::dedupe::{DEFAULT_CAPACITY, Dedupe, DedupeError};
 use crate::logging::LogControl;
 use crate::queue::Queued;
 use crate::state::{ACTIONS_DIR, Credentials, StateDir};
+use crate::telemetry::TelemetryGate;
 use crate::tls::{self, TlsError};
 
 const DEFAULT_MQTT_PORT: u16 = 8883;
@@ -105,6 +106,7 @@ struct Publisher {
     client: AsyncClient,
     device: DeviceId,
     boot_id: String,
+    telemetry: Arc<TelemetryGate>,
 }
 
 impl Publisher {
@@ -173,6 +175,9 @@ impl Publisher {
 
 impl MetricsSink for Publisher {
     fn publish_metrics(&self, metrics: &HostMetrics) {
+        if !self.telemetry.admit() {
+            return;
+        }
         let payload = serde_json::to_vec(metrics).unwrap_or_default();
         // Samples are worth nothing late: drop one rather than queue behind an outage.
         if let Err(e) = self.client.try_publish(
@@ -181,6 +186,7 @@ impl MetricsSink for Publisher {
             false,
             payload,
         ) {
+            self.telemetry.dropped();
             tracing::debug!("metrics sample dropped: {e}");
         }
     }
@@ -220,6 +226,7 @@ pub async fn run(
         client,
         device: credentials.device.clone(),
         boot_id: uuid::Uuid::new_v4().to_string(),
+        telemetry: Arc::new(TelemetryGate::default()),
     };
     let context = Context {
         logging,
@@ -259,15 +266,15 @@ pub async fn run(
 /// Runs actions one at a time, in arrival order, and publishes their events.
 async fn work(
     mut dispatcher: Dispatcher,
-    mut actions: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut actions: mpsc::UnboundedReceiver<Delivery>,
     queued: Queued,
     publisher: Publisher,
 ) {
-    while let Some(payload) = actions.recv().await {
-        if let Some(event) = dispatcher.handle(&payload, Utc::now()).await {
+    while let Some(delivery) = actions.recv().await {
+        if let Some(event) = dispatcher.handle(&delivery, Moment::now()).await {
             publisher.publish_event(&event).await;
         }
-        queued.done(&payload);
+        queued.done(&delivery.payload);
     }
 }
 
@@ -277,7 +284,7 @@ struct Session {
     url: String,
     /// Named in the hint when tetherd refuses the device.
     state_dir: std::path::PathBuf,
-    actions: mpsc::UnboundedSender<Vec<u8>>,
+    actions: mpsc::UnboundedSender<Delivery>,
     queued: Queued,
     /// Connection number of this process; the birth and will carry it.
     seq: u64,
@@ -311,6 +318,7 @@ impl Session {
                 Err(e) => Some(describe(&e, &self.state_dir)),
             };
             let Some(failure) = failure else { continue };
+            self.publisher.telemetry.offline();
 
             if self
                 .connected_at
@@ -327,6 +335,13 @@ impl Session {
             );
             // Whatever was half-sent is dropped; the next connection is new.
             self.eventloop.clean();
+            // `clean` moved what waited in the request channel into rumqttc's
+            // pending queue, which a clean-start CONNACK discards anyway; it
+            // has no bound, so it is emptied now rather than then. Nothing is
+            // lost: an answer (QoS 1 event) is in the action records, and
+            // tetherd delivers the unanswered action again after the
+            // reconnect, which the agent answers from its record.
+            self.eventloop.pending.clear();
             self.seq += 1;
             self.eventloop
                 .options
@@ -405,13 +420,29 @@ impl Session {
                     self.publisher.boot_id,
                     self.seq
                 );
+                let dropped = self.publisher.telemetry.online();
+                if dropped > 0 {
+                    tracing::warn!(
+                        dropped_samples = dropped,
+                        "dropped {dropped} metrics samples while not connected to tetherd"
+                    );
+                }
                 Ok(())
             }
             Packet::Publish(publish) => {
                 if publish.topic == self.publisher.topic(TopicKind::Actions).as_bytes() {
                     if self.queued.admit(&publish.payload) {
+                        let delivery = Delivery {
+                            payload: publish.payload.to_vec(),
+                            arrived: Moment::now(),
+                            mqtt_expiry: publish
+                                .properties
+                                .as_ref()
+                                .and_then(|p| p.message_expiry_interval)
+                                .map(|seconds| Duration::from_secs(seconds.into())),
+                        };
                         // The receiver lives as long as the session loop does.
-                        let _ = self.actions.send(publish.payload.to_vec());
+                        let _ = self.actions.send(delivery);
                     } else {
                         tracing::debug!("dropping a redelivered copy of a queued action");
                     }
@@ -549,6 +580,7 @@ mod tests {
             client,
             device: DeviceId::new("edge-1").expect("valid"),
             boot_id: "boot".into(),
+            telemetry: Arc::default(),
         };
         let will = publisher.will(7);
         assert_eq!(&will.topic[..], b"tether/v1/devices/edge-1/status");

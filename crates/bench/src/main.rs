@@ -1,9 +1,13 @@
 //! tether-bench: starts a real tetherd, connects N simulated agents (real MQTT
 //! 5 sessions with mutual TLS), measures action round trips through the API,
-//! and reports memory of the controller and of an idle real tether-agent.
+//! and reports memory of the controller and of an idle real tether-agent;
+//! or (`--mode agent-offline`) the memory of a real tether-agent sending
+//! metrics every second while tetherd is unreachable.
 //!
 //! Build everything in release mode first: `cargo build --release --workspace`,
 //! then `target/release/tether-bench`.
+
+mod offline;
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +36,27 @@ struct Args {
     /// Store to run tetherd on.
     #[arg(long, value_parser = ["sqlite", "postgres"], default_value = "sqlite")]
     database: String,
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Mode::RoundTrip)]
+    mode: Mode,
+    /// agent-offline: how long tetherd stays unreachable, in seconds.
+    #[arg(long, default_value_t = 1800)]
+    offline_seconds: u64,
+    /// agent-offline: how tetherd becomes unreachable.
+    #[arg(long, value_enum, default_value_t = offline::Outage::Kill)]
+    outage: offline::Outage,
+    /// agent-offline: seconds connected before the outage (RSS is read in
+    /// the second half).
+    #[arg(long, default_value_t = 60)]
+    warm_up_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    /// N simulated agents, action round trips, controller and idle agent RSS.
+    RoundTrip,
+    /// One real agent with run-stats at 1 s: RSS connected, offline, back.
+    AgentOffline,
 }
 
 #[tokio::main]
@@ -42,6 +67,16 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Database::Sqlite
     };
+    if args.mode == Mode::AgentOffline {
+        return offline::run(offline::Settings {
+            database,
+            outage: args.outage,
+            offline: Duration::from_secs(args.offline_seconds),
+            warm_up: Duration::from_secs(args.warm_up_seconds),
+            sample_every: Duration::from_secs(1),
+        })
+        .await;
+    }
     let tetherd = Tetherd::start(database).await?;
     let admin = tetherd.admin().await?;
     let pid = tetherd.pid().context("tetherd runs")?;

@@ -14,8 +14,32 @@ pub struct ActionRequest {
     pub action: String,
     #[serde(default)]
     pub input: serde_json::Value,
-    /// After this instant the device must not start the action any more.
+    /// After this instant, by tetherd's clock, the device must not start the
+    /// action any more. For people and older agents: a device judges expiry
+    /// from `expires_in_ms`, because its own clock may be far off.
     pub expires_at: DateTime<Utc>,
+    /// Milliseconds the action had left when tetherd published it. The
+    /// device starts its own countdown when the message arrives; set on every
+    /// publish (a redelivery carries what is left then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_ms: Option<u64>,
+    /// tetherd's clock when it published the action, so a device can tell
+    /// (and log) how far its own clock is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+impl ActionRequest {
+    /// The request as tetherd publishes it at `now`: with the time left and
+    /// tetherd's clock filled in.
+    pub fn stamped(&self, now: DateTime<Utc>) -> Self {
+        let left = (self.expires_at - now).num_milliseconds();
+        Self {
+            expires_in_ms: Some(u64::try_from(left).unwrap_or(0)),
+            sent_at: Some(now),
+            ..self.clone()
+        }
+    }
 }
 
 /// The answer of a device to an action, on its `events` topic.
@@ -221,6 +245,8 @@ mod tests {
             action: "send-ping".into(),
             input: serde_json::json!({}),
             expires_at: DateTime::from_timestamp(0, 0).expect("epoch"),
+            expires_in_ms: None,
+            sent_at: None,
         };
         let ok = ActionEvent::new(&request, "send-ping", 200, "ok", serde_json::json!({}));
         assert!(ok.check_limits().is_ok());
@@ -244,9 +270,37 @@ mod tests {
             action: "get-node-ip".into(),
             input: serde_json::json!({}),
             expires_at: DateTime::from_timestamp(0, 0).expect("epoch"),
+            expires_in_ms: None,
+            sent_at: None,
         };
         let json = serde_json::to_value(&request).expect("serializes");
         assert_eq!(json["correlationId"], "c1");
         assert!(json.get("expiresAt").is_some());
+        assert!(
+            json.get("expiresInMs").is_none(),
+            "unset relative TTL is left out, as older tetherds sent it"
+        );
+    }
+
+    #[test]
+    fn a_stamped_request_carries_the_time_left_and_the_senders_clock() {
+        let now = DateTime::from_timestamp(1_000_000, 0).expect("valid");
+        let request = ActionRequest {
+            correlation_id: "c1".into(),
+            action: "get-node-ip".into(),
+            input: serde_json::json!({}),
+            expires_at: now + chrono::TimeDelta::milliseconds(30_500),
+            expires_in_ms: None,
+            sent_at: None,
+        };
+        let stamped = request.stamped(now);
+        assert_eq!(stamped.expires_in_ms, Some(30_500));
+        assert_eq!(stamped.sent_at, Some(now));
+        assert_eq!(stamped.expires_at, request.expires_at);
+        let json = serde_json::to_value(&stamped).expect("serializes");
+        assert_eq!(json["expiresInMs"], 30_500);
+        assert!(json["sentAt"].is_string());
+        let late = request.stamped(now + chrono::TimeDelta::minutes(1));
+        assert_eq!(late.expires_in_ms, Some(0), "already expired: nothing left");
     }
 }

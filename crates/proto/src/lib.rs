@@ -16,6 +16,9 @@ pub mod metrics;
 pub mod redact;
 pub mod topics;
 
+#[cfg(test)]
+mod contract_schemas;
+
 pub use action::{ActionEvent, ActionRequest, ActionState, TransitionError};
 pub use catalogue::{Catalogue, InputError};
 pub use device::{DeviceId, DeviceStatus, InvalidDeviceId, Presence};

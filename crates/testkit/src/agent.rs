@@ -17,37 +17,34 @@ pub struct Agent {
     pub name: String,
     child: Option<Child>,
     dir: TempDir,
-    /// A command the agent runs under, e.g. `faketime -f +1d`.
-    wrapper: Vec<String>,
+    /// Extra environment of the agent process, e.g. libfaketime's.
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
     /// Registers device `name` through the API and enrolls a new agent for
     /// it, without waiting for it to come online.
     pub async fn enroll(tetherd: &Tetherd, admin: &ApiClient, name: &str) -> anyhow::Result<Self> {
-        let created = admin
-            .post("/api/v1/devices", json!({"name": name}))
-            .await?
-            .expect_status(201)?;
-        let mut agent = Self::new(name)?;
-        agent.spawn(Some(&created["enrollment"]), &tetherd.api_url)?;
-        Ok(agent)
+        Self::enroll_with_env(tetherd, admin, name, &[]).await
     }
 
-    /// Like [`Agent::enroll`], with the agent running under `wrapper` (for
-    /// every start), e.g. `["faketime", "-f", "+1d"]` for a skewed clock.
-    pub async fn enroll_wrapped(
+    /// Like [`Agent::enroll`], with extra environment variables for the
+    /// agent process (now and on every restart), e.g. [`faketime_env`].
+    pub async fn enroll_with_env(
         tetherd: &Tetherd,
         admin: &ApiClient,
         name: &str,
-        wrapper: &[&str],
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let created = admin
             .post("/api/v1/devices", json!({"name": name}))
             .await?
             .expect_status(201)?;
         let mut agent = Self::new(name)?;
-        agent.wrapper = wrapper.iter().map(|a| (*a).to_owned()).collect();
+        agent.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         agent.spawn(Some(&created["enrollment"]), &tetherd.api_url)?;
         Ok(agent)
     }
@@ -72,7 +69,7 @@ impl Agent {
             name: name.to_owned(),
             child: None,
             dir,
-            wrapper: Vec::new(),
+            env: Vec::new(),
         })
     }
 
@@ -102,15 +99,9 @@ impl Agent {
             .open(self.log_path())
             .context("opening the agent log")?;
         let agent = binary("tether-agent")?;
-        let mut command = match self.wrapper.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(agent);
-                command
-            }
-            None => Command::new(agent),
-        };
+        let mut command = Command::new(agent);
         command
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("--state-dir")
             .arg(self.state_dir())
             .args(["--log-level", "debug"])
@@ -204,4 +195,23 @@ pub fn copy_credentials(agent: &Agent, to: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("copying {file} of {}", agent.name))?;
     }
     Ok(())
+}
+
+/// The environment that runs a process with its wall clock shifted by
+/// `offset` (libfaketime syntax, e.g. `+1d`): libfaketime preloaded directly
+/// rather than through the `faketime` command, which forks, so the agent's
+/// pid stays its own. The monotonic clock is left alone.
+pub fn faketime_env(offset: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let library = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("faketime/libfaketime.so.1"))
+        .find(|path| path.is_file())
+        .context("libfaketime is not installed: apt-get install faketime (scripts/test does)")?;
+    Ok(vec![
+        ("LD_PRELOAD".to_owned(), library.display().to_string()),
+        ("FAKETIME".to_owned(), offset.to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
+    ])
 }

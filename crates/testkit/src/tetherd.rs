@@ -188,6 +188,12 @@ impl Tetherd {
         self.spawn().await
     }
 
+    /// Starts tetherd again after [`Tetherd::kill`], on the same data dir,
+    /// database and ports.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        self.spawn().await
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

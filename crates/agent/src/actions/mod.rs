@@ -6,6 +6,7 @@
 //! everything here is tested without MQTT.
 
 pub mod configure_logger;
+pub mod expiry;
 pub mod get_authorization_id;
 pub mod get_node_ip;
 pub mod run_stats;
@@ -13,7 +14,6 @@ pub mod send_api;
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tether_proto::redact::redacted;
 use tether_proto::{ActionEvent, ActionRequest, Catalogue, InputError};
@@ -21,6 +21,7 @@ use tether_proto::{ActionEvent, ActionRequest, Catalogue, InputError};
 use crate::authorization::AuthorizationGuard;
 use crate::dedupe::{Dedupe, Seen};
 use crate::logging::{LogControl, LoggingError};
+use expiry::{ClockOffset, Deadline, Delivery, Moment};
 use run_stats::StatsRunner;
 
 /// The actions this agent runs; the birth message lists them as capabilities.
@@ -87,6 +88,7 @@ pub struct Dispatcher {
     dedupe: Dedupe,
     context: Context,
     max_event_bytes: usize,
+    clock_offset: ClockOffset,
 }
 
 impl Dispatcher {
@@ -96,6 +98,7 @@ impl Dispatcher {
             dedupe,
             context,
             max_event_bytes: MAX_EVENT_BYTES,
+            clock_offset: ClockOffset::default(),
         }
     }
 
@@ -106,13 +109,19 @@ impl Dispatcher {
         self
     }
 
-    /// Handles one message from the `actions` topic and returns the event
-    /// that answers it, if it can be answered at all.
-    pub async fn handle(&mut self, payload: &[u8], now: DateTime<Utc>) -> Option<ActionEvent> {
+    /// Handles one message from the `actions` topic, taken up at `now`,
+    /// and returns the event that answers it, if it can be answered at all.
+    pub async fn handle(&mut self, delivery: &Delivery, now: Moment) -> Option<ActionEvent> {
+        let payload = &delivery.payload[..];
         let request = match serde_json::from_slice::<ActionRequest>(payload) {
             Ok(request) => request,
             Err(e) => return self.malformed(payload, &e),
         };
+        if let Some(sent_at) = request.sent_at
+            && let Some(offset) = self.clock_offset.observe(sent_at, delivery.arrived.wall)
+        {
+            expiry::log_offset(offset);
+        }
         tracing::info!(
             "action {} ({}) received, input {}",
             request.action,
@@ -139,7 +148,7 @@ impl Dispatcher {
                 "interrupted: tether-agent restarted while running this action; it was not run again",
                 Value::Null,
             ),
-            Seen::New => self.run(&request, now).await,
+            Seen::New => self.run(&request, Deadline::of(&request, delivery), now).await,
         };
         // Checked before it is recorded: a redelivery then gets the small
         // replacement, never the answer that cannot be sent.
@@ -157,8 +166,13 @@ impl Dispatcher {
         Some(event)
     }
 
-    async fn run(&mut self, request: &ActionRequest, now: DateTime<Utc>) -> ActionEvent {
-        if request.expires_at <= now {
+    async fn run(
+        &mut self,
+        request: &ActionRequest,
+        deadline: Deadline,
+        now: Moment,
+    ) -> ActionEvent {
+        if deadline.passed(now) {
             return self.answer(
                 request,
                 410,
@@ -345,12 +359,21 @@ pub(crate) mod tests {
         (Dispatcher::new(dedupe, context), subscriber)
     }
 
+    fn delivered(payload: impl AsRef<[u8]>) -> Delivery {
+        Delivery {
+            payload: payload.as_ref().to_vec(),
+            arrived: Moment::now(),
+            mqtt_expiry: None,
+        }
+    }
+
     fn request(id: &str, action: &str, input: Value) -> Vec<u8> {
         serde_json::to_vec(&json!({
             "correlationId": id,
             "action": action,
             "input": input,
-            "expiresAt": Utc::now() + chrono::Duration::minutes(5),
+            "expiresAt": chrono::Utc::now() + chrono::Duration::minutes(5),
+            "expiresInMs": 300_000,
         }))
         .expect("serializes")
     }
@@ -361,8 +384,8 @@ pub(crate) mod tests {
         let (mut dispatcher, _subscriber) = dispatcher(temp.path());
         let event = dispatcher
             .handle(
-                &request("c1", "get-authorization-id", json!({})),
-                Utc::now(),
+                &delivered(request("c1", "get-authorization-id", json!({}))),
+                Moment::now(),
             )
             .await
             .expect("answered");
@@ -378,11 +401,11 @@ pub(crate) mod tests {
         let (mut dispatcher, _subscriber) = dispatcher(temp.path());
         let payload = request("c1", "get-authorization-id", json!({}));
         let first = dispatcher
-            .handle(&payload, Utc::now())
+            .handle(&delivered(&payload), Moment::now())
             .await
             .expect("answered");
         let again = dispatcher
-            .handle(&payload, Utc::now())
+            .handle(&delivered(&payload), Moment::now())
             .await
             .expect("answered");
         // A second run would have issued a different id.
@@ -399,7 +422,7 @@ pub(crate) mod tests {
             send_api::tests::serve_once("HTTP/1.1 200 OK\r\n", vec![b'x'; 100 * 1024]).await;
         let payload = request("c1", "send-api", json!({"href": url}));
         let event = dispatcher
-            .handle(&payload, Utc::now())
+            .handle(&delivered(&payload), Moment::now())
             .await
             .expect("answered");
         assert_eq!(event.correlation_id, "c1");
@@ -421,7 +444,7 @@ pub(crate) mod tests {
             .lookup("c1");
         assert_eq!(stored, Seen::Done(Box::new(event.clone())));
         let again = dispatcher
-            .handle(&payload, Utc::now())
+            .handle(&delivered(&payload), Moment::now())
             .await
             .expect("answered");
         assert_eq!(again, event);
@@ -440,7 +463,7 @@ pub(crate) mod tests {
         let (dispatcher, _subscriber) = dispatcher(temp.path());
         let mut dispatcher = dispatcher.with_max_event_bytes(1000);
         let event = dispatcher
-            .handle(&payload, Utc::now())
+            .handle(&delivered(&payload), Moment::now())
             .await
             .expect("answered");
         assert_eq!(event.status_code, 500, "{}", event.status_message);
@@ -472,7 +495,10 @@ pub(crate) mod tests {
             .expect("records");
         let (mut dispatcher, _subscriber) = dispatcher(temp.path());
         let event = dispatcher
-            .handle(&request("c1", "get-node-ip", json!({})), Utc::now())
+            .handle(
+                &delivered(request("c1", "get-node-ip", json!({}))),
+                Moment::now(),
+            )
             .await
             .expect("answered");
         assert_eq!(event.status_code, 500);
@@ -487,15 +513,45 @@ pub(crate) mod tests {
     async fn an_expired_action_is_not_started() {
         let temp = tempfile::tempdir().expect("temp dir");
         let (mut dispatcher, _subscriber) = dispatcher(temp.path());
-        let later = Utc::now() + chrono::Duration::minutes(10);
-        let event = dispatcher
-            .handle(&request("c1", "get-node-ip", json!({})), later)
-            .await
-            .expect("answered");
+        // Its five minutes ran out while it waited behind another action.
+        let delivery = delivered(request("c1", "get-node-ip", json!({})));
+        let later = delivery.arrived.after(std::time::Duration::from_secs(300));
+        let event = dispatcher.handle(&delivery, later).await.expect("answered");
         assert_eq!(event.status_code, 410);
         assert_eq!(
             event.status_message,
             "action expired before the agent could start it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_device_clock_a_day_off_does_not_change_expiry() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let (mut dispatcher, _subscriber) = dispatcher(temp.path());
+        for (id, skew) in [("ahead", 1), ("behind", -1)] {
+            let mut delivery = delivered(request(id, "get-node-ip", json!({})));
+            delivery.arrived.wall += chrono::Duration::days(skew);
+            let event = dispatcher
+                .handle(
+                    &delivery,
+                    delivery.arrived.after(std::time::Duration::from_secs(1)),
+                )
+                .await
+                .expect("answered");
+            assert_eq!(event.status_code, 200, "{id}: {}", event.status_message);
+        }
+        let mut late = delivered(request("late", "get-node-ip", json!({})));
+        late.arrived.wall -= chrono::Duration::days(1);
+        let event = dispatcher
+            .handle(
+                &late,
+                late.arrived.after(std::time::Duration::from_secs(301)),
+            )
+            .await
+            .expect("answered");
+        assert_eq!(
+            event.status_code, 410,
+            "a clock behind does not extend the TTL"
         );
     }
 
@@ -505,8 +561,8 @@ pub(crate) mod tests {
         let (mut dispatcher, _subscriber) = dispatcher(temp.path());
         let event = dispatcher
             .handle(
-                &request("c1", "run-stats", json!({"interval": "often"})),
-                Utc::now(),
+                &delivered(request("c1", "run-stats", json!({"interval": "often"}))),
+                Moment::now(),
             )
             .await
             .expect("answered");
@@ -525,12 +581,12 @@ pub(crate) mod tests {
         let (mut dispatcher, _subscriber) = dispatcher(temp.path());
         let event = dispatcher
             .handle(
-                &request(
+                &delivered(request(
                     "c1",
                     "send-kubectl",
                     json!({"command": "kubectl", "arguments": ["version"]}),
-                ),
-                Utc::now(),
+                )),
+                Moment::now(),
             )
             .await
             .expect("answered");
@@ -542,7 +598,10 @@ pub(crate) mod tests {
         assert_eq!(event.event, "kubectl-logs");
 
         let event = dispatcher
-            .handle(&request("c2", "self-destruct", json!({})), Utc::now())
+            .handle(
+                &delivered(request("c2", "self-destruct", json!({}))),
+                Moment::now(),
+            )
             .await
             .expect("answered");
         assert_eq!(event.status_code, 404);
@@ -553,15 +612,22 @@ pub(crate) mod tests {
     async fn malformed_requests_are_answered_only_when_they_can_be_matched() {
         let temp = tempfile::tempdir().expect("temp dir");
         let (mut dispatcher, _subscriber) = dispatcher(temp.path());
-        assert_eq!(dispatcher.handle(b"not json", Utc::now()).await, None);
         assert_eq!(
-            dispatcher.handle(b"{\"action\":\"x\"}", Utc::now()).await,
+            dispatcher
+                .handle(&delivered(b"not json"), Moment::now())
+                .await,
+            None
+        );
+        assert_eq!(
+            dispatcher
+                .handle(&delivered(b"{\"action\":\"x\"}"), Moment::now())
+                .await,
             None
         );
         let event = dispatcher
             .handle(
-                br#"{"correlationId":"c1","action":"get-node-ip","expiresAt":"soon"}"#,
-                Utc::now(),
+                &delivered(br#"{"correlationId":"c1","action":"get-node-ip","expiresAt":"soon"}"#),
+                Moment::now(),
             )
             .await
             .expect("answered");

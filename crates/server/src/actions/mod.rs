@@ -257,6 +257,8 @@ impl ActionService {
                 action: action.action.clone(),
                 input,
                 expires_at: action.expires_at,
+                expires_in_ms: None,
+                sent_at: None,
             };
             match self.link.publish_action(device, &request).await {
                 Ok(()) => {}

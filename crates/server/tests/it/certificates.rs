@@ -13,7 +13,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tether_testkit::sim_agent::{DeviceCredentials, Responder, SimAgent};
-use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
+use tether_testkit::{Agent, ApiClient, Database, Tetherd, faketime_env, wait_until};
 
 use crate::support::{on_both_databases, run};
 
@@ -451,19 +451,9 @@ async fn an_agent_with_its_clock_a_day_off_connects_and_renews() -> anyhow::Resu
     let tetherd = tetherd_with_lifetimes(Database::Sqlite, 60, 10, 3600).await?;
     let admin = tetherd.admin().await?;
     for (name, skew, direction) in [("ahead", "+1d", "behind"), ("behind", "-1d", "ahead of")] {
-        let agent = Agent::enroll_wrapped(
-            &tetherd,
-            &admin,
-            name,
-            &[
-                "env",
-                "FAKETIME_DONT_FAKE_MONOTONIC=1",
-                "faketime",
-                "-f",
-                skew,
-            ],
-        )
-        .await?;
+        let env = faketime_env(skew)?;
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let agent = Agent::enroll_with_env(&tetherd, &admin, name, &env).await?;
         agent.wait_presence(&admin, "online").await?;
         wait_until("two renewals", Duration::from_secs(40), || {
             let renewals = count(&agent.log(), "renewed the device certificate");

@@ -482,6 +482,8 @@ fn action(correlation_id: &str) -> ActionRequest {
         action: "send-ping".to_owned(),
         input: serde_json::json!({"n": 1}),
         expires_at: Utc::now() + TimeDelta::seconds(60),
+        expires_in_ms: None,
+        sent_at: None,
     }
 }
 
@@ -882,7 +884,17 @@ async fn controller_actions_reach_the_device_with_mqtt5_properties() {
             "expiry {expiry}s for an action expiring in {wanted}s"
         );
         let received: ActionRequest = serde_json::from_str(payload).expect("JSON action");
-        assert_eq!(&received, sent);
+        let left_ms = received
+            .expires_in_ms
+            .expect("the time left is in the payload");
+        let sent_at = received.sent_at.expect("tetherd's clock is in the payload");
+        assert_eq!(
+            u64::try_from((sent.expires_at - sent_at).num_milliseconds()).ok(),
+            Some(left_ms),
+            "expiresInMs is the time left when tetherd published it"
+        );
+        assert!((Utc::now() - sent_at).num_seconds().abs() < 15);
+        assert_eq!(received, sent.stamped(sent_at));
     }
 
     match fx.link.publish_action(&id("device-b"), &action("x")).await {

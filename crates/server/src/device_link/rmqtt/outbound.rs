@@ -9,7 +9,9 @@ use tether_proto::{ActionRequest, DeviceId, DeviceTopic, TopicKind};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct ActionPublish {
     pub topic: String,
-    /// JSON of the [`ActionRequest`].
+    /// JSON of the [`ActionRequest`], stamped with the time left and
+    /// tetherd's clock: a device judges expiry from those, not from its own
+    /// clock against `expiresAt`.
     pub payload: Vec<u8>,
     /// MQTT 5 correlation data: the correlation id's bytes.
     pub correlation_data: Vec<u8>,
@@ -27,7 +29,7 @@ impl ActionPublish {
     ) -> Result<Self, serde_json::Error> {
         Ok(Self {
             topic: DeviceTopic::new(device.clone(), TopicKind::Actions).to_string(),
-            payload: serde_json::to_vec(request)?,
+            payload: serde_json::to_vec(&request.stamped(now))?,
             correlation_data: request.correlation_id.as_bytes().to_vec(),
             expiry: seconds_until(request.expires_at, now),
         })
@@ -54,6 +56,8 @@ mod tests {
             action: "send-ping".into(),
             input: serde_json::json!({"a": 1}),
             expires_at: now + TimeDelta::seconds(30),
+            expires_in_ms: None,
+            sent_at: None,
         };
         let device = DeviceId::new("device-a").expect("valid id");
         let publish = ActionPublish::new(&device, &request, now).expect("serializes");
@@ -61,7 +65,9 @@ mod tests {
         assert_eq!(publish.correlation_data, b"c-42");
         assert_eq!(publish.expiry.get(), 30);
         let back: ActionRequest = serde_json::from_slice(&publish.payload).expect("JSON");
-        assert_eq!(back, request);
+        assert_eq!(back, request.stamped(now));
+        assert_eq!(back.expires_in_ms, Some(30_000));
+        assert_eq!(back.sent_at, Some(now));
     }
 
     #[test]

@@ -1,0 +1,6 @@
+//! tether-agent's integration tests against a real tetherd, in one binary to
+//! keep link time down.
+
+mod clock;
+mod offline;
+mod third_party_device;

@@ -1,0 +1,136 @@
+//! While tetherd is unreachable the agent keeps its memory bounded: metrics
+//! samples are dropped and counted, not queued; and loses nothing that
+//! matters: an answer made meanwhile reaches tetherd once it is back.
+//! (The 30-minute RSS figure is `tether-bench --mode agent-offline`.)
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use tether_testkit::http_target::{Behaviour, HttpTarget};
+use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
+
+async fn request(admin: &ApiClient, device: &str, body: Value) -> anyhow::Result<String> {
+    let accepted = admin
+        .post(&format!("/api/v1/devices/{device}/actions"), body)
+        .await?
+        .expect_status(202)?;
+    Ok(accepted["correlationId"]
+        .as_str()
+        .context("correlationId")?
+        .to_owned())
+}
+
+async fn outcome(admin: &ApiClient, id: &str) -> anyhow::Result<Value> {
+    admin
+        .get(&format!("/api/v1/actions/{id}?waitSeconds=30"))
+        .await?
+        .expect_status(200)
+}
+
+async fn newest_sample(admin: &ApiClient, device: &str) -> anyhow::Result<Option<String>> {
+    let metrics = admin
+        .get(&format!("/api/v1/devices/{device}/metrics?limit=1"))
+        .await?
+        .expect_status(200)?;
+    Ok(metrics[0]["sampledAt"].as_str().map(str::to_owned))
+}
+
+async fn wait_for_log(agent: &Agent, what: &str, needle: &str, count: usize) -> anyhow::Result<()> {
+    wait_until(what, Duration::from_secs(30), || {
+        let found = agent.log().matches(needle).count() >= count;
+        async move { Ok(found.then_some(())) }
+    })
+    .await
+    .with_context(|| format!("agent log:\n{}", agent.log()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_the_agent_drops_samples_and_keeps_its_answers() {
+    let mut tetherd = Tetherd::start(Database::Sqlite)
+        .await
+        .expect("tetherd starts");
+    let admin = tetherd.admin().await.expect("admin logs in");
+    let agent = Agent::enroll_online(&tetherd, &admin, "offline")
+        .await
+        .expect("agent online");
+    let stats = request(
+        &admin,
+        "offline",
+        json!({"action": "run-stats", "input": {"interval": 1}}),
+    )
+    .await
+    .expect("run-stats accepted");
+    assert_eq!(
+        outcome(&admin, &stats).await.expect("ends")["state"],
+        "succeeded"
+    );
+    let before = wait_until("a first sample", Duration::from_secs(30), || {
+        let admin = admin.clone();
+        async move { newest_sample(&admin, "offline").await }
+    })
+    .await
+    .expect("samples arrive while connected");
+
+    // An action in progress when tetherd goes away, answered while it is away.
+    let target = HttpTarget::start(Behaviour::Hang).await.expect("target");
+    let answered_offline = request(
+        &admin,
+        "offline",
+        json!({"action": "send-api", "input": {"href": target.url}}),
+    )
+    .await
+    .expect("send-api accepted");
+    target.wait_for_requests(1).await.expect("agent is busy");
+    tetherd.kill();
+    drop(target);
+    wait_for_log(&agent, "the answer made offline", "answered 502", 1)
+        .await
+        .expect("the agent answers while tetherd is down");
+    // A few failed reconnects: samples were due meanwhile.
+    wait_for_log(&agent, "failed reconnects", "retrying in", 3)
+        .await
+        .expect("the agent keeps trying");
+
+    tetherd.start_again().await.expect("tetherd starts again");
+    let admin = tetherd.admin().await.expect("admin logs in again");
+    let done = outcome(&admin, &answered_offline)
+        .await
+        .expect("send-api ends");
+    assert_eq!(
+        done["state"], "failed",
+        "the answer made offline arrived: {done}"
+    );
+    assert_eq!(done["statusCode"], 502, "{done}");
+
+    wait_for_log(
+        &agent,
+        "the count of dropped samples",
+        "metrics samples while not connected",
+        1,
+    )
+    .await
+    .expect("the agent reports what it dropped");
+    let log = agent.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("metrics samples while not connected"))
+        .expect("found above");
+    let dropped: u64 = line
+        .split("dropped ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a count in {line:?}"));
+    assert!(dropped >= 1, "{line}");
+    wait_until("samples after the outage", Duration::from_secs(30), || {
+        let admin = admin.clone();
+        let before = before.clone();
+        async move {
+            let newest = newest_sample(&admin, "offline").await?;
+            Ok(newest.filter(|newest| *newest > before).map(drop))
+        }
+    })
+    .await
+    .expect("samples flow again once tetherd is back");
+}

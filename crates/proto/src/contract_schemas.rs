@@ -1,0 +1,174 @@
+//! The device contract's JSON Schemas (`docs/schemas/`) against the types
+//! tetherd and tether-agent actually put on the wire, so neither can drift:
+//! every value serialized from these types validates, every field they
+//! write is declared in the schema, and what the schema forbids is refused.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Value, json};
+
+use crate::metrics::HostMetrics;
+use crate::{ActionEvent, ActionRequest, DeviceStatus, Presence};
+
+fn schema_source(name: &str) -> Value {
+    let text = match name {
+        "status" => include_str!("../../../docs/schemas/status.schema.json"),
+        "actions" => include_str!("../../../docs/schemas/actions.schema.json"),
+        "events" => include_str!("../../../docs/schemas/events.schema.json"),
+        "metrics" => include_str!("../../../docs/schemas/metrics.schema.json"),
+        other => panic!("no schema {other}"),
+    };
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{name} schema is not JSON: {e}"))
+}
+
+fn schema(name: &str) -> jsonschema::Validator {
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema_source(name))
+        .unwrap_or_else(|e| panic!("{name} schema is not a valid JSON Schema: {e}"))
+}
+
+/// Validates `value` (serialized from a proto type) against schema `name`, and
+/// checks that every field it carries is declared there.
+fn assert_conforms(name: &str, value: &Value) {
+    let validator = schema(name);
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{name}: {value} does not conform: {errors:?}"
+    );
+    let declared: BTreeSet<String> = schema_source(name)["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{name} schema declares no properties"))
+        .keys()
+        .cloned()
+        .collect();
+    let written: BTreeSet<String> = value
+        .as_object()
+        .expect("an object")
+        .keys()
+        .cloned()
+        .collect();
+    let undeclared: Vec<&String> = written.difference(&declared).collect();
+    assert!(
+        undeclared.is_empty(),
+        "{name}: fields {undeclared:?} are on the wire but not in docs/schemas/{name}.schema.json"
+    );
+}
+
+fn refused(name: &str, value: &Value) -> bool {
+    !schema(name).is_valid(value)
+}
+
+fn at(seconds: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(seconds, 0).expect("valid")
+}
+
+#[test]
+fn the_agents_birth_and_death_conform_to_the_status_schema() {
+    for state in [Presence::Online, Presence::Offline] {
+        let status = DeviceStatus {
+            state,
+            agent_version: "0.1.0".into(),
+            capabilities: vec!["get-node-ip".into(), "run-stats".into()],
+            boot_id: "5f0c6c1e-2d7e-4d1a-9a59-3f8e1b2c4d5e".into(),
+            seq: 3,
+        };
+        assert_conforms("status", &serde_json::to_value(&status).expect("JSON"));
+    }
+    // What a third-party device may send: bootId and seq are optional.
+    let minimal = json!({"state": "online", "agentVersion": "acme-1.2", "capabilities": []});
+    assert!(!refused("status", &minimal));
+    assert!(refused(
+        "status",
+        &json!({"state": "maybe", "agentVersion": "1"})
+    ));
+    assert!(
+        !refused("status", &json!({"state": "offline"})),
+        "only state is required"
+    );
+    assert!(refused("status", &json!({"agentVersion": "1"})));
+    assert!(refused(
+        "status",
+        &json!({"state": "online", "agentVersion": "v".repeat(65)})
+    ));
+    assert!(refused(
+        "status",
+        &json!({"state": "online", "agentVersion": "1", "seq": -1})
+    ));
+}
+
+#[test]
+fn what_tetherd_publishes_conforms_to_the_actions_schema() {
+    let request = ActionRequest {
+        correlation_id: "0193a4d2-7c1e-7b3a-9f00-2b1c3d4e5f60".into(),
+        action: "send-api".into(),
+        input: json!({"href": "https://example.com/health"}),
+        expires_at: at(1_800_000_030),
+        expires_in_ms: None,
+        sent_at: None,
+    };
+    let published = request.stamped(at(1_800_000_000));
+    assert_conforms("actions", &serde_json::to_value(&published).expect("JSON"));
+    let expired = request.stamped(at(1_800_000_000) + TimeDelta::minutes(5));
+    assert_conforms("actions", &serde_json::to_value(&expired).expect("JSON"));
+    // An unstamped request never leaves tetherd: the schema requires the TTL.
+    assert!(refused(
+        "actions",
+        &serde_json::to_value(&request).expect("JSON")
+    ));
+    let mut bad = serde_json::to_value(&published).expect("JSON");
+    bad["expiresAt"] = json!("tomorrow");
+    assert!(refused("actions", &bad), "expiresAt must be a date-time");
+}
+
+#[test]
+fn the_agents_answers_conform_to_the_events_schema() {
+    let request = ActionRequest {
+        correlation_id: "c-1".into(),
+        action: "get-node-ip".into(),
+        input: Value::Null,
+        expires_at: at(1_800_000_030),
+        expires_in_ms: None,
+        sent_at: None,
+    };
+    for (code, response) in [
+        (200, json!({"addresses": ["192.0.2.1"]})),
+        (410, Value::Null),
+        (500, Value::Null),
+    ] {
+        let event = ActionEvent::new(&request, "get-node-ip", code, "message", response);
+        assert_conforms("events", &serde_json::to_value(&event).expect("JSON"));
+    }
+    assert!(refused(
+        "events",
+        &json!({"correlationId": "c-1", "event": "x", "statusCode": 42, "statusMessage": ""})
+    ));
+    assert!(refused(
+        "events",
+        &json!({"correlationId": "c-1", "event": "x", "statusMessage": "no code"})
+    ));
+}
+
+#[test]
+fn the_agents_samples_conform_to_the_metrics_schema() {
+    let sample = HostMetrics {
+        sampled_at: at(1_800_000_000),
+        cpu_percent: 12.5,
+        memory_used_bytes: 1 << 30,
+        memory_total_bytes: 4 << 30,
+        disk_used_bytes: 10 << 30,
+        disk_total_bytes: 64 << 30,
+        network_rx_bytes: 1_234,
+        network_tx_bytes: 0,
+    };
+    let value = serde_json::to_value(&sample).expect("JSON");
+    assert_conforms("metrics", &value);
+    let mut bad = value;
+    bad["cpuPercent"] = json!(250);
+    assert!(refused("metrics", &bad));
+}
