@@ -39,6 +39,18 @@ const LAST_SEEN_RESOLUTION: Duration = Duration::from_secs(30);
 const REJECTION_EVENT_BURST: u64 = 10;
 const REJECTION_EVENTS_PER_SECOND: f64 = 1.0 / 60.0;
 
+/// Metrics samples a device may store: tether-agent samples once a second
+/// at most. Each sample is a row kept for the whole metrics retention, so
+/// the device's general message rate (100/s) would let one device store a
+/// hundred times that; the burst covers a late sampler catching up.
+const SAMPLES_PER_SECOND: f64 = 1.0;
+const SAMPLE_BURST: u64 = 60;
+
+/// Longest refusal reason kept: a parser's message quotes what the device
+/// sent (`unknown variant `…``), and the reason goes into the PUBACK, the
+/// log and the events table.
+const MAX_REASON_BYTES: usize = 512;
+
 /// Largest payload on a topic tetherd does not parse (logs, reported state).
 const MAX_UNPARSED_PAYLOAD: usize = 256 * 1024;
 
@@ -73,6 +85,7 @@ pub struct Ingest {
 struct DeviceState {
     rate: DeviceRate,
     rejection_events: TokenBucket,
+    samples: TokenBucket,
     /// Refusals not recorded since the last recorded one; that one says so.
     unrecorded_refusals: u64,
     last_seen_written: Option<Instant>,
@@ -120,6 +133,7 @@ impl Ingest {
                     REJECTION_EVENT_BURST,
                     now,
                 ),
+                samples: TokenBucket::new(SAMPLES_PER_SECOND, SAMPLE_BURST, now),
                 unrecorded_refusals: 0,
                 last_seen_written: None,
                 counters: Counters::default(),
@@ -171,8 +185,22 @@ impl Ingest {
             }
             return Err(self.invalid(inbound, invalid));
         }
+        if matches!(message, DeviceMessage::Metrics(_))
+            && !self.with_device(&inbound.device, |s| s.samples.take(1, now))
+        {
+            let reason = format!(
+                "more than {SAMPLES_PER_SECOND} metrics sample a second (burst {SAMPLE_BURST}); sample less often"
+            );
+            self.refused(inbound, Outcome::RateLimited, 429, &reason);
+            return Err(Refusal::RateLimited(reason));
+        }
         let outcome = match self.apply(&inbound.device, message).await {
             Ok(outcome) => outcome,
+            // A number the store cannot hold is the device's doing, not an
+            // outage: refused for good, or the device would resend it forever.
+            Err(error @ StoreError::TooLarge { .. }) => {
+                return Err(self.invalid(inbound, Invalid::Malformed(error.to_string())));
+            }
             Err(error) => {
                 tracing::warn!(device = %inbound.device, topic = inbound.topic, error = %crate::error_chain(&error), "could not store a device's message; not acknowledged, the device sends it again");
                 self.with_device(&inbound.device, |s| s.counters.count(Outcome::NotDurable));
@@ -263,7 +291,7 @@ impl Ingest {
             Invalid::TooLarge(_) => Outcome::TooLarge,
             Invalid::Clock(_) => Outcome::Clock,
         };
-        let reason = invalid.to_string();
+        let reason = bounded(invalid.to_string());
         self.refused(inbound, outcome, invalid.status_code(), &reason);
         Refusal::Invalid(reason)
     }
@@ -315,6 +343,19 @@ impl Ingest {
     }
 }
 
+/// `reason` cut to [`MAX_REASON_BYTES`] at a character boundary.
+fn bounded(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_BYTES {
+        let mut end = MAX_REASON_BYTES;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
+}
+
 impl DeviceInbox for Ingest {
     fn session(&self, change: SessionChange) {
         match change {
@@ -353,6 +394,7 @@ mod tests {
     use crate::device_link::{DeviceLink, LinkError};
     use crate::sealing::Sealer;
     use crate::store::NewAction;
+    use tether_proto::metrics::HostMetrics;
     use tether_proto::{ActionEvent, ActionState, Catalogue};
 
     /// A link with no device connected.
@@ -455,6 +497,117 @@ mod tests {
         let counters = fx.ingest.counters(&fx.device);
         assert_eq!(counters.rejected_malformed, 25);
         assert_eq!(counters.rejection_events_suppressed, 15);
+    }
+
+    #[tokio::test]
+    async fn a_number_the_store_cannot_hold_is_refused_not_taken_for_an_outage() {
+        let fx = fixture().await;
+        let sample = HostMetrics {
+            sampled_at: Utc::now(),
+            cpu_percent: 1.0,
+            memory_used_bytes: u64::MAX,
+            memory_total_bytes: 2,
+            disk_used_bytes: 3,
+            disk_total_bytes: 4,
+            network_rx_bytes: 5,
+            network_tx_bytes: 6,
+        };
+        let refused = fx
+            .ingest
+            .publish(inbound(
+                &fx.device,
+                "metrics",
+                Content::Message(DeviceMessage::Metrics(sample)),
+            ))
+            .await;
+        assert!(
+            matches!(refused, Err(Refusal::Invalid(ref r)) if r.contains("memory_used_bytes")),
+            "{refused:?}"
+        );
+        let counters = fx.ingest.counters(&fx.device);
+        assert_eq!(counters.rejected_malformed, 1);
+        assert_eq!(counters.not_acknowledged_store_unavailable, 0);
+    }
+
+    #[tokio::test]
+    async fn a_device_stores_no_more_samples_than_one_a_second_after_a_burst() {
+        let fx = fixture().await;
+        let start = Utc::now() - chrono::Duration::hours(1);
+        let mut refused = 0;
+        for i in 0..SAMPLE_BURST + 40 {
+            let sample = HostMetrics {
+                sampled_at: start + chrono::Duration::milliseconds(i as i64),
+                cpu_percent: 1.0,
+                memory_used_bytes: 1,
+                memory_total_bytes: 2,
+                disk_used_bytes: 3,
+                disk_total_bytes: 4,
+                network_rx_bytes: 5,
+                network_tx_bytes: 6,
+            };
+            let result = fx
+                .ingest
+                .publish(inbound(
+                    &fx.device,
+                    "metrics",
+                    Content::Message(DeviceMessage::Metrics(sample)),
+                ))
+                .await;
+            if let Err(refusal) = result {
+                assert!(
+                    matches!(refusal, Refusal::RateLimited(ref r) if r.contains("metrics sample")),
+                    "{refusal:?}"
+                );
+                refused += 1;
+            }
+        }
+        // The run takes well under the 40 s that would refill 40 tokens.
+        assert!(refused >= 30, "only {refused} samples refused");
+        let stored = fx
+            .store
+            .list_metrics(&fx.device, 1000)
+            .await
+            .expect("metrics")
+            .len();
+        assert_eq!(stored as u64, SAMPLE_BURST + 40 - refused);
+        assert_eq!(fx.ingest.counters(&fx.device).rate_limited, refused);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_quoting_what_the_device_sent_is_kept_short() {
+        let fx = fixture().await;
+        // What serde_json says of `{"state":"éééé…"}`: it quotes the value.
+        let quoted = format!(
+            "malformed status payload: unknown variant `{}`, expected `online` or `offline`",
+            "é".repeat(512 * 1024)
+        );
+        let refused = fx
+            .ingest
+            .publish(inbound(&fx.device, "status", Content::Malformed(quoted)))
+            .await;
+        let Err(Refusal::Invalid(reason)) = refused else {
+            panic!("expected a refusal, got {refused:?}");
+        };
+        assert!(reason.starts_with("malformed status payload"), "{reason}");
+        assert!(
+            reason.len() <= MAX_REASON_BYTES + '…'.len_utf8(),
+            "{}",
+            reason.len()
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rejections(&fx.store, &fx.device).await == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let events = fx.store.list_events(&fx.device, 10).await.expect("events");
+        let recorded = events
+            .iter()
+            .find(|e| e.event == "message-rejected")
+            .expect("a rejection event");
+        assert!(
+            recorded.status_message.len() < 1024,
+            "{} bytes recorded",
+            recorded.status_message.len()
+        );
     }
 
     #[tokio::test]
