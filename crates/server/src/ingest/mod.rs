@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tether_proto::{DeviceId, DeviceStatus, Presence};
+use tokio::sync::Semaphore;
 
 use crate::actions::{ActionService, Answer};
 use crate::device_link::{
@@ -45,6 +46,17 @@ const REJECTION_EVENTS_PER_SECOND: f64 = 1.0 / 60.0;
 /// hundred times that; the burst covers a late sampler catching up.
 const SAMPLES_PER_SECOND: f64 = 1.0;
 const SAMPLE_BURST: u64 = 60;
+
+/// Device-driven writes (publishes, presence, `lastSeen`, rejection events)
+/// that may hold a store connection at once. While the store is locked or
+/// down each write holds its connection until it gives up; unbounded, they
+/// take the whole pool, and a device's CONNECT (its certificate check reads
+/// the store) and the API wait behind them. SQLite's pool has 4, PostgreSQL's 10.
+const SQLITE_WRITE_SLOTS: usize = 2;
+const POSTGRES_WRITE_SLOTS: usize = 8;
+/// How long a publish waits for a write slot: as long as a write waits for
+/// a locked store (ADR 0006), then it is not acknowledged.
+const WRITE_SLOT_WAIT: Duration = Duration::from_secs(5);
 
 /// Longest refusal reason kept: a parser's message quotes what the device
 /// sent (`unknown variant `…``), and the reason goes into the PUBACK, the
@@ -78,6 +90,7 @@ pub struct Ingest {
     /// Samples older than this are refused: retention would delete them.
     metrics_retention: Duration,
     presence: PresenceWriter,
+    write_slots: Arc<Semaphore>,
     devices: Mutex<HashMap<DeviceId, DeviceState>>,
 }
 
@@ -99,8 +112,14 @@ impl Ingest {
         config: IngestConfig,
         metrics_retention: Duration,
     ) -> Self {
+        let write_slots = Arc::new(Semaphore::new(if store.is_postgres() {
+            POSTGRES_WRITE_SLOTS
+        } else {
+            SQLITE_WRITE_SLOTS
+        }));
         Self {
-            presence: PresenceWriter::new(store.clone()),
+            presence: PresenceWriter::new(store.clone(), write_slots.clone()),
+            write_slots,
             store,
             actions,
             config,
@@ -194,15 +213,29 @@ impl Ingest {
             self.refused(inbound, Outcome::RateLimited, 429, &reason);
             return Err(Refusal::RateLimited(reason));
         }
-        let outcome = match self.apply(&inbound.device, message).await {
+        let slot = tokio::time::timeout(WRITE_SLOT_WAIT, self.write_slots.acquire()).await;
+        let applied = match slot {
+            Ok(Ok(_slot)) => self.apply(&inbound.device, message).await.map_err(Some),
+            _ => Err(None),
+        };
+        let outcome = match applied {
             Ok(outcome) => outcome,
             // A number the store cannot hold is the device's doing, not an
             // outage: refused for good, or the device would resend it forever.
-            Err(error @ StoreError::TooLarge { .. }) => {
+            Err(Some(error @ StoreError::TooLarge { .. })) => {
                 return Err(self.invalid(inbound, Invalid::Malformed(error.to_string())));
             }
             Err(error) => {
-                tracing::warn!(device = %inbound.device, topic = inbound.topic, error = %crate::error_chain(&error), "could not store a device's message; not acknowledged, the device sends it again");
+                let error = error.map_or_else(
+                    || {
+                        format!(
+                            "every store write slot stayed busy for {} s",
+                            WRITE_SLOT_WAIT.as_secs()
+                        )
+                    },
+                    |error| crate::error_chain(&error).to_string(),
+                );
+                tracing::warn!(device = %inbound.device, topic = inbound.topic, error, "could not store a device's message; not acknowledged, the device sends it again");
                 self.with_device(&inbound.device, |s| s.counters.count(Outcome::NotDurable));
                 return Err(Refusal::Unavailable(
                     "the controller cannot store messages right now; send it again".into(),
@@ -277,8 +310,12 @@ impl Ingest {
             return;
         }
         let store = self.store.clone();
+        let write_slots = self.write_slots.clone();
         let device = device.clone();
         tokio::spawn(async move {
+            let Ok(_slot) = write_slots.acquire().await else {
+                return;
+            };
             if let Err(error) = store.touch_last_seen(&device, Utc::now()).await {
                 tracing::warn!(%device, error = %crate::error_chain(&error), "could not record when a device was last seen");
             }
@@ -335,7 +372,11 @@ impl Ingest {
         };
         // The device's refusal does not wait for this write.
         let store = self.store.clone();
+        let write_slots = self.write_slots.clone();
         tokio::spawn(async move {
+            let Ok(_slot) = write_slots.acquire().await else {
+                return;
+            };
             if let Err(error) = store.insert_event(&record).await {
                 tracing::warn!(device = %record.device, error = %crate::error_chain(&error), "could not record a rejection event");
             }
@@ -426,6 +467,10 @@ mod tests {
     async fn fixture() -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::connect("sqlite::memory:").await.expect("store");
+        fixture_with(dir, store).await
+    }
+
+    async fn fixture_with(dir: tempfile::TempDir, store: Store) -> Fixture {
         let device = DeviceId::new("edge-1").expect("valid name");
         store
             .create_device(&device, &Default::default(), Utc::now())
@@ -608,6 +653,87 @@ mod tests {
             "{} bytes recorded",
             recorded.status_message.len()
         );
+    }
+
+    fn sample_now() -> HostMetrics {
+        HostMetrics {
+            sampled_at: Utc::now(),
+            cpu_percent: 1.0,
+            memory_used_bytes: 1,
+            memory_total_bytes: 2,
+            disk_used_bytes: 3,
+            disk_total_bytes: 4,
+            network_rx_bytes: 5,
+            network_tx_bytes: 6,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn devices_waiting_for_a_locked_store_leave_connections_for_connects_and_the_api() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("tether.db");
+        let store = Store::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .expect("store");
+        let fx = Arc::new(fixture_with(dir, store).await);
+        let mut devices = Vec::new();
+        for n in 0..6 {
+            let device = DeviceId::new(format!("busy-{n}")).expect("valid name");
+            fx.store
+                .create_device(&device, &Default::default(), Utc::now())
+                .await
+                .expect("device");
+            devices.push(device);
+        }
+        // Another process holds the write lock, as in issue 11.
+        let mut lock = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .expect("second connection");
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut lock)
+            .await
+            .expect("write lock");
+        let publishes: Vec<_> = devices
+            .iter()
+            .map(|device| {
+                let fx = fx.clone();
+                let device = device.clone();
+                tokio::spawn(async move {
+                    fx.ingest
+                        .publish(inbound(
+                            &device,
+                            "metrics",
+                            Content::Message(DeviceMessage::Metrics(sample_now())),
+                        ))
+                        .await
+                })
+            })
+            .collect();
+        // Not a synchronisation: it only gives the writers time to take
+        // connections, which without a bound is all of them.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A device's CONNECT reads its certificate like this; WAL readers
+        // are not blocked by the write lock, only by a pool with no
+        // connection left. The writers wait 5 s for the lock.
+        let started = Instant::now();
+        fx.store
+            .certificate_serials(&fx.device)
+            .await
+            .expect("read while the writers wait");
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(2),
+            "a read waited {waited:?} behind the devices' writes"
+        );
+        for publish in publishes {
+            let result = publish.await.expect("publish task");
+            assert!(matches!(result, Err(Refusal::Unavailable(_))), "{result:?}");
+        }
+        sqlx::query("ROLLBACK")
+            .execute(&mut lock)
+            .await
+            .expect("release");
     }
 
     #[tokio::test]

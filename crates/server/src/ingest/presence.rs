@@ -13,12 +13,12 @@
 //! session says how many were left out.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tether_proto::{DeviceId, Presence};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use super::rate::TokenBucket;
 use crate::store::{EventRecord, Store, StoreError};
@@ -32,13 +32,16 @@ const SESSION_EVENTS_PER_SECOND: f64 = 1.0 / 60.0;
 
 pub(super) struct PresenceWriter {
     store: Store,
+    /// Shared with the device's other writes (`super::SQLITE_WRITE_SLOTS`).
+    write_slots: Arc<Semaphore>,
     writers: Mutex<HashMap<DeviceId, mpsc::UnboundedSender<Presence>>>,
 }
 
 impl PresenceWriter {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, write_slots: Arc<Semaphore>) -> Self {
         Self {
             store,
+            write_slots,
             writers: Mutex::default(),
         }
     }
@@ -48,7 +51,12 @@ impl PresenceWriter {
         let mut writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
         let writer = writers.entry(device.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(write_in_order(self.store.clone(), device, rx));
+            tokio::spawn(write_in_order(
+                self.store.clone(),
+                self.write_slots.clone(),
+                device,
+                rx,
+            ));
             tx
         });
         // The writer task lives as long as its sender, which the map holds.
@@ -58,6 +66,7 @@ impl PresenceWriter {
 
 async fn write_in_order(
     store: Store,
+    write_slots: Arc<Semaphore>,
     device: DeviceId,
     mut changes: mpsc::UnboundedReceiver<Presence>,
 ) {
@@ -72,7 +81,14 @@ async fn write_in_order(
     };
     while let Some(presence) = changes.recv().await {
         let mut delay = RETRY_FIRST;
-        while let Err(error) = write(&store, &device, presence, &mut sessions).await {
+        loop {
+            let Ok(slot) = write_slots.acquire().await else {
+                return;
+            };
+            let Err(error) = write(&store, &device, presence, &mut sessions).await else {
+                break;
+            };
+            drop(slot);
             tracing::warn!(%device, presence = presence.as_str(), error = %crate::error_chain(&error), retry_in_ms = delay.as_millis() as u64, "could not record a device's presence; retrying");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(RETRY_MAX);
@@ -161,7 +177,13 @@ mod tests {
         }
         changes.send(Presence::Online).expect("writer");
         drop(changes);
-        write_in_order(store.clone(), device.clone(), received).await;
+        write_in_order(
+            store.clone(),
+            Arc::new(Semaphore::new(1)),
+            device.clone(),
+            received,
+        )
+        .await;
 
         let events = store.list_events(&device, 1000).await.expect("events");
         let count = |name: &str| events.iter().filter(|e| e.event == name).count() as u64;
