@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tether_proto::{DeviceId, DeviceStatus, Presence};
+use tokio::sync::Semaphore;
 
 use crate::actions::{ActionService, Answer};
 use crate::device_link::{
@@ -38,6 +39,29 @@ const LAST_SEEN_RESOLUTION: Duration = Duration::from_secs(30);
 /// are counted, so a hostile device cannot fill the events table.
 const REJECTION_EVENT_BURST: u64 = 10;
 const REJECTION_EVENTS_PER_SECOND: f64 = 1.0 / 60.0;
+
+/// Metrics samples a device may store: tether-agent samples once a second
+/// at most. Each sample is a row kept for the whole metrics retention, so
+/// the device's general message rate (100/s) would let one device store a
+/// hundred times that; the burst covers a late sampler catching up.
+const SAMPLES_PER_SECOND: f64 = 1.0;
+const SAMPLE_BURST: u64 = 60;
+
+/// Device-driven writes (publishes, presence, `lastSeen`, rejection events)
+/// that may hold a store connection at once. While the store is locked or
+/// down each write holds its connection until it gives up; unbounded, they
+/// take the whole pool, and a device's CONNECT (its certificate check reads
+/// the store) and the API wait behind them. SQLite's pool has 4, PostgreSQL's 10.
+const SQLITE_WRITE_SLOTS: usize = 2;
+const POSTGRES_WRITE_SLOTS: usize = 8;
+/// How long a publish waits for a write slot: as long as a write waits for
+/// a locked store (ADR 0006), then it is not acknowledged.
+const WRITE_SLOT_WAIT: Duration = Duration::from_secs(5);
+
+/// Longest refusal reason kept: a parser's message quotes what the device
+/// sent (`unknown variant `…``), and the reason goes into the PUBACK, the
+/// log and the events table.
+const MAX_REASON_BYTES: usize = 512;
 
 /// Largest payload on a topic tetherd does not parse (logs, reported state).
 const MAX_UNPARSED_PAYLOAD: usize = 256 * 1024;
@@ -66,6 +90,7 @@ pub struct Ingest {
     /// Samples older than this are refused: retention would delete them.
     metrics_retention: Duration,
     presence: PresenceWriter,
+    write_slots: Arc<Semaphore>,
     devices: Mutex<HashMap<DeviceId, DeviceState>>,
 }
 
@@ -73,6 +98,7 @@ pub struct Ingest {
 struct DeviceState {
     rate: DeviceRate,
     rejection_events: TokenBucket,
+    samples: TokenBucket,
     /// Refusals not recorded since the last recorded one; that one says so.
     unrecorded_refusals: u64,
     last_seen_written: Option<Instant>,
@@ -86,8 +112,14 @@ impl Ingest {
         config: IngestConfig,
         metrics_retention: Duration,
     ) -> Self {
+        let write_slots = Arc::new(Semaphore::new(if store.is_postgres() {
+            POSTGRES_WRITE_SLOTS
+        } else {
+            SQLITE_WRITE_SLOTS
+        }));
         Self {
-            presence: PresenceWriter::new(store.clone()),
+            presence: PresenceWriter::new(store.clone(), write_slots.clone()),
+            write_slots,
             store,
             actions,
             config,
@@ -120,6 +152,7 @@ impl Ingest {
                     REJECTION_EVENT_BURST,
                     now,
                 ),
+                samples: TokenBucket::new(SAMPLES_PER_SECOND, SAMPLE_BURST, now),
                 unrecorded_refusals: 0,
                 last_seen_written: None,
                 counters: Counters::default(),
@@ -171,10 +204,38 @@ impl Ingest {
             }
             return Err(self.invalid(inbound, invalid));
         }
-        let outcome = match self.apply(&inbound.device, message).await {
+        if matches!(message, DeviceMessage::Metrics(_))
+            && !self.with_device(&inbound.device, |s| s.samples.take(1, now))
+        {
+            let reason = format!(
+                "more than {SAMPLES_PER_SECOND} metrics sample a second (burst {SAMPLE_BURST}); sample less often"
+            );
+            self.refused(inbound, Outcome::RateLimited, 429, &reason);
+            return Err(Refusal::RateLimited(reason));
+        }
+        let slot = tokio::time::timeout(WRITE_SLOT_WAIT, self.write_slots.acquire()).await;
+        let applied = match slot {
+            Ok(Ok(_slot)) => self.apply(&inbound.device, message).await.map_err(Some),
+            _ => Err(None),
+        };
+        let outcome = match applied {
             Ok(outcome) => outcome,
+            // A number the store cannot hold is the device's doing, not an
+            // outage: refused for good, or the device would resend it forever.
+            Err(Some(error @ StoreError::TooLarge { .. })) => {
+                return Err(self.invalid(inbound, Invalid::Malformed(error.to_string())));
+            }
             Err(error) => {
-                tracing::warn!(device = %inbound.device, topic = inbound.topic, error = %crate::error_chain(&error), "could not store a device's message; not acknowledged, the device sends it again");
+                let error = error.map_or_else(
+                    || {
+                        format!(
+                            "every store write slot stayed busy for {} s",
+                            WRITE_SLOT_WAIT.as_secs()
+                        )
+                    },
+                    |error| crate::error_chain(&error).to_string(),
+                );
+                tracing::warn!(device = %inbound.device, topic = inbound.topic, error, "could not store a device's message; not acknowledged, the device sends it again");
                 self.with_device(&inbound.device, |s| s.counters.count(Outcome::NotDurable));
                 return Err(Refusal::Unavailable(
                     "the controller cannot store messages right now; send it again".into(),
@@ -249,8 +310,12 @@ impl Ingest {
             return;
         }
         let store = self.store.clone();
+        let write_slots = self.write_slots.clone();
         let device = device.clone();
         tokio::spawn(async move {
+            let Ok(_slot) = write_slots.acquire().await else {
+                return;
+            };
             if let Err(error) = store.touch_last_seen(&device, Utc::now()).await {
                 tracing::warn!(%device, error = %crate::error_chain(&error), "could not record when a device was last seen");
             }
@@ -263,7 +328,7 @@ impl Ingest {
             Invalid::TooLarge(_) => Outcome::TooLarge,
             Invalid::Clock(_) => Outcome::Clock,
         };
-        let reason = invalid.to_string();
+        let reason = bounded(invalid.to_string());
         self.refused(inbound, outcome, invalid.status_code(), &reason);
         Refusal::Invalid(reason)
     }
@@ -307,12 +372,29 @@ impl Ingest {
         };
         // The device's refusal does not wait for this write.
         let store = self.store.clone();
+        let write_slots = self.write_slots.clone();
         tokio::spawn(async move {
+            let Ok(_slot) = write_slots.acquire().await else {
+                return;
+            };
             if let Err(error) = store.insert_event(&record).await {
                 tracing::warn!(device = %record.device, error = %crate::error_chain(&error), "could not record a rejection event");
             }
         });
     }
+}
+
+/// `reason` cut to [`MAX_REASON_BYTES`] at a character boundary.
+fn bounded(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_BYTES {
+        let mut end = MAX_REASON_BYTES;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
 }
 
 impl DeviceInbox for Ingest {
@@ -353,6 +435,7 @@ mod tests {
     use crate::device_link::{DeviceLink, LinkError};
     use crate::sealing::Sealer;
     use crate::store::NewAction;
+    use tether_proto::metrics::HostMetrics;
     use tether_proto::{ActionEvent, ActionState, Catalogue};
 
     /// A link with no device connected.
@@ -384,6 +467,10 @@ mod tests {
     async fn fixture() -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::connect("sqlite::memory:").await.expect("store");
+        fixture_with(dir, store).await
+    }
+
+    async fn fixture_with(dir: tempfile::TempDir, store: Store) -> Fixture {
         let device = DeviceId::new("edge-1").expect("valid name");
         store
             .create_device(&device, &Default::default(), Utc::now())
@@ -455,6 +542,198 @@ mod tests {
         let counters = fx.ingest.counters(&fx.device);
         assert_eq!(counters.rejected_malformed, 25);
         assert_eq!(counters.rejection_events_suppressed, 15);
+    }
+
+    #[tokio::test]
+    async fn a_number_the_store_cannot_hold_is_refused_not_taken_for_an_outage() {
+        let fx = fixture().await;
+        let sample = HostMetrics {
+            sampled_at: Utc::now(),
+            cpu_percent: 1.0,
+            memory_used_bytes: u64::MAX,
+            memory_total_bytes: 2,
+            disk_used_bytes: 3,
+            disk_total_bytes: 4,
+            network_rx_bytes: 5,
+            network_tx_bytes: 6,
+        };
+        let refused = fx
+            .ingest
+            .publish(inbound(
+                &fx.device,
+                "metrics",
+                Content::Message(DeviceMessage::Metrics(sample)),
+            ))
+            .await;
+        assert!(
+            matches!(refused, Err(Refusal::Invalid(ref r)) if r.contains("memory_used_bytes")),
+            "{refused:?}"
+        );
+        let counters = fx.ingest.counters(&fx.device);
+        assert_eq!(counters.rejected_malformed, 1);
+        assert_eq!(counters.not_acknowledged_store_unavailable, 0);
+    }
+
+    #[tokio::test]
+    async fn a_device_stores_no_more_samples_than_one_a_second_after_a_burst() {
+        let fx = fixture().await;
+        let start = Utc::now() - chrono::Duration::hours(1);
+        let mut refused = 0;
+        for i in 0..SAMPLE_BURST + 40 {
+            let sample = HostMetrics {
+                sampled_at: start + chrono::Duration::milliseconds(i as i64),
+                cpu_percent: 1.0,
+                memory_used_bytes: 1,
+                memory_total_bytes: 2,
+                disk_used_bytes: 3,
+                disk_total_bytes: 4,
+                network_rx_bytes: 5,
+                network_tx_bytes: 6,
+            };
+            let result = fx
+                .ingest
+                .publish(inbound(
+                    &fx.device,
+                    "metrics",
+                    Content::Message(DeviceMessage::Metrics(sample)),
+                ))
+                .await;
+            if let Err(refusal) = result {
+                assert!(
+                    matches!(refusal, Refusal::RateLimited(ref r) if r.contains("metrics sample")),
+                    "{refusal:?}"
+                );
+                refused += 1;
+            }
+        }
+        // The run takes well under the 40 s that would refill 40 tokens.
+        assert!(refused >= 30, "only {refused} samples refused");
+        let stored = fx
+            .store
+            .list_metrics(&fx.device, 1000)
+            .await
+            .expect("metrics")
+            .len();
+        assert_eq!(stored as u64, SAMPLE_BURST + 40 - refused);
+        assert_eq!(fx.ingest.counters(&fx.device).rate_limited, refused);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_quoting_what_the_device_sent_is_kept_short() {
+        let fx = fixture().await;
+        // What serde_json says of `{"state":"éééé…"}`: it quotes the value.
+        let quoted = format!(
+            "malformed status payload: unknown variant `{}`, expected `online` or `offline`",
+            "é".repeat(512 * 1024)
+        );
+        let refused = fx
+            .ingest
+            .publish(inbound(&fx.device, "status", Content::Malformed(quoted)))
+            .await;
+        let Err(Refusal::Invalid(reason)) = refused else {
+            panic!("expected a refusal, got {refused:?}");
+        };
+        assert!(reason.starts_with("malformed status payload"), "{reason}");
+        assert!(
+            reason.len() <= MAX_REASON_BYTES + '…'.len_utf8(),
+            "{}",
+            reason.len()
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rejections(&fx.store, &fx.device).await == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let events = fx.store.list_events(&fx.device, 10).await.expect("events");
+        let recorded = events
+            .iter()
+            .find(|e| e.event == "message-rejected")
+            .expect("a rejection event");
+        assert!(
+            recorded.status_message.len() < 1024,
+            "{} bytes recorded",
+            recorded.status_message.len()
+        );
+    }
+
+    fn sample_now() -> HostMetrics {
+        HostMetrics {
+            sampled_at: Utc::now(),
+            cpu_percent: 1.0,
+            memory_used_bytes: 1,
+            memory_total_bytes: 2,
+            disk_used_bytes: 3,
+            disk_total_bytes: 4,
+            network_rx_bytes: 5,
+            network_tx_bytes: 6,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn devices_waiting_for_a_locked_store_leave_connections_for_connects_and_the_api() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("tether.db");
+        let store = Store::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .expect("store");
+        let fx = Arc::new(fixture_with(dir, store).await);
+        let mut devices = Vec::new();
+        for n in 0..6 {
+            let device = DeviceId::new(format!("busy-{n}")).expect("valid name");
+            fx.store
+                .create_device(&device, &Default::default(), Utc::now())
+                .await
+                .expect("device");
+            devices.push(device);
+        }
+        // Another process holds the write lock, as in issue 11.
+        let mut lock = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .expect("second connection");
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut lock)
+            .await
+            .expect("write lock");
+        let publishes: Vec<_> = devices
+            .iter()
+            .map(|device| {
+                let fx = fx.clone();
+                let device = device.clone();
+                tokio::spawn(async move {
+                    fx.ingest
+                        .publish(inbound(
+                            &device,
+                            "metrics",
+                            Content::Message(DeviceMessage::Metrics(sample_now())),
+                        ))
+                        .await
+                })
+            })
+            .collect();
+        // Not a synchronisation: it only gives the writers time to take
+        // connections, which without a bound is all of them.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A device's CONNECT reads its certificate like this; WAL readers
+        // are not blocked by the write lock, only by a pool with no
+        // connection left. The writers wait 5 s for the lock.
+        let started = Instant::now();
+        fx.store
+            .certificate_serials(&fx.device)
+            .await
+            .expect("read while the writers wait");
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(2),
+            "a read waited {waited:?} behind the devices' writes"
+        );
+        for publish in publishes {
+            let result = publish.await.expect("publish task");
+            assert!(matches!(result, Err(Refusal::Unavailable(_))), "{result:?}");
+        }
+        sqlx::query("ROLLBACK")
+            .execute(&mut lock)
+            .await
+            .expect("release");
     }
 
     #[tokio::test]

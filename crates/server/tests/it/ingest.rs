@@ -549,3 +549,69 @@ async fn a_device_over_its_rate_is_slowed_then_disconnected() -> anyhow::Result<
     assert_eq!(other["state"], "succeeded", "{other}");
     Ok(())
 }
+
+/// MQTT 3.1.1 has no PUBACK reason codes: a refused publish closes the
+/// connection, and the operator still sees why; an MQTT 5 client gets 0x99
+/// and keeps its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_publish_closes_an_mqtt_3_connection_and_not_an_mqtt_5_one() -> anyhow::Result<()>
+{
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let port = mqtt_port(&tetherd)?;
+    let credentials = DeviceCredentials::enroll(&admin, "legacy").await?;
+    let dir = tempfile::tempdir()?;
+    credentials.write_to(dir.path())?;
+    let publish = |version: &'static str| {
+        let port = port.clone();
+        let dir = dir.path().to_owned();
+        async move {
+            let args = [
+                "-V",
+                version,
+                "-q",
+                "1",
+                "-d",
+                "-t",
+                "tether/v1/devices/legacy/status",
+                "-m",
+                "not json",
+                "--repeat",
+                "3",
+            ];
+            mosquitto("mosquitto_pub", &port, Some(&dir), "legacy", &args).await
+        }
+    };
+    let v5 = publish("mqttv5").await?;
+    let v5_text = text(&v5);
+    // 0x99, with the reason string for the device's developer.
+    assert!(v5_text.contains("RC:153"), "{v5_text}");
+    assert!(v5_text.contains("malformed status payload"), "{v5_text}");
+    assert_eq!(
+        device(&admin, "legacy").await?["ingest"]["rejectedMalformed"],
+        3,
+        "an MQTT 5 client keeps its session after a refusal: {v5_text}"
+    );
+
+    let v3 = publish("mqttv311").await?;
+    let v3_text = text(&v3);
+    assert!(
+        !v3.status.success()
+            && v3_text.contains("connection was lost")
+            && !v3_text.contains("received PUBACK"),
+        "MQTT 3.1.1 cannot be told the reason, so it gets no PUBACK: {v3_text}"
+    );
+    let counters = &device(&admin, "legacy").await?["ingest"];
+    assert!(
+        counters["rejectedMalformed"].as_u64() >= Some(4),
+        "{counters}"
+    );
+    let rejected = events(&admin, "legacy").await?;
+    assert!(
+        rejected
+            .iter()
+            .any(|e| e["event"] == "message-rejected" && e["statusCode"] == 400),
+        "{rejected:?}"
+    );
+    Ok(())
+}
