@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use chrono::{DateTime, Duration, Utc};
 use rustls::pki_types::UnixTime;
 
-/// An offset below this is ordinary drift and not worth a log line.
+/// A change in the offset below this is network delay or drift, not news.
 const NOTABLE_OFFSET_MS: i64 = 2_000;
+/// Beyond this the offset is a warning: the device's own logs are off by as much.
+const LARGE_OFFSET_MS: i64 = 60_000;
 
 /// The device clock corrected by the last offset learned from tetherd.
 #[derive(Debug, Default)]
@@ -45,17 +47,30 @@ impl ServerClock {
         let midpoint = sent + (received - sent) / 2;
         let offset = (server_time - midpoint).num_milliseconds();
         let before = self.offset_ms.swap(offset, Ordering::Relaxed);
-        if (offset - before).abs() >= NOTABLE_OFFSET_MS
-            || before == 0 && offset.abs() >= NOTABLE_OFFSET_MS
+        if (offset - before).abs() < NOTABLE_OFFSET_MS
+            && !(before == 0 && offset.abs() >= NOTABLE_OFFSET_MS)
         {
-            tracing::info!(
-                offset_seconds = offset as f64 / 1000.0,
-                "tetherd's clock is {:.1} s {} this device's; certificate times are judged by tetherd's",
-                offset.abs() as f64 / 1000.0,
-                if offset >= 0 { "ahead of" } else { "behind" }
+            tracing::debug!(offset_ms = offset, "clock offset to tetherd");
+            return;
+        }
+        let seconds = offset as f64 / 1000.0;
+        let (how_far, direction) = (
+            seconds.abs(),
+            if offset >= 0 { "behind" } else { "ahead of" },
+        );
+        if offset.abs() >= LARGE_OFFSET_MS {
+            tracing::warn!(
+                offset_seconds = seconds,
+                "this device's clock is {how_far:.1} s {direction} tetherd's; actions still expire on \
+                 time, and certificates and metrics are dated by tetherd's clock, but set this \
+                 device's clock (NTP) for its own logs"
             );
         } else {
-            tracing::debug!(offset_ms = offset, "clock offset to tetherd");
+            tracing::info!(
+                offset_seconds = seconds,
+                "this device's clock is {how_far:.1} s {direction} tetherd's; certificates and \
+                 metrics are dated by tetherd's clock"
+            );
         }
     }
 

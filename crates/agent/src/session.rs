@@ -107,6 +107,8 @@ struct Publisher {
     device: DeviceId,
     boot_id: String,
     telemetry: Arc<TelemetryGate>,
+    /// Samples are dated by tetherd's clock, which judges them.
+    clock: Arc<ServerClock>,
 }
 
 impl Publisher {
@@ -178,7 +180,11 @@ impl MetricsSink for Publisher {
         if !self.telemetry.admit() {
             return;
         }
-        let payload = serde_json::to_vec(metrics).unwrap_or_default();
+        let dated = HostMetrics {
+            sampled_at: self.clock.at(metrics.sampled_at),
+            ..metrics.clone()
+        };
+        let payload = serde_json::to_vec(&dated).unwrap_or_default();
         // Samples are worth nothing late: drop one rather than queue behind an outage.
         if let Err(e) = self.client.try_publish(
             self.topic(TopicKind::Metrics),
@@ -227,12 +233,14 @@ pub async fn run(
         device: credentials.device.clone(),
         boot_id: uuid::Uuid::new_v4().to_string(),
         telemetry: Arc::new(TelemetryGate::default()),
+        clock: clock.clone(),
     };
     let context = Context {
         logging,
         authorization: Arc::new(AuthorizationGuard::default()),
         stats: StatsRunner::new(Arc::new(publisher.clone())),
         ca_pem: credentials.ca_pem.clone(),
+        clock: clock.clone(),
     };
     let (actions_tx, actions_rx) = mpsc::unbounded_channel();
     let queued = Queued::default();
@@ -581,6 +589,7 @@ mod tests {
             device: DeviceId::new("edge-1").expect("valid"),
             boot_id: "boot".into(),
             telemetry: Arc::default(),
+            clock: ServerClock::new(),
         };
         let will = publisher.will(7);
         assert_eq!(&will.topic[..], b"tether/v1/devices/edge-1/status");

@@ -79,61 +79,6 @@ impl Deadline {
     }
 }
 
-/// A change in the offset smaller than this is network delay, not news.
-const NOTABLE_OFFSET_CHANGE: TimeDelta = TimeDelta::seconds(5);
-/// Beyond this the offset is logged as a warning: timestamps the device
-/// sends (metrics) will be off by as much.
-const LARGE_OFFSET: TimeDelta = TimeDelta::seconds(60);
-
-/// How far this device's clock is from tetherd's, as last reported.
-#[derive(Debug, Default)]
-pub struct ClockOffset {
-    reported: Option<TimeDelta>,
-}
-
-impl ClockOffset {
-    /// Records tetherd's clock `sent_at` as seen at `received`; returns the
-    /// offset (positive: the device is ahead) when it is the first one or
-    /// moved notably since the last one returned.
-    pub fn observe(
-        &mut self,
-        sent_at: DateTime<Utc>,
-        received: DateTime<Utc>,
-    ) -> Option<TimeDelta> {
-        let offset = received - sent_at;
-        let notable = self
-            .reported
-            .is_none_or(|reported| (offset - reported).abs() >= NOTABLE_OFFSET_CHANGE);
-        notable.then(|| {
-            self.reported = Some(offset);
-            offset
-        })
-    }
-}
-
-/// Logs the offset of the device's clock to tetherd's.
-pub fn log_offset(offset: TimeDelta) {
-    let seconds = offset.num_milliseconds() as f64 / 1000.0;
-    let (how_far, direction) = if seconds < 0.0 {
-        (-seconds, "behind")
-    } else {
-        (seconds, "ahead of")
-    };
-    if offset.abs() >= LARGE_OFFSET {
-        tracing::warn!(
-            offset_seconds = seconds,
-            "this device's clock is {how_far:.1} s {direction} tetherd's; actions still expire \
-             on time (their TTL is counted here), but timestamps this device sends are off by as \
-             much: set the clock (NTP)"
-        );
-    } else {
-        tracing::info!(
-            offset_seconds = seconds,
-            "this device's clock is {how_far:.1} s {direction} tetherd's"
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,32 +179,5 @@ mod tests {
         let far = arrived.wall + TimeDelta::days(365);
         let huge = Deadline::of(&request(far, Some(u64::MAX)), &delivered_at(arrived, None));
         assert!(!huge.passed(arrived.after(Duration::from_secs(3600))));
-    }
-
-    #[test]
-    fn the_clock_offset_is_reported_once_and_again_when_it_moves() {
-        let mut offset = ClockOffset::default();
-        let sent = Utc::now();
-        let day = TimeDelta::days(1);
-        assert_eq!(offset.observe(sent, sent + day), Some(day));
-        // Network delay and jitter: nothing new.
-        assert_eq!(
-            offset.observe(sent, sent + day + TimeDelta::milliseconds(300)),
-            None
-        );
-        assert_eq!(
-            offset.observe(sent, sent + day - TimeDelta::seconds(2)),
-            None
-        );
-        // NTP corrected the clock.
-        assert_eq!(
-            offset.observe(sent, sent + TimeDelta::milliseconds(20)),
-            Some(TimeDelta::milliseconds(20))
-        );
-        assert_eq!(offset.observe(sent, sent), None);
-        assert_eq!(
-            offset.observe(sent, sent - TimeDelta::hours(1)),
-            Some(-TimeDelta::hours(1))
-        );
     }
 }

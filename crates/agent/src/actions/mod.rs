@@ -21,7 +21,7 @@ use tether_proto::{ActionEvent, ActionRequest, Catalogue, InputError};
 use crate::authorization::AuthorizationGuard;
 use crate::dedupe::{Dedupe, Seen};
 use crate::logging::{LogControl, LoggingError};
-use expiry::{ClockOffset, Deadline, Delivery, Moment};
+use expiry::{Deadline, Delivery, Moment};
 use run_stats::StatsRunner;
 
 /// The actions this agent runs; the birth message lists them as capabilities.
@@ -81,6 +81,9 @@ pub struct Context {
     pub stats: StatsRunner,
     /// The controller's CA, trusted by `send-api` next to the system roots.
     pub ca_pem: String,
+    /// tetherd's clock as this device sees it; every action carries
+    /// tetherd's time, which keeps it current.
+    pub clock: Arc<crate::clock::ServerClock>,
 }
 
 pub struct Dispatcher {
@@ -88,7 +91,6 @@ pub struct Dispatcher {
     dedupe: Dedupe,
     context: Context,
     max_event_bytes: usize,
-    clock_offset: ClockOffset,
 }
 
 impl Dispatcher {
@@ -98,7 +100,6 @@ impl Dispatcher {
             dedupe,
             context,
             max_event_bytes: MAX_EVENT_BYTES,
-            clock_offset: ClockOffset::default(),
         }
     }
 
@@ -117,10 +118,9 @@ impl Dispatcher {
             Ok(request) => request,
             Err(e) => return self.malformed(payload, &e),
         };
-        if let Some(sent_at) = request.sent_at
-            && let Some(offset) = self.clock_offset.observe(sent_at, delivery.arrived.wall)
-        {
-            expiry::log_offset(offset);
+        if let Some(sent_at) = request.sent_at {
+            let arrived = delivery.arrived.wall;
+            self.context.clock.learn(sent_at, arrived, arrived);
         }
         tracing::info!(
             "action {} ({}) received, input {}",
@@ -349,6 +349,7 @@ pub(crate) mod tests {
             authorization: Arc::new(AuthorizationGuard::default()),
             stats: StatsRunner::new(Arc::new(NoSink)),
             ca_pem: String::new(),
+            clock: crate::clock::ServerClock::new(),
         };
         (context, Box::new(subscriber))
     }

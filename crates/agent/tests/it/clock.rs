@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{Value, json};
 use tether_testkit::http_target::{Behaviour, HttpTarget};
-use tether_testkit::{Agent, ApiClient, Database, Tetherd, faketime_env};
+use tether_testkit::{Agent, ApiClient, Database, Tetherd, faketime_env, wait_until};
 
 async fn request(admin: &ApiClient, device: &str, body: Value) -> anyhow::Result<String> {
     let accepted = admin
@@ -92,9 +92,46 @@ async fn actions_keep_their_ttl_with_the_clock_off_by(offset: &str, direction: &
         .lines()
         .find(|line| line.contains("this device's clock is"))
         .unwrap_or_else(|| panic!("the agent logs its clock offset:\n{log}"));
+    let seconds: f64 = offset_line
+        .split("clock is ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("the offset is a number of seconds: {offset_line}"));
     assert!(
-        offset_line.contains("8640") && offset_line.contains(direction),
+        (seconds - 86_400.0).abs() < 60.0 && offset_line.contains(direction),
         "{offset_line}"
+    );
+
+    // Samples are dated by tetherd's clock, so its clock window takes them.
+    let stats = request(
+        &admin,
+        &agent.name,
+        json!({"action": "run-stats", "input": {"interval": 1}}),
+    )
+    .await
+    .expect("run-stats accepted");
+    assert_eq!(
+        outcome(&admin, &stats).await.expect("ends")["state"],
+        "succeeded"
+    );
+    let metrics_path = format!("/api/v1/devices/{}/metrics?limit=1", agent.name);
+    let sampled_at = wait_until("a stored sample", Duration::from_secs(20), || {
+        let admin = admin.clone();
+        let metrics_path = metrics_path.clone();
+        async move {
+            let metrics = admin.get(&metrics_path).await?.expect_status(200)?;
+            Ok(metrics[0]["sampledAt"]
+                .as_str()
+                .and_then(|at| at.parse::<chrono::DateTime<chrono::Utc>>().ok()))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log()));
+    let off_by = (chrono::Utc::now() - sampled_at).num_seconds().abs();
+    assert!(
+        off_by < 60,
+        "sampledAt {sampled_at} is {off_by} s from tetherd's clock"
     );
 }
 

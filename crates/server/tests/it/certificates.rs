@@ -450,7 +450,7 @@ async fn a_device_renews_with_the_old_certificate_until_the_new_one_connects(
 async fn an_agent_with_its_clock_a_day_off_connects_and_renews() -> anyhow::Result<()> {
     let tetherd = tetherd_with_lifetimes(Database::Sqlite, 60, 10, 3600).await?;
     let admin = tetherd.admin().await?;
-    for (name, skew, direction) in [("ahead", "+1d", "behind"), ("behind", "-1d", "ahead of")] {
+    for (name, skew, direction) in [("ahead", "+1d", "ahead of"), ("behind", "-1d", "behind")] {
         let env = faketime_env(skew)?;
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let agent = Agent::enroll_with_env(&tetherd, &admin, name, &env).await?;
@@ -466,7 +466,7 @@ async fn an_agent_with_its_clock_a_day_off_connects_and_renews() -> anyhow::Resu
         let log = agent.log();
         assert!(!log.contains("cannot renew"), "{log}");
         assert!(
-            log.contains("tetherd's clock is 86") && log.contains(direction),
+            log.contains("this device's clock is 86") && log.contains(direction),
             "the offset is logged: {log}"
         );
     }
