@@ -49,7 +49,7 @@ pub enum AuthError {
     BadCredentials,
     #[error("{field} is longer than {max} bytes")]
     TooLong { field: &'static str, max: usize },
-    #[error("too many failed logins from this address; retry after {} s", retry_after.as_secs())]
+    #[error("too many failed attempts from this address; retry after {} s", retry_after.as_secs())]
     ThrottledAddress { retry_after: Duration },
     #[error("too many failed logins for this user; retry after {} s", retry_after.as_secs())]
     ThrottledUser { retry_after: Duration },
@@ -206,6 +206,20 @@ impl Auth {
             )
             .await?;
         Ok(LoginResponse { token, expires_at })
+    }
+
+    /// Starts an unauthenticated attempt that costs tetherd work (a
+    /// certificate renewal's signature checks) from `client`: the same
+    /// per-address streak as logins, so a client sending bad proofs waits
+    /// like one sending bad passwords. Counted as failed until
+    /// [`Self::proof_accepted`].
+    pub fn begin_proof(&self, client: IpAddr) -> Result<(), AuthError> {
+        Ok(self.throttle().begin_from(client, Instant::now())?)
+    }
+
+    /// The attempt started with [`Self::begin_proof`] succeeded.
+    pub fn proof_accepted(&self, client: IpAddr) {
+        self.throttle().succeeded_from(client, Instant::now());
     }
 
     /// PBKDF2 on the blocking pool, a bounded number at once.

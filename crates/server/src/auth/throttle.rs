@@ -135,6 +135,20 @@ fn backoff(config: &ThrottleConfig, over: u32) -> Duration {
         .min(config.backoff_max)
 }
 
+/// The client an address belongs to, for throttles and caps: an IPv4
+/// address itself, an IPv6 address by its /64 prefix. One IPv6 host is
+/// usually given a whole /64, so keying by address would give it as many
+/// fresh streaks (and connection shares) as it cares to use.
+pub fn client_of(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
 /// Usernames are kept as hashes: a key of fixed size whatever was sent.
 type UsernameKey = [u8; 32];
 
@@ -160,6 +174,7 @@ impl LoginThrottle {
     /// Starts an attempt from `address`: refused while the address waits,
     /// else counted as a failure until [`Self::succeeded`].
     pub fn begin_from(&mut self, address: IpAddr, now: Instant) -> Result<(), Throttled> {
+        let address = client_of(address);
         if let Some(retry_after) = self.by_address.retry_after(&self.config, &address, now) {
             return Err(Throttled {
                 retry_after,
@@ -185,8 +200,14 @@ impl LoginThrottle {
     /// A correct password ends the username's streak and takes back the
     /// address's count for this attempt.
     pub fn succeeded(&mut self, address: IpAddr, username: UsernameKey, now: Instant) {
-        self.by_address.undo(&self.config, &address, now);
+        self.succeeded_from(address, now);
         self.by_username.forget(&username);
+    }
+
+    /// An attempt without a username (a certificate renewal) succeeded:
+    /// takes back the address's count for it.
+    pub fn succeeded_from(&mut self, address: IpAddr, now: Instant) {
+        self.by_address.undo(&self.config, &client_of(address), now);
     }
 }
 
@@ -306,6 +327,31 @@ mod tests {
             .filter(|_| throttle.begin_from(ADDRESS, now).is_ok())
             .count();
         assert_eq!(admitted, 4);
+    }
+
+    #[test]
+    fn an_ipv6_client_is_throttled_by_its_prefix_not_each_address() {
+        let mut throttle = throttle();
+        let now = Instant::now();
+        // Four failures from four addresses of one /64 start its wait.
+        for host in 1..=4u16 {
+            let address = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 7, 0, 0, 0, host));
+            throttle.begin_from(address, now).expect("free attempts");
+        }
+        let fresh = IpAddr::V6(std::net::Ipv6Addr::new(
+            0x2001, 0xdb8, 0, 7, 0xdead, 0, 0, 1,
+        ));
+        let refused = throttle
+            .begin_from(fresh, now)
+            .expect_err("another address of the same /64 waits too");
+        assert_eq!(refused.by, ThrottledBy::ClientAddress);
+        let neighbour = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 8, 0, 0, 0, 1));
+        throttle
+            .begin_from(neighbour, now)
+            .expect("another /64 is another client");
+        // IPv4-mapped addresses are their IPv4 client.
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().expect("valid");
+        assert_eq!(client_of(mapped), ADDRESS);
     }
 
     #[test]
