@@ -49,9 +49,9 @@ pub enum AuthError {
     BadCredentials,
     #[error("{field} is longer than {max} bytes")]
     TooLong { field: &'static str, max: usize },
-    #[error("too many failed attempts from this address; retry after {} s", retry_after.as_secs())]
+    #[error("too many failed attempts from this address; retry after {} s", whole_seconds(*retry_after))]
     ThrottledAddress { retry_after: Duration },
-    #[error("too many failed logins for this user; retry after {} s", retry_after.as_secs())]
+    #[error("too many failed logins for this user; retry after {} s", whole_seconds(*retry_after))]
     ThrottledUser { retry_after: Duration },
     #[error("too many logins in progress; retry in a second")]
     Busy,
@@ -278,6 +278,11 @@ impl Auth {
     }
 }
 
+/// A wait in whole seconds, rounded up: "retry after 0 s" would be refused again.
+pub fn whole_seconds(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
 fn check_length(field: &'static str, value: &str, max: usize) -> Result<(), AuthError> {
     if value.len() > max {
         Err(AuthError::TooLong { field, max })
@@ -392,6 +397,17 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "only an admin may do this; your role is viewer"
+        );
+    }
+
+    #[test]
+    fn a_throttled_client_is_told_a_wait_it_can_use() {
+        let refused = AuthError::ThrottledAddress {
+            retry_after: Duration::from_millis(300),
+        };
+        assert_eq!(
+            refused.to_string(),
+            "too many failed attempts from this address; retry after 1 s"
         );
     }
 
