@@ -24,26 +24,40 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 }
 
 /// Enrolls a device: the one-time token authenticates the request; the
-/// CSR's key never leaves the device.
+/// CSR's key never leaves the device. After a few refused attempts in a row
+/// from one address, further ones wait (429 with `Retry-After`).
 #[utoipa::path(post, path = "/enroll", tag = "devices", security(()),
     request_body = EnrollRequest,
-    responses((status = 200, body = EnrollResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = EnrollResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 429, description = "Too many refused attempts from this address; see `Retry-After`",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait")))))]
 async fn enroll(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     ClientHost(host): ClientHost,
     ApiJson(request): ApiJson<EnrollRequest>,
 ) -> Result<axum::Json<EnrollResponse>, ApiError> {
+    // Each attempt tries to consume a token (a write) and anyone may send
+    // one: a client whose attempts keep failing waits.
+    state.auth.enrollment_allowed(client.ip())?;
     let endpoints = state.endpoints(&host);
     let enrolled = state
         .registry
         .enroll(&request, &endpoints)
         .await
         .map_err(ApiError::from);
-    let (actor, status) = match &enrolled {
-        Ok(response) => (format!("device:{}", response.device), 200),
-        Err(error) => ("device:?".to_owned(), error.status.as_u16()),
-    };
-    state.audit(&actor, "POST", "/api/v1/enroll", status).await;
+    match &enrolled {
+        Ok(response) => {
+            let actor = format!("device:{}", response.device);
+            state.audit(&actor, "POST", "/api/v1/enroll", 200).await;
+        }
+        // Refused before any device is known: logged, not audited, or
+        // anyone could grow the audit table one row per request.
+        Err(error) => {
+            state.auth.enrollment_refused(client.ip());
+            tracing::info!(client = %client.ip(), status = error.status.as_u16(), reason = %error.message, "enrollment refused");
+        }
+    }
     Ok(axum::Json(enrolled?))
 }
 

@@ -222,6 +222,18 @@ impl Auth {
         self.throttle().succeeded_from(client, Instant::now());
     }
 
+    /// Refuses an enrollment from `client` while it waits after refused
+    /// attempts; unlike a renewal it is not counted until it fails, since
+    /// a fleet may enroll many devices at once from one address.
+    pub fn enrollment_allowed(&self, client: IpAddr) -> Result<(), AuthError> {
+        Ok(self.throttle().check_from(client, Instant::now())?)
+    }
+
+    /// An enrollment from `client` was refused.
+    pub fn enrollment_refused(&self, client: IpAddr) {
+        self.throttle().failed_from(client, Instant::now());
+    }
+
     /// PBKDF2 on the blocking pool, a bounded number at once.
     async fn check_password(&self, password: &str, encoded: String) -> Result<bool, AuthError> {
         let _running = self.hashers.acquire().await.map_err(|_| AuthError::Busy)?;

@@ -185,6 +185,27 @@ impl LoginThrottle {
         Ok(())
     }
 
+    /// Refuses `address` while it waits, without counting an attempt: for
+    /// requests a legitimate client sends in parallel bursts (a fleet
+    /// enrolling), which count only once refused, by [`Self::failed_from`].
+    pub fn check_from(&self, address: IpAddr, now: Instant) -> Result<(), Throttled> {
+        match self
+            .by_address
+            .retry_after(&self.config, &client_of(address), now)
+        {
+            Some(retry_after) => Err(Throttled {
+                retry_after,
+                by: ThrottledBy::ClientAddress,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// An attempt admitted by [`Self::check_from`] was refused.
+    pub fn failed_from(&mut self, address: IpAddr, now: Instant) {
+        self.by_address.fail(&self.config, client_of(address), now);
+    }
+
     /// Continues an attempt with the username it names; the same rule.
     pub fn begin_for(&mut self, username: UsernameKey, now: Instant) -> Result<(), Throttled> {
         if let Some(retry_after) = self.by_username.retry_after(&self.config, &username, now) {
@@ -352,6 +373,25 @@ mod tests {
         // IPv4-mapped addresses are their IPv4 client.
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().expect("valid");
         assert_eq!(client_of(mapped), ADDRESS);
+    }
+
+    #[test]
+    fn failures_counted_after_the_fact_start_the_same_wait() {
+        let mut throttle = throttle();
+        let now = Instant::now();
+        // A burst checked at once is not refused for being a burst.
+        for _ in 0..10 {
+            throttle.check_from(ADDRESS, now).expect("only checked");
+        }
+        for _ in 0..4 {
+            throttle.failed_from(ADDRESS, now);
+        }
+        let refused = throttle.check_from(ADDRESS, now).expect_err("waits");
+        assert_eq!(refused.retry_after, Duration::from_secs(1));
+        // The same streak as logins from that address.
+        throttle
+            .begin_from(ADDRESS, now)
+            .expect_err("a login from it waits too");
     }
 
     #[test]

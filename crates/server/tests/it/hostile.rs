@@ -519,3 +519,49 @@ async fn refused_renewals_from_one_client_wait_like_failed_logins() -> anyhow::R
     );
     Ok(())
 }
+
+/// `POST /enroll` needs no session and each attempt tries to consume a
+/// token: refused attempts from one client make it wait, and none of them
+/// writes an audit row (anyone could grow the table one row per request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_enrollments_wait_and_leave_no_audit_rows() -> anyhow::Result<()> {
+    let tetherd = start_with_config(
+        "[auth]\nlogin_failures_before_backoff = 3\nlogin_backoff_max_seconds = 60\n",
+    )
+    .await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = tetherd.anonymous()?;
+    let made_up = json!({"token": "made-up", "csrPem": "not a CSR"});
+    let mut checked = 0;
+    let waiting = loop {
+        let reply = anonymous.post("/api/v1/enroll", made_up.clone()).await?;
+        if reply.status == 429 {
+            break reply;
+        }
+        assert!(
+            matches!(reply.status.as_u16(), 400 | 401),
+            "checked and refused: {} {}",
+            reply.status,
+            reply.body
+        );
+        checked += 1;
+        assert!(checked <= 8, "{checked} refused enrollments and no wait");
+    };
+    assert!(checked >= 4, "the free attempts are checked: {checked}");
+    assert_eq!(waiting.body["error"]["code"], "too_many_requests");
+    let audit = admin
+        .get("/api/v1/audit?limit=1000")
+        .await?
+        .expect_status(200)?;
+    let enrollments = audit
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|entry| entry["path"] == "/api/v1/enroll")
+        .count();
+    assert_eq!(
+        enrollments, 0,
+        "refused enrollments are not audited: {audit}"
+    );
+    Ok(())
+}
