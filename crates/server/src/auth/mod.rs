@@ -176,7 +176,8 @@ impl Auth {
         check_length("username", username, MAX_USERNAME_LEN)?;
         check_length("password", password, MAX_PASSWORD_LEN)?;
         let user_key = username_key(username);
-        self.throttle().begin_for(user_key, Instant::now())?;
+        self.throttle()
+            .begin_for(client, user_key, Instant::now())?;
         let _queued = self.hash_queue.try_acquire().map_err(|_| AuthError::Busy)?;
         let user = self.store.get_user(username).await?;
         let encoded = user.as_ref().map_or_else(

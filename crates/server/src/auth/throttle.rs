@@ -160,6 +160,10 @@ pub struct LoginThrottle {
     config: ThrottleConfig,
     by_address: Table<IpAddr>,
     by_username: Table<UsernameKey>,
+    /// Clients that logged in as a user before, with when they last did:
+    /// the user's own wait does not apply to them, so others' guesses
+    /// cannot lock a user out of where they usually log in from.
+    trusted: HashMap<(UsernameKey, IpAddr), Instant>,
 }
 
 impl LoginThrottle {
@@ -168,6 +172,7 @@ impl LoginThrottle {
             config,
             by_address: Table::new(),
             by_username: Table::new(),
+            trusted: HashMap::new(),
         }
     }
 
@@ -206,8 +211,18 @@ impl LoginThrottle {
         self.by_address.fail(&self.config, client_of(address), now);
     }
 
-    /// Continues an attempt with the username it names; the same rule.
-    pub fn begin_for(&mut self, username: UsernameKey, now: Instant) -> Result<(), Throttled> {
+    /// Continues an attempt from `address` with the username it names; the
+    /// same rule, except for a client that logged in as that user before:
+    /// its own address streak still bounds its guesses.
+    pub fn begin_for(
+        &mut self,
+        address: IpAddr,
+        username: UsernameKey,
+        now: Instant,
+    ) -> Result<(), Throttled> {
+        if self.trusted.contains_key(&(username, client_of(address))) {
+            return Ok(());
+        }
         if let Some(retry_after) = self.by_username.retry_after(&self.config, &username, now) {
             return Err(Throttled {
                 retry_after,
@@ -218,11 +233,23 @@ impl LoginThrottle {
         Ok(())
     }
 
-    /// A correct password ends the username's streak and takes back the
-    /// address's count for this attempt.
+    /// A correct password ends the username's streak, takes back the
+    /// address's count for this attempt and trusts the client for the user.
     pub fn succeeded(&mut self, address: IpAddr, username: UsernameKey, now: Instant) {
         self.succeeded_from(address, now);
         self.by_username.forget(&username);
+        let client = (username, client_of(address));
+        if !self.trusted.contains_key(&client) && self.trusted.len() >= MAX_ENTRIES {
+            let oldest = self
+                .trusted
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(key, _)| *key);
+            if let Some(key) = oldest {
+                self.trusted.remove(&key);
+            }
+        }
+        self.trusted.insert(client, now);
     }
 
     /// An attempt without a username (a certificate renewal) succeeded:
@@ -298,21 +325,27 @@ mod tests {
         for i in 0..4u8 {
             let address = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, i));
             throttle.begin_from(address, now).expect("fresh address");
-            throttle.begin_for(admin, now).expect("free attempts");
+            throttle
+                .begin_for(address, admin, now)
+                .expect("free attempts");
         }
-        let refused = throttle.begin_for(admin, now).expect_err("username waits");
+        let refused = throttle
+            .begin_for(ADDRESS, admin, now)
+            .expect_err("username waits");
         assert_eq!(refused.by, ThrottledBy::Username);
         throttle
-            .begin_for(username_key("alice"), now)
+            .begin_for(ADDRESS, username_key("alice"), now)
             .expect("another user");
 
         let later = now + Duration::from_secs(1);
         throttle.begin_from(ADDRESS, later).expect("address");
-        throttle.begin_for(admin, later).expect("after the wait");
+        throttle
+            .begin_for(ADDRESS, admin, later)
+            .expect("after the wait");
         throttle.succeeded(ADDRESS, admin, later);
         for _ in 0..3 {
             throttle
-                .begin_for(admin, later)
+                .begin_for(ADDRESS, admin, later)
                 .expect("reset by the success");
         }
     }
@@ -376,6 +409,36 @@ mod tests {
     }
 
     #[test]
+    fn others_guessing_a_password_do_not_lock_its_user_out_of_a_known_client() {
+        let mut throttle = throttle();
+        let now = Instant::now();
+        let admin = username_key("admin");
+        let home = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 9));
+        throttle.begin_from(home, now).expect("admin logs in");
+        throttle.begin_for(home, admin, now).expect("admin logs in");
+        throttle.succeeded(home, admin, now);
+        // Guessers from many addresses put the username in a wait.
+        for i in 0..4u8 {
+            let guesser = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, i));
+            throttle.begin_from(guesser, now).expect("fresh address");
+            throttle
+                .begin_for(guesser, admin, now)
+                .expect("free attempts");
+        }
+        let stranger = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 200));
+        throttle
+            .begin_for(stranger, admin, now)
+            .expect_err("a new client waits for the user");
+        // The admin, from where they logged in before, does not.
+        throttle
+            .begin_from(home, now)
+            .expect("its address is clean");
+        throttle
+            .begin_for(home, admin, now)
+            .expect("a known client is not locked out");
+    }
+
+    #[test]
     fn failures_counted_after_the_fact_start_the_same_wait() {
         let mut throttle = throttle();
         let now = Instant::now();
@@ -401,7 +464,7 @@ mod tests {
         for i in 0..(MAX_ENTRIES + 100) {
             let name = format!("user-{i}");
             throttle
-                .begin_for(username_key(&name), now)
+                .begin_for(ADDRESS, username_key(&name), now)
                 .expect("first failure");
         }
         assert!(throttle.by_username.streaks.len() <= MAX_ENTRIES);
