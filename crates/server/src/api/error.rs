@@ -172,10 +172,7 @@ impl From<AuthError> for ApiError {
             AuthError::ThrottledAddress { .. }
             | AuthError::ThrottledUser { .. }
             | AuthError::Busy => Self {
-                // Round up: retrying a moment early would only be refused again.
-                retry_after: error
-                    .retry_after()
-                    .map(|wait| wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
+                retry_after: error.retry_after().map(crate::auth::whole_seconds),
                 ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
             },
             AuthError::Forbidden { .. } => Self::new(StatusCode::FORBIDDEN, "forbidden", message),

@@ -6,6 +6,12 @@
 //! When the total is reached, a new connection takes the place of the
 //! oldest one still in its TLS handshake, so clients that never finish one
 //! cannot keep a new client out.
+//!
+//! Only HTTP/1.1 is served: hyper's header timeout exists for HTTP/1 only,
+//! and before it starts hyper waits, without a timer, for the bytes that
+//! tell HTTP/1 from HTTP/2. So TLS offers only `http/1.1`, a connection
+//! must send its first request's opening bytes within the header timeout,
+//! and one that opens with the HTTP/2 preface is closed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -13,10 +19,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use axum_server::accept::{Accept, DefaultAcceptor};
-use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use axum_server::accept::Accept;
+use axum_server::tls_rustls::RustlsConfig;
 use futures::future::BoxFuture;
+use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -51,6 +59,7 @@ pub struct ConnectionLimiter {
 /// A held connection slot; dropping it gives the slot back.
 pub struct ConnectionPermit {
     counts: Arc<Mutex<Counts>>,
+    /// The client's key: the address, or an IPv6 address's /64.
     address: IpAddr,
     id: u64,
     /// Notified when a newer connection takes this one's place.
@@ -67,7 +76,7 @@ impl ConnectionLimiter {
     }
 
     pub fn admit(&self, address: IpAddr) -> Result<ConnectionPermit, Refused> {
-        let address = address.to_canonical();
+        let address = crate::auth::throttle::client_of(address);
         let mut counts = lock(&self.counts);
         if counts.per_address.get(&address).copied().unwrap_or(0) >= self.max_per_address {
             return Err(Refused::PerAddress);
@@ -130,7 +139,35 @@ fn lock(counts: &Mutex<Counts>) -> std::sync::MutexGuard<'_, Counts> {
 #[derive(Clone)]
 struct GuardedTls {
     limiter: ConnectionLimiter,
-    tls: RustlsAcceptor<DefaultAcceptor>,
+    tls: RustlsConfig,
+    handshake_timeout: Duration,
+    first_bytes_timeout: Duration,
+    /// The caller's TLS config (which a certificate renewal swaps) and the
+    /// same offering only HTTP/1.1, made again only when it was swapped.
+    http1_only: Arc<Mutex<Option<Http1Config>>>,
+}
+
+/// A TLS config, and the same offering only HTTP/1.1.
+type Http1Config = (Arc<ServerConfig>, Arc<ServerConfig>);
+
+impl GuardedTls {
+    fn server_config(&self) -> Arc<ServerConfig> {
+        let current = self.tls.get_inner();
+        let mut cached = self
+            .http1_only
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*cached {
+            Some((source, http1)) if Arc::ptr_eq(source, &current) => http1.clone(),
+            _ => {
+                let mut http1 = (*current).clone();
+                http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+                let http1 = Arc::new(http1);
+                *cached = Some((current, http1.clone()));
+                http1
+            }
+        }
+    }
 }
 
 impl<S: Send + 'static> Accept<TcpStream, S> for GuardedTls {
@@ -148,12 +185,16 @@ impl<S: Send + 'static> Accept<TcpStream, S> for GuardedTls {
                     Err(io::Error::other("over the connection cap"))
                 }
             });
-        let tls = self.tls.clone();
+        let tls = tokio_rustls::TlsAcceptor::from(self.server_config());
+        let (handshake_timeout, first_bytes_timeout) =
+            (self.handshake_timeout, self.first_bytes_timeout);
         Box::pin(async move {
             // An error drops `stream`, which closes the connection at once.
             let permit = admitted?;
-            let (stream, service) = tokio::select! {
-                accepted = tls.accept(stream, service) => accepted?,
+            let stream = tokio::select! {
+                accepted = tokio::time::timeout(handshake_timeout, tls.accept(stream)) => {
+                    accepted.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??
+                }
                 () = permit.evicted() => {
                     return Err(io::Error::other("closed to make room for a newer connection"));
                 }
@@ -162,6 +203,7 @@ impl<S: Send + 'static> Accept<TcpStream, S> for GuardedTls {
             Ok((
                 LimitedStream {
                     stream,
+                    opening: Some(Opening::new(first_bytes_timeout)),
                     _permit: permit,
                 },
                 service,
@@ -170,9 +212,49 @@ impl<S: Send + 'static> Accept<TcpStream, S> for GuardedTls {
     }
 }
 
+/// The HTTP/2 connection preface; hyper reads this many bytes (or up to
+/// the first that differs) before it picks HTTP/1 or HTTP/2.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection's first bytes, until hyper's HTTP/1 header timer takes over.
+struct Opening {
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// How many bytes read so far, all matching the HTTP/2 preface.
+    matched: usize,
+}
+
+impl Opening {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            matched: 0,
+        }
+    }
+
+    /// Looks at newly read bytes: `Ok(true)` once they show HTTP/1,
+    /// an error if they are the HTTP/2 preface.
+    fn read(&mut self, bytes: &[u8]) -> io::Result<bool> {
+        for byte in bytes {
+            if HTTP2_PREFACE.get(self.matched) != Some(byte) {
+                return Ok(true);
+            }
+            self.matched += 1;
+            if self.matched == HTTP2_PREFACE.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "HTTP/2 is not served; use HTTP/1.1",
+                ));
+            }
+        }
+        Ok(false)
+    }
+}
+
 /// A connection that holds its slot for as long as it is open.
 pub struct LimitedStream<S> {
     stream: S,
+    /// Until the first bytes show an HTTP/1 request.
+    opening: Option<Opening>,
     _permit: ConnectionPermit,
 }
 
@@ -182,7 +264,28 @@ impl<S: AsyncRead + Unpin> AsyncRead for LimitedStream<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = &mut *self;
+        let filled = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let Some(opening) = &mut this.opening else {
+            return polled;
+        };
+        match polled {
+            Poll::Ready(Ok(())) => {
+                if opening.read(&buf.filled()[filled..])? {
+                    this.opening = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match opening.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no request within the header timeout",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+            error => error,
+        }
     }
 }
 
@@ -255,7 +358,10 @@ pub async fn serve(
     }
     let acceptor = GuardedTls {
         limiter: ConnectionLimiter::new(max_total, config.max_connections_per_ip),
-        tls: RustlsAcceptor::new(tls).handshake_timeout(config.tls_handshake_timeout),
+        tls,
+        handshake_timeout: config.tls_handshake_timeout,
+        first_bytes_timeout: config.header_read_timeout,
+        http1_only: Arc::default(),
     };
     let mut server = axum_server::from_tcp(listener)
         .acceptor(acceptor)
@@ -346,6 +452,35 @@ mod tests {
         let _held = limiter.admit(ip(2)).expect("first");
         let mapped: IpAddr = "::ffff:127.0.0.2".parse().expect("valid");
         assert_eq!(limiter.admit(mapped).err(), Some(Refused::PerAddress));
+    }
+
+    #[test]
+    fn an_ipv6_client_gets_one_share_for_its_whole_prefix() {
+        let limiter = ConnectionLimiter::new(10, 2);
+        let host =
+            |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 7, 0, 0, 0, last));
+        let _first = limiter.admit(host(1)).expect("first");
+        let _second = limiter.admit(host(2)).expect("second");
+        assert_eq!(
+            limiter.admit(host(3)).err(),
+            Some(Refused::PerAddress),
+            "a third address of the same /64 is the same client"
+        );
+        let other = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 8, 0, 0, 0, 1));
+        limiter.admit(other).expect("another /64");
+    }
+
+    #[tokio::test]
+    async fn an_opening_is_http1_at_the_first_byte_off_the_http2_preface() {
+        let mut opening = Opening::new(Duration::from_secs(1));
+        assert!(opening.read(b"GET / HTTP/1.1\r\n").expect("HTTP/1"));
+        let mut opening = Opening::new(Duration::from_secs(1));
+        assert!(!opening.read(b"PRI * HTTP/2.0").expect("undecided"));
+        assert!(!opening.read(b"").expect("still undecided"));
+        let refused = opening
+            .read(b"\r\n\r\nSM\r\n\r\n")
+            .expect_err("the whole HTTP/2 preface");
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]

@@ -49,9 +49,9 @@ pub enum AuthError {
     BadCredentials,
     #[error("{field} is longer than {max} bytes")]
     TooLong { field: &'static str, max: usize },
-    #[error("too many failed logins from this address; retry after {} s", retry_after.as_secs())]
+    #[error("too many failed attempts from this address; retry after {} s", whole_seconds(*retry_after))]
     ThrottledAddress { retry_after: Duration },
-    #[error("too many failed logins for this user; retry after {} s", retry_after.as_secs())]
+    #[error("too many failed logins for this user; retry after {} s", whole_seconds(*retry_after))]
     ThrottledUser { retry_after: Duration },
     #[error("too many logins in progress; retry in a second")]
     Busy,
@@ -176,7 +176,8 @@ impl Auth {
         check_length("username", username, MAX_USERNAME_LEN)?;
         check_length("password", password, MAX_PASSWORD_LEN)?;
         let user_key = username_key(username);
-        self.throttle().begin_for(user_key, Instant::now())?;
+        self.throttle()
+            .begin_for(client, user_key, Instant::now())?;
         let _queued = self.hash_queue.try_acquire().map_err(|_| AuthError::Busy)?;
         let user = self.store.get_user(username).await?;
         let encoded = user.as_ref().map_or_else(
@@ -206,6 +207,32 @@ impl Auth {
             )
             .await?;
         Ok(LoginResponse { token, expires_at })
+    }
+
+    /// Starts an unauthenticated attempt that costs tetherd work (a
+    /// certificate renewal's signature checks) from `client`: the same
+    /// per-address streak as logins, so a client sending bad proofs waits
+    /// like one sending bad passwords. Counted as failed until
+    /// [`Self::proof_accepted`].
+    pub fn begin_proof(&self, client: IpAddr) -> Result<(), AuthError> {
+        Ok(self.throttle().begin_from(client, Instant::now())?)
+    }
+
+    /// The attempt started with [`Self::begin_proof`] succeeded.
+    pub fn proof_accepted(&self, client: IpAddr) {
+        self.throttle().succeeded_from(client, Instant::now());
+    }
+
+    /// Refuses an enrollment from `client` while it waits after refused
+    /// attempts; unlike a renewal it is not counted until it fails, since
+    /// a fleet may enroll many devices at once from one address.
+    pub fn enrollment_allowed(&self, client: IpAddr) -> Result<(), AuthError> {
+        Ok(self.throttle().check_from(client, Instant::now())?)
+    }
+
+    /// An enrollment from `client` was refused.
+    pub fn enrollment_refused(&self, client: IpAddr) {
+        self.throttle().failed_from(client, Instant::now());
     }
 
     /// PBKDF2 on the blocking pool, a bounded number at once.
@@ -262,6 +289,11 @@ impl Auth {
     pub async fn prune_expired(&self, now: DateTime<Utc>) -> Result<u64, AuthError> {
         Ok(self.store.delete_sessions_expired_before(now).await?)
     }
+}
+
+/// A wait in whole seconds, rounded up: "retry after 0 s" would be refused again.
+pub fn whole_seconds(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 fn check_length(field: &'static str, value: &str, max: usize) -> Result<(), AuthError> {
@@ -378,6 +410,17 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "only an admin may do this; your role is viewer"
+        );
+    }
+
+    #[test]
+    fn a_throttled_client_is_told_a_wait_it_can_use() {
+        let refused = AuthError::ThrottledAddress {
+            retry_after: Duration::from_millis(300),
+        };
+        assert_eq!(
+            refused.to_string(),
+            "too many failed attempts from this address; retry after 1 s"
         );
     }
 

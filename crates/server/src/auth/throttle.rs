@@ -135,6 +135,20 @@ fn backoff(config: &ThrottleConfig, over: u32) -> Duration {
         .min(config.backoff_max)
 }
 
+/// The client an address belongs to, for throttles and caps: an IPv4
+/// address itself, an IPv6 address by its /64 prefix. One IPv6 host is
+/// usually given a whole /64, so keying by address would give it as many
+/// fresh streaks (and connection shares) as it cares to use.
+pub fn client_of(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
 /// Usernames are kept as hashes: a key of fixed size whatever was sent.
 type UsernameKey = [u8; 32];
 
@@ -146,6 +160,10 @@ pub struct LoginThrottle {
     config: ThrottleConfig,
     by_address: Table<IpAddr>,
     by_username: Table<UsernameKey>,
+    /// Clients that logged in as a user before, with when they last did:
+    /// the user's own wait does not apply to them, so others' guesses
+    /// cannot lock a user out of where they usually log in from.
+    trusted: HashMap<(UsernameKey, IpAddr), Instant>,
 }
 
 impl LoginThrottle {
@@ -154,12 +172,14 @@ impl LoginThrottle {
             config,
             by_address: Table::new(),
             by_username: Table::new(),
+            trusted: HashMap::new(),
         }
     }
 
     /// Starts an attempt from `address`: refused while the address waits,
     /// else counted as a failure until [`Self::succeeded`].
     pub fn begin_from(&mut self, address: IpAddr, now: Instant) -> Result<(), Throttled> {
+        let address = client_of(address);
         if let Some(retry_after) = self.by_address.retry_after(&self.config, &address, now) {
             return Err(Throttled {
                 retry_after,
@@ -170,8 +190,39 @@ impl LoginThrottle {
         Ok(())
     }
 
-    /// Continues an attempt with the username it names; the same rule.
-    pub fn begin_for(&mut self, username: UsernameKey, now: Instant) -> Result<(), Throttled> {
+    /// Refuses `address` while it waits, without counting an attempt: for
+    /// requests a legitimate client sends in parallel bursts (a fleet
+    /// enrolling), which count only once refused, by [`Self::failed_from`].
+    pub fn check_from(&self, address: IpAddr, now: Instant) -> Result<(), Throttled> {
+        match self
+            .by_address
+            .retry_after(&self.config, &client_of(address), now)
+        {
+            Some(retry_after) => Err(Throttled {
+                retry_after,
+                by: ThrottledBy::ClientAddress,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// An attempt admitted by [`Self::check_from`] was refused.
+    pub fn failed_from(&mut self, address: IpAddr, now: Instant) {
+        self.by_address.fail(&self.config, client_of(address), now);
+    }
+
+    /// Continues an attempt from `address` with the username it names; the
+    /// same rule, except for a client that logged in as that user before:
+    /// its own address streak still bounds its guesses.
+    pub fn begin_for(
+        &mut self,
+        address: IpAddr,
+        username: UsernameKey,
+        now: Instant,
+    ) -> Result<(), Throttled> {
+        if self.trusted.contains_key(&(username, client_of(address))) {
+            return Ok(());
+        }
         if let Some(retry_after) = self.by_username.retry_after(&self.config, &username, now) {
             return Err(Throttled {
                 retry_after,
@@ -182,11 +233,29 @@ impl LoginThrottle {
         Ok(())
     }
 
-    /// A correct password ends the username's streak and takes back the
-    /// address's count for this attempt.
+    /// A correct password ends the username's streak, takes back the
+    /// address's count for this attempt and trusts the client for the user.
     pub fn succeeded(&mut self, address: IpAddr, username: UsernameKey, now: Instant) {
-        self.by_address.undo(&self.config, &address, now);
+        self.succeeded_from(address, now);
         self.by_username.forget(&username);
+        let client = (username, client_of(address));
+        if !self.trusted.contains_key(&client) && self.trusted.len() >= MAX_ENTRIES {
+            let oldest = self
+                .trusted
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(key, _)| *key);
+            if let Some(key) = oldest {
+                self.trusted.remove(&key);
+            }
+        }
+        self.trusted.insert(client, now);
+    }
+
+    /// An attempt without a username (a certificate renewal) succeeded:
+    /// takes back the address's count for it.
+    pub fn succeeded_from(&mut self, address: IpAddr, now: Instant) {
+        self.by_address.undo(&self.config, &client_of(address), now);
     }
 }
 
@@ -256,21 +325,27 @@ mod tests {
         for i in 0..4u8 {
             let address = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, i));
             throttle.begin_from(address, now).expect("fresh address");
-            throttle.begin_for(admin, now).expect("free attempts");
+            throttle
+                .begin_for(address, admin, now)
+                .expect("free attempts");
         }
-        let refused = throttle.begin_for(admin, now).expect_err("username waits");
+        let refused = throttle
+            .begin_for(ADDRESS, admin, now)
+            .expect_err("username waits");
         assert_eq!(refused.by, ThrottledBy::Username);
         throttle
-            .begin_for(username_key("alice"), now)
+            .begin_for(ADDRESS, username_key("alice"), now)
             .expect("another user");
 
         let later = now + Duration::from_secs(1);
         throttle.begin_from(ADDRESS, later).expect("address");
-        throttle.begin_for(admin, later).expect("after the wait");
+        throttle
+            .begin_for(ADDRESS, admin, later)
+            .expect("after the wait");
         throttle.succeeded(ADDRESS, admin, later);
         for _ in 0..3 {
             throttle
-                .begin_for(admin, later)
+                .begin_for(ADDRESS, admin, later)
                 .expect("reset by the success");
         }
     }
@@ -309,13 +384,87 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_client_is_throttled_by_its_prefix_not_each_address() {
+        let mut throttle = throttle();
+        let now = Instant::now();
+        // Four failures from four addresses of one /64 start its wait.
+        for host in 1..=4u16 {
+            let address = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 7, 0, 0, 0, host));
+            throttle.begin_from(address, now).expect("free attempts");
+        }
+        let fresh = IpAddr::V6(std::net::Ipv6Addr::new(
+            0x2001, 0xdb8, 0, 7, 0xdead, 0, 0, 1,
+        ));
+        let refused = throttle
+            .begin_from(fresh, now)
+            .expect_err("another address of the same /64 waits too");
+        assert_eq!(refused.by, ThrottledBy::ClientAddress);
+        let neighbour = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 8, 0, 0, 0, 1));
+        throttle
+            .begin_from(neighbour, now)
+            .expect("another /64 is another client");
+        // IPv4-mapped addresses are their IPv4 client.
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().expect("valid");
+        assert_eq!(client_of(mapped), ADDRESS);
+    }
+
+    #[test]
+    fn others_guessing_a_password_do_not_lock_its_user_out_of_a_known_client() {
+        let mut throttle = throttle();
+        let now = Instant::now();
+        let admin = username_key("admin");
+        let home = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 9));
+        throttle.begin_from(home, now).expect("admin logs in");
+        throttle.begin_for(home, admin, now).expect("admin logs in");
+        throttle.succeeded(home, admin, now);
+        // Guessers from many addresses put the username in a wait.
+        for i in 0..4u8 {
+            let guesser = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, i));
+            throttle.begin_from(guesser, now).expect("fresh address");
+            throttle
+                .begin_for(guesser, admin, now)
+                .expect("free attempts");
+        }
+        let stranger = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 200));
+        throttle
+            .begin_for(stranger, admin, now)
+            .expect_err("a new client waits for the user");
+        // The admin, from where they logged in before, does not.
+        throttle
+            .begin_from(home, now)
+            .expect("its address is clean");
+        throttle
+            .begin_for(home, admin, now)
+            .expect("a known client is not locked out");
+    }
+
+    #[test]
+    fn failures_counted_after_the_fact_start_the_same_wait() {
+        let mut throttle = throttle();
+        let now = Instant::now();
+        // A burst checked at once is not refused for being a burst.
+        for _ in 0..10 {
+            throttle.check_from(ADDRESS, now).expect("only checked");
+        }
+        for _ in 0..4 {
+            throttle.failed_from(ADDRESS, now);
+        }
+        let refused = throttle.check_from(ADDRESS, now).expect_err("waits");
+        assert_eq!(refused.retry_after, Duration::from_secs(1));
+        // The same streak as logins from that address.
+        throttle
+            .begin_from(ADDRESS, now)
+            .expect_err("a login from it waits too");
+    }
+
+    #[test]
     fn memory_is_bounded_whatever_is_sent() {
         let mut throttle = throttle();
         let now = Instant::now();
         for i in 0..(MAX_ENTRIES + 100) {
             let name = format!("user-{i}");
             throttle
-                .begin_for(username_key(&name), now)
+                .begin_for(ADDRESS, username_key(&name), now)
                 .expect("first failure");
         }
         assert!(throttle.by_username.streaks.len() <= MAX_ENTRIES);

@@ -236,6 +236,33 @@ async fn slow_and_idle_connections_are_closed_by_the_timeouts() -> anyhow::Resul
         tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await,
     )?;
 
+    // A finished TLS handshake, then not a byte: hyper waits without a
+    // timer for the bytes that tell HTTP/1 from HTTP/2.
+    let mut tls = tls_from(&connector, ATTACKER, api).await?;
+    closed_within("a silent TLS connection")(
+        tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await,
+    )?;
+
+    // Half the HTTP/2 preface, and the whole of it: HTTP/2 has no header
+    // timeout, so it is not served at all.
+    let mut tls = tls_from(&connector, ATTACKER, api).await?;
+    tls.write_all(b"PRI * HTTP/2.0\r\n").await?;
+    closed_within("half the HTTP/2 preface")(
+        tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await,
+    )?;
+    let mut tls = tls_from(&connector, ATTACKER, api).await?;
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    closed_within("the HTTP/2 preface")(
+        tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await,
+    )?;
+
+    // A client offering both (curl does) is told to speak HTTP/1.1.
+    let mut offering_h2 = (**tls_connector(&tetherd)?.config()).clone();
+    offering_h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tls = tls_from(&TlsConnector::from(Arc::new(offering_h2)), ATTACKER, api).await?;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    drop(tls);
+
     // Headers that never finish.
     let mut tls = tls_from(&connector, ATTACKER, api).await?;
     tls.write_all(b"GET /api/v1/ca.pem HTTP/1.1\r\nHost: x\r\n")
@@ -445,6 +472,96 @@ async fn login_timing_does_not_reveal_whether_a_user_exists() -> anyhow::Result<
     assert!(
         difference <= larger / 5,
         "login timing reveals whether a user exists: existing {known:?}, unknown {unknown:?}"
+    );
+    Ok(())
+}
+
+/// `POST /renew` needs no session and costs two signature checks, and a
+/// certificate is no secret: a client whose renewals keep being refused
+/// waits like one guessing passwords, so it cannot keep tetherd checking
+/// signatures (or writing audit rows) as fast as it can send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_renewals_from_one_client_wait_like_failed_logins() -> anyhow::Result<()> {
+    let tetherd = start_with_config(
+        "[auth]\nlogin_failures_before_backoff = 3\nlogin_backoff_max_seconds = 60\n",
+    )
+    .await?;
+    let anonymous = tetherd.anonymous()?;
+    let bogus = json!({"certificatePem": "not a certificate", "csrPem": "not a CSR"});
+    // The free refusals, then the one that starts a 1 s wait. Under load a
+    // refusal may take longer than that wait, which then lets the next one
+    // through (and doubles the wait): a 429 comes within a few more.
+    let mut checked = 0;
+    let waiting = loop {
+        let reply = anonymous.post("/api/v1/renew", bogus.clone()).await?;
+        if reply.status == 429 {
+            break reply;
+        }
+        assert!(
+            matches!(reply.status.as_u16(), 400 | 401),
+            "checked and refused: {} {}",
+            reply.status,
+            reply.body
+        );
+        checked += 1;
+        assert!(checked <= 8, "{checked} refused renewals and no wait");
+    };
+    assert!(checked >= 4, "the free attempts are checked: {checked}");
+    assert_eq!(waiting.status, 429, "{}", waiting.body);
+    assert_eq!(waiting.body["error"]["code"], "too_many_requests");
+    assert!(
+        waiting.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("from this address"),
+        "{}",
+        waiting.body
+    );
+    Ok(())
+}
+
+/// `POST /enroll` needs no session and each attempt tries to consume a
+/// token: refused attempts from one client make it wait, and none of them
+/// writes an audit row (anyone could grow the table one row per request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_enrollments_wait_and_leave_no_audit_rows() -> anyhow::Result<()> {
+    let tetherd = start_with_config(
+        "[auth]\nlogin_failures_before_backoff = 3\nlogin_backoff_max_seconds = 60\n",
+    )
+    .await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = tetherd.anonymous()?;
+    let made_up = json!({"token": "made-up", "csrPem": "not a CSR"});
+    let mut checked = 0;
+    let waiting = loop {
+        let reply = anonymous.post("/api/v1/enroll", made_up.clone()).await?;
+        if reply.status == 429 {
+            break reply;
+        }
+        assert!(
+            matches!(reply.status.as_u16(), 400 | 401),
+            "checked and refused: {} {}",
+            reply.status,
+            reply.body
+        );
+        checked += 1;
+        assert!(checked <= 8, "{checked} refused enrollments and no wait");
+    };
+    assert!(checked >= 4, "the free attempts are checked: {checked}");
+    assert_eq!(waiting.body["error"]["code"], "too_many_requests");
+    let audit = admin
+        .get("/api/v1/audit?limit=1000")
+        .await?
+        .expect_status(200)?;
+    let enrollments = audit
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|entry| entry["path"] == "/api/v1/enroll")
+        .count();
+    assert_eq!(
+        enrollments, 0,
+        "refused enrollments are not audited: {audit}"
     );
     Ok(())
 }
