@@ -6,28 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use serde_json::{Value, json};
+use serde_json::json;
 use tether_testkit::http_target::{Behaviour, HttpTarget};
-use tether_testkit::{Agent, ApiClient, Database, Tetherd, faketime_env, wait_until};
+use tether_testkit::{Agent, Database, Tetherd, faketime_env, wait_until};
 
-async fn request(admin: &ApiClient, device: &str, body: Value) -> anyhow::Result<String> {
-    let accepted = admin
-        .post(&format!("/api/v1/devices/{device}/actions"), body)
-        .await?
-        .expect_status(202)?;
-    Ok(accepted["correlationId"]
-        .as_str()
-        .context("correlationId")?
-        .to_owned())
-}
-
-async fn outcome(admin: &ApiClient, id: &str) -> anyhow::Result<Value> {
-    admin
-        .get(&format!("/api/v1/actions/{id}?waitSeconds=30"))
-        .await?
-        .expect_status(200)
-}
+use crate::support::{newest_sample, outcome, request};
 
 async fn actions_keep_their_ttl_with_the_clock_off_by(offset: &str, direction: &str) {
     let tetherd = Tetherd::start(Database::Sqlite)
@@ -115,14 +98,12 @@ async fn actions_keep_their_ttl_with_the_clock_off_by(offset: &str, direction: &
         outcome(&admin, &stats).await.expect("ends")["state"],
         "succeeded"
     );
-    let metrics_path = format!("/api/v1/devices/{}/metrics?limit=1", agent.name);
     let sampled_at = wait_until("a stored sample", Duration::from_secs(20), || {
         let admin = admin.clone();
-        let metrics_path = metrics_path.clone();
+        let device = agent.name.clone();
         async move {
-            let metrics = admin.get(&metrics_path).await?.expect_status(200)?;
-            Ok(metrics[0]["sampledAt"]
-                .as_str()
+            Ok(newest_sample(&admin, &device)
+                .await?
                 .and_then(|at| at.parse::<chrono::DateTime<chrono::Utc>>().ok()))
         }
     })

@@ -3,4 +3,5 @@
 
 mod clock;
 mod offline;
+mod support;
 mod third_party_device;

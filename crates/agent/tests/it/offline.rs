@@ -6,35 +6,11 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde_json::json;
 use tether_testkit::http_target::{Behaviour, HttpTarget};
-use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
+use tether_testkit::{Agent, Database, Tetherd, wait_until};
 
-async fn request(admin: &ApiClient, device: &str, body: Value) -> anyhow::Result<String> {
-    let accepted = admin
-        .post(&format!("/api/v1/devices/{device}/actions"), body)
-        .await?
-        .expect_status(202)?;
-    Ok(accepted["correlationId"]
-        .as_str()
-        .context("correlationId")?
-        .to_owned())
-}
-
-async fn outcome(admin: &ApiClient, id: &str) -> anyhow::Result<Value> {
-    admin
-        .get(&format!("/api/v1/actions/{id}?waitSeconds=30"))
-        .await?
-        .expect_status(200)
-}
-
-async fn newest_sample(admin: &ApiClient, device: &str) -> anyhow::Result<Option<String>> {
-    let metrics = admin
-        .get(&format!("/api/v1/devices/{device}/metrics?limit=1"))
-        .await?
-        .expect_status(200)?;
-    Ok(metrics[0]["sampledAt"].as_str().map(str::to_owned))
-}
+use crate::support::{newest_sample, outcome, request};
 
 async fn wait_for_log(agent: &Agent, what: &str, needle: &str, count: usize) -> anyhow::Result<()> {
     wait_until(what, Duration::from_secs(30), || {
