@@ -1,7 +1,10 @@
 //! Extractors whose rejections are [`ApiError`]s, so a malformed body or
 //! query gets the same JSON error shape as everything else.
 
+use std::time::Duration;
+
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use tether_proto::DeviceId;
@@ -10,11 +13,33 @@ use super::error::ApiError;
 
 pub struct ApiJson<T>(pub T);
 
+/// How long a request's body may take to arrive, whole; the listener sets it
+/// (`api.header_read_timeout_seconds`). hyper times only the headers, so
+/// without it a body trickled a byte at a time would hold its connection.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline(pub Duration);
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::Json(value) = axum::Json::<T>::from_request(request, state).await?;
+        let deadline = request.extensions().get::<BodyDeadline>().copied();
+        let read = axum::Json::<T>::from_request(request, state);
+        let axum::Json(value) = match deadline {
+            Some(BodyDeadline(limit)) => {
+                tokio::time::timeout(limit, read).await.map_err(|_| {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        format!(
+                            "the request body did not arrive within {} s; send it at once",
+                            limit.as_secs()
+                        ),
+                    )
+                })??
+            }
+            None => read.await?,
+        };
         Ok(Self(value))
     }
 }

@@ -371,6 +371,9 @@ pub async fn serve(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(config.header_read_timeout);
+    let app = app.layer(axum::Extension(super::extract::BodyDeadline(
+        config.header_read_timeout,
+    )));
     server
         .serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .await

@@ -54,6 +54,10 @@ fn add_shared_responses(operation: &mut Operation) {
     }
     if has_body {
         add("400", "The body is not valid JSON of the expected shape");
+        add(
+            "408",
+            "The body did not arrive within the header read timeout",
+        );
         add("413", "The body is larger than this route accepts");
         add("415", "The body is not `application/json`");
     }

@@ -282,6 +282,18 @@ async fn slow_and_idle_connections_are_closed_by_the_timeouts() -> anyhow::Resul
         closed_within("half-sent headers")(result)?;
     }
 
+    // Whole headers, then a body trickled slower than it may take.
+    let mut tls = tls_from(&connector, ATTACKER, api).await?;
+    tls.write_all(
+        b"POST /api/v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{\"username\"",
+    )
+    .await?;
+    let status = tokio::time::timeout(Duration::from_secs(5), read_status(&mut tls)).await;
+    anyhow::ensure!(
+        matches!(status, Ok(Some(408))),
+        "a trickled body is answered 408 within 5 s, got {status:?}"
+    );
+
     // A keep-alive connection left idle after a request.
     let mut tls = tls_from(&connector, ATTACKER, api).await?;
     tls.write_all(b"GET /api/v1/ca.pem HTTP/1.1\r\nHost: x\r\n\r\n")
