@@ -24,7 +24,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         let deadline = request.extensions().get::<BodyDeadline>().copied();
-        let read = axum::Json::<T>::from_request(request, state);
+        // Read as a value first: serde would also build a struct from a JSON
+        // array (`[]` as a patch with no fields), and every body is an object.
+        let read = axum::Json::<serde_json::Value>::from_request(request, state);
         let axum::Json(value) = match deadline {
             Some(BodyDeadline(limit)) => {
                 tokio::time::timeout(limit, read).await.map_err(|_| {
@@ -40,7 +42,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             }
             None => read.await?,
         };
-        Ok(Self(value))
+        if !value.is_object() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                "invalid request body: expected a JSON object",
+            ));
+        }
+        serde_path_to_error::deserialize(value)
+            .map(Self)
+            .map_err(|error| {
+                let path = error.path().to_string();
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    format!("invalid request body: {path}: {}", error.inner()),
+                )
+            })
     }
 }
 

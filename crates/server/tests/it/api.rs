@@ -168,6 +168,13 @@ async fn malformed_and_oversized_requests_get_clear_errors(
     assert_eq!(garbage.status, 400, "{}", garbage.body);
     assert_eq!(garbage.body["error"]["code"], "invalid_json");
 
+    let not_an_object = admin.patch("/api/v1/devices/edge-1", json!([])).await?;
+    assert_eq!(not_an_object.status, 400, "{}", not_an_object.body);
+    assert_eq!(
+        not_an_object.body["error"]["message"],
+        "invalid request body: expected a JSON object"
+    );
+
     let wrong_type = admin.post("/api/v1/devices", json!({"name": 42})).await?;
     assert_eq!(wrong_type.status, 400, "{}", wrong_type.body);
     assert!(
