@@ -464,6 +464,26 @@ mod tests {
         device: DeviceId,
     }
 
+    impl Fixture {
+        /// An open `get-node-ip` for the fixture's device, due in a minute.
+        async fn open_action(&self, correlation_id: &str) {
+            let now = Utc::now();
+            self.store
+                .insert_action(&NewAction {
+                    correlation_id: correlation_id.into(),
+                    device: self.device.clone(),
+                    action: "get-node-ip".into(),
+                    input: serde_json::json!({}),
+                    sealed_input: String::new(),
+                    created_at: now,
+                    expires_at: now + chrono::Duration::minutes(1),
+                    timeout_seconds: 60,
+                })
+                .await
+                .expect("action");
+        }
+    }
+
     async fn fixture() -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::connect("sqlite::memory:").await.expect("store");
@@ -739,20 +759,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_for_a_finished_action_is_acknowledged_dropped_and_counted() {
         let fx = fixture().await;
-        let now = Utc::now();
-        fx.store
-            .insert_action(&NewAction {
-                correlation_id: "c-1".into(),
-                device: fx.device.clone(),
-                action: "get-node-ip".into(),
-                input: serde_json::json!({}),
-                sealed_input: String::new(),
-                created_at: now,
-                expires_at: now + chrono::Duration::minutes(1),
-                timeout_seconds: 60,
-            })
-            .await
-            .expect("action");
+        fx.open_action("c-1").await;
         let answer = |message: &str| {
             inbound(
                 &fx.device,
@@ -794,20 +801,7 @@ mod tests {
     #[tokio::test]
     async fn an_oversized_answer_is_refused_and_fails_its_action_at_once() {
         let fx = fixture().await;
-        let now = Utc::now();
-        fx.store
-            .insert_action(&NewAction {
-                correlation_id: "c-2".into(),
-                device: fx.device.clone(),
-                action: "get-node-ip".into(),
-                input: serde_json::json!({}),
-                sealed_input: String::new(),
-                created_at: now,
-                expires_at: now + chrono::Duration::minutes(1),
-                timeout_seconds: 60,
-            })
-            .await
-            .expect("action");
+        fx.open_action("c-2").await;
         let long = "m".repeat(ActionEvent::MAX_STATUS_MESSAGE_BYTES + 1);
         let refused = fx
             .ingest
