@@ -19,6 +19,16 @@ pub enum Database {
     Postgres,
 }
 
+/// What replicas of one cluster share besides the database: the CA that
+/// issues device certificates, the key that seals action inputs, and the
+/// admin credentials the first one created.
+const REPLICA_SHARED_FILES: &[&str] = &[
+    "ca.pem",
+    "ca-key.pem",
+    "sealing.key",
+    "admin-credentials.toml",
+];
+
 pub struct Tetherd {
     child: Option<Child>,
     dir: TempDir,
@@ -71,6 +81,46 @@ impl Tetherd {
         prepare(&tetherd.data_dir())?;
         tetherd.spawn().await?;
         Ok(tetherd)
+    }
+
+    /// Starts another replica beside `first` (which must run on PostgreSQL):
+    /// its own data dir and ports, the same database, and copies of the
+    /// secrets replicas share (the CA and the sealing key), as an operator
+    /// sets up a second replica. Drop replicas before `first`, which owns
+    /// the database.
+    pub async fn start_replica_of(first: &Tetherd, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let database_url = first
+            .database_url
+            .clone()
+            .context("replicas share a PostgreSQL database; start the first one on Postgres")?;
+        let dir = tempfile::Builder::new()
+            .prefix("tetherd-replica-")
+            .tempdir()
+            .context("creating the data dir")?;
+        let mut replica = Self {
+            child: None,
+            database_url: Some(database_url),
+            dir,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            api_url: String::new(),
+            mqtt_url: String::new(),
+            ca_pem: Vec::new(),
+            admin_password: String::new(),
+            postgres: None,
+        };
+        let data_dir = replica.data_dir();
+        std::fs::create_dir_all(&data_dir).context("creating the replica's data dir")?;
+        std::fs::set_permissions(
+            &data_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .context("restricting the replica's data dir")?;
+        for shared in REPLICA_SHARED_FILES {
+            std::fs::copy(first.data_dir().join(shared), data_dir.join(shared))
+                .with_context(|| format!("copying {shared} to the replica"))?;
+        }
+        replica.spawn().await?;
+        Ok(replica)
     }
 
     /// The throwaway PostgreSQL cluster, on `Database::Postgres`.
