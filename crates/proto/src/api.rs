@@ -134,6 +134,11 @@ pub struct EnrollResponse {
     pub ca_certificate_pem: String,
     /// Where the agent connects, e.g. `mqtts://127.0.0.1:8883`.
     pub mqtt_url: String,
+    /// Every MQTT endpoint of the cluster (each replica's, or one DNS name
+    /// in front of all), `mqtt_url` first: the agent fails over between
+    /// them. Empty from a tetherd that predates replicas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mqtt_urls: Vec<String>,
     /// tetherd's clock when it answered: the agent judges certificate times
     /// by it, not by its own clock.
     #[serde(default)]
@@ -163,6 +168,11 @@ pub struct RenewResponse {
     pub not_after: DateTime<Utc>,
     /// tetherd's clock when it answered.
     pub server_time: DateTime<Utc>,
+    /// The cluster's MQTT endpoints now, as in [`EnrollResponse::mqtt_urls`]:
+    /// a renewing agent learns of replicas added since it enrolled. Empty
+    /// means "keep the list you have".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mqtt_urls: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -248,6 +248,7 @@ impl Registry {
             certificate_pem: issued.pem,
             ca_certificate_pem: self.ca.cert_pem().to_owned(),
             mqtt_url: endpoints.mqtt_url.clone(),
+            mqtt_urls: vec![endpoints.mqtt_url.clone()],
             server_time: Some(now),
         })
     }
@@ -323,6 +324,7 @@ impl Registry {
             not_before: issued.not_before,
             not_after: issued.not_after,
             server_time: now,
+            mqtt_urls: Vec::new(),
         })
     }
 
