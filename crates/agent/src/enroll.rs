@@ -108,9 +108,11 @@ pub async fn enroll(
         clock.learn(server_time, sent, Utc::now());
     }
     let device = DeviceId::new(response.device).map_err(EnrollError::Device)?;
+    let mqtt_urls = crate::endpoints::failover_list(&response.mqtt_url, &response.mqtt_urls);
     let config = AgentConfig {
         device: device.to_string(),
         mqtt_url: response.mqtt_url.clone(),
+        mqtt_urls: mqtt_urls.clone(),
         api_url: server.clone(),
     };
     // The pinned CA is stored, not the response's copy: only it was checked.
@@ -121,7 +123,7 @@ pub async fn enroll(
     );
     Ok(Credentials {
         device,
-        mqtt_url: response.mqtt_url,
+        mqtt_urls,
         api_url: server,
         ca_pem,
         cert_pem: response.certificate_pem,

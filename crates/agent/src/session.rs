@@ -27,6 +27,7 @@ use crate::authorization::AuthorizationGuard;
 use crate::backoff::Backoff;
 use crate::clock::ServerClock;
 use crate::dedupe::{DEFAULT_CAPACITY, Dedupe, DedupeError};
+use crate::endpoints::{Endpoint, Endpoints};
 use crate::logging::LogControl;
 use crate::queue::Queued;
 use crate::state::{ACTIONS_DIR, Credentials, StateDir};
@@ -53,6 +54,8 @@ const MAX_INCOMING_PACKET: u32 = 2 * 1024 * 1024;
 pub enum SessionError {
     #[error("MQTT URL {url:?} in agent.toml is not of the form mqtts://HOST:PORT")]
     BadUrl { url: String },
+    #[error("agent.toml names no MQTT endpoint: enroll the agent again")]
+    NoEndpoint,
     #[error(
         "MQTT URL {url:?} names an IPv6 address, which the MQTT client cannot verify: use a host name"
     )]
@@ -208,25 +211,15 @@ pub async fn run(
     renewed: watch::Receiver<Credentials>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SessionError> {
-    let (host, port) = parse_mqtt_url(&credentials.mqtt_url)?;
+    let endpoints = Endpoints::parse(&credentials.mqtt_urls)?;
     let tls = tls_config(&credentials, clock.clone())?;
     let dedupe = Dedupe::open(state.file(ACTIONS_DIR), DEFAULT_CAPACITY)?;
 
-    let mut options = MqttOptions::new(credentials.device.as_str(), host, port);
-    options
-        .set_keep_alive(KEEP_ALIVE)
-        .set_clean_start(true)
-        .set_outgoing_inflight_upper_limit(MAX_INFLIGHT)
-        .set_max_packet_size(Some(MAX_INCOMING_PACKET))
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(tls),
-        )));
-    let mut network = NetworkOptions::new();
-    // Off by default, Nagle added ~88 ms to every request/answer round trip.
-    network.set_tcp_nodelay(true);
-    network.set_connection_timeout(CONNECT_TIMEOUT_SECS);
-    options.set_network_options(network);
-
+    let options = mqtt_options(
+        &credentials.device,
+        endpoints.current(),
+        Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))),
+    );
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let publisher = Publisher {
         client,
@@ -254,7 +247,7 @@ pub async fn run(
     let mut session = Session {
         eventloop,
         publisher,
-        url: credentials.mqtt_url,
+        endpoints,
         state_dir: state.path().to_owned(),
         actions: actions_tx,
         queued,
@@ -269,6 +262,24 @@ pub async fn run(
     worker.abort();
     session.goodbye().await;
     Ok(())
+}
+
+/// The connection settings for one endpoint; rumqttc reads the address from
+/// its options at each connect, so failing over replaces them whole.
+fn mqtt_options(device: &DeviceId, endpoint: &Endpoint, transport: Transport) -> MqttOptions {
+    let mut options = MqttOptions::new(device.as_str(), endpoint.host.clone(), endpoint.port);
+    options
+        .set_keep_alive(KEEP_ALIVE)
+        .set_clean_start(true)
+        .set_outgoing_inflight_upper_limit(MAX_INFLIGHT)
+        .set_max_packet_size(Some(MAX_INCOMING_PACKET))
+        .set_transport(transport);
+    let mut network = NetworkOptions::new();
+    // Off by default, Nagle added ~88 ms to every request/answer round trip.
+    network.set_tcp_nodelay(true);
+    network.set_connection_timeout(CONNECT_TIMEOUT_SECS);
+    options.set_network_options(network);
+    options
 }
 
 /// Runs actions one at a time, in arrival order, and publishes their events.
@@ -289,7 +300,8 @@ async fn work(
 struct Session {
     eventloop: EventLoop,
     publisher: Publisher,
-    url: String,
+    /// tetherd's endpoints; the one in use is `current()`.
+    endpoints: Endpoints,
     /// Named in the hint when tetherd refuses the device.
     state_dir: std::path::PathBuf,
     actions: mpsc::UnboundedSender<Delivery>,
@@ -310,7 +322,11 @@ impl Session {
         self.eventloop
             .options
             .set_last_will(self.publisher.will(self.seq));
-        tracing::info!("connecting to {} as {}", self.url, self.publisher.device);
+        tracing::info!(
+            "connecting to {} as {}",
+            self.endpoints.current().url,
+            self.publisher.device
+        );
         loop {
             let polled = tokio::select! {
                 biased;
@@ -336,9 +352,11 @@ impl Session {
                 backoff.reset();
             }
             let delay = backoff.next_delay(rand::random());
+            let failed = self.endpoints.current().url.clone();
+            self.fail_over();
             tracing::warn!(
-                "MQTT connection to {}: {failure}; retrying in {:.1} s",
-                self.url,
+                "MQTT connection to {failed}: {failure}; trying {} in {:.1} s",
+                self.endpoints.current().url,
                 delay.as_secs_f64()
             );
             // Whatever was half-sent is dropped; the next connection is new.
@@ -362,6 +380,25 @@ impl Session {
         }
     }
 
+    /// Points the next connection at the next endpoint. With one endpoint
+    /// this changes nothing; rumqttc keeps the same options then.
+    fn fail_over(&mut self) {
+        if !self.endpoints.has_alternatives() {
+            return;
+        }
+        let transport = self.eventloop.options.transport();
+        let will = self.eventloop.options.last_will();
+        let mut options = mqtt_options(
+            &self.publisher.device,
+            self.endpoints.fail_over(),
+            transport,
+        );
+        if let Some(will) = will {
+            options.set_last_will(will);
+        }
+        self.eventloop.options = options;
+    }
+
     /// Drops the connection and reconnects at once with the renewed
     /// certificate. Unacknowledged answers are lost with the connection as on
     /// any reconnect; tetherd redelivers open actions at the birth, and the
@@ -378,18 +415,27 @@ impl Session {
                 return;
             }
         };
-        self.eventloop
-            .options
-            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::new(tls),
-            )));
-        tracing::info!("reconnecting to {} with the renewed certificate", self.url);
+        // The renewal may also have brought the cluster's endpoints now.
+        match Endpoints::parse(&credentials.mqtt_urls) {
+            Ok(endpoints) => self.endpoints.replace(endpoints),
+            Err(error) => tracing::warn!(
+                "keeping the MQTT endpoints in use: the renewed list is unusable: {error}"
+            ),
+        }
+        self.seq += 1;
+        let mut options = mqtt_options(
+            &self.publisher.device,
+            self.endpoints.current(),
+            Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))),
+        );
+        options.set_last_will(self.publisher.will(self.seq));
+        self.eventloop.options = options;
+        tracing::info!(
+            "reconnecting to {} with the renewed certificate",
+            self.endpoints.current().url
+        );
         self.connected_at = None;
         self.eventloop.clean();
-        self.seq += 1;
-        self.eventloop
-            .options
-            .set_last_will(self.publisher.will(self.seq));
     }
 
     /// Reacts to one event; an error string means the connection is unusable.
@@ -400,7 +446,7 @@ impl Session {
         match packet {
             Packet::ConnAck(_) => {
                 self.connected_at = Some(Instant::now());
-                tracing::info!("connected to {}", self.url);
+                tracing::info!("connected to {}", self.endpoints.current().url);
                 // The birth waits for the SUBACK: once tetherd sees the device
                 // online, actions it sends must not be lost.
                 self.publisher
@@ -550,7 +596,7 @@ mod tests {
     fn credentials(ca_pem: String, cert_pem: String, key_pem: String) -> Credentials {
         Credentials {
             device: DeviceId::new("edge-1").expect("valid"),
-            mqtt_url: "mqtts://127.0.0.1:8883".into(),
+            mqtt_urls: vec!["mqtts://127.0.0.1:8883".into()],
             api_url: "https://127.0.0.1:8443".into(),
             ca_pem,
             cert_pem,

@@ -50,15 +50,32 @@ pub enum StateError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentConfig {
     pub device: String,
+    /// The endpoint the agent enrolled through.
     pub mqtt_url: String,
+    /// Every MQTT endpoint of the cluster, `mqtt_url` first; absent in a file
+    /// written before replicas, which then means `[mqtt_url]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mqtt_urls: Vec<String>,
     pub api_url: String,
+}
+
+impl AgentConfig {
+    pub fn of(credentials: &Credentials) -> Self {
+        Self {
+            device: credentials.device.to_string(),
+            mqtt_url: credentials.mqtt_urls.first().cloned().unwrap_or_default(),
+            mqtt_urls: credentials.mqtt_urls.clone(),
+            api_url: credentials.api_url.clone(),
+        }
+    }
 }
 
 /// Everything the agent needs to connect, as stored by enrollment.
 #[derive(Debug, Clone)]
 pub struct Credentials {
     pub device: DeviceId,
-    pub mqtt_url: String,
+    /// Where to connect, in the order to try: never empty once enrolled.
+    pub mqtt_urls: Vec<String>,
     pub api_url: String,
     pub ca_pem: String,
     pub cert_pem: String,
@@ -119,7 +136,7 @@ impl StateDir {
         warn_if_readable_by_others(&key_path);
         Ok(Some(Credentials {
             device,
-            mqtt_url: config.mqtt_url,
+            mqtt_urls: crate::endpoints::failover_list(&config.mqtt_url, &config.mqtt_urls),
             api_url: config.api_url,
             ca_pem: self.read_required(CA_FILE)?,
             cert_pem: self.read_required(CERT_FILE)?,
@@ -156,6 +173,11 @@ impl StateDir {
     ) -> Result<(), StateError> {
         self.write(CERT_FILE, cert_pem.as_bytes(), PUBLIC_MODE)?;
         self.write(CA_FILE, ca_pem.as_bytes(), PUBLIC_MODE)?;
+        self.store_config(config)
+    }
+
+    /// Rewrites `agent.toml` with a newer endpoint list from tetherd.
+    pub fn store_config(&self, config: &AgentConfig) -> Result<(), StateError> {
         let toml = toml::to_string(config).map_err(|e| StateError::Write {
             path: self.file(CONFIG_FILE),
             source: io::Error::other(e),
@@ -223,6 +245,7 @@ mod tests {
         AgentConfig {
             device: "edge-1".into(),
             mqtt_url: "mqtts://127.0.0.1:8883".into(),
+            mqtt_urls: Vec::new(),
             api_url: "https://127.0.0.1:8443".into(),
         }
     }
@@ -252,7 +275,11 @@ mod tests {
         assert_eq!(creds.key_pem, "KEY");
         assert_eq!(creds.cert_pem, "CERT");
         assert_eq!(creds.ca_pem, "CA");
-        assert_eq!(creds.mqtt_url, "mqtts://127.0.0.1:8883");
+        assert_eq!(
+            creds.mqtt_urls,
+            ["mqtts://127.0.0.1:8883"],
+            "a file from before replicas means its one endpoint"
+        );
         let mode = fs::metadata(state.file(KEY_FILE))
             .expect("key exists")
             .permissions()
@@ -264,6 +291,24 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    }
+
+    #[test]
+    fn a_newer_endpoint_list_is_kept_across_restarts() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let state = StateDir::open(temp.path()).expect("opens");
+        state.store_key("KEY").expect("stores key");
+        state
+            .store_enrollment("CERT", "CA", &config())
+            .expect("stores");
+        let mut creds = state.load().expect("loads").expect("enrolled");
+        creds.mqtt_urls = vec!["mqtts://b:1".into(), "mqtts://a:1".into()];
+        state
+            .store_config(&AgentConfig::of(&creds))
+            .expect("stores");
+        let reloaded = state.load().expect("loads").expect("enrolled");
+        assert_eq!(reloaded.mqtt_urls, creds.mqtt_urls);
+        assert_eq!(reloaded.api_url, creds.api_url);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use tether_proto::api::{ErrorBody, RenewRequest, RenewResponse};
 
 use crate::clock::ServerClock;
-use crate::state::{Credentials, StateDir, StateError};
+use crate::state::{AgentConfig, Credentials, StateDir, StateError};
 use crate::tls::{self, TlsError};
 
 /// The CN is a placeholder: tetherd names the certificate after the device.
@@ -108,10 +108,22 @@ pub async fn renew(
         "renewed the device certificate; valid until {} (tetherd's time)",
         renewed.not_after
     );
-    Ok(Credentials {
+    let mut updated = Credentials {
         cert_pem: renewed.certificate_pem,
         ..credentials.clone()
-    })
+    };
+    if !renewed.mqtt_urls.is_empty() && renewed.mqtt_urls != credentials.mqtt_urls {
+        updated.mqtt_urls = renewed.mqtt_urls;
+        // The certificate is stored already; an old list only delays failover.
+        if let Err(error) = state.store_config(&AgentConfig::of(&updated)) {
+            tracing::warn!(
+                "cannot store the cluster's MQTT endpoints: {}",
+                crate::actions::chain(&error)
+            );
+        }
+        tracing::info!(endpoints = ?updated.mqtt_urls, "learned the cluster's MQTT endpoints");
+    }
+    Ok(updated)
 }
 
 /// Maps a non-2xx answer to what the agent should do about it.

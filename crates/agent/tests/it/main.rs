@@ -2,6 +2,7 @@
 //! keep link time down.
 
 mod clock;
+mod failover;
 mod offline;
 mod support;
 mod third_party_device;
