@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod device_link;
 pub mod ingest;
+pub mod observability;
 pub mod pki;
 pub mod registry;
 pub mod sealing;
@@ -30,6 +31,7 @@ use crate::config::{RetentionConfig, ServerConfig};
 use crate::device_link::rmqtt::{RmqttConfig, RmqttLink};
 use crate::device_link::{DeviceLink, LinkError};
 use crate::ingest::Ingest;
+use crate::observability::{Observability, ScrapeToken, TokenError};
 use crate::pki::server_cert::{ReloadCertificate, ServerCertificateRenewal};
 use crate::pki::{CertificateAuthority, PkiError};
 use crate::registry::{Registry, StoreCredentials};
@@ -52,6 +54,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Seal(#[from] SealError),
+    #[error(transparent)]
+    ScrapeToken(#[from] TokenError),
     #[error("could not create the admin user")]
     Admin(#[source] auth::AuthError),
     #[error(transparent)]
@@ -111,6 +115,8 @@ pub async fn run(
     }
     mark_all_offline(&store).await?;
     let sealer = Arc::new(Sealer::load_or_create(&config.data_dir)?);
+    let scrape_token = ScrapeToken::load_or_create(&config.data_dir)?;
+    let observability = Arc::new(Observability::default());
 
     let (rmqtt, mqtt_addr) = RmqttLink::bind(
         RmqttConfig {
@@ -140,12 +146,14 @@ pub async fn run(
         Arc::new(Catalogue::builtin()),
         sealer,
         config.actions.clone(),
+        observability.clone(),
     ));
     let ingest = Arc::new(Ingest::new(
         store.clone(),
         actions.clone(),
         config.ingest,
         config.retention.metrics,
+        observability.clone(),
     ));
     rmqtt.serve(ingest.clone());
     tokio::spawn(sweep_forever(
@@ -189,6 +197,8 @@ pub async fn run(
         actions,
         ingest,
         ca,
+        observability,
+        scrape_token,
         mqtt_port: mqtt_addr.port(),
     });
     let handle = axum_server::Handle::new();

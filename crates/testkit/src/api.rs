@@ -92,6 +92,18 @@ impl ApiClient {
     }
 
     /// Sends raw bytes as a JSON body, for malformed-input tests.
+    /// A GET whose answer is not JSON (e.g. `/metrics`): status and text.
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<(StatusCode, String)> {
+        let response = self
+            .request(Method::GET, path)
+            .send()
+            .await
+            .context("sending the request to tetherd")?;
+        let status = response.status();
+        let text = response.text().await.context("reading tetherd's answer")?;
+        Ok((status, text))
+    }
+
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Reply> {
         let request = self
             .request(Method::POST, path)

@@ -17,6 +17,7 @@ use tether_proto::{ActionEvent, ActionRequest, ActionState, Catalogue, DeviceId,
 
 use crate::config::ActionsConfig;
 use crate::device_link::{DeviceLink, LinkError};
+use crate::observability::Observability;
 use crate::sealing::Sealer;
 use crate::store::{ActionRecord, EventRecord, NewAction, Outcome, Store, StoreError};
 use waiters::Waiters;
@@ -66,6 +67,7 @@ pub struct ActionService {
     catalogue: Arc<Catalogue>,
     sealer: Arc<Sealer>,
     config: ActionsConfig,
+    observability: Arc<Observability>,
     /// Devices subscribed to their `actions` topic on this controller's link.
     ready: Mutex<HashSet<DeviceId>>,
     /// Serialises delivery per device, so actions reach it in `seq` order.
@@ -80,6 +82,7 @@ impl ActionService {
         catalogue: Arc<Catalogue>,
         sealer: Arc<Sealer>,
         config: ActionsConfig,
+        observability: Arc<Observability>,
     ) -> Self {
         Self {
             store,
@@ -87,6 +90,7 @@ impl ActionService {
             catalogue,
             sealer,
             config,
+            observability,
             ready: Mutex::default(),
             delivery_locks: Mutex::default(),
             waiters: Waiters::default(),
@@ -211,6 +215,11 @@ impl ActionService {
 
     pub fn device_gone(&self, device: &DeviceId) {
         self.lock_ready().remove(device);
+    }
+
+    /// How many device sessions on this replica can take actions now.
+    pub fn ready_count(&self) -> usize {
+        self.lock_ready().len()
     }
 
     fn is_ready(&self, device: &DeviceId) -> bool {
@@ -361,6 +370,7 @@ impl ActionService {
         {
             Some(updated) => {
                 tracing::info!(%device, correlation_id = %updated.correlation_id, state = %updated.state, status_code = event.status_code, "action completed");
+                self.observability.action_finished(updated.state);
                 self.waiters.completed(&updated);
                 Ok(Answer::Recorded)
             }
@@ -432,6 +442,7 @@ impl ActionService {
         {
             Ok(Some(updated)) => {
                 tracing::info!(device = %updated.device, correlation_id = %updated.correlation_id, state = %to, reason = message, "action ended without an answer");
+                self.observability.action_finished(to);
                 self.waiters.completed(&updated);
             }
             Ok(None) => {}

@@ -8,6 +8,7 @@ mod enroll;
 pub mod error;
 mod extract;
 pub mod listener;
+mod metrics;
 mod openapi;
 mod session;
 mod sessions;
@@ -42,6 +43,9 @@ pub struct AppState {
     /// Per-device input counters for `GET /devices/{name}`.
     pub ingest: Arc<crate::ingest::Ingest>,
     pub ca: Arc<CertificateAuthority>,
+    pub observability: Arc<crate::observability::Observability>,
+    /// Who may scrape `/metrics`.
+    pub scrape_token: crate::observability::ScrapeToken,
     /// The MQTT port devices connect to; the host is the one the client used.
     pub mqtt_port: u16,
 }
@@ -134,6 +138,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
             )
         }),
     )
+    .route("/metrics", axum::routing::get(metrics::scrape))
     .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
     .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
     .layer(axum::middleware::from_fn(close_after_refused_body))

@@ -24,6 +24,7 @@ use crate::actions::{ActionService, Answer};
 use crate::device_link::{
     BoxFuture, Content, DeviceInbox, DeviceMessage, Inbound, Refusal, SessionChange,
 };
+use crate::observability::Observability;
 use crate::store::{EventRecord, Store, StoreError};
 use checks::{ClockWindow, Invalid};
 pub use counters::IngestCounters;
@@ -87,6 +88,7 @@ pub struct Ingest {
     store: Store,
     actions: Arc<ActionService>,
     config: IngestConfig,
+    observability: Arc<Observability>,
     /// Samples older than this are refused: retention would delete them.
     metrics_retention: Duration,
     presence: PresenceWriter,
@@ -111,6 +113,7 @@ impl Ingest {
         actions: Arc<ActionService>,
         config: IngestConfig,
         metrics_retention: Duration,
+        observability: Arc<Observability>,
     ) -> Self {
         let write_slots = Arc::new(Semaphore::new(if store.is_postgres() {
             POSTGRES_WRITE_SLOTS
@@ -123,6 +126,7 @@ impl Ingest {
             store,
             actions,
             config,
+            observability,
             metrics_retention,
             devices: Mutex::default(),
         }
@@ -424,7 +428,14 @@ impl DeviceInbox for Ingest {
     }
 
     fn publish(&self, inbound: Inbound) -> BoxFuture<'_, Result<(), Refusal>> {
-        Box::pin(async move { self.handle(&inbound).await })
+        Box::pin(async move {
+            let arrived = Instant::now();
+            let handled = self.handle(&inbound).await;
+            if handled.is_ok() {
+                self.observability.ingested(arrived.elapsed());
+            }
+            handled
+        })
     }
 }
 
@@ -502,12 +513,14 @@ mod tests {
             Arc::new(Catalogue::builtin()),
             Arc::new(Sealer::load_or_create(dir.path()).expect("sealer")),
             ActionsConfig::default(),
+            Arc::default(),
         ));
         let ingest = Ingest::new(
             store.clone(),
             actions,
             IngestConfig::default(),
             Duration::from_secs(30 * 86_400),
+            Arc::default(),
         );
         Fixture {
             _dir: dir,

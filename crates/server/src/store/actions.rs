@@ -246,6 +246,44 @@ impl Store {
         rows.iter().map(action_from_row).collect()
     }
 
+    /// How many actions are in each open (not terminal) state; read from the
+    /// state index, so it stays cheap however many finished ones are kept.
+    pub async fn open_action_counts(&self) -> Result<Vec<(ActionState, u64)>, StoreError> {
+        let open: Vec<ActionState> = ActionState::ALL
+            .into_iter()
+            .filter(|state| !state.is_terminal())
+            .collect();
+        let placeholders = (1..=open.len())
+            .map(|n| format!("${n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT state, COUNT(*) AS n FROM actions WHERE state IN ({placeholders}) GROUP BY state"
+        );
+        let mut query = sqlx::query(&sql);
+        for state in &open {
+            query = query.bind(state.as_str());
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "count open actions",
+                source,
+            })?;
+        rows.iter()
+            .map(|row| {
+                let state: String = get(row, "state")?;
+                let state = ActionState::parse(&state).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "an action's state is {state:?}, not a known state"
+                    ))
+                })?;
+                Ok((state, to_u64(get(row, "n")?, "n")?))
+            })
+            .collect()
+    }
+
     /// Deletes finished actions completed before `before`; open ones stay
     /// whatever their age. Returns how many.
     pub async fn delete_finished_actions_before(

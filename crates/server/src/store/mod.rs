@@ -231,6 +231,17 @@ impl Store {
     pub fn is_postgres(&self) -> bool {
         self.postgres
     }
+
+    /// Connections of the pool: (in use, idle, most it opens).
+    pub fn pool_usage(&self) -> (u32, u32, u32) {
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        let open = self.pool.size();
+        (
+            open.saturating_sub(idle),
+            idle,
+            self.pool.options().get_max_connections(),
+        )
+    }
 }
 
 fn sqlite_pool_options(options: &mut AnyConnectOptions) -> AnyPoolOptions {

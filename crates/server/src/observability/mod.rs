@@ -1,0 +1,218 @@
+//! What tetherd reports about itself to Prometheus: per replica, the device
+//! sessions it holds, the actions still open in the cluster, how long device
+//! input takes to be stored, how late cross-replica notifications arrive,
+//! and how busy its database pool is.
+//!
+//! Counters and histograms are updated where things happen; gauges that
+//! mirror state elsewhere (open actions, sessions, pool) are read when
+//! Prometheus scrapes, so they are never stale. A scrape authenticates with
+//! the token in the data dir's `metrics-token` (see [`ScrapeToken`]).
+
+mod token;
+
+pub use token::{METRICS_TOKEN_FILE, ScrapeToken, TokenError};
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tether_proto::ActionState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabel {
+    state: &'static str,
+}
+
+/// Where the scrape-time gauges come from.
+pub struct Snapshot {
+    /// Device sessions on this replica that can take actions now.
+    pub sessions: usize,
+    /// Open (not finished) actions in the whole cluster, by state.
+    pub open_actions: Vec<(ActionState, u64)>,
+    pub pool_in_use: u32,
+    pub pool_idle: u32,
+    pub pool_max: u32,
+}
+
+pub struct Observability {
+    registry: Registry,
+    sessions: Gauge,
+    open_actions: Family<StateLabel, Gauge>,
+    finished_actions: Family<StateLabel, Counter>,
+    ingest_seconds: Histogram,
+    notification_lag_seconds: Histogram,
+    pool_connections: Family<PoolLabel, Gauge<u32, std::sync::atomic::AtomicU32>>,
+    pool_max: Gauge<u32, std::sync::atomic::AtomicU32>,
+}
+
+/// Latency buckets from 1 ms to about 16 s: ingest and notifications are
+/// milliseconds when healthy, seconds when the database struggles.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15)
+}
+
+impl Default for Observability {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tether");
+        let sessions = Gauge::default();
+        registry.register(
+            "device_sessions",
+            "Device sessions on this replica subscribed to their actions",
+            sessions.clone(),
+        );
+        let open_actions = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "open_actions",
+            "Actions not finished yet, in the whole cluster, by state",
+            open_actions.clone(),
+        );
+        let finished_actions = Family::<StateLabel, Counter>::default();
+        registry.register(
+            "actions_finished",
+            "Actions this replica finished, by final state",
+            finished_actions.clone(),
+        );
+        let ingest_seconds = Histogram::new(latency_buckets());
+        registry.register(
+            "ingest_seconds",
+            "Time from a device's publish reaching this replica to it being stored",
+            ingest_seconds.clone(),
+        );
+        let notification_lag_seconds = Histogram::new(latency_buckets());
+        registry.register(
+            "notification_lag_seconds",
+            "Time from a replica announcing a change to this replica receiving it",
+            notification_lag_seconds.clone(),
+        );
+        let pool_connections = Family::default();
+        registry.register(
+            "database_connections",
+            "Database connections of this replica's pool, by state",
+            pool_connections.clone(),
+        );
+        let pool_max = Gauge::default();
+        registry.register(
+            "database_connections_max",
+            "Most database connections this replica's pool opens",
+            pool_max.clone(),
+        );
+        Self {
+            registry,
+            sessions,
+            open_actions,
+            finished_actions,
+            ingest_seconds,
+            notification_lag_seconds,
+            pool_connections,
+            pool_max,
+        }
+    }
+}
+
+impl Observability {
+    pub fn action_finished(&self, state: ActionState) {
+        self.finished_actions
+            .get_or_create(&StateLabel {
+                state: state.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn ingested(&self, took: Duration) {
+        self.ingest_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn notification_received(&self, lag: Duration) {
+        self.notification_lag_seconds.observe(lag.as_secs_f64());
+    }
+
+    /// The text exposition format, with the scrape-time gauges set from `now`.
+    pub fn render(&self, now: Snapshot) -> String {
+        self.sessions
+            .set(i64::try_from(now.sessions).unwrap_or(i64::MAX));
+        for state in ActionState::ALL.into_iter().filter(|s| !s.is_terminal()) {
+            let count = now
+                .open_actions
+                .iter()
+                .find(|(counted, _)| *counted == state)
+                .map_or(0, |(_, count)| *count);
+            self.open_actions
+                .get_or_create(&StateLabel {
+                    state: state.as_str(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        for (state, count) in [("in_use", now.pool_in_use), ("idle", now.pool_idle)] {
+            self.pool_connections
+                .get_or_create(&PoolLabel { state })
+                .set(count);
+        }
+        self.pool_max.set(now.pool_max);
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            sessions: 3,
+            open_actions: vec![(ActionState::Pending, 7)],
+            pool_in_use: 2,
+            pool_idle: 1,
+            pool_max: 10,
+        }
+    }
+
+    #[test]
+    fn the_exposition_names_every_figure_an_operator_graphs() {
+        let observability = Observability::default();
+        observability.action_finished(ActionState::Succeeded);
+        observability.action_finished(ActionState::Succeeded);
+        observability.ingested(Duration::from_millis(3));
+        observability.notification_received(Duration::from_millis(2));
+        let text = observability.render(snapshot());
+        for line in [
+            "tether_device_sessions 3",
+            "tether_open_actions{state=\"pending\"} 7",
+            "tether_open_actions{state=\"delivered\"} 0",
+            "tether_actions_finished_total{state=\"succeeded\"} 2",
+            "tether_ingest_seconds_count 1",
+            "tether_notification_lag_seconds_count 1",
+            "tether_database_connections{state=\"in_use\"} 2",
+            "tether_database_connections_max 10",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn a_state_that_emptied_reads_zero_not_its_last_count() {
+        let observability = Observability::default();
+        observability.render(snapshot());
+        let text = observability.render(Snapshot {
+            open_actions: Vec::new(),
+            ..snapshot()
+        });
+        assert!(
+            text.contains("tether_open_actions{state=\"pending\"} 0"),
+            "{text}"
+        );
+    }
+}
