@@ -2,12 +2,14 @@
 //! 5 sessions with mutual TLS), measures action round trips through the API,
 //! and reports memory of the controller and of an idle real tether-agent;
 //! or (`--mode agent-offline`) the memory of a real tether-agent sending
-//! metrics every second while tetherd is unreachable.
+//! metrics every second while tetherd is unreachable; or (`--mode replicas`)
+//! several tetherd replicas on PostgreSQL with sessions spread over them.
 //!
 //! Build everything in release mode first: `cargo build --release --workspace`,
 //! then `target/release/tether-bench`.
 
 mod offline;
+mod replicas;
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +51,16 @@ struct Args {
     /// the second half).
     #[arg(long, default_value_t = 60)]
     warm_up_seconds: u64,
+    /// replicas: tetherd replicas sharing one PostgreSQL.
+    #[arg(long, default_value_t = 4)]
+    replicas: usize,
+    /// replicas: processes holding the simulated sessions (each stays under
+    /// the open-files cap).
+    #[arg(long, default_value_t = 4)]
+    simulators: usize,
+    /// simulate (internal): the credentials file a simulator process connects.
+    #[arg(long, hide = true)]
+    credentials: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -57,6 +69,13 @@ enum Mode {
     RoundTrip,
     /// One real agent with run-stats at 1 s: RSS connected, offline, back.
     AgentOffline,
+    /// R replicas on PostgreSQL, N sessions spread over them by several
+    /// simulator processes: connect rate, memory per session per replica,
+    /// round trips across replicas.
+    Replicas,
+    /// Internal: one simulator process of `replicas`.
+    #[value(hide = true)]
+    Simulate,
 }
 
 #[tokio::main]
@@ -67,6 +86,26 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Database::Sqlite
     };
+    match args.mode {
+        Mode::Simulate => {
+            return replicas::simulate(
+                args.credentials
+                    .context("--mode simulate needs --credentials")?,
+            )
+            .await;
+        }
+        Mode::Replicas => {
+            return replicas::run(replicas::Settings {
+                replicas: args.replicas,
+                agents: args.agents,
+                simulators: args.simulators,
+                actions: args.actions,
+                concurrency: args.concurrency,
+            })
+            .await;
+        }
+        Mode::RoundTrip | Mode::AgentOffline => {}
+    }
     if args.mode == Mode::AgentOffline {
         return offline::run(offline::Settings {
             database,

@@ -33,7 +33,7 @@ impl Reply {
 
 impl ApiClient {
     pub fn new(base: &str, ca_pem: &[u8], token: Option<String>) -> anyhow::Result<Self> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_crypto_provider();
         let ca = reqwest::Certificate::from_pem(ca_pem).context("the CA is not PEM")?;
         let http = reqwest::Client::builder()
             .add_root_certificate(ca)

@@ -16,3 +16,10 @@ pub use agent::{Agent, faketime_env};
 pub use api::ApiClient;
 pub use tetherd::{Database, Tetherd};
 pub use wait::wait_until;
+
+/// rustls links two crypto backends here (through rmqtt's and reqwest's
+/// dependencies) and refuses to guess; every TLS client of the harness
+/// picks ring first. An earlier choice stands.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

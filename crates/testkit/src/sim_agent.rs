@@ -24,8 +24,9 @@ use crate::api::ApiClient;
 /// time (page faults) and the bench's memory. Same figure as tether-agent.
 const MAX_INFLIGHT: u16 = 32;
 
-/// A device's credentials as issued by tetherd.
-#[derive(Clone)]
+/// A device's credentials as issued by tetherd; serialisable, so the
+/// benchmark can hand them to simulator processes.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct DeviceCredentials {
     pub device: DeviceId,
     pub cert_pem: String,
@@ -115,6 +116,7 @@ impl SimAgent {
         credentials: &DeviceCredentials,
         responder: Responder,
     ) -> anyhow::Result<Self> {
+        crate::install_crypto_provider();
         let (host, port) = credentials.host_port()?;
         let device = credentials.device.clone();
         let status_topic = DeviceTopic::new(device.clone(), TopicKind::Status).to_string();
