@@ -7,6 +7,7 @@ mod devices;
 mod enroll;
 pub mod error;
 mod extract;
+mod health;
 pub mod listener;
 mod openapi;
 mod session;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub ca: Arc<CertificateAuthority>,
     /// The MQTT port devices connect to; the host is the one the client used.
     pub mqtt_port: u16,
+    /// Answers `/readyz`.
+    pub health: Arc<crate::cluster::Health>,
 }
 
 impl AppState {
@@ -114,6 +117,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(enroll::routes());
     let (api, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", protected.merge(public))
+        .merge(health::routes())
         .split_for_parts();
     openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
     openapi::complete(
