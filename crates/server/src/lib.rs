@@ -192,7 +192,7 @@ pub async fn run(
     ));
     rmqtt.serve(ingest.clone());
     let reclaiming = ingest.clone();
-    lease.clone().spawn(move || {
+    let renewing = lease.clone().spawn(move || {
         let sessions = reclaiming.reclaim_sessions();
         tracing::info!(sessions, "re-claimed the sessions this replica holds");
     });
@@ -258,6 +258,8 @@ pub async fn run(
         () = shutdown => {
             tracing::info!("shutting down");
             handle.graceful_shutdown(Some(Duration::from_secs(5)));
+            // No renewal may register the lease again after it is released.
+            renewing.abort();
             if let Err(error) = lease.release().await {
                 tracing::warn!(error = %error_chain(&error), "could not mark this replica's devices offline; other replicas do once its lease lapses");
             }

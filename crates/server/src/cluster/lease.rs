@@ -169,3 +169,56 @@ async fn end_own_sessions(store: &Store, id: &str, why: EndOfReplica) -> Result<
 fn expiry(now: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
     now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_replica_taken_over_while_it_could_not_renew_registers_again_and_reclaims() {
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        let id = ReplicaId::parse("a").expect("id");
+        let lease = Lease::acquire(
+            store.clone(),
+            &id,
+            "https://a:8443".into(),
+            "mqtts://a:8883".into(),
+            Duration::from_millis(300),
+        )
+        .await
+        .expect("lease");
+        assert!(lease.is_current(Instant::now()));
+        assert!(
+            !lease.is_current(Instant::now() + Duration::from_millis(300)),
+            "a lease not renewed within its duration is not current"
+        );
+        // Another replica takes this one over.
+        store
+            .end_replica_sessions("a", None, Utc::now(), |device, at| {
+                replica_ended_event(device, "a", EndOfReplica::LeaseLapsed, at, at)
+            })
+            .await
+            .expect("take over")
+            .expect("the row was there");
+        assert!(
+            store
+                .live_replicas(Utc::now())
+                .await
+                .expect("live")
+                .is_empty()
+        );
+
+        let (reclaimed, mut reclaims) = tokio::sync::mpsc::unbounded_channel();
+        let renewing = lease.clone().spawn(move || {
+            let _ = reclaimed.send(());
+        });
+        tokio::time::timeout(Duration::from_secs(5), reclaims.recv())
+            .await
+            .expect("the next renewal re-claims")
+            .expect("reclaimed");
+        let live = store.live_replicas(Utc::now()).await.expect("live");
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].mqtt_url, "mqtts://a:8883");
+        renewing.abort();
+    }
+}
