@@ -3,7 +3,7 @@
 //!
 //! On PostgreSQL each job has an advisory lock, held on a connection of its
 //! own: the replica that holds it is the job's leader and runs it every
-//! period, after checking the connection is alive. When the connection dies
+//! period, after checking its session still holds the lock. When the connection dies
 //! (the replica crashed, or lost the database), PostgreSQL releases the
 //! lock and another replica, trying every few seconds, takes over. A leader
 //! that loses its connection mid-run finishes that run, so two replicas may

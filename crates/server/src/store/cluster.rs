@@ -3,7 +3,7 @@
 //! advisory locks for singleton work. The rules are in `crate::cluster`.
 
 use chrono::{DateTime, Utc};
-use sqlx::Connection;
+use sqlx::Connection as _;
 use sqlx::error::ErrorKind;
 use tether_proto::{DeviceId, Presence};
 
@@ -41,12 +41,24 @@ pub struct EndedSessions {
 /// PostgreSQL when it closes or dies.
 pub struct AdvisoryLock {
     connection: sqlx::AnyConnection,
+    key: i64,
 }
 
 impl AdvisoryLock {
-    /// Whether the connection, and so the lock, is still there.
+    /// Whether this session still holds the lock: false once the
+    /// connection died, or if something reset the session.
     pub async fn is_held(&mut self) -> bool {
-        self.connection.ping().await.is_ok()
+        // A bigint key shows in pg_locks as classid (high 32 bits) and
+        // objid (low 32 bits), with objsubid 1.
+        let held = sqlx::query(
+            "SELECT COUNT(*) AS held FROM pg_locks WHERE locktype = 'advisory' \
+             AND pid = pg_backend_pid() AND granted AND objsubid = 1 \
+             AND ((classid::bigint << 32) | objid::bigint) = $1",
+        )
+        .bind(self.key)
+        .fetch_one(&mut self.connection)
+        .await;
+        matches!(held.map(|row| get::<i64>(&row, "held")), Ok(Ok(1)))
     }
 
     pub async fn release(self) {
@@ -318,7 +330,7 @@ impl Store {
         .await
         .map_err(query_error(context))?;
         if get::<i64>(&row, "taken")? == 1 {
-            Ok(Some(AdvisoryLock { connection }))
+            Ok(Some(AdvisoryLock { connection, key }))
         } else {
             let _ = connection.close().await;
             Ok(None)

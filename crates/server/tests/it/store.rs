@@ -1412,24 +1412,41 @@ async fn cluster_settings_keep_the_first_value(store: Store) {
 async fn postgres_advisory_locks_have_one_holder_until_its_connection_ends() {
     let db = TestDb::postgres();
     let store = db.connect().await;
-    let held = store
-        .try_advisory_lock(42)
+    // Keys with the high bit set too: pg_locks shows them split in halves.
+    let mut held = store
+        .try_advisory_lock(-42)
         .await
         .expect("try")
         .expect("free at first");
+    assert!(held.is_held().await);
     assert!(
-        store.try_advisory_lock(42).await.expect("try").is_none(),
+        store.try_advisory_lock(-42).await.expect("try").is_none(),
         "held by the first connection"
     );
-    let other = store
+    let mut other = store
         .try_advisory_lock(43)
         .await
         .expect("try")
         .expect("another key is free");
+    assert!(other.is_held().await);
+    // The holder's connection dies (as when its replica is killed).
+    db.raw()
+        .await
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks \
+             WHERE locktype = 'advisory' AND objid = 43",
+        )
+        .await
+        .expect("terminate the holder's backend");
+    assert!(!other.is_held().await, "a dead connection holds nothing");
+    assert!(
+        store.try_advisory_lock(43).await.expect("try").is_some(),
+        "the lock is free again once its holder's connection died"
+    );
     other.release().await;
     held.release().await;
     assert!(
-        store.try_advisory_lock(42).await.expect("try").is_some(),
+        store.try_advisory_lock(-42).await.expect("try").is_some(),
         "free once the holder's connection closed"
     );
 }
