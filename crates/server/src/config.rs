@@ -75,6 +75,15 @@ struct FileConfig {
     pki: FilePki,
     #[serde(default)]
     ingest: FileIngest,
+    #[serde(default)]
+    cluster: FileCluster,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    lease_seconds: Option<u64>,
+    advertise_mqtt_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -145,6 +154,7 @@ pub struct ServerConfig {
     pub retention: RetentionConfig,
     pub pki: PkiConfig,
     pub ingest: crate::ingest::IngestConfig,
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// Certificate lifetimes. Both kinds renew at about two thirds of their life;
@@ -277,6 +287,12 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("no data dir given and neither XDG_DATA_HOME nor HOME is set: pass --data-dir")]
     NoDataDir,
+    #[error("{key} = {value:?} is not valid: {expected}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("{key} = {value} is out of range: {expected}")]
     OutOfRange {
         key: &'static str,
@@ -476,6 +492,7 @@ impl ServerConfig {
             5 * 366 * DAY,
         )?;
         let ingest = ingest_config(&file.ingest)?;
+        let cluster = cluster_config(file.cluster)?;
         check_range("retention.events_days", retention.events, DAY, 3660 * DAY)?;
         check_range("retention.actions_days", retention.actions, DAY, 3660 * DAY)?;
         check_range("retention.metrics_days", retention.metrics, DAY, 3660 * DAY)?;
@@ -531,6 +548,7 @@ impl ServerConfig {
             retention,
             pki,
             ingest,
+            cluster,
         })
     }
 }
@@ -584,6 +602,10 @@ impl ServerConfig {
                 byte_burst: Some(self.ingest.rate.byte_burst),
                 strikes_before_disconnect: Some(self.ingest.rate.strikes_before_disconnect),
                 max_clock_ahead_seconds: Some(self.ingest.max_clock_ahead.as_secs()),
+            },
+            cluster: FileCluster {
+                lease_seconds: Some(self.cluster.lease.as_secs()),
+                advertise_mqtt_url: self.cluster.advertise_mqtt_url.clone(),
             },
         };
         toml::to_string(&file).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
@@ -649,6 +671,29 @@ fn ingest_config(file: &FileIngest) -> Result<crate::ingest::IngestConfig, Confi
     Ok(crate::ingest::IngestConfig {
         rate,
         max_clock_ahead,
+    })
+}
+
+/// `[cluster]`: the replica's lease and the MQTT URL agents are given.
+fn cluster_config(file: FileCluster) -> Result<crate::cluster::ClusterConfig, ConfigError> {
+    let defaults = crate::cluster::ClusterConfig::default();
+    let lease = secs(file.lease_seconds, defaults.lease);
+    // Renewed every third: one second leaves a renewal a few hundred ms;
+    // beyond five minutes a crashed replica's devices show online too long.
+    check_range("cluster.lease_seconds", lease, 1, 300)?;
+    if let Some(url) = &file.advertise_mqtt_url {
+        let authority = url.strip_prefix("mqtts://").unwrap_or_default();
+        if authority.is_empty() || authority.contains('/') {
+            return Err(ConfigError::Invalid {
+                key: "cluster.advertise_mqtt_url",
+                value: url.clone(),
+                expected: "use mqtts://HOST:PORT, where devices reach this replica (or a load balancer in front of all)",
+            });
+        }
+    }
+    Ok(crate::cluster::ClusterConfig {
+        lease,
+        advertise_mqtt_url: file.advertise_mqtt_url,
     })
 }
 
@@ -727,6 +772,7 @@ mod tests {
         assert_eq!(again.to_toml(), printed);
         assert!(printed.contains("[actions]") && printed.contains("default_ttl_seconds = 3600"));
         assert!(printed.contains("[pki]") && printed.contains("renewal_grace_seconds = 7776000"));
+        assert!(printed.contains("[cluster]") && printed.contains("lease_seconds = 15"));
     }
 
     #[test]
@@ -778,6 +824,12 @@ mod tests {
                 "ingest.messages_per_second",
             ),
             ("[ingest]\nbyte_burst = 1024\n", "ingest.byte_burst"),
+            ("[cluster]\nlease_seconds = 0\n", "cluster.lease_seconds"),
+            ("[cluster]\nlease_seconds = 301\n", "cluster.lease_seconds"),
+            (
+                "[cluster]\nadvertise_mqtt_url = \"https://x:1\"\n",
+                "cluster.advertise_mqtt_url",
+            ),
             (
                 "[ingest]\nmax_clock_ahead_seconds = 999999\n",
                 "ingest.max_clock_ahead_seconds",

@@ -6,6 +6,7 @@
 pub mod actions;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod device_link;
 pub mod ingest;
@@ -22,11 +23,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tether_proto::{Catalogue, Presence};
+use tether_proto::Catalogue;
 
 use crate::actions::ActionService;
 use crate::api::AppState;
 use crate::auth::{ADMIN_CREDENTIALS_FILE, Auth};
+use crate::cluster::lease::Lease;
+use crate::cluster::singleton::Singleton;
+use crate::cluster::{ClusterError, Health, Membership, ReplicaId};
 use crate::config::{RetentionConfig, ServerConfig};
 use crate::device_link::rmqtt::{RmqttConfig, RmqttLink};
 use crate::device_link::{DeviceLink, LinkError};
@@ -56,6 +60,8 @@ pub enum StartError {
     Seal(#[from] SealError),
     #[error(transparent)]
     ScrapeToken(#[from] TokenError),
+    #[error("failed to join the other replicas")]
+    Cluster(#[from] ClusterError),
     #[error("could not create the admin user")]
     Admin(#[source] auth::AuthError),
     #[error(transparent)]
@@ -101,6 +107,9 @@ pub async fn run(
     let issued = server_certificate.issue(Utc::now())?;
     let (server_cert, server_key) = (issued.cert_path.clone(), issued.key_path.clone());
     let store = Store::connect(&config.database_url).await?;
+    let replica = ReplicaId::load_or_create(&config.data_dir)?;
+    let sealer = Arc::new(Sealer::load_or_create(&config.data_dir)?);
+    cluster::check_shared_secrets(&store, ca.sha256_hex(), sealer.fingerprint()).await?;
     let auth = Auth::new(store.clone(), config.auth.clone());
     if let Some(password) = auth
         .bootstrap_admin(&config.data_dir)
@@ -113,8 +122,6 @@ pub async fn run(
             config.data_dir.join(ADMIN_CREDENTIALS_FILE).display()
         );
     }
-    mark_all_offline(&store).await?;
-    let sealer = Arc::new(Sealer::load_or_create(&config.data_dir)?);
     let scrape_token = ScrapeToken::load_or_create(&config.data_dir)?;
     let observability = Arc::new(Observability::default());
 
@@ -132,39 +139,6 @@ pub async fn run(
     )
     .await?;
     let link: Arc<dyn DeviceLink> = rmqtt.clone();
-
-    let registry = Registry::new(
-        store.clone(),
-        ca.clone(),
-        link.clone(),
-        config.auth.clone(),
-        config.pki.clone(),
-    );
-    let actions = Arc::new(ActionService::new(
-        store.clone(),
-        link.clone(),
-        Arc::new(Catalogue::builtin()),
-        sealer,
-        config.actions.clone(),
-        observability.clone(),
-    ));
-    let ingest = Arc::new(Ingest::new(
-        store.clone(),
-        actions.clone(),
-        config.ingest,
-        config.retention.metrics,
-        observability.clone(),
-    ));
-    rmqtt.serve(ingest.clone());
-    tokio::spawn(sweep_forever(
-        actions.clone(),
-        config.actions.sweep_interval,
-    ));
-    tokio::spawn(prune_telemetry_forever(
-        store.clone(),
-        config.retention.clone(),
-    ));
-
     let listener =
         std::net::TcpListener::bind(config.listen_api).map_err(|source| StartError::Listen {
             addr: config.listen_api,
@@ -180,6 +154,83 @@ pub async fn run(
         addr: config.listen_api,
         source,
     })?;
+    // Before accepting devices: the sessions this replica held before it
+    // started are over, and its lease names where agents reach it.
+    let public_host = config
+        .public_hosts
+        .first()
+        .map_or("localhost", String::as_str);
+    let lease = Lease::acquire(
+        store.clone(),
+        &replica,
+        cluster::url("https", public_host, api_addr.port()),
+        config
+            .cluster
+            .advertise_mqtt_url
+            .clone()
+            .unwrap_or_else(|| cluster::url("mqtts", public_host, mqtt_addr.port())),
+        config.cluster.lease,
+    )
+    .await?;
+    let membership = Membership::new(store.clone(), replica.clone(), &config.cluster);
+
+    let registry = Registry::new(
+        store.clone(),
+        ca.clone(),
+        link.clone(),
+        config.auth.clone(),
+        config.pki.clone(),
+        membership,
+    );
+    let actions = Arc::new(ActionService::new(
+        store.clone(),
+        link.clone(),
+        Arc::new(Catalogue::builtin()),
+        sealer,
+        config.actions.clone(),
+        observability.clone(),
+    ));
+    let ingest = Arc::new(Ingest::new(
+        store.clone(),
+        replica,
+        actions.clone(),
+        config.ingest,
+        config.retention.metrics,
+        observability.clone(),
+    ));
+    rmqtt.serve(ingest.clone());
+    let reclaiming = ingest.clone();
+    let renewing = lease.clone().spawn(move || {
+        let sessions = reclaiming.reclaim_sessions();
+        tracing::info!(sessions, "re-claimed the sessions this replica holds");
+    });
+    let sweeping = actions.clone();
+    Singleton::spawn(
+        store.clone(),
+        "action-sweeps",
+        config.actions.sweep_interval,
+        move |now| {
+            let actions = sweeping.clone();
+            async move {
+                if let Err(error) = actions.sweep(now).await {
+                    tracing::error!(error = %error_chain(&error), "could not expire or time out actions");
+                }
+            }
+        },
+    );
+    let pruning = store.clone();
+    let retention = config.retention.clone();
+    Singleton::spawn(
+        store.clone(),
+        "telemetry-retention",
+        PRUNE_INTERVAL,
+        move |now| prune_telemetry(pruning.clone(), retention.clone(), now),
+    );
+    let mqtt_link = rmqtt.clone();
+    let health = Arc::new(Health::new(store.clone(), lease.clone(), move || {
+        mqtt_link.is_accepting()
+    }));
+
     let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&server_cert, &server_key)
         .await
         .map_err(StartError::Tls)?;
@@ -200,6 +251,7 @@ pub async fn run(
         observability,
         scrape_token,
         mqtt_port: mqtt_addr.port(),
+        health,
     });
     let handle = axum_server::Handle::new();
     let api_config = config.api.clone();
@@ -216,6 +268,11 @@ pub async fn run(
         () = shutdown => {
             tracing::info!("shutting down");
             handle.graceful_shutdown(Some(Duration::from_secs(5)));
+            // No renewal may register the lease again after it is released.
+            renewing.abort();
+            if let Err(error) = lease.release().await {
+                tracing::warn!(error = %error_chain(&error), "could not mark this replica's devices offline; other replicas do once its lease lapses");
+            }
         }
         result = server => {
             return match result {
@@ -268,74 +325,43 @@ impl ReloadCertificate for MqttCertificate {
     }
 }
 
-/// A controller that starts holds no device sessions yet; devices become
-/// online again when they reconnect.
-async fn mark_all_offline(store: &Store) -> Result<(), StoreError> {
-    let now = Utc::now();
-    for device in store.list_devices().await? {
-        if device.presence == Presence::Online {
-            store
-                .set_presence(&device.name, Presence::Offline, now)
-                .await?;
-        }
-    }
-    Ok(())
-}
-
-async fn sweep_forever(actions: Arc<ActionService>, every: Duration) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        if let Err(error) = actions.sweep(Utc::now()).await {
-            tracing::error!(error = %error_chain(&error), "could not expire or time out actions");
-        }
-    }
-}
-
 /// How often old telemetry is deleted; retention is counted in days.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
-async fn prune_telemetry_forever(store: Store, retention: RetentionConfig) {
-    let mut ticker = tokio::time::interval(PRUNE_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let now = Utc::now();
-        let before = |keep: Duration| {
-            now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX)
-        };
-        if let Err(error) = store.delete_audit_before(before(retention.events)).await {
-            tracing::error!(error = %error_chain(&error), "could not delete old audit entries");
+/// Deletes what is past its retention; one replica at a time runs it.
+async fn prune_telemetry(store: Store, retention: RetentionConfig, now: chrono::DateTime<Utc>) {
+    let before =
+        |keep: Duration| now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+    if let Err(error) = store.delete_audit_before(before(retention.events)).await {
+        tracing::error!(error = %error_chain(&error), "could not delete old audit entries");
+    }
+    match store.delete_sessions_expired_before(now).await {
+        Ok(0) => {}
+        Ok(sessions) => tracing::info!(sessions, "deleted expired sessions"),
+        Err(error) => {
+            tracing::error!(error = %error_chain(&error), "could not delete expired sessions")
         }
-        match store.delete_sessions_expired_before(now).await {
-            Ok(0) => {}
-            Ok(sessions) => tracing::info!(sessions, "deleted expired sessions"),
-            Err(error) => {
-                tracing::error!(error = %error_chain(&error), "could not delete expired sessions")
-            }
+    }
+    match store
+        .delete_finished_actions_before(before(retention.actions))
+        .await
+    {
+        Ok(0) => {}
+        Ok(actions) => tracing::info!(actions, "deleted finished actions past their retention"),
+        Err(error) => {
+            tracing::error!(error = %error_chain(&error), "could not delete old finished actions")
         }
-        match store
-            .delete_finished_actions_before(before(retention.actions))
-            .await
-        {
-            Ok(0) => {}
-            Ok(actions) => tracing::info!(actions, "deleted finished actions past their retention"),
-            Err(error) => {
-                tracing::error!(error = %error_chain(&error), "could not delete old finished actions")
-            }
+    }
+    match store
+        .delete_telemetry_before(before(retention.events), before(retention.metrics))
+        .await
+    {
+        Ok((0, 0)) => {}
+        Ok((events, metrics)) => {
+            tracing::info!(events, metrics, "deleted telemetry past its retention")
         }
-        match store
-            .delete_telemetry_before(before(retention.events), before(retention.metrics))
-            .await
-        {
-            Ok((0, 0)) => {}
-            Ok((events, metrics)) => {
-                tracing::info!(events, metrics, "deleted telemetry past its retention")
-            }
-            Err(error) => {
-                tracing::error!(error = %error_chain(&error), "could not delete old telemetry")
-            }
+        Err(error) => {
+            tracing::error!(error = %error_chain(&error), "could not delete old telemetry")
         }
     }
 }

@@ -30,6 +30,7 @@ pub enum SealError {
 
 pub struct Sealer {
     key: LessSafeKey,
+    fingerprint: String,
 }
 
 impl Sealer {
@@ -51,9 +52,21 @@ impl Sealer {
 
     fn from_key(bytes: &[u8]) -> Option<Self> {
         let key = UnboundKey::new(&CHACHA20_POLY1305, bytes).ok()?;
+        // A hash of the key under a label of its own: it tells keys apart
+        // (replicas must share one) and reveals nothing about the key.
+        let mut labelled = b"tether sealing key fingerprint\0".to_vec();
+        labelled.extend_from_slice(bytes);
+        let fingerprint =
+            hex::encode(&ring::digest::digest(&ring::digest::SHA256, &labelled).as_ref()[..16]);
         Some(Self {
             key: LessSafeKey::new(key),
+            fingerprint,
         })
+    }
+
+    /// Tells this key from another without revealing it.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// base64(nonce ‖ ciphertext ‖ tag)

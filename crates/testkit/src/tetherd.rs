@@ -89,6 +89,23 @@ impl Tetherd {
     /// sets up a second replica. Drop replicas before `first`, which owns
     /// the database.
     pub async fn start_replica_of(first: &Tetherd, extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_beside(first, extra_args, REPLICA_SHARED_FILES).await
+    }
+
+    /// Starts a tetherd on `first`'s database with its own CA and sealing
+    /// key, as an operator who forgot to copy them would.
+    pub async fn start_on_database_of(
+        first: &Tetherd,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_beside(first, extra_args, &[]).await
+    }
+
+    async fn start_beside(
+        first: &Tetherd,
+        extra_args: &[&str],
+        shared_files: &[&str],
+    ) -> anyhow::Result<Self> {
         let database_url = first
             .database_url
             .clone()
@@ -115,7 +132,7 @@ impl Tetherd {
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )
         .context("restricting the replica's data dir")?;
-        for shared in REPLICA_SHARED_FILES {
+        for shared in shared_files {
             std::fs::copy(first.data_dir().join(shared), data_dir.join(shared))
                 .with_context(|| format!("copying {shared} to the replica"))?;
         }

@@ -77,6 +77,7 @@ async fn enroll(
 async fn renew(
     State(state): State<Arc<AppState>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ClientHost(host): ClientHost,
     ApiJson(request): ApiJson<RenewRequest>,
 ) -> Response {
     // Each request costs signature checks and may write an audit row, and
@@ -86,7 +87,10 @@ async fn renew(
         tracing::debug!(client = %client.ip(), %throttled, "certificate renewal refused");
         return ApiError::from(throttled).into_response();
     }
-    let renewed = state.registry.renew(&request, Utc::now()).await;
+    let renewed = state
+        .registry
+        .renew(&request, &state.endpoints(&host), Utc::now())
+        .await;
     if renewed.is_ok() {
         state.auth.proof_accepted(client.ip());
     }

@@ -7,6 +7,7 @@ mod devices;
 mod enroll;
 pub mod error;
 mod extract;
+mod health;
 pub mod listener;
 mod metrics;
 mod openapi;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub scrape_token: crate::observability::ScrapeToken,
     /// The MQTT port devices connect to; the host is the one the client used.
     pub mqtt_port: u16,
+    /// Answers `/readyz`.
+    pub health: Arc<crate::cluster::Health>,
 }
 
 impl AppState {
@@ -118,6 +121,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(enroll::routes());
     let (api, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", protected.merge(public))
+        .merge(health::routes())
         .split_for_parts();
     openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
     openapi::complete(

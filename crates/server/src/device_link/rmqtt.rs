@@ -203,6 +203,17 @@ impl RmqttLink {
     }
 }
 
+impl RmqttLink {
+    /// Whether the MQTT endpoint accepts devices now (`/readyz`).
+    pub fn is_accepting(&self) -> bool {
+        self.accept_loop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|accept_loop| !accept_loop.is_finished())
+    }
+}
+
 impl Drop for RmqttLink {
     fn drop(&mut self) {
         if let Some(accept_loop) = self

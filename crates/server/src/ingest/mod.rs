@@ -21,6 +21,7 @@ use tether_proto::{DeviceId, DeviceStatus, Presence};
 use tokio::sync::Semaphore;
 
 use crate::actions::{ActionService, Answer};
+use crate::cluster::ReplicaId;
 use crate::device_link::{
     BoxFuture, Content, DeviceInbox, DeviceMessage, Inbound, Refusal, SessionChange,
 };
@@ -110,6 +111,7 @@ struct DeviceState {
 impl Ingest {
     pub fn new(
         store: Store,
+        replica: ReplicaId,
         actions: Arc<ActionService>,
         config: IngestConfig,
         metrics_retention: Duration,
@@ -121,7 +123,7 @@ impl Ingest {
             SQLITE_WRITE_SLOTS
         }));
         Self {
-            presence: PresenceWriter::new(store.clone(), write_slots.clone()),
+            presence: PresenceWriter::new(store.clone(), replica, write_slots.clone()),
             write_slots,
             store,
             actions,
@@ -130,6 +132,12 @@ impl Ingest {
             metrics_retention,
             devices: Mutex::default(),
         }
+    }
+
+    /// Marks the sessions this replica holds online again, after its lease
+    /// lapsed and another replica took them over; returns how many.
+    pub fn reclaim_sessions(&self) -> usize {
+        self.presence.reclaim()
     }
 
     /// The device's input counters since tetherd started.
@@ -517,6 +525,7 @@ mod tests {
         ));
         let ingest = Ingest::new(
             store.clone(),
+            ReplicaId::load_or_create(dir.path()).expect("replica id"),
             actions,
             IngestConfig::default(),
             Duration::from_secs(30 * 86_400),

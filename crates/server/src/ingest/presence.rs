@@ -1,4 +1,5 @@
-//! Writes each device's presence as its MQTT session comes and goes.
+//! Writes each device's presence as its MQTT session comes and goes, as the
+//! replica holding that session (`crate::cluster::presence` has the rules).
 //!
 //! The link reports session changes without waiting; each device gets a
 //! writer task that stores them in order, retrying while the store is
@@ -21,7 +22,9 @@ use tether_proto::{DeviceId, Presence};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::rate::TokenBucket;
-use crate::store::{EventRecord, Store, StoreError};
+use crate::cluster::ReplicaId;
+use crate::cluster::presence::{SessionEvent, on_connected, on_disconnected, session_event};
+use crate::store::{Store, StoreError};
 
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -32,15 +35,24 @@ const SESSION_EVENTS_PER_SECOND: f64 = 1.0 / 60.0;
 
 pub(super) struct PresenceWriter {
     store: Store,
+    /// This replica: it owns the presence of the sessions it holds.
+    replica: ReplicaId,
     /// Shared with the device's other writes (`super::SQLITE_WRITE_SLOTS`).
     write_slots: Arc<Semaphore>,
-    writers: Mutex<HashMap<DeviceId, mpsc::UnboundedSender<Presence>>>,
+    writers: Mutex<HashMap<DeviceId, Writer>>,
+}
+
+struct Writer {
+    changes: mpsc::UnboundedSender<Presence>,
+    /// The last change queued: whether this replica holds a session.
+    last: Presence,
 }
 
 impl PresenceWriter {
-    pub fn new(store: Store, write_slots: Arc<Semaphore>) -> Self {
+    pub fn new(store: Store, replica: ReplicaId, write_slots: Arc<Semaphore>) -> Self {
         Self {
             store,
+            replica,
             write_slots,
             writers: Mutex::default(),
         }
@@ -53,19 +65,37 @@ impl PresenceWriter {
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(write_in_order(
                 self.store.clone(),
+                self.replica.clone(),
                 self.write_slots.clone(),
                 device,
                 rx,
             ));
-            tx
+            Writer {
+                changes: tx,
+                last: presence,
+            }
         });
+        writer.last = presence;
         // The writer task lives as long as its sender, which the map holds.
-        let _ = writer.send(presence);
+        let _ = writer.changes.send(presence);
+    }
+
+    /// Writes the sessions this replica holds again, after another replica
+    /// took them over while this one could not renew its lease. Returns how
+    /// many.
+    pub fn reclaim(&self) -> usize {
+        let writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
+        writers
+            .values()
+            .filter(|writer| writer.last == Presence::Online)
+            .filter(|writer| writer.changes.send(Presence::Online).is_ok())
+            .count()
     }
 }
 
 async fn write_in_order(
     store: Store,
+    replica: ReplicaId,
     write_slots: Arc<Semaphore>,
     device: DeviceId,
     mut changes: mpsc::UnboundedReceiver<Presence>,
@@ -81,11 +111,21 @@ async fn write_in_order(
     };
     while let Some(presence) = changes.recv().await {
         let mut delay = RETRY_FIRST;
+        let mut recorded = None;
         loop {
             let Ok(slot) = write_slots.acquire().await else {
                 return;
             };
-            let Err(error) = write(&store, &device, presence, &mut sessions).await else {
+            let Err(error) = write(
+                &store,
+                &replica,
+                &device,
+                presence,
+                &mut sessions,
+                &mut recorded,
+            )
+            .await
+            else {
                 break;
             };
             drop(slot);
@@ -94,6 +134,16 @@ async fn write_in_order(
             delay = (delay * 2).min(RETRY_MAX);
         }
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "replica {0}'s lease lapsed and another replica took its devices over; it re-claims them at its next renewal"
+    )]
+    LeaseLapsed(ReplicaId),
 }
 
 /// Which of a device's sessions are recorded as events.
@@ -105,56 +155,97 @@ struct SessionEvents {
     recording: bool,
 }
 
-/// Stores the presence and, when it changed, an event the operator sees: so
-/// each recorded session shows once as `device-online`, its end once as
-/// `device-offline`.
+impl SessionEvents {
+    /// Whether this change's events are recorded and, for a start, how many
+    /// sessions before it were not.
+    fn decide(&mut self, presence: Presence) -> Option<u64> {
+        match presence {
+            Presence::Online => {
+                self.recording = self.budget.take(1, Instant::now());
+                if self.recording {
+                    Some(std::mem::take(&mut self.unrecorded))
+                } else {
+                    self.unrecorded += 1;
+                    None
+                }
+            }
+            Presence::Offline => std::mem::take(&mut self.recording).then_some(0),
+        }
+    }
+}
+
+/// Stores the presence as the replica holding the session and, when it
+/// changed, the events the operator sees: so each recorded session shows
+/// once as `device-online`, its end once as `device-offline`. `recorded`
+/// keeps the event decision for this change across retries.
 async fn write(
     store: &Store,
+    replica: &ReplicaId,
     device: &DeviceId,
     presence: Presence,
     sessions: &mut SessionEvents,
-) -> Result<(), StoreError> {
-    let Some(record) = store.get_device(device).await? else {
-        return Ok(());
-    };
-    let now = Utc::now();
-    store.set_presence(device, presence, now).await?;
-    if record.presence == presence {
-        return Ok(());
-    }
-    let mut reason = match presence {
-        Presence::Online => "MQTT session established".to_owned(),
-        Presence::Offline => "MQTT session ended".to_owned(),
-    };
-    if presence == Presence::Online {
-        sessions.recording = sessions.budget.take(1, Instant::now());
-        if !sessions.recording {
-            sessions.unrecorded += 1;
-            tracing::debug!(%device, "device connected again; not recorded as an event");
+    recorded: &mut Option<Option<u64>>,
+) -> Result<(), WriteError> {
+    loop {
+        let Some(stored) = store.device_session(device).await? else {
+            return Ok(());
+        };
+        let change = match presence {
+            Presence::Online => on_connected(&stored, replica),
+            Presence::Offline => match on_disconnected(&stored, replica) {
+                Some(change) => change,
+                None => return Ok(()),
+            },
+        };
+        let now = Utc::now();
+        let events = if change.events.is_empty() {
+            Vec::new()
+        } else {
+            match *recorded.get_or_insert_with(|| sessions.decide(presence)) {
+                Some(unrecorded) => {
+                    let suffix = if unrecorded > 0 && presence == Presence::Online {
+                        format!(
+                            " ({unrecorded} earlier sessions not recorded: the device reconnects too often)"
+                        )
+                    } else {
+                        String::new()
+                    };
+                    change
+                        .events
+                        .iter()
+                        .map(|event| {
+                            let suffix = if *event == SessionEvent::Started {
+                                suffix.as_str()
+                            } else {
+                                ""
+                            };
+                            session_event(device, event, replica, now, suffix)
+                        })
+                        .collect()
+                }
+                None => {
+                    tracing::debug!(%device, "device connected again; not recorded as an event");
+                    Vec::new()
+                }
+            }
+        };
+        if store
+            .move_device_session(device, &stored, &change.session, now, &events)
+            .await?
+        {
+            for event in &events {
+                tracing::info!(%device, event = event.event, reason = event.status_message, "device presence changed");
+            }
             return Ok(());
         }
-        let unrecorded = std::mem::take(&mut sessions.unrecorded);
-        if unrecorded > 0 {
-            reason.push_str(&format!(
-                " ({unrecorded} earlier sessions not recorded: the device reconnects too often)"
-            ));
+        // Nothing was written: either the row changed meanwhile (decide
+        // again on what it says now), or this replica has no lease row.
+        if change.session.replica.is_some()
+            && store.device_session(device).await?.as_ref() == Some(&stored)
+        {
+            return Err(WriteError::LeaseLapsed(replica.clone()));
         }
-    } else if !std::mem::take(&mut sessions.recording) {
-        return Ok(());
     }
-    tracing::info!(%device, presence = presence.as_str(), reason, "device presence changed");
-    store
-        .insert_event(&EventRecord {
-            id: uuid::Uuid::now_v7().to_string(),
-            device: device.clone(),
-            correlation_id: None,
-            event: format!("device-{}", presence.as_str()),
-            status_code: 200,
-            status_message: reason,
-            response: serde_json::Value::Null,
-            received_at: now,
-        })
-        .await
 }
 
 #[cfg(test)]
@@ -164,6 +255,7 @@ mod tests {
     #[tokio::test]
     async fn a_device_reconnecting_in_a_loop_records_a_bounded_number_of_sessions() {
         let store = Store::connect("sqlite::memory:").await.expect("store");
+        let dir = tempfile::tempdir().expect("tempdir");
         let device = DeviceId::new("edge-1").expect("valid name");
         store
             .create_device(&device, &Default::default(), Utc::now())
@@ -177,8 +269,19 @@ mod tests {
         }
         changes.send(Presence::Online).expect("writer");
         drop(changes);
+        let replica = ReplicaId::load_or_create(dir.path()).expect("replica id");
+        crate::cluster::lease::Lease::acquire(
+            store.clone(),
+            &replica,
+            String::new(),
+            String::new(),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("lease");
         write_in_order(
             store.clone(),
+            replica,
             Arc::new(Semaphore::new(1)),
             device.clone(),
             received,

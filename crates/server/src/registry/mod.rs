@@ -12,6 +12,7 @@ use tether_proto::api::{
 use tether_proto::{DeviceId, InvalidDeviceId};
 
 use crate::auth::{new_secret, secret_hash};
+use crate::cluster::Membership;
 use crate::config::{AuthConfig, PkiConfig};
 use crate::device_link::{BoxFuture, DeviceCredentials, DeviceLink};
 use crate::pki::renewal::{self, Refusal, RenewalLimiter};
@@ -93,6 +94,7 @@ pub struct Registry {
     config: AuthConfig,
     pki: PkiConfig,
     renewals: Arc<Mutex<RenewalLimiter>>,
+    membership: Membership,
 }
 
 impl Registry {
@@ -102,6 +104,7 @@ impl Registry {
         link: Arc<dyn DeviceLink>,
         config: AuthConfig,
         pki: PkiConfig,
+        membership: Membership,
     ) -> Self {
         let window = renewal::renewal_window(pki.device_certificate_lifetime);
         Self {
@@ -111,6 +114,7 @@ impl Registry {
             config,
             pki,
             renewals: Arc::new(Mutex::new(RenewalLimiter::new(RENEWALS_PER_WINDOW, window))),
+            membership,
         }
     }
 
@@ -243,12 +247,13 @@ impl Registry {
         // A re-enrolled device's old session holds the replaced certificate.
         self.link.disconnect(&device);
         tracing::info!(%device, serial = %issued.serial_hex, "device enrolled");
+        let mqtt_urls = self.membership.mqtt_urls(&endpoints.mqtt_url, now).await?;
         Ok(EnrollResponse {
             device: device.to_string(),
             certificate_pem: issued.pem,
             ca_certificate_pem: self.ca.cert_pem().to_owned(),
-            mqtt_url: endpoints.mqtt_url.clone(),
-            mqtt_urls: vec![endpoints.mqtt_url.clone()],
+            mqtt_url: mqtt_urls[0].clone(),
+            mqtt_urls,
             server_time: Some(now),
         })
     }
@@ -262,6 +267,7 @@ impl Registry {
     pub async fn renew(
         &self,
         request: &RenewRequest,
+        endpoints: &Endpoints,
         now: DateTime<Utc>,
     ) -> Result<RenewResponse, RegistryError> {
         let presented = self
@@ -318,13 +324,14 @@ impl Registry {
             not_after = %issued.not_after,
             "device certificate renewed"
         );
+        let mqtt_urls = self.membership.mqtt_urls(&endpoints.mqtt_url, now).await?;
         Ok(RenewResponse {
             device: device.to_string(),
             certificate_pem: issued.pem,
             not_before: issued.not_before,
             not_after: issued.not_after,
             server_time: now,
-            mqtt_urls: Vec::new(),
+            mqtt_urls,
         })
     }
 

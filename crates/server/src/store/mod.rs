@@ -6,12 +6,14 @@
 
 mod actions;
 mod audit;
+mod cluster;
 mod codec;
 mod devices;
 mod enrollment;
 mod telemetry;
 mod users;
 
+pub use cluster::{AdvisoryLock, DeviceSession, EndedSessions, ReplicaRecord};
 pub use enrollment::CertificateSerials;
 
 use std::str::FromStr;

@@ -27,3 +27,378 @@ async fn replicas_share_one_database() -> anyhow::Result<()> {
     assert_eq!(listed["labels"]["site"], "berlin");
     Ok(())
 }
+
+// Membership (issue 12): leases, presence owned per replica, singleton
+// jobs, health endpoints, shared secrets.
+
+mod membership {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use anyhow::Context;
+    use chrono::{DateTime, Utc};
+    use serde_json::{Value, json};
+    use tether_testkit::sim_agent::{DeviceCredentials, Responder, SimAgent};
+    use tether_testkit::{ApiClient, Database, Tetherd, wait_until};
+
+    /// A config file giving replicas a short lease, so a dead one is
+    /// noticed in seconds.
+    fn lease_config(dir: &Path, seconds: u64) -> anyhow::Result<String> {
+        let path = dir.join(format!("lease-{seconds}.toml"));
+        std::fs::write(&path, format!("[cluster]\nlease_seconds = {seconds}\n"))?;
+        Ok(path.to_string_lossy().into_owned())
+    }
+
+    async fn device(admin: &ApiClient, name: &str) -> anyhow::Result<Value> {
+        admin
+            .get(&format!("/api/v1/devices/{name}"))
+            .await?
+            .expect_status(200)
+    }
+
+    /// The device's presence events, oldest first, as (event, message).
+    async fn sessions(admin: &ApiClient, name: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let events = admin
+            .get(&format!("/api/v1/devices/{name}/events"))
+            .await?
+            .expect_status(200)?;
+        let mut sessions: Vec<(String, String)> = events
+            .as_array()
+            .context("events are a list")?
+            .iter()
+            .filter(|e| {
+                e["event"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("device-"))
+            })
+            .map(|e| {
+                (
+                    e["event"].as_str().unwrap_or_default().to_owned(),
+                    e["statusMessage"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        sessions.reverse();
+        Ok(sessions)
+    }
+
+    fn names(sessions: &[(String, String)]) -> Vec<&str> {
+        sessions.iter().map(|(event, _)| event.as_str()).collect()
+    }
+
+    async fn wait_presence_within(
+        admin: &ApiClient,
+        name: &str,
+        presence: &str,
+        within: Duration,
+    ) -> anyhow::Result<Value> {
+        wait_until(&format!("{name} to be {presence}"), within, || async {
+            let device = device(admin, name).await?;
+            Ok((device["presence"] == presence).then_some(device))
+        })
+        .await
+    }
+
+    fn moved_to(credentials: &DeviceCredentials, replica: &Tetherd) -> DeviceCredentials {
+        DeviceCredentials {
+            mqtt_url: replica.mqtt_url.clone(),
+            ..credentials.clone()
+        }
+    }
+
+    /// `kill -9` of the replica holding a device's session: another replica
+    /// marks it offline once the lease lapses, as of the dead replica's last
+    /// renewal; the device reconnects elsewhere and is online again, each
+    /// exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_replicas_devices_go_offline_at_its_last_renewal_and_online_elsewhere()
+    -> anyhow::Result<()> {
+        let scratch = tempfile::tempdir()?;
+        let config = lease_config(scratch.path(), 2)?;
+        let mut a = Tetherd::start_with(Database::Postgres, &["--config", &config]).await?;
+        let b = Tetherd::start_replica_of(&a, &["--config", &config]).await?;
+        let c = Tetherd::start_replica_of(&a, &["--config", &config]).await?;
+        let admin_b = b.admin().await?;
+        let credentials = DeviceCredentials::enroll(&a.admin().await?, "edge-1").await?;
+        let agent = SimAgent::connect(&credentials, Responder::Silent).await?;
+        wait_presence_within(&admin_b, "edge-1", "online", Duration::from_secs(10)).await?;
+
+        a.kill();
+        let killed_at = Utc::now();
+        drop(agent);
+        // Lease 2 s, renewed every 0.67 s, takeover checked as often.
+        let offline =
+            wait_presence_within(&admin_b, "edge-1", "offline", Duration::from_secs(8)).await?;
+        let last_seen: DateTime<Utc> = offline["lastSeen"].as_str().context("lastSeen")?.parse()?;
+        assert!(
+            last_seen <= killed_at && killed_at - last_seen < chrono::Duration::seconds(2),
+            "lastSeen {last_seen} is the dead replica's last renewal, shortly before the kill at {killed_at}"
+        );
+
+        let _agent = SimAgent::connect(&moved_to(&credentials, &b), Responder::Silent).await?;
+        wait_presence_within(&admin_b, "edge-1", "online", Duration::from_secs(10)).await?;
+        let sessions = sessions(&c.admin().await?, "edge-1").await?;
+        assert_eq!(
+            names(&sessions),
+            ["device-online", "device-offline", "device-online"],
+            "{sessions:?}"
+        );
+        assert!(
+            sessions[1].1.contains("lease lapsed"),
+            "the offline event says why: {sessions:?}"
+        );
+        Ok(())
+    }
+
+    /// A device that reconnects to another replica before its old replica's
+    /// lease lapses shows its old session ended and the new one started,
+    /// once each; the old replica's lapse later changes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_device_that_moves_before_its_replica_lapses_is_offline_then_online_once()
+    -> anyhow::Result<()> {
+        let scratch = tempfile::tempdir()?;
+        let config = lease_config(scratch.path(), 5)?;
+        let mut a = Tetherd::start_with(Database::Postgres, &["--config", &config]).await?;
+        let b = Tetherd::start_replica_of(&a, &["--config", &config]).await?;
+        let admin_b = b.admin().await?;
+        let credentials = DeviceCredentials::enroll(&a.admin().await?, "edge-1").await?;
+        let agent = SimAgent::connect(&credentials, Responder::Silent).await?;
+        wait_presence_within(&admin_b, "edge-1", "online", Duration::from_secs(10)).await?;
+
+        a.kill();
+        drop(agent);
+        let _agent = SimAgent::connect(&moved_to(&credentials, &b), Responder::Silent).await?;
+        wait_until(
+            "the device's session to move to the second replica",
+            Duration::from_secs(10),
+            || async { Ok((sessions(&admin_b, "edge-1").await?.len() == 3).then_some(())) },
+        )
+        .await?;
+        wait_until(
+            "the surviving replica to take the dead one over",
+            Duration::from_secs(20),
+            || async {
+                Ok(b.log()
+                    .contains("took over a replica whose lease lapsed")
+                    .then_some(()))
+            },
+        )
+        .await?;
+
+        assert_eq!(device(&admin_b, "edge-1").await?["presence"], "online");
+        let sessions = sessions(&admin_b, "edge-1").await?;
+        assert_eq!(
+            names(&sessions),
+            ["device-online", "device-offline", "device-online"],
+            "{sessions:?}"
+        );
+        assert!(
+            sessions[1].1.starts_with("session on replica ")
+                && sessions[1].1.contains("the device connected to replica"),
+            "{sessions:?}"
+        );
+        Ok(())
+    }
+
+    /// A replica that restarts marks the devices it held offline at once,
+    /// and only those: the other replica's devices stay online.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_replica_marks_only_its_own_devices_offline() -> anyhow::Result<()> {
+        let mut a = Tetherd::start(Database::Postgres).await?;
+        let b = Tetherd::start_replica_of(&a, &[]).await?;
+        let admin_b = b.admin().await?;
+        let on_a = DeviceCredentials::enroll(&admin_b, "on-a").await?;
+        let on_b = DeviceCredentials::enroll(&admin_b, "on-b").await?;
+        let agent_a = SimAgent::connect(&moved_to(&on_a, &a), Responder::Silent).await?;
+        let _agent_b = SimAgent::connect(&moved_to(&on_b, &b), Responder::Silent).await?;
+        for name in ["on-a", "on-b"] {
+            wait_presence_within(&admin_b, name, "online", Duration::from_secs(10)).await?;
+        }
+
+        // The default lease (15 s) outlasts the restart: what marks the
+        // device offline is the restarted replica itself.
+        a.restart().await?;
+        drop(agent_a);
+        assert_eq!(device(&admin_b, "on-a").await?["presence"], "offline");
+        assert_eq!(device(&admin_b, "on-b").await?["presence"], "online");
+        let sessions = sessions(&admin_b, "on-a").await?;
+        assert_eq!(
+            names(&sessions),
+            ["device-online", "device-offline"],
+            "{sessions:?}"
+        );
+        assert!(
+            sessions[1].1.contains("the replica restarted"),
+            "{sessions:?}"
+        );
+        assert_eq!(
+            names(&self::sessions(&admin_b, "on-b").await?),
+            ["device-online"]
+        );
+        Ok(())
+    }
+
+    /// Which of `replicas` leads the action sweeps, by its log.
+    async fn sweep_leader(replicas: &[&Tetherd]) -> anyhow::Result<usize> {
+        wait_until(
+            "a replica to lead the action sweeps",
+            Duration::from_secs(20),
+            || async {
+                Ok(replicas.iter().position(|replica| {
+                    replica.log().lines().any(|line| {
+                        line.contains("now the leader") && line.contains("\"action-sweeps\"")
+                    })
+                }))
+            },
+        )
+        .await
+    }
+
+    async fn wait_expired(admin: &ApiClient, correlation_id: &str) -> anyhow::Result<()> {
+        let path = format!("/api/v1/actions/{correlation_id}");
+        wait_until("the action to expire", Duration::from_secs(20), || async {
+            let action = admin.get(&path).await?.expect_status(200)?;
+            Ok((action["state"] == "expired").then_some(()))
+        })
+        .await
+    }
+
+    async fn request_short_lived(admin: &ApiClient, device: &str) -> anyhow::Result<String> {
+        let accepted = admin
+            .post(
+                &format!("/api/v1/devices/{device}/actions"),
+                json!({"action": "get-node-ip", "ttlSeconds": 1}),
+            )
+            .await?
+            .expect_status(202)?;
+        Ok(accepted["correlationId"]
+            .as_str()
+            .context("correlationId")?
+            .to_owned())
+    }
+
+    /// Expiry runs on one replica (the leader of the sweeps); when it dies,
+    /// a survivor takes the sweeps over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_action_sweeps_move_to_a_survivor_when_their_leader_dies() -> anyhow::Result<()> {
+        let scratch = tempfile::tempdir()?;
+        let config = lease_config(scratch.path(), 2)?;
+        let a = Tetherd::start_with(Database::Postgres, &["--config", &config]).await?;
+        let b = Tetherd::start_replica_of(&a, &["--config", &config]).await?;
+        let mut replicas = [a, b];
+        let leader = sweep_leader(&[&replicas[0], &replicas[1]]).await?;
+        let survivor = 1 - leader;
+        let admin = replicas[survivor].admin().await?;
+        admin
+            .post("/api/v1/devices", json!({"name": "edge-1"}))
+            .await?
+            .expect_status(201)?;
+        let first = request_short_lived(&admin, "edge-1").await?;
+        wait_expired(&admin, &first).await?;
+        assert!(
+            !replicas[survivor].log().contains("now the leader"),
+            "one leader at a time"
+        );
+
+        replicas[leader].kill();
+        let second = request_short_lived(&admin, "edge-1").await?;
+        wait_expired(&admin, &second).await?;
+        assert!(replicas[survivor].log().contains("now the leader"));
+        Ok(())
+    }
+
+    /// `/healthz` answers while the process runs; `/readyz` is 503 naming
+    /// the database while PostgreSQL is down, and 200 again once it is back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readyz_follows_the_database_and_healthz_the_process() -> anyhow::Result<()> {
+        let scratch = tempfile::tempdir()?;
+        let config = lease_config(scratch.path(), 2)?;
+        let tetherd = Tetherd::start_with(Database::Postgres, &["--config", &config]).await?;
+        let anonymous = tetherd.anonymous()?;
+        let health = anonymous.get("/healthz").await?.expect_status(200)?;
+        assert_eq!(health, json!({"status": "ok"}));
+        anonymous.get("/readyz").await?.expect_status(200)?;
+
+        let postgres = tetherd.postgres().context("on PostgreSQL")?;
+        postgres.stop()?;
+        let not_ready = wait_until(
+            "/readyz to say the database is down",
+            Duration::from_secs(20),
+            || async {
+                let reply = anonymous.get("/readyz").await?;
+                Ok((reply.status.as_u16() == 503).then_some(reply.body))
+            },
+        )
+        .await?;
+        assert_eq!(not_ready["status"], "not ready");
+        assert!(
+            not_ready["notReady"]
+                .as_array()
+                .context("notReady")?
+                .iter()
+                .any(|what| what == "the database does not answer"),
+            "{not_ready}"
+        );
+        anonymous.get("/healthz").await?.expect_status(200)?;
+
+        postgres.start_again()?;
+        wait_until(
+            "/readyz to be ready again",
+            Duration::from_secs(30),
+            || async { Ok((anonymous.get("/readyz").await?.status.as_u16() == 200).then_some(())) },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A replica whose CA is not the cluster's would issue certificates the
+    /// others refuse: it does not start, and says what to copy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_with_another_ca_refuses_to_start() -> anyhow::Result<()> {
+        let first = Tetherd::start(Database::Postgres).await?;
+        let error = match Tetherd::start_on_database_of(&first, &[]).await {
+            Ok(_) => anyhow::bail!("a replica with its own CA started"),
+            Err(error) => format!("{error:#}"),
+        };
+        assert!(
+            error.contains("failed to join the other replicas: this replica's CA (sha256 ")
+                && error.contains("is not the cluster's (")
+                && error.contains(
+                    "copy ca.pem, ca-key.pem and sealing.key from an existing replica's data dir"
+                ),
+            "{error}"
+        );
+        Ok(())
+    }
+
+    /// Enrollment hands an agent every live replica's MQTT endpoint, the
+    /// one it asked first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn enrollment_lists_every_replicas_mqtt_endpoint() -> anyhow::Result<()> {
+        let a = Tetherd::start(Database::Postgres).await?;
+        let b = Tetherd::start_replica_of(&a, &[]).await?;
+        let admin = b.admin().await?;
+        let created = admin
+            .post("/api/v1/devices", json!({"name": "edge-1"}))
+            .await?
+            .expect_status(201)?;
+        let token = created["enrollment"]["token"].as_str().context("token")?;
+        let key = rcgen::KeyPair::generate()?;
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)?
+            .pem()?;
+        let enrolled = b
+            .anonymous()?
+            .post("/api/v1/enroll", json!({"token": token, "csrPem": csr}))
+            .await?
+            .expect_status(200)?;
+        let a_port = a.mqtt_url.rsplit_once(':').context("port")?.1;
+        assert_eq!(enrolled["mqttUrl"], b.mqtt_url.as_str());
+        assert_eq!(
+            enrolled["mqttUrls"],
+            json!([b.mqtt_url, format!("mqtts://localhost:{a_port}")]),
+            "this replica's endpoint first, then the other's (its first public host)"
+        );
+        Ok(())
+    }
+}

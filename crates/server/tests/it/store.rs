@@ -11,7 +11,8 @@ use tether_proto::api::Labels;
 use tether_proto::metrics::HostMetrics;
 use tether_proto::{ActionState, DeviceId, Presence};
 use tether_server::store::{
-    EventRecord, NewAction, Outcome, SessionRecord, Store, StoreError, UserRecord,
+    DeviceSession, EventRecord, NewAction, Outcome, ReplicaRecord, SessionRecord, Store,
+    StoreError, UserRecord,
 };
 use tether_testkit::postgres::TempPostgres;
 
@@ -105,6 +106,10 @@ on_both_databases! {
         audit_entries_are_listed_newest_first_and_pruned,
         events_are_listed_newest_first,
         metrics_are_listed_newest_first,
+        a_lapsed_replica_is_taken_over_once_and_only_its_sessions_end,
+        a_device_session_moves_only_from_what_was_read_to_a_registered_replica,
+        leases_are_renewed_until_taken_over_and_selected_by_time,
+        cluster_settings_keep_the_first_value,
     ],
     db: [
         migrations_are_idempotent,
@@ -1148,4 +1153,300 @@ async fn in_memory_sqlite_is_one_database() {
         let found = read.expect("task finished").expect("get edge-1");
         assert!(found.is_some());
     }
+}
+
+// Replicas (issue 12) -------------------------------------------------------------
+
+fn replica(id: &str, renewed_at: i64, lease_expires_at: i64) -> ReplicaRecord {
+    ReplicaRecord {
+        id: id.to_owned(),
+        api_url: format!("https://{id}:8443"),
+        mqtt_url: format!("mqtts://{id}:8883"),
+        started_at: at(0),
+        renewed_at: at(renewed_at),
+        lease_expires_at: at(lease_expires_at),
+    }
+}
+
+fn session(presence: Presence, replica: Option<&str>) -> DeviceSession {
+    DeviceSession {
+        presence,
+        replica: replica.map(str::to_owned),
+    }
+}
+
+fn offline_event(device: &DeviceId, received_at: DateTime<Utc>) -> EventRecord {
+    EventRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        device: device.clone(),
+        correlation_id: None,
+        event: "device-offline".into(),
+        status_code: 200,
+        status_message: "taken over".into(),
+        response: serde_json::Value::Null,
+        received_at,
+    }
+}
+
+/// Connects `device` to `replica` as its first session.
+async fn connect(store: &Store, device: &DeviceId, replica: &str) {
+    assert!(
+        store
+            .move_device_session(
+                device,
+                &session(Presence::Offline, None),
+                &session(Presence::Online, Some(replica)),
+                at(100),
+                &[],
+            )
+            .await
+            .expect("move the session"),
+        "{device} connects to {replica}"
+    );
+}
+
+async fn a_lapsed_replica_is_taken_over_once_and_only_its_sessions_end(store: Store) {
+    store
+        .register_replica(&replica("a", 500, 1_000))
+        .await
+        .expect("register a");
+    store
+        .register_replica(&replica("b", 500, 60_000))
+        .await
+        .expect("register b");
+    let (d1, d2, d3) = (
+        device(&store, "d1").await,
+        device(&store, "d2").await,
+        device(&store, "d3").await,
+    );
+    connect(&store, &d1, "a").await;
+    connect(&store, &d2, "a").await;
+    connect(&store, &d3, "b").await;
+    assert_eq!(
+        store.lapsed_replicas(at(2_000)).await.expect("lapsed"),
+        ["a"]
+    );
+
+    let takeovers = (0..8).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .end_replica_sessions("a", Some(at(2_000)), at(2_000), offline_event)
+                .await
+        })
+    });
+    let winners: Vec<_> = join_all(takeovers)
+        .await
+        .into_iter()
+        .filter_map(|joined| joined.expect("task finished").expect("take over"))
+        .collect();
+    assert_eq!(winners.len(), 1, "one replica takes a lapsed one over");
+    assert_eq!(winners[0].last_seen, at(500), "as of its last renewal");
+    let mut ended = winners[0].devices.clone();
+    ended.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    assert_eq!(ended, [d1.clone(), d2.clone()]);
+
+    for name in [&d1, &d2] {
+        let events = store.list_events(name, 10).await.expect("events");
+        assert_eq!(events.len(), 1, "one offline event for {name}");
+        let record = store.get_device(name).await.expect("read").expect("device");
+        assert_eq!(record.presence, Presence::Offline);
+        assert_eq!(record.last_seen, Some(at(500)));
+        assert_eq!(
+            store.device_session(name).await.expect("session"),
+            Some(session(Presence::Offline, None))
+        );
+    }
+    assert_eq!(
+        store.device_session(&d3).await.expect("session"),
+        Some(session(Presence::Online, Some("b"))),
+        "another replica's device stays online"
+    );
+    assert!(store.list_events(&d3, 10).await.expect("events").is_empty());
+    assert!(
+        !store
+            .renew_replica_lease("a", at(3_000), at(5_000))
+            .await
+            .expect("renew"),
+        "the taken-over replica finds its lease gone"
+    );
+}
+
+async fn a_device_session_moves_only_from_what_was_read_to_a_registered_replica(store: Store) {
+    let d1 = device(&store, "d1").await;
+    let online_on_b = session(Presence::Online, Some("b"));
+    assert!(
+        !store
+            .move_device_session(
+                &d1,
+                &session(Presence::Offline, None),
+                &online_on_b,
+                at(1),
+                &[]
+            )
+            .await
+            .expect("move"),
+        "a replica without a lease row holds no session"
+    );
+    store
+        .register_replica(&replica("b", 0, 60_000))
+        .await
+        .expect("register b");
+    store
+        .register_replica(&replica("c", 0, 60_000))
+        .await
+        .expect("register c");
+    let moves = ["b", "c"].map(|to| {
+        let store = store.clone();
+        let d1 = d1.clone();
+        tokio::spawn(async move {
+            let event = offline_event(&d1, at(1));
+            store
+                .move_device_session(
+                    &d1,
+                    &session(Presence::Offline, None),
+                    &session(Presence::Online, Some(to)),
+                    at(1),
+                    &[event],
+                )
+                .await
+        })
+    });
+    let moved: Vec<bool> = join_all(moves)
+        .await
+        .into_iter()
+        .map(|joined| joined.expect("task finished").expect("move"))
+        .collect();
+    assert_eq!(
+        moved.iter().filter(|m| **m).count(),
+        1,
+        "from one state, one move wins"
+    );
+    assert_eq!(
+        store.list_events(&d1, 10).await.expect("events").len(),
+        1,
+        "only the winner's events are recorded"
+    );
+    assert!(
+        !store
+            .move_device_session(
+                &d1,
+                &session(Presence::Offline, None),
+                &online_on_b,
+                at(2),
+                &[]
+            )
+            .await
+            .expect("move"),
+        "a move from a state the row no longer has changes nothing"
+    );
+}
+
+async fn leases_are_renewed_until_taken_over_and_selected_by_time(store: Store) {
+    store
+        .register_replica(&replica("a", 0, 1_000))
+        .await
+        .expect("register");
+    assert!(
+        store
+            .renew_replica_lease("a", at(900), at(3_000))
+            .await
+            .expect("renew")
+    );
+    assert!(
+        store
+            .lapsed_replicas(at(2_000))
+            .await
+            .expect("lapsed")
+            .is_empty()
+    );
+    let live = store.live_replicas(at(2_000)).await.expect("live");
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].mqtt_url, "mqtts://a:8883");
+    assert_eq!(live[0].renewed_at, at(900));
+    assert!(
+        store
+            .live_replicas(at(3_001))
+            .await
+            .expect("live")
+            .is_empty()
+    );
+    assert!(
+        store
+            .end_replica_sessions("a", Some(at(2_000)), at(2_000), offline_event)
+            .await
+            .expect("take over")
+            .is_none(),
+        "a replica that renewed in time is not taken over"
+    );
+    store
+        .register_replica(&replica("a", 4_000, 9_000))
+        .await
+        .expect("register again");
+    assert_eq!(
+        store.live_replicas(at(5_000)).await.expect("live")[0].renewed_at,
+        at(4_000)
+    );
+}
+
+async fn cluster_settings_keep_the_first_value(store: Store) {
+    assert_eq!(
+        store
+            .claim_cluster_setting("ca_sha256", "first")
+            .await
+            .expect("claim"),
+        "first"
+    );
+    assert_eq!(
+        store
+            .claim_cluster_setting("ca_sha256", "second")
+            .await
+            .expect("claim"),
+        "first"
+    );
+}
+
+/// Singleton jobs rely on it: one session holds an advisory lock at a time,
+/// and it is free again once that session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_advisory_locks_have_one_holder_until_its_connection_ends() {
+    let db = TestDb::postgres();
+    let store = db.connect().await;
+    // Keys with the high bit set too: pg_locks shows them split in halves.
+    let mut held = store
+        .try_advisory_lock(-42)
+        .await
+        .expect("try")
+        .expect("free at first");
+    assert!(held.is_held().await);
+    assert!(
+        store.try_advisory_lock(-42).await.expect("try").is_none(),
+        "held by the first connection"
+    );
+    let mut other = store
+        .try_advisory_lock(43)
+        .await
+        .expect("try")
+        .expect("another key is free");
+    assert!(other.is_held().await);
+    // The holder's connection dies (as when its replica is killed).
+    db.raw()
+        .await
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks \
+             WHERE locktype = 'advisory' AND objid = 43",
+        )
+        .await
+        .expect("terminate the holder's backend");
+    assert!(!other.is_held().await, "a dead connection holds nothing");
+    assert!(
+        store.try_advisory_lock(43).await.expect("try").is_some(),
+        "the lock is free again once its holder's connection died"
+    );
+    other.release().await;
+    held.release().await;
+    assert!(
+        store.try_advisory_lock(-42).await.expect("try").is_some(),
+        "free once the holder's connection closed"
+    );
 }
