@@ -256,6 +256,57 @@ mod membership {
         Ok(())
     }
 
+    /// A replica whose devices were taken over while it could not renew
+    /// (here: another replica's takeover, run directly on the database)
+    /// re-claims the sessions it still holds at its next renewal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_taken_over_while_alive_reclaims_its_sessions() -> anyhow::Result<()> {
+        let scratch = tempfile::tempdir()?;
+        let config = lease_config(scratch.path(), 2)?;
+        let tetherd = Tetherd::start_with(Database::Postgres, &["--config", &config]).await?;
+        let admin = tetherd.admin().await?;
+        let credentials = DeviceCredentials::enroll(&admin, "edge-1").await?;
+        let _agent = SimAgent::connect(&credentials, Responder::Silent).await?;
+        wait_presence_within(&admin, "edge-1", "online", Duration::from_secs(10)).await?;
+
+        let replica = std::fs::read_to_string(tetherd.data_dir().join("replica-id"))?;
+        let store = tether_server::store::Store::connect(
+            &tetherd.postgres().context("on PostgreSQL")?.url(),
+        )
+        .await?;
+        let ended = store
+            .end_replica_sessions(replica.trim(), None, Utc::now(), |device, at| {
+                tether_server::cluster::presence::replica_ended_event(
+                    device,
+                    replica.trim(),
+                    tether_server::cluster::presence::EndOfReplica::LeaseLapsed,
+                    at,
+                    at,
+                )
+            })
+            .await?
+            .context("the replica had a row")?;
+        assert_eq!(ended.devices.len(), 1);
+
+        wait_until(
+            "the replica to re-claim its session",
+            Duration::from_secs(10),
+            || async { Ok((sessions(&admin, "edge-1").await?.len() == 3).then_some(())) },
+        )
+        .await?;
+        assert_eq!(device(&admin, "edge-1").await?["presence"], "online");
+        assert_eq!(
+            names(&sessions(&admin, "edge-1").await?),
+            ["device-online", "device-offline", "device-online"]
+        );
+        assert!(
+            tetherd
+                .log()
+                .contains("re-claimed the sessions this replica holds")
+        );
+        Ok(())
+    }
+
     /// Whether the replica's log says it became the action sweeps' leader.
     fn led_sweeps(replica: &Tetherd) -> bool {
         replica
