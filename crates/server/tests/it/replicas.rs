@@ -274,14 +274,15 @@ mod membership {
             &tetherd.postgres().context("on PostgreSQL")?.url(),
         )
         .await?;
+        let now = Utc::now();
         let ended = store
-            .end_replica_sessions(replica.trim(), None, Utc::now(), |device, at| {
+            .end_replica_sessions(replica.trim(), None, now, |device, last_seen| {
                 tether_server::cluster::presence::replica_ended_event(
                     device,
                     replica.trim(),
                     tether_server::cluster::presence::EndOfReplica::LeaseLapsed,
-                    at,
-                    at,
+                    last_seen,
+                    now,
                 )
             })
             .await?
