@@ -261,6 +261,24 @@ impl Tetherd {
         self.spawn().await
     }
 
+    /// SIGTERM, as a supervisor stops it, then waits for it to exit.
+    pub async fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("tetherd is not running")?;
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .context("sending SIGTERM")?;
+        crate::wait_until(
+            "tetherd to exit after SIGTERM",
+            Duration::from_secs(15),
+            || {
+                let status = child.try_wait();
+                async move { Ok(status?) }
+            },
+        )
+        .await
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

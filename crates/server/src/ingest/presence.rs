@@ -252,24 +252,10 @@ async fn write(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_device_reconnecting_in_a_loop_records_a_bounded_number_of_sessions() {
-        let store = Store::connect("sqlite::memory:").await.expect("store");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let device = DeviceId::new("edge-1").expect("valid name");
-        store
-            .create_device(&device, &Default::default(), Utc::now())
-            .await
-            .expect("device");
-        let (changes, received) = mpsc::unbounded_channel();
-        let sessions = SESSION_EVENT_BURST + 30;
-        for _ in 0..sessions {
-            changes.send(Presence::Online).expect("writer");
-            changes.send(Presence::Offline).expect("writer");
-        }
-        changes.send(Presence::Online).expect("writer");
-        drop(changes);
-        let replica = ReplicaId::load_or_create(dir.path()).expect("replica id");
+    /// A registered replica named `id` (with a lease) on `store`.
+    async fn replica(store: &Store, dir: &std::path::Path, id: &str) -> ReplicaId {
+        std::fs::write(dir.join(crate::cluster::REPLICA_ID_FILE), id).expect("write the id");
+        let replica = ReplicaId::load_or_create(dir).expect("replica id");
         crate::cluster::lease::Lease::acquire(
             store.clone(),
             &replica,
@@ -279,14 +265,95 @@ mod tests {
         )
         .await
         .expect("lease");
+        replica
+    }
+
+    /// Runs one replica's writer over `changes` to the end.
+    async fn write_all(
+        store: &Store,
+        replica: &ReplicaId,
+        device: &DeviceId,
+        changes: &[Presence],
+    ) {
+        let (sender, received) = mpsc::unbounded_channel();
+        for change in changes {
+            sender.send(*change).expect("writer");
+        }
+        drop(sender);
         write_in_order(
             store.clone(),
-            replica,
+            replica.clone(),
             Arc::new(Semaphore::new(1)),
             device.clone(),
             received,
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_device_failing_over_shows_its_old_session_ended_once_and_the_old_replica_changes_nothing()
+     {
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        let (dir_a, dir_b) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let a = replica(&store, dir_a.path(), "a").await;
+        let b = replica(&store, dir_b.path(), "b").await;
+        let device = DeviceId::new("edge-1").expect("valid name");
+        store
+            .create_device(&device, &Default::default(), Utc::now())
+            .await
+            .expect("device");
+
+        write_all(&store, &a, &device, &[Presence::Online]).await;
+        // The device reconnects to b before a notices its session ended.
+        write_all(&store, &b, &device, &[Presence::Online]).await;
+        write_all(&store, &a, &device, &[Presence::Offline]).await;
+
+        let mut events = store.list_events(&device, 10).await.expect("events");
+        events.reverse();
+        let seen: Vec<(&str, &str)> = events
+            .iter()
+            .map(|e| (e.event.as_str(), e.status_message.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("device-online", "MQTT session established on replica a"),
+                (
+                    "device-offline",
+                    "session on replica a ended: the device connected to replica b"
+                ),
+                ("device-online", "MQTT session established on replica b"),
+            ]
+        );
+        assert_eq!(
+            store.device_session(&device).await.expect("session"),
+            Some(crate::store::DeviceSession {
+                presence: Presence::Online,
+                replica: Some("b".into()),
+            }),
+            "a's late disconnect leaves the device online on b"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_device_reconnecting_in_a_loop_records_a_bounded_number_of_sessions() {
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let device = DeviceId::new("edge-1").expect("valid name");
+        store
+            .create_device(&device, &Default::default(), Utc::now())
+            .await
+            .expect("device");
+        let mut changes = Vec::new();
+        for _ in 0..SESSION_EVENT_BURST + 30 {
+            changes.extend([Presence::Online, Presence::Offline]);
+        }
+        changes.push(Presence::Online);
+        let replica = replica(&store, dir.path(), "a").await;
+        write_all(&store, &replica, &device, &changes).await;
 
         let events = store.list_events(&device, 1000).await.expect("events");
         let count = |name: &str| events.iter().filter(|e| e.event == name).count() as u64;

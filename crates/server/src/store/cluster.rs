@@ -260,9 +260,10 @@ impl Store {
         events: &[EventRecord],
     ) -> Result<bool, StoreError> {
         let context = "record who holds a device's session";
-        // On PostgreSQL the replica row is share-locked, so a takeover's
-        // delete waits for this write and then ends this session too.
-        let lock = if self.postgres { " FOR SHARE" } else { "" };
+        // On PostgreSQL the replica row is key-share-locked: a takeover's
+        // delete waits for this write and then ends this session too, while
+        // renewals (which change no key) never wait for a connect.
+        let lock = if self.postgres { " FOR KEY SHARE" } else { "" };
         let sql = format!(
             "UPDATE devices SET presence = $1, session_replica = $2, last_seen = $3 \
              WHERE name = $4 AND presence = $5 AND COALESCE(session_replica, '') = $6 \

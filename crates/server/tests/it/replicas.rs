@@ -157,7 +157,8 @@ mod membership {
     async fn a_device_that_moves_before_its_replica_lapses_is_offline_then_online_once()
     -> anyhow::Result<()> {
         let scratch = tempfile::tempdir()?;
-        let config = lease_config(scratch.path(), 5)?;
+        // Long enough for the device to reconnect before it lapses.
+        let config = lease_config(scratch.path(), 8)?;
         let mut a = Tetherd::start_with(Database::Postgres, &["--config", &config]).await?;
         let b = Tetherd::start_replica_of(&a, &["--config", &config]).await?;
         let admin_b = b.admin().await?;
@@ -201,7 +202,8 @@ mod membership {
     }
 
     /// A replica that restarts marks the devices it held offline at once,
-    /// and only those: the other replica's devices stay online.
+    /// and only those: the other replica's devices stay online. One that
+    /// stops marks its devices offline as it goes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restarted_replica_marks_only_its_own_devices_offline() -> anyhow::Result<()> {
         let mut a = Tetherd::start(Database::Postgres).await?;
@@ -235,21 +237,91 @@ mod membership {
             names(&self::sessions(&admin_b, "on-b").await?),
             ["device-online"]
         );
+
+        // A replica stopped cleanly marks its devices offline as it goes,
+        // long before its lease (15 s) would lapse.
+        let mut b = b;
+        let stopped = b.stop().await?;
+        assert!(stopped.success(), "tetherd exits cleanly: {stopped}");
+        let admin_a = a.admin().await?;
+        assert_eq!(device(&admin_a, "on-b").await?["presence"], "offline");
+        let sessions = self::sessions(&admin_a, "on-b").await?;
+        assert!(
+            sessions
+                .last()
+                .is_some_and(|(event, message)| event == "device-offline"
+                    && message.contains("the replica stopped")),
+            "{sessions:?}"
+        );
         Ok(())
     }
 
-    /// Which of `replicas` leads the action sweeps, by its log.
+    /// A replica whose devices were taken over while it could not renew
+    /// (here: another replica's takeover, run directly on the database)
+    /// re-claims the sessions it still holds at its next renewal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_taken_over_while_alive_reclaims_its_sessions() -> anyhow::Result<()> {
+        let scratch = tempfile::tempdir()?;
+        let config = lease_config(scratch.path(), 2)?;
+        let tetherd = Tetherd::start_with(Database::Postgres, &["--config", &config]).await?;
+        let admin = tetherd.admin().await?;
+        let credentials = DeviceCredentials::enroll(&admin, "edge-1").await?;
+        let _agent = SimAgent::connect(&credentials, Responder::Silent).await?;
+        wait_presence_within(&admin, "edge-1", "online", Duration::from_secs(10)).await?;
+
+        let replica = std::fs::read_to_string(tetherd.data_dir().join("replica-id"))?;
+        let store = tether_server::store::Store::connect(
+            &tetherd.postgres().context("on PostgreSQL")?.url(),
+        )
+        .await?;
+        let now = Utc::now();
+        let ended = store
+            .end_replica_sessions(replica.trim(), None, now, |device, last_seen| {
+                tether_server::cluster::presence::replica_ended_event(
+                    device,
+                    replica.trim(),
+                    tether_server::cluster::presence::EndOfReplica::LeaseLapsed,
+                    last_seen,
+                    now,
+                )
+            })
+            .await?
+            .context("the replica had a row")?;
+        assert_eq!(ended.devices.len(), 1);
+
+        wait_until(
+            "the replica to re-claim its session",
+            Duration::from_secs(10),
+            || async { Ok((sessions(&admin, "edge-1").await?.len() == 3).then_some(())) },
+        )
+        .await?;
+        assert_eq!(device(&admin, "edge-1").await?["presence"], "online");
+        assert_eq!(
+            names(&sessions(&admin, "edge-1").await?),
+            ["device-online", "device-offline", "device-online"]
+        );
+        assert!(
+            tetherd
+                .log()
+                .contains("re-claimed the sessions this replica holds")
+        );
+        Ok(())
+    }
+
+    /// Whether the replica's log says it became the action sweeps' leader.
+    fn led_sweeps(replica: &Tetherd) -> bool {
+        replica
+            .log()
+            .lines()
+            .any(|line| line.contains("now the leader") && line.contains("\"action-sweeps\""))
+    }
+
+    /// Which of `replicas` leads the action sweeps.
     async fn sweep_leader(replicas: &[&Tetherd]) -> anyhow::Result<usize> {
         wait_until(
             "a replica to lead the action sweeps",
             Duration::from_secs(20),
-            || async {
-                Ok(replicas.iter().position(|replica| {
-                    replica.log().lines().any(|line| {
-                        line.contains("now the leader") && line.contains("\"action-sweeps\"")
-                    })
-                }))
-            },
+            || async { Ok(replicas.iter().position(|replica| led_sweeps(replica))) },
         )
         .await
     }
@@ -295,15 +367,12 @@ mod membership {
             .expect_status(201)?;
         let first = request_short_lived(&admin, "edge-1").await?;
         wait_expired(&admin, &first).await?;
-        assert!(
-            !replicas[survivor].log().contains("now the leader"),
-            "one leader at a time"
-        );
+        assert!(!led_sweeps(&replicas[survivor]), "one leader at a time");
 
         replicas[leader].kill();
         let second = request_short_lived(&admin, "edge-1").await?;
         wait_expired(&admin, &second).await?;
-        assert!(replicas[survivor].log().contains("now the leader"));
+        assert!(led_sweeps(&replicas[survivor]), "the survivor took over");
         Ok(())
     }
 
