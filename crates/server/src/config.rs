@@ -75,6 +75,14 @@ struct FileConfig {
     pki: FilePki,
     #[serde(default)]
     ingest: FileIngest,
+    #[serde(default)]
+    cluster: FileCluster,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    outbox_sweep_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -145,6 +153,23 @@ pub struct ServerConfig {
     pub retention: RetentionConfig,
     pub pki: PkiConfig,
     pub ingest: crate::ingest::IngestConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Several replicas on one PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// How often each replica delivers the pending actions of the devices
+    /// it holds, in case the announcement from another replica was lost.
+    pub outbox_sweep: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            outbox_sweep: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Certificate lifetimes. Both kinds renew at about two thirds of their life;
@@ -476,6 +501,18 @@ impl ServerConfig {
             5 * 366 * DAY,
         )?;
         let ingest = ingest_config(&file.ingest)?;
+        let cluster = ClusterConfig {
+            outbox_sweep: secs(
+                file.cluster.outbox_sweep_seconds,
+                ClusterConfig::default().outbox_sweep,
+            ),
+        };
+        check_range(
+            "cluster.outbox_sweep_seconds",
+            cluster.outbox_sweep,
+            1,
+            3600,
+        )?;
         check_range("retention.events_days", retention.events, DAY, 3660 * DAY)?;
         check_range("retention.actions_days", retention.actions, DAY, 3660 * DAY)?;
         check_range("retention.metrics_days", retention.metrics, DAY, 3660 * DAY)?;
@@ -531,6 +568,7 @@ impl ServerConfig {
             retention,
             pki,
             ingest,
+            cluster,
         })
     }
 }
@@ -584,6 +622,9 @@ impl ServerConfig {
                 byte_burst: Some(self.ingest.rate.byte_burst),
                 strikes_before_disconnect: Some(self.ingest.rate.strikes_before_disconnect),
                 max_clock_ahead_seconds: Some(self.ingest.max_clock_ahead.as_secs()),
+            },
+            cluster: FileCluster {
+                outbox_sweep_seconds: Some(self.cluster.outbox_sweep.as_secs()),
             },
         };
         toml::to_string(&file).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
@@ -781,6 +822,10 @@ mod tests {
             (
                 "[ingest]\nmax_clock_ahead_seconds = 999999\n",
                 "ingest.max_clock_ahead_seconds",
+            ),
+            (
+                "[cluster]\noutbox_sweep_seconds = 0\n",
+                "cluster.outbox_sweep_seconds",
             ),
         ] {
             let file: FileConfig = toml::from_str(file).expect("valid toml");

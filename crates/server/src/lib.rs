@@ -6,6 +6,7 @@
 pub mod actions;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod device_link;
 pub mod ingest;
@@ -26,6 +27,7 @@ use tether_proto::{Catalogue, Presence};
 use crate::actions::ActionService;
 use crate::api::AppState;
 use crate::auth::{ADMIN_CREDENTIALS_FILE, Auth};
+use crate::cluster::bus::{Bus, BusError};
 use crate::config::{RetentionConfig, ServerConfig};
 use crate::device_link::rmqtt::{RmqttConfig, RmqttLink};
 use crate::device_link::{DeviceLink, LinkError};
@@ -38,6 +40,9 @@ use crate::store::{Store, StoreError};
 
 /// Name of the file tetherd writes once it listens, for scripts and tests.
 pub const ENDPOINTS_FILE: &str = "endpoints.json";
+/// The notification listener's `application_name` in PostgreSQL, followed by
+/// tetherd's process id, so operators (and tests) can find its connection.
+pub const BUS_APPLICATION_NAME_PREFIX: &str = "tetherd-bus-";
 /// Largest MQTT packet a device may send: a `send-api` answer carries up to
 /// 1 MiB of body, which JSON escaping can grow.
 const MAX_MQTT_PACKET: u32 = 4 * 1024 * 1024;
@@ -56,6 +61,8 @@ pub enum StartError {
     Admin(#[source] auth::AuthError),
     #[error(transparent)]
     Link(#[from] LinkError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
     #[error(
         "could not listen for HTTPS on {addr}: is another tetherd running? choose another address with --listen-api"
     )]
@@ -111,6 +118,12 @@ pub async fn run(
     }
     mark_all_offline(&store).await?;
     let sealer = Arc::new(Sealer::load_or_create(&config.data_dir)?);
+    let bus = Bus::start(
+        &store,
+        &config.database_url,
+        &format!("{BUS_APPLICATION_NAME_PREFIX}{}", std::process::id()),
+    )
+    .await?;
 
     let (rmqtt, mqtt_addr) = RmqttLink::bind(
         RmqttConfig {
@@ -133,6 +146,7 @@ pub async fn run(
         link.clone(),
         config.auth.clone(),
         config.pki.clone(),
+        bus.clone(),
     );
     let actions = Arc::new(ActionService::new(
         store.clone(),
@@ -140,7 +154,12 @@ pub async fn run(
         Arc::new(Catalogue::builtin()),
         sealer,
         config.actions.clone(),
+        bus.clone(),
     ));
+    // Subscribed before devices connect and before the API answers, so no
+    // announcement of this replica's own life is missed.
+    tokio::spawn(actions.clone().follow(bus.subscribe()));
+    tokio::spawn(registry.clone().follow(bus.subscribe()));
     let ingest = Arc::new(Ingest::new(
         store.clone(),
         actions.clone(),
@@ -151,6 +170,10 @@ pub async fn run(
     tokio::spawn(sweep_forever(
         actions.clone(),
         config.actions.sweep_interval,
+    ));
+    tokio::spawn(deliver_pending_forever(
+        actions.clone(),
+        config.cluster.outbox_sweep,
     ));
     tokio::spawn(prune_telemetry_forever(
         store.clone(),
@@ -279,6 +302,28 @@ async fn sweep_forever(actions: Arc<ActionService>, every: Duration) {
         ticker.tick().await;
         if let Err(error) = actions.sweep(Utc::now()).await {
             tracing::error!(error = %error_chain(&error), "could not expire or time out actions");
+        }
+    }
+}
+
+/// Runs on every replica: the safety net for a lost announcement of a
+/// device's new action (ADR 0010).
+async fn deliver_pending_forever(actions: Arc<ActionService>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match actions.deliver_pending(Utc::now()).await {
+            Ok(0) => {}
+            Ok(delivered) => {
+                tracing::info!(
+                    actions = delivered,
+                    "the outbox sweep delivered actions no notification had"
+                )
+            }
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "could not look for pending actions to deliver")
+            }
         }
     }
 }

@@ -502,6 +502,7 @@ mod tests {
             Arc::new(Catalogue::builtin()),
             Arc::new(Sealer::load_or_create(dir.path()).expect("sealer")),
             ActionsConfig::default(),
+            crate::cluster::bus::Bus::in_process(),
         ));
         let ingest = Ingest::new(
             store.clone(),

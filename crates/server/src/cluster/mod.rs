@@ -1,0 +1,3 @@
+//! What crosses replicas: several tetherd processes sharing one PostgreSQL.
+
+pub mod bus;
