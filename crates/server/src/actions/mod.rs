@@ -783,6 +783,79 @@ mod tests {
         assert_eq!(notice.keys, ["b", "c"]);
     }
 
+    /// Finishes the action in the database only, as another replica does.
+    async fn finished_elsewhere(fixture: &Fixture, correlation_id: &str) {
+        let outcome = Outcome {
+            at: Utc::now(),
+            status_code: Some(200),
+            status_message: Some("OK".into()),
+            response: Some(json!({})),
+        };
+        fixture
+            .store
+            .transition_action(
+                correlation_id,
+                &[ActionState::Pending],
+                ActionState::Succeeded,
+                &outcome,
+            )
+            .await
+            .expect("finished")
+            .expect("was pending");
+    }
+
+    /// Starts a long-poll and returns once it waits.
+    async fn long_poll(
+        fixture: &Fixture,
+        correlation_id: &'static str,
+    ) -> tokio::task::JoinHandle<(Result<Action, ActionError>, std::time::Instant)> {
+        let actions = fixture.actions.clone();
+        let poll = tokio::spawn(async move {
+            let result = actions.wait(correlation_id, Duration::from_secs(30)).await;
+            (result, std::time::Instant::now())
+        });
+        while !fixture.actions.waiters.is_waited(correlation_id) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        poll
+    }
+
+    #[tokio::test]
+    async fn an_announced_end_wakes_the_long_poll_here() {
+        let fixture = fixture(&["edge-1"]).await;
+        tokio::spawn(fixture.actions.clone().follow(fixture.bus.subscribe()));
+        stored_silently(&fixture, &device("edge-1"), "a-1").await;
+        let poll = long_poll(&fixture, "a-1").await;
+
+        finished_elsewhere(&fixture, "a-1").await;
+        let announced = std::time::Instant::now();
+        fixture.bus.publish(Channel::ActionFinished, ["a-1"]);
+        let (result, returned) = poll.await.expect("joined");
+        assert_eq!(result.expect("read").state, ActionState::Succeeded);
+        let after = returned - announced;
+        assert!(
+            after < WAIT_RECHECK / 2,
+            "woken {after:?} after the announcement"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_long_poll_whose_announcement_is_lost_rereads_its_action() {
+        let fixture = fixture(&["edge-1"]).await;
+        stored_silently(&fixture, &device("edge-1"), "a-1").await;
+        let started = std::time::Instant::now();
+        let poll = long_poll(&fixture, "a-1").await;
+
+        finished_elsewhere(&fixture, "a-1").await;
+        let (result, returned) = poll.await.expect("joined");
+        assert_eq!(result.expect("read").state, ActionState::Succeeded);
+        let waited = returned - started;
+        assert!(
+            waited <= WAIT_RECHECK + Duration::from_secs(2),
+            "found after {waited:?}, not at the next re-read"
+        );
+    }
+
     #[tokio::test]
     async fn a_finished_action_is_announced() {
         let fixture = fixture(&["edge-1"]).await;
