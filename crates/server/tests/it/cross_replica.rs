@@ -13,7 +13,7 @@ use tether_server::sealing::Sealer;
 use tether_server::store::{NewAction, Store};
 use tether_testkit::postgres::TempPostgres;
 use tether_testkit::sim_agent::{DeviceCredentials, Responder, SimAgent};
-use tether_testkit::{ApiClient, Database, Tetherd, wait_until};
+use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
 
 use crate::support::{id, request};
 
@@ -157,18 +157,17 @@ async fn actions_long_polls_and_disconnects_cross_replicas_by_notification() -> 
         admins.push(replica.admin().await?);
     }
     let names = ["on-a", "on-b", "on-c"];
-    let mut devices = Vec::new();
-    for (admin, name) in admins.iter().zip(names) {
-        devices.push(device_on(admin, name, Responder::Echo).await?);
-    }
+    let on_a = device_on(&admins[0], "on-a", Responder::Echo).await?;
+    // A real tether-agent, enrolled against b, so its session is there.
+    let _on_b = Agent::enroll_online(&replicas[1], &admins[1], "on-b").await?;
+    let on_c = device_on(&admins[2], "on-c", Responder::Echo).await?;
 
     every_replica_runs_actions_on_every_other_replicas_devices(&admins, &names).await?;
     a_long_poll_sees_an_answer_that_arrives_on_another_replica(&admins).await?;
     actions_from_two_replicas_arrive_in_acceptance_order(&admins).await?;
     deleting_or_revoking_closes_the_session_on_another_replica(&admins).await?;
-    for device in devices {
-        device.disconnect().await;
-    }
+    on_a.disconnect().await;
+    on_c.disconnect().await;
     Ok(())
 }
 
