@@ -165,7 +165,7 @@ async fn actions_long_polls_and_disconnects_cross_replicas_by_notification() -> 
     every_replica_runs_actions_on_every_other_replicas_devices(&admins, &names).await?;
     a_long_poll_sees_an_answer_that_arrives_on_another_replica(&admins).await?;
     actions_from_two_replicas_arrive_in_acceptance_order(&admins).await?;
-    deleting_or_revoking_closes_the_session_on_another_replica(&admins).await?;
+    deleting_revoking_or_reenrolling_closes_the_session_on_another_replica(&admins).await?;
     on_a.disconnect().await;
     on_c.disconnect().await;
     Ok(())
@@ -274,19 +274,28 @@ async fn actions_from_two_replicas_arrive_in_acceptance_order(
     Ok(())
 }
 
-async fn deleting_or_revoking_closes_the_session_on_another_replica(
+async fn deleting_revoking_or_reenrolling_closes_the_session_on_another_replica(
     admins: &[ApiClient],
 ) -> anyhow::Result<()> {
     let (a, b, c) = (&admins[0], &admins[1], &admins[2]);
     let deleted = device_on(b, "deleted-on-a", Responder::Silent).await?;
     let revoked = device_on(c, "revoked-on-a", Responder::Silent).await?;
+    let reenrolled = device_on(b, "reenrolled-on-a", Responder::Silent).await?;
     a.delete("/api/v1/devices/deleted-on-a")
         .await?
         .expect_status(204)?;
     a.post("/api/v1/devices/revoked-on-a/revoke", json!({}))
         .await?
         .expect_status(204)?;
-    for (device, holder) in [(&deleted, "b"), (&revoked, "c")] {
+    let token = a
+        .post(
+            "/api/v1/devices/reenrolled-on-a/enrollment-token",
+            json!({}),
+        )
+        .await?
+        .expect_status(200)?;
+    DeviceCredentials::enroll_with_token(a, token["token"].as_str().context("a token")?).await?;
+    for (device, holder) in [(&deleted, "b"), (&revoked, "c"), (&reenrolled, "b")] {
         wait_until(
             &format!("{}'s session on {holder} to be closed", device.device),
             PROMPT,
