@@ -168,6 +168,8 @@ impl Bus {
             .map_err(BusError::Url)?
             .application_name(application_name);
         let listener = listen(&options).await.map_err(BusError::Listen)?;
+        // Unbounded: only committed changes are queued, and while the
+        // database is down (the one reason sending stalls) nothing commits.
         let (queue, queued) = mpsc::unbounded_channel();
         let bus = Self::new(Some(queue));
         tokio::spawn(hear_forever(listener, options, bus.inner.clone()));
