@@ -84,6 +84,7 @@ struct FileConfig {
 struct FileCluster {
     lease_seconds: Option<u64>,
     advertise_mqtt_url: Option<String>,
+    outbox_sweep_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -606,6 +607,7 @@ impl ServerConfig {
             cluster: FileCluster {
                 lease_seconds: Some(self.cluster.lease.as_secs()),
                 advertise_mqtt_url: self.cluster.advertise_mqtt_url.clone(),
+                outbox_sweep_seconds: Some(self.cluster.outbox_sweep.as_secs()),
             },
         };
         toml::to_string(&file).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
@@ -691,9 +693,12 @@ fn cluster_config(file: FileCluster) -> Result<crate::cluster::ClusterConfig, Co
             });
         }
     }
+    let outbox_sweep = secs(file.outbox_sweep_seconds, defaults.outbox_sweep);
+    check_range("cluster.outbox_sweep_seconds", outbox_sweep, 1, 3600)?;
     Ok(crate::cluster::ClusterConfig {
         lease,
         advertise_mqtt_url: file.advertise_mqtt_url,
+        outbox_sweep,
     })
 }
 
@@ -833,6 +838,10 @@ mod tests {
             (
                 "[ingest]\nmax_clock_ahead_seconds = 999999\n",
                 "ingest.max_clock_ahead_seconds",
+            ),
+            (
+                "[cluster]\noutbox_sweep_seconds = 0\n",
+                "cluster.outbox_sweep_seconds",
             ),
         ] {
             let file: FileConfig = toml::from_str(file).expect("valid toml");

@@ -28,6 +28,7 @@ use tether_proto::Catalogue;
 use crate::actions::ActionService;
 use crate::api::AppState;
 use crate::auth::{ADMIN_CREDENTIALS_FILE, Auth};
+use crate::cluster::bus::{Bus, BusError};
 use crate::cluster::lease::Lease;
 use crate::cluster::singleton::Singleton;
 use crate::cluster::{ClusterError, Health, Membership, ReplicaId};
@@ -44,6 +45,9 @@ use crate::store::{Store, StoreError};
 
 /// Name of the file tetherd writes once it listens, for scripts and tests.
 pub const ENDPOINTS_FILE: &str = "endpoints.json";
+/// The notification listener's `application_name` in PostgreSQL, followed by
+/// tetherd's process id, so operators (and tests) can find its connection.
+pub const BUS_APPLICATION_NAME_PREFIX: &str = "tetherd-bus-";
 /// Largest MQTT packet a device may send: a `send-api` answer carries up to
 /// 1 MiB of body, which JSON escaping can grow.
 const MAX_MQTT_PACKET: u32 = 4 * 1024 * 1024;
@@ -66,6 +70,8 @@ pub enum StartError {
     Admin(#[source] auth::AuthError),
     #[error(transparent)]
     Link(#[from] LinkError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
     #[error(
         "could not listen for HTTPS on {addr}: is another tetherd running? choose another address with --listen-api"
     )]
@@ -124,6 +130,13 @@ pub async fn run(
     }
     let scrape_token = ScrapeToken::load_or_create(&config.data_dir)?;
     let observability = Arc::new(Observability::default());
+    let bus = Bus::start(
+        &store,
+        &config.database_url,
+        &format!("{BUS_APPLICATION_NAME_PREFIX}{}", std::process::id()),
+        observability.clone(),
+    )
+    .await?;
 
     let (rmqtt, mqtt_addr) = RmqttLink::bind(
         RmqttConfig {
@@ -181,6 +194,7 @@ pub async fn run(
         config.auth.clone(),
         config.pki.clone(),
         membership,
+        bus.clone(),
     );
     let actions = Arc::new(ActionService::new(
         store.clone(),
@@ -189,7 +203,12 @@ pub async fn run(
         sealer,
         config.actions.clone(),
         observability.clone(),
+        bus.clone(),
     ));
+    // Subscribed before devices connect and before the API answers, so no
+    // announcement of this replica's own life is missed.
+    tokio::spawn(actions.clone().follow(bus.subscribe()));
+    tokio::spawn(registry.clone().follow(bus.subscribe()));
     let ingest = Arc::new(Ingest::new(
         store.clone(),
         replica,
@@ -218,6 +237,10 @@ pub async fn run(
             }
         },
     );
+    tokio::spawn(deliver_pending_forever(
+        actions.clone(),
+        config.cluster.outbox_sweep,
+    ));
     let pruning = store.clone();
     let retention = config.retention.clone();
     Singleton::spawn(
@@ -322,6 +345,28 @@ impl ReloadCertificate for MqttCertificate {
         key: &'a Path,
     ) -> futures::future::BoxFuture<'a, Result<(), String>> {
         Box::pin(self.0.reload_server_certificate(cert, key))
+    }
+}
+
+/// Runs on every replica: the safety net for a lost announcement of a
+/// device's new action (ADR 0010).
+async fn deliver_pending_forever(actions: Arc<ActionService>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match actions.deliver_pending(Utc::now()).await {
+            Ok(0) => {}
+            Ok(delivered) => {
+                tracing::info!(
+                    actions = delivered,
+                    "the outbox sweep delivered actions no notification had"
+                )
+            }
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "could not look for pending actions to deliver")
+            }
+        }
     }
 }
 

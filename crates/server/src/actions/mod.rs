@@ -15,6 +15,7 @@ use tether_proto::catalogue::FieldError;
 use tether_proto::redact::redacted;
 use tether_proto::{ActionEvent, ActionRequest, ActionState, Catalogue, DeviceId, InputError};
 
+use crate::cluster::bus::{Bus, Channel, Heard, Subscription};
 use crate::config::ActionsConfig;
 use crate::device_link::{DeviceLink, LinkError};
 use crate::observability::Observability;
@@ -24,6 +25,10 @@ use waiters::Waiters;
 
 /// Longest a caller-supplied correlation id may be.
 const MAX_CORRELATION_ID: usize = 128;
+
+/// A long-poll re-reads its action this often, so a lost announcement of its
+/// end delays the answer by at most this much, not until the poll times out.
+const WAIT_RECHECK: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
@@ -73,6 +78,8 @@ pub struct ActionService {
     /// Serialises delivery per device, so actions reach it in `seq` order.
     delivery_locks: Mutex<HashMap<DeviceId, Arc<tokio::sync::Mutex<()>>>>,
     waiters: Waiters,
+    /// Reaches the replicas holding other devices' sessions and waiting clients.
+    bus: Bus,
 }
 
 impl ActionService {
@@ -83,6 +90,7 @@ impl ActionService {
         sealer: Arc<Sealer>,
         config: ActionsConfig,
         observability: Arc<Observability>,
+        bus: Bus,
     ) -> Self {
         Self {
             store,
@@ -94,6 +102,7 @@ impl ActionService {
             ready: Mutex::default(),
             delivery_locks: Mutex::default(),
             waiters: Waiters::default(),
+            bus,
         }
     }
 
@@ -153,13 +162,108 @@ impl ActionService {
             other => other?,
         };
         tracing::info!(%device, action = %record.action, correlation_id = %record.correlation_id, input = %record.input, "action accepted");
-        if self.is_ready(device) {
-            self.deliver(device, false).await;
-            if let Some(current) = self.store.get_action(&correlation_id).await? {
-                return Ok(to_api(current));
-            }
+        self.offer(device).await;
+        if self.is_ready(device)
+            && let Some(current) = self.store.get_action(&correlation_id).await?
+        {
+            return Ok(to_api(current));
         }
         Ok(to_api(record))
+    }
+
+    /// An action for this device became deliverable: delivers it here if
+    /// this replica holds the device's session, else announces it to the
+    /// replica that does.
+    pub async fn offer(&self, device: &DeviceId) {
+        self.offer_many(std::slice::from_ref(device)).await;
+    }
+
+    /// [`ActionService::offer`] for many devices at once (a fleet-wide job):
+    /// the devices held elsewhere share a few announcements.
+    pub async fn offer_many(&self, devices: &[DeviceId]) {
+        let (here, elsewhere): (Vec<&DeviceId>, Vec<&DeviceId>) =
+            devices.iter().partition(|device| self.is_ready(device));
+        self.bus.publish(
+            Channel::DeviceOutbox,
+            elsewhere.into_iter().map(DeviceId::to_string),
+        );
+        for device in here {
+            self.deliver(device, false).await;
+        }
+    }
+
+    /// The safety net for lost announcements: delivers the pending actions
+    /// of every device whose session this replica holds. Returns how many
+    /// actions it delivered.
+    pub async fn deliver_pending(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let mut delivered = 0;
+        for device in self.store.devices_with_pending_actions(now).await? {
+            if self.is_ready(&device) {
+                delivered += self.deliver(&device, false).await;
+            }
+        }
+        Ok(delivered)
+    }
+
+    /// Acts on what other replicas announce: delivers to the devices whose
+    /// sessions are here, wakes the clients waiting here, and resyncs from
+    /// the database when announcements may have been lost. Runs until the
+    /// bus is gone.
+    pub async fn follow(self: Arc<Self>, mut subscription: Subscription) {
+        while let Some(heard) = subscription.next().await {
+            match heard {
+                Heard::Notice(notice) => match notice.channel {
+                    Channel::DeviceOutbox => {
+                        for key in &notice.keys {
+                            let Ok(device) = DeviceId::new(key.as_str()) else {
+                                continue;
+                            };
+                            if self.is_ready(&device) {
+                                let actions = self.clone();
+                                tokio::spawn(async move {
+                                    actions.deliver(&device, false).await;
+                                });
+                            }
+                        }
+                    }
+                    Channel::ActionFinished => {
+                        let waited: Vec<String> = notice
+                            .keys
+                            .iter()
+                            .filter(|id| self.waiters.is_waited(id))
+                            .cloned()
+                            .collect();
+                        if !waited.is_empty() {
+                            let actions = self.clone();
+                            tokio::spawn(async move { actions.recheck_waiters(waited).await });
+                        }
+                    }
+                    Channel::DisconnectDevice => {}
+                },
+                Heard::MayHaveMissed => {
+                    let actions = self.clone();
+                    tokio::spawn(async move {
+                        actions.recheck_waiters(actions.waiters.waited()).await;
+                        if let Err(error) = actions.deliver_pending(Utc::now()).await {
+                            tracing::error!(error = %crate::error_chain(&error), "could not look for pending actions after missing notifications; the periodic sweep tries again");
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Wakes the local waiters of those of these actions that are finished.
+    async fn recheck_waiters(&self, correlation_ids: Vec<String>) {
+        for id in correlation_ids {
+            match self.store.get_action(&id).await {
+                Ok(Some(record)) if record.state.is_terminal() => self.waiters.completed(&record),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(correlation_id = %id, error = %crate::error_chain(&error), "could not read a finished action for its waiting clients; they re-read it shortly");
+                }
+            }
+        }
     }
 
     pub async fn get(&self, correlation_id: &str) -> Result<Action, ActionError> {
@@ -183,11 +287,19 @@ impl ActionService {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            match tokio::time::timeout_at(deadline, waiter.changed()).await {
+            let recheck = (tokio::time::Instant::now() + WAIT_RECHECK).min(deadline);
+            match tokio::time::timeout_at(recheck, waiter.changed()).await {
                 Ok(Some(record)) => return Ok(to_api(record)),
                 Ok(None) => {}
                 // Timed out: answer with the action as it is now.
-                Err(_) => return self.get(correlation_id).await,
+                Err(_) if recheck >= deadline => return self.get(correlation_id).await,
+                // The announcement of its end may have been lost.
+                Err(_) => {
+                    let current = self.get(correlation_id).await?;
+                    if current.state.is_terminal() {
+                        return Ok(current);
+                    }
+                }
             }
         }
     }
@@ -226,7 +338,9 @@ impl ActionService {
         self.lock_ready().contains(device)
     }
 
-    async fn deliver(&self, device: &DeviceId, redeliver: bool) {
+    /// Sends the device's open actions in `seq` order; returns how many
+    /// pending ones it delivered.
+    async fn deliver(&self, device: &DeviceId, redeliver: bool) -> usize {
         let lock = {
             let mut locks = self
                 .delivery_locks
@@ -238,10 +352,11 @@ impl ActionService {
         let open = match self.store.open_actions(device).await {
             Ok(open) => open,
             Err(error) => {
-                tracing::error!(%device, error = %crate::error_chain(&error), "could not read open actions; they will be delivered at the next reconnect");
-                return;
+                tracing::error!(%device, error = %crate::error_chain(&error), "could not read open actions; they will be delivered at the next reconnect or outbox sweep");
+                return 0;
             }
         };
+        let mut delivered = 0;
         let now = Utc::now();
         for action in open {
             if action.state == ActionState::Delivered && !redeliver {
@@ -273,14 +388,15 @@ impl ActionService {
                 Ok(()) => {}
                 Err(LinkError::NotConnected(_)) => {
                     self.device_gone(device);
-                    return;
+                    return delivered;
                 }
                 Err(error) => {
                     tracing::warn!(%device, error = %crate::error_chain(&error), "could not deliver an action; it stays open");
-                    return;
+                    return delivered;
                 }
             }
             if action.state == ActionState::Pending {
+                delivered += 1;
                 let outcome = Outcome {
                     at: Utc::now(),
                     status_code: None,
@@ -302,6 +418,7 @@ impl ActionService {
             }
             tracing::debug!(%device, correlation_id = %action.correlation_id, "action delivered");
         }
+        delivered
     }
 
     fn unseal(&self, action: &ActionRecord) -> Option<serde_json::Value> {
@@ -371,7 +488,7 @@ impl ActionService {
             Some(updated) => {
                 tracing::info!(%device, correlation_id = %updated.correlation_id, state = %updated.state, status_code = event.status_code, "action completed");
                 self.observability.action_finished(updated.state);
-                self.waiters.completed(&updated);
+                self.completed(&updated);
                 Ok(Answer::Recorded)
             }
             None => {
@@ -443,13 +560,21 @@ impl ActionService {
             Ok(Some(updated)) => {
                 tracing::info!(device = %updated.device, correlation_id = %updated.correlation_id, state = %to, reason = message, "action ended without an answer");
                 self.observability.action_finished(to);
-                self.waiters.completed(&updated);
+                self.completed(&updated);
             }
             Ok(None) => {}
             Err(error) => {
                 tracing::error!(correlation_id = %action.correlation_id, error = %crate::error_chain(&error), "could not end an action");
             }
         }
+    }
+
+    /// The action is finished (committed): wakes the clients waiting here
+    /// and announces it to those waiting on other replicas.
+    fn completed(&self, record: &ActionRecord) {
+        self.waiters.completed(record);
+        self.bus
+            .publish(Channel::ActionFinished, [record.correlation_id.as_str()]);
     }
 
     fn ttl(&self, requested: Option<u64>) -> Result<chrono::Duration, ActionError> {
@@ -530,7 +655,236 @@ pub fn event_to_api(record: EventRecord) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device_link::BoxFuture;
     use serde_json::json;
+
+    /// A link on which every device is connected; it records what it sends.
+    #[derive(Default)]
+    struct RecordingLink {
+        sent: Mutex<Vec<(DeviceId, String)>>,
+    }
+
+    impl DeviceLink for RecordingLink {
+        fn publish_action<'a>(
+            &'a self,
+            device: &'a DeviceId,
+            request: &'a ActionRequest,
+        ) -> BoxFuture<'a, Result<(), LinkError>> {
+            self.sent
+                .lock()
+                .expect("not poisoned")
+                .push((device.clone(), request.correlation_id.clone()));
+            Box::pin(async { Ok(()) })
+        }
+
+        fn is_connected(&self, _device: &DeviceId) -> bool {
+            true
+        }
+
+        fn disconnect(&self, _device: &DeviceId) {}
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        link: Arc<RecordingLink>,
+        bus: Bus,
+        actions: Arc<ActionService>,
+    }
+
+    async fn fixture(devices: &[&str]) -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        for name in devices {
+            store
+                .create_device(&device(name), &Default::default(), Utc::now())
+                .await
+                .expect("device");
+        }
+        let link = Arc::new(RecordingLink::default());
+        let bus = Bus::in_process();
+        let actions = Arc::new(ActionService::new(
+            store.clone(),
+            link.clone(),
+            Arc::new(Catalogue::builtin()),
+            Arc::new(Sealer::load_or_create(dir.path()).expect("sealer")),
+            ActionsConfig::default(),
+            Arc::default(),
+            bus.clone(),
+        ));
+        Fixture {
+            _dir: dir,
+            store,
+            link,
+            bus,
+            actions,
+        }
+    }
+
+    fn device(name: &str) -> DeviceId {
+        DeviceId::new(name).expect("valid name")
+    }
+
+    /// Stores a pending action without offering it, as if its announcement
+    /// had been lost.
+    async fn stored_silently(fixture: &Fixture, device: &DeviceId, correlation_id: &str) {
+        let now = Utc::now();
+        fixture
+            .store
+            .insert_action(&NewAction {
+                correlation_id: correlation_id.into(),
+                device: device.clone(),
+                action: "get-node-ip".into(),
+                input: json!({}),
+                sealed_input: fixture.actions.sealer.seal(b"{}"),
+                created_at: now,
+                expires_at: now + chrono::Duration::minutes(1),
+                timeout_seconds: 60,
+            })
+            .await
+            .expect("action");
+    }
+
+    fn sent(fixture: &Fixture) -> Vec<(DeviceId, String)> {
+        fixture.link.sent.lock().expect("not poisoned").clone()
+    }
+
+    #[tokio::test]
+    async fn the_outbox_sweep_delivers_what_no_announcement_reached() {
+        let fixture = fixture(&["here", "elsewhere"]).await;
+        let (here, elsewhere) = (device("here"), device("elsewhere"));
+        fixture.actions.device_ready(&here).await;
+        stored_silently(&fixture, &here, "lost-1").await;
+        stored_silently(&fixture, &here, "lost-2").await;
+        stored_silently(&fixture, &elsewhere, "not-mine").await;
+
+        let delivered = fixture.actions.deliver_pending(Utc::now()).await;
+        assert_eq!(delivered.expect("swept"), 2);
+        assert_eq!(
+            sent(&fixture),
+            [(here.clone(), "lost-1".into()), (here, "lost-2".into())],
+            "in seq order, and only to the device whose session is here"
+        );
+        let again = fixture.actions.deliver_pending(Utc::now()).await;
+        assert_eq!(
+            again.expect("swept"),
+            0,
+            "delivered actions are not sent again"
+        );
+    }
+
+    #[tokio::test]
+    async fn offers_deliver_here_and_announce_the_rest_in_one_notice() {
+        let fixture = fixture(&["here", "b", "c"]).await;
+        let here = device("here");
+        fixture.actions.device_ready(&here).await;
+        let mut heard = fixture.bus.subscribe();
+        for name in ["here", "b", "c"] {
+            stored_silently(&fixture, &device(name), &format!("{name}-1")).await;
+        }
+
+        fixture
+            .actions
+            .offer_many(&[device("b"), here.clone(), device("c")])
+            .await;
+        assert_eq!(sent(&fixture), [(here, "here-1".into())]);
+        let Some(Heard::Notice(notice)) = heard.next().await else {
+            panic!("expected an announcement");
+        };
+        assert_eq!(notice.channel, Channel::DeviceOutbox);
+        assert_eq!(notice.keys, ["b", "c"]);
+    }
+
+    /// Finishes the action in the database only, as another replica does.
+    async fn finished_elsewhere(fixture: &Fixture, correlation_id: &str) {
+        let outcome = Outcome {
+            at: Utc::now(),
+            status_code: Some(200),
+            status_message: Some("OK".into()),
+            response: Some(json!({})),
+        };
+        fixture
+            .store
+            .transition_action(
+                correlation_id,
+                &[ActionState::Pending],
+                ActionState::Succeeded,
+                &outcome,
+            )
+            .await
+            .expect("finished")
+            .expect("was pending");
+    }
+
+    /// Starts a long-poll and returns once it waits.
+    async fn long_poll(
+        fixture: &Fixture,
+        correlation_id: &'static str,
+    ) -> tokio::task::JoinHandle<(Result<Action, ActionError>, std::time::Instant)> {
+        let actions = fixture.actions.clone();
+        let poll = tokio::spawn(async move {
+            let result = actions.wait(correlation_id, Duration::from_secs(30)).await;
+            (result, std::time::Instant::now())
+        });
+        while !fixture.actions.waiters.is_waited(correlation_id) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        poll
+    }
+
+    #[tokio::test]
+    async fn an_announced_end_wakes_the_long_poll_here() {
+        let fixture = fixture(&["edge-1"]).await;
+        tokio::spawn(fixture.actions.clone().follow(fixture.bus.subscribe()));
+        stored_silently(&fixture, &device("edge-1"), "a-1").await;
+        let poll = long_poll(&fixture, "a-1").await;
+
+        finished_elsewhere(&fixture, "a-1").await;
+        let announced = std::time::Instant::now();
+        fixture.bus.publish(Channel::ActionFinished, ["a-1"]);
+        let (result, returned) = poll.await.expect("joined");
+        assert_eq!(result.expect("read").state, ActionState::Succeeded);
+        let after = returned - announced;
+        assert!(
+            after < WAIT_RECHECK / 2,
+            "woken {after:?} after the announcement"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_long_poll_whose_announcement_is_lost_rereads_its_action() {
+        let fixture = fixture(&["edge-1"]).await;
+        stored_silently(&fixture, &device("edge-1"), "a-1").await;
+        let started = std::time::Instant::now();
+        let poll = long_poll(&fixture, "a-1").await;
+
+        finished_elsewhere(&fixture, "a-1").await;
+        let (result, returned) = poll.await.expect("joined");
+        assert_eq!(result.expect("read").state, ActionState::Succeeded);
+        let waited = returned - started;
+        assert!(
+            waited <= WAIT_RECHECK + Duration::from_secs(2),
+            "found after {waited:?}, not at the next re-read"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_finished_action_is_announced() {
+        let fixture = fixture(&["edge-1"]).await;
+        let edge = device("edge-1");
+        stored_silently(&fixture, &edge, "a-1").await;
+        let mut heard = fixture.bus.subscribe();
+        fixture
+            .actions
+            .sweep(Utc::now() + chrono::Duration::minutes(2))
+            .await
+            .expect("swept");
+        let Some(Heard::Notice(notice)) = heard.next().await else {
+            panic!("expected an announcement");
+        };
+        assert_eq!(notice.channel, Channel::ActionFinished);
+        assert_eq!(notice.keys, ["a-1"]);
+    }
 
     #[test]
     fn caller_correlation_ids_are_checked() {

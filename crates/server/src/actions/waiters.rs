@@ -45,6 +45,16 @@ impl Waiters {
         }
     }
 
+    /// Whether a client here waits for this action.
+    pub fn is_waited(&self, correlation_id: &str) -> bool {
+        lock(&self.by_correlation_id).contains_key(correlation_id)
+    }
+
+    /// The actions clients here wait for.
+    pub fn waited(&self) -> Vec<String> {
+        lock(&self.by_correlation_id).keys().cloned().collect()
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         lock(&self.by_correlation_id).len()
@@ -90,9 +100,12 @@ mod tests {
         let first = waiters.subscribe("a");
         let second = waiters.subscribe("a");
         assert_eq!(waiters.len(), 1);
+        assert!(waiters.is_waited("a"));
+        assert_eq!(waiters.waited(), ["a"]);
         drop(first);
         assert_eq!(waiters.len(), 1, "someone still waits");
         drop(second);
         assert_eq!(waiters.len(), 0);
+        assert!(!waiters.is_waited("a"));
     }
 }

@@ -5,8 +5,10 @@
 //! ([`lease`]); it owns the presence of the devices whose sessions it holds
 //! ([`presence`]); work that must run once per cluster runs under an
 //! advisory lock ([`singleton`]). Replicas must share the CA and the
-//! sealing key, checked at start ([`check_shared_secrets`]).
+//! sealing key, checked at start ([`check_shared_secrets`]). Changes that
+//! another replica must act on are announced on the [`bus`] (ADR 0010).
 
+pub mod bus;
 pub mod lease;
 pub mod presence;
 pub mod singleton;
@@ -59,6 +61,9 @@ pub struct ClusterConfig {
     /// load balancer in front of all replicas. Default: its first public
     /// host and its MQTT port.
     pub advertise_mqtt_url: Option<String>,
+    /// How often each replica delivers the pending actions of the devices
+    /// it holds, in case the announcement from another replica was lost.
+    pub outbox_sweep: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -66,6 +71,7 @@ impl Default for ClusterConfig {
         Self {
             lease: Duration::from_secs(15),
             advertise_mqtt_url: None,
+            outbox_sweep: Duration::from_secs(5),
         }
     }
 }

@@ -522,6 +522,7 @@ mod tests {
             Arc::new(Sealer::load_or_create(dir.path()).expect("sealer")),
             ActionsConfig::default(),
             Arc::default(),
+            crate::cluster::bus::Bus::in_process(),
         ));
         let ingest = Ingest::new(
             store.clone(),

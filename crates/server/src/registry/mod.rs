@@ -13,6 +13,7 @@ use tether_proto::{DeviceId, InvalidDeviceId};
 
 use crate::auth::{new_secret, secret_hash};
 use crate::cluster::Membership;
+use crate::cluster::bus::{Bus, Channel, Heard, Subscription};
 use crate::config::{AuthConfig, PkiConfig};
 use crate::device_link::{BoxFuture, DeviceCredentials, DeviceLink};
 use crate::pki::renewal::{self, Refusal, RenewalLimiter};
@@ -95,6 +96,8 @@ pub struct Registry {
     pki: PkiConfig,
     renewals: Arc<Mutex<RenewalLimiter>>,
     membership: Membership,
+    /// Reaches the device's session when another replica holds it.
+    bus: Bus,
 }
 
 impl Registry {
@@ -105,6 +108,7 @@ impl Registry {
         config: AuthConfig,
         pki: PkiConfig,
         membership: Membership,
+        bus: Bus,
     ) -> Self {
         let window = renewal::renewal_window(pki.device_certificate_lifetime);
         Self {
@@ -115,6 +119,39 @@ impl Registry {
             pki,
             renewals: Arc::new(Mutex::new(RenewalLimiter::new(RENEWALS_PER_WINDOW, window))),
             membership,
+            bus,
+        }
+    }
+
+    /// Closes the device's session wherever it is: here at once, on the
+    /// replica that holds it through the bus. Call after the change that
+    /// makes its certificate invalid is committed.
+    fn disconnect(&self, device: &DeviceId) {
+        self.link.disconnect(device);
+        self.bus
+            .publish(Channel::DisconnectDevice, [device.as_str()]);
+    }
+
+    /// Closes the sessions here of devices other replicas deleted, revoked
+    /// or re-enrolled. Runs until the bus is gone.
+    pub async fn follow(self, mut subscription: Subscription) {
+        while let Some(heard) = subscription.next().await {
+            let Heard::Notice(notice) = heard else {
+                // A missed disconnect leaves a session whose certificate no
+                // longer connects; it ends at its next reconnect.
+                continue;
+            };
+            if notice.channel != Channel::DisconnectDevice || notice.from_here {
+                continue;
+            }
+            for key in &notice.keys {
+                if let Ok(device) = DeviceId::new(key.as_str())
+                    && self.link.is_connected(&device)
+                {
+                    tracing::info!(%device, "closing the session of a device another replica deleted, revoked or re-enrolled");
+                    self.link.disconnect(&device);
+                }
+            }
         }
     }
 
@@ -186,7 +223,7 @@ impl Registry {
         if !self.store.delete_device(name).await? {
             return Err(RegistryError::NotFound(name.clone()));
         }
-        self.link.disconnect(name);
+        self.disconnect(name);
         Ok(())
     }
 
@@ -245,7 +282,7 @@ impl Registry {
             .set_certificate_serial(&device, &issued.serial_hex)
             .await?;
         // A re-enrolled device's old session holds the replaced certificate.
-        self.link.disconnect(&device);
+        self.disconnect(&device);
         tracing::info!(%device, serial = %issued.serial_hex, "device enrolled");
         let mqtt_urls = self.membership.mqtt_urls(&endpoints.mqtt_url, now).await?;
         Ok(EnrollResponse {
@@ -341,7 +378,7 @@ impl Registry {
         if !self.store.revoke_certificates(name).await? {
             return Err(RegistryError::NotFound(name.clone()));
         }
-        self.link.disconnect(name);
+        self.disconnect(name);
         tracing::info!(device = %name, "device certificates revoked");
         Ok(())
     }

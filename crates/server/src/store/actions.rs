@@ -135,6 +135,27 @@ impl Store {
         rows.iter().map(action_from_row).collect()
     }
 
+    /// The devices with `pending` actions not yet expired at `now` (uses the
+    /// `(state, expires_at)` index).
+    pub async fn devices_with_pending_actions(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DeviceId>, StoreError> {
+        let rows =
+            sqlx::query("SELECT DISTINCT device FROM actions WHERE state = $1 AND expires_at > $2")
+                .bind(ActionState::Pending.as_str())
+                .bind(millis(now))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|source| StoreError::Query {
+                    context: "find devices with pending actions",
+                    source,
+                })?;
+        rows.iter()
+            .map(|row| device_id(get(row, "device")?))
+            .collect()
+    }
+
     /// Moves the action to `to` only if its current state is one of `from`
     /// (compare-and-set); returns the updated record, or `None` if the action
     /// does not exist or was in another state.

@@ -6,6 +6,7 @@
 
 mod actions;
 mod audit;
+mod bus;
 mod cluster;
 mod codec;
 mod devices;

@@ -4,6 +4,7 @@ mod actions;
 mod api;
 mod certificates;
 mod contract;
+mod cross_replica;
 mod device_link;
 mod hostile;
 mod ingest;
