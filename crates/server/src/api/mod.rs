@@ -9,6 +9,7 @@ pub mod error;
 mod extract;
 pub mod listener;
 mod openapi;
+mod page;
 mod session;
 mod sessions;
 mod telemetry;
