@@ -193,7 +193,7 @@ impl Store {
         };
         let filter = label_filter(selector, first);
         // The selector's subqueries alias device_labels as `l` too; each is
-        // scoped to its EXISTS, so the joined `l` is unambiguous outside.
+        // scoped to its subquery, so the joined `l` is unambiguous outside.
         let sql = format!(
             "SELECT {group}, COUNT(*) AS devices FROM devices d {join} \
              WHERE 1 = 1{} GROUP BY {group}",
@@ -245,12 +245,22 @@ impl Store {
         }
         let mut devices = Vec::with_capacity(rows.len());
         for row in &rows {
-            let name = device_id(get(row, "name")?)?;
-            let labels: Labels = from_json(
-                &get::<String>(row, "labels")?,
-                &format!("labels of device {name}"),
-            )?;
-            devices.push((name, labels));
+            let labels = device_id(get(row, "name")?).and_then(|name| {
+                let labels: Labels = from_json(
+                    &get::<String>(row, "labels")?,
+                    &format!("labels of device {name}"),
+                )?;
+                Ok((name, labels))
+            });
+            // One unreadable row must not keep tetherd from starting; reading
+            // that device reports it as well.
+            match labels {
+                Ok(device) => devices.push(device),
+                Err(error) => tracing::warn!(
+                    error = %crate::error_chain(&error),
+                    "a device's labels cannot be indexed; label selectors will not find it"
+                ),
+            }
         }
         let mut tx = self.begin(context).await?;
         let labels: Vec<(&DeviceId, &String, &String)> = devices

@@ -1,8 +1,12 @@
-//! Label selectors as SQL: each requirement becomes an `EXISTS` or
-//! `NOT EXISTS` over `device_labels`, with every key and value a bound
-//! parameter. `=` and `in` find their devices through the
-//! `(key, value, device)` index; `!=` and `notin` are `NOT EXISTS`, so they
-//! also match devices without the key, as Kubernetes defines them.
+//! Label selectors as SQL over `device_labels`, with every key and value a
+//! bound parameter. `=`, `in` and existence are semi-joins written
+//! `d.name IN (SELECT l.device … )`: both databases then find the devices
+//! through the `(key, value, device)` index (SQLite's planner turns a
+//! correlated `EXISTS` into a probe per device instead, 30 times slower
+//! for a rare value at 20,000 devices). `!=`, `notin` and `!key` are
+//! correlated `NOT EXISTS` (an anti-join on PostgreSQL, a primary-key probe
+//! per device on SQLite), so they also match devices without the key, as
+//! Kubernetes defines them.
 
 use tether_proto::labels::{LabelSelector, Requirement};
 
@@ -46,11 +50,13 @@ pub(super) fn label_filter(selector: &LabelSelector, first: usize) -> LabelFilte
                 Requirement::Exists(key) => (false, key, None),
                 Requirement::NotExists(key) => (true, key, None),
             };
-            let mut sql = format!(
-                "{}EXISTS (SELECT 1 FROM device_labels l WHERE l.device = d.name AND l.key = {}",
-                if negated { "NOT " } else { "" },
-                placeholder(key)
-            );
+            let mut sql = if negated {
+                "NOT EXISTS (SELECT 1 FROM device_labels l WHERE l.device = d.name AND l.key = "
+            } else {
+                "d.name IN (SELECT l.device FROM device_labels l WHERE l.key = "
+            }
+            .to_owned();
+            sql.push_str(&placeholder(key));
             match values.as_deref() {
                 Some([value]) => sql.push_str(&format!(" AND l.value = {}", placeholder(value))),
                 Some(values) => {
@@ -74,33 +80,35 @@ mod tests {
         label_filter(&LabelSelector::parse(selector).expect("valid"), first)
     }
 
-    const EXISTS: &str = "EXISTS (SELECT 1 FROM device_labels l WHERE l.device = d.name AND l.key";
+    const IN: &str = "d.name IN (SELECT l.device FROM device_labels l WHERE l.key";
+    const NOT_EXISTS: &str =
+        "NOT EXISTS (SELECT 1 FROM device_labels l WHERE l.device = d.name AND l.key";
 
     #[test]
-    fn each_requirement_is_an_exists_with_bound_values() {
+    fn each_requirement_is_a_subquery_with_bound_values() {
         let cases = [
             (
                 "env=prod",
-                format!("{EXISTS} = $1 AND l.value = $2)"),
+                format!("{IN} = $1 AND l.value = $2)"),
                 vec!["env", "prod"],
             ),
             (
                 "env!=prod",
-                format!("NOT {EXISTS} = $1 AND l.value = $2)"),
+                format!("{NOT_EXISTS} = $1 AND l.value = $2)"),
                 vec!["env", "prod"],
             ),
             (
                 "site in (b,a)",
-                format!("{EXISTS} = $1 AND l.value IN ($2, $3))"),
+                format!("{IN} = $1 AND l.value IN ($2, $3))"),
                 vec!["site", "a", "b"],
             ),
             (
                 "site notin (a,b)",
-                format!("NOT {EXISTS} = $1 AND l.value IN ($2, $3))"),
+                format!("{NOT_EXISTS} = $1 AND l.value IN ($2, $3))"),
                 vec!["site", "a", "b"],
             ),
-            ("gpu", format!("{EXISTS} = $1)"), vec!["gpu"]),
-            ("!gpu", format!("NOT {EXISTS} = $1)"), vec!["gpu"]),
+            ("gpu", format!("{IN} = $1)"), vec!["gpu"]),
+            ("!gpu", format!("{NOT_EXISTS} = $1)"), vec!["gpu"]),
         ];
         for (selector, sql, binds) in cases {
             let filter = filter(selector, 1);
@@ -127,7 +135,7 @@ mod tests {
         assert_eq!(numbers, [3, 4, 5, 6, 7, 8]);
         assert_eq!(filter.binds, ["env", "prod", "site", "a", "b", "beta"]);
         assert!(
-            sql.starts_with(" AND EXISTS") && sql.contains(" AND NOT EXISTS"),
+            sql.starts_with(" AND d.name IN") && sql.contains(" AND NOT EXISTS"),
             "{sql}"
         );
     }

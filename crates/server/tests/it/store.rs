@@ -112,6 +112,8 @@ on_both_databases! {
     ],
 }
 
+mod queries;
+
 // Helpers -----------------------------------------------------------------------
 
 /// A fixed instant plus `millis`: whole milliseconds, as the store keeps them.
