@@ -7,6 +7,7 @@ mod contract;
 mod device_link;
 mod hostile;
 mod ingest;
+mod queries;
 mod replicas;
 mod security;
 mod store;

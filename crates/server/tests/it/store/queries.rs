@@ -213,8 +213,15 @@ async fn a_paged_walk_returns_each_device_once_while_devices_are_added(db: &Test
         .map(|device| device.name.to_string())
         .filter(|name| !unique.contains(name))
         .collect();
-    assert!(missing.is_empty(), "{} devices missed: {missing:?}", missing.len());
-    assert!(seen.len() > FLEET, "some devices added during the walk are listed too");
+    assert!(
+        missing.is_empty(),
+        "{} devices missed: {missing:?}",
+        missing.len()
+    );
+    assert!(
+        seen.len() > FLEET,
+        "some devices added during the walk are listed too"
+    );
 }
 
 async fn label_changes_and_deletions_are_seen_by_selectors(store: Store) {
@@ -223,7 +230,11 @@ async fn label_changes_and_deletions_are_seen_by_selectors(store: Store) {
     };
     let edge = id("edge-1");
     store
-        .create_device(&edge, &labels(&[("site", "berlin"), ("tier", "edge")]), at(0))
+        .create_device(
+            &edge,
+            &labels(&[("site", "berlin"), ("tier", "edge")]),
+            at(0),
+        )
         .await
         .expect("create edge-1");
     let other = id("edge-2");
@@ -233,7 +244,12 @@ async fn label_changes_and_deletions_are_seen_by_selectors(store: Store) {
         .expect("create edge-2");
     let berlin = select("site=berlin");
     assert_eq!(
-        names(store.list_devices_page(&berlin, None, 10).await.expect("list")),
+        names(
+            store
+                .list_devices_page(&berlin, None, 10)
+                .await
+                .expect("list")
+        ),
         ["edge-1"]
     );
     store
@@ -241,18 +257,38 @@ async fn label_changes_and_deletions_are_seen_by_selectors(store: Store) {
         .await
         .expect("relabel")
         .expect("edge-1 exists");
-    assert!(store.list_devices_page(&berlin, None, 10).await.expect("list").is_empty());
     assert!(
-        store.list_devices_page(&select("tier"), None, 10).await.expect("list").is_empty(),
+        store
+            .list_devices_page(&berlin, None, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_devices_page(&select("tier"), None, 10)
+            .await
+            .expect("list")
+            .is_empty(),
         "a removed label is gone from the index"
     );
     assert_eq!(
-        names(store.list_devices_page(&select("site=paris"), None, 10).await.expect("list")),
+        names(
+            store
+                .list_devices_page(&select("site=paris"), None, 10)
+                .await
+                .expect("list")
+        ),
         ["edge-1", "edge-2"]
     );
     assert!(store.delete_device(&edge).await.expect("delete edge-1"));
     assert_eq!(
-        names(store.list_devices_page(&select("site=paris"), None, 10).await.expect("list")),
+        names(
+            store
+                .list_devices_page(&select("site=paris"), None, 10)
+                .await
+                .expect("list")
+        ),
         ["edge-2"]
     );
     // The same name created again starts without the old labels.
@@ -261,7 +297,12 @@ async fn label_changes_and_deletions_are_seen_by_selectors(store: Store) {
         .await
         .expect("create edge-1 again");
     assert_eq!(
-        names(store.list_devices_page(&select("!site"), None, 10).await.expect("list")),
+        names(
+            store
+                .list_devices_page(&select("!site"), None, 10)
+                .await
+                .expect("list")
+        ),
         ["edge-1"]
     );
     // A batch with a taken name adds none of its devices.
@@ -270,7 +311,13 @@ async fn label_changes_and_deletions_are_seen_by_selectors(store: Store) {
         (edge.clone(), Labels::new()),
     ];
     assert!(store.create_devices(&batch, at(4)).await.is_err());
-    assert!(store.list_devices_page(&select("site=lima"), None, 10).await.expect("list").is_empty());
+    assert!(
+        store
+            .list_devices_page(&select("site=lima"), None, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
     assert_eq!(store.get_device(&id("edge-3")).await.expect("get"), None);
 }
 
@@ -291,7 +338,13 @@ async fn labels_stored_before_the_index_are_indexed_at_start(db: &TestDb) {
         .await
         .expect("empty the label index");
     let berlin = select("site=berlin");
-    assert!(store.list_devices_page(&berlin, None, 10).await.expect("list").is_empty());
+    assert!(
+        store
+            .list_devices_page(&berlin, None, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
     drop(store);
     let restarted = db.connect().await;
     let found: Vec<String> = restarted
@@ -305,7 +358,11 @@ async fn labels_stored_before_the_index_are_indexed_at_start(db: &TestDb) {
     // A second start finds nothing left to do and changes nothing.
     let again = db.connect().await;
     assert_eq!(
-        again.list_devices_page(&select("site"), None, 10).await.expect("list").len(),
+        again
+            .list_devices_page(&select("site"), None, 10)
+            .await
+            .expect("list")
+            .len(),
         1
     );
 }
