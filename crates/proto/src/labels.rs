@@ -157,7 +157,7 @@ fn requirement(term: &str) -> Option<Requirement> {
         }
         let values = values
             .split(',')
-            .map(|value| value_of(value))
+            .map(value_of)
             .collect::<Option<BTreeSet<_>>>()?;
         return match operator {
             "in" => Some(Requirement::In(key, values)),
