@@ -1,13 +1,12 @@
-//! The `devices` table.
+//! The `devices` table, and `device_labels`, the index of their labels.
 
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::error::ErrorKind;
-use tether_proto::api::Labels;
-use tether_proto::{DeviceId, Presence};
-
 use sqlx::{Any, Transaction};
+use tether_proto::api::Labels;
 use tether_proto::labels::LabelSelector;
+use tether_proto::{DeviceId, Presence};
 
 use super::codec::{
     device_id, from_json, get, limit, millis, optional_time, time, to_i64, to_json, to_u64,
@@ -39,7 +38,7 @@ impl Store {
             .bind(millis(now))
             .fetch_one(&mut *tx)
             .await
-            .map_err(|source| create_error(source, name))?;
+            .map_err(|source| create_error(source, format!("device {name}")))?;
         insert_labels(&mut tx, name, labels).await?;
         commit(tx, "create a device").await?;
         device_from_row(&row)
@@ -68,10 +67,10 @@ impl Store {
                     .bind(Presence::Offline.as_str())
                     .bind(millis(now));
             }
-            query
-                .execute(&mut *tx)
-                .await
-                .map_err(|source| create_error(source, &chunk[0].0))?;
+            query.execute(&mut *tx).await.map_err(|source| {
+                let (first, last) = (&chunk[0].0, &chunk[chunk.len() - 1].0);
+                create_error(source, format!("a device of {first} … {last}"))
+            })?;
             let labels: Vec<(&DeviceId, &String, &String)> = chunk
                 .iter()
                 .flat_map(|(name, labels)| labels.iter().map(move |(k, v)| (name, k, v)))
@@ -429,11 +428,10 @@ fn presence(stored: String, what: &str) -> Result<Presence, StoreError> {
     }
 }
 
-fn create_error(source: sqlx::Error, name: &DeviceId) -> StoreError {
+/// `what` names the device or devices, as "`what` already exists".
+fn create_error(source: sqlx::Error, what: String) -> StoreError {
     if violates(&source, ErrorKind::UniqueViolation) {
-        StoreError::Conflict {
-            what: format!("device {name}"),
-        }
+        StoreError::Conflict { what }
     } else {
         StoreError::Query {
             context: "create a device",
