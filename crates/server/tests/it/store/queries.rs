@@ -129,9 +129,15 @@ async fn selectors_in_sql_pick_what_the_in_memory_rules_pick(db: &TestDb) {
         assert!(found == expected, "{text:?}: SQL and memory disagree");
         eprintln!("{text:?}: {} devices in {elapsed:?}", found.len());
 
-        for by in ["site", "nokey"] {
+        // A key no device has puts every device in the `None` group.
+        let by_keys: &[&str] = if text.contains("nokey") {
+            &["site", "nokey"]
+        } else {
+            &["site"]
+        };
+        for by in by_keys {
             let counts = store
-                .count_devices(&selector, Some(by))
+                .count_devices(&selector, Some(*by))
                 .await
                 .expect("count devices");
             let mut from_sql = BTreeMap::new();
@@ -141,7 +147,7 @@ async fn selectors_in_sql_pick_what_the_in_memory_rules_pick(db: &TestDb) {
             let mut in_memory = BTreeMap::new();
             for device in fleet.iter().filter(|d| selector.matches(&d.labels)) {
                 *in_memory
-                    .entry((device.labels.get(by).cloned(), device.presence.as_str()))
+                    .entry((device.labels.get(*by).cloned(), device.presence.as_str()))
                     .or_insert(0u64) += 1;
             }
             assert_eq!(from_sql, in_memory, "{text:?} by {by}");
