@@ -149,14 +149,12 @@ async fn main() -> anyhow::Result<()> {
             let admin = admin.clone();
             let expected = args.agents;
             async move {
-                let devices = admin.get("/api/v1/devices").await?.expect_status(200)?;
-                let online = devices
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|d| d["presence"] == "online")
-                    .count();
-                Ok((online == expected).then_some(()))
+                let summary = admin
+                    .get("/api/v1/devices/summary")
+                    .await?
+                    .expect_status(200)?;
+                let online = summary["total"]["online"].as_u64();
+                Ok((online == u64::try_from(expected).ok()).then_some(()))
             }
         },
     )

@@ -201,7 +201,7 @@ async fn newest_sample(admin: &ApiClient, device: &str) -> anyhow::Result<Option
         .get(&format!("/api/v1/devices/{device}/metrics?limit=1"))
         .await?
         .expect_status(200)?;
-    Ok(metrics[0]["sampledAt"].as_str().map(str::to_owned))
+    Ok(metrics["items"][0]["sampledAt"].as_str().map(str::to_owned))
 }
 
 fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {

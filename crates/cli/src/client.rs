@@ -8,7 +8,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tether_proto::api::{
     Action, AuditEntry, CatalogueEntry, CreateDevice, Device, DeviceCreated, EnrollmentToken,
-    ErrorBody, Event, LoginRequest, LoginResponse, PatchDevice, RequestAction, Session,
+    ErrorBody, Event, FleetSummary, LoginRequest, LoginResponse, Page, PatchDevice, RequestAction,
+    Session,
 };
 use tether_proto::ca::CaPemError;
 use tether_proto::metrics::HostMetrics;
@@ -19,6 +20,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Headroom on top of a long-poll's `waitSeconds` before the client gives up on it.
 const LONG_POLL_MARGIN: Duration = Duration::from_secs(15);
+/// Items asked for per page when following a listing: tetherd's default.
+pub const PAGE_SIZE: u32 = 500;
 /// The most of an unexpected error body worth showing.
 const MAX_BODY_SHOWN: usize = 300;
 
@@ -207,7 +210,7 @@ impl ApiClient {
     }
 
     pub async fn list_sessions(&self) -> Result<Vec<Session>, ClientError> {
-        self.call(Method::GET, &["sessions"], None::<&()>).await
+        self.list_all(&["sessions"], &[], None, PAGE_SIZE).await
     }
 
     pub async fn revoke_session(&self, id: &str) -> Result<(), ClientError> {
@@ -221,15 +224,31 @@ impl ApiClient {
         .map(drop)
     }
 
+    /// The devices by name, all of them or the first `cap`, read
+    /// `page_size` at a time.
     pub async fn list_devices(
         &self,
         label_selector: Option<&str>,
+        cap: Option<usize>,
+        page_size: u32,
     ) -> Result<Vec<Device>, ClientError> {
         let query: Vec<(&str, String)> = label_selector
             .map(|s| ("labelSelector", s.to_owned()))
             .into_iter()
             .collect();
-        self.call_with_query(Method::GET, &["devices"], &query)
+        self.list_all(&["devices"], &query, cap, page_size).await
+    }
+
+    pub async fn device_summary(
+        &self,
+        by: Option<&str>,
+        label_selector: Option<&str>,
+    ) -> Result<FleetSummary, ClientError> {
+        let query: Vec<(&str, String)> = [("by", by), ("labelSelector", label_selector)]
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value?.to_owned())))
+            .collect();
+        self.call_with_query(Method::GET, &["devices", "summary"], &query)
             .await
     }
 
@@ -294,13 +313,10 @@ impl ApiClient {
             .await
     }
 
-    pub async fn list_actions(&self, device: &str, limit: u32) -> Result<Vec<Action>, ClientError> {
-        self.call_with_query(
-            Method::GET,
-            &["devices", device, "actions"],
-            &[("limit", limit.to_string())],
-        )
-        .await
+    /// The device's newest `cap` actions, newest first.
+    pub async fn list_actions(&self, device: &str, cap: usize) -> Result<Vec<Action>, ClientError> {
+        self.list_all(&["devices", device, "actions"], &[], Some(cap), PAGE_SIZE)
+            .await
     }
 
     /// The action now, or with `wait`, as soon as it is terminal but after
@@ -325,27 +341,54 @@ impl ApiClient {
         decode(url, response).await
     }
 
-    pub async fn events(&self, device: &str, limit: u32) -> Result<Vec<Event>, ClientError> {
-        self.call_with_query(
-            Method::GET,
-            &["devices", device, "events"],
-            &[("limit", limit.to_string())],
-        )
-        .await
-    }
-
-    pub async fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>, ClientError> {
-        self.call_with_query(Method::GET, &["audit"], &[("limit", limit.to_string())])
+    /// The device's newest `cap` events, newest first.
+    pub async fn events(&self, device: &str, cap: usize) -> Result<Vec<Event>, ClientError> {
+        self.list_all(&["devices", device, "events"], &[], Some(cap), PAGE_SIZE)
             .await
     }
 
-    pub async fn metrics(&self, device: &str, limit: u32) -> Result<Vec<HostMetrics>, ClientError> {
-        self.call_with_query(
-            Method::GET,
-            &["devices", device, "metrics"],
-            &[("limit", limit.to_string())],
-        )
-        .await
+    /// The newest `cap` audit entries, newest first.
+    pub async fn audit(&self, cap: usize) -> Result<Vec<AuditEntry>, ClientError> {
+        self.list_all(&["audit"], &[], Some(cap), PAGE_SIZE).await
+    }
+
+    /// The device's newest `cap` metrics samples, newest first.
+    pub async fn metrics(&self, device: &str, cap: usize) -> Result<Vec<HostMetrics>, ClientError> {
+        self.list_all(&["devices", device, "metrics"], &[], Some(cap), PAGE_SIZE)
+            .await
+    }
+
+    /// A listing followed page by page through its `continue` tokens until
+    /// it ends or `cap` items are in.
+    async fn list_all<T: DeserializeOwned>(
+        &self,
+        path: &[&str],
+        query: &[(&str, String)],
+        cap: Option<usize>,
+        page_size: u32,
+    ) -> Result<Vec<T>, ClientError> {
+        let mut items = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let wanted = cap.map_or(page_size, |cap| {
+                u32::try_from(cap - items.len()).map_or(page_size, |left| left.min(page_size))
+            });
+            let mut page_query = query.to_vec();
+            page_query.push(("limit", wanted.to_string()));
+            if let Some(token) = next.take() {
+                page_query.push(("continue", token));
+            }
+            let page: Page<T> = self.call_with_query(Method::GET, path, &page_query).await?;
+            items.extend(page.items);
+            match page.continue_token {
+                Some(token) if cap.is_none_or(|cap| items.len() < cap) => next = Some(token),
+                _ => break,
+            }
+        }
+        if let Some(cap) = cap {
+            items.truncate(cap);
+        }
+        Ok(items)
     }
 
     pub async fn catalogue(&self) -> Result<Vec<CatalogueEntry>, ClientError> {

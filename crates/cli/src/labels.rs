@@ -1,5 +1,5 @@
 //! kubectl's label syntax: `k=v` to set, `k-` to remove, and selectors
-//! (`k=v,k2!=v2,k3,!k4`), checked by the same rules tetherd applies
+//! (`k=v,k2!=v2,k3 in (a,b),k4 notin (c),k5,!k6`), checked by the same rules tetherd applies
 //! (`tether_proto::labels`), so what the CLI accepts the server accepts.
 
 use std::collections::BTreeMap;
@@ -84,7 +84,8 @@ pub fn merge_patch(
     Ok(patch)
 }
 
-/// A label selector, `k=v,k2!=v2,k3,!k4`: devices whose labels meet all terms.
+/// A label selector, `k=v,k2!=v2,k3 in (a,b),k4 notin (c),k5,!k6`: devices
+/// whose labels meet all terms.
 #[derive(Debug, Clone)]
 pub struct Selector {
     text: String,
@@ -215,11 +216,17 @@ mod tests {
 
     #[test]
     fn selectors_take_what_tetherd_takes() {
-        for accepted in ["site=berlin, env==prod", "env!=prod", "site", "!beta,gpu"] {
+        for accepted in [
+            "site=berlin, env==prod",
+            "env!=prod",
+            "site",
+            "!beta,gpu",
+            "site in (berlin,paris),tier notin (edge)",
+        ] {
             let selector: Selector = accepted.parse().expect(accepted);
             assert_eq!(selector.to_query(), accepted, "sent as written");
         }
-        for refused in ["=x", "a b=c", "-x=1"] {
+        for refused in ["=x", "a b=c", "-x=1", "site in berlin", "site in (a"] {
             let err = refused.parse::<Selector>().expect_err(refused);
             assert!(err.to_string().contains("invalid label selector"), "{err}");
         }

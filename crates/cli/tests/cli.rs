@@ -573,3 +573,99 @@ async fn sessions_are_listed_and_revoked_and_logout_ends_the_session() {
     assert_eq!(again.code, 0, "{}", again.stderr);
     tether.run_ok(&["devices", "list"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listings_longer_than_a_page_are_shown_whole_and_summarized() {
+    let tetherd = tetherd().await;
+    let admin = tetherd.admin().await.expect("log in as admin");
+    for (i, site) in ["berlin", "paris", "berlin", "", "lima", "berlin", ""]
+        .iter()
+        .enumerate()
+    {
+        let labels = if site.is_empty() {
+            serde_json::json!({})
+        } else {
+            serde_json::json!({ "site": site })
+        };
+        admin
+            .post(
+                "/api/v1/devices",
+                serde_json::json!({"name": format!("edge-{i}"), "labels": labels}),
+            )
+            .await
+            .expect("create a device")
+            .expect_status(201)
+            .expect("created");
+    }
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+
+    let names = |json: &str| -> Vec<String> {
+        let devices: Vec<Device> = serde_json::from_str(json).expect("a JSON device list");
+        devices.into_iter().map(|d| d.name).collect()
+    };
+    // Four pages of two.
+    let all = tether
+        .run_ok(&["devices", "list", "--chunk-size", "2", "-o", "json"])
+        .await;
+    assert_eq!(
+        names(&all),
+        [
+            "edge-0", "edge-1", "edge-2", "edge-3", "edge-4", "edge-5", "edge-6"
+        ]
+    );
+    let table = tether
+        .run_ok(&["devices", "list", "--chunk-size", "3"])
+        .await;
+    assert_eq!(
+        table.lines().count(),
+        8,
+        "a header and every device: {table}"
+    );
+    let capped = tether
+        .run_ok(&[
+            "devices",
+            "list",
+            "--chunk-size",
+            "2",
+            "--limit",
+            "3",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(names(&capped), ["edge-0", "edge-1", "edge-2"]);
+    let berlin = tether
+        .run_ok(&[
+            "devices",
+            "list",
+            "-l",
+            "site in (berlin,lima)",
+            "--chunk-size",
+            "1",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(names(&berlin), ["edge-0", "edge-2", "edge-4", "edge-5"]);
+
+    let summary = tether.run_ok(&["devices", "summary", "--by", "site"]).await;
+    let rows: Vec<Vec<&str>> = summary
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["SITE", "ONLINE", "OFFLINE", "TOTAL"],
+            vec!["berlin", "0", "3", "3"],
+            vec!["lima", "0", "1", "1"],
+            vec!["paris", "0", "1", "1"],
+            vec!["(none)", "0", "2", "2"],
+            vec!["(all)", "0", "7", "7"],
+        ]
+    );
+    let run = tether.run(&["devices", "list", "--limit", "0"]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("--limit"), "{}", run.stderr);
+}

@@ -269,3 +269,50 @@ pub struct Session {
     /// Whether this is the session the listing was requested with.
     pub current: bool,
 }
+
+/// One page of a listing, as the Kubernetes API pages: `continue` is there
+/// while more items follow; pass it back as the `continue` query parameter
+/// (with the same other parameters) for the next page. Each item of the
+/// listing appears on exactly one page, also while items are being added.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// An opaque token for the next page; absent on the last one.
+    #[serde(rename = "continue", default, skip_serializing_if = "Option::is_none")]
+    pub continue_token: Option<String>,
+}
+
+/// How many devices are online and offline.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PresenceCounts {
+    pub online: u64,
+    pub offline: u64,
+    pub total: u64,
+}
+
+/// The devices whose label `by` has one value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SummaryGroup {
+    /// The label's value; `null` for the devices without the label.
+    pub value: Option<String>,
+    pub online: u64,
+    pub offline: u64,
+    pub total: u64,
+}
+
+/// Counts of the fleet (or of the devices a label selector picks) by
+/// presence, overall and per value of one label.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FleetSummary {
+    /// The label key the groups are by, if one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    pub total: PresenceCounts,
+    /// One group per value of `by`, ordered by value, devices without the
+    /// label last; empty without `by`.
+    pub groups: Vec<SummaryGroup>,
+}

@@ -2,7 +2,12 @@
 //!
 //! Keys and values use letters, digits, `-`, `_`, `.` and `/`, at most 63
 //! characters; a key starts with a letter or digit, a value may be empty.
-//! Selectors take Kubernetes' equality form: `env=prod,tier!=edge,gpu,!beta`.
+//! Selectors take Kubernetes' equality and set forms:
+//! `env=prod,tier!=edge,site in (berlin,paris),role notin (db),gpu,!beta`.
+//! As in Kubernetes, `!=` and `notin` also match devices without the key.
+
+use std::collections::BTreeSet;
+use std::fmt;
 
 use crate::api::Labels;
 
@@ -27,12 +32,48 @@ pub fn is_valid_value(value: &str) -> bool {
     label_chars(value)
 }
 
+/// One term of a selector; a device matches a selector when it meets all.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Requirement {
+pub enum Requirement {
+    /// `key=value` or `key==value`.
     Equals(String, String),
+    /// `key!=value`; also met without the key.
     NotEquals(String, String),
+    /// `key in (a,b)`: the key is set to one of the values.
+    In(String, BTreeSet<String>),
+    /// `key notin (a,b)`: the key is missing or set to none of the values.
+    NotIn(String, BTreeSet<String>),
+    /// `key`.
     Exists(String),
+    /// `!key`.
     NotExists(String),
+}
+
+impl Requirement {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        match self {
+            Requirement::Equals(key, value) => labels.get(key) == Some(value),
+            Requirement::NotEquals(key, value) => labels.get(key) != Some(value),
+            Requirement::In(key, values) => labels.get(key).is_some_and(|v| values.contains(v)),
+            Requirement::NotIn(key, values) => !labels.get(key).is_some_and(|v| values.contains(v)),
+            Requirement::Exists(key) => labels.contains_key(key),
+            Requirement::NotExists(key) => !labels.contains_key(key),
+        }
+    }
+}
+
+impl fmt::Display for Requirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = |values: &BTreeSet<String>| values.iter().cloned().collect::<Vec<_>>().join(",");
+        match self {
+            Requirement::Equals(key, value) => write!(f, "{key}={value}"),
+            Requirement::NotEquals(key, value) => write!(f, "{key}!={value}"),
+            Requirement::In(key, values) => write!(f, "{key} in ({})", set(values)),
+            Requirement::NotIn(key, values) => write!(f, "{key} notin ({})", set(values)),
+            Requirement::Exists(key) => write!(f, "{key}"),
+            Requirement::NotExists(key) => write!(f, "!{key}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,7 +81,7 @@ pub struct LabelSelector(Vec<Requirement>);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid label selector {selector:?} at {term:?}: use key=value, key!=value, key or !key, separated by commas"
+    "invalid label selector {selector:?} at {term:?}: use key=value, key!=value, key in (v1,v2), key notin (v1,v2), key or !key, separated by commas (keys and values: letters, digits, '-', '_', '.', '/', at most 63)"
 )]
 pub struct SelectorError {
     pub selector: String,
@@ -50,40 +91,99 @@ pub struct SelectorError {
 impl LabelSelector {
     pub fn parse(selector: &str) -> Result<Self, SelectorError> {
         let mut requirements = Vec::new();
-        for term in selector.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            let error = || SelectorError {
+        for term in terms(selector) {
+            let term = term.trim();
+            if term.is_empty() {
+                continue;
+            }
+            let requirement = requirement(term).ok_or_else(|| SelectorError {
                 selector: selector.to_owned(),
                 term: term.to_owned(),
-            };
-            let requirement = if let Some((key, value)) = term.split_once("!=") {
-                Requirement::NotEquals(key_of(key).ok_or_else(error)?, value.trim().to_owned())
-            } else if let Some((key, value)) =
-                term.split_once("==").or_else(|| term.split_once('='))
-            {
-                Requirement::Equals(key_of(key).ok_or_else(error)?, value.trim().to_owned())
-            } else if let Some(key) = term.strip_prefix('!') {
-                Requirement::NotExists(key_of(key).ok_or_else(error)?)
-            } else {
-                Requirement::Exists(key_of(term).ok_or_else(error)?)
-            };
+            })?;
             requirements.push(requirement);
         }
         Ok(Self(requirements))
     }
 
     pub fn matches(&self, labels: &Labels) -> bool {
-        self.0.iter().all(|requirement| match requirement {
-            Requirement::Equals(key, value) => labels.get(key) == Some(value),
-            Requirement::NotEquals(key, value) => labels.get(key) != Some(value),
-            Requirement::Exists(key) => labels.contains_key(key),
-            Requirement::NotExists(key) => !labels.contains_key(key),
-        })
+        self.0.iter().all(|requirement| requirement.matches(labels))
+    }
+
+    pub fn requirements(&self) -> &[Requirement] {
+        &self.0
+    }
+}
+
+/// The selector in one canonical spelling (what two equivalent selectors
+/// written differently have in common, e.g. to tell queries apart).
+impl fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, requirement) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{requirement}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The selector split at the commas between terms, not those inside `( )`.
+fn terms(selector: &str) -> Vec<&str> {
+    let mut terms = Vec::new();
+    let (mut depth, mut start) = (0usize, 0);
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                terms.push(&selector[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    terms.push(&selector[start..]);
+    terms
+}
+
+fn requirement(term: &str) -> Option<Requirement> {
+    if let Some(open) = term.find('(') {
+        let values = term[open..].strip_prefix('(')?.strip_suffix(')')?;
+        let mut words = term[..open].split_whitespace();
+        let (key, operator) = (key_of(words.next()?)?, words.next()?);
+        if words.next().is_some() {
+            return None;
+        }
+        let values = values
+            .split(',')
+            .map(value_of)
+            .collect::<Option<BTreeSet<_>>>()?;
+        return match operator {
+            "in" => Some(Requirement::In(key, values)),
+            "notin" => Some(Requirement::NotIn(key, values)),
+            _ => None,
+        };
+    }
+    if let Some((key, value)) = term.split_once("!=") {
+        Some(Requirement::NotEquals(key_of(key)?, value_of(value)?))
+    } else if let Some((key, value)) = term.split_once("==").or_else(|| term.split_once('=')) {
+        Some(Requirement::Equals(key_of(key)?, value_of(value)?))
+    } else if let Some(key) = term.strip_prefix('!') {
+        Some(Requirement::NotExists(key_of(key)?))
+    } else {
+        Some(Requirement::Exists(key_of(term)?))
     }
 }
 
 fn key_of(key: &str) -> Option<String> {
     let key = key.trim();
     is_valid_key(key).then(|| key.to_owned())
+}
+
+fn value_of(value: &str) -> Option<String> {
+    let value = value.trim();
+    is_valid_value(value).then(|| value.to_owned())
 }
 
 #[cfg(test)]
@@ -101,14 +201,39 @@ mod tests {
     fn selectors_match_like_kubernetes() {
         let prod_gpu = labels(&[("env", "prod"), ("gpu", "yes")]);
         let dev = labels(&[("env", "dev")]);
+        let none = labels(&[]);
         let case = |s: &str| LabelSelector::parse(s).expect("valid selector");
         assert!(case("env=prod").matches(&prod_gpu));
         assert!(case("env==prod,gpu").matches(&prod_gpu));
         assert!(!case("env=prod").matches(&dev));
         assert!(case("env!=prod").matches(&dev));
+        assert!(
+            case("env!=prod").matches(&none),
+            "!= matches without the key"
+        );
         assert!(case("!gpu").matches(&dev));
         assert!(!case("!gpu").matches(&prod_gpu));
         assert!(case("").matches(&dev));
+        assert!(case("env in (dev, test)").matches(&dev));
+        assert!(!case("env in (dev,test)").matches(&prod_gpu));
+        assert!(!case("env in (dev)").matches(&none));
+        assert!(case("env notin (dev)").matches(&prod_gpu));
+        assert!(
+            case("env notin (dev)").matches(&none),
+            "notin matches without the key"
+        );
+        assert!(!case("env notin (dev,prod)").matches(&dev));
+        assert!(case("env in (prod),gpu,gpu notin (no)").matches(&prod_gpu));
+    }
+
+    #[test]
+    fn selectors_have_one_canonical_spelling() {
+        let canonical = |s: &str| LabelSelector::parse(s).expect("valid").to_string();
+        assert_eq!(canonical(" env == prod , gpu"), "env=prod,gpu");
+        assert_eq!(canonical("site in ( b,a ,a),!x"), "site in (a,b),!x");
+        assert_eq!(canonical("site notin (a)"), "site notin (a)");
+        let written = "env!=dev,site in (a,b),role notin (db),gpu,!beta";
+        assert_eq!(canonical(written), written);
     }
 
     #[test]
@@ -125,5 +250,17 @@ mod tests {
         let err = LabelSelector::parse("env=prod,=x").expect_err("empty key");
         assert_eq!(err.term, "=x");
         assert!(LabelSelector::parse("a b=c").is_err());
+        for bad in [
+            "env in prod",
+            "env in (a",
+            "env within (a)",
+            "env in (a b)",
+            "env in (a) x",
+            "in (a)",
+            "env=a@b",
+        ] {
+            let err = LabelSelector::parse(bad).expect_err(bad);
+            assert!(err.to_string().contains("key in (v1,v2)"), "{err}");
+        }
     }
 }

@@ -27,5 +27,5 @@ pub async fn newest_sample(admin: &ApiClient, device: &str) -> anyhow::Result<Op
         .get(&format!("/api/v1/devices/{device}/metrics?limit=1"))
         .await?
         .expect_status(200)?;
-    Ok(metrics[0]["sampledAt"].as_str().map(str::to_owned))
+    Ok(metrics["items"][0]["sampledAt"].as_str().map(str::to_owned))
 }

@@ -17,8 +17,8 @@ Examples:
 #[command(after_long_help = EXAMPLES)]
 pub struct Audit {
     /// At most this many entries.
-    #[arg(long, default_value_t = 50)]
-    limit: u32,
+    #[arg(long, default_value_t = 50, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    limit: usize,
 }
 
 impl Audit {

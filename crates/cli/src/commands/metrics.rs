@@ -21,8 +21,8 @@ pub struct Metrics {
     /// The device's name.
     device: DeviceId,
     /// At most this many samples, newest first.
-    #[arg(long, default_value_t = 10)]
-    limit: u32,
+    #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    limit: usize,
 }
 
 impl Metrics {

@@ -304,17 +304,21 @@ impl ActionService {
         }
     }
 
-    pub async fn list(&self, device: &DeviceId, limit: u32) -> Result<Vec<Action>, ActionError> {
+    /// The device's actions, newest first: at most `limit`, accepted before
+    /// `before_seq` if given.
+    pub async fn list(
+        &self,
+        device: &DeviceId,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<ActionRecord>, ActionError> {
         if self.store.get_device(device).await?.is_none() {
             return Err(ActionError::DeviceNotFound(device.clone()));
         }
         Ok(self
             .store
-            .list_actions(device, limit)
-            .await?
-            .into_iter()
-            .map(to_api)
-            .collect())
+            .list_actions_before(device, before_seq, limit)
+            .await?)
     }
 
     /// The device subscribed to its actions: deliver everything still open,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use tether_proto::api::{Action, CatalogueEntry, ErrorBody, RequestAction};
+use tether_proto::api::{Action, CatalogueEntry, ErrorBody, Page, RequestAction};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -15,11 +15,10 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, device_id};
+use super::page::{PageQuery, PageRequest, Position};
 
 /// Longest a long-poll may hold a request.
 const MAX_WAIT_SECONDS: u64 = 300;
-const DEFAULT_LIST_LIMIT: u32 = 50;
-const MAX_LIST_LIMIT: u32 = 1000;
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
@@ -42,42 +41,26 @@ async fn request_action(
     Ok((StatusCode::ACCEPTED, axum::Json(action)))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(super) struct LimitQuery {
-    /// At most this many, newest first (default 50).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<u32>,
-}
-
-impl LimitQuery {
-    pub fn limit(&self) -> Result<u32, ApiError> {
-        match self.limit {
-            None => Ok(DEFAULT_LIST_LIMIT),
-            Some(limit @ 1..=MAX_LIST_LIMIT) => Ok(limit),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "limit must be between 1 and {MAX_LIST_LIMIT}; got {other}"
-            ))),
-        }
-    }
-}
-
-/// The device's actions, newest first.
+/// The device's actions, newest first, in pages.
 #[utoipa::path(get, path = "/devices/{name}/actions", tag = "actions",
-    params(("name" = String, Path, description = "Device name"), LimitQuery),
-    responses((status = 200, body = [Action]), (status = 404, body = ErrorBody)))]
+    params(("name" = String, Path, description = "Device name"), PageQuery),
+    responses((status = 200, body = Page<Action>), (status = 404, body = ErrorBody)))]
 async fn list_actions(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    ApiQuery(query): ApiQuery<LimitQuery>,
-) -> Result<axum::Json<Vec<Action>>, ApiError> {
-    Ok(axum::Json(
-        state
-            .actions
-            .list(&device_id(&name)?, query.limit()?)
-            .await?,
-    ))
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<axum::Json<Page<Action>>, ApiError> {
+    let device = device_id(&name)?;
+    let page = PageRequest::new(&query, format!("devices/{device}/actions"))?;
+    let actions = state
+        .actions
+        .list(&device, page.before_seq()?, page.fetch())
+        .await?;
+    Ok(axum::Json(page.page(
+        actions,
+        |action| Position::BeforeSeq(action.seq),
+        crate::actions::to_api,
+    )))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -1,5 +1,5 @@
-//! Devices: create (with an enrollment token), list by label selector, get,
-//! patch labels, delete.
+//! Devices: create (with an enrollment token), list by label selector (in
+//! pages), count by presence, get, patch labels, delete.
 
 use std::sync::Arc;
 
@@ -7,8 +7,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use tether_proto::api::{
-    CreateDevice, Device, DeviceCreated, EnrollmentToken, ErrorBody, PatchDevice,
+    CreateDevice, Device, DeviceCreated, EnrollmentToken, ErrorBody, FleetSummary, Page,
+    PatchDevice,
 };
+use tether_proto::labels::LabelSelector;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -16,10 +18,13 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, ClientHost, device_id};
+use super::page::{PageQuery, PageRequest, Position};
+use crate::registry::RegistryError;
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(list_devices, create_device))
+        .routes(routes!(device_summary))
         .routes(routes!(get_device, patch_device, delete_device))
         .routes(routes!(new_enrollment_token))
         .routes(routes!(revoke_device))
@@ -29,20 +34,78 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 #[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ListQuery {
-    /// `key=value,key!=value,key,!key`
+    /// `key=value,key!=value,key in (v1,v2),key notin (v1,v2),key,!key`
+    #[param(max_length = 4096)]
     label_selector: Option<String>,
+    /// At most this many devices in this page (default 500).
+    #[param(minimum = 1, maximum = 5000)]
+    limit: Option<u32>,
+    /// The `continue` of the previous page, to read the next one (with the
+    /// same `labelSelector`).
+    #[serde(rename = "continue")]
+    #[param(rename = "continue", max_length = 2048)]
+    continue_token: Option<String>,
 }
 
-/// Lists devices, optionally filtered by a label selector.
+/// Lists devices by name, optionally filtered by a label selector, in
+/// pages: follow `continue` until it is absent.
 #[utoipa::path(get, path = "/devices", tag = "devices", params(ListQuery),
-    responses((status = 200, body = [Device]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = Page<Device>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list_devices(
     State(state): State<Arc<AppState>>,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<axum::Json<Vec<Device>>, ApiError> {
+) -> Result<axum::Json<Page<Device>>, ApiError> {
+    let selector = selector(query.label_selector.as_deref())?;
+    let page = PageRequest::new(
+        &PageQuery {
+            limit: query.limit,
+            continue_token: query.continue_token,
+        },
+        format!("devices?labelSelector={selector}"),
+    )?;
+    let devices = state
+        .registry
+        .list(&selector, page.after_name()?, page.fetch())
+        .await?;
+    Ok(axum::Json(page.page(
+        devices,
+        |device| Position::After(device.name.clone()),
+        |device| device,
+    )))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SummaryQuery {
+    /// A label key: count per value of this label too (devices without it
+    /// in a group whose `value` is `null`).
+    #[param(max_length = 63)]
+    by: Option<String>,
+    /// Count only the devices this selector picks (as for `GET /devices`).
+    #[param(max_length = 4096)]
+    label_selector: Option<String>,
+}
+
+/// Counts devices online and offline, overall and per value of a label.
+#[utoipa::path(get, path = "/devices/summary", tag = "devices", params(SummaryQuery),
+    responses((status = 200, body = FleetSummary), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn device_summary(
+    State(state): State<Arc<AppState>>,
+    ApiQuery(query): ApiQuery<SummaryQuery>,
+) -> Result<axum::Json<FleetSummary>, ApiError> {
+    let selector = selector(query.label_selector.as_deref())?;
     Ok(axum::Json(
-        state.registry.list(query.label_selector.as_deref()).await?,
+        state
+            .registry
+            .summary(&selector, query.by.as_deref())
+            .await?,
     ))
+}
+
+fn selector(text: Option<&str>) -> Result<LabelSelector, ApiError> {
+    LabelSelector::parse(text.unwrap_or_default())
+        .map_err(|error| RegistryError::from(error).into())
 }
 
 /// Registers a device and returns its one-time enrollment token.

@@ -94,6 +94,8 @@ impl From<RegistryError> for ApiError {
             RegistryError::NotFound(_) => Self::not_found(message),
             RegistryError::InvalidName(_)
             | RegistryError::InvalidSelector(_)
+            | RegistryError::InvalidSummaryKey(_)
+            | RegistryError::ReservedName(_)
             | RegistryError::InvalidLabel { .. }
             | RegistryError::TooManyLabels(_)
             | RegistryError::BadCsr(_) => Self::bad_request(message),

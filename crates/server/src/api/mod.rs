@@ -11,6 +11,7 @@ mod health;
 pub mod listener;
 mod metrics;
 mod openapi;
+mod page;
 mod session;
 mod sessions;
 mod telemetry;

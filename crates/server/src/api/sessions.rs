@@ -5,12 +5,14 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use tether_proto::api::{ErrorBody, Session};
+use tether_proto::api::{ErrorBody, Page, Session};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::ApiQuery;
+use super::page::{PageQuery, PageRequest, Position};
 use crate::auth::Principal;
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
@@ -36,11 +38,12 @@ async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Every session, newest first, without tokens (admins only). Expired
-/// sessions are listed until the hourly retention job deletes them.
-#[utoipa::path(get, path = "/sessions", tag = "session",
+/// Every session, newest first, in pages, without tokens (admins only).
+/// Expired sessions are listed until the hourly retention job deletes them.
+#[utoipa::path(get, path = "/sessions", tag = "session", params(PageQuery),
     responses(
-        (status = 200, body = [Session]),
+        (status = 200, body = Page<Session>),
+        (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 500, body = ErrorBody),
@@ -48,22 +51,26 @@ async fn logout(
 async fn list_sessions(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-) -> Result<axum::Json<Vec<Session>>, ApiError> {
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<axum::Json<Page<Session>>, ApiError> {
     principal.require_admin()?;
-    let sessions = state.auth.sessions().await?;
-    Ok(axum::Json(
-        sessions
-            .into_iter()
-            .map(|record| Session {
-                current: record.id == principal.session_id,
-                id: record.id,
-                username: record.username,
-                created_at: record.created_at,
-                expires_at: record.expires_at,
-                last_used_at: record.last_used_at,
-            })
-            .collect(),
-    ))
+    let page = PageRequest::new(&query, "sessions".to_owned())?;
+    let sessions = state
+        .auth
+        .sessions(page.before()?.as_ref(), page.fetch())
+        .await?;
+    Ok(axum::Json(page.page(
+        sessions,
+        |record| Position::BeforeTimeAndId(record.created_at.timestamp_millis(), record.id.clone()),
+        |record| Session {
+            current: record.id == principal.session_id,
+            id: record.id,
+            username: record.username,
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+            last_used_at: record.last_used_at,
+        },
+    )))
 }
 
 /// Revokes a session (admins only); its token stops working at once.

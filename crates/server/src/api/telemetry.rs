@@ -3,15 +3,15 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use tether_proto::api::{ErrorBody, Event};
+use tether_proto::api::{ErrorBody, Event, Page};
 use tether_proto::metrics::HostMetrics;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::actions::LimitQuery;
 use super::error::ApiError;
 use super::extract::{ApiQuery, device_id};
+use super::page::{PageQuery, PageRequest, Position};
 use crate::actions::event_to_api;
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
@@ -20,33 +20,48 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(list_metrics))
 }
 
-/// The device's events, newest first.
+/// The device's events, newest first, in pages.
 #[utoipa::path(get, path = "/devices/{name}/events", tag = "telemetry",
-    params(("name" = String, Path, description = "Device name"), LimitQuery),
-    responses((status = 200, body = [Event]), (status = 404, body = ErrorBody)))]
+    params(("name" = String, Path, description = "Device name"), PageQuery),
+    responses((status = 200, body = Page<Event>), (status = 404, body = ErrorBody)))]
 async fn list_events(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    ApiQuery(query): ApiQuery<LimitQuery>,
-) -> Result<axum::Json<Vec<Event>>, ApiError> {
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<axum::Json<Page<Event>>, ApiError> {
     let device = device_id(&name)?;
+    let page = PageRequest::new(&query, format!("devices/{device}/events"))?;
     state.registry.record(&device).await?;
-    let events = state.store.list_events(&device, query.limit()?).await?;
-    Ok(axum::Json(events.into_iter().map(event_to_api).collect()))
+    let events = state
+        .store
+        .list_events_before(&device, page.before()?.as_ref(), page.fetch())
+        .await?;
+    Ok(axum::Json(page.page(
+        events,
+        |event| Position::BeforeTimeAndId(event.received_at.timestamp_millis(), event.id.clone()),
+        event_to_api,
+    )))
 }
 
-/// The device's host metrics samples (from `run-stats`), newest first.
+/// The device's host metrics samples (from `run-stats`), newest first, in pages.
 #[utoipa::path(get, path = "/devices/{name}/metrics", tag = "telemetry",
-    params(("name" = String, Path, description = "Device name"), LimitQuery),
-    responses((status = 200, body = [HostMetrics]), (status = 404, body = ErrorBody)))]
+    params(("name" = String, Path, description = "Device name"), PageQuery),
+    responses((status = 200, body = Page<HostMetrics>), (status = 404, body = ErrorBody)))]
 async fn list_metrics(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    ApiQuery(query): ApiQuery<LimitQuery>,
-) -> Result<axum::Json<Vec<HostMetrics>>, ApiError> {
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<axum::Json<Page<HostMetrics>>, ApiError> {
     let device = device_id(&name)?;
+    let page = PageRequest::new(&query, format!("devices/{device}/metrics"))?;
     state.registry.record(&device).await?;
-    Ok(axum::Json(
-        state.store.list_metrics(&device, query.limit()?).await?,
-    ))
+    let samples = state
+        .store
+        .list_metrics_before(&device, page.before_time()?, page.fetch())
+        .await?;
+    Ok(axum::Json(page.page(
+        samples,
+        |sample| Position::BeforeTime(sample.sampled_at.timestamp_millis()),
+        |sample| sample,
+    )))
 }

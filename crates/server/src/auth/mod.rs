@@ -281,8 +281,13 @@ impl Auth {
         Ok(self.store.delete_session(session_id).await?)
     }
 
-    pub async fn sessions(&self) -> Result<Vec<SessionRecord>, AuthError> {
-        Ok(self.store.list_sessions().await?)
+    /// Sessions newest first: at most `limit`, created before `before` if given.
+    pub async fn sessions(
+        &self,
+        before: Option<&crate::store::Before>,
+        limit: u32,
+    ) -> Result<Vec<SessionRecord>, AuthError> {
+        Ok(self.store.list_sessions(before, limit).await?)
     }
 
     /// Deletes sessions that expired before `now`; returns how many.

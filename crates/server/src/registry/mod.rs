@@ -1,13 +1,15 @@
 //! The device registry: devices, their labels, enrollment with one-time
 //! tokens, and the certificates that identify them.
 
+mod summary;
+
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tether_proto::api::{
-    Device, DeviceCreated, EnrollRequest, EnrollResponse, EnrollmentToken, Labels, PatchDevice,
-    RenewRequest, RenewResponse,
+    Device, DeviceCreated, EnrollRequest, EnrollResponse, EnrollmentToken, FleetSummary, Labels,
+    PatchDevice, RenewRequest, RenewResponse,
 };
 use tether_proto::{DeviceId, InvalidDeviceId};
 
@@ -33,6 +35,14 @@ pub enum RegistryError {
     AlreadyExists(DeviceId),
     #[error(transparent)]
     InvalidSelector(#[from] SelectorError),
+    #[error(
+        "invalid label key {0:?} to summarize by: use at most 63 letters, digits, '-', '_', '.' and '/', starting with a letter or digit"
+    )]
+    InvalidSummaryKey(String),
+    #[error(
+        "the device name {0} is reserved (`GET /devices/{0}` is the fleet summary); pick another"
+    )]
+    ReservedName(DeviceId),
     #[error(
         "invalid label {key:?}={value:?}: keys and values use letters, digits, '-', '_', '.', '/' and at most 63 characters"
     )]
@@ -82,6 +92,9 @@ pub struct Endpoints {
     pub api_url: String,
     pub mqtt_url: String,
 }
+
+/// `GET /devices/summary` is the fleet summary, so no device may be named so.
+const RESERVED_NAME: &str = "summary";
 
 /// A device renews about every two thirds of a lifetime; a handful within
 /// one window leaves room for lost answers and restarts.
@@ -162,6 +175,9 @@ impl Registry {
         endpoints: &Endpoints,
     ) -> Result<DeviceCreated, RegistryError> {
         let name = DeviceId::new(name)?;
+        if name.as_str() == RESERVED_NAME {
+            return Err(RegistryError::ReservedName(name));
+        }
         validate_labels(&labels)?;
         let record = match self.store.create_device(&name, &labels, Utc::now()).await {
             Err(StoreError::Conflict { .. }) => return Err(RegistryError::AlreadyExists(name)),
@@ -174,16 +190,34 @@ impl Registry {
         })
     }
 
-    pub async fn list(&self, selector: Option<&str>) -> Result<Vec<Device>, RegistryError> {
-        let selector = LabelSelector::parse(selector.unwrap_or_default())?;
+    /// The devices the selector picks, by name: at most `limit` after `after`.
+    pub async fn list(
+        &self,
+        selector: &LabelSelector,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Device>, RegistryError> {
         Ok(self
             .store
-            .list_devices()
+            .list_devices_page(selector, after, limit)
             .await?
             .into_iter()
-            .filter(|device| selector.matches(&device.labels))
             .map(to_api)
             .collect())
+    }
+
+    /// How many of the devices the selector picks are online and offline,
+    /// per value of label `by` if given.
+    pub async fn summary(
+        &self,
+        selector: &LabelSelector,
+        by: Option<&str>,
+    ) -> Result<FleetSummary, RegistryError> {
+        if let Some(key) = by.filter(|key| !is_valid_key(key)) {
+            return Err(RegistryError::InvalidSummaryKey(key.to_owned()));
+        }
+        let counts = self.store.count_devices(selector, by).await?;
+        Ok(summary::summarize(by, &counts))
     }
 
     pub async fn get(&self, name: &DeviceId) -> Result<Device, RegistryError> {

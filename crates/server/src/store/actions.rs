@@ -97,16 +97,34 @@ impl Store {
         row.as_ref().map(action_from_row).transpose()
     }
 
-    /// The device's actions, newest first, at most `limit`.
+    /// The device's newest actions, newest first, at most `limit`.
     pub async fn list_actions(
         &self,
         device: &DeviceId,
         limit: u32,
     ) -> Result<Vec<ActionRecord>, StoreError> {
-        let sql =
-            format!("SELECT {COLUMNS} FROM actions WHERE device = $1 ORDER BY seq DESC LIMIT $2");
+        self.list_actions_before(device, None, limit).await
+    }
+
+    /// The device's actions, newest first, at most `limit`, those accepted
+    /// before `before_seq` if given.
+    pub async fn list_actions_before(
+        &self,
+        device: &DeviceId,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<ActionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM actions WHERE device = $1 AND seq < $2 \
+             ORDER BY seq DESC LIMIT $3"
+        );
+        let before_seq = match before_seq {
+            Some(seq) => to_i64(seq, "action sequence number")?,
+            None => i64::MAX,
+        };
         let rows = sqlx::query(&sql)
             .bind(device.as_str())
+            .bind(before_seq)
             .bind(self::limit(limit))
             .fetch_all(&self.pool)
             .await

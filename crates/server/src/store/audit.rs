@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 
 use super::codec::{get, limit, millis, time, to_u16};
-use super::{AuditRecord, Store, StoreError};
+use super::telemetry::before_or_newest;
+use super::{AuditRecord, Before, Store, StoreError};
 
 impl Store {
     pub async fn insert_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
@@ -26,11 +27,19 @@ impl Store {
         Ok(())
     }
 
-    /// The newest entries first, at most `limit`.
-    pub async fn list_audit(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+    /// The newest entries first, at most `limit`, those before `before` if given.
+    pub async fn list_audit(
+        &self,
+        before: Option<&Before>,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let (at, id) = before_or_newest(before);
         let rows = sqlx::query(
-            "SELECT id, at, actor, method, path, status FROM audit ORDER BY at DESC, id DESC LIMIT $1",
+            "SELECT id, at, actor, method, path, status FROM audit WHERE at <= $1 AND (at < $1 OR id < $2) \
+             ORDER BY at DESC, id DESC LIMIT $3",
         )
+        .bind(at)
+        .bind(id)
         .bind(self::limit(limit))
         .fetch_all(&self.pool)
         .await

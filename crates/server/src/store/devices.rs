@@ -1,15 +1,19 @@
-//! The `devices` table.
+//! The `devices` table, and `device_labels`, the index of their labels.
 
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::error::ErrorKind;
+use sqlx::{Any, Transaction};
 use tether_proto::api::Labels;
+use tether_proto::labels::LabelSelector;
 use tether_proto::{DeviceId, Presence};
 
 use super::codec::{
-    device_id, from_json, get, millis, optional_time, time, to_i64, to_json, to_u64, violates,
+    device_id, from_json, get, limit, millis, optional_time, time, to_i64, to_json, to_u64,
+    violates,
 };
-use super::{DeviceRecord, Store, StoreError};
+use super::selector::label_filter;
+use super::{DeviceCount, DeviceRecord, Store, StoreError};
 
 const COLUMNS: &str = "name, labels, presence, certificate_serial, last_seen, agent_version, \
                        capabilities, boot_id, status_seq, created_at";
@@ -26,26 +30,56 @@ impl Store {
             "INSERT INTO devices (name, labels, presence, status_seq, created_at) \
              VALUES ($1, $2, $3, 0, $4) RETURNING {COLUMNS}"
         );
+        let mut tx = self.begin("create a device").await?;
         let row = sqlx::query(&sql)
             .bind(name.as_str())
             .bind(to_json(labels, "device labels")?)
             .bind(Presence::Offline.as_str())
             .bind(millis(now))
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await
-            .map_err(|source| {
-                if violates(&source, ErrorKind::UniqueViolation) {
-                    StoreError::Conflict {
-                        what: format!("device {name}"),
-                    }
-                } else {
-                    StoreError::Query {
-                        context: "create a device",
-                        source,
-                    }
-                }
-            })?;
+            .map_err(|source| create_error(source, format!("device {name}")))?;
+        insert_labels(&mut tx, name, labels).await?;
+        commit(tx, "create a device").await?;
         device_from_row(&row)
+    }
+
+    /// Creates many devices in few statements, all or none: `Conflict` if
+    /// any name exists.
+    pub async fn create_devices(
+        &self,
+        devices: &[(DeviceId, Labels)],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        /// Rows per statement: well under both databases' parameter limits.
+        const CHUNK: usize = 500;
+        let mut tx = self.begin("create devices").await?;
+        for chunk in devices.chunks(CHUNK) {
+            let values = placeholders(chunk.len(), 4, ", 0");
+            let sql = format!(
+                "INSERT INTO devices (name, labels, presence, created_at, status_seq) VALUES {values}"
+            );
+            let mut query = sqlx::query(&sql);
+            for (name, labels) in chunk {
+                query = query
+                    .bind(name.as_str())
+                    .bind(to_json(labels, "device labels")?)
+                    .bind(Presence::Offline.as_str())
+                    .bind(millis(now));
+            }
+            query.execute(&mut *tx).await.map_err(|source| {
+                let (first, last) = (&chunk[0].0, &chunk[chunk.len() - 1].0);
+                create_error(source, format!("a device of {first} … {last}"))
+            })?;
+            let labels: Vec<(&DeviceId, &String, &String)> = chunk
+                .iter()
+                .flat_map(|(name, labels)| labels.iter().map(move |(k, v)| (name, k, v)))
+                .collect();
+            for rows in labels.chunks(CHUNK * 2) {
+                insert_label_rows(&mut tx, rows).await?;
+            }
+        }
+        commit(tx, "create devices").await
     }
 
     pub async fn get_device(&self, name: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
@@ -80,17 +114,167 @@ impl Store {
         name: &DeviceId,
         labels: &Labels,
     ) -> Result<Option<DeviceRecord>, StoreError> {
+        let context = "set a device's labels";
         let sql = format!("UPDATE devices SET labels = $1 WHERE name = $2 RETURNING {COLUMNS}");
+        let mut tx = self.begin(context).await?;
         let row = sqlx::query(&sql)
             .bind(to_json(labels, "device labels")?)
             .bind(name.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|source| StoreError::Query { context, source })?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        sqlx::query("DELETE FROM device_labels WHERE device = $1")
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|source| StoreError::Query { context, source })?;
+        insert_labels(&mut tx, name, labels).await?;
+        commit(tx, context).await?;
+        device_from_row(&row).map(Some)
+    }
+
+    /// One page of the devices the selector picks, by name: at most `limit`
+    /// whose names come after `after`.
+    pub async fn list_devices_page(
+        &self,
+        selector: &LabelSelector,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        let (start, first) = match after {
+            Some(_) => ("d.name > $1", 2),
+            None => ("1 = 1", 1),
+        };
+        let filter = label_filter(selector, first);
+        let sql = format!(
+            "SELECT {COLUMNS} FROM devices d WHERE {start}{} ORDER BY d.name LIMIT ${}",
+            filter.and_clause(),
+            first + filter.binds.len()
+        );
+        let mut query = sqlx::query(&sql);
+        if let Some(after) = after {
+            query = query.bind(after);
+        }
+        for value in &filter.binds {
+            query = query.bind(value);
+        }
+        let rows = query
+            .bind(self::limit(limit))
+            .fetch_all(&self.pool)
             .await
             .map_err(|source| StoreError::Query {
-                context: "set a device's labels",
+                context: "list devices",
                 source,
             })?;
-        row.as_ref().map(device_from_row).transpose()
+        rows.iter().map(device_from_row).collect()
+    }
+
+    /// How many of the devices the selector picks are in each presence,
+    /// per value of label `by` (`None` for those without it) if given.
+    /// One `GROUP BY`; a combination without devices has no entry.
+    pub async fn count_devices(
+        &self,
+        selector: &LabelSelector,
+        by: Option<&str>,
+    ) -> Result<Vec<DeviceCount>, StoreError> {
+        // Without a label the groups are the presences alone (PostgreSQL
+        // refuses `GROUP BY NULL`).
+        let (group, join, first) = match by {
+            Some(_) => (
+                "l.value, d.presence",
+                "LEFT JOIN device_labels l ON l.device = d.name AND l.key = $1",
+                2,
+            ),
+            None => ("d.presence", "", 1),
+        };
+        let filter = label_filter(selector, first);
+        // The selector's subqueries alias device_labels as `l` too; each is
+        // scoped to its subquery, so the joined `l` is unambiguous outside.
+        let sql = format!(
+            "SELECT {group}, COUNT(*) AS devices FROM devices d {join} \
+             WHERE 1 = 1{} GROUP BY {group}",
+            filter.and_clause()
+        );
+        let mut query = sqlx::query(&sql);
+        if let Some(by) = by {
+            query = query.bind(by);
+        }
+        for value in &filter.binds {
+            query = query.bind(value);
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "count devices",
+                source,
+            })?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeviceCount {
+                    label_value: if by.is_some() {
+                        get(row, "value")?
+                    } else {
+                        None
+                    },
+                    presence: presence(get(row, "presence")?, "a device count")?,
+                    devices: to_u64(get(row, "devices")?, "a device count")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Copies the labels of devices stored before `device_labels` existed
+    /// (migration 0010) into it; a no-op once done. Idempotent, so replicas
+    /// starting together may both run it.
+    pub(super) async fn index_unindexed_labels(&self) -> Result<(), StoreError> {
+        let context = "index the labels of existing devices";
+        let rows = sqlx::query(
+            "SELECT name, labels FROM devices d WHERE labels <> '{}' \
+             AND NOT EXISTS (SELECT 1 FROM device_labels l WHERE l.device = d.name)",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| StoreError::Query { context, source })?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut devices = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let labels = device_id(get(row, "name")?).and_then(|name| {
+                let labels: Labels = from_json(
+                    &get::<String>(row, "labels")?,
+                    &format!("labels of device {name}"),
+                )?;
+                Ok((name, labels))
+            });
+            // One unreadable row must not keep tetherd from starting; reading
+            // that device reports it as well.
+            match labels {
+                Ok(device) => devices.push(device),
+                Err(error) => tracing::warn!(
+                    error = %crate::error_chain(&error),
+                    "a device's labels cannot be indexed; label selectors will not find it"
+                ),
+            }
+        }
+        let mut tx = self.begin(context).await?;
+        let labels: Vec<(&DeviceId, &String, &String)> = devices
+            .iter()
+            .flat_map(|(name, labels)| labels.iter().map(move |(k, v)| (name, k, v)))
+            .collect();
+        for rows in labels.chunks(1000) {
+            insert_label_rows(&mut tx, rows).await?;
+        }
+        commit(tx, context).await?;
+        tracing::info!(
+            devices = devices.len(),
+            "indexed the labels of existing devices"
+        );
+        Ok(())
     }
 
     /// Deletes the device with its tokens, actions, events and metrics
@@ -207,16 +391,7 @@ impl Store {
 fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, StoreError> {
     let name = device_id(get(row, "name")?)?;
     let labels: String = get(row, "labels")?;
-    let presence: String = get(row, "presence")?;
-    let presence = match presence.as_str() {
-        "online" => Presence::Online,
-        "offline" => Presence::Offline,
-        other => {
-            return Err(StoreError::Corrupt(format!(
-                "presence of device {name} is {other:?}, neither online nor offline"
-            )));
-        }
-    };
+    let presence = presence(get(row, "presence")?, &format!("device {name}"))?;
     Ok(DeviceRecord {
         labels: from_json(&labels, &format!("labels of device {name}"))?,
         presence,
@@ -241,4 +416,89 @@ fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, StoreError> {
         )?,
         name,
     })
+}
+
+fn presence(stored: String, what: &str) -> Result<Presence, StoreError> {
+    match stored.as_str() {
+        "online" => Ok(Presence::Online),
+        "offline" => Ok(Presence::Offline),
+        other => Err(StoreError::Corrupt(format!(
+            "presence of {what} is {other:?}, neither online nor offline"
+        ))),
+    }
+}
+
+/// `what` names the device or devices, as "`what` already exists".
+fn create_error(source: sqlx::Error, what: String) -> StoreError {
+    if violates(&source, ErrorKind::UniqueViolation) {
+        StoreError::Conflict { what }
+    } else {
+        StoreError::Query {
+            context: "create a device",
+            source,
+        }
+    }
+}
+
+/// `($1, $2, …, $k), ($k+1, …)`: `rows` tuples of `columns` placeholders;
+/// `tail` closes each tuple after its placeholders (`, 0` adds a literal).
+fn placeholders(rows: usize, columns: usize, tail: &str) -> String {
+    (0..rows)
+        .map(|row| {
+            let numbers: Vec<String> = (1..=columns)
+                .map(|column| format!("${}", row * columns + column))
+                .collect();
+            format!("({}{tail})", numbers.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn insert_labels(
+    tx: &mut Transaction<'_, Any>,
+    name: &DeviceId,
+    labels: &Labels,
+) -> Result<(), StoreError> {
+    let rows: Vec<(&DeviceId, &String, &String)> = labels
+        .iter()
+        .map(|(key, value)| (name, key, value))
+        .collect();
+    insert_label_rows(tx, &rows).await
+}
+
+/// Rows that exist already are left alone (a start-up indexing that runs
+/// on two replicas at once).
+async fn insert_label_rows(
+    tx: &mut Transaction<'_, Any>,
+    rows: &[(&DeviceId, &String, &String)],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO device_labels (device, key, value) VALUES {} \
+         ON CONFLICT (device, key) DO NOTHING",
+        placeholders(rows.len(), 3, "")
+    );
+    let mut query = sqlx::query(&sql);
+    for (device, key, value) in rows {
+        query = query
+            .bind(device.as_str())
+            .bind(key.as_str())
+            .bind(value.as_str());
+    }
+    query
+        .execute(&mut **tx)
+        .await
+        .map_err(|source| StoreError::Query {
+            context: "index a device's labels",
+            source,
+        })?;
+    Ok(())
+}
+
+async fn commit(tx: Transaction<'_, Any>, context: &'static str) -> Result<(), StoreError> {
+    tx.commit()
+        .await
+        .map_err(|source| StoreError::Query { context, source })
 }

@@ -11,6 +11,7 @@ mod cluster;
 mod codec;
 mod devices;
 mod enrollment;
+mod selector;
 mod telemetry;
 mod users;
 
@@ -78,6 +79,23 @@ pub struct DeviceRecord {
     pub boot_id: Option<String>,
     pub status_seq: u64,
     pub created_at: DateTime<Utc>,
+}
+
+/// How many devices of one presence carry one value of the label counted
+/// by (`None`: without the label, or no label asked for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCount {
+    pub label_value: Option<String>,
+    pub presence: Presence,
+    pub devices: u64,
+}
+
+/// Where a newest-first listing goes on: with the items older than this
+/// time, or as old with a smaller id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Before {
+    pub at: DateTime<Utc>,
+    pub id: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -228,7 +246,19 @@ impl Store {
                 })?;
         }
         MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
-        Ok(Self { pool, postgres })
+        let store = Self { pool, postgres };
+        store.index_unindexed_labels().await?;
+        Ok(store)
+    }
+
+    async fn begin(
+        &self,
+        context: &'static str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        self.pool
+            .begin()
+            .await
+            .map_err(|source| StoreError::Query { context, source })
     }
 
     pub fn is_postgres(&self) -> bool {

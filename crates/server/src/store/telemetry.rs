@@ -9,7 +9,7 @@ use tether_proto::metrics::HostMetrics;
 use super::codec::{
     device_id, from_json, get, limit, millis, time, to_i64, to_json, to_u16, to_u64, violates,
 };
-use super::{EventRecord, Store, StoreError};
+use super::{Before, EventRecord, Store, StoreError};
 
 const EVENT_COLUMNS: &str =
     "id, device, correlation_id, event, status_code, status_message, response, received_at";
@@ -54,18 +54,33 @@ impl Store {
         Ok(())
     }
 
-    /// The device's events, newest first, at most `limit`.
+    /// The device's newest events, newest first, at most `limit`.
     pub async fn list_events(
         &self,
         device: &DeviceId,
         limit: u32,
     ) -> Result<Vec<EventRecord>, StoreError> {
+        self.list_events_before(device, None, limit).await
+    }
+
+    /// The device's events, newest first, at most `limit`, those before
+    /// `before` if given.
+    pub async fn list_events_before(
+        &self,
+        device: &DeviceId,
+        before: Option<&Before>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError> {
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE device = $1 \
-             ORDER BY received_at DESC, id DESC LIMIT $2"
+            "SELECT {EVENT_COLUMNS} FROM events WHERE device = $1 AND received_at <= $2 \
+             AND (received_at < $2 OR id < $3) \
+             ORDER BY received_at DESC, id DESC LIMIT $4"
         );
+        let (at, id) = before_or_newest(before);
         let rows = sqlx::query(&sql)
             .bind(device.as_str())
+            .bind(at)
+            .bind(id)
             .bind(self::limit(limit))
             .fetch_all(&self.pool)
             .await
@@ -115,7 +130,6 @@ impl Store {
         Ok(())
     }
 
-    /// The device's metrics samples, newest first, at most `limit`.
     /// Deletes events received before `events_before` and metrics sampled
     /// before `metrics_before`, of every device. Returns how many of each.
     pub async fn delete_telemetry_before(
@@ -156,17 +170,30 @@ impl Store {
             .rows_affected())
     }
 
+    /// The device's newest metrics samples, newest first, at most `limit`.
     pub async fn list_metrics(
         &self,
         device: &DeviceId,
         limit: u32,
     ) -> Result<Vec<HostMetrics>, StoreError> {
+        self.list_metrics_before(device, None, limit).await
+    }
+
+    /// The device's metrics samples, newest first, at most `limit`, those
+    /// sampled before `before` if given.
+    pub async fn list_metrics_before(
+        &self,
+        device: &DeviceId,
+        before: Option<DateTime<Utc>>,
+        limit: u32,
+    ) -> Result<Vec<HostMetrics>, StoreError> {
         let sql = format!(
-            "SELECT {METRICS_COLUMNS} FROM metrics WHERE device = $1 \
-             ORDER BY sampled_at DESC LIMIT $2"
+            "SELECT {METRICS_COLUMNS} FROM metrics WHERE device = $1 AND sampled_at < $2 \
+             ORDER BY sampled_at DESC LIMIT $3"
         );
         let rows = sqlx::query(&sql)
             .bind(device.as_str())
+            .bind(before.map_or(i64::MAX, millis))
             .bind(self::limit(limit))
             .fetch_all(&self.pool)
             .await
@@ -211,4 +238,15 @@ fn metrics_from_row(device: &DeviceId, row: &AnyRow) -> Result<HostMetrics, Stor
         network_rx_bytes: bytes("network_rx_bytes")?,
         network_tx_bytes: bytes("network_tx_bytes")?,
     })
+}
+
+/// The bounds of a newest-first listing by `(time, id)`: `before`, or past
+/// everything (no stored time reaches `i64::MAX`). Listings write the
+/// condition as `time <= $t AND (time < $t OR id < $id)`, whose first half
+/// the time index answers on both databases.
+pub(super) fn before_or_newest(before: Option<&Before>) -> (i64, String) {
+    match before {
+        Some(before) => (millis(before.at), before.id.clone()),
+        None => (i64::MAX, String::new()),
+    }
 }

@@ -4,8 +4,9 @@ use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::error::ErrorKind;
 
-use super::codec::{get, millis, time, violates};
-use super::{SessionRecord, Store, StoreError, UserRecord};
+use super::codec::{get, limit, millis, time, violates};
+use super::telemetry::before_or_newest;
+use super::{Before, SessionRecord, Store, StoreError, UserRecord};
 
 impl Store {
     /// Creates the user or replaces its password hash and role.
@@ -100,10 +101,20 @@ impl Store {
     }
 
     /// Every session, expired ones included until they are pruned, newest first.
-    pub async fn list_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+    pub async fn list_sessions(
+        &self,
+        before: Option<&Before>,
+        limit: u32,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let (at, id) = before_or_newest(before);
         let rows = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at DESC, id DESC"
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE created_at <= $1 \
+             AND (created_at < $1 OR id < $2) \
+             ORDER BY created_at DESC, id DESC LIMIT $3"
         ))
+        .bind(at)
+        .bind(id)
+        .bind(self::limit(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(|source| StoreError::Query {

@@ -99,7 +99,10 @@ async fn every_agent_action_round_trips(database: Database) -> anyhow::Result<()
                 .get("/api/v1/devices/edge-1/metrics?limit=5")
                 .await?
                 .expect_status(200)?;
-            Ok(samples.as_array().filter(|s| !s.is_empty()).cloned())
+            Ok(samples["items"]
+                .as_array()
+                .filter(|s| !s.is_empty())
+                .cloned())
         }
     })
     .await?;
@@ -130,7 +133,7 @@ async fn every_agent_action_round_trips(database: Database) -> anyhow::Result<()
         .get("/api/v1/devices/edge-1/events?limit=100")
         .await?
         .expect_status(200)?;
-    let names: Vec<_> = events
+    let names: Vec<_> = events["items"]
         .as_array()
         .into_iter()
         .flatten()
@@ -151,7 +154,7 @@ async fn every_agent_action_round_trips(database: Database) -> anyhow::Result<()
         .get("/api/v1/devices/edge-1/actions")
         .await?
         .expect_status(200)?;
-    assert_eq!(listed.as_array().map(Vec::len), Some(9));
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(9));
     Ok(())
 }
 
@@ -207,7 +210,7 @@ async fn invalid_input_is_refused_and_never_sent(database: Database) -> anyhow::
         .get("/api/v1/devices/edge-1/actions")
         .await?
         .expect_status(200)?;
-    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(1));
     assert!(
         device
             .next_action(Duration::from_millis(300))

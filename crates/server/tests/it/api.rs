@@ -130,7 +130,7 @@ async fn devices_are_created_listed_labelled_and_deleted(database: Database) -> 
         .get("/api/v1/devices?labelSelector=env%3Dprod")
         .await?
         .expect_status(200)?;
-    let names: Vec<_> = prod
+    let names: Vec<_> = prod["items"]
         .as_array()
         .into_iter()
         .flatten()
@@ -153,7 +153,7 @@ async fn devices_are_created_listed_labelled_and_deleted(database: Database) -> 
     assert_eq!(admin.get("/api/v1/devices/edge-1").await?.status, 404);
     assert_eq!(admin.delete("/api/v1/devices/edge-1").await?.status, 404);
     let all = admin.get("/api/v1/devices").await?.expect_status(200)?;
-    assert_eq!(all.as_array().map(Vec::len), Some(1));
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(1));
     Ok(())
 }
 
@@ -207,7 +207,7 @@ async fn malformed_and_oversized_requests_get_clear_errors(
     assert_eq!(admin.get("/api/v1/no-such-route").await?.status, 404);
     // Nothing half-accepted: the failed requests created no device.
     let all = admin.get("/api/v1/devices").await?.expect_status(200)?;
-    assert_eq!(all, json!([]));
+    assert_eq!(all, json!({"items": []}));
     Ok(())
 }
 
@@ -262,7 +262,7 @@ async fn changes_logins_and_enrollments_are_audited(database: Database) -> anyho
     assert_eq!(admin.delete("/api/v1/devices/edge-1").await?.status, 204);
 
     let audit = admin.get("/api/v1/audit").await?.expect_status(200)?;
-    let lines: Vec<String> = audit
+    let lines: Vec<String> = audit["items"]
         .as_array()
         .into_iter()
         .flatten()
@@ -407,7 +407,7 @@ async fn failed_logins_are_throttled_and_login_fields_bounded(
         .get("/api/v1/audit")
         .await?
         .expect_status(200)?;
-    let statuses: Vec<_> = audit
+    let statuses: Vec<_> = audit["items"]
         .as_array()
         .into_iter()
         .flatten()
@@ -453,7 +453,7 @@ async fn sessions_are_listed_revoked_and_ended_by_logout(database: Database) -> 
     let first = tetherd.admin().await?;
     let second = tetherd.admin().await?;
     let sessions = first.get("/api/v1/sessions").await?.expect_status(200)?;
-    let sessions = sessions.as_array().cloned().unwrap_or_default();
+    let sessions = sessions["items"].as_array().cloned().unwrap_or_default();
     assert_eq!(sessions.len(), 2, "{sessions:?}");
     for session in &sessions {
         assert_eq!(session["username"], "admin");
@@ -496,7 +496,7 @@ async fn sessions_are_listed_revoked_and_ended_by_logout(database: Database) -> 
         .await?
         .expect_status(200)?;
     assert!(
-        audit
+        audit["items"]
             .as_array()
             .into_iter()
             .flatten()

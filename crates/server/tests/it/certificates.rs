@@ -182,9 +182,8 @@ async fn a_fleet_runs_through_three_certificate_lifetimes_without_losing_an_acti
         .get("/api/v1/audit?limit=1000")
         .await?
         .expect_status(200)?;
-    let renewals = audit
+    let renewals = audit["items"]
         .as_array()
-        .or_else(|| audit["entries"].as_array())
         .context("audit entries")?
         .iter()
         .filter(|e| e["path"] == "/api/v1/renew" && e["status"] == 200)
@@ -415,9 +414,8 @@ async fn a_device_renews_with_the_old_certificate_until_the_new_one_connects(
         .get("/api/v1/audit?limit=1000")
         .await?
         .expect_status(200)?;
-    let renewals: Vec<(String, i64)> = audit
+    let renewals: Vec<(String, i64)> = audit["items"]
         .as_array()
-        .or_else(|| audit["entries"].as_array())
         .context("audit entries")?
         .iter()
         .filter(|e| e["path"] == "/api/v1/renew")

@@ -565,7 +565,7 @@ async fn refused_enrollments_wait_and_leave_no_audit_rows() -> anyhow::Result<()
         .get("/api/v1/audit?limit=1000")
         .await?
         .expect_status(200)?;
-    let enrollments = audit
+    let enrollments = audit["items"]
         .as_array()
         .into_iter()
         .flatten()

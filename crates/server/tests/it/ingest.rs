@@ -54,7 +54,7 @@ async fn events(admin: &ApiClient, name: &str) -> anyhow::Result<Vec<Value>> {
         .get(&format!("/api/v1/devices/{name}/events?limit=1000"))
         .await?
         .expect_status(200)?;
-    Ok(events.as_array().context("events array")?.clone())
+    Ok(events["items"].as_array().context("events array")?.clone())
 }
 
 /// Keeps the SQLite write lock, as another process holding a long write
@@ -449,7 +449,11 @@ async fn a_hostile_device_cannot_bloat_the_store_or_hurt_others() -> anyhow::Res
         .get("/api/v1/devices/hostile/metrics")
         .await?
         .expect_status(200)?;
-    assert_eq!(metrics.as_array().map(Vec::len), Some(0), "{metrics}");
+    assert_eq!(
+        metrics["items"].as_array().map(Vec::len),
+        Some(0),
+        "{metrics}"
+    );
     let counters = &hostile["ingest"];
     assert_eq!(counters["duplicatesDropped"], 10, "{counters}");
     assert_eq!(counters["rejectedTooLarge"], 6, "{counters}");

@@ -9,6 +9,7 @@ mod device_link;
 mod hostile;
 mod ingest;
 mod operations;
+mod queries;
 mod replicas;
 mod security;
 mod store;

@@ -62,7 +62,7 @@ mod membership {
             .get(&format!("/api/v1/devices/{name}/events"))
             .await?
             .expect_status(200)?;
-        let mut sessions: Vec<(String, String)> = events
+        let mut sessions: Vec<(String, String)> = events["items"]
             .as_array()
             .context("events are a list")?
             .iter()

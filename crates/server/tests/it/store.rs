@@ -117,6 +117,8 @@ on_both_databases! {
     ],
 }
 
+mod queries;
+
 // Helpers -----------------------------------------------------------------------
 
 /// A fixed instant plus `millis`: whole milliseconds, as the store keeps them.
@@ -572,7 +574,7 @@ async fn users_are_upserted_and_sessions_stored(store: Store) {
         .await
         .expect("insert an expired session");
     let listed: Vec<String> = store
-        .list_sessions()
+        .list_sessions(None, 100)
         .await
         .expect("list")
         .into_iter()
@@ -1046,7 +1048,7 @@ async fn audit_entries_are_listed_newest_first_and_pruned(store: Store) {
             .await
             .expect("insert an audit entry");
     }
-    let listed = store.list_audit(2).await.expect("list the audit log");
+    let listed = store.list_audit(None, 2).await.expect("list the audit log");
     let ids: Vec<_> = listed.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["a1", "a2"]);
     assert_eq!(listed[0].status, 204);
@@ -1057,7 +1059,7 @@ async fn audit_entries_are_listed_newest_first_and_pruned(store: Store) {
             .expect("prune the audit log"),
         1
     );
-    assert_eq!(store.list_audit(10).await.expect("list").len(), 2);
+    assert_eq!(store.list_audit(None, 10).await.expect("list").len(), 2);
 }
 
 // Schema ------------------------------------------------------------------------------------

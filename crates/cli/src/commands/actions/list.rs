@@ -16,8 +16,8 @@ pub struct List {
     /// The device's name.
     device: DeviceId,
     /// At most this many actions.
-    #[arg(long, default_value_t = 20)]
-    limit: u32,
+    #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    limit: usize,
 }
 
 impl List {

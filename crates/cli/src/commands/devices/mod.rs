@@ -7,6 +7,7 @@ mod get;
 mod label;
 mod list;
 mod revoke;
+mod summary;
 
 use chrono::{DateTime, Utc};
 use tether_proto::api::{Device, EnrollmentToken};
@@ -19,6 +20,7 @@ use crate::output;
 pub enum Devices {
     Add(add::Add),
     List(list::List),
+    Summary(summary::Summary),
     Get(get::Get),
     Label(label::Label),
     Delete(delete::Delete),
@@ -31,6 +33,7 @@ impl Devices {
         match self {
             Devices::Add(cmd) => cmd.description(),
             Devices::List(cmd) => cmd.description(),
+            Devices::Summary(cmd) => cmd.description(),
             Devices::Get(cmd) => cmd.description(),
             Devices::Label(cmd) => cmd.description(),
             Devices::Delete(cmd) => cmd.description(),
@@ -43,6 +46,7 @@ impl Devices {
         match self {
             Devices::Add(cmd) => cmd.run(ctx).await,
             Devices::List(cmd) => cmd.run(ctx).await,
+            Devices::Summary(cmd) => cmd.run(ctx).await,
             Devices::Get(cmd) => cmd.run(ctx).await,
             Devices::Label(cmd) => cmd.run(ctx).await,
             Devices::Delete(cmd) => cmd.run(ctx).await,
