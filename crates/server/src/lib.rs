@@ -26,9 +26,11 @@ use tether_proto::{Catalogue, Presence};
 use crate::actions::ActionService;
 use crate::api::AppState;
 use crate::auth::{ADMIN_CREDENTIALS_FILE, Auth};
-use crate::config::{RetentionConfig, ServerConfig};
+use crate::config::{BrokerConfig, ExternalBrokerConfig, RetentionConfig, ServerConfig};
+use crate::device_link::external::revocation::{RevocationError, RevocationList};
+use crate::device_link::external::{ExternalConfig, ExternalError, ExternalLink};
 use crate::device_link::rmqtt::{RmqttConfig, RmqttLink};
-use crate::device_link::{DeviceLink, LinkError};
+use crate::device_link::{DeviceInbox, DeviceLink, LinkError};
 use crate::ingest::Ingest;
 use crate::pki::server_cert::{ReloadCertificate, ServerCertificateRenewal};
 use crate::pki::{CertificateAuthority, PkiError};
@@ -56,6 +58,16 @@ pub enum StartError {
     Admin(#[source] auth::AuthError),
     #[error(transparent)]
     Link(#[from] LinkError),
+    #[error("could not set up the connection to the external MQTT broker")]
+    External(#[from] ExternalError),
+    #[error(transparent)]
+    Revocation(#[from] RevocationError),
+    #[error("could not read or write tetherd's MQTT client id in {path}")]
+    ClientId {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "could not listen for HTTPS on {addr}: is another tetherd running? choose another address with --listen-api"
     )]
@@ -109,23 +121,32 @@ pub async fn run(
             config.data_dir.join(ADMIN_CREDENTIALS_FILE).display()
         );
     }
-    mark_all_offline(&store).await?;
     let sealer = Arc::new(Sealer::load_or_create(&config.data_dir)?);
 
-    let (rmqtt, mqtt_addr) = RmqttLink::bind(
-        RmqttConfig {
-            listen: config.listen_mqtt,
-            server_cert_pem: server_cert.clone(),
-            server_key_pem: server_key.clone(),
-            client_ca_pem: ca.cert_path().to_owned(),
-            max_packet_size: MAX_MQTT_PACKET,
-        },
-        Arc::new(StoreCredentials {
-            store: store.clone(),
-        }),
-    )
-    .await?;
-    let link: Arc<dyn DeviceLink> = rmqtt.clone();
+    let endpoint = match &config.broker {
+        BrokerConfig::Embedded => {
+            mark_all_offline(&store).await?;
+            let (rmqtt, mqtt_addr) = RmqttLink::bind(
+                RmqttConfig {
+                    listen: config.listen_mqtt,
+                    server_cert_pem: server_cert.clone(),
+                    server_key_pem: server_key.clone(),
+                    client_ca_pem: ca.cert_path().to_owned(),
+                    max_packet_size: MAX_MQTT_PACKET,
+                },
+                Arc::new(StoreCredentials {
+                    store: store.clone(),
+                }),
+            )
+            .await?;
+            DeviceEndpoint::Embedded(rmqtt, mqtt_addr)
+        }
+        BrokerConfig::External(external) => DeviceEndpoint::External(
+            external_link(&config, external, &ca, &store).await?,
+            external.device_url.to_string(),
+        ),
+    };
+    let link = endpoint.link();
 
     let registry = Registry::new(
         store.clone(),
@@ -147,7 +168,10 @@ pub async fn run(
         config.ingest,
         config.retention.metrics,
     ));
-    rmqtt.serve(ingest.clone());
+    endpoint.serve(ingest.clone());
+    if let DeviceEndpoint::External(external, _) = &endpoint {
+        tokio::spawn(revocation_list_forever(external.revocation().clone()));
+    }
     tokio::spawn(sweep_forever(
         actions.clone(),
         config.actions.sweep_interval,
@@ -175,13 +199,12 @@ pub async fn run(
     let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&server_cert, &server_key)
         .await
         .map_err(StartError::Tls)?;
-    tokio::spawn(server_certificate.run(
-        issued,
-        vec![
-            Arc::new(HttpsCertificate(tls.clone())),
-            Arc::new(MqttCertificate(rmqtt.clone())),
-        ],
-    ));
+    let mut listeners: Vec<Arc<dyn ReloadCertificate>> =
+        vec![Arc::new(HttpsCertificate(tls.clone()))];
+    if let DeviceEndpoint::Embedded(rmqtt, _) = &endpoint {
+        listeners.push(Arc::new(MqttCertificate(rmqtt.clone())));
+    }
+    tokio::spawn(server_certificate.run(issued, listeners));
     let state = Arc::new(AppState {
         store,
         auth,
@@ -189,7 +212,8 @@ pub async fn run(
         actions,
         ingest,
         ca,
-        mqtt_port: mqtt_addr.port(),
+        mqtt_port: endpoint.mqtt_port(),
+        device_mqtt_url: endpoint.device_mqtt_url(),
     });
     let handle = axum_server::Handle::new();
     let api_config = config.api.clone();
@@ -199,8 +223,9 @@ pub async fn run(
         tokio::spawn(
             async move { api::serve(listener, tls, app, serve_handle, &api_config).await },
         );
-    write_endpoints(&config.data_dir, api_addr, mqtt_addr)?;
-    tracing::info!(api = %format!("https://{api_addr}"), mqtt = %format!("mqtts://{mqtt_addr}"), data_dir = %config.data_dir.display(), "tetherd is ready");
+    let mqtt_url = endpoint.local_mqtt_url();
+    write_endpoints(&config.data_dir, api_addr, &mqtt_url)?;
+    tracing::info!(api = %format!("https://{api_addr}"), mqtt = %mqtt_url, data_dir = %config.data_dir.display(), "tetherd is ready");
 
     tokio::select! {
         () = shutdown => {
@@ -218,6 +243,152 @@ pub async fn run(
     let _ = std::fs::remove_file(config.data_dir.join(ENDPOINTS_FILE));
     Ok(())
 }
+
+/// Where devices connect: the embedded endpoint, or an external broker.
+enum DeviceEndpoint {
+    Embedded(Arc<RmqttLink>, SocketAddr),
+    /// The link, and the URL devices are given.
+    External(Arc<ExternalLink>, String),
+}
+
+impl DeviceEndpoint {
+    fn link(&self) -> Arc<dyn DeviceLink> {
+        match self {
+            DeviceEndpoint::Embedded(rmqtt, _) => rmqtt.clone(),
+            DeviceEndpoint::External(external, _) => external.clone(),
+        }
+    }
+
+    fn serve(&self, inbox: Arc<dyn DeviceInbox>) {
+        match self {
+            DeviceEndpoint::Embedded(rmqtt, _) => rmqtt.serve(inbox),
+            DeviceEndpoint::External(external, _) => external.serve(inbox),
+        }
+    }
+
+    fn mqtt_port(&self) -> u16 {
+        match self {
+            DeviceEndpoint::Embedded(_, addr) => addr.port(),
+            DeviceEndpoint::External(..) => 0,
+        }
+    }
+
+    fn device_mqtt_url(&self) -> Option<String> {
+        match self {
+            DeviceEndpoint::Embedded(..) => None,
+            DeviceEndpoint::External(_, url) => Some(url.clone()),
+        }
+    }
+
+    /// The URL for `endpoints.json`: a local client's way in.
+    fn local_mqtt_url(&self) -> String {
+        match self {
+            DeviceEndpoint::Embedded(_, addr) if addr.ip().is_unspecified() => {
+                format!("mqtts://127.0.0.1:{}", addr.port())
+            }
+            DeviceEndpoint::Embedded(_, addr) => format!("mqtts://{addr}"),
+            DeviceEndpoint::External(_, url) => url.clone(),
+        }
+    }
+}
+
+/// Sets up tetherd's side of an external broker: its client certificate
+/// (issued into `broker/` in the data dir unless configured), its client id,
+/// the revocation list the broker reads, and which devices are online.
+async fn external_link(
+    config: &ServerConfig,
+    external: &ExternalBrokerConfig,
+    ca: &Arc<CertificateAuthority>,
+    store: &Store,
+) -> Result<Arc<ExternalLink>, StartError> {
+    let dir = config.data_dir.join("broker");
+    secret_file::make_private_dir(&dir)?;
+    let (client_cert_pem, client_key_pem) = match &external.client_identity {
+        Some(identity) => identity.clone(),
+        None => {
+            let issued = ca.issue_controller_client_certificate(
+                &dir,
+                config.pki.device_certificate_lifetime,
+                Utc::now(),
+            )?;
+            (issued.cert_path, issued.key_path)
+        }
+    };
+    let revocation = Arc::new(RevocationList::new(
+        store.clone(),
+        ca.clone(),
+        external.crl_path.clone(),
+    ));
+    revocation.refresh(Utc::now()).await?;
+    let link = ExternalLink::new(
+        ExternalConfig {
+            url: external.url.clone(),
+            ca_pem: ca.cert_path().to_owned(),
+            client_cert_pem,
+            client_key_pem,
+            client_id: client_id(&dir)?,
+            max_packet_size: MAX_MQTT_PACKET,
+        },
+        revocation,
+    )?;
+    // Devices stay connected to the broker while tetherd restarts; what
+    // they said meanwhile waits in tetherd's session.
+    link.seed_online(
+        store
+            .list_devices()
+            .await?
+            .into_iter()
+            .filter(|device| device.presence == Presence::Online)
+            .map(|device| {
+                (
+                    device.name,
+                    device.boot_id.unwrap_or_default(),
+                    device.status_seq,
+                )
+            }),
+    );
+    Ok(link)
+}
+
+/// This tetherd's MQTT client id, made on first start and kept, so its
+/// broker session is found again after a restart. The `.` keeps it apart
+/// from every device name.
+fn client_id(dir: &Path) -> Result<String, StartError> {
+    let path = dir.join("client-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+            Err(StartError::ClientId { path, source })
+        }
+        _ => {
+            let id = format!("tetherd.{}", hex::encode(rand::random::<[u8; 8]>()));
+            std::fs::write(&path, &id).map_err(|source| StartError::ClientId {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(id)
+        }
+    }
+}
+
+/// Keeps the revocation list current: a renewal retires a certificate
+/// without telling the link, and expired ones leave the list.
+async fn revocation_list_forever(list: Arc<RevocationList>) {
+    let mut ticker = tokio::time::interval(REVOCATION_LIST_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let now = Utc::now();
+        if let Err(error) = list.prune(now).await {
+            tracing::error!(error = %error_chain(&error), "could not forget expired certificates");
+        }
+        if let Err(error) = list.refresh(now).await {
+            tracing::error!(error = %error_chain(&error), "could not update the revocation list for the MQTT broker");
+        }
+    }
+}
+
+const REVOCATION_LIST_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The HTTPS listener's certificate: axum-server swaps the rustls config for
 /// new handshakes and keeps established connections.
@@ -330,7 +501,7 @@ async fn prune_telemetry_forever(store: Store, retention: RetentionConfig) {
     }
 }
 
-fn write_endpoints(dir: &Path, api: SocketAddr, mqtt: SocketAddr) -> Result<(), StartError> {
+fn write_endpoints(dir: &Path, api: SocketAddr, mqtt: &str) -> Result<(), StartError> {
     let local = |addr: SocketAddr| {
         if addr.ip().is_unspecified() {
             SocketAddr::from(([127, 0, 0, 1], addr.port()))
@@ -340,7 +511,7 @@ fn write_endpoints(dir: &Path, api: SocketAddr, mqtt: SocketAddr) -> Result<(), 
     };
     let contents = serde_json::json!({
         "api": format!("https://{}", local(api)),
-        "mqtt": format!("mqtts://{}", local(mqtt)),
+        "mqtt": mqtt,
         "pid": std::process::id(),
     });
     let path = dir.join(ENDPOINTS_FILE);

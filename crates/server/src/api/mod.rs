@@ -44,6 +44,8 @@ pub struct AppState {
     pub ca: Arc<CertificateAuthority>,
     /// The MQTT port devices connect to; the host is the one the client used.
     pub mqtt_port: u16,
+    /// With an external broker, the URL devices are given instead.
+    pub device_mqtt_url: Option<String>,
 }
 
 impl AppState {
@@ -66,11 +68,13 @@ impl AppState {
     fn endpoints(&self, client_host: &str) -> Endpoints {
         Endpoints {
             api_url: format!("https://{client_host}"),
-            mqtt_url: format!(
-                "mqtts://{}:{}",
-                host_without_port(client_host),
-                self.mqtt_port
-            ),
+            mqtt_url: self.device_mqtt_url.clone().unwrap_or_else(|| {
+                format!(
+                    "mqtts://{}:{}",
+                    host_without_port(client_host),
+                    self.mqtt_port
+                )
+            }),
         }
     }
 }

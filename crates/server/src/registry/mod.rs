@@ -238,6 +238,9 @@ impl Registry {
             )
             .map_err(RegistryError::Pki)?;
         self.store
+            .record_issued_certificate(&device, &issued.serial_hex, issued.not_after)
+            .await?;
+        self.store
             .set_certificate_serial(&device, &issued.serial_hex)
             .await?;
         // A re-enrolled device's old session holds the replaced certificate.
@@ -296,6 +299,9 @@ impl Registry {
                 now,
             )
             .map_err(RegistryError::Pki)?;
+        self.store
+            .record_issued_certificate(&device, &issued.serial_hex, issued.not_after)
+            .await?;
         let expected = serials
             .and_then(|serials| serials.current)
             .unwrap_or_default();

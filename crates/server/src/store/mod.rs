@@ -6,6 +6,7 @@
 
 mod actions;
 mod audit;
+mod certificates;
 mod codec;
 mod devices;
 mod enrollment;
