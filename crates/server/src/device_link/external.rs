@@ -260,7 +260,8 @@ impl DeviceLink for ExternalLink {
 
     /// Rewrites the revocation list (the broker refuses the device's
     /// certificate once it has reloaded it) and ends the device's current
-    /// session by taking its client id over on tetherd's listener.
+    /// session, if it is online, by taking its client id over on tetherd's
+    /// listener.
     fn disconnect(&self, device: &DeviceId) {
         let device = device.clone();
         let state = self.state.clone();
@@ -271,8 +272,15 @@ impl DeviceLink for ExternalLink {
             if let Err(error) = revocation.refresh(chrono::Utc::now()).await {
                 tracing::error!(%device, error = %crate::error_chain(&error), "could not update the revocation list; the broker still accepts the device's old certificate");
             }
-            if lock(&state.seen).forget(&device) | lock(&state.handled).forget(&device) {
+            let was_online = lock(&state.seen).forget(&device);
+            if lock(&state.handled).forget(&device) {
                 state.inbox().session(SessionChange::Disconnected(device.clone()));
+            }
+            // Only a session that said it was online is taken over: a device
+            // enrolling for the first time connects right after, and would
+            // be the one ended.
+            if !was_online {
+                return;
             }
             match kick(&url, tls, &device).await {
                 Ok(()) => tracing::info!(%device, "ended the device's session on the MQTT broker"),

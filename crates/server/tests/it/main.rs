@@ -5,6 +5,7 @@ mod api;
 mod certificates;
 mod contract;
 mod device_link;
+mod external_broker;
 mod hostile;
 mod ingest;
 mod replicas;
