@@ -225,6 +225,12 @@ impl Ingest {
             Err(Some(error @ StoreError::TooLarge { .. })) => {
                 return Err(self.invalid(inbound, Invalid::Malformed(error.to_string())));
             }
+            // Deleted while its session lasts (an external broker accepts
+            // its certificate until it reloads the revocation list): there
+            // is nothing to store it for, now or later.
+            Err(Some(StoreError::NotFound { what })) => {
+                return Err(Refusal::Invalid(format!("{what} does not exist")));
+            }
             Err(error) => {
                 let error = error.map_or_else(
                     || {
@@ -836,5 +842,26 @@ mod tests {
             "{action:?}"
         );
         assert_eq!(fx.ingest.counters(&fx.device).rejected_too_large, 1);
+    }
+
+    /// An external broker keeps a deleted device's session until it
+    /// reloads its revocation list; what the device sends meanwhile is
+    /// refused for good, not left for the broker to send again.
+    #[tokio::test]
+    async fn a_deleted_devices_message_is_refused_for_good() {
+        let fx = fixture().await;
+        fx.store.delete_device(&fx.device).await.expect("deleted");
+        let refused = fx
+            .ingest
+            .publish(inbound(
+                &fx.device,
+                "metrics",
+                Content::Message(DeviceMessage::Metrics(sample_now())),
+            ))
+            .await;
+        assert!(
+            matches!(refused, Err(Refusal::Invalid(ref r)) if r.contains("does not exist")),
+            "{refused:?}"
+        );
     }
 }

@@ -466,3 +466,21 @@ fn listed(crl: &[u8]) -> anyhow::Result<usize> {
         .matches("Serial Number:")
         .count())
 }
+
+/// The broker takes the certificate CN as the username, and `tetherd` is
+/// the controller's: no device may be named so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_device_can_take_the_controllers_name() -> anyhow::Result<()> {
+    let tetherd = tether_testkit::Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let refused = admin
+        .post("/api/v1/devices", json!({"name": "tetherd"}))
+        .await?;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.body.to_string().contains("tetherd"),
+        "the error names the reserved name: {}",
+        refused.body
+    );
+    Ok(())
+}
