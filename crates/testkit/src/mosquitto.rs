@@ -1,7 +1,7 @@
 //! A real mosquitto broker as tether's external device broker, configured
-//! with the files shipped in `docs/operations/mosquitto/` (only its
-//! directory, ports and log destination are replaced), so the documented
-//! configuration is the tested one.
+//! with the files shipped in `docs/operations/mosquitto/` (only their
+//! directory and ports are replaced), included from a main file laid out
+//! as Debian's, so the documented configuration is the tested one.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -62,19 +62,14 @@ impl Mosquitto {
         )
     }
 
-    /// The configuration file: the shipped one, pointed at this dir and
-    /// these ports, logging to a file.
-    fn config(&self) -> anyhow::Result<String> {
+    /// The shipped `tether.conf`, pointed at this dir and these ports.
+    fn tether_conf(&self) -> anyhow::Result<String> {
         let template = std::fs::read_to_string(shipped("tether.conf"))
             .context("reading docs/operations/mosquitto/tether.conf")?;
         let dir = self.dir.path().display().to_string();
         let mut config = template;
         for (from, to) in [
             ("/etc/mosquitto/tether/".to_owned(), format!("{dir}/")),
-            (
-                "persistence_location /var/lib/mosquitto/".to_owned(),
-                format!("persistence_location {dir}/"),
-            ),
             (
                 "listener 8883\n".to_owned(),
                 format!("listener {} 127.0.0.1\n", self.device_port),
@@ -90,14 +85,22 @@ impl Mosquitto {
             );
             config = config.replace(&from, &to);
         }
-        config.push_str(&format!(
-            "log_dest file {dir}/mosquitto.log\nlog_type all\n"
-        ));
+        Ok(config)
+    }
+
+    /// The main configuration file: Debian 12's `/etc/mosquitto/mosquitto.conf`
+    /// with this dir's paths, including `tether.conf` from `conf.d/`.
+    fn main_conf(&self) -> anyhow::Result<String> {
+        let dir = self.dir.path().display();
+        let mut config = format!(
+            "pid_file {dir}/mosquitto.pid\npersistence true\npersistence_location {dir}/\nlog_dest file {dir}/mosquitto.log\nlog_type all\n"
+        );
         // As root, mosquitto drops to the `mosquitto` user, which cannot
         // read this temp dir.
         if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?) == 0 {
             config.push_str("user root\n");
         }
+        config.push_str(&format!("include_dir {dir}/conf.d\n"));
         Ok(config)
     }
 
@@ -116,8 +119,12 @@ impl Mosquitto {
             || async { Ok(self.crl_path().exists().then_some(())) },
         )
         .await?;
+        let conf_d = self.dir.path().join("conf.d");
+        std::fs::create_dir_all(&conf_d).context("creating conf.d")?;
+        std::fs::write(conf_d.join("tether.conf"), self.tether_conf()?)
+            .context("writing tether.conf")?;
         let config_path = self.dir.path().join("mosquitto.conf");
-        std::fs::write(&config_path, self.config()?).context("writing mosquitto.conf")?;
+        std::fs::write(&config_path, self.main_conf()?).context("writing mosquitto.conf")?;
         let child = Command::new(mosquitto_binary()?)
             .arg("-c")
             .arg(&config_path)
