@@ -302,25 +302,29 @@ impl LinkState {
 
     /// Subscribes (again) to what tetherd consumes; the broker keeps the
     /// subscriptions in the session, and repeating them is harmless.
-    fn subscribe(&self) -> Result<(), rumqttc::v5::ClientError> {
+    fn subscribe(&self) -> Result<(), String> {
         for kind in CONSUMED {
-            self.client.try_subscribe_with_properties(
-                format!("$share/{SHARE_GROUP}/{}", device_filter(kind)),
-                QoS::AtLeastOnce,
+            self.client
+                .try_subscribe_with_properties(
+                    format!("$share/{SHARE_GROUP}/{}", device_filter(kind)),
+                    QoS::AtLeastOnce,
+                    SubscribeProperties {
+                        id: Some(HANDLED),
+                        user_properties: Vec::new(),
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        self.client
+            .try_subscribe_with_properties(
+                device_filter(TopicKind::Status),
+                QoS::AtMostOnce,
                 SubscribeProperties {
-                    id: Some(HANDLED),
+                    id: Some(PRESENCE_COPY),
                     user_properties: Vec::new(),
                 },
-            )?;
-        }
-        self.client.try_subscribe_with_properties(
-            device_filter(TopicKind::Status),
-            QoS::AtMostOnce,
-            SubscribeProperties {
-                id: Some(PRESENCE_COPY),
-                user_properties: Vec::new(),
-            },
-        )
+            )
+            .map_err(|e| e.to_string())
     }
 
     /// Routes a publish from the broker: a presence copy is read at once;
