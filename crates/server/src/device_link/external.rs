@@ -327,6 +327,25 @@ impl LinkState {
             .map_err(|e| e.to_string())
     }
 
+    /// Devices stay connected to the broker while tetherd is away from it,
+    /// so no birth will come to deliver what was requested meanwhile (or
+    /// was queued and lost with the connection): their open actions go out
+    /// again now, as at a birth.
+    fn redeliver_to_online_devices(&self) {
+        let online = lock(&self.seen).online();
+        if online.is_empty() {
+            return;
+        }
+        tracing::info!(
+            devices = online.len(),
+            "delivering open actions to the devices online on the broker"
+        );
+        let inbox = self.inbox();
+        for device in online {
+            inbox.session(SessionChange::SubscribedToActions(device));
+        }
+    }
+
     /// Routes a publish from the broker: a presence copy is read at once;
     /// one to handle goes to its device's worker.
     fn dispatch(self: &Arc<Self>, publish: Publish) {
@@ -493,6 +512,7 @@ async fn run(state: Arc<LinkState>, mut eventloop: EventLoop, url: MqttUrl) {
                 }
                 state.broker_connected.store(true, Ordering::Release);
                 tracing::info!(%url, session_present = ack.session_present, "connected to the external MQTT broker");
+                state.redeliver_to_online_devices();
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => state.dispatch(publish),
             Ok(Event::Incoming(Packet::SubAck(ack))) => {

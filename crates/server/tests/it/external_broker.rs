@@ -484,3 +484,57 @@ async fn no_device_can_take_the_controllers_name() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Devices stay connected to the broker while tetherd restarts: an answer
+/// sent meanwhile waits in tetherd's broker session and is stored when it
+/// is back, and the device still gets actions without reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_sent_while_tetherd_is_down_are_stored_when_it_is_back() -> anyhow::Result<()> {
+    let (mut tetherd, _broker) = start_with_mosquitto(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let credentials = DeviceCredentials::enroll(&admin, "sim-1").await?;
+    let mut device = SimAgent::connect(&credentials, Responder::Silent).await?;
+    let accepted = request(&admin, "sim-1", json!({"action": "get-node-ip"})).await?;
+    let delivered = device
+        .next_action(Duration::from_secs(20))
+        .await
+        .context("the action reaches the device")?;
+    assert_eq!(delivered.correlation_id, id(&accepted)?);
+
+    tetherd.kill();
+    device
+        .answer(&tether_proto::ActionEvent {
+            correlation_id: delivered.correlation_id.clone(),
+            event: "get-node-ip".into(),
+            status_code: 200,
+            status_message: "answered while tetherd was down".into(),
+            response: json!({}),
+        })
+        .await?;
+    tetherd.start_again().await?;
+    let admin = tetherd.admin().await?;
+    let done = wait_terminal(&admin, &id(&accepted)?).await?;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["statusMessage"], "answered while tetherd was down");
+
+    assert_eq!(presence(&admin, "sim-1").await?, "online");
+    let next = request(&admin, "sim-1", json!({"action": "get-node-ip"})).await?;
+    // Delivery is at least once: tetherd sends open actions again when it
+    // reconnects to the broker, so the first one may come again first.
+    loop {
+        let delivered = device
+            .next_action(Duration::from_secs(20))
+            .await
+            .context("a device that stayed connected still gets actions")?;
+        if delivered.correlation_id == id(&next)? {
+            break;
+        }
+        assert_eq!(
+            delivered.correlation_id,
+            id(&accepted)?,
+            "only a copy of the first"
+        );
+    }
+    assert!(device.is_connected());
+    Ok(())
+}

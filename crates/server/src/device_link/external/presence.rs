@@ -95,6 +95,14 @@ impl StatusPresence {
         self.latest.remove(device).is_some_and(|known| known.online)
     }
 
+    pub fn online(&self) -> Vec<DeviceId> {
+        self.latest
+            .iter()
+            .filter(|(_, known)| known.online)
+            .map(|(device, _)| device.clone())
+            .collect()
+    }
+
     pub fn is_online(&self, device: &DeviceId) -> bool {
         self.latest.get(device).is_some_and(|known| known.online)
     }
@@ -188,6 +196,7 @@ mod tests {
         let a = id("device-a");
         presence.seed_online(a.clone(), "b1".into(), 3);
         assert!(presence.is_online(&a));
+        assert_eq!(presence.online(), vec![a.clone()]);
         assert_eq!(
             presence.observe(&a, &status(Presence::Offline, "b1", 2)),
             Transition::Stale
