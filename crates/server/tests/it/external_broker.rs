@@ -10,7 +10,9 @@ use tether_testkit::mosquitto::{Mosquitto, start_with_mosquitto};
 use tether_testkit::sim_agent::{DeviceCredentials, Responder, SimAgent};
 use tether_testkit::{Agent, ApiClient, Database, wait_until};
 
-use crate::support::{id, mosquitto, on_both_databases, request, run, text, wait_terminal};
+use crate::support::{
+    WriteLock, id, mosquitto, on_both_databases, request, run, text, wait_terminal,
+};
 
 on_both_databases!(
     actions_round_trip_through_mosquitto_and_wait_for_offline_devices,
@@ -536,5 +538,50 @@ async fn answers_sent_while_tetherd_is_down_are_stored_when_it_is_back() -> anyh
         );
     }
     assert!(device.is_connected());
+    Ok(())
+}
+
+/// The broker acknowledged the device's answer at once; tetherd, unable to
+/// store it, does not acknowledge it to the broker, and the broker's
+/// redelivery stores it once the store is back: the device answered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_store_could_not_take_is_redelivered_by_the_broker() -> anyhow::Result<()> {
+    let (tetherd, _broker) = start_with_mosquitto(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let credentials = DeviceCredentials::enroll(&admin, "sim-1").await?;
+    let mut device = SimAgent::connect(&credentials, Responder::Silent).await?;
+    let accepted = request(&admin, "sim-1", json!({"action": "get-node-ip"})).await?;
+    let delivered = device
+        .next_action(Duration::from_secs(20))
+        .await
+        .context("the action reaches the device")?;
+
+    let lock = WriteLock::take(&tetherd.data_dir().join("tether.db")).await?;
+    device
+        .answer(&tether_proto::ActionEvent {
+            correlation_id: delivered.correlation_id.clone(),
+            event: "get-node-ip".into(),
+            status_code: 200,
+            status_message: "answered once".into(),
+            response: json!({}),
+        })
+        .await?;
+    wait_until(
+        "tetherd to hold back its acknowledgement",
+        Duration::from_secs(60),
+        || async {
+            Ok(tetherd
+                .log()
+                .contains("not acknowledging a device's message to the broker")
+                .then_some(()))
+        },
+    )
+    .await?;
+    lock.release().await?;
+    let done = wait_terminal(&admin, &id(&accepted)?)
+        .await
+        .with_context(|| tetherd.log())?;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["statusMessage"], "answered once");
     Ok(())
 }
