@@ -199,30 +199,50 @@ impl Drop for Mosquitto {
 /// are given the broker's device listener.
 pub async fn start_with_mosquitto(database: Database) -> anyhow::Result<(Tetherd, Mosquitto)> {
     let mut mosquitto = Mosquitto::prepare()?;
-    let config = mosquitto.dir.path().join("tetherd.toml");
-    std::fs::write(&config, mosquitto.tetherd_config()).context("writing tetherd.toml")?;
-    let config = config.display().to_string();
+    std::fs::write(mosquitto.tetherd_config_path(), mosquitto.tetherd_config())
+        .context("writing tetherd.toml")?;
+    let config = mosquitto.tetherd_config_path().display().to_string();
     let tetherd = Tetherd::start_with(database, &["--config", &config]).await?;
     mosquitto.start(&tetherd).await?;
-    wait_until(
-        "tetherd to connect to mosquitto",
-        Duration::from_secs(30),
-        || async {
-            Ok(tetherd
-                .log()
-                .contains("connected to the external MQTT broker")
-                .then_some(()))
-        },
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "tetherd log:\n{}\nmosquitto log:\n{}",
-            tetherd.log(),
-            mosquitto.log()
-        )
-    })?;
+    mosquitto.wait_connected(&tetherd).await?;
     Ok((tetherd, mosquitto))
+}
+
+impl Mosquitto {
+    /// The config file of tetherds using this broker.
+    pub fn tetherd_config_path(&self) -> PathBuf {
+        self.dir.path().join("tetherd.toml")
+    }
+
+    /// Starts another replica of `first` (on PostgreSQL) on this broker;
+    /// returns once it has connected.
+    pub async fn start_replica(&self, first: &Tetherd) -> anyhow::Result<Tetherd> {
+        let config = self.tetherd_config_path().display().to_string();
+        let replica = Tetherd::start_replica_of(first, &["--config", &config]).await?;
+        self.wait_connected(&replica).await?;
+        Ok(replica)
+    }
+
+    async fn wait_connected(&self, tetherd: &Tetherd) -> anyhow::Result<()> {
+        wait_until(
+            "tetherd to connect to mosquitto",
+            Duration::from_secs(30),
+            || async {
+                Ok(tetherd
+                    .log()
+                    .contains("connected to the external MQTT broker")
+                    .then_some(()))
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "tetherd log:\n{}\nmosquitto log:\n{}",
+                tetherd.log(),
+                self.log()
+            )
+        })
+    }
 }
 
 fn mosquitto_binary() -> anyhow::Result<PathBuf> {
