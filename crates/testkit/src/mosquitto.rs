@@ -198,9 +198,21 @@ impl Drop for Mosquitto {
 /// returns once tetherd has connected to it. Devices enroll as usual and
 /// are given the broker's device listener.
 pub async fn start_with_mosquitto(database: Database) -> anyhow::Result<(Tetherd, Mosquitto)> {
+    start_with_mosquitto_and(database, "").await
+}
+
+/// Like [`start_with_mosquitto`], with more of tetherd's config file (other
+/// sections than `[broker]`).
+pub async fn start_with_mosquitto_and(
+    database: Database,
+    more_config: &str,
+) -> anyhow::Result<(Tetherd, Mosquitto)> {
     let mut mosquitto = Mosquitto::prepare()?;
-    std::fs::write(mosquitto.tetherd_config_path(), mosquitto.tetherd_config())
-        .context("writing tetherd.toml")?;
+    std::fs::write(
+        mosquitto.tetherd_config_path(),
+        format!("{more_config}\n{}", mosquitto.tetherd_config()),
+    )
+    .context("writing tetherd.toml")?;
     let config = mosquitto.tetherd_config_path().display().to_string();
     let tetherd = Tetherd::start_with(database, &["--config", &config]).await?;
     mosquitto.start(&tetherd).await?;

@@ -109,13 +109,15 @@ pub struct ExternalLink {
     /// Polled once [`ExternalLink::serve`] has the inbox.
     pending_eventloop: Mutex<Option<EventLoop>>,
     event_loop: Mutex<Option<JoinHandle<()>>>,
-    url: MqttUrl,
-    tls: Arc<rustls::ClientConfig>,
     revocation: Arc<RevocationList>,
 }
 
 struct LinkState {
     client: AsyncClient,
+    /// tetherd's listener on the broker, and its TLS settings: also how a
+    /// device's session is ended.
+    url: MqttUrl,
+    tls: Arc<rustls::ClientConfig>,
     inbox: OnceLock<Arc<dyn DeviceInbox>>,
     /// Every status this replica saw: answers `is_connected`.
     seen: Mutex<StatusPresence>,
@@ -158,6 +160,8 @@ impl ExternalLink {
         Ok(Arc::new(Self {
             state: Arc::new(LinkState {
                 client,
+                url: config.url.clone(),
+                tls: tls.clone(),
                 inbox: OnceLock::new(),
                 seen: Mutex::default(),
                 handled: Mutex::default(),
@@ -169,8 +173,6 @@ impl ExternalLink {
             runtime: tokio::runtime::Handle::current(),
             pending_eventloop: Mutex::new(Some(eventloop)),
             event_loop: Mutex::new(None),
-            url: config.url,
-            tls,
             revocation,
         }))
     }
@@ -182,7 +184,7 @@ impl ExternalLink {
             return;
         };
         let _ = self.state.inbox.set(inbox);
-        let task = tokio::spawn(run(self.state.clone(), eventloop, self.url.clone()));
+        let task = tokio::spawn(run(self.state.clone(), eventloop));
         *lock(&self.event_loop) = Some(task);
     }
 
@@ -266,8 +268,6 @@ impl DeviceLink for ExternalLink {
         let device = device.clone();
         let state = self.state.clone();
         let revocation = self.revocation.clone();
-        let url = self.url.clone();
-        let tls = self.tls.clone();
         self.runtime.spawn(async move {
             if let Err(error) = revocation.refresh(chrono::Utc::now()).await {
                 tracing::error!(%device, error = %crate::error_chain(&error), "could not update the revocation list; the broker still accepts the device's old certificate");
@@ -282,10 +282,7 @@ impl DeviceLink for ExternalLink {
             if !was_online {
                 return;
             }
-            match kick(&url, tls, &device).await {
-                Ok(()) => tracing::info!(%device, "ended the device's session on the MQTT broker"),
-                Err(error) => tracing::warn!(%device, error, "could not end the device's session on the MQTT broker"),
-            }
+            state.end_session(&device).await;
         });
     }
 }
@@ -464,8 +461,9 @@ impl LinkState {
             // the broker does not send it again.
             Err(Refusal::Invalid(_) | Refusal::RateLimited(_)) => self.ack(&publish),
             Err(Refusal::Disconnect(reason)) => {
-                tracing::warn!(%device, reason, "a device keeps exceeding its limits; the broker keeps its session: revoke the device to end it");
+                tracing::warn!(%device, reason, "ending the session of a device that keeps exceeding its limits");
                 self.ack(&publish);
+                self.end_session(device).await;
             }
             Err(Refusal::Unavailable(reason)) => {
                 if publish.qos == QoS::AtMostOnce {
@@ -475,6 +473,16 @@ impl LinkState {
                 // session resumes, which the resync forces.
                 tracing::warn!(%device, reason, "not acknowledging a device's message to the broker; it is sent again after a reconnect");
                 self.resync.notify_one();
+            }
+        }
+    }
+
+    /// Ends the device's session on the broker by taking its client id over.
+    async fn end_session(&self, device: &DeviceId) {
+        match kick(&self.url, self.tls.clone(), device).await {
+            Ok(()) => tracing::info!(%device, "ended the device's session on the MQTT broker"),
+            Err(error) => {
+                tracing::warn!(%device, error, "could not end the device's session on the MQTT broker")
             }
         }
     }
@@ -491,7 +499,8 @@ impl LinkState {
 
 /// Keeps the connection to the broker: reconnects with backoff,
 /// subscribes on each connect, and hands publishes on.
-async fn run(state: Arc<LinkState>, mut eventloop: EventLoop, url: MqttUrl) {
+async fn run(state: Arc<LinkState>, mut eventloop: EventLoop) {
+    let url = state.url.clone();
     let mut delay = RETRY_FIRST;
     loop {
         let polled = tokio::select! {

@@ -661,3 +661,53 @@ async fn two_replicas_share_the_devices_messages_through_mosquitto() -> anyhow::
     drop(second);
     Ok(())
 }
+
+/// A device that keeps exceeding its rate has its session ended, as in
+/// embedded mode, though the refusals before cannot reach it as PUBACK codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_over_its_rate_for_long_has_its_session_ended() -> anyhow::Result<()> {
+    let (tetherd, _broker) = tether_testkit::mosquitto::start_with_mosquitto_and(
+        Database::Sqlite,
+        "[ingest]\nmessages_per_second = 1\nmessage_burst = 5\nstrikes_before_disconnect = 5\n",
+    )
+    .await?;
+    let admin = tetherd.admin().await?;
+    let credentials = DeviceCredentials::enroll(&admin, "noisy").await?;
+    let device = SimAgent::connect(&credentials, Responder::Silent).await?;
+    for n in 0..40 {
+        device
+            .answer(&tether_proto::ActionEvent {
+                correlation_id: format!("made-up-{n}"),
+                event: "get-node-ip".into(),
+                status_code: 200,
+                status_message: "noise".into(),
+                response: json!({}),
+            })
+            .await?;
+    }
+    wait_until(
+        "the noisy session to end",
+        Duration::from_secs(20),
+        || async { Ok((!device.is_connected()).then_some(())) },
+    )
+    .await
+    .with_context(|| tetherd.log())?;
+    let counters = admin
+        .get("/api/v1/devices/noisy")
+        .await?
+        .expect_status(200)?["ingest"]
+        .clone();
+    assert!(counters["rateLimited"].as_u64() >= Some(5), "{counters}");
+    assert!(
+        counters["disconnectedForRate"].as_u64() >= Some(1),
+        "{counters}"
+    );
+    assert!(
+        events(&admin, "noisy")
+            .await?
+            .iter()
+            .any(|e| e["event"] == "message-rejected" && e["statusCode"] == 429),
+        "the operator sees why"
+    );
+    Ok(())
+}
