@@ -238,7 +238,6 @@ impl DeviceLink for ExternalLink {
             let properties = PublishProperties {
                 correlation_data: Some(action.correlation_data.into()),
                 message_expiry_interval: Some(action.expiry.get()),
-                content_type: Some("application/json".into()),
                 ..PublishProperties::default()
             };
             let _order = self.publish_order.lock().await;
