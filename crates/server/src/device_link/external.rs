@@ -364,7 +364,11 @@ impl LinkState {
                 topic,
                 "the broker delivered a publish outside the device topics; dropped"
             );
-            self.ack(&publish);
+            // On the event loop's own task: it must not wait for the queue
+            // it empties. A full queue leaves the publish to be sent again.
+            if publish.qos != QoS::AtMostOnce {
+                let _ = self.client.try_ack(&publish);
+            }
             return;
         };
         let mut workers = lock(&self.workers);
@@ -447,21 +451,21 @@ impl LinkState {
                 Transition::Unchanged => {}
                 Transition::Stale => {
                     tracing::debug!(%device, boot_id = status.boot_id, seq = status.seq, "ignored a status older than the device's latest");
-                    self.ack(&publish);
+                    self.ack(&publish).await;
                     return;
                 }
             }
         }
         match self.inbox().publish(inbound).await {
-            Ok(()) => self.ack(&publish),
+            Ok(()) => self.ack(&publish).await,
             // The broker acknowledged the device's publish already, so a
             // refusal cannot reach the device; the inbox recorded a
             // `message-rejected` event the operator sees. Acknowledged, so
             // the broker does not send it again.
-            Err(Refusal::Invalid(_) | Refusal::RateLimited(_)) => self.ack(&publish),
+            Err(Refusal::Invalid(_) | Refusal::RateLimited(_)) => self.ack(&publish).await,
             Err(Refusal::Disconnect(reason)) => {
                 tracing::warn!(%device, reason, "ending the session of a device that keeps exceeding its limits");
-                self.ack(&publish);
+                self.ack(&publish).await;
                 self.end_session(device).await;
             }
             Err(Refusal::Unavailable(reason)) => {
@@ -486,11 +490,13 @@ impl LinkState {
         }
     }
 
-    fn ack(&self, publish: &Publish) {
+    /// Acknowledges a handled publish to the broker, waiting for room in
+    /// the request queue (the event loop empties it).
+    async fn ack(&self, publish: &Publish) {
         if publish.qos == QoS::AtMostOnce {
             return;
         }
-        if let Err(error) = self.client.try_ack(publish) {
+        if let Err(error) = self.client.ack(publish).await {
             tracing::warn!(error = %error, "could not acknowledge a publish to the broker; it is sent again after a reconnect");
         }
     }
