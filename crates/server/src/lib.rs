@@ -26,9 +26,8 @@ use tether_proto::{Catalogue, Presence};
 use crate::actions::ActionService;
 use crate::api::AppState;
 use crate::auth::{ADMIN_CREDENTIALS_FILE, Auth};
-use crate::config::{BrokerConfig, ExternalBrokerConfig, RetentionConfig, ServerConfig};
-use crate::device_link::external::revocation::{RevocationError, RevocationList};
-use crate::device_link::external::{ExternalConfig, ExternalError, ExternalLink};
+use crate::config::{BrokerConfig, RetentionConfig, ServerConfig};
+use crate::device_link::external::{ExternalError, ExternalLink};
 use crate::device_link::rmqtt::{RmqttConfig, RmqttLink};
 use crate::device_link::{DeviceInbox, DeviceLink, LinkError};
 use crate::ingest::Ingest;
@@ -60,14 +59,6 @@ pub enum StartError {
     Link(#[from] LinkError),
     #[error("could not set up the connection to the external MQTT broker")]
     External(#[from] ExternalError),
-    #[error(transparent)]
-    Revocation(#[from] RevocationError),
-    #[error("could not read or write tetherd's MQTT client id in {path}")]
-    ClientId {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error(
         "could not listen for HTTPS on {addr}: is another tetherd running? choose another address with --listen-api"
     )]
@@ -142,7 +133,7 @@ pub async fn run(
             DeviceEndpoint::Embedded(rmqtt, mqtt_addr)
         }
         BrokerConfig::External(external) => DeviceEndpoint::External(
-            external_link(&config, external, &ca, &store).await?,
+            ExternalLink::prepare(&config, external, &ca, &store, MAX_MQTT_PACKET).await?,
             external.device_url.to_string(),
         ),
     };
@@ -170,7 +161,7 @@ pub async fn run(
     ));
     endpoint.serve(ingest.clone());
     if let DeviceEndpoint::External(external, _) = &endpoint {
-        tokio::spawn(revocation_list_forever(external.revocation().clone()));
+        tokio::spawn(external.revocation().clone().refresh_forever());
     }
     tokio::spawn(sweep_forever(
         actions.clone(),
@@ -291,104 +282,6 @@ impl DeviceEndpoint {
         }
     }
 }
-
-/// Sets up tetherd's side of an external broker: its client certificate
-/// (issued into `broker/` in the data dir unless configured), its client id,
-/// the revocation list the broker reads, and which devices are online.
-async fn external_link(
-    config: &ServerConfig,
-    external: &ExternalBrokerConfig,
-    ca: &Arc<CertificateAuthority>,
-    store: &Store,
-) -> Result<Arc<ExternalLink>, StartError> {
-    let dir = config.data_dir.join("broker");
-    secret_file::make_private_dir(&dir)?;
-    let (client_cert_pem, client_key_pem) = match &external.client_identity {
-        Some(identity) => identity.clone(),
-        None => {
-            let issued = ca.issue_controller_client_certificate(
-                &dir,
-                config.pki.device_certificate_lifetime,
-                Utc::now(),
-            )?;
-            (issued.cert_path, issued.key_path)
-        }
-    };
-    let revocation = Arc::new(RevocationList::new(
-        store.clone(),
-        ca.clone(),
-        external.crl_path.clone(),
-    ));
-    revocation.refresh(Utc::now()).await?;
-    let link = ExternalLink::new(
-        ExternalConfig {
-            url: external.url.clone(),
-            ca_pem: ca.cert_path().to_owned(),
-            client_cert_pem,
-            client_key_pem,
-            client_id: client_id(&dir)?,
-            max_packet_size: MAX_MQTT_PACKET,
-        },
-        revocation,
-    )?;
-    // Devices stay connected to the broker while tetherd restarts; what
-    // they said meanwhile waits in tetherd's session.
-    link.seed_online(
-        store
-            .list_devices()
-            .await?
-            .into_iter()
-            .filter(|device| device.presence == Presence::Online)
-            .map(|device| {
-                (
-                    device.name,
-                    device.boot_id.unwrap_or_default(),
-                    device.status_seq,
-                )
-            }),
-    );
-    Ok(link)
-}
-
-/// This tetherd's MQTT client id, made on first start and kept, so its
-/// broker session is found again after a restart. The `.` keeps it apart
-/// from every device name.
-fn client_id(dir: &Path) -> Result<String, StartError> {
-    let path = dir.join("client-id");
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
-        Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
-            Err(StartError::ClientId { path, source })
-        }
-        _ => {
-            let id = format!("tetherd.{}", hex::encode(rand::random::<[u8; 8]>()));
-            std::fs::write(&path, &id).map_err(|source| StartError::ClientId {
-                path: path.clone(),
-                source,
-            })?;
-            Ok(id)
-        }
-    }
-}
-
-/// Keeps the revocation list current: a renewal retires a certificate
-/// without telling the link, and expired ones leave the list.
-async fn revocation_list_forever(list: Arc<RevocationList>) {
-    let mut ticker = tokio::time::interval(REVOCATION_LIST_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let now = Utc::now();
-        if let Err(error) = list.prune(now).await {
-            tracing::error!(error = %error_chain(&error), "could not forget expired certificates");
-        }
-        if let Err(error) = list.refresh(now).await {
-            tracing::error!(error = %error_chain(&error), "could not update the revocation list for the MQTT broker");
-        }
-    }
-}
-
-const REVOCATION_LIST_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The HTTPS listener's certificate: axum-server swaps the rustls config for
 /// new handshakes and keeps established connections.

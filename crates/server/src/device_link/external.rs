@@ -41,7 +41,9 @@ use super::{
     BoxFuture, Content, DeviceInbox, DeviceLink, DeviceMessage, Inbound, LinkError, Refusal,
     SessionChange, content,
 };
-use crate::config::MqttUrl;
+use crate::config::{ExternalBrokerConfig, MqttUrl, ServerConfig};
+use crate::pki::CertificateAuthority;
+use crate::store::Store;
 
 /// The shared subscription group every replica joins.
 const SHARE_GROUP: &str = "tetherd";
@@ -99,6 +101,20 @@ pub enum ExternalError {
     Pem { path: PathBuf, what: &'static str },
     #[error("could not build the TLS client for the broker")]
     Tls(#[source] rustls::Error),
+    #[error(transparent)]
+    Dir(#[from] crate::secret_file::PrivateDirError),
+    #[error("could not issue tetherd's client certificate")]
+    Pki(#[from] crate::pki::PkiError),
+    #[error(transparent)]
+    Revocation(#[from] revocation::RevocationError),
+    #[error("could not read the devices' presence")]
+    Store(#[from] crate::store::StoreError),
+    #[error("could not read or write tetherd's MQTT client id in {path}")]
+    ClientId {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub struct ExternalLink {
@@ -175,6 +191,66 @@ impl ExternalLink {
             event_loop: Mutex::new(None),
             revocation,
         }))
+    }
+
+    /// Sets up tetherd's side of the broker: its client certificate
+    /// (issued into `broker/` in the data dir unless configured), its
+    /// client id, the revocation list the broker reads, and which devices
+    /// are online. Does not connect yet.
+    pub async fn prepare(
+        config: &ServerConfig,
+        external: &ExternalBrokerConfig,
+        ca: &Arc<CertificateAuthority>,
+        store: &Store,
+        max_packet_size: u32,
+    ) -> Result<Arc<Self>, ExternalError> {
+        let dir = config.data_dir.join("broker");
+        crate::secret_file::make_private_dir(&dir)?;
+        let (client_cert_pem, client_key_pem) = match &external.client_identity {
+            Some(identity) => identity.clone(),
+            None => {
+                let issued = ca.issue_controller_client_certificate(
+                    &dir,
+                    config.pki.device_certificate_lifetime,
+                    chrono::Utc::now(),
+                )?;
+                (issued.cert_path, issued.key_path)
+            }
+        };
+        let revocation = Arc::new(RevocationList::new(
+            store.clone(),
+            ca.clone(),
+            external.crl_path.clone(),
+        ));
+        revocation.refresh(chrono::Utc::now()).await?;
+        let link = Self::new(
+            ExternalConfig {
+                url: external.url.clone(),
+                ca_pem: ca.cert_path().to_owned(),
+                client_cert_pem,
+                client_key_pem,
+                client_id: client_id(&dir)?,
+                max_packet_size,
+            },
+            revocation,
+        )?;
+        // Devices stay connected to the broker while tetherd restarts; what
+        // they said meanwhile waits in tetherd's session.
+        link.seed_online(
+            store
+                .list_devices()
+                .await?
+                .into_iter()
+                .filter(|device| device.presence == tether_proto::Presence::Online)
+                .map(|device| {
+                    (
+                        device.name,
+                        device.boot_id.unwrap_or_default(),
+                        device.status_seq,
+                    )
+                }),
+        );
+        Ok(link)
     }
 
     /// Connects and hands what devices send to `inbox`. Only the first
@@ -592,6 +668,27 @@ async fn kick(
                 KICK_TIMEOUT.as_secs()
             )
         })?
+}
+
+/// This tetherd's MQTT client id, made on first start and kept, so its
+/// broker session is found again after a restart. The `.` keeps it apart
+/// from every device name.
+fn client_id(dir: &std::path::Path) -> Result<String, ExternalError> {
+    let path = dir.join("client-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+            Err(ExternalError::ClientId { path, source })
+        }
+        _ => {
+            let id = format!("tetherd.{}", hex::encode(rand::random::<[u8; 8]>()));
+            std::fs::write(&path, &id).map_err(|source| ExternalError::ClientId {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(id)
+        }
+    }
 }
 
 fn device_filter(kind: TopicKind) -> String {

@@ -73,7 +73,26 @@ impl RevocationList {
     pub async fn prune(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         self.store.delete_expired_issued_certificates(now).await
     }
+
+    /// Keeps the list current: a renewal retires a certificate without
+    /// telling the link, and expired ones leave the list.
+    pub async fn refresh_forever(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(REFRESH_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let now = Utc::now();
+            if let Err(error) = self.prune(now).await {
+                tracing::error!(error = %crate::error_chain(&error), "could not forget expired certificates");
+            }
+            if let Err(error) = self.refresh(now).await {
+                tracing::error!(error = %crate::error_chain(&error), "could not update the revocation list for the MQTT broker");
+            }
+        }
+    }
 }
+
+const REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Writes `bytes` to a temporary file beside `path` and renames it over
 /// `path`, so a broker reading it never sees half a list. The list is
