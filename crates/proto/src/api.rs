@@ -77,7 +77,8 @@ pub struct Device {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateDevice {
-    /// 1 to 63 lowercase letters, digits or `-`, starting and ending with a letter or digit.
+    /// 1 to 63 lowercase letters, digits or `-`, starting and ending with a letter or digit;
+    /// not `tetherd`, which is the controller's own name.
     #[cfg_attr(
         feature = "openapi",
         schema(max_length = 63, pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")

@@ -9,13 +9,15 @@ use crate::limits::{self, TooLarge};
 /// Like a Kubernetes object name: 1 to 63 characters of lowercase letters,
 /// digits and `-`, starting and ending with a letter or digit. That keeps it
 /// safe in an MQTT topic level, a certificate CN and a URL path segment.
+/// [`DeviceId::RESERVED`] is not a device name: an external MQTT broker
+/// takes the certificate CN as the username, and that one is tetherd's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct DeviceId(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid device name {name:?}: use 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+    "invalid device name {name:?}: use 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit, other than \"tetherd\" (the controller's own name)"
 )]
 pub struct InvalidDeviceId {
     pub name: String,
@@ -23,6 +25,9 @@ pub struct InvalidDeviceId {
 
 impl DeviceId {
     pub const MAX_LEN: usize = 63;
+    /// The CN of tetherd's own client certificate for an external broker,
+    /// which grants it every device's topics.
+    pub const RESERVED: &str = "tetherd";
 
     pub fn new(name: impl Into<String>) -> Result<Self, InvalidDeviceId> {
         let name = name.into();
@@ -32,7 +37,8 @@ impl DeviceId {
             && bytes.len() <= Self::MAX_LEN
             && bytes.iter().all(allowed)
             && bytes.first() != Some(&b'-')
-            && bytes.last() != Some(&b'-');
+            && bytes.last() != Some(&b'-')
+            && name != Self::RESERVED;
         if valid {
             Ok(Self(name))
         } else {
@@ -171,7 +177,7 @@ mod tests {
 
     #[test]
     fn device_names_are_topic_and_url_safe() {
-        for ok in ["a", "edge-1", "x".repeat(63).as_str(), "0abc"] {
+        for ok in ["a", "edge-1", "x".repeat(63).as_str(), "0abc", "tetherd-1"] {
             assert!(DeviceId::new(ok).is_ok(), "{ok}");
         }
         for bad in [
@@ -185,6 +191,7 @@ mod tests {
             "a b",
             "a.b",
             &"x".repeat(64),
+            "tetherd",
         ] {
             let err = DeviceId::new(bad).expect_err(bad);
             assert!(err.to_string().contains("invalid device name"));

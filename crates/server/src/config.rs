@@ -77,6 +77,8 @@ struct FileConfig {
     ingest: FileIngest,
     #[serde(default)]
     cluster: FileCluster,
+    #[serde(default)]
+    broker: FileBroker,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -85,6 +87,17 @@ struct FileCluster {
     lease_seconds: Option<u64>,
     advertise_mqtt_url: Option<String>,
     outbox_sweep_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileBroker {
+    mode: Option<String>,
+    url: Option<String>,
+    device_url: Option<String>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    crl_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -156,6 +169,153 @@ pub struct ServerConfig {
     pub pki: PkiConfig,
     pub ingest: crate::ingest::IngestConfig,
     pub cluster: crate::cluster::ClusterConfig,
+    pub broker: BrokerConfig,
+}
+
+/// Where devices connect: tetherd's embedded MQTT endpoint, or an MQTT
+/// broker the operator runs (`docs/operations/external-broker.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerConfig {
+    Embedded,
+    External(ExternalBrokerConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalBrokerConfig {
+    /// Where tetherd connects, `mqtts://HOST:PORT`: the broker's listener
+    /// for tetherd.
+    pub url: MqttUrl,
+    /// What devices are told at enrollment: the broker's listener for devices.
+    pub device_url: MqttUrl,
+    /// tetherd's client certificate and key (PEM); `None`: tetherd issues
+    /// its own from its CA into the data dir at every start.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+    /// Where tetherd writes the revocation list the broker reads.
+    pub crl_path: PathBuf,
+}
+
+/// An `mqtts://HOST:PORT` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl MqttUrl {
+    pub fn parse(key: &'static str, url: &str) -> Result<Self, ConfigError> {
+        let bad = |problem: &str| ConfigError::Invalid {
+            key,
+            value: url.to_owned(),
+            expected: format!("{problem}; use mqtts://HOST:PORT"),
+        };
+        let rest = url
+            .strip_prefix("mqtts://")
+            .ok_or_else(|| bad("not an mqtts:// URL (the broker must speak TLS)"))?;
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        if host.is_empty() || host.contains(['/', '[', ']', '@', ' ']) {
+            return Err(bad("not a host name or IPv4 address"));
+        }
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| bad("the port is not 1 to 65535"))?;
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for MqttUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "mqtts://{}:{}", self.host, self.port)
+    }
+}
+
+/// The `[broker]` section.
+fn broker_config(file: &FileBroker, data_dir: &Path) -> Result<BrokerConfig, ConfigError> {
+    let external_only = [
+        ("broker.url", file.url.is_some()),
+        ("broker.device_url", file.device_url.is_some()),
+        ("broker.client_cert", file.client_cert.is_some()),
+        ("broker.client_key", file.client_key.is_some()),
+        ("broker.crl_path", file.crl_path.is_some()),
+    ];
+    match file.mode.as_deref().unwrap_or("embedded") {
+        "embedded" => match external_only.iter().find(|(_, set)| *set) {
+            Some((key, _)) => Err(ConfigError::Invalid {
+                key,
+                value: "set".into(),
+                expected: "only used with broker.mode = \"external\"".into(),
+            }),
+            None => Ok(BrokerConfig::Embedded),
+        },
+        "external" => {
+            let url = file.url.as_deref().ok_or(ConfigError::Invalid {
+                key: "broker.url",
+                value: "missing".into(),
+                expected:
+                    "broker.mode = \"external\" needs the broker's mqtts://HOST:PORT for tetherd"
+                        .into(),
+            })?;
+            let url = MqttUrl::parse("broker.url", url)?;
+            let device_url = match &file.device_url {
+                Some(device_url) => MqttUrl::parse("broker.device_url", device_url)?,
+                None => url.clone(),
+            };
+            let client_identity = match (&file.client_cert, &file.client_key) {
+                (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+                (None, None) => None,
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err(ConfigError::Invalid {
+                        key: "broker.client_cert",
+                        value: "given alone".into(),
+                        expected: "give broker.client_cert and broker.client_key together, or neither to let tetherd issue its own".into(),
+                    });
+                }
+            };
+            Ok(BrokerConfig::External(ExternalBrokerConfig {
+                url,
+                device_url,
+                client_identity,
+                crl_path: file
+                    .crl_path
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("broker").join("crl.pem")),
+            }))
+        }
+        other => Err(ConfigError::Invalid {
+            key: "broker.mode",
+            value: other.to_owned(),
+            expected: "use \"embedded\" or \"external\"".into(),
+        }),
+    }
+}
+
+impl BrokerConfig {
+    fn to_file(&self) -> FileBroker {
+        match self {
+            BrokerConfig::Embedded => FileBroker {
+                mode: Some("embedded".into()),
+                ..FileBroker::default()
+            },
+            BrokerConfig::External(external) => FileBroker {
+                mode: Some("external".into()),
+                url: Some(external.url.to_string()),
+                device_url: Some(external.device_url.to_string()),
+                client_cert: external
+                    .client_identity
+                    .as_ref()
+                    .map(|(cert, _)| cert.clone()),
+                client_key: external
+                    .client_identity
+                    .as_ref()
+                    .map(|(_, key)| key.clone()),
+                crl_path: Some(external.crl_path.clone()),
+            },
+        }
+    }
 }
 
 /// Certificate lifetimes. Both kinds renew at about two thirds of their life;
@@ -288,11 +448,11 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("no data dir given and neither XDG_DATA_HOME nor HOME is set: pass --data-dir")]
     NoDataDir,
-    #[error("{key} = {value:?} is not valid: {expected}")]
+    #[error("{key} = {value} is not valid: {expected}")]
     Invalid {
         key: &'static str,
         value: String,
-        expected: &'static str,
+        expected: String,
     },
     #[error("{key} = {value} is out of range: {expected}")]
     OutOfRange {
@@ -494,6 +654,7 @@ impl ServerConfig {
         )?;
         let ingest = ingest_config(&file.ingest)?;
         let cluster = cluster_config(file.cluster)?;
+        let broker = broker_config(&file.broker, &data_dir)?;
         check_range("retention.events_days", retention.events, DAY, 3660 * DAY)?;
         check_range("retention.actions_days", retention.actions, DAY, 3660 * DAY)?;
         check_range("retention.metrics_days", retention.metrics, DAY, 3660 * DAY)?;
@@ -550,6 +711,7 @@ impl ServerConfig {
             pki,
             ingest,
             cluster,
+            broker,
         })
     }
 }
@@ -609,6 +771,7 @@ impl ServerConfig {
                 advertise_mqtt_url: self.cluster.advertise_mqtt_url.clone(),
                 outbox_sweep_seconds: Some(self.cluster.outbox_sweep.as_secs()),
             },
+            broker: self.broker.to_file(),
         };
         toml::to_string(&file).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
     }
@@ -689,7 +852,7 @@ fn cluster_config(file: FileCluster) -> Result<crate::cluster::ClusterConfig, Co
             return Err(ConfigError::Invalid {
                 key: "cluster.advertise_mqtt_url",
                 value: url.clone(),
-                expected: "use mqtts://HOST:PORT, where devices reach this replica (or a load balancer in front of all)",
+                expected: "use mqtts://HOST:PORT, where devices reach this replica (or a load balancer in front of all)".into(),
             });
         }
     }
@@ -847,6 +1010,81 @@ mod tests {
             let file: FileConfig = toml::from_str(file).expect("valid toml");
             let err = ServerConfig::merge(flags(&["--data-dir", "/d"]), file).expect_err(key);
             assert!(err.to_string().starts_with(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_external_broker_reads_back_from_the_printed_config() {
+        let file: FileConfig = toml::from_str(
+            "[broker]\nmode = \"external\"\nurl = \"mqtts://127.0.0.1:8884\"\ndevice_url = \"mqtts://mqtt.example:8883\"\n",
+        )
+        .expect("valid toml");
+        let config = ServerConfig::merge(flags(&["--data-dir", "/srv/t"]), file).expect("config");
+        let BrokerConfig::External(external) = &config.broker else {
+            panic!("external: {:?}", config.broker);
+        };
+        assert_eq!(external.url.to_string(), "mqtts://127.0.0.1:8884");
+        assert_eq!(external.device_url.host, "mqtt.example");
+        assert_eq!(external.crl_path, PathBuf::from("/srv/t/broker/crl.pem"));
+        assert_eq!(external.client_identity, None);
+        let printed = config.to_toml();
+        let again = ServerConfig::merge(
+            flags(&[]),
+            toml::from_str(&printed).expect("the printed config parses"),
+        )
+        .expect("config");
+        assert_eq!(again.broker, config.broker);
+        assert_eq!(again.to_toml(), printed);
+
+        let embedded = ServerConfig::merge(flags(&["--data-dir", "/d"]), FileConfig::default())
+            .expect("config");
+        assert_eq!(embedded.broker, BrokerConfig::Embedded);
+        assert!(embedded.to_toml().contains("[broker]\nmode = \"embedded\""));
+    }
+
+    #[test]
+    fn broker_settings_of_the_wrong_shape_are_named() {
+        for (file, key, hint) in [
+            ("mode = \"rmqtt\"", "broker.mode", "\"external\""),
+            ("mode = \"external\"", "broker.url", "needs"),
+            (
+                "mode = \"external\"\nurl = \"mqtt://h:1883\"",
+                "broker.url",
+                "TLS",
+            ),
+            (
+                "mode = \"external\"\nurl = \"mqtts://h\"",
+                "broker.url",
+                "no port",
+            ),
+            (
+                "mode = \"external\"\nurl = \"mqtts://h:0\"",
+                "broker.url",
+                "1 to 65535",
+            ),
+            (
+                "mode = \"external\"\nurl = \"mqtts://[::1]:8883\"",
+                "broker.url",
+                "host",
+            ),
+            (
+                "mode = \"external\"\nurl = \"mqtts://h:1\"\ndevice_url = \"h:2\"",
+                "broker.device_url",
+                "mqtts://",
+            ),
+            (
+                "mode = \"external\"\nurl = \"mqtts://h:1\"\nclient_cert = \"/c.pem\"",
+                "broker.client_cert",
+                "together",
+            ),
+            ("url = \"mqtts://h:1\"", "broker.url", "only used with"),
+        ] {
+            let file: FileConfig =
+                toml::from_str(&format!("[broker]\n{file}\n")).expect("valid toml");
+            let err = ServerConfig::merge(flags(&["--data-dir", "/d"]), file).expect_err(key);
+            let message = err.to_string();
+            assert!(message.starts_with(key), "{message}");
+            assert!(message.contains(hint), "{message}");
         }
     }
 

@@ -30,11 +30,13 @@ use crate::api::AppState;
 use crate::auth::{ADMIN_CREDENTIALS_FILE, Auth};
 use crate::cluster::bus::{Bus, BusError};
 use crate::cluster::lease::Lease;
+use crate::cluster::presence::SessionOwner;
 use crate::cluster::singleton::Singleton;
 use crate::cluster::{ClusterError, Health, Membership, ReplicaId};
-use crate::config::{RetentionConfig, ServerConfig};
+use crate::config::{BrokerConfig, RetentionConfig, ServerConfig};
+use crate::device_link::external::{ExternalError, ExternalLink};
 use crate::device_link::rmqtt::{RmqttConfig, RmqttLink};
-use crate::device_link::{DeviceLink, LinkError};
+use crate::device_link::{DeviceInbox, DeviceLink, LinkError};
 use crate::ingest::Ingest;
 use crate::observability::{Observability, ScrapeToken, TokenError};
 use crate::pki::server_cert::{ReloadCertificate, ServerCertificateRenewal};
@@ -72,6 +74,8 @@ pub enum StartError {
     Link(#[from] LinkError),
     #[error(transparent)]
     Bus(#[from] BusError),
+    #[error("could not set up the connection to the external MQTT broker")]
+    External(#[from] ExternalError),
     #[error(
         "could not listen for HTTPS on {addr}: is another tetherd running? choose another address with --listen-api"
     )]
@@ -138,20 +142,29 @@ pub async fn run(
     )
     .await?;
 
-    let (rmqtt, mqtt_addr) = RmqttLink::bind(
-        RmqttConfig {
-            listen: config.listen_mqtt,
-            server_cert_pem: server_cert.clone(),
-            server_key_pem: server_key.clone(),
-            client_ca_pem: ca.cert_path().to_owned(),
-            max_packet_size: MAX_MQTT_PACKET,
-        },
-        Arc::new(StoreCredentials {
-            store: store.clone(),
-        }),
-    )
-    .await?;
-    let link: Arc<dyn DeviceLink> = rmqtt.clone();
+    let endpoint = match &config.broker {
+        BrokerConfig::Embedded => {
+            let (rmqtt, mqtt_addr) = RmqttLink::bind(
+                RmqttConfig {
+                    listen: config.listen_mqtt,
+                    server_cert_pem: server_cert.clone(),
+                    server_key_pem: server_key.clone(),
+                    client_ca_pem: ca.cert_path().to_owned(),
+                    max_packet_size: MAX_MQTT_PACKET,
+                },
+                Arc::new(StoreCredentials {
+                    store: store.clone(),
+                }),
+            )
+            .await?;
+            DeviceEndpoint::Embedded(rmqtt, mqtt_addr)
+        }
+        BrokerConfig::External(external) => DeviceEndpoint::External(
+            ExternalLink::prepare(&config, external, &ca, &store, MAX_MQTT_PACKET).await?,
+            external.device_url.to_string(),
+        ),
+    };
+    let link = endpoint.link();
     let listener =
         std::net::TcpListener::bind(config.listen_api).map_err(|source| StartError::Listen {
             addr: config.listen_api,
@@ -181,7 +194,8 @@ pub async fn run(
             .cluster
             .advertise_mqtt_url
             .clone()
-            .unwrap_or_else(|| cluster::url("mqtts", public_host, mqtt_addr.port())),
+            .or_else(|| endpoint.device_mqtt_url())
+            .unwrap_or_else(|| cluster::url("mqtts", public_host, endpoint.mqtt_port())),
         config.cluster.lease,
     )
     .await?;
@@ -209,15 +223,24 @@ pub async fn run(
     // announcement of this replica's own life is missed.
     tokio::spawn(actions.clone().follow(bus.subscribe()));
     tokio::spawn(registry.clone().follow(bus.subscribe()));
+    // Through an external broker, the broker holds the sessions: any
+    // replica may see a device's birth or will, and none owns its presence.
+    let owner = match &endpoint {
+        DeviceEndpoint::Embedded(..) => SessionOwner::Replica(replica),
+        DeviceEndpoint::External(..) => SessionOwner::Broker,
+    };
     let ingest = Arc::new(Ingest::new(
         store.clone(),
-        replica,
+        owner,
         actions.clone(),
         config.ingest,
         config.retention.metrics,
         observability.clone(),
     ));
-    rmqtt.serve(ingest.clone());
+    endpoint.serve(ingest.clone());
+    if let DeviceEndpoint::External(external, _) = &endpoint {
+        tokio::spawn(external.revocation().clone().refresh_forever());
+    }
     let reclaiming = ingest.clone();
     let renewing = lease.clone().spawn(move || {
         let sessions = reclaiming.reclaim_sessions();
@@ -249,21 +272,18 @@ pub async fn run(
         PRUNE_INTERVAL,
         move |now| prune_telemetry(pruning.clone(), retention.clone(), now),
     );
-    let mqtt_link = rmqtt.clone();
-    let health = Arc::new(Health::new(store.clone(), lease.clone(), move || {
-        mqtt_link.is_accepting()
-    }));
+    let accepting = endpoint.accepting();
+    let health = Arc::new(Health::new(store.clone(), lease.clone(), accepting));
 
     let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&server_cert, &server_key)
         .await
         .map_err(StartError::Tls)?;
-    tokio::spawn(server_certificate.run(
-        issued,
-        vec![
-            Arc::new(HttpsCertificate(tls.clone())),
-            Arc::new(MqttCertificate(rmqtt.clone())),
-        ],
-    ));
+    let mut listeners: Vec<Arc<dyn ReloadCertificate>> =
+        vec![Arc::new(HttpsCertificate(tls.clone()))];
+    if let DeviceEndpoint::Embedded(rmqtt, _) = &endpoint {
+        listeners.push(Arc::new(MqttCertificate(rmqtt.clone())));
+    }
+    tokio::spawn(server_certificate.run(issued, listeners));
     let state = Arc::new(AppState {
         store,
         auth,
@@ -273,7 +293,8 @@ pub async fn run(
         ca,
         observability,
         scrape_token,
-        mqtt_port: mqtt_addr.port(),
+        mqtt_port: endpoint.mqtt_port(),
+        device_mqtt_url: endpoint.device_mqtt_url(),
         health,
     });
     let handle = axum_server::Handle::new();
@@ -284,8 +305,9 @@ pub async fn run(
         tokio::spawn(
             async move { api::serve(listener, tls, app, serve_handle, &api_config).await },
         );
-    write_endpoints(&config.data_dir, api_addr, mqtt_addr)?;
-    tracing::info!(api = %format!("https://{api_addr}"), mqtt = %format!("mqtts://{mqtt_addr}"), data_dir = %config.data_dir.display(), "tetherd is ready");
+    let mqtt_url = endpoint.local_mqtt_url();
+    write_endpoints(&config.data_dir, api_addr, &mqtt_url)?;
+    tracing::info!(api = %format!("https://{api_addr}"), mqtt = %mqtt_url, data_dir = %config.data_dir.display(), "tetherd is ready");
 
     tokio::select! {
         () = shutdown => {
@@ -307,6 +329,65 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(config.data_dir.join(ENDPOINTS_FILE));
     Ok(())
+}
+
+/// Where devices connect: the embedded endpoint, or an external broker.
+#[derive(Clone)]
+enum DeviceEndpoint {
+    Embedded(Arc<RmqttLink>, SocketAddr),
+    /// The link, and the URL devices are given.
+    External(Arc<ExternalLink>, String),
+}
+
+impl DeviceEndpoint {
+    fn link(&self) -> Arc<dyn DeviceLink> {
+        match self {
+            DeviceEndpoint::Embedded(rmqtt, _) => rmqtt.clone(),
+            DeviceEndpoint::External(external, _) => external.clone(),
+        }
+    }
+
+    fn serve(&self, inbox: Arc<dyn DeviceInbox>) {
+        match self {
+            DeviceEndpoint::Embedded(rmqtt, _) => rmqtt.serve(inbox),
+            DeviceEndpoint::External(external, _) => external.serve(inbox),
+        }
+    }
+
+    fn mqtt_port(&self) -> u16 {
+        match self {
+            DeviceEndpoint::Embedded(_, addr) => addr.port(),
+            DeviceEndpoint::External(..) => 0,
+        }
+    }
+
+    fn device_mqtt_url(&self) -> Option<String> {
+        match self {
+            DeviceEndpoint::Embedded(..) => None,
+            DeviceEndpoint::External(_, url) => Some(url.clone()),
+        }
+    }
+
+    /// Whether devices can reach tetherd now: the embedded endpoint
+    /// listens, or tetherd is connected to the external broker.
+    fn accepting(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let endpoint = self.clone();
+        move || match &endpoint {
+            DeviceEndpoint::Embedded(rmqtt, _) => rmqtt.is_accepting(),
+            DeviceEndpoint::External(external, _) => external.is_broker_connected(),
+        }
+    }
+
+    /// The URL for `endpoints.json`: a local client's way in.
+    fn local_mqtt_url(&self) -> String {
+        match self {
+            DeviceEndpoint::Embedded(_, addr) if addr.ip().is_unspecified() => {
+                format!("mqtts://127.0.0.1:{}", addr.port())
+            }
+            DeviceEndpoint::Embedded(_, addr) => format!("mqtts://{addr}"),
+            DeviceEndpoint::External(_, url) => url.clone(),
+        }
+    }
 }
 
 /// The HTTPS listener's certificate: axum-server swaps the rustls config for
@@ -411,7 +492,7 @@ async fn prune_telemetry(store: Store, retention: RetentionConfig, now: chrono::
     }
 }
 
-fn write_endpoints(dir: &Path, api: SocketAddr, mqtt: SocketAddr) -> Result<(), StartError> {
+fn write_endpoints(dir: &Path, api: SocketAddr, mqtt: &str) -> Result<(), StartError> {
     let local = |addr: SocketAddr| {
         if addr.ip().is_unspecified() {
             SocketAddr::from(([127, 0, 0, 1], addr.port()))
@@ -421,7 +502,7 @@ fn write_endpoints(dir: &Path, api: SocketAddr, mqtt: SocketAddr) -> Result<(), 
     };
     let contents = serde_json::json!({
         "api": format!("https://{}", local(api)),
-        "mqtt": format!("mqtts://{}", local(mqtt)),
+        "mqtt": mqtt,
         "pid": std::process::id(),
     });
     let path = dir.join(ENDPOINTS_FILE);

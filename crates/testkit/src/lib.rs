@@ -7,6 +7,7 @@ pub mod agent;
 pub mod api;
 pub mod binaries;
 pub mod http_target;
+pub mod mosquitto;
 pub mod postgres;
 pub mod sim_agent;
 pub mod tetherd;

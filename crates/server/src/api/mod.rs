@@ -52,6 +52,8 @@ pub struct AppState {
     pub mqtt_port: u16,
     /// Answers `/readyz`.
     pub health: Arc<crate::cluster::Health>,
+    /// With an external broker, the URL devices are given instead.
+    pub device_mqtt_url: Option<String>,
 }
 
 impl AppState {
@@ -74,11 +76,13 @@ impl AppState {
     fn endpoints(&self, client_host: &str) -> Endpoints {
         Endpoints {
             api_url: format!("https://{client_host}"),
-            mqtt_url: format!(
-                "mqtts://{}:{}",
-                host_without_port(client_host),
-                self.mqtt_port
-            ),
+            mqtt_url: self.device_mqtt_url.clone().unwrap_or_else(|| {
+                format!(
+                    "mqtts://{}:{}",
+                    host_without_port(client_host),
+                    self.mqtt_port
+                )
+            }),
         }
     }
 }

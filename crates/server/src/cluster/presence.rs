@@ -6,12 +6,44 @@
 //! online on another replica when it connects here failed over before that
 //! replica noticed: its old session is recorded as ended, then the new one
 //! as started, so the operator sees offline then online exactly once.
+//!
+//! With an external broker no replica holds sessions: the broker does, and
+//! any replica may handle a device's birth or will (ADR 0011). Presence then
+//! names no replica, so no replica's restart, stop or lapsed lease touches it.
 
 use chrono::{DateTime, Utc};
 use tether_proto::{DeviceId, Presence};
 
 use super::ReplicaId;
 use crate::store::{DeviceSession, EventRecord};
+
+/// Who holds the device sessions a replica reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOwner {
+    /// This replica's embedded endpoint.
+    Replica(ReplicaId),
+    /// The external broker.
+    Broker,
+}
+
+impl SessionOwner {
+    /// What `session_replica` says for sessions this owner holds.
+    fn stored(&self) -> Option<&str> {
+        match self {
+            SessionOwner::Replica(replica) => Some(replica.as_str()),
+            SessionOwner::Broker => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SessionOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionOwner::Replica(replica) => write!(f, "replica {replica}"),
+            SessionOwner::Broker => f.write_str("the external broker"),
+        }
+    }
+}
 
 /// A session event the operator sees, in the order to record them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,15 +67,16 @@ pub struct SessionWrite {
 
 /// The device's session on this replica started; `stored` is what its row
 /// says now.
-pub fn on_connected(stored: &DeviceSession, me: &ReplicaId) -> SessionWrite {
+pub fn on_connected(stored: &DeviceSession, me: &SessionOwner) -> SessionWrite {
     let here = DeviceSession {
         presence: Presence::Online,
-        replica: Some(me.to_string()),
+        replica: me.stored().map(str::to_owned),
     };
     let events = match (stored.presence, stored.replica.as_deref()) {
         (Presence::Offline, _) => vec![SessionEvent::Started],
-        // Written again (the lease was re-claimed): nothing new happened.
-        (Presence::Online, Some(owner)) if owner == me.as_str() => vec![],
+        // Written again (the lease was re-claimed, or a repeated birth
+        // through the broker): nothing new happened.
+        (Presence::Online, owner) if owner == me.stored() => vec![],
         (Presence::Online, owner) => vec![
             SessionEvent::EndedOn(owner.map(str::to_owned)),
             SessionEvent::Started,
@@ -58,9 +91,8 @@ pub fn on_connected(stored: &DeviceSession, me: &ReplicaId) -> SessionWrite {
 /// The device's session on this replica ended. `None`: leave the row alone,
 /// because the device holds a session elsewhere now or another replica
 /// already ended this one (took this replica's devices over).
-pub fn on_disconnected(stored: &DeviceSession, me: &ReplicaId) -> Option<SessionWrite> {
-    let mine =
-        stored.presence == Presence::Online && stored.replica.as_deref() == Some(me.as_str());
+pub fn on_disconnected(stored: &DeviceSession, me: &SessionOwner) -> Option<SessionWrite> {
+    let mine = stored.presence == Presence::Online && stored.replica.as_deref() == me.stored();
     mine.then(|| SessionWrite {
         session: DeviceSession {
             presence: Presence::Offline,
@@ -85,23 +117,23 @@ pub enum EndOfReplica {
 pub fn session_event(
     device: &DeviceId,
     event: &SessionEvent,
-    me: &ReplicaId,
+    me: &SessionOwner,
     at: DateTime<Utc>,
     suffix: &str,
 ) -> EventRecord {
     let (name, message) = match event {
         SessionEvent::Started => (
             "device-online",
-            format!("MQTT session established on replica {me}{suffix}"),
+            format!("MQTT session established on {me}{suffix}"),
         ),
         SessionEvent::Ended => ("device-offline", format!("MQTT session ended{suffix}")),
         SessionEvent::EndedOn(Some(replica)) => (
             "device-offline",
-            format!("session on replica {replica} ended: the device connected to replica {me}"),
+            format!("session on replica {replica} ended: the device connected to {me}"),
         ),
         SessionEvent::EndedOn(None) => (
             "device-offline",
-            format!("session on an unknown replica ended: the device connected to replica {me}"),
+            format!("session on an unknown replica ended: the device connected to {me}"),
         ),
     };
     event_record(device, name, message, at)
@@ -146,8 +178,8 @@ fn event_record(device: &DeviceId, name: &str, message: String, at: DateTime<Utc
 mod tests {
     use super::*;
 
-    fn me() -> ReplicaId {
-        ReplicaId("b".into())
+    fn me() -> SessionOwner {
+        SessionOwner::Replica(ReplicaId("b".into()))
     }
 
     fn stored(presence: Presence, replica: Option<&str>) -> DeviceSession {
@@ -219,5 +251,23 @@ mod tests {
             "{}",
             event.status_message
         );
+    }
+
+    #[test]
+    fn through_an_external_broker_presence_names_no_replica_and_follows_birth_and_will() {
+        let broker = SessionOwner::Broker;
+        let born = on_connected(&stored(Presence::Offline, None), &broker);
+        assert_eq!(born.session, stored(Presence::Online, None));
+        assert_eq!(born.events, [SessionEvent::Started]);
+        assert!(
+            on_connected(&stored(Presence::Online, None), &broker)
+                .events
+                .is_empty(),
+            "a repeated birth is not a new session"
+        );
+        let died = on_disconnected(&stored(Presence::Online, None), &broker)
+            .expect("any replica handles the will");
+        assert_eq!(died.session, stored(Presence::Offline, None));
+        assert_eq!(died.events, [SessionEvent::Ended]);
     }
 }

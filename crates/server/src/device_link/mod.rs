@@ -1,10 +1,15 @@
 //! The link between tetherd and its devices.
 //!
 //! Domain code sees only this module's trait and message enum; the MQTT server
-//! that carries them (rmqtt, embedded) is one adapter behind it, so an external
-//! clustered broker can replace it by configuration without touching the
-//! services. See `docs/adr/0001-embedded-mqtt-server.md`.
+//! that carries them is an adapter behind it: rmqtt embedded (`rmqtt`), or
+//! an MQTT broker the operator runs, which tetherd joins as a privileged
+//! client (`external`), chosen by configuration. See
+//! `docs/adr/0001-embedded-mqtt-server.md` and
+//! `docs/adr/0011-external-mqtt-broker.md`.
 
+mod content;
+pub mod external;
+mod outbound;
 pub mod rmqtt;
 
 use std::future::Future;

@@ -18,8 +18,6 @@
 //! See `docs/adr/0006-acknowledge-after-commit.md`.
 
 mod identity;
-mod ingest;
-mod outbound;
 mod presence;
 
 use std::net::SocketAddr;
@@ -43,8 +41,9 @@ use tether_proto::{ActionRequest, DeviceId, DeviceTopic, TopicKind};
 use tokio::task::JoinHandle;
 
 use self::identity::{PresentedCert, cert_identity};
-use self::outbound::ActionPublish;
 use self::presence::{Generation, Presence};
+use super::content;
+use super::outbound::ActionPublish;
 use super::{
     BoxFuture, DeviceCredentials, DeviceInbox, DeviceLink, Inbound, LinkError, Refusal,
     SessionChange,
@@ -534,7 +533,7 @@ impl LinkState {
 
 fn inbound(device: DeviceId, topic: &str, payload: &[u8]) -> Inbound {
     Inbound {
-        content: ingest::content(&device, topic, payload),
+        content: content::content(&device, topic, payload),
         device,
         topic: topic.to_owned(),
         size: payload.len(),

@@ -21,7 +21,7 @@ use tether_proto::{DeviceId, DeviceStatus, Presence};
 use tokio::sync::Semaphore;
 
 use crate::actions::{ActionService, Answer};
-use crate::cluster::ReplicaId;
+use crate::cluster::presence::SessionOwner;
 use crate::device_link::{
     BoxFuture, Content, DeviceInbox, DeviceMessage, Inbound, Refusal, SessionChange,
 };
@@ -111,7 +111,7 @@ struct DeviceState {
 impl Ingest {
     pub fn new(
         store: Store,
-        replica: ReplicaId,
+        owner: SessionOwner,
         actions: Arc<ActionService>,
         config: IngestConfig,
         metrics_retention: Duration,
@@ -123,7 +123,7 @@ impl Ingest {
             SQLITE_WRITE_SLOTS
         }));
         Self {
-            presence: PresenceWriter::new(store.clone(), replica, write_slots.clone()),
+            presence: PresenceWriter::new(store.clone(), owner, write_slots.clone()),
             write_slots,
             store,
             actions,
@@ -236,6 +236,12 @@ impl Ingest {
             // outage: refused for good, or the device would resend it forever.
             Err(Some(error @ StoreError::TooLarge { .. })) => {
                 return Err(self.invalid(inbound, Invalid::Malformed(error.to_string())));
+            }
+            // Deleted while its session lasts (an external broker accepts
+            // its certificate until it reloads the revocation list): there
+            // is nothing to store it for, now or later.
+            Err(Some(StoreError::NotFound { what })) => {
+                return Err(Refusal::Invalid(format!("{what} does not exist")));
             }
             Err(error) => {
                 let error = error.map_or_else(
@@ -526,7 +532,9 @@ mod tests {
         ));
         let ingest = Ingest::new(
             store.clone(),
-            ReplicaId::load_or_create(dir.path()).expect("replica id"),
+            SessionOwner::Replica(
+                crate::cluster::ReplicaId::load_or_create(dir.path()).expect("replica id"),
+            ),
             actions,
             IngestConfig::default(),
             Duration::from_secs(30 * 86_400),
@@ -859,5 +867,26 @@ mod tests {
             "{action:?}"
         );
         assert_eq!(fx.ingest.counters(&fx.device).rejected_too_large, 1);
+    }
+
+    /// An external broker keeps a deleted device's session until it
+    /// reloads its revocation list; what the device sends meanwhile is
+    /// refused for good, not left for the broker to send again.
+    #[tokio::test]
+    async fn a_deleted_devices_message_is_refused_for_good() {
+        let fx = fixture().await;
+        fx.store.delete_device(&fx.device).await.expect("deleted");
+        let refused = fx
+            .ingest
+            .publish(inbound(
+                &fx.device,
+                "metrics",
+                Content::Message(DeviceMessage::Metrics(sample_now())),
+            ))
+            .await;
+        assert!(
+            matches!(refused, Err(Refusal::Invalid(ref r)) if r.contains("does not exist")),
+            "{refused:?}"
+        );
     }
 }

@@ -22,8 +22,9 @@ use tether_proto::{DeviceId, Presence};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::rate::TokenBucket;
-use crate::cluster::ReplicaId;
-use crate::cluster::presence::{SessionEvent, on_connected, on_disconnected, session_event};
+use crate::cluster::presence::{
+    SessionEvent, SessionOwner, on_connected, on_disconnected, session_event,
+};
 use crate::store::{Store, StoreError};
 
 const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -35,8 +36,8 @@ const SESSION_EVENTS_PER_SECOND: f64 = 1.0 / 60.0;
 
 pub(super) struct PresenceWriter {
     store: Store,
-    /// This replica: it owns the presence of the sessions it holds.
-    replica: ReplicaId,
+    /// Who holds the sessions this replica reports: it owns their presence.
+    owner: SessionOwner,
     /// Shared with the device's other writes (`super::SQLITE_WRITE_SLOTS`).
     write_slots: Arc<Semaphore>,
     writers: Mutex<HashMap<DeviceId, Writer>>,
@@ -49,10 +50,10 @@ struct Writer {
 }
 
 impl PresenceWriter {
-    pub fn new(store: Store, replica: ReplicaId, write_slots: Arc<Semaphore>) -> Self {
+    pub fn new(store: Store, owner: SessionOwner, write_slots: Arc<Semaphore>) -> Self {
         Self {
             store,
-            replica,
+            owner,
             write_slots,
             writers: Mutex::default(),
         }
@@ -65,7 +66,7 @@ impl PresenceWriter {
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(write_in_order(
                 self.store.clone(),
-                self.replica.clone(),
+                self.owner.clone(),
                 self.write_slots.clone(),
                 device,
                 rx,
@@ -95,7 +96,7 @@ impl PresenceWriter {
 
 async fn write_in_order(
     store: Store,
-    replica: ReplicaId,
+    owner: SessionOwner,
     write_slots: Arc<Semaphore>,
     device: DeviceId,
     mut changes: mpsc::UnboundedReceiver<Presence>,
@@ -118,7 +119,7 @@ async fn write_in_order(
             };
             let Err(error) = write(
                 &store,
-                &replica,
+                &owner,
                 &device,
                 presence,
                 &mut sessions,
@@ -141,9 +142,9 @@ enum WriteError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(
-        "replica {0}'s lease lapsed and another replica took its devices over; it re-claims them at its next renewal"
+        "{0}'s lease lapsed and another replica took its devices over; it re-claims them at its next renewal"
     )]
-    LeaseLapsed(ReplicaId),
+    LeaseLapsed(SessionOwner),
 }
 
 /// Which of a device's sessions are recorded as events.
@@ -180,7 +181,7 @@ impl SessionEvents {
 /// keeps the event decision for this change across retries.
 async fn write(
     store: &Store,
-    replica: &ReplicaId,
+    owner: &SessionOwner,
     device: &DeviceId,
     presence: Presence,
     sessions: &mut SessionEvents,
@@ -191,8 +192,8 @@ async fn write(
             return Ok(());
         };
         let change = match presence {
-            Presence::Online => on_connected(&stored, replica),
-            Presence::Offline => match on_disconnected(&stored, replica) {
+            Presence::Online => on_connected(&stored, owner),
+            Presence::Offline => match on_disconnected(&stored, owner) {
                 Some(change) => change,
                 None => return Ok(()),
             },
@@ -219,7 +220,7 @@ async fn write(
                             } else {
                                 ""
                             };
-                            session_event(device, event, replica, now, suffix)
+                            session_event(device, event, owner, now, suffix)
                         })
                         .collect()
                 }
@@ -243,7 +244,7 @@ async fn write(
         if change.session.replica.is_some()
             && store.device_session(device).await?.as_ref() == Some(&stored)
         {
-            return Err(WriteError::LeaseLapsed(replica.clone()));
+            return Err(WriteError::LeaseLapsed(owner.clone()));
         }
     }
 }
@@ -251,6 +252,7 @@ async fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::ReplicaId;
 
     /// A registered replica named `id` (with a lease) on `store`.
     async fn replica(store: &Store, dir: &std::path::Path, id: &str) -> ReplicaId {
@@ -282,7 +284,7 @@ mod tests {
         drop(sender);
         write_in_order(
             store.clone(),
-            replica.clone(),
+            SessionOwner::Replica(replica.clone()),
             Arc::new(Semaphore::new(1)),
             device.clone(),
             received,

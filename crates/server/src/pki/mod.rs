@@ -2,6 +2,7 @@
 //! server's TLS certificate and every device's client certificate, and checks
 //! the certificates devices present to renew.
 
+pub mod broker;
 pub mod renewal;
 pub mod server_cert;
 
@@ -55,6 +56,8 @@ pub enum PkiError {
     NotOurs(#[source] rustls::Error),
     #[error("the certificate names no device")]
     NoDevice,
+    #[error("certificate serial {0:?} in the store is not hex")]
+    BadSerial(String),
 }
 
 /// A certificate the CA issued, with its serial as lowercase hex (the form

@@ -313,6 +313,9 @@ impl Registry {
             )
             .map_err(RegistryError::Pki)?;
         self.store
+            .record_issued_certificate(&device, &issued.serial_hex, issued.not_after)
+            .await?;
+        self.store
             .set_certificate_serial(&device, &issued.serial_hex)
             .await?;
         // A re-enrolled device's old session holds the replaced certificate.
@@ -373,6 +376,9 @@ impl Registry {
                 now,
             )
             .map_err(RegistryError::Pki)?;
+        self.store
+            .record_issued_certificate(&device, &issued.serial_hex, issued.not_after)
+            .await?;
         let expected = serials
             .and_then(|serials| serials.current)
             .unwrap_or_default();

@@ -7,6 +7,7 @@
 mod actions;
 mod audit;
 mod bus;
+mod certificates;
 mod cluster;
 mod codec;
 mod devices;

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use sqlx::Connection;
 use tether_testkit::sim_agent::DeviceCredentials;
 use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
 
-use crate::support::{id, mosquitto, on_both_databases, request, run, text, wait_terminal};
+use crate::support::{
+    WriteLock, id, mosquitto, on_both_databases, request, run, text, wait_terminal,
+};
 
 on_both_databases!(an_answer_is_not_lost_while_the_store_is_unavailable);
 
@@ -55,29 +56,6 @@ async fn events(admin: &ApiClient, name: &str) -> anyhow::Result<Vec<Value>> {
         .await?
         .expect_status(200)?;
     Ok(events["items"].as_array().context("events array")?.clone())
-}
-
-/// Keeps the SQLite write lock, as another process holding a long write
-/// transaction would, until dropped.
-struct WriteLock(sqlx::SqliteConnection);
-
-impl WriteLock {
-    async fn take(db: &Path) -> anyhow::Result<Self> {
-        let url = format!("sqlite://{}", db.display());
-        let mut connection = sqlx::SqliteConnection::connect(&url)
-            .await
-            .context("opening the database beside tetherd")?;
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut connection)
-            .await
-            .context("taking the write lock")?;
-        Ok(Self(connection))
-    }
-
-    async fn release(mut self) -> anyhow::Result<()> {
-        sqlx::query("ROLLBACK").execute(&mut self.0).await?;
-        Ok(())
-    }
 }
 
 /// The agent's answer arrives while the store cannot take it: tetherd does

@@ -6,6 +6,7 @@ mod certificates;
 mod contract;
 mod cross_replica;
 mod device_link;
+mod external_broker;
 mod hostile;
 mod ingest;
 mod operations;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{Value, json};
+use sqlx::Connection;
 use tether_testkit::ApiClient;
 
 /// Runs each named `async fn(Database) -> anyhow::Result<()>` once on SQLite
@@ -108,4 +109,27 @@ pub fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// Keeps the SQLite write lock, as another process holding a long write
+/// transaction would, until dropped.
+pub struct WriteLock(sqlx::SqliteConnection);
+
+impl WriteLock {
+    pub async fn take(db: &Path) -> anyhow::Result<Self> {
+        let url = format!("sqlite://{}", db.display());
+        let mut connection = sqlx::SqliteConnection::connect(&url)
+            .await
+            .context("opening the database beside tetherd")?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut connection)
+            .await
+            .context("taking the write lock")?;
+        Ok(Self(connection))
+    }
+
+    pub async fn release(mut self) -> anyhow::Result<()> {
+        sqlx::query("ROLLBACK").execute(&mut self.0).await?;
+        Ok(())
+    }
 }

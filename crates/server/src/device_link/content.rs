@@ -8,7 +8,7 @@ use crate::device_link::{Content, DeviceMessage};
 /// Reads a publish by `device` on `topic`. Topics the controller does not
 /// consume (logs, reported state), and anything outside the device's own
 /// prefix, which the ACL has refused already, are `NotConsumed`.
-pub(super) fn content(device: &DeviceId, topic: &str, payload: &[u8]) -> Content {
+pub(crate) fn content(device: &DeviceId, topic: &str, payload: &[u8]) -> Content {
     let Some(parsed) = DeviceTopic::parse(topic) else {
         return Content::NotConsumed;
     };

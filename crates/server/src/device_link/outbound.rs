@@ -1,5 +1,5 @@
-//! The publish that carries an action to a device, before it becomes an
-//! rmqtt packet.
+//! The publish that carries an action to a device, before either link turns
+//! it into an MQTT packet.
 
 use std::num::NonZeroU32;
 
@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use tether_proto::{ActionRequest, DeviceId, DeviceTopic, TopicKind};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct ActionPublish {
+pub(crate) struct ActionPublish {
     pub topic: String,
     /// JSON of the [`ActionRequest`], stamped with the time left and
     /// tetherd's clock: a device judges expiry from those, not from its own

@@ -1,0 +1,274 @@
+//! A real mosquitto broker as tether's external device broker, configured
+//! with the files shipped in `docs/operations/mosquitto/` (only their
+//! directory and ports are replaced), included from a main file laid out
+//! as Debian's, so the documented configuration is the tested one.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tempfile::TempDir;
+
+use crate::tetherd::{Database, Tetherd};
+use crate::wait::wait_until;
+
+/// Where the shipped configuration lives.
+fn shipped(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs/operations/mosquitto")
+        .join(file)
+}
+
+/// The files tetherd's data dir gives the broker: the CA that signs device
+/// certificates, and the server certificate for tetherd's public hosts.
+const TLS_FILES: &[&str] = &["ca.pem", "server.pem", "server-key.pem"];
+
+pub struct Mosquitto {
+    child: Option<Child>,
+    dir: TempDir,
+    /// The listener for devices.
+    pub device_port: u16,
+    /// The listener for tetherd.
+    pub tetherd_port: u16,
+}
+
+impl Mosquitto {
+    /// A directory and two free ports, before anything runs.
+    pub fn prepare() -> anyhow::Result<Self> {
+        Ok(Self {
+            child: None,
+            dir: tempfile::Builder::new()
+                .prefix("mosquitto-")
+                .tempdir()
+                .context("creating the broker's dir")?,
+            device_port: free_port()?,
+            tetherd_port: free_port()?,
+        })
+    }
+
+    /// Where tetherd writes the revocation list this broker reads.
+    pub fn crl_path(&self) -> PathBuf {
+        self.dir.path().join("crl.pem")
+    }
+
+    /// tetherd's `[broker]` section for this broker.
+    pub fn tetherd_config(&self) -> String {
+        format!(
+            "[broker]\nmode = \"external\"\nurl = \"mqtts://127.0.0.1:{}\"\ndevice_url = \"mqtts://127.0.0.1:{}\"\ncrl_path = \"{}\"\n",
+            self.tetherd_port,
+            self.device_port,
+            self.crl_path().display()
+        )
+    }
+
+    /// The shipped `tether.conf`, pointed at this dir and these ports.
+    fn tether_conf(&self) -> anyhow::Result<String> {
+        let template = std::fs::read_to_string(shipped("tether.conf"))
+            .context("reading docs/operations/mosquitto/tether.conf")?;
+        let dir = self.dir.path().display().to_string();
+        let mut config = template;
+        for (from, to) in [
+            ("/etc/mosquitto/tether/".to_owned(), format!("{dir}/")),
+            (
+                "listener 8883\n".to_owned(),
+                format!("listener {} 127.0.0.1\n", self.device_port),
+            ),
+            (
+                "listener 8884 127.0.0.1\n".to_owned(),
+                format!("listener {} 127.0.0.1\n", self.tetherd_port),
+            ),
+        ] {
+            anyhow::ensure!(
+                config.contains(&from),
+                "docs/operations/mosquitto/tether.conf no longer has {from:?}; update the fixture"
+            );
+            config = config.replace(&from, &to);
+        }
+        Ok(config)
+    }
+
+    /// The main configuration file: Debian 12's `/etc/mosquitto/mosquitto.conf`
+    /// with this dir's paths, including `tether.conf` from `conf.d/`.
+    fn main_conf(&self) -> anyhow::Result<String> {
+        let dir = self.dir.path().display();
+        let mut config = format!(
+            "pid_file {dir}/mosquitto.pid\npersistence true\npersistence_location {dir}/\nlog_dest file {dir}/mosquitto.log\nlog_type all\n"
+        );
+        // As root, mosquitto drops to the `mosquitto` user, which cannot
+        // read this temp dir.
+        if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?) == 0 {
+            config.push_str("user root\n");
+        }
+        config.push_str(&format!("include_dir {dir}/conf.d\n"));
+        Ok(config)
+    }
+
+    /// Starts mosquitto with the TLS files from `tetherd`'s data dir and the
+    /// revocation list tetherd wrote, and waits until devices can connect.
+    pub async fn start(&mut self, tetherd: &Tetherd) -> anyhow::Result<()> {
+        for file in TLS_FILES {
+            std::fs::copy(tetherd.data_dir().join(file), self.dir.path().join(file))
+                .with_context(|| format!("copying {file} for the broker"))?;
+        }
+        std::fs::copy(shipped("acl"), self.dir.path().join("acl"))
+            .context("copying docs/operations/mosquitto/acl")?;
+        wait_until(
+            "tetherd's revocation list",
+            Duration::from_secs(10),
+            || async { Ok(self.crl_path().exists().then_some(())) },
+        )
+        .await?;
+        let conf_d = self.dir.path().join("conf.d");
+        std::fs::create_dir_all(&conf_d).context("creating conf.d")?;
+        std::fs::write(conf_d.join("tether.conf"), self.tether_conf()?)
+            .context("writing tether.conf")?;
+        let config_path = self.dir.path().join("mosquitto.conf");
+        std::fs::write(&config_path, self.main_conf()?).context("writing mosquitto.conf")?;
+        let child = Command::new(mosquitto_binary()?)
+            .arg("-c")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning mosquitto")?;
+        self.child = Some(child);
+        let port = self.device_port;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("mosquitto exited with {status}; its log:\n{}", self.log());
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "mosquitto did not listen within 20 s; its log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Makes mosquitto read its configuration and revocation list again
+    /// (SIGHUP), as `systemctl reload mosquitto` does.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .context("mosquitto is not running")?
+            .id();
+        let sent = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .context("running kill")?;
+        anyhow::ensure!(sent.success(), "could not signal mosquitto: {sent}");
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    pub fn port_arg(&self) -> String {
+        self.device_port.to_string()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts tetherd in external-broker mode and mosquitto as its broker;
+/// returns once tetherd has connected to it. Devices enroll as usual and
+/// are given the broker's device listener.
+pub async fn start_with_mosquitto(database: Database) -> anyhow::Result<(Tetherd, Mosquitto)> {
+    start_with_mosquitto_and(database, "").await
+}
+
+/// Like [`start_with_mosquitto`], with more of tetherd's config file (other
+/// sections than `[broker]`).
+pub async fn start_with_mosquitto_and(
+    database: Database,
+    more_config: &str,
+) -> anyhow::Result<(Tetherd, Mosquitto)> {
+    let mut mosquitto = Mosquitto::prepare()?;
+    std::fs::write(
+        mosquitto.tetherd_config_path(),
+        format!("{more_config}\n{}", mosquitto.tetherd_config()),
+    )
+    .context("writing tetherd.toml")?;
+    let config = mosquitto.tetherd_config_path().display().to_string();
+    let tetherd = Tetherd::start_with(database, &["--config", &config]).await?;
+    mosquitto.start(&tetherd).await?;
+    mosquitto.wait_connected(&tetherd).await?;
+    Ok((tetherd, mosquitto))
+}
+
+impl Mosquitto {
+    /// The config file of tetherds using this broker.
+    pub fn tetherd_config_path(&self) -> PathBuf {
+        self.dir.path().join("tetherd.toml")
+    }
+
+    /// Starts another replica of `first` (on PostgreSQL) on this broker;
+    /// returns once it has connected.
+    pub async fn start_replica(&self, first: &Tetherd) -> anyhow::Result<Tetherd> {
+        let config = self.tetherd_config_path().display().to_string();
+        let replica = Tetherd::start_replica_of(first, &["--config", &config]).await?;
+        self.wait_connected(&replica).await?;
+        Ok(replica)
+    }
+
+    async fn wait_connected(&self, tetherd: &Tetherd) -> anyhow::Result<()> {
+        wait_until(
+            "tetherd to connect to mosquitto",
+            Duration::from_secs(30),
+            || async {
+                Ok(tetherd
+                    .log()
+                    .contains("connected to the external MQTT broker")
+                    .then_some(()))
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "tetherd log:\n{}\nmosquitto log:\n{}",
+                tetherd.log(),
+                self.log()
+            )
+        })
+    }
+}
+
+fn mosquitto_binary() -> anyhow::Result<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join("mosquitto"));
+    on_path
+        .chain([PathBuf::from("/usr/sbin/mosquitto")])
+        .find(|candidate| candidate.is_file())
+        .context("mosquitto (the broker) is not installed: apt-get install mosquitto")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
