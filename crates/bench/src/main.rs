@@ -15,8 +15,8 @@ use anyhow::Context;
 use clap::Parser;
 use futures::StreamExt;
 use serde_json::json;
-use tether_testkit::sim_agent::{DeviceCredentials, Responder, SimAgent};
-use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
+use tether_testkit::sim_agent::{Responder, connect_many, enroll_many, wait_online};
+use tether_testkit::{Agent, ApiClient, Database, Tetherd};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -83,45 +83,13 @@ async fn main() -> anyhow::Result<()> {
     let idle_controller = rss_kib(pid)?;
 
     let started = Instant::now();
-    let credentials: Vec<DeviceCredentials> = futures::stream::iter(0..args.agents)
-        .map(|i| {
-            let admin = admin.clone();
-            async move { DeviceCredentials::enroll(&admin, &format!("sim-{i}")).await }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
+    let names = (0..args.agents).map(|i| format!("sim-{i}"));
+    let credentials = enroll_many(&admin, names, &json!({}), 16).await?;
     let enrolled_in = started.elapsed();
 
     let started = Instant::now();
-    let agents: Vec<SimAgent> = futures::stream::iter(credentials.iter())
-        .map(|c| SimAgent::connect(c, Responder::Echo))
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
-    wait_until(
-        "every simulated agent online",
-        Duration::from_secs(120),
-        || {
-            let admin = admin.clone();
-            let expected = args.agents;
-            async move {
-                let devices = admin.get("/api/v1/devices").await?.expect_status(200)?;
-                let online = devices
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|d| d["presence"] == "online")
-                    .count();
-                Ok((online == expected).then_some(()))
-            }
-        },
-    )
-    .await?;
+    let agents = connect_many(&credentials, &Responder::Echo, 32).await?;
+    wait_online(&admin, args.agents, Duration::from_secs(120)).await?;
     let connected_in = started.elapsed();
     let controller_connected = rss_kib(pid)?;
 

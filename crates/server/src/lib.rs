@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod device_link;
 pub mod ingest;
+pub mod jobs;
 pub mod pki;
 pub mod registry;
 pub mod sealing;
@@ -30,6 +31,7 @@ use crate::config::{RetentionConfig, ServerConfig};
 use crate::device_link::rmqtt::{RmqttConfig, RmqttLink};
 use crate::device_link::{DeviceLink, LinkError};
 use crate::ingest::Ingest;
+use crate::jobs::JobService;
 use crate::pki::server_cert::{ReloadCertificate, ServerCertificateRenewal};
 use crate::pki::{CertificateAuthority, PkiError};
 use crate::registry::{Registry, StoreCredentials};
@@ -138,8 +140,14 @@ pub async fn run(
         store.clone(),
         link.clone(),
         Arc::new(Catalogue::builtin()),
-        sealer,
+        sealer.clone(),
         config.actions.clone(),
+    ));
+    let jobs = Arc::new(JobService::new(
+        store.clone(),
+        actions.clone(),
+        registry.clone(),
+        sealer,
     ));
     let ingest = Arc::new(Ingest::new(
         store.clone(),
@@ -152,6 +160,7 @@ pub async fn run(
         actions.clone(),
         config.actions.sweep_interval,
     ));
+    tokio::spawn(dispatch_jobs_forever(jobs.clone()));
     tokio::spawn(prune_telemetry_forever(
         store.clone(),
         config.retention.clone(),
@@ -187,6 +196,7 @@ pub async fn run(
         auth,
         registry,
         actions,
+        jobs,
         ingest,
         ca,
         mqtt_port: mqtt_addr.port(),
@@ -283,6 +293,29 @@ async fn sweep_forever(actions: Arc<ActionService>, every: Duration) {
     }
 }
 
+/// Releases queued job actions: often while a job is unfinished, rarely
+/// otherwise, and at once when a job is created or cancelled here.
+async fn dispatch_jobs_forever(jobs: Arc<JobService>) {
+    loop {
+        let active = match jobs.tick(Utc::now()).await {
+            Ok(active) => active,
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "could not dispatch jobs");
+                true
+            }
+        };
+        let pause = if active {
+            jobs::DISPATCH_INTERVAL
+        } else {
+            jobs::IDLE_INTERVAL
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = jobs.woken() => {}
+        }
+    }
+}
+
 /// How often old telemetry is deleted; retention is counted in days.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -313,6 +346,16 @@ async fn prune_telemetry_forever(store: Store, retention: RetentionConfig) {
             Ok(actions) => tracing::info!(actions, "deleted finished actions past their retention"),
             Err(error) => {
                 tracing::error!(error = %error_chain(&error), "could not delete old finished actions")
+            }
+        }
+        match store
+            .delete_finished_jobs_before(before(retention.actions))
+            .await
+        {
+            Ok(0) => {}
+            Ok(jobs) => tracing::info!(jobs, "deleted finished jobs past their retention"),
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "could not delete old finished jobs")
             }
         }
         match store

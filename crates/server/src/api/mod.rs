@@ -7,6 +7,7 @@ mod devices;
 mod enroll;
 pub mod error;
 mod extract;
+mod jobs;
 pub mod listener;
 mod openapi;
 mod session;
@@ -39,6 +40,7 @@ pub struct AppState {
     pub auth: Auth,
     pub registry: Registry,
     pub actions: Arc<ActionService>,
+    pub jobs: Arc<crate::jobs::JobService>,
     /// Per-device input counters for `GET /devices/{name}`.
     pub ingest: Arc<crate::ingest::Ingest>,
     pub ca: Arc<CertificateAuthority>,
@@ -102,6 +104,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
     let protected = OpenApiRouter::new()
         .merge(devices::routes())
         .merge(actions::routes())
+        .merge(jobs::routes())
         .merge(telemetry::routes())
         .merge(audit::routes())
         .merge(sessions::routes())

@@ -7,6 +7,7 @@ mod contract;
 mod device_link;
 mod hostile;
 mod ingest;
+mod jobs;
 mod replicas;
 mod security;
 mod store;

@@ -139,7 +139,7 @@ fn long_poll_wait(remaining: Duration) -> Option<Duration> {
 fn outcome(action: &Action, timeout: Duration) -> Outcome {
     match action.state {
         ActionState::Succeeded => Outcome::Success,
-        ActionState::Pending | ActionState::Delivered => Outcome::Failed {
+        ActionState::Queued | ActionState::Pending | ActionState::Delivered => Outcome::Failed {
             reason: format!(
                 "still {} after {}; check later with `tether actions get {}`",
                 action.state,
@@ -248,6 +248,7 @@ mod tests {
             completed_at: None,
             expires_at: created_at + TimeDelta::hours(1),
             timeout_seconds: 300,
+            job_id: None,
         }
     }
 
