@@ -426,8 +426,7 @@ async fn run_with_a_selector_runs_a_job_and_follows_its_progress() {
         run.stderr
     );
     assert!(
-        run.stderr
-            .contains(&format!("1 of 4 devices did not succeed")),
+        run.stderr.contains("1 of 4 devices did not succeed"),
         "{}",
         run.stderr
     );
