@@ -2,11 +2,13 @@
 //! 5 sessions with mutual TLS), measures action round trips through the API,
 //! and reports memory of the controller and of an idle real tether-agent;
 //! or (`--mode agent-offline`) the memory of a real tether-agent sending
-//! metrics every second while tetherd is unreachable.
+//! metrics every second while tetherd is unreachable; or (`--mode
+//! fleet-job`) the time one fleet-wide job takes to be answered by N.
 //!
 //! Build everything in release mode first: `cargo build --release --workspace`,
 //! then `target/release/tether-bench`.
 
+mod fleet_job;
 mod offline;
 
 use std::time::{Duration, Instant};
@@ -39,6 +41,12 @@ struct Args {
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Mode::RoundTrip)]
     mode: Mode,
+    /// fleet-job: the job's concurrency limit [default: unlimited].
+    #[arg(long)]
+    job_concurrency: Option<u32>,
+    /// fleet-job: the job's rate limit, deliveries a second [default: unlimited].
+    #[arg(long)]
+    job_rate: Option<u32>,
     /// agent-offline: how long tetherd stays unreachable, in seconds.
     #[arg(long, default_value_t = 1800)]
     offline_seconds: u64,
@@ -57,6 +65,8 @@ enum Mode {
     RoundTrip,
     /// One real agent with run-stats at 1 s: RSS connected, offline, back.
     AgentOffline,
+    /// N simulated agents: one fleet-wide job, from creation to every answer.
+    FleetJob,
 }
 
 #[tokio::main]
@@ -74,6 +84,15 @@ async fn main() -> anyhow::Result<()> {
             offline: Duration::from_secs(args.offline_seconds),
             warm_up: Duration::from_secs(args.warm_up_seconds),
             sample_every: Duration::from_secs(1),
+        })
+        .await;
+    }
+    if args.mode == Mode::FleetJob {
+        return fleet_job::run(fleet_job::Settings {
+            database,
+            agents: args.agents,
+            concurrency: args.job_concurrency,
+            rate_per_second: args.job_rate,
         })
         .await;
     }
