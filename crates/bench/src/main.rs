@@ -41,6 +41,10 @@ struct Args {
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Mode::RoundTrip)]
     mode: Mode,
+    /// fleet-job: devices registered with the job's label that never
+    /// connect (their actions are stored and stay open).
+    #[arg(long, default_value_t = 0)]
+    offline_devices: usize,
     /// fleet-job: the job's concurrency limit [default: unlimited].
     #[arg(long)]
     job_concurrency: Option<u32>,
@@ -91,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         return fleet_job::run(fleet_job::Settings {
             database,
             agents: args.agents,
+            offline: args.offline_devices,
             concurrency: args.job_concurrency,
             rate_per_second: args.job_rate,
         })
