@@ -2,12 +2,15 @@
 //! 5 sessions with mutual TLS), measures action round trips through the API,
 //! and reports memory of the controller and of an idle real tether-agent;
 //! or (`--mode agent-offline`) the memory of a real tether-agent sending
-//! metrics every second while tetherd is unreachable; or (`--mode replicas`)
-//! several tetherd replicas on PostgreSQL with sessions spread over them.
+//! metrics every second while tetherd is unreachable; or (`--mode
+//! fleet-job`) the time one fleet-wide job takes to be answered by N; or
+//! (`--mode replicas`) several tetherd replicas on PostgreSQL with sessions
+//! spread over them.
 //!
 //! Build everything in release mode first: `cargo build --release --workspace`,
 //! then `target/release/tether-bench`.
 
+mod fleet_job;
 mod offline;
 mod replicas;
 
@@ -17,8 +20,8 @@ use anyhow::Context;
 use clap::Parser;
 use futures::StreamExt;
 use serde_json::json;
-use tether_testkit::sim_agent::{DeviceCredentials, Responder, SimAgent};
-use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
+use tether_testkit::sim_agent::{Responder, connect_many, enroll_many, wait_online};
+use tether_testkit::{Agent, ApiClient, Database, Tetherd};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +44,16 @@ struct Args {
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Mode::RoundTrip)]
     mode: Mode,
+    /// fleet-job: devices registered with the job's label that never
+    /// connect (their actions are stored and stay open).
+    #[arg(long, default_value_t = 0)]
+    offline_devices: usize,
+    /// fleet-job: the job's concurrency limit [default: unlimited].
+    #[arg(long)]
+    job_concurrency: Option<u32>,
+    /// fleet-job: the job's rate limit, deliveries a second [default: unlimited].
+    #[arg(long)]
+    job_rate: Option<u32>,
     /// agent-offline: how long tetherd stays unreachable, in seconds.
     #[arg(long, default_value_t = 1800)]
     offline_seconds: u64,
@@ -76,6 +89,8 @@ enum Mode {
     /// Internal: one simulator process of `replicas`.
     #[value(hide = true)]
     Simulate,
+    /// N simulated agents: one fleet-wide job, from creation to every answer.
+    FleetJob,
 }
 
 #[tokio::main]
@@ -104,17 +119,27 @@ async fn main() -> anyhow::Result<()> {
             })
             .await;
         }
-        Mode::RoundTrip | Mode::AgentOffline => {}
-    }
-    if args.mode == Mode::AgentOffline {
-        return offline::run(offline::Settings {
-            database,
-            outage: args.outage,
-            offline: Duration::from_secs(args.offline_seconds),
-            warm_up: Duration::from_secs(args.warm_up_seconds),
-            sample_every: Duration::from_secs(1),
-        })
-        .await;
+        Mode::AgentOffline => {
+            return offline::run(offline::Settings {
+                database,
+                outage: args.outage,
+                offline: Duration::from_secs(args.offline_seconds),
+                warm_up: Duration::from_secs(args.warm_up_seconds),
+                sample_every: Duration::from_secs(1),
+            })
+            .await;
+        }
+        Mode::FleetJob => {
+            return fleet_job::run(fleet_job::Settings {
+                database,
+                agents: args.agents,
+                offline: args.offline_devices,
+                concurrency: args.job_concurrency,
+                rate_per_second: args.job_rate,
+            })
+            .await;
+        }
+        Mode::RoundTrip => {}
     }
     let tetherd = Tetherd::start(database).await?;
     let admin = tetherd.admin().await?;
@@ -122,43 +147,13 @@ async fn main() -> anyhow::Result<()> {
     let idle_controller = rss_kib(pid)?;
 
     let started = Instant::now();
-    let credentials: Vec<DeviceCredentials> = futures::stream::iter(0..args.agents)
-        .map(|i| {
-            let admin = admin.clone();
-            async move { DeviceCredentials::enroll(&admin, &format!("sim-{i}")).await }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
+    let names = (0..args.agents).map(|i| format!("sim-{i}"));
+    let credentials = enroll_many(&admin, names, &json!({}), 16).await?;
     let enrolled_in = started.elapsed();
 
     let started = Instant::now();
-    let agents: Vec<SimAgent> = futures::stream::iter(credentials.iter())
-        .map(|c| SimAgent::connect(c, Responder::Echo))
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
-    wait_until(
-        "every simulated agent online",
-        Duration::from_secs(120),
-        || {
-            let admin = admin.clone();
-            let expected = args.agents;
-            async move {
-                let summary = admin
-                    .get("/api/v1/devices/summary")
-                    .await?
-                    .expect_status(200)?;
-                let online = summary["total"]["online"].as_u64();
-                Ok((online == u64::try_from(expected).ok()).then_some(()))
-            }
-        },
-    )
-    .await?;
+    let agents = connect_many(&credentials, &Responder::Echo, 32).await?;
+    wait_online(&admin, args.agents, Duration::from_secs(120)).await?;
     let connected_in = started.elapsed();
     let controller_connected = rss_kib(pid)?;
 

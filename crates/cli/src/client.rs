@@ -7,9 +7,9 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tether_proto::api::{
-    Action, AuditEntry, CatalogueEntry, CreateDevice, Device, DeviceCreated, EnrollmentToken,
-    ErrorBody, Event, FleetSummary, LoginRequest, LoginResponse, Page, PatchDevice, RequestAction,
-    Session,
+    Action, AuditEntry, CatalogueEntry, CreateDevice, CreateJob, Device, DeviceCreated,
+    EnrollmentToken, ErrorBody, Event, FleetSummary, Job, LoginRequest, LoginResponse, Page,
+    PatchDevice, RequestAction, Session,
 };
 use tether_proto::ca::CaPemError;
 use tether_proto::metrics::HostMetrics;
@@ -389,6 +389,44 @@ impl ApiClient {
             items.truncate(cap);
         }
         Ok(items)
+    }
+
+    pub async fn create_job(&self, request: &CreateJob) -> Result<Job, ClientError> {
+        self.call(Method::POST, &["jobs"], Some(request)).await
+    }
+
+    /// The newest `cap` jobs, newest first.
+    pub async fn list_jobs(&self, cap: usize) -> Result<Vec<Job>, ClientError> {
+        self.list_all(&["jobs"], &[], Some(cap), PAGE_SIZE).await
+    }
+
+    pub async fn get_job(&self, id: &str) -> Result<Job, ClientError> {
+        self.call(Method::GET, &["jobs", id], None::<&()>).await
+    }
+
+    pub async fn cancel_job(&self, id: &str) -> Result<Job, ClientError> {
+        self.call(
+            Method::POST,
+            &["jobs", id, "cancel"],
+            Some(&serde_json::json!({})),
+        )
+        .await
+    }
+
+    /// One page of the job's actions, by device name after `after`.
+    pub async fn job_actions(
+        &self,
+        id: &str,
+        state: Option<tether_proto::ActionState>,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<Action>, ClientError> {
+        let mut query = vec![("limit", limit.to_string()), ("after", after.to_owned())];
+        if let Some(state) = state {
+            query.push(("state", state.to_string()));
+        }
+        self.call_with_query(Method::GET, &["jobs", id, "actions"], &query)
+            .await
     }
 
     pub async fn catalogue(&self) -> Result<Vec<CatalogueEntry>, ClientError> {

@@ -7,6 +7,11 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(usage) = cli.command.check_usage() {
+        usage
+            .format(&mut <Cli as clap::CommandFactory>::command())
+            .exit();
+    }
     match run(cli) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Failed { reason }) => {

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
-use tether_proto::api::{Action, Device};
-use tether_testkit::sim_agent::{DeviceCredentials, Responder, SimAgent};
+use tether_proto::api::{Action, Device, Job};
+use tether_testkit::sim_agent::{
+    DeviceCredentials, Responder, SimAgent, connect_many, enroll_many, wait_online,
+};
 use tether_testkit::{Database, Tetherd};
 use tokio::io::AsyncWriteExt;
 
@@ -367,6 +369,94 @@ async fn run_wait_exits_by_the_actions_outcome() {
 
     echo.disconnect().await;
     silent.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_with_a_selector_runs_a_job_and_follows_its_progress() {
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+    let admin = tetherd.admin().await.expect("admin client");
+    let names = ["b-1", "b-2", "b-3"].map(str::to_owned);
+    let credentials = enroll_many(&admin, names, &serde_json::json!({"site": "berlin"}), 3)
+        .await
+        .expect("enrolls");
+    let _agents = connect_many(&credentials, &Responder::Echo, 3)
+        .await
+        .expect("connect");
+    wait_online(&admin, 3, Duration::from_secs(30))
+        .await
+        .expect("online");
+    admin
+        .post(
+            "/api/v1/devices",
+            serde_json::json!({"name": "b-away", "labels": {"site": "berlin"}}),
+        )
+        .await
+        .expect("registers")
+        .expect_status(201)
+        .expect("created");
+
+    let run = tether
+        .run(&[
+            "actions",
+            "run",
+            "-l",
+            "site=berlin",
+            "get-node-ip",
+            "--concurrency",
+            "2",
+            "--ttl",
+            "2s",
+            "--wait",
+            "--timeout",
+            "30s",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(run.code, 1, "one device never answered: {}", run.stderr);
+    let job: Job = serde_json::from_str(&run.stdout).expect("a JSON job");
+    assert_eq!(job.devices, 4);
+    assert_eq!(job.counts.succeeded, 3);
+    assert_eq!(job.counts.expired, 1);
+    assert!(
+        run.stderr.contains("4/4 succeeded 3, expired 1"),
+        "not a terminal: a progress line a second: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("1 of 4 devices did not succeed"),
+        "{}",
+        run.stderr
+    );
+    let expired = tether
+        .run_ok(&[
+            "jobs", "results", &job.id, "--state", "expired", "-o", "json",
+        ])
+        .await;
+    let expired: Vec<Action> = serde_json::from_str(&expired).expect("JSON actions");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].device, "b-away");
+    let table = tether.run_ok(&["jobs", "list"]).await;
+    assert!(
+        table.contains(&job.id) && table.contains("completed"),
+        "{table}"
+    );
+    let run = tether.run(&["jobs", "cancel", &job.id]).await;
+    assert_eq!(run.code, 1, "a completed job: {}", run.stderr);
+    assert!(run.stderr.contains("already completed"), "{}", run.stderr);
+    let usage = tether
+        .run(&[
+            "actions",
+            "run",
+            "-l",
+            "site=berlin",
+            "edge-1",
+            "get-node-ip",
+        ])
+        .await;
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
 }
 
 /// A port that was free a moment ago; quickstart needs the same ports on

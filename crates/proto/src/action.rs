@@ -100,11 +100,17 @@ impl ActionEvent {
 }
 
 /// Where an action is in its life:
-/// `pending → delivered → succeeded | failed | timed-out | expired | rejected`.
+/// `[queued →] pending → delivered → succeeded | failed | timed-out | expired | rejected`,
+/// and `cancelled` from `queued` or `pending`.
+///
+/// Only actions of a fleet-wide job start `queued`: the job's dispatcher
+/// releases them to `pending` within its concurrency and rate limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum ActionState {
+    /// Accepted as part of a job, not yet released for delivery.
+    Queued,
     /// Accepted and stored; waiting for the device to be online.
     Pending,
     /// Published to the device; waiting for its event.
@@ -120,6 +126,8 @@ pub enum ActionState {
     Expired,
     /// The device refused to run it (4xx but 410, or 501 not implemented).
     Rejected,
+    /// Never delivered: its job was cancelled first.
+    Cancelled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,7 +138,8 @@ pub struct TransitionError {
 }
 
 impl ActionState {
-    pub const ALL: [ActionState; 7] = [
+    pub const ALL: [ActionState; 9] = [
+        ActionState::Queued,
         ActionState::Pending,
         ActionState::Delivered,
         ActionState::Succeeded,
@@ -138,10 +147,12 @@ impl ActionState {
         ActionState::TimedOut,
         ActionState::Expired,
         ActionState::Rejected,
+        ActionState::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            ActionState::Queued => "queued",
             ActionState::Pending => "pending",
             ActionState::Delivered => "delivered",
             ActionState::Succeeded => "succeeded",
@@ -149,6 +160,7 @@ impl ActionState {
             ActionState::TimedOut => "timed-out",
             ActionState::Expired => "expired",
             ActionState::Rejected => "rejected",
+            ActionState::Cancelled => "cancelled",
         }
     }
 
@@ -157,7 +169,10 @@ impl ActionState {
     }
 
     pub fn is_terminal(self) -> bool {
-        !matches!(self, ActionState::Pending | ActionState::Delivered)
+        !matches!(
+            self,
+            ActionState::Queued | ActionState::Pending | ActionState::Delivered
+        )
     }
 
     /// The terminal state a device's status code puts an action in.
@@ -174,9 +189,21 @@ impl ActionState {
     /// Checks a transition: an open action may be delivered (again, after a
     /// reconnect) or end in any outcome, even straight from `pending`,
     /// because a device's answer may overtake the `delivered` mark; nothing
-    /// goes back to `pending`, and a terminal state never changes.
+    /// goes back to `pending`, and a terminal state never changes. A
+    /// `queued` action was never sent, so it can only be released to
+    /// `pending`, expire or be cancelled; nothing becomes `queued`. Only
+    /// what was never delivered can be cancelled: a delivered action may be
+    /// running on the device and finishes normally.
     pub fn transition(self, to: ActionState) -> Result<ActionState, TransitionError> {
-        let allowed = !self.is_terminal() && to != ActionState::Pending;
+        use ActionState::*;
+        let allowed = match (self, to) {
+            (from, _) if from.is_terminal() => false,
+            (_, Queued) => false,
+            (Queued, to) => matches!(to, Pending | Expired | Cancelled),
+            (Pending, to) => to != Pending,
+            (Delivered, to) => !matches!(to, Pending | Cancelled),
+            _ => false,
+        };
         if allowed {
             Ok(to)
         } else {
@@ -207,6 +234,11 @@ mod tests {
         assert_eq!(Delivered.transition(Expired), Ok(Expired));
         assert_eq!(Pending.transition(TimedOut), Ok(TimedOut));
         assert!(Delivered.transition(Pending).is_err());
+        assert_eq!(Pending.transition(Cancelled), Ok(Cancelled));
+        assert!(
+            Delivered.transition(Cancelled).is_err(),
+            "a delivered action may be running: it finishes normally"
+        );
         for terminal in ActionState::ALL.into_iter().filter(|s| s.is_terminal()) {
             for to in ActionState::ALL {
                 let err = terminal
@@ -215,6 +247,21 @@ mod tests {
                 assert_eq!(err.from, terminal);
             }
         }
+    }
+
+    #[test]
+    fn a_queued_action_is_released_expires_or_is_cancelled() {
+        assert_eq!(Queued.transition(Pending), Ok(Pending));
+        assert_eq!(Queued.transition(Expired), Ok(Expired));
+        assert_eq!(Queued.transition(Cancelled), Ok(Cancelled));
+        for never_sent in [Delivered, Succeeded, Failed, TimedOut, Rejected, Queued] {
+            assert!(Queued.transition(never_sent).is_err(), "{never_sent}");
+        }
+        for state in ActionState::ALL {
+            assert!(state.transition(Queued).is_err(), "{state} → queued");
+        }
+        assert!(!Queued.is_terminal());
+        assert!(Cancelled.is_terminal());
     }
 
     #[test]

@@ -214,6 +214,156 @@ pub struct Action {
     /// Undelivered after this instant, the action expires.
     pub expires_at: DateTime<Utc>,
     pub timeout_seconds: u64,
+    /// The fleet-wide job this action is part of, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+}
+
+/// One action for every device a label selector matches when the job is
+/// created, released with an optional concurrency and rate limit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateJob {
+    /// Which devices, e.g. `site=berlin,tier!=test` (at least one requirement).
+    pub label_selector: String,
+    pub action: String,
+    #[serde(default)]
+    pub input: serde_json::Value,
+    /// How long each device's action may wait (queued or pending) before it
+    /// expires, counted from the job's creation. Default 3600.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub ttl_seconds: Option<u64>,
+    /// How long a device has to answer once its action is delivered. Default 300.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 86400))]
+    pub timeout_seconds: Option<u64>,
+    /// At most this many of the job's actions delivered and not yet
+    /// finished at once. Unlimited when left out.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10000))]
+    pub concurrency: Option<u32>,
+    /// At most this many deliveries started per second. Unlimited when left out.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10000))]
+    pub rate_per_second: Option<u32>,
+}
+
+/// Where a job is: `running` until each of its actions has ended
+/// (`completed`), or `cancelled` by an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum JobState {
+    Running,
+    Completed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [JobState::Running, JobState::Completed, JobState::Cancelled]
+            .into_iter()
+            .find(|state| state.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How many of a job's actions are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobCounts {
+    pub queued: u64,
+    pub pending: u64,
+    pub delivered: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+    pub expired: u64,
+    pub rejected: u64,
+    pub cancelled: u64,
+}
+
+impl JobCounts {
+    pub fn get(&self, state: ActionState) -> u64 {
+        match state {
+            ActionState::Queued => self.queued,
+            ActionState::Pending => self.pending,
+            ActionState::Delivered => self.delivered,
+            ActionState::Succeeded => self.succeeded,
+            ActionState::Failed => self.failed,
+            ActionState::TimedOut => self.timed_out,
+            ActionState::Expired => self.expired,
+            ActionState::Rejected => self.rejected,
+            ActionState::Cancelled => self.cancelled,
+        }
+    }
+
+    pub fn add(&mut self, state: ActionState, count: u64) {
+        let slot = match state {
+            ActionState::Queued => &mut self.queued,
+            ActionState::Pending => &mut self.pending,
+            ActionState::Delivered => &mut self.delivered,
+            ActionState::Succeeded => &mut self.succeeded,
+            ActionState::Failed => &mut self.failed,
+            ActionState::TimedOut => &mut self.timed_out,
+            ActionState::Expired => &mut self.expired,
+            ActionState::Rejected => &mut self.rejected,
+            ActionState::Cancelled => &mut self.cancelled,
+        };
+        *slot += count;
+    }
+
+    pub fn total(&self) -> u64 {
+        ActionState::ALL.into_iter().map(|s| self.get(s)).sum()
+    }
+
+    /// Actions that have ended, whatever the outcome.
+    pub fn finished(&self) -> u64 {
+        ActionState::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| self.get(s))
+            .sum()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Job {
+    pub id: String,
+    pub label_selector: String,
+    pub action: String,
+    /// The input as stored: secret-looking fields are redacted.
+    pub input: serde_json::Value,
+    pub state: JobState,
+    /// Devices the selector matched, one action each.
+    pub devices: u64,
+    pub counts: JobCounts,
+    pub concurrency: Option<u32>,
+    pub rate_per_second: Option<u32>,
+    pub ttl_seconds: u64,
+    pub timeout_seconds: u64,
+    pub created_at: DateTime<Utc>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    /// When the last of its actions ended; its counts are final from then.
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
 /// Something a device reported: an action's event or a change of presence.

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod device_link;
 pub mod ingest;
+pub mod jobs;
 pub mod observability;
 pub mod pki;
 pub mod registry;
@@ -38,6 +39,7 @@ use crate::device_link::external::{ExternalError, ExternalLink};
 use crate::device_link::rmqtt::{RmqttConfig, RmqttLink};
 use crate::device_link::{DeviceInbox, DeviceLink, LinkError};
 use crate::ingest::Ingest;
+use crate::jobs::JobService;
 use crate::observability::{Observability, ScrapeToken, TokenError};
 use crate::pki::server_cert::{ReloadCertificate, ServerCertificateRenewal};
 use crate::pki::{CertificateAuthority, PkiError};
@@ -214,10 +216,16 @@ pub async fn run(
         store.clone(),
         link.clone(),
         Arc::new(Catalogue::builtin()),
-        sealer,
+        sealer.clone(),
         config.actions.clone(),
         observability.clone(),
         bus.clone(),
+    ));
+    let jobs = Arc::new(JobService::new(
+        store.clone(),
+        actions.clone(),
+        registry.clone(),
+        sealer,
     ));
     // Subscribed before devices connect and before the API answers, so no
     // announcement of this replica's own life is missed.
@@ -260,6 +268,20 @@ pub async fn run(
             }
         },
     );
+    let dispatching = jobs.clone();
+    Singleton::spawn(
+        store.clone(),
+        "jobs-dispatcher",
+        jobs::DISPATCH_INTERVAL,
+        move |now| {
+            let jobs = dispatching.clone();
+            async move {
+                if let Err(error) = jobs.tick(now).await {
+                    tracing::error!(error = %error_chain(&error), "could not dispatch jobs");
+                }
+            }
+        },
+    );
     tokio::spawn(deliver_pending_forever(
         actions.clone(),
         config.cluster.outbox_sweep,
@@ -289,6 +311,7 @@ pub async fn run(
         auth,
         registry,
         actions,
+        jobs,
         ingest,
         ca,
         observability,
@@ -476,6 +499,16 @@ async fn prune_telemetry(store: Store, retention: RetentionConfig, now: chrono::
         Ok(actions) => tracing::info!(actions, "deleted finished actions past their retention"),
         Err(error) => {
             tracing::error!(error = %error_chain(&error), "could not delete old finished actions")
+        }
+    }
+    match store
+        .delete_finished_jobs_before(before(retention.actions))
+        .await
+    {
+        Ok(0) => {}
+        Ok(jobs) => tracing::info!(jobs, "deleted finished jobs past their retention"),
+        Err(error) => {
+            tracing::error!(error = %error_chain(&error), "could not delete old finished jobs")
         }
     }
     match store

@@ -3,9 +3,12 @@
 //! without running actions. The benchmark connects thousands of them; tests
 //! use one to see exactly which messages reach a device.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use futures::StreamExt;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
@@ -38,8 +41,17 @@ pub struct DeviceCredentials {
 impl DeviceCredentials {
     /// Creates device `name` and enrolls it with a fresh key and CSR.
     pub async fn enroll(admin: &ApiClient, name: &str) -> anyhow::Result<Self> {
+        Self::enroll_labelled(admin, name, json!({})).await
+    }
+
+    /// Creates device `name` with `labels` and enrolls it.
+    pub async fn enroll_labelled(
+        admin: &ApiClient,
+        name: &str,
+        labels: serde_json::Value,
+    ) -> anyhow::Result<Self> {
         let created = admin
-            .post("/api/v1/devices", json!({"name": name}))
+            .post("/api/v1/devices", json!({"name": name, "labels": labels}))
             .await?
             .expect_status(201)?;
         let token = created["enrollment"]["token"]
@@ -94,12 +106,119 @@ impl DeviceCredentials {
 }
 
 /// How a simulated agent answers actions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Responder {
     /// Answer every action at once with statusCode 200, echoing the input.
     Echo,
     /// Never answer; only record what arrives.
     Silent,
+    /// Answer with statusCode 200 after `delay`; `in_flight` counts the
+    /// actions received and not yet answered, over every agent sharing it.
+    Slow {
+        delay: Duration,
+        in_flight: Arc<InFlight>,
+    },
+}
+
+/// Actions held by simulated devices, received and not yet answered: what
+/// a fleet sees of a concurrency limit.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl InFlight {
+    fn start(&self) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+    }
+
+    fn end(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The most held at once so far.
+    pub fn most(&self) -> usize {
+        self.most.load(Ordering::SeqCst)
+    }
+}
+
+/// Creates and enrolls `names` with `labels`, `parallel` at a time.
+pub async fn enroll_many(
+    admin: &ApiClient,
+    names: impl IntoIterator<Item = String>,
+    labels: &serde_json::Value,
+    parallel: usize,
+) -> anyhow::Result<Vec<DeviceCredentials>> {
+    futures::stream::iter(names)
+        .map(|name| async move {
+            DeviceCredentials::enroll_labelled(admin, &name, labels.clone()).await
+        })
+        .buffer_unordered(parallel)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Creates devices `names` with `labels` without enrolling them: registered
+/// devices that have never connected.
+pub async fn register_many(
+    admin: &ApiClient,
+    names: impl IntoIterator<Item = String>,
+    labels: &serde_json::Value,
+    parallel: usize,
+) -> anyhow::Result<()> {
+    futures::stream::iter(names)
+        .map(|name| async move {
+            admin
+                .post("/api/v1/devices", json!({"name": name, "labels": labels}))
+                .await?
+                .expect_status(201)
+                .map(drop)
+        })
+        .buffer_unordered(parallel)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Connects a simulated agent for each of `credentials`, `parallel` at a time.
+pub async fn connect_many(
+    credentials: &[DeviceCredentials],
+    responder: &Responder,
+    parallel: usize,
+) -> anyhow::Result<Vec<SimAgent>> {
+    futures::stream::iter(credentials)
+        .map(|c| SimAgent::connect(c, responder.clone()))
+        .buffer_unordered(parallel)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Waits until the API shows `expected` devices online.
+pub async fn wait_online(
+    admin: &ApiClient,
+    expected: usize,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    crate::wait_until(
+        &format!("{expected} devices online"),
+        deadline,
+        || async move {
+            let summary = admin
+                .get("/api/v1/devices/summary")
+                .await?
+                .expect_status(200)?;
+            let online = summary["total"]["online"].as_u64().unwrap_or_default();
+            Ok((online >= expected as u64).then_some(()))
+        },
+    )
+    .await
 }
 
 pub struct SimAgent {
@@ -176,18 +295,32 @@ impl SimAgent {
                         else {
                             continue;
                         };
-                        if let Responder::Echo = responder {
-                            let event = ActionEvent::new(
-                                &request,
-                                request.action.clone(),
-                                200,
-                                "OK",
-                                request.input.clone(),
-                            );
-                            if let Ok(payload) = serde_json::to_vec(&event) {
+                        let event = ActionEvent::new(
+                            &request,
+                            request.action.clone(),
+                            200,
+                            "OK",
+                            request.input.clone(),
+                        );
+                        let payload = serde_json::to_vec(&event).unwrap_or_default();
+                        match &responder {
+                            Responder::Echo => {
                                 let _ = answer_client
                                     .publish(&events_topic, QoS::AtLeastOnce, false, payload)
                                     .await;
+                            }
+                            Responder::Silent => {}
+                            Responder::Slow { delay, in_flight } => {
+                                in_flight.start();
+                                let (client, topic) = (answer_client.clone(), events_topic.clone());
+                                let (delay, in_flight) = (*delay, in_flight.clone());
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(delay).await;
+                                    in_flight.end();
+                                    let _ = client
+                                        .publish(topic, QoS::AtLeastOnce, false, payload)
+                                        .await;
+                                });
                             }
                         }
                         let _ = sender.send(request);
@@ -211,6 +344,11 @@ impl SimAgent {
             .await
             .ok()
             .flatten()
+    }
+
+    /// The actions delivered to this device since the last call, without waiting.
+    pub fn drain(&mut self) -> Vec<ActionRequest> {
+        std::iter::from_fn(|| self.received.try_recv().ok()).collect()
     }
 
     /// Publishes an answer as this device.

@@ -5,6 +5,7 @@ pub mod actions;
 pub mod audit;
 pub mod devices;
 pub mod events;
+pub mod jobs;
 pub mod login;
 pub mod logout;
 pub mod metrics;
@@ -29,6 +30,8 @@ pub enum Command {
     Devices(devices::Devices),
     #[command(subcommand)]
     Actions(actions::Actions),
+    #[command(subcommand)]
+    Jobs(jobs::Jobs),
     Events(events::Events),
     Metrics(metrics::Metrics),
     Audit(audit::Audit),
@@ -36,6 +39,15 @@ pub enum Command {
 }
 
 impl Command {
+    /// Usage rules clap cannot state, checked before anything runs; an
+    /// error here is a usage error (exit 2), like clap's own.
+    pub fn check_usage(&self) -> Result<(), clap::Error> {
+        match self {
+            Command::Actions(actions::Actions::Run(run)) => run.target().map(drop),
+            _ => Ok(()),
+        }
+    }
+
     /// What the command does, as in "failed to <description>".
     pub fn description(&self) -> String {
         match self {
@@ -44,6 +56,7 @@ impl Command {
             Command::Sessions(cmd) => cmd.description(),
             Command::Devices(cmd) => cmd.description(),
             Command::Actions(cmd) => cmd.description(),
+            Command::Jobs(cmd) => cmd.description(),
             Command::Events(cmd) => cmd.description(),
             Command::Metrics(cmd) => cmd.description(),
             Command::Audit(cmd) => cmd.description(),
@@ -58,6 +71,7 @@ impl Command {
             Command::Sessions(cmd) => cmd.run(ctx).await,
             Command::Devices(cmd) => cmd.run(ctx).await,
             Command::Actions(cmd) => cmd.run(ctx).await,
+            Command::Jobs(cmd) => cmd.run(ctx).await,
             Command::Events(cmd) => cmd.run(ctx).await,
             Command::Metrics(cmd) => cmd.run(ctx).await,
             Command::Audit(cmd) => cmd.run(ctx).await,

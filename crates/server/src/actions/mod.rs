@@ -53,6 +53,16 @@ pub enum ActionError {
     Store(#[from] StoreError),
 }
 
+/// A request that passed [`ActionService::check`].
+#[derive(Debug, Clone)]
+pub struct CheckedRequest {
+    pub action: String,
+    /// The full input, not yet redacted or sealed.
+    pub input: serde_json::Value,
+    pub ttl: chrono::Duration,
+    pub timeout_seconds: u64,
+}
+
 /// What became of a device's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
@@ -122,33 +132,21 @@ impl ActionService {
         device: &DeviceId,
         request: RequestAction,
     ) -> Result<Action, ActionError> {
-        let input = if request.input.is_null() {
-            serde_json::json!({})
-        } else {
-            request.input
-        };
-        if let Err(error) = self.catalogue.validate(&request.action, &input) {
-            let message = error.to_string();
-            return Err(match error {
-                InputError::UnknownAction { .. } => ActionError::UnknownAction(message),
-                InputError::Invalid { errors, .. } => ActionError::InvalidInput { message, errors },
-            });
-        }
+        let CheckedRequest {
+            action,
+            input,
+            ttl,
+            timeout_seconds,
+        } = self.check(request)?;
         if self.store.get_device(device).await?.is_none() {
             return Err(ActionError::DeviceNotFound(device.clone()));
         }
         let correlation_id = correlation_id(&input)?;
-        let ttl = self.ttl(request.ttl_seconds)?;
-        let timeout_seconds = match request.timeout_seconds {
-            None => self.config.default_timeout.as_secs(),
-            Some(t @ 1..=86_400) => t,
-            Some(t) => return Err(ActionError::BadTimeout(t)),
-        };
         let now = Utc::now();
         let new = NewAction {
             correlation_id: correlation_id.clone(),
             device: device.clone(),
-            action: request.action,
+            action,
             input: redacted(&input),
             sealed_input: self.sealer.seal(input.to_string().as_bytes()),
             created_at: now,
@@ -169,6 +167,44 @@ impl ActionService {
             return Ok(to_api(current));
         }
         Ok(to_api(record))
+    }
+
+    /// The checks every action request gets before anything is stored: the
+    /// input against the catalogue (`{}` when left out), the TTL and the
+    /// timeout. A fleet-wide job makes them once for all its devices.
+    pub fn check(&self, request: RequestAction) -> Result<CheckedRequest, ActionError> {
+        let input = if request.input.is_null() {
+            serde_json::json!({})
+        } else {
+            request.input
+        };
+        if let Err(error) = self.catalogue.validate(&request.action, &input) {
+            let message = error.to_string();
+            return Err(match error {
+                InputError::UnknownAction { .. } => ActionError::UnknownAction(message),
+                InputError::Invalid { errors, .. } => ActionError::InvalidInput { message, errors },
+            });
+        }
+        let ttl = self.ttl(request.ttl_seconds)?;
+        let timeout_seconds = match request.timeout_seconds {
+            None => self.config.default_timeout.as_secs(),
+            Some(t @ 1..=86_400) => t,
+            Some(t) => return Err(ActionError::BadTimeout(t)),
+        };
+        Ok(CheckedRequest {
+            action: request.action,
+            input,
+            ttl,
+            timeout_seconds,
+        })
+    }
+
+    /// Actions ended outside this service (a job's cancellation): wakes
+    /// whoever waits for them, here and on the other replicas.
+    pub fn ended(&self, records: &[ActionRecord]) {
+        for record in records {
+            self.completed(record);
+        }
     }
 
     /// An action for this device became deliverable: delivers it here if
@@ -538,7 +574,13 @@ impl ActionService {
 
     async fn expire(&self, action: &ActionRecord, now: DateTime<Utc>) {
         let ttl = (action.expires_at - action.created_at).num_seconds();
-        let message = format!("not delivered within its TTL of {ttl} s: the device stayed offline");
+        let message = if action.state == ActionState::Queued {
+            format!(
+                "not released within its TTL of {ttl} s: the device stayed offline, or the job's concurrency or rate limit did not reach it"
+            )
+        } else {
+            format!("not delivered within its TTL of {ttl} s: the device stayed offline")
+        };
         self.finish(action, ActionState::Expired, now, &message)
             .await;
     }
@@ -640,6 +682,7 @@ pub fn to_api(record: ActionRecord) -> Action {
         completed_at: record.completed_at,
         expires_at: record.expires_at,
         timeout_seconds: record.timeout_seconds,
+        job_id: record.job_id,
     }
 }
 

@@ -10,6 +10,7 @@ use tether_proto::api::{ErrorBody, ErrorDetail};
 
 use crate::actions::ActionError;
 use crate::auth::AuthError;
+use crate::jobs::JobError;
 use crate::pki::renewal::Refusal;
 use crate::registry::RegistryError;
 use crate::store::StoreError;
@@ -153,6 +154,45 @@ impl From<ActionError> for ApiError {
             }
             ActionError::BadTtl { .. } | ActionError::BadTimeout(_) => Self::bad_request(message),
             ActionError::Store(source) => source.into(),
+        }
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(error: JobError) -> Self {
+        let message = error.to_string();
+        let field = |field: &str| serde_json::json!({ "fields": [{ "path": format!("$.{field}"), "message": message }] });
+        match error {
+            JobError::EmptySelector => Self {
+                details: field("labelSelector"),
+                ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+            },
+            JobError::BadConcurrency(_) => Self {
+                details: field("concurrency"),
+                ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+            },
+            JobError::BadRate(_) => Self {
+                details: field("ratePerSecond"),
+                ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+            },
+            JobError::CorrelationIdInInput => Self {
+                details: field("input.correlationId"),
+                ..Self::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+            },
+            // The request is well formed, but there is nothing to run it on:
+            // usually a typo in the selector, which a stored empty job hides.
+            JobError::NoDevices(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "no_devices", message)
+            }
+            JobError::NotFound(_) => Self::not_found(message),
+            JobError::AlreadyCompleted(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            JobError::Action(source) => source.into(),
+            JobError::Registry(RegistryError::InvalidSelector(_)) => Self {
+                details: field("labelSelector"),
+                ..Self::bad_request(message)
+            },
+            JobError::Registry(source) => source.into(),
+            JobError::Store(source) => source.into(),
         }
     }
 }

@@ -8,6 +8,7 @@ mod enroll;
 pub mod error;
 mod extract;
 mod health;
+mod jobs;
 pub mod listener;
 mod metrics;
 mod openapi;
@@ -42,6 +43,7 @@ pub struct AppState {
     pub auth: Auth,
     pub registry: Registry,
     pub actions: Arc<ActionService>,
+    pub jobs: Arc<crate::jobs::JobService>,
     /// Per-device input counters for `GET /devices/{name}`.
     pub ingest: Arc<crate::ingest::Ingest>,
     pub ca: Arc<CertificateAuthority>,
@@ -114,6 +116,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
     let protected = OpenApiRouter::new()
         .merge(devices::routes())
         .merge(actions::routes())
+        .merge(jobs::routes())
         .merge(telemetry::routes())
         .merge(audit::routes())
         .merge(sessions::routes())

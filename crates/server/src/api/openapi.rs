@@ -81,26 +81,27 @@ fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
     )
 }
 
-/// `RequestAction.action` may only name an action of the catalogue, and
-/// `ttlSeconds` is at most the configured maximum.
+/// `action` of a `RequestAction` or a `CreateJob` may only name an action
+/// of the catalogue, and `ttlSeconds` is at most the configured maximum.
 fn declare_action_request_rules(openapi: &mut OpenApi, catalogue: &Catalogue, max_ttl: u64) {
     let Some(components) = openapi.components.as_mut() else {
         return;
     };
-    let Some(RefOr::T(Schema::Object(request))) = components.schemas.get_mut("RequestAction")
-    else {
-        return;
-    };
-    if let Some(RefOr::T(Schema::Object(action))) = request.properties.get_mut("action") {
-        action.enum_values = Some(
-            catalogue
-                .actions()
-                .map(|spec| serde_json::Value::String(spec.name.clone()))
-                .collect(),
-        );
-    }
-    if let Some(RefOr::T(Schema::Object(ttl))) = request.properties.get_mut("ttlSeconds") {
-        ttl.maximum = Some(utoipa::Number::UInt(max_ttl as usize));
+    for schema in ["RequestAction", "CreateJob"] {
+        let Some(RefOr::T(Schema::Object(request))) = components.schemas.get_mut(schema) else {
+            continue;
+        };
+        if let Some(RefOr::T(Schema::Object(action))) = request.properties.get_mut("action") {
+            action.enum_values = Some(
+                catalogue
+                    .actions()
+                    .map(|spec| serde_json::Value::String(spec.name.clone()))
+                    .collect(),
+            );
+        }
+        if let Some(RefOr::T(Schema::Object(ttl))) = request.properties.get_mut("ttlSeconds") {
+            ttl.maximum = Some(utoipa::Number::UInt(max_ttl as usize));
+        }
     }
 }
 

@@ -11,9 +11,9 @@ use super::codec::{
 };
 use super::{ActionRecord, NewAction, Outcome, Store, StoreError};
 
-const COLUMNS: &str = "correlation_id, device, seq, action, input, sealed_input, state, \
-                       status_code, status_message, response, created_at, delivered_at, \
-                       completed_at, expires_at, timeout_seconds";
+pub(super) const COLUMNS: &str = "correlation_id, device, seq, action, input, sealed_input, \
+                       state, status_code, status_message, response, created_at, delivered_at, \
+                       completed_at, expires_at, timeout_seconds, job_id";
 
 /// How often `insert_action` computes the next `seq` again after another
 /// replica took the same one. Each retry means a concurrent insert for the
@@ -240,18 +240,19 @@ impl Store {
         row.as_ref().map(action_from_row).transpose()
     }
 
-    /// `pending` actions whose `expires_at` is at or before `now`, by device
-    /// and `seq`.
+    /// `pending` and `queued` actions whose `expires_at` is at or before
+    /// `now`, by device and `seq`.
     pub async fn expired_pending_actions(
         &self,
         now: DateTime<Utc>,
     ) -> Result<Vec<ActionRecord>, StoreError> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM actions WHERE state = $1 AND expires_at <= $2 \
+            "SELECT {COLUMNS} FROM actions WHERE state IN ($1, $2) AND expires_at <= $3 \
              ORDER BY device, seq"
         );
         let rows = sqlx::query(&sql)
             .bind(ActionState::Pending.as_str())
+            .bind(ActionState::Queued.as_str())
             .bind(millis(now))
             .fetch_all(&self.pool)
             .await
@@ -338,7 +339,7 @@ impl Store {
     }
 }
 
-fn action_from_row(row: &AnyRow) -> Result<ActionRecord, StoreError> {
+pub(super) fn action_from_row(row: &AnyRow) -> Result<ActionRecord, StoreError> {
     let correlation_id: String = get(row, "correlation_id")?;
     let what = |column: &str| format!("{column} of action {correlation_id}");
     let state: String = get(row, "state")?;
@@ -367,6 +368,7 @@ fn action_from_row(row: &AnyRow) -> Result<ActionRecord, StoreError> {
         completed_at: optional_time(get(row, "completed_at")?, &what("completed_at"))?,
         expires_at: time(get(row, "expires_at")?, &what("expires_at"))?,
         timeout_seconds: to_u64(get(row, "timeout_seconds")?, &what("timeout_seconds"))?,
+        job_id: get(row, "job_id")?,
         correlation_id,
     })
 }

@@ -12,12 +12,14 @@ mod cluster;
 mod codec;
 mod devices;
 mod enrollment;
+mod jobs;
 mod selector;
 mod telemetry;
 mod users;
 
 pub use cluster::{AdvisoryLock, DeviceSession, EndedSessions, ReplicaRecord};
 pub use enrollment::CertificateSerials;
+pub use jobs::{JobRecord, NewJob};
 
 use std::str::FromStr;
 
@@ -150,6 +152,8 @@ pub struct ActionRecord {
     pub completed_at: Option<DateTime<Utc>>,
     pub expires_at: DateTime<Utc>,
     pub timeout_seconds: u64,
+    /// The fleet-wide job this action is part of.
+    pub job_id: Option<String>,
 }
 
 /// What a transition writes besides the state. For `Delivered` only `at` is

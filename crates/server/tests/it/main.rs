@@ -9,6 +9,7 @@ mod device_link;
 mod external_broker;
 mod hostile;
 mod ingest;
+mod jobs;
 mod operations;
 mod queries;
 mod replicas;

@@ -7,11 +7,12 @@ use futures::future::join_all;
 use serde_json::json;
 use sqlx::Executor;
 use tempfile::TempDir;
+use tether_proto::api::JobState;
 use tether_proto::api::Labels;
 use tether_proto::metrics::HostMetrics;
 use tether_proto::{ActionState, DeviceId, Presence};
 use tether_server::store::{
-    DeviceSession, EventRecord, NewAction, Outcome, ReplicaRecord, SessionRecord, Store,
+    DeviceSession, EventRecord, NewAction, NewJob, Outcome, ReplicaRecord, SessionRecord, Store,
     StoreError, UserRecord,
 };
 use tether_testkit::postgres::TempPostgres;
@@ -110,6 +111,8 @@ on_both_databases! {
         a_device_session_moves_only_from_what_was_read_to_a_registered_replica,
         leases_are_renewed_until_taken_over_and_selected_by_time,
         cluster_settings_keep_the_first_value,
+        job_actions_are_stored_in_batches_after_each_devices_own,
+        queued_job_actions_are_released_cancelled_and_counted,
     ],
     db: [
         migrations_are_idempotent,
@@ -199,6 +202,26 @@ fn correlation_ids(actions: &[tether_server::store::ActionRecord]) -> Vec<&str> 
         .iter()
         .map(|action| action.correlation_id.as_str())
         .collect()
+}
+
+fn new_job(id: &str, devices: &[DeviceId]) -> NewJob {
+    NewJob {
+        id: id.to_owned(),
+        label_selector: "site=berlin".to_owned(),
+        action: "get-node-ip".to_owned(),
+        input: json!({}),
+        sealed_input: "sealed".to_owned(),
+        concurrency: Some(2),
+        rate_per_second: None,
+        ttl_seconds: 60,
+        timeout_seconds: 30,
+        created_at: at(0),
+        actions: devices
+            .iter()
+            .enumerate()
+            .map(|(i, device)| (format!("{id}-{i:04}"), device.clone()))
+            .collect(),
+    }
 }
 
 // Devices -------------------------------------------------------------------------
@@ -699,6 +722,197 @@ async fn actions_get_a_seq_per_device_in_order(store: Store) {
         .await
         .expect("list one's actions");
     assert_eq!(correlation_ids(&all), ["d", "c", "a"]);
+}
+
+async fn job_actions_are_stored_in_batches_after_each_devices_own(store: Store) {
+    // More devices than one INSERT carries, so the batches are crossed.
+    let mut devices = Vec::new();
+    for i in 0..1_203 {
+        devices.push(device(&store, &format!("d-{i:04}")).await);
+    }
+    store
+        .insert_action(&new_action("before", &devices[7]))
+        .await
+        .expect("an earlier action");
+    let job = store
+        .insert_job(&new_job("job-1", &devices))
+        .await
+        .expect("store the job");
+    assert_eq!(job.devices, 1_203);
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(job.concurrency, Some(2));
+    let counts = store.job_counts("job-1").await.expect("counts");
+    assert_eq!(counts.queued, 1_203);
+    assert_eq!(counts.total(), 1_203);
+    let seventh = store
+        .list_actions(&devices[7], 10)
+        .await
+        .expect("d-0007's actions");
+    assert_eq!(correlation_ids(&seventh), ["job-1-0007", "before"]);
+    assert_eq!(seventh[0].seq, 2, "after the device's own action");
+    assert_eq!(seventh[0].job_id.as_deref(), Some("job-1"));
+    assert_eq!(seventh[0].state, ActionState::Queued);
+    assert_eq!(seventh[0].expires_at, at(60_000));
+    assert_eq!(
+        store.list_actions(&devices[1_202], 10).await.expect("last")[0].seq,
+        1
+    );
+    let page = store
+        .list_job_actions("job-1", None, Some("d-0999"), 1000)
+        .await
+        .expect("a page");
+    assert_eq!(page.len(), 203);
+    assert_eq!(page[0].device.as_str(), "d-1000");
+
+    // A device that vanished meanwhile fails the whole job, which stores nothing.
+    let gone = id("never-created");
+    let error = store
+        .insert_job(&new_job("job-2", &[devices[0].clone(), gone]))
+        .await
+        .expect_err("unknown device");
+    assert!(matches!(error, StoreError::NotFound { .. }), "{error:?}");
+    assert_eq!(store.get_job("job-2").await.expect("read"), None);
+    assert_eq!(store.job_counts("job-2").await.expect("counts").total(), 0);
+}
+
+async fn queued_job_actions_are_released_cancelled_and_counted(store: Store) {
+    let mut devices = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        devices.push(device(&store, name).await);
+    }
+    store
+        .set_presence(&devices[1], Presence::Online, at(1))
+        .await
+        .expect("b online");
+    store
+        .set_presence(&devices[3], Presence::Online, at(1))
+        .await
+        .expect("d online");
+    store
+        .insert_job(&new_job("job", &devices))
+        .await
+        .expect("store the job");
+
+    let released = store
+        .release_queued("job", 1, true)
+        .await
+        .expect("release one online");
+    assert_eq!(released, [id("b")]);
+    let released = store
+        .release_queued("job", 10, true)
+        .await
+        .expect("release the other online");
+    assert_eq!(released, [id("d")], "offline devices' actions stay queued");
+    assert!(
+        store
+            .release_queued("job", 10, true)
+            .await
+            .expect("none")
+            .is_empty()
+    );
+    let counts = store.job_counts("job").await.expect("counts");
+    assert_eq!((counts.queued, counts.pending), (2, 2));
+    store
+        .transition_action(
+            "job-0001",
+            &[ActionState::Pending],
+            ActionState::Delivered,
+            &outcome(5),
+        )
+        .await
+        .expect("deliver b's");
+
+    let (job, cancelled) = store
+        .cancel_job("job", at(10), "cancelled by the test")
+        .await
+        .expect("cancel")
+        .expect("the job exists");
+    assert_eq!(job.state, JobState::Cancelled);
+    assert_eq!(job.cancelled_at, Some(at(10)));
+    let mut ids = correlation_ids(&cancelled);
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        ["job-0000", "job-0002", "job-0003"],
+        "queued and pending"
+    );
+    assert!(cancelled.iter().all(|a| a.sealed_input.is_none()));
+    let counts = store.job_counts("job").await.expect("counts");
+    assert_eq!((counts.cancelled, counts.delivered), (3, 1));
+    let (again, none) = store
+        .cancel_job("job", at(20), "again")
+        .await
+        .expect("cancel again")
+        .expect("exists");
+    assert!(none.is_empty());
+    assert_eq!(again.cancelled_at, Some(at(10)), "the first cancel stands");
+    assert_eq!(
+        store.cancel_job("nope", at(20), "x").await.expect("none"),
+        None
+    );
+
+    store
+        .transition_action(
+            "job-0001",
+            &[ActionState::Delivered],
+            ActionState::Succeeded,
+            &outcome(30),
+        )
+        .await
+        .expect("b answers");
+    let counts = store.job_counts("job").await.expect("counts");
+    store
+        .finish_job("job", at(40), &counts)
+        .await
+        .expect("finish");
+    let finished = store.get_job("job").await.expect("read").expect("exists");
+    assert_eq!(
+        finished.state,
+        JobState::Cancelled,
+        "a cancelled job stays cancelled"
+    );
+    assert_eq!(finished.finished_at, Some(at(40)));
+    assert_eq!(finished.counts, Some(counts));
+    assert!(
+        store
+            .unfinished_jobs()
+            .await
+            .expect("unfinished")
+            .is_empty()
+    );
+
+    // Retention: the job goes once it finished before the cut, and its
+    // counts outlive the actions meanwhile.
+    assert_eq!(
+        store
+            .delete_finished_actions_before(at(50))
+            .await
+            .expect("prune"),
+        4
+    );
+    assert_eq!(
+        store
+            .get_job("job")
+            .await
+            .expect("read")
+            .and_then(|j| j.counts),
+        Some(counts)
+    );
+    assert_eq!(
+        store
+            .delete_finished_jobs_before(at(40))
+            .await
+            .expect("prune"),
+        0
+    );
+    assert_eq!(
+        store
+            .delete_finished_jobs_before(at(41))
+            .await
+            .expect("prune"),
+        1
+    );
+    assert_eq!(store.list_jobs(None, 10).await.expect("list"), []);
 }
 
 async fn concurrent_inserts_get_distinct_seqs(store: Store) {

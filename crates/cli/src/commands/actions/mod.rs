@@ -3,7 +3,7 @@
 mod catalogue;
 mod get;
 mod list;
-mod run;
+pub(crate) mod run;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -58,6 +58,8 @@ pub enum ActionsError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Usage(String),
     #[error("the action input in {} is not valid JSON", path.display())]
     ParseInput {
         path: PathBuf,
@@ -68,9 +70,10 @@ pub enum ActionsError {
 /// `--wait` and `--timeout`, shared by `run` and `get`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WaitArgs {
-    /// Wait until the action has succeeded or failed; exit 1 unless it succeeded.
+    /// Wait until the action has succeeded or failed (with -l: every
+    /// device's, with a progress bar); exit 1 unless it succeeded.
     #[arg(long)]
-    wait: bool,
+    pub(crate) wait: bool,
     /// How long to wait before giving up (the action goes on), e.g. 30s, 5m.
     #[arg(
         long,
@@ -79,7 +82,7 @@ pub struct WaitArgs {
         value_parser = super::parse_duration,
         value_name = "DURATION"
     )]
-    timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 impl WaitArgs {
@@ -139,7 +142,7 @@ fn long_poll_wait(remaining: Duration) -> Option<Duration> {
 fn outcome(action: &Action, timeout: Duration) -> Outcome {
     match action.state {
         ActionState::Succeeded => Outcome::Success,
-        ActionState::Pending | ActionState::Delivered => Outcome::Failed {
+        ActionState::Queued | ActionState::Pending | ActionState::Delivered => Outcome::Failed {
             reason: format!(
                 "still {} after {}; check later with `tether actions get {}`",
                 action.state,
@@ -248,6 +251,7 @@ mod tests {
             completed_at: None,
             expires_at: created_at + TimeDelta::hours(1),
             timeout_seconds: 300,
+            job_id: None,
         }
     }
 

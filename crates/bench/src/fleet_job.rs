@@ -1,0 +1,131 @@
+//! `--mode fleet-job`: N simulated agents answer one fleet-wide job; the
+//! time from the job's creation to the last device's answer being recorded.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::json;
+use tether_testkit::sim_agent::{Responder, connect_many, enroll_many, register_many, wait_online};
+use tether_testkit::{Database, Tetherd};
+
+pub struct Settings {
+    pub database: Database,
+    pub agents: usize,
+    /// Devices registered with the same label that never connect: the job
+    /// stores (and counts) their actions too, which they keep queued or
+    /// pending.
+    pub offline: usize,
+    pub concurrency: Option<u32>,
+    pub rate_per_second: Option<u32>,
+}
+
+/// How often the job's counts are read while it runs.
+const POLL: Duration = Duration::from_millis(20);
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(settings.database).await?;
+    let admin = tetherd.admin().await?;
+    let names = (0..settings.agents).map(|i| format!("sim-{i}"));
+    let started = Instant::now();
+    let credentials = enroll_many(&admin, names, &json!({"fleet": "bench"}), 16).await?;
+    let enrolled_in = started.elapsed();
+    let started = Instant::now();
+    let agents = connect_many(&credentials, &Responder::Echo, 32).await?;
+    wait_online(&admin, settings.agents, Duration::from_secs(300)).await?;
+    let connected_in = started.elapsed();
+    let offline = (0..settings.offline).map(|i| format!("offline-{i}"));
+    register_many(&admin, offline, &json!({"fleet": "bench"}), 16).await?;
+
+    let started = Instant::now();
+    let created = admin
+        .post(
+            "/api/v1/jobs",
+            json!({
+                "labelSelector": "fleet=bench",
+                "action": "get-node-ip",
+                "concurrency": settings.concurrency,
+                "ratePerSecond": settings.rate_per_second,
+            }),
+        )
+        .await?
+        .expect_status(201)?;
+    let created_in = started.elapsed();
+    let id = created["id"].as_str().context("job id")?.to_owned();
+    let mut half_in = None;
+    let answered_in = loop {
+        let job = admin
+            .get(&format!("/api/v1/jobs/{id}"))
+            .await?
+            .expect_status(200)?;
+        let succeeded = job["counts"]["succeeded"].as_u64().unwrap_or(0) as usize;
+        if half_in.is_none() && succeeded * 2 >= settings.agents {
+            half_in = Some(started.elapsed());
+        }
+        if succeeded >= settings.agents {
+            break started.elapsed();
+        }
+        anyhow::ensure!(
+            job["finishedAt"].is_null(),
+            "the job finished without every device succeeding: {}",
+            job["counts"]
+        );
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "the job did not finish within 10 minutes: {}",
+            job["counts"]
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    let finished_in = loop {
+        if settings.offline > 0 {
+            // Offline devices' actions stay open until their TTL.
+            break answered_in;
+        }
+        let job = admin
+            .get(&format!("/api/v1/jobs/{id}"))
+            .await?
+            .expect_status(200)?;
+        if job["finishedAt"].is_string() {
+            break started.elapsed();
+        }
+        tokio::time::sleep(POLL).await;
+    };
+
+    let limit =
+        |value: Option<u32>| value.map_or_else(|| "unlimited".to_owned(), |v| v.to_string());
+    println!(
+        "tether-bench fleet-job: {} simulated agents, concurrency {}, rate {}, {}",
+        settings.agents,
+        limit(settings.concurrency),
+        limit(settings.rate_per_second),
+        if settings.database == Database::Postgres {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    );
+    println!(
+        "  enrollment           {:>8.1} s; connect + birth {:>6.1} s",
+        enrolled_in.as_secs_f64(),
+        connected_in.as_secs_f64()
+    );
+    println!(
+        "  job created (POST)   {:>8.0} ms ({} queued actions stored, {} of them for offline devices)",
+        created_in.as_secs_f64() * 1000.0,
+        created["devices"],
+        settings.offline
+    );
+    println!(
+        "  half answered        {:>8.2} s after creation",
+        half_in.unwrap_or(answered_in).as_secs_f64()
+    );
+    println!(
+        "  all online answered  {:>8.2} s after creation (job finished {:.2} s)",
+        answered_in.as_secs_f64(),
+        finished_in.as_secs_f64()
+    );
+    for agent in agents {
+        agent.disconnect().await;
+    }
+    Ok(())
+}
