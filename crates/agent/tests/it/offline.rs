@@ -64,7 +64,7 @@ async fn offline_the_agent_drops_samples_and_keeps_its_answers() {
         .await
         .expect("the agent answers while tetherd is down");
     // A few failed reconnects: samples were due meanwhile.
-    wait_for_log(&agent, "failed reconnects", "retrying in", 3)
+    wait_for_log(&agent, "failed reconnects", "; trying mqtts://", 3)
         .await
         .expect("the agent keeps trying");
 
