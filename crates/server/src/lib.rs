@@ -216,7 +216,9 @@ pub async fn run(
         config.ingest,
         config.retention.metrics,
         observability.clone(),
+        bus.clone(),
     ));
+    tokio::spawn(ingest.clone().follow(bus.subscribe()));
     rmqtt.serve(ingest.clone());
     let reclaiming = ingest.clone();
     let renewing = lease.clone().spawn(move || {

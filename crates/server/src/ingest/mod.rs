@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 
 use crate::actions::{ActionService, Answer};
 use crate::cluster::ReplicaId;
+use crate::cluster::bus::{Bus, Channel, Heard, Subscription};
 use crate::device_link::{
     BoxFuture, Content, DeviceInbox, DeviceMessage, Inbound, Refusal, SessionChange,
 };
@@ -116,6 +117,7 @@ impl Ingest {
         config: IngestConfig,
         metrics_retention: Duration,
         observability: Arc<Observability>,
+        bus: Bus,
     ) -> Self {
         let write_slots = Arc::new(Semaphore::new(if store.is_postgres() {
             POSTGRES_WRITE_SLOTS
@@ -123,7 +125,7 @@ impl Ingest {
             SQLITE_WRITE_SLOTS
         }));
         Self {
-            presence: PresenceWriter::new(store.clone(), replica, write_slots.clone()),
+            presence: PresenceWriter::new(store.clone(), replica, write_slots.clone(), bus),
             write_slots,
             store,
             actions,
@@ -138,6 +140,34 @@ impl Ingest {
     /// lapsed and another replica took them over; returns how many.
     pub fn reclaim_sessions(&self) -> usize {
         self.presence.reclaim()
+    }
+
+    /// Closes the sessions here that their devices replaced with one on
+    /// another replica, as that replica announces it, so no action goes
+    /// into a session nobody reads (ADR 0009). A lost announcement leaves
+    /// the stale session until its keepalive runs out. Runs until the bus
+    /// is gone.
+    pub async fn follow(self: Arc<Self>, mut subscription: Subscription) {
+        while let Some(heard) = subscription.next().await {
+            let Heard::Notice(notice) = heard else {
+                continue;
+            };
+            if notice.channel != Channel::SessionMoved || notice.from_here {
+                continue;
+            }
+            for key in &notice.keys {
+                let Ok(device) = DeviceId::new(key.as_str()) else {
+                    continue;
+                };
+                match self.presence.is_superseded(&device).await {
+                    Ok(true) => self.actions.close_superseded(&device),
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(%device, error = %crate::error_chain(&error), "could not check whether a session here was replaced by one on another replica; it stays until its keepalive runs out");
+                    }
+                }
+            }
+        }
     }
 
     /// The device's input counters since tetherd started.
@@ -531,6 +561,7 @@ mod tests {
             IngestConfig::default(),
             Duration::from_secs(30 * 86_400),
             Arc::default(),
+            crate::cluster::bus::Bus::in_process(),
         );
         Fixture {
             _dir: dir,

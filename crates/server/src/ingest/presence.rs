@@ -14,6 +14,7 @@
 //! session says how many were left out.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::rate::TokenBucket;
 use crate::cluster::ReplicaId;
+use crate::cluster::bus::{Bus, Channel};
 use crate::cluster::presence::{SessionEvent, on_connected, on_disconnected, session_event};
 use crate::store::{Store, StoreError};
 
@@ -40,21 +42,26 @@ pub(super) struct PresenceWriter {
     /// Shared with the device's other writes (`super::SQLITE_WRITE_SLOTS`).
     write_slots: Arc<Semaphore>,
     writers: Mutex<HashMap<DeviceId, Writer>>,
+    /// Tells the other replicas when a device's session moved here.
+    bus: Bus,
 }
 
 struct Writer {
     changes: mpsc::UnboundedSender<Presence>,
     /// The last change queued: whether this replica holds a session.
     last: Presence,
+    /// Changes queued and not yet written.
+    pending: Arc<AtomicUsize>,
 }
 
 impl PresenceWriter {
-    pub fn new(store: Store, replica: ReplicaId, write_slots: Arc<Semaphore>) -> Self {
+    pub fn new(store: Store, replica: ReplicaId, write_slots: Arc<Semaphore>, bus: Bus) -> Self {
         Self {
             store,
             replica,
             write_slots,
             writers: Mutex::default(),
+            bus,
         }
     }
 
@@ -63,21 +70,56 @@ impl PresenceWriter {
         let mut writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
         let writer = writers.entry(device.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
+            let pending = Arc::new(AtomicUsize::new(0));
             tokio::spawn(write_in_order(
-                self.store.clone(),
-                self.replica.clone(),
-                self.write_slots.clone(),
+                Context {
+                    store: self.store.clone(),
+                    replica: self.replica.clone(),
+                    write_slots: self.write_slots.clone(),
+                    bus: self.bus.clone(),
+                    pending: pending.clone(),
+                },
                 device,
                 rx,
             ));
             Writer {
                 changes: tx,
                 last: presence,
+                pending,
             }
         });
         writer.last = presence;
+        writer.pending.fetch_add(1, Ordering::SeqCst);
         // The writer task lives as long as its sender, which the map holds.
         let _ = writer.changes.send(presence);
+    }
+
+    /// Whether this replica holds a session of the device whose claim is
+    /// written, while the store names another replica as the holder: the
+    /// device connected there after it connected here, so the session here
+    /// is a stale one (half-open, its keepalive not yet run out). A claim
+    /// still being written here is the newer one, and wins when written.
+    pub async fn is_superseded(&self, device: &DeviceId) -> Result<bool, StoreError> {
+        let settled = {
+            let writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
+            match writers.get(device) {
+                Some(writer) => {
+                    writer.last == Presence::Online && writer.pending.load(Ordering::SeqCst) == 0
+                }
+                None => false,
+            }
+        };
+        if !settled {
+            return Ok(false);
+        }
+        Ok(self
+            .store
+            .device_session(device)
+            .await?
+            .is_some_and(|stored| {
+                stored.presence == Presence::Online
+                    && stored.replica.as_deref() != Some(self.replica.as_str())
+            }))
     }
 
     /// Writes the sessions this replica holds again, after another replica
@@ -88,18 +130,36 @@ impl PresenceWriter {
         writers
             .values()
             .filter(|writer| writer.last == Presence::Online)
-            .filter(|writer| writer.changes.send(Presence::Online).is_ok())
+            .filter(|writer| {
+                writer.pending.fetch_add(1, Ordering::SeqCst);
+                writer.changes.send(Presence::Online).is_ok()
+            })
             .count()
     }
 }
 
-async fn write_in_order(
+/// What a device's writer task works with.
+struct Context {
     store: Store,
     replica: ReplicaId,
     write_slots: Arc<Semaphore>,
+    bus: Bus,
+    /// The writer's count of changes queued and not yet written.
+    pending: Arc<AtomicUsize>,
+}
+
+async fn write_in_order(
+    context: Context,
     device: DeviceId,
     mut changes: mpsc::UnboundedReceiver<Presence>,
 ) {
+    let Context {
+        store,
+        replica,
+        write_slots,
+        bus,
+        pending,
+    } = context;
     let mut sessions = SessionEvents {
         budget: TokenBucket::new(
             SESSION_EVENTS_PER_SECOND,
@@ -125,7 +185,11 @@ async fn write_in_order(
                 &mut recorded,
             )
             .await
-            else {
+            .map(|moved_here| {
+                if moved_here {
+                    bus.publish(Channel::SessionMoved, [device.as_str()]);
+                }
+            }) else {
                 break;
             };
             drop(slot);
@@ -133,6 +197,7 @@ async fn write_in_order(
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(RETRY_MAX);
         }
+        pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -177,7 +242,9 @@ impl SessionEvents {
 /// Stores the presence as the replica holding the session and, when it
 /// changed, the events the operator sees: so each recorded session shows
 /// once as `device-online`, its end once as `device-offline`. `recorded`
-/// keeps the event decision for this change across retries.
+/// keeps the event decision for this change across retries. Returns whether
+/// the session moved here from another replica's, which that replica must
+/// hear: it may still hold the old session.
 async fn write(
     store: &Store,
     replica: &ReplicaId,
@@ -185,16 +252,16 @@ async fn write(
     presence: Presence,
     sessions: &mut SessionEvents,
     recorded: &mut Option<Option<u64>>,
-) -> Result<(), WriteError> {
+) -> Result<bool, WriteError> {
     loop {
         let Some(stored) = store.device_session(device).await? else {
-            return Ok(());
+            return Ok(false);
         };
         let change = match presence {
             Presence::Online => on_connected(&stored, replica),
             Presence::Offline => match on_disconnected(&stored, replica) {
                 Some(change) => change,
-                None => return Ok(()),
+                None => return Ok(false),
             },
         };
         let now = Utc::now();
@@ -236,7 +303,10 @@ async fn write(
             for event in &events {
                 tracing::info!(%device, event = event.event, reason = event.status_message, "device presence changed");
             }
-            return Ok(());
+            let moved_here = presence == Presence::Online
+                && stored.presence == Presence::Online
+                && stored.replica.as_deref() != Some(replica.as_str());
+            return Ok(moved_here);
         }
         // Nothing was written: either the row changed meanwhile (decide
         // again on what it says now), or this replica has no lease row.
@@ -281,9 +351,13 @@ mod tests {
         }
         drop(sender);
         write_in_order(
-            store.clone(),
-            replica.clone(),
-            Arc::new(Semaphore::new(1)),
+            Context {
+                store: store.clone(),
+                replica: replica.clone(),
+                write_slots: Arc::new(Semaphore::new(1)),
+                bus: Bus::in_process(),
+                pending: Arc::new(AtomicUsize::new(changes.len())),
+            },
             device.clone(),
             received,
         )
@@ -336,6 +410,55 @@ mod tests {
             }),
             "a's late disconnect leaves the device online on b"
         );
+    }
+
+    #[tokio::test]
+    async fn a_session_is_superseded_once_another_replica_claimed_the_device_after_it() {
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        let (dir_a, dir_b) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let a = replica(&store, dir_a.path(), "a").await;
+        let b = replica(&store, dir_b.path(), "b").await;
+        let device = DeviceId::new("edge-1").expect("valid name");
+        store
+            .create_device(&device, &Default::default(), Utc::now())
+            .await
+            .expect("device");
+        let writer_a = PresenceWriter::new(
+            store.clone(),
+            a.clone(),
+            Arc::new(Semaphore::new(1)),
+            Bus::in_process(),
+        );
+        let held_by = |replica: &ReplicaId| {
+            let (store, device, replica) = (store.clone(), device.clone(), replica.clone());
+            async move {
+                for _ in 0..500 {
+                    let stored = store.device_session(&device).await.expect("session");
+                    if stored.and_then(|s| s.replica).as_deref() == Some(replica.as_str()) {
+                        return;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                panic!("the device never showed as held by {replica}");
+            }
+        };
+
+        writer_a.set(device.clone(), Presence::Online);
+        held_by(&a).await;
+        assert!(!writer_a.is_superseded(&device).await.expect("check"));
+
+        // The device connects to b while a still holds its old session.
+        write_all(&store, &b, &device, &[Presence::Online]).await;
+        assert!(writer_a.is_superseded(&device).await.expect("check"));
+
+        // It comes back to a: the claim being written is the newer one.
+        writer_a.set(device.clone(), Presence::Online);
+        assert!(!writer_a.is_superseded(&device).await.expect("check"));
+        held_by(&a).await;
+        assert!(!writer_a.is_superseded(&device).await.expect("check"));
     }
 
     #[tokio::test]

@@ -764,3 +764,101 @@ mod failover_under_load {
         Ok(())
     }
 }
+
+// Review of issue 12: a session superseded on another replica.
+
+mod superseded_session {
+    use std::time::Duration;
+
+    use anyhow::Context;
+    use serde_json::json;
+    use tether_testkit::sim_agent::{DeviceCredentials, Responder, SimAgent};
+    use tether_testkit::{Database, Tetherd, wait_until};
+
+    use super::membership::{moved_to, names, sessions};
+
+    /// A device whose connection to one replica went half-open reconnects
+    /// to another (a NAT rebinding, a mobile network switch): the first
+    /// replica would hold the old session until its keepalive runs out, and
+    /// deliver into it every action requested through it, which then waits
+    /// for its timeout, never run. The new replica announces the move and
+    /// the old one closes the superseded session, so an action requested
+    /// through it reaches the device's new session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_action_reaches_the_new_session_not_a_superseded_one() -> anyhow::Result<()> {
+        let a = Tetherd::start(Database::Postgres).await?;
+        let b = Tetherd::start_replica_of(&a, &[]).await?;
+        let (admin_a, admin_b) = (a.admin().await?, b.admin().await?);
+        let credentials = DeviceCredentials::enroll(&admin_a, "edge-1").await?;
+        // The old session stays open (as a half-open one would, to its
+        // replica) and never answers.
+        let mut old = SimAgent::connect(&moved_to(&credentials, &a), Responder::Silent).await?;
+        admin_b.wait_presence("edge-1", "online").await?;
+        let mut new = SimAgent::connect(&moved_to(&credentials, &b), Responder::Echo).await?;
+        wait_until(
+            "the session to move to the second replica",
+            Duration::from_secs(10),
+            || async {
+                let seen = sessions(&admin_b, "edge-1").await?;
+                Ok(
+                    (names(&seen) == ["device-online", "device-offline", "device-online"])
+                        .then_some(()),
+                )
+            },
+        )
+        .await?;
+        wait_until(
+            "the first replica to close the superseded session",
+            Duration::from_secs(10),
+            || {
+                let closed = !old.is_connected();
+                async move { Ok(closed.then_some(())) }
+            },
+        )
+        .await?;
+
+        let accepted = admin_a
+            .post(
+                "/api/v1/devices/edge-1/actions",
+                json!({"action": "get-node-ip", "input": {}, "timeoutSeconds": 600}),
+            )
+            .await?
+            .expect_status(202)?;
+        let id = accepted["correlationId"]
+            .as_str()
+            .context("correlationId")?;
+        let answered = wait_until(
+            "the action to succeed on the new session",
+            Duration::from_secs(15),
+            || async {
+                let action = admin_a
+                    .get(&format!("/api/v1/actions/{id}"))
+                    .await?
+                    .expect_status(200)?;
+                Ok((action["state"] == "succeeded").then_some(action))
+            },
+        )
+        .await;
+        let to_old = old.next_action(Duration::ZERO).await;
+        answered.with_context(|| {
+            format!(
+                "the old session got it: {:?}",
+                to_old.as_ref().map(|a| &a.correlation_id)
+            )
+        })?;
+        assert!(to_old.is_none(), "the superseded session got the action");
+        assert_eq!(
+            new.next_action(Duration::ZERO)
+                .await
+                .map(|a| a.correlation_id),
+            Some(id.to_owned())
+        );
+        assert_eq!(
+            names(&sessions(&admin_a, "edge-1").await?),
+            ["device-online", "device-offline", "device-online"],
+            "closing the superseded session changes nothing in the device's presence"
+        );
+        assert!(new.is_connected());
+        Ok(())
+    }
+}
