@@ -186,6 +186,7 @@ pub async fn run(
     )
     .await?;
     let membership = Membership::new(store.clone(), replica.clone(), &config.cluster);
+    let singleton_holder = replica.clone();
 
     let registry = Registry::new(
         store.clone(),
@@ -228,6 +229,7 @@ pub async fn run(
     let sweeping = actions.clone();
     Singleton::spawn(
         store.clone(),
+        &singleton_holder,
         "action-sweeps",
         config.actions.sweep_interval,
         move |now| {
@@ -247,6 +249,7 @@ pub async fn run(
     let retention = config.retention.clone();
     Singleton::spawn(
         store.clone(),
+        &singleton_holder,
         "telemetry-retention",
         PRUNE_INTERVAL,
         move |now| prune_telemetry(pruning.clone(), retention.clone(), now),

@@ -862,3 +862,144 @@ mod superseded_session {
         Ok(())
     }
 }
+
+// Review of issue 12: a replica cut off from the database without its
+// connections closing.
+
+mod partitioned_replica {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use anyhow::Context;
+    use serde_json::json;
+    use tether_testkit::{Database, Tetherd, wait_until};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::membership::{lease_config, led_sweeps};
+
+    /// A TCP proxy to PostgreSQL that the test can cut: from then on it
+    /// forwards nothing either way and keeps every connection open, as a
+    /// network partition does (no FIN, no RST reaches either side).
+    struct Partition {
+        cut: Arc<AtomicBool>,
+        port: u16,
+    }
+
+    impl Partition {
+        async fn to(upstream: SocketAddr) -> anyhow::Result<Self> {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let port = listener.local_addr()?.port();
+            let cut = Arc::new(AtomicBool::new(false));
+            let cutting = cut.clone();
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        continue;
+                    };
+                    let (from_client, to_client) = client.into_split();
+                    let (from_server, to_server) = server.into_split();
+                    tokio::spawn(pump(from_client, to_server, cutting.clone()));
+                    tokio::spawn(pump(from_server, to_client, cutting.clone()));
+                }
+            });
+            Ok(Self { cut, port })
+        }
+
+        fn cut(&self) {
+            self.cut.store(true, Ordering::SeqCst);
+        }
+    }
+
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        cut: Arc<AtomicBool>,
+    ) {
+        let mut buffer = vec![0; 16 * 1024];
+        loop {
+            let read = match from.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => read,
+            };
+            if cut.load(Ordering::SeqCst) {
+                continue; // lost in the partition
+            }
+            if to.write_all(&buffer[..read]).await.is_err() {
+                break;
+            }
+        }
+        if cut.load(Ordering::SeqCst) {
+            // A partition carries no FIN either: hold the other side open.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The leader of the action sweeps is cut off from PostgreSQL without
+    /// its connections closing: PostgreSQL would keep its lock until TCP
+    /// keepalive gives up (hours), and no replica would expire or time out
+    /// actions meanwhile. The replica that takes the lapsed replica over
+    /// ends its lock connections, and leads the sweeps itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sweeps_move_away_from_a_leader_cut_off_from_the_database() -> anyhow::Result<()> {
+        let scratch = tempfile::tempdir()?;
+        let config = lease_config(scratch.path(), 2)?;
+        let mut first = Tetherd::start_with(Database::Postgres, &["--config", &config]).await?;
+        let direct = first.postgres().context("on PostgreSQL")?.url();
+        let port: u16 = direct
+            .rsplit_once(':')
+            .and_then(|(_, rest)| rest.split('/').next())
+            .context("a port in the URL")?
+            .parse()?;
+        let partition = Partition::to(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+        let through = direct.replace(&format!(":{port}/"), &format!(":{}/", partition.port));
+        let cut_off =
+            Tetherd::start_replica_through(&first, &through, &["--config", &config]).await?;
+        // The first replica leads until it dies; the one behind the proxy
+        // takes over.
+        first.kill();
+        wait_until(
+            "the replica behind the proxy to lead the sweeps",
+            Duration::from_secs(20),
+            || async { Ok(led_sweeps(&cut_off).then_some(())) },
+        )
+        .await?;
+        let survivor = Tetherd::start_replica_of(&first, &["--config", &config]).await?;
+        let admin = survivor.admin().await?;
+        admin
+            .post("/api/v1/devices", json!({"name": "edge-1"}))
+            .await?
+            .expect_status(201)?;
+        assert!(!led_sweeps(&survivor), "one leader at a time");
+
+        partition.cut();
+        wait_until(
+            "the survivor to lead the sweeps",
+            Duration::from_secs(20),
+            || async { Ok(led_sweeps(&survivor).then_some(())) },
+        )
+        .await
+        .with_context(|| format!("survivor's log:\n{}", survivor.log()))?;
+        let accepted = admin
+            .post(
+                "/api/v1/devices/edge-1/actions",
+                json!({"action": "get-node-ip", "ttlSeconds": 1}),
+            )
+            .await?
+            .expect_status(202)?;
+        let path = format!(
+            "/api/v1/actions/{}",
+            accepted["correlationId"]
+                .as_str()
+                .context("correlationId")?
+        );
+        wait_until("the action to expire", Duration::from_secs(10), || async {
+            let action = admin.get(&path).await?.expect_status(200)?;
+            Ok((action["state"] == "expired").then_some(()))
+        })
+        .await?;
+        Ok(())
+    }
+}
