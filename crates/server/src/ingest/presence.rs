@@ -25,7 +25,9 @@ use tokio::sync::{Semaphore, mpsc};
 use super::rate::TokenBucket;
 use crate::cluster::ReplicaId;
 use crate::cluster::bus::{Bus, Channel};
-use crate::cluster::presence::{SessionEvent, on_connected, on_disconnected, session_event};
+use crate::cluster::presence::{
+    SessionEvent, on_connected, on_disconnected, on_reclaimed, session_event,
+};
 use crate::store::{Store, StoreError};
 
 const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -46,8 +48,26 @@ pub(super) struct PresenceWriter {
     bus: Bus,
 }
 
+/// What a device's writer stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// A session here started or ended.
+    Session(Presence),
+    /// A session held here is claimed again after a takeover.
+    Reclaim,
+}
+
+impl Change {
+    fn presence(self) -> Presence {
+        match self {
+            Change::Session(presence) => presence,
+            Change::Reclaim => Presence::Online,
+        }
+    }
+}
+
 struct Writer {
-    changes: mpsc::UnboundedSender<Presence>,
+    changes: mpsc::UnboundedSender<Change>,
     /// The last change queued: whether this replica holds a session.
     last: Presence,
     /// Changes queued and not yet written.
@@ -91,7 +111,7 @@ impl PresenceWriter {
         writer.last = presence;
         writer.pending.fetch_add(1, Ordering::SeqCst);
         // The writer task lives as long as its sender, which the map holds.
-        let _ = writer.changes.send(presence);
+        let _ = writer.changes.send(Change::Session(presence));
     }
 
     /// Whether this replica holds a session of the device whose claim is
@@ -132,7 +152,7 @@ impl PresenceWriter {
             .filter(|writer| writer.last == Presence::Online)
             .filter(|writer| {
                 writer.pending.fetch_add(1, Ordering::SeqCst);
-                writer.changes.send(Presence::Online).is_ok()
+                writer.changes.send(Change::Reclaim).is_ok()
             })
             .count()
     }
@@ -151,7 +171,7 @@ struct Context {
 async fn write_in_order(
     context: Context,
     device: DeviceId,
-    mut changes: mpsc::UnboundedReceiver<Presence>,
+    mut changes: mpsc::UnboundedReceiver<Change>,
 ) {
     let Context {
         store,
@@ -169,7 +189,8 @@ async fn write_in_order(
         unrecorded: 0,
         recording: false,
     };
-    while let Some(presence) = changes.recv().await {
+    while let Some(change) = changes.recv().await {
+        let presence = change.presence();
         let mut delay = RETRY_FIRST;
         let mut recorded = None;
         loop {
@@ -180,7 +201,7 @@ async fn write_in_order(
                 &store,
                 &replica,
                 &device,
-                presence,
+                change,
                 &mut sessions,
                 &mut recorded,
             )
@@ -249,7 +270,7 @@ async fn write(
     store: &Store,
     replica: &ReplicaId,
     device: &DeviceId,
-    presence: Presence,
+    change: Change,
     sessions: &mut SessionEvents,
     recorded: &mut Option<Option<u64>>,
 ) -> Result<bool, WriteError> {
@@ -257,12 +278,14 @@ async fn write(
         let Some(stored) = store.device_session(device).await? else {
             return Ok(false);
         };
-        let change = match presence {
-            Presence::Online => on_connected(&stored, replica),
-            Presence::Offline => match on_disconnected(&stored, replica) {
-                Some(change) => change,
-                None => return Ok(false),
-            },
+        let presence = change.presence();
+        let decided = match change {
+            Change::Session(Presence::Online) => Some(on_connected(&stored, replica)),
+            Change::Session(Presence::Offline) => on_disconnected(&stored, replica),
+            Change::Reclaim => on_reclaimed(&stored, replica),
+        };
+        let Some(change) = decided else {
+            return Ok(false);
         };
         let now = Utc::now();
         let events = if change.events.is_empty() {
@@ -347,7 +370,7 @@ mod tests {
     ) {
         let (sender, received) = mpsc::unbounded_channel();
         for change in changes {
-            sender.send(*change).expect("writer");
+            sender.send(Change::Session(*change)).expect("writer");
         }
         drop(sender);
         write_in_order(
@@ -409,6 +432,76 @@ mod tests {
                 replica: Some("b".into()),
             }),
             "a's late disconnect leaves the device online on b"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reclaim_leaves_a_device_that_connected_elsewhere_meanwhile_where_it_is() {
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        let (dir_a, dir_b) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let a = replica(&store, dir_a.path(), "a").await;
+        let b = replica(&store, dir_b.path(), "b").await;
+        let device = DeviceId::new("edge-1").expect("valid name");
+        store
+            .create_device(&device, &Default::default(), Utc::now())
+            .await
+            .expect("device");
+        write_all(&store, &a, &device, &[Presence::Online]).await;
+        // a cannot renew; b takes it over, then the device connects to b
+        // while a still holds a (half-open) session of it.
+        store
+            .end_replica_sessions("a", None, Utc::now(), |device, at| {
+                crate::cluster::presence::replica_ended_event(
+                    device,
+                    "a",
+                    crate::cluster::presence::EndOfReplica::LeaseLapsed,
+                    at,
+                    at,
+                )
+            })
+            .await
+            .expect("take over")
+            .expect("a's row");
+        write_all(&store, &b, &device, &[Presence::Online]).await;
+
+        // a reaches the database again, registers and re-claims.
+        let a = replica(&store, dir_a.path(), "a").await;
+        let (sender, received) = mpsc::unbounded_channel();
+        sender.send(Change::Reclaim).expect("writer");
+        drop(sender);
+        write_in_order(
+            Context {
+                store: store.clone(),
+                replica: a,
+                write_slots: Arc::new(Semaphore::new(1)),
+                bus: Bus::in_process(),
+                pending: Arc::new(AtomicUsize::new(1)),
+            },
+            device.clone(),
+            received,
+        )
+        .await;
+
+        assert_eq!(
+            store.device_session(&device).await.expect("session"),
+            Some(crate::store::DeviceSession {
+                presence: Presence::Online,
+                replica: Some("b".into()),
+            }),
+            "the device stays on b, where it connected last"
+        );
+        let events = store.list_events(&device, 10).await.expect("events");
+        // (The takeover's event is dated at a's last renewal, so by time it
+        // may sort first.)
+        let mut names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["device-offline", "device-online", "device-online"],
+            "no session of b is recorded as ended, and a's is not started again"
         );
     }
 
