@@ -570,7 +570,10 @@ mod failover_under_load {
                 .push(SimAgent::connect(&moved_to(&credentials, replica), Responder::Echo).await?);
         }
         for agent in &agents {
-            agent.wait_presence(&survivors[0], "online").await?;
+            agent
+                .wait_presence(&survivors[0], "online")
+                .await
+                .context("the real agents online")?;
         }
         let devices: Vec<String> = agents
             .iter()
@@ -579,7 +582,10 @@ mod failover_under_load {
             .chain(staying.iter().map(|s| s.device.to_string()))
             .collect();
         for device in &devices {
-            survivors[1].wait_presence(device, "online").await?;
+            survivors[1]
+                .wait_presence(device, "online")
+                .await
+                .context("every device online before the kill")?;
         }
 
         // Before the kill: the dying replica's simulated devices hold their
@@ -661,10 +667,14 @@ mod failover_under_load {
             )
             .await?;
             let replica = if i % 2 == 0 { &b } else { &c };
-            moved.push(SimAgent::connect(&moved_to(&credentials, replica), Responder::Echo).await?);
+            moved.push(
+                SimAgent::connect(&moved_to(&credentials, replica), Responder::Echo)
+                    .await
+                    .with_context(|| format!("{} reconnecting", credentials.device))?,
+            );
         }
         for task in requesting {
-            let (device, ids) = task.await??;
+            let (device, ids) = task.await?.context("requesting through the survivors")?;
             requested.entry(device).or_default().extend(ids);
         }
         assert_eq!(requested.values().map(Vec::len).sum::<usize>(), ACTIONS);
@@ -736,7 +746,10 @@ mod failover_under_load {
         .await?;
         for device in &devices {
             let moved = !device.starts_with("staying-");
-            survivors[0].wait_presence(device, "online").await?;
+            survivors[0]
+                .wait_presence(device, "online")
+                .await
+                .context("every device online after the failover")?;
             let sessions = sessions(&survivors[1], device).await?;
             let expected: &[&str] = if moved {
                 &["device-online", "device-offline", "device-online"]
