@@ -202,6 +202,7 @@ pub async fn run(
     )
     .await?;
     let membership = Membership::new(store.clone(), replica.clone(), &config.cluster);
+    let singleton_holder = replica.clone();
 
     let registry = Registry::new(
         store.clone(),
@@ -244,7 +245,9 @@ pub async fn run(
         config.ingest,
         config.retention.metrics,
         observability.clone(),
+        bus.clone(),
     ));
+    tokio::spawn(ingest.clone().follow(bus.subscribe()));
     endpoint.serve(ingest.clone());
     if let DeviceEndpoint::External(external, _) = &endpoint {
         tokio::spawn(external.revocation().clone().refresh_forever());
@@ -257,6 +260,7 @@ pub async fn run(
     let sweeping = actions.clone();
     Singleton::spawn(
         store.clone(),
+        &singleton_holder,
         "action-sweeps",
         config.actions.sweep_interval,
         move |now| {
@@ -271,6 +275,7 @@ pub async fn run(
     let dispatching = jobs.clone();
     Singleton::spawn(
         store.clone(),
+        &singleton_holder,
         "jobs-dispatcher",
         jobs::DISPATCH_INTERVAL,
         move |now| {
@@ -290,6 +295,7 @@ pub async fn run(
     let retention = config.retention.clone();
     Singleton::spawn(
         store.clone(),
+        &singleton_holder,
         "telemetry-retention",
         PRUNE_INTERVAL,
         move |now| prune_telemetry(pruning.clone(), retention.clone(), now),

@@ -92,6 +92,16 @@ impl Tetherd {
         Self::start_beside(first, extra_args, REPLICA_SHARED_FILES).await
     }
 
+    /// [`Tetherd::start_replica_of`] reaching the database by `database_url`
+    /// instead (e.g. through a proxy a test can cut).
+    pub async fn start_replica_through(
+        first: &Tetherd,
+        database_url: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_beside_on(first, Some(database_url), extra_args, REPLICA_SHARED_FILES).await
+    }
+
     /// Starts a tetherd on `first`'s database with its own CA and sealing
     /// key, as an operator who forgot to copy them would.
     pub async fn start_on_database_of(
@@ -106,10 +116,20 @@ impl Tetherd {
         extra_args: &[&str],
         shared_files: &[&str],
     ) -> anyhow::Result<Self> {
-        let database_url = first
+        Self::start_beside_on(first, None, extra_args, shared_files).await
+    }
+
+    async fn start_beside_on(
+        first: &Tetherd,
+        database_url: Option<&str>,
+        extra_args: &[&str],
+        shared_files: &[&str],
+    ) -> anyhow::Result<Self> {
+        let first_url = first
             .database_url
             .clone()
             .context("replicas share a PostgreSQL database; start the first one on Postgres")?;
+        let database_url = database_url.map_or(first_url, str::to_owned);
         let dir = tempfile::Builder::new()
             .prefix("tetherd-replica-")
             .tempdir()

@@ -274,7 +274,7 @@ impl ActionService {
                             tokio::spawn(async move { actions.recheck_waiters(waited).await });
                         }
                     }
-                    Channel::DisconnectDevice => {}
+                    Channel::DisconnectDevice | Channel::SessionMoved => {}
                 },
                 Heard::MayHaveMissed => {
                     let actions = self.clone();
@@ -367,6 +367,16 @@ impl ActionService {
 
     pub fn device_gone(&self, device: &DeviceId) {
         self.lock_ready().remove(device);
+    }
+
+    /// The device's session here is superseded by a newer one on another
+    /// replica: nothing more is delivered into it, and it is closed.
+    pub fn close_superseded(&self, device: &DeviceId) {
+        self.device_gone(device);
+        if self.link.is_connected(device) {
+            tracing::info!(%device, "closing a session the device replaced with one on another replica");
+            self.link.disconnect(device);
+        }
     }
 
     /// How many device sessions on this replica can take actions now.

@@ -54,13 +54,19 @@ pub enum Channel {
     /// Close these devices' sessions (deleted, revoked, re-enrolled): the
     /// replica holding one closes it. Keys: device names.
     DisconnectDevice,
+    /// These devices' sessions are now held by the announcing replica: a
+    /// replica still holding an older session of one (half-open, its
+    /// keepalive not yet run out) closes it, so no action is delivered into
+    /// it. Keys: device names.
+    SessionMoved,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 3] = [
+    pub const ALL: [Channel; 4] = [
         Channel::DeviceOutbox,
         Channel::ActionFinished,
         Channel::DisconnectDevice,
+        Channel::SessionMoved,
     ];
 
     /// The PostgreSQL channel name (an identifier: lowercase, under 64 bytes).
@@ -69,6 +75,7 @@ impl Channel {
             Channel::DeviceOutbox => "tether_device_outbox",
             Channel::ActionFinished => "tether_action_finished",
             Channel::DisconnectDevice => "tether_disconnect_device",
+            Channel::SessionMoved => "tether_session_moved",
         }
     }
 

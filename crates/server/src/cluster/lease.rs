@@ -141,6 +141,17 @@ impl Lease {
                     last_renewed = %ended.last_seen,
                     "took over a replica whose lease lapsed: its devices are offline until they reconnect"
                 );
+                // Its singleton jobs too, even if its lock connections are
+                // still open (cut off, not closed): else nobody runs them
+                // meanwhile. Only once its row is gone: a replica that
+                // renewed in time keeps them.
+                let connections = self
+                    .store
+                    .end_connections_named(&super::singleton::connection_name(&replica))
+                    .await?;
+                if connections > 0 {
+                    tracing::info!(lapsed = %replica, connections, "ended the lock connections of a replica whose lease lapsed: its singleton jobs move to another replica");
+                }
             }
         }
         Ok(())

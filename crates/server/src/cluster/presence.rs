@@ -28,7 +28,7 @@ pub enum SessionOwner {
 
 impl SessionOwner {
     /// What `session_replica` says for sessions this owner holds.
-    fn stored(&self) -> Option<&str> {
+    pub fn stored(&self) -> Option<&str> {
         match self {
             SessionOwner::Replica(replica) => Some(replica.as_str()),
             SessionOwner::Broker => None,
@@ -86,6 +86,19 @@ pub fn on_connected(stored: &DeviceSession, me: &SessionOwner) -> SessionWrite {
         session: here,
         events,
     }
+}
+
+/// This replica claims again a session it still holds, after another
+/// replica took its devices over (its lease lapsed). `None`: leave the row
+/// alone, because the device connected to another replica since: that
+/// session is the newer one, and the one here is stale (half-open).
+pub fn on_reclaimed(stored: &DeviceSession, me: &SessionOwner) -> Option<SessionWrite> {
+    let elsewhere = stored.presence == Presence::Online
+        && stored
+            .replica
+            .as_deref()
+            .is_some_and(|owner| Some(owner) != me.stored());
+    (!elsewhere).then(|| on_connected(stored, me))
 }
 
 /// The device's session on this replica ended. `None`: leave the row alone,
@@ -187,6 +200,25 @@ mod tests {
             presence,
             replica: replica.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn a_reclaim_leaves_a_device_that_connected_elsewhere_meanwhile_alone() {
+        let me = SessionOwner::Replica(ReplicaId::parse("a").expect("id"));
+        let offline = DeviceSession {
+            presence: Presence::Offline,
+            replica: None,
+        };
+        assert_eq!(
+            on_reclaimed(&offline, &me).map(|w| w.events),
+            Some(vec![SessionEvent::Started]),
+            "taken over while held here: online again"
+        );
+        let elsewhere = DeviceSession {
+            presence: Presence::Online,
+            replica: Some("b".into()),
+        };
+        assert_eq!(on_reclaimed(&elsewhere, &me), None);
     }
 
     #[test]

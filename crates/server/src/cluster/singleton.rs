@@ -9,6 +9,14 @@
 //! that loses its connection mid-run finishes that run, so two replicas may
 //! briefly overlap: jobs must be idempotent, as conditional updates are.
 //! On SQLite there is one replica, always the leader.
+//!
+//! A leader cut off from the database without its connection closing (a
+//! partition, a lost host) would keep the lock until PostgreSQL's TCP
+//! keepalive gives up, hours by default, and no replica would run the job
+//! meanwhile. So the lock connection carries the replica's id in its
+//! `application_name`, and the replica that takes over a lapsed replica's
+//! devices also terminates its lock connections (`super::lease`): the
+//! leadership lasts no longer than the leader's lease.
 
 use std::future::Future;
 use std::time::Duration;
@@ -16,6 +24,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
+use super::ReplicaId;
 use crate::store::{AdvisoryLock, Store};
 
 /// How often a replica that is not a job's leader tries to become it.
@@ -28,6 +37,7 @@ impl Singleton {
     /// `name` must be the same on every replica (it names the lock).
     pub fn spawn<F, Fut>(
         store: Store,
+        replica: &ReplicaId,
         name: &'static str,
         every: Duration,
         job: F,
@@ -37,7 +47,8 @@ impl Singleton {
         Fut: Future<Output = ()> + Send + 'static,
     {
         if store.is_postgres() {
-            tokio::spawn(lead_when_locked(store, name, every, job))
+            let holder = connection_name(replica.as_str());
+            tokio::spawn(lead_when_locked(store, holder, name, every, job))
         } else {
             tracing::debug!(job = name, "the only replica (SQLite) leads this job");
             tokio::spawn(run_every(every, job))
@@ -58,14 +69,19 @@ where
     }
 }
 
-async fn lead_when_locked<F, Fut>(store: Store, name: &'static str, every: Duration, mut job: F)
-where
+async fn lead_when_locked<F, Fut>(
+    store: Store,
+    holder: String,
+    name: &'static str,
+    every: Duration,
+    mut job: F,
+) where
     F: FnMut(DateTime<Utc>) -> Fut,
     Fut: Future<Output = ()>,
 {
     let key = lock_key(name);
     loop {
-        let mut lock = acquire(&store, name, key).await;
+        let mut lock = acquire(&store, &holder, name, key).await;
         tracing::info!(
             job = name,
             "this replica is now the leader of a singleton job"
@@ -88,10 +104,10 @@ where
 }
 
 /// Waits until this replica holds the job's lock.
-async fn acquire(store: &Store, name: &str, key: i64) -> AdvisoryLock {
+async fn acquire(store: &Store, holder: &str, name: &str, key: i64) -> AdvisoryLock {
     let mut logged_error = false;
     loop {
-        match store.try_advisory_lock(key).await {
+        match store.try_advisory_lock(key, holder).await {
             Ok(Some(lock)) => return lock,
             Ok(None) => logged_error = false,
             Err(error) if !logged_error => {
@@ -102,6 +118,14 @@ async fn acquire(store: &Store, name: &str, key: i64) -> AdvisoryLock {
         }
         tokio::time::sleep(ACQUIRE_RETRY).await;
     }
+}
+
+/// The `application_name` of `replica`'s lock connections, by which the
+/// replica taking it over finds them. PostgreSQL keeps 63 bytes of it.
+pub fn connection_name(replica: &str) -> String {
+    let mut name = format!("tetherd-singleton-{replica}");
+    name.truncate(63);
+    name
 }
 
 /// The job's advisory lock key: the same on every replica and version.
@@ -126,12 +150,19 @@ mod tests {
     async fn on_sqlite_the_only_replica_runs_the_job() {
         let store = Store::connect("sqlite::memory:").await.expect("store");
         let (ran, mut runs) = tokio::sync::mpsc::unbounded_channel();
-        let job = Singleton::spawn(store, "test", Duration::from_millis(10), move |now| {
-            let ran = ran.clone();
-            async move {
-                let _ = ran.send(now);
-            }
-        });
+        let replica = ReplicaId::parse("a").expect("id");
+        let job = Singleton::spawn(
+            store,
+            &replica,
+            "test",
+            Duration::from_millis(10),
+            move |now| {
+                let ran = ran.clone();
+                async move {
+                    let _ = ran.send(now);
+                }
+            },
+        );
         for _ in 0..2 {
             tokio::time::timeout(Duration::from_secs(5), runs.recv())
                 .await

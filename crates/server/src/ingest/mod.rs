@@ -21,6 +21,7 @@ use tether_proto::{DeviceId, DeviceStatus, Presence};
 use tokio::sync::Semaphore;
 
 use crate::actions::{ActionService, Answer};
+use crate::cluster::bus::{Bus, Channel, Heard, Subscription};
 use crate::cluster::presence::SessionOwner;
 use crate::device_link::{
     BoxFuture, Content, DeviceInbox, DeviceMessage, Inbound, Refusal, SessionChange,
@@ -116,6 +117,7 @@ impl Ingest {
         config: IngestConfig,
         metrics_retention: Duration,
         observability: Arc<Observability>,
+        bus: Bus,
     ) -> Self {
         let write_slots = Arc::new(Semaphore::new(if store.is_postgres() {
             POSTGRES_WRITE_SLOTS
@@ -123,7 +125,7 @@ impl Ingest {
             SQLITE_WRITE_SLOTS
         }));
         Self {
-            presence: PresenceWriter::new(store.clone(), owner, write_slots.clone()),
+            presence: PresenceWriter::new(store.clone(), owner, write_slots.clone(), bus),
             write_slots,
             store,
             actions,
@@ -138,6 +140,34 @@ impl Ingest {
     /// lapsed and another replica took them over; returns how many.
     pub fn reclaim_sessions(&self) -> usize {
         self.presence.reclaim()
+    }
+
+    /// Closes the sessions here that their devices replaced with one on
+    /// another replica, as that replica announces it, so no action goes
+    /// into a session nobody reads (ADR 0009). A lost announcement leaves
+    /// the stale session until its keepalive runs out. Runs until the bus
+    /// is gone.
+    pub async fn follow(self: Arc<Self>, mut subscription: Subscription) {
+        while let Some(heard) = subscription.next().await {
+            let Heard::Notice(notice) = heard else {
+                continue;
+            };
+            if notice.channel != Channel::SessionMoved || notice.from_here {
+                continue;
+            }
+            for key in &notice.keys {
+                let Ok(device) = DeviceId::new(key.as_str()) else {
+                    continue;
+                };
+                match self.presence.is_superseded(&device).await {
+                    Ok(true) => self.actions.close_superseded(&device),
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(%device, error = %crate::error_chain(&error), "could not check whether a session here was replaced by one on another replica; it stays until its keepalive runs out");
+                    }
+                }
+            }
+        }
     }
 
     /// The device's input counters since tetherd started.
@@ -236,12 +266,6 @@ impl Ingest {
             // outage: refused for good, or the device would resend it forever.
             Err(Some(error @ StoreError::TooLarge { .. })) => {
                 return Err(self.invalid(inbound, Invalid::Malformed(error.to_string())));
-            }
-            // Deleted while its session lasts (an external broker accepts
-            // its certificate until it reloads the revocation list): there
-            // is nothing to store it for, now or later.
-            Err(Some(StoreError::NotFound { what })) => {
-                return Err(Refusal::Invalid(format!("{what} does not exist")));
             }
             Err(error) => {
                 let error = error.map_or_else(
@@ -539,6 +563,7 @@ mod tests {
             IngestConfig::default(),
             Duration::from_secs(30 * 86_400),
             Arc::default(),
+            crate::cluster::bus::Bus::in_process(),
         );
         Fixture {
             _dir: dir,
@@ -867,26 +892,5 @@ mod tests {
             "{action:?}"
         );
         assert_eq!(fx.ingest.counters(&fx.device).rejected_too_large, 1);
-    }
-
-    /// An external broker keeps a deleted device's session until it
-    /// reloads its revocation list; what the device sends meanwhile is
-    /// refused for good, not left for the broker to send again.
-    #[tokio::test]
-    async fn a_deleted_devices_message_is_refused_for_good() {
-        let fx = fixture().await;
-        fx.store.delete_device(&fx.device).await.expect("deleted");
-        let refused = fx
-            .ingest
-            .publish(inbound(
-                &fx.device,
-                "metrics",
-                Content::Message(DeviceMessage::Metrics(sample_now())),
-            ))
-            .await;
-        assert!(
-            matches!(refused, Err(Refusal::Invalid(ref r)) if r.contains("does not exist")),
-            "{refused:?}"
-        );
     }
 }

@@ -14,6 +14,7 @@
 //! session says how many were left out.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -22,8 +23,9 @@ use tether_proto::{DeviceId, Presence};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::rate::TokenBucket;
+use crate::cluster::bus::{Bus, Channel};
 use crate::cluster::presence::{
-    SessionEvent, SessionOwner, on_connected, on_disconnected, session_event,
+    SessionEvent, SessionOwner, on_connected, on_disconnected, on_reclaimed, session_event,
 };
 use crate::store::{Store, StoreError};
 
@@ -41,21 +43,44 @@ pub(super) struct PresenceWriter {
     /// Shared with the device's other writes (`super::SQLITE_WRITE_SLOTS`).
     write_slots: Arc<Semaphore>,
     writers: Mutex<HashMap<DeviceId, Writer>>,
+    /// Tells the other replicas when a device's session moved here.
+    bus: Bus,
+}
+
+/// What a device's writer stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// A session here started or ended.
+    Session(Presence),
+    /// A session held here is claimed again after a takeover.
+    Reclaim,
+}
+
+impl Change {
+    fn presence(self) -> Presence {
+        match self {
+            Change::Session(presence) => presence,
+            Change::Reclaim => Presence::Online,
+        }
+    }
 }
 
 struct Writer {
-    changes: mpsc::UnboundedSender<Presence>,
+    changes: mpsc::UnboundedSender<Change>,
     /// The last change queued: whether this replica holds a session.
     last: Presence,
+    /// Changes queued and not yet written.
+    pending: Arc<AtomicUsize>,
 }
 
 impl PresenceWriter {
-    pub fn new(store: Store, owner: SessionOwner, write_slots: Arc<Semaphore>) -> Self {
+    pub fn new(store: Store, owner: SessionOwner, write_slots: Arc<Semaphore>, bus: Bus) -> Self {
         Self {
             store,
             owner,
             write_slots,
             writers: Mutex::default(),
+            bus,
         }
     }
 
@@ -64,21 +89,56 @@ impl PresenceWriter {
         let mut writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
         let writer = writers.entry(device.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
+            let pending = Arc::new(AtomicUsize::new(0));
             tokio::spawn(write_in_order(
-                self.store.clone(),
-                self.owner.clone(),
-                self.write_slots.clone(),
+                Context {
+                    store: self.store.clone(),
+                    owner: self.owner.clone(),
+                    write_slots: self.write_slots.clone(),
+                    bus: self.bus.clone(),
+                    pending: pending.clone(),
+                },
                 device,
                 rx,
             ));
             Writer {
                 changes: tx,
                 last: presence,
+                pending,
             }
         });
         writer.last = presence;
+        writer.pending.fetch_add(1, Ordering::SeqCst);
         // The writer task lives as long as its sender, which the map holds.
-        let _ = writer.changes.send(presence);
+        let _ = writer.changes.send(Change::Session(presence));
+    }
+
+    /// Whether this replica holds a session of the device whose claim is
+    /// written, while the store names another replica as the holder: the
+    /// device connected there after it connected here, so the session here
+    /// is a stale one (half-open, its keepalive not yet run out). A claim
+    /// still being written here is the newer one, and wins when written.
+    pub async fn is_superseded(&self, device: &DeviceId) -> Result<bool, StoreError> {
+        let settled = {
+            let writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
+            match writers.get(device) {
+                Some(writer) => {
+                    writer.last == Presence::Online && writer.pending.load(Ordering::SeqCst) == 0
+                }
+                None => false,
+            }
+        };
+        if !settled {
+            return Ok(false);
+        }
+        Ok(self
+            .store
+            .device_session(device)
+            .await?
+            .is_some_and(|stored| {
+                stored.presence == Presence::Online
+                    && stored.replica.as_deref() != self.owner.stored()
+            }))
     }
 
     /// Writes the sessions this replica holds again, after another replica
@@ -89,18 +149,36 @@ impl PresenceWriter {
         writers
             .values()
             .filter(|writer| writer.last == Presence::Online)
-            .filter(|writer| writer.changes.send(Presence::Online).is_ok())
+            .filter(|writer| {
+                writer.pending.fetch_add(1, Ordering::SeqCst);
+                writer.changes.send(Change::Reclaim).is_ok()
+            })
             .count()
     }
 }
 
-async fn write_in_order(
+/// What a device's writer task works with.
+struct Context {
     store: Store,
     owner: SessionOwner,
     write_slots: Arc<Semaphore>,
+    bus: Bus,
+    /// The writer's count of changes queued and not yet written.
+    pending: Arc<AtomicUsize>,
+}
+
+async fn write_in_order(
+    context: Context,
     device: DeviceId,
-    mut changes: mpsc::UnboundedReceiver<Presence>,
+    mut changes: mpsc::UnboundedReceiver<Change>,
 ) {
+    let Context {
+        store,
+        owner,
+        write_slots,
+        bus,
+        pending,
+    } = context;
     let mut sessions = SessionEvents {
         budget: TokenBucket::new(
             SESSION_EVENTS_PER_SECOND,
@@ -110,7 +188,8 @@ async fn write_in_order(
         unrecorded: 0,
         recording: false,
     };
-    while let Some(presence) = changes.recv().await {
+    while let Some(change) = changes.recv().await {
+        let presence = change.presence();
         let mut delay = RETRY_FIRST;
         let mut recorded = None;
         loop {
@@ -121,12 +200,16 @@ async fn write_in_order(
                 &store,
                 &owner,
                 &device,
-                presence,
+                change,
                 &mut sessions,
                 &mut recorded,
             )
             .await
-            else {
+            .map(|moved_here| {
+                if moved_here {
+                    bus.publish(Channel::SessionMoved, [device.as_str()]);
+                }
+            }) else {
                 break;
             };
             drop(slot);
@@ -134,6 +217,7 @@ async fn write_in_order(
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(RETRY_MAX);
         }
+        pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -178,25 +262,29 @@ impl SessionEvents {
 /// Stores the presence as the replica holding the session and, when it
 /// changed, the events the operator sees: so each recorded session shows
 /// once as `device-online`, its end once as `device-offline`. `recorded`
-/// keeps the event decision for this change across retries.
+/// keeps the event decision for this change across retries. Returns whether
+/// the session moved here from another replica's, which that replica must
+/// hear: it may still hold the old session.
 async fn write(
     store: &Store,
     owner: &SessionOwner,
     device: &DeviceId,
-    presence: Presence,
+    change: Change,
     sessions: &mut SessionEvents,
     recorded: &mut Option<Option<u64>>,
-) -> Result<(), WriteError> {
+) -> Result<bool, WriteError> {
     loop {
         let Some(stored) = store.device_session(device).await? else {
-            return Ok(());
+            return Ok(false);
         };
-        let change = match presence {
-            Presence::Online => on_connected(&stored, owner),
-            Presence::Offline => match on_disconnected(&stored, owner) {
-                Some(change) => change,
-                None => return Ok(()),
-            },
+        let presence = change.presence();
+        let decided = match change {
+            Change::Session(Presence::Online) => Some(on_connected(&stored, owner)),
+            Change::Session(Presence::Offline) => on_disconnected(&stored, owner),
+            Change::Reclaim => on_reclaimed(&stored, owner),
+        };
+        let Some(change) = decided else {
+            return Ok(false);
         };
         let now = Utc::now();
         let events = if change.events.is_empty() {
@@ -237,7 +325,12 @@ async fn write(
             for event in &events {
                 tracing::info!(%device, event = event.event, reason = event.status_message, "device presence changed");
             }
-            return Ok(());
+            // Through a broker no replica holds sessions, so none moved.
+            let moved_here = presence == Presence::Online
+                && stored.presence == Presence::Online
+                && owner.stored().is_some()
+                && stored.replica.as_deref() != owner.stored();
+            return Ok(moved_here);
         }
         // Nothing was written: either the row changed meanwhile (decide
         // again on what it says now), or this replica has no lease row.
@@ -279,13 +372,17 @@ mod tests {
     ) {
         let (sender, received) = mpsc::unbounded_channel();
         for change in changes {
-            sender.send(*change).expect("writer");
+            sender.send(Change::Session(*change)).expect("writer");
         }
         drop(sender);
         write_in_order(
-            store.clone(),
-            SessionOwner::Replica(replica.clone()),
-            Arc::new(Semaphore::new(1)),
+            Context {
+                store: store.clone(),
+                owner: SessionOwner::Replica(replica.clone()),
+                write_slots: Arc::new(Semaphore::new(1)),
+                bus: Bus::in_process(),
+                pending: Arc::new(AtomicUsize::new(changes.len())),
+            },
             device.clone(),
             received,
         )
@@ -338,6 +435,125 @@ mod tests {
             }),
             "a's late disconnect leaves the device online on b"
         );
+    }
+
+    #[tokio::test]
+    async fn a_reclaim_leaves_a_device_that_connected_elsewhere_meanwhile_where_it_is() {
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        let (dir_a, dir_b) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let a = replica(&store, dir_a.path(), "a").await;
+        let b = replica(&store, dir_b.path(), "b").await;
+        let device = DeviceId::new("edge-1").expect("valid name");
+        store
+            .create_device(&device, &Default::default(), Utc::now())
+            .await
+            .expect("device");
+        write_all(&store, &a, &device, &[Presence::Online]).await;
+        // a cannot renew; b takes it over, then the device connects to b
+        // while a still holds a (half-open) session of it.
+        store
+            .end_replica_sessions("a", None, Utc::now(), |device, at| {
+                crate::cluster::presence::replica_ended_event(
+                    device,
+                    "a",
+                    crate::cluster::presence::EndOfReplica::LeaseLapsed,
+                    at,
+                    at,
+                )
+            })
+            .await
+            .expect("take over")
+            .expect("a's row");
+        write_all(&store, &b, &device, &[Presence::Online]).await;
+
+        // a reaches the database again, registers and re-claims.
+        let a = replica(&store, dir_a.path(), "a").await;
+        let (sender, received) = mpsc::unbounded_channel();
+        sender.send(Change::Reclaim).expect("writer");
+        drop(sender);
+        write_in_order(
+            Context {
+                store: store.clone(),
+                owner: SessionOwner::Replica(a),
+                write_slots: Arc::new(Semaphore::new(1)),
+                bus: Bus::in_process(),
+                pending: Arc::new(AtomicUsize::new(1)),
+            },
+            device.clone(),
+            received,
+        )
+        .await;
+
+        assert_eq!(
+            store.device_session(&device).await.expect("session"),
+            Some(crate::store::DeviceSession {
+                presence: Presence::Online,
+                replica: Some("b".into()),
+            }),
+            "the device stays on b, where it connected last"
+        );
+        let events = store.list_events(&device, 10).await.expect("events");
+        // (The takeover's event is dated at a's last renewal, so by time it
+        // may sort first.)
+        let mut names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["device-offline", "device-online", "device-online"],
+            "no session of b is recorded as ended, and a's is not started again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_session_is_superseded_once_another_replica_claimed_the_device_after_it() {
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        let (dir_a, dir_b) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let a = replica(&store, dir_a.path(), "a").await;
+        let b = replica(&store, dir_b.path(), "b").await;
+        let device = DeviceId::new("edge-1").expect("valid name");
+        store
+            .create_device(&device, &Default::default(), Utc::now())
+            .await
+            .expect("device");
+        let writer_a = PresenceWriter::new(
+            store.clone(),
+            SessionOwner::Replica(a.clone()),
+            Arc::new(Semaphore::new(1)),
+            Bus::in_process(),
+        );
+        let held_by = |replica: &ReplicaId| {
+            let (store, device, replica) = (store.clone(), device.clone(), replica.clone());
+            async move {
+                for _ in 0..500 {
+                    let stored = store.device_session(&device).await.expect("session");
+                    if stored.and_then(|s| s.replica).as_deref() == Some(replica.as_str()) {
+                        return;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                panic!("the device never showed as held by {replica}");
+            }
+        };
+
+        writer_a.set(device.clone(), Presence::Online);
+        held_by(&a).await;
+        assert!(!writer_a.is_superseded(&device).await.expect("check"));
+
+        // The device connects to b while a still holds its old session.
+        write_all(&store, &b, &device, &[Presence::Online]).await;
+        assert!(writer_a.is_superseded(&device).await.expect("check"));
+
+        // It comes back to a: the claim being written is the newer one.
+        writer_a.set(device.clone(), Presence::Online);
+        assert!(!writer_a.is_superseded(&device).await.expect("check"));
+        held_by(&a).await;
+        assert!(!writer_a.is_superseded(&device).await.expect("check"));
     }
 
     #[tokio::test]

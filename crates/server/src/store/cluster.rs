@@ -313,7 +313,11 @@ impl Store {
 
     /// Takes the PostgreSQL advisory lock `key` on a new connection of its
     /// own; `None` if another session holds it. Only on PostgreSQL.
-    pub async fn try_advisory_lock(&self, key: i64) -> Result<Option<AdvisoryLock>, StoreError> {
+    pub async fn try_advisory_lock(
+        &self,
+        key: i64,
+        holder: &str,
+    ) -> Result<Option<AdvisoryLock>, StoreError> {
         let context = "take an advisory lock";
         let mut connection = self
             .pool
@@ -323,6 +327,12 @@ impl Store {
             // Out of the pool: the lock lives with this connection, and the
             // pool must not hand it to anyone else or count it.
             .detach();
+        // Named, so that a replica taking this one over can end it.
+        sqlx::query("SELECT set_config('application_name', $1, false)")
+            .bind(holder)
+            .execute(&mut connection)
+            .await
+            .map_err(query_error(context))?;
         let row = sqlx::query(
             "SELECT CAST(CASE WHEN pg_try_advisory_lock($1) THEN 1 ELSE 0 END AS BIGINT) AS taken",
         )
@@ -336,6 +346,34 @@ impl Store {
             let _ = connection.close().await;
             Ok(None)
         }
+    }
+
+    /// Terminates the sessions named `application_name` (a lapsed replica's
+    /// lock connections), so the locks they hold are released even when
+    /// that replica is cut off without its connections closing. Returns how
+    /// many. Nothing to do on SQLite.
+    pub async fn end_connections_named(&self, application_name: &str) -> Result<u64, StoreError> {
+        if !self.postgres {
+            return Ok(0);
+        }
+        // The sessions are chosen first (a materialised CTE): in one WHERE,
+        // PostgreSQL may call pg_terminate_backend before it compares the
+        // name, and end every session it reads.
+        let rows = sqlx::query(
+            "WITH named AS MATERIALIZED (SELECT pid FROM pg_stat_activity \
+             WHERE application_name = $1 AND pid <> pg_backend_pid()) \
+             SELECT CAST(CASE WHEN pg_terminate_backend(pid) THEN 1 ELSE 0 END AS BIGINT) \
+             AS ended FROM named",
+        )
+        .bind(application_name)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("end a lapsed replica's lock connections"))?;
+        let mut ended = 0;
+        for row in &rows {
+            ended += u64::from(get::<i64>(row, "ended")? == 1);
+        }
+        Ok(ended)
     }
 }
 

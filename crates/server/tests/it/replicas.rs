@@ -43,7 +43,7 @@ mod membership {
 
     /// A config file giving replicas a short lease, so a dead one is
     /// noticed in seconds.
-    fn lease_config(dir: &Path, seconds: u64) -> anyhow::Result<String> {
+    pub(super) fn lease_config(dir: &Path, seconds: u64) -> anyhow::Result<String> {
         let path = dir.join(format!("lease-{seconds}.toml"));
         std::fs::write(&path, format!("[cluster]\nlease_seconds = {seconds}\n"))?;
         Ok(path.to_string_lossy().into_owned())
@@ -57,9 +57,12 @@ mod membership {
     }
 
     /// The device's presence events, oldest first, as (event, message).
-    async fn sessions(admin: &ApiClient, name: &str) -> anyhow::Result<Vec<(String, String)>> {
+    pub(super) async fn sessions(
+        admin: &ApiClient,
+        name: &str,
+    ) -> anyhow::Result<Vec<(String, String)>> {
         let events = admin
-            .get(&format!("/api/v1/devices/{name}/events"))
+            .get(&format!("/api/v1/devices/{name}/events?limit=1000"))
             .await?
             .expect_status(200)?;
         let mut sessions: Vec<(String, String)> = events["items"]
@@ -82,7 +85,7 @@ mod membership {
         Ok(sessions)
     }
 
-    fn names(sessions: &[(String, String)]) -> Vec<&str> {
+    pub(super) fn names(sessions: &[(String, String)]) -> Vec<&str> {
         sessions.iter().map(|(event, _)| event.as_str()).collect()
     }
 
@@ -99,7 +102,10 @@ mod membership {
         .await
     }
 
-    fn moved_to(credentials: &DeviceCredentials, replica: &Tetherd) -> DeviceCredentials {
+    pub(super) fn moved_to(
+        credentials: &DeviceCredentials,
+        replica: &Tetherd,
+    ) -> DeviceCredentials {
         DeviceCredentials {
             mqtt_url: replica.mqtt_url.clone(),
             ..credentials.clone()
@@ -309,7 +315,7 @@ mod membership {
     }
 
     /// Whether the replica's log says it became the action sweeps' leader.
-    fn led_sweeps(replica: &Tetherd) -> bool {
+    pub(super) fn led_sweeps(replica: &Tetherd) -> bool {
         replica
             .log()
             .lines()
@@ -468,6 +474,545 @@ mod membership {
             json!([b.mqtt_url, format!("mqtts://localhost:{a_port}")]),
             "this replica's endpoint first, then the other's (its first public host)"
         );
+        Ok(())
+    }
+}
+
+// Review of issue 12: the acceptance test of a replica dying under load.
+
+mod failover_under_load {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use anyhow::Context;
+    use serde_json::{Value, json};
+    use tether_testkit::sim_agent::{DeviceCredentials, Responder, SimAgent};
+    use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
+
+    use super::membership::{lease_config, led_sweeps, moved_to, names, sessions};
+
+    const ACTIONS: usize = 1_000;
+    /// Actions per device requested (and delivered) before the kill.
+    const BEFORE_KILL: usize = 10;
+    /// Devices on the replica that dies: simulated ones, real agents.
+    const SIMS_ON_DYING: usize = 12;
+    const AGENTS_ON_DYING: usize = 3;
+    /// Simulated devices on the survivors.
+    const SIMS_ON_SURVIVORS: usize = 15;
+
+    /// Requests one action for `device`; its correlation id.
+    async fn request(admin: &ApiClient, device: &str) -> anyhow::Result<String> {
+        let accepted = admin
+            .post(
+                &format!("/api/v1/devices/{device}/actions"),
+                json!({"action": "get-node-ip", "input": {}, "timeoutSeconds": 600}),
+            )
+            .await?
+            .expect_status(202)?;
+        Ok(accepted["correlationId"]
+            .as_str()
+            .context("correlationId")?
+            .to_owned())
+    }
+
+    /// Everything `agent` received so far, in order.
+    async fn drain(agent: &mut SimAgent) -> Vec<String> {
+        let mut received = Vec::new();
+        while let Some(action) = agent.next_action(Duration::ZERO).await {
+            received.push(action.correlation_id);
+        }
+        received
+    }
+
+    /// Three replicas; `kill -9` of one while 1,000 actions are queued and
+    /// in flight: some delivered to its devices and unanswered, some
+    /// requested for them while it dies, some for devices elsewhere. Its
+    /// devices reconnect to the survivors (real agents by their endpoint
+    /// list, simulated ones by hand); every accepted action succeeds, each
+    /// runs once and reaches its device in the order requested, every moved
+    /// device shows offline then online once, and the sweeps move to a
+    /// survivor.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_killed_under_load_loses_and_repeats_no_action() -> anyhow::Result<()> {
+        let scratch = tempfile::tempdir()?;
+        let config = lease_config(scratch.path(), 2)?;
+        let mut dying = Tetherd::start_with(Database::Postgres, &["--config", &config]).await?;
+        let b = Tetherd::start_replica_of(&dying, &["--config", &config]).await?;
+        let c = Tetherd::start_replica_of(&dying, &["--config", &config]).await?;
+        let admin_dying = dying.admin().await?;
+        let survivors = [b.admin().await?, c.admin().await?];
+        wait_until(
+            "the first replica to lead the sweeps",
+            Duration::from_secs(20),
+            || async { Ok(led_sweeps(&dying).then_some(())) },
+        )
+        .await?;
+
+        let mut agents = Vec::new();
+        for i in 0..AGENTS_ON_DYING {
+            agents.push(Agent::enroll(&dying, &admin_dying, &format!("agent-{i}")).await?);
+        }
+        let mut moving = Vec::new();
+        for i in 0..SIMS_ON_DYING {
+            let credentials =
+                DeviceCredentials::enroll(&admin_dying, &format!("moving-{i}")).await?;
+            let sim = SimAgent::connect(&credentials, Responder::Silent).await?;
+            moving.push((credentials, sim));
+        }
+        let mut staying = Vec::new();
+        for i in 0..SIMS_ON_SURVIVORS {
+            let replica = if i % 2 == 0 { &b } else { &c };
+            let credentials =
+                DeviceCredentials::enroll(&survivors[0], &format!("staying-{i}")).await?;
+            staying
+                .push(SimAgent::connect(&moved_to(&credentials, replica), Responder::Echo).await?);
+        }
+        for agent in &agents {
+            agent
+                .wait_presence(&survivors[0], "online")
+                .await
+                .context("the real agents online")?;
+        }
+        let devices: Vec<String> = agents
+            .iter()
+            .map(|a| a.name.clone())
+            .chain(moving.iter().map(|(c, _)| c.device.to_string()))
+            .chain(staying.iter().map(|s| s.device.to_string()))
+            .collect();
+        for device in &devices {
+            survivors[1]
+                .wait_presence(device, "online")
+                .await
+                .context("every device online before the kill")?;
+        }
+
+        // Before the kill: the dying replica's simulated devices hold their
+        // actions delivered and unanswered.
+        let mut requested: HashMap<String, Vec<String>> = HashMap::new();
+        let apis = [&admin_dying, &survivors[0], &survivors[1]];
+        for (i, device) in devices.iter().enumerate() {
+            for n in 0..BEFORE_KILL {
+                let id = request(apis[(i + n) % 3], device).await?;
+                requested.entry(device.clone()).or_default().push(id);
+            }
+        }
+        for (credentials, sim) in &mut moving {
+            let mut got = Vec::new();
+            while got.len() < BEFORE_KILL {
+                let action = sim
+                    .next_action(Duration::from_secs(20))
+                    .await
+                    .with_context(|| format!("{} received {got:?}", credentials.device))?;
+                got.push(action.correlation_id);
+            }
+            assert_eq!(got, requested[credentials.device.as_str()]);
+        }
+
+        // The rest is requested through the survivors, one task per device
+        // (so each device's actions have an order), while the replica dies.
+        let per_device = (ACTIONS - BEFORE_KILL * devices.len()) / devices.len();
+        let extra = (ACTIONS - BEFORE_KILL * devices.len()) % devices.len();
+        let accepted = Arc::new(AtomicUsize::new(BEFORE_KILL * devices.len()));
+        let mut requesting = Vec::new();
+        for (i, device) in devices.iter().enumerate() {
+            let count = per_device + usize::from(i < extra);
+            let (device, apis, accepted) = (device.clone(), survivors.clone(), accepted.clone());
+            requesting.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for n in 0..count {
+                    ids.push(request(&apis[(i + n) % 2], &device).await?);
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok((device, ids))
+            }));
+        }
+        let third = BEFORE_KILL * devices.len() + (ACTIONS - BEFORE_KILL * devices.len()) / 3;
+        wait_until(
+            "a third of the rest to be accepted",
+            Duration::from_secs(60),
+            || {
+                let done = accepted.load(Ordering::Relaxed) >= third;
+                async move { Ok(done.then_some(())) }
+            },
+        )
+        .await?;
+        dying.kill();
+        let killed = Instant::now();
+        // What the dead replica's devices had open when it died, for the
+        // report: delivered and unanswered, or still pending.
+        let mut at_kill: HashMap<String, usize> = HashMap::new();
+        for device in devices.iter().filter(|d| !d.starts_with("staying-")) {
+            let listed = survivors[0]
+                .get(&format!("/api/v1/devices/{device}/actions?limit=1000"))
+                .await?
+                .expect_status(200)?;
+            for action in listed["items"].as_array().context("a list")? {
+                let state = action["state"].as_str().unwrap_or_default().to_owned();
+                *at_kill.entry(state).or_default() += 1;
+            }
+        }
+        // Simulated devices do not fail over by themselves: as an agent
+        // would, each reconnects to another endpoint once its session drops.
+        let mut moved = Vec::new();
+        for (i, (credentials, old)) in moving.into_iter().enumerate() {
+            wait_until(
+                "the dead replica's session to drop",
+                Duration::from_secs(10),
+                || {
+                    let gone = !old.is_connected();
+                    async move { Ok(gone.then_some(())) }
+                },
+            )
+            .await?;
+            let replica = if i % 2 == 0 { &b } else { &c };
+            moved.push(
+                SimAgent::connect(&moved_to(&credentials, replica), Responder::Echo)
+                    .await
+                    .with_context(|| format!("{} reconnecting", credentials.device))?,
+            );
+        }
+        for task in requesting {
+            let (device, ids) = task.await?.context("requesting through the survivors")?;
+            requested.entry(device).or_default().extend(ids);
+        }
+        assert_eq!(requested.values().map(Vec::len).sum::<usize>(), ACTIONS);
+
+        // Every accepted action succeeds: none lost, none left delivered.
+        let states = wait_until("every action to succeed", Duration::from_secs(60), || {
+            let (admin, devices) = (&survivors[0], &devices);
+            async move {
+                let mut states: HashMap<String, String> = HashMap::new();
+                for device in devices {
+                    let listed = admin
+                        .get(&format!("/api/v1/devices/{device}/actions?limit=1000"))
+                        .await?
+                        .expect_status(200)?;
+                    for action in listed["items"].as_array().context("a list")? {
+                        states.insert(
+                            action["correlationId"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                            action["state"].as_str().unwrap_or_default().to_owned(),
+                        );
+                    }
+                }
+                if states.values().all(|s| s == "succeeded") {
+                    return Ok(Some(states));
+                }
+                let mut counts: HashMap<&str, usize> = HashMap::new();
+                for state in states.values() {
+                    *counts.entry(state).or_default() += 1;
+                }
+                anyhow::bail!("actions by state: {counts:?}")
+            }
+        })
+        .await?;
+        assert_eq!(states.len(), ACTIONS, "no action but the accepted ones");
+        let all_done = killed.elapsed();
+
+        // Each simulated device's current session got each of its actions
+        // once, in the order requested (the moved ones: those delivered
+        // before the kill again, then the rest).
+        for sim in moved.iter_mut().chain(staying.iter_mut()) {
+            let received = drain(sim).await;
+            let expected = &requested[sim.device.as_str()];
+            assert_eq!(&received, expected, "{}", sim.device);
+        }
+        // Each real agent ran each action once: a redelivery is answered
+        // from its record.
+        for agent in &agents {
+            let log = agent.log();
+            for id in &requested[&agent.name] {
+                let runs = log.matches(&format!("({id}) answered")).count();
+                assert_eq!(runs, 1, "{} ran {id} {runs} times:\n{log}", agent.name);
+            }
+        }
+
+        // The survivors took the dead replica over; its devices show
+        // offline then online once, the others only online.
+        wait_until(
+            "a survivor to take the dead replica over",
+            Duration::from_secs(20),
+            || {
+                let done = [&b, &c]
+                    .iter()
+                    .any(|r| r.log().contains("took over a replica whose lease lapsed"));
+                async move { Ok(done.then_some(())) }
+            },
+        )
+        .await?;
+        for device in &devices {
+            let moved = !device.starts_with("staying-");
+            survivors[0]
+                .wait_presence(device, "online")
+                .await
+                .context("every device online after the failover")?;
+            let sessions = sessions(&survivors[1], device).await?;
+            let expected: &[&str] = if moved {
+                &["device-online", "device-offline", "device-online"]
+            } else {
+                &["device-online"]
+            };
+            assert_eq!(names(&sessions), expected, "{device}: {sessions:?}");
+        }
+        wait_until(
+            "a survivor to lead the sweeps",
+            Duration::from_secs(10),
+            || {
+                let led = led_sweeps(&b) || led_sweeps(&c);
+                async move { Ok(led.then_some(())) }
+            },
+        )
+        .await?;
+        let summary: Value = json!({
+            "actions": ACTIONS,
+            "devices": devices.len(),
+            "the dead replica's devices' actions at the kill": at_kill,
+            "all succeeded after the kill (ms)": all_done.as_millis() as u64,
+        });
+        eprintln!("failover under load: {summary}");
+        Ok(())
+    }
+}
+
+// Review of issue 12: a session superseded on another replica.
+
+mod superseded_session {
+    use std::time::Duration;
+
+    use anyhow::Context;
+    use serde_json::json;
+    use tether_testkit::sim_agent::{DeviceCredentials, Responder, SimAgent};
+    use tether_testkit::{Database, Tetherd, wait_until};
+
+    use super::membership::{moved_to, names, sessions};
+
+    /// A device whose connection to one replica went half-open reconnects
+    /// to another (a NAT rebinding, a mobile network switch): the first
+    /// replica would hold the old session until its keepalive runs out, and
+    /// deliver into it every action requested through it, which then waits
+    /// for its timeout, never run. The new replica announces the move and
+    /// the old one closes the superseded session, so an action requested
+    /// through it reaches the device's new session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_action_reaches_the_new_session_not_a_superseded_one() -> anyhow::Result<()> {
+        let a = Tetherd::start(Database::Postgres).await?;
+        let b = Tetherd::start_replica_of(&a, &[]).await?;
+        let (admin_a, admin_b) = (a.admin().await?, b.admin().await?);
+        let credentials = DeviceCredentials::enroll(&admin_a, "edge-1").await?;
+        // The old session stays open (as a half-open one would, to its
+        // replica) and never answers.
+        let mut old = SimAgent::connect(&moved_to(&credentials, &a), Responder::Silent).await?;
+        admin_b.wait_presence("edge-1", "online").await?;
+        let mut new = SimAgent::connect(&moved_to(&credentials, &b), Responder::Echo).await?;
+        wait_until(
+            "the session to move to the second replica",
+            Duration::from_secs(10),
+            || async {
+                let seen = sessions(&admin_b, "edge-1").await?;
+                Ok(
+                    (names(&seen) == ["device-online", "device-offline", "device-online"])
+                        .then_some(()),
+                )
+            },
+        )
+        .await?;
+        wait_until(
+            "the first replica to close the superseded session",
+            Duration::from_secs(10),
+            || {
+                let closed = !old.is_connected();
+                async move { Ok(closed.then_some(())) }
+            },
+        )
+        .await?;
+
+        let accepted = admin_a
+            .post(
+                "/api/v1/devices/edge-1/actions",
+                json!({"action": "get-node-ip", "input": {}, "timeoutSeconds": 600}),
+            )
+            .await?
+            .expect_status(202)?;
+        let id = accepted["correlationId"]
+            .as_str()
+            .context("correlationId")?;
+        let answered = wait_until(
+            "the action to succeed on the new session",
+            Duration::from_secs(15),
+            || async {
+                let action = admin_a
+                    .get(&format!("/api/v1/actions/{id}"))
+                    .await?
+                    .expect_status(200)?;
+                Ok((action["state"] == "succeeded").then_some(action))
+            },
+        )
+        .await;
+        let to_old = old.next_action(Duration::ZERO).await;
+        answered.with_context(|| {
+            format!(
+                "the old session got it: {:?}",
+                to_old.as_ref().map(|a| &a.correlation_id)
+            )
+        })?;
+        assert!(to_old.is_none(), "the superseded session got the action");
+        assert_eq!(
+            new.next_action(Duration::ZERO)
+                .await
+                .map(|a| a.correlation_id),
+            Some(id.to_owned())
+        );
+        assert_eq!(
+            names(&sessions(&admin_a, "edge-1").await?),
+            ["device-online", "device-offline", "device-online"],
+            "closing the superseded session changes nothing in the device's presence"
+        );
+        assert!(new.is_connected());
+        Ok(())
+    }
+}
+
+// Review of issue 12: a replica cut off from the database without its
+// connections closing.
+
+mod partitioned_replica {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use anyhow::Context;
+    use serde_json::json;
+    use tether_testkit::{Database, Tetherd, wait_until};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::membership::{lease_config, led_sweeps};
+
+    /// A TCP proxy to PostgreSQL that the test can cut: from then on it
+    /// forwards nothing either way and keeps every connection open, as a
+    /// network partition does (no FIN, no RST reaches either side).
+    struct Partition {
+        cut: Arc<AtomicBool>,
+        port: u16,
+    }
+
+    impl Partition {
+        async fn to(upstream: SocketAddr) -> anyhow::Result<Self> {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let port = listener.local_addr()?.port();
+            let cut = Arc::new(AtomicBool::new(false));
+            let cutting = cut.clone();
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        continue;
+                    };
+                    let (from_client, to_client) = client.into_split();
+                    let (from_server, to_server) = server.into_split();
+                    tokio::spawn(pump(from_client, to_server, cutting.clone()));
+                    tokio::spawn(pump(from_server, to_client, cutting.clone()));
+                }
+            });
+            Ok(Self { cut, port })
+        }
+
+        fn cut(&self) {
+            self.cut.store(true, Ordering::SeqCst);
+        }
+    }
+
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        cut: Arc<AtomicBool>,
+    ) {
+        let mut buffer = vec![0; 16 * 1024];
+        loop {
+            let read = match from.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => read,
+            };
+            if cut.load(Ordering::SeqCst) {
+                continue; // lost in the partition
+            }
+            if to.write_all(&buffer[..read]).await.is_err() {
+                break;
+            }
+        }
+        if cut.load(Ordering::SeqCst) {
+            // A partition carries no FIN either: hold the other side open.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The leader of the action sweeps is cut off from PostgreSQL without
+    /// its connections closing: PostgreSQL would keep its lock until TCP
+    /// keepalive gives up (hours), and no replica would expire or time out
+    /// actions meanwhile. The replica that takes the lapsed replica over
+    /// ends its lock connections, and leads the sweeps itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sweeps_move_away_from_a_leader_cut_off_from_the_database() -> anyhow::Result<()> {
+        let scratch = tempfile::tempdir()?;
+        let config = lease_config(scratch.path(), 2)?;
+        let mut first = Tetherd::start_with(Database::Postgres, &["--config", &config]).await?;
+        let direct = first.postgres().context("on PostgreSQL")?.url();
+        let port: u16 = direct
+            .rsplit_once(':')
+            .and_then(|(_, rest)| rest.split('/').next())
+            .context("a port in the URL")?
+            .parse()?;
+        let partition = Partition::to(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+        let through = direct.replace(&format!(":{port}/"), &format!(":{}/", partition.port));
+        let cut_off =
+            Tetherd::start_replica_through(&first, &through, &["--config", &config]).await?;
+        // The first replica leads until it dies; the one behind the proxy
+        // takes over.
+        first.kill();
+        wait_until(
+            "the replica behind the proxy to lead the sweeps",
+            Duration::from_secs(20),
+            || async { Ok(led_sweeps(&cut_off).then_some(())) },
+        )
+        .await?;
+        let survivor = Tetherd::start_replica_of(&first, &["--config", &config]).await?;
+        let admin = survivor.admin().await?;
+        admin
+            .post("/api/v1/devices", json!({"name": "edge-1"}))
+            .await?
+            .expect_status(201)?;
+        assert!(!led_sweeps(&survivor), "one leader at a time");
+
+        partition.cut();
+        wait_until(
+            "the survivor to lead the sweeps",
+            Duration::from_secs(20),
+            || async { Ok(led_sweeps(&survivor).then_some(())) },
+        )
+        .await
+        .with_context(|| format!("survivor's log:\n{}", survivor.log()))?;
+        let accepted = admin
+            .post(
+                "/api/v1/devices/edge-1/actions",
+                json!({"action": "get-node-ip", "ttlSeconds": 1}),
+            )
+            .await?
+            .expect_status(202)?;
+        let path = format!(
+            "/api/v1/actions/{}",
+            accepted["correlationId"]
+                .as_str()
+                .context("correlationId")?
+        );
+        wait_until("the action to expire", Duration::from_secs(10), || async {
+            let action = admin.get(&path).await?.expect_status(200)?;
+            Ok((action["state"] == "expired").then_some(()))
+        })
+        .await?;
         Ok(())
     }
 }

@@ -1630,17 +1630,21 @@ async fn postgres_advisory_locks_have_one_holder_until_its_connection_ends() {
     let store = db.connect().await;
     // Keys with the high bit set too: pg_locks shows them split in halves.
     let mut held = store
-        .try_advisory_lock(-42)
+        .try_advisory_lock(-42, "tetherd-singleton-test")
         .await
         .expect("try")
         .expect("free at first");
     assert!(held.is_held().await);
     assert!(
-        store.try_advisory_lock(-42).await.expect("try").is_none(),
+        store
+            .try_advisory_lock(-42, "tetherd-singleton-test")
+            .await
+            .expect("try")
+            .is_none(),
         "held by the first connection"
     );
     let mut other = store
-        .try_advisory_lock(43)
+        .try_advisory_lock(43, "tetherd-singleton-test")
         .await
         .expect("try")
         .expect("another key is free");
@@ -1656,13 +1660,58 @@ async fn postgres_advisory_locks_have_one_holder_until_its_connection_ends() {
         .expect("terminate the holder's backend");
     assert!(!other.is_held().await, "a dead connection holds nothing");
     assert!(
-        store.try_advisory_lock(43).await.expect("try").is_some(),
+        store
+            .try_advisory_lock(43, "tetherd-singleton-test")
+            .await
+            .expect("try")
+            .is_some(),
         "the lock is free again once its holder's connection died"
     );
     other.release().await;
     held.release().await;
     assert!(
-        store.try_advisory_lock(-42).await.expect("try").is_some(),
+        store
+            .try_advisory_lock(-42, "tetherd-singleton-test")
+            .await
+            .expect("try")
+            .is_some(),
         "free once the holder's connection closed"
     );
+}
+
+/// The takeover of a lapsed replica ends its lock connections by name, and
+/// no other session: not another replica's locks, not the pool's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_ending_connections_by_name_ends_only_those() {
+    let db = TestDb::postgres();
+    let store = db.connect().await;
+    let mut lapsed = store
+        .try_advisory_lock(44, "tetherd-singleton-lapsed")
+        .await
+        .expect("try")
+        .expect("free");
+    let mut live = store
+        .try_advisory_lock(45, "tetherd-singleton-live")
+        .await
+        .expect("try")
+        .expect("free");
+    assert_eq!(
+        store
+            .end_connections_named("tetherd-singleton-lapsed")
+            .await
+            .expect("end"),
+        1
+    );
+    assert!(!lapsed.is_held().await, "its lock is released");
+    assert!(live.is_held().await, "another replica's lock stays");
+    store.ping().await.expect("the pool's sessions live on");
+    assert!(
+        store
+            .try_advisory_lock(44, "tetherd-singleton-other")
+            .await
+            .expect("try")
+            .is_some(),
+        "another replica can take the released lock"
+    );
+    live.release().await;
 }
