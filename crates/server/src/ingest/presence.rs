@@ -363,6 +363,38 @@ mod tests {
         replica
     }
 
+    /// Replicas `a` and `b` registered on one store, and device `edge-1`.
+    struct TwoReplicas {
+        store: Store,
+        a: ReplicaId,
+        b: ReplicaId,
+        device: DeviceId,
+        /// The replicas' data dirs, kept as long as the test runs.
+        _dirs: (tempfile::TempDir, tempfile::TempDir),
+    }
+
+    async fn two_replicas() -> TwoReplicas {
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        let dirs = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let a = replica(&store, dirs.0.path(), "a").await;
+        let b = replica(&store, dirs.1.path(), "b").await;
+        let device = DeviceId::new("edge-1").expect("valid name");
+        store
+            .create_device(&device, &Default::default(), Utc::now())
+            .await
+            .expect("device");
+        TwoReplicas {
+            store,
+            a,
+            b,
+            device,
+            _dirs: dirs,
+        }
+    }
+
     /// Runs one replica's writer over `changes` to the end.
     async fn write_all(
         store: &Store,
@@ -392,18 +424,13 @@ mod tests {
     #[tokio::test]
     async fn a_device_failing_over_shows_its_old_session_ended_once_and_the_old_replica_changes_nothing()
      {
-        let store = Store::connect("sqlite::memory:").await.expect("store");
-        let (dir_a, dir_b) = (
-            tempfile::tempdir().expect("tempdir"),
-            tempfile::tempdir().expect("tempdir"),
-        );
-        let a = replica(&store, dir_a.path(), "a").await;
-        let b = replica(&store, dir_b.path(), "b").await;
-        let device = DeviceId::new("edge-1").expect("valid name");
-        store
-            .create_device(&device, &Default::default(), Utc::now())
-            .await
-            .expect("device");
+        let TwoReplicas {
+            store,
+            a,
+            b,
+            device,
+            _dirs,
+        } = two_replicas().await;
 
         write_all(&store, &a, &device, &[Presence::Online]).await;
         // The device reconnects to b before a notices its session ended.
@@ -439,18 +466,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_reclaim_leaves_a_device_that_connected_elsewhere_meanwhile_where_it_is() {
-        let store = Store::connect("sqlite::memory:").await.expect("store");
-        let (dir_a, dir_b) = (
-            tempfile::tempdir().expect("tempdir"),
-            tempfile::tempdir().expect("tempdir"),
-        );
-        let a = replica(&store, dir_a.path(), "a").await;
-        let b = replica(&store, dir_b.path(), "b").await;
-        let device = DeviceId::new("edge-1").expect("valid name");
-        store
-            .create_device(&device, &Default::default(), Utc::now())
-            .await
-            .expect("device");
+        let TwoReplicas {
+            store,
+            a,
+            b,
+            device,
+            _dirs,
+        } = two_replicas().await;
         write_all(&store, &a, &device, &[Presence::Online]).await;
         // a cannot renew; b takes it over, then the device connects to b
         // while a still holds a (half-open) session of it.
@@ -470,7 +492,7 @@ mod tests {
         write_all(&store, &b, &device, &[Presence::Online]).await;
 
         // a reaches the database again, registers and re-claims.
-        let a = replica(&store, dir_a.path(), "a").await;
+        let a = replica(&store, _dirs.0.path(), "a").await;
         let (sender, received) = mpsc::unbounded_channel();
         sender.send(Change::Reclaim).expect("writer");
         drop(sender);
@@ -509,18 +531,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_is_superseded_once_another_replica_claimed_the_device_after_it() {
-        let store = Store::connect("sqlite::memory:").await.expect("store");
-        let (dir_a, dir_b) = (
-            tempfile::tempdir().expect("tempdir"),
-            tempfile::tempdir().expect("tempdir"),
-        );
-        let a = replica(&store, dir_a.path(), "a").await;
-        let b = replica(&store, dir_b.path(), "b").await;
-        let device = DeviceId::new("edge-1").expect("valid name");
-        store
-            .create_device(&device, &Default::default(), Utc::now())
-            .await
-            .expect("device");
+        let TwoReplicas {
+            store,
+            a,
+            b,
+            device,
+            _dirs,
+        } = two_replicas().await;
         let writer_a = PresenceWriter::new(
             store.clone(),
             SessionOwner::Replica(a.clone()),
