@@ -71,6 +71,13 @@ struct Args {
     /// the open-files cap).
     #[arg(long, default_value_t = 4)]
     simulators: usize,
+    /// replicas: sessions opened a second over all simulators (tether-agents
+    /// of a fleet coming back spread out the same way with their backoff).
+    #[arg(long, default_value_t = 400.0)]
+    connect_rate: f64,
+    /// replicas: devices in the fleet-wide job (spread over every replica).
+    #[arg(long, default_value_t = 10_000)]
+    job_devices: usize,
     /// simulate (internal): the credentials file a simulator process connects.
     #[arg(long, hide = true)]
     credentials: Option<std::path::PathBuf>,
@@ -106,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
             return replicas::simulate(
                 args.credentials
                     .context("--mode simulate needs --credentials")?,
+                args.connect_rate,
             )
             .await;
         }
@@ -116,6 +124,8 @@ async fn main() -> anyhow::Result<()> {
                 simulators: args.simulators,
                 actions: args.actions,
                 concurrency: args.concurrency,
+                connect_rate: args.connect_rate,
+                job_devices: args.job_devices.min(args.agents),
             })
             .await;
         }

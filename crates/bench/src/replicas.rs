@@ -2,19 +2,25 @@
 //! simulated device sessions spread over them, held by several simulator
 //! processes (each of this binary, `--mode simulate`), so that no process
 //! passes the machine's open-files cap. Reports, in one run: enrollment and
-//! connect rates, memory per session on each replica, and action round
-//! trips requested through every replica for devices on every replica.
+//! connect rates, memory per session on each replica, action round trips
+//! requested through every replica for devices on every replica, and one
+//! fleet-wide job over `job_devices` of them.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use tether_testkit::sim_agent::{DeviceCredentials, Responder, SimAgent};
-use tether_testkit::{Database, Tetherd};
+use serde_json::json;
+use tether_testkit::sim_agent::{DeviceCredentials, Pace, Responder, SessionCounts, hold_sessions};
+use tether_testkit::{ApiClient, Database, Tetherd};
 
+use crate::fleet_job::time_job;
 use crate::{mib, ms, percentile, round_trip, rss_kib};
 
 pub struct Settings {
@@ -23,10 +29,18 @@ pub struct Settings {
     pub simulators: usize,
     pub actions: usize,
     pub concurrency: usize,
+    /// Sessions opened a second, over all simulators.
+    pub connect_rate: f64,
+    /// Devices (spread over every replica) labelled for the fleet-wide job.
+    pub job_devices: usize,
 }
 
 /// Sessions one simulator process opens at once while connecting.
 const CONNECTS_IN_FLIGHT: usize = 32;
+/// The whole fleet must be online within this, or the run fails.
+const CONNECT_LIMIT: Duration = Duration::from_secs(1200);
+/// The label of the devices in the fleet-wide job.
+const JOB_LABEL: &str = "bench-job";
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     anyhow::ensure!(settings.replicas >= 1, "--replicas must be at least 1");
@@ -47,16 +61,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
 
     let started = Instant::now();
-    let mut credentials: Vec<DeviceCredentials> = futures::stream::iter(0..settings.agents)
-        .map(|i| {
-            let admin = admins[i % admins.len()].clone();
-            async move { DeviceCredentials::enroll(&admin, &format!("sim-{i}")).await }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
+    let mut credentials: Vec<DeviceCredentials> =
+        futures::stream::iter(0..settings.agents)
+            .map(|i| {
+                let admin = admins[i % admins.len()].clone();
+                let labels = if i < settings.job_devices {
+                    json!({JOB_LABEL: "in"})
+                } else {
+                    json!({})
+                };
+                async move {
+                    DeviceCredentials::enroll_labelled(&admin, &format!("sim-{i}"), labels).await
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<_>>()?;
     let enrolled_in = started.elapsed();
     // Device i holds its session on replica i mod R, whichever replica
     // enrolled it, so every replica holds N/R sessions.
@@ -68,17 +90,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir().context("a scratch dir for the simulators")?;
     let started = Instant::now();
     let mut simulators = vec![];
+    let per_simulator = settings.connect_rate / settings.simulators as f64;
     for (n, share) in split(&credentials, settings.simulators)
         .into_iter()
         .enumerate()
     {
         let path = scratch.path().join(format!("simulator-{n}.json"));
         std::fs::write(&path, serde_json::to_vec(&share)?)?;
-        simulators.push(Simulator::spawn(&path, share.len())?);
+        simulators.push(Simulator::spawn(&path, per_simulator)?);
     }
-    for simulator in &mut simulators {
-        simulator.wait_connected(Duration::from_secs(600))?;
-    }
+    wait_all_online(&admins[0], &mut simulators, settings.agents).await?;
     let connected_in = started.elapsed();
     let connected: Vec<u64> = all
         .iter()
@@ -101,6 +122,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let elapsed = started.elapsed();
     round_trips.sort();
+    let job = time_job(
+        &admins[0],
+        &format!("{JOB_LABEL}=in"),
+        settings.job_devices,
+        true,
+    )
+    .await?;
 
     println!(
         "tether-bench --mode replicas: {} replicas on PostgreSQL, {} sessions from {} simulator processes, {} actions, concurrency {}",
@@ -138,6 +166,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         ms(round_trips.last().copied().unwrap_or_default()),
         settings.actions as f64 / elapsed.as_secs_f64()
     );
+    println!(
+        "  fleet-wide job       {} devices: created {:>6.0} ms, half answered {:>5.2} s, all answered {:>5.2} s, finished {:>5.2} s",
+        job.stored,
+        ms(job.created_in),
+        job.half_in.as_secs_f64(),
+        job.answered_in.as_secs_f64(),
+        job.finished_in.as_secs_f64()
+    );
+    let progress = total_progress(&simulators);
+    println!("  connects retried     {}", progress.retried);
+    for (why, count) in &progress.why {
+        println!("    {count:>6} × {why}");
+    }
     drop(simulators);
     drop(replicas);
     Ok(())
@@ -153,54 +194,108 @@ fn split<T: Clone>(items: &[T], parts: usize) -> Vec<Vec<T>> {
     items.chunks(size).map(<[T]>::to_vec).collect()
 }
 
-/// A simulator process; killed when dropped.
+/// Waits until every simulator holds all its sessions and the API shows
+/// `expected` devices online, printing progress to stderr; fails at
+/// [`CONNECT_LIMIT`] or when a simulator exits.
+async fn wait_all_online(
+    admin: &ApiClient,
+    simulators: &mut [Simulator],
+    expected: usize,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut reported = Instant::now();
+    loop {
+        let up = total_progress(simulators).up;
+        let summary = admin
+            .get("/api/v1/devices/summary")
+            .await?
+            .expect_status(200)?;
+        let online = summary["total"]["online"].as_u64().unwrap_or_default() as usize;
+        if up >= expected && online >= expected {
+            return Ok(());
+        }
+        for simulator in simulators.iter_mut() {
+            if let Some(status) = simulator.child.try_wait()? {
+                bail!("a simulator process exited ({status}) with {up} of {expected} sessions up");
+            }
+        }
+        anyhow::ensure!(
+            started.elapsed() < CONNECT_LIMIT,
+            "{online} of {expected} devices online after {} s ({up} sessions up)",
+            CONNECT_LIMIT.as_secs()
+        );
+        if reported.elapsed() >= Duration::from_secs(10) {
+            eprintln!(
+                "  … {:>4.0} s: {up} sessions up, {online} devices online",
+                started.elapsed().as_secs_f64()
+            );
+            reported = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A simulator process; killed when dropped. A thread reads its progress
+/// (a JSON [`Progress`] line a second).
 struct Simulator {
     child: Child,
-    expected: usize,
-    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    progress: Arc<Mutex<Progress>>,
+}
+
+/// What a simulator has done so far.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Progress {
+    /// Sessions established now.
+    up: usize,
+    /// Connects tried again after a session failed or closed.
+    retried: usize,
+    /// Why connects failed or sessions closed, and how often.
+    why: BTreeMap<String, usize>,
 }
 
 impl Simulator {
-    fn spawn(credentials: &Path, expected: usize) -> anyhow::Result<Self> {
+    fn spawn(credentials: &Path, connect_rate: f64) -> anyhow::Result<Self> {
         let mut child = Command::new(std::env::current_exe().context("finding tether-bench")?)
-            .args(["--mode", "simulate", "--credentials"])
+            .args(["--mode", "simulate", "--connect-rate"])
+            .arg(connect_rate.to_string())
+            .arg("--credentials")
             .arg(credentials)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .context("starting a simulator process")?;
         let stdout = child.stdout.take().context("simulator stdout")?;
-        Ok(Self {
-            child,
-            expected,
-            lines: BufReader::new(stdout).lines(),
-        })
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        let latest = progress.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(now) = serde_json::from_str(&line) {
+                    *latest.lock().unwrap_or_else(PoisonError::into_inner) = now;
+                }
+            }
+        });
+        Ok(Self { child, progress })
     }
 
-    /// Blocks until the simulator says all its sessions are up.
-    fn wait_connected(&mut self, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        for line in self.lines.by_ref() {
-            let line = line.context("reading a simulator's progress")?;
-            if let Some(count) = line.strip_prefix("connected ") {
-                let count: usize = count.parse()?;
-                anyhow::ensure!(
-                    count == self.expected,
-                    "a simulator connected {count} of {} sessions",
-                    self.expected
-                );
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                break;
-            }
-        }
-        bail!(
-            "a simulator did not connect its {} sessions within {} s",
-            self.expected,
-            within.as_secs()
-        )
+    fn progress(&self) -> Progress {
+        self.progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
+}
+
+/// The progress of every simulator together.
+fn total_progress(simulators: &[Simulator]) -> Progress {
+    let mut total = Progress::default();
+    for progress in simulators.iter().map(Simulator::progress) {
+        total.up += progress.up;
+        total.retried += progress.retried;
+        for (why, count) in progress.why {
+            *total.why.entry(why).or_default() += count;
+        }
+    }
+    total
 }
 
 impl Drop for Simulator {
@@ -210,28 +305,46 @@ impl Drop for Simulator {
     }
 }
 
-/// `--mode simulate`: connects every device in `credentials`, answers their
-/// actions at once, prints `connected N`, and runs until its stdin closes
-/// (the parent bench exited or dropped it).
-pub async fn simulate(credentials: PathBuf) -> anyhow::Result<()> {
+/// `--mode simulate`: holds a session for every device in `credentials`
+/// (opened at `connect_rate` a second, retried with backoff when closed),
+/// answers their actions at once, prints its [`Progress`] every second,
+/// and runs until its stdin closes (the parent bench exited or dropped it).
+pub async fn simulate(credentials: PathBuf, connect_rate: f64) -> anyhow::Result<()> {
     let credentials: Vec<DeviceCredentials> =
         serde_json::from_slice(&std::fs::read(&credentials).context("reading the credentials")?)
             .context("parsing the credentials")?;
-    let agents: Vec<SimAgent> = futures::stream::iter(credentials.iter())
-        .map(|c| SimAgent::connect(c, Responder::Echo))
-        .buffer_unordered(CONNECTS_IN_FLIGHT)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "connected {}", agents.len())?;
-    stdout.flush()?;
-    tokio::task::spawn_blocking(|| {
+    let counts = Arc::new(SessionCounts::default());
+    let pace = Pace {
+        per_second: connect_rate,
+        in_flight: CONNECTS_IN_FLIGHT,
+    };
+    let holding = tokio::spawn(hold_sessions(
+        credentials,
+        Responder::Echo,
+        pace,
+        counts.clone(),
+    ));
+    let mut stdin_closed = tokio::task::spawn_blocking(|| {
         let mut sink = Vec::new();
         let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-    })
-    .await?;
+    });
+    let mut stdout = std::io::stdout();
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = &mut stdin_closed => break,
+            _ = every.tick() => {
+                let progress = Progress {
+                    up: counts.up.load(Ordering::SeqCst),
+                    retried: counts.retried.load(Ordering::SeqCst),
+                    why: counts.why.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+                };
+                writeln!(stdout, "{}", serde_json::to_string(&progress)?)?;
+                stdout.flush()?;
+            }
+        }
+    }
+    holding.abort();
     Ok(())
 }
 

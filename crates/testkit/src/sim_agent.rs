@@ -3,8 +3,9 @@
 //! without running actions. The benchmark connects thousands of them; tests
 //! use one to see exactly which messages reach a device.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -221,11 +222,133 @@ pub async fn wait_online(
     .await
 }
 
+/// How fast [`hold_sessions`] opens sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Connects started a second, at most.
+    pub per_second: f64,
+    /// Connects (TLS handshake to the birth) under way at once, at most.
+    pub in_flight: usize,
+}
+
+/// What [`hold_sessions`] has done so far.
+#[derive(Debug, Default)]
+pub struct SessionCounts {
+    /// Sessions established now.
+    pub up: AtomicUsize,
+    /// Connects tried again after a device's session failed or closed.
+    pub retried: AtomicUsize,
+    /// Why connects failed or sessions closed, and how often.
+    pub why: Mutex<BTreeMap<String, usize>>,
+}
+
+impl SessionCounts {
+    fn failed(&self, why: String) {
+        *self
+            .why
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(why)
+            .or_default() += 1;
+    }
+}
+
+/// A session that stayed up this long was healthy: the next reconnect
+/// starts again from the shortest delay.
+const HEALTHY_SESSION: Duration = Duration::from_secs(10);
+const RECONNECT_FIRST: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// Holds a session for each of `credentials` until it is dropped, as a
+/// fleet of tether-agents does: a session that fails or is closed (a birth
+/// refused while the store is busy, a replica gone) is opened again after
+/// an exponential delay with jitter, so the fleet does not come back in
+/// lockstep.
+pub async fn hold_sessions(
+    credentials: Vec<DeviceCredentials>,
+    responder: Responder,
+    pace: Pace,
+    counts: Arc<SessionCounts>,
+) {
+    let mut every =
+        tokio::time::interval(Duration::from_secs_f64(1.0 / pace.per_second.max(0.001)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let pacer = Arc::new(tokio::sync::Mutex::new(every));
+    let connecting = Arc::new(tokio::sync::Semaphore::new(pace.in_flight.max(1)));
+    let holders: Vec<_> = credentials
+        .into_iter()
+        .map(|credentials| {
+            let (responder, pacer, connecting, counts) = (
+                responder.clone(),
+                pacer.clone(),
+                connecting.clone(),
+                counts.clone(),
+            );
+            tokio::spawn(async move {
+                let mut failures = 0u32;
+                for attempt in 0usize.. {
+                    if attempt > 0 {
+                        counts.retried.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let agent = {
+                        let Ok(_permit) = connecting.acquire().await else {
+                            return;
+                        };
+                        pacer.lock().await.tick().await;
+                        SimAgent::connect(&credentials, responder.clone()).await
+                    };
+                    match agent {
+                        Ok(agent) => {
+                            let started = tokio::time::Instant::now();
+                            counts.up.fetch_add(1, Ordering::SeqCst);
+                            let why = agent.closed().await;
+                            counts.up.fetch_sub(1, Ordering::SeqCst);
+                            counts.failed(format!("session closed: {why}"));
+                            if started.elapsed() >= HEALTHY_SESSION {
+                                failures = 0;
+                            }
+                        }
+                        Err(error) => counts.failed(format!("connect failed: {error:#}")),
+                    }
+                    tokio::time::sleep(reconnect_delay(failures, random_fraction())).await;
+                    failures = failures.saturating_add(1);
+                }
+            })
+        })
+        .collect();
+    // Aborts every holder (and so closes its session) when dropped.
+    struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.iter().for_each(tokio::task::JoinHandle::abort);
+        }
+    }
+    let _holders = AbortOnDrop(holders);
+    std::future::pending::<()>().await;
+}
+
+/// Exponential from [`RECONNECT_FIRST`] to [`RECONNECT_MAX`], each delay
+/// between half and all of its step ("equal jitter", as tether-agent).
+fn reconnect_delay(failures: u32, random: f64) -> Duration {
+    let step = RECONNECT_FIRST
+        .saturating_mul(1 << failures.min(8))
+        .min(RECONNECT_MAX);
+    step / 2 + (step / 2).mul_f64(random.clamp(0.0, 1.0))
+}
+
+/// A uniform sample in [0, 1) from the OS's randomness: the low 53 bits of
+/// a v4 UUID are all random (its version and variant bits are higher up).
+fn random_fraction() -> f64 {
+    let bits = (uuid::Uuid::new_v4().as_u128() & ((1 << 53) - 1)) as u64;
+    bits as f64 / (1u64 << 53) as f64
+}
+
 pub struct SimAgent {
     pub device: DeviceId,
     client: AsyncClient,
     received: mpsc::UnboundedReceiver<ActionRequest>,
-    task: tokio::task::JoinHandle<()>,
+    /// Ends with why the connection closed.
+    task: tokio::task::JoinHandle<String>,
 }
 
 impl SimAgent {
@@ -326,7 +449,7 @@ impl SimAgent {
                         let _ = sender.send(request);
                     }
                     Ok(_) => {}
-                    Err(_) => break,
+                    Err(error) => break error.to_string(),
                 }
             }
         });
@@ -366,6 +489,13 @@ impl SimAgent {
         !self.task.is_finished()
     }
 
+    /// Returns when the MQTT connection it opened has closed, with why.
+    pub async fn closed(self) -> String {
+        self.task
+            .await
+            .unwrap_or_else(|error| format!("the session task ended: {error}"))
+    }
+
     pub async fn disconnect(self) {
         let _ = self.client.disconnect().await;
         self.task.abort();
@@ -390,5 +520,26 @@ async fn wait_for_suback(eventloop: &mut EventLoop) -> anyhow::Result<()> {
             }
             bail!("subscription refused: {:?}", suback.return_codes);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_grow_to_the_cap_and_never_collapse_to_zero() {
+        assert_eq!(reconnect_delay(0, 0.0), Duration::from_millis(500));
+        assert_eq!(reconnect_delay(0, 1.0), RECONNECT_FIRST);
+        assert_eq!(reconnect_delay(3, 1.0), Duration::from_secs(8));
+        assert_eq!(reconnect_delay(40, 1.0), RECONNECT_MAX);
+        assert_eq!(reconnect_delay(40, 0.0), RECONNECT_MAX / 2);
+    }
+
+    #[test]
+    fn random_fractions_stay_in_the_unit_interval() {
+        let samples: Vec<f64> = (0..1000).map(|_| random_fraction()).collect();
+        assert!(samples.iter().all(|x| (0.0..1.0).contains(x)));
+        assert!(samples.iter().any(|x| *x < 0.5) && samples.iter().any(|x| *x >= 0.5));
     }
 }
