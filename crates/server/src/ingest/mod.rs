@@ -255,6 +255,11 @@ impl Ingest {
             self.refused(inbound, Outcome::RateLimited, 429, &reason);
             return Err(Refusal::RateLimited(reason));
         }
+        if let DeviceMessage::Status(status) = message {
+            self.status(&inbound.device, status).await;
+            self.with_device(&inbound.device, |s| s.counters.count(Outcome::Accepted));
+            return Ok(());
+        }
         let slot = tokio::time::timeout(WRITE_SLOT_WAIT, self.write_slots.acquire()).await;
         let applied = match slot {
             Ok(Ok(_slot)) => self.apply(&inbound.device, message).await.map_err(Some),
@@ -295,10 +300,8 @@ impl Ingest {
         message: &DeviceMessage,
     ) -> Result<Outcome, StoreError> {
         match message {
-            DeviceMessage::Status(status) => {
-                self.status(device, status).await?;
-                Ok(Outcome::Accepted)
-            }
+            // Births are written by the device's session writer (`handle`).
+            DeviceMessage::Status(_) => Ok(Outcome::Accepted),
             DeviceMessage::Event(event) => Ok(
                 match self.actions.handle_event(device, event.clone()).await? {
                     Answer::Recorded => Outcome::Accepted,
@@ -314,24 +317,15 @@ impl Ingest {
         }
     }
 
-    /// A birth adds what the operator sees of the agent; presence itself
-    /// follows the MQTT session, so a death only goes to the log.
-    async fn status(&self, device: &DeviceId, status: &DeviceStatus) -> Result<(), StoreError> {
+    /// A birth adds what the operator sees of the agent, written after its
+    /// session's start by the device's session writer (see `presence`);
+    /// presence itself follows the MQTT session, so a death only goes to
+    /// the log.
+    async fn status(&self, device: &DeviceId, status: &DeviceStatus) {
         match status.state {
-            Presence::Online => {
-                self.store
-                    .set_agent_status(
-                        device,
-                        &status.agent_version,
-                        &status.capabilities,
-                        &status.boot_id,
-                        status.seq,
-                    )
-                    .await
-            }
+            Presence::Online => self.presence.birth(device, status.clone()).await,
             Presence::Offline => {
                 tracing::debug!(%device, boot_id = status.boot_id, seq = status.seq, "device announced its end");
-                Ok(())
             }
         }
     }
