@@ -125,4 +125,12 @@ pub trait DeviceLink: Send + Sync + 'static {
 
     /// Closes the device's session, if any (after deletion or revocation).
     fn disconnect(&self, device: &DeviceId);
+
+    /// Closes the device's session here unless it presents the device's
+    /// current certificate: for a change another replica announced, which
+    /// a session started after it (with the new certificate of a
+    /// re-enrolled device) must survive.
+    fn disconnect_if_stale(&self, device: &DeviceId) {
+        self.disconnect(device);
+    }
 }

@@ -291,16 +291,34 @@ impl DeviceLink for RmqttLink {
     fn disconnect(&self, device: &DeviceId) {
         let scx = self.scx.clone();
         let device = device.clone();
+        self.runtime
+            .spawn(async move { kick_logged(&scx, &device).await });
+    }
+
+    fn disconnect_if_stale(&self, device: &DeviceId) {
+        let (scx, state, device) = (self.scx.clone(), self.state.clone(), device.clone());
         self.runtime.spawn(async move {
-            match kick(&scx, &device).await {
-                Ok(()) => tracing::info!(%device, "disconnected the device's MQTT session"),
-                Err(e) => tracing::warn!(
-                    %device,
-                    error = format!("{e:#}"),
-                    "could not disconnect the device's MQTT session"
-                ),
+            let id = Id::from(scx.node.id(), device.as_str().to_owned().into());
+            let Some(session) = scx.extends.shared().await.entry(id).session() else {
+                return;
+            };
+            if state.still_current(&session, &device).await {
+                tracing::debug!(%device, "kept the device's MQTT session: it presents the current certificate");
+                return;
             }
+            kick_logged(&scx, &device).await;
         });
+    }
+}
+
+async fn kick_logged(scx: &ServerContext, device: &DeviceId) {
+    match kick(scx, device).await {
+        Ok(()) => tracing::info!(%device, "disconnected the device's MQTT session"),
+        Err(e) => tracing::warn!(
+            %device,
+            error = format!("{e:#}"),
+            "could not disconnect the device's MQTT session"
+        ),
     }
 }
 

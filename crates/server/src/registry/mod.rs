@@ -161,8 +161,8 @@ impl Registry {
                 if let Ok(device) = DeviceId::new(key.as_str())
                     && self.link.is_connected(&device)
                 {
-                    tracing::info!(%device, "closing the session of a device another replica deleted, revoked or re-enrolled");
-                    self.link.disconnect(&device);
+                    tracing::info!(%device, "checking the session of a device another replica deleted, revoked or re-enrolled");
+                    self.link.disconnect_if_stale(&device);
                 }
             }
         }

@@ -165,7 +165,8 @@ async fn actions_long_polls_and_disconnects_cross_replicas_by_notification() -> 
     every_replica_runs_actions_on_every_other_replicas_devices(&admins, &names).await?;
     a_long_poll_sees_an_answer_that_arrives_on_another_replica(&admins).await?;
     actions_from_two_replicas_arrive_in_acceptance_order(&admins).await?;
-    deleting_revoking_or_reenrolling_closes_the_session_on_another_replica(&admins).await?;
+    deleting_revoking_or_reenrolling_closes_the_session_on_another_replica(&admins, &replicas[2])
+        .await?;
     on_a.disconnect().await;
     on_c.disconnect().await;
     Ok(())
@@ -274,8 +275,13 @@ async fn actions_from_two_replicas_arrive_in_acceptance_order(
     Ok(())
 }
 
+/// The announcement reaches every replica, also `c` where the re-enrolled
+/// device connects with its new certificate at once: that session may start
+/// before `c` hears it, and must survive it (it did not: the replica closed
+/// whatever session the device had).
 async fn deleting_revoking_or_reenrolling_closes_the_session_on_another_replica(
     admins: &[ApiClient],
+    c_replica: &Tetherd,
 ) -> anyhow::Result<()> {
     let (a, b, c) = (&admins[0], &admins[1], &admins[2]);
     let deleted = device_on(b, "deleted-on-a", Responder::Silent).await?;
@@ -294,7 +300,17 @@ async fn deleting_revoking_or_reenrolling_closes_the_session_on_another_replica(
         )
         .await?
         .expect_status(200)?;
-    DeviceCredentials::enroll_with_token(a, token["token"].as_str().context("a token")?).await?;
+    let fresh =
+        DeviceCredentials::enroll_with_token(a, token["token"].as_str().context("a token")?)
+            .await?;
+    let mut renewed = SimAgent::connect(
+        &DeviceCredentials {
+            mqtt_url: c_replica.mqtt_url.clone(),
+            ..fresh
+        },
+        Responder::Silent,
+    )
+    .await?;
     for (device, holder) in [(&deleted, "b"), (&revoked, "c"), (&reenrolled, "b")] {
         wait_until(
             &format!("{}'s session on {holder} to be closed", device.device),
@@ -303,6 +319,15 @@ async fn deleting_revoking_or_reenrolling_closes_the_session_on_another_replica(
         )
         .await?;
     }
+    let id = get_node_ip(a, "reenrolled-on-a").await?;
+    let delivered = renewed.next_action(PROMPT).await;
+    assert_eq!(
+        delivered.map(|action| action.correlation_id),
+        Some(id),
+        "the session with the new certificate was closed"
+    );
+    assert!(renewed.is_connected());
+    renewed.disconnect().await;
     Ok(())
 }
 
