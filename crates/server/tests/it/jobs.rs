@@ -414,11 +414,11 @@ async fn bad_job_requests_are_refused_and_nothing_is_stored(
         let (admin, path) = (admin.clone(), pending_path.clone());
         async move {
             let page = admin.get(&path).await?.expect_status(200)?;
-            Ok((page[0]["device"] == "edge-1").then_some(page))
+            Ok((page["items"][0]["device"] == "edge-1").then_some(page))
         }
     })
     .await?;
-    assert_eq!(pending.as_array().map(Vec::len), Some(1), "{pending}");
+    assert_eq!(pending["items"].as_array().map(Vec::len), Some(1), "{pending}");
     Ok(())
 }
 
@@ -448,18 +448,23 @@ async fn all_results(
     state: Option<&str>,
 ) -> anyhow::Result<Vec<Value>> {
     let mut all = Vec::new();
-    let mut after = String::new();
+    let mut next = String::new();
     loop {
-        let mut path = format!("/api/v1/jobs/{id}/actions?limit=1000&after={after}");
+        let mut path = format!("/api/v1/jobs/{id}/actions?limit=1000{next}");
         if let Some(state) = state {
             path.push_str(&format!("&state={state}"));
         }
         let page = admin.get(&path).await?.expect_status(200)?;
-        let page = page.as_array().context("a page is an array")?;
-        let Some(last) = page.last() else {
-            return Ok(all);
-        };
-        after = text(&last["device"])?;
-        all.extend(page.iter().cloned());
+        all.extend(
+            page["items"]
+                .as_array()
+                .context("a page has items")?
+                .iter()
+                .cloned(),
+        );
+        match page["continue"].as_str() {
+            Some(token) => next = format!("&continue={token}"),
+            None => return Ok(all),
+        }
     }
 }
