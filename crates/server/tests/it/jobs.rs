@@ -25,6 +25,7 @@ on_both_databases!(
     cancel_stops_further_deliveries_and_keeps_the_counts,
     offline_devices_get_theirs_on_return_within_the_ttl,
     bad_job_requests_are_refused_and_nothing_is_stored,
+    job_results_page_with_continue_tokens_and_cancel_is_idempotent,
 );
 
 const ONLINE: usize = 200;
@@ -418,7 +419,143 @@ async fn bad_job_requests_are_refused_and_nothing_is_stored(
         }
     })
     .await?;
-    assert_eq!(pending["items"].as_array().map(Vec::len), Some(1), "{pending}");
+    assert_eq!(
+        pending["items"].as_array().map(Vec::len),
+        Some(1),
+        "{pending}"
+    );
+    Ok(())
+}
+
+/// Pages of a job's results follow the same `continue` tokens as every
+/// other listing, and a token continues only its own job and outcome.
+/// Held by limits with every device offline, the actions stay queued, so
+/// the pages do not move under the walk.
+async fn job_results_page_with_continue_tokens_and_cancel_is_idempotent(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let names: Vec<String> = (0..5).map(|i| format!("b-{i}")).collect();
+    register_many(&admin, names.clone(), &json!({"site": "berlin"}), 4).await?;
+    let held = json!({"labelSelector": "site=berlin", "action": "get-node-ip", "concurrency": 1});
+    let first = text(
+        &admin
+            .post("/api/v1/jobs", held.clone())
+            .await?
+            .expect_status(201)?["id"],
+    )?;
+    let second = text(&admin.post("/api/v1/jobs", held).await?.expect_status(201)?["id"])?;
+
+    for state in [None, Some("queued")] {
+        let query = state.map_or_else(String::new, |s| format!("&state={s}"));
+        let mut devices = Vec::new();
+        let mut pages = 0;
+        let mut next = String::new();
+        loop {
+            let path = format!("/api/v1/jobs/{first}/actions?limit=2{query}{next}");
+            let page = admin.get(&path).await?.expect_status(200)?;
+            pages += 1;
+            for action in page["items"].as_array().context("items")? {
+                devices.push(text(&action["device"])?);
+            }
+            match page["continue"].as_str() {
+                Some(token) => next = format!("&continue={token}"),
+                None => break,
+            }
+        }
+        assert_eq!(devices, names, "state {state:?}: each device once, by name");
+        assert_eq!(pages, 3, "state {state:?}");
+    }
+    let page = admin
+        .get(&format!(
+            "/api/v1/jobs/{first}/actions?limit=2&state=queued"
+        ))
+        .await?
+        .expect_status(200)?;
+    let token = text(&page["continue"])?;
+    for elsewhere in [
+        format!("/api/v1/jobs/{first}/actions?continue={token}"),
+        format!("/api/v1/jobs/{first}/actions?state=failed&continue={token}"),
+        format!("/api/v1/jobs/{second}/actions?state=queued&continue={token}"),
+        format!("/api/v1/jobs?continue={token}"),
+        format!("/api/v1/devices?continue={token}"),
+    ] {
+        let reply = admin.get(&elsewhere).await?;
+        assert_eq!(reply.status, 400, "{elsewhere}: {}", reply.body);
+        let message = text(&reply.body["error"]["message"])?;
+        assert!(
+            message.contains("another listing"),
+            "{elsewhere}: {message}"
+        );
+    }
+    for (query, named) in [
+        ("after=b-1", "after"),
+        ("limit=0", "limit"),
+        ("limit=5001", "limit"),
+        ("limit=-3", "limit"),
+        ("continue=garbage", "continue token"),
+    ] {
+        let reply = admin
+            .get(&format!("/api/v1/jobs/{first}/actions?{query}"))
+            .await?;
+        assert_eq!(reply.status, 400, "{query}: {}", reply.body);
+        let message = text(&reply.body["error"]["message"])?;
+        assert!(message.contains(named), "{query}: {message}");
+    }
+
+    // Jobs themselves page newest first.
+    let mut listed = Vec::new();
+    let mut next = String::new();
+    loop {
+        let page = admin
+            .get(&format!("/api/v1/jobs?limit=1{next}"))
+            .await?
+            .expect_status(200)?;
+        for job in page["items"].as_array().context("items")? {
+            listed.push(text(&job["id"])?);
+        }
+        match page["continue"].as_str() {
+            Some(token) => next = format!("&continue={token}"),
+            None => break,
+        }
+    }
+    assert_eq!(listed, [second.clone(), first.clone()]);
+
+    // Cancelling twice: the second changes nothing and is no error; once
+    // its last action ended, the job stays cancelled.
+    let cancelled = admin
+        .post(&format!("/api/v1/jobs/{first}/cancel"), json!({}))
+        .await?
+        .expect_status(200)?;
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    assert_eq!(cancelled["counts"]["cancelled"], 5, "{cancelled}");
+    let again = admin
+        .post(&format!("/api/v1/jobs/{first}/cancel"), json!({}))
+        .await?
+        .expect_status(200)?;
+    assert_eq!(again["cancelledAt"], cancelled["cancelledAt"], "{again}");
+    assert_eq!(again["counts"], cancelled["counts"], "{again}");
+    let finished = wait_finished(&admin, &first, Duration::from_secs(10)).await?;
+    assert_eq!(finished["state"], "cancelled", "{finished}");
+    admin
+        .post(&format!("/api/v1/jobs/{first}/cancel"), json!({}))
+        .await?
+        .expect_status(200)?;
+
+    // A device deleted mid-job takes its action with it; the job still
+    // ends, with the others' counts.
+    admin
+        .delete("/api/v1/devices/b-0")
+        .await?
+        .expect_status(204)?;
+    let cancelled = admin
+        .post(&format!("/api/v1/jobs/{second}/cancel"), json!({}))
+        .await?
+        .expect_status(200)?;
+    assert_eq!(cancelled["counts"]["cancelled"], 4, "{cancelled}");
+    let finished = wait_finished(&admin, &second, Duration::from_secs(10)).await?;
+    assert_eq!(finished["counts"]["cancelled"], 4, "{finished}");
     Ok(())
 }
 

@@ -318,9 +318,14 @@ async fn hostile_selectors_and_tokens_are_a_clear_400(database: Database) -> any
         .get(&format!("/api/v1/devices?labelSelector={}", fine.join(",")))
         .await?
         .expect_status(200)?;
-    assert_eq!(names(reply["items"].as_array().map_or(&[][..], Vec::as_slice)), ["edge-0"]);
+    assert_eq!(
+        names(reply["items"].as_array().map_or(&[][..], Vec::as_slice)),
+        ["edge-0"]
+    );
     for by in ["", "b%C3%A9", "x')--", "-x"] {
-        let reply = admin.get(&format!("/api/v1/devices/summary?by={by}")).await?;
+        let reply = admin
+            .get(&format!("/api/v1/devices/summary?by={by}"))
+            .await?;
         assert_eq!(reply.status, 400, "by={by}: {}", reply.body);
     }
 
@@ -365,7 +370,10 @@ async fn hostile_selectors_and_tokens_are_a_clear_400(database: Database) -> any
     // A forged token that only moves the start of a page is a page.
     let moved = json!({"v": 1, "of": "devices?labelSelector=", "at": {"after": "\u{10ffff}"}});
     let page = admin
-        .get(&format!("/api/v1/devices?continue={}", forged_token(&moved)))
+        .get(&format!(
+            "/api/v1/devices?continue={}",
+            forged_token(&moved)
+        ))
         .await?
         .expect_status(200)?;
     assert_eq!(page, json!({"items": []}));
