@@ -376,6 +376,24 @@ async fn bad_job_requests_are_refused_and_nothing_is_stored(
             "correlationId",
         ),
         (with("labelSelector", json!("site=berlni")), 422, "berlni"),
+        // A misspelled limit must not start an unlimited job.
+        (with("concurency", json!(1)), 400, "concurency"),
+        (with("rate_per_second", json!(1)), 400, "rate_per_second"),
+        (
+            with(
+                "labelSelector",
+                json!(format!("site in ({})", "a,".repeat(3000))),
+            ),
+            400,
+            "at most 4096",
+        ),
+        (
+            with("labelSelector", json!("site in ()")),
+            400,
+            "site in ()",
+        ),
+        (with("labelSelector", json!(7)), 400, "labelSelector"),
+        (with("action", json!("x".repeat(100_000))), 400, "action"),
     ];
     for (body, status, named) in cases {
         let reply = admin.post("/api/v1/jobs", body.clone()).await?;
