@@ -577,6 +577,66 @@ async fn job_results_page_with_continue_tokens_and_cancel_is_idempotent(
     Ok(())
 }
 
+/// A bad day: PostgreSQL restarts in the middle of a limited job. While it
+/// is down the API says the database is unavailable (503, not an internal
+/// error); once it is back the job goes on and ends with every device's
+/// action answered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_goes_on_after_a_postgresql_restart() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Postgres).await?;
+    let admin = tetherd.admin().await?;
+    let names: Vec<String> = (0..12).map(|i| format!("pg-{i:02}")).collect();
+    let credentials = enroll_many(&admin, names.clone(), &json!({"pool": "pg"}), 6).await?;
+    let in_flight = Arc::new(InFlight::default());
+    let slow = Responder::Slow {
+        delay: Duration::from_millis(200),
+        in_flight: in_flight.clone(),
+    };
+    let _agents = connect_many(&credentials, &slow, 6).await?;
+    wait_online(&admin, names.len(), Duration::from_secs(30)).await?;
+    let created = admin
+        .post(
+            "/api/v1/jobs",
+            json!({"labelSelector": "pool=pg", "action": "get-node-ip", "concurrency": 2}),
+        )
+        .await?
+        .expect_status(201)?;
+    let id = text(&created["id"])?;
+    let job_path = format!("/api/v1/jobs/{id}");
+    wait_until("a few answers", Duration::from_secs(30), || async {
+        let job = admin.get(&job_path).await?.expect_status(200)?;
+        Ok((job["counts"]["succeeded"].as_u64() >= Some(2)).then_some(()))
+    })
+    .await?;
+
+    let postgres = tetherd.postgres().context("on PostgreSQL")?;
+    postgres.stop()?;
+    for reply in [
+        admin.get(&job_path).await?,
+        admin.get(&format!("{job_path}/actions")).await?,
+        admin.post(&format!("{job_path}/cancel"), json!({})).await?,
+    ] {
+        assert_eq!(reply.status, 503, "{}", reply.body);
+        let message = text(&reply.body["error"]["message"])?;
+        assert!(message.contains("database"), "{message}");
+    }
+    postgres.start_again()?;
+
+    let job = wait_finished(&admin, &id, Duration::from_secs(90))
+        .await
+        .with_context(|| tetherd.log())?;
+    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(job["counts"]["succeeded"], names.len(), "{job}");
+    let answered: Vec<String> = all_results(&admin, &id, Some("succeeded"))
+        .await?
+        .iter()
+        .map(|a| text(&a["device"]))
+        .collect::<anyhow::Result<_>>()?;
+    assert_eq!(answered, names, "each device once");
+    assert!(in_flight.most() <= 2, "{}", in_flight.most());
+    Ok(())
+}
+
 fn text(value: &Value) -> anyhow::Result<String> {
     Ok(value
         .as_str()
