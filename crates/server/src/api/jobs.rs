@@ -95,6 +95,8 @@ async fn job_actions(
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<ResultsQuery>,
 ) -> Result<axum::Json<Page<Action>>, ApiError> {
+    // A missing job is a 404 whatever the token says.
+    state.jobs.ensure_exists(&id).await?;
     let outcome = query.state.map(|s| s.as_str()).unwrap_or_default();
     let page = PageRequest::new(
         &PageQuery {
