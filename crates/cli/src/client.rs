@@ -413,19 +413,18 @@ impl ApiClient {
         .await
     }
 
-    /// One page of the job's actions, by device name after `after`.
+    /// Every action of the job (only those in `state`, if given), by
+    /// device name, following the pages.
     pub async fn job_actions(
         &self,
         id: &str,
         state: Option<tether_proto::ActionState>,
-        after: &str,
-        limit: u32,
     ) -> Result<Vec<Action>, ClientError> {
-        let mut query = vec![("limit", limit.to_string()), ("after", after.to_owned())];
-        if let Some(state) = state {
-            query.push(("state", state.to_string()));
-        }
-        self.call_with_query(Method::GET, &["jobs", id, "actions"], &query)
+        let query: Vec<(&str, String)> = state
+            .map(|state| ("state", state.to_string()))
+            .into_iter()
+            .collect();
+        self.list_all(&["jobs", id, "actions"], &query, None, PAGE_SIZE)
             .await
     }
 

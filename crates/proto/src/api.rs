@@ -220,9 +220,11 @@ pub struct Action {
 }
 
 /// One action for every device a label selector matches when the job is
-/// created, released with an optional concurrency and rate limit.
+/// created, released with an optional concurrency and rate limit. Unknown
+/// fields are refused: a misspelled limit would otherwise start the job
+/// over the whole selection at once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateJob {
     /// Which devices, e.g. `site=berlin,tier!=test` (at least one requirement).

@@ -79,28 +79,47 @@ impl fmt::Display for Requirement {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LabelSelector(Vec<Requirement>);
 
+/// The longest selector tetherd evaluates, in bytes; as the API documents.
+pub const MAX_SELECTOR_LEN: usize = 4096;
+/// The most requirements one selector may have. Each is a subquery in SQL:
+/// a thousand of them exceed SQLite's expression depth and keep
+/// PostgreSQL's planner busy for minutes, and a device carries at most
+/// `MAX_LABELS` labels to select on.
+pub const MAX_REQUIREMENTS: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid label selector {selector:?} at {term:?}: use key=value, key!=value, key in (v1,v2), key notin (v1,v2), key or !key, separated by commas (keys and values: letters, digits, '-', '_', '.', '/', at most 63)"
-)]
-pub struct SelectorError {
-    pub selector: String,
-    pub term: String,
+pub enum SelectorError {
+    #[error(
+        "invalid label selector {selector:?} at {term:?}: use key=value, key!=value, key in (v1,v2), key notin (v1,v2), key or !key, separated by commas (keys and values: letters, digits, '-', '_', '.', '/', at most 63; a set names at least one value)"
+    )]
+    Term { selector: String, term: String },
+    #[error("label selector is {0} bytes long; it may have at most {MAX_SELECTOR_LEN}")]
+    TooLong(usize),
+    #[error(
+        "label selector has {0} requirements; it may have at most {MAX_REQUIREMENTS} (use `key in (v1,v2)` for several values of one key)"
+    )]
+    TooManyRequirements(usize),
 }
 
 impl LabelSelector {
     pub fn parse(selector: &str) -> Result<Self, SelectorError> {
+        if selector.len() > MAX_SELECTOR_LEN {
+            return Err(SelectorError::TooLong(selector.len()));
+        }
         let mut requirements = Vec::new();
         for term in terms(selector) {
             let term = term.trim();
             if term.is_empty() {
                 continue;
             }
-            let requirement = requirement(term).ok_or_else(|| SelectorError {
+            let requirement = requirement(term).ok_or_else(|| SelectorError::Term {
                 selector: selector.to_owned(),
                 term: term.to_owned(),
             })?;
             requirements.push(requirement);
+        }
+        if requirements.len() > MAX_REQUIREMENTS {
+            return Err(SelectorError::TooManyRequirements(requirements.len()));
         }
         Ok(Self(requirements))
     }
@@ -150,6 +169,11 @@ fn terms(selector: &str) -> Vec<&str> {
 fn requirement(term: &str) -> Option<Requirement> {
     if let Some(open) = term.find('(') {
         let values = term[open..].strip_prefix('(')?.strip_suffix(')')?;
+        // `()` is no set; Kubernetes refuses it too (`in ("")` would be
+        // spelled `in (,)`, as the key set to an empty value).
+        if values.trim().is_empty() {
+            return None;
+        }
         let mut words = term[..open].split_whitespace();
         let (key, operator) = (key_of(words.next()?)?, words.next()?);
         if words.next().is_some() {
@@ -248,7 +272,10 @@ mod tests {
     #[test]
     fn bad_selectors_name_the_term() {
         let err = LabelSelector::parse("env=prod,=x").expect_err("empty key");
-        assert_eq!(err.term, "=x");
+        assert!(
+            matches!(&err, SelectorError::Term { term, .. } if term == "=x"),
+            "{err:?}"
+        );
         assert!(LabelSelector::parse("a b=c").is_err());
         for bad in [
             "env in prod",
@@ -258,9 +285,26 @@ mod tests {
             "env in (a) x",
             "in (a)",
             "env=a@b",
+            "env in ()",
+            "env notin ( )",
         ] {
             let err = LabelSelector::parse(bad).expect_err(bad);
             assert!(err.to_string().contains("key in (v1,v2)"), "{err}");
         }
+    }
+
+    #[test]
+    fn selectors_are_bounded_in_length_and_requirements() {
+        let most: Vec<String> = (0..MAX_REQUIREMENTS).map(|i| format!("!k{i}")).collect();
+        assert!(LabelSelector::parse(&most.join(",")).is_ok());
+        let one_more = format!("{},x", most.join(","));
+        assert_eq!(
+            LabelSelector::parse(&one_more),
+            Err(SelectorError::TooManyRequirements(MAX_REQUIREMENTS + 1))
+        );
+        let long = format!("site in ({})", "a,".repeat(MAX_SELECTOR_LEN / 2));
+        let err = LabelSelector::parse(&long).expect_err("too long");
+        assert_eq!(err, SelectorError::TooLong(long.len()));
+        assert!(err.to_string().contains("at most 4096"), "{err}");
     }
 }

@@ -15,13 +15,16 @@ use crate::pki::renewal::Refusal;
 use crate::registry::RegistryError;
 use crate::store::StoreError;
 
+/// `Retry-After` while the database does not answer: about a restart's length.
+const DATABASE_RETRY_AFTER_SECONDS: u64 = 5;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
     pub details: serde_json::Value,
-    /// Seconds for `Retry-After` on a 429.
+    /// Seconds for `Retry-After` on a 429 or 503.
     pub retry_after: Option<u64>,
 }
 
@@ -83,6 +86,17 @@ impl From<StoreError> for ApiError {
                 format!("{what} already exists"),
             ),
             StoreError::NotFound { what } => Self::not_found(format!("{what} not found")),
+            unavailable if unavailable.is_unavailable() => {
+                tracing::warn!(error = %crate::error_chain(&unavailable), "request failed: the database is unavailable");
+                Self {
+                    retry_after: Some(DATABASE_RETRY_AFTER_SECONDS),
+                    ..Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "database_unavailable",
+                        format!("{unavailable}: the database is not answering; try again shortly"),
+                    )
+                }
+            }
             other => Self::internal(&other),
         }
     }

@@ -17,9 +17,6 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use super::page::{PageQuery, PageRequest, Position};
 
-const DEFAULT_RESULTS_LIMIT: u32 = 100;
-const MAX_RESULTS_LIMIT: u32 = 1000;
-
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(create_job, list_jobs))
@@ -78,38 +75,45 @@ async fn get_job(
 struct ResultsQuery {
     /// Only actions in this state, e.g. `failed`.
     state: Option<ActionState>,
-    /// The next page: actions of devices whose names sort after this one
-    /// (the last device of the previous page).
-    after: Option<String>,
-    /// At most this many (default 100).
-    #[param(minimum = 1, maximum = 1000)]
+    /// At most this many items in this page (default 500).
+    #[param(minimum = 1, maximum = 5000)]
     limit: Option<u32>,
+    /// The `continue` of the previous page, to read the next one (with the
+    /// same `state`).
+    #[serde(rename = "continue")]
+    #[param(rename = "continue", max_length = 2048)]
+    continue_token: Option<String>,
 }
 
-/// The job's per-device actions by device name, optionally of one outcome.
+/// The job's per-device actions by device name, optionally of one outcome,
+/// in pages.
 #[utoipa::path(get, path = "/jobs/{id}/actions", tag = "jobs",
     params(("id" = String, Path, description = "The job's id"), ResultsQuery),
-    responses((status = 200, body = [Action]), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Page<Action>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn job_actions(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<ResultsQuery>,
-) -> Result<axum::Json<Vec<Action>>, ApiError> {
-    let limit = match query.limit {
-        None => DEFAULT_RESULTS_LIMIT,
-        Some(limit @ 1..=MAX_RESULTS_LIMIT) => limit,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "limit must be between 1 and {MAX_RESULTS_LIMIT}; got {other}"
-            )));
-        }
-    };
-    Ok(axum::Json(
-        state
-            .jobs
-            .actions(&id, query.state, query.after.as_deref(), limit)
-            .await?,
-    ))
+) -> Result<axum::Json<Page<Action>>, ApiError> {
+    // A missing job is a 404 whatever the token says.
+    state.jobs.ensure_exists(&id).await?;
+    let outcome = query.state.map(|s| s.as_str()).unwrap_or_default();
+    let page = PageRequest::new(
+        &PageQuery {
+            limit: query.limit,
+            continue_token: query.continue_token,
+        },
+        format!("jobs/{id}/actions?state={outcome}"),
+    )?;
+    let actions = state
+        .jobs
+        .actions(&id, query.state, page.after_name()?, page.fetch())
+        .await?;
+    Ok(axum::Json(page.page(
+        actions,
+        |action| Position::After(action.device.clone()),
+        |action| action,
+    )))
 }
 
 /// Cancels the job: its queued and pending actions become `cancelled`;

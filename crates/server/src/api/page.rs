@@ -115,7 +115,12 @@ impl PageRequest {
     pub fn before_seq(&self) -> Result<Option<u64>, ApiError> {
         match &self.start {
             None => Ok(None),
-            Some(Position::BeforeSeq(seq)) => Ok(Some(*seq)),
+            // The store keeps sequence numbers as i64; a forged larger one
+            // would otherwise fail there, as an internal error.
+            Some(Position::BeforeSeq(seq)) if i64::try_from(*seq).is_ok() => Ok(Some(*seq)),
+            Some(Position::BeforeSeq(_)) => Err(ApiError::bad_request(
+                "invalid continue token: its sequence number is out of range",
+            )),
             Some(_) => Err(wrong_listing()),
         }
     }
@@ -304,6 +309,14 @@ mod tests {
                 error.message
             );
         }
+    }
+
+    #[test]
+    fn a_position_the_store_cannot_hold_is_refused() {
+        let token = encode("devices/a/actions", Position::BeforeSeq(u64::MAX));
+        let page = request("devices/a/actions", None, Some(token)).expect("decodes");
+        let error = page.before_seq().expect_err("beyond i64");
+        assert!(error.message.contains("out of range"), "{}", error.message);
     }
 
     #[test]

@@ -207,7 +207,16 @@ impl JobService {
         Ok(jobs)
     }
 
-    /// The job's actions by device name, a page at a time.
+    /// `NotFound` unless the job exists.
+    pub async fn ensure_exists(&self, id: &str) -> Result<(), JobError> {
+        match self.store.get_job(id).await? {
+            Some(_) => Ok(()),
+            None => Err(JobError::NotFound(id.to_owned())),
+        }
+    }
+
+    /// The job's actions by device name, a page at a time (none for a job
+    /// that does not exist: see [`Self::ensure_exists`]).
     pub async fn actions(
         &self,
         id: &str,
@@ -215,9 +224,6 @@ impl JobService {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Action>, JobError> {
-        if self.store.get_job(id).await?.is_none() {
-            return Err(JobError::NotFound(id.to_owned()));
-        }
         Ok(self
             .store
             .list_job_actions(id, state, after, limit)

@@ -68,6 +68,31 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the database could not be reached (down, restarting, the
+    /// pool exhausted), as opposed to refusing or failing the query: the
+    /// same request may succeed shortly.
+    pub fn is_unavailable(&self) -> bool {
+        let source = match self {
+            StoreError::Connect { source, .. } | StoreError::Query { source, .. } => source,
+            _ => return false,
+        };
+        match source {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            // PostgreSQL's connection exceptions (08…) and its shutting
+            // down or starting up (57P01–57P03).
+            sqlx::Error::Database(error) => error
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceRecord {
     pub name: DeviceId,

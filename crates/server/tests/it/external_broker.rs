@@ -711,3 +711,88 @@ async fn a_device_over_its_rate_for_long_has_its_session_ended() -> anyhow::Resu
     );
     Ok(())
 }
+
+/// A device's publish as large as the broker's packet limit is one the
+/// broker cannot forward to tetherd as it is (the subscription identifier
+/// makes it longer than tetherd's own limit): it must not stall tetherd's
+/// session, so the messages behind it arrive. And an action a device plants
+/// as a retained message on its own action topic never reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_at_the_broker_packet_limit_does_not_stall_the_others() -> anyhow::Result<()> {
+    let (tetherd, broker) = start_with_mosquitto(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let a = DeviceCredentials::enroll(&admin, "device-a").await?;
+    let dir = tempfile::tempdir()?;
+    a.write_to(dir.path())?;
+    let topic = "tether/v1/devices/device-a/events";
+    // Fixed header (5), topic (2 + its length), packet id (2), properties
+    // length (1): the largest payloads mosquitto takes, and a few below.
+    let largest = 4 * 1024 * 1024 - 5 - (2 + topic.len()) - 2 - 1;
+    for payload_len in (largest - 4..=largest).rev() {
+        let file = dir.path().join("big");
+        std::fs::write(&file, vec![b'x'; payload_len])?;
+        let output = mosquitto(
+            "mosquitto_pub",
+            &broker.port_arg(),
+            Some(dir.path()),
+            "device-a",
+            &[
+                "-V",
+                "mqttv5",
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-f",
+                &file.to_string_lossy(),
+            ],
+        )
+        .await?;
+        tracing::debug!(payload_len, output = %text(&output), "published");
+    }
+    let accepted = request(&admin, "device-a", json!({"action": "get-node-ip"})).await?;
+    let answer = json!({"correlationId": id(&accepted)?, "event": "get-node-ip", "statusCode": 200, "statusMessage": "after the big ones", "response": {}}).to_string();
+    let output = publish_as(&broker, dir.path(), "device-a", "events", &answer).await?;
+    assert!(output.status.success(), "{}", text(&output));
+    let done = wait_terminal(&admin, &id(&accepted)?)
+        .await
+        .with_context(|| format!("tetherd:\n{}\nbroker:\n{}", tetherd.log(), broker.log()))?;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["statusMessage"], "after the big ones");
+
+    let planted = json!({"correlationId": "planted", "action": "reboot", "input": {}}).to_string();
+    let port = broker.port_arg();
+    let actions_topic = "tether/v1/devices/device-a/actions";
+    mosquitto(
+        "mosquitto_pub",
+        &port,
+        Some(dir.path()),
+        "device-a",
+        &[
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-r",
+            "-t",
+            actions_topic,
+            "-m",
+            &planted,
+        ],
+    )
+    .await?;
+    let read = mosquitto(
+        "mosquitto_sub",
+        &port,
+        Some(dir.path()),
+        "device-a",
+        &["-V", "mqttv5", "-t", actions_topic, "-C", "1", "-W", "2"],
+    )
+    .await?;
+    assert!(
+        read.stdout.is_empty(),
+        "a planted action must not be kept for the device: {}",
+        text(&read)
+    );
+    Ok(())
+}

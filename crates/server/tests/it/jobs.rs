@@ -25,6 +25,7 @@ on_both_databases!(
     cancel_stops_further_deliveries_and_keeps_the_counts,
     offline_devices_get_theirs_on_return_within_the_ttl,
     bad_job_requests_are_refused_and_nothing_is_stored,
+    job_results_page_with_continue_tokens_and_cancel_is_idempotent,
 );
 
 const ONLINE: usize = 200;
@@ -375,6 +376,24 @@ async fn bad_job_requests_are_refused_and_nothing_is_stored(
             "correlationId",
         ),
         (with("labelSelector", json!("site=berlni")), 422, "berlni"),
+        // A misspelled limit must not start an unlimited job.
+        (with("concurency", json!(1)), 400, "concurency"),
+        (with("rate_per_second", json!(1)), 400, "rate_per_second"),
+        (
+            with(
+                "labelSelector",
+                json!(format!("site in ({})", "a,".repeat(3000))),
+            ),
+            400,
+            "at most 4096",
+        ),
+        (
+            with("labelSelector", json!("site in ()")),
+            400,
+            "site in ()",
+        ),
+        (with("labelSelector", json!(7)), 400, "labelSelector"),
+        (with("action", json!("x".repeat(100_000))), 400, "action"),
     ];
     for (body, status, named) in cases {
         let reply = admin.post("/api/v1/jobs", body.clone()).await?;
@@ -414,11 +433,214 @@ async fn bad_job_requests_are_refused_and_nothing_is_stored(
         let (admin, path) = (admin.clone(), pending_path.clone());
         async move {
             let page = admin.get(&path).await?.expect_status(200)?;
-            Ok((page[0]["device"] == "edge-1").then_some(page))
+            Ok((page["items"][0]["device"] == "edge-1").then_some(page))
         }
     })
     .await?;
-    assert_eq!(pending.as_array().map(Vec::len), Some(1), "{pending}");
+    assert_eq!(
+        pending["items"].as_array().map(Vec::len),
+        Some(1),
+        "{pending}"
+    );
+    Ok(())
+}
+
+/// Pages of a job's results follow the same `continue` tokens as every
+/// other listing, and a token continues only its own job and outcome.
+/// Held by limits with every device offline, the actions stay queued, so
+/// the pages do not move under the walk.
+async fn job_results_page_with_continue_tokens_and_cancel_is_idempotent(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let names: Vec<String> = (0..5).map(|i| format!("b-{i}")).collect();
+    register_many(&admin, names.clone(), &json!({"site": "berlin"}), 4).await?;
+    let held = json!({"labelSelector": "site=berlin", "action": "get-node-ip", "concurrency": 1});
+    let first = text(
+        &admin
+            .post("/api/v1/jobs", held.clone())
+            .await?
+            .expect_status(201)?["id"],
+    )?;
+    let second = text(&admin.post("/api/v1/jobs", held).await?.expect_status(201)?["id"])?;
+
+    for state in [None, Some("queued")] {
+        let query = state.map_or_else(String::new, |s| format!("&state={s}"));
+        let mut devices = Vec::new();
+        let mut pages = 0;
+        let mut next = String::new();
+        loop {
+            let path = format!("/api/v1/jobs/{first}/actions?limit=2{query}{next}");
+            let page = admin.get(&path).await?.expect_status(200)?;
+            pages += 1;
+            for action in page["items"].as_array().context("items")? {
+                devices.push(text(&action["device"])?);
+            }
+            match page["continue"].as_str() {
+                Some(token) => next = format!("&continue={token}"),
+                None => break,
+            }
+        }
+        assert_eq!(devices, names, "state {state:?}: each device once, by name");
+        assert_eq!(pages, 3, "state {state:?}");
+    }
+    let page = admin
+        .get(&format!(
+            "/api/v1/jobs/{first}/actions?limit=2&state=queued"
+        ))
+        .await?
+        .expect_status(200)?;
+    let token = text(&page["continue"])?;
+    for elsewhere in [
+        format!("/api/v1/jobs/{first}/actions?continue={token}"),
+        format!("/api/v1/jobs/{first}/actions?state=failed&continue={token}"),
+        format!("/api/v1/jobs/{second}/actions?state=queued&continue={token}"),
+        format!("/api/v1/jobs?continue={token}"),
+        format!("/api/v1/devices?continue={token}"),
+    ] {
+        let reply = admin.get(&elsewhere).await?;
+        assert_eq!(reply.status, 400, "{elsewhere}: {}", reply.body);
+        let message = text(&reply.body["error"]["message"])?;
+        assert!(
+            message.contains("another listing"),
+            "{elsewhere}: {message}"
+        );
+    }
+    for (query, named) in [
+        ("after=b-1", "after"),
+        ("limit=0", "limit"),
+        ("limit=5001", "limit"),
+        ("limit=-3", "limit"),
+        ("continue=garbage", "continue token"),
+    ] {
+        let reply = admin
+            .get(&format!("/api/v1/jobs/{first}/actions?{query}"))
+            .await?;
+        assert_eq!(reply.status, 400, "{query}: {}", reply.body);
+        let message = text(&reply.body["error"]["message"])?;
+        assert!(message.contains(named), "{query}: {message}");
+    }
+
+    // Jobs themselves page newest first.
+    let mut listed = Vec::new();
+    let mut next = String::new();
+    loop {
+        let page = admin
+            .get(&format!("/api/v1/jobs?limit=1{next}"))
+            .await?
+            .expect_status(200)?;
+        for job in page["items"].as_array().context("items")? {
+            listed.push(text(&job["id"])?);
+        }
+        match page["continue"].as_str() {
+            Some(token) => next = format!("&continue={token}"),
+            None => break,
+        }
+    }
+    assert_eq!(listed, [second.clone(), first.clone()]);
+
+    // Cancelling twice: the second changes nothing and is no error; once
+    // its last action ended, the job stays cancelled.
+    let cancelled = admin
+        .post(&format!("/api/v1/jobs/{first}/cancel"), json!({}))
+        .await?
+        .expect_status(200)?;
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    assert_eq!(cancelled["counts"]["cancelled"], 5, "{cancelled}");
+    let again = admin
+        .post(&format!("/api/v1/jobs/{first}/cancel"), json!({}))
+        .await?
+        .expect_status(200)?;
+    assert_eq!(again["cancelledAt"], cancelled["cancelledAt"], "{again}");
+    assert_eq!(again["counts"], cancelled["counts"], "{again}");
+    let finished = wait_finished(&admin, &first, Duration::from_secs(10)).await?;
+    assert_eq!(finished["state"], "cancelled", "{finished}");
+    admin
+        .post(&format!("/api/v1/jobs/{first}/cancel"), json!({}))
+        .await?
+        .expect_status(200)?;
+
+    // A device deleted mid-job takes its action with it; the job still
+    // ends, with the others' counts.
+    admin
+        .delete("/api/v1/devices/b-0")
+        .await?
+        .expect_status(204)?;
+    let cancelled = admin
+        .post(&format!("/api/v1/jobs/{second}/cancel"), json!({}))
+        .await?
+        .expect_status(200)?;
+    assert_eq!(cancelled["counts"]["cancelled"], 4, "{cancelled}");
+    let finished = wait_finished(&admin, &second, Duration::from_secs(10)).await?;
+    assert_eq!(finished["counts"]["cancelled"], 4, "{finished}");
+    Ok(())
+}
+
+/// A bad day: PostgreSQL restarts in the middle of a limited job. While it
+/// is down the API says the database is unavailable (503, not an internal
+/// error); once it is back the job goes on and ends with one ended action
+/// per device. Simulated devices whose answers tetherd could not store may
+/// drop out (they do not reconnect), so short TTL and timeout let theirs end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_goes_on_after_a_postgresql_restart() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Postgres).await?;
+    let admin = tetherd.admin().await?;
+    let names: Vec<String> = (0..12).map(|i| format!("pg-{i:02}")).collect();
+    let credentials = enroll_many(&admin, names.clone(), &json!({"pool": "pg"}), 6).await?;
+    let in_flight = Arc::new(InFlight::default());
+    let slow = Responder::Slow {
+        delay: Duration::from_millis(200),
+        in_flight: in_flight.clone(),
+    };
+    let _agents = connect_many(&credentials, &slow, 6).await?;
+    wait_online(&admin, names.len(), Duration::from_secs(30)).await?;
+    let created = admin
+        .post(
+            "/api/v1/jobs",
+            json!({"labelSelector": "pool=pg", "action": "get-node-ip", "concurrency": 2, "ttlSeconds": 20, "timeoutSeconds": 5}),
+        )
+        .await?
+        .expect_status(201)?;
+    let id = text(&created["id"])?;
+    let job_path = format!("/api/v1/jobs/{id}");
+    wait_until("a few answers", Duration::from_secs(30), || async {
+        let job = admin.get(&job_path).await?.expect_status(200)?;
+        Ok((job["counts"]["succeeded"].as_u64() >= Some(2)).then_some(()))
+    })
+    .await?;
+
+    let postgres = tetherd.postgres().context("on PostgreSQL")?;
+    postgres.stop()?;
+    for reply in [
+        admin.get(&job_path).await?,
+        admin.get(&format!("{job_path}/actions")).await?,
+        admin.post(&format!("{job_path}/cancel"), json!({})).await?,
+    ] {
+        assert_eq!(reply.status, 503, "{}", reply.body);
+        let message = text(&reply.body["error"]["message"])?;
+        assert!(message.contains("database"), "{message}");
+    }
+    postgres.start_again()?;
+
+    let job = wait_finished(&admin, &id, Duration::from_secs(90))
+        .await
+        .with_context(|| tetherd.log())?;
+    assert_eq!(job["state"], "completed", "{job}");
+    let count = |state: &str| job["counts"][state].as_u64().unwrap_or_default();
+    assert!(count("succeeded") >= 2, "{job}");
+    assert_eq!(
+        count("succeeded") + count("timedOut") + count("expired"),
+        names.len() as u64,
+        "every device's action ended: {job}"
+    );
+    let listed: Vec<String> = all_results(&admin, &id, None)
+        .await?
+        .iter()
+        .map(|a| text(&a["device"]))
+        .collect::<anyhow::Result<_>>()?;
+    assert_eq!(listed, names, "one action per device");
+    assert!(in_flight.most() <= 2, "{}", in_flight.most());
     Ok(())
 }
 
@@ -448,18 +670,23 @@ async fn all_results(
     state: Option<&str>,
 ) -> anyhow::Result<Vec<Value>> {
     let mut all = Vec::new();
-    let mut after = String::new();
+    let mut next = String::new();
     loop {
-        let mut path = format!("/api/v1/jobs/{id}/actions?limit=1000&after={after}");
+        let mut path = format!("/api/v1/jobs/{id}/actions?limit=1000{next}");
         if let Some(state) = state {
             path.push_str(&format!("&state={state}"));
         }
         let page = admin.get(&path).await?.expect_status(200)?;
-        let page = page.as_array().context("a page is an array")?;
-        let Some(last) = page.last() else {
-            return Ok(all);
-        };
-        after = text(&last["device"])?;
-        all.extend(page.iter().cloned());
+        all.extend(
+            page["items"]
+                .as_array()
+                .context("a page has items")?
+                .iter()
+                .cloned(),
+        );
+        match page["continue"].as_str() {
+            Some(token) => next = format!("&continue={token}"),
+            None => return Ok(all),
+        }
     }
 }

@@ -10,7 +10,10 @@ use tether_testkit::{Database, Tetherd};
 
 use crate::support::on_both_databases;
 
-on_both_databases!(listings_are_paged_and_the_fleet_summarized);
+on_both_databases!(
+    listings_are_paged_and_the_fleet_summarized,
+    hostile_selectors_and_tokens_are_a_clear_400,
+);
 
 /// Follows `continue` from `path` (which has a query already) to the end;
 /// every page but the last is full.
@@ -247,5 +250,138 @@ async fn listings_are_paged_and_the_fleet_summarized(database: Database) -> anyh
     let bad_key = admin.get("/api/v1/devices/summary?by=no%20key").await?;
     assert_eq!(bad_key.status, 400, "{}", bad_key.body);
     assert!(message(&bad_key).contains("label key"), "{}", bad_key.body);
+    Ok(())
+}
+
+/// A token as tetherd writes one (base64url of JSON and its SHA-256's first
+/// 8 bytes): anyone can make one, so what it says must be checked.
+fn forged_token(json: &Value) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let mut bytes = serde_json::to_vec(json).unwrap_or_default();
+    let checksum = sha2::Sha256::digest(&bytes);
+    bytes.extend_from_slice(&checksum[..8]);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+async fn hostile_selectors_and_tokens_are_a_clear_400(database: Database) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    admin
+        .post(
+            "/api/v1/devices",
+            json!({"name": "edge-0", "labels": {"site": "berlin"}}),
+        )
+        .await?
+        .expect_status(201)?;
+    admin
+        .post(
+            "/api/v1/devices/edge-0/actions",
+            json!({"action": "get-node-ip", "input": {}}),
+        )
+        .await?
+        .expect_status(202)?;
+
+    let many_terms: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
+    let many_short = vec!["a"; 1000].join(",");
+    let many_values: Vec<String> = (0..3000).map(|i| format!("v{i}")).collect();
+    let cases = [
+        (many_terms.join(","), "at most"),
+        (many_short.clone(), "at most"),
+        (format!("site in ({})", many_values.join(",")), "at most"),
+        ("site in ()".to_owned(), "site in ()"),
+        ("site notin ( )".to_owned(), "site notin ( )"),
+        ("site=b%C3%A9rlin".to_owned(), "bérlin"),
+        ("site=x');DROP%20TABLE%20devices;--".to_owned(), "DROP"),
+        ("site%20in%20(a)%20OR%201=1".to_owned(), "OR"),
+        ("=berlin".to_owned(), "=berlin"),
+        ("!".to_owned(), "!"),
+        ("site in ((a))".to_owned(), "((a))"),
+    ];
+    for (selector, named) in &cases {
+        for path in ["/api/v1/devices", "/api/v1/devices/summary"] {
+            let reply = admin
+                .get(&format!("{path}?labelSelector={selector}"))
+                .await?;
+            let shown: String = selector.chars().take(60).collect();
+            assert_eq!(reply.status, 400, "{path} {shown}: {}", reply.body);
+            assert!(
+                message(&reply).contains(named),
+                "{path} {shown}: {}",
+                reply.body
+            );
+        }
+    }
+    // Within the bounds, many terms are answered.
+    let fine: Vec<String> = (0..64).map(|i| format!("!k{i}")).collect();
+    let reply = admin
+        .get(&format!("/api/v1/devices?labelSelector={}", fine.join(",")))
+        .await?
+        .expect_status(200)?;
+    assert_eq!(
+        names(reply["items"].as_array().map_or(&[][..], Vec::as_slice)),
+        ["edge-0"]
+    );
+    for by in ["", "b%C3%A9", "x')--", "-x"] {
+        let reply = admin
+            .get(&format!("/api/v1/devices/summary?by={by}"))
+            .await?;
+        assert_eq!(reply.status, 400, "by={by}: {}", reply.body);
+    }
+
+    // Tokens that decode but point nowhere a listing can go.
+    let forged = [
+        (
+            "/api/v1/devices/edge-0/actions",
+            json!({"v": 1, "of": "devices/edge-0/actions", "at": {"beforeSeq": u64::MAX}}),
+        ),
+        (
+            "/api/v1/audit",
+            json!({"v": 1, "of": "audit", "at": {"beforeTimeAndId": [i64::MAX, "x"]}}),
+        ),
+        (
+            "/api/v1/devices/edge-0/metrics",
+            json!({"v": 1, "of": "devices/edge-0/metrics", "at": {"beforeTime": i64::MIN}}),
+        ),
+        (
+            "/api/v1/devices",
+            json!({"v": 2, "of": "devices?labelSelector=", "at": {"after": "a"}}),
+        ),
+        (
+            "/api/v1/devices",
+            json!({"v": 1, "of": "devices?labelSelector=", "at": {"after": "a"}, "x": 1}),
+        ),
+        (
+            "/api/v1/jobs",
+            json!({"v": 1, "of": "jobs", "at": {"after": "a"}}),
+        ),
+    ];
+    for (path, token) in &forged {
+        let reply = admin
+            .get(&format!("{path}?continue={}", forged_token(token)))
+            .await?;
+        assert_eq!(reply.status, 400, "{path} {token}: {}", reply.body);
+        assert!(
+            message(&reply).starts_with("invalid continue token"),
+            "{path} {token}: {}",
+            reply.body
+        );
+    }
+    // A forged token that only moves the start of a page is a page.
+    let moved = json!({"v": 1, "of": "devices?labelSelector=", "at": {"after": "\u{10ffff}"}});
+    let page = admin
+        .get(&format!(
+            "/api/v1/devices?continue={}",
+            forged_token(&moved)
+        ))
+        .await?
+        .expect_status(200)?;
+    assert_eq!(page, json!({"items": []}));
+    // Under hyper's 64 KiB bound on a request line, past which it closes the
+    // connection before tetherd sees the request.
+    let huge = "A".repeat(60_000);
+    let reply = admin.get(&format!("/api/v1/audit?continue={huge}")).await?;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(message(&reply).contains("continue token"), "{}", reply.body);
     Ok(())
 }

@@ -11,9 +11,6 @@ Examples:
   # Only the devices where it failed, as JSON
   tether jobs results 0190f5c2-7b1e-7c3a-9d7e-2f1f4c8a9b10 --state failed -o json";
 
-/// The page size asked of tetherd; every page is fetched.
-const PAGE: u32 = 1000;
-
 /// List each device's action of a job, optionally of one outcome.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = EXAMPLES)]
@@ -40,21 +37,7 @@ impl Results {
 
     pub async fn run(self, ctx: &Context) -> Result<Outcome, CommandError> {
         let client = ctx.client()?;
-        let mut actions = Vec::new();
-        loop {
-            let after = actions
-                .last()
-                .map(|a: &Action| a.device.clone())
-                .unwrap_or_default();
-            let page = client
-                .job_actions(&self.id, self.state, &after, PAGE)
-                .await?;
-            let last_page = page.len() < PAGE as usize;
-            actions.extend(page);
-            if last_page {
-                break;
-            }
-        }
+        let actions = client.job_actions(&self.id, self.state).await?;
         output::print(ctx.output, &actions, |actions: &Vec<Action>| table(actions))?;
         Ok(Outcome::Success)
     }
