@@ -116,6 +116,10 @@ mod tests {
             capabilities: vec![],
             created_at: DateTime::from_timestamp(1_000_000, 0).expect("valid"),
             ingest: None,
+            spec: None,
+            spec_version: None,
+            status: None,
+            spec_in_sync: None,
         }
     }
 
