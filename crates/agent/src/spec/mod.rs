@@ -15,7 +15,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tether_proto::spec::{
-    self, Budgets, Facts, LoggingConfig, MetricsConfig, ReportedStatus, SpecError, SpecMessage,
+    self, Budgets, DeviceSpec, Facts, LoggingConfig, MetricsConfig, ReportedStatus, SpecError,
+    SpecMessage,
 };
 use tokio::sync::watch;
 
@@ -31,6 +32,10 @@ pub const SPEC_FILE: &str = "spec.json";
 pub struct AppliedSpec {
     /// The spec version last applied (0: none yet, all defaults).
     pub version: u64,
+    /// That version as tetherd sent it, sections this agent could not
+    /// apply included.
+    #[serde(default)]
+    pub spec: DeviceSpec,
     pub logging: LoggingConfig,
     pub metrics: MetricsConfig,
     pub budgets: Budgets,
@@ -44,6 +49,7 @@ pub struct AppliedSpec {
 pub fn apply(previous: &AppliedSpec, message: &SpecMessage) -> AppliedSpec {
     let mut applied = AppliedSpec {
         version: message.version,
+        spec: message.spec.clone(),
         errors: Vec::new(),
         ..previous.clone()
     };
@@ -238,9 +244,14 @@ impl SpecHandle {
     }
 
     /// Applies a spec message: saves the result, then publishes it to the
-    /// subscribers. An unchanged version already applied is left alone.
+    /// subscribers. The spec already applied (tetherd sends it at every
+    /// session start) is left alone, so a reconnect writes nothing.
     pub fn apply(&self, message: &SpecMessage) -> Result<AppliedSpec, SpecStoreError> {
-        let applied = apply(&self.current(), message);
+        let current = self.current();
+        if current.version == message.version && current.spec == message.spec {
+            return Ok(current);
+        }
+        let applied = apply(&current, message);
         let bytes = serde_json::to_vec_pretty(&applied).unwrap_or_default();
         write_atomic(&self.path, &bytes, 0o600).map_err(|source| SpecStoreError::Write {
             path: self.path.clone(),
@@ -366,6 +377,18 @@ mod tests {
         let restarted = SpecHandle::load(dir.path());
         assert_eq!(restarted.current().version, 4);
         assert_eq!(restarted.current().metrics.interval_seconds, 15);
+
+        // The same spec again (a reconnect) changes nothing and writes nothing.
+        let watching = restarted.subscribe();
+        std::fs::remove_file(dir.path().join(SPEC_FILE)).expect("remove");
+        restarted
+            .apply(&message(
+                4,
+                json!({"metricsConfig": {"intervalSeconds": 15}}),
+            ))
+            .expect("applied");
+        assert!(!watching.has_changed().expect("sender alive"));
+        assert!(!dir.path().join(SPEC_FILE).exists());
     }
 
     #[test]
