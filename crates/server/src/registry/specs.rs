@@ -108,8 +108,13 @@ impl Specs {
         };
         match self.link.publish_spec(device, &message).await {
             Ok(()) => tracing::debug!(%device, version = message.version, "spec sent"),
+            // The empty spec no one wrote: a device that does not take
+            // specs (not subscribed) loses nothing, so no warning per birth.
+            Err(error) if message.version == 0 => {
+                tracing::debug!(%device, error = %crate::error_chain(&error), "did not send the empty spec");
+            }
             Err(error) => {
-                tracing::warn!(%device, error = %crate::error_chain(&error), "could not send a device its spec; it gets it at its next session");
+                tracing::warn!(%device, version = message.version, error = %crate::error_chain(&error), "could not send a device its spec; it gets it at its next session");
             }
         }
     }
