@@ -173,9 +173,15 @@ impl Publisher {
 
     /// Applies a spec tetherd sent and reports the outcome: the applied
     /// version with the sections that failed, or why nothing was applied.
+    /// The spec already applied is not reported again.
     fn apply_spec(&self, payload: &[u8]) -> Result<(), String> {
         let failure = match self.status.apply_payload(payload) {
-            Ok(applied) => {
+            // The birth's report said so already.
+            Ok(None) => {
+                tracing::debug!("the spec tetherd sent is the one applied");
+                return Ok(());
+            }
+            Ok(Some(applied)) => {
                 if applied.errors.is_empty() {
                     tracing::info!(
                         version = applied.version,

@@ -179,9 +179,9 @@ impl StatusSource {
         reported
     }
 
-    /// Applies a spec message as tetherd sent it; what could not be
-    /// applied at all is returned as an error to report.
-    pub fn apply_payload(&self, payload: &[u8]) -> Result<AppliedSpec, SpecError> {
+    /// Applies a spec message as tetherd sent it (`None`: applied already);
+    /// what could not be applied at all is returned as an error to report.
+    pub fn apply_payload(&self, payload: &[u8]) -> Result<Option<AppliedSpec>, SpecError> {
         let message: SpecMessage = serde_json::from_slice(payload).map_err(|e| {
             SpecError::new(
                 "spec",
@@ -245,11 +245,11 @@ impl SpecHandle {
 
     /// Applies a spec message: saves the result, then publishes it to the
     /// subscribers. The spec already applied (tetherd sends it at every
-    /// session start) is left alone, so a reconnect writes nothing.
-    pub fn apply(&self, message: &SpecMessage) -> Result<AppliedSpec, SpecStoreError> {
+    /// session start) is left alone, so a reconnect writes nothing: `None`.
+    pub fn apply(&self, message: &SpecMessage) -> Result<Option<AppliedSpec>, SpecStoreError> {
         let current = self.current();
         if current.version == message.version && current.spec == message.spec {
-            return Ok(current);
+            return Ok(None);
         }
         let applied = apply(&current, message);
         let bytes = serde_json::to_vec_pretty(&applied).unwrap_or_default();
@@ -258,7 +258,7 @@ impl SpecHandle {
             source,
         })?;
         self.applied.send_replace(applied.clone());
-        Ok(applied)
+        Ok(Some(applied))
     }
 }
 
