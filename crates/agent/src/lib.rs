@@ -13,6 +13,7 @@ pub mod logging;
 pub mod queue;
 pub mod renewal;
 pub mod session;
+pub mod spec;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
@@ -108,9 +109,20 @@ pub async fn run(
         }
     };
     let (renewed_tx, renewed_rx) = tokio::sync::watch::channel(credentials.clone());
+    // The spec applied last, in force before tetherd is reached again.
+    let applied = spec::SpecHandle::load(state.path());
+    tracing::info!(
+        version = applied.current().version,
+        "running with spec version {}",
+        applied.current().version
+    );
     let session = session::run(
         credentials.clone(),
         &state,
+        spec::StatusSource {
+            spec: applied,
+            facts: Arc::new(spec::facts::gather(std::path::Path::new("/"))),
+        },
         Arc::new(logging),
         clock,
         renewed_rx,

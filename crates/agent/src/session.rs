@@ -13,10 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{
+    Filter, LastWill, Packet, PublishProperties, SubscribeReasonCode,
+};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{NetworkOptions, Outgoing, TlsConfiguration, Transport};
 use tether_proto::metrics::HostMetrics;
+use tether_proto::spec::SpecError;
 use tether_proto::{ActionEvent, DeviceId, DeviceStatus, DeviceTopic, Presence, TopicKind};
 use tokio::sync::{mpsc, watch};
 
@@ -30,6 +33,7 @@ use crate::dedupe::{DEFAULT_CAPACITY, Dedupe, DedupeError};
 use crate::endpoints::{Endpoint, Endpoints};
 use crate::logging::LogControl;
 use crate::queue::Queued;
+use crate::spec::StatusSource;
 use crate::state::{ACTIONS_DIR, Credentials, StateDir};
 use crate::telemetry::TelemetryGate;
 use crate::tls::{self, TlsError};
@@ -112,6 +116,7 @@ struct Publisher {
     telemetry: Arc<TelemetryGate>,
     /// Samples are dated by tetherd's clock, which judges them.
     clock: Arc<ServerClock>,
+    status: StatusSource,
 }
 
 impl Publisher {
@@ -150,6 +155,54 @@ impl Publisher {
                 self.status(state, seq),
             )
             .map_err(|e| e.to_string())
+    }
+
+    /// Queues the reported status (QoS 1) without waiting: the event loop
+    /// calls this. `extra` are errors beside the applied spec's own.
+    fn try_publish_reported(&self, extra: Vec<SpecError>) -> Result<(), String> {
+        let reported = self.status.report(extra);
+        self.client
+            .try_publish(
+                self.topic(TopicKind::Reported),
+                QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(&reported).unwrap_or_default(),
+            )
+            .map_err(|e| format!("cannot publish the reported status: {e}"))
+    }
+
+    /// Applies a spec tetherd sent and reports the outcome: the applied
+    /// version with the sections that failed, or why nothing was applied.
+    /// The spec already applied is not reported again.
+    fn apply_spec(&self, payload: &[u8]) -> Result<(), String> {
+        let failure = match self.status.apply_payload(payload) {
+            // The birth's report said so already.
+            Ok(None) => {
+                tracing::debug!("the spec tetherd sent is the one applied");
+                return Ok(());
+            }
+            Ok(Some(applied)) => {
+                if applied.errors.is_empty() {
+                    tracing::info!(
+                        version = applied.version,
+                        "applied spec version {}",
+                        applied.version
+                    );
+                }
+                for error in &applied.errors {
+                    tracing::warn!(
+                        version = applied.version,
+                        "could not apply {error}; that section keeps its previous value"
+                    );
+                }
+                None
+            }
+            Err(failure) => {
+                tracing::error!("{failure}");
+                Some(failure)
+            }
+        };
+        self.try_publish_reported(failure.into_iter().collect())
     }
 
     async fn publish_event(&self, event: &ActionEvent) {
@@ -206,6 +259,7 @@ impl MetricsSink for Publisher {
 pub async fn run(
     credentials: Credentials,
     state: &StateDir,
+    status: StatusSource,
     logging: Arc<LogControl>,
     clock: Arc<ServerClock>,
     renewed: watch::Receiver<Credentials>,
@@ -227,6 +281,7 @@ pub async fn run(
         boot_id: uuid::Uuid::new_v4().to_string(),
         telemetry: Arc::new(TelemetryGate::default()),
         clock: clock.clone(),
+        status,
     };
     let context = Context {
         logging,
@@ -448,11 +503,15 @@ impl Session {
                 self.connected_at = Some(Instant::now());
                 tracing::info!("connected to {}", self.endpoints.current().url);
                 // The birth waits for the SUBACK: once tetherd sees the device
-                // online, actions it sends must not be lost.
+                // online, actions it sends must not be lost. The spec comes
+                // first: tetherd sends it when the actions subscription lands.
                 self.publisher
                     .client
-                    .try_subscribe(self.publisher.topic(TopicKind::Actions), QoS::AtLeastOnce)
-                    .map_err(|e| format!("cannot subscribe to actions: {e}"))
+                    .try_subscribe_many([
+                        Filter::new(self.publisher.topic(TopicKind::Spec), QoS::AtLeastOnce),
+                        Filter::new(self.publisher.topic(TopicKind::Actions), QoS::AtLeastOnce),
+                    ])
+                    .map_err(|e| format!("cannot subscribe to the spec and actions: {e}"))
             }
             Packet::SubAck(ack) => {
                 if let Some(refused) = ack
@@ -461,13 +520,15 @@ impl Session {
                     .find(|code| !matches!(code, SubscribeReasonCode::Success(_)))
                 {
                     return Err(format!(
-                        "tetherd refused the subscription to {}: {refused:?}",
+                        "tetherd refused the subscription to {} or {}: {refused:?}",
+                        self.publisher.topic(TopicKind::Spec),
                         self.publisher.topic(TopicKind::Actions)
                     ));
                 }
                 self.publisher
                     .try_publish_status(Presence::Online, self.seq)
                     .map_err(|e| format!("cannot publish the online status: {e}"))?;
+                self.publisher.try_publish_reported(Vec::new())?;
                 tracing::info!(
                     "online as {} (boot {}, seq {})",
                     self.publisher.device,
@@ -500,6 +561,8 @@ impl Session {
                     } else {
                         tracing::debug!("dropping a redelivered copy of a queued action");
                     }
+                } else if publish.topic == self.publisher.topic(TopicKind::Spec).as_bytes() {
+                    self.publisher.apply_spec(&publish.payload)?;
                 } else {
                     tracing::warn!(
                         "ignoring a message on unexpected topic {}",
@@ -636,6 +699,10 @@ mod tests {
             boot_id: "boot".into(),
             telemetry: Arc::default(),
             clock: ServerClock::new(),
+            status: StatusSource {
+                spec: crate::spec::SpecHandle::load(std::path::Path::new("/nonexistent")),
+                facts: Arc::default(),
+            },
         };
         let will = publisher.will(7);
         assert_eq!(&will.topic[..], b"tether/v1/devices/edge-1/status");

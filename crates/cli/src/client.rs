@@ -273,6 +273,31 @@ impl ApiClient {
             .await
     }
 
+    /// Updates the device's spec: the whole spec, or the fields `mask`
+    /// names; only if it is at `if_version`, if given.
+    pub async fn update_device_spec(
+        &self,
+        name: &str,
+        spec: &serde_json::Value,
+        mask: Option<&str>,
+        if_version: Option<u64>,
+    ) -> Result<Device, ClientError> {
+        let mut url = self.url(&["devices", name])?;
+        if let Some(mask) = mask {
+            url.query_pairs_mut().append_pair("updateMask", mask);
+        }
+        let mut request = self
+            .http
+            .request(Method::PATCH, url.clone())
+            .timeout(REQUEST_TIMEOUT)
+            .json(&serde_json::json!({ "spec": spec }));
+        if let Some(version) = if_version {
+            request = request.header(reqwest::header::IF_MATCH, format!("\"{version}\""));
+        }
+        let (url, response) = self.execute(url, request).await?;
+        decode(url, response).await
+    }
+
     pub async fn delete_device(&self, name: &str) -> Result<(), ClientError> {
         self.send(
             Method::DELETE,

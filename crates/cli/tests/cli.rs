@@ -255,6 +255,81 @@ async fn devices_are_added_listed_labeled_and_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_devices_spec_is_updated_with_a_mask_and_shown_with_get() {
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+    tether.run_ok(&["devices", "add", "edge-1"]).await;
+
+    let spec = r#"{"loggingConfig": {"priority": 4, "units": ["ssh.service"]}, "metricsConfig": {"intervalSeconds": 30}}"#;
+    let updated = tether
+        .run_ok(&["devices", "update", "edge-1", "--spec", spec])
+        .await;
+    assert!(updated.contains("spec at version 1"), "{updated}");
+    tether
+        .run_ok(&[
+            "devices",
+            "update",
+            "edge-1",
+            "--update-mask",
+            "spec.loggingConfig.priority",
+            "--spec",
+            r#"{"loggingConfig": {"priority": 2}}"#,
+            "--if-version",
+            "1",
+        ])
+        .await;
+    let yaml = tether
+        .run_ok(&["devices", "get", "edge-1", "-o", "yaml"])
+        .await;
+    let device: Device = serde_yaml::from_str(&yaml).expect("a YAML device");
+    assert_eq!(device.spec_version, Some(2), "{yaml}");
+    let spec = serde_json::Value::Object(device.spec.expect("a spec"));
+    assert_eq!(
+        spec,
+        serde_json::json!({
+            "loggingConfig": {"priority": 2, "units": ["ssh.service"]},
+            "metricsConfig": {"intervalSeconds": 30},
+        }),
+        "{yaml}"
+    );
+    let table = tether.run_ok(&["devices", "get", "edge-1"]).await;
+    assert!(
+        table.contains("SPEC (version 2, not reported by the agent yet)"),
+        "{table}"
+    );
+
+    let run = tether
+        .run(&[
+            "devices",
+            "update",
+            "edge-1",
+            "--spec",
+            r#"{"loggingConfig": {"priority": 9}}"#,
+        ])
+        .await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("spec.loggingConfig.priority"),
+        "{}",
+        run.stderr
+    );
+    let run = tether
+        .run(&[
+            "devices",
+            "update",
+            "edge-1",
+            "--spec",
+            r#"{"budgets": {}}"#,
+            "--if-version",
+            "1",
+        ])
+        .await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("version 2"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn errors_say_what_failed_and_what_to_do() {
     let tetherd = tetherd().await;
     let tether = Tether::new();

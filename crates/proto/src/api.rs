@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::action::ActionState;
 use crate::device::{IngestCounters, Presence};
+use crate::spec::{DeviceSpec, Facts, SpecError};
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -72,6 +73,34 @@ pub struct Device {
     /// (`GET /devices/{name}` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingest: Option<IngestCounters>,
+    /// The desired configuration (`GET /devices/{name}` only): an object of
+    /// sections, see the device contract.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub spec: Option<DeviceSpec>,
+    /// Bumped by one on every change of `spec`; 0 before the first. Send it
+    /// back in `If-Match: "N"` to update only that version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_version: Option<u64>,
+    /// What the agent last reported, if it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DeviceReport>,
+    /// Whether the agent applied this `specVersion` without errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_in_sync: Option<bool>,
+}
+
+/// The agent's last `reported` message, as tetherd stored it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceReport {
+    /// The spec version the agent applied.
+    pub spec_version: u64,
+    /// Sections of it the agent could not apply, each with the reason.
+    pub errors: Vec<SpecError>,
+    pub facts: Facts,
+    pub reported_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,12 +138,17 @@ pub struct DeviceCreated {
     pub enrollment: EnrollmentToken,
 }
 
-/// JSON merge patch of a device's labels: a `null` value removes the label.
+/// JSON merge patch of a device's labels (a `null` value removes the
+/// label), and its spec: the whole spec, or with `updateMask` only the
+/// fields the mask names.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PatchDevice {
     #[serde(default)]
     pub labels: BTreeMap<String, Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub spec: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

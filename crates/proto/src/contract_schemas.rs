@@ -9,6 +9,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 
 use crate::metrics::HostMetrics;
+use crate::spec::{Facts, OsRelease, ReportedStatus, SpecError, SpecMessage};
 use crate::{ActionEvent, ActionRequest, DeviceStatus, Presence};
 
 fn schema_source(name: &str) -> Value {
@@ -17,6 +18,8 @@ fn schema_source(name: &str) -> Value {
         "actions" => include_str!("../../../docs/schemas/actions.schema.json"),
         "events" => include_str!("../../../docs/schemas/events.schema.json"),
         "metrics" => include_str!("../../../docs/schemas/metrics.schema.json"),
+        "spec" => include_str!("../../../docs/schemas/spec.schema.json"),
+        "reported" => include_str!("../../../docs/schemas/reported.schema.json"),
         other => panic!("no schema {other}"),
     };
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{name} schema is not JSON: {e}"))
@@ -171,4 +174,62 @@ fn the_agents_samples_conform_to_the_metrics_schema() {
     let mut bad = value;
     bad["cpuPercent"] = json!(250);
     assert!(refused("metrics", &bad));
+}
+
+#[test]
+fn what_tetherd_sends_conforms_to_the_spec_schema() {
+    let spec = json!({
+        "loggingConfig": {"enableJournalExport": true, "priority": 4, "units": ["ssh.service"]},
+        "metricsConfig": {"intervalSeconds": 30},
+        "budgets": {"logs": 50_000_000, "spoolReplay": 0},
+    });
+    assert_eq!(crate::spec::validate(&spec), Ok(()));
+    let message = SpecMessage {
+        version: 7,
+        spec: spec.as_object().cloned().expect("object"),
+    };
+    assert_conforms("spec", &serde_json::to_value(&message).expect("JSON"));
+    // What tetherd refuses, the schema refuses too.
+    for bad in [
+        json!({"loggingConfig": {"priority": 8}}),
+        json!({"metricsConfig": {"intervalSeconds": 0}}),
+        json!({"budgets": {"video": 1}}),
+    ] {
+        assert!(crate::spec::validate(&bad).is_err(), "{bad}");
+        assert!(
+            refused("spec", &json!({"version": 1, "spec": bad})),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn the_agents_report_conforms_to_the_reported_schema() {
+    let reported = ReportedStatus {
+        spec_version: 7,
+        errors: vec![SpecError::new(
+            "spec.loggingConfig.units[1]",
+            "\"x\" is not a systemd unit name",
+        )],
+        facts: Facts {
+            hardware_serial: Some("10000000abcdef".into()),
+            machine_id: Some("0123456789abcdef0123456789abcdef".into()),
+            macs: [("eth0".to_owned(), "dc:a6:32:01:02:03".to_owned())].into(),
+            cpu_model: Some("Raspberry Pi 4 Model B Rev 1.4".into()),
+            cpu_cores: 4,
+            memory_total_bytes: 8 << 30,
+            os_release: Some(OsRelease {
+                pretty_name: "Debian GNU/Linux 13 (trixie)".into(),
+                id: "debian".into(),
+                version_id: "13".into(),
+            }),
+            kernel: Some("6.6.31".into()),
+            hostname: Some("pi-17".into()),
+            agent_version: "0.1.0".into(),
+        },
+    };
+    assert_conforms("reported", &serde_json::to_value(&reported).expect("JSON"));
+    assert!(!refused("reported", &json!({"specVersion": 0})));
+    assert!(refused("reported", &json!({"errors": []})));
+    assert!(refused("reported", &json!({"specVersion": -1})));
 }

@@ -19,9 +19,10 @@ pub enum TopicKind {
     Metrics,
     /// Device → server: log batches.
     Logs,
-    /// Server → device: desired state.
-    Desired,
-    /// Device → server: what the device runs.
+    /// Server → device: the device's spec and its version, QoS 1.
+    Spec,
+    /// Device → server: the agent's reported status (spec version applied,
+    /// errors, facts), QoS 1.
     Reported,
 }
 
@@ -32,7 +33,7 @@ impl TopicKind {
         TopicKind::Status,
         TopicKind::Metrics,
         TopicKind::Logs,
-        TopicKind::Desired,
+        TopicKind::Spec,
         TopicKind::Reported,
     ];
 
@@ -43,7 +44,7 @@ impl TopicKind {
             TopicKind::Status => "status",
             TopicKind::Metrics => "metrics",
             TopicKind::Logs => "logs",
-            TopicKind::Desired => "desired",
+            TopicKind::Spec => "spec",
             TopicKind::Reported => "reported",
         }
     }
@@ -171,5 +172,25 @@ mod tests {
             "tether/v1/devices/device-a/actions"
         ));
         assert!(!device_may_publish(&a, "$SYS/anything"));
+    }
+
+    #[test]
+    fn a_device_reads_only_its_own_spec_and_reports_only_for_itself() {
+        let a = id("device-a");
+        assert!(device_may_subscribe(&a, "tether/v1/devices/device-a/spec"));
+        assert!(!device_may_subscribe(&a, "tether/v1/devices/device-b/spec"));
+        assert!(!device_may_subscribe(
+            &a,
+            "tether/v1/devices/device-a/reported"
+        ));
+        assert!(device_may_publish(
+            &a,
+            "tether/v1/devices/device-a/reported"
+        ));
+        assert!(!device_may_publish(
+            &a,
+            "tether/v1/devices/device-b/reported"
+        ));
+        assert!(!device_may_publish(&a, "tether/v1/devices/device-a/spec"));
     }
 }

@@ -38,7 +38,7 @@ use crate::config::{BrokerConfig, RetentionConfig, ServerConfig};
 use crate::device_link::external::{ExternalError, ExternalLink};
 use crate::device_link::rmqtt::{RmqttConfig, RmqttLink};
 use crate::device_link::{DeviceInbox, DeviceLink, LinkError};
-use crate::ingest::Ingest;
+use crate::ingest::{Handlers, Ingest};
 use crate::jobs::JobService;
 use crate::observability::{Observability, ScrapeToken, TokenError};
 use crate::pki::server_cert::{ReloadCertificate, ServerCertificateRenewal};
@@ -232,6 +232,7 @@ pub async fn run(
     // announcement of this replica's own life is missed.
     tokio::spawn(actions.clone().follow(bus.subscribe()));
     tokio::spawn(registry.clone().follow(bus.subscribe()));
+    tokio::spawn(registry.specs().clone().follow(bus.subscribe()));
     // Through an external broker, the broker holds the sessions: any
     // replica may see a device's birth or will, and none owns its presence.
     let owner = match &endpoint {
@@ -241,7 +242,10 @@ pub async fn run(
     let ingest = Arc::new(Ingest::new(
         store.clone(),
         owner,
-        actions.clone(),
+        Handlers {
+            actions: actions.clone(),
+            specs: registry.specs().clone(),
+        },
         config.ingest,
         config.retention.metrics,
         observability.clone(),

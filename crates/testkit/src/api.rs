@@ -87,6 +87,20 @@ impl ApiClient {
         self.send(Method::PATCH, path, Some(body)).await
     }
 
+    /// A PATCH with `If-Match: "version"`.
+    pub async fn patch_if_match(
+        &self,
+        path: &str,
+        body: Value,
+        version: u64,
+    ) -> anyhow::Result<Reply> {
+        let request = self
+            .request(Method::PATCH, path)
+            .header("if-match", format!("\"{version}\""))
+            .json(&body);
+        Self::reply(request).await
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<Reply> {
         self.send(Method::DELETE, path, None).await
     }

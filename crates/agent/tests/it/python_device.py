@@ -2,9 +2,11 @@
 docs/schemas/ alone (paho-mqtt, cryptography).
 
 It enrolls with its own key and CSR over the HTTPS API, connects over MQTT 5
-with mutual TLS, subscribes to its actions, publishes its birth, answers
-actions (get-node-ip; 410 once an action's TTL has run out; 501 otherwise),
-and tries another device's topics, which tetherd must refuse.
+with mutual TLS, subscribes to its spec and actions, publishes its birth and
+reported status, applies specs (it knows metricsConfig and refuses any other
+section, reporting why), answers actions (get-node-ip; 410 once an action's
+TTL has run out; 501 otherwise), and tries another device's topics, which
+tetherd must refuse.
 
 Progress goes to stdout as one JSON object a line, for the test driving it.
 It runs until its standard input closes, then says goodbye.
@@ -113,6 +115,8 @@ class Device:
         self.subscriptions = {}  # mid -> what it was for
         self.publishes = {}  # mid -> what it was for
         self.lock = threading.Lock()
+        self.spec_version = 0
+        self.spec_errors = []
 
     def status(self, state):
         return json.dumps(
@@ -124,18 +128,42 @@ class Device:
             report("refused-connect", reasonCode=reason_code.value)
             return
         report("connected")
-        _, mid = client.subscribe(topic(self.name, "actions"), qos=1)
+        # The spec first: tetherd sends it once the actions subscription lands.
+        _, mid = client.subscribe([(topic(self.name, "spec"), 1), (topic(self.name, "actions"), 1)])
         self.subscriptions[mid] = "own-actions"
+
+    def reported(self):
+        return json.dumps(
+            {
+                "specVersion": self.spec_version,
+                "errors": self.spec_errors,
+                "facts": {"hostname": socket.gethostname(), "agentVersion": AGENT_VERSION},
+            }
+        )
+
+    def apply_spec(self, client, payload):
+        message = json.loads(payload)
+        errors = []
+        for section in message["spec"]:
+            if section != "metricsConfig":
+                errors.append({"path": f"spec.{section}", "message": "python-device cannot apply this section"})
+        self.spec_version = message["version"]
+        self.spec_errors = errors
+        info = client.publish(topic(self.name, "reported"), self.reported(), qos=1)
+        self.publishes[info.mid] = "reported"
+        report("spec-applied", version=self.spec_version, errors=len(errors))
 
     def on_subscribe(self, client, _userdata, mid, reason_codes, _properties):
         what = self.subscriptions.pop(mid, "?")
-        code = reason_codes[0].value
+        code = max(reason.value for reason in reason_codes)
         if what == "own-actions":
             if code >= 0x80:
                 report("refused-own-subscription", reasonCode=code)
                 return
             info = client.publish(topic(self.name, "status"), self.status("online"), qos=1)
             self.publishes[info.mid] = "birth"
+            info = client.publish(topic(self.name, "reported"), self.reported(), qos=1)
+            self.publishes[info.mid] = "reported"
             report("online")
             # Another device's topics must be refused.
             _, mid = client.subscribe(topic(self.other, "actions"), qos=1)
@@ -154,6 +182,9 @@ class Device:
 
     def on_message(self, client, _userdata, message):
         arrived = time.monotonic()
+        if message.topic == topic(self.name, "spec"):
+            self.apply_spec(client, message.payload)
+            return
         if message.topic != topic(self.name, "actions"):
             report("unexpected-message", topic=message.topic)
             return

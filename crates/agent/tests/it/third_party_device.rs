@@ -167,6 +167,43 @@ async fn a_paho_device_built_from_the_contract_enrolls_answers_and_is_confined()
     );
     assert!(done["response"]["addresses"].is_array(), "{done}");
 
+    // A spec: the section it knows applies, the one it does not is reported.
+    for (spec, in_sync) in [
+        (json!({"metricsConfig": {"intervalSeconds": 5}}), true),
+        (json!({"budgets": {"logs": 1000}}), false),
+    ] {
+        let updated = admin
+            .patch("/api/v1/devices/py-device", json!({"spec": spec}))
+            .await
+            .and_then(|r| r.expect_status(200))
+            .expect("spec updated");
+        let version = updated["specVersion"].clone();
+        let device = wait_until(
+            "the device to report the spec",
+            Duration::from_secs(30),
+            || {
+                let admin = admin.clone();
+                let version = version.clone();
+                async move {
+                    let device = admin
+                        .get("/api/v1/devices/py-device")
+                        .await?
+                        .expect_status(200)?;
+                    Ok((device["status"]["specVersion"] == version).then_some(device))
+                }
+            },
+        )
+        .await
+        .expect("the device reports the spec version");
+        assert_eq!(device["specInSync"], in_sync, "{device}");
+        if !in_sync {
+            assert_eq!(
+                device["status"]["errors"][0]["path"], "spec.budgets",
+                "{device}"
+            );
+        }
+    }
+
     drop(device.stdin.take()); // the device says goodbye and exits
     steps
         .next("stopped")

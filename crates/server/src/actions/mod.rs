@@ -274,7 +274,7 @@ impl ActionService {
                             tokio::spawn(async move { actions.recheck_waiters(waited).await });
                         }
                     }
-                    Channel::DisconnectDevice | Channel::SessionMoved => {}
+                    Channel::DisconnectDevice | Channel::SessionMoved | Channel::DeviceSpec => {}
                 },
                 Heard::MayHaveMissed => {
                     let actions = self.clone();
@@ -731,6 +731,14 @@ mod tests {
                 .lock()
                 .expect("not poisoned")
                 .push((device.clone(), request.correlation_id.clone()));
+            Box::pin(async { Ok(()) })
+        }
+
+        fn publish_spec<'a>(
+            &'a self,
+            _device: &'a DeviceId,
+            _message: &'a tether_proto::spec::SpecMessage,
+        ) -> BoxFuture<'a, Result<(), LinkError>> {
             Box::pin(async { Ok(()) })
         }
 

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::header::IF_MATCH;
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use tether_proto::api::{
     CreateDevice, Device, DeviceCreated, EnrollmentToken, ErrorBody, FleetSummary, Page,
@@ -132,22 +133,59 @@ async fn get_device(
     Path(name): Path<String>,
 ) -> Result<axum::Json<Device>, ApiError> {
     let name = device_id(&name)?;
-    let mut device = state.registry.get(&name).await?;
+    let mut device = state.registry.get_with_spec(&name).await?;
     device.ingest = Some(state.ingest.counters(&name));
     Ok(axum::Json(device))
 }
 
-/// Merges labels: a `null` value removes the label.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PatchQuery {
+    /// The spec fields to update, comma-separated (`spec.loggingConfig`,
+    /// `spec.loggingConfig.priority`): taken from the request's `spec`, or
+    /// removed if it lacks them; the rest stays. Without it `spec`
+    /// replaces the whole spec.
+    #[param(max_length = 4096)]
+    update_mask: Option<String>,
+}
+
+/// Merges labels (a `null` value removes the label) and updates the spec:
+/// the whole spec, or the fields `updateMask` names. The version goes up
+/// by one if the spec changed; with `If-Match: "N"` only if it was at N
+/// (412 otherwise). The new spec is sent to the device.
 #[utoipa::path(patch, path = "/devices/{name}", tag = "devices", request_body = PatchDevice,
-    params(("name" = String, Path, description = "Device name")),
-    responses((status = 200, body = Device), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("name" = String, Path, description = "Device name"), PatchQuery,
+        ("If-Match" = Option<String>, Header, description = "The specVersion the update was made against, in quotes")),
+    responses((status = 200, body = Device), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 412, body = ErrorBody)))]
 async fn patch_device(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    ApiQuery(query): ApiQuery<PatchQuery>,
+    headers: HeaderMap,
     ApiJson(patch): ApiJson<PatchDevice>,
 ) -> Result<axum::Json<Device>, ApiError> {
+    let if_match = headers
+        .get(IF_MATCH)
+        .map(|value| {
+            value.to_str().map_err(|_| {
+                ApiError::bad_request(
+                    "If-Match is not text: send the specVersion in quotes, e.g. If-Match: \"3\"",
+                )
+            })
+        })
+        .transpose()?;
     Ok(axum::Json(
-        state.registry.patch(&device_id(&name)?, patch).await?,
+        state
+            .registry
+            .patch(
+                &device_id(&name)?,
+                patch,
+                query.update_mask.as_deref(),
+                if_match,
+            )
+            .await?,
     ))
 }
 

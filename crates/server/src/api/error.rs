@@ -138,9 +138,21 @@ impl From<RegistryError> for ApiError {
                 details: serde_json::json!({ "retryAfterSeconds": retry_after.as_secs().max(1) }),
                 retry_after: Some(retry_after.as_secs().max(1)),
             },
-            RegistryError::RenewalConflict(_) => {
+            RegistryError::RenewalConflict(_) | RegistryError::SpecContended(_) => {
                 Self::new(StatusCode::CONFLICT, "conflict", message)
             }
+            RegistryError::InvalidSpec(field) => Self {
+                details: serde_json::json!({ "fields": [{ "path": field.path, "message": field.message }] }),
+                ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+            },
+            RegistryError::SpecVersionMismatch(mismatch) => Self {
+                details: serde_json::json!({ "specVersion": mismatch.current }),
+                ..Self::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "precondition_failed",
+                    message,
+                )
+            },
             RegistryError::Store(source) => source.into(),
         }
     }

@@ -59,14 +59,18 @@ pub enum Channel {
     /// keepalive not yet run out) closes it, so no action is delivered into
     /// it. Keys: device names.
     SessionMoved,
+    /// These devices' specs changed: the replica holding the session of one
+    /// sends it the new spec. Keys: device names.
+    DeviceSpec,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 4] = [
+    pub const ALL: [Channel; 5] = [
         Channel::DeviceOutbox,
         Channel::ActionFinished,
         Channel::DisconnectDevice,
         Channel::SessionMoved,
+        Channel::DeviceSpec,
     ];
 
     /// The PostgreSQL channel name (an identifier: lowercase, under 64 bytes).
@@ -76,6 +80,7 @@ impl Channel {
             Channel::ActionFinished => "tether_action_finished",
             Channel::DisconnectDevice => "tether_disconnect_device",
             Channel::SessionMoved => "tether_session_moved",
+            Channel::DeviceSpec => "tether_device_spec",
         }
     }
 

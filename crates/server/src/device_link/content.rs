@@ -6,7 +6,7 @@ use tether_proto::{DeviceId, DeviceTopic, TopicKind};
 use crate::device_link::{Content, DeviceMessage};
 
 /// Reads a publish by `device` on `topic`. Topics the controller does not
-/// consume (logs, reported state), and anything outside the device's own
+/// consume (logs), and anything outside the device's own
 /// prefix, which the ACL has refused already, are `NotConsumed`.
 pub(crate) fn content(device: &DeviceId, topic: &str, payload: &[u8]) -> Content {
     let Some(parsed) = DeviceTopic::parse(topic) else {
@@ -19,7 +19,9 @@ pub(crate) fn content(device: &DeviceId, topic: &str, payload: &[u8]) -> Content
         TopicKind::Events => serde_json::from_slice(payload).map(DeviceMessage::Event),
         TopicKind::Status => serde_json::from_slice(payload).map(DeviceMessage::Status),
         TopicKind::Metrics => serde_json::from_slice(payload).map(DeviceMessage::Metrics),
-        TopicKind::Logs | TopicKind::Reported | TopicKind::Actions | TopicKind::Desired => {
+        TopicKind::Reported => serde_json::from_slice(payload)
+            .map(|reported| DeviceMessage::Reported(Box::new(reported))),
+        TopicKind::Logs | TopicKind::Actions | TopicKind::Spec => {
             return Content::NotConsumed;
         }
     };
@@ -82,6 +84,7 @@ mod tests {
                 br#"{"state":"sideways"}"#,
             ),
             ("tether/v1/devices/device-a/metrics", b""),
+            ("tether/v1/devices/device-a/reported", br#"{"errors":[]}"#),
         ] {
             match content(&a, topic, payload) {
                 Content::Malformed(reason) => {
@@ -101,7 +104,6 @@ mod tests {
         let a = id("device-a");
         for topic in [
             "tether/v1/devices/device-a/logs",
-            "tether/v1/devices/device-a/reported",
             "tether/v1/devices/device-b/events",
             "tether/v1/devices/device-a/events/extra",
             "elsewhere",

@@ -30,6 +30,7 @@ use rumqttc::v5::mqttbytes::v5::{
 };
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::{NetworkOptions, Outgoing, TlsConfiguration, Transport};
+use tether_proto::spec::SpecMessage;
 use tether_proto::{ActionRequest, DeviceId, DeviceTopic, TopicKind};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
@@ -51,7 +52,12 @@ const SHARE_GROUP: &str = "tetherd";
 const HANDLED: usize = 1;
 const PRESENCE_COPY: usize = 2;
 /// The device → tetherd topics tetherd consumes.
-const CONSUMED: [TopicKind; 3] = [TopicKind::Events, TopicKind::Status, TopicKind::Metrics];
+const CONSUMED: [TopicKind; 4] = [
+    TopicKind::Events,
+    TopicKind::Status,
+    TopicKind::Metrics,
+    TopicKind::Reported,
+];
 
 /// How long the broker keeps tetherd's session (and queues devices'
 /// messages for it) while tetherd is away: a restart, an upgrade.
@@ -330,6 +336,40 @@ impl DeviceLink for ExternalLink {
                     false,
                     action.payload,
                     properties,
+                )
+                .await
+                .map_err(|e| publish_error(format!("could not queue it for the broker: {e}")))
+        })
+    }
+
+    fn publish_spec<'a>(
+        &'a self,
+        device: &'a DeviceId,
+        message: &'a SpecMessage,
+    ) -> BoxFuture<'a, Result<(), LinkError>> {
+        Box::pin(async move {
+            if !self.is_connected(device) {
+                return Err(LinkError::NotConnected(device.clone()));
+            }
+            let publish_error = |reason: String| LinkError::Publish {
+                device: device.clone(),
+                reason,
+            };
+            if !self.state.broker_connected.load(Ordering::Acquire) {
+                return Err(publish_error(
+                    "tetherd is not connected to the MQTT broker".into(),
+                ));
+            }
+            let payload = serde_json::to_vec(message)
+                .map_err(|e| publish_error(format!("could not encode the spec: {e}")))?;
+            let _order = self.publish_order.lock().await;
+            self.state
+                .client
+                .publish(
+                    DeviceTopic::new(device.clone(), TopicKind::Spec).to_string(),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload,
                 )
                 .await
                 .map_err(|e| publish_error(format!("could not queue it for the broker: {e}")))

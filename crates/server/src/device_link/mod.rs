@@ -16,6 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use tether_proto::metrics::HostMetrics;
+use tether_proto::spec::{ReportedStatus, SpecMessage};
 use tether_proto::{ActionEvent, ActionRequest, DeviceId, DeviceStatus};
 
 /// What a device's publish on a consumed topic carries.
@@ -27,6 +28,8 @@ pub enum DeviceMessage {
     Event(ActionEvent),
     /// A host metrics sample on the `metrics` topic.
     Metrics(HostMetrics),
+    /// The agent's status on the `reported` topic.
+    Reported(Box<ReportedStatus>),
 }
 
 /// A device's publish, after the link's topic check, as the link read it.
@@ -70,7 +73,8 @@ pub enum SessionChange {
     Connected(DeviceId),
     /// The device's current session ended (a superseded session's end is not reported).
     Disconnected(DeviceId),
-    /// The device subscribed to its `actions` topic: actions can reach it now.
+    /// The device subscribed to its `actions` topic: actions can reach it
+    /// now, and its spec (the agent subscribes to `spec` first).
     SubscribedToActions(DeviceId),
 }
 
@@ -118,6 +122,14 @@ pub trait DeviceLink: Send + Sync + 'static {
         &'a self,
         device: &'a DeviceId,
         request: &'a ActionRequest,
+    ) -> BoxFuture<'a, Result<(), LinkError>>;
+
+    /// Publishes the device's spec on its `spec` topic, QoS 1. Messages to
+    /// one device keep the order of the calls.
+    fn publish_spec<'a>(
+        &'a self,
+        device: &'a DeviceId,
+        message: &'a SpecMessage,
     ) -> BoxFuture<'a, Result<(), LinkError>>;
 
     /// Whether the device holds a session on this controller now.

@@ -36,6 +36,7 @@ use ::rmqtt::types::{
     AuthResult, CodecPublish, ConnectInfo, From, FromType, Id, LastWill, Publish, PublishAclResult,
     PublishResult, SubscribeAclResult,
 };
+use tether_proto::spec::SpecMessage;
 use tether_proto::topics::{device_may_publish, device_may_subscribe};
 use tether_proto::{ActionRequest, DeviceId, DeviceTopic, TopicKind};
 use tokio::task::JoinHandle;
@@ -226,6 +227,45 @@ impl Drop for RmqttLink {
     }
 }
 
+impl RmqttLink {
+    /// Hands a publish of tetherd's to the device's session, in call order.
+    async fn forward(
+        &self,
+        device: &DeviceId,
+        publish: Publish,
+        topic: &str,
+    ) -> Result<(), LinkError> {
+        let publish_error = |reason: String| LinkError::Publish {
+            device: device.clone(),
+            reason,
+        };
+        let from = From::from_system(Id::from(self.scx.node.id(), CONTROLLER_CLIENT_ID.into()));
+        let _order = self.publish_order.lock().await;
+        // Straight to the router, not `SessionState::forwards`: that adds
+        // retain and message-store handling we do not use, and hides the
+        // recipient count we need to tell "sent" from "nobody listening".
+        let forwarded = self
+            .scx
+            .extends
+            .shared()
+            .await
+            .forwards(None, from, publish)
+            .await;
+        match forwarded {
+            Ok(0) => Err(publish_error(format!(
+                "the device has a session but no subscription to its {topic} topic"
+            ))),
+            Ok(_) => Ok(()),
+            Err((_, dropped)) => Err(publish_error(
+                dropped
+                    .first()
+                    .map(|(_, _, _, reason)| format!("dropped by the broker: {reason}"))
+                    .unwrap_or_else(|| "dropped by the broker".into()),
+            )),
+        }
+    }
+}
+
 impl DeviceLink for RmqttLink {
     fn publish_action<'a>(
         &'a self,
@@ -256,31 +296,36 @@ impl DeviceLink for RmqttLink {
                 }),
             })
             .create_time(chrono::Utc::now().timestamp_millis());
-            let from = From::from_system(Id::from(self.scx.node.id(), CONTROLLER_CLIENT_ID.into()));
+            self.forward(device, publish, "actions").await
+        })
+    }
 
-            let _order = self.publish_order.lock().await;
-            // Straight to the router, not `SessionState::forwards`: that adds
-            // retain and message-store handling we do not use, and hides the
-            // recipient count we need to tell "sent" from "nobody listening".
-            let forwarded = self
-                .scx
-                .extends
-                .shared()
-                .await
-                .forwards(None, from, publish)
-                .await;
-            match forwarded {
-                Ok(0) => Err(publish_error(
-                    "the device has a session but no subscription to its actions topic".into(),
-                )),
-                Ok(_) => Ok(()),
-                Err((_, dropped)) => Err(publish_error(
-                    dropped
-                        .first()
-                        .map(|(_, _, _, reason)| format!("dropped by the broker: {reason}"))
-                        .unwrap_or_else(|| "dropped by the broker".into()),
-                )),
+    fn publish_spec<'a>(
+        &'a self,
+        device: &'a DeviceId,
+        message: &'a SpecMessage,
+    ) -> BoxFuture<'a, Result<(), LinkError>> {
+        Box::pin(async move {
+            if !self.is_connected(device) {
+                return Err(LinkError::NotConnected(device.clone()));
             }
+            let payload = serde_json::to_vec(message).map_err(|e| LinkError::Publish {
+                device: device.clone(),
+                reason: format!("could not encode the spec: {e}"),
+            })?;
+            let publish = Publish::from(CodecPublish {
+                dup: false,
+                retain: false,
+                qos: QoS::AtLeastOnce,
+                topic: DeviceTopic::new(device.clone(), TopicKind::Spec)
+                    .to_string()
+                    .into(),
+                packet_id: None,
+                payload: payload.into(),
+                properties: Some(PublishProperties::default()),
+            })
+            .create_time(chrono::Utc::now().timestamp_millis());
+            self.forward(device, publish, "spec").await
         })
     }
 

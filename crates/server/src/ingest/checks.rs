@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tether_proto::metrics::HostMetrics;
+use tether_proto::spec::ReportedStatus;
 use tether_proto::{ActionEvent, DeviceStatus};
 
 use crate::device_link::DeviceMessage;
@@ -60,6 +61,10 @@ pub fn check(
         DeviceMessage::Metrics(metrics) => {
             payload(size, HostMetrics::MAX_PAYLOAD_BYTES)?;
             sampled_at(metrics.sampled_at, now, window)
+        }
+        DeviceMessage::Reported(reported) => {
+            payload(size, ReportedStatus::MAX_PAYLOAD_BYTES)?;
+            reported.check_limits().map_err(too_large)
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::device_link::{
     BoxFuture, Content, DeviceInbox, DeviceMessage, Inbound, Refusal, SessionChange,
 };
 use crate::observability::Observability;
+use crate::registry::Specs;
 use crate::store::{EventRecord, Store, StoreError};
 use checks::{ClockWindow, Invalid};
 pub use counters::IngestCounters;
@@ -86,9 +87,18 @@ impl Default for IngestConfig {
     }
 }
 
+/// The capabilities that take what devices send, besides the store.
+pub struct Handlers {
+    pub actions: Arc<ActionService>,
+    pub specs: Specs,
+}
+
 pub struct Ingest {
     store: Store,
     actions: Arc<ActionService>,
+    /// Takes the agents' reported status; sends a device its spec when it
+    /// is ready for it.
+    specs: Specs,
     config: IngestConfig,
     observability: Arc<Observability>,
     /// Samples older than this are refused: retention would delete them.
@@ -113,7 +123,7 @@ impl Ingest {
     pub fn new(
         store: Store,
         owner: SessionOwner,
-        actions: Arc<ActionService>,
+        Handlers { actions, specs }: Handlers,
         config: IngestConfig,
         metrics_retention: Duration,
         observability: Arc<Observability>,
@@ -129,6 +139,7 @@ impl Ingest {
             write_slots,
             store,
             actions,
+            specs,
             config,
             observability,
             metrics_retention,
@@ -260,6 +271,19 @@ impl Ingest {
             self.with_device(&inbound.device, |s| s.counters.count(Outcome::Accepted));
             return Ok(());
         }
+        if let DeviceMessage::Reported(reported) = message {
+            match self.specs.check_reported(&inbound.device, reported).await {
+                Ok(Ok(())) => {}
+                Ok(Err(lie)) => return Err(self.invalid(inbound, Invalid::Malformed(lie))),
+                Err(error) => {
+                    tracing::warn!(device = %inbound.device, error = %crate::error_chain(&error), "could not read a device's spec to check its report; not acknowledged, the device sends it again");
+                    self.with_device(&inbound.device, |s| s.counters.count(Outcome::NotDurable));
+                    return Err(Refusal::Unavailable(
+                        "the controller cannot store messages right now; send it again".into(),
+                    ));
+                }
+            }
+        }
         let slot = tokio::time::timeout(WRITE_SLOT_WAIT, self.write_slots.acquire()).await;
         let applied = match slot {
             Ok(Ok(_slot)) => self.apply(&inbound.device, message).await.map_err(Some),
@@ -312,6 +336,10 @@ impl Ingest {
             ),
             DeviceMessage::Metrics(metrics) => {
                 self.store.insert_metrics(device, metrics).await?;
+                Ok(Outcome::Accepted)
+            }
+            DeviceMessage::Reported(reported) => {
+                self.specs.record_reported(device, reported).await?;
                 Ok(Outcome::Accepted)
             }
         }
@@ -454,7 +482,11 @@ impl DeviceInbox for Ingest {
                     return;
                 }
                 let actions = self.actions.clone();
-                tokio::spawn(async move { actions.device_ready(&device).await });
+                let specs = self.specs.clone();
+                tokio::spawn(async move {
+                    specs.send(&device).await;
+                    actions.device_ready(&device).await;
+                });
             }
         }
     }
@@ -489,6 +521,14 @@ mod tests {
             &'a self,
             device: &'a DeviceId,
             _request: &'a tether_proto::ActionRequest,
+        ) -> BoxFuture<'a, Result<(), LinkError>> {
+            Box::pin(async move { Err(LinkError::NotConnected(device.clone())) })
+        }
+
+        fn publish_spec<'a>(
+            &'a self,
+            device: &'a DeviceId,
+            _message: &'a tether_proto::spec::SpecMessage,
         ) -> BoxFuture<'a, Result<(), LinkError>> {
             Box::pin(async move { Err(LinkError::NotConnected(device.clone())) })
         }
@@ -553,7 +593,14 @@ mod tests {
             SessionOwner::Replica(
                 crate::cluster::ReplicaId::load_or_create(dir.path()).expect("replica id"),
             ),
-            actions,
+            Handlers {
+                actions,
+                specs: Specs::new(
+                    store.clone(),
+                    Arc::new(NoDevices),
+                    crate::cluster::bus::Bus::in_process(),
+                ),
+            },
             IngestConfig::default(),
             Duration::from_secs(30 * 86_400),
             Arc::default(),

@@ -1,7 +1,11 @@
 //! The device registry: devices, their labels, enrollment with one-time
 //! tokens, and the certificates that identify them.
 
+pub mod spec;
+mod specs;
 mod summary;
+
+pub use specs::{SpecUpdateError, Specs};
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -20,10 +24,12 @@ use crate::config::{AuthConfig, PkiConfig};
 use crate::device_link::{BoxFuture, DeviceCredentials, DeviceLink};
 use crate::pki::renewal::{self, Refusal, RenewalLimiter};
 use crate::pki::{CertificateAuthority, PkiError};
-use crate::store::{DeviceRecord, Store, StoreError};
+use crate::store::{DeviceRecord, SpecRecord, Store, StoreError};
+use tether_proto::api::DeviceReport;
 use tether_proto::labels::{
     LabelSelector, MAX_LABELS, SelectorError, is_valid_key, is_valid_value,
 };
+use tether_proto::spec::SpecError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -76,8 +82,27 @@ pub enum RegistryError {
         "device {0}'s certificate changed while it was being renewed (renewed, re-enrolled or revoked meanwhile); renew again"
     )]
     RenewalConflict(DeviceId),
+    #[error("invalid spec update: {0}")]
+    InvalidSpec(SpecError),
+    #[error(transparent)]
+    SpecVersionMismatch(#[from] spec::VersionMismatch),
+    #[error(
+        "device {0}'s spec kept changing while this update was applied; read it again and retry"
+    )]
+    SpecContended(DeviceId),
     #[error(transparent)]
     Store(StoreError),
+}
+
+impl From<SpecUpdateError> for RegistryError {
+    fn from(error: SpecUpdateError) -> Self {
+        match error {
+            SpecUpdateError::Invalid(error) => RegistryError::InvalidSpec(error),
+            SpecUpdateError::Stale(mismatch) => RegistryError::SpecVersionMismatch(mismatch),
+            SpecUpdateError::Contended(device) => RegistryError::SpecContended(device),
+            SpecUpdateError::Store(error) => RegistryError::Store(error),
+        }
+    }
 }
 
 impl From<StoreError> for RegistryError {
@@ -111,6 +136,7 @@ pub struct Registry {
     membership: Membership,
     /// Reaches the device's session when another replica holds it.
     bus: Bus,
+    specs: Specs,
 }
 
 impl Registry {
@@ -124,6 +150,7 @@ impl Registry {
         bus: Bus,
     ) -> Self {
         let window = renewal::renewal_window(pki.device_certificate_lifetime);
+        let specs = Specs::new(store.clone(), link.clone(), bus.clone());
         Self {
             store,
             ca,
@@ -132,8 +159,14 @@ impl Registry {
             pki,
             renewals: Arc::new(Mutex::new(RenewalLimiter::new(RENEWALS_PER_WINDOW, window))),
             membership,
+            specs,
             bus,
         }
+    }
+
+    /// Device specs: updates, delivery, reported status.
+    pub fn specs(&self) -> &Specs {
+        &self.specs
     }
 
     /// Closes the device's session wherever it is: here at once, on the
@@ -224,6 +257,13 @@ impl Registry {
         self.record(name).await.map(to_api)
     }
 
+    /// The device with its spec and what its agent last reported.
+    pub async fn get_with_spec(&self, name: &DeviceId) -> Result<Device, RegistryError> {
+        let device = self.get(name).await?;
+        let spec = self.specs.get(name).await?;
+        Ok(with_spec(device, spec))
+    }
+
     pub async fn record(&self, name: &DeviceId) -> Result<DeviceRecord, RegistryError> {
         self.store
             .get_device(name)
@@ -231,12 +271,32 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(name.clone()))
     }
 
+    /// Merges labels and updates the spec (whole, or the fields `mask`
+    /// names, made against version `if_match` if given). Labels are checked
+    /// before anything is written, and written after the spec.
     pub async fn patch(
         &self,
         name: &DeviceId,
         patch: PatchDevice,
+        mask: Option<&str>,
+        if_match: Option<&str>,
     ) -> Result<Device, RegistryError> {
+        let mask = mask
+            .map(spec::UpdateMask::parse)
+            .transpose()
+            .map_err(RegistryError::InvalidSpec)?;
+        let if_match = if_match
+            .map(spec::parse_if_match)
+            .transpose()
+            .map_err(RegistryError::InvalidSpec)?;
+        if patch.spec.is_none() && (mask.is_some() || if_match.is_some()) {
+            return Err(RegistryError::InvalidSpec(SpecError::new(
+                "spec",
+                "updateMask and If-Match apply to a spec update; send {\"spec\": {…}}",
+            )));
+        }
         let mut labels = self.record(name).await?.labels;
+        let relabel = !patch.labels.is_empty();
         for (key, value) in patch.labels {
             match value {
                 Some(value) => labels.insert(key, value),
@@ -244,11 +304,18 @@ impl Registry {
             };
         }
         validate_labels(&labels)?;
-        self.store
-            .set_labels(name, &labels)
-            .await?
-            .map(to_api)
-            .ok_or_else(|| RegistryError::NotFound(name.clone()))
+        if let Some(request) = &patch.spec {
+            self.specs
+                .update(name, request, mask.as_ref(), if_match)
+                .await?;
+        }
+        if relabel {
+            self.store
+                .set_labels(name, &labels)
+                .await?
+                .ok_or_else(|| RegistryError::NotFound(name.clone()))?;
+        }
+        self.get_with_spec(name).await
     }
 
     /// Deletes the device and closes its session: its certificate stops
@@ -473,6 +540,28 @@ pub fn to_api(record: DeviceRecord) -> Device {
         capabilities: record.capabilities,
         created_at: record.created_at,
         ingest: None,
+        spec: None,
+        spec_version: None,
+        status: None,
+        spec_in_sync: None,
+    }
+}
+
+/// Adds the spec, the agent's report and whether they agree.
+fn with_spec(device: Device, record: SpecRecord) -> Device {
+    let reported = record.reported;
+    let in_sync = spec::in_sync(record.version, reported.as_ref().map(|(status, _)| status));
+    Device {
+        spec: Some(record.spec),
+        spec_version: Some(record.version),
+        status: reported.map(|(status, reported_at)| DeviceReport {
+            spec_version: status.spec_version,
+            errors: status.errors,
+            facts: status.facts,
+            reported_at,
+        }),
+        spec_in_sync: Some(in_sync),
+        ..device
     }
 }
 

@@ -14,12 +14,14 @@ mod devices;
 mod enrollment;
 mod jobs;
 mod selector;
+mod specs;
 mod telemetry;
 mod users;
 
 pub use cluster::{AdvisoryLock, DeviceSession, EndedSessions, ReplicaRecord};
 pub use enrollment::CertificateSerials;
 pub use jobs::{JobRecord, NewJob};
+pub use specs::SpecRecord;
 
 use std::str::FromStr;
 

@@ -98,6 +98,29 @@ async fn actions_round_trip_through_mosquitto_and_wait_for_offline_devices(
             .is_some_and(|v| !v.is_empty()),
         "the birth reached the registry: {record}"
     );
+    // The spec reaches the agent through the broker, and its report comes back.
+    admin
+        .patch(
+            "/api/v1/devices/edge-1",
+            json!({"spec": {"metricsConfig": {"intervalSeconds": 15}}}),
+        )
+        .await?
+        .expect_status(200)?;
+    tether_testkit::wait_until(
+        "the agent to report spec version 1 through mosquitto",
+        std::time::Duration::from_secs(30),
+        || async {
+            let device = admin
+                .get("/api/v1/devices/edge-1")
+                .await?
+                .expect_status(200)?;
+            Ok(
+                (device["specInSync"] == true && device["status"]["specVersion"] == 1)
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
 
     // Offline (its death on `status`), the device's actions wait...
     agent.stop().await?;

@@ -14,5 +14,6 @@ mod operations;
 mod queries;
 mod replicas;
 mod security;
+mod specs;
 mod store;
 mod support;

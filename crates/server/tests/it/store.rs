@@ -113,6 +113,7 @@ on_both_databases! {
         cluster_settings_keep_the_first_value,
         job_actions_are_stored_in_batches_after_each_devices_own,
         queued_job_actions_are_released_cancelled_and_counted,
+        spec_writes_are_compare_and_set_and_leave_with_their_device,
     ],
     db: [
         migrations_are_idempotent,
@@ -1714,4 +1715,51 @@ async fn postgres_ending_connections_by_name_ends_only_those() {
         "another replica can take the released lock"
     );
     live.release().await;
+}
+
+async fn spec_writes_are_compare_and_set_and_leave_with_their_device(store: Store) {
+    let device = id("edge-1");
+    store
+        .create_device(&device, &Labels::new(), at(0))
+        .await
+        .expect("create");
+    let spec = json!({"budgets": {"logs": 10}})
+        .as_object()
+        .cloned()
+        .expect("an object");
+    // Of concurrent writers that read version 0, exactly one wins.
+    let writes = join_all((0..8).map(|_| store.write_spec(&device, &spec, 0, 1, at(1)))).await;
+    let won = writes
+        .into_iter()
+        .map(|written| written.expect("write"))
+        .filter(|won| *won)
+        .count();
+    assert_eq!(won, 1);
+    let reported = tether_proto::spec::ReportedStatus {
+        spec_version: 1,
+        ..Default::default()
+    };
+    store
+        .set_reported(&device, &reported, at(2))
+        .await
+        .expect("report");
+    let record = store.get_spec(&device).await.expect("read");
+    assert_eq!((record.version, &record.spec), (1, &spec));
+    assert_eq!(record.reported, Some((reported, at(2))));
+    assert!(
+        store
+            .write_spec(&device, &spec, 1, 2, at(3))
+            .await
+            .expect("write")
+    );
+    assert_eq!(
+        store.devices_behind_their_spec().await.expect("list"),
+        vec![device.clone()]
+    );
+    assert!(store.delete_device(&device).await.expect("delete"));
+    assert_eq!(
+        store.get_spec(&device).await.expect("read"),
+        Default::default(),
+        "the spec went with its device"
+    );
 }

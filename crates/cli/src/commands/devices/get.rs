@@ -9,6 +9,47 @@ Examples:
   tether devices get edge-1
   tether devices get edge-1 -o yaml";
 
+/// The spec, whether the agent applied it, and what the agent reported.
+fn spec_text(now: chrono::DateTime<chrono::Utc>, device: &Device) -> String {
+    let version = device.spec_version.unwrap_or_default();
+    let spec = device
+        .spec
+        .as_ref()
+        .and_then(|spec| serde_json::to_string_pretty(spec).ok())
+        .unwrap_or_else(|| "{}".to_owned());
+    let state = match (&device.status, device.spec_in_sync) {
+        (None, _) => "not reported by the agent yet".to_owned(),
+        (Some(_), Some(true)) => "applied by the agent".to_owned(),
+        (Some(status), _) if status.spec_version == version => {
+            "applied by the agent with errors".to_owned()
+        }
+        (Some(status), _) => format!("the agent runs version {}", status.spec_version),
+    };
+    let mut text = format!("SPEC (version {version}, {state})\n{spec}");
+    if let Some(status) = &device.status {
+        for error in &status.errors {
+            text.push_str(&format!("\nERROR {}: {}", error.path, error.message));
+        }
+        let facts = &status.facts;
+        let os = facts
+            .os_release
+            .as_ref()
+            .map_or("<unknown>", |os| os.pretty_name.as_str());
+        text.push_str(&format!(
+            "\n\nFACTS (reported {} ago)\nhostname: {}\nos: {os}\nkernel: {}\ncpu: {} x {}\nmemory: {} bytes\nserial: {}\nmachine-id: {}",
+            output::age(now, status.reported_at),
+            facts.hostname.as_deref().unwrap_or("<unknown>"),
+            facts.kernel.as_deref().unwrap_or("<unknown>"),
+            facts.cpu_cores,
+            facts.cpu_model.as_deref().unwrap_or("<unknown>"),
+            facts.memory_total_bytes,
+            facts.hardware_serial.as_deref().unwrap_or("<none>"),
+            facts.machine_id.as_deref().unwrap_or("<none>"),
+        ));
+    }
+    text
+}
+
 /// Show one device.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = EXAMPLES)]
@@ -26,7 +67,11 @@ impl Get {
         let device = ctx.client()?.get_device(self.name.as_str()).await?;
         let now = chrono::Utc::now();
         output::print(ctx.output, &device, |device: &Device| {
-            super::table(now, std::slice::from_ref(device))
+            format!(
+                "{}\n\n{}",
+                super::table(now, std::slice::from_ref(device)),
+                spec_text(now, device)
+            )
         })?;
         Ok(Outcome::Success)
     }

@@ -32,6 +32,7 @@ impl Label {
     pub async fn run(self, ctx: &Context) -> Result<Outcome, CommandError> {
         let patch = PatchDevice {
             labels: labels::merge_patch(&self.changes)?,
+            spec: None,
         };
         let device = ctx
             .client()?

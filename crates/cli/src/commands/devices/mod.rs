@@ -8,6 +8,7 @@ mod label;
 mod list;
 mod revoke;
 mod summary;
+mod update;
 
 use chrono::{DateTime, Utc};
 use tether_proto::api::{Device, EnrollmentToken};
@@ -23,6 +24,7 @@ pub enum Devices {
     Summary(summary::Summary),
     Get(get::Get),
     Label(label::Label),
+    Update(update::Update),
     Delete(delete::Delete),
     Revoke(revoke::Revoke),
     EnrollmentToken(enrollment_token::EnrollmentTokenCmd),
@@ -36,6 +38,7 @@ impl Devices {
             Devices::Summary(cmd) => cmd.description(),
             Devices::Get(cmd) => cmd.description(),
             Devices::Label(cmd) => cmd.description(),
+            Devices::Update(cmd) => cmd.description(),
             Devices::Delete(cmd) => cmd.description(),
             Devices::Revoke(cmd) => cmd.description(),
             Devices::EnrollmentToken(cmd) => cmd.description(),
@@ -49,6 +52,7 @@ impl Devices {
             Devices::Summary(cmd) => cmd.run(ctx).await,
             Devices::Get(cmd) => cmd.run(ctx).await,
             Devices::Label(cmd) => cmd.run(ctx).await,
+            Devices::Update(cmd) => cmd.run(ctx).await,
             Devices::Delete(cmd) => cmd.run(ctx).await,
             Devices::Revoke(cmd) => cmd.run(ctx).await,
             Devices::EnrollmentToken(cmd) => cmd.run(ctx).await,
@@ -116,6 +120,10 @@ mod tests {
             capabilities: vec![],
             created_at: DateTime::from_timestamp(1_000_000, 0).expect("valid"),
             ingest: None,
+            spec: None,
+            spec_version: None,
+            status: None,
+            spec_in_sync: None,
         }
     }
 

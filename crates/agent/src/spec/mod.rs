@@ -1,0 +1,403 @@
+//! The device's spec from tetherd: each section checked and applied
+//! without a restart, the result persisted and published to the parts of
+//! the agent that use it, and reported back.
+//!
+//! A section the agent cannot apply keeps its previous value and is
+//! reported with the reason; the others are applied. The last applied spec
+//! is kept in the state directory (`spec.json`, replaced atomically), so a
+//! restarted agent works with it before it reaches tetherd again.
+
+pub mod facts;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tether_proto::spec::{
+    self, Budgets, DeviceSpec, Facts, LoggingConfig, MetricsConfig, ReportedStatus, SpecError,
+    SpecMessage,
+};
+use tokio::sync::watch;
+
+use crate::state::write_atomic;
+
+/// Where the last applied spec is kept in the state directory.
+pub const SPEC_FILE: &str = "spec.json";
+
+/// What the agent runs with now. Other parts subscribe to it through
+/// [`SpecHandle::subscribe`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedSpec {
+    /// The spec version last applied (0: none yet, all defaults).
+    pub version: u64,
+    /// That version as tetherd sent it, sections this agent could not
+    /// apply included.
+    #[serde(default)]
+    pub spec: DeviceSpec,
+    pub logging: LoggingConfig,
+    pub metrics: MetricsConfig,
+    pub budgets: Budgets,
+    /// The sections of that version the agent could not apply.
+    pub errors: Vec<SpecError>,
+}
+
+/// Applies `message` over `previous`: a section present is checked and
+/// taken, or kept as it was with an error; a section absent goes back to
+/// its default; a section this agent does not know is an error.
+pub fn apply(previous: &AppliedSpec, message: &SpecMessage) -> AppliedSpec {
+    let mut applied = AppliedSpec {
+        version: message.version,
+        spec: message.spec.clone(),
+        errors: Vec::new(),
+        ..previous.clone()
+    };
+    for name in message.spec.keys() {
+        if !spec::SECTIONS.contains(&name.as_str()) {
+            applied.errors.push(SpecError::new(
+                format!("spec.{name}"),
+                format!(
+                    "this agent ({}) cannot apply this section; upgrade it",
+                    crate::actions::AGENT_VERSION
+                ),
+            ));
+        }
+    }
+    let mut take = |name: &str, apply_section: &mut dyn FnMut(&Value) -> Result<(), SpecError>| {
+        if let Some(section) = message.spec.get(name)
+            && let Err(error) =
+                spec::validate_section(name, section).and_then(|()| apply_section(section))
+        {
+            applied.errors.push(error);
+        }
+    };
+    let mut logging = LoggingConfig::default();
+    take(LoggingConfig::NAME, &mut |section| {
+        logging = typed(LoggingConfig::NAME, section)?;
+        check_units(&logging.units)
+    });
+    let mut metrics = MetricsConfig::default();
+    take(MetricsConfig::NAME, &mut |section| {
+        metrics = typed(MetricsConfig::NAME, section)?;
+        Ok(())
+    });
+    let mut budgets = Budgets::default();
+    take(Budgets::NAME, &mut |section| {
+        budgets = typed(Budgets::NAME, section)?;
+        Ok(())
+    });
+    let failed = |name: &str| {
+        applied.errors.iter().any(|e| {
+            e.path == format!("spec.{name}") || e.path.starts_with(&format!("spec.{name}."))
+        })
+    };
+    if !failed(LoggingConfig::NAME) {
+        applied.logging = logging;
+    }
+    if !failed(MetricsConfig::NAME) {
+        applied.metrics = metrics;
+    }
+    if !failed(Budgets::NAME) {
+        applied.budgets = budgets;
+    }
+    applied
+}
+
+fn typed<T: serde::de::DeserializeOwned>(name: &str, section: &Value) -> Result<T, SpecError> {
+    serde_json::from_value(section.clone())
+        .map_err(|e| SpecError::new(format!("spec.{name}"), e.to_string()))
+}
+
+/// Unit types systemd knows (`systemd.unit(5)`).
+const UNIT_TYPES: [&str; 11] = [
+    "service",
+    "socket",
+    "device",
+    "mount",
+    "automount",
+    "swap",
+    "target",
+    "path",
+    "timer",
+    "slice",
+    "scope",
+];
+
+/// Every entry must be a name systemd could have given a unit, or the
+/// filter would silently match nothing.
+fn check_units(units: &[String]) -> Result<(), SpecError> {
+    for (i, unit) in units.iter().enumerate() {
+        if !is_unit_name(unit) {
+            return Err(SpecError::new(
+                format!("spec.loggingConfig.units[{i}]"),
+                format!(
+                    "{unit:?} is not a systemd unit name: use NAME.TYPE with TYPE one of {} (e.g. ssh.service)",
+                    UNIT_TYPES.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_unit_name(unit: &str) -> bool {
+    let Some((name, kind)) = unit.rsplit_once('.') else {
+        return false;
+    };
+    !name.is_empty()
+        && UNIT_TYPES.contains(&kind)
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b))
+}
+
+/// What the agent reports for `applied`.
+pub fn report(applied: &AppliedSpec, facts: &Facts) -> ReportedStatus {
+    ReportedStatus {
+        spec_version: applied.version,
+        errors: applied.errors.clone(),
+        facts: facts.clone(),
+    }
+}
+
+/// The applied spec and the machine's facts: what the `reported` topic
+/// carries.
+#[derive(Clone)]
+pub struct StatusSource {
+    pub spec: SpecHandle,
+    /// Gathered once at start.
+    pub facts: Arc<Facts>,
+}
+
+impl StatusSource {
+    /// The status to report now, with `extra` errors beside the applied
+    /// spec's own.
+    pub fn report(&self, extra: Vec<SpecError>) -> ReportedStatus {
+        let mut reported = report(&self.spec.current(), &self.facts);
+        reported.errors.extend(extra);
+        reported
+    }
+
+    /// Applies a spec message as tetherd sent it (`None`: applied already);
+    /// what could not be applied at all is returned as an error to report.
+    pub fn apply_payload(&self, payload: &[u8]) -> Result<Option<AppliedSpec>, SpecError> {
+        let message: SpecMessage = serde_json::from_slice(payload).map_err(|e| {
+            SpecError::new(
+                "spec",
+                format!("not applied: the message is not a spec ({e})"),
+            )
+        })?;
+        self.spec.apply(&message).map_err(|error| {
+            SpecError::new(
+                "spec",
+                format!("not applied: {}", crate::actions::chain(&error)),
+            )
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecStoreError {
+    #[error("could not save the applied spec to {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The applied spec, shared with the parts that use it.
+#[derive(Clone)]
+pub struct SpecHandle {
+    path: PathBuf,
+    applied: watch::Sender<AppliedSpec>,
+}
+
+impl SpecHandle {
+    /// Loads the spec last applied from the state directory; a missing or
+    /// unreadable file means defaults (logged), never a failed start.
+    pub fn load(state_dir: &Path) -> Self {
+        let path = state_dir.join(SPEC_FILE);
+        let applied = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!("ignoring {}: not a spec this agent wrote ({e}); using defaults until tetherd sends the spec", path.display());
+                AppliedSpec::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => AppliedSpec::default(),
+            Err(e) => {
+                tracing::warn!("cannot read {}: {e}; using defaults until tetherd sends the spec", path.display());
+                AppliedSpec::default()
+            }
+        };
+        let (applied, _) = watch::channel(applied);
+        Self { path, applied }
+    }
+
+    pub fn current(&self) -> AppliedSpec {
+        self.applied.borrow().clone()
+    }
+
+    /// Follows the applied spec: the current value at once, then every change.
+    pub fn subscribe(&self) -> watch::Receiver<AppliedSpec> {
+        self.applied.subscribe()
+    }
+
+    /// Applies a spec message: saves the result, then publishes it to the
+    /// subscribers. The spec already applied (tetherd sends it at every
+    /// session start) is left alone, so a reconnect writes nothing: `None`.
+    pub fn apply(&self, message: &SpecMessage) -> Result<Option<AppliedSpec>, SpecStoreError> {
+        let current = self.current();
+        if current.version == message.version && current.spec == message.spec {
+            return Ok(None);
+        }
+        let applied = apply(&current, message);
+        let bytes = serde_json::to_vec_pretty(&applied).unwrap_or_default();
+        write_atomic(&self.path, &bytes, 0o600).map_err(|source| SpecStoreError::Write {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.applied.send_replace(applied.clone());
+        Ok(Some(applied))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn message(version: u64, spec: Value) -> SpecMessage {
+        SpecMessage {
+            version,
+            spec: spec.as_object().cloned().expect("object"),
+        }
+    }
+
+    #[test]
+    fn every_known_section_is_applied_and_absent_ones_go_back_to_defaults() {
+        let first = apply(
+            &AppliedSpec::default(),
+            &message(
+                1,
+                json!({
+                    "loggingConfig": {"priority": 3, "units": ["ssh.service", "getty@tty1.service"]},
+                    "metricsConfig": {"intervalSeconds": 5},
+                    "budgets": {"logs": 1000},
+                }),
+            ),
+        );
+        assert_eq!(first.version, 1);
+        assert!(first.errors.is_empty(), "{:?}", first.errors);
+        assert_eq!(first.logging.priority, 3);
+        assert_eq!(first.metrics.interval_seconds, 5);
+        assert_eq!(first.budgets.logs, Some(1000));
+
+        let second = apply(
+            &first,
+            &message(2, json!({"metricsConfig": {"intervalSeconds": 7}})),
+        );
+        assert_eq!(second.metrics.interval_seconds, 7);
+        assert_eq!(second.logging, LoggingConfig::default());
+        assert_eq!(second.budgets, Budgets::default());
+    }
+
+    #[test]
+    fn a_section_that_cannot_be_applied_keeps_its_value_and_is_reported() {
+        let first = apply(
+            &AppliedSpec::default(),
+            &message(
+                1,
+                json!({"loggingConfig": {"priority": 3, "units": ["ssh.service"]}}),
+            ),
+        );
+        let second = apply(
+            &first,
+            &message(
+                2,
+                json!({
+                    "loggingConfig": {"priority": 5, "units": ["ssh.service", "not a unit!"]},
+                    "metricsConfig": {"intervalSeconds": 9},
+                    "deployments": {},
+                }),
+            ),
+        );
+        assert_eq!(second.version, 2);
+        assert_eq!(
+            second.logging, first.logging,
+            "the old logging config stays"
+        );
+        assert_eq!(
+            second.metrics.interval_seconds, 9,
+            "the other sections apply"
+        );
+        let paths: Vec<&str> = second.errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["spec.deployments", "spec.loggingConfig.units[1]"]);
+        assert!(second.errors[1].message.contains("not a systemd unit name"));
+    }
+
+    #[test]
+    fn unit_names_follow_systemd() {
+        for ok in [
+            "ssh.service",
+            "getty@tty1.service",
+            "dev-sda1.device",
+            "a_b:c.timer",
+            "x.y.mount",
+        ] {
+            assert!(is_unit_name(ok), "{ok}");
+        }
+        for bad in [
+            "ssh",
+            ".service",
+            "ssh.daemon",
+            "a b.service",
+            "ssh.service/x",
+            "ü.service",
+        ] {
+            assert!(!is_unit_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_applied_spec_survives_a_restart_and_reaches_subscribers() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let handle = SpecHandle::load(dir.path());
+        assert_eq!(handle.current(), AppliedSpec::default());
+        let mut watching = handle.subscribe();
+        handle
+            .apply(&message(
+                4,
+                json!({"metricsConfig": {"intervalSeconds": 15}}),
+            ))
+            .expect("applied");
+        assert!(watching.has_changed().expect("sender alive"));
+        assert_eq!(watching.borrow_and_update().metrics.interval_seconds, 15);
+
+        let restarted = SpecHandle::load(dir.path());
+        assert_eq!(restarted.current().version, 4);
+        assert_eq!(restarted.current().metrics.interval_seconds, 15);
+
+        // The same spec again (a reconnect) changes nothing and writes nothing.
+        let watching = restarted.subscribe();
+        std::fs::remove_file(dir.path().join(SPEC_FILE)).expect("remove");
+        restarted
+            .apply(&message(
+                4,
+                json!({"metricsConfig": {"intervalSeconds": 15}}),
+            ))
+            .expect("applied");
+        assert!(!watching.has_changed().expect("sender alive"));
+        assert!(!dir.path().join(SPEC_FILE).exists());
+    }
+
+    #[test]
+    fn an_unreadable_spec_file_means_defaults() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join(SPEC_FILE), b"{not json").expect("write");
+        assert_eq!(
+            SpecHandle::load(dir.path()).current(),
+            AppliedSpec::default()
+        );
+    }
+}

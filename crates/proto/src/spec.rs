@@ -1,0 +1,509 @@
+//! A device's spec (the configuration operators, and later provisioning
+//! templates and deployments, want it to have) and its reported status (what
+//! its agent applied, what it could not, and the facts of the machine).
+//!
+//! The spec is a JSON object of named sections. tetherd refuses a section it
+//! does not know and a field outside a section's rules; the agent owns how to
+//! apply each section and reports what it could not. Both use [`validate`],
+//! so the rules are the same on both ends.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::limits::{self, TooLarge};
+
+/// The desired configuration: section name → section.
+pub type DeviceSpec = Map<String, Value>;
+
+/// The sections a spec may have today. A capability that needs another
+/// (deployments, provisioning) adds it here with its rules.
+pub const SECTIONS: [&str; 3] = [LoggingConfig::NAME, MetricsConfig::NAME, Budgets::NAME];
+
+/// Largest spec tetherd stores and sends, as JSON.
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
+/// At most this many systemd units in `loggingConfig.units`.
+pub const MAX_UNITS: usize = 256;
+/// Longest systemd unit name (systemd's own limit).
+pub const MAX_UNIT_NAME_BYTES: usize = 255;
+
+/// A field of the spec that breaks its rules, named by its path from
+/// `spec` (`spec.loggingConfig.priority`, `spec.loggingConfig.units[2]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[error("{path}: {message}")]
+pub struct SpecError {
+    pub path: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `loggingConfig` (seed 004): which of the device's logs go to tetherd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoggingConfig {
+    /// Export the systemd journal.
+    #[serde(default)]
+    pub enable_journal_export: bool,
+    /// This syslog priority and more severe (0 emerg … 7 debug; 7 means all).
+    #[serde(default = "LoggingConfig::all_priorities")]
+    pub priority: u8,
+    /// Only these systemd units; none means all.
+    #[serde(default)]
+    pub units: Vec<String>,
+}
+
+impl LoggingConfig {
+    pub const NAME: &str = "loggingConfig";
+
+    fn all_priorities() -> u8 {
+        7
+    }
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            enable_journal_export: false,
+            priority: Self::all_priorities(),
+            units: Vec::new(),
+        }
+    }
+}
+
+/// `metricsConfig`: how often the agent samples host metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsConfig {
+    #[serde(default = "MetricsConfig::default_interval")]
+    pub interval_seconds: u32,
+}
+
+impl MetricsConfig {
+    pub const NAME: &str = "metricsConfig";
+    pub const DEFAULT_INTERVAL_SECONDS: u32 = 60;
+    pub const MAX_INTERVAL_SECONDS: u32 = 86_400;
+
+    fn default_interval() -> u32 {
+        Self::DEFAULT_INTERVAL_SECONDS
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            interval_seconds: Self::DEFAULT_INTERVAL_SECONDS,
+        }
+    }
+}
+
+/// `budgets`: bytes a day each feature may send; absent means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Budgets {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_replay: Option<u64>,
+}
+
+impl Budgets {
+    pub const NAME: &str = "budgets";
+    pub const FEATURES: [&str; 4] = ["actions", "metrics", "logs", "spoolReplay"];
+}
+
+/// Checks a whole spec: an object of known sections, each within its rules.
+/// The first offending field is named by its path from `spec`.
+pub fn validate(spec: &Value) -> Result<(), SpecError> {
+    let Value::Object(sections) = spec else {
+        return Err(SpecError::new("spec", "must be a JSON object of sections"));
+    };
+    let size = serde_json::to_vec(spec).map_or(usize::MAX, |json| json.len());
+    if size > MAX_SPEC_BYTES {
+        return Err(SpecError::new(
+            "spec",
+            format!("is {size} bytes of JSON, more than the {MAX_SPEC_BYTES} allowed"),
+        ));
+    }
+    for (name, section) in sections {
+        validate_section(name, section)?;
+    }
+    Ok(())
+}
+
+/// Checks one section by name.
+pub fn validate_section(name: &str, section: &Value) -> Result<(), SpecError> {
+    let path = format!("spec.{name}");
+    let fields = match name {
+        LoggingConfig::NAME => &["enableJournalExport", "priority", "units"][..],
+        MetricsConfig::NAME => &["intervalSeconds"][..],
+        Budgets::NAME => &Budgets::FEATURES[..],
+        _ => {
+            return Err(SpecError::new(
+                path,
+                format!("unknown section; known sections: {}", SECTIONS.join(", ")),
+            ));
+        }
+    };
+    let Value::Object(section) = section else {
+        return Err(SpecError::new(path, "must be a JSON object"));
+    };
+    for (field, value) in section {
+        let path = format!("{path}.{field}");
+        if !fields.contains(&field.as_str()) {
+            return Err(SpecError::new(
+                path,
+                format!("unknown field; known fields: {}", fields.join(", ")),
+            ));
+        }
+        match (name, field.as_str()) {
+            (LoggingConfig::NAME, "enableJournalExport") => {
+                if !value.is_boolean() {
+                    return Err(SpecError::new(path, "must be true or false"));
+                }
+            }
+            (LoggingConfig::NAME, "priority") => integer_in(&path, value, 0, 7)?,
+            (LoggingConfig::NAME, "units") => units(&path, value)?,
+            (MetricsConfig::NAME, "intervalSeconds") => integer_in(
+                &path,
+                value,
+                1,
+                u64::from(MetricsConfig::MAX_INTERVAL_SECONDS),
+            )?,
+            _ => {
+                if value.as_u64().is_none() {
+                    return Err(SpecError::new(
+                        path,
+                        "must be a whole number of bytes a day, 0 or more",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn integer_in(path: &str, value: &Value, min: u64, max: u64) -> Result<(), SpecError> {
+    match value.as_u64() {
+        Some(n) if (min..=max).contains(&n) => Ok(()),
+        _ => Err(SpecError::new(
+            path,
+            format!("must be a whole number {min}–{max}"),
+        )),
+    }
+}
+
+fn units(path: &str, value: &Value) -> Result<(), SpecError> {
+    let Value::Array(units) = value else {
+        return Err(SpecError::new(path, "must be a list of systemd unit names"));
+    };
+    if units.len() > MAX_UNITS {
+        return Err(SpecError::new(
+            path,
+            format!(
+                "has {} units, more than the {MAX_UNITS} allowed",
+                units.len()
+            ),
+        ));
+    }
+    for (i, unit) in units.iter().enumerate() {
+        match unit.as_str() {
+            Some(name) if !name.is_empty() && name.len() <= MAX_UNIT_NAME_BYTES => {}
+            _ => {
+                return Err(SpecError::new(
+                    format!("{path}[{i}]"),
+                    format!("must be a unit name of 1 to {MAX_UNIT_NAME_BYTES} bytes"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Server → device on the `spec` topic (QoS 1): the whole current spec
+/// and its version. Sent when the device subscribes and on every change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpecMessage {
+    pub version: u64,
+    pub spec: DeviceSpec,
+}
+
+/// Device → server on the `reported` topic (QoS 1): what the agent applied,
+/// what it could not, and the facts of the machine. Sent at every birth and
+/// after every spec it applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReportedStatus {
+    /// The spec version the agent last applied (0: none yet).
+    pub spec_version: u64,
+    /// The sections of that spec it could not apply, with the reason; those
+    /// keep their previous value on the device.
+    #[serde(default)]
+    pub errors: Vec<SpecError>,
+    #[serde(default)]
+    pub facts: Facts,
+}
+
+impl ReportedStatus {
+    /// Largest `reported` payload tetherd accepts, in bytes.
+    pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+    pub const MAX_ERRORS: usize = 64;
+    pub const MAX_ERROR_BYTES: usize = 1024;
+    pub const MAX_FACT_BYTES: usize = 256;
+    pub const MAX_MACS: usize = 64;
+
+    /// Checks every field against its limit.
+    pub fn check_limits(&self) -> Result<(), TooLarge> {
+        limits::check("errors (entries)", self.errors.len(), Self::MAX_ERRORS)?;
+        for error in &self.errors {
+            limits::check(
+                "an error",
+                error.path.len() + error.message.len(),
+                Self::MAX_ERROR_BYTES,
+            )?;
+        }
+        self.facts.check_limits()
+    }
+}
+
+/// What the agent finds out about its machine once, at start. A fact the
+/// machine does not expose is absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Facts {
+    /// `/sys/class/dmi/id/product_serial` or `/proc/device-tree/serial-number`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware_serial: Option<String>,
+    /// `/etc/machine-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
+    /// MAC addresses by interface name (loopback left out).
+    #[serde(default)]
+    pub macs: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_model: Option<String>,
+    #[serde(default)]
+    pub cpu_cores: u32,
+    #[serde(default)]
+    pub memory_total_bytes: u64,
+    /// From `/etc/os-release`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_release: Option<OsRelease>,
+    /// Kernel release (`uname -r`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub agent_version: String,
+}
+
+impl Facts {
+    fn check_limits(&self) -> Result<(), TooLarge> {
+        let max = ReportedStatus::MAX_FACT_BYTES;
+        let optional = |value: &Option<String>| value.as_deref().map_or(0, str::len);
+        limits::check("facts.hardwareSerial", optional(&self.hardware_serial), max)?;
+        limits::check("facts.machineId", optional(&self.machine_id), max)?;
+        limits::check("facts.cpuModel", optional(&self.cpu_model), max)?;
+        limits::check("facts.kernel", optional(&self.kernel), max)?;
+        limits::check("facts.hostname", optional(&self.hostname), max)?;
+        limits::check("facts.agentVersion", self.agent_version.len(), max)?;
+        limits::check(
+            "facts.macs (entries)",
+            self.macs.len(),
+            ReportedStatus::MAX_MACS,
+        )?;
+        for (interface, mac) in &self.macs {
+            limits::check("a MAC entry", interface.len() + mac.len(), max)?;
+        }
+        if let Some(os) = &self.os_release {
+            limits::check("facts.osRelease.prettyName", os.pretty_name.len(), max)?;
+            limits::check("facts.osRelease.id", os.id.len(), max)?;
+            limits::check("facts.osRelease.versionId", os.version_id.len(), max)?;
+        }
+        Ok(())
+    }
+}
+
+/// The operating system, as `/etc/os-release` names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OsRelease {
+    #[serde(default)]
+    pub pretty_name: String,
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub version_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn refused(spec: Value) -> SpecError {
+        validate(&spec).expect_err("refused")
+    }
+
+    #[test]
+    fn the_known_sections_within_their_rules_are_valid() {
+        let spec = json!({
+            "loggingConfig": {"enableJournalExport": true, "priority": 4, "units": ["ssh.service"]},
+            "metricsConfig": {"intervalSeconds": 86400},
+            "budgets": {"logs": 50000000, "actions": 0, "metrics": 1, "spoolReplay": 2},
+        });
+        assert_eq!(validate(&spec), Ok(()));
+        assert_eq!(validate(&json!({})), Ok(()));
+        assert_eq!(validate(&json!({"loggingConfig": {}})), Ok(()));
+    }
+
+    #[test]
+    fn each_refusal_names_the_field_by_its_path() {
+        let cases = [
+            (json!([]), "spec"),
+            (json!({"deployments": {}}), "spec.deployments"),
+            (json!({"loggingConfig": 3}), "spec.loggingConfig"),
+            (
+                json!({"loggingConfig": {"priority": 8}}),
+                "spec.loggingConfig.priority",
+            ),
+            (
+                json!({"loggingConfig": {"priority": -1}}),
+                "spec.loggingConfig.priority",
+            ),
+            (
+                json!({"loggingConfig": {"priority": "7"}}),
+                "spec.loggingConfig.priority",
+            ),
+            (
+                json!({"loggingConfig": {"enableJournalExport": 1}}),
+                "spec.loggingConfig.enableJournalExport",
+            ),
+            (
+                json!({"loggingConfig": {"units": ["a.service", ""]}}),
+                "spec.loggingConfig.units[1]",
+            ),
+            (
+                json!({"loggingConfig": {"units": "a.service"}}),
+                "spec.loggingConfig.units",
+            ),
+            (
+                json!({"loggingConfig": {"colour": true}}),
+                "spec.loggingConfig.colour",
+            ),
+            (
+                json!({"metricsConfig": {"intervalSeconds": 0}}),
+                "spec.metricsConfig.intervalSeconds",
+            ),
+            (
+                json!({"metricsConfig": {"intervalSeconds": 86401}}),
+                "spec.metricsConfig.intervalSeconds",
+            ),
+            (
+                json!({"metricsConfig": {"intervalSeconds": 1.5}}),
+                "spec.metricsConfig.intervalSeconds",
+            ),
+            (json!({"budgets": {"logs": -5}}), "spec.budgets.logs"),
+            (json!({"budgets": {"video": 5}}), "spec.budgets.video"),
+        ];
+        for (spec, path) in cases {
+            assert_eq!(refused(spec.clone()).path, path, "{spec}");
+        }
+        assert_eq!(
+            refused(json!({"loggingConfig": {"priority": 9}})).to_string(),
+            "spec.loggingConfig.priority: must be a whole number 0–7"
+        );
+        assert!(
+            refused(json!({"x": {}}))
+                .message
+                .contains("loggingConfig, metricsConfig, budgets")
+        );
+    }
+
+    #[test]
+    fn an_oversized_spec_is_refused_as_a_whole() {
+        // Each unit within its own limit, together over the spec's.
+        let units: Vec<String> = (0..MAX_UNITS).map(|i| format!("{i:0>254}")).collect();
+        let error = refused(json!({"loggingConfig": {"units": units}}));
+        assert_eq!(error.path, "spec");
+        assert!(error.message.contains("bytes"), "{error}");
+    }
+
+    #[test]
+    fn absent_fields_take_their_defaults() {
+        let logging: LoggingConfig = serde_json::from_value(json!({})).expect("parses");
+        assert_eq!(logging, LoggingConfig::default());
+        assert_eq!(logging.priority, 7);
+        let metrics: MetricsConfig = serde_json::from_value(json!({})).expect("parses");
+        assert_eq!(metrics.interval_seconds, 60);
+        let budgets: Budgets = serde_json::from_value(json!({"spoolReplay": 9})).expect("parses");
+        assert_eq!(budgets.spool_replay, Some(9));
+    }
+
+    #[test]
+    fn a_reported_status_needs_only_its_version_and_is_bounded() {
+        let status: ReportedStatus = serde_json::from_str(r#"{"specVersion":3}"#).expect("parses");
+        assert_eq!(status.spec_version, 3);
+        assert!(status.check_limits().is_ok());
+        let mut status = status;
+        status.facts.hostname = Some("h".repeat(ReportedStatus::MAX_FACT_BYTES + 1));
+        assert_eq!(
+            status.check_limits().expect_err("too long").field,
+            "facts.hostname"
+        );
+        status.facts.hostname = None;
+        status.errors = vec![SpecError::new("spec.x", "y"); ReportedStatus::MAX_ERRORS + 1];
+        assert!(status.check_limits().is_err());
+    }
+
+    #[test]
+    fn messages_use_the_contract_field_names() {
+        let message = SpecMessage {
+            version: 2,
+            spec: json!({"metricsConfig": {"intervalSeconds": 5}})
+                .as_object()
+                .cloned()
+                .expect("object"),
+        };
+        assert_eq!(
+            serde_json::to_value(&message).expect("json"),
+            json!({"version": 2, "spec": {"metricsConfig": {"intervalSeconds": 5}}})
+        );
+        let status = ReportedStatus {
+            spec_version: 2,
+            errors: vec![SpecError::new("spec.loggingConfig.units[0]", "bad")],
+            facts: Facts {
+                machine_id: Some("m".into()),
+                os_release: Some(OsRelease {
+                    pretty_name: "Debian".into(),
+                    id: "debian".into(),
+                    version_id: "13".into(),
+                }),
+                ..Facts::default()
+            },
+        };
+        let json = serde_json::to_value(&status).expect("json");
+        assert_eq!(json["specVersion"], 2);
+        assert_eq!(json["errors"][0]["path"], "spec.loggingConfig.units[0]");
+        assert_eq!(json["facts"]["machineId"], "m");
+        assert_eq!(json["facts"]["osRelease"]["versionId"], "13");
+    }
+}

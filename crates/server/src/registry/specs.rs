@@ -1,0 +1,170 @@
+//! Device specs at work: updates from the API, delivery to the device's
+//! session wherever it is, and the status agents report. The rules are in
+//! [`super::spec`]; this is the IO around them.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde_json::Value;
+use tether_proto::DeviceId;
+use tether_proto::spec::{ReportedStatus, SpecError, SpecMessage};
+
+use super::spec::{self, UpdateMask, VersionMismatch};
+use crate::cluster::bus::{Bus, Channel, Heard, Subscription};
+use crate::device_link::DeviceLink;
+use crate::store::{SpecRecord, Store, StoreError};
+
+/// An update without `If-Match` that keeps losing to concurrent ones gives
+/// up after this many attempts.
+const UPDATE_ATTEMPTS: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecUpdateError {
+    #[error(transparent)]
+    Invalid(#[from] SpecError),
+    #[error(transparent)]
+    Stale(#[from] VersionMismatch),
+    #[error(
+        "device {0}'s spec kept changing while this update was applied; read it again and retry"
+    )]
+    Contended(DeviceId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone)]
+pub struct Specs {
+    store: Store,
+    link: Arc<dyn DeviceLink>,
+    bus: Bus,
+}
+
+impl Specs {
+    pub fn new(store: Store, link: Arc<dyn DeviceLink>, bus: Bus) -> Self {
+        Self { store, link, bus }
+    }
+
+    pub async fn get(&self, device: &DeviceId) -> Result<SpecRecord, StoreError> {
+        self.store.get_spec(device).await
+    }
+
+    /// Applies an update (the request's `spec`, an optional mask, an
+    /// optional expected version) and, if it changed anything, sends the
+    /// new spec to the device. The device must exist.
+    pub async fn update(
+        &self,
+        device: &DeviceId,
+        request: &Value,
+        mask: Option<&UpdateMask>,
+        expected: Option<u64>,
+    ) -> Result<SpecRecord, SpecUpdateError> {
+        for _ in 0..UPDATE_ATTEMPTS {
+            let current = self.store.get_spec(device).await?;
+            spec::check_precondition(expected, current.version)?;
+            let updated = spec::apply_update(&current.spec, request, mask)?;
+            let Some(version) = spec::next_version(current.version, &current.spec, &updated) else {
+                return Ok(current);
+            };
+            if self
+                .store
+                .write_spec(device, &updated, current.version, version, Utc::now())
+                .await?
+            {
+                tracing::info!(%device, version, "device spec updated");
+                self.announce(device).await;
+                return Ok(SpecRecord {
+                    spec: updated,
+                    version,
+                    reported: current.reported,
+                });
+            }
+        }
+        Err(SpecUpdateError::Contended(device.clone()))
+    }
+
+    /// After a committed change: sends the spec if the device's session is
+    /// here, and tells the other replicas so the one holding it does.
+    async fn announce(&self, device: &DeviceId) {
+        self.send(device).await;
+        self.bus.publish(Channel::DeviceSpec, [device.as_str()]);
+    }
+
+    /// Sends the device its current spec if its session is on this replica.
+    /// A failure is logged: the device gets the spec at its next session.
+    pub async fn send(&self, device: &DeviceId) {
+        if !self.link.is_connected(device) {
+            return;
+        }
+        let current = match self.store.get_spec(device).await {
+            Ok(current) => current,
+            Err(error) => {
+                tracing::warn!(%device, error = %crate::error_chain(&error), "could not read a device's spec to send it; it gets it at its next session");
+                return;
+            }
+        };
+        let message = SpecMessage {
+            version: current.version,
+            spec: current.spec,
+        };
+        match self.link.publish_spec(device, &message).await {
+            Ok(()) => tracing::debug!(%device, version = message.version, "spec sent"),
+            // The empty spec no one wrote: a device that does not take
+            // specs (not subscribed) loses nothing, so no warning per birth.
+            Err(error) if message.version == 0 => {
+                tracing::debug!(%device, error = %crate::error_chain(&error), "did not send the empty spec");
+            }
+            Err(error) => {
+                tracing::warn!(%device, version = message.version, error = %crate::error_chain(&error), "could not send a device its spec; it gets it at its next session");
+            }
+        }
+    }
+
+    /// Sends the specs other replicas changed to the devices whose sessions
+    /// are here; after a gap in the announcements, every device here that
+    /// has not reported its current spec gets it again. Runs until the bus
+    /// is gone.
+    pub async fn follow(self, mut subscription: Subscription) {
+        while let Some(heard) = subscription.next().await {
+            match heard {
+                Heard::Notice(notice) => {
+                    if notice.channel != Channel::DeviceSpec || notice.from_here {
+                        continue;
+                    }
+                    for key in &notice.keys {
+                        if let Ok(device) = DeviceId::new(key.as_str()) {
+                            self.send(&device).await;
+                        }
+                    }
+                }
+                Heard::MayHaveMissed => match self.store.devices_behind_their_spec().await {
+                    Ok(devices) => {
+                        for device in devices {
+                            self.send(&device).await;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %crate::error_chain(&error), "could not list the devices behind their spec after missing announcements; they get it at their next session");
+                    }
+                },
+            }
+        }
+    }
+
+    /// Why a report cannot be stored (a version tetherd never sent), if so.
+    pub async fn check_reported(
+        &self,
+        device: &DeviceId,
+        reported: &ReportedStatus,
+    ) -> Result<Result<(), String>, StoreError> {
+        let current = self.store.get_spec(device).await?;
+        Ok(spec::check_reported(current.version, reported))
+    }
+
+    pub async fn record_reported(
+        &self,
+        device: &DeviceId,
+        reported: &ReportedStatus,
+    ) -> Result<(), StoreError> {
+        self.store.set_reported(device, reported, Utc::now()).await
+    }
+}
