@@ -1080,7 +1080,7 @@ async fn open_actions_are_pending_and_delivered_in_seq_order(store: Store) {
         .expect("fail a2")
         .expect("a2 was pending");
     let open = store
-        .open_actions(&[name.clone()])
+        .open_actions(std::slice::from_ref(&name))
         .await
         .expect("open actions");
     assert_eq!(correlation_ids(&open), ["a1", "a3", "a4"]);
