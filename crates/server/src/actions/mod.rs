@@ -30,6 +30,11 @@ const MAX_CORRELATION_ID: usize = 128;
 /// end delays the answer by at most this much, not until the poll times out.
 const WAIT_RECHECK: Duration = Duration::from_secs(3);
 
+/// Devices delivered to together: their open actions are read in one query
+/// and marked delivered in one statement, and their delivery locks are held
+/// meanwhile, so a batch is a few hundred publishes between two writes.
+const DELIVERY_BATCH: usize = 250;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
     #[error("device {0} not found")]
@@ -223,22 +228,17 @@ impl ActionService {
             Channel::DeviceOutbox,
             elsewhere.into_iter().map(DeviceId::to_string),
         );
-        for device in here {
-            self.deliver(device, false).await;
-        }
+        let here: Vec<DeviceId> = here.into_iter().cloned().collect();
+        self.deliver(&here, false).await;
     }
 
     /// The safety net for lost announcements: delivers the pending actions
     /// of every device whose session this replica holds. Returns how many
     /// actions it delivered.
     pub async fn deliver_pending(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
-        let mut delivered = 0;
-        for device in self.store.devices_with_pending_actions(now).await? {
-            if self.is_ready(&device) {
-                delivered += self.deliver(&device, false).await;
-            }
-        }
-        Ok(delivered)
+        let mut here = self.store.devices_with_pending_actions(now).await?;
+        here.retain(|device| self.is_ready(device));
+        Ok(self.deliver(&here, false).await)
     }
 
     /// Acts on what other replicas announce: delivers to the devices whose
@@ -250,16 +250,17 @@ impl ActionService {
             match heard {
                 Heard::Notice(notice) => match notice.channel {
                     Channel::DeviceOutbox => {
-                        for key in &notice.keys {
-                            let Ok(device) = DeviceId::new(key.as_str()) else {
-                                continue;
-                            };
-                            if self.is_ready(&device) {
-                                let actions = self.clone();
-                                tokio::spawn(async move {
-                                    actions.deliver(&device, false).await;
-                                });
-                            }
+                        let here: Vec<DeviceId> = notice
+                            .keys
+                            .iter()
+                            .filter_map(|key| DeviceId::new(key.as_str()).ok())
+                            .filter(|device| self.is_ready(device))
+                            .collect();
+                        if !here.is_empty() {
+                            let actions = self.clone();
+                            tokio::spawn(async move {
+                                actions.deliver(&here, false).await;
+                            });
                         }
                     }
                     Channel::ActionFinished => {
@@ -362,7 +363,7 @@ impl ActionService {
     /// (the agent answers those from its record instead of running them twice).
     pub async fn device_ready(&self, device: &DeviceId) {
         self.lock_ready().insert(device.clone());
-        self.deliver(device, true).await;
+        self.deliver(std::slice::from_ref(device), true).await;
     }
 
     pub fn device_gone(&self, device: &DeviceId) {
@@ -388,27 +389,55 @@ impl ActionService {
         self.lock_ready().contains(device)
     }
 
-    /// Sends the device's open actions in `seq` order; returns how many
-    /// pending ones it delivered.
-    async fn deliver(&self, device: &DeviceId, redeliver: bool) -> usize {
-        let lock = {
+    /// Sends each device's open actions in `seq` order (with `redeliver`,
+    /// the `delivered` ones again too); returns how many pending ones it
+    /// delivered.
+    async fn deliver(&self, devices: &[DeviceId], redeliver: bool) -> usize {
+        let mut delivered = 0;
+        for batch in devices.chunks(DELIVERY_BATCH) {
+            delivered += self.deliver_batch(batch, redeliver).await;
+        }
+        delivered
+    }
+
+    async fn deliver_batch(&self, devices: &[DeviceId], redeliver: bool) -> usize {
+        let mut devices = devices.to_vec();
+        devices.sort();
+        devices.dedup();
+        // Taken in name order, so two batches sharing devices never wait on
+        // each other; held until the batch is marked delivered, so a sweep
+        // or an announcement meanwhile finds it delivered, not pending.
+        let locks: Vec<_> = {
             let mut locks = self
                 .delivery_locks
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            locks.entry(device.clone()).or_default().clone()
+            devices
+                .iter()
+                .map(|device| locks.entry(device.clone()).or_default().clone())
+                .collect()
         };
-        let _serialised = lock.lock().await;
-        let open = match self.store.open_actions(device).await {
+        let mut _serialised = Vec::with_capacity(locks.len());
+        for lock in locks {
+            _serialised.push(lock.lock_owned().await);
+        }
+        let open = match self.store.open_actions(&devices).await {
             Ok(open) => open,
             Err(error) => {
-                tracing::error!(%device, error = %crate::error_chain(&error), "could not read open actions; they will be delivered at the next reconnect or outbox sweep");
+                tracing::error!(devices = devices.len(), error = %crate::error_chain(&error), "could not read open actions; they will be delivered at the next reconnect or outbox sweep");
                 return 0;
             }
         };
-        let mut delivered = 0;
         let now = Utc::now();
+        let mut published = Vec::new();
+        // A device the link refused gets none of its later actions now, so
+        // they still arrive in `seq` order when it is back.
+        let mut refused: Option<DeviceId> = None;
         for action in open {
+            let device = &action.device;
+            if refused.as_ref() == Some(device) {
+                continue;
+            }
             if action.state == ActionState::Delivered && !redeliver {
                 continue;
             }
@@ -438,37 +467,34 @@ impl ActionService {
                 Ok(()) => {}
                 Err(LinkError::NotConnected(_)) => {
                     self.device_gone(device);
-                    return delivered;
+                    refused = Some(device.clone());
+                    continue;
                 }
                 Err(error) => {
                     tracing::warn!(%device, error = %crate::error_chain(&error), "could not deliver an action; it stays open");
-                    return delivered;
-                }
-            }
-            if action.state == ActionState::Pending {
-                delivered += 1;
-                let outcome = Outcome {
-                    at: Utc::now(),
-                    status_code: None,
-                    status_message: None,
-                    response: None,
-                };
-                if let Err(error) = self
-                    .store
-                    .transition_action(
-                        &action.correlation_id,
-                        &[ActionState::Pending],
-                        ActionState::Delivered,
-                        &outcome,
-                    )
-                    .await
-                {
-                    tracing::error!(correlation_id = %action.correlation_id, error = %crate::error_chain(&error), "could not mark an action delivered");
+                    refused = Some(device.clone());
+                    continue;
                 }
             }
             tracing::debug!(%device, correlation_id = %action.correlation_id, "action delivered");
+            if action.state == ActionState::Pending {
+                published.push(action.correlation_id);
+            }
         }
-        delivered
+        // Marked only after the link took each publish, in one statement for
+        // the batch. A crash before this line leaves them `pending`, never
+        // `delivered` unsent: the device's next session gets them again and
+        // the agent answers a repeat from its record instead of running it
+        // twice. Marking first would instead leave an action the link
+        // refused `delivered`, waiting out its timeout for an answer that
+        // cannot come. An answer that arrives before the mark finishes the
+        // action from `pending`, and the mark then leaves it alone.
+        if !published.is_empty()
+            && let Err(error) = self.store.mark_delivered(&published, Utc::now()).await
+        {
+            tracing::error!(actions = published.len(), error = %crate::error_chain(&error), "could not mark actions delivered; the outbox sweep sends them again and the agent answers repeats from its record");
+        }
+        published.len()
     }
 
     fn unseal(&self, action: &ActionRecord) -> Option<serde_json::Value> {
@@ -482,68 +508,60 @@ impl ActionService {
     /// action, or for one already finished (a repeat, or late), is dropped,
     /// so a device cannot fill the database with them.
     ///
-    /// The event is written before the action's state, so when the second
-    /// write fails the device's redelivery finds the action still open and
-    /// completes it (at worst the event is stored twice, never lost).
+    /// The action's end and the answer's event are one transaction: when it
+    /// fails, neither is stored, the device's publish is not acknowledged
+    /// and it sends the answer again.
     pub async fn handle_event(
         &self,
         device: &DeviceId,
         event: ActionEvent,
     ) -> Result<Answer, StoreError> {
         let now = Utc::now();
-        match self.store.get_action(&event.correlation_id).await? {
-            None => {
-                tracing::warn!(%device, correlation_id = %event.correlation_id, "answer for an unknown action; dropped");
-                return Ok(Answer::Unknown);
-            }
-            Some(record) if &record.device != device => {
-                tracing::warn!(%device, owner = %record.device, correlation_id = %event.correlation_id, "a device answered another device's action; dropped");
-                return Ok(Answer::NotYours);
-            }
-            Some(record) if record.state.is_terminal() => {
-                tracing::info!(%device, correlation_id = %event.correlation_id, state = %record.state, "answer for a finished action; dropped");
-                return Ok(Answer::AlreadyFinished);
-            }
-            Some(_) => {}
-        }
-        self.store
-            .insert_event(&EventRecord {
-                id: uuid::Uuid::now_v7().to_string(),
-                device: device.clone(),
-                correlation_id: Some(event.correlation_id.clone()),
-                event: event.event.clone(),
-                status_code: event.status_code,
-                status_message: event.status_message.clone(),
-                response: event.response.clone(),
-                received_at: now,
-            })
-            .await?;
         let to = ActionState::from_status_code(event.status_code);
         let outcome = Outcome {
             at: now,
             status_code: Some(event.status_code),
-            status_message: Some(event.status_message),
-            response: Some(event.response),
+            status_message: Some(event.status_message.clone()),
+            response: Some(event.response.clone()),
         };
-        match self
+        let correlation_id = event.correlation_id;
+        let record = EventRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            device: device.clone(),
+            correlation_id: Some(correlation_id.clone()),
+            event: event.event,
+            status_code: event.status_code,
+            status_message: event.status_message,
+            response: event.response,
+            received_at: now,
+        };
+        if let Some(updated) = self
             .store
-            .transition_action(
-                &event.correlation_id,
-                &[ActionState::Pending, ActionState::Delivered],
-                to,
-                &outcome,
-            )
+            .record_answer(device, &correlation_id, to, &outcome, &record)
             .await?
         {
-            Some(updated) => {
-                tracing::info!(%device, correlation_id = %updated.correlation_id, state = %updated.state, status_code = event.status_code, "action completed");
-                self.observability.action_finished(updated.state);
-                self.completed(&updated);
-                Ok(Answer::Recorded)
-            }
+            tracing::info!(%device, correlation_id = %updated.correlation_id, state = %updated.state, status_code = record.status_code, "action completed");
+            self.observability.action_finished(updated.state);
+            self.completed(&updated);
+            return Ok(Answer::Recorded);
+        }
+        // Nothing was written; read why, only for answers that are dropped.
+        match self.store.get_action(&correlation_id).await? {
             None => {
-                tracing::info!(%device, correlation_id = %event.correlation_id, "answer for an action that finished meanwhile; kept as an event");
+                tracing::warn!(%device, %correlation_id, "answer for an unknown action; dropped");
+                Ok(Answer::Unknown)
+            }
+            Some(action) if &action.device != device => {
+                tracing::warn!(%device, owner = %action.device, %correlation_id, "a device answered another device's action; dropped");
+                Ok(Answer::NotYours)
+            }
+            Some(action) if action.state.is_terminal() => {
+                tracing::info!(%device, %correlation_id, state = %action.state, "answer for a finished action; dropped");
                 Ok(Answer::AlreadyFinished)
+            }
+            Some(action) => {
+                tracing::warn!(%device, %correlation_id, state = %action.state, "answer for an action not yet delivered; dropped");
+                Ok(Answer::Unknown)
             }
         }
     }
@@ -716,9 +734,12 @@ mod tests {
     use serde_json::json;
 
     /// A link on which every device is connected; it records what it sends.
+    /// With `stall_after`, the publishes after that many never return, as
+    /// if the process died there.
     #[derive(Default)]
     struct RecordingLink {
         sent: Mutex<Vec<(DeviceId, String)>>,
+        stall_after: Option<usize>,
     }
 
     impl DeviceLink for RecordingLink {
@@ -727,10 +748,11 @@ mod tests {
             device: &'a DeviceId,
             request: &'a ActionRequest,
         ) -> BoxFuture<'a, Result<(), LinkError>> {
-            self.sent
-                .lock()
-                .expect("not poisoned")
-                .push((device.clone(), request.correlation_id.clone()));
+            let mut sent = self.sent.lock().expect("not poisoned");
+            if self.stall_after.is_some_and(|limit| sent.len() >= limit) {
+                return Box::pin(std::future::pending());
+            }
+            sent.push((device.clone(), request.correlation_id.clone()));
             Box::pin(async { Ok(()) })
         }
 
@@ -758,6 +780,10 @@ mod tests {
     }
 
     async fn fixture(devices: &[&str]) -> Fixture {
+        fixture_with(devices, RecordingLink::default()).await
+    }
+
+    async fn fixture_with(devices: &[&str], link: RecordingLink) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::connect("sqlite::memory:").await.expect("store");
         for name in devices {
@@ -766,17 +792,9 @@ mod tests {
                 .await
                 .expect("device");
         }
-        let link = Arc::new(RecordingLink::default());
+        let link = Arc::new(link);
         let bus = Bus::in_process();
-        let actions = Arc::new(ActionService::new(
-            store.clone(),
-            link.clone(),
-            Arc::new(Catalogue::builtin()),
-            Arc::new(Sealer::load_or_create(dir.path()).expect("sealer")),
-            ActionsConfig::default(),
-            Arc::default(),
-            bus.clone(),
-        ));
+        let actions = restarted(&store, dir.path(), link.clone(), &bus);
         Fixture {
             _dir: dir,
             store,
@@ -784,6 +802,24 @@ mod tests {
             bus,
             actions,
         }
+    }
+
+    /// A service over an existing store, as a restarted controller has.
+    fn restarted(
+        store: &Store,
+        dir: &std::path::Path,
+        link: Arc<RecordingLink>,
+        bus: &Bus,
+    ) -> Arc<ActionService> {
+        Arc::new(ActionService::new(
+            store.clone(),
+            link,
+            Arc::new(Catalogue::builtin()),
+            Arc::new(Sealer::load_or_create(dir).expect("sealer")),
+            ActionsConfig::default(),
+            Arc::default(),
+            bus.clone(),
+        ))
     }
 
     fn device(name: &str) -> DeviceId {
@@ -858,6 +894,175 @@ mod tests {
         };
         assert_eq!(notice.channel, Channel::DeviceOutbox);
         assert_eq!(notice.keys, ["b", "c"]);
+    }
+
+    /// `count` devices, each ready here with one pending action `<name>-1`.
+    async fn ready_with_one_action_each(fixture: &Fixture, count: usize) -> Vec<DeviceId> {
+        let mut devices = Vec::new();
+        for i in 0..count {
+            let name = device(&format!("edge-{i:04}"));
+            fixture
+                .store
+                .create_device(&name, &Default::default(), Utc::now())
+                .await
+                .expect("device");
+            stored_silently(fixture, &name, &format!("{name}-1")).await;
+            fixture.actions.lock_ready().insert(name.clone());
+            devices.push(name);
+        }
+        devices
+    }
+
+    async fn states(fixture: &Fixture, devices: &[DeviceId]) -> HashMap<ActionState, usize> {
+        let mut states = HashMap::new();
+        for action in fixture.store.open_actions(devices).await.expect("open") {
+            *states.entry(action.state).or_default() += 1;
+        }
+        states
+    }
+
+    #[tokio::test]
+    async fn a_released_batch_is_marked_delivered_once_and_a_new_session_gets_it_again() {
+        let fixture = fixture(&[]).await;
+        // More than one delivery batch.
+        let devices = ready_with_one_action_each(&fixture, DELIVERY_BATCH + 10).await;
+
+        fixture.actions.offer_many(&devices).await;
+        let sent = sent(&fixture);
+        assert_eq!(sent.len(), devices.len());
+        let distinct: HashSet<_> = sent.iter().map(|(_, id)| id.clone()).collect();
+        assert_eq!(distinct.len(), devices.len(), "each sent once");
+        assert_eq!(
+            states(&fixture, &devices).await,
+            HashMap::from([(ActionState::Delivered, devices.len())])
+        );
+        assert_eq!(
+            fixture
+                .actions
+                .deliver_pending(Utc::now())
+                .await
+                .expect("swept"),
+            0,
+            "nothing left pending for the sweep to send again"
+        );
+
+        // A new session (here: of a restarted controller) gets what it did
+        // not answer again; the agent answers that from its record.
+        let link = Arc::new(RecordingLink::default());
+        let after_restart = restarted(
+            &fixture.store,
+            fixture._dir.path(),
+            link.clone(),
+            &fixture.bus,
+        );
+        after_restart.device_ready(&devices[7]).await;
+        let resent = link.sent.lock().expect("not poisoned").clone();
+        assert_eq!(resent, [(devices[7].clone(), format!("{}-1", devices[7]))]);
+    }
+
+    #[tokio::test]
+    async fn a_crash_before_the_batch_is_marked_leaves_it_pending_and_it_is_delivered_again() {
+        let link = RecordingLink {
+            stall_after: Some(40),
+            ..RecordingLink::default()
+        };
+        let fixture = fixture_with(&[], link).await;
+        let devices = ready_with_one_action_each(&fixture, 100).await;
+
+        let actions = fixture.actions.clone();
+        let offers = devices.clone();
+        let delivery = tokio::spawn(async move { actions.offer_many(&offers).await });
+        while sent(&fixture).len() < 40 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The process dies with 40 publishes handed to the link.
+        delivery.abort();
+        let _ = delivery.await;
+        assert_eq!(
+            states(&fixture, &devices).await,
+            HashMap::from([(ActionState::Pending, devices.len())]),
+            "none is delivered whose mark was not written"
+        );
+
+        let link = Arc::new(RecordingLink::default());
+        let after_restart = restarted(
+            &fixture.store,
+            fixture._dir.path(),
+            link.clone(),
+            &fixture.bus,
+        );
+        for device in &devices {
+            after_restart.device_ready(device).await;
+        }
+        assert_eq!(link.sent.lock().expect("not poisoned").len(), devices.len());
+        assert_eq!(
+            states(&fixture, &devices).await,
+            HashMap::from([(ActionState::Delivered, devices.len())])
+        );
+    }
+
+    fn answer(correlation_id: &str, status_code: u16) -> ActionEvent {
+        ActionEvent {
+            correlation_id: correlation_id.into(),
+            event: "get-node-ip".into(),
+            status_code,
+            status_message: "done".into(),
+            response: json!({"ip": "10.0.0.7"}),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_recorded_once_and_every_other_is_dropped() {
+        let fixture = fixture(&["edge-1", "edge-2"]).await;
+        let (edge, other) = (device("edge-1"), device("edge-2"));
+        fixture.actions.device_ready(&edge).await;
+        stored_silently(&fixture, &edge, "a-1").await;
+        fixture.actions.offer(&edge).await;
+
+        let answered = fixture
+            .actions
+            .handle_event(&other, answer("a-1", 200))
+            .await;
+        assert_eq!(answered.expect("handled"), Answer::NotYours);
+        let answered = fixture
+            .actions
+            .handle_event(&edge, answer("nope", 200))
+            .await;
+        assert_eq!(answered.expect("handled"), Answer::Unknown);
+        let answered = fixture
+            .actions
+            .handle_event(&edge, answer("a-1", 200))
+            .await;
+        assert_eq!(answered.expect("handled"), Answer::Recorded);
+        let answered = fixture
+            .actions
+            .handle_event(&edge, answer("a-1", 500))
+            .await;
+        assert_eq!(
+            answered.expect("handled"),
+            Answer::AlreadyFinished,
+            "a repeat, even with another result, is a duplicate"
+        );
+
+        let action = fixture
+            .store
+            .get_action("a-1")
+            .await
+            .expect("read")
+            .expect("a-1");
+        assert_eq!(action.state, ActionState::Succeeded);
+        assert_eq!(action.response, Some(json!({"ip": "10.0.0.7"})));
+        let events = fixture.store.list_events(&edge, 10).await.expect("events");
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].correlation_id.as_deref(), Some("a-1"));
+        assert!(
+            fixture
+                .store
+                .list_events(&other, 10)
+                .await
+                .expect("events")
+                .is_empty()
+        );
     }
 
     /// Finishes the action in the database only, as another replica does.

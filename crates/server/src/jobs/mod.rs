@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use tether_proto::api::{Action, CreateJob, Job, JobCounts, JobState, RequestAction};
 use tether_proto::labels::LabelSelector;
 use tether_proto::redact::redacted;
@@ -39,10 +38,6 @@ pub const DISPATCH_INTERVAL: Duration = Duration::from_millis(150);
 
 /// Devices read per page while finding a new job's devices.
 const MATCH_PAGE: u32 = 5000;
-
-/// Devices offered their released actions at once: delivery reads and
-/// writes the store per device, so a few in parallel keep it busy.
-const OFFER_CONCURRENCY: usize = 32;
 
 const CANCEL_REASON: &str = "not delivered: its job was cancelled";
 
@@ -310,11 +305,7 @@ impl JobService {
             now - chrono::Duration::from_std(carry).unwrap_or_default(),
         );
         tracing::debug!(job = %job.id, released = devices.len(), in_flight, "released queued actions");
-        futures::stream::iter(devices)
-            .for_each_concurrent(OFFER_CONCURRENCY, |device| async move {
-                self.actions.offer(&device).await;
-            })
-            .await;
+        self.actions.offer_many(&devices).await;
         Ok(())
     }
 

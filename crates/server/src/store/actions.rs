@@ -5,11 +5,12 @@ use sqlx::any::AnyRow;
 use sqlx::error::ErrorKind;
 use tether_proto::{ActionState, DeviceId};
 
+use super::cluster::insert_event;
 use super::codec::{
     device_id, from_json, get, limit, millis, optional_time, time, to_i64, to_json, to_u16, to_u64,
     violates,
 };
-use super::{ActionRecord, NewAction, Outcome, Store, StoreError};
+use super::{ActionRecord, EventRecord, NewAction, Outcome, Store, StoreError};
 
 pub(super) const COLUMNS: &str = "correlation_id, device, seq, action, input, sealed_input, \
                        state, status_code, status_message, response, created_at, delivered_at, \
@@ -19,6 +20,11 @@ pub(super) const COLUMNS: &str = "correlation_id, device, seq, action, input, se
 /// replica took the same one. Each retry means a concurrent insert for the
 /// same device succeeded, so a handful covers any realistic burst.
 const SEQ_ATTEMPTS: usize = 8;
+
+/// Devices or actions named in one query: far below SQLite's and
+/// PostgreSQL's limits on bound parameters, and a job's release batch in a
+/// handful of statements.
+const DEVICES_PER_QUERY: usize = 500;
 
 impl Store {
     /// Stores a new `pending` action with the next per-device `seq`.
@@ -135,22 +141,125 @@ impl Store {
         rows.iter().map(action_from_row).collect()
     }
 
-    /// The device's `pending` and `delivered` actions in `seq` order.
-    pub async fn open_actions(&self, device: &DeviceId) -> Result<Vec<ActionRecord>, StoreError> {
+    /// The `pending` and `delivered` actions of these devices, by device and
+    /// `seq`: one query per [`DEVICES_PER_QUERY`] devices, so delivering a
+    /// job's batch does not read the store once per device.
+    pub async fn open_actions(
+        &self,
+        devices: &[DeviceId],
+    ) -> Result<Vec<ActionRecord>, StoreError> {
+        let mut open = Vec::new();
+        for chunk in devices.chunks(DEVICES_PER_QUERY) {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM actions WHERE state IN ($1, $2) AND device IN ({}) \
+                 ORDER BY device, seq",
+                placeholders(3, chunk.len())
+            );
+            let mut query = sqlx::query(&sql)
+                .bind(ActionState::Pending.as_str())
+                .bind(ActionState::Delivered.as_str());
+            for device in chunk {
+                query = query.bind(device.as_str());
+            }
+            let rows = query
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|source| StoreError::Query {
+                    context: "list devices' open actions",
+                    source,
+                })?;
+            for row in &rows {
+                open.push(action_from_row(row)?);
+            }
+        }
+        Ok(open)
+    }
+
+    /// Marks those of these actions that are still `pending` as `delivered`
+    /// at `at`, one statement per [`DEVICES_PER_QUERY`] actions; an action
+    /// answered or ended meanwhile keeps its state. Returns how many changed.
+    pub async fn mark_delivered(
+        &self,
+        correlation_ids: &[String],
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut marked = 0;
+        for chunk in correlation_ids.chunks(DEVICES_PER_QUERY) {
+            let sql = format!(
+                "UPDATE actions SET state = $1, delivered_at = $2 \
+                 WHERE state = $3 AND correlation_id IN ({})",
+                placeholders(4, chunk.len())
+            );
+            let mut query = sqlx::query(&sql)
+                .bind(ActionState::Delivered.as_str())
+                .bind(millis(at))
+                .bind(ActionState::Pending.as_str());
+            for correlation_id in chunk {
+                query = query.bind(correlation_id);
+            }
+            marked += query
+                .execute(&self.pool)
+                .await
+                .map_err(|source| StoreError::Query {
+                    context: "mark actions delivered",
+                    source,
+                })?
+                .rows_affected();
+        }
+        Ok(marked)
+    }
+
+    /// Records a device's answer: the device's open (`pending` or
+    /// `delivered`) action moves to `to` with `outcome`, and `event` is
+    /// stored, in one transaction, so an answer is either recorded whole or
+    /// not at all. Returns the finished action; `None` (nothing written) if
+    /// the action is not this device's, does not exist, or has ended.
+    pub async fn record_answer(
+        &self,
+        device: &DeviceId,
+        correlation_id: &str,
+        to: ActionState,
+        outcome: &Outcome,
+        event: &EventRecord,
+    ) -> Result<Option<ActionRecord>, StoreError> {
+        let context = "record a device's answer";
+        let response = outcome
+            .response
+            .as_ref()
+            .map(|response| to_json(response, "action response"))
+            .transpose()?;
+        // The UPDATE comes first: it takes the row's lock (SQLite: the write
+        // lock, before it reads), so a concurrent timeout or a second copy
+        // of the answer waits and then finds the action ended.
         let sql = format!(
-            "SELECT {COLUMNS} FROM actions WHERE device = $1 AND state IN ($2, $3) ORDER BY seq"
+            "UPDATE actions SET state = $1, completed_at = $2, status_code = $3, \
+                                status_message = $4, response = $5, sealed_input = NULL \
+             WHERE correlation_id = $6 AND device = $7 AND state IN ($8, $9) \
+             RETURNING {COLUMNS}"
         );
-        let rows = sqlx::query(&sql)
+        let mut tx = self.begin(context).await?;
+        let row = sqlx::query(&sql)
+            .bind(to.as_str())
+            .bind(millis(outcome.at))
+            .bind(outcome.status_code.map(i64::from))
+            .bind(outcome.status_message.as_deref())
+            .bind(response)
+            .bind(correlation_id)
             .bind(device.as_str())
             .bind(ActionState::Pending.as_str())
             .bind(ActionState::Delivered.as_str())
-            .fetch_all(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(|source| StoreError::Query {
-                context: "list a device's open actions",
-                source,
-            })?;
-        rows.iter().map(action_from_row).collect()
+            .map_err(|source| StoreError::Query { context, source })?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let finished = action_from_row(&row)?;
+        insert_event(&mut tx, event).await?;
+        tx.commit()
+            .await
+            .map_err(|source| StoreError::Query { context, source })?;
+        Ok(Some(finished))
     }
 
     /// The devices with `pending` actions not yet expired at `now` (uses the
@@ -337,6 +446,14 @@ impl Store {
         )
         .await
     }
+}
+
+/// `$first, $first+1, …`, `count` of them.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub(super) fn action_from_row(row: &AnyRow) -> Result<ActionRecord, StoreError> {

@@ -377,7 +377,8 @@ impl Store {
     }
 }
 
-async fn insert_event(
+/// Stores a device's event inside a caller's transaction.
+pub(super) async fn insert_event(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     event: &EventRecord,
 ) -> Result<(), StoreError> {
@@ -402,7 +403,7 @@ async fn insert_event(
             }
         } else {
             StoreError::Query {
-                context: "record a device's session event",
+                context: "record a device's event",
                 source,
             }
         }

@@ -101,6 +101,8 @@ on_both_databases! {
         duplicate_correlation_id_is_a_conflict,
         transitions_are_compare_and_set,
         open_actions_are_pending_and_delivered_in_seq_order,
+        a_batch_is_marked_delivered_only_where_still_pending,
+        an_answer_ends_its_devices_open_action_with_its_event_once,
         expired_pending_actions_are_selected_by_time,
         overdue_delivered_actions_are_selected_by_time,
         old_telemetry_is_deleted_by_time,
@@ -1078,12 +1080,196 @@ async fn open_actions_are_pending_and_delivered_in_seq_order(store: Store) {
         .await
         .expect("fail a2")
         .expect("a2 was pending");
-    let open = store.open_actions(&name).await.expect("open actions");
+    let open = store
+        .open_actions(std::slice::from_ref(&name))
+        .await
+        .expect("open actions");
     assert_eq!(correlation_ids(&open), ["a1", "a3", "a4"]);
     assert_eq!(
         open.iter().map(|action| action.state).collect::<Vec<_>>(),
         [Delivered, Pending, Pending]
     );
+    let both = store
+        .open_actions(&[other, name])
+        .await
+        .expect("open actions of two devices");
+    assert_eq!(
+        correlation_ids(&both),
+        ["a1", "a3", "a4", "elsewhere"],
+        "by device, then seq"
+    );
+    assert!(
+        store
+            .open_actions(&[])
+            .await
+            .expect("open actions of no device")
+            .is_empty()
+    );
+}
+
+async fn a_batch_is_marked_delivered_only_where_still_pending(store: Store) {
+    use ActionState::*;
+    let name = device(&store, "edge-1").await;
+    // More than one statement's worth, so the batch is split.
+    let ids: Vec<String> = (0..501).map(|i| format!("a{i:03}")).collect();
+    for correlation_id in &ids {
+        store
+            .insert_action(&new_action(correlation_id, &name))
+            .await
+            .expect("insert an action");
+    }
+    // Answered between its publish and the mark; and one never published.
+    store
+        .transition_action("a001", &[Pending], Succeeded, &outcome(20))
+        .await
+        .expect("answer a001")
+        .expect("a001 was pending");
+    let published: Vec<String> = ids.iter().filter(|id| *id != "a500").cloned().collect();
+    let marked = store
+        .mark_delivered(&published, at(50))
+        .await
+        .expect("mark delivered");
+    assert_eq!(marked, 499, "every published one still pending");
+
+    let answered = store.get_action("a001").await.expect("read").expect("a001");
+    assert_eq!(answered.state, Succeeded, "an answer is not overwritten");
+    assert_eq!(answered.delivered_at, None);
+    let last_marked = store.get_action("a499").await.expect("read").expect("a499");
+    assert_eq!(last_marked.state, Delivered);
+    assert_eq!(last_marked.delivered_at, Some(at(50)));
+    let unpublished = store.get_action("a500").await.expect("read").expect("a500");
+    assert_eq!(unpublished.state, Pending);
+    assert_eq!(
+        store
+            .mark_delivered(&published, at(60))
+            .await
+            .expect("mark again"),
+        0,
+        "marking twice changes nothing"
+    );
+    assert_eq!(
+        store
+            .get_action("a499")
+            .await
+            .expect("read")
+            .expect("a499")
+            .delivered_at,
+        Some(at(50))
+    );
+}
+
+async fn an_answer_ends_its_devices_open_action_with_its_event_once(store: Store) {
+    use ActionState::*;
+    let name = device(&store, "edge-1").await;
+    let other = device(&store, "edge-2").await;
+    for correlation_id in ["c1", "c2"] {
+        store
+            .insert_action(&new_action(correlation_id, &name))
+            .await
+            .expect("insert an action");
+    }
+    let answer = |id: &str, device: &DeviceId, correlation_id: &str| EventRecord {
+        correlation_id: Some(correlation_id.to_owned()),
+        ..event(id, device, 20)
+    };
+
+    // Another device's answer, or one for no action: nothing written.
+    let foreign = store
+        .record_answer(
+            &other,
+            "c1",
+            Succeeded,
+            &outcome(20),
+            &answer("e0", &other, "c1"),
+        )
+        .await
+        .expect("answer another device's action");
+    assert_eq!(foreign, None);
+    let missing = store
+        .record_answer(
+            &name,
+            "nope",
+            Succeeded,
+            &outcome(20),
+            &answer("e1", &name, "nope"),
+        )
+        .await
+        .expect("answer no action");
+    assert_eq!(missing, None);
+    assert!(
+        store
+            .list_events(&other, 10)
+            .await
+            .expect("events")
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_events(&name, 10)
+            .await
+            .expect("events")
+            .is_empty()
+    );
+
+    store
+        .transition_action("c1", &[Pending], Delivered, &outcome(10))
+        .await
+        .expect("deliver c1")
+        .expect("c1 was pending");
+    let done = store
+        .record_answer(
+            &name,
+            "c1",
+            Succeeded,
+            &outcome(20),
+            &answer("e2", &name, "c1"),
+        )
+        .await
+        .expect("answer c1")
+        .expect("c1 was delivered");
+    assert_eq!(done.state, Succeeded);
+    assert_eq!(done.delivered_at, Some(at(10)));
+    assert_eq!(done.completed_at, Some(at(20)));
+    assert_eq!(done.status_code, Some(200));
+    assert_eq!(done.response, Some(json!({"ip": "10.0.0.7"})));
+    assert_eq!(done.sealed_input, None);
+    assert_eq!(
+        store.get_action("c1").await.expect("read"),
+        Some(done.clone())
+    );
+
+    // A repeat of the answer finds the action ended: no second event.
+    let repeat = store
+        .record_answer(
+            &name,
+            "c1",
+            Failed,
+            &outcome(30),
+            &answer("e3", &name, "c1"),
+        )
+        .await
+        .expect("answer c1 again");
+    assert_eq!(repeat, None);
+    assert_eq!(store.get_action("c1").await.expect("read"), Some(done));
+
+    // An answer straight from pending (it beat the delivery mark) counts.
+    let early = store
+        .record_answer(
+            &name,
+            "c2",
+            Failed,
+            &outcome(25),
+            &answer("e4", &name, "c2"),
+        )
+        .await
+        .expect("answer c2")
+        .expect("c2 was pending");
+    assert_eq!(early.state, Failed);
+
+    let events = store.list_events(&name, 10).await.expect("events");
+    let mut ids: Vec<&str> = events.iter().map(|event| event.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["e2", "e4"], "one event per recorded answer");
 }
 
 async fn expired_pending_actions_are_selected_by_time(store: Store) {
