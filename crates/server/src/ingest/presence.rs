@@ -63,11 +63,16 @@ enum Change {
     Session(Presence),
     /// A session held here is claimed again after a takeover.
     Reclaim,
-    /// The agent's birth; `written` hears when it is stored.
-    Birth {
-        status: DeviceStatus,
-        written: oneshot::Sender<()>,
-    },
+    /// The agent's birth; `written` hears when it is stored. Boxed: the
+    /// queue allocates 32 changes at a time for every device, so its size
+    /// is paid per session (inline, 3 KiB of the 40 KiB budget).
+    Birth(Box<Birth>),
+}
+
+#[derive(Debug)]
+struct Birth {
+    status: DeviceStatus,
+    written: oneshot::Sender<()>,
 }
 
 impl Change {
@@ -75,7 +80,7 @@ impl Change {
         match self {
             Change::Session(presence) => presence.as_str(),
             Change::Reclaim => "reclaimed",
-            Change::Birth { .. } => "birth",
+            Change::Birth(_) => "birth",
         }
     }
 }
@@ -140,7 +145,7 @@ impl PresenceWriter {
                 writer.pending.fetch_add(1, Ordering::SeqCst);
                 writer
                     .changes
-                    .send(Change::Birth { status, written })
+                    .send(Change::Birth(Box::new(Birth { status, written })))
                     .is_ok()
             })
         };
@@ -240,13 +245,13 @@ async fn write_in_order(
                     let step = SessionStep::Reclaim;
                     write(&store, &owner, &device, step, &mut sessions, &mut recorded).await
                 }
-                Change::Birth { status, .. } => store
+                Change::Birth(birth) => store
                     .set_agent_status(
                         &device,
-                        &status.agent_version,
-                        &status.capabilities,
-                        &status.boot_id,
-                        status.seq,
+                        &birth.status.agent_version,
+                        &birth.status.capabilities,
+                        &birth.status.boot_id,
+                        birth.status.seq,
                     )
                     .await
                     .map(|()| false)
@@ -265,8 +270,8 @@ async fn write_in_order(
             delay = (delay * 2).min(RETRY_MAX);
         }
         pending.fetch_sub(1, Ordering::SeqCst);
-        if let Change::Birth { written, .. } = change {
-            let _ = written.send(());
+        if let Change::Birth(birth) = change {
+            let _ = birth.written.send(());
         }
     }
 }
