@@ -14,6 +14,7 @@ pub mod labels;
 pub mod limits;
 pub mod metrics;
 pub mod redact;
+pub mod telemetry;
 pub mod topics;
 
 #[cfg(test)]
