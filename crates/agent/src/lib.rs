@@ -13,6 +13,7 @@ pub mod logging;
 pub mod queue;
 pub mod renewal;
 pub mod session;
+pub mod spool;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
