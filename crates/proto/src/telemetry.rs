@@ -42,10 +42,13 @@ pub const MAX_LOG_MESSAGE_BYTES: usize = 16 * 1024;
 pub const MAX_PRIORITY: u8 = 7;
 
 /// Which spool a batch comes from; each has its own topic and sequence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Stream {
+    #[default]
     Metrics,
     Logs,
 }
@@ -171,6 +174,35 @@ impl TelemetryBatch {
     pub fn end_seq(&self) -> u64 {
         self.first_seq.saturating_add(self.records.len() as u64)
     }
+}
+
+/// What one stream of a device has sent, summed over its spools
+/// (`GET /api/v1/devices/{name}/usage`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StreamUsage {
+    pub stream: Stream,
+    /// Spools seen: more than one means the device's spool was wiped.
+    pub spools: u64,
+    /// Compressed batch bytes as received, batches sent twice included.
+    pub wire_bytes: u64,
+    pub batches: u64,
+    pub stored_records: u64,
+    /// Records received again and not stored twice.
+    pub duplicate_records: u64,
+    /// Sequence numbers never received (skipped by a later batch).
+    pub gap: u64,
+    /// What the device's spools dropped when full, as they reported it.
+    pub dropped: Dropped,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceUsage {
+    pub device: String,
+    pub streams: Vec<StreamUsage>,
 }
 
 /// Why a payload is not a batch tetherd accepts; the device sees this.

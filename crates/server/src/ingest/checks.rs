@@ -61,6 +61,9 @@ pub fn check(
             payload(size, HostMetrics::MAX_PAYLOAD_BYTES)?;
             sampled_at(metrics.sampled_at, now, window)
         }
+        // Decoding checked the batch's bounds; its records keep the times
+        // the device gave them (retention prunes the old ones).
+        DeviceMessage::Telemetry(_) => payload(size, tether_proto::telemetry::MAX_COMPRESSED_BYTES),
     }
 }
 

@@ -28,6 +28,7 @@ use crate::device_link::{
 };
 use crate::observability::Observability;
 use crate::store::{EventRecord, Store, StoreError};
+use crate::telemetry::{Stored, Telemetry};
 use checks::{ClockWindow, Invalid};
 pub use counters::IngestCounters;
 use counters::{Counters, Outcome};
@@ -94,6 +95,7 @@ pub struct Ingest {
     /// Samples older than this are refused: retention would delete them.
     metrics_retention: Duration,
     presence: PresenceWriter,
+    telemetry: Telemetry,
     write_slots: Arc<Semaphore>,
     devices: Mutex<HashMap<DeviceId, DeviceState>>,
 }
@@ -127,6 +129,7 @@ impl Ingest {
         Self {
             presence: PresenceWriter::new(store.clone(), owner, write_slots.clone(), bus),
             write_slots,
+            telemetry: Telemetry::new(store.clone(), observability.clone()),
             store,
             actions,
             config,
@@ -257,7 +260,10 @@ impl Ingest {
         }
         let slot = tokio::time::timeout(WRITE_SLOT_WAIT, self.write_slots.acquire()).await;
         let applied = match slot {
-            Ok(Ok(_slot)) => self.apply(&inbound.device, message).await.map_err(Some),
+            Ok(Ok(_slot)) => self
+                .apply(&inbound.device, message, inbound.size)
+                .await
+                .map_err(Some),
             _ => Err(None),
         };
         let outcome = match applied {
@@ -293,6 +299,7 @@ impl Ingest {
         &self,
         device: &DeviceId,
         message: &DeviceMessage,
+        size: usize,
     ) -> Result<Outcome, StoreError> {
         match message {
             DeviceMessage::Status(status) => {
@@ -310,6 +317,12 @@ impl Ingest {
             DeviceMessage::Metrics(metrics) => {
                 self.store.insert_metrics(device, metrics).await?;
                 Ok(Outcome::Accepted)
+            }
+            DeviceMessage::Telemetry(batch) => {
+                Ok(match self.telemetry.ingest(device, batch, size).await? {
+                    Stored::New { .. } => Outcome::Accepted,
+                    Stored::Duplicate => Outcome::Duplicate,
+                })
             }
         }
     }

@@ -20,6 +20,7 @@ mod users;
 pub use cluster::{AdvisoryLock, DeviceSession, EndedSessions, ReplicaRecord};
 pub use enrollment::CertificateSerials;
 pub use jobs::{JobRecord, NewJob};
+pub use telemetry::{CursorTx, CursorUpdate, StoredLog};
 
 use std::str::FromStr;
 

@@ -253,6 +253,7 @@ impl DeviceInbox for Recorder {
                 Content::Message(device_link::DeviceMessage::Metrics(metrics)) => {
                     DeviceMessage::Metrics { device, metrics }
                 }
+                Content::Message(device_link::DeviceMessage::Telemetry(_)) => return Ok(()),
                 Content::Malformed(reason) => return Err(Refusal::Invalid(reason)),
                 Content::NotConsumed => return Ok(()),
             };
