@@ -17,7 +17,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
     LastWill, Packet, PubAck, PubAckReason, PublishProperties, SubscribeReasonCode,
 };
-use rumqttc::v5::{AsyncClient, ClientError, ConnectionError, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{NetworkOptions, Outgoing, TlsConfiguration, Transport};
 use tether_proto::metrics::HostMetrics;
 use tether_proto::telemetry::{MetricRecord, Stream};
@@ -181,7 +181,7 @@ impl Publisher {
         kind: TopicKind,
         payload: Vec<u8>,
         properties: Option<PublishProperties>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), String> {
         let topic = self.topic(kind);
         // Held across the hand-over, so tags keep the client's order.
         let mut tags = self.tags();
@@ -196,7 +196,8 @@ impl Publisher {
             None => self
                 .client
                 .try_publish(topic, QoS::AtLeastOnce, false, payload),
-        }?;
+        }
+        .map_err(|e| e.to_string())?;
         tags.queued.push_back(tag);
         Ok(())
     }
@@ -284,7 +285,6 @@ impl BatchOut for Publisher {
             Stream::Logs => TopicKind::Logs,
         };
         self.send(Tag::Batch { stream, end_seq }, kind, payload, None)
-            .map_err(|e| e.to_string())
     }
 }
 

@@ -254,7 +254,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(logs.position().0, 1500, "a refused batch is skipped");
-        assert!(matches!(logs.next_batch().expect("reads"), None));
+        assert!(logs.next_batch().expect("reads").is_none());
         task.abort();
     }
 }
