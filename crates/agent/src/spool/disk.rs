@@ -266,28 +266,52 @@ impl Disk {
         if count == 0 {
             return Ok(());
         }
-        let last = *self.segments.last().unwrap_or(&Segment {
-            first_seq: 0,
-            records: 0,
-            bytes: 0,
-        });
-        let mut file = OpenOptions::new()
-            .append(true)
-            .open(self.segment_path(last.first_seq))?;
-        file.write_all(lines)?;
-        file.sync_data()?;
-        if let Some(segment) = self.segments.last_mut() {
-            segment.records += count;
-            segment.bytes += lines.len() as u64;
-        }
-        if self
-            .segments
-            .last()
-            .is_some_and(|s| s.bytes >= self.segment_bytes)
-        {
-            self.create_segment(self.next_seq())?;
+        // A flush larger than a segment fills it and goes on in the next,
+        // so that the bound can drop part of it rather than all of it.
+        let mut rest = lines;
+        while !rest.is_empty() {
+            let used = self.segments.last().map_or(0, |s| s.bytes);
+            let room = self.segment_bytes.saturating_sub(used) as usize;
+            let mut end = 0;
+            for line in rest.split_inclusive(|&b| b == b'\n') {
+                // An empty segment takes a line however long.
+                if end + line.len() > room && (end > 0 || used > 0) {
+                    break;
+                }
+                end += line.len();
+            }
+            if end == 0 {
+                self.create_segment(self.next_seq())?;
+                continue;
+            }
+            let (part, next) = rest.split_at(end);
+            self.write_to_newest(part)?;
+            rest = next;
+            if self
+                .segments
+                .last()
+                .is_some_and(|s| s.bytes >= self.segment_bytes)
+            {
+                self.create_segment(self.next_seq())?;
+            }
         }
         self.enforce_bound()
+    }
+
+    /// Appends whole lines to the newest segment: one write, one fsync.
+    fn write_to_newest(&mut self, part: &[u8]) -> io::Result<()> {
+        let Some(newest) = self.segments.last_mut() else {
+            return Err(io::Error::other("the spool has no segment"));
+        };
+        let mut file = OpenOptions::new().append(true).open(
+            self.dir
+                .join(format!("{:020}{SEGMENT_SUFFIX}", newest.first_seq)),
+        )?;
+        file.write_all(part)?;
+        file.sync_data()?;
+        newest.records += part.iter().filter(|&&b| b == b'\n').count() as u64;
+        newest.bytes += part.len() as u64;
+        Ok(())
     }
 
     /// Drops the oldest segments while the spool is over its bound, counting
@@ -537,6 +561,19 @@ mod tests {
         drop(disk);
         let disk = Disk::open(temp.path(), Stream::Logs, max).expect("reopens");
         assert_eq!(disk.dropped(), &dropped, "the count survives a restart");
+    }
+
+    #[test]
+    fn a_flush_larger_than_the_bound_keeps_its_newest_records() {
+        let temp = tempfile::tempdir().expect("temp");
+        let max = 16 * 1024;
+        let mut disk = Disk::open(temp.path(), Stream::Logs, max).expect("opens");
+        append(&mut disk, 0, 2000);
+        assert!(disk.bytes() <= max, "{} bytes kept", disk.bytes());
+        let read = disk.read(0, 10_000, 1 << 20).expect("reads");
+        assert!(read.lines.len() > 100, "only {} kept", read.lines.len());
+        assert_eq!(read.first_seq + read.lines.len() as u64, 2000);
+        assert_eq!(disk.dropped().total, read.first_seq);
     }
 
     #[test]
