@@ -317,31 +317,42 @@ impl Disk {
     /// Drops the oldest segments while the spool is over its bound, counting
     /// each record not yet acknowledged.
     fn enforce_bound(&mut self) -> io::Result<()> {
-        while self.bytes() > self.max_bytes {
-            if self.segments.len() == 1 {
-                self.create_segment(self.next_seq())?;
-            }
-            let oldest = self.segments[0];
-            let (total, by_priority) = self.count_unacked(&oldest)?;
-            self.meta.dropped.total += total;
+        let mut bytes = self.bytes();
+        if bytes <= self.max_bytes {
+            return Ok(());
+        }
+        if self.segments.len() == 1 {
+            self.create_segment(self.next_seq())?;
+        }
+        let mut gone = 0;
+        while bytes > self.max_bytes && gone < self.segments.len() - 1 {
+            bytes -= self.segments[gone].bytes;
+            gone += 1;
+        }
+        let mut total = 0;
+        for segment in self.segments[..gone].to_vec() {
+            let (count, by_priority) = self.count_unacked(&segment)?;
+            total += count;
             for (sum, n) in self.meta.dropped.by_priority.iter_mut().zip(by_priority) {
                 *sum += n;
             }
-            self.meta.acked = self.meta.acked.max(oldest.end_seq());
-            if total > 0 {
-                tracing::warn!(
-                    stream = %self.stream,
-                    dropped = total,
-                    dropped_total = self.meta.dropped.total,
-                    "the spool is full ({} bytes): dropped its oldest records",
-                    self.max_bytes
-                );
-            }
-            // Counted before deleted: a crash in between leaves a segment
-            // that the next start sees as consumed.
-            self.save_meta()?;
-            self.segments.remove(0);
-            self.remove_segment(oldest.first_seq)?;
+            self.meta.acked = self.meta.acked.max(segment.end_seq());
+        }
+        self.meta.dropped.total += total;
+        if total > 0 {
+            tracing::warn!(
+                stream = %self.stream,
+                dropped = total,
+                dropped_total = self.meta.dropped.total,
+                "the spool is full ({} bytes): dropped its oldest records",
+                self.max_bytes
+            );
+        }
+        // Counted before deleted, in one save: a crash in between leaves
+        // segments that the next start sees as consumed.
+        self.save_meta()?;
+        for segment in self.segments.drain(..gone).collect::<Vec<_>>() {
+            self.remove_segment(segment.first_seq)?;
         }
         Ok(())
     }
@@ -574,6 +585,23 @@ mod tests {
         assert!(read.lines.len() > 100, "only {} kept", read.lines.len());
         assert_eq!(read.first_seq + read.lines.len() as u64, 2000);
         assert_eq!(disk.dropped().total, read.first_seq);
+    }
+
+    #[test]
+    fn records_keep_their_numbers_through_many_flushes_larger_than_a_segment() {
+        let temp = tempfile::tempdir().expect("temp");
+        let mut disk = Disk::open(temp.path(), Stream::Logs, 32 * 1024).expect("opens");
+        let mut next = 0;
+        for size in [512, 512, 300, 1, 512, 700, 512, 512, 20, 512] {
+            append(&mut disk, next, next + size);
+            next += size;
+            let read = disk.read(0, 100_000, 1 << 30).expect("reads");
+            let want: Vec<String> = (read.first_seq..next)
+                .map(|i| format!("line {i:05}"))
+                .collect();
+            assert_eq!(messages(&read), want, "after {next} records");
+            assert_eq!(disk.dropped().total, read.first_seq);
+        }
     }
 
     #[test]

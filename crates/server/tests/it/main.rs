@@ -16,3 +16,4 @@ mod replicas;
 mod security;
 mod store;
 mod support;
+mod telemetry;
