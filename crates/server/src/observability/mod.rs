@@ -234,8 +234,12 @@ mod tests {
         observability.action_finished(ActionState::Succeeded);
         observability.ingested(Duration::from_millis(3));
         observability.notification_received(Duration::from_millis(2));
+        observability.telemetry_received(tether_proto::telemetry::Stream::Logs, 2048, 1000, 10);
         let text = observability.render(snapshot());
         for line in [
+            "tether_telemetry_received_bytes_total{stream=\"logs\"} 2048",
+            "tether_telemetry_stored_records_total{stream=\"logs\"} 1000",
+            "tether_telemetry_duplicate_records_total{stream=\"logs\"} 10",
             "tether_device_sessions 3",
             "tether_open_actions{state=\"pending\"} 7",
             "tether_open_actions{state=\"delivered\"} 0",
