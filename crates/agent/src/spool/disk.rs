@@ -88,6 +88,9 @@ pub struct Disk {
     /// Oldest first; never empty: the last is the one appended to.
     segments: Vec<Segment>,
     hint: Option<ReadHint>,
+    /// End of the batch sent and not yet answered: its records may reach
+    /// tetherd, so the bound does not drop (and count) them meanwhile.
+    in_flight_end: u64,
 }
 
 impl Disk {
@@ -132,6 +135,7 @@ impl Disk {
             meta,
             segments: Vec::new(),
             hint: None,
+            in_flight_end: 0,
         };
         let last = firsts.len().saturating_sub(1);
         for (i, first_seq) in firsts.into_iter().enumerate() {
@@ -326,8 +330,15 @@ impl Disk {
         }
         let mut gone = 0;
         while bytes > self.max_bytes && gone < self.segments.len() - 1 {
-            bytes -= self.segments[gone].bytes;
+            let oldest = self.segments[gone];
+            if oldest.first_seq < self.in_flight_end && oldest.end_seq() > self.meta.acked {
+                break;
+            }
+            bytes -= oldest.bytes;
             gone += 1;
+        }
+        if gone == 0 {
+            return Ok(());
         }
         let mut total = 0;
         for segment in self.segments[..gone].to_vec() {
@@ -382,6 +393,9 @@ impl Disk {
     /// Moves the acknowledged position to `seq` and deletes the segments
     /// wholly before it. Saved with a deleted segment, or by [`Disk::save`].
     pub fn ack(&mut self, seq: u64) -> io::Result<()> {
+        if seq >= self.in_flight_end {
+            self.in_flight_end = 0;
+        }
         if seq <= self.meta.acked {
             return Ok(());
         }
@@ -399,6 +413,18 @@ impl Disk {
             }
         }
         Ok(())
+    }
+
+    /// The records before `end_seq` went to tetherd: kept until answered.
+    pub fn sent(&mut self, end_seq: u64) {
+        self.in_flight_end = end_seq;
+    }
+
+    /// The batch sent will not be answered (the connection went): its
+    /// records may be dropped again, and are then counted.
+    pub fn unsent(&mut self) -> io::Result<()> {
+        self.in_flight_end = 0;
+        self.enforce_bound()
     }
 
     /// Saves the acknowledged position if it moved.
@@ -602,6 +628,44 @@ mod tests {
             assert_eq!(messages(&read), want, "after {next} records");
             assert_eq!(disk.dropped().total, read.first_seq);
         }
+    }
+
+    #[test]
+    fn records_in_flight_are_neither_dropped_nor_counted_until_answered() {
+        let temp = tempfile::tempdir().expect("temp");
+        let max = 16 * 1024;
+        let mut disk = Disk::open(temp.path(), Stream::Logs, max).expect("opens");
+        append(&mut disk, 0, 200);
+        let read = disk.read(disk.acked(), 50, 1 << 20).expect("reads");
+        let end = read.first_seq + read.lines.len() as u64;
+        disk.sent(end);
+        append(&mut disk, 200, 2000);
+        assert_eq!(
+            disk.segments[0].first_seq.min(read.first_seq),
+            read.first_seq,
+            "the batch in flight stays"
+        );
+        assert_eq!(disk.dropped().total, 0);
+        disk.ack(end).expect("answered");
+        append(&mut disk, 2000, 2001);
+        assert!(disk.bytes() <= max);
+        let kept = disk.read(disk.acked(), 10_000, 1 << 30).expect("reads");
+        assert_eq!(
+            disk.dropped().total + kept.lines.len() as u64 + (end - read.first_seq),
+            2001,
+            "every record stored or dropped, none both"
+        );
+        // Unanswered, the batch's records go like any others.
+        let read = disk.read(disk.acked(), 50, 1 << 20).expect("reads");
+        disk.sent(read.first_seq + read.lines.len() as u64);
+        append(&mut disk, 2001, 4000);
+        disk.unsent().expect("unsent");
+        assert!(disk.bytes() <= max);
+        let kept = disk.read(disk.acked(), 10_000, 1 << 30).expect("reads");
+        assert_eq!(
+            disk.dropped().total + kept.lines.len() as u64 + (end - 0),
+            4000
+        );
     }
 
     #[test]

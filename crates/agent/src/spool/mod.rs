@@ -149,7 +149,9 @@ impl Spool {
     }
 
     /// The next batch to send: the records from the acknowledged position
-    /// on, or `None` if all were sent.
+    /// on, or `None` if all were sent. Its records are held back from the
+    /// bound until answered ([`Spool::ack`]) or given up ([`Spool::unsent`]),
+    /// so that none is both delivered and counted as dropped.
     pub fn next_batch(&self) -> io::Result<Option<TelemetryBatch>> {
         let mut disk = self.disk();
         loop {
@@ -174,12 +176,14 @@ impl Spool {
                         Stream::Logs => Records::Logs(Vec::new()),
                     }),
             };
-            return Ok(Some(TelemetryBatch {
+            let batch = TelemetryBatch {
                 spool_id: disk.spool_id().to_owned(),
                 first_seq: read.first_seq,
                 records,
                 dropped: disk.dropped().clone(),
-            }));
+            };
+            disk.sent(batch.end_seq());
+            return Ok(Some(batch));
         }
     }
 
@@ -193,6 +197,12 @@ impl Spool {
     /// tetherd stored every record before `seq`.
     pub fn ack(&self, seq: u64) -> io::Result<()> {
         self.disk().ack(seq)
+    }
+
+    /// The batch last read will not be answered: its records are no longer
+    /// held back from the bound.
+    pub fn unsent(&self) -> io::Result<()> {
+        self.disk().unsent()
     }
 
     /// The acknowledged position, the next sequence number and the totals

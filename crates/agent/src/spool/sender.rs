@@ -108,6 +108,7 @@ pub async fn run(
                         }
                         Answer::Later(reason) => {
                             tracing::info!(%stream, reason, "tetherd cannot take telemetry now; sending again in a moment");
+                            unsent(&spool);
                             tokio::time::sleep(RETRY_AFTER).await;
                         }
                     }
@@ -117,14 +118,23 @@ pub async fn run(
                 // again (it was dropped with the old connection).
                 changed = online.changed() => {
                     if changed.is_err() { return }
+                    unsent(&spool);
                     break;
                 }
                 () = &mut deadline => {
                     tracing::warn!(%stream, "no answer from tetherd to a telemetry batch within {} s; sending it again", ACK_TIMEOUT.as_secs());
+                    unsent(&spool);
                     break;
                 }
             }
         }
+    }
+}
+
+/// A rare answer, off the fast path: the bound it may apply writes.
+fn unsent(spool: &Spool) {
+    if let Err(error) = spool.unsent() {
+        tracing::error!(stream = %spool.stream(), %error, "cannot apply the telemetry spool's bound");
     }
 }
 

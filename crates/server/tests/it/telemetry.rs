@@ -218,7 +218,7 @@ async fn a_tiny_spool_drops_the_oldest_records_and_reports_exactly_how_many(
     let admin = tetherd.admin().await?;
     let logs = wait_until(
         "the newest lines and the drop count",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         || {
             let admin = admin.clone();
             async move {
