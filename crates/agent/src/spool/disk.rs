@@ -341,7 +341,8 @@ impl Disk {
             return Ok(());
         }
         let mut total = 0;
-        for segment in self.segments[..gone].to_vec() {
+        for i in 0..gone {
+            let segment = self.segments[i];
             let (count, by_priority) = self.count_unacked(&segment)?;
             total += count;
             for (sum, n) in self.meta.dropped.by_priority.iter_mut().zip(by_priority) {
@@ -662,10 +663,7 @@ mod tests {
         disk.unsent().expect("unsent");
         assert!(disk.bytes() <= max);
         let kept = disk.read(disk.acked(), 10_000, 1 << 30).expect("reads");
-        assert_eq!(
-            disk.dropped().total + kept.lines.len() as u64 + (end - 0),
-            4000
-        );
+        assert_eq!(disk.dropped().total + kept.lines.len() as u64 + end, 4000);
     }
 
     #[test]
