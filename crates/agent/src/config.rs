@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::enroll::EnrollOptions;
+use crate::spool::SpoolConfig;
+
+/// File name of the local API's socket in the state directory.
+pub const LOCAL_API_SOCKET: &str = "api.sock";
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -44,6 +48,23 @@ pub struct Config {
         default_value = "info"
     )]
     pub log_level: String,
+
+    /// Most disk space the telemetry spool (metrics and logs kept until
+    /// tetherd has them) may take, in bytes; the oldest records are dropped
+    /// beyond it, and counted
+    #[arg(
+        long,
+        env = "TETHER_AGENT_SPOOL_MAX_BYTES",
+        value_name = "BYTES",
+        default_value_t = SpoolConfig::default().max_bytes,
+        value_parser = clap::value_parser!(u64).range(64 * 1024..)
+    )]
+    pub spool_max_bytes: u64,
+
+    /// Unix socket of the local API, where applications on the device push
+    /// metrics and log lines [default: STATE_DIR/api.sock]
+    #[arg(long, env = "TETHER_AGENT_LOCAL_API_SOCKET", value_name = "PATH")]
+    pub local_api_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +86,19 @@ impl Config {
             None => default_state_dir(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"))
                 .ok_or(ConfigError::NoStateDir),
         }
+    }
+
+    pub fn spool(&self) -> SpoolConfig {
+        SpoolConfig {
+            max_bytes: self.spool_max_bytes,
+            ..SpoolConfig::default()
+        }
+    }
+
+    pub fn local_api_socket(&self, state_dir: &std::path::Path) -> PathBuf {
+        self.local_api_socket
+            .clone()
+            .unwrap_or_else(|| state_dir.join(LOCAL_API_SOCKET))
     }
 
     /// The enrollment flags, all three or an error naming the missing ones.

@@ -9,13 +9,14 @@ pub mod config;
 pub mod dedupe;
 pub mod endpoints;
 pub mod enroll;
+pub mod local_api;
 pub mod logging;
 pub mod queue;
 pub mod renewal;
 pub mod session;
 pub mod spec;
+pub mod spool;
 pub mod state;
-pub mod telemetry;
 pub mod tls;
 
 use std::future::Future;
@@ -28,6 +29,8 @@ use enroll::EnrollError;
 use logging::LogControl;
 use renewal::Renewal;
 use session::SessionError;
+use spool::Spools;
+use spool::disk::DiskError;
 use state::{StateDir, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,10 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Session(#[from] SessionError),
+    #[error("cannot open the telemetry spool")]
+    Spool(#[from] DiskError),
+    #[error(transparent)]
+    LocalApi(#[from] local_api::LocalApiError),
 }
 
 /// rustls needs one process-wide crypto provider; the agent uses ring.
@@ -63,9 +70,42 @@ pub async fn run(
     logging: LogControl,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    tokio::pin!(shutdown);
     let state = StateDir::open(config.state_dir()?)?;
     let clock = ServerClock::new();
+    // Opened before enrollment, so local applications can log from the start.
+    let spools = Spools::open(state.path(), config.spool())?;
+    let local_api = local_api::LocalApi::bind(
+        &config.local_api_socket(state.path()),
+        spools.clone(),
+        clock.clone(),
+    )?;
+    let _flusher = AbortOnDrop(tokio::spawn(spools.clone().run_flusher()));
+    let _local_api = AbortOnDrop(tokio::spawn(local_api.serve()));
+    let ran = serve(config, state, clock, spools.clone(), logging, shutdown).await;
+    // What waits in memory reaches the disk before the agent stops.
+    let flushing = spools.clone();
+    let _ = tokio::task::spawn_blocking(move || flushing.flush()).await;
+    ran
+}
+
+/// Ends a background task with the scope that started it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn serve(
+    config: &Config,
+    state: StateDir,
+    clock: Arc<ServerClock>,
+    spools: Arc<Spools>,
+    logging: LogControl,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    tokio::pin!(shutdown);
     let credentials = match state.load()? {
         Some(credentials) => {
             if config.server.is_some() || config.enroll_token.is_some() {
@@ -119,12 +159,15 @@ pub async fn run(
     let session = session::run(
         credentials.clone(),
         &state,
-        spec::StatusSource {
-            spec: applied,
-            facts: Arc::new(spec::facts::gather(std::path::Path::new("/"))),
+        session::SessionParts {
+            status: spec::StatusSource {
+                spec: applied,
+                facts: Arc::new(spec::facts::gather(std::path::Path::new("/"))),
+            },
+            logging: Arc::new(logging),
+            clock,
+            spools,
         },
-        Arc::new(logging),
-        clock,
         renewed_rx,
         shutdown,
     );

@@ -8,18 +8,20 @@
 //! published through the `AsyncClient`, so a slow action never stalls pings
 //! or acks.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
-    Filter, LastWill, Packet, PublishProperties, SubscribeReasonCode,
+    Filter, LastWill, Packet, PubAck, PubAckReason, PublishProperties, SubscribeReasonCode,
 };
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{NetworkOptions, Outgoing, TlsConfiguration, Transport};
 use tether_proto::metrics::HostMetrics;
 use tether_proto::spec::SpecError;
+use tether_proto::telemetry::{MetricRecord, Stream};
 use tether_proto::{ActionEvent, DeviceId, DeviceStatus, DeviceTopic, Presence, TopicKind};
 use tokio::sync::{mpsc, watch};
 
@@ -34,8 +36,9 @@ use crate::endpoints::{Endpoint, Endpoints};
 use crate::logging::LogControl;
 use crate::queue::Queued;
 use crate::spec::StatusSource;
+use crate::spool::sender::{self, Ack, Answer, BatchOut};
+use crate::spool::{Record, Spools};
 use crate::state::{ACTIONS_DIR, Credentials, StateDir};
-use crate::telemetry::TelemetryGate;
 use crate::tls::{self, TlsError};
 
 const DEFAULT_MQTT_PORT: u16 = 8883;
@@ -53,6 +56,10 @@ const MAX_INFLIGHT: u16 = 32;
 /// Largest action request accepted (rumqttc's default is 10 KiB, too small
 /// for a `send-api` with a request body).
 const MAX_INCOMING_PACKET: u32 = 2 * 1024 * 1024;
+/// How long an action's event may wait for room in the MQTT client's
+/// request channel, trying every [`HANDOVER_RETRY`].
+const EVENT_HANDOVER: Duration = Duration::from_secs(60);
+const HANDOVER_RETRY: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -107,16 +114,37 @@ pub fn tls_config(
     )?)
 }
 
+/// What each publish handed to the MQTT client is, in the order they were
+/// handed over. rumqttc reports a publish's packet id only as it sends it
+/// (`Outgoing::Publish`), in that same order, and a PUBACK carries only the
+/// packet id: this is how a PUBACK finds its telemetry batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Other,
+    Batch { stream: Stream, end_seq: u64 },
+}
+
+#[derive(Debug, Default)]
+struct Tags {
+    /// Handed to the client, not sent yet.
+    queued: VecDeque<Tag>,
+    /// Sent, awaiting their PUBACK, by packet id.
+    in_flight: HashMap<u16, Tag>,
+}
+
 /// Topics and identity of this session, and the client that publishes.
 #[derive(Clone)]
 struct Publisher {
     client: AsyncClient,
     device: DeviceId,
     boot_id: String,
-    telemetry: Arc<TelemetryGate>,
-    /// Samples are dated by tetherd's clock, which judges them.
-    clock: Arc<ServerClock>,
     status: StatusSource,
+    /// Every publish goes through [`Publisher::send`], which tags it.
+    tags: Arc<Mutex<Tags>>,
+    /// Whether the session is up (subscribed, birth sent): batches go then.
+    online: Arc<watch::Sender<bool>>,
+    /// Where tetherd's answers to each stream's batches go.
+    acks: Arc<HashMap<Stream, mpsc::UnboundedSender<Ack>>>,
 }
 
 impl Publisher {
@@ -145,29 +173,49 @@ impl Publisher {
         )
     }
 
-    /// Queues a status without waiting: the event loop calls this.
-    fn try_publish_status(&self, state: Presence, seq: u64) -> Result<(), String> {
-        self.client
-            .try_publish(
-                self.topic(TopicKind::Status),
+    fn tags(&self) -> MutexGuard<'_, Tags> {
+        self.tags.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands a QoS 1 publish to the client without waiting, and tags it.
+    fn send(
+        &self,
+        tag: Tag,
+        kind: TopicKind,
+        payload: Vec<u8>,
+        properties: Option<PublishProperties>,
+    ) -> Result<(), String> {
+        let topic = self.topic(kind);
+        // Held across the hand-over, so tags keep the client's order.
+        let mut tags = self.tags();
+        match properties {
+            Some(properties) => self.client.try_publish_with_properties(
+                topic,
                 QoS::AtLeastOnce,
                 false,
-                self.status(state, seq),
-            )
+                payload,
+                properties,
+            ),
+            None => self
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, false, payload),
+        }
+        .map_err(|e| e.to_string())?;
+        tags.queued.push_back(tag);
+        Ok(())
+    }
+
+    /// Queues a status without waiting: the event loop calls this.
+    fn try_publish_status(&self, state: Presence, seq: u64) -> Result<(), String> {
+        self.send(Tag::Other, TopicKind::Status, self.status(state, seq), None)
             .map_err(|e| e.to_string())
     }
 
     /// Queues the reported status (QoS 1) without waiting: the event loop
     /// calls this. `extra` are errors beside the applied spec's own.
     fn try_publish_reported(&self, extra: Vec<SpecError>) -> Result<(), String> {
-        let reported = self.status.report(extra);
-        self.client
-            .try_publish(
-                self.topic(TopicKind::Reported),
-                QoS::AtLeastOnce,
-                false,
-                serde_json::to_vec(&reported).unwrap_or_default(),
-            )
+        let reported = serde_json::to_vec(&self.status.report(extra)).unwrap_or_default();
+        self.send(Tag::Other, TopicKind::Reported, reported, None)
             .map_err(|e| format!("cannot publish the reported status: {e}"))
     }
 
@@ -212,46 +260,108 @@ impl Publisher {
             content_type: Some("application/json".to_owned()),
             ..PublishProperties::default()
         };
-        let published = self
-            .client
-            .publish_with_properties(
-                self.topic(TopicKind::Events),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-                properties,
-            )
-            .await;
-        if let Err(e) = published {
-            tracing::error!(
-                "cannot publish the event for action {}: {e}",
-                event.correlation_id
+        // The request channel is full only while the event loop is behind:
+        // wait for room, as long as an action may take to be answered.
+        let deadline = Instant::now() + EVENT_HANDOVER;
+        loop {
+            let sent = self.send(
+                Tag::Other,
+                TopicKind::Events,
+                payload.clone(),
+                Some(properties.clone()),
             );
+            match sent {
+                Ok(()) => return,
+                Err(e) if Instant::now() >= deadline => {
+                    tracing::error!(
+                        "cannot publish the event for action {}: {e}",
+                        event.correlation_id
+                    );
+                    return;
+                }
+                Err(_) => tokio::time::sleep(HANDOVER_RETRY).await,
+            }
+        }
+    }
+
+    /// rumqttc sent the next publish handed to it, as packet `pkid`.
+    fn sent(&self, pkid: u16) {
+        let mut tags = self.tags();
+        if let Some(tag) = tags.queued.pop_front()
+            && pkid != 0
+            && tag != Tag::Other
+        {
+            tags.in_flight.insert(pkid, tag);
+        }
+    }
+
+    /// tetherd answered packet `ack.pkid`.
+    fn acked(&self, ack: &PubAck) {
+        let Some(Tag::Batch { stream, end_seq }) = self.tags().in_flight.remove(&ack.pkid) else {
+            return;
+        };
+        let reason = || {
+            ack.properties
+                .as_ref()
+                .and_then(|p| p.reason_string.clone())
+                .unwrap_or_else(|| format!("{:?}", ack.reason))
+        };
+        let answer = match ack.reason {
+            PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Answer::Stored,
+            PubAckReason::PayloadFormatInvalid
+            | PubAckReason::NotAuthorized
+            | PubAckReason::TopicNameInvalid => Answer::Refused(reason()),
+            _ => Answer::Later(reason()),
+        };
+        if let Some(route) = self.acks.get(&stream) {
+            let _ = route.send(Ack {
+                stream,
+                end_seq,
+                answer,
+            });
         }
     }
 }
 
-impl MetricsSink for Publisher {
+impl BatchOut for Publisher {
+    fn publish_batch(&self, stream: Stream, payload: Vec<u8>, end_seq: u64) -> Result<(), String> {
+        let kind = match stream {
+            Stream::Metrics => TopicKind::Metrics,
+            Stream::Logs => TopicKind::Logs,
+        };
+        self.send(Tag::Batch { stream, end_seq }, kind, payload, None)
+    }
+}
+
+/// `run-stats` samples go to the spool like every other metric.
+struct SpooledSamples {
+    spools: Arc<Spools>,
+    /// Samples are dated by tetherd's clock, which judges them.
+    clock: Arc<ServerClock>,
+}
+
+impl MetricsSink for SpooledSamples {
     fn publish_metrics(&self, metrics: &HostMetrics) {
-        if !self.telemetry.admit() {
-            return;
-        }
         let dated = HostMetrics {
             sampled_at: self.clock.at(metrics.sampled_at),
             ..metrics.clone()
         };
-        let payload = serde_json::to_vec(&dated).unwrap_or_default();
-        // Samples are worth nothing late: drop one rather than queue behind an outage.
-        if let Err(e) = self.client.try_publish(
-            self.topic(TopicKind::Metrics),
-            QoS::AtMostOnce,
-            false,
-            payload,
-        ) {
-            self.telemetry.dropped();
-            tracing::debug!("metrics sample dropped: {e}");
+        if let Err(error) = self
+            .spools
+            .append(Record::Metric(MetricRecord::Host(dated)))
+        {
+            tracing::warn!(%error, "metrics sample not spooled");
         }
     }
+}
+
+/// What a session reports and serves from, made once at the agent's start.
+pub struct SessionParts {
+    pub status: StatusSource,
+    pub logging: Arc<LogControl>,
+    /// tetherd's clock: it judges certificates and dates samples.
+    pub clock: Arc<ServerClock>,
+    pub spools: Arc<Spools>,
 }
 
 /// Connects and serves actions until `shutdown` resolves; then says goodbye.
@@ -259,12 +369,16 @@ impl MetricsSink for Publisher {
 pub async fn run(
     credentials: Credentials,
     state: &StateDir,
-    status: StatusSource,
-    logging: Arc<LogControl>,
-    clock: Arc<ServerClock>,
+    parts: SessionParts,
     renewed: watch::Receiver<Credentials>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SessionError> {
+    let SessionParts {
+        status,
+        logging,
+        clock,
+        spools,
+    } = parts;
     let endpoints = Endpoints::parse(&credentials.mqtt_urls)?;
     let tls = tls_config(&credentials, clock.clone())?;
     let dedupe = Dedupe::open(state.file(ACTIONS_DIR), DEFAULT_CAPACITY)?;
@@ -275,18 +389,41 @@ pub async fn run(
         Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))),
     );
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+    let (online, _) = watch::channel(false);
+    let mut ack_routes = HashMap::new();
+    let mut ack_receivers = Vec::new();
+    for stream in Stream::ALL {
+        let (tx, rx) = mpsc::unbounded_channel();
+        ack_routes.insert(stream, tx);
+        ack_receivers.push((stream, rx));
+    }
     let publisher = Publisher {
         client,
         device: credentials.device.clone(),
         boot_id: uuid::Uuid::new_v4().to_string(),
-        telemetry: Arc::new(TelemetryGate::default()),
-        clock: clock.clone(),
         status,
+        tags: Arc::default(),
+        online: Arc::new(online),
+        acks: Arc::new(ack_routes),
     };
+    let senders: Vec<_> = ack_receivers
+        .into_iter()
+        .map(|(stream, acks)| {
+            tokio::spawn(sender::run(
+                spools.spool(stream).clone(),
+                Arc::new(publisher.clone()),
+                publisher.online.subscribe(),
+                acks,
+            ))
+        })
+        .collect();
     let context = Context {
         logging,
         authorization: Arc::new(AuthorizationGuard::default()),
-        stats: StatsRunner::new(Arc::new(publisher.clone())),
+        stats: StatsRunner::new(Arc::new(SpooledSamples {
+            spools,
+            clock: clock.clone(),
+        })),
         ca_pem: credentials.ca_pem.clone(),
         clock: clock.clone(),
     };
@@ -315,6 +452,9 @@ pub async fn run(
     // Stop the worker before the goodbye: its abort drops the stats sampler,
     // and an action cut short is answered after restart, never run twice.
     worker.abort();
+    for sender in senders {
+        sender.abort();
+    }
     session.goodbye().await;
     Ok(())
 }
@@ -397,7 +537,6 @@ impl Session {
                 Err(e) => Some(describe(&e, &self.state_dir)),
             };
             let Some(failure) = failure else { continue };
-            self.publisher.telemetry.offline();
 
             if self
                 .connected_at
@@ -415,14 +554,11 @@ impl Session {
                 delay.as_secs_f64()
             );
             // Whatever was half-sent is dropped; the next connection is new.
-            self.eventloop.clean();
-            // `clean` moved what waited in the request channel into rumqttc's
-            // pending queue, which a clean-start CONNACK discards anyway; it
-            // has no bound, so it is emptied now rather than then. Nothing is
-            // lost: an answer (QoS 1 event) is in the action records, and
-            // tetherd delivers the unanswered action again after the
-            // reconnect, which the agent answers from its record.
-            self.eventloop.pending.clear();
+            // Nothing is lost: an answer (QoS 1 event) is in the action
+            // records, and tetherd delivers the unanswered action again
+            // after the reconnect, which the agent answers from its record;
+            // telemetry batches are sent again from the spool.
+            self.drop_unsent();
             self.seq += 1;
             self.eventloop
                 .options
@@ -490,15 +626,40 @@ impl Session {
             self.endpoints.current().url
         );
         self.connected_at = None;
+        self.drop_unsent();
+    }
+
+    /// Ends the connection's traffic: rumqttc's `clean` moves what waited
+    /// in the request channel into its pending queue, which a clean-start
+    /// CONNACK discards anyway; it has no bound, so it is emptied now
+    /// rather than then, and the tags with it, under their lock so that no
+    /// publish slips between the two. The senders stop until the session
+    /// is up again.
+    fn drop_unsent(&mut self) {
+        self.publisher.online.send_replace(false);
+        let tags = self.publisher.tags.clone();
+        let mut tags = tags.lock().unwrap_or_else(PoisonError::into_inner);
         self.eventloop.clean();
+        self.eventloop.pending.clear();
+        tags.queued.clear();
+        tags.in_flight.clear();
     }
 
     /// Reacts to one event; an error string means the connection is unusable.
     fn on_event(&mut self, event: Event) -> Result<(), String> {
-        let Event::Incoming(packet) = event else {
-            return Ok(());
+        let packet = match event {
+            Event::Incoming(packet) => packet,
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                self.publisher.sent(pkid);
+                return Ok(());
+            }
+            Event::Outgoing(_) => return Ok(()),
         };
         match packet {
+            Packet::PubAck(ack) => {
+                self.publisher.acked(&ack);
+                Ok(())
+            }
             Packet::ConnAck(_) => {
                 self.connected_at = Some(Instant::now());
                 tracing::info!("connected to {}", self.endpoints.current().url);
@@ -535,13 +696,7 @@ impl Session {
                     self.publisher.boot_id,
                     self.seq
                 );
-                let dropped = self.publisher.telemetry.online();
-                if dropped > 0 {
-                    tracing::warn!(
-                        dropped_samples = dropped,
-                        "dropped {dropped} metrics samples while not connected to tetherd"
-                    );
-                }
+                self.publisher.online.send_replace(true);
                 Ok(())
             }
             Packet::Publish(publish) => {
@@ -578,6 +733,7 @@ impl Session {
     /// Publishes `offline` and disconnects cleanly: an MQTT 5 server drops
     /// the will on a normal DISCONNECT, so the death is sent explicitly.
     async fn goodbye(&mut self) {
+        self.publisher.online.send_replace(false);
         if self.connected_at.is_none() {
             tracing::info!("stopped");
             return;
@@ -690,20 +846,28 @@ mod tests {
         );
     }
 
-    #[test]
-    fn birth_and_will_carry_identity_and_capabilities() {
-        let (client, _eventloop) = AsyncClient::new(MqttOptions::new("edge-1", "localhost", 1), 1);
-        let publisher = Publisher {
+    fn test_publisher(
+        client: AsyncClient,
+        acks: HashMap<Stream, mpsc::UnboundedSender<Ack>>,
+    ) -> Publisher {
+        Publisher {
             client,
             device: DeviceId::new("edge-1").expect("valid"),
             boot_id: "boot".into(),
-            telemetry: Arc::default(),
-            clock: ServerClock::new(),
             status: StatusSource {
                 spec: crate::spec::SpecHandle::load(std::path::Path::new("/nonexistent")),
                 facts: Arc::default(),
             },
-        };
+            tags: Arc::default(),
+            online: Arc::new(watch::channel(false).0),
+            acks: Arc::new(acks),
+        }
+    }
+
+    #[test]
+    fn birth_and_will_carry_identity_and_capabilities() {
+        let (client, _eventloop) = AsyncClient::new(MqttOptions::new("edge-1", "localhost", 1), 1);
+        let publisher = test_publisher(client, HashMap::new());
         let will = publisher.will(7);
         assert_eq!(&will.topic[..], b"tether/v1/devices/edge-1/status");
         assert!(!will.retain, "tetherd refuses retained messages");
@@ -713,5 +877,42 @@ mod tests {
         assert_eq!(status.boot_id, "boot");
         assert!(status.capabilities.contains(&"get-node-ip".to_owned()));
         assert_eq!(status.agent_version, AGENT_VERSION);
+    }
+
+    #[tokio::test]
+    async fn a_puback_reaches_the_sender_of_its_batch_and_no_other() {
+        let (client, _eventloop) = AsyncClient::new(MqttOptions::new("edge-1", "localhost", 1), 8);
+        let (logs_tx, mut logs_rx) = mpsc::unbounded_channel();
+        let publisher = test_publisher(client, HashMap::from([(Stream::Logs, logs_tx)]));
+        publisher
+            .try_publish_status(Presence::Online, 1)
+            .expect("status");
+        publisher
+            .publish_batch(Stream::Logs, vec![1], 100)
+            .expect("first batch");
+        publisher
+            .publish_batch(Stream::Logs, vec![1], 250)
+            .expect("second batch");
+        // Sent in the order handed over, as packets 1, 2 and 3.
+        for pkid in 1..=3 {
+            publisher.sent(pkid);
+        }
+        publisher.acked(&PubAck::new(1, None));
+        let mut refused = PubAck::new(3, None);
+        refused.reason = PubAckReason::PayloadFormatInvalid;
+        publisher.acked(&refused);
+        publisher.acked(&PubAck::new(2, None));
+        publisher.acked(&PubAck::new(2, None));
+        let mut answers = Vec::new();
+        while let Ok(ack) = logs_rx.try_recv() {
+            answers.push((ack.end_seq, ack.answer));
+        }
+        assert_eq!(
+            answers,
+            [
+                (250, Answer::Refused("PayloadFormatInvalid".into())),
+                (100, Answer::Stored)
+            ]
+        );
     }
 }

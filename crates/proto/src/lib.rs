@@ -15,6 +15,7 @@ pub mod limits;
 pub mod metrics;
 pub mod redact;
 pub mod spec;
+pub mod telemetry;
 pub mod topics;
 
 #[cfg(test)]

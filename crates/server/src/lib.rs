@@ -17,6 +17,7 @@ pub mod registry;
 pub mod sealing;
 pub mod secret_file;
 pub mod store;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

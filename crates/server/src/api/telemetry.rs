@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use tether_proto::api::{ErrorBody, Event, Page};
 use tether_proto::metrics::HostMetrics;
+use tether_proto::telemetry::DeviceUsage;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -18,6 +19,26 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(list_events))
         .routes(routes!(list_metrics))
+        .routes(routes!(device_usage))
+}
+
+/// What the device's telemetry streams have sent: bytes on the wire,
+/// records stored and sent twice, numbers never received, and what the
+/// device's spool dropped when full, as it reported.
+#[utoipa::path(get, path = "/devices/{name}/usage", tag = "telemetry",
+    params(("name" = String, Path, description = "Device name")),
+    responses((status = 200, body = DeviceUsage), (status = 404, body = ErrorBody)))]
+async fn device_usage(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<DeviceUsage>, ApiError> {
+    let device = device_id(&name)?;
+    state.registry.record(&device).await?;
+    let streams = state.store.telemetry_usage(&device).await?;
+    Ok(axum::Json(DeviceUsage {
+        device: device.to_string(),
+        streams,
+    }))
 }
 
 /// The device's events, newest first, in pages.

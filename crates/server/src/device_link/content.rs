@@ -1,6 +1,7 @@
 //! What a device's publish means to the controller: its topic picks the wire
 //! type, its payload is JSON of that type.
 
+use tether_proto::telemetry::{self, Stream};
 use tether_proto::{DeviceId, DeviceTopic, TopicKind};
 
 use crate::device_link::{Content, DeviceMessage};
@@ -18,16 +19,33 @@ pub(crate) fn content(device: &DeviceId, topic: &str, payload: &[u8]) -> Content
     let parsed = match parsed.kind {
         TopicKind::Events => serde_json::from_slice(payload).map(DeviceMessage::Event),
         TopicKind::Status => serde_json::from_slice(payload).map(DeviceMessage::Status),
-        TopicKind::Metrics => serde_json::from_slice(payload).map(DeviceMessage::Metrics),
+        // A bare JSON sample is what agents sent before batches.
+        TopicKind::Metrics if payload.first() == Some(&b'{') => {
+            serde_json::from_slice(payload).map(DeviceMessage::Metrics)
+        }
+        TopicKind::Metrics => return batch(Stream::Metrics, payload),
+        TopicKind::Logs => return batch(Stream::Logs, payload),
         TopicKind::Reported => serde_json::from_slice(payload)
             .map(|reported| DeviceMessage::Reported(Box::new(reported))),
-        TopicKind::Logs | TopicKind::Actions | TopicKind::Spec => {
+        TopicKind::Actions | TopicKind::Spec => {
             return Content::NotConsumed;
         }
     };
     match parsed {
         Ok(message) => Content::Message(message),
         Err(e) => Content::Malformed(format!("malformed {} payload: {e}", parsed_kind(topic))),
+    }
+}
+
+/// A telemetry batch, which must be of the topic's stream.
+fn batch(stream: Stream, payload: &[u8]) -> Content {
+    match telemetry::decode(payload) {
+        Ok(batch) if batch.stream() == stream => Content::Message(DeviceMessage::Telemetry(batch)),
+        Ok(batch) => Content::Malformed(format!(
+            "malformed {stream} payload: a {} batch on the {stream} topic",
+            batch.stream()
+        )),
+        Err(error) => Content::Malformed(format!("malformed {stream} payload: {error}")),
     }
 }
 
@@ -100,10 +118,51 @@ mod tests {
     }
 
     #[test]
+    fn batches_are_read_on_their_own_topic_only() {
+        use tether_proto::telemetry::{Dropped, LogRecord, Records, TelemetryBatch, encode};
+        let a = id("device-a");
+        let batch = TelemetryBatch {
+            spool_id: "s".into(),
+            first_seq: 3,
+            records: Records::Logs(vec![LogRecord {
+                at: chrono::Utc::now(),
+                priority: 4,
+                unit: "u".into(),
+                message: "m".into(),
+                fields: Default::default(),
+            }]),
+            dropped: Dropped::default(),
+        };
+        match content(&a, "tether/v1/devices/device-a/logs", &encode(&batch)) {
+            Content::Message(DeviceMessage::Telemetry(read)) => assert_eq!(read, batch),
+            other => panic!("expected a batch, got {other:?}"),
+        }
+        match content(&a, "tether/v1/devices/device-a/metrics", &encode(&batch)) {
+            Content::Malformed(reason) => {
+                assert!(
+                    reason.contains("a logs batch on the metrics topic"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected malformed, got {other:?}"),
+        }
+        match content(
+            &a,
+            "tether/v1/devices/device-a/logs",
+            b"{\"message\":\"x\"}",
+        ) {
+            Content::Malformed(reason) => {
+                assert!(reason.contains("unknown batch format 0x7b"), "{reason}");
+            }
+            other => panic!("expected malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn other_topics_and_other_devices_are_not_consumed() {
         let a = id("device-a");
         for topic in [
-            "tether/v1/devices/device-a/logs",
+            "tether/v1/devices/device-a/actions",
             "tether/v1/devices/device-b/events",
             "tether/v1/devices/device-a/events/extra",
             "elsewhere",

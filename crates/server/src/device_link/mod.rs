@@ -17,6 +17,7 @@ use std::pin::Pin;
 
 use tether_proto::metrics::HostMetrics;
 use tether_proto::spec::{ReportedStatus, SpecMessage};
+use tether_proto::telemetry::TelemetryBatch;
 use tether_proto::{ActionEvent, ActionRequest, DeviceId, DeviceStatus};
 
 /// What a device's publish on a consumed topic carries.
@@ -26,10 +27,13 @@ pub enum DeviceMessage {
     Status(DeviceStatus),
     /// An action's answer on the `events` topic.
     Event(ActionEvent),
-    /// A host metrics sample on the `metrics` topic.
+    /// A host metrics sample on the `metrics` topic, as agents sent them
+    /// before batches.
     Metrics(HostMetrics),
     /// The agent's status on the `reported` topic.
     Reported(Box<ReportedStatus>),
+    /// A batch of a device's spool on the `metrics` or `logs` topic.
+    Telemetry(TelemetryBatch),
 }
 
 /// A device's publish, after the link's topic check, as the link read it.

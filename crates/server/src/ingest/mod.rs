@@ -29,6 +29,7 @@ use crate::device_link::{
 use crate::observability::Observability;
 use crate::registry::Specs;
 use crate::store::{EventRecord, Store, StoreError};
+use crate::telemetry::{Stored, Telemetry};
 use checks::{ClockWindow, Invalid};
 pub use counters::IngestCounters;
 use counters::{Counters, Outcome};
@@ -104,6 +105,7 @@ pub struct Ingest {
     /// Samples older than this are refused: retention would delete them.
     metrics_retention: Duration,
     presence: PresenceWriter,
+    telemetry: Telemetry,
     write_slots: Arc<Semaphore>,
     devices: Mutex<HashMap<DeviceId, DeviceState>>,
 }
@@ -137,6 +139,7 @@ impl Ingest {
         Self {
             presence: PresenceWriter::new(store.clone(), owner, write_slots.clone(), bus),
             write_slots,
+            telemetry: Telemetry::new(store.clone(), observability.clone()),
             store,
             actions,
             specs,
@@ -286,7 +289,10 @@ impl Ingest {
         }
         let slot = tokio::time::timeout(WRITE_SLOT_WAIT, self.write_slots.acquire()).await;
         let applied = match slot {
-            Ok(Ok(_slot)) => self.apply(&inbound.device, message).await.map_err(Some),
+            Ok(Ok(_slot)) => self
+                .apply(&inbound.device, message, inbound.size)
+                .await
+                .map_err(Some),
             _ => Err(None),
         };
         let outcome = match applied {
@@ -322,6 +328,7 @@ impl Ingest {
         &self,
         device: &DeviceId,
         message: &DeviceMessage,
+        size: usize,
     ) -> Result<Outcome, StoreError> {
         match message {
             // Births are written by the device's session writer (`handle`).
@@ -341,6 +348,12 @@ impl Ingest {
             DeviceMessage::Reported(reported) => {
                 self.specs.record_reported(device, reported).await?;
                 Ok(Outcome::Accepted)
+            }
+            DeviceMessage::Telemetry(batch) => {
+                Ok(match self.telemetry.ingest(device, batch, size).await? {
+                    Stored::New { .. } => Outcome::Accepted,
+                    Stored::Duplicate => Outcome::Duplicate,
+                })
             }
         }
     }

@@ -29,6 +29,11 @@ struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabel {
+    stream: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabel {
     state: &'static str,
 }
@@ -53,6 +58,9 @@ pub struct Observability {
     notification_lag_seconds: Histogram,
     pool_connections: Family<PoolLabel, Gauge<u32, std::sync::atomic::AtomicU32>>,
     pool_max: Gauge<u32, std::sync::atomic::AtomicU32>,
+    telemetry_bytes: Family<StreamLabel, Counter>,
+    telemetry_records: Family<StreamLabel, Counter>,
+    telemetry_duplicates: Family<StreamLabel, Counter>,
 }
 
 /// Latency buckets from 1 ms to about 16 s: ingest and notifications are
@@ -106,7 +114,28 @@ impl Default for Observability {
             "Most database connections this replica's pool opens",
             pool_max.clone(),
         );
+        let telemetry_bytes = Family::<StreamLabel, Counter>::default();
+        registry.register(
+            "telemetry_received_bytes",
+            "Compressed telemetry batch bytes devices sent to this replica, by stream",
+            telemetry_bytes.clone(),
+        );
+        let telemetry_records = Family::<StreamLabel, Counter>::default();
+        registry.register(
+            "telemetry_stored_records",
+            "Telemetry records this replica stored, by stream",
+            telemetry_records.clone(),
+        );
+        let telemetry_duplicates = Family::<StreamLabel, Counter>::default();
+        registry.register(
+            "telemetry_duplicate_records",
+            "Telemetry records devices sent again that this replica did not store twice, by stream",
+            telemetry_duplicates.clone(),
+        );
         Self {
+            telemetry_bytes,
+            telemetry_records,
+            telemetry_duplicates,
             registry,
             sessions,
             open_actions,
@@ -126,6 +155,25 @@ impl Observability {
                 state: state.as_str(),
             })
             .inc();
+    }
+
+    pub fn telemetry_received(
+        &self,
+        stream: tether_proto::telemetry::Stream,
+        wire_bytes: u64,
+        stored: u64,
+        duplicates: u64,
+    ) {
+        let label = StreamLabel {
+            stream: stream.as_str(),
+        };
+        self.telemetry_bytes
+            .get_or_create(&label)
+            .inc_by(wire_bytes);
+        self.telemetry_records.get_or_create(&label).inc_by(stored);
+        self.telemetry_duplicates
+            .get_or_create(&label)
+            .inc_by(duplicates);
     }
 
     pub fn ingested(&self, took: Duration) {
@@ -186,8 +234,12 @@ mod tests {
         observability.action_finished(ActionState::Succeeded);
         observability.ingested(Duration::from_millis(3));
         observability.notification_received(Duration::from_millis(2));
+        observability.telemetry_received(tether_proto::telemetry::Stream::Logs, 2048, 1000, 10);
         let text = observability.render(snapshot());
         for line in [
+            "tether_telemetry_received_bytes_total{stream=\"logs\"} 2048",
+            "tether_telemetry_stored_records_total{stream=\"logs\"} 1000",
+            "tether_telemetry_duplicate_records_total{stream=\"logs\"} 10",
             "tether_device_sessions 3",
             "tether_open_actions{state=\"pending\"} 7",
             "tether_open_actions{state=\"delivered\"} 0",

@@ -22,6 +22,7 @@ pub use cluster::{AdvisoryLock, DeviceSession, EndedSessions, ReplicaRecord};
 pub use enrollment::CertificateSerials;
 pub use jobs::{JobRecord, NewJob};
 pub use specs::SpecRecord;
+pub use telemetry::{CursorTx, CursorUpdate, StoredLog};
 
 use std::str::FromStr;
 

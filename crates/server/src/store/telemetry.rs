@@ -5,6 +5,9 @@ use sqlx::any::AnyRow;
 use sqlx::error::ErrorKind;
 use tether_proto::DeviceId;
 use tether_proto::metrics::HostMetrics;
+use tether_proto::telemetry::{
+    CustomMetric, Dropped, LogRecord, MetricRecord, Stream, StreamUsage,
+};
 
 use super::codec::{
     device_id, from_json, get, limit, millis, time, to_i64, to_json, to_u16, to_u64, violates,
@@ -249,4 +252,344 @@ pub(super) fn before_or_newest(before: Option<&Before>) -> (i64, String) {
         Some(before) => (millis(before.at), before.id.clone()),
         None => (i64::MAX, String::new()),
     }
+}
+
+/// A stored log line and its number in its spool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredLog {
+    pub seq: u64,
+    pub record: LogRecord,
+}
+
+/// Rows per multi-row INSERT: well within both databases' bind limits.
+const ROWS_PER_INSERT: usize = 500;
+
+/// A telemetry batch being stored: one transaction that holds its spool's
+/// cursor row from [`Store::open_cursor`] to [`CursorTx::commit`].
+pub struct CursorTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    device: DeviceId,
+    stream: Stream,
+    spool_id: String,
+    /// Where the cursor stood when the transaction took it.
+    pub next_seq: u64,
+}
+
+/// What a stored batch changes in its cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorUpdate {
+    pub next_seq: u64,
+    pub gap: u64,
+    pub stored: u64,
+    pub duplicates: u64,
+    pub wire_bytes: u64,
+    pub dropped: Dropped,
+}
+
+fn cursor_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { context, source }
+}
+
+impl Store {
+    /// Begins storing a batch of `device`'s `stream` spool `spool_id` whose
+    /// first record is `first_seq`. The first statement writes the cursor
+    /// row (creating it at `first_seq` for a new spool), so the transaction
+    /// holds the write lock from the start: SQLite cannot then refuse to
+    /// upgrade a read, and on PostgreSQL a second batch of the spool waits
+    /// for this one. `NotFound` if the device does not exist.
+    pub async fn open_cursor(
+        &self,
+        device: &DeviceId,
+        stream: Stream,
+        spool_id: &str,
+        first_seq: u64,
+        now: DateTime<Utc>,
+    ) -> Result<CursorTx, StoreError> {
+        let context = "take a telemetry cursor";
+        let mut tx = self.pool.begin().await.map_err(cursor_error(context))?;
+        let row = sqlx::query(
+            "INSERT INTO telemetry_cursors (device, stream, spool_id, next_seq, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (device, stream, spool_id) DO UPDATE SET updated_at = excluded.updated_at \
+             RETURNING next_seq",
+        )
+        .bind(device.as_str())
+        .bind(stream.as_str())
+        .bind(spool_id)
+        .bind(to_i64(first_seq, "firstSeq")?)
+        .bind(millis(now))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|source| {
+            if violates(&source, ErrorKind::ForeignKeyViolation) {
+                StoreError::NotFound {
+                    what: format!("device {device}"),
+                }
+            } else {
+                StoreError::Query { context, source }
+            }
+        })?;
+        let next_seq = to_u64(get(&row, "next_seq")?, "next_seq of a telemetry cursor")?;
+        Ok(CursorTx {
+            tx,
+            device: device.clone(),
+            stream,
+            spool_id: spool_id.to_owned(),
+            next_seq,
+        })
+    }
+
+    /// The device's log lines from `since` on, oldest first (in spool order
+    /// within an instant), at most `limit`.
+    pub async fn list_logs(
+        &self,
+        device: &DeviceId,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<StoredLog>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, seq, priority, unit, message, fields FROM logs \
+             WHERE device = $1 AND at >= $2 ORDER BY at, seq LIMIT $3",
+        )
+        .bind(device.as_str())
+        .bind(millis(since))
+        .bind(self::limit(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(cursor_error("list a device's log lines"))?;
+        rows.iter()
+            .map(|row| {
+                let what = |column: &str| format!("{column} of a log line of {device}");
+                let priority: i64 = get(row, "priority")?;
+                let fields: String = get(row, "fields")?;
+                Ok(StoredLog {
+                    seq: to_u64(get(row, "seq")?, &what("seq"))?,
+                    record: LogRecord {
+                        at: time(get(row, "at")?, &what("at"))?,
+                        priority: u8::try_from(priority).map_err(|_| {
+                            StoreError::Corrupt(format!("{} is {priority}", what("priority")))
+                        })?,
+                        unit: get(row, "unit")?,
+                        message: get(row, "message")?,
+                        fields: from_json(&fields, &what("fields"))?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// The device's custom metrics, oldest first, at most `limit`.
+    pub async fn list_custom_metrics(
+        &self,
+        device: &DeviceId,
+        limit: u32,
+    ) -> Result<Vec<CustomMetric>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, at, value, labels FROM custom_metrics WHERE device = $1 \
+             ORDER BY at LIMIT $2",
+        )
+        .bind(device.as_str())
+        .bind(self::limit(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(cursor_error("list a device's custom metrics"))?;
+        rows.iter()
+            .map(|row| {
+                let what = |column: &str| format!("{column} of a custom metric of {device}");
+                let labels: String = get(row, "labels")?;
+                Ok(CustomMetric {
+                    name: get(row, "name")?,
+                    at: time(get(row, "at")?, &what("at"))?,
+                    value: get(row, "value")?,
+                    labels: from_json(&labels, &what("labels"))?,
+                })
+            })
+            .collect()
+    }
+
+    /// What each stream of `device` has sent, summed over its spools.
+    pub async fn telemetry_usage(&self, device: &DeviceId) -> Result<Vec<StreamUsage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT stream, gap, stored_records, duplicate_records, batches, wire_bytes, \
+             dropped_total, dropped_by_priority FROM telemetry_cursors WHERE device = $1",
+        )
+        .bind(device.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(cursor_error("read a device's telemetry usage"))?;
+        let mut usage: Vec<StreamUsage> = Stream::ALL
+            .into_iter()
+            .map(|stream| StreamUsage {
+                stream,
+                ..StreamUsage::default()
+            })
+            .collect();
+        for row in &rows {
+            let what = |column: &str| format!("{column} of a telemetry cursor of {device}");
+            let count = |column: &'static str| -> Result<u64, StoreError> {
+                to_u64(get(row, column)?, &what(column))
+            };
+            let stream: String = get(row, "stream")?;
+            let Some(sum) = usage.iter_mut().find(|u| u.stream.as_str() == stream) else {
+                continue;
+            };
+            sum.spools += 1;
+            sum.wire_bytes += count("wire_bytes")?;
+            sum.batches += count("batches")?;
+            sum.stored_records += count("stored_records")?;
+            sum.duplicate_records += count("duplicate_records")?;
+            sum.gap += count("gap")?;
+            sum.dropped.total += count("dropped_total")?;
+            let by_priority: String = get(row, "dropped_by_priority")?;
+            let by_priority: [u64; 8] = from_json(&by_priority, &what("dropped_by_priority"))?;
+            for (total, n) in sum.dropped.by_priority.iter_mut().zip(by_priority) {
+                *total += n;
+            }
+        }
+        Ok(usage)
+    }
+}
+
+impl CursorTx {
+    /// Stores log records numbered from `first_seq`, a few hundred rows
+    /// per statement.
+    pub async fn insert_logs(
+        &mut self,
+        first_seq: u64,
+        records: &[LogRecord],
+    ) -> Result<(), StoreError> {
+        for (chunk_index, chunk) in records.chunks(ROWS_PER_INSERT).enumerate() {
+            let sql = values_sql(
+                "INSERT INTO logs (device, at, seq, priority, unit, message, fields) VALUES ",
+                7,
+                chunk.len(),
+            );
+            let mut query = sqlx::query(&sql);
+            for (i, record) in chunk.iter().enumerate() {
+                let seq = first_seq + (chunk_index * ROWS_PER_INSERT + i) as u64;
+                query = query
+                    .bind(self.device.as_str())
+                    .bind(millis(record.at))
+                    .bind(to_i64(seq, "seq")?)
+                    .bind(i64::from(record.priority))
+                    .bind(record.unit.as_str())
+                    .bind(record.message.as_str())
+                    .bind(to_json(&record.fields, "log fields")?);
+            }
+            query
+                .execute(&mut *self.tx)
+                .await
+                .map_err(cursor_error("store log lines"))?;
+        }
+        Ok(())
+    }
+
+    /// Stores metrics records: host samples into `metrics` (one per
+    /// instant, as before), named values into `custom_metrics`.
+    pub async fn insert_metrics(&mut self, records: &[MetricRecord]) -> Result<(), StoreError> {
+        let (host, custom): (Vec<_>, Vec<_>) = records
+            .iter()
+            .partition(|r| matches!(r, MetricRecord::Host(_)));
+        for chunk in host.chunks(ROWS_PER_INSERT) {
+            let mut sql = values_sql(
+                &format!("INSERT INTO metrics (device, {METRICS_COLUMNS}) VALUES "),
+                9,
+                chunk.len(),
+            );
+            sql.push_str(" ON CONFLICT (device, sampled_at) DO NOTHING");
+            let mut query = sqlx::query(&sql);
+            for record in chunk {
+                let MetricRecord::Host(m) = record else {
+                    continue;
+                };
+                query = query
+                    .bind(self.device.as_str())
+                    .bind(millis(m.sampled_at))
+                    .bind(m.cpu_percent)
+                    .bind(to_i64(m.memory_used_bytes, "memory_used_bytes")?)
+                    .bind(to_i64(m.memory_total_bytes, "memory_total_bytes")?)
+                    .bind(to_i64(m.disk_used_bytes, "disk_used_bytes")?)
+                    .bind(to_i64(m.disk_total_bytes, "disk_total_bytes")?)
+                    .bind(to_i64(m.network_rx_bytes, "network_rx_bytes")?)
+                    .bind(to_i64(m.network_tx_bytes, "network_tx_bytes")?);
+            }
+            query
+                .execute(&mut *self.tx)
+                .await
+                .map_err(cursor_error("store metrics samples"))?;
+        }
+        for chunk in custom.chunks(ROWS_PER_INSERT) {
+            let sql = values_sql(
+                "INSERT INTO custom_metrics (device, name, at, value, labels) VALUES ",
+                5,
+                chunk.len(),
+            );
+            let mut query = sqlx::query(&sql);
+            for record in chunk {
+                let MetricRecord::Custom(m) = record else {
+                    continue;
+                };
+                query = query
+                    .bind(self.device.as_str())
+                    .bind(m.name.as_str())
+                    .bind(millis(m.at))
+                    .bind(m.value)
+                    .bind(to_json(&m.labels, "metric labels")?);
+            }
+            query
+                .execute(&mut *self.tx)
+                .await
+                .map_err(cursor_error("store custom metrics"))?;
+        }
+        Ok(())
+    }
+
+    /// Moves the cursor and commits the batch with it. The dropped totals
+    /// only grow: a batch sent again late carries older ones.
+    pub async fn commit(mut self, update: &CursorUpdate) -> Result<(), StoreError> {
+        let context = "move a telemetry cursor";
+        sqlx::query(
+            "UPDATE telemetry_cursors SET next_seq = $1, gap = gap + $2, \
+             stored_records = stored_records + $3, duplicate_records = duplicate_records + $4, \
+             batches = batches + 1, wire_bytes = wire_bytes + $5, \
+             dropped_by_priority = CASE WHEN $6 >= dropped_total THEN $7 ELSE dropped_by_priority END, \
+             dropped_total = CASE WHEN $6 >= dropped_total THEN $6 ELSE dropped_total END \
+             WHERE device = $8 AND stream = $9 AND spool_id = $10",
+        )
+        .bind(to_i64(update.next_seq.max(self.next_seq), "next_seq")?)
+        .bind(to_i64(update.gap, "gap")?)
+        .bind(to_i64(update.stored, "stored records")?)
+        .bind(to_i64(update.duplicates, "duplicate records")?)
+        .bind(to_i64(update.wire_bytes, "wire bytes")?)
+        .bind(to_i64(update.dropped.total, "dropped total")?)
+        .bind(to_json(&update.dropped.by_priority, "dropped by priority")?)
+        .bind(self.device.as_str())
+        .bind(self.stream.as_str())
+        .bind(self.spool_id.as_str())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(cursor_error(context))?;
+        self.tx.commit().await.map_err(cursor_error(context))
+    }
+}
+
+/// `prefix` followed by `rows` groups of `columns` numbered placeholders.
+fn values_sql(prefix: &str, columns: usize, rows: usize) -> String {
+    let mut sql = String::with_capacity(prefix.len() + rows * columns * 5);
+    sql.push_str(prefix);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * columns + column + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
 }

@@ -255,6 +255,7 @@ impl DeviceInbox for Recorder {
                 }
                 // The spec tests run against real tetherd (tests/it/specs.rs).
                 Content::Message(device_link::DeviceMessage::Reported(_)) => return Ok(()),
+                Content::Message(device_link::DeviceMessage::Telemetry(_)) => return Ok(()),
                 Content::Malformed(reason) => return Err(Refusal::Invalid(reason)),
                 Content::NotConsumed => return Ok(()),
             };

@@ -17,3 +17,4 @@ mod security;
 mod specs;
 mod store;
 mod support;
+mod telemetry;

@@ -1,0 +1,460 @@
+//! The telemetry spool: every metrics sample and log line the device
+//! produces goes to disk first, and from there to tetherd, so nothing is
+//! lost while tetherd is unreachable or the agent restarts.
+//!
+//! Producers (the stats sampler, log sources, the local API) only call
+//! [`Spools::append`]. It keeps records in memory and the flusher writes them
+//! to the stream's [`disk`] spool in batches (every [`SpoolConfig::flush_records`]
+//! records or [`SpoolConfig::flush_interval`], one write and one fsync
+//! each: flash wears by writes, not by bytes). A record appended but not yet
+//! flushed when the power goes is lost; a clean stop flushes. The
+//! [`sender`] carries flushed records to tetherd and moves the acknowledged
+//! position when tetherd has stored them.
+
+pub mod disk;
+pub mod sender;
+
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tether_proto::telemetry::{
+    Dropped, LogRecord, MAX_LOG_MESSAGE_BYTES, MAX_PRIORITY, MetricRecord, Records, Stream,
+    TelemetryBatch,
+};
+use tokio::sync::Notify;
+
+use disk::{Disk, DiskError};
+
+/// Directory of the spools in the state directory.
+pub const SPOOL_DIR: &str = "spool";
+/// Largest record the spool takes, as JSON; a batch must hold at least one.
+pub const MAX_RECORD_BYTES: usize = 32 * 1024;
+/// A batch sent to tetherd holds at most this many records …
+const BATCH_RECORDS: usize = 1_000;
+/// … and this much JSON, so that even incompressible records stay within
+/// `tether_proto::telemetry::MAX_COMPRESSED_BYTES`.
+const BATCH_BYTES: usize = 192 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolConfig {
+    /// Bound of both spools together on disk; each stream gets half.
+    pub max_bytes: u64,
+    /// Flush once this many records wait in memory …
+    pub flush_records: u64,
+    /// … or this long after the last flush.
+    pub flush_interval: Duration,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 * 1024 * 1024,
+            flush_records: 512,
+            flush_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What a producer hands to the spool; the kind picks the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Metric(MetricRecord),
+    Log(LogRecord),
+}
+
+impl Record {
+    pub fn stream(&self) -> Stream {
+        match self {
+            Record::Metric(_) => Stream::Metrics,
+            Record::Log(_) => Stream::Logs,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("priority {0} is not 0 (emergency) to 7 (debug)")]
+    Priority(u8),
+    #[error("the record is {0} bytes as JSON, more than the {MAX_RECORD_BYTES} allowed")]
+    TooLarge(usize),
+}
+
+/// Records appended and not yet written.
+#[derive(Debug, Default)]
+struct Pending {
+    lines: Vec<u8>,
+    count: u64,
+    by_priority: [u64; 8],
+}
+
+/// One stream's spool: records in memory, then on disk.
+#[derive(Debug)]
+pub struct Spool {
+    stream: Stream,
+    pending: Mutex<Pending>,
+    disk: Mutex<Disk>,
+    flush_records: u64,
+    /// Wakes the flusher early: enough records wait.
+    flush_due: Arc<Notify>,
+    /// Wakes the sender: records reached the disk.
+    flushed: Notify,
+}
+
+impl Spool {
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn disk(&self) -> MutexGuard<'_, Disk> {
+        self.disk.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn stream(&self) -> Stream {
+        self.stream
+    }
+
+    fn append(&self, line: Vec<u8>, priority: Option<u8>) {
+        let mut pending = self.pending();
+        pending.lines.extend(line);
+        pending.lines.push(b'\n');
+        pending.count += 1;
+        if let Some(priority) = priority {
+            pending.by_priority[usize::from(priority)] += 1;
+        }
+        if pending.count >= self.flush_records {
+            self.flush_due.notify_one();
+        }
+    }
+
+    /// Writes what waits in memory with one write and one fsync. Records
+    /// whose write failed are counted as dropped.
+    pub fn flush(&self) -> io::Result<()> {
+        let mut disk = self.disk();
+        let pending = std::mem::take(&mut *self.pending());
+        if pending.count == 0 {
+            return disk.save();
+        }
+        match disk.append(&pending.lines, pending.count) {
+            Ok(()) => {
+                self.flushed.notify_one();
+                disk.save()
+            }
+            Err(error) => {
+                tracing::error!(stream = %self.stream, records = pending.count, error = %error, "could not write telemetry to the spool; those records are dropped and counted");
+                disk.lost(pending.count, pending.by_priority)
+            }
+        }
+    }
+
+    /// The next batch to send: the records from the acknowledged position
+    /// on, or `None` if all were sent. Its records are held back from the
+    /// bound until answered ([`Spool::ack`]) or given up ([`Spool::unsent`]),
+    /// so that none is both delivered and counted as dropped.
+    pub fn next_batch(&self) -> io::Result<Option<TelemetryBatch>> {
+        let mut disk = self.disk();
+        loop {
+            let from = disk.acked();
+            let read = disk.read(from, BATCH_RECORDS, BATCH_BYTES)?;
+            if read.lines.is_empty() {
+                return Ok(None);
+            }
+            let records = match self.records(&read.lines) {
+                Ok(records) => records,
+                // Only damage to the disk makes a record unreadable: the
+                // batch ends before it, or it is skipped.
+                Err(0) => {
+                    tracing::error!(stream = %self.stream, seq = read.first_seq, "skipping an unreadable record in the spool");
+                    disk.ack(read.first_seq + 1)?;
+                    continue;
+                }
+                Err(bad) => self
+                    .records(&read.lines[..bad])
+                    .unwrap_or(match self.stream {
+                        Stream::Metrics => Records::Metrics(Vec::new()),
+                        Stream::Logs => Records::Logs(Vec::new()),
+                    }),
+            };
+            let batch = TelemetryBatch {
+                spool_id: disk.spool_id().to_owned(),
+                first_seq: read.first_seq,
+                records,
+                dropped: disk.dropped().clone(),
+            };
+            disk.sent(batch.end_seq());
+            return Ok(Some(batch));
+        }
+    }
+
+    fn records(&self, lines: &[Vec<u8>]) -> Result<Records, usize> {
+        match self.stream {
+            Stream::Metrics => parse(lines).map(Records::Metrics),
+            Stream::Logs => parse(lines).map(Records::Logs),
+        }
+    }
+
+    /// tetherd stored every record before `seq`.
+    pub fn ack(&self, seq: u64) -> io::Result<()> {
+        self.disk().ack(seq)
+    }
+
+    /// The batch last read will not be answered: its records are no longer
+    /// held back from the bound.
+    pub fn unsent(&self) -> io::Result<()> {
+        self.disk().unsent()
+    }
+
+    /// The acknowledged position, the next sequence number and the totals
+    /// dropped: what the spool holds.
+    pub fn position(&self) -> (u64, u64, Dropped) {
+        let disk = self.disk();
+        (disk.acked(), disk.next_seq(), disk.dropped().clone())
+    }
+
+    /// Waits until a flush wrote records.
+    pub async fn flushed(&self) {
+        self.flushed.notified().await;
+    }
+}
+
+/// The records of `lines`, or the index of the first unreadable one.
+fn parse<T: serde::de::DeserializeOwned>(lines: &[Vec<u8>]) -> Result<Vec<T>, usize> {
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| serde_json::from_slice(line).map_err(|_| i))
+        .collect()
+}
+
+/// Both streams' spools.
+#[derive(Debug)]
+pub struct Spools {
+    metrics: Arc<Spool>,
+    logs: Arc<Spool>,
+    flush_due: Arc<Notify>,
+    flush_interval: Duration,
+}
+
+impl Spools {
+    /// Opens (or creates) the spools under `state_dir`.
+    pub fn open(state_dir: &Path, config: SpoolConfig) -> Result<Arc<Self>, DiskError> {
+        let flush_due = Arc::new(Notify::new());
+        let open = |stream: Stream| -> Result<Arc<Spool>, DiskError> {
+            let disk = Disk::open(
+                &state_dir.join(SPOOL_DIR).join(stream.as_str()),
+                stream,
+                config.max_bytes / 2,
+            )?;
+            Ok(Arc::new(Spool {
+                stream,
+                pending: Mutex::default(),
+                disk: Mutex::new(disk),
+                flush_records: config.flush_records.max(1),
+                flush_due: flush_due.clone(),
+                flushed: Notify::new(),
+            }))
+        };
+        Ok(Arc::new(Self {
+            metrics: open(Stream::Metrics)?,
+            logs: open(Stream::Logs)?,
+            flush_due,
+            flush_interval: config.flush_interval,
+        }))
+    }
+
+    pub fn spool(&self, stream: Stream) -> &Arc<Spool> {
+        match stream {
+            Stream::Metrics => &self.metrics,
+            Stream::Logs => &self.logs,
+        }
+    }
+
+    /// Queues a record for tetherd. A log message longer than tetherd takes
+    /// is cut, and says so.
+    pub fn append(&self, record: Record) -> Result<(), AppendError> {
+        let (record, priority) = match record {
+            Record::Log(mut log) => {
+                if log.priority > MAX_PRIORITY {
+                    return Err(AppendError::Priority(log.priority));
+                }
+                cut(&mut log.message);
+                let priority = log.priority;
+                (Record::Log(log), Some(priority))
+            }
+            metric => (metric, None),
+        };
+        let line = match &record {
+            Record::Log(log) => serde_json::to_vec(log),
+            Record::Metric(metric) => serde_json::to_vec(metric),
+        }
+        .unwrap_or_default();
+        if line.len() > MAX_RECORD_BYTES {
+            return Err(AppendError::TooLarge(line.len()));
+        }
+        self.spool(record.stream()).append(line, priority);
+        Ok(())
+    }
+
+    /// Writes both spools' pending records now.
+    pub fn flush(&self) {
+        for spool in [&self.metrics, &self.logs] {
+            if let Err(error) = spool.flush() {
+                tracing::error!(stream = %spool.stream, error = %error, "could not save the telemetry spool");
+            }
+        }
+    }
+
+    /// Flushes on the interval, or earlier when enough records wait, off
+    /// the async thread. Runs until dropped.
+    pub async fn run_flusher(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.flush_interval) => {}
+                () = self.flush_due.notified() => {}
+            }
+            let spools = self.clone();
+            if tokio::task::spawn_blocking(move || spools.flush())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// Cuts `message` to what tetherd takes, at a character boundary.
+fn cut(message: &mut String) {
+    const MARK: &str = "…[cut]";
+    if message.len() <= MAX_LOG_MESSAGE_BYTES {
+        return;
+    }
+    let mut end = MAX_LOG_MESSAGE_BYTES - MARK.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(MARK);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use tether_proto::telemetry::CustomMetric;
+
+    fn log(i: usize) -> Record {
+        Record::Log(LogRecord {
+            at: Utc::now(),
+            priority: (i % 8) as u8,
+            unit: "app".into(),
+            message: format!("line {i}"),
+            fields: Default::default(),
+        })
+    }
+
+    fn config() -> SpoolConfig {
+        SpoolConfig {
+            max_bytes: 1 << 20,
+            flush_records: 10,
+            flush_interval: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn appended_records_reach_a_batch_only_once_flushed_and_leave_it_once_acknowledged() {
+        let temp = tempfile::tempdir().expect("temp");
+        let spools = Spools::open(temp.path(), config()).expect("opens");
+        for i in 0..25 {
+            spools.append(log(i)).expect("appends");
+        }
+        let logs = spools.spool(Stream::Logs);
+        assert!(
+            logs.next_batch().expect("reads").is_none(),
+            "nothing flushed yet"
+        );
+        spools.flush();
+        let batch = logs.next_batch().expect("reads").expect("a batch");
+        assert_eq!((batch.first_seq, batch.records.len()), (0, 25));
+        let Records::Logs(records) = &batch.records else {
+            panic!("logs expected");
+        };
+        assert_eq!(records[24].message, "line 24");
+        logs.ack(batch.end_seq()).expect("acks");
+        assert!(logs.next_batch().expect("reads").is_none());
+        assert!(
+            spools
+                .spool(Stream::Metrics)
+                .next_batch()
+                .expect("reads")
+                .is_none(),
+            "the streams are apart"
+        );
+    }
+
+    #[test]
+    fn bad_records_are_refused_and_long_messages_cut() {
+        let temp = tempfile::tempdir().expect("temp");
+        let spools = Spools::open(temp.path(), config()).expect("opens");
+        let Record::Log(mut bad) = log(0) else {
+            unreachable!()
+        };
+        bad.priority = 9;
+        assert!(matches!(
+            spools.append(Record::Log(bad.clone())),
+            Err(AppendError::Priority(9))
+        ));
+        bad.priority = 3;
+        bad.message = "é".repeat(MAX_LOG_MESSAGE_BYTES);
+        spools.append(Record::Log(bad)).expect("cut, not refused");
+        let huge = Record::Metric(MetricRecord::Custom(CustomMetric {
+            name: "x".into(),
+            value: 1.0,
+            labels: (0..2000)
+                .map(|i| (format!("label{i}"), "v".repeat(20)))
+                .collect(),
+            at: Utc::now(),
+        }));
+        assert!(matches!(spools.append(huge), Err(AppendError::TooLarge(_))));
+        spools.flush();
+        let batch = spools
+            .spool(Stream::Logs)
+            .next_batch()
+            .expect("reads")
+            .expect("one");
+        let Records::Logs(records) = batch.records else {
+            panic!("logs expected");
+        };
+        assert!(records[0].message.len() <= MAX_LOG_MESSAGE_BYTES);
+        assert!(records[0].message.ends_with("[cut]"));
+        tether_proto::telemetry::check(&TelemetryBatch {
+            records: Records::Logs(records),
+            ..batch
+        })
+        .expect("tetherd takes it");
+    }
+
+    #[test]
+    fn batches_stay_within_what_tetherd_takes() {
+        let temp = tempfile::tempdir().expect("temp");
+        let spools = Spools::open(temp.path(), config()).expect("opens");
+        for i in 0..3000 {
+            spools.append(log(i)).expect("appends");
+        }
+        spools.flush();
+        let logs = spools.spool(Stream::Logs);
+        let mut next = 0;
+        while let Some(batch) = logs.next_batch().expect("reads") {
+            assert_eq!(batch.first_seq, next, "consecutive");
+            let wire = tether_proto::telemetry::encode(&batch);
+            assert_eq!(
+                tether_proto::telemetry::decode(&wire).expect("valid"),
+                batch
+            );
+            next = batch.end_seq();
+            logs.ack(next).expect("acks");
+        }
+        assert_eq!(next, 3000);
+    }
+}

@@ -1,0 +1,270 @@
+//! Carries one stream's spool to tetherd: a batch at a time from the
+//! acknowledged position, QoS 1, while the session is up. The position moves
+//! only when tetherd's PUBACK for that batch arrives, which it sends once
+//! the batch is committed (ADR 0006); a batch without one is sent again
+//! after the reconnect, and tetherd stores it once (it knows the sequence
+//! numbers it has).
+//!
+//! One batch per stream is in flight at a time: the PUBACK then names the
+//! batch without ambiguity, and a batch holds up to a thousand records, so
+//! a round trip per batch is no limit for a device.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_proto::telemetry::{self, Stream};
+use tokio::sync::{mpsc, watch};
+
+use super::Spool;
+
+/// How long a batch may wait for its PUBACK before it is sent again.
+const ACK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause before sending again what tetherd refused for its rate, or what
+/// could not be handed to the MQTT client.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// What tetherd answered to a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Stored (or stored before): the position moves past it.
+    Stored,
+    /// Refused for good (malformed, not allowed): sending it again would
+    /// only be refused again, so it is skipped and the reason logged.
+    Refused(String),
+    /// Not now (over the rate, store busy): sent again after a pause.
+    Later(String),
+}
+
+/// tetherd's answer to the batch of `stream` that ends before `end_seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub stream: Stream,
+    pub end_seq: u64,
+    pub answer: Answer,
+}
+
+/// Where batches go: the MQTT session.
+pub trait BatchOut: Send + Sync + 'static {
+    /// Hands an encoded batch to the MQTT client without waiting; the ack
+    /// comes back on the sender's channel with `end_seq`.
+    fn publish_batch(&self, stream: Stream, payload: Vec<u8>, end_seq: u64) -> Result<(), String>;
+}
+
+/// Sends `spool` until the channels close.
+pub async fn run(
+    spool: Arc<Spool>,
+    out: Arc<dyn BatchOut>,
+    mut online: watch::Receiver<bool>,
+    mut acks: mpsc::UnboundedReceiver<Ack>,
+) {
+    let stream = spool.stream();
+    loop {
+        while !*online.borrow_and_update() {
+            if online.changed().await.is_err() {
+                return;
+            }
+        }
+        let reading = spool.clone();
+        let batch = match tokio::task::spawn_blocking(move || reading.next_batch()).await {
+            Ok(Ok(batch)) => batch,
+            Ok(Err(error)) => {
+                tracing::error!(%stream, %error, "cannot read the telemetry spool");
+                tokio::time::sleep(RETRY_AFTER).await;
+                continue;
+            }
+            Err(_) => return,
+        };
+        let Some(batch) = batch else {
+            tokio::select! {
+                () = spool.flushed() => {}
+                changed = online.changed() => if changed.is_err() { return },
+            }
+            continue;
+        };
+        let end_seq = batch.end_seq();
+        let records = batch.records.len();
+        if let Err(error) = out.publish_batch(stream, telemetry::encode(&batch), end_seq) {
+            tracing::debug!(%stream, error, "could not hand a telemetry batch to the MQTT client; trying again");
+            tokio::time::sleep(RETRY_AFTER).await;
+            continue;
+        }
+        let deadline = tokio::time::sleep(ACK_TIMEOUT);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                ack = acks.recv() => {
+                    let Some(ack) = ack else { return };
+                    if ack.end_seq != end_seq {
+                        continue;
+                    }
+                    match ack.answer {
+                        Answer::Stored => {
+                            tracing::debug!(%stream, first_seq = batch.first_seq, records, "tetherd stored a telemetry batch");
+                            acknowledge(&spool, end_seq).await;
+                        }
+                        Answer::Refused(reason) => {
+                            tracing::warn!(%stream, first_seq = batch.first_seq, records, reason, "tetherd refused a telemetry batch; skipping it");
+                            acknowledge(&spool, end_seq).await;
+                        }
+                        Answer::Later(reason) => {
+                            tracing::info!(%stream, reason, "tetherd cannot take telemetry now; sending again in a moment");
+                            unsent(&spool);
+                            tokio::time::sleep(RETRY_AFTER).await;
+                        }
+                    }
+                    break;
+                }
+                // Down (the batch is sent again after the reconnect) or up
+                // again (it was dropped with the old connection).
+                changed = online.changed() => {
+                    if changed.is_err() { return }
+                    unsent(&spool);
+                    break;
+                }
+                () = &mut deadline => {
+                    tracing::warn!(%stream, "no answer from tetherd to a telemetry batch within {} s; sending it again", ACK_TIMEOUT.as_secs());
+                    unsent(&spool);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A rare answer, off the fast path: the bound it may apply writes.
+fn unsent(spool: &Spool) {
+    if let Err(error) = spool.unsent() {
+        tracing::error!(stream = %spool.stream(), %error, "cannot apply the telemetry spool's bound");
+    }
+}
+
+async fn acknowledge(spool: &Arc<Spool>, end_seq: u64) {
+    let spool = spool.clone();
+    let stream = spool.stream();
+    match tokio::task::spawn_blocking(move || spool.ack(end_seq)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::error!(%stream, %error, "cannot record in the spool what tetherd stored; it may be sent again");
+        }
+        Err(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::{Record, SpoolConfig, Spools};
+    use chrono::Utc;
+    use std::sync::Mutex;
+    use tether_proto::telemetry::LogRecord;
+
+    /// Records what was published; the test plays tetherd.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(u64, u64)>>);
+
+    impl BatchOut for Recorder {
+        fn publish_batch(
+            &self,
+            stream: Stream,
+            payload: Vec<u8>,
+            end_seq: u64,
+        ) -> Result<(), String> {
+            assert_eq!(stream, Stream::Logs);
+            let batch = telemetry::decode(&payload).map_err(|e| e.to_string())?;
+            assert_eq!(batch.end_seq(), end_seq);
+            self.0
+                .lock()
+                .expect("lock")
+                .push((batch.first_seq, end_seq));
+            Ok(())
+        }
+    }
+
+    async fn published(recorder: &Recorder, n: usize) -> Vec<(u64, u64)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let seen = recorder.0.lock().expect("lock").clone();
+            if seen.len() >= n || tokio::time::Instant::now() > deadline {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_go_while_online_and_the_position_moves_only_on_an_ack() {
+        let temp = tempfile::tempdir().expect("temp");
+        let spools = Spools::open(
+            temp.path(),
+            SpoolConfig {
+                max_bytes: 1 << 20,
+                flush_records: 10_000,
+                flush_interval: Duration::from_secs(3600),
+            },
+        )
+        .expect("opens");
+        for i in 0..1500 {
+            spools
+                .append(Record::Log(LogRecord {
+                    at: Utc::now(),
+                    priority: 6,
+                    unit: String::new(),
+                    message: format!("line {i}"),
+                    fields: Default::default(),
+                }))
+                .expect("appends");
+        }
+        spools.flush();
+        let logs = spools.spool(Stream::Logs).clone();
+        let recorder = Arc::new(Recorder::default());
+        let (online_tx, online) = watch::channel(false);
+        let (acks_tx, acks) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(logs.clone(), recorder.clone(), online, acks));
+
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            recorder.0.lock().expect("lock").is_empty(),
+            "nothing while offline"
+        );
+        online_tx.send(true).expect("online");
+        assert_eq!(published(&recorder, 1).await, [(0, 1000)]);
+
+        // The connection drops before the ack: the same batch again.
+        online_tx.send(false).expect("offline");
+        online_tx.send(true).expect("online");
+        assert_eq!(published(&recorder, 2).await[1], (0, 1000));
+        assert_eq!(logs.position().0, 0);
+
+        // An ack for another batch is ignored; this one's moves on.
+        acks_tx
+            .send(Ack {
+                stream: Stream::Logs,
+                end_seq: 7,
+                answer: Answer::Stored,
+            })
+            .expect("ack");
+        acks_tx
+            .send(Ack {
+                stream: Stream::Logs,
+                end_seq: 1000,
+                answer: Answer::Stored,
+            })
+            .expect("ack");
+        assert_eq!(published(&recorder, 3).await[2], (1000, 1500));
+        assert_eq!(logs.position().0, 1000);
+        acks_tx
+            .send(Ack {
+                stream: Stream::Logs,
+                end_seq: 1500,
+                answer: Answer::Refused("malformed".into()),
+            })
+            .expect("ack");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while logs.position().0 != 1500 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(logs.position().0, 1500, "a refused batch is skipped");
+        assert!(logs.next_batch().expect("reads").is_none());
+        task.abort();
+    }
+}

@@ -1,0 +1,439 @@
+//! Telemetry batches: the records a device's spool carries to tetherd on
+//! its `metrics` and `logs` topics (QoS 1), and their wire encoding.
+//!
+//! A batch holds consecutive records of one stream of one spool: record `i`
+//! has sequence number `firstSeq + i`. The spool id is random and made with
+//! the spool, so a device whose spool was wiped starts a new sequence that
+//! tetherd cannot mistake for a replay of the old one. `dropped` carries the
+//! spool's running totals of records it dropped for lack of space; totals,
+//! not deltas, so a batch that is lost or sent twice cannot make them wrong.
+//!
+//! On the wire a batch is one format byte ([`FORMAT_ZLIB_JSON`]) followed by
+//! the batch's JSON compressed with deflate in a zlib stream (RFC 1950/1951).
+//! Both sizes are bounded, and decoding stops reading as soon as the JSON
+//! grows past its bound, so a small payload that inflates to gigabytes (a
+//! "zip bomb") costs the reader no more than the bound.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::HostMetrics;
+
+/// First byte of an encoded batch: JSON, deflate-compressed in a zlib
+/// stream. Other values are reserved for later encodings. A payload whose
+/// first byte is `{` is a bare [`HostMetrics`] sample of the agents before
+/// batches (`metrics` topic only).
+pub const FORMAT_ZLIB_JSON: u8 = 0x01;
+
+/// Most records in one batch.
+pub const MAX_RECORDS: usize = 2_000;
+/// Largest encoded batch (format byte and compressed JSON), in bytes.
+pub const MAX_COMPRESSED_BYTES: usize = 256 * 1024;
+/// Largest JSON a batch may inflate to, in bytes.
+pub const MAX_DECOMPRESSED_BYTES: usize = 4 * 1024 * 1024;
+/// Longest spool id, in bytes.
+pub const MAX_SPOOL_ID_BYTES: usize = 64;
+/// Longest log message, in bytes; the spool cuts longer ones.
+pub const MAX_LOG_MESSAGE_BYTES: usize = 16 * 1024;
+/// Most significant syslog priority number: 0 emergency … 7 debug.
+pub const MAX_PRIORITY: u8 = 7;
+
+/// Which spool a batch comes from; each has its own topic and sequence.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Stream {
+    #[default]
+    Metrics,
+    Logs,
+}
+
+impl Stream {
+    pub const ALL: [Stream; 2] = [Stream::Metrics, Stream::Logs];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Metrics => "metrics",
+            Stream::Logs => "logs",
+        }
+    }
+}
+
+impl std::fmt::Display for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One metrics record: a host sample, or a named value an application on
+/// the device pushed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MetricRecord {
+    Host(HostMetrics),
+    Custom(CustomMetric),
+}
+
+impl MetricRecord {
+    pub fn at(&self) -> DateTime<Utc> {
+        match self {
+            MetricRecord::Host(sample) => sample.sampled_at,
+            MetricRecord::Custom(metric) => metric.at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomMetric {
+    pub name: String,
+    pub value: f64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub at: DateTime<Utc>,
+}
+
+/// One log line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogRecord {
+    pub at: DateTime<Utc>,
+    /// Syslog severity, 0 (emergency) to 7 (debug).
+    pub priority: u8,
+    /// The systemd unit, syslog tag or file the line came from.
+    #[serde(default)]
+    pub unit: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
+}
+
+/// The records of a batch; the tag is the stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "stream", content = "records", rename_all = "lowercase")]
+pub enum Records {
+    Metrics(Vec<MetricRecord>),
+    Logs(Vec<LogRecord>),
+}
+
+impl Records {
+    pub fn stream(&self) -> Stream {
+        match self {
+            Records::Metrics(_) => Stream::Metrics,
+            Records::Logs(_) => Stream::Logs,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Records::Metrics(records) => records.len(),
+            Records::Logs(records) => records.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Records the spool dropped for lack of space since it was made: totals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Dropped {
+    pub total: u64,
+    /// Log records by priority, index 0 (emergency) to 7 (debug); all zero
+    /// for metrics.
+    #[serde(default)]
+    pub by_priority: [u64; 8],
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetryBatch {
+    pub spool_id: String,
+    /// Sequence number of the first record; the others follow one by one.
+    pub first_seq: u64,
+    #[serde(flatten)]
+    pub records: Records,
+    #[serde(default)]
+    pub dropped: Dropped,
+}
+
+impl TelemetryBatch {
+    pub fn stream(&self) -> Stream {
+        self.records.stream()
+    }
+
+    /// Sequence number after the last record.
+    pub fn end_seq(&self) -> u64 {
+        self.first_seq.saturating_add(self.records.len() as u64)
+    }
+}
+
+/// What one stream of a device has sent, summed over its spools
+/// (`GET /api/v1/devices/{name}/usage`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StreamUsage {
+    pub stream: Stream,
+    /// Spools seen: more than one means the device's spool was wiped.
+    pub spools: u64,
+    /// Compressed batch bytes as received, batches sent twice included.
+    pub wire_bytes: u64,
+    pub batches: u64,
+    pub stored_records: u64,
+    /// Records received again and not stored twice.
+    pub duplicate_records: u64,
+    /// Sequence numbers never received (skipped by a later batch).
+    pub gap: u64,
+    /// What the device's spools dropped when full, as they reported it.
+    pub dropped: Dropped,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceUsage {
+    pub device: String,
+    pub streams: Vec<StreamUsage>,
+}
+
+/// Why a payload is not a batch tetherd accepts; the device sees this.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("the payload is empty")]
+    Empty,
+    #[error(
+        "unknown batch format {0:#04x}: this controller reads format 0x01 (zlib-compressed JSON)"
+    )]
+    UnknownFormat(u8),
+    #[error("the batch is {actual} bytes compressed, more than the {max} allowed")]
+    TooLarge { actual: usize, max: usize },
+    #[error(
+        "the batch inflates to more than {max} bytes (a decompression bomb?); send smaller batches"
+    )]
+    Bomb { max: usize },
+    #[error("the batch is not a valid zlib stream: {0}")]
+    Compression(String),
+    #[error("malformed batch: {0}")]
+    Json(String),
+    #[error("invalid batch: {0}")]
+    Invalid(String),
+}
+
+/// The wire form of `batch`.
+pub fn encode(batch: &TelemetryBatch) -> Vec<u8> {
+    let json = serde_json::to_vec(batch).unwrap_or_default();
+    let mut encoder =
+        flate2::write::ZlibEncoder::new(vec![FORMAT_ZLIB_JSON], flate2::Compression::default());
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(&json);
+    encoder.finish().unwrap_or_default()
+}
+
+/// Reads and checks a batch, within every bound of this module.
+pub fn decode(payload: &[u8]) -> Result<TelemetryBatch, BatchError> {
+    let (&format, compressed) = payload.split_first().ok_or(BatchError::Empty)?;
+    if format != FORMAT_ZLIB_JSON {
+        return Err(BatchError::UnknownFormat(format));
+    }
+    if payload.len() > MAX_COMPRESSED_BYTES {
+        return Err(BatchError::TooLarge {
+            actual: payload.len(),
+            max: MAX_COMPRESSED_BYTES,
+        });
+    }
+    let mut json = Vec::new();
+    flate2::read::ZlibDecoder::new(compressed)
+        .take(MAX_DECOMPRESSED_BYTES as u64 + 1)
+        .read_to_end(&mut json)
+        .map_err(|e| BatchError::Compression(e.to_string()))?;
+    if json.len() > MAX_DECOMPRESSED_BYTES {
+        return Err(BatchError::Bomb {
+            max: MAX_DECOMPRESSED_BYTES,
+        });
+    }
+    let batch: TelemetryBatch =
+        serde_json::from_slice(&json).map_err(|e| BatchError::Json(e.to_string()))?;
+    check(&batch)?;
+    Ok(batch)
+}
+
+/// The rules a decoded batch must follow.
+pub fn check(batch: &TelemetryBatch) -> Result<(), BatchError> {
+    let invalid = |reason: String| Err(BatchError::Invalid(reason));
+    if batch.spool_id.is_empty() || batch.spool_id.len() > MAX_SPOOL_ID_BYTES {
+        return invalid(format!("spoolId must be 1 to {MAX_SPOOL_ID_BYTES} bytes"));
+    }
+    let count = batch.records.len();
+    if count == 0 || count > MAX_RECORDS {
+        return invalid(format!(
+            "a batch holds 1 to {MAX_RECORDS} records, not {count}"
+        ));
+    }
+    if batch.first_seq.checked_add(count as u64).is_none() {
+        return invalid("firstSeq leaves no room for the batch's records".into());
+    }
+    if let Records::Logs(logs) = &batch.records {
+        for (i, log) in logs.iter().enumerate() {
+            if log.priority > MAX_PRIORITY {
+                return invalid(format!(
+                    "record {i}: priority {} is not 0 to {MAX_PRIORITY}",
+                    log.priority
+                ));
+            }
+            if log.message.len() > MAX_LOG_MESSAGE_BYTES {
+                return invalid(format!(
+                    "record {i}: message is {} bytes, more than the {MAX_LOG_MESSAGE_BYTES} allowed",
+                    log.message.len()
+                ));
+            }
+        }
+    }
+    if batch.stream() == Stream::Metrics && batch.dropped.by_priority.iter().any(|&n| n > 0) {
+        return invalid("dropped.byPriority is for logs only".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logs(n: usize) -> TelemetryBatch {
+        TelemetryBatch {
+            spool_id: "spool-1".into(),
+            first_seq: 41,
+            records: Records::Logs(
+                (0..n)
+                    .map(|i| LogRecord {
+                        at: "2026-12-02T04:00:00Z".parse().expect("time"),
+                        priority: 6,
+                        unit: "sshd.service".into(),
+                        message: format!("line {i}"),
+                        fields: BTreeMap::from([("pid".into(), "42".into())]),
+                    })
+                    .collect(),
+            ),
+            dropped: Dropped {
+                total: 3,
+                by_priority: [0, 0, 0, 0, 0, 0, 1, 2],
+            },
+        }
+    }
+
+    fn zlib(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder =
+            flate2::write::ZlibEncoder::new(vec![FORMAT_ZLIB_JSON], flate2::Compression::best());
+        encoder.write_all(bytes).expect("compresses");
+        encoder.finish().expect("compresses")
+    }
+
+    #[test]
+    fn batches_round_trip_and_compress() {
+        let batch = logs(500);
+        let wire = encode(&batch);
+        assert_eq!(wire[0], FORMAT_ZLIB_JSON);
+        let json = serde_json::to_vec(&batch).expect("json");
+        assert!(
+            wire.len() * 5 < json.len(),
+            "{} bytes compressed from {}",
+            wire.len(),
+            json.len()
+        );
+        assert_eq!(decode(&wire).expect("decodes"), batch);
+        assert_eq!(batch.end_seq(), 541);
+
+        let metrics = TelemetryBatch {
+            spool_id: "s".into(),
+            first_seq: 0,
+            records: Records::Metrics(vec![MetricRecord::Custom(CustomMetric {
+                name: "queue_depth".into(),
+                value: 3.5,
+                labels: BTreeMap::from([("queue".into(), "in".into())]),
+                at: Utc::now(),
+            })]),
+            dropped: Dropped::default(),
+        };
+        assert_eq!(decode(&encode(&metrics)).expect("decodes"), metrics);
+    }
+
+    #[test]
+    fn the_wire_names_fields_as_the_contract_does() {
+        let json = serde_json::to_value(logs(1)).expect("json");
+        assert_eq!(json["stream"], "logs");
+        assert_eq!(json["spoolId"], "spool-1");
+        assert_eq!(json["firstSeq"], 41);
+        assert_eq!(json["records"][0]["unit"], "sshd.service");
+        assert_eq!(json["dropped"]["byPriority"][7], 2);
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_without_inflating_it() {
+        // 64 MiB of spaces inside a JSON string compress to about 64 KiB.
+        let mut json = br#"{"stream":"logs","spoolId":"s","firstSeq":0,"records":[{"at":"2026-12-02T04:00:00Z","priority":6,"message":""#.to_vec();
+        json.extend(std::iter::repeat_n(b' ', 64 * 1024 * 1024));
+        json.extend(br#""}]}"#);
+        let wire = zlib(&json);
+        assert!(wire.len() < MAX_COMPRESSED_BYTES, "{}", wire.len());
+        let err = decode(&wire).expect_err("bomb");
+        assert_eq!(
+            err,
+            BatchError::Bomb {
+                max: MAX_DECOMPRESSED_BYTES
+            }
+        );
+        assert!(err.to_string().contains("decompression bomb"), "{err}");
+    }
+
+    #[test]
+    fn oversized_and_overfull_batches_are_refused() {
+        let mut big = vec![FORMAT_ZLIB_JSON];
+        big.extend(
+            (0..MAX_COMPRESSED_BYTES as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8),
+        );
+        assert!(matches!(decode(&big), Err(BatchError::TooLarge { .. })));
+        let err = decode(&encode(&logs(MAX_RECORDS + 1))).expect_err("too many");
+        assert!(err.to_string().contains("records"), "{err}");
+        let err = decode(&encode(&logs(0))).expect_err("empty");
+        assert!(err.to_string().contains("not 0"), "{err}");
+    }
+
+    #[test]
+    fn malformed_payloads_say_what_is_wrong() {
+        assert_eq!(decode(b""), Err(BatchError::Empty));
+        assert_eq!(decode(b"{\"x\":1}"), Err(BatchError::UnknownFormat(b'{')));
+        assert!(matches!(
+            decode(&[FORMAT_ZLIB_JSON, 1, 2, 3]),
+            Err(BatchError::Compression(_))
+        ));
+        assert!(matches!(
+            decode(&zlib(b"not json")),
+            Err(BatchError::Json(_))
+        ));
+        let mut bad = logs(2);
+        if let Records::Logs(records) = &mut bad.records {
+            records[1].priority = 8;
+        }
+        let err = decode(&encode(&bad)).expect_err("priority");
+        assert!(err.to_string().contains("record 1: priority 8"), "{err}");
+        bad = logs(1);
+        bad.first_seq = u64::MAX;
+        assert!(matches!(decode(&encode(&bad)), Err(BatchError::Invalid(_))));
+        bad = logs(1);
+        bad.spool_id = String::new();
+        assert!(
+            decode(&encode(&bad))
+                .expect_err("id")
+                .to_string()
+                .contains("spoolId")
+        );
+    }
+}

@@ -1,0 +1,388 @@
+//! Telemetry from a device's spool to tetherd's store: real tetherd, real
+//! tether-agent fed through its local API socket, and mosquitto clients
+//! holding real device credentials for what a hostile device could send.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tether_proto::DeviceId;
+use tether_proto::telemetry::{Dropped, LogRecord, Records, TelemetryBatch, encode};
+use tether_server::store::Store;
+use tether_testkit::sim_agent::DeviceCredentials;
+use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{mosquitto, on_both_databases, text};
+
+on_both_databases!(
+    records_produced_offline_arrive_once_and_in_order_across_an_agent_restart,
+    a_tiny_spool_drops_the_oldest_records_and_reports_exactly_how_many,
+);
+
+const LOG_LINES: u64 = 10_000;
+const METRIC_SAMPLES: u64 = 1_000;
+
+/// The store tetherd writes, opened beside it.
+async fn store_of(tetherd: &Tetherd) -> anyhow::Result<Store> {
+    let url = match tetherd.postgres() {
+        Some(postgres) => postgres.url(),
+        None => format!(
+            "sqlite://{}",
+            tetherd.data_dir().join("tether.db").display()
+        ),
+    };
+    Ok(Store::connect(&url).await?)
+}
+
+/// POSTs `body` to the agent's local API; returns status line and body.
+async fn post(socket: &Path, path: &str, body: &str) -> anyhow::Result<String> {
+    let mut stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    anyhow::ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
+    Ok(response)
+}
+
+/// Whole milliseconds, as the store keeps times.
+fn minutes_ago(minutes: i64) -> DateTime<Utc> {
+    let now = Utc::now() - chrono::Duration::minutes(minutes);
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+}
+
+fn line_at(start: DateTime<Utc>, i: u64) -> DateTime<Utc> {
+    start + chrono::Duration::milliseconds(i as i64)
+}
+
+/// Pushes `LOG_LINES` log lines (priority `i % 8`) and `METRIC_SAMPLES`
+/// custom samples through the local API, a thousand per request.
+async fn produce(socket: &Path, start: DateTime<Utc>) -> anyhow::Result<()> {
+    for chunk in 0..LOG_LINES / 1000 {
+        let mut body = String::new();
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            body.push_str(
+                &json!({"message": format!("line {i:05}"), "priority": i % 8, "unit": "probe",
+                    "at": line_at(start, i)})
+                .to_string(),
+            );
+            body.push('\n');
+        }
+        post(socket, "/v1/logs", &body).await?;
+    }
+    let mut body = String::new();
+    for i in 0..METRIC_SAMPLES {
+        body.push_str(
+            &json!({"name": "probe_value", "value": i, "labels": {"probe": "a"},
+                "at": line_at(start, i)})
+            .to_string(),
+        );
+        body.push('\n');
+    }
+    post(socket, "/v1/metrics", &body).await?;
+    Ok(())
+}
+
+async fn usage(admin: &ApiClient, device: &str, stream: &str) -> anyhow::Result<Value> {
+    let usage = admin
+        .get(&format!("/api/v1/devices/{device}/usage"))
+        .await?
+        .expect_status(200)?;
+    usage["streams"]
+        .as_array()
+        .and_then(|streams| streams.iter().find(|s| s["stream"] == stream))
+        .cloned()
+        .with_context(|| format!("no {stream} usage in {usage}"))
+}
+
+async fn stored_messages(store: &Store, device: &DeviceId) -> anyhow::Result<Vec<String>> {
+    Ok(store
+        .list_logs(device, DateTime::<Utc>::UNIX_EPOCH, 100_000)
+        .await?
+        .into_iter()
+        .map(|log| log.record.message)
+        .collect())
+}
+
+/// Issue 13's offline acceptance: tetherd down, 10,000 log lines and 1,000
+/// samples produced on the device, the agent restarted while disconnected,
+/// tetherd back: every line and sample arrives once, in order.
+async fn records_produced_offline_arrive_once_and_in_order_across_an_agent_restart(
+    database: Database,
+) -> anyhow::Result<()> {
+    let mut tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let mut agent = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
+    let socket = agent.state_dir().join("api.sock");
+    tetherd.stop().await?;
+
+    let start = minutes_ago(30);
+    produce(&socket, start).await?;
+    // A clean stop flushes what waits in memory; the restart finds it on disk.
+    agent.stop().await?;
+    agent.start()?;
+    wait_until(
+        "the restarted agent's local API",
+        Duration::from_secs(10),
+        || {
+            let socket = socket.clone();
+            async move {
+                Ok(tokio::net::UnixStream::connect(&socket)
+                    .await
+                    .ok()
+                    .map(drop))
+            }
+        },
+    )
+    .await?;
+    tetherd.start_again().await?;
+
+    let store = store_of(&tetherd).await?;
+    let device = DeviceId::new("edge-1")?;
+    let admin = tetherd.admin().await?;
+    wait_until("every record stored", Duration::from_secs(120), || {
+        let admin = admin.clone();
+        async move {
+            let logs = usage(&admin, "edge-1", "logs").await?;
+            let metrics = usage(&admin, "edge-1", "metrics").await?;
+            Ok(
+                (logs["storedRecords"] == LOG_LINES && metrics["storedRecords"] == METRIC_SAMPLES)
+                    .then_some(()),
+            )
+        }
+    })
+    .await?;
+    let expected: Vec<String> = (0..LOG_LINES).map(|i| format!("line {i:05}")).collect();
+    assert_eq!(
+        stored_messages(&store, &device).await?,
+        expected,
+        "once, in order"
+    );
+    let logs = store
+        .list_logs(&device, DateTime::<Utc>::UNIX_EPOCH, 100_000)
+        .await?;
+    assert!(
+        logs.iter()
+            .enumerate()
+            .all(|(i, log)| log.record.priority == (i % 8) as u8
+                && log.record.unit == "probe"
+                && log.record.at == line_at(start, i as u64))
+    );
+    let samples = store.list_custom_metrics(&device, 100_000).await?;
+    let values: Vec<f64> = samples.iter().map(|s| s.value).collect();
+    let expected: Vec<f64> = (0..METRIC_SAMPLES).map(|i| i as f64).collect();
+    assert_eq!(values, expected, "every sample once, in order");
+
+    let logs = usage(&admin, "edge-1", "logs").await?;
+    assert_eq!(logs["gap"], 0, "{logs}");
+    assert_eq!(logs["dropped"]["total"], 0, "{logs}");
+    let wire = logs["wireBytes"].as_u64().unwrap_or(0);
+    assert!(
+        wire > 0 && wire < LOG_LINES * 40,
+        "10,000 lines took {wire} bytes on the wire: batches are compressed"
+    );
+    Ok(())
+}
+
+/// With a spool of 64 KiB the oldest lines go, and the count the agent
+/// reports to tetherd is exact: stored + dropped = produced, the stored ones
+/// are the newest in order, and the dropped ones are counted by priority.
+/// (Issue 13 acceptance, the "tiny spool limit" half.)
+async fn a_tiny_spool_drops_the_oldest_records_and_reports_exactly_how_many(
+    database: Database,
+) -> anyhow::Result<()> {
+    let mut tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let agent = Agent::enroll_with_env(
+        &tetherd,
+        &admin,
+        "edge-1",
+        &[("TETHER_AGENT_SPOOL_MAX_BYTES", "65536")],
+    )
+    .await?;
+    agent.wait_presence(&admin, "online").await?;
+    let socket = agent.state_dir().join("api.sock");
+    tetherd.stop().await?;
+
+    let start = minutes_ago(30);
+    produce(&socket, start).await?;
+    tetherd.start_again().await?;
+    let admin = tetherd.admin().await?;
+    let logs = wait_until(
+        "the newest lines and the drop count",
+        Duration::from_secs(120),
+        || {
+            let admin = admin.clone();
+            async move {
+                let logs = usage(&admin, "edge-1", "logs").await?;
+                let stored = logs["storedRecords"].as_u64().unwrap_or(0);
+                let dropped = logs["dropped"]["total"].as_u64().unwrap_or(0);
+                Ok((stored > 0 && stored + dropped == LOG_LINES).then_some(logs))
+            }
+        },
+    )
+    .await?;
+    let dropped = logs["dropped"]["total"].as_u64().context("dropped total")?;
+    assert!(
+        dropped > LOG_LINES / 2,
+        "a 64 KiB spool cannot hold 10,000 lines: {logs}"
+    );
+    // Each line stored is the one its number says, once, in order; the
+    // newest are kept. Lines the agent could send before its spool dropped
+    // them arrive too, so the dropped ones are exactly the others.
+    let store = store_of(&tetherd).await?;
+    let stored: Vec<u64> = store
+        .list_logs(
+            &DeviceId::new("edge-1")?,
+            DateTime::<Utc>::UNIX_EPOCH,
+            100_000,
+        )
+        .await?
+        .into_iter()
+        .map(|log| {
+            assert_eq!(log.record.message, format!("line {:05}", log.seq));
+            log.seq
+        })
+        .collect();
+    assert!(stored.windows(2).all(|w| w[0] < w[1]), "once, in order");
+    assert_eq!(stored.last(), Some(&(LOG_LINES - 1)), "the newest kept");
+    assert_eq!(stored.len() as u64 + dropped, LOG_LINES, "{logs}");
+    for priority in 0..8u64 {
+        let expected = (0..LOG_LINES)
+            .filter(|i| i % 8 == priority && stored.binary_search(i).is_err())
+            .count();
+        assert_eq!(
+            logs["dropped"]["byPriority"][priority as usize], expected,
+            "priority {priority}: {logs}"
+        );
+    }
+    // What never arrived is what the spool dropped: before its first batch
+    // (no gap for tetherd: the cursor starts there) and between batches
+    // (a gap).
+    let gap = logs["gap"].as_u64().context("gap")?;
+    assert_eq!(stored[0] + gap, dropped, "{logs}");
+    Ok(())
+}
+
+/// What a hostile device can send on the telemetry topics: another device's
+/// topic is refused by the ACL, a decompression bomb is refused with the
+/// reason, and a batch sent again is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_batches_are_refused_or_stored_once() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let port = tetherd
+        .mqtt_url
+        .rsplit_once(':')
+        .context("mqtt url has a port")?
+        .1
+        .to_owned();
+    DeviceCredentials::enroll(&admin, "victim").await?;
+    let credentials = DeviceCredentials::enroll(&admin, "hostile").await?;
+    let dir = tempfile::tempdir()?;
+    credentials.write_to(dir.path())?;
+    let publish = |topic: String, payload: Vec<u8>, name: &'static str| {
+        let port = port.clone();
+        let dir = dir.path().to_owned();
+        async move {
+            let file = dir.join(name);
+            std::fs::write(&file, payload)?;
+            let file = file.to_str().context("utf-8 path")?.to_owned();
+            let args = ["-V", "mqttv5", "-q", "1", "-t", &topic, "-f", &file];
+            mosquitto("mosquitto_pub", &port, Some(&dir), "hostile", &args).await
+        }
+    };
+    let batch = TelemetryBatch {
+        spool_id: "hostile-spool".into(),
+        first_seq: 0,
+        records: Records::Logs(
+            (0..100)
+                .map(|i| LogRecord {
+                    at: Utc::now(),
+                    priority: 3,
+                    unit: "x".into(),
+                    message: format!("hostile {i}"),
+                    fields: Default::default(),
+                })
+                .collect(),
+        ),
+        dropped: Dropped::default(),
+    };
+
+    // Another device's logs topic: refused by the ACL, nothing stored.
+    let output = publish(
+        "tether/v1/devices/victim/logs".into(),
+        encode(&batch),
+        "forged.bin",
+    )
+    .await?;
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Not authorized"),
+        "{}",
+        text(&output)
+    );
+
+    // 64 MiB of JSON in about 64 KiB: refused with the reason, not inflated.
+    let mut bomb = batch.clone();
+    if let Records::Logs(records) = &mut bomb.records {
+        records.truncate(1);
+        records[0].message = " ".repeat(64 * 1024 * 1024);
+    }
+    let bomb = encode(&bomb);
+    assert!(bomb.len() < 256 * 1024, "{} bytes", bomb.len());
+    let output = publish("tether/v1/devices/hostile/logs".into(), bomb, "bomb.bin").await?;
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Payload format invalid"),
+        "{}",
+        text(&output)
+    );
+    let reason = wait_until("the refusal recorded", Duration::from_secs(10), || {
+        let admin = admin.clone();
+        async move {
+            let events = admin
+                .get("/api/v1/devices/hostile/events?limit=100")
+                .await?
+                .expect_status(200)?;
+            Ok(events["items"].as_array().and_then(|items| {
+                items
+                    .iter()
+                    .find(|e| e["event"] == "message-rejected")
+                    .map(|e| e["statusMessage"].as_str().unwrap_or_default().to_owned())
+            }))
+        }
+    })
+    .await?;
+    assert!(reason.contains("decompression bomb"), "{reason}");
+
+    // The same batch three times: stored once.
+    for name in ["first.bin", "again.bin", "third.bin"] {
+        let output = publish(
+            "tether/v1/devices/hostile/logs".into(),
+            encode(&batch),
+            name,
+        )
+        .await?;
+        assert!(output.stderr.is_empty(), "acknowledged: {}", text(&output));
+    }
+    let store = store_of(&tetherd).await?;
+    let stored = stored_messages(&store, &DeviceId::new("hostile")?).await?;
+    assert_eq!(stored.len(), 100, "stored once");
+    assert!(
+        stored_messages(&store, &DeviceId::new("victim")?)
+            .await?
+            .is_empty()
+    );
+    let logs = usage(&admin, "hostile", "logs").await?;
+    assert_eq!(logs["storedRecords"], 100, "{logs}");
+    assert_eq!(logs["duplicateRecords"], 200, "{logs}");
+    assert_eq!(logs["batches"], 3, "{logs}");
+    Ok(())
+}
