@@ -8,8 +8,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tether_proto::api::{
     Action, AuditEntry, CatalogueEntry, CreateDevice, CreateJob, Device, DeviceCreated,
-    EnrollmentToken, ErrorBody, Event, FleetSummary, Job, LoginRequest, LoginResponse, Page,
-    PatchDevice, RequestAction, Session,
+    EnrollmentToken, ErrorBody, Event, FleetSummary, Job, LogEntry, LoginRequest, LoginResponse,
+    Page, PatchDevice, RequestAction, Session,
 };
 use tether_proto::ca::CaPemError;
 use tether_proto::metrics::HostMetrics;
@@ -59,6 +59,10 @@ pub enum ClientError {
     },
     #[error("cannot understand the answer of {url}; are the CLI and tetherd the same version?")]
     Decode { url: String, source: reqwest::Error },
+    #[error("the stream from {url} ended: {reason}")]
+    Stream { url: String, reason: String },
+    #[error("the stream from {url} broke")]
+    StreamRead { url: String, source: reqwest::Error },
 }
 
 impl ClientError {
@@ -416,6 +420,37 @@ impl ApiClient {
         Ok(items)
     }
 
+    /// One page of a log archive (`path` is `devices/NAME/logs` or `logs`).
+    pub async fn logs_page(
+        &self,
+        path: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Page<LogEntry>, ClientError> {
+        self.call_with_query(Method::GET, path, query).await
+    }
+
+    /// Opens a log follow stream (`path` is `devices/NAME/logs/follow` or
+    /// `logs/follow`); read it with [`LogFollow::next`].
+    pub async fn follow_logs(
+        &self,
+        path: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<LogFollow, ClientError> {
+        let mut url = self.url(path)?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        // No overall timeout: the stream lasts as long as the operator
+        // watches; `LogFollow::next` notices a silent connection instead.
+        let request = self.http.request(Method::GET, url.clone());
+        let (url, response) = self.execute(url, request).await?;
+        Ok(LogFollow {
+            url,
+            response,
+            buffer: Vec::new(),
+        })
+    }
+
     pub async fn create_job(&self, request: &CreateJob) -> Result<Job, ClientError> {
         self.call(Method::POST, &["jobs"], Some(request)).await
     }
@@ -559,6 +594,68 @@ impl ApiClient {
             .extend(["api", "v1"])
             .extend(segments);
         Ok(url)
+    }
+}
+
+/// tetherd sends a keepalive line every 15 s; three missed mean the
+/// connection is gone.
+const FOLLOW_SILENCE: Duration = Duration::from_secs(45);
+
+/// A stream of log lines as tetherd stores them.
+pub struct LogFollow {
+    url: String,
+    response: reqwest::Response,
+    /// Bytes of a line not complete yet.
+    buffer: Vec<u8>,
+}
+
+impl LogFollow {
+    /// The next line; `None` when tetherd ended the stream.
+    pub async fn next(&mut self) -> Result<Option<LogEntry>, ClientError> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                let line = &line[..end];
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue; // keepalive
+                }
+                return self.decode(line).map(Some);
+            }
+            let chunk = tokio::time::timeout(FOLLOW_SILENCE, self.response.chunk())
+                .await
+                .map_err(|_| {
+                    self.broke(format!("nothing heard for {} s", FOLLOW_SILENCE.as_secs()))
+                })?
+                .map_err(|source| ClientError::StreamRead {
+                    url: self.url.clone(),
+                    source,
+                })?;
+            match chunk {
+                Some(bytes) => self.buffer.extend_from_slice(&bytes),
+                None if self.buffer.is_empty() => return Ok(None),
+                None => return Err(self.broke("it stopped in the middle of a line".into())),
+            }
+        }
+    }
+
+    fn decode(&self, line: &[u8]) -> Result<LogEntry, ClientError> {
+        let value: serde_json::Value = serde_json::from_slice(line)
+            .map_err(|error| self.broke(format!("a line is not JSON: {error}")))?;
+        if let Some(error) = value.get("error") {
+            let message = error["message"]
+                .as_str()
+                .unwrap_or("tetherd stopped the stream");
+            return Err(self.broke(message.to_owned()));
+        }
+        serde_json::from_value(value)
+            .map_err(|error| self.broke(format!("a line is not a log entry: {error}")))
+    }
+
+    fn broke(&self, reason: String) -> ClientError {
+        ClientError::Stream {
+            url: self.url.clone(),
+            reason,
+        }
     }
 }
 

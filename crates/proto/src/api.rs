@@ -503,3 +503,24 @@ pub struct FleetSummary {
     /// label last; empty without `by`.
     pub groups: Vec<SummaryGroup>,
 }
+
+/// A device's log line as the operator reads it (`GET …/logs`, and one per
+/// line of a follow stream).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LogEntry {
+    pub device: String,
+    /// The line's number among the device's lines, in the order tetherd
+    /// stored them.
+    pub pos: u64,
+    /// When the device says the line was written.
+    pub at: DateTime<Utc>,
+    /// Syslog severity, 0 (emergency) to 7 (debug).
+    pub priority: u8,
+    /// The systemd unit, syslog tag or file the line came from.
+    pub unit: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
+}

@@ -125,6 +125,7 @@ struct FileRetention {
     events_days: Option<u64>,
     actions_days: Option<u64>,
     metrics_days: Option<u64>,
+    logs_days: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -376,6 +377,8 @@ pub struct RetentionConfig {
     /// counted from their completion.
     pub actions: Duration,
     pub metrics: Duration,
+    /// Log lines, by the time the device gave them (seed 004: 90 days).
+    pub logs: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -384,6 +387,7 @@ impl Default for RetentionConfig {
             events: Duration::from_secs(90 * 24 * 3600),
             actions: Duration::from_secs(90 * 24 * 3600),
             metrics: Duration::from_secs(30 * 24 * 3600),
+            logs: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -619,6 +623,7 @@ impl ServerConfig {
             events: days(file.retention.events_days).unwrap_or(retention_defaults.events),
             actions: days(file.retention.actions_days).unwrap_or(retention_defaults.actions),
             metrics: days(file.retention.metrics_days).unwrap_or(retention_defaults.metrics),
+            logs: days(file.retention.logs_days).unwrap_or(retention_defaults.logs),
         };
         let pki_defaults = PkiConfig::default();
         let pki = PkiConfig {
@@ -658,6 +663,7 @@ impl ServerConfig {
         check_range("retention.events_days", retention.events, DAY, 3660 * DAY)?;
         check_range("retention.actions_days", retention.actions, DAY, 3660 * DAY)?;
         check_range("retention.metrics_days", retention.metrics, DAY, 3660 * DAY)?;
+        check_range("retention.logs_days", retention.logs, DAY, 3660 * DAY)?;
         check_range(
             "actions.max_ttl_seconds",
             actions.max_ttl,
@@ -748,6 +754,7 @@ impl ServerConfig {
                 events_days: Some(self.retention.events.as_secs() / (24 * 3600)),
                 actions_days: Some(self.retention.actions.as_secs() / (24 * 3600)),
                 metrics_days: Some(self.retention.metrics.as_secs() / (24 * 3600)),
+                logs_days: Some(self.retention.logs.as_secs() / (24 * 3600)),
             },
             pki: FilePki {
                 server_certificate_lifetime_seconds: Some(

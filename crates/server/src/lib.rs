@@ -11,6 +11,7 @@ pub mod config;
 pub mod device_link;
 pub mod ingest;
 pub mod jobs;
+pub mod logs;
 pub mod observability;
 pub mod pki;
 pub mod registry;
@@ -317,7 +318,9 @@ pub async fn run(
         listeners.push(Arc::new(MqttCertificate(rmqtt.clone())));
     }
     tokio::spawn(server_certificate.run(issued, listeners));
+    let logs = Arc::new(logs::Logs::new(store.clone(), bus.clone(), actions.clone()));
     let state = Arc::new(AppState {
+        logs,
         store,
         auth,
         registry,
@@ -532,6 +535,13 @@ async fn prune_telemetry(store: Store, retention: RetentionConfig, now: chrono::
         }
         Err(error) => {
             tracing::error!(error = %error_chain(&error), "could not delete old telemetry")
+        }
+    }
+    match store.delete_logs_before(before(retention.logs)).await {
+        Ok(0) => {}
+        Ok(lines) => tracing::info!(lines, "deleted log lines past their retention"),
+        Err(error) => {
+            tracing::error!(error = %error_chain(&error), "could not delete old log lines")
         }
     }
 }

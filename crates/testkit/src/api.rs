@@ -118,6 +118,22 @@ impl ApiClient {
         Ok((status, text))
     }
 
+    /// A GET answered with a stream of JSON lines (a log follow): the
+    /// status, and the lines as they come. Blank lines (keepalives) are
+    /// skipped.
+    pub async fn get_json_lines(&self, path: &str) -> anyhow::Result<JsonLines> {
+        let response = self
+            .request(Method::GET, path)
+            .send()
+            .await
+            .context("sending the request to tetherd")?;
+        Ok(JsonLines {
+            status: response.status(),
+            response,
+            buffer: Vec::new(),
+        })
+    }
+
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Reply> {
         let request = self
             .request(Method::POST, path)
@@ -151,5 +167,38 @@ impl ApiClient {
         let bytes = response.bytes().await.context("reading tetherd's answer")?;
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(Reply { status, body })
+    }
+}
+
+/// A response read as JSON lines.
+pub struct JsonLines {
+    pub status: StatusCode,
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl JsonLines {
+    /// The next JSON line within `within`; `None` if the stream ended.
+    pub async fn next(&mut self, within: std::time::Duration) -> anyhow::Result<Option<Value>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Ok(Some(
+                    serde_json::from_slice(&line).context("a line of the stream is not JSON")?,
+                ));
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .with_context(|| format!("no line within {within:?}"))?
+                .context("reading the stream")?;
+            match chunk {
+                Some(bytes) => self.buffer.extend_from_slice(&bytes),
+                None => return Ok(None),
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod events;
 pub mod jobs;
 pub mod login;
 pub mod logout;
+pub mod logs;
 pub mod metrics;
 pub mod quickstart;
 pub mod sessions;
@@ -33,6 +34,7 @@ pub enum Command {
     #[command(subcommand)]
     Jobs(jobs::Jobs),
     Events(events::Events),
+    Logs(logs::Logs),
     Metrics(metrics::Metrics),
     Audit(audit::Audit),
     Quickstart(quickstart::Quickstart),
@@ -58,6 +60,7 @@ impl Command {
             Command::Actions(cmd) => cmd.description(),
             Command::Jobs(cmd) => cmd.description(),
             Command::Events(cmd) => cmd.description(),
+            Command::Logs(cmd) => cmd.description(),
             Command::Metrics(cmd) => cmd.description(),
             Command::Audit(cmd) => cmd.description(),
             Command::Quickstart(cmd) => cmd.description(),
@@ -73,6 +76,7 @@ impl Command {
             Command::Actions(cmd) => cmd.run(ctx).await,
             Command::Jobs(cmd) => cmd.run(ctx).await,
             Command::Events(cmd) => cmd.run(ctx).await,
+            Command::Logs(cmd) => cmd.run(ctx).await,
             Command::Metrics(cmd) => cmd.run(ctx).await,
             Command::Audit(cmd) => cmd.run(ctx).await,
             Command::Quickstart(cmd) => cmd.run(ctx).await,
@@ -106,6 +110,10 @@ pub enum CommandError {
     Actions(#[from] actions::ActionsError),
     #[error(transparent)]
     Quickstart(#[from] quickstart::QuickstartError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot write to standard output")]
+    Write(#[source] std::io::Error),
 }
 
 /// What every command gets from the global flags.

@@ -275,7 +275,10 @@ impl ActionService {
                             tokio::spawn(async move { actions.recheck_waiters(waited).await });
                         }
                     }
-                    Channel::DisconnectDevice | Channel::SessionMoved | Channel::DeviceSpec => {}
+                    Channel::DisconnectDevice
+                    | Channel::SessionMoved
+                    | Channel::DeviceSpec
+                    | Channel::LogsStored => {}
                 },
                 Heard::MayHaveMissed => {
                     let actions = self.clone();

@@ -11,6 +11,7 @@ use tether_proto::api::{ErrorBody, ErrorDetail};
 use crate::actions::ActionError;
 use crate::auth::AuthError;
 use crate::jobs::JobError;
+use crate::logs::LogsError;
 use crate::pki::renewal::Refusal;
 use crate::registry::RegistryError;
 use crate::store::StoreError;
@@ -98,6 +99,15 @@ impl From<StoreError> for ApiError {
                 }
             }
             other => Self::internal(&other),
+        }
+    }
+}
+
+impl From<LogsError> for ApiError {
+    fn from(error: LogsError) -> Self {
+        match error {
+            LogsError::Store(error) => error.into(),
+            other => Self::bad_request(other.to_string()),
         }
     }
 }

@@ -10,6 +10,7 @@ mod extract;
 mod health;
 mod jobs;
 pub mod listener;
+mod logs;
 mod metrics;
 mod openapi;
 mod page;
@@ -44,6 +45,7 @@ pub struct AppState {
     pub registry: Registry,
     pub actions: Arc<ActionService>,
     pub jobs: Arc<crate::jobs::JobService>,
+    pub logs: Arc<crate::logs::Logs>,
     /// Per-device input counters for `GET /devices/{name}`.
     pub ingest: Arc<crate::ingest::Ingest>,
     pub ca: Arc<CertificateAuthority>,
@@ -118,6 +120,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(actions::routes())
         .merge(jobs::routes())
         .merge(telemetry::routes())
+        .merge(logs::routes())
         .merge(audit::routes())
         .merge(sessions::routes())
         .route_layer(axum::middleware::from_fn_with_state(

@@ -19,11 +19,14 @@ use tether_proto::api::Page;
 use utoipa::IntoParams;
 
 use super::error::ApiError;
-use crate::store::Before;
+use crate::store::{Before, LogPosition};
 
 pub const DEFAULT_LIMIT: u32 = 500;
 pub const MAX_LIMIT: u32 = 5000;
 const VERSION: u8 = 1;
+
+/// A time window `[since, until)`.
+pub type LogWindow = (DateTime<Utc>, DateTime<Utc>);
 const CHECKSUM_BYTES: usize = 8;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -53,6 +56,10 @@ pub enum Position {
     /// Before this time in ms, or at it with a smaller id (events, audit,
     /// sessions, newest first).
     BeforeTimeAndId(i64, String),
+    /// After this time in ms, device and line number (logs, oldest first),
+    /// in the window `[since, until)` in ms the first page resolved (so a
+    /// relative `since` does not move between pages).
+    AfterLog(i64, String, u64, i64, i64),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -141,6 +148,34 @@ impl PageRequest {
                 id: id.clone(),
             })),
             Some(_) => Err(wrong_listing()),
+        }
+    }
+
+    /// Where a page of logs starts, and the window of the listing.
+    pub fn after_log(&self) -> Result<Option<(LogPosition, LogWindow)>, ApiError> {
+        match &self.start {
+            None => Ok(None),
+            Some(Position::AfterLog(_, _, pos, _, _)) if i64::try_from(*pos).is_err() => Err(
+                ApiError::bad_request("invalid continue token: its line number is out of range"),
+            ),
+            Some(Position::AfterLog(at, device, pos, since, until)) => Ok(Some((
+                LogPosition {
+                    at: time(*at)?,
+                    device: device.clone(),
+                    pos: *pos,
+                },
+                (time(*since)?, time(*until)?),
+            ))),
+            Some(_) => Err(wrong_listing()),
+        }
+    }
+
+    /// A page whose items were chosen already (a scan that may stop short
+    /// of `limit`), with a token for `next` if there is one.
+    pub fn page_to<T>(&self, items: Vec<T>, next: Option<Position>) -> Page<T> {
+        Page {
+            items,
+            continue_token: next.map(|at| encode(&self.listing, at)),
         }
     }
 

@@ -62,15 +62,19 @@ pub enum Channel {
     /// These devices' specs changed: the replica holding the session of one
     /// sends it the new spec. Keys: device names.
     DeviceSpec,
+    /// These devices' log lines were stored: replicas with a live follower
+    /// of one read the new lines. Keys: device names.
+    LogsStored,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 5] = [
+    pub const ALL: [Channel; 6] = [
         Channel::DeviceOutbox,
         Channel::ActionFinished,
         Channel::DisconnectDevice,
         Channel::SessionMoved,
         Channel::DeviceSpec,
+        Channel::LogsStored,
     ];
 
     /// The PostgreSQL channel name (an identifier: lowercase, under 64 bytes).
@@ -81,6 +85,7 @@ impl Channel {
             Channel::DisconnectDevice => "tether_disconnect_device",
             Channel::SessionMoved => "tether_session_moved",
             Channel::DeviceSpec => "tether_device_spec",
+            Channel::LogsStored => "tether_logs_stored",
         }
     }
 

@@ -137,9 +137,9 @@ impl Ingest {
             SQLITE_WRITE_SLOTS
         }));
         Self {
-            presence: PresenceWriter::new(store.clone(), owner, write_slots.clone(), bus),
+            presence: PresenceWriter::new(store.clone(), owner, write_slots.clone(), bus.clone()),
             write_slots,
-            telemetry: Telemetry::new(store.clone(), observability.clone()),
+            telemetry: Telemetry::new(store.clone(), observability.clone(), bus),
             store,
             actions,
             specs,

@@ -458,19 +458,30 @@ impl CursorTx {
         first_seq: u64,
         records: &[LogRecord],
     ) -> Result<(), StoreError> {
+        // Numbered after the device's last stored line. Batches of one
+        // device are stored one after another; should two ever race (a
+        // session moving between replicas), the unique (device, pos) index
+        // refuses the second, which the device then sends again.
+        let row = sqlx::query("SELECT COALESCE(MAX(pos), 0) AS pos FROM logs WHERE device = $1")
+            .bind(self.device.as_str())
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(cursor_error("number log lines"))?;
+        let last_pos = to_u64(get(&row, "pos")?, "pos of a log line")?;
         for (chunk_index, chunk) in records.chunks(ROWS_PER_INSERT).enumerate() {
             let sql = values_sql(
-                "INSERT INTO logs (device, at, seq, priority, unit, message, fields) VALUES ",
-                7,
+                "INSERT INTO logs (device, at, seq, pos, priority, unit, message, fields) VALUES ",
+                8,
                 chunk.len(),
             );
             let mut query = sqlx::query(&sql);
             for (i, record) in chunk.iter().enumerate() {
-                let seq = first_seq + (chunk_index * ROWS_PER_INSERT + i) as u64;
+                let index = (chunk_index * ROWS_PER_INSERT + i) as u64;
                 query = query
                     .bind(self.device.as_str())
                     .bind(millis(record.at))
-                    .bind(to_i64(seq, "seq")?)
+                    .bind(to_i64(first_seq + index, "seq")?)
+                    .bind(to_i64(last_pos + 1 + index, "pos")?)
                     .bind(i64::from(record.priority))
                     .bind(record.unit.as_str())
                     .bind(record.message.as_str())
@@ -574,7 +585,7 @@ impl CursorTx {
 }
 
 /// `prefix` followed by `rows` groups of `columns` numbered placeholders.
-fn values_sql(prefix: &str, columns: usize, rows: usize) -> String {
+pub(super) fn values_sql(prefix: &str, columns: usize, rows: usize) -> String {
     let mut sql = String::with_capacity(prefix.len() + rows * columns * 5);
     sql.push_str(prefix);
     for row in 0..rows {

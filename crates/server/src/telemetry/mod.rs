@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use tether_proto::DeviceId;
-use tether_proto::telemetry::{Records, TelemetryBatch};
+use tether_proto::telemetry::{Records, Stream, TelemetryBatch};
 
+use crate::cluster::bus::{Bus, Channel};
 use crate::observability::Observability;
 use crate::store::{CursorUpdate, Store, StoreError};
 use cursor::Verdict;
@@ -26,13 +27,16 @@ pub enum Stored {
 pub struct Telemetry {
     store: Store,
     observability: Arc<Observability>,
+    /// Announces stored log lines to live followers (`crate::logs`).
+    bus: Bus,
 }
 
 impl Telemetry {
-    pub fn new(store: Store, observability: Arc<Observability>) -> Self {
+    pub fn new(store: Store, observability: Arc<Observability>, bus: Bus) -> Self {
         Self {
             store,
             observability,
+            bus,
         }
     }
 
@@ -98,6 +102,9 @@ impl Telemetry {
             }
         };
         tx.commit(&update).await?;
+        if stream == Stream::Logs && update.stored > 0 {
+            self.bus.publish(Channel::LogsStored, [device.as_str()]);
+        }
         self.observability.telemetry_received(
             stream,
             wire_bytes as u64,
@@ -123,7 +130,11 @@ mod tests {
             .create_device(&device, &Default::default(), Utc::now())
             .await
             .expect("device");
-        (Telemetry::new(store.clone(), Arc::default()), store, device)
+        (
+            Telemetry::new(store.clone(), Arc::default(), Bus::in_process()),
+            store,
+            device,
+        )
     }
 
     fn logs(spool: &str, from: u64, to: u64) -> TelemetryBatch {

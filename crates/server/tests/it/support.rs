@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{Value, json};
 use sqlx::Connection;
-use tether_testkit::ApiClient;
+use tether_server::store::Store;
+use tether_testkit::{ApiClient, Tetherd};
 
 /// Runs each named `async fn(Database) -> anyhow::Result<()>` once on SQLite
 /// and once on a throwaway PostgreSQL: the same suite on both stores.
@@ -26,6 +27,18 @@ macro_rules! on_both_databases {
     )*};
 }
 pub(crate) use on_both_databases;
+
+/// The store `tetherd` writes, opened beside it.
+pub async fn store_of(tetherd: &Tetherd) -> anyhow::Result<Store> {
+    let url = match tetherd.postgres() {
+        Some(postgres) => postgres.url(),
+        None => format!(
+            "sqlite://{}",
+            tetherd.data_dir().join("tether.db").display()
+        ),
+    };
+    Ok(Store::connect(&url).await?)
+}
 
 /// Requests an action and returns the accepted record (expects 202).
 pub async fn request(admin: &ApiClient, device: &str, body: Value) -> anyhow::Result<Value> {

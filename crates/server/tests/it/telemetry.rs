@@ -15,7 +15,7 @@ use tether_testkit::sim_agent::DeviceCredentials;
 use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{mosquitto, on_both_databases, text};
+use crate::support::{mosquitto, on_both_databases, store_of, text};
 
 on_both_databases!(
     records_produced_offline_arrive_once_and_in_order_across_an_agent_restart,
@@ -24,18 +24,6 @@ on_both_databases!(
 
 const LOG_LINES: u64 = 10_000;
 const METRIC_SAMPLES: u64 = 1_000;
-
-/// The store tetherd writes, opened beside it.
-async fn store_of(tetherd: &Tetherd) -> anyhow::Result<Store> {
-    let url = match tetherd.postgres() {
-        Some(postgres) => postgres.url(),
-        None => format!(
-            "sqlite://{}",
-            tetherd.data_dir().join("tether.db").display()
-        ),
-    };
-    Ok(Store::connect(&url).await?)
-}
 
 /// POSTs `body` to the agent's local API; returns status line and body.
 async fn post(socket: &Path, path: &str, body: &str) -> anyhow::Result<String> {
