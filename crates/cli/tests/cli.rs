@@ -834,3 +834,163 @@ async fn listings_longer_than_a_page_are_shown_whole_and_summarized() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("--limit"), "{}", run.stderr);
 }
+
+/// A batch of log lines `{prefix} {i}` for `range`, priority `i % 8`, unit
+/// `app`, one second apart from `start`.
+fn log_batch(
+    prefix: &str,
+    range: std::ops::Range<u64>,
+    start: chrono::DateTime<chrono::Utc>,
+) -> tether_proto::telemetry::TelemetryBatch {
+    use tether_proto::telemetry::{LogRecord, Records, TelemetryBatch};
+    TelemetryBatch {
+        spool_id: "cli-test".into(),
+        first_seq: range.start,
+        records: Records::Logs(
+            range
+                .map(|i| LogRecord {
+                    at: start + chrono::Duration::seconds(i as i64),
+                    priority: (i % 8) as u8,
+                    unit: "app".into(),
+                    message: format!("{prefix} {i}"),
+                    fields: Default::default(),
+                })
+                .collect(),
+        ),
+        dropped: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_are_read_from_the_archive_and_followed_live() {
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+    let admin = tetherd.admin().await.expect("admin");
+    let credentials = DeviceCredentials::enroll(&admin, "edge-1")
+        .await
+        .expect("enrolls");
+    let device = SimAgent::connect(&credentials, Responder::Silent)
+        .await
+        .expect("connects");
+    let start = chrono::Utc::now() - chrono::Duration::minutes(5);
+    device
+        .send_telemetry(&log_batch("stored", 0..16, start))
+        .await
+        .expect("sends");
+    tether_testkit::wait_until("the lines stored", Duration::from_secs(30), || {
+        let admin = admin.clone();
+        async move {
+            let page = admin
+                .get("/api/v1/devices/edge-1/logs?since=10m")
+                .await?
+                .expect_status(200)?;
+            Ok((page["items"].as_array().map(Vec::len) == Some(16)).then_some(()))
+        }
+    })
+    .await
+    .expect("stored");
+
+    let text = tether
+        .run_ok(&[
+            "logs",
+            "edge-1",
+            "--archival",
+            "--since",
+            "600",
+            "--priority",
+            "err",
+        ])
+        .await;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 8, "{text}");
+    assert!(lines[0].ends_with(" emerg app: stored 0"), "{text}");
+    assert!(lines[3].ends_with(" err app: stored 3"), "{text}");
+    let json = tether
+        .run_ok(&[
+            "logs", "edge-1", "--since", "10m", "--grep", "stored 1", "-o", "json",
+        ])
+        .await;
+    let messages: Vec<String> = json
+        .lines()
+        .map(|line| {
+            let entry: tether_proto::api::LogEntry =
+                serde_json::from_str(line).expect("a LogEntry");
+            entry.message
+        })
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "stored 1",
+            "stored 10",
+            "stored 11",
+            "stored 12",
+            "stored 13",
+            "stored 14",
+            "stored 15"
+        ]
+    );
+
+    // --follow shows what is stored from now on, not what was before.
+    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["logs", "edge-1", "--follow", "--unit", "app"])
+        .env("TETHER_CLI_CONFIG", tether.config())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tether starts");
+    let mut stdout = tokio::io::BufReader::new(follow.stdout.take().expect("piped"));
+    // The follow has begun once tetherd serves it; lines sent until then
+    // would be old to it. A line sent repeatedly until one shows up says so.
+    let mut first = String::new();
+    let mut seq = 16;
+    while first.is_empty() {
+        device
+            .send_telemetry(&log_batch("probe", seq..seq + 1, chrono::Utc::now()))
+            .await
+            .expect("sends");
+        seq += 1;
+        use tokio::io::AsyncBufReadExt;
+        if let Ok(read) =
+            tokio::time::timeout(Duration::from_millis(500), stdout.read_line(&mut first)).await
+        {
+            read.expect("reads");
+        }
+    }
+    assert!(first.contains("probe"), "{first}");
+    device
+        .send_telemetry(&log_batch("live", seq..seq + 3, chrono::Utc::now()))
+        .await
+        .expect("sends");
+    let mut live = Vec::new();
+    while live.len() < 3 {
+        let mut line = String::new();
+        use tokio::io::AsyncBufReadExt;
+        tokio::time::timeout(Duration::from_secs(30), stdout.read_line(&mut line))
+            .await
+            .expect("a line within 30 s")
+            .expect("reads");
+        if line.contains("live") {
+            live.push(line);
+        }
+    }
+    assert!(live[0].contains(&format!("live {seq}")), "{live:?}");
+    assert!(!live.iter().any(|line| line.contains("stored")), "{live:?}");
+    follow.kill().await.expect("stops");
+
+    let run = tether.run(&["logs", "edge-1", "--since", "soon"]).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("since"), "{}", run.stderr);
+    let run = tether
+        .run(&["logs", "edge-1", "--follow", "--since", "1h"])
+        .await;
+    assert_eq!(run.code, 2, "--follow reads from now: {}", run.stderr);
+    let run = tether.run(&["logs"]).await;
+    assert_eq!(run.code, 2, "a device or a selector: {}", run.stderr);
+    let run = tether.run(&["logs", "nobody", "--follow"]).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("nobody"), "{}", run.stderr);
+    device.disconnect().await;
+}

@@ -15,6 +15,7 @@ use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 use serde_json::json;
+use tether_proto::telemetry::{self, Stream, TelemetryBatch};
 use tether_proto::{
     ActionEvent, ActionRequest, DeviceId, DeviceStatus, DeviceTopic, Presence, TopicKind,
 };
@@ -481,6 +482,23 @@ impl SimAgent {
             .publish(topic, QoS::AtLeastOnce, false, serde_json::to_vec(event)?)
             .await
             .context("publishing an event")
+    }
+
+    /// Publishes a telemetry batch (QoS 1) on its stream's topic, as a
+    /// device's spool sends it; returns the bytes on the wire.
+    pub async fn send_telemetry(&self, batch: &TelemetryBatch) -> anyhow::Result<usize> {
+        let kind = match batch.stream() {
+            Stream::Logs => TopicKind::Logs,
+            Stream::Metrics => TopicKind::Metrics,
+        };
+        let topic = DeviceTopic::new(self.device.clone(), kind).to_string();
+        let payload = telemetry::encode(batch);
+        let bytes = payload.len();
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .context("publishing a telemetry batch")?;
+        Ok(bytes)
     }
 
     /// Whether the MQTT connection it opened is still up (it never
