@@ -5,7 +5,8 @@
 //! metrics every second while tetherd is unreachable; or (`--mode
 //! fleet-job`) the time one fleet-wide job takes to be answered by N; or
 //! (`--mode replicas`) several tetherd replicas on PostgreSQL with sessions
-//! spread over them.
+//! spread over them; or (`--mode telemetry`) log and metric ingest rates and
+//! the live tail's latency.
 //!
 //! Build everything in release mode first: `cargo build --release --workspace`,
 //! then `target/release/tether-bench`.
@@ -13,6 +14,7 @@
 mod fleet_job;
 mod offline;
 mod replicas;
+mod telemetry;
 
 use std::time::{Duration, Instant};
 
@@ -78,6 +80,15 @@ struct Args {
     /// replicas: devices in the fleet-wide job (spread over every replica).
     #[arg(long, default_value_t = 10_000)]
     job_devices: usize,
+    /// telemetry: log lines to send over all devices.
+    #[arg(long, default_value_t = 1_000_000)]
+    log_lines: u64,
+    /// telemetry: metric samples to send over all devices.
+    #[arg(long, default_value_t = 2_000_000)]
+    samples: u64,
+    /// telemetry: lines timed through a live follower.
+    #[arg(long, default_value_t = 200)]
+    tail_lines: usize,
     /// simulate (internal): the credentials file a simulator process connects.
     #[arg(long, hide = true)]
     credentials: Option<std::path::PathBuf>,
@@ -98,6 +109,9 @@ enum Mode {
     Simulate,
     /// N simulated agents: one fleet-wide job, from creation to every answer.
     FleetJob,
+    /// N simulated agents send log and metric batches: ingest rates, bytes
+    /// on the wire, live tail latency.
+    Telemetry,
 }
 
 #[tokio::main]
@@ -146,6 +160,16 @@ async fn main() -> anyhow::Result<()> {
                 offline: args.offline_devices,
                 concurrency: args.job_concurrency,
                 rate_per_second: args.job_rate,
+            })
+            .await;
+        }
+        Mode::Telemetry => {
+            return telemetry::run(telemetry::Settings {
+                database,
+                agents: args.agents,
+                log_lines: args.log_lines,
+                samples: args.samples,
+                tail_lines: args.tail_lines,
             })
             .await;
         }
