@@ -13,6 +13,7 @@ use tether_proto::api::{
 };
 use tether_proto::ca::CaPemError;
 use tether_proto::metrics::HostMetrics;
+use tether_proto::telemetry::DeviceUsage;
 
 /// How long to wait for the TCP and TLS handshake before naming the server unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -418,6 +419,11 @@ impl ApiClient {
             items.truncate(cap);
         }
         Ok(items)
+    }
+
+    pub async fn device_usage(&self, name: &str) -> Result<DeviceUsage, ClientError> {
+        self.call(Method::GET, &["devices", name, "usage"], None::<&()>)
+            .await
     }
 
     /// One page of a log archive (`path` is `devices/NAME/logs` or `logs`).

@@ -992,5 +992,15 @@ async fn logs_are_read_from_the_archive_and_followed_live() {
     let run = tether.run(&["logs", "nobody", "--follow"]).await;
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("nobody"), "{}", run.stderr);
+
+    let usage = tether.run_ok(&["devices", "usage", "edge-1"]).await;
+    let logs_row: Vec<&str> = usage
+        .lines()
+        .find(|line| line.starts_with("logs"))
+        .expect("a logs row")
+        .split_whitespace()
+        .collect();
+    let stored: u64 = logs_row[logs_row.len() - 4].parse().expect("a count");
+    assert_eq!(stored, seq + 3, "every line sent was stored once: {usage}");
     device.disconnect().await;
 }

@@ -9,6 +9,7 @@ mod list;
 mod revoke;
 mod summary;
 mod update;
+mod usage;
 
 use chrono::{DateTime, Utc};
 use tether_proto::api::{Device, EnrollmentToken};
@@ -28,6 +29,7 @@ pub enum Devices {
     Delete(delete::Delete),
     Revoke(revoke::Revoke),
     EnrollmentToken(enrollment_token::EnrollmentTokenCmd),
+    Usage(usage::Usage),
 }
 
 impl Devices {
@@ -36,6 +38,7 @@ impl Devices {
             Devices::Add(cmd) => cmd.description(),
             Devices::List(cmd) => cmd.description(),
             Devices::Summary(cmd) => cmd.description(),
+            Devices::Usage(cmd) => cmd.description(),
             Devices::Get(cmd) => cmd.description(),
             Devices::Label(cmd) => cmd.description(),
             Devices::Update(cmd) => cmd.description(),
@@ -50,6 +53,7 @@ impl Devices {
             Devices::Add(cmd) => cmd.run(ctx).await,
             Devices::List(cmd) => cmd.run(ctx).await,
             Devices::Summary(cmd) => cmd.run(ctx).await,
+            Devices::Usage(cmd) => cmd.run(ctx).await,
             Devices::Get(cmd) => cmd.run(ctx).await,
             Devices::Label(cmd) => cmd.run(ctx).await,
             Devices::Update(cmd) => cmd.run(ctx).await,
