@@ -88,6 +88,19 @@ pub async fn run(
     ran
 }
 
+/// Keeps the spools' daily budgets at the applied spec's.
+async fn follow_budgets(
+    mut applied: tokio::sync::watch::Receiver<spec::AppliedSpec>,
+    spools: Arc<Spools>,
+) {
+    loop {
+        spools.set_budgets(&applied.borrow_and_update().budgets);
+        if applied.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Ends a background task with the scope that started it.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -156,6 +169,10 @@ async fn serve(
         "running with spec version {}",
         applied.current().version
     );
+    let _budgets = AbortOnDrop(tokio::spawn(follow_budgets(
+        applied.subscribe(),
+        spools.clone(),
+    )));
     let session = session::run(
         credentials.clone(),
         &state,

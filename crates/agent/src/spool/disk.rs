@@ -173,8 +173,8 @@ impl Disk {
         &self.meta.dropped
     }
 
-    /// Counts records lost before they reached the disk (a failed write),
-    /// and saves the count at once.
+    /// Counts records that never reached the disk (a failed write, or over
+    /// the day's budget), and saves the count at once.
     pub fn lost(&mut self, total: u64, by_priority: [u64; 8]) -> io::Result<()> {
         self.meta.dropped.total += total;
         for (sum, n) in self.meta.dropped.by_priority.iter_mut().zip(by_priority) {

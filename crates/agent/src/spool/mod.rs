@@ -11,6 +11,7 @@
 //! [`sender`] carries flushed records to tetherd and moves the acknowledged
 //! position when tetherd has stored them.
 
+pub mod budget;
 pub mod disk;
 pub mod sender;
 
@@ -19,12 +20,15 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use chrono::Utc;
+use tether_proto::spec::Budgets;
 use tether_proto::telemetry::{
     Dropped, LogRecord, MAX_LOG_MESSAGE_BYTES, MAX_PRIORITY, MetricRecord, Records, Stream,
     TelemetryBatch,
 };
 use tokio::sync::Notify;
 
+use budget::DailyBudget;
 use disk::{Disk, DiskError};
 
 /// Directory of the spools in the state directory.
@@ -87,6 +91,10 @@ struct Pending {
     lines: Vec<u8>,
     count: u64,
     by_priority: [u64; 8],
+    /// Records the day's budget did not admit: counted as dropped at the
+    /// next flush.
+    over_budget: u64,
+    over_budget_by_priority: [u64; 8],
 }
 
 /// One stream's spool: records in memory, then on disk.
@@ -100,6 +108,8 @@ pub struct Spool {
     flush_due: Arc<Notify>,
     /// Wakes the sender: records reached the disk.
     flushed: Notify,
+    /// The spec's bytes a day for this stream.
+    budget: Mutex<DailyBudget>,
 }
 
 impl Spool {
@@ -115,8 +125,22 @@ impl Spool {
         self.stream
     }
 
+    fn budget(&self) -> MutexGuard<'_, DailyBudget> {
+        self.budget.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a record, unless the day's budget is spent for its priority
+    /// (then it is counted as dropped).
     fn append(&self, line: Vec<u8>, priority: Option<u8>) {
+        let admitted = self.budget().admit(Utc::now(), priority, line.len());
         let mut pending = self.pending();
+        if !admitted {
+            pending.over_budget += 1;
+            if let Some(priority) = priority {
+                pending.over_budget_by_priority[usize::from(priority)] += 1;
+            }
+            return;
+        }
         pending.lines.extend(line);
         pending.lines.push(b'\n');
         pending.count += 1;
@@ -133,6 +157,10 @@ impl Spool {
     pub fn flush(&self) -> io::Result<()> {
         let mut disk = self.disk();
         let pending = std::mem::take(&mut *self.pending());
+        if pending.over_budget > 0 {
+            tracing::debug!(stream = %self.stream, records = pending.over_budget, "dropped records over the day's budget");
+            disk.lost(pending.over_budget, pending.over_budget_by_priority)?;
+        }
         if pending.count == 0 {
             return disk.save();
         }
@@ -212,6 +240,16 @@ impl Spool {
         (disk.acked(), disk.next_seq(), disk.dropped().clone())
     }
 
+    /// What a batch cost on the wire, against the day's budget: every send
+    /// counts, a batch sent again too.
+    pub fn sent(&self, batch: &TelemetryBatch, wire_bytes: usize) {
+        let mut budget = self.budget();
+        if budget.limit().is_some() {
+            let json = serde_json::to_vec(batch).map_or(0, |json| json.len());
+            budget.sent(Utc::now(), json, wire_bytes);
+        }
+    }
+
     /// Waits until a flush wrote records.
     pub async fn flushed(&self) {
         self.flushed.notified().await;
@@ -253,6 +291,7 @@ impl Spools {
                 flush_records: config.flush_records.max(1),
                 flush_due: flush_due.clone(),
                 flushed: Notify::new(),
+                budget: Mutex::new(DailyBudget::new(None)),
             }))
         };
         Ok(Arc::new(Self {
@@ -261,6 +300,13 @@ impl Spools {
             flush_due,
             flush_interval: config.flush_interval,
         }))
+    }
+
+    /// The spec's `budgets` for the streams (`spoolReplay` and `actions`
+    /// are not enforced yet).
+    pub fn set_budgets(&self, budgets: &Budgets) {
+        self.metrics.budget().set_limit(budgets.metrics);
+        self.logs.budget().set_limit(budgets.logs);
     }
 
     pub fn spool(&self, stream: Stream) -> &Arc<Spool> {

@@ -83,11 +83,14 @@ pub async fn run(
         };
         let end_seq = batch.end_seq();
         let records = batch.records.len();
-        if let Err(error) = out.publish_batch(stream, telemetry::encode(&batch), end_seq) {
+        let payload = telemetry::encode(&batch);
+        let wire_bytes = payload.len();
+        if let Err(error) = out.publish_batch(stream, payload, end_seq) {
             tracing::debug!(%stream, error, "could not hand a telemetry batch to the MQTT client; trying again");
             tokio::time::sleep(RETRY_AFTER).await;
             continue;
         }
+        spool.sent(&batch, wire_bytes);
         let deadline = tokio::time::sleep(ACK_TIMEOUT);
         tokio::pin!(deadline);
         loop {

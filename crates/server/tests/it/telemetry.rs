@@ -374,3 +374,75 @@ async fn hostile_batches_are_refused_or_stored_once() -> anyhow::Result<()> {
     assert_eq!(logs["batches"], 3, "{logs}");
     Ok(())
 }
+
+/// Issue 13's budgets on a real agent: with a logs budget in the spec, a
+/// burst beyond it loses its least severe lines first, errors all go, and
+/// every line is either stored or counted as dropped by priority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logs_budget_drops_the_least_severe_lines_and_counts_them() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let agent = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
+    let socket = agent.state_dir().join("api.sock");
+    // 2.4 MB a day: the bucket holds an hour's worth, 100 KB.
+    admin
+        .patch(
+            "/api/v1/devices/edge-1",
+            json!({"spec": {"budgets": {"logs": 2_400_000}}}),
+        )
+        .await?
+        .expect_status(200)?;
+    wait_until(
+        "the agent to apply the budget",
+        Duration::from_secs(30),
+        || {
+            let admin = admin.clone();
+            async move {
+                let device = admin
+                    .get("/api/v1/devices/edge-1")
+                    .await?
+                    .expect_status(200)?;
+                Ok((device["status"]["specVersion"] == 1).then_some(()))
+            }
+        },
+    )
+    .await?;
+    // 10,000 lines, priorities 0–7 in turn: ~1.3 MB of JSON.
+    produce(&socket, minutes_ago(1)).await?;
+    let pushed = LOG_LINES;
+    let logs = wait_until(
+        "every line stored or dropped",
+        Duration::from_secs(60),
+        || {
+            let admin = admin.clone();
+            async move {
+                let logs = usage(&admin, "edge-1", "logs").await?;
+                let stored = logs["storedRecords"].as_u64().unwrap_or(0);
+                let dropped = logs["dropped"]["total"].as_u64().unwrap_or(0);
+                Ok((stored + dropped == pushed).then_some(logs))
+            }
+        },
+    )
+    .await?;
+    let dropped: Vec<u64> = logs["dropped"]["byPriority"]
+        .as_array()
+        .context("byPriority")?
+        .iter()
+        .map(|n| n.as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(
+        &dropped[..4],
+        [0, 0, 0, 0],
+        "errors and worse all went: {logs}"
+    );
+    assert!(dropped[7] > 0, "debug lines were dropped: {logs}");
+    assert!(
+        dropped[7] >= dropped[6] && dropped[6] >= dropped[5] && dropped[5] >= dropped[4],
+        "the least severe first: {logs}"
+    );
+    assert!(
+        logs["wireBytes"].as_u64().unwrap_or(u64::MAX) <= 110_000,
+        "within the bucket: {logs}"
+    );
+    Ok(())
+}
