@@ -204,7 +204,7 @@ mod tests {
         let mut wire = 0;
         let mut sent_by_priority = [0u64; 8];
         let mut line = 0u64;
-        let mut send = |batch: &mut Vec<LogRecord>,
+        let send = |batch: &mut Vec<LogRecord>,
                         batch_json: &mut usize,
                         now: DateTime<Utc>,
                         budget: &mut DailyBudget| {
