@@ -205,9 +205,9 @@ mod tests {
         let mut sent_by_priority = [0u64; 8];
         let mut line = 0u64;
         let send = |batch: &mut Vec<LogRecord>,
-                        batch_json: &mut usize,
-                        now: DateTime<Utc>,
-                        budget: &mut DailyBudget| {
+                    batch_json: &mut usize,
+                    now: DateTime<Utc>,
+                    budget: &mut DailyBudget| {
             if batch.is_empty() {
                 return 0;
             }

@@ -462,12 +462,17 @@ impl CursorTx {
         // device are stored one after another; should two ever race (a
         // session moving between replicas), the unique (device, pos) index
         // refuses the second, which the device then sends again.
-        let row = sqlx::query("SELECT COALESCE(MAX(pos), 0) AS pos FROM logs WHERE device = $1")
+        // A seek to the end of the (device, pos) index: `MAX` wrapped in an
+        // expression is not optimised by SQLite and scans the device's rows.
+        let last = sqlx::query("SELECT pos FROM logs WHERE device = $1 ORDER BY pos DESC LIMIT 1")
             .bind(self.device.as_str())
-            .fetch_one(&mut *self.tx)
+            .fetch_optional(&mut *self.tx)
             .await
             .map_err(cursor_error("number log lines"))?;
-        let last_pos = to_u64(get(&row, "pos")?, "pos of a log line")?;
+        let last_pos = match last {
+            Some(row) => to_u64(get(&row, "pos")?, "pos of a log line")?,
+            None => 0,
+        };
         for (chunk_index, chunk) in records.chunks(ROWS_PER_INSERT).enumerate() {
             let sql = values_sql(
                 "INSERT INTO logs (device, at, seq, pos, priority, unit, message, fields) VALUES ",
