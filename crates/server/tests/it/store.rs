@@ -583,7 +583,7 @@ async fn users_are_upserted_and_sessions_stored(store: Store) {
             .get_session("session-hash")
             .await
             .expect("get the session"),
-        Some(first.clone())
+        Some((first.clone(), "viewer".to_owned()))
     );
     assert_eq!(store.get_session("other").await.expect("get other"), None);
     match store
