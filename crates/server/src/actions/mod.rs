@@ -143,9 +143,6 @@ impl ActionService {
             ttl,
             timeout_seconds,
         } = self.check(request)?;
-        if self.store.get_device(device).await?.is_none() {
-            return Err(ActionError::DeviceNotFound(device.clone()));
-        }
         let correlation_id = correlation_id(&input)?;
         let now = Utc::now();
         let new = NewAction {
@@ -158,14 +155,37 @@ impl ActionService {
             expires_at: now + ttl,
             timeout_seconds,
         };
-        let record = match self.store.insert_action(&new).await {
+        // A device held elsewhere is told with the insert itself (on
+        // PostgreSQL): one statement, and the replica holding it hears of
+        // the action the moment it commits.
+        let announcement = if self.is_ready(device) {
+            None
+        } else {
+            self.bus.with_commit(Channel::DeviceOutbox, device.as_str())
+        };
+        let record = match self
+            .store
+            .insert_action_announced(&new, announcement.as_ref())
+            .await
+        {
             Err(StoreError::Conflict { .. }) => {
                 return Err(ActionError::DuplicateCorrelationId(correlation_id));
+            }
+            // The device is a foreign key of its actions.
+            Err(StoreError::NotFound { .. }) => {
+                return Err(ActionError::DeviceNotFound(device.clone()));
             }
             other => other?,
         };
         tracing::info!(%device, action = %record.action, correlation_id = %record.correlation_id, input = %record.input, "action accepted");
-        self.offer(device).await;
+        match announcement {
+            None => self.offer(device).await,
+            // Its session came here meanwhile (delivering twice is harmless).
+            Some(_) if self.is_ready(device) => {
+                self.deliver(std::slice::from_ref(device), false).await;
+            }
+            Some(_) => {}
+        }
         if self.is_ready(device)
             && let Some(current) = self.store.get_action(&correlation_id).await?
         {
@@ -538,14 +558,28 @@ impl ActionService {
             response: event.response,
             received_at: now,
         };
+        // Waiting clients on other replicas hear of it as it commits.
+        let announcement = self
+            .bus
+            .with_commit(Channel::ActionFinished, &correlation_id);
         if let Some(updated) = self
             .store
-            .record_answer(device, &correlation_id, to, &outcome, &record)
+            .record_answer(
+                device,
+                &correlation_id,
+                to,
+                &outcome,
+                &record,
+                announcement.as_ref(),
+            )
             .await?
         {
             tracing::info!(%device, correlation_id = %updated.correlation_id, state = %updated.state, status_code = record.status_code, "action completed");
             self.observability.action_finished(updated.state);
-            self.completed(&updated);
+            match announcement {
+                Some(_) => self.waiters.completed(&updated),
+                None => self.completed(&updated),
+            }
             return Ok(Answer::Recorded);
         }
         // Nothing was written; read why, only for answers that are dropped.

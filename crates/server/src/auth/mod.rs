@@ -252,7 +252,7 @@ impl Auth {
     }
 
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
-        let session = self
+        let (session, role) = self
             .store
             .get_session(&secret_hash(token))
             .await?
@@ -261,17 +261,12 @@ impl Auth {
         if session.expires_at <= now {
             return Err(AuthError::Expired);
         }
-        let user = self
-            .store
-            .get_user(&session.username)
-            .await?
-            .ok_or(AuthError::InvalidToken)?;
         if needs_touch(session.last_used_at, now) {
             self.store.touch_session(&session.id, now).await?;
         }
         Ok(Principal {
-            username: user.username,
-            role: user.role,
+            username: session.username,
+            role,
             session_id: session.id,
         })
     }

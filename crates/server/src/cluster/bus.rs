@@ -25,7 +25,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::observability::Observability;
-use crate::store::Store;
+use crate::store::{Announcement, Store};
 
 /// PostgreSQL refuses `NOTIFY` payloads of 8000 bytes or more; stay clear.
 pub const MAX_PAYLOAD_BYTES: usize = 7_900;
@@ -244,6 +244,24 @@ impl Bus {
                 });
             }
         }
+    }
+
+    /// On PostgreSQL, the announcement of `key` on `channel` for the store
+    /// to send with the statement that commits the change
+    /// (`Store::record_answer`, …): PostgreSQL sends it at commit, so it
+    /// costs no round trip and no wait in this bus's queue, and a change
+    /// that does not commit is never announced. `None` on the in-process
+    /// bus: [`Bus::publish`] after the commit instead.
+    pub fn with_commit(&self, channel: Channel, key: &str) -> Option<Announcement> {
+        self.inner.outbox.as_ref()?;
+        self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
+        let payload = encode(&self.inner.origin, to_micros(Utc::now()), &[key.to_owned()])
+            .pop()
+            .unwrap_or_default();
+        Some(Announcement {
+            channel: channel.name(),
+            payload,
+        })
     }
 
     /// Subscribes to every channel. Subscribe before reading the state an
@@ -527,7 +545,8 @@ impl Stats {
 /// The bus's counters since the process started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusStats {
-    /// Announcements sent (`NOTIFY`s; one may carry many keys).
+    /// Announcements sent (`NOTIFY`s; one may carry many keys), and those
+    /// handed to the store to send at commit ([`Bus::with_commit`]).
     pub published: u64,
     /// Announcements given up after retries.
     pub publish_failures: u64,

@@ -5,12 +5,12 @@ use sqlx::any::AnyRow;
 use sqlx::error::ErrorKind;
 use tether_proto::{ActionState, DeviceId};
 
-use super::cluster::insert_event;
+use super::cluster::{EVENT_COLUMNS, bind_event, event_error, insert_event};
 use super::codec::{
     device_id, from_json, get, limit, millis, optional_time, time, to_i64, to_json, to_u16, to_u64,
     violates,
 };
-use super::{ActionRecord, EventRecord, NewAction, Outcome, Store, StoreError};
+use super::{ActionRecord, Announcement, EventRecord, NewAction, Outcome, Store, StoreError};
 
 pub(super) const COLUMNS: &str = "correlation_id, device, seq, action, input, sealed_input, \
                        state, status_code, status_message, response, created_at, delivered_at, \
@@ -31,22 +31,37 @@ impl Store {
     /// `Conflict` if the correlation id is taken, `NotFound` if the device
     /// does not exist.
     pub async fn insert_action(&self, action: &NewAction) -> Result<ActionRecord, StoreError> {
+        self.insert_action_announced(action, None).await
+    }
+
+    /// [`Store::insert_action`], sending `announcement` (PostgreSQL only)
+    /// when the action commits, from the same statement.
+    pub async fn insert_action_announced(
+        &self,
+        action: &NewAction,
+        announcement: Option<&Announcement>,
+    ) -> Result<ActionRecord, StoreError> {
         // One statement computes the seq and inserts, so it is its own
         // transaction: SQLite serialises writers, and on PostgreSQL two
         // replicas racing for the same seq make one fail on the unique
         // (device, seq) index, which then tries again.
-        let sql = format!(
+        let insert = format!(
             "INSERT INTO actions (correlation_id, device, seq, action, input, sealed_input, \
                                   state, created_at, expires_at, timeout_seconds) \
              SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, $4, $5, $6, $7, $8, $9 \
              FROM actions WHERE device = $2 \
              RETURNING {COLUMNS}"
         );
+        let announcement = announcement.filter(|_| self.postgres);
+        let sql = match announcement {
+            Some(_) => announcing(&insert, &[], Some(10)),
+            None => insert,
+        };
         let input = to_json(&action.input, "action input")?;
         let timeout_seconds = to_i64(action.timeout_seconds, "action timeout")?;
         let mut attempt = 1;
         loop {
-            let result = sqlx::query(&sql)
+            let mut query = sqlx::query(&sql)
                 .bind(&action.correlation_id)
                 .bind(action.device.as_str())
                 .bind(&action.action)
@@ -55,9 +70,11 @@ impl Store {
                 .bind(ActionState::Pending.as_str())
                 .bind(millis(action.created_at))
                 .bind(millis(action.expires_at))
-                .bind(timeout_seconds)
-                .fetch_one(&self.pool)
-                .await;
+                .bind(timeout_seconds);
+            if let Some(announcement) = announcement {
+                query = query.bind(announcement.channel).bind(&announcement.payload);
+            }
+            let result = query.fetch_one(&self.pool).await;
             let source = match result {
                 Ok(row) => return action_from_row(&row),
                 Err(source) => source,
@@ -212,8 +229,10 @@ impl Store {
     /// Records a device's answer: the device's open (`pending` or
     /// `delivered`) action moves to `to` with `outcome`, and `event` is
     /// stored, in one transaction, so an answer is either recorded whole or
-    /// not at all. Returns the finished action; `None` (nothing written) if
-    /// the action is not this device's, does not exist, or has ended.
+    /// not at all; `announcement` (PostgreSQL only) goes out when it
+    /// commits. Returns the finished action; `None` (nothing written, nothing
+    /// announced) if the action is not this device's, does not exist, or
+    /// has ended.
     pub async fn record_answer(
         &self,
         device: &DeviceId,
@@ -221,6 +240,7 @@ impl Store {
         to: ActionState,
         outcome: &Outcome,
         event: &EventRecord,
+        announcement: Option<&Announcement>,
     ) -> Result<Option<ActionRecord>, StoreError> {
         let context = "record a device's answer";
         let response = outcome
@@ -231,23 +251,45 @@ impl Store {
         // The UPDATE comes first: it takes the row's lock (SQLite: the write
         // lock, before it reads), so a concurrent timeout or a second copy
         // of the answer waits and then finds the action ended.
-        let sql = format!(
+        let update = format!(
             "UPDATE actions SET state = $1, completed_at = $2, status_code = $3, \
                                 status_message = $4, response = $5, sealed_input = NULL \
              WHERE correlation_id = $6 AND device = $7 AND state IN ($8, $9) \
              RETURNING {COLUMNS}"
         );
+        let bind_update = |sql| {
+            sqlx::query(sql)
+                .bind(to.as_str())
+                .bind(millis(outcome.at))
+                .bind(outcome.status_code.map(i64::from))
+                .bind(outcome.status_message.as_deref())
+                .bind(response.clone())
+                .bind(correlation_id)
+                .bind(device.as_str())
+                .bind(ActionState::Pending.as_str())
+                .bind(ActionState::Delivered.as_str())
+        };
+        if self.postgres {
+            // On PostgreSQL one statement does it all (one round trip, not
+            // BEGIN, UPDATE, INSERT and COMMIT): the event is inserted from
+            // the updated row, so only if there is one.
+            let insert = format!(
+                "INSERT INTO events ({EVENT_COLUMNS}) \
+                 SELECT $10, $11, $12, $13, $14, $15, $16, $17 FROM changed"
+            );
+            let sql = announcing(&update, &[&insert], announcement.map(|_| 18));
+            let mut query = bind_event(bind_update(&sql), event)?;
+            if let Some(announcement) = announcement {
+                query = query.bind(announcement.channel).bind(&announcement.payload);
+            }
+            let row = query
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|source| event_error(source, event, context))?;
+            return row.as_ref().map(action_from_row).transpose();
+        }
         let mut tx = self.begin(context).await?;
-        let row = sqlx::query(&sql)
-            .bind(to.as_str())
-            .bind(millis(outcome.at))
-            .bind(outcome.status_code.map(i64::from))
-            .bind(outcome.status_message.as_deref())
-            .bind(response)
-            .bind(correlation_id)
-            .bind(device.as_str())
-            .bind(ActionState::Pending.as_str())
-            .bind(ActionState::Delivered.as_str())
+        let row = bind_update(&update)
             .fetch_optional(&mut *tx)
             .await
             .map_err(|source| StoreError::Query { context, source })?;
@@ -454,6 +496,29 @@ fn placeholders(first: usize, count: usize) -> String {
         .map(|n| format!("${n}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `change` (a statement `RETURNING` rows) as the CTE `changed`, followed
+/// by the CTEs `more` (which may read `changed`), returning the rows of
+/// `changed`; without `announce`, that is all. With it, PostgreSQL also
+/// sends `pg_notify($n, $n + 1)` (`n` = `announce`, the next free
+/// parameter) once for each changed row, at commit.
+fn announcing(change: &str, more: &[&str], announce: Option<usize>) -> String {
+    let mut sql = format!("WITH changed AS ({change})");
+    for (i, cte) in more.iter().enumerate() {
+        sql.push_str(&format!(", more_{i} AS ({cte})"));
+    }
+    match announce {
+        Some(n) => {
+            let next = n + 1;
+            sql.push_str(&format!(
+                ", announced AS (SELECT pg_notify(${n}, ${next}) FROM changed) \
+                 SELECT changed.* FROM changed, announced"
+            ));
+        }
+        None => sql.push_str(" SELECT * FROM changed"),
+    }
+    sql
 }
 
 pub(super) fn action_from_row(row: &AnyRow) -> Result<ActionRecord, StoreError> {

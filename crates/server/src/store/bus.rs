@@ -2,6 +2,16 @@
 
 use super::{Store, StoreError};
 
+/// A notification to send with the statement that commits a change: on
+/// PostgreSQL the store adds `pg_notify` to it, so the notification goes
+/// out at commit, never for a change that did not commit, and costs no
+/// round trip of its own. The bus builds it (`cluster::bus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    pub channel: &'static str,
+    pub payload: String,
+}
+
 impl Store {
     /// Sends `payload` to every session listening on `channel`. PostgreSQL
     /// delivers it once the statement's own transaction commits, i.e. at

@@ -382,31 +382,46 @@ pub(super) async fn insert_event(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     event: &EventRecord,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO events (id, device, correlation_id, event, status_code, status_message, \
-         response, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(&event.id)
-    .bind(event.device.as_str())
-    .bind(event.correlation_id.as_deref())
-    .bind(&event.event)
-    .bind(i64::from(event.status_code))
-    .bind(&event.status_message)
-    .bind(to_json(&event.response, "event response")?)
-    .bind(millis(event.received_at))
-    .execute(&mut **tx)
-    .await
-    .map_err(|source| {
-        if violates(&source, ErrorKind::UniqueViolation) {
-            StoreError::Conflict {
-                what: format!("event {}", event.id),
-            }
-        } else {
-            StoreError::Query {
-                context: "record a device's event",
-                source,
-            }
-        }
-    })?;
+    let sql =
+        format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
+    bind_event(sqlx::query(&sql), event)?
+        .execute(&mut **tx)
+        .await
+        .map_err(|source| event_error(source, event, "record a device's event"))?;
     Ok(())
+}
+
+/// The columns an event is inserted with, in [`bind_event`]'s order.
+pub(super) const EVENT_COLUMNS: &str =
+    "id, device, correlation_id, event, status_code, status_message, response, received_at";
+
+/// Binds `event`'s [`EVENT_COLUMNS`] as the next eight parameters.
+pub(super) fn bind_event<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    event: &'q EventRecord,
+) -> Result<sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>, StoreError> {
+    Ok(query
+        .bind(&event.id)
+        .bind(event.device.as_str())
+        .bind(event.correlation_id.as_deref())
+        .bind(&event.event)
+        .bind(i64::from(event.status_code))
+        .bind(&event.status_message)
+        .bind(to_json(&event.response, "event response")?)
+        .bind(millis(event.received_at)))
+}
+
+/// A failed event insert: `Conflict` if its id is taken.
+pub(super) fn event_error(
+    source: sqlx::Error,
+    event: &EventRecord,
+    context: &'static str,
+) -> StoreError {
+    if violates(&source, ErrorKind::UniqueViolation) {
+        StoreError::Conflict {
+            what: format!("event {}", event.id),
+        }
+    } else {
+        StoreError::Query { context, source }
+    }
 }

@@ -19,6 +19,7 @@ mod specs;
 mod telemetry;
 mod users;
 
+pub use bus::Announcement;
 pub use cluster::{AdvisoryLock, DeviceSession, EndedSessions, ReplicaRecord};
 pub use enrollment::CertificateSerials;
 pub use jobs::{JobRecord, NewJob};

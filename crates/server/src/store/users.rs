@@ -85,11 +85,17 @@ impl Store {
         Ok(())
     }
 
-    /// The session, expired or not; the caller compares `expires_at`.
-    pub async fn get_session(&self, token_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = $1"
-        ))
+    /// The session, expired or not (the caller compares `expires_at`), with
+    /// its user's role: one query for every authenticated API request.
+    pub async fn get_session(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(SessionRecord, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT s.id, s.username, s.created_at, s.expires_at, s.last_used_at, u.role \
+             FROM sessions s JOIN users u ON u.username = s.username \
+             WHERE s.token_hash = $1",
+        )
         .bind(token_hash)
         .fetch_optional(&self.pool)
         .await
@@ -97,7 +103,9 @@ impl Store {
             context: "read a session",
             source,
         })?;
-        row.as_ref().map(session_from_row).transpose()
+        row.as_ref()
+            .map(|row| Ok((session_from_row(row)?, get(row, "role")?)))
+            .transpose()
     }
 
     /// Every session, expired ones included until they are pruned, newest first.

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use tether_proto::DeviceId;
+use tether_proto::{ActionState, DeviceId};
 use tether_server::cluster::bus::{Bus, Channel, Heard, Subscription};
 use tether_server::sealing::Sealer;
-use tether_server::store::{NewAction, Store};
+use tether_server::store::{EventRecord, NewAction, Outcome, Store};
 use tether_testkit::postgres::TempPostgres;
 use tether_testkit::sim_agent::{DeviceCredentials, Responder, SimAgent};
 use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
@@ -112,6 +112,89 @@ async fn the_bus_carries_notifications_between_replicas_and_reports_a_drop() -> 
     a.publish(Channel::ActionFinished, ["after-the-drop"]);
     let heard = next_on(&mut on_b, Channel::ActionFinished).await?;
     assert_eq!(keys(&heard), ["after-the-drop"], "b listens again");
+    Ok(())
+}
+
+/// A change announced with its own statement (`Bus::with_commit`) is heard
+/// once it commits, by every replica, and a change that writes nothing is
+/// not announced: an action's insert and a device's answer, on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_announced_with_its_statement_is_heard_only_if_it_commits() -> anyhow::Result<()> {
+    let postgres = TempPostgres::start()?;
+    let url = postgres.url();
+    let store = Store::connect(&url).await?;
+    let here = Bus::start(&store, &url, "bus-commit-here", Default::default()).await?;
+    let there = Bus::start(&store, &url, "bus-commit-there", Default::default()).await?;
+    let mut on_there = there.subscribe();
+    let device = DeviceId::new("edge-1")?;
+    let now = chrono::Utc::now();
+    store
+        .create_device(&device, &tether_proto::api::Labels::new(), now)
+        .await?;
+    let action = NewAction {
+        correlation_id: "c1".into(),
+        device: device.clone(),
+        action: "get-node-ip".into(),
+        input: json!({}),
+        sealed_input: "sealed".into(),
+        created_at: now,
+        expires_at: now + chrono::Duration::minutes(5),
+        timeout_seconds: 60,
+    };
+
+    let outbox = here.with_commit(Channel::DeviceOutbox, device.as_str());
+    store
+        .insert_action_announced(&action, outbox.as_ref())
+        .await?;
+    let heard = next_on(&mut on_there, Channel::DeviceOutbox).await?;
+    assert!(
+        matches!(&heard, Heard::Notice(n) if !n.from_here),
+        "{heard:?}"
+    );
+    assert_eq!(keys(&heard), ["edge-1"]);
+
+    let answer = |id: &str| EventRecord {
+        id: id.into(),
+        device: device.clone(),
+        correlation_id: Some("c1".into()),
+        event: "get-node-ip".into(),
+        status_code: 200,
+        status_message: "OK".into(),
+        response: json!({"ip": "10.0.0.7"}),
+        received_at: now,
+    };
+    let outcome = Outcome {
+        at: now,
+        status_code: Some(200),
+        status_message: Some("OK".into()),
+        response: Some(json!({"ip": "10.0.0.7"})),
+    };
+    for (event, recorded) in [("e1", true), ("e2", false)] {
+        let finished = here.with_commit(Channel::ActionFinished, "c1");
+        let answered = store
+            .record_answer(
+                &device,
+                "c1",
+                ActionState::Succeeded,
+                &outcome,
+                &answer(event),
+                finished.as_ref(),
+            )
+            .await?;
+        assert_eq!(answered.is_some(), recorded, "answer {event}");
+    }
+    let finished = next_on(&mut on_there, Channel::ActionFinished).await?;
+    assert_eq!(keys(&finished), ["c1"]);
+    // The repeat was not announced: the next notice is this marker.
+    here.publish(Channel::ActionFinished, ["marker"]);
+    let next = next_on(&mut on_there, Channel::ActionFinished).await?;
+    assert_eq!(keys(&next), ["marker"]);
+    let events = store.list_events(&device, 10).await?;
+    assert_eq!(events.len(), 1, "one event for the recorded answer");
+    assert_eq!(
+        store.get_action("c1").await?.map(|action| action.state),
+        Some(ActionState::Succeeded)
+    );
     Ok(())
 }
 

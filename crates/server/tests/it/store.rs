@@ -583,7 +583,7 @@ async fn users_are_upserted_and_sessions_stored(store: Store) {
             .get_session("session-hash")
             .await
             .expect("get the session"),
-        Some(first.clone())
+        Some((first.clone(), "viewer".to_owned()))
     );
     assert_eq!(store.get_session("other").await.expect("get other"), None);
     match store
@@ -1181,6 +1181,7 @@ async fn an_answer_ends_its_devices_open_action_with_its_event_once(store: Store
             Succeeded,
             &outcome(20),
             &answer("e0", &other, "c1"),
+            None,
         )
         .await
         .expect("answer another device's action");
@@ -1192,6 +1193,7 @@ async fn an_answer_ends_its_devices_open_action_with_its_event_once(store: Store
             Succeeded,
             &outcome(20),
             &answer("e1", &name, "nope"),
+            None,
         )
         .await
         .expect("answer no action");
@@ -1223,6 +1225,7 @@ async fn an_answer_ends_its_devices_open_action_with_its_event_once(store: Store
             Succeeded,
             &outcome(20),
             &answer("e2", &name, "c1"),
+            None,
         )
         .await
         .expect("answer c1")
@@ -1246,6 +1249,7 @@ async fn an_answer_ends_its_devices_open_action_with_its_event_once(store: Store
             Failed,
             &outcome(30),
             &answer("e3", &name, "c1"),
+            None,
         )
         .await
         .expect("answer c1 again");
@@ -1260,6 +1264,7 @@ async fn an_answer_ends_its_devices_open_action_with_its_event_once(store: Store
             Failed,
             &outcome(25),
             &answer("e4", &name, "c2"),
+            None,
         )
         .await
         .expect("answer c2")
