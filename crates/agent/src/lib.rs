@@ -96,7 +96,11 @@ pub async fn run(
     let positions = sources.positions();
     let _flusher = AbortOnDrop(tokio::spawn(spools.clone().run_flusher()));
     let _local_api = AbortOnDrop(tokio::spawn(local_api.serve()));
-    let log_sources = AbortOnDrop(tokio::spawn(sources.run()));
+    let (stop_sources, sources_stopped) = tokio::sync::oneshot::channel::<()>();
+    // Stopped, not aborted, at the end: see below.
+    let log_sources = tokio::spawn(sources.run(async move {
+        let _ = sources_stopped.await;
+    }));
     let ran = serve(
         config,
         state,
@@ -112,7 +116,8 @@ pub async fn run(
     .await;
     // The sources stop, then where they are and what waits in memory
     // reach the disk together: a restart resumes exactly there.
-    drop(log_sources);
+    let _ = stop_sources.send(());
+    let _ = log_sources.await;
     let flushing = spools.clone();
     let _ = tokio::task::spawn_blocking(move || {
         flushing.flush();

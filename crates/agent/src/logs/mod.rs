@@ -21,6 +21,7 @@ pub mod queue;
 pub mod syslog;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -177,31 +178,34 @@ impl Sink {
     pub fn spool(&self, mut record: LogRecord) -> bool {
         record.at = self.clock.at(record.at);
         loop {
-            match self.spools.append(Record::Log(record.clone())) {
+            let error = match self.spools.append(Record::Log(record.clone())) {
                 Ok(()) => return true,
-                Err(AppendError::TooLarge(_)) if record.message.len() > 64 => {
-                    let original = record.message.len();
-                    let (message, _) = cut_to(record.message, original / 2);
-                    record.message = message;
-                    record
-                        .fields
-                        .entry("truncated".into())
-                        .or_insert_with(|| original.to_string());
-                }
-                Err(AppendError::TooLarge(_)) if !record.fields.is_empty() => {
-                    record.fields = BTreeMap::from([(
-                        "truncated".to_owned(),
-                        "fields left out: too large".to_owned(),
-                    )]);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, unit = record.unit, "log record not spooled");
-                    return false;
-                }
+                Err(error) => error,
+            };
+            let original = record.message.len();
+            if matches!(error, AppendError::TooLarge(_)) && original > 64 {
+                let (message, _) = cut_to(record.message, original / 2);
+                record.message = message;
+                record
+                    .fields
+                    .entry("truncated".into())
+                    .or_insert_with(|| original.to_string());
+            } else if matches!(error, AppendError::TooLarge(_))
+                && record.fields.get("truncated").map(String::as_str) != Some(FIELDS_LEFT_OUT)
+            {
+                record.fields =
+                    BTreeMap::from([("truncated".to_owned(), FIELDS_LEFT_OUT.to_owned())]);
+            } else if matches!(error, AppendError::TooLarge(_)) && record.unit.len() > 255 {
+                record.unit = cut_to(record.unit, 255).0;
+            } else {
+                tracing::warn!(%error, unit = record.unit, "log record not spooled");
+                return false;
             }
         }
     }
 }
+
+const FIELDS_LEFT_OUT: &str = "fields left out: too large";
 
 fn cut_to(mut message: String, bytes: usize) -> (String, usize) {
     let length = message.len();
@@ -347,12 +351,28 @@ impl FollowHandle {
     }
 }
 
-/// Ends a task with its owner.
-struct Running(tokio::task::JoinHandle<()>);
+/// Ends a task with its owner, or when stopped.
+struct Running(Option<tokio::task::JoinHandle<()>>);
+
+impl Running {
+    fn spawn(task: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self(Some(tokio::spawn(task)))
+    }
+
+    /// Ends the task and waits until it has ended: it spools nothing after.
+    async fn stop(mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+            let _ = handle.await;
+        }
+    }
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(handle) = &self.0 {
+            handle.abort();
+        }
     }
 }
 
@@ -399,8 +419,10 @@ impl Logs {
         self.positions.clone()
     }
 
-    /// Runs the sources until dropped.
-    pub async fn run(self) {
+    /// Runs the sources until `stop` resolves; then ends them, spools what
+    /// the listeners took in, and returns. Nothing is spooled after that,
+    /// so the positions saved then match the spool.
+    pub async fn run(self, stop: impl Future<Output = ()>) {
         let Logs {
             config,
             sink,
@@ -411,7 +433,7 @@ impl Logs {
             listeners,
         } = self;
         let mut fixed = JoinSet::new();
-        let mut inlets = Vec::new();
+        let mut inlets: Vec<Arc<Inlet>> = Vec::new();
         listeners.spawn(
             |name| {
                 let inlet = Inlet::new(name, INLET_BYTES);
@@ -420,8 +442,8 @@ impl Logs {
             },
             &mut fixed,
         );
-        for inlet in inlets {
-            fixed.spawn(drain(inlet, sink.clone()));
+        for inlet in &inlets {
+            fixed.spawn(drain(inlet.clone(), sink.clone()));
         }
         let (fast_tx, fast) = watch::channel(false);
         for path in &config.files {
@@ -436,6 +458,7 @@ impl Logs {
         let mut follow_until = follow.subscribe();
         let mut journal: Option<Running> = None;
         let mut system_log: Option<Running> = None;
+        tokio::pin!(stop);
         let mut persist = tokio::time::interval(PERSIST_EVERY);
         persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -444,13 +467,14 @@ impl Logs {
             let export = logging.enable_journal_export;
             if export && journal.is_none() {
                 tracing::info!(journal = config.journal.key(), "exporting the journal");
-                journal = Some(Running(tokio::spawn(journal::run(
+                journal = Some(Running::spawn(journal::run(
                     config.journal.clone(),
                     JournalStart::Beginning,
                     sink.clone(),
                     Some(positions.clone()),
-                ))));
-            } else if !export && journal.take().is_some() {
+                )));
+            } else if !export && let Some(running) = journal.take() {
+                running.stop().await;
                 tracing::info!("journal export turned off");
                 // What is logged from now until it is on again is not exported.
                 positions.set_journal_start(&config.journal.key(), JournalStart::Now);
@@ -476,23 +500,40 @@ impl Logs {
                         source = config.system_log.describe(),
                         "an operator follows the logs: reading the system log from now"
                     );
-                    system_log = Some(Running(tokio::spawn(follow_system_log(
+                    system_log = Some(Running::spawn(follow_system_log(
                         config.system_log.clone(),
                         config.journal.clone(),
                         sink.clone(),
                         fast.clone(),
-                    ))));
+                    )));
                 }
-            } else if system_log.take().is_some() {
+            } else if let Some(running) = system_log.take() {
+                running.stop().await;
                 tracing::info!("nobody follows the logs any more: system log source stopped");
             }
             let deadline = following.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                changed = spec.changed() => if changed.is_err() { return },
-                changed = follow_until.changed() => if changed.is_err() { return },
+                () = &mut stop => break,
+                changed = spec.changed() => if changed.is_err() { break },
+                changed = follow_until.changed() => if changed.is_err() { break },
                 () = tokio::time::sleep_until(deadline), if following.is_some() => {}
-                _ = persist.tick() => positions.persist(),
+                _ = persist.tick() => {
+                    let positions = positions.clone();
+                    let _ = tokio::task::spawn_blocking(move || positions.persist()).await;
+                }
             }
+        }
+        fixed.shutdown().await;
+        for inlet in &inlets {
+            for (received, frame) in inlet.take() {
+                sink.offer(
+                    syslog::parse(&frame, received, &chrono::Local),
+                    Origin::Syslog,
+                );
+            }
+        }
+        for running in [journal, system_log].into_iter().flatten() {
+            running.stop().await;
         }
     }
 }
@@ -607,6 +648,13 @@ mod tests {
         assert!(sink.offer(record(3, "error".into()), Origin::Syslog));
         // 16 KiB of control characters is 96 KiB of JSON: shortened to fit.
         assert!(sink.offer(record(0, "\u{1}".repeat(16 * 1024)), Origin::File));
+        // One field too large to send (structured data of a 64 KiB frame).
+        let mut huge_field = record(0, "small".into());
+        huge_field
+            .fields
+            .insert("sd.x.y".into(), "\u{2}".repeat(40 * 1024));
+        huge_field.unit = "u".repeat(40 * 1024);
+        assert!(sink.offer(huge_field, Origin::Journal));
         spools.flush();
         let batch = spools
             .spool(Stream::Logs)
@@ -616,9 +664,14 @@ mod tests {
         let Records::Logs(records) = batch.records else {
             panic!("logs expected");
         };
-        assert_eq!(records.len(), 2);
+        assert_eq!(records.len(), 3);
         assert_eq!(records[0].message, "error");
         assert_eq!(records[1].fields["truncated"], (16 * 1024).to_string());
+        assert_eq!(records[2].fields["truncated"], FIELDS_LEFT_OUT);
+        assert_eq!(
+            (records[2].message.as_str(), records[2].unit.len()),
+            ("small", 255)
+        );
     }
 
     #[test]

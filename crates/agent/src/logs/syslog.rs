@@ -30,6 +30,8 @@ pub const SOCKET_MODE: u32 = 0o666;
 /// Largest datagram or frame read; longer ones are cut to this before the
 /// message is cut to what tetherd takes.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Most syslog TCP connections open at once (each holds up to a frame).
+pub const MAX_TCP_CONNECTIONS: usize = 64;
 /// Priority of a message without a `<PRI>` (RFC 3164 4.3.3: user.notice).
 const DEFAULT_PRIORITY: u8 = 5;
 /// Longest tag taken as one (RFC 3164 says 32; some senders write more).
@@ -157,6 +159,17 @@ fn rfc5424(record: &mut LogRecord, mut rest: &str) -> Result<(), String> {
     let app_name = field(&mut rest, "APP-NAME")?;
     let procid = field(&mut rest, "PROCID")?;
     let msgid = field(&mut rest, "MSGID")?;
+    // RFC 5424 6.2's bounds; the unit, at least, must stay small.
+    for (name, value, max) in [
+        ("HOSTNAME", hostname, 255),
+        ("APP-NAME", app_name, 48),
+        ("PROCID", procid, 128),
+        ("MSGID", msgid, 32),
+    ] {
+        if value.len() > max {
+            return Err(format!("{name} is longer than {max} characters"));
+        }
+    }
     if rest.is_empty() {
         return Err("RFC 5424 message ends before its STRUCTURED-DATA".into());
     }
@@ -475,11 +488,21 @@ async fn serve_datagrams(socket: DatagramSocket, inlet: Arc<Inlet>) {
 }
 
 async fn serve_tcp(listener: TcpListener, inlet: Arc<Inlet>) {
+    // Ended with this task, so a stop ends every connection.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        match accepted {
+            Ok((stream, peer)) if connections.len() >= MAX_TCP_CONNECTIONS => {
+                tracing::warn!(%peer, "refusing a syslog TCP connection: {MAX_TCP_CONNECTIONS} are open already");
+                drop(stream);
+            }
             Ok((stream, peer)) => {
                 let inlet = inlet.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     if let Err(error) = read_frames(stream, |frame| inlet.push_raw(frame)).await {
                         tracing::debug!(%peer, %error, "syslog TCP connection ended");
                     }
@@ -743,6 +766,10 @@ mod tests {
             (b"<13>1 - h a p m [id x=\"1\" text", "without '='"),
             (b"<13>1 - h a p m [id x=\"1", "not closed"),
             (b"<13>1 - h a p m [id x=\"1\"]text", "no space"),
+            (
+                b"<13>1 - h aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa p m - text",
+                "APP-NAME is longer",
+            ),
         ] {
             let record = utc(input);
             assert_eq!(record.message, String::from_utf8_lossy(input), "{input:?}");

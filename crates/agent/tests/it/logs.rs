@@ -684,8 +684,9 @@ async fn follow_logs_reads_the_system_log_from_now_and_sends_at_once() -> anyhow
     }
     latencies.sort();
     eprintln!("file line to tetherd's store while following: {latencies:?}");
+    // The normal cadence (a flush a second) takes half a second on average.
     assert!(
-        latencies[2] < Duration::from_millis(500),
+        latencies[2] < Duration::from_millis(300),
         "median {:?}",
         latencies[2]
     );
