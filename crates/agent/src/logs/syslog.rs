@@ -793,6 +793,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_socket_replaces_a_stale_socket_but_nothing_else() {
+        let dir = tempfile::tempdir().expect("temp");
+        let path = dir.path().join("log.sock");
+        let stale = std::os::unix::net::UnixDatagram::bind(&path).expect("binds");
+        drop(stale);
+        let config = SyslogConfig {
+            socket: Some(path.clone()),
+            ..SyslogConfig::default()
+        };
+        assert!(
+            Listeners::bind(&config).await.is_ok(),
+            "a stale socket is replaced"
+        );
+        let mode = std::fs::metadata(&path)
+            .expect("exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, SOCKET_MODE);
+
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, "keep me").expect("writes");
+        let config = SyslogConfig {
+            socket: Some(file.clone()),
+            ..SyslogConfig::default()
+        };
+        let Err(error) = Listeners::bind(&config).await else {
+            panic!("a file is not replaced");
+        };
+        let message = crate::actions::chain(&error);
+        assert!(
+            message.starts_with(&format!(
+                "cannot listen for the syslog socket {}",
+                file.display()
+            )) && message.contains("something other than a socket is there"),
+            "{message}"
+        );
+        assert_eq!(std::fs::read_to_string(&file).expect("kept"), "keep me");
+
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let config = SyslogConfig {
+            tcp: Some(taken.local_addr().expect("addr")),
+            ..SyslogConfig::default()
+        };
+        let Err(error) = Listeners::bind(&config).await else {
+            panic!("the port is taken");
+        };
+        assert!(
+            error.to_string().contains("syslog TCP on 127.0.0.1:"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
     async fn tcp_framing_octet_counting_and_newlines() {
         let long = "y".repeat(MAX_FRAME_BYTES + 10);
         let input = format!(
