@@ -339,6 +339,28 @@ async fn logger_lines_reach_tetherd_over_the_socket_udp_and_tcp_and_hostile_inpu
         accepted + 1,
         "everything accepted before the flood is kept"
     );
+
+    // The spec's filter applies to syslog too, changed live: errors and
+    // worse of sockapp.service (its tag is sockapp) only.
+    set_logging(
+        &admin,
+        "syslog",
+        json!({"priority": 3, "units": ["sockapp.service"]}),
+    )
+    .await?;
+    for (tag, priority, message) in [
+        ("sockapp", "user.info", "filtered: too low"),
+        ("otherapp", "user.err", "filtered: another unit"),
+        ("sockapp", "user.err", "kept: an error of sockapp"),
+    ] {
+        logger(&["--socket", &socket_text, "-t", tag, "-p", priority, message])?;
+    }
+    let logs = wait_for_logs(&tetherd, &agent, "syslog", "the filtered lines", |logs| {
+        !with_message(logs, "kept: an error of sockapp").is_empty()
+    })
+    .await?;
+    assert!(with_message(&logs, "filtered: too low").is_empty());
+    assert!(with_message(&logs, "filtered: another unit").is_empty());
     Ok(())
 }
 
