@@ -1,11 +1,13 @@
 //! Command-line flags and environment variables (docs/interfaces.md).
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
 
 use crate::enroll::EnrollOptions;
+use crate::logs::{JournalLocation, LogsConfig, SyslogConfig, SystemLog};
 use crate::spool::SpoolConfig;
 
 /// File name of the local API's socket in the state directory.
@@ -65,6 +67,56 @@ pub struct Config {
     /// metrics and log lines [default: STATE_DIR/api.sock]
     #[arg(long, env = "TETHER_AGENT_LOCAL_API_SOCKET", value_name = "PATH")]
     pub local_api_socket: Option<PathBuf>,
+
+    /// Take syslog messages on this unix datagram socket, as syslogd does
+    /// on /dev/log (created mode 0666; a socket left there is replaced)
+    #[arg(long, env = "TETHER_AGENT_SYSLOG_SOCKET", value_name = "PATH")]
+    pub syslog_socket: Option<PathBuf>,
+
+    /// Take syslog messages over UDP on this address, e.g. 0.0.0.0:514
+    #[arg(long, env = "TETHER_AGENT_SYSLOG_UDP", value_name = "ADDR")]
+    pub syslog_udp: Option<SocketAddr>,
+
+    /// Take syslog messages over TCP on this address (RFC 6587 octet
+    /// counting or newline framing), e.g. 0.0.0.0:601
+    #[arg(long, env = "TETHER_AGENT_SYSLOG_TCP", value_name = "ADDR")]
+    pub syslog_tcp: Option<SocketAddr>,
+
+    /// Tail this file through rotation, from where the agent left it
+    /// (repeat the flag for more files; comma-separated in the variable)
+    #[arg(
+        long = "log-file",
+        env = "TETHER_AGENT_LOG_FILES",
+        value_name = "PATH",
+        value_delimiter = ','
+    )]
+    pub log_files: Vec<PathBuf>,
+
+    /// Read the journal from this directory (journalctl --directory)
+    /// rather than the system's, when the spec enables journal export
+    #[arg(
+        long,
+        env = "TETHER_AGENT_JOURNAL_DIRECTORY",
+        value_name = "DIR",
+        conflicts_with = "journal_file"
+    )]
+    pub journal_directory: Option<PathBuf>,
+
+    /// Read the journal from this one file (journalctl --file), polled
+    #[arg(long, env = "TETHER_AGENT_JOURNAL_FILE", value_name = "FILE")]
+    pub journal_file: Option<PathBuf>,
+
+    /// The system log that `tether logs DEVICE --follow` shows when no
+    /// configured source covers it: auto (the journal where journald runs,
+    /// else /var/log/syslog, else /var/log/messages), journal, none, or a
+    /// file's path
+    #[arg(
+        long,
+        env = "TETHER_AGENT_SYSTEM_LOG",
+        value_name = "auto|journal|none|PATH",
+        default_value = "auto"
+    )]
+    pub system_log: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +151,24 @@ impl Config {
         self.local_api_socket
             .clone()
             .unwrap_or_else(|| state_dir.join(LOCAL_API_SOCKET))
+    }
+
+    /// The log sources the flags name.
+    pub fn logs(&self) -> LogsConfig {
+        LogsConfig {
+            syslog: SyslogConfig {
+                socket: self.syslog_socket.clone(),
+                udp: self.syslog_udp,
+                tcp: self.syslog_tcp,
+            },
+            files: self.log_files.clone(),
+            journal: match (&self.journal_directory, &self.journal_file) {
+                (Some(dir), _) => JournalLocation::Directory(dir.clone()),
+                (None, Some(file)) => JournalLocation::File(file.clone()),
+                (None, None) => JournalLocation::System,
+            },
+            system_log: SystemLog::from_setting(&self.system_log),
+        }
     }
 
     /// The enrollment flags, all three or an error naming the missing ones.
@@ -187,5 +257,53 @@ mod tests {
         ])
         .expect("parses");
         assert_eq!(config.enroll_options().expect("complete").token, "t");
+    }
+
+    #[test]
+    fn log_source_flags() {
+        let config = Config::try_parse_from([
+            "tether-agent",
+            "--syslog-socket",
+            "/dev/log",
+            "--syslog-udp",
+            "127.0.0.1:5514",
+            "--log-file",
+            "/var/log/a.log",
+            "--log-file",
+            "/var/log/b.log",
+            "--journal-directory",
+            "/var/log/journal",
+            "--system-log",
+            "none",
+        ])
+        .expect("parses");
+        let logs = config.logs();
+        assert_eq!(logs.syslog.socket, Some(PathBuf::from("/dev/log")));
+        assert_eq!(
+            logs.syslog.udp,
+            Some("127.0.0.1:5514".parse().expect("addr"))
+        );
+        assert_eq!(logs.syslog.tcp, None);
+        assert_eq!(logs.files.len(), 2);
+        assert_eq!(
+            logs.journal,
+            JournalLocation::Directory("/var/log/journal".into())
+        );
+        assert_eq!(logs.system_log, SystemLog::None);
+
+        let err = Config::try_parse_from(["tether-agent", "--syslog-udp", "port 514"])
+            .expect_err("not an address");
+        assert!(err.to_string().contains("--syslog-udp"), "{err}");
+        assert!(
+            Config::try_parse_from([
+                "tether-agent",
+                "--journal-file",
+                "/x.journal",
+                "--journal-directory",
+                "/d"
+            ])
+            .is_err(),
+            "one journal location"
+        );
     }
 }

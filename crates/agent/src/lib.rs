@@ -11,6 +11,7 @@ pub mod endpoints;
 pub mod enroll;
 pub mod local_api;
 pub mod logging;
+pub mod logs;
 pub mod queue;
 pub mod renewal;
 pub mod session;
@@ -53,6 +54,8 @@ pub enum AgentError {
     Spool(#[from] DiskError),
     #[error(transparent)]
     LocalApi(#[from] local_api::LocalApiError),
+    #[error(transparent)]
+    Logs(#[from] logs::LogsError),
 }
 
 /// rustls needs one process-wide crypto provider; the agent uses ring.
@@ -79,12 +82,52 @@ pub async fn run(
         spools.clone(),
         clock.clone(),
     )?;
+    // The spec applied last, in force before tetherd is reached again.
+    let applied = spec::SpecHandle::load(state.path());
+    let sources = logs::Logs::bind(
+        config.logs(),
+        state.path(),
+        spools.clone(),
+        clock.clone(),
+        &applied,
+    )
+    .await?;
+    let follow = sources.follow();
+    let positions = sources.positions();
     let _flusher = AbortOnDrop(tokio::spawn(spools.clone().run_flusher()));
+    let _budgets = AbortOnDrop(tokio::spawn(follow_budgets(
+        applied.subscribe(),
+        spools.clone(),
+    )));
     let _local_api = AbortOnDrop(tokio::spawn(local_api.serve()));
-    let ran = serve(config, state, clock, spools.clone(), logging, shutdown).await;
-    // What waits in memory reaches the disk before the agent stops.
+    let (stop_sources, sources_stopped) = tokio::sync::oneshot::channel::<()>();
+    // Stopped, not aborted, at the end: see below.
+    let log_sources = tokio::spawn(sources.run(async move {
+        let _ = sources_stopped.await;
+    }));
+    let ran = serve(
+        config,
+        state,
+        clock,
+        Spooled {
+            spools: spools.clone(),
+            applied,
+            follow,
+        },
+        logging,
+        shutdown,
+    )
+    .await;
+    // The sources stop, then where they are and what waits in memory
+    // reach the disk together: a restart resumes exactly there.
+    let _ = stop_sources.send(());
+    let _ = log_sources.await;
     let flushing = spools.clone();
-    let _ = tokio::task::spawn_blocking(move || flushing.flush()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        flushing.flush();
+        positions.persist();
+    })
+    .await;
     ran
 }
 
@@ -101,6 +144,13 @@ async fn follow_budgets(
     }
 }
 
+/// What runs from the agent's start, before and beside the session.
+struct Spooled {
+    spools: Arc<Spools>,
+    applied: spec::SpecHandle,
+    follow: logs::FollowHandle,
+}
+
 /// Ends a background task with the scope that started it.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -114,10 +164,15 @@ async fn serve(
     config: &Config,
     state: StateDir,
     clock: Arc<ServerClock>,
-    spools: Arc<Spools>,
+    spooled: Spooled,
     logging: LogControl,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    let Spooled {
+        spools,
+        applied,
+        follow,
+    } = spooled;
     tokio::pin!(shutdown);
     let credentials = match state.load()? {
         Some(credentials) => {
@@ -162,17 +217,11 @@ async fn serve(
         }
     };
     let (renewed_tx, renewed_rx) = tokio::sync::watch::channel(credentials.clone());
-    // The spec applied last, in force before tetherd is reached again.
-    let applied = spec::SpecHandle::load(state.path());
     tracing::info!(
         version = applied.current().version,
         "running with spec version {}",
         applied.current().version
     );
-    let _budgets = AbortOnDrop(tokio::spawn(follow_budgets(
-        applied.subscribe(),
-        spools.clone(),
-    )));
     let session = session::run(
         credentials.clone(),
         &state,
@@ -184,6 +233,7 @@ async fn serve(
             logging: Arc::new(logging),
             clock,
             spools,
+            follow,
         },
         renewed_rx,
         shutdown,

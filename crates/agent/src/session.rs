@@ -362,6 +362,8 @@ pub struct SessionParts {
     /// tetherd's clock: it judges certificates and dates samples.
     pub clock: Arc<ServerClock>,
     pub spools: Arc<Spools>,
+    /// `follow-logs` extends it.
+    pub follow: crate::logs::FollowHandle,
 }
 
 /// Connects and serves actions until `shutdown` resolves; then says goodbye.
@@ -378,6 +380,7 @@ pub async fn run(
         logging,
         clock,
         spools,
+        follow,
     } = parts;
     let endpoints = Endpoints::parse(&credentials.mqtt_urls)?;
     let tls = tls_config(&credentials, clock.clone())?;
@@ -426,6 +429,7 @@ pub async fn run(
         })),
         ca_pem: credentials.ca_pem.clone(),
         clock: clock.clone(),
+        follow,
     };
     let (actions_tx, actions_rx) = mpsc::unbounded_channel();
     let queued = Queued::default();

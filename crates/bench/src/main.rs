@@ -211,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
     // Let start-up allocations settle before reading the idle figure.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let agent_rss = rss_kib(agent.pid().context("agent runs")?)?;
+    let logging_agent_rss = idle_with_log_sources(&tetherd, &admin).await?;
 
     println!(
         "tether-bench: {} simulated agents, {} actions, concurrency {}, {}",
@@ -243,12 +244,62 @@ async fn main() -> anyhow::Result<()> {
         mib(controller_connected),
         mib(controller_loaded)
     );
-    println!("  tether-agent RSS     idle {:>7.1} MiB", mib(agent_rss));
+    println!(
+        "  tether-agent RSS     idle {:>7.1} MiB   all log sources on {:>7.1} MiB",
+        mib(agent_rss),
+        mib(logging_agent_rss)
+    );
 
     for agent in agents {
         agent.disconnect().await;
     }
     Ok(())
+}
+
+/// The idle RSS of a real agent with every log source on (issue 13: under
+/// 8 MB): syslog on a unix socket, UDP and TCP, a tailed file, and journal
+/// export (from an empty journal directory: journalctl is a process of its
+/// own, not counted here).
+async fn idle_with_log_sources(tetherd: &Tetherd, admin: &ApiClient) -> anyhow::Result<u64> {
+    let dir = tempfile::tempdir().context("creating a dir for the log sources")?;
+    let journal = dir.path().join("journal");
+    std::fs::create_dir(&journal)?;
+    let file = dir.path().join("app.log");
+    std::fs::write(&file, "started\n")?;
+    let path = |p: &std::path::Path| p.display().to_string();
+    let (socket, file, journal) = (
+        path(&dir.path().join("log.sock")),
+        path(&file),
+        path(&journal),
+    );
+    let agent = Agent::enroll_with_env(
+        tetherd,
+        admin,
+        "real-agent-logs",
+        &[
+            ("TETHER_AGENT_SYSLOG_SOCKET", socket.as_str()),
+            ("TETHER_AGENT_SYSLOG_UDP", "127.0.0.1:0"),
+            ("TETHER_AGENT_SYSLOG_TCP", "127.0.0.1:0"),
+            ("TETHER_AGENT_LOG_FILES", file.as_str()),
+            ("TETHER_AGENT_JOURNAL_DIRECTORY", journal.as_str()),
+        ],
+    )
+    .await?;
+    agent.wait_presence(admin, "online").await?;
+    admin
+        .patch(
+            "/api/v1/devices/real-agent-logs?updateMask=spec.loggingConfig",
+            json!({"spec": {"loggingConfig": {"enableJournalExport": true}}}),
+        )
+        .await?
+        .expect_status(200)?;
+    tether_testkit::wait_until("journal export on", Duration::from_secs(30), || {
+        let log = agent.log();
+        async move { Ok(log.contains("exporting the journal").then_some(())) }
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rss_kib(agent.pid().context("agent runs")?)
 }
 
 /// From the API request to the device's answer being visible in the API.

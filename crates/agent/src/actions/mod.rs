@@ -7,6 +7,7 @@
 
 pub mod configure_logger;
 pub mod expiry;
+pub mod follow_logs;
 pub mod get_authorization_id;
 pub mod get_node_ip;
 pub mod run_stats;
@@ -25,8 +26,9 @@ use expiry::{Deadline, Delivery, Moment};
 use run_stats::StatsRunner;
 
 /// The actions this agent runs; the birth message lists them as capabilities.
-pub const IMPLEMENTED: [&str; 6] = [
+pub const IMPLEMENTED: [&str; 7] = [
     "configure-logger",
+    "follow-logs",
     "get-authorization-id",
     "get-node-ip",
     "run-stats",
@@ -84,6 +86,8 @@ pub struct Context {
     /// tetherd's clock as this device sees it; every action carries
     /// tetherd's time, which keeps it current.
     pub clock: Arc<crate::clock::ServerClock>,
+    /// `follow-logs` extends it.
+    pub follow: crate::logs::FollowHandle,
 }
 
 pub struct Dispatcher {
@@ -201,6 +205,7 @@ impl Dispatcher {
         let context = &mut self.context;
         match action {
             "configure-logger" => configure_logger::run(input, &context.logging),
+            "follow-logs" => follow_logs::run(input, &context.follow),
             "get-authorization-id" => Ok(get_authorization_id::run(&context.authorization)),
             "get-node-ip" => Ok(get_node_ip::run()),
             "run-stats" => run_stats::run(input, &mut context.stats),
@@ -350,6 +355,7 @@ pub(crate) mod tests {
             stats: StatsRunner::new(Arc::new(NoSink)),
             ca_pem: String::new(),
             clock: crate::clock::ServerClock::new(),
+            follow: crate::logs::FollowHandle::new(&crate::logs::SystemLog::None),
         };
         (context, Box::new(subscriber))
     }
@@ -647,7 +653,12 @@ pub(crate) mod tests {
             if action == "send-api" {
                 continue; // needs a server; covered in send_api's tests
             }
-            let result = dispatcher.execute(action, &json!({})).await;
+            let input = if action == "follow-logs" {
+                json!({"seconds": 1})
+            } else {
+                json!({})
+            };
+            let result = dispatcher.execute(action, &input).await;
             assert!(result.is_ok(), "{action}: {result:?}");
         }
         dispatcher.context.stats.stop();

@@ -18,7 +18,7 @@ pub mod sender;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tether_proto::spec::Budgets;
@@ -110,6 +110,9 @@ pub struct Spool {
     flushed: Notify,
     /// The spec's bytes a day for this stream.
     budget: Mutex<DailyBudget>,
+    /// Until then every record is flushed (and so sent) at once: an
+    /// operator follows this stream live (`follow-logs`).
+    fast_until: Mutex<Option<Instant>>,
 }
 
 impl Spool {
@@ -147,9 +150,27 @@ impl Spool {
         if let Some(priority) = priority {
             pending.by_priority[usize::from(priority)] += 1;
         }
-        if pending.count >= self.flush_records {
+        if pending.count >= self.flush_records || self.is_fast() {
             self.flush_due.notify_one();
         }
+    }
+
+    fn is_fast(&self) -> bool {
+        self.fast_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Until `until`, flushes each record at once rather than every
+    /// [`SpoolConfig::flush_records`] records or [`SpoolConfig::flush_interval`]:
+    /// the sender then carries it to tetherd within milliseconds, at the cost
+    /// of a write per batch. `None` goes back to the normal cadence.
+    pub fn hasten(&self, until: Option<Instant>) {
+        *self
+            .fast_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = until;
     }
 
     /// Writes what waits in memory with one write and one fsync. Records
@@ -292,6 +313,7 @@ impl Spools {
                 flush_due: flush_due.clone(),
                 flushed: Notify::new(),
                 budget: Mutex::new(DailyBudget::new(None)),
+                fast_until: Mutex::new(None),
             }))
         };
         Ok(Arc::new(Self {
@@ -479,6 +501,36 @@ mod tests {
             ..batch
         })
         .expect("tetherd takes it");
+    }
+
+    #[tokio::test]
+    async fn a_hastened_spool_flushes_each_record_at_once_until_its_time_is_up() {
+        let temp = tempfile::tempdir().expect("temp");
+        let spools = Spools::open(temp.path(), config()).expect("opens");
+        let logs = spools.spool(Stream::Logs).clone();
+        let flusher = tokio::spawn(spools.clone().run_flusher());
+        logs.hasten(Some(Instant::now() + Duration::from_secs(60)));
+        spools.append(log(1)).expect("appends");
+        tokio::time::timeout(Duration::from_secs(5), logs.flushed())
+            .await
+            .expect("flushed at once, not after the hour-long interval");
+        assert_eq!(
+            logs.next_batch()
+                .expect("reads")
+                .expect("one")
+                .records
+                .len(),
+            1
+        );
+        logs.hasten(Some(Instant::now()));
+        spools.append(log(2)).expect("appends");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), logs.flushed())
+                .await
+                .is_err(),
+            "back to the normal cadence"
+        );
+        flusher.abort();
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod clock;
 mod failover;
+mod logs;
 mod offline;
 mod support;
 mod third_party_device;

@@ -2,8 +2,10 @@
 //! which event answers it.
 //!
 //! The catalogue is seed 000's schema (`crates/proto/catalogue/management-service-schema.json`,
-//! committed unchanged) tightened by `catalogue/constraints.json`: required
-//! fields and bounds the seed leaves implicit. Unknown fields are refused, so
+//! committed unchanged) plus tether's own actions (`catalogue/tether-actions.json`,
+//! same shape; an extension of the seed, e.g. `follow-logs`), tightened by
+//! `catalogue/constraints.json`: required fields and bounds the seed leaves
+//! implicit. Unknown fields are refused, so
 //! a misspelt field is a 400 instead of a silently ignored setting.
 
 mod schema;
@@ -14,6 +16,8 @@ use serde_json::{Map, Value, json};
 
 const SEED_SCHEMA: &str = include_str!("../../catalogue/management-service-schema.json");
 const CONSTRAINTS: &str = include_str!("../../catalogue/constraints.json");
+/// tether's actions beyond the seed's, in the seed's shape.
+const TETHER_ACTIONS: &str = include_str!("../../catalogue/tether-actions.json");
 
 /// The most inputs' validation errors reported at once; more only add noise.
 const MAX_REPORTED_ERRORS: usize = 10;
@@ -64,6 +68,8 @@ pub enum CatalogueError {
     Json(#[from] serde_json::Error),
     #[error("the action catalogue has no \"actions\" object")]
     NoActions,
+    #[error("tether's action {0:?} has the name of one of the seed's")]
+    Shadowed(String),
     #[error(
         "the input schema of action {action:?} uses keywords tether does not check: {keywords:?}"
     )]
@@ -79,9 +85,12 @@ pub struct Catalogue {
 }
 
 impl Catalogue {
-    /// The built-in catalogue (seed 000 plus tether's constraints).
+    /// The built-in catalogue (seed 000 and tether's own actions, plus
+    /// tether's constraints).
     pub fn builtin() -> Self {
-        Self::from_json(SEED_SCHEMA, CONSTRAINTS)
+        let seed = with_extensions(SEED_SCHEMA, TETHER_ACTIONS)
+            .expect("the built-in catalogue is checked by this crate's tests");
+        Self::from_json(&seed, CONSTRAINTS)
             .expect("the built-in catalogue is checked by this crate's tests")
     }
 
@@ -157,6 +166,27 @@ impl Catalogue {
             })
         }
     }
+}
+
+/// The seed's catalogue with `extensions`' actions and events added; an
+/// extension may not replace one of the seed's.
+fn with_extensions(seed: &str, extensions: &str) -> Result<String, CatalogueError> {
+    let mut seed: Value = serde_json::from_str(seed)?;
+    let extensions: Value = serde_json::from_str(extensions)?;
+    for key in ["actions", "events"] {
+        let Some(Value::Object(added)) = extensions.get(key) else {
+            continue;
+        };
+        let Some(Value::Object(base)) = seed.get_mut(key) else {
+            return Err(CatalogueError::NoActions);
+        };
+        for (name, definition) in added {
+            if base.insert(name.clone(), definition.clone()).is_some() {
+                return Err(CatalogueError::Shadowed(name.clone()));
+            }
+        }
+    }
+    Ok(seed.to_string())
 }
 
 /// The event answering `action`: the seed names `send-kubectl`'s event
@@ -249,6 +279,25 @@ mod tests {
             catalogue.get("get-node-ip").map(|a| a.event.as_str()),
             Some("get-node-ip")
         );
+    }
+
+    #[test]
+    fn tether_actions_extend_the_seed_without_replacing_any() {
+        let catalogue = Catalogue::builtin();
+        let follow = catalogue.get("follow-logs").expect("tether's action");
+        assert_eq!(follow.event, "follow-logs");
+        assert_eq!(
+            catalogue.validate("follow-logs", &json!({"seconds": 30})),
+            Ok(())
+        );
+        for bad in [json!({}), json!({"seconds": 0}), json!({"seconds": 301})] {
+            assert!(catalogue.validate("follow-logs", &bad).is_err(), "{bad}");
+        }
+        let shadowing = r#"{"actions": {"run-stats": {}}}"#;
+        assert!(matches!(
+            with_extensions(SEED_SCHEMA, shadowing),
+            Err(CatalogueError::Shadowed(name)) if name == "run-stats"
+        ));
     }
 
     #[test]
