@@ -124,7 +124,14 @@ struct FileIngest {
 struct FileRetention {
     events_days: Option<u64>,
     actions_days: Option<u64>,
+    /// 1-minute metric rollups (and the older `metrics` table).
     metrics_days: Option<u64>,
+    /// Raw metric points, counted from their arrival.
+    metrics_raw_hours: Option<u64>,
+    /// 1-hour metric rollups.
+    metrics_hourly_days: Option<u64>,
+    /// How often the rollup job computes rollups and prunes metrics.
+    metrics_rollup_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -375,7 +382,15 @@ pub struct RetentionConfig {
     /// Finished actions (succeeded, failed, timed out, expired, rejected),
     /// counted from their completion.
     pub actions: Duration,
+    /// 1-minute metric rollups, and the host samples of the older
+    /// `metrics` table.
     pub metrics: Duration,
+    /// Raw metric points, from their arrival.
+    pub metrics_raw: Duration,
+    /// 1-hour metric rollups.
+    pub metrics_hourly: Duration,
+    /// How often the metrics rollup job runs.
+    pub metrics_rollup_interval: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -384,6 +399,21 @@ impl Default for RetentionConfig {
             events: Duration::from_secs(90 * 24 * 3600),
             actions: Duration::from_secs(90 * 24 * 3600),
             metrics: Duration::from_secs(30 * 24 * 3600),
+            metrics_raw: Duration::from_secs(24 * 3600),
+            metrics_hourly: Duration::from_secs(365 * 24 * 3600),
+            metrics_rollup_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// What the metrics service keeps, and how often it rolls up.
+    pub fn metrics_config(&self) -> crate::metrics::MetricsConfig {
+        crate::metrics::MetricsConfig {
+            raw: self.metrics_raw,
+            minutely: self.metrics,
+            hourly: self.metrics_hourly,
+            rollup_interval: self.metrics_rollup_interval,
         }
     }
 }
@@ -619,6 +649,18 @@ impl ServerConfig {
             events: days(file.retention.events_days).unwrap_or(retention_defaults.events),
             actions: days(file.retention.actions_days).unwrap_or(retention_defaults.actions),
             metrics: days(file.retention.metrics_days).unwrap_or(retention_defaults.metrics),
+            metrics_raw: file
+                .retention
+                .metrics_raw_hours
+                .map(|h| Duration::from_secs(h.saturating_mul(3600)))
+                .unwrap_or(retention_defaults.metrics_raw),
+            metrics_hourly: days(file.retention.metrics_hourly_days)
+                .unwrap_or(retention_defaults.metrics_hourly),
+            metrics_rollup_interval: file
+                .retention
+                .metrics_rollup_seconds
+                .map(Duration::from_secs)
+                .unwrap_or(retention_defaults.metrics_rollup_interval),
         };
         let pki_defaults = PkiConfig::default();
         let pki = PkiConfig {
@@ -658,6 +700,24 @@ impl ServerConfig {
         check_range("retention.events_days", retention.events, DAY, 3660 * DAY)?;
         check_range("retention.actions_days", retention.actions, DAY, 3660 * DAY)?;
         check_range("retention.metrics_days", retention.metrics, DAY, 3660 * DAY)?;
+        check_range(
+            "retention.metrics_raw_hours",
+            retention.metrics_raw,
+            3600,
+            90 * DAY,
+        )?;
+        check_range(
+            "retention.metrics_hourly_days",
+            retention.metrics_hourly,
+            DAY,
+            3660 * DAY,
+        )?;
+        check_range(
+            "retention.metrics_rollup_seconds",
+            retention.metrics_rollup_interval,
+            1,
+            3600,
+        )?;
         check_range(
             "actions.max_ttl_seconds",
             actions.max_ttl,
@@ -748,6 +808,9 @@ impl ServerConfig {
                 events_days: Some(self.retention.events.as_secs() / (24 * 3600)),
                 actions_days: Some(self.retention.actions.as_secs() / (24 * 3600)),
                 metrics_days: Some(self.retention.metrics.as_secs() / (24 * 3600)),
+                metrics_raw_hours: Some(self.retention.metrics_raw.as_secs() / 3600),
+                metrics_hourly_days: Some(self.retention.metrics_hourly.as_secs() / (24 * 3600)),
+                metrics_rollup_seconds: Some(self.retention.metrics_rollup_interval.as_secs()),
             },
             pki: FilePki {
                 server_certificate_lifetime_seconds: Some(

@@ -11,6 +11,7 @@ pub mod config;
 pub mod device_link;
 pub mod ingest;
 pub mod jobs;
+pub mod metrics;
 pub mod observability;
 pub mod pki;
 pub mod registry;
@@ -296,6 +297,32 @@ pub async fn run(
         actions.clone(),
         config.cluster.outbox_sweep,
     ));
+    let metrics = Arc::new(crate::metrics::Metrics::new(
+        store.clone(),
+        config.retention.metrics_config(),
+    ));
+    let rolling = metrics.clone();
+    Singleton::spawn(
+        store.clone(),
+        &singleton_holder,
+        "metrics-rollup",
+        config.retention.metrics_rollup_interval,
+        move |now| {
+            let metrics = rolling.clone();
+            async move {
+                match metrics.roll_up(now).await {
+                    Ok(done) => tracing::debug!(
+                        minute_buckets = done.minute_buckets,
+                        hour_buckets = done.hour_buckets,
+                        "rolled up metrics"
+                    ),
+                    Err(error) => {
+                        tracing::error!(error = %error_chain(&error), "could not roll up metrics")
+                    }
+                }
+            }
+        },
+    );
     let pruning = store.clone();
     let retention = config.retention.clone();
     Singleton::spawn(
@@ -323,6 +350,7 @@ pub async fn run(
         registry,
         actions,
         jobs,
+        metrics,
         ingest,
         ca,
         observability,

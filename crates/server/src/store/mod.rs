@@ -13,6 +13,7 @@ mod codec;
 mod devices;
 mod enrollment;
 mod jobs;
+mod metrics;
 mod selector;
 mod specs;
 mod telemetry;
@@ -21,6 +22,7 @@ mod users;
 pub use cluster::{AdvisoryLock, DeviceSession, EndedSessions, ReplicaRecord};
 pub use enrollment::CertificateSerials;
 pub use jobs::{JobRecord, NewJob};
+pub use metrics::{Bucket, FleetRow, RolledUp, StoredSeries};
 pub use specs::SpecRecord;
 pub use telemetry::{CursorTx, CursorUpdate, StoredLog};
 
