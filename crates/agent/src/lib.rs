@@ -11,6 +11,7 @@ pub mod endpoints;
 pub mod enroll;
 pub mod local_api;
 pub mod logging;
+pub mod metrics;
 pub mod queue;
 pub mod renewal;
 pub mod session;

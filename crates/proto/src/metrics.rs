@@ -224,3 +224,122 @@ pub struct SeriesList {
     #[serde(default)]
     pub truncated: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::{Dropped, MetricRecord, Records, TelemetryBatch, decode, encode};
+
+    /// A typical small host: 4 cores, 2 mounts, 1 disk, 2 interfaces, 2
+    /// sensors; values moving as a real host's do.
+    fn sample(i: u64) -> HostSample {
+        let wobble = |base: u64, spread: u64| base + (i * 7919 + base) % spread;
+        HostSample {
+            at: DateTime::from_timestamp_millis(1_800_000_000_000 + i as i64 * 60_013)
+                .unwrap_or_default(),
+            interval_ms: 60_000 + (i % 7) as u32,
+            cpu: (0..5)
+                .map(|c| (wobble(c * 13, 900) as f32 / 10.0 * 10.0).round() / 10.0)
+                .collect(),
+            load: Some([0.52, 0.58, 0.61]),
+            mem: Some(MemorySample {
+                t: 4_022_345_728,
+                a: wobble(2_100_000_000, 50_000_000),
+                st: 1_073_737_728,
+                sf: wobble(1_000_000_000, 1_000_000),
+            }),
+            fs: vec![
+                MountSample {
+                    m: "/".into(),
+                    t: 31_250_000_000,
+                    u: wobble(12_000_000_000, 4096 * 100),
+                    a: 17_600_000_000,
+                },
+                MountSample {
+                    m: "/boot/firmware".into(),
+                    t: 535_805_952,
+                    u: 63_434_752,
+                    a: 472_371_200,
+                },
+            ],
+            io: vec![DiskIoSample {
+                d: "mmcblk0".into(),
+                r: wobble(0, 40_960),
+                w: wobble(1_000_000, 500_000),
+            }],
+            net: vec![
+                InterfaceSample {
+                    i: "eth0".into(),
+                    rb: wobble(120_000, 90_000),
+                    tb: wobble(40_000, 30_000),
+                    rp: wobble(400, 300),
+                    tp: wobble(200, 150),
+                    re: 0,
+                    te: 0,
+                },
+                InterfaceSample {
+                    i: "wlan0".into(),
+                    rb: wobble(1_000, 900),
+                    tb: wobble(600, 500),
+                    rp: wobble(10, 9),
+                    tp: wobble(8, 7),
+                    re: 0,
+                    te: 0,
+                },
+            ],
+            temp: vec![
+                TemperatureSample {
+                    s: "thermal_zone0:cpu-thermal".into(),
+                    c: 45.0 + (i % 9) as f32,
+                },
+                TemperatureSample {
+                    s: "rp1_adc:temp1".into(),
+                    c: 38.5,
+                },
+            ],
+            procs: Some(wobble(150, 20) as u32),
+            uptime: Some(86_400 + i * 60),
+        }
+    }
+
+    #[test]
+    fn a_typical_host_sample_costs_under_200_bytes_compressed_in_a_batch() {
+        let records: Vec<MetricRecord> = (0..60).map(|i| MetricRecord::Sample(sample(i))).collect();
+        let json = serde_json::to_vec(&records[0]).expect("serializes");
+        let batch = TelemetryBatch {
+            spool_id: "0123456789abcdef".into(),
+            first_seq: 0,
+            records: Records::Metrics(records.clone()),
+            dropped: Dropped::default(),
+        };
+        let wire = encode(&batch);
+        let per_sample = wire.len() / 60;
+        // Printed for the record (docs/adr/0014): nextest shows it with --nocapture.
+        println!(
+            "one sample: {} bytes of JSON; 60 in a batch: {} bytes on the wire, {per_sample} per sample",
+            json.len(),
+            wire.len()
+        );
+        assert!(json.len() < 900, "{} bytes of JSON", json.len());
+        assert!(per_sample < 200, "{per_sample} bytes per sample");
+        assert_eq!(
+            decode(&wire).expect("decodes").records,
+            Records::Metrics(records)
+        );
+    }
+
+    #[test]
+    fn the_summary_keeps_the_old_totals() {
+        let summary = sample(0).summary();
+        assert_eq!(summary.cpu_percent, f64::from(sample(0).cpu[0]));
+        assert_eq!(summary.disk_total_bytes, 31_250_000_000 + 535_805_952);
+        assert_eq!(
+            summary.memory_used_bytes,
+            4_022_345_728 - sample(0).mem.map_or(0, |m| m.a)
+        );
+        assert_eq!(
+            summary.network_rx_bytes,
+            sample(0).net.iter().map(|n| n.rb).sum::<u64>()
+        );
+    }
+}
