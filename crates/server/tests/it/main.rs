@@ -10,6 +10,7 @@ mod external_broker;
 mod hostile;
 mod ingest;
 mod jobs;
+mod metrics;
 mod operations;
 mod queries;
 mod replicas;
