@@ -39,6 +39,9 @@ pub struct Metrics {
     /// Bucket width (10s, 1m, 1h). Default: about 240 buckets.
     #[arg(long, requires = "metric")]
     step: Option<String>,
+    /// Without --metric: at most this many series in the table.
+    #[arg(long, conflicts_with = "metric", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    limit: Option<usize>,
 }
 
 impl Metrics {
@@ -52,7 +55,10 @@ impl Metrics {
     pub async fn run(self, ctx: &Context) -> Result<Outcome, CommandError> {
         let client = ctx.client()?;
         let Some(metric) = &self.metric else {
-            let list = client.metric_series(self.device.as_str()).await?;
+            let mut list = client.metric_series(self.device.as_str()).await?;
+            if let Some(limit) = self.limit {
+                list.series.truncate(limit);
+            }
             if list.series.is_empty() && ctx.output == OutputFormat::Table {
                 eprintln!(
                     "No metrics from device {:?} yet; its agent sends host metrics every \
