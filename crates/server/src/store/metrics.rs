@@ -409,7 +409,7 @@ impl Store {
         let (name, id) = after.unwrap_or(("", i64::MIN));
         let sql = "SELECT s.id, s.name, s.device, s.labels, s.last_value, d.labels AS device_labels \
                    FROM metric_series s JOIN devices d ON d.name = s.device \
-                   WHERE (s.name > $1 OR (s.name = $1 AND s.id > $2)) AND s.last_at >= $3 \
+                   WHERE (s.name, s.id) > ($1, $2) AND s.last_at >= $3 \
                    ORDER BY s.name, s.id LIMIT $4";
         let rows = sqlx::query(sql)
             .bind(name)
