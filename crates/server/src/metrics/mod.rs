@@ -71,11 +71,23 @@ pub enum MetricsError {
 pub struct Metrics {
     store: Store,
     config: MetricsConfig,
+    fleet_page: u32,
 }
 
 impl Metrics {
     pub fn new(store: Store, config: MetricsConfig) -> Self {
-        Self { store, config }
+        Self {
+            store,
+            config,
+            fleet_page: FLEET_PAGE,
+        }
+    }
+
+    /// Reads the fleet exposition `series` series per page (tests page
+    /// small fleets).
+    pub fn with_fleet_page(mut self, series: u32) -> Self {
+        self.fleet_page = series.max(1);
+        self
     }
 
     pub fn config(&self) -> &MetricsConfig {
@@ -247,7 +259,7 @@ impl Metrics {
             .fleet_latest(
                 after.as_ref().map(|(name, id)| (name.as_str(), *id)),
                 now - FLEET_FRESH,
-                FLEET_PAGE,
+                self.fleet_page,
             )
             .await?;
         let mut text = String::with_capacity(rows.len() * 96);
@@ -263,7 +275,7 @@ impl Metrics {
                 &mut text,
             );
         }
-        let next = (rows.len() == FLEET_PAGE as usize)
+        let next = (rows.len() == self.fleet_page as usize)
             .then(|| rows.last().map(|r| (r.name.clone(), r.id)))
             .flatten();
         Ok((text, next, rows.len()))

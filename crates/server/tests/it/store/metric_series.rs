@@ -17,6 +17,7 @@ on_both_databases! {
         range_queries_say_their_resolution_and_refuse_bad_input,
         each_resolution_is_kept_for_its_own_retention,
         the_fleet_page_holds_fresh_series_by_name_with_device_labels,
+        the_fleet_exposition_pages_through_a_fleet_typing_each_family_once,
     ],
     db: [],
 }
@@ -299,4 +300,62 @@ async fn the_fleet_page_holds_fresh_series_by_name_with_device_labels(store: Sto
         .expect("the next page");
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].name, "load1");
+}
+
+async fn the_fleet_exposition_pages_through_a_fleet_typing_each_family_once(store: Store) {
+    use tether_server::metrics::exposition::Renderer;
+    let now = at(0);
+    for name in ["edge-1", "edge-2", "edge-3"] {
+        let edge = device(&store, name).await;
+        let points: Vec<Point> = ["cpu_percent", "load1", "uptime_seconds"]
+            .iter()
+            .map(|metric| Point {
+                series: SeriesKey::new(*metric),
+                at: now,
+                value: 1.0,
+            })
+            .collect();
+        store
+            .insert_points(&edge, &points, now)
+            .await
+            .expect("stored");
+    }
+    // Pages of two series: families straddle pages.
+    let metrics = Metrics::new(store.clone(), MetricsConfig::default()).with_fleet_page(2);
+    let mut renderer = Renderer::default();
+    let mut text = String::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let (page, next, _) = metrics
+            .fleet_page(&mut renderer, after, now)
+            .await
+            .expect("a page");
+        text.push_str(&page);
+        pages += 1;
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 5, "9 series in pages of 2");
+    let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+    assert_eq!(
+        types,
+        [
+            "# TYPE tether_device_cpu_percent gauge",
+            "# TYPE tether_device_load1 gauge",
+            "# TYPE tether_device_uptime_seconds gauge",
+        ]
+    );
+    let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(samples.len(), 9, "{text}");
+    // Each family's samples follow its TYPE line, together.
+    let families: Vec<&str> = samples
+        .iter()
+        .map(|l| l.split('{').next().unwrap_or(""))
+        .collect();
+    let mut grouped = families.clone();
+    grouped.dedup();
+    assert_eq!(grouped.len(), 3, "{text}");
 }
