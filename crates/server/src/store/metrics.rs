@@ -75,8 +75,12 @@ pub(super) async fn write_points(
     // twice in one), carrying the newest point.
     let mut newest: HashMap<i64, &Point> = HashMap::new();
     let mut ids = Vec::with_capacity(points.len());
+    // A batch holds many points of few series: hash each series once.
+    let mut known: HashMap<&crate::metrics::series::SeriesKey, i64> = HashMap::new();
     for point in points {
-        let id = point.series.id(device);
+        let id = *known
+            .entry(&point.series)
+            .or_insert_with(|| point.series.id(device));
         ids.push(id);
         newest
             .entry(id)
