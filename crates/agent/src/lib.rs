@@ -12,6 +12,7 @@ pub mod enroll;
 pub mod local_api;
 pub mod logging;
 pub mod logs;
+pub mod metrics;
 pub mod queue;
 pub mod renewal;
 pub mod session;

@@ -19,14 +19,14 @@ use rumqttc::v5::mqttbytes::v5::{
 };
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{NetworkOptions, Outgoing, TlsConfiguration, Transport};
-use tether_proto::metrics::HostMetrics;
+use tether_proto::metrics::HostSample;
 use tether_proto::spec::SpecError;
 use tether_proto::telemetry::{MetricRecord, Stream};
 use tether_proto::{ActionEvent, DeviceId, DeviceStatus, DeviceTopic, Presence, TopicKind};
 use tokio::sync::{mpsc, watch};
 
 use crate::actions::expiry::{Delivery, Moment};
-use crate::actions::run_stats::{MetricsSink, StatsRunner};
+use crate::actions::run_stats::StatsRunner;
 use crate::actions::{self, AGENT_VERSION, Context, Dispatcher, IMPLEMENTED};
 use crate::authorization::AuthorizationGuard;
 use crate::backoff::Backoff;
@@ -34,6 +34,7 @@ use crate::clock::ServerClock;
 use crate::dedupe::{DEFAULT_CAPACITY, Dedupe, DedupeError};
 use crate::endpoints::{Endpoint, Endpoints};
 use crate::logging::LogControl;
+use crate::metrics::MetricsSink;
 use crate::queue::Queued;
 use crate::spec::StatusSource;
 use crate::spool::sender::{self, Ack, Answer, BatchOut};
@@ -333,7 +334,8 @@ impl BatchOut for Publisher {
     }
 }
 
-/// `run-stats` samples go to the spool like every other metric.
+/// Host samples, always-on and from `run-stats`, go to the spool like
+/// every other metric.
 struct SpooledSamples {
     spools: Arc<Spools>,
     /// Samples are dated by tetherd's clock, which judges them.
@@ -341,14 +343,14 @@ struct SpooledSamples {
 }
 
 impl MetricsSink for SpooledSamples {
-    fn publish_metrics(&self, metrics: &HostMetrics) {
-        let dated = HostMetrics {
-            sampled_at: self.clock.at(metrics.sampled_at),
-            ..metrics.clone()
+    fn publish_sample(&self, sample: &HostSample) {
+        let dated = HostSample {
+            at: self.clock.at(sample.at),
+            ..sample.clone()
         };
         if let Err(error) = self
             .spools
-            .append(Record::Metric(MetricRecord::Host(dated)))
+            .append(Record::Metric(MetricRecord::Sample(dated)))
         {
             tracing::warn!(%error, "metrics sample not spooled");
         }
@@ -392,6 +394,16 @@ pub async fn run(
         Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))),
     );
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+    let samples: Arc<dyn MetricsSink> = Arc::new(SpooledSamples {
+        spools: spools.clone(),
+        clock: clock.clone(),
+    });
+    // Host samples always, online or not: the spool keeps them.
+    let host_metrics = tokio::spawn(crate::metrics::schedule::run(
+        status.spec.subscribe(),
+        samples.clone(),
+        "/".into(),
+    ));
     let (online, _) = watch::channel(false);
     let mut ack_routes = HashMap::new();
     let mut ack_receivers = Vec::new();
@@ -423,10 +435,7 @@ pub async fn run(
     let context = Context {
         logging,
         authorization: Arc::new(AuthorizationGuard::default()),
-        stats: StatsRunner::new(Arc::new(SpooledSamples {
-            spools,
-            clock: clock.clone(),
-        })),
+        stats: StatsRunner::new(samples),
         ca_pem: credentials.ca_pem.clone(),
         clock: clock.clone(),
         follow,
@@ -456,6 +465,7 @@ pub async fn run(
     // Stop the worker before the goodbye: its abort drops the stats sampler,
     // and an action cut short is answered after restart, never run twice.
     worker.abort();
+    host_metrics.abort();
     for sender in senders {
         sender.abort();
     }

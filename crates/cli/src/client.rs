@@ -12,7 +12,7 @@ use tether_proto::api::{
     Page, PatchDevice, RequestAction, Session,
 };
 use tether_proto::ca::CaPemError;
-use tether_proto::metrics::HostMetrics;
+use tether_proto::metrics::{HostMetrics, MetricRange, SeriesList};
 use tether_proto::telemetry::DeviceUsage;
 
 /// How long to wait for the TCP and TLS handshake before naming the server unreachable.
@@ -386,6 +386,34 @@ impl ApiClient {
     pub async fn metrics(&self, device: &str, cap: usize) -> Result<Vec<HostMetrics>, ClientError> {
         self.list_all(&["devices", device, "metrics"], &[], Some(cap), PAGE_SIZE)
             .await
+    }
+
+    /// The device's metric series and their newest points.
+    pub async fn metric_series(&self, device: &str) -> Result<SeriesList, ClientError> {
+        self.call(
+            Method::GET,
+            &["devices", device, "metrics", "series"],
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// One metric of the device over a window (`query`: `metric`, and
+    /// `since`, `until`, `step` as tetherd reads them).
+    pub async fn metric_range(
+        &self,
+        device: &str,
+        query: &[(&str, String)],
+    ) -> Result<MetricRange, ClientError> {
+        let (url, response) = self
+            .send_with_query(
+                Method::GET,
+                &["devices", device, "metrics", "query"],
+                query,
+                REQUEST_TIMEOUT,
+            )
+            .await?;
+        decode(url, response).await
     }
 
     /// A listing followed page by page through its `continue` tokens until

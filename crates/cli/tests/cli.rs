@@ -329,6 +329,94 @@ async fn a_devices_spec_is_updated_with_a_mask_and_shown_with_get() {
     assert!(run.stderr.contains("version 2"), "{}", run.stderr);
 }
 
+/// A real agent sampling every second (set through the spec): the latest
+/// values as a table, one metric as a chart, and its points as JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_show_the_latest_values_and_chart_one_metric() {
+    let tetherd = tetherd().await;
+    let admin = tetherd.admin().await.expect("admin");
+    let _agent = tether_testkit::Agent::enroll_online(&tetherd, &admin, "edge-1")
+        .await
+        .expect("a real agent online");
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+    let empty = tether
+        .run(&["metrics", "edge-1", "--metric", "fan_rpm"])
+        .await;
+    assert_eq!(empty.code, 1, "{}", empty.stdout);
+    assert!(
+        empty.stderr.contains("no metric \"fan_rpm\""),
+        "{}",
+        empty.stderr
+    );
+    tether
+        .run_ok(&[
+            "devices",
+            "update",
+            "edge-1",
+            "--spec",
+            r#"{"metricsConfig": {"intervalSeconds": 1}}"#,
+        ])
+        .await;
+    let json = tether_testkit::wait_until("three CPU points", Duration::from_secs(30), || async {
+        let out = tether
+            .run(&[
+                "metrics",
+                "edge-1",
+                "--metric",
+                "cpu_percent",
+                "--since",
+                "5m",
+                "--step",
+                "1s",
+                "-o",
+                "json",
+            ])
+            .await;
+        if out.code != 0 {
+            return Ok(None);
+        }
+        let range: serde_json::Value = serde_json::from_str(&out.stdout)?;
+        let points = range["series"][0]["points"].as_array().map_or(0, Vec::len);
+        Ok((points >= 3).then_some(range))
+    })
+    .await
+    .expect("points arrive");
+    assert_eq!(json["resolution"], "raw", "{json}");
+
+    let chart = tether
+        .run_ok(&[
+            "metrics",
+            "edge-1",
+            "--metric",
+            "cpu_percent",
+            "--since",
+            "2m",
+        ])
+        .await;
+    let lines: Vec<&str> = chart.lines().collect();
+    assert!(
+        lines[0].starts_with("cpu_percent of edge-1 (raw points"),
+        "{chart}"
+    );
+    let total = lines
+        .iter()
+        .find(|l| l.starts_with("cpu=total "))
+        .unwrap_or_else(|| panic!("no total line in:\n{chart}"));
+    assert!(
+        total.chars().any(|c| ('▁'..='█').contains(&c)),
+        "a sparkline: {chart}"
+    );
+    assert!(total.contains("min ") && total.contains("last "), "{chart}");
+    assert!(lines.last().is_some_and(|l| l.ends_with(" UTC")), "{chart}");
+
+    let table = tether.run_ok(&["metrics", "edge-1"]).await;
+    assert!(table.starts_with("METRIC"), "{table}");
+    for row in ["cpu_percent", "memory_used_bytes", "uptime_seconds"] {
+        assert!(table.contains(row), "no {row} in:\n{table}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn errors_say_what_failed_and_what_to_do() {
     let tetherd = tetherd().await;

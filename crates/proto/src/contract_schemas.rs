@@ -8,7 +8,10 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 
-use crate::metrics::HostMetrics;
+use crate::metrics::{
+    DiskIoSample, HostMetrics, HostSample, InterfaceSample, MemorySample, MountSample,
+    TemperatureSample,
+};
 use crate::spec::{Facts, OsRelease, ReportedStatus, SpecError, SpecMessage};
 use crate::{ActionEvent, ActionRequest, DeviceStatus, Presence};
 
@@ -18,6 +21,7 @@ fn schema_source(name: &str) -> Value {
         "actions" => include_str!("../../../docs/schemas/actions.schema.json"),
         "events" => include_str!("../../../docs/schemas/events.schema.json"),
         "metrics" => include_str!("../../../docs/schemas/metrics.schema.json"),
+        "host-sample" => include_str!("../../../docs/schemas/host-sample.schema.json"),
         "spec" => include_str!("../../../docs/schemas/spec.schema.json"),
         "reported" => include_str!("../../../docs/schemas/reported.schema.json"),
         other => panic!("no schema {other}"),
@@ -174,6 +178,65 @@ fn the_agents_samples_conform_to_the_metrics_schema() {
     let mut bad = value;
     bad["cpuPercent"] = json!(250);
     assert!(refused("metrics", &bad));
+}
+
+#[test]
+fn the_agents_host_samples_conform_to_the_host_sample_schema() {
+    let sample = HostSample {
+        at: at(1_800_000_000),
+        interval_ms: 60_000,
+        cpu: vec![12.5, 20.0, 5.0],
+        load: Some([0.5, 0.25, 0.125]),
+        mem: Some(MemorySample {
+            t: 4 << 30,
+            a: 3 << 30,
+            st: 1 << 30,
+            sf: 1 << 29,
+        }),
+        fs: vec![MountSample {
+            m: "/".into(),
+            t: 64 << 30,
+            u: 10 << 30,
+            a: 50 << 30,
+        }],
+        io: vec![DiskIoSample {
+            d: "mmcblk0".into(),
+            r: 4096,
+            w: 8192,
+        }],
+        net: vec![InterfaceSample {
+            i: "eth0".into(),
+            rb: 1_000,
+            tb: 500,
+            rp: 10,
+            tp: 5,
+            re: 0,
+            te: 1,
+        }],
+        temp: vec![TemperatureSample {
+            s: "thermal_zone0:cpu-thermal".into(),
+            c: 45.5,
+        }],
+        procs: Some(120),
+        uptime: Some(86_400),
+    };
+    let value = serde_json::to_value(&sample).expect("JSON");
+    assert_eq!(value["at"], 1_800_000_000_000_i64, "milliseconds");
+    assert_conforms("host-sample", &value);
+    // The least an agent may send: the instant.
+    let bare = serde_json::to_value(HostSample {
+        at: at(1_800_000_000),
+        ..HostSample::default()
+    })
+    .expect("JSON");
+    assert_eq!(bare, json!({"at": 1_800_000_000_000_i64, "intervalMs": 0}));
+    assert_conforms("host-sample", &bare);
+    let mut bad = value;
+    bad["cpu"] = json!([250]);
+    assert!(refused("host-sample", &bad));
+    bad["cpu"] = json!([]);
+    bad["net"][0]["bytes"] = json!(1);
+    assert!(refused("host-sample", &bad));
 }
 
 #[test]

@@ -20,7 +20,7 @@ use std::io::{Read, Write};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::HostMetrics;
+use crate::metrics::{HostMetrics, HostSample};
 
 /// First byte of an encoded batch: JSON, deflate-compressed in a zlib
 /// stream. Other values are reserved for later encodings. A payload whose
@@ -75,8 +75,11 @@ impl std::fmt::Display for Stream {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum MetricRecord {
+    /// The totals agents sent before host samples; still read.
     Host(HostMetrics),
     Custom(CustomMetric),
+    /// A host sample (`{"sample": {...}}`).
+    Sample(HostSample),
 }
 
 impl MetricRecord {
@@ -84,6 +87,7 @@ impl MetricRecord {
         match self {
             MetricRecord::Host(sample) => sample.sampled_at,
             MetricRecord::Custom(metric) => metric.at,
+            MetricRecord::Sample(sample) => sample.at,
         }
     }
 }

@@ -124,8 +124,15 @@ struct FileIngest {
 struct FileRetention {
     events_days: Option<u64>,
     actions_days: Option<u64>,
+    /// 1-minute metric rollups (and the older `metrics` table).
     metrics_days: Option<u64>,
     logs_days: Option<u64>,
+    /// Raw metric points, counted from their arrival.
+    metrics_raw_hours: Option<u64>,
+    /// 1-hour metric rollups.
+    metrics_hourly_days: Option<u64>,
+    /// How often the rollup job computes rollups and prunes metrics.
+    metrics_rollup_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -376,9 +383,17 @@ pub struct RetentionConfig {
     /// Finished actions (succeeded, failed, timed out, expired, rejected),
     /// counted from their completion.
     pub actions: Duration,
+    /// 1-minute metric rollups, and the host samples of the older
+    /// `metrics` table.
     pub metrics: Duration,
     /// Log lines, by the time the device gave them (seed 004: 90 days).
     pub logs: Duration,
+    /// Raw metric points, from their arrival.
+    pub metrics_raw: Duration,
+    /// 1-hour metric rollups.
+    pub metrics_hourly: Duration,
+    /// How often the metrics rollup job runs.
+    pub metrics_rollup_interval: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -388,6 +403,21 @@ impl Default for RetentionConfig {
             actions: Duration::from_secs(90 * 24 * 3600),
             metrics: Duration::from_secs(30 * 24 * 3600),
             logs: Duration::from_secs(90 * 24 * 3600),
+            metrics_raw: Duration::from_secs(24 * 3600),
+            metrics_hourly: Duration::from_secs(365 * 24 * 3600),
+            metrics_rollup_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// What the metrics service keeps, and how often it rolls up.
+    pub fn metrics_config(&self) -> crate::metrics::MetricsConfig {
+        crate::metrics::MetricsConfig {
+            raw: self.metrics_raw,
+            minutely: self.metrics,
+            hourly: self.metrics_hourly,
+            rollup_interval: self.metrics_rollup_interval,
         }
     }
 }
@@ -624,6 +654,18 @@ impl ServerConfig {
             actions: days(file.retention.actions_days).unwrap_or(retention_defaults.actions),
             metrics: days(file.retention.metrics_days).unwrap_or(retention_defaults.metrics),
             logs: days(file.retention.logs_days).unwrap_or(retention_defaults.logs),
+            metrics_raw: file
+                .retention
+                .metrics_raw_hours
+                .map(|h| Duration::from_secs(h.saturating_mul(3600)))
+                .unwrap_or(retention_defaults.metrics_raw),
+            metrics_hourly: days(file.retention.metrics_hourly_days)
+                .unwrap_or(retention_defaults.metrics_hourly),
+            metrics_rollup_interval: file
+                .retention
+                .metrics_rollup_seconds
+                .map(Duration::from_secs)
+                .unwrap_or(retention_defaults.metrics_rollup_interval),
         };
         let pki_defaults = PkiConfig::default();
         let pki = PkiConfig {
@@ -664,6 +706,24 @@ impl ServerConfig {
         check_range("retention.actions_days", retention.actions, DAY, 3660 * DAY)?;
         check_range("retention.metrics_days", retention.metrics, DAY, 3660 * DAY)?;
         check_range("retention.logs_days", retention.logs, DAY, 3660 * DAY)?;
+        check_range(
+            "retention.metrics_raw_hours",
+            retention.metrics_raw,
+            3600,
+            90 * DAY,
+        )?;
+        check_range(
+            "retention.metrics_hourly_days",
+            retention.metrics_hourly,
+            DAY,
+            3660 * DAY,
+        )?;
+        check_range(
+            "retention.metrics_rollup_seconds",
+            retention.metrics_rollup_interval,
+            1,
+            3600,
+        )?;
         check_range(
             "actions.max_ttl_seconds",
             actions.max_ttl,
@@ -755,6 +815,9 @@ impl ServerConfig {
                 actions_days: Some(self.retention.actions.as_secs() / (24 * 3600)),
                 metrics_days: Some(self.retention.metrics.as_secs() / (24 * 3600)),
                 logs_days: Some(self.retention.logs.as_secs() / (24 * 3600)),
+                metrics_raw_hours: Some(self.retention.metrics_raw.as_secs() / 3600),
+                metrics_hourly_days: Some(self.retention.metrics_hourly.as_secs() / (24 * 3600)),
+                metrics_rollup_seconds: Some(self.retention.metrics_rollup_interval.as_secs()),
             },
             pki: FilePki {
                 server_certificate_lifetime_seconds: Some(

@@ -12,6 +12,7 @@ pub mod device_link;
 pub mod ingest;
 pub mod jobs;
 pub mod logs;
+pub mod metrics;
 pub mod observability;
 pub mod pki;
 pub mod registry;
@@ -297,6 +298,32 @@ pub async fn run(
         actions.clone(),
         config.cluster.outbox_sweep,
     ));
+    let metrics = Arc::new(crate::metrics::Metrics::new(
+        store.clone(),
+        config.retention.metrics_config(),
+    ));
+    let rolling = metrics.clone();
+    Singleton::spawn(
+        store.clone(),
+        &singleton_holder,
+        "metrics-rollup",
+        config.retention.metrics_rollup_interval,
+        move |now| {
+            let metrics = rolling.clone();
+            async move {
+                match metrics.roll_up(now).await {
+                    Ok(done) => tracing::debug!(
+                        minute_buckets = done.minute_buckets,
+                        hour_buckets = done.hour_buckets,
+                        "rolled up metrics"
+                    ),
+                    Err(error) => {
+                        tracing::error!(error = %error_chain(&error), "could not roll up metrics")
+                    }
+                }
+            }
+        },
+    );
     let pruning = store.clone();
     let retention = config.retention.clone();
     Singleton::spawn(
@@ -326,6 +353,7 @@ pub async fn run(
         registry,
         actions,
         jobs,
+        metrics,
         ingest,
         ca,
         observability,

@@ -330,13 +330,13 @@ pub(crate) mod tests {
     use super::*;
     use crate::dedupe::DEFAULT_CAPACITY;
     use crate::logging::{self, LogSettings};
-    use run_stats::MetricsSink;
+    use crate::metrics::MetricsSink;
     use serde_json::json;
-    use tether_proto::metrics::HostMetrics;
+    use tether_proto::metrics::HostSample;
 
     struct NoSink;
     impl MetricsSink for NoSink {
-        fn publish_metrics(&self, _: &HostMetrics) {}
+        fn publish_sample(&self, _: &HostSample) {}
     }
 
     /// The logger's reload handles work only while its subscriber lives.

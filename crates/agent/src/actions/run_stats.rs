@@ -1,138 +1,24 @@
-//! `run-stats` / `stop-stats`: a background sampler that publishes
-//! `HostMetrics` on the device's `metrics` topic every interval.
-//!
-//! Reading the host (sysinfo) is kept apart from turning readings into
-//! metrics, which is pure and tested with made-up numbers.
+//! `run-stats` / `stop-stats`: a fast stream of host samples beside the
+//! always-on ones, taken by the same collector (`crate::metrics`) every
+//! interval and spooled like them.
 
-use std::collections::HashSet;
-use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sysinfo::{Disks, Networks, System};
-use tether_proto::metrics::HostMetrics;
 use tokio::task::JoinHandle;
 
 use super::ActionError;
+use crate::metrics::schedule::blocking;
+use crate::metrics::{Collector, MetricsSink};
 
 /// Seconds between samples when `run-stats` names no interval.
 pub const DEFAULT_INTERVAL: u64 = 10;
 
-/// Where samples go; the session publishes them on MQTT.
-pub trait MetricsSink: Send + Sync + 'static {
-    fn publish_metrics(&self, metrics: &HostMetrics);
-}
-
-/// Counters as read from the host at one instant.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Reading {
-    pub cpu_percent: f32,
-    pub memory_used: u64,
-    pub memory_total: u64,
-    pub disk_used: u64,
-    pub disk_total: u64,
-    /// Bytes since the interfaces came up; samples report differences.
-    pub network_rx_total: u64,
-    pub network_tx_total: u64,
-}
-
-/// The sample published for `reading`; network traffic counts since `previous`.
-pub fn to_metrics(now: DateTime<Utc>, reading: &Reading, previous: &Reading) -> HostMetrics {
-    HostMetrics {
-        sampled_at: now,
-        cpu_percent: f64::from(reading.cpu_percent).clamp(0.0, 100.0),
-        memory_used_bytes: reading.memory_used,
-        memory_total_bytes: reading.memory_total,
-        disk_used_bytes: reading.disk_used,
-        disk_total_bytes: reading.disk_total,
-        // A counter that went down was reset (interface re-created): count nothing.
-        network_rx_bytes: reading
-            .network_rx_total
-            .saturating_sub(previous.network_rx_total),
-        network_tx_bytes: reading
-            .network_tx_total
-            .saturating_sub(previous.network_tx_total),
-    }
-}
-
-/// Used and total bytes over disks `(device name, total, available)`; a device
-/// mounted several times (bind mounts, overlays) counts once.
-pub fn disk_totals(disks: impl IntoIterator<Item = (OsString, u64, u64)>) -> (u64, u64) {
-    let mut seen = HashSet::new();
-    disks
-        .into_iter()
-        .filter(|(name, _, _)| seen.insert(name.clone()))
-        .fold((0, 0), |(used, total), (_, disk_total, available)| {
-            (
-                used + disk_total.saturating_sub(available),
-                total + disk_total,
-            )
-        })
-}
-
-/// The host's counters; exists only while stats run, to keep the idle agent small.
-struct Sampler {
-    system: System,
-    disks: Disks,
-    networks: Networks,
-}
-
-impl Sampler {
-    fn new() -> Self {
-        Self {
-            system: System::new(),
-            disks: Disks::new_with_refreshed_list(),
-            networks: Networks::new_with_refreshed_list(),
-        }
-    }
-
-    /// Reads the host; blocking file-system work, so run it off the runtime.
-    fn read(&mut self) -> Reading {
-        self.system.refresh_cpu_usage();
-        self.system.refresh_memory();
-        self.disks.refresh(true);
-        self.networks.refresh(true);
-        let (disk_used, disk_total) = disk_totals(self.disks.iter().map(|disk| {
-            (
-                disk.name().to_owned(),
-                disk.total_space(),
-                disk.available_space(),
-            )
-        }));
-        let (network_rx_total, network_tx_total) =
-            self.networks.values().fold((0u64, 0u64), |(rx, tx), data| {
-                (
-                    rx.saturating_add(data.total_received()),
-                    tx.saturating_add(data.total_transmitted()),
-                )
-            });
-        Reading {
-            cpu_percent: self.system.global_cpu_usage(),
-            memory_used: self.system.used_memory(),
-            memory_total: self.system.total_memory(),
-            disk_used,
-            disk_total,
-            network_rx_total,
-            network_tx_total,
-        }
-    }
-}
-
-async fn read_off_runtime(mut sampler: Sampler) -> Option<(Sampler, Reading)> {
-    tokio::task::spawn_blocking(move || {
-        let reading = sampler.read();
-        (sampler, reading)
-    })
-    .await
-    .inspect_err(|e| tracing::error!("host sampling failed: {e}; stats stopped"))
-    .ok()
-}
-
 async fn sample_every(interval: Duration, sink: Arc<dyn MetricsSink>) {
-    let Some((mut sampler, mut previous)) = read_off_runtime(Sampler::new()).await else {
+    let Some((mut collector, ())) = blocking(Collector::new("/"), |c| c.prime()).await else {
         return;
     };
     // The first sample comes one interval after the baseline, so CPU use and
@@ -141,12 +27,11 @@ async fn sample_every(interval: Duration, sink: Arc<dyn MetricsSink>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let Some((next_sampler, reading)) = read_off_runtime(sampler).await else {
+        let Some((next, sample)) = blocking(collector, |c| c.sample(Utc::now())).await else {
             return;
         };
-        sampler = next_sampler;
-        sink.publish_metrics(&to_metrics(Utc::now(), &reading, &previous));
-        previous = reading;
+        collector = next;
+        sink.publish_sample(&sample);
     }
 }
 
@@ -235,70 +120,14 @@ pub fn stop(runner: &mut StatsRunner) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tether_proto::metrics::HostSample;
     use tokio::sync::mpsc;
 
-    struct ChannelSink(mpsc::UnboundedSender<HostMetrics>);
+    struct ChannelSink(mpsc::UnboundedSender<HostSample>);
     impl MetricsSink for ChannelSink {
-        fn publish_metrics(&self, metrics: &HostMetrics) {
-            let _ = self.0.send(metrics.clone());
+        fn publish_sample(&self, sample: &HostSample) {
+            let _ = self.0.send(sample.clone());
         }
-    }
-
-    #[test]
-    fn metrics_report_traffic_since_the_previous_reading() {
-        let previous = Reading {
-            network_rx_total: 1_000,
-            network_tx_total: 5_000,
-            ..Reading::default()
-        };
-        let reading = Reading {
-            cpu_percent: 12.5,
-            memory_used: 3,
-            memory_total: 8,
-            disk_used: 10,
-            disk_total: 100,
-            network_rx_total: 1_500,
-            network_tx_total: 4_000,
-        };
-        let now = Utc::now();
-        let metrics = to_metrics(now, &reading, &previous);
-        assert_eq!(
-            metrics,
-            HostMetrics {
-                sampled_at: now,
-                cpu_percent: 12.5,
-                memory_used_bytes: 3,
-                memory_total_bytes: 8,
-                disk_used_bytes: 10,
-                disk_total_bytes: 100,
-                network_rx_bytes: 500,
-                // The tx counter went down: reset, so nothing is counted.
-                network_tx_bytes: 0,
-            }
-        );
-        let wild = Reading {
-            cpu_percent: 250.0,
-            ..Reading::default()
-        };
-        assert_eq!(to_metrics(now, &wild, &previous).cpu_percent, 100.0);
-    }
-
-    #[test]
-    fn a_disk_mounted_twice_counts_once() {
-        let (used, total) = disk_totals([
-            (OsString::from("/dev/sda1"), 100, 40),
-            (OsString::from("/dev/sda1"), 100, 40),
-            (OsString::from("/dev/sdb1"), 50, 50),
-        ]);
-        assert_eq!((used, total), (60, 150));
-    }
-
-    #[test]
-    fn this_host_can_be_read() {
-        let reading = Sampler::new().read();
-        assert!(reading.memory_total > 0);
-        assert!(reading.memory_used <= reading.memory_total);
-        assert!(reading.disk_used <= reading.disk_total);
     }
 
     #[test]
@@ -323,7 +152,8 @@ mod tests {
             .await
             .expect("a sample within 5 s")
             .expect("channel open");
-        assert!(sample.memory_total_bytes > 0);
+        assert!(sample.mem.is_some_and(|m| m.t > 0));
+        assert!(!sample.cpu.is_empty(), "CPU use over the interval");
         assert_eq!(stop(&mut runner), json!({"running": false}));
         assert_eq!(runner.interval(), None);
         // Let an in-flight sample land, then expect silence.

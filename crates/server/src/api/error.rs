@@ -286,3 +286,23 @@ impl From<QueryRejection> for ApiError {
         Self::bad_request(format!("invalid query: {}", rejection.body_text()))
     }
 }
+
+impl From<crate::metrics::MetricsError> for ApiError {
+    fn from(error: crate::metrics::MetricsError) -> Self {
+        use crate::metrics::MetricsError;
+        let message = error.to_string();
+        let field =
+            |path: &str| serde_json::json!({ "fields": [{ "path": path, "message": message }] });
+        match error {
+            MetricsError::Invalid(invalid) => Self {
+                details: field(invalid.field),
+                ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+            },
+            MetricsError::UnknownMetric { .. } => Self {
+                details: field("metric"),
+                ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+            },
+            MetricsError::Store(source) => source.into(),
+        }
+    }
+}

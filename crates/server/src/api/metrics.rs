@@ -1,5 +1,6 @@
-//! `GET /metrics`: the Prometheus exposition of this replica, for the
-//! scrape token in the data dir (see `observability`).
+//! `GET /metrics`: the Prometheus exposition of this replica, and
+//! `GET /metrics/fleet`: the devices' latest metrics; both for the scrape
+//! token in the data dir (see `observability`).
 
 use std::sync::Arc;
 
@@ -9,15 +10,17 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::ApiError;
+use futures::StreamExt;
+
+use crate::metrics::FLEET_MAX_SERIES;
+use crate::metrics::exposition::{self, Renderer};
 use crate::observability::{METRICS_TOKEN_FILE, Snapshot};
 
 /// OpenMetrics text, which Prometheus negotiates and reads.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-pub async fn scrape(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+/// Refuses a scrape without the token.
+fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -31,6 +34,14 @@ pub async fn scrape(
             ),
         ));
     }
+    Ok(())
+}
+
+pub async fn scrape(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_token(&state, &headers)?;
     let open_actions = state.store.open_action_counts().await?;
     let (pool_in_use, pool_idle, pool_max) = state.store.pool_usage();
     let text = state.observability.render(Snapshot {
@@ -41,4 +52,54 @@ pub async fn scrape(
         pool_max,
     });
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
+}
+
+/// `GET /metrics/fleet`: the newest value of every series of every device
+/// that has one within the last hour, in Prometheus' text format, with
+/// `device` and `label_<key>` labels (`crate::metrics::exposition`). The
+/// body is streamed a page of 5,000 series at a time, so a big fleet costs
+/// one page of memory; a scrape stops after 2,000,000 series. A store
+/// error mid-stream ends the body early, which Prometheus reports as a
+/// failed scrape.
+pub async fn scrape_fleet(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_token(&state, &headers)?;
+    let now = chrono::Utc::now();
+    let metrics = state.metrics.clone();
+    // The first page before the answer starts: a database that does not
+    // answer is an error status, not an empty scrape.
+    let mut renderer = Renderer::default();
+    let (first, next, served) = metrics.fleet_page(&mut renderer, None, now).await?;
+    let pages = futures::stream::unfold(
+        (metrics, renderer, next, served),
+        move |(metrics, mut renderer, after, served)| async move {
+            let after = after?;
+            if served >= FLEET_MAX_SERIES {
+                tracing::warn!(served, "fleet scrape stopped at its cap of series");
+                return None;
+            }
+            match metrics.fleet_page(&mut renderer, Some(after), now).await {
+                Ok((text, next, count)) => Some((
+                    Ok::<_, std::io::Error>(text),
+                    (metrics, renderer, next, served + count),
+                )),
+                Err(error) => {
+                    tracing::error!(error = %crate::error_chain(&error), "fleet scrape ended early");
+                    Some((
+                        Err(std::io::Error::other(error.to_string())),
+                        (metrics, renderer, None, served),
+                    ))
+                }
+            }
+        },
+    );
+    let body = futures::stream::once(async move { Ok(first) }).chain(pages);
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, exposition::CONTENT_TYPE)],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }

@@ -46,6 +46,8 @@ pub struct AppState {
     pub actions: Arc<ActionService>,
     pub jobs: Arc<crate::jobs::JobService>,
     pub logs: Arc<crate::logs::Logs>,
+    /// Metric series: range queries and the fleet exposition.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Per-device input counters for `GET /devices/{name}`.
     pub ingest: Arc<crate::ingest::Ingest>,
     pub ca: Arc<CertificateAuthority>,
@@ -154,6 +156,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         }),
     )
     .route("/metrics", axum::routing::get(metrics::scrape))
+    .route("/metrics/fleet", axum::routing::get(metrics::scrape_fleet))
     .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
     .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
     .layer(axum::middleware::from_fn(close_after_refused_body))

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use tether_proto::api::{ErrorBody, Event, Page};
-use tether_proto::metrics::HostMetrics;
+use tether_proto::metrics::{HostMetrics, MetricRange, SeriesList};
 use tether_proto::telemetry::DeviceUsage;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -20,6 +20,69 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(list_events))
         .routes(routes!(list_metrics))
         .routes(routes!(device_usage))
+        .routes(routes!(query_metric))
+        .routes(routes!(list_series))
+}
+
+/// A range query parameters: see [`crate::metrics::query::plan`].
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct RangeQuery {
+    /// The metric's name, e.g. `cpu_percent` (see `/metrics/series`).
+    metric: Option<String>,
+    /// Start: RFC 3339, or a duration before now (`90s`, `15m`, `2h`, `7d`).
+    /// Default: an hour before `until`.
+    since: Option<String>,
+    /// End, as `since`. Default: now.
+    until: Option<String>,
+    /// Bucket width (`10s`, `1m`, `1h`); default about 240 buckets. Under a
+    /// minute reads raw points, under an hour 1-minute rollups, else 1-hour
+    /// rollups; where raw points or 1-minute rollups are no longer kept for
+    /// the whole window, the next coarser resolution answers.
+    step: Option<String>,
+}
+
+/// One metric of the device over a window: each of its series' points in
+/// buckets of `step`, with the resolution that answered. At most 11,000
+/// buckets per series and 100 series (then `truncated`).
+#[utoipa::path(get, path = "/devices/{name}/metrics/query", tag = "telemetry",
+    params(("name" = String, Path, description = "Device name"), RangeQuery),
+    responses((status = 200, body = MetricRange), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn query_metric(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    ApiQuery(query): ApiQuery<RangeQuery>,
+) -> Result<axum::Json<MetricRange>, ApiError> {
+    let device = device_id(&name)?;
+    state.registry.record(&device).await?;
+    let range = state
+        .metrics
+        .range(
+            &device,
+            query.metric.as_deref().unwrap_or(""),
+            query.since.as_deref(),
+            query.until.as_deref(),
+            query.step.as_deref(),
+            chrono::Utc::now(),
+        )
+        .await?;
+    Ok(axum::Json(range))
+}
+
+/// The device's metric series, by name and labels, each with its newest
+/// point: which metrics the device has, and their latest values.
+#[utoipa::path(get, path = "/devices/{name}/metrics/series", tag = "telemetry",
+    params(("name" = String, Path, description = "Device name")),
+    responses((status = 200, body = SeriesList), (status = 404, body = ErrorBody)))]
+async fn list_series(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<SeriesList>, ApiError> {
+    let device = device_id(&name)?;
+    state.registry.record(&device).await?;
+    Ok(axum::Json(state.metrics.series(&device).await?))
 }
 
 /// What the device's telemetry streams have sent: bytes on the wire,

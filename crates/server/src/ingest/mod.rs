@@ -343,6 +343,11 @@ impl Ingest {
             ),
             DeviceMessage::Metrics(metrics) => {
                 self.store.insert_metrics(device, metrics).await?;
+                let mut points = Vec::new();
+                crate::metrics::flatten::host_metrics(metrics, &mut points);
+                self.store
+                    .insert_points(device, &points, chrono::Utc::now())
+                    .await?;
                 Ok(Outcome::Accepted)
             }
             DeviceMessage::Reported(reported) => {

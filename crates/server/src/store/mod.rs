@@ -14,6 +14,7 @@ mod devices;
 mod enrollment;
 mod jobs;
 mod logs;
+mod metrics;
 mod selector;
 mod specs;
 mod telemetry;
@@ -24,6 +25,7 @@ pub use cluster::{AdvisoryLock, DeviceSession, EndedSessions, ReplicaRecord};
 pub use enrollment::CertificateSerials;
 pub use jobs::{JobRecord, NewJob};
 pub use logs::{LogLine, LogPosition, LogScan};
+pub use metrics::{Bucket, FleetRow, RolledUp, StoredSeries};
 pub use specs::SpecRecord;
 pub use telemetry::{CursorTx, CursorUpdate, StoredLog};
 

@@ -503,12 +503,40 @@ impl CursorTx {
         Ok(())
     }
 
+    /// Stores the series points of a batch's records (see
+    /// `crate::metrics::flatten`), received at `received_at`.
+    pub async fn insert_points(
+        &mut self,
+        points: &[crate::metrics::series::Point],
+        received_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        super::metrics::write_points(
+            &mut self.tx,
+            self.postgres,
+            &self.device,
+            points,
+            received_at,
+        )
+        .await
+    }
+
     /// Stores metrics records: host samples into `metrics` (one per
-    /// instant, as before), named values into `custom_metrics`.
+    /// instant, as before; a host sample as its totals), named values into
+    /// `custom_metrics`.
     pub async fn insert_metrics(&mut self, records: &[MetricRecord]) -> Result<(), StoreError> {
-        let (host, custom): (Vec<_>, Vec<_>) = records
+        let summaries: Vec<HostMetrics> = records
             .iter()
-            .partition(|r| matches!(r, MetricRecord::Host(_)));
+            .filter_map(|r| match r {
+                MetricRecord::Host(m) => Some(m.clone()),
+                MetricRecord::Sample(s) => Some(s.summary()),
+                MetricRecord::Custom(_) => None,
+            })
+            .collect();
+        let custom: Vec<_> = records
+            .iter()
+            .filter(|r| matches!(r, MetricRecord::Custom(_)))
+            .collect();
+        let host = &summaries;
         for chunk in host.chunks(ROWS_PER_INSERT) {
             let mut sql = self.values_sql(
                 &format!("INSERT INTO metrics (device, {METRICS_COLUMNS}) VALUES "),
@@ -517,10 +545,7 @@ impl CursorTx {
             );
             sql.push_str(" ON CONFLICT (device, sampled_at) DO NOTHING");
             let mut query = sqlx::query(&sql);
-            for record in chunk {
-                let MetricRecord::Host(m) = record else {
-                    continue;
-                };
+            for m in chunk {
                 query = query
                     .bind(self.device.as_str())
                     .bind(millis(m.sampled_at))

@@ -49,9 +49,10 @@ impl Telemetry {
     ) -> Result<Stored, StoreError> {
         let stream = batch.stream();
         let count = batch.records.len() as u64;
+        let now = Utc::now();
         let mut tx = self
             .store
-            .open_cursor(device, stream, &batch.spool_id, batch.first_seq, Utc::now())
+            .open_cursor(device, stream, &batch.spool_id, batch.first_seq, now)
             .await?;
         let verdict = cursor::judge(Some(tx.next_seq), batch.first_seq, count);
         let (update, stored) = match verdict {
@@ -78,7 +79,9 @@ impl Telemetry {
                             .await?;
                     }
                     Records::Metrics(metrics) => {
-                        tx.insert_metrics(metrics.get(from..).unwrap_or(&[]))
+                        let new = metrics.get(from..).unwrap_or(&[]);
+                        tx.insert_metrics(new).await?;
+                        tx.insert_points(&crate::metrics::flatten::points(new), now)
                             .await?;
                     }
                 }

@@ -11,6 +11,7 @@ mod hostile;
 mod ingest;
 mod jobs;
 mod logs;
+mod metrics;
 mod operations;
 mod queries;
 mod replicas;

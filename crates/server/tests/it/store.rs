@@ -123,6 +123,7 @@ on_both_databases! {
     ],
 }
 
+mod metric_series;
 mod queries;
 
 // Helpers -----------------------------------------------------------------------

@@ -1,0 +1,459 @@
+//! Metric series (migration 0016): series rows with their newest point,
+//! raw points, and 1-minute and 1-hour rollups.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use sqlx::error::ErrorKind;
+use tether_proto::DeviceId;
+
+use super::codec::{from_json, get, limit, millis, time, to_u64, violates};
+use super::telemetry::values_sql;
+use super::{Store, StoreError};
+use crate::metrics::series::{Labels, Point};
+
+/// Points per multi-row INSERT (4 binds each): within both databases' limits.
+const POINTS_PER_INSERT: usize = 1_000;
+/// Series per multi-row upsert (6 binds each).
+const SERIES_PER_INSERT: usize = 500;
+/// Width of the rollups, in ms.
+pub const MINUTE_MS: i64 = 60_000;
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// A stored series and its newest point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSeries {
+    pub id: i64,
+    pub name: String,
+    pub labels: Labels,
+    pub last_at: DateTime<Utc>,
+    pub last_value: f64,
+}
+
+/// One bucket of one series: sum, min, max and count of its points.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    pub series_id: i64,
+    pub start_ms: i64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub count: u64,
+}
+
+/// A series' newest value, for the fleet exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetRow {
+    pub id: i64,
+    pub name: String,
+    pub device: String,
+    pub labels: Labels,
+    pub device_labels: Labels,
+    pub value: f64,
+}
+
+/// What one run of the rollup did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RolledUp {
+    pub minute_buckets: u64,
+    pub hour_buckets: u64,
+}
+
+/// Writes `points` of `device` received at `received_at`: each series' row
+/// (created, or its newest point moved forward) and the points, a point
+/// of an instant already stored kept once.
+pub(super) async fn write_points(
+    conn: &mut sqlx::AnyConnection,
+    postgres: bool,
+    device: &DeviceId,
+    points: &[Point],
+    received_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if points.is_empty() {
+        return Ok(());
+    }
+    // One row per series per statement (PostgreSQL refuses to upsert a row
+    // twice in one), carrying the newest point.
+    let mut newest: HashMap<i64, &Point> = HashMap::new();
+    let mut ids = Vec::with_capacity(points.len());
+    // A batch holds many points of few series: hash each series once.
+    let mut known: HashMap<&crate::metrics::series::SeriesKey, i64> = HashMap::new();
+    for point in points {
+        let id = *known
+            .entry(&point.series)
+            .or_insert_with(|| point.series.id(device));
+        ids.push(id);
+        newest
+            .entry(id)
+            .and_modify(|p| {
+                if point.at >= p.at {
+                    *p = point;
+                }
+            })
+            .or_insert(point);
+    }
+    let mut series: Vec<(i64, &Point)> = newest.into_iter().collect();
+    // A fixed order: two batches of a device lock the rows alike.
+    series.sort_unstable_by_key(|(id, _)| *id);
+    for chunk in series.chunks(SERIES_PER_INSERT) {
+        let mut sql = values_sql(
+            "INSERT INTO metric_series (id, device, name, labels, last_at, last_value) VALUES ",
+            6,
+            chunk.len(),
+            postgres,
+        );
+        sql.push_str(
+            " ON CONFLICT (id) DO UPDATE SET \
+             last_value = CASE WHEN excluded.last_at >= metric_series.last_at \
+             THEN excluded.last_value ELSE metric_series.last_value END, \
+             last_at = CASE WHEN excluded.last_at >= metric_series.last_at \
+             THEN excluded.last_at ELSE metric_series.last_at END",
+        );
+        let mut query = sqlx::query(&sql);
+        for (id, point) in chunk {
+            query = query
+                .bind(*id)
+                .bind(device.as_str())
+                .bind(point.series.name.as_str())
+                .bind(point.series.labels_json())
+                .bind(millis(point.at))
+                .bind(point.value);
+        }
+        query.execute(&mut *conn).await.map_err(|source| {
+            if violates(&source, ErrorKind::ForeignKeyViolation) {
+                StoreError::NotFound {
+                    what: format!("device {device}"),
+                }
+            } else {
+                StoreError::Query {
+                    context: "store metric series",
+                    source,
+                }
+            }
+        })?;
+    }
+    let received = millis(received_at);
+    let rows: Vec<(i64, &Point)> = ids.into_iter().zip(points).collect();
+    for chunk in rows.chunks(POINTS_PER_INSERT) {
+        let mut sql = values_sql(
+            "INSERT INTO metric_points (series_id, at, value, received_at) VALUES ",
+            4,
+            chunk.len(),
+            postgres,
+        );
+        sql.push_str(" ON CONFLICT (series_id, at) DO NOTHING");
+        let mut query = sqlx::query(&sql);
+        for (id, point) in chunk {
+            query = query
+                .bind(*id)
+                .bind(millis(point.at))
+                .bind(point.value)
+                .bind(received);
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "store metric points",
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Recomputes the `width`-ms rollups of every bucket that holds a point
+/// received in `from..to`, from raw points (1 minute) or from 1-minute
+/// rollups (1 hour). Recomputing a whole bucket makes running twice,
+/// or over overlapping windows, harmless.
+fn rollup_sql(width: i64) -> String {
+    let source = if width == MINUTE_MS {
+        "SELECT p.series_id, p.at - p.at % $3 AS b, SUM(p.value) AS s, MIN(p.value) AS lo, \
+         MAX(p.value) AS hi, COUNT(*) AS n \
+         FROM metric_points p JOIN (SELECT DISTINCT series_id, at - at % $3 AS start \
+         FROM metric_points WHERE received_at >= $1 AND received_at < $2) d \
+         ON p.series_id = d.series_id AND p.at >= d.start AND p.at < d.start + $3 \
+         WHERE 1 = 1 GROUP BY p.series_id, p.at - p.at % $3"
+    } else {
+        "SELECT r.series_id, r.bucket - r.bucket % $3 AS b, SUM(r.sum) AS s, MIN(r.min) AS lo, \
+         MAX(r.max) AS hi, CAST(SUM(r.count) AS BIGINT) AS n \
+         FROM metric_rollups r JOIN (SELECT DISTINCT series_id, at - at % $3 AS start \
+         FROM metric_points WHERE received_at >= $1 AND received_at < $2) d \
+         ON r.series_id = d.series_id AND r.resolution = 60000 \
+         AND r.bucket >= d.start AND r.bucket < d.start + $3 \
+         WHERE 1 = 1 GROUP BY r.series_id, r.bucket - r.bucket % $3"
+    };
+    format!(
+        "INSERT INTO metric_rollups (series_id, resolution, bucket, sum, min, max, count) \
+         SELECT series_id, $3, b, s, lo, hi, n FROM ({source}) AS buckets WHERE 1 = 1 \
+         ON CONFLICT (series_id, resolution, bucket) DO UPDATE SET \
+         sum = excluded.sum, min = excluded.min, max = excluded.max, count = excluded.count"
+    )
+}
+
+impl Store {
+    /// Stores `points` of `device` in a transaction of their own (bare
+    /// samples of older agents). `NotFound` if the device does not exist.
+    pub async fn insert_points(
+        &self,
+        device: &DeviceId,
+        points: &[Point],
+        received_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin("store metric points").await?;
+        write_points(&mut tx, self.postgres, device, points, received_at).await?;
+        tx.commit().await.map_err(|source| StoreError::Query {
+            context: "store metric points",
+            source,
+        })
+    }
+
+    /// Where the rollup job stands: points received before this are
+    /// rolled up. `None` before its first run.
+    pub async fn rollup_done_until(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let row = sqlx::query("SELECT done_until FROM metric_rollup_state WHERE name = 'rollup'")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "read where the metrics rollup stands",
+                source,
+            })?;
+        row.map(|row| time(get(&row, "done_until")?, "rollup done_until"))
+            .transpose()
+    }
+
+    /// When the first raw point received at or after `since` arrived.
+    pub async fn first_point_received(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let row = sqlx::query(
+            "SELECT MIN(received_at) AS oldest FROM metric_points WHERE received_at >= $1",
+        )
+        .bind(millis(since))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|source| StoreError::Query {
+            context: "find the oldest metric point",
+            source,
+        })?;
+        let oldest: Option<i64> = get(&row, "oldest")?;
+        oldest.map(|ms| time(ms, "oldest received_at")).transpose()
+    }
+
+    /// Rolls up every bucket holding a point received in `from..to` (1
+    /// minute from the raw points, then 1 hour from the 1-minute rollups)
+    /// and records `to` as done, in one transaction.
+    pub async fn roll_up_received(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<RolledUp, StoreError> {
+        let context = "roll up metric points";
+        let error = |source| StoreError::Query { context, source };
+        let mut tx = self.begin(context).await?;
+        let mut done = RolledUp::default();
+        for width in [MINUTE_MS, HOUR_MS] {
+            let rows = sqlx::query(&rollup_sql(width))
+                .bind(millis(from))
+                .bind(millis(to))
+                .bind(width)
+                .execute(&mut *tx)
+                .await
+                .map_err(error)?
+                .rows_affected();
+            if width == MINUTE_MS {
+                done.minute_buckets = rows;
+            } else {
+                done.hour_buckets = rows;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO metric_rollup_state (name, done_until) VALUES ('rollup', $1) \
+             ON CONFLICT (name) DO UPDATE SET done_until = excluded.done_until",
+        )
+        .bind(millis(to))
+        .execute(&mut *tx)
+        .await
+        .map_err(error)?;
+        tx.commit().await.map_err(error)?;
+        Ok(done)
+    }
+
+    /// Deletes raw points received before `raw_before`, 1-minute rollups
+    /// before `minutes_before`, 1-hour rollups and series whose newest
+    /// point is before `hours_before`. Returns the rows deleted.
+    pub async fn prune_metrics(
+        &self,
+        raw_before: DateTime<Utc>,
+        minutes_before: DateTime<Utc>,
+        hours_before: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let context = "delete metrics past their retention";
+        let run =
+            |sql: &'static str, before: i64| sqlx::query(sql).bind(before).execute(&self.pool);
+        let mut deleted = 0;
+        for (sql, before) in [
+            (
+                "DELETE FROM metric_points WHERE received_at < $1",
+                millis(raw_before),
+            ),
+            (
+                "DELETE FROM metric_rollups WHERE resolution = 60000 AND bucket < $1",
+                millis(minutes_before),
+            ),
+            (
+                "DELETE FROM metric_rollups WHERE resolution = 3600000 AND bucket < $1",
+                millis(hours_before),
+            ),
+            (
+                "DELETE FROM metric_series WHERE last_at < $1",
+                millis(hours_before),
+            ),
+        ] {
+            deleted += run(sql, before)
+                .await
+                .map_err(|source| StoreError::Query { context, source })?
+                .rows_affected();
+        }
+        Ok(deleted)
+    }
+
+    /// The device's series, of `name` if given, by name and labels; at most
+    /// `limit`.
+    pub async fn list_series(
+        &self,
+        device: &DeviceId,
+        name: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredSeries>, StoreError> {
+        let sql = "SELECT id, name, labels, last_at, last_value FROM metric_series \
+                   WHERE device = $1 AND ($2 = '' OR name = $2) ORDER BY name, labels LIMIT $3";
+        let rows = sqlx::query(sql)
+            .bind(device.as_str())
+            .bind(name.unwrap_or(""))
+            .bind(self::limit(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "list a device's metric series",
+                source,
+            })?;
+        rows.iter().map(series_from_row).collect()
+    }
+
+    /// The buckets of `step_ms` (a multiple of `resolution_ms`; 1 for raw
+    /// points) of `series` in `since..until`, by series then time.
+    pub async fn series_buckets(
+        &self,
+        series: &[i64],
+        resolution_ms: i64,
+        step_ms: i64,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<Bucket>, StoreError> {
+        if series.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = (0..series.len())
+            .map(|i| format!("${}", i + 4))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = if resolution_ms <= 1 {
+            format!(
+                "SELECT series_id, at - at % $1 AS b, SUM(value) AS s, MIN(value) AS lo, \
+                 MAX(value) AS hi, COUNT(*) AS n FROM metric_points \
+                 WHERE series_id IN ({ids}) AND at >= $2 AND at < $3 \
+                 GROUP BY series_id, at - at % $1 ORDER BY series_id, b"
+            )
+        } else {
+            format!(
+                "SELECT series_id, bucket - bucket % $1 AS b, SUM(sum) AS s, MIN(min) AS lo, \
+                 MAX(max) AS hi, CAST(SUM(count) AS BIGINT) AS n FROM metric_rollups \
+                 WHERE resolution = {resolution_ms} AND series_id IN ({ids}) \
+                 AND bucket >= $2 AND bucket < $3 \
+                 GROUP BY series_id, bucket - bucket % $1 ORDER BY series_id, b"
+            )
+        };
+        // Rollup buckets that start before `since` hold points of the window.
+        let since_ms = millis(since) - millis(since).rem_euclid(resolution_ms.max(1));
+        let mut query = sqlx::query(&sql)
+            .bind(step_ms)
+            .bind(since_ms)
+            .bind(millis(until));
+        for id in series {
+            query = query.bind(*id);
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "read a metric's points",
+                source,
+            })?;
+        rows.iter()
+            .map(|row| {
+                Ok(Bucket {
+                    series_id: get(row, "series_id")?,
+                    start_ms: get(row, "b")?,
+                    sum: get(row, "s")?,
+                    min: get(row, "lo")?,
+                    max: get(row, "hi")?,
+                    count: to_u64(get(row, "n")?, "bucket count")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A page of the fleet's series whose newest point is at or after
+    /// `fresh_since`, by name then id, after `after` (name, id); with
+    /// their devices' labels.
+    pub async fn fleet_latest(
+        &self,
+        after: Option<(&str, i64)>,
+        fresh_since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<FleetRow>, StoreError> {
+        let (name, id) = after.unwrap_or(("", i64::MIN));
+        let sql = "SELECT s.id, s.name, s.device, s.labels, s.last_value, d.labels AS device_labels \
+                   FROM metric_series s JOIN devices d ON d.name = s.device \
+                   WHERE (s.name, s.id) > ($1, $2) AND s.last_at >= $3 \
+                   ORDER BY s.name, s.id LIMIT $4";
+        let rows = sqlx::query(sql)
+            .bind(name)
+            .bind(id)
+            .bind(millis(fresh_since))
+            .bind(self::limit(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "read the fleet's latest metrics",
+                source,
+            })?;
+        rows.iter()
+            .map(|row| {
+                let labels: String = get(row, "labels")?;
+                let device_labels: String = get(row, "device_labels")?;
+                Ok(FleetRow {
+                    id: get(row, "id")?,
+                    name: get(row, "name")?,
+                    device: get(row, "device")?,
+                    labels: from_json(&labels, "series labels")?,
+                    device_labels: from_json(&device_labels, "device labels")?,
+                    value: get(row, "last_value")?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn series_from_row(row: &AnyRow) -> Result<StoredSeries, StoreError> {
+    let labels: String = get(row, "labels")?;
+    Ok(StoredSeries {
+        id: get(row, "id")?,
+        name: get(row, "name")?,
+        labels: from_json(&labels, "series labels")?,
+        last_at: time(get(row, "last_at")?, "series last_at")?,
+        last_value: get(row, "last_value")?,
+    })
+}

@@ -1,0 +1,361 @@
+//! Metric series (ADR 0014) on both databases: points, rollups that are
+//! exact, idempotent, catch up after downtime and take late points, range
+//! queries at each resolution, retention, and the fleet's latest values.
+
+use chrono::{DateTime, Duration, Utc};
+use tether_proto::DeviceId;
+use tether_server::metrics::series::{Point, SeriesKey};
+use tether_server::metrics::{Metrics, MetricsConfig, MetricsError};
+use tether_server::store::Store;
+
+use super::{TestDb, at, device, labels};
+
+on_both_databases! {
+    store: [
+        points_roll_up_exactly_and_running_again_changes_nothing,
+        late_points_and_downtime_are_caught_up,
+        range_queries_say_their_resolution_and_refuse_bad_input,
+        each_resolution_is_kept_for_its_own_retention,
+        the_fleet_page_holds_fresh_series_by_name_with_device_labels,
+        the_fleet_exposition_pages_through_a_fleet_typing_each_family_once,
+    ],
+    db: [],
+}
+
+fn cpu(at: DateTime<Utc>, value: f64) -> Point {
+    Point {
+        series: SeriesKey::new("cpu_percent").with("cpu", "total"),
+        at,
+        value,
+    }
+}
+
+fn minutes(n: i64) -> Duration {
+    Duration::minutes(n)
+}
+
+/// Ten points a minute, values `base + i`, over `count` minutes from `from`.
+fn ten_a_minute(from: DateTime<Utc>, count: i64, base: f64) -> Vec<Point> {
+    (0..count * 10)
+        .map(|i| cpu(from + Duration::seconds(i * 6), base + (i % 10) as f64))
+        .collect()
+}
+
+async fn range(
+    metrics: &Metrics,
+    device: &DeviceId,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    step: &str,
+    now: DateTime<Utc>,
+) -> tether_proto::metrics::MetricRange {
+    metrics
+        .range(
+            device,
+            "cpu_percent",
+            Some(&since.to_rfc3339()),
+            Some(&until.to_rfc3339()),
+            Some(step),
+            now,
+        )
+        .await
+        .expect("a range")
+}
+
+/// (avg, min, max, count) of each bucket of the only series.
+fn buckets(range: &tether_proto::metrics::MetricRange) -> Vec<(f64, f64, f64, u64)> {
+    assert_eq!(range.series.len(), 1, "{range:?}");
+    range.series[0]
+        .points
+        .iter()
+        .map(|p| (p.avg, p.min, p.max, p.count))
+        .collect()
+}
+
+async fn points_roll_up_exactly_and_running_again_changes_nothing(store: Store) {
+    let edge = device(&store, "edge-1").await;
+    let metrics = Metrics::new(store.clone(), MetricsConfig::default());
+    // An hour boundary: at(0) is 22:13:20; start at 23:00 - 2 min.
+    let hour = at(0) + minutes(47) - Duration::seconds(20);
+    let start = hour - minutes(2);
+    let received = start + minutes(4);
+    store
+        .insert_points(&edge, &ten_a_minute(start, 4, 0.0), received)
+        .await
+        .expect("stored");
+    // The same instants again (a batch sent twice): kept once.
+    store
+        .insert_points(&edge, &ten_a_minute(start, 1, 100.0), received)
+        .await
+        .expect("stored again");
+    let now = received + Duration::seconds(1);
+    let done = metrics.roll_up(now).await.expect("rolls up");
+    assert_eq!((done.minute_buckets, done.hour_buckets), (4, 2));
+    let again = metrics.roll_up(now).await.expect("rolls up again");
+    assert_eq!(
+        again.minute_buckets, 4,
+        "the overlap recomputes the same buckets"
+    );
+
+    let raw = range(&metrics, &edge, start, start + minutes(4), "30s", now).await;
+    assert_eq!((raw.resolution.as_str(), raw.step_seconds), ("raw", 30));
+    assert_eq!(buckets(&raw)[0], (2.0, 0.0, 4.0, 5));
+    let by_minute = range(&metrics, &edge, start, start + minutes(4), "1m", now).await;
+    assert_eq!(by_minute.resolution, "1m");
+    assert_eq!(buckets(&by_minute), vec![(4.5, 0.0, 9.0, 10); 4]);
+    let by_hour = range(&metrics, &edge, start, start + minutes(4), "1h", now).await;
+    assert_eq!(by_hour.resolution, "1h");
+    assert_eq!(
+        buckets(&by_hour),
+        vec![(4.5, 0.0, 9.0, 20), (4.5, 0.0, 9.0, 20)],
+        "two minutes each side of the hour"
+    );
+    let series = metrics.series(&edge).await.expect("listed");
+    assert_eq!(series.series.len(), 1);
+    assert_eq!(series.series[0].labels, labels(&[("cpu", "total")]));
+    assert_eq!(series.series[0].value, 9.0, "the newest point");
+}
+
+async fn late_points_and_downtime_are_caught_up(store: Store) {
+    let edge = device(&store, "edge-1").await;
+    let metrics = Metrics::new(store.clone(), MetricsConfig::default());
+    let start = at(0) - Duration::seconds(20); // 22:13:00
+    store
+        .insert_points(&edge, &ten_a_minute(start, 1, 0.0), start + minutes(1))
+        .await
+        .expect("stored");
+    metrics.roll_up(start + minutes(1)).await.expect("rolls up");
+    // A device that was offline sends the rest of that minute later: the
+    // minute and its hour are recomputed with it.
+    let late = vec![cpu(start + Duration::seconds(59), 100.0)];
+    store
+        .insert_points(&edge, &late, start + minutes(30))
+        .await
+        .expect("stored late");
+    // tetherd was down for five hours meanwhile, and more came in.
+    let after_downtime = start + minutes(5 * 60);
+    store
+        .insert_points(
+            &edge,
+            &ten_a_minute(after_downtime - minutes(10), 1, 50.0),
+            after_downtime,
+        )
+        .await
+        .expect("stored");
+    let now = after_downtime + Duration::seconds(5);
+    metrics.roll_up(now).await.expect("catches up");
+    let by_minute = range(&metrics, &edge, start, start + minutes(1), "1m", now).await;
+    assert_eq!(buckets(&by_minute), vec![(145.0 / 11.0, 0.0, 100.0, 11)]);
+    let by_hour = range(&metrics, &edge, start, now, "1h", now).await;
+    assert_eq!(by_hour.resolution, "1h");
+    let hours = buckets(&by_hour);
+    assert_eq!(hours.len(), 2, "{hours:?}");
+    assert_eq!(hours[0].3, 11);
+    assert_eq!(hours[1], (54.5, 50.0, 59.0, 10));
+    assert_eq!(
+        store
+            .rollup_done_until()
+            .await
+            .expect("mark")
+            .map(|t| t > now),
+        Some(true)
+    );
+}
+
+async fn range_queries_say_their_resolution_and_refuse_bad_input(store: Store) {
+    let edge = device(&store, "edge-1").await;
+    let metrics = Metrics::new(store.clone(), MetricsConfig::default());
+    let now = at(3_600_000);
+    store
+        .insert_points(&edge, &ten_a_minute(now - minutes(30), 10, 0.0), now)
+        .await
+        .expect("stored");
+    let answer = metrics
+        .range(&edge, "cpu_percent", None, None, None, now)
+        .await
+        .expect("defaults: the last hour");
+    assert_eq!(
+        (answer.resolution.as_str(), answer.step_seconds),
+        ("raw", 15)
+    );
+    assert_eq!(answer.until, now);
+    assert_eq!(
+        answer.series[0].points.iter().map(|p| p.count).sum::<u64>(),
+        100
+    );
+    let refused = |since: Option<&'static str>, step: Option<&'static str>, metric| {
+        let metrics = &metrics;
+        let edge = &edge;
+        async move {
+            metrics
+                .range(edge, metric, since, None, step, now)
+                .await
+                .expect_err("refused")
+        }
+    };
+    assert!(
+        matches!(
+            refused(None, None, "fan_rpm").await,
+            MetricsError::UnknownMetric { .. }
+        ),
+        "an unknown metric"
+    );
+    for (since, step, field) in [
+        (None, Some("0s"), "step"),
+        (Some("2099-01-01T00:00:00Z"), None, "since"),
+        (Some("5y"), None, "since"),
+        (Some("400d"), None, "since"),
+    ] {
+        match refused(since, step, "cpu_percent").await {
+            MetricsError::Invalid(invalid) => assert_eq!(invalid.field, field, "{invalid}"),
+            other => panic!("expected an invalid {field}, got {other}"),
+        }
+    }
+}
+
+async fn each_resolution_is_kept_for_its_own_retention(store: Store) {
+    let edge = device(&store, "edge-1").await;
+    let metrics = Metrics::new(store.clone(), MetricsConfig::default());
+    let start = at(0) - Duration::seconds(20);
+    store
+        .insert_points(&edge, &ten_a_minute(start, 2, 0.0), start)
+        .await
+        .expect("stored");
+    metrics
+        .roll_up(start + Duration::seconds(1))
+        .await
+        .expect("rolled up");
+    // Two days on: raw points are gone, minute rollups answer.
+    let later = start + Duration::days(2);
+    metrics.roll_up(later).await.expect("pruned");
+    let old = range(&metrics, &edge, start, start + minutes(2), "10s", later).await;
+    assert_eq!(old.resolution, "1m", "raw points are kept a day");
+    assert_eq!(buckets(&old).len(), 2);
+    // 40 days on: only the hour remains; the series stays listed.
+    let much_later = start + Duration::days(40);
+    metrics.roll_up(much_later).await.expect("pruned");
+    let hourly = range(&metrics, &edge, start, start + minutes(2), "1m", much_later).await;
+    assert_eq!(hourly.resolution, "1h");
+    assert_eq!(buckets(&hourly), vec![(4.5, 0.0, 9.0, 20)]);
+    // After a year without points, the series goes too.
+    metrics
+        .roll_up(start + Duration::days(400))
+        .await
+        .expect("pruned");
+    assert!(
+        metrics
+            .series(&edge)
+            .await
+            .expect("listed")
+            .series
+            .is_empty()
+    );
+}
+
+async fn the_fleet_page_holds_fresh_series_by_name_with_device_labels(store: Store) {
+    let edge = device(&store, "edge-1").await;
+    let quiet = device(&store, "edge-2").await;
+    store
+        .set_labels(&edge, &labels(&[("site", "north")]))
+        .await
+        .expect("labelled");
+    let now = at(0);
+    let points = vec![
+        Point {
+            series: SeriesKey::new("load1"),
+            at: now,
+            value: 0.5,
+        },
+        cpu(now - Duration::seconds(10), 10.0),
+        cpu(now, 20.0),
+    ];
+    store
+        .insert_points(&edge, &points, now)
+        .await
+        .expect("stored");
+    store
+        .insert_points(&quiet, &[cpu(now - Duration::hours(2), 1.0)], now)
+        .await
+        .expect("stored");
+    let rows = store
+        .fleet_latest(None, now - Duration::hours(1), 10)
+        .await
+        .expect("a page");
+    let got: Vec<_> = rows
+        .iter()
+        .map(|r| (r.name.as_str(), r.device.as_str(), r.value))
+        .collect();
+    assert_eq!(
+        got,
+        [("cpu_percent", "edge-1", 20.0), ("load1", "edge-1", 0.5)]
+    );
+    assert_eq!(rows[0].device_labels, labels(&[("site", "north")]));
+    let next = store
+        .fleet_latest(
+            Some((rows[0].name.as_str(), rows[0].id)),
+            now - Duration::hours(1),
+            10,
+        )
+        .await
+        .expect("the next page");
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].name, "load1");
+}
+
+async fn the_fleet_exposition_pages_through_a_fleet_typing_each_family_once(store: Store) {
+    use tether_server::metrics::exposition::Renderer;
+    let now = at(0);
+    for name in ["edge-1", "edge-2", "edge-3"] {
+        let edge = device(&store, name).await;
+        let points: Vec<Point> = ["cpu_percent", "load1", "uptime_seconds"]
+            .iter()
+            .map(|metric| Point {
+                series: SeriesKey::new(*metric),
+                at: now,
+                value: 1.0,
+            })
+            .collect();
+        store
+            .insert_points(&edge, &points, now)
+            .await
+            .expect("stored");
+    }
+    // Pages of two series: families straddle pages.
+    let metrics = Metrics::new(store.clone(), MetricsConfig::default()).with_fleet_page(2);
+    let mut renderer = Renderer::default();
+    let mut text = String::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let (page, next, _) = metrics
+            .fleet_page(&mut renderer, after, now)
+            .await
+            .expect("a page");
+        text.push_str(&page);
+        pages += 1;
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 5, "9 series in pages of 2");
+    let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+    assert_eq!(
+        types,
+        [
+            "# TYPE tether_device_cpu_percent gauge",
+            "# TYPE tether_device_load1 gauge",
+            "# TYPE tether_device_uptime_seconds gauge",
+        ]
+    );
+    let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(samples.len(), 9, "{text}");
+    // Each family's samples follow its TYPE line, together.
+    let families: Vec<&str> = samples
+        .iter()
+        .map(|l| l.split('{').next().unwrap_or(""))
+        .collect();
+    let mut grouped = families.clone();
+    grouped.dedup();
+    assert_eq!(grouped.len(), 3, "{text}");
+}
