@@ -38,6 +38,9 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 const MAX_GREP_BYTES: usize = 256;
 /// Most units one query names.
 const MAX_UNITS: usize = 64;
+/// Longest `since`/`until` (an RFC 3339 time with nanoseconds and an
+/// offset is 35).
+const MAX_MOMENT_BYTES: usize = 64;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -178,6 +181,8 @@ async fn archive(
     listing: String,
     query: ArchiveQuery,
 ) -> Result<axum::Json<Page<LogEntry>>, ApiError> {
+    bounded("since", query.since.as_deref(), MAX_MOMENT_BYTES)?;
+    bounded("until", query.until.as_deref(), MAX_MOMENT_BYTES)?;
     let filter = filter(query.priority, query.unit, query.grep)?;
     // The query as given names the listing: a token of another query is
     // refused rather than misread. The window is resolved once, by the
@@ -261,11 +266,24 @@ async fn follow(
         .into_response())
 }
 
+/// Refuses a query parameter longer than the API declares.
+fn bounded(field: &str, value: Option<&str>, max: usize) -> Result<(), ApiError> {
+    match value {
+        Some(value) if value.len() > max => Err(ApiError::bad_request(format!(
+            "{field} is {} bytes; at most {max}",
+            value.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn filter(
     priority: Option<String>,
     unit: Option<String>,
     grep: Option<String>,
 ) -> Result<LogFilter, ApiError> {
+    bounded("priority", priority.as_deref(), 16)?;
+    bounded("unit", unit.as_deref(), 4096)?;
     let max_priority = priority
         .as_deref()
         .map(logs::parse_priority)
