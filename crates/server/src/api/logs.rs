@@ -106,7 +106,8 @@ struct FleetFollowQuery {
 /// The device's stored log lines in a time window, oldest first, in pages.
 #[utoipa::path(get, path = "/devices/{name}/logs", tag = "logs",
     params(("name" = String, Path, description = "Device name"), ArchiveQuery),
-    responses((status = 200, body = Page<LogEntry>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Page<LogEntry>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 414, description = "The query string is longer than the 64 KiB the server reads")))]
 async fn device_logs(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -125,7 +126,8 @@ async fn device_logs(
 /// The stored log lines of the devices a label selector picks (at most
 /// 1000), oldest first, in pages.
 #[utoipa::path(get, path = "/logs", tag = "logs", params(ArchiveQuery),
-    responses((status = 200, body = Page<LogEntry>), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = Page<LogEntry>), (status = 400, body = ErrorBody),
+        (status = 414, description = "The query string is longer than the 64 KiB the server reads")))]
 async fn fleet_logs(
     State(state): State<Arc<AppState>>,
     ApiQuery(query): ApiQuery<ArchiveQuery>,
