@@ -577,8 +577,9 @@ impl ActionService {
             tracing::info!(%device, correlation_id = %updated.correlation_id, state = %updated.state, status_code = record.status_code, "action completed");
             self.observability.action_finished(updated.state);
             match announcement {
-                Some(_) => self.waiters.completed(&updated),
-                None => self.completed(&updated),
+                // Announced by the statement (never a job's action).
+                Some(_) if updated.job_id.is_none() => self.waiters.completed(&updated),
+                _ => self.completed(&updated),
             }
             return Ok(Answer::Recorded);
         }
