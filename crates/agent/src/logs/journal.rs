@@ -32,33 +32,6 @@ const RESTART_AFTER: Duration = Duration::from_secs(2);
 /// How often a journal file is looked at for new entries.
 const FILE_POLL: Duration = Duration::from_millis(500);
 
-const FACILITIES: [&str; 24] = [
-    "kern",
-    "user",
-    "mail",
-    "daemon",
-    "auth",
-    "syslog",
-    "lpr",
-    "news",
-    "uucp",
-    "cron",
-    "authpriv",
-    "ftp",
-    "ntp",
-    "security",
-    "console",
-    "solaris-cron",
-    "local0",
-    "local1",
-    "local2",
-    "local3",
-    "local4",
-    "local5",
-    "local6",
-    "local7",
-];
-
 /// Which journal to read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum JournalLocation {
@@ -158,7 +131,7 @@ pub fn entry(line: &[u8]) -> Result<(LogRecord, Option<String>), String> {
     }
     if let Some(facility) = text("SYSLOG_FACILITY")
         .and_then(|f| f.parse::<usize>().ok())
-        .and_then(|f| FACILITIES.get(f))
+        .and_then(|f| super::syslog::FACILITIES.get(f))
     {
         fields.insert("facility".into(), (*facility).to_owned());
     }

@@ -37,7 +37,9 @@ const DEFAULT_PRIORITY: u8 = 5;
 /// Longest tag taken as one (RFC 3164 says 32; some senders write more).
 const MAX_TAG_CHARS: usize = 48;
 
-const FACILITIES: [&str; 24] = [
+/// Syslog facility names by number (RFC 5424 §6.2.1); the journal's
+/// `SYSLOG_FACILITY` uses the same numbers.
+pub(super) const FACILITIES: [&str; 24] = [
     "kern",
     "user",
     "mail",

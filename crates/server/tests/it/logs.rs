@@ -9,9 +9,8 @@ use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{on_both_databases, store_of};
+use crate::support::{minutes_ago, on_both_databases, post_local, store_of};
 
 on_both_databases!(
     the_archive_answers_exact_windows_filters_and_pages,
@@ -39,17 +38,7 @@ async fn push(
         );
         body.push('\n');
     }
-    let mut stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .with_context(|| format!("connecting to {}", socket.display()))?;
-    let request = format!(
-        "POST /v1/logs HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    anyhow::ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
+    post_local(socket, "/v1/logs", &body).await?;
     Ok(())
 }
 
@@ -59,12 +48,6 @@ fn at(start: DateTime<Utc>, i: u64) -> DateTime<Utc> {
 
 fn rfc3339(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// Whole milliseconds `minutes` ago, as the store keeps times.
-fn minutes_ago(minutes: i64) -> DateTime<Utc> {
-    let now = Utc::now() - chrono::Duration::minutes(minutes);
-    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
 }
 
 async fn stored(admin: &ApiClient, device: &str) -> anyhow::Result<u64> {

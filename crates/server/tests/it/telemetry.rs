@@ -13,9 +13,8 @@ use tether_proto::telemetry::{Dropped, LogRecord, Records, TelemetryBatch, encod
 use tether_server::store::Store;
 use tether_testkit::sim_agent::DeviceCredentials;
 use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{mosquitto, on_both_databases, store_of, text};
+use crate::support::{minutes_ago, mosquitto, on_both_databases, post_local, store_of, text};
 
 on_both_databases!(
     records_produced_offline_arrive_once_and_in_order_across_an_agent_restart,
@@ -24,28 +23,6 @@ on_both_databases!(
 
 const LOG_LINES: u64 = 10_000;
 const METRIC_SAMPLES: u64 = 1_000;
-
-/// POSTs `body` to the agent's local API; returns status line and body.
-async fn post(socket: &Path, path: &str, body: &str) -> anyhow::Result<String> {
-    let mut stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .with_context(|| format!("connecting to {}", socket.display()))?;
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    anyhow::ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
-    Ok(response)
-}
-
-/// Whole milliseconds, as the store keeps times.
-fn minutes_ago(minutes: i64) -> DateTime<Utc> {
-    let now = Utc::now() - chrono::Duration::minutes(minutes);
-    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
-}
 
 fn line_at(start: DateTime<Utc>, i: u64) -> DateTime<Utc> {
     start + chrono::Duration::milliseconds(i as i64)
@@ -64,7 +41,7 @@ async fn produce(socket: &Path, start: DateTime<Utc>) -> anyhow::Result<()> {
             );
             body.push('\n');
         }
-        post(socket, "/v1/logs", &body).await?;
+        post_local(socket, "/v1/logs", &body).await?;
     }
     let mut body = String::new();
     for i in 0..METRIC_SAMPLES {
@@ -75,7 +52,7 @@ async fn produce(socket: &Path, start: DateTime<Utc>) -> anyhow::Result<()> {
         );
         body.push('\n');
     }
-    post(socket, "/v1/metrics", &body).await?;
+    post_local(socket, "/v1/metrics", &body).await?;
     Ok(())
 }
 
