@@ -82,35 +82,6 @@ impl LogFilter {
     }
 }
 
-/// Priority names as syslog and journalctl spell them, most severe first.
-const PRIORITY_NAMES: [&[&str]; 8] = [
-    &["emerg", "emergency", "panic"],
-    &["alert"],
-    &["crit", "critical"],
-    &["err", "error"],
-    &["warning", "warn"],
-    &["notice"],
-    &["info"],
-    &["debug"],
-];
-
-/// A priority given as a number 0–7 or a name (`err`, `warning`, …).
-pub fn parse_priority(text: &str) -> Result<u8, String> {
-    let text = text.trim();
-    if let Ok(number @ 0..=7) = text.parse::<u8>() {
-        return Ok(number);
-    }
-    PRIORITY_NAMES
-        .iter()
-        .position(|names| names.iter().any(|name| name.eq_ignore_ascii_case(text)))
-        .map(|index| index as u8)
-        .ok_or_else(|| {
-            format!(
-                "priority {text:?} is not 0–7 or one of emerg, alert, crit, err, warning, notice, info, debug"
-            )
-        })
-}
-
 /// A moment given as seconds before `now` (`60`), a duration before `now`
 /// (`90s`, `15m`, `1h`, `7d`) or RFC 3339 (`2026-12-02T06:00:00Z`).
 pub fn parse_moment(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
@@ -402,19 +373,6 @@ mod tests {
             unit: unit.into(),
             message: message.into(),
             fields: Default::default(),
-        }
-    }
-
-    #[test]
-    fn priorities_are_numbers_or_syslog_names() {
-        assert_eq!(parse_priority("3"), Ok(3));
-        assert_eq!(parse_priority("err"), Ok(3));
-        assert_eq!(parse_priority("WARNING"), Ok(4));
-        assert_eq!(parse_priority("emerg"), Ok(0));
-        assert_eq!(parse_priority("debug"), Ok(7));
-        for bad in ["8", "-1", "loud", ""] {
-            let error = parse_priority(bad).expect_err(bad);
-            assert!(error.contains("0–7"), "{error}");
         }
     }
 
