@@ -133,6 +133,23 @@ impl Following {
             .ok()
             .flatten()
     }
+
+    /// The next `n` lines that contain `wanted`, each within 30 s; no line
+    /// until then may contain `unwanted`.
+    async fn lines_with(&mut self, wanted: &str, n: usize, unwanted: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        while found.len() < n {
+            let line = self
+                .next_line(Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|| panic!("no line with {wanted:?} within 30 s: {found:?}"));
+            assert!(!line.contains(unwanted), "{line}");
+            if line.contains(wanted) {
+                found.push(line);
+            }
+        }
+        found
+    }
 }
 
 fn ca_der(tetherd: &Tetherd) -> Vec<u8> {
@@ -1081,18 +1098,8 @@ async fn logs_are_read_from_the_archive_and_followed_live() {
         .send_telemetry(&log_batch("live", seq..seq + 3, chrono::Utc::now()))
         .await
         .expect("sends");
-    let mut live = Vec::new();
-    while live.len() < 3 {
-        let line = follow
-            .next_line(Duration::from_secs(30))
-            .await
-            .expect("a line within 30 s");
-        if line.contains("live") {
-            live.push(line);
-        }
-    }
+    let live = follow.lines_with("live", 3, "stored").await;
     assert!(live[0].contains(&format!("live {seq}")), "{live:?}");
-    assert!(!live.iter().any(|line| line.contains("stored")), "{live:?}");
     follow.child.kill().await.expect("stops");
 
     let run = tether.run(&["logs", "edge-1", "--since", "soon"]).await;
@@ -1189,17 +1196,7 @@ async fn follow_shows_a_real_agents_system_log_from_the_command_on_with_nothing_
     for i in 0..3 {
         append(&format!("live {i}"));
     }
-    let mut live = Vec::new();
-    while live.len() < 3 {
-        let line = follow
-            .next_line(Duration::from_secs(30))
-            .await
-            .expect("a line within 30 s");
-        assert!(!line.contains("before the command"), "{line}");
-        if line.contains("live") {
-            live.push(line);
-        }
-    }
+    let live = follow.lines_with("live", 3, "before the command").await;
     assert!(
         live[0].ends_with("sshd: live 0") && live[2].ends_with("sshd: live 2"),
         "in order: {live:?}"

@@ -466,7 +466,7 @@ mod tests {
         assert!(refused.message.contains("not a spec"), "{refused}");
         let reported = view.report();
         assert_eq!(reported.spec_version, 1, "the applied spec stays");
-        assert_eq!(reported.errors, [refused.clone()]);
+        assert_eq!(reported.errors, [refused]);
         assert_eq!(status.report(), reported, "one status, two readers");
 
         // The applied spec again: nothing new to apply, but the error goes.
