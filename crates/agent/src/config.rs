@@ -270,6 +270,33 @@ mod tests {
     }
 
     #[test]
+    fn the_local_api_lives_in_the_state_dir_unless_told_and_may_name_a_group() {
+        let config = Config::try_parse_from(["tether-agent"]).expect("parses");
+        assert_eq!(
+            config.local_api(std::path::Path::new("/s")),
+            LocalApiConfig {
+                socket: PathBuf::from("/s/api.sock"),
+                group: None
+            }
+        );
+        let config = Config::try_parse_from([
+            "tether-agent",
+            "--local-api-socket",
+            "/run/tether/api.sock",
+            "--local-api-group",
+            "tether",
+        ])
+        .expect("parses");
+        assert_eq!(
+            config.local_api(std::path::Path::new("/s")),
+            LocalApiConfig {
+                socket: PathBuf::from("/run/tether/api.sock"),
+                group: Some("tether".into())
+            }
+        );
+    }
+
+    #[test]
     fn log_source_flags() {
         let config = Config::try_parse_from([
             "tether-agent",
