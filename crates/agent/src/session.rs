@@ -20,7 +20,6 @@ use rumqttc::v5::mqttbytes::v5::{
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{NetworkOptions, Outgoing, TlsConfiguration, Transport};
 use tether_proto::metrics::HostSample;
-use tether_proto::spec::SpecError;
 use tether_proto::telemetry::{MetricRecord, Stream};
 use tether_proto::{ActionEvent, DeviceId, DeviceStatus, DeviceTopic, Presence, TopicKind};
 use tokio::sync::{mpsc, watch};
@@ -213,9 +212,9 @@ impl Publisher {
     }
 
     /// Queues the reported status (QoS 1) without waiting: the event loop
-    /// calls this. `extra` are errors beside the applied spec's own.
-    fn try_publish_reported(&self, extra: Vec<SpecError>) -> Result<(), String> {
-        let reported = serde_json::to_vec(&self.status.report(extra)).unwrap_or_default();
+    /// calls this.
+    fn try_publish_reported(&self) -> Result<(), String> {
+        let reported = serde_json::to_vec(&self.status.report()).unwrap_or_default();
         self.send(Tag::Other, TopicKind::Reported, reported, None)
             .map_err(|e| format!("cannot publish the reported status: {e}"))
     }
@@ -224,7 +223,7 @@ impl Publisher {
     /// version with the sections that failed, or why nothing was applied.
     /// The spec already applied is not reported again.
     fn apply_spec(&self, payload: &[u8]) -> Result<(), String> {
-        let failure = match self.status.apply_payload(payload) {
+        match self.status.apply_payload(payload) {
             // The birth's report said so already.
             Ok(None) => {
                 tracing::debug!("the spec tetherd sent is the one applied");
@@ -244,14 +243,10 @@ impl Publisher {
                         "could not apply {error}; that section keeps its previous value"
                     );
                 }
-                None
             }
-            Err(failure) => {
-                tracing::error!("{failure}");
-                Some(failure)
-            }
-        };
-        self.try_publish_reported(failure.into_iter().collect())
+            Err(failure) => tracing::error!("{failure}"),
+        }
+        self.try_publish_reported()
     }
 
     async fn publish_event(&self, event: &ActionEvent) {
@@ -703,7 +698,7 @@ impl Session {
                 self.publisher
                     .try_publish_status(Presence::Online, self.seq)
                     .map_err(|e| format!("cannot publish the online status: {e}"))?;
-                self.publisher.try_publish_reported(Vec::new())?;
+                self.publisher.try_publish_reported()?;
                 tracing::info!(
                     "online as {} (boot {}, seq {})",
                     self.publisher.device,
@@ -868,10 +863,10 @@ mod tests {
             client,
             device: DeviceId::new("edge-1").expect("valid"),
             boot_id: "boot".into(),
-            status: StatusSource {
-                spec: crate::spec::SpecHandle::load(std::path::Path::new("/nonexistent")),
-                facts: Arc::default(),
-            },
+            status: StatusSource::new(
+                crate::spec::SpecHandle::load(std::path::Path::new("/nonexistent")),
+                Default::default(),
+            ),
             tags: Arc::default(),
             online: Arc::new(watch::channel(false).0),
             acks: Arc::new(acks),

@@ -13,7 +13,7 @@ pub mod sim_agent;
 pub mod tetherd;
 pub mod wait;
 
-pub use agent::{Agent, faketime_env};
+pub use agent::{Agent, faketime_env, local_api, post_local};
 pub use api::ApiClient;
 pub use tetherd::{Database, Tetherd};
 pub use wait::wait_until;

@@ -3,6 +3,7 @@
 
 mod clock;
 mod failover;
+mod local_api;
 mod logs;
 mod offline;
 mod support;

@@ -12,9 +12,9 @@ use tether_proto::DeviceId;
 use tether_proto::telemetry::{Dropped, LogRecord, Records, TelemetryBatch, encode};
 use tether_server::store::Store;
 use tether_testkit::sim_agent::DeviceCredentials;
-use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
+use tether_testkit::{Agent, ApiClient, Database, Tetherd, post_local, wait_until};
 
-use crate::support::{minutes_ago, mosquitto, on_both_databases, post_local, store_of, text};
+use crate::support::{minutes_ago, mosquitto, on_both_databases, store_of, text};
 
 on_both_databases!(
     records_produced_offline_arrive_once_and_in_order_across_an_agent_restart,
@@ -86,7 +86,7 @@ async fn records_produced_offline_arrive_once_and_in_order_across_an_agent_resta
     let mut tetherd = Tetherd::start(database).await?;
     let admin = tetherd.admin().await?;
     let mut agent = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
-    let socket = agent.state_dir().join("api.sock");
+    let socket = agent.local_api_socket();
     tetherd.stop().await?;
 
     let start = minutes_ago(30);
@@ -175,7 +175,7 @@ async fn a_tiny_spool_drops_the_oldest_records_and_reports_exactly_how_many(
     )
     .await?;
     agent.wait_presence(&admin, "online").await?;
-    let socket = agent.state_dir().join("api.sock");
+    let socket = agent.local_api_socket();
     tetherd.stop().await?;
 
     let start = minutes_ago(30);
@@ -361,7 +361,7 @@ async fn a_logs_budget_drops_the_least_severe_lines_and_counts_them() -> anyhow:
     let tetherd = Tetherd::start(Database::Sqlite).await?;
     let admin = tetherd.admin().await?;
     let agent = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
-    let socket = agent.state_dir().join("api.sock");
+    let socket = agent.local_api_socket();
     // 2.4 MB a day: the bucket holds an hour's worth, 100 KB.
     admin
         .patch(
