@@ -946,6 +946,8 @@ fn log_batch(
                 .collect(),
         ),
         dropped: Default::default(),
+        replay: false,
+        usage: Vec::new(),
     }
 }
 
