@@ -190,7 +190,7 @@ pub fn validate_section(name: &str, section: &Value) -> Result<(), SpecError> {
             // A backlog replays in order, live records behind it: with
             // nothing a day it would never replay, and nothing newer go.
             (Budgets::NAME, "spoolReplay") => {
-                if !value.as_u64().is_some_and(|n| n >= 1) {
+                if value.as_u64().is_none_or(|n| n == 0) {
                     return Err(SpecError::new(
                         path,
                         "must be a whole number of bytes a day, 1 or more: it sets how fast a backlog replays, and the records behind it wait (leave it out for no limit)",
