@@ -244,8 +244,32 @@ pub struct TelemetryBatch {
     pub replay: bool,
     /// The agent's own counts, every feature, as of this batch (its own
     /// bytes not included); sent now and then, not in every batch.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Features this side does not know are passed over, so a newer agent
+    /// that counts more of them is not refused for it.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "known_features"
+    )]
     pub usage: Vec<FeatureBytes>,
+}
+
+fn known_features<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<FeatureBytes>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Known(FeatureBytes),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(Vec::<Entry>::deserialize(deserializer)?
+        .into_iter()
+        .filter_map(|entry| match entry {
+            Entry::Known(feature) => Some(feature),
+            Entry::Other(_) => None,
+        })
+        .collect())
 }
 
 impl TelemetryBatch {
@@ -515,7 +539,8 @@ mod tests {
     }
 
     /// A batch of an agent before replay marks, usage reports and budget
-    /// drops counted apart still reads, as live and with nothing over budget.
+    /// drops counted apart still reads, as live and with nothing over
+    /// budget; one of a newer agent's, with features not known here, too.
     #[test]
     fn an_older_agent_s_batch_still_reads() {
         let batch: TelemetryBatch = serde_json::from_value(serde_json::json!({
@@ -526,6 +551,15 @@ mod tests {
         .expect("reads");
         assert!(!batch.replay);
         assert!(batch.usage.is_empty());
+        let newer: TelemetryBatch = serde_json::from_value(serde_json::json!({
+            "stream": "logs", "spoolId": "s", "firstSeq": 0,
+            "records": [{"at": "2026-12-02T04:00:00Z", "priority": 6, "message": "m"}],
+            "usage": [{"feature": "tunnels", "sentBytes": 5},
+                      {"feature": "logs", "sentBytes": 7}]
+        }))
+        .expect("a feature this side does not know is passed over");
+        assert_eq!(newer.usage.len(), 1);
+        assert_eq!(newer.usage[0].feature, Feature::Logs);
         assert_eq!((batch.dropped.total, batch.dropped.over_budget), (2, 0));
         let json = serde_json::to_value(TelemetryBatch {
             replay: false,
