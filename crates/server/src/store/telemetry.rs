@@ -544,15 +544,20 @@ fn add_cursor(record: &mut UsageRecord, row: &AnyRow) -> Result<(), StoreError> 
     sum.stored_records += count("stored_records")?;
     sum.duplicate_records += count("duplicate_records")?;
     sum.gap += count("gap")?;
-    sum.dropped.total += count("dropped_total")?;
-    sum.dropped.over_budget += count("over_budget_total")?;
+    // The device's own totals, up to i64::MAX each: a hostile device's
+    // summed over many spools must not overflow.
+    sum.dropped.total = sum.dropped.total.saturating_add(count("dropped_total")?);
+    sum.dropped.over_budget = sum
+        .dropped
+        .over_budget
+        .saturating_add(count("over_budget_total")?);
     for (total, n) in sum
         .dropped
         .by_priority
         .iter_mut()
         .zip(by_priority("dropped_by_priority")?)
     {
-        *total += n;
+        *total = total.saturating_add(n);
     }
     for (total, n) in sum
         .dropped
@@ -560,7 +565,7 @@ fn add_cursor(record: &mut UsageRecord, row: &AnyRow) -> Result<(), StoreError> 
         .iter_mut()
         .zip(by_priority("over_budget_by_priority")?)
     {
-        *total += n;
+        *total = total.saturating_add(n);
     }
     let reported: Option<String> = get(row, "agent_usage")?;
     let reported_at: Option<i64> = get(row, "agent_usage_at")?;

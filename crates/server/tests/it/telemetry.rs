@@ -445,13 +445,6 @@ async fn both_ends_count_an_action_s_bytes_and_agree() -> anyhow::Result<()> {
     let socket = agent.state_dir().join("api.sock");
     let done = crate::support::run(&admin, "edge-1", "get-node-ip", json!({})).await?;
     assert_eq!(done["state"], "succeeded", "{done}");
-    // The logs stream's first batch carries the agent's counts.
-    post_local(
-        &socket,
-        "/v1/logs",
-        &json!({"message": "after the action", "priority": 6}).to_string(),
-    )
-    .await?;
     let actions = |usage: &Value| {
         usage["features"]
             .as_array()
@@ -472,6 +465,14 @@ async fn both_ends_count_an_action_s_bytes_and_agree() -> anyhow::Result<()> {
         "the agent to report its counts",
         Duration::from_secs(30),
         || async {
+            // A batch carries the agent's counts: the first of a stream in
+            // a session, then one every 5 s.
+            post_local(
+                &socket,
+                "/v1/logs",
+                &json!({"message": "after the action", "priority": 6}).to_string(),
+            )
+            .await?;
             let usage = get_usage().await?;
             Ok((actions(&usage)["deviceReceivedBytes"].as_u64() > Some(0)).then_some(()))
         },
