@@ -135,7 +135,7 @@ pub async fn run(
     let _ = log_sources.await;
     let flushing = spools.clone();
     let _ = tokio::task::spawn_blocking(move || {
-        flushing.flush();
+        flushing.close();
         positions.persist();
     })
     .await;

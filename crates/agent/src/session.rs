@@ -37,6 +37,7 @@ use crate::metrics::MetricsSink;
 use crate::queue::Queued;
 use crate::spec::StatusSource;
 use crate::spool::sender::{self, Ack, Answer, BatchOut};
+use crate::spool::usage::Usage;
 use crate::spool::{Record, Spools};
 use crate::state::{ACTIONS_DIR, Credentials, StateDir};
 use crate::tls::{self, TlsError};
@@ -145,6 +146,8 @@ struct Publisher {
     online: Arc<watch::Sender<bool>>,
     /// Where tetherd's answers to each stream's batches go.
     acks: Arc<HashMap<Stream, mpsc::UnboundedSender<Ack>>>,
+    /// Counts the bytes of actions both ways.
+    usage: Arc<Usage>,
 }
 
 impl Publisher {
@@ -267,7 +270,10 @@ impl Publisher {
                 Some(properties.clone()),
             );
             match sent {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.usage.action(chrono::Utc::now(), payload.len(), 0);
+                    return;
+                }
                 Err(e) if Instant::now() >= deadline => {
                     tracing::error!(
                         "cannot publish the event for action {}: {e}",
@@ -415,6 +421,7 @@ pub async fn run(
         tags: Arc::default(),
         online: Arc::new(online),
         acks: Arc::new(ack_routes),
+        usage: spools.usage().clone(),
     };
     let senders: Vec<_> = ack_receivers
         .into_iter()
@@ -710,6 +717,9 @@ impl Session {
             }
             Packet::Publish(publish) => {
                 if publish.topic == self.publisher.topic(TopicKind::Actions).as_bytes() {
+                    self.publisher
+                        .usage
+                        .action(chrono::Utc::now(), 0, publish.payload.len());
                     if self.queued.admit(&publish.payload) {
                         let delivery = Delivery {
                             payload: publish.payload.to_vec(),
@@ -870,6 +880,7 @@ mod tests {
             tags: Arc::default(),
             online: Arc::new(watch::channel(false).0),
             acks: Arc::new(acks),
+            usage: Arc::new(Usage::open(std::path::Path::new("/nonexistent"))),
         }
     }
 

@@ -1004,6 +1004,8 @@ fn log_batch(
                 .collect(),
         ),
         dropped: Default::default(),
+        replay: false,
+        usage: Vec::new(),
     }
 }
 
@@ -1122,7 +1124,7 @@ async fn logs_are_read_from_the_archive_and_followed_live() {
         .expect("a logs row")
         .split_whitespace()
         .collect();
-    let stored: u64 = logs_row[logs_row.len() - 4].parse().expect("a count");
+    let stored: u64 = logs_row[logs_row.len() - 5].parse().expect("a count");
     assert_eq!(stored, seq + 3, "every line sent was stored once: {usage}");
     device.disconnect().await;
 }

@@ -20,7 +20,7 @@ use crate::config::ActionsConfig;
 use crate::device_link::{DeviceLink, LinkError};
 use crate::observability::Observability;
 use crate::sealing::Sealer;
-use crate::store::{ActionRecord, EventRecord, NewAction, Outcome, Store, StoreError};
+use crate::store::{ActionBytes, ActionRecord, EventRecord, NewAction, Outcome, Store, StoreError};
 use waiters::Waiters;
 
 /// Longest a caller-supplied correlation id may be.
@@ -95,6 +95,10 @@ pub struct ActionService {
     waiters: Waiters,
     /// Reaches the replicas holding other devices' sessions and waiting clients.
     bus: Bus,
+    /// Bytes of each device's actions not yet written: the ingest writes
+    /// them with the device's `lastSeen` (`take_bytes`), not a statement
+    /// per action.
+    unwritten_bytes: Mutex<HashMap<DeviceId, ActionBytes>>,
 }
 
 impl ActionService {
@@ -118,7 +122,30 @@ impl ActionService {
             delivery_locks: Mutex::default(),
             waiters: Waiters::default(),
             bus,
+            unwritten_bytes: Mutex::default(),
         }
+    }
+
+    /// Counts `sent` bytes of requests to `device` and `received` bytes of
+    /// its answers.
+    pub fn count_bytes(&self, device: &DeviceId, sent: usize, received: usize) {
+        let mut unwritten = self
+            .unwritten_bytes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bytes = unwritten.entry(device.clone()).or_default();
+        bytes.sent += sent as u64;
+        bytes.received += received as u64;
+    }
+
+    /// The device's bytes counted since the last call: the caller writes
+    /// them (and puts them back with `count_bytes` if it cannot).
+    pub fn take_bytes(&self, device: &DeviceId) -> ActionBytes {
+        self.unwritten_bytes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(device)
+            .unwrap_or_default()
     }
 
     pub fn catalogue(&self) -> &Catalogue {
@@ -487,7 +514,7 @@ impl ActionService {
                 sent_at: None,
             };
             match self.link.publish_action(device, &request).await {
-                Ok(()) => {}
+                Ok(bytes) => self.count_bytes(device, bytes, 0),
                 Err(LinkError::NotConnected(_)) => {
                     self.device_gone(device);
                     refused = Some(device.clone());
@@ -785,13 +812,13 @@ mod tests {
             &'a self,
             device: &'a DeviceId,
             request: &'a ActionRequest,
-        ) -> BoxFuture<'a, Result<(), LinkError>> {
+        ) -> BoxFuture<'a, Result<usize, LinkError>> {
             let mut sent = self.sent.lock().expect("not poisoned");
             if self.stall_after.is_some_and(|limit| sent.len() >= limit) {
                 return Box::pin(std::future::pending());
             }
             sent.push((device.clone(), request.correlation_id.clone()));
-            Box::pin(async { Ok(()) })
+            Box::pin(async { Ok(100) })
         }
 
         fn publish_spec<'a>(

@@ -248,6 +248,9 @@ impl Ingest {
                     .map_err(|invalid| self.invalid(inbound, invalid));
             }
         };
+        if let DeviceMessage::Event(_) = message {
+            self.actions.count_bytes(&inbound.device, 0, inbound.size);
+        }
         let window = ClockWindow {
             max_ahead: self.config.max_clock_ahead,
             max_behind: self.metrics_retention,
@@ -320,7 +323,7 @@ impl Ingest {
             }
         };
         self.with_device(&inbound.device, |s| s.counters.count(outcome));
-        self.touch_last_seen(&inbound.device);
+        self.touch_last_seen(&inbound.device, false);
         Ok(())
     }
 
@@ -378,11 +381,13 @@ impl Ingest {
 
     /// Presence changes write `lastSeen` themselves; other messages refresh
     /// it, throttled, without holding up the acknowledgement: it is not what
-    /// the device asked to store, and a failure only leaves it older.
-    fn touch_last_seen(&self, device: &DeviceId) {
+    /// the device asked to store, and a failure only leaves it older. The
+    /// device's action bytes counted since go with it, and at the session's
+    /// `end` too, so none wait for a session that may never come back.
+    fn touch_last_seen(&self, device: &DeviceId, end: bool) {
         let now = Instant::now();
         let due = self.with_device(device, |s| match s.last_seen_written {
-            Some(at) if now.duration_since(at) < LAST_SEEN_RESOLUTION => false,
+            Some(at) if now.duration_since(at) < LAST_SEEN_RESOLUTION && !end => false,
             _ => {
                 s.last_seen_written = Some(now);
                 true
@@ -391,15 +396,26 @@ impl Ingest {
         if !due {
             return;
         }
+        let bytes = self.actions.take_bytes(device);
+        if end && bytes.is_zero() {
+            return;
+        }
         let store = self.store.clone();
+        let actions = self.actions.clone();
         let write_slots = self.write_slots.clone();
         let device = device.clone();
         tokio::spawn(async move {
             let Ok(_slot) = write_slots.acquire().await else {
                 return;
             };
-            if let Err(error) = store.touch_last_seen(&device, Utc::now()).await {
+            if let Err(error) = store.touch_last_seen(&device, Utc::now(), bytes).await {
                 tracing::warn!(%device, error = %crate::error_chain(&error), "could not record when a device was last seen");
+                // Counted again with the next write.
+                actions.count_bytes(
+                    &device,
+                    usize::try_from(bytes.sent).unwrap_or(usize::MAX),
+                    usize::try_from(bytes.received).unwrap_or(usize::MAX),
+                );
             }
         });
     }
@@ -488,6 +504,7 @@ impl DeviceInbox for Ingest {
             }
             SessionChange::Disconnected(device) => {
                 self.actions.device_gone(&device);
+                self.touch_last_seen(&device, true);
                 self.presence.set(device, Presence::Offline);
             }
             SessionChange::SubscribedToActions(device) => {
@@ -539,7 +556,7 @@ mod tests {
             &'a self,
             device: &'a DeviceId,
             _request: &'a tether_proto::ActionRequest,
-        ) -> BoxFuture<'a, Result<(), LinkError>> {
+        ) -> BoxFuture<'a, Result<usize, LinkError>> {
             Box::pin(async move { Err(LinkError::NotConnected(device.clone())) })
         }
 

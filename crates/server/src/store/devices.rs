@@ -15,6 +15,20 @@ use super::codec::{
 use super::selector::label_filter;
 use super::{DeviceCount, DeviceRecord, Store, StoreError};
 
+/// Bytes of a device's actions: the requests tetherd sent it and the
+/// answers and events it received, MQTT payloads.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ActionBytes {
+    pub sent: u64,
+    pub received: u64,
+}
+
+impl ActionBytes {
+    pub fn is_zero(&self) -> bool {
+        self.sent == 0 && self.received == 0
+    }
+}
+
 const COLUMNS: &str = "name, labels, presence, certificate_serial, last_seen, agent_version, \
                        capabilities, boot_id, status_seq, created_at";
 
@@ -341,20 +355,28 @@ impl Store {
 
     /// Records that the device was heard from, leaving its presence alone.
     /// Like `set_presence`, a device deleted meanwhile is not an error.
+    /// Also adds the device's action bytes counted since the last write:
+    /// they ride on this write rather than cost a statement per action.
     pub async fn touch_last_seen(
         &self,
         name: &DeviceId,
         last_seen: DateTime<Utc>,
+        actions: ActionBytes,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE devices SET last_seen = $1 WHERE name = $2")
-            .bind(millis(last_seen))
-            .bind(name.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(|source| StoreError::Query {
-                context: "record when a device was last seen",
-                source,
-            })?;
+        sqlx::query(
+            "UPDATE devices SET last_seen = $1, action_bytes_sent = action_bytes_sent + $2, \
+             action_bytes_received = action_bytes_received + $3 WHERE name = $4",
+        )
+        .bind(millis(last_seen))
+        .bind(to_i64(actions.sent, "action bytes sent")?)
+        .bind(to_i64(actions.received, "action bytes received")?)
+        .bind(name.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(|source| StoreError::Query {
+            context: "record when a device was last seen",
+            source,
+        })?;
         Ok(())
     }
 

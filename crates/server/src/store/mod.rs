@@ -22,12 +22,13 @@ mod users;
 
 pub use bus::Announcement;
 pub use cluster::{AdvisoryLock, DeviceSession, EndedSessions, ReplicaRecord};
+pub use devices::ActionBytes;
 pub use enrollment::CertificateSerials;
 pub use jobs::{JobRecord, NewJob};
 pub use logs::{LogLine, LogPosition, LogScan};
 pub use metrics::{Bucket, FleetRow, RolledUp, StoredSeries};
 pub use specs::SpecRecord;
-pub use telemetry::{CursorTx, CursorUpdate, StoredLog};
+pub use telemetry::{CursorTx, CursorUpdate, StoredLog, UsageRecord};
 
 use std::str::FromStr;
 

@@ -6,13 +6,13 @@ use sqlx::error::ErrorKind;
 use tether_proto::DeviceId;
 use tether_proto::metrics::HostMetrics;
 use tether_proto::telemetry::{
-    CustomMetric, Dropped, LogRecord, MetricRecord, Stream, StreamUsage,
+    CustomMetric, Dropped, FeatureBytes, LogRecord, MetricRecord, Stream, StreamUsage,
 };
 
 use super::codec::{
     device_id, from_json, get, limit, millis, time, to_i64, to_json, to_u16, to_u64, violates,
 };
-use super::{Before, EventRecord, Store, StoreError};
+use super::{ActionBytes, Before, EventRecord, Store, StoreError};
 
 const EVENT_COLUMNS: &str =
     "id, device, correlation_id, event, status_code, status_message, response, received_at";
@@ -285,7 +285,11 @@ pub struct CursorUpdate {
     pub stored: u64,
     pub duplicates: u64,
     pub wire_bytes: u64,
+    /// The device sent the batch from its backlog.
+    pub replay: bool,
     pub dropped: Dropped,
+    /// The agent's own counts, if the batch carried them.
+    pub agent_usage: Vec<FeatureBytes>,
 }
 
 fn cursor_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -410,47 +414,168 @@ impl Store {
             .collect()
     }
 
-    /// What each stream of `device` has sent, summed over its spools.
-    pub async fn telemetry_usage(&self, device: &DeviceId) -> Result<Vec<StreamUsage>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT stream, gap, stored_records, duplicate_records, batches, wire_bytes, \
-             dropped_total, dropped_by_priority FROM telemetry_cursors WHERE device = $1",
+    /// What `device` sent and was sent, as both ends counted it.
+    /// `NotFound` if the device does not exist.
+    pub async fn device_usage(&self, device: &DeviceId) -> Result<UsageRecord, StoreError> {
+        self.usage_page(Some(device.as_str()), None, 1)
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::NotFound {
+                what: format!("device {device}"),
+            })
+    }
+
+    /// The usage of up to `limit` devices after `after` in name order
+    /// (the fleet exposition's pages).
+    pub async fn fleet_usage(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        self.usage_page(None, after, limit).await
+    }
+
+    /// The device named `only`, or those after `after`: two reads, the
+    /// devices' rows and then their spools' cursors.
+    async fn usage_page(
+        &self,
+        only: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let context = "read devices' usage";
+        let (condition, name) = match only {
+            Some(name) => ("name = $1", name),
+            None => ("name > $1", after.unwrap_or("")),
+        };
+        let sql = format!(
+            "SELECT name, action_bytes_sent, action_bytes_received FROM devices \
+             WHERE {condition} ORDER BY name LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(name)
+            .bind(self::limit(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(cursor_error(context))?;
+        let mut records = rows
+            .iter()
+            .map(|row| {
+                let device: String = get(row, "name")?;
+                let what = |column: &str| format!("{column} of device {device}");
+                Ok(UsageRecord {
+                    actions: ActionBytes {
+                        sent: to_u64(get(row, "action_bytes_sent")?, &what("action_bytes_sent"))?,
+                        received: to_u64(
+                            get(row, "action_bytes_received")?,
+                            &what("action_bytes_received"),
+                        )?,
+                    },
+                    streams: Stream::ALL
+                        .into_iter()
+                        .map(|stream| StreamUsage {
+                            stream,
+                            ..StreamUsage::default()
+                        })
+                        .collect(),
+                    agent: None,
+                    device,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            return Ok(records);
+        };
+        let cursors = sqlx::query(
+            "SELECT device, stream, gap, stored_records, duplicate_records, batches, wire_bytes, \
+             replay_bytes, dropped_total, dropped_by_priority, over_budget_total, \
+             over_budget_by_priority, agent_usage, agent_usage_at FROM telemetry_cursors \
+             WHERE device >= $1 AND device <= $2",
         )
-        .bind(device.as_str())
+        .bind(first.device.as_str())
+        .bind(last.device.as_str())
         .fetch_all(&self.pool)
         .await
-        .map_err(cursor_error("read a device's telemetry usage"))?;
-        let mut usage: Vec<StreamUsage> = Stream::ALL
-            .into_iter()
-            .map(|stream| StreamUsage {
-                stream,
-                ..StreamUsage::default()
-            })
-            .collect();
-        for row in &rows {
-            let what = |column: &str| format!("{column} of a telemetry cursor of {device}");
-            let count = |column: &'static str| -> Result<u64, StoreError> {
-                to_u64(get(row, column)?, &what(column))
-            };
-            let stream: String = get(row, "stream")?;
-            let Some(sum) = usage.iter_mut().find(|u| u.stream.as_str() == stream) else {
+        .map_err(cursor_error(context))?;
+        for row in &cursors {
+            let device: String = get(row, "device")?;
+            let Some(record) = records.iter_mut().find(|r| r.device == device) else {
                 continue;
             };
-            sum.spools += 1;
-            sum.wire_bytes += count("wire_bytes")?;
-            sum.batches += count("batches")?;
-            sum.stored_records += count("stored_records")?;
-            sum.duplicate_records += count("duplicate_records")?;
-            sum.gap += count("gap")?;
-            sum.dropped.total += count("dropped_total")?;
-            let by_priority: String = get(row, "dropped_by_priority")?;
-            let by_priority: [u64; 8] = from_json(&by_priority, &what("dropped_by_priority"))?;
-            for (total, n) in sum.dropped.by_priority.iter_mut().zip(by_priority) {
-                *total += n;
-            }
+            add_cursor(record, row)?;
         }
-        Ok(usage)
+        Ok(records)
     }
+}
+
+/// What a device sent and was sent, as the store holds it: its streams
+/// summed over their spools, its action bytes, and the newest counts its
+/// agent reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRecord {
+    pub device: String,
+    pub streams: Vec<StreamUsage>,
+    pub actions: ActionBytes,
+    pub agent: Option<(DateTime<Utc>, Vec<FeatureBytes>)>,
+}
+
+fn add_cursor(record: &mut UsageRecord, row: &AnyRow) -> Result<(), StoreError> {
+    let device = &record.device;
+    let what = |column: &str| format!("{column} of a telemetry cursor of {device}");
+    let count = |column: &'static str| -> Result<u64, StoreError> {
+        to_u64(get(row, column)?, &what(column))
+    };
+    let by_priority = |column: &'static str| -> Result<[u64; 8], StoreError> {
+        let json: String = get(row, column)?;
+        from_json(&json, &what(column))
+    };
+    let stream: String = get(row, "stream")?;
+    let Some(sum) = record
+        .streams
+        .iter_mut()
+        .find(|u| u.stream.as_str() == stream)
+    else {
+        return Ok(());
+    };
+    sum.spools += 1;
+    sum.wire_bytes += count("wire_bytes")?;
+    sum.replay_bytes += count("replay_bytes")?;
+    sum.batches += count("batches")?;
+    sum.stored_records += count("stored_records")?;
+    sum.duplicate_records += count("duplicate_records")?;
+    sum.gap += count("gap")?;
+    // The device's own totals, up to i64::MAX each: a hostile device's
+    // summed over many spools must not overflow.
+    sum.dropped.total = sum.dropped.total.saturating_add(count("dropped_total")?);
+    sum.dropped.over_budget = sum
+        .dropped
+        .over_budget
+        .saturating_add(count("over_budget_total")?);
+    for (total, n) in sum
+        .dropped
+        .by_priority
+        .iter_mut()
+        .zip(by_priority("dropped_by_priority")?)
+    {
+        *total = total.saturating_add(n);
+    }
+    for (total, n) in sum
+        .dropped
+        .over_budget_by_priority
+        .iter_mut()
+        .zip(by_priority("over_budget_by_priority")?)
+    {
+        *total = total.saturating_add(n);
+    }
+    let reported: Option<String> = get(row, "agent_usage")?;
+    let reported_at: Option<i64> = get(row, "agent_usage_at")?;
+    if let (Some(json), Some(at)) = (reported, reported_at) {
+        let at = time(at, &what("agent_usage_at"))?;
+        if record.agent.as_ref().is_none_or(|(newest, _)| at > *newest) {
+            record.agent = Some((at, from_json(&json, &what("agent_usage"))?));
+        }
+    }
+    Ok(())
 }
 
 impl CursorTx {
@@ -588,17 +713,33 @@ impl CursorTx {
         Ok(())
     }
 
-    /// Moves the cursor and commits the batch with it. The dropped totals
-    /// only grow: a batch sent again late carries older ones.
-    pub async fn commit(mut self, update: &CursorUpdate) -> Result<(), StoreError> {
+    /// Moves the cursor and commits the batch with it, in the one
+    /// statement the batch's counts and the agent's report ride on too.
+    /// The dropped totals only grow: a batch sent again late carries older
+    /// ones.
+    pub async fn commit(
+        mut self,
+        update: &CursorUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let context = "move a telemetry cursor";
+        let agent_usage = if update.agent_usage.is_empty() {
+            None
+        } else {
+            Some(to_json(&update.agent_usage, "the agent's usage")?)
+        };
         sqlx::query(
             "UPDATE telemetry_cursors SET next_seq = $1, gap = gap + $2, \
              stored_records = stored_records + $3, duplicate_records = duplicate_records + $4, \
              batches = batches + 1, wire_bytes = wire_bytes + $5, \
              dropped_by_priority = CASE WHEN $6 >= dropped_total THEN $7 ELSE dropped_by_priority END, \
-             dropped_total = CASE WHEN $6 >= dropped_total THEN $6 ELSE dropped_total END \
-             WHERE device = $8 AND stream = $9 AND spool_id = $10",
+             dropped_total = CASE WHEN $6 >= dropped_total THEN $6 ELSE dropped_total END, \
+             replay_bytes = replay_bytes + $8, \
+             over_budget_by_priority = CASE WHEN $9 >= over_budget_total THEN $10 ELSE over_budget_by_priority END, \
+             over_budget_total = CASE WHEN $9 >= over_budget_total THEN $9 ELSE over_budget_total END, \
+             agent_usage = COALESCE($11, agent_usage), \
+             agent_usage_at = CASE WHEN $12 > 0 THEN $12 ELSE agent_usage_at END \
+             WHERE device = $13 AND stream = $14 AND spool_id = $15",
         )
         .bind(to_i64(update.next_seq.max(self.next_seq), "next_seq")?)
         .bind(to_i64(update.gap, "gap")?)
@@ -607,6 +748,17 @@ impl CursorTx {
         .bind(to_i64(update.wire_bytes, "wire bytes")?)
         .bind(to_i64(update.dropped.total, "dropped total")?)
         .bind(to_json(&update.dropped.by_priority, "dropped by priority")?)
+        .bind(to_i64(
+            if update.replay { update.wire_bytes } else { 0 },
+            "replay bytes",
+        )?)
+        .bind(to_i64(update.dropped.over_budget, "dropped over budget")?)
+        .bind(to_json(
+            &update.dropped.over_budget_by_priority,
+            "dropped over budget by priority",
+        )?)
+        .bind(agent_usage)
+        .bind(if update.agent_usage.is_empty() { 0 } else { millis(now) })
         .bind(self.device.as_str())
         .bind(self.stream.as_str())
         .bind(self.spool_id.as_str())

@@ -3,6 +3,7 @@
 //! cursor (see [`cursor`] for which records of a batch are new).
 
 pub mod cursor;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -63,7 +64,9 @@ impl Telemetry {
                     stored: 0,
                     duplicates: count,
                     wire_bytes: wire_bytes as u64,
+                    replay: batch.replay,
                     dropped: batch.dropped.clone(),
+                    agent_usage: batch.usage.clone(),
                 },
                 Stored::Duplicate,
             ),
@@ -95,7 +98,9 @@ impl Telemetry {
                         stored: count - skip,
                         duplicates: skip,
                         wire_bytes: wire_bytes as u64,
+                        replay: batch.replay,
                         dropped: batch.dropped.clone(),
+                        agent_usage: batch.usage.clone(),
                     },
                     Stored::New {
                         records: count - skip,
@@ -104,7 +109,7 @@ impl Telemetry {
                 )
             }
         };
-        tx.commit(&update).await?;
+        tx.commit(&update, now).await?;
         if stream == Stream::Logs && update.stored > 0 {
             self.bus.publish(Channel::LogsStored, [device.as_str()]);
         }
@@ -123,7 +128,8 @@ mod tests {
     use super::*;
     use chrono::Duration;
     use tether_proto::telemetry::{
-        CustomMetric, Dropped, LogRecord, MetricRecord, Stream, TelemetryBatch,
+        CustomMetric, Dropped, Feature, FeatureBytes, LogRecord, MetricRecord, Stream,
+        TelemetryBatch,
     };
 
     async fn service() -> (Telemetry, Store, DeviceId) {
@@ -158,6 +164,8 @@ mod tests {
                     .collect(),
             ),
             dropped: Dropped::default(),
+            replay: false,
+            usage: Vec::new(),
         }
     }
 
@@ -190,7 +198,14 @@ mod tests {
                 gap: 0
             }
         );
-        assert_eq!(ingest(logs("a", 0, 1000)).await, Stored::Duplicate);
+        let mut replayed = logs("a", 0, 1000);
+        replayed.replay = true;
+        replayed.usage = vec![FeatureBytes {
+            feature: Feature::Logs,
+            sent_bytes: 300,
+            received_bytes: 0,
+        }];
+        assert_eq!(ingest(replayed.clone()).await, Stored::Duplicate);
         assert_eq!(ingest(logs("a", 0, 10)).await, Stored::Duplicate);
         // Re-cut after a restart: only the new part.
         assert_eq!(
@@ -202,7 +217,7 @@ mod tests {
         );
         assert_eq!(messages(&store, &device).await, expected("a", 0..1200));
 
-        let usage = store.telemetry_usage(&device).await.expect("usage");
+        let usage = store.device_usage(&device).await.expect("usage").streams;
         let logs_usage = usage
             .iter()
             .find(|u| u.stream == Stream::Logs)
@@ -216,6 +231,10 @@ mod tests {
             ),
             (4, 1200, 1110, 400)
         );
+        assert_eq!(logs_usage.replay_bytes, 100, "one batch was a replay");
+        let record = store.device_usage(&device).await.expect("usage");
+        let (_, reported) = record.agent.expect("the agent's counts");
+        assert_eq!(reported, replayed.usage, "kept past batches without any");
     }
 
     #[tokio::test]
@@ -229,6 +248,8 @@ mod tests {
         after_gap.dropped = Dropped {
             total: 40,
             by_priority: [5, 5, 5, 5, 5, 5, 5, 5],
+            over_budget: 3,
+            over_budget_by_priority: [0, 0, 0, 0, 0, 0, 1, 2],
         };
         assert_eq!(
             telemetry
@@ -246,7 +267,7 @@ mod tests {
             .ingest(&device, &stale, 1)
             .await
             .expect("acknowledged");
-        let usage = store.telemetry_usage(&device).await.expect("usage");
+        let usage = store.device_usage(&device).await.expect("usage").streams;
         let logs_usage = usage
             .iter()
             .find(|u| u.stream == Stream::Logs)
@@ -300,7 +321,7 @@ mod tests {
         );
         let stored = messages(&store, &device).await;
         assert_eq!(stored.len(), 160);
-        let usage = store.telemetry_usage(&device).await.expect("usage");
+        let usage = store.device_usage(&device).await.expect("usage").streams;
         assert_eq!(
             usage
                 .iter()
@@ -337,6 +358,8 @@ mod tests {
                 }),
             ]),
             dropped: Dropped::default(),
+            replay: false,
+            usage: Vec::new(),
         };
         telemetry.ingest(&device, &batch, 1).await.expect("stored");
         telemetry

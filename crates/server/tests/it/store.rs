@@ -12,8 +12,8 @@ use tether_proto::api::Labels;
 use tether_proto::metrics::HostMetrics;
 use tether_proto::{ActionState, DeviceId, Presence};
 use tether_server::store::{
-    DeviceSession, EventRecord, NewAction, NewJob, Outcome, ReplicaRecord, SessionRecord, Store,
-    StoreError, UserRecord,
+    ActionBytes, CursorUpdate, DeviceSession, EventRecord, NewAction, NewJob, Outcome,
+    ReplicaRecord, SessionRecord, Store, StoreError, UserRecord,
 };
 use tether_testkit::postgres::TempPostgres;
 
@@ -116,6 +116,7 @@ on_both_databases! {
         job_actions_are_stored_in_batches_after_each_devices_own,
         queued_job_actions_are_released_cancelled_and_counted,
         spec_writes_are_compare_and_set_and_leave_with_their_device,
+        usage_adds_both_ends_counts_per_device_and_pages_through_the_fleet,
     ],
     db: [
         migrations_are_idempotent,
@@ -323,7 +324,7 @@ async fn device_status_is_stored(store: Store) {
 
     // Hearing from the device moves lastSeen and leaves presence alone.
     store
-        .touch_last_seen(&name, at(5_000))
+        .touch_last_seen(&name, at(5_000), ActionBytes::default())
         .await
         .expect("touch last seen");
     let touched = store
@@ -1953,5 +1954,118 @@ async fn spec_writes_are_compare_and_set_and_leave_with_their_device(store: Stor
         store.get_spec(&device).await.expect("read"),
         Default::default(),
         "the spec went with its device"
+    );
+}
+
+/// Issue 13's bandwidth counts: the cursors' replay bytes and dropped
+/// totals (over budget apart from a full spool's, each only growing), the
+/// agent's newest report, and action bytes riding on `lastSeen`.
+async fn usage_adds_both_ends_counts_per_device_and_pages_through_the_fleet(store: Store) {
+    use tether_proto::telemetry::{Dropped, Feature, FeatureBytes, Stream};
+    for name in ["edge-1", "edge-2", "edge-3"] {
+        store
+            .create_device(&id(name), &Labels::new(), at(0))
+            .await
+            .expect("create");
+    }
+    let device = id("edge-1");
+    let report = |logs: u64| {
+        vec![FeatureBytes {
+            feature: Feature::Logs,
+            sent_bytes: logs,
+            received_bytes: 0,
+        }]
+    };
+    let commit = |spool: &'static str, first: u64, update: CursorUpdate, now| {
+        let store = store.clone();
+        let device = device.clone();
+        async move {
+            let tx = store
+                .open_cursor(&device, Stream::Logs, spool, first, now)
+                .await
+                .expect("cursor");
+            tx.commit(&update, now).await.expect("commit");
+        }
+    };
+    let update = |next_seq, wire_bytes, replay, over_budget, agent_usage| CursorUpdate {
+        next_seq,
+        gap: 0,
+        stored: 10,
+        duplicates: 0,
+        wire_bytes,
+        replay,
+        dropped: Dropped {
+            total: 1,
+            by_priority: [0, 0, 0, 0, 0, 0, 0, 1],
+            over_budget,
+            over_budget_by_priority: [0, 0, 0, 0, 0, 0, 0, over_budget],
+        },
+        agent_usage,
+    };
+    commit("a", 0, update(10, 1_000, true, 5, report(900)), at(1_000)).await;
+    // Live, no report, an older over-budget total (sent late): kept.
+    commit("a", 10, update(20, 300, false, 2, Vec::new()), at(2_000)).await;
+    // Another spool of the device: summed; its newer report wins.
+    commit("b", 0, update(10, 50, true, 0, report(1_300)), at(3_000)).await;
+    store
+        .touch_last_seen(
+            &device,
+            at(4_000),
+            ActionBytes {
+                sent: 200,
+                received: 30,
+            },
+        )
+        .await
+        .expect("touch");
+    store
+        .touch_last_seen(
+            &device,
+            at(5_000),
+            ActionBytes {
+                sent: 100,
+                received: 0,
+            },
+        )
+        .await
+        .expect("touch");
+
+    let usage = store.device_usage(&device).await.expect("usage");
+    let logs = usage
+        .streams
+        .iter()
+        .find(|s| s.stream == Stream::Logs)
+        .expect("logs");
+    assert_eq!(
+        (logs.spools, logs.wire_bytes, logs.replay_bytes),
+        (2, 1_350, 1_050)
+    );
+    assert_eq!((logs.dropped.total, logs.dropped.over_budget), (2, 5));
+    assert_eq!(logs.dropped.over_budget_by_priority[7], 5);
+    assert_eq!(
+        usage.actions,
+        ActionBytes {
+            sent: 300,
+            received: 30
+        }
+    );
+    assert_eq!(usage.agent, Some((at(3_000), report(1_300))));
+
+    let quiet = store.device_usage(&id("edge-2")).await.expect("usage");
+    assert_eq!((quiet.actions, quiet.agent), (ActionBytes::default(), None));
+    assert!(matches!(
+        store.device_usage(&id("gone")).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let first = store.fleet_usage(None, 2).await.expect("page");
+    assert_eq!(
+        first.iter().map(|r| r.device.as_str()).collect::<Vec<_>>(),
+        ["edge-1", "edge-2"]
+    );
+    assert_eq!(first[0], usage);
+    let rest = store.fleet_usage(Some("edge-2"), 2).await.expect("page");
+    assert_eq!(
+        rest.iter().map(|r| r.device.as_str()).collect::<Vec<_>>(),
+        ["edge-3"]
     );
 }
