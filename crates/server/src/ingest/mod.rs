@@ -9,6 +9,7 @@
 
 mod checks;
 mod counters;
+mod last_seen;
 mod presence;
 pub mod rate;
 
@@ -33,6 +34,7 @@ use crate::telemetry::{Stored, Telemetry};
 use checks::{ClockWindow, Invalid};
 pub use counters::IngestCounters;
 use counters::{Counters, Outcome};
+use last_seen::LastSeenWriter;
 use presence::PresenceWriter;
 use rate::{Admission, DeviceRate, RateLimits, TokenBucket};
 
@@ -105,6 +107,7 @@ pub struct Ingest {
     /// Samples older than this are refused: retention would delete them.
     metrics_retention: Duration,
     presence: PresenceWriter,
+    last_seen: LastSeenWriter,
     telemetry: Telemetry,
     write_slots: Arc<Semaphore>,
     devices: Mutex<HashMap<DeviceId, DeviceState>>,
@@ -138,6 +141,7 @@ impl Ingest {
         }));
         Self {
             presence: PresenceWriter::new(store.clone(), owner, write_slots.clone(), bus.clone()),
+            last_seen: LastSeenWriter::spawn(store.clone(), actions.clone(), write_slots.clone()),
             write_slots,
             telemetry: Telemetry::new(store.clone(), observability.clone(), bus),
             store,
@@ -396,28 +400,7 @@ impl Ingest {
         if !due {
             return;
         }
-        let bytes = self.actions.take_bytes(device);
-        if end && bytes.is_zero() {
-            return;
-        }
-        let store = self.store.clone();
-        let actions = self.actions.clone();
-        let write_slots = self.write_slots.clone();
-        let device = device.clone();
-        tokio::spawn(async move {
-            let Ok(_slot) = write_slots.acquire().await else {
-                return;
-            };
-            if let Err(error) = store.touch_last_seen(&device, Utc::now(), bytes).await {
-                tracing::warn!(%device, error = %crate::error_chain(&error), "could not record when a device was last seen");
-                // Counted again with the next write.
-                actions.count_bytes(
-                    &device,
-                    usize::try_from(bytes.sent).unwrap_or(usize::MAX),
-                    usize::try_from(bytes.received).unwrap_or(usize::MAX),
-                );
-            }
-        });
+        self.last_seen.seen(device.clone(), end);
     }
 
     fn invalid(&self, inbound: &Inbound, invalid: Invalid) -> Refusal {

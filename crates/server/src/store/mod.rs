@@ -22,7 +22,7 @@ mod users;
 
 pub use bus::Announcement;
 pub use cluster::{AdvisoryLock, DeviceSession, EndedSessions, ReplicaRecord};
-pub use devices::ActionBytes;
+pub use devices::{ActionBytes, SeenDevice};
 pub use enrollment::CertificateSerials;
 pub use jobs::{JobRecord, NewJob};
 pub use logs::{LogLine, LogPosition, LogScan};

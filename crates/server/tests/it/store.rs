@@ -13,7 +13,7 @@ use tether_proto::metrics::HostMetrics;
 use tether_proto::{ActionState, DeviceId, Presence};
 use tether_server::store::{
     ActionBytes, CursorUpdate, DeviceSession, EventRecord, NewAction, NewJob, Outcome,
-    ReplicaRecord, SessionRecord, Store, StoreError, UserRecord,
+    ReplicaRecord, SeenDevice, SessionRecord, Store, StoreError, UserRecord,
 };
 use tether_testkit::postgres::TempPostgres;
 
@@ -322,9 +322,20 @@ async fn device_status_is_stored(store: Store) {
     assert_eq!(read.capabilities, ["send-ping"]);
     assert_eq!(read.status_seq, 7);
 
-    // Hearing from the device moves lastSeen and leaves presence alone.
+    // Hearing from devices moves their lastSeen, in one statement, and
+    // leaves presence alone; a device deleted meanwhile is skipped.
+    let other = device(&store, "edge-2").await;
+    let seen = |device: &DeviceId, millis| SeenDevice {
+        device: device.clone(),
+        at: at(millis),
+        actions: ActionBytes::default(),
+    };
     store
-        .touch_last_seen(&name, at(5_000), ActionBytes::default())
+        .touch_last_seen(&[
+            seen(&name, 5_000),
+            seen(&id("gone"), 5_000),
+            seen(&other, 6_000),
+        ])
         .await
         .expect("touch last seen");
     let touched = store
@@ -334,6 +345,14 @@ async fn device_status_is_stored(store: Store) {
         .expect("edge-1 exists");
     assert_eq!(touched.last_seen, Some(at(5_000)));
     assert_eq!(touched.presence, Presence::Online);
+    let other = store
+        .get_device(&other)
+        .await
+        .expect("get edge-2")
+        .expect("edge-2 exists");
+    assert_eq!(other.last_seen, Some(at(6_000)));
+    assert_eq!(other.presence, Presence::Offline);
+    assert_eq!(store.get_device(&id("gone")).await.expect("get"), None);
 
     let missing = id("gone");
     match store.set_certificate_serial(&missing, "ff").await {
@@ -2008,25 +2027,25 @@ async fn usage_adds_both_ends_counts_per_device_and_pages_through_the_fleet(stor
     // Another spool of the device: summed; its newer report wins.
     commit("b", 0, update(10, 50, true, 0, report(1_300)), at(3_000)).await;
     store
-        .touch_last_seen(
-            &device,
-            at(4_000),
-            ActionBytes {
+        .touch_last_seen(&[SeenDevice {
+            device: device.clone(),
+            at: at(4_000),
+            actions: ActionBytes {
                 sent: 200,
                 received: 30,
             },
-        )
+        }])
         .await
         .expect("touch");
     store
-        .touch_last_seen(
-            &device,
-            at(5_000),
-            ActionBytes {
+        .touch_last_seen(&[SeenDevice {
+            device: device.clone(),
+            at: at(5_000),
+            actions: ActionBytes {
                 sent: 100,
                 received: 0,
             },
-        )
+        }])
         .await
         .expect("touch");
 
