@@ -337,16 +337,47 @@ async fn scale_and_rollout_restart_bump_the_generation_and_rollout_status_finish
     .await?;
     assert!(out.contains("successfully rolled out"), "{out}");
 
+    let writes = writes(&api);
+    assert_eq!(
+        writes,
+        [
+            "POST /api/v1/namespaces".to_owned(),
+            "POST /api/v1/namespaces/tether-system/serviceaccounts".to_owned(),
+            "POST /apis/rbac.authorization.k8s.io/v1/clusterroles".to_owned(),
+            "POST /apis/rbac.authorization.k8s.io/v1/clusterrolebindings".to_owned(),
+            "POST /api/v1/namespaces/tether-system/secrets".to_owned(),
+            "POST /apis/apps/v1/namespaces/tether-system/deployments".to_owned(),
+            "PATCH /apis/apps/v1/namespaces/tether-system/deployments/tether-agent/scale"
+                .to_owned(),
+            "PATCH /apis/apps/v1/namespaces/tether-system/deployments/tether-agent".to_owned(),
+        ]
+    );
+
+    // kubectl refuses a negative --replicas itself; the API refuses it too.
     let run = kubectl(
         &config,
         &[
             &ns[..],
-            &["scale", "deployment", "tether-agent", "--replicas=-1"],
+            &[
+                "patch",
+                "deployment",
+                "tether-agent",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"replicas":-1}}"#,
+            ],
         ]
         .concat(),
     )
     .await?;
-    assert_ne!(run.code, 0, "a negative count is refused");
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr
+            .contains("is invalid: spec.replicas: Invalid value: -1"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(deployment(&api)?["metadata"]["generation"], 3);
     Ok(())
 }
 

@@ -15,6 +15,8 @@ pub(crate) struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
+    /// The Status's `details`: the object's name, group and kind.
+    pub details: Value,
 }
 
 impl ApiError {
@@ -23,13 +25,30 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
+            details: Value::Null,
+        }
+    }
+
+    /// An error about one object, with the `details` the real API adds.
+    fn about(
+        code: u16,
+        reason: &'static str,
+        resource: &Resource,
+        name: &str,
+        message: String,
+    ) -> Self {
+        Self {
+            details: json!({"name": name, "group": resource.group, "kind": resource.plural}),
+            ..Self::new(code, reason, message)
         }
     }
 
     pub fn not_found(resource: &Resource, name: &str) -> Self {
-        Self::new(
+        Self::about(
             404,
             "NotFound",
+            resource,
+            name,
             format!("{} \"{name}\" not found", qualified(resource)),
         )
     }
@@ -38,21 +57,37 @@ impl ApiError {
         Self::new(400, "BadRequest", message)
     }
 
-    pub fn invalid(resource: &Resource, name: &str, cause: &str) -> Self {
+    /// 422 Invalid about `field`; `problem` starts as the real API's field
+    /// errors do ("Required value: ...", "Invalid value: ...").
+    pub fn invalid(resource: &Resource, name: &str, field: &str, problem: &str) -> Self {
         let kind = match resource.group {
             "" => resource.kind.to_owned(),
             group => format!("{}.{group}", resource.kind),
         };
-        Self::new(
-            422,
-            "Invalid",
-            format!("{kind} \"{name}\" is invalid: {cause}"),
-        )
+        let cause = if problem.starts_with("Required value") {
+            "FieldValueRequired"
+        } else {
+            "FieldValueInvalid"
+        };
+        Self {
+            details: json!({"name": name, "group": resource.group, "kind": resource.kind,
+                            "causes": [{"reason": cause, "message": problem, "field": field}]}),
+            ..Self::new(
+                422,
+                "Invalid",
+                format!("{kind} \"{name}\" is invalid: {field}: {problem}"),
+            )
+        }
     }
 
     pub fn to_json(&self) -> Value {
-        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-               "message": self.message, "reason": self.reason, "code": self.code})
+        let mut status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                "status": "Failure", "message": self.message,
+                                "reason": self.reason, "code": self.code});
+        if !self.details.is_null() {
+            status["details"] = self.details.clone();
+        }
+        status
     }
 }
 
@@ -232,9 +267,11 @@ impl Store {
         }
         let key = (resource.plural, ns.clone(), name.clone());
         if self.objects.contains_key(&key) {
-            return Err(ApiError::new(
+            return Err(ApiError::about(
                 409,
                 "AlreadyExists",
+                resource,
+                &name,
                 format!("{} \"{name}\" already exists", qualified(resource)),
             ));
         }
@@ -273,9 +310,11 @@ impl Store {
         let current = self.get(resource, namespace, name)?;
         let sent = object["metadata"]["resourceVersion"].as_str().unwrap_or("");
         if !sent.is_empty() && sent != current["metadata"]["resourceVersion"] {
-            return Err(ApiError::new(
+            return Err(ApiError::about(
                 409,
                 "Conflict",
+                resource,
+                name,
                 format!(
                     "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
                     qualified(resource)
@@ -459,7 +498,8 @@ fn check_identity(
         return Err(ApiError::invalid(
             resource,
             "",
-            "metadata.name: Required value: name or generateName is required",
+            "metadata.name",
+            "Required value: name or generateName is required",
         ));
     }
     if resource.namespaced
@@ -482,9 +522,8 @@ fn validate(resource: &Resource, name: &str, object: &Value) -> Result<(), ApiEr
         return Err(ApiError::invalid(
             resource,
             name,
-            &format!(
-                "spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0"
-            ),
+            "spec.replicas",
+            &format!("Invalid value: {replicas}: must be greater than or equal to 0"),
         ));
     }
     Ok(())
