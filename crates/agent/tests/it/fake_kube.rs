@@ -212,6 +212,35 @@ async fn apply_creates_exactly_the_manifest_objects_and_a_second_apply_changes_n
         .map(|o| o["metadata"]["resourceVersion"].clone())
         .collect()
     };
+    let selected = ok(
+        &config,
+        &[
+            "get",
+            "deployments",
+            "-A",
+            "-l",
+            "app=tether-agent",
+            "-o",
+            "name",
+        ],
+    )
+    .await?;
+    assert_eq!(selected.trim(), "deployment.apps/tether-agent");
+    let selected = ok(
+        &config,
+        &[
+            "get",
+            "deployments",
+            "-A",
+            "-l",
+            "app!=tether-agent",
+            "-o",
+            "name",
+        ],
+    )
+    .await?;
+    assert_eq!(selected.trim(), "");
+
     let before = (writes(&api).len(), versions(&api));
     let run = kubectl_in(
         &config,
@@ -543,6 +572,53 @@ async fn a_token_request_token_works_under_rbac_until_it_expires() -> anyhow::Re
     api.advance_clock(Duration::from_secs(601))?;
     let run = kubectl(&agent, &["get", "nodes"]).await?;
     assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("You must be logged in to the server"),
+        "{}",
+        run.stderr
+    );
+
+    // A token is bound to its ServiceAccount: a recreated account is a new
+    // object, and the old account's tokens stop working.
+    let issued: serde_json::Value = serde_json::from_str(
+        &ok(
+            &config,
+            &[
+                "create",
+                "--raw",
+                path,
+                "-f",
+                &write(dir.path(), "req.json", &request(600))?,
+            ],
+        )
+        .await?,
+    )?;
+    let token = issued["status"]["token"].as_str().context("token")?;
+    let agent = api.write_kubeconfig(&tempdir_in(dir.path(), "again")?, token)?;
+    ok(&agent, &["get", "nodes"]).await?;
+    ok(
+        &config,
+        &[
+            "delete",
+            "serviceaccount",
+            "tether-agent",
+            "-n",
+            "tether-system",
+        ],
+    )
+    .await?;
+    ok(
+        &config,
+        &[
+            "create",
+            "serviceaccount",
+            "tether-agent",
+            "-n",
+            "tether-system",
+        ],
+    )
+    .await?;
+    let run = kubectl(&agent, &["get", "nodes"]).await?;
     assert!(
         run.stderr.contains("You must be logged in to the server"),
         "{}",

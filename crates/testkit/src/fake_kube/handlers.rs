@@ -153,11 +153,14 @@ pub(crate) async fn handle(
         Ok(Route::TokenReview) if method == Method::POST => token_review(&store, &body),
         Ok(Route::TokenReview) => Err(method_not_allowed()),
         Ok(Route::Resource(target)) => {
-            if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-                return watch();
-            }
-            let verb = verb(&method, &target);
+            let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+            let verb = if watching {
+                "watch"
+            } else {
+                verb(&method, &target)
+            };
             match store.authorize(&user, verb, &target) {
+                Ok(()) if watching => return watch(),
                 Ok(()) => serve(&mut store, &method, &headers, &query, &target, &body),
                 Err(e) => Err(e),
             }
