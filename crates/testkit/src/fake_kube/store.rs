@@ -293,7 +293,7 @@ impl Store {
         if resource.kind == "Deployment" {
             metadata["generation"] = json!(1);
         }
-        self.default(resource, &mut object);
+        self.fill_defaults(resource, &mut object);
         self.objects.insert(key, object.clone());
         Ok(object)
     }
@@ -341,7 +341,7 @@ impl Store {
             object["metadata"]["generation"] = generation.clone();
         }
         object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
-        self.default(resource, &mut object);
+        self.fill_defaults(resource, &mut object);
         if resource.kind == "Deployment" && object["spec"] != current["spec"] {
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
             object["metadata"]["generation"] = json!(generation);
@@ -402,7 +402,7 @@ impl Store {
     /// The defaults and status the real API and its controllers fill in,
     /// settled at once: a Deployment's status matches its spec immediately,
     /// so `kubectl rollout status` finishes.
-    fn default(&mut self, resource: &Resource, object: &mut Value) {
+    fn fill_defaults(&mut self, resource: &Resource, object: &mut Value) {
         object["kind"] = json!(resource.kind);
         object["apiVersion"] = json!(api_version(resource));
         match resource.kind {
@@ -527,4 +527,108 @@ fn validate(resource: &Resource, name: &str, object: &Value) -> Result<(), ApiEr
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(plural: &str) -> &'static Resource {
+        by_plural(plural).unwrap_or_else(|| panic!("{plural} is served"))
+    }
+
+    fn store() -> Store {
+        let mut store = Store::default();
+        store
+            .create(
+                resource("namespaces"),
+                None,
+                json!({"metadata": {"name": "apps"}}),
+            )
+            .unwrap_or_else(|e| panic!("{}", e.message));
+        store
+    }
+
+    fn deployment(replicas: i64) -> Value {
+        json!({"metadata": {"name": "web"}, "spec": {"replicas": replicas,
+               "template": {"spec": {"containers": [{"name": "web", "image": "web:1"}]}}}})
+    }
+
+    #[test]
+    fn writes_bump_the_global_resource_version_and_spec_changes_the_generation() {
+        let mut store = store();
+        let deployments = resource("deployments");
+        let created = store
+            .create(deployments, Some("apps"), deployment(1))
+            .map_err(|e| e.message);
+        let created = created.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(created["metadata"]["resourceVersion"], "2");
+        assert_eq!(created["metadata"]["generation"], 1);
+        assert_eq!(created["metadata"]["namespace"], "apps");
+        assert_eq!(created["status"]["observedGeneration"], 1);
+
+        let same = store.replace(deployments, Some("apps"), "web", created.clone());
+        let same = same.unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(same, created, "a no-op update is not written");
+
+        let scaled = store.replace(deployments, Some("apps"), "web", deployment(3));
+        let scaled = scaled.unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(scaled["metadata"]["resourceVersion"], "3");
+        assert_eq!(scaled["metadata"]["generation"], 2);
+        assert_eq!(scaled["metadata"]["uid"], created["metadata"]["uid"]);
+        assert_eq!(scaled["status"]["updatedReplicas"], 3);
+    }
+
+    #[test]
+    fn errors_carry_the_real_reasons_and_codes() {
+        let mut store = store();
+        let configmaps = resource("configmaps");
+        let map = json!({"metadata": {"name": "settings"}, "data": {"a": "1"}});
+        let first = store.create(configmaps, Some("apps"), map.clone());
+        let first = first.unwrap_or_else(|e| panic!("{}", e.message));
+        let reason = |result: Result<Value, ApiError>| {
+            result.map(|_| ()).map_err(|e| (e.code, e.reason)).err()
+        };
+        assert_eq!(
+            reason(store.create(configmaps, Some("apps"), map.clone())),
+            Some((409, "AlreadyExists"))
+        );
+        assert_eq!(
+            reason(store.create(configmaps, Some("nowhere"), map.clone())),
+            Some((404, "NotFound"))
+        );
+        assert_eq!(
+            reason(store.replace(configmaps, Some("apps"), "other", map.clone())),
+            Some((400, "BadRequest"))
+        );
+        let mut wrong_namespace = map.clone();
+        wrong_namespace["metadata"]["namespace"] = json!("default");
+        assert_eq!(
+            reason(store.create(configmaps, Some("apps"), wrong_namespace)),
+            Some((400, "BadRequest"))
+        );
+        assert_eq!(
+            reason(store.create(configmaps, Some("apps"), json!({"metadata": {}}))),
+            Some((422, "Invalid"))
+        );
+
+        let mut newer = first.clone();
+        newer["data"]["a"] = json!("2");
+        let newer = store.replace(configmaps, Some("apps"), "settings", newer);
+        assert!(newer.is_ok());
+        let mut stale = first;
+        stale["data"]["a"] = json!("3");
+        assert_eq!(
+            reason(store.replace(configmaps, Some("apps"), "settings", stale)),
+            Some((409, "Conflict"))
+        );
+        assert_eq!(
+            reason(store.delete(resource("namespaces"), None, "kube-system")),
+            Some((403, "Forbidden"))
+        );
+        assert_eq!(
+            reason(store.create(resource("deployments"), Some("apps"), deployment(-1))),
+            Some((422, "Invalid"))
+        );
+    }
 }
