@@ -96,21 +96,15 @@ fn route(path: &str) -> Result<Route, ApiError> {
 }
 
 /// Who is asking: a known, unexpired bearer token (a TokenRequest token
-/// also needs its ServiceAccount to still exist), anonymous without one.
-fn authenticate(store: &Store, headers: &HeaderMap) -> Result<Option<Token>, ApiError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let unauthorized = || ApiError::new(401, "Unauthorized", "Unauthorized");
-    let bearer = value
-        .to_str()
-        .ok()
+/// also needs its ServiceAccount to still exist). k3s turns anonymous
+/// access off, so a request without a token is 401 too, even `/version`.
+fn authenticate(store: &Store, headers: &HeaderMap) -> Result<Token, ApiError> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(unauthorized)?;
-    store
-        .authenticate(bearer)
-        .ok_or_else(unauthorized)
-        .map(Some)
+        .and_then(|bearer| store.authenticate(bearer))
+        .ok_or_else(|| ApiError::new(401, "Unauthorized", "Unauthorized"))
 }
 
 pub(crate) async fn handle(
@@ -136,16 +130,6 @@ pub(crate) async fn handle(
         "/healthz" | "/livez" | "/readyz" => return "ok".into_response(),
         _ => {}
     }
-    let Some(user) = user else {
-        return error(&ApiError::new(
-            403,
-            "Forbidden",
-            format!(
-                "forbidden: User \"system:anonymous\" cannot {} path \"{path}\"",
-                method.as_str().to_lowercase()
-            ),
-        ));
-    };
     let query: BTreeMap<String, String> =
         Query::try_from_uri(&uri).map(|q| q.0).unwrap_or_default();
     let result = match route(&path) {
@@ -496,5 +480,75 @@ impl Store {
                 user.user, resource.group
             ),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_unknown_token_is_401_and_a_known_one_is_its_user() {
+        let mut store = Store::default();
+        let token = |user: &str| Token {
+            user: user.to_owned(),
+            groups: Vec::new(),
+            expires: None,
+            bound: None,
+        };
+        store.tokens.insert("known".to_owned(), token("someone"));
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = value.parse() {
+                headers.insert(header::AUTHORIZATION, value);
+            }
+            authenticate(&store, &headers)
+                .map(|t| t.user)
+                .map_err(|e| (e.code, e.reason))
+        };
+        assert_eq!(
+            authenticate(&store, &HeaderMap::new())
+                .map(|t| t.user)
+                .map_err(|e| e.code),
+            Err(401)
+        );
+        assert_eq!(with("Bearer unknown"), Err((401, "Unauthorized")));
+        assert_eq!(with("Basic known"), Err((401, "Unauthorized")));
+        assert_eq!(with("Bearer known"), Ok("someone".to_owned()));
+    }
+
+    #[test]
+    fn namespaced_and_cluster_urls_resolve_to_their_resource() {
+        let target = |path: &str| match route(path) {
+            Ok(Route::Resource(t)) => Some((t.resource.plural, t.namespace, t.name, t.sub)),
+            _ => None,
+        };
+        assert_eq!(
+            target("/apis/apps/v1/namespaces/a/deployments/web/scale"),
+            Some((
+                "deployments",
+                Some("a".to_owned()),
+                Some("web".to_owned()),
+                Some("scale".to_owned())
+            ))
+        );
+        assert_eq!(
+            target("/api/v1/namespaces/a"),
+            Some(("namespaces", None, Some("a".to_owned()), None))
+        );
+        assert_eq!(
+            target("/api/v1/configmaps"),
+            Some(("configmaps", None, None, None))
+        );
+        assert_eq!(
+            target("/api/v1/configmaps/x"),
+            None,
+            "a namespaced object needs its namespace"
+        );
+        assert_eq!(target("/apis/apps/v2/deployments"), None);
+        assert!(matches!(
+            route("/apis/authentication.k8s.io/v1/tokenreviews"),
+            Ok(Route::TokenReview)
+        ));
     }
 }
