@@ -2,11 +2,26 @@
 //! own client) in tests: HTTPS on loopback with a throwaway CA, bearer
 //! tokens, discovery, the resources tether manages, and the verbs kubectl
 //! uses — with resourceVersion, generation, 404/409 and `kind: Status`
-//! errors as the real API answers them. There is no controller: a
-//! Deployment's status matches its spec as soon as it is written, and no
-//! pod ever runs. No OpenAPI document is served (`/openapi/v2` and
-//! `/openapi/v3` answer 404), so `kubectl apply`/`create` need
-//! `--validate=false`.
+//! errors as the real API answers them, and RBAC for ServiceAccount tokens.
+//!
+//! What it leaves out, and what that means for a client:
+//! - No controller: a Deployment's status matches its spec as soon as it is
+//!   written, so `kubectl rollout status` finishes on its first list; a
+//!   watch (`?watch=true`) is accepted and stays open without events.
+//! - No OpenAPI document: `/openapi/v2`, `/openapi/v3` (and kubectl 1.20's
+//!   fallback `/swagger-2.0.0.pb-v1`) answer 404. kubectl 1.20 and 1.32
+//!   then refuse `apply`/`create`/`replace -f` ("error validating data ...
+//!   turn validation off with --validate=false"), so tests pass
+//!   `--validate=false`; strategic merge falls back to kubectl's built-in
+//!   types and works without it.
+//! - Patches: JSON merge and strategic merge (lists of objects merge by
+//!   `name`); JSON patch and server-side apply answer 415.
+//! - Server-side printing (`as=Table`) has real columns for nodes (with
+//!   `-o wide` addresses) and deployments, Name and Age for the rest.
+//! - Query parameters kubectl adds (`fieldManager`, `fieldValidation`,
+//!   `limit`, `resourceVersion`, `timeout`) are ignored; label selectors
+//!   take equality, inequality and existence terms, field selectors
+//!   `metadata.name`/`metadata.namespace`.
 
 mod discovery;
 mod handlers;
