@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod api;
 pub mod binaries;
+pub mod fake_kube;
 pub mod http_target;
 pub mod mosquitto;
 pub mod postgres;

@@ -3,6 +3,7 @@
 
 mod clock;
 mod failover;
+mod fake_kube;
 mod local_api;
 mod logs;
 mod offline;
