@@ -3,6 +3,7 @@
 //! answer. The lifecycle rules live in `tether_proto::ActionState`; this
 //! module applies them to the store and the device link.
 
+mod answers;
 mod waiters;
 
 use std::collections::{HashMap, HashSet};
@@ -20,7 +21,10 @@ use crate::config::ActionsConfig;
 use crate::device_link::{DeviceLink, LinkError};
 use crate::observability::Observability;
 use crate::sealing::Sealer;
-use crate::store::{ActionBytes, ActionRecord, EventRecord, NewAction, Outcome, Store, StoreError};
+use crate::store::{
+    ActionBytes, ActionRecord, AnswerWrite, EventRecord, NewAction, Outcome, Store, StoreError,
+};
+use answers::AnswerWriter;
 use waiters::Waiters;
 
 /// Longest a caller-supplied correlation id may be.
@@ -83,6 +87,8 @@ pub enum Answer {
 
 pub struct ActionService {
     store: Store,
+    /// Records devices' answers in batches.
+    answers: AnswerWriter,
     link: Arc<dyn DeviceLink>,
     catalogue: Arc<Catalogue>,
     sealer: Arc<Sealer>,
@@ -112,6 +118,7 @@ impl ActionService {
         bus: Bus,
     ) -> Self {
         Self {
+            answers: AnswerWriter::spawn(store.clone()),
             store,
             link,
             catalogue,
@@ -558,9 +565,10 @@ impl ActionService {
     /// action, or for one already finished (a repeat, or late), is dropped,
     /// so a device cannot fill the database with them.
     ///
-    /// The action's end and the answer's event are one transaction: when it
-    /// fails, neither is stored, the device's publish is not acknowledged
-    /// and it sends the answer again.
+    /// The action's end and the answer's event are written together, with
+    /// the other answers waiting (`answers`): when that fails, neither is
+    /// stored, the device's publish is not acknowledged and it sends the
+    /// answer again.
     pub async fn handle_event(
         &self,
         device: &DeviceId,
@@ -590,18 +598,18 @@ impl ActionService {
             .bus
             .with_commit(Channel::ActionFinished, &correlation_id);
         if let Some(updated) = self
-            .store
-            .record_answer(
-                device,
-                &correlation_id,
+            .answers
+            .record(AnswerWrite {
+                device: device.clone(),
+                correlation_id: correlation_id.clone(),
                 to,
-                &outcome,
-                &record,
-                announcement.as_ref(),
-            )
+                outcome,
+                event: record,
+                announcement: announcement.clone(),
+            })
             .await?
         {
-            tracing::info!(%device, correlation_id = %updated.correlation_id, state = %updated.state, status_code = record.status_code, "action completed");
+            tracing::info!(%device, correlation_id = %updated.correlation_id, state = %updated.state, status_code = updated.status_code, "action completed");
             self.observability.action_finished(updated.state);
             match announcement {
                 // Announced by the statement (never a job's action).

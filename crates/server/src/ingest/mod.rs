@@ -54,11 +54,12 @@ const REJECTION_EVENTS_PER_SECOND: f64 = 1.0 / 60.0;
 const SAMPLES_PER_SECOND: f64 = 1.0;
 const SAMPLE_BURST: u64 = 60;
 
-/// Device-driven writes (publishes, presence, `lastSeen`, rejection events)
-/// that may hold a store connection at once. While the store is locked or
+/// Device-driven writes (publishes, presence, `lastSeen`, rejection events;
+/// not answers, which the answer writer records on one connection of its
+/// own, `crate::actions`) that may hold a store connection at once. While the store is locked or
 /// down each write holds its connection until it gives up; unbounded, they
 /// take the whole pool, and a device's CONNECT (its certificate check reads
-/// the store) and the API wait behind them. SQLite's pool has 4, PostgreSQL's 10.
+/// the store) and the API wait behind them. SQLite's pool has 4, PostgreSQL's 11.
 const SQLITE_WRITE_SLOTS: usize = 2;
 const POSTGRES_WRITE_SLOTS: usize = 8;
 /// How long a publish waits for a write slot: as long as a write waits for
@@ -294,13 +295,22 @@ impl Ingest {
                 }
             }
         }
-        let slot = tokio::time::timeout(WRITE_SLOT_WAIT, self.write_slots.acquire()).await;
-        let applied = match slot {
-            Ok(Ok(_slot)) => self
-                .apply(&inbound.device, message, inbound.size)
+        let applied = if let DeviceMessage::Event(_) = message {
+            // Answers wait for the answer writer instead, which records all
+            // that wait with one statement on one connection of its own: a
+            // slot each would cap its batches at the slots' count.
+            self.apply(&inbound.device, message, inbound.size)
                 .await
-                .map_err(Some),
-            _ => Err(None),
+                .map_err(Some)
+        } else {
+            let slot = tokio::time::timeout(WRITE_SLOT_WAIT, self.write_slots.acquire()).await;
+            match slot {
+                Ok(Ok(_slot)) => self
+                    .apply(&inbound.device, message, inbound.size)
+                    .await
+                    .map_err(Some),
+                _ => Err(None),
+            }
         };
         let outcome = match applied {
             Ok(outcome) => outcome,

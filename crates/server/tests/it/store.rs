@@ -12,7 +12,7 @@ use tether_proto::api::Labels;
 use tether_proto::metrics::HostMetrics;
 use tether_proto::{ActionState, DeviceId, Presence};
 use tether_server::store::{
-    ActionBytes, CursorUpdate, DeviceSession, EventRecord, NewAction, NewJob, Outcome,
+    ActionBytes, AnswerWrite, CursorUpdate, DeviceSession, EventRecord, NewAction, NewJob, Outcome,
     ReplicaRecord, SeenDevice, SessionRecord, Store, StoreError, UserRecord,
 };
 use tether_testkit::postgres::TempPostgres;
@@ -103,6 +103,7 @@ on_both_databases! {
         open_actions_are_pending_and_delivered_in_seq_order,
         a_batch_is_marked_delivered_only_where_still_pending,
         an_answer_ends_its_devices_open_action_with_its_event_once,
+        answers_in_one_batch_are_each_recorded_once_or_dropped,
         expired_pending_actions_are_selected_by_time,
         overdue_delivered_actions_are_selected_by_time,
         old_telemetry_is_deleted_by_time,
@@ -1177,6 +1178,67 @@ async fn a_batch_is_marked_delivered_only_where_still_pending(store: Store) {
             .delivered_at,
         Some(at(50))
     );
+}
+
+async fn answers_in_one_batch_are_each_recorded_once_or_dropped(store: Store) {
+    use ActionState::*;
+    let name = device(&store, "edge-1").await;
+    let other = device(&store, "edge-2").await;
+    for (correlation_id, owner) in [("b1", &name), ("b2", &name), ("b3", &other)] {
+        store
+            .insert_action(&new_action(correlation_id, owner))
+            .await
+            .expect("insert an action");
+    }
+    let answer = |event_id: &str, device: &DeviceId, correlation_id: &str, to| AnswerWrite {
+        device: device.clone(),
+        correlation_id: correlation_id.to_owned(),
+        to,
+        outcome: outcome(20),
+        event: EventRecord {
+            correlation_id: Some(correlation_id.to_owned()),
+            ..event(event_id, device, 20)
+        },
+        announcement: None,
+    };
+    let results = store
+        .record_answers(&[
+            answer("e1", &name, "b1", Succeeded),
+            // A second answer to b1 in the same batch: dropped, no event.
+            answer("e2", &name, "b1", Failed),
+            // Another device's action: dropped.
+            answer("e3", &name, "b3", Succeeded),
+            answer("e4", &name, "nope", Succeeded),
+            answer("e5", &name, "b2", Failed),
+            answer("e6", &other, "b3", Succeeded),
+        ])
+        .await;
+    let states: Vec<Option<ActionState>> = results
+        .into_iter()
+        .map(|result| result.expect("recorded").map(|action| action.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            Some(Succeeded),
+            None,
+            None,
+            None,
+            Some(Failed),
+            Some(Succeeded)
+        ]
+    );
+    let mut ids: Vec<String> =
+        join_all([&name, &other].map(|device| store.list_events(device, 10)))
+            .await
+            .into_iter()
+            .flat_map(|events| events.expect("events"))
+            .map(|event| event.id)
+            .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["e1", "e5", "e6"], "one event per recorded answer");
+    let b1 = store.get_action("b1").await.expect("read").expect("b1");
+    assert_eq!((b1.state, b1.completed_at), (Succeeded, Some(at(20))));
 }
 
 async fn an_answer_ends_its_devices_open_action_with_its_event_once(store: Store) {
