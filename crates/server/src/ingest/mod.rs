@@ -139,7 +139,12 @@ impl Ingest {
         Self {
             presence: PresenceWriter::new(store.clone(), owner, write_slots.clone(), bus.clone()),
             write_slots,
-            telemetry: Telemetry::new(store.clone(), observability.clone(), bus),
+            telemetry: Telemetry::new(
+                store.clone(),
+                observability.clone(),
+                bus,
+                config.max_clock_ahead,
+            ),
             store,
             actions,
             specs,
