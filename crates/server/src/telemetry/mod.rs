@@ -70,6 +70,12 @@ impl Telemetry {
             .store
             .open_cursor(device, stream, &batch.spool_id, batch.first_seq, now)
             .await?;
+        if tx.new_spool {
+            let retired = tx.retire_spools(cursor::MAX_SPOOLS, now).await?;
+            if retired > 0 {
+                tracing::info!(%device, %stream, spool = batch.spool_id, retired, "a new spool: the device's least recently used ones folded into its usage");
+            }
+        }
         let verdict = cursor::judge(Some(tx.next_seq), batch.first_seq, count);
         let (update, stored) = match verdict {
             Verdict::Duplicate => (
