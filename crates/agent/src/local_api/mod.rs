@@ -226,7 +226,10 @@ async fn request(
     let mut line = String::new();
     let mut next_line = async |line: &mut String| -> Result<(), Reply> {
         line.clear();
-        let n = read
+        // Bounded as read: a line without end must not grow past the head.
+        let room = (MAX_HEAD_BYTES + 1).saturating_sub(head) as u64;
+        let n = (&mut *read)
+            .take(room)
             .read_line(line)
             .await
             .map_err(|_| bad("the request head is not text"))?;
@@ -431,6 +434,40 @@ mod tests {
             status,
             identity,
         })
+    }
+
+    /// A client that sends a head line without end: the agent stops
+    /// reading at its bound and answers, instead of growing the line
+    /// until the client stops (gigabytes, in the seconds it is given).
+    #[tokio::test]
+    async fn a_head_line_without_end_is_cut_at_its_bound() {
+        let api = running(None).expect("binds");
+        let stream = UnixStream::connect(&api.socket).await.expect("connects");
+        let (mut read, mut write) = stream.into_split();
+        const FLOOD: usize = 64 * 1024 * 1024;
+        let writer = tokio::spawn(async move {
+            let chunk = vec![b'a'; 64 * 1024];
+            let mut sent = write.write_all(b"GET /").await.map(|()| 0);
+            while let Ok(n) = sent {
+                if n >= FLOOD {
+                    break;
+                }
+                sent = write.write_all(&chunk).await.map(|()| n + chunk.len());
+            }
+            sent
+        });
+        // The answer, unless the close with the flood unread resets the
+        // connection first.
+        let mut response = String::new();
+        if read.read_to_string(&mut response).await.is_ok() {
+            assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+            assert!(response.contains("too long"), "{response}");
+        }
+        let sent = writer.await.expect("writer");
+        assert!(
+            sent.is_err(),
+            "the agent read all {FLOOD} bytes of one head line"
+        );
     }
 
     #[tokio::test]
