@@ -42,6 +42,10 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// A client that sends nothing for this long is dropped.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once. Each may hold a body of
+/// [`MAX_BODY_BYTES`], so this bounds what local clients can make the
+/// agent hold (32 MiB); more wait in the socket's backlog.
+const MAX_CONNECTIONS: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalApiError {
@@ -124,12 +128,17 @@ impl LocalApi {
     }
 
     pub async fn serve(self) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             match self.listener.accept().await {
                 Ok((stream, _)) => {
                     let served = self.served.clone();
                     let clock = self.clock.clone();
                     tokio::spawn(async move {
+                        let _slot = slot;
                         if let Err(error) = answer(stream, &served, &clock).await {
                             tracing::debug!(%error, "local API connection ended early");
                         }
@@ -226,7 +235,10 @@ async fn request(
     let mut line = String::new();
     let mut next_line = async |line: &mut String| -> Result<(), Reply> {
         line.clear();
-        let n = read
+        // Bounded as read: a line without end must not grow past the head.
+        let room = (MAX_HEAD_BYTES + 1).saturating_sub(head) as u64;
+        let n = (&mut *read)
+            .take(room)
             .read_line(line)
             .await
             .map_err(|_| bad("the request head is not text"))?;
@@ -431,6 +443,70 @@ mod tests {
             status,
             identity,
         })
+    }
+
+    /// A client that sends a head line without end: the agent stops
+    /// reading at its bound and answers, instead of growing the line
+    /// until the client stops (gigabytes, in the seconds it is given).
+    #[tokio::test]
+    async fn a_head_line_without_end_is_cut_at_its_bound() {
+        let api = running(None).expect("binds");
+        let stream = UnixStream::connect(&api.socket).await.expect("connects");
+        let (mut read, mut write) = stream.into_split();
+        const FLOOD: usize = 64 * 1024 * 1024;
+        let writer = tokio::spawn(async move {
+            let chunk = vec![b'a'; 64 * 1024];
+            let mut sent = write.write_all(b"GET /").await.map(|()| 0);
+            while let Ok(n) = sent {
+                if n >= FLOOD {
+                    break;
+                }
+                sent = write.write_all(&chunk).await.map(|()| n + chunk.len());
+            }
+            sent
+        });
+        // The answer, unless the close with the flood unread resets the
+        // connection first.
+        let mut response = String::new();
+        if read.read_to_string(&mut response).await.is_ok() {
+            assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+            assert!(response.contains("too long"), "{response}");
+        }
+        let sent = writer.await.expect("writer");
+        assert!(
+            sent.is_err(),
+            "the agent read all {FLOOD} bytes of one head line"
+        );
+    }
+
+    /// Clients that each announce a 4 MiB body and hold it back: only
+    /// [`MAX_CONNECTIONS`] are read at once (each may hold its body in
+    /// memory); the next is answered once one of them ends.
+    #[tokio::test]
+    async fn connections_are_served_a_bounded_number_at_a_time() {
+        let api = running(None).expect("binds");
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let mut stream = UnixStream::connect(&api.socket).await.expect("connects");
+            let head =
+                format!("POST /v1/logs HTTP/1.1\r\nContent-Length: {MAX_BODY_BYTES}\r\n\r\n{{");
+            stream.write_all(head.as_bytes()).await.expect("writes");
+            held.push(stream);
+        }
+        let mut next = tokio::spawn({
+            let socket = api.socket.clone();
+            async move { get(&socket, "/v1/spec").await }
+        });
+        // Not answered while every slot is held (a bounded look: the
+        // answer would come within milliseconds if it were served).
+        let waited = tokio::time::timeout(Duration::from_millis(500), &mut next).await;
+        assert!(waited.is_err(), "a connection beyond the bound was served");
+        drop(held.pop());
+        let (status, _) = tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .expect("served once a slot is free")
+            .expect("task");
+        assert_eq!(status, 200);
     }
 
     #[tokio::test]

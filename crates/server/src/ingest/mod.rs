@@ -144,7 +144,12 @@ impl Ingest {
             presence: PresenceWriter::new(store.clone(), owner, write_slots.clone(), bus.clone()),
             last_seen: LastSeenWriter::spawn(store.clone(), actions.clone(), write_slots.clone()),
             write_slots,
-            telemetry: Telemetry::new(store.clone(), observability.clone(), bus),
+            telemetry: Telemetry::new(
+                store.clone(),
+                observability.clone(),
+                bus,
+                config.max_clock_ahead,
+            ),
             store,
             actions,
             specs,

@@ -61,18 +61,21 @@ impl Renderer {
             let _ = write!(out, "{key}=\"{}\"", escape(value));
         };
         label(out, "device".to_owned(), &sample.device);
+        // The operator's labels before the device's own: a series label
+        // named `label_site` must not stand in for the device's `site`.
+        for (key, value) in &sample.device_labels {
+            label(out, format!("label_{}", label_name(key)), value);
+        }
         for (key, value) in &sample.labels {
             let key = label_name(key);
-            // The device label is ours; Prometheus renames such clashes too.
-            let key = if key == "device" {
-                "exported_device".to_owned()
+            // `device` and `label_*` are ours; Prometheus renames such
+            // clashes of a target's labels the same way.
+            let key = if key == "device" || key.starts_with("label_") {
+                format!("exported_{key}")
             } else {
                 key
             };
             label(out, key, value);
-        }
-        for (key, value) in &sample.device_labels {
-            label(out, format!("label_{}", label_name(key)), value);
         }
         let _ = writeln!(out, "}} {}", number(sample.value));
     }
@@ -252,10 +255,32 @@ mod tests {
         assert_eq!(
             out,
             "# TYPE tether_device_cpu_percent gauge\n\
-             tether_device_cpu_percent{device=\"edge-1\",cpu=\"total\",label_site=\"north \\\"7\\\"\\\\\",label_zone_a=\"first\"} 12.5\n\
-             tether_device_cpu_percent{device=\"edge-2\",cpu=\"0\",label_site=\"north \\\"7\\\"\\\\\",label_zone_a=\"first\"} 3\n\
+             tether_device_cpu_percent{device=\"edge-1\",label_site=\"north \\\"7\\\"\\\\\",label_zone_a=\"first\",cpu=\"total\"} 12.5\n\
+             tether_device_cpu_percent{device=\"edge-2\",label_site=\"north \\\"7\\\"\\\\\",label_zone_a=\"first\",cpu=\"0\"} 3\n\
              # TYPE tether_device_tank_level gauge\n\
              tether_device_tank_level{device=\"edge-1\",exported_device=\"pump\"} 0.25\n"
+        );
+    }
+
+    #[test]
+    fn a_device_cannot_stand_in_for_its_operator_labels() {
+        let mut renderer = Renderer::default();
+        let mut out = String::new();
+        renderer.push(
+            &FleetSample {
+                name: "tank_level".into(),
+                device: "edge-1".into(),
+                // What a hostile device pushes through its local API.
+                labels: labels(&[("label_site", "elsewhere"), ("label.zone", "z9")]),
+                device_labels: labels(&[("site", "north")]),
+                value: 1.0,
+            },
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            "# TYPE tether_device_tank_level gauge\n\
+             tether_device_tank_level{device=\"edge-1\",label_site=\"north\",exported_label_zone=\"z9\",exported_label_site=\"elsewhere\"} 1\n"
         );
     }
 }

@@ -275,6 +275,8 @@ pub struct CursorTx {
     spool_id: String,
     /// Where the cursor stood when the transaction took it.
     pub next_seq: u64,
+    /// The spool was not seen before: this transaction made its cursor.
+    pub new_spool: bool,
 }
 
 /// What a stored batch changes in its cursor.
@@ -291,6 +293,11 @@ pub struct CursorUpdate {
     /// The agent's own counts, if the batch carried them.
     pub agent_usage: Vec<FeatureBytes>,
 }
+
+/// The columns of a cursor row that [`add_cursor`] sums.
+const USAGE_COLUMNS: &str = "stream, spools, gap, stored_records, duplicate_records, batches, \
+     wire_bytes, replay_bytes, dropped_total, dropped_by_priority, over_budget_total, \
+     over_budget_by_priority, agent_usage, agent_usage_at";
 
 fn cursor_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { context, source }
@@ -317,7 +324,7 @@ impl Store {
             "INSERT INTO telemetry_cursors (device, stream, spool_id, next_seq, updated_at) \
              VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (device, stream, spool_id) DO UPDATE SET updated_at = excluded.updated_at \
-             RETURNING next_seq",
+             RETURNING next_seq, batches",
         )
         .bind(device.as_str())
         .bind(stream.as_str())
@@ -336,6 +343,8 @@ impl Store {
             }
         })?;
         let next_seq = to_u64(get(&row, "next_seq")?, "next_seq of a telemetry cursor")?;
+        // Every committed batch counts itself: none yet is a new cursor.
+        let batches: i64 = get(&row, "batches")?;
         Ok(CursorTx {
             tx,
             postgres: self.postgres,
@@ -343,6 +352,7 @@ impl Store {
             stream,
             spool_id: spool_id.to_owned(),
             next_seq,
+            new_spool: batches == 0,
         })
     }
 
@@ -486,12 +496,10 @@ impl Store {
         let (Some(first), Some(last)) = (records.first(), records.last()) else {
             return Ok(records);
         };
-        let cursors = sqlx::query(
-            "SELECT device, stream, gap, stored_records, duplicate_records, batches, wire_bytes, \
-             replay_bytes, dropped_total, dropped_by_priority, over_budget_total, \
-             over_budget_by_priority, agent_usage, agent_usage_at FROM telemetry_cursors \
-             WHERE device >= $1 AND device <= $2",
-        )
+        let cursors = sqlx::query(&format!(
+            "SELECT device, {USAGE_COLUMNS} FROM telemetry_cursors \
+             WHERE device >= $1 AND device <= $2"
+        ))
         .bind(first.device.as_str())
         .bind(last.device.as_str())
         .fetch_all(&self.pool)
@@ -537,15 +545,19 @@ fn add_cursor(record: &mut UsageRecord, row: &AnyRow) -> Result<(), StoreError> 
     else {
         return Ok(());
     };
-    sum.spools += 1;
-    sum.wire_bytes += count("wire_bytes")?;
-    sum.replay_bytes += count("replay_bytes")?;
-    sum.batches += count("batches")?;
-    sum.stored_records += count("stored_records")?;
-    sum.duplicate_records += count("duplicate_records")?;
-    sum.gap += count("gap")?;
-    // The device's own totals, up to i64::MAX each: a hostile device's
-    // summed over many spools must not overflow.
+    // Up to i64::MAX each, and a hostile device's gaps and dropped
+    // totals are what it says: summed over spools, they must not overflow.
+    for (total, column) in [
+        (&mut sum.spools, "spools"),
+        (&mut sum.wire_bytes, "wire_bytes"),
+        (&mut sum.replay_bytes, "replay_bytes"),
+        (&mut sum.batches, "batches"),
+        (&mut sum.stored_records, "stored_records"),
+        (&mut sum.duplicate_records, "duplicate_records"),
+        (&mut sum.gap, "gap"),
+    ] {
+        *total = total.saturating_add(count(column)?);
+    }
     sum.dropped.total = sum.dropped.total.saturating_add(count("dropped_total")?);
     sum.dropped.over_budget = sum
         .dropped
@@ -579,6 +591,108 @@ fn add_cursor(record: &mut UsageRecord, row: &AnyRow) -> Result<(), StoreError> 
 }
 
 impl CursorTx {
+    /// Folds the cursors of the device's stream beyond the `keep` most
+    /// recently used (this one among them) into its row of spool id `''`,
+    /// which no batch can name: their counts stay in the usage, their rows
+    /// go. Returns how many spools were folded.
+    pub async fn retire_spools(
+        &mut self,
+        keep: u32,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let context = "retire a device's old spools";
+        let retired = sqlx::query(&format!(
+            "SELECT spool_id, {USAGE_COLUMNS} FROM telemetry_cursors \
+             WHERE device = $1 AND stream = $2 AND spool_id <> '' AND spool_id <> $3 \
+             ORDER BY updated_at DESC, spool_id LIMIT $4 OFFSET $5"
+        ))
+        .bind(self.device.as_str())
+        .bind(self.stream.as_str())
+        .bind(self.spool_id.as_str())
+        // Beyond `keep` there is one at most, unless `keep` was larger.
+        .bind(1_000_i64)
+        .bind(i64::from(keep.saturating_sub(1)))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(cursor_error(context))?;
+        if retired.is_empty() {
+            return Ok(0);
+        }
+        let folded = sqlx::query(&format!(
+            "SELECT spool_id, {USAGE_COLUMNS} FROM telemetry_cursors \
+             WHERE device = $1 AND stream = $2 AND spool_id = ''"
+        ))
+        .bind(self.device.as_str())
+        .bind(self.stream.as_str())
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(cursor_error(context))?;
+        let mut record = UsageRecord {
+            device: self.device.to_string(),
+            streams: vec![StreamUsage {
+                stream: self.stream,
+                ..StreamUsage::default()
+            }],
+            actions: ActionBytes::default(),
+            agent: None,
+        };
+        for row in retired.iter().chain(&folded) {
+            add_cursor(&mut record, row)?;
+            let spool: String = get(row, "spool_id")?;
+            sqlx::query(
+                "DELETE FROM telemetry_cursors WHERE device = $1 AND stream = $2 AND spool_id = $3",
+            )
+            .bind(self.device.as_str())
+            .bind(self.stream.as_str())
+            .bind(spool)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(cursor_error(context))?;
+        }
+        let sum = &record.streams[0];
+        let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let (agent_usage, agent_usage_at) = match &record.agent {
+            Some((at, usage)) => (
+                Some(to_json(usage, "the agent's usage")?),
+                Some(millis(*at)),
+            ),
+            None => (None, None),
+        };
+        sqlx::query(
+            "INSERT INTO telemetry_cursors (device, stream, spool_id, next_seq, updated_at, \
+             spools, gap, stored_records, duplicate_records, batches, wire_bytes, replay_bytes, \
+             dropped_total, dropped_by_priority, over_budget_total, over_budget_by_priority, \
+             agent_usage, agent_usage_at) \
+             VALUES ($1, $2, '', 0, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        )
+        .bind(self.device.as_str())
+        .bind(self.stream.as_str())
+        .bind(millis(now))
+        .bind(big(sum.spools))
+        .bind(big(sum.gap))
+        .bind(big(sum.stored_records))
+        .bind(big(sum.duplicate_records))
+        .bind(big(sum.batches))
+        .bind(big(sum.wire_bytes))
+        .bind(big(sum.replay_bytes))
+        .bind(big(sum.dropped.total))
+        .bind(to_json(
+            &sum.dropped.by_priority.map(big),
+            "dropped by priority",
+        )?)
+        .bind(big(sum.dropped.over_budget))
+        .bind(to_json(
+            &sum.dropped.over_budget_by_priority.map(big),
+            "dropped over budget by priority",
+        )?)
+        .bind(agent_usage)
+        .bind(agent_usage_at)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(cursor_error(context))?;
+        Ok(retired.len() as u64)
+    }
+
     /// Stores log records numbered from `first_seq`, a few hundred rows
     /// per statement.
     pub async fn insert_logs(

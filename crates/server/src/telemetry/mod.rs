@@ -7,9 +7,11 @@ pub mod usage;
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
 use tether_proto::DeviceId;
-use tether_proto::telemetry::{Records, Stream, TelemetryBatch};
+use tether_proto::telemetry::{MetricRecord, Records, Stream, TelemetryBatch};
 
 use crate::cluster::bus::{Bus, Channel};
 use crate::observability::Observability;
@@ -30,14 +32,27 @@ pub struct Telemetry {
     observability: Arc<Observability>,
     /// Announces stored log lines to live followers (`crate::logs`).
     bus: Bus,
+    /// How far ahead of tetherd's clock a record may be dated (the
+    /// ingest's `max_clock_ahead`); later ones are dated when received.
+    max_ahead: chrono::Duration,
 }
 
+/// Field of a log record dated when tetherd received it: the time its
+/// device gave it, too far ahead of tetherd's clock.
+pub const DEVICE_AT_FIELD: &str = "deviceAt";
+
 impl Telemetry {
-    pub fn new(store: Store, observability: Arc<Observability>, bus: Bus) -> Self {
+    pub fn new(
+        store: Store,
+        observability: Arc<Observability>,
+        bus: Bus,
+        max_ahead: std::time::Duration,
+    ) -> Self {
         Self {
             store,
             observability,
             bus,
+            max_ahead: chrono::Duration::from_std(max_ahead).unwrap_or(chrono::Duration::MAX),
         }
     }
 
@@ -55,6 +70,12 @@ impl Telemetry {
             .store
             .open_cursor(device, stream, &batch.spool_id, batch.first_seq, now)
             .await?;
+        if tx.new_spool {
+            let retired = tx.retire_spools(cursor::MAX_SPOOLS, now).await?;
+            if retired > 0 {
+                tracing::info!(%device, %stream, spool = batch.spool_id, retired, "a new spool: the device's least recently used ones folded into its usage");
+            }
+        }
         let verdict = cursor::judge(Some(tx.next_seq), batch.first_seq, count);
         let (update, stored) = match verdict {
             Verdict::Duplicate => (
@@ -76,7 +97,14 @@ impl Telemetry {
                 next_seq,
             } => {
                 let from = usize::try_from(skip).unwrap_or(usize::MAX);
-                match &batch.records {
+                let latest = now
+                    .checked_add_signed(self.max_ahead)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                let records = dated_by_now(&batch.records, now, latest);
+                if let Cow::Owned(_) = records {
+                    tracing::info!(%device, %stream, spool = batch.spool_id, "telemetry records dated too far ahead of tetherd's clock; dated when received");
+                }
+                match records.as_ref() {
                     Records::Logs(logs) => {
                         tx.insert_logs(batch.first_seq + skip, logs.get(from..).unwrap_or(&[]))
                             .await?;
@@ -123,6 +151,41 @@ impl Telemetry {
     }
 }
 
+/// `records`, those dated after `latest` dated `now` instead (a log line
+/// keeps its device's time in [`DEVICE_AT_FIELD`]): retention goes by
+/// these times, so a record dated years ahead would never be pruned, and
+/// a metric sample so dated would stay its series' newest.
+fn dated_by_now(records: &Records, now: DateTime<Utc>, latest: DateTime<Utc>) -> Cow<'_, Records> {
+    let ahead = |at: DateTime<Utc>| at > latest;
+    let any_ahead = match records {
+        Records::Logs(logs) => logs.iter().any(|log| ahead(log.at)),
+        Records::Metrics(metrics) => metrics.iter().any(|metric| ahead(metric.at())),
+    };
+    if !any_ahead {
+        return Cow::Borrowed(records);
+    }
+    let mut records = records.clone();
+    match &mut records {
+        Records::Logs(logs) => {
+            for log in logs.iter_mut().filter(|log| ahead(log.at)) {
+                log.fields
+                    .insert(DEVICE_AT_FIELD.to_owned(), log.at.to_rfc3339());
+                log.at = now;
+            }
+        }
+        Records::Metrics(metrics) => {
+            for metric in metrics.iter_mut().filter(|metric| ahead(metric.at())) {
+                match metric {
+                    MetricRecord::Host(sample) => sample.sampled_at = now,
+                    MetricRecord::Custom(custom) => custom.at = now,
+                    MetricRecord::Sample(sample) => sample.at = now,
+                }
+            }
+        }
+    }
+    Cow::Owned(records)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,7 +203,12 @@ mod tests {
             .await
             .expect("device");
         (
-            Telemetry::new(store.clone(), Arc::default(), Bus::in_process()),
+            Telemetry::new(
+                store.clone(),
+                Arc::default(),
+                Bus::in_process(),
+                std::time::Duration::from_secs(300),
+            ),
             store,
             device,
         )
@@ -386,5 +454,74 @@ mod tests {
             .await
             .expect_err("no device");
         assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn records_dated_far_ahead_are_dated_when_received_so_retention_reaches_them() {
+        let (telemetry, store, device) = service().await;
+        let future: DateTime<Utc> = "2999-01-01T00:00:00Z".parse().expect("time");
+        let mut batch = logs("a", 0, 3);
+        if let Records::Logs(logs) = &mut batch.records {
+            logs[1].at = future;
+        }
+        let before = Utc::now();
+        telemetry.ingest(&device, &batch, 1).await.expect("stored");
+        let stored = store
+            .list_logs(&device, before - Duration::days(1), 10)
+            .await
+            .expect("lists");
+        assert_eq!(stored.len(), 3);
+        let moved = &stored
+            .iter()
+            .find(|log| log.seq == 1)
+            .expect("the line dated ahead")
+            .record;
+        assert!(
+            moved.at > before - Duration::milliseconds(1) && moved.at <= Utc::now(),
+            "dated when received, not {}",
+            moved.at
+        );
+        assert_eq!(moved.fields[DEVICE_AT_FIELD], future.to_rfc3339());
+        let Records::Logs(sent) = &batch.records else {
+            unreachable!()
+        };
+        assert_eq!(
+            (
+                stored[0].record.at.timestamp_millis(),
+                &stored[0].record.fields
+            ),
+            (sent[0].at.timestamp_millis(), &sent[0].fields),
+            "records within the window kept as sent"
+        );
+
+        let metrics = TelemetryBatch {
+            spool_id: "m".into(),
+            first_seq: 0,
+            records: Records::Metrics(vec![MetricRecord::Custom(CustomMetric {
+                name: "tank_level".into(),
+                value: 1.0,
+                labels: Default::default(),
+                at: future,
+            })]),
+            dropped: Dropped::default(),
+            replay: false,
+            usage: Vec::new(),
+        };
+        telemetry
+            .ingest(&device, &metrics, 1)
+            .await
+            .expect("stored");
+        let custom = store
+            .list_custom_metrics(&device, 10)
+            .await
+            .expect("custom");
+        assert!(custom[0].at <= Utc::now(), "{}", custom[0].at);
+
+        // A day of retention later, nothing the device dated ahead is left.
+        store
+            .delete_logs_before(Utc::now() + Duration::days(1))
+            .await
+            .expect("prunes");
+        assert!(messages(&store, &device).await.is_empty());
     }
 }

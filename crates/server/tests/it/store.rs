@@ -122,6 +122,7 @@ on_both_databases! {
     db: [
         migrations_are_idempotent,
         corrupt_values_are_errors,
+        a_device_naming_a_new_spool_per_batch_keeps_a_bounded_number_of_cursors,
     ],
 }
 
@@ -2149,4 +2150,95 @@ async fn usage_adds_both_ends_counts_per_device_and_pages_through_the_fleet(stor
         rest.iter().map(|r| r.device.as_str()).collect::<Vec<_>>(),
         ["edge-3"]
     );
+}
+
+/// A hostile device that names a new spool in every batch: its cursor rows
+/// stay bounded (every read of its usage sums them), and its usage still
+/// counts every spool, batch and drop, its gaps summed without overflow.
+async fn a_device_naming_a_new_spool_per_batch_keeps_a_bounded_number_of_cursors(db: &TestDb) {
+    use std::sync::Arc;
+    use tether_proto::telemetry::{Dropped, LogRecord, Records, Stream, TelemetryBatch};
+    use tether_server::cluster::bus::Bus;
+    use tether_server::telemetry::{Telemetry, cursor::MAX_SPOOLS};
+
+    let store = db.connect().await;
+    let name = device(&store, "edge-1").await;
+    let telemetry = Telemetry::new(
+        store.clone(),
+        Arc::default(),
+        Bus::in_process(),
+        std::time::Duration::from_secs(300),
+    );
+    let batch = |spool: String, first_seq: u64| TelemetryBatch {
+        spool_id: spool,
+        first_seq,
+        records: Records::Logs(vec![LogRecord {
+            at: Utc::now(),
+            priority: 6,
+            unit: "app".into(),
+            message: "x".into(),
+            fields: Default::default(),
+        }]),
+        dropped: Dropped {
+            total: 2,
+            by_priority: [0, 0, 0, 0, 0, 0, 1, 1],
+            ..Dropped::default()
+        },
+        replay: false,
+        usage: Vec::new(),
+    };
+    let spools = 3 * u64::from(MAX_SPOOLS);
+    for i in 0..spools {
+        telemetry
+            .ingest(&name, &batch(format!("spool-{i}"), 0), 10)
+            .await
+            .expect("stored");
+    }
+    // Three spools with a gap of nearly i64::MAX each.
+    let far = i64::MAX as u64 - 10;
+    for i in spools - 3..spools {
+        telemetry
+            .ingest(&name, &batch(format!("spool-{i}"), far), 10)
+            .await
+            .expect("stored");
+    }
+    let raw = db.raw().await;
+    let rows: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM telemetry_cursors WHERE device = 'edge-1'")
+            .fetch_one(&raw)
+            .await
+            .expect("count");
+    assert!(
+        rows <= i64::from(MAX_SPOOLS) + 1,
+        "{rows} cursor rows for one device and stream"
+    );
+    let usage = store.device_usage(&name).await.expect("usage");
+    let logs = usage
+        .streams
+        .iter()
+        .find(|s| s.stream == Stream::Logs)
+        .expect("logs");
+    assert_eq!(
+        (
+            logs.spools,
+            logs.batches,
+            logs.stored_records,
+            logs.wire_bytes
+        ),
+        (spools, spools + 3, spools + 3, 10 * (spools + 3))
+    );
+    assert_eq!(logs.dropped.total, 2 * spools);
+    assert_eq!(logs.dropped.by_priority[7], spools);
+    assert!(
+        logs.gap >= i64::MAX as u64,
+        "saturated, not wrapped: {}",
+        logs.gap
+    );
+
+    // The newest spools keep their cursors: a batch sent again is no new record.
+    let again = telemetry
+        .ingest(&name, &batch(format!("spool-{}", spools - 1), far), 10)
+        .await
+        .expect("acknowledged");
+    assert_eq!(again, tether_server::telemetry::Stored::Duplicate);
 }
