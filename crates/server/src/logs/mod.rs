@@ -318,47 +318,51 @@ impl Follower {
                 },
             };
             for device in due {
-                match self.read_new(&device).await {
-                    Ok(lines) if lines.is_empty() => {}
-                    Ok(lines) => {
-                        if tx.send(Ok(lines)).await.is_err() {
+                // A chunk at a time, each sent before the next is read: a
+                // device writing faster than the client reads makes the
+                // follower wait on the client, never hold more than a chunk.
+                loop {
+                    match self.read_chunk(&device).await {
+                        Ok((lines, complete)) => {
+                            if !lines.is_empty() {
+                                if tx.send(Ok(lines)).await.is_err() {
+                                    return;
+                                }
+                                keepalive.reset();
+                            }
+                            if complete {
+                                break;
+                            }
+                        }
+                        Err(error) => {
+                            // The stream ends with the error; the client follows again.
+                            let _ = tx.send(Err(error)).await;
                             return;
                         }
-                        keepalive.reset();
-                    }
-                    Err(error) => {
-                        // The stream ends with the error; the client follows again.
-                        let _ = tx.send(Err(error)).await;
-                        return;
                     }
                 }
             }
         }
     }
 
-    /// The lines of `device` stored since the last read that pass the filter.
-    async fn read_new(&mut self, device: &DeviceId) -> Result<Vec<LogLine>, StoreError> {
-        let mut passed = Vec::new();
-        loop {
-            let after = self.positions.get(device).copied().unwrap_or(0);
-            let lines = self
-                .logs
-                .store
-                .logs_stored_after(device, after, FOLLOW_CHUNK)
-                .await?;
-            let complete = lines.len() < FOLLOW_CHUNK as usize;
-            if let Some(last) = lines.last() {
-                self.positions.insert(device.clone(), last.pos);
-            }
-            passed.extend(
-                lines
-                    .into_iter()
-                    .filter(|line| self.filter.matches(&line.record)),
-            );
-            if complete {
-                return Ok(passed);
-            }
+    /// The next chunk of lines of `device` stored since the last read,
+    /// those that pass the filter, and whether it was the last.
+    async fn read_chunk(&mut self, device: &DeviceId) -> Result<(Vec<LogLine>, bool), StoreError> {
+        let after = self.positions.get(device).copied().unwrap_or(0);
+        let lines = self
+            .logs
+            .store
+            .logs_stored_after(device, after, FOLLOW_CHUNK)
+            .await?;
+        let complete = lines.len() < FOLLOW_CHUNK as usize;
+        if let Some(last) = lines.last() {
+            self.positions.insert(device.clone(), last.pos);
         }
+        let passed = lines
+            .into_iter()
+            .filter(|line| self.filter.matches(&line.record))
+            .collect();
+        Ok((passed, complete))
     }
 }
 
