@@ -5,9 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::error::ErrorKind;
 use tether_proto::DeviceId;
 use tether_proto::metrics::HostMetrics;
-use tether_proto::telemetry::{
-    CustomMetric, Dropped, LogRecord, MetricRecord, Stream, StreamUsage,
-};
+use tether_proto::telemetry::{Dropped, LogRecord, MetricRecord, Stream, StreamUsage};
 
 use super::codec::{
     device_id, from_json, get, limit, millis, time, to_i64, to_json, to_u16, to_u64, violates,
@@ -381,35 +379,6 @@ impl Store {
             .collect()
     }
 
-    /// The device's custom metrics, oldest first, at most `limit`.
-    pub async fn list_custom_metrics(
-        &self,
-        device: &DeviceId,
-        limit: u32,
-    ) -> Result<Vec<CustomMetric>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT name, at, value, labels FROM custom_metrics WHERE device = $1 \
-             ORDER BY at LIMIT $2",
-        )
-        .bind(device.as_str())
-        .bind(self::limit(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(cursor_error("list a device's custom metrics"))?;
-        rows.iter()
-            .map(|row| {
-                let what = |column: &str| format!("{column} of a custom metric of {device}");
-                let labels: String = get(row, "labels")?;
-                Ok(CustomMetric {
-                    name: get(row, "name")?,
-                    at: time(get(row, "at")?, &what("at"))?,
-                    value: get(row, "value")?,
-                    labels: from_json(&labels, &what("labels"))?,
-                })
-            })
-            .collect()
-    }
-
     /// What each stream of `device` has sent, summed over its spools.
     pub async fn telemetry_usage(&self, device: &DeviceId) -> Result<Vec<StreamUsage>, StoreError> {
         let rows = sqlx::query(
@@ -520,11 +489,11 @@ impl CursorTx {
         .await
     }
 
-    /// Stores metrics records: host samples into `metrics` (one per
-    /// instant, as before; a host sample as its totals), named values into
-    /// `custom_metrics`.
+    /// Stores the host samples among metrics records into `metrics` (one
+    /// per instant, as before; a host sample as its totals). Named values
+    /// are stored as series points only (`insert_points`).
     pub async fn insert_metrics(&mut self, records: &[MetricRecord]) -> Result<(), StoreError> {
-        let summaries: Vec<HostMetrics> = records
+        let host: Vec<HostMetrics> = records
             .iter()
             .filter_map(|r| match r {
                 MetricRecord::Host(m) => Some(m.clone()),
@@ -532,11 +501,6 @@ impl CursorTx {
                 MetricRecord::Custom(_) => None,
             })
             .collect();
-        let custom: Vec<_> = records
-            .iter()
-            .filter(|r| matches!(r, MetricRecord::Custom(_)))
-            .collect();
-        let host = &summaries;
         for chunk in host.chunks(ROWS_PER_INSERT) {
             let mut sql = self.values_sql(
                 &format!("INSERT INTO metrics (device, {METRICS_COLUMNS}) VALUES "),
@@ -561,29 +525,6 @@ impl CursorTx {
                 .execute(&mut *self.tx)
                 .await
                 .map_err(cursor_error("store metrics samples"))?;
-        }
-        for chunk in custom.chunks(ROWS_PER_INSERT) {
-            let sql = self.values_sql(
-                "INSERT INTO custom_metrics (device, name, at, value, labels) VALUES ",
-                5,
-                chunk.len(),
-            );
-            let mut query = sqlx::query(&sql);
-            for record in chunk {
-                let MetricRecord::Custom(m) = record else {
-                    continue;
-                };
-                query = query
-                    .bind(self.device.as_str())
-                    .bind(m.name.as_str())
-                    .bind(millis(m.at))
-                    .bind(m.value)
-                    .bind(to_json(&m.labels, "metric labels")?);
-            }
-            query
-                .execute(&mut *self.tx)
-                .await
-                .map_err(cursor_error("store custom metrics"))?;
         }
         Ok(())
     }

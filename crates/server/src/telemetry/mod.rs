@@ -347,11 +347,111 @@ mod tests {
         assert_eq!(host.len(), 1);
         assert_eq!(host[0].cpu_percent, 12.5);
         let custom = store
-            .list_custom_metrics(&device, 10)
+            .list_series(&device, Some("tank_level"), 10)
             .await
             .expect("custom");
         assert_eq!(custom.len(), 1);
         assert_eq!(custom[0].labels["tank"], "a");
+        assert_eq!(points(&store, custom[0].id).await, [(millis(at), 0.73, 1)]);
+    }
+
+    /// (start ms, value, count) of each raw point of the series, by time.
+    async fn points(store: &Store, series: i64) -> Vec<(i64, f64, u64)> {
+        store
+            .series_buckets(&[series], 1, 1, Utc::now() - Duration::days(1), Utc::now())
+            .await
+            .expect("points")
+            .iter()
+            .map(|b| (b.start_ms, b.sum, b.count))
+            .collect()
+    }
+
+    fn millis(at: chrono::DateTime<Utc>) -> i64 {
+        at.timestamp_millis()
+    }
+
+    fn custom(
+        name: &str,
+        labels: &[(&str, &str)],
+        at: chrono::DateTime<Utc>,
+        value: f64,
+    ) -> MetricRecord {
+        MetricRecord::Custom(CustomMetric {
+            name: name.into(),
+            value,
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            at,
+        })
+    }
+
+    fn metrics(first_seq: u64, records: Vec<MetricRecord>) -> TelemetryBatch {
+        TelemetryBatch {
+            spool_id: "m".into(),
+            first_seq,
+            records: Records::Metrics(records),
+            dropped: Dropped::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sample_sent_many_times_is_one_point_and_the_newest_stays_newest() {
+        let (telemetry, store, device) = service().await;
+        let at = Utc::now() - Duration::minutes(5);
+        let earlier = at - Duration::seconds(10);
+        // The same instant of a series three times in one batch (labels in
+        // another order are the same series), then again in a later
+        // batch, and an older point after a newer one.
+        let first = metrics(
+            0,
+            vec![
+                custom("flow", &[("a", "1"), ("b", "2")], at, 1.0),
+                custom("flow", &[("b", "2"), ("a", "1")], at, 2.0),
+                custom("flow", &[("a", "1"), ("b", "2")], at, 3.0),
+            ],
+        );
+        telemetry.ingest(&device, &first, 1).await.expect("stored");
+        let later = metrics(
+            3,
+            vec![
+                custom("flow", &[("a", "1"), ("b", "2")], at, 4.0),
+                custom("flow", &[("a", "1"), ("b", "2")], earlier, 5.0),
+            ],
+        );
+        telemetry.ingest(&device, &later, 1).await.expect("stored");
+        let series = store.list_series(&device, None, 10).await.expect("series");
+        assert_eq!(series.len(), 1, "{series:?}");
+        assert_eq!(series[0].last_at.timestamp_millis(), millis(at));
+        assert_eq!(
+            points(&store, series[0].id).await,
+            [(millis(earlier), 5.0, 1), (millis(at), 1.0, 1)],
+            "each instant once, the first value sent kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_many_series_stores_each_of_them() {
+        let (telemetry, store, device) = service().await;
+        let at = Utc::now() - Duration::minutes(1);
+        let records = (0..2_000)
+            .map(|i| custom(&format!("m{i:04}"), &[("k", "v")], at, f64::from(i)))
+            .collect();
+        telemetry
+            .ingest(&device, &metrics(0, records), 1)
+            .await
+            .expect("stored");
+        let series = store
+            .list_series(&device, None, 5_000)
+            .await
+            .expect("series");
+        assert_eq!(series.len(), 2_000);
+        assert_eq!(series[1_999].name, "m1999");
+        assert_eq!(
+            points(&store, series[1_999].id).await,
+            [(millis(at), 1999.0, 1)]
+        );
     }
 
     #[tokio::test]
