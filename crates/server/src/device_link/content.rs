@@ -40,7 +40,9 @@ pub(crate) fn content(device: &DeviceId, topic: &str, payload: &[u8]) -> Content
 /// A telemetry batch, which must be of the topic's stream.
 fn batch(stream: Stream, payload: &[u8]) -> Content {
     match telemetry::decode(payload) {
-        Ok(batch) if batch.stream() == stream => Content::Message(DeviceMessage::Telemetry(batch)),
+        Ok(batch) if batch.stream() == stream => {
+            Content::Message(DeviceMessage::Telemetry(std::sync::Arc::new(batch)))
+        }
         Ok(batch) => Content::Malformed(format!(
             "malformed {stream} payload: a {} batch on the {stream} topic",
             batch.stream()
@@ -134,7 +136,7 @@ mod tests {
             dropped: Dropped::default(),
         };
         match content(&a, "tether/v1/devices/device-a/logs", &encode(&batch)) {
-            Content::Message(DeviceMessage::Telemetry(read)) => assert_eq!(read, batch),
+            Content::Message(DeviceMessage::Telemetry(read)) => assert_eq!(*read, batch),
             other => panic!("expected a batch, got {other:?}"),
         }
         match content(&a, "tether/v1/devices/device-a/metrics", &encode(&batch)) {

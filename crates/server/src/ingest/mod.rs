@@ -29,7 +29,7 @@ use crate::device_link::{
 use crate::observability::Observability;
 use crate::registry::Specs;
 use crate::store::{EventRecord, Store, StoreError};
-use crate::telemetry::{Stored, Telemetry};
+use crate::telemetry::{Stored, Telemetry, TelemetryError};
 use checks::{ClockWindow, Invalid};
 pub use counters::IngestCounters;
 use counters::{Counters, Outcome};
@@ -59,6 +59,9 @@ const SAMPLE_BURST: u64 = 60;
 /// the store) and the API wait behind them. SQLite's pool has 4, PostgreSQL's 10.
 const SQLITE_WRITE_SLOTS: usize = 2;
 const POSTGRES_WRITE_SLOTS: usize = 8;
+/// Telemetry writers on PostgreSQL, each storing a group of batches in a
+/// transaction of its own (on SQLite one, as it has one writer anyway).
+const POSTGRES_TELEMETRY_WRITERS: usize = 4;
 /// How long a publish waits for a write slot: as long as a write waits for
 /// a locked store (ADR 0006), then it is not acknowledged.
 const WRITE_SLOT_WAIT: Duration = Duration::from_secs(5);
@@ -136,10 +139,22 @@ impl Ingest {
         } else {
             SQLITE_WRITE_SLOTS
         }));
+        let telemetry = Telemetry::new(
+            store.clone(),
+            observability.clone(),
+            bus.clone(),
+            write_slots.clone(),
+            WRITE_SLOT_WAIT,
+            if store.is_postgres() {
+                POSTGRES_TELEMETRY_WRITERS
+            } else {
+                1
+            },
+        );
         Self {
-            presence: PresenceWriter::new(store.clone(), owner, write_slots.clone(), bus.clone()),
+            presence: PresenceWriter::new(store.clone(), owner, write_slots.clone(), bus),
             write_slots,
-            telemetry: Telemetry::new(store.clone(), observability.clone(), bus),
+            telemetry,
             store,
             actions,
             specs,
@@ -287,31 +302,43 @@ impl Ingest {
                 }
             }
         }
-        let slot = tokio::time::timeout(WRITE_SLOT_WAIT, self.write_slots.acquire()).await;
-        let applied = match slot {
-            Ok(Ok(_slot)) => self
-                .apply(&inbound.device, message, inbound.size)
+        let applied = if let DeviceMessage::Telemetry(batch) = message {
+            // Its writer takes the write slot, for a group of batches.
+            match self
+                .telemetry
+                .ingest(&inbound.device, batch.clone(), inbound.size)
                 .await
-                .map_err(Some),
-            _ => Err(None),
+            {
+                Ok(Stored::New { .. }) => Ok(Outcome::Accepted),
+                Ok(Stored::Duplicate) => Ok(Outcome::Duplicate),
+                Err(TelemetryError::Store(error)) => Err(NotApplied::Store(error)),
+                Err(error) => Err(NotApplied::Other(error.to_string())),
+            }
+        } else {
+            let slot = tokio::time::timeout(WRITE_SLOT_WAIT, self.write_slots.acquire()).await;
+            match slot {
+                Ok(Ok(_slot)) => self
+                    .apply(&inbound.device, message)
+                    .await
+                    .map_err(|error| NotApplied::Store(Arc::new(error))),
+                _ => Err(NotApplied::Other(format!(
+                    "every store write slot stayed busy for {} s",
+                    WRITE_SLOT_WAIT.as_secs()
+                ))),
+            }
         };
         let outcome = match applied {
             Ok(outcome) => outcome,
             // A number the store cannot hold is the device's doing, not an
             // outage: refused for good, or the device would resend it forever.
-            Err(Some(error @ StoreError::TooLarge { .. })) => {
+            Err(NotApplied::Store(error)) if matches!(*error, StoreError::TooLarge { .. }) => {
                 return Err(self.invalid(inbound, Invalid::Malformed(error.to_string())));
             }
             Err(error) => {
-                let error = error.map_or_else(
-                    || {
-                        format!(
-                            "every store write slot stayed busy for {} s",
-                            WRITE_SLOT_WAIT.as_secs()
-                        )
-                    },
-                    |error| crate::error_chain(&error).to_string(),
-                );
+                let error = match error {
+                    NotApplied::Store(error) => crate::error_chain(&*error).to_string(),
+                    NotApplied::Other(error) => error,
+                };
                 tracing::warn!(device = %inbound.device, topic = inbound.topic, error, "could not store a device's message; not acknowledged, the device sends it again");
                 self.with_device(&inbound.device, |s| s.counters.count(Outcome::NotDurable));
                 return Err(Refusal::Unavailable(
@@ -324,11 +351,11 @@ impl Ingest {
         Ok(())
     }
 
+    /// Stores what a message other than a telemetry batch says.
     async fn apply(
         &self,
         device: &DeviceId,
         message: &DeviceMessage,
-        size: usize,
     ) -> Result<Outcome, StoreError> {
         match message {
             // Births are written by the device's session writer (`handle`).
@@ -354,12 +381,8 @@ impl Ingest {
                 self.specs.record_reported(device, reported).await?;
                 Ok(Outcome::Accepted)
             }
-            DeviceMessage::Telemetry(batch) => {
-                Ok(match self.telemetry.ingest(device, batch, size).await? {
-                    Stored::New { .. } => Outcome::Accepted,
-                    Stored::Duplicate => Outcome::Duplicate,
-                })
-            }
+            // Stored by `handle` through `telemetry`.
+            DeviceMessage::Telemetry(_) => Ok(Outcome::Accepted),
         }
     }
 
@@ -464,6 +487,12 @@ impl Ingest {
             }
         });
     }
+}
+
+/// Why a message was not stored.
+enum NotApplied {
+    Store(Arc<StoreError>),
+    Other(String),
 }
 
 /// `reason` cut to [`MAX_REASON_BYTES`] at a character boundary.

@@ -13,20 +13,25 @@ use super::series::{Point, SeriesKey};
 pub fn points(records: &[MetricRecord]) -> Vec<Point> {
     let mut points = Vec::new();
     for record in records {
-        match record {
-            MetricRecord::Sample(sample) => host_sample(sample, &mut points),
-            MetricRecord::Host(metrics) => host_metrics(metrics, &mut points),
-            MetricRecord::Custom(metric) => points.push(Point {
-                series: SeriesKey {
-                    name: metric.name.clone(),
-                    labels: metric.labels.clone(),
-                },
-                at: metric.at,
-                value: metric.value,
-            }),
-        }
+        record_points(record, &mut points);
     }
     points
+}
+
+/// Appends the points of one record.
+pub fn record_points(record: &MetricRecord, points: &mut Vec<Point>) {
+    match record {
+        MetricRecord::Sample(sample) => host_sample(sample, points),
+        MetricRecord::Host(metrics) => host_metrics(metrics, points),
+        MetricRecord::Custom(metric) => points.push(Point {
+            series: SeriesKey {
+                name: metric.name.clone(),
+                labels: metric.labels.clone(),
+            },
+            at: metric.at,
+            value: metric.value,
+        }),
+    }
 }
 
 /// The points of a bare sample of the agents before host samples. Its

@@ -11,6 +11,7 @@ use super::codec::{
     device_id, from_json, get, limit, millis, time, to_i64, to_json, to_u16, to_u64, violates,
 };
 use super::{Before, EventRecord, Store, StoreError};
+use crate::metrics::series::DevicePoints;
 
 const EVENT_COLUMNS: &str =
     "id, device, correlation_id, event, status_code, status_message, response, received_at";
@@ -262,17 +263,22 @@ pub struct StoredLog {
 /// Rows per multi-row INSERT: well within both databases' bind limits.
 const ROWS_PER_INSERT: usize = 500;
 
-/// A telemetry batch being stored: one transaction that holds its spool's
-/// cursor row from [`Store::open_cursor`] to [`CursorTx::commit`].
-pub struct CursorTx {
+/// Telemetry batches being stored, of one device or several: one
+/// transaction, from [`Store::begin_telemetry`] to [`TelemetryTx::commit`],
+/// that takes each batch's spool cursor ([`TelemetryTx::take_cursor`])
+/// before storing the batch's records and moving the cursor with them.
+pub struct TelemetryTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
     /// Which placeholders its multi-row statements use.
     postgres: bool,
-    device: DeviceId,
-    stream: Stream,
-    spool_id: String,
-    /// Where the cursor stood when the transaction took it.
-    pub next_seq: u64,
+}
+
+/// A spool of a device: which cursor a batch moves.
+#[derive(Debug, Clone, Copy)]
+pub struct SpoolRef<'a> {
+    pub device: &'a DeviceId,
+    pub stream: Stream,
+    pub spool_id: &'a str,
 }
 
 /// What a stored batch changes in its cursor.
@@ -291,52 +297,11 @@ fn cursor_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError
 }
 
 impl Store {
-    /// Begins storing a batch of `device`'s `stream` spool `spool_id` whose
-    /// first record is `first_seq`. The first statement writes the cursor
-    /// row (creating it at `first_seq` for a new spool), so the transaction
-    /// holds the write lock from the start: SQLite cannot then refuse to
-    /// upgrade a read, and on PostgreSQL a second batch of the spool waits
-    /// for this one. `NotFound` if the device does not exist.
-    pub async fn open_cursor(
-        &self,
-        device: &DeviceId,
-        stream: Stream,
-        spool_id: &str,
-        first_seq: u64,
-        now: DateTime<Utc>,
-    ) -> Result<CursorTx, StoreError> {
-        let context = "take a telemetry cursor";
-        let mut tx = self.pool.begin().await.map_err(cursor_error(context))?;
-        let row = sqlx::query(
-            "INSERT INTO telemetry_cursors (device, stream, spool_id, next_seq, updated_at) \
-             VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (device, stream, spool_id) DO UPDATE SET updated_at = excluded.updated_at \
-             RETURNING next_seq",
-        )
-        .bind(device.as_str())
-        .bind(stream.as_str())
-        .bind(spool_id)
-        .bind(to_i64(first_seq, "firstSeq")?)
-        .bind(millis(now))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|source| {
-            if violates(&source, ErrorKind::ForeignKeyViolation) {
-                StoreError::NotFound {
-                    what: format!("device {device}"),
-                }
-            } else {
-                StoreError::Query { context, source }
-            }
-        })?;
-        let next_seq = to_u64(get(&row, "next_seq")?, "next_seq of a telemetry cursor")?;
-        Ok(CursorTx {
-            tx,
+    /// Begins storing telemetry batches.
+    pub async fn begin_telemetry(&self) -> Result<TelemetryTx, StoreError> {
+        Ok(TelemetryTx {
+            tx: self.begin("store telemetry").await?,
             postgres: self.postgres,
-            device: device.clone(),
-            stream,
-            spool_id: spool_id.to_owned(),
-            next_seq,
         })
     }
 
@@ -422,11 +387,51 @@ impl Store {
     }
 }
 
-impl CursorTx {
+impl TelemetryTx {
+    /// Takes the cursor of `spool` for a batch whose first record is
+    /// `first_seq`, and returns where it stands. The first statement of
+    /// the transaction writes a cursor row (creating it at `first_seq` for
+    /// a new spool), so the transaction holds the write lock from the
+    /// start: SQLite cannot then refuse to upgrade a read, and on
+    /// PostgreSQL a second batch of the spool waits for this one.
+    /// `NotFound` if the device does not exist.
+    pub async fn take_cursor(
+        &mut self,
+        spool: SpoolRef<'_>,
+        first_seq: u64,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let context = "take a telemetry cursor";
+        let row = sqlx::query(
+            "INSERT INTO telemetry_cursors (device, stream, spool_id, next_seq, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (device, stream, spool_id) DO UPDATE SET updated_at = excluded.updated_at \
+             RETURNING next_seq",
+        )
+        .bind(spool.device.as_str())
+        .bind(spool.stream.as_str())
+        .bind(spool.spool_id)
+        .bind(to_i64(first_seq, "firstSeq")?)
+        .bind(millis(now))
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(|source| {
+            if violates(&source, ErrorKind::ForeignKeyViolation) {
+                StoreError::NotFound {
+                    what: format!("device {}", spool.device),
+                }
+            } else {
+                StoreError::Query { context, source }
+            }
+        })?;
+        to_u64(get(&row, "next_seq")?, "next_seq of a telemetry cursor")
+    }
+
     /// Stores log records numbered from `first_seq`, a few hundred rows
     /// per statement.
     pub async fn insert_logs(
         &mut self,
+        device: &DeviceId,
         first_seq: u64,
         records: &[LogRecord],
     ) -> Result<(), StoreError> {
@@ -437,7 +442,7 @@ impl CursorTx {
         // A seek to the end of the (device, pos) index: `MAX` wrapped in an
         // expression is not optimised by SQLite and scans the device's rows.
         let last = sqlx::query("SELECT pos FROM logs WHERE device = $1 ORDER BY pos DESC LIMIT 1")
-            .bind(self.device.as_str())
+            .bind(device.as_str())
             .fetch_optional(&mut *self.tx)
             .await
             .map_err(cursor_error("number log lines"))?;
@@ -455,7 +460,7 @@ impl CursorTx {
             for (i, record) in chunk.iter().enumerate() {
                 let index = (chunk_index * ROWS_PER_INSERT + i) as u64;
                 query = query
-                    .bind(self.device.as_str())
+                    .bind(device.as_str())
                     .bind(millis(record.at))
                     .bind(to_i64(first_seq + index, "seq")?)
                     .bind(to_i64(last_pos + 1 + index, "pos")?)
@@ -472,27 +477,25 @@ impl CursorTx {
         Ok(())
     }
 
-    /// Stores the series points of a batch's records (see
-    /// `crate::metrics::flatten`), received at `received_at`.
+    /// Stores series points of the batches (see `crate::metrics::flatten`),
+    /// each from the index of its first new row, received at
+    /// `received_at`: a few multi-row statements for them all.
     pub async fn insert_points(
         &mut self,
-        points: &[crate::metrics::series::Point],
+        parts: &[(&DevicePoints, usize)],
         received_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        super::metrics::write_points(
-            &mut self.tx,
-            self.postgres,
-            &self.device,
-            points,
-            received_at,
-        )
-        .await
+        super::metrics::write_points(&mut self.tx, self.postgres, parts, received_at).await
     }
 
     /// Stores the host samples among metrics records into `metrics` (one
     /// per instant, as before; a host sample as its totals). Named values
     /// are stored as series points only (`insert_points`).
-    pub async fn insert_metrics(&mut self, records: &[MetricRecord]) -> Result<(), StoreError> {
+    pub async fn insert_metrics(
+        &mut self,
+        device: &DeviceId,
+        records: &[MetricRecord],
+    ) -> Result<(), StoreError> {
         let host: Vec<HostMetrics> = records
             .iter()
             .filter_map(|r| match r {
@@ -511,7 +514,7 @@ impl CursorTx {
             let mut query = sqlx::query(&sql);
             for m in chunk {
                 query = query
-                    .bind(self.device.as_str())
+                    .bind(device.as_str())
                     .bind(millis(m.sampled_at))
                     .bind(m.cpu_percent)
                     .bind(to_i64(m.memory_used_bytes, "memory_used_bytes")?)
@@ -529,10 +532,15 @@ impl CursorTx {
         Ok(())
     }
 
-    /// Moves the cursor and commits the batch with it. The dropped totals
-    /// only grow: a batch sent again late carries older ones.
-    pub async fn commit(mut self, update: &CursorUpdate) -> Result<(), StoreError> {
-        let context = "move a telemetry cursor";
+    /// Moves `spool`'s cursor, taken at `taken` (what [`Self::take_cursor`]
+    /// returned), by what its batch stored. The dropped totals only grow:
+    /// a batch sent again late carries older ones.
+    pub async fn move_cursor(
+        &mut self,
+        spool: SpoolRef<'_>,
+        taken: u64,
+        update: &CursorUpdate,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE telemetry_cursors SET next_seq = $1, gap = gap + $2, \
              stored_records = stored_records + $3, duplicate_records = duplicate_records + $4, \
@@ -541,24 +549,32 @@ impl CursorTx {
              dropped_total = CASE WHEN $6 >= dropped_total THEN $6 ELSE dropped_total END \
              WHERE device = $8 AND stream = $9 AND spool_id = $10",
         )
-        .bind(to_i64(update.next_seq.max(self.next_seq), "next_seq")?)
+        .bind(to_i64(update.next_seq.max(taken), "next_seq")?)
         .bind(to_i64(update.gap, "gap")?)
         .bind(to_i64(update.stored, "stored records")?)
         .bind(to_i64(update.duplicates, "duplicate records")?)
         .bind(to_i64(update.wire_bytes, "wire bytes")?)
         .bind(to_i64(update.dropped.total, "dropped total")?)
         .bind(to_json(&update.dropped.by_priority, "dropped by priority")?)
-        .bind(self.device.as_str())
-        .bind(self.stream.as_str())
-        .bind(self.spool_id.as_str())
+        .bind(spool.device.as_str())
+        .bind(spool.stream.as_str())
+        .bind(spool.spool_id)
         .execute(&mut *self.tx)
         .await
-        .map_err(cursor_error(context))?;
-        self.tx.commit().await.map_err(cursor_error(context))
+        .map_err(cursor_error("move a telemetry cursor"))?;
+        Ok(())
+    }
+
+    /// Commits every batch stored in the transaction with its cursor.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx
+            .commit()
+            .await
+            .map_err(cursor_error("commit telemetry batches"))
     }
 }
 
-impl CursorTx {
+impl TelemetryTx {
     /// `prefix` and `rows` rows of `columns` placeholders. SQLite gets
     /// anonymous `?`s: sqlx looks every numbered one up by name, and SQLite
     /// finds a name by scanning the statement's list of them, so `$N`

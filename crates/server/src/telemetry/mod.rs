@@ -5,15 +5,29 @@
 pub mod cursor;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tether_proto::DeviceId;
 use tether_proto::telemetry::{Records, Stream, TelemetryBatch};
+use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 
 use crate::cluster::bus::{Bus, Channel};
+use crate::metrics::series::DevicePoints;
 use crate::observability::Observability;
-use crate::store::{CursorUpdate, Store, StoreError};
+use crate::store::{CursorUpdate, SpoolRef, Store, StoreError, TelemetryTx};
 use cursor::Verdict;
+
+/// Batches one transaction stores at most, and records in them: enough
+/// that the per-transaction work (locking, commit, the statements'
+/// round trips) is shared by many devices, few enough that a batch waits
+/// little for the others.
+const GROUP_BATCHES: usize = 32;
+const GROUP_RECORDS: usize = 20_000;
+
+/// Batches waiting for a writer; a device whose batch finds the queue full
+/// waits (its batch is not acknowledged meanwhile).
+const QUEUE: usize = 256;
 
 /// What became of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,98 +38,302 @@ pub enum Stored {
     Duplicate,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The store failed the batch, or the transaction it shared with other
+    /// devices' batches.
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    #[error("every store write slot stayed busy for {} s", .0.as_secs())]
+    Busy(Duration),
+    #[error("tetherd is shutting down")]
+    Stopped,
+}
+
+impl From<StoreError> for TelemetryError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(Arc::new(error))
+    }
+}
+
+/// Stores devices' telemetry batches, several devices' batches in one
+/// transaction (group commit). A batch is answered only after the
+/// transaction that stored it, with its spool's cursor, committed, so a
+/// device's acknowledgement still means its records are durable, and a
+/// batch sent again meets the cursor that stored it (ADR 0012).
 pub struct Telemetry {
+    queue: mpsc::Sender<Job>,
+}
+
+struct Job {
+    device: DeviceId,
+    batch: Arc<TelemetryBatch>,
+    /// A metrics batch's points and where each record's begin.
+    points: Option<(DevicePoints, Vec<usize>)>,
+    wire_bytes: usize,
+    done: oneshot::Sender<Result<Stored, TelemetryError>>,
+}
+
+/// What a writer needs; writers share one queue.
+struct Writer {
     store: Store,
     observability: Arc<Observability>,
     /// Announces stored log lines to live followers (`crate::logs`).
     bus: Bus,
+    /// Shared with the other device-driven writes (`crate::ingest`).
+    write_slots: Arc<Semaphore>,
+    slot_wait: Duration,
+    queue: Mutex<mpsc::Receiver<Job>>,
 }
 
 impl Telemetry {
-    pub fn new(store: Store, observability: Arc<Observability>, bus: Bus) -> Self {
-        Self {
+    /// Starts `writers` writers, each holding one of `write_slots` (waiting
+    /// at most `slot_wait` for it) while it stores a group.
+    pub fn new(
+        store: Store,
+        observability: Arc<Observability>,
+        bus: Bus,
+        write_slots: Arc<Semaphore>,
+        slot_wait: Duration,
+        writers: usize,
+    ) -> Self {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        let writer = Arc::new(Writer {
             store,
             observability,
             bus,
+            write_slots,
+            slot_wait,
+            queue: Mutex::new(receiver),
+        });
+        for _ in 0..writers.max(1) {
+            tokio::spawn(writer.clone().run());
         }
+        Self { queue }
     }
 
-    /// Stores `batch` of `device`, which came as `wire_bytes` bytes.
+    /// Stores `batch` of `device`, which came as `wire_bytes` bytes;
+    /// returns once it is committed.
     pub async fn ingest(
         &self,
         device: &DeviceId,
-        batch: &TelemetryBatch,
+        batch: Arc<TelemetryBatch>,
         wire_bytes: usize,
-    ) -> Result<Stored, StoreError> {
-        let stream = batch.stream();
-        let count = batch.records.len() as u64;
-        let now = Utc::now();
-        let mut tx = self
-            .store
-            .open_cursor(device, stream, &batch.spool_id, batch.first_seq, now)
-            .await?;
-        let verdict = cursor::judge(Some(tx.next_seq), batch.first_seq, count);
-        let (update, stored) = match verdict {
-            Verdict::Duplicate => (
-                CursorUpdate {
-                    next_seq: tx.next_seq,
-                    gap: 0,
-                    stored: 0,
-                    duplicates: count,
-                    wire_bytes: wire_bytes as u64,
-                    dropped: batch.dropped.clone(),
-                },
-                Stored::Duplicate,
-            ),
-            Verdict::Store {
-                skip,
-                gap,
-                next_seq,
-            } => {
-                let from = usize::try_from(skip).unwrap_or(usize::MAX);
-                match &batch.records {
-                    Records::Logs(logs) => {
-                        tx.insert_logs(batch.first_seq + skip, logs.get(from..).unwrap_or(&[]))
-                            .await?;
-                    }
-                    Records::Metrics(metrics) => {
-                        let new = metrics.get(from..).unwrap_or(&[]);
-                        tx.insert_metrics(new).await?;
-                        tx.insert_points(&crate::metrics::flatten::points(new), now)
-                            .await?;
-                    }
+    ) -> Result<Stored, TelemetryError> {
+        // Flattened here, on the device's task, so devices do it in parallel.
+        let points = match &batch.records {
+            Records::Metrics(records) => {
+                let mut points = Vec::new();
+                let mut starts = Vec::with_capacity(records.len());
+                for record in records {
+                    starts.push(points.len());
+                    crate::metrics::flatten::record_points(record, &mut points);
                 }
-                if gap > 0 {
-                    tracing::info!(%device, %stream, spool = batch.spool_id, gap, first_seq = batch.first_seq, "telemetry batch after a gap; the numbers between never arrived");
-                }
-                (
-                    CursorUpdate {
-                        next_seq,
-                        gap,
-                        stored: count - skip,
-                        duplicates: skip,
-                        wire_bytes: wire_bytes as u64,
-                        dropped: batch.dropped.clone(),
-                    },
-                    Stored::New {
-                        records: count - skip,
-                        gap,
-                    },
-                )
+                Some((DevicePoints::new(device, &points), starts))
             }
+            Records::Logs(_) => None,
         };
-        tx.commit(&update).await?;
-        if stream == Stream::Logs && update.stored > 0 {
-            self.bus.publish(Channel::LogsStored, [device.as_str()]);
+        let (done, answer) = oneshot::channel();
+        let job = Job {
+            device: device.clone(),
+            batch,
+            points,
+            wire_bytes,
+            done,
+        };
+        self.queue
+            .send(job)
+            .await
+            .map_err(|_| TelemetryError::Stopped)?;
+        answer.await.map_err(|_| TelemetryError::Stopped)?
+    }
+}
+
+/// What one batch changes, decided inside its transaction.
+struct Outcome {
+    update: CursorUpdate,
+    stored: Stored,
+}
+
+impl Writer {
+    async fn run(self: Arc<Self>) {
+        while let Some(jobs) = self.next_group().await {
+            self.store_group(jobs).await;
+        }
+    }
+
+    /// The next batch and those queued behind it, up to a group's size.
+    async fn next_group(&self) -> Option<Vec<Job>> {
+        let mut queue = self.queue.lock().await;
+        let first = queue.recv().await?;
+        let mut records = first.batch.records.len();
+        let mut jobs = vec![first];
+        while jobs.len() < GROUP_BATCHES && records < GROUP_RECORDS {
+            let Ok(job) = queue.try_recv() else { break };
+            records += job.batch.records.len();
+            jobs.push(job);
+        }
+        Some(jobs)
+    }
+
+    async fn store_group(&self, mut jobs: Vec<Job>) {
+        let slot = tokio::time::timeout(self.slot_wait, self.write_slots.acquire()).await;
+        let Ok(Ok(_slot)) = slot else {
+            for job in jobs {
+                let _ = job.done.send(Err(TelemetryError::Busy(self.slot_wait)));
+            }
+            return;
+        };
+        // One order for every transaction: two that hold batches of the
+        // same spools lock their cursors alike.
+        jobs.sort_by(|a, b| {
+            (&a.device, a.batch.stream().as_str(), &a.batch.spool_id).cmp(&(
+                &b.device,
+                b.batch.stream().as_str(),
+                &b.batch.spool_id,
+            ))
+        });
+        let now = Utc::now();
+        match self.store(&jobs, now).await {
+            Ok(outcomes) => {
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    self.stored(job, outcome);
+                }
+            }
+            // A batch the store refuses (its device deleted, a number it
+            // cannot hold) fails the whole transaction: each batch is then
+            // stored alone, so only that one is refused.
+            Err(error) if jobs.len() > 1 && is_the_batchs_own(&error) => {
+                for job in jobs {
+                    match self.store(std::slice::from_ref(&job), now).await {
+                        Ok(mut outcome) => self.stored(job, outcome.remove(0)),
+                        Err(error) => {
+                            let _ = job.done.send(Err(error.into()));
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                let error = Arc::new(error);
+                for job in jobs {
+                    let _ = job.done.send(Err(TelemetryError::Store(error.clone())));
+                }
+            }
+        }
+    }
+
+    /// Stores `jobs` in one transaction, each after its own cursor.
+    async fn store(&self, jobs: &[Job], now: DateTime<Utc>) -> Result<Vec<Outcome>, StoreError> {
+        let mut tx = self.store.begin_telemetry().await?;
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut points = Vec::new();
+        for job in jobs {
+            let outcome = store_batch(&mut tx, job, now, &mut points).await?;
+            outcomes.push(outcome);
+        }
+        tx.insert_points(&points, now).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Answers a committed batch's device and counts it.
+    fn stored(&self, job: Job, outcome: Outcome) {
+        let stream = job.batch.stream();
+        if stream == Stream::Logs && outcome.update.stored > 0 {
+            self.bus.publish(Channel::LogsStored, [job.device.as_str()]);
         }
         self.observability.telemetry_received(
             stream,
-            wire_bytes as u64,
-            update.stored,
-            update.duplicates,
+            outcome.update.wire_bytes,
+            outcome.update.stored,
+            outcome.update.duplicates,
         );
-        Ok(stored)
+        let _ = job.done.send(Ok(outcome.stored));
     }
+}
+
+/// Whether `error` is about one batch rather than the store.
+fn is_the_batchs_own(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::NotFound { .. } | StoreError::TooLarge { .. } | StoreError::Encode { .. }
+    )
+}
+
+/// Takes `job`'s cursor, stores its new log records, or its host samples
+/// and adds its new points to `points` (stored for the whole group after
+/// the last batch), and moves the cursor.
+async fn store_batch<'a>(
+    tx: &mut TelemetryTx,
+    job: &'a Job,
+    now: DateTime<Utc>,
+    points: &mut Vec<(&'a DevicePoints, usize)>,
+) -> Result<Outcome, StoreError> {
+    let batch = &job.batch;
+    let spool = SpoolRef {
+        device: &job.device,
+        stream: batch.stream(),
+        spool_id: &batch.spool_id,
+    };
+    let count = batch.records.len() as u64;
+    let taken = tx.take_cursor(spool, batch.first_seq, now).await?;
+    let (update, stored) = match cursor::judge(Some(taken), batch.first_seq, count) {
+        Verdict::Duplicate => (
+            CursorUpdate {
+                next_seq: taken,
+                gap: 0,
+                stored: 0,
+                duplicates: count,
+                wire_bytes: job.wire_bytes as u64,
+                dropped: batch.dropped.clone(),
+            },
+            Stored::Duplicate,
+        ),
+        Verdict::Store {
+            skip,
+            gap,
+            next_seq,
+        } => {
+            let from = usize::try_from(skip).unwrap_or(usize::MAX);
+            match &batch.records {
+                Records::Logs(logs) => {
+                    tx.insert_logs(
+                        &job.device,
+                        batch.first_seq + skip,
+                        logs.get(from..).unwrap_or(&[]),
+                    )
+                    .await?;
+                }
+                Records::Metrics(metrics) => {
+                    tx.insert_metrics(&job.device, metrics.get(from..).unwrap_or(&[]))
+                        .await?;
+                    if let Some((device_points, starts)) = &job.points {
+                        let first_row = starts.get(from).copied().unwrap_or(usize::MAX);
+                        points.push((device_points, first_row));
+                    }
+                }
+            }
+            if gap > 0 {
+                tracing::info!(device = %job.device, stream = %spool.stream, spool = batch.spool_id, gap, first_seq = batch.first_seq, "telemetry batch after a gap; the numbers between never arrived");
+            }
+            (
+                CursorUpdate {
+                    next_seq,
+                    gap,
+                    stored: count - skip,
+                    duplicates: skip,
+                    wire_bytes: job.wire_bytes as u64,
+                    dropped: batch.dropped.clone(),
+                },
+                Stored::New {
+                    records: count - skip,
+                    gap,
+                },
+            )
+        }
+    };
+    tx.move_cursor(spool, taken, &update).await?;
+    Ok(Outcome { update, stored })
 }
 
 #[cfg(test)]
@@ -134,7 +352,14 @@ mod tests {
             .await
             .expect("device");
         (
-            Telemetry::new(store.clone(), Arc::default(), Bus::in_process()),
+            Telemetry::new(
+                store.clone(),
+                Arc::default(),
+                Bus::in_process(),
+                Arc::new(Semaphore::new(1)),
+                std::time::Duration::from_secs(5),
+                1,
+            ),
             store,
             device,
         )
@@ -181,7 +406,12 @@ mod tests {
         let ingest = |batch: TelemetryBatch| {
             let telemetry = &telemetry;
             let device = &device;
-            async move { telemetry.ingest(device, &batch, 100).await.expect("stored") }
+            async move {
+                telemetry
+                    .ingest(device, Arc::new(batch), 100)
+                    .await
+                    .expect("stored")
+            }
         };
         assert_eq!(
             ingest(logs("a", 0, 1000)).await,
@@ -222,7 +452,7 @@ mod tests {
     async fn a_gap_is_passed_over_and_counted() {
         let (telemetry, store, device) = service().await;
         telemetry
-            .ingest(&device, &logs("a", 0, 10), 1)
+            .ingest(&device, Arc::new(logs("a", 0, 10)), 1)
             .await
             .expect("stored");
         let mut after_gap = logs("a", 50, 60);
@@ -232,7 +462,7 @@ mod tests {
         };
         assert_eq!(
             telemetry
-                .ingest(&device, &after_gap, 1)
+                .ingest(&device, Arc::new(after_gap.clone()), 1)
                 .await
                 .expect("stored"),
             Stored::New {
@@ -243,7 +473,7 @@ mod tests {
         let mut stale = logs("a", 0, 10);
         stale.dropped = Dropped::default();
         telemetry
-            .ingest(&device, &stale, 1)
+            .ingest(&device, Arc::new(stale.clone()), 1)
             .await
             .expect("acknowledged");
         let usage = store.telemetry_usage(&device).await.expect("usage");
@@ -265,13 +495,13 @@ mod tests {
     async fn a_wiped_spool_starts_over_and_its_old_batches_still_meet_their_cursor() {
         let (telemetry, store, device) = service().await;
         telemetry
-            .ingest(&device, &logs("old", 0, 100), 1)
+            .ingest(&device, Arc::new(logs("old", 0, 100)), 1)
             .await
             .expect("stored");
         // The device lost its state: a new spool numbers from 0 again.
         assert_eq!(
             telemetry
-                .ingest(&device, &logs("new", 0, 50), 1)
+                .ingest(&device, Arc::new(logs("new", 0, 50)), 1)
                 .await
                 .expect("stored"),
             Stored::New {
@@ -282,7 +512,7 @@ mod tests {
         // A late copy of the old spool's batch is not stored again ...
         assert_eq!(
             telemetry
-                .ingest(&device, &logs("old", 0, 100), 1)
+                .ingest(&device, Arc::new(logs("old", 0, 100)), 1)
                 .await
                 .expect("acknowledged"),
             Stored::Duplicate
@@ -290,7 +520,7 @@ mod tests {
         // ... while its records not seen before are.
         assert_eq!(
             telemetry
-                .ingest(&device, &logs("old", 100, 110), 1)
+                .ingest(&device, Arc::new(logs("old", 100, 110)), 1)
                 .await
                 .expect("stored"),
             Stored::New {
@@ -338,9 +568,12 @@ mod tests {
             ]),
             dropped: Dropped::default(),
         };
-        telemetry.ingest(&device, &batch, 1).await.expect("stored");
         telemetry
-            .ingest(&device, &batch, 1)
+            .ingest(&device, Arc::new(batch.clone()), 1)
+            .await
+            .expect("stored");
+        telemetry
+            .ingest(&device, Arc::new(batch.clone()), 1)
             .await
             .expect("acknowledged");
         let host = store.list_metrics(&device, 10).await.expect("metrics");
@@ -412,7 +645,10 @@ mod tests {
                 custom("flow", &[("a", "1"), ("b", "2")], at, 3.0),
             ],
         );
-        telemetry.ingest(&device, &first, 1).await.expect("stored");
+        telemetry
+            .ingest(&device, Arc::new(first.clone()), 1)
+            .await
+            .expect("stored");
         let later = metrics(
             3,
             vec![
@@ -420,7 +656,10 @@ mod tests {
                 custom("flow", &[("a", "1"), ("b", "2")], earlier, 5.0),
             ],
         );
-        telemetry.ingest(&device, &later, 1).await.expect("stored");
+        telemetry
+            .ingest(&device, Arc::new(later.clone()), 1)
+            .await
+            .expect("stored");
         let series = store.list_series(&device, None, 10).await.expect("series");
         assert_eq!(series.len(), 1, "{series:?}");
         assert_eq!(series[0].last_at.timestamp_millis(), millis(at));
@@ -439,7 +678,7 @@ mod tests {
             .map(|i| custom(&format!("m{i:04}"), &[("k", "v")], at, f64::from(i)))
             .collect();
         telemetry
-            .ingest(&device, &metrics(0, records), 1)
+            .ingest(&device, Arc::new(metrics(0, records)), 1)
             .await
             .expect("stored");
         let series = store
@@ -454,14 +693,92 @@ mod tests {
         );
     }
 
+    /// A writer of its own and a queued job for `batch` of `device`.
+    fn job(
+        device: &DeviceId,
+        batch: TelemetryBatch,
+    ) -> (Job, oneshot::Receiver<Result<Stored, TelemetryError>>) {
+        let (done, answer) = oneshot::channel();
+        let points = match &batch.records {
+            Records::Metrics(records) => {
+                let points = crate::metrics::flatten::points(records);
+                Some((
+                    DevicePoints::new(device, &points),
+                    (0..records.len()).collect(),
+                ))
+            }
+            Records::Logs(_) => None,
+        };
+        let job = Job {
+            device: device.clone(),
+            batch: Arc::new(batch),
+            points,
+            wire_bytes: 1,
+            done,
+        };
+        (job, answer)
+    }
+
+    fn writer(store: &Store) -> Writer {
+        Writer {
+            store: store.clone(),
+            observability: Arc::default(),
+            bus: Bus::in_process(),
+            write_slots: Arc::new(Semaphore::new(1)),
+            slot_wait: std::time::Duration::from_secs(5),
+            queue: Mutex::new(mpsc::channel(1).1),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_stores_each_batch_once_and_refuses_only_the_batch_at_fault() {
+        let (_telemetry, store, device) = service().await;
+        let other = DeviceId::new("edge-2").expect("valid");
+        store
+            .create_device(&other, &Default::default(), Utc::now())
+            .await
+            .expect("device");
+        let ghost = DeviceId::new("ghost").expect("valid");
+        let at = Utc::now() - Duration::minutes(1);
+        let (jobs, answers): (Vec<_>, Vec<_>) = [
+            job(&device, logs("a", 0, 10)),
+            // The same spool again, overlapping: only its new half is stored.
+            job(&device, logs("a", 5, 15)),
+            job(&ghost, logs("a", 0, 10)),
+            job(&other, metrics(0, vec![custom("flow", &[], at, 1.0)])),
+        ]
+        .into_iter()
+        .unzip();
+        writer(&store).store_group(jobs).await;
+        let mut answers = futures::future::join_all(answers).await.into_iter();
+        let mut next = || answers.next().expect("answered").expect("sent");
+        assert_eq!(
+            next().expect("stored"),
+            Stored::New {
+                records: 10,
+                gap: 0
+            }
+        );
+        assert_eq!(next().expect("stored"), Stored::New { records: 5, gap: 0 });
+        let refused = next().expect_err("no such device");
+        assert!(refused.to_string().contains("ghost"), "{refused}");
+        assert_eq!(next().expect("stored"), Stored::New { records: 1, gap: 0 });
+        assert_eq!(messages(&store, &device).await, expected("a", 0..15));
+        let series = store.list_series(&other, None, 10).await.expect("series");
+        assert_eq!(points(&store, series[0].id).await, [(millis(at), 1.0, 1)]);
+    }
+
     #[tokio::test]
     async fn a_batch_for_a_device_that_does_not_exist_is_not_found() {
         let (telemetry, _store, _device) = service().await;
         let ghost = DeviceId::new("ghost").expect("valid");
         let err = telemetry
-            .ingest(&ghost, &logs("a", 0, 1), 1)
+            .ingest(&ghost, Arc::new(logs("a", 0, 1)), 1)
             .await
             .expect_err("no device");
-        assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+        assert!(
+            matches!(&err, TelemetryError::Store(e) if matches!(**e, StoreError::NotFound { .. })),
+            "{err}"
+        );
     }
 }
