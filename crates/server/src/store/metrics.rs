@@ -79,13 +79,14 @@ pub(super) async fn write_points(
         return Ok(());
     }
     // One row per series per statement (PostgreSQL refuses to upsert a row
-    // twice in one), carrying the newest point.
+    // twice in one), carrying the newest point; of points at one instant
+    // the first, which is the one `metric_points` keeps.
     let mut newest: HashMap<i64, PointRow> = HashMap::new();
     for row in rows() {
         newest
             .entry(row.series_id)
             .and_modify(|p| {
-                if row.at >= p.at {
+                if row.at > p.at {
                     *p = *row;
                 }
             })
@@ -112,9 +113,9 @@ pub(super) async fn write_points(
         );
         sql.push_str(
             " ON CONFLICT (id) DO UPDATE SET \
-             last_value = CASE WHEN excluded.last_at >= metric_series.last_at \
+             last_value = CASE WHEN excluded.last_at > metric_series.last_at \
              THEN excluded.last_value ELSE metric_series.last_value END, \
-             last_at = CASE WHEN excluded.last_at >= metric_series.last_at \
+             last_at = CASE WHEN excluded.last_at > metric_series.last_at \
              THEN excluded.last_at ELSE metric_series.last_at END",
         );
         let mut query = sqlx::query(&sql);

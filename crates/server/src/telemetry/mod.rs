@@ -84,6 +84,8 @@ struct Writer {
     write_slots: Arc<Semaphore>,
     slot_wait: Duration,
     queue: Mutex<mpsc::Receiver<Job>>,
+    /// How many writers share the queue.
+    writers: usize,
 }
 
 impl Telemetry {
@@ -98,6 +100,7 @@ impl Telemetry {
         writers: usize,
     ) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
+        let writers = writers.max(1);
         let writer = Arc::new(Writer {
             store,
             observability,
@@ -105,8 +108,9 @@ impl Telemetry {
             write_slots,
             slot_wait,
             queue: Mutex::new(receiver),
+            writers,
         });
-        for _ in 0..writers.max(1) {
+        for _ in 0..writers {
             tokio::spawn(writer.clone().run());
         }
         Self { queue }
@@ -121,18 +125,7 @@ impl Telemetry {
         wire_bytes: usize,
     ) -> Result<Stored, TelemetryError> {
         // Flattened here, on the device's task, so devices do it in parallel.
-        let points = match &batch.records {
-            Records::Metrics(records) => {
-                let mut points = Vec::new();
-                let mut starts = Vec::with_capacity(records.len());
-                for record in records {
-                    starts.push(points.len());
-                    crate::metrics::flatten::record_points(record, &mut points);
-                }
-                Some((DevicePoints::new(device, &points), starts))
-            }
-            Records::Logs(_) => None,
-        };
+        let points = prepare(device, &batch);
         let (done, answer) = oneshot::channel();
         let job = Job {
             device: device.clone(),
@@ -149,6 +142,17 @@ impl Telemetry {
     }
 }
 
+/// A metrics batch's points, ready to store, and where each record's begin.
+fn prepare(device: &DeviceId, batch: &TelemetryBatch) -> Option<(DevicePoints, Vec<usize>)> {
+    match &batch.records {
+        Records::Metrics(records) => {
+            let (points, starts) = crate::metrics::flatten::points(records);
+            Some((DevicePoints::new(device, &points), starts))
+        }
+        Records::Logs(_) => None,
+    }
+}
+
 /// What one batch changes, decided inside its transaction.
 struct Outcome {
     update: CursorUpdate,
@@ -162,13 +166,16 @@ impl Writer {
         }
     }
 
-    /// The next batch and those queued behind it, up to a group's size.
+    /// The next batch and those queued behind it, up to a group's size
+    /// and to this writer's share of the queue: the other writers take
+    /// the rest, and their transactions run beside this one.
     async fn next_group(&self) -> Option<Vec<Job>> {
         let mut queue = self.queue.lock().await;
         let first = queue.recv().await?;
+        let share = (queue.len() + 1).div_ceil(self.writers).min(GROUP_BATCHES);
         let mut records = first.batch.records.len();
         let mut jobs = vec![first];
-        while jobs.len() < GROUP_BATCHES && records < GROUP_RECORDS {
+        while jobs.len() < share && records < GROUP_RECORDS {
             let Ok(job) = queue.try_recv() else { break };
             records += job.batch.records.len();
             jobs.push(job);
@@ -699,20 +706,10 @@ mod tests {
         batch: TelemetryBatch,
     ) -> (Job, oneshot::Receiver<Result<Stored, TelemetryError>>) {
         let (done, answer) = oneshot::channel();
-        let points = match &batch.records {
-            Records::Metrics(records) => {
-                let points = crate::metrics::flatten::points(records);
-                Some((
-                    DevicePoints::new(device, &points),
-                    (0..records.len()).collect(),
-                ))
-            }
-            Records::Logs(_) => None,
-        };
         let job = Job {
             device: device.clone(),
+            points: prepare(device, &batch),
             batch: Arc::new(batch),
-            points,
             wire_bytes: 1,
             done,
         };
@@ -727,6 +724,7 @@ mod tests {
             write_slots: Arc::new(Semaphore::new(1)),
             slot_wait: std::time::Duration::from_secs(5),
             queue: Mutex::new(mpsc::channel(1).1),
+            writers: 1,
         }
     }
 
