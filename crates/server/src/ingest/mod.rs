@@ -302,31 +302,7 @@ impl Ingest {
                 }
             }
         }
-        let applied = if let DeviceMessage::Telemetry(batch) = message {
-            // Its writer takes the write slot, for a group of batches.
-            match self
-                .telemetry
-                .ingest(&inbound.device, batch.clone(), inbound.size)
-                .await
-            {
-                Ok(Stored::New { .. }) => Ok(Outcome::Accepted),
-                Ok(Stored::Duplicate) => Ok(Outcome::Duplicate),
-                Err(TelemetryError::Store(error)) => Err(NotApplied::Store(error)),
-                Err(error) => Err(NotApplied::Other(error.to_string())),
-            }
-        } else {
-            let slot = tokio::time::timeout(WRITE_SLOT_WAIT, self.write_slots.acquire()).await;
-            match slot {
-                Ok(Ok(_slot)) => self
-                    .apply(&inbound.device, message)
-                    .await
-                    .map_err(|error| NotApplied::Store(Arc::new(error))),
-                _ => Err(NotApplied::Other(format!(
-                    "every store write slot stayed busy for {} s",
-                    WRITE_SLOT_WAIT.as_secs()
-                ))),
-            }
-        };
+        let applied = self.apply(&inbound.device, message, inbound.size).await;
         let outcome = match applied {
             Ok(outcome) => outcome,
             // A number the store cannot hold is the device's doing, not an
@@ -351,38 +327,69 @@ impl Ingest {
         Ok(())
     }
 
-    /// Stores what a message other than a telemetry batch says.
+    /// Stores what `message` says, each write holding a write slot.
     async fn apply(
         &self,
         device: &DeviceId,
         message: &DeviceMessage,
-    ) -> Result<Outcome, StoreError> {
+        size: usize,
+    ) -> Result<Outcome, NotApplied> {
+        let store = |error| NotApplied::Store(Arc::new(error));
         match message {
             // Births are written by the device's session writer (`handle`).
             DeviceMessage::Status(_) => Ok(Outcome::Accepted),
-            DeviceMessage::Event(event) => Ok(
-                match self.actions.handle_event(device, event.clone()).await? {
+            DeviceMessage::Event(event) => {
+                let _slot = self.write_slot().await?;
+                let answer = self.actions.handle_event(device, event.clone()).await;
+                Ok(match answer.map_err(store)? {
                     Answer::Recorded => Outcome::Accepted,
                     Answer::AlreadyFinished | Answer::Unknown | Answer::NotYours => {
                         Outcome::Duplicate
                     }
-                },
-            ),
+                })
+            }
             DeviceMessage::Metrics(metrics) => {
-                self.store.insert_metrics(device, metrics).await?;
+                let _slot = self.write_slot().await?;
+                self.store
+                    .insert_metrics(device, metrics)
+                    .await
+                    .map_err(store)?;
                 let mut points = Vec::new();
                 crate::metrics::flatten::host_metrics(metrics, &mut points);
                 self.store
                     .insert_points(device, &points, chrono::Utc::now())
-                    .await?;
+                    .await
+                    .map_err(store)?;
                 Ok(Outcome::Accepted)
             }
             DeviceMessage::Reported(reported) => {
-                self.specs.record_reported(device, reported).await?;
+                let _slot = self.write_slot().await?;
+                self.specs
+                    .record_reported(device, reported)
+                    .await
+                    .map_err(store)?;
                 Ok(Outcome::Accepted)
             }
-            // Stored by `handle` through `telemetry`.
-            DeviceMessage::Telemetry(_) => Ok(Outcome::Accepted),
+            // Its writer takes the slot, for a group of devices' batches.
+            DeviceMessage::Telemetry(batch) => {
+                match self.telemetry.ingest(device, batch.clone(), size).await {
+                    Ok(Stored::New { .. }) => Ok(Outcome::Accepted),
+                    Ok(Stored::Duplicate) => Ok(Outcome::Duplicate),
+                    Err(TelemetryError::Store(error)) => Err(NotApplied::Store(error)),
+                    Err(error) => Err(NotApplied::Other(error.to_string())),
+                }
+            }
+        }
+    }
+
+    /// One of the device writes' slots, waited for at most [`WRITE_SLOT_WAIT`].
+    async fn write_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, NotApplied> {
+        match tokio::time::timeout(WRITE_SLOT_WAIT, self.write_slots.acquire()).await {
+            Ok(Ok(slot)) => Ok(slot),
+            _ => Err(NotApplied::Other(format!(
+                "every store write slot stayed busy for {} s",
+                WRITE_SLOT_WAIT.as_secs()
+            ))),
         }
     }
 

@@ -1,6 +1,8 @@
 //! Telemetry batches from the devices' spools: metrics and log records,
 //! each batch stored exactly once, in one transaction with its spool's
-//! cursor (see [`cursor`] for which records of a batch are new).
+//! cursor (see [`cursor`] for which records of a batch are new); batches
+//! of several devices share a transaction when they arrive together
+//! (ADR 0014, amendment).
 
 pub mod cursor;
 
