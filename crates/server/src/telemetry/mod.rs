@@ -22,10 +22,13 @@ use cursor::Verdict;
 
 /// Batches one transaction stores at most, and records in them: enough
 /// that the per-transaction work (locking, commit, the statements'
-/// round trips) is shared by many devices, few enough that a batch waits
-/// little for the others.
+/// round trips) is shared by several devices, few enough that a batch
+/// waits little for the others and that a transaction's pages stay in
+/// SQLite's page cache (2 MiB; groups of 20,000 log lines made log ingest
+/// about 10 % slower than a transaction per batch, 5,000 faster:
+/// `BENCHMARKS.md`).
 const GROUP_BATCHES: usize = 32;
-const GROUP_RECORDS: usize = 20_000;
+const GROUP_RECORDS: usize = 5_000;
 
 /// Batches waiting for a writer; a device whose batch finds the queue full
 /// waits (its batch is not acknowledged meanwhile).
