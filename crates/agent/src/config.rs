@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::enroll::EnrollOptions;
+use crate::local_api::LocalApiConfig;
 use crate::logs::{JournalLocation, LogsConfig, SyslogConfig, SystemLog};
 use crate::spool::SpoolConfig;
 
@@ -67,6 +68,11 @@ pub struct Config {
     /// metrics and log lines [default: STATE_DIR/api.sock]
     #[arg(long, env = "TETHER_AGENT_LOCAL_API_SOCKET", value_name = "PATH")]
     pub local_api_socket: Option<PathBuf>,
+
+    /// Give the local API's socket to this group (name or number), so that
+    /// its members' applications may use it [default: the agent's group]
+    #[arg(long, env = "TETHER_AGENT_LOCAL_API_GROUP", value_name = "GROUP")]
+    pub local_api_group: Option<String>,
 
     /// Take syslog messages on this unix datagram socket, as syslogd does
     /// on /dev/log (created mode 0666; a socket left there is replaced)
@@ -147,10 +153,14 @@ impl Config {
         }
     }
 
-    pub fn local_api_socket(&self, state_dir: &std::path::Path) -> PathBuf {
-        self.local_api_socket
-            .clone()
-            .unwrap_or_else(|| state_dir.join(LOCAL_API_SOCKET))
+    pub fn local_api(&self, state_dir: &std::path::Path) -> LocalApiConfig {
+        LocalApiConfig {
+            socket: self
+                .local_api_socket
+                .clone()
+                .unwrap_or_else(|| state_dir.join(LOCAL_API_SOCKET)),
+            group: self.local_api_group.clone(),
+        }
     }
 
     /// The log sources the flags name.
@@ -257,6 +267,33 @@ mod tests {
         ])
         .expect("parses");
         assert_eq!(config.enroll_options().expect("complete").token, "t");
+    }
+
+    #[test]
+    fn the_local_api_lives_in_the_state_dir_unless_told_and_may_name_a_group() {
+        let config = Config::try_parse_from(["tether-agent"]).expect("parses");
+        assert_eq!(
+            config.local_api(std::path::Path::new("/s")),
+            LocalApiConfig {
+                socket: PathBuf::from("/s/api.sock"),
+                group: None
+            }
+        );
+        let config = Config::try_parse_from([
+            "tether-agent",
+            "--local-api-socket",
+            "/run/tether/api.sock",
+            "--local-api-group",
+            "tether",
+        ])
+        .expect("parses");
+        assert_eq!(
+            config.local_api(std::path::Path::new("/s")),
+            LocalApiConfig {
+                socket: PathBuf::from("/run/tether/api.sock"),
+                group: Some("tether".into())
+            }
+        );
     }
 
     #[test]

@@ -78,13 +78,22 @@ pub async fn run(
     let clock = ServerClock::new();
     // Opened before enrollment, so local applications can log from the start.
     let spools = Spools::open(state.path(), config.spool())?;
-    let local_api = local_api::LocalApi::bind(
-        &config.local_api_socket(state.path()),
-        spools.clone(),
-        clock.clone(),
-    )?;
     // The spec applied last, in force before tetherd is reached again.
     let applied = spec::SpecHandle::load(state.path());
+    let status = spec::StatusSource::new(
+        applied.clone(),
+        spec::facts::gather(std::path::Path::new("/")),
+    );
+    let (identity, identity_view) = tokio::sync::watch::channel(None);
+    let local_api = local_api::LocalApi::bind(
+        &config.local_api(state.path()),
+        spools.clone(),
+        local_api::DeviceView {
+            identity: identity_view,
+            status: status.view(),
+        },
+        clock.clone(),
+    )?;
     let sources = logs::Logs::bind(
         config.logs(),
         state.path(),
@@ -112,7 +121,8 @@ pub async fn run(
         clock,
         Spooled {
             spools: spools.clone(),
-            applied,
+            status,
+            identity,
             follow,
         },
         logging,
@@ -125,7 +135,7 @@ pub async fn run(
     let _ = log_sources.await;
     let flushing = spools.clone();
     let _ = tokio::task::spawn_blocking(move || {
-        flushing.flush();
+        flushing.close();
         positions.persist();
     })
     .await;
@@ -148,7 +158,9 @@ async fn follow_budgets(
 /// What runs from the agent's start, before and beside the session.
 struct Spooled {
     spools: Arc<Spools>,
-    applied: spec::SpecHandle,
+    status: spec::StatusSource,
+    /// What the local API tells of the device, once it has credentials.
+    identity: tokio::sync::watch::Sender<Option<local_api::Identity>>,
     follow: logs::FollowHandle,
 }
 
@@ -171,7 +183,8 @@ async fn serve(
 ) -> Result<(), AgentError> {
     let Spooled {
         spools,
-        applied,
+        status,
+        identity,
         follow,
     } = spooled;
     tokio::pin!(shutdown);
@@ -218,19 +231,17 @@ async fn serve(
         }
     };
     let (renewed_tx, renewed_rx) = tokio::sync::watch::channel(credentials.clone());
-    tracing::info!(
-        version = applied.current().version,
-        "running with spec version {}",
-        applied.current().version
-    );
+    let _identity = AbortOnDrop(tokio::spawn(local_api::follow_credentials(
+        renewed_rx.clone(),
+        identity,
+    )));
+    let version = status.spec.current().version;
+    tracing::info!(version, "running with spec version {version}");
     let session = session::run(
         credentials.clone(),
         &state,
         session::SessionParts {
-            status: spec::StatusSource {
-                spec: applied,
-                facts: Arc::new(spec::facts::gather(std::path::Path::new("/"))),
-            },
+            status,
             logging: Arc::new(logging),
             clock,
             spools,

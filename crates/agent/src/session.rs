@@ -20,7 +20,6 @@ use rumqttc::v5::mqttbytes::v5::{
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{NetworkOptions, Outgoing, TlsConfiguration, Transport};
 use tether_proto::metrics::HostSample;
-use tether_proto::spec::SpecError;
 use tether_proto::telemetry::{MetricRecord, Stream};
 use tether_proto::{ActionEvent, DeviceId, DeviceStatus, DeviceTopic, Presence, TopicKind};
 use tokio::sync::{mpsc, watch};
@@ -38,6 +37,7 @@ use crate::metrics::MetricsSink;
 use crate::queue::Queued;
 use crate::spec::StatusSource;
 use crate::spool::sender::{self, Ack, Answer, BatchOut};
+use crate::spool::usage::Usage;
 use crate::spool::{Record, Spools};
 use crate::state::{ACTIONS_DIR, Credentials, StateDir};
 use crate::tls::{self, TlsError};
@@ -146,6 +146,8 @@ struct Publisher {
     online: Arc<watch::Sender<bool>>,
     /// Where tetherd's answers to each stream's batches go.
     acks: Arc<HashMap<Stream, mpsc::UnboundedSender<Ack>>>,
+    /// Counts the bytes of actions both ways.
+    usage: Arc<Usage>,
 }
 
 impl Publisher {
@@ -213,9 +215,9 @@ impl Publisher {
     }
 
     /// Queues the reported status (QoS 1) without waiting: the event loop
-    /// calls this. `extra` are errors beside the applied spec's own.
-    fn try_publish_reported(&self, extra: Vec<SpecError>) -> Result<(), String> {
-        let reported = serde_json::to_vec(&self.status.report(extra)).unwrap_or_default();
+    /// calls this.
+    fn try_publish_reported(&self) -> Result<(), String> {
+        let reported = serde_json::to_vec(&self.status.report()).unwrap_or_default();
         self.send(Tag::Other, TopicKind::Reported, reported, None)
             .map_err(|e| format!("cannot publish the reported status: {e}"))
     }
@@ -224,7 +226,7 @@ impl Publisher {
     /// version with the sections that failed, or why nothing was applied.
     /// The spec already applied is not reported again.
     fn apply_spec(&self, payload: &[u8]) -> Result<(), String> {
-        let failure = match self.status.apply_payload(payload) {
+        match self.status.apply_payload(payload) {
             // The birth's report said so already.
             Ok(None) => {
                 tracing::debug!("the spec tetherd sent is the one applied");
@@ -244,14 +246,10 @@ impl Publisher {
                         "could not apply {error}; that section keeps its previous value"
                     );
                 }
-                None
             }
-            Err(failure) => {
-                tracing::error!("{failure}");
-                Some(failure)
-            }
-        };
-        self.try_publish_reported(failure.into_iter().collect())
+            Err(failure) => tracing::error!("{failure}"),
+        }
+        self.try_publish_reported()
     }
 
     async fn publish_event(&self, event: &ActionEvent) {
@@ -272,7 +270,10 @@ impl Publisher {
                 Some(properties.clone()),
             );
             match sent {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.usage.action(chrono::Utc::now(), payload.len(), 0);
+                    return;
+                }
                 Err(e) if Instant::now() >= deadline => {
                     tracing::error!(
                         "cannot publish the event for action {}: {e}",
@@ -420,6 +421,7 @@ pub async fn run(
         tags: Arc::default(),
         online: Arc::new(online),
         acks: Arc::new(ack_routes),
+        usage: spools.usage().clone(),
     };
     let senders: Vec<_> = ack_receivers
         .into_iter()
@@ -703,7 +705,7 @@ impl Session {
                 self.publisher
                     .try_publish_status(Presence::Online, self.seq)
                     .map_err(|e| format!("cannot publish the online status: {e}"))?;
-                self.publisher.try_publish_reported(Vec::new())?;
+                self.publisher.try_publish_reported()?;
                 tracing::info!(
                     "online as {} (boot {}, seq {})",
                     self.publisher.device,
@@ -715,6 +717,9 @@ impl Session {
             }
             Packet::Publish(publish) => {
                 if publish.topic == self.publisher.topic(TopicKind::Actions).as_bytes() {
+                    self.publisher
+                        .usage
+                        .action(chrono::Utc::now(), 0, publish.payload.len());
                     if self.queued.admit(&publish.payload) {
                         let delivery = Delivery {
                             payload: publish.payload.to_vec(),
@@ -868,13 +873,14 @@ mod tests {
             client,
             device: DeviceId::new("edge-1").expect("valid"),
             boot_id: "boot".into(),
-            status: StatusSource {
-                spec: crate::spec::SpecHandle::load(std::path::Path::new("/nonexistent")),
-                facts: Arc::default(),
-            },
+            status: StatusSource::new(
+                crate::spec::SpecHandle::load(std::path::Path::new("/nonexistent")),
+                Default::default(),
+            ),
             tags: Arc::default(),
             online: Arc::new(watch::channel(false).0),
             acks: Arc::new(acks),
+            usage: Arc::new(Usage::open(std::path::Path::new("/nonexistent"))),
         }
     }
 

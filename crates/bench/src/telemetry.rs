@@ -187,6 +187,8 @@ fn log_batch(device: usize, n: u64) -> TelemetryBatch {
         first_seq: n * BATCH,
         records: Records::Logs(records),
         dropped: Default::default(),
+        replay: false,
+        usage: Vec::new(),
     }
 }
 
@@ -215,6 +217,8 @@ fn metric_batch(device: usize, n: u64) -> TelemetryBatch {
         first_seq: n * BATCH,
         records: Records::Metrics(records),
         dropped: Default::default(),
+        replay: false,
+        usage: Vec::new(),
     }
 }
 
@@ -270,5 +274,7 @@ fn one_line(seq: u64, message: &str) -> TelemetryBatch {
             fields: Default::default(),
         }]),
         dropped: Default::default(),
+        replay: false,
+        usage: Vec::new(),
     }
 }

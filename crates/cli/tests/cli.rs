@@ -70,6 +70,31 @@ impl Tether {
         }
     }
 
+    /// Starts a `tether` that keeps running (`logs --follow`), its stdout
+    /// read line by line.
+    fn follow(&self, args: &[&str]) -> Following {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(args)
+            .env("TETHER_CLI_CONFIG", self.config())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("tether starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut stdout = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = stdout.next_line().await {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Following { child, lines }
+    }
+
     async fn run_ok(&self, args: &[&str]) -> String {
         let run = self.run(args).await;
         assert_eq!(run.code, 0, "tether {args:?} failed: {}", run.stderr);
@@ -91,6 +116,39 @@ impl Tether {
             )
             .await;
         assert_eq!(run.code, 0, "login failed: {}", run.stderr);
+    }
+}
+
+/// A running `tether logs --follow`.
+struct Following {
+    child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Following {
+    /// The next line it printed, or `None` if none came within `wait`.
+    async fn next_line(&mut self, wait: Duration) -> Option<String> {
+        tokio::time::timeout(wait, self.lines.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The next `n` lines that contain `wanted`, each within 30 s; no line
+    /// until then may contain `unwanted`.
+    async fn lines_with(&mut self, wanted: &str, n: usize, unwanted: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        while found.len() < n {
+            let line = self
+                .next_line(Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|| panic!("no line with {wanted:?} within 30 s: {found:?}"));
+            assert!(!line.contains(unwanted), "{line}");
+            if line.contains(wanted) {
+                found.push(line);
+            }
+        }
+        found
     }
 }
 
@@ -946,6 +1004,8 @@ fn log_batch(
                 .collect(),
         ),
         dropped: Default::default(),
+        replay: false,
+        usage: Vec::new(),
     }
 }
 
@@ -1021,52 +1081,28 @@ async fn logs_are_read_from_the_archive_and_followed_live() {
     );
 
     // --follow shows what is stored from now on, not what was before.
-    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["logs", "edge-1", "--follow", "--unit", "app"])
-        .env("TETHER_CLI_CONFIG", tether.config())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tether starts");
-    let mut stdout = tokio::io::BufReader::new(follow.stdout.take().expect("piped"));
+    let mut follow = tether.follow(&["logs", "edge-1", "--follow", "--unit", "app"]);
     // The follow has begun once tetherd serves it; lines sent until then
     // would be old to it. A line sent repeatedly until one shows up says so.
-    let mut first = String::new();
     let mut seq = 16;
-    while first.is_empty() {
+    let first = loop {
         device
             .send_telemetry(&log_batch("probe", seq..seq + 1, chrono::Utc::now()))
             .await
             .expect("sends");
         seq += 1;
-        use tokio::io::AsyncBufReadExt;
-        if let Ok(read) =
-            tokio::time::timeout(Duration::from_millis(500), stdout.read_line(&mut first)).await
-        {
-            read.expect("reads");
+        if let Some(line) = follow.next_line(Duration::from_millis(500)).await {
+            break line;
         }
-    }
+    };
     assert!(first.contains("probe"), "{first}");
     device
         .send_telemetry(&log_batch("live", seq..seq + 3, chrono::Utc::now()))
         .await
         .expect("sends");
-    let mut live = Vec::new();
-    while live.len() < 3 {
-        let mut line = String::new();
-        use tokio::io::AsyncBufReadExt;
-        tokio::time::timeout(Duration::from_secs(30), stdout.read_line(&mut line))
-            .await
-            .expect("a line within 30 s")
-            .expect("reads");
-        if line.contains("live") {
-            live.push(line);
-        }
-    }
+    let live = follow.lines_with("live", 3, "stored").await;
     assert!(live[0].contains(&format!("live {seq}")), "{live:?}");
-    assert!(!live.iter().any(|line| line.contains("stored")), "{live:?}");
-    follow.kill().await.expect("stops");
+    follow.child.kill().await.expect("stops");
 
     let run = tether.run(&["logs", "edge-1", "--since", "soon"]).await;
     assert_eq!(run.code, 1);
@@ -1088,7 +1124,109 @@ async fn logs_are_read_from_the_archive_and_followed_live() {
         .expect("a logs row")
         .split_whitespace()
         .collect();
-    let stored: u64 = logs_row[logs_row.len() - 4].parse().expect("a count");
+    let stored: u64 = logs_row[logs_row.len() - 5].parse().expect("a count");
     assert_eq!(stored, seq + 3, "every line sent was stored once: {usage}");
     device.disconnect().await;
+}
+
+/// Seed 004: `tether logs DEVICE --follow` shows the device's system log
+/// from the command on, with nothing configured on the device: a real
+/// agent whose system log is a file (`/var/log/syslog` on a device without
+/// journald). Once the CLI is gone, tetherd stops renewing `follow-logs`
+/// and the agent stops reading the system log when the last one lapses.
+#[tokio::test(flavor = "multi_thread")]
+async fn follow_shows_a_real_agents_system_log_from_the_command_on_with_nothing_configured() {
+    let tetherd = tetherd().await;
+    let admin = tetherd.admin().await.expect("admin");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let syslog = dir.path().join("syslog");
+    let append = |message: &str| {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&syslog)
+            .expect("opens the system log");
+        let now = chrono::Local::now().format("%b %e %H:%M:%S");
+        writeln!(file, "{now} edge sshd[7]: {message}").expect("appends");
+    };
+    append("written before the command");
+    let system_log = syslog.display().to_string();
+    let agent = tether_testkit::Agent::enroll_with_env(
+        &tetherd,
+        &admin,
+        "edge-1",
+        &[("TETHER_AGENT_SYSTEM_LOG", &system_log)],
+    )
+    .await
+    .expect("enrolls");
+    agent
+        .wait_presence(&admin, "online")
+        .await
+        .expect("a real agent online");
+    let device = admin
+        .get("/api/v1/devices/edge-1")
+        .await
+        .and_then(|reply| reply.expect_status(200))
+        .expect("the device");
+    assert!(
+        device["spec"]
+            .as_object()
+            .is_none_or(|spec| spec.is_empty()),
+        "nothing configured: {device}"
+    );
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+
+    let mut follow = tether.follow(&["logs", "edge-1", "--follow"]);
+    // The agent reads its system log from when `follow-logs` reaches it,
+    // just after the command: a line appended until one shows up says so.
+    let mut probes = 0;
+    let first = loop {
+        append(&format!("probe {probes}"));
+        probes += 1;
+        if let Some(line) = follow.next_line(Duration::from_millis(500)).await {
+            break line;
+        }
+        assert!(
+            probes < 60,
+            "nothing on stdout after {probes} probes; agent log:\n{}",
+            agent.log()
+        );
+    };
+    assert!(first.contains("sshd: probe "), "{first}");
+    for i in 0..3 {
+        append(&format!("live {i}"));
+    }
+    let live = follow.lines_with("live", 3, "before the command").await;
+    assert!(
+        live[0].ends_with("sshd: live 0") && live[2].ends_with("sshd: live 2"),
+        "in order: {live:?}"
+    );
+    // The line from before the command never left the device.
+    let archive = tether.run_ok(&["logs", "edge-1", "--since", "1h"]).await;
+    assert!(
+        archive.contains("live 2") && !archive.contains("before the command"),
+        "{archive}"
+    );
+
+    // The follower's end stops the renewals: the agent's last window
+    // lapses (30 s at most) and it stops reading its system log.
+    let before_kill = agent.log().len();
+    follow.child.kill().await.expect("stops");
+    tether_testkit::wait_until(
+        "the agent to stop reading its system log",
+        Duration::from_secs(90),
+        || {
+            let log = agent.log();
+            async move {
+                Ok(log
+                    .get(before_kill..)
+                    .is_some_and(|after| after.contains("nobody follows the logs any more"))
+                    .then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}; agent log:\n{}", agent.log()));
 }

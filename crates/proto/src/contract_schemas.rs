@@ -244,7 +244,7 @@ fn what_tetherd_sends_conforms_to_the_spec_schema() {
     let spec = json!({
         "loggingConfig": {"enableJournalExport": true, "priority": 4, "units": ["ssh.service"]},
         "metricsConfig": {"intervalSeconds": 30},
-        "budgets": {"logs": 50_000_000, "spoolReplay": 0},
+        "budgets": {"logs": 50_000_000, "actions": 0, "spoolReplay": 1},
     });
     assert_eq!(crate::spec::validate(&spec), Ok(()));
     let message = SpecMessage {
@@ -257,6 +257,7 @@ fn what_tetherd_sends_conforms_to_the_spec_schema() {
         json!({"loggingConfig": {"priority": 8}}),
         json!({"metricsConfig": {"intervalSeconds": 0}}),
         json!({"budgets": {"video": 1}}),
+        json!({"budgets": {"spoolReplay": 0}}),
     ] {
         assert!(crate::spec::validate(&bad).is_err(), "{bad}");
         assert!(

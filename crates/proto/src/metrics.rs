@@ -311,6 +311,8 @@ mod tests {
             first_seq: 0,
             records: Records::Metrics(records.clone()),
             dropped: Dropped::default(),
+            replay: false,
+            usage: Vec::new(),
         };
         let wire = encode(&batch);
         let per_sample = wire.len() / 60;

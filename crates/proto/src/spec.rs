@@ -107,6 +107,10 @@ impl Default for MetricsConfig {
 }
 
 /// `budgets`: bytes a day each feature may send; absent means unlimited.
+/// `metrics` and `logs` are enforced by dropping the least severe records
+/// first; `spoolReplay` slows a backlog's replay and drops nothing; an
+/// operator's action is never dropped, so `actions` only warns
+/// (ADR 0015).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Budgets {
@@ -183,6 +187,16 @@ pub fn validate_section(name: &str, section: &Value) -> Result<(), SpecError> {
                 1,
                 u64::from(MetricsConfig::MAX_INTERVAL_SECONDS),
             )?,
+            // A backlog replays in order, live records behind it: with
+            // nothing a day it would never replay, and nothing newer go.
+            (Budgets::NAME, "spoolReplay") => {
+                if value.as_u64().is_none_or(|n| n == 0) {
+                    return Err(SpecError::new(
+                        path,
+                        "must be a whole number of bytes a day, 1 or more: it sets how fast a backlog replays, and the records behind it wait (leave it out for no limit)",
+                    ));
+                }
+            }
             _ => {
                 if value.as_u64().is_none() {
                     return Err(SpecError::new(
@@ -423,6 +437,14 @@ mod tests {
             ),
             (json!({"budgets": {"logs": -5}}), "spec.budgets.logs"),
             (json!({"budgets": {"video": 5}}), "spec.budgets.video"),
+            (
+                json!({"budgets": {"spoolReplay": 0}}),
+                "spec.budgets.spoolReplay",
+            ),
+            (
+                json!({"budgets": {"actions": "1MB"}}),
+                "spec.budgets.actions",
+            ),
         ];
         for (spec, path) in cases {
             assert_eq!(refused(spec.clone()).path, path, "{spec}");

@@ -145,7 +145,11 @@ impl Records {
     }
 }
 
-/// Records the spool dropped for lack of space since it was made: totals.
+/// Records the spool dropped since it was made: totals. `total` and
+/// `byPriority` are those a full spool dropped (the oldest first);
+/// `overBudget` and `overBudgetByPriority` those the spec's budget for the
+/// stream did not let through (the least severe first). Agents before
+/// budgets were counted apart counted both in `total`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -155,7 +159,75 @@ pub struct Dropped {
     /// for metrics.
     #[serde(default)]
     pub by_priority: [u64; 8],
+    #[serde(default)]
+    pub over_budget: u64,
+    /// As `byPriority`, for `overBudget`.
+    #[serde(default)]
+    pub over_budget_by_priority: [u64; 8],
 }
+
+/// A feature whose bytes are counted, and which the spec's `budgets` may
+/// limit. `spoolReplay` is the part of `metrics` and `logs` sent from the
+/// spool's backlog after a reconnect: those bytes count in their stream's
+/// feature too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Feature {
+    Actions,
+    Metrics,
+    Logs,
+    SpoolReplay,
+}
+
+impl Feature {
+    pub const ALL: [Feature; 4] = [
+        Feature::Actions,
+        Feature::Metrics,
+        Feature::Logs,
+        Feature::SpoolReplay,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Feature::Actions => "actions",
+            Feature::Metrics => "metrics",
+            Feature::Logs => "logs",
+            Feature::SpoolReplay => "spoolReplay",
+        }
+    }
+}
+
+impl From<Stream> for Feature {
+    fn from(stream: Stream) -> Self {
+        match stream {
+            Stream::Metrics => Feature::Metrics,
+            Stream::Logs => Feature::Logs,
+        }
+    }
+}
+
+impl std::fmt::Display for Feature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The agent's own count of one feature's bytes since its state directory
+/// was made: MQTT payload bytes it sent to tetherd and received from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FeatureBytes {
+    pub feature: Feature,
+    #[serde(default)]
+    pub sent_bytes: u64,
+    #[serde(default)]
+    pub received_bytes: u64,
+}
+
+/// Most features in a batch's `usage`.
+pub const MAX_USAGE_FEATURES: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -167,6 +239,37 @@ pub struct TelemetryBatch {
     pub records: Records,
     #[serde(default)]
     pub dropped: Dropped,
+    /// Sent from the spool's backlog after a reconnect, not live.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replay: bool,
+    /// The agent's own counts, every feature, as of this batch (its own
+    /// bytes not included); sent now and then, not in every batch.
+    /// Features this side does not know are passed over, so a newer agent
+    /// that counts more of them is not refused for it.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "known_features"
+    )]
+    pub usage: Vec<FeatureBytes>,
+}
+
+fn known_features<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<FeatureBytes>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Known(FeatureBytes),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(Vec::<Entry>::deserialize(deserializer)?
+        .into_iter()
+        .filter_map(|entry| match entry {
+            Entry::Known(feature) => Some(feature),
+            Entry::Other(_) => None,
+        })
+        .collect())
 }
 
 impl TelemetryBatch {
@@ -197,8 +300,33 @@ pub struct StreamUsage {
     pub duplicate_records: u64,
     /// Sequence numbers never received (skipped by a later batch).
     pub gap: u64,
-    /// What the device's spools dropped when full, as they reported it.
+    /// Of `wireBytes`, what came from the spool's backlog after a
+    /// reconnect (batches the device marked `replay`).
+    #[serde(default)]
+    pub replay_bytes: u64,
+    /// What the device's spools dropped, when full and over the spec's
+    /// budget, as they reported it.
     pub dropped: Dropped,
+}
+
+/// One feature's bytes as each end counted them: tetherd, of the MQTT
+/// payloads it received from and sent to the device; the device, as its
+/// agent last reported (absent if it never did).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FeatureUsage {
+    pub feature: Feature,
+    /// Device → tetherd, as tetherd received it.
+    pub received_bytes: u64,
+    /// tetherd → device, as tetherd sent it (action requests).
+    pub sent_bytes: u64,
+    /// Device → tetherd, as the device counted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_sent_bytes: Option<u64>,
+    /// tetherd → device, as the device counted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_received_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +335,12 @@ pub struct StreamUsage {
 pub struct DeviceUsage {
     pub device: String,
     pub streams: Vec<StreamUsage>,
+    /// Bytes per feature, as both ends counted them.
+    #[serde(default)]
+    pub features: Vec<FeatureUsage>,
+    /// When the device's agent last reported its counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_reported_at: Option<DateTime<Utc>>,
 }
 
 /// Why a payload is not a batch tetherd accepts; the device sees this.
@@ -301,8 +435,19 @@ pub fn check(batch: &TelemetryBatch) -> Result<(), BatchError> {
             }
         }
     }
-    if batch.stream() == Stream::Metrics && batch.dropped.by_priority.iter().any(|&n| n > 0) {
-        return invalid("dropped.byPriority is for logs only".into());
+    if batch.stream() == Stream::Metrics
+        && (batch.dropped.by_priority.iter().any(|&n| n > 0)
+            || batch.dropped.over_budget_by_priority.iter().any(|&n| n > 0))
+    {
+        return invalid(
+            "dropped.byPriority and dropped.overBudgetByPriority are for logs only".into(),
+        );
+    }
+    if batch.usage.len() > MAX_USAGE_FEATURES {
+        return invalid(format!(
+            "usage has {} features, more than the {MAX_USAGE_FEATURES} allowed",
+            batch.usage.len()
+        ));
     }
     Ok(())
 }
@@ -329,7 +474,15 @@ mod tests {
             dropped: Dropped {
                 total: 3,
                 by_priority: [0, 0, 0, 0, 0, 0, 1, 2],
+                over_budget: 4,
+                over_budget_by_priority: [0, 0, 0, 0, 0, 1, 1, 2],
             },
+            replay: true,
+            usage: vec![FeatureBytes {
+                feature: Feature::SpoolReplay,
+                sent_bytes: 9,
+                received_bytes: 0,
+            }],
         }
     }
 
@@ -365,6 +518,8 @@ mod tests {
                 at: Utc::now(),
             })]),
             dropped: Dropped::default(),
+            replay: false,
+            usage: Vec::new(),
         };
         assert_eq!(decode(&encode(&metrics)).expect("decodes"), metrics);
     }
@@ -377,6 +532,42 @@ mod tests {
         assert_eq!(json["firstSeq"], 41);
         assert_eq!(json["records"][0]["unit"], "sshd.service");
         assert_eq!(json["dropped"]["byPriority"][7], 2);
+        assert_eq!(json["dropped"]["overBudgetByPriority"][5], 1);
+        assert_eq!(json["replay"], true);
+        assert_eq!(json["usage"][0]["feature"], "spoolReplay");
+        assert_eq!(json["usage"][0]["sentBytes"], 9);
+    }
+
+    /// A batch of an agent before replay marks, usage reports and budget
+    /// drops counted apart still reads, as live and with nothing over
+    /// budget; one of a newer agent's, with features not known here, too.
+    #[test]
+    fn an_older_agent_s_batch_still_reads() {
+        let batch: TelemetryBatch = serde_json::from_value(serde_json::json!({
+            "stream": "logs", "spoolId": "s", "firstSeq": 0,
+            "records": [{"at": "2026-12-02T04:00:00Z", "priority": 6, "message": "m"}],
+            "dropped": {"total": 2, "byPriority": [0, 0, 0, 0, 0, 0, 0, 2]}
+        }))
+        .expect("reads");
+        assert!(!batch.replay);
+        assert!(batch.usage.is_empty());
+        let newer: TelemetryBatch = serde_json::from_value(serde_json::json!({
+            "stream": "logs", "spoolId": "s", "firstSeq": 0,
+            "records": [{"at": "2026-12-02T04:00:00Z", "priority": 6, "message": "m"}],
+            "usage": [{"feature": "tunnels", "sentBytes": 5},
+                      {"feature": "logs", "sentBytes": 7}]
+        }))
+        .expect("a feature this side does not know is passed over");
+        assert_eq!(newer.usage.len(), 1);
+        assert_eq!(newer.usage[0].feature, Feature::Logs);
+        assert_eq!((batch.dropped.total, batch.dropped.over_budget), (2, 0));
+        let json = serde_json::to_value(TelemetryBatch {
+            replay: false,
+            usage: Vec::new(),
+            ..batch
+        })
+        .expect("json");
+        assert!(json.get("replay").is_none() && json.get("usage").is_none());
     }
 
     #[test]
@@ -431,6 +622,14 @@ mod tests {
         bad = logs(1);
         bad.first_seq = u64::MAX;
         assert!(matches!(decode(&encode(&bad)), Err(BatchError::Invalid(_))));
+        bad = logs(1);
+        bad.usage = vec![bad.usage[0]; MAX_USAGE_FEATURES + 1];
+        assert!(
+            decode(&encode(&bad))
+                .expect_err("usage")
+                .to_string()
+                .contains("usage has 17 features")
+        );
         bad = logs(1);
         bad.spool_id = String::new();
         assert!(

@@ -179,6 +179,50 @@ impl Agent {
     pub fn state_file(&self, name: &str) -> PathBuf {
         self.state_dir().join(name)
     }
+
+    /// The agent's local API socket (the default: in its state dir).
+    pub fn local_api_socket(&self) -> PathBuf {
+        self.state_file("api.sock")
+    }
+}
+
+/// Sends one request to a local API socket, as `curl --unix-socket` does;
+/// returns the status and the JSON body.
+pub async fn local_api(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("no status line: {response}"))?;
+    let (_, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no end of head: {response}"))?;
+    let body = serde_json::from_str(body).with_context(|| format!("not JSON: {response}"))?;
+    Ok((status, body))
+}
+
+/// POSTs `body` to a local API socket at `path`; expects 200 and returns
+/// the answer.
+pub async fn post_local(socket: &Path, path: &str, body: &str) -> anyhow::Result<Value> {
+    let (status, answer) = local_api(socket, "POST", path, body).await?;
+    anyhow::ensure!(status == 200, "POST {path}: {status} {answer}");
+    Ok(answer)
 }
 
 impl Drop for Agent {

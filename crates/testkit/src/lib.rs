@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod api;
 pub mod binaries;
+pub mod fake_kube;
 pub mod http_target;
 pub mod mosquitto;
 pub mod postgres;
@@ -13,7 +14,7 @@ pub mod sim_agent;
 pub mod tetherd;
 pub mod wait;
 
-pub use agent::{Agent, faketime_env};
+pub use agent::{Agent, faketime_env, local_api, post_local};
 pub use api::ApiClient;
 pub use tetherd::{Database, Tetherd};
 pub use wait::wait_until;

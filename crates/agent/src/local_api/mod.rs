@@ -1,5 +1,6 @@
 //! The local API: HTTP/1.1 over a unix socket (mode 0660), where
-//! applications on the device push log lines and metrics into the spool.
+//! applications on the device push log lines and metrics into the spool
+//! (`push`) and read the device's identity, status and spec (`view`).
 //!
 //! ```text
 //! curl --unix-socket /var/lib/tether-agent/api.sock -X POST \
@@ -8,27 +9,32 @@
 //! curl --unix-socket /var/lib/tether-agent/api.sock -X POST \
 //!      --data-binary '{"name":"tank_level","value":0.73,"labels":{"tank":"a"}}' \
 //!      http://localhost/v1/metrics
+//! curl --unix-socket /var/lib/tether-agent/api.sock http://localhost/v1/identity
+//! curl --unix-socket /var/lib/tether-agent/api.sock http://localhost/v1/status
+//! curl --unix-socket /var/lib/tether-agent/api.sock http://localhost/v1/spec
 //! ```
 //!
-//! A body is JSON lines, one record per line; a request is taken whole or
-//! refused whole (400 naming the line), and answered with how many records
-//! it added. One request per connection; the body needs a `Content-Length`.
+//! Answers are JSON; errors are `{"error": "..."}` naming what was wrong.
+//! One request per connection; a body needs a `Content-Length`.
 
-use std::collections::BTreeMap;
+mod push;
+mod view;
+
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use tether_proto::telemetry::{CustomMetric, LogRecord, MetricRecord};
+use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::clock::ServerClock;
-use crate::spool::{Record, Spools};
+use crate::spool::Spools;
+
+pub use view::{Certificate, DeviceView, Identity, follow_credentials};
 
 /// Owner and group may write; others may not reach the agent.
 const SOCKET_MODE: u32 = 0o660;
@@ -36,9 +42,10 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// A client that sends nothing for this long is dropped.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_METRIC_NAME_BYTES: usize = 128;
-/// Priority of a log line that names none: informational.
-const DEFAULT_PRIORITY: u8 = 6;
+/// Connections served at once. Each may hold a body of
+/// [`MAX_BODY_BYTES`], so this bounds what local clients can make the
+/// agent hold (32 MiB); more wait in the socket's backlog.
+const MAX_CONNECTIONS: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalApiError {
@@ -46,21 +53,51 @@ pub enum LocalApiError {
         "cannot listen on the local API socket {path}: check that its directory exists and is writable, or choose another with --local-api-socket"
     )]
     Bind { path: PathBuf, source: io::Error },
+    #[error("--local-api-group {group:?} is neither a group number nor a group in /etc/group")]
+    UnknownGroup { group: String },
+    #[error(
+        "cannot give the local API socket {path} to group {group}: the agent must run as root or as a member of that group"
+    )]
+    Group {
+        path: PathBuf,
+        group: String,
+        source: io::Error,
+    },
+}
+
+/// Where the local API listens, and who may use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalApiConfig {
+    pub socket: PathBuf,
+    /// The group that may use the socket besides the agent's user, by name
+    /// or number; `None` leaves the agent's group.
+    pub group: Option<String>,
 }
 
 pub struct LocalApi {
     listener: UnixListener,
-    spools: Arc<Spools>,
+    served: Arc<Served>,
     clock: Arc<ServerClock>,
 }
 
 impl LocalApi {
-    /// Listens on `path`, replacing a socket a previous run left behind.
+    /// Listens on the configured socket, replacing a socket a previous run
+    /// left behind.
     pub fn bind(
-        path: &Path,
+        config: &LocalApiConfig,
         spools: Arc<Spools>,
+        view: DeviceView,
         clock: Arc<ServerClock>,
     ) -> Result<Self, LocalApiError> {
+        let path = config.socket.as_path();
+        let gid = match &config.group {
+            Some(group) => Some(group_id(group, &read_etc_group()).ok_or_else(|| {
+                LocalApiError::UnknownGroup {
+                    group: group.clone(),
+                }
+            })?),
+            None => None,
+        };
         let bind = || -> io::Result<UnixListener> {
             if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
                 std::fs::remove_file(path)?;
@@ -73,22 +110,36 @@ impl LocalApi {
             path: path.to_owned(),
             source,
         })?;
-        tracing::info!(socket = %path.display(), "local API listening");
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(|source| {
+                LocalApiError::Group {
+                    path: path.to_owned(),
+                    group: config.group.clone().unwrap_or_default(),
+                    source,
+                }
+            })?;
+        }
+        tracing::info!(socket = %path.display(), gid, "local API listening");
         Ok(Self {
             listener,
-            spools,
+            served: Arc::new(Served { spools, view }),
             clock,
         })
     }
 
     pub async fn serve(self) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             match self.listener.accept().await {
                 Ok((stream, _)) => {
-                    let spools = self.spools.clone();
+                    let served = self.served.clone();
                     let clock = self.clock.clone();
                     tokio::spawn(async move {
-                        if let Err(error) = answer(stream, &spools, &clock).await {
+                        let _slot = slot;
+                        if let Err(error) = answer(stream, &served, &clock).await {
                             tracing::debug!(%error, "local API connection ended early");
                         }
                     });
@@ -102,33 +153,69 @@ impl LocalApi {
     }
 }
 
+fn read_etc_group() -> String {
+    std::fs::read_to_string("/etc/group").unwrap_or_default()
+}
+
+/// The number of `group`: given as a number, or looked up in the text of
+/// `/etc/group` (`name:password:gid:members`).
+fn group_id(group: &str, etc_group: &str) -> Option<u32> {
+    if let Ok(gid) = group.parse() {
+        return Some(gid);
+    }
+    etc_group.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next() == Some(group))
+            .then(|| fields.nth(1)?.parse().ok())
+            .flatten()
+    })
+}
+
 /// An HTTP answer: status code and JSON body.
 #[derive(Debug, PartialEq, Eq)]
 struct Reply {
     status: u16,
     body: serde_json::Value,
+    /// The method a 405 names in its `Allow` header.
+    allow: Option<&'static str>,
 }
 
 impl Reply {
+    fn ok(body: impl Serialize) -> Self {
+        match serde_json::to_value(body) {
+            Ok(body) => Self {
+                status: 200,
+                body,
+                allow: None,
+            },
+            Err(error) => Self::error(500, format!("cannot encode the answer: {error}")),
+        }
+    }
+
     fn error(status: u16, message: impl Into<String>) -> Self {
         Self {
             status,
             body: serde_json::json!({ "error": message.into() }),
+            allow: None,
         }
     }
 }
 
-async fn answer(stream: UnixStream, spools: &Spools, clock: &ServerClock) -> io::Result<()> {
+async fn answer(stream: UnixStream, served: &Served, clock: &ServerClock) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     let reply = match tokio::time::timeout(READ_TIMEOUT, request(&mut read)).await {
         Err(_) => Reply::error(408, "the request did not arrive in time"),
         Ok(Err(reply)) => reply,
-        Ok(Ok((method, path, body))) => route(&method, &path, &body, spools, clock.at(Utc::now())),
+        Ok(Ok((method, path, body))) => route(&method, &path, &body, served, clock.at(Utc::now())),
     };
     let body = reply.body.to_string();
+    let allow = reply
+        .allow
+        .map(|method| format!("Allow: {method}\r\n"))
+        .unwrap_or_default();
     let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
         reply.status,
         reason(reply.status),
         body.len() + 1
@@ -148,7 +235,10 @@ async fn request(
     let mut line = String::new();
     let mut next_line = async |line: &mut String| -> Result<(), Reply> {
         line.clear();
-        let n = read
+        // Bounded as read: a line without end must not grow past the head.
+        let room = (MAX_HEAD_BYTES + 1).saturating_sub(head) as u64;
+        let n = (&mut *read)
+            .take(room)
             .read_line(line)
             .await
             .map_err(|_| bad("the request head is not text"))?;
@@ -202,104 +292,57 @@ async fn request(
     Ok((method, path, body))
 }
 
-fn route(method: &str, path: &str, body: &[u8], spools: &Spools, now: DateTime<Utc>) -> Reply {
-    let records = match path {
-        "/v1/logs" | "/v1/metrics" if method != "POST" => {
-            return Reply::error(405, format!("{path} takes POST"));
-        }
-        "/v1/logs" => lines(body, |line| log(line, now)),
-        "/v1/metrics" => lines(body, |line| metric(line, now)),
-        _ => {
-            return Reply::error(
-                404,
-                format!("no such endpoint {path}: POST /v1/logs or /v1/metrics"),
-            );
-        }
+#[derive(Debug, Clone, Copy)]
+enum Endpoint {
+    Identity,
+    Status,
+    Spec,
+    Logs,
+    Metrics,
+}
+
+/// Every endpoint: what it is, its one method, its path.
+const ENDPOINTS: [(Endpoint, &str, &str); 5] = [
+    (Endpoint::Identity, "GET", "/v1/identity"),
+    (Endpoint::Status, "GET", "/v1/status"),
+    (Endpoint::Spec, "GET", "/v1/spec"),
+    (Endpoint::Logs, "POST", "/v1/logs"),
+    (Endpoint::Metrics, "POST", "/v1/metrics"),
+];
+
+/// What a request is answered from.
+struct Served {
+    spools: Arc<Spools>,
+    view: DeviceView,
+}
+
+fn route(method: &str, path: &str, body: &[u8], served: &Served, now: DateTime<Utc>) -> Reply {
+    let Some(&(endpoint, allowed, _)) = ENDPOINTS.iter().find(|(_, _, p)| *p == path) else {
+        let known: Vec<String> = ENDPOINTS
+            .iter()
+            .map(|(_, method, path)| format!("{method} {path}"))
+            .collect();
+        return Reply::error(
+            404,
+            format!(
+                "no such endpoint {path}: the local API has {}",
+                known.join(", ")
+            ),
+        );
     };
-    let records = match records {
-        Ok(records) => records,
-        Err(message) => return Reply::error(400, message),
-    };
-    let accepted = records.len();
-    for (i, record) in records.into_iter().enumerate() {
-        if let Err(error) = spools.append(record) {
-            return Reply::error(400, format!("line {}: {error}", i + 1));
-        }
+    if method != allowed {
+        return Reply {
+            allow: Some(allowed),
+            ..Reply::error(405, format!("{path} takes {allowed}, not {method}"))
+        };
     }
-    Reply {
-        status: 200,
-        body: serde_json::json!({ "accepted": accepted }),
+    match endpoint {
+        Endpoint::Identity => served.view.identity(),
+        Endpoint::Status => served.view.status(),
+        Endpoint::Spec => served.view.spec(),
+        Endpoint::Logs => push::logs(body, &served.spools, now),
+        Endpoint::Metrics => push::metrics(body, &served.spools, now),
     }
-}
-
-/// Every non-empty line of `body` as a record, or the first bad line named.
-fn lines(
-    body: &[u8],
-    parse: impl Fn(&[u8]) -> Result<Record, String>,
-) -> Result<Vec<Record>, String> {
-    body.split(|&b| b == b'\n')
-        .enumerate()
-        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
-        .map(|(i, line)| parse(line).map_err(|e| format!("line {}: {e}", i + 1)))
-        .collect()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LogLine {
-    message: String,
-    #[serde(default)]
-    priority: Option<u8>,
-    #[serde(default)]
-    unit: String,
-    #[serde(default)]
-    at: Option<DateTime<Utc>>,
-    #[serde(default)]
-    fields: BTreeMap<String, String>,
-}
-
-fn log(line: &[u8], now: DateTime<Utc>) -> Result<Record, String> {
-    let line: LogLine = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-    let priority = line.priority.unwrap_or(DEFAULT_PRIORITY);
-    if priority > 7 {
-        return Err(format!(
-            "priority {priority} is not 0 (emergency) to 7 (debug)"
-        ));
-    }
-    Ok(Record::Log(LogRecord {
-        at: line.at.unwrap_or(now),
-        priority,
-        unit: line.unit,
-        message: line.message,
-        fields: line.fields,
-    }))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MetricLine {
-    name: String,
-    value: f64,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    at: Option<DateTime<Utc>>,
-}
-
-fn metric(line: &[u8], now: DateTime<Utc>) -> Result<Record, String> {
-    let line: MetricLine = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-    if line.name.is_empty() || line.name.len() > MAX_METRIC_NAME_BYTES {
-        return Err(format!("name must be 1 to {MAX_METRIC_NAME_BYTES} bytes"));
-    }
-    if !line.value.is_finite() {
-        return Err("value must be a finite number".into());
-    }
-    Ok(Record::Metric(MetricRecord::Custom(CustomMetric {
-        name: line.name,
-        value: line.value,
-        labels: line.labels,
-        at: line.at.unwrap_or(now),
-    })))
 }
 
 fn reason(status: u16) -> &'static str {
@@ -311,17 +354,25 @@ fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         411 => "Length Required",
         413 => "Payload Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
         _ => "Error",
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::spool::SpoolConfig;
-    use tether_proto::telemetry::{Records, Stream};
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Path;
 
-    async fn post(socket: &Path, request: &str) -> String {
+    use super::*;
+    use crate::spec::{SpecHandle, StatusSource};
+    use crate::spool::SpoolConfig;
+    use tether_proto::spec::{Facts, SpecMessage};
+    use tether_proto::telemetry::{Records, Stream};
+    use tokio::sync::watch;
+
+    async fn send(socket: &Path, request: &str) -> String {
         let mut stream = UnixStream::connect(socket).await.expect("connects");
         stream.write_all(request.as_bytes()).await.expect("writes");
         let mut response = String::new();
@@ -336,21 +387,140 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn lines_posted_on_the_socket_reach_the_spool_and_bad_ones_are_named() {
+    /// The status and JSON body of a GET, as curl sends it.
+    async fn get(socket: &Path, path: &str) -> (u16, serde_json::Value) {
+        let response = send(
+            socket,
+            &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n"),
+        )
+        .await;
+        status_and_body(&response)
+    }
+
+    fn status_and_body(response: &str) -> (u16, serde_json::Value) {
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("a status line: {response}"));
+        let (_, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+        (status, serde_json::from_str(body).expect("a JSON body"))
+    }
+
+    /// A local API on a temp socket, with what it serves from.
+    struct Running {
+        _temp: tempfile::TempDir,
+        socket: PathBuf,
+        spools: Arc<Spools>,
+        status: StatusSource,
+        identity: watch::Sender<Option<Identity>>,
+    }
+
+    fn running(group: Option<String>) -> Result<Running, LocalApiError> {
         let temp = tempfile::tempdir().expect("temp");
         let spools = Spools::open(temp.path(), SpoolConfig::default()).expect("opens");
         let socket = temp.path().join("api.sock");
-        let api = LocalApi::bind(&socket, spools.clone(), ServerClock::new()).expect("binds");
-        let mode = std::fs::metadata(&socket)
+        let facts = Facts {
+            hostname: Some("pump-7".into()),
+            ..Facts::default()
+        };
+        let status = StatusSource::new(SpecHandle::load(temp.path()), facts);
+        let (identity, identity_rx) = watch::channel(None);
+        let view = DeviceView {
+            identity: identity_rx,
+            status: status.view(),
+        };
+        let config = LocalApiConfig {
+            socket: socket.clone(),
+            group,
+        };
+        let api = LocalApi::bind(&config, spools.clone(), view, ServerClock::new())?;
+        tokio::spawn(api.serve());
+        Ok(Running {
+            _temp: temp,
+            socket,
+            spools,
+            status,
+            identity,
+        })
+    }
+
+    /// A client that sends a head line without end: the agent stops
+    /// reading at its bound and answers, instead of growing the line
+    /// until the client stops (gigabytes, in the seconds it is given).
+    #[tokio::test]
+    async fn a_head_line_without_end_is_cut_at_its_bound() {
+        let api = running(None).expect("binds");
+        let stream = UnixStream::connect(&api.socket).await.expect("connects");
+        let (mut read, mut write) = stream.into_split();
+        const FLOOD: usize = 64 * 1024 * 1024;
+        let writer = tokio::spawn(async move {
+            let chunk = vec![b'a'; 64 * 1024];
+            let mut sent = write.write_all(b"GET /").await.map(|()| 0);
+            while let Ok(n) = sent {
+                if n >= FLOOD {
+                    break;
+                }
+                sent = write.write_all(&chunk).await.map(|()| n + chunk.len());
+            }
+            sent
+        });
+        // The answer, unless the close with the flood unread resets the
+        // connection first.
+        let mut response = String::new();
+        if read.read_to_string(&mut response).await.is_ok() {
+            assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+            assert!(response.contains("too long"), "{response}");
+        }
+        let sent = writer.await.expect("writer");
+        assert!(
+            sent.is_err(),
+            "the agent read all {FLOOD} bytes of one head line"
+        );
+    }
+
+    /// Clients that each announce a 4 MiB body and hold it back: only
+    /// [`MAX_CONNECTIONS`] are read at once (each may hold its body in
+    /// memory); the next is answered once one of them ends.
+    #[tokio::test]
+    async fn connections_are_served_a_bounded_number_at_a_time() {
+        let api = running(None).expect("binds");
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let mut stream = UnixStream::connect(&api.socket).await.expect("connects");
+            let head =
+                format!("POST /v1/logs HTTP/1.1\r\nContent-Length: {MAX_BODY_BYTES}\r\n\r\n{{");
+            stream.write_all(head.as_bytes()).await.expect("writes");
+            held.push(stream);
+        }
+        let mut next = tokio::spawn({
+            let socket = api.socket.clone();
+            async move { get(&socket, "/v1/spec").await }
+        });
+        // Not answered while every slot is held (a bounded look: the
+        // answer would come within milliseconds if it were served).
+        let waited = tokio::time::timeout(Duration::from_millis(500), &mut next).await;
+        assert!(waited.is_err(), "a connection beyond the bound was served");
+        drop(held.pop());
+        let (status, _) = tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .expect("served once a slot is free")
+            .expect("task");
+        assert_eq!(status, 200);
+    }
+
+    #[tokio::test]
+    async fn lines_posted_on_the_socket_reach_the_spool_and_bad_ones_are_named() {
+        let api = running(None).expect("binds");
+        let (socket, spools) = (&api.socket, &api.spools);
+        let mode = std::fs::metadata(socket)
             .expect("socket")
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o660);
-        tokio::spawn(api.serve());
 
-        let response = post(
-            &socket,
+        let response = send(
+            socket,
             &http(
                 "/v1/logs",
                 "{\"message\":\"one\",\"priority\":3,\"unit\":\"pump\"}\n\n{\"message\":\"two\"}\n",
@@ -359,8 +529,8 @@ mod tests {
         .await;
         assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
         assert!(response.contains("\"accepted\":2"), "{response}");
-        let response = post(
-            &socket,
+        let response = send(
+            socket,
             &http(
                 "/v1/metrics",
                 r#"{"name":"tank","value":0.5,"labels":{"t":"a"}}"#,
@@ -369,8 +539,8 @@ mod tests {
         .await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 
-        let response = post(
-            &socket,
+        let response = send(
+            socket,
             &http(
                 "/v1/logs",
                 "{\"message\":\"ok\"}\n{\"message\":\"x\",\"priority\":9}\n",
@@ -379,10 +549,10 @@ mod tests {
         .await;
         assert!(response.starts_with("HTTP/1.1 400"), "{response}");
         assert!(response.contains("line 2: priority 9"), "{response}");
-        let response = post(&socket, &http("/v1/other", "")).await;
+        let response = send(socket, &http("/v1/other", "")).await;
         assert!(response.starts_with("HTTP/1.1 404"), "{response}");
-        let response = post(
-            &socket,
+        let response = send(
+            socket,
             "POST /v1/logs HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
         )
         .await;
@@ -403,7 +573,7 @@ mod tests {
             .collect();
         assert_eq!(
             messages,
-            [("one", 3), ("two", DEFAULT_PRIORITY)],
+            [("one", 3), ("two", push::DEFAULT_PRIORITY)],
             "the refused request added nothing"
         );
         assert_eq!(logs[0].unit, "pump");
@@ -413,5 +583,140 @@ mod tests {
             .expect("reads")
             .expect("batch");
         assert_eq!(metrics.records.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn identity_status_and_spec_are_read_as_the_agent_has_them() {
+        let api = running(None).expect("binds");
+        let socket = &api.socket;
+
+        let (status, body) = get(socket, "/v1/identity").await;
+        assert_eq!(status, 503, "not enrolled yet: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("enrolled")
+        );
+        let (status, body) = get(socket, "/v1/spec").await;
+        assert_eq!(status, 200);
+        assert_eq!(body, serde_json::json!({"version": 0, "spec": {}}));
+        let (status, body) = get(socket, "/v1/status").await;
+        assert_eq!(status, 200);
+        assert_eq!(body["specVersion"], 0);
+        assert_eq!(body["facts"]["hostname"], "pump-7");
+
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["edge-1".into()]).expect("params");
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x2a, 0x01]));
+        let cert = params.self_signed(&key).expect("signs");
+        let credentials = crate::state::Credentials {
+            device: tether_proto::DeviceId::new("edge-1").expect("valid"),
+            mqtt_urls: vec!["mqtts://tether.example:8883".into()],
+            api_url: "https://tether.example:8443".into(),
+            ca_pem: cert.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        api.identity.send_replace(Some(Identity::of(&credentials)));
+        let response = send(
+            socket,
+            "GET /v1/identity HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        )
+        .await;
+        assert!(
+            !response.contains("PRIVATE KEY") && !response.contains(&credentials.key_pem),
+            "never the key: {response}"
+        );
+        let (status, body) = status_and_body(&response);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["device"], "edge-1");
+        assert_eq!(body["apiUrl"], "https://tether.example:8443");
+        assert_eq!(body["mqttUrls"][0], "mqtts://tether.example:8883");
+        assert_eq!(body["certificate"]["serial"], "2a01");
+        assert!(body["certificate"]["notAfter"].is_string(), "{body}");
+        assert_eq!(
+            body["caSha256"],
+            tether_proto::ca::ca_fingerprint(&cert.pem()).expect("fingerprint")
+        );
+        assert_eq!(body["agentVersion"], crate::actions::AGENT_VERSION);
+
+        // A spec applied, one section of it refused: both read back.
+        let message = SpecMessage {
+            version: 3,
+            spec: serde_json::json!({
+                "metricsConfig": {"intervalSeconds": 5},
+                "deployments": {},
+            })
+            .as_object()
+            .cloned()
+            .expect("object"),
+        };
+        api.status
+            .apply_payload(&serde_json::to_vec(&message).expect("serializes"))
+            .expect("applies");
+        let (_, body) = get(socket, "/v1/spec").await;
+        assert_eq!(body["version"], 3);
+        assert_eq!(body["spec"]["metricsConfig"]["intervalSeconds"], 5);
+        let (_, body) = get(socket, "/v1/status").await;
+        assert_eq!(body["specVersion"], 3);
+        assert_eq!(body["errors"][0]["path"], "spec.deployments", "{body}");
+        assert_eq!(
+            body,
+            serde_json::to_value(api.status.report()).expect("json"),
+            "what tetherd is told"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wrong_method_or_path_is_named() {
+        let api = running(None).expect("binds");
+        let socket = &api.socket;
+        let response = send(socket, &http("/v1/spec", "")).await;
+        assert!(
+            response.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{response}"
+        );
+        assert!(response.contains("\r\nAllow: GET\r\n"), "{response}");
+        let (_, body) = status_and_body(&response);
+        assert_eq!(body["error"], "/v1/spec takes GET, not POST");
+        let (status, body) = get(socket, "/v1/logs").await;
+        assert_eq!(status, 405);
+        assert_eq!(body["error"], "/v1/logs takes POST, not GET");
+        let (status, body) = get(socket, "/v1/identity/").await;
+        assert_eq!(status, 404);
+        assert_eq!(
+            body["error"],
+            "no such endpoint /v1/identity/: the local API has GET /v1/identity, \
+             GET /v1/status, GET /v1/spec, POST /v1/logs, POST /v1/metrics"
+        );
+    }
+
+    #[test]
+    fn groups_are_numbers_or_names_in_etc_group() {
+        let etc_group = "root:x:0:\nadm:x:4:syslog\ntether:x:997:app,pump\nbroken:x\n";
+        assert_eq!(group_id("tether", etc_group), Some(997));
+        assert_eq!(group_id("adm", etc_group), Some(4));
+        assert_eq!(group_id("1234", etc_group), Some(1234));
+        assert_eq!(group_id("broken", etc_group), None);
+        assert_eq!(group_id("nobody-here", etc_group), None);
+        assert_eq!(group_id("x", etc_group), None, "a field is not a name");
+    }
+
+    #[tokio::test]
+    async fn the_socket_goes_to_the_configured_group() {
+        // The group a new file gets: the agent's own, which it may always give.
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        let gid = file.as_file().metadata().expect("metadata").gid();
+        let api = running(Some(gid.to_string())).expect("binds");
+        assert_eq!(std::fs::metadata(&api.socket).expect("socket").gid(), gid);
+
+        let error = running(Some("no-such-group-here".into()))
+            .err()
+            .expect("an unknown group is refused");
+        assert!(
+            error.to_string().contains("\"no-such-group-here\""),
+            "{error}"
+        );
     }
 }

@@ -12,9 +12,9 @@
 //! them polls the file (every [`POLL`], or [`FAST_POLL`] while an operator
 //! follows the logs).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -333,8 +333,23 @@ impl Tail {
     }
 }
 
+/// Opens `path` only if it is a regular file. The agent runs on one
+/// thread: opening or reading a FIFO (or a device) put at the path would
+/// block it, and with it the session, the spool and the local API, until
+/// a writer came. `O_NONBLOCK` makes the open return at once whatever is
+/// there (it changes nothing for a regular file), and the check is of
+/// what was opened, so a swap after a look at the path cannot get past.
 fn open_at(path: &Path, position: FilePosition) -> io::Result<Open> {
-    let mut file = File::open(path)?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, a device or a directory): only regular files are tailed",
+        ));
+    }
     file.seek(SeekFrom::Start(position.offset))?;
     Ok(Open {
         file,

@@ -33,16 +33,32 @@ pub struct Validity {
     pub not_after: DateTime<Utc>,
 }
 
+/// Reads the first certificate of `cert_pem` with `read`.
+fn read_certificate<T>(
+    cert_pem: &str,
+    read: impl FnOnce(&x509_parser::certificate::X509Certificate<'_>) -> Option<T>,
+) -> Option<T> {
+    let der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .next()?
+        .ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    read(&cert)
+}
+
+/// The serial of the certificate in `cert_pem`, as tetherd writes it: the
+/// hex of its DER bytes.
+pub fn serial_hex(cert_pem: &str) -> Option<String> {
+    read_certificate(cert_pem, |cert| Some(hex::encode(cert.raw_serial())))
+}
+
 impl Validity {
     pub fn of(cert_pem: &str) -> Option<Self> {
-        let der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-            .next()?
-            .ok()?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
-        let validity = cert.validity();
-        Some(Self {
-            not_before: DateTime::from_timestamp(validity.not_before.timestamp(), 0)?,
-            not_after: DateTime::from_timestamp(validity.not_after.timestamp(), 0)?,
+        read_certificate(cert_pem, |cert| {
+            let validity = cert.validity();
+            Some(Self {
+                not_before: DateTime::from_timestamp(validity.not_before.timestamp(), 0)?,
+                not_after: DateTime::from_timestamp(validity.not_after.timestamp(), 0)?,
+            })
         })
     }
 
@@ -181,7 +197,10 @@ mod tests {
         let mut params = rcgen::CertificateParams::new(vec!["edge-1".into()]).expect("params");
         params.not_before = time::OffsetDateTime::from_unix_timestamp(1_000).expect("time");
         params.not_after = time::OffsetDateTime::from_unix_timestamp(4_000).expect("time");
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x01, 0xab, 0xff]));
         let cert = params.self_signed(&key).expect("signs");
+        assert_eq!(serial_hex(&cert.pem()).as_deref(), Some("01abff"));
+        assert!(serial_hex("not a certificate").is_none());
         let validity = Validity::of(&cert.pem()).expect("readable");
         let at = |s| DateTime::from_timestamp(s, 0).expect("valid");
         assert_eq!(

@@ -152,48 +152,108 @@ fn is_unit_name(unit: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b))
 }
 
-/// What the agent reports for `applied`.
-pub fn report(applied: &AppliedSpec, facts: &Facts) -> ReportedStatus {
+/// What the agent reports: the applied version with the sections it could
+/// not apply, and why the last spec tetherd sent could not be applied at
+/// all (`unapplied`), if it could not.
+pub fn report(
+    applied: &AppliedSpec,
+    unapplied: Option<&SpecError>,
+    facts: &Facts,
+) -> ReportedStatus {
     ReportedStatus {
         spec_version: applied.version,
-        errors: applied.errors.clone(),
+        errors: applied.errors.iter().chain(unapplied).cloned().collect(),
         facts: facts.clone(),
     }
 }
 
 /// The applied spec and the machine's facts: what the `reported` topic
-/// carries.
+/// carries. [`StatusSource::view`] gives a read-only view of it.
 #[derive(Clone)]
 pub struct StatusSource {
     pub spec: SpecHandle,
     /// Gathered once at start.
-    pub facts: Arc<Facts>,
+    facts: Arc<Facts>,
+    /// Why the last spec message could not be applied at all; reported
+    /// until a spec message applies.
+    unapplied: watch::Sender<Option<SpecError>>,
 }
 
 impl StatusSource {
-    /// The status to report now, with `extra` errors beside the applied
-    /// spec's own.
-    pub fn report(&self, extra: Vec<SpecError>) -> ReportedStatus {
-        let mut reported = report(&self.spec.current(), &self.facts);
-        reported.errors.extend(extra);
-        reported
+    pub fn new(spec: SpecHandle, facts: Facts) -> Self {
+        Self {
+            spec,
+            facts: Arc::new(facts),
+            unapplied: watch::channel(None).0,
+        }
     }
 
-    /// Applies a spec message as tetherd sent it (`None`: applied already);
-    /// what could not be applied at all is returned as an error to report.
+    /// The status to report now.
+    pub fn report(&self) -> ReportedStatus {
+        self.view().report()
+    }
+
+    /// Follows the status without a way to change it (the local API's).
+    pub fn view(&self) -> StatusView {
+        StatusView {
+            applied: self.spec.subscribe(),
+            unapplied: self.unapplied.subscribe(),
+            facts: self.facts.clone(),
+        }
+    }
+
+    /// Applies a spec message as tetherd sent it (`None`: applied already,
+    /// the status unchanged); what could not be applied at all is returned
+    /// as an error to report, and kept in the status until a spec message
+    /// applies.
     pub fn apply_payload(&self, payload: &[u8]) -> Result<Option<AppliedSpec>, SpecError> {
-        let message: SpecMessage = serde_json::from_slice(payload).map_err(|e| {
-            SpecError::new(
-                "spec",
-                format!("not applied: the message is not a spec ({e})"),
-            )
-        })?;
-        self.spec.apply(&message).map_err(|error| {
-            SpecError::new(
-                "spec",
-                format!("not applied: {}", crate::actions::chain(&error)),
-            )
-        })
+        let applied = serde_json::from_slice::<SpecMessage>(payload)
+            .map_err(|e| {
+                SpecError::new(
+                    "spec",
+                    format!("not applied: the message is not a spec ({e})"),
+                )
+            })
+            .and_then(|message| {
+                self.spec.apply(&message).map_err(|error| {
+                    SpecError::new(
+                        "spec",
+                        format!("not applied: {}", crate::actions::chain(&error)),
+                    )
+                })
+            });
+        let cleared = self
+            .unapplied
+            .send_replace(applied.as_ref().err().cloned())
+            .is_some();
+        match applied {
+            // The spec was applied before, but the status loses an error.
+            Ok(None) if cleared => Ok(Some(self.spec.current())),
+            applied => applied,
+        }
+    }
+}
+
+/// A read-only view of the status: the applied spec, why the last spec
+/// message could not be applied, and the facts. Reading it takes each
+/// value's lock only long enough to copy it.
+#[derive(Clone)]
+pub struct StatusView {
+    applied: watch::Receiver<AppliedSpec>,
+    unapplied: watch::Receiver<Option<SpecError>>,
+    facts: Arc<Facts>,
+}
+
+impl StatusView {
+    /// What the agent reports now (or would, offline).
+    pub fn report(&self) -> ReportedStatus {
+        let unapplied = self.unapplied.borrow().clone();
+        report(&self.applied.borrow(), unapplied.as_ref(), &self.facts)
+    }
+
+    /// The spec applied last.
+    pub fn applied(&self) -> AppliedSpec {
+        self.applied.borrow().clone()
     }
 }
 
@@ -389,6 +449,31 @@ mod tests {
             .expect("applied");
         assert!(!watching.has_changed().expect("sender alive"));
         assert!(!dir.path().join(SPEC_FILE).exists());
+    }
+
+    #[test]
+    fn a_spec_message_that_cannot_be_applied_stays_in_the_status_until_one_applies() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let status = StatusSource::new(SpecHandle::load(dir.path()), Facts::default());
+        let view = status.view();
+        let good = serde_json::to_vec(&message(
+            1,
+            json!({"metricsConfig": {"intervalSeconds": 5}}),
+        ))
+        .expect("serializes");
+        assert!(status.apply_payload(&good).expect("applies").is_some());
+        let refused = status.apply_payload(b"{not a spec").expect_err("refused");
+        assert!(refused.message.contains("not a spec"), "{refused}");
+        let reported = view.report();
+        assert_eq!(reported.spec_version, 1, "the applied spec stays");
+        assert_eq!(reported.errors, [refused]);
+        assert_eq!(status.report(), reported, "one status, two readers");
+
+        // The applied spec again: nothing new to apply, but the error goes.
+        assert!(status.apply_payload(&good).expect("applies").is_some());
+        assert!(view.report().errors.is_empty());
+        assert!(status.apply_payload(&good).expect("applies").is_none());
+        assert_eq!(view.applied().metrics.interval_seconds, 5);
     }
 
     #[test]

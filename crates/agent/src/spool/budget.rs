@@ -10,8 +10,13 @@
 //! until the cap (whose last few percent are theirs alone). Costs are wire bytes (compressed), estimated from the
 //! record's JSON with the ratio the last batches had, and corrected by what
 //! each batch really cost when it is sent.
+//!
+//! The same bucket and cap slow rather than drop for `spoolReplay`
+//! ([`DailyBudget::delay`]): a backlog's batch waits until it fits.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use std::time::Duration;
+
+use chrono::{DateTime, Days, NaiveDate, Utc};
 use tether_proto::telemetry::Dropped;
 
 const SECONDS_A_DAY: f64 = 86_400.0;
@@ -107,7 +112,7 @@ impl DailyBudget {
         }
         if let (Some(limit), Some(filled_at)) = (self.limit, self.filled_at) {
             let seconds = (now - filled_at).num_milliseconds().max(0) as f64 / 1000.0;
-            self.tokens = (self.tokens + limit as f64 / SECONDS_A_DAY * seconds).min(self.burst());
+            self.tokens = (self.tokens + limit as f64 * seconds / SECONDS_A_DAY).min(self.burst());
         }
         self.filled_at = Some(now);
     }
@@ -134,6 +139,38 @@ impl DailyBudget {
         self.tokens -= cost;
         self.spent += cost;
         true
+    }
+
+    /// For a budget that slows instead of dropping (`spoolReplay`): how
+    /// long a batch of `wire_bytes` must wait, or `None` if it may go now
+    /// (then it is counted). A batch larger than the bucket goes once the
+    /// bucket is full, and the day's first batch goes whatever its size, so
+    /// none waits forever behind its own size.
+    pub fn delay(&mut self, now: DateTime<Utc>, wire_bytes: usize) -> Option<Duration> {
+        let limit = self.limit? as f64;
+        self.advance(now);
+        let cost = wire_bytes as f64;
+        if self.spent > 0.0 && self.spent + cost > limit {
+            let tomorrow = now
+                .date_naive()
+                .checked_add_days(Days::new(1))
+                .and_then(|day| day.and_hms_opt(0, 0, 0))
+                .map_or(now, |midnight| midnight.and_utc());
+            return Some(
+                (tomorrow - now)
+                    .to_std()
+                    .unwrap_or_default()
+                    .max(Duration::from_millis(1)),
+            );
+        }
+        let needed = cost.min(self.burst());
+        if self.tokens < needed {
+            let seconds = (needed - self.tokens) * SECONDS_A_DAY / limit;
+            return Some(Duration::from_secs_f64(seconds.clamp(0.001, SECONDS_A_DAY)));
+        }
+        self.tokens -= cost;
+        self.spent += cost;
+        None
     }
 
     /// A batch of `json_bytes` went out as `wire_bytes`: what it cost
@@ -190,6 +227,31 @@ mod tests {
         assert!(budget.admit(now, Some(3), 100), "a new day");
     }
 
+    #[test]
+    fn a_replay_budget_slows_batches_to_its_rate_and_drops_none() {
+        // 2,400 bytes a day: 100 an hour, the bucket's size.
+        let mut budget = DailyBudget::new(Some(2_400));
+        let start = midnight() + TimeDelta::hours(1);
+        assert_eq!(DailyBudget::new(None).delay(start, 1 << 20), None);
+        assert_eq!(budget.delay(start, 60), None, "the bucket starts full");
+        // 40 left: 30 more wait until 30 bytes' worth refilled (30 × 36 s).
+        let wait = budget.delay(start, 70).expect("waits");
+        assert_eq!(wait.as_secs(), 1_080);
+        let later = start + TimeDelta::seconds(1_080);
+        assert_eq!(budget.delay(later, 70), None);
+        // Larger than the bucket: goes once it is full again.
+        let wait = budget.delay(later, 500).expect("waits");
+        assert_eq!(wait.as_secs(), 3_600);
+        assert_eq!(budget.delay(later + TimeDelta::hours(1), 500), None);
+        assert!(budget.dropped().total == 0, "nothing is dropped");
+        // Once the day's bytes are spent, the next batch waits for midnight.
+        let mut budget = DailyBudget::new(Some(2_400));
+        let evening = midnight() + TimeDelta::hours(23);
+        assert_eq!(budget.delay(evening, 5_000), None, "the day's first goes");
+        let wait = budget.delay(evening, 10).expect("waits");
+        assert_eq!(wait.as_secs(), 3_600);
+    }
+
     /// The acceptance: a day of logs, three times what the budget
     /// allows, compressed in time, through the real batch encoder. The
     /// bytes on the wire stay within 5 % of the budget, and what is dropped
@@ -216,6 +278,8 @@ mod tests {
                 first_seq: 0,
                 records: Records::Logs(std::mem::take(batch)),
                 dropped: Dropped::default(),
+                replay: false,
+                usage: Vec::new(),
             });
             budget.sent(now, *batch_json, encoded.len());
             *batch_json = 0;

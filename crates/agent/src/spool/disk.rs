@@ -46,6 +46,13 @@ struct Meta {
     dropped: Dropped,
 }
 
+fn add(sum: &mut u64, sums: &mut [u64; 8], total: u64, by_priority: [u64; 8]) {
+    *sum += total;
+    for (sum, n) in sums.iter_mut().zip(by_priority) {
+        *sum += n;
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Segment {
     first_seq: u64,
@@ -173,13 +180,29 @@ impl Disk {
         &self.meta.dropped
     }
 
-    /// Counts records that never reached the disk (a failed write, or over
-    /// the day's budget), and saves the count at once.
+    /// Counts records that never reached the disk (a failed write), and
+    /// saves the count at once.
     pub fn lost(&mut self, total: u64, by_priority: [u64; 8]) -> io::Result<()> {
-        self.meta.dropped.total += total;
-        for (sum, n) in self.meta.dropped.by_priority.iter_mut().zip(by_priority) {
-            *sum += n;
-        }
+        let dropped = &mut self.meta.dropped;
+        add(
+            &mut dropped.total,
+            &mut dropped.by_priority,
+            total,
+            by_priority,
+        );
+        self.save_meta()
+    }
+
+    /// Counts records the spec's budget did not let through, apart from
+    /// those a full spool dropped, and saves the count at once.
+    pub fn over_budget(&mut self, total: u64, by_priority: [u64; 8]) -> io::Result<()> {
+        let dropped = &mut self.meta.dropped;
+        add(
+            &mut dropped.over_budget,
+            &mut dropped.over_budget_by_priority,
+            total,
+            by_priority,
+        );
         self.save_meta()
     }
 

@@ -9,11 +9,13 @@
 //! each: flash wears by writes, not by bytes). A record appended but not yet
 //! flushed when the power goes is lost; a clean stop flushes. The
 //! [`sender`] carries flushed records to tetherd and moves the acknowledged
-//! position when tetherd has stored them.
+//! position when tetherd has stored them. Both ends count what each
+//! feature sent ([`usage`]).
 
 pub mod budget;
 pub mod disk;
 pub mod sender;
+pub mod usage;
 
 use std::io;
 use std::path::Path;
@@ -23,13 +25,14 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tether_proto::spec::Budgets;
 use tether_proto::telemetry::{
-    Dropped, LogRecord, MAX_LOG_MESSAGE_BYTES, MAX_PRIORITY, MetricRecord, Records, Stream,
-    TelemetryBatch,
+    Dropped, Feature, FeatureBytes, LogRecord, MAX_LOG_MESSAGE_BYTES, MAX_PRIORITY, MetricRecord,
+    Records, Stream, TelemetryBatch,
 };
 use tokio::sync::Notify;
 
 use budget::DailyBudget;
 use disk::{Disk, DiskError};
+use usage::Usage;
 
 /// Directory of the spools in the state directory.
 pub const SPOOL_DIR: &str = "spool";
@@ -91,8 +94,8 @@ struct Pending {
     lines: Vec<u8>,
     count: u64,
     by_priority: [u64; 8],
-    /// Records the day's budget did not admit: counted as dropped at the
-    /// next flush.
+    /// Records the day's budget did not admit: counted as dropped over
+    /// budget at the next flush.
     over_budget: u64,
     over_budget_by_priority: [u64; 8],
 }
@@ -113,6 +116,16 @@ pub struct Spool {
     /// Until then every record is flushed (and so sent) at once: an
     /// operator follows this stream live (`follow-logs`).
     fast_until: Mutex<Option<Instant>>,
+    shared: Arc<Shared>,
+}
+
+/// What both streams' spools share.
+#[derive(Debug)]
+struct Shared {
+    /// The agent's own counts, reported to tetherd.
+    usage: Arc<Usage>,
+    /// The spec's `spoolReplay` budget: it slows the backlogs of both.
+    replay: Mutex<DailyBudget>,
 }
 
 impl Spool {
@@ -180,7 +193,7 @@ impl Spool {
         let pending = std::mem::take(&mut *self.pending());
         if pending.over_budget > 0 {
             tracing::debug!(stream = %self.stream, records = pending.over_budget, "dropped records over the day's budget");
-            disk.lost(pending.over_budget, pending.over_budget_by_priority)?;
+            disk.over_budget(pending.over_budget, pending.over_budget_by_priority)?;
         }
         if pending.count == 0 {
             return disk.save();
@@ -230,6 +243,9 @@ impl Spool {
                 first_seq: read.first_seq,
                 records,
                 dropped: disk.dropped().clone(),
+                // The sender knows.
+                replay: false,
+                usage: Vec::new(),
             };
             disk.sent(batch.end_seq());
             return Ok(Some(batch));
@@ -261,14 +277,33 @@ impl Spool {
         (disk.acked(), disk.next_seq(), disk.dropped().clone())
     }
 
-    /// What a batch cost on the wire, against the day's budget: every send
-    /// counts, a batch sent again too.
+    /// What a batch cost on the wire, against the day's budget and in the
+    /// agent's counts: every send counts, a batch sent again too.
     pub fn sent(&self, batch: &TelemetryBatch, wire_bytes: usize) {
+        self.shared.usage.sent(self.stream.into(), wire_bytes);
+        if batch.replay {
+            self.shared.usage.sent(Feature::SpoolReplay, wire_bytes);
+        }
         let mut budget = self.budget();
         if budget.limit().is_some() {
             let json = serde_json::to_vec(batch).map_or(0, |json| json.len());
             budget.sent(Utc::now(), json, wire_bytes);
         }
+    }
+
+    /// How long a backlog's batch of `wire_bytes` must wait for the
+    /// `spoolReplay` budget, or `None` if it may go now.
+    pub fn replay_delay(&self, wire_bytes: usize) -> Option<Duration> {
+        self.shared
+            .replay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .delay(Utc::now(), wire_bytes)
+    }
+
+    /// The agent's counts of every feature, for a batch.
+    pub fn usage_report(&self) -> Vec<FeatureBytes> {
+        self.shared.usage.report()
     }
 
     /// Waits until a flush wrote records.
@@ -291,6 +326,7 @@ fn parse<T: serde::de::DeserializeOwned>(lines: &[Vec<u8>]) -> Result<Vec<T>, us
 pub struct Spools {
     metrics: Arc<Spool>,
     logs: Arc<Spool>,
+    shared: Arc<Shared>,
     flush_due: Arc<Notify>,
     flush_interval: Duration,
 }
@@ -299,6 +335,10 @@ impl Spools {
     /// Opens (or creates) the spools under `state_dir`.
     pub fn open(state_dir: &Path, config: SpoolConfig) -> Result<Arc<Self>, DiskError> {
         let flush_due = Arc::new(Notify::new());
+        let shared = Arc::new(Shared {
+            usage: Arc::new(Usage::open(&state_dir.join(SPOOL_DIR))),
+            replay: Mutex::new(DailyBudget::new(None)),
+        });
         let open = |stream: Stream| -> Result<Arc<Spool>, DiskError> {
             let disk = Disk::open(
                 &state_dir.join(SPOOL_DIR).join(stream.as_str()),
@@ -314,21 +354,34 @@ impl Spools {
                 flushed: Notify::new(),
                 budget: Mutex::new(DailyBudget::new(None)),
                 fast_until: Mutex::new(None),
+                shared: shared.clone(),
             }))
         };
         Ok(Arc::new(Self {
             metrics: open(Stream::Metrics)?,
             logs: open(Stream::Logs)?,
+            shared,
             flush_due,
             flush_interval: config.flush_interval,
         }))
     }
 
-    /// The spec's `budgets` for the streams (`spoolReplay` and `actions`
-    /// are not enforced yet).
+    /// The spec's `budgets`: the streams' drop records, `spoolReplay`
+    /// slows their backlogs, `actions` warns.
     pub fn set_budgets(&self, budgets: &Budgets) {
         self.metrics.budget().set_limit(budgets.metrics);
         self.logs.budget().set_limit(budgets.logs);
+        self.shared
+            .replay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_limit(budgets.spool_replay);
+        self.shared.usage.set_actions_budget(budgets.actions);
+    }
+
+    /// The agent's own counts of bytes per feature.
+    pub fn usage(&self) -> &Arc<Usage> {
+        &self.shared.usage
     }
 
     pub fn spool(&self, stream: Stream) -> &Arc<Spool> {
@@ -364,13 +417,21 @@ impl Spools {
         Ok(())
     }
 
-    /// Writes both spools' pending records now.
+    /// Writes both spools' pending records now, and the usage counts if
+    /// they are due.
     pub fn flush(&self) {
         for spool in [&self.metrics, &self.logs] {
             if let Err(error) = spool.flush() {
                 tracing::error!(stream = %spool.stream, error = %error, "could not save the telemetry spool");
             }
         }
+        self.shared.usage.save(false);
+    }
+
+    /// At a clean stop: writes everything that waits, usage counts too.
+    pub fn close(&self) {
+        self.flush();
+        self.shared.usage.save(true);
     }
 
     /// Flushes on the interval, or earlier when enough records wait, off
@@ -554,5 +615,35 @@ mod tests {
             logs.ack(next).expect("acks");
         }
         assert_eq!(next, 3000);
+    }
+
+    #[test]
+    fn records_over_budget_are_counted_apart_from_a_full_spool_s() {
+        let temp = tempfile::tempdir().expect("temp");
+        let spools = Spools::open(temp.path(), config()).expect("opens");
+        spools.set_budgets(&Budgets {
+            logs: Some(0),
+            ..Budgets::default()
+        });
+        for i in 0..16 {
+            spools.append(log(i)).expect("appends");
+        }
+        spools.flush();
+        let logs = spools.spool(Stream::Logs);
+        assert!(logs.next_batch().expect("reads").is_none(), "none went");
+        let (_, _, dropped) = logs.position();
+        assert_eq!((dropped.total, dropped.over_budget), (0, 16));
+        assert_eq!(dropped.over_budget_by_priority, [2; 8]);
+        // The count survives a restart, and rides on the next batch.
+        drop(spools);
+        let spools = Spools::open(temp.path(), config()).expect("opens");
+        spools.append(log(3)).expect("appends");
+        spools.flush();
+        let batch = spools
+            .spool(Stream::Logs)
+            .next_batch()
+            .expect("reads")
+            .expect("one");
+        assert_eq!(batch.dropped.over_budget, 16);
     }
 }

@@ -8,9 +8,15 @@
 //! One batch per stream is in flight at a time: the PUBACK then names the
 //! batch without ambiguity, and a batch holds up to a thousand records, so
 //! a round trip per batch is no limit for a device.
+//!
+//! A batch whose first record was in the spool when the session came up
+//! is marked `replay` (the backlog of an outage, counted apart), and waits
+//! for the spec's `spoolReplay` budget if it has one: the rest stays on
+//! disk, nothing is dropped. Now and then a batch carries the agent's own
+//! counts of every feature (`usage`), so tetherd can show both ends'.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tether_proto::telemetry::{self, Stream};
 use tokio::sync::{mpsc, watch};
@@ -22,6 +28,9 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause before sending again what tetherd refused for its rate, or what
 /// could not be handed to the MQTT client.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// The agent's counts ride on the first batch of each session and then on
+/// one at most this often: a live follower's batches are a line each.
+const USAGE_EVERY: Duration = Duration::from_secs(5);
 
 /// What tetherd answered to a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,12 +67,17 @@ pub async fn run(
     mut acks: mpsc::UnboundedReceiver<Ack>,
 ) {
     let stream = spool.stream();
+    // Both measured anew at each session: where its backlog ends, and
+    // when the counts last went.
+    let mut session_backlog: Option<u64> = None;
+    let mut usage_sent_at: Option<Instant> = None;
     loop {
         while !*online.borrow_and_update() {
             if online.changed().await.is_err() {
                 return;
             }
         }
+        let backlog_end = *session_backlog.get_or_insert_with(|| spool.position().1);
         let reading = spool.clone();
         let batch = match tokio::task::spawn_blocking(move || reading.next_batch()).await {
             Ok(Ok(batch)) => batch,
@@ -74,17 +88,33 @@ pub async fn run(
             }
             Err(_) => return,
         };
-        let Some(batch) = batch else {
+        let Some(mut batch) = batch else {
             tokio::select! {
                 () = spool.flushed() => {}
                 changed = online.changed() => if changed.is_err() { return },
             }
             continue;
         };
+        batch.replay = batch.first_seq < backlog_end;
+        if usage_sent_at.is_none_or(|at| at.elapsed() >= USAGE_EVERY) {
+            batch.usage = spool.usage_report();
+            usage_sent_at = Some(Instant::now());
+        }
         let end_seq = batch.end_seq();
         let records = batch.records.len();
         let payload = telemetry::encode(&batch);
         let wire_bytes = payload.len();
+        if batch.replay {
+            match throttle(&spool, wire_bytes, &mut online).await {
+                Some(true) => {}
+                Some(false) => {
+                    unsent(&spool);
+                    (session_backlog, usage_sent_at) = (None, None);
+                    continue;
+                }
+                None => return,
+            }
+        }
         if let Err(error) = out.publish_batch(stream, payload, end_seq) {
             tracing::debug!(%stream, error, "could not hand a telemetry batch to the MQTT client; trying again");
             tokio::time::sleep(RETRY_AFTER).await;
@@ -122,6 +152,7 @@ pub async fn run(
                 changed = online.changed() => {
                     if changed.is_err() { return }
                     unsent(&spool);
+                    (session_backlog, usage_sent_at) = (None, None);
                     break;
                 }
                 () = &mut deadline => {
@@ -132,6 +163,24 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Waits until the `spoolReplay` budget lets a backlog's batch of
+/// `wire_bytes` go: `Some(true)` then, `Some(false)` if the session went
+/// down or came up again meanwhile, `None` if the agent is stopping.
+async fn throttle(
+    spool: &Spool,
+    wire_bytes: usize,
+    online: &mut watch::Receiver<bool>,
+) -> Option<bool> {
+    while let Some(wait) = spool.replay_delay(wire_bytes) {
+        tracing::debug!(stream = %spool.stream(), wait_ms = wait.as_millis(), "the backlog waits for its replay budget");
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            changed = online.changed() => return changed.is_ok().then_some(false),
+        }
+    }
+    Some(true)
 }
 
 /// A rare answer, off the fast path: the bound it may apply writes.
@@ -159,11 +208,12 @@ mod tests {
     use crate::spool::{Record, SpoolConfig, Spools};
     use chrono::Utc;
     use std::sync::Mutex;
-    use tether_proto::telemetry::LogRecord;
+    use tether_proto::spec::Budgets;
+    use tether_proto::telemetry::{Dropped, Feature, LogRecord, TelemetryBatch};
 
     /// Records what was published; the test plays tetherd.
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<(u64, u64)>>);
+    struct Recorder(Mutex<Vec<(u64, u64)>>, Mutex<Vec<TelemetryBatch>>);
 
     impl BatchOut for Recorder {
         fn publish_batch(
@@ -179,6 +229,7 @@ mod tests {
                 .lock()
                 .expect("lock")
                 .push((batch.first_seq, end_seq));
+            self.1.lock().expect("lock").push(batch);
             Ok(())
         }
     }
@@ -268,6 +319,124 @@ mod tests {
         }
         assert_eq!(logs.position().0, 1500, "a refused batch is skipped");
         assert!(logs.next_batch().expect("reads").is_none());
+        task.abort();
+    }
+
+    fn line(i: usize) -> Record {
+        Record::Log(LogRecord {
+            at: Utc::now(),
+            priority: 6,
+            unit: String::new(),
+            message: format!("line {i}"),
+            fields: Default::default(),
+        })
+    }
+
+    async fn acked(recorder: &Recorder, acks: &mpsc::UnboundedSender<Ack>, n: usize) {
+        let end_seq = published(recorder, n).await[n - 1].1;
+        acks.send(Ack {
+            stream: Stream::Logs,
+            end_seq,
+            answer: Answer::Stored,
+        })
+        .expect("ack");
+    }
+
+    /// What waited in the spool when the session came up is a replay; what
+    /// came after is live. The agent's counts ride on the first batch and
+    /// count both.
+    #[tokio::test]
+    async fn the_backlog_is_marked_as_a_replay_and_counted_apart() {
+        let temp = tempfile::tempdir().expect("temp");
+        let spools = Spools::open(
+            temp.path(),
+            SpoolConfig {
+                max_bytes: 1 << 20,
+                flush_records: 10_000,
+                flush_interval: Duration::from_secs(3600),
+            },
+        )
+        .expect("opens");
+        for i in 0..1500 {
+            spools.append(line(i)).expect("appends");
+        }
+        spools.flush();
+        let logs = spools.spool(Stream::Logs).clone();
+        let recorder = Arc::new(Recorder::default());
+        let (_online_tx, online) = watch::channel(true);
+        let (acks_tx, acks) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(logs.clone(), recorder.clone(), online, acks));
+        acked(&recorder, &acks_tx, 1).await;
+        acked(&recorder, &acks_tx, 2).await;
+        spools.append(line(1500)).expect("appends");
+        spools.flush();
+        assert_eq!(published(&recorder, 3).await[2], (1500, 1501));
+        let batches = recorder.1.lock().expect("lock").clone();
+        assert_eq!(
+            batches.iter().map(|b| b.replay).collect::<Vec<_>>(),
+            [true, true, false]
+        );
+        assert_eq!(
+            batches[0].usage.len(),
+            Feature::ALL.len(),
+            "the first batch of a session carries the agent's counts"
+        );
+        assert!(batches[1].usage.is_empty(), "not every batch");
+        let wire = |b: &TelemetryBatch| telemetry::encode(b).len() as u64;
+        let count = |feature| {
+            spools
+                .usage()
+                .report()
+                .into_iter()
+                .find(|f| f.feature == feature)
+                .expect("counted")
+                .sent_bytes
+        };
+        assert_eq!(count(Feature::Logs), batches.iter().map(wire).sum::<u64>());
+        assert_eq!(
+            count(Feature::SpoolReplay),
+            wire(&batches[0]) + wire(&batches[1])
+        );
+        task.abort();
+    }
+
+    /// With the day's replay bytes spent, the rest of the backlog waits on
+    /// disk for the next day: nothing is dropped.
+    #[tokio::test]
+    async fn a_spent_replay_budget_holds_the_backlog_without_dropping_it() {
+        let temp = tempfile::tempdir().expect("temp");
+        let spools = Spools::open(
+            temp.path(),
+            SpoolConfig {
+                max_bytes: 1 << 20,
+                flush_records: 10_000,
+                flush_interval: Duration::from_secs(3600),
+            },
+        )
+        .expect("opens");
+        for i in 0..1500 {
+            spools.append(line(i)).expect("appends");
+        }
+        spools.flush();
+        spools.set_budgets(&Budgets {
+            spool_replay: Some(24),
+            ..Budgets::default()
+        });
+        let logs = spools.spool(Stream::Logs).clone();
+        let recorder = Arc::new(Recorder::default());
+        let (_online_tx, online) = watch::channel(true);
+        let (acks_tx, acks) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(logs.clone(), recorder.clone(), online, acks));
+        acked(&recorder, &acks_tx, 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            recorder.0.lock().expect("lock").len(),
+            1,
+            "the day's first batch went, the next waits for tomorrow"
+        );
+        let (acked_to, next_seq, dropped) = logs.position();
+        assert_eq!((acked_to, next_seq), (1000, 1500), "the rest stays on disk");
+        assert_eq!(dropped, Dropped::default(), "nothing dropped");
         task.abort();
     }
 }

@@ -734,3 +734,60 @@ async fn follow_logs_reads_the_system_log_from_now_and_sends_at_once() -> anyhow
     );
     Ok(())
 }
+
+/// A log file replaced by a FIFO (or anything but a regular file): opening
+/// or reading it would block the agent's one thread until a writer came,
+/// and with it the session, the spool and the local API. The agent passes
+/// it over, says why, and goes on; a regular file there later is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_file_replaced_by_a_fifo_does_not_stop_the_agent() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("app.log");
+    let agent = agent_with(
+        &tetherd,
+        &admin,
+        "fifo",
+        &[("TETHER_AGENT_LOG_FILES", &log.display().to_string())],
+    )
+    .await?;
+    append(&log, &lines(0..10))?;
+    wait_for_logs(&tetherd, &agent, "fifo", "the file's lines", |logs| {
+        exactly_once(logs, 10).is_ok()
+    })
+    .await?;
+    std::fs::remove_file(&log)?;
+    let made = std::process::Command::new("mkfifo").arg(&log).status()?;
+    anyhow::ensure!(made.success(), "mkfifo failed");
+    wait_until(
+        "the agent to pass the FIFO over",
+        Duration::from_secs(15),
+        || async { Ok(agent.log().contains("not a regular file").then_some(())) },
+    )
+    .await
+    .with_context(|| agent.log())?;
+    // Still serving: a line through its local API arrives.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tether_testkit::post_local(
+            &agent.local_api_socket(),
+            "/v1/logs",
+            r#"{"message": "still here"}"#,
+        ),
+    )
+    .await
+    .context("the local API does not answer")??;
+    wait_for_logs(&tetherd, &agent, "fifo", "the local line", |logs| {
+        logs.iter().any(|l| l.message == "still here")
+    })
+    .await?;
+    // A regular file again: read from its start.
+    std::fs::remove_file(&log)?;
+    append(&log, &lines(10..20))?;
+    wait_for_logs(&tetherd, &agent, "fifo", "the new file's lines", |logs| {
+        logs.iter().any(|l| l.message.ends_with("19"))
+    })
+    .await?;
+    Ok(())
+}

@@ -3,6 +3,8 @@
 
 mod clock;
 mod failover;
+mod fake_kube;
+mod local_api;
 mod logs;
 mod offline;
 mod support;

@@ -165,18 +165,11 @@ fn print(
     writeln!(out, "{line}").map_err(CommandError::Write)
 }
 
-const PRIORITIES: [&str; 8] = [
-    "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
-];
-
 /// `TIME PRIORITY UNIT: MESSAGE`, with the device first when several are
 /// shown.
 fn text(entry: &LogEntry, show_device: bool) -> String {
     let at = entry.at.to_rfc3339_opts(SecondsFormat::Millis, true);
-    let priority = PRIORITIES
-        .get(usize::from(entry.priority))
-        .copied()
-        .unwrap_or("?");
+    let priority = tether_proto::priority::name(entry.priority).unwrap_or("?");
     let unit = if entry.unit.is_empty() {
         "-"
     } else {

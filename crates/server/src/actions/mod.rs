@@ -3,6 +3,7 @@
 //! answer. The lifecycle rules live in `tether_proto::ActionState`; this
 //! module applies them to the store and the device link.
 
+mod answers;
 mod waiters;
 
 use std::collections::{HashMap, HashSet};
@@ -20,7 +21,10 @@ use crate::config::ActionsConfig;
 use crate::device_link::{DeviceLink, LinkError};
 use crate::observability::Observability;
 use crate::sealing::Sealer;
-use crate::store::{ActionRecord, EventRecord, NewAction, Outcome, Store, StoreError};
+use crate::store::{
+    ActionBytes, ActionRecord, AnswerWrite, EventRecord, NewAction, Outcome, Store, StoreError,
+};
+use answers::AnswerWriter;
 use waiters::Waiters;
 
 /// Longest a caller-supplied correlation id may be.
@@ -83,6 +87,8 @@ pub enum Answer {
 
 pub struct ActionService {
     store: Store,
+    /// Records devices' answers in batches.
+    answers: AnswerWriter,
     link: Arc<dyn DeviceLink>,
     catalogue: Arc<Catalogue>,
     sealer: Arc<Sealer>,
@@ -95,6 +101,10 @@ pub struct ActionService {
     waiters: Waiters,
     /// Reaches the replicas holding other devices' sessions and waiting clients.
     bus: Bus,
+    /// Bytes of each device's actions not yet written: the ingest writes
+    /// them with the device's `lastSeen` (`take_bytes`), not a statement
+    /// per action.
+    unwritten_bytes: Mutex<HashMap<DeviceId, ActionBytes>>,
 }
 
 impl ActionService {
@@ -108,6 +118,7 @@ impl ActionService {
         bus: Bus,
     ) -> Self {
         Self {
+            answers: AnswerWriter::spawn(store.clone()),
             store,
             link,
             catalogue,
@@ -118,7 +129,30 @@ impl ActionService {
             delivery_locks: Mutex::default(),
             waiters: Waiters::default(),
             bus,
+            unwritten_bytes: Mutex::default(),
         }
+    }
+
+    /// Counts `sent` bytes of requests to `device` and `received` bytes of
+    /// its answers.
+    pub fn count_bytes(&self, device: &DeviceId, sent: usize, received: usize) {
+        let mut unwritten = self
+            .unwritten_bytes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bytes = unwritten.entry(device.clone()).or_default();
+        bytes.sent += sent as u64;
+        bytes.received += received as u64;
+    }
+
+    /// The device's bytes counted since the last call: the caller writes
+    /// them (and puts them back with `count_bytes` if it cannot).
+    pub fn take_bytes(&self, device: &DeviceId) -> ActionBytes {
+        self.unwritten_bytes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(device)
+            .unwrap_or_default()
     }
 
     pub fn catalogue(&self) -> &Catalogue {
@@ -487,7 +521,7 @@ impl ActionService {
                 sent_at: None,
             };
             match self.link.publish_action(device, &request).await {
-                Ok(()) => {}
+                Ok(bytes) => self.count_bytes(device, bytes, 0),
                 Err(LinkError::NotConnected(_)) => {
                     self.device_gone(device);
                     refused = Some(device.clone());
@@ -531,9 +565,10 @@ impl ActionService {
     /// action, or for one already finished (a repeat, or late), is dropped,
     /// so a device cannot fill the database with them.
     ///
-    /// The action's end and the answer's event are one transaction: when it
-    /// fails, neither is stored, the device's publish is not acknowledged
-    /// and it sends the answer again.
+    /// The action's end and the answer's event are written together, with
+    /// the other answers waiting (`answers`): when that fails, neither is
+    /// stored, the device's publish is not acknowledged and it sends the
+    /// answer again.
     pub async fn handle_event(
         &self,
         device: &DeviceId,
@@ -563,18 +598,18 @@ impl ActionService {
             .bus
             .with_commit(Channel::ActionFinished, &correlation_id);
         if let Some(updated) = self
-            .store
-            .record_answer(
-                device,
-                &correlation_id,
+            .answers
+            .record(AnswerWrite {
+                device: device.clone(),
+                correlation_id: correlation_id.clone(),
                 to,
-                &outcome,
-                &record,
-                announcement.as_ref(),
-            )
+                outcome,
+                event: record,
+                announcement: announcement.clone(),
+            })
             .await?
         {
-            tracing::info!(%device, correlation_id = %updated.correlation_id, state = %updated.state, status_code = record.status_code, "action completed");
+            tracing::info!(%device, correlation_id = %updated.correlation_id, state = %updated.state, status_code = updated.status_code, "action completed");
             self.observability.action_finished(updated.state);
             match announcement {
                 // Announced by the statement (never a job's action).
@@ -785,13 +820,13 @@ mod tests {
             &'a self,
             device: &'a DeviceId,
             request: &'a ActionRequest,
-        ) -> BoxFuture<'a, Result<(), LinkError>> {
+        ) -> BoxFuture<'a, Result<usize, LinkError>> {
             let mut sent = self.sent.lock().expect("not poisoned");
             if self.stall_after.is_some_and(|limit| sent.len() >= limit) {
                 return Box::pin(std::future::pending());
             }
             sent.push((device.clone(), request.correlation_id.clone()));
-            Box::pin(async { Ok(()) })
+            Box::pin(async { Ok(100) })
         }
 
         fn publish_spec<'a>(

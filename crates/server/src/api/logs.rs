@@ -288,7 +288,7 @@ fn filter(
     bounded("unit", unit.as_deref(), 4096)?;
     let max_priority = priority
         .as_deref()
-        .map(logs::parse_priority)
+        .map(tether_proto::priority::parse)
         .transpose()
         .map_err(ApiError::bad_request)?
         .unwrap_or(7);

@@ -54,13 +54,21 @@ pub async fn scrape(
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
 }
 
+/// Where a fleet scrape goes on from.
+enum Next {
+    Series(Option<(String, i64)>),
+    Usage(Option<String>),
+    Done,
+}
+
 /// `GET /metrics/fleet`: the newest value of every series of every device
 /// that has one within the last hour, in Prometheus' text format, with
-/// `device` and `label_<key>` labels (`crate::metrics::exposition`). The
-/// body is streamed a page of 5,000 series at a time, so a big fleet costs
-/// one page of memory; a scrape stops after 2,000,000 series. A store
-/// error mid-stream ends the body early, which Prometheus reports as a
-/// failed scrape.
+/// `device` and `label_<key>` labels (`crate::metrics::exposition`), then
+/// every device's usage (bytes per feature as both ends counted them,
+/// records dropped). The body is streamed a page of 5,000 series or
+/// devices at a time, so a big fleet costs one page of memory; the series
+/// stop after 2,000,000. A store error mid-stream ends the body early,
+/// which Prometheus reports as a failed scrape.
 pub async fn scrape_fleet(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -72,15 +80,38 @@ pub async fn scrape_fleet(
     // answer is an error status, not an empty scrape.
     let mut renderer = Renderer::default();
     let (first, next, served) = metrics.fleet_page(&mut renderer, None, now).await?;
+    let next = match next {
+        Some(after) => Next::Series(Some(after)),
+        None => Next::Usage(None),
+    };
     let pages = futures::stream::unfold(
         (metrics, renderer, next, served),
-        move |(metrics, mut renderer, after, served)| async move {
-            let after = after?;
-            if served >= FLEET_MAX_SERIES {
-                tracing::warn!(served, "fleet scrape stopped at its cap of series");
-                return None;
-            }
-            match metrics.fleet_page(&mut renderer, Some(after), now).await {
+        move |(metrics, mut renderer, next, served)| async move {
+            let page = match next {
+                Next::Done => return None,
+                Next::Series(Some(_)) if served >= FLEET_MAX_SERIES => {
+                    tracing::warn!(served, "fleet scrape stopped at its cap of series");
+                    Ok((String::new(), Next::Usage(None), 0))
+                }
+                Next::Series(after) => metrics.fleet_page(&mut renderer, after, now).await.map(
+                    |(text, next, count)| {
+                        let next = match next {
+                            Some(after) => Next::Series(Some(after)),
+                            None => Next::Usage(None),
+                        };
+                        (text, next, count)
+                    },
+                ),
+                Next::Usage(after) => {
+                    metrics
+                        .usage_page(&mut renderer, after)
+                        .await
+                        .map(|(text, next)| {
+                            (text, next.map_or(Next::Done, |d| Next::Usage(Some(d))), 0)
+                        })
+                }
+            };
+            match page {
                 Ok((text, next, count)) => Some((
                     Ok::<_, std::io::Error>(text),
                     (metrics, renderer, next, served + count),
@@ -89,7 +120,7 @@ pub async fn scrape_fleet(
                     tracing::error!(error = %crate::error_chain(&error), "fleet scrape ended early");
                     Some((
                         Err(std::io::Error::other(error.to_string())),
-                        (metrics, renderer, None, served),
+                        (metrics, renderer, Next::Done, served),
                     ))
                 }
             }

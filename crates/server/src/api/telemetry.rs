@@ -85,9 +85,11 @@ async fn list_series(
     Ok(axum::Json(state.metrics.series(&device).await?))
 }
 
-/// What the device's telemetry streams have sent: bytes on the wire,
-/// records stored and sent twice, numbers never received, and what the
-/// device's spool dropped when full, as it reported.
+/// What the device sent and was sent: per telemetry stream, bytes on the
+/// wire (and of them, from the spool's backlog), records stored and sent
+/// twice, numbers never received, and what the device's spool dropped when
+/// full and over the spec's budget; per feature, the bytes as tetherd
+/// counted them beside the device's own last report.
 #[utoipa::path(get, path = "/devices/{name}/usage", tag = "telemetry",
     params(("name" = String, Path, description = "Device name")),
     responses((status = 200, body = DeviceUsage), (status = 404, body = ErrorBody)))]
@@ -96,12 +98,8 @@ async fn device_usage(
     Path(name): Path<String>,
 ) -> Result<axum::Json<DeviceUsage>, ApiError> {
     let device = device_id(&name)?;
-    state.registry.record(&device).await?;
-    let streams = state.store.telemetry_usage(&device).await?;
-    Ok(axum::Json(DeviceUsage {
-        device: device.to_string(),
-        streams,
-    }))
+    let record = state.store.device_usage(&device).await?;
+    Ok(axum::Json(crate::telemetry::usage::device_usage(record)))
 }
 
 /// The device's events, newest first, in pages.

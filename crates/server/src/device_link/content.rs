@@ -134,6 +134,8 @@ mod tests {
                 fields: Default::default(),
             }]),
             dropped: Dropped::default(),
+            replay: false,
+            usage: Vec::new(),
         };
         match content(&a, "tether/v1/devices/device-a/logs", &encode(&batch)) {
             Content::Message(DeviceMessage::Telemetry(read)) => assert_eq!(*read, batch),

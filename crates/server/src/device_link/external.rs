@@ -306,7 +306,7 @@ impl DeviceLink for ExternalLink {
         &'a self,
         device: &'a DeviceId,
         request: &'a ActionRequest,
-    ) -> BoxFuture<'a, Result<(), LinkError>> {
+    ) -> BoxFuture<'a, Result<usize, LinkError>> {
         Box::pin(async move {
             if !self.is_connected(device) {
                 return Err(LinkError::NotConnected(device.clone()));
@@ -322,6 +322,7 @@ impl DeviceLink for ExternalLink {
             }
             let action = ActionPublish::new(device, request, chrono::Utc::now())
                 .map_err(|e| publish_error(format!("could not encode the action: {e}")))?;
+            let bytes = action.payload.len();
             let properties = PublishProperties {
                 correlation_data: Some(action.correlation_data.into()),
                 message_expiry_interval: Some(action.expiry.get()),
@@ -338,7 +339,8 @@ impl DeviceLink for ExternalLink {
                     properties,
                 )
                 .await
-                .map_err(|e| publish_error(format!("could not queue it for the broker: {e}")))
+                .map_err(|e| publish_error(format!("could not queue it for the broker: {e}")))?;
+            Ok(bytes)
         })
     }
 

@@ -121,12 +121,13 @@ pub trait DeviceCredentials: Send + Sync + 'static {
 pub trait DeviceLink: Send + Sync + 'static {
     /// Publishes an action on the device's `actions` topic, QoS 1, with MQTT 5
     /// correlation data and message expiry mirroring the request. Messages to
-    /// one device keep the order of the calls.
+    /// one device keep the order of the calls. Returns the payload's size
+    /// in bytes, which the device's usage counts.
     fn publish_action<'a>(
         &'a self,
         device: &'a DeviceId,
         request: &'a ActionRequest,
-    ) -> BoxFuture<'a, Result<(), LinkError>>;
+    ) -> BoxFuture<'a, Result<usize, LinkError>>;
 
     /// Publishes the device's spec on its `spec` topic, QoS 1. Messages to
     /// one device keep the order of the calls.

@@ -271,7 +271,7 @@ impl DeviceLink for RmqttLink {
         &'a self,
         device: &'a DeviceId,
         request: &'a ActionRequest,
-    ) -> BoxFuture<'a, Result<(), LinkError>> {
+    ) -> BoxFuture<'a, Result<usize, LinkError>> {
         Box::pin(async move {
             if !self.is_connected(device) {
                 return Err(LinkError::NotConnected(device.clone()));
@@ -282,6 +282,7 @@ impl DeviceLink for RmqttLink {
             };
             let action = ActionPublish::new(device, request, chrono::Utc::now())
                 .map_err(|e| publish_error(format!("could not encode the action: {e}")))?;
+            let bytes = action.payload.len();
             let publish = Publish::from(CodecPublish {
                 dup: false,
                 retain: false,
@@ -296,7 +297,8 @@ impl DeviceLink for RmqttLink {
                 }),
             })
             .create_time(chrono::Utc::now().timestamp_millis());
-            self.forward(device, publish, "actions").await
+            self.forward(device, publish, "actions").await?;
+            Ok(bytes)
         })
     }
 

@@ -66,8 +66,9 @@ pub fn check(
             payload(size, ReportedStatus::MAX_PAYLOAD_BYTES)?;
             reported.check_limits().map_err(too_large)
         }
-        // Decoding checked the batch's bounds; its records keep the times
-        // the device gave them (retention prunes the old ones).
+        // Decoding checked the batch's bounds; records dated too far ahead
+        // are dated when received (`crate::telemetry`), the old ones go
+        // with retention.
         DeviceMessage::Telemetry(_) => payload(size, tether_proto::telemetry::MAX_COMPRESSED_BYTES),
     }
 }

@@ -9,6 +9,7 @@
 
 mod checks;
 mod counters;
+mod last_seen;
 mod presence;
 pub mod rate;
 
@@ -33,6 +34,7 @@ use crate::telemetry::{Stored, Telemetry, TelemetryError};
 use checks::{ClockWindow, Invalid};
 pub use counters::IngestCounters;
 use counters::{Counters, Outcome};
+use last_seen::LastSeenWriter;
 use presence::PresenceWriter;
 use rate::{Admission, DeviceRate, RateLimits, TokenBucket};
 
@@ -52,11 +54,12 @@ const REJECTION_EVENTS_PER_SECOND: f64 = 1.0 / 60.0;
 const SAMPLES_PER_SECOND: f64 = 1.0;
 const SAMPLE_BURST: u64 = 60;
 
-/// Device-driven writes (publishes, presence, `lastSeen`, rejection events)
-/// that may hold a store connection at once. While the store is locked or
+/// Device-driven writes (publishes, presence, `lastSeen`, rejection events;
+/// not answers, which the answer writer records on one connection of its
+/// own, `crate::actions`) that may hold a store connection at once. While the store is locked or
 /// down each write holds its connection until it gives up; unbounded, they
 /// take the whole pool, and a device's CONNECT (its certificate check reads
-/// the store) and the API wait behind them. SQLite's pool has 4, PostgreSQL's 10.
+/// the store) and the API wait behind them. SQLite's pool has 4, PostgreSQL's 11.
 const SQLITE_WRITE_SLOTS: usize = 2;
 const POSTGRES_WRITE_SLOTS: usize = 8;
 /// Telemetry writers on PostgreSQL, each storing a group of batches in a
@@ -108,6 +111,7 @@ pub struct Ingest {
     /// Samples older than this are refused: retention would delete them.
     metrics_retention: Duration,
     presence: PresenceWriter,
+    last_seen: LastSeenWriter,
     telemetry: Telemetry,
     write_slots: Arc<Semaphore>,
     devices: Mutex<HashMap<DeviceId, DeviceState>>,
@@ -143,6 +147,7 @@ impl Ingest {
             store.clone(),
             observability.clone(),
             bus.clone(),
+            config.max_clock_ahead,
             write_slots.clone(),
             WRITE_SLOT_WAIT,
             if store.is_postgres() {
@@ -153,6 +158,7 @@ impl Ingest {
         );
         Self {
             presence: PresenceWriter::new(store.clone(), owner, write_slots.clone(), bus),
+            last_seen: LastSeenWriter::spawn(store.clone(), actions.clone(), write_slots.clone()),
             write_slots,
             telemetry,
             store,
@@ -263,6 +269,9 @@ impl Ingest {
                     .map_err(|invalid| self.invalid(inbound, invalid));
             }
         };
+        if let DeviceMessage::Event(_) = message {
+            self.actions.count_bytes(&inbound.device, 0, inbound.size);
+        }
         let window = ClockWindow {
             max_ahead: self.config.max_clock_ahead,
             max_behind: self.metrics_retention,
@@ -323,11 +332,12 @@ impl Ingest {
             }
         };
         self.with_device(&inbound.device, |s| s.counters.count(outcome));
-        self.touch_last_seen(&inbound.device);
+        self.touch_last_seen(&inbound.device, false);
         Ok(())
     }
 
-    /// Stores what `message` says, each write holding a write slot.
+    /// Stores what `message` says, each write but an answer holding a
+    /// write slot.
     async fn apply(
         &self,
         device: &DeviceId,
@@ -339,7 +349,10 @@ impl Ingest {
             // Births are written by the device's session writer (`handle`).
             DeviceMessage::Status(_) => Ok(Outcome::Accepted),
             DeviceMessage::Event(event) => {
-                let _slot = self.write_slot().await?;
+                // No write slot: answers wait for the answer writer instead,
+                // which records all that wait with one statement on one
+                // connection of its own: a slot each would cap its batches at
+                // the slots' count.
                 let answer = self.actions.handle_event(device, event.clone()).await;
                 Ok(match answer.map_err(store)? {
                     Answer::Recorded => Outcome::Accepted,
@@ -408,11 +421,13 @@ impl Ingest {
 
     /// Presence changes write `lastSeen` themselves; other messages refresh
     /// it, throttled, without holding up the acknowledgement: it is not what
-    /// the device asked to store, and a failure only leaves it older.
-    fn touch_last_seen(&self, device: &DeviceId) {
+    /// the device asked to store, and a failure only leaves it older. The
+    /// device's action bytes counted since go with it, and at the session's
+    /// `end` too, so none wait for a session that may never come back.
+    fn touch_last_seen(&self, device: &DeviceId, end: bool) {
         let now = Instant::now();
         let due = self.with_device(device, |s| match s.last_seen_written {
-            Some(at) if now.duration_since(at) < LAST_SEEN_RESOLUTION => false,
+            Some(at) if now.duration_since(at) < LAST_SEEN_RESOLUTION && !end => false,
             _ => {
                 s.last_seen_written = Some(now);
                 true
@@ -421,17 +436,7 @@ impl Ingest {
         if !due {
             return;
         }
-        let store = self.store.clone();
-        let write_slots = self.write_slots.clone();
-        let device = device.clone();
-        tokio::spawn(async move {
-            let Ok(_slot) = write_slots.acquire().await else {
-                return;
-            };
-            if let Err(error) = store.touch_last_seen(&device, Utc::now()).await {
-                tracing::warn!(%device, error = %crate::error_chain(&error), "could not record when a device was last seen");
-            }
-        });
+        self.last_seen.seen(device.clone(), end);
     }
 
     fn invalid(&self, inbound: &Inbound, invalid: Invalid) -> Refusal {
@@ -524,6 +529,7 @@ impl DeviceInbox for Ingest {
             }
             SessionChange::Disconnected(device) => {
                 self.actions.device_gone(&device);
+                self.touch_last_seen(&device, true);
                 self.presence.set(device, Presence::Offline);
             }
             SessionChange::SubscribedToActions(device) => {
@@ -575,7 +581,7 @@ mod tests {
             &'a self,
             device: &'a DeviceId,
             _request: &'a tether_proto::ActionRequest,
-        ) -> BoxFuture<'a, Result<(), LinkError>> {
+        ) -> BoxFuture<'a, Result<usize, LinkError>> {
             Box::pin(async move { Err(LinkError::NotConnected(device.clone())) })
         }
 

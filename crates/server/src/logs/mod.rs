@@ -82,35 +82,6 @@ impl LogFilter {
     }
 }
 
-/// Priority names as syslog and journalctl spell them, most severe first.
-const PRIORITY_NAMES: [&[&str]; 8] = [
-    &["emerg", "emergency", "panic"],
-    &["alert"],
-    &["crit", "critical"],
-    &["err", "error"],
-    &["warning", "warn"],
-    &["notice"],
-    &["info"],
-    &["debug"],
-];
-
-/// A priority given as a number 0–7 or a name (`err`, `warning`, …).
-pub fn parse_priority(text: &str) -> Result<u8, String> {
-    let text = text.trim();
-    if let Ok(number @ 0..=7) = text.parse::<u8>() {
-        return Ok(number);
-    }
-    PRIORITY_NAMES
-        .iter()
-        .position(|names| names.iter().any(|name| name.eq_ignore_ascii_case(text)))
-        .map(|index| index as u8)
-        .ok_or_else(|| {
-            format!(
-                "priority {text:?} is not 0–7 or one of emerg, alert, crit, err, warning, notice, info, debug"
-            )
-        })
-}
-
 /// A moment given as seconds before `now` (`60`), a duration before `now`
 /// (`90s`, `15m`, `1h`, `7d`) or RFC 3339 (`2026-12-02T06:00:00Z`).
 pub fn parse_moment(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
@@ -347,47 +318,51 @@ impl Follower {
                 },
             };
             for device in due {
-                match self.read_new(&device).await {
-                    Ok(lines) if lines.is_empty() => {}
-                    Ok(lines) => {
-                        if tx.send(Ok(lines)).await.is_err() {
+                // A chunk at a time, each sent before the next is read: a
+                // device writing faster than the client reads makes the
+                // follower wait on the client, never hold more than a chunk.
+                loop {
+                    match self.read_chunk(&device).await {
+                        Ok((lines, complete)) => {
+                            if !lines.is_empty() {
+                                if tx.send(Ok(lines)).await.is_err() {
+                                    return;
+                                }
+                                keepalive.reset();
+                            }
+                            if complete {
+                                break;
+                            }
+                        }
+                        Err(error) => {
+                            // The stream ends with the error; the client follows again.
+                            let _ = tx.send(Err(error)).await;
                             return;
                         }
-                        keepalive.reset();
-                    }
-                    Err(error) => {
-                        // The stream ends with the error; the client follows again.
-                        let _ = tx.send(Err(error)).await;
-                        return;
                     }
                 }
             }
         }
     }
 
-    /// The lines of `device` stored since the last read that pass the filter.
-    async fn read_new(&mut self, device: &DeviceId) -> Result<Vec<LogLine>, StoreError> {
-        let mut passed = Vec::new();
-        loop {
-            let after = self.positions.get(device).copied().unwrap_or(0);
-            let lines = self
-                .logs
-                .store
-                .logs_stored_after(device, after, FOLLOW_CHUNK)
-                .await?;
-            let complete = lines.len() < FOLLOW_CHUNK as usize;
-            if let Some(last) = lines.last() {
-                self.positions.insert(device.clone(), last.pos);
-            }
-            passed.extend(
-                lines
-                    .into_iter()
-                    .filter(|line| self.filter.matches(&line.record)),
-            );
-            if complete {
-                return Ok(passed);
-            }
+    /// The next chunk of lines of `device` stored since the last read,
+    /// those that pass the filter, and whether it was the last.
+    async fn read_chunk(&mut self, device: &DeviceId) -> Result<(Vec<LogLine>, bool), StoreError> {
+        let after = self.positions.get(device).copied().unwrap_or(0);
+        let lines = self
+            .logs
+            .store
+            .logs_stored_after(device, after, FOLLOW_CHUNK)
+            .await?;
+        let complete = lines.len() < FOLLOW_CHUNK as usize;
+        if let Some(last) = lines.last() {
+            self.positions.insert(device.clone(), last.pos);
         }
+        let passed = lines
+            .into_iter()
+            .filter(|line| self.filter.matches(&line.record))
+            .collect();
+        Ok((passed, complete))
     }
 }
 
@@ -402,19 +377,6 @@ mod tests {
             unit: unit.into(),
             message: message.into(),
             fields: Default::default(),
-        }
-    }
-
-    #[test]
-    fn priorities_are_numbers_or_syslog_names() {
-        assert_eq!(parse_priority("3"), Ok(3));
-        assert_eq!(parse_priority("err"), Ok(3));
-        assert_eq!(parse_priority("WARNING"), Ok(4));
-        assert_eq!(parse_priority("emerg"), Ok(0));
-        assert_eq!(parse_priority("debug"), Ok(7));
-        for bad in ["8", "-1", "loud", ""] {
-            let error = parse_priority(bad).expect_err(bad);
-            assert!(error.contains("0–7"), "{error}");
         }
     }
 

@@ -1,10 +1,14 @@
 //! The fleet's latest values in the Prometheus text format (0.0.4):
 //! one family per series name, prefixed `tether_device_`, each sample with
 //! a `device` label, the series' own labels and the device's labels as
-//! `label_<key>`, every name made to fit Prometheus' rules.
+//! `label_<key>`, every name made to fit Prometheus' rules. After them,
+//! each device's usage: bytes per feature as both ends counted them, and
+//! records dropped per stream and reason.
 
 use std::collections::HashSet;
 use std::fmt::Write;
+
+use tether_proto::telemetry::{FeatureUsage, StreamUsage};
 
 use super::series::Labels;
 
@@ -12,6 +16,12 @@ use super::series::Labels;
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Prefix of every family, apart from tetherd's own `tether_` metrics.
 pub const PREFIX: &str = "tether_device_";
+/// Bytes per device, feature, direction (`from_device`, `to_device`) and
+/// end that counted them (`counted_by`: `tetherd` or `device`).
+pub const USAGE_BYTES: &str = "tether_device_usage_bytes_total";
+/// Records a device's spool dropped, per stream (`feature`) and `reason`
+/// (`spool_full`, `over_budget`).
+pub const DROPPED_RECORDS: &str = "tether_device_dropped_records_total";
 
 /// A series' newest value, with what labels it.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,20 +61,93 @@ impl Renderer {
             let _ = write!(out, "{key}=\"{}\"", escape(value));
         };
         label(out, "device".to_owned(), &sample.device);
+        // The operator's labels before the device's own: a series label
+        // named `label_site` must not stand in for the device's `site`.
+        for (key, value) in &sample.device_labels {
+            label(out, format!("label_{}", label_name(key)), value);
+        }
         for (key, value) in &sample.labels {
             let key = label_name(key);
-            // The device label is ours; Prometheus renames such clashes too.
-            let key = if key == "device" {
-                "exported_device".to_owned()
+            // `device` and `label_*` are ours; Prometheus renames such
+            // clashes of a target's labels the same way.
+            let key = if key == "device" || key.starts_with("label_") {
+                format!("exported_{key}")
             } else {
                 key
             };
             label(out, key, value);
         }
-        for (key, value) in &sample.device_labels {
-            label(out, format!("label_{}", label_name(key)), value);
-        }
         let _ = writeln!(out, "}} {}", number(sample.value));
+    }
+}
+
+impl Renderer {
+    /// A device's usage; counts of zero are left out.
+    pub fn push_usage(
+        &mut self,
+        device: &str,
+        features: &[FeatureUsage],
+        streams: &[StreamUsage],
+        out: &mut String,
+    ) {
+        for f in features {
+            let feature = f.feature.as_str();
+            for (direction, counted_by, value) in [
+                ("from_device", "tetherd", Some(f.received_bytes)),
+                ("to_device", "tetherd", Some(f.sent_bytes)),
+                ("from_device", "device", f.device_sent_bytes),
+                ("to_device", "device", f.device_received_bytes),
+            ] {
+                let Some(value) = value.filter(|&n| n > 0) else {
+                    continue;
+                };
+                self.counter(
+                    USAGE_BYTES,
+                    &[
+                        ("device", device),
+                        ("feature", feature),
+                        ("direction", direction),
+                        ("counted_by", counted_by),
+                    ],
+                    value,
+                    out,
+                );
+            }
+        }
+        for s in streams {
+            for (reason, value) in [
+                ("spool_full", s.dropped.total),
+                ("over_budget", s.dropped.over_budget),
+            ] {
+                if value > 0 {
+                    self.counter(
+                        DROPPED_RECORDS,
+                        &[
+                            ("device", device),
+                            ("feature", s.stream.as_str()),
+                            ("reason", reason),
+                        ],
+                        value,
+                        out,
+                    );
+                }
+            }
+        }
+    }
+
+    fn counter(&mut self, family: &str, labels: &[(&str, &str)], value: u64, out: &mut String) {
+        if self.families.insert(family.to_owned()) {
+            let _ = writeln!(out, "# TYPE {family} counter");
+        }
+        out.push_str(family);
+        out.push('{');
+        for (i, (key, value)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{key}=\"{}\"", escape(value));
+        }
+        let _ = writeln!(out, "}} {value}");
     }
 }
 
@@ -172,10 +255,32 @@ mod tests {
         assert_eq!(
             out,
             "# TYPE tether_device_cpu_percent gauge\n\
-             tether_device_cpu_percent{device=\"edge-1\",cpu=\"total\",label_site=\"north \\\"7\\\"\\\\\",label_zone_a=\"first\"} 12.5\n\
-             tether_device_cpu_percent{device=\"edge-2\",cpu=\"0\",label_site=\"north \\\"7\\\"\\\\\",label_zone_a=\"first\"} 3\n\
+             tether_device_cpu_percent{device=\"edge-1\",label_site=\"north \\\"7\\\"\\\\\",label_zone_a=\"first\",cpu=\"total\"} 12.5\n\
+             tether_device_cpu_percent{device=\"edge-2\",label_site=\"north \\\"7\\\"\\\\\",label_zone_a=\"first\",cpu=\"0\"} 3\n\
              # TYPE tether_device_tank_level gauge\n\
              tether_device_tank_level{device=\"edge-1\",exported_device=\"pump\"} 0.25\n"
+        );
+    }
+
+    #[test]
+    fn a_device_cannot_stand_in_for_its_operator_labels() {
+        let mut renderer = Renderer::default();
+        let mut out = String::new();
+        renderer.push(
+            &FleetSample {
+                name: "tank_level".into(),
+                device: "edge-1".into(),
+                // What a hostile device pushes through its local API.
+                labels: labels(&[("label_site", "elsewhere"), ("label.zone", "z9")]),
+                device_labels: labels(&[("site", "north")]),
+                value: 1.0,
+            },
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            "# TYPE tether_device_tank_level gauge\n\
+             tether_device_tank_level{device=\"edge-1\",label_site=\"north\",exported_label_zone=\"z9\",exported_label_site=\"elsewhere\"} 1\n"
         );
     }
 }

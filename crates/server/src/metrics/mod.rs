@@ -245,6 +245,29 @@ impl Metrics {
         })
     }
 
+    /// One page of the fleet's usage, the devices after `after` in name
+    /// order: its text, and the device the next page starts after (`None`:
+    /// that was the last).
+    pub async fn usage_page(
+        &self,
+        renderer: &mut exposition::Renderer,
+        after: Option<String>,
+    ) -> Result<(String, Option<String>), StoreError> {
+        let records = self
+            .store
+            .fleet_usage(after.as_deref(), self.fleet_page)
+            .await?;
+        let mut text = String::with_capacity(records.len() * 256);
+        for record in &records {
+            let features = crate::telemetry::usage::features(record);
+            renderer.push_usage(&record.device, &features, &record.streams, &mut text);
+        }
+        let next = (records.len() == self.fleet_page as usize)
+            .then(|| records.last().map(|r| r.device.clone()))
+            .flatten();
+        Ok((text, next))
+    }
+
     /// One page of the fleet exposition after `after`: its text, and where
     /// the next page starts (`None`: that was the last). `renderer` carries
     /// which families are typed already.

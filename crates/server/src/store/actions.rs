@@ -1,5 +1,7 @@
 //! The `actions` table: each action with its per-device `seq` and its state.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::error::ErrorKind;
@@ -10,7 +12,10 @@ use super::codec::{
     device_id, from_json, get, limit, millis, optional_time, time, to_i64, to_json, to_u16, to_u64,
     violates,
 };
-use super::{ActionRecord, Announcement, EventRecord, NewAction, Outcome, Store, StoreError};
+use super::telemetry::values_sql;
+use super::{
+    ActionRecord, Announcement, AnswerWrite, EventRecord, NewAction, Outcome, Store, StoreError,
+};
 
 pub(super) const COLUMNS: &str = "correlation_id, device, seq, action, input, sealed_input, \
                        state, status_code, status_message, response, created_at, delivered_at, \
@@ -54,7 +59,7 @@ impl Store {
         );
         let announcement = announcement.filter(|_| self.postgres);
         let sql = match announcement {
-            Some(_) => announcing(&insert, &[], Some(10)),
+            Some(_) => announcing(&insert, Some(10)),
             None => insert,
         };
         let input = to_json(&action.input, "action input")?;
@@ -226,13 +231,7 @@ impl Store {
         Ok(marked)
     }
 
-    /// Records a device's answer: the device's open (`pending` or
-    /// `delivered`) action moves to `to` with `outcome`, and `event` is
-    /// stored, in one transaction, so an answer is either recorded whole or
-    /// not at all; `announcement` (PostgreSQL only) goes out when it
-    /// commits. Returns the finished action; `None` (nothing written, nothing
-    /// announced) if the action is not this device's, does not exist, or
-    /// has ended.
+    /// Records a device's answer ([`Store::record_answers`] for one).
     pub async fn record_answer(
         &self,
         device: &DeviceId,
@@ -242,66 +241,146 @@ impl Store {
         event: &EventRecord,
         announcement: Option<&Announcement>,
     ) -> Result<Option<ActionRecord>, StoreError> {
-        let context = "record a device's answer";
-        let response = outcome
-            .response
-            .as_ref()
-            .map(|response| to_json(response, "action response"))
-            .transpose()?;
-        // The UPDATE comes first: it takes the row's lock (SQLite: the write
-        // lock, before it reads), so a concurrent timeout or a second copy
-        // of the answer waits and then finds the action ended.
+        let answer = AnswerWrite {
+            device: device.clone(),
+            correlation_id: correlation_id.to_owned(),
+            to,
+            outcome: outcome.clone(),
+            event: event.clone(),
+            announcement: announcement.cloned(),
+        };
+        self.record_answers(std::slice::from_ref(&answer))
+            .await
+            .pop()
+            .unwrap_or(Ok(None))
+    }
+
+    /// Records devices' answers, each as [`AnswerWrite`] says: the device's
+    /// open (`pending` or `delivered`) action moves to `to` with `outcome`
+    /// and `event` is stored, both or neither; the announcement (PostgreSQL
+    /// only) goes out at commit, for actions not of a job. One result per
+    /// answer, in order: the finished action, or `None` (nothing written,
+    /// nothing announced) if the action is not that device's, does not
+    /// exist, or has ended — a second answer to the same action in the
+    /// batch included.
+    ///
+    /// All in one statement on PostgreSQL and one transaction on SQLite: a
+    /// fleet-wide job's answers arrive by the thousand, and a statement
+    /// each was most of the job's writes. If the batch fails as a whole,
+    /// each answer is tried on its own, so one bad answer fails only
+    /// itself.
+    pub async fn record_answers(
+        &self,
+        answers: &[AnswerWrite],
+    ) -> Vec<Result<Option<ActionRecord>, StoreError>> {
+        // Two answers to one action: the first goes in this batch, the
+        // others after it (they find the action ended).
+        let mut firsts = Vec::with_capacity(answers.len());
+        let mut again = Vec::new();
+        let mut seen = HashSet::new();
+        for (index, answer) in answers.iter().enumerate() {
+            if seen.insert(answer.correlation_id.as_str()) {
+                firsts.push(index);
+            } else {
+                again.push(index);
+            }
+        }
+        let mut results: Vec<Option<Result<Option<ActionRecord>, StoreError>>> =
+            answers.iter().map(|_| None).collect();
+        let batch: Vec<&AnswerWrite> = firsts.iter().map(|&index| &answers[index]).collect();
+        match self.record_batch(&batch).await {
+            Ok(mut finished) => {
+                for &index in &firsts {
+                    let answer = &answers[index];
+                    let record = finished.remove(&answer.correlation_id);
+                    results[index] = Some(Ok(record));
+                }
+            }
+            Err(error) if batch.len() == 1 => results[firsts[0]] = Some(Err(error)),
+            Err(error) => {
+                tracing::warn!(answers = batch.len(), error = %crate::error_chain(&error), "could not record a batch of answers; recording them one by one");
+                again.extend_from_slice(&firsts);
+            }
+        }
+        again.sort_unstable();
+        for index in again {
+            let one = [&answers[index]];
+            results[index] = Some(
+                self.record_batch(&one)
+                    .await
+                    .map(|mut finished| finished.remove(&answers[index].correlation_id)),
+            );
+        }
+        results
+            .into_iter()
+            .map(|result| result.unwrap_or(Ok(None)))
+            .collect()
+    }
+
+    /// [`Store::record_answers`] for answers to distinct actions: the
+    /// finished actions by correlation id.
+    async fn record_batch(
+        &self,
+        answers: &[&AnswerWrite],
+    ) -> Result<HashMap<String, ActionRecord>, StoreError> {
+        let context = "record devices' answers";
+        let mut finished = HashMap::with_capacity(answers.len());
+        if answers.is_empty() {
+            return Ok(finished);
+        }
+        if self.postgres {
+            let sql = answers_sql(answers.len());
+            let mut query = sqlx::query(&sql);
+            for answer in answers {
+                query = bind_event(bind_answer(query, answer)?, &answer.event)?;
+                let (channel, payload) = match &answer.announcement {
+                    Some(announcement) => (Some(announcement.channel), Some(&announcement.payload)),
+                    None => (None, None),
+                };
+                query = query.bind(channel).bind(payload);
+            }
+            let rows = query
+                .bind(ActionState::Pending.as_str())
+                .bind(ActionState::Delivered.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|source| match answers {
+                    [answer] => event_error(source, &answer.event, context),
+                    _ => StoreError::Query { context, source },
+                })?;
+            for row in &rows {
+                let action = action_from_row(row)?;
+                finished.insert(action.correlation_id.clone(), action);
+            }
+            return Ok(finished);
+        }
+        // The UPDATE comes first: it takes the write lock before it reads,
+        // so a concurrent timeout or a second copy of the answer waits and
+        // then finds the action ended.
         let update = format!(
             "UPDATE actions SET state = $1, completed_at = $2, status_code = $3, \
                                 status_message = $4, response = $5, sealed_input = NULL \
              WHERE correlation_id = $6 AND device = $7 AND state IN ($8, $9) \
              RETURNING {COLUMNS}"
         );
-        let bind_update = |sql| {
-            sqlx::query(sql)
-                .bind(to.as_str())
-                .bind(millis(outcome.at))
-                .bind(outcome.status_code.map(i64::from))
-                .bind(outcome.status_message.as_deref())
-                .bind(response.clone())
-                .bind(correlation_id)
-                .bind(device.as_str())
+        let mut tx = self.begin(context).await?;
+        for answer in answers {
+            let row = bind_answer(sqlx::query(&update), answer)?
                 .bind(ActionState::Pending.as_str())
                 .bind(ActionState::Delivered.as_str())
-        };
-        if self.postgres {
-            // On PostgreSQL one statement does it all (one round trip, not
-            // BEGIN, UPDATE, INSERT and COMMIT): the event is inserted from
-            // the updated row, so only if there is one.
-            let insert = format!(
-                "INSERT INTO events ({EVENT_COLUMNS}) \
-                 SELECT $10, $11, $12, $13, $14, $15, $16, $17 FROM changed"
-            );
-            let sql = announcing(&update, &[&insert], announcement.map(|_| 18));
-            let mut query = bind_event(bind_update(&sql), event)?;
-            if let Some(announcement) = announcement {
-                query = query.bind(announcement.channel).bind(&announcement.payload);
-            }
-            let row = query
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await
-                .map_err(|source| event_error(source, event, context))?;
-            return row.as_ref().map(action_from_row).transpose();
+                .map_err(|source| StoreError::Query { context, source })?;
+            if let Some(row) = row {
+                insert_event(&mut tx, &answer.event).await?;
+                let action = action_from_row(&row)?;
+                finished.insert(action.correlation_id.clone(), action);
+            }
         }
-        let mut tx = self.begin(context).await?;
-        let row = bind_update(&update)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|source| StoreError::Query { context, source })?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let finished = action_from_row(&row)?;
-        insert_event(&mut tx, event).await?;
         tx.commit()
             .await
             .map_err(|source| StoreError::Query { context, source })?;
-        Ok(Some(finished))
+        Ok(finished)
     }
 
     /// The devices with `pending` actions not yet expired at `now` (uses the
@@ -498,24 +577,15 @@ fn placeholders(first: usize, count: usize) -> String {
         .join(", ")
 }
 
-/// `change` (a statement `RETURNING` rows) as the CTE `changed`, followed
-/// by the CTEs `more` (which may read `changed`), returning the rows of
-/// `changed`; without `announce`, that is all. With it, PostgreSQL also
-/// sends `pg_notify($n, $n + 1)` (`n` = `announce`, the next free
-/// parameter) once for each changed row not of a job, at commit.
-fn announcing(change: &str, more: &[&str], announce: Option<usize>) -> String {
+/// `change` (a statement `RETURNING` rows) as the CTE `changed`, returning
+/// its rows; with `announce`, PostgreSQL also sends `pg_notify($n, $n + 1)`
+/// (`n` = `announce`, the next free parameter) once for each changed row
+/// not of a job, at commit (a job's answers: see [`answers_sql`]).
+fn announcing(change: &str, announce: Option<usize>) -> String {
     let mut sql = format!("WITH changed AS ({change})");
-    for (i, cte) in more.iter().enumerate() {
-        sql.push_str(&format!(", more_{i} AS ({cte})"));
-    }
     match announce {
         Some(n) => {
             let next = n + 1;
-            // Not for a job's actions: a job's answers arrive by the
-            // thousand, and PostgreSQL serialises the commits of
-            // transactions that NOTIFY (one queue lock): the job's answers
-            // went from 4.9 s to 20 s for 10,000 devices. They are announced
-            // after commit in batches instead (`ActionService::completed`).
             sql.push_str(&format!(
                 ", announced AS (SELECT pg_notify(${n}, ${next}) FROM changed \
                  WHERE changed.job_id IS NULL) \
@@ -525,6 +595,63 @@ fn announcing(change: &str, more: &[&str], announce: Option<usize>) -> String {
         None => sql.push_str(" SELECT * FROM changed"),
     }
     sql
+}
+
+/// Parameters of one answer in [`answers_sql`]: [`bind_answer`]'s 7, the
+/// event's 8 ([`bind_event`]), then the announcement's channel and payload.
+const ANSWER_PARAMETERS: usize = 17;
+
+/// On PostgreSQL, the one statement recording `rows` answers to distinct
+/// actions ([`Store::record_answers`]): each changed action's event is
+/// inserted from the same row, and its announcement sent at commit. Not for
+/// a job's actions: a job's answers arrive by the thousand, and PostgreSQL
+/// serialises the commits of transactions that NOTIFY (one queue lock): the
+/// job's answers went from 4.9 s to 20 s for 10,000 devices. They are
+/// announced after commit in batches instead (`ActionService::completed`).
+/// The two states an answered action may be in follow the rows.
+fn answers_sql(rows: usize) -> String {
+    let values = values_sql("", ANSWER_PARAMETERS, rows, true);
+    let pending = rows * ANSWER_PARAMETERS + 1;
+    let delivered = pending + 1;
+    format!(
+        "WITH answer AS (VALUES {values}), \
+         changed AS (UPDATE actions SET state = answer.column1, completed_at = answer.column2, \
+                            status_code = answer.column3, status_message = answer.column4, \
+                            response = answer.column5, sealed_input = NULL \
+             FROM answer WHERE actions.correlation_id = answer.column6 \
+                 AND actions.device = answer.column7 AND actions.state IN (${pending}, ${delivered}) \
+             RETURNING {COLUMNS}), \
+         stored AS (INSERT INTO events ({EVENT_COLUMNS}) \
+             SELECT answer.column8, answer.column9, answer.column10, answer.column11, \
+                    answer.column12, answer.column13, answer.column14, answer.column15 \
+             FROM answer JOIN changed ON changed.correlation_id = answer.column6), \
+         announced AS (SELECT pg_notify(answer.column16, answer.column17) \
+             FROM answer JOIN changed ON changed.correlation_id = answer.column6 \
+             WHERE changed.job_id IS NULL AND answer.column16 IS NOT NULL) \
+         SELECT * FROM changed WHERE (SELECT COUNT(*) FROM announced) >= 0"
+    )
+}
+
+/// Binds an answer's new state, outcome and action (correlation id,
+/// device) as the next seven parameters.
+fn bind_answer<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    answer: &'q AnswerWrite,
+) -> Result<sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>, StoreError> {
+    let outcome = &answer.outcome;
+    let response = outcome
+        .response
+        .as_ref()
+        .map(|response| to_json(response, "action response"))
+        .transpose()?;
+    Ok(query
+        .bind(answer.to.as_str())
+        .bind(millis(outcome.at))
+        .bind(outcome.status_code.map(i64::from))
+        .bind(outcome.status_message.as_deref())
+        .bind(response)
+        .bind(answer.correlation_id.as_str())
+        .bind(answer.device.as_str()))
 }
 
 pub(super) fn action_from_row(row: &AnyRow) -> Result<ActionRecord, StoreError> {

@@ -13,7 +13,31 @@ use super::codec::{
     violates,
 };
 use super::selector::label_filter;
+use super::telemetry::values_sql;
 use super::{DeviceCount, DeviceRecord, Store, StoreError};
+
+/// Bytes of a device's actions: the requests tetherd sent it and the
+/// answers and events it received, MQTT payloads.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ActionBytes {
+    pub sent: u64,
+    pub received: u64,
+}
+
+/// A device seen at `at`, with the action bytes counted since its last
+/// write ([`Store::touch_last_seen`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenDevice {
+    pub device: DeviceId,
+    pub at: DateTime<Utc>,
+    pub actions: ActionBytes,
+}
+
+impl ActionBytes {
+    pub fn is_zero(&self) -> bool {
+        self.sent == 0 && self.received == 0
+    }
+}
 
 const COLUMNS: &str = "name, labels, presence, certificate_serial, last_seen, agent_version, \
                        capabilities, boot_id, status_seq, created_at";
@@ -339,22 +363,44 @@ impl Store {
         Ok(())
     }
 
-    /// Records that the device was heard from, leaving its presence alone.
-    /// Like `set_presence`, a device deleted meanwhile is not an error.
-    pub async fn touch_last_seen(
-        &self,
-        name: &DeviceId,
-        last_seen: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE devices SET last_seen = $1 WHERE name = $2")
-            .bind(millis(last_seen))
-            .bind(name.as_str())
+    /// Records when each device was last seen and adds the action bytes
+    /// counted since its last write (they ride on this write rather than
+    /// cost a statement per action), for every device in one statement;
+    /// at most one entry per device (PostgreSQL would apply only one of
+    /// two). Their presence is left alone; a device deleted meanwhile is
+    /// skipped.
+    pub async fn touch_last_seen(&self, seen: &[SeenDevice]) -> Result<(), StoreError> {
+        let context = "record when devices were last seen";
+        if seen.is_empty() {
+            return Ok(());
+        }
+        // Both dialects name a VALUES list's columns column1, column2, ….
+        let sql = values_sql(
+            "UPDATE devices SET last_seen = v.column2, \
+             action_bytes_sent = action_bytes_sent + v.column3, \
+             action_bytes_received = action_bytes_received + v.column4 \
+             FROM (VALUES ",
+            4,
+            seen.len(),
+            self.postgres,
+        ) + ") AS v WHERE devices.name = v.column1";
+        let mut query = sqlx::query(&sql);
+        for SeenDevice {
+            device,
+            at,
+            actions,
+        } in seen
+        {
+            query = query
+                .bind(device.as_str())
+                .bind(millis(*at))
+                .bind(to_i64(actions.sent, "action bytes sent")?)
+                .bind(to_i64(actions.received, "action bytes received")?);
+        }
+        query
             .execute(&self.pool)
             .await
-            .map_err(|source| StoreError::Query {
-                context: "record when a device was last seen",
-                source,
-            })?;
+            .map_err(|source| StoreError::Query { context, source })?;
         Ok(())
     }
 

@@ -22,12 +22,13 @@ mod users;
 
 pub use bus::Announcement;
 pub use cluster::{AdvisoryLock, DeviceSession, EndedSessions, ReplicaRecord};
+pub use devices::{ActionBytes, SeenDevice};
 pub use enrollment::CertificateSerials;
 pub use jobs::{JobRecord, NewJob};
 pub use logs::{LogLine, LogPosition, LogScan};
 pub use metrics::{Bucket, FleetRow, RolledUp, StoredSeries};
 pub use specs::SpecRecord;
-pub use telemetry::{CursorUpdate, SpoolRef, StoredLog, TelemetryTx};
+pub use telemetry::{CursorUpdate, SpoolRef, StoredLog, TelemetryTx, UsageRecord};
 
 use std::str::FromStr;
 
@@ -72,6 +73,8 @@ pub enum StoreError {
     },
     #[error("{what} {value} is too large to store (at most {max})", max = i64::MAX)]
     TooLarge { what: &'static str, value: u64 },
+    #[error("tetherd is shutting down; nothing more is written")]
+    ShuttingDown,
     #[error("the database holds a value this version cannot read: {0}")]
     Corrupt(String),
 }
@@ -200,6 +203,19 @@ pub struct Outcome {
     pub response: Option<serde_json::Value>,
 }
 
+/// A device's answer to its action, to record ([`Store::record_answers`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnswerWrite {
+    pub device: DeviceId,
+    pub correlation_id: String,
+    /// The state the answer ends the action in.
+    pub to: ActionState,
+    pub outcome: Outcome,
+    pub event: EventRecord,
+    /// Sent at commit (PostgreSQL), unless the action is a job's.
+    pub announcement: Option<Announcement>,
+}
+
 /// One change made through the API, or one login or enrollment attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditRecord {
@@ -239,7 +255,9 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// instead of failing on a lock upgrade.
 const SQLITE_MAX_CONNECTIONS: u32 = 4;
 
-const POSTGRES_MAX_CONNECTIONS: u32 = 10;
+/// The ingest's 8 write slots, the answer writer, and two for reads (the
+/// API, certificate checks at CONNECT).
+const POSTGRES_MAX_CONNECTIONS: u32 = 11;
 
 /// How long a query waits for a PostgreSQL connection, e.g. while the server
 /// is down, before it fails: as long as SQLite's busy timeout, so a device's

@@ -5,12 +5,14 @@ use sqlx::any::AnyRow;
 use sqlx::error::ErrorKind;
 use tether_proto::DeviceId;
 use tether_proto::metrics::HostMetrics;
-use tether_proto::telemetry::{Dropped, LogRecord, MetricRecord, Stream, StreamUsage};
+use tether_proto::telemetry::{
+    Dropped, FeatureBytes, LogRecord, MetricRecord, Stream, StreamUsage,
+};
 
 use super::codec::{
     device_id, from_json, get, limit, millis, time, to_i64, to_json, to_u16, to_u64, violates,
 };
-use super::{Before, EventRecord, Store, StoreError};
+use super::{ActionBytes, Before, EventRecord, Store, StoreError};
 use crate::metrics::series::DevicePoints;
 
 const EVENT_COLUMNS: &str =
@@ -281,6 +283,14 @@ pub struct SpoolRef<'a> {
     pub spool_id: &'a str,
 }
 
+/// Where a spool's cursor stood when its batch took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TakenCursor {
+    pub next_seq: u64,
+    /// The spool was not seen before: this transaction made its cursor.
+    pub new_spool: bool,
+}
+
 /// What a stored batch changes in its cursor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CursorUpdate {
@@ -289,8 +299,17 @@ pub struct CursorUpdate {
     pub stored: u64,
     pub duplicates: u64,
     pub wire_bytes: u64,
+    /// The device sent the batch from its backlog.
+    pub replay: bool,
     pub dropped: Dropped,
+    /// The agent's own counts, if the batch carried them.
+    pub agent_usage: Vec<FeatureBytes>,
 }
+
+/// The columns of a cursor row that [`add_cursor`] sums.
+const USAGE_COLUMNS: &str = "stream, spools, gap, stored_records, duplicate_records, batches, \
+     wire_bytes, replay_bytes, dropped_total, dropped_by_priority, over_budget_total, \
+     over_budget_by_priority, agent_usage, agent_usage_at";
 
 fn cursor_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { context, source }
@@ -344,47 +363,170 @@ impl Store {
             .collect()
     }
 
-    /// What each stream of `device` has sent, summed over its spools.
-    pub async fn telemetry_usage(&self, device: &DeviceId) -> Result<Vec<StreamUsage>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT stream, gap, stored_records, duplicate_records, batches, wire_bytes, \
-             dropped_total, dropped_by_priority FROM telemetry_cursors WHERE device = $1",
-        )
-        .bind(device.as_str())
+    /// What `device` sent and was sent, as both ends counted it.
+    /// `NotFound` if the device does not exist.
+    pub async fn device_usage(&self, device: &DeviceId) -> Result<UsageRecord, StoreError> {
+        self.usage_page(Some(device.as_str()), None, 1)
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::NotFound {
+                what: format!("device {device}"),
+            })
+    }
+
+    /// The usage of up to `limit` devices after `after` in name order
+    /// (the fleet exposition's pages).
+    pub async fn fleet_usage(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        self.usage_page(None, after, limit).await
+    }
+
+    /// The device named `only`, or those after `after`: two reads, the
+    /// devices' rows and then their spools' cursors.
+    async fn usage_page(
+        &self,
+        only: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let context = "read devices' usage";
+        let (condition, name) = match only {
+            Some(name) => ("name = $1", name),
+            None => ("name > $1", after.unwrap_or("")),
+        };
+        let sql = format!(
+            "SELECT name, action_bytes_sent, action_bytes_received FROM devices \
+             WHERE {condition} ORDER BY name LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(name)
+            .bind(self::limit(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(cursor_error(context))?;
+        let mut records = rows
+            .iter()
+            .map(|row| {
+                let device: String = get(row, "name")?;
+                let what = |column: &str| format!("{column} of device {device}");
+                Ok(UsageRecord {
+                    actions: ActionBytes {
+                        sent: to_u64(get(row, "action_bytes_sent")?, &what("action_bytes_sent"))?,
+                        received: to_u64(
+                            get(row, "action_bytes_received")?,
+                            &what("action_bytes_received"),
+                        )?,
+                    },
+                    streams: Stream::ALL
+                        .into_iter()
+                        .map(|stream| StreamUsage {
+                            stream,
+                            ..StreamUsage::default()
+                        })
+                        .collect(),
+                    agent: None,
+                    device,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            return Ok(records);
+        };
+        let cursors = sqlx::query(&format!(
+            "SELECT device, {USAGE_COLUMNS} FROM telemetry_cursors \
+             WHERE device >= $1 AND device <= $2"
+        ))
+        .bind(first.device.as_str())
+        .bind(last.device.as_str())
         .fetch_all(&self.pool)
         .await
-        .map_err(cursor_error("read a device's telemetry usage"))?;
-        let mut usage: Vec<StreamUsage> = Stream::ALL
-            .into_iter()
-            .map(|stream| StreamUsage {
-                stream,
-                ..StreamUsage::default()
-            })
-            .collect();
-        for row in &rows {
-            let what = |column: &str| format!("{column} of a telemetry cursor of {device}");
-            let count = |column: &'static str| -> Result<u64, StoreError> {
-                to_u64(get(row, column)?, &what(column))
-            };
-            let stream: String = get(row, "stream")?;
-            let Some(sum) = usage.iter_mut().find(|u| u.stream.as_str() == stream) else {
+        .map_err(cursor_error(context))?;
+        for row in &cursors {
+            let device: String = get(row, "device")?;
+            let Some(record) = records.iter_mut().find(|r| r.device == device) else {
                 continue;
             };
-            sum.spools += 1;
-            sum.wire_bytes += count("wire_bytes")?;
-            sum.batches += count("batches")?;
-            sum.stored_records += count("stored_records")?;
-            sum.duplicate_records += count("duplicate_records")?;
-            sum.gap += count("gap")?;
-            sum.dropped.total += count("dropped_total")?;
-            let by_priority: String = get(row, "dropped_by_priority")?;
-            let by_priority: [u64; 8] = from_json(&by_priority, &what("dropped_by_priority"))?;
-            for (total, n) in sum.dropped.by_priority.iter_mut().zip(by_priority) {
-                *total += n;
-            }
+            add_cursor(record, row)?;
         }
-        Ok(usage)
+        Ok(records)
     }
+}
+
+/// What a device sent and was sent, as the store holds it: its streams
+/// summed over their spools, its action bytes, and the newest counts its
+/// agent reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRecord {
+    pub device: String,
+    pub streams: Vec<StreamUsage>,
+    pub actions: ActionBytes,
+    pub agent: Option<(DateTime<Utc>, Vec<FeatureBytes>)>,
+}
+
+fn add_cursor(record: &mut UsageRecord, row: &AnyRow) -> Result<(), StoreError> {
+    let device = &record.device;
+    let what = |column: &str| format!("{column} of a telemetry cursor of {device}");
+    let count = |column: &'static str| -> Result<u64, StoreError> {
+        to_u64(get(row, column)?, &what(column))
+    };
+    let by_priority = |column: &'static str| -> Result<[u64; 8], StoreError> {
+        let json: String = get(row, column)?;
+        from_json(&json, &what(column))
+    };
+    let stream: String = get(row, "stream")?;
+    let Some(sum) = record
+        .streams
+        .iter_mut()
+        .find(|u| u.stream.as_str() == stream)
+    else {
+        return Ok(());
+    };
+    // Up to i64::MAX each, and a hostile device's gaps and dropped
+    // totals are what it says: summed over spools, they must not overflow.
+    for (total, column) in [
+        (&mut sum.spools, "spools"),
+        (&mut sum.wire_bytes, "wire_bytes"),
+        (&mut sum.replay_bytes, "replay_bytes"),
+        (&mut sum.batches, "batches"),
+        (&mut sum.stored_records, "stored_records"),
+        (&mut sum.duplicate_records, "duplicate_records"),
+        (&mut sum.gap, "gap"),
+    ] {
+        *total = total.saturating_add(count(column)?);
+    }
+    sum.dropped.total = sum.dropped.total.saturating_add(count("dropped_total")?);
+    sum.dropped.over_budget = sum
+        .dropped
+        .over_budget
+        .saturating_add(count("over_budget_total")?);
+    for (total, n) in sum
+        .dropped
+        .by_priority
+        .iter_mut()
+        .zip(by_priority("dropped_by_priority")?)
+    {
+        *total = total.saturating_add(n);
+    }
+    for (total, n) in sum
+        .dropped
+        .over_budget_by_priority
+        .iter_mut()
+        .zip(by_priority("over_budget_by_priority")?)
+    {
+        *total = total.saturating_add(n);
+    }
+    let reported: Option<String> = get(row, "agent_usage")?;
+    let reported_at: Option<i64> = get(row, "agent_usage_at")?;
+    if let (Some(json), Some(at)) = (reported, reported_at) {
+        let at = time(at, &what("agent_usage_at"))?;
+        if record.agent.as_ref().is_none_or(|(newest, _)| at > *newest) {
+            record.agent = Some((at, from_json(&json, &what("agent_usage"))?));
+        }
+    }
+    Ok(())
 }
 
 impl TelemetryTx {
@@ -400,13 +542,13 @@ impl TelemetryTx {
         spool: SpoolRef<'_>,
         first_seq: u64,
         now: DateTime<Utc>,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<TakenCursor, StoreError> {
         let context = "take a telemetry cursor";
         let row = sqlx::query(
             "INSERT INTO telemetry_cursors (device, stream, spool_id, next_seq, updated_at) \
              VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (device, stream, spool_id) DO UPDATE SET updated_at = excluded.updated_at \
-             RETURNING next_seq",
+             RETURNING next_seq, batches",
         )
         .bind(spool.device.as_str())
         .bind(spool.stream.as_str())
@@ -424,7 +566,116 @@ impl TelemetryTx {
                 StoreError::Query { context, source }
             }
         })?;
-        to_u64(get(&row, "next_seq")?, "next_seq of a telemetry cursor")
+        let next_seq = to_u64(get(&row, "next_seq")?, "next_seq of a telemetry cursor")?;
+        // Every committed batch counts itself: none yet is a new cursor.
+        let batches: i64 = get(&row, "batches")?;
+        Ok(TakenCursor {
+            next_seq,
+            new_spool: batches == 0,
+        })
+    }
+
+    /// Folds the cursors of `spool`'s device and stream beyond the `keep`
+    /// most recently used (`spool` among them) into its row of spool id
+    /// `''`, which no batch can name: their counts stay in the usage, their
+    /// rows go. Returns how many spools were folded.
+    pub async fn retire_spools(
+        &mut self,
+        spool: SpoolRef<'_>,
+        keep: u32,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let context = "retire a device's old spools";
+        let retired = sqlx::query(&format!(
+            "SELECT spool_id, {USAGE_COLUMNS} FROM telemetry_cursors \
+             WHERE device = $1 AND stream = $2 AND spool_id <> '' AND spool_id <> $3 \
+             ORDER BY updated_at DESC, spool_id LIMIT $4 OFFSET $5"
+        ))
+        .bind(spool.device.as_str())
+        .bind(spool.stream.as_str())
+        .bind(spool.spool_id)
+        // Beyond `keep` there is one at most, unless `keep` was larger.
+        .bind(1_000_i64)
+        .bind(i64::from(keep.saturating_sub(1)))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(cursor_error(context))?;
+        if retired.is_empty() {
+            return Ok(0);
+        }
+        let folded = sqlx::query(&format!(
+            "SELECT spool_id, {USAGE_COLUMNS} FROM telemetry_cursors \
+             WHERE device = $1 AND stream = $2 AND spool_id = ''"
+        ))
+        .bind(spool.device.as_str())
+        .bind(spool.stream.as_str())
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(cursor_error(context))?;
+        let mut record = UsageRecord {
+            device: spool.device.to_string(),
+            streams: vec![StreamUsage {
+                stream: spool.stream,
+                ..StreamUsage::default()
+            }],
+            actions: ActionBytes::default(),
+            agent: None,
+        };
+        for row in retired.iter().chain(&folded) {
+            add_cursor(&mut record, row)?;
+            let spool_id: String = get(row, "spool_id")?;
+            sqlx::query(
+                "DELETE FROM telemetry_cursors WHERE device = $1 AND stream = $2 AND spool_id = $3",
+            )
+            .bind(spool.device.as_str())
+            .bind(spool.stream.as_str())
+            .bind(spool_id)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(cursor_error(context))?;
+        }
+        let sum = &record.streams[0];
+        let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let (agent_usage, agent_usage_at) = match &record.agent {
+            Some((at, usage)) => (
+                Some(to_json(usage, "the agent's usage")?),
+                Some(millis(*at)),
+            ),
+            None => (None, None),
+        };
+        sqlx::query(
+            "INSERT INTO telemetry_cursors (device, stream, spool_id, next_seq, updated_at, \
+             spools, gap, stored_records, duplicate_records, batches, wire_bytes, replay_bytes, \
+             dropped_total, dropped_by_priority, over_budget_total, over_budget_by_priority, \
+             agent_usage, agent_usage_at) \
+             VALUES ($1, $2, '', 0, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        )
+        .bind(spool.device.as_str())
+        .bind(spool.stream.as_str())
+        .bind(millis(now))
+        .bind(big(sum.spools))
+        .bind(big(sum.gap))
+        .bind(big(sum.stored_records))
+        .bind(big(sum.duplicate_records))
+        .bind(big(sum.batches))
+        .bind(big(sum.wire_bytes))
+        .bind(big(sum.replay_bytes))
+        .bind(big(sum.dropped.total))
+        .bind(to_json(
+            &sum.dropped.by_priority.map(big),
+            "dropped by priority",
+        )?)
+        .bind(big(sum.dropped.over_budget))
+        .bind(to_json(
+            &sum.dropped.over_budget_by_priority.map(big),
+            "dropped over budget by priority",
+        )?)
+        .bind(agent_usage)
+        .bind(agent_usage_at)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(cursor_error(context))?;
+        Ok(retired.len() as u64)
     }
 
     /// Stores log records numbered from `first_seq`, a few hundred rows
@@ -533,21 +784,33 @@ impl TelemetryTx {
     }
 
     /// Moves `spool`'s cursor, taken at `taken` (what [`Self::take_cursor`]
-    /// returned), by what its batch stored. The dropped totals only grow:
-    /// a batch sent again late carries older ones.
+    /// returned), by what its batch stored, in the one statement the
+    /// batch's counts and the agent's report ride on too. The dropped
+    /// totals only grow: a batch sent again late carries older ones.
     pub async fn move_cursor(
         &mut self,
         spool: SpoolRef<'_>,
         taken: u64,
         update: &CursorUpdate,
+        now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let agent_usage = if update.agent_usage.is_empty() {
+            None
+        } else {
+            Some(to_json(&update.agent_usage, "the agent's usage")?)
+        };
         sqlx::query(
             "UPDATE telemetry_cursors SET next_seq = $1, gap = gap + $2, \
              stored_records = stored_records + $3, duplicate_records = duplicate_records + $4, \
              batches = batches + 1, wire_bytes = wire_bytes + $5, \
              dropped_by_priority = CASE WHEN $6 >= dropped_total THEN $7 ELSE dropped_by_priority END, \
-             dropped_total = CASE WHEN $6 >= dropped_total THEN $6 ELSE dropped_total END \
-             WHERE device = $8 AND stream = $9 AND spool_id = $10",
+             dropped_total = CASE WHEN $6 >= dropped_total THEN $6 ELSE dropped_total END, \
+             replay_bytes = replay_bytes + $8, \
+             over_budget_by_priority = CASE WHEN $9 >= over_budget_total THEN $10 ELSE over_budget_by_priority END, \
+             over_budget_total = CASE WHEN $9 >= over_budget_total THEN $9 ELSE over_budget_total END, \
+             agent_usage = COALESCE($11, agent_usage), \
+             agent_usage_at = CASE WHEN $12 > 0 THEN $12 ELSE agent_usage_at END \
+             WHERE device = $13 AND stream = $14 AND spool_id = $15",
         )
         .bind(to_i64(update.next_seq.max(taken), "next_seq")?)
         .bind(to_i64(update.gap, "gap")?)
@@ -556,6 +819,17 @@ impl TelemetryTx {
         .bind(to_i64(update.wire_bytes, "wire bytes")?)
         .bind(to_i64(update.dropped.total, "dropped total")?)
         .bind(to_json(&update.dropped.by_priority, "dropped by priority")?)
+        .bind(to_i64(
+            if update.replay { update.wire_bytes } else { 0 },
+            "replay bytes",
+        )?)
+        .bind(to_i64(update.dropped.over_budget, "dropped over budget")?)
+        .bind(to_json(
+            &update.dropped.over_budget_by_priority,
+            "dropped over budget by priority",
+        )?)
+        .bind(agent_usage)
+        .bind(if update.agent_usage.is_empty() { 0 } else { millis(now) })
         .bind(spool.device.as_str())
         .bind(spool.stream.as_str())
         .bind(spool.spool_id)

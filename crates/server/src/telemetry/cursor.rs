@@ -8,6 +8,13 @@
 //! a gap (numbers never received, e.g. records its spool dropped when full)
 //! is recorded and passed over.
 
+/// Cursors kept per device and stream, the newest used. A device makes a
+/// new spool only when its state is wiped; a device that names a new one
+/// in every batch would otherwise leave a row per batch, for good, that
+/// every read of its usage sums. The counts of those beyond are kept in
+/// one row; a late batch of such a spool is stored as if new.
+pub const MAX_SPOOLS: u32 = 16;
+
 /// What to do with a batch of `count` records from `first_seq` on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -5,13 +5,15 @@
 //! (ADR 0014, amendment).
 
 pub mod cursor;
+pub mod usage;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tether_proto::DeviceId;
-use tether_proto::telemetry::{Records, Stream, TelemetryBatch};
+use tether_proto::telemetry::{MetricRecord, Records, Stream, TelemetryBatch};
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 
 use crate::cluster::bus::{Bus, Channel};
@@ -68,11 +70,18 @@ impl From<StoreError> for TelemetryError {
 /// batch sent again meets the cursor that stored it (ADR 0012).
 pub struct Telemetry {
     queue: mpsc::Sender<Job>,
+    /// How far ahead of tetherd's clock a record may be dated (the
+    /// ingest's `max_clock_ahead`); later ones are dated when received.
+    max_ahead: chrono::Duration,
 }
 
 struct Job {
     device: DeviceId,
+    /// The batch as stored: its records dated too far ahead dated when
+    /// received ([`dated_by_now`]).
     batch: Arc<TelemetryBatch>,
+    /// Some of its records were so dated.
+    redated: bool,
     /// A metrics batch's points and where each record's begin.
     points: Option<(DevicePoints, Vec<usize>)>,
     wire_bytes: usize,
@@ -93,13 +102,19 @@ struct Writer {
     writers: usize,
 }
 
+/// Field of a log record dated when tetherd received it: the time its
+/// device gave it, too far ahead of tetherd's clock.
+pub const DEVICE_AT_FIELD: &str = "deviceAt";
+
 impl Telemetry {
     /// Starts `writers` writers, each holding one of `write_slots` (waiting
-    /// at most `slot_wait` for it) while it stores a group.
+    /// at most `slot_wait` for it) while it stores a group. Records dated
+    /// more than `max_ahead` after their arrival are dated when received.
     pub fn new(
         store: Store,
         observability: Arc<Observability>,
         bus: Bus,
+        max_ahead: Duration,
         write_slots: Arc<Semaphore>,
         slot_wait: Duration,
         writers: usize,
@@ -118,7 +133,10 @@ impl Telemetry {
         for _ in 0..writers {
             tokio::spawn(writer.clone().run());
         }
-        Self { queue }
+        Self {
+            queue,
+            max_ahead: chrono::Duration::from_std(max_ahead).unwrap_or(chrono::Duration::MAX),
+        }
     }
 
     /// Stores `batch` of `device`, which came as `wire_bytes` bytes;
@@ -129,12 +147,31 @@ impl Telemetry {
         batch: Arc<TelemetryBatch>,
         wire_bytes: usize,
     ) -> Result<Stored, TelemetryError> {
+        let received = Utc::now();
+        let latest = received
+            .checked_add_signed(self.max_ahead)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let redated = match dated_by_now(&batch.records, received, latest) {
+            Cow::Owned(records) => Some(records),
+            Cow::Borrowed(_) => None,
+        };
+        let (batch, redated) = match redated {
+            Some(records) => (
+                Arc::new(TelemetryBatch {
+                    records,
+                    ..TelemetryBatch::clone(&batch)
+                }),
+                true,
+            ),
+            None => (batch, false),
+        };
         // Flattened here, on the device's task, so devices do it in parallel.
         let points = prepare(device, &batch);
         let (done, answer) = oneshot::channel();
         let job = Job {
             device: device.clone(),
             batch,
+            redated,
             points,
             wire_bytes,
             done,
@@ -289,15 +326,23 @@ async fn store_batch<'a>(
     };
     let count = batch.records.len() as u64;
     let taken = tx.take_cursor(spool, batch.first_seq, now).await?;
-    let (update, stored) = match cursor::judge(Some(taken), batch.first_seq, count) {
+    if taken.new_spool {
+        let retired = tx.retire_spools(spool, cursor::MAX_SPOOLS, now).await?;
+        if retired > 0 {
+            tracing::info!(device = %job.device, stream = %spool.stream, spool = batch.spool_id, retired, "a new spool: the device's least recently used ones folded into its usage");
+        }
+    }
+    let (update, stored) = match cursor::judge(Some(taken.next_seq), batch.first_seq, count) {
         Verdict::Duplicate => (
             CursorUpdate {
-                next_seq: taken,
+                next_seq: taken.next_seq,
                 gap: 0,
                 stored: 0,
                 duplicates: count,
                 wire_bytes: job.wire_bytes as u64,
+                replay: batch.replay,
                 dropped: batch.dropped.clone(),
+                agent_usage: batch.usage.clone(),
             },
             Stored::Duplicate,
         ),
@@ -307,6 +352,9 @@ async fn store_batch<'a>(
             next_seq,
         } => {
             let from = usize::try_from(skip).unwrap_or(usize::MAX);
+            if job.redated {
+                tracing::info!(device = %job.device, stream = %spool.stream, spool = batch.spool_id, "telemetry records dated too far ahead of tetherd's clock; dated when received");
+            }
             match &batch.records {
                 Records::Logs(logs) => {
                     tx.insert_logs(
@@ -335,7 +383,9 @@ async fn store_batch<'a>(
                     stored: count - skip,
                     duplicates: skip,
                     wire_bytes: job.wire_bytes as u64,
+                    replay: batch.replay,
                     dropped: batch.dropped.clone(),
+                    agent_usage: batch.usage.clone(),
                 },
                 Stored::New {
                     records: count - skip,
@@ -344,8 +394,43 @@ async fn store_batch<'a>(
             )
         }
     };
-    tx.move_cursor(spool, taken, &update).await?;
+    tx.move_cursor(spool, taken.next_seq, &update, now).await?;
     Ok(Outcome { update, stored })
+}
+
+/// `records`, those dated after `latest` dated `now` instead (a log line
+/// keeps its device's time in [`DEVICE_AT_FIELD`]): retention goes by
+/// these times, so a record dated years ahead would never be pruned, and
+/// a metric sample so dated would stay its series' newest.
+fn dated_by_now(records: &Records, now: DateTime<Utc>, latest: DateTime<Utc>) -> Cow<'_, Records> {
+    let ahead = |at: DateTime<Utc>| at > latest;
+    let any_ahead = match records {
+        Records::Logs(logs) => logs.iter().any(|log| ahead(log.at)),
+        Records::Metrics(metrics) => metrics.iter().any(|metric| ahead(metric.at())),
+    };
+    if !any_ahead {
+        return Cow::Borrowed(records);
+    }
+    let mut records = records.clone();
+    match &mut records {
+        Records::Logs(logs) => {
+            for log in logs.iter_mut().filter(|log| ahead(log.at)) {
+                log.fields
+                    .insert(DEVICE_AT_FIELD.to_owned(), log.at.to_rfc3339());
+                log.at = now;
+            }
+        }
+        Records::Metrics(metrics) => {
+            for metric in metrics.iter_mut().filter(|metric| ahead(metric.at())) {
+                match metric {
+                    MetricRecord::Host(sample) => sample.sampled_at = now,
+                    MetricRecord::Custom(custom) => custom.at = now,
+                    MetricRecord::Sample(sample) => sample.at = now,
+                }
+            }
+        }
+    }
+    Cow::Owned(records)
 }
 
 #[cfg(test)]
@@ -353,7 +438,8 @@ mod tests {
     use super::*;
     use chrono::Duration;
     use tether_proto::telemetry::{
-        CustomMetric, Dropped, LogRecord, MetricRecord, Stream, TelemetryBatch,
+        CustomMetric, Dropped, Feature, FeatureBytes, LogRecord, MetricRecord, Stream,
+        TelemetryBatch,
     };
 
     async fn service() -> (Telemetry, Store, DeviceId) {
@@ -368,6 +454,7 @@ mod tests {
                 store.clone(),
                 Arc::default(),
                 Bus::in_process(),
+                std::time::Duration::from_secs(300),
                 Arc::new(Semaphore::new(1)),
                 std::time::Duration::from_secs(5),
                 1,
@@ -395,6 +482,8 @@ mod tests {
                     .collect(),
             ),
             dropped: Dropped::default(),
+            replay: false,
+            usage: Vec::new(),
         }
     }
 
@@ -432,7 +521,14 @@ mod tests {
                 gap: 0
             }
         );
-        assert_eq!(ingest(logs("a", 0, 1000)).await, Stored::Duplicate);
+        let mut replayed = logs("a", 0, 1000);
+        replayed.replay = true;
+        replayed.usage = vec![FeatureBytes {
+            feature: Feature::Logs,
+            sent_bytes: 300,
+            received_bytes: 0,
+        }];
+        assert_eq!(ingest(replayed.clone()).await, Stored::Duplicate);
         assert_eq!(ingest(logs("a", 0, 10)).await, Stored::Duplicate);
         // Re-cut after a restart: only the new part.
         assert_eq!(
@@ -444,7 +540,7 @@ mod tests {
         );
         assert_eq!(messages(&store, &device).await, expected("a", 0..1200));
 
-        let usage = store.telemetry_usage(&device).await.expect("usage");
+        let usage = store.device_usage(&device).await.expect("usage").streams;
         let logs_usage = usage
             .iter()
             .find(|u| u.stream == Stream::Logs)
@@ -458,6 +554,10 @@ mod tests {
             ),
             (4, 1200, 1110, 400)
         );
+        assert_eq!(logs_usage.replay_bytes, 100, "one batch was a replay");
+        let record = store.device_usage(&device).await.expect("usage");
+        let (_, reported) = record.agent.expect("the agent's counts");
+        assert_eq!(reported, replayed.usage, "kept past batches without any");
     }
 
     #[tokio::test]
@@ -471,6 +571,8 @@ mod tests {
         after_gap.dropped = Dropped {
             total: 40,
             by_priority: [5, 5, 5, 5, 5, 5, 5, 5],
+            over_budget: 3,
+            over_budget_by_priority: [0, 0, 0, 0, 0, 0, 1, 2],
         };
         assert_eq!(
             telemetry
@@ -488,7 +590,7 @@ mod tests {
             .ingest(&device, Arc::new(stale.clone()), 1)
             .await
             .expect("acknowledged");
-        let usage = store.telemetry_usage(&device).await.expect("usage");
+        let usage = store.device_usage(&device).await.expect("usage").streams;
         let logs_usage = usage
             .iter()
             .find(|u| u.stream == Stream::Logs)
@@ -542,7 +644,7 @@ mod tests {
         );
         let stored = messages(&store, &device).await;
         assert_eq!(stored.len(), 160);
-        let usage = store.telemetry_usage(&device).await.expect("usage");
+        let usage = store.device_usage(&device).await.expect("usage").streams;
         assert_eq!(
             usage
                 .iter()
@@ -579,6 +681,8 @@ mod tests {
                 }),
             ]),
             dropped: Dropped::default(),
+            replay: false,
+            usage: Vec::new(),
         };
         telemetry
             .ingest(&device, Arc::new(batch.clone()), 1)
@@ -638,6 +742,8 @@ mod tests {
             first_seq,
             records: Records::Metrics(records),
             dropped: Dropped::default(),
+            replay: false,
+            usage: Vec::new(),
         }
     }
 
@@ -715,6 +821,7 @@ mod tests {
             device: device.clone(),
             points: prepare(device, &batch),
             batch: Arc::new(batch),
+            redated: false,
             wire_bytes: 1,
             done,
         };
@@ -771,6 +878,72 @@ mod tests {
         assert_eq!(points(&store, series[0].id).await, [(millis(at), 1.0, 1)]);
     }
 
+    /// Each batch of a group gets its own cursor handling: new spools
+    /// beyond [`cursor::MAX_SPOOLS`] fold the oldest within the group's one
+    /// transaction, and each batch's replay bytes and agent report reach
+    /// its cursor.
+    #[tokio::test]
+    async fn a_group_of_new_spools_folds_the_oldest_and_counts_each_batch() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("tether.db").display());
+        let store = Store::connect(&url).await.expect("store");
+        let device = DeviceId::new("edge-1").expect("valid");
+        store
+            .create_device(&device, &Default::default(), Utc::now())
+            .await
+            .expect("device");
+        let spools = u64::from(cursor::MAX_SPOOLS) + 8;
+        let (jobs, answers): (Vec<_>, Vec<_>) = (0..spools)
+            .map(|i| {
+                let mut batch = logs(&format!("s{i:02}"), 0, 2);
+                batch.replay = i % 2 == 0;
+                if i == spools - 1 {
+                    batch.usage = vec![FeatureBytes {
+                        feature: Feature::Logs,
+                        sent_bytes: 42,
+                        received_bytes: 0,
+                    }];
+                }
+                job(&device, batch)
+            })
+            .unzip();
+        writer(&store).store_group(jobs).await;
+        for answer in futures::future::join_all(answers).await {
+            assert_eq!(
+                answer.expect("answered").expect("stored"),
+                Stored::New { records: 2, gap: 0 }
+            );
+        }
+        let mut raw = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("second connection");
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM telemetry_cursors")
+            .fetch_one(&mut raw)
+            .await
+            .expect("count");
+        assert_eq!(rows, i64::from(cursor::MAX_SPOOLS) + 1, "kept and folded");
+        let record = store.device_usage(&device).await.expect("usage");
+        let logs_usage = record
+            .streams
+            .iter()
+            .find(|u| u.stream == Stream::Logs)
+            .expect("logs");
+        assert_eq!(
+            (
+                logs_usage.spools,
+                logs_usage.batches,
+                logs_usage.stored_records,
+                logs_usage.wire_bytes,
+                logs_usage.replay_bytes
+            ),
+            (spools, spools, 2 * spools, spools, spools / 2)
+        );
+        let (_, reported) = record.agent.expect("the agent's counts");
+        assert_eq!(reported[0].sent_bytes, 42);
+        assert_eq!(messages(&store, &device).await.len() as u64, 2 * spools);
+    }
+
     #[tokio::test]
     async fn a_batch_for_a_device_that_does_not_exist_is_not_found() {
         let (telemetry, _store, _device) = service().await;
@@ -783,5 +956,79 @@ mod tests {
             matches!(&err, TelemetryError::Store(e) if matches!(**e, StoreError::NotFound { .. })),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn records_dated_far_ahead_are_dated_when_received_so_retention_reaches_them() {
+        let (telemetry, store, device) = service().await;
+        let future: DateTime<Utc> = "2999-01-01T00:00:00Z".parse().expect("time");
+        let mut batch = logs("a", 0, 3);
+        if let Records::Logs(logs) = &mut batch.records {
+            logs[1].at = future;
+        }
+        let before = Utc::now();
+        telemetry
+            .ingest(&device, Arc::new(batch.clone()), 1)
+            .await
+            .expect("stored");
+        let stored = store
+            .list_logs(&device, before - Duration::days(1), 10)
+            .await
+            .expect("lists");
+        assert_eq!(stored.len(), 3);
+        let moved = &stored
+            .iter()
+            .find(|log| log.seq == 1)
+            .expect("the line dated ahead")
+            .record;
+        assert!(
+            moved.at > before - Duration::milliseconds(1) && moved.at <= Utc::now(),
+            "dated when received, not {}",
+            moved.at
+        );
+        assert_eq!(moved.fields[DEVICE_AT_FIELD], future.to_rfc3339());
+        let Records::Logs(sent) = &batch.records else {
+            unreachable!()
+        };
+        assert_eq!(
+            (
+                stored[0].record.at.timestamp_millis(),
+                &stored[0].record.fields
+            ),
+            (sent[0].at.timestamp_millis(), &sent[0].fields),
+            "records within the window kept as sent"
+        );
+
+        let metrics = TelemetryBatch {
+            spool_id: "m".into(),
+            first_seq: 0,
+            records: Records::Metrics(vec![MetricRecord::Custom(CustomMetric {
+                name: "tank_level".into(),
+                value: 1.0,
+                labels: Default::default(),
+                at: future,
+            })]),
+            dropped: Dropped::default(),
+            replay: false,
+            usage: Vec::new(),
+        };
+        telemetry
+            .ingest(&device, Arc::new(metrics), 1)
+            .await
+            .expect("stored");
+        let series = store
+            .list_series(&device, Some("tank_level"), 10)
+            .await
+            .expect("series");
+        assert!(series[0].last_at <= Utc::now(), "{}", series[0].last_at);
+        let stored = points(&store, series[0].id).await;
+        assert_eq!(stored.len(), 1, "the point dated when received: {stored:?}");
+
+        // A day of retention later, nothing the device dated ahead is left.
+        store
+            .delete_logs_before(Utc::now() + Duration::days(1))
+            .await
+            .expect("prunes");
+        assert!(messages(&store, &device).await.is_empty());
     }
 }

@@ -13,7 +13,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tether_testkit::sim_agent::{DeviceCredentials, Responder, SimAgent};
-use tether_testkit::{Agent, ApiClient, Database, Tetherd, faketime_env, wait_until};
+use tether_testkit::{Agent, ApiClient, Database, Tetherd, faketime_env, local_api, wait_until};
 
 use crate::support::{on_both_databases, run};
 
@@ -121,6 +121,7 @@ async fn a_fleet_runs_through_three_certificate_lifetimes_without_losing_an_acti
     let admin = tetherd.admin().await?;
     let edge_1 = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
     let edge_2 = Agent::enroll_online(&tetherd, &admin, "edge-2").await?;
+    let (_, first_serial) = certificate(&edge_1.state_file("cert.pem"))?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
@@ -172,6 +173,27 @@ async fn a_fleet_runs_through_three_certificate_lifetimes_without_losing_an_acti
         "server renewals {server}, edge-1 {device_1}, edge-2 {device_2}, actions {actions} all succeeded"
     );
     assert!(actions >= 20, "only {actions} actions ran");
+
+    // A local application reading the identity on the agent's socket sees
+    // the certificate in use, not the one the device enrolled with.
+    let socket = edge_1.local_api_socket();
+    let cert_file = edge_1.state_file("cert.pem");
+    let (socket, cert_file) = (&socket, &cert_file);
+    let serial = wait_until(
+        "edge-1's local API to name its current certificate",
+        Duration::from_secs(15),
+        || async move {
+            let (_, identity) = local_api(socket, "GET", "/v1/identity", "").await?;
+            let (not_after, serial) = certificate(cert_file)?;
+            let shown = &identity["certificate"];
+            let shown_not_after = shown["notAfter"].as_str().map(str::parse::<DateTime<Utc>>);
+            Ok((shown["serial"] == serial.as_str()
+                && matches!(shown_not_after, Some(Ok(at)) if at == not_after))
+            .then_some(serial))
+        },
+    )
+    .await?;
+    assert_ne!(serial, first_serial, "renewed: {}", edge_1.log());
 
     // Still usable by a fresh client (a new TLS handshake with the current
     // certificate) and a fresh action after all that.

@@ -456,7 +456,7 @@ impl Fixture {
         let deadline = Instant::now() + WAIT;
         loop {
             match self.link.publish_action(device, request).await {
-                Ok(()) => return,
+                Ok(_) => return,
                 Err(LinkError::NotConnected(_) | LinkError::Publish { .. })
                     if Instant::now() < deadline =>
                 {

@@ -662,10 +662,20 @@ async fn two_replicas_share_the_devices_messages_through_mosquitto() -> anyhow::
         .await?;
         let done = run(&replicas[owner], name, "get-node-ip", json!({})).await?;
         assert_eq!(done["state"], "succeeded", "{name}: {done}");
-        let counts = [
-            accepted_on(&replicas[0], name.clone()).await?,
-            accepted_on(&replicas[1], name.clone()).await?,
-        ];
+        // The answer is counted once its write returns, which may be just
+        // after the action's end reached the API.
+        let counts = wait_until(
+            &format!("{name}'s answer counted"),
+            Duration::from_secs(20),
+            || async {
+                let counts = [
+                    accepted_on(&replicas[0], name.clone()).await?,
+                    accepted_on(&replicas[1], name.clone()).await?,
+                ];
+                Ok((counts.iter().sum::<u64>() >= 2).then_some(counts))
+            },
+        )
+        .await?;
         assert_eq!(
             counts.iter().sum::<u64>(),
             2,

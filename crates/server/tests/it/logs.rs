@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
-use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
+use tether_testkit::{Agent, ApiClient, Database, Tetherd, post_local, wait_until};
 
-use crate::support::{minutes_ago, on_both_databases, post_local, store_of};
+use crate::support::{minutes_ago, on_both_databases, store_of};
 
 on_both_databases!(
     the_archive_answers_exact_windows_filters_and_pages,
@@ -100,7 +100,7 @@ fn expected(prefix: &str, range: impl Iterator<Item = u64>) -> Vec<String> {
 
 async fn enrolled(tetherd: &Tetherd, admin: &ApiClient) -> anyhow::Result<(Agent, PathBuf)> {
     let agent = Agent::enroll_online(tetherd, admin, "edge-1").await?;
-    let socket = agent.state_dir().join("api.sock");
+    let socket = agent.local_api_socket();
     Ok((agent, socket))
 }
 

@@ -31,7 +31,7 @@ fn python() -> anyhow::Result<PathBuf> {
 
 /// The families of a Prometheus text exposition, as the reference parser
 /// reads it; an error if it refuses the text.
-async fn parse_prometheus(text: &str) -> anyhow::Result<Vec<Value>> {
+pub(crate) async fn parse_prometheus(text: &str) -> anyhow::Result<Vec<Value>> {
     use tokio::io::AsyncWriteExt;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/it/prometheus_parse.py");
     let mut child = tokio::process::Command::new(python()?)

@@ -132,6 +132,18 @@ async fn a_spec_update_reaches_the_agent_and_its_status_comes_back(
             json!({"spec": {"metricsConfig": {"intervalSeconds": 0}}}),
             "spec.metricsConfig.intervalSeconds",
         ),
+        (
+            json!({"spec": {"budgets": {"spoolReplay": 0}}}),
+            "spec.budgets.spoolReplay",
+        ),
+        (
+            json!({"spec": {"budgets": {"video": 1_000}}}),
+            "spec.budgets.video",
+        ),
+        (
+            json!({"spec": {"budgets": {"actions": -1}}}),
+            "spec.budgets.actions",
+        ),
     ] {
         let refused = admin.patch(DEVICE, body).await?.expect_status(400)?;
         let message = refused["error"]["message"].as_str().unwrap_or_default();

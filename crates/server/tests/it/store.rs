@@ -12,8 +12,8 @@ use tether_proto::api::Labels;
 use tether_proto::metrics::HostMetrics;
 use tether_proto::{ActionState, DeviceId, Presence};
 use tether_server::store::{
-    DeviceSession, EventRecord, NewAction, NewJob, Outcome, ReplicaRecord, SessionRecord, Store,
-    StoreError, UserRecord,
+    ActionBytes, AnswerWrite, CursorUpdate, DeviceSession, EventRecord, NewAction, NewJob, Outcome,
+    ReplicaRecord, SeenDevice, SessionRecord, SpoolRef, Store, StoreError, UserRecord,
 };
 use tether_testkit::postgres::TempPostgres;
 
@@ -103,6 +103,7 @@ on_both_databases! {
         open_actions_are_pending_and_delivered_in_seq_order,
         a_batch_is_marked_delivered_only_where_still_pending,
         an_answer_ends_its_devices_open_action_with_its_event_once,
+        answers_in_one_batch_are_each_recorded_once_or_dropped,
         expired_pending_actions_are_selected_by_time,
         overdue_delivered_actions_are_selected_by_time,
         old_telemetry_is_deleted_by_time,
@@ -116,10 +117,12 @@ on_both_databases! {
         job_actions_are_stored_in_batches_after_each_devices_own,
         queued_job_actions_are_released_cancelled_and_counted,
         spec_writes_are_compare_and_set_and_leave_with_their_device,
+        usage_adds_both_ends_counts_per_device_and_pages_through_the_fleet,
     ],
     db: [
         migrations_are_idempotent,
         corrupt_values_are_errors,
+        a_device_naming_a_new_spool_per_batch_keeps_a_bounded_number_of_cursors,
     ],
 }
 
@@ -321,9 +324,20 @@ async fn device_status_is_stored(store: Store) {
     assert_eq!(read.capabilities, ["send-ping"]);
     assert_eq!(read.status_seq, 7);
 
-    // Hearing from the device moves lastSeen and leaves presence alone.
+    // Hearing from devices moves their lastSeen, in one statement, and
+    // leaves presence alone; a device deleted meanwhile is skipped.
+    let other = device(&store, "edge-2").await;
+    let seen = |device: &DeviceId, millis| SeenDevice {
+        device: device.clone(),
+        at: at(millis),
+        actions: ActionBytes::default(),
+    };
     store
-        .touch_last_seen(&name, at(5_000))
+        .touch_last_seen(&[
+            seen(&name, 5_000),
+            seen(&id("gone"), 5_000),
+            seen(&other, 6_000),
+        ])
         .await
         .expect("touch last seen");
     let touched = store
@@ -333,6 +347,14 @@ async fn device_status_is_stored(store: Store) {
         .expect("edge-1 exists");
     assert_eq!(touched.last_seen, Some(at(5_000)));
     assert_eq!(touched.presence, Presence::Online);
+    let other = store
+        .get_device(&other)
+        .await
+        .expect("get edge-2")
+        .expect("edge-2 exists");
+    assert_eq!(other.last_seen, Some(at(6_000)));
+    assert_eq!(other.presence, Presence::Offline);
+    assert_eq!(store.get_device(&id("gone")).await.expect("get"), None);
 
     let missing = id("gone");
     match store.set_certificate_serial(&missing, "ff").await {
@@ -1159,6 +1181,67 @@ async fn a_batch_is_marked_delivered_only_where_still_pending(store: Store) {
     );
 }
 
+async fn answers_in_one_batch_are_each_recorded_once_or_dropped(store: Store) {
+    use ActionState::*;
+    let name = device(&store, "edge-1").await;
+    let other = device(&store, "edge-2").await;
+    for (correlation_id, owner) in [("b1", &name), ("b2", &name), ("b3", &other)] {
+        store
+            .insert_action(&new_action(correlation_id, owner))
+            .await
+            .expect("insert an action");
+    }
+    let answer = |event_id: &str, device: &DeviceId, correlation_id: &str, to| AnswerWrite {
+        device: device.clone(),
+        correlation_id: correlation_id.to_owned(),
+        to,
+        outcome: outcome(20),
+        event: EventRecord {
+            correlation_id: Some(correlation_id.to_owned()),
+            ..event(event_id, device, 20)
+        },
+        announcement: None,
+    };
+    let results = store
+        .record_answers(&[
+            answer("e1", &name, "b1", Succeeded),
+            // A second answer to b1 in the same batch: dropped, no event.
+            answer("e2", &name, "b1", Failed),
+            // Another device's action: dropped.
+            answer("e3", &name, "b3", Succeeded),
+            answer("e4", &name, "nope", Succeeded),
+            answer("e5", &name, "b2", Failed),
+            answer("e6", &other, "b3", Succeeded),
+        ])
+        .await;
+    let states: Vec<Option<ActionState>> = results
+        .into_iter()
+        .map(|result| result.expect("recorded").map(|action| action.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            Some(Succeeded),
+            None,
+            None,
+            None,
+            Some(Failed),
+            Some(Succeeded)
+        ]
+    );
+    let mut ids: Vec<String> =
+        join_all([&name, &other].map(|device| store.list_events(device, 10)))
+            .await
+            .into_iter()
+            .flat_map(|events| events.expect("events"))
+            .map(|event| event.id)
+            .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["e1", "e5", "e6"], "one event per recorded answer");
+    let b1 = store.get_action("b1").await.expect("read").expect("b1");
+    assert_eq!((b1.state, b1.completed_at), (Succeeded, Some(at(20))));
+}
+
 async fn an_answer_ends_its_devices_open_action_with_its_event_once(store: Store) {
     use ActionState::*;
     let name = device(&store, "edge-1").await;
@@ -1954,4 +2037,221 @@ async fn spec_writes_are_compare_and_set_and_leave_with_their_device(store: Stor
         Default::default(),
         "the spec went with its device"
     );
+}
+
+/// Issue 13's bandwidth counts: the cursors' replay bytes and dropped
+/// totals (over budget apart from a full spool's, each only growing), the
+/// agent's newest report, and action bytes riding on `lastSeen`.
+async fn usage_adds_both_ends_counts_per_device_and_pages_through_the_fleet(store: Store) {
+    use tether_proto::telemetry::{Dropped, Feature, FeatureBytes, Stream};
+    for name in ["edge-1", "edge-2", "edge-3"] {
+        store
+            .create_device(&id(name), &Labels::new(), at(0))
+            .await
+            .expect("create");
+    }
+    let device = id("edge-1");
+    let report = |logs: u64| {
+        vec![FeatureBytes {
+            feature: Feature::Logs,
+            sent_bytes: logs,
+            received_bytes: 0,
+        }]
+    };
+    let commit = |spool: &'static str, first: u64, update: CursorUpdate, now| {
+        let store = store.clone();
+        let device = device.clone();
+        async move {
+            let spool = SpoolRef {
+                device: &device,
+                stream: Stream::Logs,
+                spool_id: spool,
+            };
+            let mut tx = store.begin_telemetry().await.expect("begin");
+            let taken = tx.take_cursor(spool, first, now).await.expect("cursor");
+            tx.move_cursor(spool, taken.next_seq, &update, now)
+                .await
+                .expect("move");
+            tx.commit().await.expect("commit");
+        }
+    };
+    let update = |next_seq, wire_bytes, replay, over_budget, agent_usage| CursorUpdate {
+        next_seq,
+        gap: 0,
+        stored: 10,
+        duplicates: 0,
+        wire_bytes,
+        replay,
+        dropped: Dropped {
+            total: 1,
+            by_priority: [0, 0, 0, 0, 0, 0, 0, 1],
+            over_budget,
+            over_budget_by_priority: [0, 0, 0, 0, 0, 0, 0, over_budget],
+        },
+        agent_usage,
+    };
+    commit("a", 0, update(10, 1_000, true, 5, report(900)), at(1_000)).await;
+    // Live, no report, an older over-budget total (sent late): kept.
+    commit("a", 10, update(20, 300, false, 2, Vec::new()), at(2_000)).await;
+    // Another spool of the device: summed; its newer report wins.
+    commit("b", 0, update(10, 50, true, 0, report(1_300)), at(3_000)).await;
+    store
+        .touch_last_seen(&[SeenDevice {
+            device: device.clone(),
+            at: at(4_000),
+            actions: ActionBytes {
+                sent: 200,
+                received: 30,
+            },
+        }])
+        .await
+        .expect("touch");
+    store
+        .touch_last_seen(&[SeenDevice {
+            device: device.clone(),
+            at: at(5_000),
+            actions: ActionBytes {
+                sent: 100,
+                received: 0,
+            },
+        }])
+        .await
+        .expect("touch");
+
+    let usage = store.device_usage(&device).await.expect("usage");
+    let logs = usage
+        .streams
+        .iter()
+        .find(|s| s.stream == Stream::Logs)
+        .expect("logs");
+    assert_eq!(
+        (logs.spools, logs.wire_bytes, logs.replay_bytes),
+        (2, 1_350, 1_050)
+    );
+    assert_eq!((logs.dropped.total, logs.dropped.over_budget), (2, 5));
+    assert_eq!(logs.dropped.over_budget_by_priority[7], 5);
+    assert_eq!(
+        usage.actions,
+        ActionBytes {
+            sent: 300,
+            received: 30
+        }
+    );
+    assert_eq!(usage.agent, Some((at(3_000), report(1_300))));
+
+    let quiet = store.device_usage(&id("edge-2")).await.expect("usage");
+    assert_eq!((quiet.actions, quiet.agent), (ActionBytes::default(), None));
+    assert!(matches!(
+        store.device_usage(&id("gone")).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let first = store.fleet_usage(None, 2).await.expect("page");
+    assert_eq!(
+        first.iter().map(|r| r.device.as_str()).collect::<Vec<_>>(),
+        ["edge-1", "edge-2"]
+    );
+    assert_eq!(first[0], usage);
+    let rest = store.fleet_usage(Some("edge-2"), 2).await.expect("page");
+    assert_eq!(
+        rest.iter().map(|r| r.device.as_str()).collect::<Vec<_>>(),
+        ["edge-3"]
+    );
+}
+
+/// A hostile device that names a new spool in every batch: its cursor rows
+/// stay bounded (every read of its usage sums them), and its usage still
+/// counts every spool, batch and drop, its gaps summed without overflow.
+async fn a_device_naming_a_new_spool_per_batch_keeps_a_bounded_number_of_cursors(db: &TestDb) {
+    use std::sync::Arc;
+    use tether_proto::telemetry::{Dropped, LogRecord, Records, Stream, TelemetryBatch};
+    use tether_server::cluster::bus::Bus;
+    use tether_server::telemetry::{Telemetry, cursor::MAX_SPOOLS};
+
+    let store = db.connect().await;
+    let name = device(&store, "edge-1").await;
+    let telemetry = Telemetry::new(
+        store.clone(),
+        Arc::default(),
+        Bus::in_process(),
+        std::time::Duration::from_secs(300),
+        Arc::new(tokio::sync::Semaphore::new(1)),
+        std::time::Duration::from_secs(5),
+        1,
+    );
+    let batch = |spool: String, first_seq: u64| TelemetryBatch {
+        spool_id: spool,
+        first_seq,
+        records: Records::Logs(vec![LogRecord {
+            at: Utc::now(),
+            priority: 6,
+            unit: "app".into(),
+            message: "x".into(),
+            fields: Default::default(),
+        }]),
+        dropped: Dropped {
+            total: 2,
+            by_priority: [0, 0, 0, 0, 0, 0, 1, 1],
+            ..Dropped::default()
+        },
+        replay: false,
+        usage: Vec::new(),
+    };
+    let spools = 3 * u64::from(MAX_SPOOLS);
+    for i in 0..spools {
+        telemetry
+            .ingest(&name, Arc::new(batch(format!("spool-{i}"), 0)), 10)
+            .await
+            .expect("stored");
+    }
+    // Three spools with a gap of nearly i64::MAX each.
+    let far = i64::MAX as u64 - 10;
+    for i in spools - 3..spools {
+        telemetry
+            .ingest(&name, Arc::new(batch(format!("spool-{i}"), far)), 10)
+            .await
+            .expect("stored");
+    }
+    let raw = db.raw().await;
+    let rows: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM telemetry_cursors WHERE device = 'edge-1'")
+            .fetch_one(&raw)
+            .await
+            .expect("count");
+    assert!(
+        rows <= i64::from(MAX_SPOOLS) + 1,
+        "{rows} cursor rows for one device and stream"
+    );
+    let usage = store.device_usage(&name).await.expect("usage");
+    let logs = usage
+        .streams
+        .iter()
+        .find(|s| s.stream == Stream::Logs)
+        .expect("logs");
+    assert_eq!(
+        (
+            logs.spools,
+            logs.batches,
+            logs.stored_records,
+            logs.wire_bytes
+        ),
+        (spools, spools + 3, spools + 3, 10 * (spools + 3))
+    );
+    assert_eq!(logs.dropped.total, 2 * spools);
+    assert_eq!(logs.dropped.by_priority[7], spools);
+    assert!(
+        logs.gap >= i64::MAX as u64,
+        "saturated, not wrapped: {}",
+        logs.gap
+    );
+
+    // The newest spools keep their cursors: a batch sent again is no new record.
+    let again = telemetry
+        .ingest(
+            &name,
+            Arc::new(batch(format!("spool-{}", spools - 1), far)),
+            10,
+        )
+        .await
+        .expect("acknowledged");
+    assert_eq!(again, tether_server::telemetry::Stored::Duplicate);
 }

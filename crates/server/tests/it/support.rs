@@ -28,24 +28,6 @@ macro_rules! on_both_databases {
 }
 pub(crate) use on_both_databases;
 
-/// POSTs `body` to an agent's local API socket at `path`; expects 200 and
-/// returns the whole response.
-pub async fn post_local(socket: &Path, path: &str, body: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .with_context(|| format!("connecting to {}", socket.display()))?;
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    anyhow::ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
-    Ok(response)
-}
-
 /// Whole milliseconds `minutes` ago, as the store keeps times.
 pub fn minutes_ago(minutes: i64) -> chrono::DateTime<chrono::Utc> {
     let now = chrono::Utc::now() - chrono::Duration::minutes(minutes);

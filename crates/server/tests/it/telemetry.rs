@@ -12,9 +12,9 @@ use tether_proto::DeviceId;
 use tether_proto::telemetry::{Dropped, LogRecord, Records, TelemetryBatch, encode};
 use tether_server::store::Store;
 use tether_testkit::sim_agent::DeviceCredentials;
-use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
+use tether_testkit::{Agent, ApiClient, Database, Tetherd, post_local, wait_until};
 
-use crate::support::{minutes_ago, mosquitto, on_both_databases, post_local, store_of, text};
+use crate::support::{minutes_ago, mosquitto, on_both_databases, store_of, text};
 
 on_both_databases!(
     records_produced_offline_arrive_once_and_in_order_across_an_agent_restart,
@@ -86,7 +86,7 @@ async fn records_produced_offline_arrive_once_and_in_order_across_an_agent_resta
     let mut tetherd = Tetherd::start(database).await?;
     let admin = tetherd.admin().await?;
     let mut agent = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
-    let socket = agent.state_dir().join("api.sock");
+    let socket = agent.local_api_socket();
     tetherd.stop().await?;
 
     let start = minutes_ago(30);
@@ -161,6 +161,8 @@ async fn records_produced_offline_arrive_once_and_in_order_across_an_agent_resta
     let logs = usage(&admin, "edge-1", "logs").await?;
     assert_eq!(logs["gap"], 0, "{logs}");
     assert_eq!(logs["dropped"]["total"], 0, "{logs}");
+    // Every line waited in the spool for the session: all of it a replay.
+    assert_eq!(logs["replayBytes"], logs["wireBytes"], "{logs}");
     let wire = logs["wireBytes"].as_u64().unwrap_or(0);
     assert!(
         wire > 0 && wire < LOG_LINES * 40,
@@ -186,7 +188,7 @@ async fn a_tiny_spool_drops_the_oldest_records_and_reports_exactly_how_many(
     )
     .await?;
     agent.wait_presence(&admin, "online").await?;
-    let socket = agent.state_dir().join("api.sock");
+    let socket = agent.local_api_socket();
     tetherd.stop().await?;
 
     let start = minutes_ago(30);
@@ -292,6 +294,8 @@ async fn hostile_batches_are_refused_or_stored_once() -> anyhow::Result<()> {
                 .collect(),
         ),
         dropped: Dropped::default(),
+        replay: false,
+        usage: Vec::new(),
     };
 
     // Another device's logs topic: refused by the ACL, nothing stored.
@@ -372,7 +376,7 @@ async fn a_logs_budget_drops_the_least_severe_lines_and_counts_them() -> anyhow:
     let tetherd = Tetherd::start(Database::Sqlite).await?;
     let admin = tetherd.admin().await?;
     let agent = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
-    let socket = agent.state_dir().join("api.sock");
+    let socket = agent.local_api_socket();
     // 2.4 MB a day: the bucket holds an hour's worth, 100 KB.
     admin
         .patch(
@@ -407,15 +411,19 @@ async fn a_logs_budget_drops_the_least_severe_lines_and_counts_them() -> anyhow:
             async move {
                 let logs = usage(&admin, "edge-1", "logs").await?;
                 let stored = logs["storedRecords"].as_u64().unwrap_or(0);
-                let dropped = logs["dropped"]["total"].as_u64().unwrap_or(0);
+                let dropped = logs["dropped"]["overBudget"].as_u64().unwrap_or(0);
                 Ok((stored + dropped == pushed).then_some(logs))
             }
         },
     )
     .await?;
-    let dropped: Vec<u64> = logs["dropped"]["byPriority"]
+    assert_eq!(
+        logs["dropped"]["total"], 0,
+        "over budget, not for a full spool: {logs}"
+    );
+    let dropped: Vec<u64> = logs["dropped"]["overBudgetByPriority"]
         .as_array()
-        .context("byPriority")?
+        .context("overBudgetByPriority")?
         .iter()
         .map(|n| n.as_u64().unwrap_or(0))
         .collect();
@@ -432,6 +440,116 @@ async fn a_logs_budget_drops_the_least_severe_lines_and_counts_them() -> anyhow:
     assert!(
         logs["wireBytes"].as_u64().unwrap_or(u64::MAX) <= 110_000,
         "within the bucket: {logs}"
+    );
+    Ok(())
+}
+
+/// Issue 13's "both ends count": an action to a real agent is counted by
+/// tetherd (its request out, the answer in) and by the agent, which
+/// reports its counts on a batch; both show in the device's usage, equal,
+/// and in the fleet exposition, which Prometheus' parser reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_ends_count_an_action_s_bytes_and_agree() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let mut agent = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
+    let socket = agent.state_dir().join("api.sock");
+    let done = crate::support::run(&admin, "edge-1", "get-node-ip", json!({})).await?;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let actions = |usage: &Value| {
+        usage["features"]
+            .as_array()
+            .and_then(|f| f.iter().find(|f| f["feature"] == "actions"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let get_usage = || {
+        let admin = admin.clone();
+        async move {
+            admin
+                .get("/api/v1/devices/edge-1/usage")
+                .await?
+                .expect_status(200)
+        }
+    };
+    wait_until(
+        "the agent to report its counts",
+        Duration::from_secs(30),
+        || async {
+            // A batch carries the agent's counts: the first of a stream in
+            // a session, then one every 5 s.
+            post_local(
+                &socket,
+                "/v1/logs",
+                &json!({"message": "after the action", "priority": 6}).to_string(),
+            )
+            .await?;
+            let usage = get_usage().await?;
+            Ok((actions(&usage)["deviceReceivedBytes"].as_u64() > Some(0)).then_some(()))
+        },
+    )
+    .await?;
+    // tetherd writes its action counts with the device's lastSeen, and
+    // at the session's end.
+    agent.stop().await?;
+    let usage = wait_until(
+        "tetherd to write its action counts",
+        Duration::from_secs(30),
+        || async {
+            let usage = get_usage().await?;
+            Ok((actions(&usage)["sentBytes"].as_u64() > Some(0)).then_some(usage))
+        },
+    )
+    .await?;
+    let counted = actions(&usage);
+    assert_eq!(
+        counted["sentBytes"], counted["deviceReceivedBytes"],
+        "the request, as each end counted it: {usage}"
+    );
+    assert_eq!(
+        counted["receivedBytes"], counted["deviceSentBytes"],
+        "the answer, as each end counted it: {usage}"
+    );
+    assert!(counted["receivedBytes"].as_u64() > Some(0), "{usage}");
+    assert!(usage["deviceReportedAt"].is_string(), "{usage}");
+
+    let token = std::fs::read_to_string(tetherd.data_dir().join("metrics-token"))?;
+    let scraper = tetherd
+        .anonymous()?
+        .with_token(Some(token.trim().to_owned()));
+    let (status, fleet) = scraper.get_text("/metrics/fleet").await?;
+    assert_eq!(status, 200, "{fleet}");
+    let families = crate::metrics::parse_prometheus(&fleet).await?;
+    let bytes = families
+        .iter()
+        .find(|f| f["type"] == "counter" && f["name"] == "tether_device_usage_bytes")
+        .with_context(|| format!("no usage family in {fleet}"))?;
+    let sample = |direction: &str, counted_by: &str| {
+        bytes["samples"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| {
+                s["labels"]
+                    == json!({"device": "edge-1", "feature": "actions",
+                        "direction": direction, "counted_by": counted_by})
+            })
+            .map(|s| s["value"].as_f64().unwrap_or(0.0) as u64)
+    };
+    assert_eq!(
+        sample("to_device", "tetherd"),
+        counted["sentBytes"].as_u64(),
+        "{fleet}"
+    );
+    assert_eq!(
+        sample("to_device", "device"),
+        counted["deviceReceivedBytes"].as_u64(),
+        "{fleet}"
+    );
+    assert_eq!(
+        sample("from_device", "tetherd"),
+        counted["receivedBytes"].as_u64(),
+        "{fleet}"
     );
     Ok(())
 }

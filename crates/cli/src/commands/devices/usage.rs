@@ -9,9 +9,12 @@ Examples:
   tether devices usage edge-1
   tether devices usage edge-1 -o json";
 
-/// Show what a device's telemetry streams sent: bytes on the wire, records
-/// stored and sent twice, numbers never received, and what its spool
-/// dropped when full.
+/// Show what a device sent and was sent. Per telemetry stream: bytes on
+/// the wire (REPLAY: of them, from its spool's backlog after a
+/// reconnect), records stored and sent twice, numbers never received,
+/// records its spool dropped when full and over the spec's budget. Per
+/// feature: bytes device → tetherd (IN) and tetherd → device (OUT) as
+/// tetherd counted them beside the device's own last report ("-": none).
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = EXAMPLES)]
 pub struct Usage {
@@ -32,15 +35,17 @@ impl Usage {
 }
 
 fn table(usage: &DeviceUsage) -> String {
-    output::columns(
+    let streams = output::columns(
         [
             "STREAM",
             "WIRE",
+            "REPLAY",
             "BATCHES",
             "STORED",
             "DUPLICATES",
             "GAP",
-            "DROPPED",
+            "DROPPED-FULL",
+            "DROPPED-BUDGET",
         ],
         usage
             .streams
@@ -49,20 +54,44 @@ fn table(usage: &DeviceUsage) -> String {
                 [
                     stream.stream.to_string(),
                     output::bytes(stream.wire_bytes),
+                    output::bytes(stream.replay_bytes),
                     stream.batches.to_string(),
                     stream.stored_records.to_string(),
                     stream.duplicate_records.to_string(),
                     stream.gap.to_string(),
                     stream.dropped.total.to_string(),
+                    stream.dropped.over_budget.to_string(),
                 ]
             })
             .collect(),
-    )
+    );
+    let reported = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), output::bytes);
+    let features = output::columns(
+        ["FEATURE", "IN", "DEVICE-OUT", "OUT", "DEVICE-IN"],
+        usage
+            .features
+            .iter()
+            .map(|f| {
+                [
+                    f.feature.to_string(),
+                    output::bytes(f.received_bytes),
+                    reported(f.device_sent_bytes),
+                    output::bytes(f.sent_bytes),
+                    reported(f.device_received_bytes),
+                ]
+            })
+            .collect(),
+    );
+    let as_of = usage.device_reported_at.map_or_else(
+        || "the device has not reported its own counts yet".to_owned(),
+        |at| format!("the device's counts as of {}", at.to_rfc3339()),
+    );
+    format!("{streams}\n\n{features}\n{as_of}")
 }
 
 #[cfg(test)]
 mod tests {
-    use tether_proto::telemetry::{Stream, StreamUsage};
+    use tether_proto::telemetry::{Feature, FeatureUsage, Stream, StreamUsage};
 
     use super::*;
 
@@ -79,6 +108,14 @@ mod tests {
                 gap: 1,
                 ..StreamUsage::default()
             }],
+            features: vec![FeatureUsage {
+                feature: Feature::Actions,
+                received_bytes: 10,
+                sent_bytes: 20,
+                device_sent_bytes: None,
+                device_received_bytes: Some(20),
+            }],
+            device_reported_at: None,
         };
         let text = table(&usage);
         let row: Vec<&str> = text
@@ -89,9 +126,19 @@ mod tests {
             .collect();
         assert_eq!(row[0], "logs", "{text}");
         assert_eq!(
-            &row[row.len() - 5..],
-            ["3", "2500", "10", "1", "0"],
+            &row[row.len() - 6..],
+            ["3", "2500", "10", "1", "0", "0"],
             "{text}"
         );
+        let feature = text
+            .lines()
+            .find(|line| line.starts_with("actions"))
+            .expect("a feature row");
+        assert_eq!(
+            feature.split_whitespace().collect::<Vec<_>>(),
+            ["actions", "10", "B", "-", "20", "B", "20", "B"],
+            "{text}"
+        );
+        assert!(text.contains("not reported its own counts"), "{text}");
     }
 }

@@ -1,0 +1,634 @@
+//! The fake's state: objects keyed by resource, namespace and name, the
+//! global resourceVersion counter, the bearer tokens it accepts and the
+//! request log. Writes stamp metadata as the real API server does.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value, json};
+
+use super::discovery::{Resource, api_version, by_plural, qualified};
+
+/// An error answered as a `kind: Status` object with the real reason and code.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+    /// The Status's `details`: the object's name, group and kind.
+    pub details: Value,
+}
+
+impl ApiError {
+    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: Value::Null,
+        }
+    }
+
+    /// An error about one object, with the `details` the real API adds.
+    fn about(
+        code: u16,
+        reason: &'static str,
+        resource: &Resource,
+        name: &str,
+        message: String,
+    ) -> Self {
+        Self {
+            details: json!({"name": name, "group": resource.group, "kind": resource.plural}),
+            ..Self::new(code, reason, message)
+        }
+    }
+
+    pub fn not_found(resource: &Resource, name: &str) -> Self {
+        Self::about(
+            404,
+            "NotFound",
+            resource,
+            name,
+            format!("{} \"{name}\" not found", qualified(resource)),
+        )
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", message)
+    }
+
+    /// 422 Invalid about `field`; `problem` starts as the real API's field
+    /// errors do ("Required value: ...", "Invalid value: ...").
+    pub fn invalid(resource: &Resource, name: &str, field: &str, problem: &str) -> Self {
+        let kind = match resource.group {
+            "" => resource.kind.to_owned(),
+            group => format!("{}.{group}", resource.kind),
+        };
+        let cause = if problem.starts_with("Required value") {
+            "FieldValueRequired"
+        } else {
+            "FieldValueInvalid"
+        };
+        Self {
+            details: json!({"name": name, "group": resource.group, "kind": resource.kind,
+                            "causes": [{"reason": cause, "message": problem, "field": field}]}),
+            ..Self::new(
+                422,
+                "Invalid",
+                format!("{kind} \"{name}\" is invalid: {field}: {problem}"),
+            )
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                "status": "Failure", "message": self.message,
+                                "reason": self.reason, "code": self.code});
+        if !self.details.is_null() {
+            status["details"] = self.details.clone();
+        }
+        status
+    }
+}
+
+/// Who a bearer token authenticates.
+#[derive(Debug, Clone)]
+pub(crate) struct Token {
+    pub user: String,
+    pub groups: Vec<String>,
+    pub expires: Option<DateTime<Utc>>,
+    /// The ServiceAccount (namespace, name, uid) a TokenRequest token is
+    /// bound to: deleting the account revokes it, as in the real API.
+    pub bound: Option<(String, String, String)>,
+}
+
+/// One request as it arrived, for tests to assert what a client did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedRequest {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+}
+
+type Key = (&'static str, String, String);
+
+#[derive(Default)]
+pub(crate) struct Store {
+    objects: BTreeMap<Key, Value>,
+    resource_version: u64,
+    pub tokens: BTreeMap<String, Token>,
+    pub requests: Vec<LoggedRequest>,
+    /// Added to the wall clock: tests move the fake's time forward to
+    /// expire a token instead of waiting out the real API's 10-minute minimum.
+    pub clock_offset: chrono::Duration,
+    services: u32,
+}
+
+fn namespace_of(resource: &Resource, namespace: Option<&str>) -> String {
+    if resource.namespaced {
+        namespace.unwrap_or_default().to_owned()
+    } else {
+        String::new()
+    }
+}
+
+impl Store {
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now() + self.clock_offset
+    }
+
+    fn next_version(&mut self) -> String {
+        self.resource_version += 1;
+        self.resource_version.to_string()
+    }
+
+    /// The identity behind `bearer`, if the token is known, unexpired and
+    /// its ServiceAccount (for a bound token) still the same object.
+    pub fn authenticate(&self, bearer: &str) -> Option<Token> {
+        let token = self.tokens.get(bearer)?;
+        if token.expires.is_some_and(|at| at <= self.now()) {
+            return None;
+        }
+        if let Some((ns, name, uid)) = &token.bound {
+            let accounts = by_plural("serviceaccounts")?;
+            let account = self.get(accounts, Some(ns), name).ok()?;
+            if account["metadata"]["uid"] != uid.as_str() {
+                return None;
+            }
+        }
+        Some(token.clone())
+    }
+
+    /// `POST .../serviceaccounts/{name}/token`: a token for `account` that
+    /// this fake accepts until `spec.expirationSeconds` (default one hour,
+    /// at least ten minutes as the real API requires) have passed.
+    pub fn token_request(
+        &mut self,
+        namespace: &str,
+        account: &Value,
+        request: &Value,
+    ) -> Result<(u16, Value), ApiError> {
+        let name = account["metadata"]["name"].as_str().unwrap_or_default();
+        let seconds = request["spec"]["expirationSeconds"]
+            .as_i64()
+            .unwrap_or(3600);
+        if seconds < 600 {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                format!(
+                    "TokenRequest.authentication.k8s.io \"{name}\" is invalid: spec.expirationSeconds: Invalid value: {seconds}: may not specify a duration less than 10 minutes"
+                ),
+            ));
+        }
+        let expires = self.now() + chrono::Duration::seconds(seconds);
+        let token = format!("fake-sa-{}", uuid::Uuid::new_v4().simple());
+        self.tokens.insert(
+            token.clone(),
+            Token {
+                user: format!("system:serviceaccount:{namespace}:{name}"),
+                groups: vec![
+                    "system:serviceaccounts".to_owned(),
+                    format!("system:serviceaccounts:{namespace}"),
+                    "system:authenticated".to_owned(),
+                ],
+                expires: Some(expires),
+                bound: Some((
+                    namespace.to_owned(),
+                    name.to_owned(),
+                    account["metadata"]["uid"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )),
+            },
+        );
+        let audiences = request["spec"]
+            .get("audiences")
+            .cloned()
+            .unwrap_or_else(|| json!(["https://kubernetes.default.svc.cluster.local", "k3s"]));
+        Ok((
+            201,
+            json!({"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                   "metadata": {"name": name, "namespace": namespace, "creationTimestamp": null},
+                   "spec": {"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": null},
+                   "status": {"token": token,
+                              "expirationTimestamp": expires.to_rfc3339_opts(SecondsFormat::Secs, true)}}),
+        ))
+    }
+
+    pub fn resource_version(&self) -> String {
+        self.resource_version.to_string()
+    }
+
+    pub fn get(
+        &self,
+        resource: &'static Resource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        self.objects
+            .get(&(
+                resource.plural,
+                namespace_of(resource, namespace),
+                name.to_owned(),
+            ))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(resource, name))
+    }
+
+    /// Objects of `resource`, in one namespace or all of them.
+    pub fn list(&self, resource: &'static Resource, namespace: Option<&str>) -> Vec<Value> {
+        self.objects
+            .iter()
+            .filter(|((plural, ns, _), _)| {
+                *plural == resource.plural
+                    && (!resource.namespaced || namespace.is_none_or(|n| n == ns))
+            })
+            .map(|(_, object)| object.clone())
+            .collect()
+    }
+
+    /// POST: a new object, or 409 AlreadyExists.
+    pub fn create(
+        &mut self,
+        resource: &'static Resource,
+        namespace: Option<&str>,
+        mut object: Value,
+    ) -> Result<Value, ApiError> {
+        let name = check_identity(resource, namespace, None, &object)?;
+        let ns = namespace_of(resource, namespace);
+        if resource.namespaced && !self.namespace_exists(&ns) {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                format!("namespaces \"{ns}\" not found"),
+            ));
+        }
+        let key = (resource.plural, ns.clone(), name.clone());
+        if self.objects.contains_key(&key) {
+            return Err(ApiError::about(
+                409,
+                "AlreadyExists",
+                resource,
+                &name,
+                format!("{} \"{name}\" already exists", qualified(resource)),
+            ));
+        }
+        validate(resource, &name, &object)?;
+        let now = self.now().to_rfc3339_opts(SecondsFormat::Secs, true);
+        let version = self.next_version();
+        let metadata = &mut object["metadata"];
+        if let Some(m) = metadata.as_object_mut() {
+            for server_set in ["uid", "resourceVersion", "creationTimestamp", "generation"] {
+                m.remove(server_set);
+            }
+        }
+        metadata["uid"] = json!(uuid::Uuid::new_v4().to_string());
+        metadata["resourceVersion"] = json!(version);
+        metadata["creationTimestamp"] = json!(now);
+        if resource.namespaced {
+            metadata["namespace"] = json!(ns);
+        }
+        if resource.kind == "Deployment" {
+            metadata["generation"] = json!(1);
+        }
+        self.fill_defaults(resource, &mut object);
+        self.objects.insert(key, object.clone());
+        Ok(object)
+    }
+
+    /// PUT: replaces an existing object; a stale resourceVersion is 409 Conflict.
+    pub fn replace(
+        &mut self,
+        resource: &'static Resource,
+        namespace: Option<&str>,
+        name: &str,
+        mut object: Value,
+    ) -> Result<Value, ApiError> {
+        check_identity(resource, namespace, Some(name), &object)?;
+        let current = self.get(resource, namespace, name)?;
+        let sent = object["metadata"]["resourceVersion"].as_str().unwrap_or("");
+        if !sent.is_empty() && sent != current["metadata"]["resourceVersion"] {
+            return Err(ApiError::about(
+                409,
+                "Conflict",
+                resource,
+                name,
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                    qualified(resource)
+                ),
+            ));
+        }
+        validate(resource, name, &object)?;
+        for kept in ["uid", "creationTimestamp", "namespace"] {
+            if let Some(value) = current["metadata"].get(kept) {
+                object["metadata"][kept] = value.clone();
+            }
+        }
+        if resource.kind == "Service" {
+            // The real API keeps an allocated cluster IP an update leaves out.
+            for kept in ["clusterIP", "clusterIPs"] {
+                if object["spec"].get(kept).is_none()
+                    && let Some(value) = current["spec"].get(kept)
+                {
+                    object["spec"][kept] = value.clone();
+                }
+            }
+        }
+        if let Some(generation) = current["metadata"].get("generation") {
+            object["metadata"]["generation"] = generation.clone();
+        }
+        object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        self.fill_defaults(resource, &mut object);
+        if resource.kind == "Deployment" && object["spec"] != current["spec"] {
+            let generation = current["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+            object["metadata"]["generation"] = json!(generation);
+            object["status"]["observedGeneration"] = json!(generation);
+        }
+        if object == current {
+            // As the real API: an update that changes nothing is not written
+            // and keeps the resourceVersion.
+            return Ok(current);
+        }
+        object["metadata"]["resourceVersion"] = json!(self.next_version());
+        let key = (
+            resource.plural,
+            namespace_of(resource, namespace),
+            name.to_owned(),
+        );
+        self.objects.insert(key, object.clone());
+        Ok(object)
+    }
+
+    pub fn delete(
+        &mut self,
+        resource: &'static Resource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        if resource.plural == "namespaces"
+            && ["default", "kube-system", "kube-public"].contains(&name)
+        {
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+            ));
+        }
+        let key = (
+            resource.plural,
+            namespace_of(resource, namespace),
+            name.to_owned(),
+        );
+        let object = self
+            .objects
+            .remove(&key)
+            .ok_or_else(|| ApiError::not_found(resource, name))?;
+        if resource.plural == "namespaces" {
+            // The real API empties a namespace before it goes; the fake at once.
+            self.objects.retain(|(_, ns, _), _| ns != name);
+        }
+        self.next_version();
+        Ok(object)
+    }
+
+    fn namespace_exists(&self, name: &str) -> bool {
+        self.objects
+            .contains_key(&("namespaces", String::new(), name.to_owned()))
+    }
+
+    /// The defaults and status the real API and its controllers fill in,
+    /// settled at once: a Deployment's status matches its spec immediately,
+    /// so `kubectl rollout status` finishes.
+    fn fill_defaults(&mut self, resource: &Resource, object: &mut Value) {
+        object["kind"] = json!(resource.kind);
+        object["apiVersion"] = json!(api_version(resource));
+        match resource.kind {
+            "Namespace" => {
+                object["spec"] = json!({"finalizers": ["kubernetes"]});
+                object["status"] = json!({"phase": "Active"});
+            }
+            "Secret" => {
+                if let Some(Value::Object(strings)) =
+                    object.as_object_mut().and_then(|o| o.remove("stringData"))
+                {
+                    use base64::Engine as _;
+                    for (key, value) in strings {
+                        let encoded = base64::engine::general_purpose::STANDARD
+                            .encode(value.as_str().unwrap_or_default());
+                        object["data"][key] = json!(encoded);
+                    }
+                }
+                if object.get("type").is_none() {
+                    object["type"] = json!("Opaque");
+                }
+            }
+            "Service" => {
+                let spec = &mut object["spec"];
+                if spec.get("type").is_none() {
+                    spec["type"] = json!("ClusterIP");
+                }
+                if spec.get("clusterIP").is_none() {
+                    self.services += 1;
+                    let ip = format!("10.43.{}.{}", self.services / 250, self.services % 250 + 1);
+                    spec["clusterIP"] = json!(ip);
+                    spec["clusterIPs"] = json!([ip]);
+                }
+                if let Some(ports) = spec["ports"].as_array_mut() {
+                    for port in ports {
+                        if port.get("protocol").is_none() {
+                            port["protocol"] = json!("TCP");
+                        }
+                        if port.get("targetPort").is_none() {
+                            port["targetPort"] = port["port"].clone();
+                        }
+                    }
+                }
+            }
+            "Deployment" => {
+                let spec = &mut object["spec"];
+                if spec.get("replicas").is_none() {
+                    spec["replicas"] = json!(1);
+                }
+                let replicas = spec["replicas"].clone();
+                let generation = object["metadata"]["generation"].clone();
+                object["status"] = json!({
+                    "observedGeneration": generation,
+                    "replicas": replicas, "updatedReplicas": replicas,
+                    "readyReplicas": replicas, "availableReplicas": replicas,
+                    "conditions": [{"type": "Available", "status": "True",
+                                    "reason": "MinimumReplicasAvailable"},
+                                   {"type": "Progressing", "status": "True",
+                                    "reason": "NewReplicaSetAvailable"}]
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The name an object carries, checked against the URL as the real API does.
+fn check_identity(
+    resource: &Resource,
+    namespace: Option<&str>,
+    url_name: Option<&str>,
+    object: &Value,
+) -> Result<String, ApiError> {
+    if !object.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    let kind = object["kind"].as_str().unwrap_or(resource.kind);
+    if kind != resource.kind {
+        return Err(ApiError::bad_request(format!(
+            "the kind of the provided object ({kind}) does not match the resource {}",
+            qualified(resource)
+        )));
+    }
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    if let Some(url_name) = url_name
+        && name != url_name
+    {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({name}) does not match the name on the URL ({url_name})"
+        )));
+    }
+    if name.is_empty() {
+        return Err(ApiError::invalid(
+            resource,
+            "",
+            "metadata.name",
+            "Required value: name or generateName is required",
+        ));
+    }
+    if resource.namespaced
+        && let Some(body_ns) = object["metadata"]["namespace"].as_str()
+        && Some(body_ns) != namespace
+    {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// The few field rules tether can break.
+fn validate(resource: &Resource, name: &str, object: &Value) -> Result<(), ApiError> {
+    if resource.kind == "Deployment"
+        && let Some(replicas) = object["spec"]["replicas"].as_i64()
+        && replicas < 0
+    {
+        return Err(ApiError::invalid(
+            resource,
+            name,
+            "spec.replicas",
+            &format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(plural: &str) -> &'static Resource {
+        by_plural(plural).unwrap_or_else(|| panic!("{plural} is served"))
+    }
+
+    fn store() -> Store {
+        let mut store = Store::default();
+        store
+            .create(
+                resource("namespaces"),
+                None,
+                json!({"metadata": {"name": "apps"}}),
+            )
+            .unwrap_or_else(|e| panic!("{}", e.message));
+        store
+    }
+
+    fn deployment(replicas: i64) -> Value {
+        json!({"metadata": {"name": "web"}, "spec": {"replicas": replicas,
+               "template": {"spec": {"containers": [{"name": "web", "image": "web:1"}]}}}})
+    }
+
+    #[test]
+    fn writes_bump_the_global_resource_version_and_spec_changes_the_generation() {
+        let mut store = store();
+        let deployments = resource("deployments");
+        let created = store
+            .create(deployments, Some("apps"), deployment(1))
+            .map_err(|e| e.message);
+        let created = created.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(created["metadata"]["resourceVersion"], "2");
+        assert_eq!(created["metadata"]["generation"], 1);
+        assert_eq!(created["metadata"]["namespace"], "apps");
+        assert_eq!(created["status"]["observedGeneration"], 1);
+
+        let same = store.replace(deployments, Some("apps"), "web", created.clone());
+        let same = same.unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(same, created, "a no-op update is not written");
+
+        let scaled = store.replace(deployments, Some("apps"), "web", deployment(3));
+        let scaled = scaled.unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(scaled["metadata"]["resourceVersion"], "3");
+        assert_eq!(scaled["metadata"]["generation"], 2);
+        assert_eq!(scaled["metadata"]["uid"], created["metadata"]["uid"]);
+        assert_eq!(scaled["status"]["updatedReplicas"], 3);
+    }
+
+    #[test]
+    fn errors_carry_the_real_reasons_and_codes() {
+        let mut store = store();
+        let configmaps = resource("configmaps");
+        let map = json!({"metadata": {"name": "settings"}, "data": {"a": "1"}});
+        let first = store.create(configmaps, Some("apps"), map.clone());
+        let first = first.unwrap_or_else(|e| panic!("{}", e.message));
+        let reason = |result: Result<Value, ApiError>| {
+            result.map(|_| ()).map_err(|e| (e.code, e.reason)).err()
+        };
+        assert_eq!(
+            reason(store.create(configmaps, Some("apps"), map.clone())),
+            Some((409, "AlreadyExists"))
+        );
+        assert_eq!(
+            reason(store.create(configmaps, Some("nowhere"), map.clone())),
+            Some((404, "NotFound"))
+        );
+        assert_eq!(
+            reason(store.replace(configmaps, Some("apps"), "other", map.clone())),
+            Some((400, "BadRequest"))
+        );
+        let mut wrong_namespace = map.clone();
+        wrong_namespace["metadata"]["namespace"] = json!("default");
+        assert_eq!(
+            reason(store.create(configmaps, Some("apps"), wrong_namespace)),
+            Some((400, "BadRequest"))
+        );
+        assert_eq!(
+            reason(store.create(configmaps, Some("apps"), json!({"metadata": {}}))),
+            Some((422, "Invalid"))
+        );
+
+        let mut newer = first.clone();
+        newer["data"]["a"] = json!("2");
+        let newer = store.replace(configmaps, Some("apps"), "settings", newer);
+        assert!(newer.is_ok());
+        let mut stale = first;
+        stale["data"]["a"] = json!("3");
+        assert_eq!(
+            reason(store.replace(configmaps, Some("apps"), "settings", stale)),
+            Some((409, "Conflict"))
+        );
+        assert_eq!(
+            reason(store.delete(resource("namespaces"), None, "kube-system")),
+            Some((403, "Forbidden"))
+        );
+        assert_eq!(
+            reason(store.create(resource("deployments"), Some("apps"), deployment(-1))),
+            Some((422, "Invalid"))
+        );
+    }
+}
