@@ -192,17 +192,23 @@ fn log_batch(device: usize, n: u64) -> TelemetryBatch {
     }
 }
 
-/// Named values as applications push them: a few sensors.
+/// Sensors each simulated device reads.
+const SENSORS: u64 = 8;
+
+/// Named values as applications push them: a few sensors, each read every
+/// millisecond from the bench's start. Every sample is a point of its own:
+/// samples of one series at one instant would be stored once.
 fn metric_batch(device: usize, n: u64) -> TelemetryBatch {
-    let now = Utc::now();
+    static START: std::sync::OnceLock<chrono::DateTime<Utc>> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(Utc::now);
     let records = (0..BATCH)
         .map(|i| {
             let k = n * BATCH + i;
             MetricRecord::Custom(CustomMetric {
                 name: "temperature_celsius".to_owned(),
                 value: 20.0 + (k % 100) as f64 / 10.0,
-                labels: [("sensor".to_owned(), format!("s{}", k % 8))].into(),
-                at: now,
+                labels: [("sensor".to_owned(), format!("s{}", k % SENSORS))].into(),
+                at: start + chrono::Duration::milliseconds((k / SENSORS) as i64),
             })
         })
         .collect();

@@ -41,7 +41,7 @@ pub(crate) fn content(device: &DeviceId, topic: &str, payload: &[u8]) -> Content
 fn batch(stream: Stream, payload: &[u8]) -> Content {
     match telemetry::decode(payload) {
         Ok(batch) if batch.stream() == stream => {
-            Content::Message(DeviceMessage::Telemetry(Box::new(batch)))
+            Content::Message(DeviceMessage::Telemetry(std::sync::Arc::new(batch)))
         }
         Ok(batch) => Content::Malformed(format!(
             "malformed {stream} payload: a {} batch on the {stream} topic",

@@ -33,7 +33,7 @@ pub enum DeviceMessage {
     /// The agent's status on the `reported` topic.
     Reported(Box<ReportedStatus>),
     /// A batch of a device's spool on the `metrics` or `logs` topic.
-    Telemetry(Box<TelemetryBatch>),
+    Telemetry(std::sync::Arc<TelemetryBatch>),
 }
 
 /// A device's publish, after the link's topic check, as the link read it.

@@ -30,7 +30,7 @@ use crate::device_link::{
 use crate::observability::Observability;
 use crate::registry::Specs;
 use crate::store::{EventRecord, Store, StoreError};
-use crate::telemetry::{Stored, Telemetry};
+use crate::telemetry::{Stored, Telemetry, TelemetryError};
 use checks::{ClockWindow, Invalid};
 pub use counters::IngestCounters;
 use counters::{Counters, Outcome};
@@ -62,6 +62,9 @@ const SAMPLE_BURST: u64 = 60;
 /// the store) and the API wait behind them. SQLite's pool has 4, PostgreSQL's 11.
 const SQLITE_WRITE_SLOTS: usize = 2;
 const POSTGRES_WRITE_SLOTS: usize = 8;
+/// Telemetry writers on PostgreSQL, each storing a group of batches in a
+/// transaction of its own (on SQLite one, as it has one writer anyway).
+const POSTGRES_TELEMETRY_WRITERS: usize = 4;
 /// How long a publish waits for a write slot: as long as a write waits for
 /// a locked store (ADR 0006), then it is not acknowledged.
 const WRITE_SLOT_WAIT: Duration = Duration::from_secs(5);
@@ -140,16 +143,24 @@ impl Ingest {
         } else {
             SQLITE_WRITE_SLOTS
         }));
+        let telemetry = Telemetry::new(
+            store.clone(),
+            observability.clone(),
+            bus.clone(),
+            config.max_clock_ahead,
+            write_slots.clone(),
+            WRITE_SLOT_WAIT,
+            if store.is_postgres() {
+                POSTGRES_TELEMETRY_WRITERS
+            } else {
+                1
+            },
+        );
         Self {
-            presence: PresenceWriter::new(store.clone(), owner, write_slots.clone(), bus.clone()),
+            presence: PresenceWriter::new(store.clone(), owner, write_slots.clone(), bus),
             last_seen: LastSeenWriter::spawn(store.clone(), actions.clone(), write_slots.clone()),
             write_slots,
-            telemetry: Telemetry::new(
-                store.clone(),
-                observability.clone(),
-                bus,
-                config.max_clock_ahead,
-            ),
+            telemetry,
             store,
             actions,
             specs,
@@ -300,40 +311,19 @@ impl Ingest {
                 }
             }
         }
-        let applied = if let DeviceMessage::Event(_) = message {
-            // Answers wait for the answer writer instead, which records all
-            // that wait with one statement on one connection of its own: a
-            // slot each would cap its batches at the slots' count.
-            self.apply(&inbound.device, message, inbound.size)
-                .await
-                .map_err(Some)
-        } else {
-            let slot = tokio::time::timeout(WRITE_SLOT_WAIT, self.write_slots.acquire()).await;
-            match slot {
-                Ok(Ok(_slot)) => self
-                    .apply(&inbound.device, message, inbound.size)
-                    .await
-                    .map_err(Some),
-                _ => Err(None),
-            }
-        };
+        let applied = self.apply(&inbound.device, message, inbound.size).await;
         let outcome = match applied {
             Ok(outcome) => outcome,
             // A number the store cannot hold is the device's doing, not an
             // outage: refused for good, or the device would resend it forever.
-            Err(Some(error @ StoreError::TooLarge { .. })) => {
+            Err(NotApplied::Store(error)) if matches!(*error, StoreError::TooLarge { .. }) => {
                 return Err(self.invalid(inbound, Invalid::Malformed(error.to_string())));
             }
             Err(error) => {
-                let error = error.map_or_else(
-                    || {
-                        format!(
-                            "every store write slot stayed busy for {} s",
-                            WRITE_SLOT_WAIT.as_secs()
-                        )
-                    },
-                    |error| crate::error_chain(&error).to_string(),
-                );
+                let error = match error {
+                    NotApplied::Store(error) => crate::error_chain(&*error).to_string(),
+                    NotApplied::Other(error) => error,
+                };
                 tracing::warn!(device = %inbound.device, topic = inbound.topic, error, "could not store a device's message; not acknowledged, the device sends it again");
                 self.with_device(&inbound.device, |s| s.counters.count(Outcome::NotDurable));
                 return Err(Refusal::Unavailable(
@@ -346,42 +336,73 @@ impl Ingest {
         Ok(())
     }
 
+    /// Stores what `message` says, each write but an answer holding a
+    /// write slot.
     async fn apply(
         &self,
         device: &DeviceId,
         message: &DeviceMessage,
         size: usize,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Outcome, NotApplied> {
+        let store = |error| NotApplied::Store(Arc::new(error));
         match message {
             // Births are written by the device's session writer (`handle`).
             DeviceMessage::Status(_) => Ok(Outcome::Accepted),
-            DeviceMessage::Event(event) => Ok(
-                match self.actions.handle_event(device, event.clone()).await? {
+            DeviceMessage::Event(event) => {
+                // No write slot: answers wait for the answer writer instead,
+                // which records all that wait with one statement on one
+                // connection of its own: a slot each would cap its batches at
+                // the slots' count.
+                let answer = self.actions.handle_event(device, event.clone()).await;
+                Ok(match answer.map_err(store)? {
                     Answer::Recorded => Outcome::Accepted,
                     Answer::AlreadyFinished | Answer::Unknown | Answer::NotYours => {
                         Outcome::Duplicate
                     }
-                },
-            ),
+                })
+            }
             DeviceMessage::Metrics(metrics) => {
-                self.store.insert_metrics(device, metrics).await?;
+                let _slot = self.write_slot().await?;
+                self.store
+                    .insert_metrics(device, metrics)
+                    .await
+                    .map_err(store)?;
                 let mut points = Vec::new();
                 crate::metrics::flatten::host_metrics(metrics, &mut points);
                 self.store
                     .insert_points(device, &points, chrono::Utc::now())
-                    .await?;
+                    .await
+                    .map_err(store)?;
                 Ok(Outcome::Accepted)
             }
             DeviceMessage::Reported(reported) => {
-                self.specs.record_reported(device, reported).await?;
+                let _slot = self.write_slot().await?;
+                self.specs
+                    .record_reported(device, reported)
+                    .await
+                    .map_err(store)?;
                 Ok(Outcome::Accepted)
             }
+            // Its writer takes the slot, for a group of devices' batches.
             DeviceMessage::Telemetry(batch) => {
-                Ok(match self.telemetry.ingest(device, batch, size).await? {
-                    Stored::New { .. } => Outcome::Accepted,
-                    Stored::Duplicate => Outcome::Duplicate,
-                })
+                match self.telemetry.ingest(device, batch.clone(), size).await {
+                    Ok(Stored::New { .. }) => Ok(Outcome::Accepted),
+                    Ok(Stored::Duplicate) => Ok(Outcome::Duplicate),
+                    Err(TelemetryError::Store(error)) => Err(NotApplied::Store(error)),
+                    Err(error) => Err(NotApplied::Other(error.to_string())),
+                }
             }
+        }
+    }
+
+    /// One of the device writes' slots, waited for at most [`WRITE_SLOT_WAIT`].
+    async fn write_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, NotApplied> {
+        match tokio::time::timeout(WRITE_SLOT_WAIT, self.write_slots.acquire()).await {
+            Ok(Ok(slot)) => Ok(slot),
+            _ => Err(NotApplied::Other(format!(
+                "every store write slot stayed busy for {} s",
+                WRITE_SLOT_WAIT.as_secs()
+            ))),
         }
     }
 
@@ -478,6 +499,12 @@ impl Ingest {
             }
         });
     }
+}
+
+/// Why a message was not stored.
+enum NotApplied {
+    Store(Arc<StoreError>),
+    Other(String),
 }
 
 /// `reason` cut to [`MAX_REASON_BYTES`] at a character boundary.

@@ -9,24 +9,31 @@ use tether_proto::telemetry::MetricRecord;
 
 use super::series::{Point, SeriesKey};
 
-/// The points of `records`, in order.
-pub fn points(records: &[MetricRecord]) -> Vec<Point> {
+/// The points of `records`, in order, and the index of each record's
+/// first point among them.
+pub fn points(records: &[MetricRecord]) -> (Vec<Point>, Vec<usize>) {
     let mut points = Vec::new();
+    let mut starts = Vec::with_capacity(records.len());
     for record in records {
-        match record {
-            MetricRecord::Sample(sample) => host_sample(sample, &mut points),
-            MetricRecord::Host(metrics) => host_metrics(metrics, &mut points),
-            MetricRecord::Custom(metric) => points.push(Point {
-                series: SeriesKey {
-                    name: metric.name.clone(),
-                    labels: metric.labels.clone(),
-                },
-                at: metric.at,
-                value: metric.value,
-            }),
-        }
+        starts.push(points.len());
+        record_points(record, &mut points);
     }
-    points
+    (points, starts)
+}
+
+fn record_points(record: &MetricRecord, points: &mut Vec<Point>) {
+    match record {
+        MetricRecord::Sample(sample) => host_sample(sample, points),
+        MetricRecord::Host(metrics) => host_metrics(metrics, points),
+        MetricRecord::Custom(metric) => points.push(Point {
+            series: SeriesKey {
+                name: metric.name.clone(),
+                labels: metric.labels.clone(),
+            },
+            at: metric.at,
+            value: metric.value,
+        }),
+    }
 }
 
 /// The points of a bare sample of the agents before host samples. Its
@@ -222,7 +229,7 @@ mod tests {
             procs: Some(120),
             uptime: Some(3600),
         };
-        let got = named(&points(&[MetricRecord::Sample(sample)]));
+        let got = named(&points(&[MetricRecord::Sample(sample)]).0);
         let want: Vec<(String, f64)> = [
             ("cpu_percent{cpu=\"total\"}", 25.5),
             ("cpu_percent{cpu=\"0\"}", 50.0),
@@ -270,7 +277,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            named(&points(&[MetricRecord::Sample(sample)])),
+            named(&points(&[MetricRecord::Sample(sample)]).0),
             [("processes{}".to_owned(), 3.0)]
         );
     }
@@ -293,10 +300,7 @@ mod tests {
             labels: [("tank".to_owned(), "a".to_owned())].into(),
             at: at(),
         };
-        let got = named(&points(&[
-            MetricRecord::Host(old),
-            MetricRecord::Custom(custom),
-        ]));
+        let got = named(&points(&[MetricRecord::Host(old), MetricRecord::Custom(custom)]).0);
         assert_eq!(
             got.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
             [

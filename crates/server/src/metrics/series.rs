@@ -1,6 +1,6 @@
 //! A series: a device's metric name and labels, and the points it holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -58,6 +58,64 @@ pub struct Point {
     pub series: SeriesKey,
     pub at: DateTime<Utc>,
     pub value: f64,
+}
+
+/// A device's points as they are stored: each series named once, each
+/// point by its series' id. Made on the device's own task, so the writer
+/// that stores several devices' batches together only binds numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DevicePoints {
+    pub device: DeviceId,
+    pub series: Vec<SeriesRow>,
+    pub rows: Vec<PointRow>,
+}
+
+/// A series' id, name and labels as stored (JSON, keys sorted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesRow {
+    pub id: i64,
+    pub name: String,
+    pub labels: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PointRow {
+    pub series_id: i64,
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    pub value: f64,
+}
+
+impl DevicePoints {
+    pub fn new(device: &DeviceId, points: &[Point]) -> Self {
+        // A batch holds many points of few series: hash each series once.
+        let mut ids: HashMap<&SeriesKey, i64> = HashMap::new();
+        let mut series = Vec::new();
+        let rows = points
+            .iter()
+            .map(|point| {
+                let series_id = *ids.entry(&point.series).or_insert_with(|| {
+                    let id = point.series.id(device);
+                    series.push(SeriesRow {
+                        id,
+                        name: point.series.name.clone(),
+                        labels: point.series.labels_json(),
+                    });
+                    id
+                });
+                PointRow {
+                    series_id,
+                    at: point.at.timestamp_millis(),
+                    value: point.value,
+                }
+            })
+            .collect();
+        Self {
+            device: device.clone(),
+            series,
+            rows,
+        }
+    }
 }
 
 #[cfg(test)]

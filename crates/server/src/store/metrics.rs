@@ -11,7 +11,7 @@ use tether_proto::DeviceId;
 use super::codec::{from_json, get, limit, millis, time, to_u64, violates};
 use super::telemetry::values_sql;
 use super::{Store, StoreError};
-use crate::metrics::series::{Labels, Point};
+use crate::metrics::series::{DevicePoints, Labels, Point, PointRow, SeriesRow};
 
 /// Points per multi-row INSERT (4 binds each): within both databases' limits.
 const POINTS_PER_INSERT: usize = 1_000;
@@ -60,42 +60,50 @@ pub struct RolledUp {
     pub hour_buckets: u64,
 }
 
-/// Writes `points` of `device` received at `received_at`: each series' row
-/// (created, or its newest point moved forward) and the points, a point
-/// of an instant already stored kept once.
+/// Writes points of one or more devices received at `received_at`, each
+/// given with the index of its first row to store: each series' row
+/// (created, or its newest point moved forward) and the points, a point of
+/// an instant already stored kept once (the first sent).
 pub(super) async fn write_points(
     conn: &mut sqlx::AnyConnection,
     postgres: bool,
-    device: &DeviceId,
-    points: &[Point],
+    parts: &[(&DevicePoints, usize)],
     received_at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    if points.is_empty() {
+    let rows = || {
+        parts
+            .iter()
+            .flat_map(|(points, from)| points.rows.get(*from..).unwrap_or(&[]))
+    };
+    if rows().next().is_none() {
         return Ok(());
     }
     // One row per series per statement (PostgreSQL refuses to upsert a row
-    // twice in one), carrying the newest point.
-    let mut newest: HashMap<i64, &Point> = HashMap::new();
-    let mut ids = Vec::with_capacity(points.len());
-    // A batch holds many points of few series: hash each series once.
-    let mut known: HashMap<&crate::metrics::series::SeriesKey, i64> = HashMap::new();
-    for point in points {
-        let id = *known
-            .entry(&point.series)
-            .or_insert_with(|| point.series.id(device));
-        ids.push(id);
+    // twice in one), carrying the newest point; of points at one instant
+    // the first, which is the one `metric_points` keeps.
+    let mut newest: HashMap<i64, PointRow> = HashMap::new();
+    for row in rows() {
         newest
-            .entry(id)
+            .entry(row.series_id)
             .and_modify(|p| {
-                if point.at >= p.at {
-                    *p = point;
+                if row.at > p.at {
+                    *p = *row;
                 }
             })
-            .or_insert(point);
+            .or_insert(*row);
     }
-    let mut series: Vec<(i64, &Point)> = newest.into_iter().collect();
-    // A fixed order: two batches of a device lock the rows alike.
-    series.sort_unstable_by_key(|(id, _)| *id);
+    let mut series: Vec<(&DeviceId, &SeriesRow, PointRow)> = parts
+        .iter()
+        .flat_map(|(points, _)| {
+            points
+                .series
+                .iter()
+                .map(move |series| (&points.device, series))
+        })
+        .filter_map(|(device, series)| Some((device, series, newest.remove(&series.id)?)))
+        .collect();
+    // A fixed order: two transactions lock the rows alike.
+    series.sort_unstable_by_key(|(_, series, _)| series.id);
     for chunk in series.chunks(SERIES_PER_INSERT) {
         let mut sql = values_sql(
             "INSERT INTO metric_series (id, device, name, labels, last_at, last_value) VALUES ",
@@ -105,25 +113,28 @@ pub(super) async fn write_points(
         );
         sql.push_str(
             " ON CONFLICT (id) DO UPDATE SET \
-             last_value = CASE WHEN excluded.last_at >= metric_series.last_at \
+             last_value = CASE WHEN excluded.last_at > metric_series.last_at \
              THEN excluded.last_value ELSE metric_series.last_value END, \
-             last_at = CASE WHEN excluded.last_at >= metric_series.last_at \
+             last_at = CASE WHEN excluded.last_at > metric_series.last_at \
              THEN excluded.last_at ELSE metric_series.last_at END",
         );
         let mut query = sqlx::query(&sql);
-        for (id, point) in chunk {
+        for (device, series, point) in chunk {
             query = query
-                .bind(*id)
+                .bind(series.id)
                 .bind(device.as_str())
-                .bind(point.series.name.as_str())
-                .bind(point.series.labels_json())
-                .bind(millis(point.at))
+                .bind(series.name.as_str())
+                .bind(series.labels.as_str())
+                .bind(point.at)
                 .bind(point.value);
         }
         query.execute(&mut *conn).await.map_err(|source| {
             if violates(&source, ErrorKind::ForeignKeyViolation) {
                 StoreError::NotFound {
-                    what: format!("device {device}"),
+                    what: match parts {
+                        [(points, _)] => format!("device {}", points.device),
+                        _ => "a device of the batches".to_owned(),
+                    },
                 }
             } else {
                 StoreError::Query {
@@ -134,7 +145,7 @@ pub(super) async fn write_points(
         })?;
     }
     let received = millis(received_at);
-    let rows: Vec<(i64, &Point)> = ids.into_iter().zip(points).collect();
+    let rows: Vec<&PointRow> = rows().collect();
     for chunk in rows.chunks(POINTS_PER_INSERT) {
         let mut sql = values_sql(
             "INSERT INTO metric_points (series_id, at, value, received_at) VALUES ",
@@ -144,11 +155,11 @@ pub(super) async fn write_points(
         );
         sql.push_str(" ON CONFLICT (series_id, at) DO NOTHING");
         let mut query = sqlx::query(&sql);
-        for (id, point) in chunk {
+        for row in chunk {
             query = query
-                .bind(*id)
-                .bind(millis(point.at))
-                .bind(point.value)
+                .bind(row.series_id)
+                .bind(row.at)
+                .bind(row.value)
                 .bind(received);
         }
         query
@@ -200,8 +211,9 @@ impl Store {
         points: &[Point],
         received_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let points = DevicePoints::new(device, points);
         let mut tx = self.begin("store metric points").await?;
-        write_points(&mut tx, self.postgres, device, points, received_at).await?;
+        write_points(&mut tx, self.postgres, &[(&points, 0)], received_at).await?;
         tx.commit().await.map_err(|source| StoreError::Query {
             context: "store metric points",
             source,

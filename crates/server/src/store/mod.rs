@@ -28,7 +28,7 @@ pub use jobs::{JobRecord, NewJob};
 pub use logs::{LogLine, LogPosition, LogScan};
 pub use metrics::{Bucket, FleetRow, RolledUp, StoredSeries};
 pub use specs::SpecRecord;
-pub use telemetry::{CursorTx, CursorUpdate, StoredLog, UsageRecord};
+pub use telemetry::{CursorUpdate, SpoolRef, StoredLog, TelemetryTx, UsageRecord};
 
 use std::str::FromStr;
 

@@ -6,13 +6,14 @@ use sqlx::error::ErrorKind;
 use tether_proto::DeviceId;
 use tether_proto::metrics::HostMetrics;
 use tether_proto::telemetry::{
-    CustomMetric, Dropped, FeatureBytes, LogRecord, MetricRecord, Stream, StreamUsage,
+    Dropped, FeatureBytes, LogRecord, MetricRecord, Stream, StreamUsage,
 };
 
 use super::codec::{
     device_id, from_json, get, limit, millis, time, to_i64, to_json, to_u16, to_u64, violates,
 };
 use super::{ActionBytes, Before, EventRecord, Store, StoreError};
+use crate::metrics::series::DevicePoints;
 
 const EVENT_COLUMNS: &str =
     "id, device, correlation_id, event, status_code, status_message, response, received_at";
@@ -264,16 +265,27 @@ pub struct StoredLog {
 /// Rows per multi-row INSERT: well within both databases' bind limits.
 const ROWS_PER_INSERT: usize = 500;
 
-/// A telemetry batch being stored: one transaction that holds its spool's
-/// cursor row from [`Store::open_cursor`] to [`CursorTx::commit`].
-pub struct CursorTx {
+/// Telemetry batches being stored, of one device or several: one
+/// transaction, from [`Store::begin_telemetry`] to [`TelemetryTx::commit`],
+/// that takes each batch's spool cursor ([`TelemetryTx::take_cursor`])
+/// before storing the batch's records and moving the cursor with them.
+pub struct TelemetryTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
     /// Which placeholders its multi-row statements use.
     postgres: bool,
-    device: DeviceId,
-    stream: Stream,
-    spool_id: String,
-    /// Where the cursor stood when the transaction took it.
+}
+
+/// A spool of a device: which cursor a batch moves.
+#[derive(Debug, Clone, Copy)]
+pub struct SpoolRef<'a> {
+    pub device: &'a DeviceId,
+    pub stream: Stream,
+    pub spool_id: &'a str,
+}
+
+/// Where a spool's cursor stood when its batch took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TakenCursor {
     pub next_seq: u64,
     /// The spool was not seen before: this transaction made its cursor.
     pub new_spool: bool,
@@ -304,55 +316,11 @@ fn cursor_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError
 }
 
 impl Store {
-    /// Begins storing a batch of `device`'s `stream` spool `spool_id` whose
-    /// first record is `first_seq`. The first statement writes the cursor
-    /// row (creating it at `first_seq` for a new spool), so the transaction
-    /// holds the write lock from the start: SQLite cannot then refuse to
-    /// upgrade a read, and on PostgreSQL a second batch of the spool waits
-    /// for this one. `NotFound` if the device does not exist.
-    pub async fn open_cursor(
-        &self,
-        device: &DeviceId,
-        stream: Stream,
-        spool_id: &str,
-        first_seq: u64,
-        now: DateTime<Utc>,
-    ) -> Result<CursorTx, StoreError> {
-        let context = "take a telemetry cursor";
-        let mut tx = self.pool.begin().await.map_err(cursor_error(context))?;
-        let row = sqlx::query(
-            "INSERT INTO telemetry_cursors (device, stream, spool_id, next_seq, updated_at) \
-             VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (device, stream, spool_id) DO UPDATE SET updated_at = excluded.updated_at \
-             RETURNING next_seq, batches",
-        )
-        .bind(device.as_str())
-        .bind(stream.as_str())
-        .bind(spool_id)
-        .bind(to_i64(first_seq, "firstSeq")?)
-        .bind(millis(now))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|source| {
-            if violates(&source, ErrorKind::ForeignKeyViolation) {
-                StoreError::NotFound {
-                    what: format!("device {device}"),
-                }
-            } else {
-                StoreError::Query { context, source }
-            }
-        })?;
-        let next_seq = to_u64(get(&row, "next_seq")?, "next_seq of a telemetry cursor")?;
-        // Every committed batch counts itself: none yet is a new cursor.
-        let batches: i64 = get(&row, "batches")?;
-        Ok(CursorTx {
-            tx,
+    /// Begins storing telemetry batches.
+    pub async fn begin_telemetry(&self) -> Result<TelemetryTx, StoreError> {
+        Ok(TelemetryTx {
+            tx: self.begin("store telemetry").await?,
             postgres: self.postgres,
-            device: device.clone(),
-            stream,
-            spool_id: spool_id.to_owned(),
-            next_seq,
-            new_spool: batches == 0,
         })
     }
 
@@ -390,35 +358,6 @@ impl Store {
                         message: get(row, "message")?,
                         fields: from_json(&fields, &what("fields"))?,
                     },
-                })
-            })
-            .collect()
-    }
-
-    /// The device's custom metrics, oldest first, at most `limit`.
-    pub async fn list_custom_metrics(
-        &self,
-        device: &DeviceId,
-        limit: u32,
-    ) -> Result<Vec<CustomMetric>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT name, at, value, labels FROM custom_metrics WHERE device = $1 \
-             ORDER BY at LIMIT $2",
-        )
-        .bind(device.as_str())
-        .bind(self::limit(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(cursor_error("list a device's custom metrics"))?;
-        rows.iter()
-            .map(|row| {
-                let what = |column: &str| format!("{column} of a custom metric of {device}");
-                let labels: String = get(row, "labels")?;
-                Ok(CustomMetric {
-                    name: get(row, "name")?,
-                    at: time(get(row, "at")?, &what("at"))?,
-                    value: get(row, "value")?,
-                    labels: from_json(&labels, &what("labels"))?,
                 })
             })
             .collect()
@@ -590,13 +529,59 @@ fn add_cursor(record: &mut UsageRecord, row: &AnyRow) -> Result<(), StoreError> 
     Ok(())
 }
 
-impl CursorTx {
-    /// Folds the cursors of the device's stream beyond the `keep` most
-    /// recently used (this one among them) into its row of spool id `''`,
-    /// which no batch can name: their counts stay in the usage, their rows
-    /// go. Returns how many spools were folded.
+impl TelemetryTx {
+    /// Takes the cursor of `spool` for a batch whose first record is
+    /// `first_seq`, and returns where it stands. The first statement of
+    /// the transaction writes a cursor row (creating it at `first_seq` for
+    /// a new spool), so the transaction holds the write lock from the
+    /// start: SQLite cannot then refuse to upgrade a read, and on
+    /// PostgreSQL a second batch of the spool waits for this one.
+    /// `NotFound` if the device does not exist.
+    pub async fn take_cursor(
+        &mut self,
+        spool: SpoolRef<'_>,
+        first_seq: u64,
+        now: DateTime<Utc>,
+    ) -> Result<TakenCursor, StoreError> {
+        let context = "take a telemetry cursor";
+        let row = sqlx::query(
+            "INSERT INTO telemetry_cursors (device, stream, spool_id, next_seq, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (device, stream, spool_id) DO UPDATE SET updated_at = excluded.updated_at \
+             RETURNING next_seq, batches",
+        )
+        .bind(spool.device.as_str())
+        .bind(spool.stream.as_str())
+        .bind(spool.spool_id)
+        .bind(to_i64(first_seq, "firstSeq")?)
+        .bind(millis(now))
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(|source| {
+            if violates(&source, ErrorKind::ForeignKeyViolation) {
+                StoreError::NotFound {
+                    what: format!("device {}", spool.device),
+                }
+            } else {
+                StoreError::Query { context, source }
+            }
+        })?;
+        let next_seq = to_u64(get(&row, "next_seq")?, "next_seq of a telemetry cursor")?;
+        // Every committed batch counts itself: none yet is a new cursor.
+        let batches: i64 = get(&row, "batches")?;
+        Ok(TakenCursor {
+            next_seq,
+            new_spool: batches == 0,
+        })
+    }
+
+    /// Folds the cursors of `spool`'s device and stream beyond the `keep`
+    /// most recently used (`spool` among them) into its row of spool id
+    /// `''`, which no batch can name: their counts stay in the usage, their
+    /// rows go. Returns how many spools were folded.
     pub async fn retire_spools(
         &mut self,
+        spool: SpoolRef<'_>,
         keep: u32,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
@@ -606,9 +591,9 @@ impl CursorTx {
              WHERE device = $1 AND stream = $2 AND spool_id <> '' AND spool_id <> $3 \
              ORDER BY updated_at DESC, spool_id LIMIT $4 OFFSET $5"
         ))
-        .bind(self.device.as_str())
-        .bind(self.stream.as_str())
-        .bind(self.spool_id.as_str())
+        .bind(spool.device.as_str())
+        .bind(spool.stream.as_str())
+        .bind(spool.spool_id)
         // Beyond `keep` there is one at most, unless `keep` was larger.
         .bind(1_000_i64)
         .bind(i64::from(keep.saturating_sub(1)))
@@ -622,15 +607,15 @@ impl CursorTx {
             "SELECT spool_id, {USAGE_COLUMNS} FROM telemetry_cursors \
              WHERE device = $1 AND stream = $2 AND spool_id = ''"
         ))
-        .bind(self.device.as_str())
-        .bind(self.stream.as_str())
+        .bind(spool.device.as_str())
+        .bind(spool.stream.as_str())
         .fetch_optional(&mut *self.tx)
         .await
         .map_err(cursor_error(context))?;
         let mut record = UsageRecord {
-            device: self.device.to_string(),
+            device: spool.device.to_string(),
             streams: vec![StreamUsage {
-                stream: self.stream,
+                stream: spool.stream,
                 ..StreamUsage::default()
             }],
             actions: ActionBytes::default(),
@@ -638,13 +623,13 @@ impl CursorTx {
         };
         for row in retired.iter().chain(&folded) {
             add_cursor(&mut record, row)?;
-            let spool: String = get(row, "spool_id")?;
+            let spool_id: String = get(row, "spool_id")?;
             sqlx::query(
                 "DELETE FROM telemetry_cursors WHERE device = $1 AND stream = $2 AND spool_id = $3",
             )
-            .bind(self.device.as_str())
-            .bind(self.stream.as_str())
-            .bind(spool)
+            .bind(spool.device.as_str())
+            .bind(spool.stream.as_str())
+            .bind(spool_id)
             .execute(&mut *self.tx)
             .await
             .map_err(cursor_error(context))?;
@@ -665,8 +650,8 @@ impl CursorTx {
              agent_usage, agent_usage_at) \
              VALUES ($1, $2, '', 0, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
-        .bind(self.device.as_str())
-        .bind(self.stream.as_str())
+        .bind(spool.device.as_str())
+        .bind(spool.stream.as_str())
         .bind(millis(now))
         .bind(big(sum.spools))
         .bind(big(sum.gap))
@@ -697,6 +682,7 @@ impl CursorTx {
     /// per statement.
     pub async fn insert_logs(
         &mut self,
+        device: &DeviceId,
         first_seq: u64,
         records: &[LogRecord],
     ) -> Result<(), StoreError> {
@@ -707,7 +693,7 @@ impl CursorTx {
         // A seek to the end of the (device, pos) index: `MAX` wrapped in an
         // expression is not optimised by SQLite and scans the device's rows.
         let last = sqlx::query("SELECT pos FROM logs WHERE device = $1 ORDER BY pos DESC LIMIT 1")
-            .bind(self.device.as_str())
+            .bind(device.as_str())
             .fetch_optional(&mut *self.tx)
             .await
             .map_err(cursor_error("number log lines"))?;
@@ -725,7 +711,7 @@ impl CursorTx {
             for (i, record) in chunk.iter().enumerate() {
                 let index = (chunk_index * ROWS_PER_INSERT + i) as u64;
                 query = query
-                    .bind(self.device.as_str())
+                    .bind(device.as_str())
                     .bind(millis(record.at))
                     .bind(to_i64(first_seq + index, "seq")?)
                     .bind(to_i64(last_pos + 1 + index, "pos")?)
@@ -742,28 +728,26 @@ impl CursorTx {
         Ok(())
     }
 
-    /// Stores the series points of a batch's records (see
-    /// `crate::metrics::flatten`), received at `received_at`.
+    /// Stores series points of the batches (see `crate::metrics::flatten`),
+    /// each from the index of its first new row, received at
+    /// `received_at`: a few multi-row statements for them all.
     pub async fn insert_points(
         &mut self,
-        points: &[crate::metrics::series::Point],
+        parts: &[(&DevicePoints, usize)],
         received_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        super::metrics::write_points(
-            &mut self.tx,
-            self.postgres,
-            &self.device,
-            points,
-            received_at,
-        )
-        .await
+        super::metrics::write_points(&mut self.tx, self.postgres, parts, received_at).await
     }
 
-    /// Stores metrics records: host samples into `metrics` (one per
-    /// instant, as before; a host sample as its totals), named values into
-    /// `custom_metrics`.
-    pub async fn insert_metrics(&mut self, records: &[MetricRecord]) -> Result<(), StoreError> {
-        let summaries: Vec<HostMetrics> = records
+    /// Stores the host samples among metrics records into `metrics` (one
+    /// per instant, as before; a host sample as its totals). Named values
+    /// are stored as series points only (`insert_points`).
+    pub async fn insert_metrics(
+        &mut self,
+        device: &DeviceId,
+        records: &[MetricRecord],
+    ) -> Result<(), StoreError> {
+        let host: Vec<HostMetrics> = records
             .iter()
             .filter_map(|r| match r {
                 MetricRecord::Host(m) => Some(m.clone()),
@@ -771,11 +755,6 @@ impl CursorTx {
                 MetricRecord::Custom(_) => None,
             })
             .collect();
-        let custom: Vec<_> = records
-            .iter()
-            .filter(|r| matches!(r, MetricRecord::Custom(_)))
-            .collect();
-        let host = &summaries;
         for chunk in host.chunks(ROWS_PER_INSERT) {
             let mut sql = self.values_sql(
                 &format!("INSERT INTO metrics (device, {METRICS_COLUMNS}) VALUES "),
@@ -786,7 +765,7 @@ impl CursorTx {
             let mut query = sqlx::query(&sql);
             for m in chunk {
                 query = query
-                    .bind(self.device.as_str())
+                    .bind(device.as_str())
                     .bind(millis(m.sampled_at))
                     .bind(m.cpu_percent)
                     .bind(to_i64(m.memory_used_bytes, "memory_used_bytes")?)
@@ -801,42 +780,20 @@ impl CursorTx {
                 .await
                 .map_err(cursor_error("store metrics samples"))?;
         }
-        for chunk in custom.chunks(ROWS_PER_INSERT) {
-            let sql = self.values_sql(
-                "INSERT INTO custom_metrics (device, name, at, value, labels) VALUES ",
-                5,
-                chunk.len(),
-            );
-            let mut query = sqlx::query(&sql);
-            for record in chunk {
-                let MetricRecord::Custom(m) = record else {
-                    continue;
-                };
-                query = query
-                    .bind(self.device.as_str())
-                    .bind(m.name.as_str())
-                    .bind(millis(m.at))
-                    .bind(m.value)
-                    .bind(to_json(&m.labels, "metric labels")?);
-            }
-            query
-                .execute(&mut *self.tx)
-                .await
-                .map_err(cursor_error("store custom metrics"))?;
-        }
         Ok(())
     }
 
-    /// Moves the cursor and commits the batch with it, in the one
-    /// statement the batch's counts and the agent's report ride on too.
-    /// The dropped totals only grow: a batch sent again late carries older
-    /// ones.
-    pub async fn commit(
-        mut self,
+    /// Moves `spool`'s cursor, taken at `taken` (what [`Self::take_cursor`]
+    /// returned), by what its batch stored, in the one statement the
+    /// batch's counts and the agent's report ride on too. The dropped
+    /// totals only grow: a batch sent again late carries older ones.
+    pub async fn move_cursor(
+        &mut self,
+        spool: SpoolRef<'_>,
+        taken: u64,
         update: &CursorUpdate,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let context = "move a telemetry cursor";
         let agent_usage = if update.agent_usage.is_empty() {
             None
         } else {
@@ -855,7 +812,7 @@ impl CursorTx {
              agent_usage_at = CASE WHEN $12 > 0 THEN $12 ELSE agent_usage_at END \
              WHERE device = $13 AND stream = $14 AND spool_id = $15",
         )
-        .bind(to_i64(update.next_seq.max(self.next_seq), "next_seq")?)
+        .bind(to_i64(update.next_seq.max(taken), "next_seq")?)
         .bind(to_i64(update.gap, "gap")?)
         .bind(to_i64(update.stored, "stored records")?)
         .bind(to_i64(update.duplicates, "duplicate records")?)
@@ -873,17 +830,25 @@ impl CursorTx {
         )?)
         .bind(agent_usage)
         .bind(if update.agent_usage.is_empty() { 0 } else { millis(now) })
-        .bind(self.device.as_str())
-        .bind(self.stream.as_str())
-        .bind(self.spool_id.as_str())
+        .bind(spool.device.as_str())
+        .bind(spool.stream.as_str())
+        .bind(spool.spool_id)
         .execute(&mut *self.tx)
         .await
-        .map_err(cursor_error(context))?;
-        self.tx.commit().await.map_err(cursor_error(context))
+        .map_err(cursor_error("move a telemetry cursor"))?;
+        Ok(())
+    }
+
+    /// Commits every batch stored in the transaction with its cursor.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx
+            .commit()
+            .await
+            .map_err(cursor_error("commit telemetry batches"))
     }
 }
 
-impl CursorTx {
+impl TelemetryTx {
     /// `prefix` and `rows` rows of `columns` placeholders. SQLite gets
     /// anonymous `?`s: sqlx looks every numbered one up by name, and SQLite
     /// finds a name by scanning the statement's list of them, so `$N`

@@ -13,7 +13,7 @@ use tether_proto::metrics::HostMetrics;
 use tether_proto::{ActionState, DeviceId, Presence};
 use tether_server::store::{
     ActionBytes, AnswerWrite, CursorUpdate, DeviceSession, EventRecord, NewAction, NewJob, Outcome,
-    ReplicaRecord, SeenDevice, SessionRecord, Store, StoreError, UserRecord,
+    ReplicaRecord, SeenDevice, SessionRecord, SpoolRef, Store, StoreError, UserRecord,
 };
 use tether_testkit::postgres::TempPostgres;
 
@@ -2062,11 +2062,17 @@ async fn usage_adds_both_ends_counts_per_device_and_pages_through_the_fleet(stor
         let store = store.clone();
         let device = device.clone();
         async move {
-            let tx = store
-                .open_cursor(&device, Stream::Logs, spool, first, now)
+            let spool = SpoolRef {
+                device: &device,
+                stream: Stream::Logs,
+                spool_id: spool,
+            };
+            let mut tx = store.begin_telemetry().await.expect("begin");
+            let taken = tx.take_cursor(spool, first, now).await.expect("cursor");
+            tx.move_cursor(spool, taken.next_seq, &update, now)
                 .await
-                .expect("cursor");
-            tx.commit(&update, now).await.expect("commit");
+                .expect("move");
+            tx.commit().await.expect("commit");
         }
     };
     let update = |next_seq, wire_bytes, replay, over_budget, agent_usage| CursorUpdate {
@@ -2168,6 +2174,9 @@ async fn a_device_naming_a_new_spool_per_batch_keeps_a_bounded_number_of_cursors
         Arc::default(),
         Bus::in_process(),
         std::time::Duration::from_secs(300),
+        Arc::new(tokio::sync::Semaphore::new(1)),
+        std::time::Duration::from_secs(5),
+        1,
     );
     let batch = |spool: String, first_seq: u64| TelemetryBatch {
         spool_id: spool,
@@ -2190,7 +2199,7 @@ async fn a_device_naming_a_new_spool_per_batch_keeps_a_bounded_number_of_cursors
     let spools = 3 * u64::from(MAX_SPOOLS);
     for i in 0..spools {
         telemetry
-            .ingest(&name, &batch(format!("spool-{i}"), 0), 10)
+            .ingest(&name, Arc::new(batch(format!("spool-{i}"), 0)), 10)
             .await
             .expect("stored");
     }
@@ -2198,7 +2207,7 @@ async fn a_device_naming_a_new_spool_per_batch_keeps_a_bounded_number_of_cursors
     let far = i64::MAX as u64 - 10;
     for i in spools - 3..spools {
         telemetry
-            .ingest(&name, &batch(format!("spool-{i}"), far), 10)
+            .ingest(&name, Arc::new(batch(format!("spool-{i}"), far)), 10)
             .await
             .expect("stored");
     }
@@ -2237,7 +2246,11 @@ async fn a_device_naming_a_new_spool_per_batch_keeps_a_bounded_number_of_cursors
 
     // The newest spools keep their cursors: a batch sent again is no new record.
     let again = telemetry
-        .ingest(&name, &batch(format!("spool-{}", spools - 1), far), 10)
+        .ingest(
+            &name,
+            Arc::new(batch(format!("spool-{}", spools - 1), far)),
+            10,
+        )
         .await
         .expect("acknowledged");
     assert_eq!(again, tether_server::telemetry::Stored::Duplicate);

@@ -142,10 +142,21 @@ async fn records_produced_offline_arrive_once_and_in_order_across_an_agent_resta
                 && log.record.unit == "probe"
                 && log.record.at == line_at(start, i as u64))
     );
-    let samples = store.list_custom_metrics(&device, 100_000).await?;
-    let values: Vec<f64> = samples.iter().map(|s| s.value).collect();
-    let expected: Vec<f64> = (0..METRIC_SAMPLES).map(|i| i as f64).collect();
-    assert_eq!(values, expected, "every sample once, in order");
+    // Custom samples are kept as points of their series, each instant once.
+    let series = store.list_series(&device, Some("probe_value"), 10).await?;
+    anyhow::ensure!(series.len() == 1, "one series: {series:?}");
+    assert_eq!(series[0].labels["probe"], "a");
+    let points = store
+        .series_buckets(&[series[0].id], 1, 1, start, Utc::now())
+        .await?;
+    let got: Vec<(i64, f64, u64)> = points
+        .iter()
+        .map(|p| (p.start_ms, p.sum, p.count))
+        .collect();
+    let expected: Vec<(i64, f64, u64)> = (0..METRIC_SAMPLES)
+        .map(|i| (line_at(start, i).timestamp_millis(), i as f64, 1))
+        .collect();
+    assert_eq!(got, expected, "every sample once, in order");
 
     let logs = usage(&admin, "edge-1", "logs").await?;
     assert_eq!(logs["gap"], 0, "{logs}");

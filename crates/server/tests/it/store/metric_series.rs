@@ -18,6 +18,7 @@ on_both_databases! {
         each_resolution_is_kept_for_its_own_retention,
         the_fleet_page_holds_fresh_series_by_name_with_device_labels,
         the_fleet_exposition_pages_through_a_fleet_typing_each_family_once,
+        points_sent_twice_in_one_write_are_stored_once_across_many_series,
     ],
     db: [],
 }
@@ -358,4 +359,83 @@ async fn the_fleet_exposition_pages_through_a_fleet_typing_each_family_once(stor
     let mut grouped = families.clone();
     grouped.dedup();
     assert_eq!(grouped.len(), 3, "{text}");
+}
+
+/// A write of more series and points than one statement holds, with the
+/// same instant of a series several times (labels in another order are
+/// the same series): each series once, each instant once (the first
+/// value), the newest point on the series' row.
+async fn points_sent_twice_in_one_write_are_stored_once_across_many_series(store: Store) {
+    let edge = device(&store, "edge-1").await;
+    let now = at(0);
+    let sensor = |i: usize, at: DateTime<Utc>, value: f64| Point {
+        series: SeriesKey::new("temperature_celsius")
+            .with("sensor", format!("s{i:04}"))
+            .with("room", "a"),
+        at,
+        value,
+    };
+    let mut points: Vec<Point> = (0..1_200)
+        .flat_map(|i| (0..2).map(move |k| sensor(i, now - Duration::seconds(k), k as f64)))
+        .collect();
+    points.push(Point {
+        series: SeriesKey::new("temperature_celsius")
+            .with("room", "a")
+            .with("sensor", "s0007"),
+        at: now,
+        value: 99.0,
+    });
+    points.push(sensor(7, now - Duration::seconds(30), 98.0));
+    store
+        .insert_points(&edge, &points, now)
+        .await
+        .expect("stored");
+    store
+        .insert_points(&edge, &points[..10], now)
+        .await
+        .expect("stored again");
+    let series = store
+        .list_series(&edge, Some("temperature_celsius"), 5_000)
+        .await
+        .expect("series");
+    assert_eq!(series.len(), 1_200);
+    let s7 = series
+        .iter()
+        .find(|s| s.labels["sensor"] == "s0007")
+        .expect("sensor 7");
+    assert_eq!((s7.last_at, s7.last_value), (now, 0.0));
+    let buckets = store
+        .series_buckets(
+            &[s7.id],
+            1,
+            1,
+            now - Duration::minutes(1),
+            now + Duration::seconds(1),
+        )
+        .await
+        .expect("points");
+    let got: Vec<_> = buckets
+        .iter()
+        .map(|b| (b.start_ms, b.sum, b.count))
+        .collect();
+    let ms = |t: DateTime<Utc>| t.timestamp_millis();
+    assert_eq!(
+        got,
+        [
+            (ms(now - Duration::seconds(30)), 98.0, 1),
+            (ms(now - Duration::seconds(1)), 1.0, 1),
+            (ms(now), 0.0, 1),
+        ]
+    );
+    let all = store
+        .series_buckets(
+            &series.iter().map(|s| s.id).collect::<Vec<_>>(),
+            1,
+            1,
+            now - Duration::minutes(1),
+            now + Duration::seconds(1),
+        )
+        .await
+        .expect("points");
+    assert_eq!(all.iter().map(|b| b.count).sum::<u64>(), 2_401);
 }
