@@ -706,8 +706,11 @@ mod tests {
 
     /// (start ms, value, count) of each raw point of the series, by time.
     async fn points(store: &Store, series: i64) -> Vec<(i64, f64, u64)> {
+        // The window's end is exclusive: a point stored this millisecond
+        // must fall inside it.
+        let until = Utc::now() + Duration::seconds(1);
         store
-            .series_buckets(&[series], 1, 1, Utc::now() - Duration::days(1), Utc::now())
+            .series_buckets(&[series], 1, 1, Utc::now() - Duration::days(1), until)
             .await
             .expect("points")
             .iter()
