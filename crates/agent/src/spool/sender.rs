@@ -322,6 +322,25 @@ mod tests {
         task.abort();
     }
 
+    /// Spools in `dir` with `lines` log lines flushed and waiting, as a
+    /// session finds them when it comes up.
+    fn with_backlog(dir: &std::path::Path, lines: usize) -> Arc<Spools> {
+        let spools = Spools::open(
+            dir,
+            SpoolConfig {
+                max_bytes: 1 << 20,
+                flush_records: 10_000,
+                flush_interval: Duration::from_secs(3600),
+            },
+        )
+        .expect("opens");
+        for i in 0..lines {
+            spools.append(line(i)).expect("appends");
+        }
+        spools.flush();
+        spools
+    }
+
     fn line(i: usize) -> Record {
         Record::Log(LogRecord {
             at: Utc::now(),
@@ -348,19 +367,7 @@ mod tests {
     #[tokio::test]
     async fn the_backlog_is_marked_as_a_replay_and_counted_apart() {
         let temp = tempfile::tempdir().expect("temp");
-        let spools = Spools::open(
-            temp.path(),
-            SpoolConfig {
-                max_bytes: 1 << 20,
-                flush_records: 10_000,
-                flush_interval: Duration::from_secs(3600),
-            },
-        )
-        .expect("opens");
-        for i in 0..1500 {
-            spools.append(line(i)).expect("appends");
-        }
-        spools.flush();
+        let spools = with_backlog(temp.path(), 1500);
         let logs = spools.spool(Stream::Logs).clone();
         let recorder = Arc::new(Recorder::default());
         let (_online_tx, online) = watch::channel(true);
@@ -405,19 +412,7 @@ mod tests {
     #[tokio::test]
     async fn a_spent_replay_budget_holds_the_backlog_without_dropping_it() {
         let temp = tempfile::tempdir().expect("temp");
-        let spools = Spools::open(
-            temp.path(),
-            SpoolConfig {
-                max_bytes: 1 << 20,
-                flush_records: 10_000,
-                flush_interval: Duration::from_secs(3600),
-            },
-        )
-        .expect("opens");
-        for i in 0..1500 {
-            spools.append(line(i)).expect("appends");
-        }
-        spools.flush();
+        let spools = with_backlog(temp.path(), 1500);
         spools.set_budgets(&Budgets {
             spool_replay: Some(24),
             ..Budgets::default()

@@ -136,17 +136,29 @@ impl ActionService {
     /// Counts `sent` bytes of requests to `device` and `received` bytes of
     /// its answers.
     pub fn count_bytes(&self, device: &DeviceId, sent: usize, received: usize) {
+        self.put_back_bytes(
+            device,
+            ActionBytes {
+                sent: sent as u64,
+                received: received as u64,
+            },
+        );
+    }
+
+    /// Adds `bytes` taken with [`ActionService::take_bytes`] back to what
+    /// `device` has not written yet.
+    pub fn put_back_bytes(&self, device: &DeviceId, bytes: ActionBytes) {
         let mut unwritten = self
             .unwritten_bytes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let bytes = unwritten.entry(device.clone()).or_default();
-        bytes.sent += sent as u64;
-        bytes.received += received as u64;
+        let counted = unwritten.entry(device.clone()).or_default();
+        counted.sent += bytes.sent;
+        counted.received += bytes.received;
     }
 
     /// The device's bytes counted since the last call: the caller writes
-    /// them (and puts them back with `count_bytes` if it cannot).
+    /// them (and puts them back with `put_back_bytes` if it cannot).
     pub fn take_bytes(&self, device: &DeviceId) -> ActionBytes {
         self.unwritten_bytes
             .lock()

@@ -96,11 +96,7 @@ async fn write(store: &Store, actions: &ActionService, batch: impl Iterator<Item
             ..
         } in &seen
         {
-            actions.count_bytes(
-                device,
-                usize::try_from(bytes.sent).unwrap_or(usize::MAX),
-                usize::try_from(bytes.received).unwrap_or(usize::MAX),
-            );
+            actions.put_back_bytes(device, *bytes);
         }
     }
 }
