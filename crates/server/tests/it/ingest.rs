@@ -519,15 +519,25 @@ async fn a_device_over_its_rate_is_slowed_then_disconnected() -> anyhow::Result<
         "{counters}"
     );
     assert!(counters["rateLimited"].as_u64() >= Some(4), "{counters}");
-    let rejected = events(&admin, "noisy").await?;
-    assert!(
-        rejected.iter().any(|e| e["event"] == "message-rejected"
-            && e["statusCode"] == 429
-            && e["statusMessage"]
-                .as_str()
-                .is_some_and(|m| m.contains("disconnected"))),
-        "{rejected:?}"
-    );
+    // The refusal's event is written after the refusal, beside it.
+    wait_until(
+        "the disconnect's message-rejected event",
+        Duration::from_secs(10),
+        || async {
+            let rejected = events(&admin, "noisy").await?;
+            Ok(rejected
+                .iter()
+                .any(|e| {
+                    e["event"] == "message-rejected"
+                        && e["statusCode"] == 429
+                        && e["statusMessage"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("disconnected"))
+                })
+                .then_some(()))
+        },
+    )
+    .await?;
 
     let other = run(&admin, "good", "get-node-ip", json!({})).await?;
     assert_eq!(other["state"], "succeeded", "{other}");
