@@ -307,11 +307,25 @@ impl Store {
             return Ok(self.get_job(id).await?.map(|job| (job, Vec::new())));
         };
         let job = job_from_row(&row)?;
-        let sql = format!(
-            "UPDATE actions SET state = $1, completed_at = $2, status_message = $3, \
-                                sealed_input = NULL \
-             WHERE job_id = $4 AND state IN ($5, $6) RETURNING {ACTION_COLUMNS}"
-        );
+        let sql = if self.postgres {
+            // In correlation-id order, as answers and deliveries lock a
+            // job's pending actions (see `Store::mark_delivered`).
+            format!(
+                "WITH locked AS MATERIALIZED (SELECT correlation_id AS locked_id FROM actions \
+                     WHERE job_id = $4 AND state IN ($5, $6) \
+                     ORDER BY correlation_id FOR UPDATE) \
+                 UPDATE actions SET state = $1, completed_at = $2, status_message = $3, \
+                                    sealed_input = NULL \
+                 FROM locked WHERE actions.correlation_id = locked.locked_id \
+                     AND actions.state IN ($5, $6) RETURNING {ACTION_COLUMNS}"
+            )
+        } else {
+            format!(
+                "UPDATE actions SET state = $1, completed_at = $2, status_message = $3, \
+                                    sealed_input = NULL \
+                 WHERE job_id = $4 AND state IN ($5, $6) RETURNING {ACTION_COLUMNS}"
+            )
+        };
         let rows = sqlx::query(&sql)
             .bind(ActionState::Cancelled.as_str())
             .bind(millis(now))
