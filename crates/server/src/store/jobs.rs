@@ -44,6 +44,9 @@ pub struct NewJob {
     pub created_at: DateTime<Utc>,
     /// Each device with the correlation id of its action.
     pub actions: Vec<(String, DeviceId)>,
+    /// The actions are stored `pending`, released at once, rather than
+    /// `queued` for the dispatcher.
+    pub released: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -143,7 +146,11 @@ impl Store {
                 .bind(&job.action)
                 .bind(&input)
                 .bind(&job.sealed_input)
-                .bind(ActionState::Queued.as_str())
+                .bind(if job.released {
+                    ActionState::Pending.as_str()
+                } else {
+                    ActionState::Queued.as_str()
+                })
                 .bind(millis(job.created_at))
                 .bind(millis(expires_at))
                 .bind(timeout_seconds)

@@ -334,6 +334,7 @@ fn new_job(id: &str, devices: &[DeviceId]) -> NewJob {
             .enumerate()
             .map(|(i, device)| (format!("{id}-{i:04}"), device.clone()))
             .collect(),
+        released: false,
     }
 }
 
