@@ -109,7 +109,7 @@ impl KubernetesConfig {
     pub fn access(&self) -> Result<Access, AccessError> {
         match self.mode {
             Mode::Cluster => self.in_cluster(),
-            Mode::Host => self.from_kubeconfig(),
+            Mode::Host => self.with_kubeconfig(),
         }
     }
 
@@ -137,7 +137,7 @@ impl KubernetesConfig {
         })
     }
 
-    fn from_kubeconfig(&self) -> Result<Access, AccessError> {
+    fn with_kubeconfig(&self) -> Result<Access, AccessError> {
         let path = &self.kubeconfig;
         let text = read(path)?;
         let config: Kubeconfig =
@@ -182,6 +182,11 @@ impl KubernetesConfig {
             (None, None, Some(_), None) | (None, None, None, Some(_)) => {
                 return Err(problem(
                     "a client certificate needs both certificate and key".to_owned(),
+                ));
+            }
+            (None, None, None, None) if user.exec.is_some() => {
+                return Err(problem(
+                    "credential plugins (exec) are not supported: give the agent a kubeconfig with a token or a client certificate".to_owned(),
                 ));
             }
             (None, None, None, None) => Auth::Anonymous,
@@ -347,6 +352,12 @@ current-context: c
         assert!(
             err.to_string()
                 .ends_with("a client certificate needs both certificate and key"),
+            "{err}"
+        );
+        std::fs::write(&path, "users: [{name: u, user: {exec: {command: aws}}}]\ncontexts: [{name: c, context: {cluster: edge, user: u}}]\nclusters: [{name: edge, cluster: {server: 'https://h'}}]\n").expect("writes");
+        let err = host(&path).access().expect_err("a plugin");
+        assert!(
+            err.to_string().contains("(exec) are not supported"),
             "{err}"
         );
         std::fs::write(&path, ": not yaml [").expect("writes");
