@@ -218,6 +218,32 @@ async fn send_kubectl_runs_the_real_kubectl_with_the_agents_credentials() -> any
         "{done}"
     );
 
+    // More than 1 MiB of output: the first MiB, and the cut said.
+    for name in ["big-1", "big-2"] {
+        c.api.seed(
+            "configmaps",
+            json!({"metadata": {"name": name, "namespace": "default"}, "data": {"blob": "x".repeat(600 * 1024)}}),
+        )?;
+    }
+    let done = c
+        .act(
+            "send-kubectl",
+            json!({"command": "kubectl", "arguments": ["get", "configmaps", "-o", "json"]}),
+        )
+        .await?;
+    ensure!(code(&done) == 200, "{}", done["statusMessage"]);
+    ensure!(
+        done["statusMessage"] == "OK (output cut to its first MiB)",
+        "{}",
+        done["statusMessage"]
+    );
+    // Counted as it goes on the wire, JSON-escaped (as send-api's body).
+    let encoded = serde_json::to_string(&done["response"])?.len() - 2;
+    ensure!(
+        (1024 * 1024 - 8..=1024 * 1024).contains(&encoded),
+        "{encoded}"
+    );
+
     // A watch never ends: killed at the timeout (3 s here).
     let done = c
         .act(
