@@ -582,3 +582,139 @@ async fn in_cluster_mode_uses_the_pods_service_account() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The ClusterRole ADR 0016 lists for the cluster actions, bind aside.
+fn actions_cluster_role() -> Value {
+    json!({"metadata": {"name": "tether-agent"}, "rules": [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "patch", "create"]},
+        {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"]},
+        {"apiGroups": [""], "resources": ["secrets", "configmaps", "services"], "verbs": ["get", "create"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "create"]},
+        {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create", "delete"]},
+        {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
+        {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterrolebindings"], "verbs": ["get", "create"]}]})
+}
+
+#[tokio::test]
+async fn the_cluster_role_of_adr_0016_is_what_the_cluster_actions_need() -> anyhow::Result<()> {
+    let api = FakeKubeApi::start().await?;
+    api.add_node("edge-1", &[("InternalIP", "10.0.0.5")])?;
+    api.seed(
+        "deployments",
+        json!({"metadata": {"name": "web", "namespace": "default"},
+               "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                        "template": {"metadata": {"labels": {"app": "web"}},
+                                     "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}}),
+    )?;
+    api.seed(
+        "secrets",
+        json!({"metadata": {"name": "db", "namespace": "default"}, "data": {}}),
+    )?;
+    api.seed("namespaces", json!({"metadata": {"name": "tether-system"}}))?;
+    api.seed(
+        "serviceaccounts",
+        json!({"metadata": {"name": "tether-agent", "namespace": "tether-system"}}),
+    )?;
+    api.seed("clusterroles", actions_cluster_role())?;
+    let binding = |name: &str, role: &str| {
+        json!({"metadata": {"name": name},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+               "subjects": [{"kind": "ServiceAccount", "name": "tether-agent", "namespace": "tether-system"}]})
+    };
+    api.seed(
+        "clusterrolebindings",
+        binding("tether-agent", "tether-agent"),
+    )?;
+    // The pod's token, as the kubelet would mount it: a TokenRequest.
+    let admin_dir = tempfile::tempdir()?;
+    let admin_kubeconfig = api.write_kubeconfig(admin_dir.path(), ADMIN_TOKEN)?;
+    let token = kubectl(
+        &admin_kubeconfig,
+        &["create", "token", "tether-agent", "-n", "tether-system"],
+    )
+    .await?;
+    ensure!(token.status.success(), "{token:?}");
+    let account = tempfile::tempdir()?;
+    std::fs::write(account.path().join("token"), &token.stdout)?;
+    std::fs::write(account.path().join("ca.crt"), &api.ca_pem)?;
+    let port = api.url.rsplit(':').next().context("port")?.to_owned();
+    let account_dir = account.path().to_string_lossy().into_owned();
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let agent = Agent::enroll_with_env(
+        &tetherd,
+        &admin,
+        "k8s-rbac",
+        &[
+            ("TETHER_AGENT_KUBERNETES", "cluster"),
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT", &port),
+            ("TETHER_AGENT_KUBERNETES_SERVICE_ACCOUNT_DIR", &account_dir),
+        ],
+    )
+    .await?;
+    agent
+        .wait_presence(&admin, "online")
+        .await
+        .with_context(|| agent.log())?;
+    let act = |action: &'static str, input: Value| {
+        let admin = admin.clone();
+        let device = agent.name.clone();
+        async move {
+            check_request(action, &input)?;
+            let id = request(&admin, &device, json!({"action": action, "input": input})).await?;
+            let done = outcome(&admin, &id).await?;
+            check_event(action, &done)?;
+            anyhow::Ok(done)
+        }
+    };
+    for (action, input) in [
+        ("get-node-ip", json!({})),
+        (
+            "manage-deployment",
+            json!({"command": "restart", "parameters": {"deployment": "web"}}),
+        ),
+        (
+            "manage-deployment",
+            json!({"command": "scale", "parameters": {"deployment": "web", "replicas": 2}}),
+        ),
+        (
+            "copy-resource",
+            json!({"command": "copy", "parameters": {"type": "secrets",
+            "from": {"namespace": "default", "name": "db"}, "to": {"name": "db-copy"}}}),
+        ),
+    ] {
+        let done = act(action, input).await?;
+        ensure!(code(&done) == 200, "{action}: {done}");
+    }
+    // Binding cluster-admin needs `bind` on it (or holding all of it).
+    let done = act("retrieve-kubeconfig", json!({})).await?;
+    ensure!(code(&done) == 403, "{done}");
+    ensure!(
+        done["statusMessage"].as_str().is_some_and(
+            |m| m.contains("is attempting to grant RBAC permissions not currently held")
+        ),
+        "{done}"
+    );
+    api.seed(
+        "clusterroles",
+        json!({"metadata": {"name": "tether-agent-bind"}, "rules": [
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
+             "verbs": ["bind"], "resourceNames": ["cluster-admin"]}]}),
+    )?;
+    api.seed(
+        "clusterrolebindings",
+        binding("tether-agent-bind", "tether-agent-bind"),
+    )?;
+    let done = act("retrieve-kubeconfig", json!({"refresh": true})).await?;
+    ensure!(code(&done) == 200, "{done}");
+    // Beyond the role: refused by the API server, its 403 in the event.
+    let done = act(
+        "send-kubernetes-api",
+        json!({"href": "/api/v1/namespaces/default/pods"}),
+    )
+    .await?;
+    ensure!(code(&done) == 403, "{done}");
+    Ok(())
+}

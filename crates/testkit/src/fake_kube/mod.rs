@@ -2,7 +2,9 @@
 //! own client) in tests: HTTPS on loopback with a throwaway CA, bearer
 //! tokens, discovery, the resources tether manages, and the verbs kubectl
 //! uses — with resourceVersion, generation, 404/409 and `kind: Status`
-//! errors as the real API answers them, and RBAC for ServiceAccount tokens.
+//! errors as the real API answers them, and RBAC for ServiceAccount tokens
+//! (with its escalation check: a binding needs `bind` on its role or the
+//! role's permissions held).
 //!
 //! What it leaves out, and what that means for a client:
 //! - No controller: a Deployment's status matches its spec as soon as it is
