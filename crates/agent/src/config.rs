@@ -179,6 +179,27 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     pub kubectl_timeout_seconds: u64,
+
+    /// The command `restart-k3s` runs in host mode: words separated by
+    /// spaces, run as an argv (not through a shell)
+    #[arg(
+        long,
+        env = "TETHER_AGENT_K3S_RESTART_COMMAND",
+        value_name = "COMMAND",
+        default_value = crate::actions::restart_k3s::DEFAULT_COMMAND
+    )]
+    pub k3s_restart_command: String,
+
+    /// How long `restart-k3s` waits, from running the command, for k3s to
+    /// answer ready at /readyz before answering 504
+    #[arg(
+        long,
+        env = "TETHER_AGENT_K3S_READY_TIMEOUT_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = 240,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub k3s_ready_timeout_seconds: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -254,6 +275,18 @@ impl Config {
         crate::actions::send_kubectl::KubectlConfig {
             program: self.kubectl.clone(),
             timeout: std::time::Duration::from_secs(self.kubectl_timeout_seconds),
+        }
+    }
+
+    /// How `restart-k3s` restarts k3s.
+    pub fn k3s_restart(&self) -> crate::actions::restart_k3s::RestartConfig {
+        crate::actions::restart_k3s::RestartConfig {
+            command: self
+                .k3s_restart_command
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            ready_timeout: std::time::Duration::from_secs(self.k3s_ready_timeout_seconds),
         }
     }
 

@@ -119,6 +119,7 @@ pub async fn run(
     let kubernetes = actions::Kubernetes {
         config: kubernetes,
         kubectl: config.kubectl(),
+        k3s_restart: config.k3s_restart(),
         state_dir: state.path().to_owned(),
     };
     let ran = serve(

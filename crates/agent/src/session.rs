@@ -496,18 +496,37 @@ fn mqtt_options(device: &DeviceId, endpoint: &Endpoint, transport: Transport) ->
     options
 }
 
-/// Runs actions one at a time, in arrival order, and publishes their events.
+/// Takes up actions one at a time, in arrival order, and publishes their
+/// events, and those of actions that went on in the background.
 async fn work(
     mut dispatcher: Dispatcher,
     mut actions: mpsc::UnboundedReceiver<Delivery>,
     queued: Queued,
     publisher: Publisher,
 ) {
-    while let Some(delivery) = actions.recv().await {
-        if let Some(event) = dispatcher.handle(&delivery, Moment::now()).await {
+    enum Next {
+        Action(Delivery),
+        Finished(tether_proto::ActionEvent),
+    }
+    loop {
+        let next = tokio::select! {
+            delivery = actions.recv() => match delivery {
+                Some(delivery) => Next::Action(delivery),
+                None => return,
+            },
+            event = dispatcher.finished() => Next::Finished(event),
+        };
+        let event = match next {
+            Next::Action(delivery) => {
+                let event = dispatcher.handle(&delivery, Moment::now()).await;
+                queued.done(&delivery.payload);
+                event
+            }
+            Next::Finished(event) => Some(dispatcher.complete(event)),
+        };
+        if let Some(event) = event {
             publisher.publish_event(&event).await;
         }
-        queued.done(&delivery.payload);
     }
 }
 

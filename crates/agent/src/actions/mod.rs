@@ -12,17 +12,21 @@ pub mod follow_logs;
 pub mod get_authorization_id;
 pub mod get_node_ip;
 pub mod manage_deployment;
+pub mod restart_k3s;
 pub mod retrieve_kubeconfig;
 pub mod run_stats;
 pub mod send_api;
 pub mod send_kubectl;
 pub mod send_kubernetes_api;
 
+use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use serde_json::Value;
 use tether_proto::redact::redacted;
 use tether_proto::{ActionEvent, ActionRequest, Catalogue, InputError};
+use tokio::sync::mpsc;
 
 use crate::authorization::AuthorizationGuard;
 use crate::dedupe::{Dedupe, Seen};
@@ -32,13 +36,14 @@ use expiry::{Deadline, Delivery, Moment};
 use run_stats::StatsRunner;
 
 /// The actions this agent runs; the birth message lists them as capabilities.
-pub const IMPLEMENTED: [&str; 12] = [
+pub const IMPLEMENTED: [&str; 13] = [
     "configure-logger",
     "copy-resource",
     "follow-logs",
     "get-authorization-id",
     "get-node-ip",
     "manage-deployment",
+    "restart-k3s",
     "retrieve-kubeconfig",
     "run-stats",
     "send-api",
@@ -75,6 +80,12 @@ pub enum ActionError {
     Kubernetes(#[from] KubeError),
     #[error(transparent)]
     Kubectl(#[from] send_kubectl::KubectlError),
+    #[error(transparent)]
+    Restart(#[from] restart_k3s::RestartError),
+    #[error(
+        "{action} is already running (correlation id {running}); wait for its event and try again"
+    )]
+    Busy { action: String, running: String },
 }
 
 impl ActionError {
@@ -87,6 +98,8 @@ impl ActionError {
             ActionError::NoCluster => 503,
             ActionError::Kubernetes(e) => e.status_code(),
             ActionError::Kubectl(e) => e.status_code(),
+            ActionError::Restart(e) => e.status_code(),
+            ActionError::Busy { .. } => 409,
         }
     }
 
@@ -117,11 +130,13 @@ impl From<Value> for Answer {
     }
 }
 
-/// The cluster the agent manages and how `send-kubectl` runs.
+/// The cluster the agent manages, how `send-kubectl` runs and how
+/// `restart-k3s` restarts it.
 #[derive(Debug, Clone)]
 pub struct Kubernetes {
     pub config: Option<KubernetesConfig>,
     pub kubectl: send_kubectl::KubectlConfig,
+    pub k3s_restart: restart_k3s::RestartConfig,
     /// The agent's state directory: `send-kubectl` keeps its private
     /// kubeconfig and discovery cache there.
     pub state_dir: std::path::PathBuf,
@@ -151,20 +166,41 @@ pub struct Context {
     pub kubernetes: Kubernetes,
 }
 
+/// A handler's work: done at once, or long and run in the background.
+enum Outcome {
+    Now(Answer),
+    Later(Pin<Box<dyn Future<Output = Result<Answer, ActionError>> + Send>>),
+}
+
+impl From<Answer> for Outcome {
+    fn from(answer: Answer) -> Self {
+        Outcome::Now(answer)
+    }
+}
+
 pub struct Dispatcher {
     catalogue: Catalogue,
     dedupe: Dedupe,
     context: Context,
     max_event_bytes: usize,
+    /// Actions running in the background: correlation id -> action. At
+    /// most one of each action runs; a second is answered 409.
+    running: HashMap<String, String>,
+    finished_tx: mpsc::UnboundedSender<ActionEvent>,
+    finished_rx: mpsc::UnboundedReceiver<ActionEvent>,
 }
 
 impl Dispatcher {
     pub fn new(dedupe: Dedupe, context: Context) -> Self {
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
         Self {
             catalogue: Catalogue::builtin(),
             dedupe,
             context,
             max_event_bytes: MAX_EVENT_BYTES,
+            running: HashMap::new(),
+            finished_tx,
+            finished_rx,
         }
     }
 
@@ -207,14 +243,46 @@ impl Dispatcher {
                 }
                 return Some(event);
             }
+            // Still running in the background: its event follows.
+            Seen::Started if self.running.contains_key(&request.correlation_id) => {
+                tracing::info!(
+                    "action {} is still running; its event follows",
+                    request.correlation_id
+                );
+                return None;
+            }
             Seen::Started => self.answer(
                 &request,
                 500,
                 "interrupted: tether-agent restarted while running this action; it was not run again",
                 Value::Null,
             ),
-            Seen::New => self.run(&request, Deadline::of(&request, delivery), now).await,
+            Seen::New => self.run(&request, Deadline::of(&request, delivery), now).await?,
         };
+        Some(self.record(&request.action, event))
+    }
+
+    /// The next event of an action that ran in the background; pending
+    /// while none runs.
+    pub async fn finished(&mut self) -> ActionEvent {
+        match self.finished_rx.recv().await {
+            Some(event) => event,
+            // The dispatcher holds a sender, so the channel never closes.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Records the event of an action that ran in the background, as
+    /// [`Self::handle`] does for the others, and returns what to publish.
+    pub fn complete(&mut self, event: ActionEvent) -> ActionEvent {
+        let action = self
+            .running
+            .remove(&event.correlation_id)
+            .unwrap_or_default();
+        self.record(&action, event)
+    }
+
+    fn record(&mut self, action: &str, event: ActionEvent) -> ActionEvent {
         // Checked before it is recorded: a redelivery then gets the small
         // replacement, never the answer that cannot be sent.
         let (event, _) = self.within_size_limit(event);
@@ -222,41 +290,50 @@ impl Dispatcher {
             tracing::error!("{}", chain(&e));
         }
         tracing::info!(
-            "action {} ({}) answered {}: {}",
-            request.action,
-            request.correlation_id,
+            "action {action} ({}) answered {}: {}",
+            event.correlation_id,
             event.status_code,
             event.status_message
         );
-        Some(event)
+        event
     }
 
+    /// The action's event, or `None` when it went on to run in the
+    /// background (its event comes from [`Self::finished`]).
     async fn run(
         &mut self,
         request: &ActionRequest,
         deadline: Deadline,
         now: Moment,
-    ) -> ActionEvent {
+    ) -> Option<ActionEvent> {
         if deadline.passed(now) {
-            return self.answer(
+            return Some(self.answer(
                 request,
                 410,
                 "action expired before the agent could start it",
                 Value::Null,
-            );
+            ));
         }
         match self.catalogue.validate(&request.action, &request.input) {
             Ok(()) => {}
             Err(e @ InputError::UnknownAction { .. }) => {
-                return self.answer(request, 404, e.to_string(), Value::Null);
+                return Some(self.answer(request, 404, e.to_string(), Value::Null));
             }
-            Err(e) => return self.answer(request, 400, e.to_string(), Value::Null),
+            Err(e) => return Some(self.answer(request, 400, e.to_string(), Value::Null)),
         }
         if let Err(e) = self.dedupe.record_started(&request.correlation_id) {
             let message = format!("{}; the action was not run", chain(&e));
-            return self.answer(request, 500, message, Value::Null);
+            return Some(self.answer(request, 500, message, Value::Null));
         }
-        match self.execute(&request.action, &request.input).await {
+        let answer = match self.execute(&request.action, &request.input).await {
+            Ok(Outcome::Now(answer)) => Ok(answer),
+            Ok(Outcome::Later(work)) => match self.background(request, work) {
+                Ok(()) => return None,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        Some(match answer {
             Ok(answer) => self.answer(
                 request,
                 answer.status_code,
@@ -264,10 +341,51 @@ impl Dispatcher {
                 answer.response,
             ),
             Err(e) => self.answer(request, e.status_code(), chain(&e), Value::Null),
-        }
+        })
     }
 
-    async fn execute(&mut self, action: &str, input: &Value) -> Result<Answer, ActionError> {
+    /// Starts `work` unless the same action is running already.
+    fn background(
+        &mut self,
+        request: &ActionRequest,
+        work: Pin<Box<dyn Future<Output = Result<Answer, ActionError>> + Send>>,
+    ) -> Result<(), ActionError> {
+        if let Some((running, _)) = self.running.iter().find(|(_, a)| **a == request.action) {
+            return Err(ActionError::Busy {
+                action: request.action.clone(),
+                running: running.clone(),
+            });
+        }
+        self.running
+            .insert(request.correlation_id.clone(), request.action.clone());
+        let finished = self.finished_tx.clone();
+        let request = request.clone();
+        let event_name = self.event_name(&request.action);
+        tokio::spawn(async move {
+            let event = match work.await {
+                Ok(answer) => ActionEvent::new(
+                    &request,
+                    event_name,
+                    answer.status_code,
+                    answer.status_message,
+                    answer.response,
+                ),
+                Err(e) => ActionEvent::new(
+                    &request,
+                    event_name,
+                    e.status_code(),
+                    chain(&e),
+                    Value::Null,
+                ),
+            };
+            // The dispatcher is gone only when the session ends; the action
+            // is then answered as interrupted after the restart.
+            let _ = finished.send(event);
+        });
+        Ok(())
+    }
+
+    async fn execute(&mut self, action: &str, input: &Value) -> Result<Outcome, ActionError> {
         let context = &mut self.context;
         let kubernetes = &context.kubernetes;
         let answer = match action {
@@ -282,17 +400,23 @@ impl Dispatcher {
             "manage-deployment" => {
                 manage_deployment::run(input, &kubernetes.client()?, chrono::Utc::now()).await?
             }
+            "restart-k3s" => {
+                let work = restart_k3s::prepare(input, &context.authorization, kubernetes)?;
+                return Ok(Outcome::Later(Box::pin(work)));
+            }
             "retrieve-kubeconfig" => retrieve_kubeconfig::run(input, &kubernetes.client()?).await?,
             "run-stats" => run_stats::run(input, &mut context.stats)?,
             "stop-stats" => run_stats::stop(&mut context.stats),
             "send-api" => send_api::run(input, &context.ca_pem).await?,
-            "send-kubectl" => return send_kubectl::run(input, kubernetes).await,
+            "send-kubectl" => return send_kubectl::run(input, kubernetes).await.map(Outcome::Now),
             "send-kubernetes-api" => {
-                return send_kubernetes_api::run(input, &kubernetes.client()?).await;
+                return send_kubernetes_api::run(input, &kubernetes.client()?)
+                    .await
+                    .map(Outcome::Now);
             }
             other => return Err(ActionError::NotImplemented(other.to_owned())),
         };
-        Ok(answer.into())
+        Ok(Answer::from(answer).into())
     }
 
     fn answer(
@@ -441,6 +565,10 @@ pub(crate) mod tests {
                 kubectl: send_kubectl::KubectlConfig {
                     program: "kubectl".into(),
                     timeout: std::time::Duration::from_secs(60),
+                },
+                k3s_restart: restart_k3s::RestartConfig {
+                    command: vec!["true".into()],
+                    ready_timeout: std::time::Duration::from_secs(5),
                 },
                 state_dir: std::env::temp_dir(),
             },
@@ -678,8 +806,8 @@ pub(crate) mod tests {
             .handle(
                 &delivered(request(
                     "c1",
-                    "restart-k3s",
-                    json!({"authorizationId": "a"}),
+                    "restore-command",
+                    json!({"command": "backup-database"}),
                 )),
                 Moment::now(),
             )
@@ -688,9 +816,9 @@ pub(crate) mod tests {
         assert_eq!(event.status_code, 501);
         assert_eq!(
             event.status_message,
-            format!("action restart-k3s is not implemented by tether-agent {AGENT_VERSION}")
+            format!("action restore-command is not implemented by tether-agent {AGENT_VERSION}")
         );
-        assert_eq!(event.event, "restart-k3s");
+        assert_eq!(event.event, "restore-command");
 
         let event = dispatcher
             .handle(
@@ -752,15 +880,16 @@ pub(crate) mod tests {
                 // refuse the empty input first).
                 Err(ActionError::NoCluster | ActionError::InvalidInput { .. })
                     if CLUSTER_ACTIONS.contains(&action) => {}
-                result => assert!(result.is_ok(), "{action}: {result:?}"),
+                result => assert!(result.is_ok(), "{action}: {:?}", result.err()),
             }
         }
         dispatcher.context.stats.stop();
     }
 
-    const CLUSTER_ACTIONS: [&str; 5] = [
+    const CLUSTER_ACTIONS: [&str; 6] = [
         "copy-resource",
         "manage-deployment",
+        "restart-k3s",
         "retrieve-kubeconfig",
         "send-kubectl",
         "send-kubernetes-api",

@@ -24,7 +24,7 @@ use crate::kubernetes::KubeError;
 const KUBECTL_DIR: &str = "kubectl";
 /// The most of stderr quoted in a failure's status message, which tetherd
 /// caps at 8 KiB.
-const STDERR_IN_MESSAGE: usize = 4 * 1024;
+pub(crate) const STDERR_IN_MESSAGE: usize = 4 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubectlConfig {

@@ -25,6 +25,11 @@ struct Cluster {
 /// tetherd, the fake API server with a node and a Deployment, and an agent
 /// in host mode with an admin kubeconfig for it.
 async fn cluster(name: &str) -> anyhow::Result<Cluster> {
+    cluster_with(name, &[]).await
+}
+
+/// [`cluster`], with more environment for the agent.
+async fn cluster_with(name: &str, env: &[(&str, &str)]) -> anyhow::Result<Cluster> {
     let api = FakeKubeApi::start().await?;
     api.add_node(
         "edge-1",
@@ -47,18 +52,14 @@ async fn cluster(name: &str) -> anyhow::Result<Cluster> {
     let tetherd = Tetherd::start(Database::Sqlite).await?;
     let admin = tetherd.admin().await?;
     let kubeconfig = kubeconfig.to_string_lossy().into_owned();
-    let agent = Agent::enroll_with_env(
-        &tetherd,
-        &admin,
-        name,
-        &[
-            ("TETHER_AGENT_KUBERNETES", "host"),
-            ("TETHER_AGENT_KUBECONFIG", &kubeconfig),
-            ("TETHER_AGENT_KUBERNETES_CLUSTER", "edge"),
-            ("TETHER_AGENT_KUBECTL_TIMEOUT_SECONDS", "3"),
-        ],
-    )
-    .await?;
+    let mut all_env = vec![
+        ("TETHER_AGENT_KUBERNETES", "host"),
+        ("TETHER_AGENT_KUBECONFIG", kubeconfig.as_str()),
+        ("TETHER_AGENT_KUBERNETES_CLUSTER", "edge"),
+        ("TETHER_AGENT_KUBECTL_TIMEOUT_SECONDS", "3"),
+    ];
+    all_env.extend_from_slice(env);
+    let agent = Agent::enroll_with_env(&tetherd, &admin, name, &all_env).await?;
     agent
         .wait_presence(&admin, "online")
         .await
@@ -716,5 +717,144 @@ async fn the_cluster_role_of_adr_0016_is_what_the_cluster_actions_need() -> anyh
     )
     .await?;
     ensure!(code(&done) == 403, "{done}");
+    Ok(())
+}
+
+/// An executable shell script `dir/name`.
+fn script(dir: &Path, name: &str, body: &str) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = written(dir, name, &format!("#!/bin/sh\n{body}\n"))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+impl Cluster {
+    async fn authorization_id(&self) -> anyhow::Result<String> {
+        let done = self.act("get-authorization-id", json!({})).await?;
+        Ok(done["response"]["authorizationId"]
+            .as_str()
+            .context("an authorizationId")?
+            .to_owned())
+    }
+}
+
+#[tokio::test]
+async fn restart_k3s_answers_when_k3s_is_ready_again_and_one_at_a_time() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // The restart takes the fake API server down; the test brings it back.
+    let down = dir.path().join("down");
+    let restart = script(
+        dir.path(),
+        "restart-k3s",
+        &format!("touch '{}'", down.display()),
+    )?;
+    // The agent's wall clock follows this file, so the test can let an
+    // authorization id expire without waiting two minutes.
+    let clock = written(dir.path(), "clock", "+0")?;
+    let mut env: Vec<(String, String)> = tether_testkit::faketime_env("+0")?
+        .into_iter()
+        .filter(|(k, _)| k != "FAKETIME")
+        .collect();
+    env.push((
+        "FAKETIME_TIMESTAMP_FILE".into(),
+        clock.to_string_lossy().into_owned(),
+    ));
+    env.push(("FAKETIME_NO_CACHE".into(), "1".into()));
+    env.push(("TETHER_AGENT_K3S_RESTART_COMMAND".into(), restart));
+    env.push(("TETHER_AGENT_K3S_READY_TIMEOUT_SECONDS".into(), "60".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let c = cluster_with("k8s-restart", &env).await?;
+    c.api.down_while_exists(&down);
+
+    let id = request(
+        &c.admin,
+        &c.agent.name,
+        json!({"action": "restart-k3s", "input": {"authorizationId": c.authorization_id().await?}}),
+    )
+    .await?;
+    // The agent waits for /readyz while the API server is down ...
+    let asked = || {
+        c.api
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/readyz")
+            .count()
+    };
+    tether_testkit::wait_until("the agent asking /readyz", Duration::from_secs(30), || {
+        let seen = down.exists() && asked() >= 2;
+        async move { Ok(seen.then_some(())) }
+    })
+    .await
+    .with_context(|| c.agent.log())?;
+    let pending = c
+        .admin
+        .get(&format!("/api/v1/actions/{id}"))
+        .await?
+        .expect_status(200)?;
+    ensure!(
+        pending["statusCode"].is_null(),
+        "answered too early: {pending}"
+    );
+    // ... a second restart meanwhile is refused, other actions are answered ...
+    let second = c
+        .act(
+            "restart-k3s",
+            json!({"authorizationId": c.authorization_id().await?}),
+        )
+        .await?;
+    ensure!(code(&second) == 409, "{second}\n{}", c.agent.log());
+    ensure!(
+        second["statusMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("already running") && m.contains(&id)),
+        "{second}"
+    );
+    // ... and the event comes once k3s answers again.
+    std::fs::remove_file(&down)?;
+    let done = outcome(&c.admin, &id).await?;
+    check_event("restart-k3s", &done)?;
+    ensure!(code(&done) == 200, "{done}\n{}", c.agent.log());
+    ensure!(done["response"]["readyAfterMs"].is_u64(), "{done}");
+    // From here on the restart command leaves the API server up.
+    c.api.down_while_exists(&dir.path().join("never"));
+
+    // Without an id, with a used one and with an expired one: 401.
+    let done = c.act("restart-k3s", json!({})).await?;
+    ensure!(code(&done) == 401, "{done}");
+    ensure!(
+        done["statusMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("get-authorization-id")),
+        "{done}"
+    );
+    let used = c.authorization_id().await?;
+    let done = c
+        .act("restart-k3s", json!({"authorizationId": used}))
+        .await?;
+    ensure!(code(&done) == 200, "{done}");
+    let done = c
+        .act("restart-k3s", json!({"authorizationId": used}))
+        .await?;
+    ensure!(code(&done) == 401, "{done}");
+    ensure!(
+        done["statusMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("already used")),
+        "{done}"
+    );
+    std::fs::remove_file(&down)?;
+    let old = c.authorization_id().await?;
+    std::fs::write(&clock, "+3m")?;
+    let done = c
+        .act("restart-k3s", json!({"authorizationId": old}))
+        .await?;
+    ensure!(code(&done) == 401, "{done}");
+    ensure!(
+        done["statusMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("expired")),
+        "{done}"
+    );
+    ensure!(!down.exists(), "a refused restart ran the command");
     Ok(())
 }

@@ -121,6 +121,19 @@ pub(crate) async fn handle(
         path: path.clone(),
         query: uri.query().unwrap_or_default().to_owned(),
     });
+    if store
+        .down_while
+        .as_ref()
+        .is_some_and(|marker| marker.exists())
+    {
+        // What a k3s server that is starting answers at /readyz, and the
+        // like for any request until it is up.
+        return error(&ApiError::new(
+            503,
+            "ServiceUnavailable",
+            "the fake API server is restarting",
+        ));
+    }
     let user = match authenticate(&store, &headers) {
         Ok(user) => user,
         Err(e) => return error(&e),

@@ -200,6 +200,13 @@ impl FakeKubeApi {
         self.store().requests.clone()
     }
 
+    /// Makes the fake answer 503 to every request while `marker` exists: a
+    /// restart command in a test creates it to take the "API server" down,
+    /// and the test removes it to bring it back when it chooses.
+    pub fn down_while_exists(&self, marker: &Path) {
+        self.store().down_while = Some(marker.to_owned());
+    }
+
     /// Moves the fake's clock forward, e.g. past a token's expiry.
     pub fn advance_clock(&self, by: std::time::Duration) -> anyhow::Result<()> {
         let by = chrono::Duration::from_std(by).context("clock step")?;

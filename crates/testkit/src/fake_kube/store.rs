@@ -121,6 +121,9 @@ pub(crate) struct Store {
     /// Added to the wall clock: tests move the fake's time forward to
     /// expire a token instead of waiting out the real API's 10-minute minimum.
     pub clock_offset: chrono::Duration,
+    /// While this file exists the API server is "restarting": every
+    /// request is answered 503 (see `FakeKubeApi::down_while_exists`).
+    pub down_while: Option<std::path::PathBuf>,
     services: u32,
 }
 
