@@ -58,6 +58,8 @@ pub enum AgentError {
     LocalApi(#[from] local_api::LocalApiError),
     #[error(transparent)]
     Logs(#[from] logs::LogsError),
+    #[error(transparent)]
+    Identity(#[from] kubernetes::identity::IdentityError),
 }
 
 /// rustls needs one process-wide crypto provider; the agent uses ring.
@@ -197,7 +199,17 @@ async fn serve(
         follow,
     } = spooled;
     tokio::pin!(shutdown);
-    let credentials = match state.load()? {
+    // In a pod the state directory may be new while the device is not.
+    let identity_secret = kubernetes
+        .config
+        .as_ref()
+        .filter(|c| c.mode == kubernetes::Mode::Cluster)
+        .map(kubernetes::identity::IdentitySecret::new);
+    let stored = match (state.load()?, &identity_secret) {
+        (None, Some(secret)) if secret.restore(&state).await? => state.load()?,
+        (stored, _) => stored,
+    };
+    let credentials = match stored {
         Some(credentials) => {
             if config.server.is_some() || config.enroll_token.is_some() {
                 tracing::warn!(
@@ -240,6 +252,8 @@ async fn serve(
         }
     };
     let (renewed_tx, renewed_rx) = tokio::sync::watch::channel(credentials.clone());
+    let _kept = identity_secret
+        .map(|secret| AbortOnDrop(tokio::spawn(secret.keep(state.clone(), renewed_rx.clone()))));
     let _identity = AbortOnDrop(tokio::spawn(local_api::follow_credentials(
         renewed_rx.clone(),
         identity,

@@ -19,6 +19,8 @@ pub struct Agent {
     dir: TempDir,
     /// Extra environment of the agent process, e.g. libfaketime's.
     env: Vec<(String, String)>,
+    /// The enrollment it was started with, and tetherd's API URL.
+    enrollment: Option<(Value, String)>,
 }
 
 impl Agent {
@@ -46,6 +48,7 @@ impl Agent {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         agent.spawn(Some(&created["enrollment"]), &tetherd.api_url)?;
+        agent.enrollment = Some((created["enrollment"].clone(), tetherd.api_url.clone()));
         Ok(agent)
     }
 
@@ -70,6 +73,7 @@ impl Agent {
             child: None,
             dir,
             env: Vec::new(),
+            enrollment: None,
         })
     }
 
@@ -134,6 +138,18 @@ impl Agent {
     /// Starts the agent again from its state dir (no enrollment).
     pub fn start(&mut self) -> anyhow::Result<()> {
         self.spawn(None, "")
+    }
+
+    /// Starts the agent again as a rescheduled pod does: an empty state
+    /// directory (an emptyDir) and the enrollment flags of its first start,
+    /// whose token is spent by now.
+    pub fn start_with_empty_state(&mut self) -> anyhow::Result<()> {
+        let (enrollment, api_url) = self
+            .enrollment
+            .clone()
+            .context("the agent was not started with an enrollment")?;
+        std::fs::remove_dir_all(self.state_dir()).context("emptying the state dir")?;
+        self.spawn(Some(&enrollment), &api_url)
     }
 
     /// SIGKILL: no clean disconnect, no offline message but the MQTT will.

@@ -13,6 +13,7 @@
 //! agent started, and the idle agent keeps no certificates in memory.
 
 pub mod client;
+pub mod identity;
 pub mod kubeconfig;
 
 use std::path::{Path, PathBuf};

@@ -858,3 +858,76 @@ async fn restart_k3s_answers_when_k3s_is_ready_again_and_one_at_a_time() -> anyh
     ensure!(!down.exists(), "a refused restart ran the command");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pod_restarted_with_an_empty_state_dir_is_the_same_device() -> anyhow::Result<()> {
+    let api = FakeKubeApi::start().await?;
+    api.seed("namespaces", json!({"metadata": {"name": "tether-system"}}))?;
+    let account = tempfile::tempdir()?;
+    std::fs::write(account.path().join("token"), format!("{ADMIN_TOKEN}\n"))?;
+    std::fs::write(account.path().join("ca.crt"), &api.ca_pem)?;
+    std::fs::write(account.path().join("namespace"), "tether-system")?;
+    let port = api.url.rsplit(':').next().context("port")?.to_owned();
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let account_dir = account.path().to_string_lossy().into_owned();
+    let mut agent = Agent::enroll_with_env(
+        &tetherd,
+        &admin,
+        "k8s-pod-identity",
+        &[
+            ("TETHER_AGENT_KUBERNETES", "cluster"),
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT", &port),
+            ("TETHER_AGENT_KUBERNETES_SERVICE_ACCOUNT_DIR", &account_dir),
+        ],
+    )
+    .await?;
+    agent.wait_presence(&admin, "online").await?;
+    let kept = tether_testkit::wait_until("the identity Secret", Duration::from_secs(15), || {
+        let secret = api.get("secrets", Some("tether-system"), "tether-agent-identity");
+        async move { Ok(secret) }
+    })
+    .await
+    .with_context(|| agent.log())?;
+    let mut keys: Vec<&String> = kept["data"].as_object().context("data")?.keys().collect();
+    keys.sort();
+    ensure!(
+        keys == ["agent.toml", "ca.pem", "cert.pem", "key.pem"],
+        "{kept}"
+    );
+    let cert = std::fs::read_to_string(agent.state_file("cert.pem"))?;
+    let key = std::fs::read_to_string(agent.state_file("key.pem"))?;
+    let identity = async |agent: &Agent| {
+        tether_testkit::local_api(&agent.local_api_socket(), "GET", "/v1/identity", "")
+            .await
+            .map(|(_, identity)| identity)
+    };
+    let before = identity(&agent).await?;
+    ensure!(before["certificate"]["serial"].is_string(), "{before}");
+    agent.stop().await?;
+    agent.wait_presence(&admin, "offline").await?;
+
+    // A new pod: nothing on disk, the enrollment token of the first start.
+    agent.start_with_empty_state()?;
+    agent.wait_presence(&admin, "online").await?;
+    ensure!(std::fs::read_to_string(agent.state_file("cert.pem"))? == cert);
+    ensure!(std::fs::read_to_string(agent.state_file("key.pem"))? == key);
+    let log = agent.log();
+    ensure!(
+        log.contains("restored the device's identity")
+            && log.matches("enrolling with").count() == 1,
+        "{log}"
+    );
+    let after = identity(&agent).await?;
+    ensure!(
+        after["certificate"] == before["certificate"] && after["device"] == before["device"],
+        "{before}\n{after}"
+    );
+    let devices = admin.get("/api/v1/devices").await?.expect_status(200)?;
+    ensure!(
+        devices["items"].as_array().map(Vec::len) == Some(1),
+        "{devices}"
+    );
+    Ok(())
+}
