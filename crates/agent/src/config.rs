@@ -334,6 +334,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_systemd_unit_runs_host_mode_with_flags_the_agent_takes() {
+        let unit = include_str!("../../../packaging/systemd/tether-agent.service");
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("an ExecStart line");
+        let config = Config::try_parse_from(exec.split_whitespace()).expect("the flags parse");
+        assert_eq!(config.kubernetes, Some(Mode::Host));
+        assert_eq!(config.kubeconfig, PathBuf::from(K3S_KUBECONFIG));
+        assert_eq!(
+            config.k3s_restart().command,
+            ["systemctl", "restart", "k3s"]
+        );
+    }
+
+    #[test]
     fn the_state_dir_follows_xdg() {
         assert_eq!(
             default_state_dir(Some("/xdg".into()), Some("/home/u".into())),
