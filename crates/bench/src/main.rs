@@ -6,12 +6,14 @@
 //! fleet-job`) the time one fleet-wide job takes to be answered by N; or
 //! (`--mode replicas`) several tetherd replicas on PostgreSQL with sessions
 //! spread over them; or (`--mode telemetry`) log and metric ingest rates and
-//! the live tail's latency.
+//! the live tail's latency; or (`--mode kubectl`) the `send-kubectl` round
+//! trip of a real agent managing the fake Kubernetes API server.
 //!
 //! Build everything in release mode first: `cargo build --release --workspace`,
 //! then `target/release/tether-bench`.
 
 mod fleet_job;
+mod kubectl;
 mod offline;
 mod replicas;
 mod telemetry;
@@ -34,7 +36,7 @@ struct Args {
     /// Simulated agents to connect.
     #[arg(long, default_value_t = 1000)]
     agents: usize,
-    /// Actions to time.
+    /// Actions to time (kubectl: per action).
     #[arg(long, default_value_t = 2000)]
     actions: usize,
     /// Actions in flight at once.
@@ -115,6 +117,9 @@ enum Mode {
     /// N simulated agents send log and metric batches: ingest rates, bytes
     /// on the wire, live tail latency.
     Telemetry,
+    /// One real agent in host mode on the fake Kubernetes API server:
+    /// send-kubectl and send-kubernetes-api round trips, its idle RSS.
+    Kubectl,
 }
 
 #[tokio::main]
@@ -177,6 +182,13 @@ async fn main() -> anyhow::Result<()> {
             })
             .await;
         }
+        Mode::Kubectl => {
+            return kubectl::run(kubectl::Settings {
+                database,
+                actions: args.actions,
+            })
+            .await;
+        }
         Mode::RoundTrip => {}
     }
     let tetherd = Tetherd::start(database).await?;
@@ -200,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|i| {
             let admin = admin.clone();
             let device = format!("sim-{}", i % args.agents);
-            async move { round_trip(&admin, &device).await }
+            async move { round_trip(&admin, &device, &json!({"action": "get-node-ip"})).await }
         })
         .buffer_unordered(args.concurrency)
         .collect::<Vec<_>>()
@@ -306,14 +318,16 @@ async fn idle_with_log_sources(tetherd: &Tetherd, admin: &ApiClient) -> anyhow::
     rss_kib(agent.pid().context("agent runs")?)
 }
 
-/// From the API request to the device's answer being visible in the API.
-async fn round_trip(admin: &ApiClient, device: &str) -> anyhow::Result<Duration> {
+/// From the API request (`body`, e.g. `{"action": "get-node-ip"}`) to the
+/// device's answer being visible in the API.
+async fn round_trip(
+    admin: &ApiClient,
+    device: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let accepted = admin
-        .post(
-            &format!("/api/v1/devices/{device}/actions"),
-            json!({"action": "get-node-ip"}),
-        )
+        .post(&format!("/api/v1/devices/{device}/actions"), body.clone())
         .await?
         .expect_status(202)?;
     let id = accepted["correlationId"]

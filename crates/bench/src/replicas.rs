@@ -116,7 +116,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .map(|i| {
             let admin = admins[(i / all.len()) % admins.len()].clone();
             let device = format!("sim-{}", (i * 7919) % settings.agents);
-            async move { round_trip(&admin, &device).await }
+            async move { round_trip(&admin, &device, &json!({"action": "get-node-ip"})).await }
         })
         .buffer_unordered(settings.concurrency)
         .collect::<Vec<_>>()
