@@ -212,10 +212,16 @@ async fn serve(
     let credentials = match stored {
         Some(credentials) => {
             if config.server.is_some() || config.enroll_token.is_some() {
+                // A pod's manifest keeps the (spent) flags: it is the usual case there.
+                let remove = match &identity_secret {
+                    Some(secret) => {
+                        format!("delete the Secret {} and restart the pod", secret.name())
+                    }
+                    None => format!("remove {} first", state.path().display()),
+                };
                 tracing::warn!(
-                    "already enrolled as {}; ignoring the enrollment flags (to enroll again, remove {} first)",
-                    credentials.device,
-                    state.path().display()
+                    "already enrolled as {}; ignoring the enrollment flags (to enroll again, {remove})",
+                    credentials.device
                 );
             }
             credentials

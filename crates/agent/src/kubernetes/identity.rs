@@ -69,6 +69,11 @@ impl IdentitySecret {
         }
     }
 
+    /// `NAMESPACE/tether-agent-identity`.
+    pub fn name(&self) -> String {
+        format!("{}/{SECRET}", self.namespace)
+    }
+
     fn path(&self) -> String {
         format!("/api/v1/namespaces/{}/secrets/{SECRET}", self.namespace)
     }
