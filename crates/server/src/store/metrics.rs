@@ -13,10 +13,16 @@ use super::telemetry::values_sql;
 use super::{Store, StoreError};
 use crate::metrics::series::{DevicePoints, Labels, Point, PointRow, SeriesRow};
 
-/// Points per multi-row INSERT (4 binds each): within both databases' limits.
+/// Points per multi-row INSERT on SQLite (4 binds each): within its limits.
 const POINTS_PER_INSERT: usize = 1_000;
 /// Series per multi-row upsert (6 binds each).
 const SERIES_PER_INSERT: usize = 500;
+/// A series row written again keeps the newer of its newest points.
+const NEWEST_WINS: &str = " ON CONFLICT (id) DO UPDATE SET \
+     last_value = CASE WHEN excluded.last_at > metric_series.last_at \
+     THEN excluded.last_value ELSE metric_series.last_value END, \
+     last_at = CASE WHEN excluded.last_at > metric_series.last_at \
+     THEN excluded.last_at ELSE metric_series.last_at END";
 /// Width of the rollups, in ms.
 pub const MINUTE_MS: i64 = 60_000;
 pub const HOUR_MS: i64 = 3_600_000;
@@ -104,20 +110,57 @@ pub(super) async fn write_points(
         .collect();
     // A fixed order: two transactions lock the rows alike.
     series.sort_unstable_by_key(|(_, series, _)| series.id);
+    let rows: Vec<&PointRow> = rows().collect();
+    let received = millis(received_at);
+    if postgres {
+        write_unnest(conn, parts, &series, &rows, received).await
+    } else {
+        write_values(conn, parts, &series, &rows, received).await
+    }
+}
+
+/// What a series upsert that fails says: `NotFound` if a device of the
+/// batches is gone.
+fn series_error(parts: &[(&DevicePoints, usize)], source: sqlx::Error) -> StoreError {
+    if violates(&source, ErrorKind::ForeignKeyViolation) {
+        StoreError::NotFound {
+            what: match parts {
+                [(points, _)] => format!("device {}", points.device),
+                _ => "a device of the batches".to_owned(),
+            },
+        }
+    } else {
+        StoreError::Query {
+            context: "store metric series",
+            source,
+        }
+    }
+}
+
+fn points_error(source: sqlx::Error) -> StoreError {
+    StoreError::Query {
+        context: "store metric points",
+        source,
+    }
+}
+
+/// SQLite: multi-row `VALUES` with anonymous placeholders, a few hundred
+/// rows a statement.
+async fn write_values(
+    conn: &mut sqlx::AnyConnection,
+    parts: &[(&DevicePoints, usize)],
+    series: &[(&DeviceId, &SeriesRow, PointRow)],
+    rows: &[&PointRow],
+    received: i64,
+) -> Result<(), StoreError> {
     for chunk in series.chunks(SERIES_PER_INSERT) {
         let mut sql = values_sql(
             "INSERT INTO metric_series (id, device, name, labels, last_at, last_value) VALUES ",
             6,
             chunk.len(),
-            postgres,
+            false,
         );
-        sql.push_str(
-            " ON CONFLICT (id) DO UPDATE SET \
-             last_value = CASE WHEN excluded.last_at > metric_series.last_at \
-             THEN excluded.last_value ELSE metric_series.last_value END, \
-             last_at = CASE WHEN excluded.last_at > metric_series.last_at \
-             THEN excluded.last_at ELSE metric_series.last_at END",
-        );
+        sql.push_str(NEWEST_WINS);
         let mut query = sqlx::query(&sql);
         for (device, series, point) in chunk {
             query = query
@@ -128,30 +171,17 @@ pub(super) async fn write_points(
                 .bind(point.at)
                 .bind(point.value);
         }
-        query.execute(&mut *conn).await.map_err(|source| {
-            if violates(&source, ErrorKind::ForeignKeyViolation) {
-                StoreError::NotFound {
-                    what: match parts {
-                        [(points, _)] => format!("device {}", points.device),
-                        _ => "a device of the batches".to_owned(),
-                    },
-                }
-            } else {
-                StoreError::Query {
-                    context: "store metric series",
-                    source,
-                }
-            }
-        })?;
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(|source| series_error(parts, source))?;
     }
-    let received = millis(received_at);
-    let rows: Vec<&PointRow> = rows().collect();
     for chunk in rows.chunks(POINTS_PER_INSERT) {
         let mut sql = values_sql(
             "INSERT INTO metric_points (series_id, at, value, received_at) VALUES ",
             4,
             chunk.len(),
-            postgres,
+            false,
         );
         sql.push_str(" ON CONFLICT (series_id, at) DO NOTHING");
         let mut query = sqlx::query(&sql);
@@ -162,15 +192,90 @@ pub(super) async fn write_points(
                 .bind(row.value)
                 .bind(received);
         }
-        query
-            .execute(&mut *conn)
-            .await
-            .map_err(|source| StoreError::Query {
-                context: "store metric points",
-                source,
-            })?;
+        query.execute(&mut *conn).await.map_err(points_error)?;
     }
     Ok(())
+}
+
+
+/// PostgreSQL: the series in one statement and the points in another,
+/// each column bound as one array. Multi-row `VALUES` of up to 4,000
+/// parameters were parsed and planned per distinct row count and bound
+/// one parameter at a time (`BENCHMARKS.md`, telemetry). The arrays go as
+/// text (`{1,2,3}`: sqlx's `Any` binds no arrays), cast by the server;
+/// `unnest` keeps their order, so of points at one instant the first sent
+/// is the one kept, as on SQLite.
+async fn write_unnest(
+    conn: &mut sqlx::AnyConnection,
+    parts: &[(&DevicePoints, usize)],
+    series: &[(&DeviceId, &SeriesRow, PointRow)],
+    rows: &[&PointRow],
+    received: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "INSERT INTO metric_series (id, device, name, labels, last_at, last_value) \
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], \
+         $5::bigint[], $6::float8[]){NEWEST_WINS}"
+    ))
+    .bind(array_literal(series.iter().map(|(_, s, _)| s.id)))
+    .bind(text_array_literal(series.iter().map(|(d, _, _)| d.as_str())))
+    .bind(text_array_literal(series.iter().map(|(_, s, _)| s.name.as_str())))
+    .bind(text_array_literal(series.iter().map(|(_, s, _)| s.labels.as_str())))
+    .bind(array_literal(series.iter().map(|(_, _, p)| p.at)))
+    .bind(array_literal(series.iter().map(|(_, _, p)| p.value)))
+    .execute(&mut *conn)
+    .await
+    .map_err(|source| series_error(parts, source))?;
+    sqlx::query(
+        "INSERT INTO metric_points (series_id, at, value, received_at) \
+         SELECT s, a, v, $4 FROM unnest($1::bigint[], $2::bigint[], $3::float8[]) AS t (s, a, v) \
+         ON CONFLICT (series_id, at) DO NOTHING",
+    )
+    .bind(array_literal(rows.iter().map(|row| row.series_id)))
+    .bind(array_literal(rows.iter().map(|row| row.at)))
+    .bind(array_literal(rows.iter().map(|row| row.value)))
+    .bind(received)
+    .execute(&mut *conn)
+    .await
+    .map_err(points_error)?;
+    Ok(())
+}
+
+/// A PostgreSQL array literal of numbers: `{1,2.5,-3}`. Rust prints an
+/// `f64` with the fewest digits that read back as the same value, and
+/// never in a form PostgreSQL does not read (no exponent; points are
+/// finite: JSON has no NaN and host samples leave non-finite values out).
+fn array_literal<T: std::fmt::Display>(values: impl Iterator<Item = T>) -> String {
+    use std::fmt::Write;
+    let mut literal = String::from("{");
+    for (i, value) in values.enumerate() {
+        if i > 0 {
+            literal.push(',');
+        }
+        let _ = write!(literal, "{value}");
+    }
+    literal.push('}');
+    literal
+}
+
+/// A PostgreSQL array literal of strings, each quoted: `{"a","b\\"c"}`.
+fn text_array_literal<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    let mut literal = String::from("{");
+    for (i, value) in values.enumerate() {
+        if i > 0 {
+            literal.push(',');
+        }
+        literal.push('"');
+        for c in value.chars() {
+            if c == '"' || c == '\\' {
+                literal.push('\\');
+            }
+            literal.push(c);
+        }
+        literal.push('"');
+    }
+    literal.push('}');
+    literal
 }
 
 /// Recomputes the `width`-ms rollups of every bucket that holds a point
@@ -468,4 +573,25 @@ fn series_from_row(row: &AnyRow) -> Result<StoredSeries, StoreError> {
         last_at: time(get(row, "last_at")?, "series last_at")?,
         last_value: get(row, "last_value")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_literals_read_back_as_the_values() {
+        assert_eq!(array_literal([1_i64, -2, i64::MAX].into_iter()), "{1,-2,9223372036854775807}");
+        assert_eq!(array_literal(std::iter::empty::<i64>()), "{}");
+        for value in [0.1, 1e300, -2.5e-300, 0.73, f64::MAX] {
+            let literal = array_literal([value].into_iter());
+            let inner = literal.trim_matches(|c| c == '{' || c == '}');
+            assert!(!inner.contains(['e', 'E']), "no exponent: {inner}");
+            assert_eq!(inner.parse::<f64>(), Ok(value));
+        }
+        assert_eq!(
+            text_array_literal([r#"{"k":"v"}"#, r"a\b", ""].into_iter()),
+            r#"{"{\"k\":\"v\"}","a\\b",""}"#
+        );
+    }
 }
