@@ -1,14 +1,14 @@
 //! Metric series (migration 0016): series rows with their newest point,
 //! raw points, and 1-minute and 1-hour rollups.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::error::ErrorKind;
 use tether_proto::DeviceId;
 
-use super::codec::{from_json, get, limit, millis, time, to_u64, violates};
+use super::codec::{from_json, get, limit, millis, time, to_i64, to_u64, violates};
 use super::telemetry::values_sql;
 use super::{Store, StoreError};
 use crate::metrics::series::{DevicePoints, Labels, Point, PointRow, SeriesRow};
@@ -59,6 +59,15 @@ pub struct FleetRow {
     pub value: f64,
 }
 
+/// New series of a device refused in one write because the device had as
+/// many as it may (`ingest.max_series_per_device`), and their points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedSeries {
+    pub device: DeviceId,
+    pub series: u64,
+    pub points: u64,
+}
+
 /// What one run of the rollup did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RolledUp {
@@ -69,20 +78,23 @@ pub struct RolledUp {
 /// Writes points of one or more devices received at `received_at`, each
 /// given with the index of its first row to store: each series' row
 /// (created, or its newest point moved forward) and the points, a point of
-/// an instant already stored kept once (the first sent).
+/// an instant already stored kept once (the first sent). A device creates
+/// at most `max_series` series: the new ones beyond, in the order they
+/// came, are refused with their points, and counted on the device's row.
 pub(super) async fn write_points(
     conn: &mut sqlx::AnyConnection,
     postgres: bool,
     parts: &[(&DevicePoints, usize)],
     received_at: DateTime<Utc>,
-) -> Result<(), StoreError> {
+    max_series: u64,
+) -> Result<Vec<RefusedSeries>, StoreError> {
     let rows = || {
         parts
             .iter()
             .flat_map(|(points, from)| points.rows.get(*from..).unwrap_or(&[]))
     };
     if rows().next().is_none() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     // One row per series per statement (PostgreSQL refuses to upsert a row
     // twice in one), carrying the newest point; of points at one instant
@@ -108,15 +120,150 @@ pub(super) async fn write_points(
         })
         .filter_map(|(device, series)| Some((device, series, newest.remove(&series.id)?)))
         .collect();
+    let over = beyond_limit(conn, postgres, &series, max_series).await?;
+    let refused = if over.is_empty() {
+        Vec::new()
+    } else {
+        let refused = count_refused(parts, &series, &over);
+        series.retain(|(_, series, _)| !over.contains(&series.id));
+        record_refused(conn, &refused).await?;
+        refused
+    };
     // A fixed order: two transactions lock the rows alike.
     series.sort_unstable_by_key(|(_, series, _)| series.id);
-    let rows: Vec<&PointRow> = rows().collect();
+    let rows: Vec<&PointRow> = rows()
+        .filter(|row| !over.contains(&row.series_id))
+        .collect();
     let received = millis(received_at);
     if postgres {
-        write_unnest(conn, parts, &series, &rows, received).await
+        write_unnest(conn, parts, &series, &rows, received).await?;
     } else {
-        write_values(conn, parts, &series, &rows, received).await
+        write_values(conn, parts, &series, &rows, received).await?;
     }
+    Ok(refused)
+}
+
+/// The ids of the new series among `series` (in their order) that would
+/// take their device past `max_series`. One read of the ids when none is
+/// new; a device with new ones has its series counted. Two transactions
+/// creating series of one device at once may each pass the count (only
+/// batches of different spools of one device run so: a spool's batches
+/// wait for each other at its cursor).
+async fn beyond_limit(
+    conn: &mut sqlx::AnyConnection,
+    postgres: bool,
+    series: &[(&DeviceId, &SeriesRow, PointRow)],
+    max_series: u64,
+) -> Result<HashSet<i64>, StoreError> {
+    let context = "count a device's metric series";
+    let error = |source| StoreError::Query { context, source };
+    let mut known = HashSet::new();
+    if postgres {
+        let rows = sqlx::query("SELECT id FROM metric_series WHERE id = ANY($1::bigint[])")
+            .bind(array_literal(series.iter().map(|(_, s, _)| s.id)))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(error)?;
+        for row in &rows {
+            known.insert(get::<i64>(row, "id")?);
+        }
+    } else {
+        for chunk in series.chunks(SERIES_PER_INSERT) {
+            let sql = format!(
+                "SELECT id FROM metric_series WHERE id IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (_, series, _) in chunk {
+                query = query.bind(series.id);
+            }
+            for row in &query.fetch_all(&mut *conn).await.map_err(error)? {
+                known.insert(get::<i64>(row, "id")?);
+            }
+        }
+    }
+    let mut over = HashSet::new();
+    let mut counts: HashMap<&DeviceId, u64> = HashMap::new();
+    for (device, series, _) in series {
+        if known.contains(&series.id) {
+            continue;
+        }
+        let count = match counts.get_mut(device) {
+            Some(count) => count,
+            None => {
+                let row = sqlx::query("SELECT COUNT(*) AS n FROM metric_series WHERE device = $1")
+                    .bind(device.as_str())
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(error)?;
+                let stored = to_u64(get(&row, "n")?, "count of a device's series")?;
+                counts.entry(device).or_insert(stored)
+            }
+        };
+        if *count >= max_series {
+            over.insert(series.id);
+        } else {
+            *count += 1;
+        }
+    }
+    Ok(over)
+}
+
+/// Per device, how many of its series and points `over` refuses.
+fn count_refused(
+    parts: &[(&DevicePoints, usize)],
+    series: &[(&DeviceId, &SeriesRow, PointRow)],
+    over: &HashSet<i64>,
+) -> Vec<RefusedSeries> {
+    fn entry<'a>(refused: &'a mut Vec<RefusedSeries>, device: &DeviceId) -> &'a mut RefusedSeries {
+        let i = match refused.iter().position(|r| &r.device == device) {
+            Some(i) => i,
+            None => {
+                refused.push(RefusedSeries {
+                    device: device.clone(),
+                    series: 0,
+                    points: 0,
+                });
+                refused.len() - 1
+            }
+        };
+        &mut refused[i]
+    }
+    let mut refused = Vec::new();
+    for (device, _, _) in series.iter().filter(|(_, s, _)| over.contains(&s.id)) {
+        entry(&mut refused, device).series += 1;
+    }
+    for (points, from) in parts {
+        let rows = points.rows.get(*from..).unwrap_or(&[]);
+        let n = rows.iter().filter(|row| over.contains(&row.series_id)).count() as u64;
+        if n > 0 {
+            entry(&mut refused, &points.device).points += n;
+        }
+    }
+    refused
+}
+
+/// Adds what was refused to the devices' counts (`GET /devices/{name}/usage`).
+async fn record_refused(
+    conn: &mut sqlx::AnyConnection,
+    refused: &[RefusedSeries],
+) -> Result<(), StoreError> {
+    for refused in refused {
+        sqlx::query(
+            "UPDATE devices SET metric_series_refused = metric_series_refused + $1, \
+             metric_points_refused = metric_points_refused + $2 WHERE name = $3",
+        )
+        .bind(to_i64(refused.series, "refused series")?)
+        .bind(to_i64(refused.points, "refused points")?)
+        .bind(refused.device.as_str())
+        .execute(&mut *conn)
+        .await
+        .map_err(|source| StoreError::Query {
+            context: "count a device's refused metric series",
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// What a series upsert that fails says: `NotFound` if a device of the
@@ -309,20 +456,31 @@ fn rollup_sql(width: i64) -> String {
 
 impl Store {
     /// Stores `points` of `device` in a transaction of their own (bare
-    /// samples of older agents). `NotFound` if the device does not exist.
+    /// samples of older agents), the device having at most `max_series`
+    /// series; returns what that refused. `NotFound` if the device does
+    /// not exist.
     pub async fn insert_points(
         &self,
         device: &DeviceId,
         points: &[Point],
         received_at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+        max_series: u64,
+    ) -> Result<Vec<RefusedSeries>, StoreError> {
         let points = DevicePoints::new(device, points);
         let mut tx = self.begin("store metric points").await?;
-        write_points(&mut tx, self.postgres, &[(&points, 0)], received_at).await?;
+        let refused = write_points(
+            &mut tx,
+            self.postgres,
+            &[(&points, 0)],
+            received_at,
+            max_series,
+        )
+        .await?;
         tx.commit().await.map_err(|source| StoreError::Query {
             context: "store metric points",
             source,
-        })
+        })?;
+        Ok(refused)
     }
 
     /// Where the rollup job stands: points received before this are

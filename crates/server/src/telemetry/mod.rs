@@ -75,6 +75,17 @@ pub struct Telemetry {
     max_ahead: chrono::Duration,
 }
 
+/// What a device's telemetry may do (from `[ingest]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Records dated more than this after their arrival are dated when
+    /// received.
+    pub max_ahead: Duration,
+    /// Metric series a device may create; points of new ones beyond are
+    /// refused and counted (`ingest.max_series_per_device`).
+    pub max_series: u64,
+}
+
 struct Job {
     device: DeviceId,
     /// The batch as stored: its records dated too far ahead dated when
@@ -100,6 +111,7 @@ struct Writer {
     queue: Mutex<mpsc::Receiver<Job>>,
     /// How many writers share the queue.
     writers: usize,
+    max_series: u64,
 }
 
 /// Field of a log record dated when tetherd received it: the time its
@@ -108,13 +120,12 @@ pub const DEVICE_AT_FIELD: &str = "deviceAt";
 
 impl Telemetry {
     /// Starts `writers` writers, each holding one of `write_slots` (waiting
-    /// at most `slot_wait` for it) while it stores a group. Records dated
-    /// more than `max_ahead` after their arrival are dated when received.
+    /// at most `slot_wait` for it) while it stores a group.
     pub fn new(
         store: Store,
         observability: Arc<Observability>,
         bus: Bus,
-        max_ahead: Duration,
+        limits: Limits,
         write_slots: Arc<Semaphore>,
         slot_wait: Duration,
         writers: usize,
@@ -129,13 +140,15 @@ impl Telemetry {
             slot_wait,
             queue: Mutex::new(receiver),
             writers,
+            max_series: limits.max_series,
         });
         for _ in 0..writers {
             tokio::spawn(writer.clone().run());
         }
         Self {
             queue,
-            max_ahead: chrono::Duration::from_std(max_ahead).unwrap_or(chrono::Duration::MAX),
+            max_ahead: chrono::Duration::from_std(limits.max_ahead)
+                .unwrap_or(chrono::Duration::MAX),
         }
     }
 
@@ -280,8 +293,11 @@ impl Writer {
             let outcome = store_batch(&mut tx, job, now, &mut points).await?;
             outcomes.push(outcome);
         }
-        tx.insert_points(&points, now).await?;
+        let refused = tx.insert_points(&points, now, self.max_series).await?;
         tx.commit().await?;
+        for refused in refused {
+            tracing::warn!(device = %refused.device, series = refused.series, points = refused.points, max_series = self.max_series, "new metric series refused: the device has as many as it may (ingest.max_series_per_device); their points are not stored");
+        }
         Ok(outcomes)
     }
 
@@ -454,7 +470,10 @@ mod tests {
                 store.clone(),
                 Arc::default(),
                 Bus::in_process(),
-                std::time::Duration::from_secs(300),
+                Limits {
+                    max_ahead: std::time::Duration::from_secs(300),
+                    max_series: 10_000,
+                },
                 Arc::new(Semaphore::new(1)),
                 std::time::Duration::from_secs(5),
                 1,
@@ -840,6 +859,7 @@ mod tests {
             slot_wait: std::time::Duration::from_secs(5),
             queue: Mutex::new(mpsc::channel(1).1),
             writers: 1,
+            max_series: 10_000,
         }
     }
 

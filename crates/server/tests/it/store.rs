@@ -2165,7 +2165,7 @@ async fn a_device_naming_a_new_spool_per_batch_keeps_a_bounded_number_of_cursors
     use std::sync::Arc;
     use tether_proto::telemetry::{Dropped, LogRecord, Records, Stream, TelemetryBatch};
     use tether_server::cluster::bus::Bus;
-    use tether_server::telemetry::{Telemetry, cursor::MAX_SPOOLS};
+    use tether_server::telemetry::{Limits, Telemetry, cursor::MAX_SPOOLS};
 
     let store = db.connect().await;
     let name = device(&store, "edge-1").await;
@@ -2173,7 +2173,10 @@ async fn a_device_naming_a_new_spool_per_batch_keeps_a_bounded_number_of_cursors
         store.clone(),
         Arc::default(),
         Bus::in_process(),
-        std::time::Duration::from_secs(300),
+        Limits {
+            max_ahead: std::time::Duration::from_secs(300),
+            max_series: 10_000,
+        },
         Arc::new(tokio::sync::Semaphore::new(1)),
         std::time::Duration::from_secs(5),
         1,
