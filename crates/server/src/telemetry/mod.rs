@@ -967,6 +967,86 @@ mod tests {
         assert_eq!(messages(&store, &device).await.len() as u64, 2 * spools);
     }
 
+    /// A group holding a device's active spool and new spools beside it
+    /// (cursors taken in spool-id order, all stamped with the group's
+    /// one `now`): the spools folded are the least recently used before
+    /// the group, never a spool of the group, whichever side of the
+    /// active one the new ids sort; each batch of the group, sent again,
+    /// meets its cursor.
+    #[tokio::test]
+    async fn a_group_with_the_active_spool_and_new_ones_folds_only_older_spools() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("tether.db").display());
+        let store = Store::connect(&url).await.expect("store");
+        let device = DeviceId::new("edge-1").expect("valid");
+        store
+            .create_device(&device, &Default::default(), Utc::now())
+            .await
+            .expect("device");
+        // The device's 16 spools: 15 old ones and the active one, used in
+        // that order.
+        let old: Vec<String> = (0..cursor::MAX_SPOOLS - 1)
+            .map(|i| format!("old{i:02}"))
+            .collect();
+        for spool in old.iter().map(String::as_str).chain(["m-active"]) {
+            let (job, answer) = job(&device, logs(spool, 0, 1));
+            writer(&store).store_group(vec![job]).await;
+            answer.await.expect("answered").expect("stored");
+        }
+        let mut raw = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("second connection");
+        for (i, spool) in old.iter().map(String::as_str).chain(["m-active"]).enumerate() {
+            sqlx::query("UPDATE telemetry_cursors SET updated_at = ? WHERE spool_id = ?")
+                .bind(1_000 + i as i64)
+                .bind(spool)
+                .execute(&mut raw)
+                .await
+                .expect("dated");
+        }
+        let group = || {
+            [
+                logs("a-new", 0, 1),
+                logs("m-active", 1, 2),
+                logs("z-new", 0, 1),
+            ]
+        };
+        let (jobs, answers): (Vec<_>, Vec<_>) =
+            group().into_iter().map(|b| job(&device, b)).unzip();
+        writer(&store).store_group(jobs).await;
+        for answer in futures::future::join_all(answers).await {
+            assert_eq!(
+                answer.expect("answered").expect("stored"),
+                Stored::New { records: 1, gap: 0 }
+            );
+        }
+        let kept: Vec<String> = sqlx::query_scalar(
+            "SELECT spool_id FROM telemetry_cursors WHERE spool_id <> '' ORDER BY spool_id",
+        )
+        .fetch_all(&mut raw)
+        .await
+        .expect("cursors");
+        let mut expected: Vec<String> = ["a-new", "m-active", "z-new"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(old[2..].iter().cloned())
+            .collect();
+        expected.sort();
+        assert_eq!(kept, expected, "old00 and old01 folded");
+        // Sent again (their acknowledgements lost), each is a duplicate.
+        let (jobs, answers): (Vec<_>, Vec<_>) =
+            group().into_iter().map(|b| job(&device, b)).unzip();
+        writer(&store).store_group(jobs).await;
+        for answer in futures::future::join_all(answers).await {
+            assert_eq!(
+                answer.expect("answered").expect("acknowledged"),
+                Stored::Duplicate
+            );
+        }
+        assert_eq!(messages(&store, &device).await.len(), 16 + 3);
+    }
+
     #[tokio::test]
     async fn a_batch_for_a_device_that_does_not_exist_is_not_found() {
         let (telemetry, _store, _device) = service().await;
