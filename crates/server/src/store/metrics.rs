@@ -581,6 +581,12 @@ impl Store {
                 "DELETE FROM metric_rollups WHERE resolution = 3600000 AND bucket < $1",
                 millis(hours_before),
             ),
+            // Their points first: no foreign key deletes them (ADR 0018).
+            (
+                "DELETE FROM metric_points WHERE series_id IN \
+                 (SELECT id FROM metric_series WHERE last_at < $1)",
+                millis(hours_before),
+            ),
             (
                 "DELETE FROM metric_series WHERE last_at < $1",
                 millis(hours_before),

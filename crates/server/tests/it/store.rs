@@ -11,6 +11,7 @@ use tether_proto::api::JobState;
 use tether_proto::api::Labels;
 use tether_proto::metrics::HostMetrics;
 use tether_proto::{ActionState, DeviceId, Presence};
+use tether_server::metrics::series::{Point, SeriesKey};
 use tether_server::store::{
     ActionBytes, AnswerWrite, CursorUpdate, DeviceSession, EventRecord, NewAction, NewJob, Outcome,
     ReplicaRecord, SeenDevice, SessionRecord, SpoolRef, Store, StoreError, UserRecord,
@@ -395,7 +396,28 @@ async fn deleting_a_device_removes_everything_it_owns(store: Store) {
             .insert_metrics(name, &sample(1))
             .await
             .expect("insert metrics");
+        let point = Point {
+            series: SeriesKey::new("cpu_percent"),
+            at: at(1_000),
+            value: 1.0,
+        };
+        store
+            .insert_points(name, &[point], at(1_000), 10)
+            .await
+            .expect("insert a point");
     }
+    let series_id = |name: &DeviceId| SeriesKey::new("cpu_percent").id(name);
+    let raw_points = |id: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .series_buckets(&[id], 1, 1, at(0), at(10_000))
+                .await
+                .expect("points")
+                .len()
+        }
+    };
+    assert_eq!(raw_points(series_id(&doomed)).await, 1);
 
     assert!(store.delete_device(&doomed).await.expect("delete doomed"));
     assert!(
@@ -435,8 +457,11 @@ async fn deleting_a_device_removes_everything_it_owns(store: Store) {
             .is_empty()
     );
 
-    // A device of the same name starts from nothing: no old actions, seq 1.
+    // A device of the same name starts from nothing: no old actions, seq 1,
+    // no points of its series (whose ids come from the names).
     let reborn = device(&store, "doomed").await;
+    assert_eq!(raw_points(series_id(&reborn)).await, 0);
+    assert_eq!(raw_points(series_id(&kept)).await, 1);
     let first = store
         .insert_action(&new_action("action-reborn", &reborn))
         .await
