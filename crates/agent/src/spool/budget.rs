@@ -302,7 +302,10 @@ mod tests {
         assert!(tomorrow.admit(noon + TimeDelta::days(1), Some(6), 100));
         let fresh = DailyBudget::restored(Some(&saved));
         assert_eq!(fresh.limit(), Some(10_000), "enforced until the spec says");
-        assert!(DailyBudget::new(None).saved().is_none(), "unlimited: nothing");
+        assert!(
+            DailyBudget::new(None).saved().is_none(),
+            "unlimited: nothing"
+        );
     }
 
     #[test]

@@ -488,8 +488,8 @@ impl Disk {
     /// if they changed and this is a clean stop (`stopping`) or they
     /// waited [`BUDGET_SAVE_EVERY`].
     pub fn save(&mut self, stopping: bool) -> io::Result<()> {
-        let budget_due = self.budget_changed
-            && (stopping || self.saved_at.elapsed() >= BUDGET_SAVE_EVERY);
+        let budget_due =
+            self.budget_changed && (stopping || self.saved_at.elapsed() >= BUDGET_SAVE_EVERY);
         if self.saved_acked != self.meta.acked || budget_due {
             self.save_meta()?;
         }

@@ -650,7 +650,10 @@ mod tests {
             (next_seq, dropped.over_budget)
         };
         let (first_admitted, first_dropped) = run(0);
-        assert!(first_admitted > 0 && first_dropped > 0, "the cap was reached");
+        assert!(
+            first_admitted > 0 && first_dropped > 0,
+            "the cap was reached"
+        );
         let saved = std::fs::read_to_string(temp.path().join(SPOOL_DIR).join("logs/meta.json"))
             .expect("meta");
         assert!(saved.contains("\"budget\""), "{saved}");

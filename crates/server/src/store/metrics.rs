@@ -235,7 +235,10 @@ fn count_refused(
     }
     for (points, from) in parts {
         let rows = points.rows.get(*from..).unwrap_or(&[]);
-        let n = rows.iter().filter(|row| over.contains(&row.series_id)).count() as u64;
+        let n = rows
+            .iter()
+            .filter(|row| over.contains(&row.series_id))
+            .count() as u64;
         if n > 0 {
             entry(&mut refused, &points.device).points += n;
         }
@@ -344,7 +347,6 @@ async fn write_values(
     Ok(())
 }
 
-
 /// PostgreSQL: the series in one statement and the points in another,
 /// each column bound as one array. Multi-row `VALUES` of up to 4,000
 /// parameters were parsed and planned per distinct row count and bound
@@ -365,9 +367,15 @@ async fn write_unnest(
          $5::bigint[], $6::float8[]){NEWEST_WINS}"
     ))
     .bind(array_literal(series.iter().map(|(_, s, _)| s.id)))
-    .bind(text_array_literal(series.iter().map(|(d, _, _)| d.as_str())))
-    .bind(text_array_literal(series.iter().map(|(_, s, _)| s.name.as_str())))
-    .bind(text_array_literal(series.iter().map(|(_, s, _)| s.labels.as_str())))
+    .bind(text_array_literal(
+        series.iter().map(|(d, _, _)| d.as_str()),
+    ))
+    .bind(text_array_literal(
+        series.iter().map(|(_, s, _)| s.name.as_str()),
+    ))
+    .bind(text_array_literal(
+        series.iter().map(|(_, s, _)| s.labels.as_str()),
+    ))
     .bind(array_literal(series.iter().map(|(_, _, p)| p.at)))
     .bind(array_literal(series.iter().map(|(_, _, p)| p.value)))
     .execute(&mut *conn)
@@ -745,7 +753,10 @@ mod tests {
 
     #[test]
     fn array_literals_read_back_as_the_values() {
-        assert_eq!(array_literal([1_i64, -2, i64::MAX].into_iter()), "{1,-2,9223372036854775807}");
+        assert_eq!(
+            array_literal([1_i64, -2, i64::MAX].into_iter()),
+            "{1,-2,9223372036854775807}"
+        );
         assert_eq!(array_literal(std::iter::empty::<i64>()), "{}");
         for value in [0.1, 1e300, -2.5e-300, 0.73, f64::MAX] {
             let literal = array_literal([value].into_iter());

@@ -997,7 +997,12 @@ mod tests {
         let mut raw = sqlx::SqliteConnection::connect(&url)
             .await
             .expect("second connection");
-        for (i, spool) in old.iter().map(String::as_str).chain(["m-active"]).enumerate() {
+        for (i, spool) in old
+            .iter()
+            .map(String::as_str)
+            .chain(["m-active"])
+            .enumerate()
+        {
             sqlx::query("UPDATE telemetry_cursors SET updated_at = ? WHERE spool_id = ?")
                 .bind(1_000 + i as i64)
                 .bind(spool)

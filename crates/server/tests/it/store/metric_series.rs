@@ -126,7 +126,12 @@ async fn late_points_and_downtime_are_caught_up(store: Store) {
     let metrics = Metrics::new(store.clone(), MetricsConfig::default());
     let start = at(0) - Duration::seconds(20); // 22:13:00
     store
-        .insert_points(&edge, &ten_a_minute(start, 1, 0.0), start + minutes(1), MAX_SERIES)
+        .insert_points(
+            &edge,
+            &ten_a_minute(start, 1, 0.0),
+            start + minutes(1),
+            MAX_SERIES,
+        )
         .await
         .expect("stored");
     metrics.roll_up(start + minutes(1)).await.expect("rolls up");
@@ -173,7 +178,12 @@ async fn range_queries_say_their_resolution_and_refuse_bad_input(store: Store) {
     let metrics = Metrics::new(store.clone(), MetricsConfig::default());
     let now = at(3_600_000);
     store
-        .insert_points(&edge, &ten_a_minute(now - minutes(30), 10, 0.0), now, MAX_SERIES)
+        .insert_points(
+            &edge,
+            &ten_a_minute(now - minutes(30), 10, 0.0),
+            now,
+            MAX_SERIES,
+        )
         .await
         .expect("stored");
     let answer = metrics
@@ -280,7 +290,12 @@ async fn the_fleet_page_holds_fresh_series_by_name_with_device_labels(store: Sto
         .await
         .expect("stored");
     store
-        .insert_points(&quiet, &[cpu(now - Duration::hours(2), 1.0)], now, MAX_SERIES)
+        .insert_points(
+            &quiet,
+            &[cpu(now - Duration::hours(2), 1.0)],
+            now,
+            MAX_SERIES,
+        )
         .await
         .expect("stored");
     let rows = store
