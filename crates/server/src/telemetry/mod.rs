@@ -901,13 +901,10 @@ mod tests {
         assert_eq!(points(&store, series[0].id).await, [(millis(at), 1.0, 1)]);
     }
 
-    /// Each batch of a group gets its own cursor handling: new spools
-    /// beyond [`cursor::MAX_SPOOLS`] fold the oldest within the group's one
-    /// transaction, and each batch's replay bytes and agent report reach
-    /// its cursor.
-    #[tokio::test]
-    async fn a_group_of_new_spools_folds_the_oldest_and_counts_each_batch() {
-        use sqlx::Connection;
+    /// A store in a file (so a second connection sees it, unlike
+    /// `sqlite::memory:`) with the device `edge-1`; the directory lives as
+    /// long as the first value.
+    async fn file_store() -> (tempfile::TempDir, String, Store, DeviceId) {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("tether.db").display());
         let store = Store::connect(&url).await.expect("store");
@@ -916,6 +913,17 @@ mod tests {
             .create_device(&device, &Default::default(), Utc::now())
             .await
             .expect("device");
+        (dir, url, store, device)
+    }
+
+    /// Each batch of a group gets its own cursor handling: new spools
+    /// beyond [`cursor::MAX_SPOOLS`] fold the oldest within the group's one
+    /// transaction, and each batch's replay bytes and agent report reach
+    /// its cursor.
+    #[tokio::test]
+    async fn a_group_of_new_spools_folds_the_oldest_and_counts_each_batch() {
+        use sqlx::Connection;
+        let (_dir, url, store, device) = file_store().await;
         let spools = u64::from(cursor::MAX_SPOOLS) + 8;
         let (jobs, answers): (Vec<_>, Vec<_>) = (0..spools)
             .map(|i| {
@@ -976,14 +984,7 @@ mod tests {
     #[tokio::test]
     async fn a_group_with_the_active_spool_and_new_ones_folds_only_older_spools() {
         use sqlx::Connection;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("tether.db").display());
-        let store = Store::connect(&url).await.expect("store");
-        let device = DeviceId::new("edge-1").expect("valid");
-        store
-            .create_device(&device, &Default::default(), Utc::now())
-            .await
-            .expect("device");
+        let (_dir, url, store, device) = file_store().await;
         // The device's 16 spools: 15 old ones and the active one, used in
         // that order.
         let old: Vec<String> = (0..cursor::MAX_SPOOLS - 1)
