@@ -428,6 +428,19 @@ pub struct CatalogueEntry {
     pub input_schema: serde_json::Value,
 }
 
+/// The actions a device accepts after enabling or disabling one (its
+/// spec's `actions` section applied to the defaults, ADR 0017).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceActionSet {
+    pub device: String,
+    /// Every action the device accepts, sorted.
+    pub accepted: Vec<String>,
+    /// The spec version that holds this set.
+    pub spec_version: u64,
+}
+
 /// One change made through the API, or one login or enrollment attempt.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -318,6 +318,20 @@ impl Registry {
         self.get_with_spec(name).await
     }
 
+    /// Enables or disables `action` on the device (ADR 0017); the new spec
+    /// goes to the device like any spec update.
+    pub async fn set_action_enabled(
+        &self,
+        name: &DeviceId,
+        action: &str,
+        enabled: bool,
+    ) -> Result<crate::store::SpecRecord, RegistryError> {
+        // An unchanged spec is not written, so the write cannot be what
+        // tells that the device is missing.
+        self.record(name).await?;
+        Ok(self.specs.set_action_enabled(name, action, enabled).await?)
+    }
+
     /// Deletes the device and closes its session: its certificate stops
     /// working at once, since CONNECT checks the registry.
     pub async fn delete(&self, name: &DeviceId) -> Result<(), RegistryError> {

@@ -1,5 +1,6 @@
 //! tetherd's integration tests, in one binary to keep link time down.
 
+mod action_sets;
 mod actions;
 mod api;
 mod certificates;
