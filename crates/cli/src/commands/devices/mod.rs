@@ -1,5 +1,6 @@
 //! `tether devices …`: the device registry.
 
+mod actions;
 mod add;
 mod delete;
 mod enrollment_token;
@@ -30,6 +31,9 @@ pub enum Devices {
     Revoke(revoke::Revoke),
     EnrollmentToken(enrollment_token::EnrollmentTokenCmd),
     Usage(usage::Usage),
+    /// Enable or disable actions on a device.
+    #[command(subcommand)]
+    Actions(actions::Actions),
 }
 
 impl Devices {
@@ -45,6 +49,7 @@ impl Devices {
             Devices::Delete(cmd) => cmd.description(),
             Devices::Revoke(cmd) => cmd.description(),
             Devices::EnrollmentToken(cmd) => cmd.description(),
+            Devices::Actions(cmd) => cmd.description(),
         }
     }
 
@@ -60,6 +65,7 @@ impl Devices {
             Devices::Delete(cmd) => cmd.run(ctx).await,
             Devices::Revoke(cmd) => cmd.run(ctx).await,
             Devices::EnrollmentToken(cmd) => cmd.run(ctx).await,
+            Devices::Actions(cmd) => cmd.run(ctx).await,
         }
     }
 }
