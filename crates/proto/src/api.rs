@@ -128,6 +128,10 @@ pub struct EnrollmentToken {
     pub ca_sha256: String,
     /// The command line that enrolls and starts an agent for this device.
     pub agent_command: String,
+    /// The one command that joins a Kubernetes cluster as this device: it
+    /// fetches the agent's manifest from tetherd, trusting only tetherd's
+    /// CA, and applies it with the current kubectl context (ADR 0017).
+    pub join_command: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

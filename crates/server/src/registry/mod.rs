@@ -360,12 +360,40 @@ impl Registry {
             "tether-agent --server {} --enroll-token {token} --ca-sha256 {ca_sha256}",
             endpoints.api_url
         );
+        let join_command = crate::join::command(
+            &format!("{}/api/v1/join/{token}", endpoints.api_url),
+            self.ca.cert_pem(),
+        );
         Ok(EnrollmentToken {
             token,
             expires_at,
             ca_sha256,
             agent_command,
+            join_command,
         })
+    }
+
+    /// The manifest that joins a Kubernetes cluster as the device the
+    /// token enrolls, running `image`. The token stays unused: the agent
+    /// uses it.
+    pub async fn join_manifest(
+        &self,
+        token: &str,
+        endpoints: &Endpoints,
+        image: &str,
+    ) -> Result<String, RegistryError> {
+        let device = self
+            .store
+            .enrollment_token_device(&secret_hash(token), Utc::now())
+            .await?
+            .ok_or(RegistryError::TokenRefused)?;
+        Ok(crate::join::manifest(&crate::join::Join {
+            device: device.as_str(),
+            token,
+            server_url: &endpoints.api_url,
+            ca_sha256: self.ca.sha256_hex(),
+            image,
+        }))
     }
 
     /// Exchanges a one-time token and a CSR for a client certificate. The CSR

@@ -11,6 +11,7 @@ mod external_broker;
 mod hostile;
 mod ingest;
 mod jobs;
+mod join;
 mod logs;
 mod metrics;
 mod operations;

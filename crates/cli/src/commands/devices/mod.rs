@@ -101,6 +101,16 @@ fn table(now: DateTime<Utc>, devices: &[Device]) -> String {
     )
 }
 
+/// How to join a Kubernetes cluster as the device with a fresh enrollment
+/// token.
+fn join_text(device: &str, enrollment: &EnrollmentToken) -> String {
+    format!(
+        "Join the Kubernetes cluster as device {device:?} with (kubectl's current context; one-time, expires {}):\n  {}",
+        output::timestamp(enrollment.expires_at),
+        enrollment.join_command,
+    )
+}
+
 /// How to start the agent with a fresh enrollment token.
 fn enrollment_text(device: &str, enrollment: &EnrollmentToken) -> String {
     format!(
@@ -184,7 +194,13 @@ mod tests {
             ca_sha256: "ab".into(),
             agent_command: "tether-agent --server https://h:8443 --enroll-token tok --ca-sha256 ab"
                 .into(),
+            join_command: "echo Q0E= | base64 -d | curl … | kubectl apply -f -".into(),
         };
+        let join = join_text("edge-1", &enrollment);
+        assert!(
+            join.ends_with("\n  echo Q0E= | base64 -d | curl … | kubectl apply -f -"),
+            "{join}"
+        );
         let text = enrollment_text("edge-1", &enrollment);
         assert!(text.contains("expires 1970-01-01T00:00:00Z"), "{text}");
         assert!(text.contains("\n  tok\n"), "{text}");
