@@ -456,6 +456,17 @@ async fn actions_are_enabled_and_disabled_per_device_and_the_catalogue_shows_the
     let all = names(&tether.run_ok(&["actions", "catalogue"]).await);
     assert!(all.contains(&"send-kubectl".to_owned()), "{all:?}");
 
+    let joining = tether
+        .run_ok(&["devices", "add", "cluster-1", "--kubernetes"])
+        .await;
+    let command = joining.lines().last().unwrap_or_default().trim();
+    assert!(
+        command.starts_with("echo ")
+            && command.contains("| curl -fsS --cacert /dev/stdin https://")
+            && command.ends_with("| kubectl apply -f -"),
+        "{joining}"
+    );
+
     let run = tether
         .run(&["devices", "actions", "enable", "edge-1", "format-disk"])
         .await;
