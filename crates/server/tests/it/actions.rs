@@ -113,6 +113,11 @@ async fn every_agent_action_round_trips(database: Database) -> anyhow::Result<()
     let stop = run(&admin, "edge-1", "stop-stats", json!({})).await?;
     assert_eq!(stop["state"], "succeeded", "{stop}");
 
+    // Not a default action (ADR 0017).
+    admin
+        .put("/api/v1/devices/edge-1/action-set/retrieve-kubeconfig")
+        .await?
+        .expect_status(200)?;
     let unimplemented = run(
         &admin,
         "edge-1",
@@ -419,6 +424,11 @@ async fn secrets_are_redacted_in_records_and_logs_but_reach_the_device(
         "command": "backup-database",
         "parameters": {"deployment": "db", "host": "127.0.0.1", "port": 22, "user": "backup", "password": secret, "remotePath": "/b"}
     });
+    // Destructive, so never enabled by default (ADR 0017).
+    admin
+        .put("/api/v1/devices/edge-1/action-set/restore-command")
+        .await?
+        .expect_status(200)?;
     // Accepted while the device is offline, so the secret must survive in
     // the store (sealed) until delivery.
     let accepted = request(
