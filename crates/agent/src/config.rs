@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::enroll::EnrollOptions;
+use crate::kubernetes::{K3S_KUBECONFIG, KubernetesConfig, Mode, SERVICE_ACCOUNT_DIR};
 use crate::local_api::LocalApiConfig;
 use crate::logs::{JournalLocation, LogsConfig, SyslogConfig, SystemLog};
 use crate::spool::SpoolConfig;
@@ -123,6 +124,61 @@ pub struct Config {
         default_value = "auto"
     )]
     pub system_log: String,
+
+    /// Manage a Kubernetes cluster: `cluster` when the agent runs in it as
+    /// a pod (its ServiceAccount), `host` when it runs on the k3s host (a
+    /// kubeconfig file) [default: no cluster]
+    #[arg(long, env = "TETHER_AGENT_KUBERNETES", value_name = "MODE")]
+    pub kubernetes: Option<Mode>,
+
+    /// The kubeconfig file of host mode
+    #[arg(
+        long,
+        env = "TETHER_AGENT_KUBECONFIG",
+        value_name = "PATH",
+        default_value = K3S_KUBECONFIG
+    )]
+    pub kubeconfig: PathBuf,
+
+    /// The cluster's name, reported and written into kubeconfigs
+    /// [default: the kubeconfig's cluster name; in-cluster in cluster mode]
+    #[arg(long, env = "TETHER_AGENT_KUBERNETES_CLUSTER", value_name = "NAME")]
+    pub kubernetes_cluster: Option<String>,
+
+    /// Where cluster mode reads the pod's ServiceAccount `token` and `ca.crt`
+    #[arg(
+        long,
+        env = "TETHER_AGENT_KUBERNETES_SERVICE_ACCOUNT_DIR",
+        value_name = "DIR",
+        default_value = SERVICE_ACCOUNT_DIR
+    )]
+    pub kubernetes_service_account_dir: PathBuf,
+
+    /// The API server's address in cluster mode, set by Kubernetes in every pod
+    #[arg(long, env = "KUBERNETES_SERVICE_HOST", hide = true)]
+    pub kubernetes_service_host: Option<String>,
+
+    #[arg(long, env = "KUBERNETES_SERVICE_PORT", hide = true)]
+    pub kubernetes_service_port: Option<String>,
+
+    /// The `kubectl` that `send-kubectl` runs (a name is looked up in PATH)
+    #[arg(
+        long,
+        env = "TETHER_AGENT_KUBECTL",
+        value_name = "PATH",
+        default_value = "kubectl"
+    )]
+    pub kubectl: PathBuf,
+
+    /// How long one `send-kubectl` may run before it is killed (answered 504)
+    #[arg(
+        long,
+        env = "TETHER_AGENT_KUBECTL_TIMEOUT_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = 120,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub kubectl_timeout_seconds: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +234,26 @@ impl Config {
                 (None, None) => JournalLocation::System,
             },
             system_log: SystemLog::from_setting(&self.system_log),
+        }
+    }
+
+    /// The cluster the agent manages, if `--kubernetes` names a mode.
+    pub fn kubernetes(&self) -> Option<KubernetesConfig> {
+        Some(KubernetesConfig {
+            mode: self.kubernetes?,
+            service_host: self.kubernetes_service_host.clone(),
+            service_port: self.kubernetes_service_port.clone(),
+            service_account_dir: self.kubernetes_service_account_dir.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            cluster_name: self.kubernetes_cluster.clone(),
+        })
+    }
+
+    /// How `send-kubectl` runs `kubectl`.
+    pub fn kubectl(&self) -> crate::actions::send_kubectl::KubectlConfig {
+        crate::actions::send_kubectl::KubectlConfig {
+            program: self.kubectl.clone(),
+            timeout: std::time::Duration::from_secs(self.kubectl_timeout_seconds),
         }
     }
 
@@ -293,6 +369,36 @@ mod tests {
                 socket: PathBuf::from("/run/tether/api.sock"),
                 group: Some("tether".into())
             }
+        );
+    }
+
+    #[test]
+    fn kubernetes_flags_make_a_cluster_config_only_with_a_mode() {
+        let config = Config::try_parse_from(["tether-agent"]).expect("parses");
+        assert_eq!(config.kubernetes(), None);
+        let config = Config::try_parse_from([
+            "tether-agent",
+            "--kubernetes",
+            "host",
+            "--kubeconfig",
+            "/k.yaml",
+            "--kubernetes-cluster",
+            "edge-1",
+        ])
+        .expect("parses");
+        let kubernetes = config.kubernetes().expect("configured");
+        assert_eq!(kubernetes.mode, Mode::Host);
+        assert_eq!(kubernetes.kubeconfig, PathBuf::from("/k.yaml"));
+        assert_eq!(kubernetes.cluster_name.as_deref(), Some("edge-1"));
+        assert_eq!(
+            kubernetes.service_account_dir,
+            PathBuf::from(SERVICE_ACCOUNT_DIR)
+        );
+        let err = Config::try_parse_from(["tether-agent", "--kubernetes", "cloud"])
+            .expect_err("no such mode");
+        assert!(err.to_string().contains("--kubernetes"), "{err}");
+        assert!(
+            Config::try_parse_from(["tether-agent", "--kubectl-timeout-seconds", "0"]).is_err()
         );
     }
 

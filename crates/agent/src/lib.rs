@@ -9,6 +9,7 @@ pub mod config;
 pub mod dedupe;
 pub mod endpoints;
 pub mod enroll;
+pub mod kubernetes;
 pub mod local_api;
 pub mod logging;
 pub mod logs;
@@ -80,10 +81,10 @@ pub async fn run(
     let spools = Spools::open(state.path(), config.spool())?;
     // The spec applied last, in force before tetherd is reached again.
     let applied = spec::SpecHandle::load(state.path());
-    let status = spec::StatusSource::new(
-        applied.clone(),
-        spec::facts::gather(std::path::Path::new("/")),
-    );
+    let kubernetes = config.kubernetes();
+    let mut facts = spec::facts::gather(std::path::Path::new("/"));
+    facts.kubernetes = kubernetes.as_ref().map(kubernetes::KubernetesConfig::facts);
+    let status = spec::StatusSource::new(applied.clone(), facts);
     let (identity, identity_view) = tokio::sync::watch::channel(None);
     let local_api = local_api::LocalApi::bind(
         &config.local_api(state.path()),
@@ -115,6 +116,11 @@ pub async fn run(
     let log_sources = tokio::spawn(sources.run(async move {
         let _ = sources_stopped.await;
     }));
+    let kubernetes = actions::Kubernetes {
+        config: kubernetes,
+        kubectl: config.kubectl(),
+        state_dir: state.path().to_owned(),
+    };
     let ran = serve(
         config,
         state,
@@ -125,6 +131,7 @@ pub async fn run(
             identity,
             follow,
         },
+        kubernetes,
         logging,
         shutdown,
     )
@@ -178,6 +185,7 @@ async fn serve(
     state: StateDir,
     clock: Arc<ServerClock>,
     spooled: Spooled,
+    kubernetes: actions::Kubernetes,
     logging: LogControl,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
@@ -246,6 +254,7 @@ async fn serve(
             clock,
             spools,
             follow,
+            kubernetes,
         },
         renewed_rx,
         shutdown,

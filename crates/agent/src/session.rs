@@ -367,6 +367,7 @@ pub struct SessionParts {
     pub spools: Arc<Spools>,
     /// `follow-logs` extends it.
     pub follow: crate::logs::FollowHandle,
+    pub kubernetes: crate::actions::Kubernetes,
 }
 
 /// Connects and serves actions until `shutdown` resolves; then says goodbye.
@@ -384,6 +385,7 @@ pub async fn run(
         clock,
         spools,
         follow,
+        kubernetes,
     } = parts;
     let endpoints = Endpoints::parse(&credentials.mqtt_urls)?;
     let tls = tls_config(&credentials, clock.clone())?;
@@ -441,6 +443,7 @@ pub async fn run(
         ca_pem: credentials.ca_pem.clone(),
         clock: clock.clone(),
         follow,
+        kubernetes,
     };
     let (actions_tx, actions_rx) = mpsc::unbounded_channel();
     let queued = Queued::default();

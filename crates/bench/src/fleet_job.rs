@@ -83,6 +83,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         times.answered_in.as_secs_f64(),
         times.finished_in.as_secs_f64()
     );
+    println!("    answered over time: {}", times.timeline_text());
     for agent in agents {
         agent.disconnect().await;
     }
@@ -100,6 +101,28 @@ pub struct JobTimes {
     pub answered_in: Duration,
     /// Until the job was finished (equal to `answered_in` when not waited for).
     pub finished_in: Duration,
+    /// Answers recorded at each poll, to tell a steady job from one that
+    /// stalls.
+    pub timeline: Vec<(Duration, usize)>,
+}
+
+impl JobTimes {
+    /// The timeline as "0.30 s 1200, 0.55 s 2600, …": the answers at most
+    /// every quarter second, and only when they changed.
+    pub fn timeline_text(&self) -> String {
+        let mut shown: Option<(Duration, usize)> = None;
+        let mut entries = vec![];
+        for &(at, answered) in &self.timeline {
+            let due = shown.is_none_or(|(when, count)| {
+                count != answered && at >= when + Duration::from_millis(250)
+            });
+            if due {
+                shown = Some((at, answered));
+                entries.push(format!("{:.2} s {answered}", at.as_secs_f64()));
+            }
+        }
+        entries.join(", ")
+    }
 }
 
 /// Creates a `get-node-ip` job for `selector` and polls it until `answers`
@@ -137,12 +160,14 @@ async fn time_limited_job(
     let created_in = started.elapsed();
     let id = created["id"].as_str().context("job id")?.to_owned();
     let mut half_in = None;
+    let mut timeline = vec![];
     let answered_in = loop {
         let job = admin
             .get(&format!("/api/v1/jobs/{id}"))
             .await?
             .expect_status(200)?;
         let succeeded = job["counts"]["succeeded"].as_u64().unwrap_or(0) as usize;
+        timeline.push((started.elapsed(), succeeded));
         if half_in.is_none() && succeeded * 2 >= answers {
             half_in = Some(started.elapsed());
         }
@@ -186,5 +211,6 @@ async fn time_limited_job(
         half_in: half_in.unwrap_or(answered_in),
         answered_in,
         finished_in,
+        timeline,
     })
 }

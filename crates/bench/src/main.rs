@@ -80,6 +80,9 @@ struct Args {
     /// replicas: devices in the fleet-wide job (spread over every replica).
     #[arg(long, default_value_t = 10_000)]
     job_devices: usize,
+    /// replicas: copy each replica's log into this dir at the end.
+    #[arg(long)]
+    keep_logs: Option<std::path::PathBuf>,
     /// telemetry: log lines to send over all devices.
     #[arg(long, default_value_t = 1_000_000)]
     log_lines: u64,
@@ -140,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
                 concurrency: args.concurrency,
                 connect_rate: args.connect_rate,
                 job_devices: args.job_devices.min(args.agents),
+                keep_logs: args.keep_logs,
             })
             .await;
         }

@@ -33,6 +33,9 @@ pub struct Settings {
     pub connect_rate: f64,
     /// Devices (spread over every replica) labelled for the fleet-wide job.
     pub job_devices: usize,
+    /// Where to copy each replica's log at the end (replica-K.log), to
+    /// read what happened during a slow run.
+    pub keep_logs: Option<PathBuf>,
 }
 
 /// Sessions one simulator process opens at once while connecting.
@@ -174,6 +177,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         job.answered_in.as_secs_f64(),
         job.finished_in.as_secs_f64()
     );
+    println!("    answered over time: {}", job.timeline_text());
+    if let Some(dir) = &settings.keep_logs {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (k, replica) in all.iter().enumerate() {
+            let path = dir.join(format!("replica-{k}.log"));
+            std::fs::write(&path, replica.log())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        println!("  replica logs in      {}", dir.display());
+    }
     let progress = total_progress(&simulators);
     println!("  connects retried     {}", progress.retried);
     for (why, count) in &progress.why {

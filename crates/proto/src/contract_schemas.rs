@@ -12,7 +12,7 @@ use crate::metrics::{
     DiskIoSample, HostMetrics, HostSample, InterfaceSample, MemorySample, MountSample,
     TemperatureSample,
 };
-use crate::spec::{Facts, OsRelease, ReportedStatus, SpecError, SpecMessage};
+use crate::spec::{Facts, KubernetesFacts, OsRelease, ReportedStatus, SpecError, SpecMessage};
 use crate::{ActionEvent, ActionRequest, DeviceStatus, Presence};
 
 fn schema_source(name: &str) -> Value {
@@ -294,6 +294,11 @@ fn the_agents_report_conforms_to_the_reported_schema() {
             kernel: Some("6.6.31".into()),
             hostname: Some("pi-17".into()),
             agent_version: "0.1.0".into(),
+            kubernetes: Some(KubernetesFacts {
+                mode: "host".into(),
+                cluster: "default".into(),
+                server: Some("https://127.0.0.1:6443".into()),
+            }),
         },
     };
     assert_conforms("reported", &serde_json::to_value(&reported).expect("JSON"));

@@ -448,6 +448,25 @@ pub struct Facts {
     pub hostname: Option<String>,
     #[serde(default)]
     pub agent_version: String,
+    /// The Kubernetes cluster the agent manages, if it manages one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesFacts>,
+}
+
+/// How the agent reaches its cluster and which cluster it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KubernetesFacts {
+    /// `cluster` (in a pod, with its ServiceAccount) or `host` (on the
+    /// node, with a kubeconfig file).
+    pub mode: String,
+    /// The cluster's name: the kubeconfig's, or as configured.
+    #[serde(default)]
+    pub cluster: String,
+    /// The API server's URL; absent while the credentials cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 impl Facts {
@@ -467,6 +486,11 @@ impl Facts {
         )?;
         for (interface, mac) in &self.macs {
             limits::check("a MAC entry", interface.len() + mac.len(), max)?;
+        }
+        if let Some(kubernetes) = &self.kubernetes {
+            limits::check("facts.kubernetes.mode", kubernetes.mode.len(), max)?;
+            limits::check("facts.kubernetes.cluster", kubernetes.cluster.len(), max)?;
+            limits::check("facts.kubernetes.server", optional(&kubernetes.server), max)?;
         }
         if let Some(os) = &self.os_release {
             limits::check("facts.osRelease.prettyName", os.pretty_name.len(), max)?;

@@ -10,6 +10,7 @@ pub mod fake_kube;
 pub mod http_target;
 pub mod mosquitto;
 pub mod postgres;
+pub mod seed_schema;
 pub mod sim_agent;
 pub mod tetherd;
 pub mod wait;

@@ -1,4 +1,5 @@
-//! `get-node-ip`: this host's name and interface addresses.
+//! `get-node-ip`: with a cluster, every node's addresses as the API
+//! server knows them; on a plain device, this host's name and interfaces.
 
 use std::net::IpAddr;
 
@@ -37,6 +38,30 @@ pub fn addresses<'a>(
         .collect();
     list.sort();
     list
+}
+
+/// Every node of the cluster with its `InternalIP`, `ExternalIP` and
+/// `Hostname` addresses (and any other the node reports).
+pub async fn cluster(client: &crate::kubernetes::Client) -> Result<Value, super::ActionError> {
+    let nodes = client
+        .json(reqwest::Method::GET, "/api/v1/nodes", None)
+        .await?;
+    let nodes: Vec<Value> = nodes["items"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|node| {
+            serde_json::json!({
+                "name": node["metadata"]["name"],
+                "addresses": node["status"]["addresses"].as_array().cloned().unwrap_or_default(),
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "cluster": client.access().cluster_name,
+        "nodes": nodes,
+    }))
 }
 
 pub fn run() -> Value {

@@ -6,12 +6,17 @@
 //! everything here is tested without MQTT.
 
 pub mod configure_logger;
+pub mod copy_resource;
 pub mod expiry;
 pub mod follow_logs;
 pub mod get_authorization_id;
 pub mod get_node_ip;
+pub mod manage_deployment;
+pub mod retrieve_kubeconfig;
 pub mod run_stats;
 pub mod send_api;
+pub mod send_kubectl;
+pub mod send_kubernetes_api;
 
 use std::sync::Arc;
 
@@ -21,18 +26,24 @@ use tether_proto::{ActionEvent, ActionRequest, Catalogue, InputError};
 
 use crate::authorization::AuthorizationGuard;
 use crate::dedupe::{Dedupe, Seen};
+use crate::kubernetes::{Client, KubeError, KubernetesConfig};
 use crate::logging::{LogControl, LoggingError};
 use expiry::{Deadline, Delivery, Moment};
 use run_stats::StatsRunner;
 
 /// The actions this agent runs; the birth message lists them as capabilities.
-pub const IMPLEMENTED: [&str; 7] = [
+pub const IMPLEMENTED: [&str; 12] = [
     "configure-logger",
+    "copy-resource",
     "follow-logs",
     "get-authorization-id",
     "get-node-ip",
+    "manage-deployment",
+    "retrieve-kubeconfig",
     "run-stats",
     "send-api",
+    "send-kubectl",
+    "send-kubernetes-api",
     "stop-stats",
 ];
 
@@ -56,6 +67,14 @@ pub enum ActionError {
     Logging(#[source] LoggingError),
     #[error("action {0} is not implemented by tether-agent {AGENT_VERSION}")]
     NotImplemented(String),
+    #[error(
+        "this agent manages no Kubernetes cluster: start it with --kubernetes cluster (in a pod) or --kubernetes host (with a kubeconfig)"
+    )]
+    NoCluster,
+    #[error(transparent)]
+    Kubernetes(#[from] KubeError),
+    #[error(transparent)]
+    Kubectl(#[from] send_kubectl::KubectlError),
 }
 
 impl ActionError {
@@ -65,6 +84,9 @@ impl ActionError {
             ActionError::Request { .. } => 502,
             ActionError::Logging(_) => 500,
             ActionError::NotImplemented(_) => 501,
+            ActionError::NoCluster => 503,
+            ActionError::Kubernetes(e) => e.status_code(),
+            ActionError::Kubectl(e) => e.status_code(),
         }
     }
 
@@ -73,6 +95,44 @@ impl ActionError {
             path: path.into(),
             message: message.into(),
         }
+    }
+}
+
+/// A handler's answer: most are a 200 with a response; some pass on
+/// another party's status (the API server's, kubectl's exit).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub status_code: u16,
+    pub status_message: String,
+    pub response: Value,
+}
+
+impl From<Value> for Answer {
+    fn from(response: Value) -> Self {
+        Answer {
+            status_code: 200,
+            status_message: "OK".to_owned(),
+            response,
+        }
+    }
+}
+
+/// The cluster the agent manages and how `send-kubectl` runs.
+#[derive(Debug, Clone)]
+pub struct Kubernetes {
+    pub config: Option<KubernetesConfig>,
+    pub kubectl: send_kubectl::KubectlConfig,
+    /// The agent's state directory: `send-kubectl` keeps its private
+    /// kubeconfig and discovery cache there.
+    pub state_dir: std::path::PathBuf,
+}
+
+impl Kubernetes {
+    /// A client with the credentials as they are now.
+    pub fn client(&self) -> Result<Client, ActionError> {
+        let config = self.config.as_ref().ok_or(ActionError::NoCluster)?;
+        let access = config.access().map_err(KubeError::from)?;
+        Ok(Client::new(access)?)
     }
 }
 
@@ -88,6 +148,7 @@ pub struct Context {
     pub clock: Arc<crate::clock::ServerClock>,
     /// `follow-logs` extends it.
     pub follow: crate::logs::FollowHandle,
+    pub kubernetes: Kubernetes,
 }
 
 pub struct Dispatcher {
@@ -196,23 +257,42 @@ impl Dispatcher {
             return self.answer(request, 500, message, Value::Null);
         }
         match self.execute(&request.action, &request.input).await {
-            Ok(response) => self.answer(request, 200, "OK", response),
+            Ok(answer) => self.answer(
+                request,
+                answer.status_code,
+                answer.status_message,
+                answer.response,
+            ),
             Err(e) => self.answer(request, e.status_code(), chain(&e), Value::Null),
         }
     }
 
-    async fn execute(&mut self, action: &str, input: &Value) -> Result<Value, ActionError> {
+    async fn execute(&mut self, action: &str, input: &Value) -> Result<Answer, ActionError> {
         let context = &mut self.context;
-        match action {
-            "configure-logger" => configure_logger::run(input, &context.logging),
-            "follow-logs" => follow_logs::run(input, &context.follow),
-            "get-authorization-id" => Ok(get_authorization_id::run(&context.authorization)),
-            "get-node-ip" => Ok(get_node_ip::run()),
-            "run-stats" => run_stats::run(input, &mut context.stats),
-            "stop-stats" => Ok(run_stats::stop(&mut context.stats)),
-            "send-api" => send_api::run(input, &context.ca_pem).await,
-            other => Err(ActionError::NotImplemented(other.to_owned())),
-        }
+        let kubernetes = &context.kubernetes;
+        let answer = match action {
+            "configure-logger" => configure_logger::run(input, &context.logging)?,
+            "copy-resource" => copy_resource::run(input, &kubernetes.client()?).await?,
+            "follow-logs" => follow_logs::run(input, &context.follow)?,
+            "get-authorization-id" => get_authorization_id::run(&context.authorization),
+            "get-node-ip" => match &kubernetes.config {
+                Some(_) => get_node_ip::cluster(&kubernetes.client()?).await?,
+                None => get_node_ip::run(),
+            },
+            "manage-deployment" => {
+                manage_deployment::run(input, &kubernetes.client()?, chrono::Utc::now()).await?
+            }
+            "retrieve-kubeconfig" => retrieve_kubeconfig::run(input, &kubernetes.client()?).await?,
+            "run-stats" => run_stats::run(input, &mut context.stats)?,
+            "stop-stats" => run_stats::stop(&mut context.stats),
+            "send-api" => send_api::run(input, &context.ca_pem).await?,
+            "send-kubectl" => return send_kubectl::run(input, kubernetes).await,
+            "send-kubernetes-api" => {
+                return send_kubernetes_api::run(input, &kubernetes.client()?).await;
+            }
+            other => return Err(ActionError::NotImplemented(other.to_owned())),
+        };
+        Ok(answer.into())
     }
 
     fn answer(
@@ -356,6 +436,14 @@ pub(crate) mod tests {
             ca_pem: String::new(),
             clock: crate::clock::ServerClock::new(),
             follow: crate::logs::FollowHandle::new(&crate::logs::SystemLog::None),
+            kubernetes: Kubernetes {
+                config: None,
+                kubectl: send_kubectl::KubectlConfig {
+                    program: "kubectl".into(),
+                    timeout: std::time::Duration::from_secs(60),
+                },
+                state_dir: std::env::temp_dir(),
+            },
         };
         (context, Box::new(subscriber))
     }
@@ -590,8 +678,8 @@ pub(crate) mod tests {
             .handle(
                 &delivered(request(
                     "c1",
-                    "send-kubectl",
-                    json!({"command": "kubectl", "arguments": ["version"]}),
+                    "restart-k3s",
+                    json!({"authorizationId": "a"}),
                 )),
                 Moment::now(),
             )
@@ -600,9 +688,9 @@ pub(crate) mod tests {
         assert_eq!(event.status_code, 501);
         assert_eq!(
             event.status_message,
-            format!("action send-kubectl is not implemented by tether-agent {AGENT_VERSION}")
+            format!("action restart-k3s is not implemented by tether-agent {AGENT_VERSION}")
         );
-        assert_eq!(event.event, "kubectl-logs");
+        assert_eq!(event.event, "restart-k3s");
 
         let event = dispatcher
             .handle(
@@ -659,9 +747,43 @@ pub(crate) mod tests {
                 json!({})
             };
             let result = dispatcher.execute(action, &input).await;
-            assert!(result.is_ok(), "{action}: {result:?}");
+            match result {
+                // Without a cluster the Kubernetes actions say so (or
+                // refuse the empty input first).
+                Err(ActionError::NoCluster | ActionError::InvalidInput { .. })
+                    if CLUSTER_ACTIONS.contains(&action) => {}
+                result => assert!(result.is_ok(), "{action}: {result:?}"),
+            }
         }
         dispatcher.context.stats.stop();
+    }
+
+    const CLUSTER_ACTIONS: [&str; 5] = [
+        "copy-resource",
+        "manage-deployment",
+        "retrieve-kubeconfig",
+        "send-kubectl",
+        "send-kubernetes-api",
+    ];
+
+    #[tokio::test]
+    async fn kubernetes_actions_without_a_cluster_answer_503_naming_the_flag() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let (mut dispatcher, _subscriber) = dispatcher(temp.path());
+        let event = dispatcher
+            .handle(
+                &delivered(request(
+                    "c1",
+                    "send-kubectl",
+                    json!({"command": "kubectl", "arguments": ["version"]}),
+                )),
+                Moment::now(),
+            )
+            .await
+            .expect("answered");
+        assert_eq!(event.status_code, 503, "{}", event.status_message);
+        assert!(event.status_message.contains("--kubernetes"));
+        assert_eq!(event.event, "kubectl-logs");
     }
 
     #[test]

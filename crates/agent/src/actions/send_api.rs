@@ -149,7 +149,7 @@ pub async fn run(input: &Value, ca_pem: &str) -> Result<Value, ActionError> {
 
 /// `text` cut at a character boundary so that its JSON encoding, without
 /// the quotes, is at most `limit` bytes; and whether anything was cut.
-fn truncate_encoded(mut text: String, limit: usize) -> (String, bool) {
+pub(crate) fn truncate_encoded(mut text: String, limit: usize) -> (String, bool) {
     let mut encoded = 0;
     for (at, c) in text.char_indices() {
         encoded += json_escaped_len(c);

@@ -29,6 +29,7 @@ pub fn gather(root: &Path) -> Facts {
         kernel: read("proc/sys/kernel/osrelease").and_then(|text| trimmed(&text)),
         hostname: read("proc/sys/kernel/hostname").and_then(|text| trimmed(&text)),
         agent_version: crate::actions::AGENT_VERSION.to_owned(),
+        kubernetes: None,
     }
 }
 

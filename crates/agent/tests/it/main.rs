@@ -4,6 +4,7 @@
 mod clock;
 mod failover;
 mod fake_kube;
+mod kubernetes;
 mod local_api;
 mod logs;
 mod offline;

@@ -7,7 +7,9 @@
 //! never waits on an offline device; an offline device's action is
 //! released when it comes back, or expires after the job's TTL. Without
 //! limits everything is released at once, and offline devices get theirs
-//! on reconnect like any pending action.
+//! on reconnect like any pending action: a job without limits stores its
+//! actions `pending` and offers them as soon as it is stored, not at the
+//! dispatcher's next round.
 
 pub mod release;
 
@@ -155,6 +157,11 @@ impl JobService {
             return Err(JobError::NoDevices(selector));
         }
         self.ensure_enabled(&action, &devices).await?;
+        let limits = Limits {
+            concurrency: request.concurrency,
+            rate_per_second: request.rate_per_second,
+        };
+        let released = limits.unlimited().then(|| devices.clone());
         let new = NewJob {
             id: uuid::Uuid::now_v7().to_string(),
             label_selector: selector,
@@ -170,12 +177,24 @@ impl JobService {
                 .into_iter()
                 .map(|device| (uuid::Uuid::now_v7().to_string(), device))
                 .collect(),
+            released: released.is_some(),
         };
         let record = self.store.insert_job(&new).await?;
         tracing::info!(job = %record.id, action = %record.action, selector = %record.label_selector, devices = record.devices, concurrency = ?record.concurrency, rate_per_second = ?record.rate_per_second, "job accepted");
-        let counts = JobCounts {
-            queued: record.devices,
-            ..JobCounts::default()
+        let counts = match released {
+            Some(devices) => {
+                // Not awaited: the request answers once the job is stored.
+                let actions = self.actions.clone();
+                tokio::spawn(async move { actions.offer_many(&devices).await });
+                JobCounts {
+                    pending: record.devices,
+                    ..JobCounts::default()
+                }
+            }
+            None => JobCounts {
+                queued: record.devices,
+                ..JobCounts::default()
+            },
         };
         Ok(to_api(record, counts))
     }

@@ -207,11 +207,25 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let mut marked = 0;
         for chunk in correlation_ids.chunks(DEVICES_PER_QUERY) {
-            let sql = format!(
-                "UPDATE actions SET state = $1, delivered_at = $2 \
-                 WHERE state = $3 AND correlation_id IN ({})",
-                placeholders(4, chunk.len())
-            );
+            let ids = placeholders(4, chunk.len());
+            let sql = if self.postgres {
+                // Rows locked in one order, as an answer batch locks them:
+                // locked in the order of the scan, the two deadlocked under
+                // a fleet-wide job and PostgreSQL took a second
+                // (`deadlock_timeout`) to break each tie.
+                format!(
+                    "WITH locked AS MATERIALIZED (SELECT correlation_id AS locked_id FROM actions \
+                         WHERE state = $3 AND correlation_id IN ({ids}) \
+                         ORDER BY correlation_id FOR UPDATE) \
+                     UPDATE actions SET state = $1, delivered_at = $2 FROM locked \
+                     WHERE actions.correlation_id = locked.locked_id AND actions.state = $3"
+                )
+            } else {
+                format!(
+                    "UPDATE actions SET state = $1, delivered_at = $2 \
+                     WHERE state = $3 AND correlation_id IN ({ids})"
+                )
+            };
             let mut query = sqlx::query(&sql)
                 .bind(ActionState::Delivered.as_str())
                 .bind(millis(at))
@@ -600,17 +614,25 @@ const ANSWER_PARAMETERS: usize = 17;
 /// serialises the commits of transactions that NOTIFY (one queue lock): the
 /// job's answers went from 4.9 s to 20 s for 10,000 devices. They are
 /// announced after commit in batches instead (`ActionService::completed`).
-/// The two states an answered action may be in follow the rows.
+/// The two states an answered action may be in follow the rows. The rows
+/// are locked first, in correlation-id order, as [`Store::mark_delivered`]
+/// locks them: two statements taking the same rows in different orders
+/// deadlock, and PostgreSQL breaks a deadlock only after a second.
 fn answers_sql(rows: usize) -> String {
     let values = values_sql("", ANSWER_PARAMETERS, rows, true);
     let pending = rows * ANSWER_PARAMETERS + 1;
     let delivered = pending + 1;
     format!(
         "WITH answer AS (VALUES {values}), \
+         locked AS MATERIALIZED (SELECT actions.correlation_id AS locked_id FROM actions JOIN answer \
+                 ON actions.correlation_id = answer.column6 AND actions.device = answer.column7 \
+             WHERE actions.state IN (${pending}, ${delivered}) \
+             ORDER BY actions.correlation_id FOR UPDATE OF actions), \
          changed AS (UPDATE actions SET state = answer.column1, completed_at = answer.column2, \
                             status_code = answer.column3, status_message = answer.column4, \
                             response = answer.column5, sealed_input = NULL \
-             FROM answer WHERE actions.correlation_id = answer.column6 \
+             FROM answer, locked WHERE actions.correlation_id = answer.column6 \
+                 AND actions.correlation_id = locked.locked_id \
                  AND actions.device = answer.column7 AND actions.state IN (${pending}, ${delivered}) \
              RETURNING {COLUMNS}), \
          stored AS (INSERT INTO events ({EVENT_COLUMNS}) \

@@ -44,6 +44,9 @@ pub struct NewJob {
     pub created_at: DateTime<Utc>,
     /// Each device with the correlation id of its action.
     pub actions: Vec<(String, DeviceId)>,
+    /// The actions are stored `pending`, released at once, rather than
+    /// `queued` for the dispatcher.
+    pub released: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -143,7 +146,11 @@ impl Store {
                 .bind(&job.action)
                 .bind(&input)
                 .bind(&job.sealed_input)
-                .bind(ActionState::Queued.as_str())
+                .bind(if job.released {
+                    ActionState::Pending.as_str()
+                } else {
+                    ActionState::Queued.as_str()
+                })
                 .bind(millis(job.created_at))
                 .bind(millis(expires_at))
                 .bind(timeout_seconds)
@@ -307,11 +314,25 @@ impl Store {
             return Ok(self.get_job(id).await?.map(|job| (job, Vec::new())));
         };
         let job = job_from_row(&row)?;
-        let sql = format!(
-            "UPDATE actions SET state = $1, completed_at = $2, status_message = $3, \
-                                sealed_input = NULL \
-             WHERE job_id = $4 AND state IN ($5, $6) RETURNING {ACTION_COLUMNS}"
-        );
+        let sql = if self.postgres {
+            // In correlation-id order, as answers and deliveries lock a
+            // job's pending actions (see `Store::mark_delivered`).
+            format!(
+                "WITH locked AS MATERIALIZED (SELECT correlation_id AS locked_id FROM actions \
+                     WHERE job_id = $4 AND state IN ($5, $6) \
+                     ORDER BY correlation_id FOR UPDATE) \
+                 UPDATE actions SET state = $1, completed_at = $2, status_message = $3, \
+                                    sealed_input = NULL \
+                 FROM locked WHERE actions.correlation_id = locked.locked_id \
+                     AND actions.state IN ($5, $6) RETURNING {ACTION_COLUMNS}"
+            )
+        } else {
+            format!(
+                "UPDATE actions SET state = $1, completed_at = $2, status_message = $3, \
+                                    sealed_input = NULL \
+                 WHERE job_id = $4 AND state IN ($5, $6) RETURNING {ACTION_COLUMNS}"
+            )
+        };
         let rows = sqlx::query(&sql)
             .bind(ActionState::Cancelled.as_str())
             .bind(millis(now))

@@ -60,6 +60,11 @@ async fn a_job_reaches_every_matching_device_and_counts_each_result(
         .expect_status(201)?;
     assert_eq!(created["devices"], ONLINE + OFFLINE, "{created}");
     assert_eq!(created["state"], "running");
+    assert_eq!(
+        (&created["counts"]["pending"], &created["counts"]["queued"]),
+        (&json!(ONLINE + OFFLINE), &json!(0)),
+        "without limits every action is released as the job is stored: {created}"
+    );
     let id = text(&created["id"])?;
 
     let job = wait_finished(&admin, &id, Duration::from_secs(60)).await?;

@@ -129,6 +129,112 @@ on_both_databases! {
 mod metric_series;
 mod queries;
 
+/// PostgreSQL only (SQLite has one writer and no row locks): a delivery
+/// batch and an answer batch over the same actions take their row locks in
+/// one order, so they wait for each other instead of deadlocking. Under a
+/// fleet-wide job they did deadlock, and PostgreSQL took a second
+/// (`deadlock_timeout`) to break each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_deliveries_and_answers_lock_actions_in_one_order() {
+    use std::time::Duration;
+    use tether_testkit::wait::wait_until;
+
+    let db = TestDb::postgres();
+    let store = db.connect().await;
+    let name = device(&store, "edge-1").await;
+    // Stored last to first, so a scan in the table's order meets a1 last.
+    for correlation_id in ["a3", "a2", "a1"] {
+        store
+            .insert_action(&new_action(correlation_id, &name))
+            .await
+            .expect("insert an action");
+    }
+    let raw = db.raw().await;
+    let mut holder = raw.begin().await.expect("begin");
+    holder
+        .execute("SELECT correlation_id FROM actions WHERE correlation_id = 'a1' FOR UPDATE")
+        .await
+        .expect("lock a1");
+    let waiting = |expected: i64| {
+        let raw = raw.clone();
+        async move {
+            wait_until(
+                "statements waiting for a1's lock",
+                Duration::from_secs(20),
+                || {
+                    let raw = raw.clone();
+                    async move {
+                        let waiting: i64 = sqlx::query_scalar(
+                            "SELECT COUNT(*) FROM pg_stat_activity \
+                         WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                        )
+                        .fetch_one(&raw)
+                        .await?;
+                        Ok((waiting >= expected).then_some(()))
+                    }
+                },
+            )
+            .await
+            .expect("the batches wait for a1");
+        }
+    };
+    // While a batch waits for a1 it holds neither a2 nor a3: it locks in
+    // correlation-id order, as every batch does.
+    let later_rows_free = || async {
+        let mut probe = raw.begin().await.expect("begin a probe");
+        probe
+            .execute(
+                "SELECT correlation_id FROM actions WHERE correlation_id IN ('a2', 'a3') \
+                 FOR UPDATE NOWAIT",
+            )
+            .await
+            .expect("a2 and a3 are not locked by a batch waiting for a1");
+        probe.rollback().await.expect("end the probe");
+    };
+
+    let ids: Vec<String> = ["a3", "a2", "a1"].map(String::from).into();
+    let delivering = tokio::spawn({
+        let store = store.clone();
+        async move { store.mark_delivered(&ids, at(10)).await }
+    });
+    waiting(1).await;
+    later_rows_free().await;
+
+    let answers: Vec<AnswerWrite> = ["a3", "a2", "a1"]
+        .iter()
+        .map(|correlation_id| AnswerWrite {
+            device: name.clone(),
+            correlation_id: (*correlation_id).to_owned(),
+            to: ActionState::Succeeded,
+            outcome: outcome(20),
+            event: EventRecord {
+                correlation_id: Some((*correlation_id).to_owned()),
+                ..event(&format!("e-{correlation_id}"), &name, 20)
+            },
+            announcement: None,
+        })
+        .collect();
+    let answering = tokio::spawn({
+        let store = store.clone();
+        async move { store.record_answers(&answers).await }
+    });
+    waiting(2).await;
+    later_rows_free().await;
+
+    holder.rollback().await.expect("release a1");
+    delivering
+        .await
+        .expect("the delivery batch ran")
+        .expect("the delivery batch is recorded, not a deadlock");
+    for result in answering.await.expect("the answer batch ran") {
+        let action = result
+            .expect("the answer is recorded, not a deadlock")
+            .expect("the answer ends its action");
+        assert_eq!(action.state, ActionState::Succeeded);
+    }
+    assert_eq!(store.list_events(&name, 10).await.expect("events").len(), 3);
+}
+
 // Helpers -----------------------------------------------------------------------
 
 /// A fixed instant plus `millis`: whole milliseconds, as the store keeps them.
@@ -228,6 +334,7 @@ fn new_job(id: &str, devices: &[DeviceId]) -> NewJob {
             .enumerate()
             .map(|(i, device)| (format!("{id}-{i:04}"), device.clone()))
             .collect(),
+        released: false,
     }
 }
 

@@ -143,7 +143,10 @@ pub(crate) async fn handle(
             } else {
                 verb(&method, &target)
             };
-            match store.authorize(&user, verb, &target) {
+            match store
+                .authorize(&user, verb, &target)
+                .and_then(|()| store.check_escalation(&user, verb, &target, &body))
+            {
                 Ok(()) if watching => return watch(),
                 Ok(()) => serve(&mut store, &method, &headers, &query, &target, &body),
                 Err(e) => Err(e),
@@ -379,6 +382,12 @@ fn selects(selector: Option<&String>, fields: &Value, key: impl Fn(&str) -> &str
     })
 }
 
+/// Whether an RBAC list (`verbs`, `resources`, ...) names `wanted` or `*`.
+fn has(list: &Value, wanted: &str) -> bool {
+    list.as_array()
+        .is_some_and(|l| l.iter().any(|v| v == "*" || v == wanted))
+}
+
 impl Store {
     /// RBAC as the real authorizer evaluates it: `system:masters` may do
     /// anything; others need a rule, from a ClusterRoleBinding or from a
@@ -393,6 +402,43 @@ impl Store {
             Some(sub) => format!("{}/{sub}", resource.plural),
             None => resource.plural.to_owned(),
         };
+        let rules = self.rules_of(user, target.namespace.as_deref());
+        let allowed = rules.iter().any(|rule| {
+            has(&rule["apiGroups"], resource.group)
+                && has(&rule["resources"], &name_of_resource)
+                && has(&rule["verbs"], verb)
+                && match (rule["resourceNames"].as_array(), &target.name) {
+                    (Some(names), Some(name)) if !names.is_empty() => {
+                        names.iter().any(|n| n == name.as_str())
+                    }
+                    (Some(names), None) => names.is_empty(),
+                    _ => true,
+                }
+        });
+        if allowed {
+            return Ok(());
+        }
+        let object = match &target.name {
+            Some(name) => format!("{} \"{name}\"", qualified(resource)),
+            None => qualified(resource),
+        };
+        let scope = match &target.namespace {
+            Some(ns) => format!("in the namespace \"{ns}\""),
+            None => "at the cluster scope".to_owned(),
+        };
+        Err(ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "{object} is forbidden: User \"{}\" cannot {verb} resource \"{name_of_resource}\" in API group \"{}\" {scope}",
+                user.user, resource.group
+            ),
+        ))
+    }
+
+    /// Every RBAC rule that applies to `user` in `namespace` (cluster-wide
+    /// rules from ClusterRoleBindings, plus the namespace's RoleBindings).
+    fn rules_of(&self, user: &Token, namespace: Option<&str>) -> Vec<Value> {
         let subject_matches = |binding: &Value| {
             binding["subjects"].as_array().is_some_and(|subjects| {
                 subjects.iter().any(|s| match s["kind"].as_str() {
@@ -425,10 +471,7 @@ impl Store {
                     }));
             }
         }
-        if let (Some(bindings), Some(ns)) = (
-            discovery::by_plural("rolebindings"),
-            target.namespace.as_deref(),
-        ) {
+        if let (Some(bindings), Some(ns)) = (discovery::by_plural("rolebindings"), namespace) {
             for binding in self
                 .list(bindings, Some(ns))
                 .iter()
@@ -442,42 +485,105 @@ impl Store {
                 roles.extend(found);
             }
         }
-        let has = |list: &Value, wanted: &str| {
-            list.as_array()
-                .is_some_and(|l| l.iter().any(|v| v == "*" || v == wanted))
-        };
-        let allowed = roles
+        roles
             .iter()
             .flat_map(|r| r["rules"].as_array().cloned().unwrap_or_default())
-            .any(|rule| {
-                has(&rule["apiGroups"], resource.group)
-                    && has(&rule["resources"], &name_of_resource)
-                    && has(&rule["verbs"], verb)
-                    && match (rule["resourceNames"].as_array(), &target.name) {
-                        (Some(names), Some(name)) if !names.is_empty() => {
-                            names.iter().any(|n| n == name.as_str())
-                        }
-                        (Some(names), None) => names.is_empty(),
-                        _ => true,
-                    }
-            });
-        if allowed {
+            .collect()
+    }
+
+    /// RBAC's escalation prevention: creating or updating a (Cluster)RoleBinding
+    /// needs the `bind` verb on the role it names, or every permission that
+    /// role grants already held (per rule: each group, resource and verb,
+    /// and each non-resource URL).
+    fn check_escalation(
+        &self,
+        user: &Token,
+        verb: &str,
+        target: &Target,
+        body: &[u8],
+    ) -> Result<(), ApiError> {
+        let binding_kind = target.resource.kind;
+        if user.groups.iter().any(|g| g == "system:masters")
+            || !matches!(verb, "create" | "update")
+            || !matches!(binding_kind, "ClusterRoleBinding" | "RoleBinding")
+        {
             return Ok(());
         }
-        let object = match &target.name {
-            Some(name) => format!("{} \"{name}\"", qualified(resource)),
-            None => qualified(resource),
+        let binding: Value = parse(body)?;
+        let role_kind = binding["roleRef"]["kind"].as_str().unwrap_or_default();
+        let role_name = binding["roleRef"]["name"].as_str().unwrap_or_default();
+        let (plural, namespace) = match role_kind {
+            "ClusterRole" => ("clusterroles", None),
+            _ => ("roles", target.namespace.as_deref()),
         };
-        let scope = match &target.namespace {
-            Some(ns) => format!("in the namespace \"{ns}\""),
-            None => "at the cluster scope".to_owned(),
+        let held = self.rules_of(user, target.namespace.as_deref());
+        let may_bind = held.iter().any(|rule| {
+            has(&rule["apiGroups"], "rbac.authorization.k8s.io")
+                && has(&rule["resources"], plural)
+                && has(&rule["verbs"], "bind")
+                && rule["resourceNames"]
+                    .as_array()
+                    .is_none_or(|names| names.is_empty() || names.iter().any(|n| n == role_name))
+        });
+        if may_bind {
+            return Ok(());
+        }
+        let granted = discovery::by_plural(plural)
+            .and_then(|r| self.get(r, namespace, role_name).ok())
+            .map(|role| role["rules"].as_array().cloned().unwrap_or_default())
+            .unwrap_or_default();
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|l| {
+                    l.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
         };
+        let missing: Vec<&Value> = granted
+            .iter()
+            .filter(|rule| {
+                let covered_by = |held: &Value| {
+                    if rule.get("nonResourceURLs").is_some() {
+                        return strings(&rule["nonResourceURLs"])
+                            .iter()
+                            .all(|url| has(&held["nonResourceURLs"], url))
+                            && strings(&rule["verbs"])
+                                .iter()
+                                .all(|v| has(&held["verbs"], v));
+                    }
+                    strings(&rule["apiGroups"])
+                        .iter()
+                        .all(|g| has(&held["apiGroups"], g))
+                        && strings(&rule["resources"])
+                            .iter()
+                            .all(|r| has(&held["resources"], r))
+                        && strings(&rule["verbs"])
+                            .iter()
+                            .all(|v| has(&held["verbs"], v))
+                        && held["resourceNames"].as_array().is_none_or(Vec::is_empty)
+                };
+                !held.iter().any(covered_by)
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let name = binding["metadata"]["name"].as_str().unwrap_or_default();
         Err(ApiError::new(
             403,
             "Forbidden",
             format!(
-                "{object} is forbidden: User \"{}\" cannot {verb} resource \"{name_of_resource}\" in API group \"{}\" {scope}",
-                user.user, resource.group
+                "{} \"{name}\" is forbidden: user \"{}\" (groups={:?}) is attempting to grant RBAC permissions not currently held: {}",
+                qualified(target.resource),
+                user.user,
+                user.groups,
+                missing
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
         ))
     }

@@ -2,7 +2,9 @@
 //! own client) in tests: HTTPS on loopback with a throwaway CA, bearer
 //! tokens, discovery, the resources tether manages, and the verbs kubectl
 //! uses — with resourceVersion, generation, 404/409 and `kind: Status`
-//! errors as the real API answers them, and RBAC for ServiceAccount tokens.
+//! errors as the real API answers them, and RBAC for ServiceAccount tokens
+//! (with its escalation check: a binding needs `bind` on its role or the
+//! role's permissions held).
 //!
 //! What it leaves out, and what that means for a client:
 //! - No controller: a Deployment's status matches its spec as soon as it is
@@ -57,7 +59,8 @@ pub struct FakeKubeApi {
 
 impl FakeKubeApi {
     /// Serves on a free loopback port, with the namespaces every cluster has
-    /// (`default`, `kube-system`, `kube-public`, `kube-node-lease`) and no node.
+    /// (`default`, `kube-system`, `kube-public`, `kube-node-lease`), the
+    /// `cluster-admin` ClusterRole the API server bootstraps, and no node.
     pub async fn start() -> anyhow::Result<Self> {
         crate::install_crypto_provider();
         let (ca_pem, cert_pem, key_pem) = certificates()?;
@@ -80,6 +83,17 @@ impl FakeKubeApi {
                 .create(resource, None, json!({"metadata": {"name": namespace}}))
                 .map_err(|e| anyhow::anyhow!(e.message))?;
         }
+        let cluster_roles = discovery::by_plural("clusterroles").context("clusterroles")?;
+        store
+            .create(
+                cluster_roles,
+                None,
+                json!({"metadata": {"name": "cluster-admin",
+                                    "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+                       "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]},
+                                 {"nonResourceURLs": ["*"], "verbs": ["*"]}]}),
+            )
+            .map_err(|e| anyhow::anyhow!(e.message))?;
         let store = Arc::new(Mutex::new(store));
         let listener =
             TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding the fake API")?;

@@ -46,6 +46,17 @@ fn spec_text(now: chrono::DateTime<chrono::Utc>, device: &Device) -> String {
             facts.hardware_serial.as_deref().unwrap_or("<none>"),
             facts.machine_id.as_deref().unwrap_or("<none>"),
         ));
+        if let Some(kubernetes) = &facts.kubernetes {
+            text.push_str(&format!(
+                "\nkubernetes: {} mode, cluster {} at {}",
+                kubernetes.mode,
+                kubernetes.cluster,
+                kubernetes
+                    .server
+                    .as_deref()
+                    .unwrap_or("<credentials unreadable>")
+            ));
+        }
     }
     text
 }
@@ -74,5 +85,40 @@ impl Get {
             )
         })?;
         Ok(Outcome::Success)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_facts_name_the_cluster_an_agent_manages() {
+        let device: Device = serde_json::from_value(serde_json::json!({
+            "name": "edge-1",
+            "labels": {},
+            "presence": "online",
+            "enrolled": true,
+            "lastSeen": null,
+            "agentVersion": "0.1.0",
+            "createdAt": "2026-12-01T00:00:00Z",
+            "specVersion": 1,
+            "status": {
+                "specVersion": 1,
+                "errors": [],
+                "facts": {
+                    "kubernetes": {"mode": "host", "cluster": "default", "server": "https://127.0.0.1:6443"}
+                },
+                "reportedAt": "2026-12-01T00:00:00Z"
+            }
+        }))
+        .expect("a device as the API returns it");
+        let now = chrono::Utc::now();
+        assert!(
+            spec_text(now, &device)
+                .contains("\nkubernetes: host mode, cluster default at https://127.0.0.1:6443"),
+            "{}",
+            spec_text(now, &device)
+        );
     }
 }

@@ -1,0 +1,283 @@
+//! `send-kubectl`: the real `kubectl` run with the agent's credentials, an
+//! argv and never a shell; stdout and stderr in the event.
+//!
+//! The credentials go into a kubeconfig file in the state directory, mode
+//! 0600, rewritten for each run (the pod's token rotates), and `kubectl`
+//! gets `--kubeconfig` and `--cache-dir` pointing there, so neither the
+//! agent's environment nor a user's `~/.kube` changes what it talks to.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+
+use super::send_api::{BODY_LIMIT, truncate_encoded};
+use super::{ActionError, Answer, Kubernetes};
+use crate::kubernetes::KubeError;
+
+/// Where `send-kubectl` keeps its kubeconfig and discovery cache.
+const KUBECTL_DIR: &str = "kubectl";
+/// The most of stderr quoted in a failure's status message, which tetherd
+/// caps at 8 KiB.
+const STDERR_IN_MESSAGE: usize = 4 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubectlConfig {
+    /// The binary; a bare name is looked up in PATH.
+    pub program: PathBuf,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubectlError {
+    #[error("cannot write kubectl's kubeconfig {path}")]
+    Kubeconfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot run {program}")]
+    Spawn {
+        program: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("kubectl did not finish within {0:?} and was killed")]
+    Timeout(Duration),
+}
+
+impl KubectlError {
+    pub fn status_code(&self) -> u16 {
+        match self {
+            KubectlError::Timeout(_) => 504,
+            KubectlError::Kubeconfig { .. } | KubectlError::Spawn { .. } => 500,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Input {
+    command: Option<String>,
+    arguments: Vec<String>,
+    #[serde(rename = "correlationId")]
+    _correlation_id: Option<String>,
+}
+
+fn parse(input: &Value) -> Result<Vec<String>, ActionError> {
+    let input: Input = serde_json::from_value(input.clone())
+        .map_err(|e| ActionError::invalid("$", e.to_string()))?;
+    match input.command.as_deref() {
+        Some("kubectl") => Ok(input.arguments),
+        Some(other) => Err(ActionError::invalid(
+            "$.command",
+            format!("only kubectl can be run, not {other:?}"),
+        )),
+        None => Err(ActionError::invalid(
+            "$.command",
+            "missing: it must be \"kubectl\"",
+        )),
+    }
+}
+
+pub async fn run(input: &Value, kubernetes: &Kubernetes) -> Result<Answer, ActionError> {
+    let arguments = parse(input)?;
+    let config = kubernetes.config.as_ref().ok_or(ActionError::NoCluster)?;
+    let access = config.access().map_err(KubeError::from)?;
+    let dir = kubernetes.state_dir.join(KUBECTL_DIR);
+    let kubeconfig = dir.join("kubeconfig");
+    write_private(
+        &kubeconfig,
+        &serde_json::to_vec(&access.kubeconfig()).unwrap_or_default(),
+    )
+    .map_err(|source| KubectlError::Kubeconfig {
+        path: kubeconfig.clone(),
+        source,
+    })?;
+    let run = execute(
+        &kubernetes.kubectl,
+        &kubeconfig,
+        &dir.join("cache"),
+        &arguments,
+    )
+    .await?;
+    let (output, cut) = truncate_encoded(
+        String::from_utf8_lossy(&[&run.stdout[..], &run.stderr[..]].concat()).into_owned(),
+        BODY_LIMIT,
+    );
+    let truncated = if run.truncated || cut {
+        " (output cut to its first MiB)"
+    } else {
+        ""
+    };
+    if run.code == Some(0) {
+        return Ok(Answer {
+            status_code: 200,
+            status_message: format!("OK{truncated}"),
+            response: Value::String(output),
+        });
+    }
+    let exit = run.code.map_or_else(
+        || "was killed by a signal".to_owned(),
+        |c| format!("exited {c}"),
+    );
+    let (stderr, _) = truncate_encoded(
+        String::from_utf8_lossy(&run.stderr).trim().to_owned(),
+        STDERR_IN_MESSAGE,
+    );
+    Ok(Answer {
+        status_code: 500,
+        status_message: format!("kubectl {exit}{truncated}: {stderr}"),
+        response: Value::String(output),
+    })
+}
+
+/// Writes `bytes` to `path` readable by the agent's user only; the file is
+/// created 0600 (never briefly wider) and the directory 0700.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    truncated: bool,
+}
+
+async fn execute(
+    kubectl: &KubectlConfig,
+    kubeconfig: &Path,
+    cache: &Path,
+    arguments: &[String],
+) -> Result<Run, KubectlError> {
+    let mut child = tokio::process::Command::new(&kubectl.program)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(arguments)
+        // The file above, not whatever the agent's environment names.
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| KubectlError::Spawn {
+            program: kubectl.program.clone(),
+            source,
+        })?;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let finished = async {
+        let (out, err, status) = tokio::join!(
+            capped(stdout, BODY_LIMIT),
+            capped(stderr, BODY_LIMIT),
+            child.wait()
+        );
+        (out, err, status)
+    };
+    // On timeout the future, and with it the child, is dropped: killed.
+    let ((stdout, out_cut), (stderr, err_cut), status) =
+        tokio::time::timeout(kubectl.timeout, finished)
+            .await
+            .map_err(|_| KubectlError::Timeout(kubectl.timeout))?;
+    Ok(Run {
+        code: status.ok().and_then(|s| s.code()),
+        stdout,
+        stderr,
+        truncated: out_cut || err_cut,
+    })
+}
+
+/// Reads a stream to its end, keeping the first `limit` bytes; the rest is
+/// read and dropped so that the child never blocks on a full pipe.
+async fn capped(stream: Option<impl AsyncRead + Unpin>, limit: usize) -> (Vec<u8>, bool) {
+    let Some(mut stream) = stream else {
+        return (Vec::new(), false);
+    };
+    let mut kept = Vec::new();
+    let mut cut = false;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return (kept, cut),
+            Ok(n) => {
+                let room = limit - kept.len();
+                if n > room {
+                    cut = true;
+                }
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_kubectl_with_string_arguments_is_run() {
+        assert_eq!(
+            parse(&json!({"command": "kubectl", "arguments": ["get", "pods"]})).expect("valid"),
+            ["get", "pods"]
+        );
+        for (bad, path) in [
+            (
+                json!({"command": "sh", "arguments": ["-c", "id"]}),
+                "$.command",
+            ),
+            (json!({"arguments": ["get"]}), "$.command"),
+            (json!({"command": "kubectl"}), "$"),
+            (json!({"command": "kubectl", "arguments": "get pods"}), "$"),
+            (json!({"command": "kubectl", "arguments": [3]}), "$"),
+        ] {
+            let err = parse(&bad).expect_err("refused");
+            assert_eq!(err.status_code(), 400);
+            assert!(err.to_string().starts_with(path), "{bad}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn output_is_capped_and_the_stream_drained() {
+        let data = vec![b'x'; 100_000];
+        let (kept, cut) = capped(Some(&data[..]), 1000).await;
+        assert_eq!((kept.len(), cut), (1000, true));
+        let (kept, cut) = capped(Some(&data[..]), 100_000).await;
+        assert_eq!((kept.len(), cut), (100_000, false));
+    }
+
+    #[test]
+    fn the_kubeconfig_is_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("kubectl/kubeconfig");
+        write_private(&path, b"a").expect("writes");
+        write_private(&path, b"b").expect("rewrites");
+        let mode = std::fs::metadata(&path)
+            .expect("exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read(&path).expect("reads"), b"b");
+    }
+}

@@ -1,0 +1,738 @@
+//! The Kubernetes actions end to end: each sent through a real tetherd to
+//! a real tether-agent managing the fake API server (testkit::fake_kube),
+//! `send-kubectl` running the real `kubectl`; every request and answer is
+//! checked against seed 000's schema (testkit::seed_schema).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use serde_json::{Value, json};
+use tether_testkit::fake_kube::{ADMIN_TOKEN, FakeKubeApi};
+use tether_testkit::seed_schema::{check_event, check_request};
+use tether_testkit::{Agent, ApiClient, Database, Tetherd};
+
+use crate::support::{outcome, request};
+
+struct Cluster {
+    api: FakeKubeApi,
+    tetherd: Tetherd,
+    admin: ApiClient,
+    agent: Agent,
+    dir: tempfile::TempDir,
+}
+
+/// tetherd, the fake API server with a node and a Deployment, and an agent
+/// in host mode with an admin kubeconfig for it.
+async fn cluster(name: &str) -> anyhow::Result<Cluster> {
+    let api = FakeKubeApi::start().await?;
+    api.add_node(
+        "edge-1",
+        &[
+            ("InternalIP", "10.0.0.5"),
+            ("ExternalIP", "203.0.113.5"),
+            ("Hostname", "edge-1"),
+        ],
+    )?;
+    api.seed(
+        "deployments",
+        json!({"metadata": {"name": "web", "namespace": "default"},
+               "spec": {"replicas": 2,
+                        "selector": {"matchLabels": {"app": "web"}},
+                        "template": {"metadata": {"labels": {"app": "web"}},
+                                     "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}}),
+    )?;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = api.write_kubeconfig(dir.path(), ADMIN_TOKEN)?;
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    let agent = Agent::enroll_with_env(
+        &tetherd,
+        &admin,
+        name,
+        &[
+            ("TETHER_AGENT_KUBERNETES", "host"),
+            ("TETHER_AGENT_KUBECONFIG", &kubeconfig),
+            ("TETHER_AGENT_KUBERNETES_CLUSTER", "edge"),
+            ("TETHER_AGENT_KUBECTL_TIMEOUT_SECONDS", "3"),
+        ],
+    )
+    .await?;
+    agent
+        .wait_presence(&admin, "online")
+        .await
+        .with_context(|| agent.log())?;
+    enable_cluster_actions(&admin, name).await?;
+    Ok(Cluster {
+        api,
+        tetherd,
+        admin,
+        agent,
+        dir,
+    })
+}
+
+/// The cluster actions a device does not accept by default (ADR 0017).
+async fn enable_cluster_actions(admin: &ApiClient, device: &str) -> anyhow::Result<()> {
+    for action in ["manage-deployment", "copy-resource", "retrieve-kubeconfig"] {
+        admin
+            .put(&format!("/api/v1/devices/{device}/action-set/{action}"))
+            .await?
+            .expect_status(200)?;
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// Sends `action` with `input`, waits for its answer; both checked
+    /// against the seed's schema.
+    async fn act(&self, action: &str, input: Value) -> anyhow::Result<Value> {
+        check_request(action, &input)?;
+        let id = request(
+            &self.admin,
+            &self.agent.name,
+            json!({"action": action, "input": input}),
+        )
+        .await?;
+        let done = outcome(&self.admin, &id).await?;
+        ensure!(
+            done["statusCode"].is_u64(),
+            "{action} got no answer: {done}\n{}",
+            self.agent.log()
+        );
+        check_event(action, &done)?;
+        Ok(done)
+    }
+
+    /// tetherd refuses `input` for `action` with a 400 naming `field`.
+    async fn refused(&self, action: &str, input: Value, field: &str) -> anyhow::Result<()> {
+        ensure!(
+            check_request(action, &input).is_err(),
+            "{action} {input} is valid"
+        );
+        let reply = self
+            .admin
+            .post(
+                &format!("/api/v1/devices/{}/actions", self.agent.name),
+                json!({"action": action, "input": input}),
+            )
+            .await?
+            .expect_status(400)?;
+        ensure!(
+            reply.to_string().contains(field),
+            "{action} {input}: {reply} does not name {field}"
+        );
+        Ok(())
+    }
+}
+
+fn code(done: &Value) -> u64 {
+    done["statusCode"].as_u64().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn send_kubernetes_api_answers_with_the_api_servers_status_and_body() -> anyhow::Result<()> {
+    let c = cluster("k8s-api").await?;
+    let done = c
+        .act("send-kubernetes-api", json!({"href": "/api/v1/nodes"}))
+        .await?;
+    ensure!(code(&done) == 200, "{done}");
+    let body: Value = serde_json::from_str(done["response"].as_str().context("a string")?)?;
+    ensure!(body["items"][0]["metadata"]["name"] == "edge-1", "{body}");
+
+    let done = c
+        .act(
+            "send-kubernetes-api",
+            json!({"href": "/api/v1/namespaces/default/configmaps", "requestMethod": "POST",
+                   "requestBody": "{\"metadata\":{\"name\":\"settings\"},\"data\":{\"a\":\"1\"}}"}),
+        )
+        .await?;
+    ensure!(code(&done) == 201, "{done}");
+    ensure!(
+        c.api
+            .get("configmaps", Some("default"), "settings")
+            .is_some()
+    );
+
+    // The API's own error comes back as it is.
+    let done = c
+        .act(
+            "send-kubernetes-api",
+            json!({"href": format!("{}/api/v1/namespaces/nope", c.api.url)}),
+        )
+        .await?;
+    ensure!(code(&done) == 404, "{done}");
+    ensure!(
+        done["response"]
+            .as_str()
+            .is_some_and(|r| r.contains("\"reason\":\"NotFound\"")),
+        "{done}"
+    );
+
+    let done = c
+        .act(
+            "send-kubernetes-api",
+            json!({"href": "https://example.com/api"}),
+        )
+        .await?;
+    ensure!(code(&done) == 400, "{done}");
+    ensure!(
+        done["statusMessage"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("$.href")),
+        "{done}"
+    );
+    c.refused(
+        "send-kubernetes-api",
+        json!({"requestMethod": "GET"}),
+        "href",
+    )
+    .await?;
+    c.refused(
+        "send-kubernetes-api",
+        json!({"href": "/api", "requestMethod": "BREW"}),
+        "requestMethod",
+    )
+    .await?;
+    c.refused("send-kubernetes-api", json!({"href": 7}), "href")
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn send_kubectl_runs_the_real_kubectl_with_the_agents_credentials() -> anyhow::Result<()> {
+    let c = cluster("k8s-kubectl").await?;
+    let done = c
+        .act(
+            "send-kubectl",
+            json!({"command": "kubectl", "arguments": ["get", "nodes", "-o", "name"]}),
+        )
+        .await?;
+    ensure!(code(&done) == 200, "{done}\n{}", c.agent.log());
+    ensure!(done["response"] == "node/edge-1\n", "{done}");
+    let kubeconfig = c.agent.state_dir().join("kubectl/kubeconfig");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&kubeconfig)?.permissions().mode();
+    ensure!(mode & 0o777 == 0o600, "kubectl's kubeconfig is {mode:o}");
+
+    // Arguments are an argv: a shell's metacharacters are kubectl's problem.
+    let done = c
+        .act(
+            "send-kubectl",
+            json!({"command": "kubectl", "arguments": ["get", "deployment", "nope; id"]}),
+        )
+        .await?;
+    ensure!(code(&done) == 500, "{done}");
+    let message = done["statusMessage"].as_str().unwrap_or_default();
+    ensure!(
+        message.starts_with("kubectl exited 1: ") && message.contains("not found"),
+        "{done}"
+    );
+
+    // More than 1 MiB of output: the first MiB, and the cut said.
+    for name in ["big-1", "big-2"] {
+        c.api.seed(
+            "configmaps",
+            json!({"metadata": {"name": name, "namespace": "default"}, "data": {"blob": "x".repeat(600 * 1024)}}),
+        )?;
+    }
+    let done = c
+        .act(
+            "send-kubectl",
+            json!({"command": "kubectl", "arguments": ["get", "configmaps", "-o", "json"]}),
+        )
+        .await?;
+    ensure!(code(&done) == 200, "{}", done["statusMessage"]);
+    ensure!(
+        done["statusMessage"] == "OK (output cut to its first MiB)",
+        "{}",
+        done["statusMessage"]
+    );
+    // Counted as it goes on the wire, JSON-escaped (as send-api's body).
+    let encoded = serde_json::to_string(&done["response"])?.len() - 2;
+    ensure!(
+        (1024 * 1024 - 8..=1024 * 1024).contains(&encoded),
+        "{encoded}"
+    );
+
+    // A watch never ends: killed at the timeout (3 s here).
+    let done = c
+        .act(
+            "send-kubectl",
+            json!({"command": "kubectl", "arguments": ["get", "deployments", "--watch"]}),
+        )
+        .await?;
+    ensure!(code(&done) == 504, "{done}");
+
+    c.refused(
+        "send-kubectl",
+        json!({"command": "sh", "arguments": ["-c", "id"]}),
+        "command",
+    )
+    .await?;
+    c.refused("send-kubectl", json!({"command": "kubectl"}), "arguments")
+        .await?;
+    c.refused(
+        "send-kubectl",
+        json!({"command": "kubectl", "arguments": "get pods"}),
+        "arguments",
+    )
+    .await?;
+    c.refused(
+        "send-kubectl",
+        json!({"command": "kubectl", "arguments": ["get", 3]}),
+        "arguments",
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn manage_deployment_restarts_and_scales_and_names_what_is_wrong() -> anyhow::Result<()> {
+    let c = cluster("k8s-deploy").await?;
+    let done = c
+        .act(
+            "manage-deployment",
+            json!({"command": "restart", "parameters": {"deployment": "web", "namespace": "default"}}),
+        )
+        .await?;
+    ensure!(code(&done) == 200, "{done}");
+    let response = &done["response"];
+    ensure!(
+        response["generation"] == 2 && response["rolloutStatus"] == "complete",
+        "{done}"
+    );
+    let stored = c
+        .api
+        .get("deployments", Some("default"), "web")
+        .context("web")?;
+    let restarted =
+        &stored["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"];
+    ensure!(
+        restarted.is_string() && *restarted == response["restartedAt"],
+        "{stored}"
+    );
+
+    let done = c
+        .act(
+            "manage-deployment",
+            json!({"command": "scale", "parameters": {"deployment": "web", "replicas": 0}}),
+        )
+        .await?;
+    ensure!(code(&done) == 200, "{done}");
+    ensure!(
+        done["response"]["replicas"] == 0 && done["response"]["generation"] == 3,
+        "{done}"
+    );
+    let stored = c
+        .api
+        .get("deployments", Some("default"), "web")
+        .context("web")?;
+    ensure!(stored["spec"]["replicas"] == 0, "{stored}");
+
+    let done = c
+        .act(
+            "manage-deployment",
+            json!({"command": "restart", "parameters": {"deployment": "nope"}}),
+        )
+        .await?;
+    ensure!(code(&done) == 404, "{done}");
+    ensure!(
+        done["statusMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("deployments.apps \"nope\" not found")),
+        "{done}"
+    );
+    let done = c
+        .act(
+            "manage-deployment",
+            json!({"command": "scale", "parameters": {"deployment": "web", "replicas": -1}}),
+        )
+        .await?;
+    ensure!(code(&done) == 400, "{done}");
+    ensure!(
+        done["statusMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("$.parameters.replicas: -1 is negative")),
+        "{done}"
+    );
+    c.refused(
+        "manage-deployment",
+        json!({"command": "delete", "parameters": {"deployment": "web"}}),
+        "command",
+    )
+    .await?;
+    c.refused(
+        "manage-deployment",
+        json!({"command": "scale", "parameters": {"deployment": "web", "replicas": "two"}}),
+        "replicas",
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn copy_resource_copies_four_types_as_new_objects_and_never_over_one() -> anyhow::Result<()> {
+    let c = cluster("k8s-copy").await?;
+    c.api
+        .seed("namespaces", json!({"metadata": {"name": "staging"}}))?;
+    c.api.seed(
+        "secrets",
+        json!({"metadata": {"name": "db", "namespace": "default"}, "stringData": {"password": "s3cret"}}),
+    )?;
+    let original = c.api.seed(
+        "services",
+        json!({"metadata": {"name": "web", "namespace": "default"},
+               "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}),
+    )?;
+    let copy = |kind: &str, name: &str| {
+        json!({"command": "copy", "parameters": {"type": kind,
+               "from": {"namespace": "default", "name": name},
+               "to": {"namespace": "staging"}}})
+    };
+    for (kind, name) in [
+        ("secrets", "db"),
+        ("services", "web"),
+        ("deployments", "web"),
+    ] {
+        let done = c.act("copy-resource", copy(kind, name)).await?;
+        ensure!(code(&done) == 200, "{kind}: {done}");
+        ensure!(
+            done["response"].as_str().is_some_and(
+                |r| r.starts_with(&format!("{kind} default/{name} copied to staging/{name}"))
+            ),
+            "{done}"
+        );
+        ensure!(!done.to_string().contains("s3cret"), "{done}");
+    }
+    let secret = c
+        .api
+        .get("secrets", Some("staging"), "db")
+        .context("copied secret")?;
+    ensure!(secret["data"]["password"] == "czNjcmV0", "{secret}");
+    let service = c
+        .api
+        .get("services", Some("staging"), "web")
+        .context("copied service")?;
+    ensure!(
+        service["metadata"]["uid"] != original["metadata"]["uid"]
+            && service["spec"]["clusterIP"] != original["spec"]["clusterIP"],
+        "the copy got its own uid and cluster IP: {service}"
+    );
+
+    let done = c.act("copy-resource", copy("secrets", "db")).await?;
+    ensure!(code(&done) == 409, "{done}");
+    ensure!(
+        c.api.get("secrets", Some("staging"), "db") == Some(secret),
+        "the existing target is untouched"
+    );
+    let done = c.act("copy-resource", copy("configmaps", "absent")).await?;
+    ensure!(code(&done) == 404, "{done}");
+    // The catalogue limits the type (ADR 0017): tetherd refuses it, nothing is sent.
+    let reply = c
+        .admin
+        .post(
+            &format!("/api/v1/devices/{}/actions", c.agent.name),
+            json!({"action": "copy-resource", "input": copy("pods", "web")}),
+        )
+        .await?
+        .expect_status(400)?;
+    ensure!(
+        reply.to_string().contains("$.parameters.type"),
+        "{reply}"
+    );
+    c.refused("copy-resource", json!({"command": "move"}), "command")
+        .await?;
+    c.refused(
+        "copy-resource",
+        json!({"command": "copy", "parameters": {"type": 1}}),
+        "type",
+    )
+    .await?;
+    Ok(())
+}
+
+async fn kubectl(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let output = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(kubeconfig.with_extension("cache"))
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    Ok(tokio::time::timeout(Duration::from_secs(60), output).await??)
+}
+
+fn written(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+#[tokio::test]
+async fn node_addresses_and_a_kubeconfig_that_kubectl_uses_until_it_is_refreshed()
+-> anyhow::Result<()> {
+    let c = cluster("k8s-nodes").await?;
+    let done = c.act("get-node-ip", json!({})).await?;
+    ensure!(code(&done) == 200, "{done}");
+    ensure!(
+        done["response"]
+            == json!({"cluster": "edge", "nodes": [{"name": "edge-1", "addresses": [
+                {"type": "InternalIP", "address": "10.0.0.5"},
+                {"type": "ExternalIP", "address": "203.0.113.5"},
+                {"type": "Hostname", "address": "edge-1"}]}]}),
+        "{done}"
+    );
+
+    // The device reports which cluster it manages, and how.
+    let device = c
+        .admin
+        .get(&format!("/api/v1/devices/{}", c.agent.name))
+        .await?
+        .expect_status(200)?;
+    ensure!(
+        device["status"]["facts"]["kubernetes"]
+            == json!({"mode": "host", "cluster": "edge", "server": c.api.url}),
+        "{device}"
+    );
+
+    let done = c.act("retrieve-kubeconfig", json!({})).await?;
+    ensure!(code(&done) == 200, "{done}");
+    let response = &done["response"];
+    ensure!(
+        response["format"] == "yaml"
+            && response["serviceAccount"] == "tether-system/tether-kubeconfig",
+        "{done}"
+    );
+    let expires: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(response["expiresAt"].clone())?;
+    let week = chrono::Utc::now() + chrono::Duration::days(7);
+    ensure!(
+        (expires - week).num_seconds().abs() < 120,
+        "expires {expires}"
+    );
+    let first = written(
+        c.dir.path(),
+        "first.yaml",
+        response["kubeconfig"].as_str().context("text")?,
+    )?;
+    let nodes = kubectl(&first, &["get", "nodes", "-o", "name"]).await?;
+    ensure!(
+        nodes.status.success() && nodes.stdout == b"node/edge-1\n",
+        "{nodes:?}"
+    );
+
+    let done = c
+        .act(
+            "retrieve-kubeconfig",
+            json!({"format": "json", "refresh": true}),
+        )
+        .await?;
+    ensure!(code(&done) == 200, "{done}");
+    let text = done["response"]["kubeconfig"].as_str().context("text")?;
+    let parsed: Value = serde_json::from_str(text).context("json format")?;
+    ensure!(parsed["current-context"] == "edge", "{parsed}");
+    let second = written(c.dir.path(), "second.json", text)?;
+    let nodes = kubectl(&second, &["get", "nodes", "-o", "name"]).await?;
+    ensure!(nodes.status.success(), "{nodes:?}");
+    let refused = kubectl(&first, &["get", "nodes"]).await?;
+    ensure!(!refused.status.success(), "the old kubeconfig still works");
+    ensure!(
+        String::from_utf8_lossy(&refused.stderr).contains("Unauthorized")
+            || String::from_utf8_lossy(&refused.stderr).contains("provide credentials"),
+        "{refused:?}"
+    );
+    c.refused("retrieve-kubeconfig", json!({"format": "toml"}), "format")
+        .await?;
+    c.refused("retrieve-kubeconfig", json!({"refresh": "yes"}), "refresh")
+        .await?;
+    drop(c.tetherd);
+    Ok(())
+}
+
+#[tokio::test]
+async fn in_cluster_mode_uses_the_pods_service_account() -> anyhow::Result<()> {
+    let api = FakeKubeApi::start().await?;
+    api.add_node("edge-1", &[("InternalIP", "10.0.0.5")])?;
+    let account = tempfile::tempdir()?;
+    std::fs::write(account.path().join("token"), format!("{ADMIN_TOKEN}\n"))?;
+    std::fs::write(account.path().join("ca.crt"), &api.ca_pem)?;
+    let port = api.url.rsplit(':').next().context("port")?.to_owned();
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let account_dir = account.path().to_string_lossy().into_owned();
+    let agent = Agent::enroll_with_env(
+        &tetherd,
+        &admin,
+        "k8s-pod",
+        &[
+            ("TETHER_AGENT_KUBERNETES", "cluster"),
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT", &port),
+            ("TETHER_AGENT_KUBERNETES_SERVICE_ACCOUNT_DIR", &account_dir),
+        ],
+    )
+    .await?;
+    agent
+        .wait_presence(&admin, "online")
+        .await
+        .with_context(|| agent.log())?;
+    let id = request(&admin, &agent.name, json!({"action": "get-node-ip"})).await?;
+    let done = outcome(&admin, &id).await?;
+    check_event("get-node-ip", &done)?;
+    ensure!(done["statusCode"] == 200, "{done}\n{}", agent.log());
+    ensure!(
+        done["response"]["cluster"] == "in-cluster"
+            && done["response"]["nodes"][0]["name"] == "edge-1",
+        "{done}"
+    );
+    let device = admin
+        .get(&format!("/api/v1/devices/{}", agent.name))
+        .await?
+        .expect_status(200)?;
+    ensure!(
+        device["status"]["facts"]["kubernetes"]
+            == json!({"mode": "cluster", "cluster": "in-cluster", "server": api.url}),
+        "{device}"
+    );
+    Ok(())
+}
+
+/// The ClusterRole ADR 0016 lists for the cluster actions, bind aside.
+fn actions_cluster_role() -> Value {
+    json!({"metadata": {"name": "tether-agent"}, "rules": [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "patch", "create"]},
+        {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"]},
+        {"apiGroups": [""], "resources": ["secrets", "configmaps", "services"], "verbs": ["get", "create"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "create"]},
+        {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create", "delete"]},
+        {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
+        {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterrolebindings"], "verbs": ["get", "create"]}]})
+}
+
+#[tokio::test]
+async fn the_cluster_role_of_adr_0016_is_what_the_cluster_actions_need() -> anyhow::Result<()> {
+    let api = FakeKubeApi::start().await?;
+    api.add_node("edge-1", &[("InternalIP", "10.0.0.5")])?;
+    api.seed(
+        "deployments",
+        json!({"metadata": {"name": "web", "namespace": "default"},
+               "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                        "template": {"metadata": {"labels": {"app": "web"}},
+                                     "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}}),
+    )?;
+    api.seed(
+        "secrets",
+        json!({"metadata": {"name": "db", "namespace": "default"}, "data": {}}),
+    )?;
+    api.seed("namespaces", json!({"metadata": {"name": "tether-system"}}))?;
+    api.seed(
+        "serviceaccounts",
+        json!({"metadata": {"name": "tether-agent", "namespace": "tether-system"}}),
+    )?;
+    api.seed("clusterroles", actions_cluster_role())?;
+    let binding = |name: &str, role: &str| {
+        json!({"metadata": {"name": name},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+               "subjects": [{"kind": "ServiceAccount", "name": "tether-agent", "namespace": "tether-system"}]})
+    };
+    api.seed(
+        "clusterrolebindings",
+        binding("tether-agent", "tether-agent"),
+    )?;
+    // The pod's token, as the kubelet would mount it: a TokenRequest.
+    let admin_dir = tempfile::tempdir()?;
+    let admin_kubeconfig = api.write_kubeconfig(admin_dir.path(), ADMIN_TOKEN)?;
+    let token = kubectl(
+        &admin_kubeconfig,
+        &["create", "token", "tether-agent", "-n", "tether-system"],
+    )
+    .await?;
+    ensure!(token.status.success(), "{token:?}");
+    let account = tempfile::tempdir()?;
+    std::fs::write(account.path().join("token"), &token.stdout)?;
+    std::fs::write(account.path().join("ca.crt"), &api.ca_pem)?;
+    let port = api.url.rsplit(':').next().context("port")?.to_owned();
+    let account_dir = account.path().to_string_lossy().into_owned();
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let agent = Agent::enroll_with_env(
+        &tetherd,
+        &admin,
+        "k8s-rbac",
+        &[
+            ("TETHER_AGENT_KUBERNETES", "cluster"),
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT", &port),
+            ("TETHER_AGENT_KUBERNETES_SERVICE_ACCOUNT_DIR", &account_dir),
+        ],
+    )
+    .await?;
+    agent
+        .wait_presence(&admin, "online")
+        .await
+        .with_context(|| agent.log())?;
+    enable_cluster_actions(&admin, &agent.name).await?;
+    let act = |action: &'static str, input: Value| {
+        let admin = admin.clone();
+        let device = agent.name.clone();
+        async move {
+            check_request(action, &input)?;
+            let id = request(&admin, &device, json!({"action": action, "input": input})).await?;
+            let done = outcome(&admin, &id).await?;
+            check_event(action, &done)?;
+            anyhow::Ok(done)
+        }
+    };
+    for (action, input) in [
+        ("get-node-ip", json!({})),
+        (
+            "manage-deployment",
+            json!({"command": "restart", "parameters": {"deployment": "web"}}),
+        ),
+        (
+            "manage-deployment",
+            json!({"command": "scale", "parameters": {"deployment": "web", "replicas": 2}}),
+        ),
+        (
+            "copy-resource",
+            json!({"command": "copy", "parameters": {"type": "secrets",
+            "from": {"namespace": "default", "name": "db"}, "to": {"name": "db-copy"}}}),
+        ),
+    ] {
+        let done = act(action, input).await?;
+        ensure!(code(&done) == 200, "{action}: {done}");
+    }
+    // Binding cluster-admin needs `bind` on it (or holding all of it).
+    let done = act("retrieve-kubeconfig", json!({})).await?;
+    ensure!(code(&done) == 403, "{done}");
+    ensure!(
+        done["statusMessage"].as_str().is_some_and(
+            |m| m.contains("is attempting to grant RBAC permissions not currently held")
+        ),
+        "{done}"
+    );
+    api.seed(
+        "clusterroles",
+        json!({"metadata": {"name": "tether-agent-bind"}, "rules": [
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
+             "verbs": ["bind"], "resourceNames": ["cluster-admin"]}]}),
+    )?;
+    api.seed(
+        "clusterrolebindings",
+        binding("tether-agent-bind", "tether-agent-bind"),
+    )?;
+    let done = act("retrieve-kubeconfig", json!({"refresh": true})).await?;
+    ensure!(code(&done) == 200, "{done}");
+    // Beyond the role: refused by the API server, its 403 in the event.
+    let done = act(
+        "send-kubernetes-api",
+        json!({"href": "/api/v1/namespaces/default/pods"}),
+    )
+    .await?;
+    ensure!(code(&done) == 403, "{done}");
+    Ok(())
+}
