@@ -341,6 +341,14 @@ pub struct DeviceUsage {
     /// When the device's agent last reported its counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_reported_at: Option<DateTime<Utc>>,
+    /// New metric series tetherd refused because the device had as many
+    /// as it may (`ingest.max_series_per_device`), counted in each batch
+    /// that brought them …
+    #[serde(default)]
+    pub metric_series_refused: u64,
+    /// … and their points, not stored.
+    #[serde(default)]
+    pub metric_points_refused: u64,
 }
 
 /// Why a payload is not a batch tetherd accepts; the device sees this.

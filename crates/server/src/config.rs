@@ -125,6 +125,7 @@ struct FileIngest {
     byte_burst: Option<u64>,
     strikes_before_disconnect: Option<u32>,
     max_clock_ahead_seconds: Option<u64>,
+    max_series_per_device: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -883,6 +884,7 @@ impl ServerConfig {
                 byte_burst: Some(self.ingest.rate.byte_burst),
                 strikes_before_disconnect: Some(self.ingest.rate.strikes_before_disconnect),
                 max_clock_ahead_seconds: Some(self.ingest.max_clock_ahead.as_secs()),
+                max_series_per_device: Some(self.ingest.max_series_per_device),
             },
             cluster: FileCluster {
                 lease_seconds: Some(self.cluster.lease.as_secs()),
@@ -954,9 +956,17 @@ fn ingest_config(file: &FileIngest) -> Result<crate::ingest::IngestConfig, Confi
     };
     let max_clock_ahead = secs(file.max_clock_ahead_seconds, defaults.max_clock_ahead);
     check_range("ingest.max_clock_ahead_seconds", max_clock_ahead, 0, DAY)?;
+    let max_series_per_device = within(
+        "ingest.max_series_per_device",
+        file.max_series_per_device,
+        defaults.max_series_per_device,
+        1,
+        crate::metrics::FLEET_MAX_SERIES as u64,
+    )?;
     Ok(crate::ingest::IngestConfig {
         rate,
         max_clock_ahead,
+        max_series_per_device,
     })
 }
 
@@ -1155,6 +1165,14 @@ mod tests {
             (
                 "[ingest]\nmax_clock_ahead_seconds = 999999\n",
                 "ingest.max_clock_ahead_seconds",
+            ),
+            (
+                "[ingest]\nmax_series_per_device = 0\n",
+                "ingest.max_series_per_device",
+            ),
+            (
+                "[ingest]\nmax_series_per_device = 2000001\n",
+                "ingest.max_series_per_device",
             ),
             (
                 "[cluster]\noutbox_sweep_seconds = 0\n",

@@ -285,7 +285,7 @@ impl Dispatcher {
             "retrieve-kubeconfig" => retrieve_kubeconfig::run(input, &kubernetes.client()?).await?,
             "run-stats" => run_stats::run(input, &mut context.stats)?,
             "stop-stats" => run_stats::stop(&mut context.stats),
-            "send-api" => send_api::run(input, &context.ca_pem).await?,
+            "send-api" => return send_api::run(input, &context.ca_pem).await,
             "send-kubectl" => return send_kubectl::run(input, kubernetes).await,
             "send-kubernetes-api" => {
                 return send_kubernetes_api::run(input, &kubernetes.client()?).await;

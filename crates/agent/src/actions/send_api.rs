@@ -1,15 +1,15 @@
-//! `send-api`: an HTTP request made from the device, answered with the
-//! remote status, headers and (at most 1 MiB of JSON-encoded) body.
+//! `send-api`: an HTTP request made from the device, answered as seed 000
+//! says: the remote's status code, and its body (at most 1 MiB of
+//! JSON-encoded text) as the `response` string.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use reqwest::{Method, Url};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tether_proto::redact::redacted_url;
 
-use super::ActionError;
+use super::{ActionError, Answer};
 
 /// The most body an answer carries, counted as it goes on the wire: the
 /// JSON-escaped text between the quotes. Raw bytes would not do: a NUL byte
@@ -91,9 +91,10 @@ fn client(ca_pem: &str) -> Result<reqwest::Client, reqwest::Error> {
     builder.build()
 }
 
-/// Sends the request; any answer from the remote, whatever its status, is a
-/// 200 event carrying that status. Only a request that failed is an error.
-pub async fn run(input: &Value, ca_pem: &str) -> Result<Value, ActionError> {
+/// Sends the request; any answer from the remote, whatever its status, is
+/// passed on as the event's status ([`relayed`]). Only a request that
+/// failed is an error.
+pub async fn run(input: &Value, ca_pem: &str) -> Result<Answer, ActionError> {
     let target = parse(input)?;
     // The error becomes the event's status message, stored and shown by
     // tetherd: it names the URL redacted, and reqwest's own copy of the URL
@@ -114,17 +115,6 @@ pub async fn run(input: &Value, ca_pem: &str) -> Result<Value, ActionError> {
     }
     let mut response = request.send().await.map_err(failed)?;
     let status = response.status().as_u16();
-    let mut headers: BTreeMap<String, String> = BTreeMap::new();
-    for (name, value) in response.headers() {
-        let value = String::from_utf8_lossy(value.as_bytes());
-        headers
-            .entry(name.as_str().to_owned())
-            .and_modify(|joined| {
-                joined.push_str(", ");
-                joined.push_str(&value);
-            })
-            .or_insert_with(|| value.into_owned());
-    }
     // Every raw byte encodes to at least one byte (an invalid one to the
     // three of U+FFFD), so more than BODY_LIMIT raw bytes are never needed.
     let mut body = Vec::new();
@@ -138,13 +128,30 @@ pub async fn run(input: &Value, ca_pem: &str) -> Result<Value, ActionError> {
         }
         body.extend_from_slice(&chunk);
     }
-    let (body, cut) = truncate_encoded(String::from_utf8_lossy(&body).into_owned(), BODY_LIMIT);
-    Ok(json!({
-        "status": status,
-        "headers": headers,
-        "body": body,
-        "truncated": truncated || cut,
-    }))
+    Ok(relayed(status, &body, truncated))
+}
+
+/// The answer of a request made for the operator (`send-api`,
+/// `send-kubernetes-api`): the remote's status code and reason phrase, and
+/// its body as text (the seed's `response` is a string), cut to
+/// [`BODY_LIMIT`] encoded; a cut, here or by the caller (`truncated`), is
+/// said in the status message.
+pub(crate) fn relayed(status: u16, body: &[u8], truncated: bool) -> Answer {
+    let (text, cut) = truncate_encoded(String::from_utf8_lossy(body).into_owned(), BODY_LIMIT);
+    let reason = reqwest::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|status| status.canonical_reason())
+        .unwrap_or("");
+    let status_message = if truncated || cut {
+        format!("{reason} (the body is cut to its first MiB)")
+    } else {
+        reason.to_owned()
+    };
+    Answer {
+        status_code: status,
+        status_message,
+        response: Value::String(text),
+    }
 }
 
 /// `text` cut at a character boundary so that its JSON encoding, without
@@ -175,6 +182,7 @@ fn json_escaped_len(c: char) -> usize {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use serde_json::json;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -259,10 +267,14 @@ pub(crate) mod tests {
         )
         .await
         .expect("completes");
-        assert_eq!(response["status"], 404);
-        assert_eq!(response["body"], "nope");
-        assert_eq!(response["truncated"], false);
-        assert_eq!(response["headers"]["x-thing"], "a, b");
+        assert_eq!(
+            response,
+            Answer {
+                status_code: 404,
+                status_message: "Not Found".into(),
+                response: json!("nope"),
+            }
+        );
         let request = server.await.expect("server ran");
         assert!(request.starts_with("POST /items HTTP/1.1"), "{request}");
         assert!(
@@ -275,14 +287,20 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_large_body_is_cut_at_one_mebibyte() {
         let (url, _server) = serve_once("HTTP/1.1 200 OK\r\n", vec![b'x'; BODY_LIMIT + 10]).await;
-        let response = run(&json!({"href": url}), "").await.expect("completes");
-        assert_eq!(response["status"], 200);
-        assert_eq!(response["truncated"], true);
-        assert_eq!(response["body"].as_str().expect("text").len(), BODY_LIMIT);
+        let answer = run(&json!({"href": url}), "").await.expect("completes");
+        assert_eq!(answer.status_code, 200);
+        assert_eq!(
+            answer.status_message,
+            "OK (the body is cut to its first MiB)"
+        );
+        assert_eq!(answer.response.as_str().expect("text").len(), BODY_LIMIT);
 
         let (url, _server) = serve_once("HTTP/1.1 200 OK\r\n", vec![b'y'; BODY_LIMIT]).await;
-        let response = run(&json!({"href": url}), "").await.expect("completes");
-        assert_eq!(response["truncated"], false);
+        let answer = run(&json!({"href": url}), "").await.expect("completes");
+        assert_eq!(
+            answer.status_message, "OK",
+            "a body of exactly the limit is whole"
+        );
     }
 
     #[tokio::test]
@@ -290,21 +308,18 @@ pub(crate) mod tests {
         // Each NUL is six bytes in JSON: the raw cap alone let 1 MiB of them
         // become a 6 MiB event, more than the controller's MQTT endpoint takes.
         let (url, _server) = serve_once("HTTP/1.1 200 OK\r\n", vec![0; BODY_LIMIT + 10]).await;
-        let response = run(&json!({"href": url}), "").await.expect("completes");
-        assert_eq!(response["truncated"], true);
-        let body = response["body"].as_str().expect("text");
+        let answer = run(&json!({"href": url}), "").await.expect("completes");
+        assert!(answer.status_message.contains("cut"), "{answer:?}");
+        let body = answer.response.as_str().expect("text");
         assert_eq!(body.len(), BODY_LIMIT / 6, "as many NULs as fit");
-        let encoded = serde_json::to_string(&response["body"]).expect("encodes");
+        let encoded = serde_json::to_string(&answer.response).expect("encodes");
         assert!(encoded.len() <= BODY_LIMIT + 2, "{}", encoded.len());
-        // Status and headers add little.
-        let whole = serde_json::to_vec(&response).expect("encodes").len();
-        assert!(whole <= BODY_LIMIT + 1024, "{whole}");
 
         // A short body of them is kept whole.
         let (url, _server) = serve_once("HTTP/1.1 200 OK\r\n", vec![0; 100]).await;
-        let response = run(&json!({"href": url}), "").await.expect("completes");
-        assert_eq!(response["truncated"], false);
-        assert_eq!(response["body"].as_str().map(str::len), Some(100));
+        let answer = run(&json!({"href": url}), "").await.expect("completes");
+        assert_eq!(answer.status_message, "OK");
+        assert_eq!(answer.response.as_str().map(str::len), Some(100));
     }
 
     #[test]

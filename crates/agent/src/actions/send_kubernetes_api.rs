@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::send_api::{BODY_LIMIT, truncate_encoded};
+use super::send_api::relayed;
 use super::{ActionError, Answer};
 use crate::kubernetes::Client;
 use crate::kubernetes::client::Body;
@@ -55,24 +55,7 @@ fn parse(input: &Value, server: &str) -> Result<(Method, String, Option<String>)
 pub async fn run(input: &Value, client: &Client) -> Result<Answer, ActionError> {
     let (method, path, body) = parse(input, &client.access().server)?;
     let reply = client.request(method, &path, body.map(Body::Raw)).await?;
-    let (text, truncated) = truncate_encoded(
-        String::from_utf8_lossy(&reply.body).into_owned(),
-        BODY_LIMIT,
-    );
-    let reason = reqwest::StatusCode::from_u16(reply.status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
-    let status_message = if truncated {
-        format!("{reason} (the body is cut to its first MiB)")
-    } else {
-        reason.to_owned()
-    };
-    Ok(Answer {
-        status_code: reply.status,
-        status_message,
-        response: Value::String(text),
-    })
+    Ok(relayed(reply.status, &reply.body, false))
 }
 
 #[cfg(test)]

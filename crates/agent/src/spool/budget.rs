@@ -13,10 +13,15 @@
 //!
 //! The same bucket and cap slow rather than drop for `spoolReplay`
 //! ([`DailyBudget::delay`]): a backlog's batch waits until it fits.
+//!
+//! A stream's day survives a restart: its counts ([`BudgetDay`]) are saved
+//! in the stream's spool metadata with the acknowledged position, so an
+//! agent restarted at noon goes on spending the same day's bytes.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
 use tether_proto::telemetry::Dropped;
 
 const SECONDS_A_DAY: f64 = 86_400.0;
@@ -51,6 +56,21 @@ fn cap_share(priority: Option<u8>) -> f64 {
     }
 }
 
+/// What a limited budget has counted today: saved so that a restarted
+/// agent keeps counting against the same day's bytes and bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetDay {
+    /// The limit these counts were made under: a different one after the
+    /// restart refills the bucket, as a spec change does.
+    pub limit: u64,
+    pub day: NaiveDate,
+    pub spent: f64,
+    pub tokens: f64,
+    pub filled_at: DateTime<Utc>,
+    pub ratio: f64,
+}
+
 #[derive(Debug, Clone)]
 pub struct DailyBudget {
     /// Bytes a day; `None` is unlimited.
@@ -78,6 +98,38 @@ impl DailyBudget {
         };
         budget.set_limit(limit);
         budget
+    }
+
+    /// A budget that goes on counting from `saved` (under its limit until
+    /// the spec sets one), or a new unlimited one.
+    pub fn restored(saved: Option<&BudgetDay>) -> Self {
+        let mut budget = Self::new(None);
+        if let Some(saved) = saved {
+            budget.limit = Some(saved.limit);
+            budget.day = Some(saved.day);
+            budget.spent = saved.spent;
+            budget.tokens = saved.tokens;
+            budget.filled_at = Some(saved.filled_at);
+            budget.ratio = saved.ratio;
+        }
+        budget
+    }
+
+    /// What to save: `None` while unlimited or before its first record.
+    pub fn saved(&self) -> Option<BudgetDay> {
+        let saved = BudgetDay {
+            limit: self.limit?,
+            day: self.day?,
+            spent: self.spent,
+            tokens: self.tokens,
+            filled_at: self.filled_at?,
+            ratio: self.ratio,
+        };
+        // JSON has no NaN: a count that is not a number is not saved.
+        [saved.spent, saved.tokens, saved.ratio]
+            .iter()
+            .all(|n| n.is_finite())
+            .then_some(saved)
     }
 
     /// A new limit (the spec changed): the bucket starts full, what was
@@ -225,6 +277,35 @@ mod tests {
         assert!(spent <= 10_000.0, "{spent}");
         assert!(spent >= 9_500.0, "the day's bytes are used: {spent}");
         assert!(budget.admit(now, Some(3), 100), "a new day");
+    }
+
+    #[test]
+    fn a_restored_budget_goes_on_counting_the_same_day() {
+        let mut budget = DailyBudget::new(Some(10_000));
+        let noon = midnight() + TimeDelta::hours(12);
+        // Errors go until the cap: 300 of 30 bytes spend 9,000 of it.
+        for _ in 0..300 {
+            assert!(budget.admit(noon, Some(3), 100));
+        }
+        let saved = budget.saved().expect("a limited budget that counted");
+        let json = serde_json::to_string(&saved).expect("json");
+        let saved: BudgetDay = serde_json::from_str(&json).expect("reads back");
+
+        let mut restarted = DailyBudget::restored(Some(&saved));
+        restarted.set_limit(Some(10_000));
+        let admitted = (0..100)
+            .filter(|_| restarted.admit(noon + TimeDelta::minutes(1), Some(3), 100))
+            .count();
+        assert_eq!(admitted, 33, "only the day's last 1,000 bytes are left");
+        // The next day starts over.
+        let mut tomorrow = DailyBudget::restored(Some(&saved));
+        assert!(tomorrow.admit(noon + TimeDelta::days(1), Some(6), 100));
+        let fresh = DailyBudget::restored(Some(&saved));
+        assert_eq!(fresh.limit(), Some(10_000), "enforced until the spec says");
+        assert!(
+            DailyBudget::new(None).saved().is_none(),
+            "unlimited: nothing"
+        );
     }
 
     #[test]

@@ -12,20 +12,28 @@
 //! of records dropped for lack of space. The position is saved lazily: a
 //! crash replays what was acknowledged since, which tetherd recognises by
 //! sequence number and stores once. The totals are saved before the
-//! segment they count is deleted, so they are never lost.
+//! segment they count is deleted, so they are never lost. The stream's
+//! budget counts of the day ride along: written with the position, at
+//! least every [`BUDGET_SAVE_EVERY`] while only they change (a spool
+//! offline: flash wears by writes), and at a clean stop.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tether_proto::telemetry::{Dropped, Stream};
 
+use super::budget::BudgetDay;
 use crate::state::write_atomic;
 
 const META_FILE: &str = "meta.json";
 const SEGMENT_SUFFIX: &str = ".seg";
 const FILE_MODE: u32 = 0o600;
+/// Budget counts that changed alone are saved at most this often: a crash
+/// forgets at most this long's spending.
+pub const BUDGET_SAVE_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -38,12 +46,15 @@ pub enum DiskError {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Meta {
     spool_id: String,
     acked: u64,
     dropped: Dropped,
+    /// The stream's budget counts of the day (absent before any budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    budget: Option<BudgetDay>,
 }
 
 fn add(sum: &mut u64, sums: &mut [u64; 8], total: u64, by_priority: [u64; 8]) {
@@ -92,6 +103,9 @@ pub struct Disk {
     meta: Meta,
     /// `meta.acked` as last saved.
     saved_acked: u64,
+    /// `meta.budget` changed since last saved.
+    budget_changed: bool,
+    saved_at: Instant,
     /// Oldest first; never empty: the last is the one appended to.
     segments: Vec<Segment>,
     hint: Option<ReadHint>,
@@ -118,6 +132,7 @@ impl Disk {
                 spool_id: uuid::Uuid::new_v4().simple().to_string(),
                 acked: 0,
                 dropped: Dropped::default(),
+                budget: None,
             },
             Err(e) => return Err(io(e)),
         };
@@ -139,6 +154,8 @@ impl Disk {
             max_bytes,
             segment_bytes: (max_bytes / 8).clamp(4 * 1024, 4 * 1024 * 1024),
             saved_acked: meta.acked,
+            budget_changed: false,
+            saved_at: Instant::now(),
             meta,
             segments: Vec::new(),
             hint: None,
@@ -178,6 +195,20 @@ impl Disk {
 
     pub fn dropped(&self) -> &Dropped {
         &self.meta.dropped
+    }
+
+    /// The stream's budget counts as last kept.
+    pub fn budget(&self) -> Option<&BudgetDay> {
+        self.meta.budget.as_ref()
+    }
+
+    /// Keeps the stream's budget counts, saved by the next [`Disk::save`]
+    /// that is due.
+    pub fn set_budget(&mut self, budget: Option<BudgetDay>) {
+        if self.meta.budget != budget {
+            self.meta.budget = budget;
+            self.budget_changed = true;
+        }
     }
 
     /// Counts records that never reached the disk (a failed write), and
@@ -283,6 +314,8 @@ impl Disk {
         let json = serde_json::to_vec(&self.meta).map_err(io::Error::other)?;
         write_atomic(&self.dir.join(META_FILE), &json, FILE_MODE)?;
         self.saved_acked = self.meta.acked;
+        self.budget_changed = false;
+        self.saved_at = Instant::now();
         Ok(())
     }
 
@@ -451,9 +484,13 @@ impl Disk {
         self.enforce_bound()
     }
 
-    /// Saves the acknowledged position if it moved.
-    pub fn save(&mut self) -> io::Result<()> {
-        if self.saved_acked != self.meta.acked {
+    /// Saves the acknowledged position if it moved, and the budget counts
+    /// if they changed and this is a clean stop (`stopping`) or they
+    /// waited [`BUDGET_SAVE_EVERY`].
+    pub fn save(&mut self, stopping: bool) -> io::Result<()> {
+        let budget_due =
+            self.budget_changed && (stopping || self.saved_at.elapsed() >= BUDGET_SAVE_EVERY);
+        if self.saved_acked != self.meta.acked || budget_due {
             self.save_meta()?;
         }
         Ok(())
@@ -559,7 +596,7 @@ mod tests {
         assert_eq!(read.first_seq, 0);
         assert_eq!(messages(&read)[9], "line 00009");
         disk.ack(10).expect("acks");
-        disk.save().expect("saves");
+        disk.save(false).expect("saves");
         drop(disk);
 
         let mut disk = Disk::open(temp.path(), Stream::Logs, 1 << 20).expect("reopens");

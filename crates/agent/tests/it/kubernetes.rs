@@ -438,10 +438,7 @@ async fn copy_resource_copies_four_types_as_new_objects_and_never_over_one() -> 
         )
         .await?
         .expect_status(400)?;
-    ensure!(
-        reply.to_string().contains("$.parameters.type"),
-        "{reply}"
-    );
+    ensure!(reply.to_string().contains("$.parameters.type"), "{reply}");
     c.refused("copy-resource", json!({"command": "move"}), "command")
         .await?;
     c.refused(

@@ -30,7 +30,7 @@ use crate::device_link::{
 use crate::observability::Observability;
 use crate::registry::Specs;
 use crate::store::{EventRecord, Store, StoreError};
-use crate::telemetry::{Stored, Telemetry, TelemetryError};
+use crate::telemetry::{Limits, Stored, Telemetry, TelemetryError};
 use checks::{ClockWindow, Invalid};
 pub use counters::IngestCounters;
 use counters::{Counters, Outcome};
@@ -83,6 +83,9 @@ pub struct IngestConfig {
     pub rate: RateLimits,
     /// How far ahead of the server's clock a sample may be dated.
     pub max_clock_ahead: Duration,
+    /// Metric series one device may create: one device cannot crowd the
+    /// fleet's (`GET /metrics/fleet` serves at most 2,000,000).
+    pub max_series_per_device: u64,
 }
 
 impl Default for IngestConfig {
@@ -90,6 +93,7 @@ impl Default for IngestConfig {
         Self {
             rate: RateLimits::default(),
             max_clock_ahead: Duration::from_secs(300),
+            max_series_per_device: 10_000,
         }
     }
 }
@@ -147,7 +151,10 @@ impl Ingest {
             store.clone(),
             observability.clone(),
             bus.clone(),
-            config.max_clock_ahead,
+            Limits {
+                max_ahead: config.max_clock_ahead,
+                max_series: config.max_series_per_device,
+            },
             write_slots.clone(),
             WRITE_SLOT_WAIT,
             if store.is_postgres() {
@@ -370,7 +377,12 @@ impl Ingest {
                 let mut points = Vec::new();
                 crate::metrics::flatten::host_metrics(metrics, &mut points);
                 self.store
-                    .insert_points(device, &points, chrono::Utc::now())
+                    .insert_points(
+                        device,
+                        &points,
+                        chrono::Utc::now(),
+                        self.config.max_series_per_device,
+                    )
                     .await
                     .map_err(store)?;
                 Ok(Outcome::Accepted)

@@ -302,16 +302,44 @@ impl Store {
     }
 
     /// Deletes the device with its tokens, actions, events and metrics
-    /// (foreign keys cascade). `false` if it did not exist.
+    /// (foreign keys cascade; its raw metric points by hand). `false` if it
+    /// did not exist.
     pub async fn delete_device(&self, name: &DeviceId) -> Result<bool, StoreError> {
+        let context = "delete a device";
+        let error = |source| StoreError::Query { context, source };
+        let mut tx = self.begin(context).await?;
+        // Raw points have no foreign key to their series (ADR 0018), and a
+        // device of the same name would find them again (series ids come
+        // from the names): they go first. On PostgreSQL the device's row
+        // is locked first, so no ingest creates a series of it meanwhile
+        // (that checks the row), then its series, so the ingest storing
+        // points of them has committed (SQLite has one writer).
+        if self.postgres {
+            for sql in [
+                "SELECT name FROM devices WHERE name = $1 FOR UPDATE",
+                "SELECT id FROM metric_series WHERE device = $1 FOR UPDATE",
+            ] {
+                sqlx::query(sql)
+                    .bind(name.as_str())
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(error)?;
+            }
+        }
+        sqlx::query(
+            "DELETE FROM metric_points WHERE series_id IN \
+             (SELECT id FROM metric_series WHERE device = $1)",
+        )
+        .bind(name.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(error)?;
         let result = sqlx::query("DELETE FROM devices WHERE name = $1")
             .bind(name.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
-            .map_err(|source| StoreError::Query {
-                context: "delete a device",
-                source,
-            })?;
+            .map_err(error)?;
+        tx.commit().await.map_err(error)?;
         Ok(result.rows_affected() > 0)
     }
 

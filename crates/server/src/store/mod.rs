@@ -26,7 +26,7 @@ pub use devices::{ActionBytes, SeenDevice};
 pub use enrollment::CertificateSerials;
 pub use jobs::{JobRecord, NewJob};
 pub use logs::{LogLine, LogPosition, LogScan};
-pub use metrics::{Bucket, FleetRow, RolledUp, StoredSeries};
+pub use metrics::{Bucket, FleetRow, RefusedSeries, RolledUp, StoredSeries};
 pub use specs::SpecRecord;
 pub use telemetry::{CursorUpdate, SpoolRef, StoredLog, TelemetryTx, UsageRecord};
 

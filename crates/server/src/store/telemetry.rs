@@ -12,7 +12,7 @@ use tether_proto::telemetry::{
 use super::codec::{
     device_id, from_json, get, limit, millis, time, to_i64, to_json, to_u16, to_u64, violates,
 };
-use super::{ActionBytes, Before, EventRecord, Store, StoreError};
+use super::{ActionBytes, Before, EventRecord, RefusedSeries, Store, StoreError};
 use crate::metrics::series::DevicePoints;
 
 const EVENT_COLUMNS: &str =
@@ -398,8 +398,8 @@ impl Store {
             None => ("name > $1", after.unwrap_or("")),
         };
         let sql = format!(
-            "SELECT name, action_bytes_sent, action_bytes_received FROM devices \
-             WHERE {condition} ORDER BY name LIMIT $2"
+            "SELECT name, action_bytes_sent, action_bytes_received, metric_series_refused, \
+             metric_points_refused FROM devices WHERE {condition} ORDER BY name LIMIT $2"
         );
         let rows = sqlx::query(&sql)
             .bind(name)
@@ -428,6 +428,14 @@ impl Store {
                         })
                         .collect(),
                     agent: None,
+                    metric_series_refused: to_u64(
+                        get(row, "metric_series_refused")?,
+                        &what("metric_series_refused"),
+                    )?,
+                    metric_points_refused: to_u64(
+                        get(row, "metric_points_refused")?,
+                        &what("metric_points_refused"),
+                    )?,
                     device,
                 })
             })
@@ -464,6 +472,9 @@ pub struct UsageRecord {
     pub streams: Vec<StreamUsage>,
     pub actions: ActionBytes,
     pub agent: Option<(DateTime<Utc>, Vec<FeatureBytes>)>,
+    /// New metric series refused at the device's limit, and their points.
+    pub metric_series_refused: u64,
+    pub metric_points_refused: u64,
 }
 
 fn add_cursor(record: &mut UsageRecord, row: &AnyRow) -> Result<(), StoreError> {
@@ -620,6 +631,8 @@ impl TelemetryTx {
             }],
             actions: ActionBytes::default(),
             agent: None,
+            metric_series_refused: 0,
+            metric_points_refused: 0,
         };
         for row in retired.iter().chain(&folded) {
             add_cursor(&mut record, row)?;
@@ -730,13 +743,16 @@ impl TelemetryTx {
 
     /// Stores series points of the batches (see `crate::metrics::flatten`),
     /// each from the index of its first new row, received at
-    /// `received_at`: a few multi-row statements for them all.
+    /// `received_at`: a few statements for them all. A device has at most
+    /// `max_series` series; returns the new ones that refused.
     pub async fn insert_points(
         &mut self,
         parts: &[(&DevicePoints, usize)],
         received_at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        super::metrics::write_points(&mut self.tx, self.postgres, parts, received_at).await
+        max_series: u64,
+    ) -> Result<Vec<RefusedSeries>, StoreError> {
+        super::metrics::write_points(&mut self.tx, self.postgres, parts, received_at, max_series)
+            .await
     }
 
     /// Stores the host samples among metrics records into `metrics` (one

@@ -75,6 +75,17 @@ pub struct Telemetry {
     max_ahead: chrono::Duration,
 }
 
+/// What a device's telemetry may do (from `[ingest]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Records dated more than this after their arrival are dated when
+    /// received.
+    pub max_ahead: Duration,
+    /// Metric series a device may create; points of new ones beyond are
+    /// refused and counted (`ingest.max_series_per_device`).
+    pub max_series: u64,
+}
+
 struct Job {
     device: DeviceId,
     /// The batch as stored: its records dated too far ahead dated when
@@ -100,6 +111,7 @@ struct Writer {
     queue: Mutex<mpsc::Receiver<Job>>,
     /// How many writers share the queue.
     writers: usize,
+    max_series: u64,
 }
 
 /// Field of a log record dated when tetherd received it: the time its
@@ -108,13 +120,12 @@ pub const DEVICE_AT_FIELD: &str = "deviceAt";
 
 impl Telemetry {
     /// Starts `writers` writers, each holding one of `write_slots` (waiting
-    /// at most `slot_wait` for it) while it stores a group. Records dated
-    /// more than `max_ahead` after their arrival are dated when received.
+    /// at most `slot_wait` for it) while it stores a group.
     pub fn new(
         store: Store,
         observability: Arc<Observability>,
         bus: Bus,
-        max_ahead: Duration,
+        limits: Limits,
         write_slots: Arc<Semaphore>,
         slot_wait: Duration,
         writers: usize,
@@ -129,13 +140,15 @@ impl Telemetry {
             slot_wait,
             queue: Mutex::new(receiver),
             writers,
+            max_series: limits.max_series,
         });
         for _ in 0..writers {
             tokio::spawn(writer.clone().run());
         }
         Self {
             queue,
-            max_ahead: chrono::Duration::from_std(max_ahead).unwrap_or(chrono::Duration::MAX),
+            max_ahead: chrono::Duration::from_std(limits.max_ahead)
+                .unwrap_or(chrono::Duration::MAX),
         }
     }
 
@@ -280,8 +293,11 @@ impl Writer {
             let outcome = store_batch(&mut tx, job, now, &mut points).await?;
             outcomes.push(outcome);
         }
-        tx.insert_points(&points, now).await?;
+        let refused = tx.insert_points(&points, now, self.max_series).await?;
         tx.commit().await?;
+        for refused in refused {
+            tracing::warn!(device = %refused.device, series = refused.series, points = refused.points, max_series = self.max_series, "new metric series refused: the device has as many as it may (ingest.max_series_per_device); their points are not stored");
+        }
         Ok(outcomes)
     }
 
@@ -454,7 +470,10 @@ mod tests {
                 store.clone(),
                 Arc::default(),
                 Bus::in_process(),
-                std::time::Duration::from_secs(300),
+                Limits {
+                    max_ahead: std::time::Duration::from_secs(300),
+                    max_series: 10_000,
+                },
                 Arc::new(Semaphore::new(1)),
                 std::time::Duration::from_secs(5),
                 1,
@@ -840,6 +859,7 @@ mod tests {
             slot_wait: std::time::Duration::from_secs(5),
             queue: Mutex::new(mpsc::channel(1).1),
             writers: 1,
+            max_series: 10_000,
         }
     }
 
@@ -881,13 +901,10 @@ mod tests {
         assert_eq!(points(&store, series[0].id).await, [(millis(at), 1.0, 1)]);
     }
 
-    /// Each batch of a group gets its own cursor handling: new spools
-    /// beyond [`cursor::MAX_SPOOLS`] fold the oldest within the group's one
-    /// transaction, and each batch's replay bytes and agent report reach
-    /// its cursor.
-    #[tokio::test]
-    async fn a_group_of_new_spools_folds_the_oldest_and_counts_each_batch() {
-        use sqlx::Connection;
+    /// A store in a file (so a second connection sees it, unlike
+    /// `sqlite::memory:`) with the device `edge-1`; the directory lives as
+    /// long as the first value.
+    async fn file_store() -> (tempfile::TempDir, String, Store, DeviceId) {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("tether.db").display());
         let store = Store::connect(&url).await.expect("store");
@@ -896,6 +913,17 @@ mod tests {
             .create_device(&device, &Default::default(), Utc::now())
             .await
             .expect("device");
+        (dir, url, store, device)
+    }
+
+    /// Each batch of a group gets its own cursor handling: new spools
+    /// beyond [`cursor::MAX_SPOOLS`] fold the oldest within the group's one
+    /// transaction, and each batch's replay bytes and agent report reach
+    /// its cursor.
+    #[tokio::test]
+    async fn a_group_of_new_spools_folds_the_oldest_and_counts_each_batch() {
+        use sqlx::Connection;
+        let (_dir, url, store, device) = file_store().await;
         let spools = u64::from(cursor::MAX_SPOOLS) + 8;
         let (jobs, answers): (Vec<_>, Vec<_>) = (0..spools)
             .map(|i| {
@@ -945,6 +973,84 @@ mod tests {
         let (_, reported) = record.agent.expect("the agent's counts");
         assert_eq!(reported[0].sent_bytes, 42);
         assert_eq!(messages(&store, &device).await.len() as u64, 2 * spools);
+    }
+
+    /// A group holding a device's active spool and new spools beside it
+    /// (cursors taken in spool-id order, all stamped with the group's
+    /// one `now`): the spools folded are the least recently used before
+    /// the group, never a spool of the group, whichever side of the
+    /// active one the new ids sort; each batch of the group, sent again,
+    /// meets its cursor.
+    #[tokio::test]
+    async fn a_group_with_the_active_spool_and_new_ones_folds_only_older_spools() {
+        use sqlx::Connection;
+        let (_dir, url, store, device) = file_store().await;
+        // The device's 16 spools: 15 old ones and the active one, used in
+        // that order.
+        let old: Vec<String> = (0..cursor::MAX_SPOOLS - 1)
+            .map(|i| format!("old{i:02}"))
+            .collect();
+        for spool in old.iter().map(String::as_str).chain(["m-active"]) {
+            let (job, answer) = job(&device, logs(spool, 0, 1));
+            writer(&store).store_group(vec![job]).await;
+            answer.await.expect("answered").expect("stored");
+        }
+        let mut raw = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("second connection");
+        for (i, spool) in old
+            .iter()
+            .map(String::as_str)
+            .chain(["m-active"])
+            .enumerate()
+        {
+            sqlx::query("UPDATE telemetry_cursors SET updated_at = ? WHERE spool_id = ?")
+                .bind(1_000 + i as i64)
+                .bind(spool)
+                .execute(&mut raw)
+                .await
+                .expect("dated");
+        }
+        let group = || {
+            [
+                logs("a-new", 0, 1),
+                logs("m-active", 1, 2),
+                logs("z-new", 0, 1),
+            ]
+        };
+        let (jobs, answers): (Vec<_>, Vec<_>) =
+            group().into_iter().map(|b| job(&device, b)).unzip();
+        writer(&store).store_group(jobs).await;
+        for answer in futures::future::join_all(answers).await {
+            assert_eq!(
+                answer.expect("answered").expect("stored"),
+                Stored::New { records: 1, gap: 0 }
+            );
+        }
+        let kept: Vec<String> = sqlx::query_scalar(
+            "SELECT spool_id FROM telemetry_cursors WHERE spool_id <> '' ORDER BY spool_id",
+        )
+        .fetch_all(&mut raw)
+        .await
+        .expect("cursors");
+        let mut expected: Vec<String> = ["a-new", "m-active", "z-new"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(old[2..].iter().cloned())
+            .collect();
+        expected.sort();
+        assert_eq!(kept, expected, "old00 and old01 folded");
+        // Sent again (their acknowledgements lost), each is a duplicate.
+        let (jobs, answers): (Vec<_>, Vec<_>) =
+            group().into_iter().map(|b| job(&device, b)).unzip();
+        writer(&store).store_group(jobs).await;
+        for answer in futures::future::join_all(answers).await {
+            assert_eq!(
+                answer.expect("answered").expect("acknowledged"),
+                Stored::Duplicate
+            );
+        }
+        assert_eq!(messages(&store, &device).await.len(), 16 + 3);
     }
 
     #[tokio::test]

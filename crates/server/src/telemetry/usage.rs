@@ -13,6 +13,8 @@ pub fn device_usage(record: UsageRecord) -> DeviceUsage {
         streams: record.streams,
         features,
         device_reported_at: record.agent.map(|(at, _)| at),
+        metric_series_refused: record.metric_series_refused,
+        metric_points_refused: record.metric_points_refused,
     }
 }
 
@@ -90,6 +92,8 @@ mod tests {
                     received_bytes: 290,
                 }],
             )),
+            metric_series_refused: 0,
+            metric_points_refused: 0,
         };
         let features = features(&record);
         let get = |feature| {

@@ -11,6 +11,7 @@ use tether_proto::api::JobState;
 use tether_proto::api::Labels;
 use tether_proto::metrics::HostMetrics;
 use tether_proto::{ActionState, DeviceId, Presence};
+use tether_server::metrics::series::{Point, SeriesKey};
 use tether_server::store::{
     ActionBytes, AnswerWrite, CursorUpdate, DeviceSession, EventRecord, NewAction, NewJob, Outcome,
     ReplicaRecord, SeenDevice, SessionRecord, SpoolRef, Store, StoreError, UserRecord,
@@ -502,7 +503,28 @@ async fn deleting_a_device_removes_everything_it_owns(store: Store) {
             .insert_metrics(name, &sample(1))
             .await
             .expect("insert metrics");
+        let point = Point {
+            series: SeriesKey::new("cpu_percent"),
+            at: at(1_000),
+            value: 1.0,
+        };
+        store
+            .insert_points(name, &[point], at(1_000), 10)
+            .await
+            .expect("insert a point");
     }
+    let series_id = |name: &DeviceId| SeriesKey::new("cpu_percent").id(name);
+    let raw_points = |id: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .series_buckets(&[id], 1, 1, at(0), at(10_000))
+                .await
+                .expect("points")
+                .len()
+        }
+    };
+    assert_eq!(raw_points(series_id(&doomed)).await, 1);
 
     assert!(store.delete_device(&doomed).await.expect("delete doomed"));
     assert!(
@@ -542,8 +564,11 @@ async fn deleting_a_device_removes_everything_it_owns(store: Store) {
             .is_empty()
     );
 
-    // A device of the same name starts from nothing: no old actions, seq 1.
+    // A device of the same name starts from nothing: no old actions, seq 1,
+    // no points of its series (whose ids come from the names).
     let reborn = device(&store, "doomed").await;
+    assert_eq!(raw_points(series_id(&reborn)).await, 0);
+    assert_eq!(raw_points(series_id(&kept)).await, 1);
     let first = store
         .insert_action(&new_action("action-reborn", &reborn))
         .await
@@ -2272,7 +2297,7 @@ async fn a_device_naming_a_new_spool_per_batch_keeps_a_bounded_number_of_cursors
     use std::sync::Arc;
     use tether_proto::telemetry::{Dropped, LogRecord, Records, Stream, TelemetryBatch};
     use tether_server::cluster::bus::Bus;
-    use tether_server::telemetry::{Telemetry, cursor::MAX_SPOOLS};
+    use tether_server::telemetry::{Limits, Telemetry, cursor::MAX_SPOOLS};
 
     let store = db.connect().await;
     let name = device(&store, "edge-1").await;
@@ -2280,7 +2305,10 @@ async fn a_device_naming_a_new_spool_per_batch_keeps_a_bounded_number_of_cursors
         store.clone(),
         Arc::default(),
         Bus::in_process(),
-        std::time::Duration::from_secs(300),
+        Limits {
+            max_ahead: std::time::Duration::from_secs(300),
+            max_series: 10_000,
+        },
         Arc::new(tokio::sync::Semaphore::new(1)),
         std::time::Duration::from_secs(5),
         1,

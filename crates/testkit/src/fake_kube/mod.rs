@@ -116,7 +116,12 @@ impl FakeKubeApi {
             .fallback(handlers::handle)
             .with_state(store.clone());
         let handle = axum_server::Handle::new();
-        let server = axum_server::from_tcp_rustls(listener, tls).handle(handle.clone());
+        // TCP_NODELAY, as Go's net/http (the real API server) sets it: with
+        // Nagle's algorithm a response's last small TLS record waits for
+        // the client's delayed ACK, 40 ms a request.
+        let server = axum_server::from_tcp_rustls(listener, tls)
+            .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
+            .handle(handle.clone());
         tokio::spawn(async move {
             let _ = server.serve(app.into_make_service()).await;
         });

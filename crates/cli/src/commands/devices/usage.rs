@@ -14,7 +14,8 @@ Examples:
 /// reconnect), records stored and sent twice, numbers never received,
 /// records its spool dropped when full and over the spec's budget. Per
 /// feature: bytes device → tetherd (IN) and tetherd → device (OUT) as
-/// tetherd counted them beside the device's own last report ("-": none).
+/// tetherd counted them beside the device's own last report ("-": none);
+/// and new metric series refused at the device's limit, if any.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = EXAMPLES)]
 pub struct Usage {
@@ -86,7 +87,15 @@ fn table(usage: &DeviceUsage) -> String {
         || "the device has not reported its own counts yet".to_owned(),
         |at| format!("the device's counts as of {}", at.to_rfc3339()),
     );
-    format!("{streams}\n\n{features}\n{as_of}")
+    let refused = if usage.metric_series_refused > 0 {
+        format!(
+            "\n{} new metric series refused at the device's limit (ingest.max_series_per_device), {} points not stored",
+            usage.metric_series_refused, usage.metric_points_refused
+        )
+    } else {
+        String::new()
+    };
+    format!("{streams}\n\n{features}\n{as_of}{refused}")
 }
 
 #[cfg(test)]
@@ -116,8 +125,14 @@ mod tests {
                 device_received_bytes: Some(20),
             }],
             device_reported_at: None,
+            metric_series_refused: 2,
+            metric_points_refused: 40,
         };
         let text = table(&usage);
+        assert!(
+            text.ends_with("2 new metric series refused at the device's limit (ingest.max_series_per_device), 40 points not stored"),
+            "{text}"
+        );
         let row: Vec<&str> = text
             .lines()
             .nth(1)

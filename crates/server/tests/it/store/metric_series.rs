@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use tether_proto::DeviceId;
 use tether_server::metrics::series::{Point, SeriesKey};
 use tether_server::metrics::{Metrics, MetricsConfig, MetricsError};
-use tether_server::store::Store;
+use tether_server::store::{RefusedSeries, Store};
 
 use super::{TestDb, at, device, labels};
 
@@ -19,9 +19,13 @@ on_both_databases! {
         the_fleet_page_holds_fresh_series_by_name_with_device_labels,
         the_fleet_exposition_pages_through_a_fleet_typing_each_family_once,
         points_sent_twice_in_one_write_are_stored_once_across_many_series,
+        a_device_creates_at_most_its_series_and_the_refused_are_counted,
     ],
     db: [],
 }
+
+/// Series a device may have, in these tests: more than any makes.
+const MAX_SERIES: u64 = 10_000;
 
 fn cpu(at: DateTime<Utc>, value: f64) -> Point {
     Point {
@@ -81,12 +85,12 @@ async fn points_roll_up_exactly_and_running_again_changes_nothing(store: Store) 
     let start = hour - minutes(2);
     let received = start + minutes(4);
     store
-        .insert_points(&edge, &ten_a_minute(start, 4, 0.0), received)
+        .insert_points(&edge, &ten_a_minute(start, 4, 0.0), received, MAX_SERIES)
         .await
         .expect("stored");
     // The same instants again (a batch sent twice): kept once.
     store
-        .insert_points(&edge, &ten_a_minute(start, 1, 100.0), received)
+        .insert_points(&edge, &ten_a_minute(start, 1, 100.0), received, MAX_SERIES)
         .await
         .expect("stored again");
     let now = received + Duration::seconds(1);
@@ -122,7 +126,12 @@ async fn late_points_and_downtime_are_caught_up(store: Store) {
     let metrics = Metrics::new(store.clone(), MetricsConfig::default());
     let start = at(0) - Duration::seconds(20); // 22:13:00
     store
-        .insert_points(&edge, &ten_a_minute(start, 1, 0.0), start + minutes(1))
+        .insert_points(
+            &edge,
+            &ten_a_minute(start, 1, 0.0),
+            start + minutes(1),
+            MAX_SERIES,
+        )
         .await
         .expect("stored");
     metrics.roll_up(start + minutes(1)).await.expect("rolls up");
@@ -130,7 +139,7 @@ async fn late_points_and_downtime_are_caught_up(store: Store) {
     // minute and its hour are recomputed with it.
     let late = vec![cpu(start + Duration::seconds(59), 100.0)];
     store
-        .insert_points(&edge, &late, start + minutes(30))
+        .insert_points(&edge, &late, start + minutes(30), MAX_SERIES)
         .await
         .expect("stored late");
     // tetherd was down for five hours meanwhile, and more came in.
@@ -140,6 +149,7 @@ async fn late_points_and_downtime_are_caught_up(store: Store) {
             &edge,
             &ten_a_minute(after_downtime - minutes(10), 1, 50.0),
             after_downtime,
+            MAX_SERIES,
         )
         .await
         .expect("stored");
@@ -168,7 +178,12 @@ async fn range_queries_say_their_resolution_and_refuse_bad_input(store: Store) {
     let metrics = Metrics::new(store.clone(), MetricsConfig::default());
     let now = at(3_600_000);
     store
-        .insert_points(&edge, &ten_a_minute(now - minutes(30), 10, 0.0), now)
+        .insert_points(
+            &edge,
+            &ten_a_minute(now - minutes(30), 10, 0.0),
+            now,
+            MAX_SERIES,
+        )
         .await
         .expect("stored");
     let answer = metrics
@@ -219,7 +234,7 @@ async fn each_resolution_is_kept_for_its_own_retention(store: Store) {
     let metrics = Metrics::new(store.clone(), MetricsConfig::default());
     let start = at(0) - Duration::seconds(20);
     store
-        .insert_points(&edge, &ten_a_minute(start, 2, 0.0), start)
+        .insert_points(&edge, &ten_a_minute(start, 2, 0.0), start, MAX_SERIES)
         .await
         .expect("stored");
     metrics
@@ -271,11 +286,16 @@ async fn the_fleet_page_holds_fresh_series_by_name_with_device_labels(store: Sto
         cpu(now, 20.0),
     ];
     store
-        .insert_points(&edge, &points, now)
+        .insert_points(&edge, &points, now, MAX_SERIES)
         .await
         .expect("stored");
     store
-        .insert_points(&quiet, &[cpu(now - Duration::hours(2), 1.0)], now)
+        .insert_points(
+            &quiet,
+            &[cpu(now - Duration::hours(2), 1.0)],
+            now,
+            MAX_SERIES,
+        )
         .await
         .expect("stored");
     let rows = store
@@ -317,7 +337,7 @@ async fn the_fleet_exposition_pages_through_a_fleet_typing_each_family_once(stor
             })
             .collect();
         store
-            .insert_points(&edge, &points, now)
+            .insert_points(&edge, &points, now, MAX_SERIES)
             .await
             .expect("stored");
     }
@@ -387,11 +407,11 @@ async fn points_sent_twice_in_one_write_are_stored_once_across_many_series(store
     });
     points.push(sensor(7, now - Duration::seconds(30), 98.0));
     store
-        .insert_points(&edge, &points, now)
+        .insert_points(&edge, &points, now, MAX_SERIES)
         .await
         .expect("stored");
     store
-        .insert_points(&edge, &points[..10], now)
+        .insert_points(&edge, &points[..10], now, MAX_SERIES)
         .await
         .expect("stored again");
     let series = store
@@ -438,4 +458,67 @@ async fn points_sent_twice_in_one_write_are_stored_once_across_many_series(store
         .await
         .expect("points");
     assert_eq!(all.iter().map(|b| b.count).sum::<u64>(), 2_401);
+}
+
+/// One device cannot crowd the fleet's series: beyond its limit, new
+/// series are refused (the first to come kept) with their points, while
+/// its existing series and other devices' go on; the refusals are counted
+/// in its usage.
+async fn a_device_creates_at_most_its_series_and_the_refused_are_counted(store: Store) {
+    let edge = device(&store, "edge-1").await;
+    let other = device(&store, "edge-2").await;
+    let now = at(0);
+    let sensor = |i: usize, at: DateTime<Utc>| Point {
+        series: SeriesKey::new("temperature_celsius").with("sensor", format!("s{i}")),
+        at,
+        value: i as f64,
+    };
+    let points: Vec<Point> = (0..5)
+        .flat_map(|i| [sensor(i, now - Duration::seconds(1)), sensor(i, now)])
+        .collect();
+    let refused = store
+        .insert_points(&edge, &points, now, 3)
+        .await
+        .expect("stored");
+    assert_eq!(
+        refused,
+        [RefusedSeries {
+            device: edge.clone(),
+            series: 2,
+            points: 4
+        }]
+    );
+    let names = |series: Vec<tether_server::store::StoredSeries>| {
+        series
+            .into_iter()
+            .map(|s| s.labels["sensor"].clone())
+            .collect::<Vec<_>>()
+    };
+    let kept = store.list_series(&edge, None, 10).await.expect("series");
+    assert_eq!(names(kept), ["s0", "s1", "s2"], "the first to come");
+
+    // At the limit: an existing series goes on, a new one is refused.
+    let later = now + Duration::seconds(1);
+    let refused = store
+        .insert_points(&edge, &[sensor(0, later), sensor(9, later)], later, 3)
+        .await
+        .expect("stored");
+    assert_eq!((refused[0].series, refused[0].points), (1, 1));
+    let kept = store.list_series(&edge, None, 10).await.expect("series");
+    assert_eq!(kept.len(), 3);
+    assert_eq!(kept[0].last_at, later, "s0 moved on");
+    // Another device has its own limit.
+    assert!(
+        store
+            .insert_points(&other, &points, now, 3)
+            .await
+            .expect("stored")
+            .len()
+            == 1
+    );
+    let usage = store.device_usage(&edge).await.expect("usage");
+    assert_eq!(
+        (usage.metric_series_refused, usage.metric_points_refused),
+        (3, 5)
+    );
 }
