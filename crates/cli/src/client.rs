@@ -7,9 +7,9 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tether_proto::api::{
-    Action, AuditEntry, CatalogueEntry, CreateDevice, CreateJob, Device, DeviceCreated,
-    EnrollmentToken, ErrorBody, Event, FleetSummary, Job, LogEntry, LoginRequest, LoginResponse,
-    Page, PatchDevice, RequestAction, Session,
+    Action, AuditEntry, CatalogueEntry, CreateDevice, CreateJob, Device, DeviceActionSet,
+    DeviceCreated, EnrollmentToken, ErrorBody, Event, FleetSummary, Job, LogEntry, LoginRequest,
+    LoginResponse, Page, PatchDevice, RequestAction, Session,
 };
 use tether_proto::ca::CaPemError;
 use tether_proto::metrics::{HostMetrics, MetricRange, SeriesList};
@@ -522,8 +522,33 @@ impl ApiClient {
             .await
     }
 
-    pub async fn catalogue(&self) -> Result<Vec<CatalogueEntry>, ClientError> {
-        self.call(Method::GET, &["catalogue"], None::<&()>).await
+    /// The catalogue; with `device`, only the actions that device accepts.
+    pub async fn catalogue(
+        &self,
+        device: Option<&str>,
+    ) -> Result<Vec<CatalogueEntry>, ClientError> {
+        let query: Vec<(&str, String)> = device
+            .map(|device| ("device", device.to_owned()))
+            .into_iter()
+            .collect();
+        self.call_with_query(Method::GET, &["catalogue"], &query)
+            .await
+    }
+
+    /// Enables (`PUT`) or disables (`DELETE`) `action` on the device.
+    pub async fn set_action_enabled(
+        &self,
+        device: &str,
+        action: &str,
+        enabled: bool,
+    ) -> Result<DeviceActionSet, ClientError> {
+        let method = if enabled { Method::PUT } else { Method::DELETE };
+        self.call(
+            method,
+            &["devices", device, "action-set", action],
+            None::<&()>,
+        )
+        .await
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(

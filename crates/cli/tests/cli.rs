@@ -387,6 +387,102 @@ async fn a_devices_spec_is_updated_with_a_mask_and_shown_with_get() {
     assert!(run.stderr.contains("version 2"), "{}", run.stderr);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn actions_are_enabled_and_disabled_per_device_and_the_catalogue_shows_them() {
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+    tether.run_ok(&["devices", "add", "edge-1"]).await;
+    let names = |table: &str| -> Vec<String> {
+        table
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+
+    let before = tether
+        .run_ok(&["actions", "catalogue", "--device", "edge-1"])
+        .await;
+    assert!(
+        names(&before).contains(&"send-kubectl".to_owned()),
+        "{before}"
+    );
+    assert!(
+        !names(&before).contains(&"manage-deployment".to_owned()),
+        "{before}"
+    );
+    let run = tether
+        .run(&[
+            "actions",
+            "run",
+            "edge-1",
+            "manage-deployment",
+            "--input",
+            r#"{"command": "restart", "parameters": {"deployment": "web"}}"#,
+        ])
+        .await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("tether devices actions enable edge-1 manage-deployment"),
+        "{}",
+        run.stderr
+    );
+
+    let enabled = tether
+        .run_ok(&[
+            "devices",
+            "actions",
+            "enable",
+            "edge-1",
+            "manage-deployment",
+        ])
+        .await;
+    assert!(
+        enabled.starts_with("device/edge-1: action manage-deployment enabled (spec version 1)"),
+        "{enabled}"
+    );
+    tether
+        .run_ok(&["devices", "actions", "disable", "edge-1", "send-kubectl"])
+        .await;
+    let after = names(
+        &tether
+            .run_ok(&["actions", "catalogue", "--device", "edge-1"])
+            .await,
+    );
+    assert!(after.contains(&"manage-deployment".to_owned()), "{after:?}");
+    assert!(!after.contains(&"send-kubectl".to_owned()), "{after:?}");
+    let all = names(&tether.run_ok(&["actions", "catalogue"]).await);
+    assert!(all.contains(&"send-kubectl".to_owned()), "{all:?}");
+
+    let joining = tether
+        .run_ok(&["devices", "add", "cluster-1", "--kubernetes"])
+        .await;
+    let command = joining.lines().last().unwrap_or_default().trim();
+    assert!(
+        command.starts_with("echo ")
+            && command.contains("| curl -fsS --cacert /dev/stdin https://")
+            && command.ends_with("| kubectl apply -f -"),
+        "{joining}"
+    );
+
+    let run = tether
+        .run(&["devices", "actions", "enable", "edge-1", "format-disk"])
+        .await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("unknown action \"format-disk\""),
+        "{}",
+        run.stderr
+    );
+    let run = tether
+        .run(&["actions", "catalogue", "--device", "edge-9"])
+        .await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("edge-9"), "{}", run.stderr);
+}
+
 /// A real agent sampling every second (set through the spec): the latest
 /// values as a table, one metric as a chart, and its points as JSON.
 #[tokio::test(flavor = "multi_thread")]

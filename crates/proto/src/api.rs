@@ -128,6 +128,10 @@ pub struct EnrollmentToken {
     pub ca_sha256: String,
     /// The command line that enrolls and starts an agent for this device.
     pub agent_command: String,
+    /// The one command that joins a Kubernetes cluster as this device: it
+    /// fetches the agent's manifest from tetherd, trusting only tetherd's
+    /// CA, and applies it with the current kubectl context (ADR 0017).
+    pub join_command: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -426,6 +430,19 @@ pub struct CatalogueEntry {
     pub description: String,
     pub event: String,
     pub input_schema: serde_json::Value,
+}
+
+/// The actions a device accepts after enabling or disabling one (its
+/// spec's `actions` section applied to the defaults, ADR 0017).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceActionSet {
+    pub device: String,
+    /// Every action the device accepts, sorted.
+    pub accepted: Vec<String>,
+    /// The spec version that holds this set.
+    pub spec_version: u64,
 }
 
 /// One change made through the API, or one login or enrollment attempt.

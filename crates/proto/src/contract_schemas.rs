@@ -245,6 +245,7 @@ fn what_tetherd_sends_conforms_to_the_spec_schema() {
         "loggingConfig": {"enableJournalExport": true, "priority": 4, "units": ["ssh.service"]},
         "metricsConfig": {"intervalSeconds": 30},
         "budgets": {"logs": 50_000_000, "actions": 0, "spoolReplay": 1},
+        "actions": {"enabled": ["manage-deployment"], "disabled": ["send-kubectl"]},
     });
     assert_eq!(crate::spec::validate(&spec), Ok(()));
     let message = SpecMessage {
@@ -258,6 +259,9 @@ fn what_tetherd_sends_conforms_to_the_spec_schema() {
         json!({"metricsConfig": {"intervalSeconds": 0}}),
         json!({"budgets": {"video": 1}}),
         json!({"budgets": {"spoolReplay": 0}}),
+        json!({"actions": {"enabled": "get-node-ip"}}),
+        json!({"actions": {"enabled": ["get-node-ip", "get-node-ip"]}}),
+        json!({"actions": {"allowed": []}}),
     ] {
         assert!(crate::spec::validate(&bad).is_err(), "{bad}");
         assert!(

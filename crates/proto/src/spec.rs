@@ -19,7 +19,12 @@ pub type DeviceSpec = Map<String, Value>;
 
 /// The sections a spec may have today. A capability that needs another
 /// (deployments, provisioning) adds it here with its rules.
-pub const SECTIONS: [&str; 3] = [LoggingConfig::NAME, MetricsConfig::NAME, Budgets::NAME];
+pub const SECTIONS: [&str; 4] = [
+    LoggingConfig::NAME,
+    MetricsConfig::NAME,
+    Budgets::NAME,
+    ActionSet::NAME,
+];
 
 /// Largest spec tetherd stores and sends, as JSON.
 pub const MAX_SPEC_BYTES: usize = 64 * 1024;
@@ -129,6 +134,79 @@ impl Budgets {
     pub const FEATURES: [&str; 4] = ["actions", "metrics", "logs", "spoolReplay"];
 }
 
+/// `actions`: which actions of the catalogue the device accepts, as
+/// changes to [`ActionSet::DEFAULTS`] (ADR 0017). Changes rather than a
+/// whole list, so a template that enables one action does not disable the
+/// defaults, and a device follows a change of the defaults it did not
+/// override.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionSet {
+    /// Accepted besides the defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub enabled: Vec<String>,
+    /// Defaults refused on this device.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disabled: Vec<String>,
+}
+
+impl ActionSet {
+    pub const NAME: &str = "actions";
+    pub const FIELDS: [&str; 2] = ["enabled", "disabled"];
+    /// Accepted by every device unless disabled: seed 000's default actions,
+    /// and the ones tether answered before action sets that only read or
+    /// tune the device (ADR 0017). What changes the cluster, issues its
+    /// credentials or restarts it is enabled per device.
+    pub const DEFAULTS: [&str; 9] = [
+        "send-kubectl",
+        "send-kubernetes-api",
+        "run-stats",
+        "stop-stats",
+        "send-api",
+        "configure-logger",
+        "get-node-ip",
+        "get-authorization-id",
+        "follow-logs",
+    ];
+
+    /// The device's set, from its spec (the defaults alone without an
+    /// `actions` section).
+    pub fn of(spec: &DeviceSpec) -> Result<Self, SpecError> {
+        match spec.get(Self::NAME) {
+            None => Ok(Self::default()),
+            Some(section) => serde_json::from_value(section.clone())
+                .map_err(|e| SpecError::new(format!("spec.{}", Self::NAME), e.to_string())),
+        }
+    }
+
+    /// Whether the device accepts `action`.
+    pub fn accepts(&self, action: &str) -> bool {
+        let listed = |list: &[String]| list.iter().any(|a| a == action);
+        (Self::DEFAULTS.contains(&action) || listed(&self.enabled)) && !listed(&self.disabled)
+    }
+
+    /// Makes the device accept `action`, with as few entries as that takes.
+    pub fn enable(&mut self, action: &str) {
+        self.disabled.retain(|a| a != action);
+        if !self.accepts(action) {
+            self.enabled.push(action.to_owned());
+        }
+    }
+
+    /// Makes the device refuse `action`, with as few entries as that takes.
+    pub fn disable(&mut self, action: &str) {
+        self.enabled.retain(|a| a != action);
+        if self.accepts(action) {
+            self.disabled.push(action.to_owned());
+        }
+    }
+
+    /// The section as it goes into the spec.
+    pub fn to_section(&self) -> Value {
+        serde_json::to_value(self).unwrap_or_else(|_| Value::Object(Map::new()))
+    }
+}
+
 /// Checks a whole spec: an object of known sections, each within its rules.
 /// The first offending field is named by its path from `spec`.
 pub fn validate(spec: &Value) -> Result<(), SpecError> {
@@ -155,6 +233,7 @@ pub fn validate_section(name: &str, section: &Value) -> Result<(), SpecError> {
         LoggingConfig::NAME => &["enableJournalExport", "priority", "units"][..],
         MetricsConfig::NAME => &["intervalSeconds"][..],
         Budgets::NAME => &Budgets::FEATURES[..],
+        ActionSet::NAME => &ActionSet::FIELDS[..],
         _ => {
             return Err(SpecError::new(
                 path,
@@ -181,6 +260,22 @@ pub fn validate_section(name: &str, section: &Value) -> Result<(), SpecError> {
             }
             (LoggingConfig::NAME, "priority") => integer_in(&path, value, 0, 7)?,
             (LoggingConfig::NAME, "units") => units(&path, value)?,
+            (ActionSet::NAME, list) => {
+                action_names(&path, value)?;
+                if list == "enabled"
+                    && let Some(both) = value.as_array().into_iter().flatten().find(|a| {
+                        section
+                            .get("disabled")
+                            .and_then(Value::as_array)
+                            .is_some_and(|d| d.contains(a))
+                    })
+                {
+                    return Err(SpecError::new(
+                        path,
+                        format!("{both} is both enabled and disabled; list it in one of them"),
+                    ));
+                }
+            }
             (MetricsConfig::NAME, "intervalSeconds") => integer_in(
                 &path,
                 value,
@@ -218,6 +313,33 @@ fn integer_in(path: &str, value: &Value, min: u64, max: u64) -> Result<(), SpecE
             format!("must be a whole number {min}–{max}"),
         )),
     }
+}
+
+/// A list of distinct action names of the catalogue.
+fn action_names(path: &str, value: &Value) -> Result<(), SpecError> {
+    let Value::Array(names) = value else {
+        return Err(SpecError::new(path, "must be a list of action names"));
+    };
+    let catalogue = crate::catalogue::Catalogue::builtin();
+    for (i, name) in names.iter().enumerate() {
+        let path = format!("{path}[{i}]");
+        let Some(name) = name.as_str() else {
+            return Err(SpecError::new(path, "must be an action name"));
+        };
+        if catalogue.get(name).is_none() {
+            return Err(SpecError::new(
+                path,
+                format!(
+                    "unknown action {name:?}; known actions: {}",
+                    catalogue.names().join(", ")
+                ),
+            ));
+        }
+        if names[..i].iter().any(|earlier| earlier == name) {
+            return Err(SpecError::new(path, format!("{name:?} is listed twice")));
+        }
+    }
+    Ok(())
 }
 
 fn units(path: &str, value: &Value) -> Result<(), SpecError> {
@@ -480,8 +602,92 @@ mod tests {
         assert!(
             refused(json!({"x": {}}))
                 .message
-                .contains("loggingConfig, metricsConfig, budgets")
+                .contains("loggingConfig, metricsConfig, budgets, actions")
         );
+    }
+
+    #[test]
+    fn an_action_set_changes_the_defaults_by_name() {
+        let spec = |value: Value| value.as_object().cloned().expect("object");
+        let defaults = ActionSet::of(&DeviceSpec::new()).expect("no section");
+        assert!(defaults.accepts("send-kubectl") && defaults.accepts("get-node-ip"));
+        for opt_in in ["manage-deployment", "restart-k3s", "restore-command"] {
+            assert!(!defaults.accepts(opt_in), "{opt_in}");
+        }
+        let set = ActionSet::of(&spec(
+            json!({"actions": {"enabled": ["manage-deployment"], "disabled": ["send-kubectl"]}}),
+        ))
+        .expect("valid");
+        assert!(set.accepts("manage-deployment") && set.accepts("run-stats"));
+        assert!(!set.accepts("send-kubectl"));
+
+        let mut set = ActionSet::default();
+        set.enable("copy-resource");
+        set.enable("copy-resource");
+        set.enable("run-stats");
+        assert_eq!(set.enabled, ["copy-resource"]);
+        set.disable("copy-resource");
+        set.disable("run-stats");
+        set.disable("run-stats");
+        assert_eq!(
+            set,
+            ActionSet {
+                enabled: vec![],
+                disabled: vec!["run-stats".into()],
+            }
+        );
+        set.enable("run-stats");
+        assert_eq!(set, ActionSet::default());
+        assert_eq!(set.to_section(), json!({}));
+    }
+
+    #[test]
+    fn the_defaults_are_catalogue_actions_and_never_destructive() {
+        let catalogue = crate::catalogue::Catalogue::builtin();
+        for action in ActionSet::DEFAULTS {
+            assert!(catalogue.get(action).is_some(), "{action}");
+        }
+        for destructive in ["restart-k3s", "restore-command"] {
+            assert!(!ActionSet::DEFAULTS.contains(&destructive));
+        }
+    }
+
+    #[test]
+    fn an_action_set_names_only_catalogue_actions_once() {
+        assert_eq!(
+            validate(&json!({"actions": {"enabled": ["restart-k3s"], "disabled": ["send-api"]}})),
+            Ok(())
+        );
+        let error = refused(json!({"actions": {"enabled": ["reboot"]}}));
+        assert_eq!(error.path, "spec.actions.enabled[0]");
+        assert!(
+            error
+                .message
+                .contains("unknown action \"reboot\"; known actions: "),
+            "{error}"
+        );
+        let cases = [
+            (
+                json!({"actions": {"enabled": "get-node-ip"}}),
+                "spec.actions.enabled",
+            ),
+            (
+                json!({"actions": {"enabled": [3]}}),
+                "spec.actions.enabled[0]",
+            ),
+            (
+                json!({"actions": {"disabled": ["run-stats", "run-stats"]}}),
+                "spec.actions.disabled[1]",
+            ),
+            (
+                json!({"actions": {"enabled": ["copy-resource"], "disabled": ["copy-resource"]}}),
+                "spec.actions.enabled",
+            ),
+            (json!({"actions": {"allowed": []}}), "spec.actions.allowed"),
+        ];
+        for (spec, path) in cases {
+            assert_eq!(refused(spec.clone()).path, path, "{spec}");
+        }
     }
 
     #[test]

@@ -79,6 +79,14 @@ struct FileConfig {
     cluster: FileCluster,
     #[serde(default)]
     broker: FileBroker,
+    #[serde(default)]
+    kubernetes: FileKubernetes,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileKubernetes {
+    agent_image: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -179,6 +187,44 @@ pub struct ServerConfig {
     pub ingest: crate::ingest::IngestConfig,
     pub cluster: crate::cluster::ClusterConfig,
     pub broker: BrokerConfig,
+    pub kubernetes: KubernetesConfig,
+}
+
+/// `[kubernetes]`: what the join manifest runs (ADR 0017).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    /// The agent's container image, as the cluster pulls it.
+    pub agent_image: String,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            agent_image: format!("tether-agent:{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// `[kubernetes]`: an image reference is one token, without spaces or
+/// quotes that would break the manifest's meaning.
+fn kubernetes_config(file: &FileKubernetes) -> Result<KubernetesConfig, ConfigError> {
+    match &file.agent_image {
+        None => Ok(KubernetesConfig::default()),
+        Some(image)
+            if !image.is_empty()
+                && image.len() <= 512
+                && image.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\'') =>
+        {
+            Ok(KubernetesConfig {
+                agent_image: image.clone(),
+            })
+        }
+        Some(image) => Err(ConfigError::Invalid {
+            key: "kubernetes.agent_image",
+            value: image.clone(),
+            expected: "an image reference such as registry.example/tether-agent:1.0 (1–512 printable characters, no spaces or quotes)".to_owned(),
+        }),
+    }
 }
 
 /// Where devices connect: tetherd's embedded MQTT endpoint, or an MQTT
@@ -703,6 +749,7 @@ impl ServerConfig {
         let ingest = ingest_config(&file.ingest)?;
         let cluster = cluster_config(file.cluster)?;
         let broker = broker_config(&file.broker, &data_dir)?;
+        let kubernetes = kubernetes_config(&file.kubernetes)?;
         check_range("retention.events_days", retention.events, DAY, 3660 * DAY)?;
         check_range("retention.actions_days", retention.actions, DAY, 3660 * DAY)?;
         check_range("retention.metrics_days", retention.metrics, DAY, 3660 * DAY)?;
@@ -779,6 +826,7 @@ impl ServerConfig {
             ingest,
             cluster,
             broker,
+            kubernetes,
         })
     }
 }
@@ -844,6 +892,9 @@ impl ServerConfig {
                 outbox_sweep_seconds: Some(self.cluster.outbox_sweep.as_secs()),
             },
             broker: self.broker.to_file(),
+            kubernetes: FileKubernetes {
+                agent_image: Some(self.kubernetes.agent_image.clone()),
+            },
         };
         toml::to_string(&file).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
     }
@@ -1021,6 +1072,39 @@ mod tests {
         assert!(printed.contains("[actions]") && printed.contains("default_ttl_seconds = 3600"));
         assert!(printed.contains("[pki]") && printed.contains("renewal_grace_seconds = 7776000"));
         assert!(printed.contains("[cluster]") && printed.contains("lease_seconds = 15"));
+    }
+
+    #[test]
+    fn the_agent_image_of_the_join_manifest_is_configurable_and_checked() {
+        let config = ServerConfig::merge(flags(&["--data-dir", "/d"]), FileConfig::default())
+            .expect("config");
+        assert!(config.kubernetes.agent_image.starts_with("tether-agent:"));
+        let file: FileConfig =
+            toml::from_str("[kubernetes]\nagent_image = \"registry.example/tether-agent:1.0\"\n")
+                .expect("valid toml");
+        let config = ServerConfig::merge(flags(&["--data-dir", "/d"]), file).expect("config");
+        assert_eq!(
+            config.kubernetes.agent_image,
+            "registry.example/tether-agent:1.0"
+        );
+        assert!(
+            config
+                .to_toml()
+                .contains("[kubernetes]\nagent_image = \"registry.example/tether-agent:1.0\"")
+        );
+        for bad in ["", "a b", "x\"y"] {
+            let file = FileConfig {
+                kubernetes: FileKubernetes {
+                    agent_image: Some(bad.to_owned()),
+                },
+                ..FileConfig::default()
+            };
+            let error = ServerConfig::merge(flags(&["--data-dir", "/d"]), file).expect_err(bad);
+            assert!(
+                error.to_string().starts_with("kubernetes.agent_image = "),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod device_link;
 pub mod ingest;
 pub mod jobs;
+pub mod join;
 pub mod logs;
 pub mod metrics;
 pub mod observability;
@@ -361,6 +362,7 @@ pub async fn run(
         mqtt_port: endpoint.mqtt_port(),
         device_mqtt_url: endpoint.device_mqtt_url(),
         health,
+        agent_image: config.kubernetes.agent_image.clone(),
     });
     let handle = axum_server::Handle::new();
     let api_config = config.api.clone();

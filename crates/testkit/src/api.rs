@@ -101,6 +101,11 @@ impl ApiClient {
         Self::reply(request).await
     }
 
+    /// A PUT without a body.
+    pub async fn put(&self, path: &str) -> anyhow::Result<Reply> {
+        self.send(Method::PUT, path, None).await
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<Reply> {
         self.send(Method::DELETE, path, None).await
     }

@@ -64,6 +64,7 @@ async fn cluster_with(name: &str, env: &[(&str, &str)]) -> anyhow::Result<Cluste
         .wait_presence(&admin, "online")
         .await
         .with_context(|| agent.log())?;
+    enable_cluster_actions(&admin, name).await?;
     Ok(Cluster {
         api,
         tetherd,
@@ -71,6 +72,17 @@ async fn cluster_with(name: &str, env: &[(&str, &str)]) -> anyhow::Result<Cluste
         agent,
         dir,
     })
+}
+
+/// The cluster actions a device does not accept by default (ADR 0017).
+async fn enable_cluster_actions(admin: &ApiClient, device: &str) -> anyhow::Result<()> {
+    for action in ["manage-deployment", "copy-resource", "retrieve-kubeconfig"] {
+        admin
+            .put(&format!("/api/v1/devices/{device}/action-set/{action}"))
+            .await?
+            .expect_status(200)?;
+    }
+    Ok(())
 }
 
 impl Cluster {
@@ -418,14 +430,16 @@ async fn copy_resource_copies_four_types_as_new_objects_and_never_over_one() -> 
     );
     let done = c.act("copy-resource", copy("configmaps", "absent")).await?;
     ensure!(code(&done) == 404, "{done}");
-    let done = c.act("copy-resource", copy("pods", "web")).await?;
-    ensure!(code(&done) == 400, "{done}");
-    ensure!(
-        done["statusMessage"]
-            .as_str()
-            .is_some_and(|m| m.contains("$.parameters.type: \"pods\" cannot be copied")),
-        "{done}"
-    );
+    // The catalogue limits the type (ADR 0017): tetherd refuses it, nothing is sent.
+    let reply = c
+        .admin
+        .post(
+            &format!("/api/v1/devices/{}/actions", c.agent.name),
+            json!({"action": "copy-resource", "input": copy("pods", "web")}),
+        )
+        .await?
+        .expect_status(400)?;
+    ensure!(reply.to_string().contains("$.parameters.type"), "{reply}");
     c.refused("copy-resource", json!({"command": "move"}), "command")
         .await?;
     c.refused(
@@ -659,6 +673,7 @@ async fn the_cluster_role_of_adr_0016_is_what_the_cluster_actions_need() -> anyh
         .wait_presence(&admin, "online")
         .await
         .with_context(|| agent.log())?;
+    enable_cluster_actions(&admin, &agent.name).await?;
     let act = |action: &'static str, input: Value| {
         let admin = admin.clone();
         let device = agent.name.clone();
@@ -765,6 +780,14 @@ async fn restart_k3s_answers_when_k3s_is_ready_again_and_one_at_a_time() -> anyh
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let c = cluster_with("k8s-restart", &env).await?;
     c.api.down_while_exists(&down);
+    // Destructive: never enabled by default (ADR 0017).
+    c.admin
+        .put(&format!(
+            "/api/v1/devices/{}/action-set/restart-k3s",
+            c.agent.name
+        ))
+        .await?
+        .expect_status(200)?;
 
     let id = request(
         &c.admin,

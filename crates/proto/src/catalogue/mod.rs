@@ -146,11 +146,16 @@ impl Catalogue {
         self.actions.values()
     }
 
+    /// The actions' names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        self.actions.keys().map(String::as_str).collect()
+    }
+
     /// Validates `input` for `action`. A missing input (`null`) counts as `{}`.
     pub fn validate(&self, action: &str, input: &Value) -> Result<(), InputError> {
         let spec = self.get(action).ok_or_else(|| InputError::UnknownAction {
             action: action.to_owned(),
-            known: self.actions.keys().cloned().collect::<Vec<_>>().join(", "),
+            known: self.names().join(", "),
         })?;
         let empty = json!({});
         let input = if input.is_null() { &empty } else { input };
@@ -377,6 +382,29 @@ mod tests {
 
         let errors = invalid("get-node-ip", json!([1, 2]));
         assert_eq!(errors[0].path, "$");
+    }
+
+    #[test]
+    fn copy_resource_copies_only_the_four_types_the_seed_names() {
+        let catalogue = Catalogue::builtin();
+        let copy = |kind: &str| {
+            json!({"command": "copy", "parameters": {"type": kind,
+                "from": {"namespace": "a", "name": "x"}, "to": {"namespace": "b", "name": "x"}}})
+        };
+        for kind in ["secrets", "configmaps", "deployments", "services"] {
+            assert_eq!(
+                catalogue.validate("copy-resource", &copy(kind)),
+                Ok(()),
+                "{kind}"
+            );
+        }
+        let errors = invalid("copy-resource", copy("pods"));
+        assert_eq!(errors[0].path, "$.parameters.type");
+        assert!(
+            errors[0].message.contains("secrets"),
+            "{}",
+            errors[0].message
+        );
     }
 
     #[test]

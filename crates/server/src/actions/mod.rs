@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use tether_proto::api::{Action, Event, RequestAction};
 use tether_proto::catalogue::FieldError;
 use tether_proto::redact::redacted;
+use tether_proto::spec::ActionSet;
 use tether_proto::{ActionEvent, ActionRequest, ActionState, Catalogue, DeviceId, InputError};
 
 use crate::cluster::bus::{Bus, Channel, Heard, Subscription};
@@ -50,6 +51,10 @@ pub enum ActionError {
         message: String,
         errors: Vec<FieldError>,
     },
+    #[error(
+        "action {action:?} is not enabled on device {device}; enable it with `tether devices actions enable {device} {action}` (PUT /api/v1/devices/{device}/action-set/{action}); nothing was sent"
+    )]
+    NotEnabled { device: DeviceId, action: String },
     #[error("an action with correlationId {0:?} already exists; use a new correlationId")]
     DuplicateCorrelationId(String),
     #[error("ttlSeconds must be between 1 and {max}; got {given}")]
@@ -190,6 +195,14 @@ impl ActionService {
             timeout_seconds,
         } = self.check(request)?;
         let correlation_id = correlation_id(&input)?;
+        if !self.action_set(device).await?.accepts(&action) {
+            // A device that does not exist has no spec either.
+            self.ensure_device(device).await?;
+            return Err(ActionError::NotEnabled {
+                device: device.clone(),
+                action,
+            });
+        }
         let now = Utc::now();
         let new = NewAction {
             correlation_id: correlation_id.clone(),
@@ -238,6 +251,35 @@ impl ActionService {
             return Ok(to_api(current));
         }
         Ok(to_api(record))
+    }
+
+    /// The actions `device` accepts, from its spec (ADR 0017). A device
+    /// that does not exist has the defaults: see [`Self::ensure_device`].
+    pub async fn action_set(&self, device: &DeviceId) -> Result<ActionSet, ActionError> {
+        let record = self.store.get_spec(device).await?;
+        ActionSet::of(&record.spec)
+            .map_err(|error| StoreError::Corrupt(format!("device {device}'s spec: {error}")).into())
+    }
+
+    /// Refuses an action name the catalogue does not have.
+    pub fn ensure_known(&self, action: &str) -> Result<(), ActionError> {
+        if self.catalogue.get(action).is_some() {
+            return Ok(());
+        }
+        Err(ActionError::UnknownAction(
+            InputError::UnknownAction {
+                action: action.to_owned(),
+                known: self.catalogue.names().join(", "),
+            }
+            .to_string(),
+        ))
+    }
+
+    pub async fn ensure_device(&self, device: &DeviceId) -> Result<(), ActionError> {
+        match self.store.get_device(device).await? {
+            Some(_) => Ok(()),
+            None => Err(ActionError::DeviceNotFound(device.clone())),
+        }
     }
 
     /// The checks every action request gets before anything is stored: the

@@ -7,7 +7,8 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use tether_proto::api::{Action, CatalogueEntry, ErrorBody, Page, RequestAction};
+use tether_proto::api::{Action, CatalogueEntry, DeviceActionSet, ErrorBody, Page, RequestAction};
+use tether_proto::spec::ActionSet;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -25,13 +26,15 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(request_action, list_actions))
         .routes(routes!(get_action))
         .routes(routes!(catalogue))
+        .routes(routes!(enable_action, disable_action))
 }
 
 /// Requests an action. The input is validated against the catalogue first:
-/// a bad input is a 400 naming the field, and nothing is stored or sent.
+/// a bad input is a 400 naming the field, an action not enabled on the
+/// device a 403 saying how to enable it, and nothing is stored or sent.
 #[utoipa::path(post, path = "/devices/{name}/actions", tag = "actions", request_body = RequestAction,
     params(("name" = String, Path, description = "Device name")),
-    responses((status = 202, body = Action), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 202, body = Action), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn request_action(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -96,15 +99,36 @@ async fn get_action(
     Ok(axum::Json(action))
 }
 
-/// The actions devices understand, with their input schemas.
-#[utoipa::path(get, path = "/catalogue", tag = "actions",
-    responses((status = 200, body = [CatalogueEntry])))]
-async fn catalogue(State(state): State<Arc<AppState>>) -> axum::Json<Vec<CatalogueEntry>> {
-    axum::Json(
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct CatalogueQuery {
+    /// Only the actions this device accepts (its action set, ADR 0017).
+    device: Option<String>,
+}
+
+/// The actions devices understand, with their input schemas; with
+/// `device`, only those that device accepts.
+#[utoipa::path(get, path = "/catalogue", tag = "actions", params(CatalogueQuery),
+    responses((status = 200, body = [CatalogueEntry]), (status = 404, body = ErrorBody)))]
+async fn catalogue(
+    State(state): State<Arc<AppState>>,
+    ApiQuery(query): ApiQuery<CatalogueQuery>,
+) -> Result<axum::Json<Vec<CatalogueEntry>>, ApiError> {
+    let set = match &query.device {
+        Some(name) => {
+            let device = device_id(name)?;
+            state.actions.ensure_device(&device).await?;
+            Some(state.actions.action_set(&device).await?)
+        }
+        None => None,
+    };
+    Ok(axum::Json(
         state
             .actions
             .catalogue()
             .actions()
+            .filter(|spec| set.as_ref().is_none_or(|set| set.accepts(&spec.name)))
             .map(|spec| CatalogueEntry {
                 name: spec.name.clone(),
                 title: spec.title.clone(),
@@ -113,5 +137,57 @@ async fn catalogue(State(state): State<Arc<AppState>>) -> axum::Json<Vec<Catalog
                 input_schema: spec.input_schema.clone(),
             })
             .collect(),
-    )
+    ))
+}
+
+/// Enables an action on the device: a change of its spec's `actions`
+/// section, sent to the device like any spec update. Enabling an action
+/// the device already accepts changes nothing.
+#[utoipa::path(put, path = "/devices/{name}/action-set/{action}", tag = "actions",
+    params(("name" = String, Path, description = "Device name"), ("action" = String, Path, description = "An action of the catalogue")),
+    responses((status = 200, body = DeviceActionSet), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn enable_action(
+    State(state): State<Arc<AppState>>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<axum::Json<DeviceActionSet>, ApiError> {
+    set_action_enabled(&state, &name, &action, true).await
+}
+
+/// Disables an action on the device; requests for it are refused with 403
+/// from then on. Disabling an action the device refuses changes nothing.
+#[utoipa::path(delete, path = "/devices/{name}/action-set/{action}", tag = "actions",
+    params(("name" = String, Path, description = "Device name"), ("action" = String, Path, description = "An action of the catalogue")),
+    responses((status = 200, body = DeviceActionSet), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn disable_action(
+    State(state): State<Arc<AppState>>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<axum::Json<DeviceActionSet>, ApiError> {
+    set_action_enabled(&state, &name, &action, false).await
+}
+
+async fn set_action_enabled(
+    state: &AppState,
+    name: &str,
+    action: &str,
+    enabled: bool,
+) -> Result<axum::Json<DeviceActionSet>, ApiError> {
+    let device = device_id(name)?;
+    state.actions.ensure_known(action)?;
+    let record = state
+        .registry
+        .set_action_enabled(&device, action, enabled)
+        .await?;
+    let set = ActionSet::of(&record.spec).map_err(crate::registry::RegistryError::InvalidSpec)?;
+    Ok(axum::Json(DeviceActionSet {
+        device: device.to_string(),
+        accepted: state
+            .actions
+            .catalogue()
+            .names()
+            .into_iter()
+            .filter(|action| set.accepts(action))
+            .map(str::to_owned)
+            .collect(),
+        spec_version: record.version,
+    }))
 }

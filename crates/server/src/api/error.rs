@@ -188,6 +188,9 @@ impl From<ActionError> for ApiError {
             ActionError::DuplicateCorrelationId(_) => {
                 Self::new(StatusCode::CONFLICT, "conflict", message)
             }
+            ActionError::NotEnabled { .. } => {
+                Self::new(StatusCode::FORBIDDEN, "action_not_enabled", message)
+            }
             ActionError::BadTtl { .. } | ActionError::BadTimeout(_) => Self::bad_request(message),
             ActionError::Store(source) => source.into(),
         }
@@ -219,6 +222,9 @@ impl From<JobError> for ApiError {
             // usually a typo in the selector, which a stored empty job hides.
             JobError::NoDevices(_) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "no_devices", message)
+            }
+            JobError::NotEnabled { .. } => {
+                Self::new(StatusCode::FORBIDDEN, "action_not_enabled", message)
             }
             JobError::NotFound(_) => Self::not_found(message),
             JobError::AlreadyCompleted(_) => Self::new(StatusCode::CONFLICT, "conflict", message),

@@ -28,9 +28,10 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 /// Creates a job: the input is checked once, as for a single action, then
 /// every device the selector matches now gets a queued action, released
 /// within `concurrency` and `ratePerSecond`. A selector that matches no
-/// device is a 422 and nothing is stored.
+/// device is a 422, and one the action is not enabled on (ADR 0017) a 403;
+/// nothing is stored then.
 #[utoipa::path(post, path = "/jobs", tag = "jobs", request_body = CreateJob,
-    responses((status = 201, body = Job), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = Job), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_job(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<CreateJob>,

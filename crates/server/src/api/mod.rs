@@ -9,6 +9,7 @@ pub mod error;
 mod extract;
 mod health;
 mod jobs;
+mod join;
 pub mod listener;
 mod logs;
 mod metrics;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub mqtt_port: u16,
     /// Answers `/readyz`.
     pub health: Arc<crate::cluster::Health>,
+    /// The agent image the join manifest runs (`[kubernetes] agent_image`).
+    pub agent_image: String,
     /// With an external broker, the URL devices are given instead.
     pub device_mqtt_url: Option<String>,
 }
@@ -131,7 +134,8 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         ));
     let public = OpenApiRouter::new()
         .merge(session::routes())
-        .merge(enroll::routes());
+        .merge(enroll::routes())
+        .merge(join::routes());
     let (api, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", protected.merge(public))
         .merge(health::routes())

@@ -84,6 +84,23 @@ fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
 /// `action` of a `RequestAction` or a `CreateJob` may only name an action
 /// of the catalogue, and `ttlSeconds` is at most the configured maximum.
 fn declare_action_request_rules(openapi: &mut OpenApi, catalogue: &Catalogue, max_ttl: u64) {
+    let names: Vec<serde_json::Value> = catalogue
+        .actions()
+        .map(|spec| serde_json::Value::String(spec.name.clone()))
+        .collect();
+    // The action a device's action set enables or disables, in its path.
+    for item in openapi.paths.paths.values_mut() {
+        for operation in [&mut item.put, &mut item.delete].into_iter().flatten() {
+            for parameter in operation.parameters.iter_mut().flatten() {
+                if parameter.name == "action"
+                    && matches!(parameter.parameter_in, ParameterIn::Path)
+                    && let Some(RefOr::T(Schema::Object(schema))) = parameter.schema.as_mut()
+                {
+                    schema.enum_values = Some(names.clone());
+                }
+            }
+        }
+    }
     let Some(components) = openapi.components.as_mut() else {
         return;
     };
@@ -92,12 +109,7 @@ fn declare_action_request_rules(openapi: &mut OpenApi, catalogue: &Catalogue, ma
             continue;
         };
         if let Some(RefOr::T(Schema::Object(action))) = request.properties.get_mut("action") {
-            action.enum_values = Some(
-                catalogue
-                    .actions()
-                    .map(|spec| serde_json::Value::String(spec.name.clone()))
-                    .collect(),
-            );
+            action.enum_values = Some(names.clone());
         }
         if let Some(RefOr::T(Schema::Object(ttl))) = request.properties.get_mut("ttlSeconds") {
             ttl.maximum = Some(utoipa::Number::UInt(max_ttl as usize));

@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use tether_proto::api::{Action, CreateJob, Job, JobCounts, JobState, RequestAction};
 use tether_proto::labels::LabelSelector;
 use tether_proto::redact::redacted;
+use tether_proto::spec::ActionSet;
 use tether_proto::{ActionState, DeviceId};
 
 use crate::actions::{self, ActionError, ActionService, CheckedRequest};
@@ -43,6 +44,22 @@ const MATCH_PAGE: u32 = 5000;
 
 const CANCEL_REASON: &str = "not delivered: its job was cancelled";
 
+/// Devices named in a refusal; the rest are counted.
+const NAMED_DEVICES: usize = 10;
+
+fn named(devices: &[DeviceId]) -> String {
+    let mut text = devices
+        .iter()
+        .take(NAMED_DEVICES)
+        .map(DeviceId::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if devices.len() > NAMED_DEVICES {
+        text.push_str(&format!(" and {} more", devices.len() - NAMED_DEVICES));
+    }
+    text
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     #[error(
@@ -57,6 +74,16 @@ pub enum JobError {
     BadRate(u32),
     #[error("input.correlationId cannot be set for a job: each device's action gets its own id")]
     CorrelationIdInInput,
+    #[error(
+        "action {action:?} is not enabled on {} of the {matching} matching devices ({}); enable it on each with `tether devices actions enable NAME {action}`, or narrow labelSelector to devices that accept it; nothing was created",
+        refusing.len(),
+        named(refusing)
+    )]
+    NotEnabled {
+        action: String,
+        matching: usize,
+        refusing: Vec<DeviceId>,
+    },
     #[error("job {0} not found")]
     NotFound(String),
     #[error("job {0} has already completed; there is nothing left to cancel")]
@@ -129,6 +156,7 @@ impl JobService {
         if devices.is_empty() {
             return Err(JobError::NoDevices(selector));
         }
+        self.ensure_enabled(&action, &devices).await?;
         let limits = Limits {
             concurrency: request.concurrency,
             rate_per_second: request.rate_per_second,
@@ -169,6 +197,34 @@ impl JobService {
             },
         };
         Ok(to_api(record, counts))
+    }
+
+    /// Refuses the whole job if any of its devices does not accept the
+    /// action (ADR 0017): checked once, at creation, like the input.
+    async fn ensure_enabled(&self, action: &str, devices: &[DeviceId]) -> Result<(), JobError> {
+        let specs: HashMap<DeviceId, _> =
+            self.store.get_specs(devices).await?.into_iter().collect();
+        let mut refusing = Vec::new();
+        for device in devices {
+            // A device without a written spec accepts the defaults.
+            let set = match specs.get(device) {
+                Some(spec) => ActionSet::of(spec).map_err(|error| {
+                    StoreError::Corrupt(format!("device {device}'s spec: {error}"))
+                })?,
+                None => ActionSet::default(),
+            };
+            if !set.accepts(action) {
+                refusing.push(device.clone());
+            }
+        }
+        if refusing.is_empty() {
+            return Ok(());
+        }
+        Err(JobError::NotEnabled {
+            action: action.to_owned(),
+            matching: devices.len(),
+            refusing,
+        })
     }
 
     /// The devices a new job runs on. The one place that asks the registry,

@@ -318,6 +318,20 @@ impl Registry {
         self.get_with_spec(name).await
     }
 
+    /// Enables or disables `action` on the device (ADR 0017); the new spec
+    /// goes to the device like any spec update.
+    pub async fn set_action_enabled(
+        &self,
+        name: &DeviceId,
+        action: &str,
+        enabled: bool,
+    ) -> Result<crate::store::SpecRecord, RegistryError> {
+        // An unchanged spec is not written, so the write cannot be what
+        // tells that the device is missing.
+        self.record(name).await?;
+        Ok(self.specs.set_action_enabled(name, action, enabled).await?)
+    }
+
     /// Deletes the device and closes its session: its certificate stops
     /// working at once, since CONNECT checks the registry.
     pub async fn delete(&self, name: &DeviceId) -> Result<(), RegistryError> {
@@ -346,12 +360,40 @@ impl Registry {
             "tether-agent --server {} --enroll-token {token} --ca-sha256 {ca_sha256}",
             endpoints.api_url
         );
+        let join_command = crate::join::command(
+            &format!("{}/api/v1/join/{token}", endpoints.api_url),
+            self.ca.cert_pem(),
+        );
         Ok(EnrollmentToken {
             token,
             expires_at,
             ca_sha256,
             agent_command,
+            join_command,
         })
+    }
+
+    /// The manifest that joins a Kubernetes cluster as the device the
+    /// token enrolls, running `image`. The token stays unused: the agent
+    /// uses it.
+    pub async fn join_manifest(
+        &self,
+        token: &str,
+        endpoints: &Endpoints,
+        image: &str,
+    ) -> Result<String, RegistryError> {
+        let device = self
+            .store
+            .enrollment_token_device(&secret_hash(token), Utc::now())
+            .await?
+            .ok_or(RegistryError::TokenRefused)?;
+        Ok(crate::join::manifest(&crate::join::Join {
+            device: device.as_str(),
+            token,
+            server_url: &endpoints.api_url,
+            ca_sha256: self.ca.sha256_hex(),
+            image,
+        }))
     }
 
     /// Exchanges a one-time token and a CSR for a client certificate. The CSR

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde_json::Value;
 use tether_proto::DeviceId;
-use tether_proto::spec::{ReportedStatus, SpecError, SpecMessage};
+use tether_proto::spec::{ActionSet, ReportedStatus, SpecError, SpecMessage};
 
 use super::spec::{self, UpdateMask, VersionMismatch};
 use crate::cluster::bus::{Bus, Channel, Heard, Subscription};
@@ -77,6 +77,45 @@ impl Specs {
                     version,
                     reported: current.reported,
                 });
+            }
+        }
+        Err(SpecUpdateError::Contended(device.clone()))
+    }
+
+    /// Enables or disables one action in the device's `actions` section
+    /// (ADR 0017), as an update of that section made against the version
+    /// it was read at, so a concurrent change is never overwritten.
+    pub async fn set_action_enabled(
+        &self,
+        device: &DeviceId,
+        action: &str,
+        enabled: bool,
+    ) -> Result<SpecRecord, SpecUpdateError> {
+        let mask = UpdateMask::parse(&format!("spec.{}", ActionSet::NAME))?;
+        for _ in 0..UPDATE_ATTEMPTS {
+            let current = self.store.get_spec(device).await?;
+            let mut set = ActionSet::of(&current.spec)?;
+            if enabled {
+                set.enable(action);
+            } else {
+                set.disable(action);
+            }
+            // The defaults alone need no section: the mask removes it.
+            let mut request = serde_json::Map::new();
+            if set != ActionSet::default() {
+                request.insert(ActionSet::NAME.to_owned(), set.to_section());
+            }
+            match self
+                .update(
+                    device,
+                    &Value::Object(request),
+                    Some(&mask),
+                    Some(current.version),
+                )
+                .await
+            {
+                Err(SpecUpdateError::Stale(_)) => {}
+                other => return other,
             }
         }
         Err(SpecUpdateError::Contended(device.clone()))

@@ -9,8 +9,8 @@ use tether_proto::{ActionState, DeviceId};
 
 use super::cluster::{EVENT_COLUMNS, bind_event, event_error, insert_event};
 use super::codec::{
-    device_id, from_json, get, limit, millis, optional_time, time, to_i64, to_json, to_u16, to_u64,
-    violates,
+    device_id, from_json, get, limit, millis, optional_time, placeholders, time, to_i64, to_json,
+    to_u16, to_u64, violates,
 };
 use super::telemetry::values_sql;
 use super::{
@@ -29,7 +29,7 @@ const SEQ_ATTEMPTS: usize = 8;
 /// Devices or actions named in one query: far below SQLite's and
 /// PostgreSQL's limits on bound parameters, and a job's release batch in a
 /// handful of statements.
-const DEVICES_PER_QUERY: usize = 500;
+pub(super) const DEVICES_PER_QUERY: usize = 500;
 
 impl Store {
     /// Stores a new `pending` action with the next per-device `seq`.
@@ -581,14 +581,6 @@ impl Store {
         )
         .await
     }
-}
-
-/// `$first, $first+1, …`, `count` of them.
-fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count)
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// `change` (a statement `RETURNING` rows) as the CTE `changed`, returning

@@ -11,6 +11,14 @@ use tether_proto::DeviceId;
 
 use super::StoreError;
 
+/// `$first, $first+1, …`, `count` of them.
+pub(super) fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(super) fn millis(time: DateTime<Utc>) -> i64 {
     time.timestamp_millis()
 }
@@ -80,4 +88,15 @@ pub(super) fn violates(err: &sqlx::Error, kind: ErrorKind) -> bool {
 /// A `LIMIT` value; `u32` always fits.
 pub(super) fn limit(limit: u32) -> i64 {
     i64::from(limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_number_from_the_first_given() {
+        assert_eq!(placeholders(4, 3), "$4, $5, $6");
+        assert_eq!(placeholders(1, 1), "$1");
+    }
 }

@@ -63,6 +63,29 @@ impl Store {
             .map_err(query_error("commit an enrollment token"))
     }
 
+    /// The device of a token that is unused and unexpired at `now`, without
+    /// using it: the join manifest carries the token to the agent, which
+    /// uses it.
+    pub async fn enrollment_token_device(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DeviceId>, StoreError> {
+        let row = sqlx::query(
+            "SELECT device FROM enrollment_tokens \
+             WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(token_hash)
+        .bind(millis(now))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|source| StoreError::Query {
+            context: "look up an enrollment token",
+            source,
+        })?;
+        row.map(|row| device_id(get(&row, "device")?)).transpose()
+    }
+
     /// Atomically marks the token used and returns its device, if the token
     /// exists, is unused and has not expired at `now`. A second call with the
     /// same token returns `None`, also when two race. Any other unused token

@@ -9,7 +9,7 @@ use sqlx::any::AnyRow;
 use tether_proto::DeviceId;
 use tether_proto::telemetry::LogRecord;
 
-use super::codec::{device_id, from_json, get, limit, millis, time, to_i64, to_u64};
+use super::codec::{device_id, from_json, get, limit, millis, placeholders, time, to_i64, to_u64};
 use super::{Store, StoreError};
 
 const COLUMNS: &str = "device, pos, at, priority, unit, message, fields";
@@ -166,14 +166,6 @@ impl Store {
     }
 }
 
-/// `$start, $start+1, …` for `count` values.
-fn placeholders(start: usize, count: usize) -> String {
-    (start..start + count)
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn line(row: &AnyRow) -> Result<LogLine, StoreError> {
     let device = device_id(get(row, "device")?)?;
     let what = |column: &str| format!("{column} of a log line of {device}");
@@ -195,15 +187,4 @@ fn line(row: &AnyRow) -> Result<LogLine, StoreError> {
 
 fn error(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { context, source }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn placeholders_number_from_the_start_given() {
-        assert_eq!(placeholders(4, 3), "$4, $5, $6");
-        assert_eq!(placeholders(1, 1), "$1");
-    }
 }

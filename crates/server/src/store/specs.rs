@@ -6,8 +6,10 @@ use sqlx::error::ErrorKind;
 use tether_proto::DeviceId;
 use tether_proto::spec::{DeviceSpec, ReportedStatus};
 
+use super::actions::DEVICES_PER_QUERY;
 use super::codec::{
-    device_id, from_json, get, millis, optional_time, to_i64, to_json, to_u64, violates,
+    device_id, from_json, get, millis, optional_time, placeholders, to_i64, to_json, to_u64,
+    violates,
 };
 use super::{Store, StoreError};
 
@@ -47,6 +49,38 @@ impl Store {
             version: to_u64(get(&row, "spec_version")?, "spec_version")?,
             reported,
         })
+    }
+
+    /// The specs of those of `devices` that have one written (the others
+    /// have the empty spec): one query per [`DEVICES_PER_QUERY`] devices.
+    pub async fn get_specs(
+        &self,
+        devices: &[DeviceId],
+    ) -> Result<Vec<(DeviceId, DeviceSpec)>, StoreError> {
+        let context = "read devices' specs";
+        let mut specs = Vec::new();
+        for chunk in devices.chunks(DEVICES_PER_QUERY) {
+            let sql = format!(
+                "SELECT device, spec FROM device_specs WHERE spec_version > 0 AND device IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for device in chunk {
+                query = query.bind(device.as_str());
+            }
+            let rows = query
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|source| StoreError::Query { context, source })?;
+            for row in &rows {
+                let spec: String = get(row, "spec")?;
+                specs.push((
+                    device_id(get(row, "device")?)?,
+                    from_json(&spec, "a device spec")?,
+                ));
+            }
+        }
+        Ok(specs)
     }
 
     /// Writes `spec` as `version` if the stored version is still

@@ -127,7 +127,12 @@ async fn every_agent_action_round_trips(database: Database) -> anyhow::Result<()
     let stop = checked("stop-stats", json!({})).await?;
     assert_eq!(stop["state"], "succeeded", "{stop}");
 
-    // A cluster action on a device that manages no cluster says so.
+    // A cluster action on a device that manages no cluster says so; it is
+    // not a default action (ADR 0017).
+    admin
+        .put("/api/v1/devices/edge-1/action-set/retrieve-kubeconfig")
+        .await?
+        .expect_status(200)?;
     let no_cluster = checked("retrieve-kubeconfig", json!({"format": "yaml"})).await?;
     assert_eq!(no_cluster["statusCode"], 503, "{no_cluster}");
     assert_eq!(no_cluster["state"], "failed");
@@ -429,6 +434,11 @@ async fn secrets_are_redacted_in_records_and_logs_but_reach_the_device(
         "command": "backup-database",
         "parameters": {"deployment": "db", "host": "127.0.0.1", "port": 22, "user": "backup", "password": secret, "remotePath": "/b"}
     });
+    // Destructive, so never enabled by default (ADR 0017).
+    admin
+        .put("/api/v1/devices/edge-1/action-set/restore-command")
+        .await?
+        .expect_status(200)?;
     // Accepted while the device is offline, so the secret must survive in
     // the store (sealed) until delivery.
     let accepted = request(

@@ -1,5 +1,6 @@
 //! tetherd's integration tests, in one binary to keep link time down.
 
+mod action_sets;
 mod actions;
 mod api;
 mod certificates;
@@ -10,6 +11,7 @@ mod external_broker;
 mod hostile;
 mod ingest;
 mod jobs;
+mod join;
 mod logs;
 mod metrics;
 mod operations;

@@ -1,3 +1,4 @@
+use tether_proto::DeviceId;
 use tether_proto::api::CatalogueEntry;
 
 use crate::commands::{CommandError, Context, Outcome};
@@ -8,20 +9,32 @@ Examples:
   tether actions catalogue
 
   # With each action's input schema
-  tether actions catalogue -o yaml";
+  tether actions catalogue -o yaml
+
+  # Only what edge-1 accepts (its default and enabled actions)
+  tether actions catalogue --device edge-1";
 
 /// List the actions devices understand.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = EXAMPLES)]
-pub struct Catalogue {}
+pub struct Catalogue {
+    /// Only the actions this device accepts (`tether devices actions`
+    /// enables and disables them).
+    #[arg(long, value_name = "NAME")]
+    device: Option<DeviceId>,
+}
 
 impl Catalogue {
     pub fn description(&self) -> String {
-        "list the action catalogue".to_owned()
+        match &self.device {
+            Some(device) => format!("list the actions device {:?} accepts", device.as_str()),
+            None => "list the action catalogue".to_owned(),
+        }
     }
 
     pub async fn run(self, ctx: &Context) -> Result<Outcome, CommandError> {
-        let entries = ctx.client()?.catalogue().await?;
+        let device = self.device.as_ref().map(DeviceId::as_str);
+        let entries = ctx.client()?.catalogue(device).await?;
         output::print(ctx.output, &entries, |entries: &Vec<CatalogueEntry>| {
             table(entries)
         })?;

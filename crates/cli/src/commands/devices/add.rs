@@ -11,7 +11,10 @@ Examples:
   tether devices add edge-1
 
   # With labels
-  tether devices add edge-1 -l site=berlin -l role=gateway";
+  tether devices add edge-1 -l site=berlin -l role=gateway
+
+  # A Kubernetes cluster: prints the one command that joins it
+  tether devices add edge-1 --kubernetes";
 
 /// Register a device and print its one-time enrollment token and agent command.
 #[derive(Debug, clap::Args)]
@@ -22,6 +25,10 @@ pub struct Add {
     /// A label to set, KEY=VALUE; repeat for more.
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
     labels: Vec<Label>,
+    /// The device is a Kubernetes cluster: print the command that joins it
+    /// (the agent runs in the cluster) instead of the agent's command line.
+    #[arg(long)]
+    kubernetes: bool,
 }
 
 impl Add {
@@ -37,11 +44,16 @@ impl Add {
                 labels: labels::to_map(&self.labels),
             })
             .await?;
+        let instructions = if self.kubernetes {
+            super::join_text
+        } else {
+            super::enrollment_text
+        };
         output::print(ctx.output, &created, |created: &DeviceCreated| {
             format!(
                 "device/{} created\n\n{}",
                 created.device.name,
-                super::enrollment_text(&created.device.name, &created.enrollment)
+                instructions(&created.device.name, &created.enrollment)
             )
         })?;
         Ok(Outcome::Success)

@@ -1,5 +1,6 @@
 //! `tether devices …`: the device registry.
 
+mod actions;
 mod add;
 mod delete;
 mod enrollment_token;
@@ -30,6 +31,9 @@ pub enum Devices {
     Revoke(revoke::Revoke),
     EnrollmentToken(enrollment_token::EnrollmentTokenCmd),
     Usage(usage::Usage),
+    /// Enable or disable actions on a device.
+    #[command(subcommand)]
+    Actions(actions::Actions),
 }
 
 impl Devices {
@@ -45,6 +49,7 @@ impl Devices {
             Devices::Delete(cmd) => cmd.description(),
             Devices::Revoke(cmd) => cmd.description(),
             Devices::EnrollmentToken(cmd) => cmd.description(),
+            Devices::Actions(cmd) => cmd.description(),
         }
     }
 
@@ -60,6 +65,7 @@ impl Devices {
             Devices::Delete(cmd) => cmd.run(ctx).await,
             Devices::Revoke(cmd) => cmd.run(ctx).await,
             Devices::EnrollmentToken(cmd) => cmd.run(ctx).await,
+            Devices::Actions(cmd) => cmd.run(ctx).await,
         }
     }
 }
@@ -92,6 +98,16 @@ fn table(now: DateTime<Utc>, devices: &[Device]) -> String {
                 ]
             })
             .collect(),
+    )
+}
+
+/// How to join a Kubernetes cluster as the device with a fresh enrollment
+/// token.
+fn join_text(device: &str, enrollment: &EnrollmentToken) -> String {
+    format!(
+        "Join the Kubernetes cluster as device {device:?} with (kubectl's current context; one-time, expires {}):\n  {}",
+        output::timestamp(enrollment.expires_at),
+        enrollment.join_command,
     )
 }
 
@@ -178,7 +194,13 @@ mod tests {
             ca_sha256: "ab".into(),
             agent_command: "tether-agent --server https://h:8443 --enroll-token tok --ca-sha256 ab"
                 .into(),
+            join_command: "echo Q0E= | base64 -d | curl … | kubectl apply -f -".into(),
         };
+        let join = join_text("edge-1", &enrollment);
+        assert!(
+            join.ends_with("\n  echo Q0E= | base64 -d | curl … | kubectl apply -f -"),
+            "{join}"
+        );
         let text = enrollment_text("edge-1", &enrollment);
         assert!(text.contains("expires 1970-01-01T00:00:00Z"), "{text}");
         assert!(text.contains("\n  tok\n"), "{text}");

@@ -1,0 +1,180 @@
+//! Joining a Kubernetes cluster with one command (ADR 0017): the command
+//! tetherd prints, run as printed — curl trusting only tetherd's CA, the
+//! real `kubectl apply` — against testkit's fake Kubernetes API server,
+//! creates exactly the manifest's objects, and the agent's rights there are
+//! what its actions use and nothing more.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use serde_json::{Value, json};
+use tether_testkit::fake_kube::{ADMIN_TOKEN, FakeKubeApi};
+use tether_testkit::{Database, Tetherd};
+
+use crate::support::on_both_databases;
+
+on_both_databases!(the_printed_command_joins_the_cluster_with_exactly_the_agent_s_rights);
+
+struct Run {
+    code: i32,
+    output: String,
+}
+
+/// Runs `command` with `sh`, kubectl using `kubeconfig` (and its own
+/// discovery cache under the same directory).
+async fn shell(command: &str, kubeconfig: &Path) -> anyhow::Result<Run> {
+    let home = kubeconfig.parent().context("kubeconfig dir")?;
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", home)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("running sh")?;
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .with_context(|| format!("{command:?} did not finish"))??;
+    Ok(Run {
+        code: output.status.code().unwrap_or(-1),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    })
+}
+
+async fn kubectl(kubeconfig: &Path, args: &str) -> anyhow::Result<Run> {
+    shell(&format!("kubectl {args}"), kubeconfig).await
+}
+
+async fn the_printed_command_joins_the_cluster_with_exactly_the_agent_s_rights(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let created = admin
+        .post("/api/v1/devices", json!({"name": "edge-1"}))
+        .await?
+        .expect_status(201)?;
+    let command = created["enrollment"]["joinCommand"]
+        .as_str()
+        .context("joinCommand")?;
+    let token = created["enrollment"]["token"].as_str().context("token")?;
+    ensure!(command.ends_with(" | kubectl apply -f -"), "{command}");
+
+    let api = FakeKubeApi::start().await?;
+    let dir = tempfile::tempdir()?;
+    let cluster_admin = api.write_kubeconfig(dir.path(), ADMIN_TOKEN)?;
+    // The fake serves no OpenAPI document, without which kubectl refuses
+    // to validate (its module documentation); nothing else is changed.
+    let run = shell(
+        &command.replace("kubectl apply -f -", "kubectl apply --validate=false -f -"),
+        &cluster_admin,
+    )
+    .await?;
+    ensure!(run.code == 0, "the join command failed: {}", run.output);
+    let writes: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            "POST /api/v1/namespaces",
+            "POST /api/v1/namespaces/tether-system/serviceaccounts",
+            "POST /apis/rbac.authorization.k8s.io/v1/clusterroles",
+            "POST /apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            "POST /apis/rbac.authorization.k8s.io/v1/namespaces/tether-system/roles",
+            "POST /apis/rbac.authorization.k8s.io/v1/namespaces/tether-system/rolebindings",
+            "POST /apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            "POST /api/v1/namespaces/tether-system/secrets",
+            "POST /apis/apps/v1/namespaces/tether-system/deployments",
+        ]
+    );
+    let secret = api
+        .get("secrets", Some("tether-system"), "tether-enrollment")
+        .context("the enrollment Secret")?;
+    use base64::Engine as _;
+    let stored = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["token"].as_str().context("token data")?)?;
+    assert_eq!(stored, token.as_bytes());
+    let deployment = api
+        .get("deployments", Some("tether-system"), "tether-agent")
+        .context("the agent Deployment")?;
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array().is_some_and(
+            |env| env.contains(&json!({"name": "TETHER_SERVER", "value": tetherd.api_url}))
+        ),
+        "{env}"
+    );
+    // Fetching the manifest left the token for the agent; a wrong one is refused.
+    let anonymous = tetherd.anonymous()?;
+    let again = anonymous.get_text(&format!("/api/v1/join/{token}")).await?;
+    assert_eq!(again.0, 200);
+    let wrong = anonymous.get_text("/api/v1/join/not-a-token").await?;
+    assert_eq!(wrong.0, 401, "{}", wrong.1);
+
+    // The ClusterRole as the cluster lists it: exactly the actions' needs.
+    let listed = kubectl(&cluster_admin, "get clusterrole tether-agent -o json").await?;
+    ensure!(listed.code == 0, "{}", listed.output);
+    let role: Value = serde_json::from_str(&listed.output)?;
+    assert_eq!(
+        role["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "patch", "create"]},
+            {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"]},
+            {"apiGroups": [""], "resources": ["secrets", "configmaps", "services"], "verbs": ["get", "create"]},
+            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"], "resourceNames": ["tether-system"]},
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterrolebindings"], "verbs": ["get"], "resourceNames": ["tether-kubeconfig"]},
+        ])
+    );
+
+    // And as the agent's ServiceAccount: what the actions do is allowed,
+    // anything else forbidden.
+    let minted = kubectl(&cluster_admin, "create token tether-agent -n tether-system").await?;
+    ensure!(minted.code == 0, "{}", minted.output);
+    let agent_dir = tempfile::tempdir()?;
+    let agent = api.write_kubeconfig(agent_dir.path(), minted.output.trim())?;
+    for allowed in [
+        "get nodes",
+        "get namespace tether-system",
+        "get secret tether-enrollment -n tether-system",
+        "create configmap copied -n default --from-literal=a=b",
+        "create serviceaccount tether-kubeconfig -n tether-system",
+        "create token tether-kubeconfig -n tether-system",
+        "get clusterrolebinding tether-kubeconfig",
+    ] {
+        let run = kubectl(&agent, allowed).await?;
+        assert_eq!(run.code, 0, "{allowed}: {}", run.output);
+    }
+    for forbidden in [
+        "get secrets -A",
+        "get configmaps -A",
+        "get deployments -n default",
+        "get namespaces",
+        "delete deployment tether-agent -n tether-system",
+        "create namespace other",
+        "get serviceaccount tether-agent -n tether-system",
+        "create token tether-agent -n tether-system",
+        "get clusterrolebinding tether-agent",
+        "create clusterrolebinding root --clusterrole=cluster-admin --serviceaccount=tether-system:tether-agent",
+        "delete configmap copied -n default",
+    ] {
+        let run = kubectl(&agent, forbidden).await?;
+        assert!(
+            run.code != 0 && run.output.contains("forbidden"),
+            "{forbidden}: {}",
+            run.output
+        );
+    }
+    Ok(())
+}
