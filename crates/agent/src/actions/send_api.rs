@@ -113,22 +113,30 @@ pub async fn run(input: &Value, ca_pem: &str) -> Result<Answer, ActionError> {
         }
         request = request.body(body);
     }
-    let mut response = request.send().await.map_err(failed)?;
+    let response = request.send().await.map_err(failed)?;
     let status = response.status().as_u16();
     // Every raw byte encodes to at least one byte (an invalid one to the
     // three of U+FFFD), so more than BODY_LIMIT raw bytes are never needed.
+    let (body, truncated) = read_capped(response, BODY_LIMIT).await.map_err(failed)?;
+    Ok(relayed(status, &body, truncated))
+}
+
+/// The first `limit` bytes of a response's body, and whether there was
+/// more; the rest is never read, so a huge body costs no memory.
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
     let mut body = Vec::new();
-    let mut truncated = false;
-    while let Some(chunk) = response.chunk().await.map_err(failed)? {
-        let room = BODY_LIMIT - body.len();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - body.len();
         if chunk.len() > room {
             body.extend_from_slice(&chunk[..room]);
-            truncated = true;
-            break;
+            return Ok((body, true));
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(relayed(status, &body, truncated))
+    Ok((body, false))
 }
 
 /// The answer of a request made for the operator (`send-api`,

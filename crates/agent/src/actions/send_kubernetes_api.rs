@@ -55,7 +55,7 @@ fn parse(input: &Value, server: &str) -> Result<(Method, String, Option<String>)
 pub async fn run(input: &Value, client: &Client) -> Result<Answer, ActionError> {
     let (method, path, body) = parse(input, &client.access().server)?;
     let reply = client.request(method, &path, body.map(Body::Raw)).await?;
-    Ok(relayed(reply.status, &reply.body, false))
+    Ok(relayed(reply.status, &reply.body, reply.truncated))
 }
 
 #[cfg(test)]

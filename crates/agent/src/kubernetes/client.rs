@@ -7,8 +7,13 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::{Access, AccessError, Auth};
+use crate::actions::send_api::read_capped;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// The most of an answer's body kept: more than any one object (etcd's
+/// limit is 1.5 MiB) and than `send-kubernetes-api` relays, so a list of a
+/// big cluster cannot take the agent past its memory limit.
+const RESPONSE_LIMIT: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -26,6 +31,8 @@ pub enum KubeError {
     /// `Status` object's message, or the body.
     #[error("the Kubernetes API answered {status}: {message}")]
     Api { status: u16, message: String },
+    #[error("the Kubernetes API answered {what} with more than {RESPONSE_LIMIT} bytes")]
+    TooLarge { what: String },
     #[error("the Kubernetes API answered {what} that is not the JSON expected")]
     Decode {
         what: String,
@@ -42,7 +49,10 @@ impl KubeError {
         match self {
             KubeError::Access(_) | KubeError::Credentials(_) => 500,
             KubeError::Api { status, .. } if (400..500).contains(status) => *status,
-            KubeError::Api { .. } | KubeError::Request { .. } | KubeError::Decode { .. } => 502,
+            KubeError::Api { .. }
+            | KubeError::Request { .. }
+            | KubeError::TooLarge { .. }
+            | KubeError::Decode { .. } => 502,
         }
     }
 }
@@ -51,7 +61,10 @@ impl KubeError {
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
+    /// At most [`RESPONSE_LIMIT`] bytes.
     pub body: Vec<u8>,
+    /// Whether the body was longer and cut.
+    pub truncated: bool,
 }
 
 /// A request's body and how it is encoded.
@@ -139,8 +152,14 @@ impl Client {
         };
         let response = request.send().await.map_err(failed)?;
         let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(failed)?.to_vec();
-        Ok(Reply { status, body })
+        let (body, truncated) = read_capped(response, RESPONSE_LIMIT)
+            .await
+            .map_err(failed)?;
+        Ok(Reply {
+            status,
+            body,
+            truncated,
+        })
     }
 
     /// Like [`Self::request`], for an answer that must be a 2xx JSON object;
@@ -156,6 +175,11 @@ impl Client {
             return Err(KubeError::Api {
                 status: reply.status,
                 message: status_message(&reply.body),
+            });
+        }
+        if reply.truncated {
+            return Err(KubeError::TooLarge {
+                what: path.to_owned(),
             });
         }
         serde_json::from_slice(&reply.body).map_err(|source| KubeError::Decode {
@@ -221,6 +245,44 @@ mod tests {
             .await
             .expect("answered");
         assert_eq!(reply.status, 401);
+    }
+
+    #[tokio::test]
+    async fn a_huge_answer_is_cut_not_held_and_is_no_json() {
+        let (url, _server) = crate::actions::send_api::tests::serve_once(
+            "HTTP/1.1 200 OK\r\n",
+            vec![b' '; RESPONSE_LIMIT + 10],
+        )
+        .await;
+        let server = url.trim_end_matches('/').to_owned();
+        let client = Client::new(Access {
+            mode: super::super::Mode::Host,
+            cluster_name: "fake".into(),
+            server: server.clone(),
+            ca_pem: None,
+            auth: Auth::Token("t".into()),
+        })
+        .expect("client");
+        let reply = client
+            .request(Method::GET, "/api/v1/pods", None)
+            .await
+            .expect("answered");
+        assert_eq!((reply.body.len(), reply.truncated), (RESPONSE_LIMIT, true));
+
+        let (url, _server) = crate::actions::send_api::tests::serve_once(
+            "HTTP/1.1 200 OK\r\n",
+            vec![b' '; RESPONSE_LIMIT + 10],
+        )
+        .await;
+        let mut access = client.access().clone();
+        access.server = url.trim_end_matches('/').to_owned();
+        let err = Client::new(access)
+            .expect("client")
+            .json(Method::GET, "/api/v1/pods", None)
+            .await
+            .expect_err("too large");
+        assert_eq!(err.status_code(), 502);
+        assert!(err.to_string().contains("more than"), "{err}");
     }
 
     #[tokio::test]

@@ -261,6 +261,42 @@ impl ActionService {
             .map_err(|error| StoreError::Corrupt(format!("device {device}'s spec: {error}")).into())
     }
 
+    /// Ends the device's requests of `action` still waiting for it, once
+    /// the action is disabled there: "refused from then on" holds for a
+    /// device that was offline too. Delivered ones are the device's
+    /// already. Returns how many were ended.
+    pub async fn withdraw(&self, device: &DeviceId, action: &str) -> Result<usize, ActionError> {
+        // The device's delivery lock: a batch being published meanwhile is
+        // marked delivered first and left alone, never ended after it went.
+        let lock = self
+            .delivery_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(device.clone())
+            .or_default()
+            .clone();
+        let _serialised = lock.lock_owned().await;
+        let now = Utc::now();
+        let mut withdrawn = 0;
+        for open in self
+            .store
+            .open_actions(std::slice::from_ref(device))
+            .await?
+        {
+            if open.action == action && open.state == ActionState::Pending {
+                self.finish(
+                    &open,
+                    ActionState::Failed,
+                    now,
+                    &format!("{action} was disabled on this device before it was delivered"),
+                )
+                .await;
+                withdrawn += 1;
+            }
+        }
+        Ok(withdrawn)
+    }
+
     /// Refuses an action name the catalogue does not have.
     pub fn ensure_known(&self, action: &str) -> Result<(), ActionError> {
         if self.catalogue.get(action).is_some() {

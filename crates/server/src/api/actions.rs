@@ -154,7 +154,7 @@ async fn enable_action(
 }
 
 /// Disables an action on the device; requests for it are refused with 403
-/// from then on. Disabling an action the device refuses changes nothing.
+/// from then on, and those still waiting for the device end as failed. Disabling an action the device refuses changes nothing.
 #[utoipa::path(delete, path = "/devices/{name}/action-set/{action}", tag = "actions",
     params(("name" = String, Path, description = "Device name"), ("action" = String, Path, description = "An action of the catalogue")),
     responses((status = 200, body = DeviceActionSet), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -178,6 +178,9 @@ async fn set_action_enabled(
         .set_action_enabled(&device, action, enabled)
         .await?;
     let set = ActionSet::of(&record.spec).map_err(crate::registry::RegistryError::InvalidSpec)?;
+    if !enabled {
+        state.actions.withdraw(&device, action).await?;
+    }
     Ok(axum::Json(DeviceActionSet {
         device: device.to_string(),
         accepted: state

@@ -92,9 +92,27 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientHost {
             .get(axum::http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-            .map(|h| Self(h.to_owned()))
             .ok_or_else(|| ApiError::bad_request("the request has no Host header"))
+            .and_then(|host| {
+                if is_authority(host) {
+                    Ok(Self(host.to_owned()))
+                } else {
+                    Err(ApiError::bad_request(format!(
+                        "the Host header {host:?} is not host[:port] (letters, digits, '.', '-', '_', an [IPv6] address)"
+                    )))
+                }
+            })
     }
+}
+
+/// Whether `host` is a plain `host[:port]`: it is written into the
+/// commands tetherd prints for a shell and into the join manifest, so a
+/// Host header such as `h;rm -rf ~` must not get there.
+fn is_authority(host: &str) -> bool {
+    !host.is_empty()
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+        })
 }
 
 /// `host:port` → `host`, keeping IPv6 brackets: `[::1]:8443` → `[::1]`.
@@ -113,6 +131,31 @@ pub fn host_without_port(authority: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_plain_host_and_port_is_a_client_host() {
+        for fine in [
+            "127.0.0.1:8443",
+            "tether.example",
+            "[::1]:8443",
+            "tether_server:8443",
+        ] {
+            assert!(is_authority(fine), "{fine}");
+        }
+        for bad in [
+            "",
+            "h;touch /tmp/p #",
+            "h$(id)",
+            "h`id`",
+            "h|sh",
+            "user@h",
+            "h/x",
+            "h x",
+            "h'",
+        ] {
+            assert!(!is_authority(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn ports_are_stripped_from_hosts() {

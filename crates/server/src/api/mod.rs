@@ -164,9 +164,32 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
     .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
     .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
     .layer(axum::middleware::from_fn(close_after_refused_body))
-    .layer(tower_http::trace::TraceLayer::new_for_http())
+    .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
     .with_state(state)
 }
+
+/// The span of a request, as tower-http's default but without the
+/// enrollment token of a join URL: a debug log must not enroll a device.
+fn request_span(request: &Request) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %request.method(),
+        uri = %loggable_uri(request.uri()),
+        version = ?request.version(),
+    )
+}
+
+fn loggable_uri(uri: &axum::http::Uri) -> std::borrow::Cow<'_, str> {
+    if uri.path().starts_with(JOIN_PATH) {
+        return format!("{JOIN_PATH}(token)").into();
+    }
+    uri.path_and_query()
+        .map_or(uri.path(), |p| p.as_str())
+        .into()
+}
+
+/// Where the join manifest is served; the rest of the path is a token.
+const JOIN_PATH: &str = "/api/v1/join/";
 
 /// A request refused before its body was read (401, 413, 415, …) leaves the
 /// body on the connection, so hyper closes it after the answer; saying so in
@@ -225,3 +248,21 @@ async fn require_bearer(
 }
 
 pub use listener::serve;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_token_stays_out_of_the_request_log() {
+        let uri = |text: &str| text.parse::<axum::http::Uri>().expect("a URI");
+        assert_eq!(
+            loggable_uri(&uri("/api/v1/join/s3cr3t-token")),
+            "/api/v1/join/(token)"
+        );
+        assert_eq!(
+            loggable_uri(&uri("/api/v1/devices?limit=5")),
+            "/api/v1/devices?limit=5"
+        );
+    }
+}

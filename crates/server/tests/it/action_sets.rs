@@ -15,6 +15,7 @@ on_both_databases!(
     an_action_not_enabled_is_refused_and_never_sent,
     enabling_and_disabling_changes_what_the_catalogue_shows,
     a_job_is_refused_while_one_of_its_devices_refuses_the_action,
+    disabling_an_action_ends_its_requests_waiting_for_the_device,
 );
 
 fn restart() -> Value {
@@ -262,5 +263,56 @@ async fn a_job_is_refused_while_one_of_its_devices_refuses_the_action(
         )
         .await?;
     assert_eq!(stats.status, 201, "{}", stats.body);
+    Ok(())
+}
+
+/// A request accepted while the device was offline must not run once the
+/// action is disabled: it ends as failed and never reaches the device.
+async fn disabling_an_action_ends_its_requests_waiting_for_the_device(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let credentials = DeviceCredentials::enroll(&admin, "edge-1").await?;
+    admin
+        .put("/api/v1/devices/edge-1/action-set/manage-deployment")
+        .await?
+        .expect_status(200)?;
+    let waiting = request(&admin, "edge-1", restart()).await?;
+    let waiting = id(&waiting)?;
+    let other = request(
+        &admin,
+        "edge-1",
+        json!({"action": "get-node-ip", "input": {}}),
+    )
+    .await?;
+
+    admin
+        .delete("/api/v1/devices/edge-1/action-set/manage-deployment")
+        .await?
+        .expect_status(200)?;
+    let ended = admin
+        .get(&format!("/api/v1/actions/{waiting}"))
+        .await?
+        .expect_status(200)?;
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert!(
+        ended["statusMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("manage-deployment was disabled")),
+        "{ended}"
+    );
+
+    // The device, back online, gets the other action only.
+    let mut device = SimAgent::connect(&credentials, Responder::Silent).await?;
+    let first = device.next_action(Duration::from_secs(20)).await;
+    assert_eq!(first.map(|r| r.correlation_id), Some(id(&other)?));
+    assert!(
+        device
+            .next_action(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    device.disconnect().await;
     Ok(())
 }
