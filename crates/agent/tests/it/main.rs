@@ -8,5 +8,6 @@ mod kubernetes;
 mod local_api;
 mod logs;
 mod offline;
+mod sshd;
 mod support;
 mod third_party_device;
