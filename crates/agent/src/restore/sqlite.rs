@@ -23,12 +23,17 @@ pub enum SqliteError {
     },
     #[error("{path} is not a sound SQLite database: {reason}")]
     Corrupt { path: String, reason: String },
+    #[error("cannot replace {path}: {source}")]
+    Replace {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl SqliteError {
     pub fn status_code(&self) -> u16 {
         match self {
-            SqliteError::Backup { .. } => 500,
+            SqliteError::Backup { .. } | SqliteError::Replace { .. } => 500,
             // The backup itself is bad, not the agent: the request cannot
             // be carried out as it stands.
             SqliteError::Corrupt { .. } => 422,
@@ -88,4 +93,54 @@ pub fn integrity_check(path: &Path) -> Result<(), SqliteError> {
     } else {
         Err(corrupt(problems.join("; ")))
     }
+}
+
+/// Replaces the database `live` with `restored` once `restored` passes
+/// [`integrity_check`]; a corrupt file leaves `live` untouched. The
+/// application must be stopped (scaled to 0). Blocking.
+///
+/// The copy lands next to `live` and is renamed over it, so `live` is
+/// either the old or the new database, never half of one; it keeps the old
+/// file's owner and mode, as the application may run as another user.
+/// The old database's `-wal` and `-shm` go first: SQLite would otherwise
+/// apply the old write-ahead log to the restored file.
+pub fn replace(restored: &Path, live: &Path) -> Result<(), SqliteError> {
+    integrity_check(restored)?;
+    let failed = |source| SqliteError::Replace {
+        path: live.display().to_string(),
+        source,
+    };
+    let staged = sibling(live, ".tether-restore");
+    std::fs::copy(restored, &staged).map_err(failed)?;
+    std::fs::File::open(&staged)
+        .and_then(|file| file.sync_all())
+        .map_err(failed)?;
+    if let Ok(old) = std::fs::metadata(live) {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::set_permissions(&staged, old.permissions()).map_err(failed)?;
+        std::os::unix::fs::chown(&staged, Some(old.uid()), Some(old.gid())).map_err(failed)?;
+    }
+    for suffix in ["-wal", "-shm"] {
+        match std::fs::remove_file(sibling(live, suffix)) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(failed(error));
+            }
+            _ => {}
+        }
+    }
+    std::fs::rename(&staged, live).map_err(failed)?;
+    // The rename is durable once the directory is.
+    if let Some(dir) = live.parent() {
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// `path` with `suffix` appended to its file name (`app.db` → `app.db-wal`).
+fn sibling(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
 }

@@ -197,3 +197,43 @@ fn a_corrupt_file_fails_the_integrity_check_with_422() -> anyhow::Result<()> {
     assert_eq!(error.status_code(), 422);
     Ok(())
 }
+
+#[test]
+fn a_restore_replaces_the_live_database_and_a_corrupt_one_leaves_it_untouched() -> anyhow::Result<()>
+{
+    let work = tempfile::tempdir()?;
+    let live = work.path().join("app.db");
+    let connection = Connection::open(&live)?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection
+        .execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY); INSERT INTO t VALUES (1), (2);")?;
+    let backup = work.path().join("backup.db");
+    sqlite::backup(&live, &backup)?;
+    // Changed after the backup, and still in the write-ahead log.
+    connection.execute("INSERT INTO t VALUES (3)", [])?;
+    // Left open, as by an application killed when scaled to 0: its
+    // write-ahead log stays, and must not be applied to the restored file.
+    std::mem::forget(connection);
+    assert!(work.path().join("app.db-wal").exists());
+    let before = std::fs::read(&live)?;
+
+    let corrupt = work.path().join("corrupt.db");
+    std::fs::write(
+        &corrupt,
+        b"not a database at all, but long enough to look like one",
+    )?;
+    let error = sqlite::replace(&corrupt, &live).expect_err("a corrupt backup was restored");
+    assert_eq!(error.status_code(), 422);
+    assert_eq!(
+        std::fs::read(&live)?,
+        before,
+        "the live database was touched"
+    );
+    assert!(work.path().join("app.db-wal").exists());
+
+    sqlite::replace(&backup, &live)?;
+    assert_eq!(rows(&live)?, [1, 2]);
+    assert!(!work.path().join("app.db.tether-restore").exists());
+    sqlite::integrity_check(&live)?;
+    Ok(())
+}
