@@ -240,7 +240,16 @@ fn ensure_password_user() -> anyhow::Result<()> {
         .success();
     if !exists {
         let status = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/bin/sh"])
+            // No shell: with a password anyone can read here, the account
+            // must give nothing through a machine's own sshd, whose sftp
+            // subsystem runs through the user's shell. Ours runs
+            // internal-sftp, in sshd's process.
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
             .arg(PASSWORD_USER)
             .status()
             .context("running useradd (the sshd fixture runs as root)")?;
@@ -249,6 +258,12 @@ fn ensure_password_user() -> anyhow::Result<()> {
             "useradd {PASSWORD_USER} failed: {status}"
         );
     }
+    // An account made by an earlier version of this fixture had a shell.
+    let status = Command::new("usermod")
+        .args(["--shell", "/usr/sbin/nologin", PASSWORD_USER])
+        .status()
+        .context("running usermod")?;
+    ensure!(status.success(), "usermod {PASSWORD_USER} failed: {status}");
     let mut chpasswd = Command::new("chpasswd")
         .stdin(Stdio::piped())
         .spawn()
