@@ -16,6 +16,7 @@ pub mod logs;
 pub mod metrics;
 pub mod queue;
 pub mod renewal;
+pub mod restore;
 pub mod session;
 pub mod spec;
 pub mod spool;

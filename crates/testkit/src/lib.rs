@@ -12,6 +12,7 @@ pub mod mosquitto;
 pub mod postgres;
 pub mod seed_schema;
 pub mod sim_agent;
+pub mod sshd;
 pub mod tetherd;
 pub mod wait;
 
@@ -25,4 +26,12 @@ pub use wait::wait_until;
 /// picks ring first. An earlier choice stands.
 fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A port nobody listens on right now. It is released before the caller's
+/// server binds it, so callers that cannot bind port 0 themselves retry.
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|error| anyhow::anyhow!("failed to find a free port on 127.0.0.1: {error}"))?;
+    Ok(listener.local_addr()?.port())
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tempfile::TempDir;
 
+use crate::free_port;
 use crate::tetherd::{Database, Tetherd};
 use crate::wait::wait_until;
 
@@ -266,9 +267,4 @@ fn mosquitto_binary() -> anyhow::Result<PathBuf> {
         .chain([PathBuf::from("/usr/sbin/mosquitto")])
         .find(|candidate| candidate.is_file())
         .context("mosquitto (the broker) is not installed: apt-get install mosquitto")
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
 }

@@ -8,8 +8,8 @@
 //! pipe closes on `Drop` and also when the test process exits without
 //! dropping, as a cluster shared through a `static` does.
 
+use crate::free_port;
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -285,14 +285,6 @@ fn postgres_user() -> anyhow::Result<Owner> {
         uid: field(2, "uid")?,
         gid: field(3, "gid")?,
     })
-}
-
-/// A port nobody listens on right now. It is released before postgres binds
-/// it, hence `START_ATTEMPTS`.
-fn free_port() -> anyhow::Result<u16> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").context("failed to find a free port on 127.0.0.1")?;
-    Ok(listener.local_addr()?.port())
 }
 
 fn check(output: &Output) -> anyhow::Result<()> {

@@ -8,5 +8,7 @@ mod kubernetes;
 mod local_api;
 mod logs;
 mod offline;
+mod restore;
+mod sshd;
 mod support;
 mod third_party_device;
