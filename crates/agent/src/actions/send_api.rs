@@ -51,24 +51,28 @@ fn parse(input: &Value) -> Result<Target, ActionError> {
             ),
         ));
     }
-    let method = match input.request_method.as_deref().unwrap_or("GET") {
-        "GET" => Method::GET,
-        "POST" => Method::POST,
-        "PUT" => Method::PUT,
-        "PATCH" => Method::PATCH,
-        "DELETE" => Method::DELETE,
-        other => {
-            return Err(ActionError::invalid(
-                "$.requestMethod",
-                format!("{other:?} is not one of GET, POST, PUT, PATCH, DELETE"),
-            ));
-        }
-    };
+    let method = request_method(input.request_method.as_deref())?;
     Ok(Target {
         url,
         method,
         body: input.request_body,
     })
+}
+
+/// The input's `requestMethod` (default GET), one of the five the seed
+/// names.
+pub(crate) fn request_method(name: Option<&str>) -> Result<Method, ActionError> {
+    match name.unwrap_or("GET") {
+        "GET" => Ok(Method::GET),
+        "POST" => Ok(Method::POST),
+        "PUT" => Ok(Method::PUT),
+        "PATCH" => Ok(Method::PATCH),
+        "DELETE" => Ok(Method::DELETE),
+        other => Err(ActionError::invalid(
+            "$.requestMethod",
+            format!("{other:?} is not one of GET, POST, PUT, PATCH, DELETE"),
+        )),
+    }
 }
 
 /// The controller's CA plus the system's roots, read per request so the idle

@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::send_api::relayed;
+use super::send_api::{relayed, request_method};
 use super::{ActionError, Answer};
 use crate::kubernetes::Client;
 use crate::kubernetes::client::Body;
@@ -36,19 +36,7 @@ fn parse(input: &Value, server: &str) -> Result<(Method, String, Option<String>)
             ),
         ));
     }
-    let method = match input.request_method.as_deref().unwrap_or("GET") {
-        "GET" => Method::GET,
-        "POST" => Method::POST,
-        "PUT" => Method::PUT,
-        "PATCH" => Method::PATCH,
-        "DELETE" => Method::DELETE,
-        other => {
-            return Err(ActionError::invalid(
-                "$.requestMethod",
-                format!("{other:?} is not one of GET, POST, PUT, PATCH, DELETE"),
-            ));
-        }
-    };
+    let method = request_method(input.request_method.as_deref())?;
     Ok((method, path, input.request_body))
 }
 
