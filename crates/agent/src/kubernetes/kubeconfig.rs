@@ -58,6 +58,9 @@ pub struct Cluster {
     pub certificate_authority_data: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_authority: Option<String>,
+    /// Read only to refuse it: the agent always verifies the server.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_tls_verify: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -78,6 +81,9 @@ pub struct User {
     /// A credential plugin (cloud clusters); read only to refuse it clearly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<serde_json::Value>,
+    /// The older plugin form (`auth-provider`); refused like `exec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_provider: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -200,6 +206,7 @@ users:
                 server: "https://h:6443".into(),
                 certificate_authority_data: Some(encode(b"CA")),
                 certificate_authority: None,
+                insecure_skip_tls_verify: false,
             },
             User {
                 token: Some("t".into()),

@@ -151,6 +151,25 @@ impl KubernetesConfig {
             problem,
         };
         let (name, cluster, user) = config.current().map_err(problem)?;
+        // Settings the agent does not follow are refused by name rather
+        // than ignored: ignored, a token would go out in the clear, to an
+        // unverified server, or not at all.
+        if !cluster.server.starts_with("https://") {
+            return Err(problem(format!(
+                "the server {:?} is not https: the agent sends its credentials only over TLS",
+                cluster.server
+            )));
+        }
+        if cluster.insecure_skip_tls_verify {
+            return Err(problem(
+                "insecure-skip-tls-verify is not followed: give the cluster's CA (certificate-authority-data) instead".to_owned(),
+            ));
+        }
+        if user.auth_provider.is_some() {
+            return Err(problem(
+                "credential plugins (auth-provider) are not supported: give the agent a kubeconfig with a token or a client certificate".to_owned(),
+            ));
+        }
         // Relative file names in a kubeconfig are relative to the file.
         let base = path.parent().unwrap_or(Path::new("/"));
         let data_or_file =
@@ -243,6 +262,7 @@ impl Access {
             server: self.server.clone(),
             certificate_authority_data: self.ca_pem.as_deref().map(kubeconfig::encode),
             certificate_authority: None,
+            insecure_skip_tls_verify: false,
         }
     }
 }
@@ -361,6 +381,28 @@ current-context: c
             err.to_string().contains("(exec) are not supported"),
             "{err}"
         );
+        let cluster_user = |cluster: &str, user: &str| {
+            format!(
+                "users: [{{name: u, user: {user}}}]\ncontexts: [{{name: c, context: {{cluster: edge, user: u}}}}]\nclusters: [{{name: edge, cluster: {cluster}}}]\n"
+            )
+        };
+        for (cluster, user, named) in [
+            ("{server: 'http://h:8080'}", "{token: t}", "is not https"),
+            (
+                "{server: 'https://h', insecure-skip-tls-verify: true}",
+                "{token: t}",
+                "insecure-skip-tls-verify is not followed",
+            ),
+            (
+                "{server: 'https://h'}",
+                "{auth-provider: {name: oidc}}",
+                "(auth-provider) are not supported",
+            ),
+        ] {
+            std::fs::write(&path, cluster_user(cluster, user)).expect("writes");
+            let err = host(&path).access().expect_err(named);
+            assert!(err.to_string().contains(named), "{err}");
+        }
         std::fs::write(&path, ": not yaml [").expect("writes");
         assert!(matches!(
             host(&path).access(),
