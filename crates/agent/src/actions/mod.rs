@@ -178,6 +178,18 @@ impl From<Answer> for Outcome {
     }
 }
 
+/// 409 naming the running one if `action` runs in the background now;
+/// `running` maps correlation ids to actions.
+fn not_running(running: &HashMap<String, String>, action: &str) -> Result<(), ActionError> {
+    match running.iter().find(|(_, a)| *a == action) {
+        Some((correlation_id, _)) => Err(ActionError::Busy {
+            action: action.to_owned(),
+            running: correlation_id.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 pub struct Dispatcher {
     catalogue: Catalogue,
     dedupe: Dedupe,
@@ -344,18 +356,13 @@ impl Dispatcher {
         })
     }
 
-    /// Starts `work` unless the same action is running already.
+    /// Starts `work` unless the same action is running already ([`not_running`]).
     fn background(
         &mut self,
         request: &ActionRequest,
         work: Pin<Box<dyn Future<Output = Result<Answer, ActionError>> + Send>>,
     ) -> Result<(), ActionError> {
-        if let Some((running, _)) = self.running.iter().find(|(_, a)| **a == request.action) {
-            return Err(ActionError::Busy {
-                action: request.action.clone(),
-                running: running.clone(),
-            });
-        }
+        not_running(&self.running, &request.action)?;
         self.running
             .insert(request.correlation_id.clone(), request.action.clone());
         let finished = self.finished_tx.clone();
@@ -401,6 +408,8 @@ impl Dispatcher {
                 manage_deployment::run(input, &kubernetes.client()?, chrono::Utc::now()).await?
             }
             "restart-k3s" => {
+                // Before `prepare` spends the authorization id.
+                not_running(&self.running, action)?;
                 let work = restart_k3s::prepare(input, &context.authorization, kubernetes)?;
                 return Ok(Outcome::Later(Box::pin(work)));
             }

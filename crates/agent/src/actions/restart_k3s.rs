@@ -88,10 +88,12 @@ pub fn prepare(
         .and_then(Value::as_str)
         .filter(|id| !id.is_empty())
         .ok_or(RestartError::MissingAuthorization)?;
-    guard.consume(id).map_err(RestartError::from)?;
+    // Every refusal that is not about the id comes before it is spent, so
+    // a request that could never run does not cost the operator an id.
     if config.mode != Mode::Host {
         return Err(RestartError::NotHostMode.into());
     }
+    guard.consume(id).map_err(RestartError::from)?;
     let restart = kubernetes.k3s_restart.clone();
     let kubernetes = kubernetes.clone();
     Ok(async move { run(&restart, &kubernetes).await })
@@ -255,8 +257,14 @@ mod tests {
         let err = prepare(&json!({}), &guard, &k).err().expect("refused");
         assert_eq!(err.status_code(), 401);
         let k = kubernetes(dir.path(), Mode::Cluster, &["true"]);
-        let err = restart(&k).await.expect_err("refused");
+        let id = guard.issue().id;
+        let err = prepare(&json!({"authorizationId": id}), &guard, &k)
+            .err()
+            .expect("refused");
         assert_eq!(err.status_code(), 503);
         assert!(err.to_string().contains("host mode"), "{err}");
+        guard
+            .consume(&id)
+            .expect("a request refused for the mode leaves its id unspent");
     }
 }
