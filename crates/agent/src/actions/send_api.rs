@@ -19,12 +19,34 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// Debian's and Alpine's bundle; `SSL_CERT_FILE` names another.
 const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
+/// The input `send-api` and `send-kubernetes-api` share (seed 000).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Input {
-    href: String,
+pub(crate) struct Input {
+    pub(crate) href: String,
     request_method: Option<String>,
-    request_body: Option<String>,
+    pub(crate) request_body: Option<String>,
+}
+
+impl Input {
+    pub(crate) fn read(input: &Value) -> Result<Self, ActionError> {
+        serde_json::from_value(input.clone()).map_err(|e| ActionError::invalid("$", e.to_string()))
+    }
+
+    /// `requestMethod` (default GET), one of the five the seed names.
+    pub(crate) fn method(&self) -> Result<Method, ActionError> {
+        match self.request_method.as_deref().unwrap_or("GET") {
+            "GET" => Ok(Method::GET),
+            "POST" => Ok(Method::POST),
+            "PUT" => Ok(Method::PUT),
+            "PATCH" => Ok(Method::PATCH),
+            "DELETE" => Ok(Method::DELETE),
+            other => Err(ActionError::invalid(
+                "$.requestMethod",
+                format!("{other:?} is not one of GET, POST, PUT, PATCH, DELETE"),
+            )),
+        }
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -35,8 +57,7 @@ struct Target {
 }
 
 fn parse(input: &Value) -> Result<Target, ActionError> {
-    let input: Input = serde_json::from_value(input.clone())
-        .map_err(|e| ActionError::invalid("$", e.to_string()))?;
+    let input = Input::read(input)?;
     let url = Url::parse(&input.href).map_err(|e| {
         // The status message is stored and shown: no credentials in it.
         let href = redacted_url(&input.href);
@@ -51,28 +72,12 @@ fn parse(input: &Value) -> Result<Target, ActionError> {
             ),
         ));
     }
-    let method = request_method(input.request_method.as_deref())?;
+    let method = input.method()?;
     Ok(Target {
         url,
         method,
         body: input.request_body,
     })
-}
-
-/// The input's `requestMethod` (default GET), one of the five the seed
-/// names.
-pub(crate) fn request_method(name: Option<&str>) -> Result<Method, ActionError> {
-    match name.unwrap_or("GET") {
-        "GET" => Ok(Method::GET),
-        "POST" => Ok(Method::POST),
-        "PUT" => Ok(Method::PUT),
-        "PATCH" => Ok(Method::PATCH),
-        "DELETE" => Ok(Method::DELETE),
-        other => Err(ActionError::invalid(
-            "$.requestMethod",
-            format!("{other:?} is not one of GET, POST, PUT, PATCH, DELETE"),
-        )),
-    }
 }
 
 /// The controller's CA plus the system's roots, read per request so the idle

@@ -2,27 +2,17 @@
 //! agent's credentials; the event carries the API's status code and body.
 
 use reqwest::Method;
-use serde::Deserialize;
 use serde_json::Value;
 
-use super::send_api::{relayed, request_method};
+use super::send_api::{Input, relayed};
 use super::{ActionError, Answer};
 use crate::kubernetes::Client;
 use crate::kubernetes::client::Body;
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Input {
-    href: String,
-    request_method: Option<String>,
-    request_body: Option<String>,
-}
-
 /// The method and the API path; `href` is a path on the API server
 /// (`/api/v1/nodes`) or a full URL on it, whose path is taken.
 fn parse(input: &Value, server: &str) -> Result<(Method, String, Option<String>), ActionError> {
-    let input: Input = serde_json::from_value(input.clone())
-        .map_err(|e| ActionError::invalid("$", e.to_string()))?;
+    let input = Input::read(input)?;
     let path = match input.href.strip_prefix(server) {
         Some(rest) if rest.is_empty() || rest.starts_with('/') => rest.to_owned(),
         _ => input.href.clone(),
@@ -36,7 +26,7 @@ fn parse(input: &Value, server: &str) -> Result<(Method, String, Option<String>)
             ),
         ));
     }
-    let method = request_method(input.request_method.as_deref())?;
+    let method = input.method()?;
     Ok((method, path, input.request_body))
 }
 
