@@ -124,6 +124,7 @@ pub async fn run(
         kubectl: config.kubectl(),
         k3s_restart: config.k3s_restart(),
         state_dir: state.path().to_owned(),
+        operator: Default::default(),
     };
     let ran = serve(
         config,

@@ -42,13 +42,25 @@ impl Agent {
             .post("/api/v1/devices", json!({"name": name}))
             .await?
             .expect_status(201)?;
+        Self::start_enrolling(tetherd, name, &created["enrollment"], env)
+    }
+
+    /// Starts an agent that enrolls as the existing device `name` with
+    /// `enrollment` (as `POST /api/v1/devices` answered it), with extra
+    /// environment variables.
+    pub fn start_enrolling(
+        tetherd: &Tetherd,
+        name: &str,
+        enrollment: &Value,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut agent = Self::new(name)?;
         agent.env = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        agent.spawn(Some(&created["enrollment"]), &tetherd.api_url)?;
-        agent.enrollment = Some((created["enrollment"].clone(), tetherd.api_url.clone()));
+        agent.spawn(Some(enrollment), &tetherd.api_url)?;
+        agent.enrollment = Some((enrollment.clone(), tetherd.api_url.clone()));
         Ok(agent)
     }
 

@@ -30,7 +30,8 @@ use tokio::sync::mpsc;
 
 use crate::authorization::AuthorizationGuard;
 use crate::dedupe::{Dedupe, Seen};
-use crate::kubernetes::{Client, KubeError, KubernetesConfig};
+use crate::kubernetes::operator::OperatorToken;
+use crate::kubernetes::{Access, Client, KubeError, KubernetesConfig};
 use crate::logging::{LogControl, LoggingError};
 use expiry::{Deadline, Delivery, Moment};
 use run_stats::StatsRunner;
@@ -140,6 +141,9 @@ pub struct Kubernetes {
     /// The agent's state directory: `send-kubectl` keeps its private
     /// kubeconfig and discovery cache there.
     pub state_dir: std::path::PathBuf,
+    /// The identity of the default actions `send-kubectl` and
+    /// `send-kubernetes-api` in cluster mode.
+    pub operator: OperatorToken,
 }
 
 impl Kubernetes {
@@ -148,6 +152,12 @@ impl Kubernetes {
         let config = self.config.as_ref().ok_or(ActionError::NoCluster)?;
         let access = config.access().map_err(KubeError::from)?;
         Ok(Client::new(access)?)
+    }
+
+    /// How the default actions reach the cluster ([`OperatorToken`]).
+    pub async fn operator_access(&self) -> Result<Access, ActionError> {
+        let config = self.config.as_ref().ok_or(ActionError::NoCluster)?;
+        Ok(self.operator.access(config).await?)
     }
 }
 
@@ -423,7 +433,8 @@ impl Dispatcher {
             }
             "send-kubectl" => return send_kubectl::run(input, kubernetes).await.map(Outcome::Now),
             "send-kubernetes-api" => {
-                return send_kubernetes_api::run(input, &kubernetes.client()?)
+                let client = Client::new(kubernetes.operator_access().await?)?;
+                return send_kubernetes_api::run(input, &client)
                     .await
                     .map(Outcome::Now);
             }
@@ -584,6 +595,7 @@ pub(crate) mod tests {
                     ready_timeout: std::time::Duration::from_secs(5),
                 },
                 state_dir: std::env::temp_dir(),
+                operator: Default::default(),
             },
         };
         (context, Box::new(subscriber))

@@ -1,5 +1,6 @@
-//! `send-kubectl`: the real `kubectl` run with the agent's credentials, an
-//! argv and never a shell; stdout and stderr in the event.
+//! `send-kubectl`: the real `kubectl` run as the default actions' identity
+//! (`crate::kubernetes::operator`), an argv and never a shell; stdout and
+//! stderr in the event.
 //!
 //! The credentials go into a kubeconfig file in the state directory, mode
 //! 0600, rewritten for each run (the pod's token rotates), and `kubectl`
@@ -18,7 +19,6 @@ use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use super::send_api::{BODY_LIMIT, truncate_encoded};
 use super::{ActionError, Answer, Kubernetes};
-use crate::kubernetes::KubeError;
 
 /// Where `send-kubectl` keeps its kubeconfig and discovery cache.
 const KUBECTL_DIR: &str = "kubectl";
@@ -189,8 +189,7 @@ fn sets_server_by_shorthand(argument: &str) -> bool {
 
 pub async fn run(input: &Value, kubernetes: &Kubernetes) -> Result<Answer, ActionError> {
     let arguments = parse(input)?;
-    let config = kubernetes.config.as_ref().ok_or(ActionError::NoCluster)?;
-    let access = config.access().map_err(KubeError::from)?;
+    let access = kubernetes.operator_access().await?;
     let dir = kubernetes.state_dir.join(KUBECTL_DIR);
     let kubeconfig = dir.join("kubeconfig");
     write_private(

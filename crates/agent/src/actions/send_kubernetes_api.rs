@@ -1,5 +1,6 @@
-//! `send-kubernetes-api`: a request to the cluster's API server with the
-//! agent's credentials; the event carries the API's status code and body.
+//! `send-kubernetes-api`: a request to the cluster's API server as the default
+//! actions' identity (`crate::kubernetes::operator`); the event carries the
+//! API's status code and body.
 
 use reqwest::Method;
 use serde_json::Value;

@@ -21,8 +21,6 @@ use crate::state::{
 
 /// The Secret's name; its namespace is the pod's.
 pub const SECRET: &str = "tether-agent-identity";
-/// The namespace when the pod's ServiceAccount does not name one.
-pub const DEFAULT_NAMESPACE: &str = "tether-system";
 /// After a failed save, the next attempt.
 const RETRY: Duration = Duration::from_secs(10);
 /// The state files kept, each under its own name as the Secret's key.
@@ -56,16 +54,11 @@ pub struct IdentitySecret {
 
 impl IdentitySecret {
     /// The Secret in the pod's namespace (the ServiceAccount's `namespace`
-    /// file), else in [`DEFAULT_NAMESPACE`].
+    /// file), else in [`super::DEFAULT_NAMESPACE`].
     pub fn new(config: &KubernetesConfig) -> Self {
-        let namespace = std::fs::read_to_string(config.service_account_dir.join("namespace"))
-            .ok()
-            .map(|n| n.trim().to_owned())
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
         Self {
             config: config.clone(),
-            namespace,
+            namespace: config.pod_namespace(),
         }
     }
 

@@ -15,6 +15,7 @@
 pub mod client;
 pub mod identity;
 pub mod kubeconfig;
+pub mod operator;
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,8 @@ use kubeconfig::Kubeconfig;
 
 /// Where Kubernetes puts a pod's ServiceAccount credentials.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The agent's namespace when the pod's ServiceAccount does not name one.
+pub const DEFAULT_NAMESPACE: &str = "tether-system";
 /// Where k3s writes its admin kubeconfig.
 pub const K3S_KUBECONFIG: &str = "/etc/rancher/k3s/k3s.yaml";
 
@@ -106,6 +109,16 @@ pub enum AccessError {
 }
 
 impl KubernetesConfig {
+    /// The agent's namespace: the pod's ServiceAccount's `namespace` file,
+    /// else [`DEFAULT_NAMESPACE`].
+    pub fn pod_namespace(&self) -> String {
+        std::fs::read_to_string(self.service_account_dir.join("namespace"))
+            .ok()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+    }
+
     /// Reads the credentials as they are now.
     pub fn access(&self) -> Result<Access, AccessError> {
         match self.mode {

@@ -3,9 +3,9 @@
 //! that fetches it from tetherd with tetherd's CA pinned and applies it.
 //!
 //! The agent's rights are exactly what the actions' Kubernetes calls need
-//! ([`agent_cluster_rules`], [`agent_namespace_rules`]);
-//! `send-kubectl` and `send-kubernetes-api` act with those rights and have
-//! none of their own.
+//! ([`agent_cluster_rules`], [`agent_namespace_rules`]). The default
+//! actions `send-kubectl` and `send-kubernetes-api` do not act with them
+//! but as [`OPERATOR_ACCOUNT`], which may read what `view` allows.
 
 use serde_json::{Value, json};
 
@@ -25,6 +25,13 @@ pub const KUBECONFIG_ACCOUNT: &str = "tether-kubeconfig";
 /// The ClusterRole a `retrieve-kubeconfig` kubeconfig has, bound here so
 /// the agent needs no right to write RBAC objects.
 pub const KUBECONFIG_ROLE: &str = "cluster-admin";
+/// The ServiceAccount the default actions `send-kubectl` and
+/// `send-kubernetes-api` act as (the agent requests its tokens), so they
+/// never hold the opt-in actions' rights.
+pub const OPERATOR_ACCOUNT: &str = "tether-operator";
+/// What [`OPERATOR_ACCOUNT`] may do: Kubernetes' built-in read-only role,
+/// without Secrets. Binding more to the account widens the default actions.
+pub const OPERATOR_ROLE: &str = "view";
 /// Where the agent keeps its state in the pod (an `emptyDir`).
 const STATE_DIR: &str = "/var/lib/tether-agent";
 
@@ -70,6 +77,8 @@ pub fn agent_namespace_rules() -> Value {
         {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["create"]},
         {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "delete"], "resourceNames": [KUBECONFIG_ACCOUNT]},
         {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"], "resourceNames": [KUBECONFIG_ACCOUNT]},
+        // send-kubectl and send-kubernetes-api act as the operator account.
+        {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"], "resourceNames": [OPERATOR_ACCOUNT]},
     ])
 }
 
@@ -88,6 +97,7 @@ pub fn objects(join: &Join<'_>) -> Vec<Value> {
     vec![
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta(NAMESPACE, false)}),
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(AGENT, true)}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(OPERATOR_ACCOUNT, true)}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": meta(AGENT, false),
                "rules": agent_cluster_rules()}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": meta(AGENT, false),
@@ -101,6 +111,9 @@ pub fn objects(join: &Join<'_>) -> Vec<Value> {
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": meta(KUBECONFIG_ACCOUNT, false),
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": KUBECONFIG_ROLE},
                "subjects": [{"kind": "ServiceAccount", "name": KUBECONFIG_ACCOUNT, "namespace": NAMESPACE}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": meta(OPERATOR_ACCOUNT, false),
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_ROLE},
+               "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": NAMESPACE}]}),
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta(ENROLLMENT_SECRET, true), "type": "Opaque",
                "stringData": {"token": join.token}}),
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(AGENT, true),
@@ -201,18 +214,26 @@ mod tests {
             [
                 "Namespace tether-system",
                 "ServiceAccount tether-agent",
+                "ServiceAccount tether-operator",
                 "ClusterRole tether-agent",
                 "ClusterRoleBinding tether-agent",
                 "Role tether-agent",
                 "RoleBinding tether-agent",
                 "ClusterRoleBinding tether-kubeconfig",
+                "ClusterRoleBinding tether-operator",
                 "Secret tether-enrollment",
                 "Deployment tether-agent",
             ]
         );
-        let secret = &objects[7];
+        let of_kind = |kind: &str| {
+            objects
+                .iter()
+                .find(|o| o["kind"] == kind)
+                .expect("the manifest has one")
+        };
+        let secret = of_kind("Secret");
         assert_eq!(secret["stringData"]["token"], "one-time-token");
-        let deployment = &objects[8];
+        let deployment = of_kind("Deployment");
         let container = &deployment["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(container["image"], "registry.example/tether-agent:1.2.3");
         let env: Vec<(String, Value)> = container["env"]

@@ -2,17 +2,21 @@
 //! tetherd prints, run as printed — curl trusting only tetherd's CA, the
 //! real `kubectl apply` — against testkit's fake Kubernetes API server,
 //! creates exactly the manifest's objects, and the agent's rights there are
-//! what its actions use and nothing more.
+//! what its actions use and nothing more; a real agent started as the
+//! manifest's pod acts with them, and its default actions as
+//! `tether-operator`, with `view`'s rights only.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use serde_json::{Value, json};
+use tether_testkit::agent::Agent;
 use tether_testkit::fake_kube::{ADMIN_TOKEN, FakeKubeApi};
+use tether_testkit::seed_schema::{check_event, check_request};
 use tether_testkit::{Database, Tetherd};
 
-use crate::support::on_both_databases;
+use crate::support::{self, on_both_databases};
 
 on_both_databases!(the_printed_command_joins_the_cluster_with_exactly_the_agent_s_rights);
 
@@ -89,10 +93,12 @@ async fn the_printed_command_joins_the_cluster_with_exactly_the_agent_s_rights(
         [
             "POST /api/v1/namespaces",
             "POST /api/v1/namespaces/tether-system/serviceaccounts",
+            "POST /api/v1/namespaces/tether-system/serviceaccounts",
             "POST /apis/rbac.authorization.k8s.io/v1/clusterroles",
             "POST /apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
             "POST /apis/rbac.authorization.k8s.io/v1/namespaces/tether-system/roles",
             "POST /apis/rbac.authorization.k8s.io/v1/namespaces/tether-system/rolebindings",
+            "POST /apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
             "POST /apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
             "POST /api/v1/namespaces/tether-system/secrets",
             "POST /apis/apps/v1/namespaces/tether-system/deployments",
@@ -151,6 +157,7 @@ async fn the_printed_command_joins_the_cluster_with_exactly_the_agent_s_rights(
         "create configmap copied -n default --from-literal=a=b",
         "create serviceaccount tether-kubeconfig -n tether-system",
         "create token tether-kubeconfig -n tether-system",
+        "create token tether-operator -n tether-system",
         "get clusterrolebinding tether-kubeconfig",
     ] {
         let run = kubectl(&agent, allowed).await?;
@@ -176,5 +183,141 @@ async fn the_printed_command_joins_the_cluster_with_exactly_the_agent_s_rights(
             run.output
         );
     }
+
+    // The agent in its pod, with the manifest's ServiceAccount and token.
+    let account = tempfile::tempdir()?;
+    std::fs::write(account.path().join("token"), minted.output.trim())?;
+    std::fs::write(account.path().join("ca.crt"), &api.ca_pem)?;
+    std::fs::write(account.path().join("namespace"), "tether-system")?;
+    let port = api.url.rsplit(':').next().context("port")?.to_owned();
+    let account_dir = account.path().to_string_lossy().into_owned();
+    let agent = Agent::start_enrolling(
+        &tetherd,
+        "edge-1",
+        &created["enrollment"],
+        &[
+            ("TETHER_AGENT_KUBERNETES", "cluster"),
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT", &port),
+            ("TETHER_AGENT_KUBERNETES_SERVICE_ACCOUNT_DIR", &account_dir),
+        ],
+    )?;
+    agent
+        .wait_presence(&admin, "online")
+        .await
+        .with_context(|| agent.log())?;
+    api.seed(
+        "deployments",
+        json!({"metadata": {"name": "web", "namespace": "default"},
+               "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                        "template": {"metadata": {"labels": {"app": "web"}},
+                                     "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}}),
+    )?;
+    let act = |action: &'static str, input: Value| {
+        let admin = admin.clone();
+        async move {
+            check_request(action, &input)?;
+            let done = support::run(&admin, "edge-1", action, input).await?;
+            check_event(action, &done)?;
+            anyhow::Ok(done)
+        }
+    };
+    api.seed(
+        "secrets",
+        json!({"metadata": {"name": "db", "namespace": "default"}, "data": {}}),
+    )?;
+    api.add_node("edge-1", &[("InternalIP", "10.0.0.5")])?;
+    // Every cluster action but send-* acts with the agent's own rights:
+    // the manifest's are enough for each.
+    for action in ["manage-deployment", "copy-resource", "retrieve-kubeconfig"] {
+        admin
+            .put(&format!("/api/v1/devices/edge-1/action-set/{action}"))
+            .await?
+            .expect_status(200)?;
+    }
+    for (action, input) in [
+        ("get-node-ip", json!({})),
+        (
+            "manage-deployment",
+            json!({"command": "scale", "parameters": {"deployment": "web", "replicas": 2}}),
+        ),
+        (
+            "manage-deployment",
+            json!({"command": "restart", "parameters": {"deployment": "web"}}),
+        ),
+        (
+            "copy-resource",
+            json!({"command": "copy", "parameters": {"type": "secrets",
+            "from": {"namespace": "default", "name": "db"}, "to": {"name": "db-copy"}}}),
+        ),
+        ("retrieve-kubeconfig", json!({"refresh": true})),
+    ] {
+        let done = act(action, input).await?;
+        ensure!(
+            done["statusCode"] == 200,
+            "{action}: {done}\n{}",
+            agent.log()
+        );
+    }
+    // The default actions act as tether-operator: what `view` reads, and
+    // none of the agent's rights (its identity, the admin kubeconfig's
+    // token, writes).
+    let kubectl_as_operator =
+        |arguments: &[&str]| json!({"command": "kubectl", "arguments": arguments});
+    let pods = act(
+        "send-kubectl",
+        kubectl_as_operator(&["get", "deployments", "-n", "default"]),
+    )
+    .await?;
+    ensure!(pods["statusCode"] == 200, "{pods}\n{}", agent.log());
+    ensure!(
+        pods["response"].as_str().is_some_and(|r| r.contains("web")),
+        "{pods}"
+    );
+    for arguments in [
+        &[
+            "get",
+            "secret",
+            "tether-agent-identity",
+            "-n",
+            "tether-system",
+        ][..],
+        &[
+            "create",
+            "token",
+            "tether-kubeconfig",
+            "-n",
+            "tether-system",
+        ],
+        &[
+            "scale",
+            "deployment",
+            "web",
+            "-n",
+            "default",
+            "--replicas=0",
+        ],
+    ] {
+        let refused = act("send-kubectl", kubectl_as_operator(arguments)).await?;
+        ensure!(
+            refused["statusCode"] == 500
+                && refused["statusMessage"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("forbidden")),
+            "{arguments:?}: {refused}"
+        );
+    }
+    let secret = act(
+        "send-kubernetes-api",
+        json!({"href": "/api/v1/namespaces/tether-system/secrets/tether-agent-identity"}),
+    )
+    .await?;
+    ensure!(secret["statusCode"] == 403, "{secret}");
+    let listed = act(
+        "send-kubernetes-api",
+        json!({"href": "/apis/apps/v1/namespaces/default/deployments"}),
+    )
+    .await?;
+    ensure!(listed["statusCode"] == 200, "{listed}");
     Ok(())
 }

@@ -60,7 +60,8 @@ pub struct FakeKubeApi {
 impl FakeKubeApi {
     /// Serves on a free loopback port, with the namespaces every cluster has
     /// (`default`, `kube-system`, `kube-public`, `kube-node-lease`), the
-    /// `cluster-admin` ClusterRole the API server bootstraps, and no node.
+    /// `cluster-admin` and `view` ClusterRoles the API server bootstraps,
+    /// and no node.
     pub async fn start() -> anyhow::Result<Self> {
         crate::install_crypto_provider();
         let (ca_pem, cert_pem, key_pem) = certificates()?;
@@ -93,6 +94,9 @@ impl FakeKubeApi {
                        "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]},
                                  {"nonResourceURLs": ["*"], "verbs": ["*"]}]}),
             )
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        store
+            .create(cluster_roles, None, view_role())
             .map_err(|e| anyhow::anyhow!(e.message))?;
         let store = Arc::new(Mutex::new(store));
         let listener =
@@ -227,6 +231,31 @@ impl Drop for FakeKubeApi {
 }
 
 /// A throwaway CA and a server certificate for 127.0.0.1 and localhost it signed.
+/// The built-in `view` ClusterRole as Kubernetes 1.32 bootstraps it, for
+/// the resources the fake serves and a few beside them: read-only, and
+/// no Secrets (the real one is aggregated from `system:aggregate-to-view`,
+/// which the fake does not do).
+fn view_role() -> serde_json::Value {
+    let read = ["get", "list", "watch"];
+    json!({"metadata": {"name": "view",
+                 "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+    "rules": [
+        {"apiGroups": [""], "verbs": read, "resources": [
+            "configmaps", "endpoints", "persistentvolumeclaims", "persistentvolumeclaims/status",
+            "pods", "replicationcontrollers", "replicationcontrollers/scale", "serviceaccounts",
+            "services", "services/status"]},
+        {"apiGroups": [""], "verbs": read, "resources": [
+            "bindings", "events", "limitranges", "namespaces/status", "pods/log", "pods/status",
+            "replicationcontrollers/status", "resourcequotas", "resourcequotas/status"]},
+        {"apiGroups": [""], "verbs": read, "resources": ["namespaces"]},
+        {"apiGroups": ["apps"], "verbs": read, "resources": [
+            "controllerrevisions", "daemonsets", "daemonsets/status", "deployments",
+            "deployments/scale", "deployments/status", "replicasets", "replicasets/scale",
+            "replicasets/status", "statefulsets", "statefulsets/scale", "statefulsets/status"]},
+        {"apiGroups": ["batch"], "verbs": read, "resources": ["cronjobs", "cronjobs/status", "jobs", "jobs/status"]},
+    ]})
+}
+
 fn certificates() -> anyhow::Result<(String, String, String)> {
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::default();
