@@ -102,35 +102,38 @@ pub async fn run(input: &Value, client: &Client, now: DateTime<Utc>) -> Result<V
                 .json(Method::PATCH, &path, Some(Body::StrategicMergePatch(patch)))
                 .await?;
         }
-        Command::Scale(replicas) => {
-            let patch = json!({"spec": {"replicas": replicas}});
-            client
-                .json(
-                    Method::PATCH,
-                    &format!("{path}/scale"),
-                    Some(Body::MergePatch(patch)),
-                )
-                .await?;
-        }
+        Command::Scale(replicas) => scale(client, &path, replicas).await?,
     }
     let deployment = client.json(Method::GET, &path, None).await?;
     Ok(summary(&deployment))
 }
 
-/// Generation, replicas and the rollout's state, judged as `kubectl rollout
-/// status` judges it.
-fn summary(deployment: &Value) -> Value {
-    let metadata = &deployment["metadata"];
-    let spec = &deployment["spec"];
-    let status = &deployment["status"];
+/// Sets the replica count of the Deployment at `path` through its scale
+/// subresource, as `kubectl scale` does.
+pub(super) async fn scale(client: &Client, path: &str, replicas: i64) -> Result<(), ActionError> {
+    let patch = json!({"spec": {"replicas": replicas}});
+    client
+        .json(
+            Method::PATCH,
+            &format!("{path}/scale"),
+            Some(Body::MergePatch(patch)),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The rollout's state, judged as `kubectl rollout status` judges it:
+/// [`ROLLOUT_COMPLETE`] or what it waits for.
+pub(super) fn rollout_status(deployment: &Value) -> &'static str {
     let number = |v: &Value| v.as_i64().unwrap_or(0);
-    let generation = number(&metadata["generation"]);
+    let status = &deployment["status"];
+    let generation = number(&deployment["metadata"]["generation"]);
     let observed = number(&status["observedGeneration"]);
-    let wanted = number(&spec["replicas"]);
+    let wanted = number(&deployment["spec"]["replicas"]);
     let updated = number(&status["updatedReplicas"]);
     let replicas = number(&status["replicas"]);
     let available = number(&status["availableReplicas"]);
-    let rollout = if observed < generation {
+    if observed < generation {
         "waiting for the deployment spec update to be observed"
     } else if updated < wanted {
         "progressing: updating replicas"
@@ -139,18 +142,28 @@ fn summary(deployment: &Value) -> Value {
     } else if available < updated {
         "progressing: waiting for updated replicas to become available"
     } else {
-        "complete"
-    };
+        ROLLOUT_COMPLETE
+    }
+}
+
+pub(super) const ROLLOUT_COMPLETE: &str = "complete";
+
+/// Generation, replicas and the rollout's state ([`rollout_status`]).
+pub(super) fn summary(deployment: &Value) -> Value {
+    let metadata = &deployment["metadata"];
+    let spec = &deployment["spec"];
+    let status = &deployment["status"];
+    let number = |v: &Value| v.as_i64().unwrap_or(0);
     json!({
         "deployment": metadata["name"],
         "namespace": metadata["namespace"],
-        "generation": generation,
-        "observedGeneration": observed,
-        "replicas": wanted,
+        "generation": number(&metadata["generation"]),
+        "observedGeneration": number(&status["observedGeneration"]),
+        "replicas": number(&spec["replicas"]),
         "readyReplicas": number(&status["readyReplicas"]),
-        "updatedReplicas": updated,
-        "availableReplicas": available,
-        "rolloutStatus": rollout,
+        "updatedReplicas": number(&status["updatedReplicas"]),
+        "availableReplicas": number(&status["availableReplicas"]),
+        "rolloutStatus": rollout_status(deployment),
         "restartedAt": spec["template"]["metadata"]["annotations"][RESTARTED_AT],
     })
 }

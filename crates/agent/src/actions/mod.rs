@@ -13,6 +13,7 @@ pub mod get_authorization_id;
 pub mod get_node_ip;
 pub mod manage_deployment;
 pub mod restart_k3s;
+pub mod restore_command;
 pub mod retrieve_kubeconfig;
 pub mod run_stats;
 pub mod send_api;
@@ -37,7 +38,7 @@ use expiry::{Deadline, Delivery, Moment};
 use run_stats::StatsRunner;
 
 /// The actions this agent runs; the birth message lists them as capabilities.
-pub const IMPLEMENTED: [&str; 13] = [
+pub const IMPLEMENTED: [&str; 14] = [
     "configure-logger",
     "copy-resource",
     "follow-logs",
@@ -45,6 +46,7 @@ pub const IMPLEMENTED: [&str; 13] = [
     "get-node-ip",
     "manage-deployment",
     "restart-k3s",
+    "restore-command",
     "retrieve-kubeconfig",
     "run-stats",
     "send-api",
@@ -83,10 +85,13 @@ pub enum ActionError {
     Kubectl(#[from] send_kubectl::KubectlError),
     #[error(transparent)]
     Restart(#[from] restart_k3s::RestartError),
+    #[error(transparent)]
+    Restore(#[from] restore_command::RestoreError),
+    /// `what`: the action, or the action and what it works on.
     #[error(
-        "{action} is already running (correlation id {running}); wait for its event and try again"
+        "{what} is already running (correlation id {running}); wait for its event and try again"
     )]
-    Busy { action: String, running: String },
+    Busy { what: String, running: String },
 }
 
 impl ActionError {
@@ -100,6 +105,7 @@ impl ActionError {
             ActionError::Kubernetes(e) => e.status_code(),
             ActionError::Kubectl(e) => e.status_code(),
             ActionError::Restart(e) => e.status_code(),
+            ActionError::Restore(e) => e.status_code(),
             ActionError::Busy { .. } => 409,
         }
     }
@@ -176,10 +182,13 @@ pub struct Context {
     pub kubernetes: Kubernetes,
 }
 
-/// A handler's work: done at once, or long and run in the background.
+type Work = Pin<Box<dyn Future<Output = Result<Answer, ActionError>> + Send>>;
+
+/// A handler's work: done at once, or long and run in the background,
+/// where at most one work of each `busy` runs ([`not_running`]).
 enum Outcome {
     Now(Answer),
-    Later(Pin<Box<dyn Future<Output = Result<Answer, ActionError>> + Send>>),
+    Later { busy: String, work: Work },
 }
 
 impl From<Answer> for Outcome {
@@ -188,12 +197,20 @@ impl From<Answer> for Outcome {
     }
 }
 
-/// 409 naming the running one if `action` runs in the background now;
-/// `running` maps correlation ids to actions.
-fn not_running(running: &HashMap<String, String>, action: &str) -> Result<(), ActionError> {
-    match running.iter().find(|(_, a)| *a == action) {
+/// An action running in the background.
+struct Running {
+    action: String,
+    /// What only one action may work on at a time: the action itself
+    /// (`restart-k3s`) or the action and its object (`restore-command`).
+    busy: String,
+}
+
+/// 409 naming the running one if a work of `busy` runs in the background
+/// now; `running` is keyed by correlation id.
+fn not_running(running: &HashMap<String, Running>, busy: &str) -> Result<(), ActionError> {
+    match running.iter().find(|(_, r)| r.busy == busy) {
         Some((correlation_id, _)) => Err(ActionError::Busy {
-            action: action.to_owned(),
+            what: busy.to_owned(),
             running: correlation_id.clone(),
         }),
         None => Ok(()),
@@ -205,9 +222,9 @@ pub struct Dispatcher {
     dedupe: Dedupe,
     context: Context,
     max_event_bytes: usize,
-    /// Actions running in the background: correlation id -> action. At
-    /// most one of each action runs; a second is answered 409.
-    running: HashMap<String, String>,
+    /// Actions running in the background, by correlation id. At most one
+    /// of each `busy` runs; a second is answered 409.
+    running: HashMap<String, Running>,
     finished_tx: mpsc::UnboundedSender<ActionEvent>,
     finished_rx: mpsc::UnboundedReceiver<ActionEvent>,
 }
@@ -300,6 +317,7 @@ impl Dispatcher {
         let action = self
             .running
             .remove(&event.correlation_id)
+            .map(|running| running.action)
             .unwrap_or_default();
         self.record(&action, event)
     }
@@ -349,7 +367,7 @@ impl Dispatcher {
         }
         let answer = match self.execute(&request.action, &request.input).await {
             Ok(Outcome::Now(answer)) => Ok(answer),
-            Ok(Outcome::Later(work)) => match self.background(request, work) {
+            Ok(Outcome::Later { busy, work }) => match self.background(request, busy, work) {
                 Ok(()) => return None,
                 Err(e) => Err(e),
             },
@@ -366,15 +384,21 @@ impl Dispatcher {
         })
     }
 
-    /// Starts `work` unless the same action is running already ([`not_running`]).
+    /// Starts `work` unless a work of the same `busy` runs already ([`not_running`]).
     fn background(
         &mut self,
         request: &ActionRequest,
-        work: Pin<Box<dyn Future<Output = Result<Answer, ActionError>> + Send>>,
+        busy: String,
+        work: Work,
     ) -> Result<(), ActionError> {
-        not_running(&self.running, &request.action)?;
-        self.running
-            .insert(request.correlation_id.clone(), request.action.clone());
+        not_running(&self.running, &busy)?;
+        self.running.insert(
+            request.correlation_id.clone(),
+            Running {
+                action: request.action.clone(),
+                busy,
+            },
+        );
         let finished = self.finished_tx.clone();
         let request = request.clone();
         let event_name = self.event_name(&request.action);
@@ -421,7 +445,17 @@ impl Dispatcher {
                 // Before `prepare` spends the authorization id.
                 not_running(&self.running, action)?;
                 let work = restart_k3s::prepare(input, &context.authorization, kubernetes)?;
-                return Ok(Outcome::Later(Box::pin(work)));
+                return Ok(Outcome::Later {
+                    busy: action.to_owned(),
+                    work: Box::pin(work),
+                });
+            }
+            "restore-command" => {
+                let (busy, work) = restore_command::prepare(input, kubernetes)?;
+                return Ok(Outcome::Later {
+                    busy,
+                    work: Box::pin(work),
+                });
             }
             "retrieve-kubeconfig" => retrieve_kubeconfig::run(input, &kubernetes.client()?).await?,
             "run-stats" => run_stats::run(input, &mut context.stats)?,
@@ -824,27 +858,9 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn known_but_unimplemented_and_unknown_actions_are_refused() {
+    async fn unknown_actions_are_refused() {
         let temp = tempfile::tempdir().expect("temp dir");
         let (mut dispatcher, _subscriber) = dispatcher(temp.path());
-        let event = dispatcher
-            .handle(
-                &delivered(request(
-                    "c1",
-                    "restore-command",
-                    json!({"command": "backup-database"}),
-                )),
-                Moment::now(),
-            )
-            .await
-            .expect("answered");
-        assert_eq!(event.status_code, 501);
-        assert_eq!(
-            event.status_message,
-            format!("action restore-command is not implemented by tether-agent {AGENT_VERSION}")
-        );
-        assert_eq!(event.event, "restore-command");
-
         let event = dispatcher
             .handle(
                 &delivered(request("c2", "self-destruct", json!({}))),
@@ -911,10 +927,11 @@ pub(crate) mod tests {
         dispatcher.context.stats.stop();
     }
 
-    const CLUSTER_ACTIONS: [&str; 6] = [
+    const CLUSTER_ACTIONS: [&str; 7] = [
         "copy-resource",
         "manage-deployment",
         "restart-k3s",
+        "restore-command",
         "retrieve-kubeconfig",
         "send-kubectl",
         "send-kubernetes-api",

@@ -1,7 +1,8 @@
 //! The Kubernetes actions end to end: each sent through a real tetherd to
 //! a real tether-agent managing the fake API server (testkit::fake_kube),
 //! `send-kubectl` running the real `kubectl`; every request and answer is
-//! checked against seed 000's schema (testkit::seed_schema).
+//! checked against seed 000's schema (testkit::seed_schema); restore-command
+//! against OpenSSH's own sshd (testkit::sshd).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,8 +11,10 @@ use anyhow::{Context, ensure};
 use serde_json::{Value, json};
 use tether_testkit::fake_kube::{ADMIN_TOKEN, FakeKubeApi};
 use tether_testkit::seed_schema::{check_event, check_request};
+use tether_testkit::sshd::{PASSWORD, PASSWORD_USER, Sshd};
 use tether_testkit::{Agent, ApiClient, Database, Tetherd};
 
+use crate::restore::{Writer, rows};
 use crate::support::{outcome, request};
 
 struct Cluster {
@@ -814,6 +817,331 @@ async fn a_pod_restarted_with_an_empty_state_dir_is_the_same_device() -> anyhow:
     ensure!(
         devices["items"].as_array().map(Vec::len) == Some(1),
         "{devices}"
+    );
+    Ok(())
+}
+
+/// Where the restore tests' application keeps its database, as the
+/// Deployment `notes` sees it.
+const NOTES_DB: &str = "/data/notes.db";
+
+/// The Deployment `notes` (2 replicas) naming its SQLite file, on a claim
+/// bound to a volume as k3s's local-path provisioner makes them; returns
+/// the file's path on the node.
+fn seed_notes(api: &FakeKubeApi, dir: &Path) -> anyhow::Result<PathBuf> {
+    let volume = "pvc-0b7e4c1d";
+    let on_node = dir.join(format!("storage/{volume}_default_notes-data"));
+    std::fs::create_dir_all(&on_node)?;
+    api.seed(
+        "persistentvolumes",
+        json!({"metadata": {"name": volume},
+               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                        "hostPath": {"path": on_node, "type": "DirectoryOrCreate"},
+                        "claimRef": {"namespace": "default", "name": "notes-data"},
+                        "storageClassName": "local-path",
+                        "persistentVolumeReclaimPolicy": "Delete"}}),
+    )?;
+    api.seed(
+        "persistentvolumeclaims",
+        json!({"metadata": {"name": "notes-data", "namespace": "default"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-path",
+                        "resources": {"requests": {"storage": "1Gi"}}, "volumeName": volume}}),
+    )?;
+    api.seed(
+        "deployments",
+        json!({"metadata": {"name": "notes", "namespace": "default",
+                            "annotations": {"tether.dev/sqlite-path": NOTES_DB}},
+               "spec": {"replicas": 2,
+                        "selector": {"matchLabels": {"app": "notes"}},
+                        "template": {"metadata": {"labels": {"app": "notes"}},
+                                     "spec": {"containers": [{"name": "notes", "image": "notes:1",
+                                                              "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                                              "volumes": [{"name": "data",
+                                                           "persistentVolumeClaim": {"claimName": "notes-data"}}]}}}}),
+    )?;
+    Ok(on_node.join("notes.db"))
+}
+
+/// A restore-command's input against `sshd` as its password user.
+fn sftp_input(command: &str, sshd: &Sshd, parameters: Value) -> anyhow::Result<Value> {
+    let mut all = json!({"deployment": "notes", "host": "127.0.0.1", "port": sshd.port,
+                         "user": PASSWORD_USER, "password": PASSWORD,
+                         "remotePath": sshd.files_dir().join("notes.db"),
+                         "hostKeyFingerprint": sshd.host_key_fingerprint()?});
+    for (key, value) in parameters.as_object().into_iter().flatten() {
+        all[key] = value.clone();
+    }
+    Ok(json!({"command": command, "parameters": all}))
+}
+
+/// `cluster`, with `notes` and restore-command enabled.
+async fn restore_cluster(name: &str) -> anyhow::Result<(Cluster, PathBuf)> {
+    let c = cluster(name).await?;
+    let live = seed_notes(&c.api, c.dir.path())?;
+    // Destructive: never enabled by default (ADR 0017).
+    c.admin
+        .put(&format!(
+            "/api/v1/devices/{}/action-set/restore-command",
+            c.agent.name
+        ))
+        .await?
+        .expect_status(200)?;
+    Ok((c, live))
+}
+
+#[tokio::test]
+async fn restore_command_backs_up_while_the_application_writes_and_restores_it()
+-> anyhow::Result<()> {
+    let sshd = Sshd::start().await?;
+    let (c, live) = restore_cluster("k8s-restore").await?;
+    let writer = Writer::start(&live).await?;
+    let done = c
+        .act(
+            "restore-command",
+            sftp_input("backup-database", &sshd, json!({}))?,
+        )
+        .await?;
+    let written = writer.stop()?;
+    ensure!(code(&done) == 200, "{done}\n{}", c.agent.log());
+    ensure!(
+        done["response"]["database"] == live.display().to_string(),
+        "{done}"
+    );
+    // One consistent state of the database while it was being written.
+    let backup = sshd.files_dir().join("notes.db");
+    let backed_up = rows(&backup)?;
+    ensure!(
+        !backed_up.is_empty() && backed_up == (1..=backed_up.len() as i64).collect::<Vec<_>>(),
+        "not one state of the database: {} rows",
+        backed_up.len()
+    );
+    ensure!(done["response"]["bytes"] == std::fs::metadata(&backup)?.len());
+    // The application changes it afterwards ...
+    {
+        let connection = rusqlite::Connection::open(&live)?;
+        connection.execute("DELETE FROM t WHERE n <= 10", [])?;
+        connection.execute("INSERT INTO t VALUES (?1)", [written + 1000])?;
+    }
+    ensure!(rows(&live)? != backed_up);
+    let requests_before = c.api.requests().len();
+
+    // ... and the restore brings back what was backed up.
+    let done = c
+        .act(
+            "restore-command",
+            sftp_input("restore-database", &sshd, json!({}))?,
+        )
+        .await?;
+    ensure!(code(&done) == 200, "{done}\n{}", c.agent.log());
+    ensure!(
+        rows(&live)? == backed_up,
+        "the live database is not the backup"
+    );
+    ensure!(done["response"]["replicas"] == 2, "{done}");
+    ensure!(done["response"]["rolloutStatus"] == "complete", "{done}");
+    let deployment = c
+        .api
+        .get("deployments", Some("default"), "notes")
+        .context("notes")?;
+    ensure!(deployment["spec"]["replicas"] == 2, "{deployment}");
+    // Halted, waited for, brought back: scale to 0, the pods listed until
+    // none is left, scale back to 2.
+    let steps: Vec<String> = c.api.requests()[requests_before..]
+        .iter()
+        .filter(|r| r.method == "PATCH" || r.path.ends_with("/pods"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    let scale = "PATCH /apis/apps/v1/namespaces/default/deployments/notes/scale";
+    ensure!(
+        steps.first().map(String::as_str) == Some(scale)
+            && steps.get(1).map(String::as_str) == Some("GET /api/v1/namespaces/default/pods")
+            && steps.last().map(String::as_str) == Some(scale),
+        "{steps:?}"
+    );
+    // The password is in no log line and no stored record.
+    ensure!(
+        !c.agent.log().contains(PASSWORD),
+        "the agent logged the password"
+    );
+    ensure!(
+        !c.tetherd.log().contains(PASSWORD),
+        "tetherd logged the password"
+    );
+    let stored = c
+        .admin
+        .get(&format!(
+            "/api/v1/actions/{}",
+            done["correlationId"].as_str().unwrap_or_default()
+        ))
+        .await?
+        .expect_status(200)?;
+    ensure!(
+        stored["input"]["parameters"]["password"] == "***",
+        "{stored}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn restore_command_names_what_is_wrong_and_leaves_the_database_alone() -> anyhow::Result<()> {
+    let sshd = Sshd::start().await?;
+    let (c, live) = restore_cluster("k8s-restore-bad").await?;
+    Writer::start(&live).await?.stop()?;
+    let before = std::fs::read(&live)?;
+    let message = |done: &Value| {
+        done["statusMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    // A wrong password: 401 naming the user, never the password.
+    let done = c
+        .act(
+            "restore-command",
+            sftp_input("backup-database", &sshd, json!({"password": "not-it"}))?,
+        )
+        .await?;
+    ensure!(code(&done) == 401, "{done}");
+    ensure!(message(&done).contains(PASSWORD_USER) && !message(&done).contains("not-it"));
+
+    // Another host key: 502 naming both, and the password was not sent.
+    let wrong = format!("SHA256:{}", "A".repeat(43));
+    let done = c
+        .act(
+            "restore-command",
+            sftp_input(
+                "backup-database",
+                &sshd,
+                json!({"hostKeyFingerprint": wrong}),
+            )?,
+        )
+        .await?;
+    ensure!(code(&done) == 502, "{done}");
+    ensure!(
+        message(&done).contains(&wrong) && message(&done).contains(&sshd.host_key_fingerprint()?),
+        "{done}"
+    );
+
+    // Nobody listening: 502 naming the address.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let done = c
+        .act(
+            "restore-command",
+            sftp_input("backup-database", &sshd, json!({"port": closed}))?,
+        )
+        .await?;
+    ensure!(code(&done) == 502, "{done}");
+    ensure!(
+        message(&done).contains(&format!("127.0.0.1:{closed}")),
+        "{done}"
+    );
+
+    // A corrupt backup: 422, the live database untouched, never halted.
+    let garbage = sshd.files_dir().join("garbage.db");
+    std::fs::write(&garbage, vec![0x5a; 8192])?;
+    let requests_before = c.api.requests().len();
+    let done = c
+        .act(
+            "restore-command",
+            sftp_input("restore-database", &sshd, json!({"remotePath": garbage}))?,
+        )
+        .await?;
+    ensure!(code(&done) == 422, "{done}");
+    ensure!(
+        message(&done).contains("not a sound SQLite database"),
+        "{done}"
+    );
+    ensure!(
+        std::fs::read(&live)? == before,
+        "the live database was touched"
+    );
+    ensure!(
+        c.api.requests()[requests_before..]
+            .iter()
+            .all(|r| r.method == "GET"),
+        "the deployment was changed"
+    );
+
+    // An unknown deployment: 404; one that names no file: 422 naming the annotation.
+    let done = c
+        .act(
+            "restore-command",
+            sftp_input("backup-database", &sshd, json!({"deployment": "nope"}))?,
+        )
+        .await?;
+    ensure!(code(&done) == 404, "{done}");
+    let done = c
+        .act(
+            "restore-command",
+            sftp_input("backup-database", &sshd, json!({"deployment": "web"}))?,
+        )
+        .await?;
+    ensure!(code(&done) == 422, "{done}");
+    ensure!(message(&done).contains("tether.dev/sqlite-path"), "{done}");
+
+    // tetherd refuses what the catalogue does not allow; nothing is sent.
+    let mut no_pin = sftp_input("backup-database", &sshd, json!({}))?;
+    if let Some(parameters) = no_pin["parameters"].as_object_mut() {
+        parameters.remove("hostKeyFingerprint");
+    }
+    c.refused("restore-command", no_pin, "hostKeyFingerprint")
+        .await?;
+    c.refused(
+        "restore-command",
+        sftp_input("backup-database", &sshd, json!({"port": 0}))?,
+        "$.parameters.port",
+    )
+    .await?;
+    c.refused(
+        "restore-command",
+        sftp_input("drop-database", &sshd, json!({}))?,
+        "$.command",
+    )
+    .await?;
+
+    // A server that accepts and never answers: 504 after 20 s; meanwhile a
+    // second one for the same deployment is 409, another deployment's runs.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = silent.local_addr()?.port();
+    let first = request(
+        &c.admin,
+        &c.agent.name,
+        json!({"action": "restore-command",
+               "input": sftp_input("backup-database", &sshd, json!({"port": port}))?}),
+    )
+    .await?;
+    let second = c
+        .act(
+            "restore-command",
+            sftp_input("backup-database", &sshd, json!({"port": port}))?,
+        )
+        .await?;
+    ensure!(code(&second) == 409, "{second}");
+    ensure!(
+        message(&second).contains("deployment default/notes is already running")
+            && message(&second).contains(&first),
+        "{second}"
+    );
+    let other = c
+        .act(
+            "restore-command",
+            sftp_input("backup-database", &sshd, json!({"deployment": "web"}))?,
+        )
+        .await?;
+    ensure!(code(&other) == 422, "{other}");
+    let done = outcome(&c.admin, &first).await?;
+    check_event("restore-command", &done)?;
+    ensure!(code(&done) == 504, "{done}");
+    ensure!(
+        std::fs::read(&live)? == before,
+        "the live database was touched"
+    );
+    ensure!(
+        !c.agent.log().contains(PASSWORD),
+        "the agent logged the password"
     );
     Ok(())
 }

@@ -24,7 +24,7 @@ fn server(sshd: &Sshd, password: &str, host_key: String) -> Server {
 }
 
 /// The rows of `path`'s table `t`, in order.
-fn rows(path: &Path) -> anyhow::Result<Vec<i64>> {
+pub(crate) fn rows(path: &Path) -> anyhow::Result<Vec<i64>> {
     let connection = Connection::open(path)?;
     let mut statement = connection.prepare("SELECT n FROM t ORDER BY n")?;
     let rows = statement
@@ -33,47 +33,68 @@ fn rows(path: &Path) -> anyhow::Result<Vec<i64>> {
     Ok(rows)
 }
 
+/// The application: a WAL-mode database with a table `t`, one row per
+/// transaction (1, 2, 3...) as fast as it can, from [`Writer::start`]
+/// (which returns once it is well under way) until [`Writer::stop`].
+pub(crate) struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<rusqlite::Result<i64>>,
+}
+
+impl Writer {
+    pub(crate) async fn start(live: &Path) -> anyhow::Result<Self> {
+        {
+            let connection = Connection::open(live)?;
+            connection.pragma_update(None, "journal_mode", "WAL")?;
+            connection.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)", [])?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let live = live.to_owned();
+            let stop = stop.clone();
+            std::thread::spawn(move || -> rusqlite::Result<i64> {
+                let connection = Connection::open(&live)?;
+                connection.busy_timeout(std::time::Duration::from_secs(10))?;
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) || n < 200 {
+                    n += 1;
+                    connection.execute("INSERT INTO t (n) VALUES (?1)", [n])?;
+                }
+                Ok(n)
+            })
+        };
+        tether_testkit::wait_until(
+            "the writer's first rows",
+            std::time::Duration::from_secs(10),
+            || async { Ok((rows(live)?.len() >= 50).then_some(())) },
+        )
+        .await?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Stops writing; the number of rows written.
+    pub(crate) fn stop(self) -> anyhow::Result<i64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let written = self
+            .thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
+        Ok(written)
+    }
+}
+
 #[tokio::test]
 async fn a_backup_taken_while_writing_goes_over_sftp_and_comes_back_whole() -> anyhow::Result<()> {
     let sshd = Sshd::start().await?;
     let work = tempfile::tempdir()?;
     let live = work.path().join("app.db");
-    {
-        let connection = Connection::open(&live)?;
-        connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)", [])?;
-    }
-    // The application: one row per transaction, as fast as it can, until
-    // the backup is done.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let live = live.clone();
-        let stop = stop.clone();
-        std::thread::spawn(move || -> rusqlite::Result<i64> {
-            let connection = Connection::open(&live)?;
-            connection.busy_timeout(std::time::Duration::from_secs(10))?;
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) || n < 200 {
-                n += 1;
-                connection.execute("INSERT INTO t (n) VALUES (?1)", [n])?;
-            }
-            Ok(n)
-        })
-    };
-    // Back up once the writer is well under way.
-    tether_testkit::wait_until(
-        "the writer's first rows",
-        std::time::Duration::from_secs(10),
-        || async { Ok((rows(&live)?.len() >= 50).then_some(())) },
-    )
-    .await?;
+    let writer = Writer::start(&live).await?;
     let copy = work.path().join("copy.db");
     {
         let (live, copy) = (live.clone(), copy.clone());
         tokio::task::spawn_blocking(move || sqlite::backup(&live, &copy)).await??;
     }
-    stop.store(true, Ordering::Relaxed);
-    let written = writer.join().expect("writer thread")?;
+    let written = writer.stop()?;
 
     // One consistent state: every row up to some n, none missing.
     let backed_up = rows(&copy)?;

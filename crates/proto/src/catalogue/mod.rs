@@ -408,6 +408,44 @@ mod tests {
     }
 
     #[test]
+    fn restore_command_needs_the_servers_host_key_and_a_real_port() {
+        let catalogue = Catalogue::builtin();
+        let input = |extra: Value| {
+            let mut parameters = json!({"deployment": "web", "host": "h", "user": "u",
+                "password": "p", "remotePath": "/b.db", "namespace": "apps",
+                "hostKeyFingerprint": "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"});
+            for (key, value) in extra.as_object().into_iter().flatten() {
+                parameters[key] = value.clone();
+            }
+            json!({"command": "restore-database", "parameters": parameters})
+        };
+        assert_eq!(
+            catalogue.validate("restore-command", &input(json!({"port": 22}))),
+            Ok(())
+        );
+        let mut without = input(json!({}));
+        if let Some(p) = without["parameters"].as_object_mut() {
+            p.remove("hostKeyFingerprint");
+        }
+        let errors = invalid("restore-command", without);
+        assert_eq!(errors[0].path, "$.parameters");
+        assert!(
+            errors[0].message.contains("hostKeyFingerprint"),
+            "{}",
+            errors[0].message
+        );
+        for port in [0, 65536] {
+            let errors = invalid("restore-command", input(json!({"port": port})));
+            assert_eq!(errors[0].path, "$.parameters.port");
+        }
+        let errors = invalid(
+            "restore-command",
+            input(json!({"hostKeyFingerprint": "MD5:1"})),
+        );
+        assert_eq!(errors[0].path, "$.parameters.hostKeyFingerprint");
+    }
+
+    #[test]
     fn unknown_action_lists_the_known_ones() {
         let err = Catalogue::builtin()
             .validate("reboot-everything", &json!({}))

@@ -430,9 +430,11 @@ async fn secrets_are_redacted_in_records_and_logs_but_reach_the_device(
     let admin = tetherd.admin().await?;
     let credentials = DeviceCredentials::enroll(&admin, "edge-1").await?;
     let secret = "hunter2-very-secret";
+    let fingerprint = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s";
     let input = json!({
         "command": "backup-database",
-        "parameters": {"deployment": "db", "host": "127.0.0.1", "port": 22, "user": "backup", "password": secret, "remotePath": "/b"}
+        "parameters": {"deployment": "db", "host": "127.0.0.1", "port": 22, "user": "backup", "password": secret, "remotePath": "/b",
+                       "hostKeyFingerprint": fingerprint}
     });
     // Destructive, so never enabled by default (ADR 0017).
     admin
@@ -449,6 +451,11 @@ async fn secrets_are_redacted_in_records_and_logs_but_reach_the_device(
     .await?;
     assert_eq!(accepted["input"]["parameters"]["password"], "***");
     assert_eq!(accepted["input"]["parameters"]["user"], "backup");
+    // Public, and what an operator checks: not redacted (ADR 0020).
+    assert_eq!(
+        accepted["input"]["parameters"]["hostKeyFingerprint"],
+        fingerprint
+    );
 
     let mut device = SimAgent::connect(&credentials, Responder::Echo).await?;
     let delivered = device

@@ -7,9 +7,16 @@
 //! role's permissions held).
 //!
 //! What it leaves out, and what that means for a client:
-//! - No controller: a Deployment's status matches its spec as soon as it is
-//!   written, so `kubectl rollout status` finishes on its first list; a
-//!   watch (`?watch=true`) is accepted and stays open without events.
+//! - No controller loop: what the controllers would do is settled as soon
+//!   as a Deployment is written. Its status matches its spec, so `kubectl
+//!   rollout status` finishes on its first list, and its pods are there
+//!   (`spec.replicas` of them, of the current template, owned by the
+//!   ReplicaSet `<name>-<pod-template-hash>`; none at scale 0, none once it
+//!   is deleted). A watch (`?watch=true`) is accepted and stays open without
+//!   events.
+//! - PersistentVolumeClaims are `Bound` once `spec.volumeName` names their
+//!   volume, `Pending` before; PersistentVolumes are `Bound` with a
+//!   `claimRef`, `Available` without. No provisioner creates either.
 //! - No OpenAPI document: `/openapi/v2`, `/openapi/v3` (and kubectl 1.20's
 //!   fallback `/swagger-2.0.0.pb-v1`) answer 404. kubectl 1.20 and 1.32
 //!   then refuse `apply`/`create`/`replace -f` ("error validating data ...

@@ -298,6 +298,9 @@ impl Store {
         }
         self.fill_defaults(resource, &mut object);
         self.objects.insert(key, object.clone());
+        if resource.kind == "Deployment" {
+            self.settle_pods(&object)?;
+        }
         Ok(object)
     }
 
@@ -362,6 +365,9 @@ impl Store {
             name.to_owned(),
         );
         self.objects.insert(key, object.clone());
+        if resource.kind == "Deployment" {
+            self.settle_pods(&object)?;
+        }
         Ok(object)
     }
 
@@ -393,8 +399,73 @@ impl Store {
             // The real API empties a namespace before it goes; the fake at once.
             self.objects.retain(|(_, ns, _), _| ns != name);
         }
+        if resource.kind == "Deployment" {
+            // The garbage collector's work, at once: its pods go with it.
+            let ns = namespace_of(resource, namespace);
+            self.objects.retain(|(plural, pod_ns, _), pod| {
+                *plural != "pods" || *pod_ns != ns || owner_of(pod).as_deref() != Some(name)
+            });
+        }
         self.next_version();
         Ok(object)
+    }
+
+    /// The Deployment and ReplicaSet controllers' work, settled at once:
+    /// the Deployment has `spec.replicas` running pods of its current
+    /// template (named and labelled as the controllers name them, owned by
+    /// the ReplicaSet `<deployment>-<pod-template-hash>`); pods of an older
+    /// template are gone. A scale to 0 leaves no pod.
+    fn settle_pods(&mut self, deployment: &Value) -> Result<(), ApiError> {
+        let pods = by_plural("pods").expect("pods are served");
+        let metadata = &deployment["metadata"];
+        let name = metadata["name"].as_str().unwrap_or_default();
+        let ns = metadata["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let template = &deployment["spec"]["template"];
+        let hash = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            template.to_string().hash(&mut hasher);
+            format!("{:010x}", hasher.finish() & 0xff_ffff_ffff)
+        };
+        let replica_set = format!("{name}-{hash}");
+        let wanted = deployment["spec"]["replicas"].as_u64().unwrap_or(0) as usize;
+        let mut current = Vec::new();
+        let mut gone = Vec::new();
+        for ((plural, pod_ns, pod), object) in &self.objects {
+            if *plural != "pods" || *pod_ns != ns || owner_of(object).as_deref() != Some(name) {
+                continue;
+            }
+            if object["metadata"]["ownerReferences"][0]["name"] == replica_set.as_str() {
+                current.push(pod.clone());
+            } else {
+                gone.push(pod.clone());
+            }
+        }
+        gone.extend(current.iter().skip(wanted).cloned());
+        for pod in gone {
+            self.objects.remove(&("pods", ns.clone(), pod));
+            self.next_version();
+        }
+        for _ in current.len()..wanted {
+            let suffix: String = uuid::Uuid::new_v4().simple().to_string()[..5].to_owned();
+            let mut labels = template["metadata"]["labels"].clone();
+            labels["pod-template-hash"] = json!(hash);
+            let pod = json!({
+                "metadata": {
+                    "name": format!("{replica_set}-{suffix}"),
+                    "labels": labels,
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                         "name": replica_set, "controller": true,
+                                         "blockOwnerDeletion": true}],
+                },
+                "spec": template["spec"],
+            });
+            self.create(pods, Some(&ns), pod)?;
+        }
+        Ok(())
     }
 
     fn namespace_exists(&self, name: &str) -> bool {
@@ -450,6 +521,43 @@ impl Store {
                     }
                 }
             }
+            "Pod" => {
+                object["status"] = json!({
+                    "phase": "Running",
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                });
+            }
+            // A claim is bound once it names its volume, as the binder
+            // (or the local-path provisioner) leaves it.
+            "PersistentVolumeClaim" => {
+                let bound = object["spec"]["volumeName"]
+                    .as_str()
+                    .is_some_and(|v| !v.is_empty());
+                if object["spec"].get("volumeMode").is_none() {
+                    object["spec"]["volumeMode"] = json!("Filesystem");
+                }
+                object["status"] = if bound {
+                    json!({"phase": "Bound", "accessModes": object["spec"]["accessModes"],
+                           "capacity": object["spec"]["resources"]["requests"]})
+                } else {
+                    json!({"phase": "Pending"})
+                };
+            }
+            "PersistentVolume" => {
+                let spec = &mut object["spec"];
+                if spec.get("volumeMode").is_none() {
+                    spec["volumeMode"] = json!("Filesystem");
+                }
+                if spec.get("persistentVolumeReclaimPolicy").is_none() {
+                    spec["persistentVolumeReclaimPolicy"] = json!("Retain");
+                }
+                let phase = if spec.get("claimRef").is_some() {
+                    "Bound"
+                } else {
+                    "Available"
+                };
+                object["status"] = json!({"phase": phase});
+            }
             "Deployment" => {
                 let spec = &mut object["spec"];
                 if spec.get("replicas").is_none() {
@@ -470,6 +578,21 @@ impl Store {
             _ => {}
         }
     }
+}
+
+/// The Deployment owning `pod` through its ReplicaSet
+/// `<deployment>-<pod-template-hash>`, if any.
+fn owner_of(pod: &Value) -> Option<String> {
+    let owner = &pod["metadata"]["ownerReferences"][0];
+    if owner["kind"] != "ReplicaSet" {
+        return None;
+    }
+    let hash = pod["metadata"]["labels"]["pod-template-hash"].as_str()?;
+    owner["name"]
+        .as_str()?
+        .strip_suffix(hash)?
+        .strip_suffix('-')
+        .map(str::to_owned)
 }
 
 /// The name an object carries, checked against the URL as the real API does.
@@ -576,10 +699,85 @@ mod tests {
 
         let scaled = store.replace(deployments, Some("apps"), "web", deployment(3));
         let scaled = scaled.unwrap_or_else(|e| panic!("{}", e.message));
-        assert_eq!(scaled["metadata"]["resourceVersion"], "3");
+        // 3: the deployment's pod; 4: the deployment; 5, 6: its new pods.
+        assert_eq!(scaled["metadata"]["resourceVersion"], "4");
         assert_eq!(scaled["metadata"]["generation"], 2);
         assert_eq!(scaled["metadata"]["uid"], created["metadata"]["uid"]);
         assert_eq!(scaled["status"]["updatedReplicas"], 3);
+    }
+
+    #[test]
+    fn a_deployments_pods_follow_its_replicas_and_template_and_go_with_it() {
+        let mut store = store();
+        let deployments = resource("deployments");
+        let pods = |store: &Store| -> Vec<Value> { store.list(resource("pods"), Some("apps")) };
+        let ok =
+            |result: Result<Value, ApiError>| result.unwrap_or_else(|e| panic!("{}", e.message));
+        ok(store.create(deployments, Some("apps"), deployment(2)));
+        let first = pods(&store);
+        assert_eq!(first.len(), 2);
+        let owner = first[0]["metadata"]["ownerReferences"][0]["name"].clone();
+        let hash = first[0]["metadata"]["labels"]["pod-template-hash"].clone();
+        assert_eq!(owner, format!("web-{}", hash.as_str().unwrap_or_default()));
+        assert_eq!(first[0]["status"]["phase"], "Running");
+
+        ok(store.replace(deployments, Some("apps"), "web", deployment(3)));
+        let scaled = pods(&store);
+        assert_eq!(scaled.len(), 3);
+        assert!(
+            first.iter().all(|pod| scaled.contains(pod)),
+            "a scale keeps the running pods"
+        );
+
+        let mut restarted = deployment(3);
+        restarted["spec"]["template"]["metadata"]["annotations"]["at"] = json!("now");
+        ok(store.replace(deployments, Some("apps"), "web", restarted.clone()));
+        let rolled = pods(&store);
+        assert_eq!(rolled.len(), 3);
+        assert!(
+            rolled.iter().all(|pod| !scaled.contains(pod)),
+            "a new template, new pods"
+        );
+
+        restarted["spec"]["replicas"] = json!(0);
+        ok(store.replace(deployments, Some("apps"), "web", restarted));
+        assert!(pods(&store).is_empty(), "scaled to 0: no pod");
+        ok(store.replace(deployments, Some("apps"), "web", deployment(1)));
+        assert_eq!(pods(&store).len(), 1);
+        ok(store.delete(deployments, Some("apps"), "web"));
+        assert!(pods(&store).is_empty(), "the pods go with their deployment");
+    }
+
+    #[test]
+    fn claims_and_volumes_are_bound_once_they_name_each_other() {
+        let mut store = store();
+        let ok =
+            |result: Result<Value, ApiError>| result.unwrap_or_else(|e| panic!("{}", e.message));
+        let pending = ok(store.create(
+            resource("persistentvolumeclaims"),
+            Some("apps"),
+            json!({"metadata": {"name": "waiting"}, "spec": {"accessModes": ["ReadWriteOnce"]}}),
+        ));
+        assert_eq!(pending["status"]["phase"], "Pending");
+        let claim = ok(store.create(
+            resource("persistentvolumeclaims"),
+            Some("apps"),
+            json!({"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"],
+                   "resources": {"requests": {"storage": "1Gi"}}, "volumeName": "pvc-1"}}),
+        ));
+        assert_eq!(claim["status"]["phase"], "Bound");
+        assert_eq!(claim["status"]["capacity"]["storage"], "1Gi");
+        let volume = ok(store.create(
+            resource("persistentvolumes"),
+            Some("apps"),
+            json!({"metadata": {"name": "pvc-1"}, "spec": {"hostPath": {"path": "/srv"},
+                   "claimRef": {"namespace": "apps", "name": "data"}}}),
+        ));
+        assert_eq!(volume["status"]["phase"], "Bound");
+        assert!(
+            volume["metadata"].get("namespace").is_none(),
+            "a volume is cluster-wide"
+        );
     }
 
     #[test]
