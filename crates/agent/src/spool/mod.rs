@@ -93,7 +93,6 @@ pub enum AppendError {
 struct Pending {
     lines: Vec<u8>,
     count: u64,
-    by_priority: [u64; 8],
     /// Records the day's budget did not admit: counted as dropped over
     /// budget at the next flush.
     over_budget: u64,
@@ -160,9 +159,6 @@ impl Spool {
         pending.lines.extend(line);
         pending.lines.push(b'\n');
         pending.count += 1;
-        if let Some(priority) = priority {
-            pending.by_priority[usize::from(priority)] += 1;
-        }
         if pending.count >= self.flush_records || self.is_fast() {
             self.flush_due.notify_one();
         }
@@ -188,26 +184,35 @@ impl Spool {
 
     /// Writes what waits in memory with one write and one fsync, and the
     /// metadata if due (always when `stopping`). Records whose write
-    /// failed are counted as dropped.
+    /// failed are counted as dropped (by [`Disk::append`]).
     fn flush(&self, stopping: bool) -> io::Result<()> {
         let mut disk = self.disk();
         let pending = std::mem::take(&mut *self.pending());
         disk.set_budget(self.budget().saved());
         if pending.over_budget > 0 {
             tracing::debug!(stream = %self.stream, records = pending.over_budget, "dropped records over the day's budget");
-            disk.over_budget(pending.over_budget, pending.over_budget_by_priority)?;
+            // Counted in memory even if the disk cannot take the count
+            // now: the records that wait must still be written.
+            if let Err(error) =
+                disk.over_budget(pending.over_budget, pending.over_budget_by_priority)
+            {
+                tracing::warn!(stream = %self.stream, error = %error, "could not save the spool's counts; saved with the next write");
+            }
         }
         if pending.count == 0 {
             return disk.save(stopping);
         }
-        match disk.append(&pending.lines, pending.count) {
-            Ok(()) => {
-                self.flushed.notify_one();
-                disk.save(stopping)
-            }
+        let written_from = disk.next_seq();
+        let appended = disk.append(&pending.lines, pending.count);
+        if disk.next_seq() > written_from {
+            self.flushed.notify_one();
+        }
+        match appended {
+            Ok(()) => disk.save(stopping),
             Err(error) => {
-                tracing::error!(stream = %self.stream, records = pending.count, error = %error, "could not write telemetry to the spool; those records are dropped and counted");
-                disk.lost(pending.count, pending.by_priority)
+                let lost = pending.count - (disk.next_seq() - written_from);
+                tracing::error!(stream = %self.stream, records = lost, error = %error, "could not write telemetry to the spool (is its disk full?); those records are dropped and counted");
+                Ok(())
             }
         }
     }
