@@ -418,7 +418,8 @@ mod tests {
 
     fn running(group: Option<String>) -> Result<Running, LocalApiError> {
         let temp = tempfile::tempdir().expect("temp");
-        let spools = Spools::open(temp.path(), SpoolConfig::default()).expect("opens");
+        let spools =
+            Spools::open(temp.path(), SpoolConfig::default(), ServerClock::new()).expect("opens");
         let socket = temp.path().join("api.sock");
         let facts = Facts {
             hostname: Some("pump-7".into()),
