@@ -108,6 +108,10 @@ pub struct Disk {
     /// `meta.dropped` counts that could not be saved when they changed (a
     /// full disk): saved by the next [`Disk::save`].
     dropped_unsaved: bool,
+    /// A write failed since the newest segment was started (a full disk):
+    /// once all of it is acknowledged the segment is let go at once
+    /// rather than when it fills, which a full disk would never let it do.
+    write_failed: bool,
     saved_at: Instant,
     /// Oldest first; never empty: the last is the one appended to.
     segments: Vec<Segment>,
@@ -159,6 +163,7 @@ impl Disk {
             saved_acked: meta.acked,
             budget_changed: false,
             dropped_unsaved: false,
+            write_failed: false,
             saved_at: Instant::now(),
             meta,
             segments: Vec::new(),
@@ -342,6 +347,7 @@ impl Disk {
         }
         let mut rest = lines;
         if let Err(error) = self.write_lines(&mut rest) {
+            self.write_failed = true;
             let (total, by_priority) = self.count_lines(rest.split(|&b| b == b'\n'))?;
             // Kept in memory if the disk cannot take the count either; a
             // later save writes it.
@@ -509,6 +515,11 @@ impl Disk {
             return Ok(());
         }
         self.meta.acked = seq.min(self.next_seq());
+        if self.write_failed && self.meta.acked == self.next_seq() {
+            // An empty file takes no blocks: it can be made on a full disk.
+            self.create_segment(self.next_seq())?;
+            self.write_failed = false;
+        }
         let done = self
             .segments
             .iter()
@@ -516,10 +527,15 @@ impl Disk {
             .take_while(|s| s.end_seq() <= self.meta.acked)
             .count();
         if done > 0 {
-            self.save_meta()?;
+            // Deleted before the position is saved: on a full disk the save
+            // needs the room they free, and saved first it would fail and
+            // keep them, and the disk full, for good. A crash in between
+            // costs nothing: opening the spool moves the position up to its
+            // oldest segment.
             for gone in self.segments.drain(..done).collect::<Vec<_>>() {
                 self.remove_segment(gone.first_seq)?;
             }
+            self.save_meta()?;
         }
         Ok(())
     }
@@ -733,6 +749,20 @@ mod tests {
         let read = disk.read(0, 10_000, 1 << 20).expect("reads");
         assert_eq!((read.first_seq, messages(&read)), (0, expected));
         assert_eq!(disk.dropped().total, lost, "the count survives a restart");
+
+        // Full again, with everything in one segment far from its size:
+        // once tetherd has it all, the segment goes and the room returns.
+        let mut next = next + 5;
+        while disk.append(&long(next, next + 10), 10).is_ok() {
+            next += 10;
+        }
+        next += 10;
+        disk.ack(disk.next_seq()).expect("acks");
+        disk.append(&long(next, next + 10), 10)
+            .expect("room again once all was acknowledged");
+        let read = disk.read(0, 10_000, 1 << 20).expect("reads");
+        assert_eq!(read.first_seq, disk.next_seq() - 10);
+        assert_eq!(read.lines.len(), 10);
     }
 
     #[test]
