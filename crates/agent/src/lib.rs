@@ -81,7 +81,7 @@ pub async fn run(
     let state = StateDir::open(config.state_dir()?)?;
     let clock = ServerClock::new();
     // Opened before enrollment, so local applications can log from the start.
-    let spools = Spools::open(state.path(), config.spool())?;
+    let spools = Spools::open(state.path(), config.spool(), clock.clone())?;
     // The spec applied last, in force before tetherd is reached again.
     let applied = spec::SpecHandle::load(state.path());
     let kubernetes = config.kubernetes();

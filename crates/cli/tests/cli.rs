@@ -1105,6 +1105,76 @@ fn log_batch(
     }
 }
 
+/// Issue 13's bad day: `tether logs --follow` on replica A of two, the
+/// device on B, and A killed (SIGKILL): the follower ends with an error
+/// naming the broken stream rather than waiting silently, and B goes on
+/// storing the device's lines, which a follower on B sees.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_on_a_replica_that_dies_ends_with_an_error_and_nothing_is_lost() {
+    let mut a = Tetherd::start(Database::Postgres)
+        .await
+        .expect("replica A starts");
+    let b = Tetherd::start_replica_of(&a, &[])
+        .await
+        .expect("replica B starts");
+    let tether = Tether::new();
+    tether.login(&a).await;
+    let admin_b = b.admin().await.expect("admin on B");
+    let credentials = DeviceCredentials::enroll(&admin_b, "edge-1")
+        .await
+        .expect("enrolls");
+    let device = SimAgent::connect(&credentials, Responder::Silent)
+        .await
+        .expect("connects to B");
+    let mut follow = tether.follow(&["logs", "edge-1", "--follow"]);
+    // `log_batch` dates line `i` `i` s after its start: each is dated now.
+    let now_for = |i: u64| chrono::Utc::now() - chrono::Duration::seconds(i as i64);
+    let mut seq = 0;
+    let first = loop {
+        device
+            .send_telemetry(&log_batch("probe", seq..seq + 1, now_for(seq)))
+            .await
+            .expect("sends");
+        seq += 1;
+        if let Some(line) = follow.next_line(Duration::from_millis(500)).await {
+            break line;
+        }
+    };
+    assert!(first.contains("probe"), "{first}");
+
+    a.kill();
+    let exited = tokio::time::timeout(Duration::from_secs(30), follow.child.wait())
+        .await
+        .expect("the follower ends within 30 s of its replica's death")
+        .expect("waits");
+    assert_eq!(exited.code(), Some(1), "an error, not a clean end");
+
+    // B stores what the device sends meanwhile, and serves it.
+    let switch = seq;
+    let on_b = Tether::new();
+    on_b.login(&b).await;
+    let mut follow = on_b.follow(&["logs", "edge-1", "--follow"]);
+    let line = loop {
+        device
+            .send_telemetry(&log_batch("after", seq..seq + 1, now_for(seq)))
+            .await
+            .expect("B stores");
+        seq += 1;
+        if let Some(line) = follow.next_line(Duration::from_millis(500)).await {
+            break line;
+        }
+    };
+    assert!(line.contains("after"), "{line}");
+    let stored = on_b.run_ok(&["logs", "edge-1", "--since", "10m"]).await;
+    for i in 0..seq {
+        let prefix = if i < switch { "probe" } else { "after" };
+        assert!(
+            stored.contains(&format!("{prefix} {i}\n")),
+            "{prefix} {i} kept: {stored}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_are_read_from_the_archive_and_followed_live() {
     let tetherd = tetherd().await;

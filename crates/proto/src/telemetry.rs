@@ -40,6 +40,15 @@ pub const MAX_SPOOL_ID_BYTES: usize = 64;
 pub const MAX_LOG_MESSAGE_BYTES: usize = 16 * 1024;
 /// Most significant syslog priority number: 0 emergency … 7 debug.
 pub const MAX_PRIORITY: u8 = 7;
+/// Longest custom metric name, in bytes. PostgreSQL indexes series by
+/// name, and a btree entry holds at most about 2.7 kB.
+pub const MAX_METRIC_NAME_BYTES: usize = 128;
+/// Most labels of one custom metric sample …
+pub const MAX_METRIC_LABELS: usize = 32;
+/// … and the longest of their names and values, in bytes: tetherd keeps
+/// them with each series and writes them in every fleet scrape.
+pub const MAX_LABEL_NAME_BYTES: usize = 128;
+pub const MAX_LABEL_VALUE_BYTES: usize = 1024;
 
 /// Which spool a batch comes from; each has its own topic and sequence.
 #[derive(
@@ -100,6 +109,47 @@ pub struct CustomMetric {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     pub at: DateTime<Utc>,
+}
+
+impl CustomMetric {
+    /// Whether tetherd takes this sample: its name and labels within the
+    /// bounds above and free of NUL characters, which PostgreSQL's text
+    /// cannot hold. The agent's local API asks the same, so a sample
+    /// tetherd would refuse is refused to the application that pushed it.
+    pub fn check(&self) -> Result<(), String> {
+        if self.name.is_empty() || self.name.len() > MAX_METRIC_NAME_BYTES {
+            return Err(format!(
+                "name must be 1 to {MAX_METRIC_NAME_BYTES} bytes, not {}",
+                self.name.len()
+            ));
+        }
+        if self.name.contains('\0') {
+            return Err("name holds a NUL character".into());
+        }
+        if self.labels.len() > MAX_METRIC_LABELS {
+            return Err(format!(
+                "{} labels, more than the {MAX_METRIC_LABELS} allowed",
+                self.labels.len()
+            ));
+        }
+        for (key, value) in &self.labels {
+            if key.len() > MAX_LABEL_NAME_BYTES || value.len() > MAX_LABEL_VALUE_BYTES {
+                return Err(format!(
+                    "label names are at most {MAX_LABEL_NAME_BYTES} bytes and values {MAX_LABEL_VALUE_BYTES}; label {:?} is {} and its value {}",
+                    key.chars().take(32).collect::<String>(),
+                    key.len(),
+                    value.len()
+                ));
+            }
+            if key.contains('\0') || value.contains('\0') {
+                return Err(format!(
+                    "label {:?} holds a NUL character",
+                    key.chars().take(32).collect::<String>()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One log line.
@@ -443,6 +493,15 @@ pub fn check(batch: &TelemetryBatch) -> Result<(), BatchError> {
             }
         }
     }
+    if let Records::Metrics(metrics) = &batch.records {
+        for (i, metric) in metrics.iter().enumerate() {
+            if let MetricRecord::Custom(custom) = metric {
+                custom
+                    .check()
+                    .map_err(|e| BatchError::Invalid(format!("record {i}: {e}")))?;
+            }
+        }
+    }
     if batch.stream() == Stream::Metrics
         && (batch.dropped.by_priority.iter().any(|&n| n > 0)
             || batch.dropped.over_budget_by_priority.iter().any(|&n| n > 0))
@@ -646,5 +705,64 @@ mod tests {
                 .to_string()
                 .contains("spoolId")
         );
+        // Cut short, the stream inflates to JSON that ends too early.
+        let whole = encode(&logs(3));
+        assert!(matches!(
+            decode(&whole[..whole.len() / 2]),
+            Err(BatchError::Json(_) | BatchError::Compression(_))
+        ));
+        // JSON with bytes that are not UTF-8 inside a string.
+        let mut json = br#"{"stream":"logs","spoolId":"s","firstSeq":0,"records":[{"at":"2026-12-02T04:00:00Z","priority":6,"message":""#.to_vec();
+        json.extend([0xff, 0xfe]);
+        json.extend(br#""}]}"#);
+        let err = decode(&zlib(&json)).expect_err("not UTF-8");
+        assert!(
+            matches!(&err, BatchError::Json(m) if m.contains("invalid unicode")),
+            "{err}"
+        );
+    }
+
+    fn custom(name: &str, labels: &[(&str, &str)]) -> TelemetryBatch {
+        TelemetryBatch {
+            spool_id: "m".into(),
+            first_seq: 0,
+            records: Records::Metrics(vec![MetricRecord::Custom(CustomMetric {
+                name: name.into(),
+                value: 1.0,
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                at: Utc::now(),
+            })]),
+            dropped: Dropped::default(),
+            replay: false,
+            usage: Vec::new(),
+        }
+    }
+
+    /// Names and labels PostgreSQL cannot index or hold, or that would
+    /// bloat every series row and fleet scrape, are refused by name.
+    #[test]
+    fn custom_metric_names_and_labels_are_bounded_and_free_of_nul() {
+        let refused =
+            |batch: TelemetryBatch| decode(&encode(&batch)).expect_err("refused").to_string();
+        assert!(decode(&encode(&custom("tank_level", &[("site", "a")]))).is_ok());
+        let long = "n".repeat(MAX_METRIC_NAME_BYTES + 1);
+        assert!(
+            refused(custom(&long, &[])).contains("record 0: name must be 1 to 128 bytes, not 129")
+        );
+        assert!(refused(custom("", &[])).contains("name must be"));
+        assert!(refused(custom("tank\0level", &[])).contains("name holds a NUL"));
+        let many: Vec<(String, String)> = (0..=MAX_METRIC_LABELS)
+            .map(|i| (format!("k{i}"), "v".into()))
+            .collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert!(refused(custom("m", &many)).contains("33 labels"));
+        let value = "v".repeat(MAX_LABEL_VALUE_BYTES + 1);
+        assert!(refused(custom("m", &[("path", &value)])).contains("label \"path\""));
+        let key = "k".repeat(MAX_LABEL_NAME_BYTES + 1);
+        assert!(refused(custom("m", &[(&key, "v")])).contains("label names are at most"));
+        assert!(refused(custom("m", &[("k", "a\0b")])).contains("label \"k\" holds a NUL"));
     }
 }

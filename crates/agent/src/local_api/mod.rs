@@ -418,7 +418,8 @@ mod tests {
 
     fn running(group: Option<String>) -> Result<Running, LocalApiError> {
         let temp = tempfile::tempdir().expect("temp");
-        let spools = Spools::open(temp.path(), SpoolConfig::default()).expect("opens");
+        let spools =
+            Spools::open(temp.path(), SpoolConfig::default(), ServerClock::new()).expect("opens");
         let socket = temp.path().join("api.sock");
         let facts = Facts {
             hostname: Some("pump-7".into()),
@@ -549,6 +550,21 @@ mod tests {
         .await;
         assert!(response.starts_with("HTTP/1.1 400"), "{response}");
         assert!(response.contains("line 2: priority 9"), "{response}");
+        // A sample tetherd would refuse (with the records batched beside
+        // it) is refused here.
+        let response = send(
+            socket,
+            &http(
+                "/v1/metrics",
+                "{\"name\":\"ok\",\"value\":1}\n{\"name\":\"tank\",\"value\":1,\"labels\":{\"k\":\"a\\u0000b\"}}\n",
+            ),
+        )
+        .await;
+        assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+        assert!(
+            response.contains("line 2: label \\\"k\\\" holds a NUL character"),
+            "{response}"
+        );
         let response = send(socket, &http("/v1/other", "")).await;
         assert!(response.starts_with("HTTP/1.1 404"), "{response}");
         let response = send(

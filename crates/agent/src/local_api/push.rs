@@ -10,7 +10,6 @@ use tether_proto::telemetry::{CustomMetric, LogRecord, MetricRecord};
 use super::Reply;
 use crate::spool::{Record, Spools};
 
-const MAX_METRIC_NAME_BYTES: usize = 128;
 /// Priority of a log line that names none: informational.
 pub(super) const DEFAULT_PRIORITY: u8 = 6;
 
@@ -94,16 +93,17 @@ struct MetricLine {
 
 fn metric(line: &[u8], now: DateTime<Utc>) -> Result<Record, String> {
     let line: MetricLine = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-    if line.name.is_empty() || line.name.len() > MAX_METRIC_NAME_BYTES {
-        return Err(format!("name must be 1 to {MAX_METRIC_NAME_BYTES} bytes"));
-    }
     if !line.value.is_finite() {
         return Err("value must be a finite number".into());
     }
-    Ok(Record::Metric(MetricRecord::Custom(CustomMetric {
+    let metric = CustomMetric {
         name: line.name,
         value: line.value,
         labels: line.labels,
         at: line.at.unwrap_or(now),
-    })))
+    };
+    // What tetherd would refuse is refused here, to the application,
+    // rather than in a batch with the records beside it.
+    metric.check()?;
+    Ok(Record::Metric(MetricRecord::Custom(metric)))
 }

@@ -630,7 +630,8 @@ mod tests {
     #[test]
     fn the_sink_filters_and_shortens_what_would_not_fit() {
         let temp = tempfile::tempdir().expect("temp");
-        let spools = Spools::open(temp.path(), SpoolConfig::default()).expect("opens");
+        let spools =
+            Spools::open(temp.path(), SpoolConfig::default(), ServerClock::new()).expect("opens");
         let sink = Sink::new(spools.clone(), ServerClock::new());
         let record = |priority: u8, message: String| LogRecord {
             at: chrono::Utc::now(),

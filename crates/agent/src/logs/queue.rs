@@ -14,6 +14,10 @@ use tokio::sync::Notify;
 
 /// Bytes a source may have waiting before it drops what arrives.
 pub const INLET_BYTES: usize = 512 * 1024;
+/// What a waiting frame costs beside its bytes (its time, its vector,
+/// its slot), counted against the bound: a flood of empty datagrams or of
+/// `0 ` frames over TCP would otherwise queue without limit.
+const FRAME_OVERHEAD: usize = std::mem::size_of::<(DateTime<Utc>, Vec<u8>)>();
 
 #[derive(Debug, Default)]
 struct Waiting {
@@ -49,11 +53,12 @@ impl Inlet {
     /// is full.
     pub fn push_raw(&self, frame: &[u8]) {
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        if waiting.bytes + frame.len() > self.max_bytes {
+        let cost = frame.len() + FRAME_OVERHEAD;
+        if waiting.bytes + cost > self.max_bytes {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        waiting.bytes += frame.len();
+        waiting.bytes += cost;
         waiting.frames.push_back((Utc::now(), frame.to_vec()));
         drop(waiting);
         self.ready.notify_one();
@@ -100,7 +105,7 @@ mod tests {
 
     #[test]
     fn a_full_inlet_counts_what_it_drops_and_takes_again_once_drained() {
-        let inlet = Inlet::new("test", 100);
+        let inlet = Inlet::new("test", 100 + 3 * FRAME_OVERHEAD);
         for _ in 0..10 {
             inlet.push_raw(&[b'x'; 30]);
         }
@@ -115,5 +120,14 @@ mod tests {
                 .message
                 .starts_with("syslog UDP 127.0.0.1:5514: dropped 7 messages")
         );
+    }
+
+    #[test]
+    fn empty_frames_count_against_the_bound_too() {
+        let inlet = Inlet::new("test", 10 * FRAME_OVERHEAD);
+        for _ in 0..1_000 {
+            inlet.push_raw(b"");
+        }
+        assert_eq!((inlet.take().len(), inlet.dropped()), (10, 990));
     }
 }

@@ -105,6 +105,13 @@ pub struct Disk {
     saved_acked: u64,
     /// `meta.budget` changed since last saved.
     budget_changed: bool,
+    /// `meta.dropped` counts that could not be saved when they changed (a
+    /// full disk): saved by the next [`Disk::save`].
+    dropped_unsaved: bool,
+    /// A write failed since the newest segment was started (a full disk):
+    /// once all of it is acknowledged the segment is let go at once
+    /// rather than when it fills, which a full disk would never let it do.
+    write_failed: bool,
     saved_at: Instant,
     /// Oldest first; never empty: the last is the one appended to.
     segments: Vec<Segment>,
@@ -155,6 +162,8 @@ impl Disk {
             segment_bytes: (max_bytes / 8).clamp(4 * 1024, 4 * 1024 * 1024),
             saved_acked: meta.acked,
             budget_changed: false,
+            dropped_unsaved: false,
+            write_failed: false,
             saved_at: Instant::now(),
             meta,
             segments: Vec::new(),
@@ -213,7 +222,7 @@ impl Disk {
 
     /// Counts records that never reached the disk (a failed write), and
     /// saves the count at once.
-    pub fn lost(&mut self, total: u64, by_priority: [u64; 8]) -> io::Result<()> {
+    fn lost(&mut self, total: u64, by_priority: [u64; 8]) -> io::Result<()> {
         let dropped = &mut self.meta.dropped;
         add(
             &mut dropped.total,
@@ -221,7 +230,14 @@ impl Disk {
             total,
             by_priority,
         );
-        self.save_meta()
+        self.save_dropped()
+    }
+
+    /// Saves changed drop counts now, or marks them for the next save.
+    fn save_dropped(&mut self) -> io::Result<()> {
+        let saved = self.save_meta();
+        self.dropped_unsaved = saved.is_err();
+        saved
     }
 
     /// Counts records the spec's budget did not let through, apart from
@@ -234,7 +250,7 @@ impl Disk {
             total,
             by_priority,
         );
-        self.save_meta()
+        self.save_dropped()
     }
 
     pub fn bytes(&self) -> u64 {
@@ -315,20 +331,37 @@ impl Disk {
         write_atomic(&self.dir.join(META_FILE), &json, FILE_MODE)?;
         self.saved_acked = self.meta.acked;
         self.budget_changed = false;
+        self.dropped_unsaved = false;
         self.saved_at = Instant::now();
         Ok(())
     }
 
     /// Appends `lines` (each a record's JSON followed by `\n`, `count`
     /// records) with one write and one fsync, then keeps the spool within
-    /// its bound by dropping its oldest segments.
+    /// its bound by dropping its oldest segments. Records a failed write
+    /// (a full disk) left out are counted as dropped; those written before
+    /// it stay.
     pub fn append(&mut self, lines: &[u8], count: u64) -> io::Result<()> {
         if count == 0 {
             return Ok(());
         }
+        let mut rest = lines;
+        if let Err(error) = self.write_lines(&mut rest) {
+            self.write_failed = true;
+            let (total, by_priority) = self.count_lines(rest.split(|&b| b == b'\n'))?;
+            // Kept in memory if the disk cannot take the count either; a
+            // later save writes it.
+            let _ = self.lost(total, by_priority);
+            return Err(error);
+        }
+        self.enforce_bound()
+    }
+
+    /// Writes whole lines from the start of `rest` on, which keeps what is
+    /// not written yet.
+    fn write_lines(&mut self, rest: &mut &[u8]) -> io::Result<()> {
         // A flush larger than a segment fills it and goes on in the next,
         // so that the bound can drop part of it rather than all of it.
-        let mut rest = lines;
         while !rest.is_empty() {
             let used = self.segments.last().map_or(0, |s| s.bytes);
             let room = self.segment_bytes.saturating_sub(used) as usize;
@@ -346,7 +379,7 @@ impl Disk {
             }
             let (part, next) = rest.split_at(end);
             self.write_to_newest(part)?;
-            rest = next;
+            *rest = next;
             if self
                 .segments
                 .last()
@@ -355,10 +388,13 @@ impl Disk {
                 self.create_segment(self.next_seq())?;
             }
         }
-        self.enforce_bound()
+        Ok(())
     }
 
-    /// Appends whole lines to the newest segment: one write, one fsync.
+    /// Appends whole lines to the newest segment: one write, one fsync. A
+    /// write that fails (a full disk writes part of it) is cut off again:
+    /// records are numbered by their line in the segment, so a torn part
+    /// left there would shift every later record's number.
     fn write_to_newest(&mut self, part: &[u8]) -> io::Result<()> {
         let Some(newest) = self.segments.last_mut() else {
             return Err(io::Error::other("the spool has no segment"));
@@ -367,8 +403,12 @@ impl Disk {
             self.dir
                 .join(format!("{:020}{SEGMENT_SUFFIX}", newest.first_seq)),
         )?;
-        file.write_all(part)?;
-        file.sync_data()?;
+        if let Err(error) = file.write_all(part).and_then(|()| file.sync_data()) {
+            if let Err(cut) = file.set_len(newest.bytes) {
+                tracing::error!(stream = %self.stream, error = %cut, "could not cut a failed write off the spool segment");
+            }
+            return Err(error);
+        }
         newest.records += part.iter().filter(|&&b| b == b'\n').count() as u64;
         newest.bytes += part.len() as u64;
         Ok(())
@@ -430,17 +470,35 @@ impl Disk {
     fn count_unacked(&self, segment: &Segment) -> io::Result<(u64, [u64; 8])> {
         let skip = self.meta.acked.saturating_sub(segment.first_seq);
         let total = segment.records.saturating_sub(skip);
+        if total == 0 {
+            return Ok((0, [0; 8]));
+        }
+        let file = BufReader::new(File::open(self.segment_path(segment.first_seq))?);
+        let lines = file
+            .split(b'\n')
+            .skip(skip as usize)
+            .collect::<io::Result<Vec<_>>>()?;
+        let (_, by_priority) = self.count_lines(lines.iter().map(Vec::as_slice))?;
+        Ok((total, by_priority))
+    }
+
+    /// How many of `lines` are records (empty ones are not), and for logs
+    /// how many of each priority.
+    fn count_lines<'a>(
+        &self,
+        lines: impl Iterator<Item = &'a [u8]>,
+    ) -> io::Result<(u64, [u64; 8])> {
+        #[derive(Deserialize)]
+        struct Priority {
+            priority: u8,
+        }
+        let mut total = 0;
         let mut by_priority = [0; 8];
-        if self.stream == Stream::Logs && total > 0 {
-            #[derive(Deserialize)]
-            struct Priority {
-                priority: u8,
-            }
-            let file = BufReader::new(File::open(self.segment_path(segment.first_seq))?);
-            for line in file.split(b'\n').skip(skip as usize) {
-                let line = line?;
+        for line in lines.filter(|line| !line.is_empty()) {
+            total += 1;
+            if self.stream == Stream::Logs {
                 let priority =
-                    serde_json::from_slice::<Priority>(&line).map_or(7, |p| p.priority.min(7));
+                    serde_json::from_slice::<Priority>(line).map_or(7, |p| p.priority.min(7));
                 by_priority[usize::from(priority)] += 1;
             }
         }
@@ -457,6 +515,11 @@ impl Disk {
             return Ok(());
         }
         self.meta.acked = seq.min(self.next_seq());
+        if self.write_failed && self.meta.acked == self.next_seq() {
+            // An empty file takes no blocks: it can be made on a full disk.
+            self.create_segment(self.next_seq())?;
+            self.write_failed = false;
+        }
         let done = self
             .segments
             .iter()
@@ -464,10 +527,15 @@ impl Disk {
             .take_while(|s| s.end_seq() <= self.meta.acked)
             .count();
         if done > 0 {
-            self.save_meta()?;
+            // Deleted before the position is saved: on a full disk the save
+            // needs the room they free, and saved first it would fail and
+            // keep them, and the disk full, for good. A crash in between
+            // costs nothing: opening the spool moves the position up to its
+            // oldest segment.
             for gone in self.segments.drain(..done).collect::<Vec<_>>() {
                 self.remove_segment(gone.first_seq)?;
             }
+            self.save_meta()?;
         }
         Ok(())
     }
@@ -484,13 +552,14 @@ impl Disk {
         self.enforce_bound()
     }
 
-    /// Saves the acknowledged position if it moved, and the budget counts
-    /// if they changed and this is a clean stop (`stopping`) or they
-    /// waited [`BUDGET_SAVE_EVERY`].
+    /// Saves the acknowledged position if it moved, drop counts a full
+    /// disk kept from being saved, and the budget counts if they changed
+    /// and this is a clean stop (`stopping`) or they waited
+    /// [`BUDGET_SAVE_EVERY`].
     pub fn save(&mut self, stopping: bool) -> io::Result<()> {
         let budget_due =
             self.budget_changed && (stopping || self.saved_at.elapsed() >= BUDGET_SAVE_EVERY);
-        if self.saved_acked != self.meta.acked || budget_due {
+        if self.saved_acked != self.meta.acked || budget_due || self.dropped_unsaved {
             self.save_meta()?;
         }
         Ok(())
@@ -583,6 +652,117 @@ mod tests {
     fn append(disk: &mut Disk, from: u64, to: u64) {
         let (bytes, count) = lines(from, to);
         disk.append(&bytes, count).expect("appends");
+    }
+
+    /// A tmpfs of `kib` KiB mounted on a temporary directory (the tests
+    /// run as root here), unmounted when dropped.
+    struct SmallFs(tempfile::TempDir);
+
+    impl SmallFs {
+        fn mount(kib: u64) -> Self {
+            let dir = tempfile::tempdir().expect("temp");
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .expect("runs mount");
+            assert!(status.success(), "mounting a tmpfs needs root: {status}");
+            Self(dir)
+        }
+
+        fn path(&self) -> &Path {
+            self.0.path()
+        }
+    }
+
+    impl Drop for SmallFs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    /// A full file system under the spool: a write that does not fit
+    /// leaves no part of itself in the segment and its records are counted
+    /// as dropped, by priority; once space returns the spool goes on, and
+    /// what it holds reads back whole and numbered right, before and after
+    /// a restart.
+    #[test]
+    fn a_full_disk_drops_and_counts_a_flush_without_tearing_the_segment() {
+        let fs = SmallFs::mount(64);
+        let filler = fs.path().join("filler");
+        std::fs::write(&filler, vec![0u8; 32 * 1024]).expect("filler");
+        let dir = fs.path().join("spool");
+        let mut disk = Disk::open(&dir, Stream::Logs, 1 << 20).expect("opens");
+        let long = |from: u64, to: u64| {
+            let mut out = Vec::new();
+            for i in from..to {
+                let pad = "p".repeat(200);
+                out.extend(
+                    format!(
+                        "{{\"priority\":{},\"message\":\"line {i:05} {pad}\"}}\n",
+                        i % 8
+                    )
+                    .bytes(),
+                );
+            }
+            out
+        };
+        let mut written = 0;
+        let mut lost = 0;
+        let mut lost_by_priority = [0u64; 8];
+        let mut next = 0;
+        while lost == 0 {
+            let bytes = long(next, next + 10);
+            match disk.append(&bytes, 10) {
+                Ok(()) => written = next + 10,
+                Err(error) => {
+                    assert_eq!(error.raw_os_error(), Some(28), "ENOSPC: {error}");
+                    lost = 10;
+                    for i in next..next + 10 {
+                        lost_by_priority[(i % 8) as usize] += 1;
+                    }
+                }
+            }
+            next += 10;
+        }
+        assert!(written > 0, "some fitted");
+        assert_eq!(disk.dropped().total, lost);
+        assert_eq!(disk.dropped().by_priority, lost_by_priority);
+        assert_eq!(disk.next_seq(), written);
+
+        // Space returns: the spool goes on after what it wrote.
+        std::fs::remove_file(&filler).expect("frees space");
+        let bytes = long(next, next + 5);
+        disk.append(&bytes, 5).expect("appends again");
+        // As a flush does after it appends.
+        disk.save(false).expect("saves");
+        let expected: Vec<String> = (0..written)
+            .chain(next..next + 5)
+            .map(|i| format!("line {i:05} {}", "p".repeat(200)))
+            .collect();
+        let read = disk.read(0, 10_000, 1 << 20).expect("reads");
+        assert_eq!((read.first_seq, messages(&read)), (0, expected.clone()));
+        drop(disk);
+        let mut disk = Disk::open(&dir, Stream::Logs, 1 << 20).expect("reopens");
+        let read = disk.read(0, 10_000, 1 << 20).expect("reads");
+        assert_eq!((read.first_seq, messages(&read)), (0, expected));
+        assert_eq!(disk.dropped().total, lost, "the count survives a restart");
+
+        // Full again, with everything in one segment far from its size:
+        // once tetherd has it all, the segment goes and the room returns.
+        let mut next = next + 5;
+        while disk.append(&long(next, next + 10), 10).is_ok() {
+            next += 10;
+        }
+        next += 10;
+        disk.ack(disk.next_seq()).expect("acks");
+        disk.append(&long(next, next + 10), 10)
+            .expect("room again once all was acknowledged");
+        let read = disk.read(0, 10_000, 1 << 20).expect("reads");
+        assert_eq!(read.first_seq, disk.next_seq() - 10);
+        assert_eq!(read.lines.len(), 10);
     }
 
     #[test]

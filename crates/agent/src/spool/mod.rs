@@ -22,7 +22,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use tether_proto::spec::Budgets;
 use tether_proto::telemetry::{
     Dropped, Feature, FeatureBytes, LogRecord, MAX_LOG_MESSAGE_BYTES, MAX_PRIORITY, MetricRecord,
@@ -30,6 +29,7 @@ use tether_proto::telemetry::{
 };
 use tokio::sync::Notify;
 
+use crate::clock::ServerClock;
 use budget::DailyBudget;
 use disk::{Disk, DiskError};
 use usage::Usage;
@@ -93,7 +93,6 @@ pub enum AppendError {
 struct Pending {
     lines: Vec<u8>,
     count: u64,
-    by_priority: [u64; 8],
     /// Records the day's budget did not admit: counted as dropped over
     /// budget at the next flush.
     over_budget: u64,
@@ -126,6 +125,10 @@ struct Shared {
     usage: Arc<Usage>,
     /// The spec's `spoolReplay` budget: it slows the backlogs of both.
     replay: Mutex<DailyBudget>,
+    /// Budgets count days by tetherd's clock (ADR 0015): a device clock
+    /// set a day ahead or an hour back would otherwise start a second
+    /// allowance for the same day, or hold the bucket empty for the hour.
+    clock: Arc<ServerClock>,
 }
 
 impl Spool {
@@ -148,7 +151,8 @@ impl Spool {
     /// Queues a record, unless the day's budget is spent for its priority
     /// (then it is counted as dropped).
     fn append(&self, line: Vec<u8>, priority: Option<u8>) {
-        let admitted = self.budget().admit(Utc::now(), priority, line.len());
+        let now = self.shared.clock.now();
+        let admitted = self.budget().admit(now, priority, line.len());
         let mut pending = self.pending();
         if !admitted {
             pending.over_budget += 1;
@@ -160,9 +164,6 @@ impl Spool {
         pending.lines.extend(line);
         pending.lines.push(b'\n');
         pending.count += 1;
-        if let Some(priority) = priority {
-            pending.by_priority[usize::from(priority)] += 1;
-        }
         if pending.count >= self.flush_records || self.is_fast() {
             self.flush_due.notify_one();
         }
@@ -188,26 +189,35 @@ impl Spool {
 
     /// Writes what waits in memory with one write and one fsync, and the
     /// metadata if due (always when `stopping`). Records whose write
-    /// failed are counted as dropped.
+    /// failed are counted as dropped (by [`Disk::append`]).
     fn flush(&self, stopping: bool) -> io::Result<()> {
         let mut disk = self.disk();
         let pending = std::mem::take(&mut *self.pending());
         disk.set_budget(self.budget().saved());
         if pending.over_budget > 0 {
             tracing::debug!(stream = %self.stream, records = pending.over_budget, "dropped records over the day's budget");
-            disk.over_budget(pending.over_budget, pending.over_budget_by_priority)?;
+            // Counted in memory even if the disk cannot take the count
+            // now: the records that wait must still be written.
+            if let Err(error) =
+                disk.over_budget(pending.over_budget, pending.over_budget_by_priority)
+            {
+                tracing::warn!(stream = %self.stream, error = %error, "could not save the spool's counts; saved with the next write");
+            }
         }
         if pending.count == 0 {
             return disk.save(stopping);
         }
-        match disk.append(&pending.lines, pending.count) {
-            Ok(()) => {
-                self.flushed.notify_one();
-                disk.save(stopping)
-            }
+        let written_from = disk.next_seq();
+        let appended = disk.append(&pending.lines, pending.count);
+        if disk.next_seq() > written_from {
+            self.flushed.notify_one();
+        }
+        match appended {
+            Ok(()) => disk.save(stopping),
             Err(error) => {
-                tracing::error!(stream = %self.stream, records = pending.count, error = %error, "could not write telemetry to the spool; those records are dropped and counted");
-                disk.lost(pending.count, pending.by_priority)
+                let lost = pending.count - (disk.next_seq() - written_from);
+                tracing::error!(stream = %self.stream, records = lost, error = %error, "could not write telemetry to the spool (is its disk full?); those records are dropped and counted");
+                Ok(())
             }
         }
     }
@@ -289,7 +299,7 @@ impl Spool {
         let mut budget = self.budget();
         if budget.limit().is_some() {
             let json = serde_json::to_vec(batch).map_or(0, |json| json.len());
-            budget.sent(Utc::now(), json, wire_bytes);
+            budget.sent(self.shared.clock.now(), json, wire_bytes);
         }
     }
 
@@ -300,7 +310,7 @@ impl Spool {
             .replay
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .delay(Utc::now(), wire_bytes)
+            .delay(self.shared.clock.now(), wire_bytes)
     }
 
     /// The agent's counts of every feature, for a batch.
@@ -335,11 +345,16 @@ pub struct Spools {
 
 impl Spools {
     /// Opens (or creates) the spools under `state_dir`.
-    pub fn open(state_dir: &Path, config: SpoolConfig) -> Result<Arc<Self>, DiskError> {
+    pub fn open(
+        state_dir: &Path,
+        config: SpoolConfig,
+        clock: Arc<ServerClock>,
+    ) -> Result<Arc<Self>, DiskError> {
         let flush_due = Arc::new(Notify::new());
         let shared = Arc::new(Shared {
             usage: Arc::new(Usage::open(&state_dir.join(SPOOL_DIR))),
             replay: Mutex::new(DailyBudget::new(None)),
+            clock,
         });
         let open = |stream: Stream| -> Result<Arc<Spool>, DiskError> {
             let disk = Disk::open(
@@ -496,10 +511,33 @@ mod tests {
         }
     }
 
+    /// A device clock a day ahead of tetherd's: the budget counts
+    /// tetherd's day (ADR 0015), not a day of its own that would start a
+    /// second allowance when the clock is set right, or an hour back.
+    #[test]
+    fn budgets_count_tetherd_s_days_whatever_the_device_clock_says() {
+        let temp = tempfile::tempdir().expect("temp");
+        let clock = ServerClock::new();
+        let now = Utc::now();
+        clock.learn(now - chrono::Duration::days(1), now, now);
+        let spools = Spools::open(temp.path(), config(), clock.clone()).expect("opens");
+        spools.set_budgets(&Budgets {
+            logs: Some(48_000),
+            ..Budgets::default()
+        });
+        for i in 0..100 {
+            spools.append(log(i)).expect("appends");
+        }
+        let spent = spools.logs.budget().saved().expect("counted");
+        assert_eq!(spent.day, (now - chrono::Duration::days(1)).date_naive());
+        let filled = spent.filled_at - (now - chrono::Duration::days(1));
+        assert!(filled.num_seconds().abs() < 60, "{spent:?}");
+    }
+
     #[test]
     fn appended_records_reach_a_batch_only_once_flushed_and_leave_it_once_acknowledged() {
         let temp = tempfile::tempdir().expect("temp");
-        let spools = Spools::open(temp.path(), config()).expect("opens");
+        let spools = Spools::open(temp.path(), config(), ServerClock::new()).expect("opens");
         for i in 0..25 {
             spools.append(log(i)).expect("appends");
         }
@@ -530,7 +568,7 @@ mod tests {
     #[test]
     fn bad_records_are_refused_and_long_messages_cut() {
         let temp = tempfile::tempdir().expect("temp");
-        let spools = Spools::open(temp.path(), config()).expect("opens");
+        let spools = Spools::open(temp.path(), config(), ServerClock::new()).expect("opens");
         let Record::Log(mut bad) = log(0) else {
             unreachable!()
         };
@@ -572,7 +610,7 @@ mod tests {
     #[tokio::test]
     async fn a_hastened_spool_flushes_each_record_at_once_until_its_time_is_up() {
         let temp = tempfile::tempdir().expect("temp");
-        let spools = Spools::open(temp.path(), config()).expect("opens");
+        let spools = Spools::open(temp.path(), config(), ServerClock::new()).expect("opens");
         let logs = spools.spool(Stream::Logs).clone();
         let flusher = tokio::spawn(spools.clone().run_flusher());
         logs.hasten(Some(Instant::now() + Duration::from_secs(60)));
@@ -602,7 +640,7 @@ mod tests {
     #[test]
     fn batches_stay_within_what_tetherd_takes() {
         let temp = tempfile::tempdir().expect("temp");
-        let spools = Spools::open(temp.path(), config()).expect("opens");
+        let spools = Spools::open(temp.path(), config(), ServerClock::new()).expect("opens");
         for i in 0..3000 {
             spools.append(log(i)).expect("appends");
         }
@@ -640,7 +678,7 @@ mod tests {
             Record::Log(record)
         };
         let run = |from: usize| {
-            let spools = Spools::open(temp.path(), config()).expect("opens");
+            let spools = Spools::open(temp.path(), config(), ServerClock::new()).expect("opens");
             spools.set_budgets(&budgets);
             for i in from..from + 500 {
                 spools.append(error(i)).expect("appends");
@@ -670,7 +708,7 @@ mod tests {
     #[test]
     fn records_over_budget_are_counted_apart_from_a_full_spool_s() {
         let temp = tempfile::tempdir().expect("temp");
-        let spools = Spools::open(temp.path(), config()).expect("opens");
+        let spools = Spools::open(temp.path(), config(), ServerClock::new()).expect("opens");
         spools.set_budgets(&Budgets {
             logs: Some(0),
             ..Budgets::default()
@@ -687,7 +725,7 @@ mod tests {
         // The count survives a restart, and rides on the next batch. The
         // agent applies its spec at start: this one has no budget.
         drop(spools);
-        let spools = Spools::open(temp.path(), config()).expect("opens");
+        let spools = Spools::open(temp.path(), config(), ServerClock::new()).expect("opens");
         spools.set_budgets(&Budgets::default());
         spools.append(log(3)).expect("appends");
         spools.flush();

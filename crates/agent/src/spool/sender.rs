@@ -255,6 +255,7 @@ mod tests {
                 flush_records: 10_000,
                 flush_interval: Duration::from_secs(3600),
             },
+            crate::clock::ServerClock::new(),
         )
         .expect("opens");
         for i in 0..1500 {
@@ -332,6 +333,7 @@ mod tests {
                 flush_records: 10_000,
                 flush_interval: Duration::from_secs(3600),
             },
+            crate::clock::ServerClock::new(),
         )
         .expect("opens");
         for i in 0..lines {

@@ -791,3 +791,130 @@ async fn a_log_file_replaced_by_a_fifo_does_not_stop_the_agent() -> anyhow::Resu
     .await?;
     Ok(())
 }
+
+/// Peak resident memory of process `pid`, in kB.
+fn peak_rss_kb(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmHWM in /proc/PID/status")
+}
+
+/// Issue 13's bad day: syslog floods on UDP, TCP and the unix socket, of
+/// the smallest frames a sender can make (an empty datagram, `0 ` over
+/// TCP: two bytes a frame), for a few seconds. The agent's memory stays
+/// bounded and it answers an action during and after the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_syslog_flood_of_tiny_frames_keeps_the_agent_bounded_and_answering() -> anyhow::Result<()>
+{
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("log.sock");
+    let socket_text = socket.display().to_string();
+    let agent = agent_with(
+        &tetherd,
+        &admin,
+        "flooded",
+        &[
+            ("TETHER_AGENT_SYSLOG_SOCKET", &socket_text),
+            ("TETHER_AGENT_SYSLOG_UDP", "127.0.0.1:0"),
+            ("TETHER_AGENT_SYSLOG_TCP", "127.0.0.1:0"),
+        ],
+    )
+    .await?;
+    let udp = listening(&agent, "UDP").await?;
+    let tcp = listening(&agent, "TCP").await?;
+    let pid = agent.pid().context("agent pid")?;
+    let before = peak_rss_kb(pid)?;
+
+    const FLOOD: Duration = Duration::from_secs(2);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut floods = Vec::new();
+    for _ in 0..4 {
+        let (tcp, stop) = (tcp.clone(), stop.clone());
+        floods.push(std::thread::spawn(move || -> std::io::Result<u64> {
+            let mut stream = std::net::TcpStream::connect(&tcp)?;
+            stream.set_write_timeout(Some(Duration::from_millis(100)))?;
+            let chunk = b"0 ".repeat(32 * 1024);
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match stream.write(&chunk) {
+                    Ok(n) => sent += n as u64,
+                    // The agent reads no faster than it parses.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(sent)
+        }));
+    }
+    {
+        let (udp, stop) = (udp.clone(), stop.clone());
+        floods.push(std::thread::spawn(move || -> std::io::Result<u64> {
+            let sender = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // The kernel drops what the agent's socket buffer cannot
+                // hold; only what it accepted counts.
+                if sender.send_to(b"", &udp).is_ok() {
+                    sent += 1;
+                }
+            }
+            Ok(sent)
+        }));
+    }
+    {
+        let (socket, stop) = (socket.clone(), stop.clone());
+        floods.push(std::thread::spawn(move || -> std::io::Result<u64> {
+            let sender = std::os::unix::net::UnixDatagram::unbound()?;
+            sender.set_nonblocking(true)?;
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if sender.send_to(b"x", &socket).is_ok() {
+                    sent += 1;
+                }
+            }
+            Ok(sent)
+        }));
+    }
+    // An action answered while the flood runs.
+    let started = Instant::now();
+    let id = request(&admin, "flooded", json!({"action": "get-node-ip"})).await?;
+    let done = outcome(&admin, &id).await?;
+    ensure!(done["statusCode"] == 200, "answered: {done}");
+    let answered = started.elapsed();
+    tokio::time::sleep(FLOOD.saturating_sub(started.elapsed())).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = Vec::new();
+    for flood in floods {
+        sent.push(
+            flood
+                .join()
+                .map_err(|_| anyhow::anyhow!("flood thread"))??,
+        );
+    }
+    let id = request(&admin, "flooded", json!({"action": "get-node-ip"})).await?;
+    ensure!(outcome(&admin, &id).await?["statusCode"] == 200);
+    let peak = peak_rss_kb(pid)?;
+    eprintln!(
+        "flood: {sent:?} (TCP bytes ×4, UDP and socket datagrams); peak RSS {before} kB before, {peak} kB after; action answered in {answered:?} during it"
+    );
+    // What did not fit: frames the inlets dropped (each reported in a
+    // record of the agent's own), and records the full spool dropped
+    // oldest first (in its totals); their exact counts are
+    // `logger_lines_reach_tetherd_…` and the spool's tests.
+    let log = agent.log();
+    eprintln!(
+        "inlet drop reports: {}, full-spool drops: {}",
+        log.matches("syslog messages dropped").count(),
+        log.matches("the spool is full").count()
+    );
+    ensure!(
+        peak < before + 32 * 1024,
+        "the flood grew the agent from {before} kB to {peak} kB"
+    );
+    Ok(())
+}

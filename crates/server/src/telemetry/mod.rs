@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tether_proto::DeviceId;
-use tether_proto::telemetry::{MetricRecord, Records, Stream, TelemetryBatch};
+use tether_proto::telemetry::{LogRecord, MetricRecord, Records, Stream, TelemetryBatch};
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 
 use crate::cluster::bus::{Bus, Channel};
@@ -164,19 +164,18 @@ impl Telemetry {
         let latest = received
             .checked_add_signed(self.max_ahead)
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        let redated = match dated_by_now(&batch.records, received, latest) {
-            Cow::Owned(records) => Some(records),
-            Cow::Borrowed(_) => None,
+        let dated = dated_by_now(&batch.records, received, latest);
+        let redated = matches!(dated, Cow::Owned(_));
+        let records = match (without_nul(&dated), dated) {
+            (Some(records), _) | (None, Cow::Owned(records)) => Some(records),
+            (None, Cow::Borrowed(_)) => None,
         };
-        let (batch, redated) = match redated {
-            Some(records) => (
-                Arc::new(TelemetryBatch {
-                    records,
-                    ..TelemetryBatch::clone(&batch)
-                }),
-                true,
-            ),
-            None => (batch, false),
+        let batch = match records {
+            Some(records) => Arc::new(TelemetryBatch {
+                records,
+                ..TelemetryBatch::clone(&batch)
+            }),
+            None => batch,
         };
         // Flattened here, on the device's task, so devices do it in parallel.
         let points = prepare(device, &batch);
@@ -447,6 +446,28 @@ fn dated_by_now(records: &Records, now: DateTime<Utc>, latest: DateTime<Utc>) ->
         }
     }
     Cow::Owned(records)
+}
+
+/// `records` with each NUL character of a log line's message and unit
+/// made U+FFFD, if any: PostgreSQL's text cannot hold NUL, and a line
+/// with one would fail its batch's transaction (and the other devices'
+/// batches in it) on every retry, holding the device's stream for good.
+/// A local program may well write one to syslog; the line is kept.
+/// (Fields are stored as JSON, where NUL is escaped.)
+fn without_nul(records: &Records) -> Option<Records> {
+    let Records::Logs(logs) = records else {
+        return None;
+    };
+    let has_nul = |log: &LogRecord| log.message.contains('\0') || log.unit.contains('\0');
+    if !logs.iter().any(has_nul) {
+        return None;
+    }
+    let mut logs = logs.clone();
+    for log in logs.iter_mut().filter(|log| has_nul(log)) {
+        log.message = log.message.replace('\0', "\u{fffd}");
+        log.unit = log.unit.replace('\0', "\u{fffd}");
+    }
+    Some(Records::Logs(logs))
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tether_proto::DeviceId;
-use tether_proto::telemetry::{Dropped, LogRecord, Records, TelemetryBatch, encode};
+use tether_proto::telemetry::{
+    CustomMetric, Dropped, LogRecord, MetricRecord, Records, TelemetryBatch, encode,
+};
 use tether_server::store::Store;
 use tether_testkit::sim_agent::DeviceCredentials;
 use tether_testkit::{Agent, ApiClient, Database, Tetherd, post_local, wait_until};
@@ -19,6 +21,7 @@ use crate::support::{minutes_ago, mosquitto, on_both_databases, store_of, text};
 on_both_databases!(
     records_produced_offline_arrive_once_and_in_order_across_an_agent_restart,
     a_tiny_spool_drops_the_oldest_records_and_reports_exactly_how_many,
+    text_the_store_cannot_hold_is_kept_or_refused_by_name,
 );
 
 const LOG_LINES: u64 = 10_000;
@@ -75,6 +78,23 @@ async fn stored_messages(store: &Store, device: &DeviceId) -> anyhow::Result<Vec
         .into_iter()
         .map(|log| log.record.message)
         .collect())
+}
+
+/// Publishes `payload` on `topic` at QoS 1 as the device whose
+/// credentials are in `dir` (MQTT 5, so a refusal's reason is printed).
+async fn publish_as(
+    port: &str,
+    dir: &Path,
+    client: &str,
+    topic: String,
+    payload: Vec<u8>,
+    name: &str,
+) -> anyhow::Result<std::process::Output> {
+    let file = dir.join(name);
+    std::fs::write(&file, payload)?;
+    let file = file.to_str().context("utf-8 path")?.to_owned();
+    let args = ["-V", "mqttv5", "-q", "1", "-t", &topic, "-f", &file];
+    mosquitto("mosquitto_pub", port, Some(dir), client, &args).await
 }
 
 /// Issue 13's offline acceptance: tetherd down, 10,000 log lines and 1,000
@@ -269,15 +289,7 @@ async fn hostile_batches_are_refused_or_stored_once() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     credentials.write_to(dir.path())?;
     let publish = |topic: String, payload: Vec<u8>, name: &'static str| {
-        let port = port.clone();
-        let dir = dir.path().to_owned();
-        async move {
-            let file = dir.join(name);
-            std::fs::write(&file, payload)?;
-            let file = file.to_str().context("utf-8 path")?.to_owned();
-            let args = ["-V", "mqttv5", "-q", "1", "-t", &topic, "-f", &file];
-            mosquitto("mosquitto_pub", &port, Some(&dir), "hostile", &args).await
-        }
+        publish_as(&port, dir.path(), "hostile", topic, payload, name)
     };
     let batch = TelemetryBatch {
         spool_id: "hostile-spool".into(),
@@ -365,6 +377,160 @@ async fn hostile_batches_are_refused_or_stored_once() -> anyhow::Result<()> {
     assert_eq!(logs["storedRecords"], 100, "{logs}");
     assert_eq!(logs["duplicateRecords"], 200, "{logs}");
     assert_eq!(logs["batches"], 3, "{logs}");
+    Ok(())
+}
+
+/// The newest `message-rejected` event of `device` whose message holds
+/// `needle`.
+async fn rejection(admin: &ApiClient, device: &str, needle: &str) -> anyhow::Result<String> {
+    wait_until(
+        &format!("a rejection naming {needle:?}"),
+        Duration::from_secs(10),
+        || async move {
+            let events = admin
+                .get(&format!("/api/v1/devices/{device}/events?limit=100"))
+                .await?
+                .expect_status(200)?;
+            Ok(events["items"].as_array().and_then(|items| {
+                items
+                    .iter()
+                    .filter(|e| e["event"] == "message-rejected")
+                    .filter_map(|e| e["statusMessage"].as_str())
+                    .find(|m| m.contains(needle))
+                    .map(str::to_owned)
+            }))
+        },
+    )
+    .await
+}
+
+/// Text PostgreSQL cannot hold, from a hostile device or a local program
+/// writing to syslog: a log line with NUL characters is kept (they become
+/// U+FFFD) instead of failing its transaction on every retry and holding
+/// the stream; custom metric names and labels with NUL, or too long to
+/// index, or too many, are refused with the reason, and the next batch
+/// of the stream is stored.
+async fn text_the_store_cannot_hold_is_kept_or_refused_by_name(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let port = tetherd
+        .mqtt_url
+        .rsplit_once(':')
+        .context("mqtt url has a port")?
+        .1
+        .to_owned();
+    let credentials = DeviceCredentials::enroll(&admin, "hostile").await?;
+    let dir = tempfile::tempdir()?;
+    credentials.write_to(dir.path())?;
+    let publish = |topic: &str, payload: Vec<u8>, name: &'static str| {
+        publish_as(
+            &port,
+            dir.path(),
+            "hostile",
+            topic.to_owned(),
+            payload,
+            name,
+        )
+    };
+    let line = |message: &str, unit: &str| LogRecord {
+        at: minutes_ago(1),
+        priority: 6,
+        unit: unit.into(),
+        message: message.into(),
+        fields: [("k\0".to_owned(), "v\0".to_owned())].into(),
+    };
+    let logs = TelemetryBatch {
+        spool_id: "s".into(),
+        first_seq: 0,
+        records: Records::Logs(vec![line("before\0after", "app\0"), line("plain", "app")]),
+        dropped: Dropped::default(),
+        replay: false,
+        usage: Vec::new(),
+    };
+    let output = publish("tether/v1/devices/hostile/logs", encode(&logs), "nul.bin").await?;
+    assert!(output.stderr.is_empty(), "acknowledged: {}", text(&output));
+    let store = store_of(&tetherd).await?;
+    let device = DeviceId::new("hostile")?;
+    let stored: Vec<(String, String, Option<String>)> = store
+        .list_logs(&device, DateTime::<Utc>::UNIX_EPOCH, 10)
+        .await?
+        .into_iter()
+        .map(|log| {
+            let field = log.record.fields.get("k\0").cloned();
+            (log.record.message, log.record.unit, field)
+        })
+        .collect();
+    let kept =
+        |message: &str, unit: &str| (message.to_owned(), unit.to_owned(), Some("v\0".to_owned()));
+    assert_eq!(
+        stored,
+        [
+            kept("before\u{fffd}after", "app\u{fffd}"),
+            kept("plain", "app")
+        ]
+    );
+
+    let metrics = |first_seq: u64, name: &str, labels: Vec<(String, String)>| TelemetryBatch {
+        spool_id: "m".into(),
+        first_seq,
+        records: Records::Metrics(vec![MetricRecord::Custom(CustomMetric {
+            name: name.into(),
+            value: 1.0,
+            labels: labels.into_iter().collect(),
+            at: minutes_ago(1),
+        })]),
+        dropped: Dropped::default(),
+        replay: false,
+        usage: Vec::new(),
+    };
+    // 4 kB of digits that hardly compress.
+    let long: String = (0..512u64)
+        .map(|i| format!("{:08x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32))
+        .collect();
+    let many = (0..100)
+        .map(|i| (format!("k{i}"), "v".to_owned()))
+        .collect();
+    for (batch, file, reason) in [
+        (
+            metrics(0, "tank\0level", vec![]),
+            "nul-name.bin",
+            "name holds a NUL",
+        ),
+        (
+            metrics(0, &long, vec![]),
+            "long-name.bin",
+            "name must be 1 to 128 bytes",
+        ),
+        (metrics(0, "m", many), "many-labels.bin", "100 labels"),
+        (
+            metrics(0, "m", vec![("k".into(), "a\0b".into())]),
+            "nul-label.bin",
+            "label \"k\" holds a NUL",
+        ),
+    ] {
+        let output = publish("tether/v1/devices/hostile/metrics", encode(&batch), file).await?;
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("Payload format invalid"),
+            "{file}: {}",
+            text(&output)
+        );
+        rejection(&admin, "hostile", reason).await?;
+    }
+    // The stream goes on.
+    let output = publish(
+        "tether/v1/devices/hostile/metrics",
+        encode(&metrics(1, "tank_level", vec![("site".into(), "a".into())])),
+        "fine.bin",
+    )
+    .await?;
+    assert!(output.stderr.is_empty(), "acknowledged: {}", text(&output));
+    let series = store.list_series(&device, None, 10).await?;
+    assert_eq!(
+        series.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["tank_level"]
+    );
     Ok(())
 }
 
