@@ -22,6 +22,7 @@ pub mod spec;
 pub mod spool;
 pub mod state;
 pub mod tls;
+pub mod tunnel;
 
 use std::future::Future;
 use std::path::PathBuf;

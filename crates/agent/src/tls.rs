@@ -94,9 +94,17 @@ pub fn mutual_tls_config(
         .map_err(TlsError::Config)
 }
 
+/// Trusts only tetherd's CA, presents no certificate: for its API.
+pub fn server_tls_config(
+    ca_pem: &str,
+    clock: Arc<ServerClock>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    Ok(builder(ca_pem, clock)?.with_no_client_auth())
+}
+
 /// An HTTPS client for tetherd's API that trusts only its CA.
 pub fn https_client(ca_pem: &str, clock: Arc<ServerClock>) -> Result<reqwest::Client, TlsError> {
-    let config = builder(ca_pem, clock)?.with_no_client_auth();
+    let config = server_tls_config(ca_pem, clock)?;
     reqwest::Client::builder()
         .use_preconfigured_tls(config)
         .timeout(HTTP_TIMEOUT)

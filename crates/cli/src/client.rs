@@ -64,6 +64,12 @@ pub enum ClientError {
     Stream { url: String, reason: String },
     #[error("the stream from {url} broke")]
     StreamRead { url: String, source: reqwest::Error },
+    #[error("cannot open the tunnel at {url}")]
+    Tunnel {
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl ClientError {
@@ -147,7 +153,14 @@ pub struct ApiClient {
     http: reqwest::Client,
     base: Url,
     token: Option<String>,
+    /// tetherd's CA (DER), for the tunnels' own TLS; `None` only for the
+    /// unverified CA fetch.
+    ca_der: Option<Vec<u8>>,
 }
+
+/// A tunnel's WebSocket (ADR 0021).
+pub type TunnelSocket =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 impl ApiClient {
     /// A client that trusts only `ca_pem` (tetherd's own CA), never the
@@ -173,6 +186,7 @@ impl ApiClient {
             http,
             base: parse_server_url(server)?,
             token,
+            ca_der: Some(der),
         })
     }
 
@@ -187,6 +201,7 @@ impl ApiClient {
             http,
             base: parse_server_url(server)?,
             token: None,
+            ca_der: None,
         };
         let (url, response) = client
             .send(Method::GET, &["ca.pem"], None::<&()>, REQUEST_TIMEOUT)
@@ -766,6 +781,90 @@ async fn decode<T: DeserializeOwned>(
         .map_err(|source| ClientError::Decode { url, source })
 }
 
+impl ApiClient {
+    /// Opens a tunnel to `device` (`GET /devices/{name}/tunnel` as a
+    /// WebSocket, ADR 0021) with `query` as its parameters; tetherd answers
+    /// once the device has dialed back, or with the error that kept it.
+    pub async fn tunnel(
+        &self,
+        device: &str,
+        query: &[(&str, &str)],
+    ) -> Result<TunnelSocket, ClientError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut url = self.url(&["devices", device, "tunnel"])?;
+        url.query_pairs_mut().extend_pairs(query);
+        let shown = url.to_string();
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| ClientError::Tunnel {
+            url: shown.clone(),
+            source,
+        };
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let port = url.port_or_known_default().unwrap_or(443);
+        let mut ws_url = url.clone();
+        let _ = ws_url.set_scheme("wss");
+        let mut request = ws_url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| failed(e.into()))?;
+        if let Some(token) = &self.token {
+            request.headers_mut().insert(
+                "authorization",
+                format!("Bearer {token}")
+                    .parse()
+                    .map_err(|e: reqwest::header::InvalidHeaderValue| failed(e.into()))?,
+            );
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(der) = &self.ca_der {
+            roots
+                .add(rustls::pki_types::CertificateDer::from(der.clone()))
+                .map_err(|e| failed(e.into()))?;
+        }
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let bare_host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let server_name = rustls::pki_types::ServerName::try_from(bare_host.clone())
+            .map_err(|e| failed(e.into()))?;
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((bare_host.as_str(), port)),
+        )
+        .await
+        .map_err(|e| failed(e.into()))?
+        .map_err(|e| failed(e.into()))?;
+        let _ = tcp.set_nodelay(true);
+        let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| failed(e.into()))?;
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(tether_proto::tunnel::MAX_PAYLOAD + 1))
+            .max_frame_size(Some(tether_proto::tunnel::MAX_PAYLOAD + 1));
+        match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await {
+            Ok((socket, _)) => Ok(socket),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let status = response.status();
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                if status == StatusCode::UNAUTHORIZED {
+                    return Err(ClientError::Unauthorized {
+                        server: self.base.to_string(),
+                    });
+                }
+                Err(error_from_body(shown, status, &body))
+            }
+            Err(e) => Err(failed(e.into())),
+        }
+    }
+}
+
 fn error_from_body(url: String, status: StatusCode, body: &str) -> ClientError {
     match serde_json::from_str::<ErrorBody>(body) {
         Ok(body) => ApiError::from_body(status, body).into(),
@@ -787,6 +886,7 @@ mod tests {
             http: reqwest::Client::new(),
             base: parse_server_url(server).expect("valid URL"),
             token: None,
+            ca_der: None,
         }
     }
 

@@ -14,6 +14,8 @@ fn main() -> ExitCode {
     }
     match run(cli) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
+        // Statuses above 255 wrap as a shell's do.
+        Ok(Outcome::Exited(code)) => ExitCode::from(code as u8),
         Ok(Outcome::Failed { reason }) => {
             eprintln!("error: {reason}");
             ExitCode::FAILURE

@@ -1396,3 +1396,110 @@ async fn follow_shows_a_real_agents_system_log_from_the_command_on_with_nothing_
     .await
     .unwrap_or_else(|e| panic!("{e:#}; agent log:\n{}", agent.log()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_runs_a_command_on_a_real_agent_with_its_streams_apart_and_its_exit_status() {
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+    let admin = tetherd.admin().await.expect("admin");
+    let agent = tether_testkit::Agent::enroll_online(&tetherd, &admin, "edge-1")
+        .await
+        .expect("a real agent online");
+
+    let run = tether
+        .run_with_stdin(
+            &[
+                "exec",
+                "edge-1",
+                "--",
+                "sh",
+                "-c",
+                "read line; echo out:$line; echo err >&2; exit 3",
+            ],
+            "hello\n",
+        )
+        .await;
+    assert_eq!(run.code, 3, "{}\n{}", run.stderr, agent.log());
+    assert_eq!(run.stdout, "out:hello\n");
+    assert_eq!(run.stderr, "err\n");
+
+    let run = tether
+        .run(&["exec", "edge-1", "--", "/no/such/program"])
+        .await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("cannot run /no/such/program") && run.stderr.contains("(404)"),
+        "{}",
+        run.stderr
+    );
+    let run = tether.run(&["exec", "edge-9", "--", "true"]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("device edge-9 not found"),
+        "{}",
+        run.stderr
+    );
+
+    // Each tunnel is in the audit log: who, the device, what ran, bytes.
+    let audit = admin
+        .get("/api/v1/audit?limit=50")
+        .await
+        .expect("audit")
+        .expect_status(200)
+        .expect("listed");
+    let tunnels: Vec<&serde_json::Value> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|entry| entry["method"] == "TUNNEL")
+        .collect();
+    assert_eq!(tunnels.len(), 2, "{audit}");
+    let first = tunnels.last().expect("the first tunnel");
+    assert_eq!(first["actor"], "admin");
+    assert_eq!(first["detail"]["device"], "edge-1");
+    assert_eq!(first["detail"]["kind"], "exec");
+    assert!(
+        first["detail"]["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("sh -c read line")),
+        "{first}"
+    );
+    // "hello\n" and the end of stdin, each with its channel byte.
+    assert_eq!(first["detail"]["bytesToDevice"], 7 + 2);
+    assert!(
+        first["detail"]["bytesFromDevice"].as_u64() > Some(10),
+        "{first}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_works_when_the_client_and_the_device_are_on_different_replicas() {
+    let a = Tetherd::start(Database::Postgres)
+        .await
+        .expect("replica a starts");
+    let b = Tetherd::start_replica_of(&a, &[])
+        .await
+        .expect("replica b starts");
+    // The device enrolls through b, so its session is on b; the CLI talks
+    // to a, which holds the tunnel and is the replica the agent dials.
+    let admin_b = b.admin().await.expect("admin on b");
+    let agent = tether_testkit::Agent::enroll_online(&b, &admin_b, "edge-1")
+        .await
+        .expect("a real agent online on b");
+    let tether = Tether::new();
+    tether.login(&a).await;
+    let run = tether
+        .run_with_stdin(&["exec", "edge-1", "--", "cat"], "through a\n")
+        .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stderr, agent.log());
+    assert_eq!(run.stdout, "through a\n");
+    let b_port = b.mqtt_url.rsplit(':').next().expect("a port");
+    let log = agent.log();
+    let session = log
+        .lines()
+        .rfind(|line| line.contains("connecting to"))
+        .expect("the agent logs its session");
+    assert!(session.contains(b_port), "not on b: {session}");
+    drop(b);
+}

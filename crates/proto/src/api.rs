@@ -456,6 +456,11 @@ pub struct AuditEntry {
     pub method: String,
     pub path: String,
     pub status: u16,
+    /// More about it: for a tunnel (`method` `TUNNEL`) its `device`,
+    /// `kind`, `target`, `startedAt`, `endedAt`, `bytesToDevice` and
+    /// `bytesFromDevice`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
 }
 
 /// A login session as an admin sees it; its token is never shown.

@@ -18,6 +18,7 @@ pub mod redact;
 pub mod spec;
 pub mod telemetry;
 pub mod topics;
+pub mod tunnel;
 
 #[cfg(test)]
 mod contract_schemas;

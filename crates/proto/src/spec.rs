@@ -157,7 +157,7 @@ impl ActionSet {
     /// and the ones tether answered before action sets that only read or
     /// tune the device (ADR 0017). What changes the cluster, issues its
     /// credentials or restarts it is enabled per device.
-    pub const DEFAULTS: [&str; 9] = [
+    pub const DEFAULTS: [&str; 10] = [
         "send-kubectl",
         "send-kubernetes-api",
         "run-stats",
@@ -167,6 +167,7 @@ impl ActionSet {
         "get-node-ip",
         "get-authorization-id",
         "follow-logs",
+        "open-tunnel",
     ];
 
     /// The device's set, from its spec (the defaults alone without an

@@ -21,6 +21,7 @@ pub mod sealing;
 pub mod secret_file;
 pub mod store;
 pub mod telemetry;
+pub mod tunnels;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -361,6 +362,9 @@ pub async fn run(
         scrape_token,
         mqtt_port: endpoint.mqtt_port(),
         device_mqtt_url: endpoint.device_mqtt_url(),
+        tunnels: Arc::new(tunnels::Tunnels::new(std::time::Duration::from_secs(
+            tether_proto::tunnel::DIAL_SECONDS,
+        ))),
         health,
         agent_image: config.kubernetes.agent_image.clone(),
     });

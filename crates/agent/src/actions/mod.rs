@@ -12,6 +12,7 @@ pub mod follow_logs;
 pub mod get_authorization_id;
 pub mod get_node_ip;
 pub mod manage_deployment;
+pub mod open_tunnel;
 pub mod restart_k3s;
 pub mod restore_command;
 pub mod retrieve_kubeconfig;
@@ -38,13 +39,14 @@ use expiry::{Deadline, Delivery, Moment};
 use run_stats::StatsRunner;
 
 /// The actions this agent runs; the birth message lists them as capabilities.
-pub const IMPLEMENTED: [&str; 14] = [
+pub const IMPLEMENTED: [&str; 15] = [
     "configure-logger",
     "copy-resource",
     "follow-logs",
     "get-authorization-id",
     "get-node-ip",
     "manage-deployment",
+    "open-tunnel",
     "restart-k3s",
     "restore-command",
     "retrieve-kubeconfig",
@@ -87,6 +89,10 @@ pub enum ActionError {
     Restart(#[from] restart_k3s::RestartError),
     #[error(transparent)]
     Restore(#[from] restore_command::RestoreError),
+    #[error(transparent)]
+    Tunnel(#[from] crate::tunnel::TunnelError),
+    #[error("cannot set up TLS for the tunnel")]
+    TunnelTls(#[source] crate::tls::TlsError),
     /// `what`: the action, or the action and what it works on.
     #[error(
         "{what} is already running (correlation id {running}); wait for its event and try again"
@@ -106,6 +112,8 @@ impl ActionError {
             ActionError::Kubectl(e) => e.status_code(),
             ActionError::Restart(e) => e.status_code(),
             ActionError::Restore(e) => e.status_code(),
+            ActionError::Tunnel(e) => e.status_code(),
+            ActionError::TunnelTls(_) => 500,
             ActionError::Busy { .. } => 409,
         }
     }
@@ -440,6 +448,13 @@ impl Dispatcher {
             },
             "manage-deployment" => {
                 manage_deployment::run(input, &kubernetes.client()?, chrono::Utc::now()).await?
+            }
+            "open-tunnel" => {
+                let (busy, work) = open_tunnel::prepare(input, &context.ca_pem, &context.clock)?;
+                return Ok(Outcome::Later {
+                    busy,
+                    work: Box::pin(work),
+                });
             }
             "restart-k3s" => {
                 // Before `prepare` spends the authorization id.
@@ -921,6 +936,8 @@ pub(crate) mod tests {
                 // refuse the empty input first).
                 Err(ActionError::NoCluster | ActionError::InvalidInput { .. })
                     if CLUSTER_ACTIONS.contains(&action) => {}
+                // Tetherd sends it with a tunnel to dial; here it has none.
+                Err(ActionError::InvalidInput { .. }) if action == "open-tunnel" => {}
                 result => assert!(result.is_ok(), "{action}: {:?}", result.err()),
             }
         }

@@ -42,7 +42,7 @@ impl Audit {
 
 fn table(now: DateTime<Utc>, entries: &[AuditEntry]) -> String {
     output::columns(
-        ["AGE", "ACTOR", "METHOD", "PATH", "STATUS"],
+        ["AGE", "ACTOR", "METHOD", "PATH", "STATUS", "DETAIL"],
         entries
             .iter()
             .map(|e| {
@@ -52,10 +52,27 @@ fn table(now: DateTime<Utc>, entries: &[AuditEntry]) -> String {
                     e.method.clone(),
                     e.path.clone(),
                     e.status.to_string(),
+                    e.detail.as_ref().map(detail).unwrap_or_default(),
                 ]
             })
             .collect(),
     )
+}
+
+/// A record's detail as `key=value` pairs (a tunnel's kind, target and
+/// bytes), by key.
+fn detail(detail: &serde_json::Value) -> String {
+    match detail.as_object() {
+        Some(fields) => fields
+            .iter()
+            .map(|(key, value)| match value {
+                serde_json::Value::String(text) => format!("{key}={text}"),
+                other => format!("{key}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => detail.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -73,8 +90,16 @@ mod tests {
             method: "DELETE".into(),
             path: "/api/v1/devices/edge-1".into(),
             status: 204,
+            detail: None,
         };
-        let rendered = table(at + TimeDelta::seconds(90), &[entry]);
+        let tunnel = AuditEntry {
+            method: "TUNNEL".into(),
+            status: 101,
+            detail: Some(serde_json::json!({"kind": "exec", "bytesToDevice": 9})),
+            ..entry.clone()
+        };
+        let rendered = table(at + TimeDelta::seconds(90), &[entry, tunnel]);
+        assert!(rendered.contains("bytesToDevice=9 kind=exec"), "{rendered}");
         assert!(rendered.contains("ACTOR"), "{rendered}");
         assert!(rendered.contains("admin"), "{rendered}");
         assert!(rendered.contains("/api/v1/devices/edge-1"), "{rendered}");

@@ -5,6 +5,7 @@ pub mod actions;
 pub mod audit;
 pub mod devices;
 pub mod events;
+pub mod exec;
 pub mod jobs;
 pub mod login;
 pub mod logout;
@@ -34,6 +35,7 @@ pub enum Command {
     #[command(subcommand)]
     Jobs(jobs::Jobs),
     Events(events::Events),
+    Exec(exec::Exec),
     Logs(logs::Logs),
     Metrics(metrics::Metrics),
     Audit(audit::Audit),
@@ -60,6 +62,7 @@ impl Command {
             Command::Actions(cmd) => cmd.description(),
             Command::Jobs(cmd) => cmd.description(),
             Command::Events(cmd) => cmd.description(),
+            Command::Exec(cmd) => cmd.description(),
             Command::Logs(cmd) => cmd.description(),
             Command::Metrics(cmd) => cmd.description(),
             Command::Audit(cmd) => cmd.description(),
@@ -76,6 +79,7 @@ impl Command {
             Command::Actions(cmd) => cmd.run(ctx).await,
             Command::Jobs(cmd) => cmd.run(ctx).await,
             Command::Events(cmd) => cmd.run(ctx).await,
+            Command::Exec(cmd) => cmd.run(ctx).await,
             Command::Logs(cmd) => cmd.run(ctx).await,
             Command::Metrics(cmd) => cmd.run(ctx).await,
             Command::Audit(cmd) => cmd.run(ctx).await,
@@ -92,6 +96,8 @@ pub enum Outcome {
     /// Exit 1: the request went through, but what it asked for did not
     /// happen (an action failed, or did not finish in time).
     Failed { reason: String },
+    /// A remote command's exit status, passed on (`tether exec`).
+    Exited(i32),
 }
 
 #[derive(Debug, thiserror::Error)]

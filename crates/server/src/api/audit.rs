@@ -38,6 +38,7 @@ async fn list_audit(
             method: record.method,
             path: record.path,
             status: record.status,
+            detail: record.detail,
         },
     )))
 }

@@ -18,6 +18,7 @@ mod page;
 mod session;
 mod sessions;
 mod telemetry;
+mod tunnels;
 
 use std::sync::Arc;
 
@@ -63,12 +64,26 @@ pub struct AppState {
     pub agent_image: String,
     /// With an external broker, the URL devices are given instead.
     pub device_mqtt_url: Option<String>,
+    /// Tunnels waiting for their device to dial back (ADR 0021).
+    pub tunnels: Arc<crate::tunnels::Tunnels<axum::extract::ws::WebSocket>>,
 }
 
 impl AppState {
     /// Records who did what; a failure to record is logged, not fatal, so
     /// the audit table cannot take the API down.
     async fn audit(&self, actor: &str, method: &str, path: &str, status: u16) {
+        self.audit_with(actor, method, path, status, None).await;
+    }
+
+    /// [`Self::audit`] with a detail.
+    async fn audit_with(
+        &self,
+        actor: &str,
+        method: &str,
+        path: &str,
+        status: u16,
+        detail: Option<serde_json::Value>,
+    ) {
         let record = crate::store::AuditRecord {
             id: uuid::Uuid::now_v7().to_string(),
             at: chrono::Utc::now(),
@@ -76,6 +91,7 @@ impl AppState {
             method: method.to_owned(),
             path: path.to_owned(),
             status,
+            detail,
         };
         if let Err(error) = self.store.insert_audit(&record).await {
             tracing::error!(error = %crate::error_chain(&error), actor, method, path, "could not record an audit entry");
@@ -128,6 +144,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(logs::routes())
         .merge(audit::routes())
         .merge(sessions::routes())
+        .merge(tunnels::client_routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_bearer,
@@ -135,7 +152,8 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
     let public = OpenApiRouter::new()
         .merge(session::routes())
         .merge(enroll::routes())
-        .merge(join::routes());
+        .merge(join::routes())
+        .merge(tunnels::device_routes());
     let (api, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", protected.merge(public))
         .merge(health::routes())

@@ -10,7 +10,7 @@ use super::{AuditRecord, Before, Store, StoreError};
 impl Store {
     pub async fn insert_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO audit (id, at, actor, method, path, status) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO audit (id, at, actor, method, path, status, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&record.id)
         .bind(millis(record.at))
@@ -18,6 +18,7 @@ impl Store {
         .bind(&record.method)
         .bind(&record.path)
         .bind(i64::from(record.status))
+        .bind(record.detail.as_ref().map(serde_json::Value::to_string))
         .execute(&self.pool)
         .await
         .map_err(|source| StoreError::Query {
@@ -35,7 +36,7 @@ impl Store {
     ) -> Result<Vec<AuditRecord>, StoreError> {
         let (at, id) = before_or_newest(before);
         let rows = sqlx::query(
-            "SELECT id, at, actor, method, path, status FROM audit WHERE at <= $1 AND (at < $1 OR id < $2) \
+            "SELECT id, at, actor, method, path, status, detail FROM audit WHERE at <= $1 AND (at < $1 OR id < $2) \
              ORDER BY at DESC, id DESC LIMIT $3",
         )
         .bind(at)
@@ -69,5 +70,7 @@ fn audit_from_row(row: &AnyRow) -> Result<AuditRecord, StoreError> {
         method: get(row, "method")?,
         path: get(row, "path")?,
         status: to_u16(get(row, "status")?, "audit.status")?,
+        detail: get::<Option<String>>(row, "detail")?
+            .and_then(|text| serde_json::from_str(&text).ok()),
     })
 }

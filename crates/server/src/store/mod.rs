@@ -226,6 +226,8 @@ pub struct AuditRecord {
     pub method: String,
     pub path: String,
     pub status: u16,
+    /// What else there is to say, as JSON (a tunnel's device, kind and bytes).
+    pub detail: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

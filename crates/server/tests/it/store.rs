@@ -1666,6 +1666,7 @@ async fn audit_entries_are_listed_newest_first_and_pruned(store: Store) {
                 method: "DELETE".to_owned(),
                 path: format!("/api/v1/devices/d{i}"),
                 status: 204,
+                detail: (i == 1).then(|| serde_json::json!({"kind": "exec", "bytesToDevice": 5})),
             })
             .await
             .expect("insert an audit entry");
@@ -1673,6 +1674,11 @@ async fn audit_entries_are_listed_newest_first_and_pruned(store: Store) {
     let listed = store.list_audit(None, 2).await.expect("list the audit log");
     let ids: Vec<_> = listed.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["a1", "a2"]);
+    assert_eq!(
+        listed[0].detail,
+        Some(serde_json::json!({"kind": "exec", "bytesToDevice": 5}))
+    );
+    assert_eq!(listed[1].detail, None);
     assert_eq!(listed[0].status, 204);
     assert_eq!(
         store

@@ -1,0 +1,86 @@
+//! `open-tunnel` (tether's own, ADR 0021): dial the tunnel tetherd named
+//! and serve it in the background; the event says whether it is up.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tether_proto::tunnel::{Kind, OpenTunnel};
+
+use super::{ActionError, Answer};
+use crate::clock::ServerClock;
+use crate::tunnel;
+
+fn parse(input: &Value) -> Result<OpenTunnel, ActionError> {
+    let open: OpenTunnel = serde_json::from_value(input.clone())
+        .map_err(|e| ActionError::invalid("$", e.to_string()))?;
+    match open.kind {
+        Kind::Exec if open.command.is_empty() => {
+            Err(ActionError::invalid("$.command", "exec needs a command"))
+        }
+        Kind::Forward if open.target.is_none() => {
+            Err(ActionError::invalid("$.target", "forward needs HOST:PORT"))
+        }
+        _ => Ok(open),
+    }
+}
+
+/// Checks the input now; the returned work dials (trusting only
+/// tetherd's CA, `ca_pem`), starts serving the tunnel on its own task and
+/// answers once the tunnel is up. Tunnels run side by side: each is busy
+/// with its own URL only.
+pub fn prepare(
+    input: &Value,
+    ca_pem: &str,
+    clock: &Arc<ServerClock>,
+) -> Result<
+    (
+        String,
+        impl Future<Output = Result<Answer, ActionError>> + Send + 'static,
+    ),
+    ActionError,
+> {
+    let open = parse(input)?;
+    let tls = Arc::new(
+        crate::tls::server_tls_config(ca_pem, clock.clone()).map_err(ActionError::TunnelTls)?,
+    );
+    let busy = format!("{} {}", tether_proto::tunnel::OPEN_TUNNEL, open.url);
+    Ok((busy, async move {
+        let socket = tunnel::dial(&open.url, &open.token, tls).await?;
+        let kind = open.kind.as_str();
+        match open.kind {
+            Kind::Exec => tokio::spawn(tunnel::exec::serve(socket, open.command)),
+            Kind::Forward => tokio::spawn(tunnel::forward::serve(
+                socket,
+                open.target.unwrap_or_default(),
+            )),
+        };
+        Ok(Answer::from(json!({"kind": kind})))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_needs_what_it_runs_or_reaches() {
+        let base = json!({"url": "wss://h:1/api/v1/tunnels/t", "token": "x"});
+        let with = |extra: Value| {
+            let mut input = base.clone();
+            input
+                .as_object_mut()
+                .expect("an object")
+                .extend(extra.as_object().cloned().unwrap_or_default());
+            parse(&input)
+        };
+        assert!(with(json!({"kind": "exec", "command": ["true"]})).is_ok());
+        assert!(with(json!({"kind": "forward", "target": "127.0.0.1:80"})).is_ok());
+        let error = with(json!({"kind": "exec"})).expect_err("no command");
+        assert!(error.to_string().starts_with("$.command"), "{error}");
+        let error = with(json!({"kind": "forward"})).expect_err("no target");
+        assert!(error.to_string().starts_with("$.target"), "{error}");
+        let error = with(json!({"kind": "shell"})).expect_err("unknown kind");
+        assert_eq!(error.status_code(), 400);
+    }
+}

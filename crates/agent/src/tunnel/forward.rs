@@ -1,0 +1,84 @@
+//! A `forward` tunnel: one TCP connection from the device to a target on
+//! its network, its bytes on the tunnel's data channels.
+
+use std::time::Duration;
+
+use futures::{SinkExt as _, StreamExt as _};
+use tether_proto::tunnel;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{Socket, binary, failed};
+
+/// How long the target may take to accept.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to `target` and copies both ways until both have ended; a
+/// target that refuses or does not answer is reported on the tunnel.
+pub async fn serve(socket: Socket, target: String) {
+    let (mut sender, mut receiver) = socket.split();
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target)).await;
+    let stream = match connected {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            let _ = sender
+                .send(failed(502, format!("cannot connect to {target}: {error}")))
+                .await;
+            let _ = sender.close().await;
+            return;
+        }
+        Err(_) => {
+            let _ = sender
+                .send(failed(
+                    504,
+                    format!(
+                        "{target} did not accept within {} s",
+                        CONNECT_TIMEOUT.as_secs()
+                    ),
+                ))
+                .await;
+            let _ = sender.close().await;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut from_target, mut to_target) = stream.into_split();
+    let upstream = async {
+        while let Some(Ok(message)) = receiver.next().await {
+            let Message::Binary(data) = message else {
+                if message.is_close() {
+                    break;
+                }
+                continue;
+            };
+            match tunnel::split(&data) {
+                Some((tunnel::STDIN, bytes)) if to_target.write_all(bytes).await.is_err() => break,
+                Some((tunnel::CLOSE, _)) => break,
+                _ => {}
+            }
+        }
+        let _ = to_target.shutdown().await;
+    };
+    let downstream = async {
+        let mut buffer = vec![0; tunnel::MAX_PAYLOAD];
+        loop {
+            match from_target.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => {
+                    let frame = tunnel::frame(tunnel::STDOUT, &buffer[..read]);
+                    if sender.send(binary(frame)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = sender
+            .send(binary(tunnel::frame(tunnel::CLOSE, &[tunnel::STDOUT])))
+            .await;
+        let _ = sender.close().await;
+    };
+    // Each direction ends on its own (a client may half-close and still
+    // read the answer); tetherd ends the other soon after one has closed.
+    tokio::join!(upstream, downstream);
+}

@@ -1,0 +1,123 @@
+//! Tunnels (ADR 0021): the agent dials the WebSocket tetherd names in
+//! `open-tunnel`, with tetherd's CA pinned and the one-time token as a
+//! bearer token, and carries a command ([`exec`]) or a TCP connection
+//! ([`forward`]) over it.
+//!
+//! Everything moves one message at a time: a side that does not read
+//! stops the other, so a tunnel holds at most a few messages in memory.
+
+pub mod exec;
+pub mod forward;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_proto::tunnel::{self, Control};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// The tunnel's socket.
+pub type Socket = WebSocketStream<TlsStream<TcpStream>>;
+
+/// Connecting and the WebSocket handshake, together.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("{0:?} is not a wss:// URL of a tunnel")]
+    BadUrl(String),
+    #[error("cannot connect to {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the WebSocket handshake with {url} failed")]
+    Handshake {
+        url: String,
+        #[source]
+        source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+    #[error("{url} did not answer within {} s", DIAL_TIMEOUT.as_secs())]
+    Timeout { url: String },
+}
+
+impl TunnelError {
+    pub fn status_code(&self) -> u16 {
+        match self {
+            TunnelError::BadUrl(_) => 400,
+            TunnelError::Timeout { .. } => 504,
+            TunnelError::Connect { .. } | TunnelError::Handshake { .. } => 502,
+        }
+    }
+}
+
+/// Dials `url` (a `wss://` URL) presenting `token`.
+pub async fn dial(
+    url: &str,
+    token: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Socket, TunnelError> {
+    let bad_url = || TunnelError::BadUrl(url.to_owned());
+    let parsed = reqwest::Url::parse(url).map_err(|_| bad_url())?;
+    if parsed.scheme() != "wss" {
+        return Err(bad_url());
+    }
+    let host = parsed.host_str().ok_or_else(bad_url)?.to_owned();
+    let port = parsed.port().unwrap_or(443);
+    let server_name = rustls::pki_types::ServerName::try_from(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+    )
+    .map_err(|_| bad_url())?;
+    let mut request = url.into_client_request().map_err(|_| bad_url())?;
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().map_err(|_| bad_url())?,
+    );
+    let connect = async {
+        let tcp = TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
+            .await
+            .map_err(|source| TunnelError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio_rustls::TlsConnector::from(tls)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|source| TunnelError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(tunnel::MAX_PAYLOAD + 1))
+            .max_frame_size(Some(tunnel::MAX_PAYLOAD + 1));
+        let (socket, _) = tokio_tungstenite::client_async_with_config(request, tls, Some(config))
+            .await
+            .map_err(|source| TunnelError::Handshake {
+                url: url.to_owned(),
+                source: Box::new(source),
+            })?;
+        Ok(socket)
+    };
+    tokio::time::timeout(DIAL_TIMEOUT, connect)
+        .await
+        .map_err(|_| TunnelError::Timeout {
+            url: url.to_owned(),
+        })?
+}
+
+/// A binary WebSocket message of `frame`.
+fn binary(frame: Vec<u8>) -> tokio_tungstenite::tungstenite::Message {
+    tokio_tungstenite::tungstenite::Message::Binary(frame.into())
+}
+
+/// The control message saying the tunnel failed, and why.
+fn failed(status: u16, message: String) -> tokio_tungstenite::tungstenite::Message {
+    binary(tunnel::control(&Control::Error { status, message }))
+}

@@ -1,0 +1,108 @@
+//! `tether exec DEVICE -- CMD ARGS…`: one command on the device through a
+//! tunnel (ADR 0021), without a terminal: this process's stdin goes to it,
+//! its stdout and stderr come back apart, and its exit status becomes
+//! this command's.
+
+use futures::{SinkExt as _, StreamExt as _};
+use tether_proto::tunnel::{self, Control};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{CommandError, Context, Outcome};
+
+/// Run one command on a device, streaming its output.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_long_help = "Examples:\n  tether exec edge-1 -- uname -a\n  tar c ./conf | tether exec edge-1 -- tar x -C /etc/app"
+)]
+pub struct Exec {
+    /// The device.
+    pub device: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+impl Exec {
+    pub fn description(&self) -> String {
+        format!("run {:?} on {}", self.command.join(" "), self.device)
+    }
+
+    pub async fn run(self, ctx: &Context) -> Result<Outcome, CommandError> {
+        let client = ctx.client()?;
+        let mut query = vec![("kind", "exec")];
+        query.extend(self.command.iter().map(|arg| ("command", arg.as_str())));
+        let socket = client.tunnel(&self.device, &query).await?;
+        let (mut sender, mut receiver) = socket.split();
+        // Stdin is read on its own task, dropped once the command ended:
+        // a terminal's stdin never ends by itself.
+        let input = tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let mut buffer = vec![0; tunnel::MAX_PAYLOAD];
+            loop {
+                match stdin.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => {
+                        let frame = tunnel::frame(tunnel::STDIN, &buffer[..read]);
+                        if sender.send(Message::Binary(frame.into())).await.is_err() {
+                            return sender;
+                        }
+                    }
+                }
+            }
+            let close = tunnel::frame(tunnel::CLOSE, &[tunnel::STDIN]);
+            let _ = sender.send(Message::Binary(close.into())).await;
+            // The sending half is kept open (returned, not dropped):
+            // closing it would end the tunnel before the output is read.
+            sender
+        });
+        let output = async {
+            let mut stdout = tokio::io::stdout();
+            let mut stderr = tokio::io::stderr();
+            while let Some(message) = receiver.next().await {
+                let Ok(Message::Binary(data)) = message else {
+                    continue;
+                };
+                match tunnel::split(&data) {
+                    Some((tunnel::STDOUT, bytes)) => {
+                        stdout.write_all(bytes).await.map_err(CommandError::Write)?;
+                        stdout.flush().await.map_err(CommandError::Write)?;
+                    }
+                    Some((tunnel::STDERR, bytes)) => {
+                        stderr.write_all(bytes).await.map_err(CommandError::Write)?;
+                        stderr.flush().await.map_err(CommandError::Write)?;
+                    }
+                    Some((tunnel::CONTROL, json)) => match serde_json::from_slice(json) {
+                        Ok(Control::Exit { code, signal }) => {
+                            return Ok(exit_outcome(code, signal));
+                        }
+                        Ok(Control::Error { status, message }) => {
+                            return Ok(Outcome::Failed {
+                                reason: format!("{message} ({status})"),
+                            });
+                        }
+                        Err(_) => {}
+                    },
+                    _ => {}
+                }
+            }
+            Ok(Outcome::Failed {
+                reason: "the tunnel closed before the command ended".to_owned(),
+            })
+        };
+        let outcome = output.await;
+        input.abort();
+        outcome
+    }
+}
+
+/// The command's exit as this process's: its code, or 128 + the signal
+/// that killed it, as a shell reports it.
+fn exit_outcome(code: Option<i32>, signal: Option<i32>) -> Outcome {
+    match (code, signal) {
+        (Some(0), _) => Outcome::Success,
+        (Some(code), _) => Outcome::Exited(code),
+        (None, Some(signal)) => Outcome::Exited(128 + signal),
+        (None, None) => Outcome::Exited(1),
+    }
+}
