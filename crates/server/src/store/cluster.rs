@@ -61,7 +61,14 @@ impl AdvisoryLock {
         matches!(held.map(|row| get::<i64>(&row, "held")), Ok(Ok(1)))
     }
 
-    pub async fn release(self) {
+    pub async fn release(mut self) {
+        // Unlocked first: PostgreSQL ends a closed connection's backend,
+        // and frees its locks, only after the close has returned, so a
+        // successor trying at once could still find the lock held.
+        let _ = sqlx::query("SELECT CAST(pg_advisory_unlock($1) AS INTEGER) AS released")
+            .bind(self.key)
+            .execute(&mut self.connection)
+            .await;
         let _ = self.connection.close().await;
     }
 }
