@@ -7,13 +7,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use tether_proto::DeviceId;
 use tether_proto::telemetry::{CustomMetric, Dropped, MetricRecord, Records, TelemetryBatch};
-use tether_server::cluster::bus::Bus;
 use tether_server::metrics::series::{DevicePoints, Point, SeriesKey};
 use tether_server::metrics::{Metrics, MetricsConfig, MetricsError};
 use tether_server::store::{RefusedSeries, Store};
-use tether_server::telemetry::{Limits, Stored, Telemetry};
+use tether_server::telemetry::Stored;
 
-use super::{TestDb, at, device, labels};
+use super::{TestDb, at, device, labels, telemetry};
 
 on_both_databases! {
     store: [
@@ -583,18 +582,7 @@ async fn sensor_points(store: &Store, device: &DeviceId, sensor: u64) -> Vec<(i6
 async fn a_batch_sent_again_stores_nothing_and_points_stored_before_are_kept_once(store: Store) {
     let edge = device(&store, "edge-1").await;
     let other = device(&store, "edge-2").await;
-    let telemetry = Telemetry::new(
-        store.clone(),
-        Arc::default(),
-        Bus::in_process(),
-        Limits {
-            max_ahead: std::time::Duration::from_secs(300),
-            max_series: MAX_SERIES,
-        },
-        Arc::new(tokio::sync::Semaphore::new(4)),
-        std::time::Duration::from_secs(5),
-        2,
-    );
+    let telemetry = telemetry(&store, 2);
     // Two sensors, a point each per ms over 0..100, and ms 0 of s0 again.
     let mut records: Vec<MetricRecord> = (0..200)
         .map(|k| sensor(k % 2, (k / 2) as i64, k as f64))
