@@ -254,6 +254,23 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
+/// The telemetry writers on `store` (`writers` of them, one write slot
+/// each), records dated up to 5 minutes ahead, 10,000 series a device.
+fn telemetry(store: &Store, writers: usize) -> tether_server::telemetry::Telemetry {
+    tether_server::telemetry::Telemetry::new(
+        store.clone(),
+        std::sync::Arc::default(),
+        tether_server::cluster::bus::Bus::in_process(),
+        tether_server::telemetry::Limits {
+            max_ahead: std::time::Duration::from_secs(300),
+            max_series: 10_000,
+        },
+        std::sync::Arc::new(tokio::sync::Semaphore::new(writers)),
+        std::time::Duration::from_secs(5),
+        writers,
+    )
+}
+
 async fn device(store: &Store, name: &str) -> DeviceId {
     let name = id(name);
     store
@@ -2302,23 +2319,11 @@ async fn usage_adds_both_ends_counts_per_device_and_pages_through_the_fleet(stor
 async fn a_device_naming_a_new_spool_per_batch_keeps_a_bounded_number_of_cursors(db: &TestDb) {
     use std::sync::Arc;
     use tether_proto::telemetry::{Dropped, LogRecord, Records, Stream, TelemetryBatch};
-    use tether_server::cluster::bus::Bus;
-    use tether_server::telemetry::{Limits, Telemetry, cursor::MAX_SPOOLS};
+    use tether_server::telemetry::cursor::MAX_SPOOLS;
 
     let store = db.connect().await;
     let name = device(&store, "edge-1").await;
-    let telemetry = Telemetry::new(
-        store.clone(),
-        Arc::default(),
-        Bus::in_process(),
-        Limits {
-            max_ahead: std::time::Duration::from_secs(300),
-            max_series: 10_000,
-        },
-        Arc::new(tokio::sync::Semaphore::new(1)),
-        std::time::Duration::from_secs(5),
-        1,
-    );
+    let telemetry = telemetry(&store, 1);
     let batch = |spool: String, first_seq: u64| TelemetryBatch {
         spool_id: spool,
         first_seq,

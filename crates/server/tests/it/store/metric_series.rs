@@ -2,13 +2,17 @@
 //! exact, idempotent, catch up after downtime and take late points, range
 //! queries at each resolution, retention, and the fleet's latest values.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Duration, Utc};
 use tether_proto::DeviceId;
-use tether_server::metrics::series::{Point, SeriesKey};
+use tether_proto::telemetry::{CustomMetric, Dropped, MetricRecord, Records, TelemetryBatch};
+use tether_server::metrics::series::{DevicePoints, Point, SeriesKey};
 use tether_server::metrics::{Metrics, MetricsConfig, MetricsError};
 use tether_server::store::{RefusedSeries, Store};
+use tether_server::telemetry::Stored;
 
-use super::{TestDb, at, device, labels};
+use super::{TestDb, at, device, labels, telemetry};
 
 on_both_databases! {
     store: [
@@ -20,6 +24,8 @@ on_both_databases! {
         the_fleet_exposition_pages_through_a_fleet_typing_each_family_once,
         points_sent_twice_in_one_write_are_stored_once_across_many_series,
         a_device_creates_at_most_its_series_and_the_refused_are_counted,
+        a_batch_sent_again_stores_nothing_and_points_stored_before_are_kept_once,
+        a_group_write_keeps_points_stored_before_and_stores_the_rest,
     ],
     db: [],
 }
@@ -520,5 +526,168 @@ async fn a_device_creates_at_most_its_series_and_the_refused_are_counted(store: 
     assert_eq!(
         (usage.metric_series_refused, usage.metric_points_refused),
         (3, 5)
+    );
+}
+
+fn sensor(sensor: u64, ms: i64, value: f64) -> MetricRecord {
+    MetricRecord::Custom(CustomMetric {
+        name: "temperature_celsius".into(),
+        value,
+        labels: [("sensor".to_owned(), format!("s{sensor}"))].into(),
+        at: at(ms),
+    })
+}
+
+fn metric_batch(spool: &str, first_seq: u64, records: Vec<MetricRecord>) -> Arc<TelemetryBatch> {
+    Arc::new(TelemetryBatch {
+        spool_id: spool.into(),
+        first_seq,
+        records: Records::Metrics(records),
+        dropped: Dropped::default(),
+        replay: false,
+        usage: Vec::new(),
+    })
+}
+
+/// (ms since `at(0)`, value) of every raw point of the device's series
+/// `s{sensor}`, by time.
+async fn sensor_points(store: &Store, device: &DeviceId, sensor: u64) -> Vec<(i64, f64)> {
+    let series = store
+        .list_series(device, Some("temperature_celsius"), 100)
+        .await
+        .expect("series");
+    let series = series
+        .iter()
+        .find(|s| s.labels["sensor"] == format!("s{sensor}"))
+        .expect("the sensor's series");
+    let buckets = store
+        .series_buckets(&[series.id], 1, 1, at(-1), at(100_000))
+        .await
+        .expect("points");
+    assert!(buckets.iter().all(|b| b.count == 1), "{buckets:?}");
+    buckets
+        .iter()
+        .map(|b| (b.start_ms - at(0).timestamp_millis(), b.sum))
+        .collect()
+}
+
+/// Through the writers that store several devices' batches in one
+/// transaction: a batch sent again meets its spool's cursor and stores
+/// nothing, which is why points are inserted without a per-point conflict
+/// check on PostgreSQL (ADR 0018, amendment); each series is created once;
+/// an instant repeated within a batch keeps its first value; and a batch
+/// of another spool repeating stored instants (an application pushing a
+/// sample twice) keeps the stored points and stores its new ones, while
+/// another device's batch stored beside it is unharmed.
+async fn a_batch_sent_again_stores_nothing_and_points_stored_before_are_kept_once(store: Store) {
+    let edge = device(&store, "edge-1").await;
+    let other = device(&store, "edge-2").await;
+    let telemetry = telemetry(&store, 2);
+    // Two sensors, a point each per ms over 0..100, and ms 0 of s0 again.
+    let mut records: Vec<MetricRecord> = (0..200)
+        .map(|k| sensor(k % 2, (k / 2) as i64, k as f64))
+        .collect();
+    records.push(sensor(0, 0, 999.0));
+    let first = metric_batch("a", 0, records);
+    assert_eq!(
+        telemetry
+            .ingest(&edge, first.clone(), 1)
+            .await
+            .expect("stored"),
+        Stored::New {
+            records: 201,
+            gap: 0
+        }
+    );
+    assert_eq!(
+        telemetry
+            .ingest(&edge, first, 1)
+            .await
+            .expect("acknowledged"),
+        Stored::Duplicate
+    );
+    let repeat = metric_batch("b", 0, (90..110).map(|ms| sensor(0, ms, -1.0)).collect());
+    let beside = metric_batch("a", 0, (0..50).map(|ms| sensor(1, ms, 7.0)).collect());
+    let (repeat, beside) = tokio::join!(
+        telemetry.ingest(&edge, repeat, 1),
+        telemetry.ingest(&other, beside, 1)
+    );
+    assert_eq!(
+        repeat.expect("stored"),
+        Stored::New {
+            records: 20,
+            gap: 0
+        }
+    );
+    assert_eq!(
+        beside.expect("stored"),
+        Stored::New {
+            records: 50,
+            gap: 0
+        }
+    );
+    let series = store.list_series(&edge, None, 10).await.expect("series");
+    assert_eq!(series.len(), 2, "{series:?}");
+    let expected: Vec<(i64, f64)> = (0..100)
+        .map(|ms| (ms, ms as f64 * 2.0))
+        .chain((100..110).map(|ms| (ms, -1.0)))
+        .collect();
+    assert_eq!(sensor_points(&store, &edge, 0).await, expected);
+    let expected: Vec<(i64, f64)> = (0..100).map(|ms| (ms, ms as f64 * 2.0 + 1.0)).collect();
+    assert_eq!(sensor_points(&store, &edge, 1).await, expected);
+    let expected: Vec<(i64, f64)> = (0..50).map(|ms| (ms, 7.0)).collect();
+    assert_eq!(sensor_points(&store, &other, 1).await, expected);
+}
+
+/// One transaction storing two devices' points, some of one device's
+/// stored before: those keep their values, every other point is stored,
+/// and range queries read them all, raw and rolled up.
+async fn a_group_write_keeps_points_stored_before_and_stores_the_rest(store: Store) {
+    let edge = device(&store, "edge-1").await;
+    let other = device(&store, "edge-2").await;
+    // A whole minute: at(0) is 22:13:20.
+    let start = at(0) + Duration::seconds(40);
+    let points = |from: i64, to: i64, value: f64| -> Vec<Point> {
+        (from..to)
+            .map(|s| cpu(start + Duration::seconds(s), value))
+            .collect()
+    };
+    store
+        .insert_points(&edge, &points(0, 60, 1.0), start, MAX_SERIES)
+        .await
+        .expect("stored");
+    let again = DevicePoints::new(&edge, &points(30, 120, 2.0));
+    let fresh = DevicePoints::new(&other, &points(0, 120, 3.0));
+    let received = start + minutes(2);
+    let mut tx = store.begin_telemetry().await.expect("begin");
+    let refused = tx
+        .insert_points(&[(&again, 0), (&fresh, 0)], received, MAX_SERIES)
+        .await
+        .expect("stored");
+    assert!(refused.is_empty(), "{refused:?}");
+    tx.commit().await.expect("committed");
+    let metrics = Metrics::new(store.clone(), MetricsConfig::default());
+    let now = received + Duration::seconds(1);
+    let until = start + minutes(2);
+    let raw = range(&metrics, &edge, start, until, "30s", now).await;
+    assert_eq!(raw.resolution, "raw");
+    assert_eq!(
+        buckets(&raw),
+        [
+            (1.0, 1.0, 1.0, 30),
+            (1.0, 1.0, 1.0, 30),
+            (2.0, 2.0, 2.0, 30),
+            (2.0, 2.0, 2.0, 30)
+        ],
+        "the first minute as stored before, the second new"
+    );
+    let raw = range(&metrics, &other, start, until, "30s", now).await;
+    assert_eq!(buckets(&raw), vec![(3.0, 3.0, 3.0, 30); 4]);
+    metrics.roll_up(now).await.expect("rolls up");
+    let by_minute = range(&metrics, &edge, start, until, "1m", now).await;
+    assert_eq!(by_minute.resolution, "1m");
+    assert_eq!(
+        buckets(&by_minute),
+        [(1.0, 1.0, 1.0, 60), (2.0, 2.0, 2.0, 60)]
     );
 }
