@@ -1503,3 +1503,105 @@ async fn exec_works_when_the_client_and_the_device_are_on_different_replicas() {
     assert!(session.contains(b_port), "not on b: {session}");
     drop(b);
 }
+
+/// An HTTP/1.0 GET of `/` on `port` at 127.0.0.1; the whole answer.
+async fn http_get(port: u16) -> std::io::Result<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forward_port_reaches_a_server_beside_the_device_for_many_connections_at_once() {
+    use tokio::io::AsyncBufReadExt as _;
+    // Here the CLI's tunnels and the agent's dials all come from
+    // 127.0.0.1: two connections per forwarded one, past the default 64
+    // per address that a client and a device apart each stay under.
+    let config = tempfile::tempdir().expect("a config dir");
+    let path = config.path().join("tetherd.toml");
+    std::fs::write(&path, "[api]\nmax_connections_per_ip = 256\n").expect("config");
+    let tetherd = Tetherd::start_with(Database::Sqlite, &["--config", &path.to_string_lossy()])
+        .await
+        .expect("tetherd starts");
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+    let admin = tetherd.admin().await.expect("admin");
+    let agent = tether_testkit::Agent::enroll_online(&tetherd, &admin, "edge-1")
+        .await
+        .expect("a real agent online");
+    let beside = tether_testkit::http_target::HttpTarget::start(
+        tether_testkit::http_target::Behaviour::Respond(b"the gateway's page".to_vec()),
+    )
+    .await
+    .expect("an HTTP server beside the device");
+    let target = format!("tcp://{}/", beside.url.trim_start_matches("http://"));
+    let refused_port = free_port();
+    let (port, dead_port) = (free_port(), free_port());
+    let start = |local: u16, target: String| {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["forward-port", "edge-1", &local.to_string(), &target])
+            .env("TETHER_CLI_CONFIG", tether.config())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("tether starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut stderr = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = stderr.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        Following { child, lines }
+    };
+    let mut forward = start(port, target);
+    let listening = forward
+        .next_line(Duration::from_secs(30))
+        .await
+        .expect("tether says it listens");
+    assert!(
+        listening.starts_with("Forwarding 127.0.0.1:"),
+        "{listening}"
+    );
+
+    let gets: Vec<_> = (0..50).map(|_| tokio::spawn(http_get(port))).collect();
+    for get in gets {
+        let answer = match get.await.expect("joined") {
+            Ok(answer) => answer,
+            Err(error) => {
+                let said = forward.next_line(Duration::from_secs(5)).await;
+                panic!("{error}: tether said {said:?}");
+            }
+        };
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("the gateway's page"),
+            "{answer}\n{}",
+            agent.log()
+        );
+    }
+    assert_eq!(beside.requests(), 50);
+
+    // A target nobody listens on: that connection ends, and says why.
+    let mut refused = start(dead_port, format!("tcp://127.0.0.1:{refused_port}/"));
+    refused
+        .next_line(Duration::from_secs(30))
+        .await
+        .expect("listening");
+    let answer = http_get(dead_port).await.unwrap_or_default();
+    assert_eq!(answer, "");
+    let reason = refused
+        .next_line(Duration::from_secs(30))
+        .await
+        .expect("the refusal is reported");
+    assert!(
+        reason.contains(&format!("cannot connect to 127.0.0.1:{refused_port}"))
+            && reason.contains("(502)"),
+        "{reason}"
+    );
+    let _ = forward.child.kill().await;
+    let _ = refused.child.kill().await;
+}

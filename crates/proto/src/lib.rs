@@ -28,5 +28,23 @@ pub use catalogue::{Catalogue, InputError};
 pub use device::{DeviceId, DeviceStatus, InvalidDeviceId, Presence};
 pub use topics::{DeviceTopic, TopicKind};
 
+/// An error and its causes on one line, `a: b: c`: how tetherd, the agent
+/// and the CLI print an error, once, at the edge. A cause whose text the
+/// line already ends with is skipped (reqwest and hyper repeat their inner
+/// message).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Version of the wire protocol; it is part of every topic (`tether/v1/…`).
 pub const PROTOCOL_VERSION: &str = "v1";

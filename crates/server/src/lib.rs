@@ -600,14 +600,4 @@ fn write_endpoints(dir: &Path, api: SocketAddr, mqtt: &str) -> Result<(), StartE
         .map_err(|source| StartError::Endpoints { path, source })
 }
 
-/// An error and its causes on one line: `a: b: c`. Printed once, at the edge.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use tether_proto::error_chain;

@@ -586,21 +586,7 @@ fn serialized_len(event: &ActionEvent) -> usize {
     }
 }
 
-/// An error and its causes on one line, for status messages and logs.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // reqwest and hyper sometimes repeat their inner message verbatim.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+pub use tether_proto::error_chain as chain;
 
 #[cfg(test)]
 pub(crate) mod tests {

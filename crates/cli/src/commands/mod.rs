@@ -6,6 +6,7 @@ pub mod audit;
 pub mod devices;
 pub mod events;
 pub mod exec;
+pub mod forward_port;
 pub mod jobs;
 pub mod login;
 pub mod logout;
@@ -36,6 +37,7 @@ pub enum Command {
     Jobs(jobs::Jobs),
     Events(events::Events),
     Exec(exec::Exec),
+    ForwardPort(forward_port::ForwardPort),
     Logs(logs::Logs),
     Metrics(metrics::Metrics),
     Audit(audit::Audit),
@@ -63,6 +65,7 @@ impl Command {
             Command::Jobs(cmd) => cmd.description(),
             Command::Events(cmd) => cmd.description(),
             Command::Exec(cmd) => cmd.description(),
+            Command::ForwardPort(cmd) => cmd.description(),
             Command::Logs(cmd) => cmd.description(),
             Command::Metrics(cmd) => cmd.description(),
             Command::Audit(cmd) => cmd.description(),
@@ -80,6 +83,7 @@ impl Command {
             Command::Jobs(cmd) => cmd.run(ctx).await,
             Command::Events(cmd) => cmd.run(ctx).await,
             Command::Exec(cmd) => cmd.run(ctx).await,
+            Command::ForwardPort(cmd) => cmd.run(ctx).await,
             Command::Logs(cmd) => cmd.run(ctx).await,
             Command::Metrics(cmd) => cmd.run(ctx).await,
             Command::Audit(cmd) => cmd.run(ctx).await,
@@ -120,6 +124,12 @@ pub enum CommandError {
     Usage(String),
     #[error("cannot write to standard output")]
     Write(#[source] std::io::Error),
+    #[error("cannot listen on {address}: is the port in use?")]
+    Listen {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What every command gets from the global flags.
