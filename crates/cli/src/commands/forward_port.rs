@@ -126,10 +126,8 @@ async fn splice(connection: TcpStream, socket: TunnelSocket) -> Result<(), Strin
                 continue;
             };
             match tunnel::split(&data) {
-                Some((tunnel::STDOUT, bytes)) => {
-                    if to_local.write_all(bytes).await.is_err() {
-                        return Ok(());
-                    }
+                Some((tunnel::STDOUT, bytes)) if to_local.write_all(bytes).await.is_err() => {
+                    return Ok(());
                 }
                 Some((tunnel::CLOSE, _)) => break,
                 Some((tunnel::CONTROL, json)) => {
