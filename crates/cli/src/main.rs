@@ -46,7 +46,9 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         .build()
         .context("cannot start the async runtime")?;
     let description = cli.command.description();
-    runtime
-        .block_on(cli.run())
-        .with_context(|| format!("failed to {description}"))
+    let outcome = runtime.block_on(cli.run());
+    // A read of stdin (`exec`, `proxy`) blocks a thread that nothing can
+    // cancel: waiting for it would hold the exit until stdin ends.
+    runtime.shutdown_background();
+    outcome.with_context(|| format!("failed to {description}"))
 }

@@ -1605,3 +1605,67 @@ async fn forward_port_reaches_a_server_beside_the_device_for_many_connections_at
     let _ = forward.child.kill().await;
     let _ = refused.child.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stock_ssh_client_reaches_the_devices_sshd_through_tether_proxy() {
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+    let admin = tetherd.admin().await.expect("admin");
+    let agent = tether_testkit::Agent::enroll_online(&tetherd, &admin, "edge-1")
+        .await
+        .expect("a real agent online");
+    // The device's own sshd, on its loopback (OpenSSH's, on a free port).
+    let sshd = tether_testkit::sshd::Sshd::start()
+        .await
+        .expect("sshd starts");
+    let port = sshd.port.to_string();
+    let blocks = tether
+        .run_ok(&["ssh-config", "edge-1", "--user", "root", "--port", &port])
+        .await;
+    assert!(blocks.starts_with("Host edge-1\n"), "{blocks}");
+    // `ssh edge-1` with that block, the fixture's key and host key, and
+    // `tether` found on PATH as a user's shell would.
+    let dir = tempfile::tempdir().expect("a dir");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin dir");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_tether"), bin.join("tether")).expect("link");
+    let config = dir.path().join("ssh_config");
+    std::fs::write(
+        &config,
+        format!(
+            "{blocks}    IdentityFile {}\n    IdentitiesOnly yes\n    UserKnownHostsFile {}\n    \
+             HostKeyAlias [127.0.0.1]:{port}\n    StrictHostKeyChecking yes\n    BatchMode yes\n",
+            sshd.client_key_path().display(),
+            sshd.known_hosts().expect("known_hosts").display(),
+        ),
+    )
+    .expect("ssh config");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let ssh = tokio::process::Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args(["edge-1", "echo through tether; exit 3"])
+        .env("PATH", path)
+        .env("TETHER_CLI_CONFIG", tether.config())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), ssh)
+        .await
+        .expect("ssh finishes")
+        .expect("ssh runs");
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        sshd.log(),
+        agent.log()
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "through tether\n");
+}

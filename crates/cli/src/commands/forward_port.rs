@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use futures::{SinkExt as _, StreamExt as _};
 use tether_proto::tunnel::{self, Control};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -96,11 +96,18 @@ async fn forward(
         .await
         .map_err(|error| tether_proto::error_chain(&error))?;
     let _ = connection.set_nodelay(true);
-    splice(connection, socket).await
+    let (from_local, to_local) = connection.into_split();
+    splice(from_local, to_local, socket).await
 }
 
-async fn splice(connection: TcpStream, socket: TunnelSocket) -> Result<(), String> {
-    let (mut from_local, mut to_local) = connection.into_split();
+/// Carries `from_local` to the tunnel's target and its answer to
+/// `to_local` until the target's side ends; an `error` frame (the target
+/// refused, did not answer) is the error.
+pub async fn splice(
+    mut from_local: impl AsyncRead + Unpin + Send + 'static,
+    mut to_local: impl AsyncWrite + Unpin,
+    socket: TunnelSocket,
+) -> Result<(), String> {
     let (mut sender, mut receiver) = socket.split();
     let upstream = async move {
         let mut buffer = vec![0; tunnel::MAX_PAYLOAD];
@@ -126,7 +133,12 @@ async fn splice(connection: TcpStream, socket: TunnelSocket) -> Result<(), Strin
                 continue;
             };
             match tunnel::split(&data) {
-                Some((tunnel::STDOUT, bytes)) if to_local.write_all(bytes).await.is_err() => {
+                // Flushed at once: stdout (`proxy`) is line-buffered, and
+                // an SSH stream has no lines.
+                Some((tunnel::STDOUT, bytes))
+                    if to_local.write_all(bytes).await.is_err()
+                        || to_local.flush().await.is_err() =>
+                {
                     return Ok(());
                 }
                 Some((tunnel::CLOSE, _)) => break,

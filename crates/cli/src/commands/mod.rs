@@ -12,8 +12,10 @@ pub mod login;
 pub mod logout;
 pub mod logs;
 pub mod metrics;
+pub mod proxy;
 pub mod quickstart;
 pub mod sessions;
+pub mod ssh_config;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,6 +40,8 @@ pub enum Command {
     Events(events::Events),
     Exec(exec::Exec),
     ForwardPort(forward_port::ForwardPort),
+    Proxy(proxy::Proxy),
+    SshConfig(ssh_config::SshConfig),
     Logs(logs::Logs),
     Metrics(metrics::Metrics),
     Audit(audit::Audit),
@@ -66,6 +70,8 @@ impl Command {
             Command::Events(cmd) => cmd.description(),
             Command::Exec(cmd) => cmd.description(),
             Command::ForwardPort(cmd) => cmd.description(),
+            Command::Proxy(cmd) => cmd.description(),
+            Command::SshConfig(cmd) => cmd.description(),
             Command::Logs(cmd) => cmd.description(),
             Command::Metrics(cmd) => cmd.description(),
             Command::Audit(cmd) => cmd.description(),
@@ -84,6 +90,8 @@ impl Command {
             Command::Events(cmd) => cmd.run(ctx).await,
             Command::Exec(cmd) => cmd.run(ctx).await,
             Command::ForwardPort(cmd) => cmd.run(ctx).await,
+            Command::Proxy(cmd) => cmd.run(ctx).await,
+            Command::SshConfig(cmd) => cmd.run(ctx).await,
             Command::Logs(cmd) => cmd.run(ctx).await,
             Command::Metrics(cmd) => cmd.run(ctx).await,
             Command::Audit(cmd) => cmd.run(ctx).await,
