@@ -18,7 +18,10 @@ use tokio::io::AsyncWriteExt;
 /// How long reaching the server and logging in may take, before 504.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Where a backup goes and how to log in there.
+/// Where a backup goes and how to log in there; the agent hands it to the
+/// helper on its stdin (`helper::Step`).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Server {
     pub host: String,
     pub port: u16,
