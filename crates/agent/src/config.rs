@@ -516,4 +516,19 @@ mod tests {
             "one journal location"
         );
     }
+
+    #[test]
+    fn the_restore_helper_is_beside_the_agent_unless_named() -> anyhow::Result<()> {
+        let config = Config::try_parse_from(["tether-agent"])?;
+        let exe = std::env::current_exe()?;
+        assert_eq!(
+            Some(config.restore_helper().as_path()),
+            exe.parent()
+                .map(|dir| dir.join("tether-agent-restore"))
+                .as_deref()
+        );
+        let config = Config::try_parse_from(["tether-agent", "--restore-helper", "/opt/t/helper"])?;
+        assert_eq!(config.restore_helper(), PathBuf::from("/opt/t/helper"));
+        Ok(())
+    }
 }
