@@ -1,6 +1,6 @@
-//! An SFTP client in-process (russh + russh-sftp on ring, ADR 0020): the
-//! agent's image has no OpenSSH client, and OpenSSH's `sftp` takes a
-//! password only through `SSH_ASKPASS`.
+//! An SFTP client (russh + russh-sftp on ring, ADR 0020), run in the
+//! `tether-agent-restore` helper: the agent's image has no OpenSSH client,
+//! and OpenSSH's `sftp` takes a password only through `SSH_ASKPASS`.
 //!
 //! The server's host key must match the `SHA256:…` fingerprint the request
 //! names: there is no trust on first use. The password is only ever handed
