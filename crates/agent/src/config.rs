@@ -200,6 +200,11 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     pub k3s_ready_timeout_seconds: u64,
+
+    /// The helper binary that restore-command runs for its SFTP and SQLite
+    /// work [default: tether-agent-restore beside this executable]
+    #[arg(long, env = "TETHER_AGENT_RESTORE_HELPER", value_name = "PATH")]
+    pub restore_helper: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -288,6 +293,19 @@ impl Config {
                 .collect(),
             ready_timeout: std::time::Duration::from_secs(self.k3s_ready_timeout_seconds),
         }
+    }
+
+    /// The `tether-agent-restore` that restore-command runs: the flag's,
+    /// else the one beside this executable (installed together).
+    pub fn restore_helper(&self) -> PathBuf {
+        self.restore_helper.clone().unwrap_or_else(|| {
+            let beside = std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(std::path::Path::to_path_buf));
+            beside
+                .unwrap_or_default()
+                .join(crate::restore::helper::HELPER_NAME)
+        })
     }
 
     /// The enrollment flags, all three or an error naming the missing ones.
@@ -497,5 +515,20 @@ mod tests {
             .is_err(),
             "one journal location"
         );
+    }
+
+    #[test]
+    fn the_restore_helper_is_beside_the_agent_unless_named() -> anyhow::Result<()> {
+        let config = Config::try_parse_from(["tether-agent"])?;
+        let exe = std::env::current_exe()?;
+        assert_eq!(
+            Some(config.restore_helper().as_path()),
+            exe.parent()
+                .map(|dir| dir.join("tether-agent-restore"))
+                .as_deref()
+        );
+        let config = Config::try_parse_from(["tether-agent", "--restore-helper", "/opt/t/helper"])?;
+        assert_eq!(config.restore_helper(), PathBuf::from("/opt/t/helper"));
+        Ok(())
     }
 }

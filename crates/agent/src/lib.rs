@@ -125,6 +125,7 @@ pub async fn run(
         kubectl: config.kubectl(),
         k3s_restart: config.k3s_restart(),
         state_dir: state.path().to_owned(),
+        restore_helper: config.restore_helper(),
         operator: Default::default(),
     };
     let ran = serve(

@@ -155,6 +155,8 @@ pub struct Kubernetes {
     /// The agent's state directory: `send-kubectl` keeps its private
     /// kubeconfig and discovery cache there.
     pub state_dir: std::path::PathBuf,
+    /// The `tether-agent-restore` binary restore-command runs.
+    pub restore_helper: std::path::PathBuf,
     /// The identity of the default actions `send-kubectl` and
     /// `send-kubernetes-api` in cluster mode.
     pub operator: OperatorToken,
@@ -630,6 +632,7 @@ pub(crate) mod tests {
                     ready_timeout: std::time::Duration::from_secs(5),
                 },
                 state_dir: std::env::temp_dir(),
+                restore_helper: crate::restore::helper::HELPER_NAME.into(),
                 operator: Default::default(),
             },
         };

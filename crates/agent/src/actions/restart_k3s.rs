@@ -218,6 +218,7 @@ mod tests {
                 ready_timeout: Duration::from_secs(1),
             },
             state_dir: dir.to_owned(),
+            restore_helper: crate::restore::helper::HELPER_NAME.into(),
             operator: Default::default(),
         }
     }

@@ -6,7 +6,9 @@
 //! The input and the mode are checked at once; the rest (the Deployment,
 //! where its file is on the node, the transfer, the restore) runs in the
 //! background (see `Dispatcher`), one at a time per Deployment (409).
-//! The SFTP password goes only into the SSH session ([`sftp::Server`]).
+//! The SFTP and SQLite steps run in the `tether-agent-restore` helper
+//! ([`helper`]); the Kubernetes steps stay here. The SFTP password goes
+//! only to the helper's stdin and into the SSH session ([`sftp::Server`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,8 +20,8 @@ use serde_json::{Value, json};
 use super::manage_deployment::{ROLLOUT_COMPLETE, rollout_status, scale};
 use super::{ActionError, Answer, Kubernetes};
 use crate::kubernetes::{Client, Mode, check_name};
-use crate::restore::sftp::{self, SftpError};
-use crate::restore::sqlite::{self, SqliteError};
+use crate::restore::helper::{self, HelperError, Step};
+use crate::restore::sftp;
 use crate::restore::volume::{self, Location, VolumeError};
 
 /// The SFTP port when the request names none.
@@ -42,13 +44,9 @@ pub enum RestoreError {
     #[error("deployment {deployment}'s SQLite file {path} does not exist on this node")]
     NoDatabase { deployment: String, path: String },
     #[error(transparent)]
-    Sftp(#[from] SftpError),
-    #[error(transparent)]
-    Sqlite(#[from] SqliteError),
+    Helper(#[from] HelperError),
     #[error("cannot make the temporary directory {dir}")]
     Temp { dir: String, source: std::io::Error },
-    #[error("the {what} stopped before finishing: {reason}")]
-    Blocking { what: &'static str, reason: String },
     #[error(
         "deployment {deployment} still has pods {seconds} s after it was scaled to 0 ({pods}); the database was not replaced"
     )]
@@ -73,9 +71,8 @@ impl RestoreError {
             RestoreError::NotHostMode => 503,
             RestoreError::Volume(e) => e.status_code(),
             RestoreError::NoDatabase { .. } => 422,
-            RestoreError::Sftp(e) => e.status_code(),
-            RestoreError::Sqlite(e) => e.status_code(),
-            RestoreError::Temp { .. } | RestoreError::Blocking { .. } => 500,
+            RestoreError::Helper(e) => e.status_code(),
+            RestoreError::Temp { .. } => 500,
             RestoreError::PodsStayed { .. } | RestoreError::RolloutStuck { .. } => 504,
         }
     }
@@ -206,6 +203,8 @@ struct Job {
     database: PathBuf,
     /// The agent's state directory, where the transfer's copy is kept.
     temp_dir: PathBuf,
+    /// The `tether-agent-restore` binary that does the SFTP and SQLite work.
+    helper: PathBuf,
 }
 
 /// Checks the input and the mode now, and returns `(what is busy, the
@@ -244,6 +243,7 @@ async fn prepared(request: Request, kubernetes: Kubernetes) -> Result<Answer, Ac
         deployment,
         database,
         temp_dir: kubernetes.state_dir.clone(),
+        helper: kubernetes.restore_helper.clone(),
     };
     let started = Instant::now();
     let mut response = match job.request.command {
@@ -305,16 +305,17 @@ async fn backup(job: &Job) -> Result<Value, ActionError> {
         }
         .into());
     }
-    // Connected first: a wrong server or password fails before the copy.
-    let connection = job.request.server.connect().await.map_err(from_sftp)?;
     let temp = TempDir::new(job)?;
-    let copy = temp.path().join("backup.db");
-    let (live, target) = (job.database.clone(), copy.clone());
-    blocking("backup", move || sqlite::backup(&live, &target)).await?;
-    let bytes = connection
-        .upload(&copy, &job.request.remote_path)
-        .await
-        .map_err(from_sftp)?;
+    let bytes = run_step(
+        job,
+        Step::Backup {
+            server: job.request.server.clone(),
+            database: job.database.clone(),
+            copy: temp.path().join("backup.db"),
+            remote_path: job.request.remote_path.clone(),
+        },
+    )
+    .await?;
     tracing::info!(
         deployment = job.request.deployment,
         database = %job.database.display(),
@@ -329,17 +330,19 @@ async fn backup(job: &Job) -> Result<Value, ActionError> {
 /// Downloads and checks the backup, then halts the Deployment, swaps the
 /// file in and scales the Deployment back to what it was.
 async fn restore(job: &Job) -> Result<Value, ActionError> {
-    let connection = job.request.server.connect().await.map_err(from_sftp)?;
     let temp = TempDir::new(job)?;
     let downloaded = temp.path().join("restore.db");
-    let bytes = connection
-        .download(&job.request.remote_path, &downloaded)
-        .await
-        .map_err(from_sftp)?;
-    drop(connection);
-    // Checked before the application is stopped: a bad backup costs nothing.
-    let checked = downloaded.clone();
-    blocking("integrity check", move || sqlite::integrity_check(&checked)).await?;
+    // Checked by the helper before the application is stopped: a bad
+    // backup costs nothing.
+    let bytes = run_step(
+        job,
+        Step::Fetch {
+            server: job.request.server.clone(),
+            remote_path: job.request.remote_path.clone(),
+            target: downloaded.clone(),
+        },
+    )
+    .await?;
 
     let path = deployment_path(&job.request);
     let replicas = job.deployment["spec"]["replicas"].as_i64().unwrap_or(1);
@@ -351,8 +354,14 @@ async fn restore(job: &Job) -> Result<Value, ActionError> {
     scale(&job.client, &path, 0).await?;
     let replaced = async {
         pods_gone(job).await?;
-        let (restored, live) = (downloaded.clone(), job.database.clone());
-        blocking("restore", move || sqlite::replace(&restored, &live)).await
+        run_step(
+            job,
+            Step::Replace {
+                restored: downloaded.clone(),
+                live: job.database.clone(),
+            },
+        )
+        .await
     }
     .await;
     // Scaled back whatever happened: a failed restore leaves the old
@@ -473,8 +482,11 @@ fn url_encode(value: &str) -> String {
         .collect()
 }
 
-fn from_sftp(error: SftpError) -> ActionError {
-    RestoreError::from(error).into()
+/// Runs one SFTP or SQLite step in the helper.
+async fn run_step(job: &Job, step: Step) -> Result<u64, ActionError> {
+    helper::run(&job.helper, &step)
+        .await
+        .map_err(|e| RestoreError::from(e).into())
 }
 
 /// A directory of the agent's own for one Deployment's transfer, holding
@@ -512,20 +524,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Runs SQLite's blocking work off the async threads.
-async fn blocking(
-    what: &'static str,
-    work: impl FnOnce() -> Result<(), SqliteError> + Send + 'static,
-) -> Result<(), ActionError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| RestoreError::Blocking {
-            what,
-            reason: e.to_string(),
-        })?
-        .map_err(|e| RestoreError::from(e).into())
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! An SFTP client in-process (russh + russh-sftp on ring, ADR 0020): the
-//! agent's image has no OpenSSH client, and OpenSSH's `sftp` takes a
-//! password only through `SSH_ASKPASS`.
+//! An SFTP client (russh + russh-sftp on ring, ADR 0020), run in the
+//! `tether-agent-restore` helper: the agent's image has no OpenSSH client,
+//! and OpenSSH's `sftp` takes a password only through `SSH_ASKPASS`.
 //!
 //! The server's host key must match the `SHA256:…` fingerprint the request
 //! names: there is no trust on first use. The password is only ever handed
@@ -18,7 +18,10 @@ use tokio::io::AsyncWriteExt;
 /// How long reaching the server and logging in may take, before 504.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Where a backup goes and how to log in there.
+/// Where a backup goes and how to log in there; the agent hands it to the
+/// helper on its stdin (`helper::Step`).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Server {
     pub host: String,
     pub port: u16,

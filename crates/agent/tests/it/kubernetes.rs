@@ -876,7 +876,15 @@ fn sftp_input(command: &str, sshd: &Sshd, parameters: Value) -> anyhow::Result<V
 
 /// `cluster`, with `notes` and restore-command enabled.
 async fn restore_cluster(name: &str) -> anyhow::Result<(Cluster, PathBuf)> {
-    let c = cluster(name).await?;
+    restore_cluster_with(name, &[]).await
+}
+
+/// [`restore_cluster`], with more environment for the agent.
+async fn restore_cluster_with(
+    name: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Cluster, PathBuf)> {
+    let c = cluster_with(name, env).await?;
     let live = seed_notes(&c.api, c.dir.path())?;
     // Destructive: never enabled by default (ADR 0017).
     c.admin
@@ -1138,6 +1146,47 @@ async fn restore_command_names_what_is_wrong_and_leaves_the_database_alone() -> 
     ensure!(
         std::fs::read(&live)? == before,
         "the live database was touched"
+    );
+    ensure!(
+        !c.agent.log().contains(PASSWORD),
+        "the agent logged the password"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn restore_command_without_its_helper_names_the_path_and_the_flag() -> anyhow::Result<()> {
+    let missing = "/nonexistent/tether-agent-restore";
+    let (c, live) = restore_cluster_with(
+        "k8s-restore-nohelper",
+        &[("TETHER_AGENT_RESTORE_HELPER", missing)],
+    )
+    .await?;
+    Writer::start(&live).await?.stop()?;
+    let before = std::fs::read(&live)?;
+    let requests_before = c.api.requests().len();
+    let input = json!({"command": "restore-database",
+                       "parameters": {"deployment": "notes", "host": "127.0.0.1", "port": 22,
+                                      "user": PASSWORD_USER, "password": PASSWORD,
+                                      "remotePath": "/backups/notes.db",
+                                      "hostKeyFingerprint": format!("SHA256:{}", "A".repeat(43))}});
+    let done = c.act("restore-command", input).await?;
+    ensure!(code(&done) == 501, "{done}");
+    let message = done["statusMessage"].as_str().unwrap_or_default();
+    ensure!(
+        message.contains(missing) && message.contains("--restore-helper"),
+        "{done}"
+    );
+    // Nothing was halted or replaced.
+    ensure!(
+        std::fs::read(&live)? == before,
+        "the live database was touched"
+    );
+    ensure!(
+        c.api.requests()[requests_before..]
+            .iter()
+            .all(|r| r.method == "GET"),
+        "the deployment was changed"
     );
     ensure!(
         !c.agent.log().contains(PASSWORD),
