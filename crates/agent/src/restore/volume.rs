@@ -12,6 +12,11 @@
 //!
 //! Anything else (network volumes, `emptyDir`, CSI drivers) has no file on
 //! this node that the agent could copy, and is refused naming the type.
+//!
+//! The path is checked here only as text: it stays under the volume's
+//! directory (no `..`, no absolute `subPath`, a volume other than `/`).
+//! What the application made inside its volume (a symlink pointing out of
+//! it) is checked on the node, when the file is opened ([`super::sqlite`]).
 
 use std::path::{Component, Path, PathBuf};
 
@@ -39,6 +44,18 @@ pub enum VolumeError {
     Unsupported { what: String, kind: String },
     #[error("persistent volume claim {claim} is not bound to a volume yet")]
     Unbound { claim: String },
+    #[error(
+        "subPath {sub_path:?} of volume {volume} in deployment {deployment} must be a relative path without `..`"
+    )]
+    BadSubPath {
+        deployment: String,
+        volume: String,
+        sub_path: String,
+    },
+    #[error(
+        "{what} is the node's directory {path:?}; restore-command needs an absolute directory other than / without `..`"
+    )]
+    BadRoot { what: String, path: String },
 }
 
 impl VolumeError {
@@ -95,7 +112,16 @@ pub fn locate(deployment: &Value) -> Result<Location, VolumeError> {
             path: path.to_owned(),
         })?;
     let volume_name = mount["name"].as_str().unwrap_or_default();
-    let within = Path::new(mount["subPath"].as_str().unwrap_or_default()).join(rest);
+    let sub_path = mount["subPath"].as_str().unwrap_or_default();
+    // An absolute subPath would replace the volume's directory in `join`.
+    if !is_beneath(Path::new(sub_path)) {
+        return Err(VolumeError::BadSubPath {
+            deployment: name,
+            volume: volume_name.to_owned(),
+            sub_path: sub_path.to_owned(),
+        });
+    }
+    let within = Path::new(sub_path).join(rest);
     let volume = spec["volumes"]
         .as_array()
         .into_iter()
@@ -106,7 +132,8 @@ pub fn locate(deployment: &Value) -> Result<Location, VolumeError> {
             volume: volume_name.to_owned(),
         })?;
     if let Some(host) = volume["hostPath"]["path"].as_str() {
-        return Ok(Location::Node(Path::new(host).join(within)));
+        let what = format!("volume {volume_name} of deployment {name}");
+        return Ok(Location::Node(under_root(&what, host, &within)?));
     }
     if let Some(claim) = volume["persistentVolumeClaim"]["claimName"].as_str() {
         return Ok(Location::Claim {
@@ -137,17 +164,46 @@ pub fn bound_volume(claim: &Value) -> Result<String, VolumeError> {
 /// The file on the node, `within` the PersistentVolume `volume`.
 pub fn on_persistent_volume(volume: &Value, within: &Path) -> Result<PathBuf, VolumeError> {
     let spec = &volume["spec"];
-    spec["hostPath"]["path"]
+    let what = format!(
+        "persistent volume {}",
+        volume["metadata"]["name"].as_str().unwrap_or_default()
+    );
+    let root = spec["hostPath"]["path"]
         .as_str()
         .or_else(|| spec["local"]["path"].as_str())
-        .map(|root| Path::new(root).join(within))
         .ok_or_else(|| VolumeError::Unsupported {
-            what: format!(
-                "persistent volume {}",
-                volume["metadata"]["name"].as_str().unwrap_or_default()
-            ),
+            what: what.clone(),
             kind: volume_kind(spec),
-        })
+        })?;
+    under_root(&what, root, within)
+}
+
+/// `within` (relative, no `..`) under the volume's directory `root` on the
+/// node. A volume of `/` is the whole node: the application's own path
+/// would then name any file of the host (k3s's datastore, /etc).
+fn under_root(what: &str, root: &str, within: &Path) -> Result<PathBuf, VolumeError> {
+    let dir = Path::new(root);
+    let whole_node = dir.components().all(|c| c == Component::RootDir);
+    if !dir.is_absolute() || whole_node || dir.components().any(|c| c == Component::ParentDir) {
+        return Err(VolumeError::BadRoot {
+            what: what.to_owned(),
+            path: root.to_owned(),
+        });
+    }
+    if !is_beneath(within) {
+        return Err(VolumeError::BadRoot {
+            what: what.to_owned(),
+            path: dir.join(within).display().to_string(),
+        });
+    }
+    Ok(dir.join(within))
+}
+
+/// Whether `path` names something at or below where it is joined: relative
+/// and without `..`.
+fn is_beneath(path: &Path) -> bool {
+    path.components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 /// The volume source's key (`nfs`, `emptyDir`, `csi`…), to name it.
@@ -304,5 +360,49 @@ mod tests {
         let error = on_persistent_volume(&nfs, Path::new("app.db")).expect_err("refused");
         assert!(error.to_string().contains("nfs"), "{error}");
         assert!(error.to_string().contains("pv-nfs"), "{error}");
+    }
+
+    #[test]
+    fn a_sub_path_cannot_leave_the_volume() {
+        for sub_path in ["/etc", "../../etc", "db/../../etc"] {
+            let d = deployment(
+                Some("/data/shadow"),
+                json!([{"name": "data", "mountPath": "/data", "subPath": sub_path}]),
+                json!([{"name": "data", "hostPath": {"path": "/srv/app"}}]),
+            );
+            let error = locate(&d).expect_err("refused");
+            assert!(
+                matches!(error, VolumeError::BadSubPath { .. }),
+                "{sub_path}: {error}"
+            );
+            assert!(error.to_string().contains(sub_path), "{error}");
+            assert_eq!(error.status_code(), 422);
+        }
+    }
+
+    #[test]
+    fn a_volume_of_the_whole_node_is_refused() {
+        for root in ["/", "//", "/srv/../", "srv"] {
+            let d = deployment(
+                Some("/host/var/lib/rancher/k3s/server/db/state.db"),
+                json!([{"name": "host", "mountPath": "/host"}]),
+                json!([{"name": "host", "hostPath": {"path": root}}]),
+            );
+            let error = locate(&d).expect_err("refused");
+            assert!(
+                matches!(error, VolumeError::BadRoot { .. }),
+                "{root}: {error}"
+            );
+            assert!(error.to_string().contains("volume host"), "{error}");
+
+            let pv = json!({"metadata": {"name": "pv-root"}, "spec": {"local": {"path": root}}});
+            let error = on_persistent_volume(&pv, Path::new("etc/shadow")).expect_err("refused");
+            assert!(error.to_string().contains("pv-root"), "{error}");
+        }
+        let pv = json!({"metadata": {"name": "pv"}, "spec": {"hostPath": {"path": "/srv/pv"}}});
+        assert!(matches!(
+            on_persistent_volume(&pv, Path::new("../../etc/shadow")),
+            Err(VolumeError::BadRoot { .. })
+        ));
     }
 }
