@@ -1454,7 +1454,21 @@ async fn exec_runs_a_command_on_a_real_agent_with_its_streams_apart_and_its_exit
         .iter()
         .filter(|entry| entry["method"] == "TUNNEL")
         .collect();
-    assert_eq!(tunnels.len(), 2, "{audit}");
+    assert_eq!(tunnels.len(), 3, "{audit}");
+    // A refused tunnel is recorded too, with the client's error.
+    let refused = tunnels.first().expect("the last tunnel");
+    assert_eq!(refused["status"], 404, "{refused}");
+    assert_eq!(refused["detail"]["device"], "edge-9");
+    assert!(
+        refused["detail"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not found")),
+        "{refused}"
+    );
+    assert!(
+        refused["detail"].get("bytesToDevice").is_none(),
+        "{refused}"
+    );
     let first = tunnels.last().expect("the first tunnel");
     assert_eq!(first["actor"], "admin");
     assert_eq!(first["detail"]["device"], "edge-1");

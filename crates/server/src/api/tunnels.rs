@@ -95,18 +95,57 @@ async fn open_tunnel(
     let upgrade = upgrade.map_err(not_a_websocket)?;
     let device = device_id(&name)?;
     let (kind, command, target) = parse_query(query.as_deref())?;
-    let opened = state.tunnels.open(&device, Instant::now());
+    let what = match kind {
+        Kind::Exec => command.join(" "),
+        Kind::Forward => target.clone().unwrap_or_default(),
+    };
+    let started = chrono::Utc::now();
+    let device_socket = match dialed_back(&state, &device, &host, kind, command, target).await {
+        Ok(socket) => socket,
+        Err(error) => {
+            // A tunnel refused (unknown device, action disabled, the
+            // device's refusal, no dial-back) is recorded as one that ran.
+            let outcome = TunnelOutcome::Refused(&error);
+            state
+                .audit_tunnel(&principal.username, &device, kind, &what, started, outcome)
+                .await;
+            return Err(error);
+        }
+    };
+    Ok(upgrade
+        .max_message_size(MAX_MESSAGE)
+        .on_upgrade(move |client| async move {
+            let traffic = splice(halves(client), halves(device_socket)).await;
+            tracing::info!(user = %principal.username, %device, kind = kind.as_str(), target = %what,
+                to_device = traffic.to_device, from_device = traffic.from_device, "tunnel closed");
+            let outcome = TunnelOutcome::Carried(traffic);
+            state
+                .audit_tunnel(&principal.username, &device, kind, &what, started, outcome)
+                .await;
+        }))
+}
+
+/// Opens the tunnel, asks the device to dial it and waits for its socket.
+async fn dialed_back(
+    state: &AppState,
+    device: &tether_proto::DeviceId,
+    host: &str,
+    kind: Kind,
+    command: Vec<String>,
+    target: Option<String>,
+) -> Result<WebSocket, ApiError> {
+    let opened = state.tunnels.open(device, Instant::now());
     let input = OpenTunnel {
         url: format!("wss://{host}/api/v1/tunnels/{}", opened.id),
         token: opened.token,
         kind,
         command,
-        target: target.clone(),
+        target,
     };
     let action = state
         .actions
         .request(
-            &device,
+            device,
             RequestAction {
                 action: tunnel::OPEN_TUNNEL.to_owned(),
                 input: serde_json::to_value(&input).unwrap_or_default(),
@@ -115,31 +154,16 @@ async fn open_tunnel(
             },
         )
         .await?;
-    let refused = refusal(&state, &action.correlation_id);
-    let device_socket = tokio::select! {
-        dialed = opened.dialed => dialed.map_err(|_| ApiError::new(StatusCode::BAD_GATEWAY, "tunnel_failed", "the tunnel was dropped before the device dialed"))?,
-        error = refused => return Err(error),
+    let refused = refusal(state, &action.correlation_id);
+    tokio::select! {
+        dialed = opened.dialed => dialed.map_err(|_| ApiError::new(StatusCode::BAD_GATEWAY, "tunnel_failed", "the tunnel was dropped before the device dialed")),
+        error = refused => Err(error),
         () = tokio::time::sleep(Duration::from_secs(tunnel::DIAL_SECONDS)) => {
-            return Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "tunnel_timeout", format!(
+            Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "tunnel_timeout", format!(
                 "device {device} did not dial the tunnel back within {} s: is it online and can it reach {host}?",
-                tunnel::DIAL_SECONDS)));
+                tunnel::DIAL_SECONDS)))
         }
-    };
-    let what = match kind {
-        Kind::Exec => input.command.join(" "),
-        Kind::Forward => target.unwrap_or_default(),
-    };
-    let started = chrono::Utc::now();
-    Ok(upgrade
-        .max_message_size(MAX_MESSAGE)
-        .on_upgrade(move |client| async move {
-            let traffic = splice(halves(client), halves(device_socket)).await;
-            tracing::info!(user = %principal.username, %device, kind = kind.as_str(), target = %what,
-                to_device = traffic.to_device, from_device = traffic.from_device, "tunnel closed");
-            state
-                .audit_tunnel(&principal.username, &device, kind, &what, started, traffic)
-                .await;
-        }))
+    }
 }
 
 /// Waits for the `open-tunnel` action to end in anything but success: the
@@ -243,9 +267,17 @@ fn halves(
     (rx, Box::pin(tx))
 }
 
+/// How a tunnel ended, for its audit record.
+enum TunnelOutcome<'a> {
+    /// It was spliced and carried this much.
+    Carried(Traffic),
+    /// It never opened: the error the client was given.
+    Refused(&'a ApiError),
+}
+
 impl AppState {
-    /// Records a tunnel that ended; like every audit record, a failure to
-    /// record is logged, not fatal.
+    /// Records a tunnel that ended or was refused; like every audit
+    /// record, a failure to record is logged, not fatal.
     async fn audit_tunnel(
         &self,
         actor: &str,
@@ -253,18 +285,28 @@ impl AppState {
         kind: Kind,
         target: &str,
         started: chrono::DateTime<chrono::Utc>,
-        traffic: Traffic,
+        outcome: TunnelOutcome<'_>,
     ) {
-        let detail = serde_json::json!({
+        let mut detail = serde_json::json!({
             "device": device, "kind": kind.as_str(), "target": target,
             "startedAt": started, "endedAt": chrono::Utc::now(),
-            "bytesToDevice": traffic.to_device, "bytesFromDevice": traffic.from_device,
         });
+        let status = match outcome {
+            TunnelOutcome::Carried(traffic) => {
+                detail["bytesToDevice"] = traffic.to_device.into();
+                detail["bytesFromDevice"] = traffic.from_device.into();
+                101
+            }
+            TunnelOutcome::Refused(error) => {
+                detail["error"] = error.message.clone().into();
+                error.status.as_u16()
+            }
+        };
         self.audit_with(
             actor,
             "TUNNEL",
             &format!("/api/v1/devices/{device}/tunnel"),
-            101,
+            status,
             Some(detail),
         )
         .await;
