@@ -1487,6 +1487,50 @@ async fn exec_runs_a_command_on_a_real_agent_with_its_streams_apart_and_its_exit
     );
 }
 
+/// Whether a process runs `sleep SECONDS` on this host (the agent's).
+fn sleeping(seconds: u32) -> bool {
+    let cmdline = format!("sleep\0{seconds}\0");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| {
+            std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == cmdline.as_bytes())
+        })
+}
+
+/// A client that goes away mid-command takes the command with it, and
+/// what the command started: a shell's `sleep` must not outlive it.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_kills_the_command_and_what_it_started_when_the_client_goes_away() {
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+    let admin = tetherd.admin().await.expect("admin");
+    let agent = tether_testkit::Agent::enroll_online(&tetherd, &admin, "edge-1")
+        .await
+        .expect("a real agent online");
+    // This test's own sleep, told apart by its length.
+    let seconds = 100_000 + std::process::id();
+    let script = format!("echo started; sleep {seconds}; echo done");
+    let mut exec = tether.follow(&["exec", "edge-1", "--", "sh", "-c", &script]);
+    exec.lines_with("started", 1, "done").await;
+    tether_testkit::wait_until("the sleep to start", Duration::from_secs(30), || async {
+        Ok(sleeping(seconds).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}; agent log:\n{}", agent.log()));
+
+    exec.child.kill().await.expect("the client goes");
+    tether_testkit::wait_until(
+        "the command's sleep to be killed",
+        Duration::from_secs(30),
+        || async { Ok((!sleeping(seconds)).then_some(())) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}; agent log:\n{}", agent.log()));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_works_when_the_client_and_the_device_are_on_different_replicas() {
     let a = Tetherd::start(Database::Postgres)

@@ -4,6 +4,7 @@
 use std::process::Stdio;
 
 use futures::{SinkExt as _, StreamExt as _};
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 use tether_proto::tunnel::{self, Control};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
@@ -87,6 +88,10 @@ pub async fn serve(socket: Socket, command: Vec<String>) {
     let status = tokio::select! {
         () = input => {
             tracing::info!(%program, "the tunnel's client went away: killing the command");
+            if let Some(pid) = child.id() {
+                let _ = tokio::task::spawn_blocking(move || kill_tree(pid)).await;
+            }
+            // Killed already, unless /proc could not be read.
             let _ = child.kill().await;
             child.wait().await
         }
@@ -112,6 +117,33 @@ pub async fn serve(socket: Socket, command: Vec<String>) {
     };
     let _ = sender.send(binary(tunnel::control(&exit))).await;
     let _ = sender.close().await;
+}
+
+/// Kills `root` and every process it started, and theirs: a shell's
+/// commands would otherwise outlive it (reparented, so all are found
+/// before any dies), running on and holding the output pipes open after
+/// the client left. `root` goes first, so it cannot start more. Blocking:
+/// reads /proc.
+fn kill_tree(root: u32) {
+    let mut system = System::new();
+    system.refresh_processes_specifics(ProcessesToUpdate::All, true, ProcessRefreshKind::nothing());
+    let processes = system.processes();
+    let mut tree = vec![Pid::from_u32(root)];
+    let mut next = 0;
+    while let Some(&parent) = tree.get(next) {
+        tree.extend(
+            processes
+                .iter()
+                .filter(|(_, process)| process.parent() == Some(parent))
+                .map(|(pid, _)| *pid),
+        );
+        next += 1;
+    }
+    for pid in &tree {
+        if let Some(process) = processes.get(pid) {
+            process.kill();
+        }
+    }
 }
 
 /// Sends what `pipe` yields on `channel`, then that the stream ended.
