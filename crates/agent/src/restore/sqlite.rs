@@ -45,12 +45,19 @@ pub enum SqliteError {
         "{path} is refused: {reason}; a symlink in the volume could point out of it, so none is followed"
     )]
     Symlink { path: String, reason: String },
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl SqliteError {
     pub fn status_code(&self) -> u16 {
         match self {
-            SqliteError::Backup { .. } | SqliteError::Replace { .. } => 500,
+            SqliteError::Backup { .. } | SqliteError::Replace { .. } | SqliteError::Open { .. } => {
+                500
+            }
             // The backup itself is bad, not the agent: the request cannot
             // be carried out as it stands.
             SqliteError::Corrupt { .. } | SqliteError::Symlink { .. } => 422,
@@ -145,9 +152,7 @@ pub fn replace(restored: &Path, live: &Path) -> Result<(), SqliteError> {
     let (dir, name) = open_parent(live)?;
     let old = match regular_file(&dir, name, live) {
         Ok(old) => Some(old),
-        Err(SqliteError::Replace { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
+        Err(SqliteError::Open { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             None
         }
         Err(error) => return Err(error),
@@ -167,7 +172,8 @@ pub fn replace(restored: &Path, live: &Path) -> Result<(), SqliteError> {
     );
     std::io::copy(&mut File::open(restored).map_err(failed)?, &mut copy).map_err(failed)?;
     if let Some(old) = old {
-        rustix::fs::fchmod(&copy, Mode::from_raw_mode(old.st_mode & 0o7777))
+        // Permissions only: no set-user-id bit on a file now root's copy.
+        rustix::fs::fchmod(&copy, Mode::from_raw_mode(old.st_mode & 0o777))
             .and_then(|()| {
                 rustix::fs::fchown(
                     &copy,
@@ -205,11 +211,10 @@ fn open_parent(path: &Path) -> Result<(OwnedFd, &OsStr), SqliteError> {
         return Err(refused("it is not an absolute path".to_owned()));
     }
     let directory = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let mut dir = openat(CWD, "/", directory, Mode::empty())
-        .map_err(into_io)
-        .map_err(|source| SqliteError::Replace {
+    let mut dir =
+        openat(CWD, "/", directory, Mode::empty()).map_err(|error| SqliteError::Open {
             path: "/".to_owned(),
-            source,
+            source: into_io(error),
         })?;
     let mut walked = std::path::PathBuf::from("/");
     for component in parent.components() {
@@ -231,7 +236,7 @@ fn open_parent(path: &Path) -> Result<(OwnedFd, &OsStr), SqliteError> {
                 )));
             }
             Err(error) => {
-                return Err(SqliteError::Replace {
+                return Err(SqliteError::Open {
                     path: walked.display().to_string(),
                     source: into_io(error),
                 });
@@ -243,11 +248,10 @@ fn open_parent(path: &Path) -> Result<(OwnedFd, &OsStr), SqliteError> {
 
 /// The status of `name` in `dir`, which must be a regular file, not a link.
 fn regular_file(dir: &OwnedFd, name: &OsStr, path: &Path) -> Result<Stat, SqliteError> {
-    let stat =
-        statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|error| SqliteError::Replace {
-            path: path.display().to_string(),
-            source: into_io(error),
-        })?;
+    let stat = statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|error| SqliteError::Open {
+        path: path.display().to_string(),
+        source: into_io(error),
+    })?;
     if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
         return Err(SqliteError::Symlink {
             path: path.display().to_string(),
