@@ -1531,6 +1531,92 @@ async fn exec_kills_the_command_and_what_it_started_when_the_client_goes_away() 
     .unwrap_or_else(|e| panic!("{e:#}; agent log:\n{}", agent.log()));
 }
 
+/// A process's resident memory (VmRSS), in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                line.strip_prefix("VmRSS:")?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// A client that stops reading while the command writes 100 MB: the
+/// bytes wait in the command's pipe, not in tetherd's or the agent's memory.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_with_a_client_that_stops_reading_keeps_tetherd_and_the_agent_flat() {
+    use tokio::io::AsyncReadExt as _;
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+    let admin = tetherd.admin().await.expect("admin");
+    let agent = tether_testkit::Agent::enroll_online(&tetherd, &admin, "edge-1")
+        .await
+        .expect("a real agent online");
+    let mut exec = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args([
+            "exec",
+            "edge-1",
+            "--",
+            "head",
+            "-c",
+            "100000000",
+            "/dev/zero",
+        ])
+        .env("TETHER_CLI_CONFIG", tether.config())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tether starts");
+    let mut stdout = exec.stdout.take().expect("stdout is piped");
+    // The first MiB read: the tunnel is up and carrying.
+    let mut first = vec![0; 1 << 20];
+    tokio::time::timeout(Duration::from_secs(30), stdout.read_exact(&mut first))
+        .await
+        .expect("1 MiB within 30 s")
+        .expect("read");
+    let pids = [
+        ("tetherd", tetherd.pid().expect("tetherd runs")),
+        ("the agent", agent.pid().expect("the agent runs")),
+    ];
+    let before = pids.map(|(_, pid)| rss_kib(pid));
+    // Then nobody reads: sampled for 3 s, in which an unbounded buffer
+    // would take in tens of MB.
+    let mut peak = before;
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for (i, (_, pid)) in pids.iter().enumerate() {
+            peak[i] = peak[i].max(rss_kib(*pid));
+        }
+    }
+    assert!(
+        exec.try_wait().expect("tether's status").is_none(),
+        "the command is held back, not done"
+    );
+    for (i, (name, _)) in pids.iter().enumerate() {
+        eprintln!(
+            "{name}: VmRSS {} KiB with the tunnel up, {} KiB at most while stalled",
+            before[i], peak[i]
+        );
+        assert!(
+            peak[i] < before[i] + 16 * 1024,
+            "{name}'s VmRSS grew from {} KiB to {} KiB with a stalled reader",
+            before[i],
+            peak[i]
+        );
+    }
+    exec.kill().await.expect("the client goes");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_works_when_the_client_and_the_device_are_on_different_replicas() {
     let a = Tetherd::start(Database::Postgres)
