@@ -1617,6 +1617,49 @@ async fn exec_with_a_client_that_stops_reading_keeps_tetherd_and_the_agent_flat(
     exec.kill().await.expect("the client goes");
 }
 
+/// The device going away mid-command ends the client with an error, not a
+/// hang.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_ends_with_an_error_when_the_device_goes_away_mid_command() {
+    use tokio::io::AsyncBufReadExt as _;
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+    let admin = tetherd.admin().await.expect("admin");
+    let mut agent = tether_testkit::Agent::enroll_online(&tetherd, &admin, "edge-1")
+        .await
+        .expect("a real agent online");
+    // `cat` ends with the agent (its stdin closes): nothing outlives the test.
+    let mut exec = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["exec", "edge-1", "--", "sh", "-c", "echo started; exec cat"])
+        .env("TETHER_CLI_CONFIG", tether.config())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tether starts");
+    let mut stdout = tokio::io::BufReader::new(exec.stdout.take().expect("piped")).lines();
+    let started = tokio::time::timeout(Duration::from_secs(30), stdout.next_line()).await;
+    assert!(
+        matches!(&started, Ok(Ok(Some(line))) if line == "started"),
+        "{started:?}; agent log:\n{}",
+        agent.log()
+    );
+
+    agent.kill();
+    let output = tokio::time::timeout(Duration::from_secs(30), exec.wait_with_output())
+        .await
+        .expect("tether ends within 30 s of the device")
+        .expect("tether's output");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the tunnel closed before the command ended"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_works_when_the_client_and_the_device_are_on_different_replicas() {
     let a = Tetherd::start(Database::Postgres)
