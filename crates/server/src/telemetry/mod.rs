@@ -262,9 +262,11 @@ impl Writer {
                 }
             }
             // A batch the store refuses (its device deleted, a number it
-            // cannot hold) fails the whole transaction: each batch is then
-            // stored alone, so only that one is refused.
-            Err(error) if jobs.len() > 1 && is_the_batchs_own(&error) => {
+            // cannot hold, a value the database rejects that nobody
+            // foresaw) fails the whole transaction: each batch is then
+            // stored alone, so only that one is refused and a hostile
+            // device cannot hold the others' batches back.
+            Err(error) if jobs.len() > 1 && may_be_one_batchs(&error) => {
                 for job in jobs {
                     match self.store(std::slice::from_ref(&job), now).await {
                         Ok(mut outcome) => self.stored(job, outcome.remove(0)),
@@ -316,12 +318,11 @@ impl Writer {
     }
 }
 
-/// Whether `error` is about one batch rather than the store.
-fn is_the_batchs_own(error: &StoreError) -> bool {
-    matches!(
-        error,
-        StoreError::NotFound { .. } | StoreError::TooLarge { .. } | StoreError::Encode { .. }
-    )
+/// Whether `error` may come from one batch of a group: anything but a
+/// database that cannot be reached (or tetherd stopping), after which
+/// storing the batches one by one would only fail as many times.
+fn may_be_one_batchs(error: &StoreError) -> bool {
+    !error.is_unavailable() && !matches!(error, StoreError::ShuttingDown)
 }
 
 /// Takes `job`'s cursor, stores its new log records, or its host samples
@@ -478,6 +479,36 @@ mod tests {
         CustomMetric, Dropped, Feature, FeatureBytes, LogRecord, MetricRecord, Stream,
         TelemetryBatch,
     };
+
+    #[test]
+    fn a_group_is_stored_batch_by_batch_after_any_failure_but_an_unreachable_database() {
+        let query = |source| StoreError::Query {
+            context: "store telemetry",
+            source,
+        };
+        for one_batchs in [
+            StoreError::NotFound {
+                what: "device edge-1".into(),
+            },
+            StoreError::TooLarge {
+                what: "a sequence number",
+                value: u64::MAX,
+            },
+            // What nobody foresaw, e.g. a value the database rejects.
+            query(sqlx::Error::Protocol("invalid byte sequence".into())),
+        ] {
+            assert!(may_be_one_batchs(&one_batchs), "{one_batchs}");
+        }
+        for everyones in [
+            query(sqlx::Error::PoolTimedOut),
+            query(sqlx::Error::Io(std::io::Error::from(
+                std::io::ErrorKind::ConnectionReset,
+            ))),
+            StoreError::ShuttingDown,
+        ] {
+            assert!(!may_be_one_batchs(&everyones), "{everyones}");
+        }
+    }
 
     async fn service() -> (Telemetry, Store, DeviceId) {
         let store = Store::connect("sqlite::memory:").await.expect("store");
