@@ -63,6 +63,10 @@ pub enum ActionError {
     BadTimeout(u64),
     #[error("action {0} not found")]
     NotFound(String),
+    #[error(
+        "{0} is sent by tetherd itself when a tunnel opens; open one with `tether exec`, `tether forward-port` or `tether proxy` (GET /api/v1/devices/NAME/tunnel)"
+    )]
+    SentByTetherdOnly(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -181,9 +185,20 @@ impl ActionService {
         self.config.max_ttl
     }
 
+    /// An operator's request (the actions API): [`Self::submit`] for any
+    /// action but those tetherd sends on its own behalf.
+    pub async fn request(
+        &self,
+        device: &DeviceId,
+        request: RequestAction,
+    ) -> Result<Action, ActionError> {
+        operator_may_request(&request.action)?;
+        self.submit(device, request).await
+    }
+
     /// Validates, stores and (if the device is online) delivers an action.
     /// Nothing is stored or sent when the request is refused.
-    pub async fn request(
+    pub async fn submit(
         &self,
         device: &DeviceId,
         request: RequestAction,
@@ -836,6 +851,16 @@ impl ActionService {
 /// The caller may pick the correlation id (seed 000 puts it in the input);
 /// a repeated one is refused with 409, so a retried request never runs an
 /// action twice. Otherwise tetherd makes one.
+/// Refuses the actions only tetherd sends: `open-tunnel` names a URL and
+/// a token the device trusts as tetherd's, which no operator should
+/// choose (a tunnel is opened through its own route, and audited there).
+pub fn operator_may_request(action: &str) -> Result<(), ActionError> {
+    if action == tether_proto::tunnel::OPEN_TUNNEL {
+        return Err(ActionError::SentByTetherdOnly(action.to_owned()));
+    }
+    Ok(())
+}
+
 fn correlation_id(input: &serde_json::Value) -> Result<String, ActionError> {
     match input.get("correlationId").and_then(|v| v.as_str()) {
         Some(id)

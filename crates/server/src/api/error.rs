@@ -192,6 +192,9 @@ impl From<ActionError> for ApiError {
                 Self::new(StatusCode::FORBIDDEN, "action_not_enabled", message)
             }
             ActionError::BadTtl { .. } | ActionError::BadTimeout(_) => Self::bad_request(message),
+            ActionError::SentByTetherdOnly(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "sent_by_tetherd_only", message)
+            }
             ActionError::Store(source) => source.into(),
         }
     }

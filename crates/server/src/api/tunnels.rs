@@ -144,7 +144,7 @@ async fn dialed_back(
     };
     let action = state
         .actions
-        .request(
+        .submit(
             device,
             RequestAction {
                 action: tunnel::OPEN_TUNNEL.to_owned(),

@@ -138,6 +138,7 @@ impl JobService {
             Some(r) if r == 0 || r > MAX_RATE_PER_SECOND => return Err(JobError::BadRate(r)),
             _ => {}
         }
+        crate::actions::operator_may_request(&request.action)?;
         let CheckedRequest {
             action,
             input,

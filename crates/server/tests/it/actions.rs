@@ -216,6 +216,22 @@ async fn invalid_input_is_refused_and_never_sent(database: Database) -> anyhow::
         .await?;
     assert_eq!(bad_ttl.status, 400);
 
+    // A tunnel's dial-back is tetherd's to send: an operator cannot make a
+    // device dial a URL and token of their choosing, alone or as a job.
+    let dial = json!({"action": "open-tunnel", "input": {
+        "url": "wss://elsewhere.example:443/api/v1/tunnels/1", "token": "chosen", "kind": "exec",
+        "command": ["true"]}});
+    let refused = admin
+        .post("/api/v1/devices/edge-1/actions", dial.clone())
+        .await?;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(refused.body["error"]["code"], "sent_by_tetherd_only");
+    let mut job = dial;
+    job["labelSelector"] = json!("!absent");
+    let refused = admin.post("/api/v1/jobs", job).await?;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(refused.body["error"]["code"], "sent_by_tetherd_only");
+
     // The first message the device receives is the valid action: the refused
     // ones were never sent, and none was stored.
     let good = request(&admin, "edge-1", json!({"action": "get-node-ip"})).await?;
