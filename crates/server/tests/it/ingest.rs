@@ -68,6 +68,22 @@ async fn an_answer_is_not_lost_while_the_store_is_unavailable(
     let admin = tetherd.admin().await?;
     let agent = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
     let pid = agent.pid().context("the agent runs")?;
+    // Its birth stored first: a birth still being written when the store
+    // goes would hold the answer behind it (a device's messages are
+    // written in order), and the answer would never be tried.
+    wait_until(
+        "edge-1's birth to be stored",
+        Duration::from_secs(15),
+        || {
+            let admin = admin.clone();
+            async move {
+                Ok(device(&admin, "edge-1").await?["agentVersion"]
+                    .is_string()
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
     let bystander = DeviceCredentials::enroll(&admin, "bystander").await?;
     let bystander_dir = tempfile::tempdir()?;
     bystander.write_to(bystander_dir.path())?;
