@@ -6,6 +6,7 @@ pub mod commands;
 pub mod config;
 pub mod labels;
 pub mod output;
+pub mod tunnel;
 
 use std::path::PathBuf;
 

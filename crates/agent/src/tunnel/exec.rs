@@ -8,9 +8,8 @@ use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 use tether_proto::tunnel::{self, Control};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 
-use super::{Socket, binary, failed};
+use super::{Socket, binary, failed, incoming};
 
 /// Messages queued for the socket: with two readers (stdout, stderr), a
 /// few frames at most wait while the socket is slow.
@@ -63,15 +62,10 @@ pub async fn serve(socket: Socket, command: Vec<String>) {
     // before the command means the client is gone.
     let mut stdin = child.stdin.take();
     let input = async {
-        while let Some(Ok(message)) = receiver.next().await {
-            let Message::Binary(data) = message else {
-                if message.is_close() {
-                    break;
-                }
-                continue;
-            };
-            match tunnel::split(&data) {
-                Some((tunnel::STDIN, bytes)) => {
+        let mut frames = incoming(receiver);
+        while let Some((channel, bytes)) = frames.next().await {
+            match (channel, &bytes[..]) {
+                (tunnel::STDIN, bytes) => {
                     if let Some(pipe) = stdin.as_mut()
                         && pipe.write_all(bytes).await.is_err()
                     {
@@ -80,7 +74,7 @@ pub async fn serve(socket: Socket, command: Vec<String>) {
                 }
                 // The command reads to its end; the socket is still
                 // watched, for the client going away.
-                Some((tunnel::CLOSE, [tunnel::STDIN])) => stdin = None,
+                (tunnel::CLOSE, [tunnel::STDIN]) => stdin = None,
                 _ => {}
             }
         }

@@ -7,9 +7,8 @@ use futures::{SinkExt as _, StreamExt as _};
 use tether_proto::tunnel;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 
-use super::{Socket, binary, failed};
+use super::{Socket, binary, failed, incoming};
 
 /// How long the target may take to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,16 +44,11 @@ pub async fn serve(socket: Socket, target: String) {
     let _ = stream.set_nodelay(true);
     let (mut from_target, mut to_target) = stream.into_split();
     let upstream = async {
-        while let Some(Ok(message)) = receiver.next().await {
-            let Message::Binary(data) = message else {
-                if message.is_close() {
-                    break;
-                }
-                continue;
-            };
-            match tunnel::split(&data) {
-                Some((tunnel::STDIN, bytes)) if to_target.write_all(bytes).await.is_err() => break,
-                Some((tunnel::CLOSE, _)) => break,
+        let mut frames = incoming(receiver);
+        while let Some((channel, bytes)) = frames.next().await {
+            match channel {
+                tunnel::STDIN if to_target.write_all(&bytes).await.is_err() => break,
+                tunnel::CLOSE => break,
                 _ => {}
             }
         }

@@ -12,12 +12,15 @@ pub mod forward;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::SplitStream;
+use futures::{Stream, StreamExt as _, future};
 use tether_proto::tunnel::{self, Control};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 /// The tunnel's socket.
 pub type Socket = WebSocketStream<TlsStream<TcpStream>>;
@@ -113,11 +116,25 @@ pub async fn dial(
 }
 
 /// A binary WebSocket message of `frame`.
-fn binary(frame: Vec<u8>) -> tokio_tungstenite::tungstenite::Message {
-    tokio_tungstenite::tungstenite::Message::Binary(frame.into())
+fn binary(frame: Vec<u8>) -> Message {
+    Message::Binary(frame.into())
+}
+
+/// The client's frames as channel and payload, in order, until its socket
+/// closes or fails (the client went away); pings and empty messages are
+/// skipped.
+fn incoming(receiver: SplitStream<Socket>) -> impl Stream<Item = (u8, Bytes)> + Unpin {
+    receiver
+        .take_while(|message| future::ready(matches!(message, Ok(message) if !message.is_close())))
+        .filter_map(|message| {
+            future::ready(match message {
+                Ok(Message::Binary(data)) if !data.is_empty() => Some((data[0], data.slice(1..))),
+                _ => None,
+            })
+        })
 }
 
 /// The control message saying the tunnel failed, and why.
-fn failed(status: u16, message: String) -> tokio_tungstenite::tungstenite::Message {
+fn failed(status: u16, message: String) -> Message {
     binary(tunnel::control(&Control::Error { status, message }))
 }

@@ -3,12 +3,12 @@
 //! its stdout and stderr come back apart, and its exit status becomes
 //! this command's.
 
-use futures::{SinkExt as _, StreamExt as _};
+use futures::StreamExt as _;
 use tether_proto::tunnel::{self, Control};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio_tungstenite::tungstenite::Message;
+use tokio::io::AsyncWriteExt as _;
 
 use super::{CommandError, Context, Outcome};
+use crate::tunnel as tunnel_io;
 
 /// Run one command on a device, streaming its output.
 #[derive(Debug, clap::Args)]
@@ -33,46 +33,31 @@ impl Exec {
         let mut query = vec![("kind", "exec")];
         query.extend(self.command.iter().map(|arg| ("command", arg.as_str())));
         let socket = client.tunnel(&self.device, &query).await?;
-        let (mut sender, mut receiver) = socket.split();
+        let (sender, receiver) = socket.split();
         // Stdin is read on its own task, dropped once the command ended:
         // a terminal's stdin never ends by itself.
-        let input = tokio::spawn(async move {
-            let mut stdin = tokio::io::stdin();
-            let mut buffer = vec![0; tunnel::MAX_PAYLOAD];
-            loop {
-                match stdin.read(&mut buffer).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(read) => {
-                        let frame = tunnel::frame(tunnel::STDIN, &buffer[..read]);
-                        if sender.send(Message::Binary(frame.into())).await.is_err() {
-                            return sender;
-                        }
-                    }
-                }
-            }
-            let close = tunnel::frame(tunnel::CLOSE, &[tunnel::STDIN]);
-            let _ = sender.send(Message::Binary(close.into())).await;
-            // The sending half is kept open (returned, not dropped):
-            // closing it would end the tunnel before the output is read.
-            sender
-        });
+        let input = tokio::spawn(tunnel_io::send_input(tokio::io::stdin(), sender));
         let output = async {
             let mut stdout = tokio::io::stdout();
             let mut stderr = tokio::io::stderr();
-            while let Some(message) = receiver.next().await {
-                let Ok(Message::Binary(data)) = message else {
-                    continue;
-                };
-                match tunnel::split(&data) {
-                    Some((tunnel::STDOUT, bytes)) => {
-                        stdout.write_all(bytes).await.map_err(CommandError::Write)?;
+            let mut frames = tunnel_io::incoming(receiver);
+            while let Some((channel, bytes)) = frames.next().await {
+                match channel {
+                    tunnel::STDOUT => {
+                        stdout
+                            .write_all(&bytes)
+                            .await
+                            .map_err(CommandError::Write)?;
                         stdout.flush().await.map_err(CommandError::Write)?;
                     }
-                    Some((tunnel::STDERR, bytes)) => {
-                        stderr.write_all(bytes).await.map_err(CommandError::Write)?;
+                    tunnel::STDERR => {
+                        stderr
+                            .write_all(&bytes)
+                            .await
+                            .map_err(CommandError::Write)?;
                         stderr.flush().await.map_err(CommandError::Write)?;
                     }
-                    Some((tunnel::CONTROL, json)) => match serde_json::from_slice(json) {
+                    tunnel::CONTROL => match serde_json::from_slice(&bytes) {
                         Ok(Control::Exit { code, signal }) => {
                             return Ok(exit_outcome(code, signal));
                         }

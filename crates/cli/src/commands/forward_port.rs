@@ -5,14 +5,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use futures::{SinkExt as _, StreamExt as _};
+use futures::StreamExt as _;
 use tether_proto::tunnel::{self, Control};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::Message;
 
 use super::{CommandError, Context, Outcome};
 use crate::client::{ApiClient, TunnelSocket};
+use crate::tunnel as tunnel_io;
 
 /// Forward a local port to a host and port the device reaches.
 #[derive(Debug, clap::Args)]
@@ -104,46 +104,26 @@ async fn forward(
 /// `to_local` until the target's side ends; an `error` frame (the target
 /// refused, did not answer) is the error.
 pub async fn splice(
-    mut from_local: impl AsyncRead + Unpin + Send + 'static,
+    from_local: impl AsyncRead + Unpin + Send + 'static,
     mut to_local: impl AsyncWrite + Unpin,
     socket: TunnelSocket,
 ) -> Result<(), String> {
-    let (mut sender, mut receiver) = socket.split();
-    let upstream = async move {
-        let mut buffer = vec![0; tunnel::MAX_PAYLOAD];
-        loop {
-            match from_local.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(read) => {
-                    let frame = tunnel::frame(tunnel::STDIN, &buffer[..read]);
-                    if sender.send(Message::Binary(frame.into())).await.is_err() {
-                        return sender;
-                    }
-                }
-            }
-        }
-        let close = tunnel::frame(tunnel::CLOSE, &[tunnel::STDIN]);
-        let _ = sender.send(Message::Binary(close.into())).await;
-        // Kept open until the target's side has ended too.
-        sender
-    };
+    let (sender, receiver) = socket.split();
     let downstream = async move {
-        while let Some(Ok(message)) = receiver.next().await {
-            let Message::Binary(data) = message else {
-                continue;
-            };
-            match tunnel::split(&data) {
+        let mut frames = tunnel_io::incoming(receiver);
+        while let Some((channel, bytes)) = frames.next().await {
+            match channel {
                 // Flushed at once: stdout (`proxy`) is line-buffered, and
                 // an SSH stream has no lines.
-                Some((tunnel::STDOUT, bytes))
-                    if to_local.write_all(bytes).await.is_err()
+                tunnel::STDOUT
+                    if to_local.write_all(&bytes).await.is_err()
                         || to_local.flush().await.is_err() =>
                 {
                     return Ok(());
                 }
-                Some((tunnel::CLOSE, _)) => break,
-                Some((tunnel::CONTROL, json)) => {
-                    if let Ok(Control::Error { status, message }) = serde_json::from_slice(json) {
+                tunnel::CLOSE => break,
+                tunnel::CONTROL => {
+                    if let Ok(Control::Error { status, message }) = serde_json::from_slice(&bytes) {
                         return Err(format!("{message} ({status})"));
                     }
                 }
@@ -153,12 +133,12 @@ pub async fn splice(
         let _ = to_local.shutdown().await;
         Ok(())
     };
-    let upstream = tokio::spawn(upstream);
+    // The sender is kept open until the target's side has ended too.
+    let upstream = tokio::spawn(tunnel_io::send_input(from_local, sender));
     let ended = downstream.await;
     upstream.abort();
     ended
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
