@@ -81,6 +81,17 @@ struct FileConfig {
     broker: FileBroker,
     #[serde(default)]
     kubernetes: FileKubernetes,
+    #[serde(default)]
+    tunnels: FileTunnels,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileTunnels {
+    keepalive_seconds: Option<u64>,
+    /// 0: tunnels are never ended for being idle.
+    idle_timeout_seconds: Option<u64>,
+    max_waiting_per_user: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -94,6 +105,7 @@ struct FileKubernetes {
 struct FileCluster {
     lease_seconds: Option<u64>,
     advertise_mqtt_url: Option<String>,
+    advertise_api_url: Option<String>,
     outbox_sweep_seconds: Option<u64>,
 }
 
@@ -188,6 +200,7 @@ pub struct ServerConfig {
     pub cluster: crate::cluster::ClusterConfig,
     pub broker: BrokerConfig,
     pub kubernetes: KubernetesConfig,
+    pub tunnels: crate::tunnels::TunnelConfig,
 }
 
 /// `[kubernetes]`: what the join manifest runs (ADR 0017).
@@ -225,6 +238,38 @@ fn kubernetes_config(file: &FileKubernetes) -> Result<KubernetesConfig, ConfigEr
             expected: "an image reference such as registry.example/tether-agent:1.0 (1–512 printable characters, no spaces or quotes)".to_owned(),
         }),
     }
+}
+
+/// `[tunnels]`: keepalive, idle timeout and the waiting cap (ADR 0021).
+fn tunnel_config(file: &FileTunnels) -> Result<crate::tunnels::TunnelConfig, ConfigError> {
+    let defaults = crate::tunnels::TunnelConfig::default();
+    let keepalive = secs(file.keepalive_seconds, defaults.keepalive);
+    // Below a few seconds pings cost more than they keep; above ten
+    // minutes most load balancers have dropped the connection already.
+    check_range("tunnels.keepalive_seconds", keepalive, 5, 600)?;
+    let idle_timeout = match file.idle_timeout_seconds {
+        None => defaults.idle_timeout,
+        Some(0) => None,
+        Some(seconds) => {
+            let timeout = Duration::from_secs(seconds);
+            check_range("tunnels.idle_timeout_seconds", timeout, 60, 30 * DAY)?;
+            Some(timeout)
+        }
+    };
+    let max_waiting_per_user = file
+        .max_waiting_per_user
+        .unwrap_or(defaults.max_waiting_per_user as u32);
+    check_count(
+        "tunnels.max_waiting_per_user",
+        max_waiting_per_user,
+        1,
+        10_000,
+    )?;
+    Ok(crate::tunnels::TunnelConfig {
+        keepalive,
+        idle_timeout,
+        max_waiting_per_user: max_waiting_per_user as usize,
+    })
 }
 
 /// Where devices connect: tetherd's embedded MQTT endpoint, or an MQTT
@@ -750,6 +795,7 @@ impl ServerConfig {
         let cluster = cluster_config(file.cluster)?;
         let broker = broker_config(&file.broker, &data_dir)?;
         let kubernetes = kubernetes_config(&file.kubernetes)?;
+        let tunnels = tunnel_config(&file.tunnels)?;
         check_range("retention.events_days", retention.events, DAY, 3660 * DAY)?;
         check_range("retention.actions_days", retention.actions, DAY, 3660 * DAY)?;
         check_range("retention.metrics_days", retention.metrics, DAY, 3660 * DAY)?;
@@ -827,6 +873,7 @@ impl ServerConfig {
             cluster,
             broker,
             kubernetes,
+            tunnels,
         })
     }
 }
@@ -889,11 +936,17 @@ impl ServerConfig {
             cluster: FileCluster {
                 lease_seconds: Some(self.cluster.lease.as_secs()),
                 advertise_mqtt_url: self.cluster.advertise_mqtt_url.clone(),
+                advertise_api_url: self.cluster.advertise_api_url.clone(),
                 outbox_sweep_seconds: Some(self.cluster.outbox_sweep.as_secs()),
             },
             broker: self.broker.to_file(),
             kubernetes: FileKubernetes {
                 agent_image: Some(self.kubernetes.agent_image.clone()),
+            },
+            tunnels: FileTunnels {
+                keepalive_seconds: Some(self.tunnels.keepalive.as_secs()),
+                idle_timeout_seconds: Some(self.tunnels.idle_timeout.map_or(0, |t| t.as_secs())),
+                max_waiting_per_user: Some(self.tunnels.max_waiting_per_user as u32),
             },
         };
         toml::to_string(&file).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
@@ -987,11 +1040,22 @@ fn cluster_config(file: FileCluster) -> Result<crate::cluster::ClusterConfig, Co
             });
         }
     }
+    if let Some(url) = &file.advertise_api_url {
+        let authority = url.strip_prefix("https://").unwrap_or_default();
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+            return Err(ConfigError::Invalid {
+                key: "cluster.advertise_api_url",
+                value: url.clone(),
+                expected: "use https://HOST:PORT, where devices reach this replica's API (they dial tunnels back to it)".into(),
+            });
+        }
+    }
     let outbox_sweep = secs(file.outbox_sweep_seconds, defaults.outbox_sweep);
     check_range("cluster.outbox_sweep_seconds", outbox_sweep, 1, 3600)?;
     Ok(crate::cluster::ClusterConfig {
         lease,
         advertise_mqtt_url: file.advertise_mqtt_url,
+        advertise_api_url: file.advertise_api_url,
         outbox_sweep,
     })
 }
@@ -1161,6 +1225,22 @@ mod tests {
             (
                 "[cluster]\nadvertise_mqtt_url = \"https://x:1\"\n",
                 "cluster.advertise_mqtt_url",
+            ),
+            (
+                "[cluster]\nadvertise_api_url = \"wss://x:1/api\"\n",
+                "cluster.advertise_api_url",
+            ),
+            (
+                "[tunnels]\nkeepalive_seconds = 1\n",
+                "tunnels.keepalive_seconds",
+            ),
+            (
+                "[tunnels]\nidle_timeout_seconds = 5\n",
+                "tunnels.idle_timeout_seconds",
+            ),
+            (
+                "[tunnels]\nmax_waiting_per_user = 0\n",
+                "tunnels.max_waiting_per_user",
             ),
             (
                 "[ingest]\nmax_clock_ahead_seconds = 999999\n",

@@ -362,9 +362,11 @@ pub async fn run(
         scrape_token,
         mqtt_port: endpoint.mqtt_port(),
         device_mqtt_url: endpoint.device_mqtt_url(),
-        tunnels: Arc::new(tunnels::Tunnels::new(std::time::Duration::from_secs(
-            tether_proto::tunnel::DIAL_SECONDS,
-        ))),
+        tunnels: Arc::new(tunnels::Tunnels::new(
+            std::time::Duration::from_secs(tether_proto::tunnel::DIAL_SECONDS),
+            config.tunnels.clone(),
+        )),
+        advertise_api_url: config.cluster.advertise_api_url.clone(),
         health,
         agent_image: config.kubernetes.agent_image.clone(),
     });

@@ -66,6 +66,8 @@ pub struct AppState {
     pub device_mqtt_url: Option<String>,
     /// Tunnels waiting for their device to dial back (ADR 0021).
     pub tunnels: Arc<crate::tunnels::Tunnels<axum::extract::ws::WebSocket>>,
+    /// Where devices dial tunnels back (`cluster.advertise_api_url`).
+    pub advertise_api_url: Option<String>,
 }
 
 impl AppState {

@@ -83,7 +83,8 @@ fn parse_query(query: Option<&str>) -> Result<(Kind, Vec<String>, Option<String>
     responses((status = 101, description = "The tunnel, as a WebSocket"),
         (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 426, body = ErrorBody),
-        (status = 502, body = ErrorBody), (status = 504, body = ErrorBody)))]
+        (status = 429, body = ErrorBody), (status = 502, body = ErrorBody),
+        (status = 504, body = ErrorBody)))]
 async fn open_tunnel(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -100,7 +101,9 @@ async fn open_tunnel(
         Kind::Forward => target.clone().unwrap_or_default(),
     };
     let started = chrono::Utc::now();
-    let device_socket = match dialed_back(&state, &device, &host, kind, command, target).await {
+    let user = &principal.username;
+    let device_socket = match dialed_back(&state, &device, user, &host, kind, command, target).await
+    {
         Ok(socket) => socket,
         Err(error) => {
             // A tunnel refused (unknown device, action disabled, the
@@ -115,9 +118,11 @@ async fn open_tunnel(
     Ok(upgrade
         .max_message_size(MAX_MESSAGE)
         .on_upgrade(move |client| async move {
-            let traffic = splice(halves(client), halves(device_socket)).await;
+            let config = state.tunnels.config();
+            let traffic = splice(halves(client), halves(device_socket), config).await;
             tracing::info!(user = %principal.username, %device, kind = kind.as_str(), target = %what,
-                to_device = traffic.to_device, from_device = traffic.from_device, "tunnel closed");
+                to_device = traffic.to_device, from_device = traffic.from_device, idle = traffic.idle,
+                "tunnel closed");
             let outcome = TunnelOutcome::Carried(traffic);
             state
                 .audit_tunnel(&principal.username, &device, kind, &what, started, outcome)
@@ -129,14 +134,24 @@ async fn open_tunnel(
 async fn dialed_back(
     state: &AppState,
     device: &tether_proto::DeviceId,
+    user: &str,
     host: &str,
     kind: Kind,
     command: Vec<String>,
     target: Option<String>,
 ) -> Result<WebSocket, ApiError> {
-    let opened = state.tunnels.open(device, Instant::now());
+    let opened = state
+        .tunnels
+        .open(device, user, Instant::now())
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_tunnels",
+                error.to_string(),
+            )
+        })?;
     let input = OpenTunnel {
-        url: format!("wss://{host}/api/v1/tunnels/{}", opened.id),
+        url: dial_url(state.advertise_api_url.as_deref(), host, &opened.id),
         token: opened.token,
         kind,
         command,
@@ -164,6 +179,16 @@ async fn dialed_back(
                 tunnel::DIAL_SECONDS)))
         }
     }
+}
+
+/// Where the device dials tunnel `id`: this replica as configured for
+/// devices (`cluster.advertise_api_url`), else as the client reached it.
+fn dial_url(advertised: Option<&str>, client_host: &str, id: &str) -> String {
+    let base = match advertised {
+        Some(url) => url.trim_end_matches('/').replacen("https://", "wss://", 1),
+        None => format!("wss://{client_host}"),
+    };
+    format!("{base}/api/v1/tunnels/{id}")
 }
 
 /// Waits for the `open-tunnel` action to end in anything but success: the
@@ -261,6 +286,7 @@ fn halves(
     let tx = tx.with(|message: Message| {
         std::future::ready(Ok::<_, axum::Error>(match message {
             Message::Data(data) => ws::Message::Binary(data.into()),
+            Message::Ping => ws::Message::Ping(Default::default()),
             Message::Close | Message::Other => ws::Message::Close(None),
         }))
     });
@@ -295,6 +321,9 @@ impl AppState {
             TunnelOutcome::Carried(traffic) => {
                 detail["bytesToDevice"] = traffic.to_device.into();
                 detail["bytesFromDevice"] = traffic.from_device.into();
+                if traffic.idle {
+                    detail["endedIdle"] = true.into();
+                }
                 101
             }
             TunnelOutcome::Refused(error) => {
@@ -316,6 +345,22 @@ impl AppState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_dial_the_advertised_address_else_the_clients() {
+        assert_eq!(
+            dial_url(None, "tether.example:8443", "t1"),
+            "wss://tether.example:8443/api/v1/tunnels/t1"
+        );
+        assert_eq!(
+            dial_url(
+                Some("https://node1.internal:8443/"),
+                "tether.example:8443",
+                "t1"
+            ),
+            "wss://node1.internal:8443/api/v1/tunnels/t1"
+        );
+    }
 
     #[test]
     fn the_query_names_the_kind_and_what_it_runs_or_reaches() {

@@ -61,6 +61,10 @@ pub struct ClusterConfig {
     /// load balancer in front of all replicas. Default: its first public
     /// host and its MQTT port.
     pub advertise_mqtt_url: Option<String>,
+    /// The `https://HOST:PORT` devices dial this replica's tunnels at
+    /// (ADR 0021), where they reach it under another name than clients do.
+    /// Default: the host the tunnel's client used.
+    pub advertise_api_url: Option<String>,
     /// How often each replica delivers the pending actions of the devices
     /// it holds, in case the announcement from another replica was lost.
     pub outbox_sweep: Duration,
@@ -71,6 +75,7 @@ impl Default for ClusterConfig {
         Self {
             lease: Duration::from_secs(15),
             advertise_mqtt_url: None,
+            advertise_api_url: None,
             outbox_sweep: Duration::from_secs(5),
         }
     }
