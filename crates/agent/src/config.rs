@@ -205,6 +205,37 @@ pub struct Config {
     /// work [default: tether-agent-restore beside this executable]
     #[arg(long, env = "TETHER_AGENT_RESTORE_HELPER", value_name = "PATH")]
     pub restore_helper: Option<PathBuf>,
+
+    /// Whether operators may run commands and copy files here through
+    /// tunnels (`tether exec`, `tether cp`), whatever tetherd asks
+    #[arg(
+        long,
+        env = "TETHER_AGENT_ALLOW_REMOTE_SHELL",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub allow_remote_shell: bool,
+
+    /// Whether operators may reach this device's network through it
+    /// (`tether forward-port`, `tether proxy`), whatever tetherd asks
+    #[arg(
+        long,
+        env = "TETHER_AGENT_ALLOW_PORT_FORWARD",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub allow_port_forward: bool,
+
+    /// The largest file `tether cp` may copy to or from this device, in bytes
+    #[arg(
+        long,
+        env = "TETHER_AGENT_MAX_COPY_BYTES",
+        value_name = "BYTES",
+        default_value_t = 1 << 30
+    )]
+    pub max_copy_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -306,6 +337,15 @@ impl Config {
                 .unwrap_or_default()
                 .join(crate::restore::helper::HELPER_NAME)
         })
+    }
+
+    /// What tunnels may do on this device.
+    pub fn tunnels(&self) -> crate::tunnel::TunnelPolicy {
+        crate::tunnel::TunnelPolicy {
+            allow_remote_shell: self.allow_remote_shell,
+            allow_port_forward: self.allow_port_forward,
+            max_copy_bytes: self.max_copy_bytes,
+        }
     }
 
     /// The enrollment flags, all three or an error naming the missing ones.

@@ -280,6 +280,7 @@ async fn serve(
             spools,
             follow,
             kubernetes,
+            tunnels: config.tunnels(),
         },
         renewed_rx,
         shutdown,

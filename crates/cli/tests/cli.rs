@@ -1856,3 +1856,141 @@ async fn the_stock_ssh_client_reaches_the_devices_sshd_through_tether_proxy() {
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout), "through tether\n");
 }
+
+#[tokio::test]
+async fn cp_copies_files_both_ways_whole_and_refuses_what_the_device_does_not_take() {
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+    let admin = tetherd.admin().await.expect("admin");
+    let agent = tether_testkit::Agent::enroll_with_env(
+        &tetherd,
+        &admin,
+        "edge-1",
+        &[("TETHER_AGENT_MAX_COPY_BYTES", "4000000")],
+    )
+    .await
+    .expect("a real agent");
+    agent.wait_presence(&admin, "online").await.expect("online");
+    let local = tempfile::tempdir().expect("a local dir");
+    let remote = tempfile::tempdir().expect("the device's dir");
+    // 3 MB: many tunnel messages, not a multiple of one.
+    let content: Vec<u8> = (0..3_000_017u32).map(|i| (i * 7 % 251) as u8).collect();
+    let source = local.path().join("app.bin");
+    std::fs::write(&source, &content).expect("written");
+    std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o640)).expect("mode");
+
+    // Up, into a directory named with a trailing slash.
+    let target = format!("edge-1:{}/", remote.path().display());
+    let run = tether
+        .run(&["cp", &source.to_string_lossy(), &target])
+        .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stderr, agent.log());
+    let uploaded = remote.path().join("app.bin");
+    assert_eq!(std::fs::read(&uploaded).expect("uploaded"), content);
+    let mode = std::fs::metadata(&uploaded)
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o640);
+
+    // Down again, into a local directory; nothing partial is left behind.
+    let back = local.path().join("back");
+    std::fs::create_dir(&back).expect("a dir");
+    let source = format!("edge-1:{}", uploaded.display());
+    let run = tether.run(&["cp", &source, &back.to_string_lossy()]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(std::fs::read(back.join("app.bin")).expect("back"), content);
+    assert_eq!(std::fs::read_dir(&back).expect("listed").count(), 1);
+
+    // Refusals name the problem and leave the old file whole.
+    let big = local.path().join("big.bin");
+    std::fs::write(&big, vec![0u8; 4_000_001]).expect("written");
+    let target = format!("edge-1:{}", uploaded.display());
+    let run = tether.run(&["cp", &big.to_string_lossy(), &target]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("at most 4000000") && run.stderr.contains("(413)"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read(&uploaded).expect("kept"), content);
+    let missing = format!("edge-1:{}/no/such/dir/x", remote.path().display());
+    let small = local.path().join("small.bin");
+    std::fs::write(&small, b"x").expect("written");
+    let run = tether
+        .run(&["cp", &small.to_string_lossy(), &missing])
+        .await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("cannot create a file in") && run.stderr.contains("(404)"),
+        "{}",
+        run.stderr
+    );
+    let missing = format!("edge-1:{}/nothing-here", remote.path().display());
+    let run = tether
+        .run(&["cp", &missing, &local.path().to_string_lossy()])
+        .await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("nothing-here") && run.stderr.contains("(404)"),
+        "{}",
+        run.stderr
+    );
+    let run = tether.run(&["cp", "./a", "./b"]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("DEVICE:/PATH"), "{}", run.stderr);
+    // Only the device's temp files would show a failed upload.
+    assert_eq!(std::fs::read_dir(remote.path()).expect("listed").count(), 1);
+
+    // Each copy is audited with its path and bytes.
+    let audit = admin
+        .get("/api/v1/audit?limit=50")
+        .await
+        .expect("audit")
+        .expect_status(200)
+        .expect("listed");
+    let uploaded_path = uploaded.to_string_lossy();
+    let records = audit["items"].as_array().expect("items");
+    assert!(
+        records.iter().any(|entry| {
+            let detail = &entry["detail"];
+            entry["method"] == "TUNNEL"
+                && detail["kind"] == "upload"
+                && detail["target"] == *uploaded_path
+                && detail["bytesToDevice"].as_u64() > Some(3_000_017)
+        }),
+        "{audit}"
+    );
+}
+
+#[tokio::test]
+async fn a_device_that_refuses_shells_refuses_exec_and_cp() {
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+    let admin = tetherd.admin().await.expect("admin");
+    let agent = tether_testkit::Agent::enroll_with_env(
+        &tetherd,
+        &admin,
+        "edge-1",
+        &[("TETHER_AGENT_ALLOW_REMOTE_SHELL", "false")],
+    )
+    .await
+    .expect("a real agent");
+    agent.wait_presence(&admin, "online").await.expect("online");
+    let run = tether.run(&["exec", "edge-1", "--", "true"]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("--allow-remote-shell false"),
+        "{}",
+        run.stderr
+    );
+    let run = tether.run(&["cp", "edge-1:/etc/hostname", "/tmp/"]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("refuses download tunnels"),
+        "{}",
+        run.stderr
+    );
+}

@@ -37,6 +37,12 @@ pub enum Kind {
     Exec,
     /// A TCP connection from the device to `target`.
     Forward,
+    /// A file written on the device at `path`: its bytes on [`STDIN`],
+    /// exactly `size` of them, then [`CLOSE`].
+    Upload,
+    /// A file read on the device at `path`: a [`Control::File`], its bytes
+    /// on [`STDOUT`], then [`CLOSE`] and [`Control::Exit`].
+    Download,
 }
 
 impl Kind {
@@ -44,6 +50,8 @@ impl Kind {
         match self {
             Kind::Exec => "exec",
             Kind::Forward => "forward",
+            Kind::Upload => "upload",
+            Kind::Download => "download",
         }
     }
 }
@@ -64,6 +72,15 @@ pub struct OpenTunnel {
     /// `forward`: `HOST:PORT` as the device resolves it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// `upload`, `download`: the file on the device, an absolute path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `upload`: the file's length in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// `upload`: the file's permission bits (default 0644).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
 }
 
 /// Out-of-band messages on [`CONTROL`].
@@ -79,6 +96,9 @@ pub enum Control {
     },
     /// The tunnel could not do what it was opened for; `status` as HTTP's.
     Error { status: u16, message: String },
+    /// A `download`'s file, before its bytes: its length and permission
+    /// bits.
+    File { size: u64, mode: u32 },
 }
 
 /// One message: `channel` then `payload`.

@@ -190,6 +190,8 @@ pub struct Context {
     /// `follow-logs` extends it.
     pub follow: crate::logs::FollowHandle,
     pub kubernetes: Kubernetes,
+    /// What `open-tunnel` may do on this device.
+    pub tunnels: crate::tunnel::TunnelPolicy,
 }
 
 type Work = Pin<Box<dyn Future<Output = Result<Answer, ActionError>> + Send>>;
@@ -452,7 +454,8 @@ impl Dispatcher {
                 manage_deployment::run(input, &kubernetes.client()?, chrono::Utc::now()).await?
             }
             "open-tunnel" => {
-                let (busy, work) = open_tunnel::prepare(input, &context.ca_pem, &context.clock)?;
+                let (busy, work) =
+                    open_tunnel::prepare(input, &context.tunnels, &context.ca_pem, &context.clock)?;
                 return Ok(Outcome::Later {
                     busy,
                     work: Box::pin(work),
@@ -635,6 +638,7 @@ pub(crate) mod tests {
                 restore_helper: crate::restore::helper::HELPER_NAME.into(),
                 operator: Default::default(),
             },
+            tunnels: Default::default(),
         };
         (context, Box::new(subscriber))
     }

@@ -9,7 +9,7 @@ use tether_proto::tunnel::{Kind, OpenTunnel};
 
 use super::{ActionError, Answer};
 use crate::clock::ServerClock;
-use crate::tunnel;
+use crate::tunnel::{self, TunnelPolicy};
 
 fn parse(input: &Value) -> Result<OpenTunnel, ActionError> {
     let open: OpenTunnel = serde_json::from_value(input.clone())
@@ -21,16 +21,29 @@ fn parse(input: &Value) -> Result<OpenTunnel, ActionError> {
         Kind::Forward if open.target.is_none() => {
             Err(ActionError::invalid("$.target", "forward needs HOST:PORT"))
         }
+        Kind::Upload | Kind::Download
+            if !open
+                .path
+                .as_deref()
+                .is_some_and(|path| path.starts_with('/')) =>
+        {
+            Err(ActionError::invalid("$.path", "needs an absolute path"))
+        }
+        Kind::Upload if open.size.is_none() => Err(ActionError::invalid(
+            "$.size",
+            "upload needs the file's size",
+        )),
         _ => Ok(open),
     }
 }
 
-/// Checks the input now; the returned work dials (trusting only
-/// tetherd's CA, `ca_pem`), starts serving the tunnel on its own task and
-/// answers once the tunnel is up. Tunnels run side by side: each is busy
-/// with its own URL only.
+/// Checks the input and this device's `policy` now; the returned work
+/// dials (trusting only tetherd's CA, `ca_pem`), starts serving the tunnel
+/// on its own task and answers once the tunnel is up. Tunnels run side by
+/// side: each is busy with its own URL only.
 pub fn prepare(
     input: &Value,
+    policy: &TunnelPolicy,
     ca_pem: &str,
     clock: &Arc<ServerClock>,
 ) -> Result<
@@ -41,6 +54,8 @@ pub fn prepare(
     ActionError,
 > {
     let open = parse(input)?;
+    policy.permits(open.kind)?;
+    let max_copy_bytes = policy.max_copy_bytes;
     let tls = Arc::new(
         crate::tls::server_tls_config(ca_pem, clock.clone()).map_err(ActionError::TunnelTls)?,
     );
@@ -53,6 +68,18 @@ pub fn prepare(
             Kind::Forward => tokio::spawn(tunnel::forward::serve(
                 socket,
                 open.target.unwrap_or_default(),
+            )),
+            Kind::Upload => tokio::spawn(tunnel::copy::receive(
+                socket,
+                open.path.unwrap_or_default(),
+                open.size.unwrap_or_default(),
+                open.mode,
+                max_copy_bytes,
+            )),
+            Kind::Download => tokio::spawn(tunnel::copy::send(
+                socket,
+                open.path.unwrap_or_default(),
+                max_copy_bytes,
             )),
         };
         Ok(Answer::from(json!({"kind": kind})))
@@ -80,6 +107,12 @@ mod tests {
         assert!(error.to_string().starts_with("$.command"), "{error}");
         let error = with(json!({"kind": "forward"})).expect_err("no target");
         assert!(error.to_string().starts_with("$.target"), "{error}");
+        let error =
+            with(json!({"kind": "upload", "path": "etc/x", "size": 1})).expect_err("relative");
+        assert!(error.to_string().starts_with("$.path"), "{error}");
+        let error = with(json!({"kind": "upload", "path": "/etc/x"})).expect_err("no size");
+        assert!(error.to_string().starts_with("$.size"), "{error}");
+        assert!(with(json!({"kind": "download", "path": "/etc/x"})).is_ok());
         let error = with(json!({"kind": "shell"})).expect_err("unknown kind");
         assert_eq!(error.status_code(), 400);
     }

@@ -1,11 +1,13 @@
 //! Tunnels (ADR 0021): the agent dials the WebSocket tetherd names in
 //! `open-tunnel`, with tetherd's CA pinned and the one-time token as a
-//! bearer token, and carries a command ([`exec`]) or a TCP connection
-//! ([`forward`]) over it.
+//! bearer token, and carries a command ([`exec`]), a TCP connection
+//! ([`forward`]) or a file ([`copy`]) over it, as far as this device's
+//! [`TunnelPolicy`] allows.
 //!
 //! Everything moves one message at a time: a side that does not read
 //! stops the other, so a tunnel holds at most a few messages in memory.
 
+pub mod copy;
 pub mod exec;
 pub mod forward;
 
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use futures::stream::SplitStream;
 use futures::{Stream, StreamExt as _, future};
-use tether_proto::tunnel::{self, Control};
+use tether_proto::tunnel::{self, Control, Kind};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
@@ -46,14 +48,63 @@ pub enum TunnelError {
     },
     #[error("{url} did not answer within {} s", DIAL_TIMEOUT.as_secs())]
     Timeout { url: String },
+    #[error("this device refuses {kind} tunnels (tether-agent {flag} false)")]
+    Forbidden {
+        kind: &'static str,
+        flag: &'static str,
+    },
 }
 
 impl TunnelError {
     pub fn status_code(&self) -> u16 {
         match self {
+            TunnelError::Forbidden { .. } => 403,
             TunnelError::BadUrl(_) => 400,
             TunnelError::Timeout { .. } => 504,
             TunnelError::Connect { .. } | TunnelError::Handshake { .. } => 502,
+        }
+    }
+}
+
+/// What this device lets tunnels do, whatever tetherd asks: the device's
+/// owner has the last word (ADR 0021).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelPolicy {
+    /// Commands and files: a command can do anything the agent's user
+    /// can, and so can writing files.
+    pub allow_remote_shell: bool,
+    /// TCP connections from the device to its network.
+    pub allow_port_forward: bool,
+    /// The largest file an upload or download may carry.
+    pub max_copy_bytes: u64,
+}
+
+impl Default for TunnelPolicy {
+    fn default() -> Self {
+        Self {
+            allow_remote_shell: true,
+            allow_port_forward: true,
+            max_copy_bytes: 1 << 30,
+        }
+    }
+}
+
+impl TunnelPolicy {
+    /// Whether a tunnel of `kind` may open.
+    pub fn permits(&self, kind: Kind) -> Result<(), TunnelError> {
+        let (allowed, flag) = match kind {
+            Kind::Forward => (self.allow_port_forward, "--allow-port-forward"),
+            Kind::Exec | Kind::Upload | Kind::Download => {
+                (self.allow_remote_shell, "--allow-remote-shell")
+            }
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(TunnelError::Forbidden {
+                kind: kind.as_str(),
+                flag,
+            })
         }
     }
 }
@@ -135,6 +186,41 @@ fn incoming(receiver: SplitStream<Socket>) -> impl Stream<Item = (u8, Bytes)> + 
 }
 
 /// The control message saying the tunnel failed, and why.
-fn failed(status: u16, message: String) -> Message {
+fn failed(status: u16, message: impl Into<String>) -> Message {
+    let message = message.into();
     binary(tunnel::control(&Control::Error { status, message }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_devices_policy_refuses_what_its_owner_turned_off() {
+        let policy = TunnelPolicy {
+            allow_remote_shell: false,
+            ..TunnelPolicy::default()
+        };
+        assert!(policy.permits(Kind::Forward).is_ok());
+        for kind in [Kind::Exec, Kind::Upload, Kind::Download] {
+            let refused = policy.permits(kind).expect_err("refused");
+            assert_eq!(refused.status_code(), 403);
+            assert!(
+                refused.to_string().contains("--allow-remote-shell false"),
+                "{refused}"
+            );
+        }
+        let policy = TunnelPolicy {
+            allow_port_forward: false,
+            ..TunnelPolicy::default()
+        };
+        assert!(policy.permits(Kind::Exec).is_ok());
+        assert_eq!(
+            policy
+                .permits(Kind::Forward)
+                .expect_err("refused")
+                .to_string(),
+            "this device refuses forward tunnels (tether-agent --allow-port-forward false)"
+        );
+    }
 }

@@ -66,7 +66,7 @@ impl Exec {
                                 reason: format!("{message} ({status})"),
                             });
                         }
-                        Err(_) => {}
+                        Ok(Control::File { .. }) | Err(_) => {}
                     },
                     _ => {}
                 }

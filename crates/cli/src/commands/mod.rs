@@ -3,6 +3,7 @@
 
 pub mod actions;
 pub mod audit;
+pub mod cp;
 pub mod devices;
 pub mod events;
 pub mod exec;
@@ -39,6 +40,7 @@ pub enum Command {
     Jobs(jobs::Jobs),
     Events(events::Events),
     Exec(exec::Exec),
+    Cp(cp::Cp),
     ForwardPort(forward_port::ForwardPort),
     Proxy(proxy::Proxy),
     SshConfig(ssh_config::SshConfig),
@@ -54,6 +56,7 @@ impl Command {
     pub fn check_usage(&self) -> Result<(), clap::Error> {
         match self {
             Command::Actions(actions::Actions::Run(run)) => run.target().map(drop),
+            Command::Cp(cp) => cp.direction().map(drop),
             _ => Ok(()),
         }
     }
@@ -69,6 +72,7 @@ impl Command {
             Command::Jobs(cmd) => cmd.description(),
             Command::Events(cmd) => cmd.description(),
             Command::Exec(cmd) => cmd.description(),
+            Command::Cp(cmd) => cmd.description(),
             Command::ForwardPort(cmd) => cmd.description(),
             Command::Proxy(cmd) => cmd.description(),
             Command::SshConfig(cmd) => cmd.description(),
@@ -89,6 +93,7 @@ impl Command {
             Command::Jobs(cmd) => cmd.run(ctx).await,
             Command::Events(cmd) => cmd.run(ctx).await,
             Command::Exec(cmd) => cmd.run(ctx).await,
+            Command::Cp(cmd) => cmd.run(ctx).await,
             Command::ForwardPort(cmd) => cmd.run(ctx).await,
             Command::Proxy(cmd) => cmd.run(ctx).await,
             Command::SshConfig(cmd) => cmd.run(ctx).await,
@@ -132,6 +137,12 @@ pub enum CommandError {
     Usage(String),
     #[error("cannot write to standard output")]
     Write(#[source] std::io::Error),
+    #[error("cannot use {}", path.display())]
+    Local {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen on {address}: is the port in use?")]
     Listen {
         address: std::net::SocketAddr,

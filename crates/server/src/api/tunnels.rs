@@ -37,21 +37,61 @@ pub fn device_routes() -> OpenApiRouter<Arc<AppState>> {
 }
 
 /// What the client asked for, from the query.
-fn parse_query(query: Option<&str>) -> Result<(Kind, Vec<String>, Option<String>), ApiError> {
-    let mut kind = None;
-    let mut command = Vec::new();
-    let mut target = None;
+#[derive(Debug, Default, PartialEq)]
+struct TunnelRequest {
+    kind: Option<Kind>,
+    command: Vec<String>,
+    target: Option<String>,
+    path: Option<String>,
+    size: Option<u64>,
+    mode: Option<u32>,
+}
+
+impl TunnelRequest {
+    /// What the tunnel runs or reaches, for the audit log.
+    fn what(&self) -> String {
+        match self.kind {
+            Some(Kind::Exec) => self.command.join(" "),
+            Some(Kind::Forward) => self.target.clone().unwrap_or_default(),
+            Some(Kind::Upload | Kind::Download) => self.path.clone().unwrap_or_default(),
+            None => String::new(),
+        }
+    }
+}
+
+const KINDS: &str = "exec, forward, upload or download";
+
+fn parse_query(query: Option<&str>) -> Result<(Kind, TunnelRequest), ApiError> {
+    let mut request = TunnelRequest::default();
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let number = |what: &str| {
+            value
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("{what} {value:?} is not a number")))
+        };
         match &*key {
             "kind" => {
-                kind = Some(
+                request.kind = Some(
                     serde_json::from_value::<Kind>(Value::String(value.to_string())).map_err(
-                        |_| ApiError::bad_request(format!("kind {value:?} is not exec or forward")),
+                        |_| ApiError::bad_request(format!("kind {value:?} is not {KINDS}")),
                     )?,
                 );
             }
-            "command" => command.push(value.into_owned()),
-            "target" => target = Some(value.into_owned()),
+            "command" => request.command.push(value.into_owned()),
+            "target" => request.target = Some(value.into_owned()),
+            "path" => request.path = Some(value.into_owned()),
+            "size" => request.size = Some(number("size")?),
+            "mode" => {
+                let mode = u32::from_str_radix(&value, 8)
+                    .ok()
+                    .filter(|mode| *mode <= 0o7777)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "mode {value:?} is not octal permission bits such as 644"
+                        ))
+                    })?;
+                request.mode = Some(mode);
+            }
             other => {
                 return Err(ApiError::bad_request(format!(
                     "unknown query parameter {other:?}"
@@ -59,15 +99,28 @@ fn parse_query(query: Option<&str>) -> Result<(Kind, Vec<String>, Option<String>
             }
         }
     }
-    let kind = kind.ok_or_else(|| ApiError::bad_request("kind is required: exec or forward"))?;
+    let kind = request
+        .kind
+        .ok_or_else(|| ApiError::bad_request(format!("kind is required: {KINDS}")))?;
+    let absolute = request
+        .path
+        .as_deref()
+        .is_some_and(|path| path.starts_with('/'));
     match kind {
-        Kind::Exec if command.is_empty() => Err(ApiError::bad_request(
+        Kind::Exec if request.command.is_empty() => Err(ApiError::bad_request(
             "exec needs a command: one command=ARG per argument",
         )),
-        Kind::Forward if target.is_none() => {
+        Kind::Forward if request.target.is_none() => {
             Err(ApiError::bad_request("forward needs target=HOST:PORT"))
         }
-        _ => Ok((kind, command, target)),
+        Kind::Upload | Kind::Download if !absolute => Err(ApiError::bad_request(format!(
+            "{} needs path=, an absolute path on the device",
+            kind.as_str()
+        ))),
+        Kind::Upload if request.size.is_none() => Err(ApiError::bad_request(
+            "upload needs size=, the file's length in bytes",
+        )),
+        _ => Ok((kind, request)),
     }
 }
 
@@ -77,9 +130,12 @@ fn parse_query(query: Option<&str>) -> Result<(Kind, Vec<String>, Option<String>
 /// not dial within 30 s is an HTTP error, not a WebSocket.
 #[utoipa::path(get, path = "/devices/{name}/tunnel", tag = "tunnels",
     params(("name" = String, Path, description = "Device name"),
-        ("kind" = String, Query, description = "exec or forward"),
+        ("kind" = String, Query, description = "exec, forward, upload or download"),
         ("command" = Vec<String>, Query, description = "exec: the argv, one parameter per argument"),
-        ("target" = Option<String>, Query, description = "forward: HOST:PORT as the device resolves it")),
+        ("target" = Option<String>, Query, description = "forward: HOST:PORT as the device resolves it"),
+        ("path" = Option<String>, Query, description = "upload, download: the file on the device, an absolute path"),
+        ("size" = Option<u64>, Query, description = "upload: the file's length in bytes"),
+        ("mode" = Option<String>, Query, description = "upload: permission bits in octal, e.g. 644")),
     responses((status = 101, description = "The tunnel, as a WebSocket"),
         (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 426, body = ErrorBody),
@@ -95,15 +151,11 @@ async fn open_tunnel(
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(not_a_websocket)?;
     let device = device_id(&name)?;
-    let (kind, command, target) = parse_query(query.as_deref())?;
-    let what = match kind {
-        Kind::Exec => command.join(" "),
-        Kind::Forward => target.clone().unwrap_or_default(),
-    };
+    let (kind, request) = parse_query(query.as_deref())?;
+    let what = request.what();
     let started = chrono::Utc::now();
     let user = &principal.username;
-    let device_socket = match dialed_back(&state, &device, user, &host, kind, command, target).await
-    {
+    let device_socket = match dialed_back(&state, &device, user, &host, kind, request).await {
         Ok(socket) => socket,
         Err(error) => {
             // A tunnel refused (unknown device, action disabled, the
@@ -137,8 +189,7 @@ async fn dialed_back(
     user: &str,
     host: &str,
     kind: Kind,
-    command: Vec<String>,
-    target: Option<String>,
+    request: TunnelRequest,
 ) -> Result<WebSocket, ApiError> {
     let opened = state
         .tunnels
@@ -154,8 +205,11 @@ async fn dialed_back(
         url: dial_url(state.advertise_api_url.as_deref(), host, &opened.id),
         token: opened.token,
         kind,
-        command,
-        target,
+        command: request.command,
+        target: request.target,
+        path: request.path,
+        size: request.size,
+        mode: request.mode,
     };
     let action = state
         .actions
@@ -364,25 +418,40 @@ mod tests {
 
     #[test]
     fn the_query_names_the_kind_and_what_it_runs_or_reaches() {
-        let (kind, command, target) =
+        let (kind, request) =
             parse_query(Some("kind=exec&command=sh&command=-c&command=echo%20hi")).expect("exec");
         assert_eq!(kind, Kind::Exec);
-        assert_eq!(command, ["sh", "-c", "echo hi"]);
-        assert_eq!(target, None);
-        let (kind, _, target) = parse_query(Some("kind=forward&target=10.0.0.5:80")).expect("fwd");
+        assert_eq!(request.command, ["sh", "-c", "echo hi"]);
+        assert_eq!(request.what(), "sh -c echo hi");
+        let (kind, request) = parse_query(Some("kind=forward&target=10.0.0.5:80")).expect("fwd");
         assert_eq!(
-            (kind, target.as_deref()),
+            (kind, request.target.as_deref()),
             (Kind::Forward, Some("10.0.0.5:80"))
         );
+        let (kind, request) =
+            parse_query(Some("kind=upload&path=/etc/app.conf&size=12&mode=640")).expect("upload");
+        assert_eq!(kind, Kind::Upload);
+        assert_eq!(
+            (request.path.as_deref(), request.size, request.mode),
+            (Some("/etc/app.conf"), Some(12), Some(0o640))
+        );
+        assert_eq!(request.what(), "/etc/app.conf");
         for (bad, says) in [
             (None, "kind is required"),
-            (Some("kind=shell"), "not exec or forward"),
+            (Some("kind=shell!"), "not exec, forward"),
             (Some("kind=exec"), "needs a command"),
             (Some("kind=forward"), "needs target"),
             (
                 Some("kind=exec&command=ls&color=1"),
                 "unknown query parameter",
             ),
+            (Some("kind=download&path=etc/x"), "an absolute path"),
+            (Some("kind=upload&path=/x"), "needs size="),
+            (
+                Some("kind=upload&path=/x&size=-1"),
+                "size \"-1\" is not a number",
+            ),
+            (Some("kind=upload&path=/x&size=1&mode=999"), "not octal"),
         ] {
             let error = parse_query(bad).expect_err("refused");
             assert!(error.message.contains(says), "{bad:?}: {}", error.message);
