@@ -17,6 +17,7 @@ mod kubectl;
 mod offline;
 mod replicas;
 mod telemetry;
+mod tunnels;
 
 use std::time::{Duration, Instant};
 
@@ -94,6 +95,12 @@ struct Args {
     /// telemetry: lines timed through a live follower.
     #[arg(long, default_value_t = 200)]
     tail_lines: usize,
+    /// tunnels: MiB each transfer carries.
+    #[arg(long, default_value_t = 256)]
+    megabytes: u64,
+    /// tunnels: rounds of the forward transfers (the median is shown).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
     /// simulate (internal): the credentials file a simulator process connects.
     #[arg(long, hide = true)]
     credentials: Option<std::path::PathBuf>,
@@ -120,6 +127,9 @@ enum Mode {
     /// One real agent in host mode on the fake Kubernetes API server:
     /// send-kubectl and send-kubernetes-api round trips, its idle RSS.
     Kubectl,
+    /// One real agent and the real CLI: forward-port throughput beside
+    /// direct loopback and `ssh -L`, `tether exec` streaming and RSS.
+    Tunnels,
 }
 
 #[tokio::main]
@@ -186,6 +196,14 @@ async fn main() -> anyhow::Result<()> {
             return kubectl::run(kubectl::Settings {
                 database,
                 actions: args.actions,
+            })
+            .await;
+        }
+        Mode::Tunnels => {
+            return tunnels::run(tunnels::Settings {
+                database,
+                megabytes: args.megabytes,
+                rounds: args.rounds,
             })
             .await;
         }

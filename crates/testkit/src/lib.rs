@@ -30,7 +30,7 @@ fn install_crypto_provider() {
 
 /// A port nobody listens on right now. It is released before the caller's
 /// server binds it, so callers that cannot bind port 0 themselves retry.
-pub(crate) fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|error| anyhow::anyhow!("failed to find a free port on 127.0.0.1: {error}"))?;
     Ok(listener.local_addr()?.port())
