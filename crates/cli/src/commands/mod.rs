@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod quickstart;
 pub mod sessions;
+pub mod ssh;
 pub mod ssh_config;
 
 use std::path::PathBuf;
@@ -39,6 +40,7 @@ pub enum Command {
     Jobs(jobs::Jobs),
     Events(events::Events),
     Exec(exec::Exec),
+    Ssh(ssh::Ssh),
     ForwardPort(forward_port::ForwardPort),
     Proxy(proxy::Proxy),
     SshConfig(ssh_config::SshConfig),
@@ -69,6 +71,7 @@ impl Command {
             Command::Jobs(cmd) => cmd.description(),
             Command::Events(cmd) => cmd.description(),
             Command::Exec(cmd) => cmd.description(),
+            Command::Ssh(cmd) => cmd.description(),
             Command::ForwardPort(cmd) => cmd.description(),
             Command::Proxy(cmd) => cmd.description(),
             Command::SshConfig(cmd) => cmd.description(),
@@ -89,6 +92,7 @@ impl Command {
             Command::Jobs(cmd) => cmd.run(ctx).await,
             Command::Events(cmd) => cmd.run(ctx).await,
             Command::Exec(cmd) => cmd.run(ctx).await,
+            Command::Ssh(cmd) => cmd.run(ctx).await,
             Command::ForwardPort(cmd) => cmd.run(ctx).await,
             Command::Proxy(cmd) => cmd.run(ctx).await,
             Command::SshConfig(cmd) => cmd.run(ctx).await,
@@ -108,7 +112,7 @@ pub enum Outcome {
     /// Exit 1: the request went through, but what it asked for did not
     /// happen (an action failed, or did not finish in time).
     Failed { reason: String },
-    /// A remote command's exit status, passed on (`tether exec`).
+    /// A remote command's exit status, passed on (`tether exec`, `tether ssh`).
     Exited(i32),
 }
 
@@ -128,6 +132,8 @@ pub enum CommandError {
     Actions(#[from] actions::ActionsError),
     #[error(transparent)]
     Quickstart(#[from] quickstart::QuickstartError),
+    #[error(transparent)]
+    Ssh(#[from] ssh::SshError),
     #[error("{0}")]
     Usage(String),
     #[error("cannot write to standard output")]

@@ -14,7 +14,7 @@ use axum::response::Response;
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
 use tether_proto::api::{ErrorBody, RequestAction};
-use tether_proto::tunnel::{self, Kind, OpenTunnel};
+use tether_proto::tunnel::{self, Kind, OpenTunnel, Terminal};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -37,21 +37,49 @@ pub fn device_routes() -> OpenApiRouter<Arc<AppState>> {
 }
 
 /// What the client asked for, from the query.
-fn parse_query(query: Option<&str>) -> Result<(Kind, Vec<String>, Option<String>), ApiError> {
+#[derive(Debug, PartialEq)]
+struct Request {
+    kind: Kind,
+    command: Vec<String>,
+    target: Option<String>,
+    terminal: Option<Terminal>,
+}
+
+impl Request {
+    /// What the tunnel runs or reaches, for the log and the audit record.
+    fn what(&self) -> String {
+        match self.kind {
+            Kind::Exec => self.command.join(" "),
+            Kind::Forward => self.target.clone().unwrap_or_default(),
+            Kind::Shell if self.command.is_empty() => "login shell".to_owned(),
+            Kind::Shell => self.command.join(" "),
+        }
+    }
+}
+
+fn parse_query(query: Option<&str>) -> Result<Request, ApiError> {
     let mut kind = None;
     let mut command = Vec::new();
     let mut target = None;
+    let (mut term, mut cols, mut rows) = (None, None, None);
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match &*key {
             "kind" => {
                 kind = Some(
                     serde_json::from_value::<Kind>(Value::String(value.to_string())).map_err(
-                        |_| ApiError::bad_request(format!("kind {value:?} is not exec or forward")),
+                        |_| {
+                            ApiError::bad_request(format!(
+                                "kind {value:?} is not exec, forward or shell"
+                            ))
+                        },
                     )?,
                 );
             }
             "command" => command.push(value.into_owned()),
             "target" => target = Some(value.into_owned()),
+            "term" => term = Some(value.into_owned()),
+            "cols" => cols = Some(terminal_side("cols", &value)?),
+            "rows" => rows = Some(terminal_side("rows", &value)?),
             other => {
                 return Err(ApiError::bad_request(format!(
                     "unknown query parameter {other:?}"
@@ -59,7 +87,25 @@ fn parse_query(query: Option<&str>) -> Result<(Kind, Vec<String>, Option<String>
             }
         }
     }
-    let kind = kind.ok_or_else(|| ApiError::bad_request("kind is required: exec or forward"))?;
+    let kind =
+        kind.ok_or_else(|| ApiError::bad_request("kind is required: exec, forward or shell"))?;
+    let terminal = match (kind, term, cols, rows) {
+        (Kind::Shell, Some(term), Some(cols), Some(rows)) => Some(
+            Terminal::new(&term, cols.into(), rows.into())
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        ),
+        (Kind::Shell, ..) => {
+            return Err(ApiError::bad_request(
+                "shell needs its terminal: term=TYPE&cols=N&rows=N (1 to 1000 each)",
+            ));
+        }
+        (_, None, None, None) => None,
+        (_, ..) => {
+            return Err(ApiError::bad_request(
+                "term, cols and rows are for kind=shell only",
+            ));
+        }
+    };
     match kind {
         Kind::Exec if command.is_empty() => Err(ApiError::bad_request(
             "exec needs a command: one command=ARG per argument",
@@ -67,8 +113,24 @@ fn parse_query(query: Option<&str>) -> Result<(Kind, Vec<String>, Option<String>
         Kind::Forward if target.is_none() => {
             Err(ApiError::bad_request("forward needs target=HOST:PORT"))
         }
-        _ => Ok((kind, command, target)),
+        _ => Ok(Request {
+            kind,
+            command,
+            target,
+            terminal,
+        }),
     }
+}
+
+/// The `cols` or `rows` parameter, checked.
+fn terminal_side(name: &'static str, value: &str) -> Result<u16, ApiError> {
+    let parsed = value.parse::<u64>().map_err(|_| {
+        ApiError::bad_request(format!(
+            "{name} {value:?} is not a number: a terminal has 1 to {} {name}",
+            tunnel::MAX_TERMINAL_SIDE
+        ))
+    })?;
+    tunnel::side(name, parsed).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// Opens a tunnel to the device and upgrades to a WebSocket carrying it
@@ -77,9 +139,12 @@ fn parse_query(query: Option<&str>) -> Result<(Kind, Vec<String>, Option<String>
 /// not dial within 30 s is an HTTP error, not a WebSocket.
 #[utoipa::path(get, path = "/devices/{name}/tunnel", tag = "tunnels",
     params(("name" = String, Path, description = "Device name"),
-        ("kind" = String, Query, description = "exec or forward"),
-        ("command" = Vec<String>, Query, description = "exec: the argv, one parameter per argument"),
-        ("target" = Option<String>, Query, description = "forward: HOST:PORT as the device resolves it")),
+        ("kind" = String, Query, description = "exec, forward or shell"),
+        ("command" = Vec<String>, Query, description = "exec: the argv, one parameter per argument; shell: the same, or none for the login shell"),
+        ("target" = Option<String>, Query, description = "forward: HOST:PORT as the device resolves it"),
+        ("term" = Option<String>, Query, description = "shell: the terminal type (TERM)"),
+        ("cols" = Option<u16>, Query, description = "shell: the terminal's columns, 1 to 1000"),
+        ("rows" = Option<u16>, Query, description = "shell: the terminal's rows, 1 to 1000")),
     responses((status = 101, description = "The tunnel, as a WebSocket"),
         (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 426, body = ErrorBody),
@@ -92,15 +157,13 @@ async fn open_tunnel(
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let upgrade = upgrade.map_err(not_a_websocket)?;
+    // A bad query is named even on a plain GET.
     let device = device_id(&name)?;
-    let (kind, command, target) = parse_query(query.as_deref())?;
-    let what = match kind {
-        Kind::Exec => command.join(" "),
-        Kind::Forward => target.clone().unwrap_or_default(),
-    };
+    let request = parse_query(query.as_deref())?;
+    let upgrade = upgrade.map_err(not_a_websocket)?;
+    let (kind, what) = (request.kind, request.what());
     let started = chrono::Utc::now();
-    let device_socket = match dialed_back(&state, &device, &host, kind, command, target).await {
+    let device_socket = match dialed_back(&state, &device, &host, request).await {
         Ok(socket) => socket,
         Err(error) => {
             // A tunnel refused (unknown device, action disabled, the
@@ -130,17 +193,16 @@ async fn dialed_back(
     state: &AppState,
     device: &tether_proto::DeviceId,
     host: &str,
-    kind: Kind,
-    command: Vec<String>,
-    target: Option<String>,
+    request: Request,
 ) -> Result<WebSocket, ApiError> {
     let opened = state.tunnels.open(device, Instant::now());
     let input = OpenTunnel {
         url: format!("wss://{host}/api/v1/tunnels/{}", opened.id),
         token: opened.token,
-        kind,
-        command,
-        target,
+        kind: request.kind,
+        command: request.command,
+        target: request.target,
+        terminal: request.terminal,
     };
     let action = state
         .actions
@@ -319,24 +381,64 @@ mod tests {
 
     #[test]
     fn the_query_names_the_kind_and_what_it_runs_or_reaches() {
-        let (kind, command, target) =
+        let request =
             parse_query(Some("kind=exec&command=sh&command=-c&command=echo%20hi")).expect("exec");
-        assert_eq!(kind, Kind::Exec);
-        assert_eq!(command, ["sh", "-c", "echo hi"]);
-        assert_eq!(target, None);
-        let (kind, _, target) = parse_query(Some("kind=forward&target=10.0.0.5:80")).expect("fwd");
+        assert_eq!(request.kind, Kind::Exec);
+        assert_eq!(request.command, ["sh", "-c", "echo hi"]);
+        assert_eq!(request.target, None);
+        let request = parse_query(Some("kind=forward&target=10.0.0.5:80")).expect("fwd");
         assert_eq!(
-            (kind, target.as_deref()),
+            (request.kind, request.target.as_deref()),
             (Kind::Forward, Some("10.0.0.5:80"))
         );
+        let shell = parse_query(Some("kind=shell&term=xterm-256color&cols=120&rows=40"))
+            .expect("a login shell");
+        assert_eq!(
+            shell,
+            Request {
+                kind: Kind::Shell,
+                command: Vec::new(),
+                target: None,
+                terminal: Some(Terminal::new("xterm-256color", 120, 40).expect("valid")),
+            }
+        );
+        assert_eq!(shell.what(), "login shell");
+        let top = parse_query(Some("kind=shell&term=dumb&cols=80&rows=24&command=top"))
+            .expect("a command in a terminal");
+        assert_eq!(top.what(), "top");
         for (bad, says) in [
             (None, "kind is required"),
-            (Some("kind=shell"), "not exec or forward"),
+            (Some("kind=shel"), "not exec, forward or shell"),
             (Some("kind=exec"), "needs a command"),
             (Some("kind=forward"), "needs target"),
             (
                 Some("kind=exec&command=ls&color=1"),
                 "unknown query parameter",
+            ),
+            (Some("kind=shell"), "shell needs its terminal"),
+            (
+                Some("kind=shell&term=xterm&cols=80"),
+                "shell needs its terminal",
+            ),
+            (
+                Some("kind=exec&command=ls&term=xterm&cols=80&rows=24"),
+                "for kind=shell only",
+            ),
+            (
+                Some("kind=shell&term=xterm&cols=0&rows=24"),
+                "cols 0 is out of range",
+            ),
+            (
+                Some("kind=shell&term=xterm&cols=80&rows=1001"),
+                "rows 1001 is out of range",
+            ),
+            (
+                Some("kind=shell&term=xterm&cols=wide&rows=24"),
+                "cols \"wide\" is not a number",
+            ),
+            (
+                Some("kind=shell&term=xterm%20-e&cols=80&rows=24"),
+                "term \"xterm -e\" is not a terminal type",
             ),
         ] {
             let error = parse_query(bad).expect_err("refused");
