@@ -59,11 +59,9 @@ pub async fn serve(socket: Socket, command: Vec<String>, term: String, size: Siz
         let mut frames = incoming(receiver);
         while let Some((channel, bytes)) = frames.next().await {
             match channel {
-                tunnel::STDIN => {
-                    if writer.write_all(&bytes).await.is_err() {
-                        // The terminal is gone: the command exits, or has.
-                        std::future::pending::<()>().await;
-                    }
+                // The terminal is gone: the command exits, or has.
+                tunnel::STDIN if writer.write_all(&bytes).await.is_err() => {
+                    std::future::pending::<()>().await;
                 }
                 tunnel::CONTROL => {
                     if let Ok(Control::Resize { cols, rows }) = serde_json::from_slice(&bytes)

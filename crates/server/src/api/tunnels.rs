@@ -100,7 +100,7 @@ fn parse_query(query: Option<&str>) -> Result<Request, ApiError> {
             ));
         }
         (_, None, None, None) => None,
-        (_, ..) => {
+        _ => {
             return Err(ApiError::bad_request(
                 "term, cols and rows are for kind=shell only",
             ));
