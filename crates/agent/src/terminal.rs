@@ -395,6 +395,21 @@ mod tests {
         assert_eq!(output(&mut terminal.reader).await.trim(), "40 120");
     }
 
+    /// Reads until the output so far contains `wanted`.
+    async fn read_until(reader: &mut Reader, wanted: &str) -> String {
+        let mut seen = Vec::new();
+        let mut buffer = [0; 256];
+        while !String::from_utf8_lossy(&seen).contains(wanted) {
+            let read = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buffer))
+                .await
+                .expect("output within 10 s")
+                .expect("read");
+            assert_ne!(read, 0, "ended early: {:?}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buffer[..read]);
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+
     #[tokio::test]
     async fn input_reaches_the_command_and_a_resize_its_terminal() {
         let script = "read line; echo \"got $line\"; read again; stty size; echo \"$TERM\"";
@@ -402,6 +417,9 @@ mod tests {
             Command::new("sh", vec!["-c".into(), script.into()], SIZE).env("TERM", "xterm-test");
         let mut terminal = spawn(command).expect("spawn");
         terminal.writer.write_all(b"hello\n").await.expect("write");
+        // The terminal echoes the input, with CR LF for LF.
+        let seen = read_until(&mut terminal.reader, "got hello\r\n").await;
+        assert!(seen.starts_with("hello\r\n"), "{seen:?}");
         terminal
             .writer
             .resize(Size {
@@ -411,9 +429,7 @@ mod tests {
             .expect("resize");
         terminal.writer.write_all(b"\n").await.expect("write");
         let output = output(&mut terminal.reader).await;
-        // The terminal echoes the input, with CR LF for LF.
-        assert!(output.contains("hello\r\ngot hello"), "{output:?}");
-        assert!(output.contains("30 100\r\nxterm-test"), "{output:?}");
+        assert_eq!(output, "\r\n30 100\r\nxterm-test\r\n");
         assert!(terminal.child.wait().await.expect("wait").success());
     }
 
@@ -428,13 +444,7 @@ mod tests {
         );
         let command = Command::new("sh", vec!["-c".into(), script], SIZE);
         let mut terminal = spawn(command).expect("spawn");
-        let mut seen = Vec::new();
-        let mut buffer = [0; 256];
-        while !String::from_utf8_lossy(&seen).contains("started") {
-            let read = terminal.reader.read(&mut buffer).await.expect("read");
-            assert_ne!(read, 0, "ended early: {:?}", String::from_utf8_lossy(&seen));
-            seen.extend_from_slice(&buffer[..read]);
-        }
+        read_until(&mut terminal.reader, "started").await;
         let jobs: Vec<u32> = std::fs::read_to_string(&pids)
             .expect("pids")
             .lines()
