@@ -7,12 +7,14 @@
 //! (`--mode replicas`) several tetherd replicas on PostgreSQL with sessions
 //! spread over them; or (`--mode telemetry`) log and metric ingest rates and
 //! the live tail's latency; or (`--mode kubectl`) the `send-kubectl` round
-//! trip of a real agent managing the fake Kubernetes API server.
+//! trip of a real agent managing the fake Kubernetes API server; or (`--mode
+//! keystrokes`) the keystroke echo latency of `tether ssh` to a real agent.
 //!
 //! Build everything in release mode first: `cargo build --release --workspace`,
 //! then `target/release/tether-bench`.
 
 mod fleet_job;
+mod keystrokes;
 mod kubectl;
 mod offline;
 mod replicas;
@@ -101,6 +103,9 @@ struct Args {
     /// tunnels: rounds of the forward transfers (the median is shown).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// keystrokes: keystrokes timed.
+    #[arg(long, default_value_t = 1000)]
+    keystrokes: usize,
     /// simulate (internal): the credentials file a simulator process connects.
     #[arg(long, hide = true)]
     credentials: Option<std::path::PathBuf>,
@@ -130,6 +135,9 @@ enum Mode {
     /// One real agent and the real CLI: forward-port throughput beside
     /// direct loopback and `ssh -L`, `tether exec` streaming and RSS.
     Tunnels,
+    /// One real agent: `tether ssh` in a local terminal, one byte at a
+    /// time to `cat` in the device's terminal and back.
+    Keystrokes,
 }
 
 #[tokio::main]
@@ -204,6 +212,13 @@ async fn main() -> anyhow::Result<()> {
                 database,
                 megabytes: args.megabytes,
                 rounds: args.rounds,
+            })
+            .await;
+        }
+        Mode::Keystrokes => {
+            return keystrokes::run(keystrokes::Settings {
+                database,
+                keystrokes: args.keystrokes,
             })
             .await;
         }

@@ -199,7 +199,13 @@ fn ssh_forward(
     target: u16,
 ) -> anyhow::Result<tokio::process::Child> {
     tokio::process::Command::new("ssh")
-        .args(["-N", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+        .args([
+            "-N",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+        ])
         .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
         .arg("-i")
         .arg(sshd.client_key_path())

@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use crate::client::TunnelSocket;
+use crate::commands::Outcome;
 
 /// The sending half of a tunnel.
 pub type Sender = SplitSink<TunnelSocket, Message>;
@@ -44,4 +45,15 @@ pub fn incoming(receiver: SplitStream<TunnelSocket>) -> impl Stream<Item = (u8, 
                 _ => None,
             })
         })
+}
+
+/// A remote command's exit as this process's: its code, or 128 + the
+/// signal that killed it, as a shell reports it.
+pub fn exit_outcome(code: Option<i32>, signal: Option<i32>) -> Outcome {
+    match (code, signal) {
+        (Some(0), _) => Outcome::Success,
+        (Some(code), _) => Outcome::Exited(code),
+        (None, Some(signal)) => Outcome::Exited(128 + signal),
+        (None, None) => Outcome::Exited(1),
+    }
 }

@@ -15,6 +15,10 @@ use tether_testkit::sim_agent::{
 use tether_testkit::{Database, Tetherd};
 use tokio::io::AsyncWriteExt;
 
+// In a folder of its own so that cargo does not take it for a test binary.
+#[path = "cli/ssh.rs"]
+mod ssh;
+
 /// What one run of `tether` did.
 struct Run {
     code: i32,

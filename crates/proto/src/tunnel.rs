@@ -43,6 +43,9 @@ pub enum Kind {
     /// A file read on the device at `path`: a [`Control::File`], its bytes
     /// on [`STDOUT`], then [`CLOSE`] and [`Control::Exit`].
     Download,
+    /// A command (the login shell by default) in a terminal: its output on
+    /// [`STDOUT`], keystrokes on [`STDIN`], [`Control::Resize`] for the size.
+    Shell,
 }
 
 impl Kind {
@@ -52,6 +55,7 @@ impl Kind {
             Kind::Forward => "forward",
             Kind::Upload => "upload",
             Kind::Download => "download",
+            Kind::Shell => "shell",
         }
     }
 }
@@ -66,7 +70,7 @@ pub struct OpenTunnel {
     /// Presented once as `Authorization: Bearer`; redacted in records.
     pub token: String,
     pub kind: Kind,
-    /// `exec`: the argv.
+    /// `exec`: the argv; `shell`: the argv, or none for the login shell.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     /// `forward`: `HOST:PORT` as the device resolves it.
@@ -81,6 +85,67 @@ pub struct OpenTunnel {
     /// `upload`: the file's permission bits (default 0644).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<u32>,
+    /// `shell`: the terminal the command starts in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal: Option<Terminal>,
+}
+
+/// The most columns or rows a terminal may have: more is a mistake, and
+/// a size is what a screen's buffer is made of.
+pub const MAX_TERMINAL_SIDE: u16 = 1000;
+/// The longest `TERM` accepted (terminfo names are short).
+pub const MAX_TERM_LEN: usize = 64;
+
+/// A shell's terminal: its type (`TERM`) and size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Terminal {
+    pub term: String,
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// A terminal parameter out of bounds; the message names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidTerminal {
+    #[error("{name} {value} is out of range: a terminal has 1 to {MAX_TERMINAL_SIDE} {name}")]
+    Side { name: &'static str, value: u64 },
+    #[error(
+        "term {0:?} is not a terminal type: use a name of 1 to {MAX_TERM_LEN} letters, digits, '-', '+', '.' or '_' (such as xterm-256color)"
+    )]
+    Term(String),
+}
+
+impl Terminal {
+    /// A terminal of type `term` and `cols` x `rows`, each checked.
+    pub fn new(term: &str, cols: u64, rows: u64) -> Result<Self, InvalidTerminal> {
+        let term_ok = !term.is_empty()
+            && term.len() <= MAX_TERM_LEN
+            && term
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-+._".contains(&b));
+        if !term_ok {
+            return Err(InvalidTerminal::Term(term.to_owned()));
+        }
+        Ok(Terminal {
+            term: term.to_owned(),
+            cols: side("cols", cols)?,
+            rows: side("rows", rows)?,
+        })
+    }
+
+    /// Checks one that arrived whole (deserialized).
+    pub fn validate(&self) -> Result<(), InvalidTerminal> {
+        Terminal::new(&self.term, self.cols.into(), self.rows.into()).map(|_| ())
+    }
+}
+
+/// `value` as a terminal's columns or rows (`name`), if in range.
+pub fn side(name: &'static str, value: u64) -> Result<u16, InvalidTerminal> {
+    u16::try_from(value)
+        .ok()
+        .filter(|side| (1..=MAX_TERMINAL_SIDE).contains(side))
+        .ok_or(InvalidTerminal::Side { name, value })
 }
 
 /// Out-of-band messages on [`CONTROL`].
@@ -99,6 +164,8 @@ pub enum Control {
     /// A `download`'s file, before its bytes: its length and permission
     /// bits.
     File { size: u64, mode: u32 },
+    /// From the client of a `shell` tunnel: its terminal's new size.
+    Resize { cols: u16, rows: u16 },
 }
 
 /// One message: `channel` then `payload`.
@@ -163,5 +230,84 @@ mod tests {
                 "url": "u", "token": "x", "kind": "shell!"}))
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_shell_names_its_terminal_and_maybe_a_command() {
+        let input: OpenTunnel = serde_json::from_value(serde_json::json!({
+            "url": "wss://h:1/api/v1/tunnels/t", "token": "x", "kind": "shell",
+            "terminal": {"term": "xterm-256color", "cols": 120, "rows": 40}}))
+        .expect("valid");
+        assert_eq!(input.kind, Kind::Shell);
+        assert!(input.command.is_empty(), "the login shell");
+        let terminal = input.terminal.expect("a terminal");
+        assert_eq!(
+            terminal,
+            Terminal::new("xterm-256color", 120, 40).expect("valid")
+        );
+        assert_eq!(terminal.validate(), Ok(()));
+        // A size that does not fit is refused as it is read.
+        assert!(
+            serde_json::from_value::<Terminal>(serde_json::json!({
+                "term": "xterm", "cols": 70000, "rows": 40}))
+            .is_err()
+        );
+        let zero = Terminal {
+            term: "xterm".into(),
+            cols: 0,
+            rows: 24,
+        };
+        assert_eq!(
+            zero.validate(),
+            Err(InvalidTerminal::Side {
+                name: "cols",
+                value: 0
+            })
+        );
+    }
+
+    #[test]
+    fn terminal_sizes_and_types_are_bounded() {
+        assert_eq!(side("rows", 1), Ok(1));
+        assert_eq!(side("rows", 1000), Ok(1000));
+        for bad in [0, 1001, 65_536, u64::MAX] {
+            let error = side("rows", bad).expect_err("out of range");
+            assert!(
+                error.to_string().starts_with(&format!("rows {bad} ")),
+                "{error}"
+            );
+        }
+        for good in [
+            "xterm",
+            "xterm-256color",
+            "screen.xterm-new",
+            "rxvt+x",
+            "dumb",
+        ] {
+            assert!(Terminal::new(good, 80, 24).is_ok(), "{good}");
+        }
+        let long = "x".repeat(MAX_TERM_LEN + 1);
+        for bad in [
+            "",
+            "xterm 256",
+            "vt100\n",
+            "\u{1b}[0m",
+            "caf\u{e9}",
+            long.as_str(),
+        ] {
+            let error = Terminal::new(bad, 80, 24).expect_err("refused");
+            assert!(error.to_string().starts_with("term "), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_resize_is_a_control_message() {
+        let resize = control(&Control::Resize {
+            cols: 100,
+            rows: 30,
+        });
+        let (channel, payload) = split(&resize).expect("a frame");
+        assert_eq!(channel, CONTROL);
+        assert_eq!(payload, br#"{"type":"resize","cols":100,"rows":30}"#);
     }
 }

@@ -33,6 +33,16 @@ fn parse(input: &Value) -> Result<OpenTunnel, ActionError> {
             "$.size",
             "upload needs the file's size",
         )),
+        Kind::Shell => match &open.terminal {
+            None => Err(ActionError::invalid(
+                "$.terminal",
+                "shell needs its terminal: term, cols and rows",
+            )),
+            Some(terminal) => terminal
+                .validate()
+                .map(|()| open.clone())
+                .map_err(|e| ActionError::invalid("$.terminal", e.to_string())),
+        },
         _ => Ok(open),
     }
 }
@@ -81,6 +91,25 @@ pub fn prepare(
                 open.path.unwrap_or_default(),
                 max_copy_bytes,
             )),
+            Kind::Shell => {
+                // Present: checked by `parse`.
+                let Some(terminal) = open.terminal else {
+                    return Err(ActionError::invalid(
+                        "$.terminal",
+                        "shell needs its terminal",
+                    ));
+                };
+                let size = crate::terminal::Size {
+                    cols: terminal.cols,
+                    rows: terminal.rows,
+                };
+                tokio::spawn(tunnel::shell::serve(
+                    socket,
+                    open.command,
+                    terminal.term,
+                    size,
+                ))
+            }
         };
         Ok(Answer::from(json!({"kind": kind})))
     }))
@@ -113,7 +142,14 @@ mod tests {
         let error = with(json!({"kind": "upload", "path": "/etc/x"})).expect_err("no size");
         assert!(error.to_string().starts_with("$.size"), "{error}");
         assert!(with(json!({"kind": "download", "path": "/etc/x"})).is_ok());
-        let error = with(json!({"kind": "shell"})).expect_err("unknown kind");
+        let terminal = json!({"term": "xterm", "cols": 80, "rows": 24});
+        assert!(with(json!({"kind": "shell", "terminal": terminal})).is_ok());
+        let error = with(json!({"kind": "shell"})).expect_err("no terminal");
+        assert!(error.to_string().starts_with("$.terminal"), "{error}");
+        let tiny = json!({"term": "xterm", "cols": 0, "rows": 24});
+        let error = with(json!({"kind": "shell", "terminal": tiny})).expect_err("no columns");
+        assert!(error.to_string().contains("cols 0"), "{error}");
+        let error = with(json!({"kind": "shel"})).expect_err("unknown kind");
         assert_eq!(error.status_code(), 400);
     }
 }

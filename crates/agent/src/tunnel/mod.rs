@@ -1,8 +1,8 @@
 //! Tunnels (ADR 0021): the agent dials the WebSocket tetherd names in
 //! `open-tunnel`, with tetherd's CA pinned and the one-time token as a
 //! bearer token, and carries a command ([`exec`]), a TCP connection
-//! ([`forward`]) or a file ([`copy`]) over it, as far as this device's
-//! [`TunnelPolicy`] allows.
+//! ([`forward`]), a terminal ([`shell`]) or a file ([`copy`]) over it, as
+//! far as this device's [`TunnelPolicy`] allows.
 //!
 //! Everything moves one message at a time: a side that does not read
 //! stops the other, so a tunnel holds at most a few messages in memory.
@@ -10,6 +10,7 @@
 pub mod copy;
 pub mod exec;
 pub mod forward;
+pub mod shell;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,7 +95,7 @@ impl TunnelPolicy {
     pub fn permits(&self, kind: Kind) -> Result<(), TunnelError> {
         let (allowed, flag) = match kind {
             Kind::Forward => (self.allow_port_forward, "--allow-port-forward"),
-            Kind::Exec | Kind::Upload | Kind::Download => {
+            Kind::Exec | Kind::Shell | Kind::Upload | Kind::Download => {
                 (self.allow_remote_shell, "--allow-remote-shell")
             }
         };

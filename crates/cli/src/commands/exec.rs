@@ -59,14 +59,16 @@ impl Exec {
                     }
                     tunnel::CONTROL => match serde_json::from_slice(&bytes) {
                         Ok(Control::Exit { code, signal }) => {
-                            return Ok(exit_outcome(code, signal));
+                            return Ok(tunnel_io::exit_outcome(code, signal));
                         }
                         Ok(Control::Error { status, message }) => {
                             return Ok(Outcome::Failed {
                                 reason: format!("{message} ({status})"),
                             });
                         }
-                        Ok(Control::File { .. }) | Err(_) => {}
+                        // Only a client sends a resize; only a download
+                        // has a file.
+                        Ok(Control::Resize { .. } | Control::File { .. }) | Err(_) => {}
                     },
                     _ => {}
                 }
@@ -78,16 +80,5 @@ impl Exec {
         let outcome = output.await;
         input.abort();
         outcome
-    }
-}
-
-/// The command's exit as this process's: its code, or 128 + the signal
-/// that killed it, as a shell reports it.
-fn exit_outcome(code: Option<i32>, signal: Option<i32>) -> Outcome {
-    match (code, signal) {
-        (Some(0), _) => Outcome::Success,
-        (Some(code), _) => Outcome::Exited(code),
-        (None, Some(signal)) => Outcome::Exited(128 + signal),
-        (None, None) => Outcome::Exited(1),
     }
 }

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod quickstart;
 pub mod sessions;
+pub mod ssh;
 pub mod ssh_config;
 
 use std::path::PathBuf;
@@ -41,6 +42,7 @@ pub enum Command {
     Events(events::Events),
     Exec(exec::Exec),
     Cp(cp::Cp),
+    Ssh(ssh::Ssh),
     ForwardPort(forward_port::ForwardPort),
     Proxy(proxy::Proxy),
     SshConfig(ssh_config::SshConfig),
@@ -73,6 +75,7 @@ impl Command {
             Command::Events(cmd) => cmd.description(),
             Command::Exec(cmd) => cmd.description(),
             Command::Cp(cmd) => cmd.description(),
+            Command::Ssh(cmd) => cmd.description(),
             Command::ForwardPort(cmd) => cmd.description(),
             Command::Proxy(cmd) => cmd.description(),
             Command::SshConfig(cmd) => cmd.description(),
@@ -94,6 +97,7 @@ impl Command {
             Command::Events(cmd) => cmd.run(ctx).await,
             Command::Exec(cmd) => cmd.run(ctx).await,
             Command::Cp(cmd) => cmd.run(ctx).await,
+            Command::Ssh(cmd) => cmd.run(ctx).await,
             Command::ForwardPort(cmd) => cmd.run(ctx).await,
             Command::Proxy(cmd) => cmd.run(ctx).await,
             Command::SshConfig(cmd) => cmd.run(ctx).await,
@@ -113,7 +117,7 @@ pub enum Outcome {
     /// Exit 1: the request went through, but what it asked for did not
     /// happen (an action failed, or did not finish in time).
     Failed { reason: String },
-    /// A remote command's exit status, passed on (`tether exec`).
+    /// A remote command's exit status, passed on (`tether exec`, `tether ssh`).
     Exited(i32),
 }
 
@@ -133,6 +137,8 @@ pub enum CommandError {
     Actions(#[from] actions::ActionsError),
     #[error(transparent)]
     Quickstart(#[from] quickstart::QuickstartError),
+    #[error(transparent)]
+    Ssh(#[from] ssh::SshError),
     #[error("{0}")]
     Usage(String),
     #[error("cannot write to standard output")]

@@ -14,7 +14,7 @@ use axum::response::Response;
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
 use tether_proto::api::{ErrorBody, RequestAction};
-use tether_proto::tunnel::{self, Kind, OpenTunnel};
+use tether_proto::tunnel::{self, Kind, OpenTunnel, Terminal};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -37,60 +37,67 @@ pub fn device_routes() -> OpenApiRouter<Arc<AppState>> {
 }
 
 /// What the client asked for, from the query.
-#[derive(Debug, Default, PartialEq)]
-struct TunnelRequest {
-    kind: Option<Kind>,
+#[derive(Debug, PartialEq)]
+struct Request {
+    kind: Kind,
     command: Vec<String>,
     target: Option<String>,
+    terminal: Option<Terminal>,
     path: Option<String>,
     size: Option<u64>,
     mode: Option<u32>,
 }
 
-impl TunnelRequest {
-    /// What the tunnel runs or reaches, for the audit log.
+impl Request {
+    /// What the tunnel runs or reaches, for the log and the audit record.
     fn what(&self) -> String {
         match self.kind {
-            Some(Kind::Exec) => self.command.join(" "),
-            Some(Kind::Forward) => self.target.clone().unwrap_or_default(),
-            Some(Kind::Upload | Kind::Download) => self.path.clone().unwrap_or_default(),
-            None => String::new(),
+            Kind::Exec => self.command.join(" "),
+            Kind::Forward => self.target.clone().unwrap_or_default(),
+            Kind::Shell if self.command.is_empty() => "login shell".to_owned(),
+            Kind::Shell => self.command.join(" "),
+            Kind::Upload | Kind::Download => self.path.clone().unwrap_or_default(),
         }
     }
 }
 
-const KINDS: &str = "exec, forward, upload or download";
+const KINDS: &str = "exec, forward, shell, upload or download";
 
-fn parse_query(query: Option<&str>) -> Result<(Kind, TunnelRequest), ApiError> {
-    let mut request = TunnelRequest::default();
+fn parse_query(query: Option<&str>) -> Result<Request, ApiError> {
+    let mut kind = None;
+    let mut command = Vec::new();
+    let (mut target, mut path, mut size, mut mode) = (None, None, None, None);
+    let (mut term, mut cols, mut rows) = (None, None, None);
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        let number = |what: &str| {
-            value
-                .parse()
-                .map_err(|_| ApiError::bad_request(format!("{what} {value:?} is not a number")))
-        };
         match &*key {
             "kind" => {
-                request.kind = Some(
+                kind = Some(
                     serde_json::from_value::<Kind>(Value::String(value.to_string())).map_err(
                         |_| ApiError::bad_request(format!("kind {value:?} is not {KINDS}")),
                     )?,
                 );
             }
-            "command" => request.command.push(value.into_owned()),
-            "target" => request.target = Some(value.into_owned()),
-            "path" => request.path = Some(value.into_owned()),
-            "size" => request.size = Some(number("size")?),
+            "command" => command.push(value.into_owned()),
+            "target" => target = Some(value.into_owned()),
+            "term" => term = Some(value.into_owned()),
+            "cols" => cols = Some(terminal_side("cols", &value)?),
+            "rows" => rows = Some(terminal_side("rows", &value)?),
+            "path" => path = Some(value.into_owned()),
+            "size" => {
+                size = Some(value.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!("size {value:?} is not a number of bytes"))
+                })?);
+            }
             "mode" => {
-                let mode = u32::from_str_radix(&value, 8)
+                let bits = u32::from_str_radix(&value, 8)
                     .ok()
-                    .filter(|mode| *mode <= 0o7777)
+                    .filter(|bits| *bits <= 0o7777)
                     .ok_or_else(|| {
                         ApiError::bad_request(format!(
                             "mode {value:?} is not octal permission bits such as 644"
                         ))
                     })?;
-                request.mode = Some(mode);
+                mode = Some(bits);
             }
             other => {
                 return Err(ApiError::bad_request(format!(
@@ -99,29 +106,59 @@ fn parse_query(query: Option<&str>) -> Result<(Kind, TunnelRequest), ApiError> {
             }
         }
     }
-    let kind = request
-        .kind
-        .ok_or_else(|| ApiError::bad_request(format!("kind is required: {KINDS}")))?;
-    let absolute = request
-        .path
-        .as_deref()
-        .is_some_and(|path| path.starts_with('/'));
+    let kind = kind.ok_or_else(|| ApiError::bad_request(format!("kind is required: {KINDS}")))?;
+    let terminal = match (kind, term, cols, rows) {
+        (Kind::Shell, Some(term), Some(cols), Some(rows)) => Some(
+            Terminal::new(&term, cols.into(), rows.into())
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        ),
+        (Kind::Shell, ..) => {
+            return Err(ApiError::bad_request(
+                "shell needs its terminal: term=TYPE&cols=N&rows=N (1 to 1000 each)",
+            ));
+        }
+        (_, None, None, None) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "term, cols and rows are for kind=shell only",
+            ));
+        }
+    };
+    let absolute = path.as_deref().is_some_and(|path| path.starts_with('/'));
     match kind {
-        Kind::Exec if request.command.is_empty() => Err(ApiError::bad_request(
+        Kind::Exec if command.is_empty() => Err(ApiError::bad_request(
             "exec needs a command: one command=ARG per argument",
         )),
-        Kind::Forward if request.target.is_none() => {
+        Kind::Forward if target.is_none() => {
             Err(ApiError::bad_request("forward needs target=HOST:PORT"))
         }
         Kind::Upload | Kind::Download if !absolute => Err(ApiError::bad_request(format!(
             "{} needs path=, an absolute path on the device",
             kind.as_str()
         ))),
-        Kind::Upload if request.size.is_none() => Err(ApiError::bad_request(
+        Kind::Upload if size.is_none() => Err(ApiError::bad_request(
             "upload needs size=, the file's length in bytes",
         )),
-        _ => Ok((kind, request)),
+        _ => Ok(Request {
+            kind,
+            command,
+            target,
+            terminal,
+            path,
+            size,
+            mode,
+        }),
     }
+}
+
+fn terminal_side(name: &'static str, value: &str) -> Result<u16, ApiError> {
+    let parsed = value.parse::<u64>().map_err(|_| {
+        ApiError::bad_request(format!(
+            "{name} {value:?} is not a number: a terminal has 1 to {} {name}",
+            tunnel::MAX_TERMINAL_SIDE
+        ))
+    })?;
+    tunnel::side(name, parsed).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// Opens a tunnel to the device and upgrades to a WebSocket carrying it
@@ -130,9 +167,12 @@ fn parse_query(query: Option<&str>) -> Result<(Kind, TunnelRequest), ApiError> {
 /// not dial within 30 s is an HTTP error, not a WebSocket.
 #[utoipa::path(get, path = "/devices/{name}/tunnel", tag = "tunnels",
     params(("name" = String, Path, description = "Device name"),
-        ("kind" = String, Query, description = "exec, forward, upload or download"),
-        ("command" = Vec<String>, Query, description = "exec: the argv, one parameter per argument"),
+        ("kind" = String, Query, description = "exec, forward, shell, upload or download"),
+        ("command" = Vec<String>, Query, description = "exec: the argv, one parameter per argument; shell: the same, or none for the login shell"),
         ("target" = Option<String>, Query, description = "forward: HOST:PORT as the device resolves it"),
+        ("term" = Option<String>, Query, description = "shell: the terminal type (TERM)"),
+        ("cols" = Option<u16>, Query, description = "shell: the terminal's columns, 1 to 1000"),
+        ("rows" = Option<u16>, Query, description = "shell: the terminal's rows, 1 to 1000"),
         ("path" = Option<String>, Query, description = "upload, download: the file on the device, an absolute path"),
         ("size" = Option<u64>, Query, description = "upload: the file's length in bytes"),
         ("mode" = Option<String>, Query, description = "upload: permission bits in octal, e.g. 644")),
@@ -149,13 +189,14 @@ async fn open_tunnel(
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let upgrade = upgrade.map_err(not_a_websocket)?;
+    // A bad query is named even on a plain GET.
     let device = device_id(&name)?;
-    let (kind, request) = parse_query(query.as_deref())?;
-    let what = request.what();
+    let request = parse_query(query.as_deref())?;
+    let upgrade = upgrade.map_err(not_a_websocket)?;
+    let (kind, what) = (request.kind, request.what());
     let started = chrono::Utc::now();
     let user = &principal.username;
-    let device_socket = match dialed_back(&state, &device, user, &host, kind, request).await {
+    let device_socket = match dialed_back(&state, &device, user, &host, request).await {
         Ok(socket) => socket,
         Err(error) => {
             // A tunnel refused (unknown device, action disabled, the
@@ -188,8 +229,7 @@ async fn dialed_back(
     device: &tether_proto::DeviceId,
     user: &str,
     host: &str,
-    kind: Kind,
-    request: TunnelRequest,
+    request: Request,
 ) -> Result<WebSocket, ApiError> {
     let opened = state
         .tunnels
@@ -204,9 +244,10 @@ async fn dialed_back(
     let input = OpenTunnel {
         url: dial_url(state.advertise_api_url.as_deref(), host, &opened.id),
         token: opened.token,
-        kind,
+        kind: request.kind,
         command: request.command,
         target: request.target,
+        terminal: request.terminal,
         path: request.path,
         size: request.size,
         mode: request.mode,
@@ -418,27 +459,44 @@ mod tests {
 
     #[test]
     fn the_query_names_the_kind_and_what_it_runs_or_reaches() {
-        let (kind, request) =
+        let request =
             parse_query(Some("kind=exec&command=sh&command=-c&command=echo%20hi")).expect("exec");
-        assert_eq!(kind, Kind::Exec);
+        assert_eq!(request.kind, Kind::Exec);
         assert_eq!(request.command, ["sh", "-c", "echo hi"]);
-        assert_eq!(request.what(), "sh -c echo hi");
-        let (kind, request) = parse_query(Some("kind=forward&target=10.0.0.5:80")).expect("fwd");
+        assert_eq!(request.target, None);
+        let request = parse_query(Some("kind=forward&target=10.0.0.5:80")).expect("fwd");
         assert_eq!(
-            (kind, request.target.as_deref()),
+            (request.kind, request.target.as_deref()),
             (Kind::Forward, Some("10.0.0.5:80"))
         );
-        let (kind, request) =
-            parse_query(Some("kind=upload&path=/etc/app.conf&size=12&mode=640")).expect("upload");
-        assert_eq!(kind, Kind::Upload);
+        let shell = parse_query(Some("kind=shell&term=xterm-256color&cols=120&rows=40"))
+            .expect("a login shell");
         assert_eq!(
-            (request.path.as_deref(), request.size, request.mode),
+            shell,
+            Request {
+                kind: Kind::Shell,
+                command: Vec::new(),
+                target: None,
+                terminal: Some(Terminal::new("xterm-256color", 120, 40).expect("valid")),
+                path: None,
+                size: None,
+                mode: None,
+            }
+        );
+        assert_eq!(shell.what(), "login shell");
+        let top = parse_query(Some("kind=shell&term=dumb&cols=80&rows=24&command=top"))
+            .expect("a command in a terminal");
+        assert_eq!(top.what(), "top");
+        let upload =
+            parse_query(Some("kind=upload&path=/etc/app.conf&size=12&mode=640")).expect("upload");
+        assert_eq!(
+            (upload.path.as_deref(), upload.size, upload.mode),
             (Some("/etc/app.conf"), Some(12), Some(0o640))
         );
-        assert_eq!(request.what(), "/etc/app.conf");
+        assert_eq!(upload.what(), "/etc/app.conf");
         for (bad, says) in [
             (None, "kind is required"),
-            (Some("kind=shell!"), "not exec, forward"),
+            (Some("kind=shel"), "not exec, forward, shell"),
             (Some("kind=exec"), "needs a command"),
             (Some("kind=forward"), "needs target"),
             (
@@ -449,9 +507,34 @@ mod tests {
             (Some("kind=upload&path=/x"), "needs size="),
             (
                 Some("kind=upload&path=/x&size=-1"),
-                "size \"-1\" is not a number",
+                "size \"-1\" is not a number of bytes",
             ),
             (Some("kind=upload&path=/x&size=1&mode=999"), "not octal"),
+            (Some("kind=shell"), "shell needs its terminal"),
+            (
+                Some("kind=shell&term=xterm&cols=80"),
+                "shell needs its terminal",
+            ),
+            (
+                Some("kind=exec&command=ls&term=xterm&cols=80&rows=24"),
+                "for kind=shell only",
+            ),
+            (
+                Some("kind=shell&term=xterm&cols=0&rows=24"),
+                "cols 0 is out of range",
+            ),
+            (
+                Some("kind=shell&term=xterm&cols=80&rows=1001"),
+                "rows 1001 is out of range",
+            ),
+            (
+                Some("kind=shell&term=xterm&cols=wide&rows=24"),
+                "cols \"wide\" is not a number",
+            ),
+            (
+                Some("kind=shell&term=xterm%20-e&cols=80&rows=24"),
+                "term \"xterm -e\" is not a terminal type",
+            ),
         ] {
             let error = parse_query(bad).expect_err("refused");
             assert!(error.message.contains(says), "{bad:?}: {}", error.message);
