@@ -15,6 +15,9 @@ use tether_testkit::sim_agent::{
 use tether_testkit::{Database, Tetherd};
 use tokio::io::AsyncWriteExt;
 
+#[path = "cli/kube.rs"]
+mod kube;
+
 /// What one run of `tether` did.
 struct Run {
     code: i32,

@@ -37,6 +37,10 @@ pub enum Kind {
     Exec,
     /// A TCP connection from the device to `target`.
     Forward,
+    /// One HTTP request to the device's Kubernetes API server, sent by
+    /// tetherd's proxy (ADR 0022): its bytes on [`STDIN`], the answer's
+    /// on [`STDOUT`].
+    Kube,
 }
 
 impl Kind {
@@ -44,6 +48,7 @@ impl Kind {
         match self {
             Kind::Exec => "exec",
             Kind::Forward => "forward",
+            Kind::Kube => "kube",
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tether_proto::tunnel::{Kind, OpenTunnel};
 
-use super::{ActionError, Answer};
+use super::{ActionError, Answer, Kubernetes};
 use crate::clock::ServerClock;
 use crate::tunnel;
 
@@ -28,11 +28,12 @@ fn parse(input: &Value) -> Result<OpenTunnel, ActionError> {
 /// Checks the input now; the returned work dials (trusting only
 /// tetherd's CA, `ca_pem`), starts serving the tunnel on its own task and
 /// answers once the tunnel is up. Tunnels run side by side: each is busy
-/// with its own URL only.
+/// with its own URL only. A `kube` tunnel needs the cluster.
 pub fn prepare(
     input: &Value,
     ca_pem: &str,
     clock: &Arc<ServerClock>,
+    kubernetes: &Kubernetes,
 ) -> Result<
     (
         String,
@@ -41,6 +42,10 @@ pub fn prepare(
     ActionError,
 > {
     let open = parse(input)?;
+    if open.kind == Kind::Kube && kubernetes.config.is_none() {
+        return Err(ActionError::NoCluster);
+    }
+    let kubernetes = kubernetes.clone();
     let tls = Arc::new(
         crate::tls::server_tls_config(ca_pem, clock.clone()).map_err(ActionError::TunnelTls)?,
     );
@@ -54,6 +59,7 @@ pub fn prepare(
                 socket,
                 open.target.unwrap_or_default(),
             )),
+            Kind::Kube => tokio::spawn(tunnel::kube::serve(socket, kubernetes)),
         };
         Ok(Answer::from(json!({"kind": kind})))
     }))

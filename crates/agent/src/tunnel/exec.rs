@@ -18,7 +18,7 @@ const QUEUE: usize = 4;
 /// Runs `command` with the tunnel as its stdio until it exits and the
 /// client has read everything; kills it if the client goes away first.
 pub async fn serve(socket: Socket, command: Vec<String>) {
-    let (mut sender, mut receiver) = socket.split();
+    let (mut sender, receiver) = socket.split();
     let Some((program, arguments)) = command.split_first() else {
         let _ = sender.send(failed(400, "no command".to_owned())).await;
         return;

@@ -16,7 +16,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connects to `target` and copies both ways until both have ended; a
 /// target that refuses or does not answer is reported on the tunnel.
 pub async fn serve(socket: Socket, target: String) {
-    let (mut sender, mut receiver) = socket.split();
+    let (mut sender, receiver) = socket.split();
     let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target)).await;
     let stream = match connected {
         Ok(Ok(stream)) => stream,

@@ -8,6 +8,7 @@ pub mod events;
 pub mod exec;
 pub mod forward_port;
 pub mod jobs;
+pub mod kubeconfig;
 pub mod login;
 pub mod logout;
 pub mod logs;
@@ -42,6 +43,8 @@ pub enum Command {
     ForwardPort(forward_port::ForwardPort),
     Proxy(proxy::Proxy),
     SshConfig(ssh_config::SshConfig),
+    Kubeconfig(kubeconfig::Kubeconfig),
+    KubeCredential(kubeconfig::KubeCredential),
     Logs(logs::Logs),
     Metrics(metrics::Metrics),
     Audit(audit::Audit),
@@ -72,6 +75,8 @@ impl Command {
             Command::ForwardPort(cmd) => cmd.description(),
             Command::Proxy(cmd) => cmd.description(),
             Command::SshConfig(cmd) => cmd.description(),
+            Command::Kubeconfig(cmd) => cmd.description(),
+            Command::KubeCredential(cmd) => cmd.description(),
             Command::Logs(cmd) => cmd.description(),
             Command::Metrics(cmd) => cmd.description(),
             Command::Audit(cmd) => cmd.description(),
@@ -92,6 +97,8 @@ impl Command {
             Command::ForwardPort(cmd) => cmd.run(ctx).await,
             Command::Proxy(cmd) => cmd.run(ctx).await,
             Command::SshConfig(cmd) => cmd.run(ctx).await,
+            Command::Kubeconfig(cmd) => cmd.run(ctx).await,
+            Command::KubeCredential(cmd) => cmd.run(ctx).await,
             Command::Logs(cmd) => cmd.run(ctx).await,
             Command::Metrics(cmd) => cmd.run(ctx).await,
             Command::Audit(cmd) => cmd.run(ctx).await,
@@ -132,6 +139,12 @@ pub enum CommandError {
     Usage(String),
     #[error("cannot write to standard output")]
     Write(#[source] std::io::Error),
+    #[error("cannot write {}", path.display())]
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen on {address}: is the port in use?")]
     Listen {
         address: std::net::SocketAddr,

@@ -67,6 +67,11 @@ fn parse_query(query: Option<&str>) -> Result<(Kind, Vec<String>, Option<String>
         Kind::Forward if target.is_none() => {
             Err(ApiError::bad_request("forward needs target=HOST:PORT"))
         }
+        // Only the Kubernetes proxy opens these, after its own checks
+        // (ADR 0022): a raw one would skip them.
+        Kind::Kube => Err(ApiError::bad_request(
+            "kube tunnels are opened by /devices/{name}/kubernetes (`tether kubeconfig`), not here",
+        )),
         _ => Ok((kind, command, target)),
     }
 }
@@ -98,6 +103,7 @@ async fn open_tunnel(
     let what = match kind {
         Kind::Exec => command.join(" "),
         Kind::Forward => target.clone().unwrap_or_default(),
+        Kind::Kube => String::new(),
     };
     let started = chrono::Utc::now();
     let device_socket = match dialed_back(&state, &device, &host, kind, command, target).await {
@@ -126,7 +132,7 @@ async fn open_tunnel(
 }
 
 /// Opens the tunnel, asks the device to dial it and waits for its socket.
-async fn dialed_back(
+pub(super) async fn dialed_back(
     state: &AppState,
     device: &tether_proto::DeviceId,
     host: &str,
@@ -244,7 +250,7 @@ fn not_a_websocket(rejection: WebSocketUpgradeRejection) -> ApiError {
 }
 
 /// A WebSocket as the splice's halves.
-fn halves(
+pub(super) fn halves(
     socket: WebSocket,
 ) -> (
     impl futures::Stream<Item = Result<Message, axum::Error>> + Unpin,
@@ -268,7 +274,7 @@ fn halves(
 }
 
 /// How a tunnel ended, for its audit record.
-enum TunnelOutcome<'a> {
+pub(super) enum TunnelOutcome<'a> {
     /// It was spliced and carried this much.
     Carried(Traffic),
     /// It never opened: the error the client was given.
@@ -278,7 +284,7 @@ enum TunnelOutcome<'a> {
 impl AppState {
     /// Records a tunnel that ended or was refused; like every audit
     /// record, a failure to record is logged, not fatal.
-    async fn audit_tunnel(
+    pub(super) async fn audit_tunnel(
         &self,
         actor: &str,
         device: &tether_proto::DeviceId,
@@ -305,7 +311,10 @@ impl AppState {
         self.audit_with(
             actor,
             "TUNNEL",
-            &format!("/api/v1/devices/{device}/tunnel"),
+            &match kind {
+                Kind::Kube => format!("/api/v1/devices/{device}/kubernetes"),
+                _ => format!("/api/v1/devices/{device}/tunnel"),
+            },
             status,
             Some(detail),
         )
@@ -334,6 +343,7 @@ mod tests {
             (Some("kind=shell"), "not exec or forward"),
             (Some("kind=exec"), "needs a command"),
             (Some("kind=forward"), "needs target"),
+            (Some("kind=kube"), "tether kubeconfig"),
             (
                 Some("kind=exec&command=ls&color=1"),
                 "unknown query parameter",

@@ -7,6 +7,8 @@
 //! so a slow reader stops the other side instead of filling tetherd's
 //! memory.
 
+pub mod stream;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
