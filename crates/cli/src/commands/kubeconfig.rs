@@ -89,6 +89,9 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 
 /// Print the session's token for kubectl (an exec credential plugin).
 #[derive(Debug, clap::Args)]
+#[command(
+    after_long_help = "kubectl runs it as the kubeconfig of `tether kubeconfig` says; by hand:\n  tether kube-credential --config ~/.config/tether/config.toml"
+)]
 pub struct KubeCredential {}
 
 impl KubeCredential {
