@@ -197,6 +197,35 @@ async fn kubectl_lists_nodes_through_tether_as_the_kubeconfig_account_once_enabl
         "{proxied:?}"
     );
 
+    // `refresh` recreates the account, revoking its tokens: the agent's
+    // cached one too, so it requests a new one and kubectl goes on.
+    let accepted = c
+        .admin
+        .post(
+            "/api/v1/devices/edge-k8s/actions",
+            json!({"action": "retrieve-kubeconfig", "input": {"refresh": true}}),
+        )
+        .await
+        .expect("requested")
+        .expect_status(202)
+        .expect("accepted");
+    let id = accepted["correlationId"].as_str().expect("an id");
+    let done = c
+        .admin
+        .get(&format!("/api/v1/actions/{id}?waitSeconds=30"))
+        .await
+        .expect("waited")
+        .expect_status(200)
+        .expect("the action");
+    assert_eq!(done["statusCode"], 200, "{done}");
+    let nodes = run_kubectl(&kubeconfig, &["get", "nodes"]).await;
+    assert!(
+        nodes.status.success(),
+        "after refresh: {}\n{}",
+        text(&nodes.stderr),
+        c.agent.log()
+    );
+
     // A token tetherd does not know is kubectl's 401.
     let bogus = run_kubectl(&kubeconfig, &["--token", "not-a-session", "get", "nodes"]).await;
     assert!(!bogus.status.success());
