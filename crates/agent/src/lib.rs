@@ -128,6 +128,7 @@ pub async fn run(
         state_dir: state.path().to_owned(),
         restore_helper: config.restore_helper(),
         operator: Default::default(),
+        admin: Default::default(),
     };
     let ran = serve(
         config,

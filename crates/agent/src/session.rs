@@ -443,6 +443,8 @@ pub async fn run(
         authorization: Arc::new(AuthorizationGuard::default()),
         stats: StatsRunner::new(samples),
         ca_pem: credentials.ca_pem.clone(),
+        device: credentials.device.to_string(),
+        api_url: credentials.api_url.clone(),
         clock: clock.clone(),
         follow,
         kubernetes,

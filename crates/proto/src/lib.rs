@@ -10,6 +10,7 @@ pub mod ca;
 pub mod catalogue;
 pub mod certificate;
 pub mod device;
+pub mod kubeconfig;
 pub mod labels;
 pub mod limits;
 pub mod metrics;

@@ -46,6 +46,10 @@ pub enum Kind {
     /// A command (the login shell by default) in a terminal: its output on
     /// [`STDOUT`], keystrokes on [`STDIN`], [`Control::Resize`] for the size.
     Shell,
+    /// One HTTP request to the device's Kubernetes API server, sent by
+    /// tetherd's proxy (ADR 0022): its bytes on [`STDIN`], the answer's
+    /// on [`STDOUT`].
+    Kube,
 }
 
 impl Kind {
@@ -56,6 +60,7 @@ impl Kind {
             Kind::Upload => "upload",
             Kind::Download => "download",
             Kind::Shell => "shell",
+            Kind::Kube => "kube",
         }
     }
 }

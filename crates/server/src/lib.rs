@@ -12,6 +12,7 @@ pub mod device_link;
 pub mod ingest;
 pub mod jobs;
 pub mod join;
+pub mod kube_proxy;
 pub mod logs;
 pub mod metrics;
 pub mod observability;

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 
 use crate::authorization::AuthorizationGuard;
 use crate::dedupe::{Dedupe, Seen};
+use crate::kubernetes::admin::AdminToken;
 use crate::kubernetes::operator::OperatorToken;
 use crate::kubernetes::{Access, Client, KubeError, KubernetesConfig};
 use crate::logging::{LogControl, LoggingError};
@@ -160,6 +161,8 @@ pub struct Kubernetes {
     /// The identity of the default actions `send-kubectl` and
     /// `send-kubernetes-api` in cluster mode.
     pub operator: OperatorToken,
+    /// The token `kube` tunnels act with (`tether-kubeconfig`, ADR 0022).
+    pub admin: AdminToken,
 }
 
 impl Kubernetes {
@@ -168,6 +171,12 @@ impl Kubernetes {
         let config = self.config.as_ref().ok_or(ActionError::NoCluster)?;
         let access = config.access().map_err(KubeError::from)?;
         Ok(Client::new(access)?)
+    }
+
+    /// How `kube` tunnels reach the cluster ([`AdminToken`]).
+    pub async fn admin_access(&self) -> Result<Access, ActionError> {
+        let config = self.config.as_ref().ok_or(ActionError::NoCluster)?;
+        Ok(self.admin.access(config).await?)
     }
 
     /// How the default actions reach the cluster ([`OperatorToken`]).
@@ -184,6 +193,10 @@ pub struct Context {
     pub stats: StatsRunner,
     /// The controller's CA, trusted by `send-api` next to the system roots.
     pub ca_pem: String,
+    /// This device's name and the tetherd it enrolled with, for
+    /// `retrieve-kubeconfig`'s kubeconfig through tether.
+    pub device: String,
+    pub api_url: String,
     /// tetherd's clock as this device sees it; every action carries
     /// tetherd's time, which keeps it current.
     pub clock: Arc<crate::clock::ServerClock>,
@@ -454,8 +467,13 @@ impl Dispatcher {
                 manage_deployment::run(input, &kubernetes.client()?, chrono::Utc::now()).await?
             }
             "open-tunnel" => {
-                let (busy, work) =
-                    open_tunnel::prepare(input, &context.tunnels, &context.ca_pem, &context.clock)?;
+                let (busy, work) = open_tunnel::prepare(
+                    input,
+                    &context.tunnels,
+                    &context.ca_pem,
+                    &context.clock,
+                    kubernetes,
+                )?;
                 return Ok(Outcome::Later {
                     busy,
                     work: Box::pin(work),
@@ -477,7 +495,15 @@ impl Dispatcher {
                     work: Box::pin(work),
                 });
             }
-            "retrieve-kubeconfig" => retrieve_kubeconfig::run(input, &kubernetes.client()?).await?,
+            "retrieve-kubeconfig" => {
+                let tetherd = retrieve_kubeconfig::Tetherd {
+                    device: &context.device,
+                    api_url: &context.api_url,
+                    ca_pem: &context.ca_pem,
+                };
+                retrieve_kubeconfig::run(input, &kubernetes.client()?, tetherd, &kubernetes.admin)
+                    .await?
+            }
             "run-stats" => run_stats::run(input, &mut context.stats)?,
             "stop-stats" => run_stats::stop(&mut context.stats),
             "send-api" => {
@@ -622,6 +648,8 @@ pub(crate) mod tests {
             authorization: Arc::new(AuthorizationGuard::default()),
             stats: StatsRunner::new(Arc::new(NoSink)),
             ca_pem: String::new(),
+            device: "edge-1".into(),
+            api_url: "https://127.0.0.1:8443".into(),
             clock: crate::clock::ServerClock::new(),
             follow: crate::logs::FollowHandle::new(&crate::logs::SystemLog::None),
             kubernetes: Kubernetes {
@@ -637,6 +665,7 @@ pub(crate) mod tests {
                 state_dir: std::env::temp_dir(),
                 restore_helper: crate::restore::helper::HELPER_NAME.into(),
                 operator: Default::default(),
+                admin: Default::default(),
             },
             tunnels: Default::default(),
         };

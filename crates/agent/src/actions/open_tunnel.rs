@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tether_proto::tunnel::{Kind, OpenTunnel};
 
-use super::{ActionError, Answer};
+use super::{ActionError, Answer, Kubernetes};
 use crate::clock::ServerClock;
 use crate::tunnel::{self, TunnelPolicy};
 
@@ -50,12 +50,14 @@ fn parse(input: &Value) -> Result<OpenTunnel, ActionError> {
 /// Checks the input and this device's `policy` now; the returned work
 /// dials (trusting only tetherd's CA, `ca_pem`), starts serving the tunnel
 /// on its own task and answers once the tunnel is up. Tunnels run side by
-/// side: each is busy with its own URL only.
+/// side: each is busy with its own URL only. A `kube` tunnel needs the
+/// cluster.
 pub fn prepare(
     input: &Value,
     policy: &TunnelPolicy,
     ca_pem: &str,
     clock: &Arc<ServerClock>,
+    kubernetes: &Kubernetes,
 ) -> Result<
     (
         String,
@@ -66,6 +68,10 @@ pub fn prepare(
     let open = parse(input)?;
     policy.permits(open.kind)?;
     let max_copy_bytes = policy.max_copy_bytes;
+    if open.kind == Kind::Kube && kubernetes.config.is_none() {
+        return Err(ActionError::NoCluster);
+    }
+    let kubernetes = kubernetes.clone();
     let tls = Arc::new(
         crate::tls::server_tls_config(ca_pem, clock.clone()).map_err(ActionError::TunnelTls)?,
     );
@@ -110,6 +116,7 @@ pub fn prepare(
                     size,
                 ))
             }
+            Kind::Kube => tokio::spawn(tunnel::kube::serve(socket, kubernetes)),
         };
         Ok(Answer::from(json!({"kind": kind})))
     }))

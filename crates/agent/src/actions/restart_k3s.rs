@@ -220,6 +220,7 @@ mod tests {
             state_dir: dir.to_owned(),
             restore_helper: crate::restore::helper::HELPER_NAME.into(),
             operator: Default::default(),
+            admin: Default::default(),
         }
     }
 

@@ -1,31 +1,37 @@
-//! `retrieve-kubeconfig`: a kubeconfig for a local client, authenticating
-//! as the ServiceAccount `tether-system/tether-kubeconfig` with a token
-//! that expires after 7 days (the seed: "regenerated every week").
+//! `retrieve-kubeconfig`: a kubeconfig for a local client, in one of two
+//! forms (`through`):
+//!
+//! - `cluster` (the default): straight to the API server, authenticating
+//!   as the ServiceAccount `tether-system/tether-kubeconfig` with a token
+//!   that expires after 7 days (the seed: "regenerated every week").
+//! - `tether` (ADR 0022): through tetherd's proxy for this device, as
+//!   `tether kubeconfig DEVICE` writes it: tetherd's URL and CA, and the
+//!   `tether kube-credential` exec plugin for the token, so it holds no
+//!   secret. Requests through it act as the same account.
 //!
 //! The token comes from the TokenRequest API, so it is bound to the
 //! ServiceAccount's uid: `refresh: true` deletes and recreates the account,
 //! and the API server then refuses every token issued before, which is how
-//! the old kubeconfig is revoked. Without `refresh` a new token is issued
-//! and earlier ones stay valid until they expire.
+//! the old kubeconfig is revoked (and the tunnels' cached token with it).
+//! Without `refresh` a new token is issued and earlier ones stay valid
+//! until they expire.
 //!
 //! The account is bound to the `cluster-admin` ClusterRole: the seed's
 //! kubeconfig is for a full local client of the cluster.
 
-use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ActionError;
-use crate::kubernetes::client::Body;
+use crate::kubernetes::Client;
+use crate::kubernetes::admin::{self, AdminToken, NAMESPACE, SERVICE_ACCOUNT};
 use crate::kubernetes::kubeconfig::{Kubeconfig, User};
-use crate::kubernetes::{Client, KubeError};
 
-pub const NAMESPACE: &str = "tether-system";
-pub const SERVICE_ACCOUNT: &str = "tether-kubeconfig";
-/// The cluster-wide role the account is bound to.
-pub const CLUSTER_ROLE: &str = "cluster-admin";
 /// 7 days.
-pub const TOKEN_SECONDS: i64 = 7 * 24 * 3600;
+pub const TOKEN_SECONDS: u64 = 7 * 24 * 3600;
+/// The command a kubeconfig through tether runs for its token: the CLI,
+/// found on the client's PATH.
+const TETHER_COMMAND: &str = "tether";
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -34,6 +40,8 @@ struct Input {
     format: Option<String>,
     #[serde(default)]
     refresh: bool,
+    #[serde(default)]
+    through: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,7 +50,16 @@ enum Format {
     Json,
 }
 
-fn parse(input: &Value) -> Result<(Format, bool), ActionError> {
+/// Where the kubeconfig's client connects.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Through {
+    /// The cluster's API server, with a 7-day token.
+    Cluster,
+    /// tetherd's proxy for this device.
+    Tether,
+}
+
+fn parse(input: &Value) -> Result<(Format, bool, Through), ActionError> {
     let input: Input = serde_json::from_value(input.clone())
         .map_err(|e| ActionError::invalid("$", e.to_string()))?;
     let format = match input.format.as_deref() {
@@ -55,96 +72,67 @@ fn parse(input: &Value) -> Result<(Format, bool), ActionError> {
             ));
         }
     };
-    Ok((format, input.refresh))
+    let through = match input.through.as_deref() {
+        None | Some("cluster") => Through::Cluster,
+        Some("tether") => Through::Tether,
+        Some(other) => {
+            return Err(ActionError::invalid(
+                "$.through",
+                format!("{other:?} is not cluster or tether"),
+            ));
+        }
+    };
+    Ok((format, input.refresh, through))
 }
 
-/// Creates `object` at `collection` unless `path` exists already.
-async fn ensure(
+/// What a kubeconfig through tether names: this device and the tetherd it
+/// enrolled with.
+pub struct Tetherd<'a> {
+    pub device: &'a str,
+    pub api_url: &'a str,
+    pub ca_pem: &'a str,
+}
+
+pub async fn run(
+    input: &Value,
     client: &Client,
-    path: &str,
-    collection: &str,
-    object: Value,
-) -> Result<(), KubeError> {
-    match client.json(Method::GET, path, None).await {
-        Ok(_) => Ok(()),
-        Err(KubeError::Api { status: 404, .. }) => {
-            match client
-                .json(Method::POST, collection, Some(Body::Json(object)))
-                .await
-            {
-                // Created meanwhile by another client: what was wanted.
-                Ok(_) | Err(KubeError::Api { status: 409, .. }) => Ok(()),
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e),
-    }
-}
-
-pub async fn run(input: &Value, client: &Client) -> Result<Value, ActionError> {
-    let (format, refresh) = parse(input)?;
-    ensure(
-        client,
-        &format!("/api/v1/namespaces/{NAMESPACE}"),
-        "/api/v1/namespaces",
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
-    )
-    .await?;
-    let accounts = format!("/api/v1/namespaces/{NAMESPACE}/serviceaccounts");
-    let account = format!("{accounts}/{SERVICE_ACCOUNT}");
+    tetherd: Tetherd<'_>,
+    tunnels: &AdminToken,
+) -> Result<Value, ActionError> {
+    let (format, refresh, through) = parse(input)?;
+    admin::ensure_account(client, refresh).await?;
     if refresh {
-        match client.json(Method::DELETE, &account, None).await {
-            Ok(_) | Err(KubeError::Api { status: 404, .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-        tracing::info!(
-            "recreating ServiceAccount {NAMESPACE}/{SERVICE_ACCOUNT}: tokens issued before are revoked"
-        );
+        tunnels.forget();
     }
-    ensure(
-        client,
-        &account,
-        &accounts,
-        json!({"apiVersion": "v1", "kind": "ServiceAccount",
-               "metadata": {"name": SERVICE_ACCOUNT, "namespace": NAMESPACE,
-                            "labels": {"app.kubernetes.io/managed-by": "tether"}}}),
-    )
-    .await?;
-    ensure(
-        client,
-        &format!("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{SERVICE_ACCOUNT}"),
-        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-               "metadata": {"name": SERVICE_ACCOUNT, "labels": {"app.kubernetes.io/managed-by": "tether"}},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CLUSTER_ROLE},
-               "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}]}),
-    )
-    .await?;
-    let issued = client
-        .json(
-            Method::POST,
-            &format!("{account}/token"),
-            Some(Body::Json(json!({
-                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                "spec": {"expirationSeconds": TOKEN_SECONDS}}))),
-        )
-        .await?;
-    let token = issued["status"]["token"]
-        .as_str()
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| KubeError::Api {
-            status: 502,
-            message: "the TokenRequest answer has no status.token".to_owned(),
-        })?;
-    let access = client.access();
-    let kubeconfig = Kubeconfig::single(
-        &access.cluster_name,
-        access.cluster(),
-        User {
-            token: Some(token.to_owned()),
-            ..User::default()
-        },
-    );
+    let (kubeconfig, expires_at) = match through {
+        Through::Cluster => {
+            let (token, expires_at) = admin::issue_token(client, TOKEN_SECONDS).await?;
+            let access = client.access();
+            let kubeconfig = Kubeconfig::single(
+                &access.cluster_name,
+                access.cluster(),
+                User {
+                    token: Some(token),
+                    ..User::default()
+                },
+            );
+            (
+                serde_json::to_value(&kubeconfig).unwrap_or_default(),
+                expires_at,
+            )
+        }
+        // Valid while the user's tether session is.
+        Through::Tether => (
+            tether_proto::kubeconfig::through_tether(
+                tetherd.api_url,
+                tetherd.device,
+                tetherd.ca_pem.as_bytes(),
+                TETHER_COMMAND,
+                &[tether_proto::kubeconfig::CREDENTIAL_VERB.to_owned()],
+            ),
+            Value::Null,
+        ),
+    };
     let (name, text) = match format {
         Format::Yaml => (
             "yaml",
@@ -155,13 +143,17 @@ pub async fn run(input: &Value, client: &Client) -> Result<Value, ActionError> {
             serde_json::to_string_pretty(&kubeconfig).unwrap_or_default(),
         ),
     };
-    Ok(json!({
+    let mut answer = json!({
         "format": name,
         "kubeconfig": text,
-        "expiresAt": issued["status"]["expirationTimestamp"],
         "serviceAccount": format!("{NAMESPACE}/{SERVICE_ACCOUNT}"),
         "refreshed": refresh,
-    }))
+        "through": match through { Through::Cluster => "cluster", Through::Tether => "tether" },
+    });
+    if !expires_at.is_null() {
+        answer["expiresAt"] = expires_at;
+    }
+    Ok(answer)
 }
 
 #[cfg(test)]
@@ -169,14 +161,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_format_is_yaml_unless_json_is_asked_for() {
-        assert_eq!(parse(&json!({})).expect("valid"), (Format::Yaml, false));
+    fn the_format_is_yaml_and_the_form_direct_unless_asked_otherwise() {
         assert_eq!(
-            parse(&json!({"format": "json", "refresh": true})).expect("valid"),
-            (Format::Json, true)
+            parse(&json!({})).expect("valid"),
+            (Format::Yaml, false, Through::Cluster)
+        );
+        assert_eq!(
+            parse(&json!({"format": "json", "refresh": true, "through": "tether"})).expect("valid"),
+            (Format::Json, true, Through::Tether)
         );
         let err = parse(&json!({"format": "toml"})).expect_err("refused");
         assert!(err.to_string().starts_with("$.format"), "{err}");
+        let err = parse(&json!({"through": "vpn"})).expect_err("refused");
+        assert!(err.to_string().starts_with("$.through"), "{err}");
         let err = parse(&json!({"refresh": "yes"})).expect_err("refused");
         assert_eq!(err.status_code(), 400);
     }

@@ -12,6 +12,7 @@
 //! token is rotated by the kubelet, k3s may write its kubeconfig after the
 //! agent started, and the idle agent keeps no certificates in memory.
 
+pub mod admin;
 pub mod client;
 pub mod identity;
 pub mod kubeconfig;

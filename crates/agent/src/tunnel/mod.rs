@@ -1,8 +1,9 @@
 //! Tunnels (ADR 0021): the agent dials the WebSocket tetherd names in
 //! `open-tunnel`, with tetherd's CA pinned and the one-time token as a
 //! bearer token, and carries a command ([`exec`]), a TCP connection
-//! ([`forward`]), a terminal ([`shell`]) or a file ([`copy`]) over it, as
-//! far as this device's [`TunnelPolicy`] allows.
+//! ([`forward`]), a terminal ([`shell`]), a file ([`copy`]) or a request to
+//! the cluster's API server ([`kube`]) over it, as far as this device's
+//! [`TunnelPolicy`] allows.
 //!
 //! Everything moves one message at a time: a side that does not read
 //! stops the other, so a tunnel holds at most a few messages in memory.
@@ -10,6 +11,7 @@
 pub mod copy;
 pub mod exec;
 pub mod forward;
+pub mod kube;
 pub mod shell;
 
 use std::sync::Arc;
@@ -71,8 +73,8 @@ impl TunnelError {
 /// owner has the last word (ADR 0021).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunnelPolicy {
-    /// Commands and files: a command can do anything the agent's user
-    /// can, and so can writing files.
+    /// Commands, shells, files and the cluster's API as its admin: each
+    /// can do anything the agent can.
     pub allow_remote_shell: bool,
     /// TCP connections from the device to its network.
     pub allow_port_forward: bool,
@@ -95,7 +97,8 @@ impl TunnelPolicy {
     pub fn permits(&self, kind: Kind) -> Result<(), TunnelError> {
         let (allowed, flag) = match kind {
             Kind::Forward => (self.allow_port_forward, "--allow-port-forward"),
-            Kind::Exec | Kind::Shell | Kind::Upload | Kind::Download => {
+            // A kube tunnel acts as the cluster's admin account.
+            Kind::Exec | Kind::Shell | Kind::Upload | Kind::Download | Kind::Kube => {
                 (self.allow_remote_shell, "--allow-remote-shell")
             }
         };

@@ -9,6 +9,7 @@ pub mod events;
 pub mod exec;
 pub mod forward_port;
 pub mod jobs;
+pub mod kubeconfig;
 pub mod login;
 pub mod logout;
 pub mod logs;
@@ -46,6 +47,8 @@ pub enum Command {
     ForwardPort(forward_port::ForwardPort),
     Proxy(proxy::Proxy),
     SshConfig(ssh_config::SshConfig),
+    Kubeconfig(kubeconfig::Kubeconfig),
+    KubeCredential(kubeconfig::KubeCredential),
     Logs(logs::Logs),
     Metrics(metrics::Metrics),
     Audit(audit::Audit),
@@ -79,6 +82,8 @@ impl Command {
             Command::ForwardPort(cmd) => cmd.description(),
             Command::Proxy(cmd) => cmd.description(),
             Command::SshConfig(cmd) => cmd.description(),
+            Command::Kubeconfig(cmd) => cmd.description(),
+            Command::KubeCredential(cmd) => cmd.description(),
             Command::Logs(cmd) => cmd.description(),
             Command::Metrics(cmd) => cmd.description(),
             Command::Audit(cmd) => cmd.description(),
@@ -101,6 +106,8 @@ impl Command {
             Command::ForwardPort(cmd) => cmd.run(ctx).await,
             Command::Proxy(cmd) => cmd.run(ctx).await,
             Command::SshConfig(cmd) => cmd.run(ctx).await,
+            Command::Kubeconfig(cmd) => cmd.run(ctx).await,
+            Command::KubeCredential(cmd) => cmd.run(ctx).await,
             Command::Logs(cmd) => cmd.run(ctx).await,
             Command::Metrics(cmd) => cmd.run(ctx).await,
             Command::Audit(cmd) => cmd.run(ctx).await,

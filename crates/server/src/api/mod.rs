@@ -10,6 +10,7 @@ mod extract;
 mod health;
 mod jobs;
 mod join;
+mod kubernetes;
 pub mod listener;
 mod logs;
 mod metrics;
@@ -147,6 +148,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(audit::routes())
         .merge(sessions::routes())
         .merge(tunnels::client_routes())
+        .merge(kubernetes::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_bearer,

@@ -38,7 +38,7 @@ pub fn device_routes() -> OpenApiRouter<Arc<AppState>> {
 
 /// What the client asked for, from the query.
 #[derive(Debug, PartialEq)]
-struct Request {
+pub(super) struct Request {
     kind: Kind,
     command: Vec<String>,
     target: Option<String>,
@@ -49,6 +49,19 @@ struct Request {
 }
 
 impl Request {
+    /// One request of the Kubernetes proxy (ADR 0022).
+    pub(super) fn kube() -> Self {
+        Request {
+            kind: Kind::Kube,
+            command: Vec::new(),
+            target: None,
+            terminal: None,
+            path: None,
+            size: None,
+            mode: None,
+        }
+    }
+
     /// What the tunnel runs or reaches, for the log and the audit record.
     fn what(&self) -> String {
         match self.kind {
@@ -57,6 +70,7 @@ impl Request {
             Kind::Shell if self.command.is_empty() => "login shell".to_owned(),
             Kind::Shell => self.command.join(" "),
             Kind::Upload | Kind::Download => self.path.clone().unwrap_or_default(),
+            Kind::Kube => String::new(),
         }
     }
 }
@@ -138,6 +152,11 @@ fn parse_query(query: Option<&str>) -> Result<Request, ApiError> {
         ))),
         Kind::Upload if size.is_none() => Err(ApiError::bad_request(
             "upload needs size=, the file's length in bytes",
+        )),
+        // Only the Kubernetes proxy opens these, after its own checks
+        // (ADR 0022): a raw one would skip them.
+        Kind::Kube => Err(ApiError::bad_request(
+            "kube tunnels are opened by /devices/{name}/kubernetes (`tether kubeconfig`), not here",
         )),
         _ => Ok(Request {
             kind,
@@ -224,7 +243,7 @@ async fn open_tunnel(
 }
 
 /// Opens the tunnel, asks the device to dial it and waits for its socket.
-async fn dialed_back(
+pub(super) async fn dialed_back(
     state: &AppState,
     device: &tether_proto::DeviceId,
     user: &str,
@@ -364,7 +383,7 @@ fn not_a_websocket(rejection: WebSocketUpgradeRejection) -> ApiError {
 }
 
 /// A WebSocket as the splice's halves.
-fn halves(
+pub(super) fn halves(
     socket: WebSocket,
 ) -> (
     impl futures::Stream<Item = Result<Message, axum::Error>> + Unpin,
@@ -389,7 +408,7 @@ fn halves(
 }
 
 /// How a tunnel ended, for its audit record.
-enum TunnelOutcome<'a> {
+pub(super) enum TunnelOutcome<'a> {
     /// It was spliced and carried this much.
     Carried(Traffic),
     /// It never opened: the error the client was given.
@@ -399,7 +418,7 @@ enum TunnelOutcome<'a> {
 impl AppState {
     /// Records a tunnel that ended or was refused; like every audit
     /// record, a failure to record is logged, not fatal.
-    async fn audit_tunnel(
+    pub(super) async fn audit_tunnel(
         &self,
         actor: &str,
         device: &tether_proto::DeviceId,
@@ -429,7 +448,10 @@ impl AppState {
         self.audit_with(
             actor,
             "TUNNEL",
-            &format!("/api/v1/devices/{device}/tunnel"),
+            &match kind {
+                Kind::Kube => format!("/api/v1/devices/{device}/kubernetes"),
+                _ => format!("/api/v1/devices/{device}/tunnel"),
+            },
             status,
             Some(detail),
         )
@@ -499,6 +521,7 @@ mod tests {
             (Some("kind=shel"), "not exec, forward, shell"),
             (Some("kind=exec"), "needs a command"),
             (Some("kind=forward"), "needs target"),
+            (Some("kind=kube"), "tether kubeconfig"),
             (
                 Some("kind=exec&command=ls&color=1"),
                 "unknown query parameter",

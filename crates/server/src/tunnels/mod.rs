@@ -8,6 +8,8 @@
 //! memory; it pings an idle side so that proxies and NATs keep the
 //! connection, and ends a tunnel idle for longer than the configured time.
 
+pub mod stream;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -116,10 +116,12 @@ pub(crate) async fn handle(
 ) -> Response {
     let path = uri.path().to_owned();
     let mut store = shared.lock().unwrap_or_else(PoisonError::into_inner);
+    let user = authenticate(&store, &headers);
     store.requests.push(LoggedRequest {
         method: method.to_string(),
         path: path.clone(),
         query: uri.query().unwrap_or_default().to_owned(),
+        user: user.as_ref().ok().map(|token| token.user.clone()),
     });
     if store
         .down_while
@@ -134,7 +136,7 @@ pub(crate) async fn handle(
             "the fake API server is restarting",
         ));
     }
-    let user = match authenticate(&store, &headers) {
+    let user = match user {
         Ok(user) => user,
         Err(e) => return error(&e),
     };
@@ -161,6 +163,13 @@ pub(crate) async fn handle(
                 .and_then(|()| store.check_escalation(&user, verb, &target, &body))
             {
                 Ok(()) if watching => return watch(),
+                Ok(())
+                    if method == Method::GET
+                        && target.resource.plural == "pods"
+                        && target.sub.as_deref() == Some("log") =>
+                {
+                    return pod_log(&mut store, &target, &query);
+                }
                 Ok(()) => serve(&mut store, &method, &headers, &query, &target, &body),
                 Err(e) => Err(e),
             }
@@ -171,6 +180,36 @@ pub(crate) async fn handle(
         Ok((code, value)) => respond(code, &value),
         Err(e) => error(&e),
     }
+}
+
+/// `GET pods/{name}/log`: the pod's log as text, and with `follow=true`
+/// the lines appended after it too, streamed (chunked) until the client
+/// leaves, as the kubelet streams a running container's log.
+fn pod_log(store: &mut Store, target: &Target, query: &BTreeMap<String, String>) -> Response {
+    let namespace = target.namespace.clone().unwrap_or_default();
+    let name = target.name.clone().unwrap_or_default();
+    if let Err(e) = store.get(target.resource, Some(&namespace), &name) {
+        return error(&e);
+    }
+    let mut log = store
+        .pod_logs
+        .entry((namespace, name))
+        .or_insert_with(|| tokio::sync::watch::channel(String::new()).0)
+        .subscribe();
+    let text = log.borrow_and_update().clone();
+    let plain = [(header::CONTENT_TYPE, "text/plain")];
+    if query.get("follow").is_none_or(|f| f != "true") {
+        return (plain, text).into_response();
+    }
+    let first = futures::stream::once(std::future::ready(Ok(Bytes::from(text.clone()))));
+    let appended = futures::stream::unfold((log, text.len()), |(mut log, sent)| async move {
+        log.changed().await.ok()?;
+        let text = log.borrow_and_update().clone();
+        let new = Bytes::from(text.get(sent..).unwrap_or_default().to_owned());
+        Some((Ok::<_, std::convert::Infallible>(new), (log, text.len())))
+    });
+    use futures::StreamExt as _;
+    (plain, Body::from_stream(first.chain(appended))).into_response()
 }
 
 /// A watch that reports nothing: the fake settles every change at once, so

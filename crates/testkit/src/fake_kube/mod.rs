@@ -198,6 +198,31 @@ impl FakeKubeApi {
         )
     }
 
+    /// A pod running one container, `app`, as a Deployment's would.
+    pub fn add_pod(&self, namespace: &str, name: &str) -> anyhow::Result<Value> {
+        self.seed(
+            "pods",
+            json!({"metadata": {"name": name, "namespace": namespace},
+                   "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+                   "status": {"phase": "Running", "containerStatuses": [
+                       {"name": "app", "ready": true, "restartCount": 0, "image": "app:1"}]}}),
+        )
+    }
+
+    /// Appends `line` (and a newline) to the pod's log: `pods/{name}/log`
+    /// answers it, and followers get it at once.
+    pub fn append_log(&self, namespace: &str, pod: &str, line: &str) {
+        let mut store = self.store();
+        let log = store
+            .pod_logs
+            .entry((namespace.to_owned(), pod.to_owned()))
+            .or_insert_with(|| tokio::sync::watch::channel(String::new()).0);
+        log.send_modify(|text| {
+            text.push_str(line);
+            text.push('\n');
+        });
+    }
+
     /// The stored object, as a GET would return it.
     pub fn get(&self, resource: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
         let resource = discovery::by_plural(resource)?;

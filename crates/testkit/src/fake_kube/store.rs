@@ -108,6 +108,9 @@ pub struct LoggedRequest {
     pub method: String,
     pub path: String,
     pub query: String,
+    /// Who its bearer token authenticated as (`system:serviceaccount:NS:NAME`,
+    /// `admin`); `None` for no token or one the fake does not know.
+    pub user: Option<String>,
 }
 
 type Key = (&'static str, String, String);
@@ -124,6 +127,9 @@ pub(crate) struct Store {
     /// While this file exists the API server is "restarting": every
     /// request is answered 503 (see `FakeKubeApi::down_while_exists`).
     pub down_while: Option<std::path::PathBuf>,
+    /// Each pod's log, by (namespace, name): what `pods/{name}/log`
+    /// answers, and what a follower is sent as lines are appended.
+    pub pod_logs: BTreeMap<(String, String), tokio::sync::watch::Sender<String>>,
     services: u32,
 }
 
