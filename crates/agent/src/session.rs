@@ -368,6 +368,7 @@ pub struct SessionParts {
     /// `follow-logs` extends it.
     pub follow: crate::logs::FollowHandle,
     pub kubernetes: crate::actions::Kubernetes,
+    pub shell: crate::management_shell::ShellConfig,
 }
 
 /// Connects and serves actions until `shutdown` resolves; then says goodbye.
@@ -386,6 +387,7 @@ pub async fn run(
         spools,
         follow,
         kubernetes,
+        shell,
     } = parts;
     let endpoints = Endpoints::parse(&credentials.mqtt_urls)?;
     let tls = tls_config(&credentials, clock.clone())?;
@@ -444,6 +446,7 @@ pub async fn run(
         clock: clock.clone(),
         follow,
         kubernetes,
+        shell,
     };
     let (actions_tx, actions_rx) = mpsc::unbounded_channel();
     let queued = Queued::default();

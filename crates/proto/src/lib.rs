@@ -13,6 +13,7 @@ pub mod device;
 pub mod labels;
 pub mod limits;
 pub mod metrics;
+pub mod password;
 pub mod priority;
 pub mod redact;
 pub mod spec;

@@ -37,6 +37,9 @@ pub enum Kind {
     Exec,
     /// A TCP connection from the device to `target`.
     Forward,
+    /// An SSH connection to the agent's embedded SSH server, the
+    /// management shell (ADR 0023): one `tether-agent-shell` per tunnel.
+    Ssh,
 }
 
 impl Kind {
@@ -44,6 +47,7 @@ impl Kind {
         match self {
             Kind::Exec => "exec",
             Kind::Forward => "forward",
+            Kind::Ssh => "ssh",
         }
     }
 }
@@ -64,6 +68,14 @@ pub struct OpenTunnel {
     /// `forward`: `HOST:PORT` as the device resolves it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// `ssh`: the OpenSSH public keys that may log in, the requesting
+    /// user's registered keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorized_keys: Vec<String>,
+    /// `ssh`: the device's shell password as [`crate::password`] hashes
+    /// it, when password login is on; redacted in records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
 }
 
 /// Out-of-band messages on [`CONTROL`].

@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod jobs;
 pub mod join;
 pub mod logs;
+pub mod management_shell;
 pub mod metrics;
 pub mod observability;
 pub mod pki;

@@ -190,6 +190,8 @@ pub struct Context {
     /// `follow-logs` extends it.
     pub follow: crate::logs::FollowHandle,
     pub kubernetes: Kubernetes,
+    /// How `ssh` tunnels run the management shell.
+    pub shell: crate::management_shell::ShellConfig,
 }
 
 type Work = Pin<Box<dyn Future<Output = Result<Answer, ActionError>> + Send>>;
@@ -452,7 +454,8 @@ impl Dispatcher {
                 manage_deployment::run(input, &kubernetes.client()?, chrono::Utc::now()).await?
             }
             "open-tunnel" => {
-                let (busy, work) = open_tunnel::prepare(input, &context.ca_pem, &context.clock)?;
+                let (busy, work) =
+                    open_tunnel::prepare(input, &context.ca_pem, &context.clock, &context.shell)?;
                 return Ok(Outcome::Later {
                     busy,
                     work: Box::pin(work),
@@ -634,6 +637,11 @@ pub(crate) mod tests {
                 state_dir: std::env::temp_dir(),
                 restore_helper: crate::restore::helper::HELPER_NAME.into(),
                 operator: Default::default(),
+            },
+            shell: crate::management_shell::ShellConfig {
+                helper: crate::management_shell::HELPER_NAME.into(),
+                work_dir: std::env::temp_dir(),
+                host_key: std::env::temp_dir().join(crate::management_shell::HOST_KEY_FILE),
             },
         };
         (context, Box::new(subscriber))

@@ -1,13 +1,15 @@
 //! Tunnels (ADR 0021): the agent dials the WebSocket tetherd names in
 //! `open-tunnel`, with tetherd's CA pinned and the one-time token as a
-//! bearer token, and carries a command ([`exec`]) or a TCP connection
-//! ([`forward`]) over it.
+//! bearer token, and carries a command ([`exec`]), a TCP connection
+//! ([`forward`]) or an SSH connection to the management shell ([`ssh`])
+//! over it.
 //!
 //! Everything moves one message at a time: a side that does not read
 //! stops the other, so a tunnel holds at most a few messages in memory.
 
 pub mod exec;
 pub mod forward;
+pub mod ssh;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,6 +8,7 @@ pub mod events;
 pub mod exec;
 pub mod forward_port;
 pub mod jobs;
+pub mod keys;
 pub mod login;
 pub mod logout;
 pub mod logs;
@@ -37,6 +38,8 @@ pub enum Command {
     Actions(actions::Actions),
     #[command(subcommand)]
     Jobs(jobs::Jobs),
+    #[command(subcommand)]
+    Keys(keys::Keys),
     Events(events::Events),
     Exec(exec::Exec),
     ForwardPort(forward_port::ForwardPort),
@@ -67,6 +70,7 @@ impl Command {
             Command::Devices(cmd) => cmd.description(),
             Command::Actions(cmd) => cmd.description(),
             Command::Jobs(cmd) => cmd.description(),
+            Command::Keys(cmd) => cmd.description(),
             Command::Events(cmd) => cmd.description(),
             Command::Exec(cmd) => cmd.description(),
             Command::ForwardPort(cmd) => cmd.description(),
@@ -87,6 +91,7 @@ impl Command {
             Command::Devices(cmd) => cmd.run(ctx).await,
             Command::Actions(cmd) => cmd.run(ctx).await,
             Command::Jobs(cmd) => cmd.run(ctx).await,
+            Command::Keys(cmd) => cmd.run(ctx).await,
             Command::Events(cmd) => cmd.run(ctx).await,
             Command::Exec(cmd) => cmd.run(ctx).await,
             Command::ForwardPort(cmd) => cmd.run(ctx).await,

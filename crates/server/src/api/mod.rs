@@ -12,6 +12,7 @@ mod jobs;
 mod join;
 pub mod listener;
 mod logs;
+mod management_shell;
 mod metrics;
 mod openapi;
 mod page;
@@ -145,6 +146,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(audit::routes())
         .merge(sessions::routes())
         .merge(tunnels::client_routes())
+        .merge(management_shell::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_bearer,

@@ -46,7 +46,11 @@ fn parse_query(query: Option<&str>) -> Result<(Kind, Vec<String>, Option<String>
             "kind" => {
                 kind = Some(
                     serde_json::from_value::<Kind>(Value::String(value.to_string())).map_err(
-                        |_| ApiError::bad_request(format!("kind {value:?} is not exec or forward")),
+                        |_| {
+                            ApiError::bad_request(format!(
+                                "kind {value:?} is not exec, forward or ssh"
+                            ))
+                        },
                     )?,
                 );
             }
@@ -59,7 +63,8 @@ fn parse_query(query: Option<&str>) -> Result<(Kind, Vec<String>, Option<String>
             }
         }
     }
-    let kind = kind.ok_or_else(|| ApiError::bad_request("kind is required: exec or forward"))?;
+    let kind =
+        kind.ok_or_else(|| ApiError::bad_request("kind is required: exec, forward or ssh"))?;
     match kind {
         Kind::Exec if command.is_empty() => Err(ApiError::bad_request(
             "exec needs a command: one command=ARG per argument",
@@ -77,7 +82,7 @@ fn parse_query(query: Option<&str>) -> Result<(Kind, Vec<String>, Option<String>
 /// not dial within 30 s is an HTTP error, not a WebSocket.
 #[utoipa::path(get, path = "/devices/{name}/tunnel", tag = "tunnels",
     params(("name" = String, Path, description = "Device name"),
-        ("kind" = String, Query, description = "exec or forward"),
+        ("kind" = String, Query, description = "exec, forward or ssh (the agent's embedded SSH server, ADR 0023)"),
         ("command" = Vec<String>, Query, description = "exec: the argv, one parameter per argument"),
         ("target" = Option<String>, Query, description = "forward: HOST:PORT as the device resolves it")),
     responses((status = 101, description = "The tunnel, as a WebSocket"),
@@ -98,9 +103,17 @@ async fn open_tunnel(
     let what = match kind {
         Kind::Exec => command.join(" "),
         Kind::Forward => target.clone().unwrap_or_default(),
+        Kind::Ssh => "management shell".to_owned(),
     };
     let started = chrono::Utc::now();
-    let device_socket = match dialed_back(&state, &device, &host, kind, command, target).await {
+    let opening = async {
+        let login = match kind {
+            Kind::Ssh => shell_login(&state, &principal.username, &device).await?,
+            Kind::Exec | Kind::Forward => ShellLogin::default(),
+        };
+        dialed_back(&state, &device, &host, kind, command, target, login).await
+    };
+    let device_socket = match opening.await {
         Ok(socket) => socket,
         Err(error) => {
             // A tunnel refused (unknown device, action disabled, the
@@ -125,6 +138,47 @@ async fn open_tunnel(
         }))
 }
 
+/// Who may log in to the embedded SSH server through an `ssh` tunnel
+/// (ADR 0023).
+#[derive(Default)]
+struct ShellLogin {
+    /// The requesting user's registered keys, as they are now: a key
+    /// removed stops working at the next tunnel.
+    authorized_keys: Vec<String>,
+    /// The device's shell password hash, when password login is on.
+    password_hash: Option<String>,
+}
+
+async fn shell_login(
+    state: &AppState,
+    username: &str,
+    device: &tether_proto::DeviceId,
+) -> Result<ShellLogin, ApiError> {
+    let authorized_keys: Vec<String> = state
+        .store
+        .list_ssh_keys(username)
+        .await?
+        .into_iter()
+        .map(|key| key.public_key)
+        .collect();
+    let password_hash = state.store.shell_password(device).await?;
+    if authorized_keys.is_empty() && password_hash.is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "no_shell_login",
+            format!(
+                "nobody could log in to {device}'s management shell: register your SSH public key \
+                 (`tether keys add ~/.ssh/id_ed25519.pub`) or turn password login on \
+                 (`tether devices shell-password {device}`)"
+            ),
+        ));
+    }
+    Ok(ShellLogin {
+        authorized_keys,
+        password_hash,
+    })
+}
+
 /// Opens the tunnel, asks the device to dial it and waits for its socket.
 async fn dialed_back(
     state: &AppState,
@@ -133,6 +187,7 @@ async fn dialed_back(
     kind: Kind,
     command: Vec<String>,
     target: Option<String>,
+    login: ShellLogin,
 ) -> Result<WebSocket, ApiError> {
     let opened = state.tunnels.open(device, Instant::now());
     let input = OpenTunnel {
@@ -141,6 +196,8 @@ async fn dialed_back(
         kind,
         command,
         target,
+        authorized_keys: login.authorized_keys,
+        password_hash: login.password_hash,
     };
     let action = state
         .actions
@@ -329,9 +386,11 @@ mod tests {
             (kind, target.as_deref()),
             (Kind::Forward, Some("10.0.0.5:80"))
         );
+        let (kind, command, target) = parse_query(Some("kind=ssh")).expect("ssh");
+        assert_eq!((kind, command.len(), target), (Kind::Ssh, 0, None));
         for (bad, says) in [
             (None, "kind is required"),
-            (Some("kind=shell"), "not exec or forward"),
+            (Some("kind=shell"), "not exec, forward or ssh"),
             (Some("kind=exec"), "needs a command"),
             (Some("kind=forward"), "needs target"),
             (
