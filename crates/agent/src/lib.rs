@@ -22,6 +22,7 @@ pub mod session;
 pub mod spec;
 pub mod spool;
 pub mod state;
+pub mod terminal;
 pub mod tls;
 pub mod tunnel;
 
