@@ -16,6 +16,7 @@ use russh::{Channel, ChannelId, ChannelMsg, MethodKind, MethodSet};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 
 use super::Settings;
+use crate::terminal::{self, Size};
 
 /// OpenSSH's default `MaxAuthTries`.
 const MAX_AUTH_ATTEMPTS: usize = 6;
@@ -114,7 +115,16 @@ struct Connection {
     /// The name the client logged in with.
     user: String,
     /// Session channels opened and not yet running anything.
-    channels: HashMap<ChannelId, Channel<Msg>>,
+    channels: HashMap<ChannelId, Pending>,
+}
+
+/// A session channel until it runs something: what the client asked for.
+struct Pending {
+    channel: Channel<Msg>,
+    /// Accepted `env` requests.
+    env: Vec<(String, String)>,
+    /// A `pty-req`: a terminal of this type and size.
+    terminal: Option<(String, Size)>,
 }
 
 impl Connection {
@@ -191,7 +201,14 @@ impl russh::server::Handler for Connection {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.channels.insert(channel.id(), channel);
+        self.channels.insert(
+            channel.id(),
+            Pending {
+                channel,
+                env: Vec::new(),
+                terminal: None,
+            },
+        );
         reply.accept().await;
         Ok(())
     }
@@ -199,27 +216,37 @@ impl russh::server::Handler for Connection {
     async fn pty_request(
         &mut self,
         channel: ChannelId,
-        _term: &str,
-        _cols: u32,
-        _rows: u32,
+        term: &str,
+        cols: u32,
+        rows: u32,
         _pix_width: u32,
         _pix_height: u32,
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // No terminals yet: the client runs without one (`ssh` says
-        // "PTY allocation request failed" and goes on).
-        Self::reply(session, channel, false)
+        let pending = self.channels.get_mut(&channel);
+        let accepted = pending.is_some();
+        if let Some(pending) = pending {
+            pending.terminal = Some((term.to_owned(), terminal_size(cols, rows)));
+        }
+        Self::reply(session, channel, accepted)
     }
 
     async fn env_request(
         &mut self,
         channel: ChannelId,
         name: &str,
-        _value: &str,
+        value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let accepted = accepted_env(name) && self.channels.contains_key(&channel);
+        let pending = self
+            .channels
+            .get_mut(&channel)
+            .filter(|_| accepted_env(name));
+        let accepted = pending.is_some();
+        if let Some(pending) = pending {
+            pending.env.push((name.to_owned(), value.to_owned()));
+        }
         Self::reply(session, channel, accepted)
     }
 
@@ -258,22 +285,44 @@ impl Connection {
     /// Runs `command` (none: a shell) for the channel, on a task of its
     /// own; `false` if the channel is unknown or already runs something.
     fn start(&mut self, channel: ChannelId, command: Option<String>) -> bool {
-        let Some(channel) = self.channels.remove(&channel) else {
+        let Some(pending) = self.channels.remove(&channel) else {
             return false;
         };
-        let login = Login {
+        let mut login = Login {
             user: self.user.clone(),
             work_dir: self.settings.work_dir.clone(),
+            env: pending.env,
         };
-        tokio::spawn(run(channel, login, command));
+        match pending.terminal {
+            Some((term, size)) => {
+                login.env.push(("TERM".to_owned(), term));
+                tokio::spawn(run_in_terminal(pending.channel, login, command, size));
+            }
+            None => {
+                tokio::spawn(run(pending.channel, login, command));
+            }
+        }
         true
     }
 }
 
-/// Who runs commands, and where.
+/// Who runs commands, where, and what the client set (`TERM`, `LANG`).
 struct Login {
     user: String,
     work_dir: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+/// A terminal size from a client's request; 0 (unknown) as 80x24.
+fn terminal_size(cols: u32, rows: u32) -> Size {
+    let cell = |value: u32, default: u16| match value {
+        0 => default,
+        value => u16::try_from(value).unwrap_or(u16::MAX),
+    };
+    Size {
+        cols: cell(cols, 80),
+        rows: cell(rows, 24),
+    }
 }
 
 /// The shell sessions use: bash where there is one.
@@ -291,36 +340,115 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "tether".to_owned())
 }
 
-/// A clean environment: the agent's may hold its enrollment token, so
-/// commands get only what a login gives them.
+/// What a login sets on top of `PATH` (the only variable the agent
+/// passes to the helper: its own environment may hold its enrollment
+/// token), then what the client sent.
+fn environment(login: &Login) -> Vec<(String, String)> {
+    let work_dir = login.work_dir.display().to_string();
+    let mut env = vec![
+        ("HOME".to_owned(), work_dir),
+        ("USER".to_owned(), login.user.clone()),
+        ("LOGNAME".to_owned(), login.user.clone()),
+        ("SHELL".to_owned(), shell().to_owned()),
+        // bash and sh both expand $PWD in PS1.
+        ("PS1".to_owned(), format!("{}:$PWD$ ", hostname())),
+    ];
+    let kubeconfig = login.work_dir.join(".kube").join("config");
+    if kubeconfig.is_file() {
+        env.push(("KUBECONFIG".to_owned(), kubeconfig.display().to_string()));
+    }
+    env.extend(login.env.iter().cloned());
+    env
+}
+
+/// `command` (none: an interactive shell) by the shell, with pipes.
 fn command(login: &Login, command: Option<&str>) -> tokio::process::Command {
-    let shell = shell();
-    let mut process = tokio::process::Command::new(shell);
+    let mut process = tokio::process::Command::new(shell());
     if let Some(command) = command {
         process.args(["-c", command]);
     }
     process
-        .env_clear()
-        .env("HOME", &login.work_dir)
-        .env("USER", &login.user)
-        .env("LOGNAME", &login.user)
-        .env("SHELL", shell)
-        .env(
-            "PATH",
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
-        )
-        // bash and sh both expand $PWD in PS1.
-        .env("PS1", format!("{}:$PWD$ ", hostname()))
+        .envs(environment(login))
         .current_dir(&login.work_dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let kubeconfig = login.work_dir.join(".kube").join("config");
-    if kubeconfig.is_file() {
-        process.env("KUBECONFIG", kubeconfig);
-    }
     process
+}
+
+/// One channel's command (none: a shell) in a terminal: its output goes
+/// back as data, the client's data is typed into it, a window change
+/// resizes it; the client closing the channel hangs it up.
+async fn run_in_terminal(
+    channel: Channel<Msg>,
+    login: Login,
+    command_line: Option<String>,
+    size: Size,
+) {
+    let (mut reader, writer) = channel.split();
+    let args = command_line
+        .iter()
+        .flat_map(|command| ["-c".to_owned(), command.clone()])
+        .collect();
+    let mut command = terminal::Command::new(shell(), args, size);
+    command.env = environment(&login);
+    command.cwd = Some(login.work_dir.clone());
+    let terminal = match terminal::spawn(command) {
+        Ok(terminal) => terminal,
+        Err(error) => {
+            let message = format!(
+                "tether-agent-shell: {}\r\n",
+                tether_proto::error_chain(&error)
+            );
+            let _ = writer.data(message.as_bytes()).await;
+            let _ = writer.exit_status(127).await;
+            let _ = writer.eof().await;
+            let _ = writer.close().await;
+            return;
+        }
+    };
+    tracing::info!(user = %login.user, command = command_line.as_deref().unwrap_or("(shell)"), "management shell runs in a terminal");
+    let terminal::Terminal {
+        reader: mut output,
+        writer: mut input,
+        mut child,
+    } = terminal;
+    let mut to_client = Box::pin(writer.make_writer());
+    // The terminal's output ends (EIO) once everything holding it exited.
+    let ran = async {
+        let (_, status) = tokio::join!(tokio::io::copy(&mut output, &mut to_client), child.wait());
+        status
+    };
+    let typed = async {
+        while let Some(message) = reader.wait().await {
+            match message {
+                ChannelMsg::Data { data } => {
+                    if input.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+                ChannelMsg::WindowChange {
+                    col_width,
+                    row_height,
+                    ..
+                } => {
+                    let _ = input.resize(terminal_size(col_width, row_height));
+                }
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+    };
+    let status = tokio::select! {
+        status = ran => status,
+        () = typed => {
+            tracing::info!(user = %login.user, "the client closed the channel: the terminal hangs up");
+            let _ = child.hang_up().await;
+            return;
+        }
+    };
+    finish(&writer, status).await;
 }
 
 /// One channel's command: the client's data is its stdin, its stdout and
@@ -387,6 +515,14 @@ async fn run(channel: Channel<Msg>, login: Login, command_line: Option<String>) 
             return;
         }
     };
+    finish(&writer, status).await;
+}
+
+/// Sends the command's exit status and closes the channel.
+async fn finish(
+    writer: &russh::ChannelWriteHalf<Msg>,
+    status: std::io::Result<std::process::ExitStatus>,
+) {
     let code = match status {
         Ok(status) => {
             use std::os::unix::process::ExitStatusExt as _;

@@ -51,6 +51,13 @@ async fn start(
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(internal)?;
     let theirs_out = theirs.try_clone().map_err(internal)?;
     let child = tokio::process::Command::new(&config.helper)
+        // The agent's environment may hold its enrollment token; the
+        // shell's commands get PATH and what a login sets.
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+        )
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::from(OwnedFd::from(theirs_out)))
         // Its errors land in the agent's log.
