@@ -423,11 +423,7 @@ async fn run_in_terminal(
     let typed = async {
         while let Some(message) = reader.wait().await {
             match message {
-                ChannelMsg::Data { data } => {
-                    if input.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
+                ChannelMsg::Data { data } if input.write_all(&data).await.is_err() => break,
                 ChannelMsg::WindowChange {
                     col_width,
                     row_height,
