@@ -68,3 +68,29 @@ impl std::fmt::Display for Settings {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_settings_line_round_trips_and_logs_no_hash() {
+        let settings = Settings {
+            authorized_keys: vec!["ssh-ed25519 AAAA".to_owned()],
+            password_hash: Some("pbkdf2-sha256$100000$00$00".to_owned()),
+            work_dir: "/work".into(),
+            host_key: "/state/shell_host_key".into(),
+        };
+        let line = serde_json::to_string(&settings).expect("serialized");
+        assert_eq!(
+            serde_json::from_str::<Settings>(&line).ok(),
+            Some(settings.clone())
+        );
+        let shown = settings.to_string();
+        assert_eq!(shown, "1 key(s), password login on, work dir /work");
+        assert!(
+            serde_json::from_str::<Settings>(r#"{"workDir":"/w","hostKey":"/k","extra":1}"#)
+                .is_err()
+        );
+    }
+}

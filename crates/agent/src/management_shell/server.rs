@@ -22,8 +22,9 @@ use crate::terminal::{self, Size};
 const MAX_AUTH_ATTEMPTS: usize = 6;
 /// A refused login is answered after this long, whatever was wrong.
 const REJECTION_TIME: Duration = Duration::from_millis(500);
-/// An interactive session idle for this long is ended by the client's
-/// silence only if its keepalives go unanswered too.
+/// How often a silent client is asked whether it is still there; three
+/// unanswered keepalives end the connection (a vanished network), while
+/// an idle interactive session that answers lives on.
 const KEEPALIVE: Duration = Duration::from_secs(30);
 /// The shells tried in order for a login shell.
 const SHELLS: [&str; 2] = ["/bin/bash", "/bin/sh"];
@@ -533,4 +534,32 @@ async fn finish(
     let _ = writer.exit_status(u32::try_from(code).unwrap_or(1)).await;
     let _ = writer.eof().await;
     let _ = writer.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_terminal_is_the_clients_size_or_80x24_when_it_sends_none() {
+        assert_eq!(
+            terminal_size(120, 40),
+            Size {
+                cols: 120,
+                rows: 40
+            }
+        );
+        assert_eq!(terminal_size(0, 0), Size { cols: 80, rows: 24 });
+        assert_eq!(terminal_size(1 << 20, 30).cols, u16::MAX);
+    }
+
+    #[test]
+    fn clients_may_set_the_terminal_and_the_locale_only() {
+        for name in ["TERM", "LANG", "LC_ALL", "LC_CTYPE"] {
+            assert!(accepted_env(name), "{name}");
+        }
+        for name in ["PATH", "LD_PRELOAD", "HOME", "TETHER_ENROLL_TOKEN"] {
+            assert!(!accepted_env(name), "{name}");
+        }
+    }
 }
