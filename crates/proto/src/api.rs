@@ -554,9 +554,11 @@ pub struct LogEntry {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddSshKey {
     /// One line of an OpenSSH public key file (`ssh-ed25519 AAAA… comment`).
+    #[cfg_attr(feature = "openapi", schema(max_length = 16384))]
     pub public_key: String,
     /// What to call it; default: the key's comment, else its fingerprint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 100))]
     pub name: Option<String>,
 }
 
@@ -581,8 +583,10 @@ pub struct SshKey {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SetShellPassword {
-    /// The password; default: a random one, in the answer.
+    /// The password, at least 12 characters; default: a random one, in
+    /// the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 12, max_length = 1024))]
     pub password: Option<String>,
 }
 

@@ -109,7 +109,7 @@ pub fn choose_password(given: Option<String>) -> Result<String, PasswordError> {
         Some(password) if password.chars().count() < MIN_PASSWORD_LEN => {
             Err(PasswordError::TooShort)
         }
-        Some(password) if password.len() > tether_proto::api::MAX_PASSWORD_LEN => {
+        Some(password) if password.chars().count() > tether_proto::api::MAX_PASSWORD_LEN => {
             Err(PasswordError::TooLong)
         }
         Some(password) => Ok(password),
