@@ -10,6 +10,7 @@ use crate::enroll::EnrollOptions;
 use crate::kubernetes::{K3S_KUBECONFIG, KubernetesConfig, Mode, SERVICE_ACCOUNT_DIR};
 use crate::local_api::LocalApiConfig;
 use crate::logs::{JournalLocation, LogsConfig, SyslogConfig, SystemLog};
+use crate::management_shell::ShellConfig;
 use crate::spool::SpoolConfig;
 
 /// File name of the local API's socket in the state directory.
@@ -236,6 +237,20 @@ pub struct Config {
         default_value_t = 1 << 30
     )]
     pub max_copy_bytes: u64,
+    /// The helper binary that serves the management shell's SSH
+    /// connections [default: tether-agent-shell beside this executable]
+    #[arg(long, env = "TETHER_AGENT_SHELL_HELPER", value_name = "PATH")]
+    pub shell_helper: Option<PathBuf>,
+
+    /// Where management shell sessions start and HOME of their commands
+    /// (created 0700 if missing; keep it on persistent storage)
+    #[arg(
+        long,
+        env = "TETHER_AGENT_SHELL_WORK_DIR",
+        value_name = "DIR",
+        default_value = crate::management_shell::DEFAULT_WORK_DIR
+    )]
+    pub shell_work_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -329,14 +344,22 @@ impl Config {
     /// The `tether-agent-restore` that restore-command runs: the flag's,
     /// else the one beside this executable (installed together).
     pub fn restore_helper(&self) -> PathBuf {
-        self.restore_helper.clone().unwrap_or_else(|| {
-            let beside = std::env::current_exe()
-                .ok()
-                .and_then(|exe| exe.parent().map(std::path::Path::to_path_buf));
-            beside
-                .unwrap_or_default()
-                .join(crate::restore::helper::HELPER_NAME)
-        })
+        self.restore_helper
+            .clone()
+            .unwrap_or_else(|| beside_this_executable(crate::restore::helper::HELPER_NAME))
+    }
+
+    /// How `ssh` tunnels run the management shell: the helper beside this
+    /// executable unless named, its host key in the state directory.
+    pub fn management_shell(&self, state_dir: &std::path::Path) -> ShellConfig {
+        ShellConfig {
+            helper: self
+                .shell_helper
+                .clone()
+                .unwrap_or_else(|| beside_this_executable(crate::management_shell::HELPER_NAME)),
+            work_dir: self.shell_work_dir.clone(),
+            host_key: state_dir.join(crate::management_shell::HOST_KEY_FILE),
+        }
     }
 
     /// What tunnels may do on this device.
@@ -372,6 +395,14 @@ impl Config {
             }
         }
     }
+}
+
+/// A helper binary installed next to this executable.
+fn beside_this_executable(name: &str) -> PathBuf {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(std::path::Path::to_path_buf));
+    beside.unwrap_or_default().join(name)
 }
 
 /// The XDG base directory spec: `$XDG_STATE_HOME` if absolute, else `~/.local/state`.

@@ -13,6 +13,7 @@ pub mod kubernetes;
 pub mod local_api;
 pub mod logging;
 pub mod logs;
+pub mod management_shell;
 pub mod metrics;
 pub mod queue;
 pub mod renewal;
@@ -283,6 +284,7 @@ async fn serve(
             follow,
             kubernetes,
             tunnels: config.tunnels(),
+            shell: config.management_shell(state.path()),
         },
         renewed_rx,
         shutdown,

@@ -369,6 +369,7 @@ pub struct SessionParts {
     pub follow: crate::logs::FollowHandle,
     pub kubernetes: crate::actions::Kubernetes,
     pub tunnels: crate::tunnel::TunnelPolicy,
+    pub shell: crate::management_shell::ShellConfig,
 }
 
 /// Connects and serves actions until `shutdown` resolves; then says goodbye.
@@ -388,6 +389,7 @@ pub async fn run(
         follow,
         kubernetes,
         tunnels,
+        shell,
     } = parts;
     let endpoints = Endpoints::parse(&credentials.mqtt_urls)?;
     let tls = tls_config(&credentials, clock.clone())?;
@@ -449,6 +451,7 @@ pub async fn run(
         follow,
         kubernetes,
         tunnels,
+        shell,
     };
     let (actions_tx, actions_rx) = mpsc::unbounded_channel();
     let queued = Queued::default();

@@ -7,9 +7,10 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tether_proto::api::{
-    Action, AuditEntry, CatalogueEntry, CreateDevice, CreateJob, Device, DeviceActionSet,
-    DeviceCreated, EnrollmentToken, ErrorBody, Event, FleetSummary, Job, LogEntry, LoginRequest,
-    LoginResponse, Page, PatchDevice, RequestAction, Session,
+    Action, AddSshKey, AuditEntry, CatalogueEntry, CreateDevice, CreateJob, Device,
+    DeviceActionSet, DeviceCreated, EnrollmentToken, ErrorBody, Event, FleetSummary, Job, LogEntry,
+    LoginRequest, LoginResponse, Page, PatchDevice, RequestAction, Session, SetShellPassword,
+    ShellPassword, SshKey,
 };
 use tether_proto::ca::CaPemError;
 use tether_proto::metrics::{HostMetrics, MetricRange, SeriesList};
@@ -564,6 +565,54 @@ impl ApiClient {
             None::<&()>,
         )
         .await
+    }
+
+    /// The caller's SSH public keys for the management shell.
+    pub async fn list_ssh_keys(&self) -> Result<Vec<SshKey>, ClientError> {
+        self.call(Method::GET, &["users", "me", "ssh-keys"], None::<&()>)
+            .await
+    }
+
+    pub async fn add_ssh_key(&self, request: &AddSshKey) -> Result<SshKey, ClientError> {
+        self.call(Method::POST, &["users", "me", "ssh-keys"], Some(request))
+            .await
+    }
+
+    pub async fn remove_ssh_key(&self, id: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::DELETE,
+            &["users", "me", "ssh-keys", id],
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Turns password login to the device's management shell on; the
+    /// answer holds the password, shown once.
+    pub async fn set_shell_password(
+        &self,
+        device: &str,
+        request: &SetShellPassword,
+    ) -> Result<ShellPassword, ClientError> {
+        self.call(
+            Method::PUT,
+            &["devices", device, "shell-password"],
+            Some(request),
+        )
+        .await
+    }
+
+    pub async fn disable_shell_password(&self, device: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::DELETE,
+            &["devices", device, "shell-password"],
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(

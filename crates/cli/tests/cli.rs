@@ -2000,3 +2000,322 @@ async fn a_device_that_refuses_shells_refuses_exec_and_cp() {
         run.stderr
     );
 }
+
+/// The stock `ssh` with a config file from `tether ssh-config --embedded`,
+/// `tether` found on PATH as a user's shell would, and its own
+/// `known_hosts`.
+struct EmbeddedSsh {
+    dir: TempDir,
+    path: String,
+    cli_config: PathBuf,
+}
+
+impl EmbeddedSsh {
+    async fn new(tether: &Tether, device: &str) -> Self {
+        let blocks = tether
+            .run_ok(&["ssh-config", device, "--embedded", "--user", "operator"])
+            .await;
+        assert!(
+            blocks.contains("ProxyCommand tether proxy %h --embedded"),
+            "{blocks}"
+        );
+        let dir = tempfile::tempdir().expect("a dir");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).expect("bin dir");
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_tether"), bin.join("tether")).expect("link");
+        for name in ["id_ed25519", "stranger"] {
+            let keygen = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+                .arg(dir.path().join(name))
+                .status()
+                .expect("ssh-keygen runs");
+            assert!(keygen.success());
+        }
+        std::fs::write(
+            dir.path().join("ssh_config"),
+            format!(
+                "{blocks}    UserKnownHostsFile {}\n    GlobalKnownHostsFile /dev/null\n    \
+                 IdentitiesOnly yes\n    LogLevel ERROR\n",
+                dir.path().join("known_hosts").display(),
+            ),
+        )
+        .expect("ssh config");
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        EmbeddedSsh {
+            dir,
+            path,
+            cli_config: tether.config(),
+        }
+    }
+
+    fn key(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `ssh -F CONFIG OPTIONS… DEVICE COMMAND`: its exit code, stdout and stderr.
+    async fn run(&self, options: &[&str], device: &str, command: &str) -> Run {
+        self.run_with_env(options, device, command, &[]).await
+    }
+
+    async fn run_with_env(
+        &self,
+        options: &[&str],
+        device: &str,
+        command: &str,
+        env: &[(&str, &str)],
+    ) -> Run {
+        let ssh = tokio::process::Command::new("ssh")
+            .arg("-F")
+            .arg(self.dir.path().join("ssh_config"))
+            .args(options)
+            .args([device, command])
+            .env("PATH", &self.path)
+            .env("TETHER_CLI_CONFIG", &self.cli_config)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(60), ssh)
+            .await
+            .expect("ssh finishes within a minute")
+            .expect("ssh runs");
+        Run {
+            code: output.status.code().expect("exited"),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Logs in with the key `name` only.
+    async fn with_key(&self, name: &str, device: &str, command: &str) -> Run {
+        let identity = format!("IdentityFile={}", self.key(name).display());
+        self.run(
+            &[
+                "-o",
+                &identity,
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=accept-new",
+            ],
+            device,
+            command,
+        )
+        .await
+    }
+
+    /// Logs in with `password` only, typed by an askpass program.
+    async fn with_password(&self, password: &str, device: &str, command: &str) -> Run {
+        let askpass = self.dir.path().join("askpass");
+        std::fs::write(&askpass, format!("#!/bin/sh\necho '{password}'\n")).expect("askpass");
+        std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700))
+            .expect("executable");
+        let askpass = askpass.display().to_string();
+        self.run_with_env(
+            &[
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PreferredAuthentications=password",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                "-o",
+                "StrictHostKeyChecking=accept-new",
+            ],
+            device,
+            command,
+            &[
+                ("SSH_ASKPASS", askpass.as_str()),
+                ("SSH_ASKPASS_REQUIRE", "force"),
+            ],
+        )
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stock_ssh_client_logs_in_to_the_embedded_server_with_a_registered_key_or_the_password()
+{
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+    let admin = tetherd.admin().await.expect("admin");
+    let scratch = tempfile::tempdir().expect("a dir");
+    // Missing: the agent creates it, private.
+    let work_dir = scratch.path().join("work");
+    let work = work_dir.display().to_string();
+    let mut agent = tether_testkit::Agent::enroll_with_env(
+        &tetherd,
+        &admin,
+        "edge-1",
+        &[("TETHER_AGENT_SHELL_WORK_DIR", work.as_str())],
+    )
+    .await
+    .expect("an agent");
+    agent.wait_presence(&admin, "online").await.expect("online");
+    let ssh = EmbeddedSsh::new(&tether, "edge-1").await;
+
+    // Garbage is refused, naming what is wrong.
+    let run = tether
+        .run_with_stdin(&["keys", "add", "-"], "ssh-ed25519 not-a-key me@laptop\n")
+        .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("not one line of an OpenSSH public key"),
+        "{}",
+        run.stderr
+    );
+    // Nobody can log in yet: said before the device is asked.
+    let run = ssh.with_key("id_ed25519", "edge-1", "true").await;
+    assert_eq!(run.code, 255);
+    assert!(run.stderr.contains("tether keys add"), "{}", run.stderr);
+
+    let public = ssh.key("id_ed25519.pub").display().to_string();
+    let added = tether.run_ok(&["keys", "add", &public]).await;
+    let fingerprint = String::from_utf8(
+        std::process::Command::new("ssh-keygen")
+            .args(["-l", "-E", "sha256", "-f", &public])
+            .output()
+            .expect("ssh-keygen")
+            .stdout,
+    )
+    .expect("utf-8");
+    let fingerprint = fingerprint
+        .split_whitespace()
+        .nth(1)
+        .expect("a fingerprint");
+    assert!(added.contains(fingerprint), "{added} / {fingerprint}");
+    let listed = tether.run_ok(&["keys", "list"]).await;
+    assert!(listed.contains(fingerprint), "{listed}");
+
+    // A registered key runs commands, in the work dir, with HOME there.
+    let run = ssh
+        .with_key(
+            "id_ed25519",
+            "edge-1",
+            "hostname; pwd; echo $HOME; echo kept > note.txt",
+        )
+        .await;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, format!("{}\n{work}\n{work}\n", hostname.trim()).as_str()),
+        "{}\n{}",
+        run.stderr,
+        agent.log()
+    );
+    let mode = std::fs::metadata(&work_dir)
+        .expect("created")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+    // Its exit status is ssh's.
+    let run = ssh.with_key("id_ed25519", "edge-1", "exit 3").await;
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    // Another key is refused.
+    let run = ssh.with_key("stranger", "edge-1", "true").await;
+    assert_eq!(run.code, 255, "{}", run.stdout);
+    assert!(run.stderr.contains("Permission denied"), "{}", run.stderr);
+
+    // Password login: off until set; then the password shown once works,
+    // another does not.
+    let run = ssh.with_password("guess", "edge-1", "true").await;
+    assert_eq!(run.code, 255);
+    let password = tether
+        .run_ok(&["devices", "shell-password", "edge-1"])
+        .await
+        .trim()
+        .to_owned();
+    assert!(password.len() >= 20, "{password}");
+    let run = ssh.with_password(&password, "edge-1", "cat note.txt").await;
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "kept\n"),
+        "{}",
+        run.stderr
+    );
+    let run = ssh
+        .with_password("not-the-password", "edge-1", "true")
+        .await;
+    assert_eq!(run.code, 255, "{}", run.stdout);
+    assert!(run.stderr.contains("Permission denied"), "{}", run.stderr);
+    // The password is in no record in clear.
+    let audit = admin
+        .get("/api/v1/audit?limit=50")
+        .await
+        .expect("audit")
+        .expect_status(200)
+        .expect("listed");
+    assert!(!audit.to_string().contains(&password), "{audit}");
+    let actions = admin
+        .get("/api/v1/devices/edge-1/actions?limit=50")
+        .await
+        .expect("actions")
+        .expect_status(200)
+        .expect("listed");
+    assert!(!actions.to_string().contains("pbkdf2"), "{actions}");
+    tether
+        .run_ok(&["devices", "shell-password", "edge-1", "--disable"])
+        .await;
+    let run = ssh.with_password(&password, "edge-1", "true").await;
+    assert_eq!(run.code, 255, "{}", run.stdout);
+
+    // The work dir and the host key outlive the agent: the same
+    // known_hosts entry, now strictly checked, still matches.
+    agent.stop().await.expect("the agent stops");
+    agent
+        .wait_presence(&admin, "offline")
+        .await
+        .expect("offline");
+    agent.start().expect("the agent starts again");
+    agent.wait_presence(&admin, "online").await.expect("online");
+    let identity = format!("IdentityFile={}", ssh.key("id_ed25519").display());
+    let run = ssh
+        .run(
+            &[
+                "-o",
+                &identity,
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ],
+            "edge-1",
+            "cat note.txt",
+        )
+        .await;
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "kept\n"),
+        "{}",
+        run.stderr
+    );
+
+    // A removed key stops working at the next session; the user's other
+    // key goes on working.
+    let stranger = ssh.key("stranger.pub").display().to_string();
+    tether
+        .run_ok(&["keys", "add", &stranger, "--name", "second"])
+        .await;
+    let id = listed
+        .lines()
+        .find(|line| line.contains(fingerprint))
+        .and_then(|line| line.split_whitespace().next())
+        .expect("the key's id")
+        .to_owned();
+    tether.run_ok(&["keys", "remove", &id]).await;
+    let run = ssh.with_key("id_ed25519", "edge-1", "true").await;
+    assert_eq!(run.code, 255, "{}", run.stdout);
+    assert!(run.stderr.contains("Permission denied"), "{}", run.stderr);
+    let run = ssh.with_key("stranger", "edge-1", "echo second").await;
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "second\n"),
+        "{}",
+        run.stderr
+    );
+}

@@ -546,3 +546,54 @@ pub struct LogEntry {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, String>,
 }
+
+/// `POST /api/v1/users/me/ssh-keys`: an SSH public key for the management
+/// shell (ADR 0023).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AddSshKey {
+    /// One line of an OpenSSH public key file (`ssh-ed25519 AAAA… comment`).
+    #[cfg_attr(feature = "openapi", schema(max_length = 16384))]
+    pub public_key: String,
+    /// What to call it; default: the key's comment, else its fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 100))]
+    pub name: Option<String>,
+}
+
+/// One of the caller's registered SSH public keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SshKey {
+    /// Remove it with `DELETE /api/v1/users/me/ssh-keys/{id}`.
+    pub id: String,
+    pub name: String,
+    /// `type base64`.
+    pub public_key: String,
+    /// `SHA256:…`, as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `PUT /api/v1/devices/{name}/shell-password`: turn password login to the
+/// device's management shell on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SetShellPassword {
+    /// The password, at least 12 characters; default: a random one, in
+    /// the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 12, max_length = 1024))]
+    pub password: Option<String>,
+}
+
+/// The answer to [`SetShellPassword`]: the password, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ShellPassword {
+    pub password: String,
+}

@@ -14,6 +14,7 @@ pub mod kubeconfig;
 pub mod labels;
 pub mod limits;
 pub mod metrics;
+pub mod password;
 pub mod priority;
 pub mod redact;
 pub mod spec;

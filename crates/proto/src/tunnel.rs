@@ -50,6 +50,9 @@ pub enum Kind {
     /// tetherd's proxy (ADR 0022): its bytes on [`STDIN`], the answer's
     /// on [`STDOUT`].
     Kube,
+    /// An SSH connection to the agent's embedded SSH server, the
+    /// management shell (ADR 0023): one `tether-agent-shell` per tunnel.
+    Ssh,
 }
 
 impl Kind {
@@ -61,6 +64,7 @@ impl Kind {
             Kind::Download => "download",
             Kind::Shell => "shell",
             Kind::Kube => "kube",
+            Kind::Ssh => "ssh",
         }
     }
 }
@@ -93,6 +97,14 @@ pub struct OpenTunnel {
     /// `shell`: the terminal the command starts in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminal: Option<Terminal>,
+    /// `ssh`: the OpenSSH public keys that may log in, the requesting
+    /// user's registered keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorized_keys: Vec<String>,
+    /// `ssh`: the device's shell password as [`crate::password`] hashes
+    /// it, when password login is on; redacted in records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
 }
 
 /// The most columns or rows a terminal may have: more is a mistake, and

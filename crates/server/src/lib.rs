@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod join;
 pub mod kube_proxy;
 pub mod logs;
+pub mod management_shell;
 pub mod metrics;
 pub mod observability;
 pub mod pki;

@@ -205,6 +205,8 @@ pub struct Context {
     pub kubernetes: Kubernetes,
     /// What `open-tunnel` may do on this device.
     pub tunnels: crate::tunnel::TunnelPolicy,
+    /// How `ssh` tunnels run the management shell.
+    pub shell: crate::management_shell::ShellConfig,
 }
 
 type Work = Pin<Box<dyn Future<Output = Result<Answer, ActionError>> + Send>>;
@@ -473,6 +475,7 @@ impl Dispatcher {
                     &context.ca_pem,
                     &context.clock,
                     kubernetes,
+                    &context.shell,
                 )?;
                 return Ok(Outcome::Later {
                     busy,
@@ -668,6 +671,11 @@ pub(crate) mod tests {
                 admin: Default::default(),
             },
             tunnels: Default::default(),
+            shell: crate::management_shell::ShellConfig {
+                helper: crate::management_shell::HELPER_NAME.into(),
+                work_dir: std::env::temp_dir(),
+                host_key: std::env::temp_dir().join(crate::management_shell::HOST_KEY_FILE),
+            },
         };
         (context, Box::new(subscriber))
     }

@@ -9,6 +9,7 @@ use tether_proto::tunnel::{Kind, OpenTunnel};
 
 use super::{ActionError, Answer, Kubernetes};
 use crate::clock::ServerClock;
+use crate::management_shell::{Settings, ShellConfig};
 use crate::tunnel::{self, TunnelPolicy};
 
 fn parse(input: &Value) -> Result<OpenTunnel, ActionError> {
@@ -58,6 +59,7 @@ pub fn prepare(
     ca_pem: &str,
     clock: &Arc<ServerClock>,
     kubernetes: &Kubernetes,
+    shell: &ShellConfig,
 ) -> Result<
     (
         String,
@@ -76,6 +78,7 @@ pub fn prepare(
         crate::tls::server_tls_config(ca_pem, clock.clone()).map_err(ActionError::TunnelTls)?,
     );
     let busy = format!("{} {}", tether_proto::tunnel::OPEN_TUNNEL, open.url);
+    let shell = shell.clone();
     Ok((busy, async move {
         let socket = tunnel::dial(&open.url, &open.token, tls).await?;
         let kind = open.kind.as_str();
@@ -117,6 +120,15 @@ pub fn prepare(
                 ))
             }
             Kind::Kube => tokio::spawn(tunnel::kube::serve(socket, kubernetes)),
+            Kind::Ssh => {
+                let settings = Settings {
+                    authorized_keys: open.authorized_keys,
+                    password_hash: open.password_hash,
+                    work_dir: shell.work_dir.clone(),
+                    host_key: shell.host_key.clone(),
+                };
+                tokio::spawn(tunnel::ssh::serve(socket, shell, settings))
+            }
         };
         Ok(Answer::from(json!({"kind": kind})))
     }))
@@ -139,6 +151,7 @@ mod tests {
         };
         assert!(with(json!({"kind": "exec", "command": ["true"]})).is_ok());
         assert!(with(json!({"kind": "forward", "target": "127.0.0.1:80"})).is_ok());
+        assert!(with(json!({"kind": "ssh", "authorizedKeys": ["ssh-ed25519 AAAA"]})).is_ok());
         let error = with(json!({"kind": "exec"})).expect_err("no command");
         assert!(error.to_string().starts_with("$.command"), "{error}");
         let error = with(json!({"kind": "forward"})).expect_err("no target");

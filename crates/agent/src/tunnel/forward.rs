@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt as _, StreamExt as _};
 use tether_proto::tunnel;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::{Socket, binary, failed, incoming};
 
@@ -42,7 +44,19 @@ pub async fn serve(socket: Socket, target: String) {
         }
     };
     let _ = stream.set_nodelay(true);
-    let (mut from_target, mut to_target) = stream.into_split();
+    let (from_target, to_target) = stream.into_split();
+    carry(sender, receiver, from_target, to_target).await;
+}
+
+/// Copies the tunnel's data to `to_target` and what `from_target` yields
+/// back, each direction until it ends: a forwarded connection, or the SSH
+/// server's socket ([`super::ssh`]).
+pub(super) async fn carry(
+    mut sender: SplitSink<Socket, Message>,
+    receiver: SplitStream<Socket>,
+    mut from_target: impl AsyncRead + Unpin,
+    mut to_target: impl AsyncWrite + Unpin,
+) {
     let upstream = async {
         let mut frames = incoming(receiver);
         while let Some((channel, bytes)) = frames.next().await {

@@ -1,8 +1,9 @@
 //! Tunnels (ADR 0021): the agent dials the WebSocket tetherd names in
 //! `open-tunnel`, with tetherd's CA pinned and the one-time token as a
 //! bearer token, and carries a command ([`exec`]), a TCP connection
-//! ([`forward`]), a terminal ([`shell`]), a file ([`copy`]) or a request to
-//! the cluster's API server ([`kube`]) over it, as far as this device's
+//! ([`forward`]), a terminal ([`shell`]), a file ([`copy`]), a request to
+//! the cluster's API server ([`kube`]) or an SSH connection to the
+//! management shell ([`ssh`]) over it, as far as this device's
 //! [`TunnelPolicy`] allows.
 //!
 //! Everything moves one message at a time: a side that does not read
@@ -13,6 +14,7 @@ pub mod exec;
 pub mod forward;
 pub mod kube;
 pub mod shell;
+pub mod ssh;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,7 +100,7 @@ impl TunnelPolicy {
         let (allowed, flag) = match kind {
             Kind::Forward => (self.allow_port_forward, "--allow-port-forward"),
             // A kube tunnel acts as the cluster's admin account.
-            Kind::Exec | Kind::Shell | Kind::Upload | Kind::Download | Kind::Kube => {
+            Kind::Exec | Kind::Shell | Kind::Ssh | Kind::Upload | Kind::Download | Kind::Kube => {
                 (self.allow_remote_shell, "--allow-remote-shell")
             }
         };

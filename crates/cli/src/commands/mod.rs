@@ -9,6 +9,7 @@ pub mod events;
 pub mod exec;
 pub mod forward_port;
 pub mod jobs;
+pub mod keys;
 pub mod kubeconfig;
 pub mod login;
 pub mod logout;
@@ -40,6 +41,8 @@ pub enum Command {
     Actions(actions::Actions),
     #[command(subcommand)]
     Jobs(jobs::Jobs),
+    #[command(subcommand)]
+    Keys(keys::Keys),
     Events(events::Events),
     Exec(exec::Exec),
     Cp(cp::Cp),
@@ -75,6 +78,7 @@ impl Command {
             Command::Devices(cmd) => cmd.description(),
             Command::Actions(cmd) => cmd.description(),
             Command::Jobs(cmd) => cmd.description(),
+            Command::Keys(cmd) => cmd.description(),
             Command::Events(cmd) => cmd.description(),
             Command::Exec(cmd) => cmd.description(),
             Command::Cp(cmd) => cmd.description(),
@@ -99,6 +103,7 @@ impl Command {
             Command::Devices(cmd) => cmd.run(ctx).await,
             Command::Actions(cmd) => cmd.run(ctx).await,
             Command::Jobs(cmd) => cmd.run(ctx).await,
+            Command::Keys(cmd) => cmd.run(ctx).await,
             Command::Events(cmd) => cmd.run(ctx).await,
             Command::Exec(cmd) => cmd.run(ctx).await,
             Command::Cp(cmd) => cmd.run(ctx).await,

@@ -8,7 +8,7 @@ use crate::client::PAGE_SIZE;
 /// Print ~/.ssh/config blocks that reach devices through tether.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_long_help = "Examples:\n  tether ssh-config >> ~/.ssh/config\n  tether ssh-config -l site=berlin --user admin"
+    after_long_help = "Examples:\n  tether ssh-config >> ~/.ssh/config\n  tether ssh-config -l site=berlin --user admin\n  tether ssh-config --embedded edge-1   # the management shell"
 )]
 pub struct SshConfig {
     /// The devices; default: every device (or those `-l` picks).
@@ -25,8 +25,12 @@ pub struct SshConfig {
     #[arg(long)]
     pub user: Option<String>,
     /// The port of the device's sshd, on the device.
-    #[arg(long, default_value_t = 22)]
+    #[arg(long, default_value_t = 22, conflicts_with = "embedded")]
     pub port: u16,
+    /// Reach the agent's embedded SSH server, the management shell
+    /// (`tether proxy --embedded`), instead of the device's sshd.
+    #[arg(long)]
+    pub embedded: bool,
 }
 
 impl SshConfig {
@@ -50,7 +54,9 @@ impl SshConfig {
     }
 
     fn blocks(&self, devices: &[String]) -> String {
-        let port = if self.port == 22 {
+        let port = if self.embedded {
+            " --embedded".to_owned()
+        } else if self.port == 22 {
             String::new()
         } else {
             format!(" --port {}", self.port)
@@ -81,11 +87,23 @@ mod tests {
             selector: None,
             user: Some("admin".into()),
             port: 2222,
+            embedded: false,
         };
         assert_eq!(
             config.blocks(&["edge-1".into(), "edge-2".into()]),
             "Host edge-1\n    ProxyCommand tether proxy %h --port 2222\n    User admin\n\n\
              Host edge-2\n    ProxyCommand tether proxy %h --port 2222\n    User admin\n"
+        );
+        let embedded = SshConfig {
+            devices: Vec::new(),
+            selector: None,
+            user: None,
+            port: 22,
+            embedded: true,
+        };
+        assert_eq!(
+            embedded.blocks(&["edge-1".into()]),
+            "Host edge-1\n    ProxyCommand tether proxy %h --embedded\n"
         );
     }
 }

@@ -49,7 +49,7 @@ impl ApiError {
     }
 
     /// An error the caller cannot fix: log the whole chain, answer 500.
-    fn internal(error: &(dyn std::error::Error + 'static)) -> Self {
+    pub(super) fn internal(error: &(dyn std::error::Error + 'static)) -> Self {
         tracing::error!(error = %crate::error_chain(error), "request failed");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

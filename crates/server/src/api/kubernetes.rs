@@ -120,6 +120,7 @@ async fn proxy(
         &principal.username,
         &host,
         tunnels::Request::kube(),
+        tunnels::ShellLogin::default(),
     )
     .await
     {

@@ -13,6 +13,7 @@ mod join;
 mod kubernetes;
 pub mod listener;
 mod logs;
+mod management_shell;
 mod metrics;
 mod openapi;
 mod page;
@@ -149,6 +150,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(sessions::routes())
         .merge(tunnels::client_routes())
         .merge(kubernetes::routes())
+        .merge(management_shell::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_bearer,

@@ -71,11 +71,12 @@ impl Request {
             Kind::Shell => self.command.join(" "),
             Kind::Upload | Kind::Download => self.path.clone().unwrap_or_default(),
             Kind::Kube => String::new(),
+            Kind::Ssh => "management shell".to_owned(),
         }
     }
 }
 
-const KINDS: &str = "exec, forward, shell, upload or download";
+const KINDS: &str = "exec, forward, shell, upload, download or ssh";
 
 fn parse_query(query: Option<&str>) -> Result<Request, ApiError> {
     let mut kind = None;
@@ -186,7 +187,7 @@ fn terminal_side(name: &'static str, value: &str) -> Result<u16, ApiError> {
 /// not dial within 30 s is an HTTP error, not a WebSocket.
 #[utoipa::path(get, path = "/devices/{name}/tunnel", tag = "tunnels",
     params(("name" = String, Path, description = "Device name"),
-        ("kind" = String, Query, description = "exec, forward, shell, upload or download"),
+        ("kind" = String, Query, description = "exec, forward, shell, upload, download or ssh (the agent's embedded SSH server, ADR 0023)"),
         ("command" = Vec<String>, Query, description = "exec: the argv, one parameter per argument; shell: the same, or none for the login shell"),
         ("target" = Option<String>, Query, description = "forward: HOST:PORT as the device resolves it"),
         ("term" = Option<String>, Query, description = "shell: the terminal type (TERM)"),
@@ -215,7 +216,14 @@ async fn open_tunnel(
     let (kind, what) = (request.kind, request.what());
     let started = chrono::Utc::now();
     let user = &principal.username;
-    let device_socket = match dialed_back(&state, &device, user, &host, request).await {
+    let opening = async {
+        let login = match kind {
+            Kind::Ssh => shell_login(&state, user, &device).await?,
+            _ => ShellLogin::default(),
+        };
+        dialed_back(&state, &device, user, &host, request, login).await
+    };
+    let device_socket = match opening.await {
         Ok(socket) => socket,
         Err(error) => {
             // A tunnel refused (unknown device, action disabled, the
@@ -242,6 +250,47 @@ async fn open_tunnel(
         }))
 }
 
+/// Who may log in to the embedded SSH server through an `ssh` tunnel
+/// (ADR 0023).
+#[derive(Default)]
+pub(super) struct ShellLogin {
+    /// The requesting user's registered keys, as they are now: a key
+    /// removed stops working at the next tunnel.
+    authorized_keys: Vec<String>,
+    /// The device's shell password hash, when password login is on.
+    password_hash: Option<String>,
+}
+
+async fn shell_login(
+    state: &AppState,
+    username: &str,
+    device: &tether_proto::DeviceId,
+) -> Result<ShellLogin, ApiError> {
+    let authorized_keys: Vec<String> = state
+        .store
+        .list_ssh_keys(username)
+        .await?
+        .into_iter()
+        .map(|key| key.public_key)
+        .collect();
+    let password_hash = state.store.shell_password(device).await?;
+    if authorized_keys.is_empty() && password_hash.is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "no_shell_login",
+            format!(
+                "nobody could log in to {device}'s management shell: register your SSH public key \
+                 (`tether keys add ~/.ssh/id_ed25519.pub`) or turn password login on \
+                 (`tether devices shell-password {device}`)"
+            ),
+        ));
+    }
+    Ok(ShellLogin {
+        authorized_keys,
+        password_hash,
+    })
+}
+
 /// Opens the tunnel, asks the device to dial it and waits for its socket.
 pub(super) async fn dialed_back(
     state: &AppState,
@@ -249,6 +298,7 @@ pub(super) async fn dialed_back(
     user: &str,
     host: &str,
     request: Request,
+    login: ShellLogin,
 ) -> Result<WebSocket, ApiError> {
     let opened = state
         .tunnels
@@ -270,6 +320,8 @@ pub(super) async fn dialed_back(
         path: request.path,
         size: request.size,
         mode: request.mode,
+        authorized_keys: login.authorized_keys,
+        password_hash: login.password_hash,
     };
     let action = state
         .actions
@@ -516,6 +568,8 @@ mod tests {
             (Some("/etc/app.conf"), Some(12), Some(0o640))
         );
         assert_eq!(upload.what(), "/etc/app.conf");
+        let ssh = parse_query(Some("kind=ssh")).expect("ssh");
+        assert_eq!((ssh.kind, ssh.command.len()), (Kind::Ssh, 0));
         for (bad, says) in [
             (None, "kind is required"),
             (Some("kind=shel"), "not exec, forward, shell"),

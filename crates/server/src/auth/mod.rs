@@ -10,7 +10,6 @@
 pub mod throttle;
 
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,7 +27,6 @@ use throttle::{LoginThrottle, ThrottleConfig, Throttled, username_key};
 pub const ADMIN_USERNAME: &str = "admin";
 pub const ADMIN_ROLE: &str = "admin";
 pub const ADMIN_CREDENTIALS_FILE: &str = "admin-credentials.toml";
-const PBKDF2_ITERATIONS: u32 = 100_000;
 /// Logins that may wait for a password check beyond those running; more
 /// are told to come back in a second instead of queueing without bound.
 const PASSWORD_CHECK_QUEUE: usize = 64;
@@ -321,74 +319,18 @@ pub fn secret_hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-/// `pbkdf2-sha256$<iterations>$<salt hex>$<hash hex>`.
+/// `pbkdf2-sha256$<iterations>$<salt hex>$<hash hex>` ([`tether_proto::password`]).
 pub fn hash_password(password: &str) -> String {
-    let salt: [u8; 16] = rand::random();
-    let hash = pbkdf2(password, &salt, PBKDF2_ITERATIONS);
-    format!(
-        "pbkdf2-sha256${PBKDF2_ITERATIONS}${}${}",
-        hex::encode(salt),
-        hex::encode(hash)
-    )
+    tether_proto::password::hash(password)
 }
 
 pub fn verify_password(password: &str, encoded: &str) -> bool {
-    let mut parts = encoded.split('$');
-    let (Some("pbkdf2-sha256"), Some(iterations), Some(salt), Some(hash), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return false;
-    };
-    let (Ok(iterations), Ok(salt), Ok(hash)) = (
-        iterations.parse::<u32>(),
-        hex::decode(salt),
-        hex::decode(hash),
-    ) else {
-        return false;
-    };
-    let Some(iterations) = NonZeroU32::new(iterations) else {
-        return false;
-    };
-    ring::pbkdf2::verify(
-        ring::pbkdf2::PBKDF2_HMAC_SHA256,
-        iterations,
-        &salt,
-        password.as_bytes(),
-        &hash,
-    )
-    .is_ok()
-}
-
-fn pbkdf2(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    let iterations = NonZeroU32::new(iterations).unwrap_or(NonZeroU32::MIN);
-    ring::pbkdf2::derive(
-        ring::pbkdf2::PBKDF2_HMAC_SHA256,
-        iterations,
-        salt,
-        password.as_bytes(),
-        &mut out,
-    );
-    out
+    tether_proto::password::verify(password, encoded)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_verify_only_with_the_right_password() {
-        let encoded = hash_password("correct horse");
-        assert!(encoded.starts_with("pbkdf2-sha256$100000$"));
-        assert!(verify_password("correct horse", &encoded));
-        assert!(!verify_password("wrong horse", &encoded));
-        assert!(!verify_password("correct horse", "garbage"));
-        assert!(!verify_password("correct horse", "pbkdf2-sha256$0$00$00"));
-    }
 
     #[test]
     fn last_used_is_written_at_most_once_a_minute() {

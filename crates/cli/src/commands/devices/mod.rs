@@ -8,6 +8,7 @@ mod get;
 mod label;
 mod list;
 mod revoke;
+mod shell_password;
 mod summary;
 mod update;
 mod usage;
@@ -29,6 +30,7 @@ pub enum Devices {
     Update(update::Update),
     Delete(delete::Delete),
     Revoke(revoke::Revoke),
+    ShellPassword(shell_password::ShellPassword),
     EnrollmentToken(enrollment_token::EnrollmentTokenCmd),
     Usage(usage::Usage),
     /// Enable or disable actions on a device.
@@ -48,6 +50,7 @@ impl Devices {
             Devices::Update(cmd) => cmd.description(),
             Devices::Delete(cmd) => cmd.description(),
             Devices::Revoke(cmd) => cmd.description(),
+            Devices::ShellPassword(cmd) => cmd.description(),
             Devices::EnrollmentToken(cmd) => cmd.description(),
             Devices::Actions(cmd) => cmd.description(),
         }
@@ -64,6 +67,7 @@ impl Devices {
             Devices::Update(cmd) => cmd.run(ctx).await,
             Devices::Delete(cmd) => cmd.run(ctx).await,
             Devices::Revoke(cmd) => cmd.run(ctx).await,
+            Devices::ShellPassword(cmd) => cmd.run(ctx).await,
             Devices::EnrollmentToken(cmd) => cmd.run(ctx).await,
             Devices::Actions(cmd) => cmd.run(ctx).await,
         }

@@ -1,0 +1,565 @@
+//! The embedded SSH server of `tether-agent-shell` (russh): public-key and
+//! password login as [`Settings`] allow, then per session channel one
+//! command (`exec`) or a shell, started in the work dir with `HOME` there.
+//! Used only by the helper binary, so russh's server stays out of the
+//! agent's own binary.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::keys::{PrivateKey, PublicKey};
+use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelMsg, MethodKind, MethodSet};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+
+use super::Settings;
+use crate::terminal::{self, Size};
+
+/// OpenSSH's default `MaxAuthTries`.
+const MAX_AUTH_ATTEMPTS: usize = 6;
+/// A refused login is answered after this long, whatever was wrong.
+const REJECTION_TIME: Duration = Duration::from_millis(500);
+/// How often a silent client is asked whether it is still there; three
+/// unanswered keepalives end the connection (a vanished network), while
+/// an idle interactive session that answers lives on.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+/// The shells tried in order for a login shell.
+const SHELLS: [&str; 2] = ["/bin/bash", "/bin/sh"];
+/// Environment variables a client may set (`SendEnv`), as OpenSSH's
+/// Debian default `AcceptEnv LANG LC_*`, plus the terminal's name.
+fn accepted_env(name: &str) -> bool {
+    name == "TERM" || name == "LANG" || name.starts_with("LC_")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("the SSH connection failed")]
+    Ssh(#[from] russh::Error),
+    #[error("the work dir {path} cannot be created")]
+    WorkDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Serves one SSH connection on `stream` until the client leaves.
+pub async fn serve(
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    settings: Settings,
+    host_key: PrivateKey,
+) -> Result<(), ServerError> {
+    prepare_work_dir(&settings.work_dir)?;
+    let keys = settings
+        .authorized_keys
+        .iter()
+        .filter_map(|line| match PublicKey::from_openssh(line) {
+            Ok(key) => Some(key),
+            Err(error) => {
+                tracing::warn!(%error, "an authorized key is not an OpenSSH public key; skipped");
+                None
+            }
+        })
+        .collect();
+    let mut methods = vec![MethodKind::PublicKey];
+    if settings.password_hash.is_some() {
+        methods.push(MethodKind::Password);
+    }
+    let config = russh::server::Config {
+        server_id: russh::SshId::Standard(
+            format!("SSH-2.0-tether-agent-shell_{}", env!("CARGO_PKG_VERSION")).into(),
+        ),
+        methods: MethodSet::from(&methods[..]),
+        auth_rejection_time: REJECTION_TIME,
+        // OpenSSH's clients ask with "none" first, to learn the methods.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![host_key],
+        max_auth_attempts: MAX_AUTH_ATTEMPTS,
+        // Interactive shells sit idle for long; a vanished client is
+        // found by the keepalives instead.
+        inactivity_timeout: None,
+        keepalive_interval: Some(KEEPALIVE),
+        nodelay: true,
+        ..Default::default()
+    };
+    let handler = Connection {
+        settings: Arc::new(settings),
+        keys,
+        user: String::new(),
+        channels: HashMap::new(),
+    };
+    let session = russh::server::run_stream(Arc::new(config), stream, handler).await?;
+    session.await?;
+    Ok(())
+}
+
+/// Creates the work dir (0700) if it is missing; an existing one is left
+/// as its owner made it.
+fn prepare_work_dir(path: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| ServerError::WorkDir {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+struct Connection {
+    settings: Arc<Settings>,
+    keys: Vec<PublicKey>,
+    /// The name the client logged in with.
+    user: String,
+    /// Session channels opened and not yet running anything.
+    channels: HashMap<ChannelId, Pending>,
+}
+
+/// A session channel until it runs something: what the client asked for.
+struct Pending {
+    channel: Channel<Msg>,
+    /// Accepted `env` requests.
+    env: Vec<(String, String)>,
+    /// A `pty-req`: a terminal of this type and size.
+    terminal: Option<(String, Size)>,
+}
+
+impl Connection {
+    fn authorized(&self, key: &PublicKey) -> bool {
+        self.keys
+            .iter()
+            .any(|known| known.key_data() == key.key_data())
+    }
+
+    /// A reply to a channel request; a channel already gone gets none.
+    fn reply(session: &mut Session, channel: ChannelId, ok: bool) -> Result<(), russh::Error> {
+        if ok {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+}
+
+impl russh::server::Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(if self.authorized(offer.public_key) {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if !self.authorized(key.public_key) {
+            return Ok(Auth::reject());
+        }
+        tracing::info!(
+            user,
+            key = %key.public_key.fingerprint(Default::default()),
+            "management shell login with a key"
+        );
+        self.user = user.to_owned();
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        let Some(hash) = self.settings.password_hash.clone() else {
+            return Ok(Auth::reject());
+        };
+        let password = password.to_owned();
+        // PBKDF2: off the connection's task.
+        let matches =
+            tokio::task::spawn_blocking(move || tether_proto::password::verify(&password, &hash))
+                .await
+                .unwrap_or(false);
+        if !matches {
+            tracing::info!(user, "management shell password refused");
+            return Ok(Auth::reject());
+        }
+        tracing::info!(user, "management shell login with the password");
+        self.user = user.to_owned();
+        Ok(Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.insert(
+            channel.id(),
+            Pending {
+                channel,
+                env: Vec::new(),
+                terminal: None,
+            },
+        );
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        cols: u32,
+        rows: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let pending = self.channels.get_mut(&channel);
+        let accepted = pending.is_some();
+        if let Some(pending) = pending {
+            pending.terminal = Some((term.to_owned(), terminal_size(cols, rows)));
+        }
+        Self::reply(session, channel, accepted)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let pending = self
+            .channels
+            .get_mut(&channel)
+            .filter(|_| accepted_env(name));
+        let accepted = pending.is_some();
+        if let Some(pending) = pending {
+            pending.env.push((name.to_owned(), value.to_owned()));
+        }
+        Self::reply(session, channel, accepted)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        command: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(command).into_owned();
+        let started = self.start(channel, Some(command));
+        Self::reply(session, channel, started)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let started = self.start(channel, None);
+        Self::reply(session, channel, started)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::info!(subsystem = name, "subsystem refused: none is served");
+        Self::reply(session, channel, false)
+    }
+}
+
+impl Connection {
+    /// Runs `command` (none: a shell) for the channel, on a task of its
+    /// own; `false` if the channel is unknown or already runs something.
+    fn start(&mut self, channel: ChannelId, command: Option<String>) -> bool {
+        let Some(pending) = self.channels.remove(&channel) else {
+            return false;
+        };
+        let mut login = Login {
+            user: self.user.clone(),
+            work_dir: self.settings.work_dir.clone(),
+            env: pending.env,
+        };
+        match pending.terminal {
+            Some((term, size)) => {
+                login.env.push(("TERM".to_owned(), term));
+                tokio::spawn(run_in_terminal(pending.channel, login, command, size));
+            }
+            None => {
+                tokio::spawn(run(pending.channel, login, command));
+            }
+        }
+        true
+    }
+}
+
+/// Who runs commands, where, and what the client set (`TERM`, `LANG`).
+struct Login {
+    user: String,
+    work_dir: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+/// A terminal size from a client's request; 0 (unknown) as 80x24.
+fn terminal_size(cols: u32, rows: u32) -> Size {
+    let cell = |value: u32, default: u16| match value {
+        0 => default,
+        value => u16::try_from(value).unwrap_or(u16::MAX),
+    };
+    Size {
+        cols: cell(cols, 80),
+        rows: cell(rows, 24),
+    }
+}
+
+/// The shell sessions use: bash where there is one.
+fn shell() -> &'static str {
+    SHELLS
+        .iter()
+        .find(|shell| Path::new(shell).is_file())
+        .unwrap_or(&SHELLS[SHELLS.len() - 1])
+}
+
+/// The device's host name for the prompt.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "tether".to_owned())
+}
+
+/// What a login sets on top of `PATH` (the only variable the agent
+/// passes to the helper: its own environment may hold its enrollment
+/// token), then what the client sent.
+fn environment(login: &Login) -> Vec<(String, String)> {
+    let work_dir = login.work_dir.display().to_string();
+    let mut env = vec![
+        ("HOME".to_owned(), work_dir),
+        ("USER".to_owned(), login.user.clone()),
+        ("LOGNAME".to_owned(), login.user.clone()),
+        ("SHELL".to_owned(), shell().to_owned()),
+        // bash and sh both expand $PWD in PS1.
+        ("PS1".to_owned(), format!("{}:$PWD$ ", hostname())),
+    ];
+    let kubeconfig = login.work_dir.join(".kube").join("config");
+    if kubeconfig.is_file() {
+        env.push(("KUBECONFIG".to_owned(), kubeconfig.display().to_string()));
+    }
+    env.extend(login.env.iter().cloned());
+    env
+}
+
+/// `command` (none: an interactive shell) by the shell, with pipes.
+fn command(login: &Login, command: Option<&str>) -> tokio::process::Command {
+    let mut process = tokio::process::Command::new(shell());
+    if let Some(command) = command {
+        process.args(["-c", command]);
+    }
+    process
+        .envs(environment(login))
+        .current_dir(&login.work_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    process
+}
+
+/// One channel's command (none: a shell) in a terminal: its output goes
+/// back as data, the client's data is typed into it, a window change
+/// resizes it; the client closing the channel hangs it up.
+async fn run_in_terminal(
+    channel: Channel<Msg>,
+    login: Login,
+    command_line: Option<String>,
+    size: Size,
+) {
+    let (mut reader, writer) = channel.split();
+    let args = command_line
+        .iter()
+        .flat_map(|command| ["-c".to_owned(), command.clone()])
+        .collect();
+    let mut command = terminal::Command::new(shell(), args, size);
+    command.env = environment(&login);
+    command.cwd = Some(login.work_dir.clone());
+    let terminal = match terminal::spawn(command) {
+        Ok(terminal) => terminal,
+        Err(error) => {
+            let message = format!(
+                "tether-agent-shell: {}\r\n",
+                tether_proto::error_chain(&error)
+            );
+            let _ = writer.data(message.as_bytes()).await;
+            let _ = writer.exit_status(127).await;
+            let _ = writer.eof().await;
+            let _ = writer.close().await;
+            return;
+        }
+    };
+    tracing::info!(user = %login.user, command = command_line.as_deref().unwrap_or("(shell)"), "management shell runs in a terminal");
+    let terminal::Terminal {
+        reader: mut output,
+        writer: mut input,
+        mut child,
+    } = terminal;
+    let mut to_client = Box::pin(writer.make_writer());
+    // The terminal's output ends (EIO) once everything holding it exited.
+    let ran = async {
+        let (_, status) = tokio::join!(tokio::io::copy(&mut output, &mut to_client), child.wait());
+        status
+    };
+    let typed = async {
+        while let Some(message) = reader.wait().await {
+            match message {
+                ChannelMsg::Data { data } if input.write_all(&data).await.is_err() => break,
+                ChannelMsg::WindowChange {
+                    col_width,
+                    row_height,
+                    ..
+                } => {
+                    let _ = input.resize(terminal_size(col_width, row_height));
+                }
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+    };
+    let status = tokio::select! {
+        status = ran => status,
+        () = typed => {
+            tracing::info!(user = %login.user, "the client closed the channel: the terminal hangs up");
+            let _ = child.hang_up().await;
+            return;
+        }
+    };
+    finish(&writer, status).await;
+}
+
+/// One channel's command: the client's data is its stdin, its stdout and
+/// stderr go back as data and extended data, its exit status last. The
+/// client closing the channel first kills it.
+async fn run(channel: Channel<Msg>, login: Login, command_line: Option<String>) {
+    let (mut reader, writer) = channel.split();
+    let mut process = command(&login, command_line.as_deref());
+    let mut child = match process.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            let mut stderr = Box::pin(writer.make_writer_ext(Some(1)));
+            let _ = stderr
+                .write_all(
+                    format!("tether-agent-shell: cannot start {}: {error}\r\n", shell()).as_bytes(),
+                )
+                .await;
+            let _ = writer.exit_status(127).await;
+            let _ = writer.eof().await;
+            let _ = writer.close().await;
+            return;
+        }
+    };
+    tracing::info!(user = %login.user, command = command_line.as_deref().unwrap_or("(shell)"), "management shell runs");
+    let mut stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let mut to_stdout = Box::pin(writer.make_writer());
+    let mut to_stderr = Box::pin(writer.make_writer_ext(Some(1)));
+    let output = async {
+        let out = async {
+            if let Some(mut pipe) = stdout {
+                let _ = tokio::io::copy(&mut pipe, &mut to_stdout).await;
+            }
+        };
+        let err = async {
+            if let Some(mut pipe) = stderr {
+                let _ = tokio::io::copy(&mut pipe, &mut to_stderr).await;
+            }
+        };
+        tokio::join!(out, err);
+        child.wait().await
+    };
+    let input = async {
+        while let Some(message) = reader.wait().await {
+            match message {
+                ChannelMsg::Data { data } => {
+                    if let Some(pipe) = stdin.as_mut()
+                        && pipe.write_all(&data).await.is_err()
+                    {
+                        stdin = None;
+                    }
+                }
+                ChannelMsg::Eof => stdin = None,
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+    };
+    let status = tokio::select! {
+        status = output => status,
+        () = input => {
+            tracing::info!(user = %login.user, "the client closed the channel: the command is stopped");
+            return;
+        }
+    };
+    finish(&writer, status).await;
+}
+
+/// Sends the command's exit status and closes the channel.
+async fn finish(
+    writer: &russh::ChannelWriteHalf<Msg>,
+    status: std::io::Result<std::process::ExitStatus>,
+) {
+    let code = match status {
+        Ok(status) => {
+            use std::os::unix::process::ExitStatusExt as _;
+            // A signal as a shell reports it: 128 + its number.
+            status
+                .code()
+                .or_else(|| status.signal().map(|signal| 128 + signal))
+                .unwrap_or(1)
+        }
+        Err(_) => 1,
+    };
+    let _ = writer.exit_status(u32::try_from(code).unwrap_or(1)).await;
+    let _ = writer.eof().await;
+    let _ = writer.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_terminal_is_the_clients_size_or_80x24_when_it_sends_none() {
+        assert_eq!(
+            terminal_size(120, 40),
+            Size {
+                cols: 120,
+                rows: 40
+            }
+        );
+        assert_eq!(terminal_size(0, 0), Size { cols: 80, rows: 24 });
+        assert_eq!(terminal_size(1 << 20, 30).cols, u16::MAX);
+    }
+
+    #[test]
+    fn clients_may_set_the_terminal_and_the_locale_only() {
+        for name in ["TERM", "LANG", "LC_ALL", "LC_CTYPE"] {
+            assert!(accepted_env(name), "{name}");
+        }
+        for name in ["PATH", "LD_PRELOAD", "HOME", "TETHER_ENROLL_TOKEN"] {
+            assert!(!accepted_env(name), "{name}");
+        }
+    }
+}
