@@ -1667,7 +1667,7 @@ async fn exec_ends_with_an_error_when_the_device_goes_away_mid_command() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn exec_works_when_the_client_and_the_device_are_on_different_replicas() {
+async fn every_tunnel_works_when_the_client_and_the_device_are_on_different_replicas() {
     let a = Tetherd::start(Database::Postgres)
         .await
         .expect("replica a starts");
@@ -1694,6 +1694,54 @@ async fn exec_works_when_the_client_and_the_device_are_on_different_replicas() {
         .rfind(|line| line.contains("connecting to"))
         .expect("the agent logs its session");
     assert!(session.contains(b_port), "not on b: {session}");
+
+    // A shell: without a terminal here, the device still gives one.
+    let run = tether
+        .run(&[
+            "ssh",
+            "edge-1",
+            "--",
+            "sh",
+            "-c",
+            "test -t 0 && echo in a terminal; exit 4",
+        ])
+        .await;
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(run.stdout.contains("in a terminal"), "{}", run.stdout);
+
+    // A forward, as OpenSSH's ProxyCommand uses it: an HTTP server on the
+    // device's loopback.
+    let beside = tether_testkit::http_target::HttpTarget::start(
+        tether_testkit::http_target::Behaviour::Respond(b"beside b's device".to_vec()),
+    )
+    .await
+    .expect("an HTTP server beside the device");
+    let port = beside
+        .url
+        .rsplit(':')
+        .next()
+        .expect("a port")
+        .trim_end_matches('/');
+    let run = tether
+        .run_with_stdin(
+            &["proxy", "edge-1", "--port", port],
+            "GET / HTTP/1.0\r\n\r\n",
+        )
+        .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("beside b's device"), "{}", run.stdout);
+
+    // A file there and back.
+    let dir = tempfile::tempdir().expect("a dir");
+    let local = dir.path().join("conf");
+    std::fs::write(&local, b"replicated\n").expect("written");
+    let remote = format!("edge-1:{}/on-device", dir.path().display());
+    let run = tether.run(&["cp", &local.to_string_lossy(), &remote]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let back = dir.path().join("back");
+    let run = tether.run(&["cp", &remote, &back.to_string_lossy()]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(std::fs::read(&back).expect("back"), b"replicated\n");
     drop(b);
 }
 

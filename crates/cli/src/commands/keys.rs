@@ -39,8 +39,10 @@ pub enum Keys {
         name: Option<String>,
     },
     /// List your keys with their fingerprints.
+    #[command(after_long_help = "Examples:\n  tether keys list\n  tether keys list -o json")]
     List,
     /// Remove a key: shells opened from now on refuse it.
+    #[command(after_long_help = "Examples:\n  tether keys remove 3f2c9a")]
     Remove {
         /// The key's id, from `tether keys list`.
         id: String,
