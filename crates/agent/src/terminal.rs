@@ -175,7 +175,11 @@ pub struct Terminal {
 pub fn spawn(command: Command) -> Result<Terminal, TerminalError> {
     let (pty, pts) = pty_process::open().map_err(|e| TerminalError::Open(into_io(e)))?;
     resize(&pty, command.size)?;
-    let mut process = pty_process::Command::new(&command.program)
+    let mut process = pty_process::Command::new(&command.program);
+    for name in crate::tunnel::agent_variables() {
+        process = process.env_remove(name);
+    }
+    let mut process = process
         .args(&command.args)
         .envs(command.env)
         // A safety net: the owner hangs up explicitly (see Child::hang_up).

@@ -1997,6 +1997,12 @@ async fn cp_copies_files_both_ways_whole_and_refuses_what_the_device_does_not_ta
     // Only the device's temp files would show a failed upload.
     assert_eq!(std::fs::read_dir(remote.path()).expect("listed").count(), 1);
 
+    // What tunnels run never sees the agent's own variables (its
+    // enrollment token among them).
+    let run = tether.run(&["exec", "edge-1", "--", "env"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stdout.contains("TETHER_"), "{}", run.stdout);
+
     // Each copy is audited with its path and bytes.
     let audit = admin
         .get("/api/v1/audit?limit=50")

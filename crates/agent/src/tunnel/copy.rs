@@ -193,7 +193,8 @@ async fn finish(
 ) -> Result<(), Failure> {
     let io =
         |error: std::io::Error| refused_io(&error, &format!("cannot write {}", path.display()));
-    file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+    // Never setuid, setgid or sticky, whatever the request says.
+    file.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))
         .await
         .map_err(io)?;
     file.sync_all().await.map_err(io)?;
@@ -215,6 +216,11 @@ async fn open_regular(path: &Path, max: u64) -> Result<(tokio::fs::File, u64, u3
         Failure::Refused(status, message) => (status, message),
         Failure::ClientGone => (500, String::new()),
     };
+    // Checked before opening: opening a FIFO blocks, and opening some
+    // devices acts (a watchdog arms).
+    if !tokio::fs::metadata(path).await.map_err(io)?.is_file() {
+        return Err((400, format!("{shown} is not a regular file")));
+    }
     let file = tokio::fs::File::open(path).await.map_err(io)?;
     let meta = file.metadata().await.map_err(io)?;
     if !meta.is_file() {

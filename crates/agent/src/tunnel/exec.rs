@@ -23,7 +23,11 @@ pub async fn serve(socket: Socket, command: Vec<String>) {
         let _ = sender.send(failed(400, "no command".to_owned())).await;
         return;
     };
-    let spawned = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    for name in super::agent_variables() {
+        command.env_remove(name);
+    }
+    let spawned = command
         .args(arguments)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

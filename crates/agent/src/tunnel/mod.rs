@@ -172,6 +172,14 @@ pub async fn dial(
         })?
 }
 
+/// The agent's own environment variables (`TETHER_*`, its enrollment
+/// token among them), kept from the commands and shells tunnels run.
+pub(crate) fn agent_variables() -> impl Iterator<Item = std::ffi::OsString> {
+    std::env::vars_os()
+        .map(|(name, _)| name)
+        .filter(|name| name.as_encoded_bytes().starts_with(b"TETHER_"))
+}
+
 /// A binary WebSocket message of `frame`.
 fn binary(frame: Vec<u8>) -> Message {
     Message::Binary(frame.into())

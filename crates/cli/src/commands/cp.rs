@@ -223,14 +223,11 @@ async fn download(
     let partial = partial_path(&destination);
     let received = receive(&mut frames, &partial).await;
     let outcome = match received {
-        Ok(Some(mode)) => {
+        Ok(Some(())) => {
             let local = |error: std::io::Error| CommandError::Local {
                 path: destination.clone(),
                 source: error,
             };
-            tokio::fs::set_permissions(&partial, std::fs::Permissions::from_mode(mode & 0o777))
-                .await
-                .map_err(local)?;
             tokio::fs::rename(&partial, &destination)
                 .await
                 .map_err(local)?;
@@ -247,12 +244,13 @@ async fn download(
     Ok(outcome)
 }
 
-/// Reads a download into `partial`: the file's mode once it arrived whole,
-/// `None` if the tunnel ended first, or the device's refusal.
+/// Reads a download into `partial` with the device's mode bits: `Some`
+/// once it arrived whole, `None` if the tunnel ended first, or the
+/// device's refusal.
 async fn receive(
     frames: &mut (impl futures::Stream<Item = (u8, tokio_tungstenite::tungstenite::Bytes)> + Unpin),
     partial: &Path,
-) -> Result<Option<u32>, Outcome> {
+) -> Result<Option<()>, Outcome> {
     let local = |error: std::io::Error| Outcome::Failed {
         reason: format!("cannot write {}: {error}", partial.display()),
     };
@@ -267,6 +265,16 @@ async fn receive(
                     continue;
                 };
                 written += bytes.len() as u64;
+                // A device sending more than it announced would fill this
+                // disk: the announced size was shown and is the limit.
+                if written > announced.0 {
+                    return Err(Outcome::Failed {
+                        reason: format!(
+                            "the device sent more than the {} bytes it announced",
+                            announced.0
+                        ),
+                    });
+                }
                 tokio::io::AsyncWriteExt::write_all(file, &bytes)
                     .await
                     .map_err(local)?;
@@ -294,6 +302,11 @@ async fn receive(
                         break;
                     };
                     file.flush().await.map_err(local)?;
+                    // On the open file, not by name: the name could be
+                    // swapped for a link meanwhile.
+                    file.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))
+                        .await
+                        .map_err(local)?;
                     file.sync_all().await.map_err(local)?;
                     let outcome = if written == size {
                         Outcome::Success
@@ -308,7 +321,7 @@ async fn receive(
                         finish_bar(Some(bar), &outcome);
                     }
                     return if outcome == Outcome::Success {
-                        Ok(Some(mode))
+                        Ok(Some(()))
                     } else {
                         Err(outcome)
                     };

@@ -106,10 +106,11 @@ fn parse_query(query: Option<&str>) -> Result<Request, ApiError> {
             "mode" => {
                 let bits = u32::from_str_radix(&value, 8)
                     .ok()
-                    .filter(|bits| *bits <= 0o7777)
+                    // No setuid, setgid or sticky bits from afar.
+                    .filter(|bits| *bits <= 0o777)
                     .ok_or_else(|| {
                         ApiError::bad_request(format!(
-                            "mode {value:?} is not octal permission bits such as 644"
+                            "mode {value:?} is not octal permission bits from 0 to 777 such as 644"
                         ))
                     })?;
                 mode = Some(bits);
@@ -587,6 +588,7 @@ mod tests {
                 "size \"-1\" is not a number of bytes",
             ),
             (Some("kind=upload&path=/x&size=1&mode=999"), "not octal"),
+            (Some("kind=upload&path=/x&size=1&mode=4755"), "0 to 777"),
             (Some("kind=shell"), "shell needs its terminal"),
             (
                 Some("kind=shell&term=xterm&cols=80"),

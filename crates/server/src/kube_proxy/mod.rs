@@ -124,6 +124,11 @@ pub fn returned_headers(device: &HeaderMap, switching: bool) -> HeaderMap {
     for name in NOT_FORWARDED {
         headers.remove(name);
     }
+    // A device's answer must not send kubectl elsewhere (its credential
+    // plugin would hand the next URL the operator's tetherd token) nor set
+    // cookies on tetherd's origin.
+    headers.remove(header::LOCATION);
+    headers.remove(header::SET_COOKIE);
     headers
 }
 
