@@ -6,11 +6,11 @@ use std::time::Duration;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt as _, StreamExt as _};
 use tether_proto::tunnel;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Socket, binary, failed, incoming};
+use super::{Socket, failed, incoming, send_stdout};
 
 /// How long the target may take to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,7 +54,7 @@ pub async fn serve(socket: Socket, target: String) {
 pub(super) async fn carry(
     mut sender: SplitSink<Socket, Message>,
     receiver: SplitStream<Socket>,
-    mut from_target: impl AsyncRead + Unpin,
+    from_target: impl AsyncRead + Unpin,
     mut to_target: impl AsyncWrite + Unpin,
 ) {
     let upstream = async {
@@ -68,24 +68,7 @@ pub(super) async fn carry(
         }
         let _ = to_target.shutdown().await;
     };
-    let downstream = async {
-        let mut buffer = vec![0; tunnel::MAX_PAYLOAD];
-        loop {
-            match from_target.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(read) => {
-                    let frame = tunnel::frame(tunnel::STDOUT, &buffer[..read]);
-                    if sender.send(binary(frame)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-        let _ = sender
-            .send(binary(tunnel::frame(tunnel::CLOSE, &[tunnel::STDOUT])))
-            .await;
-        let _ = sender.close().await;
-    };
+    let downstream = send_stdout(from_target, &mut sender);
     // Each direction ends on its own (a client may half-close and still
     // read the answer); tetherd ends the other soon after one has closed.
     tokio::join!(upstream, downstream);

@@ -14,11 +14,11 @@ use std::sync::Arc;
 use futures::stream::SplitSink;
 use futures::{SinkExt as _, StreamExt as _};
 use tether_proto::tunnel;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Socket, binary, incoming};
+use super::{Socket, binary, incoming, send_stdout};
 use crate::actions::{ActionError, Kubernetes};
 use crate::kubernetes::{Access, Auth};
 
@@ -123,7 +123,7 @@ pub async fn serve(socket: Socket, kubernetes: Kubernetes) {
         Ok(api) => api,
         Err(refusal) => return answer(&mut sender, &refusal).await,
     };
-    let (mut from_api, mut to_api) = tokio::io::split(api);
+    let (from_api, mut to_api) = tokio::io::split(api);
     // The rest of the client's bytes (a body, or a switched protocol's
     // stream) until tetherd's side closes: that is the client gone, and
     // the request with it.
@@ -141,24 +141,7 @@ pub async fn serve(socket: Socket, kubernetes: Kubernetes) {
             }
         }
     };
-    let downstream = async {
-        let mut buffer = vec![0; tunnel::MAX_PAYLOAD];
-        loop {
-            match from_api.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(read) => {
-                    let frame = tunnel::frame(tunnel::STDOUT, &buffer[..read]);
-                    if sender.send(binary(frame)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-        let _ = sender
-            .send(binary(tunnel::frame(tunnel::CLOSE, &[tunnel::STDOUT])))
-            .await;
-        let _ = sender.close().await;
-    };
+    let downstream = send_stdout(from_api, &mut sender);
     tokio::select! {
         () = upstream => tracing::debug!("the kube tunnel's client went away"),
         () = downstream => {}

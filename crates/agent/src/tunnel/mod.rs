@@ -199,6 +199,32 @@ fn incoming(receiver: SplitStream<Socket>) -> impl Stream<Item = (u8, Bytes)> + 
         })
 }
 
+/// Sends what `from` yields on the stdout channel, then its end, and
+/// closes the sending half; stops at once if the client is gone.
+async fn send_stdout(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    sender: &mut futures::stream::SplitSink<Socket, Message>,
+) {
+    use futures::SinkExt as _;
+    use tokio::io::AsyncReadExt as _;
+    let mut buffer = vec![0; tunnel::MAX_PAYLOAD];
+    loop {
+        match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => {
+                let frame = tunnel::frame(tunnel::STDOUT, &buffer[..read]);
+                if sender.send(binary(frame)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = sender
+        .send(binary(tunnel::frame(tunnel::CLOSE, &[tunnel::STDOUT])))
+        .await;
+    let _ = sender.close().await;
+}
+
 /// The control message saying the tunnel failed, and why.
 fn failed(status: u16, message: impl Into<String>) -> Message {
     let message = message.into();
