@@ -468,10 +468,12 @@ pub fn check(batch: &TelemetryBatch) -> Result<(), BatchError> {
     if batch.spool_id.is_empty() || batch.spool_id.len() > MAX_SPOOL_ID_BYTES {
         return invalid(format!("spoolId must be 1 to {MAX_SPOOL_ID_BYTES} bytes"));
     }
+    // A batch of no records carries only the counts: drops that no record
+    // followed would otherwise never reach tetherd.
     let count = batch.records.len();
-    if count == 0 || count > MAX_RECORDS {
+    if count > MAX_RECORDS {
         return invalid(format!(
-            "a batch holds 1 to {MAX_RECORDS} records, not {count}"
+            "a batch holds 0 to {MAX_RECORDS} records, not {count}"
         ));
     }
     if batch.first_seq.checked_add(count as u64).is_none() {
@@ -664,8 +666,16 @@ mod tests {
         assert!(matches!(decode(&big), Err(BatchError::TooLarge { .. })));
         let err = decode(&encode(&logs(MAX_RECORDS + 1))).expect_err("too many");
         assert!(err.to_string().contains("records"), "{err}");
-        let err = decode(&encode(&logs(0))).expect_err("empty");
-        assert!(err.to_string().contains("not 0"), "{err}");
+    }
+
+    #[test]
+    fn a_batch_of_no_records_carries_only_the_counts() {
+        let mut batch = logs(0);
+        batch.dropped.total = 7;
+        let decoded = decode(&encode(&batch)).expect("a batch of counts only");
+        assert!(decoded.records.is_empty());
+        assert_eq!(decoded.records.stream(), Stream::Logs);
+        assert_eq!(decoded.dropped.total, 7);
     }
 
     #[test]

@@ -628,7 +628,7 @@ impl Disk {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn lines(from: u64, to: u64) -> (Vec<u8>, u64) {
@@ -656,10 +656,11 @@ mod tests {
 
     /// A tmpfs of `kib` KiB mounted on a temporary directory (the tests
     /// run as root here), unmounted when dropped.
-    struct SmallFs(tempfile::TempDir);
+    /// A tmpfs of a few KiB, to fill (mounting needs root).
+    pub(crate) struct SmallFs(tempfile::TempDir);
 
     impl SmallFs {
-        fn mount(kib: u64) -> Self {
+        pub(crate) fn mount(kib: u64) -> Self {
             let dir = tempfile::tempdir().expect("temp");
             let status = std::process::Command::new("mount")
                 .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
@@ -670,7 +671,7 @@ mod tests {
             Self(dir)
         }
 
-        fn path(&self) -> &Path {
+        pub(crate) fn path(&self) -> &Path {
             self.0.path()
         }
     }

@@ -108,7 +108,8 @@ pub struct Spool {
     flush_records: u64,
     /// Wakes the flusher early: enough records wait.
     flush_due: Arc<Notify>,
-    /// Wakes the sender: records reached the disk.
+    /// Wakes the sender: records reached the disk, or the drop counts
+    /// changed (they reach tetherd with the next batch, or alone).
     flushed: Notify,
     /// The spec's bytes a day for this stream.
     budget: Mutex<DailyBudget>,
@@ -192,6 +193,15 @@ impl Spool {
     /// failed are counted as dropped (by [`Disk::append`]).
     fn flush(&self, stopping: bool) -> io::Result<()> {
         let mut disk = self.disk();
+        let (written_from, dropped_before) = (disk.next_seq(), disk.dropped().clone());
+        let flushed = self.write_pending(&mut disk, stopping);
+        if disk.next_seq() > written_from || *disk.dropped() != dropped_before {
+            self.flushed.notify_one();
+        }
+        flushed
+    }
+
+    fn write_pending(&self, disk: &mut Disk, stopping: bool) -> io::Result<()> {
         let pending = std::mem::take(&mut *self.pending());
         disk.set_budget(self.budget().saved());
         if pending.over_budget > 0 {
@@ -208,11 +218,7 @@ impl Spool {
             return disk.save(stopping);
         }
         let written_from = disk.next_seq();
-        let appended = disk.append(&pending.lines, pending.count);
-        if disk.next_seq() > written_from {
-            self.flushed.notify_one();
-        }
-        match appended {
+        match disk.append(&pending.lines, pending.count) {
             Ok(()) => disk.save(stopping),
             Err(error) => {
                 let lost = pending.count - (disk.next_seq() - written_from);
@@ -262,6 +268,27 @@ impl Spool {
             disk.sent(batch.end_seq());
             return Ok(Some(batch));
         }
+    }
+
+    /// A batch of no records that carries the drop counts, when more were
+    /// dropped (a full disk, the spool's bound) than `reported` (the counts
+    /// of the last batch tetherd stored) says: drops that no record
+    /// followed reach tetherd this way. Records the day's budget held back
+    /// wait for the next batch: the budget is there to keep bytes off the
+    /// link.
+    pub fn counts_batch(&self, reported: &Dropped) -> Option<TelemetryBatch> {
+        let disk = self.disk();
+        (disk.dropped().total != reported.total).then(|| TelemetryBatch {
+            spool_id: disk.spool_id().to_owned(),
+            first_seq: disk.acked(),
+            records: match self.stream {
+                Stream::Metrics => Records::Metrics(Vec::new()),
+                Stream::Logs => Records::Logs(Vec::new()),
+            },
+            dropped: disk.dropped().clone(),
+            replay: false,
+            usage: Vec::new(),
+        })
     }
 
     fn records(&self, lines: &[Vec<u8>]) -> Result<Records, usize> {

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tether_proto::telemetry::{self, Stream};
+use tether_proto::telemetry::{self, Dropped, Stream};
 use tokio::sync::{mpsc, watch};
 
 use super::Spool;
@@ -31,6 +31,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// The agent's counts ride on the first batch of each session and then on
 /// one at most this often: a live follower's batches are a line each.
 const USAGE_EVERY: Duration = Duration::from_secs(5);
+/// A batch of drop counts alone goes at most this often: a disk that stays
+/// full fails every flush, a second apart.
+const COUNTS_EVERY: Duration = Duration::from_secs(30);
 
 /// What tetherd answered to a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +74,9 @@ pub async fn run(
     // when the counts last went.
     let mut session_backlog: Option<u64> = None;
     let mut usage_sent_at: Option<Instant> = None;
+    // The drop counts tetherd has, as of the last batch it stored.
+    let mut reported = Dropped::default();
+    let mut counts_sent_at: Option<Instant> = None;
     loop {
         while !*online.borrow_and_update() {
             if online.changed().await.is_err() {
@@ -88,14 +94,31 @@ pub async fn run(
             }
             Err(_) => return,
         };
-        let Some(mut batch) = batch else {
-            tokio::select! {
-                () = spool.flushed() => {}
-                changed = online.changed() => if changed.is_err() { return },
+        let counts_due = counts_sent_at.map_or(Duration::ZERO, |at| {
+            COUNTS_EVERY.saturating_sub(at.elapsed())
+        });
+        let mut batch = match batch.ok_or_else(|| spool.counts_batch(&reported)) {
+            Ok(batch) => batch,
+            Err(Some(counts)) if counts_due.is_zero() => {
+                counts_sent_at = Some(Instant::now());
+                counts
             }
-            continue;
+            Err(counts) => {
+                let counts_wait = async {
+                    match counts {
+                        Some(_) => tokio::time::sleep(counts_due).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = spool.flushed() => {}
+                    () = counts_wait => {}
+                    changed = online.changed() => if changed.is_err() { return },
+                }
+                continue;
+            }
         };
-        batch.replay = batch.first_seq < backlog_end;
+        batch.replay = batch.first_seq < backlog_end && !batch.records.is_empty();
         if usage_sent_at.is_none_or(|at| at.elapsed() >= USAGE_EVERY) {
             batch.usage = spool.usage_report();
             usage_sent_at = Some(Instant::now());
@@ -133,10 +156,15 @@ pub async fn run(
                     match ack.answer {
                         Answer::Stored => {
                             tracing::debug!(%stream, first_seq = batch.first_seq, records, "tetherd stored a telemetry batch");
+                            reported = batch.dropped.clone();
                             acknowledge(&spool, end_seq).await;
                         }
                         Answer::Refused(reason) => {
                             tracing::warn!(%stream, first_seq = batch.first_seq, records, reason, "tetherd refused a telemetry batch; skipping it");
+                            // Not offered again alone (a tetherd before
+                            // batches of counts refuses them); the next
+                            // batch of records carries them.
+                            reported = batch.dropped.clone();
                             acknowledge(&spool, end_seq).await;
                         }
                         Answer::Later(reason) => {
@@ -248,16 +276,7 @@ mod tests {
     #[tokio::test]
     async fn batches_go_while_online_and_the_position_moves_only_on_an_ack() {
         let temp = tempfile::tempdir().expect("temp");
-        let spools = Spools::open(
-            temp.path(),
-            SpoolConfig {
-                max_bytes: 1 << 20,
-                flush_records: 10_000,
-                flush_interval: Duration::from_secs(3600),
-            },
-            crate::clock::ServerClock::new(),
-        )
-        .expect("opens");
+        let spools = flushed_by_hand(temp.path());
         for i in 0..1500 {
             spools
                 .append(Record::Log(LogRecord {
@@ -323,10 +342,36 @@ mod tests {
         task.abort();
     }
 
-    /// Spools in `dir` with `lines` log lines flushed and waiting, as a
-    /// session finds them when it comes up.
-    fn with_backlog(dir: &std::path::Path, lines: usize) -> Arc<Spools> {
-        let spools = Spools::open(
+    /// Records a full disk dropped, with no record after them to carry the
+    /// new totals, reach tetherd in a batch of the counts alone.
+    #[tokio::test]
+    async fn drops_that_no_record_follows_go_in_a_batch_of_counts() {
+        let fs = crate::spool::disk::tests::SmallFs::mount(64);
+        let spools = flushed_by_hand(&fs.path().join("state"));
+        let mut filler = std::fs::File::create(fs.path().join("filler")).expect("filler");
+        while std::io::Write::write_all(&mut filler, &[0; 4096]).is_ok() {}
+        for i in 0..20 {
+            spools.append(line(i)).expect("appends");
+        }
+        spools.flush();
+        let logs = spools.spool(Stream::Logs).clone();
+        let (acked, next_seq, dropped) = logs.position();
+        assert_eq!((acked, next_seq, dropped.total), (0, 0, 20), "none fitted");
+
+        let recorder = Arc::new(Recorder::default());
+        let (_online_tx, online) = watch::channel(true);
+        let (_acks_tx, acks) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(logs, recorder.clone(), online, acks));
+        assert_eq!(published(&recorder, 1).await, [(0, 0)]);
+        let counts = recorder.1.lock().expect("lock")[0].clone();
+        assert!(counts.records.is_empty());
+        assert_eq!(counts.dropped, dropped);
+        task.abort();
+    }
+
+    /// Spools in `dir` that flush only when the test says so.
+    fn flushed_by_hand(dir: &std::path::Path) -> Arc<Spools> {
+        Spools::open(
             dir,
             SpoolConfig {
                 max_bytes: 1 << 20,
@@ -335,7 +380,13 @@ mod tests {
             },
             crate::clock::ServerClock::new(),
         )
-        .expect("opens");
+        .expect("opens")
+    }
+
+    /// Spools in `dir` with `lines` log lines flushed and waiting, as a
+    /// session finds them when it comes up.
+    fn with_backlog(dir: &std::path::Path, lines: usize) -> Arc<Spools> {
+        let spools = flushed_by_hand(dir);
         for i in 0..lines {
             spools.append(line(i)).expect("appends");
         }

@@ -140,6 +140,21 @@ impl Drop for SmallFs {
     }
 }
 
+/// Bytes of the files in `dir` and below.
+fn dir_bytes(dir: &std::path::Path) -> anyhow::Result<u64> {
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        bytes += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(bytes)
+}
+
 /// The agent's last log lines but its debug ones.
 fn log_tail(agent: &Agent) -> String {
     let log = agent.log();
@@ -212,10 +227,29 @@ async fn a_full_disk_under_the_spool_drops_and_counts_and_the_agent_recovers() -
             )
         }
     };
-    // The backlog sent, its segments deleted: room again.
-    wait_until("the backlog stored", Duration::from_secs(60), || async {
-        let logs = usage().await?;
-        Ok((logs["storedRecords"].as_u64() > Some(0)).then_some(()))
+    let accounted = |lines: u64| {
+        move || async move {
+            let logs = usage().await?;
+            let done = logs["storedRecords"].as_u64().unwrap_or(0)
+                + logs["dropped"]["total"].as_u64().unwrap_or(0)
+                == lines;
+            Ok(done.then_some(logs))
+        }
+    };
+    // The backlog sent and the drops counted, though no record followed
+    // the last of them (a batch of counts alone carries them).
+    wait_until(
+        "every line so far stored or counted",
+        Duration::from_secs(30),
+        accounted(LINES + 1),
+    )
+    .await
+    .with_context(|| log_tail(&agent))?;
+    // Room again once the acknowledged segments are deleted: at least
+    // 64 KiB free, four times what the lines after take. (The newest
+    // segment stays, with what was written into it once there was room.)
+    wait_until("room in the spool", Duration::from_secs(30), || async {
+        Ok((dir_bytes(&spool)? < 192 * 1024).then_some(()))
     })
     .await
     .with_context(|| log_tail(&agent))?;
@@ -223,14 +257,8 @@ async fn a_full_disk_under_the_spool_drops_and_counts_and_the_agent_recovers() -
     tether_testkit::post_local(&socket, "/v1/logs", &after).await?;
     let logs = wait_until(
         "every line stored or counted",
-        Duration::from_secs(60),
-        || async {
-            let logs = usage().await?;
-            let done = logs["storedRecords"].as_u64().unwrap_or(0)
-                + logs["dropped"]["total"].as_u64().unwrap_or(0)
-                == LINES + 101;
-            Ok(done.then_some(logs))
-        },
+        Duration::from_secs(30),
+        accounted(LINES + 101),
     )
     .await
     .with_context(|| log_tail(&agent))?;

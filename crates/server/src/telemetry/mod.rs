@@ -676,6 +676,43 @@ mod tests {
         assert_eq!(messages(&store, &device).await, want);
     }
 
+    /// A device whose disk filled after its last record sends the new
+    /// drop totals in a batch of no records: they are kept, nothing is
+    /// stored, and the stream goes on where it was.
+    #[tokio::test]
+    async fn a_batch_of_counts_alone_updates_the_dropped_totals() {
+        let (telemetry, store, device) = service().await;
+        telemetry
+            .ingest(&device, Arc::new(logs("a", 0, 10)), 1)
+            .await
+            .expect("stored");
+        let mut counts = logs("a", 10, 10);
+        counts.dropped.total = 25;
+        counts.dropped.by_priority[6] = 25;
+        assert_eq!(
+            telemetry
+                .ingest(&device, Arc::new(counts.clone()), 1)
+                .await
+                .expect("acknowledged"),
+            Stored::Duplicate
+        );
+        assert_eq!(
+            telemetry
+                .ingest(&device, Arc::new(logs("a", 10, 12)), 1)
+                .await
+                .expect("stored"),
+            Stored::New { records: 2, gap: 0 }
+        );
+        let usage = store.device_usage(&device).await.expect("usage").streams;
+        let logs_usage = usage
+            .iter()
+            .find(|u| u.stream == Stream::Logs)
+            .expect("logs");
+        assert_eq!(logs_usage.stored_records, 12);
+        assert_eq!(logs_usage.dropped.total, 25, "the later batch kept them");
+        assert_eq!(messages(&store, &device).await, expected("a", 0..12));
+    }
+
     #[tokio::test]
     async fn a_wiped_spool_starts_over_and_its_old_batches_still_meet_their_cursor() {
         let (telemetry, store, device) = service().await;
