@@ -3,12 +3,12 @@
 
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt as _, Stream, StreamExt as _, future};
-use tether_proto::tunnel;
-use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tether_proto::tunnel::{self, Control};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use crate::client::TunnelSocket;
-use crate::commands::Outcome;
+use crate::commands::{CommandError, Outcome};
 
 /// The sending half of a tunnel.
 pub type Sender = SplitSink<TunnelSocket, Message>;
@@ -45,6 +45,41 @@ pub fn incoming(receiver: SplitStream<TunnelSocket>) -> impl Stream<Item = (u8, 
                 _ => None,
             })
         })
+}
+
+/// Writes the device's stdout and stderr to this process's as they come,
+/// until the remote `program` ("command", "shell") ends: its exit status,
+/// or why it could not run.
+pub async fn print_until_exit(
+    receiver: SplitStream<TunnelSocket>,
+    program: &str,
+) -> Result<Outcome, CommandError> {
+    async fn write(out: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> Result<(), CommandError> {
+        out.write_all(bytes).await.map_err(CommandError::Write)?;
+        out.flush().await.map_err(CommandError::Write)
+    }
+    let (mut stdout, mut stderr) = (tokio::io::stdout(), tokio::io::stderr());
+    let mut frames = incoming(receiver);
+    while let Some((channel, bytes)) = frames.next().await {
+        match channel {
+            tunnel::STDOUT => write(&mut stdout, &bytes).await?,
+            tunnel::STDERR => write(&mut stderr, &bytes).await?,
+            tunnel::CONTROL => match serde_json::from_slice(&bytes) {
+                Ok(Control::Exit { code, signal }) => return Ok(exit_outcome(code, signal)),
+                Ok(Control::Error { status, message }) => {
+                    return Ok(Outcome::Failed {
+                        reason: format!("{message} ({status})"),
+                    });
+                }
+                // Only a client sends a resize; only a download has a file.
+                Ok(Control::Resize { .. } | Control::File { .. }) | Err(_) => {}
+            },
+            _ => {}
+        }
+    }
+    Ok(Outcome::Failed {
+        reason: format!("the tunnel closed before the {program} ended"),
+    })
 }
 
 /// A remote command's exit as this process's: its code, or 128 + the

@@ -4,8 +4,6 @@
 //! this command's.
 
 use futures::StreamExt as _;
-use tether_proto::tunnel::{self, Control};
-use tokio::io::AsyncWriteExt as _;
 
 use super::{CommandError, Context, Outcome};
 use crate::tunnel as tunnel_io;
@@ -37,47 +35,7 @@ impl Exec {
         // Stdin is read on its own task, dropped once the command ended:
         // a terminal's stdin never ends by itself.
         let input = tokio::spawn(tunnel_io::send_input(tokio::io::stdin(), sender));
-        let output = async {
-            let mut stdout = tokio::io::stdout();
-            let mut stderr = tokio::io::stderr();
-            let mut frames = tunnel_io::incoming(receiver);
-            while let Some((channel, bytes)) = frames.next().await {
-                match channel {
-                    tunnel::STDOUT => {
-                        stdout
-                            .write_all(&bytes)
-                            .await
-                            .map_err(CommandError::Write)?;
-                        stdout.flush().await.map_err(CommandError::Write)?;
-                    }
-                    tunnel::STDERR => {
-                        stderr
-                            .write_all(&bytes)
-                            .await
-                            .map_err(CommandError::Write)?;
-                        stderr.flush().await.map_err(CommandError::Write)?;
-                    }
-                    tunnel::CONTROL => match serde_json::from_slice(&bytes) {
-                        Ok(Control::Exit { code, signal }) => {
-                            return Ok(tunnel_io::exit_outcome(code, signal));
-                        }
-                        Ok(Control::Error { status, message }) => {
-                            return Ok(Outcome::Failed {
-                                reason: format!("{message} ({status})"),
-                            });
-                        }
-                        // Only a client sends a resize; only a download
-                        // has a file.
-                        Ok(Control::Resize { .. } | Control::File { .. }) | Err(_) => {}
-                    },
-                    _ => {}
-                }
-            }
-            Ok(Outcome::Failed {
-                reason: "the tunnel closed before the command ended".to_owned(),
-            })
-        };
-        let outcome = output.await;
+        let outcome = tunnel_io::print_until_exit(receiver, "command").await;
         input.abort();
         outcome
     }

@@ -9,7 +9,7 @@ use std::io::IsTerminal as _;
 use futures::{SinkExt as _, StreamExt as _};
 use rustix::termios::{self, OptionalActions, Termios};
 use tether_proto::tunnel::{self, Control, Terminal};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -94,37 +94,7 @@ impl Ssh {
         // Read on its own task, dropped once the shell ended: a terminal's
         // stdin never ends by itself.
         let input = tokio::spawn(send_keys(tokio::io::stdin(), sender, resizes));
-        let output = async {
-            let mut stdout = tokio::io::stdout();
-            let mut frames = tunnel_io::incoming(receiver);
-            while let Some((channel, bytes)) = frames.next().await {
-                match channel {
-                    tunnel::STDOUT => {
-                        stdout
-                            .write_all(&bytes)
-                            .await
-                            .map_err(CommandError::Write)?;
-                        stdout.flush().await.map_err(CommandError::Write)?;
-                    }
-                    tunnel::CONTROL => match serde_json::from_slice(&bytes) {
-                        Ok(Control::Exit { code, signal }) => {
-                            return Ok(tunnel_io::exit_outcome(code, signal));
-                        }
-                        Ok(Control::Error { status, message }) => {
-                            return Ok(Outcome::Failed {
-                                reason: format!("{message} ({status})"),
-                            });
-                        }
-                        _ => {}
-                    },
-                    _ => {}
-                }
-            }
-            Ok(Outcome::Failed {
-                reason: "the tunnel closed before the shell ended".to_owned(),
-            })
-        };
-        let outcome = output.await;
+        let outcome = tunnel_io::print_until_exit(receiver, "shell").await;
         input.abort();
         outcome
     }
