@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
+use tether_cli::output::printable;
 use tether_cli::{Cli, Outcome};
 use tracing_subscriber::EnvFilter;
 
@@ -17,11 +18,11 @@ fn main() -> ExitCode {
         // Statuses above 255 wrap as a shell's do.
         Ok(Outcome::Exited(code)) => ExitCode::from(code as u8),
         Ok(Outcome::Failed { reason }) => {
-            eprintln!("error: {reason}");
+            eprintln!("error: {}", printable(&reason));
             ExitCode::FAILURE
         }
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", printable(&format!("{err:#}")));
             ExitCode::FAILURE
         }
     }

@@ -1,6 +1,7 @@
 //! Rendering for people (`-o table`, kubectl-style columns) and for scripts
 //! (`-o json`, `-o yaml`: the API's objects unchanged).
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use chrono::{DateTime, Utc};
@@ -43,10 +44,32 @@ pub fn print<T: Serialize + ?Sized>(
     emit(&text)
 }
 
-/// Writes `text` and a final newline to standard output.
+/// `text` with the control characters a terminal acts on (escape
+/// sequences that move the cursor, retitle the window or set the
+/// clipboard; a carriage return that overwrites a line) shown as escapes,
+/// `\u{1b}`: what a device wrote (a log line, an error) reaches the
+/// operator's terminal as text. Newlines and tabs stay.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    let acts = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(acts) {
+        return Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if acts(c) {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    Cow::Owned(shown)
+}
+
+/// Writes `text` ([`printable`]) and a final newline to standard output.
 pub fn emit(text: &str) -> Result<(), OutputError> {
     let mut out = std::io::stdout().lock();
     let newline = if text.ends_with('\n') { "" } else { "\n" };
+    let text = printable(text);
     write!(out, "{text}{newline}")
         .and_then(|()| out.flush())
         .map_err(OutputError::Write)
@@ -136,6 +159,15 @@ mod tests {
     use chrono::TimeDelta;
 
     use super::*;
+
+    #[test]
+    fn what_a_terminal_would_act_on_is_shown_as_escapes() {
+        assert!(matches!(printable("plain\ttext\n"), Cow::Borrowed(_)));
+        assert_eq!(
+            printable("ok\u{1b}]52;c;ZWNobyBwd25lZA==\u{7}\rgone\u{9b}2J"),
+            "ok\\u{1b}]52;c;ZWNobyBwd25lZA==\\u{7}\\rgone\\u{9b}2J"
+        );
+    }
 
     #[test]
     fn columns_are_flush_left_and_aligned() {

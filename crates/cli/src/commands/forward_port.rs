@@ -74,7 +74,7 @@ impl ForwardPort {
                         (client.clone(), self.device.clone(), self.target.clone());
                     tokio::spawn(async move {
                         if let Err(reason) = forward(&client, &device, &target, connection).await {
-                            eprintln!("connection from {peer}: {reason}");
+                            eprintln!("connection from {peer}: {}", crate::output::printable(&reason.to_string()));
                         }
                     });
                 }

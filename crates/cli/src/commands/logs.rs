@@ -162,7 +162,7 @@ fn print(
         OutputFormat::Json => serde_json::to_string(entry).unwrap_or_default(),
         _ => text(entry, show_device),
     };
-    writeln!(out, "{line}").map_err(CommandError::Write)
+    writeln!(out, "{}", crate::output::printable(&line)).map_err(CommandError::Write)
 }
 
 /// `TIME PRIORITY UNIT: MESSAGE`, with the device first when several are
