@@ -425,36 +425,43 @@ impl AgentMemory {
             .len();
         let smaps =
             std::fs::read_to_string(format!("/proc/{pid}/smaps")).context("reading /proc smaps")?;
-        let shown = exe.to_string_lossy();
-        let (mut exe_resident, mut exe_anonymous, mut anonymous) = (0, 0, 0);
-        let mut in_exe = false;
-        for line in smaps.lines() {
-            let mut fields = line.split_whitespace();
-            let (Some(name), Some(value)) = (fields.next(), fields.next()) else {
-                continue;
-            };
-            let kib = || value.parse::<u64>().unwrap_or(0);
-            match name {
-                "Rss:" if in_exe => exe_resident += kib(),
-                "Anonymous:" => {
-                    anonymous += kib();
-                    if in_exe {
-                        exe_anonymous += kib();
-                    }
-                }
-                // A mapping's first line: its address range, then its file.
-                _ if !name.ends_with(':') => in_exe = line.ends_with(shown.as_ref()),
-                _ => {}
-            }
-        }
+        let (exe_pages, anonymous) = split_smaps(&smaps, &exe.to_string_lossy());
         Ok(Self {
             exe,
             exe_bytes,
             rss: rss_kib(pid)?,
-            exe_pages: exe_resident - exe_anonymous,
+            exe_pages,
             anonymous,
         })
     }
+}
+
+/// From `/proc/PID/smaps`: the resident file-backed pages of the mappings
+/// of `exe` (written ones are anonymous, counted there) and the anonymous
+/// memory of all mappings, in KiB.
+fn split_smaps(smaps: &str, exe: &str) -> (u64, u64) {
+    let (mut exe_resident, mut exe_anonymous, mut anonymous) = (0, 0, 0);
+    let mut in_exe = false;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(name), Some(value)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let kib = || value.parse::<u64>().unwrap_or(0);
+        match name {
+            "Rss:" if in_exe => exe_resident += kib(),
+            "Anonymous:" => {
+                anonymous += kib();
+                if in_exe {
+                    exe_anonymous += kib();
+                }
+            }
+            // A mapping's first line: its address range, then its file.
+            _ if !name.ends_with(':') => in_exe = line.ends_with(exe),
+            _ => {}
+        }
+    }
+    (exe_resident - exe_anonymous, anonymous)
 }
 
 impl std::fmt::Display for AgentMemory {
@@ -477,4 +484,29 @@ fn ms(d: Duration) -> f64 {
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaps_splits_into_the_executable_s_pages_and_anonymous_memory() {
+        let smaps = "\
+55d0c0000000-55d0c0100000 r-xp 00000000 fd:01 42     /opt/tether-agent
+Rss:                1000 kB
+Anonymous:             0 kB
+VmFlags: rd ex mr mw me
+55d0c0200000-55d0c0210000 rw-p 00100000 fd:01 42     /opt/tether-agent
+Rss:                  64 kB
+Anonymous:            40 kB
+55d0c0300000-55d0c0400000 rw-p 00000000 00:00 0      [heap]
+Rss:                 500 kB
+Anonymous:           500 kB
+7f0000000000-7f0000100000 r-xp 00000000 fd:01 7      /usr/lib/libc.so.6
+Rss:                 900 kB
+Anonymous:             0 kB
+";
+        assert_eq!(split_smaps(smaps, "/opt/tether-agent"), (1024, 540));
+    }
 }
