@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tether_testkit::fake_kube::{ADMIN_TOKEN, FakeKubeApi};
 use tether_testkit::{Agent, Database, Tetherd};
 
-use crate::{mib, ms, percentile, round_trip, rss_kib};
+use crate::{AgentMemory, mib, ms, percentile, round_trip, rss_kib};
 
 pub struct Settings {
     pub database: Database,
@@ -41,7 +41,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let pid = agent.pid().context("agent runs")?;
     // Idle: after start-up allocations settled, before any action.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle = rss_kib(pid)?;
+    let idle = AgentMemory::of(pid)?;
 
     let actions: [(&str, Value); 2] = [
         (
@@ -75,8 +75,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     println!(
         "  tether-agent RSS     idle --kubernetes host {:>6.1} MiB   after the actions {:>6.1} MiB",
-        mib(idle),
+        mib(idle.rss),
         mib(rss_kib(pid)?)
     );
+    println!("  tether-agent idle    {idle}");
     Ok(())
 }
