@@ -124,3 +124,26 @@ async fn carry(mut tcp: TcpStream, peer: SocketAddr, shell: &ShellConfig, settin
         let _ = child.kill().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_address_in_use_is_an_error_naming_the_flag() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let address = taken.local_addr().expect("bound");
+        let error = Listener::bind(ListenerConfig {
+            address,
+            authorized_keys_file: None,
+            password_file: Some("/p".into()),
+        })
+        .await
+        .err()
+        .expect("in use");
+        assert_eq!(
+            error.to_string(),
+            format!("cannot listen for management shell connections on {address} (--shell-listen)")
+        );
+    }
+}
