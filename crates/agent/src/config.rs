@@ -11,12 +11,14 @@ use crate::kubernetes::{K3S_KUBECONFIG, KubernetesConfig, Mode, SERVICE_ACCOUNT_
 use crate::local_api::LocalApiConfig;
 use crate::logs::{JournalLocation, LogsConfig, SyslogConfig, SystemLog};
 use crate::management_shell::ShellConfig;
+use crate::management_shell::listener::ListenerConfig;
 use crate::spool::SpoolConfig;
 
 /// File name of the local API's socket in the state directory.
 pub const LOCAL_API_SOCKET: &str = "api.sock";
 
 #[derive(Debug, Clone, Parser)]
+#[command(group(clap::ArgGroup::new("shell_login").multiple(true)))]
 #[command(
     name = "tether-agent",
     version,
@@ -251,6 +253,38 @@ pub struct Config {
         default_value = crate::management_shell::DEFAULT_WORK_DIR
     )]
     pub shell_work_dir: PathBuf,
+
+    /// Also serve the management shell on this TCP address, e.g.
+    /// 0.0.0.0:2222 for the cluster's Service `management-pod` (off unless
+    /// given; needs --shell-authorized-keys or --shell-password-file)
+    #[arg(
+        long,
+        env = "TETHER_AGENT_SHELL_LISTEN",
+        value_name = "ADDR:PORT",
+        requires = "shell_login"
+    )]
+    pub shell_listen: Option<SocketAddr>,
+
+    /// The OpenSSH authorized_keys file whose keys may log in through
+    /// --shell-listen, read at each connection
+    #[arg(
+        long,
+        env = "TETHER_AGENT_SHELL_AUTHORIZED_KEYS",
+        value_name = "FILE",
+        group = "shell_login"
+    )]
+    pub shell_authorized_keys: Option<PathBuf>,
+
+    /// A file holding the password that may log in through --shell-listen
+    /// (in clear, one line), read at each connection; missing or empty:
+    /// no password login
+    #[arg(
+        long,
+        env = "TETHER_AGENT_SHELL_PASSWORD_FILE",
+        value_name = "FILE",
+        group = "shell_login"
+    )]
+    pub shell_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -360,6 +394,15 @@ impl Config {
             work_dir: self.shell_work_dir.clone(),
             host_key: state_dir.join(crate::management_shell::HOST_KEY_FILE),
         }
+    }
+
+    /// The management shell's TCP listener, if `--shell-listen` asks for one.
+    pub fn shell_listener(&self) -> Option<ListenerConfig> {
+        Some(ListenerConfig {
+            address: self.shell_listen?,
+            authorized_keys_file: self.shell_authorized_keys.clone(),
+            password_file: self.shell_password_file.clone(),
+        })
     }
 
     /// What tunnels may do on this device.
@@ -586,6 +629,43 @@ mod tests {
             .is_err(),
             "one journal location"
         );
+    }
+
+    #[test]
+    fn the_shell_listener_is_off_unless_asked_and_needs_a_login() -> anyhow::Result<()> {
+        let config = Config::try_parse_from(["tether-agent"])?;
+        assert_eq!(config.shell_listener(), None);
+        let error = Config::try_parse_from(["tether-agent", "--shell-listen", "0.0.0.0:2222"])
+            .expect_err("no way to log in");
+        assert!(
+            error.to_string().contains("--shell-authorized-keys"),
+            "{error}"
+        );
+        let error = Config::try_parse_from([
+            "tether-agent",
+            "--shell-listen",
+            "port 22",
+            "--shell-password-file",
+            "/p",
+        ])
+        .expect_err("not an address");
+        assert!(error.to_string().contains("--shell-listen"), "{error}");
+        let config = Config::try_parse_from([
+            "tether-agent",
+            "--shell-listen",
+            "0.0.0.0:2222",
+            "--shell-password-file",
+            "/login/password",
+        ])?;
+        assert_eq!(
+            config.shell_listener(),
+            Some(ListenerConfig {
+                address: "0.0.0.0:2222".parse()?,
+                authorized_keys_file: None,
+                password_file: Some("/login/password".into()),
+            })
+        );
+        Ok(())
     }
 
     #[test]

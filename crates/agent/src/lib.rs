@@ -64,6 +64,8 @@ pub enum AgentError {
     Logs(#[from] logs::LogsError),
     #[error(transparent)]
     Identity(#[from] kubernetes::identity::IdentityError),
+    #[error(transparent)]
+    ShellListener(#[from] management_shell::listener::ListenError),
 }
 
 /// rustls needs one process-wide crypto provider; the agent uses ring.
@@ -130,6 +132,17 @@ pub async fn run(
         restore_helper: config.restore_helper(),
         operator: Default::default(),
         admin: Default::default(),
+    };
+    // Needs no enrollment: the cluster reaches it from the pod's start.
+    let _shell_listener = match config.shell_listener() {
+        Some(listener) => {
+            let listener = management_shell::listener::Listener::bind(listener).await?;
+            Some(AbortOnDrop(tokio::spawn(listener.serve(
+                config.management_shell(state.path()),
+                kubernetes.clone(),
+            ))))
+        }
+        None => None,
     };
     let ran = serve(
         config,

@@ -98,6 +98,8 @@ struct FileTunnels {
 #[serde(deny_unknown_fields)]
 struct FileKubernetes {
     agent_image: Option<String>,
+    management_shell: Option<bool>,
+    management_shell_image: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -203,41 +205,71 @@ pub struct ServerConfig {
     pub tunnels: crate::tunnels::TunnelConfig,
 }
 
-/// `[kubernetes]`: what the join manifest runs (ADR 0017).
+/// `[kubernetes]`: what the join manifest runs (ADR 0017, ADR 0023).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubernetesConfig {
     /// The agent's container image, as the cluster pulls it.
     pub agent_image: String,
+    /// Whether the manifest runs the management shell (the Service
+    /// `management-pod`, a volume for `/work`); off by default.
+    pub management_shell: bool,
+    /// The image the agent runs from with the management shell: the
+    /// agent's, plus a shell and tools for the sessions.
+    pub management_shell_image: String,
 }
 
 impl Default for KubernetesConfig {
     fn default() -> Self {
         Self {
             agent_image: format!("tether-agent:{}", env!("CARGO_PKG_VERSION")),
+            management_shell: false,
+            management_shell_image: format!("tether-agent-tools:{}", env!("CARGO_PKG_VERSION")),
         }
+    }
+}
+
+impl KubernetesConfig {
+    /// The tools image when the management shell is on.
+    pub fn management_shell(&self) -> Option<&str> {
+        self.management_shell
+            .then_some(self.management_shell_image.as_str())
     }
 }
 
 /// `[kubernetes]`: an image reference is one token, without spaces or
 /// quotes that would break the manifest's meaning.
 fn kubernetes_config(file: &FileKubernetes) -> Result<KubernetesConfig, ConfigError> {
-    match &file.agent_image {
-        None => Ok(KubernetesConfig::default()),
+    let defaults = KubernetesConfig::default();
+    let image = |key: &'static str, value: &Option<String>, default: String| {
+        match value {
+        None => Ok(default),
         Some(image)
             if !image.is_empty()
                 && image.len() <= 512
                 && image.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\'') =>
         {
-            Ok(KubernetesConfig {
-                agent_image: image.clone(),
-            })
+            Ok(image.clone())
         }
         Some(image) => Err(ConfigError::Invalid {
-            key: "kubernetes.agent_image",
+            key,
             value: image.clone(),
             expected: "an image reference such as registry.example/tether-agent:1.0 (1–512 printable characters, no spaces or quotes)".to_owned(),
         }),
     }
+    };
+    Ok(KubernetesConfig {
+        agent_image: image(
+            "kubernetes.agent_image",
+            &file.agent_image,
+            defaults.agent_image,
+        )?,
+        management_shell: file.management_shell.unwrap_or(defaults.management_shell),
+        management_shell_image: image(
+            "kubernetes.management_shell_image",
+            &file.management_shell_image,
+            defaults.management_shell_image,
+        )?,
+    })
 }
 
 /// `[tunnels]`: keepalive, idle timeout and the waiting cap (ADR 0021).
@@ -942,6 +974,8 @@ impl ServerConfig {
             broker: self.broker.to_file(),
             kubernetes: FileKubernetes {
                 agent_image: Some(self.kubernetes.agent_image.clone()),
+                management_shell: Some(self.kubernetes.management_shell),
+                management_shell_image: Some(self.kubernetes.management_shell_image.clone()),
             },
             tunnels: FileTunnels {
                 keepalive_seconds: Some(self.tunnels.keepalive.as_secs()),
@@ -1160,6 +1194,7 @@ mod tests {
             let file = FileConfig {
                 kubernetes: FileKubernetes {
                     agent_image: Some(bad.to_owned()),
+                    ..FileKubernetes::default()
                 },
                 ..FileConfig::default()
             };
@@ -1169,6 +1204,38 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn the_management_shell_is_off_unless_asked_and_its_image_is_checked() {
+        let config = ServerConfig::merge(flags(&["--data-dir", "/d"]), FileConfig::default())
+            .expect("config");
+        assert_eq!(config.kubernetes.management_shell(), None);
+        assert!(
+            config
+                .kubernetes
+                .management_shell_image
+                .starts_with("tether-agent-tools:")
+        );
+        let file: FileConfig = toml::from_str(
+            "[kubernetes]\nmanagement_shell = true\nmanagement_shell_image = \"registry.example/tools:1\"\n",
+        )
+        .expect("valid toml");
+        let config = ServerConfig::merge(flags(&["--data-dir", "/d"]), file).expect("config");
+        assert_eq!(
+            config.kubernetes.management_shell(),
+            Some("registry.example/tools:1")
+        );
+        assert!(config.to_toml().contains("management_shell = true"));
+        let file: FileConfig =
+            toml::from_str("[kubernetes]\nmanagement_shell_image = \"a b\"\n").expect("toml");
+        let error = ServerConfig::merge(flags(&["--data-dir", "/d"]), file).expect_err("spaces");
+        assert!(
+            error
+                .to_string()
+                .starts_with("kubernetes.management_shell_image = "),
+            "{error}"
+        );
     }
 
     #[test]

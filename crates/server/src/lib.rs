@@ -370,7 +370,7 @@ pub async fn run(
         )),
         advertise_api_url: config.cluster.advertise_api_url.clone(),
         health,
-        agent_image: config.kubernetes.agent_image.clone(),
+        join: config.kubernetes.clone(),
     });
     let handle = axum_server::Handle::new();
     let api_config = config.api.clone();

@@ -124,6 +124,9 @@ pub fn prepare(
                 let settings = Settings {
                     authorized_keys: open.authorized_keys,
                     password_hash: open.password_hash,
+                    authorized_keys_file: None,
+                    password_file: None,
+                    kubeconfig: crate::management_shell::cluster_kubeconfig(&kubernetes).await,
                     work_dir: shell.work_dir.clone(),
                     host_key: shell.host_key.clone(),
                 };

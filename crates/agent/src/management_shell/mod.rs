@@ -1,20 +1,26 @@
 //! The management shell (ADR 0023, seed 001): an SSH server embedded in
 //! the agent's helper binary `tether-agent-shell`, reached through `ssh`
-//! tunnels. One helper process serves one SSH connection on its stdin
-//! (a socket), so the agent's idle memory does not grow with russh's
-//! server: the agent only spawns it ([`crate::tunnel::ssh`]).
+//! tunnels and, when configured, an in-cluster TCP [`listener`]. One
+//! helper process serves one SSH connection on its stdin (a socket), so
+//! the agent's idle memory does not grow with russh's server: the agent
+//! only spawns it ([`start_helper`]).
 //!
 //! The agent writes the connection's [`Settings`] as one JSON line on that
 //! socket before the SSH bytes: who may log in (the requesting user's keys
-//! from tetherd, the device's password hash) and where sessions start.
+//! from tetherd, the device's password hash, or the listener's files),
+//! where sessions start, and the cluster's kubeconfig in cluster mode.
 //! Nothing secret goes into argv or the environment.
 
 pub mod host_key;
+pub mod listener;
 pub mod server;
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::process::Stdio;
 
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt as _;
 
 /// The helper's file name, beside the agent's own executable by default.
 pub const HELPER_NAME: &str = "tether-agent-shell";
@@ -48,6 +54,21 @@ pub struct Settings {
     /// none: password login is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_hash: Option<String>,
+    /// An `authorized_keys` file whose keys may log in too, read by the
+    /// helper when the connection starts (the listener's
+    /// `--shell-authorized-keys`); a missing file adds none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorized_keys_file: Option<PathBuf>,
+    /// A file holding the password that may log in, in clear (a mounted
+    /// Secret's key, as seed 001 keeps it), read by the helper when the
+    /// connection starts (`--shell-password-file`); a missing or empty
+    /// file turns password login off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// In cluster mode: the kubeconfig (JSON) of the `tether-operator`
+    /// account, written to `WORKDIR/.kube/config` (0600) for the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<String>,
     pub work_dir: PathBuf,
     pub host_key: PathBuf,
 }
@@ -55,17 +76,101 @@ pub struct Settings {
 impl std::fmt::Display for Settings {
     /// What the log may show: no hash.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} key(s), password login {}, work dir {}",
-            self.authorized_keys.len(),
-            if self.password_hash.is_some() {
-                "on"
-            } else {
-                "off"
-            },
-            self.work_dir.display()
+        write!(f, "{} key(s)", self.authorized_keys.len())?;
+        if let Some(file) = &self.authorized_keys_file {
+            write!(f, " and those of {}", file.display())?;
+        }
+        match (&self.password_hash, &self.password_file) {
+            (Some(_), _) => write!(f, ", password login on")?,
+            (None, Some(file)) => write!(f, ", the password in {}", file.display())?,
+            (None, None) => write!(f, ", password login off")?,
+        }
+        if self.kubeconfig.is_some() {
+            write!(f, ", the cluster's kubeconfig")?;
+        }
+        write!(f, ", work dir {}", self.work_dir.display())
+    }
+}
+
+/// Why the helper could not be started for a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    #[error(
+        "the management shell helper {path} does not exist: install {HELPER_NAME} beside tether-agent or name it with --shell-helper PATH"
+    )]
+    Missing { path: String },
+    #[error("cannot start the management shell")]
+    Start(#[from] std::io::Error),
+}
+
+impl HelperError {
+    /// The status a tunnel fails with.
+    pub fn status_code(&self) -> u16 {
+        match self {
+            HelperError::Missing { .. } => 501,
+            HelperError::Start(_) => 500,
+        }
+    }
+}
+
+/// Starts the helper for one connection with `settings` written first on
+/// its socket; the returned end carries the connection's SSH bytes. The
+/// helper is killed when the child is dropped.
+pub async fn start_helper(
+    config: &ShellConfig,
+    settings: &Settings,
+) -> Result<(tokio::process::Child, tokio::net::UnixStream), HelperError> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let theirs_out = theirs.try_clone()?;
+    let child = tokio::process::Command::new(&config.helper)
+        // The agent's environment may hold its enrollment token; the
+        // shell's commands get PATH and what a login sets.
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
         )
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::from(OwnedFd::from(theirs_out)))
+        // Its errors land in the agent's log.
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                HelperError::Missing {
+                    path: config.helper.display().to_string(),
+                }
+            } else {
+                HelperError::Start(e)
+            }
+        })?;
+    ours.set_nonblocking(true)?;
+    let mut stream = tokio::net::UnixStream::from_std(ours)?;
+    let mut line = serde_json::to_vec(settings).map_err(std::io::Error::from)?;
+    line.push(b'\n');
+    stream.write_all(&line).await?;
+    Ok((child, stream))
+}
+
+/// In cluster mode, a kubeconfig (JSON) for the sessions: the cluster with
+/// the rights of the `tether-operator` account the default cluster actions
+/// use (its token requested now, or the one the agent holds); none in host
+/// mode or without a cluster, and none (logged) when no token can be had.
+pub async fn cluster_kubeconfig(kubernetes: &crate::actions::Kubernetes) -> Option<String> {
+    kubernetes
+        .config
+        .as_ref()
+        .filter(|config| config.mode == crate::kubernetes::Mode::Cluster)?;
+    match kubernetes.operator_access().await {
+        Ok(access) => serde_json::to_string(&access.kubeconfig()).ok(),
+        Err(error) => {
+            tracing::warn!(
+                "the management shell gets no kubeconfig: {}",
+                tether_proto::error_chain(&error)
+            );
+            None
+        }
     }
 }
 
@@ -78,6 +183,9 @@ mod tests {
         let settings = Settings {
             authorized_keys: vec!["ssh-ed25519 AAAA".to_owned()],
             password_hash: Some("pbkdf2-sha256$100000$00$00".to_owned()),
+            authorized_keys_file: None,
+            password_file: None,
+            kubeconfig: Some(r#"{"users":[{"user":{"token":"secret"}}]}"#.to_owned()),
             work_dir: "/work".into(),
             host_key: "/state/shell_host_key".into(),
         };
@@ -87,7 +195,22 @@ mod tests {
             Some(settings.clone())
         );
         let shown = settings.to_string();
-        assert_eq!(shown, "1 key(s), password login on, work dir /work");
+        assert_eq!(
+            shown,
+            "1 key(s), password login on, the cluster's kubeconfig, work dir /work"
+        );
+        let from_files = Settings {
+            authorized_keys: Vec::new(),
+            password_hash: None,
+            authorized_keys_file: Some("/login/authorized_keys".into()),
+            password_file: Some("/login/password".into()),
+            kubeconfig: None,
+            ..settings
+        };
+        assert_eq!(
+            from_files.to_string(),
+            "0 key(s) and those of /login/authorized_keys, the password in /login/password, work dir /work"
+        );
         assert!(
             serde_json::from_str::<Settings>(r#"{"workDir":"/w","hostKey":"/k","extra":1}"#)
                 .is_err()

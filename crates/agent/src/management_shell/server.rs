@@ -38,6 +38,12 @@ fn accepted_env(name: &str) -> bool {
 pub enum ServerError {
     #[error("the SSH connection failed")]
     Ssh(#[from] russh::Error),
+    #[error("cannot write the cluster's kubeconfig {path}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the work dir {path} cannot be created")]
     WorkDir {
         path: String,
@@ -53,9 +59,18 @@ pub async fn serve(
     host_key: PrivateKey,
 ) -> Result<(), ServerError> {
     prepare_work_dir(&settings.work_dir)?;
+    if let Some(kubeconfig) = &settings.kubeconfig {
+        write_kubeconfig(&settings.work_dir, kubeconfig)?;
+    }
+    let from_file = settings
+        .authorized_keys_file
+        .as_deref()
+        .map(authorized_keys_in)
+        .unwrap_or_default();
     let keys = settings
         .authorized_keys
         .iter()
+        .chain(&from_file)
         .filter_map(|line| match PublicKey::from_openssh(line) {
             Ok(key) => Some(key),
             Err(error) => {
@@ -64,8 +79,13 @@ pub async fn serve(
             }
         })
         .collect();
+    let password = match (&settings.password_hash, &settings.password_file) {
+        (Some(hash), _) => Some(Arc::new(Password::Hash(hash.clone()))),
+        (None, Some(file)) => password_in(file).map(|p| Arc::new(Password::Clear(p))),
+        (None, None) => None,
+    };
     let mut methods = vec![MethodKind::PublicKey];
-    if settings.password_hash.is_some() {
+    if password.is_some() {
         methods.push(MethodKind::Password);
     }
     let config = russh::server::Config {
@@ -88,6 +108,7 @@ pub async fn serve(
     let handler = Connection {
         settings: Arc::new(settings),
         keys,
+        password,
         user: String::new(),
         channels: HashMap::new(),
     };
@@ -110,9 +131,97 @@ fn prepare_work_dir(path: &Path) -> Result<(), ServerError> {
         })
 }
 
+/// The lines of an OpenSSH `authorized_keys` file that hold a key
+/// (comments and blank lines skipped); none if it cannot be read (an
+/// optional Secret not created: no key logs in).
+fn authorized_keys_in(path: &Path) -> Vec<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(str::to_owned)
+            .collect(),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "no authorized keys file: no key logs in through it");
+            Vec::new()
+        }
+    }
+}
+
+/// The password a file holds, without its line end; none if the file
+/// cannot be read or is empty (password login stays off).
+fn password_in(path: &Path) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()).filter(|p| !p.is_empty()),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "no password file: password login is off");
+            None
+        }
+    }
+}
+
+/// Writes the cluster's kubeconfig to `WORK_DIR/.kube/config`, 0600,
+/// whole (a private name renamed into place), replacing the previous
+/// connection's: its token may have expired since.
+fn write_kubeconfig(work_dir: &Path, kubeconfig: &str) -> Result<(), ServerError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let dir = work_dir.join(".kube");
+    let path = dir.join("config");
+    let failed = |source| ServerError::Kubeconfig {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(failed)?;
+    let partial = dir.join(format!("config.partial-{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)
+        .and_then(|mut file| file.write_all(kubeconfig.as_bytes()))
+        .and_then(|()| std::fs::rename(&partial, &path));
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(failed(error));
+    }
+    Ok(())
+}
+
+/// The password that may log in, as the connection's settings gave it.
+enum Password {
+    /// tetherd's hash of the device's password ([`tether_proto::password`]).
+    Hash(String),
+    /// The listener's password file's content.
+    Clear(String),
+}
+
+impl Password {
+    /// Whether `attempt` is the password; slow for a hash (PBKDF2).
+    fn matches(&self, attempt: &str) -> bool {
+        use sha2::Digest as _;
+        match self {
+            Password::Hash(hash) => tether_proto::password::verify(attempt, hash),
+            // Digests compared, so the time taken tells nothing about how
+            // much of the password an attempt got right.
+            Password::Clear(password) => {
+                sha2::Sha256::digest(attempt.as_bytes())
+                    == sha2::Sha256::digest(password.as_bytes())
+            }
+        }
+    }
+}
+
 struct Connection {
     settings: Arc<Settings>,
     keys: Vec<PublicKey>,
+    password: Option<Arc<Password>>,
     /// The name the client logged in with.
     user: String,
     /// Session channels opened and not yet running anything.
@@ -178,15 +287,14 @@ impl russh::server::Handler for Connection {
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
-        let Some(hash) = self.settings.password_hash.clone() else {
+        let Some(known) = self.password.clone() else {
             return Ok(Auth::reject());
         };
-        let password = password.to_owned();
+        let attempt = password.to_owned();
         // PBKDF2: off the connection's task.
-        let matches =
-            tokio::task::spawn_blocking(move || tether_proto::password::verify(&password, &hash))
-                .await
-                .unwrap_or(false);
+        let matches = tokio::task::spawn_blocking(move || known.matches(&attempt))
+            .await
+            .unwrap_or(false);
         if !matches {
             tracing::info!(user, "management shell password refused");
             return Ok(Auth::reject());
@@ -551,6 +659,51 @@ mod tests {
         );
         assert_eq!(terminal_size(0, 0), Size { cols: 80, rows: 24 });
         assert_eq!(terminal_size(1 << 20, 30).cols, u16::MAX);
+    }
+
+    #[test]
+    fn the_listeners_files_give_keys_and_a_password_and_nothing_when_missing() {
+        let dir = tempfile::tempdir().expect("a dir");
+        let keys = dir.path().join("authorized_keys");
+        std::fs::write(
+            &keys,
+            "# mine\n\nssh-ed25519 AAAA me@laptop\n  ssh-ed25519 BBBB\n",
+        )
+        .expect("written");
+        assert_eq!(
+            authorized_keys_in(&keys),
+            ["ssh-ed25519 AAAA me@laptop", "ssh-ed25519 BBBB"]
+        );
+        assert!(authorized_keys_in(&dir.path().join("missing")).is_empty());
+
+        let file = dir.path().join("password");
+        std::fs::write(&file, "correct horse\n").expect("written");
+        let password = Password::Clear(password_in(&file).expect("a password"));
+        assert!(password.matches("correct horse"));
+        assert!(!password.matches("correct horse\n"));
+        assert!(!password.matches("correct"));
+        std::fs::write(&file, "\n").expect("emptied");
+        assert!(password_in(&file).is_none());
+        assert!(password_in(&dir.path().join("missing")).is_none());
+    }
+
+    #[test]
+    fn the_kubeconfig_is_private_and_replaced_whole() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("a dir");
+        write_kubeconfig(dir.path(), "first").expect("written");
+        write_kubeconfig(dir.path(), "second").expect("replaced");
+        let path = dir.path().join(".kube").join("config");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "second");
+        let mode = std::fs::metadata(&path)
+            .expect("there")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let entries = std::fs::read_dir(dir.path().join(".kube"))
+            .expect("listed")
+            .count();
+        assert_eq!(entries, 1, "no partial file left");
     }
 
     #[test]

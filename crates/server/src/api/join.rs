@@ -39,7 +39,7 @@ async fn join_manifest(
     let endpoints = state.endpoints(&host);
     match state
         .registry
-        .join_manifest(&token, &endpoints, &state.agent_image)
+        .join_manifest(&token, &endpoints, &state.join)
         .await
     {
         Ok(manifest) => Ok((

@@ -62,8 +62,8 @@ pub struct AppState {
     pub mqtt_port: u16,
     /// Answers `/readyz`.
     pub health: Arc<crate::cluster::Health>,
-    /// The agent image the join manifest runs (`[kubernetes] agent_image`).
-    pub agent_image: String,
+    /// What the join manifest runs (`[kubernetes]`).
+    pub join: crate::config::KubernetesConfig,
     /// With an external broker, the URL devices are given instead.
     pub device_mqtt_url: Option<String>,
     /// Tunnels waiting for their device to dial back (ADR 0021).

@@ -34,6 +34,22 @@ pub const OPERATOR_ACCOUNT: &str = "tether-operator";
 pub const OPERATOR_ROLE: &str = "view";
 /// Where the agent keeps its state in the pod (an `emptyDir`).
 const STATE_DIR: &str = "/var/lib/tether-agent";
+/// The management shell's in-cluster name (seed 001: `management-pod`,
+/// "not the pod name"): a Service selecting the agent's pod.
+pub const MANAGEMENT_SERVICE: &str = "management-pod";
+/// The PersistentVolumeClaim of the management shell's work dir.
+pub const MANAGEMENT_WORK_CLAIM: &str = "tether-management-work";
+/// The Secret the operator creates to log in through the Service (keys
+/// `authorized_keys` and `password`); optional, and nobody logs in
+/// without it.
+pub const MANAGEMENT_LOGIN_SECRET: &str = "tether-management-shell";
+/// Where the management shell's sessions start, on the claim.
+const WORK_DIR: &str = "/work";
+/// Where the login Secret is mounted.
+const LOGIN_DIR: &str = "/etc/tether/management-shell";
+/// The port the agent listens on in the pod (unprivileged, as the pod
+/// is), behind the Service's port 22.
+const SHELL_PORT: u16 = 2222;
 
 /// What varies between joins.
 #[derive(Debug, Clone)]
@@ -47,6 +63,9 @@ pub struct Join<'a> {
     pub ca_sha256: &'a str,
     /// The agent's container image.
     pub image: &'a str,
+    /// With the management shell (ADR 0023): the image the agent runs
+    /// from instead, which has a shell and tools for the sessions.
+    pub management_shell: Option<&'a str>,
 }
 
 /// The cluster-wide rules of the agent's ClusterRole, each for the action
@@ -94,7 +113,7 @@ pub fn objects(join: &Join<'_>) -> Vec<Value> {
     };
     let account = json!([{"kind": "ServiceAccount", "name": AGENT, "namespace": NAMESPACE}]);
     let env = |name: &str, value: &str| json!({"name": name, "value": value});
-    vec![
+    let mut objects = vec![
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta(NAMESPACE, false)}),
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(AGENT, true)}),
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(OPERATOR_ACCOUNT, true)}),
@@ -116,41 +135,105 @@ pub fn objects(join: &Join<'_>) -> Vec<Value> {
                "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": NAMESPACE}]}),
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta(ENROLLMENT_SECRET, true), "type": "Opaque",
                "stringData": {"token": join.token}}),
+    ];
+    let mut container = json!({
+        "name": "agent",
+        "image": join.image,
+        "env": [
+            env("TETHER_SERVER", join.server_url),
+            env("TETHER_CA_SHA256", join.ca_sha256),
+            {"name": "TETHER_ENROLL_TOKEN",
+             "valueFrom": {"secretKeyRef": {"name": ENROLLMENT_SECRET, "key": "token"}}},
+            env("TETHER_AGENT_KUBERNETES", "cluster"),
+            env("TETHER_AGENT_KUBERNETES_CLUSTER", join.device),
+            env("TETHER_AGENT_STATE_DIR", STATE_DIR),
+        ],
+        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]}},
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"},
+                      "limits": {"memory": "64Mi"}},
+        "volumeMounts": [{"name": "state", "mountPath": STATE_DIR}],
+    });
+    let mut pod = json!({
+        "serviceAccountName": AGENT,
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "volumes": [{"name": "state", "emptyDir": {}}],
+    });
+    if let Some(image) = join.management_shell {
+        objects.extend(management_shell(&meta));
+        with_management_shell(&mut container, &mut pod, image);
+    }
+    pod["containers"] = json!([container]);
+    objects.push(
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(AGENT, true),
         "spec": {
-            // One pod per device: two would take each other's session.
+            // One pod per device: two would take each other's session
+            // (and the work dir's claim is ReadWriteOnce).
             "replicas": 1,
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": {"app.kubernetes.io/name": AGENT}},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "serviceAccountName": AGENT,
-                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [{
-                        "name": "agent",
-                        "image": join.image,
-                        "env": [
-                            env("TETHER_SERVER", join.server_url),
-                            env("TETHER_CA_SHA256", join.ca_sha256),
-                            {"name": "TETHER_ENROLL_TOKEN",
-                             "valueFrom": {"secretKeyRef": {"name": ENROLLMENT_SECRET, "key": "token"}}},
-                            env("TETHER_AGENT_KUBERNETES", "cluster"),
-                            env("TETHER_AGENT_KUBERNETES_CLUSTER", join.device),
-                            env("TETHER_AGENT_STATE_DIR", STATE_DIR),
-                        ],
-                        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-                                            "capabilities": {"drop": ["ALL"]}},
-                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"},
-                                      "limits": {"memory": "64Mi"}},
-                        "volumeMounts": [{"name": "state", "mountPath": STATE_DIR}],
-                    }],
-                    "volumes": [{"name": "state", "emptyDir": {}}],
-                },
-            },
+            "template": {"metadata": {"labels": labels}, "spec": pod},
         }}),
+    );
+    objects
+}
+
+/// The management shell's objects (ADR 0023): its stable name and its
+/// work dir's volume.
+fn management_shell(meta: &dyn Fn(&str, bool) -> Value) -> [Value; 2] {
+    [
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": meta(MANAGEMENT_SERVICE, true),
+               "spec": {"selector": {"app.kubernetes.io/name": AGENT},
+                        "ports": [{"name": "ssh", "port": 22, "targetPort": SHELL_PORT, "protocol": "TCP"}]}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta(MANAGEMENT_WORK_CLAIM, true),
+               "spec": {"accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": "1Gi"}}}}),
     ]
+}
+
+/// The agent's container with the management shell: the tools image, the
+/// listener, the work dir's claim, the optional login Secret, a writable
+/// `/tmp` (the root file system stays read-only), and room for sessions'
+/// tools (kubectl alone takes tens of MiB).
+fn with_management_shell(container: &mut Value, pod: &mut Value, image: &str) {
+    let env = |name: &str, value: String| json!({"name": name, "value": value});
+    container["image"] = json!(image);
+    if let Some(vars) = container["env"].as_array_mut() {
+        vars.extend([
+            env("TETHER_AGENT_SHELL_LISTEN", format!("0.0.0.0:{SHELL_PORT}")),
+            env("TETHER_AGENT_SHELL_WORK_DIR", WORK_DIR.to_owned()),
+            env(
+                "TETHER_AGENT_SHELL_AUTHORIZED_KEYS",
+                format!("{LOGIN_DIR}/authorized_keys"),
+            ),
+            env(
+                "TETHER_AGENT_SHELL_PASSWORD_FILE",
+                format!("{LOGIN_DIR}/password"),
+            ),
+        ]);
+    }
+    container["ports"] = json!([{"name": "ssh", "containerPort": SHELL_PORT, "protocol": "TCP"}]);
+    container["resources"]["limits"]["memory"] = json!("512Mi");
+    if let Some(mounts) = container["volumeMounts"].as_array_mut() {
+        mounts.extend([
+            json!({"name": "work", "mountPath": WORK_DIR}),
+            json!({"name": "login", "mountPath": LOGIN_DIR, "readOnly": true}),
+            json!({"name": "tmp", "mountPath": "/tmp"}),
+        ]);
+    }
+    // The claim's files belong to the pod's group, so the agent's user
+    // may write them.
+    pod["securityContext"]["fsGroup"] = json!(65532);
+    if let Some(volumes) = pod["volumes"].as_array_mut() {
+        volumes.extend([
+            json!({"name": "work", "persistentVolumeClaim": {"claimName": MANAGEMENT_WORK_CLAIM}}),
+            // Readable by the pod's group only (fsGroup): 0440.
+            json!({"name": "login", "secret": {"secretName": MANAGEMENT_LOGIN_SECRET,
+                                               "optional": true, "defaultMode": 0o440}}),
+            json!({"name": "tmp", "emptyDir": {}}),
+        ]);
+    }
 }
 
 /// The manifest as YAML documents.
@@ -190,6 +273,7 @@ mod tests {
             server_url: "https://tether.example:8443",
             ca_sha256: "ab12",
             image: "registry.example/tether-agent:1.2.3",
+            management_shell: None,
         }
     }
 
@@ -264,6 +348,100 @@ mod tests {
                 "{object}"
             );
         }
+    }
+
+    #[test]
+    fn the_management_shell_adds_its_service_its_volume_and_the_tools_image() {
+        let plain = objects(&join());
+        assert!(
+            !serde_json::to_string(&plain)
+                .expect("json")
+                .contains("SHELL"),
+            "off unless asked"
+        );
+        let objects = objects(&Join {
+            management_shell: Some("registry.example/tether-agent-tools:1.2.3"),
+            ..join()
+        });
+        let names = kinds(&objects);
+        assert_eq!(names.len(), plain.len() + 2);
+        assert_eq!(
+            names[names.len() - 3..],
+            [
+                "Service management-pod",
+                "PersistentVolumeClaim tether-management-work",
+                "Deployment tether-agent"
+            ]
+        );
+        let service = &objects[names.len() - 3];
+        assert_eq!(service["metadata"]["namespace"], NAMESPACE);
+        assert_eq!(
+            service["spec"]["selector"],
+            json!({"app.kubernetes.io/name": AGENT})
+        );
+        let deployment = &objects[names.len() - 1];
+        let pod = &deployment["spec"]["template"]["spec"];
+        // The Service selects the agent's pod, on the port it listens on.
+        assert_eq!(
+            deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"],
+            AGENT
+        );
+        assert_eq!(service["spec"]["ports"][0]["port"], 22);
+        assert_eq!(service["spec"]["ports"][0]["targetPort"], 2222);
+        let container = &pod["containers"][0];
+        assert_eq!(
+            container["image"],
+            "registry.example/tether-agent-tools:1.2.3"
+        );
+        let env = |name: &str| {
+            container["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["name"] == name)
+                .map(|e| e["value"].clone())
+        };
+        assert_eq!(
+            env("TETHER_AGENT_SHELL_LISTEN"),
+            Some(json!("0.0.0.0:2222"))
+        );
+        assert_eq!(env("TETHER_AGENT_SHELL_WORK_DIR"), Some(json!("/work")));
+        assert_eq!(
+            env("TETHER_AGENT_SHELL_PASSWORD_FILE"),
+            Some(json!("/etc/tether/management-shell/password"))
+        );
+        assert_eq!(
+            env("TETHER_AGENT_SHELL_AUTHORIZED_KEYS"),
+            Some(json!("/etc/tether/management-shell/authorized_keys"))
+        );
+        let mount = |path: &str| {
+            container["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|m| m["mountPath"] == path)
+                .and_then(|m| m["name"].as_str())
+                .and_then(|name| {
+                    pod["volumes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|v| v["name"] == name)
+                })
+                .cloned()
+        };
+        assert_eq!(
+            mount("/work").map(|v| v["persistentVolumeClaim"]["claimName"].clone()),
+            Some(json!(MANAGEMENT_WORK_CLAIM))
+        );
+        // Nobody logs in until the operator creates the Secret.
+        let login = mount("/etc/tether/management-shell").expect("mounted");
+        assert_eq!(login["secret"]["secretName"], MANAGEMENT_LOGIN_SECRET);
+        assert_eq!(login["secret"]["optional"], true);
+        assert_eq!(login["secret"]["defaultMode"], 0o440);
+        assert_eq!(pod["securityContext"]["fsGroup"], 65532);
+        assert!(mount("/tmp").is_some());
+        assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     }
 
     #[test]

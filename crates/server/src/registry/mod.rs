@@ -374,13 +374,13 @@ impl Registry {
     }
 
     /// The manifest that joins a Kubernetes cluster as the device the
-    /// token enrolls, running `image`. The token stays unused: the agent
-    /// uses it.
+    /// token enrolls, running what `images` says. The token stays unused:
+    /// the agent uses it.
     pub async fn join_manifest(
         &self,
         token: &str,
         endpoints: &Endpoints,
-        image: &str,
+        images: &crate::config::KubernetesConfig,
     ) -> Result<String, RegistryError> {
         let device = self
             .store
@@ -392,7 +392,8 @@ impl Registry {
             token,
             server_url: &endpoints.api_url,
             ca_sha256: self.ca.sha256_hex(),
-            image,
+            image: &images.agent_image,
+            management_shell: images.management_shell(),
         }))
     }
 

@@ -20,6 +20,164 @@ use crate::support::{self, on_both_databases};
 
 on_both_databases!(the_printed_command_joins_the_cluster_with_exactly_the_agent_s_rights);
 
+/// With `[kubernetes] management_shell = true` the printed command also
+/// creates the management shell's Service and claim, with the real
+/// kubectl against the fake API server (ADR 0023).
+#[tokio::test]
+async fn a_join_with_the_management_shell_creates_management_pod_and_its_claim()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("tetherd.toml");
+    std::fs::write(
+        &config,
+        "[kubernetes]\nmanagement_shell = true\nmanagement_shell_image = \"registry.example/tether-agent-tools:1\"\n",
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let tetherd = Tetherd::start_with(Database::Sqlite, &["--config", &config]).await?;
+    let admin = tetherd.admin().await?;
+    let created = admin
+        .post("/api/v1/devices", json!({"name": "edge-1"}))
+        .await?
+        .expect_status(201)?;
+    let command = created["enrollment"]["joinCommand"]
+        .as_str()
+        .context("joinCommand")?;
+    let api = FakeKubeApi::start().await?;
+    let cluster_admin = api.write_kubeconfig(dir.path(), ADMIN_TOKEN)?;
+    let run = shell(
+        &command.replace("kubectl apply -f -", "kubectl apply --validate=false -f -"),
+        &cluster_admin,
+    )
+    .await?;
+    ensure!(run.code == 0, "the join command failed: {}", run.output);
+    let writes: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        writes[writes.len() - 3..],
+        [
+            "POST /api/v1/namespaces/tether-system/services",
+            "POST /api/v1/namespaces/tether-system/persistentvolumeclaims",
+            "POST /apis/apps/v1/namespaces/tether-system/deployments",
+        ]
+    );
+    let listed = kubectl(
+        &cluster_admin,
+        "get service management-pod -n tether-system -o json",
+    )
+    .await?;
+    ensure!(listed.code == 0, "{}", listed.output);
+    let service: Value = serde_json::from_str(&listed.output)?;
+    assert_eq!(
+        service["spec"]["selector"],
+        json!({"app.kubernetes.io/name": "tether-agent"})
+    );
+    assert_eq!(service["spec"]["ports"][0]["port"], 22);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], 2222);
+    let deployment = api
+        .get("deployments", Some("tether-system"), "tether-agent")
+        .context("the agent Deployment")?;
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["containers"][0]["image"],
+        "registry.example/tether-agent-tools:1"
+    );
+    assert!(
+        pod["volumes"].as_array().is_some_and(|volumes| volumes.contains(
+            &json!({"name": "work", "persistentVolumeClaim": {"claimName": "tether-management-work"}})
+        )),
+        "{pod}"
+    );
+
+    // The agent as that pod (its listener on a free loopback port, the
+    // Secret's password as a file): a session's kubectl reaches the
+    // cluster as tether-operator, with `view`'s rights only.
+    let minted = kubectl(&cluster_admin, "create token tether-agent -n tether-system").await?;
+    ensure!(minted.code == 0, "{}", minted.output);
+    let account = tempfile::tempdir()?;
+    std::fs::write(account.path().join("token"), minted.output.trim())?;
+    std::fs::write(account.path().join("ca.crt"), &api.ca_pem)?;
+    std::fs::write(account.path().join("namespace"), "tether-system")?;
+    let password = account.path().join("password");
+    std::fs::write(&password, "in-cluster secret\n")?;
+    let work = account.path().join("work");
+    let port = api.url.rsplit(':').next().context("port")?.to_owned();
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let (account_dir, password, work_dir) = (path(account.path()), path(&password), path(&work));
+    let agent = Agent::start_enrolling(
+        &tetherd,
+        "edge-1",
+        &created["enrollment"],
+        &[
+            ("TETHER_AGENT_KUBERNETES", "cluster"),
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT", &port),
+            ("TETHER_AGENT_KUBERNETES_SERVICE_ACCOUNT_DIR", &account_dir),
+            ("TETHER_AGENT_SHELL_LISTEN", "127.0.0.1:0"),
+            ("TETHER_AGENT_SHELL_PASSWORD_FILE", &password),
+            ("TETHER_AGENT_SHELL_WORK_DIR", &work_dir),
+        ],
+    )?;
+    let shell_port = tether_testkit::wait_until("the listener", Duration::from_secs(30), || {
+        let log = agent.log();
+        async move {
+            Ok(log
+                .lines()
+                .find_map(|l| l.split("the management shell listens on 127.0.0.1:").nth(1))
+                .and_then(|p| p.trim().parse::<u16>().ok()))
+        }
+    })
+    .await?;
+    api.seed(
+        "deployments",
+        json!({"metadata": {"name": "web", "namespace": "default"},
+               "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                        "template": {"metadata": {"labels": {"app": "web"}},
+                                     "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}}),
+    )?;
+    let askpass = account.path().join("askpass");
+    std::fs::write(&askpass, "#!/bin/sh\necho 'in-cluster secret'\n")?;
+    std::fs::set_permissions(
+        &askpass,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
+    let ssh = format!(
+        "SSH_ASKPASS={} SSH_ASKPASS_REQUIRE=force ssh -F /dev/null -p {shell_port} \
+         -o UserKnownHostsFile={}/known_hosts -o StrictHostKeyChecking=accept-new \
+         -o PubkeyAuthentication=no -o NumberOfPasswordPrompts=1 -o LogLevel=ERROR \
+         operator@127.0.0.1",
+        askpass.display(),
+        account.path().display()
+    );
+    let session = shell(
+        &format!(
+            "{ssh} 'stat -c %a .kube/config; kubectl get deployments -n default -o name; \
+             kubectl get secret tether-agent-identity -n tether-system' < /dev/null"
+        ),
+        &cluster_admin,
+    )
+    .await?;
+    ensure!(
+        session.output.starts_with("600\ndeployment.apps/web\n")
+            && session.output.contains("forbidden")
+            && session.code == 1,
+        "{}: {}\n{}",
+        session.code,
+        session.output,
+        agent.log()
+    );
+    let kubeconfig: Value =
+        serde_json::from_str(&std::fs::read_to_string(work.join(".kube/config"))?)?;
+    ensure!(
+        kubeconfig["clusters"][0]["cluster"]["server"] == api.url.as_str(),
+        "{kubeconfig}"
+    );
+    Ok(())
+}
+
 struct Run {
     code: i32,
     output: String,

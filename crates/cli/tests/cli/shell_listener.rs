@@ -1,0 +1,272 @@
+//! The management shell's own listener (`--shell-listen`, ADR 0023): the
+//! stock `ssh` client straight to a real agent's port, as a cluster's
+//! Service `management-pod` reaches it, with no tetherd in the path.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tether_testkit::wait_until;
+use tokio::io::AsyncWriteExt as _;
+
+use super::{Run, tetherd};
+
+/// The TCP ports process `pid` listens on: its socket descriptors matched
+/// with the system's listening sockets (state 0A in /proc/net/tcp*).
+fn tcp_listeners(pid: u32) -> Vec<u16> {
+    let mut listening = std::collections::HashMap::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(3) == Some(&"0A")
+                && let (Some(local), Some(inode)) = (fields.get(1), fields.get(9))
+                && let Some((_, port)) = local.rsplit_once(':')
+                && let Ok(port) = u16::from_str_radix(port, 16)
+            {
+                listening.insert(format!("socket:[{inode}]"), port);
+            }
+        }
+    }
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("the agent's descriptors");
+    let mut ports: Vec<u16> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| listening.get(target.to_str()?).copied())
+        .collect();
+    ports.sort_unstable();
+    ports
+}
+
+/// ssh options that log in with a password only, asked once.
+const PASSWORD_ONLY: [&str; 6] = [
+    "-o",
+    "PubkeyAuthentication=no",
+    "-o",
+    "PreferredAuthentications=password",
+    "-o",
+    "NumberOfPasswordPrompts=1",
+];
+
+/// The stock `ssh` to 127.0.0.1:`port`, with its own `known_hosts`.
+struct Client {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Client {
+    async fn run(&self, options: &[&str], command: &str, env: &[(&str, &str)]) -> Run {
+        self.run_with_input(options, Some(command), env, "").await
+    }
+
+    /// `ssh` with `command` (none: a shell) and `input` on its stdin.
+    async fn run_with_input(
+        &self,
+        options: &[&str],
+        command: Option<&str>,
+        env: &[(&str, &str)],
+        input: &str,
+    ) -> Run {
+        let known_hosts = format!(
+            "UserKnownHostsFile={}",
+            self.dir.join("known_hosts").display()
+        );
+        let mut ssh = tokio::process::Command::new("ssh")
+            .args(["-F", "/dev/null", "-p", &self.port.to_string()])
+            .args(["-o", &known_hosts, "-o", "GlobalKnownHostsFile=/dev/null"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=accept-new",
+                "-o",
+                "LogLevel=ERROR",
+            ])
+            .args(["-o", "IdentitiesOnly=yes"])
+            .args(options)
+            .arg("operator@127.0.0.1")
+            .args(command)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("ssh runs");
+        let mut stdin = ssh.stdin.take().expect("stdin");
+        stdin
+            .write_all(input.as_bytes())
+            .await
+            .expect("input written");
+        drop(stdin);
+        let output = tokio::time::timeout(Duration::from_secs(60), ssh.wait_with_output())
+            .await
+            .expect("ssh finishes within a minute")
+            .expect("ssh runs");
+        Run {
+            code: output.status.code().expect("exited"),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Logs in with `password` only, typed by an askpass program.
+    async fn with_password(&self, password: &str, command: &str) -> Run {
+        let env = self.askpass(password);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.run(&PASSWORD_ONLY, command, &env).await
+    }
+
+    /// A shell in a terminal (`-tt`), logged in with `password`, `input`
+    /// typed into it.
+    async fn with_password_and_input(&self, password: &str, input: &str) -> Run {
+        let env = self.askpass(password);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut options = PASSWORD_ONLY.to_vec();
+        options.push("-tt");
+        self.run_with_input(&options, None, &env, input).await
+    }
+
+    /// The environment that has ssh ask an askpass program answering
+    /// `password`.
+    fn askpass(&self, password: &str) -> [(&'static str, String); 2] {
+        let askpass = self.dir.join("askpass");
+        std::fs::write(&askpass, format!("#!/bin/sh\necho '{password}'\n")).expect("askpass");
+        std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700))
+            .expect("executable");
+        [
+            ("SSH_ASKPASS", askpass.display().to_string()),
+            ("SSH_ASKPASS_REQUIRE", "force".to_owned()),
+        ]
+    }
+
+    /// Logs in with the key at `key` only.
+    async fn with_key(&self, key: &Path, command: &str) -> Run {
+        let identity = format!("IdentityFile={}", key.display());
+        self.run(&["-o", &identity, "-o", "BatchMode=yes"], command, &[])
+            .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stock_ssh_client_logs_in_through_the_agents_own_listener_with_its_files() {
+    let tetherd = tetherd().await;
+    let admin = tetherd.admin().await.expect("admin");
+    let scratch = tempfile::tempdir().expect("a dir");
+    let work = scratch.path().join("work").display().to_string();
+    let password_file = scratch.path().join("password");
+    std::fs::write(&password_file, "correct horse battery\n").expect("password");
+    // Absent for now: no key logs in.
+    let keys_file = scratch.path().join("authorized_keys");
+    let env = [
+        ("TETHER_AGENT_SHELL_WORK_DIR", work.as_str()),
+        ("TETHER_AGENT_SHELL_LISTEN", "127.0.0.1:0"),
+        (
+            "TETHER_AGENT_SHELL_PASSWORD_FILE",
+            password_file.to_str().expect("utf-8"),
+        ),
+        (
+            "TETHER_AGENT_SHELL_AUTHORIZED_KEYS",
+            keys_file.to_str().expect("utf-8"),
+        ),
+    ];
+    let agent = tether_testkit::Agent::enroll_with_env(&tetherd, &admin, "edge-1", &env)
+        .await
+        .expect("an agent");
+    let port = wait_until(
+        "the listener's address in the log",
+        Duration::from_secs(30),
+        || {
+            let log = agent.log();
+            async move {
+                Ok(log
+                    .lines()
+                    .find_map(|line| {
+                        line.split("the management shell listens on 127.0.0.1:")
+                            .nth(1)
+                    })
+                    .and_then(|port| port.trim().parse::<u16>().ok()))
+            }
+        },
+    )
+    .await
+    .expect("listening");
+    assert_eq!(
+        tcp_listeners(agent.pid().expect("running")),
+        [port],
+        "the agent listens on that port only"
+    );
+    let client = Client {
+        dir: scratch.path().to_owned(),
+        port,
+    };
+
+    // The password in the file logs in: the session is the tunnel's, in
+    // the work dir with HOME there.
+    let run = client
+        .with_password("correct horse battery", "pwd; echo $HOME")
+        .await;
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, format!("{work}\n{work}\n").as_str()),
+        "{}\n{}",
+        run.stderr,
+        agent.log()
+    );
+    // An interactive shell in a terminal prompts with the host name.
+    let run = client
+        .with_password_and_input("correct horse battery", "echo done-$((1+1))\nexit 5\n")
+        .await;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    assert_eq!(run.code, 5, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains(&format!("{}:", hostname.trim())) && run.stdout.contains("done-2"),
+        "{}",
+        run.stdout
+    );
+    let run = client.with_password("correct horse", "true").await;
+    assert_eq!(run.code, 255, "{}", run.stdout);
+    assert!(run.stderr.contains("Permission denied"), "{}", run.stderr);
+    // Nothing secret in the agent's log.
+    assert!(!agent.log().contains("correct horse"), "{}", agent.log());
+
+    // A key works once it is in the file: read at each connection, as a
+    // mounted Secret changes under a running pod.
+    let key = scratch.path().join("id_ed25519");
+    let keygen = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "me", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen runs");
+    assert!(keygen.success());
+    let run = client.with_key(&key, "true").await;
+    assert_eq!(run.code, 255, "no key file yet: {}", run.stdout);
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
+    std::fs::write(&keys_file, format!("# the operator's\n{public}")).expect("authorized");
+    let run = client.with_key(&key, "echo in; exit 4").await;
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (4, "in\n"),
+        "{}",
+        run.stderr
+    );
+
+    // The password file emptied: password login is off.
+    std::fs::write(&password_file, "").expect("emptied");
+    let run = client.with_password("", "true").await;
+    assert_eq!(run.code, 255, "{}", run.stdout);
+
+    // Without the flag the agent listens on nothing.
+    let plain = tether_testkit::Agent::enroll(&tetherd, &admin, "edge-2")
+        .await
+        .expect("another agent");
+    plain.wait_presence(&admin, "online").await.expect("online");
+    assert_eq!(
+        tcp_listeners(plain.pid().expect("running")),
+        Vec::<u16>::new()
+    );
+    assert!(
+        !plain.log().contains("management shell listens"),
+        "{}",
+        plain.log()
+    );
+}
