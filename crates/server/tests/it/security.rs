@@ -336,3 +336,42 @@ async fn an_enrollment_token_works_exactly_once(database: Database) -> anyhow::R
     assert!(new.status.success(), "{}", text(&new));
     Ok(())
 }
+
+/// A tunnel (ADR 0021) opens only for a logged-in user, and a device's
+/// dial-back only with the one-time token tetherd sent it: a WebSocket
+/// upgrade with a made-up tunnel id or token is refused before it opens.
+#[tokio::test]
+async fn a_tunnel_needs_a_session_and_a_dial_back_its_one_time_token() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    admin
+        .post("/api/v1/devices", json!({"name": "edge-1"}))
+        .await?
+        .expect_status(201)?;
+    let anonymous = tetherd.anonymous()?;
+    anonymous
+        .get("/api/v1/devices/edge-1/tunnel?kind=exec&command=true")
+        .await?
+        .expect_status(401)?;
+
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(tetherd.ca_pem())?)
+        .tls_built_in_root_certs(false)
+        .http1_only()
+        .build()?;
+    for bearer in ["made-up", ""] {
+        let dial = http
+            .get(format!("{}/api/v1/tunnels/made-up-id", tetherd.api_url))
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .bearer_auth(bearer)
+            .send()
+            .await?;
+        assert_eq!(dial.status(), 401, "bearer {bearer:?}");
+        let body: serde_json::Value = dial.json().await?;
+        assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+    }
+    Ok(())
+}
