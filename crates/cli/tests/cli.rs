@@ -30,6 +30,33 @@ struct Run {
     stderr: String,
 }
 
+/// Runs `command` with `stdin` as its input until it exits (a minute at
+/// most), its output kept.
+async fn run_to_end(command: &mut tokio::process::Command, stdin: &str) -> Run {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the program starts");
+    let mut input = child.stdin.take().expect("stdin is piped");
+    input
+        .write_all(stdin.as_bytes())
+        .await
+        .expect("writes stdin");
+    drop(input);
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the program finishes within a minute")
+        .expect("the program's output");
+    Run {
+        code: output.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
 /// `tether` with its own config file.
 struct Tether {
     dir: TempDir,
@@ -51,31 +78,14 @@ impl Tether {
     }
 
     async fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Run {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-            .args(args)
-            .env("TETHER_CLI_CONFIG", self.config())
-            .env_remove("TETHER_PASSWORD")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("tether starts");
-        let mut input = child.stdin.take().expect("stdin is piped");
-        input
-            .write_all(stdin.as_bytes())
-            .await
-            .expect("writes stdin");
-        drop(input);
-        let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-            .await
-            .expect("tether finishes within a minute")
-            .expect("tether's output");
-        Run {
-            code: output.status.code().expect("exited, not killed"),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        run_to_end(
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+                .args(args)
+                .env("TETHER_CLI_CONFIG", self.config())
+                .env_remove("TETHER_PASSWORD"),
+            stdin,
+        )
+        .await
     }
 
     /// Starts a `tether` that keeps running (`logs --follow`), its stdout

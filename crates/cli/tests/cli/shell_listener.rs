@@ -4,13 +4,11 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use tether_testkit::wait_until;
-use tokio::io::AsyncWriteExt as _;
 
-use super::{Run, tetherd};
+use super::{Run, run_to_end, tetherd};
 
 /// The TCP ports process `pid` listens on: its socket descriptors matched
 /// with the system's listening sockets (state 0A in /proc/net/tcp*).
@@ -72,41 +70,24 @@ impl Client {
             "UserKnownHostsFile={}",
             self.dir.join("known_hosts").display()
         );
-        let mut ssh = tokio::process::Command::new("ssh")
-            .args(["-F", "/dev/null", "-p", &self.port.to_string()])
-            .args(["-o", &known_hosts, "-o", "GlobalKnownHostsFile=/dev/null"])
-            .args([
-                "-o",
-                "StrictHostKeyChecking=accept-new",
-                "-o",
-                "LogLevel=ERROR",
-            ])
-            .args(["-o", "IdentitiesOnly=yes"])
-            .args(options)
-            .arg("operator@127.0.0.1")
-            .args(command)
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("ssh runs");
-        let mut stdin = ssh.stdin.take().expect("stdin");
-        stdin
-            .write_all(input.as_bytes())
-            .await
-            .expect("input written");
-        drop(stdin);
-        let output = tokio::time::timeout(Duration::from_secs(60), ssh.wait_with_output())
-            .await
-            .expect("ssh finishes within a minute")
-            .expect("ssh runs");
-        Run {
-            code: output.status.code().expect("exited"),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        run_to_end(
+            tokio::process::Command::new("ssh")
+                .args(["-F", "/dev/null", "-p", &self.port.to_string()])
+                .args(["-o", &known_hosts, "-o", "GlobalKnownHostsFile=/dev/null"])
+                .args([
+                    "-o",
+                    "StrictHostKeyChecking=accept-new",
+                    "-o",
+                    "LogLevel=ERROR",
+                ])
+                .args(["-o", "IdentitiesOnly=yes"])
+                .args(options)
+                .arg("operator@127.0.0.1")
+                .args(command)
+                .envs(env.iter().copied()),
+            input,
+        )
+        .await
     }
 
     /// Logs in with `password` only, typed by an askpass program.
