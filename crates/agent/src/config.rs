@@ -239,6 +239,18 @@ pub struct Config {
         default_value_t = 1 << 30
     )]
     pub max_copy_bytes: u64,
+
+    /// Tunnels (exec, shell, forwarded connections, copies, kubectl
+    /// requests, management shell connections) open at once on this device;
+    /// more are refused with 429
+    #[arg(
+        long,
+        env = "TETHER_AGENT_MAX_TUNNELS",
+        value_name = "N",
+        default_value_t = crate::tunnel::DEFAULT_MAX_TUNNELS,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub max_tunnels: u16,
     /// The helper binary that serves the management shell's SSH
     /// connections [default: tether-agent-shell beside this executable]
     #[arg(long, env = "TETHER_AGENT_SHELL_HELPER", value_name = "PATH")]
@@ -411,6 +423,7 @@ impl Config {
             allow_remote_shell: self.allow_remote_shell,
             allow_port_forward: self.allow_port_forward,
             max_copy_bytes: self.max_copy_bytes,
+            slots: crate::tunnel::TunnelSlots::new(usize::from(self.max_tunnels)),
         }
     }
 

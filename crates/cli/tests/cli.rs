@@ -2067,6 +2067,64 @@ async fn a_device_that_refuses_shells_refuses_exec_and_cp() {
     );
 }
 
+/// A device allows so many tunnels open at once (`--max-tunnels`): one more
+/// is refused with 429 naming the flag, and a slot comes back when its
+/// tunnel ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_at_its_tunnel_limit_refuses_one_more_until_one_ends() {
+    use tokio::io::AsyncBufReadExt as _;
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+    let admin = tetherd.admin().await.expect("admin");
+    let agent = tether_testkit::Agent::enroll_with_env(
+        &tetherd,
+        &admin,
+        "edge-1",
+        &[("TETHER_AGENT_MAX_TUNNELS", "1")],
+    )
+    .await
+    .expect("a real agent");
+    agent.wait_presence(&admin, "online").await.expect("online");
+
+    let mut holding = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["exec", "edge-1", "--", "sh", "-c", "echo open; cat"])
+        .env("TETHER_CLI_CONFIG", tether.config())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tether starts");
+    let mut stdout = tokio::io::BufReader::new(holding.stdout.take().expect("piped")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
+        .await
+        .expect("the first tunnel opens within 30 s")
+        .expect("reads");
+    assert_eq!(first.as_deref(), Some("open"));
+
+    let refused = tether.run(&["exec", "edge-1", "--", "true"]).await;
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("as many tunnels open as it allows (1, tether-agent --max-tunnels)"),
+        "{}",
+        refused.stderr
+    );
+
+    drop(holding.stdin.take());
+    let status = tokio::time::timeout(Duration::from_secs(30), holding.wait())
+        .await
+        .expect("the first tunnel ends with its stdin")
+        .expect("waits");
+    assert!(status.success(), "{status}");
+    tether_testkit::wait_until("a free slot again", Duration::from_secs(30), || async {
+        Ok((tether.run(&["exec", "edge-1", "--", "true"]).await.code == 0).then_some(()))
+    })
+    .await
+    .expect("the slot comes back once its tunnel ended");
+}
+
 /// The stock `ssh` with a config file from `tether ssh-config --embedded`,
 /// `tether` found on PATH as a user's shell would, and its own
 /// `known_hosts`.

@@ -69,6 +69,8 @@ pub fn prepare(
 > {
     let open = parse(input)?;
     policy.permits(open.kind)?;
+    // Held from now until the tunnel ends (or fails to open).
+    let slot = policy.slots.take()?;
     let max_copy_bytes = policy.max_copy_bytes;
     if open.kind == Kind::Kube && kubernetes.config.is_none() {
         return Err(ActionError::NoCluster);
@@ -82,20 +84,20 @@ pub fn prepare(
     Ok((busy, async move {
         let socket = tunnel::dial(&open.url, &open.token, tls).await?;
         let kind = open.kind.as_str();
-        match open.kind {
-            Kind::Exec => tokio::spawn(tunnel::exec::serve(socket, open.command)),
-            Kind::Forward => tokio::spawn(tunnel::forward::serve(
+        let serving: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match open.kind {
+            Kind::Exec => Box::pin(tunnel::exec::serve(socket, open.command)),
+            Kind::Forward => Box::pin(tunnel::forward::serve(
                 socket,
                 open.target.unwrap_or_default(),
             )),
-            Kind::Upload => tokio::spawn(tunnel::copy::receive(
+            Kind::Upload => Box::pin(tunnel::copy::receive(
                 socket,
                 open.path.unwrap_or_default(),
                 open.size.unwrap_or_default(),
                 open.mode,
                 max_copy_bytes,
             )),
-            Kind::Download => tokio::spawn(tunnel::copy::send(
+            Kind::Download => Box::pin(tunnel::copy::send(
                 socket,
                 open.path.unwrap_or_default(),
                 max_copy_bytes,
@@ -112,14 +114,14 @@ pub fn prepare(
                     cols: terminal.cols,
                     rows: terminal.rows,
                 };
-                tokio::spawn(tunnel::shell::serve(
+                Box::pin(tunnel::shell::serve(
                     socket,
                     open.command,
                     terminal.term,
                     size,
                 ))
             }
-            Kind::Kube => tokio::spawn(tunnel::kube::serve(socket, kubernetes)),
+            Kind::Kube => Box::pin(tunnel::kube::serve(socket, kubernetes)),
             Kind::Ssh => {
                 let settings = Settings {
                     authorized_keys: open.authorized_keys,
@@ -130,9 +132,13 @@ pub fn prepare(
                     work_dir: shell.work_dir.clone(),
                     host_key: shell.host_key.clone(),
                 };
-                tokio::spawn(tunnel::ssh::serve(socket, shell, settings))
+                Box::pin(tunnel::ssh::serve(socket, shell, settings))
             }
         };
+        tokio::spawn(async move {
+            serving.await;
+            drop(slot);
+        });
         Ok(Answer::from(json!({"kind": kind})))
     }))
 }

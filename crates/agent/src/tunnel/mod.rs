@@ -58,12 +58,17 @@ pub enum TunnelError {
         kind: &'static str,
         flag: &'static str,
     },
+    #[error(
+        "this device has as many tunnels open as it allows ({max}, tether-agent --max-tunnels); close one or try again later"
+    )]
+    TooMany { max: usize },
 }
 
 impl TunnelError {
     pub fn status_code(&self) -> u16 {
         match self {
             TunnelError::Forbidden { .. } => 403,
+            TunnelError::TooMany { .. } => 429,
             TunnelError::BadUrl(_) => 400,
             TunnelError::Timeout { .. } => 504,
             TunnelError::Connect { .. } | TunnelError::Handshake { .. } => 502,
@@ -73,7 +78,7 @@ impl TunnelError {
 
 /// What this device lets tunnels do, whatever tetherd asks: the device's
 /// owner has the last word (ADR 0021).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct TunnelPolicy {
     /// Commands, shells, files and the cluster's API as its admin: each
     /// can do anything the agent can.
@@ -82,6 +87,9 @@ pub struct TunnelPolicy {
     pub allow_port_forward: bool,
     /// The largest file an upload or download may carry.
     pub max_copy_bytes: u64,
+    /// Tunnels open at once: each holds a task, sockets and maybe a
+    /// process on the device, and tetherd's users are many.
+    pub slots: TunnelSlots,
 }
 
 impl Default for TunnelPolicy {
@@ -90,7 +98,37 @@ impl Default for TunnelPolicy {
             allow_remote_shell: true,
             allow_port_forward: true,
             max_copy_bytes: 1 << 30,
+            slots: TunnelSlots::new(usize::from(DEFAULT_MAX_TUNNELS)),
         }
+    }
+}
+
+/// `--max-tunnels` unless given: more than a forward of 50 connections
+/// at once (issue 15) with shells beside it.
+pub const DEFAULT_MAX_TUNNELS: u16 = 128;
+
+/// The tunnels this device may have open at once, shared by every
+/// `open-tunnel`; a slot is held until its tunnel ends.
+#[derive(Debug, Clone)]
+pub struct TunnelSlots {
+    free: Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl TunnelSlots {
+    pub fn new(max: usize) -> Self {
+        Self {
+            free: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// A slot for one more tunnel, or why there is none.
+    pub fn take(&self) -> Result<tokio::sync::OwnedSemaphorePermit, TunnelError> {
+        self.free
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| TunnelError::TooMany { max: self.max })
     }
 }
 
@@ -234,6 +272,18 @@ fn failed(status: u16, message: impl Into<String>) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn slots_run_out_at_the_limit_and_come_back_when_a_tunnel_ends() {
+        let slots = TunnelSlots::new(2);
+        let first = slots.take().expect("one");
+        let _second = slots.clone().take().expect("two, from a clone");
+        let refused = slots.take().expect_err("a third");
+        assert_eq!(refused.status_code(), 429);
+        assert!(refused.to_string().contains("--max-tunnels"), "{refused}");
+        drop(first);
+        assert!(slots.take().is_ok(), "a slot back");
+    }
 
     #[test]
     fn the_devices_policy_refuses_what_its_owner_turned_off() {
