@@ -1923,21 +1923,31 @@ async fn the_stock_ssh_client_reaches_the_devices_sshd_through_tether_proxy() {
     assert_eq!(String::from_utf8_lossy(&output.stdout), "through tether\n");
 }
 
-#[tokio::test]
-async fn cp_copies_files_both_ways_whole_and_refuses_what_the_device_does_not_take() {
+/// tetherd, a logged-in `tether`, and a real agent `edge-1` online, run
+/// with `env` on top of its usual settings.
+async fn online_edge_1(
+    env: &[(&str, &str)],
+) -> (
+    Tetherd,
+    Tether,
+    tether_testkit::ApiClient,
+    tether_testkit::Agent,
+) {
     let tetherd = tetherd().await;
     let tether = Tether::new();
     tether.login(&tetherd).await;
     let admin = tetherd.admin().await.expect("admin");
-    let agent = tether_testkit::Agent::enroll_with_env(
-        &tetherd,
-        &admin,
-        "edge-1",
-        &[("TETHER_AGENT_MAX_COPY_BYTES", "4000000")],
-    )
-    .await
-    .expect("a real agent");
+    let agent = tether_testkit::Agent::enroll_with_env(&tetherd, &admin, "edge-1", env)
+        .await
+        .expect("a real agent");
     agent.wait_presence(&admin, "online").await.expect("online");
+    (tetherd, tether, admin, agent)
+}
+
+#[tokio::test]
+async fn cp_copies_files_both_ways_whole_and_refuses_what_the_device_does_not_take() {
+    let (_tetherd, tether, admin, agent) =
+        online_edge_1(&[("TETHER_AGENT_MAX_COPY_BYTES", "4000000")]).await;
     let local = tempfile::tempdir().expect("a local dir");
     let remote = tempfile::tempdir().expect("the device's dir");
     // 3 MB: many tunnel messages, not a multiple of one.
@@ -2038,19 +2048,8 @@ async fn cp_copies_files_both_ways_whole_and_refuses_what_the_device_does_not_ta
 
 #[tokio::test]
 async fn a_device_that_refuses_shells_refuses_exec_and_cp() {
-    let tetherd = tetherd().await;
-    let tether = Tether::new();
-    tether.login(&tetherd).await;
-    let admin = tetherd.admin().await.expect("admin");
-    let agent = tether_testkit::Agent::enroll_with_env(
-        &tetherd,
-        &admin,
-        "edge-1",
-        &[("TETHER_AGENT_ALLOW_REMOTE_SHELL", "false")],
-    )
-    .await
-    .expect("a real agent");
-    agent.wait_presence(&admin, "online").await.expect("online");
+    let (_tetherd, tether, _admin, _agent) =
+        online_edge_1(&[("TETHER_AGENT_ALLOW_REMOTE_SHELL", "false")]).await;
     let run = tether.run(&["exec", "edge-1", "--", "true"]).await;
     assert_eq!(run.code, 1);
     assert!(
@@ -2073,19 +2072,8 @@ async fn a_device_that_refuses_shells_refuses_exec_and_cp() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_device_at_its_tunnel_limit_refuses_one_more_until_one_ends() {
     use tokio::io::AsyncBufReadExt as _;
-    let tetherd = tetherd().await;
-    let tether = Tether::new();
-    tether.login(&tetherd).await;
-    let admin = tetherd.admin().await.expect("admin");
-    let agent = tether_testkit::Agent::enroll_with_env(
-        &tetherd,
-        &admin,
-        "edge-1",
-        &[("TETHER_AGENT_MAX_TUNNELS", "1")],
-    )
-    .await
-    .expect("a real agent");
-    agent.wait_presence(&admin, "online").await.expect("online");
+    let (_tetherd, tether, _admin, _agent) =
+        online_edge_1(&[("TETHER_AGENT_MAX_TUNNELS", "1")]).await;
 
     let mut holding = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
         .args(["exec", "edge-1", "--", "sh", "-c", "echo open; cat"])
