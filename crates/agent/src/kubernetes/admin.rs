@@ -7,13 +7,13 @@
 //! account's uid: recreating the account (`refresh`) revokes every token
 //! issued before.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::client::Body;
+use super::token_cache::TokenCache;
 use super::{Access, Auth, Client, KubeError, KubernetesConfig};
 
 pub const NAMESPACE: &str = "tether-system";
@@ -118,55 +118,32 @@ pub async fn issue_token(client: &Client, seconds: u64) -> Result<(String, Value
 /// is requested on first use and kept until two thirds of its life are
 /// gone, so a burst of kubectl requests costs one TokenRequest.
 #[derive(Debug, Clone, Default)]
-pub struct AdminToken(Arc<Mutex<Option<Cached>>>);
-
-#[derive(Debug)]
-struct Cached {
-    token: String,
-    renew_at: Instant,
-}
+pub struct AdminToken(TokenCache);
 
 impl AdminToken {
     /// The cluster's API server, with the account's token.
     pub async fn access(&self, config: &KubernetesConfig) -> Result<Access, KubeError> {
         let mut access = config.access()?;
-        let now = Instant::now();
-        let cached = self.0.lock().ok().and_then(|c| {
-            c.as_ref()
-                .filter(|c| c.renew_at > now)
-                .map(|c| c.token.clone())
-        });
-        let token = match cached {
-            Some(token) => token,
-            None => {
-                let agent = Client::new(access.clone())?;
-                // Where retrieve-kubeconfig never ran, the account is not
-                // there yet.
-                let token = match issue_token(&agent, TUNNEL_TOKEN_LIFE.as_secs()).await {
-                    Err(KubeError::Api { status: 404, .. }) => {
-                        ensure_account(&agent, false).await?;
-                        issue_token(&agent, TUNNEL_TOKEN_LIFE.as_secs()).await?
-                    }
-                    other => other?,
+        let issue = async {
+            let agent = Client::new(access.clone())?;
+            // Where retrieve-kubeconfig never ran, the account is not
+            // there yet.
+            let issued = match issue_token(&agent, TUNNEL_TOKEN_LIFE.as_secs()).await {
+                Err(KubeError::Api { status: 404, .. }) => {
+                    ensure_account(&agent, false).await?;
+                    issue_token(&agent, TUNNEL_TOKEN_LIFE.as_secs()).await?
                 }
-                .0;
-                if let Ok(mut cache) = self.0.lock() {
-                    *cache = Some(Cached {
-                        token: token.clone(),
-                        renew_at: now + TUNNEL_TOKEN_LIFE * 2 / 3,
-                    });
-                }
-                token
-            }
+                other => other?,
+            };
+            Ok(issued.0)
         };
+        let token = self.0.get_or_issue(TUNNEL_TOKEN_LIFE, issue).await?;
         access.auth = Auth::Token(token);
         Ok(access)
     }
 
     /// Forgets the token: the account was recreated, which revoked it.
     pub fn forget(&self) {
-        if let Ok(mut cache) = self.0.lock() {
-            *cache = None;
-        }
+        self.0.forget();
     }
 }

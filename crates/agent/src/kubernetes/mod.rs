@@ -17,6 +17,7 @@ pub mod client;
 pub mod identity;
 pub mod kubeconfig;
 pub mod operator;
+pub mod token_cache;
 
 use std::path::{Path, PathBuf};
 

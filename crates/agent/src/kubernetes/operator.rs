@@ -14,13 +14,13 @@
 //! identity: it was chosen for this agent, and a host may have no such
 //! ServiceAccount.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::json;
 
 use super::client::Body;
+use super::token_cache::TokenCache;
 use super::{Access, Auth, Client, KubeError, KubernetesConfig, Mode};
 
 /// The ServiceAccount, in the agent's namespace.
@@ -30,13 +30,7 @@ const TOKEN_LIFE: Duration = Duration::from_secs(3600);
 
 /// The current token, shared by the actions; cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct OperatorToken(Arc<Mutex<Option<Cached>>>);
-
-#[derive(Debug)]
-struct Cached {
-    token: String,
-    renew_at: Instant,
-}
+pub struct OperatorToken(TokenCache);
 
 impl OperatorToken {
     /// How the default actions reach the cluster: as `tether-operator` in
@@ -46,25 +40,8 @@ impl OperatorToken {
         if config.mode == Mode::Host {
             return Ok(access);
         }
-        let now = Instant::now();
-        let cached = self.0.lock().ok().and_then(|c| {
-            c.as_ref()
-                .filter(|c| c.renew_at > now)
-                .map(|c| c.token.clone())
-        });
-        let token = match cached {
-            Some(token) => token,
-            None => {
-                let token = request(Client::new(access.clone())?, &config.pod_namespace()).await?;
-                if let Ok(mut cache) = self.0.lock() {
-                    *cache = Some(Cached {
-                        token: token.clone(),
-                        renew_at: now + TOKEN_LIFE * 2 / 3,
-                    });
-                }
-                token
-            }
-        };
+        let issue = async { request(Client::new(access.clone())?, &config.pod_namespace()).await };
+        let token = self.0.get_or_issue(TOKEN_LIFE, issue).await?;
         access.auth = Auth::Token(token);
         Ok(access)
     }
