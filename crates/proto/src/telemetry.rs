@@ -36,6 +36,9 @@ pub const MAX_COMPRESSED_BYTES: usize = 256 * 1024;
 pub const MAX_DECOMPRESSED_BYTES: usize = 4 * 1024 * 1024;
 /// Longest spool id, in bytes.
 pub const MAX_SPOOL_ID_BYTES: usize = 64;
+/// Where a spool's sequence numbers end: `firstSeq` plus the batch's
+/// records may reach it, not pass it (tetherd stores them as SQL integers).
+pub const MAX_SEQ: u64 = i64::MAX as u64;
 /// Longest log message, in bytes; the spool cuts longer ones.
 pub const MAX_LOG_MESSAGE_BYTES: usize = 16 * 1024;
 /// Most significant syslog priority number: 0 emergency … 7 debug.
@@ -476,8 +479,17 @@ pub fn check(batch: &TelemetryBatch) -> Result<(), BatchError> {
             "a batch holds 0 to {MAX_RECORDS} records, not {count}"
         ));
     }
-    if batch.first_seq.checked_add(count as u64).is_none() {
-        return invalid("firstSeq leaves no room for the batch's records".into());
+    // Sequence numbers are stored as SQL integers: a spool that reached
+    // the end of them could never move its cursor again.
+    if batch
+        .first_seq
+        .checked_add(count as u64)
+        .is_none_or(|end| end > MAX_SEQ)
+    {
+        return invalid(format!(
+            "firstSeq {} leaves no room for the batch's {count} records: sequence numbers end at {MAX_SEQ}",
+            batch.first_seq
+        ));
     }
     if let Records::Logs(logs) = &batch.records {
         for (i, log) in logs.iter().enumerate() {
@@ -699,6 +711,16 @@ mod tests {
         bad = logs(1);
         bad.first_seq = u64::MAX;
         assert!(matches!(decode(&encode(&bad)), Err(BatchError::Invalid(_))));
+        // The last record may take the last number, not one beyond it.
+        bad = logs(2);
+        bad.first_seq = MAX_SEQ - 1;
+        let err = decode(&encode(&bad)).expect_err("past the end");
+        assert!(
+            err.to_string().contains("firstSeq 9223372036854775806"),
+            "{err}"
+        );
+        bad.first_seq = MAX_SEQ - 2;
+        decode(&encode(&bad)).expect("the last numbers");
         bad = logs(1);
         bad.usage = vec![bad.usage[0]; MAX_USAGE_FEATURES + 1];
         assert!(

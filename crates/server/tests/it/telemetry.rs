@@ -377,6 +377,35 @@ async fn hostile_batches_are_refused_or_stored_once() -> anyhow::Result<()> {
     assert_eq!(logs["storedRecords"], 100, "{logs}");
     assert_eq!(logs["duplicateRecords"], 200, "{logs}");
     assert_eq!(logs["batches"], 3, "{logs}");
+
+    // Numbered past where SQL integers end: refused by name, where it
+    // would otherwise have stuck the spool's cursor for good. A batch
+    // ending on the last number is stored.
+    let mut past_the_end = batch.clone();
+    past_the_end.first_seq = tether_proto::telemetry::MAX_SEQ - 50;
+    let output = publish(
+        "tether/v1/devices/hostile/logs".into(),
+        encode(&past_the_end),
+        "past-the-end.bin",
+    )
+    .await?;
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Payload format invalid"),
+        "{}",
+        text(&output)
+    );
+    let reason = rejection(&admin, "hostile", "sequence numbers end").await?;
+    assert!(reason.contains("firstSeq 9223372036854775757"), "{reason}");
+    past_the_end.first_seq = tether_proto::telemetry::MAX_SEQ - 100;
+    let output = publish(
+        "tether/v1/devices/hostile/logs".into(),
+        encode(&past_the_end),
+        "to-the-end.bin",
+    )
+    .await?;
+    assert!(output.stderr.is_empty(), "acknowledged: {}", text(&output));
+    let logs = usage(&admin, "hostile", "logs").await?;
+    assert_eq!(logs["storedRecords"], 200, "{logs}");
     Ok(())
 }
 
