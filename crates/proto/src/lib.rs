@@ -16,6 +16,7 @@ pub mod limits;
 pub mod metrics;
 pub mod password;
 pub mod priority;
+pub mod provisioning;
 pub mod redact;
 pub mod spec;
 pub mod telemetry;
