@@ -14,6 +14,10 @@ use tether_proto::api::{
 };
 use tether_proto::ca::CaPemError;
 use tether_proto::metrics::{HostMetrics, MetricRange, SeriesList};
+use tether_proto::provisioning::{
+    Approval, ApproveRequest, CreateKeyRequest, CreatePolicy, DenyRequest, Policy,
+    ProvisioningKey, ProvisioningKeyInfo,
+};
 use tether_proto::telemetry::DeviceUsage;
 
 /// How long to wait for the TCP and TLS handshake before naming the server unreachable.
@@ -613,6 +617,88 @@ impl ApiClient {
         )
         .await
         .map(drop)
+    }
+
+    pub async fn create_policy(&self, request: &CreatePolicy) -> Result<Policy, ClientError> {
+        self.call(Method::POST, &["provisioning-policies"], Some(request))
+            .await
+    }
+
+    pub async fn list_policies(&self) -> Result<Vec<Policy>, ClientError> {
+        self.list_all(&["provisioning-policies"], &[], None, PAGE_SIZE)
+            .await
+    }
+
+    pub async fn get_policy(&self, name: &str) -> Result<Policy, ClientError> {
+        self.call(Method::GET, &["provisioning-policies", name], None::<&()>)
+            .await
+    }
+
+    pub async fn delete_policy(&self, name: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::DELETE,
+            &["provisioning-policies", name],
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// A new key of the policy, its secret in it this once.
+    pub async fn create_provisioning_key(
+        &self,
+        policy: &str,
+        request: &CreateKeyRequest,
+    ) -> Result<ProvisioningKey, ClientError> {
+        self.call(
+            Method::POST,
+            &["provisioning-policies", policy, "keys"],
+            Some(request),
+        )
+        .await
+    }
+
+    pub async fn list_provisioning_keys(
+        &self,
+        policy: &str,
+    ) -> Result<Vec<ProvisioningKeyInfo>, ClientError> {
+        self.call(
+            Method::GET,
+            &["provisioning-policies", policy, "keys"],
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn revoke_provisioning_key(&self, policy: &str, key: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::DELETE,
+            &["provisioning-policies", policy, "keys", key],
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Registrations (only those in `state`, if given), oldest first.
+    pub async fn list_approvals(&self, state: Option<&str>) -> Result<Vec<Approval>, ClientError> {
+        let query: Vec<(&str, String)> = state
+            .map(|s| ("state", s.to_owned()))
+            .into_iter()
+            .collect();
+        self.list_all(&["approvals"], &query, None, PAGE_SIZE).await
+    }
+
+    pub async fn approve(&self, id: &str, request: &ApproveRequest) -> Result<Approval, ClientError> {
+        self.call(Method::POST, &["approvals", id, "approve"], Some(request))
+            .await
+    }
+
+    pub async fn deny(&self, id: &str, request: &DenyRequest) -> Result<Approval, ClientError> {
+        self.call(Method::POST, &["approvals", id, "deny"], Some(request))
+            .await
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(

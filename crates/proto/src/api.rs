@@ -58,6 +58,9 @@ pub struct LoginResponse {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Device {
     pub name: String,
+    /// What people call the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
     pub labels: Labels,
     /// `online` while the agent holds an MQTT session.
     pub presence: Presence,
@@ -73,6 +76,9 @@ pub struct Device {
     /// (`GET /devices/{name}` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingest: Option<IngestCounters>,
+    /// The provisioning policy that created the device, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// The desired configuration (`GET /devices/{name}` only): an object of
     /// sections, see the device contract.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,6 +121,11 @@ pub struct CreateDevice {
     pub name: String,
     #[serde(default)]
     pub labels: Labels,
+    /// What people call the device, up to 256 characters; the name stays
+    /// its identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
+    pub display_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -71,6 +71,16 @@ pub struct PolicySpec {
     pub template: DeviceTemplate,
 }
 
+/// The body of `POST /api/v1/provisioning-policies`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreatePolicy {
+    /// As a device name: lowercase letters, digits and `-`.
+    pub name: String,
+    pub spec: PolicySpec,
+}
+
 /// A provisioning policy as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -18,6 +18,7 @@ pub mod management_shell;
 pub mod metrics;
 pub mod observability;
 pub mod pki;
+pub mod provisioning;
 pub mod registry;
 pub mod sealing;
 pub mod secret_file;
@@ -352,6 +353,7 @@ pub async fn run(
     let logs = Arc::new(logs::Logs::new(store.clone(), bus.clone(), actions.clone()));
     let state = Arc::new(AppState {
         logs,
+        provisioning: provisioning::Provisioning::new(store.clone(), registry.clone()),
         store,
         auth,
         registry,

@@ -286,6 +286,7 @@ impl Quickstart {
                     .create_device(&CreateDevice {
                         name: DEVICE.to_owned(),
                         labels: Default::default(),
+                        display_name: None,
                     })
                     .await
                     .map_err(|source| QuickstartError::Step {

@@ -119,7 +119,12 @@ async fn create_device(
 ) -> Result<(StatusCode, axum::Json<DeviceCreated>), ApiError> {
     let created = state
         .registry
-        .create(&request.name, request.labels, &state.endpoints(&host))
+        .create(
+            &request.name,
+            request.labels,
+            request.display_name.as_deref(),
+            &state.endpoints(&host),
+        )
         .await?;
     tracing::info!(device = %created.device.name, "device created");
     Ok((StatusCode::CREATED, axum::Json(created)))

@@ -13,6 +13,7 @@ use crate::auth::AuthError;
 use crate::jobs::JobError;
 use crate::logs::LogsError;
 use crate::pki::renewal::Refusal;
+use crate::provisioning::ProvisioningError;
 use crate::registry::RegistryError;
 use crate::store::StoreError;
 
@@ -103,6 +104,39 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<ProvisioningError> for ApiError {
+    fn from(error: ProvisioningError) -> Self {
+        let message = error.to_string();
+        match error {
+            ProvisioningError::PolicyNotFound(_)
+            | ProvisioningError::ApprovalNotFound(_)
+            | ProvisioningError::KeyNotFound { .. } => Self::not_found(message),
+            ProvisioningError::PolicyExists(_) => {
+                Self::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            ProvisioningError::NotPending { .. } => {
+                Self::new(StatusCode::CONFLICT, "already_decided", message)
+            }
+            ProvisioningError::InvalidPolicy(_)
+            | ProvisioningError::InvalidTemplateLabels(_)
+            | ProvisioningError::InvalidRegistration(_) => Self::bad_request(message),
+            ProvisioningError::InvalidTemplateSpec(field) => Self {
+                details: serde_json::json!({ "fields": [{ "path": format!("template.{}", field.path), "message": field.message }] }),
+                ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+            },
+            ProvisioningError::KeyRefused(_) => {
+                Self::new(StatusCode::UNAUTHORIZED, "provisioning_key_refused", message)
+            }
+            ProvisioningError::Denied { .. } => {
+                Self::new(StatusCode::FORBIDDEN, "registration_denied", message)
+            }
+            ProvisioningError::DeviceGone(_) => Self::new(StatusCode::GONE, "device_gone", message),
+            ProvisioningError::Registry(error) => error.into(),
+            ProvisioningError::Store(error) => error.into(),
+        }
+    }
+}
+
 impl From<LogsError> for ApiError {
     fn from(error: LogsError) -> Self {
         match error {
@@ -123,6 +157,7 @@ impl From<RegistryError> for ApiError {
             | RegistryError::ReservedName(_)
             | RegistryError::InvalidLabel { .. }
             | RegistryError::TooManyLabels(_)
+            | RegistryError::InvalidDisplayName(_)
             | RegistryError::BadCsr(_) => Self::bad_request(message),
             RegistryError::AlreadyExists(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
             RegistryError::TokenRefused => {

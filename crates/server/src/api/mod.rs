@@ -17,6 +17,7 @@ mod management_shell;
 mod metrics;
 mod openapi;
 mod page;
+mod provisioning;
 mod session;
 mod sessions;
 mod telemetry;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub store: Store,
     pub auth: Auth,
     pub registry: Registry,
+    /// Policies, keys, registrations and approvals (ADR 0025).
+    pub provisioning: crate::provisioning::Provisioning,
     pub actions: Arc<ActionService>,
     pub jobs: Arc<crate::jobs::JobService>,
     pub logs: Arc<crate::logs::Logs>,
@@ -151,6 +154,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(tunnels::client_routes())
         .merge(kubernetes::routes())
         .merge(management_shell::routes())
+        .merge(provisioning::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_bearer,
@@ -158,6 +162,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
     let public = OpenApiRouter::new()
         .merge(session::routes())
         .merge(enroll::routes())
+        .merge(provisioning::device_routes())
         .merge(join::routes())
         .merge(tunnels::device_routes());
     let (api, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())

@@ -393,6 +393,9 @@ impl Ingest {
                     .record_reported(device, reported)
                     .await
                     .map_err(store)?;
+                crate::provisioning::refresh_identity(&self.store, device, &reported.facts)
+                    .await
+                    .map_err(store)?;
                 Ok(Outcome::Accepted)
             }
             // Its writer takes the slot, for a group of devices' batches.

@@ -53,6 +53,10 @@ pub enum RegistryError {
         "invalid label {key:?}={value:?}: keys and values use letters, digits, '-', '_', '.', '/' and at most 63 characters"
     )]
     InvalidLabel { key: String, value: String },
+    #[error(
+        "invalid display name {0:?}: 1 to {MAX_DISPLAY_NAME_CHARS} characters, not blank, no control characters"
+    )]
+    InvalidDisplayName(String),
     #[error("a device has at most {MAX_LABELS} labels; this one would have {0}")]
     TooManyLabels(usize),
     #[error(
@@ -172,6 +176,11 @@ impl Registry {
     /// Closes the device's session wherever it is: here at once, on the
     /// replica that holds it through the bus. Call after the change that
     /// makes its certificate invalid is committed.
+    /// SHA-256 of the CA certificate devices pin, hex.
+    pub fn ca_sha256(&self) -> &str {
+        self.ca.sha256_hex()
+    }
+
     fn disconnect(&self, device: &DeviceId) {
         self.link.disconnect(device);
         self.bus
@@ -205,6 +214,7 @@ impl Registry {
         &self,
         name: &str,
         labels: Labels,
+        display_name: Option<&str>,
         endpoints: &Endpoints,
     ) -> Result<DeviceCreated, RegistryError> {
         let name = DeviceId::new(name)?;
@@ -212,7 +222,14 @@ impl Registry {
             return Err(RegistryError::ReservedName(name));
         }
         validate_labels(&labels)?;
-        let record = match self.store.create_device(&name, &labels, Utc::now()).await {
+        if let Some(display_name) = display_name {
+            check_display_name(display_name)?;
+        }
+        let created = self
+            .store
+            .create_named_device(&name, &labels, display_name, Utc::now())
+            .await;
+        let record = match created {
             Err(StoreError::Conflict { .. }) => return Err(RegistryError::AlreadyExists(name)),
             other => other?,
         };
@@ -412,25 +429,33 @@ impl Registry {
             .consume_enrollment_token(&secret_hash(&request.token), Utc::now())
             .await?
             .ok_or(RegistryError::TokenRefused)?;
+        self.issue_certificate(&device, &request.csr_pem, endpoints)
+            .await
+    }
+
+    /// Signs `csr_pem` as the device's certificate, in place of any it
+    /// had (whose session is closed), and answers as an enrollment: how
+    /// an enrolled or registered (ADR 0025) device gets its identity.
+    pub async fn issue_certificate(
+        &self,
+        device: &DeviceId,
+        csr_pem: &str,
+        endpoints: &Endpoints,
+    ) -> Result<EnrollResponse, RegistryError> {
         let now = Utc::now();
         let issued = self
             .ca
-            .sign_device_csr(
-                &device,
-                &request.csr_pem,
-                self.pki.device_certificate_lifetime,
-                now,
-            )
+            .sign_device_csr(device, csr_pem, self.pki.device_certificate_lifetime, now)
             .map_err(RegistryError::Pki)?;
         self.store
-            .record_issued_certificate(&device, &issued.serial_hex, issued.not_after)
+            .record_issued_certificate(device, &issued.serial_hex, issued.not_after)
             .await?;
         self.store
-            .set_certificate_serial(&device, &issued.serial_hex)
+            .set_certificate_serial(device, &issued.serial_hex)
             .await?;
         // A re-enrolled device's old session holds the replaced certificate.
-        self.disconnect(&device);
-        tracing::info!(%device, serial = %issued.serial_hex, "device enrolled");
+        self.disconnect(device);
+        tracing::info!(%device, serial = %issued.serial_hex, "device certificate issued");
         let mqtt_urls = self.membership.mqtt_urls(&endpoints.mqtt_url, now).await?;
         Ok(EnrollResponse {
             device: device.to_string(),
@@ -575,6 +600,8 @@ impl DeviceCredentials for StoreCredentials {
 pub fn to_api(record: DeviceRecord) -> Device {
     Device {
         name: record.name.to_string(),
+        display_name: record.display_name,
+        policy: record.policy,
         labels: record.labels,
         presence: record.presence,
         enrolled: record.certificate_serial.is_some(),
@@ -608,7 +635,23 @@ fn with_spec(device: Device, record: SpecRecord) -> Device {
     }
 }
 
-fn validate_labels(labels: &Labels) -> Result<(), RegistryError> {
+/// Longest display name, in characters.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 256;
+
+/// A display name is shown in tables and terminals: bounded, and no
+/// control characters.
+fn check_display_name(display_name: &str) -> Result<(), RegistryError> {
+    if display_name.trim().is_empty()
+        || display_name.chars().count() > MAX_DISPLAY_NAME_CHARS
+        || display_name.chars().any(char::is_control)
+    {
+        return Err(RegistryError::InvalidDisplayName(display_name.chars().take(64).collect()));
+    }
+    Ok(())
+}
+
+/// A device's labels within their rules.
+pub fn validate_labels(labels: &Labels) -> Result<(), RegistryError> {
     if labels.len() > MAX_LABELS {
         return Err(RegistryError::TooManyLabels(labels.len()));
     }

@@ -40,7 +40,7 @@ impl ActionBytes {
 }
 
 const COLUMNS: &str = "name, labels, presence, certificate_serial, last_seen, agent_version, \
-                       capabilities, boot_id, status_seq, created_at";
+                       capabilities, boot_id, status_seq, created_at, display_name, policy";
 
 impl Store {
     /// `Conflict` if a device of that name exists.
@@ -50,22 +50,31 @@ impl Store {
         labels: &Labels,
         now: DateTime<Utc>,
     ) -> Result<DeviceRecord, StoreError> {
-        let sql = format!(
-            "INSERT INTO devices (name, labels, presence, status_seq, created_at) \
-             VALUES ($1, $2, $3, 0, $4) RETURNING {COLUMNS}"
-        );
+        self.create_named_device(name, labels, None, now).await
+    }
+
+    /// [`Self::create_device`] with what people call it.
+    pub async fn create_named_device(
+        &self,
+        name: &DeviceId,
+        labels: &Labels,
+        display_name: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<DeviceRecord, StoreError> {
         let mut tx = self.begin("create a device").await?;
-        let row = sqlx::query(&sql)
-            .bind(name.as_str())
-            .bind(to_json(labels, "device labels")?)
-            .bind(Presence::Offline.as_str())
-            .bind(millis(now))
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|source| create_error(source, format!("device {name}")))?;
-        insert_labels(&mut tx, name, labels).await?;
+        let record = insert_device(
+            &mut tx,
+            &NewDevice {
+                name,
+                labels,
+                display_name,
+                policy: None,
+            },
+            now,
+        )
+        .await?;
         commit(tx, "create a device").await?;
-        device_from_row(&row)
+        Ok(record)
     }
 
     /// Creates many devices in few statements, all or none: `Conflict` if
@@ -480,6 +489,8 @@ fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, StoreError> {
             &format!("capabilities of device {name}"),
         )?,
         boot_id: get(row, "boot_id")?,
+        display_name: get(row, "display_name")?,
+        policy: get(row, "policy")?,
         status_seq: to_u64(
             get(row, "status_seq")?,
             &format!("status_seq of device {name}"),
@@ -526,6 +537,40 @@ fn placeholders(rows: usize, columns: usize, tail: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A device row to insert, with where it came from.
+pub(super) struct NewDevice<'a> {
+    pub name: &'a DeviceId,
+    pub labels: &'a Labels,
+    pub display_name: Option<&'a str>,
+    /// The provisioning policy that creates it.
+    pub policy: Option<&'a str>,
+}
+
+/// Inserts a device and its label index in `tx`; `Conflict` if the name
+/// is taken.
+pub(super) async fn insert_device(
+    tx: &mut Transaction<'_, Any>,
+    device: &NewDevice<'_>,
+    now: DateTime<Utc>,
+) -> Result<DeviceRecord, StoreError> {
+    let sql = format!(
+        "INSERT INTO devices (name, labels, presence, status_seq, created_at, display_name, policy) \
+         VALUES ($1, $2, $3, 0, $4, $5, $6) RETURNING {COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(device.name.as_str())
+        .bind(to_json(device.labels, "device labels")?)
+        .bind(Presence::Offline.as_str())
+        .bind(millis(now))
+        .bind(device.display_name)
+        .bind(device.policy)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(|source| create_error(source, format!("device {}", device.name)))?;
+    insert_labels(tx, device.name, device.labels).await?;
+    device_from_row(&row)
 }
 
 async fn insert_labels(

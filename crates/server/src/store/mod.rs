@@ -16,6 +16,7 @@ mod jobs;
 mod logs;
 mod management_shell;
 mod metrics;
+mod provisioning;
 mod selector;
 mod specs;
 mod telemetry;
@@ -29,6 +30,9 @@ pub use jobs::{JobRecord, NewJob};
 pub use logs::{LogLine, LogPosition, LogScan};
 pub use management_shell::SshKeyRecord;
 pub use metrics::{Bucket, FleetRow, RefusedSeries, RolledUp, StoredSeries};
+pub use provisioning::{
+    PolicyRecord, ProvisionedDevice, ProvisioningKeyRecord, RegistrationRecord, RegistrationWrite,
+};
 pub use specs::SpecRecord;
 pub use telemetry::{CursorUpdate, SpoolRef, StoredLog, TelemetryTx, UsageRecord};
 
@@ -118,6 +122,10 @@ pub struct DeviceRecord {
     /// The actions the agent's last birth named.
     pub capabilities: Vec<String>,
     pub boot_id: Option<String>,
+    /// What people call the device.
+    pub display_name: Option<String>,
+    /// The provisioning policy that created it.
+    pub policy: Option<String>,
     pub status_seq: u64,
     pub created_at: DateTime<Utc>,
 }

@@ -10,8 +10,8 @@ Examples:
   # Register a device and get the command line that enrolls its agent
   tether devices add edge-1
 
-  # With labels
-  tether devices add edge-1 -l site=berlin -l role=gateway
+  # With labels and the name people know it by
+  tether devices add edge-1 -l site=berlin -l role=gateway --display-name \"Line 3 gateway\"
 
   # A Kubernetes cluster: prints the one command that joins it
   tether devices add edge-1 --kubernetes";
@@ -29,6 +29,9 @@ pub struct Add {
     /// (the agent runs in the cluster) instead of the agent's command line.
     #[arg(long)]
     kubernetes: bool,
+    /// What people call the device, e.g. "Line 3 gateway".
+    #[arg(long, value_name = "TEXT")]
+    display_name: Option<String>,
 }
 
 impl Add {
@@ -42,6 +45,7 @@ impl Add {
             .create_device(&CreateDevice {
                 name: self.name.to_string(),
                 labels: labels::to_map(&self.labels),
+                display_name: self.display_name,
             })
             .await?;
         let instructions = if self.kubernetes {

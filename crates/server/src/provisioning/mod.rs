@@ -1,0 +1,758 @@
+//! Provisioning (seed 004, ADR 0025): policies that register devices by
+//! themselves, the keys an OS image carries to register under one, the
+//! approvals of a `MANUAL` policy, and recognising hardware again by the
+//! policy's identity fields.
+//!
+//! Which device a registration becomes is decided here, in
+//! [`decide_new`], a plain function; the rest is reading and writing
+//! around it.
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use tether_proto::DeviceId;
+use tether_proto::api::EnrollResponse;
+use tether_proto::provisioning::{
+    self, Approval, IdentityField, Policy, PolicySpec, ProvisioningKey, ProvisioningKeyInfo,
+    ProvisioningMode, RegisterRequest, RegistrationState, PROVISIONING_KEY_KIND,
+};
+use tether_proto::spec::{DeviceSpec, Facts, SpecError};
+
+use crate::auth::{new_secret, secret_hash};
+use crate::registry::{self, Endpoints, Registry, RegistryError};
+use crate::store::{
+    PolicyRecord, ProvisionedDevice, ProvisioningKeyRecord, RegistrationRecord, RegistrationWrite,
+    Store, StoreError,
+};
+
+/// Longest key id and secret a registration may send.
+const MAX_KEY_FIELD_BYTES: usize = 128;
+/// Largest facts a registration may send, as JSON.
+const MAX_FACTS_BYTES: usize = 16 * 1024;
+/// How long a waiting device is told to wait before asking again.
+pub const RETRY_AFTER_SECONDS: u64 = 10;
+/// Attempts at a free generated device name.
+const NAME_ATTEMPTS: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisioningError {
+    #[error("policy {0} not found")]
+    PolicyNotFound(String),
+    #[error("policy {0} already exists; pick another name or delete it first")]
+    PolicyExists(String),
+    #[error("invalid policy: {0}")]
+    InvalidPolicy(String),
+    #[error("invalid policy: template.spec: {0}")]
+    InvalidTemplateSpec(SpecError),
+    #[error("invalid policy: template.metadata.labels: {0}")]
+    InvalidTemplateLabels(RegistryError),
+    #[error("invalid registration: {0}")]
+    InvalidRegistration(String),
+    #[error("{0}")]
+    KeyRefused(KeyRefusal),
+    #[error(
+        "registration {approval} was denied{}; the device stops. Register it again with a new key pair (an empty state dir) once the reason is resolved",
+        reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+    )]
+    Denied {
+        approval: String,
+        reason: Option<String>,
+    },
+    #[error("approval {0} not found")]
+    ApprovalNotFound(String),
+    #[error("approval {id} is {state:?}, not pending: it was decided already")]
+    NotPending {
+        id: String,
+        state: RegistrationState,
+    },
+    #[error(
+        "device {0}, which this registration became, was deleted; register with a new key pair (an empty state dir)"
+    )]
+    DeviceGone(DeviceId),
+    #[error("key {key} of policy {policy} not found")]
+    KeyNotFound { policy: String, key: String },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a provisioning key was refused; all are 401.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyRefusal {
+    #[error(
+        "unknown provisioning key (or a wrong secret): make a new one with `tether policies keys create POLICY`"
+    )]
+    Unknown,
+    #[error(
+        "provisioning key {0} was revoked: make a new one with `tether policies keys create POLICY`"
+    )]
+    Revoked(String),
+    #[error(
+        "provisioning key {0} expired at {1}: make a new one with `tether policies keys create POLICY`"
+    )]
+    Expired(String, DateTime<Utc>),
+}
+
+/// A registration's outcome for the device.
+#[derive(Debug)]
+pub enum Registered {
+    /// Its certificate: it is the device named in it.
+    Enrolled(EnrollResponse),
+    /// Waiting for an operator (`MANUAL`).
+    Waiting { approval: String },
+}
+
+/// What a new registration (no earlier one for its key pair) becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewRegistration {
+    /// The device the hardware's identity names, at once.
+    Reuse(DeviceId),
+    /// A new device from the template, at once.
+    Create,
+    /// An approval request; approving reuses `matched` if it is there.
+    Ask { matched: Option<DeviceId> },
+}
+
+/// The rule of seed 004: an unattended policy registers at once, reusing
+/// the device its identity fields found; a manual one asks first.
+pub fn decide_new(mode: ProvisioningMode, matched: Option<DeviceId>) -> NewRegistration {
+    match (mode, matched) {
+        (ProvisioningMode::Unattended, Some(device)) => NewRegistration::Reuse(device),
+        (ProvisioningMode::Unattended, None) => NewRegistration::Create,
+        (ProvisioningMode::Manual, matched) => NewRegistration::Ask { matched },
+    }
+}
+
+/// Whether a key may register now.
+pub fn check_key(key: &ProvisioningKeyRecord, now: DateTime<Utc>) -> Result<(), KeyRefusal> {
+    if key.revoked_at.is_some() {
+        return Err(KeyRefusal::Revoked(key.id.clone()));
+    }
+    match key.expires_at {
+        Some(at) if at <= now => Err(KeyRefusal::Expired(key.id.clone(), at)),
+        _ => Ok(()),
+    }
+}
+
+/// A name for a device a policy creates: the policy's, then 8 random hex
+/// digits, within a device name's 63 characters.
+pub fn generated_name(policy: &str) -> DeviceId {
+    let suffix = &new_secret()[..8];
+    let prefix: String = policy.chars().take(63 - 9).collect();
+    let prefix = prefix.trim_end_matches('-');
+    DeviceId::new(format!("{prefix}-{suffix}"))
+        .or_else(|_| DeviceId::new(format!("device-{suffix}")))
+        .expect("a policy name is a device name, and so is the fallback")
+}
+
+#[derive(Clone)]
+pub struct Provisioning {
+    store: Store,
+    registry: Registry,
+}
+
+impl Provisioning {
+    pub fn new(store: Store, registry: Registry) -> Self {
+        Self { store, registry }
+    }
+
+    /// Checks and stores a new policy.
+    pub async fn create_policy(
+        &self,
+        name: &str,
+        spec: PolicySpec,
+    ) -> Result<Policy, ProvisioningError> {
+        provisioning::check_policy(name, &spec).map_err(ProvisioningError::InvalidPolicy)?;
+        registry::validate_labels(&spec.template.metadata.labels)
+            .map_err(ProvisioningError::InvalidTemplateLabels)?;
+        template_spec(&spec)?;
+        match self.store.insert_policy(name, &spec, Utc::now()).await {
+            Err(StoreError::Conflict { .. }) => {
+                return Err(ProvisioningError::PolicyExists(name.to_owned()));
+            }
+            other => other?,
+        }
+        tracing::info!(policy = name, mode = ?spec.mode, "provisioning policy created");
+        self.policy(name).await
+    }
+
+    pub async fn policy(&self, name: &str) -> Result<Policy, ProvisioningError> {
+        self.store
+            .get_policy(name)
+            .await?
+            .map(to_api)
+            .ok_or_else(|| ProvisioningError::PolicyNotFound(name.to_owned()))
+    }
+
+    pub async fn policies(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Policy>, ProvisioningError> {
+        Ok(self
+            .store
+            .list_policies(after, limit)
+            .await?
+            .into_iter()
+            .map(to_api)
+            .collect())
+    }
+
+    /// Deletes a policy, its keys and its registrations; the devices it
+    /// created stay, and keep their certificates.
+    pub async fn delete_policy(&self, name: &str) -> Result<(), ProvisioningError> {
+        match self.store.delete_policy(name).await {
+            Err(StoreError::NotFound { .. }) => {
+                Err(ProvisioningError::PolicyNotFound(name.to_owned()))
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Makes a key for `policy`: the file an OS image carries, its secret
+    /// shown this once.
+    pub async fn create_key(
+        &self,
+        policy: &str,
+        created_by: &str,
+        expires_at: Option<DateTime<Utc>>,
+        endpoints: &Endpoints,
+    ) -> Result<ProvisioningKey, ProvisioningError> {
+        let secret = new_secret();
+        let record = ProvisioningKeyRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            policy: policy.to_owned(),
+            secret_hash: secret_hash(&secret),
+            created_at: Utc::now(),
+            created_by: created_by.to_owned(),
+            expires_at,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        match self.store.insert_provisioning_key(&record).await {
+            Err(StoreError::NotFound { .. }) => {
+                return Err(ProvisioningError::PolicyNotFound(policy.to_owned()));
+            }
+            other => other?,
+        }
+        tracing::info!(policy, key = %record.id, "provisioning key created");
+        Ok(ProvisioningKey {
+            kind: PROVISIONING_KEY_KIND.to_owned(),
+            server: endpoints.api_url.clone(),
+            ca_sha256: self.registry.ca_sha256().to_owned(),
+            policy: policy.to_owned(),
+            key_id: record.id,
+            secret,
+        })
+    }
+
+    pub async fn keys(&self, policy: &str) -> Result<Vec<ProvisioningKeyInfo>, ProvisioningError> {
+        self.policy(policy).await?;
+        Ok(self
+            .store
+            .list_provisioning_keys(policy)
+            .await?
+            .into_iter()
+            .map(|key| ProvisioningKeyInfo {
+                key_id: key.id,
+                policy: key.policy,
+                created_at: key.created_at,
+                created_by: key.created_by,
+                expires_at: key.expires_at,
+                revoked_at: key.revoked_at,
+                last_used_at: key.last_used_at,
+            })
+            .collect())
+    }
+
+    /// Revokes a key: devices not yet registered with it are refused;
+    /// those registered keep their certificates.
+    pub async fn revoke_key(&self, policy: &str, key: &str) -> Result<(), ProvisioningError> {
+        match self
+            .store
+            .revoke_provisioning_key(policy, key, Utc::now())
+            .await
+        {
+            Err(StoreError::NotFound { .. }) => Err(ProvisioningError::KeyNotFound {
+                policy: policy.to_owned(),
+                key: key.to_owned(),
+            }),
+            other => {
+                other?;
+                tracing::info!(policy, key, "provisioning key revoked");
+                Ok(())
+            }
+        }
+    }
+
+    /// A device registers, or asks again how its registration stands.
+    pub async fn register(
+        &self,
+        request: &RegisterRequest,
+        endpoints: &Endpoints,
+    ) -> Result<Registered, ProvisioningError> {
+        let now = Utc::now();
+        let key = self.authenticate(request, now).await?;
+        let public_key = crate::pki::csr_public_key(&request.csr_pem)
+            .map_err(|e| ProvisioningError::Registry(RegistryError::BadCsr(e)))?;
+        let public_key_sha256 = hex::encode(Sha256::digest(&public_key));
+        let facts_bytes = serde_json::to_vec(&request.facts).map_or(usize::MAX, |v| v.len());
+        if facts_bytes > MAX_FACTS_BYTES {
+            return Err(ProvisioningError::InvalidRegistration(format!(
+                "facts are {facts_bytes} bytes of JSON, more than the {MAX_FACTS_BYTES} allowed"
+            )));
+        }
+        let policy = self
+            .store
+            .get_policy(&key.policy)
+            .await?
+            .ok_or_else(|| ProvisioningError::PolicyNotFound(key.policy.clone()))?;
+        // Twice at most: a first attempt can lose a race with the same
+        // device asking on another connection, then it finds that one's.
+        for _ in 0..2 {
+            if let Some(existing) = self
+                .store
+                .registration_of_key(&policy.name, &public_key_sha256)
+                .await?
+            {
+                return self.answer(existing, &request.csr_pem, endpoints).await;
+            }
+            match self
+                .register_new(&policy, &public_key_sha256, &request.facts, now)
+                .await
+            {
+                Err(ProvisioningError::Store(StoreError::Conflict { .. })) => continue,
+                Err(error) => return Err(error),
+                Ok(registration) => {
+                    return self.answer(registration, &request.csr_pem, endpoints).await;
+                }
+            }
+        }
+        Err(ProvisioningError::InvalidRegistration(
+            "the same key pair is registering on another connection; ask again".into(),
+        ))
+    }
+
+    async fn authenticate(
+        &self,
+        request: &RegisterRequest,
+        now: DateTime<Utc>,
+    ) -> Result<ProvisioningKeyRecord, ProvisioningError> {
+        if request.key_id.len() > MAX_KEY_FIELD_BYTES || request.secret.len() > MAX_KEY_FIELD_BYTES
+        {
+            return Err(ProvisioningError::KeyRefused(KeyRefusal::Unknown));
+        }
+        let key = self
+            .store
+            .get_provisioning_key(&request.key_id)
+            .await?
+            // Hashes compared, as sessions are found by theirs: how long
+            // the comparison takes tells nothing about the secret.
+            .filter(|key| key.secret_hash == secret_hash(&request.secret))
+            .ok_or(ProvisioningError::KeyRefused(KeyRefusal::Unknown))?;
+        check_key(&key, now).map_err(ProvisioningError::KeyRefused)?;
+        self.store.touch_provisioning_key(&key.id, now).await?;
+        Ok(key)
+    }
+
+    /// Records a registration not seen before, creating or reusing its
+    /// device at once under an unattended policy.
+    async fn register_new(
+        &self,
+        policy: &PolicyRecord,
+        public_key_sha256: &str,
+        facts: &Facts,
+        now: DateTime<Utc>,
+    ) -> Result<RegistrationRecord, ProvisioningError> {
+        let fields = identity_fields(&policy.spec)?;
+        let identity_key = provisioning::identity_key(&fields, facts)
+            .map_err(ProvisioningError::InvalidRegistration)?;
+        let matched = match &identity_key {
+            Some(key) => self.store.device_of_identity(&policy.name, key).await?,
+            None => None,
+        };
+        let mut registration = RegistrationRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            policy: policy.name.clone(),
+            public_key_sha256: public_key_sha256.to_owned(),
+            facts: facts.clone(),
+            state: RegistrationState::Registered,
+            device: None,
+            created_at: now,
+            decided_at: None,
+            decided_by: None,
+            reason: None,
+        };
+        match decide_new(policy.spec.mode, matched) {
+            NewRegistration::Reuse(device) => {
+                tracing::info!(policy = %policy.name, %device, "registration reuses the device its identity names");
+                registration.device = Some(device);
+                self.write(registration, None, false, identity_key, now).await
+            }
+            NewRegistration::Create => {
+                self.write(registration, None, true, identity_key, now)
+                    .await
+            }
+            NewRegistration::Ask { matched } => {
+                registration.state = RegistrationState::Pending;
+                registration.device = matched;
+                tracing::info!(policy = %policy.name, approval = %registration.id, "registration waits for approval");
+                self.write(registration, None, false, None, now).await
+            }
+        }
+    }
+
+    /// Writes a registration step, creating its device from the template
+    /// if `create` (under a generated name unless it has one).
+    async fn write(
+        &self,
+        mut registration: RegistrationRecord,
+        expected_state: Option<RegistrationState>,
+        create: bool,
+        identity_key: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<RegistrationRecord, ProvisioningError> {
+        let named = registration.device.is_some();
+        for _ in 0..NAME_ATTEMPTS {
+            let new_device = if create {
+                let policy = self
+                    .store
+                    .get_policy(&registration.policy)
+                    .await?
+                    .ok_or_else(|| ProvisioningError::PolicyNotFound(registration.policy.clone()))?;
+                let name = match &registration.device {
+                    Some(name) if named => name.clone(),
+                    _ => generated_name(&policy.name),
+                };
+                registration.device = Some(name.clone());
+                Some(ProvisionedDevice {
+                    name,
+                    labels: policy.spec.template.metadata.labels.clone(),
+                    spec: template_spec(&policy.spec)?,
+                })
+            } else {
+                None
+            };
+            let write = RegistrationWrite {
+                registration: registration.clone(),
+                expected_state,
+                new_device,
+                identity_key: identity_key.clone(),
+            };
+            match self.store.write_registration(&write, now).await {
+                // A generated name someone has: draw another.
+                Err(StoreError::Conflict { what }) if create && !named && what.starts_with("device ") => {
+                    continue;
+                }
+                Err(StoreError::Conflict { what }) if create && named && what.starts_with("device ") => {
+                    let name = registration.device.clone().expect("named");
+                    return Err(RegistryError::AlreadyExists(name).into());
+                }
+                other => {
+                    other?;
+                    if let (true, Some(device)) = (create, &registration.device) {
+                        tracing::info!(policy = %registration.policy, %device, "device created by its policy");
+                    }
+                    return Ok(registration);
+                }
+            }
+        }
+        Err(ProvisioningError::InvalidRegistration(
+            "no free device name was found; try again".into(),
+        ))
+    }
+
+    /// Tells the device where its registration stands, issuing its
+    /// certificate once it may have one.
+    async fn answer(
+        &self,
+        registration: RegistrationRecord,
+        csr_pem: &str,
+        endpoints: &Endpoints,
+    ) -> Result<Registered, ProvisioningError> {
+        match (registration.state, &registration.device) {
+            (RegistrationState::Pending, _) => Ok(Registered::Waiting {
+                approval: registration.id,
+            }),
+            (RegistrationState::Denied, _) => Err(ProvisioningError::Denied {
+                approval: registration.id,
+                reason: registration.reason,
+            }),
+            (RegistrationState::Approved | RegistrationState::Registered, Some(device)) => {
+                if self.store.get_device(device).await?.is_none() {
+                    return Err(ProvisioningError::DeviceGone(device.clone()));
+                }
+                let enrolled = self
+                    .registry
+                    .issue_certificate(device, csr_pem, endpoints)
+                    .await?;
+                if registration.state == RegistrationState::Approved {
+                    let mut registered = registration.clone();
+                    registered.state = RegistrationState::Registered;
+                    match self
+                        .write(registered, Some(RegistrationState::Approved), false, None, Utc::now())
+                        .await
+                    {
+                        // Another request of the same device came first.
+                        Err(ProvisioningError::Store(StoreError::Conflict { .. })) | Ok(_) => {}
+                        Err(error) => return Err(error),
+                    }
+                }
+                Ok(Registered::Enrolled(enrolled))
+            }
+            (state, None) => Err(ProvisioningError::InvalidRegistration(format!(
+                "registration {} is {state:?} without a device",
+                registration.id
+            ))),
+        }
+    }
+
+    /// Approves a waiting registration: the device its identity matched,
+    /// or a new one from the template (named `name` if given).
+    pub async fn approve(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        by: &str,
+    ) -> Result<Approval, ProvisioningError> {
+        let registration = self.pending(id).await?;
+        let policy = self
+            .store
+            .get_policy(&registration.policy)
+            .await?
+            .ok_or_else(|| ProvisioningError::PolicyNotFound(registration.policy.clone()))?;
+        let fields = identity_fields(&policy.spec)?;
+        let identity_key = provisioning::identity_key(&fields, &registration.facts)
+            .map_err(ProvisioningError::InvalidRegistration)?;
+        let now = Utc::now();
+        let reuse = match &registration.device {
+            Some(device) => self.store.get_device(device).await?.is_some(),
+            None => false,
+        };
+        let mut approved = RegistrationRecord {
+            state: RegistrationState::Approved,
+            decided_at: Some(now),
+            decided_by: Some(by.to_owned()),
+            ..registration
+        };
+        if !reuse {
+            approved.device = name
+                .map(|name| DeviceId::new(name).map_err(RegistryError::from))
+                .transpose()?;
+        }
+        let approved = match self
+            .write(approved, Some(RegistrationState::Pending), !reuse, identity_key, now)
+            .await
+        {
+            Ok(approved) => approved,
+            Err(error) => return Err(self.already_decided(error, id).await),
+        };
+        tracing::info!(approval = id, device = ?approved.device, by, "registration approved");
+        Ok(approval(approved))
+    }
+
+    /// Denies a waiting registration; the device stops when it next asks.
+    pub async fn deny(
+        &self,
+        id: &str,
+        reason: Option<String>,
+        by: &str,
+    ) -> Result<Approval, ProvisioningError> {
+        let registration = self.pending(id).await?;
+        let denied = RegistrationRecord {
+            state: RegistrationState::Denied,
+            decided_at: Some(Utc::now()),
+            decided_by: Some(by.to_owned()),
+            reason,
+            ..registration
+        };
+        let denied = match self
+            .write(denied, Some(RegistrationState::Pending), false, None, Utc::now())
+            .await
+        {
+            Ok(denied) => denied,
+            Err(error) => return Err(self.already_decided(error, id).await),
+        };
+        tracing::info!(approval = id, by, "registration denied");
+        Ok(approval(denied))
+    }
+
+    /// A decision that lost to another one says which came first.
+    async fn already_decided(&self, error: ProvisioningError, id: &str) -> ProvisioningError {
+        match error {
+            ProvisioningError::Store(StoreError::Conflict { what })
+                if what.starts_with("registration") =>
+            {
+                match self.store.get_registration(id).await {
+                    Ok(Some(registration)) => ProvisioningError::NotPending {
+                        id: id.to_owned(),
+                        state: registration.state,
+                    },
+                    Ok(None) => ProvisioningError::ApprovalNotFound(id.to_owned()),
+                    Err(error) => error.into(),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn pending(&self, id: &str) -> Result<RegistrationRecord, ProvisioningError> {
+        let registration = self
+            .store
+            .get_registration(id)
+            .await?
+            .ok_or_else(|| ProvisioningError::ApprovalNotFound(id.to_owned()))?;
+        if registration.state != RegistrationState::Pending {
+            return Err(ProvisioningError::NotPending {
+                id: id.to_owned(),
+                state: registration.state,
+            });
+        }
+        Ok(registration)
+    }
+
+    pub async fn approval(&self, id: &str) -> Result<Approval, ProvisioningError> {
+        self.store
+            .get_registration(id)
+            .await?
+            .map(approval)
+            .ok_or_else(|| ProvisioningError::ApprovalNotFound(id.to_owned()))
+    }
+
+    pub async fn approvals(
+        &self,
+        state: Option<RegistrationState>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Approval>, ProvisioningError> {
+        Ok(self
+            .store
+            .list_registrations(state, after, limit)
+            .await?
+            .into_iter()
+            .map(approval)
+            .collect())
+    }
+}
+
+/// A device a policy created reported its facts: the hardware it runs on
+/// now is the one its identity names (seed 004: new hardware with the old
+/// media keeps the device, and its serial is updated).
+pub async fn refresh_identity(
+    store: &Store,
+    device: &DeviceId,
+    facts: &Facts,
+) -> Result<(), StoreError> {
+    let Some((policy, spec)) = store.policy_of_device(device).await? else {
+        return Ok(());
+    };
+    let Ok(fields) = identity_fields(&spec) else {
+        return Ok(());
+    };
+    match provisioning::identity_key(&fields, facts) {
+        Ok(Some(key)) => store.set_device_identity(&policy, &key, device).await,
+        // No identity field reported, or a value too long to be one: the
+        // device keeps the identity it had.
+        Ok(None) | Err(_) => Ok(()),
+    }
+}
+
+fn identity_fields(spec: &PolicySpec) -> Result<Vec<IdentityField>, ProvisioningError> {
+    spec.identity_field_paths
+        .iter()
+        .map(|path| IdentityField::parse(path).map_err(ProvisioningError::InvalidPolicy))
+        .collect()
+}
+
+/// The template's spec, checked by the same rules as any spec update.
+fn template_spec(spec: &PolicySpec) -> Result<DeviceSpec, ProvisioningError> {
+    registry::spec::apply_update(
+        &DeviceSpec::new(),
+        &serde_json::Value::Object(spec.template.spec.clone()),
+        None,
+    )
+    .map_err(ProvisioningError::InvalidTemplateSpec)
+}
+
+fn to_api(record: PolicyRecord) -> Policy {
+    Policy {
+        name: record.name,
+        spec: record.spec,
+        created_at: record.created_at,
+        devices: record.devices,
+        pending_approvals: record.pending_approvals,
+    }
+}
+
+fn approval(record: RegistrationRecord) -> Approval {
+    Approval {
+        id: record.id,
+        policy: record.policy,
+        state: record.state,
+        facts: record.facts,
+        device: record.device.map(|d| d.to_string()),
+        created_at: record.created_at,
+        decided_at: record.decided_at,
+        decided_by: record.decided_by,
+        reason: record.reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(name: &str) -> DeviceId {
+        DeviceId::new(name).expect("valid")
+    }
+
+    #[test]
+    fn unattended_reuses_what_the_identity_found_and_manual_always_asks() {
+        use ProvisioningMode::{Manual, Unattended};
+        assert_eq!(
+            decide_new(Unattended, Some(device("pi-1"))),
+            NewRegistration::Reuse(device("pi-1"))
+        );
+        assert_eq!(decide_new(Unattended, None), NewRegistration::Create);
+        assert_eq!(
+            decide_new(Manual, Some(device("pi-1"))),
+            NewRegistration::Ask {
+                matched: Some(device("pi-1"))
+            }
+        );
+        assert_eq!(decide_new(Manual, None), NewRegistration::Ask { matched: None });
+    }
+
+    #[test]
+    fn a_revoked_or_expired_key_is_refused_by_name() {
+        let now = Utc::now();
+        let mut key = ProvisioningKeyRecord {
+            id: "k1".into(),
+            policy: "lab".into(),
+            secret_hash: String::new(),
+            created_at: now,
+            created_by: "admin".into(),
+            expires_at: Some(now + chrono::Duration::hours(1)),
+            revoked_at: None,
+            last_used_at: None,
+        };
+        assert_eq!(check_key(&key, now), Ok(()));
+        key.expires_at = Some(now);
+        assert_eq!(check_key(&key, now), Err(KeyRefusal::Expired("k1".into(), now)));
+        key.revoked_at = Some(now);
+        let refusal = check_key(&key, now).expect_err("revoked");
+        assert!(refusal.to_string().contains("k1 was revoked"), "{refusal}");
+    }
+
+    #[test]
+    fn generated_names_are_device_names_even_from_long_policy_names() {
+        let name = generated_name("lab");
+        assert!(name.as_str().starts_with("lab-"), "{name}");
+        assert_eq!(name.as_str().len(), 12);
+        let long = format!("{}-x", "a".repeat(53));
+        let name = generated_name(&long);
+        assert!(name.as_str().len() <= 63, "{name}");
+        assert!(!name.as_str().contains("--"), "{name}");
+        assert_ne!(generated_name("lab"), generated_name("lab"));
+    }
+}

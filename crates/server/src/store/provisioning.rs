@@ -1,0 +1,591 @@
+//! The `provisioning_policies`, `provisioning_keys`, `registrations` and
+//! `device_identities` tables (ADR 0025).
+
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use sqlx::error::ErrorKind;
+use sqlx::{Any, Transaction};
+use tether_proto::DeviceId;
+use tether_proto::api::Labels;
+use tether_proto::provisioning::{PolicySpec, RegistrationState};
+use tether_proto::spec::{DeviceSpec, Facts};
+
+use super::codec::{
+    device_id, from_json, get, limit, millis, optional_time, time, to_json, to_u64, violates,
+};
+use super::devices::{NewDevice, insert_device};
+use super::{DeviceRecord, Store, StoreError};
+
+/// A policy with how many devices it made and requests waiting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyRecord {
+    pub name: String,
+    pub spec: PolicySpec,
+    pub created_at: DateTime<Utc>,
+    pub devices: u64,
+    pub pending_approvals: u64,
+}
+
+/// A provisioning key, its secret only as a hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisioningKeyRecord {
+    pub id: String,
+    pub policy: String,
+    pub secret_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// One device's registration under a policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistrationRecord {
+    pub id: String,
+    pub policy: String,
+    pub public_key_sha256: String,
+    pub facts: Facts,
+    pub state: RegistrationState,
+    pub device: Option<DeviceId>,
+    pub created_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// A device a policy creates, with its template applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProvisionedDevice {
+    pub name: DeviceId,
+    pub labels: Labels,
+    /// Already checked against the spec's rules; version 1 unless empty.
+    pub spec: DeviceSpec,
+}
+
+/// What one registration step writes, all or nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistrationWrite {
+    pub registration: RegistrationRecord,
+    /// Only if the registration is still in this state (another operator
+    /// or replica did not decide first); `None`: a new registration.
+    pub expected_state: Option<RegistrationState>,
+    /// A device to create first.
+    pub new_device: Option<ProvisionedDevice>,
+    /// The hardware's identity under the policy, now the device's.
+    pub identity_key: Option<String>,
+}
+
+const POLICY_COLUMNS: &str = "p.name, p.spec, p.created_at, \
+     (SELECT COUNT(*) FROM devices d WHERE d.policy = p.name) AS devices, \
+     (SELECT COUNT(*) FROM registrations r WHERE r.policy = p.name AND r.state = 'pending') AS pending";
+const KEY_COLUMNS: &str =
+    "id, policy, secret_hash, created_at, created_by, expires_at, revoked_at, last_used_at";
+const REGISTRATION_COLUMNS: &str = "id, policy, public_key_sha256, facts, state, device, \
+     created_at, decided_at, decided_by, reason";
+
+fn query_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { context, source }
+}
+
+fn policy_from_row(row: &AnyRow) -> Result<PolicyRecord, StoreError> {
+    let name: String = get(row, "name")?;
+    Ok(PolicyRecord {
+        spec: from_json(&get::<String>(row, "spec")?, &format!("policy {name}"))?,
+        created_at: time(get(row, "created_at")?, "a policy's created_at")?,
+        devices: to_u64(get(row, "devices")?, "a policy's devices")?,
+        pending_approvals: to_u64(get(row, "pending")?, "a policy's pending approvals")?,
+        name,
+    })
+}
+
+fn key_from_row(row: &AnyRow) -> Result<ProvisioningKeyRecord, StoreError> {
+    Ok(ProvisioningKeyRecord {
+        id: get(row, "id")?,
+        policy: get(row, "policy")?,
+        secret_hash: get(row, "secret_hash")?,
+        created_at: time(get(row, "created_at")?, "a key's created_at")?,
+        created_by: get(row, "created_by")?,
+        expires_at: optional_time(get(row, "expires_at")?, "a key's expires_at")?,
+        revoked_at: optional_time(get(row, "revoked_at")?, "a key's revoked_at")?,
+        last_used_at: optional_time(get(row, "last_used_at")?, "a key's last_used_at")?,
+    })
+}
+
+fn state_name(state: RegistrationState) -> &'static str {
+    match state {
+        RegistrationState::Pending => "pending",
+        RegistrationState::Approved => "approved",
+        RegistrationState::Denied => "denied",
+        RegistrationState::Registered => "registered",
+    }
+}
+
+fn registration_from_row(row: &AnyRow) -> Result<RegistrationRecord, StoreError> {
+    let id: String = get(row, "id")?;
+    let state: String = get(row, "state")?;
+    let state = [
+        RegistrationState::Pending,
+        RegistrationState::Approved,
+        RegistrationState::Denied,
+        RegistrationState::Registered,
+    ]
+    .into_iter()
+    .find(|s| state_name(*s) == state)
+    .ok_or_else(|| StoreError::Corrupt(format!("registration {id} has state {state:?}")))?;
+    Ok(RegistrationRecord {
+        policy: get(row, "policy")?,
+        public_key_sha256: get(row, "public_key_sha256")?,
+        facts: from_json(&get::<String>(row, "facts")?, &format!("registration {id}"))?,
+        state,
+        device: get::<Option<String>>(row, "device")?
+            .map(device_id)
+            .transpose()?,
+        created_at: time(get(row, "created_at")?, "a registration's created_at")?,
+        decided_at: optional_time(get(row, "decided_at")?, "a registration's decided_at")?,
+        decided_by: get(row, "decided_by")?,
+        reason: get(row, "reason")?,
+        id,
+    })
+}
+
+impl Store {
+    /// `Conflict` if a policy of that name exists.
+    pub async fn insert_policy(
+        &self,
+        name: &str,
+        spec: &PolicySpec,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO provisioning_policies (name, spec, created_at) VALUES ($1, $2, $3)")
+            .bind(name)
+            .bind(to_json(spec, "a policy spec")?)
+            .bind(millis(now))
+            .execute(&self.pool)
+            .await
+            .map_err(|source| {
+                if violates(&source, ErrorKind::UniqueViolation) {
+                    StoreError::Conflict {
+                        what: format!("policy {name}"),
+                    }
+                } else {
+                    StoreError::Query {
+                        context: "create a provisioning policy",
+                        source,
+                    }
+                }
+            })?;
+        Ok(())
+    }
+
+    pub async fn get_policy(&self, name: &str) -> Result<Option<PolicyRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {POLICY_COLUMNS} FROM provisioning_policies p WHERE p.name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("read a provisioning policy"))?;
+        row.as_ref().map(policy_from_row).transpose()
+    }
+
+    /// Policies by name: at most `limit` after `after`.
+    pub async fn list_policies(
+        &self,
+        after: Option<&str>,
+        limit_to: u32,
+    ) -> Result<Vec<PolicyRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {POLICY_COLUMNS} FROM provisioning_policies p \
+             WHERE p.name > $1 ORDER BY p.name LIMIT $2"
+        ))
+        .bind(after.unwrap_or_default())
+        .bind(limit(limit_to))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("list provisioning policies"))?;
+        rows.iter().map(policy_from_row).collect()
+    }
+
+    /// Deletes a policy with its keys, registrations and identities; its
+    /// devices stay. `NotFound` if there is none.
+    pub async fn delete_policy(&self, name: &str) -> Result<(), StoreError> {
+        let deleted = sqlx::query("DELETE FROM provisioning_policies WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("delete a provisioning policy"))?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: format!("policy {name}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// `NotFound` if the key's policy does not exist.
+    pub async fn insert_provisioning_key(
+        &self,
+        key: &ProvisioningKeyRecord,
+    ) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO provisioning_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(&key.id)
+        .bind(&key.policy)
+        .bind(&key.secret_hash)
+        .bind(millis(key.created_at))
+        .bind(&key.created_by)
+        .bind(key.expires_at.map(millis))
+        .bind(key.revoked_at.map(millis))
+        .bind(key.last_used_at.map(millis))
+        .execute(&self.pool)
+        .await
+        .map_err(|source| {
+            if violates(&source, ErrorKind::ForeignKeyViolation) {
+                StoreError::NotFound {
+                    what: format!("policy {}", key.policy),
+                }
+            } else {
+                StoreError::Query {
+                    context: "store a provisioning key",
+                    source,
+                }
+            }
+        })?;
+        Ok(())
+    }
+
+    pub async fn get_provisioning_key(
+        &self,
+        id: &str,
+    ) -> Result<Option<ProvisioningKeyRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM provisioning_keys WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("read a provisioning key"))?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    /// A policy's keys, oldest first.
+    pub async fn list_provisioning_keys(
+        &self,
+        policy: &str,
+    ) -> Result<Vec<ProvisioningKeyRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM provisioning_keys WHERE policy = $1 ORDER BY created_at, id"
+        ))
+        .bind(policy)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("list provisioning keys"))?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    /// Revokes a key of `policy`; revoking it again keeps the first time.
+    /// `NotFound` if the policy has no such key.
+    pub async fn revoke_provisioning_key(
+        &self,
+        policy: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let updated = sqlx::query(
+            "UPDATE provisioning_keys SET revoked_at = COALESCE(revoked_at, $1) \
+             WHERE policy = $2 AND id = $3",
+        )
+        .bind(millis(now))
+        .bind(policy)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("revoke a provisioning key"))?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: format!("key {id} of policy {policy}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Notes that a key was used, at most once a minute per key.
+    pub async fn touch_provisioning_key(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE provisioning_keys SET last_used_at = $1 \
+             WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $3)",
+        )
+        .bind(millis(now))
+        .bind(id)
+        .bind(millis(now) - 60_000)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("note a provisioning key's use"))?;
+        Ok(())
+    }
+
+    /// The registration of `public_key_sha256` under `policy`, if any.
+    pub async fn registration_of_key(
+        &self,
+        policy: &str,
+        public_key_sha256: &str,
+    ) -> Result<Option<RegistrationRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {REGISTRATION_COLUMNS} FROM registrations \
+             WHERE policy = $1 AND public_key_sha256 = $2"
+        ))
+        .bind(policy)
+        .bind(public_key_sha256)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("read a registration"))?;
+        row.as_ref().map(registration_from_row).transpose()
+    }
+
+    pub async fn get_registration(
+        &self,
+        id: &str,
+    ) -> Result<Option<RegistrationRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {REGISTRATION_COLUMNS} FROM registrations WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("read a registration"))?;
+        row.as_ref().map(registration_from_row).transpose()
+    }
+
+    /// Registrations in `state` (any if `None`), oldest first: at most
+    /// `limit` after the id `after` (ids grow with time).
+    pub async fn list_registrations(
+        &self,
+        state: Option<RegistrationState>,
+        after: Option<&str>,
+        limit_to: u32,
+    ) -> Result<Vec<RegistrationRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {REGISTRATION_COLUMNS} FROM registrations \
+             WHERE ($1 = '' OR state = $1) AND id > $2 ORDER BY id LIMIT $3"
+        ))
+        .bind(state.map_or("", state_name))
+        .bind(after.unwrap_or_default())
+        .bind(limit(limit_to))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("list registrations"))?;
+        rows.iter().map(registration_from_row).collect()
+    }
+
+    /// The device `policy` knows by `identity_key`, if any.
+    pub async fn device_of_identity(
+        &self,
+        policy: &str,
+        identity_key: &str,
+    ) -> Result<Option<DeviceId>, StoreError> {
+        let device: Option<String> = sqlx::query_scalar(
+            "SELECT device FROM device_identities WHERE policy = $1 AND identity_key = $2",
+        )
+        .bind(policy)
+        .bind(identity_key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("look a device up by its identity"))?;
+        device.map(device_id).transpose()
+    }
+
+    /// The policy that created `device` and its spec, if one did and still
+    /// exists.
+    pub async fn policy_of_device(
+        &self,
+        device: &DeviceId,
+    ) -> Result<Option<(String, PolicySpec)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT p.name, p.spec FROM devices d JOIN provisioning_policies p ON p.name = d.policy \
+             WHERE d.name = $1",
+        )
+        .bind(device.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("read a device's policy"))?;
+        row.map(|row| {
+            let name: String = get(&row, "name")?;
+            let spec = from_json(&get::<String>(&row, "spec")?, &format!("policy {name}"))?;
+            Ok((name, spec))
+        })
+        .transpose()
+    }
+
+    /// Makes `identity_key` the device's identity under `policy`, in place
+    /// of the one it had; another device holding that identity loses it
+    /// (the hardware moved: the newest report wins).
+    pub async fn set_device_identity(
+        &self,
+        policy: &str,
+        identity_key: &str,
+        device: &DeviceId,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin("set a device's identity").await?;
+        put_identity(&mut tx, policy, identity_key, device).await?;
+        tx.commit()
+            .await
+            .map_err(query_error("set a device's identity"))
+    }
+
+    /// Writes one step of a registration in a transaction: the device it
+    /// creates, its identity, the registration itself. `Conflict` if the
+    /// registration moved on meanwhile (or a new one exists already), or
+    /// the device's name is taken.
+    pub async fn write_registration(
+        &self,
+        write: &RegistrationWrite,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let context = "write a registration";
+        let registration = &write.registration;
+        let mut tx = self.begin(context).await?;
+        let created = match &write.new_device {
+            Some(device) => Some(
+                create_provisioned(&mut tx, device, &registration.policy, now).await?,
+            ),
+            None => None,
+        };
+        if let (Some(key), Some(device)) = (&write.identity_key, &registration.device) {
+            put_identity(&mut tx, &registration.policy, key, device).await?;
+        }
+        let conflict = || StoreError::Conflict {
+            what: format!("registration {}", registration.id),
+        };
+        match write.expected_state {
+            None => {
+                sqlx::query(&format!(
+                    "INSERT INTO registrations ({REGISTRATION_COLUMNS}) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                ))
+                .bind(&registration.id)
+                .bind(&registration.policy)
+                .bind(&registration.public_key_sha256)
+                .bind(to_json(&registration.facts, "a registration's facts")?)
+                .bind(state_name(registration.state))
+                .bind(registration.device.as_ref().map(DeviceId::as_str))
+                .bind(millis(registration.created_at))
+                .bind(registration.decided_at.map(millis))
+                .bind(registration.decided_by.as_deref())
+                .bind(registration.reason.as_deref())
+                .execute(&mut *tx)
+                .await
+                .map_err(|source| {
+                    if violates(&source, ErrorKind::UniqueViolation) {
+                        conflict()
+                    } else {
+                        StoreError::Query { context, source }
+                    }
+                })?;
+            }
+            Some(expected) => {
+                let updated = sqlx::query(
+                    "UPDATE registrations SET state = $1, device = $2, decided_at = $3, \
+                     decided_by = $4, reason = $5 WHERE id = $6 AND state = $7",
+                )
+                .bind(state_name(registration.state))
+                .bind(registration.device.as_ref().map(DeviceId::as_str))
+                .bind(registration.decided_at.map(millis))
+                .bind(registration.decided_by.as_deref())
+                .bind(registration.reason.as_deref())
+                .bind(&registration.id)
+                .bind(state_name(expected))
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error(context))?;
+                if updated.rows_affected() == 0 {
+                    return Err(conflict());
+                }
+            }
+        }
+        tx.commit().await.map_err(query_error(context))?;
+        Ok(created)
+    }
+}
+
+async fn create_provisioned(
+    tx: &mut Transaction<'_, Any>,
+    device: &ProvisionedDevice,
+    policy: &str,
+    now: DateTime<Utc>,
+) -> Result<DeviceRecord, StoreError> {
+    let record = insert_device(
+        tx,
+        &NewDevice {
+            name: &device.name,
+            labels: &device.labels,
+            display_name: None,
+            policy: Some(policy),
+        },
+        now,
+    )
+    .await?;
+    if !device.spec.is_empty() {
+        sqlx::query(
+            "INSERT INTO device_specs (device, spec, spec_version, spec_updated_at) \
+             VALUES ($1, $2, 1, $3)",
+        )
+        .bind(device.name.as_str())
+        .bind(to_json(&device.spec, "a device spec")?)
+        .bind(millis(now))
+        .execute(&mut **tx)
+        .await
+        .map_err(query_error("write a provisioned device's spec"))?;
+    }
+    Ok(record)
+}
+
+async fn put_identity(
+    tx: &mut Transaction<'_, Any>,
+    policy: &str,
+    identity_key: &str,
+    device: &DeviceId,
+) -> Result<(), StoreError> {
+    let context = "set a device's identity";
+    sqlx::query(
+        "DELETE FROM device_identities WHERE policy = $1 \
+         AND (device = $2 OR identity_key = $3)",
+    )
+    .bind(policy)
+    .bind(device.as_str())
+    .bind(identity_key)
+    .execute(&mut **tx)
+    .await
+    .map_err(query_error(context))?;
+    sqlx::query("INSERT INTO device_identities (policy, identity_key, device) VALUES ($1, $2, $3)")
+        .bind(policy)
+        .bind(identity_key)
+        .bind(device.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(query_error(context))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_has_a_stored_name() {
+        for state in [
+            RegistrationState::Pending,
+            RegistrationState::Approved,
+            RegistrationState::Denied,
+            RegistrationState::Registered,
+        ] {
+            let json = serde_json::to_value(state).expect("serializes");
+            assert_eq!(json, state_name(state));
+        }
+    }
+}
