@@ -341,9 +341,10 @@ async fn connections_that_do_not_log_in_are_closed_and_one_address_takes_half_th
     let (mut refused, _) = connect_from(from(3), port).await;
     assert_eq!(first_line(&mut refused).await, "", "all eight are taken");
 
-    // The agent closes each once the login timeout passed.
-    for (mut stream, opened) in idle {
-        until_closed(&mut stream).await;
+    // The agent closes each once the login timeout passed, and gives its
+    // slot back though the client keeps its end open.
+    for (stream, opened) in &mut idle {
+        until_closed(stream).await;
         assert!(opened.elapsed() >= login_timeout, "{:?}", opened.elapsed());
     }
     wait_until(
@@ -383,4 +384,5 @@ async fn connections_that_do_not_log_in_are_closed_and_one_address_takes_half_th
         run.stderr,
         agent.log()
     );
+    drop(idle);
 }
