@@ -266,6 +266,17 @@ pub struct Config {
     )]
     pub shell_work_dir: PathBuf,
 
+    /// Seconds a management shell connection (tunnel or --shell-listen)
+    /// may take to log in before it is closed and its process ends
+    #[arg(
+        long,
+        env = "TETHER_AGENT_SHELL_LOGIN_TIMEOUT_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = crate::management_shell::LOGIN_TIMEOUT_SECONDS,
+        value_parser = clap::value_parser!(u64).range(1..=600)
+    )]
+    pub shell_login_timeout_seconds: u64,
+
     /// Also serve the management shell on this TCP address, e.g.
     /// 0.0.0.0:2222 for the cluster's Service `management-pod` (off unless
     /// given; needs --shell-authorized-keys or --shell-password-file)
@@ -405,6 +416,7 @@ impl Config {
                 .unwrap_or_else(|| beside_this_executable(crate::management_shell::HELPER_NAME)),
             work_dir: self.shell_work_dir.clone(),
             host_key: state_dir.join(crate::management_shell::HOST_KEY_FILE),
+            login_timeout: std::time::Duration::from_secs(self.shell_login_timeout_seconds),
         }
     }
 
@@ -677,6 +689,29 @@ mod tests {
                 authorized_keys_file: None,
                 password_file: Some("/login/password".into()),
             })
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_shell_connection_has_30_seconds_to_log_in_unless_told() -> anyhow::Result<()> {
+        let state = std::path::Path::new("/state");
+        let config = Config::try_parse_from(["tether-agent"])?;
+        assert_eq!(
+            config.management_shell(state).login_timeout,
+            std::time::Duration::from_secs(30)
+        );
+        let config =
+            Config::try_parse_from(["tether-agent", "--shell-login-timeout-seconds", "5"])?;
+        assert_eq!(
+            config.management_shell(state).login_timeout,
+            std::time::Duration::from_secs(5)
+        );
+        let error = Config::try_parse_from(["tether-agent", "--shell-login-timeout-seconds", "0"])
+            .expect_err("no time to log in");
+        assert!(
+            error.to_string().contains("--shell-login-timeout-seconds"),
+            "{error}"
         );
         Ok(())
     }

@@ -675,6 +675,9 @@ pub(crate) mod tests {
                 helper: crate::management_shell::HELPER_NAME.into(),
                 work_dir: std::env::temp_dir(),
                 host_key: std::env::temp_dir().join(crate::management_shell::HOST_KEY_FILE),
+                login_timeout: std::time::Duration::from_secs(
+                    crate::management_shell::LOGIN_TIMEOUT_SECONDS,
+                ),
             },
         };
         (context, Box::new(subscriber))

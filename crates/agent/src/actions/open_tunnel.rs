@@ -126,11 +126,8 @@ pub fn prepare(
                 let settings = Settings {
                     authorized_keys: open.authorized_keys,
                     password_hash: open.password_hash,
-                    authorized_keys_file: None,
-                    password_file: None,
                     kubeconfig: crate::management_shell::cluster_kubeconfig(&kubernetes).await,
-                    work_dir: shell.work_dir.clone(),
-                    host_key: shell.host_key.clone(),
+                    ..Settings::for_shell(&shell)
                 };
                 Box::pin(tunnel::ssh::serve(socket, shell, settings))
             }

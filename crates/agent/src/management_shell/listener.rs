@@ -8,21 +8,30 @@
 //! does, and the agent carries the bytes between the TCP connection and
 //! the helper's socket: the settings line must come first on the helper's
 //! stdin, which the client's bytes cannot share. At most
-//! [`MAX_CONNECTIONS`] at once; more are closed at once.
+//! [`MAX_CONNECTIONS`] at once, [`MAX_CONNECTIONS_PER_PEER`] of them from
+//! one peer; more are closed at once. A connection that does not log in
+//! within the login timeout is closed by its helper, which frees its slot:
+//! idle connections cannot keep operators out.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use super::{Settings, ShellConfig, cluster_kubeconfig, start_helper};
 
 /// Concurrent connections the listener serves; each is a process.
 pub const MAX_CONNECTIONS: usize = 8;
-/// How long the helper has to end its SSH session once the client left.
+/// Concurrent connections from one peer ([`peer_key`]), so that one
+/// address cannot take every slot. Behind a NAT (a NodePort Service that
+/// rewrites source addresses) every client shares this.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 4;
+/// How long the helper has to end its SSH session once the client left,
+/// and to hand over its last bytes once it exited.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// Where the listener listens and who may log in through it.
@@ -66,7 +75,7 @@ impl Listener {
     /// Accepts connections until the task is aborted, each served by a
     /// helper of its own.
     pub async fn serve(self, shell: ShellConfig, kubernetes: crate::actions::Kubernetes) {
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let slots = Arc::new(Slots::default());
         loop {
             let (tcp, peer) = match self.tcp.accept().await {
                 Ok(accepted) => accepted,
@@ -77,18 +86,21 @@ impl Listener {
                     continue;
                 }
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "management shell connection refused: {MAX_CONNECTIONS} are open already");
-                continue;
+            let slot = match Slots::take(&slots, peer.ip()) {
+                Ok(slot) => slot,
+                Err(Full::All) => {
+                    tracing::warn!(%peer, "management shell connection refused: {MAX_CONNECTIONS} are open already");
+                    continue;
+                }
+                Err(Full::Peer) => {
+                    tracing::warn!(%peer, "management shell connection refused: {MAX_CONNECTIONS_PER_PEER} are open from this address already");
+                    continue;
+                }
             };
             let settings = Settings {
-                authorized_keys: Vec::new(),
-                password_hash: None,
                 authorized_keys_file: self.config.authorized_keys_file.clone(),
                 password_file: self.config.password_file.clone(),
-                kubeconfig: None,
-                work_dir: shell.work_dir.clone(),
-                host_key: shell.host_key.clone(),
+                ..Settings::for_shell(&shell)
             };
             let (shell, kubernetes) = (shell.clone(), kubernetes.clone());
             tokio::spawn(async move {
@@ -98,13 +110,81 @@ impl Listener {
                 };
                 carry(tcp, peer, &shell, &settings).await;
                 drop(slot);
+                tracing::info!(%peer, "management shell connection ended");
             });
         }
     }
 }
 
+/// The connections being served, counted per peer.
+#[derive(Debug, Default)]
+struct Slots {
+    taken: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Why a connection gets no slot.
+#[derive(Debug, PartialEq, Eq)]
+enum Full {
+    /// [`MAX_CONNECTIONS`] are served.
+    All,
+    /// [`MAX_CONNECTIONS_PER_PEER`] are served for this peer.
+    Peer,
+}
+
+/// A connection's place among [`Slots`], given back when dropped.
+#[derive(Debug)]
+struct Slot {
+    slots: Arc<Slots>,
+    peer: IpAddr,
+}
+
+impl Slots {
+    /// A slot for a connection from `address`, if both limits allow one.
+    fn take(slots: &Arc<Self>, address: IpAddr) -> Result<Slot, Full> {
+        let peer = peer_key(address);
+        let mut taken = slots.taken.lock().unwrap_or_else(|e| e.into_inner());
+        if taken.values().sum::<usize>() >= MAX_CONNECTIONS {
+            return Err(Full::All);
+        }
+        let count = taken.entry(peer).or_default();
+        if *count >= MAX_CONNECTIONS_PER_PEER {
+            return Err(Full::Peer);
+        }
+        *count += 1;
+        Ok(Slot {
+            slots: slots.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut taken = self.slots.taken.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = taken.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                taken.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// The peer an address counts as: an IPv4 address (also when mapped into
+/// IPv6 by a dual-stack socket), or an IPv6 address's /64, which one host
+/// usually has whole to pick source addresses from.
+fn peer_key(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
+}
+
 /// One connection: the helper started for it, the bytes carried both ways
-/// until either side ends.
+/// until the helper's side ends. It ends when the client left (the helper
+/// reads the end of its input and ends the SSH session) and when the
+/// helper closes the connection itself (no login in time): waiting for
+/// the client to end its side too would let an idle client keep its slot.
 async fn carry(mut tcp: TcpStream, peer: SocketAddr, shell: &ShellConfig, settings: &Settings) {
     let _ = tcp.set_nodelay(true);
     let (mut child, mut helper) = match start_helper(shell, settings).await {
@@ -115,7 +195,36 @@ async fn carry(mut tcp: TcpStream, peer: SocketAddr, shell: &ShellConfig, settin
         }
     };
     tracing::info!(%peer, %settings, "management shell connection");
-    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut helper).await;
+    {
+        let (mut from_client, mut to_client) = tcp.split();
+        let (mut from_helper, mut to_helper) = helper.split();
+        let answers = async {
+            let _ = tokio::io::copy(&mut from_helper, &mut to_client).await;
+            let _ = to_client.shutdown().await;
+        };
+        let requests = async {
+            let _ = tokio::io::copy(&mut from_client, &mut to_helper).await;
+            let _ = to_helper.shutdown().await;
+            // The helper's last answers are still on their way.
+            std::future::pending::<()>().await;
+        };
+        let carried = async {
+            tokio::select! {
+                () = answers => {}
+                () = requests => {}
+            }
+        };
+        tokio::pin!(carried);
+        tokio::select! {
+            () = &mut carried => {}
+            // A client that reads nothing cannot hold the connection open
+            // once the helper is gone.
+            _ = child.wait() => {
+                let _ = tokio::time::timeout(EXIT_GRACE, carried).await;
+            }
+        }
+    }
+    drop(tcp);
     drop(helper);
     if tokio::time::timeout(EXIT_GRACE, child.wait())
         .await
@@ -128,6 +237,38 @@ async fn carry(mut tcp: TcpStream, peer: SocketAddr, shell: &ShellConfig, settin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_peer_takes_at_most_half_the_slots_and_gives_them_back() {
+        let slots = Arc::new(Slots::default());
+        let ip = |text: &str| text.parse::<IpAddr>().expect("an address");
+        let first: Vec<Slot> = (0..MAX_CONNECTIONS_PER_PEER)
+            .map(|_| Slots::take(&slots, ip("10.0.0.1")).expect("a slot"))
+            .collect();
+        assert_eq!(Slots::take(&slots, ip("10.0.0.1")).err(), Some(Full::Peer));
+        // The same address, mapped into IPv6 by a dual-stack socket.
+        assert_eq!(
+            Slots::take(&slots, ip("::ffff:10.0.0.1")).err(),
+            Some(Full::Peer)
+        );
+        let second: Vec<Slot> = (1..=MAX_CONNECTIONS_PER_PEER)
+            .map(|host| Slots::take(&slots, ip(&format!("2001:db8::{host}"))).expect("a slot"))
+            .collect();
+        assert_eq!(Slots::take(&slots, ip("10.0.0.3")).err(), Some(Full::All));
+        drop(first);
+        // One IPv6 /64 counts as one peer.
+        assert_eq!(
+            Slots::take(&slots, ip("2001:db8::ffff:1")).err(),
+            Some(Full::Peer)
+        );
+        assert!(Slots::take(&slots, ip("10.0.0.1")).is_ok());
+        assert!(Slots::take(&slots, ip("2001:db8:0:1::1")).is_ok());
+        drop(second);
+        assert!(
+            slots.taken.lock().expect("unlocked").is_empty(),
+            "every slot given back"
+        );
+    }
 
     #[tokio::test]
     async fn an_address_in_use_is_an_error_naming_the_flag() {

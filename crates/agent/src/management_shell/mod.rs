@@ -18,6 +18,7 @@ pub mod server;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
@@ -31,6 +32,11 @@ pub const HOST_KEY_FILE: &str = "shell_host_key";
 /// The longest settings line the helper reads (100 keys of a few hundred
 /// bytes fit many times over).
 pub const MAX_SETTINGS_BYTES: u64 = 1024 * 1024;
+/// How long a connection may take to log in unless
+/// `--shell-login-timeout-seconds` says otherwise (OpenSSH's
+/// `LoginGraceTime`, shorter: logins here are a key or a pasted password).
+/// Until then it holds a process and, on the listener, one of its slots.
+pub const LOGIN_TIMEOUT_SECONDS: u64 = 30;
 
 /// How the agent runs management shells; from its flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +47,8 @@ pub struct ShellConfig {
     pub work_dir: PathBuf,
     /// The ed25519 host key (OpenSSH format, 0600), created on first use.
     pub host_key: PathBuf,
+    /// How long a connection may take to log in before it is closed.
+    pub login_timeout: Duration,
 }
 
 /// One SSH connection's settings: the first line on the helper's socket.
@@ -71,6 +79,26 @@ pub struct Settings {
     pub kubeconfig: Option<String>,
     pub work_dir: PathBuf,
     pub host_key: PathBuf,
+    /// Seconds the client has to log in; then the helper closes the
+    /// connection and exits ([`ShellConfig::login_timeout`]).
+    pub login_timeout_seconds: u64,
+}
+
+impl Settings {
+    /// The settings of a connection run with `config`, before who may log
+    /// in and the kubeconfig are filled in.
+    pub fn for_shell(config: &ShellConfig) -> Self {
+        Self {
+            authorized_keys: Vec::new(),
+            password_hash: None,
+            authorized_keys_file: None,
+            password_file: None,
+            kubeconfig: None,
+            work_dir: config.work_dir.clone(),
+            host_key: config.host_key.clone(),
+            login_timeout_seconds: config.login_timeout.as_secs(),
+        }
+    }
 }
 
 impl std::fmt::Display for Settings {
@@ -188,6 +216,7 @@ mod tests {
             kubeconfig: Some(r#"{"users":[{"user":{"token":"secret"}}]}"#.to_owned()),
             work_dir: "/work".into(),
             host_key: "/state/shell_host_key".into(),
+            login_timeout_seconds: 30,
         };
         let line = serde_json::to_string(&settings).expect("serialized");
         assert_eq!(
@@ -212,8 +241,10 @@ mod tests {
             "0 key(s) and those of /login/authorized_keys, the password in /login/password, work dir /work"
         );
         assert!(
-            serde_json::from_str::<Settings>(r#"{"workDir":"/w","hostKey":"/k","extra":1}"#)
-                .is_err()
+            serde_json::from_str::<Settings>(
+                r#"{"workDir":"/w","hostKey":"/k","loginTimeoutSeconds":30,"extra":1}"#
+            )
+            .is_err()
         );
     }
 }

@@ -38,12 +38,10 @@ fn accepted_env(name: &str) -> bool {
 pub enum ServerError {
     #[error("the SSH connection failed")]
     Ssh(#[from] russh::Error),
-    #[error("cannot write the cluster's kubeconfig {path}")]
-    Kubeconfig {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(
+        "no login within {seconds} s: the connection is closed (the agent's --shell-login-timeout-seconds)"
+    )]
+    NoLogin { seconds: u64 },
     #[error("the work dir {path} cannot be created")]
     WorkDir {
         path: String,
@@ -59,8 +57,15 @@ pub async fn serve(
     host_key: PrivateKey,
 ) -> Result<(), ServerError> {
     prepare_work_dir(&settings.work_dir)?;
-    if let Some(kubeconfig) = &settings.kubeconfig {
-        write_kubeconfig(&settings.work_dir, kubeconfig)?;
+    // A session without it is still of use, and lets the user remove
+    // what stood in the way.
+    if let Some(kubeconfig) = &settings.kubeconfig
+        && let Err(error) = write_kubeconfig(&settings.work_dir, kubeconfig)
+    {
+        tracing::warn!(
+            "{}; sessions start without the cluster's kubeconfig",
+            tether_proto::error_chain(&error)
+        );
     }
     let from_file = settings
         .authorized_keys_file
@@ -99,22 +104,44 @@ pub async fn serve(
         keys: vec![host_key],
         max_auth_attempts: MAX_AUTH_ATTEMPTS,
         // Interactive shells sit idle for long; a vanished client is
-        // found by the keepalives instead.
+        // found by the keepalives instead, one that never logs in by the
+        // login timeout.
         inactivity_timeout: None,
         keepalive_interval: Some(KEEPALIVE),
         nodelay: true,
         ..Default::default()
     };
+    let login_timeout = settings.login_timeout_seconds;
+    let (logged_in, login) = tokio::sync::oneshot::channel();
     let handler = Connection {
         settings: Arc::new(settings),
         keys,
         password,
         user: String::new(),
         channels: HashMap::new(),
+        logged_in: Some(logged_in),
     };
-    let session = russh::server::run_stream(Arc::new(config), stream, handler).await?;
-    session.await?;
-    Ok(())
+    // run_stream waits for the client's first bytes already.
+    let connection = async {
+        russh::server::run_stream(Arc::new(config), stream, handler)
+            .await?
+            .await
+    };
+    tokio::select! {
+        ended = connection => Ok(ended?),
+        () = no_login(login, Duration::from_secs(login_timeout)) => {
+            Err(ServerError::NoLogin { seconds: login_timeout })
+        }
+    }
+}
+
+/// Completes when `timeout` passed before `login` came; never once it came,
+/// so a logged-in connection lasts as long as its client.
+async fn no_login(login: tokio::sync::oneshot::Receiver<()>, timeout: Duration) {
+    if tokio::time::timeout(timeout, login).await.is_ok() {
+        // Logged in, or the connection ended before (it ends serve).
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Creates the work dir (0700) if it is missing; an existing one is left
@@ -161,37 +188,103 @@ fn password_in(path: &Path) -> Option<String> {
     }
 }
 
+/// Why the cluster's kubeconfig was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeconfigError {
+    #[error("cannot write the cluster's kubeconfig {path}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "will not write the cluster's kubeconfig into {path}: it is {found}, not a directory of this user's; remove it and log in again, which makes it anew"
+    )]
+    Refused { path: String, found: String },
+}
+
 /// Writes the cluster's kubeconfig to `WORK_DIR/.kube/config`, 0600,
-/// whole (a private name renamed into place), replacing the previous
-/// connection's: its token may have expired since.
-fn write_kubeconfig(work_dir: &Path, kubeconfig: &str) -> Result<(), ServerError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-    let dir = work_dir.join(".kube");
-    let path = dir.join("config");
-    let failed = |source| ServerError::Kubeconfig {
-        path: path.display().to_string(),
-        source,
+/// whole, replacing the previous connection's: its token may have expired
+/// since.
+///
+/// The work dir is the shell users' home, so a link may stand at any name
+/// in it: `.kube` is opened without following one and must be a directory
+/// of this user's (made 0700); everything after is relative to that open
+/// directory, so no path can be swapped in between. The file is created
+/// new under a random name (a link or file planted at a guessable name
+/// changes nothing) and renamed over `config`, which replaces a link
+/// there instead of writing through it.
+fn write_kubeconfig(work_dir: &Path, kubeconfig: &str) -> Result<(), KubeconfigError> {
+    use rustix::fs::{
+        AtFlags, CWD, FileType, Mode, OFlags, mkdirat, openat, renameat, statat, unlinkat,
     };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(failed)?;
-    let partial = dir.join(format!("config.partial-{}", std::process::id()));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&partial)
-        .and_then(|mut file| file.write_all(kubeconfig.as_bytes()))
-        .and_then(|()| std::fs::rename(&partial, &path));
-    if let Err(error) = written {
-        let _ = std::fs::remove_file(&partial);
-        return Err(failed(error));
+    use std::io::Write as _;
+    let kube_path = work_dir.join(".kube");
+    let path = kube_path.join("config");
+    let failed = |error: rustix::io::Errno| KubeconfigError::Write {
+        path: path.display().to_string(),
+        source: error.into(),
+    };
+    let directory = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let work = openat(CWD, work_dir, directory, Mode::empty()).map_err(failed)?;
+    match mkdirat(&work, ".kube", Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(error) => return Err(failed(error)),
+    }
+    let refused = |found: String| KubeconfigError::Refused {
+        path: kube_path.display().to_string(),
+        found,
+    };
+    let ours = rustix::process::geteuid().as_raw();
+    let kube = match openat(&work, ".kube", directory | OFlags::NOFOLLOW, Mode::empty()) {
+        Ok(kube) => kube,
+        // A link or a file: say which.
+        Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+            let stat = statat(&work, ".kube", AtFlags::SYMLINK_NOFOLLOW).map_err(failed)?;
+            let found = unfit_kube_dir(FileType::from_raw_mode(stat.st_mode), stat.st_uid, ours)
+                .unwrap_or_else(|| "being replaced".to_owned());
+            return Err(refused(found));
+        }
+        Err(error) => return Err(failed(error)),
+    };
+    let stat = rustix::fs::fstat(&kube).map_err(failed)?;
+    if let Some(found) = unfit_kube_dir(FileType::from_raw_mode(stat.st_mode), stat.st_uid, ours) {
+        return Err(refused(found));
+    }
+    if stat.st_mode & 0o7777 != 0o700 {
+        rustix::fs::fchmod(&kube, Mode::from_raw_mode(0o700)).map_err(failed)?;
+    }
+    let partial = format!(".config.{:016x}", rand::random::<u64>());
+    let written = openat(
+        &kube,
+        &partial,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(std::io::Error::from)
+    .and_then(|file| std::fs::File::from(file).write_all(kubeconfig.as_bytes()))
+    .and_then(|()| renameat(&kube, &partial, &kube, "config").map_err(std::io::Error::from));
+    if let Err(source) = written {
+        let _ = unlinkat(&kube, &partial, AtFlags::empty());
+        return Err(KubeconfigError::Write {
+            path: path.display().to_string(),
+            source,
+        });
     }
     Ok(())
+}
+
+/// What `.kube` is when it cannot hold the kubeconfig (its type, not
+/// following a link, and owner), or none when it is a directory owned by
+/// `ours`.
+fn unfit_kube_dir(kind: rustix::fs::FileType, owner: u32, ours: u32) -> Option<String> {
+    use rustix::fs::FileType;
+    match kind {
+        FileType::Directory if owner == ours => None,
+        FileType::Directory => Some(format!("owned by uid {owner}")),
+        FileType::Symlink => Some("a symbolic link".to_owned()),
+        _ => Some("not a directory".to_owned()),
+    }
 }
 
 /// The password that may log in, as the connection's settings gave it.
@@ -226,6 +319,8 @@ struct Connection {
     user: String,
     /// Session channels opened and not yet running anything.
     channels: HashMap<ChannelId, Pending>,
+    /// Told once the client logged in: the login timeout stops.
+    logged_in: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// A session channel until it runs something: what the client asked for.
@@ -302,6 +397,13 @@ impl russh::server::Handler for Connection {
         tracing::info!(user, "management shell login with the password");
         self.user = user.to_owned();
         Ok(Auth::Accept)
+    }
+
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(logged_in) = self.logged_in.take() {
+            let _ = logged_in.send(());
+        }
+        Ok(())
     }
 
     async fn channel_open_session(
@@ -687,23 +789,129 @@ mod tests {
         assert!(password_in(&dir.path().join("missing")).is_none());
     }
 
+    /// The mode bits of `path`, not following a link.
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::symlink_metadata(path)
+            .expect("there")
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
     #[test]
     fn the_kubeconfig_is_private_and_replaced_whole() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().expect("a dir");
+        let kube = dir.path().join(".kube");
+        // A .kube of ours made too open is made private.
+        std::fs::create_dir(&kube).expect("made");
+        std::fs::set_permissions(&kube, std::fs::Permissions::from_mode(0o755)).expect("opened");
+        // A file at the name the writer once used: taken for nothing.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "untouched").expect("written");
+        let guessed = kube.join(format!("config.partial-{}", std::process::id()));
+        std::os::unix::fs::symlink(&elsewhere, &guessed).expect("planted");
+
         write_kubeconfig(dir.path(), "first").expect("written");
         write_kubeconfig(dir.path(), "second").expect("replaced");
-        let path = dir.path().join(".kube").join("config");
+        let path = kube.join("config");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "second");
-        let mode = std::fs::metadata(&path)
-            .expect("there")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let entries = std::fs::read_dir(dir.path().join(".kube"))
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&kube), 0o700);
+        assert_eq!(
+            std::fs::read_to_string(&elsewhere).expect("read"),
+            "untouched"
+        );
+        let mut entries: Vec<_> = std::fs::read_dir(&kube)
             .expect("listed")
-            .count();
-        assert_eq!(entries, 1, "no partial file left");
+            .map(|entry| entry.expect("an entry").file_name())
+            .collect();
+        entries.sort();
+        assert_eq!(
+            entries,
+            [
+                std::ffi::OsString::from("config"),
+                guessed.file_name().expect("named").into()
+            ],
+            "no partial file left"
+        );
+    }
+
+    #[test]
+    fn a_link_at_config_is_replaced_not_written_through() {
+        let dir = tempfile::tempdir().expect("a dir");
+        let target = dir.path().join("target");
+        std::fs::write(&target, "untouched").expect("written");
+        let kube = dir.path().join("work").join(".kube");
+        std::fs::create_dir_all(&kube).expect("made");
+        std::os::unix::fs::symlink(&target, kube.join("config")).expect("planted");
+
+        write_kubeconfig(&dir.path().join("work"), "token").expect("written");
+        let config = kube.join("config");
+        assert!(
+            std::fs::symlink_metadata(&config)
+                .expect("there")
+                .file_type()
+                .is_file(),
+            "a file of its own now"
+        );
+        assert_eq!(std::fs::read_to_string(&config).expect("read"), "token");
+        assert_eq!(mode(&config), 0o600);
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "untouched");
+    }
+
+    #[test]
+    fn a_kube_dir_that_is_a_link_or_a_file_is_refused_naming_it() {
+        let dir = tempfile::tempdir().expect("a dir");
+        let target = dir.path().join("target");
+        std::fs::create_dir(&target).expect("made");
+        let work = dir.path().join("work");
+        std::fs::create_dir(&work).expect("made");
+        std::os::unix::fs::symlink(&target, work.join(".kube")).expect("planted");
+
+        let error = write_kubeconfig(&work, "token").expect_err("refused");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "will not write the cluster's kubeconfig into {}: it is a symbolic link, not a directory of this user's; remove it and log in again, which makes it anew",
+                work.join(".kube").display()
+            )
+        );
+        assert_eq!(
+            std::fs::read_dir(&target).expect("listed").count(),
+            0,
+            "nothing written through the link"
+        );
+
+        std::fs::remove_file(work.join(".kube")).expect("removed");
+        std::fs::write(work.join(".kube"), "a file").expect("written");
+        let error = write_kubeconfig(&work, "token").expect_err("refused");
+        assert!(
+            error.to_string().contains("it is not a directory"),
+            "{error}"
+        );
+        std::fs::remove_file(work.join(".kube")).expect("removed");
+        write_kubeconfig(&work, "token").expect("made anew");
+        assert_eq!(mode(&work.join(".kube")), 0o700);
+    }
+
+    #[test]
+    fn only_a_directory_of_ours_holds_the_kubeconfig() {
+        use rustix::fs::FileType;
+        assert_eq!(unfit_kube_dir(FileType::Directory, 1000, 1000), None);
+        assert_eq!(
+            unfit_kube_dir(FileType::Directory, 0, 1000).as_deref(),
+            Some("owned by uid 0")
+        );
+        assert_eq!(
+            unfit_kube_dir(FileType::Symlink, 1000, 1000).as_deref(),
+            Some("a symbolic link")
+        );
+        assert_eq!(
+            unfit_kube_dir(FileType::RegularFile, 1000, 1000).as_deref(),
+            Some("not a directory")
+        );
     }
 
     #[test]

@@ -2,11 +2,14 @@
 //! stock `ssh` client straight to a real agent's port, as a cluster's
 //! Service `management-pod` reaches it, with no tetherd in the path.
 
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tether_testkit::wait_until;
+use tokio::io::AsyncReadExt as _;
+use tokio::net::TcpStream;
 
 use super::{Run, run_to_end, tetherd};
 
@@ -35,6 +38,28 @@ fn tcp_listeners(pid: u32) -> Vec<u16> {
         .collect();
     ports.sort_unstable();
     ports
+}
+
+/// The port the agent's listener bound (port 0 asked), from its log.
+async fn listening_port(agent: &tether_testkit::Agent) -> u16 {
+    wait_until(
+        "the listener's address in the log",
+        Duration::from_secs(30),
+        || {
+            let log = agent.log();
+            async move {
+                Ok(log
+                    .lines()
+                    .find_map(|line| {
+                        line.split("the management shell listens on 127.0.0.1:")
+                            .nth(1)
+                    })
+                    .and_then(|port| port.trim().parse::<u16>().ok()))
+            }
+        },
+    )
+    .await
+    .expect("listening")
 }
 
 /// ssh options that log in with a password only, asked once.
@@ -153,24 +178,7 @@ async fn the_stock_ssh_client_logs_in_through_the_agents_own_listener_with_its_f
     let agent = tether_testkit::Agent::enroll_with_env(&tetherd, &admin, "edge-1", &env)
         .await
         .expect("an agent");
-    let port = wait_until(
-        "the listener's address in the log",
-        Duration::from_secs(30),
-        || {
-            let log = agent.log();
-            async move {
-                Ok(log
-                    .lines()
-                    .find_map(|line| {
-                        line.split("the management shell listens on 127.0.0.1:")
-                            .nth(1)
-                    })
-                    .and_then(|port| port.trim().parse::<u16>().ok()))
-            }
-        },
-    )
-    .await
-    .expect("listening");
+    let port = listening_port(&agent).await;
     assert_eq!(
         tcp_listeners(agent.pid().expect("running")),
         [port],
@@ -250,4 +258,131 @@ async fn the_stock_ssh_client_logs_in_through_the_agents_own_listener_with_its_f
         "{}",
         plain.log()
     );
+}
+
+/// A TCP connection to the listener on 127.0.0.1:`port` from `source`
+/// (the whole of 127.0.0.0/8 is the loopback), and when it was opened.
+async fn connect_from(source: Ipv4Addr, port: u16) -> (TcpStream, Instant) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.bind((source, 0).into()).expect("bound");
+    let stream = socket
+        .connect((Ipv4Addr::LOCALHOST, port).into())
+        .await
+        .expect("connected");
+    (stream, Instant::now())
+}
+
+/// The first line the agent sends (a served connection's SSH server
+/// identification), or what came before it closed the connection.
+async fn first_line(stream: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let read = async {
+        while stream.read_u8().await.map(|byte| line.push(byte)).is_ok() && !line.ends_with(b"\n") {
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("a line or the end within 30 s");
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Reads what the agent sends until it closes the connection; a minute at
+/// most.
+async fn until_closed(stream: &mut TcpStream) {
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut rest))
+        .await
+        .expect("closed within a minute")
+        .expect("read to the end");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_that_do_not_log_in_are_closed_and_one_address_takes_half_the_slots() {
+    let login_timeout = Duration::from_secs(5);
+    let tetherd = tetherd().await;
+    let admin = tetherd.admin().await.expect("admin");
+    let scratch = tempfile::tempdir().expect("a dir");
+    let work = scratch.path().join("work").display().to_string();
+    let password_file = scratch.path().join("password");
+    std::fs::write(&password_file, "correct horse battery\n").expect("password");
+    let env = [
+        ("TETHER_AGENT_SHELL_WORK_DIR", work.as_str()),
+        ("TETHER_AGENT_SHELL_LISTEN", "127.0.0.1:0"),
+        (
+            "TETHER_AGENT_SHELL_PASSWORD_FILE",
+            password_file.to_str().expect("utf-8"),
+        ),
+        ("TETHER_AGENT_SHELL_LOGIN_TIMEOUT_SECONDS", "5"),
+    ];
+    let agent = tether_testkit::Agent::enroll_with_env(&tetherd, &admin, "edge-1", &env)
+        .await
+        .expect("an agent");
+    let port = listening_port(&agent).await;
+    let from = |last: u8| Ipv4Addr::new(127, 0, 0, last);
+
+    // Every slot taken by connections that send nothing, four from each of
+    // two addresses: each is served (the server's identification comes),
+    // a fifth from one address and any from a third are closed at once.
+    let mut idle = Vec::new();
+    for source in [from(1), from(2)] {
+        for _ in 0..4 {
+            let (mut stream, opened) = connect_from(source, port).await;
+            let line = first_line(&mut stream).await;
+            assert!(
+                line.starts_with("SSH-2.0-tether-agent-shell"),
+                "{line:?}\n{}",
+                agent.log()
+            );
+            idle.push((stream, opened));
+        }
+        let (mut refused, _) = connect_from(source, port).await;
+        assert_eq!(first_line(&mut refused).await, "", "a fifth from {source}");
+    }
+    let (mut refused, _) = connect_from(from(3), port).await;
+    assert_eq!(first_line(&mut refused).await, "", "all eight are taken");
+
+    // The agent closes each once the login timeout passed, and gives its
+    // slot back though the client keeps its end open.
+    for (stream, opened) in &mut idle {
+        until_closed(stream).await;
+        assert!(opened.elapsed() >= login_timeout, "{:?}", opened.elapsed());
+    }
+    wait_until(
+        "the eight slots given back",
+        Duration::from_secs(30),
+        || {
+            let ended = agent
+                .log()
+                .matches("management shell connection ended")
+                .count();
+            async move { Ok((ended == 8).then_some(())) }
+        },
+    )
+    .await
+    .expect("given back");
+    let log = agent.log();
+    for line in [
+        "no login within 5 s",
+        "4 are open from this address already",
+        "8 are open already",
+    ] {
+        assert!(log.contains(line), "{line}: {log}");
+    }
+
+    // Then a real login gets in, and a session outlives the login timeout.
+    let client = Client {
+        dir: scratch.path().to_owned(),
+        port,
+    };
+    let run = client
+        .with_password("correct horse battery", "sleep 6; echo still here")
+        .await;
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "still here\n"),
+        "{}\n{}",
+        run.stderr,
+        agent.log()
+    );
+    drop(idle);
 }
