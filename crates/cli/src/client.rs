@@ -15,8 +15,8 @@ use tether_proto::api::{
 use tether_proto::ca::CaPemError;
 use tether_proto::metrics::{HostMetrics, MetricRange, SeriesList};
 use tether_proto::provisioning::{
-    Approval, ApproveRequest, CreateKeyRequest, CreatePolicy, DenyRequest, Policy,
-    ProvisioningKey, ProvisioningKeyInfo,
+    Approval, ApproveRequest, CreateKeyRequest, CreatePolicy, DenyRequest, Policy, ProvisioningKey,
+    ProvisioningKeyInfo,
 };
 use tether_proto::telemetry::DeviceUsage;
 
@@ -671,7 +671,11 @@ impl ApiClient {
         .await
     }
 
-    pub async fn revoke_provisioning_key(&self, policy: &str, key: &str) -> Result<(), ClientError> {
+    pub async fn revoke_provisioning_key(
+        &self,
+        policy: &str,
+        key: &str,
+    ) -> Result<(), ClientError> {
         self.send(
             Method::DELETE,
             &["provisioning-policies", policy, "keys", key],
@@ -684,14 +688,16 @@ impl ApiClient {
 
     /// Registrations (only those in `state`, if given), oldest first.
     pub async fn list_approvals(&self, state: Option<&str>) -> Result<Vec<Approval>, ClientError> {
-        let query: Vec<(&str, String)> = state
-            .map(|s| ("state", s.to_owned()))
-            .into_iter()
-            .collect();
+        let query: Vec<(&str, String)> =
+            state.map(|s| ("state", s.to_owned())).into_iter().collect();
         self.list_all(&["approvals"], &query, None, PAGE_SIZE).await
     }
 
-    pub async fn approve(&self, id: &str, request: &ApproveRequest) -> Result<Approval, ClientError> {
+    pub async fn approve(
+        &self,
+        id: &str,
+        request: &ApproveRequest,
+    ) -> Result<Approval, ClientError> {
         self.call(Method::POST, &["approvals", id, "approve"], Some(request))
             .await
     }

@@ -63,28 +63,18 @@ impl Kubeconfig {
             tether_proto::kubeconfig::through_tether(server, &self.device, &ca_pem, &tether, &args);
         let text = serde_yaml::to_string(&kubeconfig).unwrap_or_default();
         match &self.file {
-            Some(path) => write_private(path, &text).map_err(|source| CommandError::Local {
-                path: path.clone(),
-                source,
-            })?,
+            Some(path) => {
+                super::write_private(path, &text).map_err(|source| CommandError::Local {
+                    path: path.clone(),
+                    source,
+                })?
+            }
             None => std::io::stdout()
                 .write_all(text.as_bytes())
                 .map_err(CommandError::Write)?,
         }
         Ok(Outcome::Success)
     }
-}
-
-/// Writes `text` to `path`, readable by its owner only.
-fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(text.as_bytes())
 }
 
 /// Print the session's token for kubectl (an exec credential plugin).

@@ -2,6 +2,7 @@
 //! with a description for "failed to <description>: <cause>" and a `run`.
 
 pub mod actions;
+pub mod approvals;
 pub mod audit;
 pub mod cp;
 pub mod devices;
@@ -15,6 +16,7 @@ pub mod login;
 pub mod logout;
 pub mod logs;
 pub mod metrics;
+pub mod policies;
 pub mod proxy;
 pub mod quickstart;
 pub mod sessions;
@@ -43,6 +45,10 @@ pub enum Command {
     Jobs(jobs::Jobs),
     #[command(subcommand)]
     Keys(keys::Keys),
+    #[command(subcommand)]
+    Policies(policies::Policies),
+    #[command(subcommand)]
+    Approvals(approvals::Approvals),
     Events(events::Events),
     Exec(exec::Exec),
     Cp(cp::Cp),
@@ -79,6 +85,8 @@ impl Command {
             Command::Actions(cmd) => cmd.description(),
             Command::Jobs(cmd) => cmd.description(),
             Command::Keys(cmd) => cmd.description(),
+            Command::Policies(cmd) => cmd.description(),
+            Command::Approvals(cmd) => cmd.description(),
             Command::Events(cmd) => cmd.description(),
             Command::Exec(cmd) => cmd.description(),
             Command::Cp(cmd) => cmd.description(),
@@ -104,6 +112,8 @@ impl Command {
             Command::Actions(cmd) => cmd.run(ctx).await,
             Command::Jobs(cmd) => cmd.run(ctx).await,
             Command::Keys(cmd) => cmd.run(ctx).await,
+            Command::Policies(cmd) => cmd.run(ctx).await,
+            Command::Approvals(cmd) => cmd.run(ctx).await,
             Command::Events(cmd) => cmd.run(ctx).await,
             Command::Exec(cmd) => cmd.run(ctx).await,
             Command::Cp(cmd) => cmd.run(ctx).await,
@@ -185,6 +195,20 @@ impl Context {
         let server = self.server_override.as_deref().unwrap_or(&config.server);
         Ok(ApiClient::new(server, &ca_pem, Some(config.token))?)
     }
+}
+
+/// Writes `text` to `path`, readable by its owner only: kubeconfigs and
+/// provisioning keys hold secrets.
+pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
 }
 
 /// Parses `30s`, `5m`, `1h 30m` (humantime); at least one second, because

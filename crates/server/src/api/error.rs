@@ -124,9 +124,11 @@ impl From<ProvisioningError> for ApiError {
                 details: serde_json::json!({ "fields": [{ "path": format!("template.{}", field.path), "message": field.message }] }),
                 ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
             },
-            ProvisioningError::KeyRefused(_) => {
-                Self::new(StatusCode::UNAUTHORIZED, "provisioning_key_refused", message)
-            }
+            ProvisioningError::KeyRefused(_) => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "provisioning_key_refused",
+                message,
+            ),
             ProvisioningError::Denied { .. } => {
                 Self::new(StatusCode::FORBIDDEN, "registration_denied", message)
             }

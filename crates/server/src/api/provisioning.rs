@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tether_proto::api::{ErrorBody, Page};
 use tether_proto::provisioning::{
-    Approval, ApproveRequest, CreateKeyRequest, CreatePolicy, DenyRequest, Policy,
-    ProvisioningKey, ProvisioningKeyInfo, RegisterRequest, RegisterResponse, RegistrationState,
+    Approval, ApproveRequest, CreateKeyRequest, CreatePolicy, DenyRequest, Policy, ProvisioningKey,
+    ProvisioningKeyInfo, RegisterRequest, RegisterResponse, RegistrationState,
 };
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;

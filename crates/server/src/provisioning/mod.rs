@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use tether_proto::DeviceId;
 use tether_proto::api::EnrollResponse;
 use tether_proto::provisioning::{
-    self, Approval, IdentityField, Policy, PolicySpec, ProvisioningKey, ProvisioningKeyInfo,
-    ProvisioningMode, RegisterRequest, RegistrationState, PROVISIONING_KEY_KIND,
+    self, Approval, IdentityField, PROVISIONING_KEY_KIND, Policy, PolicySpec, ProvisioningKey,
+    ProvisioningKeyInfo, ProvisioningMode, RegisterRequest, RegistrationState,
 };
 use tether_proto::spec::{DeviceSpec, Facts, SpecError};
 
@@ -387,7 +387,8 @@ impl Provisioning {
             NewRegistration::Reuse(device) => {
                 tracing::info!(policy = %policy.name, %device, "registration reuses the device its identity names");
                 registration.device = Some(device);
-                self.write(registration, None, false, identity_key, now).await
+                self.write(registration, None, false, identity_key, now)
+                    .await
             }
             NewRegistration::Create => {
                 self.write(registration, None, true, identity_key, now)
@@ -419,7 +420,9 @@ impl Provisioning {
                     .store
                     .get_policy(&registration.policy)
                     .await?
-                    .ok_or_else(|| ProvisioningError::PolicyNotFound(registration.policy.clone()))?;
+                    .ok_or_else(|| {
+                        ProvisioningError::PolicyNotFound(registration.policy.clone())
+                    })?;
                 let name = match &registration.device {
                     Some(name) if named => name.clone(),
                     _ => generated_name(&policy.name),
@@ -441,10 +444,14 @@ impl Provisioning {
             };
             match self.store.write_registration(&write, now).await {
                 // A generated name someone has: draw another.
-                Err(StoreError::Conflict { what }) if create && !named && what.starts_with("device ") => {
+                Err(StoreError::Conflict { what })
+                    if create && !named && what.starts_with("device ") =>
+                {
                     continue;
                 }
-                Err(StoreError::Conflict { what }) if create && named && what.starts_with("device ") => {
+                Err(StoreError::Conflict { what })
+                    if create && named && what.starts_with("device ") =>
+                {
                     let name = registration.device.clone().expect("named");
                     return Err(RegistryError::AlreadyExists(name).into());
                 }
@@ -490,7 +497,13 @@ impl Provisioning {
                     let mut registered = registration.clone();
                     registered.state = RegistrationState::Registered;
                     match self
-                        .write(registered, Some(RegistrationState::Approved), false, None, Utc::now())
+                        .write(
+                            registered,
+                            Some(RegistrationState::Approved),
+                            false,
+                            None,
+                            Utc::now(),
+                        )
                         .await
                     {
                         // Another request of the same device came first.
@@ -541,7 +554,13 @@ impl Provisioning {
                 .transpose()?;
         }
         let approved = match self
-            .write(approved, Some(RegistrationState::Pending), !reuse, identity_key, now)
+            .write(
+                approved,
+                Some(RegistrationState::Pending),
+                !reuse,
+                identity_key,
+                now,
+            )
             .await
         {
             Ok(approved) => approved,
@@ -567,7 +586,13 @@ impl Provisioning {
             ..registration
         };
         let denied = match self
-            .write(denied, Some(RegistrationState::Pending), false, None, Utc::now())
+            .write(
+                denied,
+                Some(RegistrationState::Pending),
+                false,
+                None,
+                Utc::now(),
+            )
             .await
         {
             Ok(denied) => denied,
@@ -720,7 +745,10 @@ mod tests {
                 matched: Some(device("pi-1"))
             }
         );
-        assert_eq!(decide_new(Manual, None), NewRegistration::Ask { matched: None });
+        assert_eq!(
+            decide_new(Manual, None),
+            NewRegistration::Ask { matched: None }
+        );
     }
 
     #[test]
@@ -738,7 +766,10 @@ mod tests {
         };
         assert_eq!(check_key(&key, now), Ok(()));
         key.expires_at = Some(now);
-        assert_eq!(check_key(&key, now), Err(KeyRefusal::Expired("k1".into(), now)));
+        assert_eq!(
+            check_key(&key, now),
+            Err(KeyRefusal::Expired("k1".into(), now))
+        );
         key.revoked_at = Some(now);
         let refusal = check_key(&key, now).expect_err("revoked");
         assert!(refusal.to_string().contains("k1 was revoked"), "{refusal}");

@@ -645,7 +645,9 @@ fn check_display_name(display_name: &str) -> Result<(), RegistryError> {
         || display_name.chars().count() > MAX_DISPLAY_NAME_CHARS
         || display_name.chars().any(char::is_control)
     {
-        return Err(RegistryError::InvalidDisplayName(display_name.chars().take(64).collect()));
+        return Err(RegistryError::InvalidDisplayName(
+            display_name.chars().take(64).collect(),
+        ));
     }
     Ok(())
 }

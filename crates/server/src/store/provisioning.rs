@@ -157,24 +157,26 @@ impl Store {
         spec: &PolicySpec,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO provisioning_policies (name, spec, created_at) VALUES ($1, $2, $3)")
-            .bind(name)
-            .bind(to_json(spec, "a policy spec")?)
-            .bind(millis(now))
-            .execute(&self.pool)
-            .await
-            .map_err(|source| {
-                if violates(&source, ErrorKind::UniqueViolation) {
-                    StoreError::Conflict {
-                        what: format!("policy {name}"),
-                    }
-                } else {
-                    StoreError::Query {
-                        context: "create a provisioning policy",
-                        source,
-                    }
+        sqlx::query(
+            "INSERT INTO provisioning_policies (name, spec, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(name)
+        .bind(to_json(spec, "a policy spec")?)
+        .bind(millis(now))
+        .execute(&self.pool)
+        .await
+        .map_err(|source| {
+            if violates(&source, ErrorKind::UniqueViolation) {
+                StoreError::Conflict {
+                    what: format!("policy {name}"),
                 }
-            })?;
+            } else {
+                StoreError::Query {
+                    context: "create a provisioning policy",
+                    source,
+                }
+            }
+        })?;
         Ok(())
     }
 
@@ -451,9 +453,9 @@ impl Store {
         let registration = &write.registration;
         let mut tx = self.begin(context).await?;
         let created = match &write.new_device {
-            Some(device) => Some(
-                create_provisioned(&mut tx, device, &registration.policy, now).await?,
-            ),
+            Some(device) => {
+                Some(create_provisioned(&mut tx, device, &registration.policy, now).await?)
+            }
             None => None,
         };
         if let (Some(key), Some(device)) = (&write.identity_key, &registration.device) {

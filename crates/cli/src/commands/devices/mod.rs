@@ -136,6 +136,8 @@ mod tests {
     fn device(name: &str, presence: Presence) -> Device {
         Device {
             name: name.into(),
+            display_name: None,
+            policy: None,
             labels: [("site".to_owned(), "berlin".to_owned())].into(),
             presence,
             enrolled: presence == Presence::Online,
