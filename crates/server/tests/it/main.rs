@@ -15,6 +15,7 @@ mod join;
 mod logs;
 mod metrics;
 mod operations;
+mod provisioning;
 mod queries;
 mod replicas;
 mod security;

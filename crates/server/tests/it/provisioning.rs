@@ -1,0 +1,342 @@
+//! Provisioning through tetherd's API (ADR 0025): policies, keys, a
+//! device's registration under UNATTENDED and MANUAL policies, identity
+//! by serial number, and refusals. The agents' side is in the CLI's tests.
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+use tether_testkit::api::ApiClient;
+use tether_testkit::tetherd::{Database, Tetherd};
+
+/// A device's key pair and what it says about itself.
+struct Hardware {
+    key: rcgen::KeyPair,
+    serial: &'static str,
+}
+
+impl Hardware {
+    fn new(serial: &'static str) -> anyhow::Result<Self> {
+        Ok(Self {
+            key: rcgen::KeyPair::generate()?,
+            serial,
+        })
+    }
+
+    fn request(&self, key: &Value) -> anyhow::Result<Value> {
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&self.key)?
+            .pem()?;
+        Ok(json!({
+            "keyId": key["keyId"], "secret": key["secret"], "csrPem": csr,
+            "facts": {"hardwareSerial": self.serial, "hostname": "pi", "agentVersion": "test"}
+        }))
+    }
+
+    async fn register(&self, anonymous: &ApiClient, key: &Value) -> anyhow::Result<(u16, Value)> {
+        let reply = anonymous
+            .post("/api/v1/register", self.request(key)?)
+            .await?;
+        let status = reply.status.as_u16();
+        Ok((status, reply.body))
+    }
+}
+
+async fn policy(admin: &ApiClient, name: &str, spec: Value) -> anyhow::Result<Value> {
+    admin
+        .post(
+            "/api/v1/provisioning-policies",
+            json!({"name": name, "spec": spec}),
+        )
+        .await?
+        .expect_status(201)?;
+    admin
+        .post(
+            &format!("/api/v1/provisioning-policies/{name}/keys"),
+            json!({}),
+        )
+        .await?
+        .expect_status(201)
+}
+
+#[tokio::test]
+async fn an_unattended_policy_creates_devices_from_its_template_and_knows_hardware_again()
+-> anyhow::Result<()> {
+    unattended(Database::Sqlite).await
+}
+
+#[tokio::test]
+async fn an_unattended_policy_knows_hardware_again_on_postgres() -> anyhow::Result<()> {
+    unattended(Database::Postgres).await
+}
+
+async fn unattended(database: Database) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    let key = policy(
+        &admin,
+        "lab-pis",
+        json!({"mode": "UNATTENDED",
+               "identityFieldPaths": ["status.deviceInfo.hardwareInformation.system.serialNumber"],
+               "template": {"metadata": {"labels": {"device": "raspberry-pi"}},
+                            "spec": {"loggingConfig": {"priority": 7, "enableJournalExport": true}}}}),
+    )
+    .await?;
+    assert_eq!(key["kind"], "tether-provisioning-key");
+    assert_eq!(key["policy"], "lab-pis");
+    assert_eq!(key["server"], tetherd.api_url);
+    assert!(
+        key["caSha256"].as_str().is_some_and(|h| h.len() == 64),
+        "{key}"
+    );
+
+    let first = Hardware::new("SN-0001")?;
+    let (status, answer) = first.register(&anonymous, &key).await?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["state"], "registered");
+    let device = answer["enrollment"]["device"]
+        .as_str()
+        .context("a device name")?
+        .to_owned();
+    assert!(device.starts_with("lab-pis-"), "{device}");
+    assert!(answer["enrollment"]["certificatePem"].is_string());
+
+    // The template's labels and spec are the device's.
+    let created = admin
+        .get(&format!("/api/v1/devices/{device}"))
+        .await?
+        .expect_status(200)?;
+    assert_eq!(created["labels"]["device"], "raspberry-pi", "{created}");
+    assert_eq!(created["policy"], "lab-pis");
+    assert_eq!(created["specVersion"], 1);
+    assert_eq!(created["spec"]["loggingConfig"]["priority"], 7);
+
+    // The same key pair asking again is the same registration.
+    let (status, again) = first.register(&anonymous, &key).await?;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["enrollment"]["device"], device.as_str());
+
+    // New media on the same hardware: a new key pair, the same serial.
+    let reflashed = Hardware::new("SN-0001")?;
+    let (status, reused) = reflashed.register(&anonymous, &key).await?;
+    assert_eq!(status, 200, "{reused}");
+    assert_eq!(reused["enrollment"]["device"], device.as_str(), "reused");
+
+    // Other hardware is another device.
+    let (status, other) = Hardware::new("SN-0002")?.register(&anonymous, &key).await?;
+    assert_eq!(status, 200, "{other}");
+    assert_ne!(other["enrollment"]["device"], device.as_str());
+    let policy = admin
+        .get("/api/v1/provisioning-policies/lab-pis")
+        .await?
+        .expect_status(200)?;
+    assert_eq!(policy["devices"], 2, "{policy}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_identity_fields_every_registration_is_a_new_device() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    let key = policy(&admin, "plain", json!({"mode": "UNATTENDED"})).await?;
+    let (_, first) = Hardware::new("SN-1")?.register(&anonymous, &key).await?;
+    let (_, second) = Hardware::new("SN-1")?.register(&anonymous, &key).await?;
+    assert_ne!(
+        first["enrollment"]["device"], second["enrollment"]["device"],
+        "seed 004: a device per registration"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_manual_policy_waits_for_approval_and_a_denied_device_is_told_why() -> anyhow::Result<()>
+{
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    let key = policy(
+        &admin,
+        "gateways",
+        json!({"mode": "MANUAL", "identityFieldPaths": ["status.facts.hardwareSerial"],
+               "template": {"metadata": {"labels": {"role": "gateway"}}}}),
+    )
+    .await?;
+
+    let wanted = Hardware::new("GW-1")?;
+    let (status, waiting) = wanted.register(&anonymous, &key).await?;
+    assert_eq!(status, 202, "{waiting}");
+    assert_eq!(waiting["state"], "pending");
+    let approval = waiting["approval"].as_str().context("an approval id")?;
+    assert!(waiting["retryAfterSeconds"].as_u64().is_some_and(|s| s > 0));
+    // Asking again changes nothing until someone decides.
+    let (status, still) = wanted.register(&anonymous, &key).await?;
+    assert_eq!((status, &still["approval"]), (202, &waiting["approval"]));
+
+    let pending = admin
+        .get("/api/v1/approvals?state=pending")
+        .await?
+        .expect_status(200)?;
+    let items = pending["items"].as_array().context("items")?;
+    assert_eq!(items.len(), 1, "{pending}");
+    assert_eq!(
+        items[0]["facts"]["hardwareSerial"], "GW-1",
+        "the facts are shown"
+    );
+
+    let approved = admin
+        .post(
+            &format!("/api/v1/approvals/{approval}/approve"),
+            json!({"name": "gw-berlin"}),
+        )
+        .await?
+        .expect_status(200)?;
+    assert_eq!(approved["state"], "approved");
+    assert_eq!(approved["device"], "gw-berlin");
+    // A second decision is refused, naming the first.
+    let twice = admin
+        .post(&format!("/api/v1/approvals/{approval}/deny"), json!({}))
+        .await?
+        .expect_status(409)?;
+    assert!(
+        twice["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Approved")),
+        "{twice}"
+    );
+    let (status, registered) = wanted.register(&anonymous, &key).await?;
+    assert_eq!(status, 200, "{registered}");
+    assert_eq!(registered["enrollment"]["device"], "gw-berlin");
+    let device = admin
+        .get("/api/v1/devices/gw-berlin")
+        .await?
+        .expect_status(200)?;
+    assert_eq!(device["labels"]["role"], "gateway");
+    assert!(device["enrolled"].as_bool().unwrap_or_default(), "{device}");
+
+    // Another device, denied: it is told, with the reason, every time.
+    let unwanted = Hardware::new("GW-666")?;
+    let (_, waiting) = unwanted.register(&anonymous, &key).await?;
+    let approval = waiting["approval"].as_str().context("an approval id")?;
+    admin
+        .post(
+            &format!("/api/v1/approvals/{approval}/deny"),
+            json!({"reason": "not one of ours"}),
+        )
+        .await?
+        .expect_status(200)?;
+    for _ in 0..2 {
+        let (status, denied) = unwanted.register(&anonymous, &key).await?;
+        assert_eq!(status, 403, "{denied}");
+        let message = denied["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("not one of ours"), "{message}");
+        assert!(message.contains(approval), "{message}");
+    }
+    // New media in the approved gateway: its serial names gw-berlin, so
+    // approving reuses it whatever name is asked for.
+    let reflashed = Hardware::new("GW-1")?;
+    let (_, waiting) = reflashed.register(&anonymous, &key).await?;
+    assert_eq!(waiting["state"], "pending");
+    let approval = waiting["approval"].as_str().context("an approval id")?;
+    let shown = admin
+        .get(&format!("/api/v1/approvals/{approval}"))
+        .await?
+        .expect_status(200)?;
+    assert_eq!(shown["device"], "gw-berlin", "the match is shown: {shown}");
+    admin
+        .post(
+            &format!("/api/v1/approvals/{approval}/approve"),
+            json!({"name": "ignored"}),
+        )
+        .await?
+        .expect_status(200)?;
+    let (_, registered) = reflashed.register(&anonymous, &key).await?;
+    assert_eq!(registered["enrollment"]["device"], "gw-berlin");
+    Ok(())
+}
+
+#[tokio::test]
+async fn revoked_expired_and_made_up_keys_are_refused_by_name() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    let key = policy(&admin, "lab", json!({"mode": "UNATTENDED"})).await?;
+    let hardware = Hardware::new("SN-9")?;
+
+    let mut wrong = key.clone();
+    wrong["secret"] = json!("0".repeat(64));
+    let (status, refused) = hardware.register(&anonymous, &wrong).await?;
+    assert_eq!(status, 401, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unknown provisioning key")
+    );
+
+    let id = key["keyId"].as_str().context("key id")?;
+    admin
+        .delete(&format!("/api/v1/provisioning-policies/lab/keys/{id}"))
+        .await?
+        .expect_status(204)?;
+    let (status, refused) = hardware.register(&anonymous, &key).await?;
+    assert_eq!(status, 401, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("was revoked")
+    );
+    let keys = admin
+        .get("/api/v1/provisioning-policies/lab/keys")
+        .await?
+        .expect_status(200)?;
+    assert!(keys[0]["revokedAt"].is_string(), "{keys}");
+    assert!(keys[0].get("secret").is_none(), "no secret listed: {keys}");
+
+    let expired = admin
+        .post(
+            "/api/v1/provisioning-policies/lab/keys",
+            json!({"expiresAt": "2020-01-01T00:00:00Z"}),
+        )
+        .await?
+        .expect_status(201)?;
+    let (status, refused) = hardware.register(&anonymous, &expired).await?;
+    assert_eq!(status, 401, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expired at 2020-01-01")
+    );
+
+    // Bad policies name their problem.
+    let bad = admin
+        .post(
+            "/api/v1/provisioning-policies",
+            json!({"name": "x", "spec": {"mode": "UNATTENDED", "identityFieldPaths": ["status.facts.cpuModel"]}}),
+        )
+        .await?
+        .expect_status(400)?;
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("identityFieldPaths[0]"),
+        "{bad}"
+    );
+    let bad = admin
+        .post(
+            "/api/v1/provisioning-policies",
+            json!({"name": "x", "spec": {"mode": "UNATTENDED", "template": {"spec": {"loggingConfig": {"priority": 9}}}}}),
+        )
+        .await?
+        .expect_status(400)?;
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("loggingConfig.priority"),
+        "{bad}"
+    );
+    Ok(())
+}
