@@ -388,6 +388,21 @@ impl russh::server::Handler for Connection {
         tracing::info!(subsystem = name, "subsystem refused: none is served");
         Self::reply(session, channel, false)
     }
+
+    /// Refused, and said so: russh's default sends no reply, which a
+    /// client takes as the answer to its next request (OpenSSH's then
+    /// believes X11 is forwarded, even with `ExitOnForwardFailure`).
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Self::reply(session, channel, false)
+    }
 }
 
 impl Connection {
@@ -417,6 +432,8 @@ impl Connection {
 
 /// Who runs commands, where, and what the client set (`TERM`, `LANG`).
 struct Login {
+    /// The client's choice, any text: logged as a quoted string, never
+    /// with `%` (a newline in it would forge a log line).
     user: String,
     work_dir: PathBuf,
     env: Vec<(String, String)>,
@@ -517,7 +534,11 @@ async fn run_in_terminal(
             return;
         }
     };
-    tracing::info!(user = %login.user, command = command_line.as_deref().unwrap_or("(shell)"), "management shell runs in a terminal");
+    tracing::info!(
+        user = login.user.as_str(),
+        command = command_line.as_deref().unwrap_or("(shell)"),
+        "management shell runs in a terminal"
+    );
     let terminal::Terminal {
         reader: mut output,
         writer: mut input,
@@ -548,7 +569,7 @@ async fn run_in_terminal(
     let status = tokio::select! {
         status = ran => status,
         () = typed => {
-            tracing::info!(user = %login.user, "the client closed the channel: the terminal hangs up");
+            tracing::info!(user = login.user.as_str(), "the client closed the channel: the terminal hangs up");
             let _ = child.hang_up().await;
             return;
         }
@@ -577,7 +598,11 @@ async fn run(channel: Channel<Msg>, login: Login, command_line: Option<String>) 
             return;
         }
     };
-    tracing::info!(user = %login.user, command = command_line.as_deref().unwrap_or("(shell)"), "management shell runs");
+    tracing::info!(
+        user = login.user.as_str(),
+        command = command_line.as_deref().unwrap_or("(shell)"),
+        "management shell runs"
+    );
     let mut stdin = child.stdin.take();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -616,7 +641,7 @@ async fn run(channel: Channel<Msg>, login: Login, command_line: Option<String>) 
     let status = tokio::select! {
         status = output => status,
         () = input => {
-            tracing::info!(user = %login.user, "the client closed the channel: the command is stopped");
+            tracing::info!(user = login.user.as_str(), "the client closed the channel: the command is stopped");
             return;
         }
     };

@@ -1,0 +1,200 @@
+//! The management shell's helper `tether-agent-shell` against a hostile
+//! client: the real helper on a socket pair, as the agent starts it, and
+//! a russh client that asks for everything an SSH server may be asked for
+//! (stock `ssh` refuses to send some of it, such as control characters
+//! in the user name).
+
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::ChannelMsg;
+use russh::client::{self, Handle};
+use russh::keys::ssh_key::private::Ed25519Keypair;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use tether_agent::management_shell::Settings;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// How long a reply may take.
+const REPLY: Duration = Duration::from_secs(10);
+
+struct Client;
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// A helper serving one connection with `settings`, its log (standard
+/// error) and the client's end.
+async fn connect(settings: &Settings) -> (tokio::process::Child, Handle<Client>) {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+    let theirs_out = theirs.try_clone().expect("cloned");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether-agent-shell"))
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::from(OwnedFd::from(theirs_out)))
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the helper starts");
+    ours.set_nonblocking(true).expect("non-blocking");
+    let mut stream = tokio::net::UnixStream::from_std(ours).expect("a tokio socket");
+    let mut line = serde_json::to_vec(settings).expect("serialized");
+    line.push(b'\n');
+    stream.write_all(&line).await.expect("settings written");
+    let session = client::connect_stream(Arc::new(client::Config::default()), stream, Client)
+        .await
+        .expect("the SSH handshake");
+    (child, session)
+}
+
+/// The next reply on `channel`: `Some(true)` for success, `Some(false)`
+/// for failure, `None` if none came in time.
+async fn reply(channel: &mut russh::Channel<client::Msg>) -> Option<bool> {
+    let waited = tokio::time::timeout(REPLY, async {
+        loop {
+            match channel.wait().await {
+                Some(ChannelMsg::Success) => return Some(true),
+                Some(ChannelMsg::Failure) => return Some(false),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    });
+    waited.await.ok().flatten()
+}
+
+#[tokio::test]
+async fn a_client_gets_sessions_only_and_cannot_forge_the_helpers_log() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let key = PrivateKey::from(Ed25519Keypair::from_seed(&[7; 32]));
+    let settings = Settings {
+        authorized_keys: vec![key.public_key().to_openssh().expect("OpenSSH")],
+        password_hash: None,
+        authorized_keys_file: None,
+        password_file: None,
+        kubeconfig: None,
+        work_dir: dir.path().join("work"),
+        host_key: dir.path().join("host_key"),
+    };
+    let (mut helper, mut session) = connect(&settings).await;
+
+    let none = session.authenticate_none("me").await.expect("answered");
+    assert!(!none.success(), "the none method logs nobody in");
+    let password = session
+        .authenticate_password("me", "")
+        .await
+        .expect("answered");
+    assert!(!password.success(), "password login is off");
+    // A user name that would retitle a terminal and forge a log line.
+    let user = "me\u{1b}]0;owned\u{7}\n2026-01-01T00:00:00Z  INFO FORGED";
+    let login = session
+        .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), None))
+        .await
+        .expect("answered");
+    assert!(login.success(), "the authorized key logs in");
+
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bound");
+    let port = target.local_addr().expect("an address").port();
+    let direct = session
+        .channel_open_direct_tcpip("127.0.0.1", port.into(), "127.0.0.1", 1)
+        .await;
+    assert!(direct.is_err(), "direct-tcpip is refused");
+    assert!(
+        session.tcpip_forward("127.0.0.1", 0).await.is_err(),
+        "tcpip-forward is refused"
+    );
+
+    let mut channel = session.channel_open_session().await.expect("a session");
+    for (name, accepted) in [
+        ("LD_PRELOAD", false),
+        ("PATH", false),
+        ("BASH_ENV", false),
+        ("LANG", true),
+    ] {
+        channel
+            .set_env(true, name, "/tmp/evil")
+            .await
+            .expect("sent");
+        assert_eq!(reply(&mut channel).await, Some(accepted), "env {name}");
+    }
+    channel.agent_forward(true).await.expect("sent");
+    assert_eq!(reply(&mut channel).await, Some(false), "agent forwarding");
+    channel
+        .request_x11(true, false, "MIT-MAGIC-COOKIE-1", "00", 0)
+        .await
+        .expect("sent");
+    assert_eq!(
+        reply(&mut channel).await,
+        Some(false),
+        "x11 forwarding is refused, not left unanswered"
+    );
+    channel.request_subsystem(true, "sftp").await.expect("sent");
+    assert_eq!(reply(&mut channel).await, Some(false), "no subsystem");
+
+    channel
+        .exec(
+            true,
+            "printf '%s|%s|' \"$LD_PRELOAD\" \"$LANG\"; ls -l /proc/self/fd/",
+        )
+        .await
+        .expect("sent");
+    let mut output = Vec::new();
+    let mut status = None;
+    while let Some(message) = tokio::time::timeout(REPLY, channel.wait())
+        .await
+        .expect("the command ends in time")
+    {
+        match message {
+            ChannelMsg::Data { data } => output.extend_from_slice(&data),
+            ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+            _ => {}
+        }
+    }
+    assert_eq!(status, Some(0));
+    let output = String::from_utf8_lossy(&output);
+    assert!(
+        output.starts_with("|/tmp/evil|"),
+        "no variable but LANG set: {output}"
+    );
+    // The helper's end of the connection stays its own.
+    assert!(output.contains("pipe:"), "{output}");
+    assert!(!output.contains("socket:"), "{output}");
+
+    drop(channel);
+    session
+        .disconnect(russh::Disconnect::ByApplication, "", "")
+        .await
+        .expect("disconnected");
+    drop(session);
+    tokio::time::timeout(REPLY, helper.wait())
+        .await
+        .expect("the helper ends with its connection")
+        .expect("waited");
+    let mut log = String::new();
+    helper
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut log)
+        .await
+        .expect("the log");
+    assert!(log.contains("management shell runs"), "{log}");
+    assert!(!log.contains('\u{1b}'), "a raw escape in the log: {log}");
+    assert!(
+        !log.lines()
+            .any(|line| line.contains("FORGED") && !line.contains("me\\")),
+        "a forged log line: {log}"
+    );
+}
