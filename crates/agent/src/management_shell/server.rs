@@ -28,6 +28,16 @@ const REJECTION_TIME: Duration = Duration::from_millis(500);
 const KEEPALIVE: Duration = Duration::from_secs(30);
 /// The shells tried in order for a login shell.
 const SHELLS: [&str; 2] = ["/bin/bash", "/bin/sh"];
+/// How many messages russh queues on a channel for its reader
+/// (`channel_buffer_size`); one more waits for room, and the whole
+/// connection with it: every channel, the keepalives, noticing that the
+/// client left.
+const CHANNEL_BUFFER: usize = 100;
+/// The messages a session channel may get before it runs something (its
+/// queue is read only then): well under [`CHANNEL_BUFFER`]; one more
+/// closes the channel. A client sends a few (`pty-req`, a `env` per
+/// `SendEnv` variable).
+const MAX_PENDING_MESSAGES: usize = CHANNEL_BUFFER / 2;
 /// Environment variables a client may set (`SendEnv`), as OpenSSH's
 /// Debian default `AcceptEnv LANG LC_*`, plus the terminal's name.
 fn accepted_env(name: &str) -> bool {
@@ -102,6 +112,7 @@ pub async fn serve(
         // found by the keepalives instead.
         inactivity_timeout: None,
         keepalive_interval: Some(KEEPALIVE),
+        channel_buffer_size: CHANNEL_BUFFER,
         nodelay: true,
         ..Default::default()
     };
@@ -235,6 +246,8 @@ struct Pending {
     env: Vec<(String, String)>,
     /// A `pty-req`: a terminal of this type and size.
     terminal: Option<(String, Size)>,
+    /// How many messages russh queued on `channel` so far.
+    queued: usize,
 }
 
 impl Connection {
@@ -242,6 +255,26 @@ impl Connection {
         self.keys
             .iter()
             .any(|known| known.key_data() == key.key_data())
+    }
+
+    /// Counts a message russh queued on `channel` (a request or data);
+    /// the pending channel that got too many is dropped, so that its
+    /// queue never fills, and closed. Whether it is still pending.
+    fn queued(&mut self, channel: ChannelId, session: &mut Session) -> bool {
+        let Some(pending) = self.channels.get_mut(&channel) else {
+            return false;
+        };
+        pending.queued += 1;
+        if pending.queued <= MAX_PENDING_MESSAGES {
+            return true;
+        }
+        tracing::info!(
+            user = self.user.as_str(),
+            "a session channel sent {MAX_PENDING_MESSAGES} messages without running anything: closed"
+        );
+        self.channels.remove(&channel);
+        let _ = session.close(channel);
+        false
     }
 
     /// A reply to a channel request; a channel already gone gets none.
@@ -316,6 +349,7 @@ impl russh::server::Handler for Connection {
                 channel,
                 env: Vec::new(),
                 terminal: None,
+                queued: 0,
             },
         );
         reply.accept().await;
@@ -333,9 +367,8 @@ impl russh::server::Handler for Connection {
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let pending = self.channels.get_mut(&channel);
-        let accepted = pending.is_some();
-        if let Some(pending) = pending {
+        let accepted = self.queued(channel, session);
+        if let Some(pending) = self.channels.get_mut(&channel) {
             pending.terminal = Some((term.to_owned(), terminal_size(cols, rows)));
         }
         Self::reply(session, channel, accepted)
@@ -348,12 +381,8 @@ impl russh::server::Handler for Connection {
         value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let pending = self
-            .channels
-            .get_mut(&channel)
-            .filter(|_| accepted_env(name));
-        let accepted = pending.is_some();
-        if let Some(pending) = pending {
+        let accepted = self.queued(channel, session) && accepted_env(name);
+        if accepted && let Some(pending) = self.channels.get_mut(&channel) {
             pending.env.push((name.to_owned(), value.to_owned()));
         }
         Self::reply(session, channel, accepted)
@@ -386,6 +415,7 @@ impl russh::server::Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         tracing::info!(subsystem = name, "subsystem refused: none is served");
+        self.queued(channel, session);
         Self::reply(session, channel, false)
     }
 
@@ -401,7 +431,81 @@ impl russh::server::Handler for Connection {
         _screen: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.queued(channel, session);
         Self::reply(session, channel, false)
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.queued(channel, session);
+        Ok(false)
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        _cols: u32,
+        _rows: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.queued(channel, session);
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        _signal: russh::Sig,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.queued(channel, session);
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.queued(channel, session);
+        Ok(())
+    }
+
+    async fn extended_data(
+        &mut self,
+        channel: ChannelId,
+        _code: u32,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.queued(channel, session);
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.queued(channel, session);
+        Ok(())
+    }
+
+    /// A channel closed before it ran anything is forgotten: kept, each
+    /// such channel would hold its queue until the connection ends.
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@
 //! in the user name).
 
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,20 +74,70 @@ async fn reply(channel: &mut russh::Channel<client::Msg>) -> Option<bool> {
     waited.await.ok().flatten()
 }
 
-#[tokio::test]
-async fn a_client_gets_sessions_only_and_cannot_forge_the_helpers_log() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let key = PrivateKey::from(Ed25519Keypair::from_seed(&[7; 32]));
-    let settings = Settings {
-        authorized_keys: vec![key.public_key().to_openssh().expect("OpenSSH")],
+/// The key [`settings`] authorizes.
+fn key() -> PrivateKey {
+    PrivateKey::from(Ed25519Keypair::from_seed(&[7; 32]))
+}
+
+/// Settings that let [`key`] in, with the work dir and host key in `dir`.
+fn settings(dir: &Path) -> Settings {
+    Settings {
+        authorized_keys: vec![key().public_key().to_openssh().expect("OpenSSH")],
         password_hash: None,
         authorized_keys_file: None,
         password_file: None,
         kubeconfig: None,
-        work_dir: dir.path().join("work"),
-        host_key: dir.path().join("host_key"),
-    };
-    let (mut helper, mut session) = connect(&settings).await;
+        work_dir: dir.join("work"),
+        host_key: dir.join("host_key"),
+    }
+}
+
+/// A helper with [`settings`] and a client logged in with [`key`].
+async fn logged_in(dir: &Path) -> (tokio::process::Child, Handle<Client>) {
+    let (helper, mut session) = connect(&settings(dir)).await;
+    let login = session
+        .authenticate_publickey("me", PrivateKeyWithHashAlg::new(Arc::new(key()), None))
+        .await
+        .expect("answered");
+    assert!(login.success(), "the authorized key logs in");
+    (helper, session)
+}
+
+/// What `command` writes on a new channel of `session`, and its status.
+async fn run(session: &Handle<Client>, command: &str) -> (String, Option<u32>) {
+    let mut channel = session.channel_open_session().await.expect("a session");
+    channel.exec(true, command).await.expect("sent");
+    let mut output = Vec::new();
+    let mut status = None;
+    while let Some(message) = tokio::time::timeout(REPLY, channel.wait())
+        .await
+        .expect("the command ends in time")
+    {
+        match message {
+            ChannelMsg::Data { data } => output.extend_from_slice(&data),
+            ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+            _ => {}
+        }
+    }
+    (String::from_utf8_lossy(&output).into_owned(), status)
+}
+
+/// The helper's resident memory in KiB.
+fn resident_kib(helper: &tokio::process::Child) -> u64 {
+    let pid = helper.id().expect("running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test]
+async fn a_client_gets_sessions_only_and_cannot_forge_the_helpers_log() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let key = key();
+    let (mut helper, mut session) = connect(&settings(dir.path())).await;
 
     let none = session.authenticate_none("me").await.expect("answered");
     assert!(!none.success(), "the none method logs nobody in");
@@ -197,4 +248,65 @@ async fn a_client_gets_sessions_only_and_cannot_forge_the_helpers_log() {
             .any(|line| line.contains("FORGED") && !line.contains("me\\")),
         "a forged log line: {log}"
     );
+}
+
+#[tokio::test]
+async fn a_channel_flooded_before_it_runs_anything_is_closed_and_the_connection_lives_on() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (mut helper, session) = logged_in(dir.path()).await;
+    // No reply wanted, as OpenSSH's SendEnv: before the limit, 200 of
+    // them filled russh's queue of the channel, and the connection hung
+    // for good, the helper too once the client had gone.
+    let mut flooded = session.channel_open_session().await.expect("a session");
+    for _ in 0..200 {
+        flooded.set_env(false, "LANG", "C").await.expect("sent");
+    }
+    flooded.exec(true, "echo never").await.expect("sent");
+    let closed = tokio::time::timeout(REPLY, async {
+        loop {
+            match flooded.wait().await {
+                Some(ChannelMsg::Close) | None => return true,
+                Some(ChannelMsg::Data { .. }) => return false,
+                Some(_) => {}
+            }
+        }
+    });
+    assert!(
+        closed.await.expect("an answer in time"),
+        "the channel is closed"
+    );
+
+    assert_eq!(
+        run(&session, "echo fine").await,
+        ("fine\n".to_owned(), Some(0))
+    );
+    drop(flooded);
+    drop(session);
+    tokio::time::timeout(REPLY, helper.wait())
+        .await
+        .expect("the helper ends with its connection")
+        .expect("waited");
+}
+
+#[tokio::test]
+async fn channels_closed_before_they_run_anything_are_forgotten() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (helper, session) = logged_in(dir.path()).await;
+    let open_and_close = async |times: usize| {
+        for _ in 0..times {
+            let channel = session.channel_open_session().await.expect("a session");
+            channel.close().await.expect("closed");
+        }
+        // A command after them: they have all been handled.
+        assert_eq!(
+            run(&session, "echo fine").await,
+            ("fine\n".to_owned(), Some(0))
+        );
+    };
+    open_and_close(1000).await;
+    let before = resident_kib(&helper);
+    // Kept, each cost about 3.4 KiB: 68 MB for these.
+    open_and_close(20_000).await;
+    let grown = resident_kib(&helper).saturating_sub(before);
+    assert!(grown < 8 * 1024, "the helper grew by {grown} KiB");
 }
