@@ -32,12 +32,15 @@ const SHELLS: [&str; 2] = ["/bin/bash", "/bin/sh"];
 /// (`channel_buffer_size`); one more waits for room, and the whole
 /// connection with it: every channel, the keepalives, noticing that the
 /// client left.
-const CHANNEL_BUFFER: usize = 100;
+const CHANNEL_BUFFER: usize = 128;
 /// The messages a session channel may get before it runs something (its
 /// queue is read only then): well under [`CHANNEL_BUFFER`]; one more
-/// closes the channel. A client sends a few (`pty-req`, a `env` per
+/// closes the channel. A client sends a few (`pty-req`, an `env` per
 /// `SendEnv` variable).
 const MAX_PENDING_MESSAGES: usize = CHANNEL_BUFFER / 2;
+/// Session channels open at once and not yet running anything (OpenSSH's
+/// `MaxSessions`): each may hold [`MAX_PENDING_MESSAGES`] packets of data.
+const MAX_PENDING_CHANNELS: usize = 10;
 /// Environment variables a client may set (`SendEnv`), as OpenSSH's
 /// Debian default `AcceptEnv LANG LC_*`, plus the terminal's name.
 fn accepted_env(name: &str) -> bool {
@@ -343,6 +346,16 @@ impl russh::server::Handler for Connection {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.channels.len() >= MAX_PENDING_CHANNELS {
+            tracing::info!(
+                user = self.user.as_str(),
+                "a session channel refused: {MAX_PENDING_CHANNELS} are open and run nothing yet"
+            );
+            reply
+                .reject(russh::ChannelOpenFailure::ResourceShortage)
+                .await;
+            return Ok(());
+        }
         self.channels.insert(
             channel.id(),
             Pending {

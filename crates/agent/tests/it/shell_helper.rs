@@ -310,3 +310,23 @@ async fn channels_closed_before_they_run_anything_are_forgotten() {
     let grown = resident_kib(&helper).saturating_sub(before);
     assert!(grown < 8 * 1024, "the helper grew by {grown} KiB");
 }
+
+#[tokio::test]
+async fn at_most_ten_session_channels_wait_to_run_something() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (_helper, session) = logged_in(dir.path()).await;
+    let mut waiting = Vec::new();
+    for _ in 0..10 {
+        waiting.push(session.channel_open_session().await.expect("a session"));
+    }
+    assert!(
+        session.channel_open_session().await.is_err(),
+        "an eleventh is refused"
+    );
+    let first = waiting.remove(0);
+    first.exec(true, "true").await.expect("sent");
+    assert_eq!(
+        run(&session, "echo fine").await,
+        ("fine\n".to_owned(), Some(0))
+    );
+}
