@@ -84,6 +84,18 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     escaped(text, |c, shown| shown.extend(c.escape_default()))
 }
 
+/// `text` on one line: each newline in it shown as `\n` (a carriage
+/// return is [`printable`]'s to escape). For what a device reports where
+/// each line is one record or field (a log line, a fact), so that it
+/// cannot add a line that reads as another device's or as tetherd's own.
+pub fn one_line(text: &str) -> Cow<'_, str> {
+    if text.contains('\n') {
+        Cow::Owned(text.replace('\n', "\\n"))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
 /// JSON text (as serde_json writes it) with what a terminal would act on
 /// written as JSON's `\uXXXX` escapes: serde_json leaves DEL, the C1
 /// controls and the bidirectional controls raw, and [`printable`]'s
@@ -208,6 +220,15 @@ mod tests {
         assert_eq!(
             printable("evil\u{202e}txt.exe \u{2067}x\u{2069}"),
             "evil\\u{202e}txt.exe \\u{2067}x\\u{2069}"
+        );
+    }
+
+    #[test]
+    fn one_line_shows_line_breaks_as_escapes() {
+        assert!(matches!(one_line("plain"), Cow::Borrowed(_)));
+        assert_eq!(
+            one_line("ok\n2026-01-01T00:00:00Z edge-2 err: forged"),
+            "ok\\n2026-01-01T00:00:00Z edge-2 err: forged"
         );
     }
 

@@ -169,19 +169,20 @@ fn print(
 }
 
 /// `TIME PRIORITY UNIT: MESSAGE`, with the device first when several are
-/// shown.
+/// shown; one line whatever the device sent ([`crate::output::one_line`]).
 fn text(entry: &LogEntry, show_device: bool) -> String {
     let at = entry.at.to_rfc3339_opts(SecondsFormat::Millis, true);
     let priority = tether_proto::priority::name(entry.priority).unwrap_or("?");
     let unit = if entry.unit.is_empty() {
-        "-"
+        "-".into()
     } else {
-        &entry.unit
+        crate::output::one_line(&entry.unit)
     };
+    let message = crate::output::one_line(&entry.message);
     if show_device {
-        format!("{at} {} {priority} {unit}: {}", entry.device, entry.message)
+        format!("{at} {} {priority} {unit}: {message}", entry.device)
     } else {
-        format!("{at} {priority} {unit}: {}", entry.message)
+        format!("{at} {priority} {unit}: {message}")
     }
 }
 
@@ -231,6 +232,18 @@ mod tests {
         let back: LogEntry = serde_json::from_str(&json).expect("one JSON object");
         assert_eq!(back.message, entry.message);
         assert_eq!(back.unit, entry.unit);
+
+        let forging = LogEntry {
+            message: "ok\n2026-12-02T06:00:01.000Z edge-2 err sshd.service: forged".into(),
+            ..entry.clone()
+        };
+        let mut forged = Vec::new();
+        print(&mut forged, OutputFormat::Table, true, &forging).expect("printed");
+        assert_eq!(
+            String::from_utf8(forged).expect("UTF-8"),
+            "2026-12-02T06:00:00.500Z edge-1 err evil\\u{9b}2J: ok\\n2026-12-02T06:00:01.000Z edge-2 err sshd.service: forged\n",
+            "one line per log line"
+        );
 
         let mut text = Vec::new();
         print(&mut text, OutputFormat::Table, false, &entry).expect("printed");
