@@ -26,6 +26,9 @@ const REJECTION_TIME: Duration = Duration::from_millis(500);
 /// unanswered keepalives end the connection (a vanished network), while
 /// an idle interactive session that answers lives on.
 const KEEPALIVE: Duration = Duration::from_secs(30);
+/// How long a connection whose client has gone has to end by itself
+/// before the helper ends it ([`client_gone`]).
+const GONE_GRACE: Duration = Duration::from_secs(5);
 /// The shells tried in order for a login shell.
 const SHELLS: [&str; 2] = ["/bin/bash", "/bin/sh"];
 /// How many messages russh queues on a channel for its reader
@@ -129,6 +132,39 @@ pub async fn serve(
     let session = russh::server::run_stream(Arc::new(config), stream, handler).await?;
     session.await?;
     Ok(())
+}
+
+/// Returns once the client has gone (its end of the connection's socket
+/// `socket`, a duplicate of the one served, is shut or closed) and
+/// [`GONE_GRACE`] has passed; never if the socket cannot be watched. A
+/// connection normally ends by itself first; one stuck (a command that
+/// reads none of the stdin sent to it fills russh's queue for its channel,
+/// and russh then reads nothing more, not even the client leaving) would
+/// otherwise keep the helper and its commands forever.
+pub async fn client_gone(socket: std::os::fd::OwnedFd) {
+    use tokio::io::Interest;
+    let watched = tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(socket));
+    let watched = match watched {
+        Ok(watched) => watched,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch the connection for the client leaving");
+            return std::future::pending().await;
+        }
+    };
+    loop {
+        let Ok(ready) = watched.ready(Interest::READABLE).await else {
+            return std::future::pending().await;
+        };
+        if ready.is_read_closed() {
+            break;
+        }
+        // Readable alone is the client's bytes, russh's to read: only
+        // forgotten, until the next change.
+        let _ = watched.try_io(Interest::READABLE, || {
+            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+        });
+    }
+    tokio::time::sleep(GONE_GRACE).await;
 }
 
 /// Creates the work dir (0700) if it is missing; an existing one is left

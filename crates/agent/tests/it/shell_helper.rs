@@ -33,9 +33,16 @@ impl client::Handler for Client {
     }
 }
 
-/// A helper serving one connection with `settings`, its log (standard
-/// error) and the client's end.
-async fn connect(settings: &Settings) -> (tokio::process::Child, Handle<Client>) {
+/// A helper serving one connection with `settings` (its log on standard
+/// error), the client's end, and the client's socket to shut down as a
+/// client that vanished does (its process gone).
+async fn connect(
+    settings: &Settings,
+) -> (
+    tokio::process::Child,
+    Handle<Client>,
+    std::os::unix::net::UnixStream,
+) {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
     let theirs_out = theirs.try_clone().expect("cloned");
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether-agent-shell"))
@@ -47,6 +54,7 @@ async fn connect(settings: &Settings) -> (tokio::process::Child, Handle<Client>)
         .kill_on_drop(true)
         .spawn()
         .expect("the helper starts");
+    let vanish = ours.try_clone().expect("cloned");
     ours.set_nonblocking(true).expect("non-blocking");
     let mut stream = tokio::net::UnixStream::from_std(ours).expect("a tokio socket");
     let mut line = serde_json::to_vec(settings).expect("serialized");
@@ -55,7 +63,7 @@ async fn connect(settings: &Settings) -> (tokio::process::Child, Handle<Client>)
     let session = client::connect_stream(Arc::new(client::Config::default()), stream, Client)
         .await
         .expect("the SSH handshake");
-    (child, session)
+    (child, session, vanish)
 }
 
 /// The next reply on `channel`: `Some(true)` for success, `Some(false)`
@@ -93,14 +101,20 @@ fn settings(dir: &Path) -> Settings {
 }
 
 /// A helper with [`settings`] and a client logged in with [`key`].
-async fn logged_in(dir: &Path) -> (tokio::process::Child, Handle<Client>) {
-    let (helper, mut session) = connect(&settings(dir)).await;
+async fn logged_in(
+    dir: &Path,
+) -> (
+    tokio::process::Child,
+    Handle<Client>,
+    std::os::unix::net::UnixStream,
+) {
+    let (helper, mut session, vanish) = connect(&settings(dir)).await;
     let login = session
         .authenticate_publickey("me", PrivateKeyWithHashAlg::new(Arc::new(key()), None))
         .await
         .expect("answered");
     assert!(login.success(), "the authorized key logs in");
-    (helper, session)
+    (helper, session, vanish)
 }
 
 /// What `command` writes on a new channel of `session`, and its status.
@@ -137,7 +151,7 @@ fn resident_kib(helper: &tokio::process::Child) -> u64 {
 async fn a_client_gets_sessions_only_and_cannot_forge_the_helpers_log() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let key = key();
-    let (mut helper, mut session) = connect(&settings(dir.path())).await;
+    let (mut helper, mut session, _) = connect(&settings(dir.path())).await;
 
     let none = session.authenticate_none("me").await.expect("answered");
     assert!(!none.success(), "the none method logs nobody in");
@@ -253,7 +267,7 @@ async fn a_client_gets_sessions_only_and_cannot_forge_the_helpers_log() {
 #[tokio::test]
 async fn a_channel_flooded_before_it_runs_anything_is_closed_and_the_connection_lives_on() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let (mut helper, session) = logged_in(dir.path()).await;
+    let (mut helper, session, _) = logged_in(dir.path()).await;
     // No reply wanted, as OpenSSH's SendEnv: before the limit, 200 of
     // them filled russh's queue of the channel, and the connection hung
     // for good, the helper too once the client had gone.
@@ -291,7 +305,7 @@ async fn a_channel_flooded_before_it_runs_anything_is_closed_and_the_connection_
 #[tokio::test]
 async fn channels_closed_before_they_run_anything_are_forgotten() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let (helper, session) = logged_in(dir.path()).await;
+    let (helper, session, _) = logged_in(dir.path()).await;
     let open_and_close = async |times: usize| {
         for _ in 0..times {
             let channel = session.channel_open_session().await.expect("a session");
@@ -314,7 +328,7 @@ async fn channels_closed_before_they_run_anything_are_forgotten() {
 #[tokio::test]
 async fn at_most_ten_session_channels_wait_to_run_something() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let (_helper, session) = logged_in(dir.path()).await;
+    let (_helper, session, _) = logged_in(dir.path()).await;
     let mut waiting = Vec::new();
     for _ in 0..10 {
         waiting.push(session.channel_open_session().await.expect("a session"));
@@ -329,4 +343,32 @@ async fn at_most_ten_session_channels_wait_to_run_something() {
         run(&session, "echo fine").await,
         ("fine\n".to_owned(), Some(0))
     );
+}
+
+#[tokio::test]
+async fn the_helper_ends_when_the_client_leaves_a_connection_stuck_on_a_command_that_reads_nothing()
+{
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (mut helper, session, vanish) = logged_in(dir.path()).await;
+    let mut channel = session.channel_open_session().await.expect("a session");
+    channel.exec(true, "sleep 600").await.expect("sent");
+    assert_eq!(reply(&mut channel).await, Some(true));
+    // russh takes data faster than the command's stdin (which nothing
+    // reads): its queue for the channel fills and the whole connection
+    // stops, reading nothing more from the client (a limit of russh's
+    // flow control).
+    let chunk = vec![0u8; 32 * 1024];
+    let flooded = tokio::time::timeout(Duration::from_secs(3), async {
+        for _ in 0..400 {
+            channel.data(&chunk[..]).await.expect("sent");
+        }
+    });
+    assert!(flooded.await.is_err(), "the connection stopped reading");
+    vanish
+        .shutdown(std::net::Shutdown::Both)
+        .expect("the client vanished");
+    tokio::time::timeout(Duration::from_secs(20), helper.wait())
+        .await
+        .expect("the helper ends once the client has gone")
+        .expect("waited");
 }
