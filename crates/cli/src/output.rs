@@ -37,27 +37,39 @@ pub fn print<T: Serialize + ?Sized>(
     table: impl FnOnce(&T) -> String,
 ) -> Result<(), OutputError> {
     let text = match format {
-        OutputFormat::Table => table(value),
-        OutputFormat::Json => serde_json::to_string_pretty(value).map_err(OutputError::Json)?,
+        OutputFormat::Table => printable(&table(value)).into_owned(),
+        OutputFormat::Json => {
+            json_printable(&serde_json::to_string_pretty(value).map_err(OutputError::Json)?)
+                .into_owned()
+        }
+        // libyaml writes every control character as an escape already;
+        // `printable`'s escapes would change the values.
         OutputFormat::Yaml => serde_yaml::to_string(value).map_err(OutputError::Yaml)?,
     };
-    emit(&text)
+    write_line(&text)
 }
 
-/// `text` with the control characters a terminal acts on (escape
-/// sequences that move the cursor, retitle the window or set the
-/// clipboard; a carriage return that overwrites a line) shown as escapes,
-/// `\u{1b}`: what a device wrote (a log line, an error) reaches the
-/// operator's terminal as text. Newlines and tabs stay.
-pub fn printable(text: &str) -> Cow<'_, str> {
-    let acts = |c: char| c.is_control() && c != '\n' && c != '\t';
-    if !text.chars().any(acts) {
+/// Whether a terminal acts on `c` rather than showing it: the control
+/// characters (C0, DEL, C1: escape sequences that move the cursor, retitle
+/// the window or set the clipboard; a carriage return that overwrites a
+/// line) but newline and tab, and the bidirectional-text controls that
+/// show what follows them reordered (after U+202E, `txt.exe` shows as
+/// `exe.txt`).
+fn acts_on(c: char) -> bool {
+    let bidi = matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    (c.is_control() && c != '\n' && c != '\t') || bidi
+}
+
+/// `text` with each character [`acts_on`] says a terminal would act on
+/// replaced by `escape`; borrowed when there is none.
+fn escaped(text: &str, escape: impl Fn(char, &mut String)) -> Cow<'_, str> {
+    if !text.chars().any(acts_on) {
         return Cow::Borrowed(text);
     }
     let mut shown = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if acts(c) {
-            shown.extend(c.escape_default());
+        if acts_on(c) {
+            escape(c, &mut shown);
         } else {
             shown.push(c);
         }
@@ -65,11 +77,47 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     Cow::Owned(shown)
 }
 
+/// `text` with what a terminal would act on (see [`acts_on`]) shown as
+/// escapes, `\u{1b}`: what a device wrote (a log line, an error) reaches
+/// the operator's terminal as text. Newlines and tabs stay.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    escaped(text, |c, shown| shown.extend(c.escape_default()))
+}
+
+/// `text` on one line: each newline in it shown as `\n` (a carriage
+/// return is [`printable`]'s to escape). For what a device reports where
+/// each line is one record or field (a log line, a fact), so that it
+/// cannot add a line that reads as another device's or as tetherd's own.
+pub fn one_line(text: &str) -> Cow<'_, str> {
+    if text.contains('\n') {
+        Cow::Owned(text.replace('\n', "\\n"))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// JSON text (as serde_json writes it) with what a terminal would act on
+/// written as JSON's `\uXXXX` escapes: serde_json leaves DEL, the C1
+/// controls and the bidirectional controls raw, and [`printable`]'s
+/// `\u{7f}` is no JSON escape. Such characters only occur inside JSON
+/// strings, so the value read back is the same.
+pub fn json_printable(json: &str) -> Cow<'_, str> {
+    // Every character `acts_on` is in the Basic Multilingual Plane: one
+    // `\uXXXX` each.
+    escaped(json, |c, shown| {
+        shown.push_str(&format!("\\u{:04x}", u32::from(c)))
+    })
+}
+
 /// Writes `text` ([`printable`]) and a final newline to standard output.
 pub fn emit(text: &str) -> Result<(), OutputError> {
+    write_line(&printable(text))
+}
+
+/// Writes `text`, made safe to show already, and a final newline.
+fn write_line(text: &str) -> Result<(), OutputError> {
     let mut out = std::io::stdout().lock();
     let newline = if text.ends_with('\n') { "" } else { "\n" };
-    let text = printable(text);
     write!(out, "{text}{newline}")
         .and_then(|()| out.flush())
         .map_err(OutputError::Write)
@@ -167,6 +215,59 @@ mod tests {
             printable("ok\u{1b}]52;c;ZWNobyBwd25lZA==\u{7}\rgone\u{9b}2J"),
             "ok\\u{1b}]52;c;ZWNobyBwd25lZA==\\u{7}\\rgone\\u{9b}2J"
         );
+        // Right-to-left override and isolate: `evil\u{202e}txt.exe` shows as
+        // `evilexe.txt`.
+        assert_eq!(
+            printable("evil\u{202e}txt.exe \u{2067}x\u{2069}"),
+            "evil\\u{202e}txt.exe \\u{2067}x\\u{2069}"
+        );
+    }
+
+    #[test]
+    fn one_line_shows_line_breaks_as_escapes() {
+        assert!(matches!(one_line("plain"), Cow::Borrowed(_)));
+        assert_eq!(
+            one_line("ok\n2026-01-01T00:00:00Z edge-2 err: forged"),
+            "ok\\n2026-01-01T00:00:00Z edge-2 err: forged"
+        );
+    }
+
+    #[test]
+    fn json_output_escapes_what_a_terminal_acts_on_and_stays_the_same_json() {
+        for text in [
+            "del\u{7f}",
+            "csi\u{9b}2J",
+            "nel\u{85}",
+            "rlo\u{202e}txt.exe",
+            "esc\u{1b}]52;c;eA==\u{7}",
+            "plain é ü 日本",
+        ] {
+            let value = serde_json::json!({"message": text});
+            let json = serde_json::to_string_pretty(&value).expect("json");
+            let shown = json_printable(&json);
+            assert!(!shown.chars().any(acts_on), "{shown:?}");
+            let back: serde_json::Value = serde_json::from_str(&shown).expect("still JSON");
+            assert_eq!(back, value, "{shown}");
+        }
+    }
+
+    #[test]
+    fn yaml_output_already_escapes_control_characters() {
+        for text in [
+            "del\u{7f}",
+            "csi\u{9b}2J",
+            "nel\u{85}",
+            "esc\u{1b}]52;c;eA==\u{7}\r",
+        ] {
+            let value = serde_json::json!({"message": text});
+            let yaml = serde_yaml::to_string(&value).expect("yaml");
+            assert!(
+                !yaml.chars().any(|c| c.is_control() && c != '\n'),
+                "{yaml:?}"
+            );
+            let back: serde_json::Value = serde_yaml::from_str(&yaml).expect("still YAML");
+            assert_eq!(back, value, "{yaml}");
+        }
     }
 
     #[test]

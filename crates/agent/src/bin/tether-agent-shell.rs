@@ -43,7 +43,12 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), String> {
-    let socket = std::io::stdin()
+    let stdin = std::io::stdin();
+    let watched = stdin
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("stdin is not a socket: {e}"))?;
+    let socket = stdin
         .as_fd()
         .try_clone_to_owned()
         .map(std::os::unix::net::UnixStream::from)
@@ -70,7 +75,13 @@ async fn run() -> Result<(), String> {
     tracing::info!(%settings, "management shell connection");
     let key =
         host_key::load_or_create(&settings.host_key).map_err(|e| tether_proto::error_chain(&e))?;
-    server::serve(stream, settings, key)
-        .await
-        .map_err(|e| tether_proto::error_chain(&e))
+    tokio::select! {
+        served = server::serve(stream, settings, key) => {
+            served.map_err(|e| tether_proto::error_chain(&e))
+        }
+        () = server::client_gone(watched) => {
+            tracing::info!("the client has gone and the connection did not end: ended");
+            Ok(())
+        }
+    }
 }

@@ -26,8 +26,24 @@ const REJECTION_TIME: Duration = Duration::from_millis(500);
 /// unanswered keepalives end the connection (a vanished network), while
 /// an idle interactive session that answers lives on.
 const KEEPALIVE: Duration = Duration::from_secs(30);
+/// How long a connection whose client has gone has to end by itself
+/// before the helper ends it ([`client_gone`]).
+const GONE_GRACE: Duration = Duration::from_secs(5);
 /// The shells tried in order for a login shell.
 const SHELLS: [&str; 2] = ["/bin/bash", "/bin/sh"];
+/// How many messages russh queues on a channel for its reader
+/// (`channel_buffer_size`); one more waits for room, and the whole
+/// connection with it: every channel, the keepalives, noticing that the
+/// client left.
+const CHANNEL_BUFFER: usize = 128;
+/// The messages a session channel may get before it runs something (its
+/// queue is read only then): well under [`CHANNEL_BUFFER`]; one more
+/// closes the channel. A client sends a few (`pty-req`, an `env` per
+/// `SendEnv` variable).
+const MAX_PENDING_MESSAGES: usize = CHANNEL_BUFFER / 2;
+/// Session channels open at once and not yet running anything (OpenSSH's
+/// `MaxSessions`): each may hold [`MAX_PENDING_MESSAGES`] packets of data.
+const MAX_PENDING_CHANNELS: usize = 10;
 /// Environment variables a client may set (`SendEnv`), as OpenSSH's
 /// Debian default `AcceptEnv LANG LC_*`, plus the terminal's name.
 fn accepted_env(name: &str) -> bool {
@@ -108,6 +124,7 @@ pub async fn serve(
         // login timeout.
         inactivity_timeout: None,
         keepalive_interval: Some(KEEPALIVE),
+        channel_buffer_size: CHANNEL_BUFFER,
         nodelay: true,
         ..Default::default()
     };
@@ -142,6 +159,39 @@ async fn no_login(login: tokio::sync::oneshot::Receiver<()>, timeout: Duration) 
         // Logged in, or the connection ended before (it ends serve).
         std::future::pending::<()>().await;
     }
+}
+
+/// Returns once the client has gone (its end of the connection's socket
+/// `socket`, a duplicate of the one served, is shut or closed) and
+/// [`GONE_GRACE`] has passed; never if the socket cannot be watched. A
+/// connection normally ends by itself first; one stuck (a command that
+/// reads none of the stdin sent to it fills russh's queue for its channel,
+/// and russh then reads nothing more, not even the client leaving) would
+/// otherwise keep the helper and its commands forever.
+pub async fn client_gone(socket: std::os::fd::OwnedFd) {
+    use tokio::io::Interest;
+    let watched = tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(socket));
+    let watched = match watched {
+        Ok(watched) => watched,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch the connection for the client leaving");
+            return std::future::pending().await;
+        }
+    };
+    loop {
+        let Ok(ready) = watched.ready(Interest::READABLE).await else {
+            return std::future::pending().await;
+        };
+        if ready.is_read_closed() {
+            break;
+        }
+        // Readable alone is the client's bytes, russh's to read: only
+        // forgotten, until the next change.
+        let _ = watched.try_io(Interest::READABLE, || {
+            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+        });
+    }
+    tokio::time::sleep(GONE_GRACE).await;
 }
 
 /// Creates the work dir (0700) if it is missing; an existing one is left
@@ -330,6 +380,8 @@ struct Pending {
     env: Vec<(String, String)>,
     /// A `pty-req`: a terminal of this type and size.
     terminal: Option<(String, Size)>,
+    /// How many messages russh queued on `channel` so far.
+    queued: usize,
 }
 
 impl Connection {
@@ -337,6 +389,26 @@ impl Connection {
         self.keys
             .iter()
             .any(|known| known.key_data() == key.key_data())
+    }
+
+    /// Counts a message russh queued on `channel` (a request or data);
+    /// the pending channel that got too many is dropped, so that its
+    /// queue never fills, and closed. Whether it is still pending.
+    fn queued(&mut self, channel: ChannelId, session: &mut Session) -> bool {
+        let Some(pending) = self.channels.get_mut(&channel) else {
+            return false;
+        };
+        pending.queued += 1;
+        if pending.queued <= MAX_PENDING_MESSAGES {
+            return true;
+        }
+        tracing::info!(
+            user = self.user.as_str(),
+            "a session channel sent {MAX_PENDING_MESSAGES} messages without running anything: closed"
+        );
+        self.channels.remove(&channel);
+        let _ = session.close(channel);
+        false
     }
 
     /// A reply to a channel request; a channel already gone gets none.
@@ -412,12 +484,23 @@ impl russh::server::Handler for Connection {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.channels.len() >= MAX_PENDING_CHANNELS {
+            tracing::info!(
+                user = self.user.as_str(),
+                "a session channel refused: {MAX_PENDING_CHANNELS} are open and run nothing yet"
+            );
+            reply
+                .reject(russh::ChannelOpenFailure::ResourceShortage)
+                .await;
+            return Ok(());
+        }
         self.channels.insert(
             channel.id(),
             Pending {
                 channel,
                 env: Vec::new(),
                 terminal: None,
+                queued: 0,
             },
         );
         reply.accept().await;
@@ -435,9 +518,8 @@ impl russh::server::Handler for Connection {
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let pending = self.channels.get_mut(&channel);
-        let accepted = pending.is_some();
-        if let Some(pending) = pending {
+        let accepted = self.queued(channel, session);
+        if let Some(pending) = self.channels.get_mut(&channel) {
             pending.terminal = Some((term.to_owned(), terminal_size(cols, rows)));
         }
         Self::reply(session, channel, accepted)
@@ -450,12 +532,8 @@ impl russh::server::Handler for Connection {
         value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let pending = self
-            .channels
-            .get_mut(&channel)
-            .filter(|_| accepted_env(name));
-        let accepted = pending.is_some();
-        if let Some(pending) = pending {
+        let accepted = self.queued(channel, session) && accepted_env(name);
+        if accepted && let Some(pending) = self.channels.get_mut(&channel) {
             pending.env.push((name.to_owned(), value.to_owned()));
         }
         Self::reply(session, channel, accepted)
@@ -488,7 +566,97 @@ impl russh::server::Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         tracing::info!(subsystem = name, "subsystem refused: none is served");
+        self.queued(channel, session);
         Self::reply(session, channel, false)
+    }
+
+    /// Refused, and said so: russh's default sends no reply, which a
+    /// client takes as the answer to its next request (OpenSSH's then
+    /// believes X11 is forwarded, even with `ExitOnForwardFailure`).
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.queued(channel, session);
+        Self::reply(session, channel, false)
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.queued(channel, session);
+        Ok(false)
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        _cols: u32,
+        _rows: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.queued(channel, session);
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        _signal: russh::Sig,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.queued(channel, session);
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.queued(channel, session);
+        Ok(())
+    }
+
+    async fn extended_data(
+        &mut self,
+        channel: ChannelId,
+        _code: u32,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.queued(channel, session);
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.queued(channel, session);
+        Ok(())
+    }
+
+    /// A channel closed before it ran anything is forgotten: kept, each
+    /// such channel would hold its queue until the connection ends.
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        Ok(())
     }
 }
 
@@ -519,6 +687,8 @@ impl Connection {
 
 /// Who runs commands, where, and what the client set (`TERM`, `LANG`).
 struct Login {
+    /// The client's choice, any text: logged as a quoted string, never
+    /// with `%` (a newline in it would forge a log line).
     user: String,
     work_dir: PathBuf,
     env: Vec<(String, String)>,
@@ -619,7 +789,11 @@ async fn run_in_terminal(
             return;
         }
     };
-    tracing::info!(user = %login.user, command = command_line.as_deref().unwrap_or("(shell)"), "management shell runs in a terminal");
+    tracing::info!(
+        user = login.user.as_str(),
+        command = command_line.as_deref().unwrap_or("(shell)"),
+        "management shell runs in a terminal"
+    );
     let terminal::Terminal {
         reader: mut output,
         writer: mut input,
@@ -650,7 +824,7 @@ async fn run_in_terminal(
     let status = tokio::select! {
         status = ran => status,
         () = typed => {
-            tracing::info!(user = %login.user, "the client closed the channel: the terminal hangs up");
+            tracing::info!(user = login.user.as_str(), "the client closed the channel: the terminal hangs up");
             let _ = child.hang_up().await;
             return;
         }
@@ -679,7 +853,11 @@ async fn run(channel: Channel<Msg>, login: Login, command_line: Option<String>) 
             return;
         }
     };
-    tracing::info!(user = %login.user, command = command_line.as_deref().unwrap_or("(shell)"), "management shell runs");
+    tracing::info!(
+        user = login.user.as_str(),
+        command = command_line.as_deref().unwrap_or("(shell)"),
+        "management shell runs"
+    );
     let mut stdin = child.stdin.take();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -718,7 +896,7 @@ async fn run(channel: Channel<Msg>, login: Login, command_line: Option<String>) 
     let status = tokio::select! {
         status = output => status,
         () = input => {
-            tracing::info!(user = %login.user, "the client closed the channel: the command is stopped");
+            tracing::info!(user = login.user.as_str(), "the client closed the channel: the command is stopped");
             return;
         }
     };

@@ -9,6 +9,7 @@ mod local_api;
 mod logs;
 mod offline;
 mod restore;
+mod shell_helper;
 mod sshd;
 mod support;
 mod third_party_device;

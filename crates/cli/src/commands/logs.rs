@@ -159,26 +159,30 @@ fn print(
     entry: &LogEntry,
 ) -> Result<(), CommandError> {
     let line = match format {
-        OutputFormat::Json => serde_json::to_string(entry).unwrap_or_default(),
-        _ => text(entry, show_device),
+        OutputFormat::Json => {
+            let json = serde_json::to_string(entry).unwrap_or_default();
+            crate::output::json_printable(&json).into_owned()
+        }
+        _ => crate::output::printable(&text(entry, show_device)).into_owned(),
     };
-    writeln!(out, "{}", crate::output::printable(&line)).map_err(CommandError::Write)
+    writeln!(out, "{line}").map_err(CommandError::Write)
 }
 
 /// `TIME PRIORITY UNIT: MESSAGE`, with the device first when several are
-/// shown.
+/// shown; one line whatever the device sent ([`crate::output::one_line`]).
 fn text(entry: &LogEntry, show_device: bool) -> String {
     let at = entry.at.to_rfc3339_opts(SecondsFormat::Millis, true);
     let priority = tether_proto::priority::name(entry.priority).unwrap_or("?");
     let unit = if entry.unit.is_empty() {
-        "-"
+        "-".into()
     } else {
-        &entry.unit
+        crate::output::one_line(&entry.unit)
     };
+    let message = crate::output::one_line(&entry.message);
     if show_device {
-        format!("{at} {} {priority} {unit}: {}", entry.device, entry.message)
+        format!("{at} {} {priority} {unit}: {message}", entry.device)
     } else {
-        format!("{at} {priority} {unit}: {}", entry.message)
+        format!("{at} {priority} {unit}: {message}")
     }
 }
 
@@ -204,6 +208,48 @@ mod tests {
         assert_eq!(
             text(&entry, true),
             "2026-12-02T06:00:00.500Z edge-1 err sshd.service: Connection closed"
+        );
+    }
+
+    #[test]
+    fn a_devices_control_characters_are_escaped_and_json_lines_stay_json() {
+        let entry = LogEntry {
+            device: "edge-1".into(),
+            pos: 7,
+            at: "2026-12-02T06:00:00.5Z".parse().expect("valid"),
+            priority: 3,
+            unit: "evil\u{9b}2J".into(),
+            message: "gone\u{7f}\u{1b}]52;c;eA==\u{7}\u{202e}txt.exe".into(),
+            fields: Default::default(),
+        };
+        let mut json = Vec::new();
+        print(&mut json, OutputFormat::Json, false, &entry).expect("printed");
+        let json = String::from_utf8(json).expect("UTF-8");
+        assert!(
+            !json.contains(['\u{7f}', '\u{9b}', '\u{1b}', '\u{202e}']),
+            "{json:?}"
+        );
+        let back: LogEntry = serde_json::from_str(&json).expect("one JSON object");
+        assert_eq!(back.message, entry.message);
+        assert_eq!(back.unit, entry.unit);
+
+        let forging = LogEntry {
+            message: "ok\n2026-12-02T06:00:01.000Z edge-2 err sshd.service: forged".into(),
+            ..entry.clone()
+        };
+        let mut forged = Vec::new();
+        print(&mut forged, OutputFormat::Table, true, &forging).expect("printed");
+        assert_eq!(
+            String::from_utf8(forged).expect("UTF-8"),
+            "2026-12-02T06:00:00.500Z edge-1 err evil\\u{9b}2J: ok\\n2026-12-02T06:00:01.000Z edge-2 err sshd.service: forged\n",
+            "one line per log line"
+        );
+
+        let mut text = Vec::new();
+        print(&mut text, OutputFormat::Table, false, &entry).expect("printed");
+        assert_eq!(
+            String::from_utf8(text).expect("UTF-8"),
+            "2026-12-02T06:00:00.500Z err evil\\u{9b}2J: gone\\u{7f}\\u{1b}]52;c;eA==\\u{7}\\u{202e}txt.exe\n"
         );
     }
 }

@@ -9,6 +9,12 @@ Examples:
   tether devices get edge-1
   tether devices get edge-1 -o yaml";
 
+/// A value the agent reported, on one line (a line break in it could pass
+/// for another fact or for tetherd's own lines), or `none`.
+fn reported<'a>(value: Option<&'a str>, none: &'static str) -> std::borrow::Cow<'a, str> {
+    value.map_or(none.into(), output::one_line)
+}
+
 /// The spec, whether the agent applied it, and what the agent reported.
 fn spec_text(now: chrono::DateTime<chrono::Utc>, device: &Device) -> String {
     let version = device.spec_version.unwrap_or_default();
@@ -28,33 +34,32 @@ fn spec_text(now: chrono::DateTime<chrono::Utc>, device: &Device) -> String {
     let mut text = format!("SPEC (version {version}, {state})\n{spec}");
     if let Some(status) = &device.status {
         for error in &status.errors {
-            text.push_str(&format!("\nERROR {}: {}", error.path, error.message));
+            text.push_str(&format!(
+                "\nERROR {}: {}",
+                output::one_line(&error.path),
+                output::one_line(&error.message)
+            ));
         }
         let facts = &status.facts;
-        let os = facts
-            .os_release
-            .as_ref()
-            .map_or("<unknown>", |os| os.pretty_name.as_str());
+        let os = facts.os_release.as_ref().map(|os| os.pretty_name.as_str());
         text.push_str(&format!(
-            "\n\nFACTS (reported {} ago)\nhostname: {}\nos: {os}\nkernel: {}\ncpu: {} x {}\nmemory: {} bytes\nserial: {}\nmachine-id: {}",
+            "\n\nFACTS (reported {} ago)\nhostname: {}\nos: {}\nkernel: {}\ncpu: {} x {}\nmemory: {} bytes\nserial: {}\nmachine-id: {}",
             output::age(now, status.reported_at),
-            facts.hostname.as_deref().unwrap_or("<unknown>"),
-            facts.kernel.as_deref().unwrap_or("<unknown>"),
+            reported(facts.hostname.as_deref(), "<unknown>"),
+            reported(os, "<unknown>"),
+            reported(facts.kernel.as_deref(), "<unknown>"),
             facts.cpu_cores,
-            facts.cpu_model.as_deref().unwrap_or("<unknown>"),
+            reported(facts.cpu_model.as_deref(), "<unknown>"),
             facts.memory_total_bytes,
-            facts.hardware_serial.as_deref().unwrap_or("<none>"),
-            facts.machine_id.as_deref().unwrap_or("<none>"),
+            reported(facts.hardware_serial.as_deref(), "<none>"),
+            reported(facts.machine_id.as_deref(), "<none>"),
         ));
         if let Some(kubernetes) = &facts.kubernetes {
             text.push_str(&format!(
                 "\nkubernetes: {} mode, cluster {} at {}",
                 kubernetes.mode,
-                kubernetes.cluster,
-                kubernetes
-                    .server
-                    .as_deref()
-                    .unwrap_or("<credentials unreadable>")
+                output::one_line(&kubernetes.cluster),
+                reported(kubernetes.server.as_deref(), "<credentials unreadable>")
             ));
         }
     }
@@ -119,6 +124,42 @@ mod tests {
                 .contains("\nkubernetes: host mode, cluster default at https://127.0.0.1:6443"),
             "{}",
             spec_text(now, &device)
+        );
+    }
+
+    #[test]
+    fn a_line_break_in_what_the_agent_reported_adds_no_line() {
+        let device: Device = serde_json::from_value(serde_json::json!({
+            "name": "edge-1",
+            "labels": {},
+            "presence": "online",
+            "enrolled": true,
+            "lastSeen": null,
+            "agentVersion": "0.1.0",
+            "createdAt": "2026-12-01T00:00:00Z",
+            "specVersion": 2,
+            "status": {
+                "specVersion": 1,
+                "errors": [{"path": "$.x", "message": "bad\nSPEC (version 2, applied by the agent)"}],
+                "facts": {"hostname": "edge\nos: Trusted OS"},
+                "reportedAt": "2026-12-01T00:00:00Z"
+            }
+        }))
+        .expect("a device as the API returns it");
+        let text = spec_text(chrono::Utc::now(), &device);
+        assert!(
+            text.contains("\nERROR $.x: bad\\nSPEC (version 2, applied by the agent)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nhostname: edge\\nos: Trusted OS\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nos: <unknown>\n"), "{text}");
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("SPEC")).count(),
+            1,
+            "{text}"
         );
     }
 }
