@@ -123,8 +123,12 @@ pub struct CreateDevice {
     pub labels: Labels,
     /// What people call the device, up to 256 characters; the name stays
     /// its identity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
+    #[serde(
+        default,
+        rename = "displayName",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
     pub display_name: Option<String>,
 }
 

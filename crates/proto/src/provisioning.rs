@@ -77,6 +77,10 @@ pub struct PolicySpec {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatePolicy {
     /// As a device name: lowercase letters, digits and `-`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_length = 63, pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    )]
     pub name: String,
     pub spec: PolicySpec,
 }
