@@ -5,7 +5,9 @@
 //! for a request's headers that also closes idle keep-alive connections.
 //! When the total is reached, a new connection takes the place of the
 //! oldest one still in its TLS handshake, so clients that never finish one
-//! cannot keep a new client out.
+//! cannot keep a new client out. A connection that ends lingers over what
+//! the client still sends (`linger.rs`), so an answer given before the
+//! request's body was read is not lost to a reset.
 //!
 //! Only HTTP/1.1 is served: hyper's header timeout exists for HTTP/1 only,
 //! and before it starts hyper waits, without a timer, for the bytes that
@@ -171,7 +173,7 @@ impl GuardedTls {
 }
 
 impl<S: Send + 'static> Accept<TcpStream, S> for GuardedTls {
-    type Stream = LimitedStream<tokio_rustls::server::TlsStream<TcpStream>>;
+    type Stream = LimitedStream;
     type Service = S;
     type Future = BoxFuture<'static, io::Result<(Self::Stream, S)>>;
 
@@ -202,9 +204,8 @@ impl<S: Send + 'static> Accept<TcpStream, S> for GuardedTls {
             permit.established();
             Ok((
                 LimitedStream {
-                    stream,
+                    open: Some(Open { stream, permit }),
                     opening: Some(Opening::new(first_bytes_timeout)),
-                    _permit: permit,
                 },
                 service,
             ))
@@ -250,15 +251,44 @@ impl Opening {
     }
 }
 
-/// A connection that holds its slot for as long as it is open.
-pub struct LimitedStream<S> {
-    stream: S,
+/// A connection that holds its slot for as long as it is open, and ends
+/// with a lingering close (see [`super::linger`]).
+pub struct LimitedStream {
+    /// Taken only by `drop`, which hands it to the lingering close.
+    open: Option<Open>,
     /// Until the first bytes show an HTTP/1 request.
     opening: Option<Opening>,
-    _permit: ConnectionPermit,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for LimitedStream<S> {
+struct Open {
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    permit: ConnectionPermit,
+}
+
+impl LimitedStream {
+    fn stream(&mut self) -> Pin<&mut tokio_rustls::server::TlsStream<TcpStream>> {
+        Pin::new(&mut self.open.as_mut().expect("open until dropped").stream)
+    }
+}
+
+impl Drop for LimitedStream {
+    fn drop(&mut self) {
+        let Some(Open { stream, permit }) = self.open.take() else {
+            return;
+        };
+        // tetherd drops connections on a runtime; without one, the socket
+        // simply closes.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                super::linger::close(stream, super::linger::LIMITS).await;
+                // The slot stays taken until the socket is really closed.
+                drop(permit);
+            });
+        }
+    }
+}
+
+impl AsyncRead for LimitedStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -266,7 +296,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for LimitedStream<S> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let filled = buf.filled().len();
-        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let polled = this.stream().poll_read(cx, buf);
         let Some(opening) = &mut this.opening else {
             return polled;
         };
@@ -289,21 +319,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for LimitedStream<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for LimitedStream<S> {
+impl AsyncWrite for LimitedStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        self.stream().poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        self.stream().poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        self.stream().poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -311,11 +341,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for LimitedStream<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        self.stream().poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        self.open
+            .as_ref()
+            .is_some_and(|open| open.stream.is_write_vectored())
     }
 }
 

@@ -11,6 +11,7 @@ mod health;
 mod jobs;
 mod join;
 mod kubernetes;
+mod linger;
 pub mod listener;
 mod logs;
 mod management_shell;

@@ -184,8 +184,8 @@ async fn malformed_and_oversized_requests_get_clear_errors(
             .contains("name")
     );
 
-    // Just over the 1 MiB limit: the rest of the body still fits the socket
-    // buffers, so the client reads the answer instead of a reset.
+    // Just over the 1 MiB limit: tetherd reads and drops the rest before it
+    // closes the connection, so the client reads the answer, not a reset.
     let huge = format!("{{\"name\": \"{}\"}}", "a".repeat(1024 * 1024 + 16 * 1024));
     let oversized = admin.post_raw("/api/v1/devices", huge.into_bytes()).await?;
     assert_eq!(oversized.status, 413, "{}", oversized.body);
