@@ -8,7 +8,8 @@
 //! spread over them; or (`--mode telemetry`) log and metric ingest rates and
 //! the live tail's latency; or (`--mode kubectl`) the `send-kubectl` round
 //! trip of a real agent managing the fake Kubernetes API server; or (`--mode
-//! keystrokes`) the keystroke echo latency of `tether ssh` to a real agent.
+//! keystrokes`) the keystroke echo latency of `tether ssh` to a real agent;
+//! or (`--mode provisioning`) registrations a second through a policy.
 //!
 //! Build everything in release mode first, the agent on its own and last
 //! (ADR 0024: built in one cargo invocation with tetherd, the agent gets the
@@ -21,6 +22,7 @@ mod fleet_job;
 mod keystrokes;
 mod kubectl;
 mod offline;
+mod provisioning;
 mod replicas;
 mod telemetry;
 mod tunnels;
@@ -142,6 +144,9 @@ enum Mode {
     /// One real agent: `tether ssh` in a local terminal, one byte at a
     /// time to `cat` in the device's terminal and back.
     Keystrokes,
+    /// N simulated devices booting at once register through an UNATTENDED
+    /// policy, then again with new media: registrations a second.
+    Provisioning,
 }
 
 #[tokio::main]
@@ -223,6 +228,13 @@ async fn main() -> anyhow::Result<()> {
             return keystrokes::run(keystrokes::Settings {
                 database,
                 keystrokes: args.keystrokes,
+            })
+            .await;
+        }
+        Mode::Provisioning => {
+            return provisioning::run(provisioning::Settings {
+                database,
+                devices: args.agents,
             })
             .await;
         }
