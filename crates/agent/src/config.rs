@@ -12,7 +12,10 @@ use crate::local_api::LocalApiConfig;
 use crate::logs::{JournalLocation, LogsConfig, SyslogConfig, SystemLog};
 use crate::management_shell::ShellConfig;
 use crate::management_shell::listener::ListenerConfig;
+use crate::provisioning::register::RegisterOptions;
+use crate::provisioning::{self, ProvisioningError};
 use crate::spool::SpoolConfig;
+use tether_proto::provisioning::BootCredential;
 
 /// File name of the local API's socket in the state directory.
 pub const LOCAL_API_SOCKET: &str = "api.sock";
@@ -46,6 +49,35 @@ pub struct Config {
     /// SHA-256 of tetherd's CA certificate, hex (to enroll)
     #[arg(long, env = "TETHER_CA_SHA256", value_name = "HEX")]
     pub ca_sha256: Option<String>,
+
+    /// Register under a provisioning policy with this key file, from
+    /// `tether policies keys create POLICY` (its server and CA fingerprint
+    /// unless --server and --ca-sha256 are given); --enroll-token wins
+    #[arg(long, env = "TETHER_PROVISIONING_KEY", value_name = "FILE")]
+    pub provisioning_key: Option<PathBuf>,
+
+    /// Register or enroll with the boot bundle `tether os edit` wrote: DIR
+    /// is the boot partition, read at DIR/tether/bundle.json;
+    /// --enroll-token and --provisioning-key win
+    #[arg(long, env = "TETHER_BOOT_BUNDLE", value_name = "DIR")]
+    pub boot_bundle: Option<PathBuf>,
+
+    /// A JSON object of facts (e.g. {"hardwareSerial": "SN-1"}) put in
+    /// place of the gathered ones, field by field, in the registration and
+    /// every status report
+    #[arg(long, env = "TETHER_AGENT_FACTS_FILE", value_name = "FILE")]
+    pub facts_file: Option<PathBuf>,
+
+    /// The longest wait between two registration requests while an
+    /// operator decides, whatever tetherd asks
+    #[arg(
+        long,
+        env = "TETHER_AGENT_REGISTRATION_MAX_WAIT_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub registration_max_wait_seconds: u64,
 
     /// Log level: debug, info, warning, error, critical, or a tracing filter
     #[arg(
@@ -317,9 +349,22 @@ pub enum ConfigError {
     )]
     NoStateDir,
     #[error(
-        "not enrolled yet and {missing} missing: to enroll, pass --server, --enroll-token and --ca-sha256 (`tether devices add NAME` prints the command)"
+        "not enrolled yet and {missing} missing: to enroll, pass --server, --enroll-token and --ca-sha256 (`tether devices add NAME` prints the command); or register with --provisioning-key FILE (`tether policies keys create POLICY` makes one) or --boot-bundle DIR (the boot partition `tether os edit` wrote)"
     )]
     Enrollment { missing: String },
+    #[error(transparent)]
+    Provisioning(#[from] ProvisioningError),
+}
+
+/// How an agent without credentials gets them.
+#[derive(Debug, Clone)]
+pub enum FirstStart {
+    /// With a one-time token for a device (`--enroll-token`, or a boot
+    /// bundle's enrollment credential).
+    Enroll(EnrollOptions),
+    /// Under a provisioning policy (`--provisioning-key`, or a boot
+    /// bundle's provisioning credential).
+    Register(RegisterOptions),
 }
 
 impl Config {
@@ -439,8 +484,62 @@ impl Config {
         }
     }
 
+    /// Whether any flag says how to get credentials: all are ignored once
+    /// the agent has them.
+    pub fn has_first_start_flags(&self) -> bool {
+        self.server.is_some()
+            || self.enroll_token.is_some()
+            || self.ca_sha256.is_some()
+            || self.provisioning_key.is_some()
+            || self.boot_bundle.is_some()
+    }
+
+    /// How to get credentials: `--enroll-token` (with `--server` and
+    /// `--ca-sha256`), else `--provisioning-key`, else `--boot-bundle`;
+    /// `--server` and `--ca-sha256` stand in for a key's or bundle's.
+    pub fn first_start(&self) -> Result<FirstStart, ConfigError> {
+        if self.enroll_token.is_some() {
+            return self.enroll_options().map(FirstStart::Enroll);
+        }
+        let max_wait = std::time::Duration::from_secs(self.registration_max_wait_seconds);
+        if let Some(path) = &self.provisioning_key {
+            let key = provisioning::read_key(path)?;
+            return Ok(FirstStart::Register(RegisterOptions {
+                server: self.server.clone().unwrap_or(key.server),
+                ca_sha256: self.ca_sha256.clone().unwrap_or(key.ca_sha256),
+                key_id: key.key_id,
+                secret: key.secret,
+                policy: Some(key.policy),
+                max_wait,
+            }));
+        }
+        if let Some(dir) = &self.boot_bundle {
+            let bundle = provisioning::read_bundle(dir)?;
+            let server = self.server.clone().unwrap_or(bundle.server);
+            let ca_sha256 = self.ca_sha256.clone().unwrap_or(bundle.ca_sha256);
+            return Ok(match bundle.credential {
+                BootCredential::Provisioning { key_id, secret } => {
+                    FirstStart::Register(RegisterOptions {
+                        server,
+                        ca_sha256,
+                        key_id,
+                        secret,
+                        policy: None,
+                        max_wait,
+                    })
+                }
+                BootCredential::Enrollment { token, .. } => FirstStart::Enroll(EnrollOptions {
+                    server,
+                    token,
+                    ca_sha256,
+                }),
+            });
+        }
+        self.enroll_options().map(FirstStart::Enroll)
+    }
+
     /// The enrollment flags, all three or an error naming the missing ones.
-    pub fn enroll_options(&self) -> Result<EnrollOptions, ConfigError> {
+    fn enroll_options(&self) -> Result<EnrollOptions, ConfigError> {
         match (&self.server, &self.enroll_token, &self.ca_sha256) {
             (Some(server), Some(token), Some(ca_sha256)) => Ok(EnrollOptions {
                 server: server.clone(),
@@ -531,7 +630,7 @@ mod tests {
         .expect("parses");
         assert_eq!(config.log_level, "info");
         assert_eq!(config.state_dir().expect("given"), PathBuf::from("/s"));
-        let err = config.enroll_options().expect_err("incomplete");
+        let err = config.first_start().expect_err("incomplete");
         let message = err.to_string();
         assert!(
             message.contains("--enroll-token, --ca-sha256 are missing"),
@@ -548,7 +647,150 @@ mod tests {
             "ab",
         ])
         .expect("parses");
-        assert_eq!(config.enroll_options().expect("complete").token, "t");
+        let Ok(FirstStart::Enroll(options)) = config.first_start() else {
+            panic!("enrolls");
+        };
+        assert_eq!(options.token, "t");
+    }
+
+    #[test]
+    fn with_nothing_given_every_way_to_get_credentials_is_named() -> anyhow::Result<()> {
+        let config = Config::try_parse_from(["tether-agent"])?;
+        assert!(!config.has_first_start_flags());
+        let message = config.first_start().expect_err("nothing").to_string();
+        for way in [
+            "--server, --enroll-token, --ca-sha256 are missing",
+            "--provisioning-key FILE",
+            "--boot-bundle DIR",
+            "tether policies keys create POLICY",
+            "tether os edit",
+        ] {
+            assert!(message.contains(way), "{way}: {message}");
+        }
+        Ok(())
+    }
+
+    /// A temp dir with a provisioning key file and a boot bundle holding
+    /// an enrollment token.
+    fn credentials_on_disk() -> anyhow::Result<(tempfile::TempDir, String, String)> {
+        let temp = tempfile::tempdir()?;
+        let key = temp.path().join("key.json");
+        std::fs::write(
+            &key,
+            serde_json::json!({"kind": "tether-provisioning-key", "server": "https://key:8443",
+                "caSha256": "11".repeat(32), "policy": "lab", "keyId": "pk-1", "secret": "s"})
+            .to_string(),
+        )?;
+        let boot = temp.path().join("boot");
+        std::fs::create_dir_all(boot.join("tether"))?;
+        std::fs::write(
+            boot.join("tether/bundle.json"),
+            serde_json::json!({"version": 1, "server": "https://bundle:8443", "caSha256": "22".repeat(32),
+                "credential": {"kind": "enrollment", "device": "edge-1", "token": "bundle-token"}})
+            .to_string(),
+        )?;
+        let key = key.to_string_lossy().into_owned();
+        let boot = boot.to_string_lossy().into_owned();
+        Ok((temp, key, boot))
+    }
+
+    #[test]
+    fn an_enroll_token_wins_over_a_provisioning_key_which_wins_over_a_boot_bundle()
+    -> anyhow::Result<()> {
+        let (_temp, key, boot) = credentials_on_disk()?;
+        let all = Config::try_parse_from([
+            "tether-agent",
+            "--server",
+            "https://flag:8443",
+            "--ca-sha256",
+            "33",
+            "--enroll-token",
+            "flag-token",
+            "--provisioning-key",
+            &key,
+            "--boot-bundle",
+            &boot,
+        ])?;
+        assert!(all.has_first_start_flags());
+        let Ok(FirstStart::Enroll(options)) = all.first_start() else {
+            panic!("the token wins");
+        };
+        assert_eq!(options.token, "flag-token");
+
+        let config = Config::try_parse_from([
+            "tether-agent",
+            "--provisioning-key",
+            &key,
+            "--boot-bundle",
+            &boot,
+        ])?;
+        let Ok(FirstStart::Register(options)) = config.first_start() else {
+            panic!("the key wins");
+        };
+        assert_eq!(
+            (
+                options.server.as_str(),
+                options.key_id.as_str(),
+                options.policy.as_deref()
+            ),
+            ("https://key:8443", "pk-1", Some("lab"))
+        );
+        assert_eq!(options.ca_sha256, "11".repeat(32));
+        assert_eq!(options.max_wait, std::time::Duration::from_secs(300));
+
+        let config = Config::try_parse_from([
+            "tether-agent",
+            "--provisioning-key",
+            &key,
+            "--server",
+            "https://flag:8443",
+            "--registration-max-wait-seconds",
+            "2",
+        ])?;
+        let Ok(FirstStart::Register(options)) = config.first_start() else {
+            panic!("registers");
+        };
+        assert_eq!(
+            options.server, "https://flag:8443",
+            "--server wins over the file's"
+        );
+        assert_eq!(options.ca_sha256, "11".repeat(32));
+        assert_eq!(options.max_wait, std::time::Duration::from_secs(2));
+
+        let config = Config::try_parse_from(["tether-agent", "--boot-bundle", &boot])?;
+        let Ok(FirstStart::Enroll(options)) = config.first_start() else {
+            panic!("the bundle's token enrolls");
+        };
+        assert_eq!(
+            (options.server.as_str(), options.token.as_str()),
+            ("https://bundle:8443", "bundle-token")
+        );
+        assert!(
+            Config::try_parse_from(["tether-agent", "--registration-max-wait-seconds", "0"])
+                .is_err()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn an_unusable_key_file_or_bundle_is_named() -> anyhow::Result<()> {
+        let (temp, _key, _boot) = credentials_on_disk()?;
+        let missing = temp.path().join("nothing");
+        let missing = missing.to_string_lossy();
+        let config = Config::try_parse_from(["tether-agent", "--provisioning-key", &missing])?;
+        let message = config.first_start().expect_err("no key").to_string();
+        assert!(
+            message.contains("cannot read the provisioning key"),
+            "{message}"
+        );
+        let config = Config::try_parse_from(["tether-agent", "--boot-bundle", &missing])?;
+        let message = config.first_start().expect_err("no bundle").to_string();
+        assert!(
+            message.contains("cannot read the boot bundle")
+                && message.contains("nothing/tether/bundle.json"),
+            "{message}"
+        );
+        Ok(())
     }
 
     #[test]

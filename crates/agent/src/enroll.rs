@@ -85,17 +85,7 @@ pub async fn enroll(
     crate::install_crypto_provider();
     let expected = normalize_fingerprint(&options.ca_sha256)?;
     let server = server_base(&options.server)?;
-
-    let ca_url = format!("{server}/api/v1/ca.pem");
-    let ca_pem = fetch_unverified(&ca_url).await?;
-    pinned_ca(&ca_url, &ca_pem, &expected)?;
-    tracing::info!("server CA at {ca_url} matches --ca-sha256");
-    if let Err(error) = tls::learn_server_time(&server, &ca_pem, None, clock).await {
-        tracing::warn!(
-            "cannot ask tetherd at {server} for the time; judging its certificate by this device's clock: {}",
-            crate::actions::chain(&error)
-        );
-    }
+    let ca_pem = pinned_server_ca(&server, &expected, clock).await?;
 
     let (key_pem, csr_pem) = generate_key_and_csr()?;
     state.store_key(&key_pem)?;
@@ -104,6 +94,42 @@ pub async fn enroll(
     let client = tls::https_client(&ca_pem, clock.clone())?;
     let sent = Utc::now();
     let response = post_enroll(&client, &enroll_url, &options.token, csr_pem).await?;
+    store_enrolled(state, &server, ca_pem, key_pem, response, sent, clock)
+}
+
+/// Fetches tetherd's CA from `server` and keeps it only if its fingerprint
+/// is `expected`; then learns tetherd's time, so its certificate is judged
+/// by tetherd's clock.
+pub(crate) async fn pinned_server_ca(
+    server: &str,
+    expected: &str,
+    clock: &ServerClock,
+) -> Result<String, EnrollError> {
+    let ca_url = format!("{server}/api/v1/ca.pem");
+    let ca_pem = fetch_unverified(&ca_url).await?;
+    pinned_ca(&ca_url, &ca_pem, expected)?;
+    tracing::info!("server CA at {ca_url} matches the pinned SHA-256");
+    if let Err(error) = tls::learn_server_time(server, &ca_pem, None, clock).await {
+        tracing::warn!(
+            "cannot ask tetherd at {server} for the time; judging its certificate by this device's clock: {}",
+            crate::actions::chain(&error)
+        );
+    }
+    Ok(ca_pem)
+}
+
+/// Stores what tetherd issued for `key_pem` (an enrollment, or a
+/// registration's), as enrollment always has: the pinned `ca_pem`, not the
+/// response's copy, since only it was checked.
+pub(crate) fn store_enrolled(
+    state: &StateDir,
+    server: &str,
+    ca_pem: String,
+    key_pem: String,
+    response: EnrollResponse,
+    sent: chrono::DateTime<Utc>,
+    clock: &ServerClock,
+) -> Result<Credentials, EnrollError> {
     if let Some(server_time) = response.server_time {
         clock.learn(server_time, sent, Utc::now());
     }
@@ -113,9 +139,8 @@ pub async fn enroll(
         device: device.to_string(),
         mqtt_url: response.mqtt_url.clone(),
         mqtt_urls: mqtt_urls.clone(),
-        api_url: server.clone(),
+        api_url: server.to_owned(),
     };
-    // The pinned CA is stored, not the response's copy: only it was checked.
     state.store_enrollment(&response.certificate_pem, &ca_pem, &config)?;
     tracing::info!(
         "enrolled as device {device}; credentials stored in {}",
@@ -124,7 +149,7 @@ pub async fn enroll(
     Ok(Credentials {
         device,
         mqtt_urls,
-        api_url: server,
+        api_url: server.to_owned(),
         ca_pem,
         cert_pem: response.certificate_pem,
         key_pem,
@@ -132,7 +157,7 @@ pub async fn enroll(
 }
 
 /// Lowercase hex without separators; accepts `AA:BB:…` and a `sha256:` prefix.
-fn normalize_fingerprint(given: &str) -> Result<String, EnrollError> {
+pub(crate) fn normalize_fingerprint(given: &str) -> Result<String, EnrollError> {
     ca::normalize_fingerprint(given).ok_or_else(|| EnrollError::BadFingerprint {
         given: given.to_owned(),
     })
@@ -158,7 +183,7 @@ fn pinned_ca(url: &str, pem: &str, expected: &str) -> Result<Vec<u8>, EnrollErro
 }
 
 /// `https://host:port` without a trailing slash; a bare `host:port` means https.
-fn server_base(given: &str) -> Result<String, EnrollError> {
+pub(crate) fn server_base(given: &str) -> Result<String, EnrollError> {
     let with_scheme = if given.contains("://") {
         given.to_owned()
     } else {
@@ -207,20 +232,27 @@ async fn fetch_unverified(url: &str) -> Result<String, EnrollError> {
         })
 }
 
-/// An ECDSA P-256 key pair (PKCS#8 PEM) and a CSR for it (PEM).
+/// A new ECDSA P-256 key pair.
+pub(crate) fn generate_key() -> Result<rcgen::KeyPair, EnrollError> {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(EnrollError::KeyGen)
+}
+
+/// A new key pair (PKCS#8 PEM) and a CSR for it (PEM).
 fn generate_key_and_csr() -> Result<(String, String), EnrollError> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(EnrollError::KeyGen)?;
+    let key = generate_key()?;
+    let csr = csr_for(&key).map_err(EnrollError::KeyGen)?;
+    Ok((key.serialize_pem(), csr))
+}
+
+/// A CSR (PEM) for `key`: a new one for a kept key asks for the same
+/// identity, since tetherd knows a request by its public key.
+pub(crate) fn csr_for(key: &rcgen::KeyPair) -> Result<String, rcgen::Error> {
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, CSR_COMMON_NAME);
-    let csr = params
-        .serialize_request(&key)
-        .and_then(|csr| csr.pem())
-        .map_err(EnrollError::KeyGen)?;
-    Ok((key.serialize_pem(), csr))
+    params.serialize_request(key).and_then(|csr| csr.pem())
 }
 
 async fn post_enroll(

@@ -15,6 +15,7 @@ pub mod logging;
 pub mod logs;
 pub mod management_shell;
 pub mod metrics;
+pub mod provisioning;
 pub mod queue;
 pub mod renewal;
 pub mod restore;
@@ -31,7 +32,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clock::ServerClock;
-use config::{Config, ConfigError};
+use config::{Config, ConfigError, FirstStart};
 use enroll::EnrollError;
 use logging::LogControl;
 use renewal::Renewal;
@@ -48,6 +49,10 @@ pub enum AgentError {
     State(#[from] StateError),
     #[error("enrollment failed")]
     Enroll(#[from] EnrollError),
+    #[error("registration failed")]
+    Register(#[from] provisioning::register::RegisterError),
+    #[error(transparent)]
+    Facts(#[from] spec::facts::FactsFileError),
     #[error("no credentials in {dir}")]
     NotEnrolled {
         dir: PathBuf,
@@ -92,7 +97,10 @@ pub async fn run(
     let kubernetes = config.kubernetes();
     let mut facts = spec::facts::gather(std::path::Path::new("/"));
     facts.kubernetes = kubernetes.as_ref().map(kubernetes::KubernetesConfig::facts);
-    let status = spec::StatusSource::new(applied.clone(), facts);
+    if let Some(path) = &config.facts_file {
+        facts = spec::facts::overlay_file(facts, path)?;
+    }
+    let status = spec::StatusSource::new(applied.clone(), facts.clone());
     let (identity, identity_view) = tokio::sync::watch::channel(None);
     let local_api = local_api::LocalApi::bind(
         &config.local_api(state.path()),
@@ -151,6 +159,7 @@ pub async fn run(
         Spooled {
             spools: spools.clone(),
             status,
+            facts,
             identity,
             follow,
         },
@@ -189,6 +198,8 @@ async fn follow_budgets(
 struct Spooled {
     spools: Arc<Spools>,
     status: spec::StatusSource,
+    /// What the device tells of itself when it registers.
+    facts: tether_proto::spec::Facts,
     /// What the local API tells of the device, once it has credentials.
     identity: tokio::sync::watch::Sender<Option<local_api::Identity>>,
     follow: logs::FollowHandle,
@@ -215,6 +226,7 @@ async fn serve(
     let Spooled {
         spools,
         status,
+        facts,
         identity,
         follow,
     } = spooled;
@@ -231,7 +243,7 @@ async fn serve(
     };
     let credentials = match stored {
         Some(credentials) => {
-            if config.server.is_some() || config.enroll_token.is_some() {
+            if config.has_first_start_flags() {
                 // A pod's manifest keeps the (spent) flags: it is the usual case there.
                 let remove = match &identity_secret {
                     Some(secret) => {
@@ -240,27 +252,47 @@ async fn serve(
                     None => format!("remove {} first", state.path().display()),
                 };
                 tracing::warn!(
-                    "already enrolled as {}; ignoring the enrollment flags (to enroll again, {remove})",
+                    "already enrolled as {}; ignoring the enrollment and registration flags (to enroll again, {remove})",
                     credentials.device
                 );
             }
             credentials
         }
         None => {
-            let options = config
-                .enroll_options()
+            let first_start = config
+                .first_start()
                 .map_err(|source| AgentError::NotEnrolled {
                     dir: state.path().to_owned(),
                     source,
                 })?;
-            tracing::info!("enrolling with {}", options.server);
-            // A stop signal during enrollment (tetherd unreachable, requests
-            // waiting on their timeouts) ends it at once; the next start
-            // enrolls from scratch, since agent.toml is written last.
+            // A stop signal during enrollment or registration (tetherd
+            // unreachable, requests waiting on their timeouts, an operator
+            // yet to approve) ends it at once. The next start enrolls from
+            // scratch, since agent.toml is written last; a registration
+            // asks again with the key pair it kept.
+            let obtained = async {
+                match &first_start {
+                    FirstStart::Enroll(options) => {
+                        tracing::info!("enrolling with {}", options.server);
+                        Ok(enroll::enroll(&state, options, &clock).await?)
+                    }
+                    FirstStart::Register(options) => {
+                        tracing::info!(
+                            "registering with {} using provisioning key {}",
+                            options.server,
+                            options.key_id
+                        );
+                        Ok::<_, AgentError>(
+                            provisioning::register::register(&state, options, &facts, &clock)
+                                .await?,
+                        )
+                    }
+                }
+            };
             tokio::select! {
-                enrolled = enroll::enroll(&state, &options, &clock) => enrolled?,
+                obtained = obtained => obtained?,
                 () = &mut shutdown => {
-                    tracing::info!("stopped before enrollment finished");
+                    tracing::info!("stopped before enrollment or registration finished");
                     return Ok(());
                 }
             }

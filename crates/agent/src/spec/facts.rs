@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use tether_proto::spec::{Facts, OsRelease};
+use serde_json::Value;
+use tether_proto::spec::{Facts, KubernetesFacts, OsRelease};
 
 /// Reads the facts under `root` (`/` on a device; a prepared tree in tests).
 pub fn gather(root: &Path) -> Facts {
@@ -30,6 +31,86 @@ pub fn gather(root: &Path) -> Facts {
         hostname: read("proc/sys/kernel/hostname").and_then(|text| trimmed(&text)),
         agent_version: crate::actions::AGENT_VERSION.to_owned(),
         kubernetes: None,
+    }
+}
+
+/// A `--facts-file` that cannot be laid over the gathered facts.
+#[derive(Debug, thiserror::Error)]
+pub enum FactsFileError {
+    #[error("cannot read the facts file {path}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the facts file {path} is not usable: {problem}")]
+    Invalid {
+        path: std::path::PathBuf,
+        problem: String,
+    },
+}
+
+/// `facts` with the fields of the `--facts-file` at `path` in place of the
+/// gathered ones.
+pub fn overlay_file(facts: Facts, path: &Path) -> Result<Facts, FactsFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FactsFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    overlay(facts, &text).map_err(|problem| FactsFileError::Invalid {
+        path: path.to_owned(),
+        problem,
+    })
+}
+
+/// `facts` with each field the JSON object `text` names replaced by its
+/// value there (a whole field: `macs` replaces every MAC; `null` removes
+/// an optional fact). Lets a test, or a machine that hides its serial
+/// number, say what the gathered facts cannot.
+pub fn overlay(facts: Facts, text: &str) -> Result<Facts, String> {
+    let given: serde_json::Map<String, Value> = serde_json::from_str(text).map_err(|e| {
+        format!("expected a JSON object of facts such as {{\"hardwareSerial\": \"SN-1\"}}: {e}")
+    })?;
+    let known = known_fields();
+    let Ok(Value::Object(mut merged)) = serde_json::to_value(facts) else {
+        return Err("the gathered facts are not a JSON object".into());
+    };
+    for (name, value) in given {
+        if !known.contains(&name) {
+            return Err(format!(
+                "{name:?} is not a fact; the facts are {}",
+                known.join(", ")
+            ));
+        }
+        merged.insert(name, value);
+    }
+    serde_json::from_value(Value::Object(merged)).map_err(|e| e.to_string())
+}
+
+/// The JSON names of every fact but `agentVersion`, which is always this
+/// agent's. Built from a value with every field set,
+/// written out without `..Default::default()`, so a new fact cannot be
+/// forgotten here.
+fn known_fields() -> Vec<String> {
+    let every = Facts {
+        hardware_serial: Some(String::new()),
+        machine_id: Some(String::new()),
+        macs: BTreeMap::new(),
+        cpu_model: Some(String::new()),
+        cpu_cores: 0,
+        memory_total_bytes: 0,
+        os_release: Some(OsRelease::default()),
+        kernel: Some(String::new()),
+        hostname: Some(String::new()),
+        agent_version: String::new(),
+        kubernetes: Some(KubernetesFacts::default()),
+    };
+    match serde_json::to_value(every) {
+        Ok(Value::Object(fields)) => fields
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| name != "agentVersion")
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -138,6 +219,60 @@ fn macs(class_net: &Path) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_facts_file_replaces_the_fields_it_names_and_only_those() {
+        let gathered = Facts {
+            hardware_serial: Some("REAL".into()),
+            machine_id: Some("m1".into()),
+            macs: [("eth0".to_owned(), "aa:bb".to_owned())].into(),
+            cpu_cores: 4,
+            hostname: Some("pi".into()),
+            agent_version: crate::actions::AGENT_VERSION.into(),
+            ..Facts::default()
+        };
+        let facts = overlay(
+            gathered.clone(),
+            r#"{"hardwareSerial": "SN-1", "macs": {"wlan0": "cc:dd"}, "hostname": null}"#,
+        )
+        .expect("overlays");
+        assert_eq!(facts.hardware_serial.as_deref(), Some("SN-1"));
+        assert_eq!(
+            facts.macs,
+            BTreeMap::from([("wlan0".to_owned(), "cc:dd".to_owned())]),
+            "a field is replaced whole"
+        );
+        assert_eq!(facts.hostname, None, "null removes a fact");
+        assert_eq!(facts.machine_id.as_deref(), Some("m1"), "the rest stays");
+        assert_eq!(facts.cpu_cores, 4);
+        assert_eq!(overlay(gathered.clone(), "{}").expect("empty"), gathered);
+        let versioned =
+            overlay(gathered.clone(), r#"{"agentVersion": "9"}"#).expect_err("not a fact");
+        assert!(
+            versioned.contains("\"agentVersion\" is not a fact"),
+            "{versioned}"
+        );
+    }
+
+    #[test]
+    fn a_bad_facts_file_says_what_is_wrong() {
+        let err = overlay(Facts::default(), r#"{"serial": "SN-1"}"#).expect_err("unknown");
+        assert!(err.contains("\"serial\" is not a fact"), "{err}");
+        assert!(
+            err.contains("hardwareSerial"),
+            "the facts are listed: {err}"
+        );
+        let err = overlay(Facts::default(), r#"["SN-1"]"#).expect_err("not an object");
+        assert!(err.contains("expected a JSON object of facts"), "{err}");
+        let err = overlay(Facts::default(), "{not json").expect_err("bad JSON");
+        assert!(err.contains("expected a JSON object of facts"), "{err}");
+        let err = overlay(Facts::default(), r#"{"cpuCores": "four"}"#).expect_err("wrong type");
+        assert!(err.contains("invalid type"), "{err}");
+        let temp = tempfile::tempdir().expect("temp dir");
+        let err =
+            overlay_file(Facts::default(), &temp.path().join("none.json")).expect_err("missing");
+        assert!(err.to_string().contains("none.json"), "{err}");
+    }
 
     #[test]
     fn os_release_reads_quoted_and_bare_values() {
