@@ -235,63 +235,10 @@ fn u64_le(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(word)
 }
 
-/// Test images: a GPT or an MBR written from scratch, so that the parser is
-/// checked against bytes laid out by the specification rather than by
-/// itself.
-#[cfg(test)]
-pub(crate) mod build {
-    /// A disk of `sectors` 512-byte sectors with a protective MBR and a GPT
-    /// of 128 entries holding `parts` (name, first LBA, last LBA).
-    pub fn gpt(sectors: u64, parts: &[(&str, u64, u64)]) -> Vec<u8> {
-        let mut disk = vec![0_u8; sectors as usize * 512];
-        disk[446 + 4] = 0xEE;
-        disk[446 + 8..446 + 12].copy_from_slice(&1_u32.to_le_bytes());
-        disk[446 + 12..446 + 16].copy_from_slice(&((sectors - 1) as u32).to_le_bytes());
-        disk[510..512].copy_from_slice(&[0x55, 0xAA]);
-        let mut entries = vec![0_u8; 128 * 128];
-        for (i, (name, first, last)) in parts.iter().enumerate() {
-            let entry = &mut entries[i * 128..(i + 1) * 128];
-            entry[..16].copy_from_slice(&[0xAF; 16]);
-            entry[16..32].copy_from_slice(&[i as u8 + 1; 16]);
-            entry[32..40].copy_from_slice(&first.to_le_bytes());
-            entry[40..48].copy_from_slice(&last.to_le_bytes());
-            for (j, unit) in name.encode_utf16().enumerate() {
-                entry[56 + 2 * j..58 + 2 * j].copy_from_slice(&unit.to_le_bytes());
-            }
-        }
-        let mut header = vec![0_u8; 92];
-        header[..8].copy_from_slice(b"EFI PART");
-        header[8..12].copy_from_slice(&0x0001_0000_u32.to_le_bytes());
-        header[12..16].copy_from_slice(&92_u32.to_le_bytes());
-        header[24..32].copy_from_slice(&1_u64.to_le_bytes());
-        header[32..40].copy_from_slice(&(sectors - 1).to_le_bytes());
-        header[72..80].copy_from_slice(&2_u64.to_le_bytes());
-        header[80..84].copy_from_slice(&128_u32.to_le_bytes());
-        header[84..88].copy_from_slice(&128_u32.to_le_bytes());
-        header[88..92].copy_from_slice(&crc32fast::hash(&entries).to_le_bytes());
-        let crc = crc32fast::hash(&header);
-        header[16..20].copy_from_slice(&crc.to_le_bytes());
-        disk[512..604].copy_from_slice(&header);
-        disk[1024..1024 + entries.len()].copy_from_slice(&entries);
-        disk
-    }
-
-    /// A disk with an MBR holding `parts` (type, first LBA, sectors).
-    pub fn mbr(sectors: u64, parts: &[(u8, u32, u32)]) -> Vec<u8> {
-        let mut disk = vec![0_u8; sectors as usize * 512];
-        for (i, (kind, first, count)) in parts.iter().enumerate() {
-            let entry = &mut disk[446 + 16 * i..446 + 16 * (i + 1)];
-            entry[4] = *kind;
-            entry[8..12].copy_from_slice(&first.to_le_bytes());
-            entry[12..16].copy_from_slice(&count.to_le_bytes());
-        }
-        disk[510..512].copy_from_slice(&[0x55, 0xAA]);
-        disk
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use tether_testkit::disk_image as build;
+
     use super::*;
 
     fn parse_bytes(disk: &[u8]) -> Result<(TableKind, Vec<Partition>), TableError> {
