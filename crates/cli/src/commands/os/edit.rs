@@ -29,8 +29,8 @@ use crate::output;
 
 const EXAMPLES: &str = "\
 Examples:
-  # Devices booted from the image register under the key's policy
-  tether policies keys create lab > lab-key.json
+  # Devices booted from the image register under the policy of the key
+  # (lab-key.json: a provisioning key file made by tetherd)
   tether os edit --image-file edge-os.raw --provisioning-key lab-key.json --password
 
   # A replacement SD card for an existing device (hardware and media both
@@ -64,7 +64,7 @@ pub struct Edit {
     /// The raw disk image to edit in place (GPT or MBR).
     #[arg(long, value_name = "FILE")]
     image_file: PathBuf,
-    /// A provisioning key file (`tether policies keys create`): the device
+    /// A provisioning key file (kind "tether-provisioning-key"): the device
     /// registers under its policy.
     #[arg(long, value_name = "FILE")]
     provisioning_key: Option<PathBuf>,
@@ -392,7 +392,7 @@ fn read_key(path: &Path) -> Result<ProvisioningKey, OsEditError> {
         return Err(invalid(
             "kind",
             format!(
-                "must be {PROVISIONING_KEY_KIND:?}: this is not a provisioning key (make one with `tether policies keys create POLICY`)"
+                "must be {PROVISIONING_KEY_KIND:?}: this is not a provisioning key file (tetherd makes one per provisioning policy)"
             ),
         ));
     }
