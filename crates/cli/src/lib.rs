@@ -1,10 +1,12 @@
 //! `tether`, the command-line client of tetherd: devices, actions, events and
 //! metrics over tetherd's HTTP API, and `quickstart` for a local fleet of one.
 
+pub mod boot_files;
 pub mod client;
 pub mod commands;
 pub mod config;
 pub mod labels;
+pub mod os_image;
 pub mod output;
 pub mod tunnel;
 

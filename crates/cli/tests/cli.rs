@@ -18,6 +18,8 @@ use tokio::io::AsyncWriteExt;
 // In a folder of its own so that cargo does not take it for a test binary.
 #[path = "cli/kube.rs"]
 mod kube;
+#[path = "cli/os_edit.rs"]
+mod os_edit;
 #[path = "cli/shell_listener.rs"]
 mod shell_listener;
 #[path = "cli/ssh.rs"]

@@ -185,7 +185,7 @@ impl Login {
 
 /// Reads a password on the terminal with the echo off. nix's termios calls
 /// are safe wrappers, which keeps the crate free of `unsafe`.
-fn prompt_hidden(prompt: &str) -> Result<String, LoginError> {
+pub(crate) fn prompt_hidden(prompt: &str) -> Result<String, LoginError> {
     use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
 
     let stdin = std::io::stdin();
@@ -203,7 +203,7 @@ fn prompt_hidden(prompt: &str) -> Result<String, LoginError> {
     Ok(line)
 }
 
-fn read_line(mut input: impl BufRead) -> Result<String, LoginError> {
+pub(crate) fn read_line(mut input: impl BufRead) -> Result<String, LoginError> {
     let mut line = String::new();
     input
         .read_line(&mut line)

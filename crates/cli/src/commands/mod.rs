@@ -16,6 +16,7 @@ pub mod login;
 pub mod logout;
 pub mod logs;
 pub mod metrics;
+pub mod os;
 pub mod policies;
 pub mod proxy;
 pub mod quickstart;
@@ -61,6 +62,8 @@ pub enum Command {
     Logs(logs::Logs),
     Metrics(metrics::Metrics),
     Audit(audit::Audit),
+    #[command(subcommand)]
+    Os(os::Os),
     Quickstart(quickstart::Quickstart),
 }
 
@@ -99,6 +102,7 @@ impl Command {
             Command::Logs(cmd) => cmd.description(),
             Command::Metrics(cmd) => cmd.description(),
             Command::Audit(cmd) => cmd.description(),
+            Command::Os(cmd) => cmd.description(),
             Command::Quickstart(cmd) => cmd.description(),
         }
     }
@@ -126,6 +130,7 @@ impl Command {
             Command::Logs(cmd) => cmd.run(ctx).await,
             Command::Metrics(cmd) => cmd.run(ctx).await,
             Command::Audit(cmd) => cmd.run(ctx).await,
+            Command::Os(cmd) => cmd.run(ctx).await,
             Command::Quickstart(cmd) => cmd.run(ctx).await,
         }
     }
@@ -161,6 +166,8 @@ pub enum CommandError {
     Quickstart(#[from] quickstart::QuickstartError),
     #[error(transparent)]
     Ssh(#[from] ssh::SshError),
+    #[error(transparent)]
+    OsEdit(#[from] os::OsEditError),
     #[error("{0}")]
     Usage(String),
     #[error("cannot write to standard output")]
