@@ -17,6 +17,7 @@ mod logs;
 mod management_shell;
 mod metrics;
 mod selector;
+mod service_accounts;
 mod specs;
 mod telemetry;
 mod users;
@@ -29,8 +30,10 @@ pub use jobs::{JobRecord, NewJob};
 pub use logs::{LogLine, LogPosition, LogScan};
 pub use management_shell::SshKeyRecord;
 pub use metrics::{Bucket, FleetRow, RefusedSeries, RolledUp, StoredSeries};
+pub use service_accounts::{ApiKeyRecord, ServiceAccountRecord};
 pub use specs::SpecRecord;
 pub use telemetry::{CursorUpdate, SpoolRef, StoredLog, TelemetryTx, UsageRecord};
+pub use users::AdminGuarded;
 
 use std::str::FromStr;
 

@@ -17,6 +17,7 @@ mod metrics;
 mod operations;
 mod queries;
 mod replicas;
+mod roles;
 mod security;
 mod specs;
 mod store;
