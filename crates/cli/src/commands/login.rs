@@ -203,7 +203,7 @@ fn prompt_hidden(prompt: &str) -> Result<String, LoginError> {
     Ok(line)
 }
 
-fn read_line(mut input: impl BufRead) -> Result<String, LoginError> {
+pub(super) fn read_line(mut input: impl BufRead) -> Result<String, LoginError> {
     let mut line = String::new();
     input
         .read_line(&mut line)
