@@ -7,8 +7,8 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tether_proto::accounts::{
-    ApiKey, ApiKeyCreated, CreateApiKey, CreateServiceAccount, CreateUser, Role, ServiceAccount,
-    SetRole, User, UserCreated,
+    ApiKey, ApiKeyCreated, ChangePassword, CreateApiKey, CreateServiceAccount, CreateUser, Role,
+    ServiceAccount, SetRole, User, UserCreated,
 };
 use tether_proto::api::{
     Action, AddSshKey, AuditEntry, CatalogueEntry, CreateDevice, CreateJob, Device,
@@ -629,6 +629,18 @@ impl ApiClient {
             Some(&SetRole { role }),
         )
         .await
+    }
+
+    /// Changes the caller's own password.
+    pub async fn change_password(&self, request: &ChangePassword) -> Result<(), ClientError> {
+        self.send(
+            Method::PUT,
+            &["users", "me", "password"],
+            Some(request),
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn list_service_accounts(&self) -> Result<Vec<ServiceAccount>, ClientError> {

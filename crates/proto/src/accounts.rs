@@ -115,6 +115,18 @@ pub struct SetRole {
     pub role: Role,
 }
 
+/// `PUT /api/v1/users/me/password`: the caller's new password, with the
+/// current one, so a session left open cannot take the account over.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ChangePassword {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 1024))]
+    pub current_password: String,
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 1024))]
+    pub new_password: String,
+}
+
 /// A script's or CI's identity; its API keys are listed apart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -185,7 +185,7 @@ impl Login {
 
 /// Reads a password on the terminal with the echo off. nix's termios calls
 /// are safe wrappers, which keeps the crate free of `unsafe`.
-fn prompt_hidden(prompt: &str) -> Result<String, LoginError> {
+pub(super) fn prompt_hidden(prompt: &str) -> Result<String, LoginError> {
     use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
 
     let stdin = std::io::stdin();

@@ -1,6 +1,9 @@
-//! `tether users create|list|delete|set-role`: people and their roles (admins only).
+//! `tether users create|list|delete|set-role` (admins only): people and their
+//! roles; `tether users passwd`: your own password.
 
-use tether_proto::accounts::{CreateUser, Role, User};
+use std::io::IsTerminal as _;
+
+use tether_proto::accounts::{ChangePassword, CreateUser, Role, User};
 
 use super::{CommandError, Context, Outcome, login};
 use crate::output::{self, OutputFormat};
@@ -12,12 +15,13 @@ Examples:
   tether users list
   tether users set-role alice admin
   tether users delete alice
+  tether users passwd
 
 Roles: admin (everything), operator (runs the fleet: devices, actions, jobs,
 tunnels, shells, logs), viewer (reads the fleet). docs/roles.md lists every
 route. The last admin can be neither deleted nor given another role.";
 
-/// Manage users and their roles (admins only).
+/// Manage users and their roles (admins only), or change your own password.
 #[derive(Debug, clap::Subcommand)]
 #[command(after_long_help = EXAMPLES)]
 pub enum Users {
@@ -44,6 +48,16 @@ pub enum Users {
         /// The user's name.
         name: String,
     },
+    /// Change your own password; asks for the current one.
+    #[command(
+        after_long_help = "Examples:\n  tether users passwd\n  printf '%s\\n%s\\n' \"$OLD\" \"$NEW\" | tether users passwd --password-stdin"
+    )]
+    Passwd {
+        /// Read the current password, then the new one, from the first two
+        /// lines of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// Give a user another role; it holds for their open sessions at once.
     #[command(after_long_help = "Examples:\n  tether users set-role alice viewer")]
     SetRole {
@@ -61,6 +75,7 @@ impl Users {
             Users::List => "list users".to_owned(),
             Users::Delete { name } => format!("delete user {name}"),
             Users::SetRole { name, role } => format!("give user {name} the role {role}"),
+            Users::Passwd { .. } => "change your password".to_owned(),
         }
     }
 
@@ -113,6 +128,16 @@ impl Users {
                 client.delete_user(&name).await?;
                 output::emit(&format!("Deleted user {name}; their sessions ended."))?;
             }
+            Users::Passwd { password_stdin } => {
+                let (current_password, new_password) = passwords(password_stdin)?;
+                client
+                    .change_password(&ChangePassword {
+                        current_password,
+                        new_password,
+                    })
+                    .await?;
+                output::emit("Changed your password; your sessions stay logged in.")?;
+            }
             Users::SetRole { name, role } => {
                 client.set_user_role(&name, role).await?;
                 output::emit(&format!("User {name} now has the role {role}."))?;
@@ -120,6 +145,34 @@ impl Users {
         }
         Ok(Outcome::Success)
     }
+}
+
+/// The current and the new password: two lines of stdin, or prompts on
+/// the terminal with the new one asked twice.
+fn passwords(from_stdin: bool) -> Result<(String, String), CommandError> {
+    let (current, new) = if from_stdin {
+        let mut stdin = std::io::stdin().lock();
+        (login::read_line(&mut stdin)?, login::read_line(&mut stdin)?)
+    } else if std::io::stdin().is_terminal() {
+        let current = login::prompt_hidden("Current password: ")?;
+        let new = login::prompt_hidden("New password: ")?;
+        if login::prompt_hidden("New password again: ")? != new {
+            return Err(CommandError::Usage(
+                "the new passwords differ; nothing was changed".to_owned(),
+            ));
+        }
+        (current, new)
+    } else {
+        return Err(CommandError::Usage(
+            "standard input is not a terminal: pass --password-stdin with the current and the new password on two lines".to_owned(),
+        ));
+    };
+    if current.is_empty() || new.is_empty() {
+        return Err(CommandError::Usage(
+            "a password is empty: give the current password, then the new one".to_owned(),
+        ));
+    }
+    Ok((current, new))
 }
 
 fn table(users: &[User]) -> String {

@@ -57,6 +57,58 @@ async fn users_are_created_with_roles_listed_given_other_roles_and_deleted() {
             {"username": "bob", "role": "viewer"},
         ])
     );
+    // Bob changes his own password, knowing the current one.
+    let bob = Tether::new();
+    let login = bob
+        .run_with_stdin(
+            &[
+                "login",
+                &tetherd.api_url,
+                "--username",
+                "bob",
+                "--password-stdin",
+                "--ca-file",
+                &tetherd.ca_path().to_string_lossy(),
+            ],
+            "bobs-own-password\n",
+        )
+        .await;
+    assert_eq!(login.code, 0, "{}", login.stderr);
+    let wrong = bob
+        .run_with_stdin(
+            &["users", "passwd", "--password-stdin"],
+            "not-it\nbobs-new-password\n",
+        )
+        .await;
+    assert_eq!(wrong.code, 1);
+    assert!(
+        wrong.stderr.contains("the current password is wrong"),
+        "{}",
+        wrong.stderr
+    );
+    let changed = bob
+        .run_with_stdin(
+            &["users", "passwd", "--password-stdin"],
+            "bobs-own-password\nbobs-new-password\n",
+        )
+        .await;
+    assert_eq!(changed.code, 0, "{}", changed.stderr);
+    let login = Tether::new()
+        .run_with_stdin(
+            &[
+                "login",
+                &tetherd.api_url,
+                "--username",
+                "bob",
+                "--password-stdin",
+                "--ca-file",
+                &tetherd.ca_path().to_string_lossy(),
+            ],
+            "bobs-new-password\n",
+        )
+        .await;
+    assert_eq!(login.code, 0, "the new password works: {}", login.stderr);
+
     let table = admin.run_ok(&["users", "list"]).await;
     assert!(
         table.contains("USERNAME") && table.contains("operator"),

@@ -259,9 +259,10 @@ impl From<AuthError> for ApiError {
                 Self::new(StatusCode::UNAUTHORIZED, "api_key_revoked", message)
             }
             AuthError::LastAdmin { .. } => Self::new(StatusCode::CONFLICT, "last_admin", message),
-            AuthError::InvalidName { .. } | AuthError::UnknownRole(_) | AuthError::NotASession => {
-                Self::bad_request(message)
-            }
+            AuthError::InvalidName { .. }
+            | AuthError::UnknownRole(_)
+            | AuthError::NotASession
+            | AuthError::WrongCurrentPassword => Self::bad_request(message),
             AuthError::BadCredentials => {
                 Self::new(StatusCode::UNAUTHORIZED, "bad_credentials", message)
             }

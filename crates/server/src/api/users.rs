@@ -1,12 +1,13 @@
 //! Users and their roles (ADR 0026), mapped onto [`crate::auth::accounts`].
 //! Who may call these is the role table's business, not these handlers'.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
-use tether_proto::accounts::{CreateUser, SetRole, User, UserCreated};
+use tether_proto::accounts::{ChangePassword, CreateUser, SetRole, User, UserCreated};
 use tether_proto::api::ErrorBody;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -21,6 +22,7 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(list_users, create_user))
         .routes(routes!(delete_user))
         .routes(routes!(set_user_role))
+        .routes(routes!(change_password))
 }
 
 /// Every user with their role, by name.
@@ -101,4 +103,30 @@ async fn set_user_role(
         username,
         role: request.role,
     }))
+}
+
+/// Changes the caller's own password, given the current one; their
+/// sessions stay open. Throttled like a login.
+#[utoipa::path(put, path = "/users/me/password", tag = "users", request_body = ChangePassword,
+    responses((status = 204, description = "Changed"),
+        (status = 400, description = "The current password is wrong, or the caller is an API key", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn change_password(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Extension(principal): Extension<Principal>,
+    ApiJson(request): ApiJson<ChangePassword>,
+) -> Result<StatusCode, ApiError> {
+    principal.session()?;
+    state
+        .auth
+        .change_password(
+            client.ip(),
+            &principal.username,
+            &request.current_password,
+            &request.new_password,
+        )
+        .await?;
+    tracing::info!(user = %principal.username, "password changed");
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -2,12 +2,15 @@
 //! changing roles while one admin always remains, and service accounts'
 //! API keys, whose secrets are shown once and stored as hashes.
 
-use std::time::Duration;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use super::throttle::username_key;
 use super::{API_KEY_PREFIX, Auth, AuthError, Role, hash_password, new_secret, secret_hash};
-use crate::store::{AdminGuarded, ApiKeyRecord, ServiceAccountRecord, UserRecord};
+use crate::store::{AdminGuarded, ApiKeyRecord, ServiceAccountRecord, StoreError, UserRecord};
+use tether_proto::api::MAX_PASSWORD_LEN;
 
 /// Longest user or service account name.
 pub const MAX_NAME_LEN: usize = 64;
@@ -61,7 +64,7 @@ impl Auth {
     ) -> Result<Option<String>, AuthError> {
         check_name("user", username)?;
         if let Some(password) = &password {
-            super::check_length("password", password, tether_proto::api::MAX_PASSWORD_LEN)?;
+            super::check_length("password", password, MAX_PASSWORD_LEN)?;
         }
         let (password, generated) = match password {
             Some(password) => (password, false),
@@ -126,6 +129,39 @@ impl Auth {
                 username: username.to_owned(),
             }),
         }
+    }
+
+    /// Changes `username`'s password after checking the current one, sent
+    /// from `client`: throttled like a login, since a guess here is one.
+    pub async fn change_password(
+        &self,
+        client: IpAddr,
+        username: &str,
+        current: &str,
+        new: &str,
+    ) -> Result<(), AuthError> {
+        self.throttle().begin_from(client, Instant::now())?;
+        super::check_length("currentPassword", current, MAX_PASSWORD_LEN)?;
+        super::check_length("newPassword", new, MAX_PASSWORD_LEN)?;
+        let user_key = username_key(username);
+        self.throttle()
+            .begin_for(client, user_key, Instant::now())?;
+        let user = self
+            .store
+            .get_user(username)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: format!("user {username}"),
+            })?;
+        if !self.check_password(current, user.password_hash).await? {
+            return Err(AuthError::WrongCurrentPassword);
+        }
+        self.throttle().succeeded(client, user_key, Instant::now());
+        let new = new.to_owned();
+        let hash = tokio::task::spawn_blocking(move || hash_password(&new))
+            .await
+            .map_err(AuthError::Hasher)?;
+        Ok(self.store.set_password_hash(username, &hash).await?)
     }
 
     pub async fn create_service_account(

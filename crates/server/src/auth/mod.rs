@@ -89,9 +89,11 @@ pub enum AuthError {
     #[error(transparent)]
     UnknownRole(#[from] roles::UnknownRole),
     #[error(
-        "an API key is not a login session; to stop it, revoke it with `tether service-accounts keys revoke NAME KEY_ID`"
+        "this needs a person's login session, not an API key; to stop a key, revoke it with `tether service-accounts keys revoke NAME KEY_ID`"
     )]
     NotASession,
+    #[error("the current password is wrong")]
+    WrongCurrentPassword,
     #[error("password check failed to run")]
     Hasher(#[source] tokio::task::JoinError),
     #[error(transparent)]

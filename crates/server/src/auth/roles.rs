@@ -71,6 +71,7 @@ pub const GROUPS: &[Group] = &[
             ("GET", "/api/v1/users/me/ssh-keys", Own),
             ("POST", "/api/v1/users/me/ssh-keys", Own),
             ("DELETE", "/api/v1/users/me/ssh-keys/{id}", Own),
+            ("PUT", "/api/v1/users/me/password", Own),
         ],
     },
     Group {

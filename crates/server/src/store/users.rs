@@ -162,6 +162,30 @@ impl Store {
         }
     }
 
+    /// Replaces a user's password hash; `NotFound` if there is no such user.
+    pub async fn set_password_hash(
+        &self,
+        username: &str,
+        password_hash: &str,
+    ) -> Result<(), StoreError> {
+        let updated = sqlx::query("UPDATE users SET password_hash = $2 WHERE username = $1")
+            .bind(username)
+            .bind(password_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "change a password",
+                source,
+            })?
+            .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotFound {
+                what: format!("user {username}"),
+            });
+        }
+        Ok(())
+    }
+
     /// `NotFound` if the user does not exist.
     pub async fn insert_session(
         &self,
