@@ -6,6 +6,10 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tether_proto::accounts::{
+    ApiKey, ApiKeyCreated, ChangePassword, CreateApiKey, CreateServiceAccount, CreateUser, Role,
+    ServiceAccount, SetRole, User, UserCreated,
+};
 use tether_proto::api::{
     Action, AddSshKey, AuditEntry, CatalogueEntry, CreateDevice, CreateJob, Device,
     DeviceActionSet, DeviceCreated, EnrollmentToken, ErrorBody, Event, FleetSummary, Job, LogEntry,
@@ -28,6 +32,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const LONG_POLL_MARGIN: Duration = Duration::from_secs(15);
 /// Items asked for per page when following a listing: tetherd's default.
 pub const PAGE_SIZE: u32 = 500;
+/// How tetherd's API keys begin (`tether service-accounts keys create`).
+pub const API_KEY_PREFIX: &str = "tether_sa_";
 /// The most of an unexpected error body worth showing.
 const MAX_BODY_SHOWN: usize = 300;
 
@@ -216,6 +222,14 @@ impl ApiClient {
             .await
             .map_err(|source| ClientError::Request { url, source })?;
         Ok(body.to_vec())
+    }
+
+    /// Whether the token is a service account's API key: a refusal then
+    /// says why (revoked, expired) rather than "log in", which would not help.
+    fn uses_api_key(&self) -> bool {
+        self.token
+            .as_deref()
+            .is_some_and(|token| token.starts_with(API_KEY_PREFIX))
     }
 
     /// The server's base URL as the user should type it.
@@ -593,6 +607,103 @@ impl ApiClient {
         .map(drop)
     }
 
+    pub async fn list_users(&self) -> Result<Vec<User>, ClientError> {
+        self.call(Method::GET, &["users"], None::<&()>).await
+    }
+
+    pub async fn create_user(&self, request: &CreateUser) -> Result<UserCreated, ClientError> {
+        self.call(Method::POST, &["users"], Some(request)).await
+    }
+
+    pub async fn delete_user(&self, username: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::DELETE,
+            &["users", username],
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn set_user_role(&self, username: &str, role: Role) -> Result<User, ClientError> {
+        self.call(
+            Method::PUT,
+            &["users", username, "role"],
+            Some(&SetRole { role }),
+        )
+        .await
+    }
+
+    /// Changes the caller's own password.
+    pub async fn change_password(&self, request: &ChangePassword) -> Result<(), ClientError> {
+        self.send(
+            Method::PUT,
+            &["users", "me", "password"],
+            Some(request),
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn list_service_accounts(&self) -> Result<Vec<ServiceAccount>, ClientError> {
+        self.call(Method::GET, &["service-accounts"], None::<&()>)
+            .await
+    }
+
+    pub async fn create_service_account(
+        &self,
+        request: &CreateServiceAccount,
+    ) -> Result<ServiceAccount, ClientError> {
+        self.call(Method::POST, &["service-accounts"], Some(request))
+            .await
+    }
+
+    pub async fn delete_service_account(&self, name: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::DELETE,
+            &["service-accounts", name],
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn create_api_key(
+        &self,
+        account: &str,
+        request: &CreateApiKey,
+    ) -> Result<ApiKeyCreated, ClientError> {
+        self.call(
+            Method::POST,
+            &["service-accounts", account, "keys"],
+            Some(request),
+        )
+        .await
+    }
+
+    pub async fn list_api_keys(&self, account: &str) -> Result<Vec<ApiKey>, ClientError> {
+        self.call(
+            Method::GET,
+            &["service-accounts", account, "keys"],
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn revoke_api_key(&self, account: &str, id: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::POST,
+            &["service-accounts", account, "keys", id, "revoke"],
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
     /// Turns password login to the device's management shell on; the
     /// answer holds the password, shown once.
     pub async fn set_shell_password(
@@ -787,7 +898,7 @@ impl ApiClient {
         if status.is_success() {
             return Ok((url, response));
         }
-        if status == StatusCode::UNAUTHORIZED {
+        if status == StatusCode::UNAUTHORIZED && !self.uses_api_key() {
             return Err(ClientError::Unauthorized {
                 server: self.server().to_owned(),
             });

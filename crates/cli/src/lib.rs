@@ -27,7 +27,16 @@ Examples:
 
   # Register a device and run an action on it
   tether devices add edge-1 -l site=berlin
-  tether actions run edge-1 get-node-ip --wait";
+  tether actions run edge-1 get-node-ip --wait
+
+  # A script or CI job, without logging in: a service account's API key
+  TETHER_API_KEY=tether_sa_… TETHER_SERVER=https://tether.example:8443 \\
+    TETHER_CA_FILE=ca.pem tether devices list";
+
+/// A service account's API key to use instead of a login session.
+pub const API_KEY_ENV: &str = "TETHER_API_KEY";
+/// The CA to trust with `TETHER_API_KEY` when there is no config file.
+pub const CA_FILE_ENV: &str = "TETHER_CA_FILE";
 
 /// Where the flags every command takes are listed in help.
 const GLOBAL: &str = "Global options";
@@ -47,7 +56,7 @@ pub struct Cli {
 
     /// Talk to this tetherd instead of the one in the config file (the
     /// config's CA and token still apply).
-    #[arg(long, global = true, value_name = "URL", help_heading = GLOBAL)]
+    #[arg(long, global = true, env = "TETHER_SERVER", value_name = "URL", help_heading = GLOBAL)]
     pub server: Option<String>,
 
     /// Log filter for the CLI's own diagnostics on stderr, e.g. `debug`.
@@ -77,6 +86,12 @@ impl Cli {
             output: self.output,
             config_path,
             server_override: self.server,
+            ca_file_override: std::env::var_os(CA_FILE_ENV).map(PathBuf::from),
+            // From the environment only: a key on the command line would
+            // show in `ps` and shell history.
+            api_key: std::env::var(API_KEY_ENV)
+                .ok()
+                .filter(|key| !key.is_empty()),
         };
         self.command.run(&ctx).await
     }

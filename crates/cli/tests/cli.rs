@@ -16,6 +16,8 @@ use tether_testkit::{Database, Tetherd};
 use tokio::io::AsyncWriteExt;
 
 // In a folder of its own so that cargo does not take it for a test binary.
+#[path = "cli/accounts.rs"]
+mod accounts;
 #[path = "cli/kube.rs"]
 mod kube;
 #[path = "cli/os_edit.rs"]

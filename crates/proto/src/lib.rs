@@ -4,6 +4,7 @@
 //! messages on those topics, the HTTP API's types, the action catalogue with its
 //! input validation, and the action lifecycle. No IO, no async runtime.
 
+pub mod accounts;
 pub mod action;
 pub mod api;
 pub mod ca;

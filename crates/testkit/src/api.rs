@@ -147,6 +147,44 @@ impl ApiClient {
         Self::reply(request).await
     }
 
+    /// Any method with a JSON body, its answer read whole.
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Value,
+    ) -> anyhow::Result<Reply> {
+        self.send(method, path, Some(body)).await
+    }
+
+    /// Any method with an optional JSON body; an error's body is read, a
+    /// success's is not, so a route that streams (a log follow) answers too.
+    pub async fn status_of(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Reply> {
+        let mut request = self.request(method, path);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .context("sending the request to tetherd")?;
+        let status = response.status();
+        if !status.is_client_error() && !status.is_server_error() {
+            return Ok(Reply {
+                status,
+                body: Value::Null,
+            });
+        }
+        let bytes = response.bytes().await.context("reading tetherd's answer")?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Reply { status, body })
+    }
+
     async fn send(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Reply> {
         let mut request = self.request(method, path);
         if let Some(body) = body {

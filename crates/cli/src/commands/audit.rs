@@ -11,8 +11,8 @@ Examples:
   tether audit
   tether audit --limit 200 -o json";
 
-/// List the audit log, newest first: every change made through the API and
-/// every login and enrollment attempt.
+/// List the audit log, newest first: every change made through the API,
+/// every login and enrollment attempt, and every call a role refused.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = EXAMPLES)]
 pub struct Audit {

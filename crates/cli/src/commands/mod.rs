@@ -20,9 +20,11 @@ pub mod os;
 pub mod policies;
 pub mod proxy;
 pub mod quickstart;
+pub mod service_accounts;
 pub mod sessions;
 pub mod ssh;
 pub mod ssh_config;
+pub mod users;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,6 +40,10 @@ pub enum Command {
     Logout(logout::Logout),
     #[command(subcommand)]
     Sessions(sessions::Sessions),
+    #[command(subcommand)]
+    Users(users::Users),
+    #[command(subcommand)]
+    ServiceAccounts(service_accounts::ServiceAccounts),
     #[command(subcommand)]
     Devices(devices::Devices),
     #[command(subcommand)]
@@ -84,6 +90,8 @@ impl Command {
             Command::Login(cmd) => cmd.description(),
             Command::Logout(cmd) => cmd.description(),
             Command::Sessions(cmd) => cmd.description(),
+            Command::Users(cmd) => cmd.description(),
+            Command::ServiceAccounts(cmd) => cmd.description(),
             Command::Devices(cmd) => cmd.description(),
             Command::Actions(cmd) => cmd.description(),
             Command::Jobs(cmd) => cmd.description(),
@@ -112,6 +120,8 @@ impl Command {
             Command::Login(cmd) => cmd.run(ctx).await,
             Command::Logout(cmd) => cmd.run(ctx).await,
             Command::Sessions(cmd) => cmd.run(ctx).await,
+            Command::Users(cmd) => cmd.run(ctx).await,
+            Command::ServiceAccounts(cmd) => cmd.run(ctx).await,
             Command::Devices(cmd) => cmd.run(ctx).await,
             Command::Actions(cmd) => cmd.run(ctx).await,
             Command::Jobs(cmd) => cmd.run(ctx).await,
@@ -192,15 +202,45 @@ pub struct Context {
     pub output: OutputFormat,
     pub config_path: PathBuf,
     pub server_override: Option<String>,
+    /// `TETHER_CA_FILE`: the CA to trust instead of the config's.
+    pub ca_file_override: Option<PathBuf>,
+    /// `TETHER_API_KEY`: a service account's key, used instead of the session.
+    pub api_key: Option<String>,
 }
 
 impl Context {
-    /// A client for the logged-in session of the config file.
+    /// A client for the logged-in session of the config file, or for the
+    /// API key of `TETHER_API_KEY`: then no login is needed, with the
+    /// server from `--server`/`TETHER_SERVER` and the CA from
+    /// `TETHER_CA_FILE`, each else from the config file.
     pub fn client(&self) -> Result<ApiClient, CommandError> {
-        let config = CliConfig::load(&self.config_path)?;
-        let ca_pem = config.read_ca()?;
-        let server = self.server_override.as_deref().unwrap_or(&config.server);
-        Ok(ApiClient::new(server, &ca_pem, Some(config.token))?)
+        let Some(key) = &self.api_key else {
+            let config = CliConfig::load(&self.config_path)?;
+            let ca_pem = config.read_ca()?;
+            let server = self.server_override.as_deref().unwrap_or(&config.server);
+            return Ok(ApiClient::new(server, &ca_pem, Some(config.token))?);
+        };
+        let (server, ca_file) = match (self.server_override.clone(), self.ca_file_override.clone())
+        {
+            (Some(server), Some(ca_file)) => (server, ca_file),
+            (server, ca_file) => {
+                let config = CliConfig::load(&self.config_path).map_err(|error| match error {
+                    ConfigError::NotFound { .. } => CommandError::Usage(
+                        "TETHER_API_KEY is set but the server or its CA is not: set TETHER_SERVER and TETHER_CA_FILE, or log in once with `tether login`".to_owned(),
+                    ),
+                    other => other.into(),
+                })?;
+                (
+                    server.unwrap_or(config.server),
+                    ca_file.unwrap_or(config.ca_file),
+                )
+            }
+        };
+        let ca_pem = std::fs::read(&ca_file).map_err(|source| CommandError::Local {
+            path: ca_file.clone(),
+            source,
+        })?;
+        Ok(ApiClient::new(&server, &ca_pem, Some(key.clone()))?)
     }
 }
 

@@ -745,6 +745,8 @@ mod tests {
             output: output::OutputFormat::Table,
             config_path: "/c/config.toml".into(),
             server_override: None,
+            ca_file_override: None,
+            api_key: None,
         };
         let text = Ready {
             api: "https://127.0.0.1:8443".into(),

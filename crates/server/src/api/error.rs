@@ -283,9 +283,23 @@ impl From<AuthError> for ApiError {
     fn from(error: AuthError) -> Self {
         let message = error.to_string();
         match error {
-            AuthError::Missing | AuthError::InvalidToken | AuthError::Expired => {
+            AuthError::Missing
+            | AuthError::InvalidToken
+            | AuthError::Expired
+            | AuthError::UnknownApiKey => {
                 Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
             }
+            AuthError::ApiKeyExpired { .. } => {
+                Self::new(StatusCode::UNAUTHORIZED, "api_key_expired", message)
+            }
+            AuthError::ApiKeyRevoked { .. } => {
+                Self::new(StatusCode::UNAUTHORIZED, "api_key_revoked", message)
+            }
+            AuthError::LastAdmin { .. } => Self::new(StatusCode::CONFLICT, "last_admin", message),
+            AuthError::InvalidName { .. }
+            | AuthError::UnknownRole(_)
+            | AuthError::NotASession
+            | AuthError::WrongCurrentPassword => Self::bad_request(message),
             AuthError::BadCredentials => {
                 Self::new(StatusCode::UNAUTHORIZED, "bad_credentials", message)
             }
@@ -299,7 +313,6 @@ impl From<AuthError> for ApiError {
                 retry_after: error.retry_after().map(crate::auth::whole_seconds),
                 ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
             },
-            AuthError::Forbidden { .. } => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
             AuthError::Store(source) => source.into(),
             other => Self::internal(&other),
         }

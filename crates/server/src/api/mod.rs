@@ -19,15 +19,17 @@ mod metrics;
 mod openapi;
 mod page;
 mod provisioning;
+mod service_accounts;
 mod session;
 mod sessions;
 mod telemetry;
 mod tunnels;
+mod users;
 
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use utoipa::OpenApi;
@@ -35,7 +37,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::actions::ActionService;
-use crate::auth::{Auth, AuthError};
+use crate::auth::{Auth, AuthError, roles};
 use crate::pki::CertificateAuthority;
 use crate::registry::{Endpoints, Registry};
 use crate::store::Store;
@@ -156,6 +158,8 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(kubernetes::routes())
         .merge(management_shell::routes())
         .merge(provisioning::routes())
+        .merge(users::routes())
+        .merge(service_accounts::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_bearer,
@@ -241,18 +245,17 @@ async fn close_after_refused_body(request: Request, next: Next) -> Response {
     response
 }
 
+/// The one gate of every route that needs a login: who is calling (a
+/// session or an API key), and whether their role may call this route
+/// ([`crate::auth::roles`]; a route missing from the table is refused).
+/// Every mutating call, every refusal of an authenticated caller and every
+/// use of a known but expired or revoked API key is audited; anonymous
+/// 401s are not, or a flood of them would grow the table.
 async fn require_bearer(
     State(state): State<Arc<AppState>>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let token = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .ok_or(AuthError::Missing)?;
-    let principal = state.auth.authenticate(token.trim()).await?;
     let method = request.method().clone();
     // Inside the nested router the URI lost its `/api/v1` prefix.
     let path = request
@@ -260,6 +263,40 @@ async fn require_bearer(
         .get::<axum::extract::OriginalUri>()
         .map_or_else(|| request.uri().path(), |original| original.path())
         .to_owned();
+    let token = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or(AuthError::Missing)?;
+    let principal = match state.auth.authenticate(token.trim()).await {
+        Ok(principal) => principal,
+        Err(error) => {
+            audit_refused_credential(&state, &error, &method, &path).await;
+            return Err(error.into());
+        }
+    };
+    let template = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("", |matched| matched.as_str())
+        .to_owned();
+    let allowed = roles::access(method.as_str(), &template)
+        .is_some_and(|access| access.allows(principal.role));
+    if !allowed {
+        let message = roles::denial(method.as_str(), &template, principal.role);
+        tracing::info!(user = %principal.username, %method, path, "refused: {message}");
+        state
+            .audit_with(
+                &principal.username,
+                method.as_str(),
+                &path,
+                StatusCode::FORBIDDEN.as_u16(),
+                Some(serde_json::json!({ "role": principal.role, "route": template, "error": message })),
+            )
+            .await;
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "role_denied", message));
+    }
     tracing::debug!(user = %principal.username, %method, path, "authorized");
     let username = principal.username.clone();
     request.extensions_mut().insert(principal);
@@ -275,6 +312,27 @@ async fn require_bearer(
             .await;
     }
     Ok(response)
+}
+
+/// Audits a refused credential that named someone: a known API key that
+/// expired or was revoked.
+async fn audit_refused_credential(
+    state: &AppState,
+    error: &AuthError,
+    method: &Method,
+    path: &str,
+) {
+    if let Some(actor) = error.refused_actor() {
+        state
+            .audit_with(
+                &actor,
+                method.as_str(),
+                path,
+                StatusCode::UNAUTHORIZED.as_u16(),
+                Some(serde_json::json!({ "error": error.to_string() })),
+            )
+            .await;
+    }
 }
 
 pub use listener::serve;

@@ -1,9 +1,12 @@
 //! Completes the generated OpenAPI document with what holds for every
 //! route alike, so no route's annotation can forget it: the answers the
 //! shared layers give (401 from the bearer check, 400/413/415 from body and
-//! query parsing, 500), and the action names the catalogue knows.
+//! query parsing, 500, 403 from the role table), and the action names the
+//! catalogue knows.
 
+use crate::auth::roles::{self, Access};
 use tether_proto::Catalogue;
+use tether_proto::accounts::Role;
 use tether_proto::labels::{MAX_LABEL_LEN, MAX_LABELS};
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
@@ -11,18 +14,18 @@ use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder, Sche
 
 /// The answers every operation of the document can give besides its own.
 pub fn complete(openapi: &mut OpenApi, catalogue: &Catalogue, max_ttl_seconds: u64) {
-    for item in openapi.paths.paths.values_mut() {
-        for operation in [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.patch,
-            &mut item.delete,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            add_shared_responses(operation);
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        for (method, operation) in [
+            ("GET", &mut item.get),
+            ("POST", &mut item.post),
+            ("PUT", &mut item.put),
+            ("PATCH", &mut item.patch),
+            ("DELETE", &mut item.delete),
+        ] {
+            if let Some(operation) = operation {
+                add_shared_responses(operation);
+                add_role_refusal(method, path, operation);
+            }
         }
     }
     declare_action_request_rules(openapi, catalogue, max_ttl_seconds);
@@ -65,6 +68,26 @@ fn add_shared_responses(operation: &mut Operation) {
         add("400", "A query parameter is not valid");
     }
     add("500", "Internal error; tetherd's log has the details");
+}
+
+/// A route some role may not call answers that role 403, from the role
+/// table (`docs/roles.md`), so the document and the gate cannot disagree.
+fn add_role_refusal(method: &str, path: &str, operation: &mut Operation) {
+    let Some(Access::AtLeast(least)) = roles::access(method, path) else {
+        return;
+    };
+    if least > Role::Viewer {
+        operation
+            .responses
+            .responses
+            .entry("403".to_owned())
+            .or_insert_with(|| {
+                error_response(&format!(
+                    "The caller's role may not call this route: {} role needed (docs/roles.md)",
+                    least.and_above()
+                ))
+            });
+    }
 }
 
 fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {

@@ -7,6 +7,8 @@
 //! async workers with a bounded number at once, and the same work done
 //! whether the user exists or not.
 
+pub mod accounts;
+pub mod roles;
 pub mod throttle;
 
 use std::net::IpAddr;
@@ -21,11 +23,11 @@ use tokio::sync::Semaphore;
 
 use crate::config::AuthConfig;
 use crate::secret_file;
-use crate::store::{SessionRecord, Store, StoreError, UserRecord};
+use crate::store::{ApiKeyRecord, SessionRecord, Store, StoreError, UserRecord};
+pub use roles::Role;
 use throttle::{LoginThrottle, ThrottleConfig, Throttled, username_key};
 
 pub const ADMIN_USERNAME: &str = "admin";
-pub const ADMIN_ROLE: &str = "admin";
 pub const ADMIN_CREDENTIALS_FILE: &str = "admin-credentials.toml";
 /// Logins that may wait for a password check beyond those running; more
 /// are told to come back in a second instead of queueing without bound.
@@ -53,8 +55,45 @@ pub enum AuthError {
     ThrottledUser { retry_after: Duration },
     #[error("too many logins in progress; retry in a second")]
     Busy,
-    #[error("only an admin may do this; your role is {role}")]
-    Forbidden { role: String },
+    #[error("the API key is not valid: create one with `tether service-accounts keys create NAME`")]
+    UnknownApiKey,
+    #[error(
+        "the API key {id} of service account {account} expired at {at}; create a new one with `tether service-accounts keys create {account}`"
+    )]
+    ApiKeyExpired {
+        account: String,
+        id: String,
+        at: DateTime<Utc>,
+    },
+    #[error(
+        "the API key {id} of service account {account} was revoked at {at}; create a new one with `tether service-accounts keys create {account}`"
+    )]
+    ApiKeyRevoked {
+        account: String,
+        id: String,
+        at: DateTime<Utc>,
+    },
+    #[error("cannot {what}: {username} is the last admin; give another user the admin role first")]
+    LastAdmin {
+        what: &'static str,
+        username: String,
+    },
+    #[error(
+        "invalid {what} name {name:?}: use 1 to 64 of a-z, 0-9, `.`, `_`, `-`, starting with a letter or digit{reserved}"
+    )]
+    InvalidName {
+        what: &'static str,
+        name: String,
+        reserved: &'static str,
+    },
+    #[error(transparent)]
+    UnknownRole(#[from] roles::UnknownRole),
+    #[error(
+        "this needs a person's login session, not an API key; to stop a key, revoke it with `tether service-accounts keys revoke NAME KEY_ID`"
+    )]
+    NotASession,
+    #[error("the current password is wrong")]
+    WrongCurrentPassword,
     #[error("password check failed to run")]
     Hasher(#[source] tokio::task::JoinError),
     #[error(transparent)]
@@ -68,6 +107,18 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Who was refused, when the credential named someone: a known API key
+    /// that expired or was revoked (`sa:NAME`). Such refusals are audited;
+    /// anonymous ones are not, or a flood of them would grow the table.
+    pub fn refused_actor(&self) -> Option<String> {
+        match self {
+            AuthError::ApiKeyExpired { account, .. } | AuthError::ApiKeyRevoked { account, .. } => {
+                Some(service_account_actor(account))
+            }
+            _ => None,
+        }
+    }
+
     /// How long the client should wait before trying again, for `Retry-After`.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -92,23 +143,29 @@ impl From<Throttled> for AuthError {
     }
 }
 
+/// API keys start with this, so a token is looked up in one table only.
+pub const API_KEY_PREFIX: &str = "tether_sa_";
+
+/// How the audit log and tunnels name a service account: `sa:NAME`.
+pub fn service_account_actor(account: &str) -> String {
+    format!("sa:{account}")
+}
+
 /// Who made a request, and with which session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
+    /// A username, or `sa:NAME` for a service account's API key: the name
+    /// the audit log gives the caller.
     pub username: String,
-    pub role: String,
-    pub session_id: String,
+    pub role: Role,
+    /// The login session; `None` for an API key.
+    pub session_id: Option<String>,
 }
 
 impl Principal {
-    pub fn require_admin(&self) -> Result<(), AuthError> {
-        if self.role == ADMIN_ROLE {
-            Ok(())
-        } else {
-            Err(AuthError::Forbidden {
-                role: self.role.clone(),
-            })
-        }
+    /// The caller's login session, for what only a person's session can do.
+    pub fn session(&self) -> Result<&str, AuthError> {
+        self.session_id.as_deref().ok_or(AuthError::NotASession)
     }
 }
 
@@ -144,8 +201,10 @@ impl Auth {
 
     /// Creates the admin user on first start, writes its credentials to the
     /// data dir (mode 0600) and returns the password so it can be printed once.
+    /// Not once any user exists: an admin may have deleted `admin` after
+    /// making another.
     pub async fn bootstrap_admin(&self, data_dir: &Path) -> Result<Option<String>, AuthError> {
-        if self.store.get_user(ADMIN_USERNAME).await?.is_some() {
+        if self.store.count_users().await? > 0 {
             return Ok(None);
         }
         let password = new_secret();
@@ -157,7 +216,7 @@ impl Auth {
             .upsert_user(&UserRecord {
                 username: ADMIN_USERNAME.to_owned(),
                 password_hash: hash_password(&password),
-                role: ADMIN_ROLE.to_owned(),
+                role: Role::Admin.as_str().to_owned(),
             })
             .await?;
         Ok(Some(password))
@@ -249,7 +308,11 @@ impl Auth {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Who sent `token`: a session's user, or a service account for an API key.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        if token.starts_with(API_KEY_PREFIX) {
+            return self.authenticate_api_key(token).await;
+        }
         let (session, role) = self
             .store
             .get_session(&secret_hash(token))
@@ -264,8 +327,39 @@ impl Auth {
         }
         Ok(Principal {
             username: session.username,
-            role,
-            session_id: session.id,
+            role: stored_role(&role)?,
+            session_id: Some(session.id),
+        })
+    }
+
+    async fn authenticate_api_key(&self, token: &str) -> Result<Principal, AuthError> {
+        let (key, role) = self
+            .store
+            .get_api_key(&secret_hash(token))
+            .await?
+            .ok_or(AuthError::UnknownApiKey)?;
+        let now = Utc::now();
+        let ApiKeyRecord {
+            id,
+            account,
+            expires_at,
+            revoked_at,
+            last_used_at,
+            ..
+        } = key;
+        if let Some(at) = revoked_at {
+            return Err(AuthError::ApiKeyRevoked { account, id, at });
+        }
+        if let Some(at) = expires_at.filter(|at| *at <= now) {
+            return Err(AuthError::ApiKeyExpired { account, id, at });
+        }
+        if last_used_at.is_none_or(|last| needs_touch(last, now)) {
+            self.store.touch_api_key(&id, now).await?;
+        }
+        Ok(Principal {
+            username: service_account_actor(&account),
+            role: stored_role(&role)?,
+            session_id: None,
         })
     }
 
@@ -287,6 +381,13 @@ impl Auth {
     pub async fn prune_expired(&self, now: DateTime<Utc>) -> Result<u64, AuthError> {
         Ok(self.store.delete_sessions_expired_before(now).await?)
     }
+}
+
+/// A role read from the database; one this version does not know is a
+/// corrupt row, never a guess at some access.
+fn stored_role(role: &str) -> Result<Role, AuthError> {
+    role.parse()
+        .map_err(|_| StoreError::Corrupt(format!("unknown role {role:?}")).into())
 }
 
 /// A wait in whole seconds, rounded up: "retry after 0 s" would be refused again.
@@ -338,21 +439,6 @@ mod tests {
         assert!(!needs_touch(start, start + chrono::Duration::seconds(59)));
         assert!(needs_touch(start, start + chrono::Duration::seconds(60)));
         assert!(!needs_touch(start, start - chrono::Duration::seconds(5)));
-    }
-
-    #[test]
-    fn a_principal_without_the_admin_role_is_forbidden_admin_work() {
-        let principal = |role: &str| Principal {
-            username: "u".into(),
-            role: role.into(),
-            session_id: "s".into(),
-        };
-        principal("admin").require_admin().expect("admin");
-        let err = principal("viewer").require_admin().expect_err("viewer");
-        assert_eq!(
-            err.to_string(),
-            "only an admin may do this; your role is viewer"
-        );
     }
 
     #[test]

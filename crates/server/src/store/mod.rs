@@ -18,6 +18,7 @@ mod management_shell;
 mod metrics;
 mod provisioning;
 mod selector;
+mod service_accounts;
 mod specs;
 mod telemetry;
 mod users;
@@ -33,8 +34,10 @@ pub use metrics::{Bucket, FleetRow, RefusedSeries, RolledUp, StoredSeries};
 pub use provisioning::{
     PolicyRecord, ProvisionedDevice, ProvisioningKeyRecord, RegistrationRecord, RegistrationWrite,
 };
+pub use service_accounts::{ApiKeyRecord, ServiceAccountRecord};
 pub use specs::SpecRecord;
 pub use telemetry::{CursorUpdate, SpoolRef, StoredLog, TelemetryTx, UsageRecord};
+pub use users::AdminGuarded;
 
 use std::str::FromStr;
 

@@ -48,6 +48,144 @@ impl Store {
         .transpose()
     }
 
+    /// Every user by name; for listings, so without password hashes.
+    pub async fn list_users(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT username, role FROM users ORDER BY username")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "list users",
+                source,
+            })?;
+        rows.iter()
+            .map(|row| Ok((get(row, "username")?, get(row, "role")?)))
+            .collect()
+    }
+
+    pub async fn count_users(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS users FROM users")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "count users",
+                source,
+            })?;
+        let users: i64 = get(&row, "users")?;
+        Ok(users.unsigned_abs())
+    }
+
+    /// Creates a user; `Conflict` if the name is taken.
+    pub async fn insert_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO users (username, password_hash, role) VALUES ($1, $2, $3)")
+            .bind(&user.username)
+            .bind(&user.password_hash)
+            .bind(&user.role)
+            .execute(&self.pool)
+            .await
+            .map_err(|source| {
+                if violates(&source, ErrorKind::UniqueViolation) {
+                    StoreError::Conflict {
+                        what: format!("user {}", user.username),
+                    }
+                } else {
+                    StoreError::Query {
+                        context: "create a user",
+                        source,
+                    }
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Deletes a user (its sessions and SSH keys go with it), unless it is
+    /// the last with the `admin_role`: one statement, so two admins
+    /// deleting each other cannot both succeed on SQLite.
+    pub async fn delete_user_keeping_an_admin(
+        &self,
+        username: &str,
+        admin_role: &str,
+    ) -> Result<AdminGuarded, StoreError> {
+        let deleted = sqlx::query(
+            "DELETE FROM users WHERE username = $1 \
+             AND (role <> $2 OR (SELECT COUNT(*) FROM users WHERE role = $2) > 1)",
+        )
+        .bind(username)
+        .bind(admin_role)
+        .execute(&self.pool)
+        .await
+        .map_err(|source| StoreError::Query {
+            context: "delete a user",
+            source,
+        })?
+        .rows_affected();
+        self.admin_guarded(deleted, username).await
+    }
+
+    /// Gives a user another role, unless that takes the role `admin_role`
+    /// from the last user who has it.
+    pub async fn set_user_role_keeping_an_admin(
+        &self,
+        username: &str,
+        role: &str,
+        admin_role: &str,
+    ) -> Result<AdminGuarded, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE users SET role = $2 WHERE username = $1 \
+             AND (role <> $3 OR role = $2 OR (SELECT COUNT(*) FROM users WHERE role = $3) > 1)",
+        )
+        .bind(username)
+        .bind(role)
+        .bind(admin_role)
+        .execute(&self.pool)
+        .await
+        .map_err(|source| StoreError::Query {
+            context: "change a user's role",
+            source,
+        })?
+        .rows_affected();
+        self.admin_guarded(updated, username).await
+    }
+
+    async fn admin_guarded(
+        &self,
+        changed: u64,
+        username: &str,
+    ) -> Result<AdminGuarded, StoreError> {
+        if changed > 0 {
+            Ok(AdminGuarded::Done)
+        } else if self.get_user(username).await?.is_some() {
+            Ok(AdminGuarded::LastAdmin)
+        } else {
+            Err(StoreError::NotFound {
+                what: format!("user {username}"),
+            })
+        }
+    }
+
+    /// Replaces a user's password hash; `NotFound` if there is no such user.
+    pub async fn set_password_hash(
+        &self,
+        username: &str,
+        password_hash: &str,
+    ) -> Result<(), StoreError> {
+        let updated = sqlx::query("UPDATE users SET password_hash = $2 WHERE username = $1")
+            .bind(username)
+            .bind(password_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "change a password",
+                source,
+            })?
+            .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotFound {
+                what: format!("user {username}"),
+            });
+        }
+        Ok(())
+    }
+
     /// `NotFound` if the user does not exist.
     pub async fn insert_session(
         &self,
@@ -176,6 +314,14 @@ impl Store {
         )
         .await
     }
+}
+
+/// What a change guarded by "one admin must remain" did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminGuarded {
+    Done,
+    /// Refused: the user is the last admin.
+    LastAdmin,
 }
 
 const SESSION_COLUMNS: &str = "id, username, created_at, expires_at, last_used_at";

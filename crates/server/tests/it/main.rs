@@ -18,6 +18,7 @@ mod operations;
 mod provisioning;
 mod queries;
 mod replicas;
+mod roles;
 mod security;
 mod specs;
 mod store;
