@@ -97,10 +97,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         policy["devices"].as_u64() == Some(settings.devices as u64),
         "new media must reuse the devices: {policy}"
     );
-    println!(
-        "  policy: {} devices after both rounds",
-        policy["devices"]
-    );
+    println!("  policy: {} devices after both rounds", policy["devices"]);
     Ok(())
 }
 

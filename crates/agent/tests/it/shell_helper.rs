@@ -97,6 +97,7 @@ fn settings(dir: &Path) -> Settings {
         kubeconfig: None,
         work_dir: dir.join("work"),
         host_key: dir.join("host_key"),
+        login_timeout_seconds: 30,
     }
 }
 

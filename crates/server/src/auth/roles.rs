@@ -168,7 +168,11 @@ pub const GROUPS: &[Group] = &[
         why: "Anyone may see the policies and who asks to register; operators decide registrations, as they add devices (seed 004's device-operator); a policy and its keys let devices in by themselves, so only admins make or revoke them.",
         rules: &[
             ("GET", "/api/v1/provisioning-policies", AtLeast(Viewer)),
-            ("GET", "/api/v1/provisioning-policies/{name}", AtLeast(Viewer)),
+            (
+                "GET",
+                "/api/v1/provisioning-policies/{name}",
+                AtLeast(Viewer),
+            ),
             ("GET", "/api/v1/approvals", AtLeast(Viewer)),
             ("GET", "/api/v1/approvals/{id}", AtLeast(Viewer)),
             ("POST", "/api/v1/approvals/{id}/approve", AtLeast(Operator)),
@@ -179,7 +183,11 @@ pub const GROUPS: &[Group] = &[
                 AtLeast(Operator),
             ),
             ("POST", "/api/v1/provisioning-policies", AtLeast(Admin)),
-            ("DELETE", "/api/v1/provisioning-policies/{name}", AtLeast(Admin)),
+            (
+                "DELETE",
+                "/api/v1/provisioning-policies/{name}",
+                AtLeast(Admin),
+            ),
             (
                 "POST",
                 "/api/v1/provisioning-policies/{name}/keys",
