@@ -89,6 +89,51 @@ impl Agent {
         })
     }
 
+    /// An agent not started yet that finds its credentials by itself
+    /// (`env`: a provisioning key, a boot bundle, a facts file), in a
+    /// state dir of its own; `name` only names it in test output.
+    pub fn unenrolled(name: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut agent = Self::new(name)?;
+        agent.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Ok(agent)
+    }
+
+    /// Replaces the agent's environment for its next start (other
+    /// hardware under the same media, in the provisioning tests).
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+    }
+
+    /// The device the agent became, from its `agent.toml`, once it has
+    /// credentials: waits up to 30 s for them.
+    pub async fn wait_device(&self) -> anyhow::Result<String> {
+        let path = self.state_file("agent.toml");
+        wait_until(
+            &format!("agent {} to get its credentials", self.name),
+            Duration::from_secs(30),
+            || {
+                let path = path.clone();
+                async move {
+                    let Ok(text) = std::fs::read_to_string(&path) else {
+                        return Ok(None);
+                    };
+                    Ok(text.lines().find_map(|line| {
+                        line.strip_prefix("device = \"")
+                            .and_then(|rest| rest.strip_suffix('"'))
+                            .map(str::to_owned)
+                    }))
+                }
+            },
+        )
+        .await
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }

@@ -340,3 +340,275 @@ async fn revoked_expired_and_made_up_keys_are_refused_by_name() -> anyhow::Resul
     );
     Ok(())
 }
+
+/// The files a simulated machine gives its agent: the provisioning key
+/// and the facts of its hardware.
+fn machine_env(
+    dir: &std::path::Path,
+    key: &Value,
+    serial: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let key_file = dir.join("provisioning-key.json");
+    std::fs::write(&key_file, serde_json::to_vec(key)?)?;
+    let facts_file = dir.join(format!("facts-{serial}.json"));
+    std::fs::write(&facts_file, json!({"hardwareSerial": serial}).to_string())?;
+    Ok(vec![
+        (
+            "TETHER_PROVISIONING_KEY".into(),
+            key_file.display().to_string(),
+        ),
+        (
+            "TETHER_AGENT_FACTS_FILE".into(),
+            facts_file.display().to_string(),
+        ),
+        (
+            "TETHER_AGENT_REGISTRATION_MAX_WAIT_SECONDS".into(),
+            "1".into(),
+        ),
+    ])
+}
+
+fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// Waits until the device's reported status names `serial`.
+async fn wait_serial(admin: &ApiClient, device: &str, serial: &str) -> anyhow::Result<()> {
+    tether_testkit::wait_until(
+        &format!("{device} to report serial {serial}"),
+        std::time::Duration::from_secs(30),
+        || async move {
+            let got = admin
+                .get(&format!("/api/v1/devices/{device}"))
+                .await?
+                .expect_status(200)?;
+            Ok((got["status"]["facts"]["hardwareSerial"] == serial).then_some(()))
+        },
+    )
+    .await
+}
+
+/// Seed 004's hardware-failure section with real agents: the state dir is
+/// the boot media, the facts file the hardware.
+#[tokio::test]
+async fn the_three_hardware_replacements_of_seed_004_keep_or_make_devices_as_it_says()
+-> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let key = policy(
+        &admin,
+        "pis",
+        json!({"mode": "UNATTENDED", "identityFieldPaths": [tether_proto::provisioning::SEED_SERIAL_PATH]}),
+    )
+    .await?;
+    let files = tempfile::tempdir()?;
+
+    // First boot: hardware A, media 1.
+    let mut media_1 = tether_testkit::Agent::unenrolled(
+        "media-1",
+        &pairs(&machine_env(files.path(), &key, "SN-A")?),
+    )?;
+    media_1.start()?;
+    let device = media_1.wait_device().await?;
+    assert!(device.starts_with("pis-"), "{device}");
+    wait_serial(&admin, &device, "SN-A").await?;
+    media_1.stop().await?;
+
+    // 1. New hardware B, same media: the credential on the media wins; the
+    //    device's serial becomes B.
+    media_1.set_env(&pairs(&machine_env(files.path(), &key, "SN-B")?));
+    media_1.start()?;
+    wait_serial(&admin, &device, "SN-B").await?;
+    assert_eq!(
+        media_1.log().matches("registering with").count(),
+        1,
+        "only the first boot registered; then the media's credential was used: {}",
+        media_1.log()
+    );
+    media_1.stop().await?;
+
+    // 2. Same hardware B, new media 2: no credential; the serial finds the
+    //    device, which is reused.
+    let mut media_2 = tether_testkit::Agent::unenrolled(
+        "media-2",
+        &pairs(&machine_env(files.path(), &key, "SN-B")?),
+    )?;
+    media_2.start()?;
+    assert_eq!(
+        media_2.wait_device().await?,
+        device,
+        "same hardware, same device"
+    );
+    media_2.stop().await?;
+
+    // 3. Both replaced (hardware C, media 3): a new device.
+    let mut media_3 = tether_testkit::Agent::unenrolled(
+        "media-3",
+        &pairs(&machine_env(files.path(), &key, "SN-C")?),
+    )?;
+    media_3.start()?;
+    let other = media_3.wait_device().await?;
+    assert_ne!(other, device, "nothing identifies the old device");
+    media_3.stop().await?;
+
+    // …unless the operator detaches the old device's credential and writes
+    // one for it into the new image (hardware D, media 4).
+    admin
+        .post(&format!("/api/v1/devices/{device}/revoke"), json!({}))
+        .await?
+        .expect_status(204)?;
+    let token = admin
+        .post(
+            &format!("/api/v1/devices/{device}/enrollment-token"),
+            json!({}),
+        )
+        .await?;
+    anyhow::ensure!(
+        token.status.is_success(),
+        "enrollment token: {}",
+        token.body
+    );
+    let boot = files.path().join("boot");
+    std::fs::create_dir_all(boot.join("tether"))?;
+    std::fs::write(
+        boot.join("tether/bundle.json"),
+        json!({"version": 1, "server": tetherd.api_url, "caSha256": token.body["caSha256"],
+               "credential": {"kind": "enrollment", "device": device, "token": token.body["token"]}})
+        .to_string(),
+    )?;
+    let facts_d = files.path().join("facts-SN-D.json");
+    std::fs::write(&facts_d, json!({"hardwareSerial": "SN-D"}).to_string())?;
+    let (boot, facts_d) = (boot.display().to_string(), facts_d.display().to_string());
+    let mut media_4 = tether_testkit::Agent::unenrolled(
+        "media-4",
+        &[
+            ("TETHER_BOOT_BUNDLE", boot.as_str()),
+            ("TETHER_AGENT_FACTS_FILE", facts_d.as_str()),
+        ],
+    )?;
+    media_4.start()?;
+    assert_eq!(
+        media_4.wait_device().await?,
+        device,
+        "the written credential wins"
+    );
+    wait_serial(&admin, &device, "SN-D").await?;
+    media_4.stop().await?;
+    Ok(())
+}
+
+/// A MANUAL policy with real agents: one waits and runs once approved,
+/// one is denied and stops saying why.
+#[tokio::test]
+async fn an_agent_waits_for_approval_and_a_denied_one_stops_with_the_reason() -> anyhow::Result<()>
+{
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let key = policy(
+        &admin,
+        "gw",
+        json!({"mode": "MANUAL", "identityFieldPaths": ["status.facts.hardwareSerial"],
+               "template": {"metadata": {"labels": {"role": "gateway"}}}}),
+    )
+    .await?;
+    let files = tempfile::tempdir()?;
+    let mut wanted = tether_testkit::Agent::unenrolled(
+        "wanted",
+        &pairs(&machine_env(files.path(), &key, "GW-1")?),
+    )?;
+    wanted.start()?;
+    let approval = tether_testkit::wait_until(
+        "a pending approval",
+        std::time::Duration::from_secs(30),
+        || {
+            let admin = admin.clone();
+            async move {
+                let page = admin
+                    .get("/api/v1/approvals?state=pending")
+                    .await?
+                    .expect_status(200)?;
+                Ok(page["items"][0]["id"].as_str().map(str::to_owned))
+            }
+        },
+    )
+    .await?;
+    let waiting = format!("waiting for approval {approval}");
+    tether_testkit::wait_until(
+        "the agent to say it waits",
+        std::time::Duration::from_secs(30),
+        || {
+            let said = wanted.log().contains(&waiting);
+            async move { Ok(said.then_some(())) }
+        },
+    )
+    .await?;
+    admin
+        .post(
+            &format!("/api/v1/approvals/{approval}/approve"),
+            json!({"name": "gw-1"}),
+        )
+        .await?
+        .expect_status(200)?;
+    assert_eq!(wanted.wait_device().await?, "gw-1");
+    tether_testkit::wait_until("gw-1 online", std::time::Duration::from_secs(30), || {
+        let admin = admin.clone();
+        async move {
+            let device = admin
+                .get("/api/v1/devices/gw-1")
+                .await?
+                .expect_status(200)?;
+            Ok((device["presence"] == "online").then_some(()))
+        }
+    })
+    .await?;
+    let device = admin
+        .get("/api/v1/devices/gw-1")
+        .await?
+        .expect_status(200)?;
+    assert_eq!(device["labels"]["role"], "gateway");
+    wait_serial(&admin, "gw-1", "GW-1").await?;
+
+    let mut unwanted = tether_testkit::Agent::unenrolled(
+        "unwanted",
+        &pairs(&machine_env(files.path(), &key, "GW-666")?),
+    )?;
+    unwanted.start()?;
+    let approval = tether_testkit::wait_until(
+        "a second pending approval",
+        std::time::Duration::from_secs(30),
+        || {
+            let admin = admin.clone();
+            async move {
+                let page = admin
+                    .get("/api/v1/approvals?state=pending")
+                    .await?
+                    .expect_status(200)?;
+                Ok(page["items"][0]["id"].as_str().map(str::to_owned))
+            }
+        },
+    )
+    .await?;
+    admin
+        .post(
+            &format!("/api/v1/approvals/{approval}/deny"),
+            json!({"reason": "not one of ours"}),
+        )
+        .await?
+        .expect_status(200)?;
+    let status = tether_testkit::wait_until(
+        "the denied agent to stop",
+        std::time::Duration::from_secs(30),
+        || {
+            let status = unwanted.exit_status();
+            async move { Ok(status) }
+        },
+    )
+    .await?;
+    assert!(!status.success(), "a denied agent exits non-zero");
+    assert!(
+        unwanted.log().contains("not one of ours"),
+        "{}",
+        unwanted.log()
+    );
+    Ok(())
+}
