@@ -520,3 +520,76 @@ async fn os_edit_device_name_writes_a_one_time_enrollment_token() {
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("edge-9"), "{}", run.stderr);
 }
+
+/// The whole path of seed 004: a policy and its key made with the CLI, the
+/// key written into an image by `tether os edit`, and an agent started
+/// from the boot partition's files registers under the policy.
+#[tokio::test]
+async fn an_agent_booted_from_an_edited_image_registers_under_its_policy() {
+    let tetherd = tetherd().await;
+    let tether = Tether::new();
+    tether.login(&tetherd).await;
+    tether
+        .run_ok(&[
+            "policies",
+            "create",
+            "lab",
+            "--mode",
+            "UNATTENDED",
+            "--identity-field",
+            "status.facts.hardwareSerial",
+            "-l",
+            "site=lab",
+        ])
+        .await;
+    let workspace = Workspace::new(gpt_image("EDGELQ_BOOT"));
+    let key = workspace.dir.path().join("lab.key.json");
+    let key_arg = key.to_string_lossy().into_owned();
+    tether
+        .run_ok(&["policies", "keys", "create", "lab", "--key-file", &key_arg])
+        .await;
+    disk_image::format_fat(&workspace.image, BOOT_OFFSET, BOOT_SECTORS, "EDGELQ").expect("mformat");
+    let image = workspace.image_arg();
+    tether
+        .run_ok(&[
+            "os",
+            "edit",
+            "--image-file",
+            &image,
+            "--provisioning-key",
+            &key_arg,
+        ])
+        .await;
+
+    // The device boots: its boot partition's files, its hardware's serial.
+    let boot = workspace.dir.path().join("boot");
+    std::fs::create_dir_all(boot.join("tether")).expect("a boot dir");
+    let bundle = disk_image::fat_read(&workspace.image, BOOT_OFFSET, "tether/bundle.json")
+        .expect("mcopy reads it back");
+    std::fs::write(boot.join("tether/bundle.json"), bundle).expect("writes the bundle");
+    let facts = workspace.file("facts.json", r#"{"hardwareSerial": "PI-0042"}"#);
+    let boot_arg = boot.to_string_lossy().into_owned();
+    let mut agent = tether_testkit::Agent::unenrolled(
+        "booted",
+        &[
+            ("TETHER_BOOT_BUNDLE", boot_arg.as_str()),
+            ("TETHER_AGENT_FACTS_FILE", facts.as_str()),
+        ],
+    )
+    .expect("an agent");
+    agent.start().expect("starts");
+    let device = agent.wait_device().await.expect("registers");
+    assert!(device.starts_with("lab-"), "{device}");
+    let shown = tether
+        .run_ok(&["devices", "get", &device, "-o", "json"])
+        .await;
+    let shown: serde_json::Value = serde_json::from_str(&shown).expect("JSON");
+    assert_eq!(shown["labels"]["site"], "lab", "{shown}");
+    assert_eq!(shown["policy"], "lab", "{shown}");
+    let listed = tether.run_ok(&["policies", "list"]).await;
+    assert!(
+        listed.contains("lab") && listed.contains("UNATTENDED"),
+        "{listed}"
+    );
+    agent.stop().await.expect("stops");
+}
