@@ -18,12 +18,18 @@ Examples:
 #[command(after_long_help = EXAMPLES)]
 pub enum Approvals {
     /// List registrations with the facts each device sent.
+    #[command(
+        after_long_help = "Examples:\n  tether approvals list\n  tether approvals list --all -o json"
+    )]
     List {
         /// Every registration, not only those waiting.
         #[arg(long)]
         all: bool,
     },
     /// Let a device register: it gets its certificate when it next asks.
+    #[command(
+        after_long_help = "Examples:\n  tether approvals approve 0193a1f2-…\n  tether approvals approve 0193a1f2-… --name line3-gateway"
+    )]
     Approve {
         id: String,
         /// The new device's name [default: the policy's name and a random suffix].
@@ -31,6 +37,9 @@ pub enum Approvals {
         name: Option<String>,
     },
     /// Refuse a device: it stops with the reason when it next asks.
+    #[command(
+        after_long_help = "Examples:\n  tether approvals deny 0193a1f2-… --reason \"not one of ours\""
+    )]
     Deny {
         id: String,
         #[arg(long)]

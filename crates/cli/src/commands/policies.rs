@@ -35,12 +35,18 @@ status.facts.hostname, status.facts.macs.<interface>.";
 #[command(after_long_help = EXAMPLES)]
 pub enum Policies {
     /// Create a policy.
+    #[command(after_long_help = EXAMPLES)]
     Create(Create),
     /// List the policies.
+    #[command(
+        after_long_help = "Examples:\n  tether policies list\n  tether policies list -o json"
+    )]
     List,
     /// Show a policy.
+    #[command(after_long_help = "Examples:\n  tether policies get lab-pis")]
     Get { name: String },
     /// Delete a policy, its keys and its registrations; its devices stay.
+    #[command(after_long_help = "Examples:\n  tether policies delete lab-pis")]
     Delete { name: String },
     /// A policy's provisioning keys.
     #[command(subcommand)]
@@ -72,6 +78,9 @@ pub struct Create {
 #[derive(Debug, clap::Subcommand)]
 pub enum Keys {
     /// Make a key; its secret is shown this once.
+    #[command(
+        after_long_help = "Examples:\n  tether policies keys create lab-pis --key-file lab-pis.key.json\n  tether policies keys create lab-pis --expires-in 90d > key.json"
+    )]
     Create {
         policy: String,
         /// Write the key to this file (mode 0600) instead of printing it.
@@ -82,8 +91,10 @@ pub enum Keys {
         expires_in: Option<Duration>,
     },
     /// List a policy's keys (never their secrets).
+    #[command(after_long_help = "Examples:\n  tether policies keys list lab-pis")]
     List { policy: String },
     /// Revoke a key: devices not yet registered with it are refused.
+    #[command(after_long_help = "Examples:\n  tether policies keys revoke lab-pis 0193a1f2-…")]
     Revoke { policy: String, key: String },
 }
 
