@@ -70,7 +70,12 @@ async fn run_schemathesis(tetherd: &Tetherd, token: Option<&str>) -> anyhow::Res
             // A follow stream answers 200 and never ends by design; the
             // log tests cover it.
             .args(["--exclude-operation-id", "follow_device_logs"])
-            .args(["--exclude-operation-id", "follow_fleet_logs"]);
+            .args(["--exclude-operation-id", "follow_fleet_logs"])
+            // Demoting or deleting users can take the run's own admin
+            // rights away halfway (a generated second admin makes it
+            // allowed); the role tests cover those routes.
+            .args(["--exclude-operation-id", "set_user_role"])
+            .args(["--exclude-operation-id", "delete_user"]);
     }
     tokio::time::timeout(std::time::Duration::from_secs(240), command.output())
         .await
