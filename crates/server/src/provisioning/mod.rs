@@ -20,8 +20,8 @@ use tether_proto::spec::{DeviceSpec, Facts, SpecError};
 use crate::auth::{new_secret, secret_hash};
 use crate::registry::{self, Endpoints, Registry, RegistryError};
 use crate::store::{
-    PolicyRecord, ProvisionedDevice, ProvisioningKeyRecord, RegistrationRecord, RegistrationWrite,
-    Store, StoreError,
+    DeviceRecord, PolicyRecord, ProvisionedDevice, ProvisioningKeyRecord, RegistrationRecord,
+    RegistrationWrite, Store, StoreError,
 };
 
 /// Longest key id and secret a registration may send.
@@ -486,7 +486,10 @@ impl Provisioning {
                 reason: registration.reason,
             }),
             (RegistrationState::Approved | RegistrationState::Registered, Some(device)) => {
-                if self.store.get_device(device).await?.is_none() {
+                // A device of that name made since by hand (or by another
+                // policy) is not the one this registration became.
+                let device_now = self.store.get_device(device).await?;
+                if !made_by(device_now.as_ref(), &registration.policy) {
                     return Err(ProvisioningError::DeviceGone(device.clone()));
                 }
                 let enrolled = self
@@ -539,7 +542,10 @@ impl Provisioning {
             .map_err(ProvisioningError::InvalidRegistration)?;
         let now = Utc::now();
         let reuse = match &registration.device {
-            Some(device) => self.store.get_device(device).await?.is_some(),
+            Some(device) => made_by(
+                self.store.get_device(device).await?.as_ref(),
+                &registration.policy,
+            ),
             None => false,
         };
         let mut approved = RegistrationRecord {
@@ -682,6 +688,12 @@ pub async fn refresh_identity(
     }
 }
 
+/// Whether `device` is there and was made by `policy`: a registration
+/// gets no other device, not even one given its name after it was deleted.
+fn made_by(device: Option<&DeviceRecord>, policy: &str) -> bool {
+    device.is_some_and(|device| device.policy.as_deref() == Some(policy))
+}
+
 fn identity_fields(spec: &PolicySpec) -> Result<Vec<IdentityField>, ProvisioningError> {
     spec.identity_field_paths
         .iter()
@@ -749,6 +761,30 @@ mod tests {
             decide_new(Manual, None),
             NewRegistration::Ask { matched: None }
         );
+    }
+
+    #[test]
+    fn a_registration_gets_only_a_device_its_policy_made() {
+        let mut record = DeviceRecord {
+            name: device("kiosk-3"),
+            labels: Default::default(),
+            presence: tether_proto::Presence::Offline,
+            certificate_serial: None,
+            last_seen: None,
+            agent_version: None,
+            capabilities: Vec::new(),
+            boot_id: None,
+            display_name: None,
+            policy: Some("lab".into()),
+            status_seq: 0,
+            created_at: Utc::now(),
+        };
+        assert!(made_by(Some(&record), "lab"));
+        assert!(!made_by(None, "lab"), "deleted");
+        assert!(!made_by(Some(&record), "shop"), "another policy's");
+        // Deleted and added again by hand under the same name.
+        record.policy = None;
+        assert!(!made_by(Some(&record), "lab"));
     }
 
     #[test]

@@ -210,19 +210,28 @@ impl Store {
     }
 
     /// Deletes a policy with its keys, registrations and identities; its
-    /// devices stay. `NotFound` if there is none.
+    /// devices stay, no longer the policy's: a new policy of the same name
+    /// must not inherit them (count them, record their identities, let its
+    /// keys take them over). `NotFound` if there is none.
     pub async fn delete_policy(&self, name: &str) -> Result<(), StoreError> {
+        let context = "delete a provisioning policy";
+        let mut tx = self.begin(context).await?;
+        sqlx::query("UPDATE devices SET policy = NULL WHERE policy = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(context))?;
         let deleted = sqlx::query("DELETE FROM provisioning_policies WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
-            .map_err(query_error("delete a provisioning policy"))?;
+            .map_err(query_error(context))?;
         if deleted.rows_affected() == 0 {
             return Err(StoreError::NotFound {
                 what: format!("policy {name}"),
             });
         }
-        Ok(())
+        tx.commit().await.map_err(query_error(context))
     }
 
     /// `NotFound` if the key's policy does not exist.
@@ -577,6 +586,88 @@ async fn put_identity(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tether_proto::provisioning::{DeviceTemplate, ProvisioningMode};
+
+    fn unattended() -> PolicySpec {
+        PolicySpec {
+            mode: ProvisioningMode::Unattended,
+            identity_field_paths: vec!["status.facts.hardwareSerial".into()],
+            template: DeviceTemplate::default(),
+        }
+    }
+
+    /// Registers a new device `name` under `policy` with `identity`.
+    async fn provision(store: &Store, policy: &str, name: &str, identity: &str) -> DeviceId {
+        let now = Utc::now();
+        let device = DeviceId::new(name).expect("valid name");
+        let write = RegistrationWrite {
+            registration: RegistrationRecord {
+                id: format!("r-{name}"),
+                policy: policy.into(),
+                public_key_sha256: format!("key-{name}"),
+                facts: Facts::default(),
+                state: RegistrationState::Registered,
+                device: Some(device.clone()),
+                created_at: now,
+                decided_at: None,
+                decided_by: None,
+                reason: None,
+            },
+            expected_state: None,
+            new_device: Some(ProvisionedDevice {
+                name: device.clone(),
+                labels: Labels::default(),
+                spec: DeviceSpec::new(),
+            }),
+            identity_key: Some(identity.into()),
+        };
+        store
+            .write_registration(&write, now)
+            .await
+            .expect("registered");
+        device
+    }
+
+    #[tokio::test]
+    async fn a_new_policy_of_a_deleted_ones_name_inherits_none_of_its_devices() {
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        store
+            .insert_policy("lab", &unattended(), Utc::now())
+            .await
+            .expect("policy");
+        let device = provision(&store, "lab", "lab-1", "serial=A").await;
+        assert!(
+            store
+                .policy_of_device(&device)
+                .await
+                .expect("reads")
+                .is_some()
+        );
+
+        store.delete_policy("lab").await.expect("deleted");
+        store
+            .insert_policy("lab", &unattended(), Utc::now())
+            .await
+            .expect("the name again");
+
+        // Its status reports no longer record identities under the new
+        // policy, whose keys could then take the device over.
+        assert_eq!(store.policy_of_device(&device).await.expect("reads"), None);
+        let policy = store
+            .get_policy("lab")
+            .await
+            .expect("reads")
+            .expect("there");
+        assert_eq!(policy.devices, 0, "the old policy's device is not counted");
+        assert!(
+            store.get_device(&device).await.expect("reads").is_some(),
+            "the device stays"
+        );
+        assert!(matches!(
+            store.delete_policy("nope").await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
 
     #[test]
     fn every_state_has_a_stored_name() {
