@@ -191,6 +191,19 @@ impl Store {
         row.as_ref().map(policy_from_row).transpose()
     }
 
+    /// A policy's spec alone: one read by key, where [`Self::get_policy`]
+    /// also counts its devices and pending requests.
+    pub async fn get_policy_spec(&self, name: &str) -> Result<Option<PolicySpec>, StoreError> {
+        let spec: Option<String> =
+            sqlx::query_scalar("SELECT spec FROM provisioning_policies WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(query_error("read a provisioning policy"))?;
+        spec.map(|spec| from_json(&spec, &format!("policy {name}")))
+            .transpose()
+    }
+
     /// Policies by name: at most `limit` after `after`.
     pub async fn list_policies(
         &self,
@@ -628,6 +641,48 @@ mod tests {
         device
     }
 
+    fn serial(serial: &str) -> (Facts, String) {
+        let facts = Facts {
+            hardware_serial: Some(serial.into()),
+            ..Facts::default()
+        };
+        let fields = [tether_proto::provisioning::IdentityField::HardwareSerial];
+        let key = tether_proto::provisioning::identity_key(&fields, &facts)
+            .expect("short")
+            .expect("not blank");
+        (facts, key)
+    }
+
+    #[tokio::test]
+    async fn a_status_report_moves_an_identity_only_when_the_hardware_changed() {
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        store
+            .insert_policy("lab", &unattended(), Utc::now())
+            .await
+            .expect("policy");
+        let (facts_a, a) = serial("SN-A");
+        let (_, b) = serial("SN-B");
+        let first = provision(&store, "lab", "lab-1", &a).await;
+        let second = provision(&store, "lab", "lab-2", &b).await;
+        let holder = |key: String| {
+            let store = store.clone();
+            async move { store.device_of_identity("lab", &key).await.expect("reads") }
+        };
+
+        // The same hardware reporting again changes nothing.
+        crate::provisioning::refresh_identity(&store, &first, &facts_a)
+            .await
+            .expect("refreshed");
+        assert_eq!(holder(a.clone()).await, Some(first.clone()));
+
+        // lab-2's media now runs on lab-1's hardware: the newest report wins.
+        crate::provisioning::refresh_identity(&store, &second, &facts_a)
+            .await
+            .expect("refreshed");
+        assert_eq!(holder(a).await, Some(second));
+        assert_eq!(holder(b).await, None, "lab-2's old hardware is no one's");
+    }
+
     #[tokio::test]
     async fn a_new_policy_of_a_deleted_ones_name_inherits_none_of_its_devices() {
         let store = Store::connect("sqlite::memory:").await.expect("store");
@@ -635,6 +690,10 @@ mod tests {
             .insert_policy("lab", &unattended(), Utc::now())
             .await
             .expect("policy");
+        assert_eq!(
+            store.get_policy_spec("lab").await.expect("reads"),
+            Some(unattended())
+        );
         let device = provision(&store, "lab", "lab-1", "serial=A").await;
         assert!(
             store
