@@ -75,13 +75,19 @@ pub fn parse(
             };
             match parse_gpt_header(&header, sector_size) {
                 Ok(header) => {
-                    let bytes = read(
-                        header.entries_lba * sector_size,
-                        header.entries as usize * header.entry_size,
-                    )
-                    .map_err(|err| {
-                        TableError::BadGpt(format!("cannot read the partition entries: {err}"))
-                    })?;
+                    // The header is the image's word: an LBA past any
+                    // disk is refused, not wrapped (or a panic).
+                    let entries_at =
+                        header.entries_lba.checked_mul(sector_size).ok_or_else(|| {
+                            TableError::BadGpt(format!(
+                                "its partition entries are at LBA {}, past any disk",
+                                header.entries_lba
+                            ))
+                        })?;
+                    let bytes = read(entries_at, header.entries as usize * header.entry_size)
+                        .map_err(|err| {
+                            TableError::BadGpt(format!("cannot read the partition entries: {err}"))
+                        })?;
                     let partitions = parse_gpt_entries(&bytes, &header, image_len)?;
                     return Ok((TableKind::Gpt, partitions));
                 }
@@ -278,6 +284,18 @@ mod tests {
             err.to_string().contains("partition entries' CRC32"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_gpt_whose_entries_lie_past_any_disk_is_refused() {
+        let mut disk = build::gpt(200, &[("EDGELQ_BOOT", 40, 99)]);
+        let header = 512..512 + 92;
+        disk[512 + 72..512 + 80].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+        disk[512 + 16..512 + 20].fill(0);
+        let crc = crc32fast::hash(&disk[header]);
+        disk[512 + 16..512 + 20].copy_from_slice(&crc.to_le_bytes());
+        let err = parse_bytes(&disk).expect_err("entries past any disk");
+        assert!(err.to_string().contains("past any disk"), "{err}");
     }
 
     #[test]

@@ -20,8 +20,8 @@ use tether_proto::spec::{DeviceSpec, Facts, SpecError};
 use crate::auth::{new_secret, secret_hash};
 use crate::registry::{self, Endpoints, Registry, RegistryError};
 use crate::store::{
-    PolicyRecord, ProvisionedDevice, ProvisioningKeyRecord, RegistrationRecord, RegistrationWrite,
-    Store, StoreError,
+    DeviceRecord, PolicyRecord, ProvisionedDevice, ProvisioningKeyRecord, RegistrationRecord,
+    RegistrationWrite, Store, StoreError,
 };
 
 /// Longest key id and secret a registration may send.
@@ -302,23 +302,19 @@ impl Provisioning {
                 "facts are {facts_bytes} bytes of JSON, more than the {MAX_FACTS_BYTES} allowed"
             )));
         }
-        let policy = self
-            .store
-            .get_policy(&key.policy)
-            .await?
-            .ok_or_else(|| ProvisioningError::PolicyNotFound(key.policy.clone()))?;
+        let spec = self.spec_of(&key.policy).await?;
         // Twice at most: a first attempt can lose a race with the same
         // device asking on another connection, then it finds that one's.
         for _ in 0..2 {
             if let Some(existing) = self
                 .store
-                .registration_of_key(&policy.name, &public_key_sha256)
+                .registration_of_key(&key.policy, &public_key_sha256)
                 .await?
             {
                 return self.answer(existing, &request.csr_pem, endpoints).await;
             }
             match self
-                .register_new(&policy, &public_key_sha256, &request.facts, now)
+                .register_new(&key.policy, &spec, &public_key_sha256, &request.facts, now)
                 .await
             {
                 Err(ProvisioningError::Store(StoreError::Conflict { .. })) => continue,
@@ -331,6 +327,15 @@ impl Provisioning {
         Err(ProvisioningError::InvalidRegistration(
             "the same key pair is registering on another connection; ask again".into(),
         ))
+    }
+
+    /// A policy's spec, without the counts of [`Self::policy`]: those
+    /// scan the fleet, and registering must not, 1,000 devices at once.
+    async fn spec_of(&self, policy: &str) -> Result<PolicySpec, ProvisioningError> {
+        self.store
+            .get_policy_spec(policy)
+            .await?
+            .ok_or_else(|| ProvisioningError::PolicyNotFound(policy.to_owned()))
     }
 
     async fn authenticate(
@@ -359,21 +364,22 @@ impl Provisioning {
     /// device at once under an unattended policy.
     async fn register_new(
         &self,
-        policy: &PolicyRecord,
+        policy: &str,
+        spec: &PolicySpec,
         public_key_sha256: &str,
         facts: &Facts,
         now: DateTime<Utc>,
     ) -> Result<RegistrationRecord, ProvisioningError> {
-        let fields = identity_fields(&policy.spec)?;
+        let fields = identity_fields(spec)?;
         let identity_key = provisioning::identity_key(&fields, facts)
             .map_err(ProvisioningError::InvalidRegistration)?;
         let matched = match &identity_key {
-            Some(key) => self.store.device_of_identity(&policy.name, key).await?,
+            Some(key) => self.store.device_of_identity(policy, key).await?,
             None => None,
         };
         let mut registration = RegistrationRecord {
             id: uuid::Uuid::now_v7().to_string(),
-            policy: policy.name.clone(),
+            policy: policy.to_owned(),
             public_key_sha256: public_key_sha256.to_owned(),
             facts: facts.clone(),
             state: RegistrationState::Registered,
@@ -383,9 +389,9 @@ impl Provisioning {
             decided_by: None,
             reason: None,
         };
-        match decide_new(policy.spec.mode, matched) {
+        match decide_new(spec.mode, matched) {
             NewRegistration::Reuse(device) => {
-                tracing::info!(policy = %policy.name, %device, "registration reuses the device its identity names");
+                tracing::info!(policy, %device, "registration reuses the device its identity names");
                 registration.device = Some(device);
                 self.write(registration, None, false, identity_key, now)
                     .await
@@ -397,7 +403,7 @@ impl Provisioning {
             NewRegistration::Ask { matched } => {
                 registration.state = RegistrationState::Pending;
                 registration.device = matched;
-                tracing::info!(policy = %policy.name, approval = %registration.id, "registration waits for approval");
+                tracing::info!(policy, approval = %registration.id, "registration waits for approval");
                 self.write(registration, None, false, None, now).await
             }
         }
@@ -416,22 +422,16 @@ impl Provisioning {
         let named = registration.device.is_some();
         for _ in 0..NAME_ATTEMPTS {
             let new_device = if create {
-                let policy = self
-                    .store
-                    .get_policy(&registration.policy)
-                    .await?
-                    .ok_or_else(|| {
-                        ProvisioningError::PolicyNotFound(registration.policy.clone())
-                    })?;
+                let spec = self.spec_of(&registration.policy).await?;
                 let name = match &registration.device {
                     Some(name) if named => name.clone(),
-                    _ => generated_name(&policy.name),
+                    _ => generated_name(&registration.policy),
                 };
                 registration.device = Some(name.clone());
                 Some(ProvisionedDevice {
                     name,
-                    labels: policy.spec.template.metadata.labels.clone(),
-                    spec: template_spec(&policy.spec)?,
+                    labels: spec.template.metadata.labels.clone(),
+                    spec: template_spec(&spec)?,
                 })
             } else {
                 None
@@ -486,7 +486,10 @@ impl Provisioning {
                 reason: registration.reason,
             }),
             (RegistrationState::Approved | RegistrationState::Registered, Some(device)) => {
-                if self.store.get_device(device).await?.is_none() {
+                // A device of that name made since by hand (or by another
+                // policy) is not the one this registration became.
+                let device_now = self.store.get_device(device).await?;
+                if !made_by(device_now.as_ref(), &registration.policy) {
                     return Err(ProvisioningError::DeviceGone(device.clone()));
                 }
                 let enrolled = self
@@ -529,17 +532,16 @@ impl Provisioning {
         by: &str,
     ) -> Result<Approval, ProvisioningError> {
         let registration = self.pending(id).await?;
-        let policy = self
-            .store
-            .get_policy(&registration.policy)
-            .await?
-            .ok_or_else(|| ProvisioningError::PolicyNotFound(registration.policy.clone()))?;
-        let fields = identity_fields(&policy.spec)?;
+        let spec = self.spec_of(&registration.policy).await?;
+        let fields = identity_fields(&spec)?;
         let identity_key = provisioning::identity_key(&fields, &registration.facts)
             .map_err(ProvisioningError::InvalidRegistration)?;
         let now = Utc::now();
         let reuse = match &registration.device {
-            Some(device) => self.store.get_device(device).await?.is_some(),
+            Some(device) => made_by(
+                self.store.get_device(device).await?.as_ref(),
+                &registration.policy,
+            ),
             None => false,
         };
         let mut approved = RegistrationRecord {
@@ -675,11 +677,25 @@ pub async fn refresh_identity(
         return Ok(());
     };
     match provisioning::identity_key(&fields, facts) {
-        Ok(Some(key)) => store.set_device_identity(&policy, &key, device).await,
+        Ok(Some(key)) => {
+            // Every connect reports: a read, and a write only when the
+            // hardware changed, so that a fleet reconnecting at once does
+            // not rewrite every identity.
+            if store.device_of_identity(&policy, &key).await?.as_ref() == Some(device) {
+                return Ok(());
+            }
+            store.set_device_identity(&policy, &key, device).await
+        }
         // No identity field reported, or a value too long to be one: the
         // device keeps the identity it had.
         Ok(None) | Err(_) => Ok(()),
     }
+}
+
+/// Whether `device` is there and was made by `policy`: a registration
+/// gets no other device, not even one given its name after it was deleted.
+fn made_by(device: Option<&DeviceRecord>, policy: &str) -> bool {
+    device.is_some_and(|device| device.policy.as_deref() == Some(policy))
 }
 
 fn identity_fields(spec: &PolicySpec) -> Result<Vec<IdentityField>, ProvisioningError> {
@@ -749,6 +765,30 @@ mod tests {
             decide_new(Manual, None),
             NewRegistration::Ask { matched: None }
         );
+    }
+
+    #[test]
+    fn a_registration_gets_only_a_device_its_policy_made() {
+        let mut record = DeviceRecord {
+            name: device("kiosk-3"),
+            labels: Default::default(),
+            presence: tether_proto::Presence::Offline,
+            certificate_serial: None,
+            last_seen: None,
+            agent_version: None,
+            capabilities: Vec::new(),
+            boot_id: None,
+            display_name: None,
+            policy: Some("lab".into()),
+            status_seq: 0,
+            created_at: Utc::now(),
+        };
+        assert!(made_by(Some(&record), "lab"));
+        assert!(!made_by(None, "lab"), "deleted");
+        assert!(!made_by(Some(&record), "shop"), "another policy's");
+        // Deleted and added again by hand under the same name.
+        record.policy = None;
+        assert!(!made_by(Some(&record), "lab"));
     }
 
     #[test]

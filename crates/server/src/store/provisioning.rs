@@ -191,6 +191,19 @@ impl Store {
         row.as_ref().map(policy_from_row).transpose()
     }
 
+    /// A policy's spec alone: one read by key, where [`Self::get_policy`]
+    /// also counts its devices and pending requests.
+    pub async fn get_policy_spec(&self, name: &str) -> Result<Option<PolicySpec>, StoreError> {
+        let spec: Option<String> =
+            sqlx::query_scalar("SELECT spec FROM provisioning_policies WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(query_error("read a provisioning policy"))?;
+        spec.map(|spec| from_json(&spec, &format!("policy {name}")))
+            .transpose()
+    }
+
     /// Policies by name: at most `limit` after `after`.
     pub async fn list_policies(
         &self,
@@ -210,19 +223,28 @@ impl Store {
     }
 
     /// Deletes a policy with its keys, registrations and identities; its
-    /// devices stay. `NotFound` if there is none.
+    /// devices stay, no longer the policy's: a new policy of the same name
+    /// must not inherit them (count them, record their identities, let its
+    /// keys take them over). `NotFound` if there is none.
     pub async fn delete_policy(&self, name: &str) -> Result<(), StoreError> {
+        let context = "delete a provisioning policy";
+        let mut tx = self.begin(context).await?;
+        sqlx::query("UPDATE devices SET policy = NULL WHERE policy = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(context))?;
         let deleted = sqlx::query("DELETE FROM provisioning_policies WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
-            .map_err(query_error("delete a provisioning policy"))?;
+            .map_err(query_error(context))?;
         if deleted.rows_affected() == 0 {
             return Err(StoreError::NotFound {
                 what: format!("policy {name}"),
             });
         }
-        Ok(())
+        tx.commit().await.map_err(query_error(context))
     }
 
     /// `NotFound` if the key's policy does not exist.
@@ -577,6 +599,134 @@ async fn put_identity(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tether_proto::provisioning::{DeviceTemplate, ProvisioningMode};
+
+    fn unattended() -> PolicySpec {
+        PolicySpec {
+            mode: ProvisioningMode::Unattended,
+            identity_field_paths: vec!["status.facts.hardwareSerial".into()],
+            template: DeviceTemplate::default(),
+        }
+    }
+
+    /// Registers a new device `name` under `policy` with `identity`.
+    async fn provision(store: &Store, policy: &str, name: &str, identity: &str) -> DeviceId {
+        let now = Utc::now();
+        let device = DeviceId::new(name).expect("valid name");
+        let write = RegistrationWrite {
+            registration: RegistrationRecord {
+                id: format!("r-{name}"),
+                policy: policy.into(),
+                public_key_sha256: format!("key-{name}"),
+                facts: Facts::default(),
+                state: RegistrationState::Registered,
+                device: Some(device.clone()),
+                created_at: now,
+                decided_at: None,
+                decided_by: None,
+                reason: None,
+            },
+            expected_state: None,
+            new_device: Some(ProvisionedDevice {
+                name: device.clone(),
+                labels: Labels::default(),
+                spec: DeviceSpec::new(),
+            }),
+            identity_key: Some(identity.into()),
+        };
+        store
+            .write_registration(&write, now)
+            .await
+            .expect("registered");
+        device
+    }
+
+    fn serial(serial: &str) -> (Facts, String) {
+        let facts = Facts {
+            hardware_serial: Some(serial.into()),
+            ..Facts::default()
+        };
+        let fields = [tether_proto::provisioning::IdentityField::HardwareSerial];
+        let key = tether_proto::provisioning::identity_key(&fields, &facts)
+            .expect("short")
+            .expect("not blank");
+        (facts, key)
+    }
+
+    #[tokio::test]
+    async fn a_status_report_moves_an_identity_only_when_the_hardware_changed() {
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        store
+            .insert_policy("lab", &unattended(), Utc::now())
+            .await
+            .expect("policy");
+        let (facts_a, a) = serial("SN-A");
+        let (_, b) = serial("SN-B");
+        let first = provision(&store, "lab", "lab-1", &a).await;
+        let second = provision(&store, "lab", "lab-2", &b).await;
+        let holder = |key: String| {
+            let store = store.clone();
+            async move { store.device_of_identity("lab", &key).await.expect("reads") }
+        };
+
+        // The same hardware reporting again changes nothing.
+        crate::provisioning::refresh_identity(&store, &first, &facts_a)
+            .await
+            .expect("refreshed");
+        assert_eq!(holder(a.clone()).await, Some(first.clone()));
+
+        // lab-2's media now runs on lab-1's hardware: the newest report wins.
+        crate::provisioning::refresh_identity(&store, &second, &facts_a)
+            .await
+            .expect("refreshed");
+        assert_eq!(holder(a).await, Some(second));
+        assert_eq!(holder(b).await, None, "lab-2's old hardware is no one's");
+    }
+
+    #[tokio::test]
+    async fn a_new_policy_of_a_deleted_ones_name_inherits_none_of_its_devices() {
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        store
+            .insert_policy("lab", &unattended(), Utc::now())
+            .await
+            .expect("policy");
+        assert_eq!(
+            store.get_policy_spec("lab").await.expect("reads"),
+            Some(unattended())
+        );
+        let device = provision(&store, "lab", "lab-1", "serial=A").await;
+        assert!(
+            store
+                .policy_of_device(&device)
+                .await
+                .expect("reads")
+                .is_some()
+        );
+
+        store.delete_policy("lab").await.expect("deleted");
+        store
+            .insert_policy("lab", &unattended(), Utc::now())
+            .await
+            .expect("the name again");
+
+        // Its status reports no longer record identities under the new
+        // policy, whose keys could then take the device over.
+        assert_eq!(store.policy_of_device(&device).await.expect("reads"), None);
+        let policy = store
+            .get_policy("lab")
+            .await
+            .expect("reads")
+            .expect("there");
+        assert_eq!(policy.devices, 0, "the old policy's device is not counted");
+        assert!(
+            store.get_device(&device).await.expect("reads").is_some(),
+            "the device stays"
+        );
+        assert!(matches!(
+            store.delete_policy("nope").await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
 
     #[test]
     fn every_state_has_a_stored_name() {
