@@ -388,6 +388,22 @@ async fn wait_serial(admin: &ApiClient, device: &str, serial: &str) -> anyhow::R
     .await
 }
 
+/// The id of the oldest registration waiting for approval, once there is one.
+async fn pending_approval(admin: &ApiClient) -> anyhow::Result<String> {
+    tether_testkit::wait_until(
+        "a pending approval",
+        std::time::Duration::from_secs(30),
+        || async move {
+            let page = admin
+                .get("/api/v1/approvals?state=pending")
+                .await?
+                .expect_status(200)?;
+            Ok(page["items"][0]["id"].as_str().map(str::to_owned))
+        },
+    )
+    .await
+}
+
 /// Seed 004's hardware-failure section with real agents: the state dir is
 /// the boot media, the facts file the hardware.
 #[tokio::test]
@@ -517,21 +533,7 @@ async fn an_agent_waits_for_approval_and_a_denied_one_stops_with_the_reason() ->
         &pairs(&machine_env(files.path(), &key, "GW-1")?),
     )?;
     wanted.start()?;
-    let approval = tether_testkit::wait_until(
-        "a pending approval",
-        std::time::Duration::from_secs(30),
-        || {
-            let admin = admin.clone();
-            async move {
-                let page = admin
-                    .get("/api/v1/approvals?state=pending")
-                    .await?
-                    .expect_status(200)?;
-                Ok(page["items"][0]["id"].as_str().map(str::to_owned))
-            }
-        },
-    )
-    .await?;
+    let approval = pending_approval(&admin).await?;
     let waiting = format!("waiting for approval {approval}");
     tether_testkit::wait_until(
         "the agent to say it waits",
@@ -573,21 +575,7 @@ async fn an_agent_waits_for_approval_and_a_denied_one_stops_with_the_reason() ->
         &pairs(&machine_env(files.path(), &key, "GW-666")?),
     )?;
     unwanted.start()?;
-    let approval = tether_testkit::wait_until(
-        "a second pending approval",
-        std::time::Duration::from_secs(30),
-        || {
-            let admin = admin.clone();
-            async move {
-                let page = admin
-                    .get("/api/v1/approvals?state=pending")
-                    .await?
-                    .expect_status(200)?;
-                Ok(page["items"][0]["id"].as_str().map(str::to_owned))
-            }
-        },
-    )
-    .await?;
+    let approval = pending_approval(&admin).await?;
     admin
         .post(
             &format!("/api/v1/approvals/{approval}/deny"),
