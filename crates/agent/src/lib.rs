@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod dedupe;
+pub mod deployments;
 pub mod endpoints;
 pub mod enroll;
 pub mod kubernetes;

@@ -462,6 +462,7 @@ pub async fn run(
         publisher.clone(),
     ));
 
+    let deployments = publisher.status.deployments.subscribe();
     let mut session = Session {
         eventloop,
         publisher,
@@ -473,6 +474,7 @@ pub async fn run(
         connected_at: None,
         clock,
         renewed,
+        deployments,
     };
     session.serve(shutdown).await;
     // Stop the worker before the goodbye: its abort drops the stats sampler,
@@ -554,6 +556,8 @@ struct Session {
     clock: Arc<ServerClock>,
     /// Renewed credentials; the next connection uses them.
     renewed: watch::Receiver<Credentials>,
+    /// Wakes when a deployment's state changes, to report it.
+    deployments: watch::Receiver<crate::deployments::PartReports>,
 }
 
 impl Session {
@@ -574,6 +578,15 @@ impl Session {
                 () = &mut shutdown => return,
                 Ok(()) = self.renewed.changed() => {
                     self.reconnect_with_renewed_credentials();
+                    continue;
+                }
+                Ok(()) = self.deployments.changed() => {
+                    // Offline, the next birth reports it.
+                    if *self.publisher.online.borrow()
+                        && let Err(e) = self.publisher.try_publish_reported()
+                    {
+                        tracing::warn!("{e}; the next birth reports the deployments");
+                    }
                     continue;
                 }
                 polled = self.eventloop.poll() => polled,

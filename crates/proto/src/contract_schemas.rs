@@ -300,6 +300,15 @@ fn the_agents_report_conforms_to_the_reported_schema() {
                 server: Some("https://127.0.0.1:6443".into()),
             }),
         },
+        deployments: [(
+            "web".to_owned(),
+            crate::desired::DeploymentStatus {
+                version: "3-9f2c".into(),
+                state: crate::desired::DeploymentState::Failed,
+                reason: Some("process web exited with status 1, 5 times".into()),
+            },
+        )]
+        .into(),
     };
     assert_conforms("reported", &serde_json::to_value(&reported).expect("JSON"));
     assert!(!refused("reported", &json!({"specVersion": 0})));

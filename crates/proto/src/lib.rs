@@ -10,6 +10,7 @@ pub mod api;
 pub mod ca;
 pub mod catalogue;
 pub mod certificate;
+pub mod desired;
 pub mod device;
 pub mod kubeconfig;
 pub mod labels;

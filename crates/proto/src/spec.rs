@@ -19,11 +19,12 @@ pub type DeviceSpec = Map<String, Value>;
 
 /// The sections a spec may have today. A capability that needs another
 /// (deployments, provisioning) adds it here with its rules.
-pub const SECTIONS: [&str; 4] = [
+pub const SECTIONS: [&str; 5] = [
     LoggingConfig::NAME,
     MetricsConfig::NAME,
     Budgets::NAME,
     ActionSet::NAME,
+    crate::desired::SECTION,
 ];
 
 /// Largest spec tetherd stores and sends, as JSON.
@@ -230,6 +231,9 @@ pub fn validate(spec: &Value) -> Result<(), SpecError> {
 /// Checks one section by name.
 pub fn validate_section(name: &str, section: &Value) -> Result<(), SpecError> {
     let path = format!("spec.{name}");
+    if name == crate::desired::SECTION {
+        return crate::desired::validate(&path, section);
+    }
     let fields = match name {
         LoggingConfig::NAME => &["enableJournalExport", "priority", "units"][..],
         MetricsConfig::NAME => &["intervalSeconds"][..],
@@ -394,6 +398,10 @@ pub struct ReportedStatus {
     pub errors: Vec<SpecError>,
     #[serde(default)]
     pub facts: Facts,
+    /// Each deployment of the spec's `deployments` section: the version
+    /// it is about and how it is doing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deployments: BTreeMap<String, crate::desired::DeploymentStatus>,
 }
 
 impl ReportedStatus {
@@ -412,6 +420,18 @@ impl ReportedStatus {
                 "an error",
                 error.path.len() + error.message.len(),
                 Self::MAX_ERROR_BYTES,
+            )?;
+        }
+        limits::check(
+            "deployments (entries)",
+            self.deployments.len(),
+            crate::desired::MAX_DEPLOYMENTS,
+        )?;
+        for (name, status) in &self.deployments {
+            limits::check(
+                "a deployment's status",
+                name.len() + status.version.len() + status.reason.as_ref().map_or(0, String::len),
+                crate::desired::DeploymentStatus::MAX_REASON_BYTES + 256,
             )?;
         }
         self.facts.check_limits()
@@ -540,7 +560,8 @@ mod tests {
     fn each_refusal_names_the_field_by_its_path() {
         let cases = [
             (json!([]), "spec"),
-            (json!({"deployments": {}}), "spec.deployments"),
+            (json!({"provisioning": {}}), "spec.provisioning"),
+            (json!({"deployments": []}), "spec.deployments"),
             (json!({"loggingConfig": 3}), "spec.loggingConfig"),
             (
                 json!({"loggingConfig": {"priority": 8}}),
@@ -752,6 +773,7 @@ mod tests {
                 }),
                 ..Facts::default()
             },
+            deployments: BTreeMap::new(),
         };
         let json = serde_json::to_value(&status).expect("json");
         assert_eq!(json["specVersion"], 2);

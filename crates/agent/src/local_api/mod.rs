@@ -662,7 +662,7 @@ mod tests {
             version: 3,
             spec: serde_json::json!({
                 "metricsConfig": {"intervalSeconds": 5},
-                "deployments": {},
+                "firmware": {},
             })
             .as_object()
             .cloned()
@@ -676,7 +676,7 @@ mod tests {
         assert_eq!(body["spec"]["metricsConfig"]["intervalSeconds"], 5);
         let (_, body) = get(socket, "/v1/status").await;
         assert_eq!(body["specVersion"], 3);
-        assert_eq!(body["errors"][0]["path"], "spec.deployments", "{body}");
+        assert_eq!(body["errors"][0]["path"], "spec.firmware", "{body}");
         assert_eq!(
             body,
             serde_json::to_value(api.status.report()).expect("json"),

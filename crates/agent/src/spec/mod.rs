@@ -9,17 +9,20 @@
 
 pub mod facts;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tether_proto::desired::{self, Deployments};
 use tether_proto::spec::{
     self, Budgets, DeviceSpec, Facts, LoggingConfig, MetricsConfig, ReportedStatus, SpecError,
     SpecMessage,
 };
 use tokio::sync::watch;
 
+use crate::deployments::{self, DeploymentReports};
 use crate::state::write_atomic;
 
 /// Where the last applied spec is kept in the state directory.
@@ -39,6 +42,9 @@ pub struct AppliedSpec {
     pub logging: LoggingConfig,
     pub metrics: MetricsConfig,
     pub budgets: Budgets,
+    /// What the device should run; its parts reconcile to it.
+    #[serde(default)]
+    pub deployments: Deployments,
     /// The sections of that version the agent could not apply.
     pub errors: Vec<SpecError>,
 }
@@ -87,6 +93,11 @@ pub fn apply(previous: &AppliedSpec, message: &SpecMessage) -> AppliedSpec {
         budgets = typed(Budgets::NAME, section)?;
         Ok(())
     });
+    let mut deployments = Deployments::new();
+    take(desired::SECTION, &mut |section| {
+        deployments = typed(desired::SECTION, section)?;
+        Ok(())
+    });
     let failed = |name: &str| {
         applied.errors.iter().any(|e| {
             e.path == format!("spec.{name}") || e.path.starts_with(&format!("spec.{name}."))
@@ -100,6 +111,9 @@ pub fn apply(previous: &AppliedSpec, message: &SpecMessage) -> AppliedSpec {
     }
     if !failed(Budgets::NAME) {
         applied.budgets = budgets;
+    }
+    if !failed(desired::SECTION) {
+        applied.deployments = deployments;
     }
     applied
 }
@@ -159,11 +173,13 @@ pub fn report(
     applied: &AppliedSpec,
     unapplied: Option<&SpecError>,
     facts: &Facts,
+    deployments: BTreeMap<String, desired::DeploymentStatus>,
 ) -> ReportedStatus {
     ReportedStatus {
         spec_version: applied.version,
         errors: applied.errors.iter().chain(unapplied).cloned().collect(),
         facts: facts.clone(),
+        deployments,
     }
 }
 
@@ -177,6 +193,8 @@ pub struct StatusSource {
     /// Why the last spec message could not be applied at all; reported
     /// until a spec message applies.
     unapplied: watch::Sender<Option<SpecError>>,
+    /// How each deployment is doing, as the parts running them report it.
+    pub deployments: DeploymentReports,
 }
 
 impl StatusSource {
@@ -185,6 +203,7 @@ impl StatusSource {
             spec,
             facts: Arc::new(facts),
             unapplied: watch::channel(None).0,
+            deployments: DeploymentReports::default(),
         }
     }
 
@@ -199,6 +218,7 @@ impl StatusSource {
             applied: self.spec.subscribe(),
             unapplied: self.unapplied.subscribe(),
             facts: self.facts.clone(),
+            deployments: self.deployments.subscribe(),
         }
     }
 
@@ -242,13 +262,20 @@ pub struct StatusView {
     applied: watch::Receiver<AppliedSpec>,
     unapplied: watch::Receiver<Option<SpecError>>,
     facts: Arc<Facts>,
+    deployments: watch::Receiver<deployments::PartReports>,
 }
 
 impl StatusView {
     /// What the agent reports now (or would, offline).
     pub fn report(&self) -> ReportedStatus {
         let unapplied = self.unapplied.borrow().clone();
-        report(&self.applied.borrow(), unapplied.as_ref(), &self.facts)
+        let deployments = deployments::merged(&self.deployments.borrow());
+        report(
+            &self.applied.borrow(),
+            unapplied.as_ref(),
+            &self.facts,
+            deployments,
+        )
     }
 
     /// The spec applied last.
@@ -378,7 +405,7 @@ mod tests {
                 json!({
                     "loggingConfig": {"priority": 5, "units": ["ssh.service", "not a unit!"]},
                     "metricsConfig": {"intervalSeconds": 9},
-                    "deployments": {},
+                    "firmware": {},
                 }),
             ),
         );
@@ -392,7 +419,7 @@ mod tests {
             "the other sections apply"
         );
         let paths: Vec<&str> = second.errors.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["spec.deployments", "spec.loggingConfig.units[1]"]);
+        assert_eq!(paths, ["spec.firmware", "spec.loggingConfig.units[1]"]);
         assert!(second.errors[1].message.contains("not a systemd unit name"));
     }
 
