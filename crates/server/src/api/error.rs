@@ -133,6 +133,9 @@ impl From<ProvisioningError> for ApiError {
                 Self::new(StatusCode::FORBIDDEN, "registration_denied", message)
             }
             ProvisioningError::DeviceGone(_) => Self::new(StatusCode::GONE, "device_gone", message),
+            ProvisioningError::Superseded(_) => {
+                Self::new(StatusCode::GONE, "registration_superseded", message)
+            }
             ProvisioningError::Registry(error) => error.into(),
             ProvisioningError::Store(error) => error.into(),
         }

@@ -68,6 +68,10 @@ pub enum ProvisioningError {
         "device {0}, which this registration became, was deleted; register with a new key pair (an empty state dir)"
     )]
     DeviceGone(DeviceId),
+    #[error(
+        "device {0} no longer holds the certificate this key pair obtained: it was revoked, or the device registered again from other media; this key pair cannot take the device back. Register with a new key pair (an empty state dir)"
+    )]
+    Superseded(DeviceId),
     #[error("key {key} of policy {policy} not found")]
     KeyNotFound { policy: String, key: String },
     #[error(transparent)]
@@ -382,12 +386,15 @@ impl Provisioning {
             policy: policy.to_owned(),
             public_key_sha256: public_key_sha256.to_owned(),
             facts: facts.clone(),
-            state: RegistrationState::Registered,
+            // Approved by the policy: the answer issues the certificate
+            // and records it, as for one a person approved.
+            state: RegistrationState::Approved,
             device: None,
             created_at: now,
-            decided_at: None,
-            decided_by: None,
+            decided_at: Some(now),
+            decided_by: Some(format!("policy {policy}")),
             reason: None,
+            certificate_serial: None,
         };
         match decide_new(spec.mode, matched) {
             NewRegistration::Reuse(device) => {
@@ -402,6 +409,8 @@ impl Provisioning {
             }
             NewRegistration::Ask { matched } => {
                 registration.state = RegistrationState::Pending;
+                registration.decided_at = None;
+                registration.decided_by = None;
                 registration.device = matched;
                 tracing::info!(policy, approval = %registration.id, "registration waits for approval");
                 self.write(registration, None, false, None, now).await
@@ -492,29 +501,35 @@ impl Provisioning {
                 if !made_by(device_now.as_ref(), &registration.policy) {
                     return Err(ProvisioningError::DeviceGone(device.clone()));
                 }
-                let enrolled = self
+                // Asking again is how a device recovers an answer it lost,
+                // but only while the certificate it got is still the
+                // device's: old media, or a revoked device, stay out.
+                if registration.state == RegistrationState::Registered
+                    && device_now.and_then(|d| d.certificate_serial)
+                        != registration.certificate_serial
+                {
+                    return Err(ProvisioningError::Superseded(device.clone()));
+                }
+                let issued = self
                     .registry
                     .issue_certificate(device, csr_pem, endpoints)
                     .await?;
-                if registration.state == RegistrationState::Approved {
-                    let mut registered = registration.clone();
-                    registered.state = RegistrationState::Registered;
-                    match self
-                        .write(
-                            registered,
-                            Some(RegistrationState::Approved),
-                            false,
-                            None,
-                            Utc::now(),
-                        )
-                        .await
-                    {
-                        // Another request of the same device came first.
-                        Err(ProvisioningError::Store(StoreError::Conflict { .. })) | Ok(_) => {}
-                        Err(error) => return Err(error),
-                    }
+                let expected = registration.state;
+                let registered = RegistrationRecord {
+                    state: RegistrationState::Registered,
+                    certificate_serial: Some(issued.serial_hex),
+                    ..registration
+                };
+                match self
+                    .write(registered, Some(expected), false, None, Utc::now())
+                    .await
+                {
+                    // Another request of the same key pair came first; the
+                    // certificate issued last is the device's.
+                    Err(ProvisioningError::Store(StoreError::Conflict { .. })) | Ok(_) => {}
+                    Err(error) => return Err(error),
                 }
-                Ok(Registered::Enrolled(enrolled))
+                Ok(Registered::Enrolled(issued.enrollment))
             }
             (state, None) => Err(ProvisioningError::InvalidRegistration(format!(
                 "registration {} is {state:?} without a device",

@@ -110,16 +110,35 @@ async fn unattended(database: Database) -> anyhow::Result<()> {
     assert_eq!(created["specVersion"], 1);
     assert_eq!(created["spec"]["loggingConfig"]["priority"], 7);
 
-    // The same key pair asking again is the same registration.
+    // The same key pair asking again (its answer was lost) is the same
+    // registration, with a new certificate.
     let (status, again) = first.register(&anonymous, &key).await?;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["enrollment"]["device"], device.as_str());
+    assert_ne!(
+        again["enrollment"]["certificatePem"],
+        answer["enrollment"]["certificatePem"]
+    );
 
     // New media on the same hardware: a new key pair, the same serial.
     let reflashed = Hardware::new("SN-0001")?;
     let (status, reused) = reflashed.register(&anonymous, &key).await?;
     assert_eq!(status, 200, "{reused}");
     assert_eq!(reused["enrollment"]["device"], device.as_str(), "reused");
+    // The old media cannot take its device back.
+    let (status, refused) = first.register(&anonymous, &key).await?;
+    assert_eq!(status, 410, "{refused}");
+    assert_eq!(refused["error"]["code"], "registration_superseded");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("new key pair"), "{message}");
+    // Nor can the new media once its credential is revoked (a stolen
+    // device's key pair is as good as its certificate was).
+    admin
+        .post(&format!("/api/v1/devices/{device}/revoke"), json!({}))
+        .await?
+        .expect_status(204)?;
+    let (status, refused) = reflashed.register(&anonymous, &key).await?;
+    assert_eq!(status, 410, "{refused}");
 
     // Other hardware is another device.
     let (status, other) = Hardware::new("SN-0002")?.register(&anonymous, &key).await?;
@@ -251,6 +270,9 @@ async fn a_manual_policy_waits_for_approval_and_a_denied_device_is_told_why() ->
         .expect_status(200)?;
     let (_, registered) = reflashed.register(&anonymous, &key).await?;
     assert_eq!(registered["enrollment"]["device"], "gw-berlin");
+    // The gateway's old media is out.
+    let (status, refused) = wanted.register(&anonymous, &key).await?;
+    assert_eq!(status, 410, "{refused}");
     Ok(())
 }
 
