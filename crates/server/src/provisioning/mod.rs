@@ -696,8 +696,26 @@ pub async fn refresh_identity(
             // Every connect reports: a read, and a write only when the
             // hardware changed, so that a fleet reconnecting at once does
             // not rewrite every identity.
-            if store.device_of_identity(&policy, &key).await?.as_ref() == Some(device) {
-                return Ok(());
+            match store.device_of_identity(&policy, &key).await? {
+                Some(holder) if &holder == device => return Ok(()),
+                // A device's report is its word only: it never takes the
+                // identity of another device that still has a credential
+                // (a hostile device claiming a serial would be handed that
+                // hardware's next registration). A revoked holder's
+                // identity moves.
+                Some(holder)
+                    if store
+                        .get_device(&holder)
+                        .await?
+                        .is_some_and(|h| h.certificate_serial.is_some()) =>
+                {
+                    tracing::warn!(
+                        %device, %holder, policy,
+                        "{device} reports the identity of {holder}, which still has a credential; the identity stays with {holder} (revoke or delete {holder} if its hardware moved)"
+                    );
+                    return Ok(());
+                }
+                _ => {}
             }
             store.set_device_identity(&policy, &key, device).await
         }

@@ -426,6 +426,56 @@ async fn pending_approval(admin: &ApiClient) -> anyhow::Result<String> {
     .await
 }
 
+/// A device's report is its word only: an enrolled device claiming the
+/// serial of another device does not take that hardware's identity, so the
+/// hardware's next registration still finds its own device.
+#[tokio::test]
+async fn a_device_reporting_another_devices_serial_does_not_take_its_identity() -> anyhow::Result<()>
+{
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    let key = policy(
+        &admin,
+        "pis",
+        json!({"mode": "UNATTENDED", "identityFieldPaths": [tether_proto::provisioning::SEED_SERIAL_PATH]}),
+    )
+    .await?;
+    let (status, victim) = Hardware::new("SN-V")?.register(&anonymous, &key).await?;
+    assert_eq!(status, 200, "{victim}");
+    let victim = victim["enrollment"]["device"].clone();
+
+    let files = tempfile::tempdir()?;
+    let mut hostile = tether_testkit::Agent::unenrolled(
+        "hostile",
+        &pairs(&machine_env(files.path(), &key, "SN-H")?),
+    )?;
+    hostile.start()?;
+    let hostile_device = hostile.wait_device().await?;
+    hostile.stop().await?;
+    hostile.set_env(&pairs(&machine_env(files.path(), &key, "SN-V")?));
+    hostile.start()?;
+    wait_serial(&admin, &hostile_device, "SN-V").await?;
+    tether_testkit::wait_until(
+        "tetherd to refuse moving the identity",
+        std::time::Duration::from_secs(30),
+        || async {
+            Ok(tetherd
+                .log()
+                .contains("which still has a credential")
+                .then_some(()))
+        },
+    )
+    .await?;
+
+    // New media in the victim's hardware finds the victim's device.
+    let (status, reflashed) = Hardware::new("SN-V")?.register(&anonymous, &key).await?;
+    assert_eq!(status, 200, "{reflashed}");
+    assert_eq!(reflashed["enrollment"]["device"], victim);
+    hostile.stop().await?;
+    Ok(())
+}
+
 /// Seed 004's hardware-failure section with real agents: the state dir is
 /// the boot media, the facts file the hardware.
 #[tokio::test]
