@@ -133,6 +133,10 @@ impl From<ProvisioningError> for ApiError {
                 Self::new(StatusCode::FORBIDDEN, "registration_denied", message)
             }
             ProvisioningError::DeviceGone(_) => Self::new(StatusCode::GONE, "device_gone", message),
+            ProvisioningError::TooManyPending { .. } => Self {
+                retry_after: Some(crate::provisioning::RETRY_AFTER_SECONDS * 6),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_pending", message)
+            },
             ProvisioningError::Superseded(_) => {
                 Self::new(StatusCode::GONE, "registration_superseded", message)
             }

@@ -30,6 +30,10 @@ const MAX_KEY_FIELD_BYTES: usize = 128;
 const MAX_FACTS_BYTES: usize = 16 * 1024;
 /// How long a waiting device is told to wait before asking again.
 pub const RETRY_AFTER_SECONDS: u64 = 10;
+/// Registrations one policy keeps waiting for a decision: past it, a
+/// leaked key fills no approval queue (and no disk), and new ones are
+/// told to come back.
+pub const MAX_PENDING_PER_POLICY: u64 = 1_000;
 /// Attempts at a free generated device name.
 const NAME_ATTEMPTS: usize = 4;
 
@@ -57,6 +61,10 @@ pub enum ProvisioningError {
         approval: String,
         reason: Option<String>,
     },
+    #[error(
+        "policy {policy} has {MAX_PENDING_PER_POLICY} registrations waiting for approval, the most it keeps; approve or deny some (`tether approvals list`), or revoke a leaked key; ask again later"
+    )]
+    TooManyPending { policy: String },
     #[error("approval {0} not found")]
     ApprovalNotFound(String),
     #[error("approval {id} is {state:?}, not pending: it was decided already")]
@@ -408,6 +416,11 @@ impl Provisioning {
                     .await
             }
             NewRegistration::Ask { matched } => {
+                if self.store.count_pending(policy).await? >= MAX_PENDING_PER_POLICY {
+                    return Err(ProvisioningError::TooManyPending {
+                        policy: policy.to_owned(),
+                    });
+                }
                 registration.state = RegistrationState::Pending;
                 registration.decided_at = None;
                 registration.decided_by = None;

@@ -410,6 +410,20 @@ impl Store {
         rows.iter().map(registration_from_row).collect()
     }
 
+    /// How many registrations under `policy` wait for a decision (an
+    /// index range: `registrations_state` leads with the state).
+    pub async fn count_pending(&self, policy: &str) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS pending FROM registrations WHERE state = 'pending' AND policy = $1",
+        )
+        .bind(policy)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("count pending registrations"))?;
+        let pending: i64 = get(&row, "pending")?;
+        Ok(pending.unsigned_abs())
+    }
+
     /// The device `policy` knows by `identity_key`, if any.
     pub async fn device_of_identity(
         &self,
@@ -511,6 +525,11 @@ impl Store {
                 .map_err(|source| {
                     if violates(&source, ErrorKind::UniqueViolation) {
                         conflict()
+                    } else if violates(&source, ErrorKind::ForeignKeyViolation) {
+                        // The policy was deleted while the device registered.
+                        StoreError::NotFound {
+                            what: format!("policy {}", registration.policy),
+                        }
                     } else {
                         StoreError::Query { context, source }
                     }
@@ -631,6 +650,7 @@ mod tests {
                 decided_at: None,
                 decided_by: None,
                 reason: None,
+                certificate_serial: Some(format!("serial-{name}")),
             },
             expected_state: None,
             new_device: Some(ProvisionedDevice {

@@ -426,6 +426,52 @@ async fn pending_approval(admin: &ApiClient) -> anyhow::Result<String> {
     .await
 }
 
+/// A leaked MANUAL key fills the approval queue only up to its cap; a
+/// registration body past 32 KiB is refused before it is parsed.
+#[tokio::test]
+async fn a_policy_keeps_at_most_its_cap_of_pending_registrations() -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    let key = policy(&admin, "gateways", json!({"mode": "MANUAL"})).await?;
+    let cap = tether_server::provisioning::MAX_PENDING_PER_POLICY;
+    let statuses: Vec<u16> = futures::stream::iter(0..cap)
+        .map(|_| {
+            let (anonymous, key) = (&anonymous, &key);
+            async move {
+                let (status, _) = Hardware::new("GW")?.register(anonymous, key).await?;
+                anyhow::Ok(status)
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    assert!(statuses.iter().all(|s| *s == 202), "all wait");
+    let (status, refused) = Hardware::new("GW")?.register(&anonymous, &key).await?;
+    assert_eq!(status, 429, "{refused}");
+    assert_eq!(refused["error"]["code"], "too_many_pending");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("tether approvals list"), "{message}");
+
+    // Deciding one makes room.
+    let approval = pending_approval(&admin).await?;
+    admin
+        .post(&format!("/api/v1/approvals/{approval}/deny"), json!({}))
+        .await?
+        .expect_status(200)?;
+    let (status, waiting) = Hardware::new("GW")?.register(&anonymous, &key).await?;
+    assert_eq!(status, 202, "{waiting}");
+
+    let mut oversized = Hardware::new("GW")?.request(&key)?;
+    oversized["facts"]["cpuModel"] = json!("x".repeat(40 * 1024));
+    let reply = anonymous.post("/api/v1/register", oversized).await?;
+    assert_eq!(reply.status.as_u16(), 413, "{}", reply.body);
+    Ok(())
+}
+
 /// A device's report is its word only: an enrolled device claiming the
 /// serial of another device does not take that hardware's identity, so the
 /// hardware's next registration still finds its own device.
