@@ -11,6 +11,7 @@
 
 pub mod chart;
 pub mod process;
+pub mod resources;
 
 use std::collections::BTreeMap;
 

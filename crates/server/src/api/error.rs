@@ -104,6 +104,26 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::desired::DesiredStateError> for ApiError {
+    fn from(error: crate::desired::DesiredStateError) -> Self {
+        use crate::desired::DesiredStateError;
+        let message = error.to_string();
+        match error {
+            DesiredStateError::TemplateNotFound(_) | DesiredStateError::DeploymentNotFound(_) => {
+                Self::not_found(message)
+            }
+            DesiredStateError::Invalid(field) => Self {
+                details: serde_json::json!({ "fields": [{ "path": field.path, "message": field.message }] }),
+                ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+            },
+            DesiredStateError::Exists(_) | DesiredStateError::Conflict(_) => {
+                Self::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            DesiredStateError::Store(error) => error.into(),
+        }
+    }
+}
+
 impl From<ProvisioningError> for ApiError {
     fn from(error: ProvisioningError) -> Self {
         let message = error.to_string();

@@ -753,12 +753,11 @@ fn identity_fields(spec: &PolicySpec) -> Result<Vec<IdentityField>, Provisioning
 
 /// The template's spec, checked by the same rules as any spec update.
 fn template_spec(spec: &PolicySpec) -> Result<DeviceSpec, ProvisioningError> {
-    registry::spec::apply_update(
-        &DeviceSpec::new(),
-        &serde_json::Value::Object(spec.template.spec.clone()),
-        None,
-    )
-    .map_err(ProvisioningError::InvalidTemplateSpec)
+    let request = serde_json::Value::Object(spec.template.spec.clone());
+    let mask = registry::spec::operator_mask(&request, None)
+        .map_err(ProvisioningError::InvalidTemplateSpec)?;
+    registry::spec::apply_update(&DeviceSpec::new(), &request, Some(&mask))
+        .map_err(ProvisioningError::InvalidTemplateSpec)
 }
 
 fn to_api(record: PolicyRecord) -> Policy {

@@ -322,8 +322,9 @@ impl Registry {
         }
         validate_labels(&labels)?;
         if let Some(request) = &patch.spec {
+            let mask = spec::operator_mask(request, mask).map_err(RegistryError::InvalidSpec)?;
             self.specs
-                .update(name, request, mask.as_ref(), if_match)
+                .update(name, request, Some(&mask), if_match)
                 .await?;
         }
         if relabel {
