@@ -81,9 +81,45 @@ async fn a_join_with_the_management_shell_creates_management_pod_and_its_claim()
         .get("deployments", Some("tether-system"), "tether-agent")
         .context("the agent Deployment")?;
     let pod = &deployment["spec"]["template"]["spec"];
+    // As the cluster stored it (ADR 0028): the sessions' container from
+    // the tools image, as another user than the agent, with no token
+    // mounted (none automounted) and none of the agent's volumes but the
+    // socket's directory; the agent's container with the token.
+    let (agent_container, shell_container) = (&pod["containers"][0], &pod["containers"][1]);
+    assert_eq!(shell_container["name"], "shell");
     assert_eq!(
-        pod["containers"][0]["image"],
+        shell_container["image"],
         "registry.example/tether-agent-tools:1"
+    );
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(shell_container["securityContext"]["runAsUser"], 65533);
+    let mounts = |container: &Value| -> Vec<String> {
+        container["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| format!("{} {}", m["name"].as_str().unwrap_or_default(), m["mountPath"].as_str().unwrap_or_default()))
+            .collect()
+    };
+    assert_eq!(
+        mounts(shell_container),
+        [
+            "shell-socket /run/tether-shell",
+            "shell-state /var/lib/tether-agent-shell",
+            "work /work",
+            "login /etc/tether/management-shell",
+            "tmp /tmp",
+        ]
+    );
+    assert_eq!(
+        mounts(agent_container),
+        [
+            "state /var/lib/tether-agent",
+            "service-account /var/run/secrets/kubernetes.io/serviceaccount",
+            "enrollment /etc/tether/enrollment",
+            "shell-socket /run/tether-shell",
+        ]
     );
     assert!(
         pod["volumes"].as_array().is_some_and(|volumes| volumes.contains(
