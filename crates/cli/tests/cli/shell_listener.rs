@@ -447,7 +447,6 @@ async fn sessions_handed_to_the_shell_container_run_as_its_user_out_of_the_agent
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .uid(SHELL_USER)
         .gid(SHELL_USER)
-        .groups(&[])
         .current_dir(&shell_home)
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&shell_log).expect("a log"))
