@@ -2118,9 +2118,9 @@ async fn a_device_at_its_tunnel_limit_refuses_one_more_until_one_ends() {
 }
 
 /// A forwarded connection to a target that accepts and then neither reads
-/// nor writes ends once its client has left: the device's only slot
-/// (`--max-tunnels 1`) comes back, where before the agent kept waiting for
-/// the target's answer forever.
+/// nor writes ends once the tunnel's client (`tether forward-port`) has
+/// left: the device's only slot (`--max-tunnels 1`) comes back, where
+/// before the agent kept waiting for the target's answer forever.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forwarded_connection_to_a_stuck_target_ends_when_its_client_leaves() {
     use tokio::io::AsyncBufReadExt as _;
@@ -2168,13 +2168,13 @@ async fn a_forwarded_connection_to_a_stuck_target_ends_when_its_client_leaves() 
         "the forwarded connection holds the slot: {}",
         refused.stderr
     );
+    let _ = forward.kill().await;
     drop(client);
     tether_testkit::wait_until("a free slot again", Duration::from_secs(30), || async {
         Ok((tether.run(&["exec", "edge-1", "--", "true"]).await.code == 0).then_some(()))
     })
     .await
     .unwrap_or_else(|e| panic!("{e}: the relay did not end\n{}", agent.log()));
-    let _ = forward.kill().await;
 }
 
 /// The stock `ssh` with a config file from `tether ssh-config --embedded`,

@@ -487,7 +487,7 @@ async fn sessions_handed_to_the_shell_container_run_as_its_user_out_of_the_agent
         format!("/proc/{agent_pid}/environ"),
     ];
     let command = format!(
-        "id -u; pwd; for f in {}; do if cat \"$f\" >/dev/null 2>&1 || ls \"$f\" >/dev/null 2>&1; \
+        "id -u; pwd; for f in {}; do if cat \"$f\" >/dev/null 2>&1 || ls \"$f\"/ >/dev/null 2>&1; \
          then echo \"read $f\"; else echo \"cannot read $f\"; fi; done; \
          /usr/bin/python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); \
          s.connect(\"{socket_text}\"); print(\"socket:\", s.recv(100))'; \
