@@ -582,10 +582,11 @@ impl Config {
         let Some(path) = &self.enroll_token_file else {
             return Ok(self.enroll_token.clone());
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::EnrollTokenFile {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::EnrollTokenFile {
+                path: path.display().to_string(),
+                source,
+            })?;
         let token = text.trim_end_matches(['\n', '\r']);
         if token.is_empty() {
             return Err(ConfigError::EmptyEnrollTokenFile {

@@ -10,9 +10,8 @@ fn main() -> ExitCode {
     // files (environ, mem) are root's, and no process of its user may
     // ptrace it, so a management shell session or another program of the
     // agent's user cannot read its enrollment token or keys there.
-    let dumpable = rustix::process::set_dumpable_behavior(
-        rustix::process::DumpableBehavior::NotDumpable,
-    );
+    let dumpable =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let config = Config::parse();
     match run(config, dumpable) {
         Ok(()) => ExitCode::SUCCESS,

@@ -2151,7 +2151,9 @@ async fn a_forwarded_connection_to_a_stuck_target_ends_when_its_client_leaves() 
         .expect("tether says it listens")
         .expect("reads");
     assert!(
-        listening.as_deref().is_some_and(|l| l.starts_with("Forwarding")),
+        listening
+            .as_deref()
+            .is_some_and(|l| l.starts_with("Forwarding")),
         "{listening:?}"
     );
     let mut client = tokio::net::TcpStream::connect(("127.0.0.1", local))

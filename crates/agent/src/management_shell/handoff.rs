@@ -148,7 +148,9 @@ mod tests {
         .await
         .expect_err("refused");
         assert!(
-            error.to_string().contains("run the shell container as another user"),
+            error
+                .to_string()
+                .contains("run the shell container as another user"),
             "{error}"
         );
     }
@@ -159,12 +161,18 @@ mod tests {
         let path = dir.path().join("shell.sock");
         drop(std::os::unix::net::UnixListener::bind(&path).expect("an old socket"));
         bind(&path).expect("the stale socket replaced");
-        let mode = std::fs::metadata(&path).expect("there").permissions().mode();
+        let mode = std::fs::metadata(&path)
+            .expect("there")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o666);
         let file = dir.path().join("file");
         std::fs::write(&file, "not a socket").expect("a file");
         let error = bind(&file).expect_err("refused");
         assert!(error.to_string().contains("is not a socket"), "{error}");
-        assert_eq!(std::fs::read_to_string(&file).expect("kept"), "not a socket");
+        assert_eq!(
+            std::fs::read_to_string(&file).expect("kept"),
+            "not a socket"
+        );
     }
 }

@@ -216,10 +216,7 @@ pub async fn start_helper(
                 }
             })?;
             ours.set_nonblocking(true)?;
-            (
-                Helper(Some(child)),
-                tokio::net::UnixStream::from_std(ours)?,
-            )
+            (Helper(Some(child)), tokio::net::UnixStream::from_std(ours)?)
         }
     };
     let mut line = serde_json::to_vec(settings).map_err(std::io::Error::from)?;

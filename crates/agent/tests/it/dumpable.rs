@@ -88,13 +88,16 @@ async fn the_agents_environment_is_not_readable_by_another_process_of_its_user()
     let _ = ordinary.kill();
     let _ = ordinary.wait();
     assert!(
-        control.as_ref().is_ok_and(|env| env.contains("ORDINARY=readable")),
+        control
+            .as_ref()
+            .is_ok_and(|env| env.contains("ORDINARY=readable")),
         "{control:?}"
     );
 
     let read = read_environ_as_user(pid);
     assert!(
-        read.as_ref().is_err_and(|e| e.contains("Permission denied")),
+        read.as_ref()
+            .is_err_and(|e| e.contains("Permission denied")),
         "{read:?}"
     );
     let _ = agent.kill().await;

@@ -405,7 +405,6 @@ const SHELL_USER: u32 = 65534;
 #[tokio::test(flavor = "multi_thread")]
 async fn sessions_handed_to_the_shell_container_run_as_its_user_out_of_the_agents_reach() {
     use std::os::unix::fs::chown;
-    use std::os::unix::process::CommandExt as _;
     assert_eq!(
         std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").expect("proc")),
         0,
@@ -433,8 +432,7 @@ async fn sessions_handed_to_the_shell_container_run_as_its_user_out_of_the_agent
     let account = scratch.path().join("account");
     std::fs::create_dir(&account).expect("the account's dir");
     std::fs::write(account.join("token"), "the agent's token").expect("a token");
-    std::fs::set_permissions(&account, std::fs::Permissions::from_mode(0o700))
-        .expect("private");
+    std::fs::set_permissions(&account, std::fs::Permissions::from_mode(0o700)).expect("private");
     let shell_log = scratch.path().join("shell.log");
     let mut shell = tokio::process::Command::new(
         tether_testkit::binaries::binary("tether-agent-shell").expect("built"),
@@ -509,14 +507,15 @@ async fn sessions_handed_to_the_shell_container_run_as_its_user_out_of_the_agent
     );
     // The work dir and host key are the shell's user's, made by its
     // helper; the agent's log shows no helper of its own.
-    let owner = |path: &Path| std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(path).expect("exists"));
+    let owner = |path: &Path| {
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(path).expect("exists"))
+    };
     assert_eq!(owner(&work), SHELL_USER);
     assert_eq!(owner(&shell_home.join("host_key")), SHELL_USER);
     let shell_log = std::fs::read_to_string(&shell_log).unwrap_or_default();
     assert!(
-        shell_log.contains(&format!(
-            "uid={SHELL_USER}"
-        )) && shell_log.contains("only the agent's user (0) may start sessions"),
+        shell_log.contains(&format!("uid={SHELL_USER}"))
+            && shell_log.contains("only the agent's user (0) may start sessions"),
         "the session's own connection was refused: {shell_log}"
     );
 }

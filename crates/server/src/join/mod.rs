@@ -530,8 +530,14 @@ mod tests {
         // token, no state dir; only the socket's directory is shared.
         assert_eq!(
             shell["command"],
-            json!(["/usr/local/bin/tether-agent-shell", "serve", "--socket",
-                   "/run/tether-shell/shell.sock", "--agent-uid", "65532"])
+            json!([
+                "/usr/local/bin/tether-agent-shell",
+                "serve",
+                "--socket",
+                "/run/tether-shell/shell.sock",
+                "--agent-uid",
+                "65532"
+            ])
         );
         assert_eq!(pod["securityContext"]["runAsUser"], 65532);
         assert_eq!(shell["securityContext"]["runAsUser"], SHELL_UID);

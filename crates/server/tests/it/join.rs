@@ -99,7 +99,13 @@ async fn a_join_with_the_management_shell_creates_management_pod_and_its_claim()
             .as_array()
             .into_iter()
             .flatten()
-            .map(|m| format!("{} {}", m["name"].as_str().unwrap_or_default(), m["mountPath"].as_str().unwrap_or_default()))
+            .map(|m| {
+                format!(
+                    "{} {}",
+                    m["name"].as_str().unwrap_or_default(),
+                    m["mountPath"].as_str().unwrap_or_default()
+                )
+            })
             .collect()
     };
     assert_eq!(
