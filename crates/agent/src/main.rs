@@ -10,6 +10,9 @@ fn main() -> ExitCode {
     // files (environ, mem) are root's, and no process of its user may
     // ptrace it, so a management shell session or another program of the
     // agent's user cannot read its enrollment token or keys there.
+    // Still one thread: descriptors the agent inherited (a supervisor's,
+    // a test harness's) reach none of the commands and helpers it runs.
+    close_fds::set_fds_cloexec(3, &[]);
     let dumpable =
         rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let config = Config::parse();

@@ -2117,6 +2117,30 @@ async fn a_device_at_its_tunnel_limit_refuses_one_more_until_one_ends() {
     .expect("the slot comes back once its tunnel ended");
 }
 
+/// A command `tether exec` runs inherits no descriptor the agent got from
+/// whoever started it (here the test harness's, which the agent inherits):
+/// only its three streams, and what `ls` opens itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exec_command_inherits_no_descriptor_but_its_three_streams() {
+    let (_tetherd, tether, _admin, _agent) = online_edge_1(&[]).await;
+    let run = tether
+        .run(&[
+            "exec",
+            "edge-1",
+            "--",
+            "sh",
+            "-c",
+            "ls /proc/self/fd | sort -n | tr '\\n' ' '",
+        ])
+        .await;
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "0 1 2 3 "),
+        "{}",
+        run.stderr
+    );
+}
+
 /// A forwarded connection to a target that accepts and then neither reads
 /// nor writes ends once the tunnel's client (`tether forward-port`) has
 /// left: the device's only slot (`--max-tunnels 1`) comes back, where

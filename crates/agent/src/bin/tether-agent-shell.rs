@@ -16,6 +16,10 @@ use tether_agent::management_shell::{MAX_SETTINGS_BYTES, Settings, host_key, ser
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
 
 fn main() -> ExitCode {
+    // Before any thread: descriptors inherited from the agent's side (its
+    // supervisor's, a test harness's) beyond the connection on stdin and
+    // stdout and the log on stderr reach no session's command.
+    close_fds::set_fds_cloexec(3, &[]);
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
