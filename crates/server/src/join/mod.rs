@@ -452,7 +452,7 @@ mod tests {
     }
 
     #[test]
-    fn the_management_shell_adds_its_service_its_volume_and_the_tools_image() {
+    fn the_management_shell_adds_a_service_a_claim_and_a_shell_container_without_secrets() {
         let plain = objects(&join());
         assert!(
             !serde_json::to_string(&plain)
