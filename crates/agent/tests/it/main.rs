@@ -2,6 +2,7 @@
 //! keep link time down.
 
 mod clock;
+mod dumpable;
 mod failover;
 mod fake_kube;
 mod kubernetes;
