@@ -17,6 +17,7 @@
 pub mod file;
 pub mod filter;
 pub mod journal;
+pub mod process;
 pub mod queue;
 pub mod syslog;
 
@@ -417,6 +418,12 @@ impl Logs {
 
     pub fn positions(&self) -> Arc<Positions> {
         self.positions.clone()
+    }
+
+    /// Where other parts of the agent put log records (supervised
+    /// processes' output), through the spec's filter like the sources'.
+    pub fn sink(&self) -> Arc<Sink> {
+        self.sink.clone()
     }
 
     /// Runs the sources until `stop` resolves; then ends them, spools what
