@@ -32,6 +32,8 @@ fn environment() -> minijinja::Environment<'static> {
     // Config files are not HTML: values go in as they are.
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.set_fuel(Some(FUEL));
+    // A config file ends as its template does, final newline included.
+    env.set_keep_trailing_newline(true);
     env
 }
 
@@ -100,6 +102,11 @@ mod tests {
         assert_eq!(
             render("a.conf", "{{ values.missing | default('x') }}", &context).expect("renders"),
             "x"
+        );
+        assert_eq!(
+            render("a.conf", "a={{ values.port }}\n", &context).expect("renders"),
+            "a=8080\n",
+            "the final newline stays"
         );
         // No HTML escaping in config files.
         assert_eq!(

@@ -11,5 +11,6 @@ mod offline;
 mod restore;
 mod shell_helper;
 mod sshd;
+mod supervisor;
 mod support;
 mod third_party_device;
