@@ -1,5 +1,6 @@
 //! The device's logs: sources that turn syslog messages ([`syslog`]),
-//! journal entries ([`journal`]) and file lines ([`file`]) into log records,
+//! journal entries ([`journal`]), file lines ([`file`]) and supervised
+//! processes' output ([`process`]) into log records,
 //! filtered by the spec's `loggingConfig` ([`filter`]) into the telemetry
 //! spool, from where they reach tetherd (ADR 0013).
 //!

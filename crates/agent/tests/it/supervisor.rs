@@ -4,7 +4,7 @@
 //! set through tetherd's API, the per-deployment status read back there,
 //! and the processes' output found in the device's logs in tetherd.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
@@ -86,8 +86,15 @@ fn pid(dir: &Path, name: &str) -> Option<u32> {
         .ok()
 }
 
+/// Running, not a zombie: children of a killed agent are reaped by
+/// whoever adopts them, if anyone does.
 fn alive(pid: u32) -> bool {
-    PathBuf::from(format!("/proc/{pid}")).exists()
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("State:"))
+            .is_some_and(|state| !state.trim_start().starts_with('Z'))
+    })
 }
 
 /// Waits until `name` runs with a pid other than `old`; the new pid.
@@ -222,6 +229,20 @@ async fn processes_start_in_dependency_order_restart_after_a_kill_and_fail_at_th
     })
     .await
     .with_context(|| format!("agent log:\n{}", tail(&agent.log(), 3000)))?;
+
+    // An agent killed outright leaves its children; started again, it
+    // kills them and starts its own.
+    let worker = pid(dir, "worker").context("worker")?;
+    agent.kill();
+    ensure!(alive(worker), "worker died with the agent's SIGKILL");
+    agent.start()?;
+    let restarted = wait_new_pid(dir, "worker", Some(worker)).await?;
+    wait_until("the old worker to be gone", WAIT, || async move {
+        Ok((!alive(worker)).then_some(()))
+    })
+    .await?;
+    ensure!(alive(restarted));
+    wait_state(&admin, &agent, "app", "v1", "ready").await?;
 
     // The agent takes its children with it when it stops.
     let pids: Vec<u32> = ["db", "web", "worker"]

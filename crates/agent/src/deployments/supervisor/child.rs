@@ -88,6 +88,12 @@ pub fn spawn(
     command.envs(&spec.env);
     let mut child = command.spawn()?;
     let group = child.id().and_then(|id| Pid::from_raw(id as i32));
+    let marker = dir.join(GROUP_FILE);
+    if let Some(group) = group {
+        // Best effort: without it, only an agent killed outright leaves
+        // this child behind.
+        let _ = std::fs::write(&marker, group.as_raw_nonzero().to_string());
+    }
     let tag = ProcessTag {
         deployment: key.deployment.clone(),
         process: key.process.clone(),
@@ -127,6 +133,7 @@ pub fn spawn(
         drop(health);
         // Whatever it left behind in its group goes with it.
         signal(group, Signal::KILL);
+        let _ = std::fs::remove_file(&marker);
         let exit = match status {
             Ok(status) => describe(status),
             Err(e) => Exit {
@@ -139,6 +146,43 @@ pub fn spawn(
     Ok(Child {
         stop: Some(stop_tx),
     })
+}
+
+/// The file in a process's directory naming its running child's process
+/// group, removed when the child exits.
+pub const GROUP_FILE: &str = ".group";
+
+/// Kills the process groups an agent that was killed outright left behind
+/// under `root` (`DEPLOYMENT/PROCESS/.group`), so a restarted agent does not
+/// run them twice. A group is killed only if its leader still runs in that
+/// directory: a pid used again by something else is left alone.
+pub fn kill_leftovers(root: &Path) {
+    let Ok(deployments) = std::fs::read_dir(root) else {
+        return;
+    };
+    for dir in deployments
+        .flatten()
+        .filter_map(|d| std::fs::read_dir(d.path()).ok())
+        .flat_map(|processes| processes.flatten().map(|p| p.path()))
+    {
+        let marker = dir.join(GROUP_FILE);
+        let Some(group) = std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cwd = std::fs::read_link(format!("/proc/{group}/cwd")).ok();
+        if cwd.is_some_and(|cwd| cwd == dir) {
+            tracing::warn!(
+                dir = %dir.display(),
+                group,
+                "killing a process group left from before the agent restarted"
+            );
+            signal(Pid::from_raw(group), Signal::KILL);
+        }
+        let _ = std::fs::remove_file(&marker);
+    }
 }
 
 fn signal(group: Option<Pid>, signal: Signal) {

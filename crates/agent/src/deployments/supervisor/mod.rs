@@ -14,7 +14,8 @@
 //! Processes run in `STATE_DIR/deployments/DEPLOYMENT/PROCESS/`, their
 //! working directory, where their artifacts are. The agent stops them
 //! all when it stops; a restarted agent starts them again from the spec
-//! it applied last.
+//! it applied last, after killing what an agent killed outright left
+//! running ([`child::kill_leftovers`]).
 
 pub mod child;
 pub mod files;
@@ -144,6 +145,7 @@ async fn run(
     mut spec: watch::Receiver<AppliedSpec>,
     mut stop: oneshot::Receiver<()>,
 ) {
+    child::kill_leftovers(&parts.root);
     let (events, mut child_events) = mpsc::unbounded_channel();
     let (prepared, mut prepared_rx) = mpsc::unbounded_channel();
     let mut runtime = Runtime {
