@@ -54,16 +54,27 @@ pub fn context(device: &DeviceContext, deployment: &DeploymentSpec) -> Value {
 }
 
 /// Renders every config file of `deployment`; the first that cannot be
-/// rendered is the error, naming the file.
+/// rendered is the error, naming the file. No file may go into the
+/// agent's state directory (its key, its credentials) but under `root`,
+/// the processes' directories.
 pub fn render(
     device: &DeviceContext,
     deployment: &DeploymentSpec,
+    root: &Path,
 ) -> Result<BTreeMap<String, Rendered>, String> {
     let context = context(device, deployment);
+    let state_dir = root.parent().unwrap_or(root);
     deployment
         .config_files
         .iter()
         .map(|(name, file)| {
+            let path = Path::new(&file.path);
+            if path.starts_with(state_dir) && !path.starts_with(root) {
+                return Err(format!(
+                    "config file {name}: {} is in the agent's state directory, which holds its credentials; choose another path",
+                    file.path
+                ));
+            }
             let content = template::render(name, &file.template, &context)
                 .map_err(|e| format!("config file {name} ({}) {e}", file.path))?;
             let mode = parse_mode(&file.mode)
@@ -338,7 +349,8 @@ mod tests {
             "values": {"port": 8080},
             "labels": {"site": "north"}
         }));
-        let rendered = render(&device, &spec).expect("renders");
+        let rendered =
+            render(&device, &spec, &dir.path().join("state/deployments")).expect("renders");
         assert_eq!(rendered["conf"].content, "pump-1 north 4 8080");
         let changed = write(&rendered, &BTreeMap::new()).expect("writes");
         assert_eq!(changed, BTreeSet::from(["conf".to_owned()]));
@@ -357,9 +369,23 @@ mod tests {
 
         let mut broken = spec.clone();
         broken.config_files.get_mut("conf").expect("conf").template = "{{ values.prot }}".into();
-        let error = render(&device, &broken).expect_err("undefined");
+        let error = render(&device, &broken, dir.path()).expect_err("undefined");
         assert!(error.starts_with("config file conf ("), "{error}");
         assert!(error.contains("undefined"), "{error}");
+
+        // Not into the agent's own files.
+        let root = dir.path().join("deployments");
+        let mut key = spec.clone();
+        key.config_files.get_mut("conf").expect("conf").path =
+            dir.path().join("key.pem").display().to_string();
+        let error = render(&device, &key, &root).expect_err("the state dir");
+        assert!(error.contains("state directory"), "{error}");
+        key.config_files.get_mut("conf").expect("conf").path =
+            root.join("app/web/app.conf").display().to_string();
+        assert!(
+            render(&device, &key, &root).is_ok(),
+            "a process's own directory"
+        );
     }
 
     #[test]

@@ -249,7 +249,7 @@ impl Runtime {
         let parts = self.parts.clone();
         let done = self.prepared.clone();
         AbortOnDrop(tokio::spawn(async move {
-            let result = match files::render(&parts.device, &spec) {
+            let result = match files::render(&parts.device, &spec, &parts.root) {
                 Ok(rendered) => files::stage(&parts.artifacts, &parts.root, &name, &spec)
                     .await
                     .map(|staged| (rendered, staged)),
