@@ -18,6 +18,9 @@ use tokio::time::Instant;
 pub const STEADY_RUN: Duration = Duration::from_secs(60);
 /// Failed health checks in a row after which a healthy process is restarted.
 pub const FAILED_CHECKS: u32 = 3;
+/// The shortest pause before a restart, whatever `restartPauseSeconds`
+/// says: a program that cannot start or exits at once does not spin.
+pub const MIN_RESTART_PAUSE: Duration = Duration::from_millis(100);
 
 /// What the runtime is to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,7 +330,9 @@ impl Machine {
                         ),
                     },
                     _ => Phase::BackingOff {
-                        until: now + Duration::from_secs(process.spec.restart_pause_seconds.into()),
+                        until: now
+                            + Duration::from_secs(process.spec.restart_pause_seconds.into())
+                                .max(MIN_RESTART_PAUSE),
                         reason,
                     },
                 }
@@ -643,18 +648,21 @@ mod tests {
         );
         assert_eq!(spawns(&machine.take_commands()), ["p"]);
         let mut now = start;
+        let fail = |machine: &mut Machine, now: &mut Instant| {
+            exit(machine, "p", failure(), *now);
+            assert!(machine.take_commands().is_empty(), "a pause even at 0 s");
+            *now += MIN_RESTART_PAUSE;
+            machine.tick(*now);
+            machine.take_commands()
+        };
         for _ in 0..2 {
-            exit(&mut machine, "p", failure(), now);
-            assert_eq!(spawns(&machine.take_commands()), ["p"], "restarted");
+            assert_eq!(spawns(&fail(&mut machine, &mut now)), ["p"], "restarted");
         }
         // A long run in between: the count starts over.
         now += STEADY_RUN;
-        exit(&mut machine, "p", failure(), now);
-        assert_eq!(spawns(&machine.take_commands()), ["p"]);
-        exit(&mut machine, "p", failure(), now);
-        assert_eq!(spawns(&machine.take_commands()), ["p"]);
-        exit(&mut machine, "p", failure(), now);
-        assert!(machine.take_commands().is_empty(), "given up");
+        assert_eq!(spawns(&fail(&mut machine, &mut now)), ["p"]);
+        assert_eq!(spawns(&fail(&mut machine, &mut now)), ["p"]);
+        assert!(fail(&mut machine, &mut now).is_empty(), "given up");
         let status = machine.status("7");
         assert_eq!(status.state, DeploymentState::Failed);
         assert_eq!(
