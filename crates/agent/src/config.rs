@@ -294,6 +294,17 @@ pub struct Config {
         value_parser = clap::value_parser!(u16).range(1..)
     )]
     pub max_tunnels: u16,
+
+    /// A host supervised processes' artifacts may be downloaded from, over
+    /// HTTPS (repeat the flag for more; comma-separated in the variable)
+    /// [default: tetherd's API host]
+    #[arg(
+        long = "artifact-host",
+        env = "TETHER_AGENT_ARTIFACT_HOSTS",
+        value_name = "HOST",
+        value_delimiter = ','
+    )]
+    pub artifact_hosts: Vec<String>,
     /// The helper binary that serves the management shell's SSH
     /// connections [default: tether-agent-shell beside this executable]
     #[arg(long, env = "TETHER_AGENT_SHELL_HELPER", value_name = "PATH")]
@@ -509,6 +520,23 @@ impl Config {
             authorized_keys_file: self.shell_authorized_keys.clone(),
             password_file: self.shell_password_file.clone(),
         })
+    }
+
+    /// The hosts supervised processes' artifacts may come from: the
+    /// `--artifact-host` flags, else the host of tetherd's API (`api_url`).
+    pub fn artifact_hosts(&self, api_url: &str) -> Vec<String> {
+        let hosts = if self.artifact_hosts.is_empty() {
+            tether_proto::desired::process::https_host(api_url)
+                .map(str::to_owned)
+                .into_iter()
+                .collect()
+        } else {
+            self.artifact_hosts.clone()
+        };
+        hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect()
     }
 
     /// What tunnels may do on this device.

@@ -12,5 +12,6 @@ mod offline;
 mod restore;
 mod shell_helper;
 mod sshd;
+mod supervisor;
 mod support;
 mod third_party_device;
