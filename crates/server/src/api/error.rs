@@ -180,6 +180,9 @@ impl From<RegistryError> for ApiError {
         let message = error.to_string();
         match error {
             RegistryError::NotFound(_) => Self::not_found(message),
+            RegistryError::CertificateChanged(_) => {
+                Self::new(StatusCode::CONFLICT, "conflict", message)
+            }
             RegistryError::InvalidName(_)
             | RegistryError::InvalidSelector(_)
             | RegistryError::InvalidSummaryKey(_)

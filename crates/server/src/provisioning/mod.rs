@@ -18,7 +18,7 @@ use tether_proto::provisioning::{
 use tether_proto::spec::{DeviceSpec, Facts, SpecError};
 
 use crate::auth::{new_secret, secret_hash};
-use crate::registry::{self, Endpoints, Registry, RegistryError};
+use crate::registry::{self, Endpoints, Registry, RegistryError, Replacing};
 use crate::store::{
     DeviceRecord, PolicyRecord, ProvisionedDevice, ProvisioningKeyRecord, RegistrationRecord,
     RegistrationWrite, Store, StoreError,
@@ -122,16 +122,52 @@ pub enum NewRegistration {
     /// A new device from the template, at once.
     Create,
     /// An approval request; approving reuses `matched` if it is there.
-    Ask { matched: Option<DeviceId> },
+    /// `why`: why an unattended policy asks.
+    Ask {
+        matched: Option<DeviceId>,
+        why: Option<String>,
+    },
+}
+
+/// The device a registration's identity names, as it is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matched {
+    pub device: DeviceId,
+    /// It has a certificate: not revoked or detached.
+    pub has_credential: bool,
+    pub online: bool,
 }
 
 /// The rule of seed 004: an unattended policy registers at once, reusing
-/// the device its identity fields found; a manual one asks first.
-pub fn decide_new(mode: ProvisioningMode, matched: Option<DeviceId>) -> NewRegistration {
+/// the device its identity fields found; a manual one asks first. Taking a
+/// device over is only automatic from media that is gone: a match that is
+/// online (its media is alive: someone claims its identity) or revoked (an
+/// operator shut it out, e.g. stolen) waits for an operator even under an
+/// unattended policy.
+pub fn decide_new(mode: ProvisioningMode, matched: Option<Matched>) -> NewRegistration {
     match (mode, matched) {
-        (ProvisioningMode::Unattended, Some(device)) => NewRegistration::Reuse(device),
         (ProvisioningMode::Unattended, None) => NewRegistration::Create,
-        (ProvisioningMode::Manual, matched) => NewRegistration::Ask { matched },
+        (ProvisioningMode::Unattended, Some(m)) if m.has_credential && !m.online => {
+            NewRegistration::Reuse(m.device)
+        }
+        (ProvisioningMode::Unattended, Some(m)) => NewRegistration::Ask {
+            why: Some(if m.has_credential {
+                format!(
+                    "its identity is {}'s, which is online: approve to move {} to this hardware (its current media loses it)",
+                    m.device, m.device
+                )
+            } else {
+                format!(
+                    "its identity is {}'s, whose credential was revoked: approve to give it back",
+                    m.device
+                )
+            }),
+            matched: Some(m.device),
+        },
+        (ProvisioningMode::Manual, matched) => NewRegistration::Ask {
+            matched: matched.map(|m| m.device),
+            why: None,
+        },
     }
 }
 
@@ -385,10 +421,18 @@ impl Provisioning {
         let fields = identity_fields(spec)?;
         let identity_key = provisioning::identity_key(&fields, facts)
             .map_err(ProvisioningError::InvalidRegistration)?;
-        let matched = match &identity_key {
-            Some(key) => self.store.device_of_identity(policy, key).await?,
+        let matched_record = match &identity_key {
+            Some(key) => match self.store.device_of_identity(policy, key).await? {
+                Some(device) => self.store.get_device(&device).await?,
+                None => None,
+            },
             None => None,
         };
+        let matched = matched_record.as_ref().map(|d| Matched {
+            device: d.name.clone(),
+            has_credential: d.certificate_serial.is_some(),
+            online: d.presence == tether_proto::Presence::Online,
+        });
         let mut registration = RegistrationRecord {
             id: uuid::Uuid::now_v7().to_string(),
             policy: policy.to_owned(),
@@ -407,6 +451,7 @@ impl Provisioning {
         match decide_new(spec.mode, matched) {
             NewRegistration::Reuse(device) => {
                 tracing::info!(policy, %device, "registration reuses the device its identity names");
+                registration.certificate_serial = matched_record.and_then(|d| d.certificate_serial);
                 registration.device = Some(device);
                 self.write(registration, None, false, identity_key, now)
                     .await
@@ -415,7 +460,7 @@ impl Provisioning {
                 self.write(registration, None, true, identity_key, now)
                     .await
             }
-            NewRegistration::Ask { matched } => {
+            NewRegistration::Ask { matched, why } => {
                 if self.store.count_pending(policy).await? >= MAX_PENDING_PER_POLICY {
                     return Err(ProvisioningError::TooManyPending {
                         policy: policy.to_owned(),
@@ -424,6 +469,10 @@ impl Provisioning {
                 registration.state = RegistrationState::Pending;
                 registration.decided_at = None;
                 registration.decided_by = None;
+                if let Some(why) = &why {
+                    tracing::warn!(policy, approval = %registration.id, "registration waits for approval: {why}");
+                }
+                registration.reason = why;
                 registration.device = matched;
                 tracing::info!(policy, approval = %registration.id, "registration waits for approval");
                 self.write(registration, None, false, None, now).await
@@ -517,16 +566,26 @@ impl Provisioning {
                 // Asking again is how a device recovers an answer it lost,
                 // but only while the certificate it got is still the
                 // device's: old media, or a revoked device, stay out.
-                if registration.state == RegistrationState::Registered
-                    && device_now.and_then(|d| d.certificate_serial)
-                        != registration.certificate_serial
-                {
+                // An approval stands only while the device still has the
+                // certificate it had when approved.
+                let current = device_now.and_then(|d| d.certificate_serial);
+                let still_its = current == registration.certificate_serial
+                    && (registration.state == RegistrationState::Approved || current.is_some());
+                if !still_its {
                     return Err(ProvisioningError::Superseded(device.clone()));
                 }
+                // Only over that certificate: a revocation or another
+                // registration meanwhile wins.
                 let issued = self
                     .registry
-                    .issue_certificate(device, csr_pem, endpoints)
-                    .await?;
+                    .issue_certificate(device, csr_pem, endpoints, Replacing::Exactly(current))
+                    .await
+                    .map_err(|e| match e {
+                        RegistryError::CertificateChanged(device) => {
+                            ProvisioningError::Superseded(device)
+                        }
+                        other => other.into(),
+                    })?;
                 let expected = registration.state;
                 let registered = RegistrationRecord {
                     state: RegistrationState::Registered,
@@ -565,17 +624,18 @@ impl Provisioning {
         let identity_key = provisioning::identity_key(&fields, &registration.facts)
             .map_err(ProvisioningError::InvalidRegistration)?;
         let now = Utc::now();
-        let reuse = match &registration.device {
-            Some(device) => made_by(
-                self.store.get_device(device).await?.as_ref(),
-                &registration.policy,
-            ),
-            None => false,
+        let matched = match &registration.device {
+            Some(device) => self.store.get_device(device).await?,
+            None => None,
         };
+        let reuse = made_by(matched.as_ref(), &registration.policy);
         let mut approved = RegistrationRecord {
             state: RegistrationState::Approved,
             decided_at: Some(now),
             decided_by: Some(by.to_owned()),
+            // The certificate the device has now: revoking or replacing
+            // it before the device collects its own withdraws the approval.
+            certificate_serial: matched.filter(|_| reuse).and_then(|d| d.certificate_serial),
             ..registration
         };
         if !reuse {
@@ -795,21 +855,50 @@ mod tests {
     #[test]
     fn unattended_reuses_what_the_identity_found_and_manual_always_asks() {
         use ProvisioningMode::{Manual, Unattended};
+        let matched = |has_credential, online| Matched {
+            device: device("pi-1"),
+            has_credential,
+            online,
+        };
         assert_eq!(
-            decide_new(Unattended, Some(device("pi-1"))),
+            decide_new(Unattended, Some(matched(true, false))),
             NewRegistration::Reuse(device("pi-1"))
         );
         assert_eq!(decide_new(Unattended, None), NewRegistration::Create);
         assert_eq!(
-            decide_new(Manual, Some(device("pi-1"))),
+            decide_new(Manual, Some(matched(true, false))),
             NewRegistration::Ask {
-                matched: Some(device("pi-1"))
+                matched: Some(device("pi-1")),
+                why: None
             }
         );
         assert_eq!(
             decide_new(Manual, None),
-            NewRegistration::Ask { matched: None }
+            NewRegistration::Ask {
+                matched: None,
+                why: None
+            }
         );
+    }
+
+    #[test]
+    fn an_online_or_revoked_match_is_never_taken_over_without_an_operator() {
+        use ProvisioningMode::Unattended;
+        for (has_credential, online, says) in [(true, true, "online"), (false, false, "revoked")] {
+            let decided = decide_new(
+                Unattended,
+                Some(Matched {
+                    device: device("pi-1"),
+                    has_credential,
+                    online,
+                }),
+            );
+            let NewRegistration::Ask { matched, why } = decided else {
+                panic!("asks: {decided:?}");
+            };
+            assert_eq!(matched, Some(device("pi-1")));
+            assert!(why.is_some_and(|w| w.contains(says)));
+        }
     }
 
     #[test]

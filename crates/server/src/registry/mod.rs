@@ -39,6 +39,8 @@ pub enum RegistryError {
     InvalidName(#[from] InvalidDeviceId),
     #[error("device {0} already exists; pick another name or delete it first")]
     AlreadyExists(DeviceId),
+    #[error("device {0}'s certificate changed meanwhile (revoked or replaced); nothing was issued")]
+    CertificateChanged(DeviceId),
     #[error(transparent)]
     InvalidSelector(#[from] SelectorError),
     #[error(
@@ -431,7 +433,7 @@ impl Registry {
             .await?
             .ok_or(RegistryError::TokenRefused)?;
         let issued = self
-            .issue_certificate(&device, &request.csr_pem, endpoints)
+            .issue_certificate(&device, &request.csr_pem, endpoints, Replacing::Any)
             .await?;
         Ok(issued.enrollment)
     }
@@ -444,6 +446,7 @@ impl Registry {
         device: &DeviceId,
         csr_pem: &str,
         endpoints: &Endpoints,
+        replacing: Replacing,
     ) -> Result<IssuedCertificate, RegistryError> {
         let now = Utc::now();
         let issued = self
@@ -453,9 +456,22 @@ impl Registry {
         self.store
             .record_issued_certificate(device, &issued.serial_hex, issued.not_after)
             .await?;
-        self.store
-            .set_certificate_serial(device, &issued.serial_hex)
-            .await?;
+        match replacing {
+            Replacing::Any => {
+                self.store
+                    .set_certificate_serial(device, &issued.serial_hex)
+                    .await?;
+            }
+            Replacing::Exactly(expected) => {
+                if !self
+                    .store
+                    .replace_certificate_serial(device, expected.as_deref(), &issued.serial_hex)
+                    .await?
+                {
+                    return Err(RegistryError::CertificateChanged(device.clone()));
+                }
+            }
+        }
         // A re-enrolled device's old session holds the replaced certificate.
         self.disconnect(device);
         tracing::info!(%device, serial = %issued.serial_hex, "device certificate issued");
@@ -563,6 +579,15 @@ impl Registry {
         tracing::info!(device = %name, "device certificates revoked");
         Ok(())
     }
+}
+
+/// Which certificate a new one may replace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replacing {
+    /// Whatever the device has (an enrollment token is proof enough).
+    Any,
+    /// Only this one (`None`: none); otherwise `CertificateChanged`.
+    Exactly(Option<String>),
 }
 
 /// A certificate just issued: the answer for the device, and its serial

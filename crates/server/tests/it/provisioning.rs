@@ -139,6 +139,20 @@ async fn unattended(database: Database) -> anyhow::Result<()> {
         .expect_status(204)?;
     let (status, refused) = reflashed.register(&anonymous, &key).await?;
     assert_eq!(status, 410, "{refused}");
+    // New media in the revoked device's hardware waits for an operator,
+    // even under an unattended policy: revoked means shut out.
+    let (status, waiting) = Hardware::new("SN-0001")?.register(&anonymous, &key).await?;
+    assert_eq!(status, 202, "{waiting}");
+    let approval = waiting["approval"].as_str().context("an approval id")?;
+    let shown = admin
+        .get(&format!("/api/v1/approvals/{approval}"))
+        .await?
+        .expect_status(200)?;
+    assert_eq!(shown["device"], device.as_str(), "{shown}");
+    assert!(
+        shown.to_string().contains("was revoked"),
+        "the reason is shown: {shown}"
+    );
 
     // Other hardware is another device.
     let (status, other) = Hardware::new("SN-0002")?.register(&anonymous, &key).await?;
