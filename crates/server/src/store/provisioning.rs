@@ -601,17 +601,18 @@ async fn put_identity(
     device: &DeviceId,
 ) -> Result<(), StoreError> {
     let context = "set a device's identity";
+    sqlx::query("DELETE FROM device_identities WHERE policy = $1 AND device = $2")
+        .bind(policy)
+        .bind(device.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(query_error(context))?;
+    // An upsert: two registrations of one identity at once must not fail
+    // on the key the other just wrote.
     sqlx::query(
-        "DELETE FROM device_identities WHERE policy = $1 \
-         AND (device = $2 OR identity_key = $3)",
+        "INSERT INTO device_identities (policy, identity_key, device) VALUES ($1, $2, $3) \
+         ON CONFLICT (policy, identity_key) DO UPDATE SET device = excluded.device",
     )
-    .bind(policy)
-    .bind(device.as_str())
-    .bind(identity_key)
-    .execute(&mut **tx)
-    .await
-    .map_err(query_error(context))?;
-    sqlx::query("INSERT INTO device_identities (policy, identity_key, device) VALUES ($1, $2, $3)")
         .bind(policy)
         .bind(identity_key)
         .bind(device.as_str())
