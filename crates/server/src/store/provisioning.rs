@@ -613,12 +613,12 @@ async fn put_identity(
         "INSERT INTO device_identities (policy, identity_key, device) VALUES ($1, $2, $3) \
          ON CONFLICT (policy, identity_key) DO UPDATE SET device = excluded.device",
     )
-        .bind(policy)
-        .bind(identity_key)
-        .bind(device.as_str())
-        .execute(&mut **tx)
-        .await
-        .map_err(query_error(context))?;
+    .bind(policy)
+    .bind(identity_key)
+    .bind(device.as_str())
+    .execute(&mut **tx)
+    .await
+    .map_err(query_error(context))?;
     Ok(())
 }
 
