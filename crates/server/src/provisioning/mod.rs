@@ -574,6 +574,10 @@ impl Provisioning {
                 if !still_its {
                     return Err(ProvisioningError::Superseded(device.clone()));
                 }
+                if registration.state == RegistrationState::Registered {
+                    self.registry
+                        .admit_reissue(device, &format!("registration {}", registration.id))?;
+                }
                 // Only over that certificate: a revocation or another
                 // registration meanwhile wins.
                 let issued = self

@@ -489,6 +489,20 @@ impl Registry {
         })
     }
 
+    /// Counts a certificate obtained again by another door than renewal
+    /// (a registered key pair asking again, `who` naming it) against the
+    /// renewal limit, so one key pair cannot have thousands signed.
+    pub fn admit_reissue(&self, device: &DeviceId, who: &str) -> Result<(), RegistryError> {
+        self.renewals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(who, Utc::now())
+            .map_err(|retry_after| RegistryError::RenewalLimited {
+                device: device.clone(),
+                retry_after,
+            })
+    }
+
     /// Exchanges a device's certificate and a CSR for the same key for a new
     /// certificate. Possession of the key is the proof (the CSR is signed
     /// with it); the certificate must be one this CA issued, with a serial

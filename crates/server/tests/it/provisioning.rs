@@ -119,6 +119,14 @@ async fn unattended(database: Database) -> anyhow::Result<()> {
         again["enrollment"]["certificatePem"],
         answer["enrollment"]["certificatePem"]
     );
+    // As often as a device may renew, no more: asking again is renewing.
+    for _ in 0..4 {
+        let (status, again) = first.register(&anonymous, &key).await?;
+        assert_eq!(status, 200, "{again}");
+    }
+    let (status, limited) = first.register(&anonymous, &key).await?;
+    assert_eq!(status, 429, "{limited}");
+    assert_eq!(limited["error"]["code"], "too_many_renewals", "{limited}");
 
     // New media on the same hardware: a new key pair, the same serial.
     let reflashed = Hardware::new("SN-0001")?;
