@@ -133,6 +133,16 @@ pub async fn run(
     let log_sources = tokio::spawn(sources.run(async move {
         let _ = sources_stopped.await;
     }));
+    // Desired state runs from the start, offline too: the spec applied
+    // last is in force.
+    let _charts = kubernetes.clone().map(|cluster| {
+        AbortOnDrop(tokio::spawn(deployments::charts::run(
+            cluster,
+            config.charts(),
+            applied.subscribe(),
+            status.deployments.clone(),
+        )))
+    });
     let kubernetes = actions::Kubernetes {
         config: kubernetes,
         kubectl: config.kubectl(),

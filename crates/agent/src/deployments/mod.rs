@@ -5,6 +5,8 @@
 //! deployment into the reported status, which goes out again whenever one
 //! changes.
 
+pub mod charts;
+
 use std::collections::BTreeMap;
 
 use tether_proto::desired::DeploymentStatus;
