@@ -628,6 +628,7 @@ fn with_spec(device: Device, record: SpecRecord) -> Device {
             spec_version: status.spec_version,
             errors: status.errors,
             facts: status.facts,
+            deployments: status.deployments,
             reported_at,
         }),
         spec_in_sync: Some(in_sync),
