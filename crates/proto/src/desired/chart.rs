@@ -22,8 +22,8 @@ pub struct ChartRelease {
     /// The chart version or a semver range; the newest when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
-    /// The namespace the release goes into; the controller's default
-    /// (`default`) when absent.
+    /// The namespace the release goes into (created if missing);
+    /// `default` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// The node a pinned deployment runs on (`kubernetes.io/hostname`);
