@@ -135,13 +135,17 @@ pub async fn run(
     }));
     // Desired state runs from the start, offline too: the spec applied
     // last is in force.
-    let _charts = kubernetes.clone().map(|cluster| {
-        AbortOnDrop(tokio::spawn(deployments::charts::run(
+    let _charts = AbortOnDrop(match kubernetes.clone() {
+        Some(cluster) => tokio::spawn(deployments::charts::run(
             cluster,
             config.charts(),
             applied.subscribe(),
             status.deployments.clone(),
-        )))
+        )),
+        None => tokio::spawn(deployments::charts::refuse_without_cluster(
+            applied.subscribe(),
+            status.deployments.clone(),
+        )),
     });
     let kubernetes = actions::Kubernetes {
         config: kubernetes,

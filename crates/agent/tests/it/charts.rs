@@ -553,3 +553,38 @@ async fn service_account_token(
         .map(str::to_owned)
         .context("a token")
 }
+
+#[tokio::test]
+async fn a_device_without_a_cluster_reports_its_charts_failed() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let agent = Agent::enroll(&tetherd, &admin, "plain-charts").await?;
+    agent
+        .wait_presence(&admin, "online")
+        .await
+        .with_context(|| agent.log())?;
+    admin
+        .patch(
+            "/api/v1/devices/plain-charts?updateMask=spec.deployments",
+            json!({"spec": {"deployments": {"line-3": {"version": "1", "charts": [release("agent")]}}}}),
+        )
+        .await?
+        .expect_status(200)?;
+    let status = wait_until("the charts reported failed", WAIT, || async {
+        let device = admin
+            .get("/api/v1/devices/plain-charts")
+            .await?
+            .expect_status(200)?;
+        let status = &device["status"]["deployments"]["line-3"];
+        Ok((status["state"] == "failed").then(|| status.clone()))
+    })
+    .await
+    .with_context(|| agent.log())?;
+    ensure!(
+        status["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("this device manages no Kubernetes cluster")),
+        "{status}"
+    );
+    Ok(())
+}

@@ -16,7 +16,8 @@
 //!    more.
 //!
 //! One release's failure (an API refusal, a failed install) is that
-//! deployment's `failed` with the reason; the others go on.
+//! deployment's `failed` with the reason; the others go on. On a device
+//! that manages no cluster, a deployment with charts is `failed`, saying so.
 
 pub mod objects;
 
@@ -96,6 +97,44 @@ pub async fn run(
             () = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// On a device that manages no cluster: each deployment with charts is
+/// reported failed, saying why, until the spec drops them.
+pub async fn refuse_without_cluster(
+    mut spec: watch::Receiver<AppliedSpec>,
+    reports: DeploymentReports,
+) {
+    loop {
+        let statuses = without_cluster(&spec.borrow_and_update().deployments);
+        reports.set(Part::Charts, statuses);
+        if spec.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What [`refuse_without_cluster`] reports.
+fn without_cluster(deployments: &Deployments) -> BTreeMap<String, DeploymentStatus> {
+    deployments
+        .iter()
+        .filter(|(_, d)| !d.charts.is_empty())
+        .map(|(name, d)| {
+            let releases: Vec<(String, ReleaseState)> = d
+                .charts
+                .iter()
+                .map(|c| {
+                    (
+                        c.release.clone(),
+                        ReleaseState::failed(
+                            "this device manages no Kubernetes cluster (its agent runs without --kubernetes): Helm charts need one",
+                        ),
+                    )
+                })
+                .collect();
+            (name.clone(), objects::deployment_status(&d.version, &releases))
+        })
+        .collect()
 }
 
 struct Reconciler {
@@ -345,4 +384,40 @@ impl Reconciler {
 
 fn uid(object: &Value) -> Option<String> {
     object["metadata"]["uid"].as_str().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_proto::desired::{DeploymentSpec, DeploymentState};
+
+    #[test]
+    fn without_a_cluster_only_deployments_with_charts_fail_and_say_why() {
+        let charts = DeploymentSpec {
+            version: "2".into(),
+            charts: vec![ChartRelease {
+                release: "web".into(),
+                ..ChartRelease::default()
+            }],
+            ..DeploymentSpec::default()
+        };
+        let plain = DeploymentSpec {
+            version: "1".into(),
+            ..DeploymentSpec::default()
+        };
+        let statuses =
+            without_cluster(&[("web".to_owned(), charts), ("jobs".to_owned(), plain)].into());
+        assert_eq!(statuses.len(), 1);
+        let web = &statuses["web"];
+        assert_eq!(
+            (web.state, web.version.as_str()),
+            (DeploymentState::Failed, "2")
+        );
+        assert!(
+            web.reason.as_deref().is_some_and(
+                |r| r.starts_with("release web: this device manages no Kubernetes cluster")
+            ),
+            "{web:?}"
+        );
+    }
 }
