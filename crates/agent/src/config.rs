@@ -46,6 +46,17 @@ pub struct Config {
     )]
     pub enroll_token: Option<String>,
 
+    /// A file holding the one-time enrollment token (a mounted Secret):
+    /// unlike --enroll-token's environment variable, not readable in
+    /// /proc/PID/environ; read only when enrolling
+    #[arg(
+        long,
+        env = "TETHER_ENROLL_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "enroll_token"
+    )]
+    pub enroll_token_file: Option<PathBuf>,
+
     /// SHA-256 of tetherd's CA certificate, hex (to enroll)
     #[arg(long, env = "TETHER_CA_SHA256", value_name = "HEX")]
     pub ca_sha256: Option<String>,
@@ -305,10 +316,33 @@ pub struct Config {
         value_parser = clap::value_parser!(u16).range(1..)
     )]
     pub max_tunnels: u16,
+
+    /// A host supervised processes' artifacts may be downloaded from, over
+    /// HTTPS (repeat the flag for more; comma-separated in the variable)
+    /// [default: tetherd's API host]
+    #[arg(
+        long = "artifact-host",
+        env = "TETHER_AGENT_ARTIFACT_HOSTS",
+        value_name = "HOST",
+        value_delimiter = ','
+    )]
+    pub artifact_hosts: Vec<String>,
     /// The helper binary that serves the management shell's SSH
     /// connections [default: tether-agent-shell beside this executable]
     #[arg(long, env = "TETHER_AGENT_SHELL_HELPER", value_name = "PATH")]
     pub shell_helper: Option<PathBuf>,
+
+    /// Hand management shell connections to `tether-agent-shell serve`
+    /// listening on this Unix socket (another user's, in a cluster the
+    /// shell container: ADR 0028) instead of starting the helper here
+    #[arg(long, env = "TETHER_AGENT_SHELL_SOCKET", value_name = "PATH")]
+    pub shell_socket: Option<PathBuf>,
+
+    /// The management shell's host key, as the helper sees the path
+    /// (created on first use) [default: shell_host_key in the state
+    /// directory]
+    #[arg(long, env = "TETHER_AGENT_SHELL_HOST_KEY", value_name = "FILE")]
+    pub shell_host_key: Option<PathBuf>,
 
     /// Where management shell sessions start and HOME of their commands
     /// (created 0700 if missing; keep it on persistent storage)
@@ -374,6 +408,16 @@ pub enum ConfigError {
         "not enrolled yet and {missing} missing: to enroll, pass --server, --enroll-token and --ca-sha256 (`tether devices add NAME` prints the command); or register with --provisioning-key FILE (`tether policies keys create POLICY` makes one) or --boot-bundle DIR (the boot partition `tether os edit` wrote)"
     )]
     Enrollment { missing: String },
+    #[error("cannot read the enrollment token from {path} (--enroll-token-file)")]
+    EnrollTokenFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the enrollment token file {path} (--enroll-token-file) is empty: put the token from `tether devices add NAME` in it"
+    )]
+    EmptyEnrollTokenFile { path: String },
     #[error(transparent)]
     Provisioning(#[from] ProvisioningError),
 }
@@ -492,8 +536,12 @@ impl Config {
                 .shell_helper
                 .clone()
                 .unwrap_or_else(|| beside_this_executable(crate::management_shell::HELPER_NAME)),
+            socket: self.shell_socket.clone(),
             work_dir: self.shell_work_dir.clone(),
-            host_key: state_dir.join(crate::management_shell::HOST_KEY_FILE),
+            host_key: self
+                .shell_host_key
+                .clone()
+                .unwrap_or_else(|| state_dir.join(crate::management_shell::HOST_KEY_FILE)),
             login_timeout: std::time::Duration::from_secs(self.shell_login_timeout_seconds),
         }
     }
@@ -505,6 +553,23 @@ impl Config {
             authorized_keys_file: self.shell_authorized_keys.clone(),
             password_file: self.shell_password_file.clone(),
         })
+    }
+
+    /// The hosts supervised processes' artifacts may come from: the
+    /// `--artifact-host` flags, else the host of tetherd's API (`api_url`).
+    pub fn artifact_hosts(&self, api_url: &str) -> Vec<String> {
+        let hosts = if self.artifact_hosts.is_empty() {
+            tether_proto::desired::process::https_host(api_url)
+                .map(str::to_owned)
+                .into_iter()
+                .collect()
+        } else {
+            self.artifact_hosts.clone()
+        };
+        hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect()
     }
 
     /// What tunnels may do on this device.
@@ -522,6 +587,7 @@ impl Config {
     pub fn has_first_start_flags(&self) -> bool {
         self.server.is_some()
             || self.enroll_token.is_some()
+            || self.enroll_token_file.is_some()
             || self.ca_sha256.is_some()
             || self.provisioning_key.is_some()
             || self.boot_bundle.is_some()
@@ -531,7 +597,7 @@ impl Config {
     /// `--ca-sha256`), else `--provisioning-key`, else `--boot-bundle`;
     /// `--server` and `--ca-sha256` stand in for a key's or bundle's.
     pub fn first_start(&self) -> Result<FirstStart, ConfigError> {
-        if self.enroll_token.is_some() {
+        if self.enroll_token.is_some() || self.enroll_token_file.is_some() {
             return self.enroll_options().map(FirstStart::Enroll);
         }
         let max_wait = std::time::Duration::from_secs(self.registration_max_wait_seconds);
@@ -571,9 +637,30 @@ impl Config {
         self.enroll_options().map(FirstStart::Enroll)
     }
 
+    /// The enrollment token: --enroll-token's, or the content of
+    /// --enroll-token-file without its line end.
+    fn enroll_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.enroll_token_file else {
+            return Ok(self.enroll_token.clone());
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::EnrollTokenFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let token = text.trim_end_matches(['\n', '\r']);
+        if token.is_empty() {
+            return Err(ConfigError::EmptyEnrollTokenFile {
+                path: path.display().to_string(),
+            });
+        }
+        Ok(Some(token.to_owned()))
+    }
+
     /// The enrollment flags, all three or an error naming the missing ones.
     fn enroll_options(&self) -> Result<EnrollOptions, ConfigError> {
-        match (&self.server, &self.enroll_token, &self.ca_sha256) {
+        let token = self.enroll_token()?;
+        match (&self.server, &token, &self.ca_sha256) {
             (Some(server), Some(token), Some(ca_sha256)) => Ok(EnrollOptions {
                 server: server.clone(),
                 token: token.clone(),
@@ -582,7 +669,7 @@ impl Config {
             _ => {
                 let missing: Vec<&str> = [
                     ("--server", self.server.is_none()),
-                    ("--enroll-token", self.enroll_token.is_none()),
+                    ("--enroll-token", token.is_none()),
                     ("--ca-sha256", self.ca_sha256.is_none()),
                 ]
                 .into_iter()
@@ -725,6 +812,53 @@ mod tests {
         let key = key.to_string_lossy().into_owned();
         let boot = boot.to_string_lossy().into_owned();
         Ok((temp, key, boot))
+    }
+
+    #[test]
+    fn the_enrollment_token_may_come_from_a_file_read_when_enrolling() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("token");
+        let flags = |file: &std::path::Path| {
+            Config::try_parse_from([
+                "tether-agent",
+                "--server",
+                "https://s:8443",
+                "--ca-sha256",
+                "33",
+                "--enroll-token-file",
+                file.to_str().unwrap_or_default(),
+            ])
+        };
+        let config = flags(&file)?;
+        assert!(config.has_first_start_flags());
+        let error = config.first_start().err().map(|e| e.to_string());
+        assert_eq!(
+            error.as_deref(),
+            Some(
+                format!(
+                    "cannot read the enrollment token from {} (--enroll-token-file)",
+                    file.display()
+                )
+                .as_str()
+            )
+        );
+        std::fs::write(&file, "\n")?;
+        let error = flags(&file)?.first_start().err().map(|e| e.to_string());
+        assert!(error.is_some_and(|e| e.contains("is empty")));
+        std::fs::write(&file, "from-the-secret\n")?;
+        let Ok(FirstStart::Enroll(options)) = flags(&file)?.first_start() else {
+            panic!("enrolls");
+        };
+        assert_eq!(options.token, "from-the-secret");
+        let both = Config::try_parse_from([
+            "tether-agent",
+            "--enroll-token",
+            "t",
+            "--enroll-token-file",
+            "/f",
+        ]);
+        assert!(both.is_err(), "one or the other");
+        Ok(())
     }
 
     #[test]

@@ -122,6 +122,7 @@ pub async fn run(
     .await?;
     let follow = sources.follow();
     let positions = sources.positions();
+    let process_logs = sources.sink();
     let _flusher = AbortOnDrop(tokio::spawn(spools.clone().run_flusher()));
     let _budgets = AbortOnDrop(tokio::spawn(follow_budgets(
         applied.subscribe(),
@@ -177,6 +178,7 @@ pub async fn run(
             facts,
             identity,
             follow,
+            process_logs,
         },
         kubernetes,
         logging,
@@ -218,6 +220,8 @@ struct Spooled {
     /// What the local API tells of the device, once it has credentials.
     identity: tokio::sync::watch::Sender<Option<local_api::Identity>>,
     follow: logs::FollowHandle,
+    /// Where supervised processes' output goes.
+    process_logs: Arc<logs::Sink>,
 }
 
 /// Ends a background task with the scope that started it.
@@ -244,6 +248,7 @@ async fn serve(
         facts,
         identity,
         follow,
+        process_logs,
     } = spooled;
     tokio::pin!(shutdown);
     // In a pod the state directory may be new while the device is not.
@@ -333,6 +338,24 @@ async fn serve(
     )));
     let version = status.spec.current().version;
     tracing::info!(version, "running with spec version {version}");
+    // Supervised processes (issue 17) run from the spec applied last,
+    // whether tetherd is reachable or not.
+    let supervisor = deployments::supervisor::Supervisor::start(
+        deployments::supervisor::SupervisorParts {
+            root: state.path().join(deployments::supervisor::DEPLOYMENTS_DIR),
+            device: deployments::supervisor::files::DeviceContext {
+                name: credentials.device.to_string(),
+                facts: facts.clone(),
+            },
+            artifacts: deployments::supervisor::files::ArtifactSource {
+                allowed_hosts: config.artifact_hosts(&credentials.api_url),
+                ca_pem: credentials.ca_pem.clone(),
+            },
+            sink: process_logs,
+            reports: status.deployments.clone(),
+        },
+        status.spec.subscribe(),
+    );
     let session = session::run(
         credentials.clone(),
         &state,
@@ -349,9 +372,10 @@ async fn serve(
         renewed_rx,
         shutdown,
     );
-    tokio::select! {
-        ended = session => ended?,
-        () = renewal.run(credentials, renewed_tx) => {}
-    }
-    Ok(())
+    let ended = tokio::select! {
+        ended = session => ended,
+        () = renewal.run(credentials, renewed_tx) => Ok(()),
+    };
+    supervisor.stop().await;
+    Ok(ended?)
 }

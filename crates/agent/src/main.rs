@@ -6,8 +6,17 @@ use tether_agent::config::Config;
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
+    // Before anything secret is read: a non-dumpable process's /proc
+    // files (environ, mem) are root's, and no process of its user may
+    // ptrace it, so a management shell session or another program of the
+    // agent's user cannot read its enrollment token or keys there.
+    // Still one thread: descriptors the agent inherited (a supervisor's,
+    // a test harness's) reach none of the commands and helpers it runs.
+    close_fds::set_fds_cloexec(3, &[]);
+    let dumpable =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let config = Config::parse();
-    match run(config) {
+    match run(config, dumpable) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tether-agent: error: {e:#}");
@@ -16,7 +25,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, dumpable: rustix::io::Result<()>) -> anyhow::Result<()> {
+    dumpable.context("cannot make the agent's process non-dumpable")?;
     let logging = tether_agent::logging::init(&config.log_level)?;
     tether_agent::install_crypto_provider();
     // One thread: the agent mostly waits, and a small footprint matters on devices.

@@ -17,6 +17,10 @@ use tether_proto::api::{
     ShellPassword, SshKey,
 };
 use tether_proto::ca::CaPemError;
+use tether_proto::desired::resources::{
+    ChartTemplate, ChartTemplateSpec, CreateChartTemplate, CreateDeployment, Deployment,
+    DeploymentRollout, DeploymentSpecification,
+};
 use tether_proto::metrics::{HostMetrics, MetricRange, SeriesList};
 use tether_proto::provisioning::{
     Approval, ApproveRequest, CreateKeyRequest, CreatePolicy, DenyRequest, Policy, ProvisioningKey,
@@ -723,6 +727,95 @@ impl ApiClient {
         self.send(
             Method::DELETE,
             &["devices", device, "shell-password"],
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn create_template(
+        &self,
+        request: &CreateChartTemplate,
+    ) -> Result<ChartTemplate, ClientError> {
+        self.call(Method::POST, &["chart-templates"], Some(request))
+            .await
+    }
+
+    pub async fn update_template(
+        &self,
+        name: &str,
+        spec: &ChartTemplateSpec,
+    ) -> Result<ChartTemplate, ClientError> {
+        self.call(Method::PUT, &["chart-templates", name], Some(spec))
+            .await
+    }
+
+    pub async fn list_templates(&self) -> Result<Vec<ChartTemplate>, ClientError> {
+        self.list_all(&["chart-templates"], &[], None, PAGE_SIZE)
+            .await
+    }
+
+    pub async fn get_template(&self, name: &str) -> Result<ChartTemplate, ClientError> {
+        self.call(Method::GET, &["chart-templates", name], None::<&()>)
+            .await
+    }
+
+    pub async fn delete_template(&self, name: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::DELETE,
+            &["chart-templates", name],
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn create_deployment(
+        &self,
+        request: &CreateDeployment,
+    ) -> Result<Deployment, ClientError> {
+        self.call(Method::POST, &["deployments"], Some(request))
+            .await
+    }
+
+    pub async fn update_deployment(
+        &self,
+        name: &str,
+        spec: &DeploymentSpecification,
+    ) -> Result<Deployment, ClientError> {
+        self.call(Method::PUT, &["deployments", name], Some(spec))
+            .await
+    }
+
+    pub async fn list_deployments(&self) -> Result<Vec<Deployment>, ClientError> {
+        self.list_all(&["deployments"], &[], None, PAGE_SIZE).await
+    }
+
+    pub async fn get_deployment(&self, name: &str) -> Result<Deployment, ClientError> {
+        self.call(Method::GET, &["deployments", name], None::<&()>)
+            .await
+    }
+
+    pub async fn deployment_status(&self, name: &str) -> Result<DeploymentRollout, ClientError> {
+        self.call(Method::GET, &["deployments", name, "status"], None::<&()>)
+            .await
+    }
+
+    pub async fn resume_deployment(&self, name: &str) -> Result<Deployment, ClientError> {
+        self.call(
+            Method::POST,
+            &["deployments", name, "resume"],
+            Some(&serde_json::json!({})),
+        )
+        .await
+    }
+
+    pub async fn delete_deployment(&self, name: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::DELETE,
+            &["deployments", name],
             None::<&()>,
             REQUEST_TIMEOUT,
         )

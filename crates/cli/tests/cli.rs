@@ -2117,6 +2117,92 @@ async fn a_device_at_its_tunnel_limit_refuses_one_more_until_one_ends() {
     .expect("the slot comes back once its tunnel ended");
 }
 
+/// A command `tether exec` runs inherits no descriptor the agent got from
+/// whoever started it (here the test harness's, which the agent inherits):
+/// only its three streams, and what `ls` opens itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exec_command_inherits_no_descriptor_but_its_three_streams() {
+    let (_tetherd, tether, _admin, _agent) = online_edge_1(&[]).await;
+    let run = tether
+        .run(&[
+            "exec",
+            "edge-1",
+            "--",
+            "sh",
+            "-c",
+            "ls /proc/self/fd | sort -n | tr '\\n' ' '",
+        ])
+        .await;
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "0 1 2 3 "),
+        "{}",
+        run.stderr
+    );
+}
+
+/// A forwarded connection to a target that accepts and then neither reads
+/// nor writes ends once the tunnel's client (`tether forward-port`) has
+/// left: the device's only slot (`--max-tunnels 1`) comes back, where
+/// before the agent kept waiting for the target's answer forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forwarded_connection_to_a_stuck_target_ends_when_its_client_leaves() {
+    use tokio::io::AsyncBufReadExt as _;
+    let (_tetherd, tether, _admin, agent) =
+        online_edge_1(&[("TETHER_AGENT_MAX_TUNNELS", "1")]).await;
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let target = format!("tcp://{}/", stuck.local_addr().expect("bound"));
+    let (accepted, mut held) = tokio::sync::mpsc::unbounded_channel();
+    let _stuck = tokio::spawn(async move {
+        // Accepted and kept open, never read nor written.
+        while let Ok((stream, _)) = stuck.accept().await {
+            let _ = accepted.send(stream);
+        }
+    });
+    let local = free_port();
+    let mut forward = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["forward-port", "edge-1", &local.to_string(), &target])
+        .env("TETHER_CLI_CONFIG", tether.config())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tether starts");
+    let mut said = tokio::io::BufReader::new(forward.stderr.take().expect("piped")).lines();
+    let listening = tokio::time::timeout(Duration::from_secs(30), said.next_line())
+        .await
+        .expect("tether says it listens")
+        .expect("reads");
+    assert!(
+        listening
+            .as_deref()
+            .is_some_and(|l| l.starts_with("Forwarding")),
+        "{listening:?}"
+    );
+    let mut client = tokio::net::TcpStream::connect(("127.0.0.1", local))
+        .await
+        .expect("connects");
+    client.write_all(b"anyone there?").await.expect("writes");
+    let _target_side = tokio::time::timeout(Duration::from_secs(30), held.recv())
+        .await
+        .expect("the agent reaches the target")
+        .expect("accepted");
+    let refused = tether.run(&["exec", "edge-1", "--", "true"]).await;
+    assert!(
+        refused.stderr.contains("as many tunnels open as it allows"),
+        "the forwarded connection holds the slot: {}",
+        refused.stderr
+    );
+    let _ = forward.kill().await;
+    drop(client);
+    tether_testkit::wait_until("a free slot again", Duration::from_secs(30), || async {
+        Ok((tether.run(&["exec", "edge-1", "--", "true"]).await.code == 0).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: the relay did not end\n{}", agent.log()));
+}
+
 /// The stock `ssh` with a config file from `tether ssh-config --embedded`,
 /// `tether` found on PATH as a user's shell would, and its own
 /// `known_hosts`.

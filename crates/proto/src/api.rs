@@ -106,9 +106,9 @@ pub struct DeviceReport {
     /// Sections of it the agent could not apply, each with the reason.
     pub errors: Vec<SpecError>,
     pub facts: Facts,
-    /// How each deployment is doing on the device, by name.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub deployments: std::collections::BTreeMap<String, crate::desired::DeploymentStatus>,
+    /// How each deployment is doing on the device, as the agent reported it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deployments: BTreeMap<String, crate::desired::DeploymentStatus>,
     pub reported_at: DateTime<Utc>,
 }
 

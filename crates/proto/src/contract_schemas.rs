@@ -341,3 +341,85 @@ fn the_agents_report_conforms_to_the_reported_schema() {
     assert!(refused("reported", &json!({"errors": []})));
     assert!(refused("reported", &json!({"specVersion": -1})));
 }
+
+#[test]
+fn processes_and_config_files_conform_to_the_spec_schema() {
+    let deployments = json!({"app": {
+        "version": "v1",
+        "processes": {
+            "db": {"execCmd": "/usr/bin/db", "restartLimit": 3, "healthCheck": {"command": ["/bin/true"]}},
+            "web": {
+                "execCmd": "server",
+                "execArgs": ["--port", "8080"],
+                "env": {"MODE": "edge"},
+                "inheritEnv": true,
+                "restart": "on-failure",
+                "restartPauseSeconds": 2,
+                "dependsOn": ["db"],
+                "restartOnDependencyFail": true,
+                "noAutostart": false,
+                "healthCheck": {"httpGet": "http://127.0.0.1:8080/healthz", "intervalSeconds": 5, "timeoutSeconds": 2},
+                "startTimeoutSeconds": 20,
+                "artifacts": [{"url": "https://tetherd.example/a/server", "sha256": "a".repeat(64), "name": "server", "mode": "0750"}],
+                "configFiles": ["web-conf"]
+            }
+        },
+        "configFiles": {"web-conf": {"path": "/etc/web.conf", "mode": "0640", "template": "port={{ values.port }}"}},
+        "values": {"port": 8080},
+        "labels": {"site": "north"}
+    }});
+    assert_eq!(
+        crate::desired::validate("spec.deployments", &deployments),
+        Ok(())
+    );
+    // What the types write back validates too (defaults filled in).
+    let typed: crate::desired::Deployments =
+        serde_json::from_value(deployments.clone()).expect("typed");
+    for spec in [deployments, serde_json::to_value(&typed).expect("JSON")] {
+        assert_conforms(
+            "spec",
+            &json!({"version": 1, "spec": {"deployments": spec}}),
+        );
+    }
+    // What the agent refuses by shape, the schema refuses too.
+    for bad in [
+        json!({"execCmd": "/a", "restart": "sometimes"}),
+        json!({"execCmd": "/a", "healthCheck": {"httpGet": "http://10.0.0.1:80/"}}),
+        json!({"execCmd": "/a", "healthCheck": {}}),
+        json!({"execCmd": "x", "artifacts": [{"url": "http://h/x", "sha256": "a".repeat(64), "name": "x"}]}),
+        json!({"execCmd": "x", "artifacts": [{"url": "https://h/x", "sha256": "ABC", "name": "x"}]}),
+        json!({"execCmd": "/a", "restartLimit": 100_000}),
+        json!({"execCmd": "/a", "colour": "blue"}),
+    ] {
+        let deployments = json!({"app": {"version": "1", "processes": {"p": bad}}});
+        assert!(
+            crate::desired::validate("spec.deployments", &deployments).is_err(),
+            "{bad}"
+        );
+        assert!(
+            refused(
+                "spec",
+                &json!({"version": 1, "spec": {"deployments": deployments}})
+            ),
+            "{bad}"
+        );
+    }
+    for bad in [
+        json!({"path": "/etc/../x", "template": ""}),
+        json!({"path": "etc/x", "template": ""}),
+        json!({"path": "/etc/x", "mode": "0648", "template": ""}),
+    ] {
+        let deployments = json!({"app": {"version": "1", "configFiles": {"f": bad}}});
+        assert!(
+            crate::desired::validate("spec.deployments", &deployments).is_err(),
+            "{bad}"
+        );
+        assert!(
+            refused(
+                "spec",
+                &json!({"version": 1, "spec": {"deployments": deployments}})
+            ),
+            "{bad}"
+        );
+    }
+}

@@ -22,6 +22,7 @@ pub mod provisioning;
 pub mod redact;
 pub mod spec;
 pub mod telemetry;
+pub mod template;
 pub mod topics;
 pub mod tunnel;
 

@@ -166,8 +166,41 @@ impl IdentityField {
             Self::Mac(interface) => facts.macs.get(interface).map(String::as_str),
         }?;
         let value = value.trim();
-        (!value.is_empty()).then_some(value)
+        (!is_placeholder(value)).then_some(value)
     }
+}
+
+/// What firmware reports when nobody set the field: no identity, or every
+/// board of a batch would be one device.
+const PLACEHOLDERS: [&str; 14] = [
+    "to be filled by o.e.m.",
+    "to be filled by oem",
+    "default string",
+    "not specified",
+    "not applicable",
+    "not available",
+    "system serial number",
+    "chassis serial number",
+    "serial number",
+    "none",
+    "n/a",
+    "oem",
+    "unknown",
+    "uninitialized",
+];
+
+/// Blank, a known firmware placeholder, or one digit repeated (all zeros,
+/// all `f`s, `00:00:00:00:00:00`, `0123456789`-style counting aside).
+pub fn is_placeholder(value: &str) -> bool {
+    let value = value.trim();
+    let lower = value.to_ascii_lowercase();
+    let digits: Vec<char> = lower.chars().filter(|c| !" -:.".contains(*c)).collect();
+    value.is_empty()
+        || PLACEHOLDERS.contains(&lower.as_str())
+        || ["0123456789", "123456789", "1234567890"].contains(&lower.as_str())
+        || digits
+            .first()
+            .is_none_or(|first| matches!(first, '0' | 'f') && digits.iter().all(|c| c == first))
 }
 
 /// Checks a policy's name and identity paths; the template's labels and
@@ -402,6 +435,33 @@ pub enum BootCredential {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn firmware_placeholders_are_no_identity() {
+        for placeholder in [
+            "",
+            "  ",
+            "To Be Filled By O.E.M.",
+            "Default string",
+            "System Serial Number",
+            "N/A",
+            "00000000",
+            "0000-0000",
+            "FFFFFFFF",
+            "00:00:00:00:00:00",
+            "0123456789",
+        ] {
+            assert!(is_placeholder(placeholder), "{placeholder:?}");
+        }
+        for serial in ["10000000abcdef", "SN-0001", "PF2X8K3L", "0000001", "ff00"] {
+            assert!(!is_placeholder(serial), "{serial:?}");
+        }
+        let fields = [IdentityField::HardwareSerial];
+        assert_eq!(
+            identity_key(&fields, &facts("To Be Filled By O.E.M.")),
+            Ok(None)
+        );
+    }
 
     fn facts(serial: &str) -> Facts {
         Facts {

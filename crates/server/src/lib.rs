@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod desired;
 pub mod device_link;
 pub mod ingest;
 pub mod jobs;
@@ -247,12 +248,14 @@ pub async fn run(
         DeviceEndpoint::Embedded(..) => SessionOwner::Replica(replica),
         DeviceEndpoint::External(..) => SessionOwner::Broker,
     };
+    let desired = crate::desired::DesiredState::new(store.clone(), registry.specs().clone());
     let ingest = Arc::new(Ingest::new(
         store.clone(),
         owner,
         Handlers {
             actions: actions.clone(),
             specs: registry.specs().clone(),
+            desired: desired.clone(),
         },
         config.ingest,
         config.retention.metrics,
@@ -329,6 +332,22 @@ pub async fn run(
             }
         },
     );
+    let reconciling = desired.clone();
+    // Each run reconciles every deployment, then waits to be woken (a
+    // deployment changed, a device reported here) or for the period.
+    Singleton::spawn(
+        store.clone(),
+        &singleton_holder,
+        "desired-state",
+        std::time::Duration::from_millis(100),
+        move |now| {
+            let desired = reconciling.clone();
+            async move {
+                desired.reconcile(now).await;
+                desired.woken().await;
+            }
+        },
+    );
     let pruning = store.clone();
     let retention = config.retention.clone();
     Singleton::spawn(
@@ -354,6 +373,7 @@ pub async fn run(
     let state = Arc::new(AppState {
         logs,
         provisioning: provisioning::Provisioning::new(store.clone(), registry.clone()),
+        desired,
         store,
         auth,
         registry,

@@ -168,6 +168,7 @@ impl Agent {
             .args(["--log-level", "debug"])
             .env_remove("TETHER_SERVER")
             .env_remove("TETHER_ENROLL_TOKEN")
+            .env_remove("TETHER_ENROLL_TOKEN_FILE")
             .env_remove("TETHER_CA_SHA256")
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("cloning the log handle")?)

@@ -106,6 +106,25 @@ impl ApiClient {
         self.send(Method::PUT, path, None).await
     }
 
+    /// A PUT with a JSON body.
+    pub async fn put_json(&self, path: &str, body: Value) -> anyhow::Result<Reply> {
+        self.send(Method::PUT, path, Some(body)).await
+    }
+
+    /// A PUT with a JSON body and `If-Match: "version"`.
+    pub async fn put_if_match(
+        &self,
+        path: &str,
+        body: Value,
+        version: u64,
+    ) -> anyhow::Result<Reply> {
+        let request = self
+            .request(Method::PUT, path)
+            .header("if-match", format!("\"{version}\""))
+            .json(&body);
+        Self::reply(request).await
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<Reply> {
         self.send(Method::DELETE, path, None).await
     }

@@ -107,6 +107,14 @@ impl DeviceCredentials {
     }
 }
 
+/// What a simulated agent reports for each spec tetherd sends it (as
+/// tether-agent reports the spec it applied and its deployments' states).
+pub type SpecReporter = Arc<
+    dyn Fn(&DeviceId, &tether_proto::spec::SpecMessage) -> tether_proto::spec::ReportedStatus
+        + Send
+        + Sync,
+>;
+
 /// How a simulated agent answers actions.
 #[derive(Debug, Clone)]
 pub enum Responder {
@@ -359,6 +367,24 @@ impl SimAgent {
         credentials: &DeviceCredentials,
         responder: Responder,
     ) -> anyhow::Result<Self> {
+        Self::connect_inner(credentials, responder, None).await
+    }
+
+    /// As [`Self::connect`], also subscribed to its spec, answering each
+    /// spec with the report `reporter` makes of it.
+    pub async fn connect_reporting(
+        credentials: &DeviceCredentials,
+        responder: Responder,
+        reporter: SpecReporter,
+    ) -> anyhow::Result<Self> {
+        Self::connect_inner(credentials, responder, Some(reporter)).await
+    }
+
+    async fn connect_inner(
+        credentials: &DeviceCredentials,
+        responder: Responder,
+        reporter: Option<SpecReporter>,
+    ) -> anyhow::Result<Self> {
         crate::install_crypto_provider();
         let (host, port) = credentials.host_port()?;
         let device = credentials.device.clone();
@@ -394,8 +420,22 @@ impl SimAgent {
         options.set_network_options(network);
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         let actions_topic = DeviceTopic::new(device.clone(), TopicKind::Actions).to_string();
+        let spec_topic = DeviceTopic::new(device.clone(), TopicKind::Spec).to_string();
+        let reported_topic = DeviceTopic::new(device.clone(), TopicKind::Reported).to_string();
+        let mut filters = vec![rumqttc::v5::mqttbytes::v5::Filter::new(
+            &actions_topic,
+            QoS::AtLeastOnce,
+        )];
+        if reporter.is_some() {
+            // First, as tether-agent does: tetherd sends the spec when the
+            // actions subscription lands.
+            filters.insert(
+                0,
+                rumqttc::v5::mqttbytes::v5::Filter::new(&spec_topic, QoS::AtLeastOnce),
+            );
+        }
         client
-            .subscribe(&actions_topic, QoS::AtLeastOnce)
+            .subscribe_many(filters)
             .await
             .context("queueing the subscription")?;
         wait_for_suback(&mut eventloop).await?;
@@ -411,9 +451,31 @@ impl SimAgent {
         let (sender, received) = mpsc::unbounded_channel();
         let events_topic = DeviceTopic::new(device.clone(), TopicKind::Events).to_string();
         let answer_client = client.clone();
+        let reported_device = device.clone();
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(publish)))
+                        if publish.topic == spec_topic.as_bytes() =>
+                    {
+                        let (Some(reporter), Ok(message)) = (
+                            &reporter,
+                            serde_json::from_slice::<tether_proto::spec::SpecMessage>(
+                                &publish.payload,
+                            ),
+                        ) else {
+                            continue;
+                        };
+                        let report = reporter(&reported_device, &message);
+                        let _ = answer_client
+                            .publish(
+                                &reported_topic,
+                                QoS::AtLeastOnce,
+                                false,
+                                serde_json::to_vec(&report).unwrap_or_default(),
+                            )
+                            .await;
+                    }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
                         let Ok(request) = serde_json::from_slice::<ActionRequest>(&publish.payload)
                         else {

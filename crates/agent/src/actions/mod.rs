@@ -673,6 +673,7 @@ pub(crate) mod tests {
             tunnels: Default::default(),
             shell: crate::management_shell::ShellConfig {
                 helper: crate::management_shell::HELPER_NAME.into(),
+                socket: None,
                 work_dir: std::env::temp_dir(),
                 host_key: std::env::temp_dir().join(crate::management_shell::HOST_KEY_FILE),
                 login_timeout: std::time::Duration::from_secs(

@@ -17,7 +17,7 @@ use super::{ActionError, Answer};
 pub const BODY_LIMIT: usize = 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Debian's and Alpine's bundle; `SSL_CERT_FILE` names another.
-const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub(crate) const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The input `send-api` and `send-kubernetes-api` share (seed 000).
 #[derive(Debug, Deserialize)]

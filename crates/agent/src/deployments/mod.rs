@@ -6,6 +6,7 @@
 //! changes.
 
 pub mod charts;
+pub mod supervisor;
 
 use std::collections::BTreeMap;
 

@@ -6,7 +6,8 @@
 //! `SYSLOG_IDENTIFIER`); a syslog record's is its tag, which is usually the
 //! unit's name without `.service` (`sshd` for `sshd.service`), so a unit
 //! matches both. Files the device names with `--log-file` are kept whatever
-//! `units` says: they are no systemd unit, and were chosen on the device.
+//! `units` says: they are no systemd unit, and were chosen on the device;
+//! so are supervised processes' lines, which the spec asked for.
 
 use tether_proto::spec::LoggingConfig;
 use tether_proto::telemetry::{LogRecord, MAX_PRIORITY};
@@ -17,6 +18,8 @@ pub enum Origin {
     Journal,
     Syslog,
     File,
+    /// A supervised process's output.
+    Process,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +47,7 @@ impl Filter {
         if record.priority > self.priority {
             return false;
         }
-        if self.units.is_empty() || origin == Origin::File {
+        if self.units.is_empty() || matches!(origin, Origin::File | Origin::Process) {
             return true;
         }
         self.units.iter().any(|unit| {

@@ -1,5 +1,6 @@
 //! The device's logs: sources that turn syslog messages ([`syslog`]),
-//! journal entries ([`journal`]) and file lines ([`file`]) into log records,
+//! journal entries ([`journal`]), file lines ([`file`]) and supervised
+//! processes' output ([`process`]) into log records,
 //! filtered by the spec's `loggingConfig` ([`filter`]) into the telemetry
 //! spool, from where they reach tetherd (ADR 0013).
 //!
@@ -17,6 +18,7 @@
 pub mod file;
 pub mod filter;
 pub mod journal;
+pub mod process;
 pub mod queue;
 pub mod syslog;
 
@@ -417,6 +419,12 @@ impl Logs {
 
     pub fn positions(&self) -> Arc<Positions> {
         self.positions.clone()
+    }
+
+    /// Where other parts of the agent put log records (supervised
+    /// processes' output), through the spec's filter like the sources'.
+    pub fn sink(&self) -> Arc<Sink> {
+        self.sink.clone()
     }
 
     /// Runs the sources until `stop` resolves; then ends them, spools what

@@ -16,10 +16,11 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{Settings, ShellConfig, cluster_kubeconfig, start_helper};
@@ -181,13 +182,13 @@ fn peer_key(address: IpAddr) -> IpAddr {
 }
 
 /// One connection: the helper started for it, the bytes carried both ways
-/// until the helper's side ends. It ends when the client left (the helper
-/// reads the end of its input and ends the SSH session) and when the
-/// helper closes the connection itself (no login in time): waiting for
-/// the client to end its side too would let an idle client keep its slot.
+/// ([`relay`]) until the helper's side ends, and when the agent started
+/// the helper itself, until it exits: a helper that closed a connection
+/// itself (no login in time) frees its slot even while the client reads
+/// nothing and so holds the last bytes back.
 async fn carry(mut tcp: TcpStream, peer: SocketAddr, shell: &ShellConfig, settings: &Settings) {
     let _ = tcp.set_nodelay(true);
-    let (mut child, mut helper) = match start_helper(shell, settings).await {
+    let (mut helper, mut stream) = match start_helper(shell, settings).await {
         Ok(started) => started,
         Err(error) => {
             tracing::warn!(%peer, "{}", tether_proto::error_chain(&error));
@@ -196,41 +197,70 @@ async fn carry(mut tcp: TcpStream, peer: SocketAddr, shell: &ShellConfig, settin
     };
     tracing::info!(%peer, %settings, "management shell connection");
     {
-        let (mut from_client, mut to_client) = tcp.split();
-        let (mut from_helper, mut to_helper) = helper.split();
-        let answers = async {
-            let _ = tokio::io::copy(&mut from_helper, &mut to_client).await;
-            let _ = to_client.shutdown().await;
-        };
-        let requests = async {
-            let _ = tokio::io::copy(&mut from_client, &mut to_helper).await;
-            let _ = to_helper.shutdown().await;
-            // The helper's last answers are still on their way.
-            std::future::pending::<()>().await;
-        };
-        let carried = async {
-            tokio::select! {
-                () = answers => {}
-                () = requests => {}
-            }
-        };
-        tokio::pin!(carried);
+        let (from_client, to_client) = tcp.split();
+        let (from_helper, to_helper) = stream.split();
+        let relayed = relay(from_client, to_client, from_helper, to_helper, EXIT_GRACE);
+        tokio::pin!(relayed);
         tokio::select! {
-            () = &mut carried => {}
-            // A client that reads nothing cannot hold the connection open
-            // once the helper is gone.
-            _ = child.wait() => {
-                let _ = tokio::time::timeout(EXIT_GRACE, carried).await;
+            () = &mut relayed => {}
+            () = helper.exited() => {
+                let _ = tokio::time::timeout(EXIT_GRACE, relayed).await;
             }
         }
     }
     drop(tcp);
-    drop(helper);
-    if tokio::time::timeout(EXIT_GRACE, child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
+    drop(stream);
+    helper.finish(EXIT_GRACE).await;
+}
+
+/// Carries bytes between the client and the helper until the helper's
+/// side ends, the client's side fails (a reset), or the client has ended
+/// its side and the helper then sends nothing for `quiet`: a client that
+/// half-closed still gets the answers that keep coming, and a helper that
+/// is stuck (neither answers nor closes) cannot hold the connection after
+/// the client left.
+async fn relay(
+    mut from_client: impl AsyncRead + Unpin,
+    mut to_client: impl AsyncWrite + Unpin,
+    mut from_helper: impl AsyncRead + Unpin,
+    mut to_helper: impl AsyncWrite + Unpin,
+    quiet: Duration,
+) {
+    let answered = AtomicU64::new(0);
+    let answers = async {
+        let mut buffer = vec![0; 8192];
+        loop {
+            match from_helper.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => {
+                    if to_client.write_all(&buffer[..read]).await.is_err() {
+                        return;
+                    }
+                    answered.fetch_add(read as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        let _ = to_client.shutdown().await;
+    };
+    let requests = async {
+        if tokio::io::copy(&mut from_client, &mut to_helper)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = to_helper.shutdown().await;
+        loop {
+            let before = answered.load(Ordering::Relaxed);
+            tokio::time::sleep(quiet).await;
+            if answered.load(Ordering::Relaxed) == before {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = answers => {}
+        () = requests => {}
     }
 }
 
@@ -268,6 +298,80 @@ mod tests {
             slots.taken.lock().expect("unlocked").is_empty(),
             "every slot given back"
         );
+    }
+
+    /// Longer than any test waits: only an error may end a relay first.
+    const QUIET: Duration = Duration::from_secs(600);
+
+    /// The relay's four ends joined to a client's and a helper's stream.
+    fn relayed(
+        quiet: Duration,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (client, client_side) = tokio::io::duplex(1024);
+        let (helper_side, helper) = tokio::io::duplex(1024);
+        let (from_client, to_client) = tokio::io::split(client_side);
+        let (from_helper, to_helper) = tokio::io::split(helper_side);
+        let task = tokio::spawn(relay(from_client, to_client, from_helper, to_helper, quiet));
+        (client, helper, task)
+    }
+
+    #[tokio::test]
+    async fn the_relay_ends_once_the_client_left_though_the_helper_is_stuck() {
+        let (mut client, _stuck_helper, task) = relayed(Duration::from_millis(200));
+        client.write_all(b"SSH-2.0-x\r\n").await.expect("written");
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the relay ends")
+            .expect("joined");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reset_ends_the_relay_at_once() {
+        struct Reset;
+        impl AsyncRead for Reset {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                _: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()))
+            }
+        }
+        let (_helper_side, helper) = tokio::io::duplex(1024);
+        let (from_helper, to_helper) = tokio::io::split(helper);
+        tokio::time::timeout(
+            EXIT_GRACE,
+            relay(Reset, tokio::io::sink(), from_helper, to_helper, QUIET),
+        )
+        .await
+        .expect("ended at once, not after the quiet time");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_half_closed_gets_the_answers_that_keep_coming() {
+        let quiet = Duration::from_secs(2);
+        let (client, mut helper, task) = relayed(quiet);
+        let (mut from_relay, mut to_relay) = tokio::io::split(client);
+        to_relay.write_all(b"question").await.expect("written");
+        to_relay.shutdown().await.expect("half-closed");
+        let mut asked = Vec::new();
+        helper.read_to_end(&mut asked).await.expect("read");
+        assert_eq!(asked, b"question");
+        for answer in [&b"slow "[..], b"answers"] {
+            // Each within the quiet time of the one before.
+            tokio::time::sleep(quiet / 2).await;
+            helper.write_all(answer).await.expect("answered");
+        }
+        drop(helper);
+        let mut answers = Vec::new();
+        from_relay.read_to_end(&mut answers).await.expect("read");
+        assert_eq!(answers, b"slow answers");
+        task.await.expect("joined");
     }
 
     #[tokio::test]

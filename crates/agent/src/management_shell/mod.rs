@@ -11,6 +11,7 @@
 //! where sessions start, and the cluster's kubeconfig in cluster mode.
 //! Nothing secret goes into argv or the environment.
 
+pub mod handoff;
 pub mod host_key;
 pub mod listener;
 pub mod server;
@@ -43,6 +44,10 @@ pub const LOGIN_TIMEOUT_SECONDS: u64 = 30;
 pub struct ShellConfig {
     /// The `tether-agent-shell` binary.
     pub helper: PathBuf,
+    /// Where a `tether-agent-shell serve` of another user listens
+    /// (`--shell-socket`, the cluster's shell container, [`handoff`]): each
+    /// connection goes there instead of to a helper the agent starts.
+    pub socket: Option<PathBuf>,
     /// Where sessions start, `HOME` of their commands; kept across restarts.
     pub work_dir: PathBuf,
     /// The ed25519 host key (OpenSSH format, 0600), created on first use.
@@ -129,6 +134,14 @@ pub enum HelperError {
     Missing { path: String },
     #[error("cannot start the management shell")]
     Start(#[from] std::io::Error),
+    #[error(
+        "cannot reach the management shell at {socket} (--shell-socket): is its container running `tether-agent-shell serve`?"
+    )]
+    Unreachable {
+        socket: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl HelperError {
@@ -137,20 +150,89 @@ impl HelperError {
         match self {
             HelperError::Missing { .. } => 501,
             HelperError::Start(_) => 500,
+            HelperError::Unreachable { .. } => 502,
+        }
+    }
+}
+
+/// The helper serving one connection: a process of the agent's, or (with
+/// `--shell-socket`) one in the shell container, out of the agent's reach,
+/// whose end of the socket closing is all the agent sees of it.
+#[derive(Debug)]
+pub struct Helper(Option<tokio::process::Child>);
+
+impl Helper {
+    /// Resolves when the agent's own helper exits; never for one in the
+    /// shell container.
+    pub async fn exited(&mut self) {
+        match &mut self.0 {
+            Some(child) => {
+                let _ = child.wait().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Gives the agent's own helper `grace` to end its SSH session, then
+    /// kills it. One in the shell container ends by itself once its socket
+    /// is closed.
+    pub async fn finish(self, grace: Duration) {
+        if let Some(mut child) = self.0
+            && tokio::time::timeout(grace, child.wait()).await.is_err()
+        {
+            let _ = child.kill().await;
         }
     }
 }
 
 /// Starts the helper for one connection with `settings` written first on
-/// its socket; the returned end carries the connection's SSH bytes. The
-/// helper is killed when the child is dropped.
+/// its socket; the returned end carries the connection's SSH bytes. With
+/// [`ShellConfig::socket`] the helper is started by the shell container's
+/// `tether-agent-shell serve` for this connection to its socket; else the
+/// agent starts it, and kills it when the [`Helper`] is dropped.
 pub async fn start_helper(
     config: &ShellConfig,
     settings: &Settings,
-) -> Result<(tokio::process::Child, tokio::net::UnixStream), HelperError> {
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-    let theirs_out = theirs.try_clone()?;
-    let child = tokio::process::Command::new(&config.helper)
+) -> Result<(Helper, tokio::net::UnixStream), HelperError> {
+    let (helper, mut stream) = match &config.socket {
+        Some(socket) => {
+            let stream = tokio::net::UnixStream::connect(socket)
+                .await
+                .map_err(|source| HelperError::Unreachable {
+                    socket: socket.display().to_string(),
+                    source,
+                })?;
+            (Helper(None), stream)
+        }
+        None => {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+            let child = spawn_helper(&config.helper, theirs).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    HelperError::Missing {
+                        path: config.helper.display().to_string(),
+                    }
+                } else {
+                    HelperError::Start(e)
+                }
+            })?;
+            ours.set_nonblocking(true)?;
+            (Helper(Some(child)), tokio::net::UnixStream::from_std(ours)?)
+        }
+    };
+    let mut line = serde_json::to_vec(settings).map_err(std::io::Error::from)?;
+    line.push(b'\n');
+    stream.write_all(&line).await?;
+    Ok((helper, stream))
+}
+
+/// Runs the helper `program` for one connection, `socket` its stdin and
+/// stdout, killed when the child is dropped.
+pub(crate) fn spawn_helper(
+    program: &std::path::Path,
+    socket: std::os::unix::net::UnixStream,
+) -> std::io::Result<tokio::process::Child> {
+    let out = socket.try_clone()?;
+    tokio::process::Command::new(program)
         // The agent's environment may hold its enrollment token; the
         // shell's commands get PATH and what a login sets.
         .env_clear()
@@ -158,27 +240,12 @@ pub async fn start_helper(
             "PATH",
             std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
         )
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .stdout(Stdio::from(OwnedFd::from(theirs_out)))
+        .stdin(Stdio::from(OwnedFd::from(socket)))
+        .stdout(Stdio::from(OwnedFd::from(out)))
         // Its errors land in the agent's log.
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                HelperError::Missing {
-                    path: config.helper.display().to_string(),
-                }
-            } else {
-                HelperError::Start(e)
-            }
-        })?;
-    ours.set_nonblocking(true)?;
-    let mut stream = tokio::net::UnixStream::from_std(ours)?;
-    let mut line = serde_json::to_vec(settings).map_err(std::io::Error::from)?;
-    line.push(b'\n');
-    stream.write_all(&line).await?;
-    Ok((child, stream))
 }
 
 /// In cluster mode, a kubeconfig (JSON) for the sessions: the cluster with

@@ -18,6 +18,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use super::Settings;
 use crate::terminal::{self, Size};
 
+/// What a client whose command is not UTF-8 reads on stderr before the
+/// refusal.
+const NOT_UTF8: &str = "tether-agent-shell: cannot run the command: it is not valid UTF-8; send the command as UTF-8 text\r\n";
+
 /// OpenSSH's default `MaxAuthTries`.
 const MAX_AUTH_ATTEMPTS: usize = 6;
 /// A refused login is answered after this long, whatever was wrong.
@@ -545,8 +549,19 @@ impl russh::server::Handler for Connection {
         command: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let command = String::from_utf8_lossy(command).into_owned();
-        let started = self.start(channel, Some(command));
+        // Run as given or not at all: replacing bytes that are not UTF-8
+        // would run another command than the one sent.
+        let Ok(command) = std::str::from_utf8(command) else {
+            tracing::info!(
+                user = self.user.as_str(),
+                "a command refused: it is not UTF-8"
+            );
+            if self.queued(channel, session) {
+                session.extended_data(channel, 1, NOT_UTF8.as_bytes().to_vec())?;
+            }
+            return Self::reply(session, channel, false);
+        };
+        let started = self.start(channel, Some(command.to_owned()));
         Self::reply(session, channel, started)
     }
 

@@ -49,8 +49,11 @@ pub async fn serve(socket: Socket, target: String) {
 }
 
 /// Copies the tunnel's data to `to_target` and what `from_target` yields
-/// back, each direction until it ends: a forwarded connection, or the SSH
-/// server's socket ([`super::ssh`]).
+/// back: a forwarded connection, or the SSH server's socket
+/// ([`super::ssh`]). The client's [`tunnel::CLOSE`] ends only what goes to
+/// the target (a client may half-close and still read the answer); the
+/// tunnel itself ending (the client left, or its side failed) ends both
+/// directions at once, also when the target neither reads nor writes.
 pub(super) async fn carry(
     mut sender: SplitSink<Socket, Message>,
     receiver: SplitStream<Socket>,
@@ -59,17 +62,52 @@ pub(super) async fn carry(
 ) {
     let upstream = async {
         let mut frames = incoming(receiver);
-        while let Some((channel, bytes)) = frames.next().await {
+        // One frame read ahead while a write waits for a target that does
+        // not read, so the tunnel's end is seen; no more, so a slow target
+        // still holds the client back.
+        let mut ahead = None;
+        let mut writing = true;
+        loop {
+            let next = match ahead.take() {
+                Some(frame) => Some(frame),
+                None => frames.next().await,
+            };
+            let Some((channel, bytes)) = next else {
+                return;
+            };
             match channel {
-                tunnel::STDIN if to_target.write_all(&bytes).await.is_err() => break,
-                tunnel::CLOSE => break,
+                tunnel::STDIN if writing => {
+                    let write = to_target.write_all(&bytes);
+                    tokio::pin!(write);
+                    let written = loop {
+                        tokio::select! {
+                            written = &mut write => break written.is_ok(),
+                            frame = frames.next(), if ahead.is_none() => match frame {
+                                Some(frame) => ahead = Some(frame),
+                                None => return,
+                            },
+                        }
+                    };
+                    if !written {
+                        writing = false;
+                    }
+                }
+                tunnel::CLOSE if writing => {
+                    writing = false;
+                    let _ = to_target.shutdown().await;
+                }
                 _ => {}
             }
         }
-        let _ = to_target.shutdown().await;
     };
     let downstream = send_stdout(from_target, &mut sender);
-    // Each direction ends on its own (a client may half-close and still
-    // read the answer); tetherd ends the other soon after one has closed.
-    tokio::join!(upstream, downstream);
+    tokio::pin!(upstream, downstream);
+    tokio::select! {
+        // Nobody is left to read the target's answers.
+        () = &mut upstream => {}
+        // The target is done sending; what the client still sends goes to
+        // it until the client's CLOSE or the tunnel's end (tetherd lingers
+        // a few seconds only once one direction has ended).
+        () = &mut downstream => upstream.await,
+    }
 }

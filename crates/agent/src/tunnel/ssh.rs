@@ -1,6 +1,7 @@
 //! An `ssh` tunnel (ADR 0023): the tunnel's bytes are one SSH connection
 //! to the management shell, served by a `tether-agent-shell` process of
-//! its own whose stdin and stdout are one end of a socket pair.
+//! its own whose stdin and stdout are one end of a socket pair (in a
+//! cluster, one the shell container starts, ADR 0028).
 
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ const EXIT_GRACE: Duration = Duration::from_secs(5);
 pub async fn serve(socket: Socket, config: ShellConfig, settings: Settings) {
     let (mut sender, receiver) = socket.split();
     let started = start_helper(&config, &settings).await;
-    let (mut child, stream) = match started {
+    let (helper, stream) = match started {
         Ok(started) => started,
         Err(error) => {
             let message = tether_proto::error_chain(&error);
@@ -31,10 +32,5 @@ pub async fn serve(socket: Socket, config: ShellConfig, settings: Settings) {
     tracing::info!(%settings, "management shell tunnel");
     let (from_helper, to_helper) = stream.into_split();
     carry(sender, receiver, from_helper, to_helper).await;
-    if tokio::time::timeout(EXIT_GRACE, child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
+    helper.finish(EXIT_GRACE).await;
 }

@@ -1,8 +1,8 @@
-//! Deployments' charts end to end: a device spec's `deployments` section
-//! set through tetherd's API (as tetherd's renderer will put it there),
-//! a real agent managing the fake API server running k3s's or Flux's Helm
-//! controller (testkit::fake_kube), and the per-deployment status read
-//! back through tetherd.
+//! Deployments' charts end to end: chart templates and deployments created
+//! through tetherd's API and rendered into the device's spec, a real agent
+//! managing the fake API server running k3s's or Flux's Helm controller
+//! (testkit::fake_kube), and the per-deployment status read back through
+//! tetherd.
 
 use std::time::Duration;
 
@@ -12,9 +12,6 @@ use tether_testkit::fake_kube::{ADMIN_TOKEN, FakeKubeApi, HelmControllers, WEBHO
 use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
-/// What tetherd renders for the device: the chart templates' values with
-/// `{{uuid}}`, `{{name}}` and `{{hostname}}` already substituted.
-const DEVICE_ID: &str = "5b0c6c1e-8a54-4a51-9d1e-3f1f0e2b7c11";
 
 struct Cluster {
     api: FakeKubeApi,
@@ -60,45 +57,72 @@ async fn cluster(
 }
 
 impl Cluster {
-    /// Sets the device's `deployments` section through tetherd's API.
-    async fn deploy(&self, deployments: Value) -> anyhow::Result<()> {
+    /// Creates a chart template.
+    async fn template(&self, name: &str, spec: Value) -> anyhow::Result<()> {
         self.admin
-            .patch(
-                &format!(
-                    "/api/v1/devices/{}?updateMask=spec.deployments",
-                    self.agent.name
-                ),
-                json!({"spec": {"deployments": deployments}}),
+            .post(
+                "/api/v1/chart-templates",
+                json!({"name": name, "spec": spec}),
             )
             .await?
-            .expect_status(200)?;
+            .expect_status(201)?;
         Ok(())
     }
 
-    /// Waits until tetherd shows `deployment` at `version` in `state`.
+    /// A deployment of `charts` (template names) to this device, pinned to
+    /// `node-a`, with `values` over the templates'.
+    fn deployment(&self, charts: &[&str], values: Value) -> Value {
+        json!({"target": {"device": self.agent.name}, "hostname": "node-a",
+               "charts": charts, "values": values})
+    }
+
+    /// Creates the deployment `name`.
+    async fn deploy(&self, name: &str, charts: &[&str], values: Value) -> anyhow::Result<()> {
+        self.admin
+            .post(
+                "/api/v1/deployments",
+                json!({"name": name, "spec": self.deployment(charts, values)}),
+            )
+            .await?
+            .expect_status(201)?;
+        Ok(())
+    }
+
+    /// Waits until tetherd's rollout status shows this device at
+    /// `revision` of `deployment` in `state` (failed ones also rolled back).
     async fn reported(
         &self,
         deployment: &str,
-        version: &str,
+        revision: u64,
         state: &str,
     ) -> anyhow::Result<Value> {
-        let path = format!("/api/v1/devices/{}", self.agent.name);
+        let path = format!("/api/v1/deployments/{deployment}/status");
         let waited = wait_until(
-            &format!("{deployment} to be reported {state} at {version}"),
+            &format!("{deployment} to be reported {state} at revision {revision}"),
             WAIT,
             || async {
-                let device = self.admin.get(&path).await?.expect_status(200)?;
-                let status = &device["status"]["deployments"][deployment];
-                Ok((status["version"] == version && status["state"] == state)
-                    .then(|| status.clone()))
+                let status = self.admin.get(&path).await?.expect_status(200)?;
+                let device = status["devices"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|d| d["device"] == self.agent.name.as_str())
+                    .cloned()
+                    .unwrap_or_default();
+                let here = device["revision"] == revision && device["state"] == state;
+                // A failed device is rolled back at once; its entry keeps why.
+                let rolled_back = state == "failed"
+                    && device["rolledBack"] == true
+                    && status["revision"] == revision;
+                Ok((here || rolled_back).then_some(device))
             },
         )
         .await;
         match waited {
-            Ok(status) => Ok(status),
+            Ok(device) => Ok(device),
             Err(e) => {
-                let device = self.admin.get(&path).await?.expect_status(200)?;
-                Err(e.context(format!("the device: {device}\n{}", self.agent.log())))
+                let status = self.admin.get(&path).await?.expect_status(200)?;
+                Err(e.context(format!("the status: {status}\n{}", self.agent.log())))
             }
         }
     }
@@ -121,11 +145,20 @@ impl Cluster {
     }
 }
 
-fn release(name: &str) -> Value {
-    json!({"release": name, "chart": "edge-agent", "source": "https://charts.example.com/stable",
-           "version": "1.4.0", "namespace": "factory", "hostname": "node-a",
-           "values": {"uuid": DEVICE_ID, "nodeId": "line-3", "nodeSelector": {"disk": "ssd"},
-                      "replicas": 1}})
+/// A chart template as an operator writes it, with seed 002's placeholders.
+fn edge_agent() -> Value {
+    json!({"chart": "edge-agent", "source": "https://charts.example.com/stable",
+           "version": "1.4.0", "namespace": "factory",
+           "values": {"uuid": "{{uuid}}", "nodeId": "{{name}}", "host": "{{hostname}}",
+                      "label": "x-{{name}}", "nodeSelector": {"disk": "ssd"}, "replicas": 1}})
+}
+
+/// Its values as the device gets them: substituted, the deployment's
+/// `replicas` over the template's, and the pinned node's selector.
+fn installed_values(device: &str, replicas: u64) -> Value {
+    json!({"uuid": device, "nodeId": "line-3", "host": "node-a", "label": "x-{{name}}",
+           "replicas": replicas,
+           "nodeSelector": {"disk": "ssd", "kubernetes.io/hostname": "node-a"}})
 }
 
 /// `valuesContent` of a HelmChart, read as the YAML it is.
@@ -147,26 +180,31 @@ async fn a_deployment_becomes_k3s_helm_charts_kept_through_drift_and_restarts_an
         json!({"metadata": {"name": "traefik", "namespace": "kube-system"},
                "spec": {"chart": "https://%{KUBERNETES_API}%/static/charts/traefik.tgz"}}),
     )?;
-    c.deploy(json!({"line-3": {"version": "1", "charts": [
-        release("agent"),
-        {"release": "monitor", "chart": "monitor", "source": "oci://registry.example.com/charts"},
-    ]}}))
+    c.template("agent", edge_agent()).await?;
+    c.template(
+        "monitor",
+        json!({"chart": "monitor", "source": "oci://registry.example.com/charts"}),
+    )
     .await?;
-    let status = c.reported("line-3", "1", "ready").await?;
+    c.deploy("line-3", &["agent", "monitor"], json!({"replicas": 2}))
+        .await?;
+    let status = c.reported("line-3", 1, "ready").await?;
     ensure!(status.get("reason").is_none(), "{status}");
 
     let chart = c
         .api
-        .get("helmcharts", Some("kube-system"), "agent")
+        .get("helmcharts", Some("kube-system"), "line-3-agent")
         .context("the HelmChart")?;
     assert_eq!(chart["apiVersion"], "helm.cattle.io/v1");
     assert_eq!(
         chart["metadata"]["labels"],
         json!({"app.kubernetes.io/managed-by": "tether", "tether.dev/deployment": "line-3"})
     );
-    assert_eq!(
-        chart["metadata"]["annotations"],
-        json!({"tether.dev/version": "1"})
+    ensure!(
+        chart["metadata"]["annotations"]["tether.dev/version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("1-")),
+        "the deployment's version: {chart}"
     );
     let mut spec = chart["spec"].clone();
     let values = values_content(&chart)?;
@@ -178,23 +216,28 @@ async fn a_deployment_becomes_k3s_helm_charts_kept_through_drift_and_restarts_an
         json!({"chart": "edge-agent", "repo": "https://charts.example.com/stable",
                "version": "1.4.0", "targetNamespace": "factory", "createNamespace": true})
     );
-    assert_eq!(
-        values,
-        json!({"uuid": DEVICE_ID, "nodeId": "line-3", "replicas": 1,
-               "nodeSelector": {"disk": "ssd", "kubernetes.io/hostname": "node-a"}})
-    );
+    assert_eq!(values, installed_values(&c.agent.name, 2));
     let monitor = c
         .api
-        .get("helmcharts", Some("kube-system"), "monitor")
+        .get("helmcharts", Some("kube-system"), "line-3-monitor")
         .context("the OCI HelmChart")?;
+    // The deployment's values and node go to each of its releases.
     assert_eq!(
-        monitor["spec"],
+        values_content(&monitor)?,
+        json!({"replicas": 2, "nodeSelector": {"kubernetes.io/hostname": "node-a"}})
+    );
+    let mut spec = monitor["spec"].clone();
+    spec.as_object_mut()
+        .context("spec")?
+        .remove("valuesContent");
+    assert_eq!(
+        spec,
         json!({"chart": "oci://registry.example.com/charts/monitor",
                "targetNamespace": "default", "createNamespace": true})
     );
     ensure!(
         c.api
-            .get("jobs", Some("kube-system"), "helm-install-agent")
+            .get("jobs", Some("kube-system"), "helm-install-line-3-agent")
             .is_some(),
         "k3s's install Job"
     );
@@ -204,12 +247,13 @@ async fn a_deployment_becomes_k3s_helm_charts_kept_through_drift_and_restarts_an
     edited["spec"]["version"] = json!("9.9.9");
     edited["spec"]["set"] = json!({"replicas": "5"});
     c.api.replace("helmcharts", edited)?;
-    c.api.delete("helmcharts", Some("kube-system"), "monitor")?;
+    c.api
+        .delete("helmcharts", Some("kube-system"), "line-3-monitor")?;
     c.object(
         "the edit undone",
         "helmcharts",
         "kube-system",
-        "agent",
+        "line-3-agent",
         |o| o.is_some_and(|o| o["spec"]["version"] == "1.4.0" && o["spec"].get("set").is_none()),
     )
     .await?;
@@ -217,7 +261,7 @@ async fn a_deployment_becomes_k3s_helm_charts_kept_through_drift_and_restarts_an
         "monitor restored",
         "helmcharts",
         "kube-system",
-        "monitor",
+        "line-3-monitor",
         |o| o.is_some(),
     )
     .await?;
@@ -229,12 +273,13 @@ async fn a_deployment_becomes_k3s_helm_charts_kept_through_drift_and_restarts_an
     let kubeconfig = kubeconfig.to_string_lossy();
     let current = c
         .api
-        .get("helmcharts", Some("kube-system"), "agent")
+        .get("helmcharts", Some("kube-system"), "line-3-agent")
         .context("the HelmChart")?;
     let mut edited = current.clone();
     edited["spec"]["valuesContent"] = json!("replicas: 7\n");
     c.api.replace("helmcharts", edited)?;
-    c.api.delete("helmcharts", Some("kube-system"), "monitor")?;
+    c.api
+        .delete("helmcharts", Some("kube-system"), "line-3-monitor")?;
     c.agent.set_env(&[
         ("TETHER_AGENT_KUBERNETES", "host"),
         ("TETHER_AGENT_KUBECONFIG", &kubeconfig),
@@ -245,7 +290,7 @@ async fn a_deployment_becomes_k3s_helm_charts_kept_through_drift_and_restarts_an
         "values restored at start",
         "helmcharts",
         "kube-system",
-        "agent",
+        "line-3-agent",
         |o| o.is_some_and(|o| o["spec"]["valuesContent"] == chart["spec"]["valuesContent"]),
     )
     .await?;
@@ -253,36 +298,51 @@ async fn a_deployment_becomes_k3s_helm_charts_kept_through_drift_and_restarts_an
         "monitor restored at start",
         "helmcharts",
         "kube-system",
-        "monitor",
+        "line-3-monitor",
         |o| o.is_some(),
     )
     .await?;
 
     // A new version changes the chart; the deployment is deleted: its
     // charts go, k3s's stays.
-    let mut upgraded = release("agent");
-    upgraded["version"] = json!("1.5.0");
-    c.deploy(json!({"line-3": {"version": "2", "charts": [upgraded]}}))
-        .await?;
-    c.reported("line-3", "2", "ready").await?;
+    c.admin
+        .put_json(
+            "/api/v1/deployments/line-3",
+            c.deployment(&["agent"], json!({"replicas": 3})),
+        )
+        .await?
+        .expect_status(200)?;
+    c.reported("line-3", 2, "ready").await?;
     c.object(
         "monitor removed",
         "helmcharts",
         "kube-system",
-        "monitor",
+        "line-3-monitor",
         |o| o.is_none(),
     )
     .await?;
     let agent = c
         .api
-        .get("helmcharts", Some("kube-system"), "agent")
+        .get("helmcharts", Some("kube-system"), "line-3-agent")
         .context("the HelmChart")?;
-    assert_eq!(agent["spec"]["version"], "1.5.0");
-    assert_eq!(agent["metadata"]["annotations"]["tether.dev/version"], "2");
-    c.deploy(json!({})).await?;
-    c.object("agent removed", "helmcharts", "kube-system", "agent", |o| {
-        o.is_none()
-    })
+    assert_eq!(values_content(&agent)?, installed_values(&c.agent.name, 3));
+    ensure!(
+        agent["metadata"]["annotations"]["tether.dev/version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("2-")),
+        "{agent}"
+    );
+    c.admin
+        .delete("/api/v1/deployments/line-3")
+        .await?
+        .expect_status(202)?;
+    c.object(
+        "agent removed",
+        "helmcharts",
+        "kube-system",
+        "line-3-agent",
+        |o| o.is_none(),
+    )
     .await?;
     ensure!(
         c.api
@@ -299,50 +359,63 @@ async fn refusals_and_failed_installs_are_reported_with_their_reasons_and_stop_n
     let c = cluster("k3s-refusals", HelmControllers::K3s, &[]).await?;
     c.api.deny(
         "helmcharts",
-        "denied",
+        "refused-denied",
         "charts from this repository are not allowed",
     );
     c.api
-        .fail_installs("broken", "unused by k3s: the Job's log has it");
+        .fail_installs("broken-broken", "unused by k3s: the Job's log has it");
     c.api.seed(
         "helmcharts",
         json!({"metadata": {"name": "traefik", "namespace": "kube-system"},
                "spec": {"chart": "traefik"}}),
     )?;
-    c.deploy(json!({
-        "refused": {"version": "1", "charts": [release("denied")]},
-        "broken": {"version": "1", "charts": [release("broken")]},
-        "taken": {"version": "1", "charts": [release("traefik")]},
-        "twice": {"version": "1", "charts": [release("good")]},
-        "good": {"version": "1", "charts": [release("good"), release("fine")]},
-    }))
-    .await?;
-    c.reported("good", "1", "ready").await?;
-    let refused = c.reported("refused", "1", "failed").await?;
+    // Not k3s's, not the agent's: someone's object by the release's name.
+    c.api.seed(
+        "helmcharts",
+        json!({"metadata": {"name": "taken-traefik", "namespace": "kube-system"},
+               "spec": {"chart": "traefik"}}),
+    )?;
+    for template in ["denied", "broken", "traefik", "fine", "a-fine"] {
+        c.template(template, edge_agent()).await?;
+    }
+    // "good" with "a-fine" and "good-a" with "fine" are both the release
+    // good-a-fine: the first deployment by name has it.
+    for (deployment, charts) in [
+        ("refused", ["denied"]),
+        ("broken", ["broken"]),
+        ("taken", ["traefik"]),
+        ("good", ["a-fine"]),
+        ("good-a", ["fine"]),
+    ] {
+        c.deploy(deployment, &charts, json!({})).await?;
+    }
+    c.reported("good", 1, "ready").await?;
+    let refused = c.reported("refused", 1, "failed").await?;
     let reason = refused["reason"].as_str().unwrap_or_default();
     ensure!(
-        reason.starts_with("release denied: cannot create the HelmChart kube-system/denied")
-            && reason.contains(&format!(
-                "admission webhook \"{WEBHOOK}\" denied the request: charts from this repository are not allowed"
-            )),
+        reason.starts_with(
+            "release refused-denied: cannot create the HelmChart kube-system/refused-denied"
+        ) && reason.contains(&format!(
+            "admission webhook \"{WEBHOOK}\" denied the request: charts from this repository are not allowed"
+        )),
         "{refused}"
     );
-    let broken = c.reported("broken", "1", "failed").await?;
+    let broken = c.reported("broken", 1, "failed").await?;
     ensure!(
         broken["reason"]
             .as_str()
             .is_some_and(|r| r.contains("without succeeding")
-                && r.contains("kube-system/helm-install-broken")),
+                && r.contains("kube-system/helm-install-broken-broken")),
         "{broken}"
     );
-    let taken = c.reported("taken", "1", "failed").await?;
+    let taken = c.reported("taken", 1, "failed").await?;
     ensure!(
         taken["reason"]
             .as_str()
             .is_some_and(|r| r.contains("exists and is not tether's")),
         "{taken}"
     );
-    let twice = c.reported("twice", "1", "failed").await?;
+    let twice = c.reported("good-a", 1, "failed").await?;
     ensure!(
         twice["reason"]
             .as_str()
@@ -359,9 +432,9 @@ async fn refusals_and_failed_installs_are_reported_with_their_reasons_and_stop_n
     );
     ensure!(
         c.api
-            .get("helmcharts", Some("kube-system"), "fine")
-            .is_some(),
-        "the good deployment's releases are all there"
+            .get("helmcharts", Some("kube-system"), "taken-traefik")
+            .is_some_and(|o| o["spec"] == json!({"chart": "traefik"})),
+        "someone else's object is left alone"
     );
     Ok(())
 }
@@ -432,14 +505,15 @@ async fn flux_gets_a_helm_release_and_its_repository_with_the_agents_cluster_rol
         agent,
         dir: account,
     };
-    let mut oci = release("agent");
-    oci["source"] = json!("oci://registry.example.com/charts");
-    c.deploy(json!({"line-3": {"version": "7", "charts": [oci]}}))
+    let mut template = edge_agent();
+    template["source"] = json!("oci://registry.example.com/charts");
+    c.template("agent", template).await?;
+    c.deploy("line-3", &["agent"], json!({"replicas": 2}))
         .await?;
-    c.reported("line-3", "7", "ready").await?;
+    c.reported("line-3", 1, "ready").await?;
     let repository = c
         .api
-        .get("helmrepositories", Some("flux-system"), "agent")
+        .get("helmrepositories", Some("flux-system"), "line-3-agent")
         .context("the HelmRepository")?;
     assert_eq!(repository["apiVersion"], "source.toolkit.fluxcd.io/v1");
     assert_eq!(
@@ -448,7 +522,7 @@ async fn flux_gets_a_helm_release_and_its_repository_with_the_agents_cluster_rol
     );
     let helm_release = c
         .api
-        .get("helmreleases", Some("flux-system"), "agent")
+        .get("helmreleases", Some("flux-system"), "line-3-agent")
         .context("the HelmRelease")?;
     assert_eq!(helm_release["apiVersion"], "helm.toolkit.fluxcd.io/v2");
     assert_eq!(
@@ -457,46 +531,54 @@ async fn flux_gets_a_helm_release_and_its_repository_with_the_agents_cluster_rol
     );
     assert_eq!(
         helm_release["spec"],
-        json!({"interval": "10m", "releaseName": "agent", "targetNamespace": "factory",
+        json!({"interval": "10m", "releaseName": "line-3-agent", "targetNamespace": "factory",
                "install": {"createNamespace": true},
                "chart": {"spec": {"chart": "edge-agent", "version": "1.4.0",
                                   "reconcileStrategy": "ChartVersion",
-                                  "sourceRef": {"kind": "HelmRepository", "name": "agent"}}},
-               "values": {"uuid": DEVICE_ID, "nodeId": "line-3", "replicas": 1,
-                          "nodeSelector": {"disk": "ssd", "kubernetes.io/hostname": "node-a"}}})
+                                  "sourceRef": {"kind": "HelmRepository", "name": "line-3-agent"}}},
+               "values": installed_values(&c.agent.name, 2)})
     );
 
     // A failed upgrade is the deployment's failure, with Flux's message.
     c.api
-        .fail_installs("agent", "image edge-agent:1.5.0 not found");
-    let mut upgraded = release("agent");
-    upgraded["version"] = json!("1.5.0");
-    c.deploy(json!({"line-3": {"version": "8", "charts": [upgraded]}}))
-        .await?;
-    let failed = c.reported("line-3", "8", "failed").await?;
+        .fail_installs("line-3-agent", "image edge-agent:1.5.0 not found");
+    c.admin
+        .put_json(
+            "/api/v1/deployments/line-3",
+            c.deployment(
+                &["agent"],
+                json!({"replicas": 2, "image": {"tag": "1.5.0"}}),
+            ),
+        )
+        .await?
+        .expect_status(200)?;
+    let failed = c.reported("line-3", 2, "failed").await?;
     ensure!(
         failed["reason"].as_str().is_some_and(|r| r.contains(
-            "Helm upgrade failed for release factory/agent with chart edge-agent@1.5.0: image edge-agent:1.5.0 not found"
+            "Helm upgrade failed for release factory/line-3-agent with chart edge-agent@1.4.0: image edge-agent:1.5.0 not found"
         ) && r.contains("UpgradeFailed")),
         "{failed}"
     );
 
     c.api
-        .delete("helmrepositories", Some("flux-system"), "agent")?;
+        .delete("helmrepositories", Some("flux-system"), "line-3-agent")?;
     c.object(
         "the repository restored",
         "helmrepositories",
         "flux-system",
-        "agent",
+        "line-3-agent",
         |o| o.is_some(),
     )
     .await?;
-    c.deploy(json!({})).await?;
+    c.admin
+        .delete("/api/v1/deployments/line-3")
+        .await?
+        .expect_status(202)?;
     c.object(
         "the release removed",
         "helmreleases",
         "flux-system",
-        "agent",
+        "line-3-agent",
         |o| o.is_none(),
     )
     .await?;
@@ -504,7 +586,7 @@ async fn flux_gets_a_helm_release_and_its_repository_with_the_agents_cluster_rol
         "the repository removed",
         "helmrepositories",
         "flux-system",
-        "agent",
+        "line-3-agent",
         |o| o.is_none(),
     )
     .await?;
@@ -563,23 +645,16 @@ async fn a_device_without_a_cluster_reports_its_charts_failed() -> anyhow::Resul
         .wait_presence(&admin, "online")
         .await
         .with_context(|| agent.log())?;
-    admin
-        .patch(
-            "/api/v1/devices/plain-charts?updateMask=spec.deployments",
-            json!({"spec": {"deployments": {"line-3": {"version": "1", "charts": [release("agent")]}}}}),
-        )
-        .await?
-        .expect_status(200)?;
-    let status = wait_until("the charts reported failed", WAIT, || async {
-        let device = admin
-            .get("/api/v1/devices/plain-charts")
-            .await?
-            .expect_status(200)?;
-        let status = &device["status"]["deployments"]["line-3"];
-        Ok((status["state"] == "failed").then(|| status.clone()))
-    })
-    .await
-    .with_context(|| agent.log())?;
+    let c = Cluster {
+        api: FakeKubeApi::start().await?,
+        _tetherd: tetherd,
+        admin,
+        agent,
+        dir: tempfile::tempdir()?,
+    };
+    c.template("agent", edge_agent()).await?;
+    c.deploy("line-3", &["agent"], json!({})).await?;
+    let status = c.reported("line-3", 1, "failed").await?;
     ensure!(
         status["reason"]
             .as_str()

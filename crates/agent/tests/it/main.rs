@@ -3,6 +3,7 @@
 
 mod charts;
 mod clock;
+mod dumpable;
 mod failover;
 mod fake_kube;
 mod kubernetes;
@@ -12,5 +13,6 @@ mod offline;
 mod restore;
 mod shell_helper;
 mod sshd;
+mod supervisor;
 mod support;
 mod third_party_device;

@@ -373,3 +373,60 @@ async fn the_helper_ends_when_the_client_leaves_a_connection_stuck_on_a_command_
         .expect("the helper ends once the client has gone")
         .expect("waited");
 }
+
+/// A command that is not UTF-8 is refused, saying so on stderr, rather
+/// than run with its bytes replaced (another command than the one sent);
+/// the connection lives on.
+#[tokio::test]
+async fn a_command_that_is_not_utf8_is_refused_and_not_run_altered() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (_helper, session, _) = logged_in(dir.path()).await;
+    let marker = dir.path().join("ran");
+    let mut command = format!("touch {} #", marker.display()).into_bytes();
+    command.extend_from_slice(b"\xff\xfe");
+    let mut channel = session.channel_open_session().await.expect("a session");
+    channel.exec(true, command).await.expect("sent");
+    let mut stderr = Vec::new();
+    let refused = tokio::time::timeout(REPLY, async {
+        loop {
+            match channel.wait().await {
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => stderr.extend_from_slice(&data),
+                Some(ChannelMsg::Failure) => return true,
+                Some(ChannelMsg::Success) | None => return false,
+                Some(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("answered in time");
+    assert!(refused, "the request fails");
+    assert_eq!(
+        String::from_utf8_lossy(&stderr),
+        "tether-agent-shell: cannot run the command: it is not valid UTF-8; send the command as UTF-8 text\r\n"
+    );
+    assert!(!marker.exists(), "nothing ran");
+    assert_eq!(
+        run(&session, "echo still here").await,
+        ("still here\n".to_owned(), Some(0))
+    );
+}
+
+/// A session's command holds no descriptor of the helper's (its SSH
+/// socket, other sessions' terminals, the host key): only its own
+/// stdin, stdout and stderr, and what `ls` opens itself.
+#[tokio::test]
+async fn a_sessions_command_inherits_no_descriptor_but_its_three_streams() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (_helper, session, _) = logged_in(dir.path()).await;
+    // Another session with a terminal open meanwhile.
+    let mut other = session.channel_open_session().await.expect("a session");
+    other
+        .request_pty(true, "xterm", 80, 24, 0, 0, &[])
+        .await
+        .expect("a terminal");
+    other.request_shell(true).await.expect("a shell");
+    assert_eq!(reply(&mut other).await, Some(true));
+    assert_eq!(reply(&mut other).await, Some(true));
+    let (listed, status) = run(&session, "ls /proc/self/fd | sort -n | tr '\\n' ' '").await;
+    assert_eq!((listed.as_str(), status), ("0 1 2 3 ", Some(0)));
+}

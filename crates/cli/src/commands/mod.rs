@@ -5,6 +5,7 @@ pub mod actions;
 pub mod approvals;
 pub mod audit;
 pub mod cp;
+pub mod deployments;
 pub mod devices;
 pub mod events;
 pub mod exec;
@@ -24,6 +25,7 @@ pub mod service_accounts;
 pub mod sessions;
 pub mod ssh;
 pub mod ssh_config;
+pub mod templates;
 pub mod users;
 
 use std::path::PathBuf;
@@ -56,6 +58,10 @@ pub enum Command {
     Policies(policies::Policies),
     #[command(subcommand)]
     Approvals(approvals::Approvals),
+    #[command(subcommand)]
+    Templates(templates::Templates),
+    #[command(subcommand)]
+    Deployments(deployments::Deployments),
     Events(events::Events),
     Exec(exec::Exec),
     Cp(cp::Cp),
@@ -98,6 +104,8 @@ impl Command {
             Command::Keys(cmd) => cmd.description(),
             Command::Policies(cmd) => cmd.description(),
             Command::Approvals(cmd) => cmd.description(),
+            Command::Templates(cmd) => cmd.description(),
+            Command::Deployments(cmd) => cmd.description(),
             Command::Events(cmd) => cmd.description(),
             Command::Exec(cmd) => cmd.description(),
             Command::Cp(cmd) => cmd.description(),
@@ -128,6 +136,8 @@ impl Command {
             Command::Keys(cmd) => cmd.run(ctx).await,
             Command::Policies(cmd) => cmd.run(ctx).await,
             Command::Approvals(cmd) => cmd.run(ctx).await,
+            Command::Templates(cmd) => cmd.run(ctx).await,
+            Command::Deployments(cmd) => cmd.run(ctx).await,
             Command::Events(cmd) => cmd.run(ctx).await,
             Command::Exec(cmd) => cmd.run(ctx).await,
             Command::Cp(cmd) => cmd.run(ctx).await,
@@ -246,6 +256,39 @@ impl Context {
 
 /// Writes `text` to `path`, readable by its owner only: kubeconfigs and
 /// provisioning keys hold secrets.
+/// A resource read from a YAML or JSON file (`-`: stdin), with the field
+/// that does not fit named by its path.
+pub fn read_document<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    what: &str,
+) -> Result<T, CommandError> {
+    use std::io::Read as _;
+    let text = if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).map(|_| text)
+    } else {
+        std::fs::read_to_string(path)
+    }
+    .map_err(|source| CommandError::Local {
+        path: path.to_owned(),
+        source,
+    })?;
+    let document = serde_yaml::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(document).map_err(|err| {
+        let at = err.path().to_string();
+        CommandError::Usage(format!(
+            "{} is not {what}: {}{}",
+            path.display(),
+            if at == "." {
+                String::new()
+            } else {
+                format!("{at}: ")
+            },
+            err.into_inner()
+        ))
+    })
+}
+
 pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;

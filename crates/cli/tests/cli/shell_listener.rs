@@ -386,3 +386,136 @@ async fn connections_that_do_not_log_in_are_closed_and_one_address_takes_half_th
     );
     drop(idle);
 }
+
+/// The user the simulated shell container runs as: not the test's (root,
+/// standing for the agent's user), as the join manifest runs it.
+const SHELL_USER: u32 = 65534;
+
+/// In a cluster (ADR 0028) the agent hands each connection over a Unix
+/// socket to `tether-agent-shell serve`, the pod's shell container. Here
+/// that container is a second process run as another user, with its own
+/// work dir, host key and login file, sharing only the socket's
+/// directory with the agent. A session logs in through the agent's
+/// listener, runs commands with that user's rights and returns its exit
+/// status; it cannot read the agent's state dir, a stand-in for its
+/// ServiceAccount token (in the pod neither is mounted in the shell
+/// container; here they exist but belong to the agent's user), nor the
+/// agent's environment, and its own connection to the socket starts
+/// nothing: only the agent's user may.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_handed_to_the_shell_container_run_as_its_user_out_of_the_agents_reach() {
+    use std::os::unix::fs::chown;
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").expect("proc")),
+        0,
+        "the test switches to another user for the shell container: run it as root"
+    );
+    let tetherd = tetherd().await;
+    let admin = tetherd.admin().await.expect("admin");
+    let scratch = tempfile::tempdir().expect("a dir");
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("traversable");
+    // The shell container's own directories.
+    let shell_home = scratch.path().join("shell");
+    std::fs::create_dir(&shell_home).expect("the shell's dir");
+    chown(&shell_home, Some(SHELL_USER), Some(SHELL_USER)).expect("the shell's");
+    let password_file = shell_home.join("password");
+    std::fs::write(&password_file, "container secret\n").expect("password");
+    chown(&password_file, Some(SHELL_USER), Some(SHELL_USER)).expect("the shell's");
+    let work = shell_home.join("work");
+    // The shared emptyDir (world-writable, as Kubernetes makes it).
+    let shared = scratch.path().join("shared");
+    std::fs::create_dir(&shared).expect("the shared dir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("shared");
+    let socket = shared.join("shell.sock");
+    // The agent's token, where only the agent's user may read it.
+    let account = scratch.path().join("account");
+    std::fs::create_dir(&account).expect("the account's dir");
+    std::fs::write(account.join("token"), "the agent's token").expect("a token");
+    std::fs::set_permissions(&account, std::fs::Permissions::from_mode(0o700)).expect("private");
+    let shell_log = scratch.path().join("shell.log");
+    let mut shell = tokio::process::Command::new(
+        tether_testkit::binaries::binary("tether-agent-shell").expect("built"),
+    );
+    shell
+        .args(["serve", "--socket"])
+        .arg(&socket)
+        .args(["--agent-uid", "0"])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .uid(SHELL_USER)
+        .gid(SHELL_USER)
+        .current_dir(&shell_home)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&shell_log).expect("a log"))
+        .kill_on_drop(true);
+    let _shell = shell.spawn().expect("the shell container's process");
+    wait_until("the shell's socket", Duration::from_secs(30), || {
+        let exists = socket.exists();
+        async move { Ok(exists.then_some(())) }
+    })
+    .await
+    .expect("listening");
+
+    let (work_text, socket_text) = (work.display().to_string(), socket.display().to_string());
+    let host_key = shell_home.join("host_key").display().to_string();
+    let env = [
+        ("TETHER_AGENT_SHELL_LISTEN", "127.0.0.1:0"),
+        ("TETHER_AGENT_SHELL_SOCKET", socket_text.as_str()),
+        ("TETHER_AGENT_SHELL_WORK_DIR", work_text.as_str()),
+        ("TETHER_AGENT_SHELL_HOST_KEY", host_key.as_str()),
+        (
+            "TETHER_AGENT_SHELL_PASSWORD_FILE",
+            password_file.to_str().expect("utf-8"),
+        ),
+    ];
+    let agent = tether_testkit::Agent::enroll_with_env(&tetherd, &admin, "edge-1", &env)
+        .await
+        .expect("an agent");
+    let port = listening_port(&agent).await;
+    let client = Client {
+        dir: scratch.path().to_owned(),
+        port,
+    };
+    let agent_pid = agent.pid().expect("running");
+    let state = agent.state_dir();
+    let probes = [
+        state.display().to_string(),
+        account.join("token").display().to_string(),
+        format!("/proc/{agent_pid}/environ"),
+    ];
+    let command = format!(
+        "id -u; pwd; for f in {}; do if cat \"$f\" >/dev/null 2>&1 || ls \"$f\"/ >/dev/null 2>&1; \
+         then echo \"read $f\"; else echo \"cannot read $f\"; fi; done; \
+         /usr/bin/python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); \
+         s.connect(\"{socket_text}\"); print(\"socket:\", s.recv(100))'; \
+         exit 3",
+        probes.join(" ")
+    );
+    let run = client.with_password("container secret", &command).await;
+    let expected = format!(
+        "{SHELL_USER}\n{work_text}\ncannot read {}\ncannot read {}\ncannot read {}\nsocket: b''\n",
+        probes[0], probes[1], probes[2]
+    );
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (3, expected.as_str()),
+        "{}\n{}\n{}",
+        run.stderr,
+        agent.log(),
+        std::fs::read_to_string(&shell_log).unwrap_or_default()
+    );
+    // The work dir and host key are the shell's user's, made by its
+    // helper; the agent's log shows no helper of its own.
+    let owner = |path: &Path| {
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(path).expect("exists"))
+    };
+    assert_eq!(owner(&work), SHELL_USER);
+    assert_eq!(owner(&shell_home.join("host_key")), SHELL_USER);
+    let shell_log = std::fs::read_to_string(&shell_log).unwrap_or_default();
+    assert!(
+        shell_log.contains(&format!("uid={SHELL_USER}"))
+            && shell_log.contains("only the agent's user (0) may start sessions"),
+        "the session's own connection was refused: {shell_log}"
+    );
+}

@@ -11,6 +11,7 @@
 
 pub mod chart;
 pub mod process;
+pub mod resources;
 
 use std::collections::BTreeMap;
 
@@ -52,6 +53,10 @@ pub struct DeploymentSpec {
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub values: Map<String, Value>,
+    /// The device's labels when tetherd rendered this, as config templates
+    /// see them (`labels.*`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Where a deployment is on a device.

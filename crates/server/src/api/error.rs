@@ -104,6 +104,26 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::desired::DesiredStateError> for ApiError {
+    fn from(error: crate::desired::DesiredStateError) -> Self {
+        use crate::desired::DesiredStateError;
+        let message = error.to_string();
+        match error {
+            DesiredStateError::TemplateNotFound(_) | DesiredStateError::DeploymentNotFound(_) => {
+                Self::not_found(message)
+            }
+            DesiredStateError::Invalid(field) => Self {
+                details: serde_json::json!({ "fields": [{ "path": field.path, "message": field.message }] }),
+                ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+            },
+            DesiredStateError::Exists(_) | DesiredStateError::Conflict(_) => {
+                Self::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            DesiredStateError::Store(error) => error.into(),
+        }
+    }
+}
+
 impl From<ProvisioningError> for ApiError {
     fn from(error: ProvisioningError) -> Self {
         let message = error.to_string();
@@ -133,6 +153,13 @@ impl From<ProvisioningError> for ApiError {
                 Self::new(StatusCode::FORBIDDEN, "registration_denied", message)
             }
             ProvisioningError::DeviceGone(_) => Self::new(StatusCode::GONE, "device_gone", message),
+            ProvisioningError::TooManyPending { .. } => Self {
+                retry_after: Some(crate::provisioning::RETRY_AFTER_SECONDS * 6),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_pending", message)
+            },
+            ProvisioningError::Superseded(_) => {
+                Self::new(StatusCode::GONE, "registration_superseded", message)
+            }
             ProvisioningError::Registry(error) => error.into(),
             ProvisioningError::Store(error) => error.into(),
         }

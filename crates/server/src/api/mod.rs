@@ -3,6 +3,7 @@
 
 mod actions;
 mod audit;
+mod desired;
 mod devices;
 mod enroll;
 pub mod error;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub registry: Registry,
     /// Policies, keys, registrations and approvals (ADR 0025).
     pub provisioning: crate::provisioning::Provisioning,
+    /// Chart templates, deployments and their rollouts (ADR 0029).
+    pub desired: crate::desired::DesiredState,
     pub actions: Arc<ActionService>,
     pub jobs: Arc<crate::jobs::JobService>,
     pub logs: Arc<crate::logs::Logs>,
@@ -158,6 +161,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(kubernetes::routes())
         .merge(management_shell::routes())
         .merge(provisioning::routes())
+        .merge(desired::routes())
         .merge(users::routes())
         .merge(service_accounts::routes())
         .route_layer(axum::middleware::from_fn_with_state(

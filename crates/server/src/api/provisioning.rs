@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -38,9 +38,15 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(deny))
 }
 
+/// Largest registration body: facts (at most 16 KiB of JSON), a CSR and
+/// the key; anyone may send one.
+const MAX_REGISTER_BODY_BYTES: usize = 32 * 1024;
+
 /// The route a device registers through, with its provisioning key.
 pub fn device_routes() -> OpenApiRouter<Arc<AppState>> {
-    OpenApiRouter::new().routes(routes!(register))
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .layer(DefaultBodyLimit::max(MAX_REGISTER_BODY_BYTES))
 }
 
 /// Creates a provisioning policy (seed 004): `mode` `UNATTENDED` or
@@ -166,8 +172,9 @@ async fn revoke_key(
     responses((status = 200, body = RegisterResponse), (status = 202, body = RegisterResponse),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, description = "An operator denied the registration", body = ErrorBody),
-        (status = 410, description = "The device it became was deleted", body = ErrorBody),
-        (status = 429, description = "Too many refused attempts from this address; see `Retry-After`",
+        (status = 410, description = "The device it became was deleted, or its certificate was revoked or replaced since (`registration_superseded`): register with a new key pair", body = ErrorBody),
+        (status = 413, description = "Body larger than 32 KiB", body = ErrorBody),
+        (status = 429, description = "Too many refused attempts from this address, or too many registrations of the policy waiting for approval; see `Retry-After`",
             body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait")))))]
 async fn register(
     State(state): State<Arc<AppState>>,

@@ -201,6 +201,32 @@ pub const GROUPS: &[Group] = &[
         ],
     },
     Group {
+        title: "Desired state",
+        why: "Anyone may see what runs where and how a rollout stands; operators change it (a deployment changes what devices run, as actions do); templates are shared by deployments, so changing one rolls out to all of them.",
+        rules: &[
+            ("GET", "/api/v1/chart-templates", AtLeast(Viewer)),
+            ("GET", "/api/v1/chart-templates/{name}", AtLeast(Viewer)),
+            ("GET", "/api/v1/deployments", AtLeast(Viewer)),
+            ("GET", "/api/v1/deployments/{name}", AtLeast(Viewer)),
+            ("GET", "/api/v1/deployments/{name}/status", AtLeast(Viewer)),
+            ("POST", "/api/v1/chart-templates", AtLeast(Operator)),
+            ("PUT", "/api/v1/chart-templates/{name}", AtLeast(Operator)),
+            (
+                "DELETE",
+                "/api/v1/chart-templates/{name}",
+                AtLeast(Operator),
+            ),
+            ("POST", "/api/v1/deployments", AtLeast(Operator)),
+            ("PUT", "/api/v1/deployments/{name}", AtLeast(Operator)),
+            ("DELETE", "/api/v1/deployments/{name}", AtLeast(Operator)),
+            (
+                "POST",
+                "/api/v1/deployments/{name}/resume",
+                AtLeast(Operator),
+            ),
+        ],
+    },
+    Group {
         title: "People and scripts",
         why: "Who may do what: users, their roles, everyone's sessions, service accounts and their API keys. Whoever holds these holds every other right.",
         rules: &[

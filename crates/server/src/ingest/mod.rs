@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use crate::actions::{ActionService, Answer};
 use crate::cluster::bus::{Bus, Channel, Heard, Subscription};
 use crate::cluster::presence::SessionOwner;
+use crate::desired::DesiredState;
 use crate::device_link::{
     BoxFuture, Content, DeviceInbox, DeviceMessage, Inbound, Refusal, SessionChange,
 };
@@ -102,6 +103,7 @@ impl Default for IngestConfig {
 pub struct Handlers {
     pub actions: Arc<ActionService>,
     pub specs: Specs,
+    pub desired: DesiredState,
 }
 
 pub struct Ingest {
@@ -110,6 +112,8 @@ pub struct Ingest {
     /// Takes the agents' reported status; sends a device its spec when it
     /// is ready for it.
     specs: Specs,
+    /// Takes what the agents report of their deployments.
+    desired: DesiredState,
     config: IngestConfig,
     observability: Arc<Observability>,
     /// Samples older than this are refused: retention would delete them.
@@ -136,7 +140,11 @@ impl Ingest {
     pub fn new(
         store: Store,
         owner: SessionOwner,
-        Handlers { actions, specs }: Handlers,
+        Handlers {
+            actions,
+            specs,
+            desired,
+        }: Handlers,
         config: IngestConfig,
         metrics_retention: Duration,
         observability: Arc<Observability>,
@@ -171,6 +179,7 @@ impl Ingest {
             store,
             actions,
             specs,
+            desired,
             config,
             observability,
             metrics_retention,
@@ -394,6 +403,10 @@ impl Ingest {
                     .await
                     .map_err(store)?;
                 crate::provisioning::refresh_identity(&self.store, device, &reported.facts)
+                    .await
+                    .map_err(store)?;
+                self.desired
+                    .record_reports(device, &reported.deployments)
                     .await
                     .map_err(store)?;
                 Ok(Outcome::Accepted)
@@ -663,6 +676,11 @@ mod tests {
             Arc::default(),
             crate::cluster::bus::Bus::in_process(),
         ));
+        let specs = Specs::new(
+            store.clone(),
+            Arc::new(NoDevices),
+            crate::cluster::bus::Bus::in_process(),
+        );
         let ingest = Ingest::new(
             store.clone(),
             SessionOwner::Replica(
@@ -670,11 +688,8 @@ mod tests {
             ),
             Handlers {
                 actions,
-                specs: Specs::new(
-                    store.clone(),
-                    Arc::new(NoDevices),
-                    crate::cluster::bus::Bus::in_process(),
-                ),
+                specs: specs.clone(),
+                desired: crate::desired::DesiredState::new(store.clone(), specs),
             },
             IngestConfig::default(),
             Duration::from_secs(30 * 86_400),

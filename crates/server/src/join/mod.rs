@@ -34,6 +34,17 @@ pub const OPERATOR_ACCOUNT: &str = "tether-operator";
 pub const OPERATOR_ROLE: &str = "view";
 /// Where the agent keeps its state in the pod (an `emptyDir`).
 const STATE_DIR: &str = "/var/lib/tether-agent";
+/// Where Kubernetes clients look for their ServiceAccount's token, CA and
+/// namespace; mounted in the agent's container only.
+const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// Where the enrollment Secret is mounted in the agent's container: a
+/// file, not an environment variable (which `/proc/PID/environ` shows).
+const ENROLLMENT_DIR: &str = "/etc/tether/enrollment";
+/// The agent's user and group, and the pod's `fsGroup`.
+const AGENT_UID: u32 = 65532;
+/// The user the management shell's container and its sessions run as:
+/// not the agent's, so sessions reach none of its files or processes.
+pub const SHELL_UID: u32 = 65533;
 /// The management shell's in-cluster name (seed 001: `management-pod`,
 /// "not the pod name"): a Service selecting the agent's pod.
 pub const MANAGEMENT_SERVICE: &str = "management-pod";
@@ -50,6 +61,11 @@ const LOGIN_DIR: &str = "/etc/tether/management-shell";
 /// The port the agent listens on in the pod (unprivileged, as the pod
 /// is), behind the Service's port 22.
 const SHELL_PORT: u16 = 2222;
+/// The directory the agent and the shell container share: only the
+/// socket the agent hands connections to (ADR 0028).
+const SHELL_SOCKET_DIR: &str = "/run/tether-shell";
+/// The shell container's own state: its host key.
+const SHELL_STATE_DIR: &str = "/var/lib/tether-agent-shell";
 
 /// What varies between joins.
 #[derive(Debug, Clone)]
@@ -63,8 +79,9 @@ pub struct Join<'a> {
     pub ca_sha256: &'a str,
     /// The agent's container image.
     pub image: &'a str,
-    /// With the management shell (ADR 0023): the image the agent runs
-    /// from instead, which has a shell and tools for the sessions.
+    /// With the management shell (ADR 0023, 0028): the image of the
+    /// pod's second container, which runs the sessions with a shell and
+    /// tools.
     pub management_shell: Option<&'a str>,
 }
 
@@ -153,29 +170,51 @@ pub fn objects(join: &Join<'_>) -> Vec<Value> {
         "env": [
             env("TETHER_SERVER", join.server_url),
             env("TETHER_CA_SHA256", join.ca_sha256),
-            {"name": "TETHER_ENROLL_TOKEN",
-             "valueFrom": {"secretKeyRef": {"name": ENROLLMENT_SECRET, "key": "token"}}},
+            env("TETHER_ENROLL_TOKEN_FILE", &format!("{ENROLLMENT_DIR}/token")),
             env("TETHER_AGENT_KUBERNETES", "cluster"),
             env("TETHER_AGENT_KUBERNETES_CLUSTER", join.device),
             env("TETHER_AGENT_STATE_DIR", STATE_DIR),
         ],
-        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-                            "capabilities": {"drop": ["ALL"]}},
+        "securityContext": hardened(),
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"},
                       "limits": {"memory": "64Mi"}},
-        "volumeMounts": [{"name": "state", "mountPath": STATE_DIR}],
+        "volumeMounts": [
+            {"name": "state", "mountPath": STATE_DIR},
+            {"name": "service-account", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": true},
+            {"name": "enrollment", "mountPath": ENROLLMENT_DIR, "readOnly": true},
+        ],
     });
     let mut pod = json!({
         "serviceAccountName": AGENT,
-        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+        // The token is the agent's alone: mounted in its container below,
+        // in no other.
+        "automountServiceAccountToken": false,
+        // fsGroup: the agent may read its Secrets' files (0440), and the
+        // shell's user the work dir's claim and the login Secret.
+        "securityContext": {"runAsNonRoot": true, "runAsUser": AGENT_UID, "runAsGroup": AGENT_UID,
+                            "fsGroup": AGENT_UID,
                             "seccompProfile": {"type": "RuntimeDefault"}},
-        "volumes": [{"name": "state", "emptyDir": {}}],
+        "volumes": [
+            {"name": "state", "emptyDir": {}},
+            // What Kubernetes mounts by itself when automounting, so the
+            // agent's in-cluster client finds token, CA and namespace
+            // where it always does; the token is renewed by the kubelet.
+            {"name": "service-account", "projected": {"sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace",
+                                            "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+            ]}},
+            {"name": "enrollment", "secret": {"secretName": ENROLLMENT_SECRET, "defaultMode": 0o440}},
+        ],
     });
+    let mut containers = vec![];
     if let Some(image) = join.management_shell {
         objects.extend(management_shell(&meta));
-        with_management_shell(&mut container, &mut pod, image);
+        containers.push(with_management_shell(&mut container, &mut pod, image));
     }
-    pod["containers"] = json!([container]);
+    containers.insert(0, container);
+    pod["containers"] = json!(containers);
     objects.push(
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(AGENT, true),
         "spec": {
@@ -203,17 +242,32 @@ fn management_shell(meta: &dyn Fn(&str, bool) -> Value) -> [Value; 2] {
     ]
 }
 
-/// The agent's container with the management shell: the tools image, the
-/// listener, the work dir's claim, the optional login Secret, a writable
-/// `/tmp` (the root file system stays read-only), and room for sessions'
-/// tools (kubectl alone takes tens of MiB).
-fn with_management_shell(container: &mut Value, pod: &mut Value, image: &str) {
+/// What every container of the pod runs with.
+fn hardened() -> Value {
+    json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+           "capabilities": {"drop": ["ALL"]}})
+}
+
+/// The management shell (ADR 0023, 0028): the agent's listener handing
+/// each connection over a socket in a shared `emptyDir` to the returned
+/// second container, which runs the sessions from the tools image as
+/// [`SHELL_UID`], with the work dir's claim, the optional login Secret and
+/// a writable `/tmp` (the root file system stays read-only), room for the
+/// sessions' tools (kubectl alone takes tens of MiB), and neither the
+/// agent's token, its enrollment token nor its state.
+fn with_management_shell(agent: &mut Value, pod: &mut Value, image: &str) -> Value {
     let env = |name: &str, value: String| json!({"name": name, "value": value});
-    container["image"] = json!(image);
-    if let Some(vars) = container["env"].as_array_mut() {
+    let socket = format!("{SHELL_SOCKET_DIR}/shell.sock");
+    // The paths are the shell container's: the agent only passes them on.
+    if let Some(vars) = agent["env"].as_array_mut() {
         vars.extend([
             env("TETHER_AGENT_SHELL_LISTEN", format!("0.0.0.0:{SHELL_PORT}")),
+            env("TETHER_AGENT_SHELL_SOCKET", socket.clone()),
             env("TETHER_AGENT_SHELL_WORK_DIR", WORK_DIR.to_owned()),
+            env(
+                "TETHER_AGENT_SHELL_HOST_KEY",
+                format!("{SHELL_STATE_DIR}/shell_host_key"),
+            ),
             env(
                 "TETHER_AGENT_SHELL_AUTHORIZED_KEYS",
                 format!("{LOGIN_DIR}/authorized_keys"),
@@ -224,20 +278,14 @@ fn with_management_shell(container: &mut Value, pod: &mut Value, image: &str) {
             ),
         ]);
     }
-    container["ports"] = json!([{"name": "ssh", "containerPort": SHELL_PORT, "protocol": "TCP"}]);
-    container["resources"]["limits"]["memory"] = json!("512Mi");
-    if let Some(mounts) = container["volumeMounts"].as_array_mut() {
-        mounts.extend([
-            json!({"name": "work", "mountPath": WORK_DIR}),
-            json!({"name": "login", "mountPath": LOGIN_DIR, "readOnly": true}),
-            json!({"name": "tmp", "mountPath": "/tmp"}),
-        ]);
+    agent["ports"] = json!([{"name": "ssh", "containerPort": SHELL_PORT, "protocol": "TCP"}]);
+    if let Some(mounts) = agent["volumeMounts"].as_array_mut() {
+        mounts.push(json!({"name": "shell-socket", "mountPath": SHELL_SOCKET_DIR}));
     }
-    // The claim's files belong to the pod's group, so the agent's user
-    // may write them.
-    pod["securityContext"]["fsGroup"] = json!(65532);
     if let Some(volumes) = pod["volumes"].as_array_mut() {
         volumes.extend([
+            json!({"name": "shell-socket", "emptyDir": {}}),
+            json!({"name": "shell-state", "emptyDir": {}}),
             json!({"name": "work", "persistentVolumeClaim": {"claimName": MANAGEMENT_WORK_CLAIM}}),
             // Readable by the pod's group only (fsGroup): 0440.
             json!({"name": "login", "secret": {"secretName": MANAGEMENT_LOGIN_SECRET,
@@ -245,6 +293,25 @@ fn with_management_shell(container: &mut Value, pod: &mut Value, image: &str) {
             json!({"name": "tmp", "emptyDir": {}}),
         ]);
     }
+    let mut security = hardened();
+    security["runAsUser"] = json!(SHELL_UID);
+    security["runAsGroup"] = json!(SHELL_UID);
+    json!({
+        "name": "shell",
+        "image": image,
+        "command": ["/usr/local/bin/tether-agent-shell", "serve",
+                    "--socket", socket, "--agent-uid", AGENT_UID.to_string()],
+        "securityContext": security,
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"},
+                      "limits": {"memory": "512Mi"}},
+        "volumeMounts": [
+            {"name": "shell-socket", "mountPath": SHELL_SOCKET_DIR},
+            {"name": "shell-state", "mountPath": SHELL_STATE_DIR},
+            {"name": "work", "mountPath": WORK_DIR},
+            {"name": "login", "mountPath": LOGIN_DIR, "readOnly": true},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    })
 }
 
 /// The manifest as YAML documents.
@@ -286,6 +353,20 @@ mod tests {
             image: "registry.example/tether-agent:1.2.3",
             management_shell: None,
         }
+    }
+
+    /// The volume `container` mounts at `path`.
+    fn mounted(pod: &Value, container: &Value, path: &str) -> Option<Value> {
+        let name = container["volumeMounts"]
+            .as_array()?
+            .iter()
+            .find(|m| m["mountPath"] == path)?["name"]
+            .clone();
+        pod["volumes"]
+            .as_array()?
+            .iter()
+            .find(|v| v["name"] == name)
+            .cloned()
     }
 
     fn kinds(objects: &[Value]) -> Vec<String> {
@@ -345,8 +426,28 @@ mod tests {
         assert!(env.contains(&("TETHER_AGENT_KUBERNETES".into(), json!("cluster"))));
         assert!(env.contains(&("TETHER_SERVER".into(), json!("https://tether.example:8443"))));
         assert!(env.contains(&("TETHER_CA_SHA256".into(), json!("ab12"))));
-        // The token only by reference: it is not in the pod spec.
+        // The token only by reference: it is not in the pod spec, and it
+        // reaches the agent as a file, not in its environment.
         assert!(!container.to_string().contains("one-time-token"));
+        assert!(!env.iter().any(|(name, _)| name == "TETHER_ENROLL_TOKEN"));
+        assert!(env.contains(&(
+            "TETHER_ENROLL_TOKEN_FILE".into(),
+            json!("/etc/tether/enrollment/token")
+        )));
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(
+            mounted(pod, container, "/etc/tether/enrollment").map(|v| v["secret"].clone()),
+            Some(json!({"secretName": ENROLLMENT_SECRET, "defaultMode": 0o440}))
+        );
+        // The ServiceAccount's token in the agent's container only, where
+        // in-cluster clients look for it.
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        let account = mounted(pod, container, SERVICE_ACCOUNT_DIR).expect("the token mounted");
+        let sources = &account["projected"]["sources"];
+        assert_eq!(sources[0]["serviceAccountToken"]["path"], "token");
+        assert_eq!(sources[1]["configMap"]["items"][0]["path"], "ca.crt");
+        assert_eq!(sources[2]["downwardAPI"]["items"][0]["path"], "namespace");
+        assert_eq!(pod["containers"].as_array().map(Vec::len), Some(1));
         assert_eq!(deployment["spec"]["replicas"], 1);
         for object in &objects[1..] {
             let namespaced = !matches!(
@@ -362,7 +463,7 @@ mod tests {
     }
 
     #[test]
-    fn the_management_shell_adds_its_service_its_volume_and_the_tools_image() {
+    fn the_management_shell_adds_a_service_a_claim_and_a_shell_container_without_secrets() {
         let plain = objects(&join());
         assert!(
             !serde_json::to_string(&plain)
@@ -399,13 +500,14 @@ mod tests {
         );
         assert_eq!(service["spec"]["ports"][0]["port"], 22);
         assert_eq!(service["spec"]["ports"][0]["targetPort"], 2222);
-        let container = &pod["containers"][0];
-        assert_eq!(
-            container["image"],
-            "registry.example/tether-agent-tools:1.2.3"
-        );
+        // The agent keeps its own image; the sessions run in the second
+        // container, from the tools image.
+        let (agent, shell) = (&pod["containers"][0], &pod["containers"][1]);
+        assert_eq!(pod["containers"].as_array().map(Vec::len), Some(2));
+        assert_eq!(agent["image"], "registry.example/tether-agent:1.2.3");
+        assert_eq!(shell["image"], "registry.example/tether-agent-tools:1.2.3");
         let env = |name: &str| {
-            container["env"]
+            agent["env"]
                 .as_array()
                 .into_iter()
                 .flatten()
@@ -416,7 +518,15 @@ mod tests {
             env("TETHER_AGENT_SHELL_LISTEN"),
             Some(json!("0.0.0.0:2222"))
         );
+        assert_eq!(
+            env("TETHER_AGENT_SHELL_SOCKET"),
+            Some(json!("/run/tether-shell/shell.sock"))
+        );
         assert_eq!(env("TETHER_AGENT_SHELL_WORK_DIR"), Some(json!("/work")));
+        assert_eq!(
+            env("TETHER_AGENT_SHELL_HOST_KEY"),
+            Some(json!("/var/lib/tether-agent-shell/shell_host_key"))
+        );
         assert_eq!(
             env("TETHER_AGENT_SHELL_PASSWORD_FILE"),
             Some(json!("/etc/tether/management-shell/password"))
@@ -425,34 +535,60 @@ mod tests {
             env("TETHER_AGENT_SHELL_AUTHORIZED_KEYS"),
             Some(json!("/etc/tether/management-shell/authorized_keys"))
         );
-        let mount = |path: &str| {
-            container["volumeMounts"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|m| m["mountPath"] == path)
-                .and_then(|m| m["name"].as_str())
-                .and_then(|name| {
-                    pod["volumes"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .find(|v| v["name"] == name)
-                })
-                .cloned()
-        };
+        // The shell container serves the agent's uid only, runs as another
+        // user, and has none of the agent's secrets or state mounted: no
+        // ServiceAccount token (none automounted either), no enrollment
+        // token, no state dir; only the socket's directory is shared.
         assert_eq!(
-            mount("/work").map(|v| v["persistentVolumeClaim"]["claimName"].clone()),
+            shell["command"],
+            json!([
+                "/usr/local/bin/tether-agent-shell",
+                "serve",
+                "--socket",
+                "/run/tether-shell/shell.sock",
+                "--agent-uid",
+                "65532"
+            ])
+        );
+        assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+        assert_eq!(shell["securityContext"]["runAsUser"], SHELL_UID);
+        assert_ne!(SHELL_UID, 65532);
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        assert!(shell.get("env").is_none(), "{shell}");
+        let shell_mounts: Vec<&str> = shell["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["name"].as_str())
+            .collect();
+        assert_eq!(
+            shell_mounts,
+            ["shell-socket", "shell-state", "work", "login", "tmp"]
+        );
+        assert!(mounted(pod, shell, SERVICE_ACCOUNT_DIR).is_none());
+        assert!(mounted(pod, shell, STATE_DIR).is_none());
+        assert!(mounted(pod, agent, SERVICE_ACCOUNT_DIR).is_some());
+        assert_eq!(
+            mounted(pod, agent, "/run/tether-shell"),
+            mounted(pod, shell, "/run/tether-shell")
+        );
+        assert_eq!(
+            mounted(pod, shell, "/work").map(|v| v["persistentVolumeClaim"]["claimName"].clone()),
             Some(json!(MANAGEMENT_WORK_CLAIM))
         );
+        assert!(mounted(pod, agent, "/work").is_none());
         // Nobody logs in until the operator creates the Secret.
-        let login = mount("/etc/tether/management-shell").expect("mounted");
+        let login = mounted(pod, shell, "/etc/tether/management-shell").expect("mounted");
         assert_eq!(login["secret"]["secretName"], MANAGEMENT_LOGIN_SECRET);
         assert_eq!(login["secret"]["optional"], true);
         assert_eq!(login["secret"]["defaultMode"], 0o440);
         assert_eq!(pod["securityContext"]["fsGroup"], 65532);
-        assert!(mount("/tmp").is_some());
-        assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+        assert!(mounted(pod, shell, "/tmp").is_some());
+        for container in [agent, shell] {
+            assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+        }
+        assert_eq!(agent["resources"]["limits"]["memory"], "64Mi");
+        assert_eq!(shell["resources"]["limits"]["memory"], "512Mi");
     }
 
     #[test]

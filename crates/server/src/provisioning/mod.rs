@@ -30,6 +30,10 @@ const MAX_KEY_FIELD_BYTES: usize = 128;
 const MAX_FACTS_BYTES: usize = 16 * 1024;
 /// How long a waiting device is told to wait before asking again.
 pub const RETRY_AFTER_SECONDS: u64 = 10;
+/// Registrations one policy keeps waiting for a decision: past it, a
+/// leaked key fills no approval queue (and no disk), and new ones are
+/// told to come back.
+pub const MAX_PENDING_PER_POLICY: u64 = 1_000;
 /// Attempts at a free generated device name.
 const NAME_ATTEMPTS: usize = 4;
 
@@ -57,6 +61,10 @@ pub enum ProvisioningError {
         approval: String,
         reason: Option<String>,
     },
+    #[error(
+        "policy {policy} has {MAX_PENDING_PER_POLICY} registrations waiting for approval, the most it keeps; approve or deny some (`tether approvals list`), or revoke a leaked key; ask again later"
+    )]
+    TooManyPending { policy: String },
     #[error("approval {0} not found")]
     ApprovalNotFound(String),
     #[error("approval {id} is {state:?}, not pending: it was decided already")]
@@ -68,6 +76,10 @@ pub enum ProvisioningError {
         "device {0}, which this registration became, was deleted; register with a new key pair (an empty state dir)"
     )]
     DeviceGone(DeviceId),
+    #[error(
+        "device {0} no longer holds the certificate this key pair obtained: it was revoked, or the device registered again from other media; this key pair cannot take the device back. Register with a new key pair (an empty state dir)"
+    )]
+    Superseded(DeviceId),
     #[error("key {key} of policy {policy} not found")]
     KeyNotFound { policy: String, key: String },
     #[error(transparent)]
@@ -382,12 +394,15 @@ impl Provisioning {
             policy: policy.to_owned(),
             public_key_sha256: public_key_sha256.to_owned(),
             facts: facts.clone(),
-            state: RegistrationState::Registered,
+            // Approved by the policy: the answer issues the certificate
+            // and records it, as for one a person approved.
+            state: RegistrationState::Approved,
             device: None,
             created_at: now,
-            decided_at: None,
-            decided_by: None,
+            decided_at: Some(now),
+            decided_by: Some(format!("policy {policy}")),
             reason: None,
+            certificate_serial: None,
         };
         match decide_new(spec.mode, matched) {
             NewRegistration::Reuse(device) => {
@@ -401,7 +416,14 @@ impl Provisioning {
                     .await
             }
             NewRegistration::Ask { matched } => {
+                if self.store.count_pending(policy).await? >= MAX_PENDING_PER_POLICY {
+                    return Err(ProvisioningError::TooManyPending {
+                        policy: policy.to_owned(),
+                    });
+                }
                 registration.state = RegistrationState::Pending;
+                registration.decided_at = None;
+                registration.decided_by = None;
                 registration.device = matched;
                 tracing::info!(policy, approval = %registration.id, "registration waits for approval");
                 self.write(registration, None, false, None, now).await
@@ -492,29 +514,35 @@ impl Provisioning {
                 if !made_by(device_now.as_ref(), &registration.policy) {
                     return Err(ProvisioningError::DeviceGone(device.clone()));
                 }
-                let enrolled = self
+                // Asking again is how a device recovers an answer it lost,
+                // but only while the certificate it got is still the
+                // device's: old media, or a revoked device, stay out.
+                if registration.state == RegistrationState::Registered
+                    && device_now.and_then(|d| d.certificate_serial)
+                        != registration.certificate_serial
+                {
+                    return Err(ProvisioningError::Superseded(device.clone()));
+                }
+                let issued = self
                     .registry
                     .issue_certificate(device, csr_pem, endpoints)
                     .await?;
-                if registration.state == RegistrationState::Approved {
-                    let mut registered = registration.clone();
-                    registered.state = RegistrationState::Registered;
-                    match self
-                        .write(
-                            registered,
-                            Some(RegistrationState::Approved),
-                            false,
-                            None,
-                            Utc::now(),
-                        )
-                        .await
-                    {
-                        // Another request of the same device came first.
-                        Err(ProvisioningError::Store(StoreError::Conflict { .. })) | Ok(_) => {}
-                        Err(error) => return Err(error),
-                    }
+                let expected = registration.state;
+                let registered = RegistrationRecord {
+                    state: RegistrationState::Registered,
+                    certificate_serial: Some(issued.serial_hex),
+                    ..registration
+                };
+                match self
+                    .write(registered, Some(expected), false, None, Utc::now())
+                    .await
+                {
+                    // Another request of the same key pair came first; the
+                    // certificate issued last is the device's.
+                    Err(ProvisioningError::Store(StoreError::Conflict { .. })) | Ok(_) => {}
+                    Err(error) => return Err(error),
                 }
-                Ok(Registered::Enrolled(enrolled))
+                Ok(Registered::Enrolled(issued.enrollment))
             }
             (state, None) => Err(ProvisioningError::InvalidRegistration(format!(
                 "registration {} is {state:?} without a device",
@@ -681,8 +709,26 @@ pub async fn refresh_identity(
             // Every connect reports: a read, and a write only when the
             // hardware changed, so that a fleet reconnecting at once does
             // not rewrite every identity.
-            if store.device_of_identity(&policy, &key).await?.as_ref() == Some(device) {
-                return Ok(());
+            match store.device_of_identity(&policy, &key).await? {
+                Some(holder) if &holder == device => return Ok(()),
+                // A device's report is its word only: it never takes the
+                // identity of another device that still has a credential
+                // (a hostile device claiming a serial would be handed that
+                // hardware's next registration). A revoked holder's
+                // identity moves.
+                Some(holder)
+                    if store
+                        .get_device(&holder)
+                        .await?
+                        .is_some_and(|h| h.certificate_serial.is_some()) =>
+                {
+                    tracing::warn!(
+                        %device, %holder, policy,
+                        "{device} reports the identity of {holder}, which still has a credential; the identity stays with {holder} (revoke or delete {holder} if its hardware moved)"
+                    );
+                    return Ok(());
+                }
+                _ => {}
             }
             store.set_device_identity(&policy, &key, device).await
         }
@@ -707,12 +753,11 @@ fn identity_fields(spec: &PolicySpec) -> Result<Vec<IdentityField>, Provisioning
 
 /// The template's spec, checked by the same rules as any spec update.
 fn template_spec(spec: &PolicySpec) -> Result<DeviceSpec, ProvisioningError> {
-    registry::spec::apply_update(
-        &DeviceSpec::new(),
-        &serde_json::Value::Object(spec.template.spec.clone()),
-        None,
-    )
-    .map_err(ProvisioningError::InvalidTemplateSpec)
+    let request = serde_json::Value::Object(spec.template.spec.clone());
+    let mask = registry::spec::operator_mask(&request, None)
+        .map_err(ProvisioningError::InvalidTemplateSpec)?;
+    registry::spec::apply_update(&DeviceSpec::new(), &request, Some(&mask))
+        .map_err(ProvisioningError::InvalidTemplateSpec)
 }
 
 fn to_api(record: PolicyRecord) -> Policy {

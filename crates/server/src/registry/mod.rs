@@ -322,8 +322,9 @@ impl Registry {
         }
         validate_labels(&labels)?;
         if let Some(request) = &patch.spec {
+            let mask = spec::operator_mask(request, mask).map_err(RegistryError::InvalidSpec)?;
             self.specs
-                .update(name, request, mask.as_ref(), if_match)
+                .update(name, request, Some(&mask), if_match)
                 .await?;
         }
         if relabel {
@@ -429,8 +430,10 @@ impl Registry {
             .consume_enrollment_token(&secret_hash(&request.token), Utc::now())
             .await?
             .ok_or(RegistryError::TokenRefused)?;
-        self.issue_certificate(&device, &request.csr_pem, endpoints)
-            .await
+        let issued = self
+            .issue_certificate(&device, &request.csr_pem, endpoints)
+            .await?;
+        Ok(issued.enrollment)
     }
 
     /// Signs `csr_pem` as the device's certificate, in place of any it
@@ -441,7 +444,7 @@ impl Registry {
         device: &DeviceId,
         csr_pem: &str,
         endpoints: &Endpoints,
-    ) -> Result<EnrollResponse, RegistryError> {
+    ) -> Result<IssuedCertificate, RegistryError> {
         let now = Utc::now();
         let issued = self
             .ca
@@ -457,13 +460,16 @@ impl Registry {
         self.disconnect(device);
         tracing::info!(%device, serial = %issued.serial_hex, "device certificate issued");
         let mqtt_urls = self.membership.mqtt_urls(&endpoints.mqtt_url, now).await?;
-        Ok(EnrollResponse {
-            device: device.to_string(),
-            certificate_pem: issued.pem,
-            ca_certificate_pem: self.ca.cert_pem().to_owned(),
-            mqtt_url: mqtt_urls[0].clone(),
-            mqtt_urls,
-            server_time: Some(now),
+        Ok(IssuedCertificate {
+            enrollment: EnrollResponse {
+                device: device.to_string(),
+                certificate_pem: issued.pem,
+                ca_certificate_pem: self.ca.cert_pem().to_owned(),
+                mqtt_url: mqtt_urls[0].clone(),
+                mqtt_urls,
+                server_time: Some(now),
+            },
+            serial_hex: issued.serial_hex,
         })
     }
 
@@ -557,6 +563,14 @@ impl Registry {
         tracing::info!(device = %name, "device certificates revoked");
         Ok(())
     }
+}
+
+/// A certificate just issued: the answer for the device, and its serial
+/// for whoever must recognise it later (a registration, ADR 0025).
+#[derive(Debug)]
+pub struct IssuedCertificate {
+    pub enrollment: EnrollResponse,
+    pub serial_hex: String,
 }
 
 /// CONNECT-time check for the MQTT endpoint: the certificate must be the

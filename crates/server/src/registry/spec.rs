@@ -78,6 +78,54 @@ pub fn apply_update(
     Ok(updated)
 }
 
+/// Sections tetherd writes itself: `deployments`, from the deployments
+/// that target the device. An operator's update may neither set nor
+/// remove them.
+pub const MANAGED_SECTIONS: [&str; 1] = [tether_proto::desired::SECTION];
+
+/// The mask an operator's update is applied under: theirs, or — without
+/// one, a whole-spec replacement — every section but the managed ones, so
+/// replacing the spec keeps what deployments put there.
+pub fn operator_mask(request: &Value, mask: Option<UpdateMask>) -> Result<UpdateMask, SpecError> {
+    let managed = |section: &str| MANAGED_SECTIONS.contains(&section);
+    let refuse = |section: &str| {
+        SpecError::new(
+            format!("spec.{section}"),
+            "is written by tetherd from the deployments that target the device; change those (`tether deployments`) instead",
+        )
+    };
+    if let Value::Object(sections) = request
+        && let Some(section) = sections.keys().find(|s| managed(s))
+    {
+        return Err(refuse(section));
+    }
+    let every_section = || -> Vec<Vec<String>> {
+        let mut names: Vec<String> = spec::SECTIONS.iter().map(|s| (*s).to_owned()).collect();
+        if let Value::Object(sections) = request {
+            names.extend(sections.keys().cloned());
+        }
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .filter(|name| !managed(name))
+            .map(|name| vec![name])
+            .collect()
+    };
+    let Some(UpdateMask(paths)) = mask else {
+        return Ok(UpdateMask(every_section()));
+    };
+    let mut allowed = Vec::new();
+    for path in paths {
+        match path.first() {
+            None => allowed.extend(every_section()),
+            Some(section) if managed(section) => return Err(refuse(section)),
+            Some(_) => allowed.push(path),
+        }
+    }
+    Ok(UpdateMask(allowed))
+}
+
 /// Sets `path` in `into` to its value in `from`, or removes it there if
 /// `from` lacks it. The empty path is the whole object.
 fn copy_path(
@@ -170,6 +218,32 @@ pub fn check_reported(version: u64, reported: &ReportedStatus) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operators_keep_off_the_deployments_section_and_a_replacement_keeps_it() {
+        let current: DeviceSpec = serde_json::from_value(serde_json::json!({
+            "metricsConfig": {"intervalSeconds": 5},
+            "deployments": {"web": {"version": "1-a"}},
+        }))
+        .expect("spec");
+        let replace = serde_json::json!({"loggingConfig": {"priority": 3}});
+        let mask = operator_mask(&replace, None).expect("allowed");
+        let updated = apply_update(&current, &replace, Some(&mask)).expect("valid");
+        assert_eq!(updated.get("deployments"), current.get("deployments"));
+        assert!(updated.get("metricsConfig").is_none(), "replaced");
+        assert_eq!(updated["loggingConfig"]["priority"], 3);
+
+        let sneaky = serde_json::json!({"deployments": {}});
+        let err = operator_mask(&sneaky, None).expect_err("managed");
+        assert_eq!(err.path, "spec.deployments");
+        let masked = UpdateMask::parse("spec.deployments.web").expect("parses");
+        let err = operator_mask(&serde_json::json!({}), Some(masked)).expect_err("managed");
+        assert!(err.message.contains("tether deployments"), "{err}");
+        let whole = UpdateMask::parse("spec").expect("parses");
+        let mask = operator_mask(&replace, Some(whole)).expect("allowed");
+        let updated = apply_update(&current, &replace, Some(&mask)).expect("valid");
+        assert_eq!(updated.get("deployments"), current.get("deployments"));
+    }
     use serde_json::json;
 
     fn spec(value: Value) -> DeviceSpec {

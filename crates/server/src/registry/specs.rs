@@ -121,6 +121,31 @@ impl Specs {
         Err(SpecUpdateError::Contended(device.clone()))
     }
 
+    /// Puts `deployment` into the device's `deployments` section as
+    /// `rendered`, or takes it out (`None`): the desired-state controller's
+    /// write, the only one to that section. Other sections are untouched.
+    pub async fn set_deployment(
+        &self,
+        device: &DeviceId,
+        deployment: &str,
+        rendered: Option<&tether_proto::desired::DeploymentSpec>,
+    ) -> Result<SpecRecord, SpecUpdateError> {
+        let section = tether_proto::desired::SECTION;
+        let mask = UpdateMask::parse(&format!("spec.{section}.{deployment}"))?;
+        let mut request = serde_json::Map::new();
+        if let Some(rendered) = rendered {
+            let value = serde_json::to_value(rendered).map_err(|e| {
+                SpecError::new(format!("spec.{section}.{deployment}"), e.to_string())
+            })?;
+            request.insert(
+                section.to_owned(),
+                Value::Object([(deployment.to_owned(), value)].into_iter().collect()),
+            );
+        }
+        self.update(device, &Value::Object(request), Some(&mask), None)
+            .await
+    }
+
     /// After a committed change: sends the spec if the device's session is
     /// here, and tells the other replicas so the one holding it does.
     async fn announce(&self, device: &DeviceId) {

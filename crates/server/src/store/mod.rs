@@ -10,6 +10,7 @@ mod bus;
 mod certificates;
 mod cluster;
 mod codec;
+mod desired;
 mod devices;
 mod enrollment;
 mod jobs;
@@ -25,6 +26,7 @@ mod users;
 
 pub use bus::Announcement;
 pub use cluster::{AdvisoryLock, DeviceSession, EndedSessions, ReplicaRecord};
+pub use desired::{DeploymentDeviceRecord, DeploymentRecord, DeploymentWrite, TemplateRecord};
 pub use devices::{ActionBytes, SeenDevice};
 pub use enrollment::CertificateSerials;
 pub use jobs::{JobRecord, NewJob};

@@ -52,6 +52,8 @@ pub struct RegistrationRecord {
     pub decided_at: Option<DateTime<Utc>>,
     pub decided_by: Option<String>,
     pub reason: Option<String>,
+    /// The certificate it last obtained, hex; `None` until it has one.
+    pub certificate_serial: Option<String>,
 }
 
 /// A device a policy creates, with its template applied.
@@ -82,7 +84,7 @@ const POLICY_COLUMNS: &str = "p.name, p.spec, p.created_at, \
 const KEY_COLUMNS: &str =
     "id, policy, secret_hash, created_at, created_by, expires_at, revoked_at, last_used_at";
 const REGISTRATION_COLUMNS: &str = "id, policy, public_key_sha256, facts, state, device, \
-     created_at, decided_at, decided_by, reason";
+     created_at, decided_at, decided_by, reason, certificate_serial";
 
 fn query_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { context, source }
@@ -145,6 +147,7 @@ fn registration_from_row(row: &AnyRow) -> Result<RegistrationRecord, StoreError>
         decided_at: optional_time(get(row, "decided_at")?, "a registration's decided_at")?,
         decided_by: get(row, "decided_by")?,
         reason: get(row, "reason")?,
+        certificate_serial: get(row, "certificate_serial")?,
         id,
     })
 }
@@ -407,6 +410,20 @@ impl Store {
         rows.iter().map(registration_from_row).collect()
     }
 
+    /// How many registrations under `policy` wait for a decision (an
+    /// index range: `registrations_state` leads with the state).
+    pub async fn count_pending(&self, policy: &str) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS pending FROM registrations WHERE state = 'pending' AND policy = $1",
+        )
+        .bind(policy)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("count pending registrations"))?;
+        let pending: i64 = get(&row, "pending")?;
+        Ok(pending.unsigned_abs())
+    }
+
     /// The device `policy` knows by `identity_key`, if any.
     pub async fn device_of_identity(
         &self,
@@ -490,7 +507,7 @@ impl Store {
             None => {
                 sqlx::query(&format!(
                     "INSERT INTO registrations ({REGISTRATION_COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
                 ))
                 .bind(&registration.id)
                 .bind(&registration.policy)
@@ -502,11 +519,17 @@ impl Store {
                 .bind(registration.decided_at.map(millis))
                 .bind(registration.decided_by.as_deref())
                 .bind(registration.reason.as_deref())
+                .bind(registration.certificate_serial.as_deref())
                 .execute(&mut *tx)
                 .await
                 .map_err(|source| {
                     if violates(&source, ErrorKind::UniqueViolation) {
                         conflict()
+                    } else if violates(&source, ErrorKind::ForeignKeyViolation) {
+                        // The policy was deleted while the device registered.
+                        StoreError::NotFound {
+                            what: format!("policy {}", registration.policy),
+                        }
                     } else {
                         StoreError::Query { context, source }
                     }
@@ -515,13 +538,15 @@ impl Store {
             Some(expected) => {
                 let updated = sqlx::query(
                     "UPDATE registrations SET state = $1, device = $2, decided_at = $3, \
-                     decided_by = $4, reason = $5 WHERE id = $6 AND state = $7",
+                     decided_by = $4, reason = $5, certificate_serial = $6 \
+                     WHERE id = $7 AND state = $8",
                 )
                 .bind(state_name(registration.state))
                 .bind(registration.device.as_ref().map(DeviceId::as_str))
                 .bind(registration.decided_at.map(millis))
                 .bind(registration.decided_by.as_deref())
                 .bind(registration.reason.as_deref())
+                .bind(registration.certificate_serial.as_deref())
                 .bind(&registration.id)
                 .bind(state_name(expected))
                 .execute(&mut *tx)
@@ -625,6 +650,7 @@ mod tests {
                 decided_at: None,
                 decided_by: None,
                 reason: None,
+                certificate_serial: Some(format!("serial-{name}")),
             },
             expected_state: None,
             new_device: Some(ProvisionedDevice {

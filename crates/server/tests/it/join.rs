@@ -81,9 +81,51 @@ async fn a_join_with_the_management_shell_creates_management_pod_and_its_claim()
         .get("deployments", Some("tether-system"), "tether-agent")
         .context("the agent Deployment")?;
     let pod = &deployment["spec"]["template"]["spec"];
+    // As the cluster stored it (ADR 0028): the sessions' container from
+    // the tools image, as another user than the agent, with no token
+    // mounted (none automounted) and none of the agent's volumes but the
+    // socket's directory; the agent's container with the token.
+    let (agent_container, shell_container) = (&pod["containers"][0], &pod["containers"][1]);
+    assert_eq!(shell_container["name"], "shell");
     assert_eq!(
-        pod["containers"][0]["image"],
+        shell_container["image"],
         "registry.example/tether-agent-tools:1"
+    );
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(shell_container["securityContext"]["runAsUser"], 65533);
+    let mounts = |container: &Value| -> Vec<String> {
+        container["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                format!(
+                    "{} {}",
+                    m["name"].as_str().unwrap_or_default(),
+                    m["mountPath"].as_str().unwrap_or_default()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        mounts(shell_container),
+        [
+            "shell-socket /run/tether-shell",
+            "shell-state /var/lib/tether-agent-shell",
+            "work /work",
+            "login /etc/tether/management-shell",
+            "tmp /tmp",
+        ]
+    );
+    assert_eq!(
+        mounts(agent_container),
+        [
+            "state /var/lib/tether-agent",
+            "service-account /var/run/secrets/kubernetes.io/serviceaccount",
+            "enrollment /etc/tether/enrollment",
+            "shell-socket /run/tether-shell",
+        ]
     );
     assert!(
         pod["volumes"].as_array().is_some_and(|volumes| volumes.contains(
@@ -93,20 +135,57 @@ async fn a_join_with_the_management_shell_creates_management_pod_and_its_claim()
     );
 
     // The agent as that pod (its listener on a free loopback port, the
-    // Secret's password as a file): a session's kubectl reaches the
-    // cluster as tether-operator, with `view`'s rights only.
+    // Secret's password as a file) and its shell container as a second
+    // process of another user (65534; the test runs as root), sharing
+    // only the socket's directory: a session's kubectl reaches the
+    // cluster as tether-operator, with `view`'s rights only, and cannot
+    // read the agent's token.
     let minted = kubectl(&cluster_admin, "create token tether-agent -n tether-system").await?;
     ensure!(minted.code == 0, "{}", minted.output);
     let account = tempfile::tempdir()?;
     std::fs::write(account.path().join("token"), minted.output.trim())?;
     std::fs::write(account.path().join("ca.crt"), &api.ca_pem)?;
     std::fs::write(account.path().join("namespace"), "tether-system")?;
-    let password = account.path().join("password");
+    // The agent's user's alone (here root's), as the projected volume
+    // the shell container does not even mount.
+    std::fs::set_permissions(
+        account.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
+    let shell_container = tempfile::tempdir()?;
+    let shell_user = 65534;
+    std::os::unix::fs::chown(shell_container.path(), Some(shell_user), Some(shell_user))?;
+    std::fs::set_permissions(
+        shell_container.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let password = shell_container.path().join("password");
     std::fs::write(&password, "in-cluster secret\n")?;
-    let work = account.path().join("work");
+    std::os::unix::fs::chown(&password, Some(shell_user), Some(shell_user))?;
+    let work = shell_container.path().join("work");
+    let host_key = shell_container.path().join("host_key");
+    let socket = shell_container.path().join("shell.sock");
+    let _shell =
+        tokio::process::Command::new(tether_testkit::binaries::binary("tether-agent-shell")?)
+            .args(["serve", "--socket"])
+            .arg(&socket)
+            .args(["--agent-uid", "0"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .uid(shell_user)
+            .gid(shell_user)
+            .kill_on_drop(true)
+            .spawn()
+            .context("the shell container's process")?;
+    tether_testkit::wait_until("the shell's socket", Duration::from_secs(30), || {
+        let exists = socket.exists();
+        async move { Ok(exists.then_some(())) }
+    })
+    .await?;
     let port = api.url.rsplit(':').next().context("port")?.to_owned();
     let path = |p: &Path| p.to_string_lossy().into_owned();
     let (account_dir, password, work_dir) = (path(account.path()), path(&password), path(&work));
+    let (socket_path, host_key) = (path(&socket), path(&host_key));
     let agent = Agent::start_enrolling(
         &tetherd,
         "edge-1",
@@ -117,6 +196,8 @@ async fn a_join_with_the_management_shell_creates_management_pod_and_its_claim()
             ("KUBERNETES_SERVICE_PORT", &port),
             ("TETHER_AGENT_KUBERNETES_SERVICE_ACCOUNT_DIR", &account_dir),
             ("TETHER_AGENT_SHELL_LISTEN", "127.0.0.1:0"),
+            ("TETHER_AGENT_SHELL_SOCKET", &socket_path),
+            ("TETHER_AGENT_SHELL_HOST_KEY", &host_key),
             ("TETHER_AGENT_SHELL_PASSWORD_FILE", &password),
             ("TETHER_AGENT_SHELL_WORK_DIR", &work_dir),
         ],
@@ -154,14 +235,18 @@ async fn a_join_with_the_management_shell_creates_management_pod_and_its_claim()
     );
     let session = shell(
         &format!(
-            "{ssh} 'stat -c %a .kube/config; kubectl get deployments -n default -o name; \
-             kubectl get secret tether-agent-identity -n tether-system' < /dev/null"
+            "{ssh} 'id -u; cat {}/token || echo no token; stat -c %a .kube/config; \
+             kubectl get deployments -n default -o name; \
+             kubectl get secret tether-agent-identity -n tether-system' < /dev/null",
+            account.path().display()
         ),
         &cluster_admin,
     )
     .await?;
     ensure!(
-        session.output.starts_with("600\ndeployment.apps/web\n")
+        session
+            .output
+            .contains("65534\nno token\n600\ndeployment.apps/web\n")
             && session.output.contains("forbidden")
             && session.code == 1,
         "{}: {}\n{}",

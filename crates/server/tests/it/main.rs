@@ -6,6 +6,7 @@ mod api;
 mod certificates;
 mod contract;
 mod cross_replica;
+mod desired;
 mod device_link;
 mod external_broker;
 mod hostile;

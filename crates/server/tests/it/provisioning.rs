@@ -110,16 +110,35 @@ async fn unattended(database: Database) -> anyhow::Result<()> {
     assert_eq!(created["specVersion"], 1);
     assert_eq!(created["spec"]["loggingConfig"]["priority"], 7);
 
-    // The same key pair asking again is the same registration.
+    // The same key pair asking again (its answer was lost) is the same
+    // registration, with a new certificate.
     let (status, again) = first.register(&anonymous, &key).await?;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["enrollment"]["device"], device.as_str());
+    assert_ne!(
+        again["enrollment"]["certificatePem"],
+        answer["enrollment"]["certificatePem"]
+    );
 
     // New media on the same hardware: a new key pair, the same serial.
     let reflashed = Hardware::new("SN-0001")?;
     let (status, reused) = reflashed.register(&anonymous, &key).await?;
     assert_eq!(status, 200, "{reused}");
     assert_eq!(reused["enrollment"]["device"], device.as_str(), "reused");
+    // The old media cannot take its device back.
+    let (status, refused) = first.register(&anonymous, &key).await?;
+    assert_eq!(status, 410, "{refused}");
+    assert_eq!(refused["error"]["code"], "registration_superseded");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("new key pair"), "{message}");
+    // Nor can the new media once its credential is revoked (a stolen
+    // device's key pair is as good as its certificate was).
+    admin
+        .post(&format!("/api/v1/devices/{device}/revoke"), json!({}))
+        .await?
+        .expect_status(204)?;
+    let (status, refused) = reflashed.register(&anonymous, &key).await?;
+    assert_eq!(status, 410, "{refused}");
 
     // Other hardware is another device.
     let (status, other) = Hardware::new("SN-0002")?.register(&anonymous, &key).await?;
@@ -251,6 +270,9 @@ async fn a_manual_policy_waits_for_approval_and_a_denied_device_is_told_why() ->
         .expect_status(200)?;
     let (_, registered) = reflashed.register(&anonymous, &key).await?;
     assert_eq!(registered["enrollment"]["device"], "gw-berlin");
+    // The gateway's old media is out.
+    let (status, refused) = wanted.register(&anonymous, &key).await?;
+    assert_eq!(status, 410, "{refused}");
     Ok(())
 }
 
@@ -402,6 +424,102 @@ async fn pending_approval(admin: &ApiClient) -> anyhow::Result<String> {
         },
     )
     .await
+}
+
+/// A leaked MANUAL key fills the approval queue only up to its cap; a
+/// registration body past 32 KiB is refused before it is parsed.
+#[tokio::test]
+async fn a_policy_keeps_at_most_its_cap_of_pending_registrations() -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    let key = policy(&admin, "gateways", json!({"mode": "MANUAL"})).await?;
+    let cap = tether_server::provisioning::MAX_PENDING_PER_POLICY;
+    let statuses: Vec<u16> = futures::stream::iter(0..cap)
+        .map(|_| {
+            let (anonymous, key) = (&anonymous, &key);
+            async move {
+                let (status, _) = Hardware::new("GW")?.register(anonymous, key).await?;
+                anyhow::Ok(status)
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    assert!(statuses.iter().all(|s| *s == 202), "all wait");
+    let (status, refused) = Hardware::new("GW")?.register(&anonymous, &key).await?;
+    assert_eq!(status, 429, "{refused}");
+    assert_eq!(refused["error"]["code"], "too_many_pending");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("tether approvals list"), "{message}");
+
+    // Deciding one makes room.
+    let approval = pending_approval(&admin).await?;
+    admin
+        .post(&format!("/api/v1/approvals/{approval}/deny"), json!({}))
+        .await?
+        .expect_status(200)?;
+    let (status, waiting) = Hardware::new("GW")?.register(&anonymous, &key).await?;
+    assert_eq!(status, 202, "{waiting}");
+
+    let mut oversized = Hardware::new("GW")?.request(&key)?;
+    oversized["facts"]["cpuModel"] = json!("x".repeat(40 * 1024));
+    let reply = anonymous.post("/api/v1/register", oversized).await?;
+    assert_eq!(reply.status.as_u16(), 413, "{}", reply.body);
+    Ok(())
+}
+
+/// A device's report is its word only: an enrolled device claiming the
+/// serial of another device does not take that hardware's identity, so the
+/// hardware's next registration still finds its own device.
+#[tokio::test]
+async fn a_device_reporting_another_devices_serial_does_not_take_its_identity() -> anyhow::Result<()>
+{
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    let key = policy(
+        &admin,
+        "pis",
+        json!({"mode": "UNATTENDED", "identityFieldPaths": [tether_proto::provisioning::SEED_SERIAL_PATH]}),
+    )
+    .await?;
+    let (status, victim) = Hardware::new("SN-V")?.register(&anonymous, &key).await?;
+    assert_eq!(status, 200, "{victim}");
+    let victim = victim["enrollment"]["device"].clone();
+
+    let files = tempfile::tempdir()?;
+    let mut hostile = tether_testkit::Agent::unenrolled(
+        "hostile",
+        &pairs(&machine_env(files.path(), &key, "SN-H")?),
+    )?;
+    hostile.start()?;
+    let hostile_device = hostile.wait_device().await?;
+    hostile.stop().await?;
+    hostile.set_env(&pairs(&machine_env(files.path(), &key, "SN-V")?));
+    hostile.start()?;
+    wait_serial(&admin, &hostile_device, "SN-V").await?;
+    tether_testkit::wait_until(
+        "tetherd to refuse moving the identity",
+        std::time::Duration::from_secs(30),
+        || async {
+            Ok(tetherd
+                .log()
+                .contains("which still has a credential")
+                .then_some(()))
+        },
+    )
+    .await?;
+
+    // New media in the victim's hardware finds the victim's device.
+    let (status, reflashed) = Hardware::new("SN-V")?.register(&anonymous, &key).await?;
+    assert_eq!(status, 200, "{reflashed}");
+    assert_eq!(reflashed["enrollment"]["device"], victim);
+    hostile.stop().await?;
+    Ok(())
 }
 
 /// Seed 004's hardware-failure section with real agents: the state dir is

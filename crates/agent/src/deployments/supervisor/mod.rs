@@ -1,0 +1,441 @@
+//! Supervised processes and config files on a plain device (issue 17,
+//! seed 003's jobs): the deployments' `processes` and `configFiles`,
+//! reconciled as the applied spec changes and reported per deployment
+//! through [`DeploymentReports`] ([`Part::Processes`]).
+//!
+//! Each deployment's processes are a [`machine::Machine`] (every rule, no
+//! IO); this runtime does what it commands with real children
+//! ([`child`]) and files ([`files`]), and feeds back what happened. A new
+//! version of a deployment is prepared whole first (templates rendered,
+//! artifacts downloaded and checked); if that fails, the deployment is
+//! reported failed for that version with the reason, and what runs keeps
+//! running as it was. Otherwise only what changed is touched.
+//!
+//! Processes run in `STATE_DIR/deployments/DEPLOYMENT/PROCESS/`, their
+//! working directory, where their artifacts are. The agent stops them
+//! all when it stops; a restarted agent starts them again from the spec
+//! it applied last, after killing what an agent killed outright left
+//! running ([`child::kill_leftovers`]).
+
+pub mod child;
+pub mod files;
+pub mod machine;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_proto::desired::{DeploymentSpec, DeploymentState, DeploymentStatus, Deployments};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::{DeploymentReports, Part};
+use crate::logs::Sink;
+use crate::spec::AppliedSpec;
+use child::{Child, ChildEvent, ChildKey};
+use files::{ArtifactSource, DeviceContext, Rendered, Staged};
+use machine::{Command, Machine};
+
+/// The processes' directories, in the state directory.
+pub const DEPLOYMENTS_DIR: &str = "deployments";
+
+/// What the supervisor needs from the agent.
+pub struct SupervisorParts {
+    /// Where processes' directories go ([`DEPLOYMENTS_DIR`] in the state directory).
+    pub root: PathBuf,
+    pub device: DeviceContext,
+    pub artifacts: ArtifactSource,
+    /// Where the processes' output goes.
+    pub sink: Arc<Sink>,
+    pub reports: DeploymentReports,
+}
+
+/// The running supervisor; [`Supervisor::stop`] stops its children.
+pub struct Supervisor {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Supervisor {
+    /// Starts reconciling to `spec` (the applied spec, followed).
+    pub fn start(parts: SupervisorParts, spec: watch::Receiver<AppliedSpec>) -> Self {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(run(parts, spec, stopped));
+        Self {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops every child (SIGTERM, then SIGKILL after a grace) and waits.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        // Not stopped cleanly: the children die with their handles.
+        self.task.abort();
+    }
+}
+
+/// One deployment as it runs.
+struct Running {
+    spec: DeploymentSpec,
+    machine: Machine,
+    files: BTreeMap<String, Rendered>,
+    children: BTreeMap<String, Child>,
+}
+
+/// A version being prepared, or that could not be.
+enum Pending {
+    Preparing {
+        spec: DeploymentSpec,
+        _task: AbortOnDrop,
+    },
+    Failed {
+        spec: DeploymentSpec,
+        reason: String,
+    },
+}
+
+impl Pending {
+    fn spec(&self) -> &DeploymentSpec {
+        match self {
+            Pending::Preparing { spec, .. } | Pending::Failed { spec, .. } => spec,
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A prepared version: its files rendered, its artifacts staged.
+struct Prepared {
+    name: String,
+    spec: DeploymentSpec,
+    result: Result<(BTreeMap<String, Rendered>, Staged), String>,
+}
+
+struct Runtime {
+    parts: Arc<SupervisorParts>,
+    running: BTreeMap<String, Running>,
+    pending: BTreeMap<String, Pending>,
+    /// What the spec asks for now.
+    desired: Deployments,
+    events: mpsc::UnboundedSender<(ChildKey, ChildEvent)>,
+    prepared: mpsc::UnboundedSender<Prepared>,
+}
+
+/// The most a stop at shutdown waits for children, beyond their grace.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
+
+async fn run(
+    parts: SupervisorParts,
+    mut spec: watch::Receiver<AppliedSpec>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    child::kill_leftovers(&parts.root);
+    let (events, mut child_events) = mpsc::unbounded_channel();
+    let (prepared, mut prepared_rx) = mpsc::unbounded_channel();
+    let mut runtime = Runtime {
+        parts: Arc::new(parts),
+        running: BTreeMap::new(),
+        pending: BTreeMap::new(),
+        desired: Deployments::new(),
+        events,
+        prepared,
+    };
+    let mut follow = true;
+    loop {
+        if follow {
+            let desired = spec.borrow_and_update().deployments.clone();
+            runtime.apply(desired);
+            follow = false;
+        }
+        runtime.act();
+        runtime.report();
+        let deadline = runtime
+            .running
+            .values()
+            .filter_map(|r| r.machine.next_deadline())
+            .min();
+        tokio::select! {
+            _ = &mut stop => break,
+            changed = spec.changed() => match changed {
+                Ok(()) => follow = true,
+                Err(_) => break,
+            },
+            Some((key, event)) = child_events.recv() => runtime.child_event(key, event),
+            Some(prepared) = prepared_rx.recv() => runtime.prepared(prepared),
+            () = sleep_until(deadline) => {
+                let now = Instant::now();
+                for running in runtime.running.values_mut() {
+                    running.machine.tick(now);
+                }
+            }
+        }
+    }
+    // Stopping: every child gets its grace, then the agent goes on stopping.
+    runtime.pending.clear();
+    for running in runtime.running.values_mut() {
+        running.machine.stop_all();
+    }
+    runtime.act();
+    let give_up = Instant::now() + child::STOP_GRACE + SHUTDOWN_SLACK;
+    while runtime.running.values().any(|r| !r.machine.is_idle()) {
+        tokio::select! {
+            Some((key, event)) = child_events.recv() => runtime.child_event(key, event),
+            () = tokio::time::sleep_until(give_up) => break,
+        }
+        runtime.act();
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Runtime {
+    /// Takes the spec's deployments: removed ones stop, new and changed
+    /// ones are prepared.
+    fn apply(&mut self, desired: Deployments) {
+        let now = Instant::now();
+        for (name, running) in &mut self.running {
+            if !desired.contains_key(name) {
+                running
+                    .machine
+                    .update(&BTreeMap::new(), &BTreeSet::new(), now);
+            }
+        }
+        self.pending.retain(|name, _| desired.contains_key(name));
+        for (name, spec) in &desired {
+            let has_work = !spec.processes.is_empty() || !spec.config_files.is_empty();
+            let current = self.running.get(name).map(|r| &r.spec);
+            if current == Some(spec) || (current.is_none() && !has_work) {
+                // Back to what runs (a rollback before the new one applied).
+                self.pending.remove(name);
+                continue;
+            }
+            if self.pending.get(name).is_some_and(|p| p.spec() == spec) {
+                continue;
+            }
+            let task = self.prepare(name.clone(), spec.clone());
+            self.pending.insert(
+                name.clone(),
+                Pending::Preparing {
+                    spec: spec.clone(),
+                    _task: task,
+                },
+            );
+        }
+        self.desired = desired;
+    }
+
+    fn prepare(&self, name: String, spec: DeploymentSpec) -> AbortOnDrop {
+        let parts = self.parts.clone();
+        let done = self.prepared.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let result = match files::render(&parts.device, &spec, &parts.root) {
+                Ok(rendered) => files::stage(&parts.artifacts, &parts.root, &name, &spec)
+                    .await
+                    .map(|staged| (rendered, staged)),
+                Err(reason) => Err(reason),
+            };
+            let _ = done.send(Prepared { name, spec, result });
+        }))
+    }
+
+    /// A version is ready (or not): put it in place and hand it to its machine.
+    fn prepared(&mut self, prepared: Prepared) {
+        let Prepared { name, spec, result } = prepared;
+        if self.pending.get(&name).map(Pending::spec) != Some(&spec) {
+            return;
+        }
+        let installed = result.and_then(|(rendered, staged)| {
+            let previous = self.running.get(&name).map(|r| &r.files);
+            let changed_files = files::write(&rendered, previous.unwrap_or(&BTreeMap::new()))?;
+            let changed_artifacts = staged.commit()?;
+            Ok((rendered, changed_files, changed_artifacts))
+        });
+        let (rendered, changed_files, mut touched) = match installed {
+            Ok(installed) => installed,
+            Err(reason) => {
+                tracing::warn!(
+                    deployment = name,
+                    version = spec.version,
+                    "cannot apply: {reason}"
+                );
+                self.pending.insert(name, Pending::Failed { spec, reason });
+                return;
+            }
+        };
+        self.pending.remove(&name);
+        touched.extend(
+            spec.processes
+                .iter()
+                .filter(|(_, p)| p.config_files.iter().any(|f| changed_files.contains(f)))
+                .map(|(n, _)| n.clone()),
+        );
+        tracing::info!(
+            deployment = name,
+            version = spec.version,
+            restarted = ?touched,
+            "applying"
+        );
+        let running = self.running.entry(name).or_insert_with(|| Running {
+            spec: DeploymentSpec::default(),
+            machine: Machine::default(),
+            files: BTreeMap::new(),
+            children: BTreeMap::new(),
+        });
+        running
+            .machine
+            .update(&spec.processes, &touched, Instant::now());
+        running.spec = spec;
+        running.files = rendered;
+    }
+
+    fn child_event(&mut self, key: ChildKey, event: ChildEvent) {
+        let Some(running) = self.running.get_mut(&key.deployment) else {
+            return;
+        };
+        let now = Instant::now();
+        match event {
+            ChildEvent::Exited(exit) => {
+                if running.machine.generation(&key.process) == Some(key.generation) {
+                    running.children.remove(&key.process);
+                }
+                tracing::info!(
+                    deployment = key.deployment,
+                    process = key.process,
+                    "{}",
+                    exit.description
+                );
+                running
+                    .machine
+                    .exited(&key.process, key.generation, exit, now);
+            }
+            ChildEvent::Checked { passed, detail } => {
+                running
+                    .machine
+                    .checked(&key.process, key.generation, passed, detail, now);
+            }
+        }
+    }
+
+    /// Does what the machines command, until they command nothing more.
+    fn act(&mut self) {
+        let parts = self.parts.clone();
+        for (name, running) in &mut self.running {
+            loop {
+                let commands = running.machine.take_commands();
+                if commands.is_empty() {
+                    break;
+                }
+                for command in commands {
+                    match command {
+                        Command::Spawn {
+                            process,
+                            generation,
+                        } => {
+                            let Some(spec) = running.machine.spec(&process).cloned() else {
+                                continue;
+                            };
+                            let dir = files::process_dir(&parts.root, name, &process);
+                            let key = ChildKey {
+                                deployment: name.clone(),
+                                process: process.clone(),
+                                generation,
+                            };
+                            let spawned = std::fs::create_dir_all(&dir).and_then(|()| {
+                                child::spawn(
+                                    &spec,
+                                    &dir,
+                                    key,
+                                    parts.sink.clone(),
+                                    self.events.clone(),
+                                )
+                            });
+                            match spawned {
+                                Ok(child) => {
+                                    tracing::info!(deployment = name, process, "started");
+                                    running.children.insert(process, child);
+                                }
+                                Err(e) => {
+                                    let program = child::program(&spec, &dir);
+                                    running.machine.spawn_failed(
+                                        &process,
+                                        generation,
+                                        format!("{}: {e}", program.display()),
+                                        Instant::now(),
+                                    );
+                                }
+                            }
+                        }
+                        Command::Stop { process, .. } => {
+                            if let Some(child) = running.children.get_mut(&process) {
+                                child.stop();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // A removed deployment is forgotten once its last process is.
+        let desired = &self.desired;
+        self.running
+            .retain(|name, running| desired.contains_key(name) || !running.machine.is_empty());
+    }
+
+    /// Each deployment with processes or config files: failed for a
+    /// version that could not be applied, progressing while one is
+    /// prepared, else as its processes are.
+    fn report(&self) {
+        let mut statuses = BTreeMap::new();
+        for name in self.desired.keys() {
+            let status = match (self.pending.get(name), self.running.get(name)) {
+                (Some(Pending::Failed { spec, reason }), _) => DeploymentStatus {
+                    version: spec.version.clone(),
+                    state: DeploymentState::Failed,
+                    reason: Some(cut(reason)),
+                },
+                (Some(Pending::Preparing { spec, .. }), _) => DeploymentStatus {
+                    version: spec.version.clone(),
+                    state: DeploymentState::Progressing,
+                    reason: Some("rendering config files and downloading artifacts".into()),
+                },
+                (None, Some(running)) => {
+                    let mut status = running.machine.status(&running.spec.version);
+                    status.reason = status.reason.as_deref().map(cut);
+                    status
+                }
+                (None, None) => continue,
+            };
+            statuses.insert(name.clone(), status);
+        }
+        self.parts.reports.set(Part::Processes, statuses);
+    }
+}
+
+/// A reason as long as the status takes.
+fn cut(reason: &str) -> String {
+    let mut end = reason.len().min(DeploymentStatus::MAX_REASON_BYTES);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}

@@ -1,0 +1,393 @@
+//! Supervised processes and config files end to end (issue 17): a real
+//! tetherd, a real agent, real children (`sh` scripts writing their pid
+//! and start order into a temp dir). The spec's `deployments` section is
+//! set through tetherd's API, the per-deployment status read back there,
+//! and the processes' output found in the device's logs in tetherd.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use serde_json::{Value, json};
+use sha2::Digest;
+use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Replaces the device's `deployments` section; the new spec version.
+async fn set_deployments(
+    admin: &ApiClient,
+    device: &str,
+    deployments: Value,
+) -> anyhow::Result<u64> {
+    let updated = admin
+        .patch(
+            &format!("/api/v1/devices/{device}?updateMask=spec.deployments"),
+            json!({"spec": {"deployments": deployments}}),
+        )
+        .await?
+        .expect_status(200)?;
+    updated["specVersion"].as_u64().context("specVersion")
+}
+
+/// Waits until tetherd shows `deployment` at `version` in `state`; its status.
+async fn wait_state(
+    admin: &ApiClient,
+    agent: &Agent,
+    deployment: &str,
+    version: &str,
+    state: &str,
+) -> anyhow::Result<Value> {
+    let device = &agent.name;
+    let waited = wait_until(
+        &format!("deployment {deployment} {version} to be {state}"),
+        WAIT,
+        || async move {
+            let shown = admin
+                .get(&format!("/api/v1/devices/{device}"))
+                .await?
+                .expect_status(200)?;
+            let status = &shown["status"]["deployments"][deployment];
+            Ok((status["version"] == version && status["state"] == state).then(|| status.clone()))
+        },
+    )
+    .await;
+    waited.with_context(|| format!("agent log:\n{}", tail(&agent.log(), 4000)))
+}
+
+fn tail(text: &str, bytes: usize) -> &str {
+    let mut start = text.len().saturating_sub(bytes);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// A process that records its start and pid in `dir`, says hello, and sleeps.
+fn sleeper(dir: &Path, name: &str, extra: Value) -> Value {
+    let mut process = json!({
+        "execCmd": "/bin/sh",
+        "execArgs": ["-c", format!(
+            "echo {name} >> \"$DIR/order\"; echo $$ > \"$DIR/{name}.pid\"; echo hello-from-{name}; exec sleep 1000"
+        )],
+        "env": {"DIR": dir.display().to_string()},
+    });
+    if let (Some(process), Value::Object(extra)) = (process.as_object_mut(), extra) {
+        process.extend(extra);
+    }
+    process
+}
+
+fn pid(dir: &Path, name: &str) -> Option<u32> {
+    std::fs::read_to_string(dir.join(format!("{name}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Running, not a zombie: children of a killed agent are reaped by
+/// whoever adopts them, if anyone does.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("State:"))
+            .is_some_and(|state| !state.trim_start().starts_with('Z'))
+    })
+}
+
+/// Waits until `name` runs with a pid other than `old`; the new pid.
+async fn wait_new_pid(dir: &Path, name: &str, old: Option<u32>) -> anyhow::Result<u32> {
+    wait_until(
+        &format!("{name} to run with a new pid"),
+        WAIT,
+        || async move { Ok(pid(dir, name).filter(|p| Some(*p) != old && alive(*p))) },
+    )
+    .await
+}
+
+fn kill(pid: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()?;
+    ensure!(status.success(), "kill {pid}: {status}");
+    Ok(())
+}
+
+async fn online_agent(tetherd: &Tetherd, admin: &ApiClient, name: &str) -> anyhow::Result<Agent> {
+    let agent = Agent::enroll(tetherd, admin, name).await?;
+    agent.wait_presence(admin, "online").await?;
+    Ok(agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_start_in_dependency_order_restart_after_a_kill_and_fail_at_their_restart_limit()
+-> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let mut agent = online_agent(&tetherd, &admin, "supervised").await?;
+    let dir = tempfile::tempdir()?;
+    let dir = dir.path();
+    let db_ready = format!("test -s {}/db.pid", dir.display());
+    set_deployments(
+        &admin,
+        &agent.name,
+        json!({
+            "app": {"version": "v1", "processes": {
+                // web and worker wait for db's health check, which passes
+                // once db has written its pid.
+                "db": sleeper(dir, "db", json!({
+                    "restartPauseSeconds": 1,
+                    "healthCheck": {"command": ["/bin/sh", "-c", db_ready], "intervalSeconds": 1, "timeoutSeconds": 1}
+                })),
+                "web": sleeper(dir, "web", json!({
+                    "dependsOn": ["db"], "restartOnDependencyFail": true, "restartPauseSeconds": 1
+                })),
+                "worker": sleeper(dir, "worker", json!({"dependsOn": ["db"]})),
+            }},
+            "flaky": {"version": "f1", "processes": {
+                "crasher": {
+                    "execCmd": "/bin/sh",
+                    "execArgs": ["-c", "echo crashing; exit 3"],
+                    "restartLimit": 2,
+                    "restartPauseSeconds": 0
+                }
+            }}
+        }),
+    )
+    .await?;
+    wait_state(&admin, &agent, "app", "v1", "ready").await?;
+    let order = std::fs::read_to_string(dir.join("order"))?;
+    let order: Vec<&str> = order.lines().collect();
+    ensure!(
+        order.len() == 3 && order[0] == "db",
+        "start order {order:?}"
+    );
+
+    // The crasher exits 3 three times: two restarts, then failed with why.
+    let flaky = wait_state(&admin, &agent, "flaky", "f1", "failed").await?;
+    let reason = flaky["reason"].as_str().context("a reason")?;
+    ensure!(
+        reason.contains("process crasher failed: exited with status 3")
+            && reason.contains("restartLimit 2"),
+        "{reason}"
+    );
+
+    // Killed: back within its restartPause (1 s), give or take the polling.
+    let web = pid(dir, "web").context("web's pid")?;
+    let killed = Instant::now();
+    kill(web)?;
+    wait_new_pid(dir, "web", Some(web)).await?;
+    let took = killed.elapsed();
+    ensure!(
+        took < Duration::from_secs(4),
+        "web came back after {took:?}"
+    );
+
+    // db dies: web (restartOnDependencyFail) is stopped and started again
+    // once db is healthy again; worker is left alone.
+    let (db, web, worker) = (
+        pid(dir, "db").context("db")?,
+        pid(dir, "web").context("web")?,
+        pid(dir, "worker").context("worker")?,
+    );
+    std::fs::remove_file(dir.join("order"))?;
+    kill(db)?;
+    wait_new_pid(dir, "db", Some(db)).await?;
+    wait_new_pid(dir, "web", Some(web)).await?;
+    ensure!(
+        pid(dir, "worker") == Some(worker) && alive(worker),
+        "worker restarted"
+    );
+    let order = std::fs::read_to_string(dir.join("order"))?;
+    ensure!(
+        order.lines().collect::<Vec<_>>() == ["db", "web"],
+        "restart order {order:?}"
+    );
+    wait_state(&admin, &agent, "app", "v1", "ready").await?;
+
+    // What a process prints reaches the device's logs in tetherd, tagged.
+    let device = agent.name.clone();
+    let logs = &admin;
+    wait_until("web's output in tetherd's logs", WAIT, || {
+        let device = device.clone();
+        async move {
+            let page = logs
+                .get(&format!(
+                    "/api/v1/devices/{device}/logs?grep=hello-from-web"
+                ))
+                .await?
+                .expect_status(200)?;
+            Ok(page["items"].as_array().and_then(|items| {
+                items
+                    .iter()
+                    .find(|item| item.to_string().contains("app/web"))
+                    .cloned()
+            }))
+        }
+    })
+    .await
+    .with_context(|| format!("agent log:\n{}", tail(&agent.log(), 3000)))?;
+
+    // An agent killed outright leaves its children; started again, it
+    // kills them and starts its own.
+    let worker = pid(dir, "worker").context("worker")?;
+    agent.kill();
+    ensure!(alive(worker), "worker died with the agent's SIGKILL");
+    agent.start()?;
+    let restarted = wait_new_pid(dir, "worker", Some(worker)).await?;
+    wait_until("the old worker to be gone", WAIT, || async move {
+        Ok((!alive(worker)).then_some(()))
+    })
+    .await?;
+    ensure!(alive(restarted));
+    wait_state(&admin, &agent, "app", "v1", "ready").await?;
+
+    // The agent takes its children with it when it stops.
+    let pids: Vec<u32> = ["db", "web", "worker"]
+        .iter()
+        .filter_map(|name| pid(dir, name))
+        .collect();
+    agent.stop().await?;
+    ensure!(
+        pids.iter().all(|p| !alive(*p)),
+        "children outlived the agent: {pids:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_change_restarts_only_its_users_and_a_bad_version_leaves_what_runs_untouched()
+-> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let agent = online_agent(&tetherd, &admin, "templated").await?;
+    let dir = tempfile::tempdir()?;
+    let dir = dir.path();
+    let conf_a = dir.join("etc/a.conf");
+    let conf_b = dir.join("etc/b.conf");
+    let deployment = |version: &str, port: u32, extra_process: Option<(&str, Value)>| {
+        let mut processes = json!({
+            "reader-a": sleeper(dir, "reader-a", json!({"configFiles": ["conf-a"]})),
+            "reader-b": sleeper(dir, "reader-b", json!({"configFiles": ["conf-b"]})),
+            "plain": sleeper(dir, "plain", json!({})),
+        });
+        if let Some((name, process)) = extra_process {
+            processes[name] = process;
+        }
+        json!({"app": {
+            "version": version,
+            "processes": processes,
+            "configFiles": {
+                "conf-a": {
+                    "path": conf_a.display().to_string(),
+                    "mode": "0640",
+                    "template": "port={{ values.port }} device={{ device.name }} cores={{ \"some\" if facts.cpuCores > 0 else \"none\" }}\n"
+                },
+                "conf-b": {"path": conf_b.display().to_string(), "template": "name={{ values.name }}\n"}
+            },
+            "values": {"port": port, "name": "b"}
+        }})
+    };
+    set_deployments(&admin, &agent.name, deployment("v1", 8080, None)).await?;
+    wait_state(&admin, &agent, "app", "v1", "ready").await?;
+    ensure!(
+        std::fs::read_to_string(&conf_a)? == "port=8080 device=templated cores=some\n",
+        "a.conf: {:?}",
+        std::fs::read_to_string(&conf_a)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    ensure!(std::fs::metadata(&conf_a)?.permissions().mode() & 0o7777 == 0o640);
+    let pids = |names: &[&str]| -> anyhow::Result<Vec<u32>> {
+        names
+            .iter()
+            .map(|n| pid(dir, n).with_context(|| format!("{n}'s pid")))
+            .collect()
+    };
+    let [a, b, plain] = pids(&["reader-a", "reader-b", "plain"])?[..] else {
+        unreachable!()
+    };
+
+    // Only conf-a changes: only reader-a restarts.
+    set_deployments(&admin, &agent.name, deployment("v2", 9090, None)).await?;
+    wait_state(&admin, &agent, "app", "v2", "ready").await?;
+    let a = wait_new_pid(dir, "reader-a", Some(a)).await?;
+    ensure!(std::fs::read_to_string(&conf_a)?.starts_with("port=9090 "));
+    ensure!(
+        pids(&["reader-b", "plain"])? == [b, plain],
+        "others restarted"
+    );
+
+    // A cycle in dependsOn: refused by tetherd, naming it; nothing changes.
+    let mut cyclic = deployment("v3", 9090, None);
+    cyclic["app"]["processes"]["plain"]["dependsOn"] = json!(["reader-b"]);
+    cyclic["app"]["processes"]["reader-b"]["dependsOn"] = json!(["plain"]);
+    let refused = admin
+        .patch(
+            &format!("/api/v1/devices/{}?updateMask=spec.deployments", agent.name),
+            json!({"spec": {"deployments": cyclic}}),
+        )
+        .await?
+        .expect_status(400)?;
+    ensure!(
+        refused.to_string().contains("plain -> reader-b -> plain"),
+        "{refused}"
+    );
+
+    // An artifact whose checksum does not match: failed for that version,
+    // with the reason; what runs keeps running, files as they were.
+    let url = format!("{}/api/v1/ca.pem", tetherd.api_url);
+    let artifact = |sha256: &str| {
+        let script = format!(
+            "test -s ca.pem && echo $$ > \"{}/fetcher.pid\"; exec sleep 1000",
+            dir.display()
+        );
+        json!({
+            "execCmd": "/bin/sh",
+            "execArgs": ["-c", script],
+            "artifacts": [{"url": url, "sha256": sha256, "name": "ca.pem", "mode": "0644"}]
+        })
+    };
+    let wrong = hex::encode(sha2::Sha256::digest(b"something else"));
+    set_deployments(
+        &admin,
+        &agent.name,
+        deployment("v4", 7070, Some(("fetcher", artifact(&wrong)))),
+    )
+    .await?;
+    let failed = wait_state(&admin, &agent, "app", "v4", "failed").await?;
+    let reason = failed["reason"].as_str().context("reason")?;
+    ensure!(
+        reason.contains("checksum mismatch") && reason.contains(&wrong),
+        "{reason}"
+    );
+    ensure!(pids(&["reader-a", "reader-b", "plain"])? == [a, b, plain]);
+    ensure!(std::fs::read_to_string(&conf_a)?.starts_with("port=9090 "));
+    ensure!(pid(dir, "fetcher").is_none());
+
+    // With the right checksum it is downloaded, checked and used.
+    let (_, served) = admin.get_text("/api/v1/ca.pem").await?;
+    let right = hex::encode(sha2::Sha256::digest(served.as_bytes()));
+    set_deployments(
+        &admin,
+        &agent.name,
+        deployment("v5", 7070, Some(("fetcher", artifact(&right)))),
+    )
+    .await?;
+    wait_state(&admin, &agent, "app", "v5", "ready").await?;
+    wait_new_pid(dir, "fetcher", None).await?;
+
+    // A template naming a value the deployment lacks: failed, naming the file.
+    let mut undefined = deployment("v6", 7070, Some(("fetcher", artifact(&right))));
+    undefined["app"]["configFiles"]["conf-b"]["template"] = json!("{{ values.missing }}");
+    set_deployments(&admin, &agent.name, undefined).await?;
+    let failed = wait_state(&admin, &agent, "app", "v6", "failed").await?;
+    let reason = failed["reason"].as_str().context("reason")?;
+    ensure!(
+        reason.contains("config file conf-b") && reason.contains("undefined"),
+        "{reason}"
+    );
+    ensure!(std::fs::read_to_string(&conf_b)? == "name=b\n");
+    Ok(())
+}
