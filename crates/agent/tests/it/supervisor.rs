@@ -4,6 +4,7 @@
 //! set through tetherd's API, the per-deployment status read back there,
 //! and the processes' output found in the device's logs in tetherd.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -14,45 +15,123 @@ use tether_testkit::{Agent, ApiClient, Database, Tetherd, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Replaces the device's `deployments` section; the new spec version.
-async fn set_deployments(
-    admin: &ApiClient,
-    device: &str,
-    deployments: Value,
-) -> anyhow::Result<u64> {
-    let updated = admin
-        .patch(
-            &format!("/api/v1/devices/{device}?updateMask=spec.deployments"),
-            json!({"spec": {"deployments": deployments}}),
-        )
-        .await?
-        .expect_status(200)?;
-    updated["specVersion"].as_u64().context("specVersion")
+/// The test's deployments, each targeting its one device, made through
+/// tetherd's deployments API. The tests name versions ("v1"); tetherd
+/// numbers revisions: this keeps which is which.
+struct Desired<'a> {
+    admin: &'a ApiClient,
+    device: String,
+    revisions: HashMap<(String, String), u64>,
 }
 
-/// Waits until tetherd shows `deployment` at `version` in `state`; its status.
-async fn wait_state(
-    admin: &ApiClient,
-    agent: &Agent,
-    deployment: &str,
-    version: &str,
-    state: &str,
-) -> anyhow::Result<Value> {
-    let device = &agent.name;
-    let waited = wait_until(
-        &format!("deployment {deployment} {version} to be {state}"),
-        WAIT,
-        || async move {
-            let shown = admin
-                .get(&format!("/api/v1/devices/{device}"))
-                .await?
-                .expect_status(200)?;
-            let status = &shown["status"]["deployments"][deployment];
-            Ok((status["version"] == version && status["state"] == state).then(|| status.clone()))
-        },
-    )
-    .await;
-    waited.with_context(|| format!("agent log:\n{}", tail(&agent.log(), 4000)))
+impl<'a> Desired<'a> {
+    fn new(admin: &'a ApiClient, device: &str) -> Self {
+        Self {
+            admin,
+            device: device.to_owned(),
+            revisions: HashMap::new(),
+        }
+    }
+
+    /// The deployments API's spec for one of the test's deployments
+    /// (`version` is the test's label, not sent). A failure puts the
+    /// device back at once, and never pauses a one-device rollout.
+    fn spec(&self, deployment: &Value) -> Value {
+        let mut spec = deployment.clone();
+        if let Some(spec) = spec.as_object_mut() {
+            spec.remove("version");
+            spec.insert("target".into(), json!({"device": self.device}));
+            spec.insert(
+                "rollout".into(),
+                json!({"batchSize": 1, "maxFailurePercent": 100}),
+            );
+        }
+        spec
+    }
+
+    /// Creates or revises each deployment of `deployments` (name → the
+    /// test's `{"version": LABEL, processes, configFiles, values}`).
+    async fn set(&mut self, deployments: Value) -> anyhow::Result<()> {
+        for (name, deployment) in deployments.as_object().context("deployments by name")? {
+            let reply = self.put(name, deployment).await?;
+            anyhow::ensure!(
+                reply.status.is_success(),
+                "deployment {name}: HTTP {}: {}",
+                reply.status,
+                reply.body
+            );
+            let reply = reply.body;
+            let label = deployment["version"].as_str().context("a version label")?;
+            let revision = reply["revision"].as_u64().context("revision")?;
+            self.revisions
+                .insert((name.clone(), label.to_owned()), revision);
+        }
+        Ok(())
+    }
+
+    /// Sends one deployment as it is (the caller checks the answer).
+    async fn put(
+        &self,
+        name: &str,
+        deployment: &Value,
+    ) -> anyhow::Result<tether_testkit::api::Reply> {
+        let spec = self.spec(deployment);
+        let path = format!("/api/v1/deployments/{name}");
+        if self.admin.get(&path).await?.status.as_u16() == 404 {
+            self.admin
+                .post("/api/v1/deployments", json!({"name": name, "spec": spec}))
+                .await
+        } else {
+            self.admin.put_json(&path, spec).await
+        }
+    }
+
+    /// Waits until `deployment` at the test's version `label` is `state`:
+    /// ready as the device reports it; failed as tetherd's rollout
+    /// records it (the device was put back, with the reason). Its status.
+    async fn wait(
+        &self,
+        agent: &Agent,
+        deployment: &str,
+        label: &str,
+        state: &str,
+    ) -> anyhow::Result<Value> {
+        let revision = *self
+            .revisions
+            .get(&(deployment.to_owned(), label.to_owned()))
+            .with_context(|| format!("{deployment} {label} was never set"))?;
+        let (admin, device) = (self.admin, self.device.as_str());
+        let waited = wait_until(
+            &format!("deployment {deployment} {label} (revision {revision}) to be {state}"),
+            WAIT,
+            || async move {
+                if state == "failed" {
+                    let status = admin
+                        .get(&format!("/api/v1/deployments/{deployment}/status"))
+                        .await?
+                        .expect_status(200)?;
+                    let row = status["devices"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|d| d["device"] == device && d["rolledBack"] == true)
+                        .cloned();
+                    return Ok(row.filter(|_| status["revision"] == revision));
+                }
+                let shown = admin
+                    .get(&format!("/api/v1/devices/{device}"))
+                    .await?
+                    .expect_status(200)?;
+                let status = &shown["status"]["deployments"][deployment];
+                let at_revision = status["version"]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with(&format!("{revision}-")));
+                Ok((at_revision && status["state"] == state).then(|| status.clone()))
+            },
+        )
+        .await;
+        waited.with_context(|| format!("agent log:\n{}", tail(&agent.log(), 4000)))
+    }
 }
 
 fn tail(text: &str, bytes: usize) -> &str {
@@ -127,13 +206,11 @@ async fn processes_start_in_dependency_order_restart_after_a_kill_and_fail_at_th
     let tetherd = Tetherd::start(Database::Sqlite).await?;
     let admin = tetherd.admin().await?;
     let mut agent = online_agent(&tetherd, &admin, "supervised").await?;
+    let mut desired = Desired::new(&admin, &agent.name);
     let dir = tempfile::tempdir()?;
     let dir = dir.path();
     let db_ready = format!("test -s {}/db.pid", dir.display());
-    set_deployments(
-        &admin,
-        &agent.name,
-        json!({
+    desired.set(json!({
             "app": {"version": "v1", "processes": {
                 // web and worker wait for db's health check, which passes
                 // once db has written its pid.
@@ -157,7 +234,7 @@ async fn processes_start_in_dependency_order_restart_after_a_kill_and_fail_at_th
         }),
     )
     .await?;
-    wait_state(&admin, &agent, "app", "v1", "ready").await?;
+    desired.wait(&agent, "app", "v1", "ready").await?;
     let order = std::fs::read_to_string(dir.join("order"))?;
     let order: Vec<&str> = order.lines().collect();
     ensure!(
@@ -166,7 +243,7 @@ async fn processes_start_in_dependency_order_restart_after_a_kill_and_fail_at_th
     );
 
     // The crasher exits 3 three times: two restarts, then failed with why.
-    let flaky = wait_state(&admin, &agent, "flaky", "f1", "failed").await?;
+    let flaky = desired.wait(&agent, "flaky", "f1", "failed").await?;
     let reason = flaky["reason"].as_str().context("a reason")?;
     ensure!(
         reason.contains("process crasher failed: exited with status 3")
@@ -205,7 +282,7 @@ async fn processes_start_in_dependency_order_restart_after_a_kill_and_fail_at_th
         order.lines().collect::<Vec<_>>() == ["db", "web"],
         "restart order {order:?}"
     );
-    wait_state(&admin, &agent, "app", "v1", "ready").await?;
+    desired.wait(&agent, "app", "v1", "ready").await?;
 
     // What a process prints reaches the device's logs in tetherd, tagged.
     let device = agent.name.clone();
@@ -242,7 +319,7 @@ async fn processes_start_in_dependency_order_restart_after_a_kill_and_fail_at_th
     })
     .await?;
     ensure!(alive(restarted));
-    wait_state(&admin, &agent, "app", "v1", "ready").await?;
+    desired.wait(&agent, "app", "v1", "ready").await?;
 
     // The agent takes its children with it when it stops.
     let pids: Vec<u32> = ["db", "web", "worker"]
@@ -263,6 +340,7 @@ async fn a_config_change_restarts_only_its_users_and_a_bad_version_leaves_what_r
     let tetherd = Tetherd::start(Database::Sqlite).await?;
     let admin = tetherd.admin().await?;
     let agent = online_agent(&tetherd, &admin, "templated").await?;
+    let mut desired = Desired::new(&admin, &agent.name);
     let dir = tempfile::tempdir()?;
     let dir = dir.path();
     let conf_a = dir.join("etc/a.conf");
@@ -290,8 +368,8 @@ async fn a_config_change_restarts_only_its_users_and_a_bad_version_leaves_what_r
             "values": {"port": port, "name": "b"}
         }})
     };
-    set_deployments(&admin, &agent.name, deployment("v1", 8080, None)).await?;
-    wait_state(&admin, &agent, "app", "v1", "ready").await?;
+    desired.set(deployment("v1", 8080, None)).await?;
+    desired.wait(&agent, "app", "v1", "ready").await?;
     ensure!(
         std::fs::read_to_string(&conf_a)? == "port=8080 device=templated cores=some\n",
         "a.conf: {:?}",
@@ -310,8 +388,8 @@ async fn a_config_change_restarts_only_its_users_and_a_bad_version_leaves_what_r
     };
 
     // Only conf-a changes: only reader-a restarts.
-    set_deployments(&admin, &agent.name, deployment("v2", 9090, None)).await?;
-    wait_state(&admin, &agent, "app", "v2", "ready").await?;
+    desired.set(deployment("v2", 9090, None)).await?;
+    desired.wait(&agent, "app", "v2", "ready").await?;
     let a = wait_new_pid(dir, "reader-a", Some(a)).await?;
     ensure!(std::fs::read_to_string(&conf_a)?.starts_with("port=9090 "));
     ensure!(
@@ -323,11 +401,8 @@ async fn a_config_change_restarts_only_its_users_and_a_bad_version_leaves_what_r
     let mut cyclic = deployment("v3", 9090, None);
     cyclic["app"]["processes"]["plain"]["dependsOn"] = json!(["reader-b"]);
     cyclic["app"]["processes"]["reader-b"]["dependsOn"] = json!(["plain"]);
-    let refused = admin
-        .patch(
-            &format!("/api/v1/devices/{}?updateMask=spec.deployments", agent.name),
-            json!({"spec": {"deployments": cyclic}}),
-        )
+    let refused = desired
+        .put("app", &cyclic["app"])
         .await?
         .expect_status(400)?;
     ensure!(
@@ -350,13 +425,10 @@ async fn a_config_change_restarts_only_its_users_and_a_bad_version_leaves_what_r
         })
     };
     let wrong = hex::encode(sha2::Sha256::digest(b"something else"));
-    set_deployments(
-        &admin,
-        &agent.name,
-        deployment("v4", 7070, Some(("fetcher", artifact(&wrong)))),
-    )
-    .await?;
-    let failed = wait_state(&admin, &agent, "app", "v4", "failed").await?;
+    desired
+        .set(deployment("v4", 7070, Some(("fetcher", artifact(&wrong)))))
+        .await?;
+    let failed = desired.wait(&agent, "app", "v4", "failed").await?;
     let reason = failed["reason"].as_str().context("reason")?;
     ensure!(
         reason.contains("checksum mismatch") && reason.contains(&wrong),
@@ -369,20 +441,17 @@ async fn a_config_change_restarts_only_its_users_and_a_bad_version_leaves_what_r
     // With the right checksum it is downloaded, checked and used.
     let (_, served) = admin.get_text("/api/v1/ca.pem").await?;
     let right = hex::encode(sha2::Sha256::digest(served.as_bytes()));
-    set_deployments(
-        &admin,
-        &agent.name,
-        deployment("v5", 7070, Some(("fetcher", artifact(&right)))),
-    )
-    .await?;
-    wait_state(&admin, &agent, "app", "v5", "ready").await?;
+    desired
+        .set(deployment("v5", 7070, Some(("fetcher", artifact(&right)))))
+        .await?;
+    desired.wait(&agent, "app", "v5", "ready").await?;
     wait_new_pid(dir, "fetcher", None).await?;
 
     // A template naming a value the deployment lacks: failed, naming the file.
     let mut undefined = deployment("v6", 7070, Some(("fetcher", artifact(&right))));
     undefined["app"]["configFiles"]["conf-b"]["template"] = json!("{{ values.missing }}");
-    set_deployments(&admin, &agent.name, undefined).await?;
-    let failed = wait_state(&admin, &agent, "app", "v6", "failed").await?;
+    desired.set(undefined).await?;
+    let failed = desired.wait(&agent, "app", "v6", "failed").await?;
     let reason = failed["reason"].as_str().context("reason")?;
     ensure!(
         reason.contains("config file conf-b") && reason.contains("undefined"),

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tether_proto::DeviceId;
+use tether_proto::api::Labels;
 use tether_proto::desired::resources::{
     ChartTemplate, ChartTemplateSpec, CreateChartTemplate, CreateDeployment, Deployment,
     DeploymentRollout, DeploymentSpecification, DeviceRollout, RolloutPhase, Target,
@@ -547,9 +548,23 @@ impl DesiredState {
             };
             entry.insert(body);
         }
-        Ok(bodies[&revision]
-            .as_ref()
-            .map(|body| render::render(deployment, revision, body, device)))
+        let Some(body) = bodies[&revision].as_ref() else {
+            return Ok(None);
+        };
+        let labels = self.labels_of(device).await?;
+        Ok(Some(render::render(
+            deployment, revision, body, device, &labels,
+        )))
+    }
+
+    /// A device's labels now (none if it is gone): config templates see them.
+    async fn labels_of(&self, device: &DeviceId) -> Result<Labels, StoreError> {
+        Ok(self
+            .store
+            .get_device(device)
+            .await?
+            .map(|d| d.labels)
+            .unwrap_or_default())
     }
 
     /// Checks a deployment and resolves its templates: the revision's body.
@@ -631,7 +646,8 @@ impl DesiredState {
             templates,
         };
         // What the devices will be sent follows the device contract.
-        let rendered = render::render(name, 1, &body, &targeted[0]);
+        let labels = self.labels_of(&targeted[0]).await?;
+        let rendered = render::render(name, 1, &body, &targeted[0], &labels);
         let section = serde_json::json!({ name: rendered });
         desired::validate(desired::SECTION, &section).map_err(|e| {
             DesiredStateError::Invalid(SpecError::new(

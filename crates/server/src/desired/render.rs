@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tether_proto::DeviceId;
+use tether_proto::api::Labels;
 use tether_proto::desired::chart::{Placeholders, substitute};
 use tether_proto::desired::resources::{ChartTemplateSpec, DeploymentSpecification};
 use tether_proto::desired::{ChartRelease, DeploymentSpec};
@@ -32,12 +33,13 @@ pub fn release_name(deployment: &str, template: &str) -> String {
     format!("{deployment}-{template}")
 }
 
-/// `deployment`'s `revision` for `device`.
+/// `deployment`'s `revision` for `device`, whose labels are `labels`.
 pub fn render(
     deployment: &str,
     revision: u64,
     body: &RevisionBody,
     device: &DeviceId,
+    labels: &Labels,
 ) -> DeploymentSpec {
     let spec = &body.spec;
     let charts = spec
@@ -72,9 +74,7 @@ pub fn render(
         processes: spec.processes.clone(),
         config_files: spec.config_files.clone(),
         values: spec.values.clone(),
-        // main does not compile without it (the supervisor added the
-        // field); the device's labels are the lead's to pass in here.
-        labels: BTreeMap::new(),
+        labels: labels.clone(),
     };
     rendered.version = version(revision, &rendered);
     rendered
@@ -124,7 +124,7 @@ mod tests {
                                "names": ["{{name}}", "x-{{name}}"], "node": "{{hostname}}",
                                "other": "{{cluster}}", "count": 3}}}),
         );
-        let rendered = render("line-1", 4, &body, &device("pi-1"));
+        let rendered = render("line-1", 4, &body, &device("pi-1"), &Labels::new());
         assert_eq!(rendered.charts.len(), 1);
         let release = &rendered.charts[0];
         assert_eq!(release.release, "line-1-agent");
@@ -144,11 +144,15 @@ mod tests {
             json!({"target": {"selector": "site=x"}, "charts": ["agent"]}),
             json!({"agent": {"chart": "c", "source": "oci://r/c", "values": {"node": "{{hostname}}", "id": "{{uuid}}"}}}),
         );
-        let a = render("d", 1, &body, &device("a"));
-        let b = render("d", 1, &body, &device("b"));
+        let a = render("d", 1, &body, &device("a"), &Labels::new());
+        let b = render("d", 1, &body, &device("b"), &Labels::new());
         assert_eq!(a.charts[0].values["node"], "");
         assert_eq!(a.charts[0].hostname, None);
         assert_ne!(a.version, b.version, "the device's id is in its values");
-        assert_eq!(a, render("d", 1, &body, &device("a")), "deterministic");
+        assert_eq!(
+            a,
+            render("d", 1, &body, &device("a"), &Labels::new()),
+            "deterministic"
+        );
     }
 }
