@@ -226,6 +226,28 @@ pub struct Config {
     )]
     pub kubectl_timeout_seconds: u64,
 
+    /// Which Helm controller deployments' charts are written for: `auto`
+    /// (Flux's HelmRelease where the cluster serves Flux's API, else k3s's
+    /// HelmChart), `k3s` or `flux`
+    #[arg(
+        long,
+        env = "TETHER_AGENT_CHART_CONTROLLER",
+        value_name = "auto|k3s|flux",
+        default_value = "auto"
+    )]
+    pub chart_controller: crate::deployments::charts::ControllerChoice,
+
+    /// How often the cluster's Helm releases are reconciled in full (an
+    /// object edited or deleted by hand is restored by the next one)
+    #[arg(
+        long,
+        env = "TETHER_AGENT_CHART_RESYNC_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub chart_resync_seconds: u64,
+
     /// The command `restart-k3s` runs in host mode: words separated by
     /// spaces, run as an argv (not through a shell)
     #[arg(
@@ -465,6 +487,17 @@ impl Config {
             kubeconfig: self.kubeconfig.clone(),
             cluster_name: self.kubernetes_cluster.clone(),
         })
+    }
+
+    /// How the charts of deployments are kept on the cluster; polled at
+    /// least every 5 s while a release is progressing.
+    pub fn charts(&self) -> crate::deployments::charts::ChartsConfig {
+        let resync = std::time::Duration::from_secs(self.chart_resync_seconds);
+        crate::deployments::charts::ChartsConfig {
+            controller: self.chart_controller,
+            resync,
+            poll: resync.min(std::time::Duration::from_secs(5)),
+        }
     }
 
     /// How `send-kubectl` runs `kubectl`.
@@ -952,6 +985,30 @@ mod tests {
                 group: Some("tether".into())
             }
         );
+    }
+
+    #[test]
+    fn the_chart_controller_is_auto_unless_told_and_unknown_ones_are_refused() {
+        use crate::deployments::charts::ControllerChoice;
+        let config = Config::try_parse_from(["tether-agent"]).expect("parses");
+        let charts = config.charts();
+        assert_eq!(charts.controller, ControllerChoice::Auto);
+        assert_eq!(charts.resync, std::time::Duration::from_secs(60));
+        assert_eq!(charts.poll, std::time::Duration::from_secs(5));
+        let config = Config::try_parse_from([
+            "tether-agent",
+            "--chart-controller",
+            "flux",
+            "--chart-resync-seconds",
+            "2",
+        ])
+        .expect("parses");
+        assert_eq!(config.charts().controller, ControllerChoice::Flux);
+        assert_eq!(config.charts().poll, std::time::Duration::from_secs(2));
+        let err = Config::try_parse_from(["tether-agent", "--chart-controller", "argo"])
+            .expect_err("unknown");
+        assert!(err.to_string().contains("--chart-controller"), "{err}");
+        assert!(Config::try_parse_from(["tether-agent", "--chart-resync-seconds", "0"]).is_err());
     }
 
     #[test]

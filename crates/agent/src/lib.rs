@@ -134,6 +134,20 @@ pub async fn run(
     let log_sources = tokio::spawn(sources.run(async move {
         let _ = sources_stopped.await;
     }));
+    // Desired state runs from the start, offline too: the spec applied
+    // last is in force.
+    let _charts = AbortOnDrop(match kubernetes.clone() {
+        Some(cluster) => tokio::spawn(deployments::charts::run(
+            cluster,
+            config.charts(),
+            applied.subscribe(),
+            status.deployments.clone(),
+        )),
+        None => tokio::spawn(deployments::charts::refuse_without_cluster(
+            applied.subscribe(),
+            status.deployments.clone(),
+        )),
+    });
     let kubernetes = actions::Kubernetes {
         config: kubernetes,
         kubectl: config.kubectl(),

@@ -246,6 +246,18 @@ fn what_tetherd_sends_conforms_to_the_spec_schema() {
         "metricsConfig": {"intervalSeconds": 30},
         "budgets": {"logs": 50_000_000, "actions": 0, "spoolReplay": 1},
         "actions": {"enabled": ["manage-deployment"], "disabled": ["send-kubectl"]},
+        "deployments": {"line-3": {"version": "4-1a2b", "charts": [
+            serde_json::to_value(crate::desired::ChartRelease {
+                release: "edge-agent".into(),
+                chart: "edge-agent".into(),
+                source: "https://charts.example.com/stable".into(),
+                version: Some("~1.4".into()),
+                namespace: Some("factory".into()),
+                hostname: Some("node-a.lan".into()),
+                values: json!({"nodeId": "line-3", "replicas": 1}).as_object().cloned().expect("object"),
+            }).expect("JSON"),
+            {"release": "monitor", "chart": "monitor", "source": "oci://registry.example.com:5000/charts"},
+        ]}},
     });
     assert_eq!(crate::spec::validate(&spec), Ok(()));
     let message = SpecMessage {
@@ -262,6 +274,20 @@ fn what_tetherd_sends_conforms_to_the_spec_schema() {
         json!({"actions": {"enabled": "get-node-ip"}}),
         json!({"actions": {"enabled": ["get-node-ip", "get-node-ip"]}}),
         json!({"actions": {"allowed": []}}),
+        json!({"deployments": {"d": {"version": "1", "charts": [
+            {"release": "web", "chart": "web", "source": "http://charts.example.com"}]}}}),
+        json!({"deployments": {"d": {"version": "1", "charts": [
+            {"release": "web", "chart": "web", "source": "oci://registry.example.com"}]}}}),
+        json!({"deployments": {"d": {"version": "1", "charts": [
+            {"release": "web", "chart": "web", "source": "https://u:p@charts.example.com"}]}}}),
+        json!({"deployments": {"d": {"version": "1", "charts": [
+            {"release": "Web", "chart": "web", "source": "https://charts.example.com"}]}}}),
+        json!({"deployments": {"d": {"version": "1", "charts": [
+            {"release": "web", "chart": "../web", "source": "https://charts.example.com"}]}}}),
+        json!({"deployments": {"d": {"version": "1", "charts": [
+            {"release": "web", "chart": "web", "source": "https://charts.example.com", "hostname": "Node A"}]}}}),
+        json!({"deployments": {"d": {"version": "1", "charts": [
+            {"release": "web", "chart": "web", "source": "https://charts.example.com", "repo": "x"}]}}}),
     ] {
         assert!(crate::spec::validate(&bad).is_err(), "{bad}");
         assert!(

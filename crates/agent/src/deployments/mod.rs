@@ -5,6 +5,7 @@
 //! deployment into the reported status, which goes out again whenever one
 //! changes.
 
+pub mod charts;
 pub mod supervisor;
 
 use std::collections::BTreeMap;

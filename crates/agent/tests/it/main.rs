@@ -1,6 +1,7 @@
 //! tether-agent's integration tests against a real tetherd, in one binary to
 //! keep link time down.
 
+mod charts;
 mod clock;
 mod dumpable;
 mod failover;

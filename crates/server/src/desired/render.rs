@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tether_proto::DeviceId;
 use tether_proto::api::Labels;
+use tether_proto::desired::chart::{Placeholders, substitute};
 use tether_proto::desired::resources::{ChartTemplateSpec, DeploymentSpecification};
 use tether_proto::desired::{ChartRelease, DeploymentSpec};
 
@@ -56,10 +57,13 @@ pub fn render(
                 namespace: template.namespace.clone(),
                 hostname: spec.hostname.clone(),
                 values: substitute(
-                    values,
-                    device.as_str(),
-                    deployment,
-                    spec.hostname.as_deref().unwrap_or_default(),
+                    &values,
+                    &Placeholders {
+                        uuid: device.as_str(),
+                        name: deployment,
+                        // A floating deployment's is "".
+                        hostname: Some(spec.hostname.as_deref().unwrap_or_default()),
+                    },
                 ),
             }
         })
@@ -95,37 +99,6 @@ pub fn merge(base: &mut Map<String, Value>, over: &Map<String, Value>) {
             }
         }
     }
-}
-
-/// Seed 002's rule: strings that are exactly `{{uuid}}`, `{{name}}` or
-/// `{{hostname}}`, anywhere in the values, become the device's id, the
-/// deployment's name, and its pinned node ("" when floating).
-fn substitute(
-    values: Map<String, Value>,
-    uuid: &str,
-    name: &str,
-    hostname: &str,
-) -> Map<String, Value> {
-    fn walk(value: Value, with: &dyn Fn(&str) -> Option<String>) -> Value {
-        match value {
-            Value::String(text) => Value::String(with(&text).unwrap_or(text)),
-            Value::Array(items) => Value::Array(items.into_iter().map(|v| walk(v, with)).collect()),
-            Value::Object(map) => {
-                Value::Object(map.into_iter().map(|(k, v)| (k, walk(v, with))).collect())
-            }
-            other => other,
-        }
-    }
-    let with = |text: &str| match text {
-        "{{uuid}}" => Some(uuid.to_owned()),
-        "{{name}}" => Some(name.to_owned()),
-        "{{hostname}}" => Some(hostname.to_owned()),
-        _ => None,
-    };
-    values
-        .into_iter()
-        .map(|(k, v)| (k, walk(v, &with)))
-        .collect()
 }
 
 #[cfg(test)]

@@ -100,8 +100,19 @@ pub fn agent_cluster_rules() -> Value {
         // retrieve-kubeconfig: checks that its namespace and binding exist.
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"], "resourceNames": [NAMESPACE]},
         {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterrolebindings"], "verbs": ["get"], "resourceNames": [KUBECONFIG_ACCOUNT]},
+        // Deployments' charts: k3s's HelmCharts (kube-system) or Flux's
+        // HelmReleases and HelmRepositories (flux-system), kept by name and
+        // found by label to remove the ones no deployment has any more.
+        {"apiGroups": ["helm.cattle.io"], "resources": ["helmcharts"], "verbs": CHART_VERBS},
+        {"apiGroups": ["helm.toolkit.fluxcd.io"], "resources": ["helmreleases"], "verbs": CHART_VERBS},
+        {"apiGroups": ["source.toolkit.fluxcd.io"], "resources": ["helmrepositories"], "verbs": CHART_VERBS},
+        // k3s: a HelmChart is installed when its Job `helm-install-NAME` completed.
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get"]},
     ])
 }
+
+/// What the agent does with the Helm controllers' objects it keeps.
+const CHART_VERBS: [&str; 5] = ["get", "list", "create", "update", "delete"];
 
 /// The rules of the agent's Role in [`NAMESPACE`].
 pub fn agent_namespace_rules() -> Value {
@@ -596,9 +607,17 @@ mod tests {
         let rules = agent_cluster_rules();
         for rule in rules.as_array().into_iter().flatten() {
             let verbs = rule["verbs"].as_array().cloned().unwrap_or_default();
+            // Lists only of nodes and of the Helm objects the agent keeps,
+            // never of Secrets.
             assert!(
                 !verbs.contains(&json!("*")) && !verbs.contains(&json!("list"))
-                    || rule["resources"] == json!(["nodes"]),
+                    || [
+                        json!(["nodes"]),
+                        json!(["helmcharts"]),
+                        json!(["helmreleases"]),
+                        json!(["helmrepositories"])
+                    ]
+                    .contains(&rule["resources"]),
                 "{rule}"
             );
             assert!(

@@ -384,6 +384,10 @@ async fn the_printed_command_joins_the_cluster_with_exactly_the_agent_s_rights(
             {"apiGroups": [""], "resources": ["secrets", "configmaps", "services"], "verbs": ["get", "create"]},
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"], "resourceNames": ["tether-system"]},
             {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterrolebindings"], "verbs": ["get"], "resourceNames": ["tether-kubeconfig"]},
+            {"apiGroups": ["helm.cattle.io"], "resources": ["helmcharts"], "verbs": ["get", "list", "create", "update", "delete"]},
+            {"apiGroups": ["helm.toolkit.fluxcd.io"], "resources": ["helmreleases"], "verbs": ["get", "list", "create", "update", "delete"]},
+            {"apiGroups": ["source.toolkit.fluxcd.io"], "resources": ["helmrepositories"], "verbs": ["get", "list", "create", "update", "delete"]},
+            {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get"]},
         ])
     );
 

@@ -107,6 +107,14 @@ pub(crate) const RESOURCES: &[Resource] = &[
         short_names: &["deploy"],
     },
     Resource {
+        group: "batch",
+        version: "v1",
+        plural: "jobs",
+        kind: "Job",
+        namespaced: true,
+        short_names: &[],
+    },
+    Resource {
         group: "rbac.authorization.k8s.io",
         version: "v1",
         plural: "clusterroles",
@@ -140,9 +148,71 @@ pub(crate) const RESOURCES: &[Resource] = &[
     },
 ];
 
+/// Custom resources, served only by a fake that runs their controller
+/// ([`super::HelmControllers`]): k3s's HelmChart, Flux's HelmRelease and
+/// HelmRepository. All have the status subresource, as their CRDs do.
+pub(crate) const CUSTOM: &[Resource] = &[
+    Resource {
+        group: HELM_CATTLE,
+        version: "v1",
+        plural: "helmcharts",
+        kind: "HelmChart",
+        namespaced: true,
+        short_names: &[],
+    },
+    Resource {
+        group: FLUX_HELM,
+        version: "v2",
+        plural: "helmreleases",
+        kind: "HelmRelease",
+        namespaced: true,
+        short_names: &["hr"],
+    },
+    Resource {
+        group: FLUX_SOURCE,
+        version: "v1",
+        plural: "helmrepositories",
+        kind: "HelmRepository",
+        namespaced: true,
+        short_names: &["helmrepo"],
+    },
+];
+
+/// k3s's helm-controller's group.
+pub(crate) const HELM_CATTLE: &str = "helm.cattle.io";
+/// Flux's helm-controller's group.
+pub(crate) const FLUX_HELM: &str = "helm.toolkit.fluxcd.io";
+/// Flux's source-controller's group.
+pub(crate) const FLUX_SOURCE: &str = "source.toolkit.fluxcd.io";
+
 /// The API groups besides the core one (`/api/v1`), each with one version.
 /// `authentication.k8s.io` holds no stored resource: only TokenReview.
-const GROUPS: &[&str] = &["apps", "rbac.authorization.k8s.io", "authentication.k8s.io"];
+const GROUPS: &[&str] = &[
+    "apps",
+    "batch",
+    "rbac.authorization.k8s.io",
+    "authentication.k8s.io",
+];
+
+/// The groups a fake serves: the built-in ones and its custom ones.
+fn served<'a>(custom: &'a [&'static str]) -> impl Iterator<Item = &'static str> + 'a {
+    GROUPS.iter().copied().chain(custom.iter().copied())
+}
+
+/// The one version a group is served at.
+fn version_of(group: &str) -> &'static str {
+    RESOURCES
+        .iter()
+        .chain(CUSTOM)
+        .find(|r| r.group == group)
+        .map_or("v1", |r| r.version)
+}
+
+/// Whether the resource is a custom one (a CRD's, with generation and the
+/// status subresource).
+pub(crate) fn is_custom(resource: &Resource) -> bool {
+    CUSTOM.iter().any(|r| std::ptr::eq(r, resource))
+}
 
 /// The version kubectl sees; kubectl warns past one minor version of skew,
 /// and k3s releases of this age run on the devices tether targets.
@@ -155,14 +225,17 @@ pub(crate) fn version() -> Value {
     })
 }
 
+/// The resource at `group/version/plural`, built-in or custom; whether
+/// this fake serves a custom one is the caller's check.
 pub(crate) fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
     RESOURCES
         .iter()
+        .chain(CUSTOM)
         .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 pub(crate) fn by_plural(plural: &str) -> Option<&'static Resource> {
-    RESOURCES.iter().find(|r| r.plural == plural)
+    RESOURCES.iter().chain(CUSTOM).find(|r| r.plural == plural)
 }
 
 /// `GET /api`.
@@ -175,15 +248,15 @@ pub(crate) fn core_versions() -> Value {
 }
 
 fn group_doc(group: &str) -> Value {
-    let version = json!({"groupVersion": format!("{group}/v1"), "version": "v1"});
+    let v = version_of(group);
+    let version = json!({"groupVersion": format!("{group}/{v}"), "version": v});
     json!({"kind": "APIGroup", "apiVersion": "v1", "name": group,
            "versions": [version.clone()], "preferredVersion": version})
 }
 
 /// `GET /apis`.
-pub(crate) fn groups() -> Value {
-    let groups: Vec<Value> = GROUPS
-        .iter()
+pub(crate) fn groups(custom: &[&'static str]) -> Value {
+    let groups: Vec<Value> = served(custom)
         .map(|g| {
             let mut doc = group_doc(g);
             if let Some(object) = doc.as_object_mut() {
@@ -197,19 +270,20 @@ pub(crate) fn groups() -> Value {
 }
 
 /// `GET /apis/{group}`.
-pub(crate) fn group(group: &str) -> Option<Value> {
-    GROUPS.contains(&group).then(|| group_doc(group))
+pub(crate) fn group(custom: &[&'static str], group: &str) -> Option<Value> {
+    served(custom).any(|g| g == group).then(|| group_doc(group))
 }
 
 /// `GET /api/v1` or `GET /apis/{group}/{version}`: the `APIResourceList`,
 /// with the subresources kubectl looks up (`deployments/scale` names the
 /// autoscaling/v1 Scale kind `kubectl scale` sends).
-pub(crate) fn resource_list(group: &str, version: &str) -> Option<Value> {
-    if version != "v1" || !(group.is_empty() || GROUPS.contains(&group)) {
+pub(crate) fn resource_list(custom: &[&'static str], group: &str, version: &str) -> Option<Value> {
+    if version != version_of(group) || !(group.is_empty() || served(custom).any(|g| g == group)) {
         return None;
     }
     let mut resources: Vec<Value> = RESOURCES
         .iter()
+        .chain(CUSTOM)
         .filter(|r| r.group == group)
         .map(|r| {
             json!({"name": r.plural, "singularName": "", "namespaced": r.namespaced,
@@ -239,10 +313,19 @@ pub(crate) fn resource_list(group: &str, version: &str) -> Option<Value> {
         })),
         _ => {}
     }
+    if CUSTOM.iter().any(|r| r.group == group) {
+        for r in CUSTOM.iter().filter(|r| r.group == group) {
+            resources.push(
+                json!({"name": format!("{}/status", r.plural), "singularName": "",
+                                  "namespaced": r.namespaced, "kind": r.kind,
+                                  "verbs": ["get", "patch", "update"]}),
+            );
+        }
+    }
     let group_version = if group.is_empty() {
         "v1".to_owned()
     } else {
-        format!("{group}/v1")
+        format!("{group}/{version}")
     };
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1",
                 "groupVersion": group_version, "resources": resources}))

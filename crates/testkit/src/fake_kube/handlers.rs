@@ -40,11 +40,11 @@ fn not_served() -> ApiError {
 }
 
 /// A request resolved to a resource URL.
-struct Target {
-    resource: &'static Resource,
-    namespace: Option<String>,
-    name: Option<String>,
-    sub: Option<String>,
+pub(crate) struct Target {
+    pub resource: &'static Resource,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub sub: Option<String>,
 }
 
 enum Route {
@@ -53,13 +53,13 @@ enum Route {
     Resource(Target),
 }
 
-fn route(path: &str) -> Result<Route, ApiError> {
+fn route(custom: &[&'static str], path: &str) -> Result<Route, ApiError> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segments.as_slice() {
         ["api"] => return Ok(Route::Document(discovery::core_versions())),
-        ["apis"] => return Ok(Route::Document(discovery::groups())),
+        ["apis"] => return Ok(Route::Document(discovery::groups(custom))),
         ["apis", group] => {
-            return discovery::group(group)
+            return discovery::group(custom, group)
                 .map(Route::Document)
                 .ok_or_else(not_served);
         }
@@ -68,7 +68,7 @@ fn route(path: &str) -> Result<Route, ApiError> {
         _ => return Err(not_served()),
     };
     if rest.is_empty() {
-        return discovery::resource_list(group, version)
+        return discovery::resource_list(custom, group, version)
             .map(Route::Document)
             .ok_or_else(not_served);
     }
@@ -83,7 +83,9 @@ fn route(path: &str) -> Result<Route, ApiError> {
         }
         _ => (None, rest.to_vec()),
     };
-    let resource = discovery::find(group, version, rest[0]).ok_or_else(not_served)?;
+    let resource = discovery::find(group, version, rest[0])
+        .filter(|r| !discovery::is_custom(r) || custom.contains(&r.group))
+        .ok_or_else(not_served)?;
     if rest.len() > 3 || (resource.namespaced && namespace.is_none() && rest.len() > 1) {
         return Err(not_served());
     }
@@ -147,7 +149,8 @@ pub(crate) async fn handle(
     }
     let query: BTreeMap<String, String> =
         Query::try_from_uri(&uri).map(|q| q.0).unwrap_or_default();
-    let result = match route(&path) {
+    let custom = store.custom_groups.clone();
+    let result = match route(&custom, &path) {
         Ok(Route::Document(document)) => Ok((200, document)),
         Ok(Route::TokenReview) if method == Method::POST => token_review(&store, &body),
         Ok(Route::TokenReview) => Err(method_not_allowed()),
@@ -170,7 +173,9 @@ pub(crate) async fn handle(
                 {
                     return pod_log(&mut store, &target, &query);
                 }
-                Ok(()) => serve(&mut store, &method, &headers, &query, &target, &body),
+                Ok(()) => store
+                    .admit(&method, &target, &body)
+                    .and_then(|()| serve(&mut store, &method, &headers, &query, &target, &body)),
                 Err(e) => Err(e),
             }
         }
@@ -317,6 +322,14 @@ fn serve(
         }
         (Method::PATCH, Some(name), None) => {
             let mut object = store.get(resource, ns, name)?;
+            if discovery::is_custom(resource) && is_strategic(headers) {
+                // The real API has no strategic merge for custom resources.
+                return Err(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                ));
+            }
             apply_patch(headers, &mut object, &parse(body)?)?;
             Ok((200, store.replace(resource, ns, name, object)?))
         }
@@ -358,6 +371,13 @@ fn serve(
         (_, _, Some(_)) => Err(not_served()),
         _ => Err(method_not_allowed()),
     }
+}
+
+fn is_strategic(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|c| c.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/strategic-merge-patch+json"))
 }
 
 fn apply_patch(headers: &HeaderMap, object: &mut Value, body: &Value) -> Result<(), ApiError> {
@@ -677,7 +697,7 @@ mod tests {
 
     #[test]
     fn namespaced_and_cluster_urls_resolve_to_their_resource() {
-        let target = |path: &str| match route(path) {
+        let target = |path: &str| match route(&[], path) {
             Ok(Route::Resource(t)) => Some((t.resource.plural, t.namespace, t.name, t.sub)),
             _ => None,
         };
@@ -704,8 +724,17 @@ mod tests {
             "a namespaced object needs its namespace"
         );
         assert_eq!(target("/apis/apps/v2/deployments"), None);
+        assert_eq!(
+            target("/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts"),
+            None,
+            "a custom resource the fake does not serve"
+        );
         assert!(matches!(
-            route("/apis/authentication.k8s.io/v1/tokenreviews"),
+            route(&["helm.cattle.io"], "/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts"),
+            Ok(Route::Resource(Target { resource, .. })) if resource.kind == "HelmChart"
+        ));
+        assert!(matches!(
+            route(&[], "/apis/authentication.k8s.io/v1/tokenreviews"),
             Ok(Route::TokenReview)
         ));
     }

@@ -27,6 +27,17 @@
 //!   `name`); JSON patch and server-side apply answer 415.
 //! - Server-side printing (`as=Table`) has real columns for nodes (with
 //!   `-o wide` addresses) and deployments, Name and Age for the rest.
+//! - Helm controllers, when the fake is started with one
+//!   ([`HelmControllers`]): k3s's serves `helmcharts.helm.cattle.io/v1`,
+//!   Flux's `helmreleases.helm.toolkit.fluxcd.io/v2` and
+//!   `helmrepositories.source.toolkit.fluxcd.io/v1` (in discovery too). As
+//!   their CRDs, they have `metadata.generation` and the status
+//!   subresource (writes keep the status), and no strategic merge patch
+//!   (415). Their controller is settled at once (see `helm.rs`): k3s's
+//!   install Job and status, Flux's `Ready` condition; Flux does not check
+//!   that the HelmRepository exists. [`FakeKubeApi::fail_installs`] makes
+//!   a release's install fail, [`FakeKubeApi::deny`] makes an admission
+//!   webhook refuse writes of one object.
 //! - Query parameters kubectl adds (`fieldManager`, `fieldValidation`,
 //!   `limit`, `resourceVersion`, `timeout`) are ignored; label selectors
 //!   take equality, inequality and existence terms, field selectors
@@ -34,6 +45,7 @@
 
 mod discovery;
 mod handlers;
+mod helm;
 mod patch;
 mod store;
 mod table;
@@ -49,6 +61,7 @@ use rcgen::{
 };
 use serde_json::{Value, json};
 
+pub use helm::{HelmControllers, WEBHOOK};
 pub use store::LoggedRequest;
 use store::{Store, Token};
 
@@ -70,9 +83,16 @@ impl FakeKubeApi {
     /// `cluster-admin` and `view` ClusterRoles the API server bootstraps,
     /// and no node.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(HelmControllers::None).await
+    }
+
+    /// [`Self::start`], running `controllers`: serving their custom
+    /// resources, and with Flux its `flux-system` namespace.
+    pub async fn start_with(controllers: HelmControllers) -> anyhow::Result<Self> {
         crate::install_crypto_provider();
         let (ca_pem, cert_pem, key_pem) = certificates()?;
         let mut store = Store::default();
+        store.custom_groups = controllers.groups();
         store.tokens.insert(
             ADMIN_TOKEN.to_owned(),
             Token {
@@ -85,7 +105,11 @@ impl FakeKubeApi {
                 bound: None,
             },
         );
-        for namespace in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let flux = (controllers == HelmControllers::Flux).then_some("flux-system");
+        for namespace in ["default", "kube-system", "kube-public", "kube-node-lease"]
+            .into_iter()
+            .chain(flux)
+        {
             let resource = discovery::by_plural("namespaces").context("namespaces")?;
             store
                 .create(resource, None, json!({"metadata": {"name": namespace}}))
@@ -221,6 +245,53 @@ impl FakeKubeApi {
             text.push_str(line);
             text.push('\n');
         });
+    }
+
+    /// Makes the cluster's admission webhook ([`WEBHOOK`]) refuse every
+    /// create, update and patch of the `resource` (plural) named `name`,
+    /// saying `message`.
+    pub fn deny(&self, resource: &str, name: &str, message: &str) {
+        self.store().denials.push(helm::Denial {
+            resource: resource.to_owned(),
+            name: name.to_owned(),
+            message: message.to_owned(),
+        });
+    }
+
+    /// Makes the Helm controller's install (or upgrade) of the release
+    /// `release` fail with Helm's `error`, from its next write on.
+    pub fn fail_installs(&self, release: &str, error: &str) {
+        self.store()
+            .failing_installs
+            .insert(release.to_owned(), error.to_owned());
+    }
+
+    /// Replaces a stored object as an update would (a person's `kubectl
+    /// edit`), bypassing HTTP.
+    pub fn replace(&self, resource: &str, object: Value) -> anyhow::Result<Value> {
+        let resource = discovery::by_plural(resource).context("no such resource in the fake")?;
+        let namespace = object["metadata"]["namespace"].as_str().map(str::to_owned);
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        self.store()
+            .replace(resource, namespace.as_deref(), &name, object)
+            .map_err(|e| anyhow::anyhow!(e.message))
+    }
+
+    /// Deletes a stored object as a DELETE would, bypassing HTTP.
+    pub fn delete(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> anyhow::Result<()> {
+        let resource = discovery::by_plural(resource).context("no such resource in the fake")?;
+        self.store()
+            .delete(resource, namespace, name)
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!(e.message))
     }
 
     /// The stored object, as a GET would return it.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
-use super::discovery::{Resource, api_version, by_plural, qualified};
+use super::discovery::{Resource, api_version, by_plural, is_custom, qualified};
 
 /// An error answered as a `kind: Status` object with the real reason and code.
 #[derive(Debug)]
@@ -131,6 +131,13 @@ pub(crate) struct Store {
     /// answers, and what a follower is sent as lines are appended.
     pub pod_logs: BTreeMap<(String, String), tokio::sync::watch::Sender<String>>,
     services: u32,
+    /// The custom resources' groups this fake serves (its Helm controller's).
+    pub custom_groups: Vec<&'static str>,
+    /// Writes a validating admission webhook refuses (see `FakeKubeApi::deny`).
+    pub denials: Vec<super::helm::Denial>,
+    /// Releases whose install fails, with Helm's error (see
+    /// `FakeKubeApi::fail_installs`).
+    pub failing_installs: BTreeMap<String, String>,
 }
 
 fn namespace_of(resource: &Resource, namespace: Option<&str>) -> String {
@@ -299,15 +306,22 @@ impl Store {
         if resource.namespaced {
             metadata["namespace"] = json!(ns);
         }
-        if resource.kind == "Deployment" {
+        if resource.kind == "Deployment" || is_custom(resource) {
             metadata["generation"] = json!(1);
+        }
+        if is_custom(resource)
+            && let Some(o) = object.as_object_mut()
+        {
+            // The status subresource: a create's status is dropped.
+            o.remove("status");
         }
         self.fill_defaults(resource, &mut object);
         self.objects.insert(key, object.clone());
         if resource.kind == "Deployment" {
             self.settle_pods(&object)?;
         }
-        Ok(object)
+        self.settle_helm(resource, &object)?;
+        Ok(self.get(resource, namespace, &name).unwrap_or(object))
     }
 
     /// PUT: replaces an existing object; a stale resourceVersion is 409 Conflict.
@@ -359,6 +373,23 @@ impl Store {
             object["metadata"]["generation"] = json!(generation);
             object["status"]["observedGeneration"] = json!(generation);
         }
+        let custom_spec_changed = is_custom(resource) && object["spec"] != current["spec"];
+        if is_custom(resource) {
+            // The status subresource: an update keeps the status, and a
+            // change of anything but metadata is a new generation.
+            match current.get("status") {
+                Some(status) => object["status"] = status.clone(),
+                None => {
+                    if let Some(o) = object.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            }
+            if custom_spec_changed {
+                let generation = current["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+                object["metadata"]["generation"] = json!(generation);
+            }
+        }
         if object == current {
             // As the real API: an update that changes nothing is not written
             // and keeps the resourceVersion.
@@ -374,7 +405,35 @@ impl Store {
         if resource.kind == "Deployment" {
             self.settle_pods(&object)?;
         }
+        if custom_spec_changed {
+            self.settle_helm(resource, &object)?;
+            return self.get(resource, namespace, name);
+        }
         Ok(object)
+    }
+
+    /// Sets an object's status as its controller does (through the status
+    /// subresource): no generation change.
+    pub(crate) fn set_status(
+        &mut self,
+        resource: &'static Resource,
+        namespace: Option<&str>,
+        name: &str,
+        status: Value,
+    ) -> Result<Value, ApiError> {
+        let version = self.next_version();
+        let key = (
+            resource.plural,
+            namespace_of(resource, namespace),
+            name.to_owned(),
+        );
+        let object = self
+            .objects
+            .get_mut(&key)
+            .ok_or_else(|| ApiError::not_found(resource, name))?;
+        object["status"] = status;
+        object["metadata"]["resourceVersion"] = json!(version);
+        Ok(object.clone())
     }
 
     pub fn delete(
@@ -404,6 +463,13 @@ impl Store {
         if resource.plural == "namespaces" {
             // The real API empties a namespace before it goes; the fake at once.
             self.objects.retain(|(_, ns, _), _| ns != name);
+        }
+        if resource.kind == "HelmChart" {
+            // k3s's uninstall and the garbage collector, at once: the
+            // chart's install Job goes with it.
+            let ns = namespace_of(resource, namespace);
+            self.objects
+                .remove(&("jobs", ns, format!("helm-install-{name}")));
         }
         if resource.kind == "Deployment" {
             // The garbage collector's work, at once: its pods go with it.
