@@ -324,6 +324,17 @@ async fn bad_templates_and_deployments_are_refused_by_field_and_change_nothing()
     assert_eq!(field["path"], "name", "{field}");
     let field = refused(json!({"name": "web", "spec": {"target": {"device": "pi-1"}, "rollout": {"batchPercent": 0}}})).await?;
     assert_eq!(field["path"], "spec.rollout.batchPercent", "{field}");
+    let refused = admin
+        .post(
+            "/api/v1/chart-templates",
+            json!({"name": "t", "spec": {"chart": "c", "source": "ftp://x"}}),
+        )
+        .await?
+        .expect_status(400)?;
+    assert_eq!(
+        refused["error"]["details"]["fields"][0]["path"], "spec.source",
+        "{refused}"
+    );
 
     // A good one, then a bad revision: refused, the first stays.
     admin
