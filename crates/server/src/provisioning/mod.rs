@@ -776,23 +776,18 @@ pub async fn refresh_identity(
             match store.device_of_identity(&policy, &key).await? {
                 Some(holder) if &holder == device => return Ok(()),
                 // A device's report is its word only: it never takes the
-                // identity of another device that still has a credential
-                // (a hostile device claiming a serial would be handed that
-                // hardware's next registration). A revoked holder's
-                // identity moves.
-                Some(holder)
-                    if store
-                        .get_device(&holder)
-                        .await?
-                        .is_some_and(|h| h.certificate_serial.is_some()) =>
-                {
+                // identity of another device (a hostile device claiming a
+                // serial would be handed that hardware's next
+                // registration), revoked or not; deleting the holder frees
+                // it.
+                Some(holder) => {
                     tracing::warn!(
                         %device, %holder, policy,
-                        "{device} reports the identity of {holder}, which still has a credential; the identity stays with {holder} (revoke or delete {holder} if its hardware moved)"
+                        "{device} reports the identity of {holder}; the identity stays with {holder} (delete {holder} if its hardware moved)"
                     );
                     return Ok(());
                 }
-                _ => {}
+                None => {}
             }
             store.set_device_identity(&policy, &key, device).await
         }

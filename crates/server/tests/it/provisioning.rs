@@ -530,7 +530,7 @@ async fn a_device_reporting_another_devices_serial_does_not_take_its_identity() 
         || async {
             Ok(tetherd
                 .log()
-                .contains("which still has a credential")
+                .contains("the identity stays with")
                 .then_some(()))
         },
     )
