@@ -70,10 +70,6 @@ fn query_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError 
     move |source| StoreError::Query { context, source }
 }
 
-fn phase_name(phase: RolloutPhase) -> &'static str {
-    phase.as_str()
-}
-
 fn phase_from(name: &str) -> Result<RolloutPhase, StoreError> {
     Ok(match name {
         "progressing" => RolloutPhase::Progressing,
@@ -232,13 +228,7 @@ impl Store {
         let mut templates = Vec::with_capacity(rows.len());
         for row in &rows {
             let name: String = get(row, "name")?;
-            let used_by: Vec<String> = sqlx::query_scalar(
-                "SELECT deployment FROM deployment_templates WHERE template = $1 ORDER BY deployment",
-            )
-            .bind(&name)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error(context))?;
+            let used_by = self.deployments_using(&name).await?;
             templates.push(TemplateRecord {
                 spec: from_json(
                     &get::<String>(row, "spec")?,
@@ -455,7 +445,7 @@ impl Store {
              WHERE name = $4 AND ($5 < 0 OR revision = $5) \
              AND (phase <> 'deleting' OR $1 = 'deleting')",
         )
-        .bind(phase_name(phase))
+        .bind(phase.as_str())
         .bind(reason)
         .bind(millis(now))
         .bind(name)
