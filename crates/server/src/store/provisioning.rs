@@ -681,7 +681,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_status_report_moves_an_identity_only_when_the_hardware_changed() {
+    async fn a_report_moves_an_identity_only_when_no_device_holds_it() {
         let store = Store::connect("sqlite::memory:").await.expect("store");
         store
             .insert_policy("lab", &unattended(), Utc::now())
@@ -702,7 +702,17 @@ mod tests {
             .expect("refreshed");
         assert_eq!(holder(a.clone()).await, Some(first.clone()));
 
-        // lab-2's media now runs on lab-1's hardware: the newest report wins.
+        // lab-2 reporting lab-1's serial takes nothing from lab-1: a
+        // device's report is only its own word.
+        crate::provisioning::refresh_identity(&store, &second, &facts_a)
+            .await
+            .expect("refreshed");
+        assert_eq!(holder(a.clone()).await, Some(first.clone()));
+        assert_eq!(holder(b.clone()).await, Some(second.clone()));
+
+        // Once the operator deletes lab-1 (its hardware moved), lab-2's
+        // report moves the identity and frees lab-2's old hardware.
+        assert!(store.delete_device(&first).await.expect("deletes"));
         crate::provisioning::refresh_identity(&store, &second, &facts_a)
             .await
             .expect("refreshed");
