@@ -27,6 +27,7 @@ pub mod state;
 pub mod terminal;
 pub mod tls;
 pub mod tunnel;
+pub mod updates;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -102,6 +103,7 @@ pub async fn run(
         facts = spec::facts::overlay_file(facts, path)?;
     }
     let status = spec::StatusSource::new(applied.clone(), facts.clone());
+    let update_locks = Arc::new(updates::UpdateLocks::load(state.path()));
     let (identity, identity_view) = tokio::sync::watch::channel(None);
     let local_api = local_api::LocalApi::bind(
         &config.local_api(state.path()),
@@ -110,6 +112,7 @@ pub async fn run(
             identity: identity_view,
             status: status.view(),
         },
+        update_locks.clone(),
         clock.clone(),
     )?;
     let sources = logs::Logs::bind(
@@ -129,6 +132,11 @@ pub async fn run(
         spools.clone(),
     )));
     let _local_api = AbortOnDrop(tokio::spawn(local_api.serve()));
+    let _update_holds = AbortOnDrop(tokio::spawn(updates::run(
+        update_locks,
+        applied.subscribe(),
+        status.update_holds.clone(),
+    )));
     let (stop_sources, sources_stopped) = tokio::sync::oneshot::channel::<()>();
     // Stopped, not aborted, at the end: see below.
     let log_sources = tokio::spawn(sources.run(async move {

@@ -463,6 +463,7 @@ pub async fn run(
     ));
 
     let deployments = publisher.status.deployments.subscribe();
+    let update_holds = publisher.status.update_holds.subscribe();
     let mut session = Session {
         eventloop,
         publisher,
@@ -475,6 +476,7 @@ pub async fn run(
         clock,
         renewed,
         deployments,
+        update_holds,
     };
     session.serve(shutdown).await;
     // Stop the worker before the goodbye: its abort drops the stats sampler,
@@ -558,9 +560,21 @@ struct Session {
     renewed: watch::Receiver<Credentials>,
     /// Wakes when a deployment's state changes, to report it.
     deployments: watch::Receiver<crate::deployments::PartReports>,
+    /// Wakes when the device's update holds change, to report them.
+    update_holds: watch::Receiver<Vec<tether_proto::desired::updates::UpdateHold>>,
 }
 
 impl Session {
+    /// Reports the status after `what` changed; offline, the next birth
+    /// reports it.
+    fn report_change(&self, what: &str) {
+        if *self.publisher.online.borrow()
+            && let Err(e) = self.publisher.try_publish_reported()
+        {
+            tracing::warn!("{e}; the next birth reports {what}");
+        }
+    }
+
     async fn serve(&mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut backoff = Backoff::default();
@@ -581,12 +595,11 @@ impl Session {
                     continue;
                 }
                 Ok(()) = self.deployments.changed() => {
-                    // Offline, the next birth reports it.
-                    if *self.publisher.online.borrow()
-                        && let Err(e) = self.publisher.try_publish_reported()
-                    {
-                        tracing::warn!("{e}; the next birth reports the deployments");
-                    }
+                    self.report_change("the deployments");
+                    continue;
+                }
+                Ok(()) = self.update_holds.changed() => {
+                    self.report_change("the update holds");
                     continue;
                 }
                 polled = self.eventloop.poll() => polled,

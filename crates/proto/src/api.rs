@@ -109,6 +109,10 @@ pub struct DeviceReport {
     /// How each deployment is doing on the device, as the agent reported it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deployments: BTreeMap<String, crate::desired::DeploymentStatus>,
+    /// Why the device takes no new revision of its deployments now, as the
+    /// agent reported it (update locks, maintenance windows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub update_holds: Vec<crate::desired::updates::UpdateHold>,
     pub reported_at: DateTime<Utc>,
 }
 

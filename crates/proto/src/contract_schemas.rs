@@ -335,6 +335,20 @@ fn the_agents_report_conforms_to_the_reported_schema() {
             },
         )]
         .into(),
+        update_holds: vec![
+            crate::desired::updates::UpdateHold {
+                kind: crate::desired::updates::HoldKind::Lock,
+                name: Some("firmware-flash".into()),
+                reason: "flashing the PLC".into(),
+                until: None,
+            },
+            crate::desired::updates::UpdateHold {
+                kind: crate::desired::updates::HoldKind::Window,
+                name: None,
+                reason: "outside the maintenance windows".into(),
+                until: Some(chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("time")),
+            },
+        ],
     };
     assert_conforms("reported", &serde_json::to_value(&reported).expect("JSON"));
     assert!(!refused("reported", &json!({"specVersion": 0})));

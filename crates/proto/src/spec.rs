@@ -19,12 +19,13 @@ pub type DeviceSpec = Map<String, Value>;
 
 /// The sections a spec may have today. A capability that needs another
 /// (deployments, provisioning) adds it here with its rules.
-pub const SECTIONS: [&str; 5] = [
+pub const SECTIONS: [&str; 6] = [
     LoggingConfig::NAME,
     MetricsConfig::NAME,
     Budgets::NAME,
     ActionSet::NAME,
     crate::desired::SECTION,
+    crate::desired::updates::SECTION,
 ];
 
 /// Largest spec tetherd stores and sends, as JSON.
@@ -234,6 +235,9 @@ pub fn validate_section(name: &str, section: &Value) -> Result<(), SpecError> {
     if name == crate::desired::SECTION {
         return crate::desired::validate(&path, section);
     }
+    if name == crate::desired::updates::SECTION {
+        return crate::desired::updates::validate(&path, section);
+    }
     let fields = match name {
         LoggingConfig::NAME => &["enableJournalExport", "priority", "units"][..],
         MetricsConfig::NAME => &["intervalSeconds"][..],
@@ -402,6 +406,10 @@ pub struct ReportedStatus {
     /// it is about and how it is doing.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deployments: BTreeMap<String, crate::desired::DeploymentStatus>,
+    /// Why the device takes no new revision now (none: it does); a
+    /// rollout passes it over until this is empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub update_holds: Vec<crate::desired::updates::UpdateHold>,
 }
 
 impl ReportedStatus {
@@ -432,6 +440,19 @@ impl ReportedStatus {
                 "a deployment's status",
                 name.len() + status.version.len() + status.reason.as_ref().map_or(0, String::len),
                 crate::desired::DeploymentStatus::MAX_REASON_BYTES + 256,
+            )?;
+        }
+        use crate::desired::updates;
+        limits::check(
+            "update holds (entries)",
+            self.update_holds.len(),
+            updates::MAX_HOLDS,
+        )?;
+        for hold in &self.update_holds {
+            limits::check(
+                "an update hold",
+                hold.reason.len() + hold.name.as_ref().map_or(0, String::len),
+                updates::MAX_REASON_BYTES + updates::MAX_LOCK_NAME_BYTES,
             )?;
         }
         self.facts.check_limits()
@@ -774,6 +795,7 @@ mod tests {
                 ..Facts::default()
             },
             deployments: BTreeMap::new(),
+            update_holds: Vec::new(),
         };
         let json = serde_json::to_value(&status).expect("json");
         assert_eq!(json["specVersion"], 2);

@@ -12,11 +12,17 @@
 //! curl --unix-socket /var/lib/tether-agent/api.sock http://localhost/v1/identity
 //! curl --unix-socket /var/lib/tether-agent/api.sock http://localhost/v1/status
 //! curl --unix-socket /var/lib/tether-agent/api.sock http://localhost/v1/spec
+//! curl --unix-socket /var/lib/tether-agent/api.sock -X PUT \
+//!      --data '{"reason":"flashing the PLC","ttlSeconds":3600}' \
+//!      http://localhost/v1/update-locks/plc-flash
+//! curl --unix-socket /var/lib/tether-agent/api.sock -X DELETE \
+//!      http://localhost/v1/update-locks/plc-flash
 //! ```
 //!
 //! Answers are JSON; errors are `{"error": "..."}` naming what was wrong.
 //! One request per connection; a body needs a `Content-Length`.
 
+mod locks;
 mod push;
 mod view;
 
@@ -33,6 +39,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::clock::ServerClock;
 use crate::spool::Spools;
+use crate::updates::UpdateLocks;
 
 pub use view::{Certificate, DeviceView, Identity, follow_credentials};
 
@@ -87,6 +94,7 @@ impl LocalApi {
         config: &LocalApiConfig,
         spools: Arc<Spools>,
         view: DeviceView,
+        updates: Arc<UpdateLocks>,
         clock: Arc<ServerClock>,
     ) -> Result<Self, LocalApiError> {
         let path = config.socket.as_path();
@@ -122,7 +130,11 @@ impl LocalApi {
         tracing::info!(socket = %path.display(), gid, "local API listening");
         Ok(Self {
             listener,
-            served: Arc::new(Served { spools, view }),
+            served: Arc::new(Served {
+                spools,
+                view,
+                updates,
+            }),
             clock,
         })
     }
@@ -314,13 +326,21 @@ const ENDPOINTS: [(Endpoint, &str, &str); 5] = [
 struct Served {
     spools: Arc<Spools>,
     view: DeviceView,
+    updates: Arc<UpdateLocks>,
 }
 
 fn route(method: &str, path: &str, body: &[u8], served: &Served, now: DateTime<Utc>) -> Reply {
+    if let Some(rest) = path.strip_prefix(locks::PATH)
+        && (rest.is_empty() || rest.starts_with('/'))
+    {
+        let name = rest.strip_prefix('/');
+        return locks::route(method, name, body, &served.updates, &served.view, now);
+    }
     let Some(&(endpoint, allowed, _)) = ENDPOINTS.iter().find(|(_, _, p)| *p == path) else {
         let known: Vec<String> = ENDPOINTS
             .iter()
             .map(|(_, method, path)| format!("{method} {path}"))
+            .chain([format!("GET {0}, PUT|DELETE {0}/NAME", locks::PATH)])
             .collect();
         return Reply::error(
             404,
@@ -352,6 +372,7 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        409 => "Conflict",
         411 => "Length Required",
         413 => "Payload Too Large",
         500 => "Internal Server Error",
@@ -435,7 +456,13 @@ mod tests {
             socket: socket.clone(),
             group,
         };
-        let api = LocalApi::bind(&config, spools.clone(), view, ServerClock::new())?;
+        let locks = Arc::new(UpdateLocks::load(temp.path()));
+        tokio::spawn(crate::updates::run(
+            locks.clone(),
+            status.spec.subscribe(),
+            status.update_holds.clone(),
+        ));
+        let api = LocalApi::bind(&config, spools.clone(), view, locks, ServerClock::new())?;
         tokio::spawn(api.serve());
         Ok(Running {
             _temp: temp,
@@ -704,7 +731,8 @@ mod tests {
         assert_eq!(
             body["error"],
             "no such endpoint /v1/identity/: the local API has GET /v1/identity, \
-             GET /v1/status, GET /v1/spec, POST /v1/logs, POST /v1/metrics"
+             GET /v1/status, GET /v1/spec, POST /v1/logs, POST /v1/metrics, \
+             GET /v1/update-locks, PUT|DELETE /v1/update-locks/NAME"
         );
     }
 
@@ -734,5 +762,104 @@ mod tests {
             error.to_string().contains("\"no-such-group-here\""),
             "{error}"
         );
+    }
+
+    fn request(method: &str, path: &str, body: &str) -> String {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// An application takes a lock, the status reports it as a hold (what
+    /// rollouts read), a bad request changes nothing, and releasing it
+    /// clears the hold.
+    #[tokio::test]
+    async fn an_update_lock_taken_through_the_socket_is_reported_until_released() {
+        let api = running(None).expect("binds");
+        let socket = &api.socket;
+        let reported_holds = || {
+            let status = api.status.clone();
+            async move { anyhow::Ok(Some(status.report().update_holds)) }
+        };
+        let response = send(
+            socket,
+            &request(
+                "PUT",
+                "/v1/update-locks/plc-flash",
+                r#"{"reason":"flashing the PLC","ttlSeconds":600}"#,
+            ),
+        )
+        .await;
+        let (status, body) = status_and_body(&response);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["lock"]["reason"], "flashing the PLC");
+        let holds = tether_testkit::wait::wait_until(
+            "the lock reported as a hold",
+            Duration::from_secs(10),
+            || async {
+                let holds = reported_holds().await?.unwrap_or_default();
+                Ok((!holds.is_empty()).then_some(holds))
+            },
+        )
+        .await
+        .expect("reported");
+        assert_eq!(holds.len(), 1);
+        assert_eq!(holds[0].name.as_deref(), Some("plc-flash"));
+        assert_eq!(holds[0].reason, "flashing the PLC");
+        assert!(holds[0].until.is_some(), "it expires");
+
+        for (request_text, code, says) in [
+            (
+                request("PUT", "/v1/update-locks/a/b", r#"{"reason":"x"}"#),
+                400,
+                "lock",
+            ),
+            (
+                request("PUT", "/v1/update-locks/other", r#"{"reasn":"x"}"#),
+                400,
+                "reasn",
+            ),
+            (
+                request(
+                    "PUT",
+                    "/v1/update-locks/other",
+                    r#"{"reason":"x","ttlSeconds":0}"#,
+                ),
+                400,
+                "ttlSeconds",
+            ),
+            (
+                request("DELETE", "/v1/update-locks/other", ""),
+                404,
+                "no update lock named other",
+            ),
+            (request("POST", "/v1/update-locks", ""), 405, "GET"),
+        ] {
+            let (status, body) = status_and_body(&send(socket, &request_text).await);
+            assert_eq!(status, code, "{request_text}: {body}");
+            assert!(
+                body["error"].as_str().unwrap_or_default().contains(says),
+                "{body}"
+            );
+        }
+        let (_, listed) = get(socket, "/v1/update-locks").await;
+        assert_eq!(
+            listed["locks"]
+                .as_object()
+                .map(|locks| locks.keys().cloned().collect::<Vec<_>>()),
+            Some(vec!["plc-flash".to_owned()]),
+            "{listed}"
+        );
+
+        let (status, _) = status_and_body(
+            &send(socket, &request("DELETE", "/v1/update-locks/plc-flash", "")).await,
+        );
+        assert_eq!(status, 200);
+        tether_testkit::wait::wait_until("the hold cleared", Duration::from_secs(10), || async {
+            Ok(reported_holds().await?.filter(Vec::is_empty))
+        })
+        .await
+        .expect("cleared");
     }
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tether_proto::desired::updates::{self, UpdateHold, UpdatePolicy};
 use tether_proto::desired::{self, Deployments};
 use tether_proto::spec::{
     self, Budgets, DeviceSpec, Facts, LoggingConfig, MetricsConfig, ReportedStatus, SpecError,
@@ -45,6 +46,9 @@ pub struct AppliedSpec {
     /// What the device should run; its parts reconcile to it.
     #[serde(default)]
     pub deployments: Deployments,
+    /// When the device may take new revisions of its deployments.
+    #[serde(default)]
+    pub updates: UpdatePolicy,
     /// The sections of that version the agent could not apply.
     pub errors: Vec<SpecError>,
 }
@@ -98,6 +102,11 @@ pub fn apply(previous: &AppliedSpec, message: &SpecMessage) -> AppliedSpec {
         deployments = typed(desired::SECTION, section)?;
         Ok(())
     });
+    let mut update_policy = UpdatePolicy::default();
+    take(updates::SECTION, &mut |section| {
+        update_policy = typed(updates::SECTION, section)?;
+        Ok(())
+    });
     let failed = |name: &str| {
         applied.errors.iter().any(|e| {
             e.path == format!("spec.{name}") || e.path.starts_with(&format!("spec.{name}."))
@@ -114,6 +123,9 @@ pub fn apply(previous: &AppliedSpec, message: &SpecMessage) -> AppliedSpec {
     }
     if !failed(desired::SECTION) {
         applied.deployments = deployments;
+    }
+    if !failed(updates::SECTION) {
+        applied.updates = update_policy;
     }
     applied
 }
@@ -174,12 +186,14 @@ pub fn report(
     unapplied: Option<&SpecError>,
     facts: &Facts,
     deployments: BTreeMap<String, desired::DeploymentStatus>,
+    update_holds: Vec<UpdateHold>,
 ) -> ReportedStatus {
     ReportedStatus {
         spec_version: applied.version,
         errors: applied.errors.iter().chain(unapplied).cloned().collect(),
         facts: facts.clone(),
         deployments,
+        update_holds,
     }
 }
 
@@ -195,6 +209,8 @@ pub struct StatusSource {
     unapplied: watch::Sender<Option<SpecError>>,
     /// How each deployment is doing, as the parts running them report it.
     pub deployments: DeploymentReports,
+    /// Why the device takes no new revision now ([`crate::updates`]).
+    pub update_holds: watch::Sender<Vec<UpdateHold>>,
 }
 
 impl StatusSource {
@@ -204,6 +220,7 @@ impl StatusSource {
             facts: Arc::new(facts),
             unapplied: watch::channel(None).0,
             deployments: DeploymentReports::default(),
+            update_holds: watch::channel(Vec::new()).0,
         }
     }
 
@@ -219,6 +236,7 @@ impl StatusSource {
             unapplied: self.unapplied.subscribe(),
             facts: self.facts.clone(),
             deployments: self.deployments.subscribe(),
+            update_holds: self.update_holds.subscribe(),
         }
     }
 
@@ -263,6 +281,7 @@ pub struct StatusView {
     unapplied: watch::Receiver<Option<SpecError>>,
     facts: Arc<Facts>,
     deployments: watch::Receiver<deployments::PartReports>,
+    update_holds: watch::Receiver<Vec<UpdateHold>>,
 }
 
 impl StatusView {
@@ -275,6 +294,7 @@ impl StatusView {
             unapplied.as_ref(),
             &self.facts,
             deployments,
+            self.update_holds.borrow().clone(),
         )
     }
 

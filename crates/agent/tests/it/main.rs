@@ -16,3 +16,4 @@ mod sshd;
 mod supervisor;
 mod support;
 mod third_party_device;
+mod update_locks;

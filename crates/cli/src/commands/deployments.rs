@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 use tether_proto::desired::resources::{
-    CreateDeployment, Deployment, DeploymentRollout, DeploymentSpecification, RolloutPolicy, Target,
+    CreateDeployment, Deployment, DeploymentRollout, DeploymentSpecification, RolloutPhase,
+    RolloutPolicy, Target,
 };
+use tether_proto::desired::updates::HoldKind;
 
 use super::{CommandError, Context, Outcome, read_document};
 use crate::output::{self, OutputFormat};
@@ -268,7 +270,11 @@ fn rollout(status: &DeploymentRollout) -> String {
         status.rolled_back,
     );
     if let Some(reason) = &status.reason {
-        text.push_str(&format!("Paused: {}\n", output::printable(reason)));
+        let label = match status.phase {
+            RolloutPhase::Paused => "Paused",
+            _ => "Waiting",
+        };
+        text.push_str(&format!("{label}: {}\n", output::printable(reason)));
     }
     text.push('\n');
     text.push_str(&output::columns(
@@ -292,5 +298,30 @@ fn rollout(status: &DeploymentRollout) -> String {
             })
             .collect(),
     ));
+    if !status.held.is_empty() {
+        text.push_str("\nWaiting until they take updates:\n");
+        text.push_str(&output::columns(
+            ["DEVICE", "HELD BY", "REASON", "UNTIL"],
+            status
+                .held
+                .iter()
+                .flat_map(|d| {
+                    d.holds.iter().map(|hold| {
+                        [
+                            d.device.clone(),
+                            match (&hold.kind, &hold.name) {
+                                (HoldKind::Lock, Some(name)) => format!("lock {name}"),
+                                (HoldKind::Lock, None) => "lock".to_owned(),
+                                (HoldKind::Spec, _) => "spec".to_owned(),
+                                (HoldKind::Window, _) => "maintenance window".to_owned(),
+                            },
+                            output::printable(&hold.reason).into_owned(),
+                            hold.until.map_or("-".to_owned(), output::timestamp),
+                        ]
+                    })
+                })
+                .collect(),
+        ));
+    }
     text
 }

@@ -12,6 +12,7 @@
 pub mod chart;
 pub mod process;
 pub mod resources;
+pub mod updates;
 
 use std::collections::BTreeMap;
 

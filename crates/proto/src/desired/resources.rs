@@ -234,4 +234,17 @@ pub struct DeploymentRollout {
     pub failed: u64,
     pub rolled_back: u64,
     pub devices: Vec<DeviceRollout>,
+    /// Targeted devices that wait for this revision until they take
+    /// updates again, with why (their update holds as last reported).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldDevice>,
+}
+
+/// A device a rollout passes over for now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HeldDevice {
+    pub device: String,
+    pub holds: Vec<super::updates::UpdateHold>,
 }

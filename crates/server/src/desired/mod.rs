@@ -19,8 +19,9 @@ use tether_proto::DeviceId;
 use tether_proto::api::Labels;
 use tether_proto::desired::resources::{
     ChartTemplate, ChartTemplateSpec, CreateChartTemplate, CreateDeployment, Deployment,
-    DeploymentRollout, DeploymentSpecification, DeviceRollout, RolloutPhase, Target,
+    DeploymentRollout, DeploymentSpecification, DeviceRollout, HeldDevice, RolloutPhase, Target,
 };
+use tether_proto::desired::updates::UpdateHold;
 use tether_proto::desired::{self, ChartRelease, DeploymentState, DeploymentStatus};
 use tether_proto::labels::LabelSelector;
 use tether_proto::spec::SpecError;
@@ -295,10 +296,29 @@ impl DesiredState {
         let deployment = self.deployment_record(name).await?;
         let rows = self.store.deployment_devices(name).await?;
         let targeted = match deployment.phase {
-            RolloutPhase::Deleting => 0,
-            _ => self.targets(&deployment.spec.target).await?.len() as u64,
+            RolloutPhase::Deleting => Vec::new(),
+            _ => self.targets(&deployment.spec.target).await?,
         };
-        Ok(rollout_view(&deployment, targeted, rows))
+        let mut holds = self.store.update_holds().await?;
+        // Held and still waiting for this revision: on it, a hold no
+        // longer matters to this rollout.
+        let held = targeted
+            .iter()
+            .filter(|device| {
+                !rows.iter().any(|r| {
+                    &r.device == *device
+                        && (r.revision == Some(deployment.revision)
+                            || r.rolled_back_from == Some(deployment.revision))
+                })
+            })
+            .filter_map(|device| {
+                holds.remove(device).map(|holds| HeldDevice {
+                    device: device.to_string(),
+                    holds,
+                })
+            })
+            .collect();
+        Ok(rollout_view(&deployment, targeted.len() as u64, rows, held))
     }
 
     /// A device's report of its deployments (ingest hands it here).
@@ -331,8 +351,15 @@ impl DesiredState {
             };
             let Some(last) = page.last() else { return };
             after = Some(last.name.clone());
+            let holds = match self.store.update_holds().await {
+                Ok(holds) => holds,
+                Err(error) => {
+                    tracing::warn!(error = %crate::error_chain(&error), "could not read devices' update holds to reconcile; trying again shortly");
+                    return;
+                }
+            };
             for deployment in page {
-                if let Err(error) = self.reconcile_one(&deployment, now).await {
+                if let Err(error) = self.reconcile_one(&deployment, &holds, now).await {
                     tracing::warn!(deployment = %deployment.name, error = %crate::error_chain(&error), "could not reconcile a deployment; trying again shortly");
                 }
             }
@@ -348,6 +375,7 @@ impl DesiredState {
     async fn reconcile_one(
         &self,
         deployment: &DeploymentRecord,
+        holds: &BTreeMap<DeviceId, Vec<UpdateHold>>,
         now: DateTime<Utc>,
     ) -> Result<(), DesiredStateError> {
         let name = deployment.name.as_str();
@@ -363,6 +391,7 @@ impl DesiredState {
             &deployment.spec.rollout,
             &targeted,
             &steps,
+            |device| holds.contains_key(device),
             now,
         );
         let mut bodies = BTreeMap::<u64, Option<RevisionBody>>::new();
@@ -764,6 +793,7 @@ fn rollout_view(
     deployment: &DeploymentRecord,
     targeted: u64,
     rows: Vec<DeploymentDeviceRecord>,
+    held: Vec<HeldDevice>,
 ) -> DeploymentRollout {
     let revision = deployment.revision;
     let current = |r: &DeploymentDeviceRecord| {
@@ -814,5 +844,6 @@ fn rollout_view(
         failed,
         rolled_back,
         devices,
+        held,
     }
 }

@@ -77,13 +77,17 @@ pub struct Plan {
 }
 
 /// The next step of the rollout of `revision`. `targeted` are the devices
-/// the deployment targets now; `steps` every device it has a record of.
+/// the deployment targets now; `steps` every device it has a record of;
+/// `is_held`: whether a device takes no new revision now (an update lock,
+/// outside its maintenance windows) — it waits, and the batches go on
+/// without it.
 pub fn plan(
     revision: u64,
     phase: RolloutPhase,
     policy: &RolloutPolicy,
     targeted: &[DeviceId],
     steps: &[DeviceStep],
+    is_held: impl Fn(&DeviceId) -> bool,
     now: DateTime<Utc>,
 ) -> Plan {
     let deadline = TimeDelta::seconds(i64::from(policy.progress_deadline_seconds));
@@ -151,8 +155,17 @@ pub fn plan(
         plan.phase = Some(RolloutPhase::Complete);
         return plan;
     }
+    let free: Vec<&DeviceId> = waiting.iter().copied().filter(|d| !is_held(d)).collect();
+    if free.is_empty() {
+        plan.phase = Some(RolloutPhase::Progressing);
+        plan.reason = Some(format!(
+            "{} device(s) wait until they take updates (an update lock, or outside their maintenance windows); `tether deployments status` shows why",
+            waiting.len()
+        ));
+        return plan;
+    }
     let size = batch_size(policy, targeted.len());
-    plan.update = waiting.into_iter().take(size).cloned().collect();
+    plan.update = free.into_iter().take(size).cloned().collect();
     plan.batch = steps
         .iter()
         .filter(|s| s.revision == Some(revision) || s.rolled_back_from == Some(revision))
@@ -251,6 +264,7 @@ mod tests {
                 &policy,
                 &targeted,
                 &steps,
+                |_| false,
                 t0(),
             );
             assert_eq!(plan.phase, Some(RolloutPhase::Progressing));
@@ -263,6 +277,7 @@ mod tests {
                 &policy,
                 &targeted,
                 &steps,
+                |_| false,
                 t0(),
             );
             assert!(
@@ -280,6 +295,7 @@ mod tests {
             &policy,
             &targeted,
             &steps,
+            |_| false,
             t0(),
         );
         assert_eq!(done.phase, Some(RolloutPhase::Complete));
@@ -297,6 +313,7 @@ mod tests {
             &policy,
             &targeted,
             &steps,
+            |_| false,
             t0(),
         );
         apply(&mut steps, &first, 2, t0());
@@ -307,6 +324,7 @@ mod tests {
             &policy,
             &targeted,
             &steps,
+            |_| false,
             t0(),
         );
         assert_eq!(next, Plan::default(), "still waiting");
@@ -336,6 +354,7 @@ mod tests {
             &policy,
             &targeted,
             &steps,
+            |_| false,
             t0(),
         );
         assert_eq!(plan_2.update.len(), 10);
@@ -355,6 +374,7 @@ mod tests {
             &policy,
             &targeted,
             &steps,
+            |_| false,
             t0(),
         );
         assert_eq!(settled.roll_back.len(), 2, "the two failed go back");
@@ -382,7 +402,15 @@ mod tests {
             2
         );
         // Paused: nothing moves until resumed or a new revision.
-        let paused = plan(2, RolloutPhase::Paused, &policy, &targeted, &steps, t0());
+        let paused = plan(
+            2,
+            RolloutPhase::Paused,
+            &policy,
+            &targeted,
+            &steps,
+            |_| false,
+            t0(),
+        );
         assert!(paused.update.is_empty() && paused.roll_back.is_empty());
     }
 
@@ -400,6 +428,7 @@ mod tests {
             &policy,
             &targeted,
             &steps,
+            |_| false,
             t0(),
         );
         apply(&mut steps, &first, 1, t0());
@@ -409,6 +438,7 @@ mod tests {
             &policy,
             &targeted,
             &steps,
+            |_| false,
             t0() + TimeDelta::seconds(59),
         );
         assert!(before.roll_back.is_empty());
@@ -418,6 +448,7 @@ mod tests {
             &policy,
             &targeted,
             &steps,
+            |_| false,
             t0() + TimeDelta::seconds(60),
         );
         assert_eq!(after.timed_out, targeted);
@@ -440,6 +471,7 @@ mod tests {
             &policy,
             &all[..2],
             &steps,
+            |_| false,
             t0(),
         );
         apply(&mut steps, &first, 1, t0());
@@ -452,12 +484,21 @@ mod tests {
             &policy,
             &all[..2],
             &steps,
+            |_| false,
             t0(),
         );
         assert_eq!(complete.phase, Some(RolloutPhase::Complete));
         // d000 leaves the selector, d002 joins it.
         let targeted = vec![all[1].clone(), all[2].clone()];
-        let next = plan(1, RolloutPhase::Complete, &policy, &targeted, &steps, t0());
+        let next = plan(
+            1,
+            RolloutPhase::Complete,
+            &policy,
+            &targeted,
+            &steps,
+            |_| false,
+            t0(),
+        );
         assert_eq!(next.remove, [all[0].clone()]);
         assert_eq!(next.update, [all[2].clone()]);
         assert_eq!(next.phase, Some(RolloutPhase::Progressing));
@@ -473,12 +514,78 @@ mod tests {
             &policy(5, 10),
             &targeted,
             &steps,
+            |_| false,
             t0(),
         );
         apply(&mut steps, &first, 1, t0());
-        let deleting = plan(1, RolloutPhase::Deleting, &policy(5, 10), &[], &steps, t0());
+        let deleting = plan(
+            1,
+            RolloutPhase::Deleting,
+            &policy(5, 10),
+            &[],
+            &steps,
+            |_| false,
+            t0(),
+        );
         assert_eq!(deleting.remove, targeted);
         assert!(deleting.update.is_empty());
+    }
+
+    #[test]
+    fn held_devices_are_passed_over_until_free_and_the_rollout_waits_for_them() {
+        let targeted = devices(4);
+        let policy = policy(2, 10);
+        let held = [targeted[0].clone(), targeted[2].clone()];
+        let is_held = |device: &DeviceId| held.contains(device);
+        let mut steps = Vec::new();
+        let first = plan(
+            1,
+            RolloutPhase::Progressing,
+            &policy,
+            &targeted,
+            &steps,
+            is_held,
+            t0(),
+        );
+        assert_eq!(first.update, [targeted[1].clone(), targeted[3].clone()]);
+        apply(&mut steps, &first, 1, t0());
+        for device in &first.update {
+            report(&mut steps, device, DeploymentState::Ready);
+        }
+        let waiting = plan(
+            1,
+            RolloutPhase::Progressing,
+            &policy,
+            &targeted,
+            &steps,
+            is_held,
+            t0(),
+        );
+        assert!(waiting.update.is_empty());
+        assert_eq!(
+            waiting.phase,
+            Some(RolloutPhase::Progressing),
+            "not complete"
+        );
+        assert!(
+            waiting
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("2 device(s) wait")),
+            "{waiting:?}"
+        );
+        // Held devices that failed still go back; a freed device goes next.
+        let freed = plan(
+            1,
+            RolloutPhase::Progressing,
+            &policy,
+            &targeted,
+            &steps,
+            |d: &DeviceId| *d == targeted[2],
+            t0(),
+        );
+        assert_eq!(freed.update, [targeted[0].clone()]);
+        assert_eq!(freed.reason, None);
     }
 
     #[test]

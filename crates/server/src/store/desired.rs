@@ -9,6 +9,7 @@ use sqlx::error::ErrorKind;
 use tether_proto::DeviceId;
 use tether_proto::desired::DeploymentState;
 use tether_proto::desired::resources::{ChartTemplateSpec, DeploymentSpecification, RolloutPhase};
+use tether_proto::desired::updates::UpdateHold;
 use tether_proto::labels::LabelSelector;
 
 use super::codec::{
@@ -485,6 +486,24 @@ impl Store {
             .map_err(query_error("list devices by labels"))?
             .into_iter()
             .map(device_id)
+            .collect()
+    }
+
+    /// Every device whose agent last reported update holds, with them:
+    /// rollouts pass these over. Few at a time, so read whole.
+    pub async fn update_holds(&self) -> Result<BTreeMap<DeviceId, Vec<UpdateHold>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT device, update_holds FROM device_specs WHERE update_holds IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("list devices' update holds"))?;
+        rows.iter()
+            .map(|row| {
+                let device = device_id(get(row, "device")?)?;
+                let holds: String = get(row, "update_holds")?;
+                Ok((device, from_json(&holds, "update holds")?))
+            })
             .collect()
     }
 

@@ -123,16 +123,22 @@ impl Store {
     ) -> Result<(), StoreError> {
         let context = "store a device's reported status";
         sqlx::query(
-            "INSERT INTO device_specs (device, spec, spec_version, status, status_spec_version, status_reported_at) \
-             VALUES ($1, '{}', 0, $2, $3, $4) \
+            "INSERT INTO device_specs (device, spec, spec_version, status, status_spec_version, status_reported_at, update_holds) \
+             VALUES ($1, '{}', 0, $2, $3, $4, $5) \
              ON CONFLICT (device) DO UPDATE SET status = excluded.status, \
              status_spec_version = excluded.status_spec_version, \
-             status_reported_at = excluded.status_reported_at",
+             status_reported_at = excluded.status_reported_at, \
+             update_holds = excluded.update_holds",
         )
         .bind(device.as_str())
         .bind(to_json(status, "a reported status")?)
         .bind(to_i64(status.spec_version, "reported spec version")?)
         .bind(millis(now))
+        .bind(if status.update_holds.is_empty() {
+            None
+        } else {
+            Some(to_json(&status.update_holds, "update holds")?)
+        })
         .execute(&self.pool)
         .await
         .map_err(|source| not_found(source, device, context))?;

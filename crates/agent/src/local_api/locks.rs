@@ -1,0 +1,78 @@
+//! `/v1/update-locks`: applications hold the device back from new
+//! revisions of its deployments while they do something that must not be
+//! interrupted ([`crate::updates`]).
+//!
+//! ```text
+//! PUT    /v1/update-locks/NAME  {"reason": "flashing the PLC", "ttlSeconds": 3600}
+//! DELETE /v1/update-locks/NAME
+//! GET    /v1/update-locks       → {"locks": {NAME: {reason, since, expiresAt}}, "holds": [...]}
+//! ```
+
+use chrono::{DateTime, Utc};
+
+use super::Reply;
+use super::view::DeviceView;
+use crate::updates::{LockError, TakeLock, UpdateLocks};
+
+/// The collection's path; one lock is `PATH/NAME`.
+pub const PATH: &str = "/v1/update-locks";
+
+pub(super) fn route(
+    method: &str,
+    name: Option<&str>,
+    body: &[u8],
+    locks: &UpdateLocks,
+    view: &DeviceView,
+    now: DateTime<Utc>,
+) -> Reply {
+    match (method, name) {
+        ("GET", None) => Reply::ok(serde_json::json!({
+            "locks": locks.held(now),
+            // As last worked out: a lock just taken shows here a moment
+            // after it shows in `locks`.
+            "holds": view.status.report().update_holds,
+        })),
+        ("PUT", Some(name)) => {
+            let request: TakeLock = match serde_json::from_slice(body) {
+                Ok(request) => request,
+                Err(error) => {
+                    return Reply::error(
+                        400,
+                        format!(
+                            "the body is not a lock request ({error}): send {{\"reason\": \"why\", \"ttlSeconds\": N}} (ttlSeconds optional)"
+                        ),
+                    );
+                }
+            };
+            match locks.take(name, request, now) {
+                Ok(lock) => Reply::ok(serde_json::json!({ "name": name, "lock": lock })),
+                Err(error) => lock_error(&error),
+            }
+        }
+        ("DELETE", Some(name)) => match locks.release(name) {
+            Ok(()) => Reply::ok(serde_json::json!({ "released": name })),
+            Err(error) => lock_error(&error),
+        },
+        (_, None) => Reply {
+            allow: Some("GET"),
+            ..Reply::error(405, format!("{PATH} takes GET; a lock is {PATH}/NAME"))
+        },
+        (_, Some(_)) => Reply {
+            allow: Some("PUT, DELETE"),
+            ..Reply::error(
+                405,
+                format!("{PATH}/NAME takes PUT or DELETE, not {method}"),
+            )
+        },
+    }
+}
+
+fn lock_error(error: &LockError) -> Reply {
+    let status = match error {
+        LockError::Invalid(_) => 400,
+        LockError::NotHeld(_) => 404,
+        LockError::TooMany { .. } => 409,
+        LockError::Save { .. } => 500,
+    };
+    Reply::error(status, error.to_string())
+}

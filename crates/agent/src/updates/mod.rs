@@ -1,0 +1,440 @@
+//! Update control on the device (ADR 0029): applications hold update
+//! locks through the local API (`PUT /v1/update-locks/NAME`); with the
+//! spec's `updates` section (an operator's lock, maintenance windows) they
+//! make the device's holds, which the agent reports so that rollouts pass
+//! the device over until they are gone.
+//!
+//! Locks are kept in the state directory: an application mid-way through
+//! a firmware flash keeps its lock across an agent restart. A lock may
+//! expire (`ttlSeconds`), so that an application that dies holding one
+//! does not hold the device back for ever; one without expiry is released
+//! only by its holder (or by deleting the state file).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use tether_proto::desired::updates::{
+    self, HoldKind, UpdateHold, UpdatePolicy, WindowCheck, WindowClock,
+};
+use tokio::sync::watch;
+
+use crate::spec::AppliedSpec;
+use crate::state::write_atomic;
+
+/// Where locks are kept in the state directory.
+pub const LOCKS_FILE: &str = "update-locks.json";
+/// Longest a lock may be asked to last: a week.
+pub const MAX_TTL_SECONDS: u64 = 7 * 24 * 3600;
+
+/// An update lock an application holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lock {
+    pub reason: String,
+    pub since: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What a `PUT /v1/update-locks/NAME` asks for.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TakeLock {
+    pub reason: String,
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LockError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{held} update locks are held already, the most one device keeps; release one first")]
+    TooMany { held: usize },
+    #[error("no update lock named {0} is held")]
+    NotHeld(String),
+    #[error("could not save the update locks to {path}: {message}; the change was not made")]
+    Save { path: PathBuf, message: String },
+}
+
+/// The device's update locks, shared by the local API and the task that
+/// works out the holds.
+pub struct UpdateLocks {
+    path: PathBuf,
+    locks: Mutex<BTreeMap<String, Lock>>,
+    changed: watch::Sender<()>,
+}
+
+impl UpdateLocks {
+    /// The locks kept in `state_dir`; an unreadable file is logged and
+    /// read as none (a lock is a courtesy to applications, not a
+    /// safety interlock, and must not stop the agent).
+    pub fn load(state_dir: &Path) -> Self {
+        let path = state_dir.join(LOCKS_FILE);
+        let locks = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+                tracing::warn!(path = %path.display(), %error, "the update locks file is not valid; starting with no locks held");
+                BTreeMap::new()
+            }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot read the update locks; starting with no locks held");
+                BTreeMap::new()
+            }
+        };
+        Self {
+            path,
+            locks: Mutex::new(locks),
+            changed: watch::channel(()).0,
+        }
+    }
+
+    /// Takes (or renews) the lock `name`.
+    pub fn take(
+        &self,
+        name: &str,
+        request: TakeLock,
+        now: DateTime<Utc>,
+    ) -> Result<Lock, LockError> {
+        updates::check_lock_name(name).map_err(LockError::Invalid)?;
+        if request.reason.trim().is_empty() || request.reason.len() > updates::MAX_REASON_BYTES {
+            return Err(LockError::Invalid(format!(
+                "reason must say why, in 1–{} bytes",
+                updates::MAX_REASON_BYTES
+            )));
+        }
+        let expires_at = match request.ttl_seconds {
+            None => None,
+            Some(ttl) if (1..=MAX_TTL_SECONDS).contains(&ttl) => {
+                Some(now + chrono::TimeDelta::seconds(ttl as i64))
+            }
+            Some(_) => {
+                return Err(LockError::Invalid(format!(
+                    "ttlSeconds must be 1–{MAX_TTL_SECONDS} (a week), or left out for a lock held until released"
+                )));
+            }
+        };
+        let mut locks = self.locks.lock().expect("not poisoned");
+        let mut next = locks.clone();
+        next.retain(|_, lock| lock.expires_at.is_none_or(|at| at > now));
+        let since = next.get(name).map_or(now, |held| held.since);
+        if !next.contains_key(name) && next.len() >= updates::MAX_LOCKS {
+            return Err(LockError::TooMany { held: next.len() });
+        }
+        let lock = Lock {
+            reason: request.reason,
+            since,
+            expires_at,
+        };
+        next.insert(name.to_owned(), lock.clone());
+        self.save(&next)?;
+        *locks = next;
+        drop(locks);
+        tracing::info!(lock = name, reason = %lock.reason, expires_at = ?lock.expires_at, "update lock taken");
+        self.changed.send_replace(());
+        Ok(lock)
+    }
+
+    pub fn release(&self, name: &str) -> Result<(), LockError> {
+        let mut locks = self.locks.lock().expect("not poisoned");
+        let mut next = locks.clone();
+        if next.remove(name).is_none() {
+            return Err(LockError::NotHeld(name.to_owned()));
+        }
+        self.save(&next)?;
+        *locks = next;
+        drop(locks);
+        tracing::info!(lock = name, "update lock released");
+        self.changed.send_replace(());
+        Ok(())
+    }
+
+    /// The locks held at `now` (expired ones left out).
+    pub fn held(&self, now: DateTime<Utc>) -> BTreeMap<String, Lock> {
+        let mut locks = self.locks.lock().expect("not poisoned").clone();
+        locks.retain(|_, lock| lock.expires_at.is_none_or(|at| at > now));
+        locks
+    }
+
+    fn save(&self, locks: &BTreeMap<String, Lock>) -> Result<(), LockError> {
+        let bytes = serde_json::to_vec_pretty(locks).expect("locks encode");
+        write_atomic(&self.path, &bytes, 0o600).map_err(|error| LockError::Save {
+            path: self.path.clone(),
+            message: error.to_string(),
+        })
+    }
+}
+
+/// The device's holds at `now`, and when they next change by themselves
+/// (a lock expires, a window opens or closes). `local` is `now` on the
+/// windows' clock; `to_utc` maps that clock back.
+pub fn holds(
+    locks: &BTreeMap<String, Lock>,
+    policy: &UpdatePolicy,
+    local: NaiveDateTime,
+    to_utc: impl Fn(NaiveDateTime) -> Option<DateTime<Utc>>,
+) -> (Vec<UpdateHold>, Option<DateTime<Utc>>) {
+    let mut holds = Vec::new();
+    let mut next: Option<DateTime<Utc>> = None;
+    let mut sooner = |at: Option<DateTime<Utc>>| {
+        if let Some(at) = at {
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+    };
+    for (name, lock) in locks {
+        holds.push(UpdateHold {
+            kind: HoldKind::Lock,
+            name: Some(name.clone()),
+            reason: lock.reason.clone(),
+            until: lock.expires_at,
+        });
+        sooner(lock.expires_at);
+    }
+    if policy.locked {
+        holds.push(UpdateHold {
+            kind: HoldKind::Spec,
+            name: None,
+            reason: policy
+                .reason
+                .clone()
+                .unwrap_or_else(|| "updates are locked in the device's spec".to_owned()),
+            until: None,
+        });
+    }
+    match updates::check_windows(&policy.maintenance_windows, local) {
+        None => {}
+        Some(WindowCheck::Open { closes }) => sooner(to_utc(closes)),
+        Some(WindowCheck::Closed { opens }) => {
+            let until = to_utc(opens);
+            holds.push(UpdateHold {
+                kind: HoldKind::Window,
+                name: None,
+                reason: format!(
+                    "outside the maintenance windows; the next opens {opens} ({} time)",
+                    match policy.time_zone {
+                        WindowClock::Local => "device",
+                        WindowClock::Utc => "UTC",
+                    }
+                ),
+                until,
+            });
+            sooner(until);
+        }
+    }
+    (holds, next)
+}
+
+/// Keeps `report` at the device's holds: when a lock is taken or
+/// released, the spec changes, or a lock or window runs out. Runs until
+/// the agent stops.
+pub async fn run(
+    locks: std::sync::Arc<UpdateLocks>,
+    mut applied: watch::Receiver<AppliedSpec>,
+    report: watch::Sender<Vec<UpdateHold>>,
+) {
+    let mut changed = locks.changed.subscribe();
+    loop {
+        let now = Utc::now();
+        let policy = applied.borrow_and_update().updates.clone();
+        let (current, next) = match policy.time_zone {
+            WindowClock::Utc => holds(&locks.held(now), &policy, now.naive_utc(), |at| {
+                Some(at.and_utc())
+            }),
+            WindowClock::Local => holds(
+                &locks.held(now),
+                &policy,
+                now.with_timezone(&Local).naive_local(),
+                // A time a clock change skips is taken as its first
+                // instant after.
+                |at| {
+                    Local
+                        .from_local_datetime(&at)
+                        .earliest()
+                        .map(|at| at.with_timezone(&Utc))
+                },
+            ),
+        };
+        report.send_if_modified(|reported| {
+            let modified = *reported != current;
+            *reported = current;
+            modified
+        });
+        // Past the change by a little, so that the next pass sees it.
+        let wait = next.map_or(std::time::Duration::from_secs(3600), |at| {
+            (at - now)
+                .to_std()
+                .unwrap_or_default()
+                .min(std::time::Duration::from_secs(3600))
+                + std::time::Duration::from_millis(50)
+        });
+        tokio::select! {
+            changed = changed.changed() => if changed.is_err() { return },
+            changed = applied.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_proto::desired::updates::MaintenanceWindow;
+
+    fn t(text: &str) -> NaiveDateTime {
+        NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M").expect("a time")
+    }
+
+    fn utc(at: NaiveDateTime) -> Option<DateTime<Utc>> {
+        Some(at.and_utc())
+    }
+
+    #[test]
+    fn each_lock_the_spec_and_a_closed_window_hold_the_device_and_the_soonest_end_is_next() {
+        let locks: BTreeMap<String, Lock> = [
+            (
+                "flash".to_owned(),
+                Lock {
+                    reason: "flashing the PLC".into(),
+                    since: t("2026-12-03 09:00").and_utc(),
+                    expires_at: Some(t("2026-12-03 11:00").and_utc()),
+                },
+            ),
+            (
+                "batch".to_owned(),
+                Lock {
+                    reason: "a production batch".into(),
+                    since: t("2026-12-03 08:00").and_utc(),
+                    expires_at: None,
+                },
+            ),
+        ]
+        .into();
+        let policy = UpdatePolicy {
+            locked: true,
+            reason: Some("line 3 audit".into()),
+            maintenance_windows: vec![MaintenanceWindow {
+                days: Vec::new(),
+                start: "02:00".into(),
+                duration_minutes: 60,
+            }],
+            time_zone: WindowClock::Utc,
+        };
+        let (held, next) = holds(&locks, &policy, t("2026-12-03 10:00"), utc);
+        let kinds: Vec<(HoldKind, Option<&str>)> =
+            held.iter().map(|h| (h.kind, h.name.as_deref())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (HoldKind::Lock, Some("batch")),
+                (HoldKind::Lock, Some("flash")),
+                (HoldKind::Spec, None),
+                (HoldKind::Window, None),
+            ]
+        );
+        assert_eq!(held[2].reason, "line 3 audit");
+        assert_eq!(held[3].until, utc(t("2026-12-04 02:00")));
+        assert_eq!(
+            next,
+            utc(t("2026-12-03 11:00")),
+            "the flash lock expires first"
+        );
+    }
+
+    #[test]
+    fn inside_a_window_and_unlocked_nothing_holds_and_the_window_end_is_next() {
+        let policy = UpdatePolicy {
+            maintenance_windows: vec![MaintenanceWindow {
+                days: Vec::new(),
+                start: "02:00".into(),
+                duration_minutes: 60,
+            }],
+            ..UpdatePolicy::default()
+        };
+        let (held, next) = holds(&BTreeMap::new(), &policy, t("2026-12-03 02:10"), utc);
+        assert!(held.is_empty());
+        assert_eq!(next, utc(t("2026-12-03 03:00")));
+        let (held, next) = holds(
+            &BTreeMap::new(),
+            &UpdatePolicy::default(),
+            t("2026-12-03 02:10"),
+            utc,
+        );
+        assert!(held.is_empty());
+        assert_eq!(next, None, "nothing to wait for");
+    }
+
+    fn take(reason: &str, ttl: Option<u64>) -> TakeLock {
+        TakeLock {
+            reason: reason.into(),
+            ttl_seconds: ttl,
+        }
+    }
+
+    #[test]
+    fn locks_survive_a_restart_expire_and_are_released_by_name() {
+        let dir = tempfile::tempdir().expect("temp");
+        let now = Utc::now();
+        let locks = UpdateLocks::load(dir.path());
+        locks
+            .take("flash", take("flashing", Some(60)), now)
+            .expect("taken");
+        locks
+            .take("batch", take("a batch", None), now)
+            .expect("taken");
+        let renewed = locks
+            .take(
+                "batch",
+                take("a longer batch", None),
+                now + chrono::TimeDelta::seconds(5),
+            )
+            .expect("renewed");
+        assert_eq!(renewed.since, now, "renewing keeps when it was first taken");
+
+        let restarted = UpdateLocks::load(dir.path());
+        assert_eq!(restarted.held(now).len(), 2);
+        let later = now + chrono::TimeDelta::seconds(61);
+        assert_eq!(
+            restarted.held(later).keys().collect::<Vec<_>>(),
+            ["batch"],
+            "the flash lock expired"
+        );
+        restarted.release("batch").expect("released");
+        assert_eq!(
+            restarted.release("batch"),
+            Err(LockError::NotHeld("batch".into()))
+        );
+        assert!(UpdateLocks::load(dir.path()).held(later).is_empty());
+    }
+
+    #[test]
+    fn bad_requests_are_refused_naming_the_field_and_change_nothing() {
+        let dir = tempfile::tempdir().expect("temp");
+        let now = Utc::now();
+        let locks = UpdateLocks::load(dir.path());
+        let refused = |name: &str, request: TakeLock| {
+            locks
+                .take(name, request, now)
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(refused("a/b", take("x", None)).contains("not a lock name"));
+        assert!(refused("ok", take(" ", None)).contains("reason"));
+        assert!(refused("ok", take("x", Some(0))).contains("ttlSeconds"));
+        assert!(refused("ok", take("x", Some(MAX_TTL_SECONDS + 1))).contains("ttlSeconds"));
+        for i in 0..updates::MAX_LOCKS {
+            locks
+                .take(&format!("l{i}"), take("x", None), now)
+                .expect("taken");
+        }
+        assert_eq!(
+            locks.take("one-more", take("x", None), now),
+            Err(LockError::TooMany {
+                held: updates::MAX_LOCKS
+            })
+        );
+        assert_eq!(locks.held(now).len(), updates::MAX_LOCKS);
+    }
+}

@@ -1,0 +1,192 @@
+//! Update locks end to end (issue 17): a real tetherd, two real agents
+//! running a supervised process. A device whose application holds an
+//! update lock through the local API, or whose spec an operator locked, is
+//! passed over by the rollout — the other device goes ahead — until the
+//! lock is released; `deployments/NAME/status` says who waits and why.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use tether_testkit::{Agent, ApiClient, Database, Tetherd, local_api, wait_until};
+
+const WAIT: Duration = Duration::from_secs(30);
+const PATH: &str = "/api/v1/deployments/line-app";
+
+fn deployment(seconds: &str) -> Value {
+    json!({
+        "target": {"selector": "line=3"},
+        "processes": {"app": {"execCmd": "/bin/sleep", "execArgs": [seconds]}},
+        "rollout": {"batchSize": 1, "progressDeadlineSeconds": 60},
+    })
+}
+
+/// Waits until the device's reported update holds satisfy `done`.
+async fn wait_holds(
+    admin: &ApiClient,
+    device: &str,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> anyhow::Result<()> {
+    let done = &done;
+    wait_until(what, WAIT, || async move {
+        let device = admin
+            .get(&format!("/api/v1/devices/{device}"))
+            .await?
+            .expect_status(200)?;
+        let holds = device["status"]["updateHolds"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        Ok(done(&holds).then_some(()))
+    })
+    .await
+}
+
+/// Waits until the rollout's status satisfies `done`; returns it.
+async fn wait_rollout(
+    admin: &ApiClient,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let done = &done;
+    wait_until(what, WAIT, || async move {
+        let status = admin
+            .get(&format!("{PATH}/status"))
+            .await?
+            .expect_status(200)?;
+        Ok(done(&status).then_some(status))
+    })
+    .await
+}
+
+fn device_row<'a>(status: &'a Value, device: &str) -> Option<&'a Value> {
+    status["devices"]
+        .as_array()?
+        .iter()
+        .find(|d| d["device"] == device)
+}
+
+fn ready_on(status: &Value, device: &str, revision: u64) -> bool {
+    device_row(status, device).is_some_and(|d| d["revision"] == revision && d["state"] == "ready")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_device_is_passed_over_until_its_lock_is_released() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let press_1 = Agent::enroll_online(&tetherd, &admin, "press-1").await?;
+    let press_2 = Agent::enroll_online(&tetherd, &admin, "press-2").await?;
+    for device in ["press-1", "press-2"] {
+        admin
+            .patch(
+                &format!("/api/v1/devices/{device}"),
+                json!({"labels": {"line": "3"}}),
+            )
+            .await?
+            .expect_status(200)?;
+    }
+
+    // press-1's application is flashing a PLC: it holds a lock.
+    let socket = press_1.local_api_socket();
+    let (status, taken) = local_api(
+        &socket,
+        "PUT",
+        "/v1/update-locks/plc-flash",
+        r#"{"reason":"flashing the PLC"}"#,
+    )
+    .await?;
+    anyhow::ensure!(status == 200, "{taken}");
+    wait_holds(&admin, "press-1", "press-1 to report its lock", |holds| {
+        holds.iter().any(|h| h["name"] == "plc-flash")
+    })
+    .await?;
+
+    admin
+        .post(
+            "/api/v1/deployments",
+            json!({"name": "line-app", "spec": deployment("600")}),
+        )
+        .await?
+        .expect_status(201)?;
+    // The rollout does not complete: it says who it waits for.
+    let waiting = wait_rollout(&admin, "press-2 ready, press-1 waiting", |s| {
+        ready_on(s, "press-2", 1)
+            && s["held"][0]["device"] == "press-1"
+            && s["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("1 device(s) wait"))
+    })
+    .await
+    .with_context(|| press_2.log())?;
+    assert_eq!(waiting["phase"], "progressing", "{waiting}");
+    assert_eq!(waiting["held"][0]["holds"][0]["kind"], "lock");
+    assert_eq!(waiting["held"][0]["holds"][0]["reason"], "flashing the PLC");
+    assert!(
+        device_row(&waiting, "press-1").is_none(),
+        "never sent: {waiting}"
+    );
+    let spec = admin
+        .get("/api/v1/devices/press-1")
+        .await?
+        .expect_status(200)?;
+    assert!(
+        spec["spec"]["deployments"].get("line-app").is_none(),
+        "{spec}"
+    );
+
+    // The flash is done: the lock goes, and so does the wait.
+    let (status, released) = local_api(&socket, "DELETE", "/v1/update-locks/plc-flash", "").await?;
+    anyhow::ensure!(status == 200, "{released}");
+    let complete = wait_rollout(&admin, "the rollout to complete", |s| {
+        s["phase"] == "complete"
+    })
+    .await
+    .with_context(|| press_1.log())?;
+    assert!(ready_on(&complete, "press-1", 1), "{complete}");
+    assert!(complete.get("held").is_none(), "{complete}");
+
+    // An operator locks press-2 in its spec: revision 2 goes to press-1
+    // only.
+    admin
+        .patch(
+            "/api/v1/devices/press-2?updateMask=spec.updates",
+            json!({"spec": {"updates": {"locked": true, "reason": "line 3 audit"}}}),
+        )
+        .await?
+        .expect_status(200)?;
+    wait_holds(
+        &admin,
+        "press-2",
+        "press-2 to report its spec lock",
+        |holds| holds.iter().any(|h| h["kind"] == "spec"),
+    )
+    .await?;
+    admin
+        .put_json(PATH, deployment("700"))
+        .await?
+        .expect_status(200)?;
+    let waiting = wait_rollout(&admin, "press-1 on revision 2, press-2 waiting", |s| {
+        ready_on(s, "press-1", 2) && s["held"][0]["device"] == "press-2"
+    })
+    .await?;
+    assert_eq!(waiting["held"][0]["holds"][0]["reason"], "line 3 audit");
+    assert!(
+        ready_on(&waiting, "press-2", 1),
+        "still on revision 1: {waiting}"
+    );
+
+    admin
+        .patch(
+            "/api/v1/devices/press-2?updateMask=spec.updates",
+            json!({"spec": {"updates": {"locked": false}}}),
+        )
+        .await?
+        .expect_status(200)?;
+    let complete = wait_rollout(&admin, "revision 2 everywhere", |s| {
+        s["phase"] == "complete" && s["revision"] == 2
+    })
+    .await?;
+    assert!(ready_on(&complete, "press-2", 2), "{complete}");
+    Ok(())
+}
