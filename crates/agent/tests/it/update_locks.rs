@@ -2,7 +2,8 @@
 //! running a supervised process. A device whose application holds an
 //! update lock through the local API, or whose spec an operator locked, is
 //! passed over by the rollout — the other device goes ahead — until the
-//! lock is released; `deployments/NAME/status` says who waits and why.
+//! lock is released; `deployments/NAME/status` says who waits and why. A
+//! maintenance window not yet open holds the device the same way.
 
 use std::time::Duration;
 
@@ -72,7 +73,7 @@ fn ready_on(status: &Value, device: &str, revision: u64) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_locked_device_is_passed_over_until_its_lock_is_released() -> anyhow::Result<()> {
+async fn a_device_locked_or_outside_its_window_is_passed_over_until_it_takes_updates() -> anyhow::Result<()> {
     let tetherd = Tetherd::start(Database::Sqlite).await?;
     let admin = tetherd.admin().await?;
     let press_1 = Agent::enroll_online(&tetherd, &admin, "press-1").await?;
@@ -188,5 +189,45 @@ async fn a_locked_device_is_passed_over_until_its_lock_is_released() -> anyhow::
     })
     .await?;
     assert!(ready_on(&complete, "press-2", 2), "{complete}");
+
+    // Maintenance windows, read on UTC here: one that opens in 12 hours
+    // holds the device until then; one it is inside holds nothing.
+    let hour = |offset: i64| {
+        (chrono::Utc::now() + chrono::TimeDelta::hours(offset))
+            .format("%H:00")
+            .to_string()
+    };
+    let window = |start: String| {
+        json!({"spec": {"updates": {"timeZone": "UTC", "maintenanceWindows": [
+            {"start": start, "durationMinutes": 120}
+        ]}}})
+    };
+    admin
+        .patch(
+            "/api/v1/devices/press-2?updateMask=spec.updates",
+            window(hour(12)),
+        )
+        .await?
+        .expect_status(200)?;
+    wait_holds(&admin, "press-2", "press-2 outside its window", |holds| {
+        holds
+            .iter()
+            .any(|h| h["kind"] == "window" && h["until"].is_string())
+    })
+    .await?;
+    admin
+        .patch(
+            "/api/v1/devices/press-2?updateMask=spec.updates",
+            window(hour(0)),
+        )
+        .await?
+        .expect_status(200)?;
+    wait_holds(
+        &admin,
+        "press-2",
+        "press-2 inside its window",
+        <[Value]>::is_empty,
+    )
+    .await?;
     Ok(())
 }
