@@ -9,7 +9,8 @@
 //! the live tail's latency; or (`--mode kubectl`) the `send-kubectl` round
 //! trip of a real agent managing the fake Kubernetes API server; or (`--mode
 //! keystrokes`) the keystroke echo latency of `tether ssh` to a real agent;
-//! or (`--mode provisioning`) registrations a second through a policy.
+//! or (`--mode provisioning`) registrations a second through a policy; or
+//! (`--mode rollout`) a deployment's staged rollout to N devices.
 //!
 //! Build everything in release mode first, the agent on its own and last
 //! (ADR 0024: built in one cargo invocation with tetherd, the agent gets the
@@ -24,6 +25,7 @@ mod kubectl;
 mod offline;
 mod provisioning;
 mod replicas;
+mod rollout;
 mod telemetry;
 mod tunnels;
 
@@ -112,6 +114,9 @@ struct Args {
     /// keystrokes: keystrokes timed.
     #[arg(long, default_value_t = 1000)]
     keystrokes: usize,
+    /// rollout: each batch's share of the targeted devices, in percent.
+    #[arg(long, default_value_t = 25)]
+    batch_percent: u8,
     /// simulate (internal): the credentials file a simulator process connects.
     #[arg(long, hide = true)]
     credentials: Option<std::path::PathBuf>,
@@ -147,6 +152,9 @@ enum Mode {
     /// N simulated devices booting at once register through an UNATTENDED
     /// policy, then again with new media: registrations a second.
     Provisioning,
+    /// N simulated devices reporting ready: one deployment's staged rollout
+    /// to all of them, then its second revision's.
+    Rollout,
 }
 
 #[tokio::main]
@@ -235,6 +243,14 @@ async fn main() -> anyhow::Result<()> {
             return provisioning::run(provisioning::Settings {
                 database,
                 devices: args.agents,
+            })
+            .await;
+        }
+        Mode::Rollout => {
+            return rollout::run(rollout::Settings {
+                database,
+                devices: args.agents,
+                batch_percent: args.batch_percent,
             })
             .await;
         }

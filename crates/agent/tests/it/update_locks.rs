@@ -73,7 +73,8 @@ fn ready_on(status: &Value, device: &str, revision: u64) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_locked_or_outside_its_window_is_passed_over_until_it_takes_updates() -> anyhow::Result<()> {
+async fn a_device_locked_or_outside_its_window_is_passed_over_until_it_takes_updates()
+-> anyhow::Result<()> {
     let tetherd = Tetherd::start(Database::Sqlite).await?;
     let admin = tetherd.admin().await?;
     let press_1 = Agent::enroll_online(&tetherd, &admin, "press-1").await?;
