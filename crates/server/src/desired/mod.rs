@@ -104,13 +104,25 @@ impl DesiredState {
             .update_template(name, &spec, Utc::now())
             .await
             .map_err(|e| not_found(e, || DesiredStateError::TemplateNotFound(name.to_owned())))?;
+        // Every user is tried, whatever fails: one deployment that cannot
+        // take the change must not keep the others on the old template.
+        let mut not_revised = Vec::new();
         for deployment in self.store.deployments_using(name).await? {
-            // A concurrent change of the deployment made a revision with
-            // the new template already.
             match self.revise(&deployment, None).await {
+                // A concurrent change of the deployment made a revision
+                // with the new template already.
                 Ok(_) | Err(DesiredStateError::Conflict(_)) => {}
-                Err(error) => return Err(error),
+                Err(error) => {
+                    tracing::warn!(template = %name, %deployment, error = %crate::error_chain(&error), "a deployment could not take the template's change");
+                    not_revised.push(format!("{deployment} ({error})"));
+                }
             }
+        }
+        if !not_revised.is_empty() {
+            return Err(DesiredStateError::Conflict(format!(
+                "chart template {name} was updated, but these deployments keep the old one: {}; fix them and run `tether deployments update` on each (or update the template again)",
+                not_revised.join("; ")
+            )));
         }
         tracing::info!(template = %name, "chart template updated");
         self.template(name).await
