@@ -1,5 +1,6 @@
 use tether_proto::DeviceId;
 use tether_proto::api::Device;
+use tether_proto::desired::updates::HoldKind;
 
 use crate::commands::{CommandError, Context, Outcome};
 use crate::output;
@@ -60,6 +61,23 @@ fn spec_text(now: chrono::DateTime<chrono::Utc>, device: &Device) -> String {
                 kubernetes.mode,
                 output::one_line(&kubernetes.cluster),
                 reported(kubernetes.server.as_deref(), "<credentials unreadable>")
+            ));
+        }
+        // Why rollouts pass the device over, as the agent reported it.
+        for hold in &status.update_holds {
+            let by = match (&hold.kind, &hold.name) {
+                (HoldKind::Lock, Some(name)) => format!("lock {}", output::one_line(name)),
+                (HoldKind::Lock, None) => "a lock".to_owned(),
+                (HoldKind::Spec, _) => "the spec".to_owned(),
+                (HoldKind::Window, _) => "its maintenance windows".to_owned(),
+            };
+            let until = hold
+                .until
+                .map(|until| format!(" (until {})", output::timestamp(until)))
+                .unwrap_or_default();
+            text.push_str(&format!(
+                "\nUPDATES HELD by {by}: {}{until}",
+                output::one_line(&hold.reason)
             ));
         }
     }
@@ -124,6 +142,40 @@ mod tests {
                 .contains("\nkubernetes: host mode, cluster default at https://127.0.0.1:6443"),
             "{}",
             spec_text(now, &device)
+        );
+    }
+
+    #[test]
+    fn each_update_hold_is_a_line_saying_what_holds_the_device_and_until_when() {
+        let device: Device = serde_json::from_value(serde_json::json!({
+            "name": "press-1",
+            "labels": {},
+            "presence": "online",
+            "enrolled": true,
+            "lastSeen": null,
+            "agentVersion": "0.1.0",
+            "createdAt": "2026-12-01T00:00:00Z",
+            "specVersion": 1,
+            "status": {
+                "specVersion": 1,
+                "errors": [],
+                "facts": {},
+                "updateHolds": [
+                    {"kind": "lock", "name": "plc-flash", "reason": "flashing\nthe PLC"},
+                    {"kind": "window", "reason": "outside the maintenance windows", "until": "2026-12-04T02:00:00Z"}
+                ],
+                "reportedAt": "2026-12-01T00:00:00Z"
+            }
+        }))
+        .expect("a device as the API returns it");
+        let text = spec_text(chrono::Utc::now(), &device);
+        assert!(
+            text.contains("\nUPDATES HELD by lock plc-flash: flashing\\nthe PLC\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nUPDATES HELD by its maintenance windows: outside the maintenance windows (until 2026-12-04"),
+            "{text}"
         );
     }
 
