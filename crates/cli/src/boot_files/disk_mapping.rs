@@ -3,9 +3,12 @@
 //! are blank) and which directories it bind-mounts (`bindmounts`).
 //!
 //! `size` is in MiB (the seed does not say; tether reads it so). `-1`
-//! means all the space left, and only the tailmost partition may ask for
-//! it: tether takes "tailmost" as the last entry of `diskmappings`, the
-//! one formatted last, after which nothing is left to give.
+//! means all the space left, which seed 004 allows "only for the tailmost
+//! partition": the one last on its disk, which the OS grows at start. Where
+//! a partition lies on its disk shows only on the device (most entries
+//! name a partition label), so the order of entries does not matter — the
+//! seed's own default lists its `-1` entry first — but only one entry may
+//! ask for it.
 
 use std::collections::BTreeSet;
 
@@ -54,25 +57,29 @@ struct BindMount {
 /// Checks a disk mapping file.
 pub fn check(text: &str) -> Result<(), Problem> {
     let file: DiskMappingFile = from_yaml(text)?;
-    let last = file.diskmappings.len().saturating_sub(1);
+    let mut rest_taken_by: Option<usize> = None;
     let mut mountpoints = BTreeSet::new();
     for (i, mapping) in file.diskmappings.iter().enumerate() {
         let at = format!("diskmappings[{i}]");
         check_absolute(&format!("{at}.disk"), &mapping.disk)?;
         check_absolute(&format!("{at}.mountpoint"), &mapping.mountpoint)?;
         match mapping.size {
-            Some(-1) if i != last => {
-                return Err(Problem::new(
-                    format!("{at}.size"),
-                    "-1 (all the space left) is allowed only on the tailmost partition, \
-                     the last entry of diskmappings: move this entry to the end",
-                ));
+            Some(-1) => {
+                if let Some(first) = rest_taken_by.replace(i) {
+                    return Err(Problem::new(
+                        format!("{at}.size"),
+                        format!(
+                            "-1 (all the space left) is allowed only on the tailmost partition, \
+                             and diskmappings[{first}] asks for it already: give one of them a size in MiB"
+                        ),
+                    ));
+                }
             }
-            Some(size) if size != -1 && size <= 0 => {
+            Some(size) if size <= 0 => {
                 return Err(Problem::new(
                     format!("{at}.size"),
                     format!(
-                        "{size} is not a size: write a positive number of MiB, or -1 on the last entry"
+                        "{size} is not a size: write a positive number of MiB, or -1 (all the space left) on the tailmost partition"
                     ),
                 ));
             }
@@ -97,23 +104,24 @@ pub fn check(text: &str) -> Result<(), Problem> {
 mod tests {
     use super::*;
 
-    /// Seed 004's default for x86, with the entry that takes the rest of
-    /// the disk moved to the end.
+    /// Seed 004's default for x86, as the seed lists it.
     const SEED_DEFAULT: &str = "\
 diskmappings:
+  - disk: /dev/disk/by-partlabel/EDGELQ_DATA
+    mountpoint: /isodevice/data
+    size: -1
+    filesystem: ext4
   - disk: /dev/disk/by-partlabel/EDGELQ_ISOS
     mountpoint: /isodevice/isos
     filesystem: ext4
   - disk: /dev/disk/by-partlabel/EDGELQ_BOOT
     mountpoint: /isodevice/boot
     filesystem: ext4
-  - disk: /dev/disk/by-partlabel/EDGELQ_DATA
-    mountpoint: /isodevice/data
-    size: -1
-    filesystem: ext4
 bindmounts:
   - mountsource: /isodevice/data/docker
     mountpoint: /var/lib/docker
+  - mountsource: /isodevice/data/droplet
+    mountpoint: /var/lib/droplet
   - mountsource: /isodevice/data/log
     mountpoint: /var/log
 ";
@@ -130,10 +138,12 @@ bindmounts:
 
     #[test]
     fn problems_name_their_field() {
-        let not_last = "diskmappings:\n  - {disk: /dev/sdb1, mountpoint: /a, size: -1}\n  - {disk: /dev/sdb2, mountpoint: /b, size: 100}\n";
-        let message = problem(not_last);
+        let twice = "diskmappings:\n  - {disk: /dev/sdb1, mountpoint: /a, size: -1}\n  - {disk: /dev/sdb2, mountpoint: /b, size: 100}\n  - {disk: /dev/sdb3, mountpoint: /c, size: -1}\n";
+        let message = problem(twice);
         assert!(
-            message.starts_with("diskmappings[0].size: -1") && message.contains("tailmost"),
+            message.starts_with("diskmappings[2].size: -1")
+                && message.contains("tailmost")
+                && message.contains("diskmappings[0] asks for it already"),
             "{message}"
         );
         assert!(

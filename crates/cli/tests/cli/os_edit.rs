@@ -349,7 +349,7 @@ async fn os_edit_refuses_bad_input_and_leaves_the_image_untouched() {
 
     let bad_disks = workspace.file(
         "bad-disks.yaml",
-        "diskmappings:\n  - {disk: /dev/sdb1, mountpoint: /a, size: -1}\n  - {disk: /dev/sdb2, mountpoint: /b}\n",
+        "diskmappings:\n  - {disk: /dev/sdb1, mountpoint: /a, size: -1}\n  - {disk: /dev/sdb2, mountpoint: /b, size: -1}\n",
     );
     let run = run_args(edit(&[
         "--provisioning-key",
@@ -364,7 +364,7 @@ async fn os_edit_refuses_bad_input_and_leaves_the_image_untouched() {
         &workspace,
         &[
             "invalid --disk-mapping file",
-            "diskmappings[0].size",
+            "diskmappings[1].size",
             "tailmost",
         ],
     );
