@@ -363,13 +363,19 @@ impl ApiClient {
         .map(drop)
     }
 
-    pub async fn new_enrollment_token(&self, name: &str) -> Result<EnrollmentToken, ClientError> {
-        self.call(
-            Method::POST,
-            &["devices", name, "enrollment-token"],
-            None::<&()>,
-        )
-        .await
+    /// A one-time enrollment token valid for `ttl` (tetherd's default if
+    /// `None`).
+    pub async fn new_enrollment_token(
+        &self,
+        name: &str,
+        ttl: Option<Duration>,
+    ) -> Result<EnrollmentToken, ClientError> {
+        let query: Vec<(&str, String)> = ttl
+            .map(|ttl| ("ttlSeconds", ttl.as_secs().to_string()))
+            .into_iter()
+            .collect();
+        self.call_with_query(Method::POST, &["devices", name, "enrollment-token"], &query)
+            .await
     }
 
     pub async fn request_action(

@@ -314,16 +314,14 @@ impl Quickstart {
                 Ok(Some(enrollment))
             }
             (Some(enrollment), false) => Ok(Some(enrollment)),
-            (None, false) => {
-                client
-                    .new_enrollment_token(DEVICE)
-                    .await
-                    .map(Some)
-                    .map_err(|source| QuickstartError::Step {
-                        step: "issue an enrollment token for device \"local\"",
-                        source,
-                    })
-            }
+            (None, false) => client
+                .new_enrollment_token(DEVICE, None)
+                .await
+                .map(Some)
+                .map_err(|source| QuickstartError::Step {
+                    step: "issue an enrollment token for device \"local\"",
+                    source,
+                }),
         }
     }
 }

@@ -507,6 +507,51 @@ async fn os_edit_device_name_writes_a_one_time_enrollment_token() {
     assert_eq!(device, "edge-1");
     assert!(!token.is_empty());
 
+    // An image written now and booted next month gets a token that lasts.
+    let run = tether
+        .run(&[
+            "os",
+            "edit",
+            "--image-file",
+            &image,
+            "--device-name",
+            "edge-1",
+            "--token-ttl",
+            "30days",
+        ])
+        .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let in_30_days = (chrono::Utc::now() + chrono::TimeDelta::days(30))
+        .format("%Y-%m-%d")
+        .to_string();
+    let in_30_days_late = (chrono::Utc::now() + chrono::TimeDelta::days(30)
+        - chrono::TimeDelta::minutes(5))
+    .format("%Y-%m-%d")
+    .to_string();
+    assert!(
+        run.stdout
+            .contains(&format!("enrollment token expires {in_30_days}"))
+            || run
+                .stdout
+                .contains(&format!("enrollment token expires {in_30_days_late}")),
+        "{}",
+        run.stdout
+    );
+    let run = tether
+        .run(&[
+            "os",
+            "edit",
+            "--image-file",
+            &image,
+            "--device-name",
+            "edge-1",
+            "--token-ttl",
+            "100days",
+        ])
+        .await;
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(run.stderr.contains("ttlSeconds must be"), "{}", run.stderr);
+
     let run = tether
         .run(&[
             "os",

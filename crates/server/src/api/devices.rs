@@ -208,20 +208,47 @@ async fn delete_device(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TokenQuery {
+    /// How long the token stays valid, in seconds (default: tetherd's
+    /// `auth.enrollment_token_ttl_seconds`, a day); at most 90 days, for an
+    /// OS image written now and booted later.
+    #[param(minimum = 60, maximum = 7_776_000)]
+    ttl_seconds: Option<u64>,
+}
+
+/// Longest lifetime an enrollment token may be asked for.
+const MAX_TOKEN_TTL_SECONDS: u64 = 90 * 24 * 3600;
+
 /// Issues a new one-time enrollment token (to re-enroll or replace hardware).
 #[utoipa::path(post, path = "/devices/{name}/enrollment-token", tag = "devices",
-    params(("name" = String, Path, description = "Device name")),
-    responses((status = 200, body = EnrollmentToken), (status = 404, body = ErrorBody)))]
+    params(("name" = String, Path, description = "Device name"), TokenQuery),
+    responses((status = 200, body = EnrollmentToken), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 async fn new_enrollment_token(
     State(state): State<Arc<AppState>>,
     ClientHost(host): ClientHost,
     Path(name): Path<String>,
+    ApiQuery(query): ApiQuery<TokenQuery>,
 ) -> Result<axum::Json<EnrollmentToken>, ApiError> {
+    let ttl = match query.ttl_seconds {
+        None => None,
+        Some(seconds) if (60..=MAX_TOKEN_TTL_SECONDS).contains(&seconds) => {
+            Some(std::time::Duration::from_secs(seconds))
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "ttlSeconds must be 60–{MAX_TOKEN_TTL_SECONDS} (90 days)"
+            )));
+        }
+    };
     let endpoints = state.endpoints(&host);
     Ok(axum::Json(
         state
             .registry
-            .issue_enrollment_token(&device_id(&name)?, &endpoints)
+            .issue_enrollment_token(&device_id(&name)?, &endpoints, ttl)
             .await?,
     ))
 }

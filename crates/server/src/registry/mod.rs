@@ -235,7 +235,7 @@ impl Registry {
             Err(StoreError::Conflict { .. }) => return Err(RegistryError::AlreadyExists(name)),
             other => other?,
         };
-        let enrollment = self.issue_enrollment_token(&name, endpoints).await?;
+        let enrollment = self.issue_enrollment_token(&name, endpoints, None).await?;
         Ok(DeviceCreated {
             device: to_api(record),
             enrollment,
@@ -362,15 +362,19 @@ impl Registry {
         Ok(())
     }
 
+    /// A new one-time enrollment token for `name`, valid for `ttl` (the
+    /// configured lifetime if `None`; an OS image written today and booted
+    /// next month needs longer than a day).
     pub async fn issue_enrollment_token(
         &self,
         name: &DeviceId,
         endpoints: &Endpoints,
+        ttl: Option<std::time::Duration>,
     ) -> Result<EnrollmentToken, RegistryError> {
         self.record(name).await?;
         let token = new_secret();
         let expires_at = Utc::now()
-            + chrono::Duration::from_std(self.config.enrollment_token_ttl)
+            + chrono::Duration::from_std(ttl.unwrap_or(self.config.enrollment_token_ttl))
                 .unwrap_or(chrono::Duration::hours(24));
         self.store
             .insert_enrollment_token(name, &secret_hash(&token), expires_at)

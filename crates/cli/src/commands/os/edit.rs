@@ -36,7 +36,7 @@ Examples:
   # A replacement SD card for an existing device (hardware and media both
   # replaced): detach its old credential, then write one for it
   tether devices detach-credential edge-1
-  tether os edit --image-file edge-os.raw --device-name edge-1
+  tether os edit --image-file edge-os.raw --device-name edge-1 --token-ttl 30days
 
   # Static address, own NTP servers, an extra disk
   tether os edit --image-file edge-os.raw --provisioning-key lab-key.json \\
@@ -72,6 +72,11 @@ pub struct Edit {
     /// for it is asked from the tetherd you are logged in to.
     #[arg(long, value_name = "NAME")]
     device_name: Option<DeviceId>,
+    /// With --device-name: how long the image's enrollment token stays
+    /// valid, for an image booted later (at most 90 days) [default:
+    /// tetherd's, a day].
+    #[arg(long, requires = "device_name", value_parser = crate::commands::parse_duration, value_name = "DURATION")]
+    token_ttl: Option<std::time::Duration>,
     /// tetherd's API URL as the device reaches it [default: the key's
     /// `server`, or the URL you are logged in to].
     #[arg(long, value_name = "URL")]
@@ -221,7 +226,10 @@ impl Edit {
                 None,
             ),
             (None, Some(device)) => {
-                let enrollment = ctx.client()?.new_enrollment_token(device.as_str()).await?;
+                let enrollment = ctx
+                    .client()?
+                    .new_enrollment_token(device.as_str(), self.token_ttl)
+                    .await?;
                 let server = match endpoint {
                     Some(endpoint) => endpoint,
                     None => logged_in_server(ctx)?,
