@@ -181,31 +181,22 @@ pub fn decide_new(
     matched: Option<Matched>,
     recent: RecentClaims,
 ) -> NewRegistration {
-    let decided = decide_by_match(mode, matched);
     if recent.other_key_pairs == 0 {
-        return decided;
+        return decide_by_match(mode, matched);
     }
-    let shared = format!(
-        "{} key pairs claimed this identity within {} minutes: boards booted from one image may report the same identity facts; approve only if this is the same hardware",
-        recent.other_key_pairs + 1,
-        recent.window_minutes,
-    );
-    match decided {
-        NewRegistration::Reuse(device) => NewRegistration::Ask {
-            why: Some(format!("{shared} (approving moves {device} to it)")),
-            matched: Some(device),
-        },
-        NewRegistration::Create => NewRegistration::Ask {
-            matched: None,
-            why: Some(shared),
-        },
-        NewRegistration::Ask { matched, why } => NewRegistration::Ask {
-            why: Some(match why {
-                Some(why) => format!("{shared}; also, {why}"),
-                None => shared,
-            }),
-            matched,
-        },
+    // Before any other reason: a device that seems revoked or offline may
+    // be the one this identity's first claim is still registering.
+    NewRegistration::Ask {
+        why: Some(format!(
+            "{} key pairs claimed this identity within {} minutes: boards booted from one image may report the same identity facts; approve only if this is the same hardware{}",
+            recent.other_key_pairs + 1,
+            recent.window_minutes,
+            matched
+                .as_ref()
+                .map(|m| format!(" (approving moves {} to it)", m.device))
+                .unwrap_or_default()
+        )),
+        matched: matched.map(|m| m.device),
     }
 }
 
@@ -504,13 +495,7 @@ impl Provisioning {
         let fields = identity_fields(spec)?;
         let identity_key = provisioning::identity_key(&fields, facts)
             .map_err(ProvisioningError::InvalidRegistration)?;
-        let matched_record = match &identity_key {
-            Some(key) => match self.store.device_of_identity(policy, key).await? {
-                Some(device) => self.store.get_device(&device).await?,
-                None => None,
-            },
-            None => None,
-        };
+        let mut matched_record = self.device_of(policy, identity_key.as_deref()).await?;
         let window_minutes = spec.shared_identity_window_minutes();
         let claims_since = (window_minutes > 0).then(|| {
             now - chrono::Duration::minutes(i64::try_from(window_minutes).unwrap_or(i64::MAX))
@@ -521,6 +506,11 @@ impl Provisioning {
             }
             _ => 0,
         };
+        // A claim is written with the identity it gave its device: one
+        // counted after the identity was read is found by reading again.
+        if other_key_pairs > 0 && matched_record.is_none() {
+            matched_record = self.device_of(policy, identity_key.as_deref()).await?;
+        }
         let matched = matched_record.as_ref().map(|d| Matched {
             device: d.name.clone(),
             has_credential: d.certificate_serial.is_some(),
@@ -582,6 +572,21 @@ impl Provisioning {
                     .await
             }
         }
+    }
+
+    /// The device `policy` knows by `identity_key`, as it is now.
+    async fn device_of(
+        &self,
+        policy: &str,
+        identity_key: Option<&str>,
+    ) -> Result<Option<DeviceRecord>, ProvisioningError> {
+        let Some(key) = identity_key else {
+            return Ok(None);
+        };
+        Ok(match self.store.device_of_identity(policy, key).await? {
+            Some(device) => self.store.get_device(&device).await?,
+            None => None,
+        })
     }
 
     /// Writes a registration step, creating its device from the template
@@ -1016,20 +1021,6 @@ mod tests {
                 "{why}"
             );
         }
-        // With another reason to ask, both are told.
-        let revoked = Matched {
-            device: device("pi-1"),
-            has_credential: false,
-            online: false,
-        };
-        let NewRegistration::Ask { why, .. } = decide_new(Unattended, Some(revoked), shared) else {
-            panic!("asks");
-        };
-        let why = why.expect("says why");
-        assert!(
-            why.contains("key pairs") && why.contains("was revoked"),
-            "{why}"
-        );
     }
 
     #[test]

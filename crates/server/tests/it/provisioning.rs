@@ -158,6 +158,7 @@ async fn unattended(database: Database) -> anyhow::Result<()> {
     assert_eq!(status, 410, "{refused}");
     // New media in the revoked device's hardware waits for an operator,
     // even under an unattended policy: revoked means shut out.
+    age_registrations(&tetherd, 11).await?;
     let (status, waiting) = Hardware::new("SN-0001")?.register(&anonymous, &key).await?;
     assert_eq!(status, 202, "{waiting}");
     let approval = waiting["approval"].as_str().context("an approval id")?;
