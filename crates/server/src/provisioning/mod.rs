@@ -845,11 +845,31 @@ impl Provisioning {
     }
 
     pub async fn approval(&self, id: &str) -> Result<Approval, ProvisioningError> {
-        self.store
+        let registration = self
+            .store
             .get_registration(id)
             .await?
-            .map(approval)
-            .ok_or_else(|| ProvisioningError::ApprovalNotFound(id.to_owned()))
+            .ok_or_else(|| ProvisioningError::ApprovalNotFound(id.to_owned()))?;
+        self.shown(registration).await
+    }
+
+    /// A registration as operators see it: a waiting one that matched a
+    /// device says whether that device is online, which approving takes
+    /// its credential from.
+    async fn shown(&self, registration: RegistrationRecord) -> Result<Approval, ProvisioningError> {
+        let online = match (&registration.device, registration.state) {
+            (Some(device), RegistrationState::Pending) => Some(
+                self.store
+                    .get_device(device)
+                    .await?
+                    .is_some_and(|d| d.presence == tether_proto::Presence::Online),
+            ),
+            _ => None,
+        };
+        Ok(Approval {
+            device_online: online,
+            ..approval(registration)
+        })
     }
 
     pub async fn approvals(
@@ -858,13 +878,11 @@ impl Provisioning {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Approval>, ProvisioningError> {
-        Ok(self
-            .store
-            .list_registrations(state, after, limit)
-            .await?
-            .into_iter()
-            .map(approval)
-            .collect())
+        let mut shown = Vec::new();
+        for registration in self.store.list_registrations(state, after, limit).await? {
+            shown.push(self.shown(registration).await?);
+        }
+        Ok(shown)
     }
 }
 
