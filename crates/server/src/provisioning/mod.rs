@@ -446,7 +446,7 @@ impl Provisioning {
             }
         }
         Err(ProvisioningError::InvalidRegistration(
-            "the same key pair is registering on another connection; ask again".into(),
+            "the same key pair, or another claiming the same identity, is registering on another connection; ask again".into(),
         ))
     }
 
