@@ -35,8 +35,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     admin
         .post(
             "/api/v1/provisioning-policies",
+            // Both rounds within the hour and within minutes of each
+            // other: the rate allows them, and the second round is new
+            // media, not boards sharing an image's identity.
             json!({"name": "bench", "spec": {"mode": "UNATTENDED",
                    "identityFieldPaths": ["status.facts.hardwareSerial"],
+                   "maxRegistrationsPerHour": 2 * settings.devices.max(1),
+                   "sharedIdentityWindowMinutes": 0,
                    "template": {"metadata": {"labels": {"fleet": "bench"}},
                                 "spec": {"loggingConfig": {"priority": 6}}}}}),
         )

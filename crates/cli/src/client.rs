@@ -903,6 +903,11 @@ impl ApiClient {
         self.list_all(&["approvals"], &query, None, PAGE_SIZE).await
     }
 
+    pub async fn get_approval(&self, id: &str) -> Result<Approval, ClientError> {
+        self.call(Method::GET, &["approvals", id], None::<&()>)
+            .await
+    }
+
     pub async fn approve(
         &self,
         id: &str,

@@ -23,6 +23,19 @@ pub const MAX_POLICY_NAME_BYTES: usize = 63;
 pub const MAX_IDENTITY_FIELDS: usize = 8;
 /// Longest value of an identity field a device may report.
 pub const MAX_IDENTITY_VALUE_BYTES: usize = 256;
+/// Registrations a policy approves by itself in an hour unless its
+/// `maxRegistrationsPerHour` says otherwise: a whole batch of boards
+/// booting at once, not a leaked key's endless stream of devices.
+pub const DEFAULT_REGISTRATIONS_PER_HOUR: u64 = 1_000;
+/// Within this many minutes (unless the policy's
+/// `sharedIdentityWindowMinutes` says otherwise), a second key pair
+/// claiming an identity waits for an operator: boards booted from one
+/// image may all report the same identity facts.
+pub const DEFAULT_SHARED_IDENTITY_WINDOW_MINUTES: u64 = 10;
+/// Largest `maxDevices` and `maxRegistrationsPerHour`.
+pub const MAX_POLICY_LIMIT: u64 = 1_000_000_000;
+/// Largest `sharedIdentityWindowMinutes`: a day.
+pub const MAX_SHARED_IDENTITY_WINDOW_MINUTES: u64 = 24 * 60;
 
 /// How a policy registers a device it has not seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +82,39 @@ pub struct PolicySpec {
     pub identity_field_paths: Vec<String>,
     #[serde(default)]
     pub template: DeviceTemplate,
+    /// Most devices this policy creates without an operator; none: no
+    /// cap. Past it, `UNATTENDED` registrations that would create a device
+    /// are refused (429 `max_devices_reached`) until devices are deleted or
+    /// the cap is raised; those reusing a device still register.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1_000_000_000))]
+    pub max_devices: Option<u64>,
+    /// Most registrations this policy approves by itself (devices created
+    /// or reused without an operator) in an hour, counted across replicas;
+    /// default 1,000. Past it: 429 `registration_rate_exceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1_000_000_000))]
+    pub max_registrations_per_hour: Option<u64>,
+    /// A second key pair claiming an identity within this many minutes of
+    /// another waits for an operator, even `UNATTENDED` (boards booted from
+    /// one image can report the same facts); default 10, 0: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 1440))]
+    pub shared_identity_window_minutes: Option<u64>,
+}
+
+impl PolicySpec {
+    /// `maxRegistrationsPerHour`, or its default.
+    pub fn registrations_per_hour(&self) -> u64 {
+        self.max_registrations_per_hour
+            .unwrap_or(DEFAULT_REGISTRATIONS_PER_HOUR)
+    }
+
+    /// `sharedIdentityWindowMinutes`, or its default.
+    pub fn shared_identity_window_minutes(&self) -> u64 {
+        self.shared_identity_window_minutes
+            .unwrap_or(DEFAULT_SHARED_IDENTITY_WINDOW_MINUTES)
+    }
 }
 
 /// The body of `POST /api/v1/provisioning-policies`.
@@ -217,6 +263,29 @@ pub fn check_policy(name: &str, spec: &PolicySpec) -> Result<Vec<IdentityField>,
             spec.identity_field_paths.len()
         ));
     }
+    for (name, value) in [
+        ("maxDevices", spec.max_devices),
+        ("maxRegistrationsPerHour", spec.max_registrations_per_hour),
+    ] {
+        if let Some(value) = value
+            && !(1..=MAX_POLICY_LIMIT).contains(&value)
+        {
+            return Err(format!(
+                "{name} is {value}; it must be 1 to {MAX_POLICY_LIMIT} (leave it out for {})",
+                if name == "maxDevices" {
+                    "no cap".to_owned()
+                } else {
+                    format!("the default, {DEFAULT_REGISTRATIONS_PER_HOUR}")
+                }
+            ));
+        }
+    }
+    if spec.shared_identity_window_minutes() > MAX_SHARED_IDENTITY_WINDOW_MINUTES {
+        return Err(format!(
+            "sharedIdentityWindowMinutes is {}; at most {MAX_SHARED_IDENTITY_WINDOW_MINUTES} (0 turns the check off)",
+            spec.shared_identity_window_minutes()
+        ));
+    }
     let mut fields = spec
         .identity_field_paths
         .iter()
@@ -360,6 +429,15 @@ pub struct Approval {
     /// matched (which approving reuses).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// Whether `device` is online now: approving a request that matched an
+    /// online device moves that device's credential to this hardware, and
+    /// the device's current media loses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_online: Option<bool>,
+    /// The provisioning key it registered with (none for registrations
+    /// older than tetherd recording it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     pub created_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_at: Option<DateTime<Utc>>,
@@ -530,6 +608,9 @@ mod tests {
             mode: ProvisioningMode::Unattended,
             identity_field_paths: paths.iter().map(|p| (*p).to_owned()).collect(),
             template: DeviceTemplate::default(),
+            max_devices: None,
+            max_registrations_per_hour: None,
+            shared_identity_window_minutes: None,
         };
         assert_eq!(
             check_policy(
@@ -548,6 +629,24 @@ mod tests {
         let parsed: PolicySpec = serde_json::from_value(json).expect("the seed's shape");
         assert_eq!(parsed.mode, ProvisioningMode::Manual);
         assert_eq!(parsed.template.metadata.labels["device"], "raspberry-pi");
+        let mut capped = spec(&[]);
+        capped.max_devices = Some(0);
+        let err = check_policy("lab", &capped).expect_err("no devices at all");
+        assert!(err.starts_with("maxDevices is 0"), "{err}");
+        capped.max_devices = Some(50);
+        capped.max_registrations_per_hour = Some(0);
+        let err = check_policy("lab", &capped).expect_err("no registrations at all");
+        assert!(err.starts_with("maxRegistrationsPerHour is 0"), "{err}");
+        capped.max_registrations_per_hour = None;
+        capped.shared_identity_window_minutes = Some(2 * 24 * 60);
+        let err = check_policy("lab", &capped).expect_err("two days");
+        assert!(err.starts_with("sharedIdentityWindowMinutes"), "{err}");
+        capped.shared_identity_window_minutes = Some(0);
+        assert!(check_policy("lab", &capped).is_ok());
+        assert_eq!(
+            capped.registrations_per_hour(),
+            DEFAULT_REGISTRATIONS_PER_HOUR
+        );
         let unknown = serde_json::json!({"mode": "UNATTENDED", "templat": {}});
         assert!(serde_json::from_value::<PolicySpec>(unknown).is_err());
     }

@@ -9,6 +9,7 @@ const EXAMPLES: &str = "\
 Examples:
   tether approvals list                 # those waiting
   tether approvals list --all
+  tether approvals get 0193a1f2-…       # the facts, the matched device and why it waits
   tether approvals approve 0193a1f2-…   # reuses the device its serial names, or creates one
   tether approvals approve 0193a1f2-… --name line3-gateway
   tether approvals deny 0193a1f2-… --reason \"not one of ours\"";
@@ -26,6 +27,12 @@ pub enum Approvals {
         #[arg(long)]
         all: bool,
     },
+    /// Show one registration: every fact, the device it matched and
+    /// whether that device is online, and why it waits.
+    #[command(
+        after_long_help = "Examples:\n  tether approvals get 0193a1f2-…\n  tether approvals get 0193a1f2-… -o json"
+    )]
+    Get { id: String },
     /// Let a device register: it gets its certificate when it next asks.
     #[command(
         after_long_help = "Examples:\n  tether approvals approve 0193a1f2-…\n  tether approvals approve 0193a1f2-… --name line3-gateway"
@@ -51,6 +58,7 @@ impl Approvals {
     pub fn description(&self) -> String {
         match self {
             Approvals::List { .. } => "list approvals".to_owned(),
+            Approvals::Get { id } => format!("show registration {id}"),
             Approvals::Approve { id, .. } => format!("approve registration {id}"),
             Approvals::Deny { id, .. } => format!("deny registration {id}"),
         }
@@ -65,7 +73,18 @@ impl Approvals {
                     eprintln!("No registrations {}.", if all { "yet" } else { "waiting" });
                     return Ok(Outcome::Success);
                 }
-                output::print(ctx.output, &approvals, |a: &Vec<Approval>| table(a))?;
+                output::print(ctx.output, &approvals, |a: &Vec<Approval>| {
+                    let warnings: Vec<String> = a.iter().filter_map(takeover_warning).collect();
+                    [table(a)]
+                        .into_iter()
+                        .chain(warnings)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })?;
+            }
+            Approvals::Get { id } => {
+                let approval = client.get_approval(&id).await?;
+                output::print(ctx.output, &approval, describe)?;
             }
             Approvals::Approve { id, name } => {
                 let approval = client.approve(&id, &ApproveRequest { name }).await?;
@@ -108,7 +127,8 @@ fn facts(approval: &Approval) -> String {
     if let Some(hostname) = &facts.hostname {
         shown.push(format!("hostname={}", printable(hostname)));
     }
-    if let Some((interface, mac)) = facts.macs.iter().next() {
+    // Every interface: two boards of one image differ in their MACs.
+    for (interface, mac) in &facts.macs {
         shown.push(format!("{}={}", printable(interface), printable(mac)));
     }
     if let Some(machine_id) = &facts.machine_id {
@@ -127,11 +147,63 @@ fn table(approvals: &[Approval]) -> String {
                     a.id.clone(),
                     a.policy.clone(),
                     state(a.state).to_owned(),
-                    a.device.clone().unwrap_or_else(|| "(new)".to_owned()),
+                    matched(a),
                     facts(a),
                     output::timestamp(a.created_at),
                 ]
             })
             .collect(),
     )
+}
+
+/// The device a registration became or matched, and, while it waits,
+/// whether that device is online.
+fn matched(approval: &Approval) -> String {
+    match (&approval.device, approval.device_online) {
+        (None, _) => "(new)".to_owned(),
+        (Some(device), None) => device.clone(),
+        (Some(device), Some(true)) => format!("{device} (online)"),
+        (Some(device), Some(false)) => format!("{device} (offline)"),
+    }
+}
+
+/// Approving a request that matched an online device moves that device's
+/// credential to the hardware that asked: said before anyone approves.
+fn takeover_warning(approval: &Approval) -> Option<String> {
+    let device = approval.device.as_deref()?;
+    (approval.state == RegistrationState::Pending && approval.device_online == Some(true)).then(
+        || {
+            format!(
+                "WARNING: approving {} gives device/{device}'s credential to the hardware that asked; {device} is online now, and its current media loses its credential",
+                approval.id
+            )
+        },
+    )
+}
+
+fn describe(approval: &Approval) -> String {
+    let mut lines = vec![
+        format!("ID:        {}", approval.id),
+        format!("Policy:    {}", approval.policy),
+        format!("State:     {}", state(approval.state)),
+        format!("Device:    {}", matched(approval)),
+        format!("Facts:     {}", facts(approval)),
+        format!(
+            "Key:       {}",
+            approval.key_id.as_deref().unwrap_or("(not recorded)")
+        ),
+        format!("Asked:     {}", output::timestamp(approval.created_at)),
+    ];
+    if let Some(reason) = &approval.reason {
+        lines.push(format!("Reason:    {}", printable(reason)));
+    }
+    if let (Some(at), Some(by)) = (approval.decided_at, &approval.decided_by) {
+        lines.push(format!(
+            "Decided:   {} by {}",
+            output::timestamp(at),
+            printable(by)
+        ));
+    }
+    lines.extend(takeover_warning(approval));
+    lines.join("\n")
 }

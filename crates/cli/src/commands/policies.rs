@@ -59,7 +59,8 @@ pub struct Create {
     name: String,
     /// The whole policy spec as JSON (seed 004's form); instead of the
     /// flags below.
-    #[arg(long, conflicts_with_all = ["mode", "identity_fields", "labels", "template_spec"])]
+    #[arg(long, conflicts_with_all = ["mode", "identity_fields", "labels", "template_spec",
+        "max_devices", "max_registrations_per_hour", "shared_identity_window_minutes"])]
     spec: Option<String>,
     /// UNATTENDED registers at once; MANUAL waits for `tether approvals approve`.
     #[arg(long, value_parser = parse_mode, required_unless_present = "spec")]
@@ -73,6 +74,16 @@ pub struct Create {
     /// The created devices' spec, as JSON sections.
     #[arg(long, value_name = "JSON")]
     template_spec: Option<String>,
+    /// Most devices the policy creates without an operator [default: no cap].
+    #[arg(long, value_name = "N")]
+    max_devices: Option<u64>,
+    /// Most registrations it approves by itself in an hour [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_registrations_per_hour: Option<u64>,
+    /// A second key pair claiming an identity within this many minutes
+    /// waits for an operator [default: 10; 0: never].
+    #[arg(long, value_name = "MINUTES")]
+    shared_identity_window_minutes: Option<u64>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -224,6 +235,9 @@ impl Create {
                 },
                 spec,
             },
+            max_devices: self.max_devices,
+            max_registrations_per_hour: self.max_registrations_per_hour,
+            shared_identity_window_minutes: self.shared_identity_window_minutes,
         })
     }
 }
@@ -246,7 +260,7 @@ fn describe(policy: &Policy) -> String {
         .collect();
     let none = || "(none)".to_owned();
     format!(
-        "Name:             {}\nMode:             {}\nIdentity fields:  {}\nTemplate labels:  {}\nTemplate spec:    {}\nDevices:          {}\nPending:          {}\nCreated:          {}",
+        "Name:             {}\nMode:             {}\nIdentity fields:  {}\nTemplate labels:  {}\nTemplate spec:    {}\nMax devices:      {}\nRate:             {} registrations/hour\nShared identity:  {}\nDevices:          {}\nPending:          {}\nCreated:          {}",
         policy.name,
         mode(policy.spec.mode),
         if policy.spec.identity_field_paths.is_empty() {
@@ -263,6 +277,15 @@ fn describe(policy: &Policy) -> String {
             none()
         } else {
             serde_json::Value::Object(policy.spec.template.spec.clone()).to_string()
+        },
+        policy
+            .spec
+            .max_devices
+            .map_or_else(|| "(no cap)".to_owned(), |n| n.to_string()),
+        policy.spec.registrations_per_hour(),
+        match policy.spec.shared_identity_window_minutes() {
+            0 => "(not checked)".to_owned(),
+            minutes => format!("a second key pair within {minutes} min waits for approval"),
         },
         policy.devices,
         policy.pending_approvals,

@@ -140,6 +140,10 @@ impl From<ProvisioningError> for ApiError {
             ProvisioningError::InvalidPolicy(_)
             | ProvisioningError::InvalidTemplateLabels(_)
             | ProvisioningError::InvalidRegistration(_) => Self::bad_request(message),
+            ProvisioningError::InvalidKey(_) => Self {
+                details: serde_json::json!({ "fields": [{ "path": "expiresAt", "message": message }] }),
+                ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+            },
             ProvisioningError::InvalidTemplateSpec(field) => Self {
                 details: serde_json::json!({ "fields": [{ "path": format!("template.{}", field.path), "message": field.message }] }),
                 ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
@@ -153,9 +157,26 @@ impl From<ProvisioningError> for ApiError {
                 Self::new(StatusCode::FORBIDDEN, "registration_denied", message)
             }
             ProvisioningError::DeviceGone(_) => Self::new(StatusCode::GONE, "device_gone", message),
-            ProvisioningError::TooManyPending { .. } => Self {
-                retry_after: Some(crate::provisioning::RETRY_AFTER_SECONDS * 6),
+            ProvisioningError::TooManyPending { .. }
+            | ProvisioningError::TooManyPendingForKey { .. } => Self {
+                retry_after: Some(crate::provisioning::LIMIT_RETRY_AFTER_SECONDS),
                 ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_pending", message)
+            },
+            ProvisioningError::MaxDevices { .. } => Self {
+                retry_after: Some(crate::provisioning::LIMIT_RETRY_AFTER_SECONDS),
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "max_devices_reached",
+                    message,
+                )
+            },
+            ProvisioningError::RateExceeded { .. } => Self {
+                retry_after: Some(crate::provisioning::LIMIT_RETRY_AFTER_SECONDS),
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "registration_rate_exceeded",
+                    message,
+                )
             },
             ProvisioningError::Superseded(_) => {
                 Self::new(StatusCode::GONE, "registration_superseded", message)

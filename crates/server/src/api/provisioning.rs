@@ -148,16 +148,21 @@ async fn list_keys(
     Ok(axum::Json(state.provisioning.keys(&name).await?))
 }
 
-/// Revokes a key: registrations with it are refused from now on; devices
-/// that registered with it keep their certificates.
+/// Revokes a key: registrations with it are refused from now on, and its
+/// requests still waiting for approval are denied ("provisioning key
+/// revoked"); devices that registered with it keep their certificates.
 #[utoipa::path(delete, path = "/provisioning-policies/{name}/keys/{key}", tag = "provisioning",
     params(("name" = String, Path, description = "Policy name"), ("key" = String, Path, description = "Key id")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn revoke_key(
     State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     Path((name, key)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    state.provisioning.revoke_key(&name, &key).await?;
+    state
+        .provisioning
+        .revoke_key(&name, &key, &principal.username)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -174,7 +179,7 @@ async fn revoke_key(
         (status = 403, description = "An operator denied the registration", body = ErrorBody),
         (status = 410, description = "The device it became was deleted, or its certificate was revoked or replaced since (`registration_superseded`): register with a new key pair", body = ErrorBody),
         (status = 413, description = "Body larger than 32 KiB", body = ErrorBody),
-        (status = 429, description = "Too many refused attempts from this address, or too many registrations of the policy waiting for approval; see `Retry-After`",
+        (status = 429, description = "Too many refused attempts from this address, too many registrations of the policy or of the key waiting for approval (`too_many_pending`), the policy's `maxDevices` reached (`max_devices_reached`) or its `maxRegistrationsPerHour` (`registration_rate_exceeded`); see `Retry-After`",
             body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait")))))]
 async fn register(
     State(state): State<Arc<AppState>>,

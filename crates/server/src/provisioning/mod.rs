@@ -20,8 +20,8 @@ use tether_proto::spec::{DeviceSpec, Facts, SpecError};
 use crate::auth::{new_secret, secret_hash};
 use crate::registry::{self, Endpoints, Registry, RegistryError, Replacing};
 use crate::store::{
-    DeviceRecord, PolicyRecord, ProvisionedDevice, ProvisioningKeyRecord, RegistrationRecord,
-    RegistrationWrite, Store, StoreError,
+    Admission, DeviceRecord, PolicyRecord, ProvisionedDevice, ProvisioningKeyRecord, Refused,
+    RegistrationRecord, RegistrationWrite, Store, StoreError,
 };
 
 /// Longest key id and secret a registration may send.
@@ -34,6 +34,13 @@ pub const RETRY_AFTER_SECONDS: u64 = 10;
 /// leaked key fills no approval queue (and no disk), and new ones are
 /// told to come back.
 pub const MAX_PENDING_PER_POLICY: u64 = 1_000;
+/// Registrations one key keeps waiting: a leaked key fills a tenth of
+/// its policy's queue, and the keys of other images still get in.
+pub const MAX_PENDING_PER_KEY: u64 = 100;
+/// Why a revoked key's waiting requests were denied.
+pub const REVOKED_KEY_REASON: &str = "provisioning key revoked";
+/// How long a device is told to wait when its policy is at a limit.
+pub const LIMIT_RETRY_AFTER_SECONDS: u64 = 60;
 /// Attempts at a free generated device name.
 const NAME_ATTEMPTS: usize = 4;
 
@@ -65,6 +72,20 @@ pub enum ProvisioningError {
         "policy {policy} has {MAX_PENDING_PER_POLICY} registrations waiting for approval, the most it keeps; approve or deny some (`tether approvals list`), or revoke a leaked key; ask again later"
     )]
     TooManyPending { policy: String },
+    #[error(
+        "provisioning key {key} of policy {policy} has {MAX_PENDING_PER_KEY} registrations waiting for approval, the most one key keeps; approve or deny some (`tether approvals list`), or revoke the key if it leaked; ask again later"
+    )]
+    TooManyPendingForKey { policy: String, key: String },
+    #[error(
+        "policy {policy} has created its maxDevices ({max}) devices; delete devices it created or raise the policy's maxDevices; ask again later"
+    )]
+    MaxDevices { policy: String, max: u64 },
+    #[error(
+        "policy {policy} registered its maxRegistrationsPerHour ({per_hour}) devices this hour; ask again later, or raise the policy's maxRegistrationsPerHour"
+    )]
+    RateExceeded { policy: String, per_hour: u64 },
+    #[error("invalid provisioning key: {0}")]
+    InvalidKey(String),
     #[error("approval {0} not found")]
     ApprovalNotFound(String),
     #[error("approval {id} is {state:?}, not pending: it was decided already")]
@@ -138,13 +159,49 @@ pub struct Matched {
     pub online: bool,
 }
 
+/// Other key pairs that claimed a registration's identity within the
+/// policy's `sharedIdentityWindowMinutes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecentClaims {
+    pub other_key_pairs: u64,
+    pub window_minutes: u64,
+}
+
 /// The rule of seed 004: an unattended policy registers at once, reusing
 /// the device its identity fields found; a manual one asks first. Taking a
 /// device over is only automatic from media that is gone: a match that is
 /// online (its media is alive: someone claims its identity) or revoked (an
 /// operator shut it out, e.g. stolen) waits for an operator even under an
-/// unattended policy.
-pub fn decide_new(mode: ProvisioningMode, matched: Option<Matched>) -> NewRegistration {
+/// unattended policy. So does a second key pair claiming an identity
+/// within minutes of another: boards booted from one image can all report
+/// the image's identity facts (a baked machine id, a default hostname),
+/// and would otherwise fold into one device.
+pub fn decide_new(
+    mode: ProvisioningMode,
+    matched: Option<Matched>,
+    recent: RecentClaims,
+) -> NewRegistration {
+    if recent.other_key_pairs == 0 {
+        return decide_by_match(mode, matched);
+    }
+    // Before any other reason: a device that seems revoked or offline may
+    // be the one this identity's first claim is still registering.
+    NewRegistration::Ask {
+        why: Some(format!(
+            "{} key pairs claimed this identity within {} minutes: boards booted from one image may report the same identity facts; approve only if this is the same hardware{}",
+            recent.other_key_pairs + 1,
+            recent.window_minutes,
+            matched
+                .as_ref()
+                .map(|m| format!(" (approving moves {} to it)", m.device))
+                .unwrap_or_default()
+        )),
+        matched: matched.map(|m| m.device),
+    }
+}
+
+/// [`decide_new`] by the matched device alone.
+fn decide_by_match(mode: ProvisioningMode, matched: Option<Matched>) -> NewRegistration {
     match (mode, matched) {
         (ProvisioningMode::Unattended, None) => NewRegistration::Create,
         (ProvisioningMode::Unattended, Some(m)) if m.has_credential && !m.online => {
@@ -266,12 +323,20 @@ impl Provisioning {
         expires_at: Option<DateTime<Utc>>,
         endpoints: &Endpoints,
     ) -> Result<ProvisioningKey, ProvisioningError> {
+        let now = Utc::now();
+        if let Some(at) = expires_at
+            && at <= now
+        {
+            return Err(ProvisioningError::InvalidKey(format!(
+                "expiresAt {at} is not in the future; give a later time, or none for a key that lasts until revoked"
+            )));
+        }
         let secret = new_secret();
         let record = ProvisioningKeyRecord {
             id: uuid::Uuid::now_v7().to_string(),
             policy: policy.to_owned(),
             secret_hash: secret_hash(&secret),
-            created_at: Utc::now(),
+            created_at: now,
             created_by: created_by.to_owned(),
             expires_at,
             revoked_at: None,
@@ -313,12 +378,19 @@ impl Provisioning {
             .collect())
     }
 
-    /// Revokes a key: devices not yet registered with it are refused;
-    /// those registered keep their certificates.
-    pub async fn revoke_key(&self, policy: &str, key: &str) -> Result<(), ProvisioningError> {
+    /// Revokes a key: devices not yet registered with it are refused, and
+    /// its requests waiting for approval are denied (a leaked key's
+    /// requests leave the queue with it); devices registered with it keep
+    /// their certificates.
+    pub async fn revoke_key(
+        &self,
+        policy: &str,
+        key: &str,
+        by: &str,
+    ) -> Result<(), ProvisioningError> {
         match self
             .store
-            .revoke_provisioning_key(policy, key, Utc::now())
+            .revoke_provisioning_key(policy, key, by, REVOKED_KEY_REASON, Utc::now())
             .await
         {
             Err(StoreError::NotFound { .. }) => Err(ProvisioningError::KeyNotFound {
@@ -326,8 +398,8 @@ impl Provisioning {
                 key: key.to_owned(),
             }),
             other => {
-                other?;
-                tracing::info!(policy, key, "provisioning key revoked");
+                let denied = other?;
+                tracing::info!(policy, key, by, denied, "provisioning key revoked");
                 Ok(())
             }
         }
@@ -351,9 +423,10 @@ impl Provisioning {
             )));
         }
         let spec = self.spec_of(&key.policy).await?;
-        // Twice at most: a first attempt can lose a race with the same
-        // device asking on another connection, then it finds that one's.
-        for _ in 0..2 {
+        // A few times at most: an attempt can lose a race with the same
+        // device asking on another connection (then it finds that one's),
+        // or with another key pair claiming its identity (then it asks).
+        for _ in 0..3 {
             if let Some(existing) = self
                 .store
                 .registration_of_key(&key.policy, &public_key_sha256)
@@ -362,7 +435,7 @@ impl Provisioning {
                 return self.answer(existing, &request.csr_pem, endpoints).await;
             }
             match self
-                .register_new(&key.policy, &spec, &public_key_sha256, &request.facts, now)
+                .register_new(&key, &spec, &public_key_sha256, &request.facts, now)
                 .await
             {
                 Err(ProvisioningError::Store(StoreError::Conflict { .. })) => continue,
@@ -373,7 +446,7 @@ impl Provisioning {
             }
         }
         Err(ProvisioningError::InvalidRegistration(
-            "the same key pair is registering on another connection; ask again".into(),
+            "the same key pair, or another claiming the same identity, is registering on another connection; ask again".into(),
         ))
     }
 
@@ -412,22 +485,32 @@ impl Provisioning {
     /// device at once under an unattended policy.
     async fn register_new(
         &self,
-        policy: &str,
+        key: &ProvisioningKeyRecord,
         spec: &PolicySpec,
         public_key_sha256: &str,
         facts: &Facts,
         now: DateTime<Utc>,
     ) -> Result<RegistrationRecord, ProvisioningError> {
+        let policy = key.policy.as_str();
         let fields = identity_fields(spec)?;
         let identity_key = provisioning::identity_key(&fields, facts)
             .map_err(ProvisioningError::InvalidRegistration)?;
-        let matched_record = match &identity_key {
-            Some(key) => match self.store.device_of_identity(policy, key).await? {
-                Some(device) => self.store.get_device(&device).await?,
-                None => None,
-            },
-            None => None,
+        let mut matched_record = self.device_of(policy, identity_key.as_deref()).await?;
+        let window_minutes = spec.shared_identity_window_minutes();
+        let claims_since = (window_minutes > 0).then(|| {
+            now - chrono::Duration::minutes(i64::try_from(window_minutes).unwrap_or(i64::MAX))
+        });
+        let other_key_pairs = match (&identity_key, claims_since) {
+            (Some(identity), Some(since)) => {
+                self.store.identity_claims(policy, identity, since).await?
+            }
+            _ => 0,
         };
+        // A claim is written with the identity it gave its device: one
+        // counted after the identity was read is found by reading again.
+        if other_key_pairs > 0 && matched_record.is_none() {
+            matched_record = self.device_of(policy, identity_key.as_deref()).await?;
+        }
         let matched = matched_record.as_ref().map(|d| Matched {
             device: d.name.clone(),
             has_credential: d.certificate_serial.is_some(),
@@ -447,25 +530,31 @@ impl Provisioning {
             decided_by: Some(format!("policy {policy}")),
             reason: None,
             certificate_serial: None,
+            key_id: Some(key.id.clone()),
+            identity_key: identity_key.clone(),
         };
-        match decide_new(spec.mode, matched) {
+        let recent = RecentClaims {
+            other_key_pairs,
+            window_minutes,
+        };
+        let approved = Admission::Approved {
+            per_hour: spec.registrations_per_hour(),
+            max_devices: spec.max_devices,
+            claims_since,
+        };
+        match decide_new(spec.mode, matched, recent) {
             NewRegistration::Reuse(device) => {
                 tracing::info!(policy, %device, "registration reuses the device its identity names");
                 registration.certificate_serial = matched_record.and_then(|d| d.certificate_serial);
                 registration.device = Some(device);
-                self.write(registration, None, false, identity_key, now)
+                self.write(registration, None, false, identity_key, Some(approved), now)
                     .await
             }
             NewRegistration::Create => {
-                self.write(registration, None, true, identity_key, now)
+                self.write(registration, None, true, identity_key, Some(approved), now)
                     .await
             }
             NewRegistration::Ask { matched, why } => {
-                if self.store.count_pending(policy).await? >= MAX_PENDING_PER_POLICY {
-                    return Err(ProvisioningError::TooManyPending {
-                        policy: policy.to_owned(),
-                    });
-                }
                 registration.state = RegistrationState::Pending;
                 registration.decided_at = None;
                 registration.decided_by = None;
@@ -475,9 +564,29 @@ impl Provisioning {
                 registration.reason = why;
                 registration.device = matched;
                 tracing::info!(policy, approval = %registration.id, "registration waits for approval");
-                self.write(registration, None, false, None, now).await
+                let pending = Admission::Pending {
+                    per_policy: MAX_PENDING_PER_POLICY,
+                    per_key: MAX_PENDING_PER_KEY,
+                };
+                self.write(registration, None, false, None, Some(pending), now)
+                    .await
             }
         }
+    }
+
+    /// The device `policy` knows by `identity_key`, as it is now.
+    async fn device_of(
+        &self,
+        policy: &str,
+        identity_key: Option<&str>,
+    ) -> Result<Option<DeviceRecord>, ProvisioningError> {
+        let Some(key) = identity_key else {
+            return Ok(None);
+        };
+        Ok(match self.store.device_of_identity(policy, key).await? {
+            Some(device) => self.store.get_device(&device).await?,
+            None => None,
+        })
     }
 
     /// Writes a registration step, creating its device from the template
@@ -488,6 +597,7 @@ impl Provisioning {
         expected_state: Option<RegistrationState>,
         create: bool,
         identity_key: Option<String>,
+        admission: Option<Admission>,
         now: DateTime<Utc>,
     ) -> Result<RegistrationRecord, ProvisioningError> {
         let named = registration.device.is_some();
@@ -512,8 +622,10 @@ impl Provisioning {
                 expected_state,
                 new_device,
                 identity_key: identity_key.clone(),
+                admission,
             };
             match self.store.write_registration(&write, now).await {
+                Ok(Err(refused)) => return Err(refusal(refused, &registration)),
                 // A generated name someone has: draw another.
                 Err(StoreError::Conflict { what })
                     if create && !named && what.starts_with("device ") =>
@@ -526,8 +638,8 @@ impl Provisioning {
                     let name = registration.device.clone().expect("named");
                     return Err(RegistryError::AlreadyExists(name).into());
                 }
-                other => {
-                    other?;
+                Err(error) => return Err(error.into()),
+                Ok(Ok(_)) => {
                     if let (true, Some(device)) = (create, &registration.device) {
                         tracing::info!(policy = %registration.policy, %device, "device created by its policy");
                     }
@@ -597,7 +709,7 @@ impl Provisioning {
                     ..registration
                 };
                 match self
-                    .write(registered, Some(expected), false, None, Utc::now())
+                    .write(registered, Some(expected), false, None, None, Utc::now())
                     .await
                 {
                     // Another request of the same key pair came first; the
@@ -653,6 +765,7 @@ impl Provisioning {
                 Some(RegistrationState::Pending),
                 !reuse,
                 identity_key,
+                None,
                 now,
             )
             .await
@@ -684,6 +797,7 @@ impl Provisioning {
                 denied,
                 Some(RegistrationState::Pending),
                 false,
+                None,
                 None,
                 Utc::now(),
             )
@@ -731,11 +845,31 @@ impl Provisioning {
     }
 
     pub async fn approval(&self, id: &str) -> Result<Approval, ProvisioningError> {
-        self.store
+        let registration = self
+            .store
             .get_registration(id)
             .await?
-            .map(approval)
-            .ok_or_else(|| ProvisioningError::ApprovalNotFound(id.to_owned()))
+            .ok_or_else(|| ProvisioningError::ApprovalNotFound(id.to_owned()))?;
+        self.shown(registration).await
+    }
+
+    /// A registration as operators see it: a waiting one that matched a
+    /// device says whether that device is online, which approving takes
+    /// its credential from.
+    async fn shown(&self, registration: RegistrationRecord) -> Result<Approval, ProvisioningError> {
+        let online = match (&registration.device, registration.state) {
+            (Some(device), RegistrationState::Pending) => Some(
+                self.store
+                    .get_device(device)
+                    .await?
+                    .is_some_and(|d| d.presence == tether_proto::Presence::Online),
+            ),
+            _ => None,
+        };
+        Ok(Approval {
+            device_online: online,
+            ..approval(registration)
+        })
     }
 
     pub async fn approvals(
@@ -744,13 +878,11 @@ impl Provisioning {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Approval>, ProvisioningError> {
-        Ok(self
-            .store
-            .list_registrations(state, after, limit)
-            .await?
-            .into_iter()
-            .map(approval)
-            .collect())
+        let mut shown = Vec::new();
+        for registration in self.store.list_registrations(state, after, limit).await? {
+            shown.push(self.shown(registration).await?);
+        }
+        Ok(shown)
     }
 }
 
@@ -797,6 +929,26 @@ pub async fn refresh_identity(
     }
 }
 
+/// The error a registration over one of its policy's limits gets.
+fn refusal(refused: Refused, registration: &RegistrationRecord) -> ProvisioningError {
+    let policy = registration.policy.clone();
+    match refused {
+        Refused::PolicyQueueFull => ProvisioningError::TooManyPending { policy },
+        Refused::KeyQueueFull => ProvisioningError::TooManyPendingForKey {
+            policy,
+            key: registration.key_id.clone().unwrap_or_default(),
+        },
+        Refused::DeviceCap { max } => ProvisioningError::MaxDevices { policy, max },
+        Refused::RateExceeded { per_hour } => ProvisioningError::RateExceeded { policy, per_hour },
+        // Another key pair claimed the identity meanwhile: asking
+        // again decides with its claim counted.
+        Refused::IdentityClaimed { key_pairs } => StoreError::Conflict {
+            what: format!("a claim on this identity by {key_pairs} key pairs"),
+        }
+        .into(),
+    }
+}
+
 /// Whether `device` is there and was made by `policy`: a registration
 /// gets no other device, not even one given its name after it was deleted.
 fn made_by(device: Option<&DeviceRecord>, policy: &str) -> bool {
@@ -836,6 +988,8 @@ fn approval(record: RegistrationRecord) -> Approval {
         state: record.state,
         facts: record.facts,
         device: record.device.map(|d| d.to_string()),
+        device_online: None,
+        key_id: record.key_id,
         created_at: record.created_at,
         decided_at: record.decided_at,
         decided_by: record.decided_by,
@@ -851,6 +1005,42 @@ mod tests {
         DeviceId::new(name).expect("valid")
     }
 
+    const NO_CLAIMS: RecentClaims = RecentClaims {
+        other_key_pairs: 0,
+        window_minutes: 10,
+    };
+
+    #[test]
+    fn a_second_key_pair_claiming_an_identity_within_minutes_waits_even_unattended() {
+        use ProvisioningMode::{Manual, Unattended};
+        let shared = RecentClaims {
+            other_key_pairs: 2,
+            window_minutes: 10,
+        };
+        let offline = Matched {
+            device: device("pi-1"),
+            has_credential: true,
+            online: false,
+        };
+        for (mode, matched) in [
+            (Unattended, None),
+            (Unattended, Some(offline.clone())),
+            (Manual, Some(offline)),
+        ] {
+            let expected_match = matched.as_ref().map(|m| m.device.clone());
+            let decided = decide_new(mode, matched, shared);
+            let NewRegistration::Ask { matched, why } = decided else {
+                panic!("asks: {decided:?}");
+            };
+            assert_eq!(matched, expected_match);
+            let why = why.expect("says why");
+            assert!(
+                why.starts_with("3 key pairs claimed this identity within 10 minutes"),
+                "{why}"
+            );
+        }
+    }
+
     #[test]
     fn unattended_reuses_what_the_identity_found_and_manual_always_asks() {
         use ProvisioningMode::{Manual, Unattended};
@@ -860,19 +1050,22 @@ mod tests {
             online,
         };
         assert_eq!(
-            decide_new(Unattended, Some(matched(true, false))),
+            decide_new(Unattended, Some(matched(true, false)), NO_CLAIMS),
             NewRegistration::Reuse(device("pi-1"))
         );
-        assert_eq!(decide_new(Unattended, None), NewRegistration::Create);
         assert_eq!(
-            decide_new(Manual, Some(matched(true, false))),
+            decide_new(Unattended, None, NO_CLAIMS),
+            NewRegistration::Create
+        );
+        assert_eq!(
+            decide_new(Manual, Some(matched(true, false)), NO_CLAIMS),
             NewRegistration::Ask {
                 matched: Some(device("pi-1")),
                 why: None
             }
         );
         assert_eq!(
-            decide_new(Manual, None),
+            decide_new(Manual, None, NO_CLAIMS),
             NewRegistration::Ask {
                 matched: None,
                 why: None
@@ -891,6 +1084,7 @@ mod tests {
                     has_credential,
                     online,
                 }),
+                NO_CLAIMS,
             );
             let NewRegistration::Ask { matched, why } = decided else {
                 panic!("asks: {decided:?}");

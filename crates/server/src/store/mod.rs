@@ -34,7 +34,8 @@ pub use logs::{LogLine, LogPosition, LogScan};
 pub use management_shell::SshKeyRecord;
 pub use metrics::{Bucket, FleetRow, RefusedSeries, RolledUp, StoredSeries};
 pub use provisioning::{
-    PolicyRecord, ProvisionedDevice, ProvisioningKeyRecord, RegistrationRecord, RegistrationWrite,
+    Admission, PolicyRecord, ProvisionedDevice, ProvisioningKeyRecord, Refused, RegistrationRecord,
+    RegistrationWrite,
 };
 pub use service_accounts::{ApiKeyRecord, ServiceAccountRecord};
 pub use specs::SpecRecord;

@@ -54,6 +54,11 @@ pub struct RegistrationRecord {
     pub reason: Option<String>,
     /// The certificate it last obtained, hex; `None` until it has one.
     pub certificate_serial: Option<String>,
+    /// The provisioning key it was made with; `None` for registrations
+    /// older than migration 0031.
+    pub key_id: Option<String>,
+    /// The identity it claimed under its policy, if it reported one.
+    pub identity_key: Option<String>,
 }
 
 /// A device a policy creates, with its template applied.
@@ -76,7 +81,48 @@ pub struct RegistrationWrite {
     pub new_device: Option<ProvisionedDevice>,
     /// The hardware's identity under the policy, now the device's.
     pub identity_key: Option<String>,
+    /// What a new registration must fit within; `None`: no limit (a
+    /// decision on one already recorded).
+    pub admission: Option<Admission>,
 }
+
+/// The limits a new registration must fit within, counted in its own
+/// transaction after its policy's row is locked: concurrent registrations,
+/// on any replica, are counted one after another, never past a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// It waits for an operator: at most `per_policy` requests wait under
+    /// its policy and `per_key` under its key.
+    Pending { per_policy: u64, per_key: u64 },
+    /// Its policy approves it by itself: one of `per_hour` in the policy's
+    /// current hour; refused if another key pair claimed its identity
+    /// since `claims_since`; if it creates a device, the policy has fewer
+    /// than `max_devices`.
+    Approved {
+        per_hour: u64,
+        max_devices: Option<u64>,
+        claims_since: Option<DateTime<Utc>>,
+    },
+}
+
+/// Why a new registration did not fit; nothing was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Its policy has `per_policy` requests waiting.
+    PolicyQueueFull,
+    /// Its key has `per_key` requests waiting.
+    KeyQueueFull,
+    /// Its policy has `max` devices.
+    DeviceCap { max: u64 },
+    /// Its policy approved `per_hour` registrations this hour.
+    RateExceeded { per_hour: u64 },
+    /// Other key pairs claimed its identity since `claims_since`: with it,
+    /// `key_pairs` of them.
+    IdentityClaimed { key_pairs: u64 },
+}
+
+/// A registration's window of the policy's hourly rate.
+const RATE_WINDOW_MILLIS: i64 = 3_600_000;
 
 const POLICY_COLUMNS: &str = "p.name, p.spec, p.created_at, \
      (SELECT COUNT(*) FROM devices d WHERE d.policy = p.name) AS devices, \
@@ -84,7 +130,7 @@ const POLICY_COLUMNS: &str = "p.name, p.spec, p.created_at, \
 const KEY_COLUMNS: &str =
     "id, policy, secret_hash, created_at, created_by, expires_at, revoked_at, last_used_at";
 const REGISTRATION_COLUMNS: &str = "id, policy, public_key_sha256, facts, state, device, \
-     created_at, decided_at, decided_by, reason, certificate_serial";
+     created_at, decided_at, decided_by, reason, certificate_serial, key_id, identity_key";
 
 fn query_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { context, source }
@@ -148,6 +194,8 @@ fn registration_from_row(row: &AnyRow) -> Result<RegistrationRecord, StoreError>
         decided_by: get(row, "decided_by")?,
         reason: get(row, "reason")?,
         certificate_serial: get(row, "certificate_serial")?,
+        key_id: get(row, "key_id")?,
+        identity_key: get(row, "identity_key")?,
         id,
     })
 }
@@ -313,13 +361,20 @@ impl Store {
     }
 
     /// Revokes a key of `policy`; revoking it again keeps the first time.
-    /// `NotFound` if the policy has no such key.
+    /// In the same transaction the requests made with it that still wait
+    /// are denied with `reason`, by `by`: a revoked key's request is never
+    /// approved. How many were denied; `NotFound` if the policy has no
+    /// such key.
     pub async fn revoke_provisioning_key(
         &self,
         policy: &str,
         id: &str,
+        by: &str,
+        reason: &str,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
+        let context = "revoke a provisioning key";
+        let mut tx = self.begin(context).await?;
         let updated = sqlx::query(
             "UPDATE provisioning_keys SET revoked_at = COALESCE(revoked_at, $1) \
              WHERE policy = $2 AND id = $3",
@@ -327,15 +382,27 @@ impl Store {
         .bind(millis(now))
         .bind(policy)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
-        .map_err(query_error("revoke a provisioning key"))?;
+        .map_err(query_error(context))?;
         if updated.rows_affected() == 0 {
             return Err(StoreError::NotFound {
                 what: format!("key {id} of policy {policy}"),
             });
         }
-        Ok(())
+        let denied = sqlx::query(
+            "UPDATE registrations SET state = 'denied', decided_at = $1, decided_by = $2, \
+             reason = $3 WHERE key_id = $4 AND state = 'pending'",
+        )
+        .bind(millis(now))
+        .bind(by)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error(context))?;
+        tx.commit().await.map_err(query_error(context))?;
+        Ok(denied.rows_affected())
     }
 
     /// Notes that a key was used, at most once a minute per key.
@@ -410,18 +477,25 @@ impl Store {
         rows.iter().map(registration_from_row).collect()
     }
 
-    /// How many registrations under `policy` wait for a decision (an
-    /// index range: `registrations_state` leads with the state).
-    pub async fn count_pending(&self, policy: &str) -> Result<u64, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS pending FROM registrations WHERE state = 'pending' AND policy = $1",
+    /// How many key pairs claimed `identity_key` under `policy` since
+    /// `since` (one indexed range).
+    pub async fn identity_claims(
+        &self,
+        policy: &str,
+        identity_key: &str,
+        since: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let claims: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM registrations \
+             WHERE policy = $1 AND identity_key = $2 AND created_at > $3",
         )
         .bind(policy)
+        .bind(identity_key)
+        .bind(millis(since))
         .fetch_one(&self.pool)
         .await
-        .map_err(query_error("count pending registrations"))?;
-        let pending: i64 = get(&row, "pending")?;
-        Ok(pending.unsigned_abs())
+        .map_err(query_error("count an identity's recent claims"))?;
+        Ok(claims.unsigned_abs())
     }
 
     /// The device `policy` knows by `identity_key`, if any.
@@ -480,17 +554,31 @@ impl Store {
     }
 
     /// Writes one step of a registration in a transaction: the device it
-    /// creates, its identity, the registration itself. `Conflict` if the
-    /// registration moved on meanwhile (or a new one exists already), or
-    /// the device's name is taken.
+    /// creates, its identity, the registration itself, once it fits
+    /// within its admission (else nothing is written). `Conflict` if the
+    /// registration moved on meanwhile (or a new one exists already), the
+    /// device's name is taken, or (approved by its policy) the device it
+    /// creates would take an identity another device holds.
     pub async fn write_registration(
         &self,
         write: &RegistrationWrite,
         now: DateTime<Utc>,
-    ) -> Result<Option<DeviceRecord>, StoreError> {
+    ) -> Result<Result<Option<DeviceRecord>, Refused>, StoreError> {
         let context = "write a registration";
         let registration = &write.registration;
         let mut tx = self.begin(context).await?;
+        if let Some(admission) = write.admission
+            && let Err(refused) = admit(
+                &mut tx,
+                registration,
+                write.new_device.is_some(),
+                admission,
+                now,
+            )
+            .await?
+        {
+            return Ok(Err(refused));
+        }
         let created = match &write.new_device {
             Some(device) => {
                 Some(create_provisioned(&mut tx, device, &registration.policy, now).await?)
@@ -498,7 +586,16 @@ impl Store {
             None => None,
         };
         if let (Some(key), Some(device)) = (&write.identity_key, &registration.device) {
-            put_identity(&mut tx, &registration.policy, key, device).await?;
+            match (&created, write.admission) {
+                // A device its policy creates by itself takes only an
+                // identity no device holds: of concurrent first
+                // registrations of one hardware, the unique key lets one
+                // create its device, and the others find it.
+                (Some(_), Some(Admission::Approved { .. })) => {
+                    claim_identity(&mut tx, &registration.policy, key, device).await?;
+                }
+                _ => put_identity(&mut tx, &registration.policy, key, device).await?,
+            }
         }
         let conflict = || StoreError::Conflict {
             what: format!("registration {}", registration.id),
@@ -507,7 +604,7 @@ impl Store {
             None => {
                 sqlx::query(&format!(
                     "INSERT INTO registrations ({REGISTRATION_COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
                 ))
                 .bind(&registration.id)
                 .bind(&registration.policy)
@@ -520,6 +617,8 @@ impl Store {
                 .bind(registration.decided_by.as_deref())
                 .bind(registration.reason.as_deref())
                 .bind(registration.certificate_serial.as_deref())
+                .bind(registration.key_id.as_deref())
+                .bind(registration.identity_key.as_deref())
                 .execute(&mut *tx)
                 .await
                 .map_err(|source| {
@@ -558,8 +657,138 @@ impl Store {
             }
         }
         tx.commit().await.map_err(query_error(context))?;
-        Ok(created)
+        Ok(Ok(created))
     }
+}
+
+/// Counts a new registration against its admission's limits; the first
+/// statement locks the policy's row (PostgreSQL) or the database (SQLite)
+/// until the transaction ends, so the counts stay true until it commits.
+async fn admit(
+    tx: &mut Transaction<'_, Any>,
+    registration: &RegistrationRecord,
+    creates_device: bool,
+    admission: Admission,
+    now: DateTime<Utc>,
+) -> Result<Result<(), Refused>, StoreError> {
+    let context = "count a registration against its policy's limits";
+    let policy = &registration.policy;
+    let gone = || StoreError::NotFound {
+        what: format!("policy {policy}"),
+    };
+    match admission {
+        Admission::Pending {
+            per_policy,
+            per_key,
+        } => {
+            let locked = sqlx::query(
+                "UPDATE provisioning_policies SET rate_window_count = rate_window_count \
+                 WHERE name = $1",
+            )
+            .bind(policy)
+            .execute(&mut **tx)
+            .await
+            .map_err(query_error(context))?;
+            if locked.rows_affected() == 0 {
+                return Err(gone());
+            }
+            let waiting = count(
+                tx,
+                "SELECT COUNT(*) AS n FROM registrations WHERE state = 'pending' AND policy = $1",
+                policy,
+            )
+            .await?;
+            if waiting >= per_policy {
+                return Ok(Err(Refused::PolicyQueueFull));
+            }
+            if let Some(key) = &registration.key_id {
+                let waiting = count(
+                    tx,
+                    "SELECT COUNT(*) AS n FROM registrations WHERE state = 'pending' AND key_id = $1",
+                    key,
+                )
+                .await?;
+                if waiting >= per_key {
+                    return Ok(Err(Refused::KeyQueueFull));
+                }
+            }
+        }
+        Admission::Approved {
+            per_hour,
+            max_devices,
+            claims_since,
+        } => {
+            // A fixed window: the first registration after the last window
+            // ended opens the next one.
+            let window_over = millis(now) - RATE_WINDOW_MILLIS;
+            let counted = sqlx::query(
+                "UPDATE provisioning_policies SET \
+                 rate_window_start = CASE WHEN rate_window_start <= $1 THEN $2 ELSE rate_window_start END, \
+                 rate_window_count = CASE WHEN rate_window_start <= $1 THEN 1 ELSE rate_window_count + 1 END \
+                 WHERE name = $3 AND (rate_window_start <= $1 OR rate_window_count < $4)",
+            )
+            .bind(window_over)
+            .bind(millis(now))
+            .bind(policy)
+            .bind(i64::try_from(per_hour).unwrap_or(i64::MAX))
+            .execute(&mut **tx)
+            .await
+            .map_err(query_error(context))?;
+            if counted.rows_affected() == 0 {
+                let exists: Option<String> =
+                    sqlx::query_scalar("SELECT name FROM provisioning_policies WHERE name = $1")
+                        .bind(policy)
+                        .fetch_optional(&mut **tx)
+                        .await
+                        .map_err(query_error(context))?;
+                return match exists {
+                    Some(_) => Ok(Err(Refused::RateExceeded { per_hour })),
+                    None => Err(gone()),
+                };
+            }
+            if let (Some(since), Some(identity)) = (claims_since, &registration.identity_key) {
+                let others: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM registrations WHERE policy = $1 AND identity_key = $2 \
+                     AND created_at > $3 AND public_key_sha256 <> $4",
+                )
+                .bind(policy)
+                .bind(identity)
+                .bind(millis(since))
+                .bind(&registration.public_key_sha256)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(query_error(context))?;
+                if others > 0 {
+                    return Ok(Err(Refused::IdentityClaimed {
+                        key_pairs: others.unsigned_abs() + 1,
+                    }));
+                }
+            }
+            if let (true, Some(max)) = (creates_device, max_devices) {
+                let devices = count(
+                    tx,
+                    "SELECT COUNT(*) AS n FROM devices WHERE policy = $1",
+                    policy,
+                )
+                .await?;
+                if devices >= max {
+                    return Ok(Err(Refused::DeviceCap { max }));
+                }
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// The `n` of a `SELECT COUNT(*) AS n … $1` query.
+async fn count(tx: &mut Transaction<'_, Any>, query: &str, bound: &str) -> Result<u64, StoreError> {
+    let row = sqlx::query(query)
+        .bind(bound)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(query_error("count a policy's registrations or devices"))?;
+    let n: i64 = get(&row, "n")?;
+    Ok(n.unsigned_abs())
 }
 
 async fn create_provisioned(
@@ -592,6 +821,32 @@ async fn create_provisioned(
         .map_err(query_error("write a provisioned device's spec"))?;
     }
     Ok(record)
+}
+
+/// Gives `identity_key` to a new device unless a device holds it already
+/// (`Conflict`).
+async fn claim_identity(
+    tx: &mut Transaction<'_, Any>,
+    policy: &str,
+    identity_key: &str,
+    device: &DeviceId,
+) -> Result<(), StoreError> {
+    let claimed = sqlx::query(
+        "INSERT INTO device_identities (policy, identity_key, device) VALUES ($1, $2, $3) \
+         ON CONFLICT (policy, identity_key) DO NOTHING",
+    )
+    .bind(policy)
+    .bind(identity_key)
+    .bind(device.as_str())
+    .execute(&mut **tx)
+    .await
+    .map_err(query_error("claim an identity for a new device"))?;
+    if claimed.rows_affected() == 0 {
+        return Err(StoreError::Conflict {
+            what: format!("a device of policy {policy} holding the identity {device} was to get"),
+        });
+    }
+    Ok(())
 }
 
 async fn put_identity(
@@ -632,6 +887,9 @@ mod tests {
             mode: ProvisioningMode::Unattended,
             identity_field_paths: vec!["status.facts.hardwareSerial".into()],
             template: DeviceTemplate::default(),
+            max_devices: None,
+            max_registrations_per_hour: None,
+            shared_identity_window_minutes: None,
         }
     }
 
@@ -652,6 +910,8 @@ mod tests {
                 decided_by: None,
                 reason: None,
                 certificate_serial: Some(format!("serial-{name}")),
+                key_id: None,
+                identity_key: Some(identity.into()),
             },
             expected_state: None,
             new_device: Some(ProvisionedDevice {
@@ -660,11 +920,13 @@ mod tests {
                 spec: DeviceSpec::new(),
             }),
             identity_key: Some(identity.into()),
+            admission: None,
         };
         store
             .write_registration(&write, now)
             .await
-            .expect("registered");
+            .expect("registered")
+            .expect("no limits");
         device
     }
 

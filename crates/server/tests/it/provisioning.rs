@@ -7,6 +7,11 @@ use serde_json::{Value, json};
 use tether_testkit::api::ApiClient;
 use tether_testkit::tetherd::{Database, Tetherd};
 
+use tether_server::auth::secret_hash;
+use tether_server::store::ProvisioningKeyRecord;
+
+use crate::support::{age_registrations, minutes_ago, on_both_databases, store_of};
+
 /// A device's key pair and what it says about itself.
 struct Hardware {
     key: rcgen::KeyPair,
@@ -128,7 +133,11 @@ async fn unattended(database: Database) -> anyhow::Result<()> {
     assert_eq!(status, 429, "{limited}");
     assert_eq!(limited["error"]["code"], "too_many_renewals", "{limited}");
 
-    // New media on the same hardware: a new key pair, the same serial.
+    // New media on the same hardware, a while later: a new key pair, the
+    // same serial. (Within minutes, a second key pair would wait for an
+    // operator: shown in
+    // concurrent_first_registrations_of_one_identity_make_one_device.)
+    age_registrations(&tetherd, 11).await?;
     let reflashed = Hardware::new("SN-0001")?;
     let (status, reused) = reflashed.register(&anonymous, &key).await?;
     assert_eq!(status, 200, "{reused}");
@@ -149,6 +158,7 @@ async fn unattended(database: Database) -> anyhow::Result<()> {
     assert_eq!(status, 410, "{refused}");
     // New media in the revoked device's hardware waits for an operator,
     // even under an unattended policy: revoked means shut out.
+    age_registrations(&tetherd, 11).await?;
     let (status, waiting) = Hardware::new("SN-0001")?.register(&anonymous, &key).await?;
     assert_eq!(status, 202, "{waiting}");
     let approval = waiting["approval"].as_str().context("an approval id")?;
@@ -337,21 +347,42 @@ async fn revoked_expired_and_made_up_keys_are_refused_by_name() -> anyhow::Resul
     assert!(keys[0]["revokedAt"].is_string(), "{keys}");
     assert!(keys[0].get("secret").is_none(), "no secret listed: {keys}");
 
-    let expired = admin
+    // A key that would be expired already is not made.
+    let refused = admin
         .post(
             "/api/v1/provisioning-policies/lab/keys",
             json!({"expiresAt": "2020-01-01T00:00:00Z"}),
         )
         .await?
-        .expect_status(201)?;
+        .expect_status(400)?;
+    assert_eq!(
+        refused["error"]["details"]["fields"][0]["path"],
+        "expiresAt"
+    );
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("not in the future"), "{message}");
+
+    // One that expired since, written through the store: no waiting for a
+    // clock.
+    let secret = "ab".repeat(32);
+    store_of(&tetherd)
+        .await?
+        .insert_provisioning_key(&ProvisioningKeyRecord {
+            id: "expired-1".into(),
+            policy: "lab".into(),
+            secret_hash: secret_hash(&secret),
+            created_at: minutes_ago(120),
+            created_by: "admin".into(),
+            expires_at: Some(minutes_ago(60)),
+            revoked_at: None,
+            last_used_at: None,
+        })
+        .await?;
+    let expired = json!({"keyId": "expired-1", "secret": secret});
     let (status, refused) = hardware.register(&anonymous, &expired).await?;
     assert_eq!(status, 401, "{refused}");
-    assert!(
-        refused["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("expired at 2020-01-01")
-    );
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("expired-1 expired at"), "{message}");
 
     // Bad policies name their problem.
     let bad = admin
@@ -448,35 +479,82 @@ async fn pending_approval(admin: &ApiClient) -> anyhow::Result<String> {
     .await
 }
 
-/// A leaked MANUAL key fills the approval queue only up to its cap; a
-/// registration body past 32 KiB is refused before it is parsed.
-#[tokio::test]
-async fn a_policy_keeps_at_most_its_cap_of_pending_registrations() -> anyhow::Result<()> {
+/// Another key of `policy`.
+async fn new_key(admin: &ApiClient, policy: &str) -> anyhow::Result<Value> {
+    admin
+        .post(
+            &format!("/api/v1/provisioning-policies/{policy}/keys"),
+            json!({}),
+        )
+        .await?
+        .expect_status(201)
+}
+
+/// Registers `count` new key pairs with `serial`, `concurrency` at a time,
+/// the i-th with `keys[i % keys.len()]`: each answer's status and body.
+async fn register_many(
+    anonymous: &ApiClient,
+    keys: &[Value],
+    serial: &'static str,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<(u16, Value)>> {
     use futures::StreamExt as _;
-    let tetherd = Tetherd::start(Database::Sqlite).await?;
-    let admin = tetherd.admin().await?;
-    let anonymous = admin.with_token(None);
-    let key = policy(&admin, "gateways", json!({"mode": "MANUAL"})).await?;
-    let cap = tether_server::provisioning::MAX_PENDING_PER_POLICY;
-    let statuses: Vec<u16> = futures::stream::iter(0..cap)
-        .map(|_| {
-            let (anonymous, key) = (&anonymous, &key);
-            async move {
-                let (status, _) = Hardware::new("GW")?.register(anonymous, key).await?;
-                anyhow::Ok(status)
-            }
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let key = &keys[i % keys.len()];
+            async move { Hardware::new(serial)?.register(anonymous, key).await }
         })
-        .buffer_unordered(16)
+        .buffer_unordered(concurrency)
         .collect::<Vec<_>>()
         .await
         .into_iter()
-        .collect::<anyhow::Result<_>>()?;
-    assert!(statuses.iter().all(|s| *s == 202), "all wait");
-    let (status, refused) = Hardware::new("GW")?.register(&anonymous, &key).await?;
-    assert_eq!(status, 429, "{refused}");
-    assert_eq!(refused["error"]["code"], "too_many_pending");
-    let message = refused["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("tether approvals list"), "{message}");
+        .collect()
+}
+
+fn statuses(answers: &[(u16, Value)]) -> std::collections::BTreeMap<u16, usize> {
+    let mut counted = std::collections::BTreeMap::new();
+    for (status, _) in answers {
+        *counted.entry(*status).or_default() += 1;
+    }
+    counted
+}
+
+/// Leaked MANUAL keys fill the approval queue only up to its cap, even
+/// all at once: the count and the insert are one transaction behind the
+/// policy's row, so 32 more than the cap through 12 keys (each under its
+/// own cap), 32 at a time, leave exactly the cap waiting. A registration
+/// body past 32 KiB is refused before it is parsed.
+async fn a_policy_keeps_at_most_its_cap_of_pending_registrations(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    let mut keys = vec![policy(&admin, "gateways", json!({"mode": "MANUAL"})).await?];
+    for _ in 1..12 {
+        keys.push(new_key(&admin, "gateways").await?);
+    }
+    let cap = usize::try_from(tether_server::provisioning::MAX_PENDING_PER_POLICY)?;
+    let answers = register_many(&anonymous, &keys, "GW", cap + 32, 32).await?;
+    assert_eq!(
+        statuses(&answers),
+        [(202, cap), (429, 32)].into(),
+        "exactly the cap waits"
+    );
+    for (status, refused) in answers.iter().filter(|(status, _)| *status == 429) {
+        assert_eq!(
+            refused["error"]["code"], "too_many_pending",
+            "{status} {refused}"
+        );
+        let message = refused["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("tether approvals list"), "{message}");
+    }
+    let shown = admin
+        .get("/api/v1/provisioning-policies/gateways")
+        .await?
+        .expect_status(200)?;
+    assert_eq!(shown["pendingApprovals"], cap, "{shown}");
 
     // Deciding one makes room.
     let approval = pending_approval(&admin).await?;
@@ -484,15 +562,228 @@ async fn a_policy_keeps_at_most_its_cap_of_pending_registrations() -> anyhow::Re
         .post(&format!("/api/v1/approvals/{approval}/deny"), json!({}))
         .await?
         .expect_status(200)?;
-    let (status, waiting) = Hardware::new("GW")?.register(&anonymous, &key).await?;
+    let (status, waiting) = Hardware::new("GW")?.register(&anonymous, &keys[0]).await?;
     assert_eq!(status, 202, "{waiting}");
 
-    let mut oversized = Hardware::new("GW")?.request(&key)?;
+    let mut oversized = Hardware::new("GW")?.request(&keys[0])?;
     oversized["facts"]["cpuModel"] = json!("x".repeat(40 * 1024));
     let reply = anonymous.post("/api/v1/register", oversized).await?;
     assert_eq!(reply.status.as_u16(), 413, "{}", reply.body);
     Ok(())
 }
+
+/// A leaked key fills only its share of the approval queue, and revoking
+/// it takes its requests out: they are denied, say why, and can no longer
+/// be approved; the policy's other keys are untouched.
+async fn one_key_fills_only_its_share_and_revoking_it_denies_its_requests(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    let leaked = policy(&admin, "gateways", json!({"mode": "MANUAL"})).await?;
+    let other = new_key(&admin, "gateways").await?;
+    let per_key = usize::try_from(tether_server::provisioning::MAX_PENDING_PER_KEY)?;
+    let answers = register_many(
+        &anonymous,
+        std::slice::from_ref(&leaked),
+        "GW",
+        per_key + 8,
+        16,
+    )
+    .await?;
+    assert_eq!(statuses(&answers), [(202, per_key), (429, 8)].into());
+    let leaked_id = leaked["keyId"].as_str().context("key id")?;
+    let (_, refused) = answers
+        .iter()
+        .find(|(status, _)| *status == 429)
+        .context("a refusal")?;
+    assert_eq!(refused["error"]["code"], "too_many_pending", "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("provisioning key {leaked_id}")),
+        "the key is named: {message}"
+    );
+    let stays = Hardware::new("GW-OK")?;
+    let (status, waiting) = stays.register(&anonymous, &other).await?;
+    assert_eq!(status, 202, "another key still gets in: {waiting}");
+
+    let polling = Hardware::new("GW")?;
+    admin
+        .delete(&format!(
+            "/api/v1/provisioning-policies/gateways/keys/{leaked_id}"
+        ))
+        .await?
+        .expect_status(204)?;
+    let pending = admin
+        .get("/api/v1/approvals?state=pending")
+        .await?
+        .expect_status(200)?;
+    let items = pending["items"].as_array().context("items")?;
+    assert_eq!(
+        items.len(),
+        1,
+        "only the other key's request waits: {pending}"
+    );
+    assert_eq!(items[0]["keyId"], other["keyId"]);
+    let denied = admin
+        .get("/api/v1/approvals?state=denied")
+        .await?
+        .expect_status(200)?;
+    let denied = denied["items"].as_array().context("items")?;
+    assert_eq!(denied.len(), per_key);
+    for approval in denied {
+        assert_eq!(approval["reason"], "provisioning key revoked", "{approval}");
+        assert_eq!(approval["keyId"], leaked_id, "{approval}");
+        assert_eq!(approval["decidedBy"], "admin", "{approval}");
+    }
+    let id = denied[0]["id"].as_str().context("an approval id")?;
+    let refused = admin
+        .post(&format!("/api/v1/approvals/{id}/approve"), json!({}))
+        .await?
+        .expect_status(409)?;
+    assert_eq!(refused["error"]["code"], "already_decided", "{refused}");
+    // The devices behind it are told at once that their key is revoked.
+    let (status, refused) = polling.register(&anonymous, &leaked).await?;
+    assert_eq!(status, 401, "{refused}");
+    Ok(())
+}
+
+/// An UNATTENDED policy creates no more than `maxDevices`, even from a
+/// burst of registrations all at once (counted in the transaction that
+/// creates the device), and approves no more than
+/// `maxRegistrationsPerHour` by itself (counted in the store, so across
+/// replicas); both refusals name the field.
+async fn an_unattended_policy_stops_at_max_devices_and_its_hourly_rate(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    let burst = policy(
+        &admin,
+        "burst",
+        json!({"mode": "UNATTENDED", "maxDevices": 5}),
+    )
+    .await?;
+    let answers = register_many(&anonymous, &[burst], "SN", 24, 24).await?;
+    assert_eq!(statuses(&answers), [(200, 5), (429, 19)].into());
+    let (_, refused) = answers
+        .iter()
+        .find(|(status, _)| *status == 429)
+        .context("a refusal")?;
+    assert_eq!(refused["error"]["code"], "max_devices_reached", "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("maxDevices (5)"), "{message}");
+    let shown = admin
+        .get("/api/v1/provisioning-policies/burst")
+        .await?
+        .expect_status(200)?;
+    assert_eq!(shown["devices"], 5, "{shown}");
+
+    // Reusing a device creates none: past maxDevices it still registers,
+    // until the hour's rate is spent.
+    let key = policy(
+        &admin,
+        "rated",
+        json!({"mode": "UNATTENDED", "identityFieldPaths": ["status.facts.hardwareSerial"],
+               "maxDevices": 1, "maxRegistrationsPerHour": 3, "sharedIdentityWindowMinutes": 0}),
+    )
+    .await?;
+    let (status, first) = Hardware::new("SN-R")?.register(&anonymous, &key).await?;
+    assert_eq!(status, 200, "{first}");
+    for _ in 0..2 {
+        let (status, reflashed) = Hardware::new("SN-R")?.register(&anonymous, &key).await?;
+        assert_eq!(status, 200, "{reflashed}");
+        assert_eq!(
+            reflashed["enrollment"]["device"],
+            first["enrollment"]["device"]
+        );
+    }
+    let (status, refused) = Hardware::new("SN-R")?.register(&anonymous, &key).await?;
+    assert_eq!(status, 429, "{refused}");
+    assert_eq!(refused["error"]["code"], "registration_rate_exceeded");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("maxRegistrationsPerHour (3)"), "{message}");
+
+    let bad = admin
+        .post(
+            "/api/v1/provisioning-policies",
+            json!({"name": "none", "spec": {"mode": "UNATTENDED", "maxDevices": 0}}),
+        )
+        .await?
+        .expect_status(400)?;
+    let message = bad["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("maxDevices is 0"), "{message}");
+    Ok(())
+}
+
+/// Boards booting together from one image (one identity, a key pair
+/// each) make one device: the identity's unique key decides which
+/// registration creates it, and the others wait for an operator, saying
+/// how many key pairs claimed the identity.
+async fn concurrent_first_registrations_of_one_identity_make_one_device(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    let key = policy(
+        &admin,
+        "pis",
+        json!({"mode": "UNATTENDED", "identityFieldPaths": ["status.facts.hardwareSerial"]}),
+    )
+    .await?;
+    let answers = register_many(&anonymous, std::slice::from_ref(&key), "SN-IMAGE", 8, 8).await?;
+    assert_eq!(statuses(&answers), [(200, 1), (202, 7)].into());
+    let (_, created) = answers
+        .iter()
+        .find(|(status, _)| *status == 200)
+        .context("the one registered")?;
+    let device = &created["enrollment"]["device"];
+    let shown = admin
+        .get("/api/v1/provisioning-policies/pis")
+        .await?
+        .expect_status(200)?;
+    assert_eq!(shown["devices"], 1, "{shown}");
+    assert_eq!(shown["pendingApprovals"], 7, "{shown}");
+    let pending = admin
+        .get("/api/v1/approvals?state=pending")
+        .await?
+        .expect_status(200)?;
+    for approval in pending["items"].as_array().context("items")? {
+        assert_eq!(&approval["device"], device, "{approval}");
+        let reason = approval["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("key pairs claimed this identity within 10 minutes"),
+            "{reason}"
+        );
+    }
+
+    // Later boards of the image wait too, counted.
+    let (status, later) = Hardware::new("SN-IMAGE")?
+        .register(&anonymous, &key)
+        .await?;
+    assert_eq!(status, 202, "{later}");
+    let approval = later["approval"].as_str().context("an approval id")?;
+    let shown = admin
+        .get(&format!("/api/v1/approvals/{approval}"))
+        .await?
+        .expect_status(200)?;
+    let reason = shown["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("9 key pairs claimed this identity within 10 minutes"),
+        "{reason}"
+    );
+    Ok(())
+}
+
+on_both_databases!(
+    a_policy_keeps_at_most_its_cap_of_pending_registrations,
+    one_key_fills_only_its_share_and_revoking_it_denies_its_requests,
+    an_unattended_policy_stops_at_max_devices_and_its_hourly_rate,
+    concurrent_first_registrations_of_one_identity_make_one_device,
+);
 
 /// A device's report is its word only: an enrolled device claiming the
 /// serial of another device does not take that hardware's identity, so the
@@ -536,7 +827,9 @@ async fn a_device_reporting_another_devices_serial_does_not_take_its_identity() 
     )
     .await?;
 
-    // New media in the victim's hardware finds the victim's device.
+    // New media in the victim's hardware, a while later, finds the
+    // victim's device.
+    age_registrations(&tetherd, 11).await?;
     let (status, reflashed) = Hardware::new("SN-V")?.register(&anonymous, &key).await?;
     assert_eq!(status, 200, "{reflashed}");
     assert_eq!(reflashed["enrollment"]["device"], victim);

@@ -46,6 +46,29 @@ pub async fn store_of(tetherd: &Tetherd) -> anyhow::Result<Store> {
     Ok(Store::connect(&url).await?)
 }
 
+/// Moves every registration `minutes` into the past, as if that long had
+/// passed since they were made (the shared-identity window counts from
+/// them).
+pub async fn age_registrations(tetherd: &Tetherd, minutes: i64) -> anyhow::Result<()> {
+    let url = match tetherd.postgres() {
+        Some(postgres) => postgres.url(),
+        None => format!(
+            "sqlite://{}",
+            tetherd.data_dir().join("tether.db").display()
+        ),
+    };
+    sqlx::any::install_default_drivers();
+    let mut connection = sqlx::AnyConnection::connect(&url)
+        .await
+        .context("opening the database beside tetherd")?;
+    sqlx::query("UPDATE registrations SET created_at = created_at - $1")
+        .bind(minutes * 60_000)
+        .execute(&mut connection)
+        .await
+        .context("ageing the registrations")?;
+    Ok(())
+}
+
 /// Requests an action and returns the accepted record (expects 202).
 pub async fn request(admin: &ApiClient, device: &str, body: Value) -> anyhow::Result<Value> {
     admin
