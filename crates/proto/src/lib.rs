@@ -20,6 +20,7 @@ pub mod password;
 pub mod priority;
 pub mod provisioning;
 pub mod redact;
+pub mod sealed;
 pub mod spec;
 pub mod telemetry;
 pub mod template;
