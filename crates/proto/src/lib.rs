@@ -21,6 +21,7 @@ pub mod priority;
 pub mod provisioning;
 pub mod redact;
 pub mod sealed;
+pub mod secrets;
 pub mod spec;
 pub mod telemetry;
 pub mod template;

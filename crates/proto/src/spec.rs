@@ -19,12 +19,13 @@ pub type DeviceSpec = Map<String, Value>;
 
 /// The sections a spec may have today. A capability that needs another
 /// (deployments, provisioning) adds it here with its rules.
-pub const SECTIONS: [&str; 5] = [
+pub const SECTIONS: [&str; 6] = [
     LoggingConfig::NAME,
     MetricsConfig::NAME,
     Budgets::NAME,
     ActionSet::NAME,
     crate::desired::SECTION,
+    crate::secrets::SECTION,
 ];
 
 /// Largest spec tetherd stores and sends, as JSON.
@@ -234,6 +235,9 @@ pub fn validate_section(name: &str, section: &Value) -> Result<(), SpecError> {
     if name == crate::desired::SECTION {
         return crate::desired::validate(&path, section);
     }
+    if name == crate::secrets::SECTION {
+        return crate::secrets::validate(&path, section);
+    }
     let fields = match name {
         LoggingConfig::NAME => &["enableJournalExport", "priority", "units"][..],
         MetricsConfig::NAME => &["intervalSeconds"][..],
@@ -402,6 +406,10 @@ pub struct ReportedStatus {
     /// it is about and how it is doing.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deployments: BTreeMap<String, crate::desired::DeploymentStatus>,
+    /// The public half of the device's X25519 key (base64), which tetherd
+    /// seals secrets to (ADR 0030); absent from agents without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealing_key: Option<String>,
 }
 
 impl ReportedStatus {
@@ -434,6 +442,11 @@ impl ReportedStatus {
                 crate::desired::DeploymentStatus::MAX_REASON_BYTES + 256,
             )?;
         }
+        limits::check(
+            "sealingKey",
+            self.sealing_key.as_ref().map_or(0, String::len),
+            crate::sealed::MAX_PUBLIC_KEY_BYTES,
+        )?;
         self.facts.check_limits()
     }
 }
@@ -774,6 +787,7 @@ mod tests {
                 ..Facts::default()
             },
             deployments: BTreeMap::new(),
+            sealing_key: None,
         };
         let json = serde_json::to_value(&status).expect("json");
         assert_eq!(json["specVersion"], 2);
