@@ -23,6 +23,7 @@ use tether_proto::spec::{
 use tokio::sync::watch;
 
 use crate::deployments::{self, DeploymentReports};
+use crate::secrets::SecretFiles;
 use crate::state::write_atomic;
 
 /// Where the last applied spec is kept in the state directory.
@@ -98,6 +99,9 @@ pub fn apply(previous: &AppliedSpec, message: &SpecMessage) -> AppliedSpec {
         deployments = typed(desired::SECTION, section)?;
         Ok(())
     });
+    // Opened and written by the secret files after the spec is saved
+    // (`SpecHandle::apply`); checked here like every section.
+    take(tether_proto::secrets::SECTION, &mut |_| Ok(()));
     let failed = |name: &str| {
         applied.errors.iter().any(|e| {
             e.path == format!("spec.{name}") || e.path.starts_with(&format!("spec.{name}."))
@@ -174,12 +178,14 @@ pub fn report(
     unapplied: Option<&SpecError>,
     facts: &Facts,
     deployments: BTreeMap<String, desired::DeploymentStatus>,
+    sealing_key: Option<&str>,
 ) -> ReportedStatus {
     ReportedStatus {
         spec_version: applied.version,
         errors: applied.errors.iter().chain(unapplied).cloned().collect(),
         facts: facts.clone(),
         deployments,
+        sealing_key: sealing_key.map(str::to_owned),
     }
 }
 
@@ -195,15 +201,23 @@ pub struct StatusSource {
     unapplied: watch::Sender<Option<SpecError>>,
     /// How each deployment is doing, as the parts running them report it.
     pub deployments: DeploymentReports,
+    /// The public half of the device's sealing key (ADR 0030), from the
+    /// spec handle's secret files.
+    sealing_key: Option<Arc<str>>,
 }
 
 impl StatusSource {
     pub fn new(spec: SpecHandle, facts: Facts) -> Self {
+        let sealing_key = spec
+            .secrets
+            .as_ref()
+            .map(|files| Arc::from(files.public_key().encode()));
         Self {
             spec,
             facts: Arc::new(facts),
             unapplied: watch::channel(None).0,
             deployments: DeploymentReports::default(),
+            sealing_key,
         }
     }
 
@@ -219,6 +233,7 @@ impl StatusSource {
             unapplied: self.unapplied.subscribe(),
             facts: self.facts.clone(),
             deployments: self.deployments.subscribe(),
+            sealing_key: self.sealing_key.clone(),
         }
     }
 
@@ -263,6 +278,7 @@ pub struct StatusView {
     unapplied: watch::Receiver<Option<SpecError>>,
     facts: Arc<Facts>,
     deployments: watch::Receiver<deployments::PartReports>,
+    sealing_key: Option<Arc<str>>,
 }
 
 impl StatusView {
@@ -275,6 +291,7 @@ impl StatusView {
             unapplied.as_ref(),
             &self.facts,
             deployments,
+            self.sealing_key.as_deref(),
         )
     }
 
@@ -299,6 +316,9 @@ pub enum SpecStoreError {
 pub struct SpecHandle {
     path: PathBuf,
     applied: watch::Sender<AppliedSpec>,
+    /// Opens the `secrets` section into files; none in tests that do not
+    /// need it.
+    secrets: Option<Arc<SecretFiles>>,
 }
 
 impl SpecHandle {
@@ -318,7 +338,17 @@ impl SpecHandle {
             }
         };
         let (applied, _) = watch::channel(applied);
-        Self { path, applied }
+        Self {
+            path,
+            applied,
+            secrets: None,
+        }
+    }
+
+    /// Opens the spec's secrets with `files` from now on.
+    pub fn with_secrets(mut self, files: SecretFiles) -> Self {
+        self.secrets = Some(Arc::new(files));
+        self
     }
 
     pub fn current(&self) -> AppliedSpec {
@@ -338,7 +368,18 @@ impl SpecHandle {
         if current.version == message.version && current.spec == message.spec {
             return Ok(None);
         }
-        let applied = apply(&current, message);
+        let mut applied = apply(&current, message);
+        let section = tether_proto::secrets::SECTION;
+        if let Some(secrets) = &self.secrets
+            && !applied
+                .errors
+                .iter()
+                .any(|e| e.path == format!("spec.{section}") || e.path.starts_with(&format!("spec.{section}.")))
+        {
+            applied
+                .errors
+                .extend(secrets.apply(message.spec.get(section)));
+        }
         let bytes = serde_json::to_vec_pretty(&applied).unwrap_or_default();
         write_atomic(&self.path, &bytes, 0o600).map_err(|source| SpecStoreError::Write {
             path: self.path.clone(),
