@@ -109,6 +109,10 @@ pub struct DeviceReport {
     /// How each deployment is doing on the device, as the agent reported it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deployments: BTreeMap<String, crate::desired::DeploymentStatus>,
+    /// The public half of the device's X25519 key, which secrets are
+    /// sealed to (ADR 0030); absent until the agent reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealing_key: Option<String>,
     pub reported_at: DateTime<Utc>,
 }
 

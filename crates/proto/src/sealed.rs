@@ -202,7 +202,10 @@ mod tests {
         assert_eq!(&device.open(&sealed).expect("open")[..], b"hunter2");
         assert_eq!(other.open(&sealed), Err(SealError::Refused));
         // Sealing twice gives two different boxes (a fresh ephemeral key).
-        assert_ne!(sealed, seal(&device.public_key(), b"hunter2").expect("seal"));
+        assert_ne!(
+            sealed,
+            seal(&device.public_key(), b"hunter2").expect("seal")
+        );
     }
 
     #[test]
@@ -210,7 +213,10 @@ mod tests {
         let key = SecretKey::generate().expect("key").public_key();
         assert_eq!(PublicKey::parse(&key.encode()), Ok(key));
         assert_eq!(PublicKey::parse("AAAA"), Err(SealError::BadPublicKey));
-        assert_eq!(PublicKey::parse("not base64!"), Err(SealError::BadPublicKey));
+        assert_eq!(
+            PublicKey::parse("not base64!"),
+            Err(SealError::BadPublicKey)
+        );
     }
 
     #[test]

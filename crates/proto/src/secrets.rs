@@ -118,12 +118,24 @@ mod tests {
 
     #[test]
     fn the_section_names_what_is_wrong() {
-        assert!(validate("spec.secrets", &json!({"db": {"version": 1, "ciphertext": "AQ=="}})).is_ok());
-        let err = validate("spec.secrets", &json!({"DB": {"version": 1, "ciphertext": "AQ=="}}))
-            .expect_err("bad name");
+        assert!(
+            validate(
+                "spec.secrets",
+                &json!({"db": {"version": 1, "ciphertext": "AQ=="}})
+            )
+            .is_ok()
+        );
+        let err = validate(
+            "spec.secrets",
+            &json!({"DB": {"version": 1, "ciphertext": "AQ=="}}),
+        )
+        .expect_err("bad name");
         assert_eq!(err.path, "spec.secrets.DB");
-        let err = validate("spec.secrets", &json!({"db": {"version": 1, "ciphertext": ""}}))
-            .expect_err("empty");
+        let err = validate(
+            "spec.secrets",
+            &json!({"db": {"version": 1, "ciphertext": ""}}),
+        )
+        .expect_err("empty");
         assert_eq!(err.path, "spec.secrets.db.ciphertext");
         let err = validate("spec.secrets", &json!({"db": {"version": 1, "value": "x"}}))
             .expect_err("unknown field");
@@ -141,6 +153,9 @@ mod tests {
             value_base64: Some("aHVudGVyMg==".into()),
         };
         let shown = format!("{set:?}");
-        assert!(!shown.contains("hunter2") && !shown.contains("aHVudGVyMg"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("aHVudGVyMg"),
+            "{shown}"
+        );
     }
 }

@@ -113,9 +113,7 @@ impl SecretFiles {
                     tracing::warn!(secret = %name, "a secret is sealed to another key");
                     errors.push(SpecError::new(
                         path,
-                        format!(
-                            "sealed to another key: run `tether secrets set {name}` again"
-                        ),
+                        format!("sealed to another key: run `tether secrets set {name}` again"),
                     ));
                     continue;
                 }
@@ -178,7 +176,10 @@ mod tests {
                 .iter()
                 .map(|(name, key, value)| {
                     let ciphertext = tether_proto::sealed::seal(key, value).expect("seal");
-                    ((*name).to_owned(), json!({"version": 1, "ciphertext": ciphertext}))
+                    (
+                        (*name).to_owned(),
+                        json!({"version": 1, "ciphertext": ciphertext}),
+                    )
                 })
                 .collect(),
         )
@@ -188,7 +189,9 @@ mod tests {
     fn the_key_is_made_once_with_mode_0600_and_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = load_or_create_key(dir.path()).expect("key");
-        let mode = fs::metadata(dir.path().join(KEY_FILE)).expect("meta").mode();
+        let mode = fs::metadata(dir.path().join(KEY_FILE))
+            .expect("meta")
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let again = load_or_create_key(dir.path()).expect("key");
         assert_eq!(first.public_key(), again.public_key());
@@ -212,11 +215,15 @@ mod tests {
         let db = dir.path().join(SECRETS_DIR).join("db");
         assert_eq!(fs::read(&db).expect("read"), b"hunter2");
         assert_eq!(fs::metadata(&db).expect("meta").mode() & 0o777, 0o600);
-        let dir_mode = fs::metadata(dir.path().join(SECRETS_DIR)).expect("meta").mode();
+        let dir_mode = fs::metadata(dir.path().join(SECRETS_DIR))
+            .expect("meta")
+            .mode();
         assert_eq!(dir_mode & 0o777, 0o700);
-        assert!(files
-            .apply(Some(&sealed_section(&[("token", &key, b"abc")])))
-            .is_empty());
+        assert!(
+            files
+                .apply(Some(&sealed_section(&[("token", &key, b"abc")])))
+                .is_empty()
+        );
         assert!(!db.exists());
         assert!(files.apply(None).is_empty());
         assert!(!dir.path().join(SECRETS_DIR).join("token").exists());

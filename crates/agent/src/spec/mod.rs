@@ -311,6 +311,15 @@ pub enum SpecStoreError {
     },
 }
 
+/// Whether `error` is about `section` or a field of it.
+fn is_under(error: &SpecError, section: &str) -> bool {
+    error
+        .path
+        .strip_prefix("spec.")
+        .and_then(|rest| rest.strip_prefix(section))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
 /// The applied spec, shared with the parts that use it.
 #[derive(Clone)]
 pub struct SpecHandle {
@@ -345,8 +354,25 @@ impl SpecHandle {
         }
     }
 
-    /// Opens the spec's secrets with `files` from now on.
+    /// Opens the spec's secrets with `files` from now on, and now: at
+    /// start the files are rewritten from the applied spec, so a file
+    /// removed by hand comes back and a key made anew is reported as not
+    /// opening what was sealed to the old one.
     pub fn with_secrets(mut self, files: SecretFiles) -> Self {
+        let current = self.current();
+        let section = tether_proto::secrets::SECTION;
+        let mut errors: Vec<SpecError> = current
+            .errors
+            .iter()
+            .filter(|e| !is_under(e, section))
+            .cloned()
+            .collect();
+        let sealed = current.spec.get(section);
+        match sealed.map(|s| spec::validate_section(section, s)) {
+            Some(Err(error)) => errors.push(error),
+            _ => errors.extend(files.apply(sealed)),
+        }
+        self.applied.send_modify(|applied| applied.errors = errors);
         self.secrets = Some(Arc::new(files));
         self
     }
@@ -371,10 +397,7 @@ impl SpecHandle {
         let mut applied = apply(&current, message);
         let section = tether_proto::secrets::SECTION;
         if let Some(secrets) = &self.secrets
-            && !applied
-                .errors
-                .iter()
-                .any(|e| e.path == format!("spec.{section}") || e.path.starts_with(&format!("spec.{section}.")))
+            && !applied.errors.iter().any(|e| is_under(e, section))
         {
             applied
                 .errors

@@ -682,6 +682,7 @@ fn with_spec(device: Device, record: SpecRecord) -> Device {
             errors: status.errors,
             facts: status.facts,
             deployments: status.deployments,
+            sealing_key: status.sealing_key,
             reported_at,
         }),
         spec_in_sync: Some(in_sync),

@@ -8,9 +8,7 @@ use sqlx::any::AnyRow;
 use tether_proto::DeviceId;
 use tether_proto::desired::resources::Target;
 
-use super::codec::{
-    device_id, from_json, get, limit, millis, placeholders, time, to_json, to_u64,
-};
+use super::codec::{device_id, from_json, get, limit, millis, placeholders, time, to_json, to_u64};
 use super::{Store, StoreError};
 
 /// A secret's metadata and, per device it was sealed for, the key it was
