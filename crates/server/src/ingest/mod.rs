@@ -403,6 +403,11 @@ impl Ingest {
             }
             DeviceMessage::Reported(reported) => {
                 let _slot = self.write_slot().await?;
+                // Before the report is stored: a key the device view shows
+                // is one secrets are sealed to.
+                if let Some(key) = &reported.sealing_key {
+                    self.secrets.record_key(device, key).await.map_err(store)?;
+                }
                 self.specs
                     .record_reported(device, reported)
                     .await
@@ -414,9 +419,6 @@ impl Ingest {
                     .record_reports(device, &reported.deployments)
                     .await
                     .map_err(store)?;
-                if let Some(key) = &reported.sealing_key {
-                    self.secrets.record_key(device, key).await.map_err(store)?;
-                }
                 Ok(Outcome::Accepted)
             }
             // Its writer takes the slot, for a group of devices' batches.
