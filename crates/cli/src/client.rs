@@ -736,7 +736,8 @@ impl ApiClient {
     }
 
     pub async fn set_secret(&self, name: &str, request: &SetSecret) -> Result<Secret, ClientError> {
-        self.call(Method::PUT, &["secrets", name], Some(request)).await
+        self.call(Method::PUT, &["secrets", name], Some(request))
+            .await
     }
 
     pub async fn list_secrets(&self) -> Result<Vec<Secret>, ClientError> {
@@ -749,9 +750,14 @@ impl ApiClient {
     }
 
     pub async fn delete_secret(&self, name: &str) -> Result<(), ClientError> {
-        self.send(Method::DELETE, &["secrets", name], None::<&()>, REQUEST_TIMEOUT)
-            .await
-            .map(drop)
+        self.send(
+            Method::DELETE,
+            &["secrets", name],
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn create_template(

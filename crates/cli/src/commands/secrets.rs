@@ -52,7 +52,11 @@ pub struct Set {
     /// Lowercase letters, digits and '-'; the file name on the device.
     name: String,
     /// The one device that gets it.
-    #[arg(long, conflicts_with = "selector", required_unless_present = "selector")]
+    #[arg(
+        long,
+        conflicts_with = "selector",
+        required_unless_present = "selector"
+    )]
     device: Option<String>,
     /// Every device these labels pick (`site=berlin,tier!=test`).
     #[arg(short = 'l', long = "selector")]
@@ -181,7 +185,15 @@ fn describe(secret: &Secret) -> String {
 
 fn table(secrets: &[Secret]) -> String {
     output::columns(
-        ["NAME", "TARGET", "VERSION", "SEALED", "WITHOUT KEY", "STALE", "UPDATED"],
+        [
+            "NAME",
+            "TARGET",
+            "VERSION",
+            "SEALED",
+            "WITHOUT KEY",
+            "STALE",
+            "UPDATED",
+        ],
         secrets
             .iter()
             .map(|s| {

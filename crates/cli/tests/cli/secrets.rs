@@ -41,22 +41,35 @@ async fn a_secret_set_from_stdin_reaches_the_device_sealed_and_is_never_shown() 
         .await
         .expect("connected");
     tether_testkit::wait_until("the device's key", Duration::from_secs(30), || async {
-        let device = admin.get("/api/v1/devices/gw-1").await?.expect_status(200)?;
+        let device = admin
+            .get("/api/v1/devices/gw-1")
+            .await?
+            .expect_status(200)?;
         Ok(device["status"]["sealingKey"].as_str().map(drop))
     })
     .await
     .expect("a key reported");
 
     let set = tether
-        .run_with_stdin(&["secrets", "set", "db-password", "-l", "site=berlin"], VALUE)
+        .run_with_stdin(
+            &["secrets", "set", "db-password", "-l", "site=berlin"],
+            VALUE,
+        )
         .await;
     assert_eq!(set.code, 0, "{}", set.stderr);
-    assert!(set.stdout.contains("secret/db-password set"), "{}", set.stdout);
+    assert!(
+        set.stdout.contains("secret/db-password set"),
+        "{}",
+        set.stdout
+    );
     assert!(set.stdout.contains("gw-1"), "{}", set.stdout);
 
     // Every way of looking at it shows where it is sealed, never the value.
     let list = tether.run_ok(&["secrets", "list"]).await;
-    assert!(list.contains("db-password") && list.contains("-l site=berlin"), "{list}");
+    assert!(
+        list.contains("db-password") && list.contains("-l site=berlin"),
+        "{list}"
+    );
     for args in [
         &["secrets", "list", "-o", "json"][..],
         &["secrets", "list", "-o", "yaml"],
@@ -64,7 +77,10 @@ async fn a_secret_set_from_stdin_reaches_the_device_sealed_and_is_never_shown() 
         &["devices", "get", "gw-1", "-o", "json"],
     ] {
         let shown = tether.run_ok(args).await;
-        assert!(!shown.contains(VALUE.trim_end()), "tether {args:?} shows the value");
+        assert!(
+            !shown.contains(VALUE.trim_end()),
+            "tether {args:?} shows the value"
+        );
     }
     let listed: serde_json::Value =
         serde_json::from_str(&tether.run_ok(&["secrets", "list", "-o", "json"]).await)
@@ -72,9 +88,12 @@ async fn a_secret_set_from_stdin_reaches_the_device_sealed_and_is_never_shown() 
     assert_eq!(listed[0]["sealed"], serde_json::json!(["gw-1"]), "{listed}");
 
     // The device's spec carries it sealed; its key opens it, byte for byte.
-    let device: serde_json::Value =
-        serde_json::from_str(&tether.run_ok(&["devices", "get", "gw-1", "-o", "json"]).await)
-            .expect("JSON");
+    let device: serde_json::Value = serde_json::from_str(
+        &tether
+            .run_ok(&["devices", "get", "gw-1", "-o", "json"])
+            .await,
+    )
+    .expect("JSON");
     let sealed = device["spec"]["secrets"]["db-password"]["ciphertext"]
         .as_str()
         .expect("sealed in the spec");
