@@ -20,6 +20,7 @@ pub mod provisioning;
 pub mod queue;
 pub mod renewal;
 pub mod restore;
+pub mod secrets;
 pub mod session;
 pub mod spec;
 pub mod spool;
@@ -73,6 +74,8 @@ pub enum AgentError {
     Identity(#[from] kubernetes::identity::IdentityError),
     #[error(transparent)]
     ShellListener(#[from] management_shell::listener::ListenError),
+    #[error(transparent)]
+    SealingKey(#[from] secrets::KeyError),
 }
 
 /// rustls needs one process-wide crypto provider; the agent uses ring.
@@ -95,7 +98,10 @@ pub async fn run(
     // Opened before enrollment, so local applications can log from the start.
     let spools = Spools::open(state.path(), config.spool(), clock.clone())?;
     // The spec applied last, in force before tetherd is reached again.
-    let applied = spec::SpecHandle::load(state.path());
+    // The sealing key's public half is in every report (ADR 0030).
+    let sealing_key = std::sync::Arc::new(secrets::load_or_create_key(state.path())?);
+    let applied = spec::SpecHandle::load(state.path())
+        .with_secrets(secrets::SecretFiles::new(state.path(), sealing_key));
     let kubernetes = config.kubernetes();
     let mut facts = spec::facts::gather(std::path::Path::new("/"));
     facts.kubernetes = kubernetes.as_ref().map(kubernetes::KubernetesConfig::facts);

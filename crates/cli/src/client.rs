@@ -26,6 +26,7 @@ use tether_proto::provisioning::{
     Approval, ApproveRequest, CreateKeyRequest, CreatePolicy, DenyRequest, Policy, ProvisioningKey,
     ProvisioningKeyInfo,
 };
+use tether_proto::secrets::{Secret, SetSecret};
 use tether_proto::telemetry::DeviceUsage;
 
 /// How long to wait for the TCP and TLS handshake before naming the server unreachable.
@@ -733,6 +734,31 @@ impl ApiClient {
         self.send(
             Method::DELETE,
             &["devices", device, "shell-password"],
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn set_secret(&self, name: &str, request: &SetSecret) -> Result<Secret, ClientError> {
+        self.call(Method::PUT, &["secrets", name], Some(request))
+            .await
+    }
+
+    pub async fn list_secrets(&self) -> Result<Vec<Secret>, ClientError> {
+        self.list_all(&["secrets"], &[], None, PAGE_SIZE).await
+    }
+
+    pub async fn get_secret(&self, name: &str) -> Result<Secret, ClientError> {
+        self.call(Method::GET, &["secrets", name], None::<&()>)
+            .await
+    }
+
+    pub async fn delete_secret(&self, name: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::DELETE,
+            &["secrets", name],
             None::<&()>,
             REQUEST_TIMEOUT,
         )

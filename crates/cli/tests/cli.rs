@@ -26,6 +26,8 @@ mod desired;
 mod kube;
 #[path = "cli/os_edit.rs"]
 mod os_edit;
+#[path = "cli/secrets.rs"]
+mod secrets;
 #[path = "cli/shell_listener.rs"]
 mod shell_listener;
 #[path = "cli/ssh.rs"]

@@ -113,6 +113,10 @@ pub struct DeviceReport {
     /// agent reported it (update locks, maintenance windows).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub update_holds: Vec<crate::desired::updates::UpdateHold>,
+    /// The public half of the device's X25519 key, which secrets are
+    /// sealed to (ADR 0030); absent until the agent reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealing_key: Option<String>,
     pub reported_at: DateTime<Utc>,
 }
 

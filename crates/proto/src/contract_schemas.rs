@@ -246,6 +246,7 @@ fn what_tetherd_sends_conforms_to_the_spec_schema() {
         "metricsConfig": {"intervalSeconds": 30},
         "budgets": {"logs": 50_000_000, "actions": 0, "spoolReplay": 1},
         "actions": {"enabled": ["manage-deployment"], "disabled": ["send-kubectl"]},
+        "secrets": {"db-password": {"version": 2, "ciphertext": "AQ=="}},
         "deployments": {"line-3": {"version": "4-1a2b", "charts": [
             serde_json::to_value(crate::desired::ChartRelease {
                 release: "edge-agent".into(),
@@ -276,6 +277,9 @@ fn what_tetherd_sends_conforms_to_the_spec_schema() {
         json!({"actions": {"allowed": []}}),
         json!({"deployments": {"d": {"version": "1", "charts": [
             {"release": "web", "chart": "web", "source": "http://charts.example.com"}]}}}),
+        json!({"secrets": {"Db": {"version": 1, "ciphertext": "AQ=="}}}),
+        json!({"secrets": {"db": {"version": 1, "ciphertext": ""}}}),
+        json!({"secrets": {"db": {"version": 1, "ciphertext": "AQ==", "value": "x"}}}),
         json!({"deployments": {"d": {"version": "1", "charts": [
             {"release": "web", "chart": "web", "source": "oci://registry.example.com"}]}}}),
         json!({"deployments": {"d": {"version": "1", "charts": [
@@ -349,6 +353,7 @@ fn the_agents_report_conforms_to_the_reported_schema() {
                 until: Some(chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("time")),
             },
         ],
+        sealing_key: Some("9x1m0ylxHfH4bL1nJ6hGLJ3YhYGBhUaLCm3vCmoN8hw=".into()),
     };
     assert_conforms("reported", &serde_json::to_value(&reported).expect("JSON"));
     assert!(!refused("reported", &json!({"specVersion": 0})));

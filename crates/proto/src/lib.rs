@@ -20,6 +20,8 @@ pub mod password;
 pub mod priority;
 pub mod provisioning;
 pub mod redact;
+pub mod sealed;
+pub mod secrets;
 pub mod spec;
 pub mod telemetry;
 pub mod template;

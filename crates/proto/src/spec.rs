@@ -19,13 +19,14 @@ pub type DeviceSpec = Map<String, Value>;
 
 /// The sections a spec may have today. A capability that needs another
 /// (deployments, provisioning) adds it here with its rules.
-pub const SECTIONS: [&str; 6] = [
+pub const SECTIONS: [&str; 7] = [
     LoggingConfig::NAME,
     MetricsConfig::NAME,
     Budgets::NAME,
     ActionSet::NAME,
     crate::desired::SECTION,
     crate::desired::updates::SECTION,
+    crate::secrets::SECTION,
 ];
 
 /// Largest spec tetherd stores and sends, as JSON.
@@ -238,6 +239,9 @@ pub fn validate_section(name: &str, section: &Value) -> Result<(), SpecError> {
     if name == crate::desired::updates::SECTION {
         return crate::desired::updates::validate(&path, section);
     }
+    if name == crate::secrets::SECTION {
+        return crate::secrets::validate(&path, section);
+    }
     let fields = match name {
         LoggingConfig::NAME => &["enableJournalExport", "priority", "units"][..],
         MetricsConfig::NAME => &["intervalSeconds"][..],
@@ -410,6 +414,10 @@ pub struct ReportedStatus {
     /// rollout passes it over until this is empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub update_holds: Vec<crate::desired::updates::UpdateHold>,
+    /// The public half of the device's X25519 key (base64), which tetherd
+    /// seals secrets to (ADR 0030); absent from agents without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealing_key: Option<String>,
 }
 
 impl ReportedStatus {
@@ -455,6 +463,11 @@ impl ReportedStatus {
                 updates::MAX_REASON_BYTES + updates::MAX_LOCK_NAME_BYTES,
             )?;
         }
+        limits::check(
+            "sealingKey",
+            self.sealing_key.as_ref().map_or(0, String::len),
+            crate::sealed::MAX_PUBLIC_KEY_BYTES,
+        )?;
         self.facts.check_limits()
     }
 }
@@ -796,6 +809,7 @@ mod tests {
             },
             deployments: BTreeMap::new(),
             update_holds: Vec::new(),
+            sealing_key: None,
         };
         let json = serde_json::to_value(&status).expect("json");
         assert_eq!(json["specVersion"], 2);

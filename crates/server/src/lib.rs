@@ -23,6 +23,7 @@ pub mod provisioning;
 pub mod registry;
 pub mod sealing;
 pub mod secret_file;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod tunnels;
@@ -249,6 +250,7 @@ pub async fn run(
         DeviceEndpoint::External(..) => SessionOwner::Broker,
     };
     let desired = crate::desired::DesiredState::new(store.clone(), registry.specs().clone());
+    let secrets = crate::secrets::Secrets::new(store.clone(), registry.specs().clone());
     let ingest = Arc::new(Ingest::new(
         store.clone(),
         owner,
@@ -256,6 +258,7 @@ pub async fn run(
             actions: actions.clone(),
             specs: registry.specs().clone(),
             desired: desired.clone(),
+            secrets: secrets.clone(),
         },
         config.ingest,
         config.retention.metrics,
@@ -374,6 +377,7 @@ pub async fn run(
         logs,
         provisioning: provisioning::Provisioning::new(store.clone(), registry.clone()),
         desired,
+        secrets,
         store,
         auth,
         registry,

@@ -24,6 +24,7 @@ use tether_proto::spec::{
 use tokio::sync::watch;
 
 use crate::deployments::{self, DeploymentReports};
+use crate::secrets::SecretFiles;
 use crate::state::write_atomic;
 
 /// Where the last applied spec is kept in the state directory.
@@ -107,6 +108,9 @@ pub fn apply(previous: &AppliedSpec, message: &SpecMessage) -> AppliedSpec {
         update_policy = typed(updates::SECTION, section)?;
         Ok(())
     });
+    // Opened and written by the secret files after the spec is saved
+    // (`SpecHandle::apply`); checked here like every section.
+    take(tether_proto::secrets::SECTION, &mut |_| Ok(()));
     let failed = |name: &str| {
         applied.errors.iter().any(|e| {
             e.path == format!("spec.{name}") || e.path.starts_with(&format!("spec.{name}."))
@@ -187,6 +191,7 @@ pub fn report(
     facts: &Facts,
     deployments: BTreeMap<String, desired::DeploymentStatus>,
     update_holds: Vec<UpdateHold>,
+    sealing_key: Option<&str>,
 ) -> ReportedStatus {
     ReportedStatus {
         spec_version: applied.version,
@@ -194,6 +199,7 @@ pub fn report(
         facts: facts.clone(),
         deployments,
         update_holds,
+        sealing_key: sealing_key.map(str::to_owned),
     }
 }
 
@@ -211,16 +217,24 @@ pub struct StatusSource {
     pub deployments: DeploymentReports,
     /// Why the device takes no new revision now ([`crate::updates`]).
     pub update_holds: watch::Sender<Vec<UpdateHold>>,
+    /// The public half of the device's sealing key (ADR 0030), from the
+    /// spec handle's secret files.
+    sealing_key: Option<Arc<str>>,
 }
 
 impl StatusSource {
     pub fn new(spec: SpecHandle, facts: Facts) -> Self {
+        let sealing_key = spec
+            .secrets
+            .as_ref()
+            .map(|files| Arc::from(files.public_key().encode()));
         Self {
             spec,
             facts: Arc::new(facts),
             unapplied: watch::channel(None).0,
             deployments: DeploymentReports::default(),
             update_holds: watch::channel(Vec::new()).0,
+            sealing_key,
         }
     }
 
@@ -237,6 +251,7 @@ impl StatusSource {
             facts: self.facts.clone(),
             deployments: self.deployments.subscribe(),
             update_holds: self.update_holds.subscribe(),
+            sealing_key: self.sealing_key.clone(),
         }
     }
 
@@ -282,6 +297,7 @@ pub struct StatusView {
     facts: Arc<Facts>,
     deployments: watch::Receiver<deployments::PartReports>,
     update_holds: watch::Receiver<Vec<UpdateHold>>,
+    sealing_key: Option<Arc<str>>,
 }
 
 impl StatusView {
@@ -295,6 +311,7 @@ impl StatusView {
             &self.facts,
             deployments,
             self.update_holds.borrow().clone(),
+            self.sealing_key.as_deref(),
         )
     }
 
@@ -314,11 +331,23 @@ pub enum SpecStoreError {
     },
 }
 
+/// Whether `error` is about `section` or a field of it.
+fn is_under(error: &SpecError, section: &str) -> bool {
+    error
+        .path
+        .strip_prefix("spec.")
+        .and_then(|rest| rest.strip_prefix(section))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
 /// The applied spec, shared with the parts that use it.
 #[derive(Clone)]
 pub struct SpecHandle {
     path: PathBuf,
     applied: watch::Sender<AppliedSpec>,
+    /// Opens the `secrets` section into files; none in tests that do not
+    /// need it.
+    secrets: Option<Arc<SecretFiles>>,
 }
 
 impl SpecHandle {
@@ -338,7 +367,34 @@ impl SpecHandle {
             }
         };
         let (applied, _) = watch::channel(applied);
-        Self { path, applied }
+        Self {
+            path,
+            applied,
+            secrets: None,
+        }
+    }
+
+    /// Opens the spec's secrets with `files` from now on, and now: at
+    /// start the files are rewritten from the applied spec, so a file
+    /// removed by hand comes back and a key made anew is reported as not
+    /// opening what was sealed to the old one.
+    pub fn with_secrets(mut self, files: SecretFiles) -> Self {
+        let current = self.current();
+        let section = tether_proto::secrets::SECTION;
+        let mut errors: Vec<SpecError> = current
+            .errors
+            .iter()
+            .filter(|e| !is_under(e, section))
+            .cloned()
+            .collect();
+        let sealed = current.spec.get(section);
+        match sealed.map(|s| spec::validate_section(section, s)) {
+            Some(Err(error)) => errors.push(error),
+            _ => errors.extend(files.apply(sealed)),
+        }
+        self.applied.send_modify(|applied| applied.errors = errors);
+        self.secrets = Some(Arc::new(files));
+        self
     }
 
     pub fn current(&self) -> AppliedSpec {
@@ -358,7 +414,15 @@ impl SpecHandle {
         if current.version == message.version && current.spec == message.spec {
             return Ok(None);
         }
-        let applied = apply(&current, message);
+        let mut applied = apply(&current, message);
+        let section = tether_proto::secrets::SECTION;
+        if let Some(secrets) = &self.secrets
+            && !applied.errors.iter().any(|e| is_under(e, section))
+        {
+            applied
+                .errors
+                .extend(secrets.apply(message.spec.get(section)));
+        }
         let bytes = serde_json::to_vec_pretty(&applied).unwrap_or_default();
         write_atomic(&self.path, &bytes, 0o600).map_err(|source| SpecStoreError::Write {
             path: self.path.clone(),

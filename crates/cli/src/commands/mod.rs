@@ -21,6 +21,7 @@ pub mod os;
 pub mod policies;
 pub mod proxy;
 pub mod quickstart;
+pub mod secrets;
 pub mod service_accounts;
 pub mod sessions;
 pub mod ssh;
@@ -62,6 +63,8 @@ pub enum Command {
     Templates(templates::Templates),
     #[command(subcommand)]
     Deployments(deployments::Deployments),
+    #[command(subcommand)]
+    Secrets(secrets::Secrets),
     Events(events::Events),
     Exec(exec::Exec),
     Cp(cp::Cp),
@@ -106,6 +109,7 @@ impl Command {
             Command::Approvals(cmd) => cmd.description(),
             Command::Templates(cmd) => cmd.description(),
             Command::Deployments(cmd) => cmd.description(),
+            Command::Secrets(cmd) => cmd.description(),
             Command::Events(cmd) => cmd.description(),
             Command::Exec(cmd) => cmd.description(),
             Command::Cp(cmd) => cmd.description(),
@@ -138,6 +142,7 @@ impl Command {
             Command::Approvals(cmd) => cmd.run(ctx).await,
             Command::Templates(cmd) => cmd.run(ctx).await,
             Command::Deployments(cmd) => cmd.run(ctx).await,
+            Command::Secrets(cmd) => cmd.run(ctx).await,
             Command::Events(cmd) => cmd.run(ctx).await,
             Command::Exec(cmd) => cmd.run(ctx).await,
             Command::Cp(cmd) => cmd.run(ctx).await,

@@ -124,6 +124,28 @@ impl From<crate::desired::DesiredStateError> for ApiError {
     }
 }
 
+impl From<crate::secrets::SecretsError> for ApiError {
+    fn from(error: crate::secrets::SecretsError) -> Self {
+        use crate::secrets::SecretsError;
+        let message = crate::error_chain(&error);
+        match error {
+            SecretsError::NotFound(_) => Self::not_found(message),
+            SecretsError::Invalid(field) => Self {
+                details: serde_json::json!({ "fields": [{ "path": field.path, "message": field.message }] }),
+                ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+            },
+            // The sealed copies would not fit a device's spec: what to
+            // change is the value (or the device's other sections).
+            SecretsError::Spec {
+                source: crate::registry::SpecUpdateError::Invalid(_),
+                ..
+            } => Self::new(StatusCode::BAD_REQUEST, "spec_too_large", message),
+            SecretsError::Spec { .. } => Self::new(StatusCode::CONFLICT, "conflict", message),
+            SecretsError::Store(error) => error.into(),
+        }
+    }
+}
+
 impl From<ProvisioningError> for ApiError {
     fn from(error: ProvisioningError) -> Self {
         let message = error.to_string();

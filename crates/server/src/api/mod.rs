@@ -20,6 +20,7 @@ mod metrics;
 mod openapi;
 mod page;
 mod provisioning;
+mod secrets;
 mod service_accounts;
 mod session;
 mod sessions;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub provisioning: crate::provisioning::Provisioning,
     /// Chart templates, deployments and their rollouts (ADR 0029).
     pub desired: crate::desired::DesiredState,
+    /// Sealed secrets (ADR 0030).
+    pub secrets: crate::secrets::Secrets,
     pub actions: Arc<ActionService>,
     pub jobs: Arc<crate::jobs::JobService>,
     pub logs: Arc<crate::logs::Logs>,
@@ -162,6 +165,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(management_shell::routes())
         .merge(provisioning::routes())
         .merge(desired::routes())
+        .merge(secrets::routes())
         .merge(users::routes())
         .merge(service_accounts::routes())
         .route_layer(axum::middleware::from_fn_with_state(

@@ -202,7 +202,7 @@ pub const GROUPS: &[Group] = &[
     },
     Group {
         title: "Desired state",
-        why: "Anyone may see what runs where and how a rollout stands; operators change it (a deployment changes what devices run, as actions do); templates are shared by deployments, so changing one rolls out to all of them.",
+        why: "Anyone may see what runs where and how a rollout stands; operators change it (a deployment changes what devices run, as actions do); templates are shared by deployments, so changing one rolls out to all of them. Secrets likewise: anyone may see where a secret is sealed (never its value, which no route returns), operators set and delete them.",
         rules: &[
             ("GET", "/api/v1/chart-templates", AtLeast(Viewer)),
             ("GET", "/api/v1/chart-templates/{name}", AtLeast(Viewer)),
@@ -224,6 +224,10 @@ pub const GROUPS: &[Group] = &[
                 "/api/v1/deployments/{name}/resume",
                 AtLeast(Operator),
             ),
+            ("GET", "/api/v1/secrets", AtLeast(Viewer)),
+            ("GET", "/api/v1/secrets/{name}", AtLeast(Viewer)),
+            ("PUT", "/api/v1/secrets/{name}", AtLeast(Operator)),
+            ("DELETE", "/api/v1/secrets/{name}", AtLeast(Operator)),
         ],
     },
     Group {

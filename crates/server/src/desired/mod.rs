@@ -551,22 +551,12 @@ impl DesiredState {
 
     /// The devices a target picks now, sorted.
     async fn targets(&self, target: &Target) -> Result<Vec<DeviceId>, DesiredStateError> {
-        match (&target.device, &target.selector) {
-            (Some(device), _) => {
-                let device = DeviceId::new(device.as_str())
-                    .map_err(|e| invalid("spec.target.device", e.to_string()))?;
-                Ok(match self.store.get_device(&device).await? {
-                    Some(_) => vec![device],
-                    None => Vec::new(),
-                })
-            }
-            (None, Some(selector)) => {
-                let selector = LabelSelector::parse(selector)
-                    .map_err(|e| invalid("spec.target.selector", e.to_string()))?;
-                Ok(self.store.device_names(&selector).await?)
-            }
-            (None, None) => Ok(Vec::new()),
-        }
+        target_devices(&self.store, target, "spec.target")
+            .await
+            .map_err(|error| match error {
+                TargetError::Invalid(field) => DesiredStateError::Invalid(field),
+                TargetError::Store(error) => error.into(),
+            })
     }
 
     /// `revision` of `deployment` rendered for `device` (`None` if the
@@ -704,6 +694,43 @@ impl DesiredState {
             }
             .into()
         })
+    }
+}
+
+/// Why a target could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("invalid {0}")]
+    Invalid(SpecError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The devices a target picks now, sorted: the device if it exists, or
+/// every device the selector picks. Deployments and secrets (ADR 0030)
+/// target alike; `path` names the target in errors.
+pub async fn target_devices(
+    store: &Store,
+    target: &Target,
+    path: &str,
+) -> Result<Vec<DeviceId>, TargetError> {
+    match (&target.device, &target.selector) {
+        (Some(device), _) => {
+            let device = DeviceId::new(device.as_str()).map_err(|e| {
+                TargetError::Invalid(SpecError::new(format!("{path}.device"), e.to_string()))
+            })?;
+            Ok(match store.get_device(&device).await? {
+                Some(_) => vec![device],
+                None => Vec::new(),
+            })
+        }
+        (None, Some(selector)) => {
+            let selector = LabelSelector::parse(selector).map_err(|e| {
+                TargetError::Invalid(SpecError::new(format!("{path}.selector"), e.to_string()))
+            })?;
+            Ok(store.device_names(&selector).await?)
+        }
+        (None, None) => Ok(Vec::new()),
     }
 }
 

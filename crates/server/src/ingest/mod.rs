@@ -104,6 +104,7 @@ pub struct Handlers {
     pub actions: Arc<ActionService>,
     pub specs: Specs,
     pub desired: DesiredState,
+    pub secrets: crate::secrets::Secrets,
 }
 
 pub struct Ingest {
@@ -114,6 +115,8 @@ pub struct Ingest {
     specs: Specs,
     /// Takes what the agents report of their deployments.
     desired: DesiredState,
+    /// Takes the sealing key each agent reports (ADR 0030).
+    secrets: crate::secrets::Secrets,
     config: IngestConfig,
     observability: Arc<Observability>,
     /// Samples older than this are refused: retention would delete them.
@@ -144,6 +147,7 @@ impl Ingest {
             actions,
             specs,
             desired,
+            secrets,
         }: Handlers,
         config: IngestConfig,
         metrics_retention: Duration,
@@ -180,6 +184,7 @@ impl Ingest {
             actions,
             specs,
             desired,
+            secrets,
             config,
             observability,
             metrics_retention,
@@ -398,6 +403,11 @@ impl Ingest {
             }
             DeviceMessage::Reported(reported) => {
                 let _slot = self.write_slot().await?;
+                // Before the report is stored: a key the device view shows
+                // is one secrets are sealed to.
+                if let Some(key) = &reported.sealing_key {
+                    self.secrets.record_key(device, key).await.map_err(store)?;
+                }
                 self.specs
                     .record_reported(device, reported)
                     .await
@@ -689,7 +699,8 @@ mod tests {
             Handlers {
                 actions,
                 specs: specs.clone(),
-                desired: crate::desired::DesiredState::new(store.clone(), specs),
+                desired: crate::desired::DesiredState::new(store.clone(), specs.clone()),
+                secrets: crate::secrets::Secrets::new(store.clone(), specs),
             },
             IngestConfig::default(),
             Duration::from_secs(30 * 86_400),

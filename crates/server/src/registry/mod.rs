@@ -687,6 +687,7 @@ fn with_spec(device: Device, record: SpecRecord) -> Device {
             facts: status.facts,
             deployments: status.deployments,
             update_holds: status.update_holds,
+            sealing_key: status.sealing_key,
             reported_at,
         }),
         spec_in_sync: Some(in_sync),

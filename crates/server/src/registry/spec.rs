@@ -79,9 +79,12 @@ pub fn apply_update(
 }
 
 /// Sections tetherd writes itself: `deployments`, from the deployments
-/// that target the device. An operator's update may neither set nor
-/// remove them.
-pub const MANAGED_SECTIONS: [&str; 1] = [tether_proto::desired::SECTION];
+/// that target the device, and `secrets`, sealed to the device's key
+/// (ADR 0030). An operator's update may neither set nor remove them.
+pub const MANAGED_SECTIONS: [&str; 2] = [
+    tether_proto::desired::SECTION,
+    tether_proto::secrets::SECTION,
+];
 
 /// The mask an operator's update is applied under: theirs, or — without
 /// one, a whole-spec replacement — every section but the managed ones, so
@@ -91,7 +94,11 @@ pub fn operator_mask(request: &Value, mask: Option<UpdateMask>) -> Result<Update
     let refuse = |section: &str| {
         SpecError::new(
             format!("spec.{section}"),
-            "is written by tetherd from the deployments that target the device; change those (`tether deployments`) instead",
+            if section == tether_proto::secrets::SECTION {
+                "is written by tetherd from the secrets that target the device; change those (`tether secrets`) instead"
+            } else {
+                "is written by tetherd from the deployments that target the device; change those (`tether deployments`) instead"
+            },
         )
     };
     if let Value::Object(sections) = request

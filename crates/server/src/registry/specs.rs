@@ -146,6 +146,30 @@ impl Specs {
             .await
     }
 
+    /// Puts `secret` into the device's `secrets` section sealed to its key,
+    /// or takes it out (`None`): the secrets service's write, the only one
+    /// to that section (ADR 0030). Other sections are untouched.
+    pub async fn set_secret(
+        &self,
+        device: &DeviceId,
+        secret: &str,
+        sealed: Option<&tether_proto::secrets::SealedSecret>,
+    ) -> Result<SpecRecord, SpecUpdateError> {
+        let section = tether_proto::secrets::SECTION;
+        let mask = UpdateMask::parse(&format!("spec.{section}.{secret}"))?;
+        let mut request = serde_json::Map::new();
+        if let Some(sealed) = sealed {
+            let value = serde_json::to_value(sealed)
+                .map_err(|e| SpecError::new(format!("spec.{section}.{secret}"), e.to_string()))?;
+            request.insert(
+                section.to_owned(),
+                Value::Object([(secret.to_owned(), value)].into_iter().collect()),
+            );
+        }
+        self.update(device, &Value::Object(request), Some(&mask), None)
+            .await
+    }
+
     /// After a committed change: sends the spec if the device's session is
     /// here, and tells the other replicas so the one holding it does.
     async fn announce(&self, device: &DeviceId) {

@@ -18,6 +18,7 @@ mod logs;
 mod management_shell;
 mod metrics;
 mod provisioning;
+mod secrets;
 mod selector;
 mod service_accounts;
 mod specs;
@@ -37,6 +38,7 @@ pub use provisioning::{
     Admission, PolicyRecord, ProvisionedDevice, ProvisioningKeyRecord, Refused, RegistrationRecord,
     RegistrationWrite,
 };
+pub use secrets::{Ciphertext, SecretRecord};
 pub use service_accounts::{ApiKeyRecord, ServiceAccountRecord};
 pub use specs::SpecRecord;
 pub use telemetry::{CursorUpdate, SpoolRef, StoredLog, TelemetryTx, UsageRecord};

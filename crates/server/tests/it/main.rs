@@ -20,6 +20,7 @@ mod provisioning;
 mod queries;
 mod replicas;
 mod roles;
+mod secrets;
 mod security;
 mod specs;
 mod store;
