@@ -273,4 +273,16 @@ mod tests {
         let sealed = seal(&device.public_key(), &vec![7u8; MAX_VALUE_BYTES]).expect("seal");
         assert_eq!(sealed.len(), MAX_SEALED_BYTES);
     }
+
+    /// REVIEW17 FINDING (expected to FAIL): a device-reported key that no
+    /// value can ever be sealed to (a low-order point) parses as valid, so
+    /// tetherd records it and fails later, at `seal`, for every secret
+    /// that targets the device (HTTP 500, see the server's
+    /// `review17_one_device_reporting_a_low_order_key_...` test).
+    #[test]
+    fn review17_a_low_order_public_key_is_refused_when_parsed() {
+        let zero = STANDARD.encode([0u8; KEY_BYTES]);
+        assert!(seal(&PublicKey::parse(&zero).expect("parses"), b"x").is_err());
+        assert_eq!(PublicKey::parse(&zero), Err(SealError::BadPublicKey));
+    }
 }

@@ -437,4 +437,49 @@ mod tests {
         );
         assert_eq!(locks.held(now).len(), updates::MAX_LOCKS);
     }
+
+    /// REVIEW17 FINDING (expected to FAIL): `run` maps a window's local
+    /// start to UTC with `Local.from_local_datetime(at).earliest()`, whose
+    /// comment says a time the clock change skips "is taken as its first
+    /// instant after" — but `earliest()` of a skipped time is `None`. A
+    /// window opening in the spring-forward gap is reported with no `until`
+    /// and the agent's next wake-up falls back to an hour, so a window
+    /// shorter than that is missed. Run with a DST zone:
+    /// `TZ=Europe/Berlin cargo test -p tether-agent --lib review17_`.
+    #[test]
+    fn review17_a_window_opening_in_the_spring_forward_gap_has_an_end() {
+        // The first local time of 2026 that the local clock skips.
+        let mut gap = None;
+        let mut at = t("2026-01-01 00:30");
+        while at < t("2027-01-01 00:00") {
+            if Local.from_local_datetime(&at).earliest().is_none() {
+                gap = Some(at);
+                break;
+            }
+            at += chrono::TimeDelta::minutes(30);
+        }
+        let gap = gap.expect("the local time zone has no DST: run with TZ=Europe/Berlin");
+        let policy = UpdatePolicy {
+            maintenance_windows: vec![MaintenanceWindow {
+                days: Vec::new(),
+                start: gap.time().format("%H:%M").to_string(),
+                duration_minutes: 45,
+            }],
+            ..UpdatePolicy::default()
+        };
+        // Three hours before the gap, on the local clock.
+        let before = gap - chrono::TimeDelta::hours(3);
+        let (held, next) = holds(&BTreeMap::new(), &policy, before, |at| {
+            // As `run` maps the local clock back.
+            Local
+                .from_local_datetime(&at)
+                .earliest()
+                .map(|at| at.with_timezone(&Utc))
+        });
+        assert_eq!(held.len(), 1, "{held:?}");
+        assert!(
+            held[0].until.is_some() && next.is_some(),
+            "a window opening at {gap} (skipped by the clock) has no known opening: {held:?}, next wake-up {next:?}"
+        );
+    }
 }

@@ -13,6 +13,8 @@ use crate::support::on_both_databases;
 on_both_databases!(
     a_secret_reaches_its_device_only_and_no_route_or_database_shows_it,
     bad_secrets_are_refused_by_field,
+    review17_a_set_refused_as_too_large_leaves_no_half_written_secret,
+    review17_one_device_reporting_a_low_order_key_does_not_break_sealing_for_the_fleet,
 );
 
 const VALUE: &str = "correct-horse-battery-staple-7f3a91";
@@ -319,5 +321,103 @@ async fn bad_secrets_are_refused_by_field(database: Database) -> anyhow::Result<
         .expect_status(200)?;
     assert_eq!(set["withoutKey"], json!(["pi-1"]), "{set}");
     assert_eq!(set["sealed"], json!([]), "{set}");
+    Ok(())
+}
+
+/// REVIEW17 FINDING (expected to FAIL until fixed): `Secrets::set` writes
+/// the secret and its ciphertexts to the store before it puts them into
+/// the devices' specs. When the spec write is refused (the sealed copies no
+/// longer fit the 64 KiB spec) the API answers 400 `spec_too_large`, yet
+/// the secret exists, its version went up and the device is listed as
+/// `sealed` although its spec never got the value.
+async fn review17_a_set_refused_as_too_large_leaves_no_half_written_secret(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let _agent = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
+    sealing_key(&admin, "edge-1").await?;
+    let big = base64::engine::general_purpose::STANDARD
+        .encode(vec![7u8; tether_proto::sealed::MAX_VALUE_BYTES]);
+    for name in ["big-1", "big-2"] {
+        admin
+            .put_json(
+                &format!("/api/v1/secrets/{name}"),
+                json!({"target": {"device": "edge-1"}, "valueBase64": big}),
+            )
+            .await?
+            .expect_status(200)?;
+    }
+    // The third sealed copy does not fit the device's spec: refused.
+    admin
+        .put_json(
+            "/api/v1/secrets/big-3",
+            json!({"target": {"device": "edge-1"}, "valueBase64": big}),
+        )
+        .await?
+        .expect_status(400)?;
+    let device = admin
+        .get("/api/v1/devices/edge-1")
+        .await?
+        .expect_status(200)?;
+    assert!(device["spec"]["secrets"].get("big-3").is_none(), "{device}");
+    // A refused request must leave nothing behind; if it does, the secret
+    // must at least not claim the device has it.
+    let reply = admin.get("/api/v1/secrets/big-3").await?;
+    if reply.status.as_u16() == 200 {
+        let secret = reply.expect_status(200)?;
+        assert_eq!(
+            secret["sealed"],
+            json!([]),
+            "a refused set left secret big-3 claiming edge-1 holds it: {secret}"
+        );
+    }
+    Ok(())
+}
+
+/// REVIEW17 FINDING (expected to FAIL until fixed): a hostile agent reports
+/// an all-zero (low-order) X25519 key. `PublicKey::parse` accepts it, so
+/// ingest's `record_key` stores it; every later `set` of a secret whose
+/// selector matches that device fails in `sealed::seal` (ring refuses the
+/// all-zero agreement), which `Secrets::set` maps to `StoreError::Corrupt`:
+/// HTTP 500, and no device of the fleet gets the secret.
+async fn review17_one_device_reporting_a_low_order_key_does_not_break_sealing_for_the_fleet(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    for name in ["good", "evil"] {
+        admin
+            .post(
+                "/api/v1/devices",
+                json!({"name": name, "labels": {"site": "x"}}),
+            )
+            .await?
+            .expect_status(201)?;
+    }
+    let store = crate::support::store_of(&tetherd).await?;
+    let good = SecretKey::generate()?;
+    let id = |name: &str| tether_proto::DeviceId::new(name.to_owned()).expect("name");
+    // What ingest records from each device's report (after PublicKey::parse).
+    store
+        .record_sealing_key(&id("good"), &good.public_key().encode(), chrono::Utc::now())
+        .await?;
+    let low_order = base64::engine::general_purpose::STANDARD.encode([0u8; 32]);
+    assert!(tether_proto::sealed::PublicKey::parse(&low_order).is_ok());
+    store
+        .record_sealing_key(&id("evil"), &low_order, chrono::Utc::now())
+        .await?;
+    let reply = admin
+        .put_json(
+            "/api/v1/secrets/db-password",
+            json!({"target": {"selector": "site=x"}, "value": VALUE}),
+        )
+        .await?;
+    assert_ne!(
+        reply.status.as_u16(),
+        500,
+        "one device's reported key broke the secret for every device: {:?}",
+        reply.expect_status(200).err()
+    );
     Ok(())
 }
