@@ -37,15 +37,12 @@ pub enum KeyError {
         #[source]
         source: io::Error,
     },
-    #[error(
-        "the sealing key {0} is not {KEY_BYTES} bytes; delete it to make a new one (then set every secret of this device again)"
-    )]
-    Malformed(PathBuf),
     #[error("could not make a sealing key")]
     Generate(#[source] SealError),
 }
 
-/// Loads the device's sealing key, making and saving one if there is none.
+/// Loads the device's sealing key, making and saving one if there is none
+/// (or if it is damaged: that one is kept aside as `sealing.key.corrupt`).
 pub fn load_or_create_key(state_dir: &Path) -> Result<SecretKey, KeyError> {
     let path = state_dir.join(KEY_FILE);
     let io_error = |source| KeyError::Io {
@@ -54,19 +51,24 @@ pub fn load_or_create_key(state_dir: &Path) -> Result<SecretKey, KeyError> {
     };
     match fs::read(&path) {
         Ok(bytes) => {
-            let bytes: [u8; KEY_BYTES] = bytes
-                .try_into()
-                .map_err(|_| KeyError::Malformed(path.clone()))?;
-            Ok(SecretKey::from_bytes(bytes))
+            if let Ok(bytes) = <[u8; KEY_BYTES]>::try_from(bytes) {
+                return Ok(SecretKey::from_bytes(bytes));
+            }
+            // Only secrets need the key: a damaged one must not stop the
+            // agent's actions, telemetry and remote repair. It is kept
+            // aside and a new one made; the device reports the new key and
+            // its secrets show as stale until set again (ADR 0030).
+            let aside = path.with_extension("key.corrupt");
+            fs::rename(&path, &aside).map_err(io_error)?;
+            tracing::error!(path = %path.display(), kept = %aside.display(), "the sealing key is damaged; making a new one: set this device's secrets again (`tether secrets set`)");
         }
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            let key = SecretKey::generate().map_err(KeyError::Generate)?;
-            write_atomic(&path, key.as_bytes(), 0o600).map_err(io_error)?;
-            tracing::info!(path = %path.display(), "made a sealing key for secrets");
-            Ok(key)
-        }
-        Err(error) => Err(io_error(error)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io_error(error)),
     }
+    let key = SecretKey::generate().map_err(KeyError::Generate)?;
+    write_atomic(&path, key.as_bytes(), 0o600).map_err(io_error)?;
+    tracing::info!(path = %path.display(), "made a sealing key for secrets");
+    Ok(key)
 }
 
 /// Opens the spec's secrets into files.
@@ -195,11 +197,18 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let again = load_or_create_key(dir.path()).expect("key");
         assert_eq!(first.public_key(), again.public_key());
+        // A damaged key is kept aside and replaced: the agent starts.
         fs::write(dir.path().join(KEY_FILE), b"short").expect("write");
-        assert!(matches!(
-            load_or_create_key(dir.path()),
-            Err(KeyError::Malformed(_))
-        ));
+        let replaced = load_or_create_key(dir.path()).expect("a new key");
+        assert_ne!(replaced.public_key(), first.public_key());
+        assert_eq!(
+            fs::read(dir.path().join("sealing.key.corrupt")).expect("kept aside"),
+            b"short"
+        );
+        assert_eq!(
+            load_or_create_key(dir.path()).expect("key").public_key(),
+            replaced.public_key()
+        );
     }
 
     #[test]

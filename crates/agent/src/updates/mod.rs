@@ -227,6 +227,18 @@ pub fn holds(
     (holds, next)
 }
 
+/// The first instant at or after the local time `at`: `at` itself, or —
+/// when a clock change skips it (spring forward) — the first minute after
+/// that the clock shows, so that a window opening in the gap opens when
+/// the gap ends. `to_utc` maps a local time that exists.
+fn first_instant_at_or_after(
+    at: NaiveDateTime,
+    to_utc: impl Fn(NaiveDateTime) -> Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    // Clock changes skip at most a few hours.
+    (0..=6 * 60).find_map(|minutes| to_utc(at + chrono::TimeDelta::minutes(minutes)))
+}
+
 /// Keeps `report` at the device's holds: when a lock is taken or
 /// released, the spec changes, or a lock or window runs out. Runs until
 /// the agent stops.
@@ -247,13 +259,13 @@ pub async fn run(
                 &locks.held(now),
                 &policy,
                 now.with_timezone(&Local).naive_local(),
-                // A time a clock change skips is taken as its first
-                // instant after.
                 |at| {
-                    Local
-                        .from_local_datetime(&at)
-                        .earliest()
-                        .map(|at| at.with_timezone(&Utc))
+                    first_instant_at_or_after(at, |at| {
+                        Local
+                            .from_local_datetime(&at)
+                            .earliest()
+                            .map(|at| at.with_timezone(&Utc))
+                    })
                 },
             ),
         };
@@ -438,48 +450,43 @@ mod tests {
         assert_eq!(locks.held(now).len(), updates::MAX_LOCKS);
     }
 
-    /// REVIEW17 FINDING (expected to FAIL): `run` maps a window's local
-    /// start to UTC with `Local.from_local_datetime(at).earliest()`, whose
-    /// comment says a time the clock change skips "is taken as its first
-    /// instant after" — but `earliest()` of a skipped time is `None`. A
-    /// window opening in the spring-forward gap is reported with no `until`
-    /// and the agent's next wake-up falls back to an hour, so a window
-    /// shorter than that is missed. Run with a DST zone:
-    /// `TZ=Europe/Berlin cargo test -p tether-agent --lib review17_`.
+    /// A window opening at a time the clock skips (spring forward) opens
+    /// when the gap ends, and the agent wakes then.
     #[test]
-    fn review17_a_window_opening_in_the_spring_forward_gap_has_an_end() {
-        // The first local time of 2026 that the local clock skips.
-        let mut gap = None;
-        let mut at = t("2026-01-01 00:30");
-        while at < t("2027-01-01 00:00") {
-            if Local.from_local_datetime(&at).earliest().is_none() {
-                gap = Some(at);
-                break;
+    fn a_window_opening_in_a_skipped_hour_opens_when_the_clock_resumes() {
+        // A clock that skips 02:00–03:00 on 2026-03-29, an hour ahead of
+        // UTC before and two after (Central Europe).
+        let to_utc = |at: NaiveDateTime| -> Option<DateTime<Utc>> {
+            let gap_start = t("2026-03-29 02:00");
+            let gap_end = t("2026-03-29 03:00");
+            match at {
+                at if at < gap_start => Some((at - chrono::TimeDelta::hours(1)).and_utc()),
+                at if at < gap_end => None,
+                at => Some((at - chrono::TimeDelta::hours(2)).and_utc()),
             }
-            at += chrono::TimeDelta::minutes(30);
-        }
-        let gap = gap.expect("the local time zone has no DST: run with TZ=Europe/Berlin");
+        };
+        assert_eq!(
+            first_instant_at_or_after(t("2026-03-29 02:30"), to_utc),
+            Some(t("2026-03-29 01:00").and_utc()),
+            "03:00 local, the first time the clock shows"
+        );
+        assert_eq!(
+            first_instant_at_or_after(t("2026-03-29 01:30"), to_utc),
+            Some(t("2026-03-29 00:30").and_utc())
+        );
         let policy = UpdatePolicy {
             maintenance_windows: vec![MaintenanceWindow {
                 days: Vec::new(),
-                start: gap.time().format("%H:%M").to_string(),
+                start: "02:30".into(),
                 duration_minutes: 45,
             }],
             ..UpdatePolicy::default()
         };
-        // Three hours before the gap, on the local clock.
-        let before = gap - chrono::TimeDelta::hours(3);
-        let (held, next) = holds(&BTreeMap::new(), &policy, before, |at| {
-            // As `run` maps the local clock back.
-            Local
-                .from_local_datetime(&at)
-                .earliest()
-                .map(|at| at.with_timezone(&Utc))
+        let (held, next) = holds(&BTreeMap::new(), &policy, t("2026-03-28 23:30"), |at| {
+            first_instant_at_or_after(at, to_utc)
         });
         assert_eq!(held.len(), 1, "{held:?}");
-        assert!(
-            held[0].until.is_some() && next.is_some(),
-            "a window opening at {gap} (skipped by the clock) has no known opening: {held:?}, next wake-up {next:?}"
-        );
+        assert_eq!(held[0].until, Some(t("2026-03-29 01:00").and_utc()));
+        assert_eq!(next, held[0].until, "the agent wakes when it opens");
     }
 }

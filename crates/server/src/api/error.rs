@@ -140,6 +140,9 @@ impl From<crate::secrets::SecretsError> for ApiError {
                 source: crate::registry::SpecUpdateError::Invalid(_),
                 ..
             } => Self::new(StatusCode::BAD_REQUEST, "spec_too_large", message),
+            SecretsError::TooLarge { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "spec_too_large", message)
+            }
             SecretsError::Spec { .. } => Self::new(StatusCode::CONFLICT, "conflict", message),
             SecretsError::Store(error) => error.into(),
         }

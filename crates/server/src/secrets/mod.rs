@@ -17,7 +17,7 @@ use tether_proto::desired::check_name;
 use tether_proto::desired::resources::Target;
 use tether_proto::sealed::{self, MAX_VALUE_BYTES, PublicKey};
 use tether_proto::secrets::{SealedSecret, Secret, SetSecret};
-use tether_proto::spec::SpecError;
+use tether_proto::spec::{MAX_SPEC_BYTES, SpecError};
 use zeroize::Zeroizing;
 
 use crate::desired::{TargetError, target_devices};
@@ -38,6 +38,10 @@ pub enum SecretsError {
         #[source]
         source: SpecUpdateError,
     },
+    #[error(
+        "sealed for device {device}, the secret would make its spec {size} bytes, more than the {MAX_SPEC_BYTES} a device is sent; nothing was changed (make the value or the device's other secrets smaller)"
+    )]
+    TooLarge { device: DeviceId, size: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -94,11 +98,17 @@ impl Secrets {
         let keys = self.store.sealing_keys(&targeted).await?;
         let mut ciphertexts = Vec::with_capacity(keys.len());
         for (device, key) in &keys {
-            let public = PublicKey::parse(key)
-                .map_err(|e| StoreError::Corrupt(format!("device {device}'s sealing key {e}")))?;
-            let ciphertext = sealed::seal(&public, &value).map_err(|e| {
-                StoreError::Corrupt(format!("sealing to device {device}'s key: {e}"))
-            })?;
+            // A key nothing can be sealed to (recorded before keys were
+            // checked as they arrive) leaves its device without the
+            // secret, as a device without a key: never the whole fleet.
+            let sealed = PublicKey::parse(key).and_then(|public| sealed::seal(&public, &value));
+            let ciphertext = match sealed {
+                Ok(ciphertext) => ciphertext,
+                Err(error) => {
+                    tracing::warn!(%device, secret = name, %error, "cannot seal to the device's key; it does not get the secret");
+                    continue;
+                }
+            };
             ciphertexts.push(Ciphertext {
                 device: device.clone(),
                 public_key: key.clone(),
@@ -106,6 +116,13 @@ impl Secrets {
             });
         }
         drop(value);
+        // Every device's spec must take its copy before anything is
+        // written: a set refused half-way would leave a secret claiming
+        // devices that never got it.
+        for sealed in &ciphertexts {
+            self.check_fits(&sealed.device, name, &sealed.ciphertext)
+                .await?;
+        }
         let previous = self.store.get_secret(name).await?;
         let version = self
             .store
@@ -132,6 +149,35 @@ impl Secrets {
             "secret sealed"
         );
         self.secret(name).await
+    }
+
+    /// Whether `device`'s spec stays within [`MAX_SPEC_BYTES`] with
+    /// `ciphertext` as secret `name` (a version number's worth of room
+    /// left for the section's `version`).
+    async fn check_fits(
+        &self,
+        device: &DeviceId,
+        name: &str,
+        ciphertext: &str,
+    ) -> Result<(), SecretsError> {
+        let mut spec = self.store.get_spec(device).await?.spec;
+        let section = spec
+            .entry(tether_proto::secrets::SECTION)
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+        if let serde_json::Value::Object(section) = section {
+            section.insert(
+                name.to_owned(),
+                serde_json::json!({"version": u64::MAX, "ciphertext": ciphertext}),
+            );
+        }
+        let size = serde_json::to_vec(&spec).map_or(usize::MAX, |json| json.len());
+        if size > MAX_SPEC_BYTES {
+            return Err(SecretsError::TooLarge {
+                device: device.clone(),
+                size,
+            });
+        }
+        Ok(())
     }
 
     pub async fn secret(&self, name: &str) -> Result<Secret, SecretsError> {
