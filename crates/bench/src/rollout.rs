@@ -80,11 +80,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .map(|w| format!("{:.0}", (w[1] - w[0]).as_secs_f64() * 1000.0))
             .collect();
         println!(
-            "  revision {revision}: written in {:.0} ms; {} devices ready in {:.2} s over {} batches ({:.1} ms a device); batch to batch (ms): {}",
+            "  revision {revision}: written in {:.0} ms; {} devices ready in {:.2} s over {} batches ({:.1} ms a device); each batch, sent to the next sent (the last: to complete), ms: {}",
             written.as_secs_f64() * 1000.0,
             settings.devices,
             took.as_secs_f64(),
-            batches.len(),
+            batches.len() - 1,
             took.as_secs_f64() * 1000.0 / settings.devices as f64,
             per_batch.join(", ")
         );
@@ -96,7 +96,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 }
 
 /// Reads the status until the rollout of `revision` is complete; returns
-/// it and when each batch was first seen sent.
+/// it and when each batch was first seen sent, then when it completed.
 async fn wait_complete(
     admin: &ApiClient,
     revision: u64,
