@@ -1033,3 +1033,235 @@ async fn an_agent_waits_for_approval_and_a_denied_one_stops_with_the_reason() ->
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------
+// REVIEW16 (security review of issue 16's provisioning limits). These
+// tests show findings: each FAILS on the reviewed code until the finding
+// is fixed. See the review report for the suggested fixes.
+// ---------------------------------------------------------------------
+
+/// REVIEW16 finding 1 (FAILS): a registration that authenticated before
+/// its key was revoked, and writes its request after the revocation
+/// committed, leaves a pending request of the revoked key that an operator
+/// can approve (ADR 0025: "none of them can be approved later"). The race
+/// window is `authenticate` .. `write_registration`; this test takes the
+/// registration's write step as that late request would.
+async fn review16_a_request_written_after_its_key_was_revoked_cannot_be_approved(
+    database: Database,
+) -> anyhow::Result<()> {
+    use tether_server::store::{Admission, RegistrationRecord, RegistrationWrite};
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let leaked = policy(&admin, "gateways", json!({"mode": "MANUAL"})).await?;
+    let leaked_id = leaked["keyId"].as_str().context("key id")?.to_owned();
+    admin
+        .delete(&format!(
+            "/api/v1/provisioning-policies/gateways/keys/{leaked_id}"
+        ))
+        .await?
+        .expect_status(204)?;
+
+    // The in-flight registration's write, after the revocation committed.
+    let store = store_of(&tetherd).await?;
+    let now = minutes_ago(0);
+    let late = RegistrationRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        policy: "gateways".into(),
+        public_key_sha256: "ab".repeat(32),
+        facts: Default::default(),
+        state: tether_proto::provisioning::RegistrationState::Pending,
+        device: None,
+        created_at: now,
+        decided_at: None,
+        decided_by: None,
+        reason: None,
+        certificate_serial: None,
+        key_id: Some(leaked_id.clone()),
+        identity_key: None,
+    };
+    let written = store
+        .write_registration(
+            &RegistrationWrite {
+                registration: late.clone(),
+                expected_state: None,
+                new_device: None,
+                identity_key: None,
+                admission: Some(Admission::Pending {
+                    per_policy: 1_000,
+                    per_key: 100,
+                }),
+            },
+            now,
+        )
+        .await;
+    if !matches!(written, Ok(Ok(_))) {
+        return Ok(()); // refused by the store: fixed
+    }
+    let reply = admin
+        .post(&format!("/api/v1/approvals/{}/approve", late.id), json!({}))
+        .await?;
+    assert_ne!(
+        reply.status.as_u16(),
+        200,
+        "a request of revoked key {leaked_id} was approved: {}",
+        reply.body
+    );
+    Ok(())
+}
+
+/// REVIEW16 finding 1, over HTTP (FAILS when the race is hit, which on
+/// this machine it usually is): registrations of a leaked key racing its
+/// revocation leave pending requests of the revoked key.
+async fn review16_revoking_a_key_while_it_registers_leaves_none_of_its_requests_pending(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    let leaked = policy(&admin, "gateways", json!({"mode": "MANUAL"})).await?;
+    let leaked_id = leaked["keyId"].as_str().context("key id")?.to_owned();
+    let flood = {
+        let anonymous = anonymous.clone();
+        let leaked = leaked.clone();
+        tokio::spawn(async move { register_many(&anonymous, &[leaked], "GW", 90, 32).await })
+    };
+    pending_approval(&admin).await?;
+    admin
+        .delete(&format!(
+            "/api/v1/provisioning-policies/gateways/keys/{leaked_id}"
+        ))
+        .await?
+        .expect_status(204)?;
+    let answers = flood.await??;
+    let pending = admin
+        .get("/api/v1/approvals?state=pending&limit=500")
+        .await?
+        .expect_status(200)?;
+    let left: Vec<_> = pending["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter(|a| a["keyId"] == leaked_id.as_str())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{} requests of revoked key {leaked_id} still wait to be approved (answers {:?})",
+        left.len(),
+        statuses(&answers)
+    );
+    Ok(())
+}
+
+/// REVIEW16 finding 2 (FAILS): approving a request made before its
+/// identity had a device creates a new device and silently takes the
+/// identity from the device approved meanwhile. The approval shows no
+/// match, and afterwards new media in that hardware finds the wrong
+/// device.
+async fn review16_approving_an_older_request_does_not_take_an_identity_another_device_holds(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    let key = policy(
+        &admin,
+        "gateways",
+        json!({"mode": "MANUAL", "identityFieldPaths": ["status.facts.hardwareSerial"]}),
+    )
+    .await?;
+    let (status, first) = Hardware::new("GW-X")?.register(&anonymous, &key).await?;
+    assert_eq!(status, 202, "{first}");
+    let first = first["approval"].as_str().context("approval")?.to_owned();
+    let (status, second) = Hardware::new("GW-X")?.register(&anonymous, &key).await?;
+    assert_eq!(status, 202, "{second}");
+    let second = second["approval"].as_str().context("approval")?.to_owned();
+    admin
+        .post(
+            &format!("/api/v1/approvals/{second}/approve"),
+            json!({"name": "gw-two"}),
+        )
+        .await?
+        .expect_status(200)?;
+
+    let shown = admin
+        .get(&format!("/api/v1/approvals/{first}"))
+        .await?
+        .expect_status(200)?;
+    let approved = admin
+        .post(
+            &format!("/api/v1/approvals/{first}/approve"),
+            json!({"name": "gw-one"}),
+        )
+        .await?;
+    let facts = tether_proto::spec::Facts {
+        hardware_serial: Some("GW-X".into()),
+        ..Default::default()
+    };
+    let identity = tether_proto::provisioning::identity_key(
+        &[tether_proto::provisioning::IdentityField::HardwareSerial],
+        &facts,
+    )
+    .map_err(anyhow::Error::msg)?
+    .context("an identity")?;
+    let holder = store_of(&tetherd)
+        .await?
+        .device_of_identity("gateways", &identity)
+        .await?;
+    assert_eq!(
+        holder.as_ref().map(|d| d.as_str()),
+        Some("gw-two"),
+        "approving {first} (shown to the operator as {shown}; answered {} {}) took GW-X's identity from gw-two",
+        approved.status,
+        approved.body
+    );
+    Ok(())
+}
+
+/// REVIEW16 finding 3 (FAILS): a board waiting for approval when its key
+/// expires is refused (401, on which the agent stops for good) even after
+/// an operator approves its request: the approval can never be collected,
+/// and nothing withdrew it when the key expired.
+async fn review16_a_request_made_before_its_key_expired_can_collect_its_approval(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    policy(&admin, "gateways", json!({"mode": "MANUAL"})).await?;
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let key = admin
+        .post(
+            "/api/v1/provisioning-policies/gateways/keys",
+            json!({"expiresAt": expires.to_rfc3339()}),
+        )
+        .await?
+        .expect_status(201)?;
+    let board = Hardware::new("GW-E")?;
+    let (status, waiting) = board.register(&anonymous, &key).await?;
+    assert_eq!(status, 202, "{waiting}");
+    let approval = waiting["approval"].as_str().context("approval")?.to_owned();
+    // The board keeps asking while it waits; the key expires meanwhile.
+    tether_testkit::wait_until(
+        "the key to expire",
+        std::time::Duration::from_secs(30),
+        || async { Ok((chrono::Utc::now() > expires).then_some(())) },
+    )
+    .await?;
+    admin
+        .post(&format!("/api/v1/approvals/{approval}/approve"), json!({}))
+        .await?
+        .expect_status(200)?;
+    let (status, answer) = board.register(&anonymous, &key).await?;
+    assert_eq!(
+        status, 200,
+        "approval {approval} was granted but its board cannot collect it: {answer}"
+    );
+    Ok(())
+}
+
+on_both_databases!(
+    review16_a_request_made_before_its_key_expired_can_collect_its_approval,
+    review16_a_request_written_after_its_key_was_revoked_cannot_be_approved,
+    review16_revoking_a_key_while_it_registers_leaves_none_of_its_requests_pending,
+    review16_approving_an_older_request_does_not_take_an_identity_another_device_holds,
+);
