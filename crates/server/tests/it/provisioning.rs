@@ -1259,7 +1259,65 @@ async fn review16_a_request_made_before_its_key_expired_can_collect_its_approval
     Ok(())
 }
 
+/// REVIEW16 finding 4 (FAILS on PostgreSQL when the race is hit):
+/// deleting a policy while it creates devices leaves a device with the
+/// deleted policy's name in `policy` (delete_policy clears `devices.policy`
+/// before it waits for the policy row the registration holds), so a new
+/// policy of the same name inherits it, which ADR 0025 rules out.
+async fn review16_a_policy_deleted_while_it_registers_leaves_no_device_to_its_namesake(
+    database: Database,
+) -> anyhow::Result<()> {
+    // A tetherd per round: the keys refused after the deletion throttle
+    // the test's address for a while.
+    for round in 0..3 {
+        let tetherd = Tetherd::start(database).await?;
+        let admin = tetherd.admin().await?;
+        let anonymous = admin.with_token(None);
+        let key = policy(&admin, "lab", json!({"mode": "UNATTENDED"})).await?;
+        let flood = {
+            let anonymous = anonymous.clone();
+            tokio::spawn(async move { register_many(&anonymous, &[key], "SN", 48, 24).await })
+        };
+        tether_testkit::wait_until(
+            "a first device of the policy",
+            std::time::Duration::from_secs(30),
+            || async {
+                let shown = admin
+                    .get("/api/v1/provisioning-policies/lab")
+                    .await?
+                    .expect_status(200)?;
+                Ok((shown["devices"].as_u64().unwrap_or_default() > 0).then_some(()))
+            },
+        )
+        .await?;
+        admin
+            .delete("/api/v1/provisioning-policies/lab")
+            .await?
+            .expect_status(204)?;
+        let answers = flood.await??;
+        admin
+            .post(
+                "/api/v1/provisioning-policies",
+                json!({"name": "lab", "spec": {"mode": "UNATTENDED"}}),
+            )
+            .await?
+            .expect_status(201)?;
+        let namesake = admin
+            .get("/api/v1/provisioning-policies/lab")
+            .await?
+            .expect_status(200)?;
+        assert_eq!(
+            namesake["devices"],
+            0,
+            "round {round}: the new policy lab inherited devices of the deleted one (answers {:?})",
+            statuses(&answers)
+        );
+    }
+    Ok(())
+}
+
 on_both_databases!(
+    review16_a_policy_deleted_while_it_registers_leaves_no_device_to_its_namesake,
     review16_a_request_made_before_its_key_expired_can_collect_its_approval,
     review16_a_request_written_after_its_key_was_revoked_cannot_be_approved,
     review16_revoking_a_key_while_it_registers_leaves_none_of_its_requests_pending,
