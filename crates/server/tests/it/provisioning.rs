@@ -1316,6 +1316,79 @@ async fn review16_a_policy_deleted_while_it_registers_leaves_no_device_to_its_na
     Ok(())
 }
 
+/// REVIEW16 finding 5 (FAILS when the cancellation lands in the gap, found
+/// by sweeping the delay): a board that gives up on its request (a
+/// timeout, a dropped connection) after tetherd set the device's new
+/// certificate serial but before it recorded the registration as
+/// registered is told 410 ever after: the approved registration is lost.
+/// `answer` issues the certificate (one commit) and records it on the
+/// registration (another); anything between them (a cancelled handler, a
+/// database error in `mqtt_urls`, a restart) leaves the two apart.
+#[tokio::test]
+async fn review16_a_board_that_drops_its_request_mid_way_can_still_collect_its_approval()
+-> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    let key = policy(&admin, "gateways", json!({"mode": "MANUAL"})).await?;
+    for step in 0..400u64 {
+        let board = Hardware::new("GW")?;
+        let (status, waiting) = board.register(&anonymous, &key).await?;
+        anyhow::ensure!(status == 202, "{status} {waiting}");
+        let approval = waiting["approval"].as_str().context("approval")?.to_owned();
+        let approved = admin
+            .post(&format!("/api/v1/approvals/{approval}/approve"), json!({}))
+            .await?
+            .expect_status(200)?;
+        let device = approved["device"].as_str().context("device")?.to_owned();
+        // Gives up after a delay that sweeps the handler's duration.
+        let delay = std::time::Duration::from_micros(500 + step * 50);
+        let _ = tokio::time::timeout(delay, board.register(&anonymous, &key)).await;
+        let shown = tether_testkit::wait_until(
+            "the handler to finish or stop",
+            std::time::Duration::from_secs(10),
+            || async {
+                let shown = admin
+                    .get(&format!("/api/v1/approvals/{approval}"))
+                    .await?
+                    .expect_status(200)?;
+                Ok(Some(shown))
+            },
+        )
+        .await?;
+        let enrolled = admin
+            .get(&format!("/api/v1/devices/{device}"))
+            .await?
+            .expect_status(200)?["enrolled"]
+            .as_bool()
+            .unwrap_or_default();
+        if enrolled && shown["state"] == "approved" {
+            // A handler still running records it within moments; one
+            // that was cancelled never does.
+            let settled = tether_testkit::wait_until(
+                "the registration to be recorded",
+                std::time::Duration::from_secs(3),
+                || async {
+                    let shown = admin
+                        .get(&format!("/api/v1/approvals/{approval}"))
+                        .await?
+                        .expect_status(200)?;
+                    Ok((shown["state"] == "registered").then_some(()))
+                },
+            )
+            .await
+            .is_ok();
+            let (status, answer) = board.register(&anonymous, &key).await?;
+            assert_eq!(
+                status, 200,
+                "step {step}: approval {approval} was cut between the certificate and its record (recorded later: {settled}); the board is refused for good: {answer}"
+            );
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
 on_both_databases!(
     review16_a_policy_deleted_while_it_registers_leaves_no_device_to_its_namesake,
     review16_a_request_made_before_its_key_expired_can_collect_its_approval,
