@@ -137,6 +137,9 @@ impl From<ProvisioningError> for ApiError {
             ProvisioningError::NotPending { .. } => {
                 Self::new(StatusCode::CONFLICT, "already_decided", message)
             }
+            ProvisioningError::KeyRevokedBeforeApproval { .. } => {
+                Self::new(StatusCode::CONFLICT, "provisioning_key_revoked", message)
+            }
             ProvisioningError::InvalidPolicy(_)
             | ProvisioningError::InvalidTemplateLabels(_)
             | ProvisioningError::InvalidRegistration(_) => Self::bad_request(message),

@@ -101,6 +101,10 @@ pub enum ProvisioningError {
         "device {0} no longer holds the certificate this key pair obtained: it was revoked, or the device registered again from other media; this key pair cannot take the device back. Register with a new key pair (an empty state dir)"
     )]
     Superseded(DeviceId),
+    #[error(
+        "approval {id} was made with provisioning key {key}, which was revoked: a revoked key's requests are not approved; deny it"
+    )]
+    KeyRevokedBeforeApproval { id: String, key: String },
     #[error("key {key} of policy {policy} not found")]
     KeyNotFound { policy: String, key: String },
     #[error(transparent)]
@@ -735,6 +739,20 @@ impl Provisioning {
         by: &str,
     ) -> Result<Approval, ProvisioningError> {
         let registration = self.pending(id).await?;
+        // Revoking a key denies its waiting requests; one written as the
+        // revocation committed is refused here all the same.
+        if let Some(key) = &registration.key_id
+            && self
+                .store
+                .get_provisioning_key(key)
+                .await?
+                .is_none_or(|key| key.revoked_at.is_some())
+        {
+            return Err(ProvisioningError::KeyRevokedBeforeApproval {
+                id: id.to_owned(),
+                key: key.clone(),
+            });
+        }
         let spec = self.spec_of(&registration.policy).await?;
         let fields = identity_fields(&spec)?;
         let identity_key = provisioning::identity_key(&fields, &registration.facts)
@@ -946,6 +964,13 @@ fn refusal(refused: Refused, registration: &RegistrationRecord) -> ProvisioningE
             what: format!("a claim on this identity by {key_pairs} key pairs"),
         }
         .into(),
+        Refused::KeyRevoked => ProvisioningError::KeyRefused(KeyRefusal::Revoked(
+            registration.key_id.clone().unwrap_or_default(),
+        )),
+        Refused::KeyExpired { at } => ProvisioningError::KeyRefused(KeyRefusal::Expired(
+            registration.key_id.clone().unwrap_or_default(),
+            at,
+        )),
     }
 }
 

@@ -119,6 +119,10 @@ pub enum Refused {
     /// Other key pairs claimed its identity since `claims_since`: with it,
     /// `key_pairs` of them.
     IdentityClaimed { key_pairs: u64 },
+    /// Its key was revoked after the registration checked it.
+    KeyRevoked,
+    /// Its key expired at `at` after the registration checked it.
+    KeyExpired { at: DateTime<Utc> },
 }
 
 /// A registration's window of the policy's hourly rate.
@@ -375,6 +379,10 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let context = "revoke a provisioning key";
         let mut tx = self.begin(context).await?;
+        // The lock every new registration of the policy takes first: one
+        // that checked the key before this commit writes after it, and
+        // then reads the key revoked (see `admit`).
+        lock_policy(&mut tx, policy, context).await?;
         let updated = sqlx::query(
             "UPDATE provisioning_keys SET revoked_at = COALESCE(revoked_at, $1) \
              WHERE policy = $2 AND id = $3",
@@ -681,16 +689,11 @@ async fn admit(
             per_policy,
             per_key,
         } => {
-            let locked = sqlx::query(
-                "UPDATE provisioning_policies SET rate_window_count = rate_window_count \
-                 WHERE name = $1",
-            )
-            .bind(policy)
-            .execute(&mut **tx)
-            .await
-            .map_err(query_error(context))?;
-            if locked.rows_affected() == 0 {
+            if !lock_policy(tx, policy, context).await? {
                 return Err(gone());
+            }
+            if let Some(refused) = key_refusal(tx, registration, now).await? {
+                return Ok(Err(refused));
             }
             let waiting = count(
                 tx,
@@ -746,6 +749,9 @@ async fn admit(
                     None => Err(gone()),
                 };
             }
+            if let Some(refused) = key_refusal(tx, registration, now).await? {
+                return Ok(Err(refused));
+            }
             if let (Some(since), Some(identity)) = (claims_since, &registration.identity_key) {
                 let others: i64 = sqlx::query_scalar(
                     "SELECT COUNT(*) FROM registrations WHERE policy = $1 AND identity_key = $2 \
@@ -778,6 +784,55 @@ async fn admit(
         }
     }
     Ok(Ok(()))
+}
+
+/// Locks `policy`'s row until the transaction ends (PostgreSQL; SQLite
+/// takes its write lock): new registrations, key revocations, approvals
+/// and the policy's deletion go one after another. Whether the policy is
+/// there.
+async fn lock_policy(
+    tx: &mut Transaction<'_, Any>,
+    policy: &str,
+    context: &'static str,
+) -> Result<bool, StoreError> {
+    let locked = sqlx::query(
+        "UPDATE provisioning_policies SET rate_window_count = rate_window_count WHERE name = $1",
+    )
+    .bind(policy)
+    .execute(&mut **tx)
+    .await
+    .map_err(query_error(context))?;
+    Ok(locked.rows_affected() > 0)
+}
+
+/// Why the registration's key no longer admits it, read behind the
+/// policy's lock: a revocation that committed after the registration
+/// checked its key is seen here.
+async fn key_refusal(
+    tx: &mut Transaction<'_, Any>,
+    registration: &RegistrationRecord,
+    now: DateTime<Utc>,
+) -> Result<Option<Refused>, StoreError> {
+    let Some(key) = &registration.key_id else {
+        return Ok(None);
+    };
+    let row = sqlx::query("SELECT revoked_at, expires_at FROM provisioning_keys WHERE id = $1")
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(query_error("read a registration's provisioning key"))?;
+    let Some(row) = row else {
+        // Deleted with its policy, which `admit` found locked: cannot be.
+        return Ok(Some(Refused::KeyRevoked));
+    };
+    if get::<Option<i64>>(&row, "revoked_at")?.is_some() {
+        return Ok(Some(Refused::KeyRevoked));
+    }
+    Ok(
+        optional_time(get(&row, "expires_at")?, "a key's expires_at")?
+            .filter(|at| *at <= now)
+            .map(|at| Refused::KeyExpired { at }),
+    )
 }
 
 /// The `n` of a `SELECT COUNT(*) AS n … $1` query.

@@ -1040,13 +1040,13 @@ async fn an_agent_waits_for_approval_and_a_denied_one_stops_with_the_reason() ->
 // is fixed. See the review report for the suggested fixes.
 // ---------------------------------------------------------------------
 
-/// REVIEW16 finding 1 (FAILS): a registration that authenticated before
+/// REVIEW16 finding 1: a registration that authenticated before
 /// its key was revoked, and writes its request after the revocation
 /// committed, leaves a pending request of the revoked key that an operator
 /// can approve (ADR 0025: "none of them can be approved later"). The race
 /// window is `authenticate` .. `write_registration`; this test takes the
 /// registration's write step as that late request would.
-async fn review16_a_request_written_after_its_key_was_revoked_cannot_be_approved(
+async fn a_request_written_after_its_key_was_revoked_cannot_be_approved(
     database: Database,
 ) -> anyhow::Result<()> {
     use tether_server::store::{Admission, RegistrationRecord, RegistrationWrite};
@@ -1109,10 +1109,9 @@ async fn review16_a_request_written_after_its_key_was_revoked_cannot_be_approved
     Ok(())
 }
 
-/// REVIEW16 finding 1, over HTTP (FAILS when the race is hit, which on
-/// this machine it usually is): registrations of a leaked key racing its
+/// REVIEW16 finding 1, over HTTP: registrations of a leaked key racing its
 /// revocation leave pending requests of the revoked key.
-async fn review16_revoking_a_key_while_it_registers_leaves_none_of_its_requests_pending(
+async fn revoking_a_key_while_it_registers_leaves_none_of_its_requests_pending(
     database: Database,
 ) -> anyhow::Result<()> {
     let tetherd = Tetherd::start(database).await?;
@@ -1392,7 +1391,7 @@ async fn review16_a_board_that_drops_its_request_mid_way_can_still_collect_its_a
 on_both_databases!(
     review16_a_policy_deleted_while_it_registers_leaves_no_device_to_its_namesake,
     review16_a_request_made_before_its_key_expired_can_collect_its_approval,
-    review16_a_request_written_after_its_key_was_revoked_cannot_be_approved,
-    review16_revoking_a_key_while_it_registers_leaves_none_of_its_requests_pending,
+    a_request_written_after_its_key_was_revoked_cannot_be_approved,
+    revoking_a_key_while_it_registers_leaves_none_of_its_requests_pending,
     review16_approving_an_older_request_does_not_take_an_identity_another_device_holds,
 );
