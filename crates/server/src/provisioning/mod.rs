@@ -695,10 +695,22 @@ impl Provisioning {
                         .admit_reissue(device, &format!("registration {}", registration.id))?;
                 }
                 // Only over that certificate: a revocation or another
-                // registration meanwhile wins.
+                // registration meanwhile wins. The device's new serial and
+                // the registration's are one commit: a board that drops
+                // its request half way finds both, or neither, and asks
+                // again.
                 let issued = self
                     .registry
-                    .issue_certificate(device, csr_pem, endpoints, Replacing::Exactly(current))
+                    .issue_certificate(
+                        device,
+                        csr_pem,
+                        endpoints,
+                        Replacing::ForRegistration {
+                            current,
+                            registration: registration.id.clone(),
+                            state: registration.state,
+                        },
+                    )
                     .await
                     .map_err(|e| match e {
                         RegistryError::CertificateChanged(device) => {
@@ -706,21 +718,6 @@ impl Provisioning {
                         }
                         other => other.into(),
                     })?;
-                let expected = registration.state;
-                let registered = RegistrationRecord {
-                    state: RegistrationState::Registered,
-                    certificate_serial: Some(issued.serial_hex),
-                    ..registration
-                };
-                match self
-                    .write(registered, Some(expected), false, None, None, Utc::now())
-                    .await
-                {
-                    // Another request of the same key pair came first; the
-                    // certificate issued last is the device's.
-                    Err(ProvisioningError::Store(StoreError::Conflict { .. })) | Ok(_) => {}
-                    Err(error) => return Err(error),
-                }
                 Ok(Registered::Enrolled(issued.enrollment))
             }
             (state, None) => Err(ProvisioningError::InvalidRegistration(format!(

@@ -561,6 +561,50 @@ impl Store {
             .map_err(query_error("set a device's identity"))
     }
 
+    /// Makes `serial_hex` the device's certificate in place of `expected`
+    /// and records it on the registration (still in `state`) as
+    /// registered, in one commit: a request dropped half way leaves both
+    /// as they were, or both done. Whether both were still as expected.
+    pub async fn register_certificate(
+        &self,
+        device: &DeviceId,
+        expected: Option<&str>,
+        serial_hex: &str,
+        registration: &str,
+        state: RegistrationState,
+    ) -> Result<bool, StoreError> {
+        let context = "record a registration's certificate";
+        let mut tx = self.begin(context).await?;
+        let replaced = sqlx::query(
+            "UPDATE devices SET certificate_serial = $1, previous_certificate_serial = NULL \
+             WHERE name = $2 AND certificate_serial IS NOT DISTINCT FROM $3",
+        )
+        .bind(serial_hex)
+        .bind(device.as_str())
+        .bind(expected)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error(context))?;
+        if replaced.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let recorded = sqlx::query(
+            "UPDATE registrations SET state = 'registered', certificate_serial = $1 \
+             WHERE id = $2 AND state = $3",
+        )
+        .bind(serial_hex)
+        .bind(registration)
+        .bind(state_name(state))
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error(context))?;
+        if recorded.rows_affected() != 1 {
+            return Ok(false);
+        }
+        tx.commit().await.map_err(query_error(context))?;
+        Ok(true)
+    }
+
     /// Writes one step of a registration in a transaction: the device it
     /// creates, its identity, the registration itself, once it fits
     /// within its admission (else nothing is written). `Conflict` if the

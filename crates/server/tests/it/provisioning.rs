@@ -1315,16 +1315,15 @@ async fn review16_a_policy_deleted_while_it_registers_leaves_no_device_to_its_na
     Ok(())
 }
 
-/// REVIEW16 finding 5 (FAILS when the cancellation lands in the gap, found
-/// by sweeping the delay): a board that gives up on its request (a
+/// REVIEW16 finding 5 (the cancellation's delay is swept to land in the
+/// old gap): a board that gives up on its request (a
 /// timeout, a dropped connection) after tetherd set the device's new
 /// certificate serial but before it recorded the registration as
 /// registered is told 410 ever after: the approved registration is lost.
-/// `answer` issues the certificate (one commit) and records it on the
-/// registration (another); anything between them (a cancelled handler, a
-/// database error in `mqtt_urls`, a restart) leaves the two apart.
+/// `answer` issued the certificate (one commit) and recorded it on the
+/// registration (another); now both are one commit.
 #[tokio::test]
-async fn review16_a_board_that_drops_its_request_mid_way_can_still_collect_its_approval()
+async fn a_board_that_drops_its_request_mid_way_can_still_collect_its_approval()
 -> anyhow::Result<()> {
     let tetherd = Tetherd::start(Database::Sqlite).await?;
     let admin = tetherd.admin().await?;
