@@ -137,6 +137,9 @@ impl From<ProvisioningError> for ApiError {
             ProvisioningError::NotPending { .. } => {
                 Self::new(StatusCode::CONFLICT, "already_decided", message)
             }
+            ProvisioningError::IdentityHeld { .. } => {
+                Self::new(StatusCode::CONFLICT, "identity_held", message)
+            }
             ProvisioningError::KeyRevokedBeforeApproval { .. } => {
                 Self::new(StatusCode::CONFLICT, "provisioning_key_revoked", message)
             }

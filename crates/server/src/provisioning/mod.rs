@@ -105,6 +105,10 @@ pub enum ProvisioningError {
         "approval {id} was made with provisioning key {key}, which was revoked: a revoked key's requests are not approved; deny it"
     )]
     KeyRevokedBeforeApproval { id: String, key: String },
+    #[error(
+        "approval {id}'s hardware identity is held by device {holder}, which registered since this request was made: approving it as a new device would take {holder}'s identity. Deny it, or delete {holder} first if this hardware is to be a new device"
+    )]
+    IdentityHeld { id: String, holder: DeviceId },
     #[error("key {key} of policy {policy} not found")]
     KeyNotFound { policy: String, key: String },
     #[error(transparent)]
@@ -770,6 +774,15 @@ impl Provisioning {
             ..registration
         };
         if !reuse {
+            if let Some(holder) = self
+                .device_of(&approved.policy, identity_key.as_deref())
+                .await?
+            {
+                return Err(ProvisioningError::IdentityHeld {
+                    id: id.to_owned(),
+                    holder: holder.name,
+                });
+            }
             approved.device = name
                 .map(|name| DeviceId::new(name).map_err(RegistryError::from))
                 .transpose()?;

@@ -609,8 +609,8 @@ impl Store {
     /// creates, its identity, the registration itself, once it fits
     /// within its admission (else nothing is written). `Conflict` if the
     /// registration moved on meanwhile (or a new one exists already), the
-    /// device's name is taken, or (approved by its policy) the device it
-    /// creates would take an identity another device holds.
+    /// device's name is taken, or the device it creates would take an
+    /// identity another device holds.
     pub async fn write_registration(
         &self,
         write: &RegistrationWrite,
@@ -638,15 +638,15 @@ impl Store {
             None => None,
         };
         if let (Some(key), Some(device)) = (&write.identity_key, &registration.device) {
-            match (&created, write.admission) {
-                // A device its policy creates by itself takes only an
-                // identity no device holds: of concurrent first
-                // registrations of one hardware, the unique key lets one
-                // create its device, and the others find it.
-                (Some(_), Some(Admission::Approved { .. })) => {
-                    claim_identity(&mut tx, &registration.policy, key, device).await?;
-                }
-                _ => put_identity(&mut tx, &registration.policy, key, device).await?,
+            if created.is_some() {
+                // A new device takes only an identity no device holds: of
+                // concurrent first registrations of one hardware, the
+                // unique key lets one create its device and the others
+                // find it; an approval of an older request does not take
+                // the identity from the device approved meanwhile.
+                claim_identity(&mut tx, &registration.policy, key, device).await?;
+            } else {
+                put_identity(&mut tx, &registration.policy, key, device).await?;
             }
         }
         let conflict = || StoreError::Conflict {

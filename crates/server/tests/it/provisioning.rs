@@ -1151,12 +1151,12 @@ async fn revoking_a_key_while_it_registers_leaves_none_of_its_requests_pending(
     Ok(())
 }
 
-/// REVIEW16 finding 2 (FAILS): approving a request made before its
+/// REVIEW16 finding 2: approving a request made before its
 /// identity had a device creates a new device and silently takes the
 /// identity from the device approved meanwhile. The approval shows no
 /// match, and afterwards new media in that hardware finds the wrong
 /// device.
-async fn review16_approving_an_older_request_does_not_take_an_identity_another_device_holds(
+async fn approving_an_older_request_does_not_take_an_identity_another_device_holds(
     database: Database,
 ) -> anyhow::Result<()> {
     let tetherd = Tetherd::start(database).await?;
@@ -1392,5 +1392,5 @@ on_both_databases!(
     review16_a_request_made_before_its_key_expired_can_collect_its_approval,
     a_request_written_after_its_key_was_revoked_cannot_be_approved,
     revoking_a_key_while_it_registers_leaves_none_of_its_requests_pending,
-    review16_approving_an_older_request_does_not_take_an_identity_another_device_holds,
+    approving_an_older_request_does_not_take_an_identity_another_device_holds,
 );
