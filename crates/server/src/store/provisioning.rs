@@ -284,6 +284,15 @@ impl Store {
     pub async fn delete_policy(&self, name: &str) -> Result<(), StoreError> {
         let context = "delete a provisioning policy";
         let mut tx = self.begin(context).await?;
+        // First the lock every registration write takes: one under way
+        // commits its device before the devices are let go below, and one
+        // after finds the policy gone; none leaves a device to a new
+        // policy of this name.
+        if !lock_policy(&mut tx, name, context).await? {
+            return Err(StoreError::NotFound {
+                what: format!("policy {name}"),
+            });
+        }
         sqlx::query("UPDATE devices SET policy = NULL WHERE policy = $1")
             .bind(name)
             .execute(&mut *tx)
@@ -619,6 +628,14 @@ impl Store {
         let context = "write a registration";
         let registration = &write.registration;
         let mut tx = self.begin(context).await?;
+        // A decision takes the policy's lock as a new registration does
+        // (in `admit`): a policy deleted meanwhile is seen gone.
+        if write.admission.is_none() && !lock_policy(&mut tx, &registration.policy, context).await?
+        {
+            return Err(StoreError::NotFound {
+                what: format!("policy {}", registration.policy),
+            });
+        }
         if let Some(admission) = write.admission
             && let Err(refused) = admit(
                 &mut tx,

@@ -1258,12 +1258,12 @@ async fn review16_a_request_made_before_its_key_expired_can_collect_its_approval
     Ok(())
 }
 
-/// REVIEW16 finding 4 (FAILS on PostgreSQL when the race is hit):
+/// REVIEW16 finding 4 (PostgreSQL, when the race is hit):
 /// deleting a policy while it creates devices leaves a device with the
 /// deleted policy's name in `policy` (delete_policy clears `devices.policy`
 /// before it waits for the policy row the registration holds), so a new
 /// policy of the same name inherits it, which ADR 0025 rules out.
-async fn review16_a_policy_deleted_while_it_registers_leaves_no_device_to_its_namesake(
+async fn a_policy_deleted_while_it_registers_leaves_no_device_to_its_namesake(
     database: Database,
 ) -> anyhow::Result<()> {
     // A tetherd per round: the keys refused after the deletion throttle
@@ -1388,7 +1388,7 @@ async fn a_board_that_drops_its_request_mid_way_can_still_collect_its_approval()
 }
 
 on_both_databases!(
-    review16_a_policy_deleted_while_it_registers_leaves_no_device_to_its_namesake,
+    a_policy_deleted_while_it_registers_leaves_no_device_to_its_namesake,
     review16_a_request_made_before_its_key_expired_can_collect_its_approval,
     a_request_written_after_its_key_was_revoked_cannot_be_approved,
     revoking_a_key_while_it_registers_leaves_none_of_its_requests_pending,
