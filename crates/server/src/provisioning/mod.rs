@@ -109,6 +109,10 @@ pub enum ProvisioningError {
         "approval {id}'s hardware identity is held by device {holder}, which registered since this request was made: approving it as a new device would take {holder}'s identity. Deny it, or delete {holder} first if this hardware is to be a new device"
     )]
     IdentityHeld { id: String, holder: DeviceId },
+    #[error(
+        "the same key pair, or another claiming the same identity, is registering on another connection; ask again shortly"
+    )]
+    Busy,
     #[error("key {key} of policy {policy} not found")]
     KeyNotFound { policy: String, key: String },
     #[error(transparent)]
@@ -420,7 +424,7 @@ impl Provisioning {
         endpoints: &Endpoints,
     ) -> Result<Registered, ProvisioningError> {
         let now = Utc::now();
-        let key = self.authenticate(request, now).await?;
+        let (key, expired) = self.authenticate(request, now).await?;
         let public_key = crate::pki::csr_public_key(&request.csr_pem)
             .map_err(|e| ProvisioningError::Registry(RegistryError::BadCsr(e)))?;
         let public_key_sha256 = hex::encode(Sha256::digest(&public_key));
@@ -440,7 +444,18 @@ impl Provisioning {
                 .registration_of_key(&key.policy, &public_key_sha256)
                 .await?
             {
+                // An expired key still lets the registrations it made
+                // while valid collect their answers: an approval granted
+                // after the key expired is not lost.
+                if let Some(refusal) = &expired
+                    && existing.key_id.as_deref() != Some(key.id.as_str())
+                {
+                    return Err(ProvisioningError::KeyRefused(refusal.clone()));
+                }
                 return self.answer(existing, &request.csr_pem, endpoints).await;
+            }
+            if let Some(refusal) = expired {
+                return Err(ProvisioningError::KeyRefused(refusal));
             }
             match self
                 .register_new(&key, &spec, &public_key_sha256, &request.facts, now)
@@ -453,9 +468,7 @@ impl Provisioning {
                 }
             }
         }
-        Err(ProvisioningError::InvalidRegistration(
-            "the same key pair, or another claiming the same identity, is registering on another connection; ask again".into(),
-        ))
+        Err(ProvisioningError::Busy)
     }
 
     /// A policy's spec, without the counts of [`Self::policy`]: those
@@ -467,11 +480,13 @@ impl Provisioning {
             .ok_or_else(|| ProvisioningError::PolicyNotFound(policy.to_owned()))
     }
 
+    /// The request's key, unless unknown or revoked; and why it admits no
+    /// new registration if it expired.
     async fn authenticate(
         &self,
         request: &RegisterRequest,
         now: DateTime<Utc>,
-    ) -> Result<ProvisioningKeyRecord, ProvisioningError> {
+    ) -> Result<(ProvisioningKeyRecord, Option<KeyRefusal>), ProvisioningError> {
         if request.key_id.len() > MAX_KEY_FIELD_BYTES || request.secret.len() > MAX_KEY_FIELD_BYTES
         {
             return Err(ProvisioningError::KeyRefused(KeyRefusal::Unknown));
@@ -484,9 +499,13 @@ impl Provisioning {
             // the comparison takes tells nothing about the secret.
             .filter(|key| key.secret_hash == secret_hash(&request.secret))
             .ok_or(ProvisioningError::KeyRefused(KeyRefusal::Unknown))?;
-        check_key(&key, now).map_err(ProvisioningError::KeyRefused)?;
+        let expired = match check_key(&key, now) {
+            Ok(()) => None,
+            Err(expired @ KeyRefusal::Expired(..)) => Some(expired),
+            Err(refusal) => return Err(ProvisioningError::KeyRefused(refusal)),
+        };
         self.store.touch_provisioning_key(&key.id, now).await?;
-        Ok(key)
+        Ok((key, expired))
     }
 
     /// Records a registration not seen before, creating or reusing its

@@ -1216,11 +1216,11 @@ async fn approving_an_older_request_does_not_take_an_identity_another_device_hol
     Ok(())
 }
 
-/// REVIEW16 finding 3 (FAILS): a board waiting for approval when its key
+/// REVIEW16 finding 3: a board waiting for approval when its key
 /// expires is refused (401, on which the agent stops for good) even after
 /// an operator approves its request: the approval can never be collected,
 /// and nothing withdrew it when the key expired.
-async fn review16_a_request_made_before_its_key_expired_can_collect_its_approval(
+async fn a_request_made_before_its_key_expired_can_collect_its_approval(
     database: Database,
 ) -> anyhow::Result<()> {
     let tetherd = Tetherd::start(database).await?;
@@ -1389,7 +1389,7 @@ async fn a_board_that_drops_its_request_mid_way_can_still_collect_its_approval()
 
 on_both_databases!(
     a_policy_deleted_while_it_registers_leaves_no_device_to_its_namesake,
-    review16_a_request_made_before_its_key_expired_can_collect_its_approval,
+    a_request_made_before_its_key_expired_can_collect_its_approval,
     a_request_written_after_its_key_was_revoked_cannot_be_approved,
     revoking_a_key_while_it_registers_leaves_none_of_its_requests_pending,
     approving_an_older_request_does_not_take_an_identity_another_device_holds,
