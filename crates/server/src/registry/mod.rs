@@ -26,10 +26,10 @@ use crate::pki::renewal::{self, Refusal, RenewalLimiter};
 use crate::pki::{CertificateAuthority, PkiError};
 use crate::store::{DeviceRecord, SpecRecord, Store, StoreError};
 use tether_proto::api::DeviceReport;
-use tether_proto::provisioning::RegistrationState;
 use tether_proto::labels::{
     LabelSelector, MAX_LABELS, SelectorError, is_valid_key, is_valid_value,
 };
+use tether_proto::provisioning::RegistrationState;
 use tether_proto::spec::SpecError;
 
 #[derive(Debug, thiserror::Error)]
