@@ -162,6 +162,22 @@ impl From<ProvisioningError> for ApiError {
             ProvisioningError::NotPending { .. } => {
                 Self::new(StatusCode::CONFLICT, "already_decided", message)
             }
+            // 503, not 400: the agent stops for good on 400, and asking
+            // again is all this needs.
+            ProvisioningError::Busy => Self {
+                retry_after: Some(crate::provisioning::RETRY_AFTER_SECONDS),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "registration_busy",
+                    message,
+                )
+            },
+            ProvisioningError::IdentityHeld { .. } => {
+                Self::new(StatusCode::CONFLICT, "identity_held", message)
+            }
+            ProvisioningError::KeyRevokedBeforeApproval { .. } => {
+                Self::new(StatusCode::CONFLICT, "provisioning_key_revoked", message)
+            }
             ProvisioningError::InvalidPolicy(_)
             | ProvisioningError::InvalidTemplateLabels(_)
             | ProvisioningError::InvalidRegistration(_) => Self::bad_request(message),

@@ -180,6 +180,8 @@ async fn revoke_key(
         (status = 410, description = "The device it became was deleted, or its certificate was revoked or replaced since (`registration_superseded`): register with a new key pair", body = ErrorBody),
         (status = 413, description = "Body larger than 32 KiB", body = ErrorBody),
         (status = 429, description = "Too many refused attempts from this address, too many registrations of the policy or of the key waiting for approval (`too_many_pending`), the policy's `maxDevices` reached (`max_devices_reached`) or its `maxRegistrationsPerHour` (`registration_rate_exceeded`); see `Retry-After`",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The same key pair, or another claiming the same identity, is registering on another connection (`registration_busy`); ask again after `Retry-After`",
             body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait")))))]
 async fn register(
     State(state): State<Arc<AppState>>,
@@ -288,7 +290,7 @@ async fn get_approval(
     params(("id" = String, Path, description = "Approval id")),
     request_body = ApproveRequest,
     responses((status = 200, body = Approval), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, description = "Decided already, or the name is taken", body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 409, description = "Decided already, the name is taken, its key was revoked (`provisioning_key_revoked`), or another device holds its identity (`identity_held`)", body = ErrorBody)))]
 async fn approve(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,

@@ -101,6 +101,18 @@ pub enum ProvisioningError {
         "device {0} no longer holds the certificate this key pair obtained: it was revoked, or the device registered again from other media; this key pair cannot take the device back. Register with a new key pair (an empty state dir)"
     )]
     Superseded(DeviceId),
+    #[error(
+        "approval {id} was made with provisioning key {key}, which was revoked: a revoked key's requests are not approved; deny it"
+    )]
+    KeyRevokedBeforeApproval { id: String, key: String },
+    #[error(
+        "approval {id}'s hardware identity is held by device {holder}, which registered since this request was made: approving it as a new device would take {holder}'s identity. Deny it, or delete {holder} first if this hardware is to be a new device"
+    )]
+    IdentityHeld { id: String, holder: DeviceId },
+    #[error(
+        "the same key pair, or another claiming the same identity, is registering on another connection; ask again shortly"
+    )]
+    Busy,
     #[error("key {key} of policy {policy} not found")]
     KeyNotFound { policy: String, key: String },
     #[error(transparent)]
@@ -412,7 +424,7 @@ impl Provisioning {
         endpoints: &Endpoints,
     ) -> Result<Registered, ProvisioningError> {
         let now = Utc::now();
-        let key = self.authenticate(request, now).await?;
+        let (key, expired) = self.authenticate(request, now).await?;
         let public_key = crate::pki::csr_public_key(&request.csr_pem)
             .map_err(|e| ProvisioningError::Registry(RegistryError::BadCsr(e)))?;
         let public_key_sha256 = hex::encode(Sha256::digest(&public_key));
@@ -432,7 +444,18 @@ impl Provisioning {
                 .registration_of_key(&key.policy, &public_key_sha256)
                 .await?
             {
+                // An expired key still lets the registrations it made
+                // while valid collect their answers: an approval granted
+                // after the key expired is not lost.
+                if let Some(refusal) = &expired
+                    && existing.key_id.as_deref() != Some(key.id.as_str())
+                {
+                    return Err(ProvisioningError::KeyRefused(refusal.clone()));
+                }
                 return self.answer(existing, &request.csr_pem, endpoints).await;
+            }
+            if let Some(refusal) = expired {
+                return Err(ProvisioningError::KeyRefused(refusal));
             }
             match self
                 .register_new(&key, &spec, &public_key_sha256, &request.facts, now)
@@ -445,9 +468,7 @@ impl Provisioning {
                 }
             }
         }
-        Err(ProvisioningError::InvalidRegistration(
-            "the same key pair, or another claiming the same identity, is registering on another connection; ask again".into(),
-        ))
+        Err(ProvisioningError::Busy)
     }
 
     /// A policy's spec, without the counts of [`Self::policy`]: those
@@ -459,11 +480,13 @@ impl Provisioning {
             .ok_or_else(|| ProvisioningError::PolicyNotFound(policy.to_owned()))
     }
 
+    /// The request's key, unless unknown or revoked; and why it admits no
+    /// new registration if it expired.
     async fn authenticate(
         &self,
         request: &RegisterRequest,
         now: DateTime<Utc>,
-    ) -> Result<ProvisioningKeyRecord, ProvisioningError> {
+    ) -> Result<(ProvisioningKeyRecord, Option<KeyRefusal>), ProvisioningError> {
         if request.key_id.len() > MAX_KEY_FIELD_BYTES || request.secret.len() > MAX_KEY_FIELD_BYTES
         {
             return Err(ProvisioningError::KeyRefused(KeyRefusal::Unknown));
@@ -476,9 +499,13 @@ impl Provisioning {
             // the comparison takes tells nothing about the secret.
             .filter(|key| key.secret_hash == secret_hash(&request.secret))
             .ok_or(ProvisioningError::KeyRefused(KeyRefusal::Unknown))?;
-        check_key(&key, now).map_err(ProvisioningError::KeyRefused)?;
+        let expired = match check_key(&key, now) {
+            Ok(()) => None,
+            Err(expired @ KeyRefusal::Expired(..)) => Some(expired),
+            Err(refusal) => return Err(ProvisioningError::KeyRefused(refusal)),
+        };
         self.store.touch_provisioning_key(&key.id, now).await?;
-        Ok(key)
+        Ok((key, expired))
     }
 
     /// Records a registration not seen before, creating or reusing its
@@ -691,10 +718,22 @@ impl Provisioning {
                         .admit_reissue(device, &format!("registration {}", registration.id))?;
                 }
                 // Only over that certificate: a revocation or another
-                // registration meanwhile wins.
+                // registration meanwhile wins. The device's new serial and
+                // the registration's are one commit: a board that drops
+                // its request half way finds both, or neither, and asks
+                // again.
                 let issued = self
                     .registry
-                    .issue_certificate(device, csr_pem, endpoints, Replacing::Exactly(current))
+                    .issue_certificate(
+                        device,
+                        csr_pem,
+                        endpoints,
+                        Replacing::ForRegistration {
+                            current,
+                            registration: registration.id.clone(),
+                            state: registration.state,
+                        },
+                    )
                     .await
                     .map_err(|e| match e {
                         RegistryError::CertificateChanged(device) => {
@@ -702,21 +741,6 @@ impl Provisioning {
                         }
                         other => other.into(),
                     })?;
-                let expected = registration.state;
-                let registered = RegistrationRecord {
-                    state: RegistrationState::Registered,
-                    certificate_serial: Some(issued.serial_hex),
-                    ..registration
-                };
-                match self
-                    .write(registered, Some(expected), false, None, None, Utc::now())
-                    .await
-                {
-                    // Another request of the same key pair came first; the
-                    // certificate issued last is the device's.
-                    Err(ProvisioningError::Store(StoreError::Conflict { .. })) | Ok(_) => {}
-                    Err(error) => return Err(error),
-                }
                 Ok(Registered::Enrolled(issued.enrollment))
             }
             (state, None) => Err(ProvisioningError::InvalidRegistration(format!(
@@ -735,6 +759,20 @@ impl Provisioning {
         by: &str,
     ) -> Result<Approval, ProvisioningError> {
         let registration = self.pending(id).await?;
+        // Revoking a key denies its waiting requests; one written as the
+        // revocation committed is refused here all the same.
+        if let Some(key) = &registration.key_id
+            && self
+                .store
+                .get_provisioning_key(key)
+                .await?
+                .is_none_or(|key| key.revoked_at.is_some())
+        {
+            return Err(ProvisioningError::KeyRevokedBeforeApproval {
+                id: id.to_owned(),
+                key: key.clone(),
+            });
+        }
         let spec = self.spec_of(&registration.policy).await?;
         let fields = identity_fields(&spec)?;
         let identity_key = provisioning::identity_key(&fields, &registration.facts)
@@ -755,6 +793,15 @@ impl Provisioning {
             ..registration
         };
         if !reuse {
+            if let Some(holder) = self
+                .device_of(&approved.policy, identity_key.as_deref())
+                .await?
+            {
+                return Err(ProvisioningError::IdentityHeld {
+                    id: id.to_owned(),
+                    holder: holder.name,
+                });
+            }
             approved.device = name
                 .map(|name| DeviceId::new(name).map_err(RegistryError::from))
                 .transpose()?;
@@ -946,6 +993,13 @@ fn refusal(refused: Refused, registration: &RegistrationRecord) -> ProvisioningE
             what: format!("a claim on this identity by {key_pairs} key pairs"),
         }
         .into(),
+        Refused::KeyRevoked => ProvisioningError::KeyRefused(KeyRefusal::Revoked(
+            registration.key_id.clone().unwrap_or_default(),
+        )),
+        Refused::KeyExpired { at } => ProvisioningError::KeyRefused(KeyRefusal::Expired(
+            registration.key_id.clone().unwrap_or_default(),
+            at,
+        )),
     }
 }
 

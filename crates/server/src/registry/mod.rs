@@ -29,6 +29,7 @@ use tether_proto::api::DeviceReport;
 use tether_proto::labels::{
     LabelSelector, MAX_LABELS, SelectorError, is_valid_key, is_valid_value,
 };
+use tether_proto::provisioning::RegistrationState;
 use tether_proto::spec::SpecError;
 
 #[derive(Debug, thiserror::Error)]
@@ -466,10 +467,20 @@ impl Registry {
                     .set_certificate_serial(device, &issued.serial_hex)
                     .await?;
             }
-            Replacing::Exactly(expected) => {
+            Replacing::ForRegistration {
+                current,
+                registration,
+                state,
+            } => {
                 if !self
                     .store
-                    .replace_certificate_serial(device, expected.as_deref(), &issued.serial_hex)
+                    .register_certificate(
+                        device,
+                        current.as_deref(),
+                        &issued.serial_hex,
+                        &registration,
+                        state,
+                    )
                     .await?
                 {
                     return Err(RegistryError::CertificateChanged(device.clone()));
@@ -604,8 +615,14 @@ impl Registry {
 pub enum Replacing {
     /// Whatever the device has (an enrollment token is proof enough).
     Any,
-    /// Only this one (`None`: none); otherwise `CertificateChanged`.
-    Exactly(Option<String>),
+    /// Only `current` (`None`: none), for the registration `registration`
+    /// still in `state`, which records the new serial in the same commit
+    /// (ADR 0025): otherwise `CertificateChanged`.
+    ForRegistration {
+        current: Option<String>,
+        registration: String,
+        state: RegistrationState,
+    },
 }
 
 /// A certificate just issued: the answer for the device, and its serial

@@ -379,30 +379,6 @@ impl Store {
         Ok(())
     }
 
-    /// Sets the device's certificate serial only if it is `expected`
-    /// (`None`: it has none): whether it was.
-    pub async fn replace_certificate_serial(
-        &self,
-        name: &DeviceId,
-        expected: Option<&str>,
-        serial_hex: &str,
-    ) -> Result<bool, StoreError> {
-        let result = sqlx::query(
-            "UPDATE devices SET certificate_serial = $1, previous_certificate_serial = NULL \
-             WHERE name = $2 AND certificate_serial IS NOT DISTINCT FROM $3",
-        )
-        .bind(serial_hex)
-        .bind(name.as_str())
-        .bind(expected)
-        .execute(&self.pool)
-        .await
-        .map_err(|source| StoreError::Query {
-            context: "replace a device's certificate serial",
-            source,
-        })?;
-        Ok(result.rows_affected() == 1)
-    }
-
     /// A device deleted meanwhile is not an error: its session is on its way
     /// out and there is nothing left to update.
     pub async fn set_presence(

@@ -119,6 +119,10 @@ pub enum Refused {
     /// Other key pairs claimed its identity since `claims_since`: with it,
     /// `key_pairs` of them.
     IdentityClaimed { key_pairs: u64 },
+    /// Its key was revoked after the registration checked it.
+    KeyRevoked,
+    /// Its key expired at `at` after the registration checked it.
+    KeyExpired { at: DateTime<Utc> },
 }
 
 /// A registration's window of the policy's hourly rate.
@@ -280,6 +284,15 @@ impl Store {
     pub async fn delete_policy(&self, name: &str) -> Result<(), StoreError> {
         let context = "delete a provisioning policy";
         let mut tx = self.begin(context).await?;
+        // First the lock every registration write takes: one under way
+        // commits its device before the devices are let go below, and one
+        // after finds the policy gone; none leaves a device to a new
+        // policy of this name.
+        if !lock_policy(&mut tx, name, context).await? {
+            return Err(StoreError::NotFound {
+                what: format!("policy {name}"),
+            });
+        }
         sqlx::query("UPDATE devices SET policy = NULL WHERE policy = $1")
             .bind(name)
             .execute(&mut *tx)
@@ -375,6 +388,10 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let context = "revoke a provisioning key";
         let mut tx = self.begin(context).await?;
+        // The lock every new registration of the policy takes first: one
+        // that checked the key before this commit writes after it, and
+        // then reads the key revoked (see `admit`).
+        lock_policy(&mut tx, policy, context).await?;
         let updated = sqlx::query(
             "UPDATE provisioning_keys SET revoked_at = COALESCE(revoked_at, $1) \
              WHERE policy = $2 AND id = $3",
@@ -553,12 +570,56 @@ impl Store {
             .map_err(query_error("set a device's identity"))
     }
 
+    /// Makes `serial_hex` the device's certificate in place of `expected`
+    /// and records it on the registration (still in `state`) as
+    /// registered, in one commit: a request dropped half way leaves both
+    /// as they were, or both done. Whether both were still as expected.
+    pub async fn register_certificate(
+        &self,
+        device: &DeviceId,
+        expected: Option<&str>,
+        serial_hex: &str,
+        registration: &str,
+        state: RegistrationState,
+    ) -> Result<bool, StoreError> {
+        let context = "record a registration's certificate";
+        let mut tx = self.begin(context).await?;
+        let replaced = sqlx::query(
+            "UPDATE devices SET certificate_serial = $1, previous_certificate_serial = NULL \
+             WHERE name = $2 AND certificate_serial IS NOT DISTINCT FROM $3",
+        )
+        .bind(serial_hex)
+        .bind(device.as_str())
+        .bind(expected)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error(context))?;
+        if replaced.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let recorded = sqlx::query(
+            "UPDATE registrations SET state = 'registered', certificate_serial = $1 \
+             WHERE id = $2 AND state = $3",
+        )
+        .bind(serial_hex)
+        .bind(registration)
+        .bind(state_name(state))
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error(context))?;
+        if recorded.rows_affected() != 1 {
+            return Ok(false);
+        }
+        tx.commit().await.map_err(query_error(context))?;
+        Ok(true)
+    }
+
     /// Writes one step of a registration in a transaction: the device it
     /// creates, its identity, the registration itself, once it fits
     /// within its admission (else nothing is written). `Conflict` if the
     /// registration moved on meanwhile (or a new one exists already), the
-    /// device's name is taken, or (approved by its policy) the device it
-    /// creates would take an identity another device holds.
+    /// device's name is taken, or the device it creates would take an
+    /// identity another device holds.
     pub async fn write_registration(
         &self,
         write: &RegistrationWrite,
@@ -567,6 +628,14 @@ impl Store {
         let context = "write a registration";
         let registration = &write.registration;
         let mut tx = self.begin(context).await?;
+        // A decision takes the policy's lock as a new registration does
+        // (in `admit`): a policy deleted meanwhile is seen gone.
+        if write.admission.is_none() && !lock_policy(&mut tx, &registration.policy, context).await?
+        {
+            return Err(StoreError::NotFound {
+                what: format!("policy {}", registration.policy),
+            });
+        }
         if let Some(admission) = write.admission
             && let Err(refused) = admit(
                 &mut tx,
@@ -586,15 +655,15 @@ impl Store {
             None => None,
         };
         if let (Some(key), Some(device)) = (&write.identity_key, &registration.device) {
-            match (&created, write.admission) {
-                // A device its policy creates by itself takes only an
-                // identity no device holds: of concurrent first
-                // registrations of one hardware, the unique key lets one
-                // create its device, and the others find it.
-                (Some(_), Some(Admission::Approved { .. })) => {
-                    claim_identity(&mut tx, &registration.policy, key, device).await?;
-                }
-                _ => put_identity(&mut tx, &registration.policy, key, device).await?,
+            if created.is_some() {
+                // A new device takes only an identity no device holds: of
+                // concurrent first registrations of one hardware, the
+                // unique key lets one create its device and the others
+                // find it; an approval of an older request does not take
+                // the identity from the device approved meanwhile.
+                claim_identity(&mut tx, &registration.policy, key, device).await?;
+            } else {
+                put_identity(&mut tx, &registration.policy, key, device).await?;
             }
         }
         let conflict = || StoreError::Conflict {
@@ -681,16 +750,11 @@ async fn admit(
             per_policy,
             per_key,
         } => {
-            let locked = sqlx::query(
-                "UPDATE provisioning_policies SET rate_window_count = rate_window_count \
-                 WHERE name = $1",
-            )
-            .bind(policy)
-            .execute(&mut **tx)
-            .await
-            .map_err(query_error(context))?;
-            if locked.rows_affected() == 0 {
+            if !lock_policy(tx, policy, context).await? {
                 return Err(gone());
+            }
+            if let Some(refused) = key_refusal(tx, registration, now).await? {
+                return Ok(Err(refused));
             }
             let waiting = count(
                 tx,
@@ -746,6 +810,9 @@ async fn admit(
                     None => Err(gone()),
                 };
             }
+            if let Some(refused) = key_refusal(tx, registration, now).await? {
+                return Ok(Err(refused));
+            }
             if let (Some(since), Some(identity)) = (claims_since, &registration.identity_key) {
                 let others: i64 = sqlx::query_scalar(
                     "SELECT COUNT(*) FROM registrations WHERE policy = $1 AND identity_key = $2 \
@@ -778,6 +845,55 @@ async fn admit(
         }
     }
     Ok(Ok(()))
+}
+
+/// Locks `policy`'s row until the transaction ends (PostgreSQL; SQLite
+/// takes its write lock): new registrations, key revocations, approvals
+/// and the policy's deletion go one after another. Whether the policy is
+/// there.
+async fn lock_policy(
+    tx: &mut Transaction<'_, Any>,
+    policy: &str,
+    context: &'static str,
+) -> Result<bool, StoreError> {
+    let locked = sqlx::query(
+        "UPDATE provisioning_policies SET rate_window_count = rate_window_count WHERE name = $1",
+    )
+    .bind(policy)
+    .execute(&mut **tx)
+    .await
+    .map_err(query_error(context))?;
+    Ok(locked.rows_affected() > 0)
+}
+
+/// Why the registration's key no longer admits it, read behind the
+/// policy's lock: a revocation that committed after the registration
+/// checked its key is seen here.
+async fn key_refusal(
+    tx: &mut Transaction<'_, Any>,
+    registration: &RegistrationRecord,
+    now: DateTime<Utc>,
+) -> Result<Option<Refused>, StoreError> {
+    let Some(key) = &registration.key_id else {
+        return Ok(None);
+    };
+    let row = sqlx::query("SELECT revoked_at, expires_at FROM provisioning_keys WHERE id = $1")
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(query_error("read a registration's provisioning key"))?;
+    let Some(row) = row else {
+        // Deleted with its policy, which `admit` found locked: cannot be.
+        return Ok(Some(Refused::KeyRevoked));
+    };
+    if get::<Option<i64>>(&row, "revoked_at")?.is_some() {
+        return Ok(Some(Refused::KeyRevoked));
+    }
+    Ok(
+        optional_time(get(&row, "expires_at")?, "a key's expires_at")?
+            .filter(|at| *at <= now)
+            .map(|at| Refused::KeyExpired { at }),
+    )
 }
 
 /// The `n` of a `SELECT COUNT(*) AS n … $1` query.

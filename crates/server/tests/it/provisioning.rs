@@ -1033,3 +1033,364 @@ async fn an_agent_waits_for_approval_and_a_denied_one_stops_with_the_reason() ->
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------
+// REVIEW16 (security review of issue 16's provisioning limits). These
+// tests show findings: each FAILS on the reviewed code until the finding
+// is fixed. See the review report for the suggested fixes.
+// ---------------------------------------------------------------------
+
+/// REVIEW16 finding 1: a registration that authenticated before
+/// its key was revoked, and writes its request after the revocation
+/// committed, leaves a pending request of the revoked key that an operator
+/// can approve (ADR 0025: "none of them can be approved later"). The race
+/// window is `authenticate` .. `write_registration`; this test takes the
+/// registration's write step as that late request would.
+async fn a_request_written_after_its_key_was_revoked_cannot_be_approved(
+    database: Database,
+) -> anyhow::Result<()> {
+    use tether_server::store::{Admission, RegistrationRecord, RegistrationWrite};
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let leaked = policy(&admin, "gateways", json!({"mode": "MANUAL"})).await?;
+    let leaked_id = leaked["keyId"].as_str().context("key id")?.to_owned();
+    admin
+        .delete(&format!(
+            "/api/v1/provisioning-policies/gateways/keys/{leaked_id}"
+        ))
+        .await?
+        .expect_status(204)?;
+
+    // The in-flight registration's write, after the revocation committed.
+    let store = store_of(&tetherd).await?;
+    let now = minutes_ago(0);
+    let late = RegistrationRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        policy: "gateways".into(),
+        public_key_sha256: "ab".repeat(32),
+        facts: Default::default(),
+        state: tether_proto::provisioning::RegistrationState::Pending,
+        device: None,
+        created_at: now,
+        decided_at: None,
+        decided_by: None,
+        reason: None,
+        certificate_serial: None,
+        key_id: Some(leaked_id.clone()),
+        identity_key: None,
+    };
+    let written = store
+        .write_registration(
+            &RegistrationWrite {
+                registration: late.clone(),
+                expected_state: None,
+                new_device: None,
+                identity_key: None,
+                admission: Some(Admission::Pending {
+                    per_policy: 1_000,
+                    per_key: 100,
+                }),
+            },
+            now,
+        )
+        .await;
+    if !matches!(written, Ok(Ok(_))) {
+        return Ok(()); // refused by the store: fixed
+    }
+    let reply = admin
+        .post(&format!("/api/v1/approvals/{}/approve", late.id), json!({}))
+        .await?;
+    assert_ne!(
+        reply.status.as_u16(),
+        200,
+        "a request of revoked key {leaked_id} was approved: {}",
+        reply.body
+    );
+    Ok(())
+}
+
+/// REVIEW16 finding 1, over HTTP: registrations of a leaked key racing its
+/// revocation leave pending requests of the revoked key.
+async fn revoking_a_key_while_it_registers_leaves_none_of_its_requests_pending(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    let leaked = policy(&admin, "gateways", json!({"mode": "MANUAL"})).await?;
+    let leaked_id = leaked["keyId"].as_str().context("key id")?.to_owned();
+    let flood = {
+        let anonymous = anonymous.clone();
+        let leaked = leaked.clone();
+        tokio::spawn(async move { register_many(&anonymous, &[leaked], "GW", 90, 32).await })
+    };
+    pending_approval(&admin).await?;
+    admin
+        .delete(&format!(
+            "/api/v1/provisioning-policies/gateways/keys/{leaked_id}"
+        ))
+        .await?
+        .expect_status(204)?;
+    let answers = flood.await??;
+    let pending = admin
+        .get("/api/v1/approvals?state=pending&limit=500")
+        .await?
+        .expect_status(200)?;
+    let left: Vec<_> = pending["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter(|a| a["keyId"] == leaked_id.as_str())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{} requests of revoked key {leaked_id} still wait to be approved (answers {:?})",
+        left.len(),
+        statuses(&answers)
+    );
+    Ok(())
+}
+
+/// REVIEW16 finding 2: approving a request made before its
+/// identity had a device creates a new device and silently takes the
+/// identity from the device approved meanwhile. The approval shows no
+/// match, and afterwards new media in that hardware finds the wrong
+/// device.
+async fn approving_an_older_request_does_not_take_an_identity_another_device_holds(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    let key = policy(
+        &admin,
+        "gateways",
+        json!({"mode": "MANUAL", "identityFieldPaths": ["status.facts.hardwareSerial"]}),
+    )
+    .await?;
+    let (status, first) = Hardware::new("GW-X")?.register(&anonymous, &key).await?;
+    assert_eq!(status, 202, "{first}");
+    let first = first["approval"].as_str().context("approval")?.to_owned();
+    let (status, second) = Hardware::new("GW-X")?.register(&anonymous, &key).await?;
+    assert_eq!(status, 202, "{second}");
+    let second = second["approval"].as_str().context("approval")?.to_owned();
+    admin
+        .post(
+            &format!("/api/v1/approvals/{second}/approve"),
+            json!({"name": "gw-two"}),
+        )
+        .await?
+        .expect_status(200)?;
+
+    let shown = admin
+        .get(&format!("/api/v1/approvals/{first}"))
+        .await?
+        .expect_status(200)?;
+    let approved = admin
+        .post(
+            &format!("/api/v1/approvals/{first}/approve"),
+            json!({"name": "gw-one"}),
+        )
+        .await?;
+    let facts = tether_proto::spec::Facts {
+        hardware_serial: Some("GW-X".into()),
+        ..Default::default()
+    };
+    let identity = tether_proto::provisioning::identity_key(
+        &[tether_proto::provisioning::IdentityField::HardwareSerial],
+        &facts,
+    )
+    .map_err(anyhow::Error::msg)?
+    .context("an identity")?;
+    let holder = store_of(&tetherd)
+        .await?
+        .device_of_identity("gateways", &identity)
+        .await?;
+    assert_eq!(
+        holder.as_ref().map(|d| d.as_str()),
+        Some("gw-two"),
+        "approving {first} (shown to the operator as {shown}; answered {} {}) took GW-X's identity from gw-two",
+        approved.status,
+        approved.body
+    );
+    Ok(())
+}
+
+/// REVIEW16 finding 3: a board waiting for approval when its key
+/// expires is refused (401, on which the agent stops for good) even after
+/// an operator approves its request: the approval can never be collected,
+/// and nothing withdrew it when the key expired.
+async fn a_request_made_before_its_key_expired_can_collect_its_approval(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    policy(&admin, "gateways", json!({"mode": "MANUAL"})).await?;
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let key = admin
+        .post(
+            "/api/v1/provisioning-policies/gateways/keys",
+            json!({"expiresAt": expires.to_rfc3339()}),
+        )
+        .await?
+        .expect_status(201)?;
+    let board = Hardware::new("GW-E")?;
+    let (status, waiting) = board.register(&anonymous, &key).await?;
+    assert_eq!(status, 202, "{waiting}");
+    let approval = waiting["approval"].as_str().context("approval")?.to_owned();
+    // The board keeps asking while it waits; the key expires meanwhile.
+    tether_testkit::wait_until(
+        "the key to expire",
+        std::time::Duration::from_secs(30),
+        || async { Ok((chrono::Utc::now() > expires).then_some(())) },
+    )
+    .await?;
+    admin
+        .post(&format!("/api/v1/approvals/{approval}/approve"), json!({}))
+        .await?
+        .expect_status(200)?;
+    let (status, answer) = board.register(&anonymous, &key).await?;
+    assert_eq!(
+        status, 200,
+        "approval {approval} was granted but its board cannot collect it: {answer}"
+    );
+    Ok(())
+}
+
+/// REVIEW16 finding 4 (PostgreSQL, when the race is hit):
+/// deleting a policy while it creates devices leaves a device with the
+/// deleted policy's name in `policy` (delete_policy clears `devices.policy`
+/// before it waits for the policy row the registration holds), so a new
+/// policy of the same name inherits it, which ADR 0025 rules out.
+async fn a_policy_deleted_while_it_registers_leaves_no_device_to_its_namesake(
+    database: Database,
+) -> anyhow::Result<()> {
+    // A tetherd per round: the keys refused after the deletion throttle
+    // the test's address for a while.
+    for round in 0..3 {
+        let tetherd = Tetherd::start(database).await?;
+        let admin = tetherd.admin().await?;
+        let anonymous = admin.with_token(None);
+        let key = policy(&admin, "lab", json!({"mode": "UNATTENDED"})).await?;
+        let flood = {
+            let anonymous = anonymous.clone();
+            tokio::spawn(async move { register_many(&anonymous, &[key], "SN", 48, 24).await })
+        };
+        tether_testkit::wait_until(
+            "a first device of the policy",
+            std::time::Duration::from_secs(30),
+            || async {
+                let shown = admin
+                    .get("/api/v1/provisioning-policies/lab")
+                    .await?
+                    .expect_status(200)?;
+                Ok((shown["devices"].as_u64().unwrap_or_default() > 0).then_some(()))
+            },
+        )
+        .await?;
+        admin
+            .delete("/api/v1/provisioning-policies/lab")
+            .await?
+            .expect_status(204)?;
+        let answers = flood.await??;
+        admin
+            .post(
+                "/api/v1/provisioning-policies",
+                json!({"name": "lab", "spec": {"mode": "UNATTENDED"}}),
+            )
+            .await?
+            .expect_status(201)?;
+        let namesake = admin
+            .get("/api/v1/provisioning-policies/lab")
+            .await?
+            .expect_status(200)?;
+        assert_eq!(
+            namesake["devices"],
+            0,
+            "round {round}: the new policy lab inherited devices of the deleted one (answers {:?})",
+            statuses(&answers)
+        );
+    }
+    Ok(())
+}
+
+/// REVIEW16 finding 5 (the cancellation's delay is swept to land in the
+/// old gap): a board that gives up on its request (a
+/// timeout, a dropped connection) after tetherd set the device's new
+/// certificate serial but before it recorded the registration as
+/// registered is told 410 ever after: the approved registration is lost.
+/// `answer` issued the certificate (one commit) and recorded it on the
+/// registration (another); now both are one commit.
+#[tokio::test]
+async fn a_board_that_drops_its_request_mid_way_can_still_collect_its_approval()
+-> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let anonymous = admin.with_token(None);
+    let key = policy(&admin, "gateways", json!({"mode": "MANUAL"})).await?;
+    for step in 0..400u64 {
+        let board = Hardware::new("GW")?;
+        let (status, waiting) = board.register(&anonymous, &key).await?;
+        anyhow::ensure!(status == 202, "{status} {waiting}");
+        let approval = waiting["approval"].as_str().context("approval")?.to_owned();
+        let approved = admin
+            .post(&format!("/api/v1/approvals/{approval}/approve"), json!({}))
+            .await?
+            .expect_status(200)?;
+        let device = approved["device"].as_str().context("device")?.to_owned();
+        // Gives up after a delay that sweeps the handler's duration.
+        let delay = std::time::Duration::from_micros(500 + step * 50);
+        let _ = tokio::time::timeout(delay, board.register(&anonymous, &key)).await;
+        let shown = tether_testkit::wait_until(
+            "the handler to finish or stop",
+            std::time::Duration::from_secs(10),
+            || async {
+                let shown = admin
+                    .get(&format!("/api/v1/approvals/{approval}"))
+                    .await?
+                    .expect_status(200)?;
+                Ok(Some(shown))
+            },
+        )
+        .await?;
+        let enrolled = admin
+            .get(&format!("/api/v1/devices/{device}"))
+            .await?
+            .expect_status(200)?["enrolled"]
+            .as_bool()
+            .unwrap_or_default();
+        if enrolled && shown["state"] == "approved" {
+            // A handler still running records it within moments; one
+            // that was cancelled never does.
+            let settled = tether_testkit::wait_until(
+                "the registration to be recorded",
+                std::time::Duration::from_secs(3),
+                || async {
+                    let shown = admin
+                        .get(&format!("/api/v1/approvals/{approval}"))
+                        .await?
+                        .expect_status(200)?;
+                    Ok((shown["state"] == "registered").then_some(()))
+                },
+            )
+            .await
+            .is_ok();
+            let (status, answer) = board.register(&anonymous, &key).await?;
+            assert_eq!(
+                status, 200,
+                "step {step}: approval {approval} was cut between the certificate and its record (recorded later: {settled}); the board is refused for good: {answer}"
+            );
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+on_both_databases!(
+    a_policy_deleted_while_it_registers_leaves_no_device_to_its_namesake,
+    a_request_made_before_its_key_expired_can_collect_its_approval,
+    a_request_written_after_its_key_was_revoked_cannot_be_approved,
+    revoking_a_key_while_it_registers_leaves_none_of_its_requests_pending,
+    approving_an_older_request_does_not_take_an_identity_another_device_holds,
+);
