@@ -280,6 +280,20 @@ pub fn check_policy(name: &str, spec: &PolicySpec) -> Result<Vec<IdentityField>,
             ));
         }
     }
+    // Under MANUAL an operator decides each device, and the pending caps
+    // bound the queue: a limit there would be accepted and never apply.
+    if spec.mode == ProvisioningMode::Manual {
+        for (name, value) in [
+            ("maxDevices", spec.max_devices),
+            ("maxRegistrationsPerHour", spec.max_registrations_per_hour),
+        ] {
+            if value.is_some() {
+                return Err(format!(
+                    "{name} applies to UNATTENDED policies only: under MANUAL an operator approves each device; leave it out"
+                ));
+            }
+        }
+    }
     if spec.shared_identity_window_minutes() > MAX_SHARED_IDENTITY_WINDOW_MINUTES {
         return Err(format!(
             "sharedIdentityWindowMinutes is {}; at most {MAX_SHARED_IDENTITY_WINDOW_MINUTES} (0 turns the check off)",
@@ -638,6 +652,10 @@ mod tests {
         let err = check_policy("lab", &capped).expect_err("no registrations at all");
         assert!(err.starts_with("maxRegistrationsPerHour is 0"), "{err}");
         capped.max_registrations_per_hour = None;
+        capped.mode = ProvisioningMode::Manual;
+        let err = check_policy("lab", &capped).expect_err("a cap MANUAL never applies");
+        assert!(err.starts_with("maxDevices applies to UNATTENDED"), "{err}");
+        capped.mode = ProvisioningMode::Unattended;
         capped.shared_identity_window_minutes = Some(2 * 24 * 60);
         let err = check_policy("lab", &capped).expect_err("two days");
         assert!(err.starts_with("sharedIdentityWindowMinutes"), "{err}");

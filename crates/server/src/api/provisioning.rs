@@ -23,7 +23,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, ClientHost};
 use super::page::{PageQuery, PageRequest, Position};
 use crate::auth::Principal;
-use crate::provisioning::{ProvisioningError, RETRY_AFTER_SECONDS, Registered};
+use crate::provisioning::{KeyRefusal, ProvisioningError, RETRY_AFTER_SECONDS, Registered};
 
 /// Routes for people, behind a session.
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
@@ -170,8 +170,9 @@ async fn revoke_key(
 /// `UNATTENDED` policy answers 200 with the certificate of the device it
 /// created or recognised; a `MANUAL` one answers 202 until an operator
 /// approves (then 200) or denies (then 403). Asking again with the same
-/// key pair is the same registration. After a few refused keys in a row
-/// from one address, further attempts wait (429 with `Retry-After`).
+/// key pair is the same registration. After a few unknown keys in a row
+/// from one address, further attempts wait (429 with `Retry-After`);
+/// revoked and expired keys are refused without counting.
 #[utoipa::path(post, path = "/register", tag = "provisioning", security(()),
     request_body = RegisterRequest,
     responses((status = 200, body = RegisterResponse), (status = 202, body = RegisterResponse),
@@ -179,7 +180,7 @@ async fn revoke_key(
         (status = 403, description = "An operator denied the registration", body = ErrorBody),
         (status = 410, description = "The device it became was deleted, or its certificate was revoked or replaced since (`registration_superseded`): register with a new key pair", body = ErrorBody),
         (status = 413, description = "Body larger than 32 KiB", body = ErrorBody),
-        (status = 429, description = "Too many refused attempts from this address, too many registrations of the policy or of the key waiting for approval (`too_many_pending`), the policy's `maxDevices` reached (`max_devices_reached`) or its `maxRegistrationsPerHour` (`registration_rate_exceeded`); see `Retry-After`",
+        (status = 429, description = "Too many unknown keys from this address, too many registrations of the policy or of the key waiting for approval (`too_many_pending`), the policy's `maxDevices` reached (`max_devices_reached`) or its `maxRegistrationsPerHour` (`registration_rate_exceeded`); see `Retry-After`",
             body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "The same key pair, or another claiming the same identity, is registering on another connection (`registration_busy`); ask again after `Retry-After`",
             body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait")))))]
@@ -219,7 +220,14 @@ async fn register(
         )
             .into_response()),
         Err(error) => {
-            if matches!(error, ProvisioningError::KeyRefused(_)) {
+            // Only a key that does not exist is a guess. A revoked or
+            // expired one was real (its secret matched): a site booting an
+            // old image sends it from every board behind one NAT address,
+            // and counting those would make the site's valid boards wait.
+            if matches!(
+                error,
+                ProvisioningError::KeyRefused(KeyRefusal::Unknown)
+            ) {
                 state.auth.enrollment_refused(client.ip());
             }
             // Not audited: anyone may post, and a refused request names no

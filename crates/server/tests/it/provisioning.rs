@@ -346,6 +346,13 @@ async fn revoked_expired_and_made_up_keys_are_refused_by_name() -> anyhow::Resul
         .expect_status(200)?;
     assert!(keys[0]["revokedAt"].is_string(), "{keys}");
     assert!(keys[0].get("secret").is_none(), "no secret listed: {keys}");
+    // A revoked key is no guess: boards of a site booting an old image,
+    // all behind one address, are refused without the address having to
+    // wait (5 free attempts before the throttle, by default).
+    for _ in 0..8 {
+        let (status, refused) = hardware.register(&anonymous, &key).await?;
+        assert_eq!(status, 401, "{refused}");
+    }
 
     // A key that would be expired already is not made.
     let refused = admin
@@ -383,6 +390,13 @@ async fn revoked_expired_and_made_up_keys_are_refused_by_name() -> anyhow::Resul
     assert_eq!(status, 401, "{refused}");
     let message = refused["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("expired-1 expired at"), "{message}");
+    // Made-up keys are guesses: after a few (the first one above counted
+    // too), the address waits.
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        answers.push(hardware.register(&anonymous, &wrong).await?.0);
+    }
+    assert_eq!(answers, [401, 401, 401, 401, 401, 429]);
 
     // Bad policies name their problem.
     let bad = admin
@@ -715,6 +729,64 @@ async fn an_unattended_policy_stops_at_max_devices_and_its_hourly_rate(
         .expect_status(400)?;
     let message = bad["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("maxDevices is 0"), "{message}");
+    Ok(())
+}
+
+/// Two replicas on one database share a policy's limits: registrations
+/// sent to both at once create no more than `maxDevices`, and approve no
+/// more than `maxRegistrationsPerHour`, counted together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_a_policys_device_cap_and_hourly_rate() -> anyhow::Result<()> {
+    let first = Tetherd::start(Database::Postgres).await?;
+    let second = Tetherd::start_replica_of(&first, &[]).await?;
+    let admin = first.admin().await?;
+    let both = [first.anonymous()?, second.anonymous()?];
+    let capped = policy(
+        &admin,
+        "capped",
+        json!({"mode": "UNATTENDED", "maxDevices": 4}),
+    )
+    .await?;
+    let rated = policy(
+        &admin,
+        "rated",
+        json!({"mode": "UNATTENDED", "maxRegistrationsPerHour": 6}),
+    )
+    .await?;
+    for (key, allowed, code) in [
+        (&capped, 4, "max_devices_reached"),
+        (&rated, 6, "registration_rate_exceeded"),
+    ] {
+        use futures::StreamExt as _;
+        let answers: Vec<(u16, Value)> = futures::stream::iter(0..20)
+            .map(|i| {
+                let replica = &both[i % 2];
+                async move { Hardware::new("SN")?.register(replica, key).await }
+            })
+            .buffer_unordered(20)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<_>>()?;
+        assert_eq!(
+            statuses(&answers),
+            [(200, allowed), (429, 20 - allowed)].into(),
+            "{answers:?}"
+        );
+        assert!(
+            answers
+                .iter()
+                .filter(|(status, _)| *status == 429)
+                .all(|(_, refused)| refused["error"]["code"] == code),
+            "{answers:?}"
+        );
+    }
+    let shown = admin
+        .get("/api/v1/provisioning-policies/capped")
+        .await?
+        .expect_status(200)?;
+    assert_eq!(shown["devices"], 4, "{shown}");
+    drop(second);
     Ok(())
 }
 
