@@ -17,6 +17,7 @@ pub mod kube_proxy;
 pub mod logs;
 pub mod management_shell;
 pub mod metrics;
+pub mod monitor;
 pub mod observability;
 pub mod pki;
 pub mod provisioning;
