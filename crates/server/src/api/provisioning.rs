@@ -224,10 +224,7 @@ async fn register(
             // expired one was real (its secret matched): a site booting an
             // old image sends it from every board behind one NAT address,
             // and counting those would make the site's valid boards wait.
-            if matches!(
-                error,
-                ProvisioningError::KeyRefused(KeyRefusal::Unknown)
-            ) {
+            if matches!(error, ProvisioningError::KeyRefused(KeyRefusal::Unknown)) {
                 state.auth.enrollment_refused(client.ip());
             }
             // Not audited: anyone may post, and a refused request names no
