@@ -17,6 +17,7 @@ mod jobs;
 mod logs;
 mod management_shell;
 mod metrics;
+mod monitor;
 mod provisioning;
 mod secrets;
 mod selector;
@@ -34,6 +35,7 @@ pub use jobs::{JobRecord, NewJob};
 pub use logs::{LogLine, LogPosition, LogScan};
 pub use management_shell::SshKeyRecord;
 pub use metrics::{Bucket, FleetRow, RefusedSeries, RolledUp, StoredSeries};
+pub use monitor::{NewAlert, WatchedDevice};
 pub use provisioning::{
     Admission, PolicyRecord, ProvisionedDevice, ProvisioningKeyRecord, Refused, RegistrationRecord,
     RegistrationWrite,

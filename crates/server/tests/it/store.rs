@@ -7,14 +7,17 @@ use futures::future::join_all;
 use serde_json::json;
 use sqlx::Executor;
 use tempfile::TempDir;
+use tether_proto::alerts::{AlertState, RULE_CONFIG_DRIFT, RULE_DEVICE_SILENT, Severity};
 use tether_proto::api::JobState;
 use tether_proto::api::Labels;
 use tether_proto::metrics::HostMetrics;
 use tether_proto::{ActionState, DeviceId, Presence};
 use tether_server::metrics::series::{Point, SeriesKey};
+use tether_server::monitor::silence::Watch;
 use tether_server::store::{
-    ActionBytes, AnswerWrite, CursorUpdate, DeviceSession, EventRecord, NewAction, NewJob, Outcome,
-    ReplicaRecord, SeenDevice, SessionRecord, SpoolRef, Store, StoreError, UserRecord,
+    ActionBytes, AnswerWrite, CursorUpdate, DeviceSession, EventRecord, NewAction, NewAlert,
+    NewJob, Outcome, ReplicaRecord, SeenDevice, SessionRecord, SpoolRef, Store, StoreError,
+    UserRecord, WatchedDevice,
 };
 use tether_testkit::postgres::TempPostgres;
 
@@ -119,6 +122,8 @@ on_both_databases! {
         queued_job_actions_are_released_cancelled_and_counted,
         spec_writes_are_compare_and_set_and_leave_with_their_device,
         usage_adds_both_ends_counts_per_device_and_pages_through_the_fleet,
+        a_devices_watch_is_stored_read_with_its_last_seen_and_leaves_with_it,
+        an_alert_is_raised_once_per_condition_acknowledged_and_resolved,
     ],
     db: [
         migrations_are_idempotent,
@@ -2400,4 +2405,147 @@ async fn a_device_naming_a_new_spool_per_batch_keeps_a_bounded_number_of_cursors
         .await
         .expect("acknowledged");
     assert_eq!(again, tether_server::telemetry::Stored::Duplicate);
+}
+
+async fn a_devices_watch_is_stored_read_with_its_last_seen_and_leaves_with_it(store: Store) {
+    let quiet = device(&store, "quiet").await;
+    let talking = device(&store, "talking").await;
+    store
+        .touch_last_seen(&[SeenDevice {
+            device: talking.clone(),
+            at: at(5_000),
+            actions: Default::default(),
+        }])
+        .await
+        .expect("seen");
+    let watch = Watch {
+        rebirths_sent: 2,
+        last_request_at: Some(at(9_000)),
+        alerting: true,
+    };
+    store.save_watch(&quiet, &watch).await.expect("saved");
+    let watched = store.watched_devices(None, 10).await.expect("read");
+    assert_eq!(
+        watched,
+        [
+            WatchedDevice {
+                device: quiet.clone(),
+                last_seen: None,
+                watch,
+            },
+            WatchedDevice {
+                device: talking.clone(),
+                last_seen: Some(at(5_000)),
+                watch: Watch::default(),
+            },
+        ]
+    );
+    // Paged by name.
+    let rest = store.watched_devices(Some(&quiet), 10).await.expect("read");
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].device, talking);
+    // Back to the default is no row; a deleted device takes its row along
+    // and a watch saved for it afterwards writes nothing.
+    store
+        .save_watch(&quiet, &Watch::default())
+        .await
+        .expect("saved");
+    store.save_watch(&talking, &watch).await.expect("saved");
+    store.delete_device(&talking).await.expect("deleted");
+    store
+        .save_watch(&talking, &watch)
+        .await
+        .expect("nothing to write");
+    let watched = store.watched_devices(None, 10).await.expect("read");
+    assert_eq!(watched.len(), 1);
+    assert_eq!(watched[0].watch, Watch::default());
+}
+
+async fn an_alert_is_raised_once_per_condition_acknowledged_and_resolved(store: Store) {
+    let edge = device(&store, "edge-1").await;
+    let silent = NewAlert {
+        rule: RULE_DEVICE_SILENT.into(),
+        device: edge.clone(),
+        severity: Severity::Critical,
+        summary: "no data for 3 minutes".into(),
+        labels: [("site".to_owned(), "north".to_owned())].into(),
+    };
+    // Two leaders overlapping raise it at once: one alert.
+    let raised = join_all((0..4).map(|_| store.raise_alert(&silent, at(1_000)))).await;
+    let raised: Vec<_> = raised
+        .into_iter()
+        .filter_map(|r| r.expect("raise"))
+        .collect();
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    let first = &raised[0];
+    assert_eq!(first.state, AlertState::Firing);
+    assert_eq!(first.labels["site"], "north");
+    // Another condition of the same device is another alert.
+    let drift = NewAlert {
+        rule: RULE_CONFIG_DRIFT.into(),
+        ..silent.clone()
+    };
+    let other = store
+        .raise_alert(&drift, at(2_000))
+        .await
+        .expect("raise")
+        .expect("a second condition");
+    assert_ne!(other.id, first.id);
+
+    let acknowledged = store
+        .acknowledge_alert(first.id, "ann", at(3_000))
+        .await
+        .expect("ack");
+    assert_eq!(acknowledged.state, AlertState::Acknowledged);
+    assert_eq!(acknowledged.acknowledged_by.as_deref(), Some("ann"));
+    // Twice is the same answer, not a new acknowledgement.
+    let again = store
+        .acknowledge_alert(first.id, "bob", at(4_000))
+        .await
+        .expect("ack");
+    assert_eq!(again.acknowledged_by.as_deref(), Some("ann"));
+
+    let resolved = store
+        .resolve_alert(RULE_DEVICE_SILENT, &edge, at(5_000))
+        .await
+        .expect("resolve")
+        .expect("it was active");
+    assert_eq!(resolved.state, AlertState::Resolved);
+    assert_eq!(resolved.resolved_at, Some(at(5_000)));
+    assert!(
+        store
+            .resolve_alert(RULE_DEVICE_SILENT, &edge, at(6_000))
+            .await
+            .expect("resolve")
+            .is_none(),
+        "resolved once"
+    );
+    assert!(matches!(
+        store.acknowledge_alert(first.id, "ann", at(7_000)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        store.acknowledge_alert(999, "ann", at(7_000)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // The condition again: a new alert, the old one kept.
+    let later = store
+        .raise_alert(&silent, at(8_000))
+        .await
+        .expect("raise")
+        .expect("a new alert");
+    assert!(later.id > other.id);
+
+    let firing = store
+        .list_alerts(Some(AlertState::Firing), None, 10)
+        .await
+        .expect("list");
+    let ids: Vec<u64> = firing.iter().map(|alert| alert.id).collect();
+    assert_eq!(ids, [later.id, other.id], "newest first");
+    let page = store
+        .list_alerts(None, Some(later.id), 1)
+        .await
+        .expect("list");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].id, other.id);
 }
