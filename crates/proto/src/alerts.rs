@@ -1,4 +1,4 @@
-//! Alerts raised by the fleet monitor (issue 18, ADR 0031), as the API
+//! Alerts raised by the fleet monitor (issue 18, ADR 0032), as the API
 //! returns them.
 
 use std::collections::BTreeMap;

@@ -24,6 +24,7 @@ fn schema_source(name: &str) -> Value {
         "host-sample" => include_str!("../../../docs/schemas/host-sample.schema.json"),
         "spec" => include_str!("../../../docs/schemas/spec.schema.json"),
         "reported" => include_str!("../../../docs/schemas/reported.schema.json"),
+        "control" => include_str!("../../../docs/schemas/control.schema.json"),
         other => panic!("no schema {other}"),
     };
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{name} schema is not JSON: {e}"))
@@ -441,4 +442,16 @@ fn processes_and_config_files_conform_to_the_spec_schema() {
             "{bad}"
         );
     }
+}
+
+#[test]
+fn the_monitors_requests_conform_to_the_control_schema() {
+    for message in [
+        crate::control::ControlMessage::Rebirth,
+        crate::control::ControlMessage::Reload,
+    ] {
+        assert_conforms("control", &serde_json::to_value(message).expect("json"));
+    }
+    assert!(refused("control", &json!({"kind": "reboot"})));
+    assert!(refused("control", &json!({})));
 }

@@ -11,6 +11,7 @@ pub mod api;
 pub mod ca;
 pub mod catalogue;
 pub mod certificate;
+pub mod control;
 pub mod desired;
 pub mod device;
 pub mod kubeconfig;

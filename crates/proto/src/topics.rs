@@ -24,10 +24,13 @@ pub enum TopicKind {
     /// Device → server: the agent's reported status (spec version applied,
     /// errors, facts), QoS 1.
     Reported,
+    /// Server → device: the monitor's requests (a rebirth, a reload;
+    /// [`crate::control::ControlMessage`]), QoS 1.
+    Control,
 }
 
 impl TopicKind {
-    pub const ALL: [TopicKind; 7] = [
+    pub const ALL: [TopicKind; 8] = [
         TopicKind::Actions,
         TopicKind::Events,
         TopicKind::Status,
@@ -35,6 +38,7 @@ impl TopicKind {
         TopicKind::Logs,
         TopicKind::Spec,
         TopicKind::Reported,
+        TopicKind::Control,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +50,7 @@ impl TopicKind {
             TopicKind::Logs => "logs",
             TopicKind::Spec => "spec",
             TopicKind::Reported => "reported",
+            TopicKind::Control => "control",
         }
     }
 

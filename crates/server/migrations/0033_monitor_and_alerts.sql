@@ -1,4 +1,4 @@
--- The fleet monitor (issue 18, ADR 0031). A watch row exists only while a
+-- The fleet monitor (issue 18, ADR 0032). A watch row exists only while a
 -- device is being asked for a rebirth or has its silence alert raised: the
 -- monitor's state survives a change of leader.
 CREATE TABLE monitor_watches (

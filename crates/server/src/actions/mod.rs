@@ -944,10 +944,10 @@ mod tests {
             Box::pin(async { Ok(100) })
         }
 
-        fn publish_spec<'a>(
+        fn publish_message<'a>(
             &'a self,
             _device: &'a DeviceId,
-            _message: &'a tether_proto::spec::SpecMessage,
+            _message: crate::device_link::ServerMessage<'a>,
         ) -> BoxFuture<'a, Result<(), LinkError>> {
             Box::pin(async { Ok(()) })
         }

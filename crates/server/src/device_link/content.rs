@@ -27,7 +27,7 @@ pub(crate) fn content(device: &DeviceId, topic: &str, payload: &[u8]) -> Content
         TopicKind::Logs => return batch(Stream::Logs, payload),
         TopicKind::Reported => serde_json::from_slice(payload)
             .map(|reported| DeviceMessage::Reported(Box::new(reported))),
-        TopicKind::Actions | TopicKind::Spec => {
+        TopicKind::Actions | TopicKind::Spec | TopicKind::Control => {
             return Content::NotConsumed;
         }
     };

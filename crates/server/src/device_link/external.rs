@@ -30,7 +30,7 @@ use rumqttc::v5::mqttbytes::v5::{
 };
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::{NetworkOptions, Outgoing, TlsConfiguration, Transport};
-use tether_proto::spec::SpecMessage;
+
 use tether_proto::{ActionRequest, DeviceId, DeviceTopic, TopicKind};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
@@ -40,7 +40,7 @@ use self::revocation::RevocationList;
 use super::outbound::ActionPublish;
 use super::{
     BoxFuture, Content, DeviceInbox, DeviceLink, DeviceMessage, Inbound, LinkError, Refusal,
-    SessionChange, content,
+    ServerMessage, SessionChange, content,
 };
 use crate::config::{ExternalBrokerConfig, MqttUrl, ServerConfig};
 use crate::pki::CertificateAuthority;
@@ -344,10 +344,10 @@ impl DeviceLink for ExternalLink {
         })
     }
 
-    fn publish_spec<'a>(
+    fn publish_message<'a>(
         &'a self,
         device: &'a DeviceId,
-        message: &'a SpecMessage,
+        message: ServerMessage<'a>,
     ) -> BoxFuture<'a, Result<(), LinkError>> {
         Box::pin(async move {
             if !self.is_connected(device) {
@@ -362,13 +362,13 @@ impl DeviceLink for ExternalLink {
                     "tetherd is not connected to the MQTT broker".into(),
                 ));
             }
-            let payload = serde_json::to_vec(message)
-                .map_err(|e| publish_error(format!("could not encode the spec: {e}")))?;
+            let kind = message.topic_kind();
+            let payload = message.encode().map_err(publish_error)?;
             let _order = self.publish_order.lock().await;
             self.state
                 .client
                 .publish(
-                    DeviceTopic::new(device.clone(), TopicKind::Spec).to_string(),
+                    DeviceTopic::new(device.clone(), kind).to_string(),
                     QoS::AtLeastOnce,
                     false,
                     payload,

@@ -15,10 +15,11 @@ pub mod rmqtt;
 use std::future::Future;
 use std::pin::Pin;
 
+use tether_proto::control::ControlMessage;
 use tether_proto::metrics::HostMetrics;
 use tether_proto::spec::{ReportedStatus, SpecMessage};
 use tether_proto::telemetry::TelemetryBatch;
-use tether_proto::{ActionEvent, ActionRequest, DeviceId, DeviceStatus};
+use tether_proto::{ActionEvent, ActionRequest, DeviceId, DeviceStatus, TopicKind};
 
 /// What a device's publish on a consumed topic carries.
 #[derive(Debug, Clone)]
@@ -104,6 +105,33 @@ pub enum LinkError {
     Start { addr: String, reason: String },
 }
 
+/// What tetherd sends a device besides actions.
+#[derive(Debug, Clone, Copy)]
+pub enum ServerMessage<'a> {
+    /// The device's spec and its version, on `spec`.
+    Spec(&'a SpecMessage),
+    /// The monitor's request, on `control`.
+    Control(ControlMessage),
+}
+
+impl ServerMessage<'_> {
+    pub fn topic_kind(self) -> TopicKind {
+        match self {
+            ServerMessage::Spec(_) => TopicKind::Spec,
+            ServerMessage::Control(_) => TopicKind::Control,
+        }
+    }
+
+    /// The payload, or why it could not be encoded.
+    pub fn encode(self) -> Result<Vec<u8>, String> {
+        match self {
+            ServerMessage::Spec(spec) => serde_json::to_vec(spec),
+            ServerMessage::Control(control) => serde_json::to_vec(&control),
+        }
+        .map_err(|e| format!("could not encode the {}: {e}", self.topic_kind().as_str()))
+    }
+}
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Answers whether a presented client certificate is a device's current one.
@@ -129,12 +157,12 @@ pub trait DeviceLink: Send + Sync + 'static {
         request: &'a ActionRequest,
     ) -> BoxFuture<'a, Result<usize, LinkError>>;
 
-    /// Publishes the device's spec on its `spec` topic, QoS 1. Messages to
-    /// one device keep the order of the calls.
-    fn publish_spec<'a>(
+    /// Publishes `message` on the device's topic for it, QoS 1. Messages
+    /// to one device keep the order of the calls.
+    fn publish_message<'a>(
         &'a self,
         device: &'a DeviceId,
-        message: &'a SpecMessage,
+        message: ServerMessage<'a>,
     ) -> BoxFuture<'a, Result<(), LinkError>>;
 
     /// Whether the device holds a session on this controller now.

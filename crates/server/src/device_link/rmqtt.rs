@@ -36,7 +36,7 @@ use ::rmqtt::types::{
     AuthResult, CodecPublish, ConnectInfo, From, FromType, Id, LastWill, Publish, PublishAclResult,
     PublishResult, SubscribeAclResult,
 };
-use tether_proto::spec::SpecMessage;
+
 use tether_proto::topics::{device_may_publish, device_may_subscribe};
 use tether_proto::{ActionRequest, DeviceId, DeviceTopic, TopicKind};
 use tokio::task::JoinHandle;
@@ -47,7 +47,7 @@ use super::content;
 use super::outbound::ActionPublish;
 use super::{
     BoxFuture, DeviceCredentials, DeviceInbox, DeviceLink, Inbound, LinkError, Refusal,
-    SessionChange,
+    ServerMessage, SessionChange,
 };
 
 /// The MQTT endpoint's own settings.
@@ -302,32 +302,31 @@ impl DeviceLink for RmqttLink {
         })
     }
 
-    fn publish_spec<'a>(
+    fn publish_message<'a>(
         &'a self,
         device: &'a DeviceId,
-        message: &'a SpecMessage,
+        message: ServerMessage<'a>,
     ) -> BoxFuture<'a, Result<(), LinkError>> {
         Box::pin(async move {
             if !self.is_connected(device) {
                 return Err(LinkError::NotConnected(device.clone()));
             }
-            let payload = serde_json::to_vec(message).map_err(|e| LinkError::Publish {
+            let kind = message.topic_kind();
+            let payload = message.encode().map_err(|reason| LinkError::Publish {
                 device: device.clone(),
-                reason: format!("could not encode the spec: {e}"),
+                reason,
             })?;
             let publish = Publish::from(CodecPublish {
                 dup: false,
                 retain: false,
                 qos: QoS::AtLeastOnce,
-                topic: DeviceTopic::new(device.clone(), TopicKind::Spec)
-                    .to_string()
-                    .into(),
+                topic: DeviceTopic::new(device.clone(), kind).to_string().into(),
                 packet_id: None,
                 payload: payload.into(),
                 properties: Some(PublishProperties::default()),
             })
             .create_time(chrono::Utc::now().timestamp_millis());
-            self.forward(device, publish, "spec").await
+            self.forward(device, publish, kind.as_str()).await
         })
     }
 

@@ -623,10 +623,10 @@ mod tests {
             Box::pin(async move { Err(LinkError::NotConnected(device.clone())) })
         }
 
-        fn publish_spec<'a>(
+        fn publish_message<'a>(
             &'a self,
             device: &'a DeviceId,
-            _message: &'a tether_proto::spec::SpecMessage,
+            _message: crate::device_link::ServerMessage<'a>,
         ) -> BoxFuture<'a, Result<(), LinkError>> {
             Box::pin(async move { Err(LinkError::NotConnected(device.clone())) })
         }

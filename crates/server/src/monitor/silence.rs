@@ -1,4 +1,4 @@
-//! Silence and rebirth (seed 002's Edge Monitor, ADR 0031): a device that
+//! Silence and rebirth (seed 002's Edge Monitor, ADR 0032): a device that
 //! sent nothing for its interval is asked for a rebirth; three requests
 //! left unanswered raise an alert; anything heard after a request answers
 //! it, resets the watch and resolves the alert.

@@ -11,7 +11,7 @@ use tether_proto::spec::{ActionSet, ReportedStatus, SpecError, SpecMessage};
 
 use super::spec::{self, UpdateMask, VersionMismatch};
 use crate::cluster::bus::{Bus, Channel, Heard, Subscription};
-use crate::device_link::DeviceLink;
+use crate::device_link::{DeviceLink, ServerMessage};
 use crate::store::{SpecRecord, Store, StoreError};
 
 /// An update without `If-Match` that keeps losing to concurrent ones gives
@@ -194,7 +194,11 @@ impl Specs {
             version: current.version,
             spec: current.spec,
         };
-        match self.link.publish_spec(device, &message).await {
+        match self
+            .link
+            .publish_message(device, ServerMessage::Spec(&message))
+            .await
+        {
             Ok(()) => tracing::debug!(%device, version = message.version, "spec sent"),
             // The empty spec no one wrote: a device that does not take
             // specs (not subscribed) loses nothing, so no warning per birth.

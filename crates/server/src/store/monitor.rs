@@ -1,4 +1,4 @@
-//! The `monitor_watches` and `alerts` tables (issue 18, ADR 0031).
+//! The `monitor_watches` and `alerts` tables (issue 18, ADR 0032).
 
 use std::collections::BTreeMap;
 
