@@ -122,10 +122,7 @@ pub async fn run(
             secrets::remove_files(state.path());
             applied
         }
-        None => applied.with_secrets(secrets::SecretFiles::new(
-            state.path(),
-            sealing_key.clone(),
-        )),
+        None => applied.with_secrets(secrets::SecretFiles::new(state.path(), sealing_key.clone())),
     };
     let mut facts = spec::facts::gather(std::path::Path::new("/"));
     facts.kubernetes = kubernetes.as_ref().map(kubernetes::KubernetesConfig::facts);

@@ -21,8 +21,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use reqwest::Method;
 use serde_json::{Value, json};
-use tether_proto::secrets::{SECTION, SealedSecrets};
 use tether_proto::sealed::SecretKey;
+use tether_proto::secrets::{SECTION, SealedSecrets};
 use tether_proto::spec::SpecError;
 use tokio::sync::watch;
 use zeroize::Zeroizing;
@@ -250,7 +250,11 @@ impl ClusterSecrets {
                 desired["metadata"]["resourceVersion"] =
                     current["metadata"]["resourceVersion"].clone();
                 client
-                    .json(Method::PUT, &self.object(&object), Some(Body::Json(desired)))
+                    .json(
+                        Method::PUT,
+                        &self.object(&object),
+                        Some(Body::Json(desired)),
+                    )
                     .await
                     .map_err(|e| format!("cannot update {what}: {}", chain(&e)))?;
                 tracing::info!(secret = %name, "updated {what}");
@@ -306,7 +310,12 @@ impl ClusterSecrets {
 /// the Secrets then would take them from the workloads until tetherd's
 /// spec comes) and while the section is refused (reported by the spec).
 fn wanted(applied: &AppliedSpec) -> Option<SealedSecrets> {
-    if applied.version == 0 || applied.errors.iter().any(|e| crate::spec::is_under(e, SECTION)) {
+    if applied.version == 0
+        || applied
+            .errors
+            .iter()
+            .any(|e| crate::spec::is_under(e, SECTION))
+    {
         return None;
     }
     super::parse(applied.spec.get(SECTION)).ok()
@@ -363,7 +372,9 @@ mod tests {
             ..AppliedSpec::default()
         };
         assert_eq!(wanted(&applied), Some(SealedSecrets::new()));
-        applied.errors.push(SpecError::new("spec.secrets.DB", "bad name"));
+        applied
+            .errors
+            .push(SpecError::new("spec.secrets.DB", "bad name"));
         assert!(wanted(&applied).is_none());
     }
 }

@@ -221,9 +221,7 @@ async fn in_cluster_mode_each_secret_is_a_kubernetes_secret_kept_as_the_spec_say
     p.api
         .delete("rolebindings", Some(NAMESPACE), "tether-agent")?;
     p.set("db-password", &format!("{VALUE}-3")).await?;
-    let error = p
-        .reported("spec.secrets.db-password", Some("403"))
-        .await?;
+    let error = p.reported("spec.secrets.db-password", Some("403")).await?;
     ensure!(
         error["message"]
             .as_str()
@@ -243,11 +241,14 @@ async fn in_cluster_mode_each_secret_is_a_kubernetes_secret_kept_as_the_spec_say
     p.api.down_while_exists(&down);
     std::fs::write(&down, "")?;
     p.set("db-password", &format!("{VALUE}-4")).await?;
-    p.reported("spec.secrets.db-password", Some("503"))
-        .await?;
+    p.reported("spec.secrets.db-password", Some("503")).await?;
     std::fs::remove_file(&down)?;
-    p.holds("written once reachable", "db-password", &format!("{VALUE}-4"))
-        .await?;
+    p.holds(
+        "written once reachable",
+        "db-password",
+        &format!("{VALUE}-4"),
+    )
+    .await?;
 
     // Deleted: the Secret goes; the others stay as they were.
     p.admin

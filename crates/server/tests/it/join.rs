@@ -592,9 +592,15 @@ async fn the_printed_command_joins_the_cluster_with_exactly_the_agent_s_rights(
     let kept = |present: bool| {
         let api = &api;
         move || {
-            let secret = api.get("secrets", Some("tether-system"), "tether-secret-db-password");
+            let secret = api.get(
+                "secrets",
+                Some("tether-system"),
+                "tether-secret-db-password",
+            );
             let done = secret.is_some() == present
-                && secret.as_ref().is_none_or(|s| s["data"]["value"] == "aHVudGVyMg==");
+                && secret
+                    .as_ref()
+                    .is_none_or(|s| s["data"]["value"] == "aHVudGVyMg==");
             async move { Ok(done.then_some(())) }
         }
     };

@@ -251,11 +251,7 @@ fn verb(method: &Method, target: &Target) -> &'static str {
 
 /// A delete's `DeleteOptions.preconditions` (`uid`, `resourceVersion`):
 /// the object must still be that one, else 409 as the real API answers.
-fn check_preconditions(
-    object: &Value,
-    resource: &Resource,
-    body: &[u8],
-) -> Result<(), ApiError> {
+fn check_preconditions(object: &Value, resource: &Resource, body: &[u8]) -> Result<(), ApiError> {
     if body.is_empty() {
         return Ok(());
     }
@@ -786,12 +782,9 @@ mod tests {
             check_preconditions(&secret, secrets, options(json!({"uid": "u-1"})).as_bytes())
                 .is_ok()
         );
-        let refused = check_preconditions(
-            &secret,
-            secrets,
-            options(json!({"uid": "u-2"})).as_bytes(),
-        )
-        .expect_err("another object");
+        let refused =
+            check_preconditions(&secret, secrets, options(json!({"uid": "u-2"})).as_bytes())
+                .expect_err("another object");
         assert_eq!((refused.code, refused.reason), (409, "Conflict"));
         assert_eq!(
             refused.message,
