@@ -122,8 +122,10 @@ impl ClusterSecrets {
         errors: watch::Sender<Vec<SpecError>>,
     ) {
         loop {
-            let wanted = wanted(&spec.borrow_and_update());
-            let round = match wanted {
+            // Read apart from the match: the watch's lock must not be
+            // held across the round's requests.
+            let secrets = wanted(&spec.borrow_and_update());
+            let round = match secrets {
                 Some(secrets) => self.round(&secrets).await,
                 None => Round::default(),
             };
