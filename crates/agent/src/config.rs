@@ -248,6 +248,18 @@ pub struct Config {
     )]
     pub chart_resync_seconds: u64,
 
+    /// Cluster mode: how often the secrets' Kubernetes Secrets are
+    /// reconciled in full (one edited or deleted by hand is restored by the
+    /// next one; after a failure, every 10 s at most)
+    #[arg(
+        long,
+        env = "TETHER_AGENT_SECRET_RESYNC_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub secret_resync_seconds: u64,
+
     /// The command `restart-k3s` runs in host mode: words separated by
     /// spaces, run as an argv (not through a shell)
     #[arg(
@@ -498,6 +510,11 @@ impl Config {
             resync,
             poll: resync.min(std::time::Duration::from_secs(5)),
         }
+    }
+
+    /// Cluster mode: between full reconciles of the secrets' Secrets.
+    pub fn secret_resync(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.secret_resync_seconds)
     }
 
     /// How `send-kubectl` runs `kubectl`.

@@ -99,16 +99,38 @@ pub async fn run(
     let spools = Spools::open(state.path(), config.spool(), clock.clone())?;
     // The spec applied last, in force before tetherd is reached again.
     // The sealing key's public half is in every report (ADR 0030).
-    let sealing_key = std::sync::Arc::new(secrets::load_or_create_key(state.path())?);
-    let applied = spec::SpecHandle::load(state.path())
-        .with_secrets(secrets::SecretFiles::new(state.path(), sealing_key));
     let kubernetes = config.kubernetes();
+    let in_cluster = kubernetes
+        .clone()
+        .filter(|k| k.mode == kubernetes::Mode::Cluster);
+    // In a pod the state directory may be new while the device is not:
+    // its identity and its sealing key come back from their Secret before
+    // a key is made.
+    if let Some(cluster) = &in_cluster
+        && state.load()?.is_none()
+    {
+        kubernetes::identity::IdentitySecret::new(cluster)
+            .restore(&state)
+            .await?;
+    }
+    let sealing_key = std::sync::Arc::new(secrets::load_or_create_key(state.path())?);
+    let applied = spec::SpecHandle::load(state.path());
+    // In a pod the secrets are Kubernetes Secrets, for the workloads to
+    // mount; a file in the pod's state directory would reach none of them.
+    let applied = match &in_cluster {
+        Some(_) => {
+            secrets::remove_files(state.path());
+            applied
+        }
+        None => applied.with_secrets(secrets::SecretFiles::new(state.path(), sealing_key.clone())),
+    };
     let mut facts = spec::facts::gather(std::path::Path::new("/"));
     facts.kubernetes = kubernetes.as_ref().map(kubernetes::KubernetesConfig::facts);
     if let Some(path) = &config.facts_file {
         facts = spec::facts::overlay_file(facts, path)?;
     }
-    let status = spec::StatusSource::new(applied.clone(), facts.clone());
+    let status = spec::StatusSource::new(applied.clone(), facts.clone())
+        .with_sealing_key(&sealing_key.public_key());
     let update_locks = Arc::new(updates::UpdateLocks::load(state.path()));
     let (identity, identity_view) = tokio::sync::watch::channel(None);
     let local_api = local_api::LocalApi::bind(
@@ -161,6 +183,15 @@ pub async fn run(
             applied.subscribe(),
             status.deployments.clone(),
         )),
+    });
+    let _cluster_secrets = in_cluster.map(|cluster| {
+        AbortOnDrop(tokio::spawn(
+            secrets::cluster::ClusterSecrets::new(&cluster, sealing_key).run(
+                config.secret_resync(),
+                applied.subscribe(),
+                status.secret_errors.clone(),
+            ),
+        ))
     });
     let kubernetes = actions::Kubernetes {
         config: kubernetes,
@@ -265,17 +296,13 @@ async fn serve(
         process_logs,
     } = spooled;
     tokio::pin!(shutdown);
-    // In a pod the state directory may be new while the device is not.
+    // Restored from it at start (`run`), kept in it from here on.
     let identity_secret = kubernetes
         .config
         .as_ref()
         .filter(|c| c.mode == kubernetes::Mode::Cluster)
         .map(kubernetes::identity::IdentitySecret::new);
-    let stored = match (state.load()?, &identity_secret) {
-        (None, Some(secret)) if secret.restore(&state).await? => state.load()?,
-        (stored, _) => stored,
-    };
-    let credentials = match stored {
+    let credentials = match state.load()? {
         Some(credentials) => {
             if config.has_first_start_flags() {
                 // A pod's manifest keeps the (spent) flags: it is the usual case there.

@@ -464,6 +464,7 @@ pub async fn run(
 
     let deployments = publisher.status.deployments.subscribe();
     let update_holds = publisher.status.update_holds.subscribe();
+    let secret_errors = publisher.status.secret_errors.subscribe();
     let mut session = Session {
         eventloop,
         publisher,
@@ -477,6 +478,7 @@ pub async fn run(
         renewed,
         deployments,
         update_holds,
+        secret_errors,
     };
     session.serve(shutdown).await;
     // Stop the worker before the goodbye: its abort drops the stats sampler,
@@ -562,6 +564,9 @@ struct Session {
     deployments: watch::Receiver<crate::deployments::PartReports>,
     /// Wakes when the device's update holds change, to report them.
     update_holds: watch::Receiver<Vec<tether_proto::desired::updates::UpdateHold>>,
+    /// Wakes when writing the secrets' Kubernetes Secrets fails or
+    /// recovers, to report it.
+    secret_errors: watch::Receiver<Vec<tether_proto::spec::SpecError>>,
 }
 
 impl Session {
@@ -600,6 +605,10 @@ impl Session {
                 }
                 Ok(()) = self.update_holds.changed() => {
                     self.report_change("the update holds");
+                    continue;
+                }
+                Ok(()) = self.secret_errors.changed() => {
+                    self.report_change("the secrets' errors");
                     continue;
                 }
                 polled = self.eventloop.poll() => polled,

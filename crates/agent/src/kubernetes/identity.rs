@@ -2,8 +2,10 @@
 //! controller's CA and `agent.toml` — kept in the Secret
 //! `tether-agent-identity` of the agent's namespace, so a pod that starts
 //! with an empty state directory (an emptyDir) is the same device instead
-//! of enrolling again with a token that is spent (ADR 0019). The join
-//! manifest's Role lets the agent create, get and update that Secret only.
+//! of enrolling again with a token that is spent (ADR 0019). Its sealing
+//! key is kept there too, so the secrets sealed to it still open (ADR
+//! 0030's amendment): whoever reads that Secret reads the secrets' own
+//! Secrets beside it anyway.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,8 +17,10 @@ use tokio::sync::watch;
 
 use super::client::Body;
 use super::{Client, KubeError, KubernetesConfig};
+use crate::secrets::KEY_FILE as SEALING_KEY_FILE;
 use crate::state::{
     AgentConfig, CA_FILE, CERT_FILE, CONFIG_FILE, Credentials, KEY_FILE, StateDir, StateError,
+    write_atomic,
 };
 
 /// The Secret's name; its namespace is the pod's.
@@ -24,7 +28,7 @@ pub const SECRET: &str = "tether-agent-identity";
 /// After a failed save, the next attempt.
 const RETRY: Duration = Duration::from_secs(10);
 /// The state files kept, each under its own name as the Secret's key.
-const FILES: [&str; 4] = [KEY_FILE, CERT_FILE, CA_FILE, CONFIG_FILE];
+const FILES: [&str; 5] = [KEY_FILE, CERT_FILE, CA_FILE, CONFIG_FILE, SEALING_KEY_FILE];
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -128,6 +132,13 @@ impl IdentitySecret {
                 namespace: self.namespace.clone(),
                 key: CONFIG_FILE,
             })?;
+        // Absent from a Secret an agent before ADR 0030's amendment kept:
+        // a new key is made, and the secrets are set again.
+        if let Some(sealing_key) = data.get(SEALING_KEY_FILE) {
+            let path = state.file(SEALING_KEY_FILE);
+            write_atomic(&path, sealing_key, 0o600)
+                .map_err(|source| StateError::Write { path, source })?;
+        }
         state.store_key(&text(KEY_FILE)?)?;
         state.store_enrollment(&text(CERT_FILE)?, &text(CA_FILE)?, &config)?;
         tracing::info!(

@@ -9,6 +9,10 @@
 //! atomically) and removes the files of secrets no longer listed. A secret
 //! it cannot open is reported as a spec error at `spec.secrets.<name>` and
 //! its file, if any, is left as it was; the other secrets are written.
+//!
+//! In cluster mode the secrets are Kubernetes Secrets instead ([`cluster`]).
+
+pub mod cluster;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -18,9 +22,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::Value;
-use tether_proto::sealed::{KEY_BYTES, PublicKey, SealError, SecretKey};
-use tether_proto::secrets::{SECTION, SealedSecrets};
+use tether_proto::sealed::{KEY_BYTES, SealError, SecretKey};
+use tether_proto::secrets::{SECTION, SealedSecret, SealedSecrets};
 use tether_proto::spec::SpecError;
+
+use zeroize::Zeroizing;
 
 use crate::state::write_atomic;
 
@@ -71,6 +77,50 @@ pub fn load_or_create_key(state_dir: &Path) -> Result<SecretKey, KeyError> {
     Ok(key)
 }
 
+/// Opens one secret of the spec; what stops it is reported at
+/// `spec.secrets.<name>`.
+pub fn open(
+    key: &SecretKey,
+    name: &str,
+    sealed: &SealedSecret,
+) -> Result<Zeroizing<Vec<u8>>, SpecError> {
+    let path = format!("spec.{SECTION}.{name}");
+    key.open(&sealed.ciphertext).map_err(|error| match error {
+        SealError::Refused => {
+            tracing::warn!(secret = %name, "a secret is sealed to another key");
+            SpecError::new(
+                path,
+                format!("sealed to another key: run `tether secrets set {name}` again"),
+            )
+        }
+        error => SpecError::new(path, error.to_string()),
+    })
+}
+
+/// The `secrets` section as the spec has it (absent: none).
+pub fn parse(section: Option<&Value>) -> Result<SealedSecrets, SpecError> {
+    match section {
+        None => Ok(SealedSecrets::new()),
+        Some(section) => serde_json::from_value(section.clone())
+            .map_err(|e| SpecError::new(format!("spec.{SECTION}"), e.to_string())),
+    }
+}
+
+/// Cluster mode writes no files (ADR 0030's amendment): removes those an
+/// earlier run in another mode left in the state directory.
+pub fn remove_files(state_dir: &Path) {
+    let dir = state_dir.join(SECRETS_DIR);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => {
+            tracing::info!(dir = %dir.display(), "removed the secret files: in cluster mode secrets are Kubernetes Secrets");
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), %error, "cannot remove the secret files an earlier run left");
+        }
+    }
+}
+
 /// Opens the spec's secrets into files.
 pub struct SecretFiles {
     dir: PathBuf,
@@ -85,20 +135,12 @@ impl SecretFiles {
         }
     }
 
-    /// The public half, as the reported status carries it.
-    pub fn public_key(&self) -> PublicKey {
-        self.key.public_key()
-    }
-
     /// Writes every secret of `section` (absent: none) and removes the
     /// files of the others; returns what could not be done, by path.
     pub fn apply(&self, section: Option<&Value>) -> Vec<SpecError> {
-        let secrets: SealedSecrets = match section {
-            None => SealedSecrets::new(),
-            Some(section) => match serde_json::from_value(section.clone()) {
-                Ok(secrets) => secrets,
-                Err(e) => return vec![SpecError::new(format!("spec.{SECTION}"), e.to_string())],
-            },
+        let secrets = match parse(section) {
+            Ok(secrets) => secrets,
+            Err(error) => return vec![error],
         };
         if let Err(error) = self.prepare_dir() {
             return vec![SpecError::new(
@@ -109,18 +151,10 @@ impl SecretFiles {
         let mut errors = Vec::new();
         for (name, sealed) in &secrets {
             let path = format!("spec.{SECTION}.{name}");
-            let value = match self.key.open(&sealed.ciphertext) {
+            let value = match open(&self.key, name, sealed) {
                 Ok(value) => value,
-                Err(SealError::Refused) => {
-                    tracing::warn!(secret = %name, "a secret is sealed to another key");
-                    errors.push(SpecError::new(
-                        path,
-                        format!("sealed to another key: run `tether secrets set {name}` again"),
-                    ));
-                    continue;
-                }
                 Err(error) => {
-                    errors.push(SpecError::new(path, error.to_string()));
+                    errors.push(error);
                     continue;
                 }
             };
@@ -171,6 +205,7 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::os::unix::fs::MetadataExt;
+    use tether_proto::sealed::PublicKey;
 
     fn sealed_section(secrets: &[(&str, &PublicKey, &[u8])]) -> Value {
         Value::Object(
@@ -214,8 +249,9 @@ mod tests {
     #[test]
     fn secrets_are_written_0600_and_removed_when_no_longer_listed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let files = SecretFiles::new(dir.path(), Arc::new(SecretKey::generate().expect("key")));
-        let key = files.public_key();
+        let secret_key = Arc::new(SecretKey::generate().expect("key"));
+        let files = SecretFiles::new(dir.path(), secret_key.clone());
+        let key = secret_key.public_key();
         let errors = files.apply(Some(&sealed_section(&[
             ("db", &key, b"hunter2"),
             ("token", &key, b"abc"),
@@ -241,11 +277,12 @@ mod tests {
     #[test]
     fn a_secret_sealed_to_another_key_is_reported_and_the_others_written() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let files = SecretFiles::new(dir.path(), Arc::new(SecretKey::generate().expect("key")));
+        let key = Arc::new(SecretKey::generate().expect("key"));
+        let files = SecretFiles::new(dir.path(), key.clone());
         let other = SecretKey::generate().expect("key").public_key();
         let errors = files.apply(Some(&sealed_section(&[
             ("db", &other, b"hunter2"),
-            ("token", &files.public_key(), b"abc"),
+            ("token", &key.public_key(), b"abc"),
         ])));
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].path, "spec.secrets.db");

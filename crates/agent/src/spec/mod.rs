@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tether_proto::desired::updates::{self, UpdateHold, UpdatePolicy};
 use tether_proto::desired::{self, Deployments};
+use tether_proto::sealed::PublicKey;
 use tether_proto::spec::{
     self, Budgets, DeviceSpec, Facts, LoggingConfig, MetricsConfig, ReportedStatus, SpecError,
     SpecMessage,
@@ -184,10 +185,12 @@ fn is_unit_name(unit: &str) -> bool {
 
 /// What the agent reports: the applied version with the sections it could
 /// not apply, and why the last spec tetherd sent could not be applied at
-/// all (`unapplied`), if it could not.
+/// all (`unapplied`), if it could not, and what keeping its secrets as
+/// Kubernetes Secrets could not do (`secret_errors`, cluster mode).
 pub fn report(
     applied: &AppliedSpec,
     unapplied: Option<&SpecError>,
+    secret_errors: &[SpecError],
     facts: &Facts,
     deployments: BTreeMap<String, desired::DeploymentStatus>,
     update_holds: Vec<UpdateHold>,
@@ -195,7 +198,13 @@ pub fn report(
 ) -> ReportedStatus {
     ReportedStatus {
         spec_version: applied.version,
-        errors: applied.errors.iter().chain(unapplied).cloned().collect(),
+        errors: applied
+            .errors
+            .iter()
+            .chain(unapplied)
+            .chain(secret_errors)
+            .cloned()
+            .collect(),
         facts: facts.clone(),
         deployments,
         update_holds,
@@ -217,25 +226,32 @@ pub struct StatusSource {
     pub deployments: DeploymentReports,
     /// Why the device takes no new revision now ([`crate::updates`]).
     pub update_holds: watch::Sender<Vec<UpdateHold>>,
-    /// The public half of the device's sealing key (ADR 0030), from the
-    /// spec handle's secret files.
+    /// What keeping the secrets as Kubernetes Secrets could not do
+    /// ([`crate::secrets::cluster`]); in file mode those errors are in the
+    /// applied spec's.
+    pub secret_errors: watch::Sender<Vec<SpecError>>,
+    /// The public half of the device's sealing key (ADR 0030).
     sealing_key: Option<Arc<str>>,
 }
 
 impl StatusSource {
     pub fn new(spec: SpecHandle, facts: Facts) -> Self {
-        let sealing_key = spec
-            .secrets
-            .as_ref()
-            .map(|files| Arc::from(files.public_key().encode()));
         Self {
             spec,
             facts: Arc::new(facts),
             unapplied: watch::channel(None).0,
             deployments: DeploymentReports::default(),
             update_holds: watch::channel(Vec::new()).0,
-            sealing_key,
+            secret_errors: watch::channel(Vec::new()).0,
+            sealing_key: None,
         }
+    }
+
+    /// Reports `key`, the public half of the device's sealing key, so
+    /// tetherd can seal secrets to it (ADR 0030).
+    pub fn with_sealing_key(mut self, key: &PublicKey) -> Self {
+        self.sealing_key = Some(Arc::from(key.encode()));
+        self
     }
 
     /// The status to report now.
@@ -251,6 +267,7 @@ impl StatusSource {
             facts: self.facts.clone(),
             deployments: self.deployments.subscribe(),
             update_holds: self.update_holds.subscribe(),
+            secret_errors: self.secret_errors.subscribe(),
             sealing_key: self.sealing_key.clone(),
         }
     }
@@ -297,6 +314,7 @@ pub struct StatusView {
     facts: Arc<Facts>,
     deployments: watch::Receiver<deployments::PartReports>,
     update_holds: watch::Receiver<Vec<UpdateHold>>,
+    secret_errors: watch::Receiver<Vec<SpecError>>,
     sealing_key: Option<Arc<str>>,
 }
 
@@ -305,9 +323,11 @@ impl StatusView {
     pub fn report(&self) -> ReportedStatus {
         let unapplied = self.unapplied.borrow().clone();
         let deployments = deployments::merged(&self.deployments.borrow());
+        let secret_errors = self.secret_errors.borrow().clone();
         report(
             &self.applied.borrow(),
             unapplied.as_ref(),
+            &secret_errors,
             &self.facts,
             deployments,
             self.update_holds.borrow().clone(),
@@ -332,7 +352,7 @@ pub enum SpecStoreError {
 }
 
 /// Whether `error` is about `section` or a field of it.
-fn is_under(error: &SpecError, section: &str) -> bool {
+pub(crate) fn is_under(error: &SpecError, section: &str) -> bool {
     error
         .path
         .strip_prefix("spec.")

@@ -445,38 +445,7 @@ async fn flux_gets_a_helm_release_and_its_repository_with_the_agents_cluster_rol
     // The agent as the join manifest runs it: in cluster mode, as a
     // ServiceAccount with exactly the ClusterRole tetherd's manifest grants.
     let api = FakeKubeApi::start_with(HelmControllers::Flux).await?;
-    let rules = tether_server::join::agent_cluster_rules();
-    api.seed("namespaces", json!({"metadata": {"name": "tether-system"}}))?;
-    api.seed(
-        "serviceaccounts",
-        json!({"metadata": {"name": "tether-agent", "namespace": "tether-system"}}),
-    )?;
-    api.seed(
-        "clusterroles",
-        json!({"metadata": {"name": "tether-agent"}, "rules": rules}),
-    )?;
-    api.seed(
-        "clusterrolebindings",
-        json!({"metadata": {"name": "tether-agent"},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "tether-agent"},
-               "subjects": [{"kind": "ServiceAccount", "name": "tether-agent", "namespace": "tether-system"}]}),
-    )?;
-    api.seed(
-        "roles",
-        json!({"metadata": {"name": "tether-agent", "namespace": "tether-system"},
-               "rules": tether_server::join::agent_namespace_rules()}),
-    )?;
-    api.seed(
-        "rolebindings",
-        json!({"metadata": {"name": "tether-agent", "namespace": "tether-system"},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tether-agent"},
-               "subjects": [{"kind": "ServiceAccount", "name": "tether-agent", "namespace": "tether-system"}]}),
-    )?;
-    let token = service_account_token(&api, "tether-system", "tether-agent").await?;
-    let account = tempfile::tempdir()?;
-    std::fs::write(account.path().join("token"), &token)?;
-    std::fs::write(account.path().join("ca.crt"), &api.ca_pem)?;
-    std::fs::write(account.path().join("namespace"), "tether-system")?;
+    let account = crate::support::join_manifest_pod(&api).await?;
     let port = api.url.rsplit(':').next().context("port")?.to_owned();
     let tetherd = Tetherd::start(Database::Sqlite).await?;
     let admin = tetherd.admin().await?;
@@ -606,34 +575,6 @@ async fn flux_gets_a_helm_release_and_its_repository_with_the_agents_cluster_rol
         c.agent.log()
     );
     Ok(())
-}
-
-/// A TokenRequest token for the ServiceAccount, as `kubectl create token` gets one.
-async fn service_account_token(
-    api: &FakeKubeApi,
-    namespace: &str,
-    account: &str,
-) -> anyhow::Result<String> {
-    let client = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(api.ca_pem.as_bytes())?)
-        .build()?;
-    let answer: Value = client
-        .post(format!(
-            "{}/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
-            api.url
-        ))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"spec": {"expirationSeconds": 3600}}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    answer["status"]["token"]
-        .as_str()
-        .map(str::to_owned)
-        .context("a token")
 }
 
 #[tokio::test]

@@ -782,11 +782,12 @@ async fn a_pod_restarted_with_an_empty_state_dir_is_the_same_device() -> anyhow:
     let mut keys: Vec<&String> = kept["data"].as_object().context("data")?.keys().collect();
     keys.sort();
     ensure!(
-        keys == ["agent.toml", "ca.pem", "cert.pem", "key.pem"],
+        keys == ["agent.toml", "ca.pem", "cert.pem", "key.pem", "sealing.key"],
         "{kept}"
     );
     let cert = std::fs::read_to_string(agent.state_file("cert.pem"))?;
     let key = std::fs::read_to_string(agent.state_file("key.pem"))?;
+    let sealing_key = std::fs::read(agent.state_file("sealing.key"))?;
     let identity = async |agent: &Agent| {
         tether_testkit::local_api(&agent.local_api_socket(), "GET", "/v1/identity", "")
             .await
@@ -802,6 +803,7 @@ async fn a_pod_restarted_with_an_empty_state_dir_is_the_same_device() -> anyhow:
     agent.wait_presence(&admin, "online").await?;
     ensure!(std::fs::read_to_string(agent.state_file("cert.pem"))? == cert);
     ensure!(std::fs::read_to_string(agent.state_file("key.pem"))? == key);
+    ensure!(std::fs::read(agent.state_file("sealing.key"))? == sealing_key);
     let log = agent.log();
     ensure!(
         log.contains("restored the device's identity")

@@ -11,6 +11,7 @@ mod local_api;
 mod logs;
 mod offline;
 mod restore;
+mod secrets;
 mod shell_helper;
 mod sshd;
 mod supervisor;

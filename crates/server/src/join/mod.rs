@@ -117,9 +117,14 @@ const CHART_VERBS: [&str; 5] = ["get", "list", "create", "update", "delete"];
 /// The rules of the agent's Role in [`NAMESPACE`].
 pub fn agent_namespace_rules() -> Value {
     json!([
-        // The agent's identity (a Secret cannot be created by name).
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "update"], "resourceNames": [IDENTITY_SECRET]},
+        // The agent's identity (IDENTITY_SECRET) and its sealed secrets'
+        // Secrets (`tether-secret-NAME`, ADR 0030): kept by name, the
+        // latter found by label to remove those of secrets no longer in
+        // the spec. RBAC cannot match a name prefix (nor a label, nor a
+        // create by name), so this is every Secret of this namespace,
+        // which holds tether's own only; the agent touches those with its
+        // labels and its identity.
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "create", "update", "delete"]},
         // retrieve-kubeconfig: its ServiceAccount and tokens.
         {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["create"]},
         {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "delete"], "resourceNames": [KUBECONFIG_ACCOUNT]},
@@ -627,6 +632,32 @@ mod tests {
             if rule["apiGroups"] == json!(["rbac.authorization.k8s.io"]) {
                 assert_eq!(rule["verbs"], json!(["get"]), "{rule}");
             }
+        }
+    }
+
+    #[test]
+    fn secrets_are_listed_updated_and_deleted_in_the_agents_namespace_only() {
+        let on_secrets = |rules: Value| -> Vec<Value> {
+            rules
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|rule| {
+                    rule["resources"]
+                        .as_array()
+                        .is_some_and(|r| r.contains(&json!("secrets")))
+                })
+                .cloned()
+                .collect()
+        };
+        assert_eq!(
+            on_secrets(agent_namespace_rules()),
+            [json!({"apiGroups": [""], "resources": ["secrets"],
+                    "verbs": ["get", "list", "create", "update", "delete"]})]
+        );
+        // Elsewhere, copy-resource's get and create only.
+        for rule in on_secrets(agent_cluster_rules()) {
+            assert_eq!(rule["verbs"], json!(["get", "create"]), "{rule}");
         }
     }
 

@@ -401,6 +401,8 @@ async fn the_printed_command_joins_the_cluster_with_exactly_the_agent_s_rights(
         "get nodes",
         "get namespace tether-system",
         "get secret tether-enrollment -n tether-system",
+        // The sealed secrets' Secrets (ADR 0030), found by label.
+        "get secrets -n tether-system",
         "create configmap copied -n default --from-literal=a=b",
         "create serviceaccount tether-kubeconfig -n tether-system",
         "create token tether-kubeconfig -n tether-system",
@@ -422,6 +424,8 @@ async fn the_printed_command_joins_the_cluster_with_exactly_the_agent_s_rights(
         "get clusterrolebinding tether-agent",
         "create clusterrolebinding root --clusterrole=cluster-admin --serviceaccount=tether-system:tether-agent",
         "delete configmap copied -n default",
+        "delete secret db -n default",
+        "get secrets -n default",
     ] {
         let run = kubectl(&agent, forbidden).await?;
         assert!(
@@ -566,5 +570,51 @@ async fn the_printed_command_joins_the_cluster_with_exactly_the_agent_s_rights(
     )
     .await?;
     ensure!(listed["statusCode"] == 200, "{listed}");
+
+    // A sealed secret becomes the Secret tether-secret-NAME with the
+    // manifest's rights, and goes with the secret.
+    tether_testkit::wait_until("edge-1's sealing key", WAIT, || async {
+        let device = admin
+            .get("/api/v1/devices/edge-1")
+            .await?
+            .expect_status(200)?;
+        Ok(device["status"]["sealingKey"].as_str().map(drop))
+    })
+    .await?;
+    let set = admin
+        .put_json(
+            "/api/v1/secrets/db-password",
+            json!({"target": {"device": "edge-1"}, "value": "hunter2"}),
+        )
+        .await?
+        .expect_status(200)?;
+    ensure!(set["sealed"] == json!(["edge-1"]), "{set}");
+    let kept = |present: bool| {
+        let api = &api;
+        move || {
+            let secret = api.get(
+                "secrets",
+                Some("tether-system"),
+                "tether-secret-db-password",
+            );
+            let done = secret.is_some() == present
+                && secret
+                    .as_ref()
+                    .is_none_or(|s| s["data"]["value"] == "aHVudGVyMg==");
+            async move { Ok(done.then_some(())) }
+        }
+    };
+    tether_testkit::wait_until("the secret's Secret", WAIT, kept(true))
+        .await
+        .with_context(|| agent.log())?;
+    admin
+        .delete("/api/v1/secrets/db-password")
+        .await?
+        .expect_status(204)?;
+    tether_testkit::wait_until("the Secret deleted", WAIT, kept(false))
+        .await
+        .with_context(|| agent.log())?;
     Ok(())
 }
+
+const WAIT: Duration = Duration::from_secs(30);

@@ -249,6 +249,34 @@ fn verb(method: &Method, target: &Target) -> &'static str {
     }
 }
 
+/// A delete's `DeleteOptions.preconditions` (`uid`, `resourceVersion`):
+/// the object must still be that one, else 409 as the real API answers.
+fn check_preconditions(object: &Value, resource: &Resource, body: &[u8]) -> Result<(), ApiError> {
+    if body.is_empty() {
+        return Ok(());
+    }
+    let options = parse(body)?;
+    for (field, label) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
+        let wanted = &options["preconditions"][field];
+        let actual = &object["metadata"][field];
+        if let Some(wanted) = wanted.as_str()
+            && actual.as_str() != Some(wanted)
+        {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{}\": Precondition failed: {label} in precondition: {wanted}, {label} in object meta: {}",
+                    qualified(resource),
+                    object["metadata"]["name"].as_str().unwrap_or_default(),
+                    actual.as_str().unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn parse(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))
@@ -333,7 +361,10 @@ fn serve(
             apply_patch(headers, &mut object, &parse(body)?)?;
             Ok((200, store.replace(resource, ns, name, object)?))
         }
-        (Method::DELETE, Some(name), None) => Ok((200, store.delete(resource, ns, name)?)),
+        (Method::DELETE, Some(name), None) => {
+            check_preconditions(&store.get(resource, ns, name)?, resource, body)?;
+            Ok((200, store.delete(resource, ns, name)?))
+        }
         (Method::GET, Some(name), Some("scale")) if resource.kind == "Deployment" => {
             Ok((200, scale(&store.get(resource, ns, name)?)))
         }
@@ -737,5 +768,34 @@ mod tests {
             route(&[], "/apis/authentication.k8s.io/v1/tokenreviews"),
             Ok(Route::TokenReview)
         ));
+    }
+
+    #[test]
+    fn a_delete_with_preconditions_only_takes_that_object() {
+        let secrets = discovery::by_plural("secrets").expect("served");
+        let secret = json!({"metadata": {"name": "x", "uid": "u-1", "resourceVersion": "5"}});
+        let options = |preconditions: Value| {
+            json!({"kind": "DeleteOptions", "preconditions": preconditions}).to_string()
+        };
+        assert!(check_preconditions(&secret, secrets, b"").is_ok());
+        assert!(
+            check_preconditions(&secret, secrets, options(json!({"uid": "u-1"})).as_bytes())
+                .is_ok()
+        );
+        let refused =
+            check_preconditions(&secret, secrets, options(json!({"uid": "u-2"})).as_bytes())
+                .expect_err("another object");
+        assert_eq!((refused.code, refused.reason), (409, "Conflict"));
+        assert_eq!(
+            refused.message,
+            "Operation cannot be fulfilled on secrets \"x\": Precondition failed: UID in precondition: u-2, UID in object meta: u-1"
+        );
+        let stale = check_preconditions(
+            &secret,
+            secrets,
+            options(json!({"resourceVersion": "4"})).as_bytes(),
+        )
+        .expect_err("changed since");
+        assert_eq!(stale.code, 409);
     }
 }
