@@ -90,7 +90,8 @@ pub struct Config {
     )]
     pub registration_max_wait_seconds: u64,
 
-    /// Log level: debug, info, warning, error, critical, or a tracing filter
+    /// Log level: debug, info, warning, error, critical, or targets and
+    /// levels such as info,rumqttc=warn
     #[arg(
         long,
         env = "TETHER_AGENT_LOG",
