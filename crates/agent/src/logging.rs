@@ -10,9 +10,9 @@ use std::io::IsTerminal;
 use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
+use tracing_subscriber::filter::{ParseError, Targets};
 use tracing_subscriber::layer::{Layered, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::filter::{ParseError, Targets};
 use tracing_subscriber::{Layer, Registry, reload};
 
 type FilteredRegistry = Layered<reload::Layer<Targets, Registry>, Registry>;
@@ -23,10 +23,7 @@ pub enum LoggingError {
     #[error(
         "invalid log level {given:?}: use debug, info, warning, error or critical, or targets and levels such as \"info,tether_agent=debug\""
     )]
-    Level {
-        given: String,
-        source: ParseError,
-    },
+    Level { given: String, source: ParseError },
     #[error(
         "invalid log level {given:?}: {target:?} is not a target (a crate or module path such as tether_agent::session); span and field filters are not supported"
     )]
@@ -149,9 +146,9 @@ fn filter_for(level: &str) -> Result<Targets, LoggingError> {
     // `Targets` takes any word without `=` for a target to log at every
     // level, so a typo or an `EnvFilter` span filter would pass unnoticed.
     let is_path = |target: &str| {
-        target.split("::").all(|part| {
-            !part.is_empty() && part.chars().all(|c| c.is_alphanumeric() || c == '_')
-        })
+        target
+            .split("::")
+            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_alphanumeric() || c == '_'))
     };
     if let Some((target, _)) = filter.iter().find(|(target, _)| !is_path(target)) {
         return Err(LoggingError::Target {
@@ -261,7 +258,8 @@ mod tests {
                 panic!("{level:?} accepted");
             };
             assert!(
-                err.to_string().contains(&format!("{target:?} is not a target")),
+                err.to_string()
+                    .contains(&format!("{target:?} is not a target")),
                 "{level:?}: {err}"
             );
         }
