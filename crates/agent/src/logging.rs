@@ -252,7 +252,6 @@ mod tests {
         for (level, target) in [
             ("info,[span]=debug", "[span]"),
             ("info,tether-agent=debug", "tether-agent"),
-            ("", ""),
         ] {
             let Err(err) = build(settings(level)) else {
                 panic!("{level:?} accepted");
