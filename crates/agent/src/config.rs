@@ -90,7 +90,8 @@ pub struct Config {
     )]
     pub registration_max_wait_seconds: u64,
 
-    /// Log level: debug, info, warning, error, critical, or a tracing filter
+    /// Log level: debug, info, warning, error, critical, or targets and
+    /// levels such as info,rumqttc=warn
     #[arg(
         long,
         env = "TETHER_AGENT_LOG",
@@ -285,6 +286,11 @@ pub struct Config {
     /// work [default: tether-agent-restore beside this executable]
     #[arg(long, env = "TETHER_AGENT_RESTORE_HELPER", value_name = "PATH")]
     pub restore_helper: Option<PathBuf>,
+
+    /// The helper binary that renders deployments' config file templates
+    /// [default: tether-agent-render beside this executable]
+    #[arg(long, env = "TETHER_AGENT_RENDER_HELPER", value_name = "PATH")]
+    pub render_helper: Option<PathBuf>,
 
     /// Whether operators may run commands and copy files here through
     /// tunnels (`tether exec`, `tether cp`), whatever tetherd asks
@@ -543,6 +549,14 @@ impl Config {
         self.restore_helper
             .clone()
             .unwrap_or_else(|| beside_this_executable(crate::restore::helper::HELPER_NAME))
+    }
+
+    /// The `tether-agent-render` that renders config files: the flag's,
+    /// else the one beside this executable (installed together).
+    pub fn render_helper(&self) -> PathBuf {
+        self.render_helper.clone().unwrap_or_else(|| {
+            beside_this_executable(crate::deployments::supervisor::render::HELPER_NAME)
+        })
     }
 
     /// How `ssh` tunnels run the management shell: the helper beside this

@@ -393,6 +393,7 @@ async fn serve(
                 ca_pem: credentials.ca_pem.clone(),
             },
             sink: process_logs,
+            render_helper: config.render_helper(),
             reports: status.deployments.clone(),
         },
         status.spec.subscribe(),

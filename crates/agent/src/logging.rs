@@ -1,26 +1,33 @@
 //! The agent's log output on stderr, changeable at run time by the
 //! `configure-logger` action through tracing-subscriber's reload layers.
+//!
+//! The filter is a list of targets and levels (`info,rumqttc=warn`),
+//! tracing-subscriber's `Targets`: its `EnvFilter` adds span and field
+//! filters through regex-automata and regex-syntax, about 0.2 MB of code
+//! the agent maps at start (its idle memory budget, BENCHMARKS.md).
 
 use std::io::IsTerminal;
 use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
+use tracing_subscriber::filter::{ParseError, Targets};
 use tracing_subscriber::layer::{Layered, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
+use tracing_subscriber::{Layer, Registry, reload};
 
-type FilteredRegistry = Layered<reload::Layer<EnvFilter, Registry>, Registry>;
+type FilteredRegistry = Layered<reload::Layer<Targets, Registry>, Registry>;
 type FormatLayer = Box<dyn Layer<FilteredRegistry> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoggingError {
     #[error(
-        "invalid log level {given:?}: use debug, info, warning, error or critical, or a tracing filter such as \"info,tether_agent=debug\""
+        "invalid log level {given:?}: use debug, info, warning, error or critical, or targets and levels such as \"info,tether_agent=debug\""
     )]
-    Level {
-        given: String,
-        source: tracing_subscriber::filter::ParseError,
-    },
+    Level { given: String, source: ParseError },
+    #[error(
+        "invalid log level {given:?}: {target:?} is not a target (a crate or module path such as tether_agent::session); span and field filters are not supported"
+    )]
+    Target { given: String, target: String },
     #[error("cannot install the logger: another one is already installed")]
     Install(#[source] tracing_subscriber::util::TryInitError),
     #[error("cannot change the logger: it is no longer installed")]
@@ -47,7 +54,7 @@ pub struct LogChange {
 }
 
 pub struct LogControl {
-    filter: reload::Handle<EnvFilter, Registry>,
+    filter: reload::Handle<Targets, Registry>,
     format: reload::Handle<FormatLayer, FilteredRegistry>,
     current: Mutex<LogSettings>,
 }
@@ -118,18 +125,38 @@ impl LogControl {
 }
 
 /// Seed 000's level names are Python's; tracing has no `warning` or `critical`.
-fn filter_for(level: &str) -> Result<EnvFilter, LoggingError> {
-    let directive = match level.trim() {
-        "warning" => "warn",
-        "critical" => "error",
-        other => other,
-    };
-    EnvFilter::builder()
-        .parse(directive)
+fn filter_for(level: &str) -> Result<Targets, LoggingError> {
+    let directives: Vec<&str> = level
+        .split(',')
+        .map(str::trim)
+        .filter(|directive| !directive.is_empty())
+        .map(|directive| match directive {
+            "warning" => "warn",
+            "critical" => "error",
+            other => other,
+        })
+        .collect();
+    let filter: Targets = directives
+        .join(",")
+        .parse()
         .map_err(|source| LoggingError::Level {
             given: level.to_owned(),
             source,
-        })
+        })?;
+    // `Targets` takes any word without `=` for a target to log at every
+    // level, so a typo or an `EnvFilter` span filter would pass unnoticed.
+    let is_path = |target: &str| {
+        target
+            .split("::")
+            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_alphanumeric() || c == '_'))
+    };
+    if let Some((target, _)) = filter.iter().find(|(target, _)| !is_path(target)) {
+        return Err(LoggingError::Target {
+            given: level.to_owned(),
+            target: target.to_owned(),
+        });
+    }
+    Ok(filter)
 }
 
 fn format_layer(settings: &LogSettings) -> FormatLayer {
@@ -213,9 +240,28 @@ mod tests {
             "error",
             "critical",
             "info,rumqttc=warn",
+            "warning, tether_agent::session=debug,",
         ] {
             assert!(build(settings(level)).is_ok(), "{level}");
         }
         assert!(build(settings("[[")).is_err());
+    }
+
+    #[test]
+    fn what_is_not_a_target_is_refused_by_name() {
+        for (level, target) in [
+            ("info,[span]=debug", "[span]"),
+            ("info,tether-agent=debug", "tether-agent"),
+        ] {
+            let Err(err) = build(settings(level)) else {
+                panic!("{level:?} accepted");
+            };
+            assert!(
+                err.to_string()
+                    .contains(&format!("{target:?} is not a target")),
+                "{level:?}: {err}"
+            );
+        }
+        assert!(build(settings("info,rumqttc=loud")).is_err());
     }
 }

@@ -34,7 +34,10 @@ fn run(config: Config, dumpable: rustix::io::Result<()>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    // On the heap: the agent's whole state machine is tens of KB, and each
+    // move through block_on would otherwise touch that much more of the
+    // main thread's stack, which stays resident while the agent idles.
+    runtime.block_on(Box::pin(async {
         let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
         let shutdown = async move {
             tokio::select! {
@@ -44,5 +47,5 @@ fn run(config: Config, dumpable: rustix::io::Result<()>) -> anyhow::Result<()> {
         };
         tether_agent::run(&config, logging, shutdown).await?;
         Ok(())
-    })
+    }))
 }

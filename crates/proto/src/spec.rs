@@ -232,9 +232,18 @@ pub fn validate(spec: &Value) -> Result<(), SpecError> {
 
 /// Checks one section by name.
 pub fn validate_section(name: &str, section: &Value) -> Result<(), SpecError> {
+    validate_section_with(name, section, crate::template::check)
+}
+
+/// [`validate_section`], config file templates checked by `check_template`.
+pub fn validate_section_with(
+    name: &str,
+    section: &Value,
+    check_template: crate::template::TemplateCheck,
+) -> Result<(), SpecError> {
     let path = format!("spec.{name}");
     if name == crate::desired::SECTION {
-        return crate::desired::validate(&path, section);
+        return crate::desired::validate_with(&path, section, check_template);
     }
     if name == crate::desired::updates::SECTION {
         return crate::desired::updates::validate(&path, section);

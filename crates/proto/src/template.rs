@@ -49,13 +49,24 @@ fn describe(error: &minijinja::Error) -> String {
     text
 }
 
-/// Compiles `source`: size and syntax.
-pub fn check(name: &str, source: &str) -> Result<(), TemplateError> {
+/// How a spec's templates are checked: [`check`] where the engine is
+/// linked (tetherd, the CLI), [`check_size`] where it is not (the agent,
+/// whose helper compiles them as it renders).
+pub type TemplateCheck = fn(&str, &str) -> Result<(), TemplateError>;
+
+/// The size of `source` only; needs no template engine.
+pub fn check_size(_name: &str, source: &str) -> Result<(), TemplateError> {
     if source.len() > MAX_TEMPLATE_BYTES {
         return Err(TemplateError::TooLarge {
             bytes: source.len(),
         });
     }
+    Ok(())
+}
+
+/// Compiles `source`: size and syntax.
+pub fn check(name: &str, source: &str) -> Result<(), TemplateError> {
+    check_size(name, source)?;
     environment()
         .template_from_named_str(name, source)
         .map(drop)

@@ -79,7 +79,7 @@ pub fn apply(previous: &AppliedSpec, message: &SpecMessage) -> AppliedSpec {
     let mut take = |name: &str, apply_section: &mut dyn FnMut(&Value) -> Result<(), SpecError>| {
         if let Some(section) = message.spec.get(name)
             && let Err(error) =
-                spec::validate_section(name, section).and_then(|()| apply_section(section))
+                validate_section(name, section).and_then(|()| apply_section(section))
         {
             applied.errors.push(error);
         }
@@ -133,6 +133,14 @@ pub fn apply(previous: &AppliedSpec, message: &SpecMessage) -> AppliedSpec {
         applied.updates = update_policy;
     }
     applied
+}
+
+/// Checks a section as tetherd does, but for config file templates' syntax:
+/// the render helper compiles them (`deployments::supervisor::render`), and
+/// a template it cannot compile fails its deployment, naming the file. The
+/// template engine stays out of the agent's binary and idle memory.
+fn validate_section(name: &str, section: &Value) -> Result<(), SpecError> {
+    spec::validate_section_with(name, section, tether_proto::template::check_size)
 }
 
 fn typed<T: serde::de::DeserializeOwned>(name: &str, section: &Value) -> Result<T, SpecError> {
@@ -408,7 +416,7 @@ impl SpecHandle {
             .cloned()
             .collect();
         let sealed = current.spec.get(section);
-        match sealed.map(|s| spec::validate_section(section, s)) {
+        match sealed.map(|s| validate_section(section, s)) {
             Some(Err(error)) => errors.push(error),
             _ => errors.extend(files.apply(sealed)),
         }

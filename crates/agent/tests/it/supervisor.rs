@@ -460,3 +460,48 @@ async fn a_config_change_restarts_only_its_users_and_a_bad_version_leaves_what_r
     ensure!(std::fs::read_to_string(&conf_b)? == "name=b\n");
     Ok(())
 }
+
+/// Templates are rendered by the helper `tether-agent-render`: without
+/// it, a version with config files fails naming the path and the flag,
+/// and a version without any still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_render_helper_config_files_fail_naming_it() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let dir = tempfile::tempdir()?;
+    let dir = dir.path();
+    let helper = dir.join("no-such-render-helper");
+    let helper_env = helper.display().to_string();
+    let agent = Agent::enroll_with_env(
+        &tetherd,
+        &admin,
+        "helperless",
+        &[("TETHER_AGENT_RENDER_HELPER", helper_env.as_str())],
+    )
+    .await?;
+    agent.wait_presence(&admin, "online").await?;
+    let mut desired = Desired::new(&admin, &agent.name);
+    let conf = dir.join("etc/app.conf");
+    desired
+        .set(json!({"app": {
+            "version": "v1",
+            "processes": {"plain": sleeper(dir, "plain", json!({"configFiles": ["conf"]}))},
+            "configFiles": {"conf": {"path": conf.display().to_string(), "template": "x={{ values.x }}\n"}},
+            "values": {"x": 1}
+        }}))
+        .await?;
+    let failed = desired.wait(&agent, "app", "v1", "failed").await?;
+    let reason = failed["reason"].as_str().context("reason")?;
+    ensure!(
+        reason.contains(&helper_env) && reason.contains("--render-helper"),
+        "{reason}"
+    );
+    ensure!(!conf.exists() && pid(dir, "plain").is_none());
+
+    desired
+        .set(json!({"app": {"version": "v2", "processes": {"plain": sleeper(dir, "plain", json!({}))}}}))
+        .await?;
+    desired.wait(&agent, "app", "v2", "ready").await?;
+    wait_new_pid(dir, "plain", None).await?;
+    Ok(())
+}

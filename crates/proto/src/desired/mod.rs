@@ -114,6 +114,15 @@ impl DeploymentStatus {
 
 /// Checks the `deployments` section: names, sizes, and each part's rules.
 pub fn validate(path: &str, section: &Value) -> Result<(), SpecError> {
+    validate_with(path, section, crate::template::check)
+}
+
+/// [`validate`], config file templates checked by `check_template`.
+pub fn validate_with(
+    path: &str,
+    section: &Value,
+    check_template: crate::template::TemplateCheck,
+) -> Result<(), SpecError> {
     let Value::Object(deployments) = section else {
         return Err(SpecError::new(
             path,
@@ -141,7 +150,7 @@ pub fn validate(path: &str, section: &Value) -> Result<(), SpecError> {
             ));
         }
         chart::validate(&format!("{path}.charts"), &deployment.charts)?;
-        process::validate(&path, &deployment)?;
+        process::validate_with(&path, &deployment, check_template)?;
     }
     Ok(())
 }

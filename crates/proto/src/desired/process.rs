@@ -194,6 +194,15 @@ pub fn https_host(url: &str) -> Option<&str> {
 
 /// Checks a deployment's processes and config files.
 pub fn validate(path: &str, deployment: &DeploymentSpec) -> Result<(), SpecError> {
+    validate_with(path, deployment, template::check)
+}
+
+/// [`validate`], the config files' templates checked by `check_template`.
+pub fn validate_with(
+    path: &str,
+    deployment: &DeploymentSpec,
+    check_template: template::TemplateCheck,
+) -> Result<(), SpecError> {
     let processes_path = format!("{path}.processes");
     let files_path = format!("{path}.configFiles");
     check_names(&processes_path, &deployment.processes)?;
@@ -212,7 +221,7 @@ pub fn validate(path: &str, deployment: &DeploymentSpec) -> Result<(), SpecError
     let mut paths = BTreeMap::new();
     for (name, file) in &deployment.config_files {
         let at = format!("{files_path}.{name}");
-        check_config_file(&at, name, file)?;
+        check_config_file(&at, name, file, check_template)?;
         if let Some(other) = paths.insert(file.path.as_str(), name) {
             return Err(SpecError::new(
                 format!("{at}.path"),
@@ -246,10 +255,15 @@ fn check_names<T>(path: &str, named: &BTreeMap<String, T>) -> Result<(), SpecErr
         .try_for_each(|name| super::check_name(&format!("{path}.{name}"), name))
 }
 
-fn check_config_file(at: &str, name: &str, file: &ConfigFileSpec) -> Result<(), SpecError> {
+fn check_config_file(
+    at: &str,
+    name: &str,
+    file: &ConfigFileSpec,
+    check_template: template::TemplateCheck,
+) -> Result<(), SpecError> {
     check_absolute(&format!("{at}.path"), &file.path)?;
     check_mode(&format!("{at}.mode"), &file.mode)?;
-    template::check(name, &file.template)
+    check_template(name, &file.template)
         .map_err(|e| SpecError::new(format!("{at}.template"), e.to_string()))
 }
 

@@ -19,8 +19,8 @@ use sha2::{Digest, Sha256};
 use tether_proto::desired::DeploymentSpec;
 use tether_proto::desired::process::{Artifact, https_host, parse_mode};
 use tether_proto::spec::Facts;
-use tether_proto::template;
 
+use super::render::{self, RenderError};
 use crate::state::write_atomic;
 
 /// Largest artifact downloaded.
@@ -53,18 +53,32 @@ pub fn context(device: &DeviceContext, deployment: &DeploymentSpec) -> Value {
     })
 }
 
-/// Renders every config file of `deployment`; the first that cannot be
-/// rendered is the error, naming the file. No file may go into the
-/// agent's state directory (its key, its credentials) but under `root`,
-/// the processes' directories.
-pub fn render(
+/// Renders every config file of `deployment` with the render helper
+/// ([`render`]); the first that cannot be rendered is the error, naming
+/// the file. No file may go into the agent's state directory (its key,
+/// its credentials) but under `root`, the processes' directories.
+pub async fn render(
     device: &DeviceContext,
     deployment: &DeploymentSpec,
     root: &Path,
+    helper: &Path,
 ) -> Result<BTreeMap<String, Rendered>, String> {
-    let context = context(device, deployment);
+    let request = render_request(device, deployment, root)?;
+    if request.templates.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let contents = render::with_helper(helper, &request).await;
+    rendered(deployment, contents)
+}
+
+/// What the render helper is asked, once every file's path is checked.
+pub fn render_request(
+    device: &DeviceContext,
+    deployment: &DeploymentSpec,
+    root: &Path,
+) -> Result<render::Request, String> {
     let state_dir = root.parent().unwrap_or(root);
-    deployment
+    let templates = deployment
         .config_files
         .iter()
         .map(|(name, file)| {
@@ -75,8 +89,37 @@ pub fn render(
                     file.path
                 ));
             }
-            let content = template::render(name, &file.template, &context)
-                .map_err(|e| format!("config file {name} ({}) {e}", file.path))?;
+            Ok((name.clone(), file.template.clone()))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(render::Request {
+        context: context(device, deployment),
+        templates,
+    })
+}
+
+/// The config files of `deployment` with the contents the helper rendered.
+pub fn rendered(
+    deployment: &DeploymentSpec,
+    contents: Result<BTreeMap<String, String>, RenderError>,
+) -> Result<BTreeMap<String, Rendered>, String> {
+    let mut contents = contents.map_err(|error| match &error {
+        RenderError::Template { name, .. } => {
+            let path = deployment
+                .config_files
+                .get(name)
+                .map_or("", |file| file.path.as_str());
+            format!("config file {name} ({path}) {error}")
+        }
+        RenderError::Helper { .. } => format!("cannot render the config files: {error}"),
+    })?;
+    deployment
+        .config_files
+        .iter()
+        .map(|(name, file)| {
+            let content = contents.remove(name).ok_or_else(|| {
+                format!("config file {name}: the render helper did not render it")
+            })?;
             let mode = parse_mode(&file.mode)
                 .ok_or_else(|| format!("config file {name}: mode {:?} is not octal", file.mode))?;
             Ok((
@@ -326,6 +369,20 @@ mod tests {
 
     fn deployment(value: serde_json::Value) -> DeploymentSpec {
         serde_json::from_value(value).expect("deployment")
+    }
+
+    /// [`super::render`] with the helper's work done in this process.
+    fn render(
+        device: &DeviceContext,
+        deployment: &DeploymentSpec,
+        root: &Path,
+    ) -> Result<BTreeMap<String, Rendered>, String> {
+        let request = render_request(device, deployment, root)?;
+        let contents = match render::render_all(&request) {
+            render::Reply::Rendered(contents) => Ok(contents),
+            render::Reply::Failed { name, reason } => Err(RenderError::Template { name, reason }),
+        };
+        rendered(deployment, contents)
     }
 
     #[test]

@@ -20,6 +20,7 @@
 pub mod child;
 pub mod files;
 pub mod machine;
+pub mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ pub struct SupervisorParts {
     pub artifacts: ArtifactSource,
     /// Where the processes' output goes.
     pub sink: Arc<Sink>,
+    /// `tether-agent-render`, which renders config files ([`render`]).
+    pub render_helper: PathBuf,
     pub reports: DeploymentReports,
 }
 
@@ -249,7 +252,9 @@ impl Runtime {
         let parts = self.parts.clone();
         let done = self.prepared.clone();
         AbortOnDrop(tokio::spawn(async move {
-            let result = match files::render(&parts.device, &spec, &parts.root) {
+            let rendered =
+                files::render(&parts.device, &spec, &parts.root, &parts.render_helper).await;
+            let result = match rendered {
                 Ok(rendered) => files::stage(&parts.artifacts, &parts.root, &name, &spec)
                     .await
                     .map(|staged| (rendered, staged)),
