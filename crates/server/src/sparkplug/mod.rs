@@ -8,4 +8,6 @@
 //! tetherd calls it yet: the fleet monitor wires it to a broker connection
 //! and feeds it devices, metrics and alerts.
 
+pub mod node;
 pub mod payload;
+pub mod topics;
