@@ -1,0 +1,219 @@
+//! The IO shell around one [`EdgeNode`]: its own MQTT v5 connection to the
+//! external Sparkplug broker, with the session's NDEATH as the will, its
+//! births on every connect, its NCMD subscription and the device updates it
+//! is given.
+//!
+//! Plain TCP for now; the monitor's configuration adds TLS and credentials
+//! when it wires this in.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use chrono::Utc;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::node::{EdgeNode, Metrics, NodeCommand, SparkplugMessage, node_commands};
+use super::topics::{EdgeDeviceId, NodeMessage, Topic};
+
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Requests queued between this task and rumqttc's event loop; the node's
+/// own queue holds the rest, so a rebirth of many devices never blocks.
+const REQUEST_CAPACITY: usize = 64;
+
+/// Where the Sparkplug broker is, and who this node is to it.
+#[derive(Debug, Clone)]
+pub struct SparkplugBroker {
+    pub host: String,
+    pub port: u16,
+    /// The MQTT client id; unique per edge node on the broker.
+    pub client_id: String,
+}
+
+/// A change to one of the node's devices.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceUpdate {
+    /// The device's metrics, all of them (a new device, or new metrics).
+    Birth {
+        device: EdgeDeviceId,
+        metrics: Metrics,
+    },
+    /// New values of metrics the device's birth declared.
+    Data {
+        device: EdgeDeviceId,
+        metrics: Metrics,
+    },
+    Death {
+        device: EdgeDeviceId,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the Sparkplug publisher of edge node {node} has stopped")]
+pub struct PublisherStopped {
+    node: String,
+}
+
+/// One edge node's publisher task. Dropping it drops the connection, and
+/// the broker publishes the node's NDEATH.
+pub struct Publisher {
+    node: String,
+    updates: mpsc::Sender<DeviceUpdate>,
+    task: JoinHandle<()>,
+}
+
+impl Publisher {
+    pub fn spawn(node: EdgeNode, broker: SparkplugBroker) -> Self {
+        let name = format!("{}/{}", node.group(), node.node());
+        let (updates, receiver) = mpsc::channel(REQUEST_CAPACITY);
+        let task = tokio::spawn(run(node, broker, receiver));
+        Self {
+            node: name,
+            updates,
+            task,
+        }
+    }
+
+    pub async fn update(&self, update: DeviceUpdate) -> Result<(), PublisherStopped> {
+        self.updates
+            .send(update)
+            .await
+            .map_err(|_| PublisherStopped {
+                node: self.node.clone(),
+            })
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn will(message: &SparkplugMessage) -> LastWill {
+    // Sparkplug: the NDEATH will is QoS 1 and not retained.
+    LastWill::new(
+        message.topic.to_string(),
+        message.encode(),
+        QoS::AtLeastOnce,
+        false,
+        None,
+    )
+}
+
+async fn run(
+    mut node: EdgeNode,
+    broker: SparkplugBroker,
+    mut updates: mpsc::Receiver<DeviceUpdate>,
+) {
+    let mut options = MqttOptions::new(&broker.client_id, &broker.host, broker.port);
+    options
+        .set_keep_alive(KEEP_ALIVE)
+        .set_clean_start(true)
+        .set_last_will(will(&node.new_session()));
+    let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+    let ncmd = Topic::Node {
+        group: node.group().clone(),
+        message: NodeMessage::Command,
+        node: node.node().clone(),
+    }
+    .to_string();
+    // Messages in order, waiting for room in rumqttc's request queue.
+    let mut outgoing: VecDeque<SparkplugMessage> = VecDeque::new();
+    let mut delay = RETRY_FIRST;
+    let mut updates_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            polled = eventloop.poll() => match polled {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    delay = RETRY_FIRST;
+                    tracing::info!(node = %node.node(), group = %node.group(), bd_seq = node.bd_seq(), "connected to the Sparkplug broker");
+                    if let Err(error) = client.try_subscribe(ncmd.clone(), QoS::AtLeastOnce) {
+                        tracing::error!(%error, "could not subscribe to the edge node's NCMD topic");
+                    }
+                    queue_birth(&mut node, &mut outgoing);
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == ncmd.as_bytes() => {
+                    match node_commands(&publish.payload) {
+                        Ok(commands) => {
+                            for command in commands {
+                                match command {
+                                    NodeCommand::Rebirth => {
+                                        tracing::info!(node = %node.node(), "a Sparkplug host asked for a rebirth");
+                                        // The births replace whatever was
+                                        // queued: they carry current values.
+                                        outgoing.clear();
+                                        queue_birth(&mut node, &mut outgoing);
+                                    }
+                                    NodeCommand::Unsupported { metric } => {
+                                        tracing::warn!(node = %node.node(), %metric, "ignoring an NCMD metric tetherd does not act on");
+                                    }
+                                }
+                            }
+                        }
+                        Err(error) => tracing::warn!(node = %node.node(), error = %tether_proto::error_chain(&error), "ignoring an NCMD"),
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    // The next connection is a new session: a new bdSeq,
+                    // its own will, and nothing of the old one's queue.
+                    node.end_session();
+                    outgoing.clear();
+                    eventloop.options.set_last_will(will(&node.new_session()));
+                    tracing::warn!(node = %node.node(), error = %error, retry_in_ms = delay.as_millis() as u64, "no connection to the Sparkplug broker");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            },
+            sent = async {
+                match outgoing.front() {
+                    Some(message) => client.publish(message.topic.to_string(), QoS::AtMostOnce, false, message.encode()).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // Only a completed send leaves the queue: a send cut short
+                // by the select sent nothing and is tried again.
+                outgoing.pop_front();
+                if let Err(error) = sent {
+                    tracing::warn!(node = %node.node(), error = %error, "could not hand a Sparkplug message to the MQTT client");
+                }
+            }
+            update = updates.recv(), if updates_open => match update {
+                Some(update) => apply(&mut node, update, &mut outgoing),
+                None => updates_open = false,
+            },
+        }
+    }
+}
+
+fn queue_birth(node: &mut EdgeNode, outgoing: &mut VecDeque<SparkplugMessage>) {
+    match node.birth(Utc::now()) {
+        Ok(messages) => outgoing.extend(messages),
+        Err(error) => {
+            tracing::error!(node = %node.node(), %error, "could not publish the edge node's birth")
+        }
+    }
+}
+
+fn apply(node: &mut EdgeNode, update: DeviceUpdate, outgoing: &mut VecDeque<SparkplugMessage>) {
+    let now = Utc::now();
+    let message = match update {
+        DeviceUpdate::Birth { device, metrics } => node.device_birth(device, metrics, now),
+        DeviceUpdate::Data { device, metrics } => match node.device_data(&device, metrics, now) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(node = %node.node(), %error, "not publishing a device's data");
+                None
+            }
+        },
+        DeviceUpdate::Death { device } => node.device_death(&device, now),
+    };
+    outgoing.extend(message);
+}
