@@ -12,9 +12,10 @@ use std::time::Duration;
 use chrono::Utc;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, ClientError, Event, MqttOptions};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::node::{EdgeNode, Metrics, NodeCommand, SparkplugMessage, node_commands};
 use super::topics::{EdgeDeviceId, NodeMessage, Topic};
@@ -22,9 +23,17 @@ use super::topics::{EdgeDeviceId, NodeMessage, Topic};
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
-/// Requests queued between this task and rumqttc's event loop; the node's
+/// Requests queued between this task and rumqttc's event loop; this task's
 /// own queue holds the rest, so a rebirth of many devices never blocks.
 const REQUEST_CAPACITY: usize = 64;
+
+/// What this task hands to the MQTT client, in order.
+enum Request {
+    /// The NCMD subscription, once per connection: through the same queue
+    /// as the births, so a full request queue delays it instead of losing it.
+    SubscribeCommands,
+    Publish(SparkplugMessage),
+}
 
 /// Where the Sparkplug broker is, and who this node is to it.
 #[derive(Debug, Clone)]
@@ -123,42 +132,28 @@ async fn run(
         node: node.node().clone(),
     }
     .to_string();
-    // Messages in order, waiting for room in rumqttc's request queue.
-    let mut outgoing: VecDeque<SparkplugMessage> = VecDeque::new();
+    // Requests in order, waiting for room in rumqttc's request queue.
+    let mut outgoing: VecDeque<Request> = VecDeque::new();
     let mut delay = RETRY_FIRST;
+    // While waiting to reconnect, updates still come in: whoever sends
+    // them never waits for the broker.
+    let mut retry_at: Option<Instant> = None;
     let mut updates_open = true;
     loop {
         tokio::select! {
             biased;
-            polled = eventloop.poll() => match polled {
+            () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                retry_at = None;
+            }
+            polled = eventloop.poll(), if retry_at.is_none() => match polled {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     delay = RETRY_FIRST;
                     tracing::info!(node = %node.node(), group = %node.group(), bd_seq = node.bd_seq(), "connected to the Sparkplug broker");
-                    if let Err(error) = client.try_subscribe(ncmd.clone(), QoS::AtLeastOnce) {
-                        tracing::error!(%error, "could not subscribe to the edge node's NCMD topic");
-                    }
+                    outgoing.push_back(Request::SubscribeCommands);
                     queue_birth(&mut node, &mut outgoing);
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == ncmd.as_bytes() => {
-                    match node_commands(&publish.payload) {
-                        Ok(commands) => {
-                            for command in commands {
-                                match command {
-                                    NodeCommand::Rebirth => {
-                                        tracing::info!(node = %node.node(), "a Sparkplug host asked for a rebirth");
-                                        // The births replace whatever was
-                                        // queued: they carry current values.
-                                        outgoing.clear();
-                                        queue_birth(&mut node, &mut outgoing);
-                                    }
-                                    NodeCommand::Unsupported { metric } => {
-                                        tracing::warn!(node = %node.node(), %metric, "ignoring an NCMD metric tetherd does not act on");
-                                    }
-                                }
-                            }
-                        }
-                        Err(error) => tracing::warn!(node = %node.node(), error = %tether_proto::error_chain(&error), "ignoring an NCMD"),
-                    }
+                    on_command(&mut node, &publish.payload, &mut outgoing);
                 }
                 Ok(_) => {}
                 Err(error) => {
@@ -168,21 +163,16 @@ async fn run(
                     outgoing.clear();
                     eventloop.options.set_last_will(will(&node.new_session()));
                     tracing::warn!(node = %node.node(), error = %error, retry_in_ms = delay.as_millis() as u64, "no connection to the Sparkplug broker");
-                    tokio::time::sleep(delay).await;
+                    retry_at = Some(Instant::now() + delay);
                     delay = (delay * 2).min(RETRY_MAX);
                 }
             },
-            sent = async {
-                match outgoing.front() {
-                    Some(message) => client.publish(message.topic.to_string(), QoS::AtMostOnce, false, message.encode()).await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            sent = send(&client, &ncmd, outgoing.front()) => {
                 // Only a completed send leaves the queue: a send cut short
                 // by the select sent nothing and is tried again.
                 outgoing.pop_front();
                 if let Err(error) = sent {
-                    tracing::warn!(node = %node.node(), error = %error, "could not hand a Sparkplug message to the MQTT client");
+                    tracing::warn!(node = %node.node(), error = %error, "could not hand a Sparkplug request to the MQTT client");
                 }
             }
             update = updates.recv(), if updates_open => match update {
@@ -193,16 +183,64 @@ async fn run(
     }
 }
 
-fn queue_birth(node: &mut EdgeNode, outgoing: &mut VecDeque<SparkplugMessage>) {
+/// Hands the next request to the MQTT client, waiting for room; never
+/// completes when there is none.
+async fn send(
+    client: &AsyncClient,
+    ncmd: &str,
+    request: Option<&Request>,
+) -> Result<(), ClientError> {
+    match request {
+        Some(Request::SubscribeCommands) => client.subscribe(ncmd, QoS::AtLeastOnce).await,
+        // Sparkplug: births, data and device deaths at QoS 0, not retained.
+        Some(Request::Publish(message)) => {
+            client
+                .publish(
+                    message.topic.to_string(),
+                    QoS::AtMostOnce,
+                    false,
+                    message.encode(),
+                )
+                .await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn on_command(node: &mut EdgeNode, payload: &[u8], outgoing: &mut VecDeque<Request>) {
+    let commands = match node_commands(payload) {
+        Ok(commands) => commands,
+        Err(error) => {
+            tracing::warn!(node = %node.node(), error = %tether_proto::error_chain(&error), "ignoring an NCMD");
+            return;
+        }
+    };
+    for command in commands {
+        match command {
+            NodeCommand::Rebirth => {
+                tracing::info!(node = %node.node(), "a Sparkplug host asked for a rebirth");
+                // The births replace the queued messages: they carry the
+                // current values.
+                outgoing.retain(|request| matches!(request, Request::SubscribeCommands));
+                queue_birth(node, outgoing);
+            }
+            NodeCommand::Unsupported { metric } => {
+                tracing::warn!(node = %node.node(), %metric, "ignoring an NCMD metric tetherd does not act on");
+            }
+        }
+    }
+}
+
+fn queue_birth(node: &mut EdgeNode, outgoing: &mut VecDeque<Request>) {
     match node.birth(Utc::now()) {
-        Ok(messages) => outgoing.extend(messages),
+        Ok(messages) => outgoing.extend(messages.into_iter().map(Request::Publish)),
         Err(error) => {
             tracing::error!(node = %node.node(), %error, "could not publish the edge node's birth")
         }
     }
 }
 
-fn apply(node: &mut EdgeNode, update: DeviceUpdate, outgoing: &mut VecDeque<SparkplugMessage>) {
+fn apply(node: &mut EdgeNode, update: DeviceUpdate, outgoing: &mut VecDeque<Request>) {
     let now = Utc::now();
     let message = match update {
         DeviceUpdate::Birth { device, metrics } => node.device_birth(device, metrics, now),
@@ -215,5 +253,5 @@ fn apply(node: &mut EdgeNode, update: DeviceUpdate, outgoing: &mut VecDeque<Spar
         },
         DeviceUpdate::Death { device } => node.device_death(&device, now),
     };
-    outgoing.extend(message);
+    outgoing.extend(message.map(Request::Publish));
 }
