@@ -12,10 +12,9 @@ use std::time::Duration;
 use chrono::Utc;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
-use rumqttc::v5::{AsyncClient, ClientError, Event, MqttOptions};
-use tokio::sync::mpsc;
+use rumqttc::v5::{AsyncClient, ClientError, ConnectionError, Event, EventLoop, MqttOptions};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use super::node::{EdgeNode, Metrics, NodeCommand, SparkplugMessage, node_commands};
 use super::topics::{EdgeDeviceId, NodeMessage, Topic};
@@ -115,6 +114,29 @@ fn will(message: &SparkplugMessage) -> LastWill {
     )
 }
 
+/// What the connection task tells the node's task.
+enum Connection {
+    Connected,
+    /// An NCMD's payload.
+    Command(Vec<u8>),
+    /// The connection failed or dropped: the node's task answers with the
+    /// will of the next session before the connection task tries again.
+    Lost {
+        error: ConnectionError,
+        next_will: oneshot::Sender<LastWill>,
+    },
+}
+
+/// Aborts the connection task with the node's task, so dropping the
+/// [`Publisher`] drops the connection.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn run(
     mut node: EdgeNode,
     broker: SparkplugBroker,
@@ -125,47 +147,44 @@ async fn run(
         .set_keep_alive(KEEP_ALIVE)
         .set_clean_start(true)
         .set_last_will(will(&node.new_session()));
-    let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let ncmd = Topic::Node {
         group: node.group().clone(),
         message: NodeMessage::Command,
         node: node.node().clone(),
     }
     .to_string();
+    let (events, mut connection) = mpsc::channel(REQUEST_CAPACITY);
+    // rumqttc's poll is not cancel-safe while it connects (a cancelled
+    // poll drops a connection whose CONNECT, will included, was sent), so
+    // it runs alone in its own task rather than in this task's select.
+    let _connection_task = AbortOnDrop(tokio::spawn(keep_connected(
+        eventloop,
+        ncmd.clone(),
+        events,
+    )));
     // Requests in order, waiting for room in rumqttc's request queue.
     let mut outgoing: VecDeque<Request> = VecDeque::new();
-    let mut delay = RETRY_FIRST;
-    // While waiting to reconnect, updates still come in: whoever sends
-    // them never waits for the broker.
-    let mut retry_at: Option<Instant> = None;
     let mut updates_open = true;
     loop {
         tokio::select! {
             biased;
-            () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
-                retry_at = None;
-            }
-            polled = eventloop.poll(), if retry_at.is_none() => match polled {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    delay = RETRY_FIRST;
+            event = connection.recv() => match event {
+                Some(Connection::Connected) => {
                     tracing::info!(node = %node.node(), group = %node.group(), bd_seq = node.bd_seq(), "connected to the Sparkplug broker");
                     outgoing.push_back(Request::SubscribeCommands);
                     queue_birth(&mut node, &mut outgoing);
                 }
-                Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == ncmd.as_bytes() => {
-                    on_command(&mut node, &publish.payload, &mut outgoing);
-                }
-                Ok(_) => {}
-                Err(error) => {
+                Some(Connection::Command(payload)) => on_command(&mut node, &payload, &mut outgoing),
+                Some(Connection::Lost { error, next_will }) => {
                     // The next connection is a new session: a new bdSeq,
                     // its own will, and nothing of the old one's queue.
+                    tracing::warn!(node = %node.node(), error = %error, "no connection to the Sparkplug broker");
                     node.end_session();
                     outgoing.clear();
-                    eventloop.options.set_last_will(will(&node.new_session()));
-                    tracing::warn!(node = %node.node(), error = %error, retry_in_ms = delay.as_millis() as u64, "no connection to the Sparkplug broker");
-                    retry_at = Some(Instant::now() + delay);
-                    delay = (delay * 2).min(RETRY_MAX);
+                    let _ = next_will.send(will(&node.new_session()));
                 }
+                None => return,
             },
             sent = send(&client, &ncmd, outgoing.front()) => {
                 // Only a completed send leaves the queue: a send cut short
@@ -179,6 +198,42 @@ async fn run(
                 Some(update) => apply(&mut node, update, &mut outgoing),
                 None => updates_open = false,
             },
+        }
+    }
+}
+
+/// Polls the connection: reconnects with backoff, each time with the will
+/// the node's task gives, and passes on what the node acts on.
+async fn keep_connected(mut eventloop: EventLoop, ncmd: String, events: mpsc::Sender<Connection>) {
+    let mut delay = RETRY_FIRST;
+    loop {
+        let event = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                delay = RETRY_FIRST;
+                Connection::Connected
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == ncmd.as_bytes() => {
+                Connection::Command(publish.payload.to_vec())
+            }
+            Ok(_) => continue,
+            Err(error) => {
+                let (next_will, will) = oneshot::channel();
+                if events
+                    .send(Connection::Lost { error, next_will })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let Ok(will) = will.await else { return };
+                eventloop.options.set_last_will(will);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
+                continue;
+            }
+        };
+        if events.send(event).await.is_err() {
+            return;
         }
     }
 }

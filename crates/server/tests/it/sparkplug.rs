@@ -192,3 +192,83 @@ async fn an_edge_node_is_born_publishes_answers_rebirth_and_dies_on_mosquitto() 
     assert_eq!(metric(&ndeath, BD_SEQ_METRIC)?, &MetricValue::LongValue(5));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connection_attempt_is_a_new_session_whose_will_matches_its_births()
+-> anyhow::Result<()> {
+    // A failed connection attempt ends a session: the next takes a new
+    // bdSeq with a new will.
+    let mut broker = Mosquitto::prepare()?;
+    let first_bd_seq = 254;
+    let publisher = Publisher::spawn(
+        EdgeNode::new(
+            GroupId::new("plant")?,
+            EdgeNodeId::new("late")?,
+            first_bd_seq,
+        ),
+        SparkplugBroker {
+            host: "127.0.0.1".to_owned(),
+            port: broker.device_port,
+            client_id: "tetherd-sparkplug-late".to_owned(),
+        },
+    );
+    // Its first attempt meets a listener that is no broker and hangs up;
+    // then the real broker takes the port.
+    let impostor = tokio::net::TcpListener::bind(("127.0.0.1", broker.device_port)).await?;
+    let (attempt, _) = tokio::time::timeout(ARRIVAL, impostor.accept())
+        .await
+        .context("no connection attempt from the publisher")??;
+    drop(attempt);
+    drop(impostor);
+    broker.start_plain().await?;
+    let mut host = Subscriber::connect(broker.device_port).await?;
+
+    // The births may have gone out before the host subscribed: it asks for
+    // a rebirth until one arrives, as a Sparkplug host does.
+    let ncmd = Payload {
+        metrics: vec![Value::Boolean(true).to_metric(REBIRTH_METRIC, 0)],
+        ..Payload::default()
+    }
+    .encode_to_vec();
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
+    let nbirth = loop {
+        host.client
+            .publish(
+                "spBv1.0/plant/NCMD/late",
+                QoS::AtLeastOnce,
+                false,
+                ncmd.clone(),
+            )
+            .await?;
+        match tokio::time::timeout(Duration::from_millis(200), host.received.recv()).await {
+            Ok(Some((topic, payload))) if topic == "spBv1.0/plant/NBIRTH/late" => break payload,
+            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => bail!("the subscriber stopped"),
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no NBIRTH within {ARRIVAL:?}"
+        );
+    };
+    let MetricValue::LongValue(bd_seq) = metric(&nbirth, BD_SEQ_METRIC)?.clone() else {
+        bail!("bdSeq is not a long value: {nbirth:?}");
+    };
+    // At least one failed attempt before, wrapping after 255.
+    assert!(
+        bd_seq == 255 || bd_seq < u64::from(first_bd_seq),
+        "bdSeq {bd_seq} did not move on from {first_bd_seq}"
+    );
+
+    drop(publisher);
+    let ndeath = loop {
+        let (topic, payload) = host.next().await?;
+        if topic == "spBv1.0/plant/NDEATH/late" {
+            break payload;
+        }
+    };
+    assert_eq!(
+        metric(&ndeath, BD_SEQ_METRIC)?,
+        &MetricValue::LongValue(bd_seq)
+    );
+    Ok(())
+}
