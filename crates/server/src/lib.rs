@@ -25,6 +25,7 @@ pub mod registry;
 pub mod sealing;
 pub mod secret_file;
 pub mod secrets;
+pub mod sparkplug;
 pub mod store;
 pub mod telemetry;
 pub mod tunnels;

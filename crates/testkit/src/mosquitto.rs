@@ -124,6 +124,29 @@ impl Mosquitto {
         std::fs::create_dir_all(&conf_d).context("creating conf.d")?;
         std::fs::write(conf_d.join("tether.conf"), self.tether_conf()?)
             .context("writing tether.conf")?;
+        self.spawn().await
+    }
+
+    /// Starts mosquitto with one plain listener on [`Self::device_port`]
+    /// that any client may use, and waits until it listens: a broker for
+    /// tetherd as a client (the Sparkplug northbound), not for devices.
+    pub async fn start_plain(&mut self) -> anyhow::Result<()> {
+        let conf_d = self.dir.path().join("conf.d");
+        std::fs::create_dir_all(&conf_d).context("creating conf.d")?;
+        std::fs::write(
+            conf_d.join("plain.conf"),
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\n",
+                self.device_port
+            ),
+        )
+        .context("writing plain.conf")?;
+        self.spawn().await
+    }
+
+    /// Runs mosquitto on the main configuration and `conf.d`, and waits
+    /// until the device listener accepts connections.
+    async fn spawn(&mut self) -> anyhow::Result<()> {
         let config_path = self.dir.path().join("mosquitto.conf");
         std::fs::write(&config_path, self.main_conf()?).context("writing mosquitto.conf")?;
         let child = Command::new(mosquitto_binary()?)

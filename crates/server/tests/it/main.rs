@@ -22,6 +22,7 @@ mod replicas;
 mod roles;
 mod secrets;
 mod security;
+mod sparkplug;
 mod specs;
 mod store;
 mod support;

@@ -1,0 +1,312 @@
+//! The IO shell around one [`EdgeNode`]: its own MQTT v5 connection to the
+//! external Sparkplug broker, with the session's NDEATH as the will, its
+//! births on every connect, its NCMD subscription and the device updates it
+//! is given.
+//!
+//! Plain TCP for now; the monitor's configuration adds TLS and credentials
+//! when it wires this in.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use chrono::Utc;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
+use rumqttc::v5::{AsyncClient, ClientError, ConnectionError, Event, EventLoop, MqttOptions};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::node::{EdgeNode, Metrics, NodeCommand, SparkplugMessage, node_commands};
+use super::topics::{EdgeDeviceId, NodeMessage, Topic};
+
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Requests queued between this task and rumqttc's event loop; this task's
+/// own queue holds the rest, so a rebirth of many devices never blocks.
+const REQUEST_CAPACITY: usize = 64;
+
+/// What this task hands to the MQTT client, in order.
+enum Request {
+    /// The NCMD subscription, once per connection: through the same queue
+    /// as the births, so a full request queue delays it instead of losing it.
+    SubscribeCommands,
+    Publish(SparkplugMessage),
+}
+
+/// Where the Sparkplug broker is, and who this node is to it.
+#[derive(Debug, Clone)]
+pub struct SparkplugBroker {
+    pub host: String,
+    pub port: u16,
+    /// The MQTT client id; unique per edge node on the broker.
+    pub client_id: String,
+}
+
+/// A change to one of the node's devices.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceUpdate {
+    /// The device's metrics, all of them (a new device, or new metrics).
+    Birth {
+        device: EdgeDeviceId,
+        metrics: Metrics,
+    },
+    /// New values of metrics the device's birth declared.
+    Data {
+        device: EdgeDeviceId,
+        metrics: Metrics,
+    },
+    Death {
+        device: EdgeDeviceId,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the Sparkplug publisher of edge node {node} has stopped")]
+pub struct PublisherStopped {
+    node: String,
+}
+
+/// One edge node's publisher task. Dropping it drops the connection, and
+/// the broker publishes the node's NDEATH.
+pub struct Publisher {
+    node: String,
+    updates: mpsc::Sender<DeviceUpdate>,
+    task: JoinHandle<()>,
+}
+
+impl Publisher {
+    pub fn spawn(node: EdgeNode, broker: SparkplugBroker) -> Self {
+        let name = format!("{}/{}", node.group(), node.node());
+        let (updates, receiver) = mpsc::channel(REQUEST_CAPACITY);
+        let task = tokio::spawn(run(node, broker, receiver));
+        Self {
+            node: name,
+            updates,
+            task,
+        }
+    }
+
+    pub async fn update(&self, update: DeviceUpdate) -> Result<(), PublisherStopped> {
+        self.updates
+            .send(update)
+            .await
+            .map_err(|_| PublisherStopped {
+                node: self.node.clone(),
+            })
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn will(message: &SparkplugMessage) -> LastWill {
+    // Sparkplug: the NDEATH will is QoS 1 and not retained.
+    LastWill::new(
+        message.topic.to_string(),
+        message.encode(),
+        QoS::AtLeastOnce,
+        false,
+        None,
+    )
+}
+
+/// What the connection task tells the node's task.
+enum Connection {
+    Connected,
+    /// An NCMD's payload.
+    Command(Vec<u8>),
+    /// The connection failed or dropped: the node's task answers with the
+    /// will of the next session before the connection task tries again.
+    Lost {
+        error: ConnectionError,
+        next_will: oneshot::Sender<LastWill>,
+    },
+}
+
+/// Aborts the connection task with the node's task, so dropping the
+/// [`Publisher`] drops the connection.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn run(
+    mut node: EdgeNode,
+    broker: SparkplugBroker,
+    mut updates: mpsc::Receiver<DeviceUpdate>,
+) {
+    let mut options = MqttOptions::new(&broker.client_id, &broker.host, broker.port);
+    options
+        .set_keep_alive(KEEP_ALIVE)
+        .set_clean_start(true)
+        .set_last_will(will(&node.new_session()));
+    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+    let ncmd = Topic::Node {
+        group: node.group().clone(),
+        message: NodeMessage::Command,
+        node: node.node().clone(),
+    }
+    .to_string();
+    let (events, mut connection) = mpsc::channel(REQUEST_CAPACITY);
+    // rumqttc's poll is not cancel-safe while it connects (a cancelled
+    // poll drops a connection whose CONNECT, will included, was sent), so
+    // it runs alone in its own task rather than in this task's select.
+    let _connection_task = AbortOnDrop(tokio::spawn(keep_connected(
+        eventloop,
+        ncmd.clone(),
+        events,
+    )));
+    // Requests in order, waiting for room in rumqttc's request queue.
+    let mut outgoing: VecDeque<Request> = VecDeque::new();
+    let mut updates_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            event = connection.recv() => match event {
+                Some(Connection::Connected) => {
+                    tracing::info!(node = %node.node(), group = %node.group(), bd_seq = node.bd_seq(), "connected to the Sparkplug broker");
+                    outgoing.push_back(Request::SubscribeCommands);
+                    queue_birth(&mut node, &mut outgoing);
+                }
+                Some(Connection::Command(payload)) => on_command(&mut node, &payload, &mut outgoing),
+                Some(Connection::Lost { error, next_will }) => {
+                    // The next connection is a new session: a new bdSeq,
+                    // its own will, and nothing of the old one's queue.
+                    tracing::warn!(node = %node.node(), error = %error, "no connection to the Sparkplug broker");
+                    node.end_session();
+                    outgoing.clear();
+                    let _ = next_will.send(will(&node.new_session()));
+                }
+                None => return,
+            },
+            sent = send(&client, &ncmd, outgoing.front()) => {
+                // Only a completed send leaves the queue: a send cut short
+                // by the select sent nothing and is tried again.
+                outgoing.pop_front();
+                if let Err(error) = sent {
+                    tracing::warn!(node = %node.node(), error = %error, "could not hand a Sparkplug request to the MQTT client");
+                }
+            }
+            update = updates.recv(), if updates_open => match update {
+                Some(update) => apply(&mut node, update, &mut outgoing),
+                None => updates_open = false,
+            },
+        }
+    }
+}
+
+/// Polls the connection: reconnects with backoff, each time with the will
+/// the node's task gives, and passes on what the node acts on.
+async fn keep_connected(mut eventloop: EventLoop, ncmd: String, events: mpsc::Sender<Connection>) {
+    let mut delay = RETRY_FIRST;
+    loop {
+        let event = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                delay = RETRY_FIRST;
+                Connection::Connected
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == ncmd.as_bytes() => {
+                Connection::Command(publish.payload.to_vec())
+            }
+            Ok(_) => continue,
+            Err(error) => {
+                let (next_will, will) = oneshot::channel();
+                if events
+                    .send(Connection::Lost { error, next_will })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let Ok(will) = will.await else { return };
+                eventloop.options.set_last_will(will);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
+                continue;
+            }
+        };
+        if events.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Hands the next request to the MQTT client, waiting for room; never
+/// completes when there is none.
+async fn send(
+    client: &AsyncClient,
+    ncmd: &str,
+    request: Option<&Request>,
+) -> Result<(), ClientError> {
+    match request {
+        Some(Request::SubscribeCommands) => client.subscribe(ncmd, QoS::AtLeastOnce).await,
+        // Sparkplug: births, data and device deaths at QoS 0, not retained.
+        Some(Request::Publish(message)) => {
+            client
+                .publish(
+                    message.topic.to_string(),
+                    QoS::AtMostOnce,
+                    false,
+                    message.encode(),
+                )
+                .await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn on_command(node: &mut EdgeNode, payload: &[u8], outgoing: &mut VecDeque<Request>) {
+    let commands = match node_commands(payload) {
+        Ok(commands) => commands,
+        Err(error) => {
+            tracing::warn!(node = %node.node(), error = %tether_proto::error_chain(&error), "ignoring an NCMD");
+            return;
+        }
+    };
+    for command in commands {
+        match command {
+            NodeCommand::Rebirth => {
+                tracing::info!(node = %node.node(), "a Sparkplug host asked for a rebirth");
+                // The births replace the queued messages: they carry the
+                // current values.
+                outgoing.retain(|request| matches!(request, Request::SubscribeCommands));
+                queue_birth(node, outgoing);
+            }
+            NodeCommand::Unsupported { metric } => {
+                tracing::warn!(node = %node.node(), %metric, "ignoring an NCMD metric tetherd does not act on");
+            }
+        }
+    }
+}
+
+fn queue_birth(node: &mut EdgeNode, outgoing: &mut VecDeque<Request>) {
+    match node.birth(Utc::now()) {
+        Ok(messages) => outgoing.extend(messages.into_iter().map(Request::Publish)),
+        Err(error) => {
+            tracing::error!(node = %node.node(), %error, "could not publish the edge node's birth")
+        }
+    }
+}
+
+fn apply(node: &mut EdgeNode, update: DeviceUpdate, outgoing: &mut VecDeque<Request>) {
+    let now = Utc::now();
+    let message = match update {
+        DeviceUpdate::Birth { device, metrics } => node.device_birth(device, metrics, now),
+        DeviceUpdate::Data { device, metrics } => match node.device_data(&device, metrics, now) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(node = %node.node(), %error, "not publishing a device's data");
+                None
+            }
+        },
+        DeviceUpdate::Death { device } => node.device_death(&device, now),
+    };
+    outgoing.extend(message.map(Request::Publish));
+}
