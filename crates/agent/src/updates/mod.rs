@@ -71,7 +71,7 @@ pub struct TakeLock {
     pub ttl_seconds: Option<u64>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum LockError {
     #[error("{0}")]
     Invalid(String),
