@@ -564,11 +564,14 @@ async fn config_files_the_spec_drops_are_removed_once_their_processes_stopped()
         "the process stopped before its file went"
     );
     ensure!(std::fs::read_to_string(conf("by-hand.conf"))? == "by hand\n");
-    let log = agent.log();
-    ensure!(
-        log.contains("left a config file the spec no longer has in place: it was replaced since the agent wrote it"),
-        "{}",
-        tail(&log, 4000)
-    );
+    // The agent's log is written behind it: waited for.
+    wait_until("the file left in place logged", WAIT, || async {
+        Ok(agent
+            .log()
+            .contains("left a config file the spec no longer has in place: it was replaced since the agent wrote it")
+            .then_some(()))
+    })
+    .await
+    .with_context(|| tail(&agent.log(), 4000).to_owned())?;
     Ok(())
 }
