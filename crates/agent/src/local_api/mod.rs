@@ -953,6 +953,10 @@ mod tests {
         assert_eq!(as_uid(Some(0), "DELETE", "plc-flash").status, 200, "root");
 
         assert_eq!(as_uid(Some(1001), "PUT", "batch").status, 200);
-        assert_eq!(as_uid(Some(1001), "DELETE", "batch").status, 200, "its owner");
+        assert_eq!(
+            as_uid(Some(1001), "DELETE", "batch").status,
+            200,
+            "its owner"
+        );
     }
 }

@@ -193,7 +193,12 @@ impl UpdateLocks {
         self.save(&next)?;
         *locks = next;
         drop(locks);
-        tracing::info!(lock = name, owner_uid = held.owner_uid, by_uid = uid, "update lock released");
+        tracing::info!(
+            lock = name,
+            owner_uid = held.owner_uid,
+            by_uid = uid,
+            "update lock released"
+        );
         self.changed.send_replace(());
         Ok(())
     }
@@ -492,7 +497,10 @@ mod tests {
             name: "flash".into(),
             owner: APP,
         };
-        assert_eq!(locks.release("flash", OTHER_APP, now), Err(not_owner.clone()));
+        assert_eq!(
+            locks.release("flash", OTHER_APP, now),
+            Err(not_owner.clone())
+        );
         assert_eq!(
             locks.take("flash", take("mine now", Some(1)), OTHER_APP, now),
             Err(not_owner.clone()),
@@ -510,7 +518,9 @@ mod tests {
         assert_eq!(renewed.owner_uid, Some(APP), "still the application's");
         let restarted = UpdateLocks::load(dir.path());
         assert_eq!(restarted.held(now)["flash"].owner_uid, Some(APP));
-        restarted.release("flash", ROOT_UID, now).expect("root releases");
+        restarted
+            .release("flash", ROOT_UID, now)
+            .expect("root releases");
 
         restarted
             .take("batch", take("a batch", None), OTHER_APP, now)

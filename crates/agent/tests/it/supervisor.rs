@@ -473,8 +473,8 @@ fn inode(path: &Path) -> Option<u64> {
 /// stopped, and only files the agent wrote that are still as it wrote
 /// them. The record of what it wrote outlives a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn config_files_the_spec_drops_are_removed_once_their_processes_stopped()
--> anyhow::Result<()> {
+async fn config_files_the_spec_drops_are_removed_once_their_processes_stopped() -> anyhow::Result<()>
+{
     let tetherd = Tetherd::start(Database::Sqlite).await?;
     let admin = tetherd.admin().await?;
     let mut agent = online_agent(&tetherd, &admin, "tidy").await?;
@@ -482,9 +482,7 @@ async fn config_files_the_spec_drops_are_removed_once_their_processes_stopped()
     let dir = tempfile::tempdir()?;
     let dir = dir.path();
     let conf = |name: &str| dir.join("etc").join(name);
-    let file = |name: &str| {
-        json!({"path": conf(name).display().to_string(), "template": format!("{name}\n")})
-    };
+    let file = |name: &str| json!({"path": conf(name).display().to_string(), "template": format!("{name}\n")});
     // A process that, stopped, notes whether its config file is there.
     let user = json!({
         "execCmd": "/bin/sh",
@@ -492,9 +490,7 @@ async fn config_files_the_spec_drops_are_removed_once_their_processes_stopped()
         "env": {"DIR": dir.display().to_string(), "CONF": conf("used.conf").display().to_string()},
         "configFiles": ["used"],
     });
-    let app = |version: &str, files: Value| {
-        json!({"version": version, "processes": {"user": user.clone()}, "configFiles": files})
-    };
+    let app = |version: &str, files: Value| json!({"version": version, "processes": {"user": user.clone()}, "configFiles": files});
     desired
         .set(json!({
             "app": app("v1", json!({"used": file("used.conf"), "dropped": file("dropped.conf")})),

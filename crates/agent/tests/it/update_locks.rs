@@ -349,15 +349,20 @@ async fn another_user_cannot_release_a_lock_but_takes_and_releases_its_own() -> 
     assert_eq!(listed["locks"]["plc-flash"]["ownerUid"], 0, "{listed}");
     assert_eq!(listed["locks"]["batch"]["ownerUid"], NOBODY, "{listed}");
     // What tetherd shows (and `tether devices get` prints): whose each is.
-    wait_holds(&admin, "press-9", "both locks reported with owners", |holds| {
-        let owner = |name: &str| {
-            holds
-                .iter()
-                .find(|h| h["name"] == name)
-                .map(|h| h["ownerUid"].clone())
-        };
-        owner("plc-flash") == Some(json!(0)) && owner("batch") == Some(json!(NOBODY))
-    })
+    wait_holds(
+        &admin,
+        "press-9",
+        "both locks reported with owners",
+        |holds| {
+            let owner = |name: &str| {
+                holds
+                    .iter()
+                    .find(|h| h["name"] == name)
+                    .map(|h| h["ownerUid"].clone())
+            };
+            owner("plc-flash") == Some(json!(0)) && owner("batch") == Some(json!(NOBODY))
+        },
+    )
     .await
     .with_context(|| agent.log())?;
 

@@ -408,13 +408,9 @@ impl Runtime {
                             match spawned {
                                 Ok(child) => {
                                     tracing::info!(deployment = name, process, "started");
-                                    running.children.insert(
-                                        process,
-                                        Started {
-                                            child,
-                                            files: used,
-                                        },
-                                    );
+                                    running
+                                        .children
+                                        .insert(process, Started { child, files: used });
                                 }
                                 Err(e) => {
                                     let program = child::program(&spec, &dir);
