@@ -384,6 +384,9 @@ async fn serve(
     let supervisor = deployments::supervisor::Supervisor::start(
         deployments::supervisor::SupervisorParts {
             root: state.path().join(deployments::supervisor::DEPLOYMENTS_DIR),
+            written: state
+                .path()
+                .join(deployments::supervisor::written::WRITTEN_FILE),
             device: deployments::supervisor::files::DeviceContext {
                 name: credentials.device.to_string(),
                 facts: facts.clone(),

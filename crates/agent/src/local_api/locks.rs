@@ -5,8 +5,13 @@
 //! ```text
 //! PUT    /v1/update-locks/NAME  {"reason": "flashing the PLC", "ttlSeconds": 3600}
 //! DELETE /v1/update-locks/NAME
-//! GET    /v1/update-locks       → {"locks": {NAME: {reason, since, expiresAt}}, "holds": [...]}
+//! GET    /v1/update-locks       → {"locks": {NAME: {reason, since, expiresAt, ownerUid}}, "holds": [...]}
 //! ```
+//!
+//! A lock is its taker's: the uid of the client on the socket (the
+//! kernel's `SO_PEERCRED`, which a client cannot forge) is recorded as
+//! `ownerUid`, and only that uid or root may renew or release it; anyone
+//! else gets 403 naming the owner.
 
 use chrono::{DateTime, Utc};
 
@@ -23,8 +28,15 @@ pub(super) fn route(
     body: &[u8],
     locks: &UpdateLocks,
     view: &DeviceView,
+    client_uid: Option<u32>,
     now: DateTime<Utc>,
 ) -> Reply {
+    let unknown_client = || {
+        Reply::error(
+            403,
+            "the agent cannot tell which user is on the socket, and a lock is its taker's; try again",
+        )
+    };
     match (method, name) {
         ("GET", None) => Reply::ok(serde_json::json!({
             "locks": locks.held(now),
@@ -44,15 +56,23 @@ pub(super) fn route(
                     );
                 }
             };
-            match locks.take(name, request, now) {
+            let Some(uid) = client_uid else {
+                return unknown_client();
+            };
+            match locks.take(name, request, uid, now) {
                 Ok(lock) => Reply::ok(serde_json::json!({ "name": name, "lock": lock })),
                 Err(error) => lock_error(&error),
             }
         }
-        ("DELETE", Some(name)) => match locks.release(name) {
-            Ok(()) => Reply::ok(serde_json::json!({ "released": name })),
-            Err(error) => lock_error(&error),
-        },
+        ("DELETE", Some(name)) => {
+            let Some(uid) = client_uid else {
+                return unknown_client();
+            };
+            match locks.release(name, uid, now) {
+                Ok(()) => Reply::ok(serde_json::json!({ "released": name })),
+                Err(error) => lock_error(&error),
+            }
+        }
         (_, None) => Reply {
             allow: Some("GET"),
             ..Reply::error(405, format!("{PATH} takes GET; a lock is {PATH}/NAME"))
@@ -71,6 +91,7 @@ fn lock_error(error: &LockError) -> Reply {
     let status = match error {
         LockError::Invalid(_) => 400,
         LockError::NotHeld(_) => 404,
+        LockError::NotOwner { .. } => 403,
         LockError::TooMany { .. } => 409,
         LockError::Save { .. } => 500,
     };

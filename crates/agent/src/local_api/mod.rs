@@ -214,12 +214,27 @@ impl Reply {
 }
 
 async fn answer(stream: UnixStream, served: &Served, clock: &ServerClock) -> io::Result<()> {
+    // Who is on the other end, as the kernel saw it at connect.
+    let client_uid = match stream.peer_cred() {
+        Ok(credentials) => Some(credentials.uid()),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the local API client's credentials");
+            None
+        }
+    };
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     let reply = match tokio::time::timeout(READ_TIMEOUT, request(&mut read)).await {
         Err(_) => Reply::error(408, "the request did not arrive in time"),
         Ok(Err(reply)) => reply,
-        Ok(Ok((method, path, body))) => route(&method, &path, &body, served, clock.at(Utc::now())),
+        Ok(Ok((method, path, body))) => route(
+            &method,
+            &path,
+            &body,
+            served,
+            client_uid,
+            clock.at(Utc::now()),
+        ),
     };
     let body = reply.body.to_string();
     let allow = reply
@@ -329,12 +344,29 @@ struct Served {
     updates: Arc<UpdateLocks>,
 }
 
-fn route(method: &str, path: &str, body: &[u8], served: &Served, now: DateTime<Utc>) -> Reply {
+/// Answers one request; `client_uid` is the uid of the client on the
+/// socket (`None`: unknown), which owns the update locks it takes.
+fn route(
+    method: &str,
+    path: &str,
+    body: &[u8],
+    served: &Served,
+    client_uid: Option<u32>,
+    now: DateTime<Utc>,
+) -> Reply {
     if let Some(rest) = path.strip_prefix(locks::PATH)
         && (rest.is_empty() || rest.starts_with('/'))
     {
         let name = rest.strip_prefix('/');
-        return locks::route(method, name, body, &served.updates, &served.view, now);
+        return locks::route(
+            method,
+            name,
+            body,
+            &served.updates,
+            &served.view,
+            client_uid,
+            now,
+        );
     }
     let Some(&(endpoint, allowed, _)) = ENDPOINTS.iter().find(|(_, _, p)| *p == path) else {
         let known: Vec<String> = ENDPOINTS
@@ -369,6 +401,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -435,6 +468,9 @@ mod tests {
         spools: Arc<Spools>,
         status: StatusSource,
         identity: watch::Sender<Option<Identity>>,
+        /// What the socket serves from, for requests routed without it
+        /// (as another user than the test's).
+        served: Served,
     }
 
     fn running(group: Option<String>) -> Result<Running, LocalApiError> {
@@ -462,6 +498,11 @@ mod tests {
             status.spec.subscribe(),
             status.update_holds.clone(),
         ));
+        let served = Served {
+            spools: spools.clone(),
+            view: view.clone(),
+            updates: locks.clone(),
+        };
         let api = LocalApi::bind(&config, spools.clone(), view, locks, ServerClock::new())?;
         tokio::spawn(api.serve());
         Ok(Running {
@@ -470,6 +511,7 @@ mod tests {
             spools,
             status,
             identity,
+            served,
         })
     }
 
@@ -808,6 +850,8 @@ mod tests {
         assert_eq!(holds[0].name.as_deref(), Some("plc-flash"));
         assert_eq!(holds[0].reason, "flashing the PLC");
         assert!(holds[0].until.is_some(), "it expires");
+        let test_uid = rustix::process::getuid().as_raw();
+        assert_eq!(holds[0].owner_uid, Some(test_uid), "the socket's client");
 
         for (request_text, code, says) in [
             (
@@ -851,6 +895,7 @@ mod tests {
             Some(vec!["plc-flash".to_owned()]),
             "{listed}"
         );
+        assert_eq!(listed["locks"]["plc-flash"]["ownerUid"], test_uid);
 
         let (status, _) = status_and_body(
             &send(socket, &request("DELETE", "/v1/update-locks/plc-flash", "")).await,
@@ -861,5 +906,57 @@ mod tests {
         })
         .await
         .expect("cleared");
+    }
+
+    /// Requests as other users than the test's, routed as the socket
+    /// routes them: another user's lock is refused naming its owner;
+    /// root releases any; a client whose uid is unknown takes none.
+    #[tokio::test]
+    async fn a_lock_is_released_only_by_its_owner_or_root() {
+        let api = running(None).expect("binds");
+        let now = Utc::now();
+        let as_uid = |uid: Option<u32>, method: &str, name: &str| {
+            let body = if method == "PUT" {
+                r#"{"reason":"flashing the PLC"}"#
+            } else {
+                ""
+            };
+            route(
+                method,
+                &format!("{}/{name}", locks::PATH),
+                body.as_bytes(),
+                &api.served,
+                uid,
+                now,
+            )
+        };
+        assert_eq!(as_uid(Some(1000), "PUT", "plc-flash").status, 200);
+        for (uid, method) in [(1001, "DELETE"), (1001, "PUT")] {
+            let refused = as_uid(Some(uid), method, "plc-flash");
+            assert_eq!(refused.status, 403, "{method}: {refused:?}");
+            assert_eq!(
+                refused.body["error"],
+                "update lock plc-flash was taken by uid 1000; only uid 1000 or root may renew or release it"
+            );
+        }
+        let refused = as_uid(None, "PUT", "other");
+        assert_eq!(refused.status, 403);
+        assert!(
+            refused.body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("cannot tell which user")),
+            "{refused:?}"
+        );
+        let listed = route("GET", locks::PATH, b"", &api.served, None, now);
+        assert_eq!(listed.status, 200, "reading needs no owner");
+        assert_eq!(listed.body["locks"]["plc-flash"]["ownerUid"], 1000);
+        assert_eq!(as_uid(Some(0), "DELETE", "plc-flash").status, 200, "root");
+
+        assert_eq!(as_uid(Some(1001), "PUT", "batch").status, 200);
+        assert_eq!(
+            as_uid(Some(1001), "DELETE", "batch").status,
+            200,
+            "its owner"
+        );
     }
 }

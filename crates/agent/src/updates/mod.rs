@@ -9,6 +9,13 @@
 //! expire (`ttlSeconds`), so that an application that dies holding one
 //! does not hold the device back for ever; one without expiry is released
 //! only by its holder (or by deleting the state file).
+//!
+//! A lock belongs to the user that took it: the local API tells the uid of
+//! the client on the socket (`SO_PEERCRED`), and only that uid or root may
+//! renew or release the lock, so one application cannot lift another's
+//! hold. Locks an older agent saved have no owner and stay releasable by
+//! any client (nobody can tell now whose they were); renewing one makes
+//! the renewer its owner.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +44,22 @@ pub struct Lock {
     pub since: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// The uid of the client that took it; `None` for a lock an older
+    /// agent saved, which anyone may release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uid: Option<u32>,
+}
+
+/// The superuser, who may release any lock.
+const ROOT_UID: u32 = 0;
+
+impl Lock {
+    /// The owner that keeps the user `uid` from renewing or releasing
+    /// this lock: none for the owner, root, or a lock without owner.
+    fn owner_other_than(&self, uid: u32) -> Option<u32> {
+        self.owner_uid
+            .filter(|&owner| owner != uid && uid != ROOT_UID)
+    }
 }
 
 /// What a `PUT /v1/update-locks/NAME` asks for.
@@ -48,7 +71,7 @@ pub struct TakeLock {
     pub ttl_seconds: Option<u64>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum LockError {
     #[error("{0}")]
     Invalid(String),
@@ -56,6 +79,10 @@ pub enum LockError {
     TooMany { held: usize },
     #[error("no update lock named {0} is held")]
     NotHeld(String),
+    #[error(
+        "update lock {name} was taken by uid {owner}; only uid {owner} or root may renew or release it"
+    )]
+    NotOwner { name: String, owner: u32 },
     #[error("could not save the update locks to {path}: {message}; the change was not made")]
     Save { path: PathBuf, message: String },
 }
@@ -92,11 +119,12 @@ impl UpdateLocks {
         }
     }
 
-    /// Takes (or renews) the lock `name`.
+    /// Takes (or renews) the lock `name` for the user `uid`.
     pub fn take(
         &self,
         name: &str,
         request: TakeLock,
+        uid: u32,
         now: DateTime<Utc>,
     ) -> Result<Lock, LockError> {
         updates::check_lock_name(name).map_err(LockError::Invalid)?;
@@ -120,34 +148,57 @@ impl UpdateLocks {
         let mut locks = self.locks.lock().expect("not poisoned");
         let mut next = locks.clone();
         next.retain(|_, lock| lock.expires_at.is_none_or(|at| at > now));
-        let since = next.get(name).map_or(now, |held| held.since);
-        if !next.contains_key(name) && next.len() >= updates::MAX_LOCKS {
+        let held = next.get(name);
+        if let Some(owner) = held.and_then(|held| held.owner_other_than(uid)) {
+            return Err(LockError::NotOwner {
+                name: name.to_owned(),
+                owner,
+            });
+        }
+        let since = held.map_or(now, |held| held.since);
+        // Root renewing another user's lock leaves it theirs.
+        let owner_uid = held.and_then(|held| held.owner_uid).unwrap_or(uid);
+        if held.is_none() && next.len() >= updates::MAX_LOCKS {
             return Err(LockError::TooMany { held: next.len() });
         }
         let lock = Lock {
             reason: request.reason,
             since,
             expires_at,
+            owner_uid: Some(owner_uid),
         };
         next.insert(name.to_owned(), lock.clone());
         self.save(&next)?;
         *locks = next;
         drop(locks);
-        tracing::info!(lock = name, reason = %lock.reason, expires_at = ?lock.expires_at, "update lock taken");
+        tracing::info!(lock = name, reason = %lock.reason, expires_at = ?lock.expires_at, owner_uid, by_uid = uid, "update lock taken");
         self.changed.send_replace(());
         Ok(lock)
     }
 
-    pub fn release(&self, name: &str) -> Result<(), LockError> {
+    /// Releases the lock `name` for the user `uid`: its owner, or root.
+    pub fn release(&self, name: &str, uid: u32, now: DateTime<Utc>) -> Result<(), LockError> {
         let mut locks = self.locks.lock().expect("not poisoned");
         let mut next = locks.clone();
-        if next.remove(name).is_none() {
+        next.retain(|_, lock| lock.expires_at.is_none_or(|at| at > now));
+        let Some(held) = next.remove(name) else {
             return Err(LockError::NotHeld(name.to_owned()));
+        };
+        if let Some(owner) = held.owner_other_than(uid) {
+            return Err(LockError::NotOwner {
+                name: name.to_owned(),
+                owner,
+            });
         }
         self.save(&next)?;
         *locks = next;
         drop(locks);
-        tracing::info!(lock = name, "update lock released");
+        tracing::info!(
+            lock = name,
+            owner_uid = held.owner_uid,
+            by_uid = uid,
+            "update lock released"
+        );
         self.changed.send_replace(());
         Ok(())
     }
@@ -190,6 +241,7 @@ pub fn holds(
             name: Some(name.clone()),
             reason: lock.reason.clone(),
             until: lock.expires_at,
+            owner_uid: lock.owner_uid,
         });
         sooner(lock.expires_at);
     }
@@ -202,6 +254,7 @@ pub fn holds(
                 .clone()
                 .unwrap_or_else(|| "updates are locked in the device's spec".to_owned()),
             until: None,
+            owner_uid: None,
         });
     }
     match updates::check_windows(&policy.maintenance_windows, local) {
@@ -220,6 +273,7 @@ pub fn holds(
                     }
                 ),
                 until,
+                owner_uid: None,
             });
             sooner(until);
         }
@@ -312,6 +366,7 @@ mod tests {
                     reason: "flashing the PLC".into(),
                     since: t("2026-12-03 09:00").and_utc(),
                     expires_at: Some(t("2026-12-03 11:00").and_utc()),
+                    owner_uid: Some(1000),
                 },
             ),
             (
@@ -320,6 +375,7 @@ mod tests {
                     reason: "a production batch".into(),
                     since: t("2026-12-03 08:00").and_utc(),
                     expires_at: None,
+                    owner_uid: None,
                 },
             ),
         ]
@@ -346,6 +402,8 @@ mod tests {
                 (HoldKind::Window, None),
             ]
         );
+        assert_eq!(held[0].owner_uid, None, "saved by an older agent");
+        assert_eq!(held[1].owner_uid, Some(1000));
         assert_eq!(held[2].reason, "line 3 audit");
         assert_eq!(held[3].until, utc(t("2026-12-04 02:00")));
         assert_eq!(
@@ -378,6 +436,10 @@ mod tests {
         assert_eq!(next, None, "nothing to wait for");
     }
 
+    /// The uid of an application taking locks, and of another one.
+    const APP: u32 = 1000;
+    const OTHER_APP: u32 = 1001;
+
     fn take(reason: &str, ttl: Option<u64>) -> TakeLock {
         TakeLock {
             reason: reason.into(),
@@ -391,15 +453,16 @@ mod tests {
         let now = Utc::now();
         let locks = UpdateLocks::load(dir.path());
         locks
-            .take("flash", take("flashing", Some(60)), now)
+            .take("flash", take("flashing", Some(60)), APP, now)
             .expect("taken");
         locks
-            .take("batch", take("a batch", None), now)
+            .take("batch", take("a batch", None), APP, now)
             .expect("taken");
         let renewed = locks
             .take(
                 "batch",
                 take("a longer batch", None),
+                APP,
                 now + chrono::TimeDelta::seconds(5),
             )
             .expect("renewed");
@@ -413,12 +476,90 @@ mod tests {
             ["batch"],
             "the flash lock expired"
         );
-        restarted.release("batch").expect("released");
+        restarted.release("batch", APP, later).expect("released");
         assert_eq!(
-            restarted.release("batch"),
+            restarted.release("batch", APP, later),
             Err(LockError::NotHeld("batch".into()))
         );
         assert!(UpdateLocks::load(dir.path()).held(later).is_empty());
+    }
+
+    #[test]
+    fn only_the_owner_or_root_renews_or_releases_a_lock_and_the_owner_is_kept() {
+        let dir = tempfile::tempdir().expect("temp");
+        let now = Utc::now();
+        let locks = UpdateLocks::load(dir.path());
+        let taken = locks
+            .take("flash", take("flashing", None), APP, now)
+            .expect("taken");
+        assert_eq!(taken.owner_uid, Some(APP));
+        let not_owner = LockError::NotOwner {
+            name: "flash".into(),
+            owner: APP,
+        };
+        assert_eq!(
+            locks.release("flash", OTHER_APP, now),
+            Err(not_owner.clone())
+        );
+        assert_eq!(
+            locks.take("flash", take("mine now", Some(1)), OTHER_APP, now),
+            Err(not_owner.clone()),
+            "a renewal could cut it short: refused too"
+        );
+        assert!(
+            not_owner.to_string().contains("uid 1000"),
+            "names the owner: {not_owner}"
+        );
+        assert_eq!(locks.held(now)["flash"].reason, "flashing", "unchanged");
+
+        let renewed = locks
+            .take("flash", take("flashing again", None), ROOT_UID, now)
+            .expect("root renews");
+        assert_eq!(renewed.owner_uid, Some(APP), "still the application's");
+        let restarted = UpdateLocks::load(dir.path());
+        assert_eq!(restarted.held(now)["flash"].owner_uid, Some(APP));
+        restarted
+            .release("flash", ROOT_UID, now)
+            .expect("root releases");
+
+        restarted
+            .take("batch", take("a batch", None), OTHER_APP, now)
+            .expect("taken");
+        restarted
+            .release("batch", OTHER_APP, now)
+            .expect("its owner releases");
+        assert!(restarted.held(now).is_empty());
+    }
+
+    /// A lock saved before locks had owners: any client may release it
+    /// (nobody can tell whose it was), and renewing it makes it the
+    /// renewer's.
+    #[test]
+    fn a_lock_an_older_agent_saved_has_no_owner_and_anyone_releases_it() {
+        let dir = tempfile::tempdir().expect("temp");
+        let now = Utc::now();
+        std::fs::write(
+            dir.path().join(LOCKS_FILE),
+            r#"{"old": {"reason": "from before", "since": "2026-12-01T00:00:00Z"},
+                "older": {"reason": "from before", "since": "2026-12-01T00:00:00Z"}}"#,
+        )
+        .expect("writes");
+        let locks = UpdateLocks::load(dir.path());
+        assert_eq!(locks.held(now)["old"].owner_uid, None);
+        locks
+            .release("old", OTHER_APP, now)
+            .expect("anyone releases it");
+        let renewed = locks
+            .take("older", take("mine now", None), APP, now)
+            .expect("anyone renews it");
+        assert_eq!(renewed.owner_uid, Some(APP));
+        assert_eq!(
+            locks.release("older", OTHER_APP, now),
+            Err(LockError::NotOwner {
+                name: "older".into(),
+                owner: APP
+            })
+        );
     }
 
     #[test]
@@ -428,7 +569,7 @@ mod tests {
         let locks = UpdateLocks::load(dir.path());
         let refused = |name: &str, request: TakeLock| {
             locks
-                .take(name, request, now)
+                .take(name, request, APP, now)
                 .expect_err("refused")
                 .to_string()
         };
@@ -438,11 +579,11 @@ mod tests {
         assert!(refused("ok", take("x", Some(MAX_TTL_SECONDS + 1))).contains("ttlSeconds"));
         for i in 0..updates::MAX_LOCKS {
             locks
-                .take(&format!("l{i}"), take("x", None), now)
+                .take(&format!("l{i}"), take("x", None), APP, now)
                 .expect("taken");
         }
         assert_eq!(
-            locks.take("one-more", take("x", None), now),
+            locks.take("one-more", take("x", None), APP, now),
             Err(LockError::TooMany {
                 held: updates::MAX_LOCKS
             })

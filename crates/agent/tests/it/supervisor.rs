@@ -505,3 +505,114 @@ async fn without_the_render_helper_config_files_fail_naming_it() -> anyhow::Resu
     wait_new_pid(dir, "plain", None).await?;
     Ok(())
 }
+
+/// The inode at `path`: the agent writes a config file anew (a new
+/// inode) each time it writes it.
+fn inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| m.ino())
+}
+
+/// Config files leave the device when the spec drops them (one file, or
+/// its whole deployment): after the processes started with them have
+/// stopped, and only files the agent wrote that are still as it wrote
+/// them. The record of what it wrote outlives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_files_the_spec_drops_are_removed_once_their_processes_stopped() -> anyhow::Result<()>
+{
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let mut agent = online_agent(&tetherd, &admin, "tidy").await?;
+    let mut desired = Desired::new(&admin, &agent.name);
+    let dir = tempfile::tempdir()?;
+    let dir = dir.path();
+    let conf = |name: &str| dir.join("etc").join(name);
+    let file = |name: &str| json!({"path": conf(name).display().to_string(), "template": format!("{name}\n")});
+    // A process that, stopped, notes whether its config file is there.
+    let user = json!({
+        "execCmd": "/bin/sh",
+        "execArgs": ["-c", "trap 'if test -f \"$CONF\"; then echo present; else echo absent; fi > \"$DIR/at-stop\"; exit 0' TERM; echo $$ > \"$DIR/user.pid\"; while :; do sleep 0.1; done"],
+        "env": {"DIR": dir.display().to_string(), "CONF": conf("used.conf").display().to_string()},
+        "configFiles": ["used"],
+    });
+    let app = |version: &str, files: Value| json!({"version": version, "processes": {"user": user.clone()}, "configFiles": files});
+    desired
+        .set(json!({
+            "app": app("v1", json!({"used": file("used.conf"), "dropped": file("dropped.conf")})),
+            "extra": {"version": "v1", "configFiles": {"mine": file("mine.conf"), "by-hand": file("by-hand.conf")}},
+        }))
+        .await?;
+    desired.wait(&agent, "app", "v1", "ready").await?;
+    desired.wait(&agent, "extra", "v1", "ready").await?;
+    for name in ["used.conf", "dropped.conf", "mine.conf", "by-hand.conf"] {
+        ensure!(conf(name).is_file(), "{name} written");
+    }
+    let user_pid = wait_new_pid(dir, "user", None).await?;
+
+    // One file dropped from a deployment that stays: it goes, the rest
+    // stays, nothing restarts.
+    desired
+        .set(json!({"app": app("v2", json!({"used": file("used.conf")}))}))
+        .await?;
+    desired.wait(&agent, "app", "v2", "ready").await?;
+    wait_until("dropped.conf removed", WAIT, || async {
+        Ok((!conf("dropped.conf").exists()).then_some(()))
+    })
+    .await
+    .with_context(|| tail(&agent.log(), 4000).to_owned())?;
+    ensure!(conf("used.conf").is_file() && conf("mine.conf").is_file());
+    ensure!(pid(dir, "user") == Some(user_pid) && alive(user_pid));
+
+    // A restart: the agent writes its files again at start, and still
+    // knows they are its own.
+    let before: Vec<Option<u64>> = ["mine.conf", "by-hand.conf"]
+        .iter()
+        .map(|name| inode(&conf(name)))
+        .collect();
+    agent.stop().await?;
+    std::fs::remove_file(dir.join("at-stop"))?;
+    agent.start()?;
+    wait_new_pid(dir, "user", Some(user_pid)).await?;
+    wait_until("extra's files written again", WAIT, || async {
+        let now: Vec<Option<u64>> = ["mine.conf", "by-hand.conf"]
+            .iter()
+            .map(|name| inode(&conf(name)))
+            .collect();
+        Ok(now
+            .iter()
+            .zip(&before)
+            .all(|(now, before)| now.is_some() && now != before)
+            .then_some(()))
+    })
+    .await?;
+    // Someone replaces one of them by hand: it is theirs now.
+    std::fs::write(dir.join("new"), "by hand\n")?;
+    std::fs::rename(dir.join("new"), conf("by-hand.conf"))?;
+
+    for deployment in ["app", "extra"] {
+        admin
+            .delete(&format!("/api/v1/deployments/{deployment}"))
+            .await?
+            .expect_status(202)?;
+    }
+    wait_until("used.conf and mine.conf removed", WAIT, || async {
+        Ok((!conf("used.conf").exists() && !conf("mine.conf").exists()).then_some(()))
+    })
+    .await
+    .with_context(|| tail(&agent.log(), 4000).to_owned())?;
+    ensure!(
+        std::fs::read_to_string(dir.join("at-stop"))? == "present\n",
+        "the process stopped before its file went"
+    );
+    ensure!(std::fs::read_to_string(conf("by-hand.conf"))? == "by hand\n");
+    // The agent's log is written behind it: waited for.
+    wait_until("the file left in place logged", WAIT, || async {
+        Ok(agent
+            .log()
+            .contains("left a config file the spec no longer has in place: it was replaced since the agent wrote it")
+            .then_some(()))
+    })
+    .await
+    .with_context(|| tail(&agent.log(), 4000).to_owned())?;
+    Ok(())
+}

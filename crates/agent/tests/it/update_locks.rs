@@ -232,3 +232,145 @@ async fn a_device_locked_or_outside_its_window_is_passed_over_until_it_takes_upd
     .await?;
     Ok(())
 }
+
+/// The uid (and gid) of the other local user in the ownership test:
+/// `nobody`, present on every Linux.
+const NOBODY: u32 = 65534;
+
+/// Sends one request to the local API as `curl` run by the user `uid`
+/// (the test runs as root and drops to it); the status and JSON body.
+async fn local_api_as(
+    uid: u32,
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, Value)> {
+    let output = tokio::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--unix-socket"])
+        .arg(socket)
+        .args(["-X", method, "--write-out", "\n%{http_code}"])
+        .args(if body.is_empty() {
+            Vec::new()
+        } else {
+            vec!["--data", body]
+        })
+        .arg(format!("http://localhost{path}"))
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .await
+        .context("running curl")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "curl as uid {uid}: {}: {stdout} {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (body, status) = stdout
+        .trim_end()
+        .rsplit_once('\n')
+        .with_context(|| format!("no status after the body: {stdout}"))?;
+    Ok((status.parse()?, serde_json::from_str(body)?))
+}
+
+/// Update locks belong to the local user that took them (the socket's
+/// peer credentials): an application running as `nobody` cannot release
+/// root's lock, and is told whose it is, but takes and releases its own;
+/// the owners reach tetherd in the device's holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_user_cannot_release_a_lock_but_takes_and_releases_its_own() -> anyhow::Result<()> {
+    anyhow::ensure!(
+        rustix::process::getuid().is_root(),
+        "this test runs as root, to run a client as another user"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    // The socket where nobody can reach it: a directory it may enter, the
+    // socket in its group (the agent's --local-api-group).
+    let socket_dir = tempfile::tempdir()?;
+    std::fs::set_permissions(socket_dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let socket = socket_dir.path().join("api.sock");
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let agent = Agent::enroll_with_env(
+        &tetherd,
+        &admin,
+        "press-9",
+        &[
+            (
+                "TETHER_AGENT_LOCAL_API_SOCKET",
+                &socket.display().to_string(),
+            ),
+            ("TETHER_AGENT_LOCAL_API_GROUP", &NOBODY.to_string()),
+        ],
+    )
+    .await?;
+    agent.wait_presence(&admin, "online").await?;
+
+    let (status, taken) = local_api(
+        &socket,
+        "PUT",
+        "/v1/update-locks/plc-flash",
+        r#"{"reason":"flashing the PLC"}"#,
+    )
+    .await?;
+    anyhow::ensure!(status == 200, "{taken}");
+    assert_eq!(taken["lock"]["ownerUid"], 0, "{taken}");
+
+    let (status, refused) =
+        local_api_as(NOBODY, &socket, "DELETE", "/v1/update-locks/plc-flash", "").await?;
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(
+        refused["error"],
+        "update lock plc-flash was taken by uid 0; only uid 0 or root may renew or release it"
+    );
+    let (status, refused) = local_api_as(
+        NOBODY,
+        &socket,
+        "PUT",
+        "/v1/update-locks/plc-flash",
+        r#"{"reason":"mine now","ttlSeconds":1}"#,
+    )
+    .await?;
+    assert_eq!(status, 403, "a renewal could cut it short: {refused}");
+
+    let (status, taken) = local_api_as(
+        NOBODY,
+        &socket,
+        "PUT",
+        "/v1/update-locks/batch",
+        r#"{"reason":"a production batch"}"#,
+    )
+    .await?;
+    assert_eq!(status, 200, "{taken}");
+    assert_eq!(taken["lock"]["ownerUid"], NOBODY);
+    let (_, listed) = local_api_as(NOBODY, &socket, "GET", "/v1/update-locks", "").await?;
+    assert_eq!(listed["locks"]["plc-flash"]["ownerUid"], 0, "{listed}");
+    assert_eq!(listed["locks"]["batch"]["ownerUid"], NOBODY, "{listed}");
+    // What tetherd shows (and `tether devices get` prints): whose each is.
+    wait_holds(
+        &admin,
+        "press-9",
+        "both locks reported with owners",
+        |holds| {
+            let owner = |name: &str| {
+                holds
+                    .iter()
+                    .find(|h| h["name"] == name)
+                    .map(|h| h["ownerUid"].clone())
+            };
+            owner("plc-flash") == Some(json!(0)) && owner("batch") == Some(json!(NOBODY))
+        },
+    )
+    .await
+    .with_context(|| agent.log())?;
+
+    let (status, released) =
+        local_api_as(NOBODY, &socket, "DELETE", "/v1/update-locks/batch", "").await?;
+    assert_eq!(status, 200, "{released}");
+    let (status, released) = local_api(&socket, "DELETE", "/v1/update-locks/plc-flash", "").await?;
+    assert_eq!(status, 200, "root releases its own: {released}");
+    wait_holds(&admin, "press-9", "no holds left", <[Value]>::is_empty).await?;
+    Ok(())
+}

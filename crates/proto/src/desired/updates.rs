@@ -215,6 +215,11 @@ pub struct UpdateHold {
     /// When it ends, if known: the lock's expiry, the next window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<DateTime<Utc>>,
+    /// The uid of the device's user whose application took the lock (a
+    /// lock's hold only); absent from older agents, and from locks an
+    /// older agent saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

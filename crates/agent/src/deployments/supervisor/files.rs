@@ -21,6 +21,7 @@ use tether_proto::desired::process::{Artifact, https_host, parse_mode};
 use tether_proto::spec::Facts;
 
 use super::render::{self, RenderError};
+use super::written::Written;
 use crate::state::write_atomic;
 
 /// Largest artifact downloaded.
@@ -134,11 +135,14 @@ pub fn rendered(
         .collect()
 }
 
-/// Writes the files that differ from `previous` (or from what is on disk);
-/// returns the names of those that changed.
+/// Writes `deployment`'s files that differ from `previous` (or from what
+/// is on disk), recording each in `written`; returns the names of those
+/// that changed.
 pub fn write(
+    deployment: &str,
     rendered: &BTreeMap<String, Rendered>,
     previous: &BTreeMap<String, Rendered>,
+    written: &mut Written,
 ) -> Result<BTreeSet<String>, String> {
     let mut changed = BTreeSet::new();
     for (name, file) in rendered {
@@ -161,9 +165,13 @@ pub fn write(
         if let Some(dir) = file.path.parent() {
             std::fs::create_dir_all(dir).map_err(failed)?;
         }
+        let existed = std::fs::symlink_metadata(&file.path).is_ok();
         write_atomic(&file.path, file.content.as_bytes(), file.mode).map_err(failed)?;
         // The umask may have taken bits the spec asks for.
         std::fs::set_permissions(&file.path, std::fs::Permissions::from_mode(file.mode))
+            .map_err(failed)?;
+        written
+            .wrote(deployment, name, &file.path, existed)
             .map_err(failed)?;
         if previous.get(name).map(|p| &p.content) != Some(&file.content)
             || on_disk.as_deref() != Some(file.content.as_bytes())
@@ -409,7 +417,9 @@ mod tests {
         let rendered =
             render(&device, &spec, &dir.path().join("state/deployments")).expect("renders");
         assert_eq!(rendered["conf"].content, "pump-1 north 4 8080");
-        let changed = write(&rendered, &BTreeMap::new()).expect("writes");
+        let mut written = Written::load(dir.path().join(super::super::written::WRITTEN_FILE));
+        let changed = write("app", &rendered, &BTreeMap::new(), &mut written).expect("writes");
+        assert!(written.entries().contains_key(&path), "recorded");
         assert_eq!(changed, BTreeSet::from(["conf".to_owned()]));
         assert_eq!(
             std::fs::metadata(&path)
@@ -420,7 +430,9 @@ mod tests {
             0o640
         );
         assert!(
-            write(&rendered, &rendered).expect("writes").is_empty(),
+            write("app", &rendered, &rendered, &mut written)
+                .expect("writes")
+                .is_empty(),
             "unchanged"
         );
 

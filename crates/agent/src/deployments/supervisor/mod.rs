@@ -16,14 +16,20 @@
 //! all when it stops; a restarted agent starts them again from the spec
 //! it applied last, after killing what an agent killed outright left
 //! running ([`child::kill_leftovers`]).
+//!
+//! Config files that leave the spec (their deployment removed, or the
+//! file dropped from it) are removed once no process that was started
+//! with them runs: only files the agent wrote and that are still as it
+//! wrote them, known from a record in the state directory ([`written`]).
 
 pub mod child;
 pub mod files;
 pub mod machine;
 pub mod render;
+pub mod written;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +43,7 @@ use crate::spec::AppliedSpec;
 use child::{Child, ChildEvent, ChildKey};
 use files::{ArtifactSource, DeviceContext, Rendered, Staged};
 use machine::{Command, Machine};
+use written::{Swept, Written};
 
 /// The processes' directories, in the state directory.
 pub const DEPLOYMENTS_DIR: &str = "deployments";
@@ -45,6 +52,9 @@ pub const DEPLOYMENTS_DIR: &str = "deployments";
 pub struct SupervisorParts {
     /// Where processes' directories go ([`DEPLOYMENTS_DIR`] in the state directory).
     pub root: PathBuf,
+    /// Where the record of the config files written is kept
+    /// ([`written::WRITTEN_FILE`] in the state directory).
+    pub written: PathBuf,
     pub device: DeviceContext,
     pub artifacts: ArtifactSource,
     /// Where the processes' output goes.
@@ -92,7 +102,14 @@ struct Running {
     spec: DeploymentSpec,
     machine: Machine,
     files: BTreeMap<String, Rendered>,
-    children: BTreeMap<String, Child>,
+    children: BTreeMap<String, Started>,
+}
+
+/// A child, and the config files it was started with (kept until it
+/// exits, whatever the spec says by then).
+struct Started {
+    child: Child,
+    files: BTreeSet<PathBuf>,
 }
 
 /// A version being prepared, or that could not be.
@@ -136,6 +153,8 @@ struct Runtime {
     pending: BTreeMap<String, Pending>,
     /// What the spec asks for now.
     desired: Deployments,
+    /// The config files written, to remove once unwanted.
+    written: Written,
     events: mpsc::UnboundedSender<(ChildKey, ChildEvent)>,
     prepared: mpsc::UnboundedSender<Prepared>,
 }
@@ -152,6 +171,7 @@ async fn run(
     let (events, mut child_events) = mpsc::unbounded_channel();
     let (prepared, mut prepared_rx) = mpsc::unbounded_channel();
     let mut runtime = Runtime {
+        written: Written::load(parts.written.clone()),
         parts: Arc::new(parts),
         running: BTreeMap::new(),
         pending: BTreeMap::new(),
@@ -167,6 +187,7 @@ async fn run(
             follow = false;
         }
         runtime.act();
+        runtime.sweep_files();
         runtime.report();
         let deadline = runtime
             .running
@@ -272,7 +293,14 @@ impl Runtime {
         }
         let installed = result.and_then(|(rendered, staged)| {
             let previous = self.running.get(&name).map(|r| &r.files);
-            let changed_files = files::write(&rendered, previous.unwrap_or(&BTreeMap::new()))?;
+            let changed_files = files::write(
+                &name,
+                &rendered,
+                previous.unwrap_or(&BTreeMap::new()),
+                &mut self.written,
+            );
+            self.save_written();
+            let changed_files = changed_files?;
             let changed_artifacts = staged.commit()?;
             Ok((rendered, changed_files, changed_artifacts))
         });
@@ -322,6 +350,7 @@ impl Runtime {
         match event {
             ChildEvent::Exited(exit) => {
                 if running.machine.generation(&key.process) == Some(key.generation) {
+                    // Its config files may go now, if the spec dropped them.
                     running.children.remove(&key.process);
                 }
                 tracing::info!(
@@ -360,6 +389,12 @@ impl Runtime {
                             let Some(spec) = running.machine.spec(&process).cloned() else {
                                 continue;
                             };
+                            let used = spec
+                                .config_files
+                                .iter()
+                                .filter_map(|file| running.files.get(file))
+                                .map(|file| file.path.clone())
+                                .collect();
                             let dir = files::process_dir(&parts.root, name, &process);
                             let key = ChildKey {
                                 deployment: name.clone(),
@@ -378,7 +413,9 @@ impl Runtime {
                             match spawned {
                                 Ok(child) => {
                                     tracing::info!(deployment = name, process, "started");
-                                    running.children.insert(process, child);
+                                    running
+                                        .children
+                                        .insert(process, Started { child, files: used });
                                 }
                                 Err(e) => {
                                     let program = child::program(&spec, &dir);
@@ -392,8 +429,8 @@ impl Runtime {
                             }
                         }
                         Command::Stop { process, .. } => {
-                            if let Some(child) = running.children.get_mut(&process) {
-                                child.stop();
+                            if let Some(started) = running.children.get_mut(&process) {
+                                started.child.stop();
                             }
                         }
                     }
@@ -404,6 +441,58 @@ impl Runtime {
         let desired = &self.desired;
         self.running
             .retain(|name, running| desired.contains_key(name) || !running.machine.is_empty());
+    }
+
+    /// Removes the config files the agent wrote that nothing wants now:
+    /// not in a desired deployment's spec, nor in the version of one
+    /// still running (a new one being prepared, or one that failed),
+    /// nor among the files a running child was started with (a removed
+    /// deployment's, stopping). The children stop first: a file goes
+    /// only once the last child started with it has exited.
+    fn sweep_files(&mut self) {
+        let mut wanted: BTreeSet<&Path> = BTreeSet::new();
+        for (name, spec) in &self.desired {
+            wanted.extend(spec.config_files.values().map(|file| Path::new(&file.path)));
+            if let Some(running) = self.running.get(name) {
+                wanted.extend(running.files.values().map(|file| file.path.as_path()));
+            }
+        }
+        for running in self.running.values() {
+            for started in running.children.values() {
+                wanted.extend(started.files.iter().map(PathBuf::as_path));
+            }
+        }
+        if self
+            .written
+            .entries()
+            .keys()
+            .all(|path| wanted.contains(path.as_path()))
+        {
+            return;
+        }
+        for (path, entry, swept) in self.written.sweep(|path| wanted.contains(path)) {
+            let (path, deployment, file) = (path.display(), entry.deployment, entry.file);
+            match swept {
+                Swept::Removed => {
+                    tracing::info!(%path, deployment, file, "removed a config file the spec no longer has");
+                }
+                Swept::Gone => {
+                    tracing::debug!(%path, deployment, file, "a config file the spec no longer has was gone already");
+                }
+                Swept::Left(reason) => {
+                    tracing::warn!(%path, deployment, file, "left a config file the spec no longer has in place: {reason}");
+                }
+            }
+        }
+        self.save_written();
+    }
+
+    /// Saves the record of written files; a failure is logged (the next
+    /// save tries again; until then a restarted agent may leave a file).
+    fn save_written(&mut self) {
+        if let Err(error) = self.written.save() {
+            tracing::warn!(%error, "cannot save the record of written config files");
+        }
     }
 
     /// Each deployment with processes or config files: failed for a

@@ -71,12 +71,17 @@ fn spec_text(now: chrono::DateTime<chrono::Utc>, device: &Device) -> String {
                 (HoldKind::Spec, _) => "the spec".to_owned(),
                 (HoldKind::Window, _) => "its maintenance windows".to_owned(),
             };
+            // Whose application took it (older agents do not say).
+            let owner = hold
+                .owner_uid
+                .map(|uid| format!(" of uid {uid}"))
+                .unwrap_or_default();
             let until = hold
                 .until
                 .map(|until| format!(" (until {})", output::timestamp(until)))
                 .unwrap_or_default();
             text.push_str(&format!(
-                "\nUPDATES HELD by {by}: {}{until}",
+                "\nUPDATES HELD by {by}{owner}: {}{until}",
                 output::one_line(&hold.reason)
             ));
         }
@@ -161,7 +166,8 @@ mod tests {
                 "errors": [],
                 "facts": {},
                 "updateHolds": [
-                    {"kind": "lock", "name": "plc-flash", "reason": "flashing\nthe PLC"},
+                    {"kind": "lock", "name": "plc-flash", "reason": "flashing\nthe PLC", "ownerUid": 1000},
+                    {"kind": "lock", "name": "old", "reason": "an older agent's"},
                     {"kind": "window", "reason": "outside the maintenance windows", "until": "2026-12-04T02:00:00Z"}
                 ],
                 "reportedAt": "2026-12-01T00:00:00Z"
@@ -170,7 +176,11 @@ mod tests {
         .expect("a device as the API returns it");
         let text = spec_text(chrono::Utc::now(), &device);
         assert!(
-            text.contains("\nUPDATES HELD by lock plc-flash: flashing\\nthe PLC\n"),
+            text.contains("\nUPDATES HELD by lock plc-flash of uid 1000: flashing\\nthe PLC\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nUPDATES HELD by lock old: an older agent's\n"),
             "{text}"
         );
         assert!(
