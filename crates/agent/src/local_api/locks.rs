@@ -92,7 +92,7 @@ fn lock_error(error: &LockError) -> Reply {
         LockError::Invalid(_) => 400,
         LockError::NotHeld(_) => 404,
         LockError::NotOwner { .. } => 403,
-        LockError::TooMany { .. } => 409,
+        LockError::TooMany { .. } | LockError::TooManyForUser { .. } => 409,
         LockError::Save { .. } => 500,
     };
     Reply::error(status, error.to_string())

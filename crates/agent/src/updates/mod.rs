@@ -52,6 +52,8 @@ pub struct Lock {
 
 /// The superuser, who may release any lock.
 const ROOT_UID: u32 = 0;
+/// Locks one non-root user may hold at once.
+const MAX_LOCKS_PER_USER: usize = 4;
 
 impl Lock {
     /// The owner that keeps the user `uid` from renewing or releasing
@@ -77,6 +79,10 @@ pub enum LockError {
     Invalid(String),
     #[error("{held} update locks are held already, the most one device keeps; release one first")]
     TooMany { held: usize },
+    #[error(
+        "uid {uid} holds {held} update locks already, the most one user keeps; release one first"
+    )]
+    TooManyForUser { uid: u32, held: usize },
     #[error("no update lock named {0} is held")]
     NotHeld(String),
     #[error(
@@ -160,6 +166,15 @@ impl UpdateLocks {
         let owner_uid = held.and_then(|held| held.owner_uid).unwrap_or(uid);
         if held.is_none() && next.len() >= updates::MAX_LOCKS {
             return Err(LockError::TooMany { held: next.len() });
+        }
+        // One application cannot take every slot and hold the device's
+        // updates for everyone; root (the operator on the device) can.
+        let own = next
+            .values()
+            .filter(|lock| lock.owner_uid == Some(uid))
+            .count();
+        if held.is_none() && uid != ROOT_UID && own >= MAX_LOCKS_PER_USER {
+            return Err(LockError::TooManyForUser { uid, held: own });
         }
         let lock = Lock {
             reason: request.reason,
@@ -577,13 +592,29 @@ mod tests {
         assert!(refused("ok", take(" ", None)).contains("reason"));
         assert!(refused("ok", take("x", Some(0))).contains("ttlSeconds"));
         assert!(refused("ok", take("x", Some(MAX_TTL_SECONDS + 1))).contains("ttlSeconds"));
-        for i in 0..updates::MAX_LOCKS {
+        for i in 0..MAX_LOCKS_PER_USER {
             locks
                 .take(&format!("l{i}"), take("x", None), APP, now)
                 .expect("taken");
         }
         assert_eq!(
-            locks.take("one-more", take("x", None), APP, now),
+            locks.take("fifth", take("x", None), APP, now),
+            Err(LockError::TooManyForUser {
+                uid: APP,
+                held: MAX_LOCKS_PER_USER
+            })
+        );
+        // Renewing its own is not a new lock.
+        locks
+            .take("l0", take("x", None), APP, now)
+            .expect("renewed");
+        for i in MAX_LOCKS_PER_USER..updates::MAX_LOCKS {
+            locks
+                .take(&format!("l{i}"), take("x", None), ROOT_UID, now)
+                .expect("taken");
+        }
+        assert_eq!(
+            locks.take("one-more", take("x", None), ROOT_UID, now),
             Err(LockError::TooMany {
                 held: updates::MAX_LOCKS
             })

@@ -21,8 +21,7 @@ use tether_proto::desired::process::{Artifact, https_host, parse_mode};
 use tether_proto::spec::Facts;
 
 use super::render::{self, RenderError};
-use super::written::Written;
-use crate::state::write_atomic;
+use super::written::{Written, read_regular, write_file};
 
 /// Largest artifact downloaded.
 pub const MAX_ARTIFACT_BYTES: u64 = 2 << 30;
@@ -146,10 +145,9 @@ pub fn write(
 ) -> Result<BTreeSet<String>, String> {
     let mut changed = BTreeSet::new();
     for (name, file) in rendered {
-        let on_disk = std::fs::read(&file.path).ok();
-        let mode_on_disk = std::fs::metadata(&file.path)
-            .ok()
-            .map(|m| m.permissions().mode() & 0o7777);
+        // Read without following a link and bounded: the path may be in a
+        // directory a local user can write.
+        let (on_disk, mode_on_disk) = read_regular(&file.path, file.content.len()).unzip();
         if previous.get(name) == Some(file)
             && on_disk.as_deref() == Some(file.content.as_bytes())
             && mode_on_disk == Some(file.mode)
@@ -165,14 +163,8 @@ pub fn write(
         if let Some(dir) = file.path.parent() {
             std::fs::create_dir_all(dir).map_err(failed)?;
         }
-        let existed = std::fs::symlink_metadata(&file.path).is_ok();
-        write_atomic(&file.path, file.content.as_bytes(), file.mode).map_err(failed)?;
-        // The umask may have taken bits the spec asks for.
-        std::fs::set_permissions(&file.path, std::fs::Permissions::from_mode(file.mode))
-            .map_err(failed)?;
-        written
-            .wrote(deployment, name, &file.path, existed)
-            .map_err(failed)?;
+        let outcome = write_file(&file.path, file.content.as_bytes(), file.mode).map_err(failed)?;
+        written.wrote(deployment, name, &file.path, &outcome);
         if previous.get(name).map(|p| &p.content) != Some(&file.content)
             || on_disk.as_deref() != Some(file.content.as_bytes())
         {

@@ -187,7 +187,12 @@ async fn run(
             follow = false;
         }
         runtime.act();
-        runtime.sweep_files();
+        // Version 0 is no spec at all (none received yet, or the saved one
+        // unreadable): that is not a spec dropping every file, so nothing
+        // is removed until a real one arrives.
+        if spec.borrow().version != 0 {
+            runtime.sweep_files();
+        }
         runtime.report();
         let deadline = runtime
             .running

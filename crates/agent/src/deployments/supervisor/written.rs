@@ -52,6 +52,89 @@ impl FileId {
     }
 }
 
+/// What [`write_file`] wrote: the identities of the file and of its
+/// directory as the agent held them, never looked up again by path (a
+/// directory swapped for a link between the write and a lookup would
+/// otherwise make someone else's file look like the agent's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrittenFile {
+    /// Whether something was at the path before.
+    pub existed: bool,
+    pub dir: FileId,
+    pub file: FileId,
+}
+
+/// Writes `bytes` to `path` with exactly `mode` (not narrowed by the
+/// umask): a new file beside it in the directory opened once, renamed over
+/// the name. Nothing is followed below the directory.
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<WrittenFile> {
+    use std::io::Write as _;
+    let (dir, name) = split(path)?;
+    let dir_fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let existed = rustix::fs::statat(&dir_fd, name, AtFlags::SYMLINK_NOFOLLOW).is_ok();
+    let temp = format!(".{}.{}.tmp", name.to_string_lossy(), rand::random::<u64>());
+    let file_fd = rustix::fs::openat(
+        &dir_fd,
+        temp.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let result = (|| {
+        rustix::fs::fchmod(&file_fd, Mode::from_raw_mode(mode))?;
+        let file_id = FileId::of(&rustix::fs::fstat(&file_fd)?);
+        let mut file = std::fs::File::from(file_fd);
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        rustix::fs::renameat(&dir_fd, temp.as_str(), &dir_fd, name)?;
+        rustix::fs::fsync(&dir_fd)?;
+        Ok(WrittenFile {
+            existed,
+            dir: FileId::of(&rustix::fs::fstat(&dir_fd)?),
+            file: file_id,
+        })
+    })();
+    if result.is_err() {
+        let _ = rustix::fs::unlinkat(&dir_fd, temp.as_str(), AtFlags::empty());
+    }
+    result
+}
+
+/// The regular file at `path` with its mode, if it is one and at most
+/// `limit` bytes: a link, a FIFO or a device there is not read.
+pub fn read_regular(path: &Path, limit: usize) -> Option<(Vec<u8>, u32)> {
+    use std::io::Read as _;
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let stat = rustix::fs::fstat(&fd).ok()?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd)
+        .take(u64::try_from(limit).unwrap_or(u64::MAX) + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    (bytes.len() <= limit).then_some((bytes, stat.st_mode & 0o7777))
+}
+
+fn split(path: &Path) -> io::Result<(&Path, &std::ffi::OsStr)> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("the path has no parent directory"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("the path has no file name"))?;
+    Ok((dir, name))
+}
+
 /// One file the agent wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -148,36 +231,24 @@ impl Written {
     }
 
     /// Records that config file `file` of `deployment` was just written at
-    /// `path`; `existed`: whether something was at the path before. A
-    /// path recorded already keeps whether the agent created it.
-    pub fn wrote(
-        &mut self,
-        deployment: &str,
-        file: &str,
-        path: &Path,
-        existed: bool,
-    ) -> io::Result<()> {
-        let dir = path
-            .parent()
-            .ok_or_else(|| io::Error::other("the path has no parent directory"))?;
-        let written = FileId::of(&rustix::fs::lstat(path)?);
-        let dir = FileId::of(&rustix::fs::stat(dir)?);
+    /// `path`, as [`write_file`] reports it. A path recorded already keeps
+    /// whether the agent created it.
+    pub fn wrote(&mut self, deployment: &str, file: &str, path: &Path, written: &WrittenFile) {
         let created = self
             .entries
             .get(path)
-            .map_or(!existed, |entry| entry.created);
+            .map_or(!written.existed, |entry| entry.created);
         self.entries.insert(
             path.to_owned(),
             Entry {
                 deployment: deployment.to_owned(),
                 file: file.to_owned(),
                 created,
-                dir,
-                written,
+                dir: written.dir,
+                written: written.file,
             },
         );
         self.dirty = true;
-        Ok(())
     }
 
     /// Removes each recorded file `keep` does not keep, as far as it is
@@ -260,11 +331,65 @@ mod tests {
 
     /// Writes `content` at `path` as the supervisor does, and records it.
     fn write(written: &mut Written, path: &Path, content: &str) {
-        let existed = std::fs::symlink_metadata(path).is_ok();
-        write_atomic(path, content.as_bytes(), 0o644).expect("writes");
-        written
-            .wrote("app", "conf", path, existed)
-            .expect("records");
+        let outcome = write_file(path, content.as_bytes(), 0o644).expect("writes");
+        written.wrote("app", "conf", path, &outcome);
+    }
+
+    #[test]
+    fn a_file_is_written_with_its_exact_mode_and_its_own_identity() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("app.conf");
+        // Bits a usual umask takes away are kept.
+        let outcome = write_file(&path, b"a=1\n", 0o666).expect("writes");
+        let meta = std::fs::symlink_metadata(&path).expect("there");
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o666);
+        assert!(!outcome.existed);
+        assert_eq!(
+            (outcome.file.dev, outcome.file.ino),
+            (meta.dev(), meta.ino())
+        );
+        let dir_meta = std::fs::metadata(dir.path()).expect("dir");
+        assert_eq!(
+            (outcome.dir.dev, outcome.dir.ino),
+            (dir_meta.dev(), dir_meta.ino())
+        );
+        let again = write_file(&path, b"a=2\n", 0o640).expect("writes");
+        assert!(again.existed);
+        assert_ne!(again.file, outcome.file, "a new inode each write");
+        assert_eq!(read_regular(&path, 16), Some((b"a=2\n".to_vec(), 0o640)));
+        // Leftover temp files: none.
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1);
+    }
+
+    #[test]
+    fn only_a_regular_file_within_the_limit_is_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"12345").expect("written");
+        assert_eq!(
+            read_regular(&file, 5).map(|(bytes, _)| bytes),
+            Some(b"12345".to_vec())
+        );
+        assert_eq!(read_regular(&file, 4), None, "longer than the limit");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).expect("link");
+        assert_eq!(read_regular(&link, 100), None, "a link is not followed");
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("fifo");
+        assert_eq!(
+            read_regular(&fifo, 100),
+            None,
+            "a FIFO is not read (nor waited on)"
+        );
+        assert_eq!(read_regular(&dir.path().join("none"), 100), None);
     }
 
     fn left(swept: &[(PathBuf, Entry, Swept)], path: &Path, says: &str) {
