@@ -66,14 +66,44 @@ fn desired(namespace: &str, name: &str, version: u64, value: &[u8]) -> Value {
     })
 }
 
-/// Whether `current` has what the agent writes: its type, data, labels
-/// and annotations as `desired` has them.
+/// Whether `current` has what the agent writes: its type, data, and the
+/// agent's own labels and annotations as `desired` has them. Labels and
+/// annotations other tools add (a reloader, a tracker) are theirs: they
+/// neither make the Secret stale nor are taken away.
 fn is_current(current: &Value, desired: &Value) -> bool {
     let type_of = |o: &Value| o["type"].as_str().unwrap_or("Opaque").to_owned();
+    let ours_kept = |field: &str| {
+        desired["metadata"][field].as_object().is_none_or(|ours| {
+            ours.iter()
+                .all(|(key, value)| current["metadata"][field][key] == *value)
+        })
+    };
     type_of(current) == type_of(desired)
         && current["data"] == desired["data"]
-        && current["metadata"]["labels"] == desired["metadata"]["labels"]
-        && current["metadata"]["annotations"] == desired["metadata"]["annotations"]
+        && ours_kept("labels")
+        && ours_kept("annotations")
+}
+
+/// `desired` carrying what `current` has beyond the agent's own metadata:
+/// others' labels and annotations, finalizers and owners, so a rewrite
+/// takes none of them away.
+fn keeping_others(mut desired: Value, current: &Value) -> Value {
+    for field in ["labels", "annotations"] {
+        if let Some(theirs) = current["metadata"][field].as_object() {
+            let merged = desired["metadata"][field]
+                .as_object_mut()
+                .expect("the agent writes labels and annotations");
+            for (key, value) in theirs {
+                merged.entry(key.clone()).or_insert_with(|| value.clone());
+            }
+        }
+    }
+    for field in ["finalizers", "ownerReferences"] {
+        if !current["metadata"][field].is_null() {
+            desired["metadata"][field] = current["metadata"][field].clone();
+        }
+    }
+    desired
 }
 
 /// The secret a listed Secret holds, if it is one the agent wrote: its
@@ -248,6 +278,7 @@ impl ClusterSecrets {
         match current {
             Some(current) if is_current(current, &desired) => Ok(()),
             Some(current) => {
+                let mut desired = keeping_others(desired, current);
                 // The version read: a write in between is a 409, retried.
                 desired["metadata"]["resourceVersion"] =
                     current["metadata"]["resourceVersion"].clone();
@@ -282,10 +313,12 @@ impl ClusterSecrets {
     async fn delete(&self, client: &Client, name: &str, current: &Value) -> Result<(), String> {
         let object = object_name(name);
         let what = format!("the Secret {}/{object}", self.namespace);
-        // Only the object listed: one made anew meanwhile is a 409.
+        // Only the object listed, as listed: one made anew, or changed
+        // meanwhile (its labels taken off to keep it), is a 409.
         let precondition = json!({
             "apiVersion": "v1", "kind": "DeleteOptions",
-            "preconditions": {"uid": current["metadata"]["uid"]},
+            "preconditions": {"uid": current["metadata"]["uid"],
+                              "resourceVersion": current["metadata"]["resourceVersion"]},
         });
         match client
             .json(
@@ -356,6 +389,34 @@ mod tests {
         assert!(!is_current(&extra, &wanted));
         let older = desired("tether-system", "db", 1, b"hunter2");
         assert!(!is_current(&current, &older));
+        // Another tool's label or annotation is no change; ours changed is.
+        let mut tracked = current.clone();
+        tracked["metadata"]["labels"]["argocd.argoproj.io/instance"] = json!("apps");
+        tracked["metadata"]["annotations"]["reloader/match"] = json!("true");
+        tracked["metadata"]["finalizers"] = json!(["example.com/keep"]);
+        assert!(is_current(&tracked, &wanted));
+        let mut relabelled = tracked.clone();
+        relabelled["metadata"]["labels"][SECRET_LABEL] = json!("other");
+        assert!(!is_current(&relabelled, &wanted));
+        // A rewrite keeps them.
+        let rewritten = keeping_others(older.clone(), &tracked);
+        assert_eq!(
+            rewritten["metadata"]["labels"]["argocd.argoproj.io/instance"],
+            "apps"
+        );
+        assert_eq!(rewritten["metadata"]["labels"][SECRET_LABEL], "db");
+        assert_eq!(
+            rewritten["metadata"]["annotations"]["reloader/match"],
+            "true"
+        );
+        assert_eq!(
+            rewritten["metadata"]["annotations"][VERSION_ANNOTATION],
+            "1"
+        );
+        assert_eq!(
+            rewritten["metadata"]["finalizers"],
+            json!(["example.com/keep"])
+        );
 
         // A copy with the labels under another name is not the agent's.
         let mut copy = current.clone();
