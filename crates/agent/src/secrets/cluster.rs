@@ -271,7 +271,7 @@ impl ClusterSecrets {
         client: &Client,
         name: &str,
         current: Option<&Value>,
-        mut desired: Value,
+        desired: Value,
     ) -> Result<(), String> {
         let object = object_name(name);
         let what = format!("the Secret {}/{object}", self.namespace);
