@@ -97,6 +97,22 @@ fn parse(input: &Value) -> Result<Copy, ActionError> {
         p.to.name.or_else(|| Some(from_name.clone())),
         "$.parameters.to.name",
     )?;
+    // tether's own namespace holds the device's key and sealing key (the
+    // identity Secret): an operator copying them out would get the
+    // device's identity and every secret sealed to it.
+    for (namespace, path) in [
+        (&from_namespace, "$.parameters.from.namespace"),
+        (&to_namespace, "$.parameters.to.namespace"),
+    ] {
+        if namespace == crate::kubernetes::admin::NAMESPACE {
+            return Err(ActionError::invalid(
+                path,
+                format!(
+                    "{namespace} is tether's own namespace (it holds the device's keys): copy from and to other namespaces"
+                ),
+            ));
+        }
+    }
     Ok(Copy {
         kind,
         prefix,
@@ -187,6 +203,14 @@ mod tests {
             (
                 json!({"command": "copy", "parameters": {"type": "secrets", "from": {"namespace": "a", "name": "x"}, "to": {"name": "A/b"}}}),
                 "$.parameters.to.name",
+            ),
+            (
+                json!({"command": "copy", "parameters": {"type": "secrets", "from": {"namespace": "tether-system", "name": "tether-agent-identity"}, "to": {"namespace": "a"}}}),
+                "$.parameters.from.namespace",
+            ),
+            (
+                json!({"command": "copy", "parameters": {"type": "secrets", "from": {"namespace": "a", "name": "x"}, "to": {"namespace": "tether-system"}}}),
+                "$.parameters.to.namespace",
             ),
             (json!({"command": "copy"}), "$"),
         ] {
