@@ -13,12 +13,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tether_proto::template;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The helper's file name, installed beside `tether-agent`.
 pub const HELPER_NAME: &str = "tether-agent-render";
 /// Far more than a render takes: the templates' fuel limit ends loops.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most of a failing helper's complaint kept for the reported error.
+const STDERR_LIMIT: u64 = 64 * 1024;
 
 /// What to render: each template by config file name, all with `context`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,25 +88,45 @@ pub async fn with_helper(
         .stdin
         .take()
         .ok_or_else(|| failed("has no stdin".into()))?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(failed("has no stdout or stderr".into()));
+    };
+    // What a reply can be at most: every file at its largest, escaped in
+    // JSON. The agent reads no more, whatever a broken helper writes.
+    let reply_limit = (request.templates.len() as u64)
+        .saturating_mul(template::MAX_OUTPUT_BYTES as u64 * 6)
+        .saturating_add(64 * 1024);
     let output = async {
         // The helper reads all of its input before it writes: no deadlock.
         stdin.write_all(&input).await?;
         drop(stdin);
-        child.wait_with_output().await
+        // The complaint is read alongside, so a helper writing to both
+        // never blocks on either; it ends when the helper does.
+        let complaint = tokio::spawn(async move {
+            let mut complaint = Vec::new();
+            let _ = stderr.take(STDERR_LIMIT).read_to_end(&mut complaint).await;
+            complaint
+        });
+        let mut reply = Vec::new();
+        stdout.take(reply_limit + 1).read_to_end(&mut reply).await?;
+        if reply.len() as u64 > reply_limit {
+            // Dropping the child kills it (`kill_on_drop`).
+            return Ok(Err(format!("answered more than {reply_limit} bytes")));
+        }
+        let status = child.wait().await?;
+        let complaint = complaint.await.unwrap_or_default();
+        Ok::<_, std::io::Error>(Ok((status, reply, complaint)))
     };
-    let output = tokio::time::timeout(HELPER_TIMEOUT, output)
+    let (status, reply, complaint) = tokio::time::timeout(HELPER_TIMEOUT, output)
         .await
         .map_err(|_| failed(format!("did not answer in {} s", HELPER_TIMEOUT.as_secs())))?
-        .map_err(|e| failed(format!("failed: {e}")))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(failed(format!(
-            "failed ({}): {}",
-            output.status,
-            stderr.trim()
-        )));
+        .map_err(|e| failed(format!("failed: {e}")))?
+        .map_err(failed)?;
+    if !status.success() {
+        let stderr = String::from_utf8_lossy(&complaint);
+        return Err(failed(format!("failed ({status}): {}", stderr.trim())));
     }
-    match serde_json::from_slice(&output.stdout) {
+    match serde_json::from_slice(&reply) {
         Ok(Reply::Rendered(rendered)) => Ok(rendered),
         Ok(Reply::Failed { name, reason }) => Err(RenderError::Template { name, reason }),
         Err(e) => Err(failed(format!("answered something else than a reply: {e}"))),
@@ -163,5 +185,29 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("--render-helper"), "{text}");
+    }
+
+    /// A broken helper flooding its output is cut off at what a reply can
+    /// be, not read into the agent's memory.
+    #[tokio::test]
+    async fn a_helper_answering_more_than_a_reply_can_be_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let helper = dir.path().join("flooding-helper");
+        std::fs::write(
+            &helper,
+            "#!/bin/sh\ncat >/dev/null\nhead -c 1000000 /dev/zero\n",
+        )
+        .expect("written");
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).expect("mode");
+        let request = Request {
+            context: json!({}),
+            templates: BTreeMap::new(),
+        };
+        let error = with_helper(&helper, &request).await.expect_err("refused");
+        assert!(
+            error.to_string().contains("answered more than 65536 bytes"),
+            "{error}"
+        );
     }
 }
