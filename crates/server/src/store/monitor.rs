@@ -31,6 +31,34 @@ pub struct NewAlert {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Which alerts a listing returns, by state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertStates {
+    /// Not yet resolved: firing or acknowledged.
+    Active,
+    Only(AlertState),
+    All,
+}
+
+impl AlertStates {
+    /// `active`, `all`, or one state's name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "active" => Some(Self::Active),
+            "all" => Some(Self::All),
+            other => AlertState::parse(other).map(Self::Only),
+        }
+    }
+}
+
+/// What a listing of alerts keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertFilter {
+    pub states: AlertStates,
+    pub device: Option<DeviceId>,
+    pub rule: Option<String>,
+}
+
 /// Tries of a new alert's id before giving up: ids are the highest plus
 /// one, and a leader overlapping another may take the same.
 const ID_ATTEMPTS: usize = 5;
@@ -246,19 +274,28 @@ impl Store {
         alert_from_row(&row)
     }
 
-    /// Alerts newest first, below `before` (an id), at most `limit_to`;
-    /// only those in `state` if given.
+    /// Alerts newest first, below `before` (an id), at most `limit_to`,
+    /// those `filter` lets through.
     pub async fn list_alerts(
         &self,
-        state: Option<AlertState>,
+        filter: &AlertFilter,
         before: Option<u64>,
         limit_to: u32,
     ) -> Result<Vec<Alert>, StoreError> {
+        let states = match filter.states {
+            AlertStates::All => "",
+            AlertStates::Active => "active",
+            AlertStates::Only(state) => state.as_str(),
+        };
         let rows = sqlx::query(&format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts WHERE ($1 = '' OR state = $1) AND id < $2 \
-             ORDER BY id DESC LIMIT $3"
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE ($1 = '' \
+             OR ($1 = 'active' AND resolved_at IS NULL) OR state = $1) \
+             AND ($2 = '' OR device = $2) AND ($3 = '' OR rule = $3) AND id < $4 \
+             ORDER BY id DESC LIMIT $5"
         ))
-        .bind(state.map_or("", AlertState::as_str))
+        .bind(states)
+        .bind(filter.device.as_ref().map_or("", DeviceId::as_str))
+        .bind(filter.rule.as_deref().unwrap_or(""))
         .bind(before.map_or(i64::MAX, |id| i64::try_from(id).unwrap_or(i64::MAX)))
         .bind(limit(limit_to))
         .fetch_all(&self.pool)
