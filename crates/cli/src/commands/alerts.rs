@@ -71,7 +71,9 @@ impl Alerts {
                 .into_iter()
                 .filter_map(|(key, value)| value.map(|value| (key, value)))
                 .collect();
-                let alerts = client.list_alerts(&query, usize::try_from(limit).unwrap_or(usize::MAX)).await?;
+                let alerts = client
+                    .list_alerts(&query, usize::try_from(limit).unwrap_or(usize::MAX))
+                    .await?;
                 if alerts.is_empty() && ctx.output == OutputFormat::Table {
                     eprintln!("No {state} alerts.");
                     return Ok(Outcome::Success);
