@@ -362,3 +362,240 @@ impl<R: DeviceRequests> Monitor<R> {
         Ok(resolved.is_some())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tether_proto::Presence;
+    use tether_proto::alerts::AlertState;
+    use tether_proto::spec::ReportedStatus;
+
+    use super::*;
+    use crate::store::{AlertFilter, AlertStates};
+
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<(String, &'static str)>>);
+
+    impl DeviceRequests for Arc<Recorded> {
+        async fn request(&self, device: &DeviceId, message: ControlMessage) {
+            let kind = match message {
+                ControlMessage::Rebirth => "rebirth",
+                ControlMessage::Reload => "reload",
+            };
+            self.0
+                .lock()
+                .expect("lock")
+                .push((device.to_string(), kind));
+        }
+
+        async fn resend_spec(&self, device: &DeviceId) {
+            self.0
+                .lock()
+                .expect("lock")
+                .push((device.to_string(), "spec"));
+        }
+    }
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("time")
+    }
+
+    const CONFIG: MonitorConfig = MonitorConfig {
+        silence_interval: Duration::from_secs(10),
+        drift_grace: Duration::from_secs(10),
+    };
+
+    async fn fleet(names: &[&str]) -> (Store, Monitor<Arc<Recorded>>, Arc<Recorded>) {
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        for name in names {
+            let device = DeviceId::new(*name).expect("name");
+            store
+                .create_device(&device, &Default::default(), at(0))
+                .await
+                .expect("device");
+            store
+                .set_presence(&device, Presence::Online, at(0))
+                .await
+                .expect("seen");
+        }
+        let recorded = Arc::new(Recorded::default());
+        let monitor = Monitor::new(store.clone(), recorded.clone(), CONFIG, at(0));
+        (store, monitor, recorded)
+    }
+
+    fn taken(recorded: &Recorded) -> Vec<(String, &'static str)> {
+        std::mem::take(&mut *recorded.0.lock().expect("lock"))
+    }
+
+    async fn active(store: &Store, rule: &str) -> Vec<(String, AlertState)> {
+        let filter = AlertFilter {
+            states: AlertStates::Active,
+            device: None,
+            rule: Some(rule.to_owned()),
+        };
+        store
+            .list_alerts(&filter, None, 100)
+            .await
+            .expect("alerts")
+            .into_iter()
+            .map(|alert| (alert.device, alert.state))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_silent_device_gets_three_rebirth_requests_then_one_alert_resolved_when_heard() {
+        let (store, monitor, recorded) = fleet(&["quiet", "talking"]).await;
+        let talking = DeviceId::new("talking").expect("name");
+        let mut raised = 0;
+        for second in (0..=45).step_by(5) {
+            store
+                .set_presence(&talking, Presence::Online, at(second))
+                .await
+                .expect("seen");
+            raised += monitor.pass(at(second)).await.expect("pass").alerts_raised;
+            if second == 30 {
+                assert_eq!(
+                    taken(&recorded),
+                    [
+                        ("quiet".to_owned(), "rebirth"),
+                        ("quiet".to_owned(), "rebirth"),
+                        ("quiet".to_owned(), "rebirth"),
+                    ],
+                    "at 10, 20 and 30 s; never the device that talks"
+                );
+                assert_eq!(raised, 0);
+            }
+        }
+        assert_eq!(raised, 1, "at 40 s, once");
+        assert_eq!(
+            active(&store, RULE_DEVICE_SILENT).await,
+            [("quiet".to_owned(), AlertState::Firing)]
+        );
+        assert!(
+            taken(&recorded).is_empty(),
+            "no more requests once alerting"
+        );
+
+        let quiet = DeviceId::new("quiet").expect("name");
+        store
+            .set_presence(&quiet, Presence::Online, at(47))
+            .await
+            .expect("heard");
+        let summary = monitor.pass(at(50)).await.expect("pass");
+        assert_eq!(summary.alerts_resolved, 1);
+        assert!(active(&store, RULE_DEVICE_SILENT).await.is_empty());
+        let events = store.list_events(&quiet, 100).await.expect("events");
+        assert_eq!(
+            events
+                .iter()
+                .filter(|event| event.event == EVENT_REBIRTH_REQUESTED)
+                .count(),
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_leader_goes_on_from_the_stored_watch_and_never_alerts_twice() {
+        let (store, first, _) = fleet(&["quiet"]).await;
+        for second in [10, 20] {
+            first.pass(at(second)).await.expect("pass");
+        }
+        let recorded = Arc::new(Recorded::default());
+        let second = Monitor::new(store.clone(), recorded.clone(), CONFIG, at(0));
+        second.pass(at(30)).await.expect("pass");
+        assert_eq!(
+            taken(&recorded),
+            [("quiet".to_owned(), "rebirth")],
+            "the third"
+        );
+        // Both leaders' passes overlap at 40 s: one alert.
+        let a = first.pass(at(40)).await.expect("pass").alerts_raised;
+        let b = second.pass(at(40)).await.expect("pass").alerts_raised;
+        assert_eq!(a + b, 1);
+        assert_eq!(active(&store, RULE_DEVICE_SILENT).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn silence_counts_from_the_monitors_start_at_the_earliest() {
+        let (store, _, _) = fleet(&["quiet"]).await;
+        let recorded = Arc::new(Recorded::default());
+        // tetherd was down from 0 to 100 s: nobody could hear the device.
+        let monitor = Monitor::new(store, recorded.clone(), CONFIG, at(100));
+        monitor.pass(at(105)).await.expect("pass");
+        assert!(taken(&recorded).is_empty());
+        monitor.pass(at(110)).await.expect("pass");
+        assert_eq!(taken(&recorded), [("quiet".to_owned(), "rebirth")]);
+    }
+
+    #[tokio::test]
+    async fn a_device_behind_its_spec_is_sent_it_asked_to_reload_then_alerts_until_it_catches_up() {
+        let (store, monitor, recorded) = fleet(&["behind", "offline"]).await;
+        let behind = DeviceId::new("behind").expect("name");
+        let offline = DeviceId::new("offline").expect("name");
+        for device in [&behind, &offline] {
+            store
+                .write_spec(device, &Default::default(), 0, 1, at(0))
+                .await
+                .expect("spec");
+        }
+        store
+            .set_presence(&offline, Presence::Offline, at(0))
+            .await
+            .expect("offline");
+        // Keep both talking: only drift is at stake.
+        let heard = |second| {
+            let store = store.clone();
+            let (behind, offline) = (behind.clone(), offline.clone());
+            async move {
+                store
+                    .set_presence(&behind, Presence::Online, at(second))
+                    .await
+                    .expect("seen");
+                store
+                    .set_presence(&offline, Presence::Offline, at(second))
+                    .await
+                    .expect("seen");
+            }
+        };
+        heard(5).await;
+        monitor.pass(at(5)).await.expect("pass");
+        assert!(taken(&recorded).is_empty(), "within the grace");
+        heard(10).await;
+        monitor.pass(at(10)).await.expect("pass");
+        assert_eq!(
+            taken(&recorded),
+            [
+                ("behind".to_owned(), "spec"),
+                ("behind".to_owned(), "reload")
+            ],
+            "never the offline device"
+        );
+        heard(20).await;
+        let summary = monitor.pass(at(20)).await.expect("pass");
+        assert_eq!(summary.alerts_raised, 1);
+        assert_eq!(
+            active(&store, RULE_CONFIG_DRIFT).await,
+            [("behind".to_owned(), AlertState::Firing)]
+        );
+        store
+            .set_reported(
+                &behind,
+                &ReportedStatus {
+                    spec_version: 1,
+                    ..Default::default()
+                },
+                at(21),
+            )
+            .await
+            .expect("reported");
+        heard(25).await;
+        let summary = monitor.pass(at(25)).await.expect("pass");
+        assert_eq!(summary.alerts_resolved, 1);
+        assert!(active(&store, RULE_CONFIG_DRIFT).await.is_empty());
+        taken(&recorded);
+        heard(40).await;
+        monitor.pass(at(40)).await.expect("pass");
+        assert!(taken(&recorded).is_empty(), "caught up: nothing more asked");
+    }
+}
