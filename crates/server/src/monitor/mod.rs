@@ -185,26 +185,22 @@ impl<R: DeviceRequests> Monitor<R> {
                             last_seen.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                             watch.rebirths_sent
                         );
-                        if self
-                            .raise(
+                        summary.alerts_raised += u64::from(
+                            self.raise(
                                 &watched.device,
                                 RULE_DEVICE_SILENT,
                                 Severity::Critical,
                                 summary_text,
                                 now,
                             )
-                            .await?
-                        {
-                            summary.alerts_raised += 1;
-                        }
+                            .await?,
+                        );
                     }
                     Some(Step::ResolveAlert) => {
-                        if self
-                            .resolve(&watched.device, RULE_DEVICE_SILENT, now)
-                            .await?
-                        {
-                            summary.alerts_resolved += 1;
-                        }
+                        summary.alerts_resolved += u64::from(
+                            self.resolve(&watched.device, RULE_DEVICE_SILENT, now)
+                                .await?,
+                        );
                     }
                 }
             }
@@ -265,26 +261,22 @@ impl<R: DeviceRequests> Monitor<R> {
                                 "has not applied its current spec after {} reload requests",
                                 watch.reloads_sent
                             );
-                            if self
-                                .raise(
+                            summary.alerts_raised += u64::from(
+                                self.raise(
                                     &drifting.device,
                                     RULE_CONFIG_DRIFT,
                                     Severity::Warning,
                                     text,
                                     now,
                                 )
-                                .await?
-                            {
-                                summary.alerts_raised += 1;
-                            }
+                                .await?,
+                            );
                         }
                         DriftStep::ResolveAlert => {
-                            if self
-                                .resolve(&drifting.device, RULE_CONFIG_DRIFT, now)
-                                .await?
-                            {
-                                summary.alerts_resolved += 1;
-                            }
+                            summary.alerts_resolved += u64::from(
+                                self.resolve(&drifting.device, RULE_CONFIG_DRIFT, now)
+                                    .await?,
+                            );
                         }
                     }
                 }
