@@ -18,6 +18,8 @@ use tokio::io::AsyncWriteExt;
 // In a folder of its own so that cargo does not take it for a test binary.
 #[path = "cli/accounts.rs"]
 mod accounts;
+#[path = "cli/alerts.rs"]
+mod alerts;
 #[path = "cli/approvals.rs"]
 mod approvals;
 #[path = "cli/desired.rs"]
