@@ -251,6 +251,15 @@ pub async fn run(
         DeviceEndpoint::Embedded(..) => SessionOwner::Replica(replica),
         DeviceEndpoint::External(..) => SessionOwner::Broker,
     };
+    // The monitor's rebirth and reload requests, whichever replica holds
+    // the device's session.
+    let device_control = Arc::new(crate::monitor::control::DeviceControl::new(
+        link.clone(),
+        registry.specs().clone(),
+        bus.clone(),
+        owner.clone(),
+    ));
+    tokio::spawn(device_control.clone().follow(bus.subscribe()));
     let desired = crate::desired::DesiredState::new(store.clone(), registry.specs().clone());
     let secrets = crate::secrets::Secrets::new(store.clone(), registry.specs().clone());
     let ingest = Arc::new(Ingest::new(
