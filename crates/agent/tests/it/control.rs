@@ -118,8 +118,8 @@ async fn a_rebirth_request_brings_the_birth_and_status_again_and_a_burst_only_on
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_request_restores_a_config_file_edited_by_hand_and_reports()
--> anyhow::Result<()> {
+async fn a_reload_request_restores_a_config_file_edited_by_hand_and_reports() -> anyhow::Result<()>
+{
     let fleet = Fleet::start("reloaded").await?;
     let dir = tempfile::tempdir()?;
     let conf = dir.path().join("etc/app.conf");
@@ -153,7 +153,10 @@ async fn a_reload_request_restores_a_config_file_edited_by_hand_and_reports()
         .get("/api/v1/devices/reloaded")
         .await?
         .expect_status(200)?;
-    assert_eq!(shown["status"]["deployments"]["app"]["state"], "ready", "{shown}");
+    assert_eq!(
+        shown["status"]["deployments"]["app"]["state"], "ready",
+        "{shown}"
+    );
     Ok(())
 }
 
@@ -179,7 +182,12 @@ async fn garbage_on_the_control_topic_is_logged_ignored_and_the_agent_stays_conn
     );
     // Still the same process on the same connection, and it still listens.
     assert_eq!(fleet.agent.pid(), pid);
-    assert_eq!(fleet.count("session: connected to "), 1, "{}", fleet.agent.log());
+    assert_eq!(
+        fleet.count("session: connected to "),
+        1,
+        "{}",
+        fleet.agent.log()
+    );
     fleet.control(br#"{"kind":"rebirth"}"#).await?;
     fleet.wait_log("the rebirth", BIRTH_AGAIN, 1).await?;
     let shown: Value = fleet
