@@ -11,6 +11,12 @@
 //! Nothing is stored: a request lost (the device between replicas, a
 //! notice missed) is made again at the monitor's next pass, which is
 //! also why a gap in the announcements needs no resync.
+//!
+//! The monitor sends the current spec before a reload
+//! ([`DeviceRequests::resend_spec`], which crosses replicas on
+//! [`Channel::DeviceSpec`]): should the reload overtake it on another
+//! replica, the agent reloads the spec it has, then applies the new one
+//! when it arrives, which is where a reload of the new one would leave it.
 
 use std::sync::Arc;
 
@@ -21,6 +27,8 @@ use crate::cluster::bus::{Bus, Channel, Heard, Notice, Subscription};
 use crate::cluster::presence::SessionOwner;
 use crate::device_link::{DeviceLink, LinkError, ServerMessage};
 use crate::registry::Specs;
+
+use super::DeviceRequests;
 
 /// Where a request went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +44,7 @@ pub enum Requested {
 
 pub struct DeviceControl {
     link: Arc<dyn DeviceLink>,
-    /// A reload is preceded by the current spec, so a spec message the
+    /// Sends the current spec before a reload, so a spec message the
     /// device lost is repaired too.
     specs: Specs,
     bus: Bus,
@@ -108,14 +116,30 @@ impl DeviceControl {
     }
 
     async fn publish(&self, device: &DeviceId, message: ControlMessage) -> Result<(), LinkError> {
-        if message == ControlMessage::Reload {
-            self.specs.send(device).await;
-        }
         self.link
             .publish_message(device, ServerMessage::Control(message))
             .await?;
         tracing::debug!(%device, request = ?message, "asked a device");
         Ok(())
+    }
+}
+
+/// What the monitor calls.
+impl DeviceRequests for Arc<DeviceControl> {
+    async fn request(&self, device: &DeviceId, message: ControlMessage) {
+        match DeviceControl::request(self, device, message).await {
+            Ok(requested) => {
+                tracing::debug!(%device, request = ?message, ?requested, "monitor request");
+            }
+            // Counted as unanswered: the monitor asks again next pass.
+            Err(error) => {
+                tracing::warn!(%device, request = ?message, error = %crate::error_chain(&error), "could not send the monitor's request to a device");
+            }
+        }
+    }
+
+    async fn resend_spec(&self, device: &DeviceId) {
+        self.specs.announce(device).await;
     }
 }
 
@@ -231,7 +255,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_session_here_gets_the_request_and_a_reload_the_spec_first() {
+    async fn a_session_here_gets_the_request_and_nothing_is_announced() {
         let link = Arc::new(FakeLink::holding(&["here"]));
         let (control, bus) = service(link.clone(), replica()).await;
         let mut heard = bus.subscribe();
@@ -251,12 +275,9 @@ mod tests {
         );
         let sent = link.sent();
         let kinds: Vec<_> = sent.iter().map(|(_, kind, _)| *kind).collect();
-        assert_eq!(
-            kinds,
-            [TopicKind::Control, TopicKind::Spec, TopicKind::Control]
-        );
+        assert_eq!(kinds, [TopicKind::Control, TopicKind::Control]);
         assert_eq!(sent[0].2, r#"{"kind":"rebirth"}"#);
-        assert_eq!(sent[2].2, r#"{"kind":"reload"}"#);
+        assert_eq!(sent[1].2, r#"{"kind":"reload"}"#);
         bus.publish(Channel::LogsStored, ["marker"]);
         let Some(Heard::Notice(first)) = heard.next().await else {
             panic!("a notice")
@@ -283,8 +304,8 @@ mod tests {
         assert_eq!(announced.keys, ["elsewhere"]);
         assert!(link.sent().is_empty());
 
-        // The replica holding it hears the notice and publishes, spec
-        // first; devices it does not hold and bad names are skipped.
+        // The replica holding it hears the notice and publishes; devices
+        // it does not hold and bad names are skipped.
         let holder = Arc::new(FakeLink::holding(&["elsewhere"]));
         let (other, _) = service(holder.clone(), replica()).await;
         other
@@ -298,17 +319,14 @@ mod tests {
             .heard(&notice(Channel::DeviceRebirth, &["elsewhere"], false))
             .await;
         let sent = holder.sent();
-        assert_eq!(
-            sent.iter()
-                .map(|(d, k, _)| (d.as_str(), *k))
-                .collect::<Vec<_>>(),
-            [
-                ("elsewhere", TopicKind::Spec),
-                ("elsewhere", TopicKind::Control),
-                ("elsewhere", TopicKind::Control)
-            ]
-        );
-        assert_eq!(sent[2].2, r#"{"kind":"rebirth"}"#);
+        let control = |kind: &str| {
+            (
+                "elsewhere".to_owned(),
+                TopicKind::Control,
+                format!(r#"{{"kind":"{kind}"}}"#),
+            )
+        };
+        assert_eq!(sent, [control("reload"), control("rebirth")]);
 
         // Its own announcement, or another channel's, is not a request.
         other
@@ -317,7 +335,7 @@ mod tests {
         other
             .heard(&notice(Channel::DeviceSpec, &["elsewhere"], false))
             .await;
-        assert_eq!(holder.sent().len(), 3);
+        assert_eq!(holder.sent().len(), 2);
     }
 
     #[tokio::test]
