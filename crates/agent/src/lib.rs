@@ -6,6 +6,7 @@ pub mod authorization;
 pub mod backoff;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod dedupe;
 pub mod deployments;
 pub mod endpoints;

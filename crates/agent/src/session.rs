@@ -1,7 +1,7 @@
 //! The MQTT session with tetherd: mutual TLS, the birth and will on `status`
 //! (not retained: tetherd's endpoint refuses retained messages and serves
-//! presence through its API), actions in and events out, reconnecting with
-//! backoff.
+//! presence through its API), actions in and events out, the monitor's
+//! requests on `control` ([`crate::control`]), reconnecting with backoff.
 //!
 //! The event loop only moves packets. Actions go over a channel to a worker
 //! task that runs them one at a time in arrival order, and everything is
@@ -19,6 +19,7 @@ use rumqttc::v5::mqttbytes::v5::{
 };
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{NetworkOptions, Outgoing, TlsConfiguration, Transport};
+use tether_proto::control::ControlMessage;
 use tether_proto::metrics::HostSample;
 use tether_proto::telemetry::{MetricRecord, Stream};
 use tether_proto::{ActionEvent, DeviceId, DeviceStatus, DeviceTopic, Presence, TopicKind};
@@ -61,6 +62,9 @@ const MAX_INCOMING_PACKET: u32 = 2 * 1024 * 1024;
 /// request channel, trying every [`HANDOVER_RETRY`].
 const EVENT_HANDOVER: Duration = Duration::from_secs(60);
 const HANDOVER_RETRY: Duration = Duration::from_millis(20);
+/// The topics the agent subscribes to, in one SUBSCRIBE: the spec first,
+/// since tetherd sends it when the actions subscription lands.
+const SUBSCRIBED: [TopicKind; 3] = [TopicKind::Spec, TopicKind::Control, TopicKind::Actions];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -479,6 +483,7 @@ pub async fn run(
         deployments,
         update_holds,
         secret_errors,
+        control: crate::control::Requests::default(),
     };
     session.serve(shutdown).await;
     // Stop the worker before the goodbye: its abort drops the stats sampler,
@@ -567,9 +572,54 @@ struct Session {
     /// Wakes when writing the secrets' Kubernetes Secrets fails or
     /// recovers, to report it.
     secret_errors: watch::Receiver<Vec<tether_proto::spec::SpecError>>,
+    /// tetherd's rebirth and reload requests not yet done.
+    control: crate::control::Requests,
 }
 
 impl Session {
+    /// The birth: the online status, then the reported status. Published
+    /// at every connection and again when tetherd asks (a rebirth).
+    fn publish_birth(&self) -> Result<(), String> {
+        self.publisher
+            .try_publish_status(Presence::Online, self.seq)
+            .map_err(|e| format!("cannot publish the online status: {e}"))?;
+        self.publisher.try_publish_reported()
+    }
+
+    /// Does the control requests that are due. A rebirth offline is
+    /// dropped: the next connection publishes the birth anyway.
+    fn do_control_requests(&mut self) {
+        for request in self.control.take_due(Instant::now()) {
+            match request {
+                ControlMessage::Reload => {
+                    let applied = self.publisher.status.spec.reload();
+                    tracing::info!(
+                        version = applied.version,
+                        "applied spec version {} again in full, as tetherd asked",
+                        applied.version
+                    );
+                    self.report_change("the reloaded spec");
+                }
+                ControlMessage::Rebirth => {
+                    if !*self.publisher.online.borrow() {
+                        tracing::debug!(
+                            "not online: the next connection's birth answers the rebirth request"
+                        );
+                        continue;
+                    }
+                    match self.publish_birth() {
+                        Ok(()) => tracing::info!(
+                            "published the birth again, as tetherd asked (boot {}, seq {})",
+                            self.publisher.boot_id,
+                            self.seq
+                        ),
+                        Err(e) => tracing::warn!("{e}; tetherd asks again if it still needs it"),
+                    }
+                }
+            }
+        }
+    }
+
     /// Reports the status after `what` changed; offline, the next birth
     /// reports it.
     fn report_change(&self, what: &str) {
@@ -609,6 +659,10 @@ impl Session {
                 }
                 Ok(()) = self.secret_errors.changed() => {
                     self.report_change("the secrets' errors");
+                    continue;
+                }
+                () = crate::control::until(self.control.next_due()) => {
+                    self.do_control_requests();
                     continue;
                 }
                 polled = self.eventloop.poll() => polled,
@@ -749,28 +803,32 @@ impl Session {
                 // first: tetherd sends it when the actions subscription lands.
                 self.publisher
                     .client
-                    .try_subscribe_many([
-                        Filter::new(self.publisher.topic(TopicKind::Spec), QoS::AtLeastOnce),
-                        Filter::new(self.publisher.topic(TopicKind::Actions), QoS::AtLeastOnce),
-                    ])
-                    .map_err(|e| format!("cannot subscribe to the spec and actions: {e}"))
+                    .try_subscribe_many(
+                        SUBSCRIBED
+                            .map(|kind| Filter::new(self.publisher.topic(kind), QoS::AtLeastOnce)),
+                    )
+                    .map_err(|e| format!("cannot subscribe to the spec, control and actions: {e}"))
             }
             Packet::SubAck(ack) => {
-                if let Some(refused) = ack
-                    .return_codes
-                    .iter()
-                    .find(|code| !matches!(code, SubscribeReasonCode::Success(_)))
-                {
+                for (kind, code) in SUBSCRIBED.iter().zip(&ack.return_codes) {
+                    if matches!(code, SubscribeReasonCode::Success(_)) {
+                        continue;
+                    }
+                    let topic = self.publisher.topic(*kind);
+                    // A tetherd, or a broker's ACL, from before the monitor:
+                    // the agent works as before, unasked.
+                    if *kind == TopicKind::Control {
+                        tracing::warn!(
+                            "tetherd refused the subscription to {topic} ({code:?}); \
+                             its monitor's rebirth and reload requests cannot reach this agent"
+                        );
+                        continue;
+                    }
                     return Err(format!(
-                        "tetherd refused the subscription to {} or {}: {refused:?}",
-                        self.publisher.topic(TopicKind::Spec),
-                        self.publisher.topic(TopicKind::Actions)
+                        "tetherd refused the subscription to {topic}: {code:?}"
                     ));
                 }
-                self.publisher
-                    .try_publish_status(Presence::Online, self.seq)
-                    .map_err(|e| format!("cannot publish the online status: {e}"))?;
-                self.publisher.try_publish_reported()?;
+                self.publish_birth()?;
                 tracing::info!(
                     "online as {} (boot {}, seq {})",
                     self.publisher.device,
@@ -802,6 +860,12 @@ impl Session {
                     }
                 } else if publish.topic == self.publisher.topic(TopicKind::Spec).as_bytes() {
                     self.publisher.apply_spec(&publish.payload)?;
+                } else if publish.topic == self.publisher.topic(TopicKind::Control).as_bytes() {
+                    match self.control.receive(&publish.payload, Instant::now()) {
+                        Ok(request) => tracing::debug!("tetherd asked for a {request:?}"),
+                        Err(error) => tracing::warn!("{error}"),
+                    }
+                    self.do_control_requests();
                 } else {
                     tracing::warn!(
                         "ignoring a message on unexpected topic {}",

@@ -251,6 +251,15 @@ pub async fn run(
         DeviceEndpoint::Embedded(..) => SessionOwner::Replica(replica),
         DeviceEndpoint::External(..) => SessionOwner::Broker,
     };
+    // The monitor's rebirth and reload requests, whichever replica holds
+    // the device's session.
+    let device_control = Arc::new(crate::monitor::control::DeviceControl::new(
+        link.clone(),
+        registry.specs().clone(),
+        bus.clone(),
+        owner.clone(),
+    ));
+    tokio::spawn(device_control.clone().follow(bus.subscribe()));
     let desired = crate::desired::DesiredState::new(store.clone(), registry.specs().clone());
     let secrets = crate::secrets::Secrets::new(store.clone(), registry.specs().clone());
     let ingest = Arc::new(Ingest::new(
@@ -355,10 +364,7 @@ pub async fn run(
     );
     let monitor = Arc::new(crate::monitor::Monitor::new(
         store.clone(),
-        crate::monitor::link_requests::LinkRequests {
-            link: link.clone(),
-            specs: registry.specs().clone(),
-        },
+        device_control,
         config.monitor.clone(),
         Utc::now(),
     ));

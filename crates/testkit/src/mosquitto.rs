@@ -259,6 +259,53 @@ impl Mosquitto {
         Ok(replica)
     }
 
+    /// Publishes `payload` on `device`'s `kind` topic as tetherd does
+    /// (QoS 1, MQTT 5, on tetherd's listener with the controller
+    /// certificate `tetherd` made for itself): what only tetherd may
+    /// publish, such as the monitor's requests on `control`.
+    pub async fn publish_as_tetherd(
+        &self,
+        tetherd: &Tetherd,
+        device: &str,
+        kind: &str,
+        payload: &[u8],
+    ) -> anyhow::Result<()> {
+        let broker = tetherd.data_dir().join("broker");
+        let mut command = tokio::process::Command::new("mosquitto_pub");
+        command
+            .args(["-h", "127.0.0.1", "-p", &self.tetherd_port.to_string()])
+            .args(["-i", "tether-test-controller", "-V", "mqttv5", "-q", "1"])
+            .arg("--cafile")
+            .arg(tetherd.ca_path())
+            .arg("--cert")
+            .arg(broker.join("client.pem"))
+            .arg("--key")
+            .arg(broker.join("client-key.pem"))
+            .args(["-t", &format!("tether/v1/devices/{device}/{kind}"), "-s"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .context("running mosquitto_pub (install mosquitto-clients)")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            stdin.write_all(payload).await?;
+        }
+        let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+            .await
+            .context("mosquitto_pub did not finish within 10 s")??;
+        anyhow::ensure!(
+            output.status.success(),
+            "mosquitto_pub: {}: {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
+
     async fn wait_connected(&self, tetherd: &Tetherd) -> anyhow::Result<()> {
         wait_until(
             "tetherd to connect to mosquitto",

@@ -53,6 +53,12 @@ pub struct AppliedSpec {
     pub updates: UpdatePolicy,
     /// The sections of that version the agent could not apply.
     pub errors: Vec<SpecError>,
+    /// How many times tetherd asked for this spec to be applied again in
+    /// full since the agent started ([`SpecHandle::reload`]): the parts
+    /// that skip what did not change (the supervisor) redo everything
+    /// when it moves. Not saved: a restart applies everything anyway.
+    #[serde(skip)]
+    pub reloads: u64,
 }
 
 /// Applies `message` over `previous`: a section present is checked and
@@ -368,6 +374,24 @@ pub(crate) fn is_under(error: &SpecError, section: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }
 
+/// `current`'s errors with its `secrets` section opened into files anew
+/// by `files`: the errors of that section are the new ones.
+fn open_secrets(current: &AppliedSpec, files: &SecretFiles) -> Vec<SpecError> {
+    let section = tether_proto::secrets::SECTION;
+    let mut errors: Vec<SpecError> = current
+        .errors
+        .iter()
+        .filter(|e| !is_under(e, section))
+        .cloned()
+        .collect();
+    let sealed = current.spec.get(section);
+    match sealed.map(|s| validate_section(section, s)) {
+        Some(Err(error)) => errors.push(error),
+        _ => errors.extend(files.apply(sealed)),
+    }
+    errors
+}
+
 /// The applied spec, shared with the parts that use it.
 #[derive(Clone)]
 pub struct SpecHandle {
@@ -407,22 +431,32 @@ impl SpecHandle {
     /// removed by hand comes back and a key made anew is reported as not
     /// opening what was sealed to the old one.
     pub fn with_secrets(mut self, files: SecretFiles) -> Self {
-        let current = self.current();
-        let section = tether_proto::secrets::SECTION;
-        let mut errors: Vec<SpecError> = current
-            .errors
-            .iter()
-            .filter(|e| !is_under(e, section))
-            .cloned()
-            .collect();
-        let sealed = current.spec.get(section);
-        match sealed.map(|s| validate_section(section, s)) {
-            Some(Err(error)) => errors.push(error),
-            _ => errors.extend(files.apply(sealed)),
-        }
+        let errors = open_secrets(&self.current(), &files);
         self.applied.send_modify(|applied| applied.errors = errors);
         self.secrets = Some(Arc::new(files));
         self
+    }
+
+    /// Applies the spec applied last again in full, as at start (tetherd's
+    /// `reload` request, [`crate::control`]): the secrets' files are
+    /// written again, and every part that follows the spec is woken, with
+    /// [`AppliedSpec::reloads`] moved so that none skips what it thinks
+    /// unchanged: config files edited by hand are rendered again, logging,
+    /// metrics and budgets are set again, charts and Kubernetes Secrets
+    /// reconciled. Only the session calls this and [`SpecHandle::apply`],
+    /// so the spec cannot change between the read and the write.
+    pub fn reload(&self) -> AppliedSpec {
+        let errors = self
+            .secrets
+            .as_ref()
+            .map(|files| open_secrets(&self.current(), files));
+        self.applied.send_modify(|applied| {
+            if let Some(errors) = errors {
+                applied.errors = errors;
+            }
+            applied.reloads += 1;
+        });
+        self.current()
     }
 
     pub fn current(&self) -> AppliedSpec {
@@ -588,6 +622,44 @@ mod tests {
             .expect("applied");
         assert!(!watching.has_changed().expect("sender alive"));
         assert!(!dir.path().join(SPEC_FILE).exists());
+    }
+
+    #[test]
+    fn a_reload_wakes_every_follower_with_the_same_spec_and_is_not_saved() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let handle = SpecHandle::load(dir.path());
+        handle
+            .apply(&message(
+                3,
+                json!({"metricsConfig": {"intervalSeconds": 15}}),
+            ))
+            .expect("applied");
+        let saved = std::fs::read(dir.path().join(SPEC_FILE)).expect("saved");
+        let mut watching = handle.subscribe();
+        watching.borrow_and_update();
+
+        let reloaded = handle.reload();
+        assert!(watching.has_changed().expect("sender alive"), "woken");
+        assert_eq!(reloaded.reloads, 1);
+        assert_eq!(
+            AppliedSpec {
+                reloads: 0,
+                ..reloaded
+            },
+            SpecHandle::load(dir.path()).current(),
+            "the same spec, as a restart would load it"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join(SPEC_FILE)).expect("saved"),
+            saved,
+            "nothing new to save"
+        );
+        // A new spec keeps the count: it says how often tetherd asked.
+        handle
+            .apply(&message(4, json!({})))
+            .expect("applied")
+            .expect("new");
+        assert_eq!(handle.current().reloads, 1);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod charts;
 mod clock;
+mod control;
 mod dumpable;
 mod failover;
 mod fake_kube;

@@ -18,14 +18,14 @@ const WAIT: Duration = Duration::from_secs(30);
 /// The test's deployments, each targeting its one device, made through
 /// tetherd's deployments API. The tests name versions ("v1"); tetherd
 /// numbers revisions: this keeps which is which.
-struct Desired<'a> {
+pub(crate) struct Desired<'a> {
     admin: &'a ApiClient,
     device: String,
     revisions: HashMap<(String, String), u64>,
 }
 
 impl<'a> Desired<'a> {
-    fn new(admin: &'a ApiClient, device: &str) -> Self {
+    pub(crate) fn new(admin: &'a ApiClient, device: &str) -> Self {
         Self {
             admin,
             device: device.to_owned(),
@@ -51,7 +51,7 @@ impl<'a> Desired<'a> {
 
     /// Creates or revises each deployment of `deployments` (name → the
     /// test's `{"version": LABEL, processes, configFiles, values}`).
-    async fn set(&mut self, deployments: Value) -> anyhow::Result<()> {
+    pub(crate) async fn set(&mut self, deployments: Value) -> anyhow::Result<()> {
         for (name, deployment) in deployments.as_object().context("deployments by name")? {
             let reply = self.put(name, deployment).await?;
             anyhow::ensure!(
@@ -89,7 +89,7 @@ impl<'a> Desired<'a> {
     /// Waits until `deployment` at the test's version `label` is `state`:
     /// ready as the device reports it; failed as tetherd's rollout
     /// records it (the device was put back, with the reason). Its status.
-    async fn wait(
+    pub(crate) async fn wait(
         &self,
         agent: &Agent,
         deployment: &str,

@@ -437,7 +437,9 @@ impl ActionService {
                     Channel::DisconnectDevice
                     | Channel::SessionMoved
                     | Channel::DeviceSpec
-                    | Channel::LogsStored => {}
+                    | Channel::LogsStored
+                    | Channel::DeviceRebirth
+                    | Channel::DeviceReload => {}
                 },
                 Heard::MayHaveMissed => {
                     let actions = self.clone();

@@ -65,16 +65,26 @@ pub enum Channel {
     /// These devices' log lines were stored: replicas with a live follower
     /// of one read the new lines. Keys: device names.
     LogsStored,
+    /// The monitor asks these devices for a rebirth: the replica holding
+    /// the session of one publishes the request. Nothing is stored; a lost
+    /// notice is a request the monitor makes again. Keys: device names.
+    DeviceRebirth,
+    /// The monitor asks these devices to reload their spec: the replica
+    /// holding the session of one sends the spec, then the request. Keys:
+    /// device names.
+    DeviceReload,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 6] = [
+    pub const ALL: [Channel; 8] = [
         Channel::DeviceOutbox,
         Channel::ActionFinished,
         Channel::DisconnectDevice,
         Channel::SessionMoved,
         Channel::DeviceSpec,
         Channel::LogsStored,
+        Channel::DeviceRebirth,
+        Channel::DeviceReload,
     ];
 
     /// The PostgreSQL channel name (an identifier: lowercase, under 64 bytes).
@@ -86,6 +96,8 @@ impl Channel {
             Channel::SessionMoved => "tether_session_moved",
             Channel::DeviceSpec => "tether_device_spec",
             Channel::LogsStored => "tether_logs_stored",
+            Channel::DeviceRebirth => "tether_device_rebirth",
+            Channel::DeviceReload => "tether_device_reload",
         }
     }
 

@@ -4,8 +4,8 @@
 //! replica at a time; their state is stored, so a new leader goes on where
 //! the old one stopped.
 
+pub mod control;
 pub mod drift;
-pub mod link_requests;
 pub mod silence;
 
 use std::collections::BTreeMap;

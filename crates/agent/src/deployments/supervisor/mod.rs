@@ -180,10 +180,17 @@ async fn run(
         prepared,
     };
     let mut follow = true;
+    // At start everything is prepared anyway: only later reloads count.
+    let mut reloads = spec.borrow().reloads;
     loop {
         if follow {
-            let desired = spec.borrow_and_update().deployments.clone();
-            runtime.apply(desired);
+            let (desired, reloaded) = {
+                let applied = spec.borrow_and_update();
+                let reloaded = applied.reloads != reloads;
+                reloads = applied.reloads;
+                (applied.deployments.clone(), reloaded)
+            };
+            runtime.apply(desired, reloaded);
             follow = false;
         }
         runtime.act();
@@ -240,8 +247,10 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 impl Runtime {
     /// Takes the spec's deployments: removed ones stop, new and changed
-    /// ones are prepared.
-    fn apply(&mut self, desired: Deployments) {
+    /// ones are prepared; `again` (a reload) prepares the unchanged ones
+    /// too, as at start, so config files edited since are written again
+    /// (restarting their users) and a version that failed is tried again.
+    fn apply(&mut self, desired: Deployments, again: bool) {
         let now = Instant::now();
         for (name, running) in &mut self.running {
             if !desired.contains_key(name) {
@@ -253,13 +262,19 @@ impl Runtime {
         self.pending.retain(|name, _| desired.contains_key(name));
         for (name, spec) in &desired {
             let has_work = !spec.processes.is_empty() || !spec.config_files.is_empty();
+            let again = again && has_work;
             let current = self.running.get(name).map(|r| &r.spec);
-            if current == Some(spec) || (current.is_none() && !has_work) {
+            if (current == Some(spec) && !again) || (current.is_none() && !has_work) {
                 // Back to what runs (a rollback before the new one applied).
                 self.pending.remove(name);
                 continue;
             }
-            if self.pending.get(name).is_some_and(|p| p.spec() == spec) {
+            let retry = |pending: &Pending| again && matches!(pending, Pending::Failed { .. });
+            if self
+                .pending
+                .get(name)
+                .is_some_and(|p| p.spec() == spec && !retry(p))
+            {
                 continue;
             }
             let task = self.prepare(name.clone(), spec.clone());
@@ -512,6 +527,12 @@ impl Runtime {
                     state: DeploymentState::Failed,
                     reason: Some(cut(reason)),
                 },
+                // What runs prepared again (a reload): it still runs as it did.
+                (Some(Pending::Preparing { spec, .. }), Some(running)) if running.spec == *spec => {
+                    let mut status = running.machine.status(&running.spec.version);
+                    status.reason = status.reason.as_deref().map(cut);
+                    status
+                }
                 (Some(Pending::Preparing { spec, .. }), _) => DeploymentStatus {
                     version: spec.version.clone(),
                     state: DeploymentState::Progressing,
