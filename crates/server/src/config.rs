@@ -83,6 +83,8 @@ struct FileConfig {
     kubernetes: FileKubernetes,
     #[serde(default)]
     tunnels: FileTunnels,
+    #[serde(default)]
+    sparkplug: crate::sparkplug::config::FileSparkplug,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -203,6 +205,8 @@ pub struct ServerConfig {
     pub broker: BrokerConfig,
     pub kubernetes: KubernetesConfig,
     pub tunnels: crate::tunnels::TunnelConfig,
+    /// `[sparkplug]`; `None`: off.
+    pub sparkplug: Option<crate::sparkplug::config::SparkplugConfig>,
 }
 
 /// `[kubernetes]`: what the join manifest runs (ADR 0017, ADR 0023).
@@ -828,6 +832,7 @@ impl ServerConfig {
         let broker = broker_config(&file.broker, &data_dir)?;
         let kubernetes = kubernetes_config(&file.kubernetes)?;
         let tunnels = tunnel_config(&file.tunnels)?;
+        let sparkplug = crate::sparkplug::config::SparkplugConfig::from_file(&file.sparkplug)?;
         check_range("retention.events_days", retention.events, DAY, 3660 * DAY)?;
         check_range("retention.actions_days", retention.actions, DAY, 3660 * DAY)?;
         check_range("retention.metrics_days", retention.metrics, DAY, 3660 * DAY)?;
@@ -906,6 +911,7 @@ impl ServerConfig {
             broker,
             kubernetes,
             tunnels,
+            sparkplug,
         })
     }
 }
@@ -982,6 +988,7 @@ impl ServerConfig {
                 idle_timeout_seconds: Some(self.tunnels.idle_timeout.map_or(0, |t| t.as_secs())),
                 max_waiting_per_user: Some(self.tunnels.max_waiting_per_user as u32),
             },
+            sparkplug: crate::sparkplug::config::SparkplugConfig::to_file(self.sparkplug.as_ref()),
         };
         toml::to_string(&file).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
     }

@@ -2,22 +2,21 @@
 //! external Sparkplug broker, with the session's NDEATH as the will, its
 //! births on every connect, its NCMD subscription and the device updates it
 //! is given.
-//!
-//! Plain TCP for now; the monitor's configuration adds TLS and credentials
-//! when it wires this in.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
 use rumqttc::v5::{AsyncClient, ClientError, ConnectionError, Event, EventLoop, MqttOptions};
-use tokio::sync::{mpsc, oneshot};
+use rumqttc::{TlsConfiguration, Transport};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::node::{EdgeNode, Metrics, NodeCommand, SparkplugMessage, node_commands};
-use super::topics::{EdgeDeviceId, NodeMessage, Topic};
+use super::topics::{EdgeDeviceId, EdgeNodeId, GroupId, NodeMessage, Topic};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 const RETRY_FIRST: Duration = Duration::from_millis(500);
@@ -41,6 +40,40 @@ pub struct SparkplugBroker {
     pub port: u16,
     /// The MQTT client id; unique per edge node on the broker.
     pub client_id: String,
+    pub transport: BrokerTransport,
+    pub credentials: Option<Credentials>,
+}
+
+/// TCP, or TLS checked by the given client settings.
+#[derive(Clone)]
+pub enum BrokerTransport {
+    Plain,
+    Tls(Arc<rustls::ClientConfig>),
+}
+
+impl std::fmt::Debug for BrokerTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BrokerTransport::Plain => "Plain",
+            BrokerTransport::Tls(_) => "Tls",
+        })
+    }
+}
+
+/// A username and password for the broker.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password never reaches a log.
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A change to one of the node's devices.
@@ -72,19 +105,40 @@ pub struct PublisherStopped {
 pub struct Publisher {
     node: String,
     updates: mpsc::Sender<DeviceUpdate>,
+    bd_seq: watch::Receiver<u8>,
     task: JoinHandle<()>,
 }
 
 impl Publisher {
-    pub fn spawn(node: EdgeNode, broker: SparkplugBroker) -> Self {
-        let name = format!("{}/{}", node.group(), node.node());
+    /// Starts the node's first session, with `bdSeq` `first_bd_seq`.
+    pub fn spawn(
+        group: GroupId,
+        node: EdgeNodeId,
+        first_bd_seq: u8,
+        broker: SparkplugBroker,
+    ) -> Self {
+        let name = format!("{group}/{node}");
         let (updates, receiver) = mpsc::channel(REQUEST_CAPACITY);
-        let task = tokio::spawn(run(node, broker, receiver));
+        let (sessions, bd_seq) = watch::channel(first_bd_seq);
+        let node = EdgeNode::new(group, node, first_bd_seq);
+        let task = tokio::spawn(run(node, broker, receiver, sessions));
         Self {
             node: name,
             updates,
+            bd_seq,
             task,
         }
+    }
+
+    /// The `bdSeq` of the node's latest session: each reconnection starts
+    /// a new one, which the caller records to continue after it.
+    pub fn bd_seq(&self) -> u8 {
+        *self.bd_seq.borrow()
+    }
+
+    /// Whether the task still runs; it ends only by a panic.
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
     }
 
     pub async fn update(&self, update: DeviceUpdate) -> Result<(), PublisherStopped> {
@@ -141,12 +195,21 @@ async fn run(
     mut node: EdgeNode,
     broker: SparkplugBroker,
     mut updates: mpsc::Receiver<DeviceUpdate>,
+    sessions: watch::Sender<u8>,
 ) {
     let mut options = MqttOptions::new(&broker.client_id, &broker.host, broker.port);
     options
         .set_keep_alive(KEEP_ALIVE)
         .set_clean_start(true)
         .set_last_will(will(&node.new_session()));
+    if let BrokerTransport::Tls(tls) = &broker.transport {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
+    }
+    if let Some(credentials) = &broker.credentials {
+        options.set_credentials(&credentials.username, &credentials.password);
+    }
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let ncmd = Topic::Node {
         group: node.group().clone(),
@@ -183,6 +246,9 @@ async fn run(
                     node.end_session();
                     outgoing.clear();
                     let _ = next_will.send(will(&node.new_session()));
+                    if let Some(bd_seq) = node.bd_seq() {
+                        sessions.send_replace(bd_seq);
+                    }
                 }
                 None => return,
             },

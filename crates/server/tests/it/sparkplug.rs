@@ -9,9 +9,11 @@ use prost::Message;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use tether_server::sparkplug::node::{BD_SEQ_METRIC, EdgeNode, Metrics, REBIRTH_METRIC, Value};
+use tether_server::sparkplug::node::{BD_SEQ_METRIC, Metrics, REBIRTH_METRIC, Value};
 use tether_server::sparkplug::payload::{MetricValue, Payload};
-use tether_server::sparkplug::publisher::{DeviceUpdate, Publisher, SparkplugBroker};
+use tether_server::sparkplug::publisher::{
+    BrokerTransport, DeviceUpdate, Publisher, SparkplugBroker,
+};
 use tether_server::sparkplug::topics::{EdgeDeviceId, EdgeNodeId, GroupId};
 use tether_testkit::mosquitto::Mosquitto;
 use tokio::sync::mpsc;
@@ -95,6 +97,16 @@ fn metric<'a>(payload: &'a Payload, name: &str) -> anyhow::Result<&'a MetricValu
         .with_context(|| format!("no value for metric {name} in {payload:?}"))
 }
 
+fn plain(port: u16, client_id: &str) -> SparkplugBroker {
+    SparkplugBroker {
+        host: "127.0.0.1".to_owned(),
+        port,
+        client_id: client_id.to_owned(),
+        transport: BrokerTransport::Plain,
+        credentials: None,
+    }
+}
+
 fn metrics(entries: &[(&str, Value)]) -> Metrics {
     entries
         .iter()
@@ -110,12 +122,10 @@ async fn an_edge_node_is_born_publishes_answers_rebirth_and_dies_on_mosquitto() 
     let mut host = Subscriber::connect(broker.device_port).await?;
 
     let publisher = Publisher::spawn(
-        EdgeNode::new(GroupId::new("plant")?, EdgeNodeId::new("tetherd-1")?, 5),
-        SparkplugBroker {
-            host: "127.0.0.1".to_owned(),
-            port: broker.device_port,
-            client_id: "tetherd-sparkplug-1".to_owned(),
-        },
+        GroupId::new("plant")?,
+        EdgeNodeId::new("tetherd-1")?,
+        5,
+        plain(broker.device_port, "tetherd-sparkplug-1"),
     );
     let device = EdgeDeviceId::new("pump-7")?;
     publisher
@@ -201,16 +211,10 @@ async fn each_connection_attempt_is_a_new_session_whose_will_matches_its_births(
     let mut broker = Mosquitto::prepare()?;
     let first_bd_seq = 254;
     let publisher = Publisher::spawn(
-        EdgeNode::new(
-            GroupId::new("plant")?,
-            EdgeNodeId::new("late")?,
-            first_bd_seq,
-        ),
-        SparkplugBroker {
-            host: "127.0.0.1".to_owned(),
-            port: broker.device_port,
-            client_id: "tetherd-sparkplug-late".to_owned(),
-        },
+        GroupId::new("plant")?,
+        EdgeNodeId::new("late")?,
+        first_bd_seq,
+        plain(broker.device_port, "tetherd-sparkplug-late"),
     );
     // Its first attempt meets a listener that is no broker and hangs up;
     // then the real broker takes the port.
