@@ -1,6 +1,6 @@
-//! Sparkplug B northbound (issue 18): one edge node's publisher on Debian's
-//! mosquitto, read back by a Sparkplug subscriber that decodes the Tahu
-//! payloads.
+//! Sparkplug B northbound (issue 18): one edge node's publisher, then a
+//! real tetherd with a real agent, on Debian's mosquitto, read back by a
+//! Sparkplug host that decodes the Tahu payloads.
 
 use std::time::Duration;
 
@@ -29,7 +29,15 @@ struct Subscriber {
 
 impl Subscriber {
     async fn connect(port: u16) -> anyhow::Result<Self> {
-        let options = MqttOptions::new("sparkplug-host", "127.0.0.1", port);
+        Self::connect_as(port, None).await
+    }
+
+    /// Connects with a username and password.
+    async fn connect_as(port: u16, credentials: Option<(&str, &str)>) -> anyhow::Result<Self> {
+        let mut options = MqttOptions::new("sparkplug-host", "127.0.0.1", port);
+        if let Some((username, password)) = credentials {
+            options.set_credentials(username, password);
+        }
         let (client, mut eventloop) = AsyncClient::new(options, 16);
         let (subscribed, mut on_suback) = mpsc::unbounded_channel();
         let (forward, received) = mpsc::unbounded_channel();
@@ -274,5 +282,217 @@ async fn each_connection_attempt_is_a_new_session_whose_will_matches_its_births(
         metric(&ndeath, BD_SEQ_METRIC)?,
         &MetricValue::LongValue(bd_seq)
     );
+    Ok(())
+}
+
+/// The host's view of one edge node's messages: every message after an
+/// NBIRTH must take the next `seq` (mod 256) until the next NBIRTH or
+/// NDEATH, whatever the test waits for.
+struct NodeWatch {
+    subscriber: Subscriber,
+    prefix: String,
+    last_seq: Option<u64>,
+}
+
+/// How long tetherd may take to publish a change: a few passes.
+const PUBLISHED: Duration = Duration::from_secs(30);
+
+impl NodeWatch {
+    fn new(subscriber: Subscriber, group: &str) -> Self {
+        Self {
+            subscriber,
+            prefix: format!("spBv1.0/{group}/"),
+            last_seq: None,
+        }
+    }
+
+    /// Skips messages until one on `topic`, checking the sequence of all.
+    async fn until(&mut self, topic: &str) -> anyhow::Result<Payload> {
+        let deadline = tokio::time::Instant::now() + PUBLISHED;
+        loop {
+            let (received, payload) =
+                match tokio::time::timeout_at(deadline, self.subscriber.received.recv()).await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => bail!("the subscriber stopped"),
+                    Err(_) => bail!("no {topic} within {PUBLISHED:?}"),
+                };
+            if !received.starts_with(&self.prefix) {
+                continue;
+            }
+            if received.contains("/NBIRTH/") {
+                anyhow::ensure!(payload.seq == Some(0), "NBIRTH with seq {:?}", payload.seq);
+                self.last_seq = Some(0);
+            } else if received.contains("/NDEATH/") {
+                anyhow::ensure!(payload.seq.is_none(), "NDEATH with a seq: {payload:?}");
+                self.last_seq = None;
+            } else {
+                let expected = self.last_seq.map(|last| (last + 1) % 256);
+                anyhow::ensure!(
+                    payload.seq.is_some() && payload.seq == expected,
+                    "{received} has seq {:?}, expected {expected:?}",
+                    payload.seq
+                );
+                self.last_seq = payload.seq;
+            }
+            if received == topic {
+                return Ok(payload);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tetherd_publishes_the_fleet_over_tls_answers_rebirth_and_continues_bd_seq()
+-> anyhow::Result<()> {
+    use serde_json::json;
+    use tether_testkit::mosquitto::{SPARKPLUG_HOST_PASSWORD, SPARKPLUG_HOST_USER};
+    use tether_testkit::{Agent, Database, Tetherd, wait_until};
+
+    let mut broker = Mosquitto::prepare()?;
+    let section = broker.start_sparkplug_tls().await?;
+    let host = Subscriber::connect_as(
+        broker.tetherd_port,
+        Some((SPARKPLUG_HOST_USER, SPARKPLUG_HOST_PASSWORD)),
+    )
+    .await?;
+    let mut host = NodeWatch::new(host, "plant");
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("tetherd.toml");
+    std::fs::write(
+        &config,
+        format!("{section}group_id = \"plant\"\nedge_node_id = \"fleet\"\ninterval_seconds = 1\n"),
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let mut tetherd = Tetherd::start_with(Database::Sqlite, &["--config", &config]).await?;
+    let admin = tetherd.admin().await?;
+    let mut agent = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
+
+    // The node is born with its first device, bdSeq 0 on a new store.
+    let nbirth = host.until("spBv1.0/plant/NBIRTH/fleet").await?;
+    assert_eq!(metric(&nbirth, BD_SEQ_METRIC)?, &MetricValue::LongValue(0));
+    assert_eq!(
+        metric(&nbirth, REBIRTH_METRIC)?,
+        &MetricValue::BooleanValue(false)
+    );
+    let dbirth = host.until("spBv1.0/plant/DBIRTH/fleet/edge-1").await?;
+    assert!(
+        matches!(metric(&dbirth, "Tether/Agent Version")?, MetricValue::StringValue(v) if !v.is_empty()),
+        "{dbirth:?}"
+    );
+    let declared = dbirth
+        .metrics
+        .iter()
+        .find(|m| m.name.as_deref() == Some("Host/cpu_percent"))
+        .context("Host/cpu_percent declared in the DBIRTH")?;
+    assert_eq!(declared.datatype, Some(10), "Double");
+
+    // Samples every second: DDATA with only the changed values.
+    admin
+        .patch(
+            "/api/v1/devices/edge-1",
+            json!({"spec": {"metricsConfig": {"intervalSeconds": 1}}}),
+        )
+        .await?
+        .expect_status(200)?;
+    let ddata = host.until("spBv1.0/plant/DDATA/fleet/edge-1").await?;
+    assert!(
+        !ddata.metrics.is_empty() && ddata.metrics.len() < dbirth.metrics.len(),
+        "DDATA carries the changes, not every metric: {ddata:?}"
+    );
+    let cpu = loop {
+        if let Ok(MetricValue::DoubleValue(cpu)) = metric(&ddata, "Host/cpu_percent") {
+            break *cpu;
+        }
+        let ddata = host.until("spBv1.0/plant/DDATA/fleet/edge-1").await?;
+        if let Ok(MetricValue::DoubleValue(cpu)) = metric(&ddata, "Host/cpu_percent") {
+            break *cpu;
+        }
+    };
+    assert!((0.0..=100.0).contains(&cpu), "cpu {cpu}");
+
+    // A device whose label is no Sparkplug id is left out, with the reason.
+    admin
+        .post(
+            "/api/v1/devices",
+            json!({"name": "edge-2", "labels": {"sparkplug.tether.io/node": "line/3"}}),
+        )
+        .await?
+        .expect_status(201)?;
+    wait_until("the refused device in the log", PUBLISHED, || async {
+        Ok(tetherd
+            .log()
+            .contains("leaving a device out of Sparkplug")
+            .then_some(()))
+    })
+    .await?;
+    let log = tetherd.log();
+    let refusal = log
+        .lines()
+        .find(|line| line.contains("leaving a device out of Sparkplug"))
+        .context("the refusal")?;
+    assert!(
+        refusal.contains("edge-2")
+            && refusal.contains("line/3")
+            && refusal.contains("contains '/'"),
+        "{refusal}"
+    );
+
+    // A garbage NCMD is logged and ignored; a Rebirth is answered.
+    host.subscriber
+        .client
+        .publish(
+            "spBv1.0/plant/NCMD/fleet",
+            QoS::AtLeastOnce,
+            false,
+            b"\x0a\xff not protobuf".to_vec(),
+        )
+        .await?;
+    wait_until("the ignored NCMD in the log", PUBLISHED, || async {
+        Ok(tetherd.log().contains("ignoring an NCMD").then_some(()))
+    })
+    .await?;
+    let ncmd = Payload {
+        metrics: vec![Value::Boolean(true).to_metric(REBIRTH_METRIC, 0)],
+        ..Payload::default()
+    };
+    host.subscriber
+        .client
+        .publish(
+            "spBv1.0/plant/NCMD/fleet",
+            QoS::AtLeastOnce,
+            false,
+            ncmd.encode_to_vec(),
+        )
+        .await?;
+    let rebirth = host.until("spBv1.0/plant/NBIRTH/fleet").await?;
+    assert_eq!(metric(&rebirth, BD_SEQ_METRIC)?, &MetricValue::LongValue(0));
+    // Every device's birth follows, by name, with the node's monitor.
+    host.until("spBv1.0/plant/DBIRTH/fleet/edge-1").await?;
+    let monitor = host
+        .until("spBv1.0/plant/DBIRTH/fleet/fleet:monitor")
+        .await?;
+    assert_eq!(
+        metric(&monitor, "Alerts/Firing")?,
+        &MetricValue::LongValue(0)
+    );
+
+    // The agent stops: its device dies.
+    agent.stop().await?;
+    let ddeath = host.until("spBv1.0/plant/DDEATH/fleet/edge-1").await?;
+    assert!(ddeath.metrics.is_empty());
+
+    // tetherd is killed: the broker publishes its will, the NDEATH of the
+    // session the births named.
+    tetherd.kill();
+    let ndeath = host.until("spBv1.0/plant/NDEATH/fleet").await?;
+    assert_eq!(metric(&ndeath, BD_SEQ_METRIC)?, &MetricValue::LongValue(0));
+
+    // Restarted, it continues bdSeq from the store.
+    tetherd.start_again().await?;
+    let nbirth = host.until("spBv1.0/plant/NBIRTH/fleet").await?;
+    assert_eq!(metric(&nbirth, BD_SEQ_METRIC)?, &MetricValue::LongValue(1));
+    tetherd.kill();
+    let ndeath = host.until("spBv1.0/plant/NDEATH/fleet").await?;
+    assert_eq!(metric(&ndeath, BD_SEQ_METRIC)?, &MetricValue::LongValue(1));
     Ok(())
 }
