@@ -476,6 +476,57 @@ async fn tetherd_publishes_the_fleet_over_tls_answers_rebirth_and_continues_bd_s
         &MetricValue::LongValue(0)
     );
 
+    // The monitor raises an alert on edge-1 (here straight in tetherd's
+    // store): the monitor device is born again with it; resolved, it
+    // turns false.
+    let store = tether_server::store::Store::connect(&format!(
+        "sqlite://{}",
+        tetherd.data_dir().join("tether.db").display()
+    ))
+    .await?;
+    let edge_1 = tether_proto::DeviceId::new("edge-1")?;
+    store
+        .raise_alert(
+            &tether_server::store::NewAlert {
+                rule: tether_proto::alerts::RULE_DEVICE_SILENT.to_owned(),
+                device: edge_1.clone(),
+                severity: tether_proto::alerts::Severity::Critical,
+                summary: "edge-1 went silent".to_owned(),
+                labels: Default::default(),
+            },
+            chrono::Utc::now(),
+        )
+        .await?;
+    let monitor = host
+        .until("spBv1.0/plant/DBIRTH/fleet/fleet:monitor")
+        .await?;
+    assert_eq!(
+        metric(&monitor, "Alerts/device_silent/edge-1")?,
+        &MetricValue::BooleanValue(true)
+    );
+    assert_eq!(
+        metric(&monitor, "Alerts/Firing")?,
+        &MetricValue::LongValue(1)
+    );
+    store
+        .resolve_alert(
+            tether_proto::alerts::RULE_DEVICE_SILENT,
+            &edge_1,
+            chrono::Utc::now(),
+        )
+        .await?;
+    let monitor = host
+        .until("spBv1.0/plant/DDATA/fleet/fleet:monitor")
+        .await?;
+    assert_eq!(
+        metric(&monitor, "Alerts/device_silent/edge-1")?,
+        &MetricValue::BooleanValue(false)
+    );
+    assert_eq!(
+        metric(&monitor, "Alerts/Firing")?,
+        &MetricValue::LongValue(0)
+    );
+
     // The agent stops: its device dies.
     agent.stop().await?;
     let ddeath = host.until("spBv1.0/plant/DDEATH/fleet/edge-1").await?;
