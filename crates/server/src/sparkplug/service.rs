@@ -82,19 +82,7 @@ impl Northbound {
         config: &SparkplugConfig,
         replica: &ReplicaId,
     ) -> Result<Arc<Self>, super::config::SparkplugFileError> {
-        let northbound = Arc::new(Self {
-            store: store.clone(),
-            placement: Placement {
-                group: config.group.clone(),
-                node: config.node.clone(),
-                group_label: config.group_label.clone(),
-                node_label: config.node_label.clone(),
-            },
-            broker: config.broker()?,
-            interval: config.interval,
-            client_prefix: format!("tetherd-{}", replica.as_str()),
-            state: Mutex::new(State::default()),
-        });
+        let northbound = Arc::new(Self::new(store.clone(), config, replica)?);
         let passing = northbound.clone();
         Singleton::spawn(store, replica, "sparkplug", config.interval, move |now| {
             let northbound = passing.clone();
@@ -121,6 +109,27 @@ impl Northbound {
             "publishing the fleet as Sparkplug B"
         );
         Ok(northbound)
+    }
+
+    /// The pass without its schedule: [`Self::pass`] runs it.
+    pub fn new(
+        store: Store,
+        config: &SparkplugConfig,
+        replica: &ReplicaId,
+    ) -> Result<Self, super::config::SparkplugFileError> {
+        Ok(Self {
+            store,
+            placement: Placement {
+                group: config.group.clone(),
+                node: config.node.clone(),
+                group_label: config.group_label.clone(),
+                node_label: config.node_label.clone(),
+            },
+            broker: config.broker()?,
+            interval: config.interval,
+            client_prefix: format!("tetherd-{}", replica.as_str()),
+            state: Mutex::new(State::default()),
+        })
     }
 
     /// Reads the fleet and publishes what changed since the last pass.

@@ -547,3 +547,84 @@ async fn tetherd_publishes_the_fleet_over_tls_answers_rebirth_and_continues_bd_s
     assert_eq!(metric(&ndeath, BD_SEQ_METRIC)?, &MetricValue::LongValue(1));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_over_ten_thousand_devices_sends_only_what_changed() -> anyhow::Result<()> {
+    use tether_proto::{DeviceId, Presence};
+    use tether_server::cluster::ReplicaId;
+    use tether_server::sparkplug::config::{SparkplugAuth, SparkplugConfig};
+    use tether_server::sparkplug::service::Northbound;
+    use tether_server::store::Store;
+
+    const DEVICES: usize = 10_000;
+    let mut broker = Mosquitto::prepare()?;
+    broker.start_plain().await?;
+    let mut host = Subscriber::connect(broker.device_port).await?;
+    let store = Store::connect("sqlite::memory:").await?;
+    let now = chrono::Utc::now();
+    let names: Vec<DeviceId> = (0..DEVICES)
+        .map(|i| DeviceId::new(format!("d-{i:05}")))
+        .collect::<Result<_, _>>()?;
+    let devices: Vec<_> = names
+        .iter()
+        .map(|name| (name.clone(), Default::default()))
+        .collect();
+    store.create_devices(&devices, now).await?;
+    for name in &names {
+        store.set_presence(name, Presence::Online, now).await?;
+    }
+    let config = SparkplugConfig {
+        host: "127.0.0.1".to_owned(),
+        port: broker.device_port,
+        ca_file: None,
+        auth: SparkplugAuth::Anonymous,
+        group: GroupId::new("plant")?,
+        node: EdgeNodeId::new("fleet")?,
+        group_label: "sparkplug.tether.io/group".to_owned(),
+        node_label: "sparkplug.tether.io/node".to_owned(),
+        interval: Duration::from_secs(10),
+    };
+    let data_dir = tempfile::tempdir()?;
+    let replica = ReplicaId::load_or_create(data_dir.path())?;
+    let northbound = Northbound::new(store.clone(), &config, &replica)?;
+
+    let started = std::time::Instant::now();
+    let first = northbound.pass(now).await?;
+    let first_took = started.elapsed();
+    assert_eq!(first.devices, DEVICES + 1, "and the monitor device");
+    assert_eq!(first.updates, DEVICES + 1, "a birth each");
+    let mut births = 0;
+    let mut last_seq = 0;
+    while births < DEVICES + 1 {
+        let (topic, payload) = host.next().await?;
+        if topic.contains("/DBIRTH/") {
+            births += 1;
+            last_seq = payload.seq.context("a seq")?;
+        }
+    }
+
+    // Nothing changed: nothing is sent.
+    let started = std::time::Instant::now();
+    let second = northbound.pass(now).await?;
+    let second_took = started.elapsed();
+    assert_eq!(second.updates, 0);
+    eprintln!(
+        "Sparkplug pass over {DEVICES} devices: first (all births) {first_took:?}, unchanged {second_took:?}"
+    );
+
+    // One device goes offline: the next message is its death, numbered
+    // right after the births (nothing else went out between).
+    store
+        .set_presence(&names[4_242], Presence::Offline, now)
+        .await?;
+    let third = northbound.pass(now).await?;
+    assert_eq!(third.updates, 1);
+    let ddeath = host
+        .expect(
+            "spBv1.0/plant/DDEATH/fleet/d-04242",
+            Some((last_seq + 1) % 256),
+        )
+        .await?;
+    assert!(ddeath.metrics.is_empty());
+    Ok(())
+}
