@@ -628,3 +628,38 @@ async fn a_pass_over_ten_thousand_devices_sends_only_what_changed() -> anyhow::R
     assert!(ddeath.metrics.is_empty());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tetherd_refuses_an_insecure_broker_or_a_missing_file_naming_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tetherd = tether_testkit::binaries::binary("tetherd")?;
+    let refusal = |section: &str| -> anyhow::Result<String> {
+        let config = dir.path().join("tetherd.toml");
+        std::fs::write(&config, format!("[sparkplug]\n{section}"))?;
+        let output = std::process::Command::new(&tetherd)
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args([
+                "--listen-api",
+                "127.0.0.1:0",
+                "--listen-mqtt",
+                "127.0.0.1:0",
+            ])
+            .output()?;
+        anyhow::ensure!(!output.status.success(), "tetherd started with {section}");
+        Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let plain = refusal("url = \"mqtt://192.0.2.1:1883\"\n")?;
+    assert!(
+        plain.contains("plain mqtt:// is only for a broker on this host (loopback)"),
+        "{plain}"
+    );
+    let missing = refusal("url = \"mqtts://127.0.0.1:8883\"\nca_file = \"/nonexistent/ca.pem\"\n")?;
+    assert!(
+        missing.contains("could not read /nonexistent/ca.pem (a [sparkplug] file)"),
+        "{missing}"
+    );
+    Ok(())
+}
