@@ -626,6 +626,31 @@ async fn a_pass_over_ten_thousand_devices_sends_only_what_changed() -> anyhow::R
         )
         .await?;
     assert!(ddeath.metrics.is_empty());
+
+    // A label moves a device to another edge node: its death on this one,
+    // a new node born with it and its own monitor device.
+    store
+        .set_labels(
+            &names[7],
+            &[("sparkplug.tether.io/node".to_owned(), "line-2".to_owned())].into(),
+        )
+        .await?;
+    let moved = northbound.pass(now).await?;
+    assert_eq!(moved.nodes, 2);
+    assert_eq!(
+        moved.updates, 3,
+        "a death, a birth, the new monitor's birth"
+    );
+    let mut wanted = vec![
+        "spBv1.0/plant/DDEATH/fleet/d-00007",
+        "spBv1.0/plant/NBIRTH/line-2",
+        "spBv1.0/plant/DBIRTH/line-2/d-00007",
+        "spBv1.0/plant/DBIRTH/line-2/line-2:monitor",
+    ];
+    while !wanted.is_empty() {
+        let (topic, _) = host.next().await?;
+        wanted.retain(|want| *want != topic);
+    }
     Ok(())
 }
 
