@@ -47,6 +47,8 @@ pub enum PlacementError {
         #[source]
         source: IdError,
     },
+    #[error("its name is not a valid Sparkplug device id")]
+    Name(#[source] IdError),
 }
 
 impl Placement {
@@ -70,7 +72,7 @@ impl Placement {
         };
         // A tether device name is always a valid Sparkplug id (lowercase
         // letters, digits and '-'); checked all the same.
-        let device = EdgeDeviceId::new(name).map_err(label_error("(the device's name)"))?;
+        let device = EdgeDeviceId::new(name).map_err(PlacementError::Name)?;
         Ok((NodeKey { group, node }, device))
     }
 }
