@@ -22,6 +22,7 @@
 mod fleet_job;
 mod keystrokes;
 mod kubectl;
+mod monitor;
 mod offline;
 mod provisioning;
 mod replicas;
@@ -155,6 +156,9 @@ enum Mode {
     /// N simulated devices reporting ready: one deployment's staged rollout
     /// to all of them, then its second revision's.
     Rollout,
+    /// N devices in the store: the fleet monitor's CPU a pass and a minute,
+    /// quiet, falling silent, alerting.
+    Monitor,
 }
 
 #[tokio::main]
@@ -251,6 +255,13 @@ async fn main() -> anyhow::Result<()> {
                 database,
                 devices: args.agents,
                 batch_percent: args.batch_percent,
+            })
+            .await;
+        }
+        Mode::Monitor => {
+            return monitor::run(monitor::Settings {
+                database,
+                devices: args.agents,
             })
             .await;
         }

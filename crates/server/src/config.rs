@@ -84,7 +84,16 @@ struct FileConfig {
     #[serde(default)]
     tunnels: FileTunnels,
     #[serde(default)]
+    monitor: FileMonitor,
+    #[serde(default)]
     sparkplug: crate::sparkplug::config::FileSparkplug,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileMonitor {
+    silence_seconds: Option<u64>,
+    drift_grace_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -205,6 +214,7 @@ pub struct ServerConfig {
     pub broker: BrokerConfig,
     pub kubernetes: KubernetesConfig,
     pub tunnels: crate::tunnels::TunnelConfig,
+    pub monitor: crate::monitor::MonitorConfig,
     /// `[sparkplug]`; `None`: off.
     pub sparkplug: Option<crate::sparkplug::config::SparkplugConfig>,
 }
@@ -827,7 +837,11 @@ impl ServerConfig {
             0,
             5 * 366 * DAY,
         )?;
-        let ingest = ingest_config(&file.ingest)?;
+        let monitor = monitor_config(&file.monitor)?;
+        let ingest = crate::ingest::IngestConfig {
+            last_seen_resolution: monitor.last_seen_resolution(),
+            ..ingest_config(&file.ingest)?
+        };
         let cluster = cluster_config(file.cluster)?;
         let broker = broker_config(&file.broker, &data_dir)?;
         let kubernetes = kubernetes_config(&file.kubernetes)?;
@@ -911,6 +925,7 @@ impl ServerConfig {
             broker,
             kubernetes,
             tunnels,
+            monitor,
             sparkplug,
         })
     }
@@ -988,6 +1003,10 @@ impl ServerConfig {
                 idle_timeout_seconds: Some(self.tunnels.idle_timeout.map_or(0, |t| t.as_secs())),
                 max_waiting_per_user: Some(self.tunnels.max_waiting_per_user as u32),
             },
+            monitor: FileMonitor {
+                silence_seconds: Some(self.monitor.silence_interval.as_secs()),
+                drift_grace_seconds: Some(self.monitor.drift_grace.as_secs()),
+            },
             sparkplug: crate::sparkplug::config::SparkplugConfig::to_file(self.sparkplug.as_ref()),
         };
         toml::to_string(&file).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
@@ -1061,6 +1080,21 @@ fn ingest_config(file: &FileIngest) -> Result<crate::ingest::IngestConfig, Confi
         rate,
         max_clock_ahead,
         max_series_per_device,
+        last_seen_resolution: defaults.last_seen_resolution,
+    })
+}
+
+/// `[monitor]`: how long a device may stay silent or behind its spec
+/// (ADR 0032).
+fn monitor_config(file: &FileMonitor) -> Result<crate::monitor::MonitorConfig, ConfigError> {
+    let defaults = crate::monitor::MonitorConfig::default();
+    let silence_interval = secs(file.silence_seconds, defaults.silence_interval);
+    check_range("monitor.silence_seconds", silence_interval, 1, DAY)?;
+    let drift_grace = secs(file.drift_grace_seconds, defaults.drift_grace);
+    check_range("monitor.drift_grace_seconds", drift_grace, 1, DAY)?;
+    Ok(crate::monitor::MonitorConfig {
+        silence_interval,
+        drift_grace,
     })
 }
 

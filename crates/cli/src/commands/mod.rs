@@ -2,6 +2,7 @@
 //! with a description for "failed to <description>: <cause>" and a `run`.
 
 pub mod actions;
+pub mod alerts;
 pub mod approvals;
 pub mod audit;
 pub mod cp;
@@ -60,6 +61,8 @@ pub enum Command {
     #[command(subcommand)]
     Approvals(approvals::Approvals),
     #[command(subcommand)]
+    Alerts(alerts::Alerts),
+    #[command(subcommand)]
     Templates(templates::Templates),
     #[command(subcommand)]
     Deployments(deployments::Deployments),
@@ -107,6 +110,7 @@ impl Command {
             Command::Keys(cmd) => cmd.description(),
             Command::Policies(cmd) => cmd.description(),
             Command::Approvals(cmd) => cmd.description(),
+            Command::Alerts(cmd) => cmd.description(),
             Command::Templates(cmd) => cmd.description(),
             Command::Deployments(cmd) => cmd.description(),
             Command::Secrets(cmd) => cmd.description(),
@@ -140,6 +144,7 @@ impl Command {
             Command::Keys(cmd) => cmd.run(ctx).await,
             Command::Policies(cmd) => cmd.run(ctx).await,
             Command::Approvals(cmd) => cmd.run(ctx).await,
+            Command::Alerts(cmd) => cmd.run(ctx).await,
             Command::Templates(cmd) => cmd.run(ctx).await,
             Command::Deployments(cmd) => cmd.run(ctx).await,
             Command::Secrets(cmd) => cmd.run(ctx).await,

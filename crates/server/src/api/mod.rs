@@ -2,6 +2,7 @@
 //! document generated from the handlers' annotations.
 
 mod actions;
+mod alerts;
 mod audit;
 mod desired;
 mod devices;
@@ -159,6 +160,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(telemetry::routes())
         .merge(logs::routes())
         .merge(audit::routes())
+        .merge(alerts::routes())
         .merge(sessions::routes())
         .merge(tunnels::client_routes())
         .merge(kubernetes::routes())

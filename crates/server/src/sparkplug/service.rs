@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use tether_proto::alerts::{Alert, AlertState};
+use tether_proto::alerts::Alert;
 use tether_proto::labels::LabelSelector;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -30,7 +30,7 @@ use super::publisher::Publisher;
 use super::topics::EdgeDeviceId;
 use crate::cluster::ReplicaId;
 use crate::cluster::singleton::Singleton;
-use crate::store::{Store, StoreError};
+use crate::store::{AlertFilter, AlertStates, Store, StoreError};
 
 /// Devices and alerts read per query.
 const PAGE: u32 = 500;
@@ -293,18 +293,16 @@ impl Northbound {
         state.refused = refused;
 
         let mut alerts_of: BTreeMap<NodeKey, Vec<Alert>> = BTreeMap::new();
-        for alert_state in [AlertState::Firing, AlertState::Acknowledged] {
-            for alert in self.open_alerts(alert_state).await? {
-                // An alert of a deleted device goes to the default node.
-                let key = node_of
-                    .get(&alert.device)
-                    .cloned()
-                    .unwrap_or_else(|| NodeKey {
-                        group: self.placement.group.clone(),
-                        node: self.placement.node.clone(),
-                    });
-                alerts_of.entry(key).or_default().push(alert);
-            }
+        for alert in self.open_alerts().await? {
+            // An alert of a deleted device goes to the default node.
+            let key = node_of
+                .get(&alert.device)
+                .cloned()
+                .unwrap_or_else(|| NodeKey {
+                    group: self.placement.group.clone(),
+                    node: self.placement.node.clone(),
+                });
+            alerts_of.entry(key).or_default().push(alert);
         }
         let keys: BTreeSet<NodeKey> = view.keys().cloned().collect();
         for key in keys {
@@ -325,11 +323,17 @@ impl Northbound {
         Ok(view)
     }
 
-    async fn open_alerts(&self, state: AlertState) -> Result<Vec<Alert>, StoreError> {
+    /// The alerts firing or acknowledged.
+    async fn open_alerts(&self) -> Result<Vec<Alert>, StoreError> {
+        let filter = AlertFilter {
+            states: AlertStates::Active,
+            device: None,
+            rule: None,
+        };
         let mut alerts = Vec::new();
         let mut before = None;
         loop {
-            let page = self.store.list_alerts(Some(state), before, PAGE).await?;
+            let page = self.store.list_alerts(&filter, before, PAGE).await?;
             before = page.last().map(|alert| alert.id);
             let full = page.len() == PAGE as usize;
             alerts.extend(page);

@@ -15,6 +15,7 @@ mod jobs;
 mod join;
 mod logs;
 mod metrics;
+mod monitor;
 mod operations;
 mod provisioning;
 mod queries;
