@@ -85,6 +85,8 @@ struct FileConfig {
     tunnels: FileTunnels,
     #[serde(default)]
     monitor: FileMonitor,
+    #[serde(default)]
+    sparkplug: crate::sparkplug::config::FileSparkplug,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -213,6 +215,8 @@ pub struct ServerConfig {
     pub kubernetes: KubernetesConfig,
     pub tunnels: crate::tunnels::TunnelConfig,
     pub monitor: crate::monitor::MonitorConfig,
+    /// `[sparkplug]`; `None`: off.
+    pub sparkplug: Option<crate::sparkplug::config::SparkplugConfig>,
 }
 
 /// `[kubernetes]`: what the join manifest runs (ADR 0017, ADR 0023).
@@ -842,6 +846,7 @@ impl ServerConfig {
         let broker = broker_config(&file.broker, &data_dir)?;
         let kubernetes = kubernetes_config(&file.kubernetes)?;
         let tunnels = tunnel_config(&file.tunnels)?;
+        let sparkplug = crate::sparkplug::config::SparkplugConfig::from_file(&file.sparkplug)?;
         check_range("retention.events_days", retention.events, DAY, 3660 * DAY)?;
         check_range("retention.actions_days", retention.actions, DAY, 3660 * DAY)?;
         check_range("retention.metrics_days", retention.metrics, DAY, 3660 * DAY)?;
@@ -921,6 +926,7 @@ impl ServerConfig {
             kubernetes,
             tunnels,
             monitor,
+            sparkplug,
         })
     }
 }
@@ -1001,6 +1007,7 @@ impl ServerConfig {
                 silence_seconds: Some(self.monitor.silence_interval.as_secs()),
                 drift_grace_seconds: Some(self.monitor.drift_grace.as_secs()),
             },
+            sparkplug: crate::sparkplug::config::SparkplugConfig::to_file(self.sparkplug.as_ref()),
         };
         toml::to_string(&file).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
     }

@@ -108,6 +108,8 @@ pub enum StartError {
     },
     #[error("the HTTPS server failed")]
     Serve(#[source] std::io::Error),
+    #[error("could not set up the Sparkplug B northbound")]
+    Sparkplug(#[from] sparkplug::config::SparkplugFileError),
 }
 
 /// Runs tetherd until `shutdown` resolves.
@@ -392,6 +394,9 @@ pub async fn run(
             }
         },
     );
+    if let Some(sparkplug) = &config.sparkplug {
+        sparkplug::service::Northbound::start(store.clone(), sparkplug, &singleton_holder)?;
+    }
     let pruning = store.clone();
     let retention = config.retention.clone();
     Singleton::spawn(

@@ -25,6 +25,13 @@ fn shipped(file: &str) -> PathBuf {
 /// certificates, and the server certificate for tetherd's public hosts.
 const TLS_FILES: &[&str] = &["ca.pem", "server.pem", "server-key.pem"];
 
+/// tetherd's user on the Sparkplug broker of [`Mosquitto::start_sparkplug_tls`].
+pub const SPARKPLUG_USER: &str = "tetherd";
+const SPARKPLUG_PASSWORD: &str = "tetherd-secret";
+/// The test's Sparkplug host application on that broker.
+pub const SPARKPLUG_HOST_USER: &str = "scada";
+pub const SPARKPLUG_HOST_PASSWORD: &str = "scada-secret";
+
 pub struct Mosquitto {
     child: Option<Child>,
     dir: TempDir,
@@ -142,6 +149,79 @@ impl Mosquitto {
         )
         .context("writing plain.conf")?;
         self.spawn().await
+    }
+
+    /// Starts mosquitto as a Sparkplug broker as production runs one: a
+    /// TLS listener on [`Self::device_port`] with a certificate for
+    /// 127.0.0.1 from a CA of its own, and usernames with passwords; plus a
+    /// plain loopback listener on [`Self::tetherd_port`] (the same users)
+    /// for the test's Sparkplug host. Returns tetherd's `[sparkplug]`
+    /// section, without the group and node settings.
+    pub async fn start_sparkplug_tls(&mut self) -> anyhow::Result<String> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        };
+        let dir = self.dir.path().to_owned();
+        let ca_key = KeyPair::generate().context("generating the broker CA's key")?;
+        let mut ca_params = CertificateParams::default();
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "sparkplug test CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = ca_params
+            .self_signed(&ca_key)
+            .context("signing the broker CA")?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().context("generating the broker's key")?;
+        let params = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .context("the broker's certificate parameters")?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .context("signing the broker's certificate")?;
+        std::fs::write(dir.join("sparkplug-ca.pem"), ca.pem())?;
+        std::fs::write(dir.join("sparkplug-server.pem"), cert.pem())?;
+        std::fs::write(dir.join("sparkplug-server-key.pem"), key.serialize_pem())?;
+        let passwords = dir.join("sparkplug-passwords");
+        for (user, password) in [
+            (SPARKPLUG_USER, SPARKPLUG_PASSWORD),
+            (SPARKPLUG_HOST_USER, SPARKPLUG_HOST_PASSWORD),
+        ] {
+            let mut command =
+                Command::new(installed("mosquitto_passwd", "/usr/bin/mosquitto_passwd")?);
+            if !passwords.exists() {
+                command.arg("-c");
+            }
+            let status = command
+                .arg("-b")
+                .arg(&passwords)
+                .args([user, password])
+                .stdout(Stdio::null())
+                .status()
+                .context("running mosquitto_passwd")?;
+            anyhow::ensure!(status.success(), "mosquitto_passwd failed: {status}");
+        }
+        let password_file = dir.join("tetherd-sparkplug-password");
+        std::fs::write(&password_file, format!("{SPARKPLUG_PASSWORD}\n"))?;
+        let conf_d = dir.join("conf.d");
+        std::fs::create_dir_all(&conf_d).context("creating conf.d")?;
+        let d = dir.display();
+        std::fs::write(
+            conf_d.join("sparkplug.conf"),
+            format!(
+                "allow_anonymous false\npassword_file {d}/sparkplug-passwords\n\
+                 listener {} 127.0.0.1\ncafile {d}/sparkplug-ca.pem\ncertfile {d}/sparkplug-server.pem\nkeyfile {d}/sparkplug-server-key.pem\n\
+                 listener {} 127.0.0.1\n",
+                self.device_port, self.tetherd_port
+            ),
+        )
+        .context("writing sparkplug.conf")?;
+        self.spawn().await?;
+        Ok(format!(
+            "[sparkplug]\nurl = \"mqtts://127.0.0.1:{}\"\nca_file = \"{d}/sparkplug-ca.pem\"\nusername = \"{SPARKPLUG_USER}\"\npassword_file = \"{}\"\n",
+            self.device_port,
+            password_file.display()
+        ))
     }
 
     /// Runs mosquitto on the main configuration and `conf.d`, and waits
@@ -329,12 +409,17 @@ impl Mosquitto {
 }
 
 fn mosquitto_binary() -> anyhow::Result<PathBuf> {
+    installed("mosquitto", "/usr/sbin/mosquitto")
+}
+
+/// One of mosquitto's programs, on the PATH or where Debian puts it.
+fn installed(program: &str, debian_path: &str) -> anyhow::Result<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .map(|dir| dir.join("mosquitto"));
+        .map(|dir| dir.join(program));
     on_path
-        .chain([PathBuf::from("/usr/sbin/mosquitto")])
+        .chain([PathBuf::from(debian_path)])
         .find(|candidate| candidate.is_file())
-        .context("mosquitto (the broker) is not installed: apt-get install mosquitto")
+        .with_context(|| format!("{program} is not installed: apt-get install mosquitto"))
 }

@@ -2,22 +2,21 @@
 //! external Sparkplug broker, with the session's NDEATH as the will, its
 //! births on every connect, its NCMD subscription and the device updates it
 //! is given.
-//!
-//! Plain TCP for now; the monitor's configuration adds TLS and credentials
-//! when it wires this in.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
 use rumqttc::v5::{AsyncClient, ClientError, ConnectionError, Event, EventLoop, MqttOptions};
-use tokio::sync::{mpsc, oneshot};
+use rumqttc::{TlsConfiguration, Transport};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::node::{EdgeNode, Metrics, NodeCommand, SparkplugMessage, node_commands};
-use super::topics::{EdgeDeviceId, NodeMessage, Topic};
+use super::topics::{EdgeDeviceId, EdgeNodeId, GroupId, NodeMessage, Topic};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 const RETRY_FIRST: Duration = Duration::from_millis(500);
@@ -41,6 +40,40 @@ pub struct SparkplugBroker {
     pub port: u16,
     /// The MQTT client id; unique per edge node on the broker.
     pub client_id: String,
+    pub transport: BrokerTransport,
+    pub credentials: Option<Credentials>,
+}
+
+/// TCP, or TLS checked by the given client settings.
+#[derive(Clone)]
+pub enum BrokerTransport {
+    Plain,
+    Tls(Arc<rustls::ClientConfig>),
+}
+
+impl std::fmt::Debug for BrokerTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BrokerTransport::Plain => "Plain",
+            BrokerTransport::Tls(_) => "Tls",
+        })
+    }
+}
+
+/// A username and password for the broker.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password never reaches a log.
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A change to one of the node's devices.
@@ -72,19 +105,40 @@ pub struct PublisherStopped {
 pub struct Publisher {
     node: String,
     updates: mpsc::Sender<DeviceUpdate>,
+    bd_seq: watch::Receiver<u8>,
     task: JoinHandle<()>,
 }
 
 impl Publisher {
-    pub fn spawn(node: EdgeNode, broker: SparkplugBroker) -> Self {
-        let name = format!("{}/{}", node.group(), node.node());
+    /// Starts the node's first session, with `bdSeq` `first_bd_seq`.
+    pub fn spawn(
+        group: GroupId,
+        node: EdgeNodeId,
+        first_bd_seq: u8,
+        broker: SparkplugBroker,
+    ) -> Self {
+        let name = format!("{group}/{node}");
         let (updates, receiver) = mpsc::channel(REQUEST_CAPACITY);
-        let task = tokio::spawn(run(node, broker, receiver));
+        let (sessions, bd_seq) = watch::channel(first_bd_seq);
+        let node = EdgeNode::new(group, node, first_bd_seq);
+        let task = tokio::spawn(run(node, broker, receiver, sessions));
         Self {
             node: name,
             updates,
+            bd_seq,
             task,
         }
+    }
+
+    /// The `bdSeq` of the node's latest session: each reconnection starts
+    /// a new one, which the caller records to continue after it.
+    pub fn bd_seq(&self) -> u8 {
+        *self.bd_seq.borrow()
+    }
+
+    /// Whether the task still runs; it ends only by a panic.
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
     }
 
     pub async fn update(&self, update: DeviceUpdate) -> Result<(), PublisherStopped> {
@@ -141,12 +195,21 @@ async fn run(
     mut node: EdgeNode,
     broker: SparkplugBroker,
     mut updates: mpsc::Receiver<DeviceUpdate>,
+    sessions: watch::Sender<u8>,
 ) {
     let mut options = MqttOptions::new(&broker.client_id, &broker.host, broker.port);
     options
         .set_keep_alive(KEEP_ALIVE)
         .set_clean_start(true)
         .set_last_will(will(&node.new_session()));
+    if let BrokerTransport::Tls(tls) = &broker.transport {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
+    }
+    if let Some(credentials) = &broker.credentials {
+        options.set_credentials(&credentials.username, &credentials.password);
+    }
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let ncmd = Topic::Node {
         group: node.group().clone(),
@@ -163,8 +226,12 @@ async fn run(
         ncmd.clone(),
         events,
     )));
-    // Requests in order, waiting for room in rumqttc's request queue.
-    let mut outgoing: VecDeque<Request> = VecDeque::new();
+    // Requests in order, handed to rumqttc by a task of their own: a
+    // publish cut short by this task's select could have been queued by
+    // rumqttc all the same (its request channel may take a message from a
+    // sender it then drops), and sending it again would repeat a `seq`.
+    let outgoing = Arc::new(Outgoing::default());
+    let _sending_task = AbortOnDrop(tokio::spawn(send_in_order(client, ncmd, outgoing.clone())));
     let mut updates_open = true;
     loop {
         tokio::select! {
@@ -172,32 +239,78 @@ async fn run(
             event = connection.recv() => match event {
                 Some(Connection::Connected) => {
                     tracing::info!(node = %node.node(), group = %node.group(), bd_seq = node.bd_seq(), "connected to the Sparkplug broker");
-                    outgoing.push_back(Request::SubscribeCommands);
-                    queue_birth(&mut node, &mut outgoing);
+                    outgoing.push(Request::SubscribeCommands);
+                    queue_birth(&mut node, &outgoing);
                 }
-                Some(Connection::Command(payload)) => on_command(&mut node, &payload, &mut outgoing),
+                Some(Connection::Command(payload)) => on_command(&mut node, &payload, &outgoing),
                 Some(Connection::Lost { error, next_will }) => {
                     // The next connection is a new session: a new bdSeq,
                     // its own will, and nothing of the old one's queue.
                     tracing::warn!(node = %node.node(), error = %error, "no connection to the Sparkplug broker");
                     node.end_session();
-                    outgoing.clear();
+                    outgoing.retain(|_| false);
                     let _ = next_will.send(will(&node.new_session()));
+                    if let Some(bd_seq) = node.bd_seq() {
+                        sessions.send_replace(bd_seq);
+                    }
                 }
                 None => return,
             },
-            sent = send(&client, &ncmd, outgoing.front()) => {
-                // Only a completed send leaves the queue: a send cut short
-                // by the select sent nothing and is tried again.
-                outgoing.pop_front();
-                if let Err(error) = sent {
-                    tracing::warn!(node = %node.node(), error = %error, "could not hand a Sparkplug request to the MQTT client");
-                }
-            }
             update = updates.recv(), if updates_open => match update {
-                Some(update) => apply(&mut node, update, &mut outgoing),
+                Some(update) => apply(&mut node, update, &outgoing),
                 None => updates_open = false,
             },
+        }
+    }
+}
+
+/// The requests the node's task queued and the sending task has not yet
+/// handed to rumqttc: the node's task may still drop them (a lost session,
+/// a rebirth).
+#[derive(Default)]
+struct Outgoing {
+    queue: std::sync::Mutex<VecDeque<Request>>,
+    queued: tokio::sync::Notify,
+}
+
+impl Outgoing {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Request>> {
+        // Every critical section is one VecDeque operation; a panic
+        // elsewhere cannot leave one half done.
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn push(&self, request: Request) {
+        self.extend([request]);
+    }
+
+    fn extend(&self, requests: impl IntoIterator<Item = Request>) {
+        self.lock().extend(requests);
+        self.queued.notify_one();
+    }
+
+    fn retain(&self, keep: impl FnMut(&Request) -> bool) {
+        self.lock().retain(keep);
+    }
+
+    fn pop(&self) -> Option<Request> {
+        self.lock().pop_front()
+    }
+}
+
+/// Hands the queued requests to rumqttc one by one, each send awaited to
+/// its end (waiting for room in rumqttc's request queue).
+async fn send_in_order(client: AsyncClient, ncmd: String, outgoing: Arc<Outgoing>) {
+    loop {
+        let Some(request) = outgoing.pop() else {
+            // A push after the pop above left a permit: no wake-up is lost.
+            outgoing.queued.notified().await;
+            continue;
+        };
+        if let Err(error) = send(&client, &ncmd, &request).await {
+            tracing::warn!(error = %error, "could not hand a Sparkplug request to the MQTT client");
         }
     }
 }
@@ -238,17 +351,12 @@ async fn keep_connected(mut eventloop: EventLoop, ncmd: String, events: mpsc::Se
     }
 }
 
-/// Hands the next request to the MQTT client, waiting for room; never
-/// completes when there is none.
-async fn send(
-    client: &AsyncClient,
-    ncmd: &str,
-    request: Option<&Request>,
-) -> Result<(), ClientError> {
+/// Hands one request to the MQTT client, waiting for room.
+async fn send(client: &AsyncClient, ncmd: &str, request: &Request) -> Result<(), ClientError> {
     match request {
-        Some(Request::SubscribeCommands) => client.subscribe(ncmd, QoS::AtLeastOnce).await,
+        Request::SubscribeCommands => client.subscribe(ncmd, QoS::AtLeastOnce).await,
         // Sparkplug: births, data and device deaths at QoS 0, not retained.
-        Some(Request::Publish(message)) => {
+        Request::Publish(message) => {
             client
                 .publish(
                     message.topic.to_string(),
@@ -258,11 +366,10 @@ async fn send(
                 )
                 .await
         }
-        None => std::future::pending().await,
     }
 }
 
-fn on_command(node: &mut EdgeNode, payload: &[u8], outgoing: &mut VecDeque<Request>) {
+fn on_command(node: &mut EdgeNode, payload: &[u8], outgoing: &Outgoing) {
     let commands = match node_commands(payload) {
         Ok(commands) => commands,
         Err(error) => {
@@ -286,7 +393,7 @@ fn on_command(node: &mut EdgeNode, payload: &[u8], outgoing: &mut VecDeque<Reque
     }
 }
 
-fn queue_birth(node: &mut EdgeNode, outgoing: &mut VecDeque<Request>) {
+fn queue_birth(node: &mut EdgeNode, outgoing: &Outgoing) {
     match node.birth(Utc::now()) {
         Ok(messages) => outgoing.extend(messages.into_iter().map(Request::Publish)),
         Err(error) => {
@@ -295,7 +402,7 @@ fn queue_birth(node: &mut EdgeNode, outgoing: &mut VecDeque<Request>) {
     }
 }
 
-fn apply(node: &mut EdgeNode, update: DeviceUpdate, outgoing: &mut VecDeque<Request>) {
+fn apply(node: &mut EdgeNode, update: DeviceUpdate, outgoing: &Outgoing) {
     let now = Utc::now();
     let message = match update {
         DeviceUpdate::Birth { device, metrics } => node.device_birth(device, metrics, now),

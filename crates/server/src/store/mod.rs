@@ -22,6 +22,7 @@ mod provisioning;
 mod secrets;
 mod selector;
 mod service_accounts;
+mod sparkplug;
 mod specs;
 mod telemetry;
 mod users;
@@ -42,6 +43,7 @@ pub use provisioning::{
 };
 pub use secrets::{Ciphertext, SecretRecord};
 pub use service_accounts::{ApiKeyRecord, ServiceAccountRecord};
+pub use sparkplug::LatestValue;
 pub use specs::SpecRecord;
 pub use telemetry::{CursorUpdate, SpoolRef, StoredLog, TelemetryTx, UsageRecord};
 pub use users::AdminGuarded;
