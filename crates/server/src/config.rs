@@ -83,6 +83,8 @@ struct FileConfig {
     kubernetes: FileKubernetes,
     #[serde(default)]
     tunnels: FileTunnels,
+    #[serde(default)]
+    alerts: crate::monitor::delivery::FileAlerts,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -203,6 +205,8 @@ pub struct ServerConfig {
     pub broker: BrokerConfig,
     pub kubernetes: KubernetesConfig,
     pub tunnels: crate::tunnels::TunnelConfig,
+    /// `[alerts]`: webhooks and Alertmanagers alerts are delivered to.
+    pub alerts: crate::monitor::delivery::DeliveryConfig,
 }
 
 /// `[kubernetes]`: what the join manifest runs (ADR 0017, ADR 0023).
@@ -828,6 +832,7 @@ impl ServerConfig {
         let broker = broker_config(&file.broker, &data_dir)?;
         let kubernetes = kubernetes_config(&file.kubernetes)?;
         let tunnels = tunnel_config(&file.tunnels)?;
+        let alerts = crate::monitor::delivery::DeliveryConfig::from_file(&file.alerts)?;
         check_range("retention.events_days", retention.events, DAY, 3660 * DAY)?;
         check_range("retention.actions_days", retention.actions, DAY, 3660 * DAY)?;
         check_range("retention.metrics_days", retention.metrics, DAY, 3660 * DAY)?;
@@ -906,6 +911,7 @@ impl ServerConfig {
             broker,
             kubernetes,
             tunnels,
+            alerts,
         })
     }
 }
@@ -982,6 +988,7 @@ impl ServerConfig {
                 idle_timeout_seconds: Some(self.tunnels.idle_timeout.map_or(0, |t| t.as_secs())),
                 max_waiting_per_user: Some(self.tunnels.max_waiting_per_user as u32),
             },
+            alerts: self.alerts.to_file(),
         };
         toml::to_string(&file).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
     }

@@ -129,6 +129,12 @@ pub const GROUPS: &[Group] = &[
             ),
             ("POST", "/api/v1/jobs", AtLeast(Operator)),
             ("POST", "/api/v1/jobs/{id}/cancel", AtLeast(Operator)),
+            ("GET", "/api/v1/alerts/deliveries", AtLeast(Operator)),
+            (
+                "POST",
+                "/api/v1/alerts/deliveries/{id}/retry",
+                AtLeast(Operator),
+            ),
         ],
     },
     Group {

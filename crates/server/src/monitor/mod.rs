@@ -4,4 +4,5 @@
 //! replica at a time; their state is stored, so a new leader goes on where
 //! the old one stopped.
 
+pub mod delivery;
 pub mod silence;
