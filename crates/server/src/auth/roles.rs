@@ -110,7 +110,7 @@ pub const GROUPS: &[Group] = &[
     },
     Group {
         title: "Running the fleet",
-        why: "Registering, labelling, configuring and removing devices, running actions and jobs: what an operator does all day.",
+        why: "Registering, labelling, configuring and removing devices, running actions and jobs, seeing how alerts were delivered and sending them again: what an operator does all day.",
         rules: &[
             ("POST", "/api/v1/devices", AtLeast(Operator)),
             ("PATCH", "/api/v1/devices/{name}", AtLeast(Operator)),

@@ -83,6 +83,16 @@ pub fn postable(
     }
 }
 
+/// Where alerts are posted below Alertmanager's base `url`.
+pub fn alerts_url(url: &reqwest::Url) -> reqwest::Url {
+    let mut alerts = url.clone();
+    alerts.set_path(&format!(
+        "{}/{ALERTS_PATH}",
+        url.path().trim_end_matches('/')
+    ));
+    alerts
+}
+
 pub struct Alertmanager {
     pub name: String,
     alerts_url: reqwest::Url,
@@ -99,14 +109,9 @@ impl Alertmanager {
         resend: Duration,
         client: reqwest::Client,
     ) -> Self {
-        let mut alerts_url = url.clone();
-        alerts_url.set_path(&format!(
-            "{}/{ALERTS_PATH}",
-            url.path().trim_end_matches('/')
-        ));
         Self {
             name,
-            alerts_url,
+            alerts_url: alerts_url(url),
             resend,
             client,
         }
@@ -198,15 +203,13 @@ mod tests {
 
     #[test]
     fn the_api_path_goes_below_the_configured_url() {
-        let client = reqwest::Client::new();
         for (base, expected) in [
             ("https://am:9093", "https://am:9093/api/v2/alerts"),
             ("https://am:9093/", "https://am:9093/api/v2/alerts"),
             ("https://h/alertmanager", "https://h/alertmanager/api/v2/alerts"),
         ] {
             let url = reqwest::Url::parse(base).expect("url");
-            let am = Alertmanager::new("am".into(), &url, Duration::from_secs(60), client.clone());
-            assert_eq!(am.alerts_url.as_str(), expected);
+            assert_eq!(alerts_url(&url).as_str(), expected);
         }
     }
 }

@@ -367,6 +367,9 @@ fn read_secret(receiver: &str, path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>
 /// Redirects are not followed: a receiver that moved is a refusal with its
 /// status, not a silent detour.
 fn client(receiver: &str, ca_file: Option<&Path>) -> Result<reqwest::Client, DeliveryError> {
+    // reqwest's rustls needs a crypto provider; tetherd picks ring at start
+    // already, and an earlier choice stands.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = reqwest::Client::builder()
         .tls_built_in_root_certs(false)
         .connect_timeout(CONNECT_TIMEOUT)
