@@ -361,9 +361,11 @@ pub async fn run(
             store.clone(),
             monitor::delivery::Source {
                 replica: singleton_holder.as_str().to_owned(),
-                api_url: config.cluster.advertise_api_url.clone().unwrap_or_else(|| {
-                    cluster::url("https", public_host, api_addr.port())
-                }),
+                api_url: config
+                    .cluster
+                    .advertise_api_url
+                    .clone()
+                    .unwrap_or_else(|| cluster::url("https", public_host, api_addr.port())),
             },
             observability.clone(),
             Utc::now(),
@@ -635,7 +637,9 @@ async fn prune_telemetry(store: Store, retention: RetentionConfig, now: chrono::
         .await
     {
         Ok(0) => {}
-        Ok(deliveries) => tracing::info!(deliveries, "deleted alert deliveries past their retention"),
+        Ok(deliveries) => {
+            tracing::info!(deliveries, "deleted alert deliveries past their retention")
+        }
         Err(error) => {
             tracing::error!(error = %error_chain(&error), "could not delete old alert deliveries")
         }

@@ -78,7 +78,10 @@ impl FakeAlertmanager {
             let found = self.alerts().into_iter().find(|alert| matches(alert));
             let refused = self.refused();
             async move {
-                anyhow::ensure!(refused.is_empty(), "the fake Alertmanager refused: {refused:?}");
+                anyhow::ensure!(
+                    refused.is_empty(),
+                    "the fake Alertmanager refused: {refused:?}"
+                );
                 Ok(found)
             }
         })

@@ -90,7 +90,9 @@ pub enum AttemptResult {
         error: String,
     },
     /// Given up on.
-    Dead { error: String },
+    Dead {
+        error: String,
+    },
 }
 
 /// Receivers that left the configuration, and their deliveries given up.
@@ -128,7 +130,10 @@ fn event_of(row: &AnyRow) -> Result<AlertState, StoreError> {
 fn queued_from_row(row: &AnyRow) -> Result<QueuedDelivery, StoreError> {
     let id: String = get(row, "id")?;
     Ok(QueuedDelivery {
-        alert: from_json(&get::<String>(row, "alert")?, &format!("delivery {id}'s alert"))?,
+        alert: from_json(
+            &get::<String>(row, "alert")?,
+            &format!("delivery {id}'s alert"),
+        )?,
         receiver: get(row, "receiver")?,
         event: event_of(row)?,
         attempts: u32_column(row, "attempts")?,

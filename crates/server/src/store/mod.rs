@@ -27,9 +27,7 @@ mod specs;
 mod telemetry;
 mod users;
 
-pub use alert_deliveries::{
-    ActiveAlertCount, AttemptResult, QueuedDelivery, ReceiversChanged,
-};
+pub use alert_deliveries::{ActiveAlertCount, AttemptResult, QueuedDelivery, ReceiversChanged};
 pub use bus::Announcement;
 pub use cluster::{AdvisoryLock, DeviceSession, EndedSessions, ReplicaRecord};
 pub use desired::{DeploymentDeviceRecord, DeploymentRecord, DeploymentWrite, TemplateRecord};

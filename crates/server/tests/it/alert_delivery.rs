@@ -126,7 +126,9 @@ async fn a_webhook_is_signed_retried_with_growing_gaps_and_dead_lettered(
     assert_eq!(body["alert"]["device"], "pump-1");
     assert_eq!(body["alert"]["labels"]["site"], "berlin");
     assert!(
-        body["source"]["replica"].as_str().is_some_and(|r| !r.is_empty()),
+        body["source"]["replica"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
         "{body}"
     );
     // Waits of 200 ms doubling, each between half and all of it.
@@ -143,14 +145,22 @@ async fn a_webhook_is_signed_retried_with_growing_gaps_and_dead_lettered(
     // The resolution fails every time: dead after four attempts, listed.
     receiver.fail_next(usize::MAX, 500);
     store
-        .resolve_alert("disk_full", &DeviceId::new("pump-1".to_owned())?, Utc::now())
+        .resolve_alert(
+            "disk_full",
+            &DeviceId::new("pump-1".to_owned())?,
+            Utc::now(),
+        )
         .await?
         .context("the alert resolves")?;
     let dead = wait_until("the resolution dead-lettered", WAIT, || async {
         Ok(dead_letters(&admin).await?.into_iter().next())
     })
     .await?;
-    assert_eq!(receiver.arrivals().len(), 8, "four attempts of the resolution");
+    assert_eq!(
+        receiver.arrivals().len(),
+        8,
+        "four attempts of the resolution"
+    );
     assert_eq!(dead["receiver"], "ops");
     assert_eq!(dead["event"], "resolved");
     assert_eq!(dead["alertId"], raised.id);
@@ -294,8 +304,7 @@ async fn alertmanager_gets_the_alert_with_its_labels_again_while_it_fires_and_it
         .context("the alert resolves")?;
     let resolution = alertmanager
         .wait_for("the resolution", WAIT, |alert| {
-            alert.labels == expected_labels
-                && alert.ends_at.is_some_and(|end| end <= Utc::now())
+            alert.labels == expected_labels && alert.ends_at.is_some_and(|end| end <= Utc::now())
         })
         .await?;
     assert_eq!(
@@ -303,20 +312,26 @@ async fn alertmanager_gets_the_alert_with_its_labels_again_while_it_fires_and_it
         Some(resolved_at.timestamp_millis())
     );
     assert_eq!(resolution.annotations["tether_state"], "resolved");
-    assert!(alertmanager.refused().is_empty(), "{:?}", alertmanager.refused());
+    assert!(
+        alertmanager.refused().is_empty(),
+        "{:?}",
+        alertmanager.refused()
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tetherd_refuses_a_readable_secret_and_plain_http_to_another_host() -> anyhow::Result<()>
-{
+async fn tetherd_refuses_a_readable_secret_and_plain_http_to_another_host() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let secret = write_secret(dir.path(), 0o644)?;
     let config = write_config(dir.path(), &webhook("http://127.0.0.1:9/hook", &secret))?;
-    let error = Tetherd::start_with(Database::Sqlite, &["--config", config.to_str().context("path")?])
-        .await
-        .err()
-        .context("tetherd starts with a secret others may read")?;
+    let error = Tetherd::start_with(
+        Database::Sqlite,
+        &["--config", config.to_str().context("path")?],
+    )
+    .await
+    .err()
+    .context("tetherd starts with a secret others may read")?;
     let text = format!("{error:#}");
     assert!(
         text.contains("ops.secret") && text.contains("chmod 600"),
@@ -324,11 +339,17 @@ async fn tetherd_refuses_a_readable_secret_and_plain_http_to_another_host() -> a
     );
 
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))?;
-    let config = write_config(dir.path(), &webhook("http://hooks.example.com/hook", &secret))?;
-    let error = Tetherd::start_with(Database::Sqlite, &["--config", config.to_str().context("path")?])
-        .await
-        .err()
-        .context("tetherd starts with a plain http receiver")?;
+    let config = write_config(
+        dir.path(),
+        &webhook("http://hooks.example.com/hook", &secret),
+    )?;
+    let error = Tetherd::start_with(
+        Database::Sqlite,
+        &["--config", config.to_str().context("path")?],
+    )
+    .await
+    .err()
+    .context("tetherd starts with a plain http receiver")?;
     let text = format!("{error:#}");
     assert!(
         text.contains("alerts.webhooks.url") && text.contains("https://"),

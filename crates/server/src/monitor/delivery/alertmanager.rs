@@ -154,7 +154,10 @@ mod tests {
             labels: BTreeMap::from([
                 ("site".into(), "berlin".into()),
                 ("app.kubernetes.io/name".into(), "pump".into()),
-                ("severity".into(), "a device cannot lower its severity".into()),
+                (
+                    "severity".into(),
+                    "a device cannot lower its severity".into(),
+                ),
             ]),
             started_at: DateTime::from_timestamp(1_800_000_000, 0).expect("time"),
             acknowledged_at: None,
@@ -166,7 +169,12 @@ mod tests {
     #[test]
     fn a_firing_alert_carries_its_labels_and_ends_four_resends_ahead() {
         let now = DateTime::from_timestamp(1_800_000_600, 0).expect("time");
-        let sent = postable(&alert(), "https://tether.example:8443/", now, Duration::from_secs(60));
+        let sent = postable(
+            &alert(),
+            "https://tether.example:8443/",
+            now,
+            Duration::from_secs(60),
+        );
         assert_eq!(
             sent.labels,
             BTreeMap::from([
@@ -206,7 +214,10 @@ mod tests {
         for (base, expected) in [
             ("https://am:9093", "https://am:9093/api/v2/alerts"),
             ("https://am:9093/", "https://am:9093/api/v2/alerts"),
-            ("https://h/alertmanager", "https://h/alertmanager/api/v2/alerts"),
+            (
+                "https://h/alertmanager",
+                "https://h/alertmanager/api/v2/alerts",
+            ),
         ] {
             let url = reqwest::Url::parse(base).expect("url");
             assert_eq!(alerts_url(&url).as_str(), expected);

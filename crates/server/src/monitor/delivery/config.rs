@@ -100,7 +100,13 @@ fn invalid(key: &'static str, value: &str, expected: impl Into<String>) -> Confi
     }
 }
 
-fn within(key: &'static str, value: u64, min: u64, max: u64, unit: &str) -> Result<u64, ConfigError> {
+fn within(
+    key: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+    unit: &str,
+) -> Result<u64, ConfigError> {
     if (min..=max).contains(&value) {
         Ok(value)
     } else {
@@ -323,7 +329,11 @@ mod tests {
 
     #[test]
     fn plain_http_is_refused_except_to_loopback() {
-        for url in ["http://127.0.0.1:8080/x", "http://[::1]:80/", "http://localhost/"] {
+        for url in [
+            "http://127.0.0.1:8080/x",
+            "http://[::1]:80/",
+            "http://localhost/",
+        ] {
             assert!(receiver_url("k", url).is_ok(), "{url}");
         }
         let error = parse(
@@ -350,9 +360,14 @@ mod tests {
 
     #[test]
     fn bad_names_and_bounds_are_named() {
-        let error = parse("[[webhooks]]\nname = \"Ops Team\"\nurl = \"https://h/\"\nsecret_file = \"/s\"\n")
-            .expect_err("a name with a space");
-        assert!(error.to_string().contains("alerts.webhooks.name"), "{error}");
+        let error = parse(
+            "[[webhooks]]\nname = \"Ops Team\"\nurl = \"https://h/\"\nsecret_file = \"/s\"\n",
+        )
+        .expect_err("a name with a space");
+        assert!(
+            error.to_string().contains("alerts.webhooks.name"),
+            "{error}"
+        );
         let error = parse("max_attempts = 0").expect_err("no attempts");
         assert!(error.to_string().contains("alerts.max_attempts"), "{error}");
         let error = parse("backoff_initial_ms = 5000\nbackoff_max_seconds = 2")

@@ -271,7 +271,10 @@ impl Delivery {
         let due = {
             let resent = self.resent.lock().unwrap_or_else(|e| e.into_inner());
             resent.get(&alertmanager.name).is_none_or(|last| {
-                now.signed_duration_since(*last).to_std().unwrap_or_default() >= alertmanager.resend
+                now.signed_duration_since(*last)
+                    .to_std()
+                    .unwrap_or_default()
+                    >= alertmanager.resend
             })
         };
         if !due {
@@ -287,12 +290,20 @@ impl Delivery {
             Err(error) => {
                 self.observability
                     .alert_delivered(&alertmanager.name, "failed");
-                tracing::warn!(receiver = alertmanager.name, error, "could not send the active alerts to Alertmanager again; retrying at the next pass");
+                tracing::warn!(
+                    receiver = alertmanager.name,
+                    error,
+                    "could not send the active alerts to Alertmanager again; retrying at the next pass"
+                );
             }
         }
     }
 
-    async fn send_active(&self, alertmanager: &Alertmanager, now: DateTime<Utc>) -> Result<(), String> {
+    async fn send_active(
+        &self,
+        alertmanager: &Alertmanager,
+        now: DateTime<Utc>,
+    ) -> Result<(), String> {
         for state in [AlertState::Firing, AlertState::Acknowledged] {
             let mut before = None;
             loop {
@@ -323,7 +334,8 @@ impl Delivery {
 /// The result of a request as a delivery sees it.
 async fn outcome(sent: Result<reqwest::Response, reqwest::Error>) -> Result<(), Failure> {
     // reqwest's error names the URL, which may hold a token: left out.
-    let response = sent.map_err(|error| Failure::Transient(crate::error_chain(&error.without_url())))?;
+    let response =
+        sent.map_err(|error| Failure::Transient(crate::error_chain(&error.without_url())))?;
     let status = response.status().as_u16();
     if response.status().is_success() {
         return Ok(());
@@ -342,7 +354,11 @@ fn read_secret(receiver: &str, path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>
         path: path.to_owned(),
         source,
     };
-    let mode = std::fs::metadata(path).map_err(read_error)?.permissions().mode() & 0o777;
+    let mode = std::fs::metadata(path)
+        .map_err(read_error)?
+        .permissions()
+        .mode()
+        & 0o777;
     if mode & 0o077 != 0 {
         return Err(DeliveryError::SecretReadable {
             receiver: receiver.to_owned(),

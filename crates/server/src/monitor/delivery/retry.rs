@@ -127,10 +127,7 @@ mod tests {
 
     #[test]
     fn a_huge_attempt_count_cannot_overflow_the_wait() {
-        assert_eq!(
-            backoff(&policy(), u32::MAX, 1.0),
-            Duration::from_secs(20),
-        );
+        assert_eq!(backoff(&policy(), u32::MAX, 1.0), Duration::from_secs(20),);
     }
 
     #[test]
