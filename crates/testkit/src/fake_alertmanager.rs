@@ -149,10 +149,10 @@ fn parse(body: &[u8], at: Instant) -> Result<Vec<PostedAlert>, String> {
             }
             let starts_at = time(item.get("startsAt"), "startsAt")?;
             let ends_at = time(item.get("endsAt"), "endsAt")?;
-            if let (Some(start), Some(end)) = (starts_at, ends_at) {
-                if end < start {
-                    return Err("start time must be before end time".to_owned());
-                }
+            if let (Some(start), Some(end)) = (starts_at, ends_at)
+                && end < start
+            {
+                return Err("start time must be before end time".to_owned());
             }
             let generator_url = match item.get("generatorURL") {
                 None => None,
