@@ -87,6 +87,8 @@ struct FileConfig {
     monitor: FileMonitor,
     #[serde(default)]
     sparkplug: crate::sparkplug::config::FileSparkplug,
+    #[serde(default)]
+    alerts: crate::monitor::delivery::FileAlerts,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -217,6 +219,8 @@ pub struct ServerConfig {
     pub monitor: crate::monitor::MonitorConfig,
     /// `[sparkplug]`; `None`: off.
     pub sparkplug: Option<crate::sparkplug::config::SparkplugConfig>,
+    /// `[alerts]`: webhooks and Alertmanagers alerts are delivered to.
+    pub alerts: crate::monitor::delivery::DeliveryConfig,
 }
 
 /// `[kubernetes]`: what the join manifest runs (ADR 0017, ADR 0023).
@@ -847,6 +851,7 @@ impl ServerConfig {
         let kubernetes = kubernetes_config(&file.kubernetes)?;
         let tunnels = tunnel_config(&file.tunnels)?;
         let sparkplug = crate::sparkplug::config::SparkplugConfig::from_file(&file.sparkplug)?;
+        let alerts = crate::monitor::delivery::DeliveryConfig::from_file(&file.alerts)?;
         check_range("retention.events_days", retention.events, DAY, 3660 * DAY)?;
         check_range("retention.actions_days", retention.actions, DAY, 3660 * DAY)?;
         check_range("retention.metrics_days", retention.metrics, DAY, 3660 * DAY)?;
@@ -927,6 +932,7 @@ impl ServerConfig {
             tunnels,
             monitor,
             sparkplug,
+            alerts,
         })
     }
 }
@@ -1008,6 +1014,7 @@ impl ServerConfig {
                 drift_grace_seconds: Some(self.monitor.drift_grace.as_secs()),
             },
             sparkplug: crate::sparkplug::config::SparkplugConfig::to_file(self.sparkplug.as_ref()),
+            alerts: self.alerts.to_file(),
         };
         toml::to_string(&file).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
     }

@@ -110,6 +110,8 @@ pub enum StartError {
     Serve(#[source] std::io::Error),
     #[error("could not set up the Sparkplug B northbound")]
     Sparkplug(#[from] sparkplug::config::SparkplugFileError),
+    #[error("could not set up the delivery of alerts ([alerts])")]
+    Alerts(#[from] monitor::delivery::DeliveryError),
 }
 
 /// Runs tetherd until `shutdown` resolves.
@@ -397,6 +399,33 @@ pub async fn run(
     if let Some(sparkplug) = &config.sparkplug {
         sparkplug::service::Northbound::start(store.clone(), sparkplug, &singleton_holder)?;
     }
+    let delivery = Arc::new(
+        monitor::delivery::Delivery::start(
+            &config.alerts,
+            store.clone(),
+            monitor::delivery::Source {
+                replica: singleton_holder.as_str().to_owned(),
+                api_url: config
+                    .cluster
+                    .advertise_api_url
+                    .clone()
+                    .unwrap_or_else(|| cluster::url("https", public_host, api_addr.port())),
+            },
+            observability.clone(),
+            Utc::now(),
+        )
+        .await?,
+    );
+    Singleton::spawn(
+        store.clone(),
+        &singleton_holder,
+        "alert-delivery",
+        config.alerts.poll_interval,
+        move |now| {
+            let delivery = delivery.clone();
+            async move { delivery.run(now).await }
+        },
+    );
     let pruning = store.clone();
     let retention = config.retention.clone();
     Singleton::spawn(
@@ -645,6 +674,18 @@ async fn prune_telemetry(store: Store, retention: RetentionConfig, now: chrono::
         }
         Err(error) => {
             tracing::error!(error = %error_chain(&error), "could not delete old telemetry")
+        }
+    }
+    match store
+        .delete_delivered_alert_deliveries_before(before(retention.events))
+        .await
+    {
+        Ok(0) => {}
+        Ok(deliveries) => {
+            tracing::info!(deliveries, "deleted alert deliveries past their retention")
+        }
+        Err(error) => {
+            tracing::error!(error = %error_chain(&error), "could not delete old alert deliveries")
         }
     }
     match store.delete_logs_before(before(retention.logs)).await {

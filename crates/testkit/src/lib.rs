@@ -7,6 +7,7 @@ pub mod agent;
 pub mod api;
 pub mod binaries;
 pub mod disk_image;
+pub mod fake_alertmanager;
 pub mod fake_kube;
 pub mod http_target;
 pub mod mosquitto;
@@ -16,6 +17,7 @@ pub mod sim_agent;
 pub mod sshd;
 pub mod tetherd;
 pub mod wait;
+pub mod webhook_receiver;
 
 pub use agent::{Agent, faketime_env, local_api, post_local};
 pub use api::ApiClient;

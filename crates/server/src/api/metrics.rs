@@ -50,6 +50,8 @@ pub async fn scrape(
         pool_in_use,
         pool_idle,
         pool_max,
+        active_alerts: state.store.active_alert_counts().await?,
+        alert_deliveries: state.store.alert_delivery_counts().await?,
     });
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
 }

@@ -2,6 +2,7 @@
 //! document generated from the handlers' annotations.
 
 mod actions;
+mod alert_deliveries;
 mod alerts;
 mod audit;
 mod desired;
@@ -170,6 +171,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(secrets::routes())
         .merge(users::routes())
         .merge(service_accounts::routes())
+        .merge(alert_deliveries::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_bearer,

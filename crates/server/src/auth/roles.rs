@@ -112,7 +112,7 @@ pub const GROUPS: &[Group] = &[
     },
     Group {
         title: "Running the fleet",
-        why: "Registering, labelling, configuring and removing devices, running actions and jobs: what an operator does all day.",
+        why: "Registering, labelling, configuring and removing devices, running actions and jobs, seeing how alerts were delivered and sending them again: what an operator does all day.",
         rules: &[
             ("POST", "/api/v1/devices", AtLeast(Operator)),
             ("POST", "/api/v1/alerts/{id}/acknowledge", AtLeast(Operator)),
@@ -132,6 +132,12 @@ pub const GROUPS: &[Group] = &[
             ),
             ("POST", "/api/v1/jobs", AtLeast(Operator)),
             ("POST", "/api/v1/jobs/{id}/cancel", AtLeast(Operator)),
+            ("GET", "/api/v1/alerts/deliveries", AtLeast(Operator)),
+            (
+                "POST",
+                "/api/v1/alerts/deliveries/{id}/retry",
+                AtLeast(Operator),
+            ),
         ],
     },
     Group {

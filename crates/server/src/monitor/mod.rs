@@ -5,6 +5,7 @@
 //! the old one stopped.
 
 pub mod control;
+pub mod delivery;
 pub mod drift;
 pub mod silence;
 

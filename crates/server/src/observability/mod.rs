@@ -1,7 +1,8 @@
 //! What tetherd reports about itself to Prometheus: per replica, the device
 //! sessions it holds, the actions still open in the cluster, how long device
 //! input takes to be stored, how late cross-replica notifications arrive,
-//! and how busy its database pool is.
+//! how busy its database pool is, the alerts not resolved and how their
+//! delivery goes.
 //!
 //! Counters and histograms are updated where things happen; gauges that
 //! mirror state elsewhere (open actions, sessions, pool) are read when
@@ -34,6 +35,19 @@ struct StreamLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabel {
+    receiver: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabel {
+    rule: String,
+    severity: &'static str,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabel {
     state: &'static str,
 }
@@ -47,6 +61,10 @@ pub struct Snapshot {
     pub pool_in_use: u32,
     pub pool_idle: u32,
     pub pool_max: u32,
+    /// Alerts not resolved, in the whole cluster.
+    pub active_alerts: Vec<crate::store::ActiveAlertCount>,
+    /// Alert deliveries waiting or given up, in the whole cluster.
+    pub alert_deliveries: Vec<(tether_proto::alert_deliveries::DeliveryState, u64)>,
 }
 
 pub struct Observability {
@@ -61,6 +79,11 @@ pub struct Observability {
     telemetry_bytes: Family<StreamLabel, Counter>,
     telemetry_records: Family<StreamLabel, Counter>,
     telemetry_duplicates: Family<StreamLabel, Counter>,
+    alert_deliveries: Family<DeliveryLabel, Counter>,
+    alerts_firing: Family<AlertLabel, Gauge>,
+    alert_deliveries_queued: Family<StateLabel, Gauge>,
+    /// Scrapes rebuild the alert gauges (a rule may vanish); one at a time.
+    rendering: std::sync::Mutex<()>,
 }
 
 /// Latency buckets from 1 ms to about 16 s: ingest and notifications are
@@ -132,7 +155,29 @@ impl Default for Observability {
             "Telemetry records devices sent again that this replica did not store twice, by stream",
             telemetry_duplicates.clone(),
         );
+        let alert_deliveries = Family::<DeliveryLabel, Counter>::default();
+        registry.register(
+            "alert_deliveries",
+            "Attempts of this replica to deliver alerts, by receiver and outcome (delivered, failed: retried later, dead: given up)",
+            alert_deliveries.clone(),
+        );
+        let alerts_firing = Family::<AlertLabel, Gauge>::default();
+        registry.register(
+            "alerts_firing",
+            "Alerts not resolved, in the whole cluster, by rule, severity and state (firing or acknowledged)",
+            alerts_firing.clone(),
+        );
+        let alert_deliveries_queued = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "alert_deliveries_queued",
+            "Alert deliveries in the whole cluster waiting to be sent (pending) or given up (dead)",
+            alert_deliveries_queued.clone(),
+        );
         Self {
+            alert_deliveries,
+            alerts_firing,
+            alert_deliveries_queued,
+            rendering: std::sync::Mutex::new(()),
             telemetry_bytes,
             telemetry_records,
             telemetry_duplicates,
@@ -176,6 +221,16 @@ impl Observability {
             .inc_by(duplicates);
     }
 
+    /// One attempt to deliver alerts to `receiver`.
+    pub fn alert_delivered(&self, receiver: &str, outcome: &'static str) {
+        self.alert_deliveries
+            .get_or_create(&DeliveryLabel {
+                receiver: receiver.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
     pub fn ingested(&self, took: Duration) {
         self.ingest_seconds.observe(took.as_secs_f64());
     }
@@ -186,6 +241,32 @@ impl Observability {
 
     /// The text exposition format, with the scrape-time gauges set from `now`.
     pub fn render(&self, now: Snapshot) -> String {
+        let _one_at_a_time = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
+        self.alerts_firing.clear();
+        for count in &now.active_alerts {
+            self.alerts_firing
+                .get_or_create(&AlertLabel {
+                    rule: count.rule.clone(),
+                    severity: count.severity.as_str(),
+                    state: count.state.as_str(),
+                })
+                .set(i64::try_from(count.alerts).unwrap_or(i64::MAX));
+        }
+        for state in [
+            tether_proto::alert_deliveries::DeliveryState::Pending,
+            tether_proto::alert_deliveries::DeliveryState::Dead,
+        ] {
+            let count = now
+                .alert_deliveries
+                .iter()
+                .find(|(counted, _)| *counted == state)
+                .map_or(0, |(_, count)| *count);
+            self.alert_deliveries_queued
+                .get_or_create(&StateLabel {
+                    state: state.as_str(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
         self.sessions
             .set(i64::try_from(now.sessions).unwrap_or(i64::MAX));
         for state in ActionState::ALL.into_iter().filter(|s| !s.is_terminal()) {
@@ -224,6 +305,13 @@ mod tests {
             pool_in_use: 2,
             pool_idle: 1,
             pool_max: 10,
+            active_alerts: vec![crate::store::ActiveAlertCount {
+                rule: "device_silent".into(),
+                severity: tether_proto::alerts::Severity::Critical,
+                state: tether_proto::alerts::AlertState::Acknowledged,
+                alerts: 2,
+            }],
+            alert_deliveries: vec![(tether_proto::alert_deliveries::DeliveryState::Dead, 4)],
         }
     }
 
@@ -235,6 +323,7 @@ mod tests {
         observability.ingested(Duration::from_millis(3));
         observability.notification_received(Duration::from_millis(2));
         observability.telemetry_received(tether_proto::telemetry::Stream::Logs, 2048, 1000, 10);
+        observability.alert_delivered("ops", "dead");
         let text = observability.render(snapshot());
         for line in [
             "tether_telemetry_received_bytes_total{stream=\"logs\"} 2048",
@@ -248,6 +337,10 @@ mod tests {
             "tether_notification_lag_seconds_count 1",
             "tether_database_connections{state=\"in_use\"} 2",
             "tether_database_connections_max 10",
+            "tether_alerts_firing{rule=\"device_silent\",severity=\"critical\",state=\"acknowledged\"} 2",
+            "tether_alert_deliveries_total{receiver=\"ops\",outcome=\"dead\"} 1",
+            "tether_alert_deliveries_queued{state=\"dead\"} 4",
+            "tether_alert_deliveries_queued{state=\"pending\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
@@ -260,11 +353,14 @@ mod tests {
         observability.render(snapshot());
         let text = observability.render(Snapshot {
             open_actions: Vec::new(),
+            active_alerts: Vec::new(),
             ..snapshot()
         });
         assert!(
             text.contains("tether_open_actions{state=\"pending\"} 0"),
             "{text}"
         );
+        // A rule with no alert left is gone, not stuck at its last count.
+        assert!(!text.contains("tether_alerts_firing{"), "{text}");
     }
 }

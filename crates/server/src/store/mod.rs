@@ -5,6 +5,7 @@
 //! `TEXT`, so the schema is portable between the two databases.
 
 mod actions;
+mod alert_deliveries;
 mod audit;
 mod bus;
 mod certificates;
@@ -27,6 +28,7 @@ mod specs;
 mod telemetry;
 mod users;
 
+pub use alert_deliveries::{ActiveAlertCount, AttemptResult, QueuedDelivery, ReceiversChanged};
 pub use bus::Announcement;
 pub use cluster::{AdvisoryLock, DeviceSession, EndedSessions, ReplicaRecord};
 pub use desired::{DeploymentDeviceRecord, DeploymentRecord, DeploymentWrite, TemplateRecord};

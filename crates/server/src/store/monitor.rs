@@ -7,6 +7,7 @@ use sqlx::any::AnyRow;
 use tether_proto::alerts::{Alert, AlertState, Severity};
 use tether_proto::{DeviceId, Presence};
 
+use super::alert_deliveries::queue_alert_change;
 use super::codec::{
     device_id, from_json, get, limit, millis, optional_time, time, to_json, to_u64,
 };
@@ -258,7 +259,8 @@ impl Store {
     }
 
     /// Raises `alert` unless its rule already has one not yet resolved for
-    /// the device: `None` then.
+    /// the device: `None` then. The new alert is queued for delivery in
+    /// the same transaction.
     pub async fn raise_alert(
         &self,
         alert: &NewAlert,
@@ -267,6 +269,7 @@ impl Store {
         let context = "raise an alert";
         let labels = to_json(&alert.labels, "an alert's labels")?;
         for _ in 0..ID_ATTEMPTS {
+            let mut tx = self.begin(context).await?;
             let raised = sqlx::query(&format!(
                 "INSERT INTO alerts ({ALERT_COLUMNS}) \
                  SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, 'firing', $4, $5, $6, NULL, NULL, NULL \
@@ -278,18 +281,21 @@ impl Store {
             .bind(&alert.summary)
             .bind(&labels)
             .bind(millis(now))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(query_error(context))?;
             if let Some(row) = raised {
-                return alert_from_row(&row).map(Some);
+                let raised = alert_from_row(&row)?;
+                queue_alert_change(&mut tx, &raised, now).await?;
+                tx.commit().await.map_err(query_error(context))?;
+                return Ok(Some(raised));
             }
             let active: Option<i64> = sqlx::query_scalar(
                 "SELECT id FROM alerts WHERE rule = $1 AND device = $2 AND resolved_at IS NULL",
             )
             .bind(&alert.rule)
             .bind(alert.device.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(query_error(context))?;
             if active.is_some() {
@@ -305,13 +311,16 @@ impl Store {
         })
     }
 
-    /// Resolves the alert of `rule` on `device` not yet resolved, if any.
+    /// Resolves the alert of `rule` on `device` not yet resolved, if any,
+    /// and queues the change for delivery in the same transaction.
     pub async fn resolve_alert(
         &self,
         rule: &str,
         device: &DeviceId,
         now: DateTime<Utc>,
     ) -> Result<Option<Alert>, StoreError> {
+        let context = "resolve an alert";
+        let mut tx = self.begin(context).await?;
         let row = sqlx::query(&format!(
             "UPDATE alerts SET state = 'resolved', resolved_at = $3 \
              WHERE rule = $1 AND device = $2 AND resolved_at IS NULL RETURNING {ALERT_COLUMNS}"
@@ -319,14 +328,21 @@ impl Store {
         .bind(rule)
         .bind(device.as_str())
         .bind(millis(now))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(query_error("resolve an alert"))?;
-        row.as_ref().map(alert_from_row).transpose()
+        .map_err(query_error(context))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let resolved = alert_from_row(&row)?;
+        queue_alert_change(&mut tx, &resolved, now).await?;
+        tx.commit().await.map_err(query_error(context))?;
+        Ok(Some(resolved))
     }
 
-    /// Marks a firing alert acknowledged by `by`. An alert already
-    /// acknowledged is returned as it is; a resolved one is a conflict.
+    /// Marks a firing alert acknowledged by `by`, and queues the change for
+    /// delivery in the same transaction. An alert already acknowledged is
+    /// returned as it is; a resolved one is a conflict.
     pub async fn acknowledge_alert(
         &self,
         id: u64,
@@ -337,16 +353,24 @@ impl Store {
         let id = i64::try_from(id).map_err(|_| StoreError::NotFound {
             what: format!("alert {id}"),
         })?;
-        sqlx::query(
+        let mut tx = self.begin(context).await?;
+        let acknowledged = sqlx::query(&format!(
             "UPDATE alerts SET state = 'acknowledged', acknowledged_at = $2, acknowledged_by = $3 \
-             WHERE id = $1 AND state = 'firing'",
-        )
+             WHERE id = $1 AND state = 'firing' RETURNING {ALERT_COLUMNS}"
+        ))
         .bind(id)
         .bind(millis(now))
         .bind(by)
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(query_error(context))?;
+        if let Some(row) = acknowledged {
+            let alert = alert_from_row(&row)?;
+            queue_alert_change(&mut tx, &alert, now).await?;
+            tx.commit().await.map_err(query_error(context))?;
+            return Ok(alert);
+        }
+        drop(tx);
         let alert = self.get_alert(id.unsigned_abs()).await?;
         if alert.state == AlertState::Resolved {
             return Err(StoreError::Conflict {

@@ -132,6 +132,7 @@ on_both_databases! {
     ],
 }
 
+mod alert_deliveries;
 mod metric_series;
 mod queries;
 
