@@ -5,3 +5,4 @@
 //! the old one stopped.
 
 pub mod silence;
+pub mod rules;

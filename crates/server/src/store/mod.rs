@@ -5,6 +5,7 @@
 //! `TEXT`, so the schema is portable between the two databases.
 
 mod actions;
+mod alert_rules;
 mod audit;
 mod bus;
 mod certificates;
@@ -26,6 +27,7 @@ mod specs;
 mod telemetry;
 mod users;
 
+pub use alert_rules::{AlertRuleRecord, ReportedCandidate, SeriesBeyond};
 pub use bus::Announcement;
 pub use cluster::{AdvisoryLock, DeviceSession, EndedSessions, ReplicaRecord};
 pub use desired::{DeploymentDeviceRecord, DeploymentRecord, DeploymentWrite, TemplateRecord};
