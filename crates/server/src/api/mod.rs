@@ -2,6 +2,7 @@
 //! document generated from the handlers' annotations.
 
 mod actions;
+mod alert_rules;
 mod audit;
 mod desired;
 mod devices;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub desired: crate::desired::DesiredState,
     /// Sealed secrets (ADR 0030).
     pub secrets: crate::secrets::Secrets,
+    /// Operator-defined alert rules (issue 18).
+    pub alert_rules: crate::monitor::rules::AlertRules,
     pub actions: Arc<ActionService>,
     pub jobs: Arc<crate::jobs::JobService>,
     pub logs: Arc<crate::logs::Logs>,
@@ -166,6 +169,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(provisioning::routes())
         .merge(desired::routes())
         .merge(secrets::routes())
+        .merge(alert_rules::routes())
         .merge(users::routes())
         .merge(service_accounts::routes())
         .route_layer(axum::middleware::from_fn_with_state(
