@@ -2,6 +2,7 @@
 
 mod action_sets;
 mod actions;
+mod alert_rules;
 mod api;
 mod certificates;
 mod contract;
