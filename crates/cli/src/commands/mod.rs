@@ -2,6 +2,7 @@
 //! with a description for "failed to <description>: <cause>" and a `run`.
 
 pub mod actions;
+pub mod alert_rules;
 pub mod approvals;
 pub mod audit;
 pub mod cp;
@@ -65,6 +66,8 @@ pub enum Command {
     Deployments(deployments::Deployments),
     #[command(subcommand)]
     Secrets(secrets::Secrets),
+    #[command(subcommand)]
+    AlertRules(alert_rules::AlertRules),
     Events(events::Events),
     Exec(exec::Exec),
     Cp(cp::Cp),
@@ -110,6 +113,7 @@ impl Command {
             Command::Templates(cmd) => cmd.description(),
             Command::Deployments(cmd) => cmd.description(),
             Command::Secrets(cmd) => cmd.description(),
+            Command::AlertRules(cmd) => cmd.description(),
             Command::Events(cmd) => cmd.description(),
             Command::Exec(cmd) => cmd.description(),
             Command::Cp(cmd) => cmd.description(),
@@ -143,6 +147,7 @@ impl Command {
             Command::Templates(cmd) => cmd.run(ctx).await,
             Command::Deployments(cmd) => cmd.run(ctx).await,
             Command::Secrets(cmd) => cmd.run(ctx).await,
+            Command::AlertRules(cmd) => cmd.run(ctx).await,
             Command::Events(cmd) => cmd.run(ctx).await,
             Command::Exec(cmd) => cmd.run(ctx).await,
             Command::Cp(cmd) => cmd.run(ctx).await,
