@@ -10,6 +10,7 @@ use tether_proto::accounts::{
     ApiKey, ApiKeyCreated, ChangePassword, CreateApiKey, CreateServiceAccount, CreateUser, Role,
     ServiceAccount, SetRole, User, UserCreated,
 };
+use tether_proto::alerts::Alert;
 use tether_proto::api::{
     Action, AddSshKey, AuditEntry, CatalogueEntry, CreateDevice, CreateJob, Device,
     DeviceActionSet, DeviceCreated, EnrollmentToken, ErrorBody, Event, FleetSummary, Job, LogEntry,
@@ -964,6 +965,30 @@ impl ApiClient {
         let query: Vec<(&str, String)> =
             state.map(|s| ("state", s.to_owned())).into_iter().collect();
         self.list_all(&["approvals"], &query, None, PAGE_SIZE).await
+    }
+
+    /// Alerts newest first, at most `cap`; `query` filters them.
+    pub async fn list_alerts(
+        &self,
+        query: &[(&str, String)],
+        cap: usize,
+    ) -> Result<Vec<Alert>, ClientError> {
+        self.list_all(&["alerts"], query, Some(cap), PAGE_SIZE)
+            .await
+    }
+
+    pub async fn get_alert(&self, id: u64) -> Result<Alert, ClientError> {
+        self.call(Method::GET, &["alerts", &id.to_string()], None::<&()>)
+            .await
+    }
+
+    pub async fn acknowledge_alert(&self, id: u64) -> Result<Alert, ClientError> {
+        self.call(
+            Method::POST,
+            &["alerts", &id.to_string(), "acknowledge"],
+            None::<&()>,
+        )
+        .await
     }
 
     pub async fn get_approval(&self, id: &str) -> Result<Approval, ClientError> {

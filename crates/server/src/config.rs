@@ -85,6 +85,8 @@ struct FileConfig {
     tunnels: FileTunnels,
     #[serde(default)]
     alert_rules: FileAlertRules,
+    #[serde(default)]
+    monitor: FileMonitor,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -92,6 +94,13 @@ struct FileConfig {
 struct FileAlertRules {
     evaluation_interval_seconds: Option<u64>,
     stale_after_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileMonitor {
+    silence_seconds: Option<u64>,
+    drift_grace_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -213,6 +222,7 @@ pub struct ServerConfig {
     pub kubernetes: KubernetesConfig,
     pub tunnels: crate::tunnels::TunnelConfig,
     pub alert_rules: crate::monitor::rules::AlertRulesConfig,
+    pub monitor: crate::monitor::MonitorConfig,
 }
 
 /// `[kubernetes]`: what the join manifest runs (ADR 0017, ADR 0023).
@@ -857,7 +867,11 @@ impl ServerConfig {
             0,
             5 * 366 * DAY,
         )?;
-        let ingest = ingest_config(&file.ingest)?;
+        let monitor = monitor_config(&file.monitor)?;
+        let ingest = crate::ingest::IngestConfig {
+            last_seen_resolution: monitor.last_seen_resolution(),
+            ..ingest_config(&file.ingest)?
+        };
         let cluster = cluster_config(file.cluster)?;
         let broker = broker_config(&file.broker, &data_dir)?;
         let kubernetes = kubernetes_config(&file.kubernetes)?;
@@ -942,6 +956,7 @@ impl ServerConfig {
             kubernetes,
             tunnels,
             alert_rules,
+            monitor,
         })
     }
 }
@@ -1024,6 +1039,10 @@ impl ServerConfig {
                 ),
                 stale_after_seconds: Some(self.alert_rules.stale_after.as_secs()),
             },
+            monitor: FileMonitor {
+                silence_seconds: Some(self.monitor.silence_interval.as_secs()),
+                drift_grace_seconds: Some(self.monitor.drift_grace.as_secs()),
+            },
         };
         toml::to_string(&file).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
     }
@@ -1096,6 +1115,21 @@ fn ingest_config(file: &FileIngest) -> Result<crate::ingest::IngestConfig, Confi
         rate,
         max_clock_ahead,
         max_series_per_device,
+        last_seen_resolution: defaults.last_seen_resolution,
+    })
+}
+
+/// `[monitor]`: how long a device may stay silent or behind its spec
+/// (ADR 0032).
+fn monitor_config(file: &FileMonitor) -> Result<crate::monitor::MonitorConfig, ConfigError> {
+    let defaults = crate::monitor::MonitorConfig::default();
+    let silence_interval = secs(file.silence_seconds, defaults.silence_interval);
+    check_range("monitor.silence_seconds", silence_interval, 1, DAY)?;
+    let drift_grace = secs(file.drift_grace_seconds, defaults.drift_grace);
+    check_range("monitor.drift_grace_seconds", drift_grace, 1, DAY)?;
+    Ok(crate::monitor::MonitorConfig {
+        silence_interval,
+        drift_grace,
     })
 }
 

@@ -377,6 +377,39 @@ pub async fn run(
             }
         },
     );
+    let monitor = Arc::new(crate::monitor::Monitor::new(
+        store.clone(),
+        crate::monitor::link_requests::LinkRequests {
+            link: link.clone(),
+            specs: registry.specs().clone(),
+        },
+        config.monitor.clone(),
+        Utc::now(),
+    ));
+    Singleton::spawn(
+        store.clone(),
+        &singleton_holder,
+        "fleet-monitor",
+        config.monitor.pass_interval(),
+        move |now| {
+            let monitor = monitor.clone();
+            async move {
+                match monitor.pass(now).await {
+                    Ok(done) => tracing::debug!(
+                        devices = done.devices_checked,
+                        rebirths = done.rebirths_requested,
+                        reloads = done.reloads_requested,
+                        raised = done.alerts_raised,
+                        resolved = done.alerts_resolved,
+                        "monitor pass done"
+                    ),
+                    Err(error) => {
+                        tracing::error!(error = %error_chain(&error), "could not finish the monitor's pass; the next one goes on")
+                    }
+                }
+            }
+        },
+    );
     let pruning = store.clone();
     let retention = config.retention.clone();
     Singleton::spawn(

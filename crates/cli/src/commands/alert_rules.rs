@@ -88,22 +88,22 @@ pub struct Create {
     file: Option<PathBuf>,
     /// A metric series of the devices, e.g. disk_used_percent, cpu_percent,
     /// or a custom metric's name.
-    #[arg(long, required_unless_present_any = ["file", "status"], conflicts_with = "status")]
+    #[arg(long, required_unless_present_any = ["file", "status"], conflicts_with = "status", requires = "threshold")]
     metric: Option<String>,
     /// Only the metric's series with this label, KEY=VALUE; repeat for more.
     #[arg(long = "series-label", value_name = "KEY=VALUE", requires = "metric")]
     series_labels: Vec<Label>,
     /// Fires when the value is above this …
-    #[arg(long, group = "threshold", requires = "metric", allow_negative_numbers = true)]
+    #[arg(long, group = "threshold", requires = "metric", conflicts_with = "status", allow_negative_numbers = true)]
     above: Option<f64>,
     /// … at least this …
-    #[arg(long, group = "threshold", requires = "metric", allow_negative_numbers = true)]
+    #[arg(long, group = "threshold", requires = "metric", conflicts_with = "status", allow_negative_numbers = true)]
     at_least: Option<f64>,
     /// … below this …
-    #[arg(long, group = "threshold", requires = "metric", allow_negative_numbers = true)]
+    #[arg(long, group = "threshold", requires = "metric", conflicts_with = "status", allow_negative_numbers = true)]
     below: Option<f64>,
     /// … or at most this.
-    #[arg(long, group = "threshold", requires = "metric", allow_negative_numbers = true)]
+    #[arg(long, group = "threshold", requires = "metric", conflicts_with = "status", allow_negative_numbers = true)]
     at_most: Option<f64>,
     /// A reported status instead of a metric.
     #[arg(long, value_enum)]
@@ -181,7 +181,6 @@ impl Create {
 
 impl Create {
     async fn run(self, ctx: &Context) -> Result<Outcome, CommandError> {
-        // A usage error is told before any config or connection is needed.
         let spec = self.spec()?;
         let rule = ctx
             .client()?

@@ -3,6 +3,7 @@
 
 pub mod actions;
 pub mod alert_rules;
+pub mod alerts;
 pub mod approvals;
 pub mod audit;
 pub mod cp;
@@ -61,13 +62,13 @@ pub enum Command {
     #[command(subcommand)]
     Approvals(approvals::Approvals),
     #[command(subcommand)]
+    Alerts(alerts::Alerts),
+    #[command(subcommand)]
     Templates(templates::Templates),
     #[command(subcommand)]
     Deployments(deployments::Deployments),
     #[command(subcommand)]
     Secrets(secrets::Secrets),
-    #[command(subcommand)]
-    AlertRules(alert_rules::AlertRules),
     Events(events::Events),
     Exec(exec::Exec),
     Cp(cp::Cp),
@@ -110,10 +111,10 @@ impl Command {
             Command::Keys(cmd) => cmd.description(),
             Command::Policies(cmd) => cmd.description(),
             Command::Approvals(cmd) => cmd.description(),
+            Command::Alerts(cmd) => cmd.description(),
             Command::Templates(cmd) => cmd.description(),
             Command::Deployments(cmd) => cmd.description(),
             Command::Secrets(cmd) => cmd.description(),
-            Command::AlertRules(cmd) => cmd.description(),
             Command::Events(cmd) => cmd.description(),
             Command::Exec(cmd) => cmd.description(),
             Command::Cp(cmd) => cmd.description(),
@@ -144,10 +145,10 @@ impl Command {
             Command::Keys(cmd) => cmd.run(ctx).await,
             Command::Policies(cmd) => cmd.run(ctx).await,
             Command::Approvals(cmd) => cmd.run(ctx).await,
+            Command::Alerts(cmd) => cmd.run(ctx).await,
             Command::Templates(cmd) => cmd.run(ctx).await,
             Command::Deployments(cmd) => cmd.run(ctx).await,
             Command::Secrets(cmd) => cmd.run(ctx).await,
-            Command::AlertRules(cmd) => cmd.run(ctx).await,
             Command::Events(cmd) => cmd.run(ctx).await,
             Command::Exec(cmd) => cmd.run(ctx).await,
             Command::Cp(cmd) => cmd.run(ctx).await,

@@ -3,6 +3,7 @@
 
 mod actions;
 mod alert_rules;
+mod alerts;
 mod audit;
 mod desired;
 mod devices;
@@ -162,6 +163,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(telemetry::routes())
         .merge(logs::routes())
         .merge(audit::routes())
+        .merge(alerts::routes())
         .merge(sessions::routes())
         .merge(tunnels::client_routes())
         .merge(kubernetes::routes())

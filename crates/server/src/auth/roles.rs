@@ -106,6 +106,8 @@ pub const GROUPS: &[Group] = &[
             ),
             ("GET", "/api/v1/devices/{name}/usage", AtLeast(Viewer)),
             ("GET", "/api/v1/audit", AtLeast(Viewer)),
+            ("GET", "/api/v1/alerts", AtLeast(Viewer)),
+            ("GET", "/api/v1/alerts/{id}", AtLeast(Viewer)),
         ],
     },
     Group {
@@ -113,6 +115,7 @@ pub const GROUPS: &[Group] = &[
         why: "Registering, labelling, configuring and removing devices, running actions and jobs: what an operator does all day.",
         rules: &[
             ("POST", "/api/v1/devices", AtLeast(Operator)),
+            ("POST", "/api/v1/alerts/{id}/acknowledge", AtLeast(Operator)),
             ("PATCH", "/api/v1/devices/{name}", AtLeast(Operator)),
             ("DELETE", "/api/v1/devices/{name}", AtLeast(Operator)),
             ("POST", "/api/v1/devices/{name}/revoke", AtLeast(Operator)),

@@ -1,7 +1,7 @@
 //! Writes when devices were last seen, with the action bytes counted since
 //! the last write, for many devices in one statement.
 //!
-//! Each device is due at most once per `LAST_SEEN_RESOLUTION`; a fleet-wide
+//! Each device is due at most once per `IngestConfig::last_seen_resolution`; a fleet-wide
 //! job's answers make thousands of devices due within a second, and one
 //! statement each doubled the job's writes (every answer is a statement of
 //! its own). The writer takes what is queued when it is free (no timer: a

@@ -39,10 +39,6 @@ use last_seen::LastSeenWriter;
 use presence::PresenceWriter;
 use rate::{Admission, DeviceRate, RateLimits, TokenBucket};
 
-/// `lastSeen` is refreshed at most this often per device: often enough for
-/// an operator, rare enough to cost nothing next to the messages themselves.
-const LAST_SEEN_RESOLUTION: Duration = Duration::from_secs(30);
-
 /// Rejection events a device can cause: a burst, then one a minute. The rest
 /// are counted, so a hostile device cannot fill the events table.
 const REJECTION_EVENT_BURST: u64 = 10;
@@ -87,6 +83,10 @@ pub struct IngestConfig {
     /// Metric series one device may create: one device cannot crowd the
     /// fleet's (`GET /metrics/fleet` serves at most 2,000,000).
     pub max_series_per_device: u64,
+    /// `lastSeen` is refreshed at most this often per device: often enough
+    /// for an operator and for the monitor's silence check (a quarter of its
+    /// interval), rare enough to cost nothing next to the messages.
+    pub last_seen_resolution: Duration,
 }
 
 impl Default for IngestConfig {
@@ -95,6 +95,7 @@ impl Default for IngestConfig {
             rate: RateLimits::default(),
             max_clock_ahead: Duration::from_secs(300),
             max_series_per_device: 10_000,
+            last_seen_resolution: Duration::from_secs(30),
         }
     }
 }
@@ -465,7 +466,7 @@ impl Ingest {
     fn touch_last_seen(&self, device: &DeviceId, end: bool) {
         let now = Instant::now();
         let due = self.with_device(device, |s| match s.last_seen_written {
-            Some(at) if now.duration_since(at) < LAST_SEEN_RESOLUTION && !end => false,
+            Some(at) if now.duration_since(at) < self.config.last_seen_resolution && !end => false,
             _ => {
                 s.last_seen_written = Some(now);
                 true

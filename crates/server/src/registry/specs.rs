@@ -172,7 +172,7 @@ impl Specs {
 
     /// After a committed change: sends the spec if the device's session is
     /// here, and tells the other replicas so the one holding it does.
-    async fn announce(&self, device: &DeviceId) {
+    pub async fn announce(&self, device: &DeviceId) {
         self.send(device).await;
         self.bus.publish(Channel::DeviceSpec, [device.as_str()]);
     }

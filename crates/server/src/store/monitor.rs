@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
-use tether_proto::DeviceId;
 use tether_proto::alerts::{Alert, AlertState, Severity};
+use tether_proto::{DeviceId, Presence};
 
 use super::codec::{
     device_id, from_json, get, limit, millis, optional_time, time, to_json, to_u64,
 };
 use super::{Store, StoreError};
+use crate::monitor::drift::DriftWatch;
 use crate::monitor::silence::Watch;
 
 /// A device as the silence check sees it.
@@ -21,6 +22,20 @@ pub struct WatchedDevice {
     pub watch: Watch,
 }
 
+/// A device as the drift check sees it: behind its spec, or with a drift
+/// watch to carry on or clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftingDevice {
+    pub device: DeviceId,
+    pub online: bool,
+    /// Whether it reported its current spec version.
+    pub current: bool,
+    /// When its current spec version was written (`None`: before tether
+    /// recorded it).
+    pub spec_updated_at: Option<DateTime<Utc>>,
+    pub watch: DriftWatch,
+}
+
 /// An alert to raise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewAlert {
@@ -29,6 +44,34 @@ pub struct NewAlert {
     pub severity: Severity,
     pub summary: String,
     pub labels: BTreeMap<String, String>,
+}
+
+/// Which alerts a listing returns, by state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertStates {
+    /// Not yet resolved: firing or acknowledged.
+    Active,
+    Only(AlertState),
+    All,
+}
+
+impl AlertStates {
+    /// `active`, `all`, or one state's name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "active" => Some(Self::Active),
+            "all" => Some(Self::All),
+            other => AlertState::parse(other).map(Self::Only),
+        }
+    }
+}
+
+/// What a listing of alerts keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertFilter {
+    pub states: AlertStates,
+    pub device: Option<DeviceId>,
+    pub rule: Option<String>,
 }
 
 /// Tries of a new alert's id before giving up: ids are the highest plus
@@ -102,6 +145,87 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Devices after `after` (by name), at most `limit_to`, that have not
+    /// reported their current spec version or have a drift watch.
+    pub async fn drifting_devices(
+        &self,
+        after: Option<&DeviceId>,
+        limit_to: u32,
+    ) -> Result<Vec<DriftingDevice>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.name, d.presence, s.spec_updated_at, \
+             CASE WHEN s.status_spec_version IS NOT NULL AND s.status_spec_version >= s.spec_version \
+             THEN 1 ELSE 0 END AS current, \
+             w.reloads_sent, w.last_reload_at, w.alerting \
+             FROM devices d JOIN device_specs s ON s.device = d.name \
+             LEFT JOIN monitor_drift w ON w.device = d.name \
+             WHERE d.name > $1 AND (w.device IS NOT NULL OR (s.spec_version > 0 \
+             AND (s.status_spec_version IS NULL OR s.status_spec_version < s.spec_version))) \
+             ORDER BY d.name LIMIT $2",
+        )
+        .bind(after.map_or("", DeviceId::as_str))
+        .bind(limit(limit_to))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("read the devices behind their spec"))?;
+        rows.iter()
+            .map(|row| {
+                let reloads: Option<i64> = get(row, "reloads_sent")?;
+                let watch = DriftWatch {
+                    reloads_sent: u32::try_from(reloads.unwrap_or(0)).map_err(|_| {
+                        StoreError::Corrupt(format!("a drift watch counts {reloads:?} reloads"))
+                    })?,
+                    last_reload_at: optional_time(
+                        get(row, "last_reload_at")?,
+                        "a drift watch's last_reload_at",
+                    )?,
+                    alerting: get::<Option<i64>>(row, "alerting")?.unwrap_or(0) != 0,
+                };
+                Ok(DriftingDevice {
+                    device: device_id(get(row, "name")?)?,
+                    online: get::<String>(row, "presence")? == Presence::Online.as_str(),
+                    current: get::<i64>(row, "current")? != 0,
+                    spec_updated_at: optional_time(
+                        get(row, "spec_updated_at")?,
+                        "a spec's spec_updated_at",
+                    )?,
+                    watch,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores `device`'s drift watch; the default is stored as no row.
+    pub async fn save_drift_watch(
+        &self,
+        device: &DeviceId,
+        watch: &DriftWatch,
+    ) -> Result<(), StoreError> {
+        let context = "store a device's drift watch";
+        if *watch == DriftWatch::default() {
+            sqlx::query("DELETE FROM monitor_drift WHERE device = $1")
+                .bind(device.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(query_error(context))?;
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO monitor_drift (device, reloads_sent, last_reload_at, alerting) \
+             SELECT name, $2, $3, $4 FROM devices WHERE name = $1 \
+             ON CONFLICT (device) DO UPDATE SET reloads_sent = excluded.reloads_sent, \
+             last_reload_at = excluded.last_reload_at, alerting = excluded.alerting",
+        )
+        .bind(device.as_str())
+        .bind(i64::from(watch.reloads_sent))
+        .bind(watch.last_reload_at.map(millis))
+        .bind(i64::from(watch.alerting))
+        .execute(&self.pool)
+        .await
+        .map_err(query_error(context))?;
+        Ok(())
     }
 
     /// Stores `device`'s watch; the default watch is stored as no row.
@@ -246,19 +370,28 @@ impl Store {
         alert_from_row(&row)
     }
 
-    /// Alerts newest first, below `before` (an id), at most `limit_to`;
-    /// only those in `state` if given.
+    /// Alerts newest first, below `before` (an id), at most `limit_to`,
+    /// those `filter` lets through.
     pub async fn list_alerts(
         &self,
-        state: Option<AlertState>,
+        filter: &AlertFilter,
         before: Option<u64>,
         limit_to: u32,
     ) -> Result<Vec<Alert>, StoreError> {
+        let states = match filter.states {
+            AlertStates::All => "",
+            AlertStates::Active => "active",
+            AlertStates::Only(state) => state.as_str(),
+        };
         let rows = sqlx::query(&format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts WHERE ($1 = '' OR state = $1) AND id < $2 \
-             ORDER BY id DESC LIMIT $3"
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE ($1 = '' \
+             OR ($1 = 'active' AND resolved_at IS NULL) OR state = $1) \
+             AND ($2 = '' OR device = $2) AND ($3 = '' OR rule = $3) AND id < $4 \
+             ORDER BY id DESC LIMIT $5"
         ))
-        .bind(state.map_or("", AlertState::as_str))
+        .bind(states)
+        .bind(filter.device.as_ref().map_or("", DeviceId::as_str))
+        .bind(filter.rule.as_deref().unwrap_or(""))
         .bind(before.map_or(i64::MAX, |id| i64::try_from(id).unwrap_or(i64::MAX)))
         .bind(limit(limit_to))
         .fetch_all(&self.pool)

@@ -15,9 +15,9 @@ use tether_proto::{ActionState, DeviceId, Presence};
 use tether_server::metrics::series::{Point, SeriesKey};
 use tether_server::monitor::silence::Watch;
 use tether_server::store::{
-    ActionBytes, AnswerWrite, CursorUpdate, DeviceSession, EventRecord, NewAction, NewAlert,
-    NewJob, Outcome, ReplicaRecord, SeenDevice, SessionRecord, SpoolRef, Store, StoreError,
-    UserRecord, WatchedDevice,
+    ActionBytes, AlertFilter, AlertStates, AnswerWrite, CursorUpdate, DeviceSession, EventRecord,
+    NewAction, NewAlert, NewJob, Outcome, ReplicaRecord, SeenDevice, SessionRecord, SpoolRef,
+    Store, StoreError, UserRecord, WatchedDevice,
 };
 use tether_testkit::postgres::TempPostgres;
 
@@ -2536,16 +2536,52 @@ async fn an_alert_is_raised_once_per_condition_acknowledged_and_resolved(store: 
         .expect("a new alert");
     assert!(later.id > other.id);
 
+    let listed = |states, device: Option<&DeviceId>, rule: Option<&str>| AlertFilter {
+        states,
+        device: device.cloned(),
+        rule: rule.map(str::to_owned),
+    };
+    let ids = |alerts: Vec<tether_proto::alerts::Alert>| -> Vec<u64> {
+        alerts.iter().map(|alert| alert.id).collect()
+    };
     let firing = store
-        .list_alerts(Some(AlertState::Firing), None, 10)
+        .list_alerts(
+            &listed(AlertStates::Only(AlertState::Firing), None, None),
+            None,
+            10,
+        )
         .await
         .expect("list");
-    let ids: Vec<u64> = firing.iter().map(|alert| alert.id).collect();
-    assert_eq!(ids, [later.id, other.id], "newest first");
+    assert_eq!(ids(firing), [later.id, other.id], "newest first");
     let page = store
-        .list_alerts(None, Some(later.id), 1)
+        .list_alerts(&listed(AlertStates::All, None, None), Some(later.id), 1)
         .await
         .expect("list");
-    assert_eq!(page.len(), 1);
-    assert_eq!(page[0].id, other.id);
+    assert_eq!(ids(page), [other.id]);
+    let active = store
+        .list_alerts(&listed(AlertStates::Active, Some(&edge), None), None, 10)
+        .await
+        .expect("list");
+    assert_eq!(ids(active), [later.id, other.id], "not yet resolved");
+    let of_rule = store
+        .list_alerts(
+            &listed(AlertStates::All, None, Some(RULE_DEVICE_SILENT)),
+            None,
+            10,
+        )
+        .await
+        .expect("list");
+    assert_eq!(
+        ids(of_rule),
+        [later.id, first.id],
+        "the rule's, resolved too"
+    );
+    let elsewhere = DeviceId::new("elsewhere").expect("name");
+    assert!(
+        store
+            .list_alerts(&listed(AlertStates::All, Some(&elsewhere), None), None, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
 }
