@@ -8,10 +8,9 @@ use anyhow::Context;
 use chrono::Utc;
 use serde_json::{Value, json};
 use tether_proto::alerts::{Alert, AlertState, Severity};
-use tether_server::store::Store;
 use tether_testkit::{Agent, ApiClient, Database, Tetherd, post_local, wait_until};
 
-use crate::support::{on_both_databases, store_of};
+use crate::support::on_both_databases;
 
 on_both_databases!(a_threshold_rule_fires_after_its_duration_and_resolves_when_the_value_drops);
 
@@ -26,14 +25,21 @@ async fn set_level(agent: &Agent, value: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The rule's alerts on edge-1, newest first.
-async fn alerts_of_rule(store: &Store) -> anyhow::Result<Vec<Alert>> {
-    Ok(store
-        .list_alerts(None, None, 100)
+/// The rule's alerts on edge-1, newest first, as the API lists them.
+async fn alerts_of_rule(client: &ApiClient) -> anyhow::Result<Vec<Alert>> {
+    let page = client
+        .get(&format!("/api/v1/alerts?state=all&device=edge-1&rule={RULE}"))
         .await?
-        .into_iter()
-        .filter(|alert| alert.rule == RULE && alert.device == "edge-1")
-        .collect())
+        .expect_status(200)?;
+    Ok(serde_json::from_value(page["items"].clone())?)
+}
+
+async fn get_alert(client: &ApiClient, id: u64) -> anyhow::Result<Alert> {
+    let alert = client
+        .get(&format!("/api/v1/alerts/{id}"))
+        .await?
+        .expect_status(200)?;
+    Ok(serde_json::from_value(alert)?)
 }
 
 /// A user with `role`, logged in.
@@ -97,7 +103,6 @@ async fn a_threshold_rule_fires_after_its_duration_and_resolves_when_the_value_d
         )
         .await?
         .expect_status(200)?;
-    let store = store_of(&tetherd).await?;
 
     // Bad rules are refused naming the field; a viewer may read, not write.
     let mut bad = rule_body();
@@ -166,7 +171,7 @@ async fn a_threshold_rule_fires_after_its_duration_and_resolves_when_the_value_d
         "the rule's alert firing",
         Duration::from_secs(60),
         || async {
-            Ok(alerts_of_rule(&store)
+            Ok(alerts_of_rule(&viewer)
                 .await?
                 .into_iter()
                 .find(|alert| alert.state == AlertState::Firing))
@@ -187,7 +192,10 @@ async fn a_threshold_rule_fires_after_its_duration_and_resolves_when_the_value_d
     let resolved = wait_until(
         "the rule's alert resolved",
         Duration::from_secs(60),
-        || async { store.get_alert(alert.id).await.map(|a| a.resolved_at.is_some().then_some(a)).map_err(Into::into) },
+        || async {
+            let alert = get_alert(&viewer, alert.id).await?;
+            Ok(alert.resolved_at.is_some().then_some(alert))
+        },
     )
     .await?;
     assert_eq!(resolved.state, AlertState::Resolved);
@@ -198,7 +206,7 @@ async fn a_threshold_rule_fires_after_its_duration_and_resolves_when_the_value_d
         "a second alert firing",
         Duration::from_secs(60),
         || async {
-            Ok(alerts_of_rule(&store)
+            Ok(alerts_of_rule(&viewer)
                 .await?
                 .into_iter()
                 .find(|a| a.id != alert.id && a.state == AlertState::Firing))
@@ -213,10 +221,7 @@ async fn a_threshold_rule_fires_after_its_duration_and_resolves_when_the_value_d
         .delete(&format!("/api/v1/alert-rules/{RULE}"))
         .await?
         .expect_status(204)?;
-    assert_eq!(
-        store.get_alert(again.id).await?.state,
-        AlertState::Resolved
-    );
+    assert_eq!(get_alert(&viewer, again.id).await?.state, AlertState::Resolved);
     admin
         .get(&format!("/api/v1/alert-rules/{RULE}"))
         .await?
