@@ -10,6 +10,7 @@ use tether_proto::accounts::{
     ApiKey, ApiKeyCreated, ChangePassword, CreateApiKey, CreateServiceAccount, CreateUser, Role,
     ServiceAccount, SetRole, User, UserCreated,
 };
+use tether_proto::alert_rules::{AlertRule, AlertRuleSpec, CreateAlertRule};
 use tether_proto::alerts::Alert;
 use tether_proto::api::{
     Action, AddSshKey, AuditEntry, CatalogueEntry, CreateDevice, CreateJob, Device,
@@ -17,7 +18,6 @@ use tether_proto::api::{
     LoginRequest, LoginResponse, Page, PatchDevice, RequestAction, Session, SetShellPassword,
     ShellPassword, SshKey,
 };
-use tether_proto::alert_rules::{AlertRule, AlertRuleSpec, CreateAlertRule};
 use tether_proto::ca::CaPemError;
 use tether_proto::desired::resources::{
     ChartTemplate, ChartTemplateSpec, CreateChartTemplate, CreateDeployment, Deployment,
@@ -810,7 +810,8 @@ impl ApiClient {
         &self,
         request: &CreateAlertRule,
     ) -> Result<AlertRule, ClientError> {
-        self.call(Method::POST, &["alert-rules"], Some(request)).await
+        self.call(Method::POST, &["alert-rules"], Some(request))
+            .await
     }
 
     pub async fn update_alert_rule(

@@ -345,7 +345,8 @@ mod tests {
 
     #[test]
     fn a_status_rule_needs_no_duration() {
-        let rule = spec(json!({"severity": "warning", "condition": {"status": "deploymentFailed"}}));
+        let rule =
+            spec(json!({"severity": "warning", "condition": {"status": "deploymentFailed"}}));
         check("process-failed", &rule).expect("valid");
         assert_eq!(rule.hold_for(), std::time::Duration::ZERO);
         assert_eq!(
@@ -430,11 +431,28 @@ mod tests {
 
     #[test]
     fn durations_read_as_documented() {
-        assert_eq!(parse_duration("90"), Some(std::time::Duration::from_secs(90)));
+        assert_eq!(
+            parse_duration("90"),
+            Some(std::time::Duration::from_secs(90))
+        );
         assert_eq!(parse_duration("0s"), Some(std::time::Duration::ZERO));
-        assert_eq!(parse_duration("2h"), Some(std::time::Duration::from_secs(7200)));
-        assert_eq!(parse_duration("1d"), Some(std::time::Duration::from_secs(86_400)));
-        for bad in ["", "m", "1.5m", "-1s", "10 m", "1w", "99999999999999999999d"] {
+        assert_eq!(
+            parse_duration("2h"),
+            Some(std::time::Duration::from_secs(7200))
+        );
+        assert_eq!(
+            parse_duration("1d"),
+            Some(std::time::Duration::from_secs(86_400))
+        );
+        for bad in [
+            "",
+            "m",
+            "1.5m",
+            "-1s",
+            "10 m",
+            "1w",
+            "99999999999999999999d",
+        ] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }

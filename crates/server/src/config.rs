@@ -1034,9 +1034,7 @@ impl ServerConfig {
                 max_waiting_per_user: Some(self.tunnels.max_waiting_per_user as u32),
             },
             alert_rules: FileAlertRules {
-                evaluation_interval_seconds: Some(
-                    self.alert_rules.evaluation_interval.as_secs(),
-                ),
+                evaluation_interval_seconds: Some(self.alert_rules.evaluation_interval.as_secs()),
                 stale_after_seconds: Some(self.alert_rules.stale_after.as_secs()),
             },
             monitor: FileMonitor {
@@ -1261,7 +1259,10 @@ mod tests {
         )
         .expect("valid toml");
         let config = ServerConfig::merge(flags(&["--data-dir", "/d"]), file).expect("config");
-        assert_eq!(config.alert_rules.evaluation_interval, Duration::from_secs(1));
+        assert_eq!(
+            config.alert_rules.evaluation_interval,
+            Duration::from_secs(1)
+        );
         assert_eq!(config.alert_rules.stale_after, Duration::from_secs(60));
         let file: FileConfig =
             toml::from_str("[alert_rules]\nevaluation_interval_seconds = 0\n").expect("valid toml");

@@ -353,7 +353,8 @@ pub async fn run(
             }
         },
     );
-    let alert_rules = crate::monitor::rules::AlertRules::new(store.clone(), config.alert_rules.clone());
+    let alert_rules =
+        crate::monitor::rules::AlertRules::new(store.clone(), config.alert_rules.clone());
     let evaluating = alert_rules.clone();
     Singleton::spawn(
         store.clone(),

@@ -94,16 +94,40 @@ pub struct Create {
     #[arg(long = "series-label", value_name = "KEY=VALUE", requires = "metric")]
     series_labels: Vec<Label>,
     /// Fires when the value is above this …
-    #[arg(long, group = "threshold", requires = "metric", conflicts_with = "status", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        group = "threshold",
+        requires = "metric",
+        conflicts_with = "status",
+        allow_negative_numbers = true
+    )]
     above: Option<f64>,
     /// … at least this …
-    #[arg(long, group = "threshold", requires = "metric", conflicts_with = "status", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        group = "threshold",
+        requires = "metric",
+        conflicts_with = "status",
+        allow_negative_numbers = true
+    )]
     at_least: Option<f64>,
     /// … below this …
-    #[arg(long, group = "threshold", requires = "metric", conflicts_with = "status", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        group = "threshold",
+        requires = "metric",
+        conflicts_with = "status",
+        allow_negative_numbers = true
+    )]
     below: Option<f64>,
     /// … or at most this.
-    #[arg(long, group = "threshold", requires = "metric", conflicts_with = "status", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        group = "threshold",
+        requires = "metric",
+        conflicts_with = "status",
+        allow_negative_numbers = true
+    )]
     at_most: Option<f64>,
     /// A reported status instead of a metric.
     #[arg(long, value_enum)]
@@ -284,7 +308,14 @@ fn describe(rule: &AlertRule) -> String {
 
 fn table(rules: &[AlertRule]) -> String {
     output::columns(
-        ["NAME", "CONDITION", "FOR", "SELECTOR", "SEVERITY", "UPDATED"],
+        [
+            "NAME",
+            "CONDITION",
+            "FOR",
+            "SELECTOR",
+            "SEVERITY",
+            "UPDATED",
+        ],
         rules
             .iter()
             .map(|r| {

@@ -108,13 +108,14 @@ impl Store {
         spec: &AlertRuleSpec,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let updated = sqlx::query("UPDATE alert_rules SET spec = $2, updated_at = $3 WHERE name = $1")
-            .bind(name)
-            .bind(to_json(spec, "an alert rule")?)
-            .bind(millis(now))
-            .execute(&self.pool)
-            .await
-            .map_err(query_error("update an alert rule"))?;
+        let updated =
+            sqlx::query("UPDATE alert_rules SET spec = $2, updated_at = $3 WHERE name = $1")
+                .bind(name)
+                .bind(to_json(spec, "an alert rule")?)
+                .bind(millis(now))
+                .execute(&self.pool)
+                .await
+                .map_err(query_error("update an alert rule"))?;
         if updated.rows_affected() == 0 {
             return Err(StoreError::NotFound {
                 what: format!("alert rule {name}"),
@@ -389,7 +390,9 @@ mod tests {
         assert!(!like(errors, &stored(&status)), "{}", stored(&status));
 
         status.deployments.get_mut("web").expect("web").state = DeploymentState::Failed;
-        status.errors.push(SpecError::new("spec.loggingConfig", "bad"));
+        status
+            .errors
+            .push(SpecError::new("spec.loggingConfig", "bad"));
         assert!(like(failed, &stored(&status)), "{}", stored(&status));
         assert!(like(errors, &stored(&status)), "{}", stored(&status));
     }

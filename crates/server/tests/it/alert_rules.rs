@@ -20,7 +20,8 @@ const HOLD: Duration = Duration::from_secs(3);
 
 /// Sets the device's `tank_level{tank="a"}` to `value`, now.
 async fn set_level(agent: &Agent, value: f64) -> anyhow::Result<()> {
-    let body = json!({"name": "tank_level", "value": value, "labels": {"tank": "a"}, "at": Utc::now()});
+    let body =
+        json!({"name": "tank_level", "value": value, "labels": {"tank": "a"}, "at": Utc::now()});
     post_local(&agent.local_api_socket(), "/v1/metrics", &body.to_string()).await?;
     Ok(())
 }
@@ -28,7 +29,9 @@ async fn set_level(agent: &Agent, value: f64) -> anyhow::Result<()> {
 /// The rule's alerts on edge-1, newest first, as the API lists them.
 async fn alerts_of_rule(client: &ApiClient) -> anyhow::Result<Vec<Alert>> {
     let page = client
-        .get(&format!("/api/v1/alerts?state=all&device=edge-1&rule={RULE}"))
+        .get(&format!(
+            "/api/v1/alerts?state=all&device=edge-1&rule={RULE}"
+        ))
         .await?
         .expect_status(200)?;
     Ok(serde_json::from_value(page["items"].clone())?)
@@ -138,7 +141,10 @@ async fn a_threshold_rule_fires_after_its_duration_and_resolves_when_the_value_d
         .await?
         .expect_status(201)?;
     assert_eq!(created["spec"]["for"], "3s");
-    let listed = viewer.get("/api/v1/alert-rules").await?.expect_status(200)?;
+    let listed = viewer
+        .get("/api/v1/alert-rules")
+        .await?
+        .expect_status(200)?;
     assert_eq!(listed["items"][0]["name"], RULE, "{listed}");
     admin
         .post("/api/v1/alert-rules", rule_body())
@@ -202,16 +208,12 @@ async fn a_threshold_rule_fires_after_its_duration_and_resolves_when_the_value_d
 
     // Firing again, then the rule deleted: its alert resolves with it.
     set_level(&agent, 99.0).await?;
-    let again = wait_until(
-        "a second alert firing",
-        Duration::from_secs(60),
-        || async {
-            Ok(alerts_of_rule(&viewer)
-                .await?
-                .into_iter()
-                .find(|a| a.id != alert.id && a.state == AlertState::Firing))
-        },
-    )
+    let again = wait_until("a second alert firing", Duration::from_secs(60), || async {
+        Ok(alerts_of_rule(&viewer)
+            .await?
+            .into_iter()
+            .find(|a| a.id != alert.id && a.state == AlertState::Firing))
+    })
     .await?;
     viewer
         .delete(&format!("/api/v1/alert-rules/{RULE}"))
@@ -221,7 +223,10 @@ async fn a_threshold_rule_fires_after_its_duration_and_resolves_when_the_value_d
         .delete(&format!("/api/v1/alert-rules/{RULE}"))
         .await?
         .expect_status(204)?;
-    assert_eq!(get_alert(&viewer, again.id).await?.state, AlertState::Resolved);
+    assert_eq!(
+        get_alert(&viewer, again.id).await?.state,
+        AlertState::Resolved
+    );
     admin
         .get(&format!("/api/v1/alert-rules/{RULE}"))
         .await?

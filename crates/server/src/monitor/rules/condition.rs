@@ -93,10 +93,7 @@ fn default_summary(rule: &str, spec: &AlertRuleSpec, device: &str, finding: &Fin
     } else {
         String::new()
     };
-    format!(
-        "{rule}: {}{condition} on {device}{held}",
-        finding.detail
-    )
+    format!("{rule}: {}{condition} on {device}{held}", finding.detail)
 }
 
 /// The alert's summary: the rule's template rendered for this device, or
@@ -165,7 +162,10 @@ mod tests {
         let Condition::Metric(metric) = disk().condition else {
             panic!("a metric rule")
         };
-        assert!(series_matches(&metric, &labels(&[("mount", "/"), ("fs", "ext4")])));
+        assert!(series_matches(
+            &metric,
+            &labels(&[("mount", "/"), ("fs", "ext4")])
+        ));
         assert!(!series_matches(&metric, &labels(&[("mount", "/data")])));
         assert!(!series_matches(&metric, &Labels::new()));
         assert!(further(&metric, 95.0, 91.0));
@@ -187,8 +187,10 @@ mod tests {
     #[test]
     fn a_summary_template_sees_the_value_and_the_labels_with_the_rules_over_the_devices() {
         let mut spec = disk();
-        spec.summary =
-            Some("{{ device }} at {{ labels.site }} ({{ labels.team }}): {{ value }} > {{ threshold }}".into());
+        spec.summary = Some(
+            "{{ device }} at {{ labels.site }} ({{ labels.team }}): {{ value }} > {{ threshold }}"
+                .into(),
+        );
         assert_eq!(
             summary("disk-full", &spec, "edge-1", &finding(93.5)),
             "edge-1 at a (ops): 93.5 > 90.0"
@@ -197,7 +199,10 @@ mod tests {
         spec.summary = Some("{{ labels.room }}".into());
         let text = summary("disk-full", &spec, "edge-1", &finding(93.5));
         assert!(text.starts_with("disk-full: disk_used_percent"), "{text}");
-        assert!(text.contains("the rule's summary cannot be rendered"), "{text}");
+        assert!(
+            text.contains("the rule's summary cannot be rendered"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -234,7 +239,8 @@ mod tests {
             status_detail(StatusCondition::SpecErrors, &status).as_deref(),
             Some("spec.loggingConfig not applied: unknown unit")
         );
-        let spec = rule(json!({"severity": "warning", "condition": {"status": "deploymentFailed"}}));
+        let spec =
+            rule(json!({"severity": "warning", "condition": {"status": "deploymentFailed"}}));
         let found = Finding {
             value: None,
             detail: "deployment web failed".into(),

@@ -58,7 +58,9 @@ pub enum AlertRuleError {
     Invalid(SpecError),
     #[error("alert rule {0} already exists; pick another name or change it with PUT")]
     Exists(String),
-    #[error("there are {MAX_RULES} alert rules already, as many as tetherd evaluates; delete one first")]
+    #[error(
+        "there are {MAX_RULES} alert rules already, as many as tetherd evaluates; delete one first"
+    )]
     TooMany,
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -109,10 +111,7 @@ impl AlertRules {
         now: DateTime<Utc>,
     ) -> Result<AlertRule, AlertRuleError> {
         alert_rules::check(&request.name, &request.spec).map_err(AlertRuleError::Invalid)?;
-        let existing = self
-            .store
-            .list_alert_rules(None, MAX_RULES as u32)
-            .await?;
+        let existing = self.store.list_alert_rules(None, MAX_RULES as u32).await?;
         if existing.len() >= MAX_RULES {
             return Err(AlertRuleError::TooMany);
         }

@@ -35,7 +35,12 @@ pub struct Step {
 
 /// One look at a device: `stored` is the state from the last pass,
 /// `holds` whether the condition holds at `now`.
-pub fn step(stored: Option<RuleState>, holds: bool, hold_for: Duration, now: DateTime<Utc>) -> Step {
+pub fn step(
+    stored: Option<RuleState>,
+    holds: bool,
+    hold_for: Duration,
+    now: DateTime<Utc>,
+) -> Step {
     let unchanged = Step {
         state: stored,
         changed: false,
@@ -139,7 +144,13 @@ mod tests {
     fn a_condition_that_stops_before_the_duration_never_fires_and_starts_over() {
         let (changes, _) = run(
             TEN_MINUTES,
-            &[(0, true), (500, false), (600, true), (1100, true), (1200, true)],
+            &[
+                (0, true),
+                (500, false),
+                (600, true),
+                (1100, true),
+                (1200, true),
+            ],
         );
         assert!(
             changes[..4].iter().all(|(_, change)| change.is_none()),
