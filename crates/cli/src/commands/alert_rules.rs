@@ -335,3 +335,76 @@ fn table(rules: &[AlertRule]) -> String {
             .collect(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::Cli;
+    use crate::commands::{Command, alerts::Alerts};
+
+    fn spec(args: &[&str]) -> AlertRuleSpec {
+        let cli = Cli::try_parse_from(["tether", "alerts", "rules", "create"].iter().chain(args))
+            .expect("valid flags");
+        let Command::Alerts(Alerts::Rules(AlertRules::Create(create))) = cli.command else {
+            panic!("not a create: {:?}", cli.command);
+        };
+        create.spec().expect("a spec")
+    }
+
+    #[test]
+    fn flags_make_a_metric_rule() {
+        let spec = spec(&[
+            "disk-full",
+            "--metric",
+            "disk_used_percent",
+            "--series-label",
+            "mount=/",
+            "--above",
+            "90",
+            "--for",
+            "10m",
+            "-l",
+            "site=a",
+            "--severity",
+            "critical",
+            "--alert-label",
+            "team=ops",
+        ]);
+        assert_eq!(spec.selector, "site=a");
+        assert_eq!(spec.severity, Severity::Critical);
+        assert_eq!(spec.hold_for, "10m");
+        assert_eq!(spec.labels.get("team").map(String::as_str), Some("ops"));
+        assert_eq!(
+            spec.condition,
+            Condition::Metric(MetricCondition {
+                name: "disk_used_percent".into(),
+                labels: [("mount".to_owned(), "/".to_owned())].into(),
+                op: Comparison::Above,
+                value: 90.0,
+            })
+        );
+        tether_proto::alert_rules::check("disk-full", &spec).expect("a valid rule");
+    }
+
+    #[test]
+    fn flags_make_a_status_rule_and_refuse_a_threshold_without_a_metric() {
+        let spec = spec(&["failed", "--status", "deployment-failed"]);
+        assert_eq!(
+            spec.condition,
+            Condition::Status(StatusCondition::DeploymentFailed)
+        );
+        assert_eq!(spec.hold_for, "0s");
+        for args in [
+            &["x", "--metric", "load1"][..],
+            &["x", "--status", "spec-errors", "--below", "1"],
+            &["x", "--above", "1"],
+            &["x"],
+        ] {
+            let parsed =
+                Cli::try_parse_from(["tether", "alerts", "rules", "create"].iter().chain(args));
+            assert!(parsed.is_err(), "{args:?} accepted");
+        }
+    }
+}
