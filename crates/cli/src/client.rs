@@ -10,6 +10,7 @@ use tether_proto::accounts::{
     ApiKey, ApiKeyCreated, ChangePassword, CreateApiKey, CreateServiceAccount, CreateUser, Role,
     ServiceAccount, SetRole, User, UserCreated,
 };
+use tether_proto::alert_rules::{AlertRule, AlertRuleSpec, CreateAlertRule};
 use tether_proto::alerts::Alert;
 use tether_proto::api::{
     Action, AddSshKey, AuditEntry, CatalogueEntry, CreateDevice, CreateJob, Device,
@@ -798,6 +799,43 @@ impl ApiClient {
         self.send(
             Method::DELETE,
             &["chart-templates", name],
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn create_alert_rule(
+        &self,
+        request: &CreateAlertRule,
+    ) -> Result<AlertRule, ClientError> {
+        self.call(Method::POST, &["alert-rules"], Some(request))
+            .await
+    }
+
+    pub async fn update_alert_rule(
+        &self,
+        name: &str,
+        spec: &AlertRuleSpec,
+    ) -> Result<AlertRule, ClientError> {
+        self.call(Method::PUT, &["alert-rules", name], Some(spec))
+            .await
+    }
+
+    pub async fn list_alert_rules(&self) -> Result<Vec<AlertRule>, ClientError> {
+        self.list_all(&["alert-rules"], &[], None, PAGE_SIZE).await
+    }
+
+    pub async fn get_alert_rule(&self, name: &str) -> Result<AlertRule, ClientError> {
+        self.call(Method::GET, &["alert-rules", name], None::<&()>)
+            .await
+    }
+
+    pub async fn delete_alert_rule(&self, name: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::DELETE,
+            &["alert-rules", name],
             None::<&()>,
             REQUEST_TIMEOUT,
         )

@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod action;
 pub mod alert_deliveries;
+pub mod alert_rules;
 pub mod alerts;
 pub mod api;
 pub mod ca;

@@ -84,11 +84,20 @@ struct FileConfig {
     #[serde(default)]
     tunnels: FileTunnels,
     #[serde(default)]
+    alert_rules: FileAlertRules,
+    #[serde(default)]
     monitor: FileMonitor,
     #[serde(default)]
     sparkplug: crate::sparkplug::config::FileSparkplug,
     #[serde(default)]
     alerts: crate::monitor::delivery::FileAlerts,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileAlertRules {
+    evaluation_interval_seconds: Option<u64>,
+    stale_after_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -216,6 +225,7 @@ pub struct ServerConfig {
     pub broker: BrokerConfig,
     pub kubernetes: KubernetesConfig,
     pub tunnels: crate::tunnels::TunnelConfig,
+    pub alert_rules: crate::monitor::rules::AlertRulesConfig,
     pub monitor: crate::monitor::MonitorConfig,
     /// `[sparkplug]`; `None`: off.
     pub sparkplug: Option<crate::sparkplug::config::SparkplugConfig>,
@@ -287,6 +297,30 @@ fn kubernetes_config(file: &FileKubernetes) -> Result<KubernetesConfig, ConfigEr
             &file.management_shell_image,
             defaults.management_shell_image,
         )?,
+    })
+}
+
+/// `[alert_rules]`: how often rules are evaluated, and how old a metric
+/// value may be and still count.
+fn alert_rules_config(
+    file: &FileAlertRules,
+) -> Result<crate::monitor::rules::AlertRulesConfig, ConfigError> {
+    let defaults = crate::monitor::rules::AlertRulesConfig::default();
+    let evaluation_interval = secs(
+        file.evaluation_interval_seconds,
+        defaults.evaluation_interval,
+    );
+    check_range(
+        "alert_rules.evaluation_interval_seconds",
+        evaluation_interval,
+        1,
+        3600,
+    )?;
+    let stale_after = secs(file.stale_after_seconds, defaults.stale_after);
+    check_range("alert_rules.stale_after_seconds", stale_after, 1, 7 * DAY)?;
+    Ok(crate::monitor::rules::AlertRulesConfig {
+        evaluation_interval,
+        stale_after,
     })
 }
 
@@ -852,6 +886,7 @@ impl ServerConfig {
         let tunnels = tunnel_config(&file.tunnels)?;
         let sparkplug = crate::sparkplug::config::SparkplugConfig::from_file(&file.sparkplug)?;
         let alerts = crate::monitor::delivery::DeliveryConfig::from_file(&file.alerts)?;
+        let alert_rules = alert_rules_config(&file.alert_rules)?;
         check_range("retention.events_days", retention.events, DAY, 3660 * DAY)?;
         check_range("retention.actions_days", retention.actions, DAY, 3660 * DAY)?;
         check_range("retention.metrics_days", retention.metrics, DAY, 3660 * DAY)?;
@@ -930,6 +965,7 @@ impl ServerConfig {
             broker,
             kubernetes,
             tunnels,
+            alert_rules,
             monitor,
             sparkplug,
             alerts,
@@ -1008,6 +1044,10 @@ impl ServerConfig {
                 keepalive_seconds: Some(self.tunnels.keepalive.as_secs()),
                 idle_timeout_seconds: Some(self.tunnels.idle_timeout.map_or(0, |t| t.as_secs())),
                 max_waiting_per_user: Some(self.tunnels.max_waiting_per_user as u32),
+            },
+            alert_rules: FileAlertRules {
+                evaluation_interval_seconds: Some(self.alert_rules.evaluation_interval.as_secs()),
+                stale_after_seconds: Some(self.alert_rules.stale_after.as_secs()),
             },
             monitor: FileMonitor {
                 silence_seconds: Some(self.monitor.silence_interval.as_secs()),
@@ -1218,6 +1258,35 @@ mod tests {
         assert!(printed.contains("[actions]") && printed.contains("default_ttl_seconds = 3600"));
         assert!(printed.contains("[pki]") && printed.contains("renewal_grace_seconds = 7776000"));
         assert!(printed.contains("[cluster]") && printed.contains("lease_seconds = 15"));
+    }
+
+    #[test]
+    fn alert_rule_evaluation_is_configurable_and_checked() {
+        let config = ServerConfig::merge(flags(&["--data-dir", "/d"]), FileConfig::default())
+            .expect("config");
+        assert_eq!(
+            config.alert_rules.evaluation_interval,
+            Duration::from_secs(30)
+        );
+        let file: FileConfig = toml::from_str(
+            "[alert_rules]\nevaluation_interval_seconds = 1\nstale_after_seconds = 60\n",
+        )
+        .expect("valid toml");
+        let config = ServerConfig::merge(flags(&["--data-dir", "/d"]), file).expect("config");
+        assert_eq!(
+            config.alert_rules.evaluation_interval,
+            Duration::from_secs(1)
+        );
+        assert_eq!(config.alert_rules.stale_after, Duration::from_secs(60));
+        let file: FileConfig =
+            toml::from_str("[alert_rules]\nevaluation_interval_seconds = 0\n").expect("valid toml");
+        let error = ServerConfig::merge(flags(&["--data-dir", "/d"]), file)
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            error.contains("alert_rules.evaluation_interval_seconds"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -366,6 +366,31 @@ pub async fn run(
             }
         },
     );
+    let alert_rules =
+        crate::monitor::rules::AlertRules::new(store.clone(), config.alert_rules.clone());
+    let evaluating = alert_rules.clone();
+    Singleton::spawn(
+        store.clone(),
+        &singleton_holder,
+        "alert-rules",
+        config.alert_rules.evaluation_interval,
+        move |now| {
+            let rules = evaluating.clone();
+            async move {
+                match rules.evaluate(now).await {
+                    Ok(done) => tracing::debug!(
+                        rules = done.rules,
+                        raised = done.raised,
+                        resolved = done.resolved,
+                        "evaluated the alert rules"
+                    ),
+                    Err(error) => {
+                        tracing::error!(error = %error_chain(&error), "could not evaluate the alert rules")
+                    }
+                }
+            }
+        },
+    );
     let monitor = Arc::new(crate::monitor::Monitor::new(
         store.clone(),
         device_control,
@@ -453,6 +478,7 @@ pub async fn run(
         provisioning: provisioning::Provisioning::new(store.clone(), registry.clone()),
         desired,
         secrets,
+        alert_rules,
         store,
         auth,
         registry,

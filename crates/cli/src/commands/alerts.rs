@@ -43,6 +43,10 @@ pub enum Alerts {
     /// Acknowledge a firing alert: it stays listed until its condition ends.
     #[command(after_long_help = "Examples:\n  tether alerts ack 42")]
     Ack { id: u64 },
+    /// Alert rules: a metric threshold or a reported status, held for a
+    /// while, raises an alert.
+    #[command(subcommand)]
+    Rules(super::alert_rules::AlertRules),
 }
 
 impl Alerts {
@@ -51,12 +55,14 @@ impl Alerts {
             Alerts::List { .. } => "list alerts".to_owned(),
             Alerts::Get { id } => format!("show alert {id}"),
             Alerts::Ack { id } => format!("acknowledge alert {id}"),
+            Alerts::Rules(rules) => rules.description(),
         }
     }
 
     pub async fn run(self, ctx: &Context) -> Result<Outcome, CommandError> {
         let client = ctx.client()?;
         match self {
+            Alerts::Rules(rules) => return rules.run(ctx).await,
             Alerts::List {
                 state,
                 device,

@@ -124,6 +124,24 @@ impl From<crate::desired::DesiredStateError> for ApiError {
     }
 }
 
+impl From<crate::monitor::rules::AlertRuleError> for ApiError {
+    fn from(error: crate::monitor::rules::AlertRuleError) -> Self {
+        use crate::monitor::rules::AlertRuleError;
+        let message = error.to_string();
+        match error {
+            AlertRuleError::NotFound(_) => Self::not_found(message),
+            AlertRuleError::Invalid(field) => Self {
+                details: serde_json::json!({ "fields": [{ "path": field.path, "message": field.message }] }),
+                ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+            },
+            AlertRuleError::Exists(_) | AlertRuleError::TooMany => {
+                Self::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            AlertRuleError::Store(error) => error.into(),
+        }
+    }
+}
+
 impl From<crate::secrets::SecretsError> for ApiError {
     fn from(error: crate::secrets::SecretsError) -> Self {
         use crate::secrets::SecretsError;

@@ -3,6 +3,7 @@
 
 mod actions;
 mod alert_deliveries;
+mod alert_rules;
 mod alerts;
 mod audit;
 mod desired;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub desired: crate::desired::DesiredState,
     /// Sealed secrets (ADR 0030).
     pub secrets: crate::secrets::Secrets,
+    /// Operator-defined alert rules (issue 18).
+    pub alert_rules: crate::monitor::rules::AlertRules,
     pub actions: Arc<ActionService>,
     pub jobs: Arc<crate::jobs::JobService>,
     pub logs: Arc<crate::logs::Logs>,
@@ -169,6 +172,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(provisioning::routes())
         .merge(desired::routes())
         .merge(secrets::routes())
+        .merge(alert_rules::routes())
         .merge(users::routes())
         .merge(service_accounts::routes())
         .merge(alert_deliveries::routes())

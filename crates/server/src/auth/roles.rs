@@ -240,6 +240,17 @@ pub const GROUPS: &[Group] = &[
         ],
     },
     Group {
+        title: "Alert rules",
+        why: "Anyone may see what the fleet is watched for; operators decide it, since a rule raises alerts that reach people (and deleting one resolves its alerts).",
+        rules: &[
+            ("GET", "/api/v1/alert-rules", AtLeast(Viewer)),
+            ("GET", "/api/v1/alert-rules/{name}", AtLeast(Viewer)),
+            ("POST", "/api/v1/alert-rules", AtLeast(Operator)),
+            ("PUT", "/api/v1/alert-rules/{name}", AtLeast(Operator)),
+            ("DELETE", "/api/v1/alert-rules/{name}", AtLeast(Operator)),
+        ],
+    },
+    Group {
         title: "People and scripts",
         why: "Who may do what: users, their roles, everyone's sessions, service accounts and their API keys. Whoever holds these holds every other right.",
         rules: &[

@@ -118,6 +118,15 @@ pub fn host_sample(s: &HostSample, points: &mut Vec<Point>) {
         push(key("disk_total_bytes"), fs.t as f64);
         push(key("disk_used_bytes"), fs.u as f64);
         push(key("disk_available_bytes"), fs.a as f64);
+        // As `df` shows it: of the space users may fill (blocks reserved
+        // for root left out), the part used; what alert rules watch.
+        let usable = fs.u.saturating_add(fs.a);
+        if usable > 0 {
+            push(
+                key("disk_used_percent"),
+                fs.u as f64 * 100.0 / usable as f64,
+            );
+        }
     }
     for io in &s.io {
         let key = |name: &str| SeriesKey::new(name).with("device", io.d.clone());
@@ -245,6 +254,7 @@ mod tests {
             ("disk_total_bytes{mount=\"/\"}", 100.0),
             ("disk_used_bytes{mount=\"/\"}", 60.0),
             ("disk_available_bytes{mount=\"/\"}", 30.0),
+            ("disk_used_percent{mount=\"/\"}", 200.0 / 3.0),
             ("disk_read_bytes_per_second{device=\"sda\"}", 2048.0),
             ("disk_written_bytes_per_second{device=\"sda\"}", 0.0),
             ("net_rx_bytes_per_second{iface=\"eth0\"}", 500.0),

@@ -7,6 +7,7 @@
 pub mod control;
 pub mod delivery;
 pub mod drift;
+pub mod rules;
 pub mod silence;
 
 use std::collections::BTreeMap;

@@ -6,6 +6,7 @@
 
 mod actions;
 mod alert_deliveries;
+mod alert_rules;
 mod audit;
 mod bus;
 mod certificates;
@@ -29,6 +30,7 @@ mod telemetry;
 mod users;
 
 pub use alert_deliveries::{ActiveAlertCount, AttemptResult, QueuedDelivery, ReceiversChanged};
+pub use alert_rules::{AlertRuleRecord, ReportedCandidate, SeriesBeyond};
 pub use bus::Announcement;
 pub use cluster::{AdvisoryLock, DeviceSession, EndedSessions, ReplicaRecord};
 pub use desired::{DeploymentDeviceRecord, DeploymentRecord, DeploymentWrite, TemplateRecord};

@@ -3,6 +3,7 @@
 mod action_sets;
 mod actions;
 mod alert_delivery;
+mod alert_rules;
 mod api;
 mod certificates;
 mod contract;
