@@ -10,6 +10,7 @@ use tether_proto::accounts::{
     ApiKey, ApiKeyCreated, ChangePassword, CreateApiKey, CreateServiceAccount, CreateUser, Role,
     ServiceAccount, SetRole, User, UserCreated,
 };
+use tether_proto::alert_deliveries::AlertDelivery;
 use tether_proto::alert_rules::{AlertRule, AlertRuleSpec, CreateAlertRule};
 use tether_proto::alerts::Alert;
 use tether_proto::api::{
@@ -821,6 +822,28 @@ impl ApiClient {
     ) -> Result<AlertRule, ClientError> {
         self.call(Method::PUT, &["alert-rules", name], Some(spec))
             .await
+    }
+
+    pub async fn list_alert_deliveries(
+        &self,
+        state: &str,
+    ) -> Result<Vec<AlertDelivery>, ClientError> {
+        self.list_all(
+            &["alerts", "deliveries"],
+            &[("state", state.to_owned())],
+            None,
+            PAGE_SIZE,
+        )
+        .await
+    }
+
+    pub async fn retry_alert_delivery(&self, id: &str) -> Result<AlertDelivery, ClientError> {
+        self.call(
+            Method::POST,
+            &["alerts", "deliveries", id, "retry"],
+            None::<&()>,
+        )
+        .await
     }
 
     pub async fn list_alert_rules(&self) -> Result<Vec<AlertRule>, ClientError> {

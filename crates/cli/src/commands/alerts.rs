@@ -47,6 +47,9 @@ pub enum Alerts {
     /// while, raises an alert.
     #[command(subcommand)]
     Rules(super::alert_rules::AlertRules),
+    /// Alerts on their way to webhooks and Alertmanagers; dead letters.
+    #[command(subcommand)]
+    Deliveries(super::alert_deliveries::AlertDeliveries),
 }
 
 impl Alerts {
@@ -56,6 +59,7 @@ impl Alerts {
             Alerts::Get { id } => format!("show alert {id}"),
             Alerts::Ack { id } => format!("acknowledge alert {id}"),
             Alerts::Rules(rules) => rules.description(),
+            Alerts::Deliveries(deliveries) => deliveries.description(),
         }
     }
 
@@ -63,6 +67,7 @@ impl Alerts {
         let client = ctx.client()?;
         match self {
             Alerts::Rules(rules) => return rules.run(ctx).await,
+            Alerts::Deliveries(deliveries) => return deliveries.run(ctx).await,
             Alerts::List {
                 state,
                 device,

@@ -2,6 +2,7 @@
 //! with a description for "failed to <description>: <cause>" and a `run`.
 
 pub mod actions;
+pub mod alert_deliveries;
 pub mod alert_rules;
 pub mod alerts;
 pub mod approvals;
