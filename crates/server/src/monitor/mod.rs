@@ -150,7 +150,13 @@ impl<R: DeviceRequests> Monitor<R> {
                     continue;
                 };
                 summary.devices_checked += 1;
-                let heard = last_seen.max(self.started_at);
+                // The monitor's start only delays the first request: once a device
+                // was asked, only data it sent answers (a restart is no answer).
+                let heard = if watched.watch.rebirths_sent > 0 {
+                    last_seen
+                } else {
+                    last_seen.max(self.started_at)
+                };
                 let (watch, step) = silence::check(
                     watched.watch,
                     Some(heard),
@@ -591,5 +597,39 @@ mod tests {
         heard(40).await;
         monitor.pass(at(40)).await.expect("pass");
         assert!(taken(&recorded).is_empty(), "caught up: nothing more asked");
+    }
+
+    /// Review: a restarted tetherd (or a freshly started new leader) must not
+    /// resolve a silence alert that nothing answered.
+    #[tokio::test]
+    async fn review_a_restart_does_not_resolve_a_silent_devices_alert() {
+        let (store, first, _) = fleet(&["quiet"]).await;
+        let mut raised = 0;
+        for second in [10, 20, 30, 40] {
+            raised += first.pass(at(second)).await.expect("pass").alerts_raised;
+        }
+        assert_eq!(raised, 1);
+        // tetherd restarts at 100 s; the device is still silent.
+        let recorded = Arc::new(Recorded::default());
+        let restarted = Monitor::new(store.clone(), recorded, CONFIG, at(100));
+        let summary = restarted.pass(at(101)).await.expect("pass");
+        assert_eq!(summary.alerts_resolved, 0, "resolved by a restart");
+        assert_eq!(active(&store, RULE_DEVICE_SILENT).await.len(), 1);
+    }
+
+    /// Review: deleting a device leaves its active alerts firing forever.
+    #[tokio::test]
+    async fn review_deleting_a_device_resolves_its_alerts() {
+        let (store, monitor, _) = fleet(&["quiet"]).await;
+        for second in [10, 20, 30, 40] {
+            monitor.pass(at(second)).await.expect("pass");
+        }
+        let quiet = DeviceId::new("quiet").expect("name");
+        assert!(store.delete_device(&quiet).await.expect("delete"));
+        monitor.pass(at(50)).await.expect("pass");
+        assert!(
+            active(&store, RULE_DEVICE_SILENT).await.is_empty(),
+            "still active"
+        );
     }
 }
