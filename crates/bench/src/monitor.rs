@@ -74,7 +74,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             actions: ActionBytes::default(),
         })
         .collect();
-    store.touch_last_seen(&seen).await?;
+    // As the ingest's writer does: batches well under SQLite's parameter limit.
+    for batch in seen.chunks(1000) {
+        store.touch_last_seen(batch).await?;
+    }
     for device in &names {
         store
             .write_spec(device, &Default::default(), 0, 1, start)

@@ -348,6 +348,9 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(error)?;
+        if result.rows_affected() > 0 {
+            Store::resolve_device_alerts(&mut tx, name, Utc::now()).await?;
+        }
         tx.commit().await.map_err(error)?;
         Ok(result.rows_affected() > 0)
     }

@@ -340,6 +340,30 @@ impl Store {
         Ok(Some(resolved))
     }
 
+    /// Resolves every alert of `device` not yet resolved, queuing each
+    /// change for delivery, in the transaction that deletes the device: a
+    /// device gone has no condition left, and its alerts must neither stay
+    /// active forever nor block a new device of the same name.
+    pub(super) async fn resolve_device_alerts(
+        conn: &mut sqlx::AnyConnection,
+        device: &DeviceId,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let rows = sqlx::query(&format!(
+            "UPDATE alerts SET state = 'resolved', resolved_at = $2 \
+             WHERE device = $1 AND resolved_at IS NULL RETURNING {ALERT_COLUMNS}"
+        ))
+        .bind(device.as_str())
+        .bind(millis(now))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(query_error("resolve a deleted device's alerts"))?;
+        for row in &rows {
+            queue_alert_change(conn, &alert_from_row(row)?, now).await?;
+        }
+        Ok(())
+    }
+
     /// Marks a firing alert acknowledged by `by`, and queues the change for
     /// delivery in the same transaction. An alert already acknowledged is
     /// returned as it is; a resolved one is a conflict.
