@@ -38,6 +38,9 @@ const RESEND_BATCH: u32 = 500;
 /// How long a taken delivery is left to its sender before another pass may
 /// try it again (the sender died mid-request): longer than a request lasts.
 const LEASE: Duration = Duration::from_secs(60);
+/// How long one pass sends to one webhook before it leaves the rest to the
+/// next pass: well inside `LEASE`, so no claimed delivery outlives it.
+const PASS_BUDGET: Duration = Duration::from_secs(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most of a refusal's body kept as the delivery's error.
@@ -200,6 +203,9 @@ impl Delivery {
             .due_alert_deliveries(receiver.name(), now, BATCH)
             .await?;
         let lease_until = now + chrono::Duration::from_std(LEASE).unwrap_or_default();
+        if let Receiver::Webhook(webhook) = receiver {
+            return self.send_to_webhook(webhook, due, now, lease_until).await;
+        }
         let mut taken = Vec::with_capacity(due.len());
         for delivery in due {
             if self
@@ -210,30 +216,60 @@ impl Delivery {
                 taken.push(delivery);
             }
         }
-        match receiver {
-            Receiver::Webhook(webhook) => {
-                for delivery in &taken {
-                    let failure = webhook.send(delivery, &self.source, now).await.err();
-                    self.record(receiver.name(), delivery, failure, now).await?;
-                }
+        if let Receiver::Alertmanager(alertmanager) = receiver
+            && !taken.is_empty()
+        {
+            // Alertmanager keeps state, not events: it is sent each alert
+            // as it is now, so a late change cannot undo a newer one.
+            let mut alerts = Vec::with_capacity(taken.len());
+            for delivery in &taken {
+                alerts.push(self.store.get_alert(delivery.alert.id).await?);
             }
-            Receiver::Alertmanager(alertmanager) if !taken.is_empty() => {
-                // Alertmanager keeps state, not events: it is sent each
-                // alert as it is now, so a late change cannot undo a newer one.
-                let mut alerts = Vec::with_capacity(taken.len());
-                for delivery in &taken {
-                    alerts.push(self.store.get_alert(delivery.alert.id).await?);
-                }
-                let failure = alertmanager
-                    .send(&alerts, &self.source.api_url, now)
-                    .await
-                    .err();
-                for delivery in &taken {
-                    self.record(receiver.name(), delivery, failure.clone(), now)
-                        .await?;
-                }
+            let failure = alertmanager
+                .send(&alerts, &self.source.api_url, now)
+                .await
+                .err();
+            for delivery in &taken {
+                self.record(receiver.name(), delivery, failure.clone(), now)
+                    .await?;
             }
-            Receiver::Alertmanager(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Sends a webhook its due deliveries one at a time, each claimed just
+    /// before it is sent and signed when it is sent. A receiver that fails
+    /// for a reason that may pass (down, slow, 5xx) is left until its next
+    /// retry instead of being tried with every delivery of the batch, and a
+    /// batch stops at `PASS_BUDGET`: a hanging receiver costs one timeout a
+    /// pass, and the others' passes are not held up behind it.
+    async fn send_to_webhook(
+        &self,
+        webhook: &Webhook,
+        due: Vec<QueuedDelivery>,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        for delivery in due {
+            if started.elapsed() >= PASS_BUDGET {
+                break;
+            }
+            if !self
+                .store
+                .claim_alert_delivery(&delivery.id, delivery.attempts, lease_until)
+                .await?
+            {
+                continue;
+            }
+            let sent_at = now + chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
+            let failure = webhook.send(&delivery, &self.source, sent_at).await.err();
+            let transient = matches!(failure, Some(Failure::Transient(_)));
+            self.record(&webhook.name, &delivery, failure, sent_at)
+                .await?;
+            if transient {
+                break;
+            }
         }
         Ok(())
     }

@@ -21,8 +21,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
+        // Fifteen attempts wait about 29 to 57 minutes in all (the waits
+        // reach the cap at the eleventh): a receiver restarted or briefly
+        // unreachable loses nothing; eight gave up after two minutes.
         Self {
-            max_attempts: 8,
+            max_attempts: 15,
             initial: Duration::from_secs(1),
             max: Duration::from_secs(600),
         }
