@@ -92,6 +92,15 @@ async fn retry_delivery(
             "delivery {id} is {}; only a dead delivery can be retried",
             delivery.state.as_str()
         )
+    } else if state.store.is_alert_receiver(&delivery.receiver).await? {
+        // Sent now, it would reach the receiver after a later change of the
+        // same alert and undo it there (a firing after its resolution).
+        format!(
+            "delivery {id} ({}) is older than a change of alert {} already sent or on its way to {}; retrying it would deliver them out of order",
+            delivery.event.as_str(),
+            delivery.alert_id,
+            delivery.receiver
+        )
     } else {
         format!(
             "delivery {id} is for receiver {}, which is no longer in tetherd's [alerts] configuration",

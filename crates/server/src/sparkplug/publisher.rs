@@ -377,19 +377,27 @@ fn on_command(node: &mut EdgeNode, payload: &[u8], outgoing: &Outgoing) {
             return;
         }
     };
+    // One birth however many rebirth metrics a payload holds, and one log
+    // line however many metrics it names: a host, or anyone allowed to
+    // publish NCMD, cannot multiply tetherd's work or its log by padding
+    // a payload.
+    let mut rebirth = false;
+    let mut unsupported = Vec::new();
     for command in commands {
         match command {
-            NodeCommand::Rebirth => {
-                tracing::info!(node = %node.node(), "a Sparkplug host asked for a rebirth");
-                // The births replace the queued messages: they carry the
-                // current values.
-                outgoing.retain(|request| matches!(request, Request::SubscribeCommands));
-                queue_birth(node, outgoing);
-            }
-            NodeCommand::Unsupported { metric } => {
-                tracing::warn!(node = %node.node(), %metric, "ignoring an NCMD metric tetherd does not act on");
-            }
+            NodeCommand::Rebirth => rebirth = true,
+            NodeCommand::Unsupported { metric } => unsupported.push(metric),
         }
+    }
+    if let Some(first) = unsupported.first() {
+        tracing::warn!(node = %node.node(), metric = %first.escape_debug(), count = unsupported.len(), "ignoring NCMD metrics tetherd does not act on");
+    }
+    if rebirth {
+        tracing::info!(node = %node.node(), "a Sparkplug host asked for a rebirth");
+        // The births replace the queued messages: they carry the current
+        // values.
+        outgoing.retain(|request| matches!(request, Request::SubscribeCommands));
+        queue_birth(node, outgoing);
     }
 }
 

@@ -339,8 +339,10 @@ impl Store {
     }
 
     /// Puts a dead delivery back in the queue, due at `now` with its
-    /// attempts counted afresh. `None`: it is not dead, or its receiver is
-    /// no longer configured; the caller reads why.
+    /// attempts counted afresh. `None`: it is not dead, its receiver is no
+    /// longer configured, or a later change of the same alert was sent to
+    /// that receiver or is on its way (it would arrive out of order); the
+    /// caller reads why.
     pub async fn retry_alert_delivery(
         &self,
         id: &str,
@@ -349,7 +351,12 @@ impl Store {
         let row = sqlx::query(&format!(
             "UPDATE alert_deliveries SET state = 'pending', attempts = 0, next_attempt_at = $2 \
              WHERE id = $1 AND state = 'dead' \
-             AND receiver IN (SELECT name FROM alert_receivers) RETURNING {DELIVERY_COLUMNS}"
+             AND receiver IN (SELECT name FROM alert_receivers) \
+             AND NOT EXISTS (SELECT 1 FROM alert_deliveries later \
+             WHERE later.alert_id = alert_deliveries.alert_id \
+             AND later.receiver = alert_deliveries.receiver \
+             AND later.step > alert_deliveries.step AND later.state <> 'dead') \
+             RETURNING {DELIVERY_COLUMNS}"
         ))
         .bind(id)
         .bind(millis(now))

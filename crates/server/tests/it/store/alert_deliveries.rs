@@ -314,4 +314,24 @@ async fn a_failed_attempt_waits_for_its_time_and_a_dead_one_is_listed_and_retrie
             .expect("list")
             .is_empty()
     );
+
+    // Dead again, and meanwhile the alert resolved: retrying the firing
+    // would reach the receiver after the resolution, so it is refused.
+    store
+        .record_alert_attempt(&delivery.id, 1, &dead, at(21_000))
+        .await
+        .expect("dead again");
+    store
+        .resolve_alert("disk_full", &id("pump-1"), at(22_000))
+        .await
+        .expect("resolve")
+        .expect("it was active");
+    assert_eq!(
+        store
+            .retry_alert_delivery(&delivery.id, at(23_000))
+            .await
+            .expect("retry"),
+        None,
+        "a later change of the alert is on its way"
+    );
 }
