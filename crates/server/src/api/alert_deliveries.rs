@@ -103,7 +103,7 @@ async fn retry_delivery(
         )
     } else {
         format!(
-            "delivery {id} is for receiver {}, which is no longer in tetherd's [alerts] configuration",
+            "delivery {id} is for receiver {}, which is retired ([alerts] retired_receivers)",
             delivery.receiver
         )
     };

@@ -170,12 +170,16 @@ fn delivery_from_row(row: &AnyRow) -> Result<AlertDelivery, StoreError> {
 }
 
 impl Store {
-    /// Makes `names` the receivers later changes are queued for. Pending
-    /// deliveries of a receiver no longer named can never be sent: they
-    /// are given up (dead), so they stay listed.
+    /// Adds `names` to the receivers later changes are queued for, and
+    /// takes out those `retired` (not also in `names`): their pending
+    /// deliveries can never be sent, so they are given up (dead) and stay
+    /// listed. A receiver is never taken out for being absent from one
+    /// replica's list: a replica started with an old configuration would
+    /// stop delivery for the whole cluster.
     pub async fn set_alert_receivers(
         &self,
         names: &[String],
+        retired: &[String],
         now: DateTime<Utc>,
     ) -> Result<ReceiversChanged, StoreError> {
         let context = "record the alert receivers";
@@ -197,27 +201,25 @@ impl Store {
                 changed.added.push(name.clone());
             }
         }
-        let stored: Vec<String> = sqlx::query_scalar("SELECT name FROM alert_receivers")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(query_error(context))?;
-        for name in stored.into_iter().filter(|name| !names.contains(name)) {
-            sqlx::query("DELETE FROM alert_receivers WHERE name = $1")
-                .bind(&name)
+        for name in retired.iter().filter(|name| !names.contains(name)) {
+            let removed = sqlx::query("DELETE FROM alert_receivers WHERE name = $1")
+                .bind(name)
                 .execute(&mut *tx)
                 .await
                 .map_err(query_error(context))?;
             let abandoned = sqlx::query(
                 "UPDATE alert_deliveries SET state = 'dead', \
-                 last_error = 'the receiver is no longer in the [alerts] configuration' \
+                 last_error = 'the receiver is retired ([alerts] retired_receivers)' \
                  WHERE receiver = $1 AND state = 'pending'",
             )
-            .bind(&name)
+            .bind(name)
             .execute(&mut *tx)
             .await
             .map_err(query_error(context))?;
             changed.abandoned += abandoned.rows_affected();
-            changed.removed.push(name);
+            if removed.rows_affected() > 0 {
+                changed.removed.push(name.clone());
+            }
         }
         tx.commit().await.map_err(query_error(context))?;
         Ok(changed)

@@ -26,6 +26,8 @@ pub struct FileAlerts {
     webhooks: Vec<FileWebhook>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     alertmanagers: Vec<FileAlertmanager>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    retired_receivers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -54,6 +56,11 @@ pub struct DeliveryConfig {
     pub retry: RetryPolicy,
     /// How often the sender looks for deliveries due.
     pub poll_interval: Duration,
+    /// Receivers taken out for good: no change is queued for them any more
+    /// and their pending deliveries are given up. A receiver only left out
+    /// of one replica's configuration keeps its deliveries (a replica
+    /// started with an old file must not stop delivery for the cluster).
+    pub retired_receivers: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +95,7 @@ impl Default for DeliveryConfig {
             alertmanagers: Vec::new(),
             retry: RetryPolicy::default(),
             poll_interval: DEFAULT_POLL,
+            retired_receivers: Vec::new(),
         }
     }
 }
@@ -252,6 +260,7 @@ impl DeliveryConfig {
                 max: Duration::from_secs(max),
             },
             poll_interval: Duration::from_millis(poll_interval),
+            retired_receivers: file.retired_receivers.clone(),
         })
     }
 
@@ -281,6 +290,7 @@ impl DeliveryConfig {
                     resend_seconds: Some(alertmanager.resend.as_secs()),
                 })
                 .collect(),
+            retired_receivers: self.retired_receivers.clone(),
         }
     }
 

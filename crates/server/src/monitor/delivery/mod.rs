@@ -157,7 +157,7 @@ impl Delivery {
             )));
         }
         let changed = store
-            .set_alert_receivers(&config.receiver_names(), now)
+            .set_alert_receivers(&config.receiver_names(), &config.retired_receivers, now)
             .await?;
         if !changed.added.is_empty() || !changed.removed.is_empty() {
             tracing::info!(

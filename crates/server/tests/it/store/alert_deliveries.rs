@@ -39,7 +39,7 @@ async fn a_change_is_queued_for_the_receivers_configured_when_it_happens(store: 
         .expect("raise")
         .expect("new");
     let changed = store
-        .set_alert_receivers(&names(&["ops"]), at(1_000))
+        .set_alert_receivers(&names(&["ops"]), &[], at(1_000))
         .await
         .expect("receivers");
     assert_eq!(changed.added, ["ops"]);
@@ -67,7 +67,7 @@ async fn a_change_is_queued_for_the_receivers_configured_when_it_happens(store: 
 
     // A receiver added later gets the changes made after, not before.
     let changed = store
-        .set_alert_receivers(&names(&["ops", "am"]), at(3_000))
+        .set_alert_receivers(&names(&["ops", "am"]), &[], at(3_000))
         .await
         .expect("receivers");
     assert_eq!(changed.added, ["am"]);
@@ -95,9 +95,16 @@ async fn a_change_is_queued_for_the_receivers_configured_when_it_happens(store: 
     assert_eq!(due[0].event, AlertState::Acknowledged);
     assert_eq!(due[0].alert.acknowledged_by.as_deref(), Some("alice"));
 
-    // A receiver removed: its pending deliveries are given up, listed.
+    // A replica started with a configuration that lacks "ops" takes
+    // nothing out: the others' deliveries go on.
     let changed = store
-        .set_alert_receivers(&names(&["am"]), at(5_000))
+        .set_alert_receivers(&names(&["am"]), &[], at(4_800))
+        .await
+        .expect("receivers");
+    assert!(changed.removed.is_empty() && changed.abandoned == 0);
+    // Retired: its pending deliveries are given up, listed.
+    let changed = store
+        .set_alert_receivers(&names(&["am"]), &names(&["ops"]), at(5_000))
         .await
         .expect("receivers");
     assert_eq!(changed.removed, ["ops"]);
@@ -126,7 +133,7 @@ async fn a_change_is_queued_for_the_receivers_configured_when_it_happens(store: 
 
 async fn an_alerts_changes_are_due_in_order_and_each_attempt_is_taken_once(store: Store) {
     store
-        .set_alert_receivers(&names(&["ops"]), at(1_000))
+        .set_alert_receivers(&names(&["ops"]), &[], at(1_000))
         .await
         .expect("receivers");
     let raised = store
@@ -215,7 +222,7 @@ async fn an_alerts_changes_are_due_in_order_and_each_attempt_is_taken_once(store
 
 async fn a_failed_attempt_waits_for_its_time_and_a_dead_one_is_listed_and_retried(store: Store) {
     store
-        .set_alert_receivers(&names(&["ops"]), at(1_000))
+        .set_alert_receivers(&names(&["ops"]), &[], at(1_000))
         .await
         .expect("receivers");
     store
