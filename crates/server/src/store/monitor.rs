@@ -23,6 +23,13 @@ pub struct WatchedDevice {
     pub watch: Watch,
 }
 
+/// The two stored watches, of one shape.
+#[derive(Debug, Clone, Copy)]
+enum WatchTable {
+    Silence,
+    Drift,
+}
+
 /// A device as the drift check sees it: behind its spec, or with a drift
 /// watch to carry on or clear.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,54 +211,74 @@ impl Store {
         device: &DeviceId,
         watch: &DriftWatch,
     ) -> Result<(), StoreError> {
-        let context = "store a device's drift watch";
-        if *watch == DriftWatch::default() {
-            sqlx::query("DELETE FROM monitor_drift WHERE device = $1")
-                .bind(device.as_str())
-                .execute(&self.pool)
-                .await
-                .map_err(query_error(context))?;
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO monitor_drift (device, reloads_sent, last_reload_at, alerting) \
-             SELECT name, $2, $3, $4 FROM devices WHERE name = $1 \
-             ON CONFLICT (device) DO UPDATE SET reloads_sent = excluded.reloads_sent, \
-             last_reload_at = excluded.last_reload_at, alerting = excluded.alerting",
+        self.save_watch_row(
+            WatchTable::Drift,
+            device,
+            (*watch != DriftWatch::default()).then_some((
+                watch.reloads_sent,
+                watch.last_reload_at,
+                watch.alerting,
+            )),
         )
-        .bind(device.as_str())
-        .bind(i64::from(watch.reloads_sent))
-        .bind(watch.last_reload_at.map(millis))
-        .bind(i64::from(watch.alerting))
-        .execute(&self.pool)
         .await
-        .map_err(query_error(context))?;
-        Ok(())
     }
 
     /// Stores `device`'s watch; the default watch is stored as no row.
     pub async fn save_watch(&self, device: &DeviceId, watch: &Watch) -> Result<(), StoreError> {
-        let context = "store a device's watch";
-        if *watch == Watch::default() {
-            sqlx::query("DELETE FROM monitor_watches WHERE device = $1")
+        self.save_watch_row(
+            WatchTable::Silence,
+            device,
+            (*watch != Watch::default()).then_some((
+                watch.rebirths_sent,
+                watch.last_request_at,
+                watch.alerting,
+            )),
+        )
+        .await
+    }
+
+    /// Writes one watch row (requests sent, when the last was, whether its
+    /// alert is raised), or deletes it for `None`, the default watch.
+    async fn save_watch_row(
+        &self,
+        table: WatchTable,
+        device: &DeviceId,
+        watch: Option<(u32, Option<DateTime<Utc>>, bool)>,
+    ) -> Result<(), StoreError> {
+        let (name, sent, last, context) = match table {
+            WatchTable::Silence => (
+                "monitor_watches",
+                "rebirths_sent",
+                "last_request_at",
+                "store a device's watch",
+            ),
+            WatchTable::Drift => (
+                "monitor_drift",
+                "reloads_sent",
+                "last_reload_at",
+                "store a device's drift watch",
+            ),
+        };
+        let Some((requests, last_at, alerting)) = watch else {
+            sqlx::query(&format!("DELETE FROM {name} WHERE device = $1"))
                 .bind(device.as_str())
                 .execute(&self.pool)
                 .await
                 .map_err(query_error(context))?;
             return Ok(());
-        }
+        };
         // A device deleted meanwhile has no row to refer to: nothing is
         // written (the select finds no device).
-        sqlx::query(
-            "INSERT INTO monitor_watches (device, rebirths_sent, last_request_at, alerting) \
+        sqlx::query(&format!(
+            "INSERT INTO {name} (device, {sent}, {last}, alerting) \
              SELECT name, $2, $3, $4 FROM devices WHERE name = $1 \
-             ON CONFLICT (device) DO UPDATE SET rebirths_sent = excluded.rebirths_sent, \
-             last_request_at = excluded.last_request_at, alerting = excluded.alerting",
-        )
+             ON CONFLICT (device) DO UPDATE SET {sent} = excluded.{sent}, \
+             {last} = excluded.{last}, alerting = excluded.alerting"
+        ))
         .bind(device.as_str())
-        .bind(i64::from(watch.rebirths_sent))
-        .bind(watch.last_request_at.map(millis))
-        .bind(i64::from(watch.alerting))
+        .bind(i64::from(requests))
+        .bind(last_at.map(millis))
+        .bind(i64::from(alerting))
         .execute(&self.pool)
         .await
         .map_err(query_error(context))?;
