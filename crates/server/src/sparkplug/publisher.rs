@@ -12,8 +12,11 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
 use rumqttc::v5::{AsyncClient, ClientError, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+
+use crate::device_link::BoxFuture;
+use crate::store::StoreError;
 
 use super::node::{EdgeNode, Metrics, NodeCommand, SparkplugMessage, node_commands};
 use super::topics::{EdgeDeviceId, EdgeNodeId, GroupId, NodeMessage, Topic};
@@ -100,40 +103,41 @@ pub struct PublisherStopped {
     node: String,
 }
 
+/// Where an edge node's `bdSeq`s are kept. Each session's is recorded
+/// before its CONNECT goes out (its will names it), so no later start, on
+/// this replica or another after a crash, can take it again: a host that
+/// saw a `bdSeq` repeated would match an old NDEATH to a live session.
+pub trait BdSeqLedger: Send + Sync + 'static {
+    fn record(&self, bd_seq: u8) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
 /// One edge node's publisher task. Dropping it drops the connection, and
 /// the broker publishes the node's NDEATH.
 pub struct Publisher {
     node: String,
     updates: mpsc::Sender<DeviceUpdate>,
-    bd_seq: watch::Receiver<u8>,
     task: JoinHandle<()>,
 }
 
 impl Publisher {
-    /// Starts the node's first session, with `bdSeq` `first_bd_seq`.
+    /// Starts the node's first session, with `bdSeq` `first_bd_seq`; it
+    /// and every later session's are recorded in `ledger` before use.
     pub fn spawn(
         group: GroupId,
         node: EdgeNodeId,
         first_bd_seq: u8,
         broker: SparkplugBroker,
+        ledger: Arc<dyn BdSeqLedger>,
     ) -> Self {
         let name = format!("{group}/{node}");
         let (updates, receiver) = mpsc::channel(REQUEST_CAPACITY);
-        let (sessions, bd_seq) = watch::channel(first_bd_seq);
         let node = EdgeNode::new(group, node, first_bd_seq);
-        let task = tokio::spawn(run(node, broker, receiver, sessions));
+        let task = tokio::spawn(run(node, broker, receiver, ledger));
         Self {
             node: name,
             updates,
-            bd_seq,
             task,
         }
-    }
-
-    /// The `bdSeq` of the node's latest session: each reconnection starts
-    /// a new one, which the caller records to continue after it.
-    pub fn bd_seq(&self) -> u8 {
-        *self.bd_seq.borrow()
     }
 
     /// Whether the task still runs; it ends only by a panic.
@@ -195,13 +199,14 @@ async fn run(
     mut node: EdgeNode,
     broker: SparkplugBroker,
     mut updates: mpsc::Receiver<DeviceUpdate>,
-    sessions: watch::Sender<u8>,
+    ledger: Arc<dyn BdSeqLedger>,
 ) {
+    let first_will = new_recorded_session(&mut node, &*ledger).await;
     let mut options = MqttOptions::new(&broker.client_id, &broker.host, broker.port);
     options
         .set_keep_alive(KEEP_ALIVE)
         .set_clean_start(true)
-        .set_last_will(will(&node.new_session()));
+        .set_last_will(first_will);
     if let BrokerTransport::Tls(tls) = &broker.transport {
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             tls.clone(),
@@ -249,10 +254,9 @@ async fn run(
                     tracing::warn!(node = %node.node(), error = %error, "no connection to the Sparkplug broker");
                     node.end_session();
                     outgoing.retain(|_| false);
-                    let _ = next_will.send(will(&node.new_session()));
-                    if let Some(bd_seq) = node.bd_seq() {
-                        sessions.send_replace(bd_seq);
-                    }
+                    // Nothing is published without a connection: waiting
+                    // here for the store delays only the reconnection.
+                    let _ = next_will.send(new_recorded_session(&mut node, &*ledger).await);
                 }
                 None => return,
             },
@@ -262,6 +266,20 @@ async fn run(
             },
         }
     }
+}
+
+/// Starts the node's next session and returns its will once the ledger has
+/// its `bdSeq`, trying again while the store cannot take it.
+async fn new_recorded_session(node: &mut EdgeNode, ledger: &dyn BdSeqLedger) -> LastWill {
+    let death = node.new_session();
+    let bd_seq = node.bd_seq().expect("a session was just started");
+    let mut delay = RETRY_FIRST;
+    while let Err(error) = ledger.record(bd_seq).await {
+        tracing::warn!(node = %node.node(), bd_seq, error = %crate::error_chain(&error), "could not record a Sparkplug session's bdSeq; connecting once it is recorded");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RETRY_MAX);
+    }
+    will(&death)
 }
 
 /// The requests the node's task queued and the sending task has not yet

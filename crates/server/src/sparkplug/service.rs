@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sha2::{Digest, Sha256};
 use tether_proto::alerts::Alert;
 use tether_proto::labels::LabelSelector;
@@ -26,9 +26,10 @@ use super::fleet::{
     monitor_device, monitor_metrics,
 };
 use super::node::Metrics;
-use super::publisher::Publisher;
+use super::publisher::{BdSeqLedger, Publisher};
 use super::topics::EdgeDeviceId;
 use crate::cluster::ReplicaId;
+use crate::device_link::BoxFuture;
 use crate::cluster::singleton::Singleton;
 use crate::store::{AlertFilter, AlertStates, Store, StoreError};
 
@@ -62,7 +63,23 @@ struct RunningNode {
     publisher: Publisher,
     /// What the publisher was last given: the next pass sends the changes.
     devices: BTreeMap<EdgeDeviceId, Metrics>,
-    recorded_bd_seq: u8,
+}
+
+/// An edge node's `bdSeq`s in the store.
+struct StoredBdSeq {
+    store: Store,
+    key: NodeKey,
+}
+
+impl BdSeqLedger for StoredBdSeq {
+    fn record(&self, bd_seq: u8) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.store.set_sparkplug_bd_seq(
+            self.key.group.as_str(),
+            self.key.node.as_str(),
+            bd_seq,
+            Utc::now(),
+        ))
+    }
 }
 
 /// What one pass did, for the log.
@@ -84,10 +101,10 @@ impl Northbound {
     ) -> Result<Arc<Self>, super::config::SparkplugFileError> {
         let northbound = Arc::new(Self::new(store.clone(), config, replica)?);
         let passing = northbound.clone();
-        Singleton::spawn(store, replica, "sparkplug", config.interval, move |now| {
+        Singleton::spawn(store, replica, "sparkplug", config.interval, move |_now| {
             let northbound = passing.clone();
             async move {
-                match northbound.pass(now).await {
+                match northbound.pass().await {
                     Ok(summary) => tracing::debug!(
                         nodes = summary.nodes,
                         devices = summary.devices,
@@ -133,7 +150,7 @@ impl Northbound {
     }
 
     /// Reads the fleet and publishes what changed since the last pass.
-    pub async fn pass(&self, now: DateTime<Utc>) -> Result<PassSummary, StoreError> {
+    pub async fn pass(&self) -> Result<PassSummary, StoreError> {
         let mut state = self.state.lock().await;
         let view = self.read_fleet(&mut state).await?;
         let mut summary = PassSummary {
@@ -163,7 +180,7 @@ impl Northbound {
                 state.nodes.remove(&key);
             }
             if !state.nodes.contains_key(&key) {
-                let node = self.start_node(&key, now).await?;
+                let node = self.start_node(&key).await?;
                 state.nodes.insert(key.clone(), node);
             }
             let Some(node) = state.nodes.get_mut(&key) else {
@@ -177,46 +194,34 @@ impl Northbound {
                 }
             }
             node.devices = devices;
-            let bd_seq = node.publisher.bd_seq();
-            if bd_seq != node.recorded_bd_seq {
-                self.store
-                    .set_sparkplug_bd_seq(key.group.as_str(), key.node.as_str(), bd_seq, now)
-                    .await?;
-                node.recorded_bd_seq = bd_seq;
-            }
         }
         state.last_pass = Some(Instant::now());
         Ok(summary)
     }
 
     /// A publisher for the node, whose first session continues after the
-    /// `bdSeq` the store has; the new one is recorded before it connects,
-    /// so a crash now cannot make the next start repeat it.
-    async fn start_node(
-        &self,
-        key: &NodeKey,
-        now: DateTime<Utc>,
-    ) -> Result<RunningNode, StoreError> {
-        let (group, node) = (key.group.as_str(), key.node.as_str());
+    /// `bdSeq` the store has; the publisher records each session's before
+    /// it connects.
+    async fn start_node(&self, key: &NodeKey) -> Result<RunningNode, StoreError> {
         let bd_seq = self
             .store
-            .sparkplug_bd_seq(group, node)
+            .sparkplug_bd_seq(key.group.as_str(), key.node.as_str())
             .await?
             .map_or(0, |last| last.wrapping_add(1));
-        self.store
-            .set_sparkplug_bd_seq(group, node, bd_seq, now)
-            .await?;
         tracing::info!(node = %key, bd_seq, "starting a Sparkplug edge node");
         let publisher = Publisher::spawn(
             key.group.clone(),
             key.node.clone(),
             bd_seq,
             self.broker.for_client(self.client_id(key)),
+            Arc::new(StoredBdSeq {
+                store: self.store.clone(),
+                key: key.clone(),
+            }),
         );
         Ok(RunningNode {
             publisher,
             devices: BTreeMap::new(),
-            recorded_bd_seq: bd_seq,
         })
     }
 

@@ -2,6 +2,8 @@
 //! real tetherd with a real agent, on Debian's mosquitto, read back by a
 //! Sparkplug host that decodes the Tahu payloads.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -12,7 +14,7 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tether_server::sparkplug::node::{BD_SEQ_METRIC, Metrics, REBIRTH_METRIC, Value};
 use tether_server::sparkplug::payload::{MetricValue, Payload};
 use tether_server::sparkplug::publisher::{
-    BrokerTransport, DeviceUpdate, Publisher, SparkplugBroker,
+    BdSeqLedger, BrokerTransport, DeviceUpdate, Publisher, SparkplugBroker,
 };
 use tether_server::sparkplug::topics::{EdgeDeviceId, EdgeNodeId, GroupId};
 use tether_testkit::mosquitto::Mosquitto;
@@ -115,6 +117,44 @@ fn plain(port: u16, client_id: &str) -> SparkplugBroker {
     }
 }
 
+/// The `bdSeq`s a publisher recorded, in order; while `refusing`, each
+/// record fails as a store that cannot be reached would.
+#[derive(Default)]
+struct RecordedBdSeqs {
+    recorded: Mutex<Vec<u8>>,
+    refused: Mutex<u32>,
+    refusing: AtomicBool,
+}
+
+impl RecordedBdSeqs {
+    fn recorded(&self) -> Vec<u8> {
+        self.recorded.lock().expect("not poisoned").clone()
+    }
+
+    fn refused(&self) -> u32 {
+        *self.refused.lock().expect("not poisoned")
+    }
+}
+
+impl BdSeqLedger for RecordedBdSeqs {
+    fn record(
+        &self,
+        bd_seq: u8,
+    ) -> tether_server::device_link::BoxFuture<'_, Result<(), tether_server::store::StoreError>>
+    {
+        let outcome = if self.refusing.load(Ordering::SeqCst) {
+            *self.refused.lock().expect("not poisoned") += 1;
+            Err(tether_server::store::StoreError::Corrupt(
+                "the test's store is unreachable".to_owned(),
+            ))
+        } else {
+            self.recorded.lock().expect("not poisoned").push(bd_seq);
+            Ok(())
+        };
+        Box::pin(std::future::ready(outcome))
+    }
+}
+
 fn metrics(entries: &[(&str, Value)]) -> Metrics {
     entries
         .iter()
@@ -129,11 +169,13 @@ async fn an_edge_node_is_born_publishes_answers_rebirth_and_dies_on_mosquitto() 
     broker.start_plain().await?;
     let mut host = Subscriber::connect(broker.device_port).await?;
 
+    let ledger = Arc::new(RecordedBdSeqs::default());
     let publisher = Publisher::spawn(
         GroupId::new("plant")?,
         EdgeNodeId::new("tetherd-1")?,
         5,
         plain(broker.device_port, "tetherd-sparkplug-1"),
+        ledger.clone(),
     );
     let device = EdgeDeviceId::new("pump-7")?;
     publisher
@@ -150,6 +192,7 @@ async fn an_edge_node_is_born_publishes_answers_rebirth_and_dies_on_mosquitto() 
         .expect("spBv1.0/plant/NBIRTH/tetherd-1", Some(0))
         .await?;
     assert_eq!(metric(&nbirth, BD_SEQ_METRIC)?, &MetricValue::LongValue(5));
+    assert_eq!(ledger.recorded(), [5], "recorded before it connected");
     assert_eq!(
         metric(&nbirth, REBIRTH_METRIC)?,
         &MetricValue::BooleanValue(false)
@@ -218,11 +261,13 @@ async fn each_connection_attempt_is_a_new_session_whose_will_matches_its_births(
     // bdSeq with a new will.
     let mut broker = Mosquitto::prepare()?;
     let first_bd_seq = 254;
+    let ledger = Arc::new(RecordedBdSeqs::default());
     let publisher = Publisher::spawn(
         GroupId::new("plant")?,
         EdgeNodeId::new("late")?,
         first_bd_seq,
         plain(broker.device_port, "tetherd-sparkplug-late"),
+        ledger.clone(),
     );
     // Its first attempt meets a listener that is no broker and hangs up;
     // then the real broker takes the port.
@@ -270,6 +315,14 @@ async fn each_connection_attempt_is_a_new_session_whose_will_matches_its_births(
         bd_seq == 255 || bd_seq < u64::from(first_bd_seq),
         "bdSeq {bd_seq} did not move on from {first_bd_seq}"
     );
+    // Every session's bdSeq was recorded, in order, the born one last: a
+    // tetherd that crashed now would continue after it.
+    let recorded = ledger.recorded();
+    let expected: Vec<u8> = (0..recorded.len())
+        .map(|i| first_bd_seq.wrapping_add(u8::try_from(i).expect("few sessions")))
+        .collect();
+    assert_eq!(recorded, expected);
+    assert_eq!(recorded.last().map(|last| u64::from(*last)), Some(bd_seq));
 
     drop(publisher);
     let ndeath = loop {
@@ -282,6 +335,45 @@ async fn each_connection_attempt_is_a_new_session_whose_will_matches_its_births(
         metric(&ndeath, BD_SEQ_METRIC)?,
         &MetricValue::LongValue(bd_seq)
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_bd_seq_cannot_be_recorded_does_not_connect() -> anyhow::Result<()> {
+    // Review M7: a bdSeq used but not recorded would be taken again by the
+    // next leader after a crash, and a host would match the old session's
+    // NDEATH to the new one.
+    let mut broker = Mosquitto::prepare()?;
+    broker.start_plain().await?;
+    let mut host = Subscriber::connect(broker.device_port).await?;
+    let ledger = Arc::new(RecordedBdSeqs::default());
+    ledger.refusing.store(true, Ordering::SeqCst);
+    let publisher = Publisher::spawn(
+        GroupId::new("plant")?,
+        EdgeNodeId::new("unrecorded")?,
+        9,
+        plain(broker.device_port, "tetherd-sparkplug-unrecorded"),
+        ledger.clone(),
+    );
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
+    while ledger.refused() < 3 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the publisher did not try to record its bdSeq again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        host.received.try_recv().is_err(),
+        "nothing is published before the bdSeq is recorded"
+    );
+    ledger.refusing.store(false, Ordering::SeqCst);
+    let nbirth = host
+        .expect("spBv1.0/plant/NBIRTH/unrecorded", Some(0))
+        .await?;
+    assert_eq!(metric(&nbirth, BD_SEQ_METRIC)?, &MetricValue::LongValue(9));
+    assert_eq!(ledger.recorded(), [9]);
+    drop(publisher);
     Ok(())
 }
 
@@ -589,7 +681,7 @@ async fn a_pass_over_ten_thousand_devices_sends_only_what_changed() -> anyhow::R
     let northbound = Northbound::new(store.clone(), &config, &replica)?;
 
     let started = std::time::Instant::now();
-    let first = northbound.pass(now).await?;
+    let first = northbound.pass().await?;
     let first_took = started.elapsed();
     assert_eq!(first.devices, DEVICES + 1, "and the monitor device");
     assert_eq!(first.updates, DEVICES + 1, "a birth each");
@@ -605,7 +697,7 @@ async fn a_pass_over_ten_thousand_devices_sends_only_what_changed() -> anyhow::R
 
     // Nothing changed: nothing is sent.
     let started = std::time::Instant::now();
-    let second = northbound.pass(now).await?;
+    let second = northbound.pass().await?;
     let second_took = started.elapsed();
     assert_eq!(second.updates, 0);
     eprintln!(
@@ -617,7 +709,7 @@ async fn a_pass_over_ten_thousand_devices_sends_only_what_changed() -> anyhow::R
     store
         .set_presence(&names[4_242], Presence::Offline, now)
         .await?;
-    let third = northbound.pass(now).await?;
+    let third = northbound.pass().await?;
     assert_eq!(third.updates, 1);
     let ddeath = host
         .expect(
@@ -635,7 +727,7 @@ async fn a_pass_over_ten_thousand_devices_sends_only_what_changed() -> anyhow::R
             &[("sparkplug.tether.io/node".to_owned(), "line-2".to_owned())].into(),
         )
         .await?;
-    let moved = northbound.pass(now).await?;
+    let moved = northbound.pass().await?;
     assert_eq!(moved.nodes, 2);
     assert_eq!(
         moved.updates, 3,
