@@ -9,6 +9,7 @@
 //! 002's Edge Agent config ETag): a staged rollout moves a device from one
 //! version to the next, and a rollback back, by rewriting this section.
 
+pub mod agent_release;
 pub mod chart;
 pub mod process;
 pub mod resources;
@@ -58,6 +59,10 @@ pub struct DeploymentSpec {
     /// see them (`labels.*`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The agent's own release (issue 19): at most one deployment of a
+    /// device carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<agent_release::AgentRelease>,
 }
 
 /// Where a deployment is on a device.
@@ -138,6 +143,7 @@ pub fn validate_with(
             ),
         ));
     }
+    let mut agent_from: Option<&String> = None;
     for (name, deployment) in deployments {
         let path = format!("{path}.{name}");
         check_name(&path, name)?;
@@ -151,6 +157,15 @@ pub fn validate_with(
         }
         chart::validate(&format!("{path}.charts"), &deployment.charts)?;
         process::validate_with(&path, &deployment, check_template)?;
+        if let Some(release) = &deployment.agent {
+            if let Some(other) = agent_from.replace(name) {
+                return Err(SpecError::new(
+                    format!("{path}.agent"),
+                    format!("deployment {other:?} already sets the agent's release; only one may"),
+                ));
+            }
+            release.validate(&format!("{path}.agent"))?;
+        }
     }
     Ok(())
 }

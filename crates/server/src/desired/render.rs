@@ -75,6 +75,8 @@ pub fn render(
         config_files: spec.config_files.clone(),
         values: spec.values.clone(),
         labels: labels.clone(),
+        // Agent releases (issue 19) are rendered by the releases capability.
+        agent: None,
     };
     rendered.version = version(revision, &rendered);
     rendered
