@@ -208,6 +208,11 @@ pub struct EnrollResponse {
     /// by it, not by its own clock.
     #[serde(default)]
     pub server_time: Option<DateTime<Utc>>,
+    /// The Ed25519 public key (base64) tetherd signs agent releases with
+    /// (issue 19): the agent pins it and refuses a release signed by any
+    /// other. Absent from a tetherd without releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_signing_key: Option<String>,
 }
 
 /// A device renews its client certificate: its current certificate, and a

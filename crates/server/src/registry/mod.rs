@@ -499,6 +499,8 @@ impl Registry {
                 mqtt_url: mqtt_urls[0].clone(),
                 mqtt_urls,
                 server_time: Some(now),
+                // Filled by the releases capability (issue 19).
+                release_signing_key: None,
             },
             serial_hex: issued.serial_hex,
         })
