@@ -221,7 +221,6 @@ pub fn report(
     deployments: BTreeMap<String, desired::DeploymentStatus>,
     update_holds: Vec<UpdateHold>,
     sealing_key: Option<&str>,
-    host: HostReport,
 ) -> ReportedStatus {
     ReportedStatus {
         spec_version: applied.version,
@@ -236,16 +235,9 @@ pub fn report(
         deployments,
         update_holds,
         sealing_key: sealing_key.map(str::to_owned),
-        boot: host.boot,
-        watchdog: host.watchdog,
+        boot: None,
+        watchdog: None,
     }
-}
-
-/// What the agent reports of the machine's boot and its watchdog.
-#[derive(Debug, Clone, Default)]
-pub struct HostReport {
-    pub boot: Option<BootReport>,
-    pub watchdog: Option<WatchdogStatus>,
 }
 
 /// The applied spec and the machine's facts: what the `reported` topic
@@ -376,19 +368,19 @@ impl StatusView {
         let unapplied = self.unapplied.borrow().clone();
         let deployments = deployments::merged(&self.deployments.borrow());
         let secret_errors = self.secret_errors.borrow().clone();
-        report(
-            &self.applied.borrow(),
-            unapplied.as_ref(),
-            &secret_errors,
-            &self.facts,
-            deployments,
-            self.update_holds.borrow().clone(),
-            self.sealing_key.as_deref(),
-            HostReport {
-                boot: self.boot.as_deref().cloned(),
-                watchdog: self.watchdog.borrow().clone(),
-            },
-        )
+        ReportedStatus {
+            boot: self.boot.as_deref().cloned(),
+            watchdog: self.watchdog.borrow().clone(),
+            ..report(
+                &self.applied.borrow(),
+                unapplied.as_ref(),
+                &secret_errors,
+                &self.facts,
+                deployments,
+                self.update_holds.borrow().clone(),
+                self.sealing_key.as_deref(),
+            )
+        }
     }
 
     /// The spec applied last.

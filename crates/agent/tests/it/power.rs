@@ -14,8 +14,18 @@ use crate::support::{outcome, request};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn act(admin: &ApiClient, agent: &Agent, action: &str, input: Value) -> anyhow::Result<Value> {
-    let id = request(admin, &agent.name, json!({"action": action, "input": input})).await?;
+async fn act(
+    admin: &ApiClient,
+    agent: &Agent,
+    action: &str,
+    input: Value,
+) -> anyhow::Result<Value> {
+    let id = request(
+        admin,
+        &agent.name,
+        json!({"action": action, "input": input}),
+    )
+    .await?;
     let done = outcome(admin, &id).await?;
     ensure!(
         done["statusCode"].is_u64(),
@@ -106,7 +116,10 @@ async fn reboot_needs_a_fresh_id_and_no_update_lock_and_the_new_boot_is_reported
 
     // Without an id, and with one nobody issued: 401.
     let done = act(&admin, &agent, "reboot", json!({"reason": "kernel update"})).await?;
-    ensure!(code(&done) == 401 && says(&done, "get-authorization-id"), "{done}");
+    ensure!(
+        code(&done) == 401 && says(&done, "get-authorization-id"),
+        "{done}"
+    );
     let done = act(
         &admin,
         &agent,
@@ -165,7 +178,10 @@ async fn reboot_needs_a_fresh_id_and_no_update_lock_and_the_new_boot_is_reported
     ensure!(code(&done) == 200, "{done}\n{}", agent.log());
     ensure!(done["response"]["reason"] == "kernel update", "{done}");
     ensure!(done["response"]["forced"] == true, "{done}");
-    ensure!(done["response"]["overriddenLocks"] == json!(["plc-flash"]), "{done}");
+    ensure!(
+        done["response"]["overriddenLocks"] == json!(["plc-flash"]),
+        "{done}"
+    );
     wait_until("the reboot command to run", WAIT, || {
         let ran = rebooted.exists();
         async move { Ok(ran.then_some(())) }
