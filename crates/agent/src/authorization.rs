@@ -93,6 +93,21 @@ impl AuthorizationGuard {
 
     /// Uses up `id`: succeeds once, while the id is valid.
     pub fn consume(&self, id: &str) -> Result<(), AuthorizationError> {
+        self.with_valid(id, |entry| entry.used = true)
+    }
+
+    /// Whether `id` could be used now, without using it: an action that
+    /// refuses for another reason after this check leaves the id to retry
+    /// with (`reboot` refused for an update lock, then forced).
+    pub fn check(&self, id: &str) -> Result<(), AuthorizationError> {
+        self.with_valid(id, |_| {})
+    }
+
+    fn with_valid(
+        &self,
+        id: &str,
+        then: impl FnOnce(&mut Entry),
+    ) -> Result<(), AuthorizationError> {
         let now = (self.clock)();
         let mut issued = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = issued
@@ -107,7 +122,7 @@ impl AuthorizationGuard {
                 expired_at: entry.expires_at,
             });
         }
-        entry.used = true;
+        then(entry);
         Ok(())
     }
 }
@@ -172,6 +187,19 @@ mod tests {
         assert_eq!(
             guard.consume(&old.id),
             Err(AuthorizationError::Unknown(old.id.clone()))
+        );
+    }
+
+    #[test]
+    fn a_check_leaves_the_id_unspent() {
+        let (guard, _) = guard();
+        let auth = guard.issue();
+        assert_eq!(guard.check(&auth.id), Ok(()));
+        assert_eq!(guard.check(&auth.id), Ok(()));
+        assert_eq!(guard.consume(&auth.id), Ok(()));
+        assert_eq!(
+            guard.check(&auth.id),
+            Err(AuthorizationError::AlreadyUsed(auth.id.clone()))
         );
     }
 

@@ -282,6 +282,60 @@ pub struct Config {
     )]
     pub k3s_ready_timeout_seconds: u64,
 
+    /// The command `reboot` runs, once answered: words separated by
+    /// spaces, run as an argv (not through a shell)
+    #[arg(
+        long,
+        env = "TETHER_AGENT_REBOOT_COMMAND",
+        value_name = "COMMAND",
+        default_value = crate::host::power::DEFAULT_REBOOT_COMMAND
+    )]
+    pub reboot_command: String,
+
+    /// The command `shutdown` runs, once answered: words separated by
+    /// spaces, run as an argv (not through a shell)
+    #[arg(
+        long,
+        env = "TETHER_AGENT_SHUTDOWN_COMMAND",
+        value_name = "COMMAND",
+        default_value = crate::host::power::DEFAULT_SHUTDOWN_COMMAND
+    )]
+    pub shutdown_command: String,
+
+    /// Where the kernel's boot id is read, reported as the status's boot;
+    /// only tests point it elsewhere (a test seam: they cannot reboot)
+    #[arg(
+        long,
+        env = "TETHER_AGENT_BOOT_ID_FILE",
+        value_name = "FILE",
+        default_value = crate::host::boot::KERNEL_BOOT_ID
+    )]
+    pub boot_id_file: PathBuf,
+
+    /// How often the watchdog's health check writes, syncs and renames a
+    /// probe file in the state directory: more often finds a failing
+    /// store sooner, and wears flash more
+    #[arg(
+        long,
+        env = "TETHER_AGENT_WATCHDOG_STORE_PROBE_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub watchdog_store_probe_seconds: u64,
+
+    /// When the agent stops on purpose (SIGTERM), disarm the watchdog
+    /// device (write the magic 'V' before closing it); by default it stays
+    /// armed, so a device whose agent does not come back resets
+    #[arg(
+        long,
+        env = "TETHER_AGENT_WATCHDOG_DISARM_ON_STOP",
+        value_name = "BOOL",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub watchdog_disarm_on_stop: bool,
+
     /// The helper binary that restore-command runs for its SFTP and SQLite
     /// work [default: tether-agent-restore beside this executable]
     #[arg(long, env = "TETHER_AGENT_RESTORE_HELPER", value_name = "PATH")]
@@ -540,6 +594,26 @@ impl Config {
                 .map(str::to_owned)
                 .collect(),
             ready_timeout: std::time::Duration::from_secs(self.k3s_ready_timeout_seconds),
+        }
+    }
+
+    /// How `reboot` and `shutdown` take the device down.
+    pub fn power(&self) -> crate::host::power::PowerConfig {
+        let argv = |command: &str| command.split_whitespace().map(str::to_owned).collect();
+        crate::host::power::PowerConfig {
+            reboot: argv(&self.reboot_command),
+            shutdown: argv(&self.shutdown_command),
+            delay: crate::host::power::DEFAULT_DELAY,
+        }
+    }
+
+    /// How the watchdog checks the agent and what it does at a stop.
+    pub fn watchdog(&self, state_dir: &std::path::Path) -> crate::watchdog::WatchdogOptions {
+        crate::watchdog::WatchdogOptions {
+            probe_file: state_dir.join(crate::watchdog::health::PROBE_FILE),
+            store_probe_every: std::time::Duration::from_secs(self.watchdog_store_probe_seconds),
+            disarm_on_stop: self.watchdog_disarm_on_stop,
+            systemd: crate::watchdog::feeder::SystemdWatchdog::from_env(),
         }
     }
 

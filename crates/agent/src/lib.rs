@@ -11,6 +11,7 @@ pub mod dedupe;
 pub mod deployments;
 pub mod endpoints;
 pub mod enroll;
+pub mod host;
 pub mod kubernetes;
 pub mod local_api;
 pub mod logging;
@@ -30,6 +31,7 @@ pub mod terminal;
 pub mod tls;
 pub mod tunnel;
 pub mod updates;
+pub mod watchdog;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -131,8 +133,23 @@ pub async fn run(
         facts = spec::facts::overlay_file(facts, path)?;
     }
     let status = spec::StatusSource::new(applied.clone(), facts.clone())
-        .with_sealing_key(&sealing_key.public_key());
+        .with_sealing_key(&sealing_key.public_key())
+        .with_boot(host::boot::read(&config.boot_id_file));
     let update_locks = Arc::new(updates::UpdateLocks::load(state.path()));
+    let power = host::power::Power {
+        config: config.power(),
+        locks: update_locks.clone(),
+    };
+    // From the start, enrolling included: systemd's watchdog expects
+    // notifications from then on, and a spec applied before keeps the
+    // device's watchdog in force offline too.
+    let health = watchdog::HealthSources::default();
+    let watchdog = watchdog::Watchdog::start(
+        config.watchdog(state.path()),
+        health.clone(),
+        applied.subscribe(),
+        status.watchdog.clone(),
+    );
     let (identity, identity_view) = tokio::sync::watch::channel(None);
     let local_api = local_api::LocalApi::bind(
         &config.local_api(state.path()),
@@ -225,12 +242,19 @@ pub async fn run(
             identity,
             follow,
             process_logs,
+            power,
+            health,
         },
         kubernetes,
         logging,
         shutdown,
     )
     .await;
+    // Stopped on purpose only when the agent stops cleanly; otherwise it
+    // is dropped with the device armed.
+    if ran.is_ok() {
+        watchdog.stop().await;
+    }
     // The sources stop, then where they are and what waits in memory
     // reach the disk together: a restart resumes exactly there.
     let _ = stop_sources.send(());
@@ -268,6 +292,10 @@ struct Spooled {
     follow: logs::FollowHandle,
     /// Where supervised processes' output goes.
     process_logs: Arc<logs::Sink>,
+    /// How `reboot` and `shutdown` take the device down.
+    power: host::power::Power,
+    /// What the watchdog's health checks look at.
+    health: watchdog::HealthSources,
 }
 
 /// Ends a background task with the scope that started it.
@@ -295,6 +323,8 @@ async fn serve(
         identity,
         follow,
         process_logs,
+        power,
+        health,
     } = spooled;
     tokio::pin!(shutdown);
     // Restored from it at start (`run`), kept in it from here on.
@@ -402,6 +432,7 @@ async fn serve(
         },
         status.spec.subscribe(),
     );
+    health.supervisor.send_replace(Some(supervisor.ping()));
     let session = session::run(
         credentials.clone(),
         &state,
@@ -414,6 +445,8 @@ async fn serve(
             kubernetes,
             tunnels: config.tunnels(),
             shell: config.management_shell(state.path()),
+            power,
+            heartbeat: health.heartbeat.clone(),
         },
         renewed_rx,
         shutdown,
@@ -422,6 +455,7 @@ async fn serve(
         ended = session => ended,
         () = renewal.run(credentials, renewed_tx) => Ok(()),
     };
+    health.supervisor.send_replace(None);
     supervisor.stop().await;
     Ok(ended?)
 }

@@ -374,6 +374,9 @@ pub struct SessionParts {
     pub kubernetes: crate::actions::Kubernetes,
     pub tunnels: crate::tunnel::TunnelPolicy,
     pub shell: crate::management_shell::ShellConfig,
+    pub power: crate::host::power::Power,
+    /// Beaten while the session loop waits: the watchdog's sign of life.
+    pub heartbeat: Arc<crate::watchdog::health::Heartbeat>,
 }
 
 /// Connects and serves actions until `shutdown` resolves; then says goodbye.
@@ -394,6 +397,8 @@ pub async fn run(
         kubernetes,
         tunnels,
         shell,
+        power,
+        heartbeat,
     } = parts;
     let endpoints = Endpoints::parse(&credentials.mqtt_urls)?;
     let tls = tls_config(&credentials, clock.clone())?;
@@ -456,6 +461,7 @@ pub async fn run(
         kubernetes,
         tunnels,
         shell,
+        power,
     };
     let (actions_tx, actions_rx) = mpsc::unbounded_channel();
     let queued = Queued::default();
@@ -469,6 +475,7 @@ pub async fn run(
     let deployments = publisher.status.deployments.subscribe();
     let update_holds = publisher.status.update_holds.subscribe();
     let secret_errors = publisher.status.secret_errors.subscribe();
+    let watchdog = publisher.status.watchdog.subscribe();
     let mut session = Session {
         eventloop,
         publisher,
@@ -483,6 +490,8 @@ pub async fn run(
         deployments,
         update_holds,
         secret_errors,
+        watchdog,
+        heartbeat,
         control: crate::control::Requests::default(),
     };
     session.serve(shutdown).await;
@@ -572,6 +581,10 @@ struct Session {
     /// Wakes when writing the secrets' Kubernetes Secrets fails or
     /// recovers, to report it.
     secret_errors: watch::Receiver<Vec<tether_proto::spec::SpecError>>,
+    /// Wakes when the watchdog starts or stops being fed, to report it.
+    watchdog: watch::Receiver<Option<tether_proto::host::WatchdogStatus>>,
+    /// Beaten whenever this loop waits ([`crate::watchdog::health::Heartbeat`]).
+    heartbeat: Arc<crate::watchdog::health::Heartbeat>,
     /// tetherd's rebirth and reload requests not yet done.
     control: crate::control::Requests,
 }
@@ -661,6 +674,11 @@ impl Session {
                     self.report_change("the secrets' errors");
                     continue;
                 }
+                Ok(()) = self.watchdog.changed() => {
+                    self.report_change("the watchdog's state");
+                    continue;
+                }
+                never = self.heartbeat.pulse() => match never {},
                 () = crate::control::until(self.control.next_due()) => {
                     self.do_control_requests();
                     continue;
@@ -702,6 +720,7 @@ impl Session {
                 biased;
                 () = &mut shutdown => return,
                 () = tokio::time::sleep(delay) => {}
+                never = self.heartbeat.pulse() => match never {},
             }
         }
     }

@@ -117,6 +117,12 @@ pub struct DeviceReport {
     /// sealed to (ADR 0030); absent until the agent reports one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealing_key: Option<String>,
+    /// The machine's current boot, as the agent reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<crate::host::BootReport>,
+    /// The watchdog the agent keeps, and whether it feeds it now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchdog: Option<crate::host::WatchdogStatus>,
     pub reported_at: DateTime<Utc>,
 }
 

@@ -357,6 +357,16 @@ fn the_agents_report_conforms_to_the_reported_schema() {
             },
         ],
         sealing_key: Some("9x1m0ylxHfH4bL1nJ6hGLJ3YhYGBhUaLCm3vCmoN8hw=".into()),
+        boot: Some(crate::host::BootReport {
+            id: "3f1c2a9e-5b7d-4e0a-9c1b-2d3e4f5a6b7c".into(),
+            booted_at: Some(at(1_700_000_000)),
+        }),
+        watchdog: Some(crate::host::WatchdogStatus {
+            mode: crate::host::WatchdogMode::Device,
+            device: Some("/dev/watchdog".into()),
+            state: crate::host::WatchdogState::Stopped,
+            reason: Some("the state directory cannot be written".into()),
+        }),
     };
     assert_conforms("reported", &serde_json::to_value(&reported).expect("JSON"));
     assert!(!refused("reported", &json!({"specVersion": 0})));

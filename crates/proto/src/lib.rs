@@ -16,6 +16,7 @@ pub mod certificate;
 pub mod control;
 pub mod desired;
 pub mod device;
+pub mod host;
 pub mod kubeconfig;
 pub mod labels;
 pub mod limits;

@@ -19,7 +19,7 @@ pub type DeviceSpec = Map<String, Value>;
 
 /// The sections a spec may have today. A capability that needs another
 /// (deployments, provisioning) adds it here with its rules.
-pub const SECTIONS: [&str; 7] = [
+pub const SECTIONS: [&str; 8] = [
     LoggingConfig::NAME,
     MetricsConfig::NAME,
     Budgets::NAME,
@@ -27,6 +27,7 @@ pub const SECTIONS: [&str; 7] = [
     crate::desired::SECTION,
     crate::desired::updates::SECTION,
     crate::secrets::SECTION,
+    crate::host::WatchdogConfig::NAME,
 ];
 
 /// Largest spec tetherd stores and sends, as JSON.
@@ -251,6 +252,9 @@ pub fn validate_section_with(
     if name == crate::secrets::SECTION {
         return crate::secrets::validate(&path, section);
     }
+    if name == crate::host::WatchdogConfig::NAME {
+        return crate::host::validate_watchdog(&path, section);
+    }
     let fields = match name {
         LoggingConfig::NAME => &["enableJournalExport", "priority", "units"][..],
         MetricsConfig::NAME => &["intervalSeconds"][..],
@@ -427,6 +431,12 @@ pub struct ReportedStatus {
     /// seals secrets to (ADR 0030); absent from agents without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealing_key: Option<String>,
+    /// The machine's current boot; a new id means it rebooted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<crate::host::BootReport>,
+    /// The watchdog the agent keeps; absent while it keeps none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchdog: Option<crate::host::WatchdogStatus>,
 }
 
 impl ReportedStatus {
@@ -477,6 +487,7 @@ impl ReportedStatus {
             self.sealing_key.as_ref().map_or(0, String::len),
             crate::sealed::MAX_PUBLIC_KEY_BYTES,
         )?;
+        crate::host::check_limits(self.boot.as_ref(), self.watchdog.as_ref())?;
         self.facts.check_limits()
     }
 }
@@ -712,7 +723,7 @@ mod tests {
         for action in ActionSet::DEFAULTS {
             assert!(catalogue.get(action).is_some(), "{action}");
         }
-        for destructive in ["restart-k3s", "restore-command"] {
+        for destructive in ["restart-k3s", "restore-command", "reboot", "shutdown"] {
             assert!(!ActionSet::DEFAULTS.contains(&destructive));
         }
     }
@@ -720,15 +731,17 @@ mod tests {
     #[test]
     fn an_action_set_names_only_catalogue_actions_once() {
         assert_eq!(
-            validate(&json!({"actions": {"enabled": ["restart-k3s"], "disabled": ["send-api"]}})),
+            validate(
+                &json!({"actions": {"enabled": ["restart-k3s", "reboot"], "disabled": ["send-api"]}})
+            ),
             Ok(())
         );
-        let error = refused(json!({"actions": {"enabled": ["reboot"]}}));
+        let error = refused(json!({"actions": {"enabled": ["self-destruct"]}}));
         assert_eq!(error.path, "spec.actions.enabled[0]");
         assert!(
             error
                 .message
-                .contains("unknown action \"reboot\"; known actions: "),
+                .contains("unknown action \"self-destruct\"; known actions: "),
             "{error}"
         );
         let cases = [
@@ -819,6 +832,8 @@ mod tests {
             deployments: BTreeMap::new(),
             update_holds: Vec::new(),
             sealing_key: None,
+            boot: None,
+            watchdog: None,
         };
         let json = serde_json::to_value(&status).expect("json");
         assert_eq!(json["specVersion"], 2);

@@ -13,6 +13,7 @@ pub mod get_authorization_id;
 pub mod get_node_ip;
 pub mod manage_deployment;
 pub mod open_tunnel;
+pub mod reboot;
 pub mod restart_k3s;
 pub mod restore_command;
 pub mod retrieve_kubeconfig;
@@ -20,6 +21,7 @@ pub mod run_stats;
 pub mod send_api;
 pub mod send_kubectl;
 pub mod send_kubernetes_api;
+pub mod shutdown;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -40,7 +42,7 @@ use expiry::{Deadline, Delivery, Moment};
 use run_stats::StatsRunner;
 
 /// The actions this agent runs; the birth message lists them as capabilities.
-pub const IMPLEMENTED: [&str; 15] = [
+pub const IMPLEMENTED: [&str; 17] = [
     "configure-logger",
     "copy-resource",
     "follow-logs",
@@ -48,6 +50,7 @@ pub const IMPLEMENTED: [&str; 15] = [
     "get-node-ip",
     "manage-deployment",
     "open-tunnel",
+    "reboot",
     "restart-k3s",
     "restore-command",
     "retrieve-kubeconfig",
@@ -55,6 +58,7 @@ pub const IMPLEMENTED: [&str; 15] = [
     "send-api",
     "send-kubectl",
     "send-kubernetes-api",
+    "shutdown",
     "stop-stats",
 ];
 
@@ -89,6 +93,8 @@ pub enum ActionError {
     #[error(transparent)]
     Restart(#[from] restart_k3s::RestartError),
     #[error(transparent)]
+    Power(#[from] crate::host::power::PowerError),
+    #[error(transparent)]
     Restore(#[from] restore_command::RestoreError),
     #[error(transparent)]
     Tunnel(#[from] crate::tunnel::TunnelError),
@@ -112,6 +118,7 @@ impl ActionError {
             ActionError::Kubernetes(e) => e.status_code(),
             ActionError::Kubectl(e) => e.status_code(),
             ActionError::Restart(e) => e.status_code(),
+            ActionError::Power(e) => e.status_code(),
             ActionError::Restore(e) => e.status_code(),
             ActionError::Tunnel(e) => e.status_code(),
             ActionError::TunnelTls(_) => 500,
@@ -207,6 +214,8 @@ pub struct Context {
     pub tunnels: crate::tunnel::TunnelPolicy,
     /// How `ssh` tunnels run the management shell.
     pub shell: crate::management_shell::ShellConfig,
+    /// How `reboot` and `shutdown` take the device down.
+    pub power: crate::host::power::Power,
 }
 
 type Work = Pin<Box<dyn Future<Output = Result<Answer, ActionError>> + Send>>;
@@ -468,6 +477,14 @@ impl Dispatcher {
             "manage-deployment" => {
                 manage_deployment::run(input, &kubernetes.client()?, chrono::Utc::now()).await?
             }
+            "reboot" => {
+                return reboot::run(input, &context.power, &context.authorization)
+                    .map(Outcome::Now);
+            }
+            "shutdown" => {
+                return shutdown::run(input, &context.power, &context.authorization)
+                    .map(Outcome::Now);
+            }
             "open-tunnel" => {
                 let (busy, work) = open_tunnel::prepare(
                     input,
@@ -679,6 +696,16 @@ pub(crate) mod tests {
                 login_timeout: std::time::Duration::from_secs(
                     crate::management_shell::LOGIN_TIMEOUT_SECONDS,
                 ),
+            },
+            power: crate::host::power::Power {
+                config: crate::host::power::PowerConfig {
+                    reboot: vec!["false".into()],
+                    shutdown: vec!["false".into()],
+                    delay: std::time::Duration::from_secs(1),
+                },
+                locks: Arc::new(crate::updates::UpdateLocks::load(std::path::Path::new(
+                    "/nonexistent",
+                ))),
             },
         };
         (context, Box::new(subscriber))
@@ -972,6 +999,8 @@ pub(crate) mod tests {
                     if CLUSTER_ACTIONS.contains(&action) => {}
                 // Tetherd sends it with a tunnel to dial; here it has none.
                 Err(ActionError::InvalidInput { .. }) if action == "open-tunnel" => {}
+                // Without an authorization id: refused before anything runs.
+                Err(ActionError::Power(e)) if e.status_code() == 401 => {}
                 result => assert!(result.is_ok(), "{action}: {:?}", result.err()),
             }
         }

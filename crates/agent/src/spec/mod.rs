@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tether_proto::desired::updates::{self, UpdateHold, UpdatePolicy};
 use tether_proto::desired::{self, Deployments};
+use tether_proto::host::{BootReport, WatchdogConfig, WatchdogStatus};
 use tether_proto::sealed::PublicKey;
 use tether_proto::spec::{
     self, Budgets, DeviceSpec, Facts, LoggingConfig, MetricsConfig, ReportedStatus, SpecError,
@@ -51,6 +52,9 @@ pub struct AppliedSpec {
     /// When the device may take new revisions of its deployments.
     #[serde(default)]
     pub updates: UpdatePolicy,
+    /// Whether and which watchdog the agent feeds.
+    #[serde(default)]
+    pub watchdog: WatchdogConfig,
     /// The sections of that version the agent could not apply.
     pub errors: Vec<SpecError>,
     /// How many times tetherd asked for this spec to be applied again in
@@ -115,6 +119,11 @@ pub fn apply(previous: &AppliedSpec, message: &SpecMessage) -> AppliedSpec {
         update_policy = typed(updates::SECTION, section)?;
         Ok(())
     });
+    let mut watchdog = WatchdogConfig::default();
+    take(WatchdogConfig::NAME, &mut |section| {
+        watchdog = typed(WatchdogConfig::NAME, section)?;
+        Ok(())
+    });
     // Opened and written by the secret files after the spec is saved
     // (`SpecHandle::apply`); checked here like every section.
     take(tether_proto::secrets::SECTION, &mut |_| Ok(()));
@@ -137,6 +146,9 @@ pub fn apply(previous: &AppliedSpec, message: &SpecMessage) -> AppliedSpec {
     }
     if !failed(updates::SECTION) {
         applied.updates = update_policy;
+    }
+    if !failed(WatchdogConfig::NAME) {
+        applied.watchdog = watchdog;
     }
     applied
 }
@@ -223,6 +235,8 @@ pub fn report(
         deployments,
         update_holds,
         sealing_key: sealing_key.map(str::to_owned),
+        boot: None,
+        watchdog: None,
     }
 }
 
@@ -246,6 +260,10 @@ pub struct StatusSource {
     pub secret_errors: watch::Sender<Vec<SpecError>>,
     /// The public half of the device's sealing key (ADR 0030).
     sealing_key: Option<Arc<str>>,
+    /// The machine's boot, read once at start.
+    boot: Option<Arc<BootReport>>,
+    /// Whether the watchdog is fed ([`crate::watchdog`]).
+    pub watchdog: watch::Sender<Option<WatchdogStatus>>,
 }
 
 impl StatusSource {
@@ -258,7 +276,15 @@ impl StatusSource {
             update_holds: watch::channel(Vec::new()).0,
             secret_errors: watch::channel(Vec::new()).0,
             sealing_key: None,
+            boot: None,
+            watchdog: watch::channel(None).0,
         }
+    }
+
+    /// Reports `boot` as the machine's current boot.
+    pub fn with_boot(mut self, boot: Option<BootReport>) -> Self {
+        self.boot = boot.map(Arc::new);
+        self
     }
 
     /// Reports `key`, the public half of the device's sealing key, so
@@ -283,6 +309,8 @@ impl StatusSource {
             update_holds: self.update_holds.subscribe(),
             secret_errors: self.secret_errors.subscribe(),
             sealing_key: self.sealing_key.clone(),
+            boot: self.boot.clone(),
+            watchdog: self.watchdog.subscribe(),
         }
     }
 
@@ -330,6 +358,8 @@ pub struct StatusView {
     update_holds: watch::Receiver<Vec<UpdateHold>>,
     secret_errors: watch::Receiver<Vec<SpecError>>,
     sealing_key: Option<Arc<str>>,
+    boot: Option<Arc<BootReport>>,
+    watchdog: watch::Receiver<Option<WatchdogStatus>>,
 }
 
 impl StatusView {
@@ -338,15 +368,19 @@ impl StatusView {
         let unapplied = self.unapplied.borrow().clone();
         let deployments = deployments::merged(&self.deployments.borrow());
         let secret_errors = self.secret_errors.borrow().clone();
-        report(
-            &self.applied.borrow(),
-            unapplied.as_ref(),
-            &secret_errors,
-            &self.facts,
-            deployments,
-            self.update_holds.borrow().clone(),
-            self.sealing_key.as_deref(),
-        )
+        ReportedStatus {
+            boot: self.boot.as_deref().cloned(),
+            watchdog: self.watchdog.borrow().clone(),
+            ..report(
+                &self.applied.borrow(),
+                unapplied.as_ref(),
+                &secret_errors,
+                &self.facts,
+                deployments,
+                self.update_holds.borrow().clone(),
+                self.sealing_key.as_deref(),
+            )
+        }
     }
 
     /// The spec applied last.

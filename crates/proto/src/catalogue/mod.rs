@@ -446,6 +446,36 @@ mod tests {
     }
 
     #[test]
+    fn reboot_and_shutdown_need_a_reason_of_at_most_256_characters() {
+        let catalogue = Catalogue::builtin();
+        for action in ["reboot", "shutdown"] {
+            assert_eq!(
+                catalogue.validate(
+                    action,
+                    &json!({"authorizationId": "a1", "reason": "kernel update", "force": true})
+                ),
+                Ok(()),
+                "{action}"
+            );
+            // The id is checked by the agent, which answers 401 without one.
+            assert_eq!(
+                catalogue.validate(action, &json!({"reason": "kernel update"})),
+                Ok(())
+            );
+            assert_eq!(invalid(action, json!({}))[0].path, "$");
+            assert_eq!(invalid(action, json!({"reason": ""}))[0].path, "$.reason");
+            assert_eq!(
+                invalid(action, json!({"reason": "x".repeat(257)}))[0].path,
+                "$.reason"
+            );
+            assert_eq!(
+                invalid(action, json!({"reason": "r", "force": "yes"}))[0].path,
+                "$.force"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_action_lists_the_known_ones() {
         let err = Catalogue::builtin()
             .validate("reboot-everything", &json!({}))

@@ -4,15 +4,16 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
-use serde_json::Value;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
 use tether_proto::DeviceId;
+use tether_proto::host::BootReport;
 use tether_proto::spec::{ActionSet, ReportedStatus, SpecError, SpecMessage};
 
 use super::spec::{self, UpdateMask, VersionMismatch};
 use crate::cluster::bus::{Bus, Channel, Heard, Subscription};
 use crate::device_link::{DeviceLink, ServerMessage};
-use crate::store::{SpecRecord, Store, StoreError};
+use crate::store::{EventRecord, SpecRecord, Store, StoreError};
 
 /// An update without `If-Match` that keeps losing to concurrent ones gives
 /// up after this many attempts.
@@ -252,11 +253,101 @@ impl Specs {
         Ok(spec::check_reported(current.version, reported))
     }
 
+    /// Stores the report; when it names a boot other than the last
+    /// report's, records a [`EVENT_REBOOTED`] event for the operator.
     pub async fn record_reported(
         &self,
         device: &DeviceId,
         reported: &ReportedStatus,
     ) -> Result<(), StoreError> {
-        self.store.set_reported(device, reported, Utc::now()).await
+        let previous = match &reported.boot {
+            Some(_) => self.store.get_spec(device).await?.reported,
+            None => None,
+        };
+        let now = Utc::now();
+        self.store.set_reported(device, reported, now).await?;
+        let previous_boot = previous.and_then(|(status, _)| status.boot);
+        if let Some(event) =
+            reboot_event(device, previous_boot.as_ref(), reported.boot.as_ref(), now)
+        {
+            tracing::info!(%device, boot_id = %event.response["bootId"], "device rebooted");
+            self.store.insert_event(&event).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The device event recorded when a device reports a new boot.
+pub const EVENT_REBOOTED: &str = "rebooted";
+
+/// The `rebooted` event when `current` is another boot than `previous`;
+/// none for a device's first report of a boot (an older agent, or a new
+/// device: nothing to compare with).
+fn reboot_event(
+    device: &DeviceId,
+    previous: Option<&BootReport>,
+    current: Option<&BootReport>,
+    now: DateTime<Utc>,
+) -> Option<EventRecord> {
+    let (previous, current) = (previous?, current?);
+    if previous.id == current.id {
+        return None;
+    }
+    let booted = current.booted_at.map_or_else(
+        || "at an unknown time".to_owned(),
+        |at| {
+            format!(
+                "at {}",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        },
+    );
+    Some(EventRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        device: device.clone(),
+        correlation_id: None,
+        event: EVENT_REBOOTED.to_owned(),
+        status_code: 200,
+        status_message: format!(
+            "the device booted again {booted} (boot {}, previously {})",
+            current.id, previous.id
+        ),
+        response: json!({
+            "bootId": current.id,
+            "bootedAt": current.booted_at,
+            "previousBootId": previous.id,
+        }),
+        received_at: now,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boot(id: &str) -> BootReport {
+        BootReport {
+            id: id.to_owned(),
+            booted_at: DateTime::from_timestamp(1_764_700_000, 0),
+        }
+    }
+
+    #[test]
+    fn only_a_new_boot_id_after_a_known_one_is_a_reboot() {
+        let device = DeviceId::new("edge-1").expect("valid");
+        let now = Utc::now();
+        let (a, b) = (boot("a"), boot("b"));
+        assert_eq!(reboot_event(&device, Some(&a), Some(&a), now), None);
+        assert_eq!(reboot_event(&device, None, Some(&a), now), None);
+        assert_eq!(reboot_event(&device, Some(&a), None, now), None);
+        let event = reboot_event(&device, Some(&a), Some(&b), now).expect("rebooted");
+        assert_eq!(event.event, EVENT_REBOOTED);
+        assert_eq!(event.response["bootId"], "b");
+        assert_eq!(event.response["previousBootId"], "a");
+        assert!(
+            event.status_message.contains("at 2025-12-02T18:26:40Z"),
+            "{}",
+            event.status_message
+        );
     }
 }

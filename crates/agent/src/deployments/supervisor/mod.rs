@@ -68,17 +68,27 @@ pub struct SupervisorParts {
 pub struct Supervisor {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    /// Answered by the supervisor's loop between two steps (the watchdog's
+    /// health check).
+    pings: mpsc::Sender<oneshot::Sender<()>>,
 }
 
 impl Supervisor {
     /// Starts reconciling to `spec` (the applied spec, followed).
     pub fn start(parts: SupervisorParts, spec: watch::Receiver<AppliedSpec>) -> Self {
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run(parts, spec, stopped));
+        let (pings, pinged) = mpsc::channel(1);
+        let task = tokio::spawn(run(parts, spec, stopped, pinged));
         Self {
             stop: Some(stop),
             task,
+            pings,
         }
+    }
+
+    /// A way to ask whether the supervisor's loop still answers.
+    pub fn ping(&self) -> crate::watchdog::health::SupervisorPing {
+        crate::watchdog::health::SupervisorPing(self.pings.clone())
     }
 
     /// Stops every child (SIGTERM, then SIGKILL after a grace) and waits.
@@ -166,6 +176,7 @@ async fn run(
     parts: SupervisorParts,
     mut spec: watch::Receiver<AppliedSpec>,
     mut stop: oneshot::Receiver<()>,
+    mut pings: mpsc::Receiver<oneshot::Sender<()>>,
 ) {
     child::kill_leftovers(&parts.root);
     let (events, mut child_events) = mpsc::unbounded_channel();
@@ -182,7 +193,7 @@ async fn run(
     let mut follow = true;
     // At start everything is prepared anyway: only later reloads count.
     let mut reloads = spec.borrow().reloads;
-    loop {
+    'supervise: loop {
         if follow {
             let (desired, reloaded) = {
                 let applied = spec.borrow_and_update();
@@ -206,20 +217,28 @@ async fn run(
             .values()
             .filter_map(|r| r.machine.next_deadline())
             .min();
-        tokio::select! {
-            _ = &mut stop => break,
-            changed = spec.changed() => match changed {
-                Ok(()) => follow = true,
-                Err(_) => break,
-            },
-            Some((key, event)) = child_events.recv() => runtime.child_event(key, event),
-            Some(prepared) = prepared_rx.recv() => runtime.prepared(prepared),
-            () = sleep_until(deadline) => {
-                let now = Instant::now();
-                for running in runtime.running.values_mut() {
-                    running.machine.tick(now);
+        // A ping is answered without a pass over the deployments.
+        loop {
+            tokio::select! {
+                Some(answer) = pings.recv() => {
+                    let _ = answer.send(());
+                    continue;
+                }
+                _ = &mut stop => break 'supervise,
+                changed = spec.changed() => match changed {
+                    Ok(()) => follow = true,
+                    Err(_) => break 'supervise,
+                },
+                Some((key, event)) = child_events.recv() => runtime.child_event(key, event),
+                Some(prepared) = prepared_rx.recv() => runtime.prepared(prepared),
+                () = sleep_until(deadline) => {
+                    let now = Instant::now();
+                    for running in runtime.running.values_mut() {
+                        running.machine.tick(now);
+                    }
                 }
             }
+            break;
         }
     }
     // Stopping: every child gets its grace, then the agent goes on stopping.

@@ -1,6 +1,7 @@
 use tether_proto::DeviceId;
 use tether_proto::api::Device;
 use tether_proto::desired::updates::HoldKind;
+use tether_proto::host::{WatchdogMode, WatchdogState};
 
 use crate::commands::{CommandError, Context, Outcome};
 use crate::output;
@@ -62,6 +63,27 @@ fn spec_text(now: chrono::DateTime<chrono::Utc>, device: &Device) -> String {
                 output::one_line(&kubernetes.cluster),
                 reported(kubernetes.server.as_deref(), "<credentials unreadable>")
             ));
+        }
+        if let Some(boot) = &status.boot {
+            let booted = boot
+                .booted_at
+                .map(|at| format!(" (booted {})", output::timestamp(at)))
+                .unwrap_or_default();
+            text.push_str(&format!("\nboot: {}{booted}", output::one_line(&boot.id)));
+        }
+        if let Some(watchdog) = &status.watchdog {
+            let what = match (&watchdog.mode, &watchdog.device) {
+                (WatchdogMode::Device, Some(device)) => output::one_line(device).into_owned(),
+                (WatchdogMode::Device, None) => "a device".to_owned(),
+                (WatchdogMode::Systemd, _) => "systemd".to_owned(),
+            };
+            text.push_str(&match (&watchdog.state, &watchdog.reason) {
+                (WatchdogState::Feeding, _) => format!("\nwatchdog: feeding {what}"),
+                (WatchdogState::Stopped, reason) => format!(
+                    "\nWATCHDOG NOT FED ({what}): {}",
+                    reported(reason.as_deref(), "no reason given")
+                ),
+            });
         }
         // Why rollouts pass the device over, as the agent reported it.
         for hold in &status.update_holds {
@@ -185,6 +207,38 @@ mod tests {
         );
         assert!(
             text.contains("\nUPDATES HELD by its maintenance windows: outside the maintenance windows (until 2026-12-04"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_boot_and_a_stopped_watchdog_are_lines_of_their_own() {
+        let device: Device = serde_json::from_value(serde_json::json!({
+            "name": "edge-1",
+            "labels": {},
+            "presence": "online",
+            "enrolled": true,
+            "lastSeen": null,
+            "agentVersion": "0.1.0",
+            "createdAt": "2026-12-01T00:00:00Z",
+            "specVersion": 1,
+            "status": {
+                "specVersion": 1,
+                "errors": [],
+                "facts": {},
+                "boot": {"id": "boot-2", "bootedAt": "2026-12-03T10:00:00Z"},
+                "watchdog": {"mode": "device", "device": "/dev/watchdog", "state": "stopped",
+                             "reason": "the state directory cannot be written"},
+                "reportedAt": "2026-12-03T10:01:00Z"
+            }
+        }))
+        .expect("a device as the API returns it");
+        let text = spec_text(chrono::Utc::now(), &device);
+        assert!(text.contains("\nboot: boot-2 (booted 2026-12-03"), "{text}");
+        assert!(
+            text.contains(
+                "\nWATCHDOG NOT FED (/dev/watchdog): the state directory cannot be written"
+            ),
             "{text}"
         );
     }
