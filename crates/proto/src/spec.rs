@@ -19,7 +19,7 @@ pub type DeviceSpec = Map<String, Value>;
 
 /// The sections a spec may have today. A capability that needs another
 /// (deployments, provisioning) adds it here with its rules.
-pub const SECTIONS: [&str; 7] = [
+pub const SECTIONS: [&str; 8] = [
     LoggingConfig::NAME,
     MetricsConfig::NAME,
     Budgets::NAME,
@@ -27,6 +27,7 @@ pub const SECTIONS: [&str; 7] = [
     crate::desired::SECTION,
     crate::desired::updates::SECTION,
     crate::secrets::SECTION,
+    crate::host_time::SECTION,
 ];
 
 /// Largest spec tetherd stores and sends, as JSON.
@@ -251,6 +252,9 @@ pub fn validate_section_with(
     if name == crate::secrets::SECTION {
         return crate::secrets::validate(&path, section);
     }
+    if name == crate::host_time::SECTION {
+        return crate::host_time::validate(&path, section);
+    }
     let fields = match name {
         LoggingConfig::NAME => &["enableJournalExport", "priority", "units"][..],
         MetricsConfig::NAME => &["intervalSeconds"][..],
@@ -427,6 +431,13 @@ pub struct ReportedStatus {
     /// seals secrets to (ADR 0030); absent from agents without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealing_key: Option<String>,
+    /// The device's clock: offset from tetherd's, sync state, NTP servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<crate::host_time::HostTime>,
+    /// Conditions holding on the device (`ClockSkewed`), which alert
+    /// rules can name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<crate::conditions::ReportedCondition>,
 }
 
 impl ReportedStatus {
@@ -477,6 +488,35 @@ impl ReportedStatus {
             self.sealing_key.as_ref().map_or(0, String::len),
             crate::sealed::MAX_PUBLIC_KEY_BYTES,
         )?;
+        if let Some(time) = &self.time {
+            use crate::host_time::HostTime;
+            limits::check(
+                "time.ntpServers (entries)",
+                time.ntp_servers.len(),
+                HostTime::MAX_SERVERS,
+            )?;
+            for server in &time.ntp_servers {
+                limits::check("an NTP server", server.len(), HostTime::MAX_SERVER_BYTES)?;
+            }
+        }
+        use crate::conditions;
+        limits::check(
+            "conditions (entries)",
+            self.conditions.len(),
+            conditions::MAX_CONDITIONS,
+        )?;
+        for condition in &self.conditions {
+            limits::check(
+                "a condition's type and reason",
+                condition.kind.len().max(condition.reason.len()),
+                conditions::MAX_TYPE_BYTES,
+            )?;
+            limits::check(
+                "a condition's message",
+                condition.message.len(),
+                conditions::MAX_MESSAGE_BYTES,
+            )?;
+        }
         self.facts.check_limits()
     }
 }
