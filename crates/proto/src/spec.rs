@@ -859,6 +859,7 @@ mod tests {
             deployments: BTreeMap::new(),
             update_holds: Vec::new(),
             sealing_key: None,
+            ..ReportedStatus::default()
         };
         let json = serde_json::to_value(&status).expect("json");
         assert_eq!(json["specVersion"], 2);

@@ -223,6 +223,7 @@ pub fn report(
         deployments,
         update_holds,
         sealing_key: sealing_key.map(str::to_owned),
+        ..ReportedStatus::default()
     }
 }
 
@@ -246,6 +247,9 @@ pub struct StatusSource {
     pub secret_errors: watch::Sender<Vec<SpecError>>,
     /// The public half of the device's sealing key (ADR 0030).
     sealing_key: Option<Arc<str>>,
+    /// The device's clock, its condition and the `time` section's errors
+    /// ([`crate::time`]).
+    pub host_time: watch::Sender<crate::time::TimeReport>,
 }
 
 impl StatusSource {
@@ -258,6 +262,7 @@ impl StatusSource {
             update_holds: watch::channel(Vec::new()).0,
             secret_errors: watch::channel(Vec::new()).0,
             sealing_key: None,
+            host_time: watch::channel(Default::default()).0,
         }
     }
 
@@ -283,6 +288,7 @@ impl StatusSource {
             update_holds: self.update_holds.subscribe(),
             secret_errors: self.secret_errors.subscribe(),
             sealing_key: self.sealing_key.clone(),
+            host_time: self.host_time.subscribe(),
         }
     }
 
@@ -330,6 +336,7 @@ pub struct StatusView {
     update_holds: watch::Receiver<Vec<UpdateHold>>,
     secret_errors: watch::Receiver<Vec<SpecError>>,
     sealing_key: Option<Arc<str>>,
+    host_time: watch::Receiver<crate::time::TimeReport>,
 }
 
 impl StatusView {
@@ -338,7 +345,7 @@ impl StatusView {
         let unapplied = self.unapplied.borrow().clone();
         let deployments = deployments::merged(&self.deployments.borrow());
         let secret_errors = self.secret_errors.borrow().clone();
-        report(
+        let mut status = report(
             &self.applied.borrow(),
             unapplied.as_ref(),
             &secret_errors,
@@ -346,7 +353,9 @@ impl StatusView {
             deployments,
             self.update_holds.borrow().clone(),
             self.sealing_key.as_deref(),
-        )
+        );
+        self.host_time.borrow().add_to(&mut status);
+        status
     }
 
     /// The spec applied last.
