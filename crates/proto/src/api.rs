@@ -117,6 +117,12 @@ pub struct DeviceReport {
     /// sealed to (ADR 0030); absent until the agent reports one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealing_key: Option<String>,
+    /// The device's clock: offset from tetherd's, sync state, NTP servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<crate::host_time::HostTime>,
+    /// Conditions holding on the device (`ClockSkewed`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<crate::conditions::ReportedCondition>,
     pub reported_at: DateTime<Utc>,
 }
 

@@ -18,4 +18,5 @@ mod sshd;
 mod supervisor;
 mod support;
 mod third_party_device;
+mod time;
 mod update_locks;

@@ -707,6 +707,8 @@ fn with_spec(device: Device, record: SpecRecord) -> Device {
             deployments: status.deployments,
             update_holds: status.update_holds,
             sealing_key: status.sealing_key,
+            time: status.time,
+            conditions: status.conditions,
             reported_at,
         }),
         spec_in_sync: Some(in_sync),
