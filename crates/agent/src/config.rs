@@ -455,7 +455,12 @@ pub struct Config {
     pub timesyncd_conf: PathBuf,
 
     /// The chronyc asked for chrony's state and sources
-    #[arg(long, env = "TETHER_AGENT_CHRONYC", value_name = "PATH", default_value = "chronyc")]
+    #[arg(
+        long,
+        env = "TETHER_AGENT_CHRONYC",
+        value_name = "PATH",
+        default_value = "chronyc"
+    )]
     pub chronyc: PathBuf,
 
     /// The timedatectl asked for timesyncd's state and servers
@@ -840,7 +845,10 @@ mod tests {
             "60",
         ])
         .expect("parses");
-        assert_eq!(config.time().ntp.reload, ["/usr/local/bin/reload-ntp", "now"]);
+        assert_eq!(
+            config.time().ntp.reload,
+            ["/usr/local/bin/reload-ntp", "now"]
+        );
         assert_eq!(config.time().check_interval.as_secs(), 60);
         assert!(Config::try_parse_from(["tether-agent", "--time-check-seconds", "0"]).is_err());
     }

@@ -380,7 +380,10 @@ mod tests {
             rule.condition,
             Condition::Status(StatusCondition::Condition("ClockSkewed".into()))
         );
-        assert_eq!(serde_json::to_value(&rule).expect("json")["condition"], body["condition"]);
+        assert_eq!(
+            serde_json::to_value(&rule).expect("json")["condition"],
+            body["condition"]
+        );
         for bad in ["clock skewed", "", "Clock%"] {
             let error = refused(
                 "clock-skewed",

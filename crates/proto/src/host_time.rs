@@ -154,7 +154,9 @@ pub fn is_ntp_server(server: &str) -> bool {
             (1..=63).contains(&bytes.len())
                 && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
                 && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
-                && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
         })
 }
 
@@ -273,7 +275,10 @@ mod tests {
         for (section, path) in [
             (json!([]), "spec.time"),
             (json!({"servers": []}), "spec.time.servers"),
-            (json!({"ntpServers": "pool.ntp.org"}), "spec.time.ntpServers"),
+            (
+                json!({"ntpServers": "pool.ntp.org"}),
+                "spec.time.ntpServers",
+            ),
             (json!({"ntpServers": nine}), "spec.time.ntpServers"),
             (
                 json!({"ntpServers": ["ok.example", "bad host"]}),

@@ -84,11 +84,12 @@ async fn ask(client: &reqwest::Client, url: &str) -> Result<Sample, MeasureError
     let answer: ServerTime = response.json().await.map_err(request)?;
     let received = Utc::now();
     let round_trip = started.elapsed();
-    let server =
-        DateTime::from_timestamp_millis(answer.unix_millis).ok_or_else(|| MeasureError::BadTime {
+    let server = DateTime::from_timestamp_millis(answer.unix_millis).ok_or_else(|| {
+        MeasureError::BadTime {
             url: url.to_owned(),
             millis: answer.unix_millis,
-        })?;
+        }
+    })?;
     Ok(Sample {
         sent,
         received,

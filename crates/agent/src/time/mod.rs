@@ -96,7 +96,8 @@ pub fn skew_condition(
 /// status again: the time service, its state or servers, a condition
 /// raised or cleared, an error, or the offset by [`MATERIAL_OFFSET_MS`].
 pub fn material(reported: &TimeReport, next: &TimeReport) -> bool {
-    let kinds = |r: &TimeReport| -> Vec<String> { r.conditions.iter().map(|c| c.kind.clone()).collect() };
+    let kinds =
+        |r: &TimeReport| -> Vec<String> { r.conditions.iter().map(|c| c.kind.clone()).collect() };
     if reported.errors != next.errors || kinds(reported) != kinds(next) {
         return true;
     }
@@ -130,7 +131,9 @@ fn compose(
     before: &TimeReport,
     now: DateTime<Utc>,
 ) -> TimeReport {
-    let max_offset = spec.map_or(TimeSpec::DEFAULT_MAX_OFFSET_SECONDS, |s| s.max_offset_seconds);
+    let max_offset = spec.map_or(TimeSpec::DEFAULT_MAX_OFFSET_SECONDS, |s| {
+        s.max_offset_seconds
+    });
     let skewed_before = before.conditions.iter().find(|c| c.kind == CLOCK_SKEWED);
     TimeReport {
         time: Some(HostTime {
@@ -242,10 +245,17 @@ pub async fn run(
 }
 
 fn log_condition_change(reported: &TimeReport, next: &TimeReport) {
-    let skewed = |r: &TimeReport| r.conditions.iter().find(|c| c.kind == CLOCK_SKEWED).cloned();
+    let skewed = |r: &TimeReport| {
+        r.conditions
+            .iter()
+            .find(|c| c.kind == CLOCK_SKEWED)
+            .cloned()
+    };
     match (skewed(reported), skewed(next)) {
         (None, Some(condition)) => tracing::warn!("{CLOCK_SKEWED}: {}", condition.message),
-        (Some(_), None) => tracing::info!("{CLOCK_SKEWED} cleared: the clock is within the allowed offset of tetherd's"),
+        (Some(_), None) => tracing::info!(
+            "{CLOCK_SKEWED} cleared: the clock is within the allowed offset of tetherd's"
+        ),
         _ => {}
     }
 }
@@ -283,14 +293,19 @@ mod tests {
         assert_eq!(ahead.kind, "ClockSkewed");
         assert_eq!(ahead.since, at(10));
         assert!(
-            ahead.message.contains("600.0 s ahead of tetherd's") && ahead.message.contains("5 s allowed"),
+            ahead.message.contains("600.0 s ahead of tetherd's")
+                && ahead.message.contains("5 s allowed"),
             "{}",
             ahead.message
         );
         let later = skew_condition(-601_000, 5, Some(&ahead), at(20)).expect("skewed");
         assert_eq!(later.since, at(10));
         let behind = skew_condition(6_000, 5, None, at(0)).expect("skewed");
-        assert!(behind.message.contains("6.0 s behind"), "{}", behind.message);
+        assert!(
+            behind.message.contains("6.0 s behind"),
+            "{}",
+            behind.message
+        );
     }
 
     #[test]

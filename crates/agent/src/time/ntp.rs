@@ -203,7 +203,11 @@ mod tests {
                 .lines()
                 .count()
         };
-        assert!(apply(&config, &servers(&["a.example"]), false).await.expect("applies"));
+        assert!(
+            apply(&config, &servers(&["a.example"]), false)
+                .await
+                .expect("applies")
+        );
         let text = std::fs::read_to_string(&config.drop_in).expect("written");
         assert!(text.ends_with("NTP=a.example\n"), "{text}");
         let mode = std::fs::metadata(&config.drop_in)
@@ -213,7 +217,11 @@ mod tests {
         assert_eq!(mode & 0o777, 0o644 & !umask());
         assert_eq!(reloads(), 1);
         // The same servers: nothing to do.
-        assert!(!apply(&config, &servers(&["a.example"]), false).await.expect("applies"));
+        assert!(
+            !apply(&config, &servers(&["a.example"]), false)
+                .await
+                .expect("applies")
+        );
         assert_eq!(reloads(), 1);
         assert!(apply(&config, &[], false).await.expect("applies"));
         assert!(!config.drop_in.exists());
@@ -234,7 +242,11 @@ mod tests {
             .truncate(true)
             .open(&probe)
             .expect("probe");
-        0o666 & !std::fs::metadata(&probe).expect("metadata").permissions().mode()
+        0o666
+            & !std::fs::metadata(&probe)
+                .expect("metadata")
+                .permissions()
+                .mode()
     }
 
     #[tokio::test]
@@ -260,9 +272,6 @@ mod tests {
         let error = apply(&missing, &servers(&["a.example"]), false)
             .await
             .expect_err("fails");
-        assert!(
-            matches!(error, NtpError::Spawn { .. }),
-            "{error:?}"
-        );
+        assert!(matches!(error, NtpError::Spawn { .. }), "{error:?}");
     }
 }

@@ -211,7 +211,8 @@ mod tests {
 
     #[test]
     fn timesyncd_files_are_read_in_order_and_an_empty_ntp_clears_the_list() {
-        let main = "[Time]\n#NTP=commented.example\nNTP=a.example b.example\nFallbackNTP=f.example\n";
+        let main =
+            "[Time]\n#NTP=commented.example\nNTP=a.example b.example\nFallbackNTP=f.example\n";
         let drop_in = "[Time]\nNTP=\nNTP=c.example\n";
         let other_section = "[Other]\nNTP=not-time.example\n";
         assert_eq!(

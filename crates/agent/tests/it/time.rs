@@ -242,12 +242,22 @@ async fn a_normal_agent_reports_a_small_offset_and_writes_the_specs_ntp_servers(
     assert!(offset.abs() < 1_000, "{status}");
     assert_eq!(condition_types(&status), Vec::<String>::new(), "{status}");
     assert_eq!(status["time"]["ntpServers"], json!(["image.example"]));
-    assert_eq!(service.reloads(), 0, "nothing to write without a time section");
+    assert_eq!(
+        service.reloads(),
+        0,
+        "nothing to write without a time section"
+    );
 
     // Bad servers are refused, naming the field.
     for (servers, path) in [
-        (json!(["pool.ntp.org", "bad host"]), "spec.time.ntpServers[1]"),
-        (json!(["a.example\nNTP=evil.example"]), "spec.time.ntpServers[0]"),
+        (
+            json!(["pool.ntp.org", "bad host"]),
+            "spec.time.ntpServers[1]",
+        ),
+        (
+            json!(["a.example\nNTP=evil.example"]),
+            "spec.time.ntpServers[0]",
+        ),
         (json!("pool.ntp.org"), "spec.time.ntpServers"),
     ] {
         let reply = admin

@@ -414,7 +414,15 @@ mod tests {
         assert_eq!(spec.hold_for, "0s");
         for args in [
             &["x", "--condition", "ClockSkewed", "--status", "spec-errors"][..],
-            &["x", "--condition", "ClockSkewed", "--metric", "load1", "--above", "1"],
+            &[
+                "x",
+                "--condition",
+                "ClockSkewed",
+                "--metric",
+                "load1",
+                "--above",
+                "1",
+            ],
             &["x", "--metric", "load1"],
             &["x", "--status", "spec-errors", "--below", "1"],
             &["x", "--above", "1"],

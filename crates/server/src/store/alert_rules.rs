@@ -408,12 +408,14 @@ mod tests {
             .errors
             .push(SpecError::new("spec.time", r#""type":"ClockSkewed""#));
         assert!(!like(skewed, &stored(&status)), "{}", stored(&status));
-        status.conditions.push(tether_proto::conditions::ReportedCondition {
-            kind: "ClockSkewed".into(),
-            reason: "OffsetBeyondLimit".into(),
-            message: "10 minutes ahead".into(),
-            since: chrono::DateTime::from_timestamp_millis(0).expect("epoch"),
-        });
+        status
+            .conditions
+            .push(tether_proto::conditions::ReportedCondition {
+                kind: "ClockSkewed".into(),
+                reason: "OffsetBeyondLimit".into(),
+                message: "10 minutes ahead".into(),
+                since: chrono::DateTime::from_timestamp_millis(0).expect("epoch"),
+            });
         assert!(like(skewed, &stored(&status)), "{}", stored(&status));
     }
 }
