@@ -468,6 +468,63 @@ pub struct Config {
         group = "shell_login"
     )]
     pub shell_password_file: Option<PathBuf>,
+
+    /// How often the clock's offset from tetherd's is measured
+    #[arg(
+        long,
+        env = "TETHER_AGENT_TIME_CHECK_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub time_check_seconds: u64,
+
+    /// Where the spec's NTP servers are written, as a systemd-timesyncd drop-in
+    #[arg(
+        long,
+        env = "TETHER_AGENT_NTP_DROP_IN",
+        value_name = "FILE",
+        default_value = crate::time::ntp::DEFAULT_DROP_IN
+    )]
+    pub ntp_drop_in: PathBuf,
+
+    /// The command that makes timesyncd read the drop-in: words separated
+    /// by spaces, run as an argv (not through a shell)
+    #[arg(
+        long,
+        env = "TETHER_AGENT_NTP_RELOAD_COMMAND",
+        value_name = "COMMAND",
+        default_value = crate::time::ntp::DEFAULT_RELOAD_COMMAND
+    )]
+    pub ntp_reload_command: String,
+
+    /// timesyncd's config file, read (with its `.d/*.conf` drop-ins) for the
+    /// NTP servers when timedatectl cannot answer
+    #[arg(
+        long,
+        env = "TETHER_AGENT_TIMESYNCD_CONF",
+        value_name = "FILE",
+        default_value = "/etc/systemd/timesyncd.conf"
+    )]
+    pub timesyncd_conf: PathBuf,
+
+    /// The chronyc asked for chrony's state and sources
+    #[arg(
+        long,
+        env = "TETHER_AGENT_CHRONYC",
+        value_name = "PATH",
+        default_value = "chronyc"
+    )]
+    pub chronyc: PathBuf,
+
+    /// The timedatectl asked for timesyncd's state and servers
+    #[arg(
+        long,
+        env = "TETHER_AGENT_TIMEDATECTL",
+        value_name = "PATH",
+        default_value = "timedatectl"
+    )]
+    pub timedatectl: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -677,6 +734,26 @@ impl Config {
             .collect()
     }
 
+    /// How the device's time is kept track of and set.
+    pub fn time(&self) -> crate::time::TimeConfig {
+        crate::time::TimeConfig {
+            sources: crate::time::sources::SourcesConfig {
+                chronyc: self.chronyc.clone(),
+                timedatectl: self.timedatectl.clone(),
+                timesyncd_conf: self.timesyncd_conf.clone(),
+            },
+            ntp: crate::time::ntp::NtpConfig {
+                drop_in: self.ntp_drop_in.clone(),
+                reload: self
+                    .ntp_reload_command
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+            },
+            check_interval: std::time::Duration::from_secs(self.time_check_seconds),
+        }
+    }
+
     /// What tunnels may do on this device.
     pub fn tunnels(&self) -> crate::tunnel::TunnelPolicy {
         crate::tunnel::TunnelPolicy {
@@ -828,6 +905,26 @@ mod tests {
             config.k3s_restart().command,
             ["systemctl", "restart", "k3s"]
         );
+    }
+
+    #[test]
+    fn the_time_flags_default_to_the_devices_own_timesyncd() {
+        let config = Config::try_parse_from(["tether-agent"]).expect("parses");
+        assert_eq!(config.time(), crate::time::TimeConfig::default());
+        let config = Config::try_parse_from([
+            "tether-agent",
+            "--ntp-reload-command",
+            "/usr/local/bin/reload-ntp  now",
+            "--time-check-seconds",
+            "60",
+        ])
+        .expect("parses");
+        assert_eq!(
+            config.time().ntp.reload,
+            ["/usr/local/bin/reload-ntp", "now"]
+        );
+        assert_eq!(config.time().check_interval.as_secs(), 60);
+        assert!(Config::try_parse_from(["tether-agent", "--time-check-seconds", "0"]).is_err());
     }
 
     #[test]

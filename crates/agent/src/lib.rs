@@ -28,6 +28,7 @@ pub mod spec;
 pub mod spool;
 pub mod state;
 pub mod terminal;
+pub mod time;
 pub mod tls;
 pub mod tunnel;
 pub mod updates;
@@ -407,6 +408,13 @@ async fn serve(
     let _identity = AbortOnDrop(tokio::spawn(local_api::follow_credentials(
         renewed_rx.clone(),
         identity,
+    )));
+    let _time = AbortOnDrop(tokio::spawn(crate::time::run(
+        config.time(),
+        status.spec.subscribe(),
+        renewed_rx.clone(),
+        clock.clone(),
+        status.host_time.clone(),
     )));
     let version = status.spec.current().version;
     tracing::info!(version, "running with spec version {version}");

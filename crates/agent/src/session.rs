@@ -476,6 +476,7 @@ pub async fn run(
     let update_holds = publisher.status.update_holds.subscribe();
     let secret_errors = publisher.status.secret_errors.subscribe();
     let watchdog = publisher.status.watchdog.subscribe();
+    let host_time = publisher.status.host_time.subscribe();
     let mut session = Session {
         eventloop,
         publisher,
@@ -492,6 +493,7 @@ pub async fn run(
         secret_errors,
         watchdog,
         heartbeat,
+        host_time,
         control: crate::control::Requests::default(),
     };
     session.serve(shutdown).await;
@@ -585,6 +587,8 @@ struct Session {
     watchdog: watch::Receiver<Option<tether_proto::host::WatchdogStatus>>,
     /// Beaten whenever this loop waits ([`crate::watchdog::health::Heartbeat`]).
     heartbeat: Arc<crate::watchdog::health::Heartbeat>,
+    /// Wakes when the device's clock changes materially, to report it.
+    host_time: watch::Receiver<crate::time::TimeReport>,
     /// tetherd's rebirth and reload requests not yet done.
     control: crate::control::Requests,
 }
@@ -679,6 +683,10 @@ impl Session {
                     continue;
                 }
                 never = self.heartbeat.pulse() => match never {},
+                Ok(()) = self.host_time.changed() => {
+                    self.report_change("the device's time");
+                    continue;
+                }
                 () = crate::control::until(self.control.next_due()) => {
                     self.do_control_requests();
                     continue;

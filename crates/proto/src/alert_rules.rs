@@ -132,7 +132,7 @@ impl fmt::Display for Comparison {
 }
 
 /// A condition on what the device last reported (its `reported` status).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum StatusCondition {
@@ -141,13 +141,17 @@ pub enum StatusCondition {
     DeploymentFailed,
     /// The device could not apply a section of its spec.
     SpecErrors,
+    /// The device reports a condition of this type (`conditions` in its
+    /// status): `{"condition": "ClockSkewed"}`.
+    Condition(String),
 }
 
 impl StatusCondition {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &str {
         match self {
             StatusCondition::DeploymentFailed => "deploymentFailed",
             StatusCondition::SpecErrors => "specErrors",
+            StatusCondition::Condition(kind) => kind,
         }
     }
 }
@@ -262,6 +266,17 @@ pub fn check(name: &str, spec: &AlertRuleSpec) -> Result<(), SpecError> {
     }
     match &spec.condition {
         Condition::Metric(metric) => check_metric(metric),
+        Condition::Status(StatusCondition::Condition(kind))
+            if !crate::conditions::is_condition_type(kind) =>
+        {
+            Err(SpecError::new(
+                "spec.condition.status.condition",
+                format!(
+                    "{kind:?} is not a condition type: 1 to {} letters and digits starting with an upper-case letter, as devices report them (ClockSkewed)",
+                    crate::conditions::MAX_TYPE_BYTES
+                ),
+            ))
+        }
         Condition::Status(_) => Ok(()),
     }
 }
@@ -353,6 +368,29 @@ mod tests {
             rule.condition,
             Condition::Status(StatusCondition::DeploymentFailed)
         );
+    }
+
+    #[test]
+    fn a_rule_on_a_reported_condition_names_its_type() {
+        let body =
+            json!({"severity": "warning", "condition": {"status": {"condition": "ClockSkewed"}}});
+        let rule = spec(body.clone());
+        check("clock-skewed", &rule).expect("valid");
+        assert_eq!(
+            rule.condition,
+            Condition::Status(StatusCondition::Condition("ClockSkewed".into()))
+        );
+        assert_eq!(
+            serde_json::to_value(&rule).expect("json")["condition"],
+            body["condition"]
+        );
+        for bad in ["clock skewed", "", "Clock%"] {
+            let error = refused(
+                "clock-skewed",
+                json!({"severity": "warning", "condition": {"status": {"condition": bad}}}),
+            );
+            assert_eq!(error.path, "spec.condition.status.condition", "{bad}");
+        }
     }
 
     #[test]

@@ -123,6 +123,12 @@ pub struct DeviceReport {
     /// The watchdog the agent keeps, and whether it feeds it now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watchdog: Option<crate::host::WatchdogStatus>,
+    /// The device's clock: offset from tetherd's, sync state, NTP servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<crate::host_time::HostTime>,
+    /// Conditions holding on the device (`ClockSkewed`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<crate::conditions::ReportedCondition>,
     pub reported_at: DateTime<Utc>,
 }
 

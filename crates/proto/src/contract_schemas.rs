@@ -248,6 +248,7 @@ fn what_tetherd_sends_conforms_to_the_spec_schema() {
         "budgets": {"logs": 50_000_000, "actions": 0, "spoolReplay": 1},
         "actions": {"enabled": ["manage-deployment"], "disabled": ["send-kubectl"]},
         "secrets": {"db-password": {"version": 2, "ciphertext": "AQ=="}},
+        "time": {"ntpServers": ["pool.ntp.org", "192.0.2.1"], "maxOffsetSeconds": 10},
         "deployments": {"line-3": {"version": "4-1a2b", "charts": [
             serde_json::to_value(crate::desired::ChartRelease {
                 release: "edge-agent".into(),
@@ -281,6 +282,10 @@ fn what_tetherd_sends_conforms_to_the_spec_schema() {
         json!({"secrets": {"Db": {"version": 1, "ciphertext": "AQ=="}}}),
         json!({"secrets": {"db": {"version": 1, "ciphertext": ""}}}),
         json!({"secrets": {"db": {"version": 1, "ciphertext": "AQ==", "value": "x"}}}),
+        json!({"time": {"ntpServers": ["a.example", "a.example"]}}),
+        json!({"time": {"maxOffsetSeconds": 0}}),
+        json!({"time": {"servers": []}}),
+        json!({"time": {"ntpServers": ["a.example", "b", "c", "d", "e", "f", "g", "h", "i"]}}),
         json!({"deployments": {"d": {"version": "1", "charts": [
             {"release": "web", "chart": "web", "source": "oci://registry.example.com"}]}}}),
         json!({"deployments": {"d": {"version": "1", "charts": [
@@ -367,6 +372,19 @@ fn the_agents_report_conforms_to_the_reported_schema() {
             state: crate::host::WatchdogState::Stopped,
             reason: Some("the state directory cannot be written".into()),
         }),
+        time: Some(crate::host_time::HostTime {
+            offset_millis: Some(-600_123),
+            measured_at: Some(at(1_800_000_000)),
+            sync_state: crate::host_time::SyncState::Unsynchronized,
+            source: crate::host_time::TimeSource::Timesyncd,
+            ntp_servers: vec!["pool.ntp.org".into()],
+        }),
+        conditions: vec![crate::conditions::ReportedCondition {
+            kind: "ClockSkewed".into(),
+            reason: "OffsetBeyondLimit".into(),
+            message: "the device's clock is 600.1 s ahead of tetherd's".into(),
+            since: at(1_800_000_000),
+        }],
     };
     assert_conforms("reported", &serde_json::to_value(&reported).expect("JSON"));
     assert!(!refused("reported", &json!({"specVersion": 0})));

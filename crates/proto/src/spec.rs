@@ -19,7 +19,7 @@ pub type DeviceSpec = Map<String, Value>;
 
 /// The sections a spec may have today. A capability that needs another
 /// (deployments, provisioning) adds it here with its rules.
-pub const SECTIONS: [&str; 8] = [
+pub const SECTIONS: [&str; 9] = [
     LoggingConfig::NAME,
     MetricsConfig::NAME,
     Budgets::NAME,
@@ -28,6 +28,7 @@ pub const SECTIONS: [&str; 8] = [
     crate::desired::updates::SECTION,
     crate::secrets::SECTION,
     crate::host::WatchdogConfig::NAME,
+    crate::host_time::SECTION,
 ];
 
 /// Largest spec tetherd stores and sends, as JSON.
@@ -255,6 +256,9 @@ pub fn validate_section_with(
     if name == crate::host::WatchdogConfig::NAME {
         return crate::host::validate_watchdog(&path, section);
     }
+    if name == crate::host_time::SECTION {
+        return crate::host_time::validate(&path, section);
+    }
     let fields = match name {
         LoggingConfig::NAME => &["enableJournalExport", "priority", "units"][..],
         MetricsConfig::NAME => &["intervalSeconds"][..],
@@ -437,6 +441,13 @@ pub struct ReportedStatus {
     /// The watchdog the agent keeps; absent while it keeps none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watchdog: Option<crate::host::WatchdogStatus>,
+    /// The device's clock: offset from tetherd's, sync state, NTP servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<crate::host_time::HostTime>,
+    /// Conditions holding on the device (`ClockSkewed`), which alert
+    /// rules can name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<crate::conditions::ReportedCondition>,
 }
 
 impl ReportedStatus {
@@ -488,6 +499,35 @@ impl ReportedStatus {
             crate::sealed::MAX_PUBLIC_KEY_BYTES,
         )?;
         crate::host::check_limits(self.boot.as_ref(), self.watchdog.as_ref())?;
+        if let Some(time) = &self.time {
+            use crate::host_time::HostTime;
+            limits::check(
+                "time.ntpServers (entries)",
+                time.ntp_servers.len(),
+                HostTime::MAX_SERVERS,
+            )?;
+            for server in &time.ntp_servers {
+                limits::check("an NTP server", server.len(), HostTime::MAX_SERVER_BYTES)?;
+            }
+        }
+        use crate::conditions;
+        limits::check(
+            "conditions (entries)",
+            self.conditions.len(),
+            conditions::MAX_CONDITIONS,
+        )?;
+        for condition in &self.conditions {
+            limits::check(
+                "a condition's type and reason",
+                condition.kind.len().max(condition.reason.len()),
+                conditions::MAX_TYPE_BYTES,
+            )?;
+            limits::check(
+                "a condition's message",
+                condition.message.len(),
+                conditions::MAX_MESSAGE_BYTES,
+            )?;
+        }
         self.facts.check_limits()
     }
 }
@@ -832,8 +872,7 @@ mod tests {
             deployments: BTreeMap::new(),
             update_holds: Vec::new(),
             sealing_key: None,
-            boot: None,
-            watchdog: None,
+            ..ReportedStatus::default()
         };
         let json = serde_json::to_value(&status).expect("json");
         assert_eq!(json["specVersion"], 2);

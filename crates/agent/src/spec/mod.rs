@@ -235,8 +235,7 @@ pub fn report(
         deployments,
         update_holds,
         sealing_key: sealing_key.map(str::to_owned),
-        boot: None,
-        watchdog: None,
+        ..ReportedStatus::default()
     }
 }
 
@@ -264,6 +263,9 @@ pub struct StatusSource {
     boot: Option<Arc<BootReport>>,
     /// Whether the watchdog is fed ([`crate::watchdog`]).
     pub watchdog: watch::Sender<Option<WatchdogStatus>>,
+    /// The device's clock, its condition and the `time` section's errors
+    /// ([`crate::time`]).
+    pub host_time: watch::Sender<crate::time::TimeReport>,
 }
 
 impl StatusSource {
@@ -278,6 +280,7 @@ impl StatusSource {
             sealing_key: None,
             boot: None,
             watchdog: watch::channel(None).0,
+            host_time: watch::channel(Default::default()).0,
         }
     }
 
@@ -311,6 +314,7 @@ impl StatusSource {
             sealing_key: self.sealing_key.clone(),
             boot: self.boot.clone(),
             watchdog: self.watchdog.subscribe(),
+            host_time: self.host_time.subscribe(),
         }
     }
 
@@ -360,6 +364,7 @@ pub struct StatusView {
     sealing_key: Option<Arc<str>>,
     boot: Option<Arc<BootReport>>,
     watchdog: watch::Receiver<Option<WatchdogStatus>>,
+    host_time: watch::Receiver<crate::time::TimeReport>,
 }
 
 impl StatusView {
@@ -368,19 +373,21 @@ impl StatusView {
         let unapplied = self.unapplied.borrow().clone();
         let deployments = deployments::merged(&self.deployments.borrow());
         let secret_errors = self.secret_errors.borrow().clone();
-        ReportedStatus {
+        let mut status = ReportedStatus {
             boot: self.boot.as_deref().cloned(),
             watchdog: self.watchdog.borrow().clone(),
             ..report(
-                &self.applied.borrow(),
-                unapplied.as_ref(),
-                &secret_errors,
-                &self.facts,
-                deployments,
-                self.update_holds.borrow().clone(),
-                self.sealing_key.as_deref(),
+            &self.applied.borrow(),
+            unapplied.as_ref(),
+            &secret_errors,
+            &self.facts,
+            deployments,
+            self.update_holds.borrow().clone(),
+            self.sealing_key.as_deref(),
             )
-        }
+        };
+        self.host_time.borrow().add_to(&mut status);
+        status
     }
 
     /// The spec applied last.

@@ -19,5 +19,6 @@ mod sshd;
 mod supervisor;
 mod support;
 mod third_party_device;
+mod time;
 mod update_locks;
 mod watchdog;

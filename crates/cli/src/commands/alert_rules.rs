@@ -27,6 +27,9 @@ Examples:
   # A supervised process (a deployment) that failed, at once
   tether alerts rules create process-failed --status deployment-failed
 
+  # A condition devices report: a clock off by more than spec.time allows
+  tether alerts rules create clock-skewed --condition ClockSkewed --for 10m
+
   # The whole spec from a file (YAML or JSON: selector, severity, for,
   # summary, labels, condition)
   tether alerts rules create tank-high -f tank-high.yaml";
@@ -83,12 +86,12 @@ pub struct Create {
     name: String,
     /// The whole spec, YAML or JSON (`-`: stdin); instead of the flags below.
     #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with_all = [
-        "metric", "status", "selector", "severity", "hold_for", "summary", "alert_labels",
+        "metric", "status", "condition", "selector", "severity", "hold_for", "summary", "alert_labels",
     ])]
     file: Option<PathBuf>,
     /// A metric series of the devices, e.g. disk_used_percent, cpu_percent,
     /// or a custom metric's name.
-    #[arg(long, required_unless_present_any = ["file", "status"], conflicts_with = "status", requires = "threshold")]
+    #[arg(long, required_unless_present_any = ["file", "status", "condition"], conflicts_with_all = ["status", "condition"], requires = "threshold")]
     metric: Option<String>,
     /// Only the metric's series with this label, KEY=VALUE; repeat for more.
     #[arg(long = "series-label", value_name = "KEY=VALUE", requires = "metric")]
@@ -130,8 +133,12 @@ pub struct Create {
     )]
     at_most: Option<f64>,
     /// A reported status instead of a metric.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with = "condition")]
     status: Option<Status>,
+    /// A condition type devices report (their status's `conditions`),
+    /// e.g. ClockSkewed, instead of a metric.
+    #[arg(long, value_name = "TYPE")]
+    condition: Option<String>,
     /// The devices it watches (key=value,key!=value,…); every device if absent.
     #[arg(short = 'l', long = "selector")]
     selector: Option<String>,
@@ -181,12 +188,15 @@ impl Create {
                 Status::DeploymentFailed => StatusCondition::DeploymentFailed,
                 Status::SpecErrors => StatusCondition::SpecErrors,
             }),
-            (None, None) => {
-                return Err(CommandError::Usage(
-                    "say what the rule watches: --metric NAME with a threshold, --status, or -f FILE"
-                        .to_owned(),
-                ));
-            }
+            (None, None) => match &self.condition {
+                Some(kind) => Condition::Status(StatusCondition::Condition(kind.clone())),
+                None => {
+                    return Err(CommandError::Usage(
+                        "say what the rule watches: --metric NAME with a threshold, --status, --condition TYPE, or -f FILE"
+                            .to_owned(),
+                    ));
+                }
+            },
         };
         Ok(AlertRuleSpec {
             selector: self.selector.clone().unwrap_or_default(),
@@ -281,6 +291,7 @@ fn condition(spec: &AlertRuleSpec) -> String {
             };
             format!("{}{labels} {} {}", metric.name, metric.op, metric.value)
         }
+        Condition::Status(StatusCondition::Condition(kind)) => format!("reported condition {kind}"),
         Condition::Status(status) => format!("status {}", status.as_str()),
     }
 }
@@ -390,6 +401,11 @@ mod tests {
 
     #[test]
     fn flags_make_a_status_rule_and_refuse_a_threshold_without_a_metric() {
+        let clock = spec(&["clock", "--condition", "ClockSkewed"]);
+        assert_eq!(
+            clock.condition,
+            Condition::Status(StatusCondition::Condition("ClockSkewed".into()))
+        );
         let spec = spec(&["failed", "--status", "deployment-failed"]);
         assert_eq!(
             spec.condition,
@@ -397,7 +413,17 @@ mod tests {
         );
         assert_eq!(spec.hold_for, "0s");
         for args in [
-            &["x", "--metric", "load1"][..],
+            &["x", "--condition", "ClockSkewed", "--status", "spec-errors"][..],
+            &[
+                "x",
+                "--condition",
+                "ClockSkewed",
+                "--metric",
+                "load1",
+                "--above",
+                "1",
+            ],
+            &["x", "--metric", "load1"],
             &["x", "--status", "spec-errors", "--below", "1"],
             &["x", "--above", "1"],
             &["x"],

@@ -28,6 +28,7 @@ mod service_accounts;
 mod session;
 mod sessions;
 mod telemetry;
+mod time;
 mod tunnels;
 mod users;
 
@@ -185,6 +186,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(enroll::routes())
         .merge(provisioning::device_routes())
         .merge(join::routes())
+        .merge(time::routes())
         .merge(tunnels::device_routes());
     let (api, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", protected.merge(public))

@@ -51,10 +51,11 @@ use Role::{Admin, Operator, Viewer};
 pub const GROUPS: &[Group] = &[
     Group {
         title: "No login",
-        why: "Devices enroll, register, renew and dial tunnels back with their own proofs (an enrollment token, a provisioning key, a certificate, a tunnel id); people log in here; probes need no secret.",
+        why: "Devices enroll, register, renew and dial tunnels back with their own proofs (an enrollment token, a provisioning key, a certificate, a tunnel id); people log in here; probes, and agents reading tetherd's clock, need no secret.",
         rules: &[
             ("POST", "/api/v1/login", Public),
             ("GET", "/api/v1/ca.pem", Public),
+            ("GET", "/api/v1/time", Public),
             ("POST", "/api/v1/enroll", Public),
             ("POST", "/api/v1/renew", Public),
             ("POST", "/api/v1/register", Public),

@@ -709,6 +709,8 @@ fn with_spec(device: Device, record: SpecRecord) -> Device {
             sealing_key: status.sealing_key,
             boot: status.boot,
             watchdog: status.watchdog,
+            time: status.time,
+            conditions: status.conditions,
             reported_at,
         }),
         spec_in_sync: Some(in_sync),

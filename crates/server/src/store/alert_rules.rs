@@ -63,11 +63,14 @@ fn rule_from_row(row: &AnyRow) -> Result<AlertRuleRecord, StoreError> {
 /// Text a stored reported status contains when the condition may hold:
 /// serde_json writes it compactly, and the same characters inside a JSON
 /// string would be escaped (`\"`), so only the field itself matches. The
-/// evaluator parses the candidates to be sure.
-fn status_pattern(condition: StatusCondition) -> &'static str {
+/// evaluator parses the candidates to be sure. A condition type is
+/// letters and digits only (`conditions::is_condition_type`), so it has no
+/// LIKE wildcards.
+fn status_pattern(condition: &StatusCondition) -> String {
     match condition {
-        StatusCondition::DeploymentFailed => "%\"state\":\"failed\"%",
-        StatusCondition::SpecErrors => "%\"errors\":[{%",
+        StatusCondition::DeploymentFailed => "%\"state\":\"failed\"%".to_owned(),
+        StatusCondition::SpecErrors => "%\"errors\":[{%".to_owned(),
+        StatusCondition::Condition(kind) => format!("%\"conditions\":[%\"type\":\"{kind}\"%"),
     }
 }
 
@@ -313,7 +316,7 @@ impl Store {
     /// reads the status to be sure).
     pub async fn reported_candidates(
         &self,
-        condition: StatusCondition,
+        condition: &StatusCondition,
         selector: &LabelSelector,
         after: Option<&DeviceId>,
         limit_to: u32,
@@ -384,8 +387,8 @@ mod tests {
                 reason: Some(r#"the app said "state":"failed" and "errors":[{"#.into()),
             },
         );
-        let failed = status_pattern(StatusCondition::DeploymentFailed);
-        let errors = status_pattern(StatusCondition::SpecErrors);
+        let failed = &status_pattern(&StatusCondition::DeploymentFailed);
+        let errors = &status_pattern(&StatusCondition::SpecErrors);
         assert!(!like(failed, &stored(&status)), "{}", stored(&status));
         assert!(!like(errors, &stored(&status)), "{}", stored(&status));
 
@@ -395,5 +398,24 @@ mod tests {
             .push(SpecError::new("spec.loggingConfig", "bad"));
         assert!(like(failed, &stored(&status)), "{}", stored(&status));
         assert!(like(errors, &stored(&status)), "{}", stored(&status));
+    }
+
+    #[test]
+    fn the_condition_pattern_finds_the_type_only_in_the_conditions() {
+        let skewed = &status_pattern(&StatusCondition::Condition("ClockSkewed".into()));
+        let mut status = ReportedStatus::default();
+        status
+            .errors
+            .push(SpecError::new("spec.time", r#""type":"ClockSkewed""#));
+        assert!(!like(skewed, &stored(&status)), "{}", stored(&status));
+        status
+            .conditions
+            .push(tether_proto::conditions::ReportedCondition {
+                kind: "ClockSkewed".into(),
+                reason: "OffsetBeyondLimit".into(),
+                message: "10 minutes ahead".into(),
+                since: chrono::DateTime::from_timestamp_millis(0).expect("epoch"),
+            });
+        assert!(like(skewed, &stored(&status)), "{}", stored(&status));
     }
 }

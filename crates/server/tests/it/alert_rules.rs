@@ -233,3 +233,28 @@ async fn a_threshold_rule_fires_after_its_duration_and_resolves_when_the_value_d
         .expect_status(404)?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_on_a_reported_condition_names_a_condition_type() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let body = |kind: &str| {
+        json!({"name": "clock-skewed", "spec": {
+            "severity": "warning",
+            "condition": {"status": {"condition": kind}}
+        }})
+    };
+    assert_eq!(
+        refused_field(&admin, body("clock skewed")).await?,
+        "spec.condition.status.condition"
+    );
+    let created = admin
+        .post("/api/v1/alert-rules", body("ClockSkewed"))
+        .await?
+        .expect_status(201)?;
+    assert_eq!(
+        created["spec"]["condition"],
+        json!({"status": {"condition": "ClockSkewed"}})
+    );
+    Ok(())
+}

@@ -77,9 +77,17 @@ async fn requests_without_valid_credentials_get_401(database: Database) -> anyho
         "/api/v1/devices/{name}/actions",
         "/api/v1/actions/{correlationId}",
         "/api/v1/enroll",
+        "/api/v1/time",
     ] {
         assert!(openapi["paths"].get(path).is_some(), "OpenAPI lacks {path}");
     }
+
+    // tetherd's clock, for agents to measure theirs against; no login.
+    let before = chrono::Utc::now().timestamp_millis();
+    let time = anonymous.get("/api/v1/time").await?.expect_status(200)?;
+    let after = chrono::Utc::now().timestamp_millis();
+    let millis = time["unixMillis"].as_i64().unwrap_or_default();
+    assert!((before..=after).contains(&millis), "{time}");
     Ok(())
 }
 

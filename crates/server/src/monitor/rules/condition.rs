@@ -47,7 +47,7 @@ pub fn describe_series(name: &str, labels: &Labels, value: f64) -> String {
 }
 
 /// What of `status` meets `condition`, if anything.
-pub fn status_detail(condition: StatusCondition, status: &ReportedStatus) -> Option<String> {
+pub fn status_detail(condition: &StatusCondition, status: &ReportedStatus) -> Option<String> {
     let found: Vec<String> = match condition {
         StatusCondition::DeploymentFailed => status
             .deployments
@@ -62,6 +62,12 @@ pub fn status_detail(condition: StatusCondition, status: &ReportedStatus) -> Opt
             .errors
             .iter()
             .map(|error| format!("{} not applied: {}", error.path, error.message))
+            .collect(),
+        StatusCondition::Condition(kind) => status
+            .conditions
+            .iter()
+            .filter(|condition| condition.kind == *kind)
+            .map(|condition| format!("{kind} ({}): {}", condition.reason, condition.message))
             .collect(),
     };
     (!found.is_empty()).then(|| found.join("; "))
@@ -209,7 +215,7 @@ mod tests {
     fn status_conditions_name_what_failed() {
         let mut status = ReportedStatus::default();
         assert_eq!(
-            status_detail(StatusCondition::DeploymentFailed, &status),
+            status_detail(&StatusCondition::DeploymentFailed, &status),
             None
         );
         status.deployments = BTreeMap::from([
@@ -232,12 +238,28 @@ mod tests {
         ]);
         status.errors = vec![SpecError::new("spec.loggingConfig", "unknown unit")];
         assert_eq!(
-            status_detail(StatusCondition::DeploymentFailed, &status).as_deref(),
+            status_detail(&StatusCondition::DeploymentFailed, &status).as_deref(),
             Some("deployment web failed: process web exited 3 times")
         );
         assert_eq!(
-            status_detail(StatusCondition::SpecErrors, &status).as_deref(),
+            status_detail(&StatusCondition::SpecErrors, &status).as_deref(),
             Some("spec.loggingConfig not applied: unknown unit")
+        );
+        let skewed = StatusCondition::Condition("ClockSkewed".into());
+        assert_eq!(status_detail(&skewed, &status), None);
+        status.conditions = vec![tether_proto::conditions::ReportedCondition {
+            kind: "ClockSkewed".into(),
+            reason: "OffsetBeyondLimit".into(),
+            message: "the clock is 600.0 s ahead of tetherd's".into(),
+            since: chrono::DateTime::from_timestamp_millis(0).expect("epoch"),
+        }];
+        assert_eq!(
+            status_detail(&skewed, &status).as_deref(),
+            Some("ClockSkewed (OffsetBeyondLimit): the clock is 600.0 s ahead of tetherd's")
+        );
+        assert_eq!(
+            status_detail(&StatusCondition::Condition("DiskFull".into()), &status),
+            None
         );
         let spec =
             rule(json!({"severity": "warning", "condition": {"status": "deploymentFailed"}}));

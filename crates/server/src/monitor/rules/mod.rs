@@ -209,7 +209,7 @@ impl AlertRules {
         let spec = &record.spec;
         let findings = match &spec.condition {
             Condition::Metric(metric) => self.metric_findings(spec, metric, now).await?,
-            Condition::Status(status) => self.status_findings(spec, *status).await?,
+            Condition::Status(status) => self.status_findings(spec, status).await?,
         };
         let stored = self.store.alert_rule_states(&record.name).await?;
         let devices: BTreeSet<&DeviceId> = findings.keys().chain(stored.keys()).collect();
@@ -347,7 +347,7 @@ impl AlertRules {
     async fn status_findings(
         &self,
         spec: &AlertRuleSpec,
-        status: StatusCondition,
+        status: &StatusCondition,
     ) -> Result<BTreeMap<DeviceId, Finding>, StoreError> {
         let selector = spec.selector();
         let mut findings = BTreeMap::new();
