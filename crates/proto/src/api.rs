@@ -117,6 +117,10 @@ pub struct DeviceReport {
     /// sealed to (ADR 0030); absent until the agent reports one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealing_key: Option<String>,
+    /// The device's interfaces, routes, DNS and how its last network
+    /// change went, as the agent reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::NetworkStatus>,
     pub reported_at: DateTime<Utc>,
 }
 

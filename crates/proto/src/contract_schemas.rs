@@ -357,6 +357,29 @@ fn the_agents_report_conforms_to_the_reported_schema() {
             },
         ],
         sealing_key: Some("9x1m0ylxHfH4bL1nJ6hGLJ3YhYGBhUaLCm3vCmoN8hw=".into()),
+        network: Some(crate::network::NetworkStatus {
+            interfaces: vec![crate::network::InterfaceStatus {
+                name: "eth0".into(),
+                mac: Some("dc:a6:32:01:02:03".into()),
+                state: crate::network::LinkState::Up,
+                mtu: 1500,
+                addresses: vec!["10.0.0.2/24".into(), "fd00::2/64".into()],
+            }],
+            routes: vec![crate::network::RouteStatus {
+                destination: "default".into(),
+                gateway: Some("10.0.0.1".into()),
+                interface: Some("eth0".into()),
+            }],
+            dns: crate::network::DnsStatus {
+                servers: vec!["10.0.0.1".into()],
+                search: vec!["example.com".into()],
+            },
+            last_apply: Some(crate::network::LastApply {
+                state: crate::network::ApplyState::RolledBack,
+                reason: Some("tetherd was not reached within 120 s".into()),
+                at: chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("time"),
+            }),
+        }),
     };
     assert_conforms("reported", &serde_json::to_value(&reported).expect("JSON"));
     assert!(!refused("reported", &json!({"specVersion": 0})));

@@ -19,7 +19,7 @@ pub type DeviceSpec = Map<String, Value>;
 
 /// The sections a spec may have today. A capability that needs another
 /// (deployments, provisioning) adds it here with its rules.
-pub const SECTIONS: [&str; 7] = [
+pub const SECTIONS: [&str; 8] = [
     LoggingConfig::NAME,
     MetricsConfig::NAME,
     Budgets::NAME,
@@ -27,6 +27,7 @@ pub const SECTIONS: [&str; 7] = [
     crate::desired::SECTION,
     crate::desired::updates::SECTION,
     crate::secrets::SECTION,
+    crate::network::SECTION,
 ];
 
 /// Largest spec tetherd stores and sends, as JSON.
@@ -251,6 +252,9 @@ pub fn validate_section_with(
     if name == crate::secrets::SECTION {
         return crate::secrets::validate(&path, section);
     }
+    if name == crate::network::SECTION {
+        return crate::network::validate(&path, section);
+    }
     let fields = match name {
         LoggingConfig::NAME => &["enableJournalExport", "priority", "units"][..],
         MetricsConfig::NAME => &["intervalSeconds"][..],
@@ -427,6 +431,10 @@ pub struct ReportedStatus {
     /// seals secrets to (ADR 0030); absent from agents without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealing_key: Option<String>,
+    /// The device's interfaces, routes and DNS, and how the last change
+    /// of the spec's `network` section went; absent from agents without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::NetworkStatus>,
 }
 
 impl ReportedStatus {
@@ -477,6 +485,9 @@ impl ReportedStatus {
             self.sealing_key.as_ref().map_or(0, String::len),
             crate::sealed::MAX_PUBLIC_KEY_BYTES,
         )?;
+        if let Some(network) = &self.network {
+            network.check_limits()?;
+        }
         self.facts.check_limits()
     }
 }
@@ -819,6 +830,7 @@ mod tests {
             deployments: BTreeMap::new(),
             update_holds: Vec::new(),
             sealing_key: None,
+            network: None,
         };
         let json = serde_json::to_value(&status).expect("json");
         assert_eq!(json["specVersion"], 2);

@@ -707,6 +707,7 @@ fn with_spec(device: Device, record: SpecRecord) -> Device {
             deployments: status.deployments,
             update_holds: status.update_holds,
             sealing_key: status.sealing_key,
+            network: status.network,
             reported_at,
         }),
         spec_in_sync: Some(in_sync),
