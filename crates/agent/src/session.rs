@@ -469,6 +469,7 @@ pub async fn run(
     let deployments = publisher.status.deployments.subscribe();
     let update_holds = publisher.status.update_holds.subscribe();
     let secret_errors = publisher.status.secret_errors.subscribe();
+    let network = publisher.status.network.subscribe();
     let mut session = Session {
         eventloop,
         publisher,
@@ -483,6 +484,7 @@ pub async fn run(
         deployments,
         update_holds,
         secret_errors,
+        network,
         control: crate::control::Requests::default(),
     };
     session.serve(shutdown).await;
@@ -572,6 +574,8 @@ struct Session {
     /// Wakes when writing the secrets' Kubernetes Secrets fails or
     /// recovers, to report it.
     secret_errors: watch::Receiver<Vec<tether_proto::spec::SpecError>>,
+    /// Wakes when the network or its last change's outcome changes.
+    network: watch::Receiver<crate::network::NetworkReport>,
     /// tetherd's rebirth and reload requests not yet done.
     control: crate::control::Requests,
 }
@@ -659,6 +663,10 @@ impl Session {
                 }
                 Ok(()) = self.secret_errors.changed() => {
                     self.report_change("the secrets' errors");
+                    continue;
+                }
+                Ok(()) = self.network.changed() => {
+                    self.report_change("the network");
                     continue;
                 }
                 () = crate::control::until(self.control.next_due()) => {

@@ -118,6 +118,9 @@ pub fn apply(previous: &AppliedSpec, message: &SpecMessage) -> AppliedSpec {
     // Opened and written by the secret files after the spec is saved
     // (`SpecHandle::apply`); checked here like every section.
     take(tether_proto::secrets::SECTION, &mut |_| Ok(()));
+    // Applied by the network part (`crate::network`), which tries it and
+    // reports its outcome; checked here like every section.
+    take(tether_proto::network::SECTION, &mut |_| Ok(()));
     let failed = |name: &str| {
         applied.errors.iter().any(|e| {
             e.path == format!("spec.{name}") || e.path.starts_with(&format!("spec.{name}."))
@@ -209,6 +212,7 @@ pub fn report(
     deployments: BTreeMap<String, desired::DeploymentStatus>,
     update_holds: Vec<UpdateHold>,
     sealing_key: Option<&str>,
+    network: &crate::network::NetworkReport,
 ) -> ReportedStatus {
     ReportedStatus {
         spec_version: applied.version,
@@ -217,12 +221,14 @@ pub fn report(
             .iter()
             .chain(unapplied)
             .chain(secret_errors)
+            .chain(&network.error)
             .cloned()
             .collect(),
         facts: facts.clone(),
         deployments,
         update_holds,
         sealing_key: sealing_key.map(str::to_owned),
+        network: network.status.clone(),
     }
 }
 
@@ -244,6 +250,9 @@ pub struct StatusSource {
     /// ([`crate::secrets::cluster`]); in file mode those errors are in the
     /// applied spec's.
     pub secret_errors: watch::Sender<Vec<SpecError>>,
+    /// The device's network, and why its last change was not kept
+    /// ([`crate::network`]).
+    pub network: watch::Sender<crate::network::NetworkReport>,
     /// The public half of the device's sealing key (ADR 0030).
     sealing_key: Option<Arc<str>>,
 }
@@ -257,6 +266,7 @@ impl StatusSource {
             deployments: DeploymentReports::default(),
             update_holds: watch::channel(Vec::new()).0,
             secret_errors: watch::channel(Vec::new()).0,
+            network: watch::channel(crate::network::NetworkReport::default()).0,
             sealing_key: None,
         }
     }
@@ -282,6 +292,7 @@ impl StatusSource {
             deployments: self.deployments.subscribe(),
             update_holds: self.update_holds.subscribe(),
             secret_errors: self.secret_errors.subscribe(),
+            network: self.network.subscribe(),
             sealing_key: self.sealing_key.clone(),
         }
     }
@@ -329,6 +340,7 @@ pub struct StatusView {
     deployments: watch::Receiver<deployments::PartReports>,
     update_holds: watch::Receiver<Vec<UpdateHold>>,
     secret_errors: watch::Receiver<Vec<SpecError>>,
+    network: watch::Receiver<crate::network::NetworkReport>,
     sealing_key: Option<Arc<str>>,
 }
 
@@ -338,6 +350,7 @@ impl StatusView {
         let unapplied = self.unapplied.borrow().clone();
         let deployments = deployments::merged(&self.deployments.borrow());
         let secret_errors = self.secret_errors.borrow().clone();
+        let network = self.network.borrow().clone();
         report(
             &self.applied.borrow(),
             unapplied.as_ref(),
@@ -346,6 +359,7 @@ impl StatusView {
             deployments,
             self.update_holds.borrow().clone(),
             self.sealing_key.as_deref(),
+            &network,
         )
     }
 

@@ -1,0 +1,72 @@
+//! The netplan applier, for devices with netplan and its renderer
+//! (systemd-networkd or NetworkManager) running: the document is written
+//! to one file of `/etc/netplan` and `netplan apply` makes it so. The
+//! snapshot is that file as it was; restoring writes it back (or removes
+//! it) and applies again. The agent does the waiting and the way back
+//! itself rather than through `netplan try`, which wants a terminal to
+//! confirm on, and so that both appliers roll back the same way.
+
+use std::path::PathBuf;
+
+use tether_proto::network::NetworkPlan;
+
+use super::{Applier, FileSnapshot, NetworkError, Snapshot};
+
+pub struct NetplanApplier {
+    /// The file the agent owns, e.g. `/etc/netplan/90-tether.yaml`.
+    pub file: PathBuf,
+    /// The netplan command, `netplan` on the PATH by default.
+    pub command: PathBuf,
+}
+
+impl NetplanApplier {
+    async fn netplan_apply(&self) -> Result<(), NetworkError> {
+        let command = format!("{} apply", self.command.display());
+        let output = tokio::process::Command::new(&self.command)
+            .arg("apply")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|source| NetworkError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(NetworkError::Failed {
+                command,
+                message: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            })
+        }
+    }
+}
+
+impl Applier for NetplanApplier {
+    fn name(&self) -> &'static str {
+        "netplan"
+    }
+
+    async fn snapshot(&self, _plan: &NetworkPlan) -> Result<Snapshot, NetworkError> {
+        Ok(Snapshot::Netplan {
+            file: FileSnapshot::read(&self.file)?,
+        })
+    }
+
+    async fn apply(&self, plan: &NetworkPlan) -> Result<(), NetworkError> {
+        let yaml = serde_yaml::to_string(&plan.document).map_err(|e| NetworkError::Output {
+            command: "the netplan document as YAML",
+            message: e.to_string(),
+        })?;
+        FileSnapshot::Present(yaml).restore(&self.file)?;
+        self.netplan_apply().await
+    }
+
+    async fn restore(&self, snapshot: &Snapshot) -> Result<(), NetworkError> {
+        let Snapshot::Netplan { file } = snapshot else {
+            return Err(NetworkError::OtherApplier);
+        };
+        file.restore(&self.file)?;
+        self.netplan_apply().await
+    }
+}
