@@ -192,7 +192,7 @@ impl Applier for IpApplier {
 
     async fn snapshot(&self, plan: &NetworkPlan) -> Result<Snapshot, NetworkError> {
         if let Some((name, key)) = plan.ethernets.iter().find_map(|(name, e)| {
-            (e.dhcp4 || e.dhcp6).then(|| (name, if e.dhcp4 { "dhcp4" } else { "dhcp6" }))
+            (e.dhcp4 || e.dhcp6).then_some((name, if e.dhcp4 { "dhcp4" } else { "dhcp6" }))
         }) {
             return Err(NetworkError::NeedsNetplan(format!(
                 "{name}: {key}: true needs a DHCP client, which netplan's renderer runs; this agent applies with ip (set --network-applier netplan on a device with netplan), which sets static configuration only"

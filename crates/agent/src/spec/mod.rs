@@ -212,7 +212,6 @@ pub fn report(
     deployments: BTreeMap<String, desired::DeploymentStatus>,
     update_holds: Vec<UpdateHold>,
     sealing_key: Option<&str>,
-    network: &crate::network::NetworkReport,
 ) -> ReportedStatus {
     ReportedStatus {
         spec_version: applied.version,
@@ -221,14 +220,13 @@ pub fn report(
             .iter()
             .chain(unapplied)
             .chain(secret_errors)
-            .chain(&network.error)
             .cloned()
             .collect(),
         facts: facts.clone(),
         deployments,
         update_holds,
         sealing_key: sealing_key.map(str::to_owned),
-        network: network.status.clone(),
+        network: None,
     }
 }
 
@@ -350,8 +348,7 @@ impl StatusView {
         let unapplied = self.unapplied.borrow().clone();
         let deployments = deployments::merged(&self.deployments.borrow());
         let secret_errors = self.secret_errors.borrow().clone();
-        let network = self.network.borrow().clone();
-        report(
+        let mut status = report(
             &self.applied.borrow(),
             unapplied.as_ref(),
             &secret_errors,
@@ -359,8 +356,12 @@ impl StatusView {
             deployments,
             self.update_holds.borrow().clone(),
             self.sealing_key.as_deref(),
-            &network,
-        )
+        );
+        // The network part reports its own outcome (`crate::network`).
+        let network = self.network.borrow().clone();
+        status.errors.extend(network.error);
+        status.network = network.status;
+        status
     }
 
     /// The spec applied last.
