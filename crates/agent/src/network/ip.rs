@@ -158,6 +158,9 @@ pub fn resolv_conf(servers: &[IpAddr], search: &[String]) -> String {
     text
 }
 
+/// Everyone's resolver reads it.
+const RESOLV_CONF_MODE: u32 = 0o644;
+
 /// Applies documents with `ip` and writes nameservers to `resolv_conf`.
 pub struct IpApplier {
     pub resolv_conf: PathBuf,
@@ -245,7 +248,8 @@ impl Applier for IpApplier {
             }
         }
         if !servers.is_empty() || !search.is_empty() {
-            FileSnapshot::Present(resolv_conf(&servers, &search)).restore(&self.resolv_conf)?;
+            FileSnapshot::Present(resolv_conf(&servers, &search))
+                .restore(&self.resolv_conf, RESOLV_CONF_MODE)?;
         }
         Ok(())
     }
@@ -260,7 +264,7 @@ impl Applier for IpApplier {
         };
         self.converge(interfaces).await?;
         if let Some(file) = resolv_conf {
-            file.restore(&self.resolv_conf)?;
+            file.restore(&self.resolv_conf, RESOLV_CONF_MODE)?;
         }
         Ok(())
     }

@@ -145,10 +145,11 @@ impl FileSnapshot {
         }
     }
 
-    /// Makes `path` hold this (written whole, then renamed into place).
-    pub fn restore(&self, path: &Path) -> Result<(), NetworkError> {
+    /// Makes `path` hold this (written whole with `mode`, then renamed
+    /// into place).
+    pub fn restore(&self, path: &Path, mode: u32) -> Result<(), NetworkError> {
         let done = match self {
-            Self::Present(text) => write_atomic(path, text.as_bytes(), 0o644),
+            Self::Present(text) => write_atomic(path, text.as_bytes(), mode),
             Self::Absent => match std::fs::remove_file(path) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 other => other,
@@ -314,6 +315,12 @@ impl<A: Applier> Network<A> {
             self.section = applied.borrow_and_update().spec.get(SECTION).cloned();
             match trial::plan(&self.saved, self.section.as_ref()) {
                 Plan::Nothing => {}
+                Plan::Forget => {
+                    self.saved = Saved::default();
+                    if let Err(error) = self.saved.save(&self.path) {
+                        tracing::warn!(error = %tether_proto::error_chain(&error), "cannot save that the spec has no network section");
+                    }
+                }
                 Plan::RestoreInterrupted => self.restore_interrupted().await,
                 Plan::Try(plan) => self.try_change(&plan).await,
             }

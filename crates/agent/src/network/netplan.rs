@@ -12,6 +12,9 @@ use tether_proto::network::NetworkPlan;
 
 use super::{Applier, FileSnapshot, NetworkError, Snapshot};
 
+/// netplan warns about files others can read: they may hold Wi-Fi keys.
+const NETPLAN_FILE_MODE: u32 = 0o600;
+
 pub struct NetplanApplier {
     /// The file the agent owns, e.g. `/etc/netplan/90-tether.yaml`.
     pub file: PathBuf,
@@ -58,7 +61,7 @@ impl Applier for NetplanApplier {
             command: "the netplan document as YAML",
             message: e.to_string(),
         })?;
-        FileSnapshot::Present(yaml).restore(&self.file)?;
+        FileSnapshot::Present(yaml).restore(&self.file, NETPLAN_FILE_MODE)?;
         self.netplan_apply().await
     }
 
@@ -66,7 +69,7 @@ impl Applier for NetplanApplier {
         let Snapshot::Netplan { file } = snapshot else {
             return Err(NetworkError::OtherApplier);
         };
-        file.restore(&self.file)?;
+        file.restore(&self.file, NETPLAN_FILE_MODE)?;
         self.netplan_apply().await
     }
 }

@@ -16,6 +16,9 @@ pub enum Plan {
     /// a rolled-back document is tried again only once it changes), or one
     /// that does not validate (the spec's errors report it).
     Nothing,
+    /// The section is gone: the network stays as it is, and the document
+    /// tried last is forgotten, so that the same one added again is tried.
+    Forget,
     /// The agent stopped while a change was on trial: nothing proved it,
     /// so the snapshot goes back.
     RestoreInterrupted,
@@ -30,7 +33,11 @@ pub fn plan(saved: &Saved, section: Option<&Value>) -> Plan {
         return Plan::RestoreInterrupted;
     }
     let Some(section) = section else {
-        return Plan::Nothing;
+        return if saved == &Saved::default() {
+            Plan::Nothing
+        } else {
+            Plan::Forget
+        };
     };
     if saved.section.as_ref() == Some(section) {
         return Plan::Nothing;
@@ -142,6 +149,11 @@ mod tests {
             plan(&applied, Some(&section("10.0.0.3/24"))),
             Plan::Try(_)
         ));
+        assert_eq!(
+            plan(&applied, None),
+            Plan::Forget,
+            "a section removed and added again is tried again"
+        );
     }
 
     #[test]
