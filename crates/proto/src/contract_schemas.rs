@@ -248,6 +248,10 @@ fn what_tetherd_sends_conforms_to_the_spec_schema() {
         "budgets": {"logs": 50_000_000, "actions": 0, "spoolReplay": 1},
         "actions": {"enabled": ["manage-deployment"], "disabled": ["send-kubectl"]},
         "secrets": {"db-password": {"version": 2, "ciphertext": "AQ=="}},
+        "network": {
+            "netplan": "network:\n  version: 2\n  ethernets:\n    eth0:\n      addresses: [10.0.0.2/24]\n",
+            "rollbackSeconds": 60,
+        },
         "deployments": {"line-3": {"version": "4-1a2b", "charts": [
             serde_json::to_value(crate::desired::ChartRelease {
                 release: "edge-agent".into(),

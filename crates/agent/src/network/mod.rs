@@ -287,6 +287,8 @@ struct Network<A> {
     report: watch::Sender<NetworkReport>,
     /// The applied spec's `network` section now.
     section: Option<Value>,
+    /// Why the network could not be read last time, logged once.
+    read_error: Option<String>,
 }
 
 impl<A: Applier> Network<A> {
@@ -305,6 +307,7 @@ impl<A: Applier> Network<A> {
             reach,
             report,
             section: None,
+            read_error: None,
         }
     }
 
@@ -340,11 +343,18 @@ impl<A: Applier> Network<A> {
     }
 
     /// Reads the network and reports it if anything changed.
-    async fn publish(&self) {
+    async fn publish(&mut self) {
         let network = match status::read(&self.config.resolv_conf).await {
-            Ok(network) => Some(network),
+            Ok(network) => {
+                self.read_error = None;
+                Some(network)
+            }
             Err(error) => {
-                tracing::warn!(error = %tether_proto::error_chain(&error), "cannot read the network for the status");
+                let error = tether_proto::error_chain(&error);
+                if self.read_error.as_ref() != Some(&error) {
+                    tracing::warn!(%error, "cannot read the network for the status; it keeps what was read last");
+                    self.read_error = Some(error);
+                }
                 self.report.borrow().status.clone()
             }
         };
