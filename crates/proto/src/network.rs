@@ -278,9 +278,9 @@ fn ethernet(path: &str, entry: &Value) -> Result<Ethernet, SpecError> {
         ("dhcp6", &mut ethernet.dhcp6),
     ] {
         if let Some(value) = fields.get(key) {
-            *flag = value
-                .as_bool()
-                .ok_or_else(|| SpecError::new(format!("{path}.{key}"), "must be true or false"))?;
+            *flag = boolean(value).ok_or_else(|| {
+                SpecError::new(format!("{path}.{key}"), "must be true or false (or yes/no)")
+            })?;
         }
     }
     if let Some(value) = fields.get("gateway4") {
@@ -425,6 +425,20 @@ fn ip(path: &str, value: &Value) -> Result<IpAddr, SpecError> {
         .as_str()
         .and_then(|text| text.parse().ok())
         .ok_or_else(|| SpecError::new(path, "must be an IPv4 or IPv6 address"))
+}
+
+/// A boolean as netplan reads YAML 1.1 (`yes`/`no`, `on`/`off`), as
+/// `tether os edit` does: serde_yaml reads YAML 1.2, where `yes` is text.
+fn boolean(value: &Value) -> Option<bool> {
+    match value {
+        Value::Bool(flag) => Some(*flag),
+        Value::String(text) => match text.to_ascii_lowercase().as_str() {
+            "yes" | "y" | "on" | "true" => Some(true),
+            "no" | "n" | "off" | "false" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn is_interface_name(name: &str) -> bool {
@@ -635,6 +649,12 @@ mod tests {
         assert_eq!(eth0.nameservers, [IpAddr::from([1, 1, 1, 1])]);
         assert_eq!(eth0.search, ["example.com"]);
         assert_eq!(eth0.mtu, Some(1400));
+        let yes = parse(
+            PATH,
+            &json!({"netplan": "network:\n  version: 2\n  ethernets:\n    eth0:\n      dhcp4: yes\n      dhcp6: off\n"}),
+        )
+        .expect("YAML 1.1 booleans, as netplan and os edit read them");
+        assert!(yes.ethernets["eth0"].dhcp4 && !yes.ethernets["eth0"].dhcp6);
         let defaults =
             parse(PATH, &json!({"netplan": {"network": {"version": 2}}})).expect("valid");
         assert_eq!(defaults.rollback_seconds, DEFAULT_ROLLBACK_SECONDS);
@@ -715,7 +735,7 @@ mod tests {
                 "spec.network.netplan.network.ethernets.eth0.addresses[0]",
             ),
             (
-                eth0(json!({"dhcp4": "yes"})),
+                eth0(json!({"dhcp4": "maybe"})),
                 "spec.network.netplan.network.ethernets.eth0.dhcp4",
             ),
             (
