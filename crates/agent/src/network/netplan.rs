@@ -73,3 +73,53 @@ impl Applier for NetplanApplier {
         self.netplan_apply().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_document_goes_to_its_file_and_the_snapshot_puts_the_old_one_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("90-tether.yaml");
+        // `true` stands in for `netplan apply`, which needs a renderer running.
+        let applier = NetplanApplier {
+            file: file.clone(),
+            command: "true".into(),
+        };
+        let plan = tether_proto::network::parse(
+            "spec.network",
+            &json!({"netplan": "network:\n  version: 2\n  ethernets:\n    eth0:\n      addresses: [10.0.0.2/24]\n"}),
+        )
+        .expect("valid");
+        let snapshot = applier.snapshot(&plan).await.expect("snapshot");
+        assert_eq!(
+            snapshot,
+            Snapshot::Netplan {
+                file: FileSnapshot::Absent
+            }
+        );
+        applier.apply(&plan).await.expect("applied");
+        let written: serde_json::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&file).expect("written")).expect("YAML");
+        assert_eq!(written, plan.document);
+        let mode = std::fs::metadata(&file).expect("file").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        applier.restore(&snapshot).await.expect("restored");
+        assert!(!file.exists(), "there was no file before");
+
+        let failing = NetplanApplier {
+            file,
+            command: "false".into(),
+        };
+        let error = failing
+            .apply(&plan)
+            .await
+            .expect_err("netplan apply failed");
+        assert!(error.to_string().contains("false apply failed"), "{error}");
+    }
+}
