@@ -525,6 +525,47 @@ pub struct Config {
         default_value = "timedatectl"
     )]
     pub timedatectl: PathBuf,
+    /// How the spec's network section is applied: ip (iproute2 and
+    /// resolv.conf, static settings) or netplan (`netplan apply`, on a
+    /// device running netplan with systemd-networkd or NetworkManager)
+    #[arg(
+        long,
+        env = "TETHER_AGENT_NETWORK_APPLIER",
+        value_name = "APPLIER",
+        value_enum,
+        default_value_t = crate::network::ApplierKind::Ip
+    )]
+    pub network_applier: crate::network::ApplierKind,
+
+    /// The resolver file the ip applier writes nameservers to, and the
+    /// status reads DNS from
+    #[arg(
+        long,
+        env = "TETHER_AGENT_RESOLV_CONF",
+        value_name = "FILE",
+        default_value = "/etc/resolv.conf"
+    )]
+    pub resolv_conf: PathBuf,
+
+    /// The netplan file the netplan applier writes the spec's document to
+    #[arg(
+        long,
+        env = "TETHER_AGENT_NETPLAN_FILE",
+        value_name = "FILE",
+        default_value = "/etc/netplan/90-tether.yaml"
+    )]
+    pub netplan_file: PathBuf,
+
+    /// How often the network is read again for the status (reported only
+    /// when it changed)
+    #[arg(
+        long,
+        env = "TETHER_AGENT_NETWORK_STATUS_INTERVAL_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub network_status_interval_seconds: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -751,6 +792,17 @@ impl Config {
                     .collect(),
             },
             check_interval: std::time::Duration::from_secs(self.time_check_seconds),
+        }
+    }
+
+    /// How the spec's network section is applied and the network read.
+    pub fn network(&self) -> crate::network::NetworkConfig {
+        crate::network::NetworkConfig {
+            applier: self.network_applier,
+            resolv_conf: self.resolv_conf.clone(),
+            netplan_file: self.netplan_file.clone(),
+            netplan_command: "netplan".into(),
+            status_interval: std::time::Duration::from_secs(self.network_status_interval_seconds),
         }
     }
 

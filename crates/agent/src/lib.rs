@@ -18,6 +18,7 @@ pub mod logging;
 pub mod logs;
 pub mod management_shell;
 pub mod metrics;
+pub mod network;
 pub mod provisioning;
 pub mod queue;
 pub mod renewal;
@@ -441,6 +442,19 @@ async fn serve(
         status.spec.subscribe(),
     );
     health.supervisor.send_replace(Some(supervisor.ping()));
+    // From here, not from the start: a network change is proved by
+    // reaching tetherd, which takes the credentials.
+    let _network = AbortOnDrop(tokio::spawn({
+        let config = config.network();
+        let state_dir = state.path().to_owned();
+        let applied = status.spec.subscribe();
+        let reach = network::Reach {
+            credentials: renewed_rx.clone(),
+            clock: clock.clone(),
+        };
+        let report = status.network.clone();
+        async move { network::run(config, &state_dir, applied, reach, report).await }
+    }));
     let session = session::run(
         credentials.clone(),
         &state,

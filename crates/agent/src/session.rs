@@ -477,6 +477,7 @@ pub async fn run(
     let secret_errors = publisher.status.secret_errors.subscribe();
     let watchdog = publisher.status.watchdog.subscribe();
     let host_time = publisher.status.host_time.subscribe();
+    let network = publisher.status.network.subscribe();
     let mut session = Session {
         eventloop,
         publisher,
@@ -494,6 +495,7 @@ pub async fn run(
         watchdog,
         heartbeat,
         host_time,
+        network,
         control: crate::control::Requests::default(),
     };
     session.serve(shutdown).await;
@@ -589,6 +591,8 @@ struct Session {
     heartbeat: Arc<crate::watchdog::health::Heartbeat>,
     /// Wakes when the device's clock changes materially, to report it.
     host_time: watch::Receiver<crate::time::TimeReport>,
+    /// Wakes when the network or its last change's outcome changes.
+    network: watch::Receiver<crate::network::NetworkReport>,
     /// tetherd's rebirth and reload requests not yet done.
     control: crate::control::Requests,
 }
@@ -685,6 +689,10 @@ impl Session {
                 never = self.heartbeat.pulse() => match never {},
                 Ok(()) = self.host_time.changed() => {
                     self.report_change("the device's time");
+                    continue;
+                }
+                Ok(()) = self.network.changed() => {
+                    self.report_change("the network");
                     continue;
                 }
                 () = crate::control::until(self.control.next_due()) => {

@@ -129,6 +129,10 @@ pub struct DeviceReport {
     /// Conditions holding on the device (`ClockSkewed`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<crate::conditions::ReportedCondition>,
+    /// The device's interfaces, routes, DNS and how its last network
+    /// change went, as the agent reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::NetworkStatus>,
     pub reported_at: DateTime<Utc>,
 }
 

@@ -249,6 +249,10 @@ fn what_tetherd_sends_conforms_to_the_spec_schema() {
         "actions": {"enabled": ["manage-deployment"], "disabled": ["send-kubectl"]},
         "secrets": {"db-password": {"version": 2, "ciphertext": "AQ=="}},
         "time": {"ntpServers": ["pool.ntp.org", "192.0.2.1"], "maxOffsetSeconds": 10},
+        "network": {
+            "netplan": "network:\n  version: 2\n  ethernets:\n    eth0:\n      addresses: [10.0.0.2/24]\n",
+            "rollbackSeconds": 60,
+        },
         "deployments": {"line-3": {"version": "4-1a2b", "charts": [
             serde_json::to_value(crate::desired::ChartRelease {
                 release: "edge-agent".into(),
@@ -385,6 +389,29 @@ fn the_agents_report_conforms_to_the_reported_schema() {
             message: "the device's clock is 600.1 s ahead of tetherd's".into(),
             since: at(1_800_000_000),
         }],
+        network: Some(crate::network::NetworkStatus {
+            interfaces: vec![crate::network::InterfaceStatus {
+                name: "eth0".into(),
+                mac: Some("dc:a6:32:01:02:03".into()),
+                state: crate::network::LinkState::Up,
+                mtu: 1500,
+                addresses: vec!["10.0.0.2/24".into(), "fd00::2/64".into()],
+            }],
+            routes: vec![crate::network::RouteStatus {
+                destination: "default".into(),
+                gateway: Some("10.0.0.1".into()),
+                interface: Some("eth0".into()),
+            }],
+            dns: crate::network::DnsStatus {
+                servers: vec!["10.0.0.1".into()],
+                search: vec!["example.com".into()],
+            },
+            last_apply: Some(crate::network::LastApply {
+                state: crate::network::ApplyState::RolledBack,
+                reason: Some("tetherd was not reached within 120 s".into()),
+                at: chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("time"),
+            }),
+        }),
     };
     assert_conforms("reported", &serde_json::to_value(&reported).expect("JSON"));
     assert!(!refused("reported", &json!({"specVersion": 0})));

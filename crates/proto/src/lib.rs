@@ -23,6 +23,7 @@ pub mod kubeconfig;
 pub mod labels;
 pub mod limits;
 pub mod metrics;
+pub mod network;
 pub mod password;
 pub mod priority;
 pub mod provisioning;

@@ -19,7 +19,7 @@ pub type DeviceSpec = Map<String, Value>;
 
 /// The sections a spec may have today. A capability that needs another
 /// (deployments, provisioning) adds it here with its rules.
-pub const SECTIONS: [&str; 9] = [
+pub const SECTIONS: [&str; 10] = [
     LoggingConfig::NAME,
     MetricsConfig::NAME,
     Budgets::NAME,
@@ -29,6 +29,7 @@ pub const SECTIONS: [&str; 9] = [
     crate::secrets::SECTION,
     crate::host::WatchdogConfig::NAME,
     crate::host_time::SECTION,
+    crate::network::SECTION,
 ];
 
 /// Largest spec tetherd stores and sends, as JSON.
@@ -259,6 +260,9 @@ pub fn validate_section_with(
     if name == crate::host_time::SECTION {
         return crate::host_time::validate(&path, section);
     }
+    if name == crate::network::SECTION {
+        return crate::network::validate(&path, section);
+    }
     let fields = match name {
         LoggingConfig::NAME => &["enableJournalExport", "priority", "units"][..],
         MetricsConfig::NAME => &["intervalSeconds"][..],
@@ -448,6 +452,10 @@ pub struct ReportedStatus {
     /// rules can name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<crate::conditions::ReportedCondition>,
+    /// The device's interfaces, routes and DNS, and how the last change
+    /// of the spec's `network` section went; absent from agents without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::NetworkStatus>,
 }
 
 impl ReportedStatus {
@@ -527,6 +535,9 @@ impl ReportedStatus {
                 condition.message.len(),
                 conditions::MAX_MESSAGE_BYTES,
             )?;
+        }
+        if let Some(network) = &self.network {
+            network.check_limits()?;
         }
         self.facts.check_limits()
     }

@@ -21,6 +21,8 @@ pub struct Agent {
     env: Vec<(String, String)>,
     /// The enrollment it was started with, and tetherd's API URL.
     enrollment: Option<(Value, String)>,
+    /// The network namespace it runs in (`ip netns exec`), if not the host's.
+    netns: Option<String>,
 }
 
 impl Agent {
@@ -64,6 +66,31 @@ impl Agent {
         Ok(agent)
     }
 
+    /// Like [`Agent::enroll_with_env`], the agent running inside network
+    /// namespace `netns` (a [`crate::netns::NetNs`]), now and on every
+    /// restart.
+    pub async fn enroll_in_netns(
+        tetherd: &Tetherd,
+        admin: &ApiClient,
+        name: &str,
+        netns: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let created = admin
+            .post("/api/v1/devices", json!({"name": name}))
+            .await?
+            .expect_status(201)?;
+        let mut agent = Self::new(name)?;
+        agent.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        agent.netns = Some(netns.to_owned());
+        agent.spawn(Some(&created["enrollment"]), &tetherd.api_url)?;
+        agent.enrollment = Some((created["enrollment"].clone(), tetherd.api_url.clone()));
+        Ok(agent)
+    }
+
     /// Enrolls and waits until the device is online.
     pub async fn enroll_online(
         tetherd: &Tetherd,
@@ -86,6 +113,7 @@ impl Agent {
             dir,
             env: Vec::new(),
             enrollment: None,
+            netns: None,
         })
     }
 
@@ -160,7 +188,15 @@ impl Agent {
             .open(self.log_path())
             .context("opening the agent log")?;
         let agent = binary("tether-agent")?;
-        let mut command = Command::new(agent);
+        // `ip netns exec` execs the agent: the child's pid is the agent's.
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(agent);
+                command
+            }
+            None => Command::new(agent),
+        };
         command
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("--state-dir")

@@ -11,6 +11,7 @@ pub mod fake_alertmanager;
 pub mod fake_kube;
 pub mod http_target;
 pub mod mosquitto;
+pub mod netns;
 pub mod postgres;
 pub mod seed_schema;
 pub mod sim_agent;

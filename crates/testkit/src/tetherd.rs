@@ -34,6 +34,9 @@ pub struct Tetherd {
     dir: TempDir,
     database_url: Option<String>,
     extra_args: Vec<String>,
+    /// The address both listeners bind (loopback unless a test gives one
+    /// of a network it built, [`Tetherd::start_on_host`]).
+    listen_host: String,
     pub api_url: String,
     pub mqtt_url: String,
     ca_pem: Vec<u8>,
@@ -50,6 +53,34 @@ impl Tetherd {
     /// Starts tetherd with extra flags, e.g. a config file.
     pub async fn start_with(database: Database, extra_args: &[&str]) -> anyhow::Result<Self> {
         Self::start_prepared(database, extra_args, |_| Ok(())).await
+    }
+
+    /// Starts tetherd on SQLite listening on `host` only (an address of a
+    /// network the test built, e.g. a veth's [`crate::netns::NetNs`]),
+    /// with `host` first in its certificate and in the URLs it gives
+    /// devices.
+    pub async fn start_on_host(host: &str, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let public_hosts = format!("{host},localhost,127.0.0.1");
+        let mut args = vec!["--public-host", &public_hosts];
+        args.extend_from_slice(extra_args);
+        let dir = tempfile::Builder::new()
+            .prefix("tetherd-")
+            .tempdir()
+            .context("creating the data dir")?;
+        let mut tetherd = Self {
+            child: None,
+            database_url: None,
+            dir,
+            extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
+            listen_host: host.to_owned(),
+            api_url: String::new(),
+            mqtt_url: String::new(),
+            ca_pem: Vec::new(),
+            admin_password: String::new(),
+            postgres: None,
+        };
+        tetherd.spawn().await?;
+        Ok(tetherd)
     }
 
     /// Starts tetherd after `prepare` has had the (not yet existing) data
@@ -72,6 +103,7 @@ impl Tetherd {
             database_url: postgres.as_ref().map(TempPostgres::url),
             dir,
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            listen_host: LOOPBACK.to_owned(),
             api_url: String::new(),
             mqtt_url: String::new(),
             ca_pem: Vec::new(),
@@ -139,6 +171,7 @@ impl Tetherd {
             database_url: Some(database_url),
             dir,
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            listen_host: LOOPBACK.to_owned(),
             api_url: String::new(),
             mqtt_url: String::new(),
             ca_pem: Vec::new(),
@@ -208,8 +241,8 @@ impl Tetherd {
         command
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["--listen-api", &listen(&self.api_url)])
-            .args(["--listen-mqtt", &listen(&self.mqtt_url)])
+            .args(["--listen-api", &listen(&self.api_url, &self.listen_host)])
+            .args(["--listen-mqtt", &listen(&self.mqtt_url, &self.listen_host)])
             .args(["--log-level", "info,tether_server=debug"])
             .args(&self.extra_args)
             .env_remove("TETHER_CONFIG")
@@ -331,12 +364,14 @@ impl Tetherd {
 
 /// The address to listen on: a free port the first time, the same one
 /// after a restart (`url` is empty before the first start).
-fn listen(url: &str) -> String {
+fn listen(url: &str, host: &str) -> String {
     match url.rsplit_once("//") {
         Some((_, authority)) => authority.to_owned(),
-        None => "127.0.0.1:0".to_owned(),
+        None => format!("{host}:0"),
     }
 }
+
+const LOOPBACK: &str = "127.0.0.1";
 
 impl Drop for Tetherd {
     fn drop(&mut self) {

@@ -127,6 +127,9 @@ pub fn apply(previous: &AppliedSpec, message: &SpecMessage) -> AppliedSpec {
     // Opened and written by the secret files after the spec is saved
     // (`SpecHandle::apply`); checked here like every section.
     take(tether_proto::secrets::SECTION, &mut |_| Ok(()));
+    // Applied by the network part (`crate::network`), which tries it and
+    // reports its outcome; checked here like every section.
+    take(tether_proto::network::SECTION, &mut |_| Ok(()));
     let failed = |name: &str| {
         applied.errors.iter().any(|e| {
             e.path == format!("spec.{name}") || e.path.starts_with(&format!("spec.{name}."))
@@ -257,6 +260,9 @@ pub struct StatusSource {
     /// ([`crate::secrets::cluster`]); in file mode those errors are in the
     /// applied spec's.
     pub secret_errors: watch::Sender<Vec<SpecError>>,
+    /// The device's network, and why its last change was not kept
+    /// ([`crate::network`]).
+    pub network: watch::Sender<crate::network::NetworkReport>,
     /// The public half of the device's sealing key (ADR 0030).
     sealing_key: Option<Arc<str>>,
     /// The machine's boot, read once at start.
@@ -277,6 +283,7 @@ impl StatusSource {
             deployments: DeploymentReports::default(),
             update_holds: watch::channel(Vec::new()).0,
             secret_errors: watch::channel(Vec::new()).0,
+            network: watch::channel(crate::network::NetworkReport::default()).0,
             sealing_key: None,
             boot: None,
             watchdog: watch::channel(None).0,
@@ -311,6 +318,7 @@ impl StatusSource {
             deployments: self.deployments.subscribe(),
             update_holds: self.update_holds.subscribe(),
             secret_errors: self.secret_errors.subscribe(),
+            network: self.network.subscribe(),
             sealing_key: self.sealing_key.clone(),
             boot: self.boot.clone(),
             watchdog: self.watchdog.subscribe(),
@@ -361,6 +369,7 @@ pub struct StatusView {
     deployments: watch::Receiver<deployments::PartReports>,
     update_holds: watch::Receiver<Vec<UpdateHold>>,
     secret_errors: watch::Receiver<Vec<SpecError>>,
+    network: watch::Receiver<crate::network::NetworkReport>,
     sealing_key: Option<Arc<str>>,
     boot: Option<Arc<BootReport>>,
     watchdog: watch::Receiver<Option<WatchdogStatus>>,
@@ -377,16 +386,20 @@ impl StatusView {
             boot: self.boot.as_deref().cloned(),
             watchdog: self.watchdog.borrow().clone(),
             ..report(
-            &self.applied.borrow(),
-            unapplied.as_ref(),
-            &secret_errors,
-            &self.facts,
-            deployments,
-            self.update_holds.borrow().clone(),
-            self.sealing_key.as_deref(),
+                &self.applied.borrow(),
+                unapplied.as_ref(),
+                &secret_errors,
+                &self.facts,
+                deployments,
+                self.update_holds.borrow().clone(),
+                self.sealing_key.as_deref(),
             )
         };
         self.host_time.borrow().add_to(&mut status);
+        // The network part reports its own outcome (`crate::network`).
+        let network = self.network.borrow().clone();
+        status.errors.extend(network.error);
+        status.network = network.status;
         status
     }
 

@@ -10,6 +10,7 @@ mod fake_kube;
 mod kubernetes;
 mod local_api;
 mod logs;
+mod network;
 mod offline;
 mod power;
 mod restore;

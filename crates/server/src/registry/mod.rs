@@ -711,6 +711,7 @@ fn with_spec(device: Device, record: SpecRecord) -> Device {
             watchdog: status.watchdog,
             time: status.time,
             conditions: status.conditions,
+            network: status.network,
             reported_at,
         }),
         spec_in_sync: Some(in_sync),

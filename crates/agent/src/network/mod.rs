@@ -1,0 +1,494 @@
+//! The device's network (issue 19, scope 5): reported in the status, and
+//! set from the spec's `network` section (a netplan v2 document) the way
+//! `netplan try` sets it. Before a change the configuration it touches is
+//! saved (the snapshot, kept in the state directory); after it, the agent
+//! waits up to `rollbackSeconds` for a TLS handshake with tetherd's device
+//! endpoint — proof that the device still reaches tetherd, not only that
+//! the kernel took the change. Without that proof the snapshot goes back,
+//! and the status says why.
+//!
+//! Applying sits behind [`Applier`]: [`ip::IpApplier`] (iproute2 and
+//! resolv.conf, for devices without netplan running) and
+//! [`netplan::NetplanApplier`] (`netplan apply`), chosen in the agent's
+//! config.
+
+pub mod ip;
+pub mod netplan;
+pub mod status;
+pub mod trial;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tether_proto::network::{ApplyState, LastApply, NetworkPlan, NetworkStatus, SECTION};
+use tether_proto::spec::SpecError;
+use tokio::sync::watch;
+
+use crate::clock::ServerClock;
+use crate::spec::AppliedSpec;
+use crate::state::{Credentials, write_atomic};
+use trial::{Plan, Trial, Verdict};
+
+/// Where the last document tried, its outcome and an unfinished trial's
+/// snapshot are kept in the state directory.
+pub const STATE_FILE: &str = "network.json";
+/// Longest a single reachability probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between two failed probes.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("cannot run {command}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{command} failed: {message}")]
+    Failed { command: String, message: String },
+    #[error("cannot read the output of {command}: {message}")]
+    Output {
+        command: &'static str,
+        message: String,
+    },
+    #[error("no interface {0} on this device")]
+    NoInterface(String),
+    #[error("{0}")]
+    NeedsNetplan(String),
+    #[error("cannot read or write {path}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the snapshot was taken by the other applier; set the agent's network applier back to restore it"
+    )]
+    OtherApplier,
+}
+
+/// Which tool applies network documents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ApplierKind {
+    /// iproute2 and resolv.conf: static settings, no netplan needed.
+    #[default]
+    Ip,
+    /// `netplan apply`, with netplan and its renderer on the device.
+    Netplan,
+}
+
+/// The network part of the agent's config.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    pub applier: ApplierKind,
+    /// Where the ip applier writes nameservers, and status reads them.
+    pub resolv_conf: PathBuf,
+    /// The netplan file the netplan applier owns.
+    pub netplan_file: PathBuf,
+    pub netplan_command: PathBuf,
+    /// How often the network is read again for the status.
+    pub status_interval: Duration,
+}
+
+/// Sets a network document and puts a snapshot back. Applying must leave
+/// what it does not name as it is.
+pub trait Applier: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// What the document would change, as it is now; refuses a document
+    /// this applier cannot set, before anything changed.
+    fn snapshot(
+        &self,
+        plan: &NetworkPlan,
+    ) -> impl Future<Output = Result<Snapshot, NetworkError>> + Send;
+    fn apply(&self, plan: &NetworkPlan) -> impl Future<Output = Result<(), NetworkError>> + Send;
+    fn restore(&self, snapshot: &Snapshot)
+    -> impl Future<Output = Result<(), NetworkError>> + Send;
+}
+
+/// What a change replaced, to put back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "applier")]
+pub enum Snapshot {
+    Ip {
+        interfaces: Vec<ip::InterfaceConfig>,
+        /// None: the document names no nameservers, resolv.conf untouched.
+        resolv_conf: Option<FileSnapshot>,
+    },
+    Netplan {
+        file: FileSnapshot,
+    },
+}
+
+/// A file's contents, or that it did not exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FileSnapshot {
+    Absent,
+    Present(String),
+}
+
+impl FileSnapshot {
+    pub fn read(path: &Path) -> Result<Self, NetworkError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Self::Present(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::Absent),
+            Err(source) => Err(NetworkError::File {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Makes `path` hold this (written whole with `mode`, then renamed
+    /// into place).
+    pub fn restore(&self, path: &Path, mode: u32) -> Result<(), NetworkError> {
+        let done = match self {
+            Self::Present(text) => write_atomic(path, text.as_bytes(), mode),
+            Self::Absent => match std::fs::remove_file(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            },
+        };
+        done.map_err(|source| NetworkError::File {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// What the agent keeps of its network changes across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Saved {
+    /// The `network` section tried last, as the spec had it.
+    pub section: Option<Value>,
+    /// Present while a change is on trial: what to put back if the agent
+    /// stops before the change is proved.
+    pub trial: Option<Snapshot>,
+    pub last_apply: Option<LastApply>,
+}
+
+impl Saved {
+    fn load(path: &Path) -> Self {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), "ignoring {}: not written by this agent ({e})", path.display());
+                Self::default()
+            }),
+            Err(_) => Self::default(),
+        }
+    }
+
+    fn save(&self, path: &Path) -> Result<(), NetworkError> {
+        let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
+        write_atomic(path, &bytes, 0o600).map_err(|source| NetworkError::File {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// What the network part adds to the status: the network, and the error
+/// of a `network` section that was rolled back or failed, reported at
+/// `spec.network` for as long as the spec carries that section.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkReport {
+    pub status: Option<NetworkStatus>,
+    pub error: Option<SpecError>,
+}
+
+/// Proves that the device reaches tetherd: a TLS handshake with one of its
+/// device endpoints, tetherd's certificate checked against the CA the
+/// device pinned and the device's own certificate presented.
+#[derive(Clone)]
+pub struct Reach {
+    pub credentials: watch::Receiver<Credentials>,
+    pub clock: Arc<ServerClock>,
+}
+
+impl Reach {
+    /// What was reached, or why nothing was.
+    pub async fn probe(&self, timeout: Duration) -> Result<String, String> {
+        let credentials = self.credentials.borrow().clone();
+        let config = crate::session::tls_config(&credentials, self.clock.clone())
+            .map_err(|e| tether_proto::error_chain(&e))?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let mut errors = Vec::new();
+        for url in &credentials.mqtt_urls {
+            let handshake = async {
+                let (host, port) =
+                    crate::session::parse_mqtt_url(url).map_err(|e| e.to_string())?;
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| e.to_string())?;
+                let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                Ok::<_, String>(())
+            };
+            match tokio::time::timeout(timeout, handshake).await {
+                Ok(Ok(())) => {
+                    return Ok(format!("completed a TLS handshake with tetherd at {url}"));
+                }
+                Ok(Err(e)) => errors.push(format!("{url}: {e}")),
+                Err(_) => errors.push(format!("{url}: no answer within {} s", timeout.as_secs())),
+            }
+        }
+        Err(errors.join("; "))
+    }
+}
+
+/// Reports the network and applies the spec's `network` section, with the
+/// applier `config` names, until the spec's sender goes.
+pub async fn run(
+    config: NetworkConfig,
+    state_dir: &Path,
+    applied: watch::Receiver<AppliedSpec>,
+    reach: Reach,
+    report: watch::Sender<NetworkReport>,
+) {
+    let path = state_dir.join(STATE_FILE);
+    match config.applier {
+        ApplierKind::Ip => {
+            let applier = ip::IpApplier {
+                resolv_conf: config.resolv_conf.clone(),
+            };
+            Network::new(applier, config, path, reach, report)
+                .run(applied)
+                .await;
+        }
+        ApplierKind::Netplan => {
+            let applier = netplan::NetplanApplier {
+                file: config.netplan_file.clone(),
+                command: config.netplan_command.clone(),
+            };
+            Network::new(applier, config, path, reach, report)
+                .run(applied)
+                .await;
+        }
+    }
+}
+
+struct Network<A> {
+    applier: A,
+    config: NetworkConfig,
+    path: PathBuf,
+    saved: Saved,
+    reach: Reach,
+    report: watch::Sender<NetworkReport>,
+    /// The applied spec's `network` section now.
+    section: Option<Value>,
+    /// Why the network could not be read last time, logged once.
+    read_error: Option<String>,
+}
+
+impl<A: Applier> Network<A> {
+    fn new(
+        applier: A,
+        config: NetworkConfig,
+        path: PathBuf,
+        reach: Reach,
+        report: watch::Sender<NetworkReport>,
+    ) -> Self {
+        Self {
+            saved: Saved::load(&path),
+            applier,
+            config,
+            path,
+            reach,
+            report,
+            section: None,
+            read_error: None,
+        }
+    }
+
+    async fn run(mut self, mut applied: watch::Receiver<AppliedSpec>) {
+        let mut interval = tokio::time::interval(self.config.status_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.section = applied.borrow_and_update().spec.get(SECTION).cloned();
+            match trial::plan(&self.saved, self.section.as_ref()) {
+                Plan::Nothing => {}
+                Plan::Forget => {
+                    self.saved = Saved::default();
+                    if let Err(error) = self.saved.save(&self.path) {
+                        tracing::warn!(error = %tether_proto::error_chain(&error), "cannot save that the spec has no network section");
+                    }
+                }
+                Plan::RestoreInterrupted => self.restore_interrupted().await,
+                Plan::Try(plan) => self.try_change(&plan).await,
+            }
+            self.publish().await;
+            loop {
+                tokio::select! {
+                    changed = applied.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                    _ = interval.tick() => self.publish().await,
+                }
+            }
+        }
+    }
+
+    /// Reads the network and reports it if anything changed.
+    async fn publish(&mut self) {
+        let network = match status::read(&self.config.resolv_conf).await {
+            Ok(network) => {
+                self.read_error = None;
+                Some(network)
+            }
+            Err(error) => {
+                let error = tether_proto::error_chain(&error);
+                if self.read_error.as_ref() != Some(&error) {
+                    tracing::warn!(%error, "cannot read the network for the status; it keeps what was read last");
+                    self.read_error = Some(error);
+                }
+                self.report.borrow().status.clone()
+            }
+        };
+        let last_apply = self.saved.last_apply.clone();
+        let error = last_apply
+            .as_ref()
+            .filter(|last| matches!(last.state, ApplyState::RolledBack | ApplyState::Failed))
+            .filter(|_| self.section.is_some() && self.saved.section == self.section)
+            .map(|last| {
+                SpecError::new(
+                    format!("spec.{SECTION}"),
+                    last.reason.clone().unwrap_or_default(),
+                )
+            });
+        let next = NetworkReport {
+            status: network.map(|network| NetworkStatus {
+                last_apply,
+                ..network
+            }),
+            error,
+        };
+        self.report.send_if_modified(|report| {
+            let changed = *report != next;
+            *report = next;
+            changed
+        });
+    }
+
+    fn finish(&mut self, state: ApplyState, reason: String) {
+        match state {
+            ApplyState::Kept => tracing::info!(
+                applier = self.applier.name(),
+                "network change kept: {reason}"
+            ),
+            _ => tracing::warn!(
+                applier = self.applier.name(),
+                ?state,
+                "network change not kept: {reason}"
+            ),
+        }
+        self.saved.trial = None;
+        self.saved.last_apply = Some(LastApply {
+            state,
+            reason: Some(reason),
+            at: Utc::now(),
+        });
+        if let Err(error) = self.saved.save(&self.path) {
+            tracing::warn!(error = %tether_proto::error_chain(&error), "cannot save the network change's outcome; a restart may try the document again");
+        }
+    }
+
+    async fn restore_interrupted(&mut self) {
+        let Some(snapshot) = self.saved.trial.clone() else {
+            return;
+        };
+        let reason = match self.applier.restore(&snapshot).await {
+            Ok(()) => "the agent stopped before tetherd was reached after the change; the previous network configuration is back".to_owned(),
+            Err(error) => format!(
+                "the agent stopped before tetherd was reached after the change, and putting the previous network configuration back failed: {}",
+                tether_proto::error_chain(&error)
+            ),
+        };
+        self.finish(ApplyState::RolledBack, reason);
+    }
+
+    /// Snapshot, apply, then keep the change or put the snapshot back.
+    async fn try_change(&mut self, plan: &NetworkPlan) {
+        self.saved.section = self.section.clone();
+        let snapshot = match self.applier.snapshot(plan).await {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                let reason = format!("not applied: {}", tether_proto::error_chain(&error));
+                return self.finish(ApplyState::Failed, reason);
+            }
+        };
+        self.saved.trial = Some(snapshot.clone());
+        self.saved.last_apply = Some(LastApply {
+            state: ApplyState::Trying,
+            reason: None,
+            at: Utc::now(),
+        });
+        // Without the snapshot on disk a crash during the trial could not
+        // be undone: no change then.
+        if let Err(error) = self.saved.save(&self.path) {
+            let reason = format!(
+                "not applied: the snapshot could not be saved first: {}",
+                tether_proto::error_chain(&error)
+            );
+            return self.finish(ApplyState::Failed, reason);
+        }
+        self.publish().await;
+        tracing::info!(
+            applier = self.applier.name(),
+            rollback_seconds = plan.rollback_seconds,
+            "applying the spec's network section; waiting up to {} s for tetherd",
+            plan.rollback_seconds
+        );
+        if let Err(error) = self.applier.apply(plan).await {
+            let applied = tether_proto::error_chain(&error);
+            let reason = match self.applier.restore(&snapshot).await {
+                Ok(()) => format!("{applied}; the previous network configuration is back"),
+                Err(error) => format!(
+                    "{applied}; putting the previous network configuration back failed too: {}",
+                    tether_proto::error_chain(&error)
+                ),
+            };
+            return self.finish(ApplyState::Failed, reason);
+        }
+        let mut trial = Trial::new(
+            Instant::now(),
+            Duration::from_secs(u64::from(plan.rollback_seconds)),
+        );
+        let rolled_back = loop {
+            let left = trial.deadline().saturating_duration_since(Instant::now());
+            let probe = self
+                .reach
+                .probe(PROBE_TIMEOUT.min(left).max(Duration::from_millis(100)))
+                .await;
+            match trial.on_probe(probe, Instant::now()) {
+                Verdict::Keep { reason } => return self.finish(ApplyState::Kept, reason),
+                Verdict::RollBack { reason } => break reason,
+                Verdict::Wait => {
+                    let next = (Instant::now() + PROBE_INTERVAL).min(trial.deadline());
+                    tokio::time::sleep_until(next.into()).await;
+                }
+            }
+        };
+        let reason = match self.applier.restore(&snapshot).await {
+            Ok(()) => rolled_back,
+            Err(error) => format!(
+                "{rolled_back}, except that putting it back failed: {}",
+                tether_proto::error_chain(&error)
+            ),
+        };
+        self.finish(ApplyState::RolledBack, reason);
+    }
+}
