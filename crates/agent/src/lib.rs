@@ -22,6 +22,7 @@ pub mod queue;
 pub mod renewal;
 pub mod restore;
 pub mod secrets;
+pub mod self_update;
 pub mod session;
 pub mod spec;
 pub mod spool;
@@ -77,6 +78,8 @@ pub enum AgentError {
     ShellListener(#[from] management_shell::listener::ListenError),
     #[error(transparent)]
     SealingKey(#[from] secrets::KeyError),
+    #[error("cannot find the agent's own executable")]
+    Executable(#[source] std::io::Error),
 }
 
 /// rustls needs one process-wide crypto provider; the agent uses ring.
@@ -87,14 +90,30 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// How the agent ended.
+#[derive(Debug)]
+pub enum Exit {
+    /// Stopped as asked.
+    Stopped,
+    /// Stopped to run another binary in its place ([`self_update::restart`]).
+    Restart(self_update::Restart),
+}
+
 /// Enrolls if the state directory has no credentials, then serves actions
-/// until `shutdown` resolves.
+/// until `shutdown` resolves, or until it stops to update itself.
 pub async fn run(
     config: &Config,
     logging: LogControl,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), AgentError> {
+) -> Result<Exit, AgentError> {
+    // Before a swap can have happened: the path this process runs from.
+    let exe = std::env::current_exe().map_err(AgentError::Executable)?;
     let state = StateDir::open(config.state_dir()?)?;
+    // A trial that ended unwatched (a reboot during it) is rolled back
+    // before anything else.
+    if let Some(restart) = self_update::at_start(state.path()) {
+        return Ok(Exit::Restart(restart));
+    }
     let clock = ServerClock::new();
     // Opened before enrollment, so local applications can log from the start.
     let spools = Spools::open(state.path(), config.spool(), clock.clone())?;
@@ -216,6 +235,7 @@ pub async fn run(
     };
     let ran = serve(
         config,
+        config.self_update(exe),
         state,
         clock,
         Spooled {
@@ -281,13 +301,14 @@ impl Drop for AbortOnDrop {
 
 async fn serve(
     config: &Config,
+    self_update: self_update::SelfUpdateConfig,
     state: StateDir,
     clock: Arc<ServerClock>,
     spooled: Spooled,
     kubernetes: actions::Kubernetes,
     logging: LogControl,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), AgentError> {
+) -> Result<Exit, AgentError> {
     let Spooled {
         spools,
         status,
@@ -355,7 +376,7 @@ async fn serve(
                 obtained = obtained => obtained?,
                 () = &mut shutdown => {
                     tracing::info!("stopped before enrollment or registration finished");
-                    return Ok(());
+                    return Ok(Exit::Stopped);
                 }
             }
         }
@@ -368,7 +389,7 @@ async fn serve(
         credentials = renewal.ensure_current(credentials) => credentials,
         () = &mut shutdown => {
             tracing::info!("stopped before the certificate was renewed");
-            return Ok(());
+            return Ok(Exit::Stopped);
         }
     };
     let (renewed_tx, renewed_rx) = tokio::sync::watch::channel(credentials.clone());
@@ -402,10 +423,39 @@ async fn serve(
         },
         status.spec.subscribe(),
     );
+    let gate = self_update::ActionGate::default();
+    let online = Arc::new(tokio::sync::watch::channel(false).0);
+    let (restart_tx, mut restart_rx) = tokio::sync::watch::channel(None);
+    let _self_update = AbortOnDrop(tokio::spawn(
+        self_update::SelfUpdate {
+            config: self_update,
+            state_dir: state.path().to_owned(),
+            api_url: credentials.api_url.clone(),
+            ca_pem: credentials.ca_pem.clone(),
+            clock: clock.clone(),
+        }
+        .run(self_update::Links {
+            spec: status.spec.subscribe(),
+            reports: status.deployments.clone(),
+            gate: gate.clone(),
+            online: online.subscribe(),
+            restart: restart_tx,
+        }),
+    ));
+    // The session stops for a restart on a new binary as for a signal.
+    let restart = restart_rx.clone();
+    let shutdown = async move {
+        tokio::select! {
+            () = &mut shutdown => {}
+            _ = restart_rx.wait_for(Option::is_some) => {}
+        }
+    };
     let session = session::run(
         credentials.clone(),
         &state,
         session::SessionParts {
+            gate,
+            online,
             status,
             logging: Arc::new(logging),
             clock,
@@ -423,5 +473,7 @@ async fn serve(
         () = renewal.run(credentials, renewed_tx) => Ok(()),
     };
     supervisor.stop().await;
-    Ok(ended?)
+    ended?;
+    let restart = restart.borrow().clone();
+    Ok(restart.map_or(Exit::Stopped, Exit::Restart))
 }

@@ -31,6 +31,7 @@ pub mod telemetry;
 pub mod template;
 pub mod topics;
 pub mod tunnel;
+pub mod version_stamp;
 
 #[cfg(test)]
 mod contract_schemas;
