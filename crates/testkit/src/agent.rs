@@ -21,6 +21,9 @@ pub struct Agent {
     env: Vec<(String, String)>,
     /// The enrollment it was started with, and tetherd's API URL.
     enrollment: Option<(Value, String)>,
+    /// The executable to run instead of the build's (a stamped copy that
+    /// may update itself).
+    executable: Option<PathBuf>,
 }
 
 impl Agent {
@@ -64,6 +67,30 @@ impl Agent {
         Ok(agent)
     }
 
+    /// Like [`Agent::enroll_with_env`], running `executable` (e.g. from
+    /// [`crate::binaries::agent_install`]) instead of the build's binary.
+    pub async fn enroll_from(
+        tetherd: &Tetherd,
+        admin: &ApiClient,
+        name: &str,
+        executable: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let created = admin
+            .post("/api/v1/devices", json!({"name": name}))
+            .await?
+            .expect_status(201)?;
+        let mut agent = Self::new(name)?;
+        agent.executable = Some(executable.to_owned());
+        agent.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        agent.spawn(Some(&created["enrollment"]), &tetherd.api_url)?;
+        agent.enrollment = Some((created["enrollment"].clone(), tetherd.api_url.clone()));
+        Ok(agent)
+    }
+
     /// Enrolls and waits until the device is online.
     pub async fn enroll_online(
         tetherd: &Tetherd,
@@ -86,6 +113,7 @@ impl Agent {
             dir,
             env: Vec::new(),
             enrollment: None,
+            executable: None,
         })
     }
 
@@ -159,7 +187,10 @@ impl Agent {
             .append(true)
             .open(self.log_path())
             .context("opening the agent log")?;
-        let agent = binary("tether-agent")?;
+        let agent = match &self.executable {
+            Some(executable) => executable.clone(),
+            None => binary("tether-agent")?,
+        };
         let mut command = Command::new(agent);
         command
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -302,6 +333,27 @@ pub async fn post_local(socket: &Path, path: &str, body: &str) -> anyhow::Result
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
+        self.kill_update_guard();
+    }
+}
+
+impl Agent {
+    /// Ends the agent's update guard, or the agent it restored (which runs
+    /// as the guard's process outside systemd): not a child of the test.
+    /// Only a process whose command line names this agent's state dir.
+    pub fn kill_update_guard(&self) {
+        let Ok(pid) = std::fs::read_to_string(self.state_file("self-update/guard.pid")) else {
+            return;
+        };
+        let pid = pid.trim();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let state_dir = self.state_dir();
+        let names_state_dir = cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == state_dir.as_os_str().as_encoded_bytes());
+        if names_state_dir {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
     }
 }
 

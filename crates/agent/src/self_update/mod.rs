@@ -12,7 +12,7 @@
 //! Files, in `STATE_DIR/self-update/`: `signing-key` (the pinned key),
 //! `trial.json`, `failed.json`, `download/` (partial downloads),
 //! `guard.log` (the guard's output, and the restored agent's if the guard
-//! started it).
+//! started it), `guard.pid`.
 //!
 //! Pure parts: [`plan`], [`verify`], [`trial`], [`failures`], [`pin`]'s
 //! check, [`download::pace`]; IO: [`download`], [`swap`], [`guard`], and
@@ -57,6 +57,9 @@ use trial::{AtStart, Phase, Trial, TrialFile};
 pub const DIR: &str = "self-update";
 /// The guard's output, in [`DIR`].
 pub const GUARD_LOG: &str = "guard.log";
+/// The guard's process id, in [`DIR`]; after a rollback outside systemd
+/// the restored agent runs as that process.
+pub const GUARD_PID: &str = "guard.pid";
 /// How long a new binary has to connect and report by default.
 pub const DEFAULT_TRIAL: Duration = Duration::from_secs(120);
 
@@ -194,6 +197,12 @@ fn start_guard(previous: &Path, state_dir: &Path, agent_args: &[OsString]) -> st
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()?;
+    if let Err(error) = std::fs::write(
+        state_dir.join(DIR).join(GUARD_PID),
+        format!("{}\n", child.id()),
+    ) {
+        tracing::warn!(%error, "cannot record the update guard's pid");
+    }
     tracing::info!(
         guard = child.id(),
         "update guard started from {} (output in {})",

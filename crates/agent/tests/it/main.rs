@@ -13,6 +13,7 @@ mod logs;
 mod offline;
 mod restore;
 mod secrets;
+mod self_update;
 mod shell_helper;
 mod sshd;
 mod supervisor;
