@@ -106,8 +106,6 @@ pub async fn run(
     logging: LogControl,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Exit, AgentError> {
-    // Before a swap can have happened: the path this process runs from.
-    let exe = std::env::current_exe().map_err(AgentError::Executable)?;
     let state = StateDir::open(config.state_dir()?)?;
     // A trial that ended unwatched (a reboot during it) is rolled back
     // before anything else.
@@ -235,7 +233,6 @@ pub async fn run(
     };
     let ran = serve(
         config,
-        config.self_update(exe),
         state,
         clock,
         Spooled {
@@ -301,7 +298,6 @@ impl Drop for AbortOnDrop {
 
 async fn serve(
     config: &Config,
-    self_update: self_update::SelfUpdateConfig,
     state: StateDir,
     clock: Arc<ServerClock>,
     spooled: Spooled,
@@ -423,12 +419,14 @@ async fn serve(
         },
         status.spec.subscribe(),
     );
+    // Before a swap can have happened: the path this process runs from.
+    let exe = std::env::current_exe().map_err(AgentError::Executable)?;
     let gate = self_update::ActionGate::default();
     let online = Arc::new(tokio::sync::watch::channel(false).0);
     let (restart_tx, mut restart_rx) = tokio::sync::watch::channel(None);
     let _self_update = AbortOnDrop(tokio::spawn(
         self_update::SelfUpdate {
-            config: self_update,
+            config: config.self_update(exe),
             state_dir: state.path().to_owned(),
             api_url: credentials.api_url.clone(),
             ca_pem: credentials.ca_pem.clone(),

@@ -107,7 +107,10 @@ mod tests {
             restamp(&mut binary, "../evil"),
             Err(StampError::Version(_))
         ));
-        assert_eq!(restamp(&mut b"plain".to_vec(), "1.0"), Err(StampError::NoSlot));
+        assert_eq!(
+            restamp(&mut b"plain".to_vec(), "1.0"),
+            Err(StampError::NoSlot)
+        );
         let mut two = [stamp("1"), stamp("2")].concat();
         assert_eq!(restamp(&mut two, "3"), Err(StampError::ManySlots(2)));
         // A bare marker with no valid version after it is not a slot.

@@ -34,8 +34,7 @@ pub fn stamp_agent_binary(
     version: &str,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
-    let mut bytes =
-        std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
+    let mut bytes = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
     tether_proto::version_stamp::restamp(&mut bytes, version)
         .with_context(|| format!("cannot stamp {}", src.display()))?;
     std::fs::write(dst, &bytes).with_context(|| format!("cannot write {}", dst.display()))?;
@@ -50,7 +49,11 @@ pub fn agent_install(dir: &std::path::Path, version: &str) -> anyhow::Result<Pat
     let agent = binary("tether-agent")?;
     let exe = dir.join("tether-agent");
     stamp_agent_binary(&agent, &exe, version)?;
-    for helper in ["tether-agent-render", "tether-agent-restore", "tether-agent-shell"] {
+    for helper in [
+        "tether-agent-render",
+        "tether-agent-restore",
+        "tether-agent-shell",
+    ] {
         if let Ok(path) = binary(helper) {
             let _ = std::os::unix::fs::symlink(path, dir.join(helper));
         }

@@ -164,7 +164,11 @@ impl Fetch<'_> {
             .await
             .map_err(write_error)?;
         if offset > 0 {
-            tracing::info!(offset, "resuming the download of {} at byte {offset}", self.url);
+            tracing::info!(
+                offset,
+                "resuming the download of {} at byte {offset}",
+                self.url
+            );
         }
         let started = Instant::now();
         let mut sent = 0u64;

@@ -105,7 +105,10 @@ mod tests {
         failures.add(failure("0.2.0", "bad signature"));
         failures.add(failure("0.2.0", "rolled back"));
         assert_eq!(failures.0.len(), 1);
-        assert_eq!(failures.find("0.2.0", "aa").expect("there").reason, "rolled back");
+        assert_eq!(
+            failures.find("0.2.0", "aa").expect("there").reason,
+            "rolled back"
+        );
         assert_eq!(failures.find("0.2.0", "bb"), None);
         for i in 0..MAX_FAILURES + 3 {
             failures.add(failure(&format!("1.{i}"), "x"));
@@ -118,7 +121,8 @@ mod tests {
     fn failures_survive_in_the_state_dir() {
         let dir = tempfile::tempdir().expect("dir");
         let file = FailuresFile::new(dir.path());
-        file.record(failure("0.2.0", "hash mismatch")).expect("recorded");
+        file.record(failure("0.2.0", "hash mismatch"))
+            .expect("recorded");
         assert!(file.load().find("0.2.0", "aa").is_some());
     }
 }

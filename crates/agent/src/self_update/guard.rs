@@ -98,6 +98,10 @@ pub fn run(args: GuardArgs) -> Result<(), String> {
                 eprintln!("update guard: the trial ended; nothing to guard");
                 return Ok(());
             }
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "the guard is a plain process without a runtime, polling a file"
+            )]
             GuardStep::Wait => std::thread::sleep(POLL),
             GuardStep::RollBack => break trial.ok_or("the trial vanished")?,
         }

@@ -294,7 +294,9 @@ impl SelfUpdate {
                     {
                         continue;
                     }
-                    links.reports.set(Part::Agent, [(deployment, status)].into());
+                    links
+                        .reports
+                        .set(Part::Agent, [(deployment, status)].into());
                 }
                 Decision::Update(update) => {
                     let rate = applied.updates.download_bytes_per_second;
@@ -478,9 +480,9 @@ impl SelfUpdate {
                     Attempt::Failed(reason)
                 }
             })?;
-        let (have, sha256) = download::digest(&part)
-            .await
-            .map_err(|e| Attempt::Later(format!("cannot read the download {}: {e}", part.display())))?;
+        let (have, sha256) = download::digest(&part).await.map_err(|e| {
+            Attempt::Later(format!("cannot read the download {}: {e}", part.display()))
+        })?;
         if let Err(error) = verify::check_download(release, &update.binary, have, &sha256) {
             let _ = std::fs::remove_file(&part);
             return Err(Attempt::Failed(error.to_string()));

@@ -184,8 +184,7 @@ mod tests {
         let (_, release) = signed_release("0.2.0", PLATFORM, b"new");
         let deployments = deployments(Some(release.clone()));
         let none = Failures::default();
-        let Decision::Update(update) = decide_with(&deployments, "0.1.0", None, &none, None)
-        else {
+        let Decision::Update(update) = decide_with(&deployments, "0.1.0", None, &none, None) else {
             panic!("an update");
         };
         assert!(update.pin_first_use);
@@ -234,8 +233,13 @@ mod tests {
         ));
         assert!(reason.starts_with("bad signature"), "{reason}");
         let (_, arm) = signed_release("0.2.0", "linux-aarch64", b"arm");
-        let reason =
-            failed_reason(decide_with(&deployments(Some(arm)), "0.1.0", None, &none, None));
+        let reason = failed_reason(decide_with(
+            &deployments(Some(arm)),
+            "0.1.0",
+            None,
+            &none,
+            None,
+        ));
         assert!(reason.contains("no binary"), "{reason}");
         let mut failures = Failures::default();
         failures.add(Failure {

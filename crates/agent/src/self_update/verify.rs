@@ -28,13 +28,17 @@ pub enum VerifyError {
         "bad signature: agent release {version} for {platform} is not signed by its signing key; refused"
     )]
     BadSignature { version: String, platform: String },
-    #[error("size mismatch: the download of agent release {version} has {actual} bytes, the release says {expected}")]
+    #[error(
+        "size mismatch: the download of agent release {version} has {actual} bytes, the release says {expected}"
+    )]
     SizeMismatch {
         version: String,
         expected: u64,
         actual: u64,
     },
-    #[error("hash mismatch: the download of agent release {version} has SHA-256 {actual}, the release says {expected}")]
+    #[error(
+        "hash mismatch: the download of agent release {version} has SHA-256 {actual}, the release says {expected}"
+    )]
     HashMismatch {
         version: String,
         expected: String,
@@ -167,9 +171,7 @@ pub(crate) mod tests {
             .expect_err("another key");
         assert!(error.to_string().starts_with("bad signature"), "{error}");
         // Signed for one platform, offered as another's: refused.
-        assert!(
-            check_signature(&release, "linux-aarch64", binary, &release.signing_key).is_err()
-        );
+        assert!(check_signature(&release, "linux-aarch64", binary, &release.signing_key).is_err());
         let mut tampered = binary.clone();
         tampered.size += 1;
         assert!(

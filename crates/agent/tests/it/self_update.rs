@@ -61,7 +61,11 @@ fn a_trial_that_ended_unwatched_is_rolled_back_at_the_next_start() {
     let dir = tempfile::tempdir().expect("dir");
     let exe = swapped(dir.path());
     let state = dir.path().join("state");
-    write_trial(&state, &exe, chrono::Utc::now() - chrono::TimeDelta::seconds(1));
+    write_trial(
+        &state,
+        &exe,
+        chrono::Utc::now() - chrono::TimeDelta::seconds(1),
+    );
     // The 0.2.0 agent starts (a reboot during its trial), rolls back and
     // runs 0.1.0, which stops for want of credentials: none in this test.
     let out = Command::new(&exe)
@@ -74,7 +78,10 @@ fn a_trial_that_ended_unwatched_is_rolled_back_at_the_next_start() {
         stderr.contains("0.2.0 did not report healthy within 2 s; rolled back to 0.1.0"),
         "{stderr}"
     );
-    assert!(stderr.contains("no credentials"), "the restored agent ran: {stderr}");
+    assert!(
+        stderr.contains("no credentials"),
+        "the restored agent ran: {stderr}"
+    );
     assert_eq!(version_of(&exe), "tether-agent 0.1.0");
     assert!(!dir.path().join("tether-agent.previous").exists());
     let trial = read_json(&state.join("self-update/trial.json"));
@@ -88,7 +95,11 @@ async fn the_guard_rolls_back_an_agent_that_does_not_commit() {
     let dir = tempfile::tempdir().expect("dir");
     let exe = swapped(dir.path());
     let state = dir.path().join("state");
-    write_trial(&state, &exe, chrono::Utc::now() + chrono::TimeDelta::seconds(2));
+    write_trial(
+        &state,
+        &exe,
+        chrono::Utc::now() + chrono::TimeDelta::seconds(2),
+    );
     // Stands in for the new agent that never commits.
     let mut stuck = Command::new("sleep").arg("60").spawn().expect("sleep");
     // The agent's arguments the guard restarts it with: `--version`, so the
