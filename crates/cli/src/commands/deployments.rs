@@ -110,6 +110,7 @@ impl Create {
                 processes: Default::default(),
                 config_files: Default::default(),
                 rollout: RolloutPolicy::default(),
+                agent_release: None,
             },
         };
         if let Some(size) = self.batch_size {

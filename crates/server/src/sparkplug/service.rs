@@ -29,8 +29,8 @@ use super::node::Metrics;
 use super::publisher::{BdSeqLedger, Publisher};
 use super::topics::EdgeDeviceId;
 use crate::cluster::ReplicaId;
-use crate::device_link::BoxFuture;
 use crate::cluster::singleton::Singleton;
+use crate::device_link::BoxFuture;
 use crate::store::{AlertFilter, AlertStates, Store, StoreError};
 
 /// Devices and alerts read per query.

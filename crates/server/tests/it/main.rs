@@ -21,6 +21,7 @@ mod monitor;
 mod operations;
 mod provisioning;
 mod queries;
+mod releases;
 mod replicas;
 mod roles;
 mod secrets;
