@@ -67,20 +67,26 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Like [`Agent::enroll_with_env`], running `executable` (e.g. from
-    /// [`crate::binaries::agent_install`]) instead of the build's binary.
+    /// Like [`Agent::enroll_with_env`] for the device `device` (the body
+    /// of `POST /api/v1/devices`: `{"name", "labels"}`), running
+    /// `executable` (e.g. from [`crate::binaries::agent_install`]) instead
+    /// of the build's binary.
     pub async fn enroll_from(
         tetherd: &Tetherd,
         admin: &ApiClient,
-        name: &str,
+        device: Value,
         executable: &Path,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        let name = device["name"]
+            .as_str()
+            .context("the device has a name")?
+            .to_owned();
         let created = admin
-            .post("/api/v1/devices", json!({"name": name}))
+            .post("/api/v1/devices", device)
             .await?
             .expect_status(201)?;
-        let mut agent = Self::new(name)?;
+        let mut agent = Self::new(&name)?;
         agent.executable = Some(executable.to_owned());
         agent.env = env
             .iter()

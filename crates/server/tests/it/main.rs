@@ -2,6 +2,7 @@
 
 mod action_sets;
 mod actions;
+mod agent_update;
 mod alert_delivery;
 mod alert_rules;
 mod api;
