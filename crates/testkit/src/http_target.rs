@@ -15,8 +15,9 @@ pub enum Behaviour {
     Respond(Vec<u8>),
     /// Read the request, then never answer.
     Hang,
-    /// `200 OK` with this body after this long: an action that takes time.
-    RespondAfter(std::time::Duration, Vec<u8>),
+    /// `200 OK` with this body once the test notifies: an action that
+    /// runs until the test lets it finish.
+    RespondWhenNotified(Arc<tokio::sync::Notify>, Vec<u8>),
 }
 
 pub struct HttpTarget {
@@ -48,10 +49,10 @@ impl HttpTarget {
                 match &behaviour {
                     Behaviour::Respond(body) => respond(&mut stream, body).await,
                     Behaviour::Hang => held.push(stream),
-                    Behaviour::RespondAfter(delay, body) => {
-                        let (delay, body) = (*delay, body.clone());
+                    Behaviour::RespondWhenNotified(release, body) => {
+                        let (release, body) = (release.clone(), body.clone());
                         tokio::spawn(async move {
-                            tokio::time::sleep(delay).await;
+                            release.notified().await;
                             respond(&mut stream, &body).await;
                         });
                     }

@@ -7,6 +7,7 @@
 //! release signed by a key the agent did not pin is refused.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -109,8 +110,8 @@ fn state_json(agent: &Agent, file: &str) -> anyhow::Result<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_agents_restart_on_a_published_release_after_their_running_action()
--> anyhow::Result<()> {
+async fn two_agents_restart_on_a_published_release_after_their_running_action() -> anyhow::Result<()>
+{
     let tetherd = Tetherd::start(Database::Sqlite).await?;
     let admin = tetherd.admin().await?;
     let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
@@ -131,13 +132,18 @@ async fn two_agents_restart_on_a_published_release_after_their_running_action()
         .to_owned();
 
     // a was cut off halfway through an earlier download: it resumes.
-    let part = a.state_file(&format!("self-update/download/0.2.0-{}.part", &sha256[..16]));
+    let part = a.state_file(&format!(
+        "self-update/download/0.2.0-{}.part",
+        &sha256[..16]
+    ));
     std::fs::create_dir_all(part.parent().context("dir")?)?;
     std::fs::write(&part, &bytes[..bytes.len() / 2])?;
 
-    // b is busy with an action that takes seconds when the update comes.
-    let slow = HttpTarget::start(Behaviour::RespondAfter(
-        Duration::from_secs(4),
+    // b is busy with an action when the update comes: a send-api whose
+    // target answers only when the test says.
+    let finish = Arc::new(tokio::sync::Notify::new());
+    let slow = HttpTarget::start(Behaviour::RespondWhenNotified(
+        finish.clone(),
         b"slow answer".to_vec(),
     ))
     .await?;
@@ -162,6 +168,32 @@ async fn two_agents_restart_on_a_published_release_after_their_running_action()
         )
         .await?
         .expect_status(201)?;
+
+    // b has the new binary and waits: still 0.1.0, no new action taken.
+    wait_until(
+        "b to wait for its running action",
+        Duration::from_secs(90),
+        || {
+            let waits = b.log().contains("waits for the running actions to finish");
+            async move { Ok(waits.then_some(())) }
+        },
+    )
+    .await
+    .with_context(|| format!("agent log:\n{}", b.log()))?;
+    let shown = admin
+        .get("/api/v1/devices/upd-b")
+        .await?
+        .expect_status(200)?;
+    assert_eq!(shown["agentVersion"], "0.1.0");
+    let queued = admin
+        .post(
+            "/api/v1/devices/upd-b/actions",
+            json!({"action": "get-node-ip", "input": {}}),
+        )
+        .await?
+        .expect_status(202)?;
+    let queued = queued["correlationId"].as_str().context("id")?.to_owned();
+    finish.notify_one();
 
     for (agent, exe) in [(&a, &exe_a), (&b, &exe_b)] {
         wait_version(&admin, &agent.name, "0.2.0")
@@ -196,6 +228,16 @@ async fn two_agents_restart_on_a_published_release_after_their_running_action()
     let answered_at = log.find("answered 200").context("the answer in b's log")?;
     let swapped = log.find("swapped agent 0.2.0 in").context("b swapped")?;
     assert!(waited < answered_at && answered_at < swapped, "{log}");
+    // The action that arrived while b waited ran on 0.2.0, after the restart.
+    let later = admin
+        .get(&format!("/api/v1/actions/{queued}?waitSeconds=30"))
+        .await?
+        .expect_status(200)?;
+    assert_eq!(later["statusCode"], 200, "{later}");
+    let ran_at = log
+        .rfind("action get-node-ip")
+        .context("get-node-ip in b's log")?;
+    assert!(ran_at > swapped, "{log}");
     Ok(())
 }
 
@@ -211,7 +253,10 @@ async fn a_release_that_cannot_connect_is_rolled_back_and_a_foreign_key_is_refus
     // d trusts another key than tetherd's: as if tetherd's key were
     // replaced by someone else's, every release it signs is refused.
     let foreign = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-    std::fs::write(d.state_file("self-update/signing-key"), format!("{foreign}\n"))?;
+    std::fs::write(
+        d.state_file("self-update/signing-key"),
+        format!("{foreign}\n"),
+    )?;
 
     // A build that never connects: an ELF executable for this platform
     // that is not an agent (coreutils' sleep, refusing the agent's flags).
@@ -229,7 +274,8 @@ async fn a_release_that_cannot_connect_is_rolled_back_and_a_foreign_key_is_refus
         .await?
         .expect_status(201)?;
 
-    let guard_log = || std::fs::read_to_string(c.state_file("self-update/guard.log")).unwrap_or_default();
+    let guard_log =
+        || std::fs::read_to_string(c.state_file("self-update/guard.log")).unwrap_or_default();
     let row = wait_device_rollout(&admin, "tether-agent", "bad-c", |row| {
         row["state"] == "failed"
     })
