@@ -45,9 +45,11 @@ pub fn device_routes() -> OpenApiRouter<Arc<AppState>> {
 /// for a published version and platform are refused (a release never
 /// changes).
 #[utoipa::path(put, path = "/agent-releases/{version}/{platform}", tag = "agent-releases",
-    params(("version" = String, Path, description = "Release version (letters, digits, `.+-_`)"),
-        ("platform" = String, Path, description = "`linux-x86_64` or `linux-aarch64`")),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+    params(("version" = String, Path, description = "Release version (letters, digits, `.+-_`)",
+            pattern = "^[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}$"),
+        ("platform" = String, Path, description = "`linux-x86_64` or `linux-aarch64`",
+            pattern = "^[a-z0-9_]+-[a-z0-9_]+$", max_length = 32)),
+    request_body(content = String, content_type = "application/octet-stream",
         description = "The agent binary, at most 256 MiB"),
     responses((status = 201, description = "Published", body = PublishedRelease),
         (status = 200, description = "Already published with these bytes", body = PublishedRelease),
