@@ -268,6 +268,15 @@ impl SelfUpdate {
                     continue;
                 }
             };
+            // The new agent on trial is connected and has reported: it
+            // stays, whatever its spec says now.
+            if let Some(trial) = &trial
+                && trial::at_start(Some(trial), agent_version(), Utc::now()) == AtStart::OnTrial
+                && *links.online.borrow_and_update()
+                && self.commit(&trials, trial)
+            {
+                continue;
+            }
             let failures = failures_file.load();
             let decision = plan::decide(&Situation {
                 deployments: &applied.deployments,
@@ -281,19 +290,7 @@ impl SelfUpdate {
             let mut retry = None;
             match decision {
                 Decision::Idle => links.reports.set(Part::Agent, Default::default()),
-                Decision::Report {
-                    deployment,
-                    status,
-                    commit,
-                } => {
-                    let online = *links.online.borrow_and_update();
-                    if commit
-                        && online
-                        && let Some(trial) = &trial
-                        && self.commit(&trials, trial)
-                    {
-                        continue;
-                    }
+                Decision::Report { deployment, status } => {
                     links
                         .reports
                         .set(Part::Agent, [(deployment, status)].into());

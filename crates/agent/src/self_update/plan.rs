@@ -45,8 +45,6 @@ pub enum Decision {
     Report {
         deployment: String,
         status: DeploymentStatus,
-        /// The running version is on trial and may commit once healthy.
-        commit: bool,
     },
     Update(Update),
 }
@@ -70,7 +68,6 @@ pub fn decide(situation: &Situation<'_>) -> Decision {
     let report = |state, reason: Option<String>| Decision::Report {
         deployment: name.clone(),
         status: status(&deployment.version, state, reason),
-        commit: false,
     };
     let failed = |error: VerifyError| report(DeploymentState::Failed, Some(error.to_string()));
     if release.version == situation.running {
@@ -80,20 +77,15 @@ pub fn decide(situation: &Situation<'_>) -> Decision {
                     && trial.to == situation.running
                     && situation.now < trial.deadline =>
             {
-                Decision::Report {
-                    deployment: name.clone(),
-                    status: status(
-                        &deployment.version,
-                        DeploymentState::Progressing,
-                        Some(format!(
-                            "agent {} on trial until {}: waiting to connect and report (else back to {})",
-                            trial.to,
-                            trial.deadline.format("%H:%M:%S UTC"),
-                            trial.from
-                        )),
-                    ),
-                    commit: true,
-                }
+                report(
+                    DeploymentState::Progressing,
+                    Some(format!(
+                        "agent {} on trial until {}: waiting to connect and report (else back to {})",
+                        trial.to,
+                        trial.deadline.format("%H:%M:%S UTC"),
+                        trial.from
+                    )),
+                )
             }
             _ => report(DeploymentState::Ready, None),
         };
@@ -274,19 +266,17 @@ mod tests {
             reason: None,
         };
         match decide_with(&deployments, "0.2.0", None, &none, Some(&trial)) {
-            Decision::Report { status, commit, .. } => {
+            Decision::Report { status, .. } => {
                 assert_eq!(status.state, DeploymentState::Progressing);
-                assert!(commit);
                 assert!(status.reason.expect("why").contains("on trial"));
             }
             other => panic!("{other:?}"),
         }
         trial.phase = Phase::Committed;
         match decide_with(&deployments, "0.2.0", None, &none, Some(&trial)) {
-            Decision::Report { status, commit, .. } => {
+            Decision::Report { status, .. } => {
                 assert_eq!(status.state, DeploymentState::Ready);
                 assert_eq!(status.version, "r7");
-                assert!(!commit);
             }
             other => panic!("{other:?}"),
         }
