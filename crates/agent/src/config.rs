@@ -566,6 +566,18 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     pub network_status_interval_seconds: u64,
+
+    /// How long a new agent release has, after the agent restarts on it,
+    /// to connect to tetherd and report; past it the previous binary is
+    /// put back and the release reported failed
+    #[arg(
+        long,
+        env = "TETHER_AGENT_UPDATE_TRIAL_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = crate::self_update::DEFAULT_TRIAL.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub update_trial_seconds: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -609,6 +621,14 @@ impl Config {
             Some(dir) => Ok(dir.clone()),
             None => default_state_dir(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"))
                 .ok_or(ConfigError::NoStateDir),
+        }
+    }
+
+    /// How the agent updates itself; `exe` is the running executable.
+    pub fn self_update(&self, exe: PathBuf) -> crate::self_update::SelfUpdateConfig {
+        crate::self_update::SelfUpdateConfig {
+            exe,
+            trial: std::time::Duration::from_secs(self.update_trial_seconds),
         }
     }
 

@@ -141,6 +141,9 @@ pub(crate) fn store_enrolled(
         mqtt_urls: mqtt_urls.clone(),
         api_url: server.to_owned(),
     };
+    // Before the credentials: an agent that has them has pinned the key
+    // tetherd named, if it named one.
+    crate::self_update::pin_at_enrollment(state.path(), response.release_signing_key.as_deref());
     state.store_enrollment(&response.certificate_pem, &ca_pem, &config)?;
     tracing::info!(
         "enrolled as device {device}; credentials stored in {}",

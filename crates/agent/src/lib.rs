@@ -24,6 +24,7 @@ pub mod queue;
 pub mod renewal;
 pub mod restore;
 pub mod secrets;
+pub mod self_update;
 pub mod session;
 pub mod spec;
 pub mod spool;
@@ -81,6 +82,8 @@ pub enum AgentError {
     ShellListener(#[from] management_shell::listener::ListenError),
     #[error(transparent)]
     SealingKey(#[from] secrets::KeyError),
+    #[error("cannot find the agent's own executable")]
+    Executable(#[source] std::io::Error),
 }
 
 /// rustls needs one process-wide crypto provider; the agent uses ring.
@@ -91,14 +94,28 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// How the agent ended.
+#[derive(Debug)]
+pub enum Exit {
+    /// Stopped as asked.
+    Stopped,
+    /// Stopped to run another binary in its place ([`self_update::restart`]).
+    Restart(self_update::Restart),
+}
+
 /// Enrolls if the state directory has no credentials, then serves actions
-/// until `shutdown` resolves.
+/// until `shutdown` resolves, or until it stops to update itself.
 pub async fn run(
     config: &Config,
     logging: LogControl,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), AgentError> {
+) -> Result<Exit, AgentError> {
     let state = StateDir::open(config.state_dir()?)?;
+    // A trial that ended unwatched (a reboot during it) is rolled back
+    // before anything else.
+    if let Some(restart) = self_update::at_start(state.path()) {
+        return Ok(Exit::Restart(restart));
+    }
     let clock = ServerClock::new();
     // Opened before enrollment, so local applications can log from the start.
     let spools = Spools::open(state.path(), config.spool(), clock.clone())?;
@@ -317,7 +334,7 @@ async fn serve(
     kubernetes: actions::Kubernetes,
     logging: LogControl,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), AgentError> {
+) -> Result<Exit, AgentError> {
     let Spooled {
         spools,
         status,
@@ -387,7 +404,7 @@ async fn serve(
                 obtained = obtained => obtained?,
                 () = &mut shutdown => {
                     tracing::info!("stopped before enrollment or registration finished");
-                    return Ok(());
+                    return Ok(Exit::Stopped);
                 }
             }
         }
@@ -400,7 +417,7 @@ async fn serve(
         credentials = renewal.ensure_current(credentials) => credentials,
         () = &mut shutdown => {
             tracing::info!("stopped before the certificate was renewed");
-            return Ok(());
+            return Ok(Exit::Stopped);
         }
     };
     let (renewed_tx, renewed_rx) = tokio::sync::watch::channel(credentials.clone());
@@ -455,10 +472,41 @@ async fn serve(
         let report = status.network.clone();
         async move { network::run(config, &state_dir, applied, reach, report).await }
     }));
+    // Before a swap can have happened: the path this process runs from.
+    let exe = std::env::current_exe().map_err(AgentError::Executable)?;
+    let gate = self_update::ActionGate::default();
+    let online = Arc::new(tokio::sync::watch::channel(false).0);
+    let (restart_tx, mut restart_rx) = tokio::sync::watch::channel(None);
+    let _self_update = AbortOnDrop(tokio::spawn(
+        self_update::SelfUpdate {
+            config: config.self_update(exe),
+            state_dir: state.path().to_owned(),
+            api_url: credentials.api_url.clone(),
+            ca_pem: credentials.ca_pem.clone(),
+            clock: clock.clone(),
+        }
+        .run(self_update::Links {
+            spec: status.spec.subscribe(),
+            reports: status.deployments.clone(),
+            gate: gate.clone(),
+            online: online.subscribe(),
+            restart: restart_tx,
+        }),
+    ));
+    // The session stops for a restart on a new binary as for a signal.
+    let restart = restart_rx.clone();
+    let shutdown = async move {
+        tokio::select! {
+            () = &mut shutdown => {}
+            _ = restart_rx.wait_for(Option::is_some) => {}
+        }
+    };
     let session = session::run(
         credentials.clone(),
         &state,
         session::SessionParts {
+            gate,
+            online,
             status,
             logging: Arc::new(logging),
             clock,
@@ -479,5 +527,7 @@ async fn serve(
     };
     health.supervisor.send_replace(None);
     supervisor.stop().await;
-    Ok(ended?)
+    ended?;
+    let restart = restart.borrow().clone();
+    Ok(restart.map_or(Exit::Stopped, Exit::Restart))
 }

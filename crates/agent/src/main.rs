@@ -1,8 +1,10 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _};
+use tether_agent::Exit;
 use tether_agent::config::Config;
+use tether_agent::self_update::{self, guard};
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
@@ -15,9 +17,33 @@ fn main() -> ExitCode {
     close_fds::set_fds_cloexec(3, &[]);
     let dumpable =
         rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
-    let config = Config::parse();
+    // The update guard (self_update::guard), started by the agent itself:
+    // hidden, and before the agent's own flags.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|first| first == guard::SUBCOMMAND) {
+        return match guard::GuardArgs::parse(args).and_then(guard::run) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tether-agent update-guard: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // --version tells the version stamped in this binary.
+    let matches = Config::command()
+        .version(self_update::agent_version())
+        .get_matches();
+    let config = Config::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match run(config, dumpable) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Exit::Stopped) => ExitCode::SUCCESS,
+        Ok(Exit::Restart(restart)) => {
+            let error = self_update::restart(&restart);
+            eprintln!(
+                "tether-agent: error: cannot run {}: {error}",
+                restart.exe.display()
+            );
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("tether-agent: error: {e:#}");
             ExitCode::FAILURE
@@ -25,7 +51,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config, dumpable: rustix::io::Result<()>) -> anyhow::Result<()> {
+fn run(config: Config, dumpable: rustix::io::Result<()>) -> anyhow::Result<Exit> {
     dumpable.context("cannot make the agent's process non-dumpable")?;
     let logging = tether_agent::logging::init(&config.log_level)?;
     tether_agent::install_crypto_provider();
@@ -37,6 +63,7 @@ fn run(config: Config, dumpable: rustix::io::Result<()>) -> anyhow::Result<()> {
     // On the heap: the agent's whole state machine is tens of KB, and each
     // move through block_on would otherwise touch that much more of the
     // main thread's stack, which stays resident while the agent idles.
+    // The runtime ends with this function: a restart execs after it.
     runtime.block_on(Box::pin(async {
         let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
         let shutdown = async move {
@@ -45,7 +72,6 @@ fn run(config: Config, dumpable: rustix::io::Result<()>) -> anyhow::Result<()> {
                 _ = terminate.recv() => tracing::info!("SIGTERM received; stopping"),
             }
         };
-        tether_agent::run(&config, logging, shutdown).await?;
-        Ok(())
+        Ok(tether_agent::run(&config, logging, shutdown).await?)
     }))
 }

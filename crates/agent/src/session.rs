@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::actions::expiry::{Delivery, Moment};
 use crate::actions::run_stats::StatsRunner;
-use crate::actions::{self, AGENT_VERSION, Context, Dispatcher, IMPLEMENTED};
+use crate::actions::{self, Context, Dispatcher, IMPLEMENTED};
 use crate::authorization::AuthorizationGuard;
 use crate::backoff::Backoff;
 use crate::clock::ServerClock;
@@ -36,6 +36,7 @@ use crate::endpoints::{Endpoint, Endpoints};
 use crate::logging::LogControl;
 use crate::metrics::MetricsSink;
 use crate::queue::Queued;
+use crate::self_update::ActionGate;
 use crate::spec::StatusSource;
 use crate::spool::sender::{self, Ack, Answer, BatchOut};
 use crate::spool::usage::Usage;
@@ -162,7 +163,7 @@ impl Publisher {
     fn status(&self, state: Presence, seq: u64) -> Vec<u8> {
         let status = DeviceStatus {
             state,
-            agent_version: AGENT_VERSION.to_owned(),
+            agent_version: crate::self_update::agent_version().to_owned(),
             capabilities: IMPLEMENTED.iter().map(|s| (*s).to_owned()).collect(),
             boot_id: self.boot_id.clone(),
             seq,
@@ -377,6 +378,11 @@ pub struct SessionParts {
     pub power: crate::host::power::Power,
     /// Beaten while the session loop waits: the watchdog's sign of life.
     pub heartbeat: Arc<crate::watchdog::health::Heartbeat>,
+    /// Closed by a self-update: no new action starts.
+    pub gate: ActionGate,
+    /// Whether the session is up (subscribed, birth sent): a new agent on
+    /// trial commits then.
+    pub online: Arc<watch::Sender<bool>>,
 }
 
 /// Connects and serves actions until `shutdown` resolves; then says goodbye.
@@ -399,6 +405,8 @@ pub async fn run(
         shell,
         power,
         heartbeat,
+        gate,
+        online,
     } = parts;
     let endpoints = Endpoints::parse(&credentials.mqtt_urls)?;
     let tls = tls_config(&credentials, clock.clone())?;
@@ -420,7 +428,6 @@ pub async fn run(
         samples.clone(),
         "/".into(),
     ));
-    let (online, _) = watch::channel(false);
     let mut ack_routes = HashMap::new();
     let mut ack_receivers = Vec::new();
     for stream in Stream::ALL {
@@ -434,7 +441,7 @@ pub async fn run(
         boot_id: uuid::Uuid::new_v4().to_string(),
         status,
         tags: Arc::default(),
-        online: Arc::new(online),
+        online,
         acks: Arc::new(ack_routes),
         usage: spools.usage().clone(),
     };
@@ -470,6 +477,7 @@ pub async fn run(
         actions_rx,
         queued.clone(),
         publisher.clone(),
+        gate,
     ));
 
     let deployments = publisher.status.deployments.subscribe();
@@ -529,27 +537,43 @@ fn mqtt_options(device: &DeviceId, endpoint: &Endpoint, transport: Transport) ->
 }
 
 /// Takes up actions one at a time, in arrival order, and publishes their
-/// events, and those of actions that went on in the background.
+/// events, and those of actions that went on in the background. Once
+/// `gate` closes (a self-update) it takes up no new action; it counts the
+/// running ones there, so the update waits for them.
 async fn work(
     mut dispatcher: Dispatcher,
     mut actions: mpsc::UnboundedReceiver<Delivery>,
     queued: Queued,
     publisher: Publisher,
+    gate: ActionGate,
 ) {
     enum Next {
         Action(Delivery),
         Finished(tether_proto::ActionEvent),
+        GateClosed,
     }
     loop {
+        gate.set_running(dispatcher.running());
+        let closed = gate.is_closed();
         let next = tokio::select! {
-            delivery = actions.recv() => match delivery {
+            // First: an action arriving as the gate closes waits.
+            biased;
+            () = gate.until_closed(), if !closed => Next::GateClosed,
+            event = dispatcher.finished() => Next::Finished(event),
+            delivery = actions.recv(), if !closed => match delivery {
                 Some(delivery) => Next::Action(delivery),
                 None => return,
             },
-            event = dispatcher.finished() => Next::Finished(event),
         };
         let event = match next {
+            Next::GateClosed => {
+                tracing::info!(
+                    "a self-update is due: no new action starts; those waiting run after the restart"
+                );
+                continue;
+            }
             Next::Action(delivery) => {
+                gate.set_running(dispatcher.running() + 1);
                 let event = dispatcher.handle(&delivery, Moment::now()).await;
                 queued.done(&delivery.payload);
                 event
@@ -1060,7 +1084,7 @@ mod tests {
         assert_eq!(status.seq, 7);
         assert_eq!(status.boot_id, "boot");
         assert!(status.capabilities.contains(&"get-node-ip".to_owned()));
-        assert_eq!(status.agent_version, AGENT_VERSION);
+        assert_eq!(status.agent_version, crate::self_update::agent_version());
     }
 
     #[tokio::test]

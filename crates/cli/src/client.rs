@@ -22,7 +22,7 @@ use tether_proto::api::{
 use tether_proto::ca::CaPemError;
 use tether_proto::desired::resources::{
     ChartTemplate, ChartTemplateSpec, CreateChartTemplate, CreateDeployment, Deployment,
-    DeploymentRollout, DeploymentSpecification,
+    DeploymentRollout, DeploymentSpecification, PublishedRelease,
 };
 use tether_proto::metrics::{HostMetrics, MetricRange, SeriesList};
 use tether_proto::provisioning::{
@@ -36,6 +36,8 @@ use tether_proto::telemetry::DeviceUsage;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an ordinary request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an agent binary (up to 256 MiB) may take to upload.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Headroom on top of a long-poll's `waitSeconds` before the client gives up on it.
 const LONG_POLL_MARGIN: Duration = Duration::from_secs(15);
 /// Items asked for per page when following a listing: tetherd's default.
@@ -910,6 +912,50 @@ impl ApiClient {
         self.send(
             Method::DELETE,
             &["deployments", name],
+            None::<&()>,
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Uploads `length` bytes of `binary` as `platform`'s binary of agent
+    /// release `version`; `true` with the release when it was new, `false`
+    /// when these bytes were published before.
+    pub async fn publish_release(
+        &self,
+        version: &str,
+        platform: &str,
+        binary: reqwest::Body,
+        length: u64,
+    ) -> Result<(bool, PublishedRelease), ClientError> {
+        let url = self.url(&["agent-releases", version, platform])?;
+        let request = self
+            .http
+            .put(url.clone())
+            .timeout(PUBLISH_TIMEOUT)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, length)
+            .body(binary);
+        let (url, response) = self.execute(url, request).await?;
+        let created = response.status() == StatusCode::CREATED;
+        Ok((created, decode(url, response).await?))
+    }
+
+    pub async fn list_releases(&self) -> Result<Vec<PublishedRelease>, ClientError> {
+        self.list_all(&["agent-releases"], &[], None, PAGE_SIZE)
+            .await
+    }
+
+    pub async fn get_release(&self, version: &str) -> Result<PublishedRelease, ClientError> {
+        self.call(Method::GET, &["agent-releases", version], None::<&()>)
+            .await
+    }
+
+    pub async fn delete_release(&self, version: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::DELETE,
+            &["agent-releases", version],
             None::<&()>,
             REQUEST_TIMEOUT,
         )

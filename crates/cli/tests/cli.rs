@@ -28,6 +28,8 @@ mod desired;
 mod kube;
 #[path = "cli/os_edit.rs"]
 mod os_edit;
+#[path = "cli/releases.rs"]
+mod releases;
 #[path = "cli/secrets.rs"]
 mod secrets;
 #[path = "cli/shell_listener.rs"]

@@ -35,6 +35,7 @@ pub mod telemetry;
 pub mod template;
 pub mod topics;
 pub mod tunnel;
+pub mod version_stamp;
 
 #[cfg(test)]
 mod contract_schemas;

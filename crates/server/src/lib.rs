@@ -22,6 +22,7 @@ pub mod observability;
 pub mod pki;
 pub mod provisioning;
 pub mod registry;
+pub mod releases;
 pub mod sealing;
 pub mod secret_file;
 pub mod secrets;
@@ -56,6 +57,7 @@ use crate::observability::{Observability, ScrapeToken, TokenError};
 use crate::pki::server_cert::{ReloadCertificate, ServerCertificateRenewal};
 use crate::pki::{CertificateAuthority, PkiError};
 use crate::registry::{Registry, StoreCredentials};
+use crate::releases::{ReleaseKeys, Releases};
 use crate::sealing::{SealError, Sealer};
 use crate::store::{Store, StoreError};
 
@@ -80,6 +82,8 @@ pub enum StartError {
     Seal(#[from] SealError),
     #[error(transparent)]
     ScrapeToken(#[from] TokenError),
+    #[error(transparent)]
+    ReleaseKeys(#[from] crate::releases::keys::KeyError),
     #[error("failed to join the other replicas")]
     Cluster(#[from] ClusterError),
     #[error("could not create the admin user")]
@@ -138,6 +142,14 @@ pub async fn run(
     let replica = ReplicaId::load_or_create(&config.data_dir)?;
     let sealer = Arc::new(Sealer::load_or_create(&config.data_dir)?);
     cluster::check_shared_secrets(&store, ca.sha256_hex(), sealer.fingerprint()).await?;
+    let release_keys = Arc::new(ReleaseKeys::load_or_create(&config.data_dir)?);
+    cluster::check_release_keys(
+        &store,
+        release_keys.public_key(),
+        release_keys.token_key_fingerprint(),
+    )
+    .await?;
+    let releases = Releases::new(store.clone(), release_keys.clone(), &config.data_dir);
     let auth = Auth::new(store.clone(), config.auth.clone());
     if let Some(password) = auth
         .bootstrap_admin(&config.data_dir)
@@ -228,6 +240,7 @@ pub async fn run(
         config.pki.clone(),
         membership,
         bus.clone(),
+        release_keys.public_key().to_owned(),
     );
     let actions = Arc::new(ActionService::new(
         store.clone(),
@@ -264,7 +277,11 @@ pub async fn run(
         owner.clone(),
     ));
     tokio::spawn(device_control.clone().follow(bus.subscribe()));
-    let desired = crate::desired::DesiredState::new(store.clone(), registry.specs().clone());
+    let desired = crate::desired::DesiredState::new(
+        store.clone(),
+        registry.specs().clone(),
+        releases.clone(),
+    );
     let secrets = crate::secrets::Secrets::new(store.clone(), registry.specs().clone());
     let ingest = Arc::new(Ingest::new(
         store.clone(),
@@ -477,6 +494,7 @@ pub async fn run(
         logs,
         provisioning: provisioning::Provisioning::new(store.clone(), registry.clone()),
         desired,
+        releases,
         secrets,
         alert_rules,
         store,

@@ -23,6 +23,9 @@ pub struct Agent {
     enrollment: Option<(Value, String)>,
     /// The network namespace it runs in (`ip netns exec`), if not the host's.
     netns: Option<String>,
+    /// The executable to run instead of the build's (a stamped copy that
+    /// may update itself).
+    executable: Option<PathBuf>,
 }
 
 impl Agent {
@@ -91,6 +94,36 @@ impl Agent {
         Ok(agent)
     }
 
+    /// Like [`Agent::enroll_with_env`] for the device `device` (the body
+    /// of `POST /api/v1/devices`: `{"name", "labels"}`), running
+    /// `executable` (e.g. from [`crate::binaries::agent_install`]) instead
+    /// of the build's binary.
+    pub async fn enroll_from(
+        tetherd: &Tetherd,
+        admin: &ApiClient,
+        device: Value,
+        executable: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let name = device["name"]
+            .as_str()
+            .context("the device has a name")?
+            .to_owned();
+        let created = admin
+            .post("/api/v1/devices", device)
+            .await?
+            .expect_status(201)?;
+        let mut agent = Self::new(&name)?;
+        agent.executable = Some(executable.to_owned());
+        agent.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        agent.spawn(Some(&created["enrollment"]), &tetherd.api_url)?;
+        agent.enrollment = Some((created["enrollment"].clone(), tetherd.api_url.clone()));
+        Ok(agent)
+    }
+
     /// Enrolls and waits until the device is online.
     pub async fn enroll_online(
         tetherd: &Tetherd,
@@ -114,6 +147,7 @@ impl Agent {
             env: Vec::new(),
             enrollment: None,
             netns: None,
+            executable: None,
         })
     }
 
@@ -187,7 +221,10 @@ impl Agent {
             .append(true)
             .open(self.log_path())
             .context("opening the agent log")?;
-        let agent = binary("tether-agent")?;
+        let agent = match &self.executable {
+            Some(executable) => executable.clone(),
+            None => binary("tether-agent")?,
+        };
         // `ip netns exec` execs the agent: the child's pid is the agent's.
         let mut command = match &self.netns {
             Some(netns) => {
@@ -206,6 +243,9 @@ impl Agent {
             .env_remove("TETHER_ENROLL_TOKEN")
             .env_remove("TETHER_ENROLL_TOKEN_FILE")
             .env_remove("TETHER_CA_SHA256")
+            // Not under systemd, whatever runs the tests: an update guard
+            // restarts the restored agent itself.
+            .env_remove("INVOCATION_ID")
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("cloning the log handle")?)
             .stderr(log);
@@ -338,6 +378,27 @@ pub async fn post_local(socket: &Path, path: &str, body: &str) -> anyhow::Result
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
+        self.kill_update_guard();
+    }
+}
+
+impl Agent {
+    /// Ends the agent's update guard, or the agent it restored (which runs
+    /// as the guard's process outside systemd): not a child of the test.
+    /// Only a process whose command line names this agent's state dir.
+    pub fn kill_update_guard(&self) {
+        let Ok(pid) = std::fs::read_to_string(self.state_file("self-update/guard.pid")) else {
+            return;
+        };
+        let pid = pid.trim();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let state_dir = self.state_dir();
+        let names_state_dir = cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == state_dir.as_os_str().as_encoded_bytes());
+        if names_state_dir {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
     }
 }
 

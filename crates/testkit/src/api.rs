@@ -166,6 +166,49 @@ impl ApiClient {
         Self::reply(request).await
     }
 
+    /// A PUT of raw bytes (`application/octet-stream`), e.g. a binary.
+    pub async fn put_bytes(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Reply> {
+        let request = self
+            .request(Method::PUT, path)
+            .header("content-type", "application/octet-stream")
+            .body(body);
+        Self::reply(request).await
+    }
+
+    /// A GET whose answer is bytes (a download), with an optional `Range`
+    /// header: status, headers and body.
+    pub async fn get_bytes(&self, path: &str, range: Option<&str>) -> anyhow::Result<BytesReply> {
+        let mut request = self.request(Method::GET, path);
+        if let Some(range) = range {
+            request = request.header("range", range);
+        }
+        let response = request
+            .send()
+            .await
+            .context("sending the request to tetherd")?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .context("reading tetherd's answer")?
+            .to_vec();
+        Ok(BytesReply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// A GET whose body is left unread: the caller holds the response
+    /// (e.g. a download in progress) as long as it likes.
+    pub async fn open(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        self.request(Method::GET, path)
+            .send()
+            .await
+            .context("sending the request to tetherd")
+    }
+
     /// Any method with a JSON body, its answer read whole.
     pub async fn send_json(
         &self,
@@ -229,6 +272,24 @@ impl ApiClient {
         let bytes = response.bytes().await.context("reading tetherd's answer")?;
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(Reply { status, body })
+    }
+}
+
+/// A response read as bytes.
+#[derive(Debug)]
+pub struct BytesReply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl BytesReply {
+    /// A header's value as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
     }
 }
 

@@ -24,3 +24,39 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
         exe.display()
     )
 }
+
+/// Writes a copy of the agent binary `src` to `dst` (mode 0755) with its
+/// version stamp set to `version` ([`tether_proto::version_stamp`]): a
+/// "newer build" without a rebuild, as a release script makes one.
+pub fn stamp_agent_binary(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    version: &str,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut bytes = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
+    tether_proto::version_stamp::restamp(&mut bytes, version)
+        .with_context(|| format!("cannot stamp {}", src.display()))?;
+    std::fs::write(dst, &bytes).with_context(|| format!("cannot write {}", dst.display()))?;
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// A directory with a copy of the agent stamped `version` as
+/// `DIR/tether-agent` and links to its helpers beside it: an agent a test
+/// may update in place, never touching the build's own binary.
+pub fn agent_install(dir: &std::path::Path, version: &str) -> anyhow::Result<PathBuf> {
+    let agent = binary("tether-agent")?;
+    let exe = dir.join("tether-agent");
+    stamp_agent_binary(&agent, &exe, version)?;
+    for helper in [
+        "tether-agent-render",
+        "tether-agent-restore",
+        "tether-agent-shell",
+    ] {
+        if let Ok(path) = binary(helper) {
+            let _ = std::os::unix::fs::symlink(path, dir.join(helper));
+        }
+    }
+    Ok(exe)
+}

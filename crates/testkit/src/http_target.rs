@@ -15,6 +15,9 @@ pub enum Behaviour {
     Respond(Vec<u8>),
     /// Read the request, then never answer.
     Hang,
+    /// `200 OK` with this body once the test notifies: an action that
+    /// runs until the test lets it finish.
+    RespondWhenNotified(Arc<tokio::sync::Notify>, Vec<u8>),
 }
 
 pub struct HttpTarget {
@@ -44,16 +47,15 @@ impl HttpTarget {
                 }
                 counter.fetch_add(1, Ordering::SeqCst);
                 match &behaviour {
-                    Behaviour::Respond(body) => {
-                        let header = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                            body.len()
-                        );
-                        let _ = stream.write_all(header.as_bytes()).await;
-                        let _ = stream.write_all(body).await;
-                        let _ = stream.shutdown().await;
-                    }
+                    Behaviour::Respond(body) => respond(&mut stream, body).await,
                     Behaviour::Hang => held.push(stream),
+                    Behaviour::RespondWhenNotified(release, body) => {
+                        let (release, body) = (release.clone(), body.clone());
+                        tokio::spawn(async move {
+                            release.notified().await;
+                            respond(&mut stream, &body).await;
+                        });
+                    }
                 }
             }
         });
@@ -81,6 +83,16 @@ impl HttpTarget {
         )
         .await
     }
+}
+
+async fn respond(stream: &mut tokio::net::TcpStream, body: &[u8]) {
+    let header = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(header.as_bytes()).await;
+    let _ = stream.write_all(body).await;
+    let _ = stream.shutdown().await;
 }
 
 impl Drop for HttpTarget {

@@ -20,12 +20,15 @@ pub enum Database {
 }
 
 /// What replicas of one cluster share besides the database: the CA that
-/// issues device certificates, the key that seals action inputs, and the
-/// admin credentials the first one created.
+/// issues device certificates, the key that seals action inputs, the agent
+/// release signing and download-token keys, and the admin credentials the
+/// first one created.
 const REPLICA_SHARED_FILES: &[&str] = &[
     "ca.pem",
     "ca-key.pem",
     "sealing.key",
+    "release-signing-key.pk8",
+    "release-token.key",
     "admin-credentials.toml",
 ];
 
@@ -342,6 +345,29 @@ impl Tetherd {
     /// A client without credentials.
     pub fn anonymous(&self) -> anyhow::Result<ApiClient> {
         ApiClient::new(&self.api_url, &self.ca_pem, None)
+    }
+
+    /// A client logged in as a new user `{role}-user` with `role`
+    /// (`viewer`, `operator`, `admin`).
+    pub async fn user_with_role(&self, role: &str) -> anyhow::Result<ApiClient> {
+        let admin = self.admin().await?;
+        let username = format!("{role}-user");
+        let created = admin
+            .post("/api/v1/users", json!({"username": username, "role": role}))
+            .await?
+            .expect_status(201)?;
+        let password = created["password"]
+            .as_str()
+            .context("a generated password")?;
+        let login = self
+            .anonymous()?
+            .post(
+                "/api/v1/login",
+                json!({"username": username, "password": password}),
+            )
+            .await?
+            .expect_status(200)?;
+        Ok(admin.with_token(login["token"].as_str().map(str::to_owned)))
     }
 
     /// A client logged in as the admin created on first start.

@@ -62,8 +62,6 @@ pub const IMPLEMENTED: [&str; 17] = [
     "stop-stats",
 ];
 
-pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
-
 /// The largest event, serialized, that the agent sends. tetherd's MQTT
 /// endpoint takes packets up to 4 MiB; a larger one fails the whole
 /// connection (rumqttc: OutgoingPacketTooLarge), tetherd redelivers the
@@ -80,7 +78,7 @@ pub enum ActionError {
     Request { url: String, source: reqwest::Error },
     #[error("cannot change the logger")]
     Logging(#[source] LoggingError),
-    #[error("action {0} is not implemented by tether-agent {AGENT_VERSION}")]
+    #[error("action {0} is not implemented by tether-agent {version}", version = crate::self_update::agent_version())]
     NotImplemented(String),
     #[error(
         "this agent manages no Kubernetes cluster: start it with --kubernetes cluster (in a pod) or --kubernetes host (with a kubeconfig)"
@@ -335,6 +333,11 @@ impl Dispatcher {
             Seen::New => self.run(&request, Deadline::of(&request, delivery), now).await?,
         };
         Some(self.record(&request.action, event))
+    }
+
+    /// How many actions run in the background now.
+    pub fn running(&self) -> usize {
+        self.running.len()
     }
 
     /// The next event of an action that ran in the background; pending

@@ -20,10 +20,12 @@ pub enum Part {
     Charts = 0,
     /// Supervised processes and config files.
     Processes = 1,
+    /// The agent's own release ([`crate::self_update`]).
+    Agent = 2,
 }
 
 /// Each part's report, indexed by [`Part`].
-pub type PartReports = [BTreeMap<String, DeploymentStatus>; 2];
+pub type PartReports = [BTreeMap<String, DeploymentStatus>; 3];
 
 /// Each part's latest report, shared with the status that carries them.
 #[derive(Clone)]

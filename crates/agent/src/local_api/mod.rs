@@ -724,7 +724,7 @@ mod tests {
             body["caSha256"],
             tether_proto::ca::ca_fingerprint(&cert.pem()).expect("fingerprint")
         );
-        assert_eq!(body["agentVersion"], crate::actions::AGENT_VERSION);
+        assert_eq!(body["agentVersion"], crate::self_update::agent_version());
 
         // A spec applied, one section of it refused: both read back.
         let message = SpecMessage {

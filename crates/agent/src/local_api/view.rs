@@ -54,7 +54,7 @@ impl Identity {
             mqtt_urls: credentials.mqtt_urls.clone(),
             ca_sha256: tether_proto::ca::ca_fingerprint(&credentials.ca_pem).ok(),
             certificate,
-            agent_version: crate::actions::AGENT_VERSION.to_owned(),
+            agent_version: crate::self_update::agent_version().to_owned(),
         }
     }
 }

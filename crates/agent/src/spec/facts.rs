@@ -29,7 +29,7 @@ pub fn gather(root: &Path) -> Facts {
             .map(|text| os_release(&text)),
         kernel: read("proc/sys/kernel/osrelease").and_then(|text| trimmed(&text)),
         hostname: read("proc/sys/kernel/hostname").and_then(|text| trimmed(&text)),
-        agent_version: crate::actions::AGENT_VERSION.to_owned(),
+        agent_version: crate::self_update::agent_version().to_owned(),
         kubernetes: None,
     }
 }
@@ -228,7 +228,7 @@ mod tests {
             macs: [("eth0".to_owned(), "aa:bb".to_owned())].into(),
             cpu_cores: 4,
             hostname: Some("pi".into()),
-            agent_version: crate::actions::AGENT_VERSION.into(),
+            agent_version: crate::self_update::agent_version().into(),
             ..Facts::default()
         };
         let facts = overlay(
@@ -346,7 +346,7 @@ mod tests {
         assert_eq!(facts.kernel.as_deref(), Some("6.6.31+rpt-rpi-v8"));
         assert_eq!(facts.hostname.as_deref(), Some("pi-17"));
         assert_eq!(facts.cpu_model, None);
-        assert_eq!(facts.agent_version, crate::actions::AGENT_VERSION);
+        assert_eq!(facts.agent_version, crate::self_update::agent_version());
 
         write("sys/class/dmi/id/product_serial", "VMware-56 4d\n");
         assert_eq!(

@@ -81,7 +81,7 @@ pub fn apply(previous: &AppliedSpec, message: &SpecMessage) -> AppliedSpec {
                 format!("spec.{name}"),
                 format!(
                     "this agent ({}) cannot apply this section; upgrade it",
-                    crate::actions::AGENT_VERSION
+                    crate::self_update::agent_version()
                 ),
             ));
         }

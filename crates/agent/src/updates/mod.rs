@@ -404,6 +404,7 @@ mod tests {
                 duration_minutes: 60,
             }],
             time_zone: WindowClock::Utc,
+            download_bytes_per_second: None,
         };
         let (held, next) = holds(&locks, &policy, t("2026-12-03 10:00"), utc);
         let kinds: Vec<(HoldKind, Option<&str>)> =

@@ -15,6 +15,7 @@ mod offline;
 mod power;
 mod restore;
 mod secrets;
+mod self_update;
 mod shell_helper;
 mod sshd;
 mod supervisor;

@@ -110,6 +110,7 @@ impl Create {
                 processes: Default::default(),
                 config_files: Default::default(),
                 rollout: RolloutPolicy::default(),
+                agent_release: None,
             },
         };
         if let Some(size) = self.batch_size {
@@ -208,7 +209,7 @@ fn describe(deployment: &Deployment) -> String {
     let spec = &deployment.spec;
     let yaml = |value: &Value| serde_yaml::to_string(value).unwrap_or_default();
     format!(
-        "Name:       {}\nTarget:     {}\nHostname:   {}\nCharts:     {}\nProcesses:  {}\nRevision:   {}\nRollout:    {}\nUpdated:    {}\nValues:\n{}",
+        "Name:       {}\nTarget:     {}\nHostname:   {}\nCharts:     {}\nProcesses:  {}\nAgent:      {}\nRevision:   {}\nRollout:    {}\nUpdated:    {}\nValues:\n{}",
         deployment.name,
         target(&spec.target),
         spec.hostname
@@ -228,6 +229,7 @@ fn describe(deployment: &Deployment) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         },
+        spec.agent_release.as_deref().unwrap_or("-"),
         deployment.revision,
         deployment.rollout.as_str(),
         output::timestamp(deployment.updated_at),

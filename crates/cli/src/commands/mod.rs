@@ -24,6 +24,7 @@ pub mod os;
 pub mod policies;
 pub mod proxy;
 pub mod quickstart;
+pub mod releases;
 pub mod secrets;
 pub mod service_accounts;
 pub mod sessions;
@@ -70,6 +71,8 @@ pub enum Command {
     Deployments(deployments::Deployments),
     #[command(subcommand)]
     Secrets(secrets::Secrets),
+    #[command(subcommand)]
+    Releases(releases::Releases),
     Events(events::Events),
     Exec(exec::Exec),
     Cp(cp::Cp),
@@ -116,6 +119,7 @@ impl Command {
             Command::Templates(cmd) => cmd.description(),
             Command::Deployments(cmd) => cmd.description(),
             Command::Secrets(cmd) => cmd.description(),
+            Command::Releases(cmd) => cmd.description(),
             Command::Events(cmd) => cmd.description(),
             Command::Exec(cmd) => cmd.description(),
             Command::Cp(cmd) => cmd.description(),
@@ -150,6 +154,7 @@ impl Command {
             Command::Templates(cmd) => cmd.run(ctx).await,
             Command::Deployments(cmd) => cmd.run(ctx).await,
             Command::Secrets(cmd) => cmd.run(ctx).await,
+            Command::Releases(cmd) => cmd.run(ctx).await,
             Command::Events(cmd) => cmd.run(ctx).await,
             Command::Exec(cmd) => cmd.run(ctx).await,
             Command::Cp(cmd) => cmd.run(ctx).await,

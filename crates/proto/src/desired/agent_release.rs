@@ -111,6 +111,39 @@ pub fn check_platform(path: &str, platform: &str) -> Result<(), SpecError> {
     }
 }
 
+/// ELF's `e_machine` of each architecture a release may hold.
+const ELF_MACHINES: [(u16, &str); 2] = [(62, "x86_64"), (183, "aarch64")];
+
+/// The platform an agent binary is built for, read from its ELF header
+/// (the first 64 bytes suffice): a 64-bit little-endian executable
+/// (`ET_EXEC`, or `ET_DYN` as position-independent executables are) for
+/// x86_64 or aarch64. The error says what the bytes are instead.
+pub fn elf_platform(header: &[u8]) -> Result<String, String> {
+    if header.len() < 64 || &header[..4] != b"\x7fELF" {
+        return Err("is not an ELF executable (no ELF header)".to_owned());
+    }
+    if header[4] != 2 || header[5] != 1 {
+        return Err("is not a 64-bit little-endian ELF executable".to_owned());
+    }
+    let e_type = u16::from_le_bytes([header[16], header[17]]);
+    if e_type != 2 && e_type != 3 {
+        return Err(format!(
+            "is an ELF file of type {e_type}, not an executable"
+        ));
+    }
+    let machine = u16::from_le_bytes([header[18], header[19]]);
+    let arch = ELF_MACHINES
+        .iter()
+        .find(|(m, _)| *m == machine)
+        .map(|(_, arch)| *arch)
+        .ok_or_else(|| {
+            format!(
+                "is an ELF executable for machine {machine}, neither x86_64 (62) nor aarch64 (183)"
+            )
+        })?;
+    Ok(format!("linux-{arch}"))
+}
+
 impl AgentRelease {
     /// Checks every field's form (not the signatures: the agent does,
     /// with its pinned key).
@@ -220,6 +253,36 @@ mod tests {
         assert_eq!(
             bad.validate("a").expect_err("sha").path,
             "a.binaries.linux-x86_64.sha256"
+        );
+    }
+
+    #[test]
+    fn the_elf_header_names_the_platform_or_the_problem() {
+        let mut header = vec![0u8; 64];
+        header[..4].copy_from_slice(b"\x7fELF");
+        header[4] = 2;
+        header[5] = 1;
+        header[16] = 3;
+        header[18] = 183;
+        assert_eq!(elf_platform(&header).as_deref(), Ok("linux-aarch64"));
+        header[18] = 62;
+        assert_eq!(elf_platform(&header).as_deref(), Ok("linux-x86_64"));
+        header[18] = 40;
+        assert!(
+            elf_platform(&header)
+                .expect_err("arm32")
+                .contains("machine 40")
+        );
+        header[4] = 1;
+        assert!(
+            elf_platform(&header)
+                .expect_err("32-bit")
+                .contains("64-bit")
+        );
+        assert!(
+            elf_platform(b"#!/bin/sh\n")
+                .expect_err("script")
+                .contains("not an ELF")
         );
     }
 

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::agent_release::AgentBinary;
 use super::{ConfigFileSpec, DeploymentState, ProcessSpec};
 
 /// A chart that can be deployed, with the values it is deployed with.
@@ -138,6 +139,10 @@ pub struct DeploymentSpecification {
     pub config_files: BTreeMap<String, ConfigFileSpec>,
     #[serde(default)]
     pub rollout: RolloutPolicy,
+    /// The agent release (issue 19) the targeted devices run: its
+    /// version, as published with `tether releases publish`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_release: Option<String>,
 }
 
 /// The body of `POST /api/v1/deployments`.
@@ -247,4 +252,35 @@ pub struct DeploymentRollout {
 pub struct HeldDevice {
     pub device: String,
     pub holds: Vec<super::updates::UpdateHold>,
+}
+
+/// A published agent release (issue 19) as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PublishedRelease {
+    pub version: String,
+    /// Each platform's binary, by platform name.
+    pub binaries: BTreeMap<String, PublishedBinary>,
+}
+
+/// One platform's binary of a published release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PublishedBinary {
+    #[serde(flatten)]
+    pub binary: AgentBinary,
+    pub created_at: DateTime<Utc>,
+    /// Who published it.
+    pub created_by: String,
+}
+
+/// The key tetherd signs agent releases with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReleaseSigningKey {
+    /// The Ed25519 public key, 32 bytes in base64 (as agents pin it).
+    pub signing_key: String,
 }

@@ -25,6 +25,9 @@ pub const MAX_WINDOW_MINUTES: u32 = 7 * 24 * 60;
 /// Longest reason or lock name.
 pub const MAX_REASON_BYTES: usize = 256;
 pub const MAX_LOCK_NAME_BYTES: usize = 63;
+/// The slowest download rate the spec may set: below it an agent release
+/// of tens of MB would take days.
+pub const MIN_DOWNLOAD_BYTES_PER_SECOND: u64 = 1024;
 /// At most this many update locks held on one device at once.
 pub const MAX_LOCKS: usize = 16;
 /// At most this many holds reported: every lock, the spec's, the window's.
@@ -47,6 +50,10 @@ pub struct UpdatePolicy {
     /// The clock the windows are read on.
     #[serde(default)]
     pub time_zone: WindowClock,
+    /// How fast the agent downloads its own new release, in bytes per
+    /// second (issue 19); none: as fast as the link allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download_bytes_per_second: Option<u64>,
 }
 
 /// The clock maintenance windows are read on.
@@ -109,7 +116,7 @@ pub fn validate(path: &str, section: &Value) -> Result<(), SpecError> {
     let policy: UpdatePolicy = serde_json::from_value(section.clone()).map_err(|e| {
         SpecError::new(
             path,
-            format!("{e}; fields: locked, reason, maintenanceWindows ({{days, start, durationMinutes}}), timeZone (\"local\" or \"UTC\")"),
+            format!("{e}; fields: locked, reason, maintenanceWindows ({{days, start, durationMinutes}}), timeZone (\"local\" or \"UTC\"), downloadBytesPerSecond"),
         )
     })?;
     if policy
@@ -120,6 +127,15 @@ pub fn validate(path: &str, section: &Value) -> Result<(), SpecError> {
         return Err(SpecError::new(
             format!("{path}.reason"),
             format!("longer than {MAX_REASON_BYTES} bytes"),
+        ));
+    }
+    if policy
+        .download_bytes_per_second
+        .is_some_and(|rate| rate < MIN_DOWNLOAD_BYTES_PER_SECOND)
+    {
+        return Err(SpecError::new(
+            format!("{path}.downloadBytesPerSecond"),
+            format!("must be at least {MIN_DOWNLOAD_BYTES_PER_SECOND} (1 KiB/s)"),
         ));
     }
     if policy.maintenance_windows.len() > MAX_WINDOWS {
@@ -374,6 +390,14 @@ mod tests {
         assert_eq!(
             refused(json!({"reason": "x".repeat(MAX_REASON_BYTES + 1)})).path,
             "spec.updates.reason"
+        );
+        assert_eq!(
+            validate("spec.updates", &json!({"downloadBytesPerSecond": 65536})),
+            Ok(())
+        );
+        assert_eq!(
+            refused(json!({"downloadBytesPerSecond": 10})).path,
+            "spec.updates.downloadBytesPerSecond"
         );
     }
 

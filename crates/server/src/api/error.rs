@@ -124,6 +124,34 @@ impl From<crate::desired::DesiredStateError> for ApiError {
     }
 }
 
+impl From<crate::releases::ReleaseError> for ApiError {
+    fn from(error: crate::releases::ReleaseError) -> Self {
+        use crate::releases::ReleaseError;
+        let message = error.to_string();
+        match error {
+            ReleaseError::Invalid(field) => Self {
+                details: serde_json::json!({ "fields": [{ "path": field.path, "message": field.message }] }),
+                ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+            },
+            ReleaseError::TooLarge => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+            }
+            ReleaseError::NotFound(_) => Self::not_found(message),
+            ReleaseError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            ReleaseError::BadToken => {
+                Self::new(StatusCode::UNAUTHORIZED, "bad_download_token", message)
+            }
+            ReleaseError::TooManyDownloads(_) => Self {
+                retry_after: Some(5),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_downloads", message)
+            },
+            ReleaseError::Body(_) => Self::bad_request(crate::error_chain(&error)),
+            ReleaseError::Spool { .. } => Self::internal(&error),
+            ReleaseError::Store(error) => error.into(),
+        }
+    }
+}
+
 impl From<crate::monitor::rules::AlertRuleError> for ApiError {
     fn from(error: crate::monitor::rules::AlertRuleError) -> Self {
         use crate::monitor::rules::AlertRuleError;

@@ -23,6 +23,7 @@ mod metrics;
 mod openapi;
 mod page;
 mod provisioning;
+mod releases;
 mod secrets;
 mod service_accounts;
 mod session;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub provisioning: crate::provisioning::Provisioning,
     /// Chart templates, deployments and their rollouts (ADR 0029).
     pub desired: crate::desired::DesiredState,
+    /// Agent releases (issue 19).
+    pub releases: crate::releases::Releases,
     /// Sealed secrets (ADR 0030).
     pub secrets: crate::secrets::Secrets,
     /// Operator-defined alert rules (issue 18).
@@ -177,6 +180,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(users::routes())
         .merge(service_accounts::routes())
         .merge(alert_deliveries::routes())
+        .merge(releases::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_bearer,
@@ -187,7 +191,8 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(provisioning::device_routes())
         .merge(join::routes())
         .merge(time::routes())
-        .merge(tunnels::device_routes());
+        .merge(tunnels::device_routes())
+        .merge(releases::device_routes());
     let (api, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", protected.merge(public))
         .merge(health::routes())

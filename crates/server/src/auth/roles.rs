@@ -61,6 +61,11 @@ pub const GROUPS: &[Group] = &[
             ("POST", "/api/v1/register", Public),
             ("GET", "/api/v1/join/{token}", Public),
             ("GET", "/api/v1/tunnels/{id}", Public),
+            (
+                "GET",
+                "/api/v1/agent-releases/{version}/{platform}/binary",
+                Public,
+            ),
             ("GET", "/healthz", Public),
             ("GET", "/readyz", Public),
         ],
@@ -238,6 +243,25 @@ pub const GROUPS: &[Group] = &[
             ("GET", "/api/v1/secrets/{name}", AtLeast(Viewer)),
             ("PUT", "/api/v1/secrets/{name}", AtLeast(Operator)),
             ("DELETE", "/api/v1/secrets/{name}", AtLeast(Operator)),
+        ],
+    },
+    Group {
+        title: "Agent releases",
+        why: "Anyone may see which agent releases exist, their hashes and signatures, and the key they are signed with; operators publish and delete them, since a release rolled out replaces the agent on devices. Devices download a binary with the token their spec carries, not a login.",
+        rules: &[
+            ("GET", "/api/v1/agent-releases", AtLeast(Viewer)),
+            ("GET", "/api/v1/agent-releases/signing-key", AtLeast(Viewer)),
+            ("GET", "/api/v1/agent-releases/{version}", AtLeast(Viewer)),
+            (
+                "DELETE",
+                "/api/v1/agent-releases/{version}",
+                AtLeast(Operator),
+            ),
+            (
+                "PUT",
+                "/api/v1/agent-releases/{version}/{platform}",
+                AtLeast(Operator),
+            ),
         ],
     },
     Group {

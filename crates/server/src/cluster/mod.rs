@@ -47,6 +47,14 @@ pub enum ClusterError {
         "this replica's sealing key (fingerprint {mine}) is not the cluster's ({cluster}): copy ca.pem, ca-key.pem and sealing.key from an existing replica's data dir"
     )]
     OtherSealingKey { mine: String, cluster: String },
+    #[error(
+        "this replica's agent release {what} ({mine}) is not the cluster's ({cluster}): copy release-signing-key.pk8 and release-token.key from an existing replica's data dir"
+    )]
+    OtherReleaseKey {
+        what: &'static str,
+        mine: String,
+        cluster: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -147,6 +155,38 @@ pub async fn check_shared_secrets(
             mine: sealing_key_fingerprint.to_owned(),
             cluster,
         });
+    }
+    Ok(())
+}
+
+const RELEASE_SIGNING_KEY_SETTING: &str = "release_signing_key";
+const RELEASE_TOKEN_KEY_SETTING: &str = "release_token_key_fingerprint";
+
+/// Refuses to join a cluster whose agent release keys differ from this
+/// replica's: agents pin the signing key, and a download token made by one
+/// replica is checked by whichever serves the download. The first replica
+/// to start records both.
+pub async fn check_release_keys(
+    store: &Store,
+    signing_key: &str,
+    token_key_fingerprint: &str,
+) -> Result<(), ClusterError> {
+    for (setting, what, mine) in [
+        (RELEASE_SIGNING_KEY_SETTING, "signing key", signing_key),
+        (
+            RELEASE_TOKEN_KEY_SETTING,
+            "download-token key",
+            token_key_fingerprint,
+        ),
+    ] {
+        let cluster = store.claim_cluster_setting(setting, mine).await?;
+        if cluster != mine {
+            return Err(ClusterError::OtherReleaseKey {
+                what,
+                mine: mine.to_owned(),
+                cluster,
+            });
+        }
     }
     Ok(())
 }

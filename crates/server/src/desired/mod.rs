@@ -27,9 +27,10 @@ use tether_proto::labels::LabelSelector;
 use tether_proto::spec::SpecError;
 use tokio::sync::Notify;
 
-use self::render::{MAX_RELEASE_NAME_BYTES, RevisionBody};
+use self::render::{MAX_RELEASE_NAME_BYTES, ReleaseBinaries, RevisionBody};
 use self::rollout::DeviceStep;
 use crate::registry::{SpecUpdateError, Specs};
+use crate::releases::{ReleaseError, Releases};
 use crate::store::{
     DeploymentDeviceRecord, DeploymentRecord, DeploymentWrite, Store, StoreError, TemplateRecord,
 };
@@ -64,14 +65,17 @@ fn invalid(path: impl Into<String>, message: impl Into<String>) -> DesiredStateE
 pub struct DesiredState {
     store: Store,
     specs: Specs,
+    /// The agent releases deployments name (issue 19).
+    releases: Releases,
     wake: Arc<Notify>,
 }
 
 impl DesiredState {
-    pub fn new(store: Store, specs: Specs) -> Self {
+    pub fn new(store: Store, specs: Specs, releases: Releases) -> Self {
         Self {
             store,
             specs,
+            releases,
             wake: Arc::new(Notify::new()),
         }
     }
@@ -584,7 +588,12 @@ impl DesiredState {
         };
         let labels = self.labels_of(device).await?;
         Ok(Some(render::render(
-            deployment, revision, body, device, &labels,
+            deployment,
+            revision,
+            body,
+            device,
+            &labels,
+            self.releases.keys(),
         )))
     }
 
@@ -672,13 +681,18 @@ impl DesiredState {
                 })?;
             templates.insert(chart.clone(), template.spec);
         }
+        let agent = match &spec.agent_release {
+            Some(version) => Some(self.release(version).await?),
+            None => None,
+        };
         let body = RevisionBody {
             spec: spec.clone(),
             templates,
+            agent,
         };
         // What the devices will be sent follows the device contract.
         let labels = self.labels_of(&targeted[0]).await?;
-        let rendered = render::render(name, 1, &body, &targeted[0], &labels);
+        let rendered = render::render(name, 1, &body, &targeted[0], &labels, self.releases.keys());
         let section = serde_json::json!({ name: rendered });
         desired::validate(desired::SECTION, &section).map_err(|e| {
             DesiredStateError::Invalid(SpecError::new(
@@ -694,6 +708,28 @@ impl DesiredState {
             }
             .into()
         })
+    }
+}
+
+impl DesiredState {
+    /// The published binaries of the agent release a spec names.
+    async fn release(&self, version: &str) -> Result<ReleaseBinaries, DesiredStateError> {
+        const PATH: &str = "spec.agentRelease";
+        desired::agent_release::check_version(PATH, version).map_err(DesiredStateError::Invalid)?;
+        match self.releases.binaries(version).await {
+            Ok(binaries) => Ok(ReleaseBinaries {
+                version: version.to_owned(),
+                binaries,
+            }),
+            Err(ReleaseError::NotFound(_)) => Err(invalid(
+                PATH,
+                format!(
+                    "unknown agent release {version:?}; publish it first (`tether releases publish`) or see `tether releases list`"
+                ),
+            )),
+            Err(ReleaseError::Store(error)) => Err(error.into()),
+            Err(other) => Err(DesiredStateError::Conflict(other.to_string())),
+        }
     }
 }
 

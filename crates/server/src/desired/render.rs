@@ -11,9 +11,12 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tether_proto::DeviceId;
 use tether_proto::api::Labels;
+use tether_proto::desired::agent_release::AgentBinary;
 use tether_proto::desired::chart::{Placeholders, substitute};
 use tether_proto::desired::resources::{ChartTemplateSpec, DeploymentSpecification};
 use tether_proto::desired::{ChartRelease, DeploymentSpec};
+
+use crate::releases::{ReleaseKeys, agent_section};
 
 /// Helm's limit on a release name.
 pub const MAX_RELEASE_NAME_BYTES: usize = 53;
@@ -25,6 +28,18 @@ pub const MAX_RELEASE_NAME_BYTES: usize = 53;
 pub struct RevisionBody {
     pub spec: DeploymentSpecification,
     pub templates: BTreeMap<String, ChartTemplateSpec>,
+    /// The agent release the spec names, with its binaries as published
+    /// (issue 19).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<ReleaseBinaries>,
+}
+
+/// An agent release's binaries by platform, as a revision records them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseBinaries {
+    pub version: String,
+    pub binaries: BTreeMap<String, AgentBinary>,
 }
 
 /// The release a deployment's chart template becomes on a device: unique
@@ -33,13 +48,16 @@ pub fn release_name(deployment: &str, template: &str) -> String {
     format!("{deployment}-{template}")
 }
 
-/// `deployment`'s `revision` for `device`, whose labels are `labels`.
+/// `deployment`'s `revision` for `device`, whose labels are `labels`; an
+/// agent release gets the signing key and this device's download token
+/// from `keys`.
 pub fn render(
     deployment: &str,
     revision: u64,
     body: &RevisionBody,
     device: &DeviceId,
     labels: &Labels,
+    keys: &ReleaseKeys,
 ) -> DeploymentSpec {
     let spec = &body.spec;
     let charts = spec
@@ -75,8 +93,10 @@ pub fn render(
         config_files: spec.config_files.clone(),
         values: spec.values.clone(),
         labels: labels.clone(),
-        // Agent releases (issue 19) are rendered by the releases capability.
-        agent: None,
+        agent: body
+            .agent
+            .as_ref()
+            .map(|release| agent_section(keys, device, &release.version, &release.binaries)),
     };
     rendered.version = version(revision, &rendered);
     rendered
@@ -112,6 +132,33 @@ mod tests {
         serde_json::from_value(json!({"spec": spec, "templates": templates})).expect("body")
     }
 
+    #[test]
+    fn an_agent_release_gets_the_key_and_each_device_its_own_token() {
+        let mut body = body(json!({"target": {"selector": "site=x"}}), json!({}));
+        body.agent = Some(ReleaseBinaries {
+            version: "1.2.0".into(),
+            binaries: BTreeMap::from([(
+                "linux-x86_64".into(),
+                AgentBinary {
+                    sha256: "ab".repeat(32),
+                    size: 10,
+                    signature: "s".into(),
+                },
+            )]),
+        });
+        let keys = ReleaseKeys::generate();
+        let a = render("agent", 1, &body, &device("a"), &Labels::new(), &keys);
+        let b = render("agent", 1, &body, &device("b"), &Labels::new(), &keys);
+        let (a, b) = (a.agent.expect("a's"), b.agent.expect("b's"));
+        assert_eq!(a.signing_key, keys.public_key());
+        assert_eq!(a.binaries, body.agent.as_ref().expect("set").binaries);
+        assert_ne!(a.download_token, b.download_token);
+        assert_eq!(
+            crate::releases::token::device_of(&keys, &a.download_token, "1.2.0"),
+            Some(device("a"))
+        );
+    }
+
     fn device(name: &str) -> DeviceId {
         DeviceId::new(name).expect("name")
     }
@@ -126,7 +173,8 @@ mod tests {
                                "names": ["{{name}}", "x-{{name}}"], "node": "{{hostname}}",
                                "other": "{{cluster}}", "count": 3}}}),
         );
-        let rendered = render("line-1", 4, &body, &device("pi-1"), &Labels::new());
+        let keys = ReleaseKeys::generate();
+        let rendered = render("line-1", 4, &body, &device("pi-1"), &Labels::new(), &keys);
         assert_eq!(rendered.charts.len(), 1);
         let release = &rendered.charts[0];
         assert_eq!(release.release, "line-1-agent");
@@ -146,14 +194,15 @@ mod tests {
             json!({"target": {"selector": "site=x"}, "charts": ["agent"]}),
             json!({"agent": {"chart": "c", "source": "oci://r/c", "values": {"node": "{{hostname}}", "id": "{{uuid}}"}}}),
         );
-        let a = render("d", 1, &body, &device("a"), &Labels::new());
-        let b = render("d", 1, &body, &device("b"), &Labels::new());
+        let keys = ReleaseKeys::generate();
+        let a = render("d", 1, &body, &device("a"), &Labels::new(), &keys);
+        let b = render("d", 1, &body, &device("b"), &Labels::new(), &keys);
         assert_eq!(a.charts[0].values["node"], "");
         assert_eq!(a.charts[0].hostname, None);
         assert_ne!(a.version, b.version, "the device's id is in its values");
         assert_eq!(
             a,
-            render("d", 1, &body, &device("a"), &Labels::new()),
+            render("d", 1, &body, &device("a"), &Labels::new(), &keys),
             "deterministic"
         );
     }

@@ -700,7 +700,15 @@ mod tests {
             Handlers {
                 actions,
                 specs: specs.clone(),
-                desired: crate::desired::DesiredState::new(store.clone(), specs.clone()),
+                desired: crate::desired::DesiredState::new(
+                    store.clone(),
+                    specs.clone(),
+                    crate::releases::Releases::new(
+                        store.clone(),
+                        Arc::new(crate::releases::ReleaseKeys::generate()),
+                        dir.path(),
+                    ),
+                ),
                 secrets: crate::secrets::Secrets::new(store.clone(), specs),
             },
             IngestConfig::default(),

@@ -144,6 +144,9 @@ pub struct Registry {
     /// Reaches the device's session when another replica holds it.
     bus: Bus,
     specs: Specs,
+    /// The agent release signing key (base64), given to every enrolled
+    /// device to pin (issue 19).
+    release_signing_key: String,
 }
 
 impl Registry {
@@ -155,6 +158,7 @@ impl Registry {
         pki: PkiConfig,
         membership: Membership,
         bus: Bus,
+        release_signing_key: String,
     ) -> Self {
         let window = renewal::renewal_window(pki.device_certificate_lifetime);
         let specs = Specs::new(store.clone(), link.clone(), bus.clone());
@@ -168,6 +172,7 @@ impl Registry {
             membership,
             specs,
             bus,
+            release_signing_key,
         }
     }
 
@@ -499,8 +504,7 @@ impl Registry {
                 mqtt_url: mqtt_urls[0].clone(),
                 mqtt_urls,
                 server_time: Some(now),
-                // Filled by the releases capability (issue 19).
-                release_signing_key: None,
+                release_signing_key: Some(self.release_signing_key.clone()),
             },
             serial_hex: issued.serial_hex,
         })

@@ -21,6 +21,7 @@ mod management_shell;
 mod metrics;
 mod monitor;
 mod provisioning;
+mod releases;
 mod secrets;
 mod selector;
 mod service_accounts;
@@ -45,6 +46,7 @@ pub use provisioning::{
     Admission, PolicyRecord, ProvisionedDevice, ProvisioningKeyRecord, Refused, RegistrationRecord,
     RegistrationWrite,
 };
+pub use releases::{CHUNK_BYTES, ReleaseRecord};
 pub use secrets::{Ciphertext, SecretRecord};
 pub use service_accounts::{ApiKeyRecord, ServiceAccountRecord};
 pub use sparkplug::LatestValue;

@@ -2,6 +2,7 @@
 
 mod action_sets;
 mod actions;
+mod agent_update;
 mod alert_delivery;
 mod alert_rules;
 mod api;
@@ -21,6 +22,7 @@ mod monitor;
 mod operations;
 mod provisioning;
 mod queries;
+mod releases;
 mod replicas;
 mod roles;
 mod secrets;

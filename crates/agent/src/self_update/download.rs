@@ -1,0 +1,258 @@
+//! Downloading a release's binary from tetherd's API with the device's
+//! download token: into a partial file in the state directory, resumed
+//! with `Range: bytes=N-` after an interruption, paced to the spec's rate.
+//! The caller checks the finished file ([`super::verify`]).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::Digest as _;
+use tokio::io::AsyncWriteExt as _;
+
+use crate::clock::ServerClock;
+use crate::tls::{self, TlsError};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// No byte for this long: the download is stalled; it resumes later.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot build the download client")]
+    Client(#[source] reqwest::Error),
+    #[error("download from {url} failed")]
+    Request {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("download from {url} answered {status}: {body}")]
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("download from {url} sent more than the release's {size} bytes")]
+    TooLong { url: String, size: u64 },
+    #[error("cannot write the download to {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl DownloadError {
+    /// Whether trying again later may succeed (a network or server
+    /// problem), rather than the release itself being wrong.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => *status >= 500 || *status == 429,
+            Self::TooLong { .. } => false,
+            _ => true,
+        }
+    }
+}
+
+/// The binary's URL on tetherd's API.
+pub fn binary_url(api_url: &str, version: &str, platform: &str) -> String {
+    format!(
+        "{}/api/v1/agent-releases/{version}/{platform}/binary",
+        api_url.trim_end_matches('/')
+    )
+}
+
+/// How long to wait after `sent` bytes in `elapsed` to keep to `rate`
+/// bytes per second on average (none: no wait).
+pub fn pace(sent: u64, rate: Option<u64>, elapsed: Duration) -> Duration {
+    let Some(rate) = rate.filter(|rate| *rate > 0) else {
+        return Duration::ZERO;
+    };
+    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+    due.saturating_sub(elapsed)
+}
+
+/// Where to resume a partial file of `have` bytes of a `size`-byte binary:
+/// `None` when it is complete, `Some(0)` to start over (it is too long).
+pub fn resume_from(have: u64, size: u64) -> Option<u64> {
+    match have {
+        have if have == size => None,
+        have if have > size => Some(0),
+        have => Some(have),
+    }
+}
+
+/// An HTTPS client for tetherd's API trusting only its CA, with no overall
+/// timeout (a paced download of a large binary takes long) but one on
+/// connecting and on each read.
+pub fn client(ca_pem: &str, clock: Arc<ServerClock>) -> Result<reqwest::Client, DownloadError> {
+    let config = tls::server_tls_config(ca_pem, clock)?;
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .build()
+        .map_err(DownloadError::Client)
+}
+
+/// One binary to fetch into `part`.
+pub struct Fetch<'a> {
+    pub client: &'a reqwest::Client,
+    pub url: String,
+    pub token: &'a str,
+    pub part: &'a Path,
+    pub size: u64,
+    pub bytes_per_second: Option<u64>,
+}
+
+impl Fetch<'_> {
+    /// Fetches what `part` lacks; `progress` hears the bytes it holds.
+    pub async fn run(&self, mut progress: impl FnMut(u64)) -> Result<(), DownloadError> {
+        let write_error = |source| DownloadError::Write {
+            path: self.part.to_owned(),
+            source,
+        };
+        if let Some(dir) = self.part.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(write_error)?;
+        }
+        let have = match tokio::fs::metadata(self.part).await {
+            Ok(meta) => meta.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(write_error(e)),
+        };
+        let Some(mut offset) = resume_from(have, self.size) else {
+            return Ok(());
+        };
+        let mut request = self.client.get(&self.url).bearer_auth(self.token);
+        if offset > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
+        let failed = |source| DownloadError::Request {
+            url: self.url.clone(),
+            source,
+        };
+        let mut response = request.send().await.map_err(failed)?;
+        let status = response.status().as_u16();
+        match status {
+            206 if offset > 0 => {}
+            // The whole file: whatever was there is replaced.
+            200 => offset = 0,
+            _ => {
+                if status == 416 {
+                    // The partial file is not a prefix the server knows:
+                    // start over next time.
+                    let _ = tokio::fs::remove_file(self.part).await;
+                }
+                let body = response.text().await.unwrap_or_default();
+                return Err(DownloadError::Status {
+                    url: self.url.clone(),
+                    status,
+                    body: body.chars().take(300).collect(),
+                });
+            }
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(offset == 0)
+            .append(offset > 0)
+            .open(self.part)
+            .await
+            .map_err(write_error)?;
+        if offset > 0 {
+            tracing::info!(
+                offset,
+                "resuming the download of {} at byte {offset}",
+                self.url
+            );
+        }
+        let started = Instant::now();
+        let mut sent = 0u64;
+        let mut held = offset;
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+            held += chunk.len() as u64;
+            if held > self.size {
+                drop(file);
+                let _ = tokio::fs::remove_file(self.part).await;
+                return Err(DownloadError::TooLong {
+                    url: self.url.clone(),
+                    size: self.size,
+                });
+            }
+            file.write_all(&chunk).await.map_err(write_error)?;
+            sent += chunk.len() as u64;
+            progress(held);
+            let wait = pace(sent, self.bytes_per_second, started.elapsed());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        file.sync_all().await.map_err(write_error)?;
+        Ok(())
+    }
+}
+
+/// The file's length and lowercase hex SHA-256.
+pub async fn digest(path: &Path) -> io::Result<(u64, String)> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = sha2::Sha256::new();
+        let size = io::copy(&mut file, &mut hasher)?;
+        Ok((size, hex::encode(hasher.finalize())))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacing_keeps_the_average_under_the_rate() {
+        assert_eq!(pace(1_000_000, None, Duration::ZERO), Duration::ZERO);
+        assert_eq!(
+            pace(10_000, Some(5_000), Duration::from_millis(500)),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            pace(10_000, Some(5_000), Duration::from_secs(3)),
+            Duration::ZERO,
+            "behind the rate: no wait"
+        );
+    }
+
+    #[test]
+    fn a_partial_file_resumes_where_it_ends() {
+        assert_eq!(resume_from(0, 10), Some(0));
+        assert_eq!(resume_from(4, 10), Some(4));
+        assert_eq!(resume_from(10, 10), None);
+        assert_eq!(resume_from(12, 10), Some(0), "too long: start over");
+    }
+
+    #[test]
+    fn the_binary_url_is_on_tetherds_api() {
+        assert_eq!(
+            binary_url("https://t:8443/", "0.2.0", "linux-x86_64"),
+            "https://t:8443/api/v1/agent-releases/0.2.0/linux-x86_64/binary"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_digest_is_of_the_whole_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"abc").expect("written");
+        let (size, sha) = digest(&path).await.expect("digest");
+        assert_eq!(size, 3);
+        assert_eq!(
+            sha,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,284 @@
+//! What the agent does about the release its spec names, and what it
+//! reports meanwhile: a pure function of the spec, the running version,
+//! the pinned key, the recorded failures and the trial.
+
+use chrono::{DateTime, Utc};
+use tether_proto::desired::agent_release::{AgentBinary, AgentRelease};
+use tether_proto::desired::{DeploymentState, DeploymentStatus, Deployments};
+
+use super::failures::Failures;
+use super::pin::{KeyCheck, check_key};
+use super::trial::{Phase, Trial};
+use super::verify::{self, VerifyError};
+
+/// What the agent knows when it decides.
+pub struct Situation<'a> {
+    pub deployments: &'a Deployments,
+    /// This agent's version.
+    pub running: &'a str,
+    pub platform: &'a str,
+    pub pinned: Option<&'a str>,
+    pub failures: &'a Failures,
+    pub trial: Option<&'a Trial>,
+    pub now: DateTime<Utc>,
+}
+
+/// A release to fetch and swap in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    /// The deployment carrying the release, and its version (what the
+    /// status is about).
+    pub deployment: String,
+    pub deployment_version: String,
+    pub release: AgentRelease,
+    pub binary: AgentBinary,
+    /// Nothing was pinned: pin the release's key (its signature checked
+    /// out with it).
+    pub pin_first_use: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// No deployment carries a release: nothing to do or report.
+    Idle,
+    /// Nothing to do; report `status` for `deployment`.
+    Report {
+        deployment: String,
+        status: DeploymentStatus,
+    },
+    Update(Update),
+}
+
+fn status(version: &str, state: DeploymentState, reason: Option<String>) -> DeploymentStatus {
+    DeploymentStatus {
+        version: version.to_owned(),
+        state,
+        reason,
+    }
+}
+
+pub fn decide(situation: &Situation<'_>) -> Decision {
+    let Some((name, deployment, release)) = situation
+        .deployments
+        .iter()
+        .find_map(|(name, d)| d.agent.as_ref().map(|release| (name, d, release)))
+    else {
+        return Decision::Idle;
+    };
+    let report = |state, reason: Option<String>| Decision::Report {
+        deployment: name.clone(),
+        status: status(&deployment.version, state, reason),
+    };
+    let failed = |error: VerifyError| report(DeploymentState::Failed, Some(error.to_string()));
+    if release.version == situation.running {
+        return match situation.trial {
+            Some(trial)
+                if trial.phase == Phase::Trial
+                    && trial.to == situation.running
+                    && situation.now < trial.deadline =>
+            {
+                report(
+                    DeploymentState::Progressing,
+                    Some(format!(
+                        "agent {} on trial until {}: waiting to connect and report (else back to {})",
+                        trial.to,
+                        trial.deadline.format("%H:%M:%S UTC"),
+                        trial.from
+                    )),
+                )
+            }
+            _ => report(DeploymentState::Ready, None),
+        };
+    }
+    let binary = match verify::binary_for(release, situation.platform) {
+        Ok(binary) => binary,
+        Err(error) => return failed(error),
+    };
+    if let Some(failure) = situation.failures.find(&release.version, &binary.sha256) {
+        return report(DeploymentState::Failed, Some(failure.reason.clone()));
+    }
+    let (key, pin_first_use) = match check_key(situation.pinned, &release.signing_key) {
+        KeyCheck::Pinned => (release.signing_key.as_str(), false),
+        KeyCheck::FirstUse => (release.signing_key.as_str(), true),
+        KeyCheck::Mismatch { pinned, offered } => {
+            return failed(VerifyError::KeyMismatch {
+                version: release.version.clone(),
+                pinned,
+                offered,
+            });
+        }
+    };
+    if let Err(error) = verify::check_signature(release, situation.platform, binary, key) {
+        return failed(error);
+    }
+    Decision::Update(Update {
+        deployment: name.clone(),
+        deployment_version: deployment.version.clone(),
+        release: release.clone(),
+        binary: binary.clone(),
+        pin_first_use,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+    use tether_proto::desired::DeploymentSpec;
+
+    use super::super::failures::Failure;
+    use super::super::verify::tests::signed_release;
+    use super::*;
+
+    const PLATFORM: &str = "linux-x86_64";
+
+    fn deployments(release: Option<AgentRelease>) -> Deployments {
+        let spec: DeploymentSpec =
+            serde_json::from_value(serde_json::json!({"version": "r7"})).expect("a deployment");
+        [(
+            "agent".to_owned(),
+            DeploymentSpec {
+                agent: release,
+                ..spec
+            },
+        )]
+        .into()
+    }
+
+    fn decide_with(
+        deployments: &Deployments,
+        running: &str,
+        pinned: Option<&str>,
+        failures: &Failures,
+        trial: Option<&Trial>,
+    ) -> Decision {
+        decide(&Situation {
+            deployments,
+            running,
+            platform: PLATFORM,
+            pinned,
+            failures,
+            trial,
+            now: Utc::now(),
+        })
+    }
+
+    fn failed_reason(decision: Decision) -> String {
+        match decision {
+            Decision::Report { status, .. } if status.state == DeploymentState::Failed => {
+                status.reason.expect("a reason")
+            }
+            other => panic!("not failed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_signed_release_is_fetched_and_its_key_pinned_on_first_use() {
+        let (_, release) = signed_release("0.2.0", PLATFORM, b"new");
+        let deployments = deployments(Some(release.clone()));
+        let none = Failures::default();
+        let Decision::Update(update) = decide_with(&deployments, "0.1.0", None, &none, None) else {
+            panic!("an update");
+        };
+        assert!(update.pin_first_use);
+        assert_eq!(update.deployment, "agent");
+        assert_eq!(update.deployment_version, "r7");
+        let Decision::Update(update) = decide_with(
+            &deployments,
+            "0.1.0",
+            Some(&release.signing_key),
+            &none,
+            None,
+        ) else {
+            panic!("an update");
+        };
+        assert!(!update.pin_first_use);
+        assert_eq!(
+            decide_with(&Deployments::new(), "0.1.0", None, &none, None),
+            Decision::Idle
+        );
+    }
+
+    #[test]
+    fn another_key_a_bad_signature_a_missing_platform_and_a_past_failure_are_refused() {
+        let (_, release) = signed_release("0.2.0", PLATFORM, b"new");
+        let (_, other) = signed_release("0.2.0", PLATFORM, b"other");
+        let none = Failures::default();
+        let reason = failed_reason(decide_with(
+            &deployments(Some(release.clone())),
+            "0.1.0",
+            Some(&other.signing_key),
+            &none,
+            None,
+        ));
+        assert!(
+            reason.contains(&release.signing_key) && reason.contains(&other.signing_key),
+            "{reason}"
+        );
+        let mut forged = release.clone();
+        forged.signing_key = other.signing_key.clone();
+        let reason = failed_reason(decide_with(
+            &deployments(Some(forged)),
+            "0.1.0",
+            None,
+            &none,
+            None,
+        ));
+        assert!(reason.starts_with("bad signature"), "{reason}");
+        let (_, arm) = signed_release("0.2.0", "linux-aarch64", b"arm");
+        let reason = failed_reason(decide_with(
+            &deployments(Some(arm)),
+            "0.1.0",
+            None,
+            &none,
+            None,
+        ));
+        assert!(reason.contains("no binary"), "{reason}");
+        let mut failures = Failures::default();
+        failures.add(Failure {
+            version: "0.2.0".into(),
+            sha256: release.binaries[PLATFORM].sha256.clone(),
+            reason: "0.2.0 did not report healthy within 10 s; rolled back to 0.1.0".into(),
+        });
+        let reason = failed_reason(decide_with(
+            &deployments(Some(release)),
+            "0.1.0",
+            None,
+            &failures,
+            None,
+        ));
+        assert!(reason.contains("rolled back"), "{reason}");
+    }
+
+    #[test]
+    fn the_running_release_is_ready_once_its_trial_is_committed() {
+        let (_, release) = signed_release("0.2.0", PLATFORM, b"new");
+        let deployments = deployments(Some(release.clone()));
+        let none = Failures::default();
+        let now = Utc::now();
+        let mut trial = Trial {
+            from: "0.1.0".into(),
+            to: "0.2.0".into(),
+            sha256: release.binaries[PLATFORM].sha256.clone(),
+            exe: "/x".into(),
+            started_at: now,
+            deadline: now + TimeDelta::seconds(60),
+            phase: Phase::Trial,
+            reason: None,
+        };
+        match decide_with(&deployments, "0.2.0", None, &none, Some(&trial)) {
+            Decision::Report { status, .. } => {
+                assert_eq!(status.state, DeploymentState::Progressing);
+                assert!(status.reason.expect("why").contains("on trial"));
+            }
+            other => panic!("{other:?}"),
+        }
+        trial.phase = Phase::Committed;
+        match decide_with(&deployments, "0.2.0", None, &none, Some(&trial)) {
+            Decision::Report { status, .. } => {
+                assert_eq!(status.state, DeploymentState::Ready);
+                assert_eq!(status.version, "r7");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

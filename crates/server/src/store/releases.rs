@@ -1,0 +1,226 @@
+//! The `agent_releases` and `agent_release_chunks` tables (issue 19): a
+//! release's signed metadata per platform, and its binary in chunks of
+//! [`CHUNK_BYTES`] so a ranged download reads only what it sends.
+
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use sqlx::error::ErrorKind;
+use tether_proto::desired::resources::DeploymentSpecification;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::codec::{from_json, get, limit, millis, time, to_i64, to_u64, violates};
+use super::{Store, StoreError};
+
+/// Bytes per stored chunk of a binary (the last one may be shorter).
+pub const CHUNK_BYTES: u64 = 1024 * 1024;
+
+/// One platform's binary of a release, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseRecord {
+    pub version: String,
+    pub platform: String,
+    pub sha256: String,
+    pub size: u64,
+    pub signature: String,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+}
+
+const COLUMNS: &str = "version, platform, sha256, size, signature, created_at, created_by";
+
+fn query_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { context, source }
+}
+
+fn record(row: &AnyRow) -> Result<ReleaseRecord, StoreError> {
+    let version: String = get(row, "version")?;
+    Ok(ReleaseRecord {
+        size: to_u64(get(row, "size")?, "an agent release's size")?,
+        created_at: time(get(row, "created_at")?, "an agent release's creation")?,
+        platform: get(row, "platform")?,
+        sha256: get(row, "sha256")?,
+        signature: get(row, "signature")?,
+        created_by: get(row, "created_by")?,
+        version,
+    })
+}
+
+impl Store {
+    /// Stores one platform's binary of a release and its metadata in one
+    /// transaction, the bytes read from `binary` chunk by chunk (the
+    /// record's `size` of them). `Conflict` if that version and platform
+    /// exist.
+    pub async fn insert_agent_release(
+        &self,
+        release: &ReleaseRecord,
+        binary: &mut (impl AsyncRead + Unpin),
+    ) -> Result<(), StoreError> {
+        let context = "store an agent release";
+        let mut tx = self.begin(context).await?;
+        sqlx::query(&format!(
+            "INSERT INTO agent_releases ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        ))
+        .bind(&release.version)
+        .bind(&release.platform)
+        .bind(&release.sha256)
+        .bind(to_i64(release.size, "an agent release's size")?)
+        .bind(&release.signature)
+        .bind(millis(release.created_at))
+        .bind(&release.created_by)
+        .execute(&mut *tx)
+        .await
+        .map_err(|error| {
+            if violates(&error, ErrorKind::UniqueViolation) {
+                StoreError::Conflict {
+                    what: format!("agent release {} for {}", release.version, release.platform),
+                }
+            } else {
+                query_error(context)(error)
+            }
+        })?;
+        let mut left = release.size;
+        let mut seq: i64 = 0;
+        while left > 0 {
+            let mut chunk = vec![0; left.min(CHUNK_BYTES) as usize];
+            binary.read_exact(&mut chunk).await.map_err(|error| {
+                StoreError::Corrupt(format!(
+                    "the spooled binary of agent release {} ended early: {error}",
+                    release.version
+                ))
+            })?;
+            left -= chunk.len() as u64;
+            sqlx::query(
+                "INSERT INTO agent_release_chunks (version, platform, seq, data) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&release.version)
+            .bind(&release.platform)
+            .bind(seq)
+            .bind(chunk)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(context))?;
+            seq += 1;
+        }
+        tx.commit().await.map_err(query_error(context))
+    }
+
+    pub async fn agent_release(
+        &self,
+        version: &str,
+        platform: &str,
+    ) -> Result<Option<ReleaseRecord>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM agent_releases WHERE version = $1 AND platform = $2"
+        ))
+        .bind(version)
+        .bind(platform)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("read an agent release"))?
+        .as_ref()
+        .map(record)
+        .transpose()
+    }
+
+    /// Every platform's binary of `version` (none: no such release).
+    pub async fn agent_release_binaries(
+        &self,
+        version: &str,
+    ) -> Result<Vec<ReleaseRecord>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM agent_releases WHERE version = $1 ORDER BY platform"
+        ))
+        .bind(version)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("read an agent release"))?
+        .iter()
+        .map(record)
+        .collect()
+    }
+
+    /// The binaries of the first `limit` versions after `after`, by
+    /// version then platform.
+    pub async fn list_agent_releases(
+        &self,
+        after: Option<&str>,
+        limit_to: u32,
+    ) -> Result<Vec<ReleaseRecord>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM agent_releases WHERE version IN \
+             (SELECT version FROM agent_releases WHERE version > $1 \
+              GROUP BY version ORDER BY version LIMIT $2) \
+             ORDER BY version, platform"
+        ))
+        .bind(after.unwrap_or(""))
+        .bind(limit(limit_to))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("list agent releases"))?
+        .iter()
+        .map(record)
+        .collect()
+    }
+
+    /// Bytes `[seq * CHUNK_BYTES, …)` of a binary (`None`: no such chunk,
+    /// e.g. the release was deleted meanwhile).
+    pub async fn agent_release_chunk(
+        &self,
+        version: &str,
+        platform: &str,
+        seq: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = sqlx::query(
+            "SELECT data FROM agent_release_chunks WHERE version = $1 AND platform = $2 AND seq = $3",
+        )
+        .bind(version)
+        .bind(platform)
+        .bind(to_i64(seq, "a chunk's index")?)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("read a chunk of an agent release"))?;
+        row.map(|row| get::<Vec<u8>>(&row, "data")).transpose()
+    }
+
+    /// Deletes every platform of `version`; `false` if there was none.
+    pub async fn delete_agent_release(&self, version: &str) -> Result<bool, StoreError> {
+        let context = "delete an agent release";
+        let mut tx = self.begin(context).await?;
+        sqlx::query("DELETE FROM agent_release_chunks WHERE version = $1")
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(context))?;
+        let deleted = sqlx::query("DELETE FROM agent_releases WHERE version = $1")
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(context))?;
+        tx.commit().await.map_err(query_error(context))?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    /// The deployments whose current spec names agent release `version`.
+    pub async fn deployments_naming_release(
+        &self,
+        version: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        // Specs are JSON text; a LIKE narrows the rows, the parsed spec decides.
+        let rows =
+            sqlx::query("SELECT name, spec FROM deployments WHERE spec LIKE $1 ORDER BY name")
+                .bind(format!("%{version}%"))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("find the deployments naming an agent release"))?;
+        let mut names = Vec::new();
+        for row in rows {
+            let name: String = get(&row, "name")?;
+            let spec: DeploymentSpecification =
+                from_json(&get::<String>(&row, "spec")?, &format!("deployment {name}"))?;
+            if spec.agent_release.as_deref() == Some(version) {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+}

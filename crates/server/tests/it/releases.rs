@@ -1,0 +1,470 @@
+//! Agent releases through tetherd's API (issue 19): publishing real agent
+//! binaries, signatures that verify against the signing key, refusals,
+//! the resumable device download with its per-device token, and a
+//! deployment rendering the release into its devices' specs.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+use tether_proto::desired::agent_release::signed_message;
+use tether_testkit::api::ApiClient;
+use tether_testkit::sim_agent::DeviceCredentials;
+use tether_testkit::tetherd::{Database, Tetherd};
+
+use crate::support::on_both_databases;
+
+on_both_databases!(a_binary_larger_than_a_chunk_is_read_back_by_any_range);
+
+/// The agent binary cargo built: a real x86_64 ELF executable.
+fn agent_binary() -> anyhow::Result<Vec<u8>> {
+    let path = tether_testkit::binaries::binary("tether-agent")?;
+    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// `len` bytes that start with a 64-bit ELF executable header for
+/// `machine`, each later byte telling its offset apart.
+fn elf_like(machine: u16, len: usize) -> Vec<u8> {
+    let mut bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    bytes[..4].copy_from_slice(b"\x7fELF");
+    bytes[4] = 2;
+    bytes[5] = 1;
+    bytes[16..18].copy_from_slice(&2u16.to_le_bytes());
+    bytes[18..20].copy_from_slice(&machine.to_le_bytes());
+    bytes
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+}
+
+fn message(reply: &Value) -> String {
+    reply["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn signing_key(client: &ApiClient) -> anyhow::Result<String> {
+    let key = client
+        .get("/api/v1/agent-releases/signing-key")
+        .await?
+        .expect_status(200)?;
+    Ok(key["signingKey"]
+        .as_str()
+        .context("a signing key")?
+        .to_owned())
+}
+
+/// The `agent` section of `deployment` in `device`'s spec, once there.
+async fn agent_section(admin: &ApiClient, device: &str, deployment: &str) -> anyhow::Result<Value> {
+    tether_testkit::wait_until(
+        &format!("{device}'s spec to carry deployment {deployment}'s agent release"),
+        Duration::from_secs(30),
+        || async move {
+            let shown = admin
+                .get(&format!("/api/v1/devices/{device}"))
+                .await?
+                .expect_status(200)?;
+            let agent = &shown["spec"]["deployments"][deployment]["agent"];
+            Ok((!agent.is_null()).then(|| agent.clone()))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_published_agent_is_signed_immutable_and_listed() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let agent = agent_binary()?;
+    let path = "/api/v1/agent-releases/1.2.0/linux-x86_64";
+
+    let published = admin
+        .put_bytes(path, agent.clone())
+        .await?
+        .expect_status(201)?;
+    let binary = &published["binaries"]["linux-x86_64"];
+    assert_eq!(binary["sha256"], sha256_hex(&agent), "{published}");
+    assert_eq!(binary["size"], agent.len() as u64);
+    assert_eq!(binary["createdBy"], "admin");
+
+    // The signature verifies with the key tetherd shows, over the message
+    // the agent checks.
+    let key = STANDARD.decode(signing_key(&admin).await?)?;
+    let signature = STANDARD.decode(binary["signature"].as_str().context("signature")?)?;
+    let signed = signed_message(
+        "1.2.0",
+        "linux-x86_64",
+        &sha256_hex(&agent),
+        agent.len() as u64,
+    );
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &key)
+        .verify(&signed, &signature)
+        .map_err(|_| anyhow::anyhow!("the signature does not verify"))?;
+    assert!(
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &key)
+            .verify(
+                &signed_message(
+                    "1.2.1",
+                    "linux-x86_64",
+                    &sha256_hex(&agent),
+                    agent.len() as u64
+                ),
+                &signature
+            )
+            .is_err(),
+        "not as another version"
+    );
+
+    // The same bytes again change nothing; other bytes are refused.
+    let again = admin
+        .put_bytes(path, agent.clone())
+        .await?
+        .expect_status(200)?;
+    assert_eq!(again, published);
+    let mut other = agent.clone();
+    *other.last_mut().context("not empty")? ^= 0xff;
+    let refused = admin.put_bytes(path, other).await?.expect_status(409)?;
+    assert!(message(&refused).contains("other bytes"), "{refused}");
+
+    let listed = admin
+        .get("/api/v1/agent-releases")
+        .await?
+        .expect_status(200)?;
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    assert_eq!(listed["items"][0], published);
+    let shown = admin
+        .get("/api/v1/agent-releases/1.2.0")
+        .await?
+        .expect_status(200)?;
+    assert_eq!(shown, published);
+    admin
+        .get("/api/v1/agent-releases/9.9.9")
+        .await?
+        .expect_status(404)?;
+
+    // What an enrolling agent pins is that same key.
+    let created = admin
+        .post("/api/v1/devices", json!({"name": "pin-1"}))
+        .await?
+        .expect_status(201)?;
+    let token = created["enrollment"]["token"].as_str().context("token")?;
+    let key_pair = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key_pair)?
+        .pem()?;
+    let enrolled = tetherd
+        .anonymous()?
+        .post("/api/v1/enroll", json!({"token": token, "csrPem": csr}))
+        .await?
+        .expect_status(200)?;
+    assert_eq!(
+        enrolled["releaseSigningKey"].as_str(),
+        Some(STANDARD.encode(&key).as_str())
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn what_is_not_an_agent_for_the_platform_is_refused_naming_the_problem() -> anyhow::Result<()>
+{
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let refused = |reply: tether_testkit::api::Reply, needle: &str| -> anyhow::Result<()> {
+        let body = reply.expect_status(400)?;
+        anyhow::ensure!(message(&body).contains(needle), "{needle:?} not in {body}");
+        Ok(())
+    };
+    let put = |path: &'static str, body: Vec<u8>| {
+        let admin = admin.clone();
+        async move { admin.put_bytes(path, body).await }
+    };
+    refused(
+        put(
+            "/api/v1/agent-releases/1.0/linux-x86_64",
+            b"#!/bin/sh\necho not an agent\n".to_vec(),
+        )
+        .await?,
+        "not an ELF executable",
+    )?;
+    refused(
+        put(
+            "/api/v1/agent-releases/1.0/linux-aarch64",
+            elf_like(62, 4096),
+        )
+        .await?,
+        "is an executable for linux-x86_64, not for linux-aarch64",
+    )?;
+    refused(
+        put(
+            "/api/v1/agent-releases/1.0/linux-x86_64",
+            elf_like(40, 4096),
+        )
+        .await?,
+        "machine 40",
+    )?;
+    refused(
+        put("/api/v1/agent-releases/1.0/linux-x86_64", Vec::new()).await?,
+        "empty",
+    )?;
+    refused(
+        put(
+            "/api/v1/agent-releases/-1.0/linux-x86_64",
+            elf_like(62, 4096),
+        )
+        .await?,
+        "not a valid release version",
+    )?;
+    refused(
+        put("/api/v1/agent-releases/1.0/Linux", elf_like(62, 4096)).await?,
+        "not a platform",
+    )?;
+    let listed = admin
+        .get("/api/v1/agent-releases")
+        .await?
+        .expect_status(200)?;
+    assert_eq!(listed["items"], json!([]), "nothing was stored");
+
+    // Viewers see releases; only operators publish and delete.
+    let viewer = tetherd.user_with_role("viewer").await?;
+    viewer
+        .put_bytes(
+            "/api/v1/agent-releases/1.0/linux-x86_64",
+            elf_like(62, 4096),
+        )
+        .await?
+        .expect_status(403)?;
+    viewer
+        .get("/api/v1/agent-releases")
+        .await?
+        .expect_status(200)?;
+    signing_key(&viewer).await?;
+    let operator = tetherd.user_with_role("operator").await?;
+    operator
+        .put_bytes(
+            "/api/v1/agent-releases/1.0/linux-aarch64",
+            elf_like(183, 4096),
+        )
+        .await?
+        .expect_status(201)?;
+    viewer
+        .delete("/api/v1/agent-releases/1.0")
+        .await?
+        .expect_status(403)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deployment_gives_each_device_its_release_and_a_token_that_downloads_only_it()
+-> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let agent = agent_binary()?;
+    let release = admin
+        .put_bytes("/api/v1/agent-releases/1.2.0/linux-x86_64", agent.clone())
+        .await?
+        .expect_status(201)?;
+    admin
+        .put_bytes(
+            "/api/v1/agent-releases/1.3.0/linux-x86_64",
+            elf_like(62, 3000),
+        )
+        .await?
+        .expect_status(201)?;
+    for name in ["edge-1", "edge-2"] {
+        DeviceCredentials::enroll_labelled(&admin, name, json!({"fleet": "a"})).await?;
+    }
+
+    let unknown = admin
+        .post(
+            "/api/v1/deployments",
+            json!({"name": "tether-agent",
+                   "spec": {"target": {"selector": "fleet=a"}, "agentRelease": "2.0.0"}}),
+        )
+        .await?
+        .expect_status(400)?;
+    assert_eq!(
+        unknown["error"]["details"]["fields"][0]["path"], "spec.agentRelease",
+        "{unknown}"
+    );
+    assert!(
+        message(&unknown).contains("unknown agent release"),
+        "{unknown}"
+    );
+
+    admin
+        .post(
+            "/api/v1/deployments",
+            json!({"name": "tether-agent",
+                   "spec": {"target": {"selector": "fleet=a"}, "agentRelease": "1.2.0",
+                            "rollout": {"batchPercent": 100}}}),
+        )
+        .await?
+        .expect_status(201)?;
+    let key = signing_key(&admin).await?;
+    let one = agent_section(&admin, "edge-1", "tether-agent").await?;
+    let two = agent_section(&admin, "edge-2", "tether-agent").await?;
+    assert_eq!(one["version"], "1.2.0");
+    assert_eq!(one["signingKey"], key);
+    let published = &release["binaries"]["linux-x86_64"];
+    assert_eq!(
+        one["binaries"]["linux-x86_64"],
+        json!({"sha256": published["sha256"], "size": published["size"],
+               "signature": published["signature"]}),
+        "{one}"
+    );
+    assert_ne!(
+        one["downloadToken"], two["downloadToken"],
+        "one token per device"
+    );
+    let token = one["downloadToken"].as_str().context("a token")?.to_owned();
+    let device = tetherd.anonymous()?.with_token(Some(token.clone()));
+    let binary = "/api/v1/agent-releases/1.2.0/linux-x86_64/binary";
+
+    let whole = device.get_bytes(binary, None).await?;
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.header("content-length"), agent.len().to_string());
+    assert!(whole.body == agent, "the whole binary comes back");
+    // Resuming past the first chunk, and a window across a chunk's end.
+    let resumed = device.get_bytes(binary, Some("bytes=1048570-")).await?;
+    assert_eq!(resumed.status, 206);
+    assert_eq!(
+        resumed.header("content-range"),
+        format!("bytes 1048570-{}/{}", agent.len() - 1, agent.len())
+    );
+    assert!(
+        resumed.body == agent[1_048_570..],
+        "the rest from byte 1048570"
+    );
+    let window = device
+        .get_bytes(binary, Some("bytes=1048000-1049000"))
+        .await?;
+    assert_eq!(window.status, 206);
+    assert!(window.body == agent[1_048_000..=1_049_000]);
+    let past = device
+        .get_bytes(binary, Some(&format!("bytes={}-", agent.len())))
+        .await?;
+    assert_eq!(past.status, 416);
+    assert_eq!(
+        past.header("content-range"),
+        format!("bytes */{}", agent.len())
+    );
+
+    // Another release, a forged token, none: 401. A platform the release
+    // lacks: 404.
+    let other_release = device
+        .get_bytes("/api/v1/agent-releases/1.3.0/linux-x86_64/binary", None)
+        .await?;
+    assert_eq!(other_release.status, 401);
+    let forged = token.replacen("edge-1", "edge-2", 1);
+    for bad in [Some(forged), Some("garbage".to_owned()), None] {
+        let reply = device
+            .with_token(bad.clone())
+            .get_bytes(binary, None)
+            .await?;
+        assert_eq!(reply.status, 401, "{bad:?}");
+    }
+    let missing = device
+        .get_bytes("/api/v1/agent-releases/1.2.0/linux-aarch64/binary", None)
+        .await?;
+    assert_eq!(missing.status, 404);
+
+    // Two downloads at once per device; a third waits its turn.
+    let first = device.open(binary).await?;
+    let second = device.open(binary).await?;
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    let third = device.get_bytes(binary, Some("bytes=0-9")).await?;
+    assert_eq!(third.status, 429);
+    drop((first, second));
+    tether_testkit::wait_until(
+        "a download slot to be free again",
+        Duration::from_secs(10),
+        || {
+            let device = device.clone();
+            async move {
+                let reply = device.get_bytes(binary, Some("bytes=0-9")).await?;
+                Ok((reply.status == 206).then_some(()))
+            }
+        },
+    )
+    .await?;
+
+    // A release a deployment names stays; one no deployment names goes.
+    let in_use = admin
+        .delete("/api/v1/agent-releases/1.2.0")
+        .await?
+        .expect_status(409)?;
+    assert!(message(&in_use).contains("tether-agent"), "{in_use}");
+    admin
+        .delete("/api/v1/agent-releases/1.3.0")
+        .await?
+        .expect_status(204)?;
+    admin
+        .get("/api/v1/agent-releases/1.3.0")
+        .await?
+        .expect_status(404)?;
+
+    // A deleted device's token is worthless.
+    admin
+        .delete("/api/v1/devices/edge-1")
+        .await?
+        .expect_status(204)?;
+    let gone = device.get_bytes(binary, Some("bytes=0-9")).await?;
+    assert_eq!(gone.status, 401);
+    Ok(())
+}
+
+/// The chunked storage on both databases: a binary of several chunks
+/// published and read back whole and by ranges on and across chunk ends.
+async fn a_binary_larger_than_a_chunk_is_read_back_by_any_range(
+    database: Database,
+) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    const MIB: usize = 1024 * 1024;
+    let binary = elf_like(183, 2 * MIB + 12_345);
+    admin
+        .put_bytes("/api/v1/agent-releases/0.9.0/linux-aarch64", binary.clone())
+        .await?
+        .expect_status(201)?;
+    DeviceCredentials::enroll_labelled(&admin, "arm-1", json!({"arch": "arm"})).await?;
+    admin
+        .post(
+            "/api/v1/deployments",
+            json!({"name": "agent", "spec": {"target": {"device": "arm-1"}, "agentRelease": "0.9.0"}}),
+        )
+        .await?
+        .expect_status(201)?;
+    let section = agent_section(&admin, "arm-1", "agent").await?;
+    let device = tetherd
+        .anonymous()?
+        .with_token(section["downloadToken"].as_str().map(str::to_owned));
+    let path = "/api/v1/agent-releases/0.9.0/linux-aarch64/binary";
+    let whole = device.get_bytes(path, None).await?;
+    assert_eq!(whole.status, 200);
+    assert!(whole.body == binary);
+    for (start, end) in [
+        (0, MIB - 1),
+        (MIB - 1, MIB),
+        (MIB, 2 * MIB - 1),
+        (2 * MIB - 5, binary.len() - 1),
+        (binary.len() - 1, binary.len() - 1),
+    ] {
+        let part = device
+            .get_bytes(path, Some(&format!("bytes={start}-{end}")))
+            .await?;
+        assert_eq!(part.status, 206, "{start}-{end}");
+        assert!(part.body == binary[start..=end], "bytes {start}-{end}");
+    }
+    Ok(())
+}
