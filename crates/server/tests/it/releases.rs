@@ -414,6 +414,45 @@ async fn a_deployment_gives_each_device_its_release_and_a_token_that_downloads_o
         .await?
         .expect_status(404)?;
 
+    // Moving the deployment on to another release one device at a time:
+    // the device not yet moved still carries 1.2.0, which stays.
+    admin
+        .put_bytes(
+            "/api/v1/agent-releases/1.4.0/linux-x86_64",
+            elf_like(62, 3000),
+        )
+        .await?
+        .expect_status(201)?;
+    admin
+        .put_json(
+            "/api/v1/deployments/tether-agent",
+            json!({"target": {"selector": "fleet=a"}, "agentRelease": "1.4.0",
+                   "rollout": {"batchSize": 1}}),
+        )
+        .await?
+        .expect_status(200)?;
+    tether_testkit::wait_until(
+        "one device to be given release 1.4.0",
+        Duration::from_secs(30),
+        || async {
+            let mut moved = 0;
+            for device in ["edge-1", "edge-2"] {
+                let section = agent_section(&admin, device, "tether-agent").await?;
+                moved += usize::from(section["version"] == "1.4.0");
+            }
+            Ok((moved == 1).then_some(()))
+        },
+    )
+    .await?;
+    let carried = admin
+        .delete("/api/v1/agent-releases/1.2.0")
+        .await?
+        .expect_status(409)?;
+    assert!(
+        message(&carried).contains("still in the spec of device(s) edge-"),
+        "{carried}"
+    );
+
     // A deleted device's token is worthless.
     admin
         .delete("/api/v1/devices/edge-1")
