@@ -83,11 +83,20 @@ pub struct Releases {
 }
 
 impl Releases {
+    /// Uploads a previous run left spooled (it was killed mid-upload) are
+    /// removed: nobody finishes them.
     pub fn new(store: Store, keys: Arc<ReleaseKeys>, data_dir: &Path) -> Self {
+        let spool_dir = data_dir.join(SPOOL_DIR);
+        match std::fs::remove_dir_all(&spool_dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %spool_dir.display(), %error, "could not remove uploads left spooled by a previous run");
+            }
+            _ => {}
+        }
         Self {
             store,
             keys,
-            spool_dir: data_dir.join(SPOOL_DIR),
+            spool_dir,
             downloads: Arc::default(),
         }
     }
