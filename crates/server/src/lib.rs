@@ -240,8 +240,8 @@ pub async fn run(
         config.pki.clone(),
         membership,
         bus.clone(),
-        release_keys.public_key().to_owned(),
-    );
+    )
+    .with_release_signing_key(release_keys.public_key().to_owned());
     let actions = Arc::new(ActionService::new(
         store.clone(),
         link.clone(),

@@ -137,6 +137,17 @@ impl Tetherd {
         Self::start_beside_on(first, Some(database_url), extra_args, REPLICA_SHARED_FILES).await
     }
 
+    /// [`Tetherd::start_replica_of`] with the shared files but `left_out`
+    /// copied, as an operator who forgot those would.
+    pub async fn start_replica_without(first: &Tetherd, left_out: &[&str]) -> anyhow::Result<Self> {
+        let shared: Vec<&str> = REPLICA_SHARED_FILES
+            .iter()
+            .copied()
+            .filter(|file| !left_out.contains(file))
+            .collect();
+        Self::start_beside(first, &[], &shared).await
+    }
+
     /// Starts a tetherd on `first`'s database with its own CA and sealing
     /// key, as an operator who forgot to copy them would.
     pub async fn start_on_database_of(

@@ -127,12 +127,12 @@ async fn get_release(
     Ok(axum::Json(state.releases.get(&version).await?))
 }
 
-/// Deletes every platform of a release no deployment names (409 naming
-/// those that do).
+/// Deletes every platform of a release that no deployment names and no
+/// device's spec still carries (409 naming those that do).
 #[utoipa::path(delete, path = "/agent-releases/{version}", tag = "agent-releases",
     params(("version" = String, Path, description = "Release version")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "A deployment names it", body = ErrorBody)))]
+        (status = 409, description = "A deployment names it, or a device's spec still carries it", body = ErrorBody)))]
 async fn delete_release(
     State(state): State<Arc<AppState>>,
     Path(version): Path<String>,

@@ -40,15 +40,15 @@ pub enum ClusterError {
     )]
     BadReplicaId { path: PathBuf },
     #[error(
-        "this replica's CA (sha256 {mine}) is not the cluster's ({cluster}): copy ca.pem, ca-key.pem and sealing.key from an existing replica's data dir"
+        "this replica's CA (sha256 {mine}) is not the cluster's ({cluster}): copy ca.pem, ca-key.pem, sealing.key, release-signing-key.pk8 and release-token.key from an existing replica's data dir"
     )]
     OtherCa { mine: String, cluster: String },
     #[error(
-        "this replica's sealing key (fingerprint {mine}) is not the cluster's ({cluster}): copy ca.pem, ca-key.pem and sealing.key from an existing replica's data dir"
+        "this replica's sealing key (fingerprint {mine}) is not the cluster's ({cluster}): copy ca.pem, ca-key.pem, sealing.key, release-signing-key.pk8 and release-token.key from an existing replica's data dir"
     )]
     OtherSealingKey { mine: String, cluster: String },
     #[error(
-        "this replica's agent release {what} ({mine}) is not the cluster's ({cluster}): copy release-signing-key.pk8 and release-token.key from an existing replica's data dir"
+        "this replica's agent release {what} ({mine}) is not the cluster's ({cluster}): copy ca.pem, ca-key.pem, sealing.key, release-signing-key.pk8 and release-token.key from an existing replica's data dir"
     )]
     OtherReleaseKey {
         what: &'static str,
@@ -416,7 +416,7 @@ mod tests {
             .expect_err("other CA");
         assert_eq!(
             error.to_string(),
-            "this replica's CA (sha256 bb) is not the cluster's (aa): copy ca.pem, ca-key.pem and sealing.key from an existing replica's data dir"
+            "this replica's CA (sha256 bb) is not the cluster's (aa): copy ca.pem, ca-key.pem, sealing.key, release-signing-key.pk8 and release-token.key from an existing replica's data dir"
         );
         let error = check_shared_secrets(&store, "aa", "k2")
             .await

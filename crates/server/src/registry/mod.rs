@@ -146,7 +146,7 @@ pub struct Registry {
     specs: Specs,
     /// The agent release signing key (base64), given to every enrolled
     /// device to pin (issue 19).
-    release_signing_key: String,
+    release_signing_key: Option<String>,
 }
 
 impl Registry {
@@ -158,7 +158,6 @@ impl Registry {
         pki: PkiConfig,
         membership: Membership,
         bus: Bus,
-        release_signing_key: String,
     ) -> Self {
         let window = renewal::renewal_window(pki.device_certificate_lifetime);
         let specs = Specs::new(store.clone(), link.clone(), bus.clone());
@@ -172,8 +171,15 @@ impl Registry {
             membership,
             specs,
             bus,
-            release_signing_key,
+            release_signing_key: None,
         }
+    }
+
+    /// Gives every enrolling device `key` (the agent release signing key,
+    /// base64) to pin.
+    pub fn with_release_signing_key(mut self, key: String) -> Self {
+        self.release_signing_key = Some(key);
+        self
     }
 
     /// Device specs: updates, delivery, reported status.
@@ -504,7 +510,7 @@ impl Registry {
                 mqtt_url: mqtt_urls[0].clone(),
                 mqtt_urls,
                 server_time: Some(now),
-                release_signing_key: Some(self.release_signing_key.clone()),
+                release_signing_key: self.release_signing_key.clone(),
             },
             serial_hex: issued.serial_hex,
         })

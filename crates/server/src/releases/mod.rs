@@ -83,11 +83,20 @@ pub struct Releases {
 }
 
 impl Releases {
+    /// Uploads a previous run left spooled (it was killed mid-upload) are
+    /// removed: nobody finishes them.
     pub fn new(store: Store, keys: Arc<ReleaseKeys>, data_dir: &Path) -> Self {
+        let spool_dir = data_dir.join(SPOOL_DIR);
+        match std::fs::remove_dir_all(&spool_dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %spool_dir.display(), %error, "could not remove uploads left spooled by a previous run");
+            }
+            _ => {}
+        }
         Self {
             store,
             keys,
-            spool_dir: data_dir.join(SPOOL_DIR),
+            spool_dir,
             downloads: Arc::default(),
         }
     }
@@ -176,13 +185,23 @@ impl Releases {
         ))
     }
 
-    /// Deletes a release no deployment names (409 naming those that do).
+    /// Deletes a release that no deployment names and no device's spec
+    /// carries any more (409 naming those that do).
     pub async fn delete(&self, version: &str) -> Result<(), ReleaseError> {
         let users = self.store.deployments_naming_release(version).await?;
         if !users.is_empty() {
             return Err(ReleaseError::Conflict(format!(
                 "agent release {version} is used by deployment(s) {}; change or delete them first",
                 users.join(", ")
+            )));
+        }
+        // A deployment that moved on may not have moved every device yet
+        // (a paused rollout, a device put back): they may still download it.
+        let devices = self.store.devices_given_release(version, 5).await?;
+        if !devices.is_empty() {
+            return Err(ReleaseError::Conflict(format!(
+                "agent release {version} is still in the spec of device(s) {}; wait until their deployments have moved them off it (`tether deployments status`)",
+                devices.join(", ")
             )));
         }
         if !self.store.delete_agent_release(version).await? {

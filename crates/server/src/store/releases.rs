@@ -200,6 +200,47 @@ impl Store {
         Ok(deleted.rows_affected() > 0)
     }
 
+    /// Up to `limit` devices whose spec carries agent release `version`
+    /// in one of its deployments (still running it, or about to).
+    pub async fn devices_given_release(
+        &self,
+        version: &str,
+        limit_to: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        // Specs are JSON text; the LIKEs narrow the rows, the parsed spec decides.
+        let rows = sqlx::query(
+            "SELECT device, spec FROM device_specs \
+             WHERE spec LIKE '%\"agent\"%' AND spec LIKE $1 ORDER BY device",
+        )
+        .bind(format!("%{version}%"))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("find the devices given an agent release"))?;
+        let mut devices = Vec::new();
+        for row in rows {
+            let device: String = get(&row, "device")?;
+            let spec: serde_json::Value = from_json(
+                &get::<String>(&row, "spec")?,
+                &format!("the spec of {device}"),
+            )?;
+            let carries = spec
+                .get(tether_proto::desired::SECTION)
+                .and_then(serde_json::Value::as_object)
+                .is_some_and(|deployments| {
+                    deployments
+                        .values()
+                        .any(|d| d["agent"]["version"].as_str() == Some(version))
+                });
+            if carries {
+                devices.push(device);
+                if devices.len() == limit_to {
+                    break;
+                }
+            }
+        }
+        Ok(devices)
+    }
+
     /// The deployments whose current spec names agent release `version`.
     pub async fn deployments_naming_release(
         &self,

@@ -414,6 +414,45 @@ async fn a_deployment_gives_each_device_its_release_and_a_token_that_downloads_o
         .await?
         .expect_status(404)?;
 
+    // Moving the deployment on to another release one device at a time:
+    // the device not yet moved still carries 1.2.0, which stays.
+    admin
+        .put_bytes(
+            "/api/v1/agent-releases/1.4.0/linux-x86_64",
+            elf_like(62, 3000),
+        )
+        .await?
+        .expect_status(201)?;
+    admin
+        .put_json(
+            "/api/v1/deployments/tether-agent",
+            json!({"target": {"selector": "fleet=a"}, "agentRelease": "1.4.0",
+                   "rollout": {"batchSize": 1}}),
+        )
+        .await?
+        .expect_status(200)?;
+    tether_testkit::wait_until(
+        "one device to be given release 1.4.0",
+        Duration::from_secs(30),
+        || async {
+            let mut moved = 0;
+            for device in ["edge-1", "edge-2"] {
+                let section = agent_section(&admin, device, "tether-agent").await?;
+                moved += usize::from(section["version"] == "1.4.0");
+            }
+            Ok((moved == 1).then_some(()))
+        },
+    )
+    .await?;
+    let carried = admin
+        .delete("/api/v1/agent-releases/1.2.0")
+        .await?
+        .expect_status(409)?;
+    assert!(
+        message(&carried).contains("still in the spec of device(s) edge-"),
+        "{carried}"
+    );
+
     // A deleted device's token is worthless.
     admin
         .delete("/api/v1/devices/edge-1")
@@ -465,6 +504,59 @@ async fn a_binary_larger_than_a_chunk_is_read_back_by_any_range(
             .await?;
         assert_eq!(part.status, 206, "{start}-{end}");
         assert!(part.body == binary[start..=end], "bytes {start}-{end}");
+    }
+    Ok(())
+}
+
+/// Replicas share the release keys as they share the CA: a token one
+/// replica rendered downloads from another, and a replica with keys of
+/// its own refuses to start, naming the files to copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_release_keys_and_refuse_other_ones() -> anyhow::Result<()> {
+    let first = Tetherd::start(Database::Postgres).await?;
+    let admin = first.admin().await?;
+    let binary = elf_like(62, 1_500_000);
+    admin
+        .put_bytes("/api/v1/agent-releases/2.0.0/linux-x86_64", binary.clone())
+        .await?
+        .expect_status(201)?;
+    DeviceCredentials::enroll_labelled(&admin, "edge-1", json!({})).await?;
+    admin
+        .post(
+            "/api/v1/deployments",
+            json!({"name": "agent", "spec": {"target": {"device": "edge-1"}, "agentRelease": "2.0.0"}}),
+        )
+        .await?
+        .expect_status(201)?;
+    let section = agent_section(&admin, "edge-1", "agent").await?;
+
+    let second = Tetherd::start_replica_of(&first, &[]).await?;
+    assert_eq!(
+        signing_key(&second.admin().await?).await?,
+        section["signingKey"]
+    );
+    let download = second
+        .anonymous()?
+        .with_token(section["downloadToken"].as_str().map(str::to_owned))
+        .get_bytes(
+            "/api/v1/agent-releases/2.0.0/linux-x86_64/binary",
+            Some("bytes=1000000-"),
+        )
+        .await?;
+    assert_eq!(download.status, 206);
+    assert!(download.body == binary[1_000_000..]);
+
+    for left_out in ["release-signing-key.pk8", "release-token.key"] {
+        let error = match Tetherd::start_replica_without(&first, &[left_out]).await {
+            Ok(_) => anyhow::bail!("a replica without {left_out} started"),
+            Err(error) => format!("{error:#}"),
+        };
+        assert!(
+            error.contains("this replica's agent release")
+                && error.contains("is not the cluster's")
+                && error.contains(left_out),
+            "{error}"
+        );
     }
     Ok(())
 }

@@ -439,7 +439,7 @@ mod membership {
             error.contains("failed to join the other replicas: this replica's CA (sha256 ")
                 && error.contains("is not the cluster's (")
                 && error.contains(
-                    "copy ca.pem, ca-key.pem and sealing.key from an existing replica's data dir"
+                    "copy ca.pem, ca-key.pem, sealing.key, release-signing-key.pk8 and release-token.key from an existing replica's data dir"
                 ),
             "{error}"
         );
