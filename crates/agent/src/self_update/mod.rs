@@ -127,6 +127,15 @@ pub fn at_start(state_dir: &Path) -> Option<Restart> {
                 trial.to,
                 trial.deadline
             );
+            // A restart during the trial (a crash, systemd's Restart=, a
+            // reboot) may have taken the guard with it (review H1).
+            if !guard_alive(state_dir) {
+                let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+                if let Err(error) = start_guard(&swap::previous_path(&trial.exe), state_dir, &args)
+                {
+                    tracing::error!(%error, "cannot start the update guard again");
+                }
+            }
             None
         }
         AtStart::RecordRollBack => {
@@ -179,6 +188,26 @@ pub fn restart(restart: &Restart) -> std::io::Error {
     Command::new(&restart.exe).args(args).exec()
 }
 
+/// Whether the guard recorded in `guard.pid` still runs: a live process
+/// whose command line is the guard's (not a process that took its pid).
+fn guard_alive(state_dir: &Path) -> bool {
+    let Ok(pid) = std::fs::read_to_string(state_dir.join(DIR).join(GUARD_PID)) else {
+        return false;
+    };
+    let Ok(pid) = pid.trim().parse::<u32>() else {
+        return false;
+    };
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        cmdline
+            .split(|byte| *byte == 0)
+            .any(|arg| arg == guard::SUBCOMMAND.as_bytes())
+    })
+}
+
+/// Starts the guard from `previous`. Under systemd it runs as a transient
+/// unit of its own (`systemd-run`), outside the agent's cgroup, so a
+/// crash of the agent on trial, which makes systemd stop the agent's
+/// unit, does not take the guard with it.
 fn start_guard(previous: &Path, state_dir: &Path, agent_args: &[OsString]) -> std::io::Result<()> {
     let log_path = state_dir.join(DIR).join(GUARD_LOG);
     let log = std::fs::OpenOptions::new()
@@ -190,7 +219,16 @@ fn start_guard(previous: &Path, state_dir: &Path, agent_args: &[OsString]) -> st
         pid: std::process::id(),
         agent_args: agent_args.to_vec(),
     };
-    let child = Command::new(previous)
+    let mut command = if std::env::var_os("INVOCATION_ID").is_some() {
+        let mut command = Command::new("systemd-run");
+        command
+            .args(["--quiet", "--collect", "--service-type=exec", "--"])
+            .arg(previous);
+        command
+    } else {
+        Command::new(previous)
+    };
+    let child = command
         .arg(guard::SUBCOMMAND)
         .args(args.to_args())
         .stdin(Stdio::null())

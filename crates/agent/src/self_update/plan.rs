@@ -94,6 +94,30 @@ pub fn decide(situation: &Situation<'_>) -> Decision {
         Ok(binary) => binary,
         Err(error) => return failed(error),
     };
+    if let Some(trial) = situation.trial {
+        // One trial at a time: swapping again now would make the unproven
+        // binary the one a rollback goes back to (review M6).
+        if trial.phase == Phase::Trial {
+            return report(
+                DeploymentState::Progressing,
+                Some(format!(
+                    "agent {} is on trial; {} waits until it is kept or rolled back",
+                    trial.to, release.version
+                )),
+            );
+        }
+        // The binary runs but reports another version than its release's
+        // name: fetching it again would loop (review M1).
+        if trial.phase == Phase::Committed && trial.sha256 == binary.sha256 {
+            return report(
+                DeploymentState::Failed,
+                Some(format!(
+                    "release {}'s binary reports version {}: publish a binary stamped {}",
+                    release.version, situation.running, release.version
+                )),
+            );
+        }
+    }
     if let Some(failure) = situation.failures.find(&release.version, &binary.sha256) {
         return report(DeploymentState::Failed, Some(failure.reason.clone()));
     }
@@ -280,5 +304,49 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn no_update_starts_during_a_trial_and_a_misstamped_release_is_not_fetched_again() {
+        let (_, release) = signed_release("0.3.0", PLATFORM, b"newer");
+        let deployments = deployments(Some(release.clone()));
+        let none = Failures::default();
+        let now = Utc::now();
+        let mut trial = Trial {
+            from: "0.1.0".into(),
+            to: "0.2.0".into(),
+            sha256: "00".repeat(32),
+            exe: "/x".into(),
+            started_at: now,
+            deadline: now + TimeDelta::seconds(60),
+            phase: Phase::Trial,
+            reason: None,
+        };
+        match decide_with(&deployments, "0.2.0", None, &none, Some(&trial)) {
+            Decision::Report { status, .. } => {
+                assert_eq!(status.state, DeploymentState::Progressing);
+                assert!(status.reason.expect("why").contains("on trial"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // 0.3.0's binary, kept, but stamped otherwise.
+        trial.to = "0.3.0".into();
+        trial.sha256 = release.binaries[PLATFORM].sha256.clone();
+        trial.phase = Phase::Committed;
+        let reason = failed_reason(decide_with(
+            &deployments,
+            "0.1.0-dev",
+            None,
+            &none,
+            Some(&trial),
+        ));
+        assert!(reason.contains("stamped 0.3.0"), "{reason}");
+        // A trial that ended otherwise does not hold a new release back.
+        trial.phase = Phase::RolledBack;
+        trial.sha256 = "00".repeat(32);
+        assert!(matches!(
+            decide_with(&deployments, "0.1.0", None, &none, Some(&trial)),
+            Decision::Update(_)
+        ));
     }
 }

@@ -80,6 +80,8 @@ pub enum AtStart {
     /// The previous version runs again but the record says trial (it was
     /// restored by hand, or the guard died before writing): record the
     /// rollback.
+    ///
+    /// Any other version is the binary on trial, whatever it reports.
     RecordRollBack,
 }
 
@@ -87,7 +89,10 @@ pub enum AtStart {
 pub fn at_start(trial: Option<&Trial>, running: &str, now: DateTime<Utc>) -> AtStart {
     match trial {
         Some(trial) if trial.phase == Phase::Trial => {
-            if running != trial.to {
+            // Only the previous binary means the swap was undone: a binary
+            // on trial that reports another version than its release's
+            // name is still the one on trial (review M1).
+            if running == trial.from && running != trial.to {
                 AtStart::RecordRollBack
             } else if now >= trial.deadline {
                 AtStart::RollBack
@@ -198,6 +203,11 @@ mod tests {
         assert_eq!(
             at_start(Some(&on_trial), "0.1.0", now),
             AtStart::RecordRollBack
+        );
+        assert_eq!(
+            at_start(Some(&on_trial), "0.1.0-dev", now),
+            AtStart::OnTrial,
+            "a binary stamped otherwise is still the one on trial"
         );
         let committed = Trial {
             phase: Phase::Committed,

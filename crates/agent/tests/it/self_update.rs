@@ -148,3 +148,44 @@ async fn the_guard_rolls_back_an_agent_that_does_not_commit() {
             .contains("rolled back to 0.1.0")
     );
 }
+
+#[tokio::test]
+async fn a_start_on_trial_without_its_guard_starts_one_again() {
+    // Review H1: a crash or a reboot during the trial takes the guard with
+    // it; the binary on trial, started again, must not run unguarded.
+    let dir = tempfile::tempdir().expect("dir");
+    let exe = swapped(dir.path());
+    let state = dir.path().join("state");
+    write_trial(
+        &state,
+        &exe,
+        chrono::Utc::now() + chrono::TimeDelta::seconds(3),
+    );
+    // 0.2.0 starts on trial, finds no guard, starts one from 0.1.0, then
+    // stops for want of credentials (none in this test): it never commits.
+    let out = Command::new(&exe)
+        .arg("--state-dir")
+        .arg(&state)
+        .env_remove("INVOCATION_ID")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("update guard started"), "{stderr}");
+    let trial_path = state.join("self-update/trial.json");
+    wait_until(
+        "the restarted guard to roll the trial back",
+        Duration::from_secs(30),
+        || {
+            let phase = std::fs::read(&trial_path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+                .map(|trial| trial["phase"].clone());
+            async move { Ok((phase == Some(json!("rolledBack"))).then_some(())) }
+        },
+    )
+    .await
+    .expect("rolled back");
+    assert_eq!(version_of(&exe), "tether-agent 0.1.0");
+    let failed = read_json(&state.join("self-update/failed.json"));
+    assert_eq!(failed[0]["version"], "0.2.0");
+}
