@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -44,6 +44,19 @@ impl WatchdogDevice {
                 .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
                 .open(&self.path)
                 .map_err(|error| format!("cannot open {}: {error}", self.path.display()))?;
+            // A watchdog is a character device (a FIFO stands in for one in
+            // tests): a mistyped path to a regular file must not be
+            // overwritten by the feed, as root, every interval.
+            let kind = file
+                .metadata()
+                .map_err(|error| format!("cannot inspect {}: {error}", self.path.display()))?
+                .file_type();
+            if !(kind.is_char_device() || kind.is_fifo()) {
+                return Err(format!(
+                    "{} is not a watchdog device (not a character device); nothing written",
+                    self.path.display()
+                ));
+            }
             tracing::info!(device = %self.path.display(), "watchdog device opened: its timer runs from now");
             self.file = Some(file);
         }
@@ -152,6 +165,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_regular_file_named_as_the_device_is_never_written() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("tether-agent");
+        std::fs::write(&path, b"a binary").expect("written");
+        let mut device = WatchdogDevice::new(path.clone());
+        let error = device.feed().expect_err("refused");
+        assert!(error.contains("not a watchdog device"), "{error}");
+        assert_eq!(std::fs::read(&path).expect("read"), b"a binary");
+    }
+
+    #[test]
     fn systemds_variables_name_the_socket_and_the_timeout_for_this_process_only() {
         let watchdog =
             SystemdWatchdog::from_vars(Some("20000000"), Some("/run/n"), None, 7).expect("set");
@@ -193,18 +217,33 @@ mod tests {
 
     #[test]
     fn a_device_is_fed_with_writes_and_disarmed_only_when_asked() {
+        use std::io::Read as _;
         let dir = tempfile::tempdir().expect("temp dir");
+        // A FIFO stands in for the device; its reader sees every write.
         let path = dir.path().join("watchdog");
-        std::fs::write(&path, b"").expect("a file standing in for the device");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&path)
+            .expect("the reader opens");
+        let mut read = |want: usize| {
+            let mut got = vec![0u8; want];
+            reader.read_exact(&mut got).expect("written");
+            got
+        };
         let mut device = WatchdogDevice::new(path.clone());
         device.feed().expect("fed");
         device.feed().expect("fed");
         device.close(false);
-        assert_eq!(std::fs::read(&path).expect("reads"), b"\0\0");
-        std::fs::write(&path, b"").expect("emptied");
+        assert_eq!(read(2), b"\0\0");
         device.feed().expect("opened again");
         device.close(true);
-        assert_eq!(std::fs::read(&path).expect("reads"), b"\0V");
+        assert_eq!(read(2), b"\0V");
         let mut missing = WatchdogDevice::new(dir.path().join("none"));
         let error = missing.feed().expect_err("no device");
         assert!(error.contains("cannot open"), "{error}");
