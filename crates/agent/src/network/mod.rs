@@ -40,6 +40,8 @@ pub const STATE_FILE: &str = "network.json";
 /// Longest a single reachability probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between two failed probes.
+/// Attempts at putting a snapshot back (1 + 2 + 4 + 8 s apart).
+const RESTORE_ATTEMPTS: u32 = 5;
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
@@ -410,14 +412,12 @@ impl<A: Applier> Network<A> {
         let Some(snapshot) = self.saved.trial.clone() else {
             return;
         };
-        let reason = match self.applier.restore(&snapshot).await {
-            Ok(()) => "the agent stopped before tetherd was reached after the change; the previous network configuration is back".to_owned(),
-            Err(error) => format!(
-                "the agent stopped before tetherd was reached after the change, and putting the previous network configuration back failed: {}",
-                tether_proto::error_chain(&error)
-            ),
-        };
-        self.finish(ApplyState::RolledBack, reason);
+        match self.restore_with_retries(&snapshot).await {
+            Ok(()) => self.finish(ApplyState::RolledBack, "the agent stopped before tetherd was reached after the change; the previous network configuration is back".to_owned()),
+            Err(error) => self.finish_unrestored(ApplyState::RolledBack, format!(
+                "the agent stopped before tetherd was reached after the change, and putting the previous network configuration back failed: {error}"
+            ), snapshot),
+        }
     }
 
     /// Snapshot, apply, then keep the change or put the snapshot back.
@@ -454,14 +454,17 @@ impl<A: Applier> Network<A> {
         );
         if let Err(error) = self.applier.apply(plan).await {
             let applied = tether_proto::error_chain(&error);
-            let reason = match self.applier.restore(&snapshot).await {
-                Ok(()) => format!("{applied}; the previous network configuration is back"),
-                Err(error) => format!(
-                    "{applied}; putting the previous network configuration back failed too: {}",
-                    tether_proto::error_chain(&error)
+            return match self.restore_with_retries(&snapshot).await {
+                Ok(()) => self.finish(
+                    ApplyState::Failed,
+                    format!("{applied}; the previous network configuration is back"),
+                ),
+                Err(error) => self.finish_unrestored(
+                    ApplyState::Failed,
+                    format!("{applied}; putting the previous network configuration back failed too: {error}"),
+                    snapshot,
                 ),
             };
-            return self.finish(ApplyState::Failed, reason);
         }
         let mut trial = Trial::new(
             Instant::now(),
@@ -482,13 +485,48 @@ impl<A: Applier> Network<A> {
                 }
             }
         };
-        let reason = match self.applier.restore(&snapshot).await {
-            Ok(()) => rolled_back,
-            Err(error) => format!(
-                "{rolled_back}, except that putting it back failed: {}",
-                tether_proto::error_chain(&error)
+        match self.restore_with_retries(&snapshot).await {
+            Ok(()) => self.finish(ApplyState::RolledBack, rolled_back),
+            Err(error) => self.finish_unrestored(
+                ApplyState::RolledBack,
+                format!("{rolled_back}, except that putting it back failed: {error}"),
+                snapshot,
             ),
-        };
-        self.finish(ApplyState::RolledBack, reason);
+        }
+    }
+
+    /// Puts `snapshot` back, trying again a few times: each attempt works
+    /// out its commands from the network as it is then, so one that
+    /// failed half way (a route before its address) completes the next
+    /// time (review M4).
+    async fn restore_with_retries(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        let mut delay = Duration::from_secs(1);
+        let mut attempt = 1;
+        loop {
+            match self.applier.restore(snapshot).await {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    let error = tether_proto::error_chain(&error);
+                    if attempt == RESTORE_ATTEMPTS {
+                        return Err(error);
+                    }
+                    tracing::warn!(attempt, %error, "cannot put the previous network configuration back yet; trying again in {} s", delay.as_secs());
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// [`Self::finish`] for a change whose snapshot could not be put back:
+    /// the snapshot stays saved, so the agent's next start tries again
+    /// rather than forgetting the device is cut off.
+    fn finish_unrestored(&mut self, state: ApplyState, reason: String, snapshot: Snapshot) {
+        self.finish(state, reason);
+        self.saved.trial = Some(snapshot);
+        if let Err(error) = self.saved.save(&self.path) {
+            tracing::warn!(error = %tether_proto::error_chain(&error), "cannot keep the network snapshot for the next start");
+        }
     }
 }
