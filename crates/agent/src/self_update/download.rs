@@ -51,7 +51,12 @@ impl DownloadError {
     /// problem), rather than the release itself being wrong.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Status { status, .. } => *status >= 500 || *status == 429,
+            // 401 and 404 too: a replica answering while a release is
+            // deleted and published again, or before its keys match the
+            // others', must not fail the release for good (review L2).
+            Self::Status { status, .. } => {
+                *status >= 500 || matches!(*status, 401 | 404 | 408 | 429)
+            }
             Self::TooLong { .. } => false,
             _ => true,
         }
@@ -212,6 +217,21 @@ pub async fn digest(path: &Path) -> io::Result<(u64, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_answer_about_the_release_itself_fails_it_for_good() {
+        let answer = |status| DownloadError::Status {
+            url: "u".into(),
+            status,
+            body: String::new(),
+        };
+        for passing in [401, 404, 408, 429, 500, 503] {
+            assert!(answer(passing).is_transient(), "{passing}");
+        }
+        for lasting in [400, 403, 416] {
+            assert!(!answer(lasting).is_transient(), "{lasting}");
+        }
+    }
 
     #[test]
     fn pacing_keeps_the_average_under_the_rate() {

@@ -543,8 +543,9 @@ impl SelfUpdate {
         gate.until_idle().await;
 
         let exe = &self.config.exe;
+        // A full disk or a busy directory passes: try again later.
         swap::install(exe, &part).map_err(|e| {
-            Attempt::Failed(format!(
+            Attempt::Later(format!(
                 "cannot swap agent {version} in at {}: {e}",
                 exe.display()
             ))
