@@ -127,31 +127,45 @@ pub enum Snapshot {
     },
 }
 
-/// A file's contents, or that it did not exist.
+/// A file's contents, or the link it was, or that it did not exist.
+///
+/// A link is kept as a link (review L3): `/etc/resolv.conf` is usually a
+/// link into another resolver's directory (systemd-resolved's stub,
+/// resolvconf's output). Applying a document replaces the link with our
+/// own file; putting it back must restore the link, not freeze the
+/// contents it pointed at that day into a plain file nobody updates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum FileSnapshot {
     Absent,
     Present(String),
+    Link(PathBuf),
 }
 
 impl FileSnapshot {
     pub fn read(path: &Path) -> Result<Self, NetworkError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Ok(Self::Present(text)),
+        let error = |source| NetworkError::File {
+            path: path.to_owned(),
+            source,
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                std::fs::read_link(path).map(Self::Link).map_err(error)
+            }
+            Ok(_) => std::fs::read_to_string(path)
+                .map(Self::Present)
+                .map_err(error),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::Absent),
-            Err(source) => Err(NetworkError::File {
-                path: path.to_owned(),
-                source,
-            }),
+            Err(source) => Err(error(source)),
         }
     }
 
-    /// Makes `path` hold this (written whole with `mode`, then renamed
-    /// into place).
+    /// Makes `path` hold this (written whole with `mode`, or the link
+    /// made beside it, then renamed into place).
     pub fn restore(&self, path: &Path, mode: u32) -> Result<(), NetworkError> {
         let done = match self {
             Self::Present(text) => write_atomic(path, text.as_bytes(), mode),
+            Self::Link(target) => link_atomic(target, path),
             Self::Absent => match std::fs::remove_file(path) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 other => other,
@@ -162,6 +176,18 @@ impl FileSnapshot {
             source,
         })
     }
+}
+
+/// Makes `path` a link to `target`, replacing whatever is there at once.
+fn link_atomic(target: &Path, path: &Path) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("the path has no parent directory"))?;
+    let temp = dir.join(format!(".tether-link.{}.tmp", rand::random::<u64>()));
+    std::os::unix::fs::symlink(target, &temp)?;
+    std::fs::rename(&temp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&temp);
+    })
 }
 
 /// What the agent keeps of its network changes across restarts.
@@ -528,5 +554,37 @@ impl<A: Applier> Network<A> {
         if let Err(error) = self.saved.save(&self.path) {
             tracing::warn!(error = %tether_proto::error_chain(&error), "cannot keep the network snapshot for the next start");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resolv_conf_link_is_put_back_as_the_link_not_its_contents() {
+        let dir = tempfile::tempdir().expect("dir");
+        let stub = dir.path().join("stub-resolv.conf");
+        std::fs::write(&stub, "nameserver 127.0.0.53\n").expect("stub");
+        let resolv = dir.path().join("resolv.conf");
+        std::os::unix::fs::symlink(&stub, &resolv).expect("link");
+
+        let before = FileSnapshot::read(&resolv).expect("read");
+        assert_eq!(before, FileSnapshot::Link(stub.clone()));
+        FileSnapshot::Present("nameserver 192.0.2.1\n".into())
+            .restore(&resolv, 0o644)
+            .expect("applied");
+        assert!(!resolv.is_symlink(), "applying writes our own file");
+        assert_eq!(
+            std::fs::read_to_string(&stub).expect("stub"),
+            "nameserver 127.0.0.53\n",
+            "the other resolver's file is never written through the link"
+        );
+
+        before.restore(&resolv, 0o644).expect("restored");
+        assert_eq!(std::fs::read_link(&resolv).expect("a link again"), stub);
+        let kept: FileSnapshot =
+            serde_json::from_value(serde_json::to_value(&before).expect("json")).expect("back");
+        assert_eq!(kept, before, "a snapshot on trial survives a restart");
     }
 }
