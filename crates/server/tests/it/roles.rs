@@ -49,34 +49,6 @@ async fn served_routes(tetherd: &Tetherd) -> anyhow::Result<Vec<(String, String,
     Ok(routes)
 }
 
-/// A user with `role`, logged in.
-async fn user_with_role(
-    tetherd: &Tetherd,
-    admin: &ApiClient,
-    role: Role,
-) -> anyhow::Result<ApiClient> {
-    let username = format!("{role}-1");
-    let created = admin
-        .post(
-            "/api/v1/users",
-            json!({"username": username, "role": role.as_str()}),
-        )
-        .await?
-        .expect_status(201)?;
-    let password = created["password"]
-        .as_str()
-        .context("a generated password")?;
-    let login = tetherd
-        .anonymous()?
-        .post(
-            "/api/v1/login",
-            json!({"username": username, "password": password}),
-        )
-        .await?
-        .expect_status(200)?;
-    Ok(admin.with_token(login["token"].as_str().map(str::to_owned)))
-}
-
 /// The template with its parameters filled: the test's device, an action
 /// the catalogue knows, dummies for the rest (a 404 is "allowed past
 /// authorization" as much as a 200 is).
@@ -141,11 +113,11 @@ async fn each_role_is_refused_exactly_the_routes_the_table_refuses_it() -> anyho
     let clients = [
         (
             Role::Viewer,
-            user_with_role(&tetherd, &admin, Role::Viewer).await?,
+            tetherd.user_with_role(Role::Viewer.as_str()).await?,
         ),
         (
             Role::Operator,
-            user_with_role(&tetherd, &admin, Role::Operator).await?,
+            tetherd.user_with_role(Role::Operator.as_str()).await?,
         ),
         // Its own session: logging out ends it.
         (Role::Admin, tetherd.admin().await?),
@@ -207,7 +179,7 @@ async fn each_role_is_refused_exactly_the_routes_the_table_refuses_it() -> anyho
         .collect();
     assert_eq!(refused.len(), refusals, "{refused:#?}");
     assert!(
-        refused.iter().any(|entry| entry["actor"] == "viewer-1"
+        refused.iter().any(|entry| entry["actor"] == "viewer-user"
             && entry["method"] == "POST"
             && entry["path"] == format!("/api/v1/devices/{DEVICE}/actions")
             && entry["detail"]["role"] == "viewer"),
@@ -216,7 +188,7 @@ async fn each_role_is_refused_exactly_the_routes_the_table_refuses_it() -> anyho
     assert!(
         refused
             .iter()
-            .any(|entry| entry["actor"] == "operator-1" && entry["path"] == "/api/v1/users"),
+            .any(|entry| entry["actor"] == "operator-user" && entry["path"] == "/api/v1/users"),
         "{refused:#?}"
     );
     Ok(())
@@ -390,13 +362,13 @@ async fn one_admin_always_remains_and_a_deleted_users_session_ends_at_once() -> 
         assert_eq!(what.body["error"]["code"], "last_admin");
     }
 
-    let operator = user_with_role(&tetherd, &admin, Role::Operator).await?;
+    let operator = tetherd.user_with_role(Role::Operator.as_str()).await?;
     operator.get("/api/v1/devices").await?.expect_status(200)?;
     // A new role holds for open sessions at once.
     admin
         .send_json(
             Method::PUT,
-            "/api/v1/users/operator-1/role",
+            "/api/v1/users/operator-user/role",
             json!({"role": "viewer"}),
         )
         .await?
@@ -409,7 +381,7 @@ async fn one_admin_always_remains_and_a_deleted_users_session_ends_at_once() -> 
     admin
         .send_json(
             Method::PUT,
-            "/api/v1/users/operator-1/role",
+            "/api/v1/users/operator-user/role",
             json!({"role": "admin"}),
         )
         .await?
@@ -424,6 +396,9 @@ async fn one_admin_always_remains_and_a_deleted_users_session_ends_at_once() -> 
         "the deleted user's session ended: {ended:?}"
     );
     let users = operator.get("/api/v1/users").await?.expect_status(200)?;
-    assert_eq!(users, json!([{"username": "operator-1", "role": "admin"}]));
+    assert_eq!(
+        users,
+        json!([{"username": "operator-user", "role": "admin"}])
+    );
     Ok(())
 }
