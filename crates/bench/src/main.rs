@@ -25,6 +25,7 @@ mod kubectl;
 mod monitor;
 mod offline;
 mod provisioning;
+mod release_download;
 mod replicas;
 mod rollout;
 mod telemetry;
@@ -159,6 +160,10 @@ enum Mode {
     /// N devices in the store: the fleet monitor's CPU a pass and a minute,
     /// quiet, falling silent, alerting.
     Monitor,
+    /// An agent release published and rolled out to N devices, each
+    /// downloading its binary (`--concurrency` at a time): rates and
+    /// tetherd's RSS.
+    ReleaseDownload,
 }
 
 #[tokio::main]
@@ -262,6 +267,14 @@ async fn main() -> anyhow::Result<()> {
             return monitor::run(monitor::Settings {
                 database,
                 devices: args.agents,
+            })
+            .await;
+        }
+        Mode::ReleaseDownload => {
+            return release_download::run(release_download::Settings {
+                database,
+                devices: args.agents,
+                concurrency: args.concurrency,
             })
             .await;
         }
