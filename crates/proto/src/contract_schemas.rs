@@ -264,7 +264,18 @@ fn what_tetherd_sends_conforms_to_the_spec_schema() {
                 values: json!({"nodeId": "line-3", "replicas": 1}).as_object().cloned().expect("object"),
             }).expect("JSON"),
             {"release": "monitor", "chart": "monitor", "source": "oci://registry.example.com:5000/charts"},
-        ]}},
+        ]}, "tether-agent": {"version": "5-7c1d", "agent":
+            serde_json::to_value(crate::desired::agent_release::AgentRelease {
+                version: "1.4.0".into(),
+                signing_key: "9x1m0ylxHfH4bL1nJ6hGLJ3YhYGBhUaLCm3vCmoN8hw=".into(),
+                binaries: [("linux-x86_64".to_owned(), crate::desired::agent_release::AgentBinary {
+                    sha256: "ab".repeat(32),
+                    size: 6_520_616,
+                    signature: format!("{}==", "A".repeat(86)),
+                })].into(),
+                download_token: "sim-1.1.4.0.9f2c".into(),
+            }).expect("JSON"),
+        }},
     });
     assert_eq!(crate::spec::validate(&spec), Ok(()));
     let message = SpecMessage {
@@ -283,6 +294,7 @@ fn what_tetherd_sends_conforms_to_the_spec_schema() {
         json!({"actions": {"allowed": []}}),
         json!({"deployments": {"d": {"version": "1", "charts": [
             {"release": "web", "chart": "web", "source": "http://charts.example.com"}]}}}),
+        json!({"deployments": {"d": {"version": "1", "agent": {"version": "1.4.0"}}}}),
         json!({"secrets": {"Db": {"version": 1, "ciphertext": "AQ=="}}}),
         json!({"secrets": {"db": {"version": 1, "ciphertext": ""}}}),
         json!({"secrets": {"db": {"version": 1, "ciphertext": "AQ==", "value": "x"}}}),
