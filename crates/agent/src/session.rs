@@ -573,7 +573,12 @@ async fn work(
                 continue;
             }
             Next::Action(delivery) => {
-                gate.set_running(dispatcher.running() + 1);
+                if !gate.admit(dispatcher.running()) {
+                    // The gate closed since the pick: the action stays
+                    // unanswered, for the restarted agent.
+                    queued.done(&delivery.payload);
+                    continue;
+                }
                 let event = dispatcher.handle(&delivery, Moment::now()).await;
                 queued.done(&delivery.payload);
                 event
