@@ -4,7 +4,9 @@
 //! delivers them again to the restarted agent, which runs them then), and
 //! the swap waits until the actions running now have finished, and until
 //! the command of a `reboot` or `shutdown` answered already has run: an
-//! exec before it would drop it, and the operator was told it runs.
+//! exec before it would drop it, and the operator was told it runs. Once
+//! the command has run, a swap racing the shutdown is safe: the trial is
+//! recorded before the rename ([`super::swap::install_on_trial`]).
 //!
 //! One state behind one lock (review L5): an action is admitted and
 //! counted in the same step that checks the gate, so no action starts

@@ -109,19 +109,26 @@ pub fn run(args: GuardArgs) -> Result<(), String> {
         let trial = trials
             .load()
             .map_err(|e| format!("cannot read {}: {e}", trials.path().display()))?;
-        let now = since_boot();
         let ends = *ends.get_or_insert_with(|| {
+            let now = Now::read();
             let remaining = trial
                 .as_ref()
-                .map(|trial| trial.remaining(&Now::read()))
+                .map(|trial| trial.remaining(&now))
                 .unwrap_or_default();
             eprintln!(
                 "update guard: the agent on trial has {} s left to commit",
                 remaining.as_secs()
             );
-            now + remaining
+            // From the same reading as the agent's commit check: in one
+            // boot both end at the record's instant, so they cannot both
+            // act.
+            let from = now
+                .boot
+                .as_ref()
+                .map_or_else(since_boot, |boot| Duration::from_millis(boot.since_boot_ms));
+            from + remaining
         });
-        match guard_step(trial.as_ref(), now >= ends) {
+        match guard_step(trial.as_ref(), since_boot() >= ends) {
             GuardStep::Done => {
                 eprintln!("update guard: the trial ended; nothing to guard");
                 return Ok(());
