@@ -175,7 +175,7 @@ fn guard(dir: &Path, state: &Path, pid: u32) -> std::process::Child {
     Command::new(dir.join("tether-agent.previous"))
         .arg("update-guard")
         .arg("--state-dir")
-        .arg(&state)
+        .arg(state)
         .args(["--pid", &pid.to_string(), "--", "--version"])
         .env_remove("INVOCATION_ID")
         .stdout(Stdio::piped())
