@@ -74,6 +74,12 @@ impl ActionGate {
         let _ = state.wait_for(|state| state.closed).await;
     }
 
+    /// Resolves once the gate is open.
+    pub async fn until_open(&self) {
+        let mut state = self.state.subscribe();
+        let _ = state.wait_for(|state| !state.closed).await;
+    }
+
     /// The worker's count of actions running in the background.
     pub fn set_running(&self, running: usize) {
         self.state.send_if_modified(|state| {
@@ -148,8 +154,8 @@ mod tests {
         assert!(!gate.is_closed());
     }
 
-    #[test]
-    fn an_action_is_admitted_and_counted_in_one_step_and_none_once_closed() {
+    #[tokio::test]
+    async fn an_action_is_admitted_and_counted_in_one_step_and_none_once_closed() {
         // Review L5: the check and the count were two steps; an action
         // could start between the swap's decision and its wait.
         let gate = ActionGate::default();
@@ -159,7 +165,11 @@ mod tests {
         gate.close();
         assert!(!gate.admit(0), "closed: refused");
         assert_eq!(gate.busy(), 0, "a refused action is not counted");
-        gate.open();
+        let reopened = gate.clone();
+        tokio::spawn(async move { reopened.open() });
+        tokio::time::timeout(Duration::from_secs(5), gate.until_open())
+            .await
+            .expect("the worker wakes when the swap did not happen");
         assert!(gate.admit(0));
     }
 
