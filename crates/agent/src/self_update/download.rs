@@ -318,6 +318,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_update_task_removes_a_partial_download_no_longer_wanted() {
+        // Review L7: the spec names no release (any more); the part of the
+        // one it named stays for good otherwise.
+        let dir = tempfile::tempdir().expect("dir");
+        let stale = part_path(dir.path(), "0.2.0", &"ab".repeat(32));
+        std::fs::create_dir_all(stale.parent().expect("dir")).expect("dir");
+        std::fs::write(&stale, b"half").expect("written");
+        let (_spec, spec_rx) = tokio::sync::watch::channel(crate::spec::AppliedSpec::default());
+        let (_online, online_rx) = tokio::sync::watch::channel(false);
+        let (restart, _restart_rx) = tokio::sync::watch::channel(None);
+        let task = tokio::spawn(
+            super::super::SelfUpdate {
+                config: super::super::SelfUpdateConfig {
+                    exe: dir.path().join("tether-agent"),
+                    trial: Duration::from_secs(60),
+                },
+                state_dir: dir.path().to_owned(),
+                api_url: "https://127.0.0.1:1".into(),
+                ca_pem: String::new(),
+                clock: ServerClock::new(),
+            }
+            .run(super::super::Links {
+                spec: spec_rx,
+                reports: Default::default(),
+                gate: Default::default(),
+                online: online_rx,
+                restart,
+            }),
+        );
+        tether_testkit::wait_until("the stale part to go", Duration::from_secs(10), || {
+            let gone = !stale.exists();
+            async move { Ok(gone.then_some(())) }
+        })
+        .await
+        .expect("removed");
+        task.abort();
+    }
+
+    #[tokio::test]
     async fn the_digest_is_of_the_whole_file() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("f");
