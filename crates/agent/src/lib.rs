@@ -158,6 +158,7 @@ pub async fn run(
     let power = host::power::Power {
         config: config.power(),
         locks: update_locks.clone(),
+        gate: self_update::ActionGate::default(),
     };
     // From the start, enrolling included: systemd's watchdog expects
     // notifications from then on, and a spec applied before keeps the
@@ -474,7 +475,8 @@ async fn serve(
     }));
     // Before a swap can have happened: the path this process runs from.
     let exe = std::env::current_exe().map_err(AgentError::Executable)?;
-    let gate = self_update::ActionGate::default();
+    // The power commands' gate: a swap waits for a pending reboot too.
+    let gate = power.gate.clone();
     let online = Arc::new(tokio::sync::watch::channel(false).0);
     let (restart_tx, mut restart_rx) = tokio::sync::watch::channel(None);
     let _self_update = AbortOnDrop(tokio::spawn(

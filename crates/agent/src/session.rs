@@ -539,7 +539,8 @@ fn mqtt_options(device: &DeviceId, endpoint: &Endpoint, transport: Transport) ->
 /// Takes up actions one at a time, in arrival order, and publishes their
 /// events, and those of actions that went on in the background. Once
 /// `gate` closes (a self-update) it takes up no new action; it counts the
-/// running ones there, so the update waits for them.
+/// running ones there, so the update waits for them. If the gate opens
+/// again (the swap failed), it goes on.
 async fn work(
     mut dispatcher: Dispatcher,
     mut actions: mpsc::UnboundedReceiver<Delivery>,
@@ -551,19 +552,29 @@ async fn work(
         Action(Delivery),
         Finished(tether_proto::ActionEvent),
         GateClosed,
+        GateOpened,
     }
+    // An action picked as the gate closed: it runs if the gate opens again.
+    let mut held = None;
     loop {
         gate.set_running(dispatcher.running());
         let closed = gate.is_closed();
-        let next = tokio::select! {
-            // First: an action arriving as the gate closes waits.
-            biased;
-            () = gate.until_closed(), if !closed => Next::GateClosed,
-            event = dispatcher.finished() => Next::Finished(event),
-            delivery = actions.recv(), if !closed => match delivery {
-                Some(delivery) => Next::Action(delivery),
-                None => return,
-            },
+        let next = match held.take() {
+            Some(delivery) if !closed => Next::Action(delivery),
+            still_held => {
+                held = still_held;
+                tokio::select! {
+                    // First: an action arriving as the gate closes waits.
+                    biased;
+                    () = gate.until_closed(), if !closed => Next::GateClosed,
+                    () = gate.until_open(), if closed => Next::GateOpened,
+                    event = dispatcher.finished() => Next::Finished(event),
+                    delivery = actions.recv(), if !closed => match delivery {
+                        Some(delivery) => Next::Action(delivery),
+                        None => return,
+                    },
+                }
+            }
         };
         let event = match next {
             Next::GateClosed => {
@@ -572,8 +583,17 @@ async fn work(
                 );
                 continue;
             }
+            Next::GateOpened => {
+                tracing::info!("the self-update did not happen: actions start again");
+                continue;
+            }
             Next::Action(delivery) => {
-                gate.set_running(dispatcher.running() + 1);
+                // Admitted and counted in one step (review L5): refused
+                // if the gate closed since the pick.
+                if !gate.admit(dispatcher.running()) {
+                    held = Some(delivery);
+                    continue;
+                }
                 let event = dispatcher.handle(&delivery, Moment::now()).await;
                 queued.done(&delivery.payload);
                 event

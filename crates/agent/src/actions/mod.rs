@@ -709,6 +709,7 @@ pub(crate) mod tests {
                 locks: Arc::new(crate::updates::UpdateLocks::load(std::path::Path::new(
                     "/nonexistent",
                 ))),
+                gate: crate::self_update::ActionGate::default(),
             },
         };
         (context, Box::new(subscriber))

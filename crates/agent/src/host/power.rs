@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 
 use crate::actions::Answer;
 use crate::authorization::{AuthorizationError, AuthorizationGuard};
+use crate::self_update::ActionGate;
+use crate::self_update::gate::PowerHold;
 use crate::updates::UpdateLocks;
 
 /// What `reboot` runs when no command is configured.
@@ -89,12 +91,14 @@ impl PowerError {
     }
 }
 
-/// What the power actions need: their commands and the update locks that
-/// hold them back.
+/// What the power actions need: their commands, the update locks that
+/// hold them back, and the self-update's gate, which they keep busy until
+/// their command has run (review L5).
 #[derive(Clone)]
 pub struct Power {
     pub config: PowerConfig,
     pub locks: Arc<UpdateLocks>,
+    pub gate: ActionGate,
 }
 
 impl std::fmt::Debug for Power {
@@ -166,7 +170,10 @@ impl Power {
             "{name} requested: running the command in {} s",
             self.config.delay.as_secs_f64()
         );
-        tokio::spawn(run_later(name, command.clone(), self.config.delay));
+        // Taken while this action runs, so no swap slips in between: a
+        // self-update's exec would drop the command.
+        let hold = self.gate.hold_power();
+        tokio::spawn(run_later(name, command.clone(), self.config.delay, hold));
         Ok(json!({
             "action": name,
             "reason": reason,
@@ -179,9 +186,9 @@ impl Power {
     }
 }
 
-/// Runs `command` after `delay`. Its failure can only be logged: the
-/// action was answered already.
-async fn run_later(action: &'static str, command: Vec<String>, delay: Duration) {
+/// Runs `command` after `delay`, the self-update held back until it has
+/// run. Its failure can only be logged: the action was answered already.
+async fn run_later(action: &'static str, command: Vec<String>, delay: Duration, _hold: PowerHold) {
     tokio::time::sleep(delay).await;
     let Some((program, arguments)) = command.split_first() else {
         return;
@@ -225,6 +232,7 @@ mod tests {
                 delay: Duration::from_millis(10),
             },
             locks: Arc::new(UpdateLocks::load(dir)),
+            gate: ActionGate::default(),
         }
     }
 
@@ -280,6 +288,27 @@ mod tests {
             .request(PowerAction::Reboot, &forced, &guard)
             .expect_err("used");
         assert_eq!(again.status_code(), 401);
+    }
+
+    #[tokio::test]
+    async fn a_self_update_waits_until_the_power_command_has_run() {
+        // Review L5: the command runs seconds after the answer; a swap's
+        // exec between the two would drop it.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let marker = dir.path().join("rebooted");
+        let mut power = power(dir.path(), &marker);
+        power.config.delay = Duration::from_millis(300);
+        let guard = AuthorizationGuard::default();
+        let input = json!({"authorizationId": guard.issue().id, "reason": "kernel update"});
+        power
+            .request(PowerAction::Reboot, &input, &guard)
+            .expect("answered");
+        power.gate.close();
+        assert_eq!(power.gate.busy(), 1, "the command is pending");
+        tokio::time::timeout(Duration::from_secs(10), power.gate.until_idle())
+            .await
+            .expect("idle once the command ran");
+        assert!(marker.exists(), "the swap waited for the command");
     }
 
     #[tokio::test]

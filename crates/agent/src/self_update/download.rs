@@ -14,6 +14,10 @@ use tokio::io::AsyncWriteExt as _;
 use crate::clock::ServerClock;
 use crate::tls::{self, TlsError};
 
+/// Partial downloads, in [`super::DIR`].
+pub const DOWNLOAD_DIR: &str = "download";
+const PART_EXTENSION: &str = "part";
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// No byte for this long: the download is stalled; it resumes later.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -201,17 +205,47 @@ impl Fetch<'_> {
     }
 }
 
+/// Where `version`'s binary with `sha256` is downloaded to.
+pub fn part_path(state_dir: &Path, version: &str, sha256: &str) -> PathBuf {
+    let prefix = sha256.get(..16).unwrap_or(sha256);
+    state_dir
+        .join(super::DIR)
+        .join(DOWNLOAD_DIR)
+        .join(format!("{version}-{prefix}.{PART_EXTENSION}"))
+}
+
+/// Removes the partial downloads in `state_dir` but `keep` (review L7):
+/// those of releases no longer wanted would stay for good otherwise.
+pub fn remove_parts(state_dir: &Path, keep: Option<&Path>) {
+    let dir = state_dir.join(super::DIR).join(DOWNLOAD_DIR);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for path in entries.filter_map(|entry| entry.ok().map(|entry| entry.path())) {
+        if path.extension().is_some_and(|ext| ext == PART_EXTENSION) && Some(path.as_path()) != keep
+        {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!("removed the partial download {}", path.display()),
+                Err(error) => tracing::warn!(%error, "cannot remove {}", path.display()),
+            }
+        }
+    }
+}
+
 /// The file's length and lowercase hex SHA-256.
+pub fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let size = io::copy(&mut file, &mut hasher)?;
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+/// [`sha256_file`] off the runtime's thread.
 pub async fn digest(path: &Path) -> io::Result<(u64, String)> {
     let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut file = std::fs::File::open(path)?;
-        let mut hasher = sha2::Sha256::new();
-        let size = io::copy(&mut file, &mut hasher)?;
-        Ok((size, hex::encode(hasher.finalize())))
-    })
-    .await
-    .map_err(io::Error::other)?
+    tokio::task::spawn_blocking(move || sha256_file(&path))
+        .await
+        .map_err(io::Error::other)?
 }
 
 #[cfg(test)]
@@ -261,6 +295,65 @@ mod tests {
             binary_url("https://t:8443/", "0.2.0", "linux-x86_64"),
             "https://t:8443/api/v1/agent-releases/0.2.0/linux-x86_64/binary"
         );
+    }
+
+    #[test]
+    fn only_the_wanted_partial_download_stays() {
+        let dir = tempfile::tempdir().expect("dir");
+        let wanted = part_path(dir.path(), "0.3.0", &"cd".repeat(32));
+        let stale = part_path(dir.path(), "0.2.0", &"ab".repeat(32));
+        let downloads = wanted.parent().expect("dir");
+        std::fs::create_dir_all(downloads).expect("dir");
+        let other = downloads.join("notes.txt");
+        for path in [&wanted, &stale, &other] {
+            std::fs::write(path, b"x").expect("written");
+        }
+        remove_parts(dir.path(), Some(&wanted));
+        assert!(wanted.exists());
+        assert!(!stale.exists(), "a release no longer wanted");
+        assert!(other.exists(), "only partial downloads go");
+        remove_parts(dir.path(), None);
+        assert!(!wanted.exists(), "nothing wanted: none stays");
+        remove_parts(&dir.path().join("none"), None);
+    }
+
+    #[tokio::test]
+    async fn the_update_task_removes_a_partial_download_no_longer_wanted() {
+        // Review L7: the spec names no release (any more); the part of the
+        // one it named stays for good otherwise.
+        let dir = tempfile::tempdir().expect("dir");
+        let stale = part_path(dir.path(), "0.2.0", &"ab".repeat(32));
+        std::fs::create_dir_all(stale.parent().expect("dir")).expect("dir");
+        std::fs::write(&stale, b"half").expect("written");
+        let (_spec, spec_rx) = tokio::sync::watch::channel(crate::spec::AppliedSpec::default());
+        let (_online, online_rx) = tokio::sync::watch::channel(false);
+        let (restart, _restart_rx) = tokio::sync::watch::channel(None);
+        let task = tokio::spawn(
+            super::super::SelfUpdate {
+                config: super::super::SelfUpdateConfig {
+                    exe: dir.path().join("tether-agent"),
+                    trial: Duration::from_secs(60),
+                },
+                state_dir: dir.path().to_owned(),
+                api_url: "https://127.0.0.1:1".into(),
+                ca_pem: String::new(),
+                clock: ServerClock::new(),
+            }
+            .run(super::super::Links {
+                spec: spec_rx,
+                reports: Default::default(),
+                gate: Default::default(),
+                online: online_rx,
+                restart,
+            }),
+        );
+        tether_testkit::wait_until("the stale part to go", Duration::from_secs(10), || {
+            let gone = !stale.exists();
+            async move { Ok(gone.then_some(())) }
+        })
+        .await
+        .expect("removed");
+        task.abort();
     }
 
     #[tokio::test]

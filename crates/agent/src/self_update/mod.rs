@@ -12,7 +12,8 @@
 //! Files, in `STATE_DIR/self-update/`: `signing-key` (the pinned key),
 //! `trial.json`, `failed.json`, `download/` (partial downloads),
 //! `guard.log` (the guard's output, and the restored agent's if the guard
-//! started it), `guard.pid`.
+//! started it; emptied when a guard starts, the last run's tail kept in
+//! `guard.log.1`), `guard.pid`.
 //!
 //! Pure parts: [`plan`], [`verify`], [`trial`], [`failures`], [`pin`]'s
 //! check, [`download::pace`]; IO: [`download`], [`swap`], [`guard`], and
@@ -51,7 +52,7 @@ pub use version::agent_version;
 use failures::{Failure, FailuresFile};
 use pin::PinnedKey;
 use plan::{Decision, Situation, Update};
-use trial::{AtStart, Phase, Trial, TrialFile};
+use trial::{AtStart, Now, Phase, Running, Trial, TrialFile};
 
 /// The self-update's directory in the state directory.
 pub const DIR: &str = "self-update";
@@ -102,9 +103,11 @@ pub fn pin_at_enrollment(state_dir: &Path, key: Option<&str>) {
     }
 }
 
-/// Settles a trial left from before this start: a rollback whose deadline
-/// passed while nobody watched (a reboot during the trial) restores the
-/// previous binary and returns it to run instead.
+/// Settles a trial left from before this start: a rollback whose time
+/// ran out while nobody watched (a reboot during the trial) restores the
+/// previous binary and returns it to run instead. A staged record is a
+/// trial if the executable is its binary (the rename happened before a
+/// crash), and is dropped otherwise.
 pub fn at_start(state_dir: &Path) -> Option<Restart> {
     let trials = TrialFile::new(state_dir);
     let trial = match trials.load() {
@@ -114,18 +117,51 @@ pub fn at_start(state_dir: &Path) -> Option<Restart> {
             return None;
         }
     };
-    let running = agent_version();
-    let decision = trial::at_start(trial.as_ref(), running, Utc::now());
-    let trial = trial?;
+    let exe_sha256 = trial
+        .as_ref()
+        .filter(|trial| trial.phase == Phase::Staged)
+        .and_then(|trial| match download::sha256_file(&trial.exe) {
+            Ok((_, sha256)) => Some(sha256),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read {} to tell whether the swap happened", trial.exe.display());
+                None
+            }
+        });
+    let now = Now::read();
+    let running = Running {
+        version: agent_version(),
+        exe_sha256: exe_sha256.as_deref(),
+    };
+    let decision = trial::at_start(trial.as_ref(), running, &now);
+    let recorded = trial?;
+    // Promoted from staged, and its end put on this boot's clock.
+    let trial = recorded.on_trial(&now);
     match decision {
         AtStart::Nothing => None,
+        AtStart::Discard => {
+            tracing::warn!(
+                to = recorded.to,
+                "agent {} was staged but never swapped in (a stop before the rename); dropping its record",
+                recorded.to
+            );
+            if let Err(error) = trials.remove() {
+                tracing::error!(%error, "cannot drop the staged trial record");
+            }
+            swap::remove_staged_copies(&recorded.exe);
+            None
+        }
         AtStart::OnTrial => {
+            if trial != recorded
+                && let Err(error) = trials.save(&trial)
+            {
+                tracing::error!(%error, "cannot record the trial of agent {}", trial.to);
+            }
             tracing::info!(
                 from = trial.from,
                 to = trial.to,
-                "agent {} on trial until {}; it stays once it has connected and reported",
+                "agent {} on trial for {} s more; it stays once it has connected and reported",
                 trial.to,
-                trial.deadline
+                trial.remaining(&now).as_secs()
             );
             // A restart during the trial (a crash, systemd's Restart=, a
             // reboot) may have taken the guard with it (review H1).
@@ -210,10 +246,7 @@ fn guard_alive(state_dir: &Path) -> bool {
 /// unit, does not take the guard with it.
 fn start_guard(previous: &Path, state_dir: &Path, agent_args: &[OsString]) -> std::io::Result<()> {
     let log_path = state_dir.join(DIR).join(GUARD_LOG);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)?;
+    let log = guard::start_log(&state_dir.join(DIR))?;
     let args = guard::GuardArgs {
         state_dir: state_dir.to_owned(),
         pid: std::process::id(),
@@ -309,7 +342,14 @@ impl SelfUpdate {
             // The new agent on trial is connected and has reported: it
             // stays, whatever its spec says now.
             if let Some(trial) = &trial
-                && trial::at_start(Some(trial), agent_version(), Utc::now()) == AtStart::OnTrial
+                && trial::at_start(
+                    Some(trial),
+                    Running {
+                        version: agent_version(),
+                        exe_sha256: None,
+                    },
+                    &Now::read(),
+                ) == AtStart::OnTrial
                 && *links.online.borrow_and_update()
                 && self.commit(&trials, trial)
             {
@@ -327,8 +367,14 @@ impl SelfUpdate {
             });
             let mut retry = None;
             match decision {
-                Decision::Idle => links.reports.set(Part::Agent, Default::default()),
+                Decision::Idle => {
+                    download::remove_parts(&self.state_dir, None);
+                    links.reports.set(Part::Agent, Default::default());
+                }
                 Decision::Report { deployment, status } => {
+                    // Nothing to fetch: a partial download is of a release
+                    // no longer wanted, or failed (review L7).
+                    download::remove_parts(&self.state_dir, None);
                     links
                         .reports
                         .set(Part::Agent, [(deployment, status)].into());
@@ -353,6 +399,7 @@ impl SelfUpdate {
                         }
                         Err(Attempt::Failed(reason)) => {
                             tracing::error!(version = update.release.version, "{reason}");
+                            download::remove_parts(&self.state_dir, None);
                             if let Err(error) = failures_file.record(Failure {
                                 version: update.release.version.clone(),
                                 sha256: update.binary.sha256.clone(),
@@ -394,10 +441,10 @@ impl SelfUpdate {
         }
     }
 
-    /// The new agent is healthy: it stays. Not past the deadline, when the
-    /// guard may be rolling back already.
+    /// The new agent is healthy: it stays. Not once its time ran out, when
+    /// the guard may be rolling back already.
     fn commit(&self, trials: &TrialFile, trial: &Trial) -> bool {
-        if Utc::now() >= trial.deadline {
+        if trial.remaining(&Now::read()).is_zero() {
             return false;
         }
         let committed = Trial {
@@ -467,11 +514,8 @@ impl SelfUpdate {
                 .pin(&release.signing_key)
                 .map_err(|e| Attempt::Later(format!("cannot pin the release signing key: {e}")))?;
         }
-        let part = self
-            .state_dir
-            .join(DIR)
-            .join("download")
-            .join(format!("{version}-{}.part", &update.binary.sha256[..16]));
+        let part = download::part_path(&self.state_dir, version, &update.binary.sha256);
+        download::remove_parts(&self.state_dir, Some(&part));
         let client = download::client(&self.ca_pem, self.clock.clone())
             .map_err(|e| Attempt::Later(crate::actions::chain(&e)))?;
         let size = update.binary.size;
@@ -525,7 +569,7 @@ impl SelfUpdate {
         tracing::info!(version, sha256, "downloaded and verified agent {version}");
 
         gate.close();
-        let running_actions = gate.running();
+        let running_actions = gate.busy();
         if running_actions > 0 {
             tracing::info!(
                 running_actions,
@@ -543,31 +587,17 @@ impl SelfUpdate {
         gate.until_idle().await;
 
         let exe = &self.config.exe;
+        let staged = Trial::staged(
+            running,
+            version,
+            &sha256,
+            exe,
+            self.config.trial,
+            &Now::read(),
+        );
         // A full disk or a busy directory passes: try again later.
-        swap::install(exe, &part).map_err(|e| {
-            Attempt::Later(format!(
-                "cannot swap agent {version} in at {}: {e}",
-                exe.display()
-            ))
-        })?;
-        let now = Utc::now();
-        let trial = Trial {
-            from: running.to_owned(),
-            to: version.clone(),
-            sha256,
-            exe: exe.clone(),
-            started_at: now,
-            deadline: now
-                + chrono::TimeDelta::from_std(self.config.trial)
-                    .unwrap_or(chrono::TimeDelta::seconds(120)),
-            phase: Phase::Trial,
-            reason: None,
-        };
-        if let Err(error) = TrialFile::new(&self.state_dir).save(&trial) {
-            // No record, no trial: put the running binary back.
-            let _ = swap::restore(exe);
-            return Err(Attempt::Later(format!("cannot record the trial: {error}")));
-        }
+        swap::install_on_trial(&TrialFile::new(&self.state_dir), &staged, &part)
+            .map_err(|e| Attempt::Later(crate::actions::chain(&e)))?;
         let _ = std::fs::remove_file(&part);
         report(
             reports,

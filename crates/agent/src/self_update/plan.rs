@@ -286,6 +286,7 @@ mod tests {
             exe: "/x".into(),
             started_at: now,
             deadline: now + TimeDelta::seconds(60),
+            ends: None,
             phase: Phase::Trial,
             reason: None,
         };
@@ -319,6 +320,7 @@ mod tests {
             exe: "/x".into(),
             started_at: now,
             deadline: now + TimeDelta::seconds(60),
+            ends: None,
             phase: Phase::Trial,
             reason: None,
         };
