@@ -97,6 +97,16 @@ pub fn run(args: GuardArgs) -> Result<(), String> {
     }
     // First: the agent may die any moment, and its pid be taken.
     let agent = Agent::hold(args.pid);
+    // Its own pid, over the one its starter wrote: under systemd the
+    // starter saw systemd-run's, which exits at once, and a start on
+    // trial would take the guard for dead and start another (review L1).
+    let pid_file = args.state_dir.join(super::DIR).join(super::GUARD_PID);
+    if let Err(error) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        eprintln!(
+            "update guard: cannot record its pid in {}: {error}",
+            pid_file.display()
+        );
+    }
     let trials = TrialFile::new(&args.state_dir);
     eprintln!(
         "update guard {}: watching {} for agent pid {}",

@@ -37,7 +37,6 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use tether_proto::desired::agent_release::{AgentRelease, platform};
 use tether_proto::desired::{DeploymentState, DeploymentStatus};
 use tokio::sync::watch;
@@ -363,7 +362,7 @@ impl SelfUpdate {
                 pinned: key.as_deref(),
                 failures: &failures,
                 trial: trial.as_ref(),
-                now: Utc::now(),
+                now: Now::read(),
             });
             let mut retry = None;
             match decision {
@@ -595,8 +594,15 @@ impl SelfUpdate {
             self.config.trial,
             &Now::read(),
         );
-        // A full disk or a busy directory passes: try again later.
-        swap::install_on_trial(&TrialFile::new(&self.state_dir), &staged, &part)
+        // A full disk or a busy directory passes: try again later. Off
+        // the runtime's thread: copying and syncing up to 256 MiB on an SD
+        // card must not stall the session's keepalive or the watchdog's
+        // feeding (review M2 of the second round).
+        let trials = TrialFile::new(&self.state_dir);
+        let installing = part.clone();
+        tokio::task::spawn_blocking(move || swap::install_on_trial(&trials, &staged, &installing))
+            .await
+            .map_err(|e| Attempt::Later(format!("the swap did not finish: {e}")))?
             .map_err(|e| Attempt::Later(crate::actions::chain(&e)))?;
         let _ = std::fs::remove_file(&part);
         report(

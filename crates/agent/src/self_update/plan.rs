@@ -2,13 +2,12 @@
 //! reports meanwhile: a pure function of the spec, the running version,
 //! the pinned key, the recorded failures and the trial.
 
-use chrono::{DateTime, Utc};
 use tether_proto::desired::agent_release::{AgentBinary, AgentRelease};
 use tether_proto::desired::{DeploymentState, DeploymentStatus, Deployments};
 
 use super::failures::Failures;
 use super::pin::{KeyCheck, check_key};
-use super::trial::{Phase, Trial};
+use super::trial::{Now, Phase, Trial};
 use super::verify::{self, VerifyError};
 
 /// What the agent knows when it decides.
@@ -20,7 +19,8 @@ pub struct Situation<'a> {
     pub pinned: Option<&'a str>,
     pub failures: &'a Failures,
     pub trial: Option<&'a Trial>,
-    pub now: DateTime<Utc>,
+    /// Both clocks: a trial's time left is judged as the guard judges it.
+    pub now: Now,
 }
 
 /// A release to fetch and swap in.
@@ -73,9 +73,9 @@ pub fn decide(situation: &Situation<'_>) -> Decision {
     if release.version == situation.running {
         return match situation.trial {
             Some(trial)
-                if trial.phase == Phase::Trial
+                if trial.is_pending()
                     && trial.to == situation.running
-                    && situation.now < trial.deadline =>
+                    && !trial.remaining(&situation.now).is_zero() =>
             {
                 report(
                     DeploymentState::Progressing,
@@ -97,7 +97,7 @@ pub fn decide(situation: &Situation<'_>) -> Decision {
     if let Some(trial) = situation.trial {
         // One trial at a time: swapping again now would make the unproven
         // binary the one a rollback goes back to (review M6).
-        if trial.phase == Phase::Trial {
+        if trial.is_pending() {
             return report(
                 DeploymentState::Progressing,
                 Some(format!(
@@ -146,7 +146,7 @@ pub fn decide(situation: &Situation<'_>) -> Decision {
 
 #[cfg(test)]
 mod tests {
-    use chrono::TimeDelta;
+    use chrono::{TimeDelta, Utc};
     use tether_proto::desired::DeploymentSpec;
 
     use super::super::failures::Failure;
@@ -182,7 +182,7 @@ mod tests {
             pinned,
             failures,
             trial,
-            now: Utc::now(),
+            now: Now::read(),
         })
     }
 
@@ -343,6 +343,15 @@ mod tests {
             Some(&trial),
         ));
         assert!(reason.contains("stamped 0.3.0"), "{reason}");
+        // A staged record whose saves after the rename failed holds it
+        // back too: its binary may be the one running (second review L2).
+        trial.phase = Phase::Staged;
+        trial.to = "0.2.0".into();
+        assert!(matches!(
+            decide_with(&deployments, "0.2.0", None, &none, Some(&trial)),
+            Decision::Report { .. }
+        ));
+        trial.to = "0.3.0".into();
         // A trial that ended otherwise does not hold a new release back.
         trial.phase = Phase::RolledBack;
         trial.sha256 = "00".repeat(32);

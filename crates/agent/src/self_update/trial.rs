@@ -162,6 +162,12 @@ impl Trial {
     }
 
     /// How long the new binary has, in all.
+    /// Not yet kept nor rolled back: a staged record counts, since its
+    /// binary may already be in place (a save after the rename failed).
+    pub fn is_pending(&self) -> bool {
+        matches!(self.phase, Phase::Trial | Phase::Staged)
+    }
+
     pub fn length(&self) -> Duration {
         (self.deadline - self.started_at)
             .to_std()
