@@ -36,7 +36,9 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 
 /// Routes devices call without a login.
 pub fn device_routes() -> OpenApiRouter<Arc<AppState>> {
-    OpenApiRouter::new().routes(routes!(download))
+    OpenApiRouter::new()
+        .routes(routes!(download))
+        .routes(routes!(device_signing_key))
 }
 
 /// Publishes one platform's agent binary of a release: tetherd checks it
@@ -113,6 +115,18 @@ async fn signing_key(State(state): State<Arc<AppState>>) -> axum::Json<ReleaseSi
     axum::Json(ReleaseSigningKey {
         signing_key: state.releases.keys().public_key().to_owned(),
     })
+}
+
+/// The release signing key for agents that have none pinned (review M5):
+/// from tetherd's key file, never from the database the specs are
+/// rendered from, so whoever can write the database cannot make agents
+/// pin a key of their own. No login: it is a public key, and what makes
+/// it trustworthy is the TLS the agent checks against the CA it pinned.
+#[utoipa::path(get, path = "/device/release-signing-key", tag = "agent-releases",
+    security(()),
+    responses((status = 200, body = ReleaseSigningKey)))]
+async fn device_signing_key(State(state): State<Arc<AppState>>) -> axum::Json<ReleaseSigningKey> {
+    signing_key(State(state)).await
 }
 
 /// A release: each platform's SHA-256, size and signature.

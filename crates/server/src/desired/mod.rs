@@ -683,6 +683,12 @@ impl DesiredState {
         }
         let agent = match &spec.agent_release {
             Some(version) => Some(self.release(version).await?),
+            None if spec.allow_agent_downgrade => {
+                return Err(invalid(
+                    "spec.allowAgentDowngrade",
+                    "allows a downgrade of the agent release, but the spec names none (agentRelease)",
+                ));
+            }
             None => None,
         };
         let body = RevisionBody {

@@ -464,17 +464,20 @@ impl Drop for DownloadSlot {
     }
 }
 
-/// The `agent` section a device's deployment carries for `version`.
+/// The `agent` section a device's deployment carries for `version`;
+/// `allow_downgrade` as the deployment says (`allowAgentDowngrade`).
 pub fn agent_section(
     keys: &ReleaseKeys,
     device: &DeviceId,
     version: &str,
     binaries: &BTreeMap<String, AgentBinary>,
+    allow_downgrade: bool,
 ) -> agent_release::AgentRelease {
     agent_release::AgentRelease {
         version: version.to_owned(),
         signing_key: keys.public_key().to_owned(),
         binaries: binaries.clone(),
         download_token: token::download_token(keys, device, version),
+        allow_downgrade,
     }
 }
