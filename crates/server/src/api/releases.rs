@@ -14,7 +14,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use tether_proto::api::{ErrorBody, Page};
-use tether_proto::desired::agent_release::MAX_BINARY_BYTES;
 use tether_proto::desired::resources::{PublishedRelease, ReleaseSigningKey};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -52,13 +51,13 @@ pub fn device_routes() -> OpenApiRouter<Arc<AppState>> {
         ("platform" = String, Path, description = "`linux-x86_64` or `linux-aarch64`",
             pattern = "^[a-z0-9_]+-[a-z0-9_]+$", max_length = 32)),
     request_body(content = String, content_type = "application/octet-stream",
-        description = "The agent binary, at most 256 MiB"),
+        description = "The agent binary, stamped with the release's version; at most `releases.max_binary_bytes` (256 MiB)"),
     responses((status = 201, description = "Published", body = PublishedRelease),
         (status = 200, description = "Already published with these bytes", body = PublishedRelease),
-        (status = 400, description = "Not an executable for the platform, a bad version or platform, or empty", body = ErrorBody),
+        (status = 400, description = "Not an executable for the platform, not stamped with the release's version, a bad version or platform, or empty", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, description = "Published before with other bytes", body = ErrorBody),
-        (status = 413, description = "Larger than 256 MiB", body = ErrorBody)))]
+        (status = 413, description = "Larger than `releases.max_binary_bytes` (256 MiB by default), naming the limit", body = ErrorBody)))]
 async fn publish(
     State(state): State<Arc<AppState>>,
     Path((version, platform)): Path<(String, String)>,
@@ -70,8 +69,11 @@ async fn publish(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > MAX_BINARY_BYTES) {
-        return Err(crate::releases::ReleaseError::TooLarge.into());
+    // Refused before a byte is read when announced; otherwise the spool
+    // stops at the limit as the body streams in.
+    let limit = state.releases.config().max_binary_bytes;
+    if announced.is_some_and(|length| length > limit) {
+        return Err(crate::releases::ReleaseError::TooLarge { limit }.into());
     }
     let published = state
         .releases
