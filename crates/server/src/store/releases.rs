@@ -224,13 +224,12 @@ impl Store {
         let mut tx = self.begin(context).await?;
         // A write changing nothing, not of a key column (no foreign key
         // check), takes the rows.
-        let taken = sqlx::query(
-            "UPDATE agent_releases SET created_by = created_by WHERE version = $1",
-        )
-            .bind(version)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error(context))?;
+        let taken =
+            sqlx::query("UPDATE agent_releases SET created_by = created_by WHERE version = $1")
+                .bind(version)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error(context))?;
         // Returning early rolls the transaction back.
         if taken.rows_affected() == 0 {
             return Ok(ReleaseDeletion::NotFound);

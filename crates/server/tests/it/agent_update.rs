@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use base64::Engine as _;
 use serde_json::{Value, json};
-use tether_testkit::api::ApiClient;
 use tether_proto::desired::agent_release::signed_message;
+use tether_testkit::api::ApiClient;
 use tether_testkit::binaries::{agent_install, binary, stamp_agent_binary, with_version_stamp};
 use tether_testkit::http_target::{Behaviour, HttpTarget};
 use tether_testkit::tetherd::{Database, Tetherd};
@@ -350,7 +350,10 @@ async fn an_agent_with_no_key_pins_tetherds_not_the_one_its_spec_names() -> anyh
         )
         .await?
         .expect_status(201)?;
-    let database = format!("sqlite://{}", tetherd.data_dir().join("tether.db").display());
+    let database = format!(
+        "sqlite://{}",
+        tetherd.data_dir().join("tether.db").display()
+    );
     let database = sqlx::SqlitePool::connect(&database).await?;
     let mut spec: Value = wait_until(
         "tofu-e's spec to carry the release",

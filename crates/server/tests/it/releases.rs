@@ -34,7 +34,10 @@ async fn a_binary_over_the_configured_limit_is_refused_naming_it() -> anyhow::Re
     let stamp = tether_proto::version_stamp::STAMP_BYTES;
     let over = with_version_stamp(elf_like(62, 100_001 - stamp), "1.0.0")?;
     // Its length announced: refused before the body is read.
-    let refused = admin.put_bytes(path, over.clone()).await?.expect_status(413)?;
+    let refused = admin
+        .put_bytes(path, over.clone())
+        .await?
+        .expect_status(413)?;
     assert!(
         message(&refused).contains("larger than 100000 bytes"),
         "{refused}"
