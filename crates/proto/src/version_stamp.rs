@@ -82,6 +82,46 @@ pub fn restamp(binary: &mut [u8], version: &str) -> Result<(), StampError> {
     Ok(())
 }
 
+/// The versions stamped in a binary that arrives piece by piece (an
+/// upload), slot by slot as [`restamp`] sees them: a marker followed by a
+/// valid version. tetherd refuses a release whose binary is not stamped
+/// with the release's version: the agent would swap it in and report
+/// another version than the one it was sent.
+#[derive(Debug, Default)]
+pub struct StampScan {
+    /// The end of what came so far, shorter than a stamp: a stamp may
+    /// start there and end in the next piece.
+    tail: Vec<u8>,
+    versions: Vec<String>,
+}
+
+impl StampScan {
+    pub fn feed(&mut self, piece: &[u8]) {
+        let mut window = std::mem::take(&mut self.tail);
+        window.extend_from_slice(piece);
+        // A stamp found here ends in `piece`: the tail alone cannot hold
+        // one, so none is counted twice.
+        for at in 0..window.len().saturating_sub(STAMP_BYTES - 1) {
+            if window[at] == MARKER[0] && window[at..at + MARKER.len()] == MARKER {
+                let stamp: &[u8; STAMP_BYTES] = window[at..at + STAMP_BYTES]
+                    .try_into()
+                    .unwrap_or(&[0; STAMP_BYTES]);
+                if let Some(version) = read(stamp) {
+                    self.versions.push(version.to_owned());
+                }
+            }
+        }
+        let keep = window.len().min(STAMP_BYTES - 1);
+        window.drain(..window.len() - keep);
+        self.tail = window;
+    }
+
+    /// The stamped versions found, in order.
+    pub fn versions(&self) -> &[String] {
+        &self.versions
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +138,24 @@ mod tests {
         let slot: &[u8; STAMP_BYTES] = binary[at..at + STAMP_BYTES].try_into().expect("slot");
         assert_eq!(read(slot), Some("0.2.0-rc.1"));
         assert!(binary.ends_with(b"....rest"));
+    }
+
+    #[test]
+    fn a_stamp_is_found_once_whatever_pieces_the_binary_comes_in() {
+        let mut binary = b"ELF".repeat(50);
+        binary.extend_from_slice(&stamp("1.4.0"));
+        binary.extend_from_slice(&b"rest".repeat(40));
+        for size in [1, 7, STAMP_BYTES - 1, STAMP_BYTES, STAMP_BYTES + 1, 4096] {
+            let mut scan = StampScan::default();
+            for piece in binary.chunks(size) {
+                scan.feed(piece);
+            }
+            assert_eq!(scan.versions(), ["1.4.0"], "pieces of {size}");
+        }
+        let mut bare = StampScan::default();
+        bare.feed(&MARKER);
+        bare.feed(&[b'/'; SLOT_BYTES]);
+        assert!(bare.versions().is_empty());
     }
 
     #[test]

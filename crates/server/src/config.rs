@@ -91,6 +91,15 @@ struct FileConfig {
     sparkplug: crate::sparkplug::config::FileSparkplug,
     #[serde(default)]
     alerts: crate::monitor::delivery::FileAlerts,
+    #[serde(default)]
+    releases: FileReleases,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileReleases {
+    /// The largest agent binary `PUT /api/v1/agent-releases/…` takes.
+    max_binary_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -231,6 +240,7 @@ pub struct ServerConfig {
     pub sparkplug: Option<crate::sparkplug::config::SparkplugConfig>,
     /// `[alerts]`: webhooks and Alertmanagers alerts are delivered to.
     pub alerts: crate::monitor::delivery::DeliveryConfig,
+    pub releases: crate::releases::ReleasesConfig,
 }
 
 /// `[kubernetes]`: what the join manifest runs (ADR 0017, ADR 0023).
@@ -887,6 +897,7 @@ impl ServerConfig {
         let sparkplug = crate::sparkplug::config::SparkplugConfig::from_file(&file.sparkplug)?;
         let alerts = crate::monitor::delivery::DeliveryConfig::from_file(&file.alerts)?;
         let alert_rules = alert_rules_config(&file.alert_rules)?;
+        let releases = releases_config(&file.releases)?;
         check_range("retention.events_days", retention.events, DAY, 3660 * DAY)?;
         check_range("retention.actions_days", retention.actions, DAY, 3660 * DAY)?;
         check_range("retention.metrics_days", retention.metrics, DAY, 3660 * DAY)?;
@@ -969,6 +980,7 @@ impl ServerConfig {
             monitor,
             sparkplug,
             alerts,
+            releases,
         })
     }
 }
@@ -1055,9 +1067,26 @@ impl ServerConfig {
             },
             sparkplug: crate::sparkplug::config::SparkplugConfig::to_file(self.sparkplug.as_ref()),
             alerts: self.alerts.to_file(),
+            releases: FileReleases {
+                max_binary_bytes: Some(self.releases.max_binary_bytes),
+            },
         };
         toml::to_string(&file).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
     }
+}
+
+/// `[releases]`: at most the device contract's limit, which agents check.
+fn releases_config(file: &FileReleases) -> Result<crate::releases::ReleasesConfig, ConfigError> {
+    use tether_proto::desired::agent_release::MAX_BINARY_BYTES;
+    let max_binary_bytes = file.max_binary_bytes.unwrap_or(MAX_BINARY_BYTES);
+    if !(1..=MAX_BINARY_BYTES).contains(&max_binary_bytes) {
+        return Err(ConfigError::OutOfRange {
+            key: "releases.max_binary_bytes",
+            value: max_binary_bytes,
+            expected: format!("use 1 to {MAX_BINARY_BYTES} bytes"),
+        });
+    }
+    Ok(crate::releases::ReleasesConfig { max_binary_bytes })
 }
 
 /// `[ingest]`: per-device rate limits and the clock window for samples.
@@ -1385,6 +1414,10 @@ mod tests {
             (
                 "[pki]\nrenewal_grace_seconds = 999999999\n",
                 "pki.renewal_grace_seconds",
+            ),
+            (
+                "[releases]\nmax_binary_bytes = 268435457\n",
+                "releases.max_binary_bytes",
             ),
             (
                 "[auth]\nmax_concurrent_password_checks = 0\n",

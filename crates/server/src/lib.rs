@@ -149,7 +149,12 @@ pub async fn run(
         release_keys.token_key_fingerprint(),
     )
     .await?;
-    let releases = Releases::new(store.clone(), release_keys.clone(), &config.data_dir);
+    let releases = Releases::new(
+        store.clone(),
+        release_keys.clone(),
+        config.releases.clone(),
+        &config.data_dir,
+    );
     let auth = Auth::new(store.clone(), config.auth.clone());
     if let Some(password) = auth
         .bootstrap_admin(&config.data_dir)

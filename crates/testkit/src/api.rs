@@ -166,6 +166,17 @@ impl ApiClient {
         Self::reply(request).await
     }
 
+    /// A PUT of raw bytes sent in `pieces` without a `Content-Length`
+    /// (chunked), as a streaming client sends a binary of unknown length.
+    pub async fn put_byte_stream(&self, path: &str, pieces: Vec<Vec<u8>>) -> anyhow::Result<Reply> {
+        let stream = futures::stream::iter(pieces.into_iter().map(Ok::<_, std::io::Error>));
+        let request = self
+            .request(Method::PUT, path)
+            .header("content-type", "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(stream));
+        Self::reply(request).await
+    }
+
     /// A PUT of raw bytes (`application/octet-stream`), e.g. a binary.
     pub async fn put_bytes(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Reply> {
         let request = self

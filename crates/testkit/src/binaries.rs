@@ -25,6 +25,20 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// `bytes` stamped with release `version`, as tetherd wants a published
+/// binary: an agent's slot set, or, for a test's stand-in that is no
+/// agent (an ELF header and filler, `sleep`), a stamp appended, which
+/// the executable never reads but the publication's check finds.
+pub fn with_version_stamp(mut bytes: Vec<u8>, version: &str) -> anyhow::Result<Vec<u8>> {
+    use tether_proto::version_stamp::{StampError, restamp, stamp};
+    match restamp(&mut bytes, version) {
+        Ok(()) => {}
+        Err(StampError::NoSlot) => bytes.extend_from_slice(&stamp(version)),
+        Err(error) => return Err(error).context("cannot stamp the binary"),
+    }
+    Ok(bytes)
+}
+
 /// Writes a copy of the agent binary `src` to `dst` (mode 0755) with its
 /// version stamp set to `version` ([`tether_proto::version_stamp`]): a
 /// "newer build" without a rebuild, as a release script makes one.

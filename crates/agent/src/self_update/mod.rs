@@ -25,6 +25,7 @@ pub mod gate;
 pub mod guard;
 pub mod pin;
 pub mod plan;
+pub mod signing_key;
 pub mod swap;
 pub mod trial;
 pub mod verify;
@@ -83,11 +84,11 @@ pub struct Restart {
 }
 
 /// Pins the release key tetherd named at enrollment (ADR 0033); without
-/// one, the first release's key is pinned when it comes.
+/// one, tetherd's key is fetched from it when the first release comes.
 pub fn pin_at_enrollment(state_dir: &Path, key: Option<&str>) {
     let Some(key) = key else {
         tracing::info!(
-            "tetherd named no release signing key; the first agent release's key will be pinned (trust on first use)"
+            "tetherd named no release signing key; it is fetched from tetherd when the first agent release comes"
         );
         return;
     };
@@ -96,7 +97,7 @@ pub fn pin_at_enrollment(state_dir: &Path, key: Option<&str>) {
         Ok(()) => tracing::info!(key, "pinned tetherd's release signing key"),
         Err(error) => tracing::error!(
             %error,
-            "cannot pin the release signing key in {}; the first release's key will be pinned instead",
+            "cannot pin the release signing key in {}; it is fetched from tetherd when the first release comes",
             pinned.path().display()
         ),
     }
@@ -378,6 +379,23 @@ impl SelfUpdate {
                         .reports
                         .set(Part::Agent, [(deployment, status)].into());
                 }
+                Decision::FetchKey { deployment, status } => match self.pin_tetherds_key().await {
+                    Ok(()) => continue,
+                    Err(reason) => {
+                        let delay = backoff.next_delay(rand::random());
+                        let reason =
+                            format!("{reason}; trying again in {:.0} s", delay.as_secs_f64());
+                        tracing::warn!("{reason}");
+                        let status = DeploymentStatus {
+                            reason: Some(reason),
+                            ..status
+                        };
+                        links
+                            .reports
+                            .set(Part::Agent, [(deployment, status)].into());
+                        retry = Some(delay);
+                    }
+                },
                 Decision::Update(update) => {
                     let rate = applied.updates.download_bytes_per_second;
                     let attempt = tokio::select! {
@@ -438,6 +456,27 @@ impl SelfUpdate {
                 () = retried => {}
             }
         }
+    }
+
+    /// Fetches tetherd's release signing key and pins it (review M5).
+    async fn pin_tetherds_key(&self) -> Result<(), String> {
+        let key = signing_key::fetch(&self.api_url, &self.ca_pem, self.clock.clone())
+            .await
+            .map_err(|error| {
+                format!(
+                    "cannot fetch tetherd's release signing key: {}",
+                    crate::actions::chain(&error)
+                )
+            })?;
+        let pinned = PinnedKey::new(&self.state_dir);
+        pinned.pin(&key).map_err(|error| {
+            format!(
+                "cannot pin the release signing key in {}: {error}",
+                pinned.path().display()
+            )
+        })?;
+        tracing::info!(key, "pinned tetherd's release signing key, fetched from it");
+        Ok(())
     }
 
     /// The new agent is healthy: it stays. Not once its time ran out, when
@@ -504,15 +543,6 @@ impl SelfUpdate {
         let release: &AgentRelease = &update.release;
         let version = &release.version;
         let running = agent_version();
-        if update.pin_first_use {
-            tracing::warn!(
-                key = release.signing_key,
-                "no release signing key pinned: pinning the key of agent release {version} (trust on first use)"
-            );
-            PinnedKey::new(&self.state_dir)
-                .pin(&release.signing_key)
-                .map_err(|e| Attempt::Later(format!("cannot pin the release signing key: {e}")))?;
-        }
         let part = download::part_path(&self.state_dir, version, &update.binary.sha256);
         download::remove_parts(&self.state_dir, Some(&part));
         let client = download::client(&self.ca_pem, self.clock.clone())

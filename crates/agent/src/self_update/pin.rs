@@ -1,7 +1,10 @@
 //! The release signing key this agent trusts, pinned in its state
 //! directory: at enrollment from tetherd's answer when it names one, else
-//! on first use from the first release whose signature checks out with
-//! the key it names. A release signed by any other key is refused.
+//! fetched from tetherd itself (`GET /api/v1/device/release-signing-key`,
+//! its CA pinned) when the first release comes. Never from the spec: the
+//! spec is rendered from tetherd's database, and whoever can write that
+//! could otherwise name a key of their own (review M5). A release signed
+//! by any other key than the pinned one is refused.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -18,9 +21,9 @@ pub const KEY_FILE: &str = "signing-key";
 pub enum KeyCheck {
     /// The release is signed with the pinned key.
     Pinned,
-    /// Nothing is pinned yet: the release's key is pinned if its signature
-    /// checks out (trust on first use).
-    FirstUse,
+    /// Nothing is pinned yet: tetherd's key is fetched and pinned first,
+    /// and the release checked against it.
+    NonePinned,
     /// Signed with another key: refused, naming both.
     Mismatch { pinned: String, offered: String },
 }
@@ -30,7 +33,7 @@ pub enum KeyCheck {
 /// whitespace differences do not matter.
 pub fn check_key(pinned: Option<&str>, offered: &str) -> KeyCheck {
     let Some(pinned) = pinned else {
-        return KeyCheck::FirstUse;
+        return KeyCheck::NonePinned;
     };
     let bytes = |key: &str| {
         base64::engine::general_purpose::STANDARD
@@ -87,10 +90,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_pinned_key_decides_and_a_missing_one_is_first_use() {
+    fn the_pinned_key_decides_and_a_missing_one_is_fetched_not_taken_from_the_release() {
         let key = base64::engine::general_purpose::STANDARD.encode([1u8; 32]);
         let other = base64::engine::general_purpose::STANDARD.encode([2u8; 32]);
-        assert_eq!(check_key(None, &key), KeyCheck::FirstUse);
+        assert_eq!(check_key(None, &key), KeyCheck::NonePinned);
         assert_eq!(check_key(Some(&format!("{key}\n")), &key), KeyCheck::Pinned);
         assert_eq!(
             check_key(Some(&key), &other),

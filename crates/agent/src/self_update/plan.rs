@@ -9,6 +9,7 @@ use super::failures::Failures;
 use super::pin::{KeyCheck, check_key};
 use super::trial::{Now, Phase, Trial};
 use super::verify::{self, VerifyError};
+use super::version;
 
 /// What the agent knows when it decides.
 pub struct Situation<'a> {
@@ -32,9 +33,6 @@ pub struct Update {
     pub deployment_version: String,
     pub release: AgentRelease,
     pub binary: AgentBinary,
-    /// Nothing was pinned: pin the release's key (its signature checked
-    /// out with it).
-    pub pin_first_use: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +45,13 @@ pub enum Decision {
         status: DeploymentStatus,
     },
     Update(Update),
+    /// No release key is pinned: fetch tetherd's, pin it, and decide
+    /// again (the release's own key is never pinned). Meanwhile `status`
+    /// is reported for `deployment`.
+    FetchKey {
+        deployment: String,
+        status: DeploymentStatus,
+    },
 }
 
 fn status(version: &str, state: DeploymentState, reason: Option<String>) -> DeploymentStatus {
@@ -90,6 +95,9 @@ pub fn decide(situation: &Situation<'_>) -> Decision {
             _ => report(DeploymentState::Ready, None),
         };
     }
+    if let Some(reason) = downgrade(&release.version, situation.running, release.allow_downgrade) {
+        return report(DeploymentState::Failed, Some(reason));
+    }
     let binary = match verify::binary_for(release, situation.platform) {
         Ok(binary) => binary,
         Err(error) => return failed(error),
@@ -121,9 +129,21 @@ pub fn decide(situation: &Situation<'_>) -> Decision {
     if let Some(failure) = situation.failures.find(&release.version, &binary.sha256) {
         return report(DeploymentState::Failed, Some(failure.reason.clone()));
     }
-    let (key, pin_first_use) = match check_key(situation.pinned, &release.signing_key) {
-        KeyCheck::Pinned => (release.signing_key.as_str(), false),
-        KeyCheck::FirstUse => (release.signing_key.as_str(), true),
+    let key = match check_key(situation.pinned, &release.signing_key) {
+        KeyCheck::Pinned => release.signing_key.as_str(),
+        KeyCheck::NonePinned => {
+            return Decision::FetchKey {
+                deployment: name.clone(),
+                status: status(
+                    &deployment.version,
+                    DeploymentState::Progressing,
+                    Some(format!(
+                        "fetching tetherd's release signing key to check agent release {}",
+                        release.version
+                    )),
+                ),
+            };
+        }
         KeyCheck::Mismatch { pinned, offered } => {
             return failed(VerifyError::KeyMismatch {
                 version: release.version.clone(),
@@ -140,8 +160,28 @@ pub fn decide(situation: &Situation<'_>) -> Decision {
         deployment_version: deployment.version.clone(),
         release: release.clone(),
         binary: binary.clone(),
-        pin_first_use,
     })
+}
+
+/// Why release `offered` is refused as a downgrade of the `running`
+/// agent, unless the deployment `allowed` it: an old signed release must
+/// not be rolled out again unasked, with the flaws it had (review M7).
+fn downgrade(offered: &str, running: &str, allowed: bool) -> Option<String> {
+    if allowed {
+        return None;
+    }
+    let allow = format!(
+        "roll it out with `tether releases rollout {offered} --allow-downgrade` (allowAgentDowngrade) to take it anyway"
+    );
+    match version::compare(offered, running) {
+        Some(std::cmp::Ordering::Less) => Some(format!(
+            "agent release {offered} is older than the running {running}: refused as a downgrade; {allow}"
+        )),
+        Some(_) => None,
+        None => Some(format!(
+            "cannot tell whether agent release {offered} is older than the running {running} (not both semver versions): refused as a possible downgrade; {allow}"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -196,16 +236,20 @@ mod tests {
     }
 
     #[test]
-    fn a_new_signed_release_is_fetched_and_its_key_pinned_on_first_use() {
+    fn a_new_release_is_fetched_once_tetherds_key_is_pinned_never_its_own() {
         let (_, release) = signed_release("0.2.0", PLATFORM, b"new");
         let deployments = deployments(Some(release.clone()));
         let none = Failures::default();
-        let Decision::Update(update) = decide_with(&deployments, "0.1.0", None, &none, None) else {
-            panic!("an update");
-        };
-        assert!(update.pin_first_use);
-        assert_eq!(update.deployment, "agent");
-        assert_eq!(update.deployment_version, "r7");
+        // Nothing pinned: tetherd's key first, whatever the release names
+        // (review M5).
+        match decide_with(&deployments, "0.1.0", None, &none, None) {
+            Decision::FetchKey { deployment, status } => {
+                assert_eq!(deployment, "agent");
+                assert_eq!(status.state, DeploymentState::Progressing);
+                assert!(status.reason.expect("why").contains("signing key"));
+            }
+            other => panic!("not a key fetch: {other:?}"),
+        }
         let Decision::Update(update) = decide_with(
             &deployments,
             "0.1.0",
@@ -215,7 +259,8 @@ mod tests {
         ) else {
             panic!("an update");
         };
-        assert!(!update.pin_first_use);
+        assert_eq!(update.deployment, "agent");
+        assert_eq!(update.deployment_version, "r7");
         assert_eq!(
             decide_with(&Deployments::new(), "0.1.0", None, &none, None),
             Decision::Idle
@@ -243,16 +288,16 @@ mod tests {
         let reason = failed_reason(decide_with(
             &deployments(Some(forged)),
             "0.1.0",
-            None,
+            Some(&other.signing_key),
             &none,
             None,
         ));
         assert!(reason.starts_with("bad signature"), "{reason}");
         let (_, arm) = signed_release("0.2.0", "linux-aarch64", b"arm");
         let reason = failed_reason(decide_with(
-            &deployments(Some(arm)),
+            &deployments(Some(arm.clone())),
             "0.1.0",
-            None,
+            Some(&arm.signing_key),
             &none,
             None,
         ));
@@ -264,13 +309,71 @@ mod tests {
             reason: "0.2.0 did not report healthy within 10 s; rolled back to 0.1.0".into(),
         });
         let reason = failed_reason(decide_with(
-            &deployments(Some(release)),
+            &deployments(Some(release.clone())),
             "0.1.0",
-            None,
+            Some(&release.signing_key),
             &failures,
             None,
         ));
         assert!(reason.contains("rolled back"), "{reason}");
+    }
+
+    #[test]
+    fn an_older_release_is_refused_naming_both_versions_unless_the_deployment_allows_it() {
+        // Review M7: an old signed release, rolled out again.
+        let (_, mut old) = signed_release("0.1.0", PLATFORM, b"old");
+        let key = old.signing_key.clone();
+        let none = Failures::default();
+        let reason = failed_reason(decide_with(
+            &deployments(Some(old.clone())),
+            "0.2.0",
+            Some(&key),
+            &none,
+            None,
+        ));
+        assert!(
+            reason.contains("0.1.0 is older than the running 0.2.0")
+                && reason.contains("--allow-downgrade"),
+            "{reason}"
+        );
+        // Refused before anything is fetched, the key included.
+        let reason = failed_reason(decide_with(
+            &deployments(Some(old.clone())),
+            "0.2.0",
+            None,
+            &none,
+            None,
+        ));
+        assert!(reason.contains("downgrade"), "{reason}");
+        // A version that does not order is no way around it.
+        let (_, nightly) = signed_release("nightly", PLATFORM, b"n");
+        let reason = failed_reason(decide_with(
+            &deployments(Some(nightly.clone())),
+            "0.2.0",
+            Some(&nightly.signing_key),
+            &none,
+            None,
+        ));
+        assert!(reason.contains("cannot tell"), "{reason}");
+        // Newer, a pre-release of a newer one: updates.
+        for newer in ["0.2.1", "0.3.0-rc.1"] {
+            let (_, release) = signed_release(newer, PLATFORM, b"newer");
+            assert!(matches!(
+                decide_with(
+                    &deployments(Some(release.clone())),
+                    "0.2.0",
+                    Some(&release.signing_key),
+                    &none,
+                    None
+                ),
+                Decision::Update(_)
+            ));
+        }
+        old.allow_downgrade = true;
+        assert!(matches!(
+            decide_with(&deployments(Some(old)), "0.2.0", Some(&key), &none, None),
+            Decision::Update(_)
+        ));
     }
 
     #[test]
@@ -356,7 +459,13 @@ mod tests {
         trial.phase = Phase::RolledBack;
         trial.sha256 = "00".repeat(32);
         assert!(matches!(
-            decide_with(&deployments, "0.1.0", None, &none, Some(&trial)),
+            decide_with(
+                &deployments,
+                "0.1.0",
+                Some(&release.signing_key),
+                &none,
+                Some(&trial)
+            ),
             Decision::Update(_)
         ));
     }

@@ -158,6 +158,7 @@ pub(crate) mod tests {
                 },
             )]),
             download_token: "token".into(),
+            allow_downgrade: false,
         }
     }
 

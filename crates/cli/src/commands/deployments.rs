@@ -111,6 +111,7 @@ impl Create {
                 config_files: Default::default(),
                 rollout: RolloutPolicy::default(),
                 agent_release: None,
+                allow_agent_downgrade: false,
             },
         };
         if let Some(size) = self.batch_size {

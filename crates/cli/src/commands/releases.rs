@@ -52,7 +52,10 @@ pub enum Releases {
 Examples:
   tether releases rollout 1.4.0 -l site=berlin
   tether releases rollout 1.4.0 -l fleet=pilot --batch-percent 10 --max-failure-percent 5
-  tether deployments status tether-agent")]
+  tether deployments status tether-agent
+
+  # Go back to an older release: agents refuse a downgrade unless it is allowed
+  tether releases rollout 1.3.2 -l site=berlin --allow-downgrade")]
     Rollout(Rollout),
 }
 
@@ -87,6 +90,11 @@ pub struct Rollout {
     /// Pause, and put failed devices back, past this per cent of failures.
     #[arg(long)]
     max_failure_percent: Option<u8>,
+    /// Let devices running a newer agent take this older release; without
+    /// it they refuse it (an old release may have flaws fixed since).
+    /// Each rollout says it again: a later one without it refuses.
+    #[arg(long)]
+    allow_downgrade: bool,
 }
 
 impl Rollout {
@@ -104,12 +112,14 @@ impl Rollout {
             config_files: Default::default(),
             rollout: RolloutPolicy::default(),
             agent_release: None,
+            allow_agent_downgrade: false,
         });
         spec.target = Target {
             device: None,
             selector: Some(self.selector.clone()),
         };
         spec.agent_release = Some(self.version.clone());
+        spec.allow_agent_downgrade = self.allow_downgrade;
         if let Some(size) = self.batch_size {
             spec.rollout.batch_size = Some(size);
         }

@@ -19,8 +19,13 @@ async fn an_agent_binary_is_published_listed_and_rolled_out_with_the_cli() {
     )
     .await
     .expect("enrolled");
-    let agent = tether_testkit::binaries::binary("tether-agent").expect("built");
-    let agent = agent.to_str().expect("utf-8");
+    // A build stamped 1.4.0, as a release script makes it: tetherd
+    // refuses a binary stamped with another version than the release's.
+    let built = tether_testkit::binaries::binary("tether-agent").expect("built");
+    let files = tempfile::tempdir().expect("temp dir");
+    let stamped = files.path().join("tether-agent");
+    tether_testkit::binaries::stamp_agent_binary(&built, &stamped, "1.4.0").expect("stamped");
+    let agent = stamped.to_str().expect("utf-8");
 
     let published = tether
         .run_ok(&["releases", "publish", agent, "--version", "1.4.0"])
@@ -34,7 +39,6 @@ async fn an_agent_binary_is_published_listed_and_rolled_out_with_the_cli() {
         .await;
     assert!(again.contains("already published"), "{again}");
 
-    let files = tempfile::tempdir().expect("temp dir");
     let script = files.path().join("agent.sh");
     std::fs::write(&script, "#!/bin/sh\n").expect("written");
     let refused = tether
@@ -132,6 +136,26 @@ async fn an_agent_binary_is_published_listed_and_rolled_out_with_the_cli() {
         ])
         .await;
     assert!(again.contains("at revision 2"), "{again}");
+    assert_eq!(deployment["spec"]["allowAgentDowngrade"], Value::Null);
+    // Going back to an older release is said explicitly; each rollout says
+    // it again.
+    tether
+        .run_ok(&[
+            "releases",
+            "rollout",
+            "1.4.0",
+            "-l",
+            "site=berlin",
+            "--allow-downgrade",
+        ])
+        .await;
+    let deployment: Value = serde_json::from_str(
+        &tether
+            .run_ok(&["deployments", "get", "tether-agent", "-o", "json"])
+            .await,
+    )
+    .expect("json");
+    assert_eq!(deployment["spec"]["allowAgentDowngrade"], true);
 
     let in_use = tether.run(&["releases", "delete", "1.4.0"]).await;
     assert_ne!(in_use.code, 0);

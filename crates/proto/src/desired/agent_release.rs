@@ -38,6 +38,11 @@ pub struct AgentRelease {
     /// (`/api/v1/agent-releases/{version}/{platform}/binary`), with a
     /// bearer token tetherd made for this device and release.
     pub download_token: String,
+    /// The deployment allows this release to be older than the version
+    /// the agent runs (`allowAgentDowngrade`); otherwise the agent refuses
+    /// it, so an old signed release cannot be rolled out again unasked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_downgrade: bool,
 }
 
 /// One platform's binary of a release.
@@ -229,6 +234,7 @@ mod tests {
                 },
             )]),
             download_token: "t".into(),
+            allow_downgrade: false,
         }
     }
 

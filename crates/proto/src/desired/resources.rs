@@ -143,6 +143,12 @@ pub struct DeploymentSpecification {
     /// version, as published with `tether releases publish`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_release: Option<String>,
+    /// Lets `agentRelease` be older than the version a device runs: off,
+    /// the agent refuses a downgrade, so an old signed release cannot be
+    /// rolled out again by mistake (`tether releases rollout
+    /// --allow-downgrade`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_agent_downgrade: bool,
 }
 
 /// The body of `POST /api/v1/deployments`.

@@ -133,7 +133,7 @@ impl From<crate::releases::ReleaseError> for ApiError {
                 details: serde_json::json!({ "fields": [{ "path": field.path, "message": field.message }] }),
                 ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
             },
-            ReleaseError::TooLarge => {
+            ReleaseError::TooLarge { .. } => {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
             }
             ReleaseError::NotFound(_) => Self::not_found(message),

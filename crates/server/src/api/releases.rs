@@ -14,7 +14,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use tether_proto::api::{ErrorBody, Page};
-use tether_proto::desired::agent_release::MAX_BINARY_BYTES;
 use tether_proto::desired::resources::{PublishedRelease, ReleaseSigningKey};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -36,7 +35,9 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 
 /// Routes devices call without a login.
 pub fn device_routes() -> OpenApiRouter<Arc<AppState>> {
-    OpenApiRouter::new().routes(routes!(download))
+    OpenApiRouter::new()
+        .routes(routes!(download))
+        .routes(routes!(device_signing_key))
 }
 
 /// Publishes one platform's agent binary of a release: tetherd checks it
@@ -50,13 +51,13 @@ pub fn device_routes() -> OpenApiRouter<Arc<AppState>> {
         ("platform" = String, Path, description = "`linux-x86_64` or `linux-aarch64`",
             pattern = "^[a-z0-9_]+-[a-z0-9_]+$", max_length = 32)),
     request_body(content = String, content_type = "application/octet-stream",
-        description = "The agent binary, at most 256 MiB"),
+        description = "The agent binary, stamped with the release's version; at most `releases.max_binary_bytes` (256 MiB)"),
     responses((status = 201, description = "Published", body = PublishedRelease),
         (status = 200, description = "Already published with these bytes", body = PublishedRelease),
-        (status = 400, description = "Not an executable for the platform, a bad version or platform, or empty", body = ErrorBody),
+        (status = 400, description = "Not an executable for the platform, not stamped with the release's version, a bad version or platform, or empty", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, description = "Published before with other bytes", body = ErrorBody),
-        (status = 413, description = "Larger than 256 MiB", body = ErrorBody)))]
+        (status = 413, description = "Larger than `releases.max_binary_bytes` (256 MiB by default), naming the limit", body = ErrorBody)))]
 async fn publish(
     State(state): State<Arc<AppState>>,
     Path((version, platform)): Path<(String, String)>,
@@ -68,8 +69,11 @@ async fn publish(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > MAX_BINARY_BYTES) {
-        return Err(crate::releases::ReleaseError::TooLarge.into());
+    // Refused before a byte is read when announced; otherwise the spool
+    // stops at the limit as the body streams in.
+    let limit = state.releases.config().max_binary_bytes;
+    if announced.is_some_and(|length| length > limit) {
+        return Err(crate::releases::ReleaseError::TooLarge { limit }.into());
     }
     let published = state
         .releases
@@ -113,6 +117,18 @@ async fn signing_key(State(state): State<Arc<AppState>>) -> axum::Json<ReleaseSi
     axum::Json(ReleaseSigningKey {
         signing_key: state.releases.keys().public_key().to_owned(),
     })
+}
+
+/// The release signing key for agents that have none pinned (review M5):
+/// from tetherd's key file, never from the database the specs are
+/// rendered from, so whoever can write the database cannot make agents
+/// pin a key of their own. No login: it is a public key, and what makes
+/// it trustworthy is the TLS the agent checks against the CA it pinned.
+#[utoipa::path(get, path = "/device/release-signing-key", tag = "agent-releases",
+    security(()),
+    responses((status = 200, body = ReleaseSigningKey)))]
+async fn device_signing_key(State(state): State<Arc<AppState>>) -> axum::Json<ReleaseSigningKey> {
+    signing_key(State(state)).await
 }
 
 /// A release: each platform's SHA-256, size and signature.

@@ -51,7 +51,7 @@ use Role::{Admin, Operator, Viewer};
 pub const GROUPS: &[Group] = &[
     Group {
         title: "No login",
-        why: "Devices enroll, register, renew and dial tunnels back with their own proofs (an enrollment token, a provisioning key, a certificate, a tunnel id); people log in here; probes, and agents reading tetherd's clock, need no secret.",
+        why: "Devices enroll, register, renew and dial tunnels back with their own proofs (an enrollment token, a provisioning key, a certificate, a tunnel id); people log in here; probes, and agents reading tetherd's clock or its release signing key (a public key, trusted for the TLS the agent checks against its pinned CA), need no secret.",
         rules: &[
             ("POST", "/api/v1/login", Public),
             ("GET", "/api/v1/ca.pem", Public),
@@ -66,6 +66,7 @@ pub const GROUPS: &[Group] = &[
                 "/api/v1/agent-releases/{version}/{platform}/binary",
                 Public,
             ),
+            ("GET", "/api/v1/device/release-signing-key", Public),
             ("GET", "/healthz", Public),
             ("GET", "/readyz", Public),
         ],

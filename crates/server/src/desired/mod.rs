@@ -683,6 +683,12 @@ impl DesiredState {
         }
         let agent = match &spec.agent_release {
             Some(version) => Some(self.release(version).await?),
+            None if spec.allow_agent_downgrade => {
+                return Err(invalid(
+                    "spec.allowAgentDowngrade",
+                    "allows a downgrade of the agent release, but the spec names none (agentRelease)",
+                ));
+            }
             None => None,
         };
         let body = RevisionBody {
@@ -820,8 +826,13 @@ fn not_found(
 }
 
 /// A template deleted between the check and the write.
+/// A template or the agent release the deployment uses, deleted between
+/// its check and the write.
 fn template_gone(error: StoreError) -> DesiredStateError {
     match error {
+        StoreError::NotFound { what } if what.starts_with("agent release") => {
+            invalid("spec.agentRelease", format!("{what} was deleted meanwhile"))
+        }
         StoreError::NotFound { what } => {
             invalid("spec.charts", format!("{what} was deleted meanwhile"))
         }

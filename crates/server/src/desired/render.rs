@@ -93,10 +93,15 @@ pub fn render(
         config_files: spec.config_files.clone(),
         values: spec.values.clone(),
         labels: labels.clone(),
-        agent: body
-            .agent
-            .as_ref()
-            .map(|release| agent_section(keys, device, &release.version, &release.binaries)),
+        agent: body.agent.as_ref().map(|release| {
+            agent_section(
+                keys,
+                device,
+                &release.version,
+                &release.binaries,
+                spec.allow_agent_downgrade,
+            )
+        }),
     };
     rendered.version = version(revision, &rendered);
     rendered
@@ -157,6 +162,11 @@ mod tests {
             crate::releases::token::device_of(&keys, &a.download_token, "1.2.0"),
             Some(device("a"))
         );
+        // A downgrade is refused by the agent unless the deployment allows it.
+        assert!(!a.allow_downgrade);
+        body.spec.allow_agent_downgrade = true;
+        let allowed = render("agent", 1, &body, &device("a"), &Labels::new(), &keys);
+        assert!(allowed.agent.expect("a's").allow_downgrade);
     }
 
     fn device(name: &str) -> DeviceId {

@@ -706,6 +706,7 @@ mod tests {
                     crate::releases::Releases::new(
                         store.clone(),
                         Arc::new(crate::releases::ReleaseKeys::generate()),
+                        Default::default(),
                         dir.path(),
                     ),
                 ),

@@ -21,11 +21,12 @@ use tether_proto::desired::agent_release::{
 };
 use tether_proto::desired::resources::{PublishedBinary, PublishedRelease};
 use tether_proto::spec::SpecError;
+use tether_proto::version_stamp::StampScan;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 pub use keys::ReleaseKeys;
 
-use crate::store::{CHUNK_BYTES, ReleaseRecord, Store, StoreError};
+use crate::store::{CHUNK_BYTES, ReleaseDeletion, ReleaseRecord, Store, StoreError};
 
 /// At most this many downloads of one device at a time (per replica): an
 /// agent fetches one binary; more is a loop or a leaked token.
@@ -38,8 +39,10 @@ pub enum ReleaseError {
     /// A field of the request, by its path, and what is wrong with it.
     #[error("invalid {0}")]
     Invalid(SpecError),
-    #[error("the binary is larger than {MAX_BINARY_BYTES} bytes")]
-    TooLarge,
+    #[error(
+        "the binary is larger than {limit} bytes, the largest this tetherd takes (releases.max_binary_bytes)"
+    )]
+    TooLarge { limit: u64 },
     #[error("agent release {0} not found")]
     NotFound(String),
     #[error("{0}")]
@@ -74,10 +77,28 @@ pub enum Published {
     Unchanged(PublishedRelease),
 }
 
+/// How tetherd takes agent releases (`[releases]` in its config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleasesConfig {
+    /// The largest binary a publication takes; larger ones are refused
+    /// (413) as they arrive, before more is spooled. At most
+    /// [`MAX_BINARY_BYTES`], which agents check.
+    pub max_binary_bytes: u64,
+}
+
+impl Default for ReleasesConfig {
+    fn default() -> Self {
+        Self {
+            max_binary_bytes: MAX_BINARY_BYTES,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Releases {
     store: Store,
     keys: Arc<ReleaseKeys>,
+    config: ReleasesConfig,
     spool_dir: PathBuf,
     downloads: Arc<Mutex<HashMap<DeviceId, usize>>>,
 }
@@ -85,7 +106,12 @@ pub struct Releases {
 impl Releases {
     /// Uploads a previous run left spooled (it was killed mid-upload) are
     /// removed: nobody finishes them.
-    pub fn new(store: Store, keys: Arc<ReleaseKeys>, data_dir: &Path) -> Self {
+    pub fn new(
+        store: Store,
+        keys: Arc<ReleaseKeys>,
+        config: ReleasesConfig,
+        data_dir: &Path,
+    ) -> Self {
         let spool_dir = data_dir.join(SPOOL_DIR);
         match std::fs::remove_dir_all(&spool_dir) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
@@ -96,6 +122,7 @@ impl Releases {
         Self {
             store,
             keys,
+            config,
             spool_dir,
             downloads: Arc::default(),
         }
@@ -105,10 +132,15 @@ impl Releases {
         &self.keys
     }
 
+    pub fn config(&self) -> &ReleasesConfig {
+        &self.config
+    }
+
     /// Publishes `body` as `platform`'s binary of release `version`:
-    /// checked to be an executable for the platform, hashed and signed
-    /// while it is spooled to disk (memory stays bounded), then stored in
-    /// one transaction. A release is immutable: the same bytes again
+    /// checked to be an executable for the platform, stamped with
+    /// `version` and within the configured size, hashed and signed while
+    /// it is spooled to disk (memory stays bounded), then stored in one
+    /// transaction. A release is immutable: the same bytes again
     /// change nothing, other bytes are a conflict.
     pub async fn publish<S, B, E>(
         &self,
@@ -125,7 +157,9 @@ impl Releases {
         check_version("version", version).map_err(ReleaseError::Invalid)?;
         check_platform("platform", platform).map_err(ReleaseError::Invalid)?;
         let spool = Spool::create(&self.spool_dir).await?;
-        let (mut file, sha256, size) = spool.fill(body, platform).await?;
+        let (mut file, sha256, size) = spool
+            .fill(body, version, platform, self.config.max_binary_bytes)
+            .await?;
         if let Some(existing) = self.store.agent_release(version, platform).await? {
             return self.same_or_conflict(existing, &sha256);
         }
@@ -186,29 +220,28 @@ impl Releases {
     }
 
     /// Deletes a release that no deployment names and no device's spec
-    /// carries any more (409 naming those that do).
+    /// carries any more (409 naming those that do), in one transaction
+    /// with those checks, so a rollout starting meanwhile either keeps it
+    /// or is refused (review L6).
     pub async fn delete(&self, version: &str) -> Result<(), ReleaseError> {
-        let users = self.store.deployments_naming_release(version).await?;
-        if !users.is_empty() {
-            return Err(ReleaseError::Conflict(format!(
+        match self.store.delete_unused_agent_release(version).await? {
+            ReleaseDeletion::Deleted => {
+                tracing::info!(version, "agent release deleted");
+                Ok(())
+            }
+            ReleaseDeletion::NotFound => Err(ReleaseError::NotFound(version.to_owned())),
+            ReleaseDeletion::NamedBy(users) => Err(ReleaseError::Conflict(format!(
                 "agent release {version} is used by deployment(s) {}; change or delete them first",
                 users.join(", ")
-            )));
-        }
-        // A deployment that moved on may not have moved every device yet
-        // (a paused rollout, a device put back): they may still download it.
-        let devices = self.store.devices_given_release(version, 5).await?;
-        if !devices.is_empty() {
-            return Err(ReleaseError::Conflict(format!(
+            ))),
+            // A deployment that moved on may not have moved every device
+            // yet (a paused rollout, a device put back): they may still
+            // download it.
+            ReleaseDeletion::CarriedBy(devices) => Err(ReleaseError::Conflict(format!(
                 "agent release {version} is still in the spec of device(s) {}; wait until their deployments have moved them off it (`tether deployments status`)",
                 devices.join(", ")
-            )));
+            ))),
         }
-        if !self.store.delete_agent_release(version).await? {
-            return Err(ReleaseError::NotFound(version.to_owned()));
-        }
-        tracing::info!(version, "agent release deleted");
-        Ok(())
     }
 
     /// The binaries of `version`, as a deployment's revision records them
@@ -305,12 +338,15 @@ impl Spool {
     }
 
     /// Writes `body` to the file, checking its ELF header against
-    /// `platform` as soon as it has arrived, its size as it goes; returns
-    /// the file, the SHA-256 (hex) and the size.
+    /// `platform` as soon as it has arrived, its size against `limit` as
+    /// it goes, and at the end that it is stamped `version`; returns the
+    /// file, the SHA-256 (hex) and the size.
     async fn fill<S, B, E>(
         &self,
         mut body: S,
+        version: &str,
         platform: &str,
+        limit: u64,
     ) -> Result<(tokio::fs::File, String, u64), ReleaseError>
     where
         S: Stream<Item = Result<B, E>> + Unpin,
@@ -329,12 +365,13 @@ impl Spool {
         let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
         let mut size: u64 = 0;
         let mut header = Vec::with_capacity(64);
+        let mut stamps = StampScan::default();
         while let Some(piece) = body.next().await {
             let piece = piece.map_err(|error| ReleaseError::Body(Box::new(error)))?;
             let piece = piece.as_ref();
             size += piece.len() as u64;
-            if size > MAX_BINARY_BYTES {
-                return Err(ReleaseError::TooLarge);
+            if size > limit {
+                return Err(ReleaseError::TooLarge { limit });
             }
             if header.len() < 64 {
                 let wanted = (64 - header.len()).min(piece.len());
@@ -344,6 +381,7 @@ impl Spool {
                 }
             }
             hasher.update(piece);
+            stamps.feed(piece);
             file.write_all(piece)
                 .await
                 .map_err(|source| self.error(source))?;
@@ -354,6 +392,7 @@ impl Spool {
         if header.len() < 64 {
             check_elf(&header, platform)?;
         }
+        check_stamp(stamps.versions(), version)?;
         file.flush().await.map_err(|source| self.error(source))?;
         Ok((file, hex::encode(hasher.finish()), size))
     }
@@ -378,6 +417,35 @@ fn check_elf(header: &[u8], platform: &str) -> Result<(), ReleaseError> {
             format!("is an executable for {found}, not for {platform}"),
         )),
         Err(problem) => Err(invalid("body", problem)),
+    }
+}
+
+/// Refuses a binary not stamped with the release's `version`
+/// ([`tether_proto::version_stamp`]): swapped in, it would report another
+/// version than the release, and the update would never look done.
+fn check_stamp(stamped: &[String], version: &str) -> Result<(), ReleaseError> {
+    match stamped {
+        [one] if one == version => Ok(()),
+        [one] => Err(invalid(
+            "body",
+            format!(
+                "is stamped with version {one}, not the release's {version}: publish it as {one}, or stamp the binary with {version} first"
+            ),
+        )),
+        [] => Err(invalid(
+            "body",
+            format!(
+                "carries no version stamp: not a tether-agent binary, or one from before version stamps; publish a tether-agent stamped with {version}"
+            ),
+        )),
+        more => Err(invalid(
+            "body",
+            format!(
+                "holds {} version stamps ({}): a tether-agent has exactly one",
+                more.len(),
+                more.join(", ")
+            ),
+        )),
     }
 }
 
@@ -464,17 +532,20 @@ impl Drop for DownloadSlot {
     }
 }
 
-/// The `agent` section a device's deployment carries for `version`.
+/// The `agent` section a device's deployment carries for `version`;
+/// `allow_downgrade` as the deployment says (`allowAgentDowngrade`).
 pub fn agent_section(
     keys: &ReleaseKeys,
     device: &DeviceId,
     version: &str,
     binaries: &BTreeMap<String, AgentBinary>,
+    allow_downgrade: bool,
 ) -> agent_release::AgentRelease {
     agent_release::AgentRelease {
         version: version.to_owned(),
         signing_key: keys.public_key().to_owned(),
         binaries: binaries.clone(),
         download_token: token::download_token(keys, device, version),
+        allow_downgrade,
     }
 }

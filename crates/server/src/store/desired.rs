@@ -347,6 +347,9 @@ impl Store {
                 next
             }
         };
+        if let Some(version) = &write.spec.agent_release {
+            self.share_agent_release(&mut tx, version).await?;
+        }
         sqlx::query(
             "INSERT INTO deployment_revisions (deployment, revision, body, created_at) VALUES ($1, $2, $3, $4)",
         )

@@ -46,7 +46,7 @@ pub use provisioning::{
     Admission, PolicyRecord, ProvisionedDevice, ProvisioningKeyRecord, Refused, RegistrationRecord,
     RegistrationWrite,
 };
-pub use releases::{CHUNK_BYTES, ReleaseRecord};
+pub use releases::{CHUNK_BYTES, ReleaseDeletion, ReleaseRecord};
 pub use secrets::{Ciphertext, SecretRecord};
 pub use service_accounts::{ApiKeyRecord, ServiceAccountRecord};
 pub use sparkplug::LatestValue;

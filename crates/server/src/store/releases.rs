@@ -46,6 +46,33 @@ fn record(row: &AnyRow) -> Result<ReleaseRecord, StoreError> {
 }
 
 impl Store {
+    /// Takes agent release `version`'s rows to share within `tx`, which
+    /// writes a deployment naming it: a delete of the release waits for
+    /// `tx`, or `tx` for the delete, which then finds no rows
+    /// (`NotFound`). See [`Store::delete_unused_agent_release`].
+    pub(super) async fn share_agent_release(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        version: &str,
+    ) -> Result<(), StoreError> {
+        // SQLite has no row locks: the transaction holds the database's
+        // write lock already, since it wrote before.
+        let lock = if self.postgres { " FOR SHARE" } else { "" };
+        let found = sqlx::query(&format!(
+            "SELECT platform FROM agent_releases WHERE version = $1{lock}"
+        ))
+        .bind(version)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query_error("take an agent release for a deployment"))?;
+        if found.is_empty() {
+            return Err(StoreError::NotFound {
+                what: format!("agent release {version}"),
+            });
+        }
+        Ok(())
+    }
+
     /// Stores one platform's binary of a release and its metadata in one
     /// transaction, the bytes read from `binary` chunk by chunk (the
     /// record's `size` of them). `Conflict` if that version and platform
@@ -182,86 +209,125 @@ impl Store {
         row.map(|row| get::<Vec<u8>>(&row, "data")).transpose()
     }
 
-    /// Deletes every platform of `version`; `false` if there was none.
-    pub async fn delete_agent_release(&self, version: &str) -> Result<bool, StoreError> {
+    /// Deletes every platform of `version` unless a deployment names it or
+    /// a device's spec carries it, the checks and the delete in one
+    /// transaction (review L6): it first takes the release's rows for
+    /// writing (a row lock on PostgreSQL, the write lock on SQLite), which
+    /// a deployment naming the release takes to share while it is written
+    /// ([`Store::write_deployment`]), so one waits for the other and the
+    /// checks see what it wrote.
+    pub async fn delete_unused_agent_release(
+        &self,
+        version: &str,
+    ) -> Result<ReleaseDeletion, StoreError> {
         let context = "delete an agent release";
         let mut tx = self.begin(context).await?;
+        // A write changing nothing, not of a key column (no foreign key
+        // check), takes the rows.
+        let taken =
+            sqlx::query("UPDATE agent_releases SET created_by = created_by WHERE version = $1")
+                .bind(version)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error(context))?;
+        // Returning early rolls the transaction back.
+        if taken.rows_affected() == 0 {
+            return Ok(ReleaseDeletion::NotFound);
+        }
+        let deployments = deployments_naming_release(&mut tx, version).await?;
+        if !deployments.is_empty() {
+            return Ok(ReleaseDeletion::NamedBy(deployments));
+        }
+        let devices = devices_given_release(&mut tx, version, 5).await?;
+        if !devices.is_empty() {
+            return Ok(ReleaseDeletion::CarriedBy(devices));
+        }
         sqlx::query("DELETE FROM agent_release_chunks WHERE version = $1")
             .bind(version)
             .execute(&mut *tx)
             .await
             .map_err(query_error(context))?;
-        let deleted = sqlx::query("DELETE FROM agent_releases WHERE version = $1")
+        sqlx::query("DELETE FROM agent_releases WHERE version = $1")
             .bind(version)
             .execute(&mut *tx)
             .await
             .map_err(query_error(context))?;
         tx.commit().await.map_err(query_error(context))?;
-        Ok(deleted.rows_affected() > 0)
+        Ok(ReleaseDeletion::Deleted)
     }
+}
 
-    /// Up to `limit` devices whose spec carries agent release `version`
-    /// in one of its deployments (still running it, or about to).
-    pub async fn devices_given_release(
-        &self,
-        version: &str,
-        limit_to: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        // Specs are JSON text; the LIKEs narrow the rows, the parsed spec decides.
-        let rows = sqlx::query(
-            "SELECT device, spec FROM device_specs \
-             WHERE spec LIKE '%\"agent\"%' AND spec LIKE $1 ORDER BY device",
-        )
+/// What [`Store::delete_unused_agent_release`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseDeletion {
+    Deleted,
+    NotFound,
+    /// Kept: these deployments name it.
+    NamedBy(Vec<String>),
+    /// Kept: these devices' specs (up to 5) still carry it.
+    CarriedBy(Vec<String>),
+}
+
+/// Up to `limit` devices whose spec carries agent release `version` in
+/// one of its deployments (still running it, or about to).
+async fn devices_given_release(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    version: &str,
+    limit_to: usize,
+) -> Result<Vec<String>, StoreError> {
+    // Specs are JSON text; the LIKEs narrow the rows, the parsed spec decides.
+    let rows = sqlx::query(
+        "SELECT device, spec FROM device_specs \
+         WHERE spec LIKE '%\"agent\"%' AND spec LIKE $1 ORDER BY device",
+    )
+    .bind(format!("%{version}%"))
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(query_error("find the devices given an agent release"))?;
+    let mut devices = Vec::new();
+    for row in rows {
+        let device: String = get(&row, "device")?;
+        let spec: serde_json::Value = from_json(
+            &get::<String>(&row, "spec")?,
+            &format!("the spec of {device}"),
+        )?;
+        let carries = spec
+            .get(tether_proto::desired::SECTION)
+            .and_then(serde_json::Value::as_object)
+            .is_some_and(|deployments| {
+                deployments
+                    .values()
+                    .any(|d| d["agent"]["version"].as_str() == Some(version))
+            });
+        if carries {
+            devices.push(device);
+            if devices.len() == limit_to {
+                break;
+            }
+        }
+    }
+    Ok(devices)
+}
+
+/// The deployments whose current spec names agent release `version`.
+async fn deployments_naming_release(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    version: &str,
+) -> Result<Vec<String>, StoreError> {
+    // Specs are JSON text; a LIKE narrows the rows, the parsed spec decides.
+    let rows = sqlx::query("SELECT name, spec FROM deployments WHERE spec LIKE $1 ORDER BY name")
         .bind(format!("%{version}%"))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut **tx)
         .await
-        .map_err(query_error("find the devices given an agent release"))?;
-        let mut devices = Vec::new();
-        for row in rows {
-            let device: String = get(&row, "device")?;
-            let spec: serde_json::Value = from_json(
-                &get::<String>(&row, "spec")?,
-                &format!("the spec of {device}"),
-            )?;
-            let carries = spec
-                .get(tether_proto::desired::SECTION)
-                .and_then(serde_json::Value::as_object)
-                .is_some_and(|deployments| {
-                    deployments
-                        .values()
-                        .any(|d| d["agent"]["version"].as_str() == Some(version))
-                });
-            if carries {
-                devices.push(device);
-                if devices.len() == limit_to {
-                    break;
-                }
-            }
+        .map_err(query_error("find the deployments naming an agent release"))?;
+    let mut names = Vec::new();
+    for row in rows {
+        let name: String = get(&row, "name")?;
+        let spec: DeploymentSpecification =
+            from_json(&get::<String>(&row, "spec")?, &format!("deployment {name}"))?;
+        if spec.agent_release.as_deref() == Some(version) {
+            names.push(name);
         }
-        Ok(devices)
     }
-
-    /// The deployments whose current spec names agent release `version`.
-    pub async fn deployments_naming_release(
-        &self,
-        version: &str,
-    ) -> Result<Vec<String>, StoreError> {
-        // Specs are JSON text; a LIKE narrows the rows, the parsed spec decides.
-        let rows =
-            sqlx::query("SELECT name, spec FROM deployments WHERE spec LIKE $1 ORDER BY name")
-                .bind(format!("%{version}%"))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(query_error("find the deployments naming an agent release"))?;
-        let mut names = Vec::new();
-        for row in rows {
-            let name: String = get(&row, "name")?;
-            let spec: DeploymentSpecification =
-                from_json(&get::<String>(&row, "spec")?, &format!("deployment {name}"))?;
-            if spec.agent_release.as_deref() == Some(version) {
-                names.push(name);
-            }
-        }
-        Ok(names)
-    }
+    Ok(names)
 }

@@ -13,8 +13,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use base64::Engine as _;
 use serde_json::{Value, json};
+use tether_proto::desired::agent_release::signed_message;
 use tether_testkit::api::ApiClient;
-use tether_testkit::binaries::{agent_install, binary, stamp_agent_binary};
+use tether_testkit::binaries::{agent_install, binary, stamp_agent_binary, with_version_stamp};
 use tether_testkit::http_target::{Behaviour, HttpTarget};
 use tether_testkit::tetherd::{Database, Tetherd};
 use tether_testkit::{Agent, wait_until};
@@ -259,9 +260,15 @@ async fn a_release_that_cannot_connect_is_rolled_back_and_a_foreign_key_is_refus
     )?;
 
     // A build that never connects: an ELF executable for this platform
-    // that is not an agent (coreutils' sleep, refusing the agent's flags).
+    // that is not an agent (coreutils' sleep, refusing the agent's flags),
+    // stamped 0.3.0 as tetherd wants a release's binary.
     let sleep = which("sleep")?;
-    publish(&admin, "0.3.0", std::fs::read(&sleep)?).await?;
+    publish(
+        &admin,
+        "0.3.0",
+        with_version_stamp(std::fs::read(&sleep)?, "0.3.0")?,
+    )
+    .await?;
     admin
         .post(
             "/api/v1/deployments",
@@ -304,6 +311,103 @@ async fn a_release_that_cannot_connect_is_rolled_back_and_a_foreign_key_is_refus
     assert_eq!(version_of(&exe_d)?, "tether-agent 0.1.0");
     assert!(!exe_d.with_file_name("tether-agent.previous").exists());
     c.kill_update_guard();
+    Ok(())
+}
+
+/// Review M5: an agent with no key pinned (enrolled before tetherd had a
+/// release key) whose spec names another key than tetherd's, as whoever
+/// can write tetherd's database could render it, with a release signed by
+/// that key. The agent fetches tetherd's key from tetherd, pins it and
+/// refuses the release, naming both keys; it never pins the spec's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_no_key_pins_tetherds_not_the_one_its_spec_names() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let dir = tempfile::tempdir()?;
+    let (mut agent, exe) =
+        agent_at_0_1_0(&tetherd, &admin, dir.path(), "tofu-e", "tofu", "60").await?;
+    agent.stop().await?;
+    std::fs::remove_file(agent.state_file("self-update/signing-key"))?;
+    let tetherds_key = admin
+        .get("/api/v1/agent-releases/signing-key")
+        .await?
+        .expect_status(200)?["signingKey"]
+        .as_str()
+        .context("a key")?
+        .to_owned();
+
+    let built = tempfile::tempdir()?;
+    let new = built.path().join("tether-agent");
+    stamp_agent_binary(&binary("tether-agent")?, &new, "0.2.0")?;
+    publish(&admin, "0.2.0", std::fs::read(&new)?).await?;
+    admin
+        .post(
+            "/api/v1/deployments",
+            json!({"name": "tether-agent", "spec": {
+                "target": {"selector": "fleet=tofu"},
+                "agentRelease": "0.2.0"
+            }}),
+        )
+        .await?
+        .expect_status(201)?;
+    let database = format!(
+        "sqlite://{}",
+        tetherd.data_dir().join("tether.db").display()
+    );
+    let database = sqlx::SqlitePool::connect(&database).await?;
+    let mut spec: Value = wait_until(
+        "tofu-e's spec to carry the release",
+        Duration::from_secs(30),
+        || {
+            let database = database.clone();
+            async move {
+                let spec: String =
+                    sqlx::query_scalar("SELECT spec FROM device_specs WHERE device = 'tofu-e'")
+                        .fetch_one(&database)
+                        .await?;
+                let spec: Value = serde_json::from_str(&spec)?;
+                let carried = !spec["deployments"]["tether-agent"]["agent"].is_null();
+                Ok(carried.then_some(spec))
+            }
+        },
+    )
+    .await?;
+
+    // The release signed again with a key of someone else's, written
+    // straight into the database tetherd renders specs from.
+    let foreign = tether_server::releases::ReleaseKeys::generate();
+    let section = &mut spec["deployments"]["tether-agent"]["agent"];
+    let sha256 = section["binaries"][PLATFORM]["sha256"]
+        .as_str()
+        .context("sha256")?
+        .to_owned();
+    let size = section["binaries"][PLATFORM]["size"]
+        .as_u64()
+        .context("size")?;
+    section["signingKey"] = json!(foreign.public_key());
+    section["binaries"][PLATFORM]["signature"] =
+        json!(foreign.sign(&signed_message("0.2.0", PLATFORM, &sha256, size)));
+    sqlx::query("UPDATE device_specs SET spec = $1 WHERE device = 'tofu-e'")
+        .bind(spec.to_string())
+        .execute(&database)
+        .await?;
+    database.close().await;
+
+    agent.start()?;
+    let row = wait_device_rollout(&admin, "tether-agent", "tofu-e", |row| {
+        row["state"] == "failed"
+    })
+    .await
+    .with_context(|| format!("agent log:\n{}", agent.log()))?;
+    let reason = row["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(foreign.public_key()) && reason.contains(&tetherds_key),
+        "{row}"
+    );
+    let pinned = std::fs::read_to_string(agent.state_file("self-update/signing-key"))?;
+    assert_eq!(pinned.trim(), tetherds_key);
+    assert_eq!(version_of(&exe)?, "tether-agent 0.1.0");
+    assert!(!exe.with_file_name("tether-agent.previous").exists());
     Ok(())
 }
 

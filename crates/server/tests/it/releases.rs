@@ -11,6 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use tether_proto::desired::agent_release::signed_message;
 use tether_testkit::api::ApiClient;
+use tether_testkit::binaries::with_version_stamp;
 use tether_testkit::sim_agent::DeviceCredentials;
 use tether_testkit::tetherd::{Database, Tetherd};
 
@@ -18,10 +19,117 @@ use crate::support::on_both_databases;
 
 on_both_databases!(a_binary_larger_than_a_chunk_is_read_back_by_any_range);
 
-/// The agent binary cargo built: a real x86_64 ELF executable.
-fn agent_binary() -> anyhow::Result<Vec<u8>> {
+#[tokio::test]
+async fn a_binary_over_the_configured_limit_is_refused_naming_it() -> anyhow::Result<()> {
+    let config = tempfile::tempdir()?;
+    let file = config.path().join("tetherd.toml");
+    std::fs::write(&file, "[releases]\nmax_binary_bytes = 100000\n")?;
+    let tetherd = Tetherd::start_with(
+        Database::Sqlite,
+        &["--config", file.to_str().context("a UTF-8 path")?],
+    )
+    .await?;
+    let admin = tetherd.admin().await?;
+    let path = "/api/v1/agent-releases/1.0.0/linux-x86_64";
+    let stamp = tether_proto::version_stamp::STAMP_BYTES;
+    let over = with_version_stamp(elf_like(62, 100_001 - stamp), "1.0.0")?;
+    // Its length announced: refused before the body is read.
+    let refused = admin
+        .put_bytes(path, over.clone())
+        .await?
+        .expect_status(413)?;
+    assert!(
+        message(&refused).contains("larger than 100000 bytes"),
+        "{refused}"
+    );
+    // Streamed without a length: refused once past the limit.
+    let pieces = over.chunks(16 * 1024).map(<[u8]>::to_vec).collect();
+    let refused = admin
+        .put_byte_stream(path, pieces)
+        .await?
+        .expect_status(413)?;
+    assert!(
+        message(&refused).contains("larger than 100000 bytes"),
+        "{refused}"
+    );
+    let at_limit = with_version_stamp(elf_like(62, 100_000 - stamp), "1.0.0")?;
+    let pieces = at_limit.chunks(16 * 1024).map(<[u8]>::to_vec).collect();
+    let published = admin
+        .put_byte_stream(path, pieces)
+        .await?
+        .expect_status(201)?;
+    assert_eq!(published["binaries"]["linux-x86_64"]["size"], 100_000);
+    Ok(())
+}
+
+/// Review L6: a deployment naming a release while it is being deleted.
+/// The deployment's transaction (as tetherd writes one: the release's
+/// rows taken to share) is held open until the delete waits for it; once
+/// it commits, the delete must see it and keep the release. A delete that
+/// checked before and deleted after would leave a deployment naming a
+/// release that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_deleted_while_a_deployment_starts_naming_it_stays() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Postgres).await?;
+    let admin = tetherd.admin().await?;
+    admin
+        .put_bytes(
+            "/api/v1/agent-releases/3.0.0/linux-x86_64",
+            with_version_stamp(elf_like(62, 4096), "3.0.0")?,
+        )
+        .await?
+        .expect_status(201)?;
+    let url = tetherd.postgres().context("PostgreSQL")?.url();
+    let database = sqlx::PgPool::connect(&url).await?;
+    let mut rollout = database.begin().await?;
+    sqlx::query("SELECT platform FROM agent_releases WHERE version = '3.0.0' FOR SHARE")
+        .fetch_all(&mut *rollout)
+        .await?;
+    sqlx::query(
+        "INSERT INTO deployments (name, spec, revision, phase, reason, created_at, updated_at) \
+         VALUES ('racer', $1, 1, 'progressing', NULL, 0, 0)",
+    )
+    .bind(json!({"target": {"selector": "x=y"}, "agentRelease": "3.0.0"}).to_string())
+    .execute(&mut *rollout)
+    .await?;
+
+    let deleting = tokio::spawn({
+        let admin = admin.clone();
+        async move { admin.delete("/api/v1/agent-releases/3.0.0").await }
+    });
+    tether_testkit::wait_until(
+        "the delete to wait for the deployment's transaction",
+        Duration::from_secs(30),
+        || {
+            let database = database.clone();
+            async move {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE wait_event_type = 'Lock' AND query LIKE '%agent_releases%'",
+                )
+                .fetch_one(&database)
+                .await?;
+                Ok((waiting > 0).then_some(()))
+            }
+        },
+    )
+    .await?;
+    rollout.commit().await?;
+    let kept = deleting.await??.expect_status(409)?;
+    assert!(message(&kept).contains("racer"), "{kept}");
+    admin
+        .get("/api/v1/agent-releases/3.0.0")
+        .await?
+        .expect_status(200)?;
+    Ok(())
+}
+
+/// The agent binary cargo built, a real x86_64 ELF executable, stamped
+/// `version` as a release script does.
+fn agent_binary(version: &str) -> anyhow::Result<Vec<u8>> {
     let path = tether_testkit::binaries::binary("tether-agent")?;
-    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    with_version_stamp(bytes, version)
 }
 
 /// `len` bytes that start with a 64-bit ELF executable header for
@@ -79,7 +187,7 @@ async fn agent_section(admin: &ApiClient, device: &str, deployment: &str) -> any
 async fn a_published_agent_is_signed_immutable_and_listed() -> anyhow::Result<()> {
     let tetherd = Tetherd::start(Database::Sqlite).await?;
     let admin = tetherd.admin().await?;
-    let agent = agent_binary()?;
+    let agent = agent_binary("1.2.0")?;
     let path = "/api/v1/agent-releases/1.2.0/linux-x86_64";
 
     let published = admin
@@ -226,6 +334,24 @@ async fn what_is_not_an_agent_for_the_platform_is_refused_naming_the_problem() -
         put("/api/v1/agent-releases/1.0/Linux", elf_like(62, 4096)).await?,
         "not a platform",
     )?;
+    // Not stamped with the release's version: swapped in, the agent would
+    // report another version than the one it was sent.
+    refused(
+        put(
+            "/api/v1/agent-releases/1.3.0/linux-x86_64",
+            agent_binary("1.2.0")?,
+        )
+        .await?,
+        "is stamped with version 1.2.0, not the release's 1.3.0",
+    )?;
+    refused(
+        put(
+            "/api/v1/agent-releases/1.0/linux-x86_64",
+            elf_like(62, 4096),
+        )
+        .await?,
+        "carries no version stamp",
+    )?;
     let listed = admin
         .get("/api/v1/agent-releases")
         .await?
@@ -250,7 +376,7 @@ async fn what_is_not_an_agent_for_the_platform_is_refused_naming_the_problem() -
     operator
         .put_bytes(
             "/api/v1/agent-releases/1.0/linux-aarch64",
-            elf_like(183, 4096),
+            with_version_stamp(elf_like(183, 4096), "1.0")?,
         )
         .await?
         .expect_status(201)?;
@@ -266,7 +392,7 @@ async fn a_deployment_gives_each_device_its_release_and_a_token_that_downloads_o
 -> anyhow::Result<()> {
     let tetherd = Tetherd::start(Database::Sqlite).await?;
     let admin = tetherd.admin().await?;
-    let agent = agent_binary()?;
+    let agent = agent_binary("1.2.0")?;
     let release = admin
         .put_bytes("/api/v1/agent-releases/1.2.0/linux-x86_64", agent.clone())
         .await?
@@ -274,7 +400,7 @@ async fn a_deployment_gives_each_device_its_release_and_a_token_that_downloads_o
     admin
         .put_bytes(
             "/api/v1/agent-releases/1.3.0/linux-x86_64",
-            elf_like(62, 3000),
+            with_version_stamp(elf_like(62, 3000), "1.3.0")?,
         )
         .await?
         .expect_status(201)?;
@@ -298,6 +424,18 @@ async fn a_deployment_gives_each_device_its_release_and_a_token_that_downloads_o
         message(&unknown).contains("unknown agent release"),
         "{unknown}"
     );
+    let pointless = admin
+        .post(
+            "/api/v1/deployments",
+            json!({"name": "tether-agent",
+                   "spec": {"target": {"selector": "fleet=a"}, "allowAgentDowngrade": true}}),
+        )
+        .await?
+        .expect_status(400)?;
+    assert_eq!(
+        pointless["error"]["details"]["fields"][0]["path"], "spec.allowAgentDowngrade",
+        "{pointless}"
+    );
 
     admin
         .post(
@@ -313,6 +451,7 @@ async fn a_deployment_gives_each_device_its_release_and_a_token_that_downloads_o
     let two = agent_section(&admin, "edge-2", "tether-agent").await?;
     assert_eq!(one["version"], "1.2.0");
     assert_eq!(one["signingKey"], key);
+    assert!(one["allowDowngrade"].is_null(), "{one}");
     let published = &release["binaries"]["linux-x86_64"];
     assert_eq!(
         one["binaries"]["linux-x86_64"],
@@ -419,7 +558,7 @@ async fn a_deployment_gives_each_device_its_release_and_a_token_that_downloads_o
     admin
         .put_bytes(
             "/api/v1/agent-releases/1.4.0/linux-x86_64",
-            elf_like(62, 3000),
+            with_version_stamp(elf_like(62, 3000), "1.4.0")?,
         )
         .await?
         .expect_status(201)?;
@@ -427,7 +566,7 @@ async fn a_deployment_gives_each_device_its_release_and_a_token_that_downloads_o
         .put_json(
             "/api/v1/deployments/tether-agent",
             json!({"target": {"selector": "fleet=a"}, "agentRelease": "1.4.0",
-                   "rollout": {"batchSize": 1}}),
+                   "allowAgentDowngrade": true, "rollout": {"batchSize": 1}}),
         )
         .await?
         .expect_status(200)?;
@@ -438,7 +577,12 @@ async fn a_deployment_gives_each_device_its_release_and_a_token_that_downloads_o
             let mut moved = 0;
             for device in ["edge-1", "edge-2"] {
                 let section = agent_section(&admin, device, "tether-agent").await?;
-                moved += usize::from(section["version"] == "1.4.0");
+                if section["version"] == "1.4.0" {
+                    // The deployment's permission to downgrade, carried to
+                    // the agent, which refuses an older release otherwise.
+                    anyhow::ensure!(section["allowDowngrade"] == true, "{section}");
+                    moved += 1;
+                }
             }
             Ok((moved == 1).then_some(()))
         },
@@ -471,7 +615,7 @@ async fn a_binary_larger_than_a_chunk_is_read_back_by_any_range(
     let tetherd = Tetherd::start(database).await?;
     let admin = tetherd.admin().await?;
     const MIB: usize = 1024 * 1024;
-    let binary = elf_like(183, 2 * MIB + 12_345);
+    let binary = with_version_stamp(elf_like(183, 2 * MIB + 12_345), "0.9.0")?;
     admin
         .put_bytes("/api/v1/agent-releases/0.9.0/linux-aarch64", binary.clone())
         .await?
@@ -515,7 +659,7 @@ async fn a_binary_larger_than_a_chunk_is_read_back_by_any_range(
 async fn replicas_share_the_release_keys_and_refuse_other_ones() -> anyhow::Result<()> {
     let first = Tetherd::start(Database::Postgres).await?;
     let admin = first.admin().await?;
-    let binary = elf_like(62, 1_500_000);
+    let binary = with_version_stamp(elf_like(62, 1_500_000), "2.0.0")?;
     admin
         .put_bytes("/api/v1/agent-releases/2.0.0/linux-x86_64", binary.clone())
         .await?
