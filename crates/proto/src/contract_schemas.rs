@@ -274,6 +274,7 @@ fn what_tetherd_sends_conforms_to_the_spec_schema() {
                     signature: format!("{}==", "A".repeat(86)),
                 })].into(),
                 download_token: "sim-1.1.4.0.9f2c".into(),
+                allow_downgrade: true,
             }).expect("JSON"),
         }},
     });

@@ -177,7 +177,13 @@ fn downgrade(offered: &str, running: &str, allowed: bool) -> Option<String> {
         Some(std::cmp::Ordering::Less) => Some(format!(
             "agent release {offered} is older than the running {running}: refused as a downgrade; {allow}"
         )),
-        Some(_) => None,
+        // Another build of the same version (`1.2.0+a` over `1.2.0+b`,
+        // `1.2` over `1.2.0`): not newer, so not taken unasked either
+        // (second review L3). Equal strings never get here.
+        Some(std::cmp::Ordering::Equal) => Some(format!(
+            "agent release {offered} is not newer than the running {running} (the same version by semver): refused as a possible downgrade; {allow}"
+        )),
+        Some(std::cmp::Ordering::Greater) => None,
         None => Some(format!(
             "cannot tell whether agent release {offered} is older than the running {running} (not both semver versions): refused as a possible downgrade; {allow}"
         )),
@@ -355,6 +361,21 @@ mod tests {
             None,
         ));
         assert!(reason.contains("cannot tell"), "{reason}");
+        // Another build of the running version is no way around it either.
+        for same in ["0.2.0+other", "0.2"] {
+            let (_, release) = signed_release(same, PLATFORM, b"same");
+            let reason = failed_reason(decide_with(
+                &deployments(Some(release.clone())),
+                "0.2.0",
+                Some(&release.signing_key),
+                &none,
+                None,
+            ));
+            assert!(
+                reason.contains("not newer than the running 0.2.0"),
+                "{reason}"
+            );
+        }
         // Newer, a pre-release of a newer one: updates.
         for newer in ["0.2.1", "0.3.0-rc.1"] {
             let (_, release) = signed_release(newer, PLATFORM, b"newer");

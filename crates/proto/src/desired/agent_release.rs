@@ -22,8 +22,15 @@ pub const MAX_VERSION_BYTES: usize = 64;
 pub const MAX_PLATFORMS: usize = 16;
 
 /// What a deployment's `agent` field holds on one device.
+///
+/// Unknown fields are ignored, unlike the rest of the spec: tetherd adds
+/// fields here for newer agents (`allowDowngrade`), and a release rolled
+/// back or down to an older agent must still read its spec, and the spec
+/// the newer agent saved, rather than drop every deployment as unreadable.
+/// tetherd writes this section itself (operators cannot), so no operator
+/// typo is silently ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentRelease {
     /// The release's version, as the agent built from it reports it.
@@ -45,9 +52,10 @@ pub struct AgentRelease {
     pub allow_downgrade: bool,
 }
 
-/// One platform's binary of a release.
+/// One platform's binary of a release; unknown fields ignored, as in
+/// [`AgentRelease`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentBinary {
     /// Lowercase hex SHA-256 of the binary.
@@ -236,6 +244,22 @@ mod tests {
             download_token: "t".into(),
             allow_downgrade: false,
         }
+    }
+
+    #[test]
+    fn an_older_agent_reads_a_release_with_fields_it_does_not_know() {
+        let mut sent = serde_json::to_value(release()).expect("JSON");
+        sent["allowDowngrade"] = true.into();
+        sent["someFutureField"] = "x".into();
+        sent["binaries"]["linux-x86_64"]["compression"] = "zstd".into();
+        let read: AgentRelease = serde_json::from_value(sent).expect("read");
+        assert_eq!(
+            AgentRelease {
+                allow_downgrade: true,
+                ..release()
+            },
+            read
+        );
     }
 
     #[test]
