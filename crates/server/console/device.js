@@ -57,7 +57,7 @@ function statusSection(device) {
   section.append(facts([
     ['Reported', timeElement(status.reportedAt)],
     ['Spec applied', inSync],
-    ['Clock', status.time ? `${status.time.syncState}${status.time.offsetMillis === undefined ? '' : `, ${status.time.offsetMillis} ms behind tetherd`}` : null],
+    ['Clock', status.time ? clock(status.time) : null],
     ['Watchdog', status.watchdog
       ? `${status.watchdog.mode}, ${status.watchdog.state}${status.watchdog.reason ? `: ${status.watchdog.reason}` : ''}`
       : null],
@@ -73,6 +73,15 @@ function statusSection(device) {
           h('span', {class: 'muted'}, 'since ', timeElement(condition.since))))));
   }
   return section;
+}
+
+/** The device's clock against tetherd's, as the agent measured it. */
+function clock(time) {
+  const sync = `sync ${time.syncState}`;
+  const offset = time.offsetMillis;
+  if (offset === undefined) return sync;
+  if (offset === 0) return `${sync}; same as tetherd's`;
+  return `${sync}; ${Math.abs(offset)} ms ${offset > 0 ? 'behind' : 'ahead of'} tetherd`;
 }
 
 function factsSection(deviceFacts) {

@@ -31,7 +31,7 @@ export async function render(main, {params, navigate}) {
 function counts(total, alerts) {
   const alertCount = alerts instanceof Error ? '?' : `${alerts.items.length}${alerts.continue ? '+' : ''}`;
   const card = (label, value, href, kind) =>
-    h('a', {class: `card ${kind}`, href}, h('span', {class: 'count'}, value), h('span', {class: 'label'}, label));
+    h('a', {class: `card ${kind}`, href}, h('span', {class: 'count'}, value), h('span', {class: 'what'}, label));
   return h('section', {class: 'cards', 'aria-label': 'Fleet counts'},
     card('devices', total.total, '#/devices', 'total'),
     card('online', total.online, '#/devices', 'online'),

@@ -41,10 +41,28 @@ fn assert_stayed_home(record: &PageRecord, tetherd: &Tetherd) {
         .collect();
     assert!(elsewhere.is_empty(), "requests left for another origin: {elsewhere:?}");
     assert!(
+        record.requests.iter().any(|url| url.contains("/api/v1/")),
+        "the record holds the page's API calls: {:?}",
+        record.requests
+    );
+    assert!(
         record.errors.is_empty(),
         "the console logged errors (CSP violations among them): {:#?}",
         record.errors
     );
+}
+
+/// With `TETHER_WRITE_DOCS` set, saves the page as `docs/console/{name}.png`
+/// (linked from the README), as `docs/roles.md` is written.
+async fn write_doc_screenshot(browser: &Browser, name: &str) -> anyhow::Result<()> {
+    if std::env::var_os("TETHER_WRITE_DOCS").is_none() {
+        return Ok(());
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/console");
+    std::fs::create_dir_all(&dir).context("creating docs/console")?;
+    let path = dir.join(format!("{name}.png"));
+    std::fs::write(&path, browser.screenshot().await?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Text of every element matching `selector`.
@@ -103,6 +121,7 @@ async fn an_operator_logs_in_finds_a_device_by_label_and_opens_it() -> anyhow::R
     browser.wait_for_selector("table.groups", SHOWN).await?;
     let groups = texts(&browser, "table.groups tbody tr").await?;
     assert_eq!(groups, ["berlin112", "paris033"], "{groups:?}");
+    write_doc_screenshot(&browser, "overview").await?;
 
     // The device list, filtered by label from the keyboard.
     browser.click("nav[aria-label=Main] a[href='#/devices']").await?;
@@ -117,6 +136,15 @@ async fn an_operator_logs_in_finds_a_device_by_label_and_opens_it() -> anyhow::R
     assert_eq!(names, ["edge-berlin-1", "edge-berlin-2"]);
     let presence = texts(&browser, "table.devices tbody td .badge").await?;
     assert_eq!(presence, ["online", "offline"]);
+    browser.type_text("#selector", "").await?;
+    browser.press("Enter").await?;
+    browser.wait_for_text("table.devices caption", "5 devices", SHOWN).await?;
+    write_doc_screenshot(&browser, "devices").await?;
+    browser.type_text("#selector", "site=berlin").await?;
+    browser.press("Enter").await?;
+    browser
+        .wait_for_text("table.devices caption", "matching site=berlin", SHOWN)
+        .await?;
 
     // Its page: presence, labels, status and facts, times absolute on hover.
     browser.click("a[href='#/devices/edge-berlin-1']").await?;
@@ -134,6 +162,7 @@ async fn an_operator_logs_in_finds_a_device_by_label_and_opens_it() -> anyhow::R
         .await?;
     assert!(seen[1].as_str().is_some_and(|title| title.contains("20")), "absolute time on hover: {seen}");
     assert!(seen[2].as_str().is_some_and(|iso| iso.contains('T')), "{seen}");
+    write_doc_screenshot(&browser, "device").await?;
 
     // A phone's width: nothing wider than the screen.
     browser.set_viewport(390, 844).await?;
@@ -181,13 +210,6 @@ async fn the_device_list_pages_with_the_apis_continue_token_and_is_keyboard_navi
     assert_eq!(second, (50..55).map(|index| format!("dev-{index:03}")).collect::<Vec<_>>());
     assert_eq!(texts(&browser, ".pager").await?, ["First pageLast page"]);
 
-    if std::env::var_os("TETHER_WRITE_DOCS").is_some() {
-        browser.click(".pager a").await?;
-        browser.wait_for_text("table.devices caption", "Page 1", SHOWN).await?;
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/console/devices.png");
-        std::fs::create_dir_all(std::path::Path::new(path).parent().context("docs/console")?)?;
-        std::fs::write(path, browser.screenshot().await?).context("writing docs/console/devices.png")?;
-    }
     assert_stayed_home(&browser.record(), &tetherd);
     Ok(())
 }
