@@ -1,11 +1,11 @@
 // One device: presence, labels, what its agent last reported (status and
 // facts) and what it can do.
 
-import {call} from './api.js';
+import {atLeast, call} from './api.js';
 import {errorBox, facts, h, presence, show} from './dom.js';
 import {timeElement} from './time.js';
 
-export async function render(main, {name}) {
+export async function render(main, {me, name, navigate}) {
   show(main, h('p', {class: 'breadcrumb'}, h('a', {href: '#/devices'}, 'Devices')), h('h1', {}, name), h('p', {class: 'loading'}, 'Loading…'));
   let device;
   try {
@@ -29,12 +29,7 @@ export async function render(main, {name}) {
         ['Created', timeElement(device.createdAt)],
         ['Provisioning policy', device.policy],
       ])),
-    h('section', {'aria-labelledby': 'labels-title'},
-      h('h2', {id: 'labels-title'}, 'Labels'),
-      Object.keys(device.labels).length === 0
-        ? h('p', {class: 'empty'}, 'No labels.')
-        : h('ul', {class: 'labels', id: 'device-labels'}, Object.entries(device.labels).map(([key, value]) =>
-          h('li', {}, h('a', {class: 'label', href: `#/devices?selector=${encodeURIComponent(`${key}=${value}`)}`}, `${key}=${value}`))))),
+    labelsSection(device, atLeast(me.role, 'operator'), () => navigate(`/devices/${encodeURIComponent(device.name)}`)),
     statusSection(device),
     status ? factsSection(status.facts) : null,
     device.capabilities.length
@@ -42,6 +37,50 @@ export async function render(main, {name}) {
         h('h2', {id: 'capabilities-title'}, 'Actions its agent offers'),
         h('ul', {class: 'capabilities'}, device.capabilities.map((action) => h('li', {}, h('code', {}, action)))))
       : null);
+}
+
+/**
+ * The labels, each a link to the devices sharing it; an operator or admin
+ * also adds and removes them (a viewer sees no control it may not use).
+ */
+function labelsSection(device, mayEdit, reload) {
+  const error = h('p', {class: 'error', role: 'alert', id: 'label-error', hidden: true});
+  const patch = async (labels) => {
+    error.hidden = true;
+    try {
+      await call(`/devices/${encodeURIComponent(device.name)}`, {method: 'PATCH', body: {labels}});
+      reload();
+    } catch (failure) {
+      if (failure.name !== 'ApiError') throw failure;
+      error.textContent = failure.message;
+      error.hidden = false;
+    }
+  };
+  const entries = Object.entries(device.labels);
+  const section = h('section', {'aria-labelledby': 'labels-title'},
+    h('h2', {id: 'labels-title'}, 'Labels'),
+    entries.length === 0
+      ? h('p', {class: 'empty'}, 'No labels.')
+      : h('ul', {class: 'labels', id: 'device-labels'}, entries.map(([key, value]) =>
+        h('li', {},
+          h('a', {class: 'label', href: `#/devices?selector=${encodeURIComponent(`${key}=${value}`)}`}, `${key}=${value}`),
+          mayEdit
+            ? h('button', {type: 'button', class: 'remove', 'aria-label': `Remove label ${key}`, title: `Remove label ${key}`,
+              onclick: () => patch({[key]: null})}, '×')
+            : null))));
+  if (mayEdit) {
+    const key = h('input', {id: 'label-key', name: 'key', required: true, autocomplete: 'off', spellcheck: 'false'});
+    const value = h('input', {id: 'label-value', name: 'value', autocomplete: 'off', spellcheck: 'false'});
+    section.append(h('form', {class: 'add-label', 'aria-label': 'Set a label', onsubmit: (event) => {
+      event.preventDefault();
+      patch({[key.value.trim()]: value.value.trim()});
+    }},
+      h('label', {for: 'label-key'}, 'Key'), key,
+      h('label', {for: 'label-value'}, 'Value'), value,
+      h('button', {type: 'submit'}, 'Set label')),
+    error);
+  }
+  return section;
 }
 
 function statusSection(device) {

@@ -26,7 +26,8 @@ async fn log_in(browser: &Browser, tetherd: &Tetherd, username: &str, password: 
 
 async fn log_in_as_admin(browser: &Browser, tetherd: &Tetherd) -> anyhow::Result<()> {
     log_in(browser, tetherd, "admin", tetherd.admin_password()).await?;
-    browser.wait_for_text("main h1", "Overview", SHOWN).await?;
+    // The counts, not only the heading: the page has finished loading.
+    browser.wait_for_selector(".cards", SHOWN).await?;
     Ok(())
 }
 
@@ -150,7 +151,7 @@ async fn an_operator_logs_in_finds_a_device_by_label_and_opens_it() -> anyhow::R
     browser.click("a[href='#/devices/edge-berlin-1']").await?;
     browser.wait_for_text("main h1", "edge-berlin-1", SHOWN).await?;
     browser.wait_for_selector("#facts-title", SHOWN).await?;
-    let labels = texts(&browser, "#device-labels li").await?;
+    let labels = texts(&browser, "#device-labels a").await?;
     assert_eq!(labels, ["role=gateway", "site=berlin"]);
     let main = browser.evaluate("document.querySelector('main').textContent").await?;
     let main = main.as_str().unwrap_or_default();
@@ -257,11 +258,11 @@ async fn an_ended_or_invalid_session_returns_to_the_login_page() -> anyhow::Resu
     browser.type_text("#username", "admin").await?;
     browser.type_text("#password", tetherd.admin_password()).await?;
     browser.press("Enter").await?;
-    browser.wait_for_text("main h1", "Devices", SHOWN).await?;
+    browser.wait_for_selector("table.devices, .results .empty", SHOWN).await?;
 
-    // A token tetherd never issued.
+    // A token tetherd never issued, found when the page loads.
     browser
-        .evaluate("sessionStorage.setItem('tether.token', 'not-a-token'); location.hash = '#/'")
+        .evaluate("sessionStorage.setItem('tether.token', 'not-a-token')")
         .await?;
     browser.call("Page.reload", json!({})).await?;
     browser
@@ -283,6 +284,75 @@ async fn the_console_says_when_tetherd_cannot_be_reached() -> anyhow::Result<()>
     tetherd.start_again().await?;
     browser.click("main button").await?;
     browser.wait_for_text("main h1", "Devices", SHOWN).await?;
+    Ok(())
+}
+
+/// Creates a user with `role` and a password of the test's choosing.
+async fn create_user(admin: &ApiClient, username: &str, role: &str) -> anyhow::Result<()> {
+    admin
+        .post(
+            "/api/v1/users",
+            json!({"username": username, "role": role, "password": USER_PASSWORD}),
+        )
+        .await?
+        .expect_status(201)?;
+    Ok(())
+}
+
+const USER_PASSWORD: &str = "correct horse battery staple";
+
+/// Labels on the device page: an operator sets and removes them, and sees
+/// tetherd's refusal of a bad key; a viewer sees the labels and no control.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_edits_labels_and_a_viewer_sees_no_controls() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    create_device(&admin, "edge-1", json!({"site": "berlin", "role": "gateway"})).await?;
+    create_user(&admin, "olga", "operator").await?;
+    create_user(&admin, "victor", "viewer").await?;
+    let device_page = format!("{}/#/devices/edge-1", tetherd.api_url);
+
+    let browser = Browser::start().await?;
+    log_in(&browser, &tetherd, "victor", USER_PASSWORD).await?;
+    browser.wait_for_text("main h1", "Overview", SHOWN).await?;
+    assert_eq!(texts(&browser, ".who .role").await?, ["viewer"]);
+    browser.navigate(&device_page).await?;
+    browser.wait_for_selector("#device-labels", SHOWN).await?;
+    assert_eq!(texts(&browser, "#device-labels a").await?, ["role=gateway", "site=berlin"]);
+    let controls = browser
+        .evaluate("document.querySelectorAll('main button, main form, main input').length")
+        .await?;
+    assert_eq!(controls, json!(0), "a viewer is offered no control on the device page");
+    assert_stayed_home(&browser.record(), &tetherd);
+    drop(browser);
+
+    let browser = Browser::start().await?;
+    log_in(&browser, &tetherd, "olga", USER_PASSWORD).await?;
+    browser.wait_for_text("main h1", "Overview", SHOWN).await?;
+    browser.navigate(&device_page).await?;
+    browser.wait_for_selector("#label-key", SHOWN).await?;
+    browser.type_text("#label-key", "zone").await?;
+    browser.type_text("#label-value", "north").await?;
+    browser.press("Enter").await?;
+    browser.wait_for_text("#device-labels", "zone=north", SHOWN).await?;
+    browser.click("button[aria-label='Remove label role']").await?;
+    browser
+        .wait_for_true(
+            "the role label to go",
+            "!document.querySelector('#device-labels')?.textContent.includes('role=')",
+            SHOWN,
+        )
+        .await?;
+    let device = admin.get("/api/v1/devices/edge-1").await?.expect_status(200)?;
+    assert_eq!(device["labels"], json!({"site": "berlin", "zone": "north"}));
+
+    // tetherd's refusal, in its words, beside the form.
+    browser.wait_for_selector("#label-key", SHOWN).await?;
+    browser.type_text("#label-key", "bad key!").await?;
+    browser.type_text("#label-value", "x").await?;
+    browser.click(".add-label button[type=submit]").await?;
+    let refusal = browser.wait_for_text("#label-error", "bad key!", SHOWN).await?;
+    assert!(refusal.to_lowercase().contains("label"), "{refusal}");
     Ok(())
 }
 
