@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use base64::Engine;
-use futures::stream::{SplitSink, StreamExt};
 use futures::SinkExt;
+use futures::stream::{SplitSink, StreamExt};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::net::TcpStream;
@@ -210,11 +210,19 @@ impl Browser {
             .as_str()
             .context("a session id")?
             .to_owned();
-        for domain in ["Page.enable", "Runtime.enable", "Log.enable", "Network.enable"] {
+        for domain in [
+            "Page.enable",
+            "Runtime.enable",
+            "Log.enable",
+            "Network.enable",
+        ] {
             self.call(domain, json!({})).await?;
         }
-        self.call("Security.setIgnoreCertificateErrors", json!({"ignore": true}))
-            .await?;
+        self.call(
+            "Security.setIgnoreCertificateErrors",
+            json!({"ignore": true}),
+        )
+        .await?;
         Ok(())
     }
 
@@ -300,7 +308,11 @@ impl Browser {
     }
 
     /// Waits until an element matches `selector`.
-    pub async fn wait_for_selector(&self, selector: &str, deadline: Duration) -> anyhow::Result<()> {
+    pub async fn wait_for_selector(
+        &self,
+        selector: &str,
+        deadline: Duration,
+    ) -> anyhow::Result<()> {
         self.wait_for_true(
             &format!("an element matching {selector}"),
             &format!("document.querySelector({}) !== null", json!(selector)),
@@ -383,7 +395,8 @@ impl Browser {
             "Escape" => (27, ""),
             other => bail!("press knows Enter, Tab and Escape, not {other:?}"),
         };
-        let mut down = json!({"type": "keyDown", "key": key, "code": key, "windowsVirtualKeyCode": code});
+        let mut down =
+            json!({"type": "keyDown", "key": key, "code": key, "windowsVirtualKeyCode": code});
         if !text.is_empty() {
             down["text"] = json!(text);
         }
@@ -453,7 +466,8 @@ impl PageRecord {
                             .unwrap_or_else(|| arg["value"].to_string())
                     })
                     .collect();
-                self.errors.push(format!("console.error: {}", text.join(" ")));
+                self.errors
+                    .push(format!("console.error: {}", text.join(" ")));
             }
             "Runtime.exceptionThrown" => {
                 let details = &params["exceptionDetails"];

@@ -28,7 +28,8 @@ macro_rules! asset {
 
 /// The page every console URL loads; `%CONSOLE%` in it becomes
 /// `/console/<version>` when served.
-pub const INDEX_HTML: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/console/index.html"));
+pub const INDEX_HTML: &str =
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/console/index.html"));
 
 /// Every file but `index.html`.
 pub const ASSETS: &[Asset] = &[

@@ -71,7 +71,10 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
 async fn index() -> Response {
     (
         [
-            (CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
             (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
         CONSOLE.index.clone(),
@@ -151,15 +154,28 @@ mod tests {
         let index = &CONSOLE.index;
         assert!(index.contains(&format!("/console/{}/app.js", CONSOLE.version)));
         assert!(!index.contains("%CONSOLE%"));
-        assert!(!index.contains("style="), "no inline style: the CSP refuses it");
-        assert_eq!(index.matches("<script").count(), 1, "one module, no inline script");
+        assert!(
+            !index.contains("style="),
+            "no inline style: the CSP refuses it"
+        );
+        assert_eq!(
+            index.matches("<script").count(),
+            1,
+            "one module, no inline script"
+        );
     }
 
     #[test]
     fn no_console_file_builds_markup_from_text_or_evaluates_it() {
         for asset in ASSETS.iter().filter(|asset| asset.path.ends_with(".js")) {
             let text = std::str::from_utf8(asset.bytes).expect("UTF-8");
-            for banned in ["innerHTML", "outerHTML", "insertAdjacentHTML", "eval(", "new Function"] {
+            for banned in [
+                "innerHTML",
+                "outerHTML",
+                "insertAdjacentHTML",
+                "eval(",
+                "new Function",
+            ] {
                 assert!(!text.contains(banned), "{} uses {banned}", asset.path);
             }
         }

@@ -15,7 +15,12 @@ use tether_testkit::{Agent, ApiClient, Database, Tetherd};
 const SHOWN: Duration = Duration::from_secs(15);
 
 /// Opens the console and logs in as `username`.
-async fn log_in(browser: &Browser, tetherd: &Tetherd, username: &str, password: &str) -> anyhow::Result<()> {
+async fn log_in(
+    browser: &Browser,
+    tetherd: &Tetherd,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<()> {
     browser.navigate(&format!("{}/", tetherd.api_url)).await?;
     browser.wait_for_selector("#username", SHOWN).await?;
     browser.type_text("#username", username).await?;
@@ -38,9 +43,14 @@ fn assert_stayed_home(record: &PageRecord, tetherd: &Tetherd) {
     let elsewhere: Vec<&String> = record
         .requests
         .iter()
-        .filter(|url| !url.starts_with(&origin) && !url.starts_with("data:") && url.as_str() != "about:blank")
+        .filter(|url| {
+            !url.starts_with(&origin) && !url.starts_with("data:") && url.as_str() != "about:blank"
+        })
         .collect();
-    assert!(elsewhere.is_empty(), "requests left for another origin: {elsewhere:?}");
+    assert!(
+        elsewhere.is_empty(),
+        "requests left for another origin: {elsewhere:?}"
+    );
     assert!(
         record.requests.iter().any(|url| url.contains("/api/v1/")),
         "the record holds the page's API calls: {:?}",
@@ -99,19 +109,37 @@ async fn an_operator_logs_in_finds_a_device_by_label_and_opens_it() -> anyhow::R
         .expect_status(200)?;
     // The agent's report (its facts) is what the device page shows.
     tether_testkit::wait_until("edge-berlin-1 to report its facts", SHOWN, || async {
-        let device = admin.get("/api/v1/devices/edge-berlin-1").await?.expect_status(200)?;
-        Ok(device["status"]["facts"]["hostname"].as_str().map(str::to_owned))
+        let device = admin
+            .get("/api/v1/devices/edge-berlin-1")
+            .await?
+            .expect_status(200)?;
+        Ok(device["status"]["facts"]["hostname"]
+            .as_str()
+            .map(str::to_owned))
     })
     .await?;
-    create_device(&admin, "edge-berlin-2", json!({"site": "berlin", "role": "sensor"})).await?;
+    create_device(
+        &admin,
+        "edge-berlin-2",
+        json!({"site": "berlin", "role": "sensor"}),
+    )
+    .await?;
     for index in 1..=3 {
-        create_device(&admin, &format!("edge-paris-{index}"), json!({"site": "paris"})).await?;
+        create_device(
+            &admin,
+            &format!("edge-paris-{index}"),
+            json!({"site": "paris"}),
+        )
+        .await?;
     }
     let browser = Browser::start().await?;
 
     log_in_as_admin(&browser, &tetherd).await?;
     let cards = browser.wait_for_text(".cards", "devices", SHOWN).await?;
-    assert!(cards.contains("5devices") && cards.contains("1online") && cards.contains("4offline"), "{cards}");
+    assert!(
+        cards.contains("5devices") && cards.contains("1online") && cards.contains("4offline"),
+        "{cards}"
+    );
     assert!(cards.contains("0alerts firing"), "{cards}");
     assert_eq!(texts(&browser, ".who .role").await?, ["admin"]);
 
@@ -125,7 +153,9 @@ async fn an_operator_logs_in_finds_a_device_by_label_and_opens_it() -> anyhow::R
     write_doc_screenshot(&browser, "overview").await?;
 
     // The device list, filtered by label from the keyboard.
-    browser.click("nav[aria-label=Main] a[href='#/devices']").await?;
+    browser
+        .click("nav[aria-label=Main] a[href='#/devices']")
+        .await?;
     browser.wait_for_selector("table.devices", SHOWN).await?;
     assert_eq!(texts(&browser, "table.devices tbody tr").await?.len(), 5);
     browser.type_text("#selector", "site=berlin").await?;
@@ -139,7 +169,9 @@ async fn an_operator_logs_in_finds_a_device_by_label_and_opens_it() -> anyhow::R
     assert_eq!(presence, ["online", "offline"]);
     browser.type_text("#selector", "").await?;
     browser.press("Enter").await?;
-    browser.wait_for_text("table.devices caption", "5 devices", SHOWN).await?;
+    browser
+        .wait_for_text("table.devices caption", "5 devices", SHOWN)
+        .await?;
     write_doc_screenshot(&browser, "devices").await?;
     browser.type_text("#selector", "site=berlin").await?;
     browser.press("Enter").await?;
@@ -149,20 +181,33 @@ async fn an_operator_logs_in_finds_a_device_by_label_and_opens_it() -> anyhow::R
 
     // Its page: presence, labels, status and facts, times absolute on hover.
     browser.click("a[href='#/devices/edge-berlin-1']").await?;
-    browser.wait_for_text("main h1", "edge-berlin-1", SHOWN).await?;
+    browser
+        .wait_for_text("main h1", "edge-berlin-1", SHOWN)
+        .await?;
     browser.wait_for_selector("#facts-title", SHOWN).await?;
     let labels = texts(&browser, "#device-labels a").await?;
     assert_eq!(labels, ["role=gateway", "site=berlin"]);
-    let main = browser.evaluate("document.querySelector('main').textContent").await?;
+    let main = browser
+        .evaluate("document.querySelector('main').textContent")
+        .await?;
     let main = main.as_str().unwrap_or_default();
     for shown in ["online", "Spec applied", "Hostname", "Kernel", "Memory"] {
-        assert!(main.contains(shown), "the device page lacks {shown:?}: {main}");
+        assert!(
+            main.contains(shown),
+            "the device page lacks {shown:?}: {main}"
+        );
     }
     let seen = browser
         .evaluate("(() => { const time = document.querySelector('.facts time[datetime]'); return [time.textContent, time.title, time.dateTime]; })()")
         .await?;
-    assert!(seen[1].as_str().is_some_and(|title| title.contains("20")), "absolute time on hover: {seen}");
-    assert!(seen[2].as_str().is_some_and(|iso| iso.contains('T')), "{seen}");
+    assert!(
+        seen[1].as_str().is_some_and(|title| title.contains("20")),
+        "absolute time on hover: {seen}"
+    );
+    assert!(
+        seen[2].as_str().is_some_and(|iso| iso.contains('T')),
+        "{seen}"
+    );
     write_doc_screenshot(&browser, "device").await?;
 
     // A phone's width: nothing wider than the screen.
@@ -170,14 +215,19 @@ async fn an_operator_logs_in_finds_a_device_by_label_and_opens_it() -> anyhow::R
     let overflow = browser
         .evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         .await?;
-    assert_eq!(overflow, json!(true), "the device page scrolls sideways at 390 px");
+    assert_eq!(
+        overflow,
+        json!(true),
+        "the device page scrolls sideways at 390 px"
+    );
 
     assert_stayed_home(&browser.record(), &tetherd);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_device_list_pages_with_the_apis_continue_token_and_is_keyboard_navigable() -> anyhow::Result<()> {
+async fn the_device_list_pages_with_the_apis_continue_token_and_is_keyboard_navigable()
+-> anyhow::Result<()> {
     let tetherd = Tetherd::start(Database::Sqlite).await?;
     let admin = tetherd.admin().await?;
     for index in 0..55 {
@@ -191,14 +241,23 @@ async fn the_device_list_pages_with_the_apis_continue_token_and_is_keyboard_navi
     browser.navigate(&format!("{}/#/", tetherd.api_url)).await?;
     browser.wait_for_text("main h1", "Overview", SHOWN).await?;
     browser.press("Tab").await?;
-    let focused = browser.evaluate("document.activeElement.textContent").await?;
+    let focused = browser
+        .evaluate("document.activeElement.textContent")
+        .await?;
     assert_eq!(focused, json!("Skip to content"));
     let mut reached = Vec::new();
     for _ in 0..3 {
         browser.press("Tab").await?;
-        reached.push(browser.evaluate("document.activeElement.textContent").await?);
+        reached.push(
+            browser
+                .evaluate("document.activeElement.textContent")
+                .await?,
+        );
     }
-    assert_eq!(reached, [json!("tether"), json!("Overview"), json!("Devices")]);
+    assert_eq!(
+        reached,
+        [json!("tether"), json!("Overview"), json!("Devices")]
+    );
     browser.press("Enter").await?;
     browser.wait_for_selector("table.devices", SHOWN).await?;
 
@@ -206,9 +265,16 @@ async fn the_device_list_pages_with_the_apis_continue_token_and_is_keyboard_navi
     assert_eq!(first.len(), 50);
     assert_eq!(first.first().map(String::as_str), Some("dev-000"));
     browser.click("a[rel=next]").await?;
-    browser.wait_for_text("table.devices caption", "Page 2", SHOWN).await?;
+    browser
+        .wait_for_text("table.devices caption", "Page 2", SHOWN)
+        .await?;
     let second = texts(&browser, "table.devices tbody th").await?;
-    assert_eq!(second, (50..55).map(|index| format!("dev-{index:03}")).collect::<Vec<_>>());
+    assert_eq!(
+        second,
+        (50..55)
+            .map(|index| format!("dev-{index:03}"))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(texts(&browser, ".pager").await?, ["First pageLast page"]);
 
     assert_stayed_home(&browser.record(), &tetherd);
@@ -224,8 +290,17 @@ async fn a_wrong_password_is_shown_and_no_session_starts() -> anyhow::Result<()>
         .wait_for_text("#login-error", "wrong username or password", SHOWN)
         .await?;
     assert_eq!(error, "wrong username or password");
-    assert_eq!(browser.evaluate("sessionStorage.getItem('tether.token')").await?, Value::Null);
-    assert_eq!(texts(&browser, "main h1").await?, ["tether"], "still the login page");
+    assert_eq!(
+        browser
+            .evaluate("sessionStorage.getItem('tether.token')")
+            .await?,
+        Value::Null
+    );
+    assert_eq!(
+        texts(&browser, "main h1").await?,
+        ["tether"],
+        "still the login page"
+    );
     // The 401 of the login is the one error the browser logs.
     let record = browser.record();
     let unexpected: Vec<&String> = record
@@ -244,21 +319,42 @@ async fn an_ended_or_invalid_session_returns_to_the_login_page() -> anyhow::Resu
     log_in_as_admin(&browser, &tetherd).await?;
 
     // The session ends behind the page's back (revoked, expired).
-    let token = browser.evaluate("sessionStorage.getItem('tether.token')").await?;
-    let session = tetherd.anonymous()?.with_token(token.as_str().map(str::to_owned));
-    session.post("/api/v1/logout", json!({})).await?.expect_status(204)?;
-    browser.click("nav[aria-label=Main] a[href='#/devices']").await?;
+    let token = browser
+        .evaluate("sessionStorage.getItem('tether.token')")
+        .await?;
+    let session = tetherd
+        .anonymous()?
+        .with_token(token.as_str().map(str::to_owned));
+    session
+        .post("/api/v1/logout", json!({}))
+        .await?
+        .expect_status(204)?;
+    browser
+        .click("nav[aria-label=Main] a[href='#/devices']")
+        .await?;
     browser
         .wait_for_text(".login .notice", "Your session expired", SHOWN)
         .await?;
-    assert_eq!(browser.evaluate("sessionStorage.getItem('tether.token')").await?, Value::Null);
-    assert_eq!(browser.evaluate("location.hash").await?, json!("#/login?next=%2Fdevices"));
+    assert_eq!(
+        browser
+            .evaluate("sessionStorage.getItem('tether.token')")
+            .await?,
+        Value::Null
+    );
+    assert_eq!(
+        browser.evaluate("location.hash").await?,
+        json!("#/login?next=%2Fdevices")
+    );
 
     // Logging in again returns to the page the session ended on.
     browser.type_text("#username", "admin").await?;
-    browser.type_text("#password", tetherd.admin_password()).await?;
+    browser
+        .type_text("#password", tetherd.admin_password())
+        .await?;
     browser.press("Enter").await?;
-    browser.wait_for_selector("table.devices, .results .empty", SHOWN).await?;
+    browser
+        .wait_for_selector("table.devices, .results .empty", SHOWN)
+        .await?;
 
     // A token tetherd never issued, found when the page loads.
     browser
@@ -277,7 +373,9 @@ async fn the_console_says_when_tetherd_cannot_be_reached() -> anyhow::Result<()>
     let browser = Browser::start().await?;
     log_in_as_admin(&browser, &tetherd).await?;
     tetherd.stop().await?;
-    browser.click("nav[aria-label=Main] a[href='#/devices']").await?;
+    browser
+        .click("nav[aria-label=Main] a[href='#/devices']")
+        .await?;
     browser
         .wait_for_text("main h1", "tetherd cannot be reached", SHOWN)
         .await?;
@@ -307,7 +405,12 @@ const USER_PASSWORD: &str = "correct horse battery staple";
 async fn an_operator_edits_labels_and_a_viewer_sees_no_controls() -> anyhow::Result<()> {
     let tetherd = Tetherd::start(Database::Sqlite).await?;
     let admin = tetherd.admin().await?;
-    create_device(&admin, "edge-1", json!({"site": "berlin", "role": "gateway"})).await?;
+    create_device(
+        &admin,
+        "edge-1",
+        json!({"site": "berlin", "role": "gateway"}),
+    )
+    .await?;
     create_user(&admin, "olga", "operator").await?;
     create_user(&admin, "victor", "viewer").await?;
     let device_page = format!("{}/#/devices/edge-1", tetherd.api_url);
@@ -318,11 +421,18 @@ async fn an_operator_edits_labels_and_a_viewer_sees_no_controls() -> anyhow::Res
     assert_eq!(texts(&browser, ".who .role").await?, ["viewer"]);
     browser.navigate(&device_page).await?;
     browser.wait_for_selector("#device-labels", SHOWN).await?;
-    assert_eq!(texts(&browser, "#device-labels a").await?, ["role=gateway", "site=berlin"]);
+    assert_eq!(
+        texts(&browser, "#device-labels a").await?,
+        ["role=gateway", "site=berlin"]
+    );
     let controls = browser
         .evaluate("document.querySelectorAll('main button, main form, main input').length")
         .await?;
-    assert_eq!(controls, json!(0), "a viewer is offered no control on the device page");
+    assert_eq!(
+        controls,
+        json!(0),
+        "a viewer is offered no control on the device page"
+    );
     assert_stayed_home(&browser.record(), &tetherd);
     drop(browser);
 
@@ -334,8 +444,12 @@ async fn an_operator_edits_labels_and_a_viewer_sees_no_controls() -> anyhow::Res
     browser.type_text("#label-key", "zone").await?;
     browser.type_text("#label-value", "north").await?;
     browser.press("Enter").await?;
-    browser.wait_for_text("#device-labels", "zone=north", SHOWN).await?;
-    browser.click("button[aria-label='Remove label role']").await?;
+    browser
+        .wait_for_text("#device-labels", "zone=north", SHOWN)
+        .await?;
+    browser
+        .click("button[aria-label='Remove label role']")
+        .await?;
     browser
         .wait_for_true(
             "the role label to go",
@@ -343,7 +457,10 @@ async fn an_operator_edits_labels_and_a_viewer_sees_no_controls() -> anyhow::Res
             SHOWN,
         )
         .await?;
-    let device = admin.get("/api/v1/devices/edge-1").await?.expect_status(200)?;
+    let device = admin
+        .get("/api/v1/devices/edge-1")
+        .await?
+        .expect_status(200)?;
     assert_eq!(device["labels"], json!({"site": "berlin", "zone": "north"}));
 
     // tetherd's refusal, in its words, beside the form.
@@ -351,7 +468,9 @@ async fn an_operator_edits_labels_and_a_viewer_sees_no_controls() -> anyhow::Res
     browser.type_text("#label-key", "bad key!").await?;
     browser.type_text("#label-value", "x").await?;
     browser.click(".add-label button[type=submit]").await?;
-    let refusal = browser.wait_for_text("#label-error", "bad key!", SHOWN).await?;
+    let refusal = browser
+        .wait_for_text("#label-error", "bad key!", SHOWN)
+        .await?;
     assert!(refusal.to_lowercase().contains("label"), "{refusal}");
     Ok(())
 }
@@ -385,19 +504,32 @@ async fn console_answers_carry_a_strict_csp_and_assets_revalidate() -> anyhow::R
         .and_then(|rest| rest.split('"').next())
         .context("index.html loads a module")?
         .to_owned();
-    assert!(script.starts_with("/console/") && script.ends_with("/app.js"), "{script}");
+    assert!(
+        script.starts_with("/console/") && script.ends_with("/app.js"),
+        "{script}"
+    );
     for (path, reply) in [
         ("/", page),
         (script.as_str(), anonymous.get_bytes(&script, None).await?),
-        ("/console/0000/app.js", anonymous.get_bytes("/console/0000/app.js", None).await?),
+        (
+            "/console/0000/app.js",
+            anonymous.get_bytes("/console/0000/app.js", None).await?,
+        ),
     ] {
-        assert_eq!(reply.header("content-security-policy"), CONTENT_SECURITY_POLICY_VALUE, "{path}");
+        assert_eq!(
+            reply.header("content-security-policy"),
+            CONTENT_SECURITY_POLICY_VALUE,
+            "{path}"
+        );
         assert_eq!(reply.header("x-content-type-options"), "nosniff", "{path}");
         assert_eq!(reply.header("referrer-policy"), "no-referrer", "{path}");
         assert!(reply.headers.get("set-cookie").is_none(), "{path}");
     }
     let asset = anonymous.get_bytes(&script, None).await?;
-    assert_eq!(asset.header("content-type"), "text/javascript; charset=utf-8");
+    assert_eq!(
+        asset.header("content-type"),
+        "text/javascript; charset=utf-8"
+    );
     assert!(asset.header("cache-control").contains("immutable"));
     let etag = asset.header("etag").to_owned();
     let client = reqwest::Client::builder()
@@ -410,7 +542,10 @@ async fn console_answers_carry_a_strict_csp_and_assets_revalidate() -> anyhow::R
         .await?;
     assert_eq!(revalidated.status(), 304);
     assert_eq!(
-        anonymous.get_bytes("/console/0000/app.js", None).await?.status,
+        anonymous
+            .get_bytes("/console/0000/app.js", None)
+            .await?
+            .status,
         404,
         "another version's file"
     );
@@ -432,6 +567,9 @@ async fn an_inline_script_is_refused_and_recorded_as_a_violation() -> anyhow::Re
         Ok((!browser.record().csp_violations().is_empty()).then_some(()))
     })
     .await?;
-    assert_eq!(browser.evaluate("window.injected ?? null").await?, Value::Null);
+    assert_eq!(
+        browser.evaluate("window.injected ?? null").await?,
+        Value::Null
+    );
     Ok(())
 }
