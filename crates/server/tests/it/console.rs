@@ -52,8 +52,8 @@ fn assert_stayed_home(record: &PageRecord, tetherd: &Tetherd) {
         "requests left for another origin: {elsewhere:?}"
     );
     assert!(
-        record.requests.iter().any(|url| url.contains("/api/v1/")),
-        "the record holds the page's API calls: {:?}",
+        record.requests.iter().any(|url| url.contains("/console/")),
+        "the record holds the page's requests: {:?}",
         record.requests
     );
     assert!(
@@ -276,6 +276,16 @@ async fn the_device_list_pages_with_the_apis_continue_token_and_is_keyboard_navi
             .collect::<Vec<_>>()
     );
     assert_eq!(texts(&browser, ".pager").await?, ["First pageLast page"]);
+    // At a phone's width the table scrolls within its box, not the page.
+    browser.set_viewport(390, 844).await?;
+    let fits = browser
+        .evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        .await?;
+    assert_eq!(
+        fits,
+        json!(true),
+        "the device list scrolls sideways at 390 px"
+    );
 
     assert_stayed_home(&browser.record(), &tetherd);
     Ok(())
@@ -571,5 +581,64 @@ async fn an_inline_script_is_refused_and_recorded_as_a_violation() -> anyhow::Re
         browser.evaluate("window.injected ?? null").await?,
         Value::Null
     );
+    Ok(())
+}
+
+/// The shared time helper, as the page loads it: relative in words, the
+/// absolute time for hover, "never" for none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_read_relative_with_the_absolute_time_on_hover() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let browser = Browser::start().await?;
+    browser.navigate(&format!("{}/", tetherd.api_url)).await?;
+    browser.wait_for_selector("#username", SHOWN).await?;
+    let read = browser
+        .evaluate(
+            "(async () => { \
+               const module = document.querySelector('script[type=module]').src.replace('app.js', 'time.js'); \
+               const time = await import(module); \
+               const now = Date.parse('2026-12-03T12:00:00Z'); \
+               const never = time.timeElement(null); \
+               const at = time.timeElement('2026-12-03T11:57:00Z'); \
+               return { \
+                 justNow: time.relative(now - 4000, now), \
+                 minutes: time.relative(now - 3 * 60000, now), \
+                 hours: time.relative(now + 2 * 3600000, now), \
+                 days: time.relative(now - 3 * 86400000, now), \
+                 never: never.textContent, \
+                 datetime: at.dateTime, \
+                 title: at.title, \
+               }; \
+             })()",
+        )
+        .await?;
+    assert_eq!(read["justNow"], json!("now"), "{read}");
+    assert!(
+        read["minutes"]
+            .as_str()
+            .is_some_and(|text| text.starts_with("3 min") && text.ends_with("ago")),
+        "{read}"
+    );
+    assert!(
+        read["hours"]
+            .as_str()
+            .is_some_and(|text| text.starts_with("in 2 hr")),
+        "{read}"
+    );
+    assert!(
+        read["days"]
+            .as_str()
+            .is_some_and(|text| text.starts_with("3 days ago")),
+        "{read}"
+    );
+    assert_eq!(read["never"], json!("never"));
+    assert_eq!(read["datetime"], json!("2026-12-03T11:57:00Z"));
+    assert!(
+        read["title"]
+            .as_str()
+            .is_some_and(|title| title.contains("2026")),
+        "{read}"
+    );
+    assert_stayed_home(&browser.record(), &tetherd);
     Ok(())
 }
