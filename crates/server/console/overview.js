@@ -30,13 +30,14 @@ export async function render(main, {params, navigate}) {
 
 function counts(total, alerts) {
   const alertCount = alerts instanceof Error ? '?' : `${alerts.items.length}${alerts.continue ? '+' : ''}`;
-  const card = (label, value, href, kind) =>
-    h('a', {class: `card ${kind}`, href}, h('span', {class: 'count'}, value), h('span', {class: 'what'}, label));
+  // A card links only where a page lists what it counts.
+  const card = (label, value, kind, href) =>
+    h(href ? 'a' : 'div', {class: `card ${kind}`, href}, h('span', {class: 'count'}, value), h('span', {class: 'what'}, label));
   return h('section', {class: 'cards', 'aria-label': 'Fleet counts'},
-    card('devices', total.total, '#/devices', 'total'),
-    card('online', total.online, '#/devices', 'online'),
-    card('offline', total.offline, '#/devices', 'offline'),
-    card('alerts firing', alertCount, '#/', alertCount === '0' ? 'quiet' : 'firing'));
+    card('devices', total.total, 'total', '#/devices'),
+    card('online', total.online, 'online'),
+    card('offline', total.offline, 'offline'),
+    card(alertCount === '1' ? 'alert firing' : 'alerts firing', alertCount, alertCount === '0' ? 'quiet' : 'firing'));
 }
 
 function firing(alerts) {

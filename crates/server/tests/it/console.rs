@@ -97,16 +97,47 @@ async fn create_device(admin: &ApiClient, name: &str, labels: Value) -> anyhow::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_logs_in_finds_a_device_by_label_and_opens_it() -> anyhow::Result<()> {
-    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    // Alert rules evaluated every second, so one fires within the test.
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("tetherd.toml");
+    std::fs::write(&config, "[alert_rules]\nevaluation_interval_seconds = 1\n")?;
+    let config = config.to_string_lossy().into_owned();
+    let tetherd = Tetherd::start_with(Database::Sqlite, &["--config", &config]).await?;
     let admin = tetherd.admin().await?;
     let _agent = Agent::enroll_online(&tetherd, &admin, "edge-berlin-1").await?;
     admin
         .patch(
             "/api/v1/devices/edge-berlin-1",
-            json!({"labels": {"site": "berlin", "role": "gateway"}}),
+            json!({
+                "labels": {"site": "berlin", "role": "gateway"},
+                "spec": {"metricsConfig": {"intervalSeconds": 1}}
+            }),
         )
         .await?
         .expect_status(200)?;
+    admin
+        .post(
+            "/api/v1/alert-rules",
+            json!({"name": "memory-in-use", "spec": {
+                "selector": "site=berlin", "severity": "warning", "for": "0s",
+                "summary": "memory in use on {{ device }}",
+                "condition": {"metric": {"name": "memory_used_bytes", "op": ">", "value": 0}}
+            }}),
+        )
+        .await?
+        .expect_status(201)?;
+    tether_testkit::wait_until(
+        "the memory rule to fire",
+        Duration::from_secs(30),
+        || async {
+            let firing = admin
+                .get("/api/v1/alerts?state=firing")
+                .await?
+                .expect_status(200)?;
+            Ok((firing["items"].as_array().map(Vec::len) == Some(1)).then_some(()))
+        },
+    )
+    .await?;
     // The agent's report (its facts) is what the device page shows.
     tether_testkit::wait_until("edge-berlin-1 to report its facts", SHOWN, || async {
         let device = admin
@@ -140,7 +171,13 @@ async fn an_operator_logs_in_finds_a_device_by_label_and_opens_it() -> anyhow::R
         cards.contains("5devices") && cards.contains("1online") && cards.contains("4offline"),
         "{cards}"
     );
-    assert!(cards.contains("0alerts firing"), "{cards}");
+    assert!(cards.contains("1alert firing"), "{cards}");
+    let firing = texts(&browser, "ul.alerts li").await?;
+    assert_eq!(firing.len(), 1, "{firing:?}");
+    assert!(
+        firing[0].starts_with("warning edge-berlin-1: memory in use on edge-berlin-1 since"),
+        "{firing:?}"
+    );
     assert_eq!(texts(&browser, ".who .role").await?, ["admin"]);
 
     // Grouped by a label the fleet has.
