@@ -36,7 +36,7 @@ function route() {
 }
 
 /** Goes to a fragment path; the hashchange handler renders it. */
-export function navigate(fragment) {
+function navigate(fragment) {
   if (location.hash === `#${fragment}`) render();
   else location.hash = fragment;
 }

@@ -52,9 +52,20 @@ impl PageRecord {
     }
 }
 
+/// The Chromium process, killed when dropped (also when starting fails
+/// half-way).
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A headless Chromium with one page open; killed on drop.
 pub struct Browser {
-    child: Child,
+    _process: Process,
     _profile: TempDir,
     sink: Arc<tokio::sync::Mutex<Sink>>,
     pending: Pending,
@@ -98,14 +109,16 @@ impl Browser {
         if crate::postgres::running_as_root()? {
             command.arg("--no-sandbox");
         }
-        let mut child = command
-            .arg("about:blank")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        let stderr = child.stderr.take().context("Chromium's stderr")?;
+        let mut process = Process(
+            command
+                .arg("about:blank")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("starting {}", program.display()))?,
+        );
+        let stderr = process.0.stderr.take().context("Chromium's stderr")?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (listening, url) = oneshot::channel();
         let seen = lines.clone();
@@ -125,21 +138,20 @@ impl Browser {
         let url = match tokio::time::timeout(START_DEADLINE, url).await {
             Ok(Ok(url)) => url,
             _ => {
-                let _ = child.kill();
-                let _ = child.wait();
+                drop(process);
                 bail!(
                     "Chromium did not say where its DevTools listen within {START_DEADLINE:?}; its stderr:\n{}",
                     lines.lock().expect("stderr lines").join("\n")
                 );
             }
         };
-        let mut browser = Self::connect(child, profile, &url, lines).await?;
+        let mut browser = Self::connect(process, profile, &url, lines).await?;
         browser.open_page().await?;
         Ok(browser)
     }
 
     async fn connect(
-        child: Child,
+        process: Process,
         profile: TempDir,
         url: &str,
         stderr: Arc<Mutex<Vec<String>>>,
@@ -181,9 +193,11 @@ impl Browser {
                         .note(method, &message["params"]);
                 }
             }
+            // The connection is gone: whoever still waits hears so at once.
+            answers.lock().expect("pending").clear();
         });
         Ok(Self {
-            child,
+            _process: process,
             _profile: profile,
             sink: Arc::new(tokio::sync::Mutex::new(sink)),
             pending,
@@ -481,13 +495,6 @@ impl PageRecord {
             }
             _ => {}
         }
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
