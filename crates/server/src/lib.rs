@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod desired;
 pub mod device_link;
 pub mod ingest;

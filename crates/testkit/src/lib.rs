@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod api;
 pub mod binaries;
+pub mod browser;
 pub mod disk_image;
 pub mod fake_alertmanager;
 pub mod fake_kube;

@@ -258,7 +258,7 @@ impl Drop for TempPostgres {
     }
 }
 
-fn running_as_root() -> anyhow::Result<bool> {
+pub(crate) fn running_as_root() -> anyhow::Result<bool> {
     // `libc::geteuid` would need `unsafe`, which the workspace forbids.
     let output = Command::new("id")
         .arg("-u")

@@ -488,6 +488,7 @@ impl Ready {
             "\n\
              tether quickstart is running.\n\n\
              \x20 API:               {api}\n\
+             \x20 web console:       {api}/ (log in as admin)\n\
              \x20 admin credentials: {credentials}\n\
              \x20 CLI config:        {config}\n\
              \x20 logs:              {tetherd_log}, {agent_log}\n\n\
@@ -752,6 +753,7 @@ mod tests {
         .summary(&ctx, &layout);
         for expected in [
             "  API:               https://127.0.0.1:8443\n",
+            "  web console:       https://127.0.0.1:8443/ (log in as admin)\n",
             "/q/server/admin-credentials.toml",
             "/c/config.toml",
             "  tether devices list\n",

@@ -218,6 +218,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
     )
     .route("/metrics", axum::routing::get(metrics::scrape))
     .route("/metrics/fleet", axum::routing::get(metrics::scrape_fleet))
+    .merge(crate::console::router())
     .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
     .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
     .layer(axum::middleware::from_fn(close_after_refused_body))

@@ -20,6 +20,7 @@ use crate::auth::Principal;
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(list_users, create_user))
+        .routes(routes!(who_am_i))
         .routes(routes!(delete_user))
         .routes(routes!(set_user_role))
         .routes(routes!(change_password))
@@ -39,6 +40,17 @@ async fn list_users(State(state): State<Arc<AppState>>) -> Result<axum::Json<Vec
             })
             .collect(),
     ))
+}
+
+/// The caller: their name (`sa:NAME` for a service account's API key) and
+/// role, so a client such as the web console shows only what the role may do.
+#[utoipa::path(get, path = "/users/me", tag = "users",
+    responses((status = 200, body = User), (status = 401, body = ErrorBody)))]
+async fn who_am_i(Extension(principal): Extension<Principal>) -> axum::Json<User> {
+    axum::Json(User {
+        username: principal.username,
+        role: principal.role,
+    })
 }
 
 /// Creates a user with a role; without a password, tetherd generates one

@@ -73,8 +73,9 @@ pub const GROUPS: &[Group] = &[
     },
     Group {
         title: "Your own things",
-        why: "Each acts only on the caller: their session, their SSH keys, their password.",
+        why: "Each acts only on the caller: who they are and their role, their session, their SSH keys, their password.",
         rules: &[
+            ("GET", "/api/v1/users/me", Own),
             ("POST", "/api/v1/logout", Own),
             ("GET", "/api/v1/users/me/ssh-keys", Own),
             ("POST", "/api/v1/users/me/ssh-keys", Own),

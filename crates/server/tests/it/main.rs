@@ -7,6 +7,7 @@ mod alert_delivery;
 mod alert_rules;
 mod api;
 mod certificates;
+mod console;
 mod contract;
 mod cross_replica;
 mod desired;

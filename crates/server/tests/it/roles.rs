@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 use tether_server::auth::roles::{self, Access, Role};
 use tether_server::auth::secret_hash;
 use tether_server::store::ApiKeyRecord;
-use tether_testkit::api::ApiClient;
 use tether_testkit::{Database, Tetherd};
 
 use crate::support::{minutes_ago, store_of};

@@ -1,0 +1,56 @@
+// Building elements from data without parsing text as markup: text from the
+// API (labels, names, messages) always becomes a text node.
+
+/**
+ * An element: `h('a', {href: '#/', class: 'x', onclick: fn}, 'text', child)`.
+ * Attributes whose value is null, undefined or false are left out; `true`
+ * sets an empty attribute. Children may be nodes, strings, numbers, arrays
+ * of those, or null/false (skipped).
+ */
+export function h(tag, attributes = {}, ...children) {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name.startsWith('on') && typeof value === 'function') {
+      element.addEventListener(name.slice(2), value);
+    } else {
+      element.setAttribute(name, value === true ? '' : String(value));
+    }
+  }
+  append(element, children);
+  return element;
+}
+
+function append(parent, children) {
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) continue;
+    if (Array.isArray(child)) append(parent, child);
+    else parent.append(child instanceof Node ? child : String(child));
+  }
+}
+
+/** Replaces what `parent` holds with `children`. */
+export function show(parent, ...children) {
+  parent.replaceChildren();
+  append(parent, children);
+}
+
+/** A `<dl>` of [term, description] pairs, skipping empty descriptions. */
+export function facts(pairs) {
+  const list = h('dl', {class: 'facts'});
+  for (const [term, description] of pairs) {
+    if (description === null || description === undefined || description === '') continue;
+    list.append(h('dt', {}, term), h('dd', {}, description));
+  }
+  return list;
+}
+
+/** A message for a failed load, with the API's own words. */
+export function errorBox(error) {
+  return h('p', {class: 'error', role: 'alert'}, error.message);
+}
+
+/** A presence badge: online or offline, in words, not only colour. */
+export function presence(value) {
+  return h('span', {class: `badge ${value === 'online' ? 'online' : 'offline'}`}, value);
+}

@@ -1,0 +1,681 @@
+//! The web console (ADR 0034) in a real headless Chromium against a real
+//! tetherd: logging in, finding a device by label, paging, the states a
+//! session ends in, and the Content-Security-Policy: every request stays
+//! on tetherd's origin and nothing is refused.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use tether_server::console::CONTENT_SECURITY_POLICY_VALUE;
+use tether_testkit::browser::{Browser, PageRecord};
+use tether_testkit::{Agent, ApiClient, Database, Tetherd};
+
+/// How long a page may take to show what a test waits for.
+const SHOWN: Duration = Duration::from_secs(15);
+
+/// Opens the console and logs in as `username`.
+async fn log_in(
+    browser: &Browser,
+    tetherd: &Tetherd,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<()> {
+    browser.navigate(&format!("{}/", tetherd.api_url)).await?;
+    browser.wait_for_selector("#username", SHOWN).await?;
+    browser.type_text("#username", username).await?;
+    browser.type_text("#password", password).await?;
+    browser.click("form.login button[type=submit]").await?;
+    Ok(())
+}
+
+async fn log_in_as_admin(browser: &Browser, tetherd: &Tetherd) -> anyhow::Result<()> {
+    log_in(browser, tetherd, "admin", tetherd.admin_password()).await?;
+    // The counts, not only the heading: the page has finished loading.
+    browser.wait_for_selector(".cards", SHOWN).await?;
+    Ok(())
+}
+
+/// Every request went to tetherd (or was the page's own `data:`/`about:`),
+/// and the console logged no error: no CSP violation, no failed load.
+fn assert_stayed_home(record: &PageRecord, tetherd: &Tetherd) {
+    let origin = format!("{}/", tetherd.api_url);
+    let elsewhere: Vec<&String> = record
+        .requests
+        .iter()
+        .filter(|url| {
+            !url.starts_with(&origin) && !url.starts_with("data:") && url.as_str() != "about:blank"
+        })
+        .collect();
+    assert!(
+        elsewhere.is_empty(),
+        "requests left for another origin: {elsewhere:?}"
+    );
+    assert!(
+        record.requests.iter().any(|url| url.contains("/console/")),
+        "the record holds the page's requests: {:?}",
+        record.requests
+    );
+    assert!(
+        record.errors.is_empty(),
+        "the console logged errors (CSP violations among them): {:#?}",
+        record.errors
+    );
+}
+
+/// With `TETHER_WRITE_DOCS` set, saves the page as `docs/console/{name}.png`
+/// (linked from the README), as `docs/roles.md` is written.
+async fn write_doc_screenshot(browser: &Browser, name: &str) -> anyhow::Result<()> {
+    if std::env::var_os("TETHER_WRITE_DOCS").is_none() {
+        return Ok(());
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/console");
+    std::fs::create_dir_all(&dir).context("creating docs/console")?;
+    let path = dir.join(format!("{name}.png"));
+    std::fs::write(&path, browser.screenshot().await?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Text of every element matching `selector`.
+async fn texts(browser: &Browser, selector: &str) -> anyhow::Result<Vec<String>> {
+    let found = browser
+        .evaluate(&format!(
+            "[...document.querySelectorAll({})].map((element) => element.textContent.trim())",
+            json!(selector)
+        ))
+        .await?;
+    Ok(serde_json::from_value(found)?)
+}
+
+async fn create_device(admin: &ApiClient, name: &str, labels: Value) -> anyhow::Result<()> {
+    admin
+        .post("/api/v1/devices", json!({"name": name, "labels": labels}))
+        .await?
+        .expect_status(201)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_logs_in_finds_a_device_by_label_and_opens_it() -> anyhow::Result<()> {
+    // Alert rules evaluated every second, so one fires within the test.
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("tetherd.toml");
+    std::fs::write(&config, "[alert_rules]\nevaluation_interval_seconds = 1\n")?;
+    let config = config.to_string_lossy().into_owned();
+    let tetherd = Tetherd::start_with(Database::Sqlite, &["--config", &config]).await?;
+    let admin = tetherd.admin().await?;
+    let _agent = Agent::enroll_online(&tetherd, &admin, "edge-berlin-1").await?;
+    admin
+        .patch(
+            "/api/v1/devices/edge-berlin-1",
+            json!({
+                "labels": {"site": "berlin", "role": "gateway"},
+                "spec": {"metricsConfig": {"intervalSeconds": 1}}
+            }),
+        )
+        .await?
+        .expect_status(200)?;
+    admin
+        .post(
+            "/api/v1/alert-rules",
+            json!({"name": "memory-in-use", "spec": {
+                "selector": "site=berlin", "severity": "warning", "for": "0s",
+                "summary": "memory in use on {{ device }}",
+                "condition": {"metric": {"name": "memory_used_bytes", "op": ">", "value": 0}}
+            }}),
+        )
+        .await?
+        .expect_status(201)?;
+    tether_testkit::wait_until(
+        "the memory rule to fire",
+        Duration::from_secs(30),
+        || async {
+            let firing = admin
+                .get("/api/v1/alerts?state=firing")
+                .await?
+                .expect_status(200)?;
+            Ok((firing["items"].as_array().map(Vec::len) == Some(1)).then_some(()))
+        },
+    )
+    .await?;
+    // The agent's report (its facts) is what the device page shows.
+    tether_testkit::wait_until("edge-berlin-1 to report its facts", SHOWN, || async {
+        let device = admin
+            .get("/api/v1/devices/edge-berlin-1")
+            .await?
+            .expect_status(200)?;
+        Ok(device["status"]["facts"]["hostname"]
+            .as_str()
+            .map(str::to_owned))
+    })
+    .await?;
+    create_device(
+        &admin,
+        "edge-berlin-2",
+        json!({"site": "berlin", "role": "sensor"}),
+    )
+    .await?;
+    for index in 1..=3 {
+        create_device(
+            &admin,
+            &format!("edge-paris-{index}"),
+            json!({"site": "paris"}),
+        )
+        .await?;
+    }
+    let browser = Browser::start().await?;
+
+    log_in_as_admin(&browser, &tetherd).await?;
+    let cards = browser.wait_for_text(".cards", "devices", SHOWN).await?;
+    assert!(
+        cards.contains("5devices") && cards.contains("1online") && cards.contains("4offline"),
+        "{cards}"
+    );
+    assert!(cards.contains("1alert firing"), "{cards}");
+    let firing = texts(&browser, "ul.alerts li").await?;
+    assert_eq!(firing.len(), 1, "{firing:?}");
+    assert!(
+        firing[0].starts_with("warning edge-berlin-1: memory in use on edge-berlin-1 since"),
+        "{firing:?}"
+    );
+    assert_eq!(texts(&browser, ".who .role").await?, ["admin"]);
+
+    // Grouped by a label the fleet has.
+    browser
+        .evaluate("(() => { const select = document.querySelector('#group-by'); select.value = 'site'; select.dispatchEvent(new Event('change')); })()")
+        .await?;
+    browser.wait_for_selector("table.groups", SHOWN).await?;
+    let groups = texts(&browser, "table.groups tbody tr").await?;
+    assert_eq!(groups, ["berlin112", "paris033"], "{groups:?}");
+    write_doc_screenshot(&browser, "overview").await?;
+
+    // The device list, filtered by label from the keyboard.
+    browser
+        .click("nav[aria-label=Main] a[href='#/devices']")
+        .await?;
+    browser.wait_for_selector("table.devices", SHOWN).await?;
+    assert_eq!(texts(&browser, "table.devices tbody tr").await?.len(), 5);
+    browser.type_text("#selector", "site=berlin").await?;
+    browser.press("Enter").await?;
+    browser
+        .wait_for_text("table.devices caption", "matching site=berlin", SHOWN)
+        .await?;
+    let names = texts(&browser, "table.devices tbody th").await?;
+    assert_eq!(names, ["edge-berlin-1", "edge-berlin-2"]);
+    let presence = texts(&browser, "table.devices tbody td .badge").await?;
+    assert_eq!(presence, ["online", "offline"]);
+    browser.type_text("#selector", "").await?;
+    browser.press("Enter").await?;
+    browser
+        .wait_for_text("table.devices caption", "5 devices", SHOWN)
+        .await?;
+    write_doc_screenshot(&browser, "devices").await?;
+    browser.type_text("#selector", "site=berlin").await?;
+    browser.press("Enter").await?;
+    browser
+        .wait_for_text("table.devices caption", "matching site=berlin", SHOWN)
+        .await?;
+
+    // Its page: presence, labels, status and facts, times absolute on hover.
+    browser.click("a[href='#/devices/edge-berlin-1']").await?;
+    browser
+        .wait_for_text("main h1", "edge-berlin-1", SHOWN)
+        .await?;
+    browser.wait_for_selector("#facts-title", SHOWN).await?;
+    let labels = texts(&browser, "#device-labels a").await?;
+    assert_eq!(labels, ["role=gateway", "site=berlin"]);
+    let main = browser
+        .evaluate("document.querySelector('main').textContent")
+        .await?;
+    let main = main.as_str().unwrap_or_default();
+    for shown in ["online", "Spec applied", "Hostname", "Kernel", "Memory"] {
+        assert!(
+            main.contains(shown),
+            "the device page lacks {shown:?}: {main}"
+        );
+    }
+    let seen = browser
+        .evaluate("(() => { const time = document.querySelector('.facts time[datetime]'); return [time.textContent, time.title, time.dateTime]; })()")
+        .await?;
+    assert!(
+        seen[1].as_str().is_some_and(|title| title.contains("20")),
+        "absolute time on hover: {seen}"
+    );
+    assert!(
+        seen[2].as_str().is_some_and(|iso| iso.contains('T')),
+        "{seen}"
+    );
+    write_doc_screenshot(&browser, "device").await?;
+
+    // A phone's width: nothing wider than the screen.
+    browser.set_viewport(390, 844).await?;
+    let overflow = browser
+        .evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        .await?;
+    assert_eq!(
+        overflow,
+        json!(true),
+        "the device page scrolls sideways at 390 px"
+    );
+
+    assert_stayed_home(&browser.record(), &tetherd);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_list_pages_with_the_apis_continue_token_and_is_keyboard_navigable()
+-> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    for index in 0..55 {
+        create_device(&admin, &format!("dev-{index:03}"), json!({"fleet": "big"})).await?;
+    }
+    let browser = Browser::start().await?;
+    log_in_as_admin(&browser, &tetherd).await?;
+
+    // From the top of a freshly loaded page, Tab reaches the skip link,
+    // then the sections.
+    browser.navigate(&format!("{}/#/", tetherd.api_url)).await?;
+    browser.wait_for_text("main h1", "Overview", SHOWN).await?;
+    browser.press("Tab").await?;
+    let focused = browser
+        .evaluate("document.activeElement.textContent")
+        .await?;
+    assert_eq!(focused, json!("Skip to content"));
+    let mut reached = Vec::new();
+    for _ in 0..3 {
+        browser.press("Tab").await?;
+        reached.push(
+            browser
+                .evaluate("document.activeElement.textContent")
+                .await?,
+        );
+    }
+    assert_eq!(
+        reached,
+        [json!("tether"), json!("Overview"), json!("Devices")]
+    );
+    browser.press("Enter").await?;
+    browser.wait_for_selector("table.devices", SHOWN).await?;
+
+    let first = texts(&browser, "table.devices tbody th").await?;
+    assert_eq!(first.len(), 50);
+    assert_eq!(first.first().map(String::as_str), Some("dev-000"));
+    browser.click("a[rel=next]").await?;
+    browser
+        .wait_for_text("table.devices caption", "Page 2", SHOWN)
+        .await?;
+    let second = texts(&browser, "table.devices tbody th").await?;
+    assert_eq!(
+        second,
+        (50..55)
+            .map(|index| format!("dev-{index:03}"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(texts(&browser, ".pager").await?, ["First pageLast page"]);
+    // At a phone's width the table scrolls within its box, not the page.
+    browser.set_viewport(390, 844).await?;
+    let fits = browser
+        .evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        .await?;
+    assert_eq!(
+        fits,
+        json!(true),
+        "the device list scrolls sideways at 390 px"
+    );
+
+    assert_stayed_home(&browser.record(), &tetherd);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_shown_and_no_session_starts() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let browser = Browser::start().await?;
+    log_in(&browser, &tetherd, "admin", "not the password").await?;
+    let error = browser
+        .wait_for_text("#login-error", "wrong username or password", SHOWN)
+        .await?;
+    assert_eq!(error, "wrong username or password");
+    assert_eq!(
+        browser
+            .evaluate("sessionStorage.getItem('tether.token')")
+            .await?,
+        Value::Null
+    );
+    assert_eq!(
+        texts(&browser, "main h1").await?,
+        ["tether"],
+        "still the login page"
+    );
+    // The 401 of the login is the one error the browser logs.
+    let record = browser.record();
+    let unexpected: Vec<&String> = record
+        .errors
+        .iter()
+        .filter(|error| !error.contains("/api/v1/login"))
+        .collect();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_or_invalid_session_returns_to_the_login_page() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let browser = Browser::start().await?;
+    log_in_as_admin(&browser, &tetherd).await?;
+
+    // The session ends behind the page's back (revoked, expired).
+    let token = browser
+        .evaluate("sessionStorage.getItem('tether.token')")
+        .await?;
+    let session = tetherd
+        .anonymous()?
+        .with_token(token.as_str().map(str::to_owned));
+    session
+        .post("/api/v1/logout", json!({}))
+        .await?
+        .expect_status(204)?;
+    browser
+        .click("nav[aria-label=Main] a[href='#/devices']")
+        .await?;
+    browser
+        .wait_for_text(".login .notice", "Your session expired", SHOWN)
+        .await?;
+    assert_eq!(
+        browser
+            .evaluate("sessionStorage.getItem('tether.token')")
+            .await?,
+        Value::Null
+    );
+    assert_eq!(
+        browser.evaluate("location.hash").await?,
+        json!("#/login?next=%2Fdevices")
+    );
+
+    // Logging in again returns to the page the session ended on.
+    browser.type_text("#username", "admin").await?;
+    browser
+        .type_text("#password", tetherd.admin_password())
+        .await?;
+    browser.press("Enter").await?;
+    browser
+        .wait_for_selector("table.devices, .results .empty", SHOWN)
+        .await?;
+
+    // A token tetherd never issued, found when the page loads.
+    browser
+        .evaluate("sessionStorage.setItem('tether.token', 'not-a-token')")
+        .await?;
+    browser.call("Page.reload", json!({})).await?;
+    browser
+        .wait_for_text(".login .notice", "Your session expired", SHOWN)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_says_when_tetherd_cannot_be_reached() -> anyhow::Result<()> {
+    let mut tetherd = Tetherd::start(Database::Sqlite).await?;
+    let browser = Browser::start().await?;
+    log_in_as_admin(&browser, &tetherd).await?;
+    tetherd.stop().await?;
+    browser
+        .click("nav[aria-label=Main] a[href='#/devices']")
+        .await?;
+    browser
+        .wait_for_text("main h1", "tetherd cannot be reached", SHOWN)
+        .await?;
+    tetherd.start_again().await?;
+    browser.click("main button").await?;
+    browser.wait_for_text("main h1", "Devices", SHOWN).await?;
+    Ok(())
+}
+
+/// Creates a user with `role` and a password of the test's choosing.
+async fn create_user(admin: &ApiClient, username: &str, role: &str) -> anyhow::Result<()> {
+    admin
+        .post(
+            "/api/v1/users",
+            json!({"username": username, "role": role, "password": USER_PASSWORD}),
+        )
+        .await?
+        .expect_status(201)?;
+    Ok(())
+}
+
+const USER_PASSWORD: &str = "correct horse battery staple";
+
+/// Labels on the device page: an operator sets and removes them, and sees
+/// tetherd's refusal of a bad key; a viewer sees the labels and no control.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_edits_labels_and_a_viewer_sees_no_controls() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    create_device(
+        &admin,
+        "edge-1",
+        json!({"site": "berlin", "role": "gateway"}),
+    )
+    .await?;
+    create_user(&admin, "olga", "operator").await?;
+    create_user(&admin, "victor", "viewer").await?;
+    let device_page = format!("{}/#/devices/edge-1", tetherd.api_url);
+
+    let browser = Browser::start().await?;
+    log_in(&browser, &tetherd, "victor", USER_PASSWORD).await?;
+    browser.wait_for_text("main h1", "Overview", SHOWN).await?;
+    assert_eq!(texts(&browser, ".who .role").await?, ["viewer"]);
+    browser.navigate(&device_page).await?;
+    browser.wait_for_selector("#device-labels", SHOWN).await?;
+    assert_eq!(
+        texts(&browser, "#device-labels a").await?,
+        ["role=gateway", "site=berlin"]
+    );
+    let controls = browser
+        .evaluate("document.querySelectorAll('main button, main form, main input').length")
+        .await?;
+    assert_eq!(
+        controls,
+        json!(0),
+        "a viewer is offered no control on the device page"
+    );
+    assert_stayed_home(&browser.record(), &tetherd);
+    drop(browser);
+
+    let browser = Browser::start().await?;
+    log_in(&browser, &tetherd, "olga", USER_PASSWORD).await?;
+    browser.wait_for_text("main h1", "Overview", SHOWN).await?;
+    browser.navigate(&device_page).await?;
+    browser.wait_for_selector("#label-key", SHOWN).await?;
+    browser.type_text("#label-key", "zone").await?;
+    browser.type_text("#label-value", "north").await?;
+    browser.press("Enter").await?;
+    browser
+        .wait_for_text("#device-labels", "zone=north", SHOWN)
+        .await?;
+    browser
+        .click("button[aria-label='Remove label role']")
+        .await?;
+    browser
+        .wait_for_true(
+            "the role label to go",
+            "!document.querySelector('#device-labels')?.textContent.includes('role=')",
+            SHOWN,
+        )
+        .await?;
+    let device = admin
+        .get("/api/v1/devices/edge-1")
+        .await?
+        .expect_status(200)?;
+    assert_eq!(device["labels"], json!({"site": "berlin", "zone": "north"}));
+
+    // tetherd's refusal, in its words, beside the form.
+    browser.wait_for_selector("#label-key", SHOWN).await?;
+    browser.type_text("#label-key", "bad key!").await?;
+    browser.type_text("#label-value", "x").await?;
+    browser.click(".add-label button[type=submit]").await?;
+    let refusal = browser
+        .wait_for_text("#label-error", "bad key!", SHOWN)
+        .await?;
+    assert!(refusal.to_lowercase().contains("label"), "{refusal}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_is_shown_its_role_and_the_api_names_the_caller() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let viewer = tetherd.user_with_role("viewer").await?;
+    let me = viewer.get("/api/v1/users/me").await?.expect_status(200)?;
+    assert_eq!(me, json!({"username": "viewer-user", "role": "viewer"}));
+    tetherd
+        .anonymous()?
+        .get("/api/v1/users/me")
+        .await?
+        .expect_status(401)?;
+    Ok(())
+}
+
+/// The policy and the other headers on every console answer; files cached
+/// for good under a versioned path and revalidated by ETag; no cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_answers_carry_a_strict_csp_and_assets_revalidate() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let anonymous = tetherd.anonymous()?;
+    let page = anonymous.get_bytes("/", None).await?;
+    assert_eq!(page.status, 200);
+    let html = String::from_utf8(page.body.clone())?;
+    let script = html
+        .split("src=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .context("index.html loads a module")?
+        .to_owned();
+    assert!(
+        script.starts_with("/console/") && script.ends_with("/app.js"),
+        "{script}"
+    );
+    for (path, reply) in [
+        ("/", page),
+        (script.as_str(), anonymous.get_bytes(&script, None).await?),
+        (
+            "/console/0000/app.js",
+            anonymous.get_bytes("/console/0000/app.js", None).await?,
+        ),
+    ] {
+        assert_eq!(
+            reply.header("content-security-policy"),
+            CONTENT_SECURITY_POLICY_VALUE,
+            "{path}"
+        );
+        assert_eq!(reply.header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(reply.header("referrer-policy"), "no-referrer", "{path}");
+        assert!(reply.headers.get("set-cookie").is_none(), "{path}");
+    }
+    let asset = anonymous.get_bytes(&script, None).await?;
+    assert_eq!(
+        asset.header("content-type"),
+        "text/javascript; charset=utf-8"
+    );
+    assert!(asset.header("cache-control").contains("immutable"));
+    let etag = asset.header("etag").to_owned();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(tetherd.ca_pem())?)
+        .build()?;
+    let revalidated = client
+        .get(format!("{}{script}", tetherd.api_url))
+        .header("if-none-match", &etag)
+        .send()
+        .await?;
+    assert_eq!(revalidated.status(), 304);
+    assert_eq!(
+        anonymous
+            .get_bytes("/console/0000/app.js", None)
+            .await?
+            .status,
+        404,
+        "another version's file"
+    );
+    Ok(())
+}
+
+/// The violation check is not vacuous: an inline script the page did not
+/// ship is refused by the policy and recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_script_is_refused_and_recorded_as_a_violation() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let browser = Browser::start().await?;
+    browser.navigate(&format!("{}/", tetherd.api_url)).await?;
+    browser.wait_for_selector("#username", SHOWN).await?;
+    browser
+        .evaluate("(() => { const script = document.createElement('script'); script.textContent = 'window.injected = true'; document.body.append(script); })()")
+        .await?;
+    tether_testkit::wait_until("a CSP violation to be logged", SHOWN, || async {
+        Ok((!browser.record().csp_violations().is_empty()).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        browser.evaluate("window.injected ?? null").await?,
+        Value::Null
+    );
+    Ok(())
+}
+
+/// The shared time helper, as the page loads it: relative in words, the
+/// absolute time for hover, "never" for none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_read_relative_with_the_absolute_time_on_hover() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let browser = Browser::start().await?;
+    browser.navigate(&format!("{}/", tetherd.api_url)).await?;
+    browser.wait_for_selector("#username", SHOWN).await?;
+    let read = browser
+        .evaluate(
+            "(async () => { \
+               const module = document.querySelector('script[type=module]').src.replace('app.js', 'time.js'); \
+               const time = await import(module); \
+               const now = Date.parse('2026-12-03T12:00:00Z'); \
+               const never = time.timeElement(null); \
+               const at = time.timeElement('2026-12-03T11:57:00Z'); \
+               return { \
+                 justNow: time.relative(now - 4000, now), \
+                 minutes: time.relative(now - 3 * 60000, now), \
+                 hours: time.relative(now + 2 * 3600000, now), \
+                 days: time.relative(now - 3 * 86400000, now), \
+                 never: never.textContent, \
+                 datetime: at.dateTime, \
+                 title: at.title, \
+               }; \
+             })()",
+        )
+        .await?;
+    assert_eq!(read["justNow"], json!("now"), "{read}");
+    assert!(
+        read["minutes"]
+            .as_str()
+            .is_some_and(|text| text.starts_with("3 min") && text.ends_with("ago")),
+        "{read}"
+    );
+    assert!(
+        read["hours"]
+            .as_str()
+            .is_some_and(|text| text.starts_with("in 2 hr")),
+        "{read}"
+    );
+    assert!(
+        read["days"]
+            .as_str()
+            .is_some_and(|text| text.starts_with("3 days ago")),
+        "{read}"
+    );
+    assert_eq!(read["never"], json!("never"));
+    assert_eq!(read["datetime"], json!("2026-12-03T11:57:00Z"));
+    assert!(
+        read["title"]
+            .as_str()
+            .is_some_and(|title| title.contains("2026")),
+        "{read}"
+    );
+    assert_stayed_home(&browser.record(), &tetherd);
+    Ok(())
+}
