@@ -20,7 +20,20 @@ fn main() -> ExitCode {
     // The update guard (self_update::guard), started by the agent itself:
     // hidden, and before the agent's own flags.
     let mut args = std::env::args_os().skip(1);
-    if args.next().is_some_and(|first| first == guard::SUBCOMMAND) {
+    let first = args.next();
+    if first
+        .as_ref()
+        .is_some_and(|first| first == guard::BEFORE_START_SUBCOMMAND)
+    {
+        return match guard::before_start(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tether-agent update-before-start: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if first.is_some_and(|first| first == guard::SUBCOMMAND) {
         return match guard::GuardArgs::parse(args).and_then(guard::run) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -23,9 +23,10 @@ use std::time::Duration;
 
 use rustix::process::{Pid, PidfdFlags, Signal};
 
+use super::download;
 use super::failures::{Failure, FailuresFile};
 use super::swap;
-use super::trial::{GuardStep, Now, TrialFile, guard_step, since_boot};
+use super::trial::{self, BeforeStart, GuardStep, Now, Trial, TrialFile, guard_step, since_boot};
 
 /// The hidden subcommand that runs the guard.
 pub const SUBCOMMAND: &str = "update-guard";
@@ -151,20 +152,7 @@ pub fn run(args: GuardArgs) -> Result<(), String> {
             GuardStep::RollBack => break trial.ok_or("the trial vanished")?,
         }
     };
-    let rolled_back = trial.rolled_back();
-    let reason = rolled_back.reason.clone().unwrap_or_default();
-    eprintln!("update guard: {reason}");
-    swap::restore(&trial.exe).map_err(|e| format!("rollback failed: {e}"))?;
-    if let Err(error) = trials.save(&rolled_back) {
-        eprintln!("update guard: cannot record the rollback: {error}");
-    }
-    if let Err(error) = FailuresFile::new(&args.state_dir).record(Failure {
-        version: trial.to.clone(),
-        sha256: trial.sha256.clone(),
-        reason,
-    }) {
-        eprintln!("update guard: cannot record the failed release: {error}");
-    }
+    roll_back(&args.state_dir, &trial, trial.rollback_reason())?;
     // After the restore: under systemd the agent's death ends the guard
     // too (its cgroup is stopped before the restart).
     if let Err(error) = agent.kill() {
@@ -180,6 +168,62 @@ pub fn run(args: GuardArgs) -> Result<(), String> {
     );
     let error = Command::new(&trial.exe).args(&args.agent_args).exec();
     Err(format!("cannot run {}: {error}", trial.exe.display()))
+}
+
+/// Puts the previous binary back and records why: in the trial record
+/// and as the release's failure, so it is not fetched again.
+fn roll_back(state_dir: &Path, trial: &Trial, reason: String) -> Result<(), String> {
+    eprintln!("update guard: {reason}");
+    swap::restore(&trial.exe).map_err(|e| format!("rollback failed: {e}"))?;
+    if let Err(error) = TrialFile::new(state_dir).save(&trial.rolled_back_because(reason.clone())) {
+        eprintln!("update guard: cannot record the rollback: {error}");
+    }
+    if let Err(error) = FailuresFile::new(state_dir).record(Failure {
+        version: trial.to.clone(),
+        sha256: trial.sha256.clone(),
+        reason,
+    }) {
+        eprintln!("update guard: cannot record the failed release: {error}");
+    }
+    Ok(())
+}
+
+/// The hidden subcommand the service runs before each start, from the
+/// previous binary (`ExecStartPre=-…/tether-agent.previous
+/// update-before-start --state-dir DIR`, packaging/systemd).
+pub const BEFORE_START_SUBCOMMAND: &str = "update-before-start";
+
+/// Before the service starts the agent: a trial still pending means the
+/// binary on trial stopped before it proved itself — it crashed, was
+/// killed, or the device restarted — since a swap execs in the service's
+/// own process and never passes here. The previous binary is put back
+/// first. Run by the previous (known good) binary, this also covers a new
+/// one that cannot start at all (a flag it refuses, a panic, an
+/// instruction the CPU lacks) and a device reset by its watchdog during
+/// the trial, which the new binary's own start check cannot (second
+/// review M1).
+pub fn before_start(mut args: impl Iterator<Item = OsString>) -> Result<(), String> {
+    let usage = "usage: tether-agent update-before-start --state-dir DIR";
+    let state_dir = match (args.next(), args.next(), args.next()) {
+        (Some(flag), Some(dir), None) if flag == "--state-dir" => PathBuf::from(dir),
+        _ => return Err(usage.to_owned()),
+    };
+    let trials = TrialFile::new(&state_dir);
+    let trial = trials
+        .load()
+        .map_err(|e| format!("cannot read {}: {e}", trials.path().display()))?;
+    let exe_is_new = |trial: &Trial| {
+        download::sha256_file(&trial.exe).is_ok_and(|(_, sha256)| sha256 == trial.sha256)
+    };
+    match (
+        trial::before_start(trial.as_ref(), || trial.as_ref().is_some_and(exe_is_new)),
+        trial,
+    ) {
+        (BeforeStart::RollBack, Some(trial)) => {
+            roll_back(&state_dir, &trial, trial.stopped_reason())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The log of a guard about to start, in `dir` ([`super::GUARD_LOG`]),

@@ -223,11 +223,48 @@ impl Trial {
 
     /// The same trial, rolled back.
     pub fn rolled_back(&self) -> Self {
+        self.rolled_back_because(self.rollback_reason())
+    }
+
+    /// The same trial, rolled back for `reason`.
+    pub fn rolled_back_because(&self, reason: String) -> Self {
         Self {
             phase: Phase::RolledBack,
-            reason: Some(self.rollback_reason()),
+            reason: Some(reason),
             ..self.clone()
         }
+    }
+
+    /// Why the service's next start rolls back (see
+    /// [`super::guard::before_start`]).
+    pub fn stopped_reason(&self) -> String {
+        format!(
+            "{} stopped during its trial (it crashed, was stopped or the device restarted) before it reported healthy; rolled back to {}",
+            self.to, self.from
+        )
+    }
+}
+
+/// What the service's start, run by the previous binary, does with the
+/// trial it finds (see [`super::guard::before_start`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeforeStart {
+    /// Nothing pending, or a staged record whose rename never happened
+    /// (the agent's own start drops it): start the executable as it is.
+    Start,
+    /// The binary on trial stopped before it was kept: put the previous
+    /// one back first.
+    RollBack,
+}
+
+/// Decides [`BeforeStart`]. `exe_is_new` tells whether the executable is
+/// the binary the trial swapped in (its SHA-256), read only for a staged
+/// record.
+pub fn before_start(trial: Option<&Trial>, exe_is_new: impl FnOnce() -> bool) -> BeforeStart {
+    match trial.map(|trial| trial.phase) {
+        Some(Phase::Trial) => BeforeStart::RollBack,
+        Some(Phase::Staged) if exe_is_new() => BeforeStart::RollBack,
+        _ => BeforeStart::Start,
     }
 }
 
@@ -606,6 +643,33 @@ mod tests {
         let now = BootInstant::read().expect("a Linux boot id");
         assert!(!now.boot_id.is_empty());
         assert!(now.since_boot_ms > 0);
+    }
+
+    #[test]
+    fn a_service_start_during_a_trial_rolls_back_unless_nothing_was_swapped() {
+        let mut record = trial();
+        assert_eq!(before_start(None, || true), BeforeStart::Start);
+        assert_eq!(before_start(Some(&record), || false), BeforeStart::RollBack);
+        record.phase = Phase::Staged;
+        assert_eq!(before_start(Some(&record), || true), BeforeStart::RollBack);
+        assert_eq!(
+            before_start(Some(&record), || false),
+            BeforeStart::Start,
+            "the rename never happened: the executable is the previous binary"
+        );
+        for ended in [Phase::Committed, Phase::RolledBack] {
+            record.phase = ended;
+            assert_eq!(before_start(Some(&record), || true), BeforeStart::Start);
+        }
+        assert_eq!(
+            record
+                .rolled_back_because(record.stopped_reason())
+                .reason
+                .as_deref(),
+            Some(
+                "0.2.0 stopped during its trial (it crashed, was stopped or the device restarted) before it reported healthy; rolled back to 0.1.0"
+            )
+        );
     }
 
     #[test]

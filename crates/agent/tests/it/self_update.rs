@@ -1,7 +1,8 @@
 //! Agent self-update on the device, without tetherd: the version stamp a
 //! release script sets, the rollback at start of a trial that ended
 //! unwatched, a staged trial settled at start, and the guard rolling back
-//! an agent that never committed, timed by the boot clock.
+//! an agent that never committed, timed by the boot clock, and the
+//! previous binary rolling back a trial whose agent stopped.
 //! The whole update through tetherd is in the server's tests
 //! (`crates/server/tests/it/agent_update.rs`). Every binary here is a
 //! stamped copy in a temp dir: the build's own is never replaced.
@@ -344,4 +345,67 @@ async fn a_start_on_trial_without_its_guard_starts_one_again() {
     assert_eq!(version_of(&exe), "tether-agent 0.1.0");
     let failed = read_json(&state.join("self-update/failed.json"));
     assert_eq!(failed[0]["version"], "0.2.0");
+}
+
+/// Under systemd, the previous binary checks the trial before every start
+/// of the service (`ExecStartPre`): a binary on trial that stopped — here
+/// one that cannot start at all — is rolled back before it runs again,
+/// however much of its trial was left (second review M1).
+#[test]
+fn the_previous_binary_rolls_back_a_trial_whose_agent_stopped_before_the_next_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("dir");
+    let exe = swapped(dir.path());
+    std::fs::write(&exe, "#!/bin/sh\nexit 2\n").expect("a binary that cannot start");
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("mode");
+    let state = dir.path().join("state");
+    write_trial(
+        &state,
+        &exe,
+        chrono::Utc::now() + chrono::TimeDelta::minutes(10),
+    );
+    let before_start = || {
+        Command::new(dir.path().join("tether-agent.previous"))
+            .arg("update-before-start")
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .expect("runs")
+    };
+    let out = before_start();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("0.2.0 stopped during its trial"),
+        "{stderr}"
+    );
+    assert_eq!(version_of(&exe), "tether-agent 0.1.0");
+    assert!(!dir.path().join("tether-agent.previous").exists());
+    let trial = read_json(&state.join("self-update/trial.json"));
+    assert_eq!(trial["phase"], "rolledBack");
+    let failed = read_json(&state.join("self-update/failed.json"));
+    assert_eq!(failed[0]["version"], "0.2.0", "not fetched again");
+
+    // The next start finds nothing pending: the restored agent starts.
+    let out = Command::new(&exe)
+        .arg("update-before-start")
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(version_of(&exe), "tether-agent 0.1.0");
+    let refused = Command::new(&exe)
+        .args(["update-before-start", "--state"])
+        .output()
+        .expect("runs");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("usage: tether-agent update-before-start")
+    );
 }

@@ -350,48 +350,14 @@ async fn an_agent_with_no_key_pins_tetherds_not_the_one_its_spec_names() -> anyh
         )
         .await?
         .expect_status(201)?;
-    let database = format!(
-        "sqlite://{}",
-        tetherd.data_dir().join("tether.db").display()
-    );
-    let database = sqlx::SqlitePool::connect(&database).await?;
-    let mut spec: Value = wait_until(
-        "tofu-e's spec to carry the release",
-        Duration::from_secs(30),
-        || {
-            let database = database.clone();
-            async move {
-                let spec: String =
-                    sqlx::query_scalar("SELECT spec FROM device_specs WHERE device = 'tofu-e'")
-                        .fetch_one(&database)
-                        .await?;
-                let spec: Value = serde_json::from_str(&spec)?;
-                let carried = !spec["deployments"]["tether-agent"]["agent"].is_null();
-                Ok(carried.then_some(spec))
-            }
-        },
-    )
-    .await?;
-
     // The release signed again with a key of someone else's, written
     // straight into the database tetherd renders specs from.
     let foreign = tether_server::releases::ReleaseKeys::generate();
-    let section = &mut spec["deployments"]["tether-agent"]["agent"];
-    let sha256 = section["binaries"][PLATFORM]["sha256"]
-        .as_str()
-        .context("sha256")?
-        .to_owned();
-    let size = section["binaries"][PLATFORM]["size"]
-        .as_u64()
-        .context("size")?;
-    section["signingKey"] = json!(foreign.public_key());
-    section["binaries"][PLATFORM]["signature"] =
-        json!(foreign.sign(&signed_message("0.2.0", PLATFORM, &sha256, size)));
-    sqlx::query("UPDATE device_specs SET spec = $1 WHERE device = 'tofu-e'")
-        .bind(spec.to_string())
-        .execute(&database)
-        .await?;
-    database.close().await;
+    rewrite_agent_section(&tetherd, "tofu-e", |section, message| {
+        section["signingKey"] = json!(foreign.public_key());
+        section["binaries"][PLATFORM]["signature"] = json!(foreign.sign(message));
+    })
+    .await?;
 
     agent.start()?;
     let row = wait_device_rollout(&admin, "tether-agent", "tofu-e", |row| {
@@ -408,6 +374,103 @@ async fn an_agent_with_no_key_pins_tetherds_not_the_one_its_spec_names() -> anyh
     assert_eq!(pinned.trim(), tetherds_key);
     assert_eq!(version_of(&exe)?, "tether-agent 0.1.0");
     assert!(!exe.with_file_name("tether-agent.previous").exists());
+    Ok(())
+}
+
+/// Rewrites the `agent` section of `device`'s spec straight in tetherd's
+/// SQLite database, as someone who can write the database would; `edit`
+/// gets the section and the message its binary's signature is over.
+async fn rewrite_agent_section(
+    tetherd: &Tetherd,
+    device: &str,
+    edit: impl FnOnce(&mut Value, &[u8]),
+) -> anyhow::Result<()> {
+    let database = format!(
+        "sqlite://{}",
+        tetherd.data_dir().join("tether.db").display()
+    );
+    let database = sqlx::SqlitePool::connect(&database).await?;
+    let mut spec: Value = wait_until(
+        &format!("{device}'s spec to carry the release"),
+        Duration::from_secs(30),
+        || {
+            let database = database.clone();
+            async move {
+                let spec: String =
+                    sqlx::query_scalar("SELECT spec FROM device_specs WHERE device = $1")
+                        .bind(device)
+                        .fetch_one(&database)
+                        .await?;
+                let spec: Value = serde_json::from_str(&spec)?;
+                let carried = !spec["deployments"]["tether-agent"]["agent"].is_null();
+                Ok(carried.then_some(spec))
+            }
+        },
+    )
+    .await?;
+    let section = &mut spec["deployments"]["tether-agent"]["agent"];
+    let binary = &section["binaries"][PLATFORM];
+    let message = signed_message(
+        section["version"].as_str().context("version")?,
+        PLATFORM,
+        binary["sha256"].as_str().context("sha256")?,
+        binary["size"].as_u64().context("size")?,
+    );
+    edit(section, &message);
+    sqlx::query("UPDATE device_specs SET spec = $1 WHERE device = $2")
+        .bind(spec.to_string())
+        .bind(device)
+        .execute(&database)
+        .await?;
+    database.close().await;
+    Ok(())
+}
+
+/// The acceptance's "a binary with a bad signature is refused", end to
+/// end: the key is tetherd's, the signature is not its.
+#[tokio::test]
+async fn a_release_whose_signature_was_forged_is_refused_and_never_downloaded() -> anyhow::Result<()>
+{
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let dir = tempfile::tempdir()?;
+    let (mut agent, exe) =
+        agent_at_0_1_0(&tetherd, &admin, dir.path(), "forged-f", "forged", "60").await?;
+    agent.stop().await?;
+    let built = tempfile::tempdir()?;
+    let new = built.path().join("tether-agent");
+    stamp_agent_binary(&binary("tether-agent")?, &new, "0.2.0")?;
+    publish(&admin, "0.2.0", std::fs::read(&new)?).await?;
+    admin
+        .post(
+            "/api/v1/deployments",
+            json!({"name": "tether-agent", "spec": {
+                "target": {"selector": "fleet=forged"},
+                "agentRelease": "0.2.0"
+            }}),
+        )
+        .await?
+        .expect_status(201)?;
+    let forger = tether_server::releases::ReleaseKeys::generate();
+    rewrite_agent_section(&tetherd, "forged-f", |section, message| {
+        section["binaries"][PLATFORM]["signature"] = json!(forger.sign(message));
+    })
+    .await?;
+
+    agent.start()?;
+    let row = wait_device_rollout(&admin, "tether-agent", "forged-f", |row| {
+        row["state"] == "failed"
+    })
+    .await
+    .with_context(|| format!("agent log:\n{}", agent.log()))?;
+    let reason = row["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("signature"), "{row}");
+    assert_eq!(version_of(&exe)?, "tether-agent 0.1.0");
+    assert!(!exe.with_file_name("tether-agent.previous").exists());
+    assert!(
+        !agent.log().contains("downloaded and verified"),
+        "refused before any download"
+    );
     Ok(())
 }
 
