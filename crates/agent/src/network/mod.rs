@@ -285,23 +285,54 @@ pub async fn run(
     report: watch::Sender<NetworkReport>,
 ) {
     let path = state_dir.join(STATE_FILE);
-    match config.applier {
-        ApplierKind::Ip => {
-            let applier = ip::IpApplier {
-                resolv_conf: config.resolv_conf.clone(),
-            };
-            Network::new(applier, config, path, reach, report)
-                .run(applied)
-                .await;
+    let applier = match config.applier {
+        ApplierKind::Ip => Appliers::Ip(ip::IpApplier {
+            resolv_conf: config.resolv_conf.clone(),
+        }),
+        ApplierKind::Netplan => Appliers::Netplan(netplan::NetplanApplier {
+            file: config.netplan_file.clone(),
+            command: config.netplan_command.clone(),
+        }),
+    };
+    Network::new(applier, config, path, reach, report)
+        .run(applied)
+        .await;
+}
+
+/// The applier the config chose. One type for [`Network`], so the agent
+/// holds its trial and status code once rather than once per applier
+/// (ADR 0031: the agent's idle memory is its code).
+enum Appliers {
+    Ip(ip::IpApplier),
+    Netplan(netplan::NetplanApplier),
+}
+
+impl Applier for Appliers {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Ip(applier) => applier.name(),
+            Self::Netplan(applier) => applier.name(),
         }
-        ApplierKind::Netplan => {
-            let applier = netplan::NetplanApplier {
-                file: config.netplan_file.clone(),
-                command: config.netplan_command.clone(),
-            };
-            Network::new(applier, config, path, reach, report)
-                .run(applied)
-                .await;
+    }
+
+    async fn snapshot(&self, plan: &NetworkPlan) -> Result<Snapshot, NetworkError> {
+        match self {
+            Self::Ip(applier) => applier.snapshot(plan).await,
+            Self::Netplan(applier) => applier.snapshot(plan).await,
+        }
+    }
+
+    async fn apply(&self, plan: &NetworkPlan) -> Result<(), NetworkError> {
+        match self {
+            Self::Ip(applier) => applier.apply(plan).await,
+            Self::Netplan(applier) => applier.apply(plan).await,
+        }
+    }
+
+    async fn restore(&self, snapshot: &Snapshot) -> Result<(), NetworkError> {
+        match self {
+            Self::Ip(applier) => applier.restore(snapshot).await,
+            Self::Netplan(applier) => applier.restore(snapshot).await,
         }
     }
 }
