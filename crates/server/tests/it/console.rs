@@ -679,3 +679,174 @@ async fn times_read_relative_with_the_absolute_time_on_hover() -> anyhow::Result
     assert_stayed_home(&browser.record(), &tetherd);
     Ok(())
 }
+
+/// Picks `value` in the `<select>` matching `selector`, as a person choosing
+/// from the list would (the page hears a `change`).
+async fn choose(browser: &Browser, selector: &str, value: &str) -> anyhow::Result<()> {
+    let chosen = browser
+        .evaluate(&format!(
+            "(() => {{ const select = document.querySelector({}); if (!select) return false; \
+             select.focus(); select.value = {}; select.dispatchEvent(new Event('change')); \
+             return select.value === {}; }})()",
+            json!(selector),
+            json!(value),
+            json!(value)
+        ))
+        .await?;
+    anyhow::ensure!(chosen == json!(true), "cannot choose {value} in {selector}");
+    Ok(())
+}
+
+/// The device page's action form, generated from the catalogue's input
+/// schema, against a real agent: `get-node-ip` runs and its result shows;
+/// a bad input is refused by tetherd with the field named beside it and
+/// nothing is sent; a viewer is offered no form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_runs_an_action_from_the_generated_form_and_a_viewer_cannot()
+-> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let _agent = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
+    create_user(&admin, "olga", "operator").await?;
+    create_user(&admin, "victor", "viewer").await?;
+    let device_page = format!("{}/#/devices/edge-1", tetherd.api_url);
+
+    let browser = Browser::start().await?;
+    log_in(&browser, &tetherd, "olga", USER_PASSWORD).await?;
+    browser.wait_for_text("main h1", "Overview", SHOWN).await?;
+    browser.navigate(&device_page).await?;
+    browser.wait_for_selector("#action-name", SHOWN).await?;
+    let offered = browser
+        .evaluate(
+            "[...document.querySelectorAll('#action-name option')].map((option) => option.value)",
+        )
+        .await?;
+    assert!(
+        offered.as_array().is_some_and(
+            |names| names.contains(&json!("get-node-ip")) && !names.contains(&json!("reboot"))
+        ),
+        "the device's action set, not the whole catalogue: {offered}"
+    );
+
+    // get-node-ip has no input: a button alone, and its result.
+    choose(&browser, "#action-name", "get-node-ip").await?;
+    browser
+        .wait_for_text("form.action button[type=submit]", "Run get-node-ip", SHOWN)
+        .await?;
+    browser.click("form.action button[type=submit]").await?;
+    browser
+        .wait_for_text("#action-state", "succeeded", SHOWN)
+        .await?;
+    let response = browser
+        .wait_for_text("#action-response", "127.0.0.1", SHOWN)
+        .await?;
+    assert!(response.contains("addresses"), "{response}");
+    write_doc_screenshot(&browser, "action").await?;
+
+    // A field per property, typed, the required ones marked.
+    choose(&browser, "#action-name", "send-api").await?;
+    browser.wait_for_selector("#field-href", SHOWN).await?;
+    let form = browser
+        .evaluate(
+            "(() => { const tag = (id) => document.getElementById(id)?.tagName.toLowerCase(); return { \
+               href: [tag('field-href'), document.getElementById('field-href').getAttribute('aria-required')], \
+               method: [tag('field-requestMethod'), \
+                 [...document.querySelectorAll('#field-requestMethod option')].map((option) => option.textContent)], \
+               hrefLabel: document.querySelector('label[for=field-href]').textContent, \
+               correlationId: tag('field-correlationId') ?? null }; })()",
+        )
+        .await?;
+    assert_eq!(form["href"], json!(["input", "true"]), "{form}");
+    assert_eq!(
+        form["method"],
+        json!([
+            "select",
+            ["(not set)", "GET", "POST", "PUT", "PATCH", "DELETE"]
+        ]),
+        "{form}"
+    );
+    assert!(
+        form["hrefLabel"]
+            .as_str()
+            .is_some_and(|label| label.contains("required")),
+        "{form}"
+    );
+    assert_eq!(form["correlationId"], Value::Null, "tetherd assigns it");
+    choose(&browser, "#action-name", "configure-logger").await?;
+    browser.wait_for_selector("#field-pretty", SHOWN).await?;
+    assert_eq!(
+        browser
+            .evaluate("[document.getElementById('field-pretty').tagName, document.getElementById('field-level').tagName]")
+            .await?,
+        json!(["SELECT", "SELECT"])
+    );
+
+    // tetherd's refusal, beside the field its path names; nothing sent.
+    choose(&browser, "#action-name", "run-stats").await?;
+    browser.wait_for_selector("#field-interval", SHOWN).await?;
+    browser.type_text("#field-interval", "0").await?;
+    browser.press("Enter").await?;
+    let refusal = browser
+        .wait_for_text("#field-interval-error", "interval", SHOWN)
+        .await?;
+    assert!(refusal.starts_with("interval: "), "{refusal}");
+    assert_eq!(
+        browser
+            .evaluate("document.getElementById('field-interval').getAttribute('aria-invalid')")
+            .await?,
+        json!("true")
+    );
+    assert!(
+        texts(&browser, "#action-error").await?[0].contains("$.interval"),
+        "tetherd's message above the button"
+    );
+    let actions = admin
+        .get("/api/v1/devices/edge-1/actions")
+        .await?
+        .expect_status(200)?;
+    let sent: Vec<&Value> = actions["items"]
+        .as_array()
+        .map(|items| items.iter().map(|action| &action["action"]).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        sent,
+        [&json!("get-node-ip")],
+        "the refused input was never stored"
+    );
+
+    // At a phone's width the form fits.
+    browser.set_viewport(390, 844).await?;
+    assert_eq!(
+        browser
+            .evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+            .await?,
+        json!(true),
+        "the action form scrolls sideways at 390 px"
+    );
+    // The refused request's 400 is the one error the browser logs.
+    let record = browser.record();
+    let unexpected: Vec<&String> = record
+        .errors
+        .iter()
+        .filter(|error| !error.contains("/api/v1/devices/edge-1/actions"))
+        .collect();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+    drop(browser);
+
+    let browser = Browser::start().await?;
+    log_in(&browser, &tetherd, "victor", USER_PASSWORD).await?;
+    browser.wait_for_text("main h1", "Overview", SHOWN).await?;
+    browser.navigate(&device_page).await?;
+    browser
+        .wait_for_selector("#capabilities-title", SHOWN)
+        .await?;
+    assert_eq!(
+        browser
+            .evaluate("document.querySelectorAll('#run-title, #action-name, form.action, main button').length")
+            .await?,
+        json!(0),
+        "a viewer is offered no way to run an action"
+    );
+    assert_stayed_home(&browser.record(), &tetherd);
+    Ok(())
+}
