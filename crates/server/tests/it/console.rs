@@ -850,3 +850,135 @@ async fn an_operator_runs_an_action_from_the_generated_form_and_a_viewer_cannot(
     assert_stayed_home(&browser.record(), &tetherd);
     Ok(())
 }
+
+/// Text of the device list's name cells.
+async fn listed(browser: &Browser) -> anyhow::Result<Vec<String>> {
+    let names = browser
+        .evaluate("[...document.querySelectorAll('table.devices tbody th a')].map((link) => link.textContent)")
+        .await?;
+    Ok(serde_json::from_value(names)?)
+}
+
+/// The device list searched as one types (name or display name, ignoring
+/// case) and sorted from its column headers with the keyboard: the order
+/// in `aria-sort`, focus kept, the fragment following.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_list_is_searched_as_one_types_and_sorted_from_its_headers() -> anyhow::Result<()>
+{
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    create_device(&admin, "core-1", json!({"site": "berlin"})).await?;
+    create_device(&admin, "edge-berlin-1", json!({"site": "berlin"})).await?;
+    admin
+        .post(
+            "/api/v1/devices",
+            json!({"name": "edge-berlin-2", "displayName": "Gateway North", "labels": {"site": "berlin"}}),
+        )
+        .await?
+        .expect_status(201)?;
+    // The one device ever seen: first when the most recently seen lead.
+    let _agent = Agent::enroll_online(&tetherd, &admin, "edge-paris-1").await?;
+
+    let browser = Browser::start().await?;
+    log_in_as_admin(&browser, &tetherd).await?;
+    browser
+        .click("nav[aria-label=Main] a[href='#/devices']")
+        .await?;
+    browser.wait_for_selector("table.devices", SHOWN).await?;
+    assert_eq!(
+        listed(&browser).await?,
+        ["core-1", "edge-berlin-1", "edge-berlin-2", "edge-paris-1"]
+    );
+    assert_eq!(
+        browser
+            .evaluate("document.querySelector('th[aria-sort]').textContent")
+            .await?,
+        json!("Name ↑")
+    );
+
+    // Typed, not submitted: the display name matches, whatever the case.
+    browser.type_text("#search", "NORTH").await?;
+    browser
+        .wait_for_text("table.devices caption", "containing “NORTH”", SHOWN)
+        .await?;
+    assert_eq!(listed(&browser).await?, ["edge-berlin-2"]);
+    assert_eq!(
+        browser.evaluate("document.activeElement.id").await?,
+        json!("search"),
+        "typing keeps the focus in the search box"
+    );
+    assert_eq!(
+        browser.evaluate("location.hash").await?,
+        json!("#/devices?search=NORTH")
+    );
+    // With a label selector too, and nothing found said so.
+    // (The agent's device has no labels.)
+    browser.type_text("#selector", "!site").await?;
+    browser.press("Enter").await?;
+    browser
+        .wait_for_text(
+            ".results .empty",
+            "No device matching !site, containing “NORTH”",
+            SHOWN,
+        )
+        .await?;
+    browser.type_text("#search", "edge").await?;
+    browser
+        .wait_for_text("table.devices caption", "containing “edge”", SHOWN)
+        .await?;
+    assert_eq!(listed(&browser).await?, ["edge-paris-1"]);
+    browser.click(".filter a.button").await?;
+    browser
+        .wait_for_text("table.devices caption", "4 devices", SHOWN)
+        .await?;
+
+    // Sorted from the keyboard: Enter on the focused header's button.
+    browser
+        .evaluate("document.querySelector('button[data-sort=name]').focus()")
+        .await?;
+    browser.press("Enter").await?;
+    browser
+        .wait_for_text("table.devices caption", "Z to A", SHOWN)
+        .await?;
+    assert_eq!(
+        listed(&browser).await?,
+        ["edge-paris-1", "edge-berlin-2", "edge-berlin-1", "core-1"]
+    );
+    let sorted = browser
+        .evaluate(
+            "[...document.querySelectorAll('thead th')].map((th) => th.getAttribute('aria-sort'))",
+        )
+        .await?;
+    assert_eq!(sorted, json!(["descending", null, null, null, null]));
+    assert_eq!(
+        browser
+            .evaluate("document.activeElement.dataset.sort ?? null")
+            .await?,
+        json!("name"),
+        "focus stays on the header"
+    );
+    browser.click("button[data-sort=lastSeen]").await?;
+    browser
+        .wait_for_text("table.devices caption", "most recently seen first", SHOWN)
+        .await?;
+    let recent = listed(&browser).await?;
+    assert_eq!(recent.first().map(String::as_str), Some("edge-paris-1"));
+    assert_eq!(
+        browser
+            .evaluate("[...document.querySelectorAll('thead th')].map((th) => th.getAttribute('aria-sort'))")
+            .await?,
+        json!([null, null, null, "descending", null])
+    );
+    assert_eq!(
+        browser.evaluate("location.hash").await?,
+        json!("#/devices?sort=-lastSeen")
+    );
+    // A reload shows the same listing, from the fragment.
+    browser.call("Page.reload", json!({})).await?;
+    browser
+        .wait_for_text("table.devices caption", "most recently seen first", SHOWN)
+        .await?;
+    assert_eq!(listed(&browser).await?, recent);
+    assert_stayed_home(&browser.record(), &tetherd);
+    Ok(())
+}
