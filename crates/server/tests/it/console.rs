@@ -741,6 +741,9 @@ async fn an_operator_runs_an_action_from_the_generated_form_and_a_viewer_cannot(
         .wait_for_text("#action-response", "127.0.0.1", SHOWN)
         .await?;
     assert!(response.contains("addresses"), "{response}");
+    browser
+        .evaluate("document.getElementById('run-title').scrollIntoView({block: 'start'})")
+        .await?;
     write_doc_screenshot(&browser, "action").await?;
 
     // A field per property, typed, the required ones marked.
