@@ -1,7 +1,9 @@
 // One device: presence, labels, what its agent last reported (status and
-// facts) and what it can do.
+// facts), what it can do, and (for an operator or admin) a form to run
+// one of those actions.
 
 import {atLeast, call} from './api.js';
+import {actionSection} from './action.js';
 import {errorBox, facts, h, presence, show} from './dom.js';
 import {timeElement} from './time.js';
 
@@ -37,6 +39,8 @@ export async function render(main, {me, name, navigate}) {
         h('h2', {id: 'capabilities-title'}, 'Actions its agent offers'),
         h('ul', {class: 'capabilities'}, device.capabilities.map((action) => h('li', {}, h('code', {}, action)))))
       : null);
+  // A viewer may not run actions, so is offered no form (docs/roles.md).
+  if (atLeast(me.role, 'operator')) main.append(await actionSection(device.name));
 }
 
 /**

@@ -1,5 +1,6 @@
-//! Devices: create (with an enrollment token), list by label selector (in
-//! pages), count by presence, get, patch labels, delete.
+//! Devices: create (with an enrollment token), list by label selector and
+//! name search (in pages, by name or time last seen), count by presence,
+//! get, patch labels, delete.
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, ClientHost, device_id};
 use super::page::{PageQuery, PageRequest, Position};
 use crate::registry::RegistryError;
+use crate::store::{DeviceListing, DeviceOrder};
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
@@ -31,6 +33,9 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(revoke_device))
 }
 
+/// Longest `search` text, in characters.
+const MAX_SEARCH_CHARS: usize = 128;
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -38,18 +43,29 @@ struct ListQuery {
     /// `key=value,key!=value,key in (v1,v2),key notin (v1,v2),key,!key`
     #[param(max_length = 4096)]
     label_selector: Option<String>,
+    /// Only devices whose name or display name contains this text,
+    /// ignoring case (with `labelSelector`, devices matching both).
+    #[param(max_length = 128)]
+    search: Option<String>,
+    /// The order: `name` (the default), `lastSeen` (least recently seen
+    /// first, never seen before all), `-` before either for the reverse.
+    /// Devices seen at the same time are ordered by name.
+    #[param(pattern = "^-?(name|lastSeen)$")]
+    sort: Option<String>,
     /// At most this many devices in this page (default 500).
     #[param(minimum = 1, maximum = 5000)]
     limit: Option<u32>,
     /// The `continue` of the previous page, to read the next one (with the
-    /// same `labelSelector`).
+    /// same `labelSelector`, `search` and `sort`).
     #[serde(rename = "continue")]
     #[param(rename = "continue", max_length = 2048)]
     continue_token: Option<String>,
 }
 
-/// Lists devices by name, optionally filtered by a label selector, in
-/// pages: follow `continue` until it is absent.
+/// Lists devices, optionally filtered by a label selector and a search of
+/// their names, by name or by time last seen, in pages: follow `continue`
+/// until it is absent. Sorted by time last seen, a device seen while the
+/// walk goes on may move past the page being read (or into a later one).
 #[utoipa::path(get, path = "/devices", tag = "devices", params(ListQuery),
     responses((status = 200, body = Page<Device>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list_devices(
@@ -57,22 +73,83 @@ async fn list_devices(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<axum::Json<Page<Device>>, ApiError> {
     let selector = selector(query.label_selector.as_deref())?;
+    let search = search(query.search.as_deref())?;
+    let (order, sort) = sort(query.sort.as_deref())?;
+    // The listing names every parameter that changes its items or their
+    // order, so a token is refused with other ones.
+    let mut listing = format!("devices?labelSelector={selector}");
+    if let Some(search) = search {
+        listing.push_str(&format!("&search={search:?}"));
+    }
+    if order != DeviceOrder::Name {
+        listing.push_str(&format!("&sort={sort}"));
+    }
     let page = PageRequest::new(
         &PageQuery {
             limit: query.limit,
             continue_token: query.continue_token,
         },
-        format!("devices?labelSelector={selector}"),
+        listing,
     )?;
     let devices = state
         .registry
-        .list(&selector, page.after_name()?, page.fetch())
+        .search(
+            &DeviceListing {
+                selector: &selector,
+                search,
+                order,
+            },
+            page.after_device()?.as_ref(),
+            page.fetch(),
+        )
         .await?;
+    let by_time = matches!(
+        order,
+        DeviceOrder::LastSeen | DeviceOrder::LastSeenDescending
+    );
     Ok(axum::Json(page.page(
         devices,
-        |device| Position::After(device.name.clone()),
-        |device| device,
+        |(cursor, _)| {
+            if by_time {
+                Position::AfterSeen(cursor.last_seen, cursor.name.clone())
+            } else {
+                Position::After(cursor.name.clone())
+            }
+        },
+        |(_, device)| device,
     )))
+}
+
+/// The search text, trimmed (`None` when empty); a 400 naming `search`
+/// when too long or holding control characters.
+fn search(text: Option<&str>) -> Result<Option<&str>, ApiError> {
+    let text = text.map(str::trim).unwrap_or_default();
+    let chars = text.chars().count();
+    if chars > MAX_SEARCH_CHARS {
+        return Err(ApiError::bad_request(format!(
+            "search must be at most {MAX_SEARCH_CHARS} characters; got {chars}"
+        )));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "search must not contain control characters",
+        ));
+    }
+    Ok((!text.is_empty()).then_some(text))
+}
+
+/// The order `sort` names, and its canonical text; a 400 naming `sort`
+/// for anything else.
+fn sort(text: Option<&str>) -> Result<(DeviceOrder, &'static str), ApiError> {
+    match text.unwrap_or("name") {
+        "name" => Ok((DeviceOrder::Name, "name")),
+        "-name" => Ok((DeviceOrder::NameDescending, "-name")),
+        "lastSeen" => Ok((DeviceOrder::LastSeen, "lastSeen")),
+        "-lastSeen" => Ok((DeviceOrder::LastSeenDescending, "-lastSeen")),
+        other => Err(ApiError::bad_request(format!(
+            "sort must be one of name, -name, lastSeen, -lastSeen; got {other:?}"
+        ))),
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

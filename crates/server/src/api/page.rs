@@ -19,7 +19,7 @@ use tether_proto::api::Page;
 use utoipa::IntoParams;
 
 use super::error::ApiError;
-use crate::store::{Before, LogPosition};
+use crate::store::{Before, DeviceCursor, LogPosition};
 
 pub const DEFAULT_LIMIT: u32 = 500;
 pub const MAX_LIMIT: u32 = 5000;
@@ -47,8 +47,11 @@ pub struct PageQuery {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Position {
-    /// After this name (devices).
+    /// After this name (devices by name, in the listing's direction).
     After(String),
+    /// After this time last seen in ms (0 for never) and name (devices by
+    /// time last seen, in the listing's direction).
+    AfterSeen(i64, String),
     /// Before this per-device sequence number (actions, newest first).
     BeforeSeq(u64),
     /// Before this time in ms (metrics, newest first).
@@ -115,6 +118,23 @@ impl PageRequest {
         match &self.start {
             None => Ok(None),
             Some(Position::After(name)) => Ok(Some(name)),
+            Some(_) => Err(wrong_listing()),
+        }
+    }
+
+    /// Where a page of devices starts, in any of the device list's orders
+    /// (the token's listing names the order).
+    pub fn after_device(&self) -> Result<Option<DeviceCursor>, ApiError> {
+        match &self.start {
+            None => Ok(None),
+            Some(Position::After(name)) => Ok(Some(DeviceCursor {
+                last_seen: 0,
+                name: name.clone(),
+            })),
+            Some(Position::AfterSeen(last_seen, name)) => Ok(Some(DeviceCursor {
+                last_seen: *last_seen,
+                name: name.clone(),
+            })),
             Some(_) => Err(wrong_listing()),
         }
     }

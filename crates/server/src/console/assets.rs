@@ -41,6 +41,7 @@ pub const ASSETS: &[Asset] = &[
     asset!("overview.js", JS),
     asset!("devices.js", JS),
     asset!("device.js", JS),
+    asset!("action.js", JS),
     asset!("style.css", CSS),
     asset!("icon.svg", SVG),
 ];

@@ -24,7 +24,7 @@ use crate::config::{AuthConfig, PkiConfig};
 use crate::device_link::{BoxFuture, DeviceCredentials, DeviceLink};
 use crate::pki::renewal::{self, Refusal, RenewalLimiter};
 use crate::pki::{CertificateAuthority, PkiError};
-use crate::store::{DeviceRecord, SpecRecord, Store, StoreError};
+use crate::store::{DeviceCursor, DeviceListing, DeviceRecord, SpecRecord, Store, StoreError};
 use tether_proto::api::DeviceReport;
 use tether_proto::labels::{
     LabelSelector, MAX_LABELS, SelectorError, is_valid_key, is_valid_value,
@@ -252,6 +252,23 @@ impl Registry {
             device: to_api(record),
             enrollment,
         })
+    }
+
+    /// One page of the devices `listing` picks, in its order, with the
+    /// last one's cursor (where the next page starts).
+    pub async fn search(
+        &self,
+        listing: &DeviceListing<'_>,
+        after: Option<&DeviceCursor>,
+        limit: u32,
+    ) -> Result<Vec<(DeviceCursor, Device)>, RegistryError> {
+        Ok(self
+            .store
+            .search_devices(listing, after, limit)
+            .await?
+            .into_iter()
+            .map(|record| (DeviceCursor::after(&record), to_api(record)))
+            .collect())
     }
 
     /// The devices the selector picks, by name: at most `limit` after `after`.

@@ -39,6 +39,71 @@ impl ActionBytes {
     }
 }
 
+/// Which devices a listing holds and in which order.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceListing<'a> {
+    pub selector: &'a LabelSelector,
+    /// Only devices whose name or display name contains this, ignoring
+    /// case (on SQLite, of ASCII letters only).
+    pub search: Option<&'a str>,
+    pub order: DeviceOrder,
+}
+
+/// The orders of the device list; equal times are ordered by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceOrder {
+    Name,
+    NameDescending,
+    /// Least recently seen first; a device never seen before all.
+    LastSeen,
+    LastSeenDescending,
+}
+
+impl DeviceOrder {
+    /// Whether the order is by time last seen, and whether it descends.
+    fn key(self) -> (bool, bool) {
+        match self {
+            Self::Name => (false, false),
+            Self::NameDescending => (false, true),
+            Self::LastSeen => (true, false),
+            Self::LastSeenDescending => (true, true),
+        }
+    }
+}
+
+/// Where a page of a device listing starts: after this device, whose
+/// time last seen (ms, 0 for never) matters in the orders by time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCursor {
+    pub last_seen: i64,
+    pub name: String,
+}
+
+impl DeviceCursor {
+    /// The cursor after `device`.
+    pub fn after(device: &DeviceRecord) -> Self {
+        Self {
+            last_seen: device.last_seen.map_or(0, millis),
+            name: device.name.to_string(),
+        }
+    }
+}
+
+/// A `LIKE` pattern for "contains `text`", lowercased, its wildcards
+/// escaped (with `\`).
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
 const COLUMNS: &str = "name, labels, presence, certificate_serial, last_seen, agent_version, \
                        capabilities, boot_id, status_seq, created_at, display_name, policy";
 
@@ -177,21 +242,90 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<DeviceRecord>, StoreError> {
-        let (start, first) = match after {
-            Some(_) => ("d.name > $1", 2),
-            None => ("1 = 1", 1),
+        let listing = DeviceListing {
+            selector,
+            search: None,
+            order: DeviceOrder::Name,
         };
-        let filter = label_filter(selector, first);
+        let after = after.map(|name| DeviceCursor {
+            last_seen: 0,
+            name: name.to_owned(),
+        });
+        self.search_devices(&listing, after.as_ref(), limit).await
+    }
+
+    /// One page of the devices `listing` picks, in its order: at most
+    /// `limit` that come after `after` (the last device of the previous
+    /// page). Each order is a walk of an index: the primary key for names,
+    /// `devices_last_seen_name` for times last seen, in either direction.
+    pub async fn search_devices(
+        &self,
+        listing: &DeviceListing<'_>,
+        after: Option<&DeviceCursor>,
+        limit: u32,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        const SEEN: &str = "COALESCE(d.last_seen, 0)";
+        let mut conditions = Vec::new();
+        let mut text_binds: Vec<String> = Vec::new();
+        let mut next = 1;
+        let placeholder = |next: &mut usize| {
+            *next += 1;
+            format!("${}", *next - 1)
+        };
+        // Binds in placeholder order: the cursor's time (twice, if sorted
+        // by it), then text (cursor name, search patterns, selector values).
+        let mut seen_binds = Vec::new();
+        if let Some(after) = after {
+            let (by_time, descending) = listing.order.key();
+            let compare = if descending { "<" } else { ">" };
+            if by_time {
+                let (from, beyond) = (placeholder(&mut next), placeholder(&mut next));
+                let name = placeholder(&mut next);
+                seen_binds.extend([after.last_seen, after.last_seen]);
+                text_binds.push(after.name.clone());
+                // Rather than the row value `(time, name) > (…)`: SQLite
+                // starts an index range at `time >= …` but not at that.
+                conditions.push(format!(
+                    "{SEEN} {compare}= {from} AND ({SEEN} {compare} {beyond} OR d.name {compare} {name})"
+                ));
+            } else {
+                let name = placeholder(&mut next);
+                text_binds.push(after.name.clone());
+                conditions.push(format!("d.name {compare} {name}"));
+            }
+        }
+        if let Some(search) = listing.search.filter(|search| !search.is_empty()) {
+            // A placeholder per use: SQLite and PostgreSQL number them
+            // alike only when each is bound once.
+            let (in_name, in_display_name) = (placeholder(&mut next), placeholder(&mut next));
+            text_binds.extend([like_pattern(search), like_pattern(search)]);
+            conditions.push(format!(
+                "(LOWER(d.name) LIKE {in_name} ESCAPE '\\' \
+                 OR LOWER(COALESCE(d.display_name, '')) LIKE {in_display_name} ESCAPE '\\')"
+            ));
+        }
+        let filter = label_filter(listing.selector, next);
+        next += filter.binds.len();
+        text_binds.extend(filter.binds.iter().cloned());
+        let order = match listing.order {
+            DeviceOrder::Name => "d.name".to_owned(),
+            DeviceOrder::NameDescending => "d.name DESC".to_owned(),
+            DeviceOrder::LastSeen => format!("{SEEN}, d.name"),
+            DeviceOrder::LastSeenDescending => format!("{SEEN} DESC, d.name DESC"),
+        };
         let sql = format!(
-            "SELECT {COLUMNS} FROM devices d WHERE {start}{} ORDER BY d.name LIMIT ${}",
+            "SELECT {COLUMNS} FROM devices d WHERE 1 = 1{}{} ORDER BY {order} LIMIT ${next}",
+            conditions
+                .iter()
+                .map(|condition| format!(" AND {condition}"))
+                .collect::<String>(),
             filter.and_clause(),
-            first + filter.binds.len()
         );
         let mut query = sqlx::query(&sql);
-        if let Some(after) = after {
-            query = query.bind(after);
+        for at in seen_binds {
+            query = query.bind(at);
         }
-        for value in &filter.binds {
+        for value in &text_binds {
             query = query.bind(value);
         }
         let rows = query

@@ -35,7 +35,7 @@ pub use alert_rules::{AlertRuleRecord, ReportedCandidate, SeriesBeyond};
 pub use bus::Announcement;
 pub use cluster::{AdvisoryLock, DeviceSession, EndedSessions, ReplicaRecord};
 pub use desired::{DeploymentDeviceRecord, DeploymentRecord, DeploymentWrite, TemplateRecord};
-pub use devices::{ActionBytes, SeenDevice};
+pub use devices::{ActionBytes, DeviceCursor, DeviceListing, DeviceOrder, SeenDevice};
 pub use enrollment::CertificateSerials;
 pub use jobs::{JobRecord, NewJob};
 pub use logs::{LogLine, LogPosition, LogScan};

@@ -18,6 +18,7 @@ on_both_databases!(
     failed_logins_are_throttled_and_login_fields_bounded,
     sessions_are_listed_revoked_and_ended_by_logout,
     a_device_carries_a_bounded_number_of_labels,
+    devices_are_searched_and_sorted_in_pages,
 );
 
 async fn requests_without_valid_credentials_get_401(database: Database) -> anyhow::Result<()> {
@@ -552,5 +553,144 @@ async fn a_device_carries_a_bounded_number_of_labels(database: Database) -> anyh
         "a patch cannot take it over: {}",
         over.body
     );
+    Ok(())
+}
+
+/// `search` and `sort` on the device list: combined with a label selector,
+/// paged with tokens that hold only for the listing they came from, and
+/// bad values refused naming the parameter.
+async fn devices_are_searched_and_sorted_in_pages(database: Database) -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(database).await?;
+    let admin = tetherd.admin().await?;
+    for (name, display, site) in [
+        ("edge-berlin-1", None, "berlin"),
+        ("edge-berlin-2", Some("Gateway North"), "berlin"),
+        ("edge-paris-1", Some("North door"), "paris"),
+        ("core-1", None, "berlin"),
+        ("edge-x", Some("Door_7"), "paris"),
+    ] {
+        let mut body = json!({"name": name, "labels": {"site": site}});
+        if let Some(display) = display {
+            body["displayName"] = json!(display);
+        }
+        admin
+            .post("/api/v1/devices", body)
+            .await?
+            .expect_status(201)?;
+    }
+    let names = |page: &serde_json::Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|device| device["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let get = |path: String| {
+        let admin = admin.clone();
+        async move { admin.get(&path).await?.expect_status(200) }
+    };
+    // Case ignored, display names searched, `_` no wildcard.
+    assert_eq!(
+        names(&get("/api/v1/devices?search=NORTH".into()).await?),
+        ["edge-berlin-2", "edge-paris-1"]
+    );
+    assert_eq!(
+        names(&get("/api/v1/devices?search=north&labelSelector=site%3Dberlin".into()).await?),
+        ["edge-berlin-2"]
+    );
+    assert_eq!(
+        names(&get("/api/v1/devices?search=_".into()).await?),
+        ["edge-x"]
+    );
+    assert_eq!(
+        names(&get("/api/v1/devices?search=%20%20".into()).await?).len(),
+        5,
+        "blank is no search"
+    );
+
+    // Every order, walked two at a time.
+    for (sort, expected) in [
+        (
+            "name",
+            vec![
+                "core-1",
+                "edge-berlin-1",
+                "edge-berlin-2",
+                "edge-paris-1",
+                "edge-x",
+            ],
+        ),
+        (
+            "-name",
+            vec![
+                "edge-x",
+                "edge-paris-1",
+                "edge-berlin-2",
+                "edge-berlin-1",
+                "core-1",
+            ],
+        ),
+        // None seen yet: equal times, by name.
+        (
+            "lastSeen",
+            vec![
+                "core-1",
+                "edge-berlin-1",
+                "edge-berlin-2",
+                "edge-paris-1",
+                "edge-x",
+            ],
+        ),
+        (
+            "-lastSeen",
+            vec![
+                "edge-x",
+                "edge-paris-1",
+                "edge-berlin-2",
+                "edge-berlin-1",
+                "core-1",
+            ],
+        ),
+    ] {
+        let mut walked = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut path = format!("/api/v1/devices?sort={sort}&limit=2");
+            if let Some(token) = &token {
+                path.push_str(&format!("&continue={token}"));
+            }
+            let page = get(path).await?;
+            walked.extend(names(&page));
+            match page["continue"].as_str() {
+                Some(next) => token = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(walked, expected, "sort={sort}");
+    }
+
+    // A token holds for its own listing only.
+    let first = get("/api/v1/devices?sort=-name&limit=2".into()).await?;
+    let token = first["continue"].as_str().unwrap_or_default().to_owned();
+    for other in ["sort=name", "sort=-name&search=edge", "sort=lastSeen"] {
+        let reply = admin
+            .get(&format!("/api/v1/devices?{other}&limit=2&continue={token}"))
+            .await?;
+        assert_eq!(reply.status, 400, "{other}: {}", reply.body);
+    }
+
+    let long = "x".repeat(129);
+    for (query, names_parameter) in [
+        (format!("search={long}"), "search"),
+        ("search=a%01b".to_owned(), "search"),
+        ("sort=age".to_owned(), "sort"),
+        ("sort=NAME".to_owned(), "sort"),
+    ] {
+        let reply = admin.get(&format!("/api/v1/devices?{query}")).await?;
+        assert_eq!(reply.status, 400, "{query}: {}", reply.body);
+        let message = reply.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(names_parameter), "{query}: {message}");
+    }
     Ok(())
 }

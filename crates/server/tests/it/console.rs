@@ -679,3 +679,309 @@ async fn times_read_relative_with_the_absolute_time_on_hover() -> anyhow::Result
     assert_stayed_home(&browser.record(), &tetherd);
     Ok(())
 }
+
+/// Picks `value` in the `<select>` matching `selector`, as a person choosing
+/// from the list would (the page hears a `change`).
+async fn choose(browser: &Browser, selector: &str, value: &str) -> anyhow::Result<()> {
+    let chosen = browser
+        .evaluate(&format!(
+            "(() => {{ const select = document.querySelector({}); if (!select) return false; \
+             select.focus(); select.value = {}; select.dispatchEvent(new Event('change')); \
+             return select.value === {}; }})()",
+            json!(selector),
+            json!(value),
+            json!(value)
+        ))
+        .await?;
+    anyhow::ensure!(chosen == json!(true), "cannot choose {value} in {selector}");
+    Ok(())
+}
+
+/// The device page's action form, generated from the catalogue's input
+/// schema, against a real agent: `get-node-ip` runs and its result shows;
+/// a bad input is refused by tetherd with the field named beside it and
+/// nothing is sent; a viewer is offered no form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_runs_an_action_from_the_generated_form_and_a_viewer_cannot()
+-> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let _agent = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
+    create_user(&admin, "olga", "operator").await?;
+    create_user(&admin, "victor", "viewer").await?;
+    let device_page = format!("{}/#/devices/edge-1", tetherd.api_url);
+
+    let browser = Browser::start().await?;
+    log_in(&browser, &tetherd, "olga", USER_PASSWORD).await?;
+    browser.wait_for_text("main h1", "Overview", SHOWN).await?;
+    browser.navigate(&device_page).await?;
+    browser.wait_for_selector("#action-name", SHOWN).await?;
+    let offered = browser
+        .evaluate(
+            "[...document.querySelectorAll('#action-name option')].map((option) => option.value)",
+        )
+        .await?;
+    assert!(
+        offered.as_array().is_some_and(
+            |names| names.contains(&json!("get-node-ip")) && !names.contains(&json!("reboot"))
+        ),
+        "the device's action set, not the whole catalogue: {offered}"
+    );
+
+    // get-node-ip has no input: a button alone, and its result.
+    choose(&browser, "#action-name", "get-node-ip").await?;
+    browser
+        .wait_for_text("form.action button[type=submit]", "Run get-node-ip", SHOWN)
+        .await?;
+    browser.click("form.action button[type=submit]").await?;
+    browser
+        .wait_for_text("#action-state", "succeeded", SHOWN)
+        .await?;
+    let response = browser
+        .wait_for_text("#action-response", "127.0.0.1", SHOWN)
+        .await?;
+    assert!(response.contains("addresses"), "{response}");
+    browser
+        .evaluate("document.getElementById('run-title').scrollIntoView({block: 'start'})")
+        .await?;
+    write_doc_screenshot(&browser, "action").await?;
+
+    // A field per property, typed, the required ones marked.
+    choose(&browser, "#action-name", "send-api").await?;
+    browser.wait_for_selector("#field-href", SHOWN).await?;
+    let form = browser
+        .evaluate(
+            "(() => { const tag = (id) => document.getElementById(id)?.tagName.toLowerCase(); return { \
+               href: [tag('field-href'), document.getElementById('field-href').getAttribute('aria-required')], \
+               method: [tag('field-requestMethod'), \
+                 [...document.querySelectorAll('#field-requestMethod option')].map((option) => option.textContent)], \
+               hrefLabel: document.querySelector('label[for=field-href]').textContent, \
+               correlationId: tag('field-correlationId') ?? null }; })()",
+        )
+        .await?;
+    assert_eq!(form["href"], json!(["input", "true"]), "{form}");
+    assert_eq!(
+        form["method"],
+        json!([
+            "select",
+            ["(not set)", "GET", "POST", "PUT", "PATCH", "DELETE"]
+        ]),
+        "{form}"
+    );
+    assert!(
+        form["hrefLabel"]
+            .as_str()
+            .is_some_and(|label| label.contains("required")),
+        "{form}"
+    );
+    assert_eq!(form["correlationId"], Value::Null, "tetherd assigns it");
+    choose(&browser, "#action-name", "configure-logger").await?;
+    browser.wait_for_selector("#field-pretty", SHOWN).await?;
+    assert_eq!(
+        browser
+            .evaluate("[document.getElementById('field-pretty').tagName, document.getElementById('field-level').tagName]")
+            .await?,
+        json!(["SELECT", "SELECT"])
+    );
+
+    // tetherd's refusal, beside the field its path names; nothing sent.
+    choose(&browser, "#action-name", "run-stats").await?;
+    browser.wait_for_selector("#field-interval", SHOWN).await?;
+    browser.type_text("#field-interval", "0").await?;
+    browser.press("Enter").await?;
+    let refusal = browser
+        .wait_for_text("#field-interval-error", "interval", SHOWN)
+        .await?;
+    assert!(refusal.starts_with("interval: "), "{refusal}");
+    assert_eq!(
+        browser
+            .evaluate("document.getElementById('field-interval').getAttribute('aria-invalid')")
+            .await?,
+        json!("true")
+    );
+    assert!(
+        texts(&browser, "#action-error").await?[0].contains("$.interval"),
+        "tetherd's message above the button"
+    );
+    let actions = admin
+        .get("/api/v1/devices/edge-1/actions")
+        .await?
+        .expect_status(200)?;
+    let sent: Vec<&Value> = actions["items"]
+        .as_array()
+        .map(|items| items.iter().map(|action| &action["action"]).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        sent,
+        [&json!("get-node-ip")],
+        "the refused input was never stored"
+    );
+
+    // At a phone's width the form fits.
+    browser.set_viewport(390, 844).await?;
+    assert_eq!(
+        browser
+            .evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+            .await?,
+        json!(true),
+        "the action form scrolls sideways at 390 px"
+    );
+    // The refused request's 400 is the one error the browser logs.
+    let record = browser.record();
+    let unexpected: Vec<&String> = record
+        .errors
+        .iter()
+        .filter(|error| !error.contains("/api/v1/devices/edge-1/actions"))
+        .collect();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+    drop(browser);
+
+    let browser = Browser::start().await?;
+    log_in(&browser, &tetherd, "victor", USER_PASSWORD).await?;
+    browser.wait_for_text("main h1", "Overview", SHOWN).await?;
+    browser.navigate(&device_page).await?;
+    browser
+        .wait_for_selector("#capabilities-title", SHOWN)
+        .await?;
+    assert_eq!(
+        browser
+            .evaluate("document.querySelectorAll('#run-title, #action-name, form.action, main button').length")
+            .await?,
+        json!(0),
+        "a viewer is offered no way to run an action"
+    );
+    assert_stayed_home(&browser.record(), &tetherd);
+    Ok(())
+}
+
+/// Text of the device list's name cells.
+async fn listed(browser: &Browser) -> anyhow::Result<Vec<String>> {
+    let names = browser
+        .evaluate("[...document.querySelectorAll('table.devices tbody th a')].map((link) => link.textContent)")
+        .await?;
+    Ok(serde_json::from_value(names)?)
+}
+
+/// The device list searched as one types (name or display name, ignoring
+/// case) and sorted from its column headers with the keyboard: the order
+/// in `aria-sort`, focus kept, the fragment following.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_list_is_searched_as_one_types_and_sorted_from_its_headers() -> anyhow::Result<()>
+{
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    create_device(&admin, "core-1", json!({"site": "berlin"})).await?;
+    create_device(&admin, "edge-berlin-1", json!({"site": "berlin"})).await?;
+    admin
+        .post(
+            "/api/v1/devices",
+            json!({"name": "edge-berlin-2", "displayName": "Gateway North", "labels": {"site": "berlin"}}),
+        )
+        .await?
+        .expect_status(201)?;
+    // The one device ever seen: first when the most recently seen lead.
+    let _agent = Agent::enroll_online(&tetherd, &admin, "edge-paris-1").await?;
+
+    let browser = Browser::start().await?;
+    log_in_as_admin(&browser, &tetherd).await?;
+    browser
+        .click("nav[aria-label=Main] a[href='#/devices']")
+        .await?;
+    browser.wait_for_selector("table.devices", SHOWN).await?;
+    assert_eq!(
+        listed(&browser).await?,
+        ["core-1", "edge-berlin-1", "edge-berlin-2", "edge-paris-1"]
+    );
+    assert_eq!(
+        browser
+            .evaluate("document.querySelector('th[aria-sort]').textContent")
+            .await?,
+        json!("Name ↑")
+    );
+
+    // Typed, not submitted: the display name matches, whatever the case.
+    browser.type_text("#search", "NORTH").await?;
+    browser
+        .wait_for_text("table.devices caption", "containing “NORTH”", SHOWN)
+        .await?;
+    assert_eq!(listed(&browser).await?, ["edge-berlin-2"]);
+    assert_eq!(
+        browser.evaluate("document.activeElement.id").await?,
+        json!("search"),
+        "typing keeps the focus in the search box"
+    );
+    assert_eq!(
+        browser.evaluate("location.hash").await?,
+        json!("#/devices?search=NORTH")
+    );
+    // With a label selector too, and nothing found said so.
+    // (The agent's device has no labels.)
+    browser.type_text("#selector", "!site").await?;
+    browser.press("Enter").await?;
+    browser
+        .wait_for_text(
+            ".results .empty",
+            "No device matching !site, containing “NORTH”",
+            SHOWN,
+        )
+        .await?;
+    browser.type_text("#search", "edge").await?;
+    browser
+        .wait_for_text("table.devices caption", "containing “edge”", SHOWN)
+        .await?;
+    assert_eq!(listed(&browser).await?, ["edge-paris-1"]);
+    browser.click(".filter a.button").await?;
+    browser
+        .wait_for_text("table.devices caption", "4 devices", SHOWN)
+        .await?;
+
+    // Sorted from the keyboard: Enter on the focused header's button.
+    browser
+        .evaluate("document.querySelector('button[data-sort=name]').focus()")
+        .await?;
+    browser.press("Enter").await?;
+    browser
+        .wait_for_text("table.devices caption", "Z to A", SHOWN)
+        .await?;
+    assert_eq!(
+        listed(&browser).await?,
+        ["edge-paris-1", "edge-berlin-2", "edge-berlin-1", "core-1"]
+    );
+    let sorted = browser
+        .evaluate(
+            "[...document.querySelectorAll('thead th')].map((th) => th.getAttribute('aria-sort'))",
+        )
+        .await?;
+    assert_eq!(sorted, json!(["descending", null, null, null, null]));
+    assert_eq!(
+        browser
+            .evaluate("document.activeElement.dataset.sort ?? null")
+            .await?,
+        json!("name"),
+        "focus stays on the header"
+    );
+    browser.click("button[data-sort=lastSeen]").await?;
+    browser
+        .wait_for_text("table.devices caption", "most recently seen first", SHOWN)
+        .await?;
+    let recent = listed(&browser).await?;
+    assert_eq!(recent.first().map(String::as_str), Some("edge-paris-1"));
+    assert_eq!(
+        browser
+            .evaluate("[...document.querySelectorAll('thead th')].map((th) => th.getAttribute('aria-sort'))")
+            .await?,
+        json!([null, null, null, "descending", null])
+    );
+    assert_eq!(
+        browser.evaluate("location.hash").await?,
+        json!("#/devices?sort=-lastSeen")
+    );
+    // A reload shows the same listing, from the fragment.
+    browser.call("Page.reload", json!({})).await?;
+    browser
+        .wait_for_text("table.devices caption", "most recently seen first", SHOWN)
+        .await?;
+    assert_eq!(listed(&browser).await?, recent);
+    assert_stayed_home(&browser.record(), &tetherd);
+    Ok(())
+}

@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use sqlx::Executor;
+use sqlx::{Executor, Row};
 use tether_proto::Presence;
 use tether_proto::api::Labels;
 use tether_proto::labels::LabelSelector;
-use tether_server::store::{DeviceRecord, Store};
+use tether_server::store::{DeviceCursor, DeviceListing, DeviceOrder, DeviceRecord, Store};
 
 use super::{TestDb, at, id, labels};
 
@@ -21,6 +21,7 @@ on_both_databases! {
         selectors_in_sql_pick_what_the_in_memory_rules_pick,
         a_paged_walk_returns_each_device_once_while_devices_are_added,
         labels_stored_before_the_index_are_indexed_at_start,
+        searched_and_sorted_pages_walk_an_index_and_agree_with_memory,
     ],
 }
 
@@ -376,4 +377,199 @@ async fn labels_stored_before_the_index_are_indexed_at_start(db: &TestDb) {
             .len(),
         1
     );
+}
+
+/// The device list searched by name and sorted by name or time last seen,
+/// both ways, walked in keyset pages: each walk lists what filtering and
+/// sorting the whole fleet in memory gives, each device once. Times repeat
+/// (many devices seen at once, some never), so pages break inside ties.
+/// Each order is served by an index, not a sort of every matching row.
+async fn searched_and_sorted_pages_walk_an_index_and_agree_with_memory(db: &TestDb) {
+    const DEVICES: usize = 2_000;
+    const PAGE: u32 = 97;
+    let store = db.connect().await;
+    let devices: Vec<_> = (0..DEVICES)
+        .map(|i| (id(&fleet_name(i)), fleet_labels(i)))
+        .collect();
+    store
+        .create_devices(&devices, at(0))
+        .await
+        .expect("create the fleet");
+    let raw = db.raw().await;
+    // Seen at one of 40 instants, every fifth never; some display names.
+    raw.execute(
+        "UPDATE devices SET last_seen = \
+         (CAST(SUBSTR(name, 5) AS BIGINT) * 7919 % 40) * 1000 + 1700000000000 \
+         WHERE CAST(SUBSTR(name, 5) AS BIGINT) % 5 <> 0",
+    )
+    .await
+    .expect("set times last seen");
+    raw.execute("UPDATE devices SET display_name = 'Gateway at Berlin 0' || SUBSTR(name, 9) WHERE name LIKE '%3'")
+        .await
+        .expect("set display names");
+    let all = store
+        .list_devices_page(&LabelSelector::default(), None, DEVICES as u32 + 1)
+        .await
+        .expect("list the fleet");
+    assert_eq!(all.len(), DEVICES);
+    let seen = |device: &DeviceRecord| DeviceCursor::after(device).last_seen;
+
+    let orders = [
+        DeviceOrder::Name,
+        DeviceOrder::NameDescending,
+        DeviceOrder::LastSeen,
+        DeviceOrder::LastSeenDescending,
+    ];
+    // "berlin 0" is in display names only; "_" and "%" are text, not wildcards.
+    for search in [
+        None,
+        Some("DEV-001"),
+        Some("berlin 0"),
+        Some("7"),
+        Some("_"),
+        Some("%"),
+    ] {
+        for order in orders {
+            for selector in ["", "env=prod"] {
+                let selector = LabelSelector::parse(selector).expect("a valid selector");
+                let mut expected: Vec<&DeviceRecord> = all
+                    .iter()
+                    .filter(|device| selector.matches(&device.labels))
+                    .filter(|device| {
+                        search.is_none_or(|search| {
+                            let search = search.to_lowercase();
+                            device.name.as_str().to_lowercase().contains(&search)
+                                || device
+                                    .display_name
+                                    .as_deref()
+                                    .is_some_and(|name| name.to_lowercase().contains(&search))
+                        })
+                    })
+                    .collect();
+                expected.sort_by(|a, b| match order {
+                    DeviceOrder::Name => a.name.as_str().cmp(b.name.as_str()),
+                    DeviceOrder::NameDescending => b.name.as_str().cmp(a.name.as_str()),
+                    DeviceOrder::LastSeen => {
+                        (seen(a), a.name.as_str()).cmp(&(seen(b), b.name.as_str()))
+                    }
+                    DeviceOrder::LastSeenDescending => {
+                        (seen(b), b.name.as_str()).cmp(&(seen(a), a.name.as_str()))
+                    }
+                });
+                let listing = DeviceListing {
+                    selector: &selector,
+                    search,
+                    order,
+                };
+                let mut walked: Vec<String> = Vec::new();
+                let mut after: Option<DeviceCursor> = None;
+                loop {
+                    let page = store
+                        .search_devices(&listing, after.as_ref(), PAGE)
+                        .await
+                        .expect("read a page");
+                    walked.extend(page.iter().map(|device| device.name.to_string()));
+                    match page.last() {
+                        Some(last) if page.len() == PAGE as usize => {
+                            after = Some(DeviceCursor::after(last));
+                        }
+                        _ => break,
+                    }
+                }
+                let expected: Vec<String> = expected
+                    .iter()
+                    .map(|device| device.name.to_string())
+                    .collect();
+                assert!(
+                    walked == expected,
+                    "{search:?} {order:?} {selector}: walked {} devices, memory picks {}",
+                    walked.len(),
+                    expected.len()
+                );
+            }
+        }
+    }
+    let searched: usize = all
+        .iter()
+        .filter(|device| device.display_name.is_some())
+        .count();
+    assert!(searched > 100, "display names were set: {searched}");
+
+    // The plans: an index walked in order, no sort of the matching rows.
+    let postgres = db.url.starts_with("postgres");
+    if postgres {
+        raw.execute("ANALYZE devices").await.expect("analyze");
+    }
+    // The cursor conditions as `search_devices` writes them: each starts
+    // a range of the index, so a late page does not scan the ones before.
+    const SEEN: &str = "COALESCE(d.last_seen, 0)";
+    let after_seen = |compare: &str| {
+        format!(
+            "{SEEN} {compare}= 1700000020000 AND ({SEEN} {compare} 1700000020000 \
+             OR d.name {compare} 'dev-01000')"
+        )
+    };
+    for (order, after, index) in [
+        ("d.name", "d.name > 'dev-01000'".to_owned(), None),
+        ("d.name DESC", "d.name < 'dev-01000'".to_owned(), None),
+        (
+            "COALESCE(d.last_seen, 0), d.name",
+            after_seen(">"),
+            Some("devices_last_seen_name"),
+        ),
+        (
+            "COALESCE(d.last_seen, 0) DESC, d.name DESC",
+            after_seen("<"),
+            Some("devices_last_seen_name"),
+        ),
+    ] {
+        let query = format!("SELECT d.name FROM devices d WHERE {after} ORDER BY {order} LIMIT 50");
+        let plan: Vec<String> = if postgres {
+            sqlx::query(&format!("EXPLAIN {query}"))
+                .fetch_all(&raw)
+                .await
+                .expect("explain")
+                .iter()
+                .map(|row| row.get::<String, _>(0))
+                .collect()
+        } else {
+            sqlx::query(&format!("EXPLAIN QUERY PLAN {query}"))
+                .fetch_all(&raw)
+                .await
+                .expect("explain")
+                .iter()
+                .map(|row| row.get::<String, _>("detail"))
+                .collect()
+        };
+        let plan = plan.join("\n");
+        eprintln!("ORDER BY {order}:\n{plan}");
+        let ranged = if postgres {
+            plan.contains("Index Cond")
+        } else {
+            plan.contains("SEARCH")
+        };
+        assert!(
+            ranged,
+            "ORDER BY {order} scans the index from its start:\n{plan}"
+        );
+        let sorts = if postgres {
+            plan.lines().any(|line| {
+                line.trim_start()
+                    .trim_start_matches("->  ")
+                    .starts_with("Sort")
+            })
+        } else {
+            plan.contains("TEMP B-TREE")
+        };
+        assert!(
+            !sorts,
+            "ORDER BY {order} sorts instead of walking an index:\n{plan}"
+        );
+        if let Some(index) = index {
+            assert!(
+                plan.contains(index),
+                "ORDER BY {order} does not use {index}:\n{plan}"
+            );
+        }
+    }
 }
