@@ -336,20 +336,7 @@ async fn an_agent_with_no_key_pins_tetherds_not_the_one_its_spec_names() -> anyh
         .context("a key")?
         .to_owned();
 
-    let built = tempfile::tempdir()?;
-    let new = built.path().join("tether-agent");
-    stamp_agent_binary(&binary("tether-agent")?, &new, "0.2.0")?;
-    publish(&admin, "0.2.0", std::fs::read(&new)?).await?;
-    admin
-        .post(
-            "/api/v1/deployments",
-            json!({"name": "tether-agent", "spec": {
-                "target": {"selector": "fleet=tofu"},
-                "agentRelease": "0.2.0"
-            }}),
-        )
-        .await?
-        .expect_status(201)?;
+    roll_out_0_2_0(&admin, "fleet=tofu").await?;
     // The release signed again with a key of someone else's, written
     // straight into the database tetherd renders specs from.
     let foreign = tether_server::releases::ReleaseKeys::generate();
@@ -374,6 +361,26 @@ async fn an_agent_with_no_key_pins_tetherds_not_the_one_its_spec_names() -> anyh
     assert_eq!(pinned.trim(), tetherds_key);
     assert_eq!(version_of(&exe)?, "tether-agent 0.1.0");
     assert!(!exe.with_file_name("tether-agent.previous").exists());
+    Ok(())
+}
+
+/// This build stamped 0.2.0, published and rolled out to `selector` in
+/// one batch.
+async fn roll_out_0_2_0(admin: &ApiClient, selector: &str) -> anyhow::Result<()> {
+    let built = tempfile::tempdir()?;
+    let new = built.path().join("tether-agent");
+    stamp_agent_binary(&binary("tether-agent")?, &new, "0.2.0")?;
+    publish(admin, "0.2.0", std::fs::read(&new)?).await?;
+    admin
+        .post(
+            "/api/v1/deployments",
+            json!({"name": "tether-agent", "spec": {
+                "target": {"selector": selector},
+                "agentRelease": "0.2.0"
+            }}),
+        )
+        .await?
+        .expect_status(201)?;
     Ok(())
 }
 
@@ -437,20 +444,7 @@ async fn a_release_whose_signature_was_forged_is_refused_and_never_downloaded() 
     let (mut agent, exe) =
         agent_at_0_1_0(&tetherd, &admin, dir.path(), "forged-f", "forged", "60").await?;
     agent.stop().await?;
-    let built = tempfile::tempdir()?;
-    let new = built.path().join("tether-agent");
-    stamp_agent_binary(&binary("tether-agent")?, &new, "0.2.0")?;
-    publish(&admin, "0.2.0", std::fs::read(&new)?).await?;
-    admin
-        .post(
-            "/api/v1/deployments",
-            json!({"name": "tether-agent", "spec": {
-                "target": {"selector": "fleet=forged"},
-                "agentRelease": "0.2.0"
-            }}),
-        )
-        .await?
-        .expect_status(201)?;
+    roll_out_0_2_0(&admin, "fleet=forged").await?;
     let forger = tether_server::releases::ReleaseKeys::generate();
     rewrite_agent_section(&tetherd, "forged-f", |section, message| {
         section["binaries"][PLATFORM]["signature"] = json!(forger.sign(message));
