@@ -72,6 +72,17 @@ fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).expect("readable")).expect("JSON")
 }
 
+/// 0.1.0 is back in `exe`'s place (nothing kept beside it), the trial is
+/// recorded rolled back and 0.2.0 as a failed release, not fetched again.
+fn assert_rolled_back_to_0_1_0(exe: &Path, state: &Path) {
+    assert_eq!(version_of(exe), "tether-agent 0.1.0");
+    assert!(!exe.with_file_name("tether-agent.previous").exists());
+    let trial = read_json(&state.join("self-update/trial.json"));
+    assert_eq!(trial["phase"], "rolledBack");
+    let failed = read_json(&state.join("self-update/failed.json"));
+    assert_eq!(failed[0]["version"], "0.2.0", "not fetched again");
+}
+
 /// `DIR/tether-agent` stamped 0.2.0 with `DIR/tether-agent.previous`
 /// stamped 0.1.0, as a swap leaves them.
 fn swapped(dir: &Path) -> std::path::PathBuf {
@@ -113,12 +124,7 @@ fn a_trial_that_ended_unwatched_is_rolled_back_at_the_next_start() {
         stderr.contains("no credentials"),
         "the restored agent ran: {stderr}"
     );
-    assert_eq!(version_of(&exe), "tether-agent 0.1.0");
-    assert!(!dir.path().join("tether-agent.previous").exists());
-    let trial = read_json(&state.join("self-update/trial.json"));
-    assert_eq!(trial["phase"], "rolledBack");
-    let failed = read_json(&state.join("self-update/failed.json"));
-    assert_eq!(failed[0]["version"], "0.2.0");
+    assert_rolled_back_to_0_1_0(&exe, &state);
 }
 
 #[tokio::test]
@@ -379,12 +385,7 @@ fn the_previous_binary_rolls_back_a_trial_whose_agent_stopped_before_the_next_st
         stderr.contains("0.2.0 stopped during its trial"),
         "{stderr}"
     );
-    assert_eq!(version_of(&exe), "tether-agent 0.1.0");
-    assert!(!dir.path().join("tether-agent.previous").exists());
-    let trial = read_json(&state.join("self-update/trial.json"));
-    assert_eq!(trial["phase"], "rolledBack");
-    let failed = read_json(&state.join("self-update/failed.json"));
-    assert_eq!(failed[0]["version"], "0.2.0", "not fetched again");
+    assert_rolled_back_to_0_1_0(&exe, &state);
 
     // The next start finds nothing pending: the restored agent starts.
     let out = Command::new(&exe)
