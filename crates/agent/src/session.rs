@@ -707,6 +707,12 @@ impl Session {
             self.publisher.device
         );
         loop {
+            // rumqttc's `poll` is not cancel-safe while it connects: dropped
+            // before the CONNACK, it drops the half-made connection, which
+            // tetherd records as a session that ended at once (and whose
+            // will it publishes). So what only matters to a session up
+            // waits for one; a renewal restarts the connection anyway.
+            let connected = self.connected_at.is_some();
             let polled = tokio::select! {
                 biased;
                 () = &mut shutdown => return,
@@ -714,32 +720,32 @@ impl Session {
                     self.reconnect_with_renewed_credentials();
                     continue;
                 }
-                Ok(()) = self.deployments.changed() => {
+                Ok(()) = self.deployments.changed(), if connected => {
                     self.report_change("the deployments");
                     continue;
                 }
-                Ok(()) = self.update_holds.changed() => {
+                Ok(()) = self.update_holds.changed(), if connected => {
                     self.report_change("the update holds");
                     continue;
                 }
-                Ok(()) = self.secret_errors.changed() => {
+                Ok(()) = self.secret_errors.changed(), if connected => {
                     self.report_change("the secrets' errors");
                     continue;
                 }
-                Ok(()) = self.watchdog.changed() => {
+                Ok(()) = self.watchdog.changed(), if connected => {
                     self.report_change("the watchdog's state");
                     continue;
                 }
                 never = self.heartbeat.pulse() => match never {},
-                Ok(()) = self.host_time.changed() => {
+                Ok(()) = self.host_time.changed(), if connected => {
                     self.report_change("the device's time");
                     continue;
                 }
-                Ok(()) = self.network.changed() => {
+                Ok(()) = self.network.changed(), if connected => {
                     self.report_change("the network");
                     continue;
                 }
-                () = crate::control::until(self.control.next_due()) => {
+                () = crate::control::until(self.control.next_due()), if connected => {
                     self.do_control_requests();
                     continue;
                 }

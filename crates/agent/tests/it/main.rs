@@ -16,6 +16,7 @@ mod power;
 mod restore;
 mod secrets;
 mod self_update;
+mod session;
 mod shell_helper;
 mod sshd;
 mod supervisor;

@@ -756,7 +756,16 @@ mod failover_under_load {
             } else {
                 &["device-online"]
             };
-            assert_eq!(names(&sessions), expected, "{device}: {sessions:?}");
+            let agent_log = agents
+                .iter()
+                .find(|a| &a.name == device)
+                .map(Agent::log)
+                .unwrap_or_default();
+            assert_eq!(
+                names(&sessions),
+                expected,
+                "{device}: {sessions:?}\n{agent_log}"
+            );
         }
         wait_until(
             "a survivor to lead the sweeps",
