@@ -1,0 +1,128 @@
+//! The web console (ADR 0034) in a real headless Chromium against a real
+//! tetherd: logging in, finding a device by label, paging, the states a
+//! session ends in, and the Content-Security-Policy: every request stays
+//! on tetherd's origin and nothing is refused.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use tether_testkit::browser::{Browser, PageRecord};
+use tether_testkit::{ApiClient, Tetherd};
+
+mod basics;
+
+/// How long a page may take to show what a test waits for.
+const SHOWN: Duration = Duration::from_secs(15);
+
+/// Opens the console and logs in as `username`.
+async fn log_in(
+    browser: &Browser,
+    tetherd: &Tetherd,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<()> {
+    browser.navigate(&format!("{}/", tetherd.api_url)).await?;
+    browser.wait_for_selector("#username", SHOWN).await?;
+    browser.type_text("#username", username).await?;
+    browser.type_text("#password", password).await?;
+    browser.click("form.login button[type=submit]").await?;
+    Ok(())
+}
+
+async fn log_in_as_admin(browser: &Browser, tetherd: &Tetherd) -> anyhow::Result<()> {
+    log_in(browser, tetherd, "admin", tetherd.admin_password()).await?;
+    // The counts, not only the heading: the page has finished loading.
+    browser.wait_for_selector(".cards", SHOWN).await?;
+    Ok(())
+}
+
+/// Every request went to tetherd (or was the page's own `data:`/`about:`),
+/// and the console logged no error: no CSP violation, no failed load.
+fn assert_stayed_home(record: &PageRecord, tetherd: &Tetherd) {
+    let origin = format!("{}/", tetherd.api_url);
+    let elsewhere: Vec<&String> = record
+        .requests
+        .iter()
+        .filter(|url| {
+            !url.starts_with(&origin) && !url.starts_with("data:") && url.as_str() != "about:blank"
+        })
+        .collect();
+    assert!(
+        elsewhere.is_empty(),
+        "requests left for another origin: {elsewhere:?}"
+    );
+    assert!(
+        record.requests.iter().any(|url| url.contains("/console/")),
+        "the record holds the page's requests: {:?}",
+        record.requests
+    );
+    assert!(
+        record.errors.is_empty(),
+        "the console logged errors (CSP violations among them): {:#?}",
+        record.errors
+    );
+}
+
+/// With `TETHER_WRITE_DOCS` set, saves the page as `docs/console/{name}.png`
+/// (linked from the README), as `docs/roles.md` is written.
+async fn write_doc_screenshot(browser: &Browser, name: &str) -> anyhow::Result<()> {
+    if std::env::var_os("TETHER_WRITE_DOCS").is_none() {
+        return Ok(());
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/console");
+    std::fs::create_dir_all(&dir).context("creating docs/console")?;
+    let path = dir.join(format!("{name}.png"));
+    std::fs::write(&path, browser.screenshot().await?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Text of every element matching `selector`.
+async fn texts(browser: &Browser, selector: &str) -> anyhow::Result<Vec<String>> {
+    let found = browser
+        .evaluate(&format!(
+            "[...document.querySelectorAll({})].map((element) => element.textContent.trim())",
+            json!(selector)
+        ))
+        .await?;
+    Ok(serde_json::from_value(found)?)
+}
+
+async fn create_device(admin: &ApiClient, name: &str, labels: Value) -> anyhow::Result<()> {
+    admin
+        .post("/api/v1/devices", json!({"name": name, "labels": labels}))
+        .await?
+        .expect_status(201)?;
+    Ok(())
+}
+
+const USER_PASSWORD: &str = "correct horse battery staple";
+
+/// Creates a user with `role` and a password of the test's choosing.
+async fn create_user(admin: &ApiClient, username: &str, role: &str) -> anyhow::Result<()> {
+    admin
+        .post(
+            "/api/v1/users",
+            json!({"username": username, "role": role, "password": USER_PASSWORD}),
+        )
+        .await?
+        .expect_status(201)?;
+    Ok(())
+}
+
+/// Picks `value` in the `<select>` matching `selector`, as a person choosing
+/// from the list would (the page hears a `change`).
+async fn choose(browser: &Browser, selector: &str, value: &str) -> anyhow::Result<()> {
+    let chosen = browser
+        .evaluate(&format!(
+            "(() => {{ const select = document.querySelector({}); if (!select) return false; \
+             select.focus(); select.value = {}; select.dispatchEvent(new Event('change')); \
+             return select.value === {}; }})()",
+            json!(selector),
+            json!(value),
+            json!(value)
+        ))
+        .await?;
+    anyhow::ensure!(chosen == json!(true), "cannot choose {value} in {selector}");
+    Ok(())
+}
