@@ -1,9 +1,9 @@
-// Running an action on one device: a form generated from the catalogue's
-// input schema of the action (`GET /catalogue?device=`, the actions that
-// device accepts), posted as `POST /devices/{name}/actions`, then followed
-// with `GET /actions/{id}?waitSeconds=` until it ends. tetherd validates
-// the input; the form does not second-guess it (`novalidate`), so what the
-// operator sees refused is tetherd's word, beside the field it names.
+// Running an action: a form generated from the catalogue's input schema of
+// the action (`GET /catalogue`), which tetherd validates; the form does not
+// second-guess it (`novalidate`), so what the operator sees refused is
+// tetherd's word, beside the field it names. The device page posts it as
+// `POST /devices/{name}/actions` and follows it with `GET /actions/{id}`;
+// the job page (job-start.js) posts the same input as `POST /jobs`.
 
 import {call} from './api.js';
 import {h, show} from './dom.js';
@@ -32,33 +32,54 @@ export async function actionSection(device) {
     section.append(h('p', {class: 'empty'}, 'This device accepts no action.'));
     return section;
   }
-  const choice = h('select', {id: 'action-name', name: 'action'},
-    catalogue.map((entry) => h('option', {value: entry.name}, `${entry.name} — ${entry.title}`)));
-  const form = h('div', {id: 'action-form'});
   const result = h('div', {id: 'action-result', 'aria-live': 'polite'});
-  const choose = () => {
-    const entry = catalogue.find((candidate) => candidate.name === choice.value);
+  section.append(actionChooser(catalogue, (entry) => {
     show(result);
-    show(form, entryForm(device, entry, result));
-  };
-  choice.addEventListener('change', choose);
-  section.append(h('div', {class: 'action-choice'}, h('label', {for: 'action-name'}, 'Action'), choice), form, result);
-  choose();
+    return actionForm(entry, {
+      submitLabel: `Run ${entry.name}`,
+      send: async (input) => {
+        const action = await call(`/devices/${encodeURIComponent(device)}/actions`, {
+          method: 'POST', body: {action: entry.name, input}});
+        await follow(action, result);
+      },
+    });
+  }), result);
   return section;
 }
 
-/** The form for one catalogue entry: a field per input property. */
-function entryForm(device, entry, result) {
+/**
+ * A choice of the catalogue's actions and, below it, the form `formFor`
+ * makes for the chosen one (made again whenever the choice changes).
+ */
+export function actionChooser(catalogue, formFor) {
+  const choice = h('select', {id: 'action-name', name: 'action'},
+    catalogue.map((entry) => h('option', {value: entry.name}, `${entry.name} — ${entry.title}`)));
+  const form = h('div', {id: 'action-form'});
+  const choose = () => show(form, formFor(catalogue.find((candidate) => candidate.name === choice.value)));
+  choice.addEventListener('change', choose);
+  choose();
+  return [h('div', {class: 'action-choice'}, h('label', {for: 'action-name'}, 'Action'), choice), form];
+}
+
+/**
+ * The form for one catalogue entry: a field per input property, then the
+ * caller's `extra` rows (kept as given, so their values survive choosing
+ * another action), and a button labelled `submitLabel`. Submitting reads
+ * the input and awaits `send(input)`; an ApiError it throws is shown at
+ * the fields its `details` name and above the button.
+ */
+export function actionForm(entry, {submitLabel, extra = [], send}) {
   const schema = entry.inputSchema ?? {};
   const required = new Set(schema.required ?? []);
   const fields = Object.entries(schema.properties ?? {})
     .filter(([name]) => !ASSIGNED_BY_TETHERD.has(name))
     .map(([name, property]) => field(name, property ?? {}, required.has(name)));
   const formError = h('p', {class: 'error', role: 'alert', id: 'action-error', hidden: true});
-  const submit = h('button', {type: 'submit'}, `Run ${entry.name}`);
-  const form = h('form', {class: 'action', novalidate: true, 'aria-label': `Run ${entry.name}`},
+  const submit = h('button', {type: 'submit'}, submitLabel);
+  const form = h('form', {class: 'action', novalidate: true, 'aria-label': submitLabel},
     entry.description ? h('p', {class: 'muted'}, entry.description) : null,
     fields.length === 0 ? h('p', {class: 'muted'}, 'No input.') : fields.map((one) => one.row),
+    extra,
     formError,
     submit);
   form.addEventListener('submit', async (event) => {
@@ -78,9 +99,7 @@ function entryForm(device, entry, result) {
     if (unreadable) return;
     submit.disabled = true;
     try {
-      const action = await call(`/devices/${encodeURIComponent(device)}/actions`, {
-        method: 'POST', body: {action: entry.name, input}});
-      await follow(action, result);
+      await send(input);
     } catch (error) {
       if (error.name !== 'ApiError') throw error;
       refuse(error, fields, formError);

@@ -9,6 +9,13 @@ import * as loginPage from './login.js';
 import * as overviewPage from './overview.js';
 import * as devicesPage from './devices.js';
 import * as devicePage from './device.js';
+import * as jobsPage from './jobs.js';
+import * as jobPage from './job.js';
+import * as jobStartPage from './job-start.js';
+import * as approvalsPage from './approvals.js';
+import * as alertsPage from './alerts.js';
+import * as deliveriesPage from './deliveries.js';
+import * as auditPage from './audit.js';
 
 const root = document.getElementById('app');
 
@@ -16,6 +23,10 @@ const root = document.getElementById('app');
 const SECTIONS = [
   ['/', 'Overview', overviewPage],
   ['/devices', 'Devices', devicesPage],
+  ['/jobs', 'Jobs', jobsPage],
+  ['/approvals', 'Approvals', approvalsPage],
+  ['/alerts', 'Alerts', alertsPage],
+  ['/audit', 'Audit log', auditPage],
 ];
 
 /** Who is logged in (`GET /users/me`), fetched once per token. */
@@ -31,6 +42,10 @@ function route() {
   if (path === '/login') return {path, params, page: loginPage};
   const device = path.match(/^\/devices\/([^/]+)$/);
   if (device) return {path, params, page: devicePage, name: decodeURIComponent(device[1])};
+  if (path === '/jobs/new') return {path, params, page: jobStartPage};
+  const job = path.match(/^\/jobs\/([^/]+)$/);
+  if (job) return {path, params, page: jobPage, id: decodeURIComponent(job[1])};
+  if (path === '/alerts/deliveries') return {path, params, page: deliveriesPage};
   const section = SECTIONS.find(([sectionPath]) => sectionPath === path);
   return {path, params, page: section ? section[2] : null};
 }
@@ -72,7 +87,7 @@ async function render() {
     return;
   }
   try {
-    await current.page.render(main, {me, params: current.params, name: current.name, navigate});
+    await current.page.render(main, {me, params: current.params, name: current.name, id: current.id, navigate});
   } catch (error) {
     if (error instanceof SessionExpired) return;
     if (error instanceof Unreachable) showUnreachable(error);

@@ -54,3 +54,33 @@ export function errorBox(error) {
 export function presence(value) {
   return h('span', {class: `badge ${value === 'online' ? 'online' : 'offline'}`}, value);
 }
+
+/**
+ * A failed load: for a 403, the forbidden state (what the caller's role may
+ * not do, and tetherd's own words naming the role needed); else the error.
+ * `doing` finishes "your role X may not …", e.g. "read alert deliveries".
+ */
+export function loadFailure(error, role, doing) {
+  if (error.status !== 403) return errorBox(error);
+  return forbidden(role, doing, error.message);
+}
+
+/** The forbidden state: this role may not do this here. */
+export function forbidden(role, doing, why) {
+  return h('div', {class: 'forbidden', role: 'alert'},
+    h('p', {class: 'forbidden-title'}, `Forbidden: your role ${role} may not ${doing}.`),
+    why ? h('p', {class: 'muted'}, why) : null,
+    h('p', {class: 'muted'}, 'Ask an admin for a role that may, or use the pages your role opens.'));
+}
+
+/**
+ * The `continue` pager of a listing: `href(token, pageNumber)` makes the
+ * fragment of a page; the first page has no token.
+ */
+export function pager(page, pageNumber, href) {
+  return h('nav', {class: 'pager', 'aria-label': 'Pages'},
+    pageNumber > 1 ? h('a', {href: href('', 1)}, 'First page') : null,
+    page.continue
+      ? h('a', {rel: 'next', href: href(page.continue, pageNumber + 1)}, 'Next page')
+      : h('span', {class: 'muted'}, 'Last page'));
+}

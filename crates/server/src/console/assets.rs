@@ -42,6 +42,13 @@ pub const ASSETS: &[Asset] = &[
     asset!("devices.js", JS),
     asset!("device.js", JS),
     asset!("action.js", JS),
+    asset!("jobs.js", JS),
+    asset!("job.js", JS),
+    asset!("job-start.js", JS),
+    asset!("approvals.js", JS),
+    asset!("alerts.js", JS),
+    asset!("deliveries.js", JS),
+    asset!("audit.js", JS),
     asset!("style.css", CSS),
     asset!("icon.svg", SVG),
 ];

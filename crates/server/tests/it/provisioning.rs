@@ -12,14 +12,15 @@ use tether_server::store::ProvisioningKeyRecord;
 
 use crate::support::{age_registrations, minutes_ago, on_both_databases, store_of};
 
-/// A device's key pair and what it says about itself.
-struct Hardware {
+/// A device's key pair and what it says about itself (the console's
+/// approval test registers one too).
+pub(crate) struct Hardware {
     key: rcgen::KeyPair,
     serial: &'static str,
 }
 
 impl Hardware {
-    fn new(serial: &'static str) -> anyhow::Result<Self> {
+    pub(crate) fn new(serial: &'static str) -> anyhow::Result<Self> {
         Ok(Self {
             key: rcgen::KeyPair::generate()?,
             serial,
@@ -36,7 +37,11 @@ impl Hardware {
         }))
     }
 
-    async fn register(&self, anonymous: &ApiClient, key: &Value) -> anyhow::Result<(u16, Value)> {
+    pub(crate) async fn register(
+        &self,
+        anonymous: &ApiClient,
+        key: &Value,
+    ) -> anyhow::Result<(u16, Value)> {
         let reply = anonymous
             .post("/api/v1/register", self.request(key)?)
             .await?;
@@ -45,7 +50,8 @@ impl Hardware {
     }
 }
 
-async fn policy(admin: &ApiClient, name: &str, spec: Value) -> anyhow::Result<Value> {
+/// Makes policy `name` with `spec` and answers a new key of it.
+pub(crate) async fn policy(admin: &ApiClient, name: &str, spec: Value) -> anyhow::Result<Value> {
     admin
         .post(
             "/api/v1/provisioning-policies",
