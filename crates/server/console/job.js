@@ -39,6 +39,11 @@ function svg(tag, attributes, ...children) {
   return element;
 }
 
+/** "1 device", "2 devices". */
+export function devices(count) {
+  return `${count} device${count === 1 ? '' : 's'}`;
+}
+
 /** How many of the job's devices have ended, and how, in words. */
 export function progressWords(job) {
   const open = OPEN.reduce((sum, state) => sum + job.counts[STATES.find(([name]) => name === state)[1]], 0);
@@ -100,11 +105,11 @@ export async function render(main, {me, id, params}) {
     h('h1', {}, h('code', {}, job.action), ' on ', h('code', {}, job.labelSelector), ' ', state),
     h('section', {'aria-labelledby': 'progress-title'},
       h('h2', {id: 'progress-title'}, 'Progress'), progress, words, legend, refreshError, cancel, cancelError),
-    summary,
     h('section', {'aria-labelledby': 'results-title'},
       h('h2', {id: 'results-title'}, 'Devices'),
       filter ? h('p', {}, `Only those ${filter}. `, h('a', {href: here}, 'Show every device.')) : null,
-      results));
+      results),
+    summary);
 
   const showJob = () => {
     state.textContent = job.state;
@@ -122,7 +127,7 @@ export async function render(main, {me, id, params}) {
       facts([
         ['Id', h('code', {}, job.id)],
         ['Devices', h('a', {href: `#/devices?selector=${encodeURIComponent(job.labelSelector)}`},
-          `${job.devices} matching ${job.labelSelector}`)],
+          `${devices(job.devices)} matching ${job.labelSelector}`)],
         ['Input', h('pre', {class: 'input'}, JSON.stringify(job.input ?? {}, null, 2))],
         ['Started', timeElement(job.createdAt)],
         ['Finished', job.finishedAt ? timeElement(job.finishedAt) : null],

@@ -3,7 +3,7 @@
 
 import {atLeast, call, query} from './api.js';
 import {h, loadFailure, pager, show} from './dom.js';
-import {countsBar, progressWords} from './job.js';
+import {countsBar, devices, progressWords} from './job.js';
 import {timeElement} from './time.js';
 
 const PAGE_SIZE = 50;
@@ -32,13 +32,13 @@ export async function render(main, {me, params}) {
   }
   show(results,
     h('table', {class: 'jobs'},
-      h('caption', {class: 'muted'}, `Page ${pageNumber}, ${page.items.length} jobs, newest first`),
+      h('caption', {class: 'muted'}, `Page ${pageNumber}, ${page.items.length} job${page.items.length === 1 ? '' : 's'}, newest first`),
       h('thead', {}, h('tr', {},
         h('th', {scope: 'col'}, 'Action'), h('th', {scope: 'col'}, 'Devices'), h('th', {scope: 'col'}, 'State'),
         h('th', {scope: 'col'}, 'Progress'), h('th', {scope: 'col'}, 'Started'))),
       h('tbody', {}, page.items.map((job) => h('tr', {},
         h('th', {scope: 'row'}, h('a', {href: `#/jobs/${encodeURIComponent(job.id)}`}, job.action)),
-        h('td', {}, h('code', {}, job.labelSelector), h('div', {class: 'muted'}, `${job.devices} devices`)),
+        h('td', {}, h('code', {}, job.labelSelector), h('div', {class: 'muted'}, devices(job.devices))),
         h('td', {}, h('span', {class: `state ${job.state}`}, job.state)),
         h('td', {}, countsBar(job), h('div', {class: 'muted'}, progressWords(job))),
         h('td', {}, timeElement(job.createdAt)))))),

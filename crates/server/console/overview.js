@@ -37,7 +37,7 @@ function counts(total, alerts) {
     card('devices', total.total, 'total', '#/devices'),
     card('online', total.online, 'online'),
     card('offline', total.offline, 'offline'),
-    card(alertCount === '1' ? 'alert firing' : 'alerts firing', alertCount, alertCount === '0' ? 'quiet' : 'firing'));
+    card(alertCount === '1' ? 'alert firing' : 'alerts firing', alertCount, alertCount === '0' ? 'quiet' : 'firing', '#/alerts?state=firing'));
 }
 
 function firing(alerts) {

@@ -98,6 +98,17 @@ async fn an_operator_approves_a_pending_registration_and_a_viewer_only_sees_it()
         .await?;
     browser.wait_for_selector("article.approval", SHOWN).await?;
     write_doc_screenshot(&browser, "approvals").await?;
+    browser.set_viewport(390, 844).await?;
+    assert_eq!(
+        browser
+            .evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+            .await?,
+        json!(true),
+        "the approvals page scrolls sideways at 390 px"
+    );
+    browser
+        .call("Emulation.clearDeviceMetricsOverride", json!({}))
+        .await?;
     browser
         .type_text(&format!("#approve-name-{approval}"), "gw-berlin")
         .await?;
@@ -232,6 +243,23 @@ async fn an_operator_starts_a_fleet_wide_action_and_watches_it_finish() -> anyho
         texts(&browser, "#job-words").await?,
         ["2 of 2 ended: 2 succeeded"]
     );
+    // Released a second apart, the job ran past the page's first load:
+    // the page asked for its counts again, by itself.
+    let job_url = format!(
+        "{}/api/v1{}",
+        tetherd.api_url,
+        job_page
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches('#')
+    );
+    let reads = browser
+        .record()
+        .requests
+        .iter()
+        .filter(|url| **url == job_url)
+        .count();
+    assert!(reads >= 2, "the job was read {reads} times");
     assert_eq!(
         texts(&browser, "#job-actions tbody th").await?,
         ["edge-berlin-1", "edge-berlin-2"]
@@ -255,6 +283,17 @@ async fn an_operator_starts_a_fleet_wide_action_and_watches_it_finish() -> anyho
         "a finished job cannot be cancelled"
     );
     write_doc_screenshot(&browser, "job").await?;
+    browser.set_viewport(390, 844).await?;
+    assert_eq!(
+        browser
+            .evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+            .await?,
+        json!(true),
+        "the job page scrolls sideways at 390 px"
+    );
+    browser
+        .call("Emulation.clearDeviceMetricsOverride", json!({}))
+        .await?;
     browser
         .click("#job-actions a[href='#/devices/edge-berlin-2']")
         .await?;
@@ -429,10 +468,18 @@ async fn an_operator_acknowledges_a_firing_alert_and_a_viewer_is_refused_its_del
 
     let browser = Browser::start().await?;
     log_in_as(&browser, &tetherd, "victor").await?;
+    // The overview's count of firing alerts leads to them.
     browser
-        .click("nav[aria-label=Main] a[href='#/alerts']")
+        .wait_for_selector(".cards a[href='#/alerts?state=firing']", SHOWN)
+        .await?;
+    browser
+        .click(".cards a[href='#/alerts?state=firing']")
         .await?;
     browser.wait_for_selector("table.alerts", SHOWN).await?;
+    assert_eq!(
+        texts(&browser, "nav.tabs a[aria-current=page]").await?,
+        ["Firing"]
+    );
     let rows = texts(&browser, "table.alerts tbody tr").await?;
     assert_eq!(rows.len(), 1, "{rows:?}");
     for shown in [
@@ -563,6 +610,9 @@ async fn the_audit_log_pages_with_the_apis_continue_token() -> anyhow::Result<()
     for index in 0..55 {
         create_device(&admin, &format!("dev-{index:03}"), json!({})).await?;
     }
+    // A refusal, recorded with its reason.
+    let viewer = tetherd.user_with_role("viewer").await?;
+    viewer.get("/api/v1/users").await?.expect_status(403)?;
     let browser = Browser::start().await?;
     log_in_as_admin(&browser, &tetherd).await?;
     let recorded = admin
@@ -583,7 +633,15 @@ async fn the_audit_log_pages_with_the_apis_continue_token() -> anyhow::Result<()
         "newest first: the console's own login {first:?}"
     );
     assert!(
-        first[1].contains("POST /api/v1/devices") && first[1].contains("201"),
+        first.iter().any(|row| row.contains("viewer-user")
+            && row.contains("GET /api/v1/users403")
+            && row.contains("admin role needed")),
+        "the refusal and its reason: {first:?}"
+    );
+    assert!(
+        first
+            .iter()
+            .any(|row| row.contains("POST /api/v1/devices201")),
         "{first:?}"
     );
     write_doc_screenshot(&browser, "audit").await?;
