@@ -33,7 +33,7 @@ export async function actionSection(device) {
     return section;
   }
   const result = h('div', {id: 'action-result', 'aria-live': 'polite'});
-  section.append(actionChooser(catalogue, (entry) => {
+  section.append(...actionChooser(catalogue, (entry) => {
     show(result);
     return actionForm(entry, {
       submitLabel: `Run ${entry.name}`,
@@ -49,7 +49,8 @@ export async function actionSection(device) {
 
 /**
  * A choice of the catalogue's actions and, below it, the form `formFor`
- * makes for the chosen one (made again whenever the choice changes).
+ * makes for the chosen one (made again whenever the choice changes): the
+ * two elements, in order.
  */
 export function actionChooser(catalogue, formFor) {
   const choice = h('select', {id: 'action-name', name: 'action'},
