@@ -76,7 +76,9 @@ function apiState(state) {
 function registration(approval, mayDecide, decide) {
   const deviceFacts = approval.facts ?? {};
   const os = deviceFacts.osRelease;
-  const title = deviceFacts.hostname || deviceFacts.hardwareSerial || approval.id;
+  // Hostnames repeat across a batch of hardware; the serial tells them apart.
+  const serial = deviceFacts.hardwareSerial ? `serial ${deviceFacts.hardwareSerial}` : null;
+  const title = [deviceFacts.hostname, serial].filter(Boolean).join(', ') || approval.id;
   const card = h('article', {class: 'approval', 'aria-labelledby': `approval-${approval.id}`, 'data-approval': approval.id},
     h('h2', {id: `approval-${approval.id}`}, title, ' ', h('span', {class: `badge state ${approval.state}`}, approval.state)),
     facts([

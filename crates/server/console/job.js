@@ -161,7 +161,10 @@ export async function render(main, {me, id, params}) {
       [job, actions] = await read();
       refreshError.hidden = true;
     } catch (error) {
-      if (error.name === 'SessionExpired') return stop();
+      if (error.name === 'SessionExpired') {
+        stop();
+        return;
+      }
       if (error.name !== 'ApiError' && error.name !== 'Unreachable') throw error;
       // Shown, and tried again: tetherd may be restarting.
       refreshError.textContent = `Could not refresh: ${error.message}`;

@@ -58,14 +58,22 @@ async fn an_operator_approves_a_pending_registration_and_a_viewer_only_sees_it()
                "template": {"metadata": {"labels": {"role": "gateway"}}}}),
     )
     .await?;
-    let (status, waiting) = Hardware::new("GW-7")?
-        .register(&admin.with_token(None), &key)
-        .await?;
-    assert_eq!(status, 202, "{waiting}");
-    let approval = waiting["approval"]
-        .as_str()
-        .context("an approval id")?
-        .to_owned();
+    let mut approvals = Vec::new();
+    for serial in ["GW-7", "GW-8"] {
+        let (status, waiting) = Hardware::new(serial)?
+            .register(&admin.with_token(None), &key)
+            .await?;
+        assert_eq!(status, 202, "{waiting}");
+        approvals.push(
+            waiting["approval"]
+                .as_str()
+                .context("an approval id")?
+                .to_owned(),
+        );
+    }
+    let [approval, unwanted] = &approvals[..] else {
+        unreachable!("two registrations")
+    };
 
     // A viewer sees the request and what the device said, and no button.
     let browser = Browser::start().await?;
@@ -75,8 +83,8 @@ async fn an_operator_approves_a_pending_registration_and_a_viewer_only_sees_it()
         .await?;
     browser.wait_for_selector("article.approval", SHOWN).await?;
     let cards = texts(&browser, "article.approval").await?;
-    assert_eq!(cards.len(), 1, "{cards:?}");
-    for shown in ["GW-7", "gateways", "pending", "Hostname", &approval] {
+    assert_eq!(cards.len(), 2, "{cards:?}");
+    for shown in ["GW-7", "gateways", "pending", "Hostname", approval] {
         assert!(
             cards[0].contains(shown),
             "the card lacks {shown:?}: {cards:?}"
@@ -112,9 +120,30 @@ async fn an_operator_approves_a_pending_registration_and_a_viewer_only_sees_it()
     browser
         .type_text(&format!("#approve-name-{approval}"), "gw-berlin")
         .await?;
-    browser.click("article.approval button.approve").await?;
+    browser
+        .click(&format!(
+            "article[data-approval='{approval}'] button.approve"
+        ))
+        .await?;
     browser
         .wait_for_text("#approval-notice", "Approved: it becomes gw-berlin", SHOWN)
+        .await?;
+    browser
+        .wait_for_true(
+            "the approved request to leave the list",
+            &format!("document.querySelectorAll('article.approval').length === 1 && !document.querySelector(\"article[data-approval='{approval}']\")"),
+            SHOWN,
+        )
+        .await?;
+    // The other is denied, with a reason the device is told.
+    browser
+        .type_text(&format!("#deny-reason-{unwanted}"), "not one of ours")
+        .await?;
+    browser
+        .click(&format!("article[data-approval='{unwanted}'] button.deny"))
+        .await?;
+    browser
+        .wait_for_text("#approval-notice", "told “not one of ours”", SHOWN)
         .await?;
     browser
         .wait_for_text(
@@ -132,14 +161,16 @@ async fn an_operator_approves_a_pending_registration_and_a_viewer_only_sees_it()
         json!({"role": "gateway"}),
         "made from the template"
     );
-    let decided = admin
-        .get(&format!("/api/v1/approvals/{approval}"))
-        .await?
-        .expect_status(200)?;
-    assert_eq!(
-        (&decided["state"], &decided["decidedBy"]),
-        (&json!("approved"), &json!("olga"))
-    );
+    for (id, state) in [(approval, "approved"), (unwanted, "denied")] {
+        let decided = admin
+            .get(&format!("/api/v1/approvals/{id}"))
+            .await?
+            .expect_status(200)?;
+        assert_eq!(
+            (&decided["state"], &decided["decidedBy"]),
+            (&json!(state), &json!("olga"))
+        );
+    }
     // The decided request is under its state; the notice leads to the device.
     browser
         .click("nav.tabs a[href='#/approvals?state=approved']")
