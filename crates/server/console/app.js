@@ -5,6 +5,7 @@
 import {SessionExpired, Unreachable, call, logout, token, whenSessionExpires} from './api.js';
 import {h, show} from './dom.js';
 import {refreshRelativeTimes} from './time.js';
+import * as live from './live.js';
 import * as loginPage from './login.js';
 import * as overviewPage from './overview.js';
 import * as devicesPage from './devices.js';
@@ -43,6 +44,7 @@ function navigate(fragment) {
 
 whenSessionExpires(() => {
   me = null;
+  live.stop();
   loginNotice = 'Your session expired. Log in again.';
   const here = location.hash.replace(/^#/, '');
   navigate(`/login${here && !here.startsWith('/login') ? `?next=${encodeURIComponent(here)}` : ''}`);
@@ -50,8 +52,10 @@ whenSessionExpires(() => {
 
 async function render() {
   const current = route();
+  live.forgetListeners();
   if (current.page === loginPage || !token()) {
     me = null;
+    live.stop();
     const next = current.page === loginPage ? current.params.get('next') : location.hash.replace(/^#/, '');
     const notice = loginNotice;
     loginNotice = null;
@@ -65,6 +69,7 @@ async function render() {
     showUnreachable(error);
     return;
   }
+  live.start();
   const main = h('main', {id: 'main', tabindex: '-1'});
   show(root, shell(current.path), main);
   if (!current.page) {
@@ -90,6 +95,7 @@ function shell(path) {
       h('ul', {}, SECTIONS.map(([sectionPath, label]) =>
         h('li', {}, h('a', {href: `#${sectionPath}`, 'aria-current': inSection(sectionPath) ? 'page' : false}, label))))),
     h('div', {class: 'who'},
+      live.statusIndicator(),
       h('span', {class: 'user'}, me.username),
       h('span', {class: 'role', title: 'Your role decides what you may do here'}, me.role),
       h('button', {type: 'button', onclick: signOut}, 'Log out')));
@@ -107,6 +113,7 @@ async function signOut() {
     // The token is forgotten either way; tetherd ends it when it expires.
   }
   me = null;
+  live.stop();
   loginNotice = 'You logged out.';
   navigate('/login');
 }

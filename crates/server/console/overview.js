@@ -4,15 +4,30 @@
 import {call, query} from './api.js';
 import {errorBox, h, show} from './dom.js';
 import {timeElement} from './time.js';
+import {listen, throttled} from './live.js';
 
 /** How many firing alerts are counted before saying "at least". */
 const ALERT_COUNT_LIMIT = 1000;
 /** How many devices are read to offer their label keys for grouping. */
 const LABEL_SAMPLE = 200;
+/** A fleet reconnecting at once reloads the counts this often at most. */
+const REFRESH_MS = 2_000;
+/** The events that change the counts. */
+const PRESENCE_EVENTS = new Set(['device-online', 'device-offline']);
 
 export async function render(main, {params, navigate}) {
   const by = params.get('by') ?? '';
   show(main, h('h1', {}, 'Overview'), h('p', {class: 'loading'}, 'Loading…'));
+  const fill = () => load(main, by, navigate);
+  await fill();
+  const refill = throttled(fill, REFRESH_MS);
+  listen((change) => {
+    if (change.alerts || PRESENCE_EVENTS.has(change.event?.event)) refill();
+  });
+}
+
+/** Reads the counts, alerts and groups and shows them. */
+async function load(main, by, navigate) {
   const [summary, alerts, sample] = await Promise.all([
     call(`/devices/summary${query({by})}`).catch((error) => error),
     call(`/alerts${query({state: 'firing', limit: ALERT_COUNT_LIMIT})}`).catch((error) => error),

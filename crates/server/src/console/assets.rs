@@ -42,6 +42,7 @@ pub const ASSETS: &[Asset] = &[
     asset!("devices.js", JS),
     asset!("device.js", JS),
     asset!("action.js", JS),
+    asset!("live.js", JS),
     asset!("style.css", CSS),
     asset!("icon.svg", SVG),
 ];
