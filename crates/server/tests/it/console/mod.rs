@@ -12,6 +12,7 @@ use tether_testkit::{ApiClient, Tetherd};
 
 mod basics;
 mod live;
+mod scale;
 
 /// How long a page may take to show what a test waits for.
 const SHOWN: Duration = Duration::from_secs(15);
