@@ -2,7 +2,7 @@
 // header and navigation, and the states every page shares (logged out,
 // session expired, tetherd unreachable).
 
-import {SessionExpired, Unreachable, call, logout, token, whenSessionExpires} from './api.js';
+import {SessionExpired, Unreachable, atLeast, call, logout, token, whenSessionExpires} from './api.js';
 import {h, show} from './dom.js';
 import {refreshRelativeTimes} from './time.js';
 import * as live from './live.js';
@@ -10,13 +10,19 @@ import * as loginPage from './login.js';
 import * as overviewPage from './overview.js';
 import * as devicesPage from './devices.js';
 import * as devicePage from './device.js';
+import * as deploymentsPage from './deployments.js';
+import * as provisioningPage from './provisioning.js';
+import * as accessPage from './access.js';
 
 const root = document.getElementById('app');
 
-/** The navigation: fragment path, label, page. */
+/** The navigation: fragment path, label, page, and the least role it is for. */
 const SECTIONS = [
   ['/', 'Overview', overviewPage],
   ['/devices', 'Devices', devicesPage],
+  ['/deployments', 'Deployments', deploymentsPage],
+  ['/provisioning', 'Provisioning', provisioningPage],
+  ['/access', 'Access', accessPage, 'admin'],
 ];
 
 /** Who is logged in (`GET /users/me`), fetched once per token. */
@@ -32,6 +38,8 @@ function route() {
   if (path === '/login') return {path, params, page: loginPage};
   const device = path.match(/^\/devices\/([^/]+)$/);
   if (device) return {path, params, page: devicePage, name: decodeURIComponent(device[1])};
+  const deployment = path.match(/^\/deployments\/([^/]+)$/);
+  if (deployment) return {path, params, page: deploymentsPage, name: decodeURIComponent(deployment[1])};
   const section = SECTIONS.find(([sectionPath]) => sectionPath === path);
   return {path, params, page: section ? section[2] : null};
 }
@@ -92,7 +100,7 @@ function shell(path) {
     h('a', {class: 'skip', href: '#main', onclick: skipToMain}, 'Skip to content'),
     h('a', {class: 'brand', href: '#/'}, 'tether'),
     h('nav', {'aria-label': 'Main'},
-      h('ul', {}, SECTIONS.map(([sectionPath, label]) =>
+      h('ul', {}, SECTIONS.filter(([, , , least]) => !least || atLeast(me.role, least)).map(([sectionPath, label]) =>
         h('li', {}, h('a', {href: `#${sectionPath}`, 'aria-current': inSection(sectionPath) ? 'page' : false}, label))))),
     h('div', {class: 'who'},
       live.statusIndicator(),

@@ -43,6 +43,9 @@ pub const ASSETS: &[Asset] = &[
     asset!("device.js", JS),
     asset!("action.js", JS),
     asset!("live.js", JS),
+    asset!("deployments.js", JS),
+    asset!("provisioning.js", JS),
+    asset!("access.js", JS),
     asset!("style.css", CSS),
     asset!("icon.svg", SVG),
 ];

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tether_testkit::browser::{Browser, PageRecord};
 use tether_testkit::{ApiClient, Tetherd};
 
+mod admin;
 mod basics;
 mod live;
 mod scale;
