@@ -12,6 +12,8 @@ const ALERT_COUNT_LIMIT = 1000;
 const LABEL_SAMPLE = 200;
 /** A fleet reconnecting at once reloads the counts this often at most. */
 const REFRESH_MS = 2_000;
+/** How many deployments are read for the rollouts under way. */
+const DEPLOYMENT_LIMIT = 200;
 /** The events that change the counts. */
 const PRESENCE_EVENTS = new Set(['device-online', 'device-offline']);
 
@@ -28,18 +30,20 @@ export async function render(main, {params, navigate}) {
 
 /** Reads the counts, alerts and groups and shows them. */
 async function load(main, by, navigate) {
-  const [summary, alerts, sample] = await Promise.all([
+  const [summary, alerts, sample, deployments] = await Promise.all([
     call(`/devices/summary${query({by})}`).catch((error) => error),
     call(`/alerts${query({state: 'firing', limit: ALERT_COUNT_LIMIT})}`).catch((error) => error),
     call(`/devices${query({limit: LABEL_SAMPLE})}`).catch((error) => error),
+    call(`/deployments${query({limit: DEPLOYMENT_LIMIT})}`).catch((error) => error),
   ]);
-  for (const answer of [summary, alerts, sample]) {
+  for (const answer of [summary, alerts, sample, deployments]) {
     if (answer instanceof Error && answer.name !== 'ApiError') throw answer;
   }
   show(main,
     h('h1', {}, 'Overview'),
     summary instanceof Error ? errorBox(summary) : counts(summary.total, alerts),
     alerts instanceof Error ? errorBox(alerts) : firing(alerts),
+    deployments instanceof Error ? errorBox(deployments) : rollouts(deployments),
     summary instanceof Error ? null : groups(summary, by, sample instanceof Error ? [] : sample.items, navigate));
 }
 
@@ -71,6 +75,23 @@ function firing(alerts) {
   if (alerts.items.length > 10) {
     section.append(h('p', {class: 'muted'}, `and ${alerts.items.length - 10}${alerts.continue ? '+' : ''} more`));
   }
+  return section;
+}
+
+/** The deployments whose rollout has not finished: moving, paused or being removed. */
+function rollouts(deployments) {
+  const unfinished = deployments.items.filter((deployment) => deployment.rollout !== 'complete');
+  const section = h('section', {'aria-labelledby': 'rollouts-title'}, h('h2', {id: 'rollouts-title'}, 'Rollouts under way'));
+  if (unfinished.length === 0) {
+    section.append(h('p', {class: 'empty'}, deployments.items.length
+      ? 'Every deployment is rolled out.'
+      : 'No deployment yet.'));
+    return section;
+  }
+  section.append(h('ul', {class: 'rollouts'}, unfinished.map((deployment) => h('li', {},
+    h('a', {href: `#/deployments/${encodeURIComponent(deployment.name)}`}, deployment.name), ' ',
+    h('span', {class: `badge phase-${deployment.rollout}`}, deployment.rollout), ' ',
+    h('span', {class: 'muted'}, `revision ${deployment.revision}, changed `, timeElement(deployment.updatedAt))))));
   return section;
 }
 

@@ -49,6 +49,10 @@ async fn a_paused_rollout_shows_where_it_failed_and_only_an_operator_may_resume_
     let browser = Browser::start().await?;
     log_in(&browser, &tetherd, "olga", USER_PASSWORD).await?;
     browser.wait_for_selector(".cards", SHOWN).await?;
+    // The overview names the rollout that has not finished.
+    browser
+        .wait_for_text("ul.rollouts li", "web paused", SHOWN)
+        .await?;
     browser
         .navigate(&format!("{}/#/deployments", tetherd.api_url))
         .await?;
