@@ -468,6 +468,26 @@ pub struct Event {
     pub received_at: DateTime<Utc>,
 }
 
+/// One line of `GET /events/follow`: a device event as it was stored, or
+/// the alerts after one was raised, acknowledged or resolved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum FleetChange {
+    Event(Event),
+    Alerts(ActiveAlerts),
+}
+
+/// How many alerts are active, and the newest alert's id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ActiveAlerts {
+    pub firing: u64,
+    pub acknowledged: u64,
+    pub newest_id: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -1,9 +1,11 @@
 // Alerts the fleet monitor raised, newest first: by state (those not yet
 // resolved unless another is chosen), with severity, the device, and when;
-// an operator or admin acknowledges a firing one.
+// an operator or admin acknowledges a firing one. The list is read again
+// when the live feed says the alerts changed.
 
 import {atLeast, call, query} from './api.js';
 import {h, loadFailure, pager, show} from './dom.js';
+import {listen} from './live.js';
 import {timeElement} from './time.js';
 
 const PAGE_SIZE = 50;
@@ -88,4 +90,7 @@ export async function render(main, {me, params}) {
       pager(page, pageNumber, href));
   };
   await load();
+  listen((change) => {
+    if (change.alerts) load();
+  });
 }

@@ -79,13 +79,65 @@ export async function call(path, {method = 'GET', body} = {}) {
       json = null;
     }
   }
-  if (response.status === 401 && current) {
+  refuseFailure(response, json, current);
+  return json;
+}
+
+/** Throws for an answer that is not a success, as every call does. */
+function refuseFailure(response, json, sentToken) {
+  if (response.status === 401 && sentToken) {
     forgetToken();
     onExpired();
     throw new SessionExpired();
   }
   if (!response.ok) throw new ApiError(response.status, json);
-  return json;
+}
+
+/**
+ * Follows a stream of JSON lines (`/api/v1{path}`, e.g. `/events/follow`):
+ * `onOpen` once tetherd answered, then `onItem` with each object until the
+ * stream ends or `signal` aborts (then it returns quietly). An empty line
+ * is a keepalive. Throws as `call` does; a line `{"error": …}` ends the
+ * stream with an ApiError.
+ */
+export async function follow(path, {onItem, onOpen = () => {}, signal}) {
+  const headers = {Accept: 'application/x-ndjson'};
+  const current = token();
+  if (current) headers.Authorization = `Bearer ${current}`;
+  let response;
+  try {
+    response = await fetch(`/api/v1${path}`, {headers, cache: 'no-store', credentials: 'omit', signal});
+  } catch (cause) {
+    if (signal?.aborted) return;
+    throw new Unreachable(cause);
+  }
+  if (!response.ok) {
+    const json = await response.json().catch(() => null);
+    refuseFailure(response, json, current);
+  }
+  onOpen();
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffered = '';
+  try {
+    for (;;) {
+      const {value, done} = await reader.read();
+      if (done) return;
+      buffered += value;
+      let end;
+      while ((end = buffered.indexOf('\n')) >= 0) {
+        const line = buffered.slice(0, end).trim();
+        buffered = buffered.slice(end + 1);
+        if (!line) continue;
+        const item = JSON.parse(line);
+        if (item.error) throw new ApiError(response.status, item);
+        onItem(item);
+      }
+    }
+  } catch (error) {
+    if (signal?.aborted) return;
+    if (error.name === 'ApiError') throw error;
+    throw new Unreachable(error);
+  }
 }
 
 /** Logs in and keeps the token; throws ApiError with tetherd's reason. */

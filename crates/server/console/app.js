@@ -2,13 +2,17 @@
 // header and navigation, and the states every page shares (logged out,
 // session expired, tetherd unreachable).
 
-import {SessionExpired, Unreachable, call, logout, token, whenSessionExpires} from './api.js';
+import {SessionExpired, Unreachable, atLeast, call, logout, token, whenSessionExpires} from './api.js';
 import {h, show} from './dom.js';
 import {refreshRelativeTimes} from './time.js';
+import * as live from './live.js';
 import * as loginPage from './login.js';
 import * as overviewPage from './overview.js';
 import * as devicesPage from './devices.js';
 import * as devicePage from './device.js';
+import * as deploymentsPage from './deployments.js';
+import * as provisioningPage from './provisioning.js';
+import * as accessPage from './access.js';
 import * as jobsPage from './jobs.js';
 import * as jobPage from './job.js';
 import * as jobStartPage from './job-start.js';
@@ -19,10 +23,13 @@ import * as auditPage from './audit.js';
 
 const root = document.getElementById('app');
 
-/** The navigation: fragment path, label, page. */
+/** The navigation: fragment path, label, page, and the least role it is for. */
 const SECTIONS = [
   ['/', 'Overview', overviewPage],
   ['/devices', 'Devices', devicesPage],
+  ['/deployments', 'Deployments', deploymentsPage],
+  ['/provisioning', 'Provisioning', provisioningPage],
+  ['/access', 'Access', accessPage, 'admin'],
   ['/jobs', 'Jobs', jobsPage],
   ['/approvals', 'Approvals', approvalsPage],
   ['/alerts', 'Alerts', alertsPage],
@@ -42,6 +49,8 @@ function route() {
   if (path === '/login') return {path, params, page: loginPage};
   const device = path.match(/^\/devices\/([^/]+)$/);
   if (device) return {path, params, page: devicePage, name: decodeURIComponent(device[1])};
+  const deployment = path.match(/^\/deployments\/([^/]+)$/);
+  if (deployment) return {path, params, page: deploymentsPage, name: decodeURIComponent(deployment[1])};
   if (path === '/jobs/new') return {path, params, page: jobStartPage};
   const job = path.match(/^\/jobs\/([^/]+)$/);
   if (job) return {path, params, page: jobPage, id: decodeURIComponent(job[1])};
@@ -58,6 +67,7 @@ function navigate(fragment) {
 
 whenSessionExpires(() => {
   me = null;
+  live.stop();
   loginNotice = 'Your session expired. Log in again.';
   const here = location.hash.replace(/^#/, '');
   navigate(`/login${here && !here.startsWith('/login') ? `?next=${encodeURIComponent(here)}` : ''}`);
@@ -65,8 +75,10 @@ whenSessionExpires(() => {
 
 async function render() {
   const current = route();
+  live.forgetListeners();
   if (current.page === loginPage || !token()) {
     me = null;
+    live.stop();
     const next = current.page === loginPage ? current.params.get('next') : location.hash.replace(/^#/, '');
     const notice = loginNotice;
     loginNotice = null;
@@ -80,6 +92,7 @@ async function render() {
     showUnreachable(error);
     return;
   }
+  live.start();
   const main = h('main', {id: 'main', tabindex: '-1'});
   show(root, shell(current.path), main);
   if (!current.page) {
@@ -102,9 +115,10 @@ function shell(path) {
     h('a', {class: 'skip', href: '#main', onclick: skipToMain}, 'Skip to content'),
     h('a', {class: 'brand', href: '#/'}, 'tether'),
     h('nav', {'aria-label': 'Main'},
-      h('ul', {}, SECTIONS.map(([sectionPath, label]) =>
+      h('ul', {}, SECTIONS.filter(([, , , least]) => !least || atLeast(me.role, least)).map(([sectionPath, label]) =>
         h('li', {}, h('a', {href: `#${sectionPath}`, 'aria-current': inSection(sectionPath) ? 'page' : false}, label))))),
     h('div', {class: 'who'},
+      live.statusIndicator(),
       h('span', {class: 'user'}, me.username),
       h('span', {class: 'role', title: 'Your role decides what you may do here'}, me.role),
       h('button', {type: 'button', onclick: signOut}, 'Log out')));
@@ -122,6 +136,7 @@ async function signOut() {
     // The token is forgotten either way; tetherd ends it when it expires.
   }
   me = null;
+  live.stop();
   loginNotice = 'You logged out.';
   navigate('/login');
 }

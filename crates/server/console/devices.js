@@ -7,6 +7,7 @@
 import {call, query} from './api.js';
 import {errorBox, h, presence, show} from './dom.js';
 import {timeElement} from './time.js';
+import {listen} from './live.js';
 
 const PAGE_SIZE = 50;
 /** Quiet time after the last keystroke before the search runs. */
@@ -92,6 +93,15 @@ export async function render(main, {params, navigate}) {
     if (focusSort) results.querySelector(`button[data-sort="${focusSort}"]`)?.focus();
   };
   await load(++generation);
+  // A listed device's presence changes in place; the order stays as read,
+  // so rows do not move under the reader.
+  listen(({event}) => {
+    if (event?.event !== 'device-online' && event?.event !== 'device-offline') return;
+    const row = [...results.querySelectorAll('tr[data-device]')].find((tr) => tr.dataset.device === event.device);
+    if (!row) return;
+    row.querySelector('td.presence')?.replaceChildren(presence(event.event === 'device-online' ? 'online' : 'offline'));
+    row.querySelector('td.last-seen')?.replaceChildren(timeElement(event.receivedAt));
+  });
 }
 
 /** The fragment's query for a listing, leaving out the defaults. */
@@ -132,13 +142,13 @@ function showPage(results, page, state, sortBy) {
       h('caption', {class: 'muted'}, `Page ${pageNumber}, ${page.items.length} devices${matching ? ` ${matching}` : ''}, ${ORDER_WORDS[sort]}`),
       h('thead', {}, h('tr', {},
         header('Name', 'name'), header('Presence'), header('Labels'), header('Last seen', 'lastSeen'), header('Agent'))),
-      h('tbody', {}, page.items.map((device) => h('tr', {},
+      h('tbody', {}, page.items.map((device) => h('tr', {'data-device': device.name},
         h('th', {scope: 'row'}, h('a', {href: `#/devices/${encodeURIComponent(device.name)}`}, device.name),
           device.displayName ? h('div', {class: 'muted'}, device.displayName) : null),
-        h('td', {}, presence(device.presence)),
+        h('td', {class: 'presence'}, presence(device.presence)),
         h('td', {}, h('ul', {class: 'labels'}, Object.entries(device.labels).map(([key, value]) =>
           h('li', {}, h('a', {class: 'label', href: addToSelector(key, value), title: `Filter by ${key}=${value}`}, `${key}=${value}`))))),
-        h('td', {}, timeElement(device.lastSeen)),
+        h('td', {class: 'last-seen'}, timeElement(device.lastSeen)),
         h('td', {}, device.agentVersion ?? '—'))))),
     h('nav', {class: 'pager', 'aria-label': 'Pages'},
       pageNumber > 1 ? h('a', {href: `#/devices${listingQuery({...state, token: ''})}`}, 'First page') : null,

@@ -4,27 +4,46 @@
 import {call, query} from './api.js';
 import {errorBox, h, show} from './dom.js';
 import {timeElement} from './time.js';
+import {listen, throttled} from './live.js';
 
 /** How many firing alerts are counted before saying "at least". */
 const ALERT_COUNT_LIMIT = 1000;
 /** How many devices are read to offer their label keys for grouping. */
 const LABEL_SAMPLE = 200;
+/** A fleet reconnecting at once reloads the counts this often at most. */
+const REFRESH_MS = 2_000;
+/** How many deployments are read for the rollouts under way. */
+const DEPLOYMENT_LIMIT = 200;
+/** The events that change the counts. */
+const PRESENCE_EVENTS = new Set(['device-online', 'device-offline']);
 
 export async function render(main, {params, navigate}) {
   const by = params.get('by') ?? '';
   show(main, h('h1', {}, 'Overview'), h('p', {class: 'loading'}, 'Loading…'));
-  const [summary, alerts, sample] = await Promise.all([
+  const fill = () => load(main, by, navigate);
+  await fill();
+  const refill = throttled(fill, REFRESH_MS);
+  listen((change) => {
+    if (change.alerts || PRESENCE_EVENTS.has(change.event?.event)) refill();
+  });
+}
+
+/** Reads the counts, alerts and groups and shows them. */
+async function load(main, by, navigate) {
+  const [summary, alerts, sample, deployments] = await Promise.all([
     call(`/devices/summary${query({by})}`).catch((error) => error),
     call(`/alerts${query({state: 'firing', limit: ALERT_COUNT_LIMIT})}`).catch((error) => error),
     call(`/devices${query({limit: LABEL_SAMPLE})}`).catch((error) => error),
+    call(`/deployments${query({limit: DEPLOYMENT_LIMIT})}`).catch((error) => error),
   ]);
-  for (const answer of [summary, alerts, sample]) {
+  for (const answer of [summary, alerts, sample, deployments]) {
     if (answer instanceof Error && answer.name !== 'ApiError') throw answer;
   }
   show(main,
     h('h1', {}, 'Overview'),
     summary instanceof Error ? errorBox(summary) : counts(summary.total, alerts),
     alerts instanceof Error ? errorBox(alerts) : firing(alerts),
+    deployments instanceof Error ? errorBox(deployments) : rollouts(deployments),
     summary instanceof Error ? null : groups(summary, by, sample instanceof Error ? [] : sample.items, navigate));
 }
 
@@ -56,6 +75,23 @@ function firing(alerts) {
   if (alerts.items.length > 10) {
     section.append(h('p', {class: 'muted'}, `and ${alerts.items.length - 10}${alerts.continue ? '+' : ''} more`));
   }
+  return section;
+}
+
+/** The deployments whose rollout has not finished: moving, paused or being removed. */
+function rollouts(deployments) {
+  const unfinished = deployments.items.filter((deployment) => deployment.rollout !== 'complete');
+  const section = h('section', {'aria-labelledby': 'rollouts-title'}, h('h2', {id: 'rollouts-title'}, 'Rollouts under way'));
+  if (unfinished.length === 0) {
+    section.append(h('p', {class: 'empty'}, deployments.items.length
+      ? 'Every deployment is rolled out.'
+      : 'No deployment yet.'));
+    return section;
+  }
+  section.append(h('ul', {class: 'rollouts'}, unfinished.map((deployment) => h('li', {},
+    h('a', {href: `#/deployments/${encodeURIComponent(deployment.name)}`}, deployment.name), ' ',
+    h('span', {class: `badge phase-${deployment.rollout}`}, deployment.rollout), ' ',
+    h('span', {class: 'muted'}, `revision ${deployment.revision}, changed `, timeElement(deployment.updatedAt))))));
   return section;
 }
 

@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod jobs;
 pub mod join;
 pub mod kube_proxy;
+pub mod live;
 pub mod logs;
 pub mod management_shell;
 pub mod metrics;

@@ -2,10 +2,15 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{Path, State};
-use tether_proto::api::{ErrorBody, Event, Page};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
+use tether_proto::api::{ActiveAlerts, ErrorBody, Event, FleetChange, Page};
 use tether_proto::metrics::{HostMetrics, MetricRange, SeriesList};
 use tether_proto::telemetry::DeviceUsage;
+use tokio_stream::wrappers::ReceiverStream;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -22,6 +27,7 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(device_usage))
         .routes(routes!(query_metric))
         .routes(routes!(list_series))
+        .routes(routes!(follow_fleet))
 }
 
 /// A range query parameters: see [`crate::metrics::query::plan`].
@@ -146,4 +152,49 @@ async fn list_metrics(
         |sample| Position::BeforeTime(sample.sampled_at.timestamp_millis()),
         |sample| sample,
     )))
+}
+
+/// Streams the fleet's changes from now on, whichever replica stores
+/// them: each device event (sessions, action answers, tetherd's own events
+/// about devices) and the active alerts whenever one is raised,
+/// acknowledged or resolved; one JSON object (a `FleetChange`) per line.
+/// An empty line is a keepalive; a line `{"error": …}` ends the stream.
+/// Read about once a second (`crate::live`).
+#[utoipa::path(get, path = "/events/follow", tag = "telemetry",
+    responses((status = 200, description = "JSON lines of FleetChange", content_type = "application/x-ndjson", body = FleetChange)))]
+async fn follow_fleet(State(state): State<Arc<AppState>>) -> Response {
+    let changes = ReceiverStream::new(crate::live::follow(state.store.clone())).map(|change| {
+        let line = match change {
+            Ok(crate::live::Change::Keepalive) => String::new(),
+            Ok(crate::live::Change::Event(record)) => {
+                json_line(&FleetChange::Event(event_to_api(record)))
+            }
+            Ok(crate::live::Change::Alerts(mark)) => {
+                json_line(&FleetChange::Alerts(ActiveAlerts {
+                    firing: mark.firing,
+                    acknowledged: mark.acknowledged,
+                    newest_id: mark.newest,
+                }))
+            }
+            Err(error) => {
+                tracing::warn!(error = %crate::error_chain(&error), "a fleet follower stopped");
+                serde_json::json!({"error": {
+                    "code": "database_unavailable",
+                    "message": "the controller could not read the fleet's changes; follow again",
+                }})
+                .to_string()
+            }
+        };
+        Ok::<_, std::convert::Infallible>(line + "\n")
+    });
+    (
+        [(CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(changes),
+    )
+        .into_response()
+}
+
+fn json_line(change: &FleetChange) -> String {
+    // Strings, numbers and JSON values always serialize.
+    serde_json::to_string(change).unwrap_or_default()
 }

@@ -101,6 +101,7 @@ pub const GROUPS: &[Group] = &[
             ("GET", "/api/v1/logs", AtLeast(Viewer)),
             ("GET", "/api/v1/logs/follow", AtLeast(Viewer)),
             ("GET", "/api/v1/devices/{name}/events", AtLeast(Viewer)),
+            ("GET", "/api/v1/events/follow", AtLeast(Viewer)),
             ("GET", "/api/v1/devices/{name}/metrics", AtLeast(Viewer)),
             (
                 "GET",

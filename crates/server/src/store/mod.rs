@@ -41,7 +41,7 @@ pub use jobs::{JobRecord, NewJob};
 pub use logs::{LogLine, LogPosition, LogScan};
 pub use management_shell::SshKeyRecord;
 pub use metrics::{Bucket, FleetRow, RefusedSeries, RolledUp, StoredSeries};
-pub use monitor::{AlertFilter, AlertStates, DriftingDevice, NewAlert, WatchedDevice};
+pub use monitor::{AlertFilter, AlertStates, AlertsMark, DriftingDevice, NewAlert, WatchedDevice};
 pub use provisioning::{
     Admission, PolicyRecord, ProvisionedDevice, ProvisioningKeyRecord, Refused, RegistrationRecord,
     RegistrationWrite,

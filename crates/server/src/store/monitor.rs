@@ -54,6 +54,14 @@ pub struct NewAlert {
     pub labels: BTreeMap<String, String>,
 }
 
+/// See [`Store::alerts_mark`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AlertsMark {
+    pub newest: u64,
+    pub firing: u64,
+    pub acknowledged: u64,
+}
+
 /// Which alerts a listing returns, by state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AlertStates {
@@ -443,6 +451,28 @@ impl Store {
             .map_err(query_error("read an alert"))?
             .ok_or_else(not_found)?;
         alert_from_row(&row)
+    }
+
+    /// What changes whenever an alert is raised, acknowledged or resolved:
+    /// the newest alert's id and how many are firing and acknowledged. Read
+    /// from the indexes only, so a live follower may ask every second.
+    pub async fn alerts_mark(&self) -> Result<AlertsMark, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM alerts) AS newest, \
+             (SELECT COUNT(*) FROM alerts WHERE state = 'firing') AS firing, \
+             (SELECT COUNT(*) FROM alerts WHERE state = 'acknowledged') AS acknowledged",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("read what changed in the alerts"))?;
+        let count = |column: &'static str| -> Result<u64, StoreError> {
+            to_u64(get::<i64>(&row, column)?, &format!("the alerts' {column}"))
+        };
+        Ok(AlertsMark {
+            newest: count("newest")?,
+            firing: count("firing")?,
+            acknowledged: count("acknowledged")?,
+        })
     }
 
     /// Alerts newest first, below `before` (an id), at most `limit_to`,

@@ -95,6 +95,30 @@ impl Store {
         rows.iter().map(event_from_row).collect()
     }
 
+    /// Every device's events received at or after `since`, oldest first,
+    /// at most `limit`: what a live follower reads again each time, and
+    /// drops those it has sent (`crate::telemetry::live`).
+    pub async fn list_events_since(
+        &self,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE received_at >= $1 \
+             ORDER BY received_at, id LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(millis(since))
+            .bind(self::limit(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| StoreError::Query {
+                context: "list the fleet's newest events",
+                source,
+            })?;
+        rows.iter().map(event_from_row).collect()
+    }
+
     /// Stores a sample; a sample the device sends again (same instant) is
     /// kept once. `NotFound` if the device does not exist.
     pub async fn insert_metrics(

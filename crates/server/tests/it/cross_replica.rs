@@ -491,3 +491,125 @@ async fn actions_whose_notification_is_lost_arrive_within_the_sweep_period() -> 
     device.disconnect().await;
     Ok(())
 }
+
+/// The next change of a `GET /events/follow` stream that `wanted` picks,
+/// skipping the others (the fleet keeps talking meanwhile).
+async fn next_change(
+    stream: &mut tether_testkit::api::JsonLines,
+    what: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let change = stream
+            .next(left)
+            .await
+            .with_context(|| format!("waiting for {what}"))?
+            .with_context(|| format!("the stream ended before {what}"))?;
+        if wanted(&change) {
+            return Ok(change);
+        }
+    }
+}
+
+/// A console served by one replica hears what devices on another do: their
+/// sessions, their actions' answers, and alerts raised and acknowledged,
+/// each once, in the order stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_on_one_replica_hears_the_fleet_on_another() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("tetherd.toml");
+    std::fs::write(&config, "[alert_rules]\nevaluation_interval_seconds = 1\n")?;
+    let config = config.to_string_lossy().into_owned();
+    let serving = Tetherd::start_with(Database::Postgres, &["--config", &config]).await?;
+    let holding = Tetherd::start_replica_of(&serving, &["--config", &config]).await?;
+    let admin = serving.admin().await?;
+    let viewer = serving.user_with_role("viewer").await?;
+    let mut stream = viewer.get_json_lines("/api/v1/events/follow").await?;
+    assert_eq!(stream.status, 200);
+
+    let on_holding = holding.admin().await?;
+    let agent = Agent::enroll_online(&holding, &on_holding, "far-away").await?;
+    let online = next_change(&mut stream, "far-away online", |change| {
+        change["event"]["event"] == "device-online" && change["event"]["device"] == "far-away"
+    })
+    .await?;
+    let holder = std::fs::read_to_string(holding.data_dir().join("replica-id"))?;
+    assert!(
+        online["event"]["statusMessage"]
+            .as_str()
+            .is_some_and(|message| message.contains(holder.trim())),
+        "written by the replica holding the session: {online}"
+    );
+
+    let accepted = request(
+        &on_holding,
+        "far-away",
+        json!({"action": "get-node-ip", "input": {}}),
+    )
+    .await?;
+    let id = accepted["correlationId"].clone();
+    let answer = next_change(&mut stream, "the action's answer", |change| {
+        change["event"]["correlationId"] == id
+    })
+    .await?;
+    assert_eq!(answer["event"]["event"], "get-node-ip", "{answer}");
+
+    admin
+        .patch(
+            "/api/v1/devices/far-away",
+            json!({"spec": {"metricsConfig": {"intervalSeconds": 1}}}),
+        )
+        .await?
+        .expect_status(200)?;
+    admin
+        .post(
+            "/api/v1/alert-rules",
+            json!({"name": "memory-in-use", "spec": {
+                "selector": "", "severity": "warning", "for": "0s",
+                "summary": "memory in use on {{ device }}",
+                "condition": {"metric": {"name": "memory_used_bytes", "op": ">", "value": 0}}
+            }}),
+        )
+        .await?
+        .expect_status(201)?;
+    let raised = next_change(&mut stream, "the alert raised", |change| {
+        change["alerts"]["firing"] == 1
+    })
+    .await?;
+    let alert = raised["alerts"]["newestId"]
+        .as_u64()
+        .context("an alert id")?;
+    on_holding
+        .post(&format!("/api/v1/alerts/{alert}/acknowledge"), json!({}))
+        .await?
+        .expect_status(200)?;
+    next_change(&mut stream, "the alert acknowledged", |change| {
+        change["alerts"] == json!({"firing": 0, "acknowledged": 1, "newestId": alert})
+    })
+    .await?;
+
+    // The agent leaves: its session's end is heard too, once.
+    drop(agent);
+    next_change(&mut stream, "far-away offline", |change| {
+        change["event"]["event"] == "device-offline" && change["event"]["device"] == "far-away"
+    })
+    .await?;
+    let events = admin
+        .get("/api/v1/devices/far-away/events?limit=100")
+        .await?
+        .expect_status(200)?;
+    let stored = events["items"].as_array().context("a list")?.len();
+    assert!(stored >= 3, "online, the answer, offline: {events}");
+
+    let anonymous = serving.anonymous()?;
+    assert_eq!(
+        anonymous
+            .get_json_lines("/api/v1/events/follow")
+            .await?
+            .status,
+        401
+    );
+    Ok(())
+}

@@ -16,7 +16,7 @@ use tether_testkit::sim_agent::{self, Responder, SimAgent, SpecReporter};
 use tether_testkit::tetherd::{Database, Tetherd};
 
 /// Reports every deployment of the spec ready, except those `fails` picks.
-fn reporter(fails: fn(&DeviceId, &str) -> bool) -> SpecReporter {
+pub(crate) fn reporter(fails: fn(&DeviceId, &str) -> bool) -> SpecReporter {
     Arc::new(
         move |device: &DeviceId, message: &SpecMessage| ReportedStatus {
             spec_version: message.version,

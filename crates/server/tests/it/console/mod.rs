@@ -10,8 +10,11 @@ use serde_json::{Value, json};
 use tether_testkit::browser::{Browser, PageRecord};
 use tether_testkit::{ApiClient, Tetherd};
 
+mod admin;
 mod basics;
 mod fleet;
+mod live;
+mod scale;
 
 /// How long a page may take to show what a test waits for.
 const SHOWN: Duration = Duration::from_secs(15);

@@ -1,0 +1,233 @@
+//! The fleet's changes as they are stored, for followers such as the web
+//! console (ADR 0034, amendment): every device event (sessions starting
+//! and ending, action answers, the monitor's requests) and a notice when
+//! the alerts change, from whichever replica wrote them.
+//!
+//! A follower reads the database once a second rather than waiting on the
+//! bus: every replica's writes land there, and its cost grows with the
+//! followers (people with a console open), not with the fleet. A notice on
+//! the bus per stored event would cost a PostgreSQL `NOTIFY` for each of
+//! 15,000 devices reconnecting at once, whether anybody follows or not.
+//!
+//! Events carry the clock of the replica that wrote them and commit in any
+//! order, so each read goes back [`LOOKBACK`] before the newest event sent
+//! and drops those already sent ([`Window`]): an event that commits up to
+//! that late is still sent, once.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tokio::sync::mpsc;
+
+use crate::store::{AlertsMark, EventRecord, Store, StoreError};
+
+/// How often a follower reads what changed.
+const POLL: Duration = Duration::from_secs(1);
+/// How late (by its replica's clock, or its commit) an event may arrive
+/// and still be sent.
+const LOOKBACK: TimeDelta = TimeDelta::seconds(10);
+/// Events read at most at once; a burst larger than this is sent over the
+/// next reads.
+const READ_LIMIT: u32 = 1_000;
+/// An empty item this often keeps proxies from closing a quiet stream.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// One thing a follower is told.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A device event was stored.
+    Event(EventRecord),
+    /// An alert was raised, acknowledged or resolved; how many are active.
+    Alerts(AlertsMark),
+    /// Nothing happened for a while.
+    Keepalive,
+}
+
+/// Which events of the last [`LOOKBACK`] were sent, and where the next
+/// read starts. No IO: the follower feeds it what it reads.
+#[derive(Debug)]
+pub struct Window {
+    /// The next read returns events received at or after this.
+    since: DateTime<Utc>,
+    /// Events sent, by when they were received: those older than the
+    /// lookback are forgotten.
+    sent: BTreeSet<(DateTime<Utc>, String)>,
+    sent_ids: HashSet<String>,
+}
+
+impl Window {
+    /// A window that starts sending from `now`.
+    pub fn starting(now: DateTime<Utc>) -> Self {
+        Self {
+            since: now,
+            sent: BTreeSet::new(),
+            sent_ids: HashSet::new(),
+        }
+    }
+
+    /// Where the next read starts.
+    pub fn since(&self) -> DateTime<Utc> {
+        self.since
+    }
+
+    /// The events of a read not sent before, in the order read; `full`
+    /// says the read hit its limit, so the next one starts after its last
+    /// event rather than a lookback before it.
+    pub fn take_new(&mut self, read: Vec<EventRecord>, full: bool) -> Vec<EventRecord> {
+        let last = read.last().map(|event| event.received_at);
+        let new: Vec<EventRecord> = read
+            .into_iter()
+            .filter(|event| !self.sent_ids.contains(&event.id))
+            .collect();
+        for event in &new {
+            self.sent_ids.insert(event.id.clone());
+            self.sent.insert((event.received_at, event.id.clone()));
+        }
+        let newest = self.sent.last().map(|(at, _)| *at);
+        self.since = match (full, last, newest) {
+            // A burst: go on from where this read stopped, or the same
+            // first rows would be read again and again.
+            (true, Some(last), _) => last.max(self.since),
+            (_, _, Some(newest)) => (newest - LOOKBACK).max(self.since),
+            _ => self.since,
+        };
+        self.forget_before(self.since);
+        new
+    }
+
+    fn forget_before(&mut self, horizon: DateTime<Utc>) {
+        while let Some((at, id)) = self.sent.first().cloned() {
+            if at >= horizon {
+                break;
+            }
+            self.sent.pop_first();
+            self.sent_ids.remove(&id);
+        }
+    }
+}
+
+/// Follows the fleet from now until the receiver is dropped. A store error
+/// ends the stream with it, so the follower says so and may follow again.
+pub fn follow(store: Store) -> mpsc::Receiver<Result<Change, StoreError>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        if let Err(error) = run(&store, &tx).await {
+            let _ = tx.send(Err(error)).await;
+        }
+    });
+    rx
+}
+
+async fn run(
+    store: &Store,
+    tx: &mpsc::Sender<Result<Change, StoreError>>,
+) -> Result<(), StoreError> {
+    let mut window = Window::starting(Utc::now());
+    let mut alerts = store.alerts_mark().await?;
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut quiet_since = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {}
+            () = tx.closed() => return Ok(()),
+        }
+        let read = store.list_events_since(window.since(), READ_LIMIT).await?;
+        let full = read.len() >= READ_LIMIT as usize;
+        let mut changes: Vec<Change> = window
+            .take_new(read, full)
+            .into_iter()
+            .map(Change::Event)
+            .collect();
+        let mark = store.alerts_mark().await?;
+        if mark != alerts {
+            alerts = mark;
+            changes.push(Change::Alerts(mark));
+        }
+        if changes.is_empty() && quiet_since.elapsed() >= KEEPALIVE {
+            changes.push(Change::Keepalive);
+        }
+        if !changes.is_empty() {
+            quiet_since = tokio::time::Instant::now();
+        }
+        for change in changes {
+            if tx.send(Ok(change)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("a time")
+    }
+
+    fn event(id: &str, seconds: i64) -> EventRecord {
+        EventRecord {
+            id: id.to_owned(),
+            device: tether_proto::DeviceId::new("edge-1").expect("a name"),
+            correlation_id: None,
+            event: "device-online".into(),
+            status_code: 200,
+            status_message: String::new(),
+            response: serde_json::Value::Null,
+            received_at: at(seconds),
+        }
+    }
+
+    fn ids(events: &[EventRecord]) -> Vec<&str> {
+        events.iter().map(|event| event.id.as_str()).collect()
+    }
+
+    #[test]
+    fn an_event_read_again_in_the_lookback_is_sent_once() {
+        let mut window = Window::starting(at(0));
+        let first = window.take_new(vec![event("a", 1), event("b", 2)], false);
+        assert_eq!(ids(&first), ["a", "b"]);
+        // The next read goes back before the newest sent, and finds them again.
+        assert!(window.since() <= at(1));
+        let again = window.take_new(vec![event("a", 1), event("b", 2), event("c", 3)], false);
+        assert_eq!(ids(&again), ["c"]);
+    }
+
+    #[test]
+    fn an_event_committed_late_with_an_earlier_time_is_still_sent() {
+        let mut window = Window::starting(at(0));
+        window.take_new(vec![event("b", 5)], false);
+        // Another replica's event, received at 3 s, committed after b was read.
+        let late = window.take_new(vec![event("a", 3), event("b", 5)], false);
+        assert_eq!(ids(&late), ["a"]);
+    }
+
+    #[test]
+    fn the_window_never_starts_before_the_follow_did() {
+        let mut window = Window::starting(at(100));
+        window.take_new(vec![event("a", 101)], false);
+        assert_eq!(window.since(), at(100));
+    }
+
+    #[test]
+    fn a_full_read_goes_on_from_its_last_event() {
+        let mut window = Window::starting(at(0));
+        let burst: Vec<EventRecord> = (0..5).map(|i| event(&format!("e{i}"), 20 + i)).collect();
+        window.take_new(burst, true);
+        assert_eq!(window.since(), at(24));
+        // The last event is read again at its own time, and not sent twice.
+        let next = window.take_new(vec![event("e4", 24), event("e5", 25)], false);
+        assert_eq!(ids(&next), ["e5"]);
+    }
+
+    #[test]
+    fn what_is_older_than_the_lookback_is_forgotten() {
+        let mut window = Window::starting(at(0));
+        window.take_new(vec![event("old", 1)], false);
+        window.take_new(vec![event("new", 100)], false);
+        assert_eq!(window.sent_ids.len(), 1, "only the newest is remembered");
+        assert_eq!(window.since(), at(100) - LOOKBACK);
+    }
+}

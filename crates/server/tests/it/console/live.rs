@@ -1,0 +1,82 @@
+//! Live pages: what the fleet does shows without a reload, whichever
+//! replica the device's session is on.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tether_testkit::browser::Browser;
+use tether_testkit::{Agent, Database, Tetherd};
+
+use super::{SHOWN, assert_stayed_home, log_in_as_admin, texts};
+
+/// The text of the listed device's presence cell.
+async fn listed_presence(browser: &Browser, device: &str) -> anyhow::Result<String> {
+    let found = browser
+        .evaluate(&format!(
+            "document.querySelector('tr[data-device={}] td.presence')?.textContent ?? ''",
+            json!(device)
+        ))
+        .await?;
+    Ok(found.as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_changes_show_live_on_a_page_served_by_another_replica() -> anyhow::Result<()> {
+    let serving = Tetherd::start(Database::Postgres).await?;
+    let holding = Tetherd::start_replica_of(&serving, &[]).await?;
+    let on_holding = holding.admin().await?;
+    let agent = Agent::enroll_online(&holding, &on_holding, "edge-live-1").await?;
+
+    let browser = Browser::start().await?;
+    log_in_as_admin(&browser, &serving).await?;
+    browser
+        .wait_for_selector(".live[data-state=live]", SHOWN)
+        .await?;
+    browser
+        .navigate(&format!("{}/#/devices", serving.api_url))
+        .await?;
+    browser
+        .wait_for_selector("tr[data-device=edge-live-1]", SHOWN)
+        .await?;
+    assert_eq!(listed_presence(&browser, "edge-live-1").await?, "online");
+
+    // The agent stops; its replica records the end, and the page, served
+    // by the other one, shows it without a reload.
+    let before = browser
+        .evaluate("performance.getEntriesByType('navigation').length")
+        .await?;
+    drop(agent);
+    browser
+        .wait_for_true(
+            "the row to show offline",
+            "document.querySelector('tr[data-device=\"edge-live-1\"] td.presence')?.textContent === 'offline'",
+            SHOWN,
+        )
+        .await?;
+
+    // The overview's counts follow a new device coming online.
+    browser.navigate(&format!("{}/#/", serving.api_url)).await?;
+    browser.wait_for_selector(".cards", SHOWN).await?;
+    let online_card = ".card.online .count";
+    assert_eq!(texts(&browser, online_card).await?, ["0"]);
+    browser
+        .wait_for_selector(".live[data-state=live]", SHOWN)
+        .await?;
+    let _second = Agent::enroll_online(&holding, &on_holding, "edge-live-2").await?;
+    browser
+        .wait_for_true(
+            "the online count to become 1",
+            "document.querySelector('.card.online .count')?.textContent === '1'",
+            Duration::from_secs(20),
+        )
+        .await?;
+    assert_eq!(
+        browser
+            .evaluate("performance.getEntriesByType('navigation').length")
+            .await?,
+        before,
+        "no page load in between"
+    );
+    assert_stayed_home(&browser.record(), &serving);
+    Ok(())
+}
