@@ -11,6 +11,7 @@ use tether_testkit::browser::{Browser, PageRecord};
 use tether_testkit::{ApiClient, Tetherd};
 
 mod basics;
+mod device_live;
 
 /// How long a page may take to show what a test waits for.
 const SHOWN: Duration = Duration::from_secs(15);
