@@ -45,13 +45,7 @@ async fn logs_the_agent_ships_appear_on_an_open_page_and_metrics_are_drawn() -> 
     let admin = tetherd.admin().await?;
     let agent = Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
     let socket = agent.local_api_socket();
-    admin
-        .patch(
-            "/api/v1/devices/edge-1",
-            json!({"spec": {"metricsConfig": {"intervalSeconds": 1}}}),
-        )
-        .await?
-        .expect_status(200)?;
+    push_tank_levels(&socket).await?;
     let before = marker("archived");
     post_local(
         &socket,
@@ -70,7 +64,7 @@ async fn logs_the_agent_ships_appear_on_an_open_page_and_metrics_are_drawn() -> 
         Ok(page.to_string().contains(&before).then_some(()))
     })
     .await?;
-    metric_points(&admin, "cpu_percent", 2).await?;
+    metric_points(&admin, "tank_level_percent", 100).await?;
 
     let browser = Browser::start().await?;
     browser.set_viewport(1200, 900).await?;
@@ -135,14 +129,23 @@ async fn logs_the_agent_ships_appear_on_an_open_page_and_metrics_are_drawn() -> 
     scroll_to(&browser, "logs-title").await?;
     write_doc_screenshot(&browser, "device-logs").await?;
 
-    // The metrics chart: the device's metric over the chosen range.
+    // The metrics chart: the chosen metric over the chosen range, a line
+    // per series.
     browser
-        .wait_for_selector("#metric-chart svg path.line", SHOWN)
+        .wait_for_selector("#metric-name option", SHOWN)
         .await?;
-    let chosen = browser
-        .evaluate("document.getElementById('metric-name').value")
+    choose(&browser, "#metric-name", "tank_level_percent").await?;
+    browser
+        .wait_for_text("#metric-chart svg title", "tank_level_percent", SHOWN)
         .await?;
-    assert_eq!(chosen, json!("cpu_percent"));
+    assert_eq!(
+        texts(&browser, "#metric-chart .legend li").await?,
+        ["tank=a", "tank=b"]
+    );
+    let drawn = browser
+        .evaluate("document.querySelectorAll('#metric-chart svg path.line').length")
+        .await?;
+    assert_eq!(drawn, json!(2));
     // Six hours read 1-minute rollups, which a device this new may not
     // have yet: a chart or the empty state, either for the range chosen.
     choose(&browser, "#metric-range", "6h").await?;
@@ -150,16 +153,13 @@ async fn logs_the_agent_ships_appear_on_an_open_page_and_metrics_are_drawn() -> 
         .wait_for_true(
             "the 6-hour range shown",
             "document.querySelector('#metric-chart svg title')?.textContent.includes('last 6 hours') \
-             || document.getElementById('metric-empty')?.textContent.includes('cpu_percent') || false",
+             || document.getElementById('metric-empty')?.textContent.includes('tank_level_percent') || false",
             SHOWN,
         )
         .await?;
     choose(&browser, "#metric-range", "1h").await?;
     browser
         .wait_for_text("#metric-chart svg title", "last hour", SHOWN)
-        .await?;
-    browser
-        .wait_for_selector("#metric-chart svg path.line", SHOWN)
         .await?;
     scroll_to(&browser, "metrics-title").await?;
     write_doc_screenshot(&browser, "device-metrics").await?;
@@ -173,6 +173,30 @@ async fn logs_the_agent_ships_appear_on_an_open_page_and_metrics_are_drawn() -> 
     Ok(())
 }
 
+/// An hour of an application's metric through the agent's local API: two
+/// tanks' levels every 30 s, filling and draining.
+async fn push_tank_levels(socket: &std::path::Path) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    let mut body = String::new();
+    for i in 0..120_i64 {
+        let at = now - chrono::Duration::seconds(30 * (120 - i));
+        let phase = i as f64 / 12.0;
+        for (tank, level) in [
+            ("a", 55.0 + 30.0 * phase.sin()),
+            ("b", 40.0 + 20.0 * (phase / 2.0).cos()),
+        ] {
+            body.push_str(
+                &json!({"name": "tank_level_percent", "value": (level * 10.0_f64).round() / 10.0,
+                    "labels": {"tank": tank}, "at": at})
+                .to_string(),
+            );
+            body.push('\n');
+        }
+    }
+    post_local(socket, "/v1/metrics", &body).await?;
+    Ok(())
+}
+
 /// Waits until the device has at least `count` points of `metric` in the
 /// last hour.
 async fn metric_points(admin: &ApiClient, metric: &str, count: usize) -> anyhow::Result<()> {
@@ -182,7 +206,7 @@ async fn metric_points(admin: &ApiClient, metric: &str, count: usize) -> anyhow:
         || async {
             let range = admin
                 .get(&format!(
-                    "/api/v1/devices/edge-1/metrics/query?metric={metric}&since=1h&step=10s"
+                    "/api/v1/devices/edge-1/metrics/query?metric={metric}&since=1h&step=30s"
                 ))
                 .await?
                 .expect_status(200)?;
