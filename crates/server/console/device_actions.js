@@ -5,8 +5,13 @@ import {call, query} from './api.js';
 import {errorBox, h, show} from './dom.js';
 import {timeElement} from './time.js';
 
-/** How many of the newest actions are listed. */
-const RECENT = 20;
+/** How many of the newest actions are read. */
+const RECENT = 50;
+/**
+ * Sent by tetherd itself while someone follows the device's log (this page
+ * does): listed, they would crowd out what people ran.
+ */
+const UNLISTED = ['follow-logs'];
 /** States an action is still in before it ends. */
 const RUNNING = ['queued', 'pending', 'delivered'];
 
@@ -25,7 +30,9 @@ export function actionHistorySection(name) {
       show(body, errorBox(error));
       return;
     }
-    show(body, page.items.length === 0
+    const listed = page.items.filter((action) => !UNLISTED.includes(action.action));
+    const unlisted = page.items.length - listed.length;
+    show(body, listed.length === 0
       ? h('p', {class: 'empty'}, 'No action has been run on this device yet.')
       : h('table', {},
         h('thead', {}, h('tr', {},
@@ -34,7 +41,10 @@ export function actionHistorySection(name) {
           h('th', {scope: 'col'}, 'Result'),
           h('th', {scope: 'col'}, 'Requested'),
           h('th', {scope: 'col'}, 'Finished'))),
-        h('tbody', {}, page.items.map(row))));
+        h('tbody', {}, listed.map(row))),
+    unlisted
+      ? h('p', {class: 'muted'}, `Not listed: ${unlisted} follow-logs action${unlisted === 1 ? '' : 's'}, which tetherd sends while the log is followed.`)
+      : null);
   };
   return section;
 }
