@@ -4,7 +4,7 @@
 // that still come are removed, not drawn. Keys are sent a line at a time,
 // with buttons for the control keys a line cannot carry.
 
-import {openSocket} from './api.js';
+import {call, openSocket} from './api.js';
 import {h} from './dom.js';
 
 // Channels of the tunnel's frames (tether_proto::tunnel).
@@ -148,6 +148,9 @@ export function terminalSection(name, signal) {
       socket = null;
       if (!opened) {
         ended('The terminal could not be opened: the device may be offline, not offer tunnels, or not dial back in time (tether ssh names the reason).');
+        // A browser does not tell why a WebSocket was refused: an ended
+        // session is found the usual way, and returns to the login page.
+        call('/users/me').catch(() => {});
       } else {
         ended(exit ?? 'The shell ended.');
       }

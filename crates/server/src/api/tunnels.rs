@@ -206,7 +206,10 @@ fn terminal_side(name: &'static str, value: &str) -> Result<u16, ApiError> {
 /// Opens a tunnel to the device and upgrades to a WebSocket carrying it
 /// (ADR 0021 frames). Answers only once the device has dialed back: a
 /// device that is unknown, does not accept `open-tunnel`, refuses or does
-/// not dial within 30 s is an HTTP error, not a WebSocket.
+/// not dial within 30 s is an HTTP error, not a WebSocket. A browser,
+/// whose WebSocket cannot send `Authorization`, may name its token as the
+/// subprotocol `tether.bearer.<token>` beside `tether.tunnel.v1`, which is
+/// answered (ADR 0034).
 #[utoipa::path(get, path = "/devices/{name}/tunnel", tag = "tunnels",
     params(("name" = String, Path, description = "Device name"),
         ("kind" = String, Query, description = "exec, forward, shell, upload, download or ssh (the agent's embedded SSH server, ADR 0023)"),
