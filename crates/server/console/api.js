@@ -49,12 +49,13 @@ export function forgetToken() {
 }
 
 /**
- * Calls `/api/v1{path}` and answers its JSON (null for an empty body).
+ * Calls `/api/v1{path}` and answers its JSON (null for an empty body);
+ * `headers` adds to the request's (`If-Match`).
  * Throws Unreachable, SessionExpired (after calling the expiry handler) or
  * ApiError.
  */
-export async function call(path, {method = 'GET', body} = {}) {
-  const headers = {Accept: 'application/json'};
+export async function call(path, {method = 'GET', body, headers: extra = {}} = {}) {
+  const headers = {Accept: 'application/json', ...extra};
   const current = token();
   if (current) headers.Authorization = `Bearer ${current}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
@@ -70,6 +71,11 @@ export async function call(path, {method = 'GET', body} = {}) {
   } catch (cause) {
     throw new Unreachable(cause);
   }
+  return answer(response, current);
+}
+
+/** The JSON of a response, or the error it is (see `call`). */
+async function answer(response, sentToken) {
   const text = await response.text();
   let json = null;
   if (text) {
@@ -79,65 +85,76 @@ export async function call(path, {method = 'GET', body} = {}) {
       json = null;
     }
   }
-  refuseFailure(response, json, current);
-  return json;
-}
-
-/** Throws for an answer that is not a success, as every call does. */
-function refuseFailure(response, json, sentToken) {
   if (response.status === 401 && sentToken) {
     forgetToken();
     onExpired();
     throw new SessionExpired();
   }
   if (!response.ok) throw new ApiError(response.status, json);
+  return json;
 }
 
 /**
- * Follows a stream of JSON lines (`/api/v1{path}`, e.g. `/events/follow`):
- * `onOpen` once tetherd answered, then `onItem` with each object until the
- * stream ends or `signal` aborts (then it returns quietly). An empty line
- * is a keepalive. Throws as `call` does; a line `{"error": …}` ends the
- * stream with an ApiError.
+ * Follows `/api/v1{path}`, a stream of JSON lines (`application/x-ndjson`),
+ * calling `onItem` with each object as it arrives, until the stream ends
+ * or `signal` aborts (then it returns quietly). Empty lines are
+ * keepalives; a line `{"error": …}` ends the stream as an ApiError.
+ * `onOpen` runs once tetherd has answered: from then on nothing is missed.
+ * Throws as `call` does.
  */
-export async function follow(path, {onItem, onOpen = () => {}, signal}) {
+export async function follow(path, onItem, signal, onOpen = () => {}) {
   const headers = {Accept: 'application/x-ndjson'};
   const current = token();
   if (current) headers.Authorization = `Bearer ${current}`;
-  let response;
+  let reader;
   try {
-    response = await fetch(`/api/v1${path}`, {headers, cache: 'no-store', credentials: 'omit', signal});
-  } catch (cause) {
-    if (signal?.aborted) return;
-    throw new Unreachable(cause);
-  }
-  if (!response.ok) {
-    const json = await response.json().catch(() => null);
-    refuseFailure(response, json, current);
-  }
-  onOpen();
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffered = '';
-  try {
-    for (;;) {
-      const {value, done} = await reader.read();
-      if (done) return;
-      buffered += value;
-      let end;
-      while ((end = buffered.indexOf('\n')) >= 0) {
-        const line = buffered.slice(0, end).trim();
-        buffered = buffered.slice(end + 1);
-        if (!line) continue;
-        const item = JSON.parse(line);
-        if (item.error) throw new ApiError(response.status, item);
-        onItem(item);
-      }
+    const response = await fetch(`/api/v1${path}`, {headers, cache: 'no-store', credentials: 'omit', signal});
+    if (!response.ok) {
+      await answer(response, current);
+      return;
     }
+    reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    onOpen();
   } catch (error) {
     if (signal?.aborted) return;
-    if (error.name === 'ApiError') throw error;
-    throw new Unreachable(error);
+    throw error instanceof ApiError || error instanceof SessionExpired ? error : new Unreachable(error);
   }
+  let pending = '';
+  for (;;) {
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch (cause) {
+      if (signal?.aborted) return;
+      throw new Unreachable(cause);
+    }
+    if (chunk.done) return;
+    const lines = (pending + chunk.value).split('\n');
+    pending = lines.pop();
+    for (const line of lines) {
+      if (!line.trim()) continue;
+      const item = JSON.parse(line);
+      if (item.error) throw new ApiError(200, item);
+      onItem(item);
+    }
+  }
+}
+
+/**
+ * A WebSocket to `/api/v1{path}` on this origin. A browser's WebSocket
+ * cannot send `Authorization`, so the token goes as a subprotocol,
+ * `tether.bearer.<token>`, beside the tunnel protocol tetherd answers with
+ * (ADR 0034): it never appears in a URL or a log.
+ */
+export function openSocket(path) {
+  const url = new URL(`/api/v1${path}`, location.href);
+  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  const protocols = ['tether.tunnel.v1'];
+  const current = token();
+  if (current) protocols.push(`tether.bearer.${current}`);
+  const socket = new WebSocket(url, protocols);
+  socket.binaryType = 'arraybuffer';
+  return socket;
 }
 
 /** Logs in and keeps the token; throws ApiError with tetherd's reason. */

@@ -3,7 +3,7 @@
 // while its page is on show; a paused one can be resumed by an operator.
 
 import {atLeast, call, query} from './api.js';
-import {errorBox, facts, h, show} from './dom.js';
+import {errorBox, facts, h, pager, show, stackedBar} from './dom.js';
 import {timeElement} from './time.js';
 
 const PAGE_SIZE = 50;
@@ -13,6 +13,7 @@ const PROGRESS_MS = 2_000;
 export async function render(main, {me, params, name}) {
   if (name) return renderOne(main, me, name);
   const token = params.get('continue') ?? '';
+  const pageNumber = Number(params.get('page') ?? '1') || 1;
   show(main, h('h1', {}, 'Deployments'), h('p', {class: 'loading'}, 'Loading…'));
   let page;
   try {
@@ -38,10 +39,7 @@ export async function render(main, {me, params, name}) {
         h('td', {}, deployment.revision),
         h('td', {}, phaseBadge(deployment.rollout)),
         h('td', {}, timeElement(deployment.updatedAt)))))),
-    page.continue
-      ? h('nav', {class: 'pager', 'aria-label': 'Pages'},
-        h('a', {rel: 'next', href: `#/deployments${query({continue: page.continue})}`}, 'Next page'))
-      : null);
+    pager(page, pageNumber, (next, number) => `#/deployments${query({continue: next, page: next ? number : ''})}`));
 }
 
 function target({device, selector}) {
@@ -127,7 +125,8 @@ function rolloutSection(rollout, onResume) {
   return h('section', {'aria-labelledby': 'rollout-title'},
     h('h2', {id: 'rollout-title'}, `Rollout of revision ${rollout.revision} `, phaseBadge(rollout.phase)),
     rollout.reason ? h('p', {class: 'notice'}, rollout.reason) : null,
-    progressBar([[rollout.ready, 'ready'], [rollout.failed, 'failed'], [waiting, 'waiting']], rollout.targeted),
+    stackedBar([[rollout.ready, 'ready'], [rollout.failed, 'failed'], [waiting, 'waiting']], rollout.targeted,
+      {className: 'progress', label: `${rollout.ready} ready, ${rollout.failed} failed, ${waiting} waiting`}),
     h('p', {class: 'rollout-counts'},
       `${rollout.ready} of ${rollout.targeted} ready, ${rollout.updated} updated, ${rollout.failed} failed, ${rollout.rolledBack} rolled back`),
     rollout.phase === 'paused' && onResume
@@ -150,32 +149,4 @@ function rolloutSection(rollout, onResume) {
             : h('span', {class: 'muted'}, 'waiting')),
           h('td', {}, device.reason ?? ''),
           h('td', {}, timeElement(device.updatedAt)))))));
-}
-
-/**
- * A bar of `parts` ([count, kind]) out of `total`, drawn in SVG (the CSP
- * allows no style attribute; SVG geometry is not style), with the counts
- * in its title for those who do not see it.
- */
-export function progressBar(parts, total) {
-  const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
-  svg.setAttribute('class', 'progress');
-  svg.setAttribute('viewBox', '0 0 100 4');
-  svg.setAttribute('preserveAspectRatio', 'none');
-  svg.setAttribute('role', 'img');
-  svg.setAttribute('aria-label', parts.map(([count, kind]) => `${count} ${kind}`).join(', '));
-  let x = 0;
-  for (const [count, kind] of parts) {
-    if (!count || !total) continue;
-    const rect = document.createElementNS('http://www.w3.org/2000/svg', 'rect');
-    const width = (100 * count) / total;
-    rect.setAttribute('x', String(x));
-    rect.setAttribute('y', '0');
-    rect.setAttribute('width', String(width));
-    rect.setAttribute('height', '4');
-    rect.setAttribute('class', kind);
-    svg.append(rect);
-    x += width;
-  }
-  return svg;
 }

@@ -1,13 +1,32 @@
 // One device: presence, labels, what its agent last reported (status and
-// facts), what it can do, and (for an operator or admin) a form to run
-// one of those actions.
+// facts), its metrics, live logs and recent actions, its spec, what it can
+// do, and (for an operator or admin) a terminal, a spec editor and a form
+// to run one of its actions.
 
 import {atLeast, call} from './api.js';
 import {actionSection} from './action.js';
+import {actionHistorySection} from './device_actions.js';
+import {logsSection} from './device_logs.js';
+import {metricsSection} from './device_metrics.js';
+import {forwardHelp, specSection} from './device_spec.js';
 import {errorBox, facts, h, presence, show} from './dom.js';
+import {terminalSection} from './terminal.js';
 import {timeElement} from './time.js';
+import {listen, throttled} from './live.js';
+
+/** A burst of answers reads the recent actions again at most this often. */
+const HISTORY_RELOAD_MS = 1_000;
+/** Ends the shown page's streams (its log follower, its terminal). */
+let leaving = null;
 
 export async function render(main, {me, name, navigate}) {
+  // A page shown again (after a label edit) or left ends the last one's streams.
+  leaving?.abort();
+  const controller = new AbortController();
+  leaving = controller;
+  window.addEventListener('hashchange', () => controller.abort(), {once: true, signal: controller.signal});
+  const operator = atLeast(me.role, 'operator');
+  const reload = () => navigate(`/devices/${encodeURIComponent(name)}`);
   show(main, h('p', {class: 'breadcrumb'}, h('a', {href: '#/devices'}, 'Devices')), h('h1', {}, name), h('p', {class: 'loading'}, 'Loading…'));
   let device;
   try {
@@ -18,6 +37,8 @@ export async function render(main, {me, name, navigate}) {
     return;
   }
   const status = device.status;
+  const metrics = metricsSection(device.name);
+  const history = actionHistorySection(device.name);
   show(main,
     h('p', {class: 'breadcrumb'}, h('a', {href: '#/devices'}, 'Devices')),
     h('h1', {}, device.name, ' ', presence(device.presence)),
@@ -31,8 +52,15 @@ export async function render(main, {me, name, navigate}) {
         ['Created', timeElement(device.createdAt)],
         ['Provisioning policy', device.policy],
       ])),
-    labelsSection(device, atLeast(me.role, 'operator'), () => navigate(`/devices/${encodeURIComponent(device.name)}`)),
+    labelsSection(device, operator, reload),
     statusSection(device),
+    metrics,
+    logsSection(device.name, controller.signal),
+    // Tunnels are for operators and admins (docs/roles.md): a viewer gets no terminal.
+    operator ? terminalSection(device.name, controller.signal) : null,
+    history,
+    specSection(device, operator, reload),
+    operator ? forwardHelp(device.name) : null,
     status ? factsSection(status.facts) : null,
     device.capabilities.length
       ? h('section', {'aria-labelledby': 'capabilities-title'},
@@ -40,7 +68,19 @@ export async function render(main, {me, name, navigate}) {
         h('ul', {class: 'capabilities'}, device.capabilities.map((action) => h('li', {}, h('code', {}, action)))))
       : null);
   // A viewer may not run actions, so is offered no form (docs/roles.md).
-  if (atLeast(me.role, 'operator')) main.append(await actionSection(device.name));
+  if (operator) history.after(await actionSection(device.name));
+  await Promise.all([metrics.load(), history.load()]);
+  // The live feed: presence changes in the heading; any other event of this
+  // device (an action's answer, tetherd's own) reads the recent actions again.
+  const reloadHistory = throttled(() => history.load().catch(() => {}), HISTORY_RELOAD_MS);
+  listen(({event}) => {
+    if (event?.device !== device.name || controller.signal.aborted) return;
+    if (event.event === 'device-online' || event.event === 'device-offline') {
+      main.querySelector('h1 .badge')?.replaceWith(presence(event.event === 'device-online' ? 'online' : 'offline'));
+    } else {
+      reloadHistory();
+    }
+  });
 }
 
 /**

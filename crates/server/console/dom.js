@@ -84,3 +84,34 @@ export function pager(page, pageNumber, href) {
       ? h('a', {rel: 'next', href: href(page.continue, pageNumber + 1)}, 'Next page')
       : h('span', {class: 'muted'}, 'Last page'));
 }
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+/**
+ * An SVG element, as `h` makes HTML ones. Geometry and `class` are
+ * attributes, not style, so the CSP allows them; colours come from
+ * style.css.
+ */
+export function svg(tag, attributes = {}, ...children) {
+  const element = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attributes)) element.setAttribute(name, String(value));
+  element.append(...children);
+  return element;
+}
+
+/**
+ * One stacked bar of `parts` ([count, kind]) out of `total`, a segment per
+ * kind (its class) titled with its count; `label` says it in words for
+ * those who do not see it.
+ */
+export function stackedBar(parts, total, {className, label}) {
+  const bar = svg('svg', {class: className, viewBox: `0 0 ${Math.max(total, 1)} 1`, preserveAspectRatio: 'none',
+    role: 'img', 'aria-label': label});
+  let x = 0;
+  for (const [count, kind] of parts) {
+    if (!count) continue;
+    bar.append(svg('rect', {class: kind, x, y: 0, width: count, height: 1}, svg('title', {}, `${count} ${kind}`)));
+    x += count;
+  }
+  return bar;
+}

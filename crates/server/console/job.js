@@ -4,7 +4,7 @@
 // second; it stops then, or when the page is left.
 
 import {atLeast, call, query} from './api.js';
-import {facts, h, loadFailure, pager, show} from './dom.js';
+import {facts, h, loadFailure, pager, show, stackedBar} from './dom.js';
 import {timeElement} from './time.js';
 
 /** How often a running job's counts and results are read again. */
@@ -30,15 +30,6 @@ const STATES = [
 /** States in which a device's action has not ended yet. */
 const OPEN = ['delivered', 'pending', 'queued'];
 
-const SVG = 'http://www.w3.org/2000/svg';
-
-function svg(tag, attributes, ...children) {
-  const element = document.createElementNS(SVG, tag);
-  for (const [name, value] of Object.entries(attributes)) element.setAttribute(name, String(value));
-  element.append(...children);
-  return element;
-}
-
 /** "1 device", "2 devices". */
 export function devices(count) {
   return `${count} device${count === 1 ? '' : 's'}`;
@@ -53,18 +44,8 @@ export function progressWords(job) {
 
 /** The job's counts as one stacked bar, a segment per state. */
 export function countsBar(job) {
-  const total = Math.max(job.devices, 1);
-  const bar = svg('svg', {class: 'counts-bar', viewBox: `0 0 ${total} 1`, preserveAspectRatio: 'none',
-    role: 'img', 'aria-label': progressWords(job)});
-  let x = 0;
-  for (const [name, key] of STATES) {
-    const count = job.counts[key];
-    if (!count) continue;
-    bar.append(svg('rect', {class: name, x, y: 0, width: count, height: 1},
-      svg('title', {}, `${count} ${name}`)));
-    x += count;
-  }
-  return bar;
+  return stackedBar(STATES.map(([name, key]) => [job.counts[key], name]), job.devices,
+    {className: 'counts-bar', label: progressWords(job)});
 }
 
 export async function render(main, {me, id, params}) {

@@ -60,13 +60,9 @@ async function followUntilStopped(signal) {
   while (!signal.aborted && token()) {
     showState('connecting');
     try {
-      await follow('/events/follow', {
-        signal,
-        onOpen: () => {
-          delay = RETRY_FIRST_MS;
-          showState('live');
-        },
-        onItem: dispatch,
+      await follow('/events/follow', dispatch, signal, () => {
+        delay = RETRY_FIRST_MS;
+        showState('live');
       });
     } catch (error) {
       if (error.name === 'SessionExpired') return;

@@ -287,12 +287,24 @@ async fn require_bearer(
         .get::<axum::extract::OriginalUri>()
         .map_or_else(|| request.uri().path(), |original| original.path())
         .to_owned();
-    let token = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .ok_or(AuthError::Missing)?;
+    let template = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("", |matched| matched.as_str())
+        .to_owned();
+    let headers = request.headers();
+    let token = match headers.get(axum::http::header::AUTHORIZATION) {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer ")),
+        // A browser's WebSocket cannot set Authorization: the console names
+        // its token in a subprotocol instead, on the tunnel route only
+        // (ADR 0034).
+        None if template == tunnels::CLIENT_ROUTE => tunnels::bearer_subprotocol(headers),
+        None => None,
+    }
+    .ok_or(AuthError::Missing)?;
     let principal = match state.auth.authenticate(token.trim()).await {
         Ok(principal) => principal,
         Err(error) => {
@@ -300,11 +312,6 @@ async fn require_bearer(
             return Err(error.into());
         }
     };
-    let template = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or("", |matched| matched.as_str())
-        .to_owned();
     let allowed = roles::access(method.as_str(), &template)
         .is_some_and(|access| access.allows(principal.role));
     if !allowed {

@@ -28,6 +28,27 @@ use crate::tunnels::{Message, Traffic, splice};
 /// no more.
 const MAX_MESSAGE: usize = tunnel::MAX_PAYLOAD + 1;
 
+/// The client's tunnel route, as the router matches it.
+pub(super) const CLIENT_ROUTE: &str = "/api/v1/devices/{name}/tunnel";
+/// The subprotocol tetherd answers a WebSocket client that asks for one:
+/// the frames below, as `tether ssh` speaks them without asking.
+const TUNNEL_PROTOCOL: &str = "tether.tunnel.v1";
+/// A browser's WebSocket cannot send `Authorization`, so the console names
+/// its bearer token as a subprotocol, `tether.bearer.<token>`, beside
+/// [`TUNNEL_PROTOCOL`] (as Kubernetes' `base64url.bearer.authorization.k8s.io.`);
+/// it is never echoed back (ADR 0034).
+const BEARER_PROTOCOL_PREFIX: &str = "tether.bearer.";
+
+/// The bearer token a WebSocket client named in `Sec-WebSocket-Protocol`.
+pub(super) fn bearer_subprotocol(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|protocol| protocol.trim().strip_prefix(BEARER_PROTOCOL_PREFIX))
+}
+
 pub fn client_routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new().routes(routes!(open_tunnel))
 }
@@ -185,7 +206,10 @@ fn terminal_side(name: &'static str, value: &str) -> Result<u16, ApiError> {
 /// Opens a tunnel to the device and upgrades to a WebSocket carrying it
 /// (ADR 0021 frames). Answers only once the device has dialed back: a
 /// device that is unknown, does not accept `open-tunnel`, refuses or does
-/// not dial within 30 s is an HTTP error, not a WebSocket.
+/// not dial within 30 s is an HTTP error, not a WebSocket. A browser,
+/// whose WebSocket cannot send `Authorization`, may name its token as the
+/// subprotocol `tether.bearer.<token>` beside `tether.tunnel.v1`, which is
+/// answered (ADR 0034).
 #[utoipa::path(get, path = "/devices/{name}/tunnel", tag = "tunnels",
     params(("name" = String, Path, description = "Device name"),
         ("kind" = String, Query, description = "exec, forward, shell, upload, download or ssh (the agent's embedded SSH server, ADR 0023)"),
@@ -237,6 +261,7 @@ async fn open_tunnel(
         }
     };
     Ok(upgrade
+        .protocols([TUNNEL_PROTOCOL])
         .max_message_size(MAX_MESSAGE)
         .on_upgrade(move |client| async move {
             let config = state.tunnels.config();
@@ -515,6 +540,27 @@ impl AppState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bearer_token_is_read_from_its_subprotocol_only() {
+        let with = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(
+                    axum::http::header::SEC_WEBSOCKET_PROTOCOL,
+                    value.parse().expect("a header value"),
+                );
+            }
+            headers
+        };
+        let both = with(&["tether.tunnel.v1, tether.bearer.abc123"]);
+        assert_eq!(bearer_subprotocol(&both), Some("abc123"));
+        let separate = with(&["tether.tunnel.v1", "tether.bearer.tether_sa_k"]);
+        assert_eq!(bearer_subprotocol(&separate), Some("tether_sa_k"));
+        assert_eq!(bearer_subprotocol(&with(&["tether.tunnel.v1"])), None);
+        assert_eq!(bearer_subprotocol(&with(&[])), None);
+        assert_eq!(bearer_subprotocol(&with(&["bearer.abc"])), None);
+    }
 
     #[test]
     fn devices_dial_the_advertised_address_else_the_clients() {

@@ -55,4 +55,10 @@ pub const ASSETS: &[Asset] = &[
     asset!("audit.js", JS),
     asset!("style.css", CSS),
     asset!("icon.svg", SVG),
+    asset!("device_logs.js", JS),
+    asset!("device_actions.js", JS),
+    asset!("device_metrics.js", JS),
+    asset!("chart.js", JS),
+    asset!("terminal.js", JS),
+    asset!("device_spec.js", JS),
 ];

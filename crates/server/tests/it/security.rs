@@ -375,3 +375,100 @@ async fn a_tunnel_needs_a_session_and_a_dial_back_its_one_time_token() -> anyhow
     }
     Ok(())
 }
+
+/// A browser's WebSocket cannot send `Authorization`, so the console names
+/// its token as a subprotocol (ADR 0034): on the tunnel route it is the
+/// same credential with the same role check, refused as the header is
+/// when bad, logged out or a viewer's; tetherd echoes the tunnel protocol,
+/// never the token; no other route reads it.
+#[tokio::test]
+async fn a_tunnel_takes_the_bearer_token_from_a_websocket_subprotocol() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let _agent = tether_testkit::Agent::enroll_online(&tetherd, &admin, "edge-1").await?;
+    for (username, role) in [("olga", "operator"), ("victor", "viewer")] {
+        admin
+            .post(
+                "/api/v1/users",
+                json!({"username": username, "role": role, "password": "correct horse battery"}),
+            )
+            .await?
+            .expect_status(201)?;
+    }
+    let anonymous = tetherd.anonymous()?;
+    let log_in = |username: &'static str| {
+        let anonymous = anonymous.clone();
+        async move {
+            let login = anonymous
+                .post(
+                    "/api/v1/login",
+                    json!({"username": username, "password": "correct horse battery"}),
+                )
+                .await?
+                .expect_status(200)?;
+            login["token"]
+                .as_str()
+                .map(str::to_owned)
+                .context("a login gives a token")
+        }
+    };
+    let (operator, viewer, logged_out) = (
+        log_in("olga").await?,
+        log_in("victor").await?,
+        log_in("olga").await?,
+    );
+    anonymous
+        .with_token(Some(logged_out.clone()))
+        .post("/api/v1/logout", json!({}))
+        .await?
+        .expect_status(204)?;
+
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(tetherd.ca_pem())?)
+        .tls_built_in_root_certs(false)
+        .http1_only()
+        .build()?;
+    let upgrade = |path: &str, protocols: String| {
+        http.get(format!("{}{path}", tetherd.api_url))
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("Sec-WebSocket-Protocol", protocols)
+            .send()
+    };
+    let tunnel = "/api/v1/devices/edge-1/tunnel?kind=exec&command=true";
+    let opened = upgrade(
+        tunnel,
+        format!("tether.tunnel.v1, tether.bearer.{operator}"),
+    )
+    .await?;
+    assert_eq!(opened.status(), 101, "{:?}", opened.text().await);
+    assert_eq!(
+        opened.headers()["sec-websocket-protocol"],
+        "tether.tunnel.v1",
+        "the protocol is echoed, the token is not"
+    );
+    drop(opened);
+
+    for (token, status, code) in [
+        ("made-up", 401, "unauthorized"),
+        (logged_out.as_str(), 401, "unauthorized"),
+        (viewer.as_str(), 403, "role_denied"),
+    ] {
+        let refused = upgrade(tunnel, format!("tether.tunnel.v1, tether.bearer.{token}")).await?;
+        assert_eq!(refused.status(), status, "token {token:?}");
+        let body: serde_json::Value = refused.json().await?;
+        assert_eq!(body["error"]["code"], code, "{body}");
+    }
+    // The header path refuses the viewer the same way.
+    anonymous
+        .with_token(Some(viewer))
+        .get(tunnel)
+        .await?
+        .expect_status(403)?;
+    // Only the tunnel route reads the subprotocol.
+    let elsewhere = upgrade("/api/v1/devices", format!("tether.bearer.{operator}")).await?;
+    assert_eq!(elsewhere.status(), 401);
+    Ok(())
+}

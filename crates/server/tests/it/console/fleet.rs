@@ -325,6 +325,14 @@ async fn an_operator_starts_a_fleet_wide_action_and_watches_it_finish() -> anyho
     browser
         .call("Emulation.clearDeviceMetricsOverride", json!({}))
         .await?;
+    // The click aims at where the link is laid out at the restored width.
+    browser
+        .wait_for_true(
+            "the page laid out at its own width again",
+            "window.innerWidth > 390",
+            SHOWN,
+        )
+        .await?;
     browser
         .click("#job-actions a[href='#/devices/edge-berlin-2']")
         .await?;

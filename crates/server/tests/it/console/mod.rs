@@ -12,6 +12,7 @@ use tether_testkit::{ApiClient, Tetherd};
 
 mod admin;
 mod basics;
+mod device_live;
 mod fleet;
 mod live;
 mod scale;
