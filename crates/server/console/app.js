@@ -27,13 +27,13 @@ const root = document.getElementById('app');
 const SECTIONS = [
   ['/', 'Overview', overviewPage],
   ['/devices', 'Devices', devicesPage],
-  ['/deployments', 'Deployments', deploymentsPage],
-  ['/provisioning', 'Provisioning', provisioningPage],
-  ['/access', 'Access', accessPage, 'admin'],
   ['/jobs', 'Jobs', jobsPage],
-  ['/approvals', 'Approvals', approvalsPage],
+  ['/deployments', 'Deployments', deploymentsPage],
   ['/alerts', 'Alerts', alertsPage],
+  ['/approvals', 'Approvals', approvalsPage],
+  ['/provisioning', 'Provisioning', provisioningPage],
   ['/audit', 'Audit log', auditPage],
+  ['/access', 'Access', accessPage, 'admin'],
 ];
 
 /** Who is logged in (`GET /users/me`), fetched once per token. */
