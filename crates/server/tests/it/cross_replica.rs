@@ -563,17 +563,7 @@ async fn a_follower_on_one_replica_hears_the_fleet_on_another() -> anyhow::Resul
         )
         .await?
         .expect_status(200)?;
-    admin
-        .post(
-            "/api/v1/alert-rules",
-            json!({"name": "memory-in-use", "spec": {
-                "selector": "", "severity": "warning", "for": "0s",
-                "summary": "memory in use on {{ device }}",
-                "condition": {"metric": {"name": "memory_used_bytes", "op": ">", "value": 0}}
-            }}),
-        )
-        .await?
-        .expect_status(201)?;
+    crate::support::add_memory_alert_rule(&admin, "").await?;
     let raised = next_change(&mut stream, "the alert raised", |change| {
         change["alerts"]["firing"] == 1
     })

@@ -175,3 +175,37 @@ impl WriteLock {
         Ok(())
     }
 }
+
+/// An alert rule that fires on every device `selector` picks which sends
+/// host metrics (memory in use is never 0): an alert within seconds when
+/// the rules are evaluated every second and the device samples every second.
+pub async fn add_memory_alert_rule(admin: &ApiClient, selector: &str) -> anyhow::Result<()> {
+    admin
+        .post(
+            "/api/v1/alert-rules",
+            json!({"name": "memory-in-use", "spec": {
+                "selector": selector, "severity": "warning", "for": "0s",
+                "summary": "memory in use on {{ device }}",
+                "condition": {"metric": {"name": "memory_used_bytes", "op": ">", "value": 0}}
+            }}),
+        )
+        .await?
+        .expect_status(201)?;
+    Ok(())
+}
+
+/// Waits until exactly `count` alerts fire.
+pub async fn wait_firing(admin: &ApiClient, count: usize) -> anyhow::Result<()> {
+    tether_testkit::wait_until(
+        &format!("{count} alerts to fire"),
+        Duration::from_secs(30),
+        || async {
+            let firing = admin
+                .get("/api/v1/alerts?state=firing")
+                .await?
+                .expect_status(200)?;
+            Ok((firing["items"].as_array().map(Vec::len) == Some(count)).then_some(()))
+        },
+    )
+    .await
+}

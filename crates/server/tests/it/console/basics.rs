@@ -1,8 +1,6 @@
 //! Logging in, the overview, the device list and page, the action form,
 //! the states a session ends in, and the Content-Security-Policy.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use serde_json::{Value, json};
 use tether_server::console::CONTENT_SECURITY_POLICY_VALUE;
@@ -34,29 +32,8 @@ async fn an_operator_logs_in_finds_a_device_by_label_and_opens_it() -> anyhow::R
         )
         .await?
         .expect_status(200)?;
-    admin
-        .post(
-            "/api/v1/alert-rules",
-            json!({"name": "memory-in-use", "spec": {
-                "selector": "site=berlin", "severity": "warning", "for": "0s",
-                "summary": "memory in use on {{ device }}",
-                "condition": {"metric": {"name": "memory_used_bytes", "op": ">", "value": 0}}
-            }}),
-        )
-        .await?
-        .expect_status(201)?;
-    tether_testkit::wait_until(
-        "the memory rule to fire",
-        Duration::from_secs(30),
-        || async {
-            let firing = admin
-                .get("/api/v1/alerts?state=firing")
-                .await?
-                .expect_status(200)?;
-            Ok((firing["items"].as_array().map(Vec::len) == Some(1)).then_some(()))
-        },
-    )
-    .await?;
+    crate::support::add_memory_alert_rule(&admin, "site=berlin").await?;
+    crate::support::wait_firing(&admin, 1).await?;
     // The agent's report (its facts) is what the device page shows.
     tether_testkit::wait_until("edge-berlin-1 to report its facts", SHOWN, || async {
         let device = admin

@@ -468,29 +468,8 @@ async fn firing_alert(tetherd_config: &std::path::Path) -> anyhow::Result<(Tethe
         )
         .await?
         .expect_status(200)?;
-    admin
-        .post(
-            "/api/v1/alert-rules",
-            json!({"name": "memory-in-use", "spec": {
-                "selector": "site=berlin", "severity": "warning", "for": "0s",
-                "summary": "memory in use on {{ device }}",
-                "condition": {"metric": {"name": "memory_used_bytes", "op": ">", "value": 0}}
-            }}),
-        )
-        .await?
-        .expect_status(201)?;
-    tether_testkit::wait_until(
-        "the memory rule to fire",
-        Duration::from_secs(30),
-        || async {
-            let firing = admin
-                .get("/api/v1/alerts?state=firing")
-                .await?
-                .expect_status(200)?;
-            Ok((firing["items"].as_array().map(Vec::len) == Some(1)).then_some(()))
-        },
-    )
-    .await?;
+    crate::support::add_memory_alert_rule(&admin, "site=berlin").await?;
+    crate::support::wait_firing(&admin, 1).await?;
     Ok((tetherd, agent))
 }
 
