@@ -3,7 +3,7 @@
 // is shown once, as the API answers it once; tetherd keeps only hashes.
 
 import {call} from './api.js';
-import {errorBox, h, show} from './dom.js';
+import {attempt, errorBox, h, show} from './dom.js';
 import {timeElement} from './time.js';
 
 const ROLES = ['viewer', 'operator', 'admin'];
@@ -28,22 +28,6 @@ export async function render(main, {me}) {
 /** A form's failure shown beside it, in the API's words. */
 function failureLine(id) {
   return h('p', {class: 'error', role: 'alert', id, hidden: true});
-}
-
-/**
- * Runs `change` and answers `{value}`; a refusal is shown in `line` and
- * answers null; anything else is thrown.
- */
-async function attempt(line, change) {
-  line.hidden = true;
-  try {
-    return {value: await change()};
-  } catch (error) {
-    if (error.name !== 'ApiError') throw error;
-    line.textContent = error.message;
-    line.hidden = false;
-    return null;
-  }
 }
 
 function roleSelect(id, selected) {

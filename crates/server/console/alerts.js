@@ -4,7 +4,7 @@
 // when the live feed says the alerts changed.
 
 import {atLeast, call, query} from './api.js';
-import {h, loadFailure, pager, show} from './dom.js';
+import {attempt, h, loadFailure, pager, show} from './dom.js';
 import {listen} from './live.js';
 import {timeElement} from './time.js';
 
@@ -38,18 +38,8 @@ export async function render(main, {me, params}) {
     results);
 
   const acknowledge = async (alert, button) => {
-    error.hidden = true;
-    button.disabled = true;
-    try {
-      await call(`/alerts/${alert.id}/acknowledge`, {method: 'POST'});
-    } catch (failure) {
-      if (failure.name !== 'ApiError') throw failure;
-      error.textContent = failure.message;
-      error.hidden = false;
-      button.disabled = false;
-      return;
-    }
-    await load();
+    const done = await attempt(error, () => call(`/alerts/${alert.id}/acknowledge`, {method: 'POST'}), [button]);
+    if (done) await load();
   };
 
   const load = async () => {

@@ -4,7 +4,7 @@
 // denies them.
 
 import {atLeast, call, query} from './api.js';
-import {facts, h, loadFailure, pager, show} from './dom.js';
+import {attempt, facts, h, loadFailure, pager, show} from './dom.js';
 import {timeElement} from './time.js';
 
 const PAGE_SIZE = 50;
@@ -119,19 +119,7 @@ function decision(approval, decide) {
   const reason = h('input', {id: `deny-reason-${id}`, name: 'reason', autocomplete: 'off'});
   const error = h('p', {class: 'error', role: 'alert', hidden: true});
   const buttons = [];
-  const run = async (verb, body) => {
-    error.hidden = true;
-    for (const button of buttons) button.disabled = true;
-    try {
-      await decide(verb, body);
-    } catch (failure) {
-      if (failure.name !== 'ApiError') throw failure;
-      error.textContent = failure.message;
-      error.hidden = false;
-    } finally {
-      for (const button of buttons) button.disabled = false;
-    }
-  };
+  const run = (verb, body) => attempt(error, () => decide(verb, body), buttons);
   const approve = h('button', {type: 'submit', class: 'approve'}, 'Approve');
   const deny = h('button', {type: 'button', class: 'deny secondary', onclick: () =>
     run('deny', reason.value.trim() ? {reason: reason.value.trim()} : {})}, 'Deny');

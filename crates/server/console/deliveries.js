@@ -4,7 +4,7 @@
 // forbidden state.
 
 import {call, query} from './api.js';
-import {h, loadFailure, pager, show} from './dom.js';
+import {attempt, h, loadFailure, pager, show} from './dom.js';
 import {timeElement} from './time.js';
 
 const PAGE_SIZE = 50;
@@ -18,18 +18,9 @@ export async function render(main, {me, params}) {
   show(main, crumb, h('h1', {}, 'Alert deliveries'), error, results);
 
   const retry = async (delivery, button) => {
-    error.hidden = true;
-    button.disabled = true;
-    try {
-      await call(`/alerts/deliveries/${encodeURIComponent(delivery.id)}/retry`, {method: 'POST'});
-    } catch (failure) {
-      if (failure.name !== 'ApiError') throw failure;
-      error.textContent = failure.message;
-      error.hidden = false;
-      button.disabled = false;
-      return;
-    }
-    await load();
+    const done = await attempt(error, () =>
+      call(`/alerts/deliveries/${encodeURIComponent(delivery.id)}/retry`, {method: 'POST'}), [button]);
+    if (done) await load();
   };
 
   const load = async () => {

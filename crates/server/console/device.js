@@ -9,7 +9,7 @@ import {actionHistorySection} from './device_actions.js';
 import {logsSection} from './device_logs.js';
 import {metricsSection} from './device_metrics.js';
 import {forwardHelp, specSection} from './device_spec.js';
-import {errorBox, facts, h, presence, show} from './dom.js';
+import {attempt, errorBox, facts, h, presence, show} from './dom.js';
 import {terminalSection} from './terminal.js';
 import {timeElement} from './time.js';
 import {listen, throttled} from './live.js';
@@ -90,15 +90,9 @@ export async function render(main, {me, name, navigate}) {
 function labelsSection(device, mayEdit, reload) {
   const error = h('p', {class: 'error', role: 'alert', id: 'label-error', hidden: true});
   const patch = async (labels) => {
-    error.hidden = true;
-    try {
-      await call(`/devices/${encodeURIComponent(device.name)}`, {method: 'PATCH', body: {labels}});
-      reload();
-    } catch (failure) {
-      if (failure.name !== 'ApiError') throw failure;
-      error.textContent = failure.message;
-      error.hidden = false;
-    }
+    const done = await attempt(error, () =>
+      call(`/devices/${encodeURIComponent(device.name)}`, {method: 'PATCH', body: {labels}}));
+    if (done) reload();
   };
   const entries = Object.entries(device.labels);
   const section = h('section', {'aria-labelledby': 'labels-title'},

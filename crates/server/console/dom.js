@@ -50,6 +50,27 @@ export function errorBox(error) {
   return h('p', {class: 'error', role: 'alert'}, error.message);
 }
 
+/**
+ * Runs `change` (a call that changes something) with `buttons` disabled
+ * meanwhile, and answers `{value}`; tetherd's refusal is shown in `line`
+ * (a hidden `.error` element) in its own words, and answers null. Anything
+ * else (tetherd unreachable, the session ended) is thrown to the page.
+ */
+export async function attempt(line, change, buttons = []) {
+  line.hidden = true;
+  for (const button of buttons) button.disabled = true;
+  try {
+    return {value: await change()};
+  } catch (error) {
+    if (error.name !== 'ApiError') throw error;
+    line.textContent = error.message;
+    line.hidden = false;
+    return null;
+  } finally {
+    for (const button of buttons) button.disabled = false;
+  }
+}
+
 /** A presence badge: online or offline, in words, not only colour. */
 export function presence(value) {
   return h('span', {class: `badge ${value === 'online' ? 'online' : 'offline'}`}, value);

@@ -4,7 +4,7 @@
 // second; it stops then, or when the page is left.
 
 import {atLeast, call, query} from './api.js';
-import {facts, h, loadFailure, pager, show, stackedBar} from './dom.js';
+import {attempt, facts, h, loadFailure, pager, show, stackedBar} from './dom.js';
 import {timeElement} from './time.js';
 
 /** How often a running job's counts and results are read again. */
@@ -158,18 +158,10 @@ export async function render(main, {me, id, params}) {
     schedule();
   };
   const cancelJob = async () => {
-    cancelError.hidden = true;
-    cancel.disabled = true;
-    try {
-      job = await call(`/jobs/${encodeURIComponent(id)}/cancel`, {method: 'POST'});
-    } catch (error) {
-      if (error.name !== 'ApiError') throw error;
-      cancelError.textContent = error.message;
-      cancelError.hidden = false;
-      return;
-    } finally {
-      cancel.disabled = false;
-    }
+    const cancelled = await attempt(cancelError, () =>
+      call(`/jobs/${encodeURIComponent(id)}/cancel`, {method: 'POST'}), [cancel]);
+    if (!cancelled) return;
+    job = cancelled.value;
     // The polling under way shows the devices' actions as they end.
     showJob();
   };

@@ -4,7 +4,7 @@
 // file is shown once: tetherd keeps only a hash of its secret.
 
 import {atLeast, call} from './api.js';
-import {errorBox, facts, h, show} from './dom.js';
+import {attempt, errorBox, facts, h, show} from './dom.js';
 import {timeElement} from './time.js';
 
 export async function render(main, {me}) {
@@ -41,16 +41,10 @@ function policySection(policy, keys, mayChange, reload) {
   const failure = h('p', {class: 'error', role: 'alert', hidden: true});
   const labels = Object.entries(policy.spec.template.metadata.labels ?? {});
   const makeKey = async () => {
-    failure.hidden = true;
-    let key;
-    try {
-      key = await call(`/provisioning-policies/${encodeURIComponent(policy.name)}/keys`, {method: 'POST', body: {}});
-    } catch (error) {
-      if (error.name !== 'ApiError') throw error;
-      failure.textContent = error.message;
-      failure.hidden = false;
-      return;
-    }
+    const made = await attempt(failure, () =>
+      call(`/provisioning-policies/${encodeURIComponent(policy.name)}/keys`, {method: 'POST', body: {}}));
+    if (!made) return;
+    const key = made.value;
     await reload();
     document.getElementById('provisioning-key-created')?.replaceChildren(
       h('div', {class: 'notice secret', role: 'status'},
@@ -59,16 +53,9 @@ function policySection(policy, keys, mayChange, reload) {
         h('pre', {}, h('code', {class: 'secret-value'}, JSON.stringify(key, null, 2)))));
   };
   const revoke = async (id) => {
-    failure.hidden = true;
-    try {
-      await call(`/provisioning-policies/${encodeURIComponent(policy.name)}/keys/${encodeURIComponent(id)}`, {method: 'DELETE'});
-    } catch (error) {
-      if (error.name !== 'ApiError') throw error;
-      failure.textContent = error.message;
-      failure.hidden = false;
-      return;
-    }
-    await reload();
+    const revoked = await attempt(failure, () =>
+      call(`/provisioning-policies/${encodeURIComponent(policy.name)}/keys/${encodeURIComponent(id)}`, {method: 'DELETE'}));
+    if (revoked) await reload();
   };
   return h('section', {class: 'policy', 'data-policy': policy.name, 'aria-labelledby': `policy-${policy.name}`},
     h('h2', {id: `policy-${policy.name}`}, policy.name, ' ', h('span', {class: 'badge'}, policy.spec.mode.toLowerCase())),

@@ -27,6 +27,9 @@ use tokio_tungstenite::tungstenite::Message;
 const START_DEADLINE: Duration = Duration::from_secs(30);
 /// How long one protocol command may take.
 const COMMAND_DEADLINE: Duration = Duration::from_secs(30);
+/// How long [`Browser::click`] aims again at an element that moved or was
+/// covered.
+const CLICK_SETTLE: Duration = Duration::from_secs(5);
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, String>>>>>;
 type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
@@ -362,26 +365,50 @@ impl Browser {
     }
 
     /// Clicks the middle of the first element matching `selector` with the
-    /// mouse, as a person would (scrolled into view first).
+    /// mouse, as a person would (scrolled into view first). A page still
+    /// laying itself out (a log growing above, a chart arriving) can move
+    /// the element between finding it and clicking: the click is aimed only
+    /// where the element is on top, checked to have reached it, and aimed
+    /// again otherwise, for up to [`CLICK_SETTLE`].
     pub async fn click(&self, selector: &str) -> anyhow::Result<()> {
-        let expression = format!(
+        let aim = format!(
             "(() => {{ const element = document.querySelector({}); if (!element) return null; \
              element.scrollIntoView({{block: 'center'}}); const box = element.getBoundingClientRect(); \
-             return [box.x + box.width / 2, box.y + box.height / 2]; }})()",
+             const x = box.x + box.width / 2, y = box.y + box.height / 2; \
+             const top = document.elementFromPoint(x, y); \
+             if (!top || !(top === element || element.contains(top))) return 'covered'; \
+             window.__tetherClicked = false; \
+             element.addEventListener('click', () => {{ window.__tetherClicked = true; }}, {{once: true, capture: true}}); \
+             return [x, y]; }})()",
             json!(selector)
         );
-        let point = self.evaluate(&expression).await?;
-        let (Some(x), Some(y)) = (point[0].as_f64(), point[1].as_f64()) else {
-            bail!("nothing to click: no element matches {selector}");
-        };
-        for kind in ["mousePressed", "mouseReleased"] {
-            self.call(
-                "Input.dispatchMouseEvent",
-                json!({"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}),
-            )
-            .await?;
+        let deadline = tokio::time::Instant::now() + CLICK_SETTLE;
+        loop {
+            let point = self.evaluate(&aim).await?;
+            if point.is_null() {
+                bail!("nothing to click: no element matches {selector}");
+            }
+            if let (Some(x), Some(y)) = (point[0].as_f64(), point[1].as_f64()) {
+                for kind in ["mousePressed", "mouseReleased"] {
+                    self.call(
+                        "Input.dispatchMouseEvent",
+                        json!({"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}),
+                    )
+                    .await?;
+                }
+                // A click that navigated away took the flag with the page.
+                let reached = self.evaluate("window.__tetherClicked !== false").await?;
+                if reached == json!(true) {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "could not click {selector}: something else stayed on top of it or it kept moving"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(())
     }
 
     /// Focuses the first element matching `selector`, empties it and types
