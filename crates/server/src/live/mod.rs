@@ -222,6 +222,63 @@ mod tests {
         assert_eq!(ids(&next), ["e5"]);
     }
 
+    /// A replica that ends (lease lapsed, stopped) writes a `device-offline`
+    /// for each of its devices at one `last_seen`
+    /// (`Store::end_replica_sessions`): more than [`READ_LIMIT`] events with
+    /// the same millisecond. Review finding: the full read's next `since` is
+    /// that same instant, so every later read returns the same first
+    /// 1,000 rows, all sent; the follower never sends the rest, nor anything
+    /// stored after them.
+    #[tokio::test]
+    async fn more_events_in_one_millisecond_than_a_read_takes_are_all_sent() {
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        let device = tether_proto::DeviceId::new("edge-1").expect("a name");
+        store
+            .create_device(&device, &Default::default(), Utc::now())
+            .await
+            .expect("a device");
+        let mut changes = follow(store.clone());
+        let ended_at = Utc::now() + TimeDelta::milliseconds(100);
+        let burst = READ_LIMIT as usize + 200;
+        for i in 0..=burst {
+            let at = if i < burst {
+                ended_at
+            } else {
+                ended_at + TimeDelta::milliseconds(1)
+            };
+            store
+                .insert_event(&EventRecord {
+                    id: format!("e{i:05}"),
+                    device: device.clone(),
+                    correlation_id: None,
+                    event: "device-offline".into(),
+                    status_code: 200,
+                    status_message: String::new(),
+                    response: serde_json::Value::Null,
+                    received_at: at,
+                })
+                .await
+                .expect("an event");
+        }
+        let mut sent = HashSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+        while sent.len() <= burst {
+            let Ok(Some(change)) = tokio::time::timeout_at(deadline, changes.recv()).await else {
+                break;
+            };
+            if let Change::Event(event) = change.expect("no store error") {
+                sent.insert(event.id);
+            }
+        }
+        assert_eq!(
+            sent.len(),
+            burst + 1,
+            "the follower sent {} of {} events within 8 s (the rest of the burst and the event after it never came)",
+            sent.len(),
+            burst + 1
+        );
+    }
+
     #[test]
     fn what_is_older_than_the_lookback_is_forgotten() {
         let mut window = Window::starting(at(0));
