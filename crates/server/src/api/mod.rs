@@ -330,8 +330,9 @@ async fn require_bearer(
     }
     tracing::debug!(user = %principal.username, %method, path, "authorized");
     let username = principal.username.clone();
+    let token = token.trim().to_owned();
     request.extensions_mut().insert(principal);
-    let response = next.run(request).await;
+    let response = bound_to_session(next.run(request).await, state.auth.clone(), token);
     if !matches!(method, Method::GET | Method::HEAD) {
         state
             .audit(
@@ -384,4 +385,65 @@ mod tests {
             "/api/v1/devices?limit=5"
         );
     }
+}
+
+/// How long a stream may send before the session it was opened with is
+/// checked again.
+const STREAM_REAUTHENTICATE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The last line of a stream whose session ended while it was open.
+const SESSION_ENDED_LINE: &[u8] = br#"{"error":{"code":"unauthorized","message":"the session ended (logged out, expired, revoked or its user deleted); log in again"}}
+"#;
+
+/// A stream of JSON lines (`…/follow`) is authorized when it opens and may
+/// stay open for hours: before sending on, at most a second after the last
+/// check, it checks that its token still authenticates, and ends with an
+/// error line once it does not (logged out, expired, a key revoked, the
+/// user deleted), so an ended session hears nothing more. A database that
+/// cannot answer the check does not end it: that says nothing about the
+/// session. Other answers pass unchanged.
+fn bound_to_session(response: Response, auth: Auth, token: String) -> Response {
+    let streams = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/x-ndjson"));
+    if !streams {
+        return response;
+    }
+    struct Bound {
+        chunks: axum::body::BodyDataStream,
+        auth: Auth,
+        token: String,
+        checked: tokio::time::Instant,
+        ended: bool,
+    }
+    let (parts, body) = response.into_parts();
+    let bound = Bound {
+        chunks: body.into_data_stream(),
+        auth,
+        token,
+        checked: tokio::time::Instant::now(),
+        ended: false,
+    };
+    let chunks = futures::stream::unfold(bound, |mut bound| async move {
+        if bound.ended {
+            return None;
+        }
+        let chunk = futures::StreamExt::next(&mut bound.chunks).await?;
+        if bound.checked.elapsed() >= STREAM_REAUTHENTICATE {
+            bound.checked = tokio::time::Instant::now();
+            if let Err(error) = bound.auth.authenticate(&bound.token).await
+                && !matches!(error, AuthError::Store(_))
+            {
+                tracing::info!(error = %error, "a stream's session ended; ending the stream");
+                bound.ended = true;
+                return Some((
+                    Ok(axum::body::Bytes::from_static(SESSION_ENDED_LINE)),
+                    bound,
+                ));
+            }
+        }
+        Some((chunk, bound))
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(chunks))
 }

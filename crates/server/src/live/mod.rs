@@ -46,12 +46,21 @@ pub enum Change {
 
 /// Which events of the last [`LOOKBACK`] were sent, and where the next
 /// read starts. No IO: the follower feeds it what it reads.
+///
+/// A burst (a read that came back full, e.g. a replica's thousands of
+/// devices going offline in one millisecond) is paged by the strict key
+/// `(received_at, id)` after the last event read, never by time alone, which
+/// would read the same first rows again and again; once it is read, the
+/// lookback starts again from the newest event, so an event committed late
+/// during a burst is not sent.
 #[derive(Debug)]
 pub struct Window {
-    /// The next read returns events received at or after this.
+    /// The next read returns events received at or after this…
     since: DateTime<Utc>,
-    /// Events sent, by when they were received: those older than the
-    /// lookback are forgotten.
+    /// …or, paging a burst, those after this key.
+    after: Option<(DateTime<Utc>, String)>,
+    /// Events sent, by when they were received: those older than `since`
+    /// are forgotten.
     sent: BTreeSet<(DateTime<Utc>, String)>,
     sent_ids: HashSet<String>,
 }
@@ -61,21 +70,27 @@ impl Window {
     pub fn starting(now: DateTime<Utc>) -> Self {
         Self {
             since: now,
+            after: None,
             sent: BTreeSet::new(),
             sent_ids: HashSet::new(),
         }
     }
 
-    /// Where the next read starts.
-    pub fn since(&self) -> DateTime<Utc> {
-        self.since
+    /// Where the next read starts: the events after this key (an empty id
+    /// takes every event of that instant).
+    pub fn read_from(&self) -> (DateTime<Utc>, &str) {
+        match &self.after {
+            Some((at, id)) => (*at, id.as_str()),
+            None => (self.since, ""),
+        }
     }
 
     /// The events of a read not sent before, in the order read; `full`
-    /// says the read hit its limit, so the next one starts after its last
-    /// event rather than a lookback before it.
+    /// says the read hit its limit.
     pub fn take_new(&mut self, read: Vec<EventRecord>, full: bool) -> Vec<EventRecord> {
-        let last = read.last().map(|event| event.received_at);
+        let last = read
+            .last()
+            .map(|event| (event.received_at, event.id.clone()));
         let new: Vec<EventRecord> = read
             .into_iter()
             .filter(|event| !self.sent_ids.contains(&event.id))
@@ -85,13 +100,19 @@ impl Window {
             self.sent.insert((event.received_at, event.id.clone()));
         }
         let newest = self.sent.last().map(|(at, _)| *at);
-        self.since = match (full, last, newest) {
-            // A burst: go on from where this read stopped, or the same
-            // first rows would be read again and again.
-            (true, Some(last), _) => last.max(self.since),
-            (_, _, Some(newest)) => (newest - LOOKBACK).max(self.since),
-            _ => self.since,
-        };
+        if full {
+            self.after = last;
+            return new;
+        }
+        let leaving_burst = self.after.take().is_some();
+        if let Some(newest) = newest {
+            let lookback = if leaving_burst {
+                TimeDelta::zero()
+            } else {
+                LOOKBACK
+            };
+            self.since = (newest - lookback).max(self.since);
+        }
         self.forget_before(self.since);
         new
     }
@@ -133,7 +154,8 @@ async fn run(
             _ = poll.tick() => {}
             () = tx.closed() => return Ok(()),
         }
-        let read = store.list_events_since(window.since(), READ_LIMIT).await?;
+        let (at, id) = window.read_from();
+        let read = store.list_events_after(at, id, READ_LIMIT).await?;
         let full = read.len() >= READ_LIMIT as usize;
         let mut changes: Vec<Change> = window
             .take_new(read, full)
@@ -190,7 +212,7 @@ mod tests {
         let first = window.take_new(vec![event("a", 1), event("b", 2)], false);
         assert_eq!(ids(&first), ["a", "b"]);
         // The next read goes back before the newest sent, and finds them again.
-        assert!(window.since() <= at(1));
+        assert!(window.read_from().0 <= at(1));
         let again = window.take_new(vec![event("a", 1), event("b", 2), event("c", 3)], false);
         assert_eq!(ids(&again), ["c"]);
     }
@@ -208,7 +230,7 @@ mod tests {
     fn the_window_never_starts_before_the_follow_did() {
         let mut window = Window::starting(at(100));
         window.take_new(vec![event("a", 101)], false);
-        assert_eq!(window.since(), at(100));
+        assert_eq!(window.read_from(), (at(100), ""));
     }
 
     #[test]
@@ -216,7 +238,7 @@ mod tests {
         let mut window = Window::starting(at(0));
         let burst: Vec<EventRecord> = (0..5).map(|i| event(&format!("e{i}"), 20 + i)).collect();
         window.take_new(burst, true);
-        assert_eq!(window.since(), at(24));
+        assert_eq!(window.read_from(), (at(24), "e4"));
         // The last event is read again at its own time, and not sent twice.
         let next = window.take_new(vec![event("e4", 24), event("e5", 25)], false);
         assert_eq!(ids(&next), ["e5"]);
@@ -285,6 +307,6 @@ mod tests {
         window.take_new(vec![event("old", 1)], false);
         window.take_new(vec![event("new", 100)], false);
         assert_eq!(window.sent_ids.len(), 1, "only the newest is remembered");
-        assert_eq!(window.since(), at(100) - LOOKBACK);
+        assert_eq!(window.read_from(), (at(100) - LOOKBACK, ""));
     }
 }

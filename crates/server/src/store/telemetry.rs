@@ -95,20 +95,23 @@ impl Store {
         rows.iter().map(event_from_row).collect()
     }
 
-    /// Every device's events received at or after `since`, oldest first,
-    /// at most `limit`: what a live follower reads again each time, and
-    /// drops those it has sent (`crate::telemetry::live`).
-    pub async fn list_events_since(
+    /// Every device's events after the key `(at, id)` (an empty `id` takes
+    /// those received at `at` too), oldest first, at most `limit`: what a
+    /// live follower reads (`crate::live`), by a strict key so that a page
+    /// of events sharing one millisecond is never read again.
+    pub async fn list_events_after(
         &self,
-        since: DateTime<Utc>,
+        at: DateTime<Utc>,
+        id: &str,
         limit: u32,
     ) -> Result<Vec<EventRecord>, StoreError> {
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE received_at >= $1 \
-             ORDER BY received_at, id LIMIT $2"
+             AND (received_at > $1 OR id > $2) ORDER BY received_at, id LIMIT $3"
         );
         let rows = sqlx::query(&sql)
-            .bind(millis(since))
+            .bind(millis(at))
+            .bind(id)
             .bind(self::limit(limit))
             .fetch_all(&self.pool)
             .await

@@ -96,3 +96,41 @@ async fn presence_changes_show_live_on_a_page_served_by_another_replica() -> any
     assert_stayed_home(&browser.record(), &serving);
     Ok(())
 }
+
+/// The console's live feed is authorized once, when it opens: a session
+/// that ends afterwards (logged out, or its user deleted by an admin) goes
+/// on hearing the fleet for as long as the connection stays up. The stream
+/// should end (or send its error line) once the token no longer
+/// authenticates, as the next call on any other route would be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_out_session_stops_hearing_the_fleet() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    let viewer = tetherd.user_with_role("viewer").await?;
+    let mut stream = viewer.get_json_lines("/api/v1/events/follow").await?;
+    assert_eq!(stream.status, 200);
+    viewer
+        .post("/api/v1/logout", json!({}))
+        .await?
+        .expect_status(204)?;
+    viewer.get("/api/v1/users/me").await?.expect_status(401)?;
+
+    // A device comes online after the logout.
+    let _agent = Agent::enroll_online(&tetherd, &admin, "edge-after-logout").await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let change = match stream.next(left).await {
+            // Ended, or nothing within the deadline: nothing was heard.
+            Ok(None) | Err(_) => return Ok(()),
+            Ok(Some(change)) => change,
+        };
+        assert!(
+            change["event"]["device"] != "edge-after-logout",
+            "a logged-out session heard the fleet: {change}"
+        );
+        if change.get("error").is_some() {
+            return Ok(());
+        }
+    }
+}
