@@ -369,24 +369,6 @@ async fn audit_refused_credential(
 
 pub use listener::serve;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_join_token_stays_out_of_the_request_log() {
-        let uri = |text: &str| text.parse::<axum::http::Uri>().expect("a URI");
-        assert_eq!(
-            loggable_uri(&uri("/api/v1/join/s3cr3t-token")),
-            "/api/v1/join/(token)"
-        );
-        assert_eq!(
-            loggable_uri(&uri("/api/v1/devices?limit=5")),
-            "/api/v1/devices?limit=5"
-        );
-    }
-}
-
 /// How long a stream may send before the session it was opened with is
 /// checked again.
 const STREAM_REAUTHENTICATE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -446,4 +428,22 @@ fn bound_to_session(response: Response, auth: Auth, token: String) -> Response {
         Some((chunk, bound))
     });
     Response::from_parts(parts, axum::body::Body::from_stream(chunks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_token_stays_out_of_the_request_log() {
+        let uri = |text: &str| text.parse::<axum::http::Uri>().expect("a URI");
+        assert_eq!(
+            loggable_uri(&uri("/api/v1/join/s3cr3t-token")),
+            "/api/v1/join/(token)"
+        );
+        assert_eq!(
+            loggable_uri(&uri("/api/v1/devices?limit=5")),
+            "/api/v1/devices?limit=5"
+        );
+    }
 }
