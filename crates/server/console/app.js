@@ -41,19 +41,40 @@ let me = null;
 /** Why the login page is shown, if not simply logged out. */
 let loginNotice = null;
 
+/**
+ * A name from the fragment, decoded; null for one that is not a name: `.`
+ * and `..` (which the browser would resolve in the API path the page
+ * calls, reaching another route) or a broken `%` escape.
+ */
+function segment(raw) {
+  let name;
+  try {
+    name = decodeURIComponent(raw);
+  } catch {
+    return null;
+  }
+  return name === '.' || name === '..' ? null : name;
+}
+
+/** The route of a page about one named thing, or none for a name that is not one. */
+function named(path, pattern, page, key) {
+  const match = path.match(pattern);
+  if (!match) return undefined;
+  const name = segment(match[1]);
+  return name === null ? {page: null} : {page, [key]: name};
+}
+
 /** The fragment as a path, its parameters, and the route's page. */
 function route() {
   const fragment = location.hash.replace(/^#/, '') || '/';
   const [path, search = ''] = fragment.split('?');
   const params = new URLSearchParams(search);
   if (path === '/login') return {path, params, page: loginPage};
-  const device = path.match(/^\/devices\/([^/]+)$/);
-  if (device) return {path, params, page: devicePage, name: decodeURIComponent(device[1])};
-  const deployment = path.match(/^\/deployments\/([^/]+)$/);
-  if (deployment) return {path, params, page: deploymentsPage, name: decodeURIComponent(deployment[1])};
   if (path === '/jobs/new') return {path, params, page: jobStartPage};
-  const job = path.match(/^\/jobs\/([^/]+)$/);
-  if (job) return {path, params, page: jobPage, id: decodeURIComponent(job[1])};
+  const one = named(path, /^\/devices\/([^/]+)$/, devicePage, 'name')
+    ?? named(path, /^\/deployments\/([^/]+)$/, deploymentsPage, 'name')
+    ?? named(path, /^\/jobs\/([^/]+)$/, jobPage, 'id');
+  if (one) return {path, params, ...one};
   if (path === '/alerts/deliveries') return {path, params, page: deliveriesPage};
   const section = SECTIONS.find(([sectionPath]) => sectionPath === path);
   return {path, params, page: section ? section[2] : null};

@@ -310,6 +310,44 @@ async fn an_ended_or_invalid_session_returns_to_the_login_page() -> anyhow::Resu
     Ok(())
 }
 
+/// A fragment naming `..` as a device would have the page call
+/// `/api/v1/devices/../…`, which the browser resolves to another route:
+/// such names (and broken escapes) are no names, and the page says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dot_or_broken_name_in_the_address_is_not_found_and_calls_nothing() -> anyhow::Result<()>
+{
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let browser = Browser::start().await?;
+    log_in_as_admin(&browser, &tetherd).await?;
+    for fragment in [
+        "#/devices/..",
+        "#/devices/%2E%2E",
+        "#/jobs/.",
+        "#/deployments/%E0%A4%A",
+    ] {
+        browser
+            .navigate(&format!("{}/{fragment}", tetherd.api_url))
+            .await?;
+        browser.wait_for_text("main h1", "Not found", SHOWN).await?;
+    }
+    let record = browser.record();
+    let bent: Vec<&String> = record
+        .requests
+        .iter()
+        .filter(|url| {
+            url.contains("/api/v1/metrics")
+                || url.contains("/api/v1/devices/..")
+                || url.contains("/api/v1/jobs/.")
+        })
+        .collect();
+    assert!(
+        bent.is_empty(),
+        "the API was called on a bent path: {bent:?}"
+    );
+    assert_stayed_home(&record, &tetherd);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_says_when_tetherd_cannot_be_reached() -> anyhow::Result<()> {
     let mut tetherd = Tetherd::start(Database::Sqlite).await?;
