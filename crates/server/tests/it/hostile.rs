@@ -481,8 +481,12 @@ async fn a_flood_of_huge_failed_logins_leaves_the_store_and_other_requests_alone
         "too few ca.pem samples: {}",
         latencies.len()
     );
+    // Starvation, not speed: a flood that held the runtime or the store
+    // would push other requests to seconds; a 2-core CI machine running
+    // the suite beside it measured up to 58 ms (the speed itself is
+    // tether-bench's to measure).
     assert!(
-        p99 < Duration::from_millis(50),
+        p99 < Duration::from_millis(250),
         "ca.pem p99 {p99:?} during the login flood (p50 {p50:?})"
     );
     Ok(())
