@@ -8,7 +8,7 @@ use tether_testkit::sim_agent::{self, Responder, SimAgent};
 use tether_testkit::{Database, Tetherd};
 
 use super::{
-    SHOWN, USER_PASSWORD, assert_stayed_home, create_user, log_in, log_in_as_admin, texts,
+    SHOWN, USER_PASSWORD, assert_stayed_home, create_user, log_in_as, log_in_as_admin, texts,
     write_doc_screenshot,
 };
 
@@ -47,8 +47,7 @@ async fn a_paused_rollout_shows_where_it_failed_and_only_an_operator_may_resume_
 
     create_user(&admin, "olga", "operator").await?;
     let browser = Browser::start().await?;
-    log_in(&browser, &tetherd, "olga", USER_PASSWORD).await?;
-    browser.wait_for_selector(".cards", SHOWN).await?;
+    log_in_as(&browser, &tetherd, "olga").await?;
     // The overview names the rollout that has not finished.
     browser
         .wait_for_text("ul.rollouts li", "web paused", SHOWN)
@@ -92,8 +91,7 @@ async fn a_paused_rollout_shows_where_it_failed_and_only_an_operator_may_resume_
     // A viewer sees the same rollout and no button.
     create_user(&admin, "victor", "viewer").await?;
     let viewer = Browser::start().await?;
-    log_in(&viewer, &tetherd, "victor", USER_PASSWORD).await?;
-    viewer.wait_for_selector(".cards", SHOWN).await?;
+    log_in_as(&viewer, &tetherd, "victor").await?;
     viewer
         .navigate(&format!("{}/#/deployments/web", tetherd.api_url))
         .await?;
@@ -144,8 +142,7 @@ async fn an_admin_makes_a_user_and_an_api_key_shown_once_and_revokes_it() -> any
         .wait_for_text("tr[data-user=vera]", "vera", SHOWN)
         .await?;
     let viewer = Browser::start().await?;
-    log_in(&viewer, &tetherd, "vera", USER_PASSWORD).await?;
-    viewer.wait_for_selector(".cards", SHOWN).await?;
+    log_in_as(&viewer, &tetherd, "vera").await?;
     assert!(
         texts(&viewer, "nav a[href='#/access']").await?.is_empty(),
         "a viewer is offered no access page"
@@ -209,8 +206,7 @@ async fn an_admin_makes_a_provisioning_key_and_a_viewer_only_reads_the_policy() 
 
     create_user(&admin, "victor", "viewer").await?;
     let viewer = Browser::start().await?;
-    log_in(&viewer, &tetherd, "victor", USER_PASSWORD).await?;
-    viewer.wait_for_selector(".cards", SHOWN).await?;
+    log_in_as(&viewer, &tetherd, "victor").await?;
     viewer
         .navigate(&format!("{}/#/provisioning", tetherd.api_url))
         .await?;

@@ -8,8 +8,8 @@ use tether_testkit::browser::Browser;
 use tether_testkit::{Agent, Database, Tetherd};
 
 use super::{
-    SHOWN, USER_PASSWORD, assert_stayed_home, choose, create_device, create_user, log_in,
-    log_in_as_admin, texts, write_doc_screenshot,
+    SHOWN, USER_PASSWORD, assert_fits_a_phone, assert_stayed_home, choose, create_device,
+    create_user, log_in, log_in_as_admin, texts, write_doc_screenshot,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,15 +144,7 @@ async fn an_operator_logs_in_finds_a_device_by_label_and_opens_it() -> anyhow::R
     write_doc_screenshot(&browser, "device").await?;
 
     // A phone's width: nothing wider than the screen.
-    browser.set_viewport(390, 844).await?;
-    let overflow = browser
-        .evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-        .await?;
-    assert_eq!(
-        overflow,
-        json!(true),
-        "the device page scrolls sideways at 390 px"
-    );
+    assert_fits_a_phone(&browser, "the device page").await?;
 
     assert_stayed_home(&browser.record(), &tetherd);
     Ok(())
@@ -210,15 +202,7 @@ async fn the_device_list_pages_with_the_apis_continue_token_and_is_keyboard_navi
     );
     assert_eq!(texts(&browser, ".pager").await?, ["First pageLast page"]);
     // At a phone's width the table scrolls within its box, not the page.
-    browser.set_viewport(390, 844).await?;
-    let fits = browser
-        .evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-        .await?;
-    assert_eq!(
-        fits,
-        json!(true),
-        "the device list scrolls sideways at 390 px"
-    );
+    assert_fits_a_phone(&browser, "the device list").await?;
 
     assert_stayed_home(&browser.record(), &tetherd);
     Ok(())
@@ -731,14 +715,7 @@ async fn an_operator_runs_an_action_from_the_generated_form_and_a_viewer_cannot(
     );
 
     // At a phone's width the form fits.
-    browser.set_viewport(390, 844).await?;
-    assert_eq!(
-        browser
-            .evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-            .await?,
-        json!(true),
-        "the action form scrolls sideways at 390 px"
-    );
+    assert_fits_a_phone(&browser, "the action form").await?;
     // The refused request's 400 is the one error the browser logs.
     let record = browser.record();
     let unexpected: Vec<&String> = record

@@ -11,20 +11,13 @@ use tether_testkit::browser::{Browser, PageRecord};
 use tether_testkit::{Agent, ApiClient, Database, Tetherd};
 
 use super::{
-    SHOWN, USER_PASSWORD, assert_stayed_home, choose, create_device, create_user, log_in,
+    SHOWN, assert_fits_a_phone, assert_stayed_home, choose, create_device, create_user, log_in_as,
     log_in_as_admin, texts, write_doc_screenshot,
 };
 use crate::provisioning::{Hardware, policy};
 
 /// How long two real agents may take to answer a job.
 const ANSWERED: Duration = Duration::from_secs(30);
-
-/// Logs in as `username` (of [`create_user`]) and waits for the overview.
-async fn log_in_as(browser: &Browser, tetherd: &Tetherd, username: &str) -> anyhow::Result<()> {
-    log_in(browser, tetherd, username, USER_PASSWORD).await?;
-    browser.wait_for_text("main h1", "Overview", SHOWN).await?;
-    Ok(())
-}
 
 /// How many controls `main` offers: buttons, forms, inputs.
 async fn controls(browser: &Browser) -> anyhow::Result<Value> {
@@ -106,17 +99,7 @@ async fn an_operator_approves_a_pending_registration_and_a_viewer_only_sees_it()
         .await?;
     browser.wait_for_selector("article.approval", SHOWN).await?;
     write_doc_screenshot(&browser, "approvals").await?;
-    browser.set_viewport(390, 844).await?;
-    assert_eq!(
-        browser
-            .evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-            .await?,
-        json!(true),
-        "the approvals page scrolls sideways at 390 px"
-    );
-    browser
-        .call("Emulation.clearDeviceMetricsOverride", json!({}))
-        .await?;
+    assert_fits_a_phone(&browser, "the approvals page").await?;
     browser
         .type_text(&format!("#approve-name-{approval}"), "gw-berlin")
         .await?;
@@ -314,25 +297,7 @@ async fn an_operator_starts_a_fleet_wide_action_and_watches_it_finish() -> anyho
         "a finished job cannot be cancelled"
     );
     write_doc_screenshot(&browser, "job").await?;
-    browser.set_viewport(390, 844).await?;
-    assert_eq!(
-        browser
-            .evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-            .await?,
-        json!(true),
-        "the job page scrolls sideways at 390 px"
-    );
-    browser
-        .call("Emulation.clearDeviceMetricsOverride", json!({}))
-        .await?;
-    // The click aims at where the link is laid out at the restored width.
-    browser
-        .wait_for_true(
-            "the page laid out at its own width again",
-            "window.innerWidth > 390",
-            SHOWN,
-        )
-        .await?;
+    assert_fits_a_phone(&browser, "the job page").await?;
     browser
         .click("#job-actions a[href='#/devices/edge-berlin-2']")
         .await?;

@@ -35,6 +35,14 @@ async fn log_in(
     Ok(())
 }
 
+/// Logs in as `username` (of [`create_user`]) and waits for the overview's
+/// counts: the page has finished loading.
+async fn log_in_as(browser: &Browser, tetherd: &Tetherd, username: &str) -> anyhow::Result<()> {
+    log_in(browser, tetherd, username, USER_PASSWORD).await?;
+    browser.wait_for_selector(".cards", SHOWN).await?;
+    Ok(())
+}
+
 async fn log_in_as_admin(browser: &Browser, tetherd: &Tetherd) -> anyhow::Result<()> {
     log_in(browser, tetherd, "admin", tetherd.admin_password()).await?;
     // The counts, not only the heading: the page has finished loading.
@@ -130,4 +138,25 @@ async fn choose(browser: &Browser, selector: &str, value: &str) -> anyhow::Resul
         .await?;
     anyhow::ensure!(chosen == json!(true), "cannot choose {value} in {selector}");
     Ok(())
+}
+
+/// At a phone's width (390 px) nothing on the page is wider than the
+/// screen (`page` names it in the failure); then the browser's own width
+/// is back and laid out, so a click after this aims where things are.
+async fn assert_fits_a_phone(browser: &Browser, page: &str) -> anyhow::Result<()> {
+    browser.set_viewport(390, 844).await?;
+    let fits = browser
+        .evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        .await?;
+    assert_eq!(fits, json!(true), "{page} scrolls sideways at 390 px");
+    browser
+        .call("Emulation.clearDeviceMetricsOverride", json!({}))
+        .await?;
+    browser
+        .wait_for_true(
+            "the page laid out at its own width again",
+            "window.innerWidth > 390",
+            SHOWN,
+        )
+        .await
 }
