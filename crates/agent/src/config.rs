@@ -965,7 +965,7 @@ mod tests {
 
     #[test]
     fn the_shipped_systemd_unit_runs_host_mode_with_flags_the_agent_takes() {
-        let unit = include_str!("../../../packaging/systemd/tether-agent.service");
+        let unit = include_str!("../../../packaging/systemd/tether-agent-k3s.service");
         let exec = unit
             .lines()
             .find_map(|l| l.strip_prefix("ExecStart="))

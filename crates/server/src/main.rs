@@ -12,6 +12,8 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     tracing_subscriber::fmt()
+        // Colours for a person at a terminal; none for journald or a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             EnvFilter::try_new(format!("{},rmqtt=warn,rmqtt_net=warn", config.log_level))
                 .unwrap_or_else(|_| EnvFilter::new("info")),
