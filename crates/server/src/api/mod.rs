@@ -71,6 +71,9 @@ pub struct AppState {
     pub actions: Arc<ActionService>,
     pub jobs: Arc<crate::jobs::JobService>,
     pub logs: Arc<crate::logs::Logs>,
+    /// The fleet's changes for `GET /events/follow`: one poller for all
+    /// of this replica's followers.
+    pub live: crate::live::Feed,
     /// Metric series: range queries and the fleet exposition.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Per-device input counters for `GET /devices/{name}`.
