@@ -374,3 +374,235 @@ impl Follower {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+    use super::*;
+
+    /// Events and alerts the test adds, reads counted, and a switch that
+    /// makes every read fail as a stopped database does.
+    #[derive(Clone, Default)]
+    struct FakeFleet {
+        events: Arc<Mutex<Vec<EventRecord>>>,
+        alerts: Arc<Mutex<AlertsMark>>,
+        reads: Arc<AtomicU32>,
+        down: Arc<AtomicBool>,
+    }
+
+    impl FakeFleet {
+        fn store(&self, id: &str) {
+            let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+            events.push(EventRecord {
+                id: id.to_owned(),
+                device: tether_proto::DeviceId::new("edge-1").expect("a name"),
+                correlation_id: None,
+                event: "device-online".into(),
+                status_code: 200,
+                status_message: String::new(),
+                response: serde_json::Value::Null,
+                received_at: Utc::now(),
+            });
+        }
+
+        fn reads(&self) -> u32 {
+            self.reads.load(Ordering::SeqCst)
+        }
+
+        fn fail_if_down(&self) -> Result<(), StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Query {
+                    context: "read the fleet's changes",
+                    source: sqlx::Error::PoolTimedOut,
+                });
+            }
+            Ok(())
+        }
+    }
+
+    impl FleetReads for FakeFleet {
+        async fn events_after(
+            &self,
+            at: DateTime<Utc>,
+            id: &str,
+            limit: u32,
+        ) -> Result<Vec<EventRecord>, StoreError> {
+            self.fail_if_down()?;
+            let events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+            Ok(events
+                .iter()
+                .filter(|event| (event.received_at, event.id.as_str()) > (at, id))
+                .take(limit as usize)
+                .cloned()
+                .collect())
+        }
+
+        async fn alerts_mark(&self) -> Result<AlertsMark, StoreError> {
+            self.fail_if_down()?;
+            Ok(*self.alerts.lock().unwrap_or_else(PoisonError::into_inner))
+        }
+    }
+
+    fn quick() -> FeedConfig {
+        FeedConfig {
+            max_follows_per_user: 3,
+            poll: Duration::from_millis(10),
+            keepalive: Duration::from_secs(60),
+            backlog: 4,
+        }
+    }
+
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    async fn next_event(follower: &mut Follower) -> String {
+        loop {
+            let change = tokio::time::timeout(DEADLINE, follower.next())
+                .await
+                .expect("a change within the deadline")
+                .expect("the stream goes on");
+            if let Change::Event(event) = change {
+                return event.id;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn one_poller_reads_for_every_follower_and_stops_with_the_last() {
+        let fleet = FakeFleet::default();
+        let feed = Feed::new(fleet.clone(), quick());
+        assert!(!feed.is_polling(), "nobody follows: nothing is read");
+        let mut followers = Vec::new();
+        for user in ["ada", "bob", "cy"] {
+            followers.push(feed.follow(user).await.expect("a follow"));
+        }
+        fleet.store("e1");
+        for follower in &mut followers {
+            assert_eq!(next_event(follower).await, "e1");
+        }
+        let polls = 2 * 20;
+        let reads_before = fleet.reads();
+        tokio::time::sleep(quick().poll * 20).await;
+        let reads = fleet.reads() - reads_before;
+        assert!(
+            reads <= polls,
+            "one poller reads (events and alerts) once a poll, whatever the followers: {reads} reads in 20 polls"
+        );
+
+        followers.pop();
+        followers.pop();
+        assert!(feed.is_polling(), "one follower is left");
+        followers.clear();
+        assert!(!feed.is_polling(), "the last follower left");
+        // An aborted read may have been in flight; none starts after it.
+        tokio::time::sleep(quick().poll * 2).await;
+        let stopped_at = fleet.reads();
+        tokio::time::sleep(quick().poll * 10).await;
+        assert_eq!(fleet.reads(), stopped_at, "nobody follows: nothing is read");
+
+        // The next follower starts a poller again, and hears only what
+        // comes after it began.
+        let mut again = feed.follow("ada").await.expect("a follow");
+        fleet.store("e2");
+        assert_eq!(next_event(&mut again).await, "e2");
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_stops_reading_ends_too_slow_and_holds_back_nobody() {
+        let fleet = FakeFleet::default();
+        let feed = Feed::new(fleet.clone(), quick());
+        let mut reading = feed.follow("ada").await.expect("a follow");
+        let mut stalled = feed.follow("bob").await.expect("a follow");
+        // One event per read, more reads than the backlog holds.
+        let count = quick().backlog * 3;
+        for i in 0..count {
+            let id = format!("e{i:02}");
+            fleet.store(&id);
+            assert_eq!(next_event(&mut reading).await, id, "the reader is not held back");
+        }
+        let first = tokio::time::timeout(DEADLINE, stalled.next())
+            .await
+            .expect("an answer");
+        match first {
+            Err(Ended::TooSlow { missed }) => assert!(missed > 0, "{missed}"),
+            other => panic!("the stalled follower should end too slow, not {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follow_is_refused_while_reads_fail_and_taken_once_they_work() {
+        let fleet = FakeFleet::default();
+        fleet.down.store(true, Ordering::SeqCst);
+        let feed = Feed::new(fleet.clone(), quick());
+        match feed.follow("ada").await {
+            Err(FollowError::Read(error)) => assert!(error.is_unavailable(), "{error}"),
+            Err(other) => panic!("the first read failed: {other}"),
+            Ok(_) => panic!("a follow whose first read failed was taken"),
+        }
+        assert!(!feed.is_polling(), "the refused follower left");
+
+        fleet.down.store(false, Ordering::SeqCst);
+        let mut follower = feed.follow("ada").await.expect("a follow");
+        // A second follower keeps the poller going after the first ends.
+        let _watching = feed.follow("bob").await.expect("a follow");
+        fleet.down.store(true, Ordering::SeqCst);
+        let ended = tokio::time::timeout(DEADLINE, follower.next())
+            .await
+            .expect("an answer");
+        assert!(matches!(ended, Err(Ended::ReadFailed(_))), "{ended:?}");
+        match feed.follow("cy").await {
+            Err(FollowError::Read(_)) => {}
+            Err(other) => panic!("the poller's last read failed: {other}"),
+            Ok(_) => panic!("a follow was taken while the poller's last read failed"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_user_holds_at_most_the_limit_of_follows() {
+        let feed = Feed::new(FakeFleet::default(), quick());
+        let mut held = Vec::new();
+        for _ in 0..quick().max_follows_per_user {
+            held.push(feed.follow("ada").await.expect("a follow"));
+        }
+        let refused = feed.follow("ada").await.err().expect("over the limit");
+        assert!(
+            refused.to_string().contains("3 times at once"),
+            "the limit is named: {refused}"
+        );
+        let _other_user = feed.follow("bob").await.expect("another user's follow");
+        held.pop();
+        let _again = feed.follow("ada").await.expect("a place was given back");
+    }
+
+    #[tokio::test]
+    async fn a_quiet_follower_is_sent_keepalives() {
+        let config = FeedConfig {
+            keepalive: Duration::from_millis(50),
+            ..quick()
+        };
+        let feed = Feed::new(FakeFleet::default(), config);
+        let mut follower = feed.follow("ada").await.expect("a follow");
+        let change = tokio::time::timeout(DEADLINE, follower.next())
+            .await
+            .expect("a keepalive within the deadline");
+        assert_eq!(change.expect("the stream goes on"), Change::Keepalive);
+    }
+
+    #[tokio::test]
+    async fn an_alert_change_reaches_the_followers() {
+        let fleet = FakeFleet::default();
+        let feed = Feed::new(fleet.clone(), quick());
+        let mut follower = feed.follow("ada").await.expect("a follow");
+        let raised = AlertsMark {
+            newest: 7,
+            firing: 1,
+            acknowledged: 0,
+        };
+        *fleet.alerts.lock().unwrap_or_else(PoisonError::into_inner) = raised;
+        let change = tokio::time::timeout(DEADLINE, follower.next())
+            .await
+            .expect("a change within the deadline");
+        assert_eq!(change.expect("the stream goes on"), Change::Alerts(raised));
+    }
+}
