@@ -49,7 +49,7 @@ pub enum Change {
 }
 
 /// Which events of the last [`LOOKBACK`] were sent, and where the next
-/// read starts. No IO: the follower feeds it what it reads.
+/// read starts. No IO: the poller ([`Feed`]) feeds it what it reads.
 ///
 /// A burst (a read that came back full, e.g. a replica's thousands of
 /// devices going offline in one millisecond) is paged by the strict key
