@@ -1444,7 +1444,10 @@ mod tests {
                 "[api]\nmax_connections = 100\nmax_connections_per_ip = 101\n",
                 "api.max_connections_per_ip",
             ),
-            ("[api]\nmax_follows_per_user = 0\n", "api.max_follows_per_user"),
+            (
+                "[api]\nmax_follows_per_user = 0\n",
+                "api.max_follows_per_user",
+            ),
             (
                 "[api]\nheader_read_timeout_seconds = 0\n",
                 "api.header_read_timeout_seconds",

@@ -206,7 +206,9 @@ fn ended_line(ended: &crate::live::Ended) -> String {
             tracing::info!(missed, "a fleet follower fell behind; its stream ends");
             (
                 "too_slow",
-                format!("this stream fell behind the fleet's changes (its client read too slowly) and missed {missed} reads' worth of them; follow again"),
+                format!(
+                    "this stream fell behind the fleet's changes (its client read too slowly) and missed {missed} reads' worth of them; follow again"
+                ),
             )
         }
         crate::live::Ended::ReadFailed(error) => {

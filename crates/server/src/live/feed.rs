@@ -519,7 +519,11 @@ mod tests {
         for i in 0..count {
             let id = format!("e{i:02}");
             fleet.store(&id);
-            assert_eq!(next_event(&mut reading).await, id, "the reader is not held back");
+            assert_eq!(
+                next_event(&mut reading).await,
+                id,
+                "the reader is not held back"
+            );
         }
         let first = tokio::time::timeout(DEADLINE, stalled.next())
             .await
