@@ -203,6 +203,9 @@ async fn a_follow_is_refused_while_the_database_is_down() -> anyhow::Result<()> 
     )
     .await
     .with_context(|| tetherd.log())?;
+    Ok(())
+}
+
 /// Each console tab holds `/events/follow` open for good (a device page its
 /// log follower too). Over HTTP/1.1 Chromium opens at most 6 connections
 /// per host, shared by every tab: with six tabs open, every other call of
