@@ -10,7 +10,9 @@
 //! trip of a real agent managing the fake Kubernetes API server; or (`--mode
 //! keystrokes`) the keystroke echo latency of `tether ssh` to a real agent;
 //! or (`--mode provisioning`) registrations a second through a policy; or
-//! (`--mode rollout`) a deployment's staged rollout to N devices.
+//! (`--mode rollout`) a deployment's staged rollout to N devices; or
+//! (`--mode live-feed`) tetherd's CPU with N console tabs following the
+//! fleet's changes.
 //!
 //! Build everything in release mode first, the agent on its own and last
 //! (ADR 0024: built in one cargo invocation with tetherd, the agent gets the
@@ -22,6 +24,7 @@
 mod fleet_job;
 mod keystrokes;
 mod kubectl;
+mod live_feed;
 mod monitor;
 mod offline;
 mod provisioning;
@@ -119,6 +122,15 @@ struct Args {
     /// rollout: each batch's share of the targeted devices, in percent.
     #[arg(long, default_value_t = 25)]
     batch_percent: u8,
+    /// live-feed: streams of `GET /events/follow` held open.
+    #[arg(long, default_value_t = 60)]
+    followers: usize,
+    /// live-feed: device events written to the database a second.
+    #[arg(long, default_value_t = 200)]
+    events_per_second: u32,
+    /// live-feed: seconds each phase is measured.
+    #[arg(long, default_value_t = 20)]
+    measure_seconds: u64,
     /// simulate (internal): the credentials file a simulator process connects.
     #[arg(long, hide = true)]
     credentials: Option<std::path::PathBuf>,
@@ -164,6 +176,9 @@ enum Mode {
     /// downloading its binary (`--concurrency` at a time): rates and
     /// tetherd's RSS.
     ReleaseDownload,
+    /// N followers of the fleet's changes while events are written at a
+    /// steady rate: tetherd's CPU.
+    LiveFeed,
 }
 
 #[tokio::main]
@@ -213,6 +228,15 @@ async fn main() -> anyhow::Result<()> {
                 offline: args.offline_devices,
                 concurrency: args.job_concurrency,
                 rate_per_second: args.job_rate,
+            })
+            .await;
+        }
+        Mode::LiveFeed => {
+            return live_feed::run(live_feed::Settings {
+                database,
+                followers: args.followers,
+                events_per_second: args.events_per_second,
+                measure: Duration::from_secs(args.measure_seconds),
             })
             .await;
         }

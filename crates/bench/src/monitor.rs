@@ -182,7 +182,7 @@ fn cpu_ms() -> anyhow::Result<f64> {
 }
 
 /// utime + stime of /proc/PID/stat.
-fn process_ticks(pid: &str) -> anyhow::Result<u64> {
+pub(crate) fn process_ticks(pid: &str) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command may hold spaces; fields resume after its closing paren.
     let rest = stat.rsplit_once(')').context("a stat line")?.1;

@@ -212,6 +212,7 @@ struct FileAuth {
 struct FileApi {
     max_connections: Option<u32>,
     max_connections_per_ip: Option<u32>,
+    max_follows_per_user: Option<u32>,
     tls_handshake_timeout_seconds: Option<u64>,
     header_read_timeout_seconds: Option<u64>,
 }
@@ -540,6 +541,9 @@ pub struct ApiConfig {
     pub max_connections: u32,
     /// Connections one client address may hold at once.
     pub max_connections_per_ip: u32,
+    /// `GET /events/follow` streams one user or API key may hold at once
+    /// (a console tab holds one); one more is answered 429.
+    pub max_follows_per_user: u32,
     /// A client that has not finished the TLS handshake by then is dropped.
     pub tls_handshake_timeout: Duration,
     /// Time to send a request's headers, counted from the connection's start
@@ -552,6 +556,7 @@ impl Default for ApiConfig {
         Self {
             max_connections: 4096,
             max_connections_per_ip: 64,
+            max_follows_per_user: 16,
             tls_handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
         }
@@ -787,6 +792,10 @@ impl ServerConfig {
                 .api
                 .max_connections_per_ip
                 .unwrap_or(api_defaults.max_connections_per_ip),
+            max_follows_per_user: file
+                .api
+                .max_follows_per_user
+                .unwrap_or(api_defaults.max_follows_per_user),
             tls_handshake_timeout: secs(
                 file.api.tls_handshake_timeout_seconds,
                 api_defaults.tls_handshake_timeout,
@@ -800,6 +809,12 @@ impl ServerConfig {
         check_count(
             "api.max_connections_per_ip",
             api.max_connections_per_ip,
+            1,
+            api.max_connections,
+        )?;
+        check_count(
+            "api.max_follows_per_user",
+            api.max_follows_per_user,
             1,
             api.max_connections,
         )?;
@@ -1003,6 +1018,7 @@ impl ServerConfig {
             api: FileApi {
                 max_connections: Some(self.api.max_connections),
                 max_connections_per_ip: Some(self.api.max_connections_per_ip),
+                max_follows_per_user: Some(self.api.max_follows_per_user),
                 tls_handshake_timeout_seconds: Some(self.api.tls_handshake_timeout.as_secs()),
                 header_read_timeout_seconds: Some(self.api.header_read_timeout.as_secs()),
             },
@@ -1427,6 +1443,10 @@ mod tests {
             (
                 "[api]\nmax_connections = 100\nmax_connections_per_ip = 101\n",
                 "api.max_connections_per_ip",
+            ),
+            (
+                "[api]\nmax_follows_per_user = 0\n",
+                "api.max_follows_per_user",
             ),
             (
                 "[api]\nheader_read_timeout_seconds = 0\n",

@@ -497,8 +497,13 @@ pub async fn run(
     }
     tokio::spawn(server_certificate.run(issued, listeners));
     let logs = Arc::new(logs::Logs::new(store.clone(), bus.clone(), actions.clone()));
+    let live = live::Feed::new(
+        store.clone(),
+        live::FeedConfig::new(config.api.max_follows_per_user),
+    );
     let state = Arc::new(AppState {
         logs,
+        live,
         provisioning: provisioning::Provisioning::new(store.clone(), registry.clone()),
         desired,
         releases,

@@ -20,6 +20,10 @@ use crate::store::StoreError;
 /// `Retry-After` while the database does not answer: about a restart's length.
 const DATABASE_RETRY_AFTER_SECONDS: u64 = 5;
 
+/// `Retry-After` for a follow over the per-user limit: about as long as a
+/// closed tab's stream takes to be noticed.
+const FOLLOW_RETRY_AFTER_SECONDS: u64 = 15;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -88,18 +92,44 @@ impl From<StoreError> for ApiError {
                 format!("{what} already exists"),
             ),
             StoreError::NotFound { what } => Self::not_found(format!("{what} not found")),
-            unavailable if unavailable.is_unavailable() => {
-                tracing::warn!(error = %crate::error_chain(&unavailable), "request failed: the database is unavailable");
-                Self {
-                    retry_after: Some(DATABASE_RETRY_AFTER_SECONDS),
-                    ..Self::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "database_unavailable",
-                        format!("{unavailable}: the database is not answering; try again shortly"),
-                    )
-                }
-            }
+            unavailable if unavailable.is_unavailable() => Self::database_unavailable(&unavailable),
             other => Self::internal(&other),
+        }
+    }
+}
+
+impl ApiError {
+    fn database_unavailable(error: &StoreError) -> Self {
+        tracing::warn!(error = %crate::error_chain(error), "request failed: the database is unavailable");
+        Self {
+            retry_after: Some(DATABASE_RETRY_AFTER_SECONDS),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                format!("{error}: the database is not answering; try again shortly"),
+            )
+        }
+    }
+}
+
+impl From<crate::live::FollowError> for ApiError {
+    fn from(error: crate::live::FollowError) -> Self {
+        use crate::live::FollowError;
+        match error {
+            FollowError::TooMany { .. } => Self {
+                retry_after: Some(FOLLOW_RETRY_AFTER_SECONDS),
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_follows",
+                    error.to_string(),
+                )
+            },
+            // The poller's read failed, now or at its last try: the
+            // follower would hear nothing, so it is not told 200.
+            FollowError::Read(store) if store.is_unavailable() => {
+                Self::database_unavailable(&store)
+            }
+            FollowError::Read(_) | FollowError::PollerStopped => Self::internal(&error),
         }
     }
 }

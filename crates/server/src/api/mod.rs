@@ -71,6 +71,9 @@ pub struct AppState {
     pub actions: Arc<ActionService>,
     pub jobs: Arc<crate::jobs::JobService>,
     pub logs: Arc<crate::logs::Logs>,
+    /// The fleet's changes for `GET /events/follow`: one poller for all
+    /// of this replica's followers.
+    pub live: crate::live::Feed,
     /// Metric series: range queries and the fleet exposition.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Per-device input counters for `GET /devices/{name}`.
@@ -310,6 +313,7 @@ async fn require_bearer(
         None => None,
     }
     .ok_or(AuthError::Missing)?;
+    let authenticated_at = tokio::time::Instant::now();
     let principal = match state.auth.authenticate(token.trim()).await {
         Ok(principal) => principal,
         Err(error) => {
@@ -337,7 +341,12 @@ async fn require_bearer(
     let username = principal.username.clone();
     let token = token.trim().to_owned();
     request.extensions_mut().insert(principal);
-    let response = bound_to_session(next.run(request).await, state.auth.clone(), token);
+    let response = bound_to_session(
+        next.run(request).await,
+        state.auth.clone(),
+        token,
+        authenticated_at,
+    );
     if !matches!(method, Method::GET | Method::HEAD) {
         state
             .audit(
@@ -389,7 +398,16 @@ const SESSION_ENDED_LINE: &[u8] = br#"{"error":{"code":"unauthorized","message":
 /// user deleted), so an ended session hears nothing more. A database that
 /// cannot answer the check does not end it: that says nothing about the
 /// session. Other answers pass unchanged.
-fn bound_to_session(response: Response, auth: Auth, token: String) -> Response {
+///
+/// The second counts from the check at the request, not from the answer: a
+/// follow answers after the feed's first read, and counting from then would
+/// let its next read's lines out up to a second after a logout unchecked.
+fn bound_to_session(
+    response: Response,
+    auth: Auth,
+    token: String,
+    authenticated_at: tokio::time::Instant,
+) -> Response {
     let streams = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
@@ -409,7 +427,7 @@ fn bound_to_session(response: Response, auth: Auth, token: String) -> Response {
         chunks: body.into_data_stream(),
         auth,
         token,
-        checked: tokio::time::Instant::now(),
+        checked: authenticated_at,
         ended: false,
     };
     let chunks = futures::stream::unfold(bound, |mut bound| async move {

@@ -3,14 +3,12 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt as _;
 use tether_proto::api::{ActiveAlerts, ErrorBody, Event, FleetChange, Page};
 use tether_proto::metrics::{HostMetrics, MetricRange, SeriesList};
 use tether_proto::telemetry::DeviceUsage;
-use tokio_stream::wrappers::ReceiverStream;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -19,6 +17,7 @@ use super::error::ApiError;
 use super::extract::{ApiQuery, device_id};
 use super::page::{PageQuery, PageRequest, Position};
 use crate::actions::event_to_api;
+use crate::auth::Principal;
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
@@ -158,40 +157,73 @@ async fn list_metrics(
 /// them: each device event (sessions, action answers, tetherd's own events
 /// about devices) and the active alerts whenever one is raised,
 /// acknowledged or resolved; one JSON object (a `FleetChange`) per line.
-/// An empty line is a keepalive; a line `{"error": …}` ends the stream.
-/// Read about once a second (`crate::live`).
+/// An empty line is a keepalive; a line `{"error": …}` ends the stream
+/// (`too_slow`: the client read too slowly and fell behind;
+/// `database_unavailable`); follow again. Read about once a second, by one
+/// poller per replica for all its followers (`crate::live`).
 #[utoipa::path(get, path = "/events/follow", tag = "telemetry",
-    responses((status = 200, description = "JSON lines of FleetChange", content_type = "application/x-ndjson", body = FleetChange)))]
-async fn follow_fleet(State(state): State<Arc<AppState>>) -> Response {
-    let changes = ReceiverStream::new(crate::live::follow(state.store.clone())).map(|change| {
-        let line = match change {
-            Ok(crate::live::Change::Keepalive) => String::new(),
-            Ok(crate::live::Change::Event(record)) => {
-                json_line(&FleetChange::Event(event_to_api(record)))
-            }
-            Ok(crate::live::Change::Alerts(mark)) => {
-                json_line(&FleetChange::Alerts(ActiveAlerts {
-                    firing: mark.firing,
-                    acknowledged: mark.acknowledged,
-                    newest_id: mark.newest,
-                }))
-            }
-            Err(error) => {
-                tracing::warn!(error = %crate::error_chain(&error), "a fleet follower stopped");
-                serde_json::json!({"error": {
-                    "code": "database_unavailable",
-                    "message": "the controller could not read the fleet's changes; follow again",
-                }})
-                .to_string()
-            }
+    responses((status = 200, description = "JSON lines of FleetChange", content_type = "application/x-ndjson", body = FleetChange),
+        (status = 429, description = "The caller (a user or an API key) already holds `api.max_follows_per_user` follows (default 16) at once (`too_many_follows`); close one, then follow again after `Retry-After`",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The fleet's changes cannot be read: the database does not answer (`database_unavailable`); follow again after `Retry-After`",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait")))))]
+async fn follow_fleet(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    let follower = state.live.follow(&principal.username).await?;
+    let lines = futures::stream::unfold(Some(follower), |follower| async move {
+        let mut follower = follower?;
+        let (line, follower) = match follower.next().await {
+            Ok(change) => (change_line(change), Some(follower)),
+            Err(ended) => (ended_line(&ended), None),
         };
-        Ok::<_, std::convert::Infallible>(line + "\n")
+        Some((Ok::<_, std::convert::Infallible>(line + "\n"), follower))
     });
-    (
+    Ok((
         [(CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(changes),
+        Body::from_stream(lines),
     )
-        .into_response()
+        .into_response())
+}
+
+fn change_line(change: crate::live::Change) -> String {
+    match change {
+        crate::live::Change::Keepalive => String::new(),
+        crate::live::Change::Event(record) => json_line(&FleetChange::Event(event_to_api(record))),
+        crate::live::Change::Alerts(mark) => json_line(&FleetChange::Alerts(ActiveAlerts {
+            firing: mark.firing,
+            acknowledged: mark.acknowledged,
+            newest_id: mark.newest,
+        })),
+    }
+}
+
+/// The last line of a follow: why it ended, and that following again helps.
+fn ended_line(ended: &crate::live::Ended) -> String {
+    let (code, message) = match ended {
+        crate::live::Ended::TooSlow { missed } => {
+            tracing::info!(missed, "a fleet follower fell behind; its stream ends");
+            (
+                "too_slow",
+                format!(
+                    "this stream fell behind the fleet's changes (its client read too slowly) and missed {missed} reads' worth of them; follow again"
+                ),
+            )
+        }
+        crate::live::Ended::ReadFailed(error) => {
+            tracing::warn!(error = %crate::error_chain(error.as_ref()), "a fleet follower stopped");
+            (
+                "database_unavailable",
+                "the controller could not read the fleet's changes; follow again".to_owned(),
+            )
+        }
+        crate::live::Ended::PollerStopped => (
+            "internal",
+            "the controller stopped reading the fleet's changes; follow again".to_owned(),
+        ),
+    };
+    serde_json::json!({"error": {"code": code, "message": message}}).to_string()
 }
 
 fn json_line(change: &FleetChange) -> String {

@@ -3,26 +3,30 @@
 //! and ending, action answers, the monitor's requests) and a notice when
 //! the alerts change, from whichever replica wrote them.
 //!
-//! A follower reads the database once a second rather than waiting on the
-//! bus: every replica's writes land there, and its cost grows with the
-//! followers (people with a console open), not with the fleet. A notice on
-//! the bus per stored event would cost a PostgreSQL `NOTIFY` for each of
-//! 15,000 devices reconnecting at once, whether anybody follows or not.
+//! One poller per replica reads the database once a second while anybody
+//! follows ([`Feed`]), rather than waiting on the bus: every replica's
+//! writes land there, and its cost is one read a second per replica with a
+//! console open, not per event nor per follower. A notice on the bus per
+//! stored event would cost a PostgreSQL `NOTIFY` for each of 15,000 devices
+//! reconnecting at once, whether anybody follows or not.
 //!
 //! Events carry the clock of the replica that wrote them and commit in any
 //! order, so each read goes back [`LOOKBACK`] before the newest event sent
 //! and drops those already sent ([`Window`]): an event that commits up to
 //! that late is still sent, once.
 
+mod feed;
+
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use tokio::sync::mpsc;
 
-use crate::store::{AlertsMark, EventRecord, Store, StoreError};
+use crate::store::{AlertsMark, EventRecord};
 
-/// How often a follower reads what changed.
+pub use feed::{Ended, Feed, FeedConfig, FleetReads, FollowError, Follower};
+
+/// How often the poller reads what changed.
 const POLL: Duration = Duration::from_secs(1);
 /// How late (by its replica's clock, or its commit) an event may arrive
 /// and still be sent.
@@ -45,7 +49,7 @@ pub enum Change {
 }
 
 /// Which events of the last [`LOOKBACK`] were sent, and where the next
-/// read starts. No IO: the follower feeds it what it reads.
+/// read starts. No IO: the poller ([`Feed`]) feeds it what it reads.
 ///
 /// A burst (a read that came back full, e.g. a replica's thousands of
 /// devices going offline in one millisecond) is paged by the strict key
@@ -128,62 +132,10 @@ impl Window {
     }
 }
 
-/// Follows the fleet from now until the receiver is dropped. A store error
-/// ends the stream with it, so the follower says so and may follow again.
-pub fn follow(store: Store) -> mpsc::Receiver<Result<Change, StoreError>> {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        if let Err(error) = run(&store, &tx).await {
-            let _ = tx.send(Err(error)).await;
-        }
-    });
-    rx
-}
-
-async fn run(
-    store: &Store,
-    tx: &mpsc::Sender<Result<Change, StoreError>>,
-) -> Result<(), StoreError> {
-    let mut window = Window::starting(Utc::now());
-    let mut alerts = store.alerts_mark().await?;
-    let mut poll = tokio::time::interval(POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut quiet_since = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = poll.tick() => {}
-            () = tx.closed() => return Ok(()),
-        }
-        let (at, id) = window.read_from();
-        let read = store.list_events_after(at, id, READ_LIMIT).await?;
-        let full = read.len() >= READ_LIMIT as usize;
-        let mut changes: Vec<Change> = window
-            .take_new(read, full)
-            .into_iter()
-            .map(Change::Event)
-            .collect();
-        let mark = store.alerts_mark().await?;
-        if mark != alerts {
-            alerts = mark;
-            changes.push(Change::Alerts(mark));
-        }
-        if changes.is_empty() && quiet_since.elapsed() >= KEEPALIVE {
-            changes.push(Change::Keepalive);
-        }
-        if !changes.is_empty() {
-            quiet_since = tokio::time::Instant::now();
-        }
-        for change in changes {
-            if tx.send(Ok(change)).await.is_err() {
-                return Ok(());
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
 
     fn at(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("a time")
@@ -259,7 +211,8 @@ mod tests {
             .create_device(&device, &Default::default(), Utc::now())
             .await
             .expect("a device");
-        let mut changes = follow(store.clone());
+        let feed = Feed::new(store.clone(), FeedConfig::new(1));
+        let mut follower = feed.follow("tester").await.expect("a follow");
         let ended_at = Utc::now() + TimeDelta::milliseconds(100);
         let burst = READ_LIMIT as usize + 200;
         for i in 0..=burst {
@@ -285,10 +238,10 @@ mod tests {
         let mut sent = HashSet::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
         while sent.len() <= burst {
-            let Ok(Some(change)) = tokio::time::timeout_at(deadline, changes.recv()).await else {
+            let Ok(change) = tokio::time::timeout_at(deadline, follower.next()).await else {
                 break;
             };
-            if let Change::Event(event) = change.expect("no store error") {
+            if let Change::Event(event) = change.expect("no read failed") {
                 sent.insert(event.id);
             }
         }

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use serde_json::json;
 use tether_testkit::browser::Browser;
-use tether_testkit::{Agent, Database, Tetherd};
+use tether_testkit::{Agent, Database, Tetherd, wait_until};
 
 use super::{SHOWN, assert_stayed_home, log_in_as_admin, texts};
 
@@ -133,6 +134,76 @@ async fn a_logged_out_session_stops_hearing_the_fleet() -> anyhow::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// Each follow holds a connection and a place in the replica's fan-out: a
+/// user (or API key) may hold `api.max_follows_per_user` at once, and the
+/// one over is refused with the limit named, while other users go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_over_the_follow_limit_is_refused_by_name() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("tetherd.toml");
+    std::fs::write(&config, "[api]\nmax_follows_per_user = 2\n")?;
+    let config = config.to_string_lossy().into_owned();
+    let tetherd = Tetherd::start_with(Database::Sqlite, &["--config", &config]).await?;
+    let admin = tetherd.admin().await?;
+    let viewer = tetherd.user_with_role("viewer").await?;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let stream = viewer.get_json_lines("/api/v1/events/follow").await?;
+        assert_eq!(stream.status, 200);
+        held.push(stream);
+    }
+    let refused = viewer.get("/api/v1/events/follow").await?;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.body["error"]["code"], "too_many_follows");
+    let message = refused.body["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("2 times at once") && message.contains("api.max_follows_per_user"),
+        "the limit is named: {message}"
+    );
+    let other = admin.get_json_lines("/api/v1/events/follow").await?;
+    assert_eq!(other.status, 200, "another user's follow is not counted");
+    Ok(())
+}
+
+/// With the database down a follow is refused with 503 before it starts,
+/// rather than answering 200 and failing a second later (the console
+/// showed "Live", then "Reconnecting…", every second); a follow already
+/// open ends with the reason; once the database is back, following works
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_is_refused_while_the_database_is_down() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Postgres).await?;
+    let viewer = tetherd.user_with_role("viewer").await?;
+    let mut open = viewer.get_json_lines("/api/v1/events/follow").await?;
+    assert_eq!(open.status, 200);
+
+    let postgres = tetherd.postgres().context("on PostgreSQL")?;
+    postgres.stop()?;
+    let last = open
+        .next(Duration::from_secs(20))
+        .await?
+        .context("the open follow's last line")?;
+    assert_eq!(last["error"]["code"], "database_unavailable", "{last}");
+    let refused = viewer.get("/api/v1/events/follow").await?;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.body["error"]["code"], "database_unavailable");
+
+    postgres.start_again()?;
+    wait_until(
+        "a follow to be taken again",
+        Duration::from_secs(30),
+        || async {
+            let stream = viewer.get_json_lines("/api/v1/events/follow").await?;
+            Ok((stream.status == 200).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| tetherd.log())?;
+    Ok(())
 }
 
 /// Each console tab holds `/events/follow` open for good (a device page its
