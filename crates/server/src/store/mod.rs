@@ -73,6 +73,10 @@ pub enum StoreError {
     },
     #[error("could not apply the database migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error(
+        "the database was migrated by a newer tetherd (its schema is at migration {database}, this tetherd knows up to {binary}): run that version or a newer one; going back needs the backup taken before the upgrade"
+    )]
+    NewerSchema { database: i64, binary: i64 },
     #[error("{what} already exists")]
     Conflict { what: String },
     #[error("database query failed while trying to {context}")]
@@ -279,6 +283,36 @@ pub struct Store {
 /// The one set of migrations, for SQLite and PostgreSQL alike.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
+/// A downgrade is refused before anything runs: an older tetherd does not
+/// know what a newer one's migrations changed (sqlx would refuse too, but
+/// naming only a "missing" migration).
+async fn refuse_a_newer_schema(pool: &sqlx::AnyPool, postgres: bool) -> Result<(), StoreError> {
+    let context = "read which migrations the database has";
+    let exists = if postgres {
+        "SELECT COUNT(*) FROM pg_tables WHERE tablename = '_sqlx_migrations' AND schemaname = current_schema()"
+    } else {
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"
+    };
+    let tables: i64 = sqlx::query_scalar(exists)
+        .fetch_one(pool)
+        .await
+        .map_err(|source| StoreError::Query { context, source })?;
+    if tables == 0 {
+        return Ok(());
+    }
+    let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+        .fetch_one(pool)
+        .await
+        .map_err(|source| StoreError::Query { context, source })?;
+    let known = MIGRATOR.iter().map(|migration| migration.version).max();
+    match (newest, known) {
+        (Some(database), Some(binary)) if database > binary => {
+            Err(StoreError::NewerSchema { database, binary })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// SQLite has one writer at a time; in WAL mode readers run beside it. A few
 /// connections let reads proceed while a write is in flight, and every write
 /// is a single statement, so a waiting writer queues on the busy timeout
@@ -331,6 +365,7 @@ impl Store {
                     source,
                 })?;
         }
+        refuse_a_newer_schema(&pool, postgres).await?;
         MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
         let store = Self { pool, postgres };
         store.index_unindexed_labels().await?;

@@ -33,3 +33,4 @@ mod specs;
 mod store;
 mod support;
 mod telemetry;
+mod upgrades;
