@@ -62,7 +62,9 @@ impl TcpProxy {
         let (scheme_host, rest) = url
             .rsplit_once(':')
             .with_context(|| format!("no port in {url}"))?;
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let port: u16 = rest[..digits]
             .parse()
             .with_context(|| format!("no port in {url}"))?;
@@ -127,11 +129,7 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::
             Ok(read) => read,
         };
         // Held while paused; the sender not reading further either.
-        if mode
-            .wait_for(|mode| *mode != Mode::Paused)
-            .await
-            .is_err()
-        {
+        if mode.wait_for(|mode| *mode != Mode::Paused).await.is_err() {
             return;
         }
         if to.write_all(&buffer[..read]).await.is_err() {

@@ -127,7 +127,9 @@ async fn a_silent_live_feed_is_given_up_and_reopened() -> anyhow::Result<()> {
     let admin = tetherd.admin().await?;
     let mut agent = offline_device(&tetherd, &admin, "edge-stall").await?;
     let (browser, proxy, url) = console_through_proxy(&tetherd, Some(SILENCE_LIMIT_MS)).await?;
-    browser.navigate(&format!("{url}/#/devices/edge-stall")).await?;
+    browser
+        .navigate(&format!("{url}/#/devices/edge-stall"))
+        .await?;
     browser.wait_for_text("h1 .badge", "offline", SHOWN).await?;
     browser
         .wait_for_selector(".live[data-state=live]", SHOWN)
@@ -194,8 +196,8 @@ async fn ship_line(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_device_log_follows_again_after_a_break_and_shows_each_line_once()
--> anyhow::Result<()> {
+async fn the_device_log_follows_again_after_a_break_and_shows_each_line_once() -> anyhow::Result<()>
+{
     let tetherd = Tetherd::start(Database::Sqlite).await?;
     let admin = tetherd.admin().await?;
     let agent = Agent::enroll_online(&tetherd, &admin, "edge-log").await?;
@@ -204,7 +206,9 @@ async fn the_device_log_follows_again_after_a_break_and_shows_each_line_once()
     ship_line(&agent, &admin, "edge-log", &before).await?;
 
     let (browser, proxy, url) = console_through_proxy(&tetherd, None).await?;
-    browser.navigate(&format!("{url}/#/devices/edge-log")).await?;
+    browser
+        .navigate(&format!("{url}/#/devices/edge-log"))
+        .await?;
     browser.wait_for_text("#log-lines", &before, SHOWN).await?;
     browser
         .wait_for_text("#log-state", "Following", SHOWN)
