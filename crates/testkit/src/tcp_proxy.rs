@@ -136,6 +136,9 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::
             return;
         }
     }
-    // The other side hears the end, and may still answer.
-    let _ = to.shutdown().await;
+    // The other side hears the end (and may still answer), once forwarding:
+    // a stalled path carries no FIN either.
+    if mode.wait_for(|mode| *mode != Mode::Paused).await.is_ok() {
+        let _ = to.shutdown().await;
+    }
 }
