@@ -22,11 +22,19 @@ enum Mode {
     Cut,
 }
 
+/// The mode, and how many cuts there were: a connection ends at a cut
+/// even when the proxy is restored before its task looks.
+#[derive(Debug, Clone, Copy)]
+struct State {
+    mode: Mode,
+    cuts: u64,
+}
+
 /// The proxy; it stops, closing every connection, when dropped.
 pub struct TcpProxy {
     /// Where clients connect (on 127.0.0.1).
     pub port: u16,
-    mode: watch::Sender<Mode>,
+    state: watch::Sender<State>,
     accepting: JoinHandle<()>,
 }
 
@@ -38,20 +46,23 @@ impl TcpProxy {
             .await
             .context("binding the proxy's port")?;
         let port = listener.local_addr()?.port();
-        let (mode, _) = watch::channel(Mode::Forwarding);
-        let modes = mode.clone();
+        let (state, _) = watch::channel(State {
+            mode: Mode::Forwarding,
+            cuts: 0,
+        });
+        let states = state.clone();
         let accepting = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 // Refused: closed at once, before a byte.
-                if *modes.borrow() == Mode::Cut {
+                if states.borrow().mode == Mode::Cut {
                     continue;
                 }
-                tokio::spawn(carry(client, upstream, modes.subscribe()));
+                tokio::spawn(carry(client, upstream, states.subscribe()));
             }
         });
         Ok(Self {
             port,
-            mode,
+            state,
             accepting,
         })
     }
@@ -75,39 +86,44 @@ impl TcpProxy {
 
     /// Drops every connection and refuses new ones until [`restore`](Self::restore).
     pub fn cut(&self) {
-        self.mode.send_replace(Mode::Cut);
+        self.state.send_modify(|state| {
+            state.mode = Mode::Cut;
+            state.cuts += 1;
+        });
     }
 
     /// Forwards nothing, on open connections and new ones, and closes none,
     /// until [`restore`](Self::restore); what was sent meanwhile is
     /// delivered then.
     pub fn pause(&self) {
-        self.mode.send_replace(Mode::Paused);
+        self.state.send_modify(|state| state.mode = Mode::Paused);
     }
 
     /// Forwards again.
     pub fn restore(&self) {
-        self.mode.send_replace(Mode::Forwarding);
+        self.state
+            .send_modify(|state| state.mode = Mode::Forwarding);
     }
 }
 
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.accepting.abort();
-        // Every connection ends as its mode's sender goes.
-        self.mode.send_replace(Mode::Cut);
+        // Every connection ends as the state's sender goes.
+        self.cut();
     }
 }
 
 /// Carries one connection both ways until either side closes it or the
 /// proxy is cut.
-async fn carry(client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver<Mode>) {
+async fn carry(client: TcpStream, upstream: SocketAddr, mut state: watch::Receiver<State>) {
+    let cuts = state.borrow().cuts;
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };
     let (from_client, to_client) = client.into_split();
     let (from_server, to_server) = server.into_split();
-    let (up, down) = (mode.clone(), mode.clone());
+    let (up, down) = (state.clone(), state.clone());
     let both = async {
         tokio::join!(
             pump(from_client, to_server, up),
@@ -117,11 +133,11 @@ async fn carry(client: TcpStream, upstream: SocketAddr, mut mode: watch::Receive
     tokio::select! {
         _ = both => {}
         // Dropping the halves closes both sockets.
-        _ = mode.wait_for(|mode| *mode == Mode::Cut) => {}
+        _ = state.wait_for(|state| state.cuts != cuts) => {}
     }
 }
 
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::Receiver<Mode>) {
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut state: watch::Receiver<State>) {
     let mut buffer = vec![0; 16 * 1024];
     loop {
         let read = match from.read(&mut buffer).await {
@@ -129,7 +145,11 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::
             Ok(read) => read,
         };
         // Held while paused; the sender not reading further either.
-        if mode.wait_for(|mode| *mode != Mode::Paused).await.is_err() {
+        if state
+            .wait_for(|state| state.mode != Mode::Paused)
+            .await
+            .is_err()
+        {
             return;
         }
         if to.write_all(&buffer[..read]).await.is_err() {
@@ -138,7 +158,11 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::
     }
     // The other side hears the end (and may still answer), once forwarding:
     // a stalled path carries no FIN either.
-    if mode.wait_for(|mode| *mode != Mode::Paused).await.is_ok() {
+    if state
+        .wait_for(|state| state.mode != Mode::Paused)
+        .await
+        .is_ok()
+    {
         let _ = to.shutdown().await;
     }
 }

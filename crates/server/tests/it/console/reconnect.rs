@@ -247,3 +247,85 @@ async fn the_device_log_follows_again_after_a_break_and_shows_each_line_once() -
     assert_stayed_at(&without_broken_connections(browser.record()), &url);
     Ok(())
 }
+
+/// Replaces the page's `fetch` for the streams: each path in `answers`
+/// gets its listed answers first (an HTTP status, or an error line's code
+/// after a 200), then the real one; `window.faked` lists those given.
+/// tetherd answers these when busy, down or a reader lags behind; the
+/// test cannot make a real tetherd do so on demand.
+fn fake_stream_answers(answers: &serde_json::Value) -> String {
+    format!(
+        "window.fakeAnswers = {answers}; window.faked ??= []; \
+         window.realFetch ??= window.fetch; \
+         window.fetch = (url, init) => {{ \
+           const next = window.fakeAnswers[url]?.shift(); \
+           if (next === undefined) return window.realFetch(url, init); \
+           window.faked.push(`${{url}} ${{next}}`); \
+           const error = (code) => JSON.stringify({{error: {{code, message: `fake ${{code}}`}}}}); \
+           return Promise.resolve(typeof next === 'number' \
+             ? new Response(error('busy'), {{status: next, headers: {{'Content-Type': 'application/json'}}}}) \
+             : new Response(`${{error(next)}}\\n`, {{status: 200, headers: {{'Content-Type': 'application/x-ndjson'}}}})); \
+         }}; true"
+    )
+}
+
+/// A 503, a 429 or an error line is tried again with backoff, on the live
+/// feed and the log follow alike, saying "Reconnecting…" meanwhile; a 401
+/// ends the session as any call's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_or_broken_streams_are_tried_again_and_a_401_ends_the_session() -> anyhow::Result<()>
+{
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let admin = tetherd.admin().await?;
+    super::create_device(&admin, "edge-busy", json!({})).await?;
+    let (browser, proxy, url) = console_through_proxy(&tetherd, None).await?;
+    browser
+        .navigate(&format!("{url}/#/devices/edge-busy"))
+        .await?;
+    browser
+        .wait_for_text("#log-state", "Following", SHOWN)
+        .await?;
+    browser
+        .evaluate(&fake_stream_answers(&json!({
+            "/api/v1/events/follow": [503, 429, "too_slow"],
+            "/api/v1/devices/edge-busy/logs/follow": [503, "database_unavailable"],
+        })))
+        .await?;
+    // Both streams break; their next attempts get the answers above.
+    proxy.cut();
+    browser
+        .wait_for_selector(".live[data-state=connecting]", SHOWN)
+        .await?;
+    browser
+        .wait_for_text("#log-state", "Reconnecting…", SHOWN)
+        .await?;
+    proxy.restore();
+    browser
+        .wait_for_true(
+            "every fake answer given, and both streams open again",
+            "window.faked.length === 5 \
+             && document.querySelector('.live')?.dataset.state === 'live' \
+             && document.querySelector('#log-state')?.textContent === 'Following'",
+            BACK,
+        )
+        .await?;
+    assert_eq!(
+        texts(&browser, "h1").await?.len(),
+        1,
+        "still on the device page"
+    );
+
+    // The session ended: the feed's 401 returns to the login page.
+    browser
+        .evaluate(&fake_stream_answers(
+            &json!({"/api/v1/events/follow": [401]}),
+        ))
+        .await?;
+    proxy.cut();
+    proxy.restore();
+    browser
+        .wait_for_text(".login .notice", "Your session expired", BACK)
+        .await?;
+    assert_stayed_at(&without_broken_connections(browser.record()), &url);
+    Ok(())
+}
