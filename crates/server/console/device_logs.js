@@ -24,6 +24,7 @@ const GAP_MARGIN_S = 60;
 /** A gap is read in pages of this many lines, at most this many pages. */
 const GAP_PAGE_LINES = 1000;
 const GAP_PAGES = 10;
+const DAY_MS = 86_400_000;
 /** Syslog priorities 0–7 by name, as journald prints them. */
 const PRIORITIES = ['emerg', 'alert', 'crit', 'err', 'warning', 'notice', 'info', 'debug'];
 
@@ -114,7 +115,8 @@ export function logsSection(name, signal) {
    * The follow API has no position to resume from, so a line is lost when
    * its device-side time is older than that window: the device's clock
    * more than GAP_MARGIN_S behind tetherd's, or a spool replayed late.
-   * A gap of more than GAP_PAGES pages shows its first lines only.
+   * The window ends a day ahead, for devices whose clock is. A gap of
+   * more than GAP_PAGES pages shows its first lines only.
    */
   const catchUp = async (heardAt) => {
     if (heardAt === null) {
@@ -124,9 +126,10 @@ export function logsSection(name, signal) {
     }
     const after = newestPos;
     const since = `${Math.ceil((Date.now() - heardAt) / 1000) + GAP_MARGIN_S}s`;
+    const until = new Date(Date.now() + DAY_MS).toISOString();
     let next = '';
     for (let page = 0; page < GAP_PAGES; page += 1) {
-      const found = await call(`/devices/${device}/logs${query({since, limit: GAP_PAGE_LINES, continue: next})}`);
+      const found = await call(`/devices/${device}/logs${query({since, until, limit: GAP_PAGE_LINES, continue: next})}`);
       deliver(found.items.filter((entry) => entry.pos > after));
       next = found.continue;
       if (!next) return;
