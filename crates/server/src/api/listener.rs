@@ -1,19 +1,22 @@
-//! The HTTPS listener's defences against slow and greedy clients (ADR 0008):
-//! a cap on connections in total and per client address, enforced as soon
-//! as a connection is accepted (excess ones are closed at once, so the
-//! kernel's backlog keeps moving), a TLS handshake timeout, and a timeout
-//! for a request's headers that also closes idle keep-alive connections.
-//! When the total is reached, a new connection takes the place of the
-//! oldest one still in its TLS handshake, so clients that never finish one
-//! cannot keep a new client out. A connection that ends lingers over what
-//! the client still sends (`linger.rs`), so an answer given before the
-//! request's body was read is not lost to a reset.
+//! The HTTPS listener's defences against slow and greedy clients (ADR 0008,
+//! ADR 0035): a cap on connections in total and per client address,
+//! enforced as soon as a connection is accepted (excess ones are closed at
+//! once, so the kernel's backlog keeps moving), a TLS handshake timeout, and
+//! a timeout for a request's headers that also closes idle keep-alive
+//! connections. When the total is reached, a new connection takes the place
+//! of the oldest one still in its TLS handshake, so clients that never
+//! finish one cannot keep a new client out. A connection that ends lingers
+//! over what the client still sends (`linger.rs`), so an answer given
+//! before the request's body was read is not lost to a reset.
 //!
-//! Only HTTP/1.1 is served: hyper's header timeout exists for HTTP/1 only,
-//! and before it starts hyper waits, without a timer, for the bytes that
-//! tell HTTP/1 from HTTP/2. So TLS offers only `http/1.1`, a connection
-//! must send its first request's opening bytes within the header timeout,
-//! and one that opens with the HTTP/2 preface is closed.
+//! HTTP/1.1 and HTTP/2 are served, as the client and TLS's ALPN agree.
+//! Before hyper's own timers start, it waits without one for the bytes
+//! that tell the two apart, so a connection must send its opening within
+//! the header timeout: an HTTP/1 request's first bytes, or, on a
+//! connection that agreed on `h2`, the whole HTTP/2 preface. hyper's header
+//! timeout exists for HTTP/1 only; an HTTP/2 connection is closed instead
+//! when it has had no request open for that long ([`Activity`]), and hyper
+//! pings it to find a peer that went away.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -23,13 +26,17 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::HttpBody;
+use axum::http::Response;
 use axum_server::accept::Accept;
 use axum_server::tls_rustls::RustlsConfig;
 use futures::future::BoxFuture;
+use futures::task::AtomicWaker;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::config::ApiConfig;
 
@@ -143,30 +150,37 @@ struct GuardedTls {
     limiter: ConnectionLimiter,
     tls: RustlsConfig,
     handshake_timeout: Duration,
-    first_bytes_timeout: Duration,
+    /// For a request's headers, and for an HTTP/2 connection with none open.
+    header_timeout: Duration,
     /// The caller's TLS config (which a certificate renewal swaps) and the
-    /// same offering only HTTP/1.1, made again only when it was swapped.
-    http1_only: Arc<Mutex<Option<Http1Config>>>,
+    /// same offering [`ALPN`], made again only when it was swapped.
+    offering_alpn: Arc<Mutex<Option<AlpnConfig>>>,
 }
 
-/// A TLS config, and the same offering only HTTP/1.1.
-type Http1Config = (Arc<ServerConfig>, Arc<ServerConfig>);
+/// The protocols offered in TLS's ALPN, the client's choice among them
+/// winning: browsers take HTTP/2, so every tab of a console shares one
+/// connection (HTTP/1.1 allows a browser 6 per host, which six tabs' live
+/// feeds take); tetherd's own clients speak HTTP/1.1.
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// A TLS config, and the same offering [`ALPN`].
+type AlpnConfig = (Arc<ServerConfig>, Arc<ServerConfig>);
 
 impl GuardedTls {
     fn server_config(&self) -> Arc<ServerConfig> {
         let current = self.tls.get_inner();
         let mut cached = self
-            .http1_only
+            .offering_alpn
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match &*cached {
-            Some((source, http1)) if Arc::ptr_eq(source, &current) => http1.clone(),
+            Some((source, offering)) if Arc::ptr_eq(source, &current) => offering.clone(),
             _ => {
-                let mut http1 = (*current).clone();
-                http1.alpn_protocols = vec![b"http/1.1".to_vec()];
-                let http1 = Arc::new(http1);
-                *cached = Some((current, http1.clone()));
-                http1
+                let mut offering = (*current).clone();
+                offering.alpn_protocols = ALPN.iter().map(|name| name.to_vec()).collect();
+                let offering = Arc::new(offering);
+                *cached = Some((current, offering.clone()));
+                offering
             }
         }
     }
@@ -174,8 +188,8 @@ impl GuardedTls {
 
 impl<S: Send + 'static> Accept<TcpStream, S> for GuardedTls {
     type Stream = LimitedStream;
-    type Service = S;
-    type Future = BoxFuture<'static, io::Result<(Self::Stream, S)>>;
+    type Service = CountingRequests<S>;
+    type Future = BoxFuture<'static, io::Result<(Self::Stream, Self::Service)>>;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
         let admitted = stream
@@ -188,8 +202,7 @@ impl<S: Send + 'static> Accept<TcpStream, S> for GuardedTls {
                 }
             });
         let tls = tokio_rustls::TlsAcceptor::from(self.server_config());
-        let (handshake_timeout, first_bytes_timeout) =
-            (self.handshake_timeout, self.first_bytes_timeout);
+        let (handshake_timeout, header_timeout) = (self.handshake_timeout, self.header_timeout);
         Box::pin(async move {
             // An error drops `stream`, which closes the connection at once.
             let permit = admitted?;
@@ -202,12 +215,20 @@ impl<S: Send + 'static> Accept<TcpStream, S> for GuardedTls {
                 }
             };
             permit.established();
+            let http2 = stream.get_ref().1.alpn_protocol() == Some(ALPN[0]);
+            let activity = http2.then(|| Arc::new(Activity::default()));
             Ok((
                 LimitedStream {
                     open: Some(Open { stream, permit }),
-                    opening: Some(Opening::new(first_bytes_timeout)),
+                    opening: Some(Opening::new(header_timeout, http2)),
+                    idle: activity
+                        .clone()
+                        .map(|activity| IdleWatch::new(activity, header_timeout)),
                 },
-                service,
+                CountingRequests {
+                    inner: service,
+                    activity,
+                },
             ))
         })
     }
@@ -217,37 +238,205 @@ impl<S: Send + 'static> Accept<TcpStream, S> for GuardedTls {
 /// the first that differs) before it picks HTTP/1 or HTTP/2.
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// A connection's first bytes, until hyper's HTTP/1 header timer takes over.
+/// A connection's first bytes, until hyper's HTTP/1 header timer or the
+/// HTTP/2 [`IdleWatch`] takes over.
 struct Opening {
     deadline: Pin<Box<tokio::time::Sleep>>,
     /// How many bytes read so far, all matching the HTTP/2 preface.
     matched: usize,
+    /// The connection chose HTTP/2 in TLS, so it opens with the preface.
+    http2: bool,
 }
 
 impl Opening {
-    fn new(timeout: Duration) -> Self {
+    fn new(timeout: Duration, http2: bool) -> Self {
         Self {
             deadline: Box::pin(tokio::time::sleep(timeout)),
             matched: 0,
+            http2,
         }
     }
 
-    /// Looks at newly read bytes: `Ok(true)` once they show HTTP/1,
-    /// an error if they are the HTTP/2 preface.
+    /// Looks at newly read bytes: `Ok(true)` once they show the protocol
+    /// the connection chose, an error if they show the other one.
     fn read(&mut self, bytes: &[u8]) -> io::Result<bool> {
         for byte in bytes {
             if HTTP2_PREFACE.get(self.matched) != Some(byte) {
+                if self.http2 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a connection that chose HTTP/2 (ALPN h2) must open with its preface",
+                    ));
+                }
                 return Ok(true);
             }
             self.matched += 1;
             if self.matched == HTTP2_PREFACE.len() {
+                if self.http2 {
+                    return Ok(true);
+                }
+                // The idle watch is set up from ALPN's choice; HTTP/2
+                // without it ("prior knowledge") would go unwatched.
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    "HTTP/2 is not served; use HTTP/1.1",
+                    "HTTP/2 is served to clients that choose it in TLS (ALPN h2)",
                 ));
             }
         }
         Ok(false)
+    }
+}
+
+/// How many requests an HTTP/2 connection has open, and since when it has
+/// none: its service counts a request from its call until its answer's body
+/// is sent or dropped, and its stream closes the connection once it has
+/// been idle for the header timeout. hyper has no such timer for HTTP/2, and
+/// one on the connection's bytes would cut long-polls, which send nothing
+/// while they wait (ADR 0008).
+#[derive(Debug)]
+struct Activity {
+    requests: Mutex<OpenRequests>,
+    /// The stream's reader, woken when the last open request ends.
+    reader: AtomicWaker,
+}
+
+#[derive(Debug)]
+struct OpenRequests {
+    open: usize,
+    idle_since: Instant,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            requests: Mutex::new(OpenRequests {
+                open: 0,
+                idle_since: Instant::now(),
+            }),
+            reader: AtomicWaker::new(),
+        }
+    }
+}
+
+impl Activity {
+    fn requests(&self) -> std::sync::MutexGuard<'_, OpenRequests> {
+        // Plain counters: a panic elsewhere leaves them consistent.
+        self.requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// When the connection is to close, unless a request comes first.
+    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+        let requests = self.requests();
+        (requests.open == 0).then(|| requests.idle_since + timeout)
+    }
+}
+
+/// One request open on an HTTP/2 connection, until dropped.
+struct OpenRequest(Arc<Activity>);
+
+impl OpenRequest {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.requests().open += 1;
+        Self(activity)
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        let mut requests = self.0.requests();
+        requests.open = requests.open.saturating_sub(1);
+        if requests.open == 0 {
+            requests.idle_since = Instant::now();
+            drop(requests);
+            self.0.reader.wake();
+        }
+    }
+}
+
+/// An HTTP/2 connection's idle timer, polled while its stream waits to read.
+struct IdleWatch {
+    activity: Arc<Activity>,
+    timeout: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleWatch {
+    fn new(activity: Arc<Activity>, timeout: Duration) -> Self {
+        Self {
+            activity,
+            timeout,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    /// Ready once the connection has had no request open for the timeout.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.activity.reader.register(cx.waker());
+        let Some(deadline) = self.activity.idle_deadline(self.timeout) else {
+            return Poll::Pending;
+        };
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
+        }
+        self.timer.as_mut().poll(cx)
+    }
+}
+
+/// A connection's service, counting its requests on HTTP/2 ([`Activity`]).
+#[derive(Clone)]
+pub struct CountingRequests<S> {
+    inner: S,
+    activity: Option<Arc<Activity>>,
+}
+
+impl<S, R, B> tower::Service<R> for CountingRequests<S>
+where
+    S: tower::Service<R, Response = Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<CountedBody<B>>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let open = self.activity.clone().map(OpenRequest::start);
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            Ok(response.map(|inner| CountedBody { inner, _open: open }))
+        })
+    }
+}
+
+/// An answer's body, holding its request open until it is sent or dropped.
+pub struct CountedBody<B> {
+    inner: B,
+    _open: Option<OpenRequest>,
+}
+
+impl<B: HttpBody + Unpin> HttpBody for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -256,8 +445,10 @@ impl Opening {
 pub struct LimitedStream {
     /// Taken only by `drop`, which hands it to the lingering close.
     open: Option<Open>,
-    /// Until the first bytes show an HTTP/1 request.
+    /// Until the first bytes show the protocol the connection chose.
     opening: Option<Opening>,
+    /// An HTTP/2 connection's idle timer.
+    idle: Option<IdleWatch>,
 }
 
 struct Open {
@@ -298,6 +489,15 @@ impl AsyncRead for LimitedStream {
         let filled = buf.filled().len();
         let polled = this.stream().poll_read(cx, buf);
         let Some(opening) = &mut this.opening else {
+            if polled.is_pending()
+                && let Some(idle) = &mut this.idle
+                && idle.poll_expired(cx).is_ready()
+            {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "an HTTP/2 connection with no request open for the header timeout",
+                )));
+            }
             return polled;
         };
         match polled {
@@ -351,6 +551,9 @@ impl AsyncWrite for LimitedStream {
     }
 }
 
+/// How often an HTTP/2 connection is pinged, and how long its answer may take.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(20);
+
 /// The connection cap actually used: the configured one, but at most half
 /// the process's file handles, so the MQTT listener, the store and the
 /// log always have handles left however many clients connect.
@@ -392,17 +595,25 @@ pub async fn serve(
         limiter: ConnectionLimiter::new(max_total, config.max_connections_per_ip),
         tls,
         handshake_timeout: config.tls_handshake_timeout,
-        first_bytes_timeout: config.header_read_timeout,
-        http1_only: Arc::default(),
+        header_timeout: config.header_read_timeout,
+        offering_alpn: Arc::default(),
     };
     let mut server = axum_server::from_tcp(listener)
         .acceptor(acceptor)
         .handle(handle);
-    server
-        .http_builder()
+    let builder = server.http_builder();
+    builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(config.header_read_timeout);
+    // Pings find an HTTP/2 peer that went away while a stream (a live
+    // feed) was open; hyper's other HTTP/2 limits (200 streams, 16 KiB of
+    // headers, reset-flood caps) stay its defaults.
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(HTTP2_PING_INTERVAL)
+        .keep_alive_timeout(HTTP2_PING_INTERVAL);
     let app = app.layer(axum::Extension(super::extract::BodyDeadline(
         config.header_read_timeout,
     )));
@@ -507,15 +718,51 @@ mod tests {
 
     #[tokio::test]
     async fn an_opening_is_http1_at_the_first_byte_off_the_http2_preface() {
-        let mut opening = Opening::new(Duration::from_secs(1));
+        let mut opening = Opening::new(Duration::from_secs(1), false);
         assert!(opening.read(b"GET / HTTP/1.1\r\n").expect("HTTP/1"));
-        let mut opening = Opening::new(Duration::from_secs(1));
+        let mut opening = Opening::new(Duration::from_secs(1), false);
         assert!(!opening.read(b"PRI * HTTP/2.0").expect("undecided"));
         assert!(!opening.read(b"").expect("still undecided"));
         let refused = opening
             .read(b"\r\n\r\nSM\r\n\r\n")
-            .expect_err("the whole HTTP/2 preface");
+            .expect_err("HTTP/2 without choosing it in TLS");
         assert_eq!(refused.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_chose_http2_opens_with_the_whole_preface() {
+        let mut opening = Opening::new(Duration::from_secs(1), true);
+        assert!(!opening.read(b"PRI * HTTP/2.0\r\n").expect("undecided"));
+        assert!(opening.read(b"\r\nSM\r\n\r\n").expect("the preface"));
+        let mut opening = Opening::new(Duration::from_secs(1), true);
+        let refused = opening
+            .read(b"GET / HTTP/1.1\r\n")
+            .expect_err("HTTP/1 after choosing HTTP/2");
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn an_http2_connection_is_idle_from_the_end_of_its_last_request() {
+        let timeout = Duration::from_secs(30);
+        let activity = Arc::new(Activity::default());
+        let opened_at = Instant::now();
+        let first = activity
+            .idle_deadline(timeout)
+            .expect("idle from the start");
+        assert!(first >= opened_at + timeout - Duration::from_secs(1));
+        // Requests open for longer than the timeout (a live feed) keep it.
+        let feed = OpenRequest::start(activity.clone());
+        let call = OpenRequest::start(activity.clone());
+        assert_eq!(activity.idle_deadline(timeout), None);
+        drop(call);
+        assert_eq!(activity.idle_deadline(timeout), None, "the feed is open");
+        let ended_at = Instant::now();
+        drop(feed);
+        let deadline = activity.idle_deadline(timeout).expect("idle again");
+        assert!(
+            deadline >= ended_at + timeout,
+            "idle time counts from the last request's end"
+        );
     }
 
     #[test]

@@ -252,15 +252,20 @@ const JOIN_PATH: &str = "/api/v1/join/";
 /// A request refused before its body was read (401, 413, 415, …) leaves the
 /// body on the connection, so hyper closes it after the answer; saying so in
 /// the answer keeps clients from sending the next request into a closing
-/// connection and failing with a reset.
+/// connection and failing with a reset. HTTP/2 refuses a stream, not the
+/// connection, and has no such header.
 async fn close_after_refused_body(request: Request, next: Next) -> Response {
     let headers = request.headers();
     let has_body = headers.contains_key(axum::http::header::TRANSFER_ENCODING)
         || headers
             .get(axum::http::header::CONTENT_LENGTH)
             .is_some_and(|length| length.as_bytes() != b"0");
+    let http1 = request.version() < axum::http::Version::HTTP_2;
     let mut response = next.run(request).await;
-    if has_body && (response.status().is_client_error() || response.status().is_server_error()) {
+    if http1
+        && has_body
+        && (response.status().is_client_error() || response.status().is_server_error())
+    {
         response.headers_mut().insert(
             axum::http::header::CONNECTION,
             axum::http::HeaderValue::from_static("close"),

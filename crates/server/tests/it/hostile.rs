@@ -59,6 +59,13 @@ fn tls_connector(tetherd: &Tetherd) -> anyhow::Result<TlsConnector> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
+/// A TLS client offering HTTP/2 first, as browsers do.
+fn offering_h2(tetherd: &Tetherd) -> anyhow::Result<TlsConnector> {
+    let mut config = (**tls_connector(tetherd)?.config()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
 async fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::from((from, 0)))?;
@@ -244,8 +251,8 @@ async fn slow_and_idle_connections_are_closed_by_the_timeouts() -> anyhow::Resul
         tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await,
     )?;
 
-    // Half the HTTP/2 preface, and the whole of it: HTTP/2 has no header
-    // timeout, so it is not served at all.
+    // Half the HTTP/2 preface, and the whole of it, on a connection that
+    // did not choose HTTP/2 in TLS: HTTP/2 is served only to those that do.
     let mut tls = tls_from(&connector, ATTACKER, api).await?;
     tls.write_all(b"PRI * HTTP/2.0\r\n").await?;
     closed_within("half the HTTP/2 preface")(
@@ -253,16 +260,34 @@ async fn slow_and_idle_connections_are_closed_by_the_timeouts() -> anyhow::Resul
     )?;
     let mut tls = tls_from(&connector, ATTACKER, api).await?;
     tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
-    closed_within("the HTTP/2 preface")(
+    closed_within("the HTTP/2 preface without ALPN h2")(
         tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await,
     )?;
 
-    // A client offering both (curl does) is told to speak HTTP/1.1.
-    let mut offering_h2 = (**tls_connector(&tetherd)?.config()).clone();
-    offering_h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let tls = tls_from(&TlsConnector::from(Arc::new(offering_h2)), ATTACKER, api).await?;
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    drop(tls);
+    // A client offering both (browsers, curl) gets HTTP/2, and is held to
+    // the same timeout: silent, half its preface, or its preface and
+    // settings and then no request.
+    let offering_h2 = offering_h2(&tetherd)?;
+    let mut tls = tls_from(&offering_h2, ATTACKER, api).await?;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    closed_within("a silent HTTP/2 connection")(
+        tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await,
+    )?;
+    let mut tls = tls_from(&offering_h2, ATTACKER, api).await?;
+    tls.write_all(b"PRI * HTTP/2.0\r\n").await?;
+    closed_within("half the HTTP/2 preface after choosing HTTP/2")(
+        tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await,
+    )?;
+    let mut tls = tls_from(&offering_h2, ATTACKER, api).await?;
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await?;
+    // tetherd sends its settings, then closes.
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut rest)).await;
+    anyhow::ensure!(
+        end.is_ok(),
+        "an HTTP/2 connection that never opened a request is still open after 5 s"
+    );
 
     // Headers that never finish.
     let mut tls = tls_from(&connector, ATTACKER, api).await?;
@@ -620,5 +645,70 @@ async fn refused_enrollments_wait_and_leave_no_audit_rows() -> anyhow::Result<()
         enrollments, 0,
         "refused enrollments are not audited: {audit}"
     );
+    Ok(())
+}
+
+/// A browser's HTTP/2 connection (ADR 0035): its requests share it, an
+/// open stream (a console's live feed) keeps it past the idle timeout, and
+/// once nothing is open it is closed as an idle HTTP/1.1 keep-alive one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_stays_while_a_stream_is_open_and_closes_when_idle()
+-> anyhow::Result<()> {
+    let tetherd = start_with_config("[api]\nheader_read_timeout_seconds = 1\n").await?;
+    let api = api_addr(&tetherd)?;
+    let tls = tls_from(&offering_h2(&tetherd)?, [127, 0, 0, 1], api).await?;
+    let (client, connection) = h2::client::handshake(tls).await?;
+    let mut connection = tokio::spawn(connection);
+    let mut client = client.ready().await?;
+    let url = |path: &str| format!("https://{api}/api/v1{path}");
+
+    let login = axum::http::Request::post(url("/login"))
+        .header("content-type", "application/json")
+        .body(())?;
+    let (answer, mut body) = client.send_request(login, false)?;
+    let credentials = json!({"username": "admin", "password": tetherd.admin_password()});
+    body.send_data(credentials.to_string().into(), true)?;
+    let answer = answer.await?;
+    assert_eq!(answer.status(), 200, "a login over HTTP/2");
+    let mut body = answer.into_body();
+    let mut read = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        body.flow_control().release_capacity(chunk.len())?;
+        read.extend_from_slice(&chunk);
+    }
+    let token = serde_json::from_slice::<serde_json::Value>(&read)?["token"]
+        .as_str()
+        .context("a token")?
+        .to_owned();
+
+    let follow = axum::http::Request::get(url("/events/follow"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(())?;
+    let (feed, _) = client.send_request(follow, true)?;
+    let feed = feed.await?;
+    assert_eq!(feed.status(), 200, "the live feed over HTTP/2");
+    // Three times the idle timeout, the feed open all along.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    anyhow::ensure!(
+        !connection.is_finished(),
+        "the connection was closed with a stream open"
+    );
+    let (ca, _) = client.send_request(axum::http::Request::get(url("/ca.pem")).body(())?, true)?;
+    assert_eq!(
+        ca.await?.status(),
+        200,
+        "another request on the same connection"
+    );
+
+    // The feed ends (the tab closed): nothing is open, so the connection
+    // closes within the timeout although the client keeps it.
+    drop(feed);
+    let closed = tokio::time::timeout(Duration::from_secs(5), &mut connection).await;
+    anyhow::ensure!(
+        closed.is_ok(),
+        "an idle HTTP/2 connection is still open after 5 s"
+    );
+    drop(client);
     Ok(())
 }

@@ -134,3 +134,51 @@ async fn a_logged_out_session_stops_hearing_the_fleet() -> anyhow::Result<()> {
         }
     }
 }
+
+/// Each console tab holds `/events/follow` open for good (a device page its
+/// log follower too). Over HTTP/1.1 Chromium opens at most 6 connections
+/// per host, shared by every tab: with six tabs open, every other call of
+/// every tab waited for a connection that never freed (review M1). Over
+/// HTTP/2 they all share one connection (ADR 0035). The five extra streams
+/// here are what five more tabs hold, fetched as `api.js` fetches
+/// (`credentials: 'omit'`, which Chromium pools apart from requests that
+/// may send cookies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_open_tabs_leave_the_console_able_to_call_tetherd() -> anyhow::Result<()> {
+    let tetherd = Tetherd::start(Database::Sqlite).await?;
+    let browser = Browser::start().await?;
+    log_in_as_admin(&browser, &tetherd).await?;
+    browser
+        .wait_for_selector(".live[data-state=live]", SHOWN)
+        .await?;
+    let protocol = browser
+        .evaluate("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+        .await?;
+    assert_eq!(protocol, json!("h2"), "the console is served over HTTP/2");
+    browser
+        .evaluate(
+            "window.otherTabs = new AbortController(); \
+             for (let i = 0; i < 5; i++) fetch('/api/v1/events/follow', {headers: \
+               {Authorization: `Bearer ${sessionStorage.getItem('tether.token')}`}, \
+               signal: otherTabs.signal, credentials: 'omit', cache: 'no-store'}).then((r) => r.body.getReader().read()).catch(() => {}); \
+             true",
+        )
+        .await?;
+    let answered = browser
+        .evaluate(
+            "Promise.race([ \
+               fetch('/api/v1/users/me', {headers: \
+                 {Authorization: `Bearer ${sessionStorage.getItem('tether.token')}`}, credentials: 'omit'}) \
+                 .then((r) => r.status), \
+               new Promise((resolve) => setTimeout(() => resolve('no answer in 10 s'), 10000))])",
+        )
+        .await?;
+    browser.evaluate("otherTabs.abort(); true").await?;
+    assert_eq!(
+        answered,
+        json!(200),
+        "GET /users/me with six live feeds open"
+    );
+    assert_stayed_home(&browser.record(), &tetherd);
+    Ok(())
+}
