@@ -53,11 +53,12 @@ impl TcpProxy {
         let states = state.clone();
         let accepting = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                let State { mode, cuts } = *states.borrow();
                 // Refused: closed at once, before a byte.
-                if states.borrow().mode == Mode::Cut {
+                if mode == Mode::Cut {
                     continue;
                 }
-                tokio::spawn(carry(client, upstream, states.subscribe()));
+                tokio::spawn(carry(client, upstream, states.subscribe(), cuts));
             }
         });
         Ok(Self {
@@ -115,9 +116,13 @@ impl Drop for TcpProxy {
 }
 
 /// Carries one connection both ways until either side closes it or the
-/// proxy is cut.
-async fn carry(client: TcpStream, upstream: SocketAddr, mut state: watch::Receiver<State>) {
-    let cuts = state.borrow().cuts;
+/// proxy is cut (again, after the `cuts` it was accepted at).
+async fn carry(
+    client: TcpStream,
+    upstream: SocketAddr,
+    mut state: watch::Receiver<State>,
+    cuts: u64,
+) {
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };

@@ -315,7 +315,11 @@ async fn refused_or_broken_streams_are_tried_again_and_a_401_ends_the_session() 
         "still on the device page"
     );
 
-    // The session ended: the feed's 401 returns to the login page.
+    // The session ended: the feed's 401 returns to the login page. (On the
+    // overview: the log's follow, on the device page, would meet a 401 of
+    // its own once the page forgot the token.)
+    browser.navigate(&format!("{url}/#/")).await?;
+    browser.wait_for_selector(".cards", SHOWN).await?;
     browser
         .evaluate(&fake_stream_answers(
             &json!({"/api/v1/events/follow": [401]}),
