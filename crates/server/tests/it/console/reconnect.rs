@@ -46,6 +46,22 @@ async fn console_through_proxy(
     Ok((browser, proxy, url))
 }
 
+/// Opens device `name`'s page through `url` and waits until it has read
+/// all it reads at first (its metrics and recent actions), after which it
+/// listens to the live feed: a break before then would meet its first
+/// load, which shows that tetherd cannot be reached.
+async fn open_device_page(browser: &Browser, url: &str, name: &str) -> anyhow::Result<()> {
+    browser.navigate(&format!("{url}/#/devices/{name}")).await?;
+    browser
+        .wait_for_true(
+            "the device page to have loaded",
+            "document.querySelector('#action-history') !== null \
+             && document.querySelector('#metric-chart .loading, #action-history .loading') === null",
+            SHOWN,
+        )
+        .await
+}
+
 /// An enrolled device whose agent is stopped: offline.
 async fn offline_device(tetherd: &Tetherd, admin: &ApiClient, name: &str) -> anyhow::Result<Agent> {
     let mut agent = Agent::enroll_online(tetherd, admin, name).await?;
@@ -127,9 +143,7 @@ async fn a_silent_live_feed_is_given_up_and_reopened() -> anyhow::Result<()> {
     let admin = tetherd.admin().await?;
     let mut agent = offline_device(&tetherd, &admin, "edge-stall").await?;
     let (browser, proxy, url) = console_through_proxy(&tetherd, Some(SILENCE_LIMIT_MS)).await?;
-    browser
-        .navigate(&format!("{url}/#/devices/edge-stall"))
-        .await?;
+    open_device_page(&browser, &url, "edge-stall").await?;
     browser.wait_for_text("h1 .badge", "offline", SHOWN).await?;
     browser
         .wait_for_selector(".live[data-state=live]", SHOWN)
@@ -206,9 +220,7 @@ async fn the_device_log_follows_again_after_a_break_and_shows_each_line_once() -
     ship_line(&agent, &admin, "edge-log", &before).await?;
 
     let (browser, proxy, url) = console_through_proxy(&tetherd, None).await?;
-    browser
-        .navigate(&format!("{url}/#/devices/edge-log"))
-        .await?;
+    open_device_page(&browser, &url, "edge-log").await?;
     browser.wait_for_text("#log-lines", &before, SHOWN).await?;
     browser
         .wait_for_text("#log-state", "Following", SHOWN)
@@ -279,9 +291,7 @@ async fn refused_or_broken_streams_are_tried_again_and_a_401_ends_the_session() 
     let admin = tetherd.admin().await?;
     super::create_device(&admin, "edge-busy", json!({})).await?;
     let (browser, proxy, url) = console_through_proxy(&tetherd, None).await?;
-    browser
-        .navigate(&format!("{url}/#/devices/edge-busy"))
-        .await?;
+    open_device_page(&browser, &url, "edge-busy").await?;
     browser
         .wait_for_text("#log-state", "Following", SHOWN)
         .await?;
