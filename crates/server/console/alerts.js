@@ -81,6 +81,6 @@ export async function render(main, {me, params}) {
   };
   await load();
   listen((change) => {
-    if (change.alerts) load();
+    if (change.resync || change.alerts) load();
   });
 }

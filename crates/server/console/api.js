@@ -95,48 +95,94 @@ async function answer(response, sentToken) {
 }
 
 /**
+ * How long a followed stream may stay silent before it is given up:
+ * tetherd sends at least an empty line every 15 s, so three missed in a
+ * row mean a connection that still looks open (a dropped network path, a
+ * stalled proxy) and will never speak again.
+ */
+export const SILENCE_LIMIT_MS = 45_000;
+
+/**
+ * The silence limit in force. The one test hook: a test sets
+ * sessionStorage `tether.test.silenceLimitMs` to see a stalled stream given
+ * up without waiting the full limit; nothing else writes it.
+ */
+function silenceLimit() {
+  const chosen = Number(sessionStorage.getItem('tether.test.silenceLimitMs'));
+  return chosen > 0 ? chosen : SILENCE_LIMIT_MS;
+}
+
+/**
  * Follows `/api/v1{path}`, a stream of JSON lines (`application/x-ndjson`),
  * calling `onItem` with each object as it arrives, until the stream ends
  * or `signal` aborts (then it returns quietly). Empty lines are
  * keepalives; a line `{"error": …}` ends the stream as an ApiError.
  * `onOpen` runs once tetherd has answered: from then on nothing is missed.
- * Throws as `call` does.
+ * `onHeard` runs at every line, keepalives included.
+ * A stream silent for the silence limit (opening included) is aborted and
+ * throws Unreachable. Otherwise throws as `call` does.
  */
-export async function follow(path, onItem, signal, onOpen = () => {}) {
+export async function follow(path, onItem, signal, onOpen = () => {}, onHeard = () => {}) {
   const headers = {Accept: 'application/x-ndjson'};
   const current = token();
   if (current) headers.Authorization = `Bearer ${current}`;
-  let reader;
+  // The fetch's own signal: the caller's, or the watchdog's when silent.
+  const watched = new AbortController();
+  const forward = () => watched.abort();
+  signal?.addEventListener('abort', forward, {once: true});
+  if (signal?.aborted) watched.abort();
+  const limit = silenceLimit();
+  let silent = false;
+  let watchdog = null;
+  const heard = () => {
+    clearTimeout(watchdog);
+    watchdog = setTimeout(() => {
+      silent = true;
+      watched.abort();
+    }, limit);
+  };
+  const failed = (cause) => new Unreachable(silent ? new Error(`no line for ${limit} ms`) : cause);
+  heard();
   try {
-    const response = await fetch(`/api/v1${path}`, {headers, cache: 'no-store', credentials: 'omit', signal});
-    if (!response.ok) {
-      await answer(response, current);
-      return;
-    }
-    reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-    onOpen();
-  } catch (error) {
-    if (signal?.aborted) return;
-    throw error instanceof ApiError || error instanceof SessionExpired ? error : new Unreachable(error);
-  }
-  let pending = '';
-  for (;;) {
-    let chunk;
+    let reader;
     try {
-      chunk = await reader.read();
-    } catch (cause) {
+      const response = await fetch(`/api/v1${path}`, {headers, cache: 'no-store', credentials: 'omit', signal: watched.signal});
+      if (!response.ok) {
+        await answer(response, current);
+        return;
+      }
+      reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      onOpen();
+    } catch (error) {
       if (signal?.aborted) return;
-      throw new Unreachable(cause);
+      throw error instanceof ApiError || error instanceof SessionExpired ? error : failed(error);
     }
-    if (chunk.done) return;
-    const lines = (pending + chunk.value).split('\n');
-    pending = lines.pop();
-    for (const line of lines) {
-      if (!line.trim()) continue;
-      const item = JSON.parse(line);
-      if (item.error) throw new ApiError(200, item);
-      onItem(item);
+    let pending = '';
+    for (;;) {
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (cause) {
+        if (signal?.aborted) return;
+        throw failed(cause);
+      }
+      if (chunk.done) return;
+      const lines = (pending + chunk.value).split('\n');
+      pending = lines.pop();
+      for (const line of lines) {
+        heard();
+        onHeard();
+        if (!line.trim()) continue;
+        const item = JSON.parse(line);
+        if (item.error) throw new ApiError(200, item);
+        onItem(item);
+      }
     }
+  } finally {
+    clearTimeout(watchdog);
+    signal?.removeEventListener('abort', forward);
+    // A stream left early (an error line) would otherwise stay open.
+    watched.abort();
   }
 }
 

@@ -73,10 +73,20 @@ export async function render(main, {me, name, navigate}) {
   // The live feed: presence changes in the heading; any other event of this
   // device (an action's answer, tetherd's own) reads the recent actions again.
   const reloadHistory = throttled(() => history.load().catch(() => {}), HISTORY_RELOAD_MS);
-  listen(({event}) => {
-    if (event?.device !== device.name || controller.signal.aborted) return;
+  const showPresence = (now) => main.querySelector('h1 .badge')?.replaceWith(presence(now));
+  // After the feed was down, presence and actions are read again rather
+  // than the whole page, whose log follower and terminal stay open.
+  const resync = async () => {
+    const fresh = await call(`/devices/${encodeURIComponent(name)}`).catch(() => null);
+    if (fresh && !controller.signal.aborted) showPresence(fresh.presence);
+    reloadHistory();
+  };
+  listen(({event, resync: missedChanges}) => {
+    if (controller.signal.aborted) return;
+    if (missedChanges) resync();
+    if (event?.device !== device.name) return;
     if (event.event === 'device-online' || event.event === 'device-offline') {
-      main.querySelector('h1 .badge')?.replaceWith(presence(event.event === 'device-online' ? 'online' : 'offline'));
+      showPresence(event.event === 'device-online' ? 'online' : 'offline');
     } else {
       reloadHistory();
     }

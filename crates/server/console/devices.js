@@ -95,7 +95,12 @@ export async function render(main, {params, navigate}) {
   await load(++generation);
   // A listed device's presence changes in place; the order stays as read,
   // so rows do not move under the reader.
-  listen(({event}) => {
+  listen(({event, resync}) => {
+    if (resync) {
+      // Unreachable again: the next reconnect reads it again.
+      load(++generation).catch(() => {});
+      return;
+    }
     if (event?.event !== 'device-online' && event?.event !== 'device-offline') return;
     const row = [...results.querySelectorAll('tr[data-device]')].find((tr) => tr.dataset.device === event.device);
     if (!row) return;

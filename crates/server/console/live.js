@@ -1,8 +1,10 @@
 // The fleet's changes as tetherd stores them (`GET /events/follow`, from
 // whichever replica wrote them), on one stream per tab that the page on
 // show listens to: presence, action answers and alerts update without a
-// reload. The stream reconnects by itself, and the header says whether
-// the page is live.
+// reload. The stream reconnects by itself (also when it goes silent: see
+// `follow`), the header says whether the page is live, and after a
+// reconnect every page reads its data again: what changed while the
+// stream was down was not heard.
 
 import {follow, token} from './api.js';
 
@@ -20,7 +22,8 @@ let currentState = 'off';
 /**
  * Calls `listener` with each change while this page is on show: `{event}`
  * (a device event: `device-online`, `device-offline`, an action's answer…)
- * or `{alerts}` (how many are firing and acknowledged).
+ * or `{alerts}` (how many are firing and acknowledged), or `{resync: true}`
+ * after the stream was down: changes may have been missed, read it all again.
  */
 export function listen(listener) {
   listeners.push(listener);
@@ -57,14 +60,19 @@ export function stop() {
 
 async function followUntilStopped(signal) {
   let delay = RETRY_FIRST_MS;
+  let connectedBefore = false;
   while (!signal.aborted && token()) {
     showState('connecting');
     try {
       await follow('/events/follow', dispatch, signal, () => {
         delay = RETRY_FIRST_MS;
         showState('live');
+        if (connectedBefore) dispatch({resync: true});
+        connectedBefore = true;
       });
     } catch (error) {
+      // Anything else (a 503 or 429, an error line such as `too_slow`, a
+      // broken or silent connection) is tried again after a pause.
       if (error.name === 'SessionExpired') return;
     }
     if (signal.aborted) return;

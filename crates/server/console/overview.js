@@ -24,7 +24,7 @@ export async function render(main, {params, navigate}) {
   await fill();
   const refill = throttled(fill, REFRESH_MS);
   listen((change) => {
-    if (change.alerts || PRESENCE_EVENTS.has(change.event?.event)) refill();
+    if (change.resync || change.alerts || PRESENCE_EVENTS.has(change.event?.event)) refill();
   });
 }
 

@@ -17,12 +17,14 @@ pub mod postgres;
 pub mod seed_schema;
 pub mod sim_agent;
 pub mod sshd;
+pub mod tcp_proxy;
 pub mod tetherd;
 pub mod wait;
 pub mod webhook_receiver;
 
 pub use agent::{Agent, faketime_env, local_api, post_local};
 pub use api::ApiClient;
+pub use tcp_proxy::TcpProxy;
 pub use tetherd::{Database, Tetherd};
 pub use wait::wait_until;
 

@@ -890,74 +890,13 @@ mod superseded_session {
 
 mod partitioned_replica {
     use std::net::SocketAddr;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
     use anyhow::Context;
     use serde_json::json;
-    use tether_testkit::{Database, Tetherd, wait_until};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
+    use tether_testkit::{Database, TcpProxy, Tetherd, wait_until};
 
     use super::membership::{lease_config, led_sweeps};
-
-    /// A TCP proxy to PostgreSQL that the test can cut: from then on it
-    /// forwards nothing either way and keeps every connection open, as a
-    /// network partition does (no FIN, no RST reaches either side).
-    struct Partition {
-        cut: Arc<AtomicBool>,
-        port: u16,
-    }
-
-    impl Partition {
-        async fn to(upstream: SocketAddr) -> anyhow::Result<Self> {
-            let listener = TcpListener::bind("127.0.0.1:0").await?;
-            let port = listener.local_addr()?.port();
-            let cut = Arc::new(AtomicBool::new(false));
-            let cutting = cut.clone();
-            tokio::spawn(async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    let Ok(server) = TcpStream::connect(upstream).await else {
-                        continue;
-                    };
-                    let (from_client, to_client) = client.into_split();
-                    let (from_server, to_server) = server.into_split();
-                    tokio::spawn(pump(from_client, to_server, cutting.clone()));
-                    tokio::spawn(pump(from_server, to_client, cutting.clone()));
-                }
-            });
-            Ok(Self { cut, port })
-        }
-
-        fn cut(&self) {
-            self.cut.store(true, Ordering::SeqCst);
-        }
-    }
-
-    async fn pump(
-        mut from: tokio::net::tcp::OwnedReadHalf,
-        mut to: tokio::net::tcp::OwnedWriteHalf,
-        cut: Arc<AtomicBool>,
-    ) {
-        let mut buffer = vec![0; 16 * 1024];
-        loop {
-            let read = match from.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(read) => read,
-            };
-            if cut.load(Ordering::SeqCst) {
-                continue; // lost in the partition
-            }
-            if to.write_all(&buffer[..read]).await.is_err() {
-                break;
-            }
-        }
-        if cut.load(Ordering::SeqCst) {
-            // A partition carries no FIN either: hold the other side open.
-            std::future::pending::<()>().await;
-        }
-    }
 
     /// The leader of the action sweeps is cut off from PostgreSQL without
     /// its connections closing: PostgreSQL would keep its lock until TCP
@@ -975,7 +914,7 @@ mod partitioned_replica {
             .and_then(|(_, rest)| rest.split('/').next())
             .context("a port in the URL")?
             .parse()?;
-        let partition = Partition::to(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+        let partition = TcpProxy::to(SocketAddr::from(([127, 0, 0, 1], port))).await?;
         let through = direct.replace(&format!(":{port}/"), &format!(":{}/", partition.port));
         let cut_off =
             Tetherd::start_replica_through(&first, &through, &["--config", &config]).await?;
@@ -996,7 +935,9 @@ mod partitioned_replica {
             .expect_status(201)?;
         assert!(!led_sweeps(&survivor), "one leader at a time");
 
-        partition.cut();
+        // From now on nothing is forwarded either way and every connection
+        // stays open, as in a network partition (no FIN, no RST).
+        partition.pause();
         wait_until(
             "the survivor to lead the sweeps",
             Duration::from_secs(20),

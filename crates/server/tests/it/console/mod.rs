@@ -15,6 +15,7 @@ mod basics;
 mod device_live;
 mod fleet;
 mod live;
+mod reconnect;
 mod scale;
 
 /// How long a page may take to show what a test waits for.
@@ -27,7 +28,18 @@ async fn log_in(
     username: &str,
     password: &str,
 ) -> anyhow::Result<()> {
-    browser.navigate(&format!("{}/", tetherd.api_url)).await?;
+    log_in_at(browser, &tetherd.api_url, username, password).await
+}
+
+/// Opens the console at `url` (tetherd's, or a proxy's to it) and logs in
+/// as `username`.
+async fn log_in_at(
+    browser: &Browser,
+    url: &str,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<()> {
+    browser.navigate(&format!("{url}/")).await?;
     browser.wait_for_selector("#username", SHOWN).await?;
     browser.type_text("#username", username).await?;
     browser.type_text("#password", password).await?;
@@ -53,7 +65,12 @@ async fn log_in_as_admin(browser: &Browser, tetherd: &Tetherd) -> anyhow::Result
 /// Every request went to tetherd (or was the page's own `data:`/`about:`),
 /// and the console logged no error: no CSP violation, no failed load.
 fn assert_stayed_home(record: &PageRecord, tetherd: &Tetherd) {
-    let origin = format!("{}/", tetherd.api_url);
+    assert_stayed_at(record, &tetherd.api_url);
+}
+
+/// [`assert_stayed_home`] for a console opened at `url` (a proxy's).
+fn assert_stayed_at(record: &PageRecord, url: &str) {
+    let origin = format!("{url}/");
     let elsewhere: Vec<&String> = record
         .requests
         .iter()
