@@ -14,6 +14,7 @@ pub mod http_target;
 pub mod mosquitto;
 pub mod netns;
 pub mod postgres;
+pub mod sandbox;
 pub mod seed_schema;
 pub mod sim_agent;
 pub mod sshd;

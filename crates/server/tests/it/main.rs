@@ -15,6 +15,7 @@ mod device_link;
 mod external_broker;
 mod hostile;
 mod ingest;
+mod install;
 mod jobs;
 mod join;
 mod logs;

@@ -1,0 +1,195 @@
+//! Installing tether where there is no network (issue 21, ADR 0036): the
+//! Debian packages and the tarball `scripts/release` makes from this
+//! build's binaries, each installed in a throwaway machine with only
+//! loopback (`testkit::sandbox`), then used as an operator would: tetherd
+//! started as its unit starts it, an agent enrolled, an action run. Every
+//! process is traced, and a connection attempted to any address but
+//! loopback fails the test.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::Value;
+use tether_testkit::sandbox::Sandbox;
+
+const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// The release artifacts of this build's binaries, in `out`.
+fn release(out: &Path) -> anyhow::Result<()> {
+    let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let tetherd = tether_testkit::binaries::binary("tetherd")?;
+    let binaries = tetherd.parent().context("the binaries' directory")?;
+    let output = Command::new(repository.join("scripts/release"))
+        .arg("--binaries")
+        .arg(binaries)
+        .args(["--target", TARGET, "--fast", "--out"])
+        .arg(out)
+        .output()
+        .context("running scripts/release")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "scripts/release failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// A process inside the sandbox with everything it started (strace, the
+/// user switch, the binary: one process group), killed with the test.
+struct Running(Child);
+
+impl Running {
+    fn spawn(mut command: Command) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt;
+        command
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Ok(Self(command.spawn()?))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Killing strace alone would leave what it traces running.
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// `script` under strace, its connection attempts appended to
+/// /tmp/connects (one file for every process of the test).
+fn traced(script: &str) -> String {
+    format!("strace -f -qq -A -o /tmp/connects -e trace=connect {script}")
+}
+
+/// What an operator does once tether is installed: configure and start
+/// tetherd as its unit does, log in, add a device, start its agent as its
+/// unit does, run an action and read the answer.
+async fn configure_start_enroll_and_act(sandbox: &Sandbox) -> anyhow::Result<Vec<Running>> {
+    let verified = sandbox.run(
+        "systemd-analyze verify /lib/systemd/system/tetherd.service /lib/systemd/system/tether-agent.service 2>&1",
+    )?;
+    assert_eq!(verified.trim(), "", "systemd-analyze verify has findings");
+    sandbox.run(
+        r#"sed -i 's|^# public_hosts = .*|public_hosts = ["127.0.0.1"]|' /etc/tether/tetherd.toml"#,
+    )?;
+    // As tetherd.service: its user, its config, its state directory.
+    let tetherd = Running::spawn(sandbox.command(&traced(
+        "runuser -u tether -- /usr/bin/tetherd --config /etc/tether/tetherd.toml > /tmp/tetherd.log 2>&1",
+    )))?;
+    sandbox
+        .wait_for(
+            "tetherd to answer",
+            Duration::from_secs(30),
+            "curl -sf --cacert /var/lib/tether/ca.pem https://127.0.0.1:8443/readyz",
+        )
+        .await?;
+    let owner = sandbox.run("stat -c '%U %a' /var/lib/tether /var/lib/tether/ca-key.pem")?;
+    assert_eq!(
+        owner, "tether 700\ntether 600\n",
+        "the data's owner and modes"
+    );
+    sandbox.run(r#"sed -n 's/^password = "\(.*\)"/\1/p' /var/lib/tether/admin-credentials.toml > /root/password"#)?;
+    sandbox.run(&traced(
+        "tether login https://127.0.0.1:8443 --ca-file /var/lib/tether/ca.pem --password-stdin < /root/password",
+    ))?;
+    let added: Value =
+        serde_json::from_str(&sandbox.run(&traced("tether devices add gateway-1 -o json"))?)?;
+    let token = added["enrollment"]["token"].as_str().context("a token")?;
+    let ca = added["enrollment"]["caSha256"]
+        .as_str()
+        .context("the CA's fingerprint")?;
+    sandbox.run(&format!(
+        "umask 077 && printf 'TETHER_SERVER=https://127.0.0.1:8443\\nTETHER_ENROLL_TOKEN={token}\\nTETHER_CA_SHA256={ca}\\n' > /etc/tether/agent.env"
+    ))?;
+    // As tether-agent.service: root, its EnvironmentFile, its state dir.
+    let agent = Running::spawn(sandbox.command(&traced(
+        "sh -c 'set -a && . /etc/tether/agent.env && set +a && exec /usr/bin/tether-agent --state-dir /var/lib/tether-agent' > /tmp/agent.log 2>&1",
+    )))?;
+    let answer: Value = serde_json::from_str(&sandbox.run(&traced(
+        "tether actions run gateway-1 get-node-ip --wait -o json",
+    ))?)?;
+    assert_eq!(answer["statusCode"], 200, "get-node-ip's answer: {answer}");
+    Ok(vec![agent, tetherd])
+}
+
+/// Every connection any process tried: to loopback or a local socket only.
+fn assert_stayed_on_the_machine(sandbox: &Sandbox) -> anyhow::Result<()> {
+    let connects = std::fs::read_to_string(sandbox.path("/tmp/connects"))
+        .context("reading the traced connections")?;
+    let elsewhere: Vec<&str> = connects
+        .lines()
+        .filter(|line| line.contains("connect("))
+        .filter(|line| {
+            !(line.contains("AF_UNIX")
+                || line.contains("inet_addr(\"127.")
+                || line.contains("\"::1\"")
+                || line.contains("\"::ffff:127."))
+        })
+        .collect();
+    assert!(
+        elsewhere.is_empty(),
+        "connections off the machine were tried:\n{}",
+        elsewhere.join("\n")
+    );
+    assert!(
+        connects.contains("inet_addr(\"127.0.0.1\")"),
+        "the trace saw the processes talk to each other"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_debian_packages_install_run_offline_and_purge_keeping_data() -> anyhow::Result<()> {
+    let out = tempfile::tempdir()?;
+    release(out.path())?;
+    let sandbox = Sandbox::create()?;
+    let debs = ["tetherd", "tether-agent", "tether"]
+        .iter()
+        .map(|name| sandbox.carry_in(&out.path().join(format!("{name}_0.1.0_amd64.deb"))))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    sandbox.run(&format!("dpkg -i {}", debs.join(" ")))?;
+    assert_eq!(
+        sandbox
+            .run("systemctl is-enabled tetherd 2>/dev/null || true")?
+            .trim(),
+        "disabled",
+        "installing does not enable tetherd"
+    );
+    let running = configure_start_enroll_and_act(&sandbox).await?;
+    assert_stayed_on_the_machine(&sandbox)?;
+    drop(running);
+
+    sandbox.run("dpkg --purge tether tether-agent tetherd")?;
+    let left = sandbox.run(
+        "for path in /usr/bin/tetherd /usr/bin/tether-agent /usr/bin/tether /etc/tether/tetherd.toml \
+           /lib/systemd/system/tetherd.service /var/lib/tether/ca.pem /var/lib/tether-agent; do \
+           [ -e $path ] && echo $path; done; getent passwd tether; getent group tether; true",
+    )?;
+    assert_eq!(
+        left, "/var/lib/tether/ca.pem\n/var/lib/tether-agent\n",
+        "a purge leaves the data, nothing else"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tarball_installs_and_runs_offline() -> anyhow::Result<()> {
+    let out = tempfile::tempdir()?;
+    release(out.path())?;
+    let sandbox = Sandbox::create()?;
+    let tarball = sandbox.carry_in(&out.path().join(format!("tether-0.1.0-{TARGET}.tar.gz")))?;
+    sandbox.run(&format!(
+        "cd /tmp && tar xzf {tarball} && ./tether-0.1.0-{TARGET}/install.sh"
+    ))?;
+    let running = configure_start_enroll_and_act(&sandbox).await?;
+    assert_stayed_on_the_machine(&sandbox)?;
+    drop(running);
+    Ok(())
+}
