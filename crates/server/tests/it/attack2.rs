@@ -82,6 +82,49 @@ async fn an_http2_client_that_never_opens_its_window_does_not_keep_its_connectio
         "an HTTP/2 connection whose client never opened its window is still open after 5 s (5 × the header timeout), holding {} KiB",
         held / 1024
     );
+    // Before the OpenAPI document was shared, 190 copies took 45 MB.
+    anyhow::ensure!(
+        held < 16 * 1024 * 1024,
+        "190 unread answers took {} KiB of tetherd's memory",
+        held / 1024
+    );
     drop(bodies);
+    Ok(())
+}
+
+/// The other side of H1's fix: a slow client that keeps taking an answer,
+/// a window's worth at a time, is not cut however long the whole takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_http2_client_that_keeps_reading_gets_its_whole_answer() -> anyhow::Result<()> {
+    let tetherd = start_with_config("[api]\nheader_read_timeout_seconds = 1\n").await?;
+    let api = api_addr(&tetherd)?;
+    let tls = tls_from(&offering_h2(&tetherd)?, ATTACKER, api).await?;
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(16 * 1024)
+        .handshake(tls)
+        .await?;
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await?;
+    let request =
+        axum::http::Request::get(format!("https://{api}/api/v1/openapi.json")).body(())?;
+    let (answer, _) = client.send_request(request, true)?;
+    let mut body = answer.await?.into_body();
+    let started = std::time::Instant::now();
+    let mut read = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        // A slow link: 16 KiB every 150 ms.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        body.flow_control().release_capacity(chunk.len())?;
+        read.extend_from_slice(&chunk);
+    }
+    let took = started.elapsed();
+    anyhow::ensure!(
+        took > Duration::from_secs(2),
+        "the answer took {took:?}: too fast to show anything"
+    );
+    serde_json::from_slice::<serde_json::Value>(&read)
+        .context("the whole OpenAPI document, over more than twice the timeout")?;
+    anyhow::ensure!(!connection.is_finished(), "the connection was closed");
     Ok(())
 }
