@@ -101,7 +101,7 @@ async fn a_slow_http2_client_that_keeps_reading_gets_its_whole_answer() -> anyho
     let tls = tls_from(&offering_h2(&tetherd)?, ATTACKER, api).await?;
     let (client, connection) = h2::client::Builder::new()
         .initial_window_size(16 * 1024)
-        .handshake(tls)
+        .handshake::<_, axum::body::Bytes>(tls)
         .await?;
     let connection = tokio::spawn(connection);
     let mut client = client.ready().await?;
