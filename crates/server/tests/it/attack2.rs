@@ -128,3 +128,196 @@ async fn a_slow_http2_client_that_keeps_reading_gets_its_whole_answer() -> anyho
     anyhow::ensure!(!connection.is_finished(), "the connection was closed");
     Ok(())
 }
+
+type H2Client = h2::client::SendRequest<axum::body::Bytes>;
+
+/// An HTTP/2 connection as a browser opens it, with default windows.
+async fn h2_connection(
+    tetherd: &Tetherd,
+) -> anyhow::Result<(H2Client, tokio::task::JoinHandle<Result<(), h2::Error>>)> {
+    let api = api_addr(tetherd)?;
+    let tls = tls_from(&offering_h2(tetherd)?, ATTACKER, api).await?;
+    let (client, connection) = h2::client::handshake(tls).await?;
+    Ok((client, tokio::spawn(connection)))
+}
+
+async fn admin_token(tetherd: &Tetherd) -> anyhow::Result<String> {
+    let login = tetherd
+        .anonymous()?
+        .post(
+            "/api/v1/login",
+            serde_json::json!({"username": "admin", "password": tetherd.admin_password()}),
+        )
+        .await?
+        .expect_status(200)?;
+    Ok(login["token"].as_str().context("a token")?.to_owned())
+}
+
+/// Starts a GET (with the token, if any) and waits for its answer's head.
+async fn h2_get(
+    client: &H2Client,
+    tetherd: &Tetherd,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<axum::http::Response<h2::RecvStream>> {
+    let mut request = axum::http::Request::get(format!("{}{path}", tetherd.api_url));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let mut client = client.clone().ready().await?;
+    let (answer, _) = client.send_request(request.body(())?, true)?;
+    Ok(answer.await?)
+}
+
+async fn read_all(body: &mut h2::RecvStream) -> anyhow::Result<Vec<u8>> {
+    let mut read = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        body.flow_control().release_capacity(chunk.len())?;
+        read.extend_from_slice(&chunk);
+    }
+    Ok(read)
+}
+
+/// A JSON body announced and never finished, over HTTP/2: the extractor's
+/// deadline answers 408 as on HTTP/1.1, and the stream no longer counts,
+/// so the connection then closes when idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_request_body_over_http2_is_answered_and_does_not_keep_the_connection()
+-> anyhow::Result<()> {
+    let tetherd = start_with_config("[api]\nheader_read_timeout_seconds = 1\n").await?;
+    let (client, mut connection) = h2_connection(&tetherd).await?;
+    let mut client = client.ready().await?;
+    let login = axum::http::Request::post(format!("{}/api/v1/login", tetherd.api_url))
+        .header("content-type", "application/json")
+        .header("content-length", "100")
+        .body(())?;
+    let (answer, mut body) = client.send_request(login, false)?;
+    body.send_data(axum::body::Bytes::from_static(b"{\"username\":"), false)?;
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .context("no answer within 5 s to a body that never finished")??;
+    assert_eq!(answer.status(), 408);
+    let closed = tokio::time::timeout(Duration::from_secs(5), &mut connection).await;
+    anyhow::ensure!(
+        closed.is_ok(),
+        "the connection is still open 5 s after its only stream was answered"
+    );
+    drop(body);
+    Ok(())
+}
+
+/// Extended CONNECT is not announced, so a tunnel over HTTP/2 is a plain
+/// request: refused with 426 (and a CONNECT with 4xx), the connection
+/// going on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_over_http2_is_refused_cleanly() -> anyhow::Result<()> {
+    let tetherd = start_with_config("").await?;
+    let token = admin_token(&tetherd).await?;
+    let (client, _connection) = h2_connection(&tetherd).await?;
+    let tunnel = "/api/v1/devices/edge-1/tunnel?kind=exec&command=true";
+    let refused = h2_get(&client, &tetherd, tunnel, Some(&token)).await?;
+    assert_eq!(refused.status(), 426);
+    let mut connect = client.clone().ready().await?;
+    let request = axum::http::Request::connect(format!("{}{tunnel}", tetherd.api_url))
+        .header("authorization", format!("Bearer {token}"))
+        .body(())?;
+    match connect.send_request(request, true) {
+        Ok((answer, _)) => match answer.await {
+            Ok(answer) => assert!(
+                answer.status().is_client_error(),
+                "CONNECT answered {}",
+                answer.status()
+            ),
+            Err(error) => eprintln!("CONNECT's stream was reset: {error}"),
+        },
+        Err(error) => eprintln!("h2 refused to send a CONNECT: {error}"),
+    }
+    let ca = h2_get(&client, &tetherd, "/api/v1/ca.pem", None).await?;
+    assert_eq!(ca.status(), 200, "the connection goes on");
+    Ok(())
+}
+
+/// Follows over HTTP/2 count against the per-user cap, and give their
+/// place back when their stream is reset or the connection vanishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_over_http2_give_their_places_back_when_reset_or_cut() -> anyhow::Result<()> {
+    let tetherd = start_with_config("").await?;
+    let token = admin_token(&tetherd).await?;
+    let (client, connection) = h2_connection(&tetherd).await?;
+    let mut feeds = Vec::new();
+    for _ in 0..16 {
+        let feed = h2_get(&client, &tetherd, "/api/v1/events/follow", Some(&token)).await?;
+        assert_eq!(feed.status(), 200);
+        feeds.push(feed);
+    }
+    let mut refused = h2_get(&client, &tetherd, "/api/v1/events/follow", Some(&token)).await?;
+    assert_eq!(refused.status(), 429, "the 17th follow of one user");
+    read_all(refused.body_mut()).await?;
+    // A stream reset (a tab closed) gives its place back.
+    feeds.pop();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let feed = h2_get(&client, &tetherd, "/api/v1/events/follow", Some(&token)).await?;
+        if feed.status() == 200 {
+            feeds.push(feed);
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "a reset follow's place did not come back within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The whole connection cut: all 16 places come back.
+    connection.abort();
+    drop((feeds, client));
+    let (client, _connection) = h2_connection(&tetherd).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut feeds = Vec::new();
+    while feeds.len() < 16 {
+        let feed = h2_get(&client, &tetherd, "/api/v1/events/follow", Some(&token)).await?;
+        if feed.status() == 200 {
+            feeds.push(feed);
+            continue;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 16 places came back within 5 s of the connection's end",
+            feeds.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// A follow whose session is logged out sends nothing more, and ends at
+/// its next line: at worst the next keepalive (15 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_out_follow_over_http2_ends_by_its_next_keepalive() -> anyhow::Result<()> {
+    let tetherd = start_with_config("").await?;
+    let token = admin_token(&tetherd).await?;
+    let (client, _connection) = h2_connection(&tetherd).await?;
+    let mut feed = h2_get(&client, &tetherd, "/api/v1/events/follow", Some(&token)).await?;
+    assert_eq!(feed.status(), 200);
+    tetherd
+        .anonymous()?
+        .with_token(Some(token.clone()))
+        .post("/api/v1/logout", serde_json::json!({}))
+        .await?
+        .expect_status(204)?;
+    let logged_out = std::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(20), read_all(feed.body_mut()))
+        .await
+        .context("the follow of a logged-out session is open 20 s later")??;
+    let lines = String::from_utf8(read)?;
+    eprintln!(
+        "the logged-out follow ended {:?} after the logout with {lines:?}",
+        logged_out.elapsed()
+    );
+    assert!(
+        lines.trim().ends_with(r#"log in again"}}"#),
+        "ends with the session line: {lines}"
+    );
+    Ok(())
+}
