@@ -321,3 +321,41 @@ async fn a_logged_out_follow_over_http2_ends_by_its_next_keepalive() -> anyhow::
     );
     Ok(())
 }
+
+/// Finding: log follows have no per-user cap, unlike the fleet feed. Each
+/// spawns a follower that reads every followed device's logs every 2 s and
+/// asks each device (up to 100) to send its logs live every 10 s. Over
+/// HTTP/1.1 one address held at most `max_connections_per_ip` (64) of
+/// them; over HTTP/2 each connection carries 200, so a viewer holds
+/// 12,800 from one address. Expected: the `api.max_follows_per_user` cap
+/// (16) as for `/events/follow`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_follows_over_http2_are_capped_per_user() -> anyhow::Result<()> {
+    let tetherd = start_with_config("").await?;
+    let admin = tetherd.admin().await?;
+    tether_testkit::sim_agent::DeviceCredentials::enroll(&admin, "edge-1").await?;
+    let token = admin_token(&tetherd).await?;
+    let (client, _connection) = h2_connection(&tetherd).await?;
+    let mut follows = Vec::new();
+    let mut refused = 0;
+    for _ in 0..100 {
+        let follow = h2_get(
+            &client,
+            &tetherd,
+            "/api/v1/devices/edge-1/logs/follow",
+            Some(&token),
+        )
+        .await?;
+        match follow.status().as_u16() {
+            200 => follows.push(follow),
+            429 => refused += 1,
+            other => anyhow::bail!("a log follow answered {other}"),
+        }
+    }
+    anyhow::ensure!(
+        follows.len() <= 16,
+        "one user holds {} log follows at once over one HTTP/2 connection ({refused} refused); the fleet feed allows 16",
+        follows.len()
+    );
+    Ok(())
+}
