@@ -878,7 +878,11 @@ mod tests {
         // The feed keeps the connection from being idle, not from this.
         assert_eq!(activity.idle_deadline(timeout), None);
         answer.progressed();
-        assert_eq!(activity.stalled_deadline(timeout), None, "the client took it");
+        assert_eq!(
+            activity.stalled_deadline(timeout),
+            None,
+            "the client took it"
+        );
         answer.waiting_on_client();
         drop(answer);
         assert_eq!(
@@ -903,8 +907,7 @@ mod tests {
         assert_eq!(body.size_hint().exact(), Some(whole.len() as u64));
         let mut sizes = Vec::new();
         let mut sent = Vec::new();
-        while let Some(frame) =
-            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
         {
             let data = frame.expect("a frame").into_data().expect("data");
             sizes.push(data.len());
