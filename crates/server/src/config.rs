@@ -542,7 +542,8 @@ pub struct ApiConfig {
     /// Connections one client address may hold at once.
     pub max_connections_per_ip: u32,
     /// `GET /events/follow` streams one user or API key may hold at once
-    /// (a console tab holds one); one more is answered 429.
+    /// (a console tab holds one), and as many log follows; one more is
+    /// answered 429.
     pub max_follows_per_user: u32,
     /// A client that has not finished the TLS handshake by then is dropped.
     pub tls_handshake_timeout: Duration,

@@ -496,7 +496,12 @@ pub async fn run(
         listeners.push(Arc::new(MqttCertificate(rmqtt.clone())));
     }
     tokio::spawn(server_certificate.run(issued, listeners));
-    let logs = Arc::new(logs::Logs::new(store.clone(), bus.clone(), actions.clone()));
+    let logs = Arc::new(logs::Logs::new(
+        store.clone(),
+        bus.clone(),
+        actions.clone(),
+        config.api.max_follows_per_user,
+    ));
     let live = live::Feed::new(
         store.clone(),
         live::FeedConfig::new(config.api.max_follows_per_user),

@@ -308,6 +308,14 @@ impl From<LogsError> for ApiError {
     fn from(error: LogsError) -> Self {
         match error {
             LogsError::Store(error) => error.into(),
+            LogsError::TooManyFollows { .. } => Self {
+                retry_after: Some(FOLLOW_RETRY_AFTER_SECONDS),
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_follows",
+                    error.to_string(),
+                )
+            },
             other => Self::bad_request(other.to_string()),
         }
     }

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::HttpBody;
+use axum::body::{Bytes, HttpBody};
 use axum::http::Response;
 use axum_server::accept::Accept;
 use axum_server::tls_rustls::RustlsConfig;
@@ -304,6 +304,10 @@ struct Activity {
 struct OpenRequests {
     open: usize,
     idle_since: Instant,
+    /// Open requests whose answer waits on the client to take what it was
+    /// handed (its flow-control window shut), and since when, by request.
+    waiting_on_client: HashMap<u64, Instant>,
+    next_id: u64,
 }
 
 impl Default for Activity {
@@ -312,6 +316,8 @@ impl Default for Activity {
             requests: Mutex::new(OpenRequests {
                 open: 0,
                 idle_since: Instant::now(),
+                waiting_on_client: HashMap::new(),
+                next_id: 0,
             }),
             reader: AtomicWaker::new(),
         }
@@ -331,26 +337,64 @@ impl Activity {
         let requests = self.requests();
         (requests.open == 0).then(|| requests.idle_since + timeout)
     }
+
+    /// When the connection is to close because an answer has waited that
+    /// long on a client that does not take it, unless it does first.
+    fn stalled_deadline(&self, timeout: Duration) -> Option<Instant> {
+        let requests = self.requests();
+        requests
+            .waiting_on_client
+            .values()
+            .min()
+            .map(|since| *since + timeout)
+    }
 }
 
 /// One request open on an HTTP/2 connection, until dropped.
-struct OpenRequest(Arc<Activity>);
+struct OpenRequest {
+    activity: Arc<Activity>,
+    id: u64,
+}
 
 impl OpenRequest {
     fn start(activity: Arc<Activity>) -> Self {
-        activity.requests().open += 1;
-        Self(activity)
+        let id = {
+            let mut requests = activity.requests();
+            requests.open += 1;
+            requests.next_id += 1;
+            requests.next_id
+        };
+        Self { activity, id }
+    }
+
+    /// Its answer was handed (part of) its body, or is ready to be: until
+    /// hyper asks for more, it waits on the client's flow-control window.
+    fn waiting_on_client(&self) {
+        let mut requests = self.activity.requests();
+        let first = requests.waiting_on_client.is_empty();
+        requests.waiting_on_client.insert(self.id, Instant::now());
+        drop(requests);
+        // An earlier stall would already have armed an earlier deadline.
+        if first {
+            self.activity.reader.wake();
+        }
+    }
+
+    /// hyper asks for more of the answer: the client took what it had.
+    fn progressed(&self) {
+        self.activity.requests().waiting_on_client.remove(&self.id);
     }
 }
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {
-        let mut requests = self.0.requests();
+        let mut requests = self.activity.requests();
+        requests.waiting_on_client.remove(&self.id);
         requests.open = requests.open.saturating_sub(1);
         if requests.open == 0 {
             requests.idle_since = Instant::now();
             drop(requests);
-            self.0.reader.wake();
+            self.activity.reader.wake();
         }
     }
 }
@@ -371,16 +415,29 @@ impl IdleWatch {
         }
     }
 
-    /// Ready once the connection has had no request open for the timeout.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready, with the reason, once the connection has had no request open
+    /// for the timeout, or an answer has waited that long on a client that
+    /// does not open its flow-control window: such a request is "open" for
+    /// ever, and each of 200 streams holds its answer in memory.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<&'static str> {
         self.activity.reader.register(cx.waker());
-        let Some(deadline) = self.activity.idle_deadline(self.timeout) else {
-            return Poll::Pending;
+        let (deadline, reason) = match self.activity.idle_deadline(self.timeout) {
+            Some(deadline) => (
+                deadline,
+                "an HTTP/2 connection with no request open for the header timeout",
+            ),
+            None => match self.activity.stalled_deadline(self.timeout) {
+                Some(deadline) => (
+                    deadline,
+                    "an HTTP/2 client took no part of an answer for the header timeout",
+                ),
+                None => return Poll::Pending,
+            },
         };
         if self.timer.deadline() != deadline {
             self.timer.as_mut().reset(deadline);
         }
-        self.timer.as_mut().poll(cx)
+        self.timer.as_mut().poll(cx).map(|()| reason)
     }
 }
 
@@ -409,34 +466,77 @@ where
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await?;
-            Ok(response.map(|inner| CountedBody { inner, _open: open }))
+            // Until hyper first asks for the body, which it does only once
+            // the client's window has room for it, the answer waits on the
+            // client.
+            if let Some(open) = &open {
+                open.waiting_on_client();
+            }
+            Ok(response.map(|inner| CountedBody {
+                inner,
+                rest: None,
+                open,
+            }))
         })
     }
 }
 
+/// The most of an answer handed to hyper at once on HTTP/2: hyper asks for
+/// more only when the client has taken it, so a big answer given whole
+/// would wait on the client for as long as all of it takes to send, and
+/// look stalled to a slow client's [`IdleWatch`].
+const HTTP2_SLICE: usize = 16 * 1024;
+
 /// An answer's body, holding its request open until it is sent or dropped.
 pub struct CountedBody<B> {
     inner: B,
-    _open: Option<OpenRequest>,
+    /// What is left of a chunk bigger than [`HTTP2_SLICE`].
+    rest: Option<Bytes>,
+    open: Option<OpenRequest>,
 }
 
-impl<B: HttpBody + Unpin> HttpBody for CountedBody<B> {
-    type Data = B::Data;
+impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for CountedBody<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let Some(open) = &this.open else {
+            return Pin::new(&mut this.inner).poll_frame(cx);
+        };
+        open.progressed();
+        let mut data = match this.rest.take() {
+            Some(rest) => rest,
+            None => match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                },
+                ended => return Poll::Ready(ended),
+            },
+        };
+        if data.len() > HTTP2_SLICE {
+            this.rest = Some(data.split_off(HTTP2_SLICE));
+        }
+        open.waiting_on_client();
+        Poll::Ready(Some(Ok(http_body::Frame::data(data))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        let rest = self.rest.as_ref().map_or(0, |rest| rest.len() as u64);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint.set_lower(hint.lower() + rest);
+        hint
     }
 }
 
@@ -491,12 +591,9 @@ impl AsyncRead for LimitedStream {
         let Some(opening) = &mut this.opening else {
             if polled.is_pending()
                 && let Some(idle) = &mut this.idle
-                && idle.poll_expired(cx).is_ready()
+                && let Poll::Ready(reason) = idle.poll_expired(cx)
             {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "an HTTP/2 connection with no request open for the header timeout",
-                )));
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, reason)));
             }
             return polled;
         };
@@ -763,6 +860,70 @@ mod tests {
             deadline >= ended_at + timeout,
             "idle time counts from the last request's end"
         );
+    }
+
+    #[test]
+    fn an_answer_waiting_on_the_client_sets_the_connection_a_deadline() {
+        let timeout = Duration::from_secs(30);
+        let activity = Arc::new(Activity::default());
+        let feed = OpenRequest::start(activity.clone());
+        let answer = OpenRequest::start(activity.clone());
+        assert_eq!(activity.stalled_deadline(timeout), None);
+        let handed_at = Instant::now();
+        answer.waiting_on_client();
+        let deadline = activity
+            .stalled_deadline(timeout)
+            .expect("the answer waits on the client");
+        assert!(deadline >= handed_at + timeout);
+        // The feed keeps the connection from being idle, not from this.
+        assert_eq!(activity.idle_deadline(timeout), None);
+        answer.progressed();
+        assert_eq!(
+            activity.stalled_deadline(timeout),
+            None,
+            "the client took it"
+        );
+        answer.waiting_on_client();
+        drop(answer);
+        assert_eq!(
+            activity.stalled_deadline(timeout),
+            None,
+            "a finished answer waits on nothing"
+        );
+        drop(feed);
+    }
+
+    #[tokio::test]
+    async fn a_big_answer_is_handed_over_in_slices_each_marking_progress() {
+        let activity = Arc::new(Activity::default());
+        let open = OpenRequest::start(activity.clone());
+        open.waiting_on_client();
+        let whole = Bytes::from(vec![7u8; 2 * HTTP2_SLICE + 5]);
+        let mut body = CountedBody {
+            inner: axum::body::Body::from(whole.clone()),
+            rest: None,
+            open: Some(open),
+        };
+        assert_eq!(body.size_hint().exact(), Some(whole.len() as u64));
+        let mut sizes = Vec::new();
+        let mut sent = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            let data = frame.expect("a frame").into_data().expect("data");
+            sizes.push(data.len());
+            sent.extend_from_slice(&data);
+            assert!(
+                activity.stalled_deadline(Duration::from_secs(1)).is_some(),
+                "each slice handed over waits on the client"
+            );
+            assert_eq!(
+                body.size_hint().exact(),
+                Some((whole.len() - sent.len()) as u64)
+            );
+        }
+        assert_eq!(sizes, [HTTP2_SLICE, HTTP2_SLICE, 5]);
+        assert_eq!(sent, whole);
+        assert!(body.is_end_stream());
     }
 
     #[test]

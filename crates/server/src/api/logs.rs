@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use chrono::{TimeDelta, Utc};
@@ -22,6 +22,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiQuery, device_id};
 use super::page::{PageQuery, PageRequest, Position};
+use crate::auth::Principal;
 use crate::logs::{self, LogFilter, LogsError};
 use crate::registry::RegistryError;
 use crate::store::LogLine;
@@ -150,31 +151,37 @@ async fn fleet_logs(
 #[utoipa::path(get, path = "/devices/{name}/logs/follow", tag = "logs",
     params(("name" = String, Path, description = "Device name"), FilterQuery),
     responses((status = 200, description = "JSON lines of LogEntry", content_type = "application/x-ndjson", body = LogEntry),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, description = "The caller (a user or an API key) already holds `api.max_follows_per_user` log follows (default 16) at once (`too_many_follows`); close one, then follow again after `Retry-After`",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait")))))]
 async fn follow_device_logs(
     State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     ApiQuery(query): ApiQuery<FilterQuery>,
 ) -> Result<Response, ApiError> {
     let filter = filter(query.priority, query.unit, query.grep)?;
     let device = device_id(&name)?;
     state.registry.record(&device).await?;
-    follow(&state, vec![device], filter).await
+    follow(&state, &principal.username, vec![device], filter).await
 }
 
 /// Streams the log lines of the devices a label selector picks (at most
 /// 100), as `GET /devices/{name}/logs/follow` does for one.
 #[utoipa::path(get, path = "/logs/follow", tag = "logs", params(FleetFollowQuery),
     responses((status = 200, description = "JSON lines of LogEntry", content_type = "application/x-ndjson", body = LogEntry),
-        (status = 400, body = ErrorBody)))]
+        (status = 400, body = ErrorBody),
+        (status = 429, description = "The caller (a user or an API key) already holds `api.max_follows_per_user` log follows (default 16) at once (`too_many_follows`); close one, then follow again after `Retry-After`",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait")))))]
 async fn follow_fleet_logs(
     State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     ApiQuery(query): ApiQuery<FleetFollowQuery>,
 ) -> Result<Response, ApiError> {
     let filter = filter(query.priority, query.unit, query.grep)?;
     let selector = selector(&query.label_selector)?;
     let devices = select(&state, &selector, logs::MAX_FOLLOWED_DEVICES).await?;
-    follow(&state, devices, filter).await
+    follow(&state, &principal.username, devices, filter).await
 }
 
 async fn archive(
@@ -234,10 +241,11 @@ async fn archive(
 
 async fn follow(
     state: &AppState,
+    user: &str,
     devices: Vec<DeviceId>,
     filter: LogFilter,
 ) -> Result<Response, ApiError> {
-    let batches = state.logs.follow(devices, filter).await?;
+    let batches = state.logs.follow(user, devices, filter).await?;
     let body = ReceiverStream::new(batches).map(|batch| {
         let mut text = String::new();
         match batch {

@@ -210,6 +210,9 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         tracing::error!(%error, "could not render the OpenAPI document");
         String::from("{}")
     });
+    // Shared, not copied per request: every answer a client leaves unread
+    // would otherwise hold its own copy (a quarter of a megabyte).
+    let document = axum::body::Bytes::from(document);
     api.route(
         "/api/v1/openapi.json",
         axum::routing::get(move || async move {

@@ -134,6 +134,10 @@ pub enum LogsError {
         "the selector picks more than {max} devices; narrow it (logs are read for at most {max} devices at once)"
     )]
     TooManyDevices { max: usize },
+    #[error(
+        "{user} already follows logs {limit} times at once, the most one user or API key may (api.max_follows_per_user); close a log view or another follow first"
+    )]
+    TooManyFollows { user: String, limit: u32 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -142,15 +146,45 @@ pub struct Logs {
     store: Store,
     bus: Bus,
     actions: Arc<ActionService>,
+    /// Log follows held, by user or API key: never zero. Each reads its
+    /// devices every 2 s and asks them to send live, so one user may hold
+    /// only `max_follows_per_user` (HTTP/2 carries 200 per connection).
+    follows: std::sync::Mutex<HashMap<String, u32>>,
+    max_follows_per_user: u32,
 }
 
 impl Logs {
-    pub fn new(store: Store, bus: Bus, actions: Arc<ActionService>) -> Self {
+    pub fn new(
+        store: Store,
+        bus: Bus,
+        actions: Arc<ActionService>,
+        max_follows_per_user: u32,
+    ) -> Self {
         Self {
             store,
             bus,
             actions,
+            follows: std::sync::Mutex::default(),
+            max_follows_per_user,
         }
+    }
+
+    /// A place among `user`'s log follows, or the refusal once they hold
+    /// the most they may.
+    fn take_place(self: &Arc<Self>, user: &str) -> Result<FollowPlace, LogsError> {
+        let mut follows = lock(&self.follows);
+        let held = follows.get(user).copied().unwrap_or(0);
+        if held >= self.max_follows_per_user {
+            return Err(LogsError::TooManyFollows {
+                user: user.to_owned(),
+                limit: self.max_follows_per_user,
+            });
+        }
+        follows.insert(user.to_owned(), held + 1);
+        Ok(FollowPlace {
+            logs: self.clone(),
+            user: user.to_owned(),
+        })
     }
 
     /// Up to `limit` lines of `devices` in `[since, until)` that pass
@@ -214,6 +248,7 @@ impl Logs {
     /// dropped. An empty batch is a keepalive.
     pub async fn follow(
         self: &Arc<Self>,
+        user: &str,
         devices: Vec<DeviceId>,
         filter: LogFilter,
     ) -> Result<mpsc::Receiver<Result<Vec<LogLine>, StoreError>>, LogsError> {
@@ -222,6 +257,7 @@ impl Logs {
                 max: MAX_FOLLOWED_DEVICES,
             });
         }
+        let place = self.take_place(user)?;
         // Subscribed before reading where the logs end, so a batch stored
         // in between is announced to us.
         let subscription = self.bus.subscribe();
@@ -235,6 +271,7 @@ impl Logs {
             logs: self.clone(),
             positions,
             filter,
+            _place: place,
         };
         tokio::spawn(follower.run(subscription, tx));
         Ok(rx)
@@ -276,11 +313,39 @@ fn position(line: &LogLine) -> LogPosition {
     }
 }
 
+/// Plain counters: a panic elsewhere leaves them consistent.
+fn lock(
+    follows: &std::sync::Mutex<HashMap<String, u32>>,
+) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+    follows
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One of a user's log follows; dropping it (the follower ends) gives it back.
+struct FollowPlace {
+    logs: Arc<Logs>,
+    user: String,
+}
+
+impl Drop for FollowPlace {
+    fn drop(&mut self) {
+        let mut follows = lock(&self.logs.follows);
+        if let Some(held) = follows.get_mut(&self.user) {
+            *held -= 1;
+            if *held == 0 {
+                follows.remove(&self.user);
+            }
+        }
+    }
+}
+
 struct Follower {
     logs: Arc<Logs>,
     /// The last line sent (or skipped) of each followed device.
     positions: HashMap<DeviceId, u64>,
     filter: LogFilter,
+    _place: FollowPlace,
 }
 
 type Sender = mpsc::Sender<Result<Vec<LogLine>, StoreError>>;

@@ -19,9 +19,9 @@ use tokio_rustls::client::TlsStream;
 
 /// The attacker's address: all of 127/8 is loopback on Linux, so the
 /// attacker and the legitimate client are different clients to tetherd.
-const ATTACKER: [u8; 4] = [127, 0, 0, 2];
+pub(crate) const ATTACKER: [u8; 4] = [127, 0, 0, 2];
 
-fn api_addr(tetherd: &Tetherd) -> anyhow::Result<SocketAddr> {
+pub(crate) fn api_addr(tetherd: &Tetherd) -> anyhow::Result<SocketAddr> {
     let authority = tetherd
         .api_url
         .strip_prefix("https://")
@@ -38,7 +38,7 @@ fn mqtt_port(tetherd: &Tetherd) -> anyhow::Result<String> {
         .to_owned())
 }
 
-async fn start_with_config(config: &str) -> anyhow::Result<Tetherd> {
+pub(crate) async fn start_with_config(config: &str) -> anyhow::Result<Tetherd> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("tetherd.toml");
     std::fs::write(&path, config)?;
@@ -47,7 +47,7 @@ async fn start_with_config(config: &str) -> anyhow::Result<Tetherd> {
     Tetherd::start_with(Database::Sqlite, &["--config", &path]).await
 }
 
-fn tls_connector(tetherd: &Tetherd) -> anyhow::Result<TlsConnector> {
+pub(crate) fn tls_connector(tetherd: &Tetherd) -> anyhow::Result<TlsConnector> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut tetherd.ca_pem()) {
@@ -60,19 +60,19 @@ fn tls_connector(tetherd: &Tetherd) -> anyhow::Result<TlsConnector> {
 }
 
 /// A TLS client offering HTTP/2 first, as browsers do.
-fn offering_h2(tetherd: &Tetherd) -> anyhow::Result<TlsConnector> {
+pub(crate) fn offering_h2(tetherd: &Tetherd) -> anyhow::Result<TlsConnector> {
     let mut config = (**tls_connector(tetherd)?.config()).clone();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-async fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::from((from, 0)))?;
     socket.connect(to).await
 }
 
-async fn tls_from(
+pub(crate) async fn tls_from(
     connector: &TlsConnector,
     from: [u8; 4],
     to: SocketAddr,

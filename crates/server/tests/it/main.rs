@@ -6,6 +6,7 @@ mod agent_update;
 mod alert_delivery;
 mod alert_rules;
 mod api;
+mod attack2;
 mod certificates;
 mod console;
 mod contract;
