@@ -21,6 +21,7 @@ pub mod management_shell;
 pub mod metrics;
 pub mod monitor;
 pub mod observability;
+pub mod per_caller;
 pub mod pki;
 pub mod provisioning;
 pub mod registry;
@@ -509,6 +510,9 @@ pub async fn run(
     let state = Arc::new(AppState {
         logs,
         live,
+        // As many as HTTP/1.1 allowed one address before HTTP/2 (ADR 0035):
+        // a connection each.
+        waits: crate::per_caller::PerCaller::new(config.api.max_connections_per_ip),
         provisioning: provisioning::Provisioning::new(store.clone(), registry.clone()),
         desired,
         releases,

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
@@ -17,6 +18,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, device_id};
 use super::page::{PageQuery, PageRequest, Position};
+use crate::auth::Principal;
 
 /// Longest a long-poll may hold a request.
 const MAX_WAIT_SECONDS: u64 = 300;
@@ -78,9 +80,12 @@ struct WaitQuery {
 
 #[utoipa::path(get, path = "/actions/{correlationId}", tag = "actions",
     params(("correlationId" = String, Path, description = "The action's correlation id"), WaitQuery),
-    responses((status = 200, body = Action), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Action), (status = 404, body = ErrorBody),
+        (status = 429, description = "With `waitSeconds`: the caller (a user or an API key) already waits on `api.max_connections_per_ip` actions at once (default 64; `too_many_waits`); read without waiting, or after one ends", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again")))))]
 async fn get_action(
     State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     Path(correlation_id): Path<String>,
     ApiQuery(query): ApiQuery<WaitQuery>,
 ) -> Result<axum::Json<Action>, ApiError> {
@@ -91,6 +96,9 @@ async fn get_action(
             )));
         }
         Some(seconds) if seconds > 0 => {
+            let _place = state.waits.take(&principal.username).ok_or_else(|| {
+                ApiError::too_many_waits(&principal.username, state.waits.limit())
+            })?;
             let wait = Duration::from_secs(seconds);
             state.actions.wait(&correlation_id, wait).await?
         }

@@ -53,6 +53,21 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// A long-poll over what one caller may hold at once
+    /// ([`crate::per_caller`]).
+    pub fn too_many_waits(caller: &str, limit: u32) -> Self {
+        Self {
+            retry_after: Some(FOLLOW_RETRY_AFTER_SECONDS),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_waits",
+                format!(
+                    "{caller} already waits on {limit} actions at once, the most one user or API key may (api.max_connections_per_ip); read the action without waitSeconds, or wait after one of the others ends"
+                ),
+            )
+        }
+    }
+
     /// An error the caller cannot fix: log the whole chain, answer 500.
     pub(super) fn internal(error: &(dyn std::error::Error + 'static)) -> Self {
         tracing::error!(error = %crate::error_chain(error), "request failed");

@@ -74,6 +74,9 @@ pub struct AppState {
     /// The fleet's changes for `GET /events/follow`: one poller for all
     /// of this replica's followers.
     pub live: crate::live::Feed,
+    /// Long-polls (`waitSeconds`) held by each caller: each re-reads its
+    /// action every few seconds while it waits.
+    pub waits: crate::per_caller::PerCaller,
     /// Metric series: range queries and the fleet exposition.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Per-device input counters for `GET /devices/{name}`.

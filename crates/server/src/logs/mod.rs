@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::actions::ActionService;
 use crate::cluster::bus::{Bus, Channel, Heard};
+use crate::per_caller::{PerCaller, Place};
 use crate::store::{LogLine, LogPosition, LogScan, Store, StoreError};
 
 /// The agent action that makes a device send its system log live.
@@ -146,11 +147,10 @@ pub struct Logs {
     store: Store,
     bus: Bus,
     actions: Arc<ActionService>,
-    /// Log follows held, by user or API key: never zero. Each reads its
-    /// devices every 2 s and asks them to send live, so one user may hold
-    /// only `max_follows_per_user` (HTTP/2 carries 200 per connection).
-    follows: std::sync::Mutex<HashMap<String, u32>>,
-    max_follows_per_user: u32,
+    /// Log follows held, by user or API key. Each reads its devices every
+    /// 2 s and asks them to send live, so one caller may hold only
+    /// `api.max_follows_per_user`.
+    follows: PerCaller,
 }
 
 impl Logs {
@@ -164,27 +164,19 @@ impl Logs {
             store,
             bus,
             actions,
-            follows: std::sync::Mutex::default(),
-            max_follows_per_user,
+            follows: PerCaller::new(max_follows_per_user),
         }
     }
 
     /// A place among `user`'s log follows, or the refusal once they hold
     /// the most they may.
-    fn take_place(self: &Arc<Self>, user: &str) -> Result<FollowPlace, LogsError> {
-        let mut follows = lock(&self.follows);
-        let held = follows.get(user).copied().unwrap_or(0);
-        if held >= self.max_follows_per_user {
-            return Err(LogsError::TooManyFollows {
+    fn take_place(&self, user: &str) -> Result<Place, LogsError> {
+        self.follows
+            .take(user)
+            .ok_or_else(|| LogsError::TooManyFollows {
                 user: user.to_owned(),
-                limit: self.max_follows_per_user,
-            });
-        }
-        follows.insert(user.to_owned(), held + 1);
-        Ok(FollowPlace {
-            logs: self.clone(),
-            user: user.to_owned(),
-        })
+                limit: self.follows.limit(),
+            })
     }
 
     /// Up to `limit` lines of `devices` in `[since, until)` that pass
@@ -313,39 +305,12 @@ fn position(line: &LogLine) -> LogPosition {
     }
 }
 
-/// Plain counters: a panic elsewhere leaves them consistent.
-fn lock(
-    follows: &std::sync::Mutex<HashMap<String, u32>>,
-) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-    follows
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// One of a user's log follows; dropping it (the follower ends) gives it back.
-struct FollowPlace {
-    logs: Arc<Logs>,
-    user: String,
-}
-
-impl Drop for FollowPlace {
-    fn drop(&mut self) {
-        let mut follows = lock(&self.logs.follows);
-        if let Some(held) = follows.get_mut(&self.user) {
-            *held -= 1;
-            if *held == 0 {
-                follows.remove(&self.user);
-            }
-        }
-    }
-}
-
 struct Follower {
     logs: Arc<Logs>,
     /// The last line sent (or skipped) of each followed device.
     positions: HashMap<DeviceId, u64>,
     filter: LogFilter,
-    _place: FollowPlace,
+    _place: Place,
 }
 
 type Sender = mpsc::Sender<Result<Vec<LogLine>, StoreError>>;

@@ -1,5 +1,5 @@
-//! Attack review 2 (HTTP/2 for browsers, ADR 0035; the live feed): what a
-//! hostile HTTP/2 client can hold that an HTTP/1.1 one cannot.
+//! Hostile HTTP/2 clients (ADR 0035, the console's second attack review):
+//! what an HTTP/2 client can hold that an HTTP/1.1 one cannot.
 
 use std::time::Duration;
 
@@ -377,5 +377,77 @@ async fn log_follows_over_http2_are_capped_per_user() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
+}
+
+/// Long-polls (`GET /actions/{id}?waitSeconds=`) re-read their action every
+/// few seconds while they wait. Over HTTP/1.1 one address held at most
+/// `max_connections_per_ip` of them, a connection each; over HTTP/2 one
+/// connection carries 200. So a caller may wait on that many at once, and
+/// the next is told 429 at once, naming the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_over_http2_are_capped_per_caller() -> anyhow::Result<()> {
+    const LIMIT: usize = 4;
+    let tetherd = start_with_config(&format!("[api]\nmax_connections_per_ip = {LIMIT}\n")).await?;
+    let admin = tetherd.admin().await?;
+    tether_testkit::sim_agent::DeviceCredentials::enroll(&admin, "edge-1").await?;
+    // The device is offline: the action stays queued, its waits wait.
+    let queued = admin
+        .post(
+            "/api/v1/devices/edge-1/actions",
+            serde_json::json!({"action": "get-node-ip"}),
+        )
+        .await?
+        .expect_status(202)?;
+    let id = queued["correlationId"]
+        .as_str()
+        .context("an id")?
+        .to_owned();
+    let token = admin_token(&tetherd).await?;
+    let (client, _connection) = h2_connection(&tetherd).await?;
+    let path = format!("/api/v1/actions/{id}?waitSeconds=60");
+    let mut waits = Vec::new();
+    for _ in 0..LIMIT + 3 {
+        let client = client.clone();
+        let (tetherd_url, path, token) = (tetherd.api_url.clone(), path.clone(), token.clone());
+        waits.push(tokio::spawn(async move {
+            let request = axum::http::Request::get(format!("{tetherd_url}{path}"))
+                .header("authorization", format!("Bearer {token}"))
+                .body(())?;
+            let mut client = client.ready().await?;
+            let (answer, _) = client.send_request(request, true)?;
+            let mut answer = answer.await?;
+            let body = read_all(answer.body_mut()).await?;
+            anyhow::Ok((
+                answer.status().as_u16(),
+                String::from_utf8_lossy(&body).into_owned(),
+            ))
+        }));
+    }
+    // Whichever arrive last are refused at once; the others wait.
+    let mut refused = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while refused < 3 && tokio::time::Instant::now() < deadline {
+        for wait in &mut waits {
+            if !wait.is_finished() {
+                continue;
+            }
+            let (status, body) = wait.await??;
+            assert_eq!(
+                status, 429,
+                "only refusals answer before the wait ends: {body}"
+            );
+            assert!(
+                body.contains("too_many_waits")
+                    && body.contains(&format!("already waits on {LIMIT} actions at once")),
+                "{body}"
+            );
+            refused += 1;
+        }
+        waits.retain(|wait| !wait.is_finished());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(refused, 3, "refused at once: the waits over {LIMIT}");
+    assert_eq!(waits.len(), LIMIT, "these still wait");
     Ok(())
 }
