@@ -61,7 +61,6 @@ async fn a_stopped_agents_alert_is_listed_acknowledged_and_resolved() {
         Ok(listed(&tether, "firing").await.into_iter().next())
     })
     .await;
-    signal(pid, "CONT");
     let firing = firing.expect("an alert");
     let id = firing["id"].to_string();
 
@@ -90,7 +89,10 @@ async fn a_stopped_agents_alert_is_listed_acknowledged_and_resolved() {
     assert!(shown.contains("State:     acknowledged"), "{shown}");
     assert!(shown.contains("by admin"), "{shown}");
 
-    // The agent runs again: the alert resolves and leaves the active list.
+    // The agent runs again (not before: once it answers, the alert
+    // resolves, acknowledged or not): the alert resolves and leaves the
+    // active list.
+    signal(pid, "CONT");
     wait_until("the alert resolved", Duration::from_secs(60), || async {
         Ok(listed(&tether, "resolved").await.into_iter().next())
     })
