@@ -383,19 +383,25 @@ impl Tetherd {
 
     /// A client logged in as the admin created on first start.
     pub async fn admin(&self) -> anyhow::Result<ApiClient> {
-        let anonymous = self.anonymous()?;
-        let login = anonymous
+        let token = self.admin_token().await?;
+        Ok(self.anonymous()?.with_token(Some(token)))
+    }
+
+    /// A new session token of the admin created on first start, for
+    /// clients other than [`ApiClient`] (HTTP/2, schemathesis).
+    pub async fn admin_token(&self) -> anyhow::Result<String> {
+        let login = self
+            .anonymous()?
             .post(
                 "/api/v1/login",
                 json!({"username": "admin", "password": self.admin_password}),
             )
             .await?
             .expect_status(200)?;
-        let token = login["token"]
+        Ok(login["token"]
             .as_str()
             .context("login gives a token")?
-            .to_owned();
-        Ok(anonymous.with_token(Some(token)))
+            .to_owned())
     }
 }
 

@@ -94,7 +94,7 @@ async fn schemathesis_finds_no_contract_violation_with_or_without_credentials() 
     std::fs::write(&config, "[auth]\nlogin_failures_before_backoff = 1000000\n")?;
     let config = config.to_string_lossy().into_owned();
     let tetherd = Tetherd::start_with(Database::Sqlite, &["--config", &config]).await?;
-    let token = admin_token(&tetherd).await?;
+    let token = tetherd.admin_token().await?;
     for (who, token) in [("authenticated", Some(token.as_str())), ("anonymous", None)] {
         let output = run_schemathesis(&tetherd, token).await?;
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -109,19 +109,4 @@ async fn schemathesis_finds_no_contract_violation_with_or_without_credentials() 
         );
     }
     Ok(())
-}
-
-async fn admin_token(tetherd: &Tetherd) -> anyhow::Result<String> {
-    let login = tetherd
-        .anonymous()?
-        .post(
-            "/api/v1/login",
-            serde_json::json!({"username": "admin", "password": tetherd.admin_password()}),
-        )
-        .await?
-        .expect_status(200)?;
-    Ok(login["token"]
-        .as_str()
-        .context("login gives a token")?
-        .to_owned())
 }

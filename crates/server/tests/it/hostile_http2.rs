@@ -140,18 +140,6 @@ async fn h2_connection(
     Ok((client, tokio::spawn(connection)))
 }
 
-async fn admin_token(tetherd: &Tetherd) -> anyhow::Result<String> {
-    let login = tetherd
-        .anonymous()?
-        .post(
-            "/api/v1/login",
-            serde_json::json!({"username": "admin", "password": tetherd.admin_password()}),
-        )
-        .await?
-        .expect_status(200)?;
-    Ok(login["token"].as_str().context("a token")?.to_owned())
-}
-
 /// Starts a GET (with the token, if any) and waits for its answer's head.
 async fn h2_get(
     client: &H2Client,
@@ -212,7 +200,7 @@ async fn an_unfinished_request_body_over_http2_is_answered_and_does_not_keep_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_over_http2_is_refused_cleanly() -> anyhow::Result<()> {
     let tetherd = start_with_config("").await?;
-    let token = admin_token(&tetherd).await?;
+    let token = tetherd.admin_token().await?;
     let (client, _connection) = h2_connection(&tetherd).await?;
     let tunnel = "/api/v1/devices/edge-1/tunnel?kind=exec&command=true";
     let refused = h2_get(&client, &tetherd, tunnel, Some(&token)).await?;
@@ -242,7 +230,7 @@ async fn a_tunnel_over_http2_is_refused_cleanly() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_over_http2_give_their_places_back_when_reset_or_cut() -> anyhow::Result<()> {
     let tetherd = start_with_config("").await?;
-    let token = admin_token(&tetherd).await?;
+    let token = tetherd.admin_token().await?;
     let (client, connection) = h2_connection(&tetherd).await?;
     let mut feeds = Vec::new();
     for _ in 0..16 {
@@ -295,7 +283,7 @@ async fn follows_over_http2_give_their_places_back_when_reset_or_cut() -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logged_out_follow_over_http2_ends_by_its_next_keepalive() -> anyhow::Result<()> {
     let tetherd = start_with_config("").await?;
-    let token = admin_token(&tetherd).await?;
+    let token = tetherd.admin_token().await?;
     let (client, _connection) = h2_connection(&tetherd).await?;
     let mut feed = h2_get(&client, &tetherd, "/api/v1/events/follow", Some(&token)).await?;
     assert_eq!(feed.status(), 200);
@@ -333,7 +321,7 @@ async fn log_follows_over_http2_are_capped_per_user() -> anyhow::Result<()> {
     let tetherd = start_with_config("").await?;
     let admin = tetherd.admin().await?;
     tether_testkit::sim_agent::DeviceCredentials::enroll(&admin, "edge-1").await?;
-    let token = admin_token(&tetherd).await?;
+    let token = tetherd.admin_token().await?;
     let (client, _connection) = h2_connection(&tetherd).await?;
     let mut follows = Vec::new();
     let mut refused = 0;
@@ -403,7 +391,7 @@ async fn long_polls_over_http2_are_capped_per_caller() -> anyhow::Result<()> {
         .as_str()
         .context("an id")?
         .to_owned();
-    let token = admin_token(&tetherd).await?;
+    let token = tetherd.admin_token().await?;
     let (client, _connection) = h2_connection(&tetherd).await?;
     let path = format!("/api/v1/actions/{id}?waitSeconds=60");
     let mut waits = Vec::new();
