@@ -730,7 +730,8 @@ async fn a_device_over_its_rate_for_long_has_its_session_ended() -> anyhow::Resu
         .await?
         .expect_status(200)?["ingest"]
         .clone();
-    assert!(counters["rateLimited"].as_u64() >= Some(5), "{counters}");
+    // Five strikes in a row: four refused as slow, the fifth ends the session.
+    assert!(counters["rateLimited"].as_u64() >= Some(4), "{counters}");
     assert!(
         counters["disconnectedForRate"].as_u64() >= Some(1),
         "{counters}"
