@@ -33,6 +33,9 @@ const REPLICA_SHARED_FILES: &[&str] = &[
 ];
 
 pub struct Tetherd {
+    /// The tetherd binary it runs: this build's, or an earlier release's
+    /// ([`Tetherd::start_release`]) until [`Tetherd::upgrade_to_this_build`].
+    executable: PathBuf,
     child: Option<Child>,
     dir: TempDir,
     database_url: Option<String>,
@@ -70,18 +73,7 @@ impl Tetherd {
             .prefix("tetherd-")
             .tempdir()
             .context("creating the data dir")?;
-        let mut tetherd = Self {
-            child: None,
-            database_url: None,
-            dir,
-            extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
-            listen_host: host.to_owned(),
-            api_url: String::new(),
-            mqtt_url: String::new(),
-            ca_pem: Vec::new(),
-            admin_password: String::new(),
-            postgres: None,
-        };
+        let mut tetherd = Self::unstarted(binary("tetherd")?, dir, None, &args, host, None);
         tetherd.spawn().await?;
         Ok(tetherd)
     }
@@ -93,26 +85,58 @@ impl Tetherd {
         extra_args: &[&str],
         prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("tetherd-")
-            .tempdir()
-            .context("creating the data dir")?;
         let postgres = match database {
             Database::Sqlite => None,
             Database::Postgres => Some(TempPostgres::start().context("starting PostgreSQL")?),
         };
-        let mut tetherd = Self {
-            child: None,
-            database_url: postgres.as_ref().map(TempPostgres::url),
+        Self::start_executable(binary("tetherd")?, postgres, extra_args, prepare).await
+    }
+
+    /// Starts tetherd on a PostgreSQL cluster the test prepared (e.g. at
+    /// an earlier release's schema).
+    pub async fn start_on_postgres(
+        postgres: TempPostgres,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_executable(binary("tetherd")?, Some(postgres), extra_args, |_| Ok(())).await
+    }
+
+    /// Starts an earlier release's tetherd binary on `postgres`, as a
+    /// cluster ran before an upgrade; [`Tetherd::upgrade_to_this_build`]
+    /// replaces it.
+    pub async fn start_release(
+        executable: &Path,
+        postgres: TempPostgres,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_executable(
+            executable.to_owned(),
+            Some(postgres),
+            extra_args,
+            |_| Ok(()),
+        )
+        .await
+    }
+
+    async fn start_executable(
+        executable: PathBuf,
+        postgres: Option<TempPostgres>,
+        extra_args: &[&str],
+        prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("tetherd-")
+            .tempdir()
+            .context("creating the data dir")?;
+        let database_url = postgres.as_ref().map(TempPostgres::url);
+        let mut tetherd = Self::unstarted(
+            executable,
             dir,
-            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
-            listen_host: LOOPBACK.to_owned(),
-            api_url: String::new(),
-            mqtt_url: String::new(),
-            ca_pem: Vec::new(),
-            admin_password: String::new(),
+            database_url,
+            extra_args,
+            LOOPBACK,
             postgres,
-        };
+        );
         prepare(&tetherd.data_dir())?;
         tetherd.spawn().await?;
         Ok(tetherd)
@@ -180,18 +204,15 @@ impl Tetherd {
             .prefix("tetherd-replica-")
             .tempdir()
             .context("creating the data dir")?;
-        let mut replica = Self {
-            child: None,
-            database_url: Some(database_url),
+        // A replica runs the release the first one runs.
+        let mut replica = Self::unstarted(
+            first.executable.clone(),
             dir,
-            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
-            listen_host: LOOPBACK.to_owned(),
-            api_url: String::new(),
-            mqtt_url: String::new(),
-            ca_pem: Vec::new(),
-            admin_password: String::new(),
-            postgres: None,
-        };
+            Some(database_url),
+            extra_args,
+            LOOPBACK,
+            None,
+        );
         let data_dir = replica.data_dir();
         std::fs::create_dir_all(&data_dir).context("creating the replica's data dir")?;
         std::fs::set_permissions(
@@ -205,6 +226,36 @@ impl Tetherd {
         }
         replica.spawn().await?;
         Ok(replica)
+    }
+
+    fn unstarted(
+        executable: PathBuf,
+        dir: TempDir,
+        database_url: Option<String>,
+        extra_args: &[&str],
+        listen_host: &str,
+        postgres: Option<TempPostgres>,
+    ) -> Self {
+        Self {
+            executable,
+            child: None,
+            database_url,
+            dir,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            listen_host: listen_host.to_owned(),
+            api_url: String::new(),
+            mqtt_url: String::new(),
+            ca_pem: Vec::new(),
+            admin_password: String::new(),
+            postgres,
+        }
+    }
+
+    /// The next start (after [`Tetherd::stop`]) runs this build's tetherd
+    /// on the same data dir, database and ports: an upgrade in place.
+    pub fn upgrade_to_this_build(&mut self) -> anyhow::Result<()> {
+        self.executable = binary("tetherd")?;
+        Ok(())
     }
 
     /// The throwaway PostgreSQL cluster, on `Database::Postgres`.
@@ -251,7 +302,7 @@ impl Tetherd {
             .append(true)
             .open(self.dir.path().join("tetherd.log"))
             .context("opening the tetherd log")?;
-        let mut command = Command::new(binary("tetherd")?);
+        let mut command = Command::new(&self.executable);
         command
             .arg("--data-dir")
             .arg(&data_dir)

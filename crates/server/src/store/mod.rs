@@ -283,10 +283,11 @@ pub struct Store {
 /// The one set of migrations, for SQLite and PostgreSQL alike.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-/// A downgrade is refused before anything runs: an older tetherd does not
+/// The newest migration the database has (none on a new database). A
+/// downgrade is refused before anything runs: an older tetherd does not
 /// know what a newer one's migrations changed (sqlx would refuse too, but
 /// naming only a "missing" migration).
-async fn refuse_a_newer_schema(pool: &sqlx::AnyPool, postgres: bool) -> Result<(), StoreError> {
+async fn schema_not_newer(pool: &sqlx::AnyPool, postgres: bool) -> Result<Option<i64>, StoreError> {
     let context = "read which migrations the database has";
     let exists = if postgres {
         "SELECT COUNT(*) FROM pg_tables WHERE tablename = '_sqlx_migrations' AND schemaname = current_schema()"
@@ -298,7 +299,7 @@ async fn refuse_a_newer_schema(pool: &sqlx::AnyPool, postgres: bool) -> Result<(
         .await
         .map_err(|source| StoreError::Query { context, source })?;
     if tables == 0 {
-        return Ok(());
+        return Ok(None);
     }
     let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
         .fetch_one(pool)
@@ -309,7 +310,7 @@ async fn refuse_a_newer_schema(pool: &sqlx::AnyPool, postgres: bool) -> Result<(
         (Some(database), Some(binary)) if database > binary => {
             Err(StoreError::NewerSchema { database, binary })
         }
-        _ => Ok(()),
+        _ => Ok(newest),
     }
 }
 
@@ -365,8 +366,14 @@ impl Store {
                     source,
                 })?;
         }
-        refuse_a_newer_schema(&pool, postgres).await?;
+        let before = schema_not_newer(&pool, postgres).await?;
+        // On PostgreSQL sqlx holds an advisory lock while it migrates, so
+        // replicas starting together (or rolling) apply each migration once.
         MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
+        let now = MIGRATOR.iter().map(|migration| migration.version).max();
+        if before != now {
+            tracing::info!(from = ?before, to = ?now, "migrated the database schema");
+        }
         let store = Self { pool, postgres };
         store.index_unindexed_labels().await?;
         Ok(store)
