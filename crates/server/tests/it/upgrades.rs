@@ -205,10 +205,11 @@ async fn a_rolling_upgrade_of_two_replicas_loses_no_action() -> anyhow::Result<(
     let requested = requesting.await??;
     let total: usize = requested.values().map(Vec::len).sum();
 
-    // The first replica back migrated the schema; the second found it done.
+    // The first replica back migrated the schema from the previous
+    // release's; the second found it done.
+    let migrated = format!("migrated the database schema from=Some({PREVIOUS_RELEASE_SCHEMA})");
     assert!(
-        a.log().contains("migrated the database schema")
-            && !b.log().contains("migrated the database schema"),
+        a.log().contains(&migrated) && !b.log().contains("migrated the database schema"),
         "the first replica migrates, the second does not:\n{}\n{}",
         a.log(),
         b.log()
@@ -246,6 +247,12 @@ async fn a_rolling_upgrade_of_two_replicas_loses_no_action() -> anyhow::Result<(
     })
     .await?;
     assert_eq!(states.len(), total, "no action but the accepted ones");
+    eprintln!(
+        "{total} actions, all succeeded, upgrading from {}",
+        previous.map_or("this build on the previous schema".into(), |binary| {
+            binary.to_string_lossy().into_owned()
+        })
+    );
     for agent in &agents {
         let log = agent.log();
         for id in &requested[&agent.name] {
