@@ -731,7 +731,7 @@ impl Config {
             probe_file: state_dir.join(crate::watchdog::health::PROBE_FILE),
             store_probe_every: std::time::Duration::from_secs(self.watchdog_store_probe_seconds),
             disarm_on_stop: self.watchdog_disarm_on_stop,
-            systemd: crate::watchdog::feeder::SystemdWatchdog::from_env(),
+            systemd: tether_proto::sd_notify::SystemdWatchdog::from_env(),
         }
     }
 

@@ -28,6 +28,7 @@ pub mod password;
 pub mod priority;
 pub mod provisioning;
 pub mod redact;
+pub mod sd_notify;
 pub mod sealed;
 pub mod secrets;
 pub mod spec;

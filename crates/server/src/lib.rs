@@ -29,6 +29,7 @@ pub mod releases;
 pub mod sealing;
 pub mod secret_file;
 pub mod secrets;
+pub mod service_manager;
 pub mod sparkplug;
 pub mod store;
 pub mod telemetry;
@@ -549,10 +550,16 @@ pub async fn run(
     let mqtt_url = endpoint.local_mqtt_url();
     write_endpoints(&config.data_dir, api_addr, &mqtt_url)?;
     tracing::info!(api = %format!("https://{api_addr}"), mqtt = %mqtt_url, data_dir = %config.data_dir.display(), "tetherd is ready");
+    service_manager::ready();
+    let watchdog = service_manager::feed_the_watchdog();
 
     tokio::select! {
         () = shutdown => {
             tracing::info!("shutting down");
+            service_manager::stopping();
+            if let Some(watchdog) = watchdog {
+                watchdog.abort();
+            }
             handle.graceful_shutdown(Some(Duration::from_secs(5)));
             // No renewal may register the lease again after it is released.
             renewing.abort();

@@ -1,14 +1,12 @@
 //! What a feed writes to: a watchdog device (`/dev/watchdog`, Linux's
 //! watchdog API: any write but `V` restarts its timer), or systemd's
-//! notify socket (`WATCHDOG=1`, the sd_notify protocol) when systemd runs
-//! the agent with `WatchdogSec=`.
+//! notify socket (`tether_proto::sd_notify`) when systemd runs the agent
+//! with `WatchdogSec=`.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Written to the device on each feed.
 const FEED: &[u8] = b"\0";
@@ -94,72 +92,6 @@ impl WatchdogDevice {
     }
 }
 
-/// systemd's watchdog for this service: where to notify and how often.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SystemdWatchdog {
-    /// `NOTIFY_SOCKET`: a path, or `@name` in the abstract namespace.
-    pub socket: String,
-    /// `WATCHDOG_USEC`: systemd acts after this long without a notification.
-    pub timeout: Duration,
-}
-
-impl SystemdWatchdog {
-    /// From the environment systemd sets, if it set it for this process.
-    pub fn from_env() -> Option<Self> {
-        let var = |name| std::env::var(name).ok();
-        Self::from_vars(
-            var("WATCHDOG_USEC").as_deref(),
-            var("NOTIFY_SOCKET").as_deref(),
-            var("WATCHDOG_PID").as_deref(),
-            std::process::id(),
-        )
-    }
-
-    /// `WATCHDOG_PID`, when set, names the process systemd watches: a
-    /// child that inherited the variables is not it.
-    pub fn from_vars(
-        usec: Option<&str>,
-        socket: Option<&str>,
-        pid: Option<&str>,
-        own_pid: u32,
-    ) -> Option<Self> {
-        let timeout = usec?.trim().parse::<u64>().ok().filter(|&usec| usec > 0)?;
-        let socket = socket.filter(|s| !s.is_empty())?.to_owned();
-        if let Some(pid) = pid
-            && pid.trim().parse::<u32>().ok() != Some(own_pid)
-        {
-            return None;
-        }
-        Some(Self {
-            socket,
-            timeout: Duration::from_micros(timeout),
-        })
-    }
-
-    /// Half systemd's timeout, as `sd_watchdog_enabled(3)` advises.
-    pub fn interval(&self) -> Duration {
-        self.timeout / 2
-    }
-
-    /// Sends `WATCHDOG=1`.
-    pub fn notify(&self) -> Result<(), String> {
-        let failed =
-            |error: std::io::Error| format!("cannot notify systemd at {}: {error}", self.socket);
-        let socket = UnixDatagram::unbound().map_err(failed)?;
-        match self.socket.strip_prefix('@') {
-            Some(name) => {
-                use std::os::linux::net::SocketAddrExt;
-                let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-                    .map_err(failed)?;
-                socket.send_to_addr(b"WATCHDOG=1", &address)
-            }
-            None => socket.send_to(b"WATCHDOG=1", &self.socket),
-        }
-        .map(|_| ())
-        .map_err(failed)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,46 +105,6 @@ mod tests {
         let error = device.feed().expect_err("refused");
         assert!(error.contains("not a watchdog device"), "{error}");
         assert_eq!(std::fs::read(&path).expect("read"), b"a binary");
-    }
-
-    #[test]
-    fn systemds_variables_name_the_socket_and_the_timeout_for_this_process_only() {
-        let watchdog =
-            SystemdWatchdog::from_vars(Some("20000000"), Some("/run/n"), None, 7).expect("set");
-        assert_eq!(watchdog.timeout, Duration::from_secs(20));
-        assert_eq!(watchdog.interval(), Duration::from_secs(10));
-        assert!(
-            SystemdWatchdog::from_vars(Some("20000000"), Some("/run/n"), Some("7"), 7).is_some()
-        );
-        assert_eq!(
-            SystemdWatchdog::from_vars(Some("20000000"), Some("/run/n"), Some("8"), 7),
-            None,
-            "another process's watchdog"
-        );
-        assert_eq!(
-            SystemdWatchdog::from_vars(Some("0"), Some("/run/n"), None, 7),
-            None
-        );
-        assert_eq!(
-            SystemdWatchdog::from_vars(None, Some("/run/n"), None, 7),
-            None
-        );
-        assert_eq!(SystemdWatchdog::from_vars(Some("5"), None, None, 7), None);
-    }
-
-    #[test]
-    fn a_notification_is_one_watchdog_datagram() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("notify");
-        let systemd = UnixDatagram::bind(&path).expect("binds");
-        let watchdog = SystemdWatchdog {
-            socket: path.display().to_string(),
-            timeout: Duration::from_secs(10),
-        };
-        watchdog.notify().expect("sent");
-        let mut buffer = [0u8; 64];
-        let n = systemd.recv(&mut buffer).expect("received");
-        assert_eq!(&buffer[..n], b"WATCHDOG=1");
     }
 
     #[test]

@@ -24,8 +24,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::spec::AppliedSpec;
-use feeder::{SystemdWatchdog, WatchdogDevice};
+use feeder::WatchdogDevice;
 use health::{Heartbeat, Observations, StoreProbe, SupervisorPing};
+use tether_proto::sd_notify::SystemdWatchdog;
 
 /// The watchdog's settings from the agent's config (the spec says
 /// whether and where; these say how the agent checks itself).

@@ -193,3 +193,71 @@ async fn the_tarball_installs_and_runs_offline() -> anyhow::Result<()> {
     drop(running);
     Ok(())
 }
+
+/// tetherd's unit is `Type=notify` with `WatchdogSec=`: tetherd says
+/// READY=1 once it serves (not before: its API answers by then), pings the
+/// watchdog at half the interval systemd gives it, and says STOPPING=1 on
+/// SIGTERM; systemd's own socket is stood in for by a datagram socket.
+#[tokio::test]
+async fn tetherd_tells_systemd_it_is_ready_alive_and_stopping() -> anyhow::Result<()> {
+    use std::os::unix::net::UnixDatagram;
+
+    let dir = tempfile::tempdir()?;
+    let socket_path = dir.path().join("notify");
+    let systemd = UnixDatagram::bind(&socket_path)?;
+    systemd.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let next = || -> anyhow::Result<String> {
+        let mut buffer = [0u8; 256];
+        let n = systemd
+            .recv(&mut buffer)
+            .context("tetherd said nothing to systemd within 60 s")?;
+        Ok(String::from_utf8_lossy(&buffer[..n]).into_owned())
+    };
+    let data_dir = dir.path().join("data");
+    let mut tetherd = Command::new(tether_testkit::binaries::binary("tetherd")?)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args([
+            "--listen-api",
+            "127.0.0.1:0",
+            "--listen-mqtt",
+            "127.0.0.1:0",
+        ])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("TETHER_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let ready = next();
+    // By READY=1 the API serves: what units ordered after tetherd rely on.
+    let endpoints: Value =
+        serde_json::from_slice(&std::fs::read(data_dir.join("endpoints.json"))?)?;
+    let api = endpoints["api"].as_str().context("the API's URL")?;
+    let ca = std::fs::read(data_dir.join("ca.pem"))?;
+    let health = tether_testkit::ApiClient::new(api, &ca, None)?
+        .get("/readyz")
+        .await?;
+    let pings = [next(), next()];
+    Command::new("kill")
+        .args(["-TERM", &tetherd.id().to_string()])
+        .status()?;
+    let mut after_stop = Vec::new();
+    while let Ok(said) = next() {
+        after_stop.push(said);
+        if after_stop.last().is_some_and(|s| s == "STOPPING=1") {
+            break;
+        }
+    }
+    tetherd.wait()?;
+
+    assert_eq!(ready?, "READY=1");
+    assert_eq!(health.status, 200, "the API serves once READY=1 is said");
+    assert_eq!(
+        pings.map(|ping| ping.ok()),
+        [Some("WATCHDOG=1".to_owned()), Some("WATCHDOG=1".to_owned())]
+    );
+    assert_eq!(after_stop.last().map(String::as_str), Some("STOPPING=1"));
+    Ok(())
+}
