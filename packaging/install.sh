@@ -37,6 +37,7 @@ for part in $parts; do
       ;;
     cli)
       install -m 0755 bin/tether /usr/bin/
+      install -D -m 0644 etc/tether.bash-completion /usr/share/bash-completion/completions/tether
       ;;
   esac
 done

@@ -810,6 +810,57 @@ async fn run_with_a_selector_runs_a_job_and_follows_its_progress() {
 
 /// A port that was free a moment ago; quickstart needs the same ports on
 /// both runs, because the agent keeps the MQTT address it enrolled with.
+/// The bash completion script the packages install completes commands,
+/// subcommands and flags in a real bash, with no tetherd and no login; an
+/// unknown shell is refused naming the ones there are.
+#[tokio::test]
+async fn bash_completes_commands_and_flags_from_the_generated_script() {
+    let tether = Tether::new();
+    let script = tether.dir.path().join("tether.bash");
+    std::fs::write(&script, tether.run_ok(&["completions", "bash"]).await).expect("written");
+    let complete = |line: &str| {
+        let words: Vec<&str> = line.split(' ').collect();
+        let program = format!(
+            "source {script}; COMP_WORDS=({words}); COMP_CWORD={cword}; COMP_LINE='{line}'; \
+             COMP_POINT={point}; _tether tether '{current}' '{previous}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script = script.display(),
+            words = words.join(" "),
+            cword = words.len() - 1,
+            point = line.len(),
+            current = words[words.len() - 1],
+            previous = words[words.len() - 2],
+        );
+        let output = std::process::Command::new("bash")
+            .args(["-c", &program])
+            .output()
+            .expect("bash runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(complete("tether dev").trim(), "devices");
+    let subcommands = complete("tether devices ");
+    for subcommand in ["add", "list", "label", "delete"] {
+        assert!(
+            subcommands.lines().any(|s| s == subcommand),
+            "{subcommands}"
+        );
+    }
+    let flags = complete("tether actions run --");
+    assert!(flags.lines().any(|f| f == "--wait"), "{flags}");
+
+    let refused = tether.run(&["completions", "tcsh"]).await;
+    assert_eq!(refused.code, 2);
+    assert!(
+        refused.stderr.contains("invalid value 'tcsh'") && refused.stderr.contains("bash"),
+        "{}",
+        refused.stderr
+    );
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -7,6 +7,7 @@ pub mod alert_rules;
 pub mod alerts;
 pub mod approvals;
 pub mod audit;
+pub mod completions;
 pub mod cp;
 pub mod deployments;
 pub mod devices;
@@ -88,6 +89,7 @@ pub enum Command {
     #[command(subcommand)]
     Os(os::Os),
     Quickstart(quickstart::Quickstart),
+    Completions(completions::Completions),
 }
 
 impl Command {
@@ -134,6 +136,7 @@ impl Command {
             Command::Audit(cmd) => cmd.description(),
             Command::Os(cmd) => cmd.description(),
             Command::Quickstart(cmd) => cmd.description(),
+            Command::Completions(cmd) => cmd.description(),
         }
     }
 
@@ -169,6 +172,7 @@ impl Command {
             Command::Audit(cmd) => cmd.run(ctx).await,
             Command::Os(cmd) => cmd.run(ctx).await,
             Command::Quickstart(cmd) => cmd.run(ctx).await,
+            Command::Completions(cmd) => cmd.run(ctx).await,
         }
     }
 }

@@ -116,6 +116,12 @@ async fn configure_start_enroll_and_act(sandbox: &Sandbox) -> anyhow::Result<Vec
         "tether actions run gateway-1 get-node-ip --wait -o json",
     ))?)?;
     assert_eq!(answer["statusCode"], 200, "get-node-ip's answer: {answer}");
+    let completion = sandbox
+        .run("bash -c '. /usr/share/bash-completion/completions/tether && complete -p tether'")?;
+    assert!(
+        completion.contains("-F _tether"),
+        "bash completes tether: {completion}"
+    );
     Ok(vec![agent, tetherd])
 }
 
@@ -169,7 +175,8 @@ async fn the_debian_packages_install_run_offline_and_purge_keeping_data() -> any
     sandbox.run("dpkg --purge tether tether-agent tetherd")?;
     let left = sandbox.run(
         "for path in /usr/bin/tetherd /usr/bin/tether-agent /usr/bin/tether /etc/tether/tetherd.toml \
-           /lib/systemd/system/tetherd.service /var/lib/tether/ca.pem /var/lib/tether-agent; do \
+           /lib/systemd/system/tetherd.service /usr/share/bash-completion/completions/tether \
+           /var/lib/tether/ca.pem /var/lib/tether-agent; do \
            [ -e $path ] && echo $path; done; getent passwd tether; getent group tether; true",
     )?;
     assert_eq!(
