@@ -198,13 +198,17 @@ impl Delivery {
     }
 
     async fn send_due(&self, receiver: &Receiver, now: DateTime<Utc>) -> Result<(), StoreError> {
+        // `now` advanced by what this pass has taken so far: when an
+        // attempt is sent, and when it ended.
+        let began = std::time::Instant::now();
+        let at = move || now + chrono::Duration::from_std(began.elapsed()).unwrap_or_default();
         let due = self
             .store
             .due_alert_deliveries(receiver.name(), now, BATCH)
             .await?;
         let lease_until = now + chrono::Duration::from_std(LEASE).unwrap_or_default();
         if let Receiver::Webhook(webhook) = receiver {
-            return self.send_to_webhook(webhook, due, now, lease_until).await;
+            return self.send_to_webhook(webhook, due, at, lease_until).await;
         }
         let mut taken = Vec::with_capacity(due.len());
         for delivery in due {
@@ -226,11 +230,12 @@ impl Delivery {
                 alerts.push(self.store.get_alert(delivery.alert.id).await?);
             }
             let failure = alertmanager
-                .send(&alerts, &self.source.api_url, now)
+                .send(&alerts, &self.source.api_url, at())
                 .await
                 .err();
+            let ended_at = at();
             for delivery in &taken {
-                self.record(receiver.name(), delivery, failure.clone(), now)
+                self.record(receiver.name(), delivery, failure.clone(), ended_at)
                     .await?;
             }
         }
@@ -247,7 +252,7 @@ impl Delivery {
         &self,
         webhook: &Webhook,
         due: Vec<QueuedDelivery>,
-        now: DateTime<Utc>,
+        at: impl Fn() -> DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
@@ -262,11 +267,11 @@ impl Delivery {
             {
                 continue;
             }
-            let sent_at = now + chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
-            let failure = webhook.send(&delivery, &self.source, sent_at).await.err();
+            let failure = webhook.send(&delivery, &self.source, at()).await.err();
             let transient = matches!(failure, Some(Failure::Transient(_)));
-            self.record(&webhook.name, &delivery, failure, sent_at)
-                .await?;
+            // The wait before a retry counts from the attempt's end: a
+            // receiver that took its whole timeout to fail still gets it.
+            self.record(&webhook.name, &delivery, failure, at()).await?;
             if transient {
                 break;
             }
