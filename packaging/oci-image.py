@@ -116,7 +116,10 @@ def dynamic(data):
     if data[:4] != b"\x7fELF" or data[4] != 2:
         return False
     order = "little" if data[5] == 1 else "big"
-    number = lambda offset, size: int.from_bytes(data[offset : offset + size], order)
+
+    def number(offset, size):
+        return int.from_bytes(data[offset : offset + size], order)
+
     table, entry_size, count = number(32, 8), number(54, 2), number(56, 2)
     return any(number(table + i * entry_size, 4) == 3 for i in range(count))  # PT_INTERP
 
