@@ -181,14 +181,16 @@ fn runnable(sandbox: &Sandbox, bundle: &str, mounts: &[(&str, &str)]) -> anyhow:
 /// A container run with runc in the sandbox, deleted (killed) with the test.
 struct Container<'a> {
     sandbox: &'a Sandbox,
-    name: &'static str,
+    name: String,
     _runc: Running,
 }
 
 impl<'a> Container<'a> {
-    fn run(sandbox: &'a Sandbox, name: &'static str, bundle: &str) -> anyhow::Result<Self> {
+    fn run(sandbox: &'a Sandbox, image: &str, bundle: &str) -> anyhow::Result<Self> {
+        // The cgroup hierarchy is the host's: a name of this run's own.
+        let name = format!("{image}-{}", std::process::id());
         let runc = Running::spawn(sandbox.command(&traced(&format!(
-            "runc run --bundle {bundle} {name} > /tmp/{name}.log 2>&1"
+            "runc run --bundle {bundle} {name} > /tmp/{image}.log 2>&1"
         ))))?;
         Ok(Self {
             sandbox,
