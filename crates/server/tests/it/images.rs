@@ -408,3 +408,35 @@ async fn the_image_archives_load_run_offline_and_match_their_containerfiles() ->
     assert_stayed_on_the_machine(&sandbox)?;
     Ok(())
 }
+
+#[test]
+fn the_image_builder_names_a_missing_binary() -> anyhow::Result<()> {
+    let empty = tempfile::tempdir()?;
+    let out = empty.path().join("tetherd.image.tar");
+    let builder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/oci-image.py");
+    let output = std::process::Command::new("python3")
+        .arg(builder)
+        .args([
+            "--image",
+            "tetherd",
+            "--version",
+            VERSION,
+            "--arch",
+            "amd64",
+        ])
+        .args(["--revision", "0000000", "--binaries"])
+        .arg(empty.path())
+        .arg("--out")
+        .arg(&out)
+        .output()?;
+    assert!(!output.status.success());
+    assert_eq!(
+        String::from_utf8(output.stderr)?,
+        format!(
+            "failed to read the binary {}/tetherd for tetherd's image: No such file or directory\n",
+            empty.path().display()
+        )
+    );
+    assert!(!out.exists(), "no archive is left behind");
+    Ok(())
+}
