@@ -15,7 +15,7 @@ save` writes them (registries get it compressed by whoever pushes it).
 
 The images are what the Containerfiles build on distroless/static:
 the same paths, user, entrypoint, ports and volumes
-(install::the_image_archives_load_run_offline_and_match_their_containerfiles
+(images::the_image_archives_load_run_offline_and_match_their_containerfiles
 compares them). Nothing else is in them: the binaries are static and
 verify TLS with the roots tether configures, never the system's, so there
 is no CA bundle, no libc, no shell.
