@@ -17,7 +17,7 @@ use tether_testkit::sandbox::Sandbox;
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// The release artifacts of this build's binaries, in `out`.
-fn release(out: &Path) -> anyhow::Result<()> {
+pub(crate) fn release(out: &Path) -> anyhow::Result<()> {
     let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let tetherd = tether_testkit::binaries::binary("tetherd")?;
     let binaries = tetherd.parent().context("the binaries' directory")?;
@@ -39,10 +39,10 @@ fn release(out: &Path) -> anyhow::Result<()> {
 
 /// A process inside the sandbox with everything it started (strace, the
 /// user switch, the binary: one process group), killed with the test.
-struct Running(Child);
+pub(crate) struct Running(Child);
 
 impl Running {
-    fn spawn(mut command: Command) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(mut command: Command) -> anyhow::Result<Self> {
         use std::os::unix::process::CommandExt;
         command
             .process_group(0)
@@ -64,7 +64,7 @@ impl Drop for Running {
 
 /// `script` under strace, its connection attempts appended to
 /// /tmp/connects (one file for every process of the test).
-fn traced(script: &str) -> String {
+pub(crate) fn traced(script: &str) -> String {
     format!("strace -f -qq -A -o /tmp/connects -e trace=connect {script}")
 }
 
@@ -126,7 +126,7 @@ async fn configure_start_enroll_and_act(sandbox: &Sandbox) -> anyhow::Result<Vec
 }
 
 /// Every connection any process tried: to loopback or a local socket only.
-fn assert_stayed_on_the_machine(sandbox: &Sandbox) -> anyhow::Result<()> {
+pub(crate) fn assert_stayed_on_the_machine(sandbox: &Sandbox) -> anyhow::Result<()> {
     let connects = std::fs::read_to_string(sandbox.path("/tmp/connects"))
         .context("reading the traced connections")?;
     let elsewhere: Vec<&str> = connects

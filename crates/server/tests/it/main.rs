@@ -15,6 +15,7 @@ mod device_link;
 mod external_broker;
 mod hostile;
 mod hostile_http2;
+mod images;
 mod ingest;
 mod install;
 mod jobs;
