@@ -13,6 +13,16 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 parts=${*:-tetherd agent cli}
+# Over a Debian package the files would be dpkg's: its next upgrade or
+# removal would overwrite or delete what this put there.
+for part in $parts; do
+  case $part in tetherd) package=tetherd ;; agent) package=tether-agent ;; *) package=tether ;; esac
+  if command -v dpkg-query >/dev/null &&
+    [ "$(dpkg-query -W -f '${db:Status-Status}' "$package" 2>/dev/null)" = installed ]; then
+    echo "failed to install tether: the Debian package $package is installed; upgrade it with its .deb (dpkg -i), or dpkg --purge it first" >&2
+    exit 1
+  fi
+done
 for part in $parts; do
   case $part in
     tetherd|agent|cli) ;;
