@@ -62,10 +62,48 @@ impl Drop for Running {
     }
 }
 
-/// `script` under strace, its connection attempts appended to
-/// /tmp/connects (one file for every process of the test).
+/// `script` under strace, every call that names an address appended to
+/// /tmp/connects (one file for every process of the test): connections,
+/// and datagrams sent without one (a resolver, QUIC).
 pub(crate) fn traced(script: &str) -> String {
-    format!("strace -f -qq -A -o /tmp/connects -e trace=connect {script}")
+    format!(
+        "strace -f -qq -A -o /tmp/connects -e trace=connect,sendto,sendmsg,sendmmsg {script}"
+    )
+}
+
+/// The IP addresses other than loopback that traced calls named.
+fn addresses_off_the_machine(trace: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in trace.lines() {
+        for marker in ["inet_addr(\"", "inet_pton(AF_INET6, \""] {
+            for (start, _) in line.match_indices(marker) {
+                let rest = &line[start + marker.len()..];
+                let address = rest.split('"').next().unwrap_or_default();
+                let loopback = address.starts_with("127.")
+                    || address == "::1"
+                    || address.starts_with("::ffff:127.");
+                if !loopback {
+                    found.push(format!("{address}: {line}"));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn any_address_off_the_machine_in_a_trace_is_found() {
+    let trace = r#"12 connect(3, {sa_family=AF_UNIX, sun_path="/run/nscd/socket"}, 110) = -1 ENOENT
+12 connect(5, {sa_family=AF_INET, sin_port=htons(8443), sin_addr=inet_addr("127.0.0.1")}, 16) = 0
+12 sendto(5, "abc", 3, MSG_NOSIGNAL, NULL, 0) = 3
+13 sendto(6, "dns", 3, 0, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("192.0.2.53")}, 16) = -1 ENETUNREACH
+13 sendmsg(7, {msg_name={sa_family=AF_INET6, sin6_port=htons(443), sin6_flowinfo=htonl(0), inet_pton(AF_INET6, "2001:db8::53", &sin6_addr), sin6_scope_id=0}, msg_namelen=28}, 0) = -1 ENETUNREACH
+14 connect(8, {sa_family=AF_INET6, sin6_port=htons(8443), inet_pton(AF_INET6, "::1", &sin6_addr)}, 28) = 0
+"#;
+    let found = addresses_off_the_machine(trace);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(found[0].starts_with("192.0.2.53: 13 sendto"));
+    assert!(found[1].starts_with("2001:db8::53: 13 sendmsg"));
 }
 
 /// What an operator does once tether is installed: configure and start
@@ -129,19 +167,10 @@ async fn configure_start_enroll_and_act(sandbox: &Sandbox) -> anyhow::Result<Vec
 pub(crate) fn assert_stayed_on_the_machine(sandbox: &Sandbox) -> anyhow::Result<()> {
     let connects = std::fs::read_to_string(sandbox.path("/tmp/connects"))
         .context("reading the traced connections")?;
-    let elsewhere: Vec<&str> = connects
-        .lines()
-        .filter(|line| line.contains("connect("))
-        .filter(|line| {
-            !(line.contains("AF_UNIX")
-                || line.contains("inet_addr(\"127.")
-                || line.contains("\"::1\"")
-                || line.contains("\"::ffff:127."))
-        })
-        .collect();
+    let elsewhere = addresses_off_the_machine(&connects);
     assert!(
         elsewhere.is_empty(),
-        "connections off the machine were tried:\n{}",
+        "addresses off the machine were tried:\n{}",
         elsewhere.join("\n")
     );
     assert!(
