@@ -177,7 +177,8 @@ impl Store {
         self.objects = snapshot.objects;
         self.resource_version = snapshot.resource_version;
         self.services = snapshot.services;
-        self.pod_logs.retain(|key, _| snapshot.pod_logs.contains(key));
+        self.pod_logs
+            .retain(|key, _| snapshot.pod_logs.contains(key));
     }
 
     fn next_version(&mut self) -> String {
@@ -918,6 +919,58 @@ mod tests {
             volume["metadata"].get("namespace").is_none(),
             "a volume is cluster-wide"
         );
+    }
+
+    #[test]
+    fn names_are_dns_1123_and_a_dry_run_stores_nothing() {
+        let mut store = store();
+        let refused = |store: &mut Store, plural: &str, namespace: Option<&str>, name: &str| {
+            store
+                .create(
+                    resource(plural),
+                    namespace,
+                    json!({"metadata": {"name": name}}),
+                )
+                .err()
+                .map(|e| (e.code, e.message))
+        };
+        let (code, message) =
+            refused(&mut store, "configmaps", Some("apps"), "Bad_Name").expect("refused");
+        assert_eq!(code, 422);
+        assert!(
+            message.starts_with(
+                "ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"
+            ),
+            "{message}"
+        );
+        let (_, message) =
+            refused(&mut store, "services", Some("apps"), "a.b").expect("a label, no dots");
+        assert!(message.contains("RFC 1123 label"), "{message}");
+        assert_eq!(
+            refused(&mut store, "configmaps", Some("apps"), "a.b-1"),
+            None
+        );
+        assert_eq!(
+            refused(&mut store, "clusterroles", None, "system:tether"),
+            None
+        );
+        assert_eq!(
+            refused(&mut store, "configmaps", Some("nowhere"), "x"),
+            Some((404, "namespaces \"nowhere\" not found".to_owned()))
+        );
+
+        let before = store.resource_version();
+        let snapshot = store.snapshot();
+        let created = store.create(resource("deployments"), Some("apps"), deployment(2));
+        assert!(created.is_ok());
+        store.restore(snapshot);
+        assert!(
+            store
+                .get(resource("deployments"), Some("apps"), "web")
+                .is_err()
+        );
+        assert!(store.list(resource("pods"), Some("apps")).is_empty());
+        assert_eq!(store.resource_version(), before);
     }
 
     #[test]
