@@ -565,3 +565,37 @@ async fn the_agent_chart_renders_the_join_manifest() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `helm lint` (Helm's own, from the same library) finds no error in
+/// either chart given working values: the Chart.yaml fields, the
+/// templates and the schema are what Helm expects.
+#[tokio::test]
+async fn both_charts_pass_helm_lint() -> anyhow::Result<()> {
+    let script = r#"
+import json, sys
+import helm_python as helm
+for path, values in json.loads(sys.stdin.read()):
+    report = helm.lint(path, values=values, strict=True)
+    print(json.dumps([path, report["errors"]]))
+"#;
+    let charts = json!([
+        [chart("tetherd"), {}],
+        [chart("tether-agent"), {"device": "edge-1", "enrollmentToken": "t",
+                                  "server": "https://tether.example:8443",
+                                  "caSha256": "ab".repeat(32)}],
+    ]);
+    let mut command = tokio::process::Command::new(python()?);
+    command.arg("-c").arg(script);
+    let linted = run(command, &charts.to_string()).await?;
+    ensure!(linted.code == 0, "helm lint failed: {}", linted.stderr);
+    let reports: Vec<Value> = linted
+        .stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(reports.len(), 2, "{}", linted.stdout);
+    for report in reports {
+        assert_eq!(report[1], json!([]), "{report}");
+    }
+    Ok(())
+}
