@@ -13,6 +13,7 @@ mod cross_replica;
 mod desired;
 mod device_link;
 mod external_broker;
+mod helm;
 mod hostile;
 mod hostile_http2;
 mod images;

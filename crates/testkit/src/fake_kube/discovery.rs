@@ -107,6 +107,14 @@ pub(crate) const RESOURCES: &[Resource] = &[
         short_names: &["deploy"],
     },
     Resource {
+        group: "policy",
+        version: "v1",
+        plural: "poddisruptionbudgets",
+        kind: "PodDisruptionBudget",
+        namespaced: true,
+        short_names: &["pdb"],
+    },
+    Resource {
         group: "batch",
         version: "v1",
         plural: "jobs",
@@ -190,6 +198,7 @@ pub(crate) const FLUX_SOURCE: &str = "source.toolkit.fluxcd.io";
 const GROUPS: &[&str] = &[
     "apps",
     "batch",
+    "policy",
     "rbac.authorization.k8s.io",
     "authentication.k8s.io",
 ];

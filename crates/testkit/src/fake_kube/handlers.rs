@@ -173,9 +173,19 @@ pub(crate) async fn handle(
                 {
                     return pod_log(&mut store, &target, &query);
                 }
-                Ok(()) => store
-                    .admit(&method, &target, &body)
-                    .and_then(|()| serve(&mut store, &method, &headers, &query, &target, &body)),
+                Ok(()) => store.admit(&method, &target, &body).and_then(|()| {
+                    match dry_run(&method, &query) {
+                        Ok(false) => serve(&mut store, &method, &headers, &query, &target, &body),
+                        Ok(true) => {
+                            let snapshot = store.snapshot();
+                            let served =
+                                serve(&mut store, &method, &headers, &query, &target, &body);
+                            store.restore(snapshot);
+                            served.map(|(code, object)| (code, as_dry_run(&method, object)))
+                        }
+                        Err(e) => Err(e),
+                    }
+                }),
                 Err(e) => Err(e),
             }
         }
@@ -402,6 +412,33 @@ fn serve(
         (_, _, Some(_)) => Err(not_served()),
         _ => Err(method_not_allowed()),
     }
+}
+
+/// Whether a write is a dry run (`?dryRun=All`, what `kubectl apply
+/// --dry-run=server` sends): checked, defaulted and admitted as any
+/// write, answered as if done, and not stored. Any other value is refused
+/// as the real API server refuses it.
+fn dry_run(method: &Method, query: &BTreeMap<String, String>) -> Result<bool, ApiError> {
+    let writes = [Method::POST, Method::PUT, Method::PATCH, Method::DELETE].contains(method);
+    match query.get("dryRun").map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("All") if writes => Ok(true),
+        Some("All") => Ok(false),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "Invalid dryRun parameter value {other:?}: supported values: \"All\""
+        ))),
+    }
+}
+
+/// A dry run's answer: the object as it would be stored, but a created one
+/// has no resourceVersion, since only storing it would give it one.
+fn as_dry_run(method: &Method, mut object: Value) -> Value {
+    if *method == Method::POST
+        && let Some(metadata) = object["metadata"].as_object_mut()
+    {
+        metadata.remove("resourceVersion");
+    }
+    object
 }
 
 fn is_strategic(headers: &HeaderMap) -> bool {

@@ -38,6 +38,14 @@
 //!   that the HelmRepository exists. [`FakeKubeApi::fail_installs`] makes
 //!   a release's install fail, [`FakeKubeApi::deny`] makes an admission
 //!   webhook refuse writes of one object.
+//! - Dry runs (`dryRun=All`, `kubectl apply --dry-run=server`): a create,
+//!   update, patch or delete goes through every check, default and
+//!   admission as any other and is answered as done (a created object
+//!   without a resourceVersion), and nothing is stored.
+//! - Names are checked as the real API checks them (DNS-1123 labels for
+//!   namespaces and services, subdomains for the rest but RBAC's), and a
+//!   namespaced object in a namespace that does not exist is 404
+//!   (`namespaces "x" not found`).
 //! - Query parameters kubectl adds (`fieldManager`, `fieldValidation`,
 //!   `limit`, `resourceVersion`, `timeout`) are ignored; label selectors
 //!   take equality, inequality and existence terms, field selectors

@@ -140,6 +140,14 @@ pub(crate) struct Store {
     pub failing_installs: BTreeMap<String, String>,
 }
 
+/// What a write may change, kept to be put back after a dry run.
+pub(crate) struct Snapshot {
+    objects: BTreeMap<Key, Value>,
+    resource_version: u64,
+    services: u32,
+    pod_logs: Vec<(String, String)>,
+}
+
 fn namespace_of(resource: &Resource, namespace: Option<&str>) -> String {
     if resource.namespaced {
         namespace.unwrap_or_default().to_owned()
@@ -151,6 +159,26 @@ fn namespace_of(resource: &Resource, namespace: Option<&str>) -> String {
 impl Store {
     pub fn now(&self) -> DateTime<Utc> {
         Utc::now() + self.clock_offset
+    }
+
+    /// Before a dry-run write (`dryRun=All`): the write then goes through
+    /// every check and default as any other, and [`Self::restore`] drops
+    /// what it stored, as the real API server stores nothing.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            objects: self.objects.clone(),
+            resource_version: self.resource_version,
+            services: self.services,
+            pod_logs: self.pod_logs.keys().cloned().collect(),
+        }
+    }
+
+    pub fn restore(&mut self, snapshot: Snapshot) {
+        self.objects = snapshot.objects;
+        self.resource_version = snapshot.resource_version;
+        self.services = snapshot.services;
+        self.pod_logs
+            .retain(|key, _| snapshot.pod_logs.contains(key));
     }
 
     fn next_version(&mut self) -> String {
@@ -713,6 +741,14 @@ fn check_identity(
 
 /// The few field rules tether can break.
 fn validate(resource: &Resource, name: &str, object: &Value) -> Result<(), ApiError> {
+    if let Some(problem) = invalid_name(resource, name) {
+        return Err(ApiError::invalid(
+            resource,
+            name,
+            "metadata.name",
+            &format!("Invalid value: {name:?}: {problem}"),
+        ));
+    }
     if resource.kind == "Deployment"
         && let Some(replicas) = object["spec"]["replicas"].as_i64()
         && replicas < 0
@@ -725,6 +761,39 @@ fn validate(resource: &Resource, name: &str, object: &Value) -> Result<(), ApiEr
         ));
     }
     Ok(())
+}
+
+/// Why the real API server refuses `name` for `resource`, or nothing:
+/// namespaces and services are DNS-1123 labels (they become DNS names),
+/// RBAC objects any path segment (`system:` roles have colons), the rest
+/// DNS-1123 subdomains. The messages are the API server's.
+fn invalid_name(resource: &Resource, name: &str) -> Option<String> {
+    let label = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !part.starts_with('-')
+            && !part.ends_with('-')
+    };
+    if resource.group == "rbac.authorization.k8s.io" {
+        return (name == "." || name == ".." || name.contains('/') || name.contains('%'))
+            .then(|| "may not be '.', '..' or contain '/' or '%'".to_owned());
+    }
+    if matches!(resource.kind, "Namespace" | "Service") {
+        if name.len() > 63 {
+            return Some("must be no more than 63 characters".to_owned());
+        }
+        return (!label(name)).then(|| {
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')".to_owned()
+        });
+    }
+    if name.len() > 253 {
+        return Some("must be no more than 253 characters".to_owned());
+    }
+    (!name.split('.').all(label)).then(|| {
+        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_owned()
+    })
 }
 
 #[cfg(test)]
@@ -850,6 +919,58 @@ mod tests {
             volume["metadata"].get("namespace").is_none(),
             "a volume is cluster-wide"
         );
+    }
+
+    #[test]
+    fn names_are_dns_1123_and_a_dry_run_stores_nothing() {
+        let mut store = store();
+        let refused = |store: &mut Store, plural: &str, namespace: Option<&str>, name: &str| {
+            store
+                .create(
+                    resource(plural),
+                    namespace,
+                    json!({"metadata": {"name": name}}),
+                )
+                .err()
+                .map(|e| (e.code, e.message))
+        };
+        let (code, message) =
+            refused(&mut store, "configmaps", Some("apps"), "Bad_Name").expect("refused");
+        assert_eq!(code, 422);
+        assert!(
+            message.starts_with(
+                "ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"
+            ),
+            "{message}"
+        );
+        let (_, message) =
+            refused(&mut store, "services", Some("apps"), "a.b").expect("a label, no dots");
+        assert!(message.contains("RFC 1123 label"), "{message}");
+        assert_eq!(
+            refused(&mut store, "configmaps", Some("apps"), "a.b-1"),
+            None
+        );
+        assert_eq!(
+            refused(&mut store, "clusterroles", None, "system:tether"),
+            None
+        );
+        assert_eq!(
+            refused(&mut store, "configmaps", Some("nowhere"), "x"),
+            Some((404, "namespaces \"nowhere\" not found".to_owned()))
+        );
+
+        let before = store.resource_version();
+        let snapshot = store.snapshot();
+        let created = store.create(resource("deployments"), Some("apps"), deployment(2));
+        assert!(created.is_ok());
+        store.restore(snapshot);
+        assert!(
+            store
+                .get(resource("deployments"), Some("apps"), "web")
+                .is_err()
+        );
+        assert!(store.list(resource("pods"), Some("apps")).is_empty());
+        assert_eq!(store.resource_version(), before);
     }
 
     #[test]
