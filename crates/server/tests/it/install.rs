@@ -66,9 +66,7 @@ impl Drop for Running {
 /// /tmp/connects (one file for every process of the test): connections,
 /// and datagrams sent without one (a resolver, QUIC).
 pub(crate) fn traced(script: &str) -> String {
-    format!(
-        "strace -f -qq -A -o /tmp/connects -e trace=connect,sendto,sendmsg,sendmmsg {script}"
-    )
+    format!("strace -f -qq -A -o /tmp/connects -e trace=connect,sendto,sendmsg,sendmmsg {script}")
 }
 
 /// The IP addresses other than loopback that traced calls named.
