@@ -331,10 +331,11 @@ async fn the_image_archives_load_run_offline_and_match_their_containerfiles() ->
 
     // tetherd's image as its Containerfile's header runs it: the config
     // mounted at /etc/tether, the data in the volume.
-    let tetherd = tether_testkit::binaries::binary("tetherd")?;
+    // The host's binaries are carried in: the sandbox sees the host's
+    // root, but not its /tmp, where a checkout may be.
+    let tetherd = carry_binary(&sandbox, "tetherd")?;
     sandbox.run(&format!(
-        "{} --print-config --data-dir /var/lib/tether --public-host 127.0.0.1 > /root/tetherd.toml",
-        tetherd.display()
+        "{tetherd} --print-config --data-dir /var/lib/tether --public-host 127.0.0.1 > /root/tetherd.toml"
     ))?;
     let process = runnable(
         &sandbox,
@@ -365,8 +366,7 @@ async fn the_image_archives_load_run_offline_and_match_their_containerfiles() ->
     );
 
     // The agent's image enrolls with it and answers an action.
-    let cli = tether_testkit::binaries::binary("tether")?;
-    let cli = cli.display();
+    let cli = carry_binary(&sandbox, "tether")?;
     sandbox.run(&format!(
         r#"sed -n 's/^password = "\(.*\)"/\1/p' {data}/admin-credentials.toml > /root/password"#
     ))?;
@@ -407,6 +407,18 @@ async fn the_image_archives_load_run_offline_and_match_their_containerfiles() ->
     );
     assert_stayed_on_the_machine(&sandbox)?;
     Ok(())
+}
+
+/// This build's binary `name`, copied into the sandbox; its path there.
+fn carry_binary(sandbox: &Sandbox, name: &str) -> anyhow::Result<String> {
+    let inside = format!("/root/bin/{name}");
+    std::fs::create_dir_all(sandbox.path("/root/bin"))?;
+    std::fs::copy(
+        tether_testkit::binaries::binary(name)?,
+        sandbox.path(&inside),
+    )
+    .with_context(|| format!("carrying {name} into the sandbox"))?;
+    Ok(inside)
 }
 
 #[test]
