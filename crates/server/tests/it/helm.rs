@@ -205,6 +205,12 @@ async fn the_tetherd_chart_with_its_defaults_is_accepted_by_a_dry_run() -> anyho
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
     assert!(container["env"].is_null(), "no database URL: SQLite");
+    // The claim holds the CA's key and SQLite: `helm uninstall`, or an
+    // upgrade to replicas (which stops rendering it), must not delete it.
+    assert_eq!(
+        of_kind(&objects, "PersistentVolumeClaim")?["metadata"]["annotations"],
+        json!({"helm.sh/resource-policy": "keep"})
+    );
     assert_eq!(
         pod["volumes"][1],
         json!({"name": "data", "persistentVolumeClaim": {"claimName": "tetherd"}})
@@ -424,6 +430,28 @@ async fn bad_chart_values_are_refused_naming_the_value() -> anyhow::Result<()> {
             "replicas: 2 needs the files every replica shares: set sharedSecrets.existingSecret",
         ),
         (vec!["--set", "service.type=Ingress"], "at '/service/type'"),
+        (
+            vec!["--set", "service.mqttPort=8443"],
+            "service.apiPort and service.mqttPort are both 8443",
+        ),
+        // Devices outside would be given only in-cluster names.
+        (
+            vec!["--set", "service.type=LoadBalancer"],
+            "service.type LoadBalancer is for devices outside the cluster: set publicHosts",
+        ),
+        // A password in a ConfigMap, and keys the chart writes (a second
+        // one is a TOML error tetherd would crash-loop on).
+        (
+            vec![
+                "--set-string",
+                "config=database_url = \"postgres://tether:hunter2@db:5432/tether\"",
+            ],
+            "config sets database_url: the URL holds a password",
+        ),
+        (
+            vec!["--set-string", "config=log_level = \"debug\""],
+            "config sets log_level, which the chart writes",
+        ),
     ];
     for (values, message) in refused {
         let mut args = vec!["tetherd", tetherd.as_str()];
@@ -437,7 +465,17 @@ async fn bad_chart_values_are_refused_naming_the_value() -> anyhow::Result<()> {
             run.stderr
         );
         assert!(run.stdout.is_empty(), "{values:?}: {}", run.stdout);
+        assert!(!run.stderr.contains("hunter2"), "{}", run.stderr);
     }
+    // Keys of a table are the table's: `[retention]` may have any.
+    let dir = tempfile::tempdir()?;
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        "config: |\n  [retention]\n  log_level = 1\n  events_days = 30\n",
+    )?;
+    let tables = render(&["tetherd", &tetherd, "-f", &values.to_string_lossy()]).await?;
+    assert!(tables.contains("events_days = 30"), "{tables}");
     let agent = helm_template(&["tether-agent", &chart("tether-agent")]).await?;
     assert_ne!(agent.code, 0);
     for value in ["/device", "/enrollmentToken", "/server", "/caSha256"] {
