@@ -481,6 +481,29 @@ async fn bad_chart_values_are_refused_naming_the_value() -> anyhow::Result<()> {
     for value in ["/device", "/enrollmentToken", "/server", "/caSha256"] {
         assert!(agent.stderr.contains(value), "{value}: {}", agent.stderr);
     }
+    let in_its_namespace = helm_template(&[
+        "tether-agent",
+        &chart("tether-agent"),
+        "--namespace",
+        "tether-system",
+        "--set-string",
+        "device=edge-1",
+        "--set-string",
+        "enrollmentToken=t",
+        "--set-string",
+        "server=https://tether.example:8443",
+        "--set-string",
+        &format!("caSha256={}", "0".repeat(64)),
+    ])
+    .await?;
+    assert_ne!(in_its_namespace.code, 0, "{}", in_its_namespace.stdout);
+    assert!(
+        in_its_namespace
+            .stderr
+            .contains("install the release from another namespace"),
+        "{}",
+        in_its_namespace.stderr
+    );
     Ok(())
 }
 
