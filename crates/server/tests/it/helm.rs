@@ -202,6 +202,16 @@ async fn the_tetherd_chart_with_its_defaults_is_accepted_by_a_dry_run() -> anyho
                "capabilities": {"drop": ["ALL"]}})
     );
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    // tetherd migrates its database before it listens: an upgrade over a
+    // large one is not killed after the three minutes it used to get.
+    let startup = &container["startupProbe"];
+    assert_eq!(
+        startup["periodSeconds"].as_u64().context("periodSeconds")?
+            * startup["failureThreshold"]
+                .as_u64()
+                .context("failureThreshold")?,
+        600
+    );
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
     assert!(container["env"].is_null(), "no database URL: SQLite");
@@ -430,6 +440,10 @@ async fn bad_chart_values_are_refused_naming_the_value() -> anyhow::Result<()> {
             "replicas: 2 needs the files every replica shares: set sharedSecrets.existingSecret",
         ),
         (vec!["--set", "service.type=Ingress"], "at '/service/type'"),
+        (
+            vec!["--set", "startupTimeoutSeconds=5"],
+            "at '/startupTimeoutSeconds': minimum: got 5, want 10",
+        ),
         (
             vec!["--set", "service.mqttPort=8443"],
             "service.apiPort and service.mqttPort are both 8443",
