@@ -440,6 +440,11 @@ async fn bad_chart_values_are_refused_naming_the_value() -> anyhow::Result<()> {
             "replicas: 2 needs the files every replica shares: set sharedSecrets.existingSecret",
         ),
         (vec!["--set", "service.type=Ingress"], "at '/service/type'"),
+        // The chart's own annotation: a second one is a duplicate key.
+        (
+            vec!["--set", "podAnnotations.checksum/config=x"],
+            "invalid propertyName 'checksum/config'",
+        ),
         (
             vec!["--set", "startupTimeoutSeconds=5"],
             "at '/startupTimeoutSeconds': minimum: got 5, want 10",
@@ -480,6 +485,18 @@ async fn bad_chart_values_are_refused_naming_the_value() -> anyhow::Result<()> {
         );
         assert!(run.stdout.is_empty(), "{values:?}: {}", run.stdout);
         assert!(!run.stderr.contains("hunter2"), "{}", run.stderr);
+    }
+    // Helm allows release names a Service may not have.
+    for release in ["tether.prod", "1tether"] {
+        let run = helm_template(&[release, &tetherd]).await?;
+        assert_ne!(run.code, 0, "{release} rendered: {}", run.stdout);
+        assert!(
+            run.stderr.contains(&format!(
+                "the release name \"{release}\" names the Service and its in-cluster host names, which must be a DNS label"
+            )),
+            "{release}: {}",
+            run.stderr
+        );
     }
     // Keys of a table are the table's: `[retention]` may have any.
     let dir = tempfile::tempdir()?;

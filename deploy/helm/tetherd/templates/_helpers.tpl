@@ -17,6 +17,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{/* Values that contradict each other: the render fails saying what to set. */}}
 {{- define "tetherd.check" -}}
+{{- /* The Service is named after the release, and a Service's name is a
+       DNS label: lower case letters, digits and dashes, from a letter.
+       Helm allows release names (dots, a leading digit) the API server
+       would refuse it for, after the ConfigMap is made. */ -}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" (include "tetherd.fullname" .)) -}}
+{{- fail (printf "the release name %q names the Service and its in-cluster host names, which must be a DNS label: lower case letters, digits and '-', starting with a letter (e.g. tetherd)" .Release.Name) -}}
+{{- end -}}
 {{- if and (gt (int .Values.replicas) 1) (not .Values.database.existingSecret) -}}
 {{- fail (printf "replicas: %d needs PostgreSQL: set database.existingSecret to a Secret holding the database URL (key database.urlKey); SQLite is for one tetherd only (docs/operations/replicas.md)" (int .Values.replicas)) -}}
 {{- end -}}
