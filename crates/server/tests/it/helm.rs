@@ -512,6 +512,23 @@ async fn bad_chart_values_are_refused_naming_the_value() -> anyhow::Result<()> {
     for value in ["/device", "/enrollmentToken", "/server", "/caSha256"] {
         assert!(agent.stderr.contains(value), "{value}: {}", agent.stderr);
     }
+    // A name tetherd would not have given (DeviceId): a label value the
+    // API server refuses, or an agent that never enrolls.
+    let misnamed = helm_template(&[
+        "tether-agent",
+        &chart("tether-agent"),
+        "--set-string",
+        "device=Edge 1",
+    ])
+    .await?;
+    assert_ne!(misnamed.code, 0, "{}", misnamed.stdout);
+    assert!(
+        misnamed
+            .stderr
+            .contains("at '/device': 'Edge 1' does not match pattern"),
+        "{}",
+        misnamed.stderr
+    );
     let in_its_namespace = helm_template(&[
         "tether-agent",
         &chart("tether-agent"),
