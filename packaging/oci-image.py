@@ -113,7 +113,8 @@ def add(archive, name, mtime, data=None, mode=0o644, uid=0, kind=tarfile.REGTYPE
 
 def dynamic(data):
     """Whether an ELF file names a program interpreter (is not static)."""
-    if data[:4] != b"\x7fELF" or data[4] != 2:
+    # Shorter than an ELF64 header: not an ELF file the image could run.
+    if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2:
         return False
     order = "little" if data[5] == 1 else "big"
 
@@ -180,7 +181,10 @@ def rfc3339(epoch):
 
 def build(args):
     spec = IMAGES[args.image]
-    mtime = int(os.environ.get("SOURCE_DATE_EPOCH") or 0)
+    epoch = os.environ.get("SOURCE_DATE_EPOCH") or "0"
+    if not (epoch.isascii() and epoch.isdigit()):
+        raise Failure(f"SOURCE_DATE_EPOCH is {epoch!r}: it must be seconds since 1970, a non-negative integer")
+    mtime = int(epoch)
     extra = {}
     if args.kubectl:
         extra["/usr/local/bin/kubectl"] = args.kubectl
@@ -265,12 +269,20 @@ def build(args):
         blob(layer_digest): rootfs,
     }
     temporary = args.out + ".partial"
-    with tarfile.open(temporary, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        add(archive, "blobs/", mtime, mode=0o755, kind=tarfile.DIRTYPE)
-        add(archive, "blobs/sha256/", mtime, mode=0o755, kind=tarfile.DIRTYPE)
-        for name in sorted(entries):
-            add(archive, name, mtime, entries[name])
-    os.replace(temporary, args.out)
+    try:
+        with tarfile.open(temporary, mode="w", format=tarfile.PAX_FORMAT) as archive:
+            add(archive, "blobs/", mtime, mode=0o755, kind=tarfile.DIRTYPE)
+            add(archive, "blobs/sha256/", mtime, mode=0o755, kind=tarfile.DIRTYPE)
+            for name in sorted(entries):
+                add(archive, name, mtime, entries[name])
+        os.replace(temporary, args.out)
+    except OSError as e:
+        # A full disk leaves no half archive for a later step to ship.
+        try:
+            os.remove(temporary)
+        except FileNotFoundError:
+            pass
+        raise Failure(f"failed to write the image archive {args.out}: {e.strerror}")
 
 
 def main():

@@ -202,9 +202,25 @@ async fn the_tetherd_chart_with_its_defaults_is_accepted_by_a_dry_run() -> anyho
                "capabilities": {"drop": ["ALL"]}})
     );
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    // tetherd migrates its database before it listens: an upgrade over a
+    // large one is not killed after the three minutes it used to get.
+    let startup = &container["startupProbe"];
+    assert_eq!(
+        startup["periodSeconds"].as_u64().context("periodSeconds")?
+            * startup["failureThreshold"]
+                .as_u64()
+                .context("failureThreshold")?,
+        600
+    );
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
     assert!(container["env"].is_null(), "no database URL: SQLite");
+    // The claim holds the CA's key and SQLite: `helm uninstall`, or an
+    // upgrade to replicas (which stops rendering it), must not delete it.
+    assert_eq!(
+        of_kind(&objects, "PersistentVolumeClaim")?["metadata"]["annotations"],
+        json!({"helm.sh/resource-policy": "keep"})
+    );
     assert_eq!(
         pod["volumes"][1],
         json!({"name": "data", "persistentVolumeClaim": {"claimName": "tetherd"}})
@@ -424,6 +440,37 @@ async fn bad_chart_values_are_refused_naming_the_value() -> anyhow::Result<()> {
             "replicas: 2 needs the files every replica shares: set sharedSecrets.existingSecret",
         ),
         (vec!["--set", "service.type=Ingress"], "at '/service/type'"),
+        // The chart's own annotation: a second one is a duplicate key.
+        (
+            vec!["--set", "podAnnotations.checksum/config=x"],
+            "invalid propertyName 'checksum/config'",
+        ),
+        (
+            vec!["--set", "startupTimeoutSeconds=5"],
+            "at '/startupTimeoutSeconds': minimum: got 5, want 10",
+        ),
+        (
+            vec!["--set", "service.mqttPort=8443"],
+            "service.apiPort and service.mqttPort are both 8443",
+        ),
+        // Devices outside would be given only in-cluster names.
+        (
+            vec!["--set", "service.type=LoadBalancer"],
+            "service.type LoadBalancer is for devices outside the cluster: set publicHosts",
+        ),
+        // A password in a ConfigMap, and keys the chart writes (a second
+        // one is a TOML error tetherd would crash-loop on).
+        (
+            vec![
+                "--set-string",
+                "config=database_url = \"postgres://tether:hunter2@db:5432/tether\"",
+            ],
+            "config sets database_url: the URL holds a password",
+        ),
+        (
+            vec!["--set-string", "config=log_level = \"debug\""],
+            "config sets log_level, which the chart writes",
+        ),
     ];
     for (values, message) in refused {
         let mut args = vec!["tetherd", tetherd.as_str()];
@@ -437,12 +484,74 @@ async fn bad_chart_values_are_refused_naming_the_value() -> anyhow::Result<()> {
             run.stderr
         );
         assert!(run.stdout.is_empty(), "{values:?}: {}", run.stdout);
+        assert!(!run.stderr.contains("hunter2"), "{}", run.stderr);
     }
+    // Helm allows release names a Service may not have.
+    for release in ["tether.prod", "1tether"] {
+        let run = helm_template(&[release, &tetherd]).await?;
+        assert_ne!(run.code, 0, "{release} rendered: {}", run.stdout);
+        assert!(
+            run.stderr.contains(&format!(
+                "the release name \"{release}\" names the Service and its in-cluster host names, which must be a DNS label"
+            )),
+            "{release}: {}",
+            run.stderr
+        );
+    }
+    // Keys of a table are the table's: `[retention]` may have any.
+    let dir = tempfile::tempdir()?;
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        "config: |\n  [retention]\n  log_level = 1\n  events_days = 30\n",
+    )?;
+    let tables = render(&["tetherd", &tetherd, "-f", &values.to_string_lossy()]).await?;
+    assert!(tables.contains("events_days = 30"), "{tables}");
     let agent = helm_template(&["tether-agent", &chart("tether-agent")]).await?;
     assert_ne!(agent.code, 0);
     for value in ["/device", "/enrollmentToken", "/server", "/caSha256"] {
         assert!(agent.stderr.contains(value), "{value}: {}", agent.stderr);
     }
+    // A name tetherd would not have given (DeviceId): a label value the
+    // API server refuses, or an agent that never enrolls.
+    let misnamed = helm_template(&[
+        "tether-agent",
+        &chart("tether-agent"),
+        "--set-string",
+        "device=Edge 1",
+    ])
+    .await?;
+    assert_ne!(misnamed.code, 0, "{}", misnamed.stdout);
+    assert!(
+        misnamed
+            .stderr
+            .contains("at '/device': 'Edge 1' does not match pattern"),
+        "{}",
+        misnamed.stderr
+    );
+    let in_its_namespace = helm_template(&[
+        "tether-agent",
+        &chart("tether-agent"),
+        "--namespace",
+        "tether-system",
+        "--set-string",
+        "device=edge-1",
+        "--set-string",
+        "enrollmentToken=t",
+        "--set-string",
+        "server=https://tether.example:8443",
+        "--set-string",
+        &format!("caSha256={}", "0".repeat(64)),
+    ])
+    .await?;
+    assert_ne!(in_its_namespace.code, 0, "{}", in_its_namespace.stdout);
+    assert!(
+        in_its_namespace
+            .stderr
+            .contains("install the release from another namespace"),
+        "{}",
+        in_its_namespace.stderr
+    );
     Ok(())
 }
 

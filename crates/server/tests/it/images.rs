@@ -452,3 +452,64 @@ fn the_image_builder_names_a_missing_binary() -> anyhow::Result<()> {
     assert!(!out.exists(), "no archive is left behind");
     Ok(())
 }
+
+/// A bad SOURCE_DATE_EPOCH and an archive that cannot be written whole
+/// are refused naming the problem, and leave no archive, whole or
+/// partial, for a later step to ship.
+#[test]
+fn the_image_builder_refuses_a_bad_epoch_and_a_full_disk() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let binaries = dir.path().join("bin");
+    std::fs::create_dir(&binaries)?;
+    std::fs::write(binaries.join("tetherd"), "#!/bin/true\n")?;
+    let builder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/oci-image.py");
+    let out = dir.path().join("tetherd.image.tar");
+    // `ulimit -f` stands in for a full disk: Python ignores SIGXFSZ, so
+    // the write past the limit fails (EFBIG) after the archive is begun.
+    let build = |limit: &str, epoch: &str| -> anyhow::Result<std::process::Output> {
+        Ok(std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -f {limit} && exec python3 \"$@\""))
+            .arg("sh")
+            .arg(&builder)
+            .args([
+                "--image",
+                "tetherd",
+                "--version",
+                VERSION,
+                "--arch",
+                "amd64",
+            ])
+            .args(["--revision", "0000000", "--binaries"])
+            .arg(&binaries)
+            .arg("--out")
+            .arg(&out)
+            .env("SOURCE_DATE_EPOCH", epoch)
+            .output()?)
+    };
+    let left = || -> anyhow::Result<Vec<String>> {
+        std::fs::read_dir(dir.path())?
+            .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
+            .collect()
+    };
+
+    let output = build("unlimited", "yesterday")?;
+    assert!(!output.status.success());
+    assert_eq!(
+        String::from_utf8(output.stderr)?,
+        "SOURCE_DATE_EPOCH is 'yesterday': it must be seconds since 1970, a non-negative integer\n"
+    );
+    assert_eq!(left()?, ["bin"], "no archive is left behind");
+
+    let output = build("8", "1700000000")?;
+    assert!(!output.status.success());
+    assert_eq!(
+        String::from_utf8(output.stderr)?,
+        format!(
+            "failed to write the image archive {}: File too large\n",
+            out.display()
+        )
+    );
+    assert_eq!(left()?, ["bin"], "no partial archive is left behind");
+    Ok(())
+}

@@ -43,7 +43,8 @@
 //!   admission as any other and is answered as done (a created object
 //!   without a resourceVersion), and nothing is stored.
 //! - Names are checked as the real API checks them (DNS-1123 labels for
-//!   namespaces and services, subdomains for the rest but RBAC's), and a
+//!   namespaces, DNS-1035 labels for services, subdomains for the rest but
+//!   RBAC's), and a
 //!   namespaced object in a namespace that does not exist is 404
 //!   (`namespaces "x" not found`).
 //! - Query parameters kubectl adds (`fieldManager`, `fieldValidation`,

@@ -764,7 +764,8 @@ fn validate(resource: &Resource, name: &str, object: &Value) -> Result<(), ApiEr
 }
 
 /// Why the real API server refuses `name` for `resource`, or nothing:
-/// namespaces and services are DNS-1123 labels (they become DNS names),
+/// namespaces are DNS-1123 labels and services DNS-1035 ones (they
+/// become DNS names),
 /// RBAC objects any path segment (`system:` roles have colons), the rest
 /// DNS-1123 subdomains. The messages are the API server's.
 fn invalid_name(resource: &Resource, name: &str) -> Option<String> {
@@ -780,7 +781,17 @@ fn invalid_name(resource: &Resource, name: &str) -> Option<String> {
         return (name == "." || name == ".." || name.contains('/') || name.contains('%'))
             .then(|| "may not be '.', '..' or contain '/' or '%'".to_owned());
     }
-    if matches!(resource.kind, "Namespace" | "Service") {
+    // A Service's name is a DNS-1035 label: it must start with a letter
+    // (it becomes an environment variable's name in every pod).
+    if resource.kind == "Service" {
+        if name.len() > 63 {
+            return Some("must be no more than 63 characters".to_owned());
+        }
+        return (!(label(name) && name.starts_with(|c: char| c.is_ascii_lowercase()))).then(|| {
+            "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')".to_owned()
+        });
+    }
+    if resource.kind == "Namespace" {
         if name.len() > 63 {
             return Some("must be no more than 63 characters".to_owned());
         }
@@ -944,8 +955,18 @@ mod tests {
             "{message}"
         );
         let (_, message) =
-            refused(&mut store, "services", Some("apps"), "a.b").expect("a label, no dots");
+            refused(&mut store, "namespaces", None, "a.b").expect("a label, no dots");
         assert!(message.contains("RFC 1123 label"), "{message}");
+        let (_, message) =
+            refused(&mut store, "services", Some("apps"), "a.b").expect("a label, no dots");
+        assert!(message.contains("DNS-1035 label"), "{message}");
+        let (_, message) =
+            refused(&mut store, "services", Some("apps"), "1tether").expect("from a letter");
+        assert!(message.contains("DNS-1035 label"), "{message}");
+        assert_eq!(
+            refused(&mut store, "services", Some("apps"), "tether-1"),
+            None
+        );
         assert_eq!(
             refused(&mut store, "configmaps", Some("apps"), "a.b-1"),
             None
