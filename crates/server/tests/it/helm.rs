@@ -191,7 +191,7 @@ async fn the_tetherd_chart_with_its_defaults_is_accepted_by_a_dry_run() -> anyho
     assert_eq!(
         pod["securityContext"],
         json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
-               "seccompProfile": {"type": "RuntimeDefault"}})
+               "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}})
     );
     assert!(pod["initContainers"].is_null(), "no Secret to copy: {pod}");
     let container = &pod["containers"][0];
