@@ -680,36 +680,7 @@ mod failover_under_load {
         assert_eq!(requested.values().map(Vec::len).sum::<usize>(), ACTIONS);
 
         // Every accepted action succeeds: none lost, none left delivered.
-        let states = wait_until("every action to succeed", Duration::from_secs(60), || {
-            let (admin, devices) = (&survivors[0], &devices);
-            async move {
-                let mut states: HashMap<String, String> = HashMap::new();
-                for device in devices {
-                    let listed = admin
-                        .get(&format!("/api/v1/devices/{device}/actions?limit=1000"))
-                        .await?
-                        .expect_status(200)?;
-                    for action in listed["items"].as_array().context("a list")? {
-                        states.insert(
-                            action["correlationId"]
-                                .as_str()
-                                .unwrap_or_default()
-                                .to_owned(),
-                            action["state"].as_str().unwrap_or_default().to_owned(),
-                        );
-                    }
-                }
-                if states.values().all(|s| s == "succeeded") {
-                    return Ok(Some(states));
-                }
-                let mut counts: HashMap<&str, usize> = HashMap::new();
-                for state in states.values() {
-                    *counts.entry(state).or_default() += 1;
-                }
-                anyhow::bail!("actions by state: {counts:?}")
-            }
-        })
-        .await?;
+        let states = crate::support::wait_all_succeeded(&survivors[0], &devices).await?;
         assert_eq!(states.len(), ACTIONS, "no action but the accepted ones");
         let all_done = killed.elapsed();
 

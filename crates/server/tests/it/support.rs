@@ -110,6 +110,47 @@ pub async fn run(
     wait_terminal(admin, id).await
 }
 
+/// Waits (a minute at most) until every action of `devices` has succeeded;
+/// their states by correlation id. Failing, it says how many are in which
+/// state.
+pub async fn wait_all_succeeded(
+    api: &ApiClient,
+    devices: &[String],
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    use std::collections::HashMap;
+    tether_testkit::wait_until(
+        "every action to succeed",
+        Duration::from_secs(60),
+        || async {
+            let mut states: HashMap<String, String> = HashMap::new();
+            for device in devices {
+                let listed = api
+                    .get(&format!("/api/v1/devices/{device}/actions?limit=1000"))
+                    .await?
+                    .expect_status(200)?;
+                for action in listed["items"].as_array().context("a list")? {
+                    states.insert(
+                        action["correlationId"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        action["state"].as_str().unwrap_or_default().to_owned(),
+                    );
+                }
+            }
+            if states.values().all(|state| state == "succeeded") {
+                return Ok(Some(states));
+            }
+            let mut counts: HashMap<&str, usize> = HashMap::new();
+            for state in states.values() {
+                *counts.entry(state).or_default() += 1;
+            }
+            anyhow::bail!("actions by state: {counts:?}")
+        },
+    )
+    .await
+}
+
 pub fn id(action: &Value) -> anyhow::Result<String> {
     Ok(action["correlationId"]
         .as_str()

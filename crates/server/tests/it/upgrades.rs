@@ -216,36 +216,7 @@ async fn a_rolling_upgrade_of_two_replicas_loses_no_action() -> anyhow::Result<(
     );
 
     // Every accepted action succeeds, and no other action exists.
-    let states = wait_until("every action to succeed", Duration::from_secs(60), || {
-        let (api, devices) = (&apis[1], &devices);
-        async move {
-            let mut states: HashMap<String, String> = HashMap::new();
-            for device in devices {
-                let listed = api
-                    .get(&format!("/api/v1/devices/{device}/actions?limit=1000"))
-                    .await?
-                    .expect_status(200)?;
-                for action in listed["items"].as_array().context("a list")? {
-                    states.insert(
-                        action["correlationId"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                        action["state"].as_str().unwrap_or_default().to_owned(),
-                    );
-                }
-            }
-            if states.values().all(|state| state == "succeeded") {
-                return Ok(Some(states));
-            }
-            let mut counts: HashMap<&str, usize> = HashMap::new();
-            for state in states.values() {
-                *counts.entry(state).or_default() += 1;
-            }
-            anyhow::bail!("actions by state: {counts:?}")
-        }
-    })
-    .await?;
+    let states = crate::support::wait_all_succeeded(&apis[1], &devices).await?;
     assert_eq!(states.len(), total, "no action but the accepted ones");
     eprintln!(
         "{total} actions, all succeeded, upgrading from {}",
