@@ -348,6 +348,7 @@ pub fn command(manifest_url: &str, ca_pem: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tether_testkit::fake_kube::kinds_and_names;
 
     fn join() -> Join<'static> {
         Join {
@@ -374,24 +375,11 @@ mod tests {
             .cloned()
     }
 
-    fn kinds(objects: &[Value]) -> Vec<String> {
-        objects
-            .iter()
-            .map(|o| {
-                format!(
-                    "{} {}",
-                    o["kind"].as_str().unwrap_or_default(),
-                    o["metadata"]["name"].as_str().unwrap_or_default()
-                )
-            })
-            .collect()
-    }
-
     #[test]
     fn the_manifest_has_the_agent_its_rights_and_its_token() {
         let objects = objects(&join());
         assert_eq!(
-            kinds(&objects),
+            kinds_and_names(&objects),
             [
                 "Namespace tether-system",
                 "ServiceAccount tether-agent",
@@ -480,7 +468,7 @@ mod tests {
             management_shell: Some("registry.example/tether-agent-tools:1.2.3"),
             ..join()
         });
-        let names = kinds(&objects);
+        let names = kinds_and_names(&objects);
         assert_eq!(names.len(), plain.len() + 2);
         assert_eq!(
             names[names.len() - 3..],

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use serde_json::{Value, json};
-use tether_testkit::fake_kube::{ADMIN_TOKEN, FakeKubeApi};
+use tether_testkit::fake_kube::{ADMIN_TOKEN, FakeKubeApi, kinds_and_names};
 use tether_testkit::{Database, Tetherd};
 use tokio::io::AsyncWriteExt;
 
@@ -112,24 +112,11 @@ fn objects(yaml: &str) -> anyhow::Result<Vec<Value>> {
     Ok(objects)
 }
 
-fn kinds(objects: &[Value]) -> Vec<String> {
-    objects
-        .iter()
-        .map(|o| {
-            format!(
-                "{} {}",
-                o["kind"].as_str().unwrap_or_default(),
-                o["metadata"]["name"].as_str().unwrap_or_default()
-            )
-        })
-        .collect()
-}
-
 fn of_kind<'a>(objects: &'a [Value], kind: &str) -> anyhow::Result<&'a Value> {
     objects
         .iter()
         .find(|o| o["kind"] == kind)
-        .with_context(|| format!("no {kind} in {:?}", kinds(objects)))
+        .with_context(|| format!("no {kind} in {:?}", kinds_and_names(objects)))
 }
 
 /// Asserts the dry run stored nothing: every write kubectl sent was a dry
@@ -170,7 +157,7 @@ async fn the_tetherd_chart_with_its_defaults_is_accepted_by_a_dry_run() -> anyho
     let rendered = render(&["tetherd", &chart("tetherd"), "--namespace", "tether"]).await?;
     let objects = objects(&rendered)?;
     assert_eq!(
-        kinds(&objects),
+        kinds_and_names(&objects),
         [
             "ServiceAccount tetherd",
             "ConfigMap tetherd",
@@ -330,7 +317,7 @@ async fn the_tetherd_chart_with_replicas_postgres_and_tls_secrets_is_accepted() 
     .await?;
     let objects = objects(&rendered)?;
     assert_eq!(
-        kinds(&objects),
+        kinds_and_names(&objects),
         [
             "PodDisruptionBudget fleet",
             "ServiceAccount fleet",
@@ -625,7 +612,11 @@ async fn the_agent_chart_renders_the_join_manifest() -> anyhow::Result<()> {
         };
         let served = by_name(objects(&manifest)?);
         let charted = by_name(objects(&rendered)?);
-        assert_eq!(kinds(&charted), kinds(&served), "management shell {shell}");
+        assert_eq!(
+            kinds_and_names(&charted),
+            kinds_and_names(&served),
+            "management shell {shell}"
+        );
         for (charted, served) in charted.iter().zip(&served) {
             assert_eq!(charted, served, "management shell {shell}");
         }

@@ -390,3 +390,18 @@ fn certificates() -> anyhow::Result<(String, String, String)> {
     let cert = server.signed_by(&key, &issuer)?;
     Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
 }
+
+/// Each manifest object as `Kind name`, in order: what a test compares to
+/// say which objects a manifest holds.
+pub fn kinds_and_names(objects: &[Value]) -> Vec<String> {
+    objects
+        .iter()
+        .map(|o| {
+            format!(
+                "{} {}",
+                o["kind"].as_str().unwrap_or_default(),
+                o["metadata"]["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
