@@ -421,12 +421,22 @@ fn carry_binary(sandbox: &Sandbox, name: &str) -> anyhow::Result<String> {
     Ok(inside)
 }
 
-#[test]
-fn the_image_builder_names_a_missing_binary() -> anyhow::Result<()> {
-    let empty = tempfile::tempdir()?;
-    let out = empty.path().join("tetherd.image.tar");
+/// packaging/oci-image.py building tetherd's image from `binaries` into
+/// `out`, the files it writes limited to `file_size_limit` blocks
+/// (`ulimit -f`).
+fn tetherd_image_builder(
+    binaries: &Path,
+    out: &Path,
+    file_size_limit: &str,
+) -> std::process::Command {
     let builder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/oci-image.py");
-    let output = std::process::Command::new("python3")
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!(
+            "ulimit -f {file_size_limit} && exec python3 \"$@\""
+        ))
+        .arg("sh")
         .arg(builder)
         .args([
             "--image",
@@ -437,10 +447,17 @@ fn the_image_builder_names_a_missing_binary() -> anyhow::Result<()> {
             "amd64",
         ])
         .args(["--revision", "0000000", "--binaries"])
-        .arg(empty.path())
+        .arg(binaries)
         .arg("--out")
-        .arg(&out)
-        .output()?;
+        .arg(out);
+    command
+}
+
+#[test]
+fn the_image_builder_names_a_missing_binary() -> anyhow::Result<()> {
+    let empty = tempfile::tempdir()?;
+    let out = empty.path().join("tetherd.image.tar");
+    let output = tetherd_image_builder(empty.path(), &out, "unlimited").output()?;
     assert!(!output.status.success());
     assert_eq!(
         String::from_utf8(output.stderr)?,
@@ -462,28 +479,11 @@ fn the_image_builder_refuses_a_bad_epoch_and_a_full_disk() -> anyhow::Result<()>
     let binaries = dir.path().join("bin");
     std::fs::create_dir(&binaries)?;
     std::fs::write(binaries.join("tetherd"), "#!/bin/true\n")?;
-    let builder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/oci-image.py");
     let out = dir.path().join("tetherd.image.tar");
     // `ulimit -f` stands in for a full disk: Python ignores SIGXFSZ, so
     // the write past the limit fails (EFBIG) after the archive is begun.
     let build = |limit: &str, epoch: &str| -> anyhow::Result<std::process::Output> {
-        Ok(std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("ulimit -f {limit} && exec python3 \"$@\""))
-            .arg("sh")
-            .arg(&builder)
-            .args([
-                "--image",
-                "tetherd",
-                "--version",
-                VERSION,
-                "--arch",
-                "amd64",
-            ])
-            .args(["--revision", "0000000", "--binaries"])
-            .arg(&binaries)
-            .arg("--out")
-            .arg(&out)
+        Ok(tetherd_image_builder(&binaries, &out, limit)
             .env("SOURCE_DATE_EPOCH", epoch)
             .output()?)
     };
